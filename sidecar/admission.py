@@ -1,0 +1,76 @@
+"""Process-wide admission: at most N live Claude streams, a bounded FIFO queue behind them.
+
+A full queue rejects at once; a waiter that is not admitted within
+`max_wait_seconds` is rejected with `retry-after`. Rejections are 529
+`overloaded_error` (the prompt route renders them as 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+
+from sidecar.config import ClaudeConfig
+from sidecar.errors import Rejection
+
+
+class Admission:
+    """A counting gate with a FIFO queue of bounded length and bounded wait."""
+
+    def __init__(self, config: ClaudeConfig) -> None:
+        self.limit = config.max_concurrent_streams
+        self.max_waiting = config.queue.max_waiting
+        self.max_wait = config.queue.max_wait_seconds
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _overloaded(self, message: str, reason: str) -> Rejection:
+        retry = max(1, math.ceil(self.max_wait or 1))
+        return Rejection(
+            529, "overloaded_error", message, reason=reason, headers={"retry-after": str(retry)}
+        )
+
+    async def acquire(self) -> float:
+        """Take a slot; returns seconds spent queued. Raises Rejection when overloaded."""
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return 0.0
+        if len(self._waiters) >= self.max_waiting:
+            raise self._overloaded("too many concurrent streams, queue full", "queue_full")
+        started = time.perf_counter()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.max_wait):
+                await waiter
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed over just as we gave up: pass it on
+            else:
+                waiter.cancel()
+            self._discard(waiter)
+            if isinstance(exc, TimeoutError):
+                raise self._overloaded("timed out waiting for a stream slot", "queue_timeout") from None
+            raise
+        return time.perf_counter() - started
+
+    def _discard(self, waiter: asyncio.Future[None]) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def release(self) -> None:
+        """Free a slot, handing it straight to the oldest live waiter."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on; `active` is unchanged
+                return
+        self.active -= 1

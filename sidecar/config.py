@@ -1,0 +1,469 @@
+"""Typed configuration: pydantic models for every section of the YAML file.
+
+Options are plain data. Loading (YAML, `${VAR}` interpolation, error collection)
+lives in `sidecar.loader`; behaviour lives in the modules that consume a section.
+Every model forbids unknown keys so a typo is an error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\s\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split `host:port` (IPv6 as `[::1]:8080`); raise ValueError if malformed."""
+    match = _HOST_PORT.match(value)
+    if match is None:
+        raise ValueError(f"must be host:port, got {value!r}")
+    port = int(match["port"])
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    return (match["v6"] or match["host"] or "0.0.0.0"), port
+
+
+def _check_host_port(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+HostPort = Annotated[str, AfterValidator(_check_host_port)]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+Seconds = Annotated[float, Field(gt=0)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Section(BaseModel):
+    """Base of every config model: strict keys, immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- server
+
+
+class TLSConfig(Section):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    hsts: bool = True
+    hsts_max_age_seconds: int = Field(31536000, ge=0)
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        for path in (self.cert_file, self.key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"file not readable: {path}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class ServerConfig(Section):
+    listen: HostPort = "0.0.0.0:8080"
+    admin_listen: HostPort = "0.0.0.0:9090"
+    max_body_bytes: int = Field(1048576, gt=0)
+    shutdown_grace_seconds: float = Field(30, ge=0)
+    trusted_proxies: list[Network] = Field(default_factory=list)
+    tls: TLSConfig = TLSConfig()
+    request_id_header: str = "X-Request-Id"
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        traffic, admin = split_host_port(self.listen), split_host_port(self.admin_listen)
+        if traffic[1] != 0 and traffic == admin:
+            raise ValueError("listen and admin_listen must differ")
+        return self
+
+
+# --------------------------------------------------------------------------- app
+
+
+class IdentityHeaders(Section):
+    """Headers that carry the verified identity to the app (client copies are stripped)."""
+
+    user: str = "X-Sidecar-User"
+    tenant: str = "X-Sidecar-Tenant"
+    api_key_name: str = "X-Sidecar-Api-Key-Name"
+
+
+class AppConfig(Section):
+    url: HttpUrl = "http://127.0.0.1:3000"
+    connect_timeout_seconds: Seconds = 5
+    read_timeout_seconds: Seconds = 300
+    identity_headers: IdentityHeaders = IdentityHeaders()
+
+
+# --------------------------------------------------------------------------- claude
+
+
+class QueueConfig(Section):
+    max_waiting: int = Field(512, ge=0)
+    max_wait_seconds: float = Field(10, ge=0)
+
+
+class FakeClaudeConfig(Section):
+    """Pacing of the built-in fake model (`base_url: builtin:fake`)."""
+
+    tokens: int = Field(40, gt=0)
+    tokens_per_second: float = Field(50, ge=0)
+    time_to_first_token_ms: float = Field(150, ge=0)
+
+
+class ClaudeConfig(Section):
+    base_url: str = "builtin:fake"
+    api_key: SecretStr | None = None
+    model: str = "claude-sonnet-5-5"
+    max_tokens: int = Field(1024, gt=0)
+    allowed_models: list[str] | None = None
+    anthropic_version: str = "2023-06-01"
+    max_retries: int = Field(3, ge=0, le=10)
+    retry_base_seconds: float = Field(0.5, gt=0)
+    retry_max_seconds: float = Field(8, gt=0)
+    connect_timeout_seconds: Seconds = 10
+    idle_timeout_seconds: Seconds = 30
+    heartbeat_seconds: Seconds = 15
+    max_concurrent_streams: int = Field(256, gt=0)
+    queue: QueueConfig = QueueConfig()
+    fake: FakeClaudeConfig = FakeClaudeConfig()
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return value if value == "builtin:fake" else _check_http_url(value)
+
+    @property
+    def is_fake(self) -> bool:
+        return self.base_url == "builtin:fake"
+
+
+# --------------------------------------------------------------------------- auth
+
+_HS = {"HS256", "HS384", "HS512"}
+_ASYMMETRIC = {
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "ES256K", "EdDSA",
+}  # fmt: skip
+
+
+class JWTConfig(Section):
+    secret: SecretStr | None = None
+    public_key_file: Path | None = None
+    jwks_url: HttpUrl | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["HS256"], min_length=1)
+    issuer: str | None = None
+    audience: str | list[str] | None = None
+    user_claim: str = "sub"
+    tenant_claim: str | None = None
+    query_param: str | None = None
+    leeway_seconds: float = Field(30, ge=0, le=300)
+    jwks_refresh_seconds: Seconds = 300
+    jwks_min_refresh_seconds: Seconds = 10
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        unknown = [alg for alg in value if alg not in _HS | _ASYMMETRIC]
+        if unknown:
+            raise ValueError(f"unsupported algorithms {unknown} (alg 'none' is never allowed)")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_match_algorithms(self) -> JWTConfig:
+        if self.secret is None and self.public_key_file is None and self.jwks_url is None:
+            raise ValueError("set secret, public_key_file or jwks_url")
+        wants_hs = any(alg in _HS for alg in self.algorithms)
+        wants_asym = any(alg in _ASYMMETRIC for alg in self.algorithms)
+        if wants_hs and self.secret is None:
+            raise ValueError("HS* algorithms need a secret")
+        if wants_asym and self.public_key_file is None and self.jwks_url is None:
+            raise ValueError("RS*/PS*/ES*/EdDSA algorithms need public_key_file or jwks_url")
+        if self.secret is not None and not wants_hs:
+            raise ValueError("secret is set but no HS* algorithm is listed")
+        if self.secret is not None and len(self.secret.get_secret_value().encode()) < 32:
+            raise ValueError("secret must be at least 32 bytes (RFC 7518 3.2)")
+        if self.public_key_file is not None and not self.public_key_file.is_file():
+            raise ValueError(f"public_key_file not readable: {self.public_key_file}")
+        return self
+
+    @property
+    def hs_algorithms(self) -> list[str]:
+        return [alg for alg in self.algorithms if alg in _HS]
+
+    @property
+    def asymmetric_algorithms(self) -> list[str]:
+        return [alg for alg in self.algorithms if alg in _ASYMMETRIC]
+
+
+class ApiKeyConfig(Section):
+    name: str = Field(min_length=1)
+    sha256: str
+    user: str | None = None
+    tenant: str | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("must be the 64-character hex SHA-256 of the key")
+        return value.lower()
+
+
+class AuthConfig(Section):
+    mode: Literal["required", "optional", "none"] = "required"
+    jwt: JWTConfig | None = None
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    allowed_tenants: list[str] | None = None
+    allowed_models: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _has_credentials(self) -> AuthConfig:
+        if self.mode != "none" and self.jwt is None and not self.api_keys:
+            raise ValueError(f"mode {self.mode!r} needs jwt or api_keys")
+        names = [key.name for key in self.api_keys]
+        if len(names) != len(set(names)):
+            raise ValueError("api_keys names must be unique")
+        return self
+
+
+# --------------------------------------------------------------------------- cors
+
+_DEFAULT_ALLOW_HEADERS = [
+    "authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
+    "last-event-id", "x-request-id", "traceparent", "tracestate",
+]  # fmt: skip
+_DEFAULT_EXPOSE_HEADERS = [
+    "x-request-id", "request-id", "retry-after",
+    "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",
+]  # fmt: skip
+
+
+class CorsConfig(Section):
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    allow_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_ALLOW_HEADERS))
+    expose_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_EXPOSE_HEADERS))
+    max_age_seconds: int = Field(600, ge=0)
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsConfig:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("'*' in allow_origins cannot be combined with allow_credentials")
+        return self
+
+
+# --------------------------------------------------------------------------- screening
+
+
+def re2_options() -> Any:
+    """RE2 options shared by validation and screening (errors raised, not logged)."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    return options
+
+
+def compile_re2(pattern: str) -> Any:
+    """Compile with RE2, the linear-time engine: no prompt can cause backtracking."""
+    import re2
+
+    try:
+        return re2.compile(pattern, re2_options())
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ValueError(f"does not compile in RE2: {detail}") from None
+
+
+def _check_pattern(pattern: str) -> str:
+    compile_re2(pattern)
+    return pattern
+
+
+Pattern = Annotated[str, AfterValidator(_check_pattern)]
+
+
+class DenyRule(Section):
+    name: str = Field(min_length=1)
+    pattern: Pattern
+
+
+class ScreeningConfig(Section):
+    max_prompt_chars: int = Field(10000, gt=0)
+    max_attachment_bytes: int = Field(5 * 1024 * 1024, gt=0)
+    # A plain string is a rule named by its index: `["(?i)secret"]` == `[{name: "0", ...}]`.
+    deny_patterns: list[DenyRule] = Field(default_factory=list)
+
+    @field_validator("deny_patterns", mode="before")
+    @classmethod
+    def _name_plain_patterns(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [
+            {"name": str(i), "pattern": rule} if isinstance(rule, str) else rule
+            for i, rule in enumerate(value)
+        ]
+
+
+# --------------------------------------------------------------------------- quotas
+
+
+class QuotaConfig(Section):
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = None
+    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    key: Literal["user", "api_key", "tenant", "client_ip"] = "user"
+    requests_per_minute: int | None = Field(None, gt=0)
+    tokens_per_minute: int | None = Field(None, gt=0)
+    tokens_per_day: int | None = Field(None, gt=0)
+    concurrent_streams: int | None = Field(None, gt=0)
+    lease_seconds: float = Field(60, gt=0)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> QuotaConfig:
+        if self.store == "redis" and self.redis_url is None:
+            raise ValueError("store 'redis' needs redis_url")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            limit is not None
+            for limit in (
+                self.requests_per_minute,
+                self.tokens_per_minute,
+                self.tokens_per_day,
+                self.concurrent_streams,
+            )
+        )
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+class ModelPrice(Section):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float = Field(0, ge=0)
+    cache_read: float = Field(0, ge=0)
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    return {
+        "claude-opus-5-5": ModelPrice(input=15, output=75, cache_write=18.75, cache_read=1.5),
+        "claude-sonnet-5-5": ModelPrice(input=3, output=15, cache_write=3.75, cache_read=0.3),
+        "claude-haiku-5-5": ModelPrice(input=1, output=5, cache_write=1.25, cache_read=0.1),
+    }
+
+
+class TelemetryConfig(Section):
+    service_name: str = "claude-sidecar"
+    otlp_endpoint: HttpUrl | None = None
+    otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    prometheus: bool = True
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True
+    capture_content: bool = False
+    user_attribute: Literal["none", "hashed", "plain"] = "hashed"
+    resource_attributes: dict[str, str] = Field(default_factory=dict)
+    prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+
+
+# --------------------------------------------------------------------------- routes
+
+Handler = Literal["prompt", "anthropic", "app"]
+
+
+class RouteConfig(Section):
+    path: str
+    handler: Handler
+    # Partial overrides, deep-merged onto the top-level section of the same name
+    # and validated with the same model (see `sidecar.loader.route_policies`).
+    auth: dict[str, Any] | None = None
+    cors: dict[str, Any] | None = None
+    screening: dict[str, Any] | None = None
+    quotas: dict[str, Any] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+def _default_routes(has_app: bool) -> list[dict[str, str]]:
+    routes = [
+        {"path": "/api/stream-response", "handler": "prompt"},
+        {"path": "/v1/", "handler": "anthropic"},
+    ]
+    if has_app:
+        routes.append({"path": "/", "handler": "app"})
+    return routes
+
+
+class Config(Section):
+    server: ServerConfig = ServerConfig()
+    app: AppConfig | None = None
+    claude: ClaudeConfig = ClaudeConfig()
+    auth: AuthConfig = AuthConfig(mode="none")
+    cors: CorsConfig = CorsConfig()
+    screening: ScreeningConfig = ScreeningConfig()
+    quotas: QuotaConfig = QuotaConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    routes: list[RouteConfig] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_default_routes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("routes") is None:
+            data = {**data, "routes": _default_routes(data.get("app") is not None)}
+        return data
+
+    @model_validator(mode="after")
+    def _routes_consistent(self) -> Config:
+        if not self.routes:
+            raise ValueError("routes: at least one route is needed")
+        if self.app is None and any(route.handler == "app" for route in self.routes):
+            raise ValueError("routes: handler 'app' needs the app section (app.url)")
+        paths = [route.path for route in self.routes]
+        if len(paths) != len(set(paths)):
+            raise ValueError("routes: paths must be unique")
+        return self

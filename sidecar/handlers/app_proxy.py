@@ -1,0 +1,167 @@
+"""Reverse proxy to the app: any method, bodies streamed both ways, SSE unbuffered, WebSockets.
+
+Hop-by-hop headers are dropped both ways, `X-Forwarded-*` and `traceparent` are
+added, and the verified identity replaces whatever identity headers the client sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from sidecar.errors import Rejection
+from sidecar.pipeline import RequestContext
+from sidecar.policy import strip_and_set_identity
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailer", "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+    }
+)  # fmt: skip
+_WS_HANDSHAKE: Final = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+     "sec-websocket-protocol", "sec-websocket-accept"}
+)  # fmt: skip
+
+
+def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers, including any the Connection header names."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    }
+    drop = HOP_BY_HOP | named
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
+    request = ctx.request
+    headers = end_to_end(request.headers)
+    app = ctx.runtime.config.app
+    assert app is not None  # config validation: an app route needs the app section
+    strip_and_set_identity(headers, ctx.identity, app.identity_headers)
+    peer = request.remote or ""
+    trusted = ctx.client_ip != peer  # client_ip only differs from the peer behind a trusted proxy
+    prior = request.headers.get("X-Forwarded-For") if trusted else None
+    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers["X-Forwarded-Host"] = request.host
+    headers.pop("traceparent", None)
+    headers.pop("tracestate", None)
+    carrier: dict[str, str] = {}
+    ctx.runtime.telemetry.inject(ctx.span, carrier)
+    headers.update(carrier)
+    return headers
+
+
+def _target(ctx: RequestContext) -> str:
+    app = ctx.runtime.config.app
+    assert app is not None
+    return app.url + ctx.request.raw_path
+
+
+async def handle_app(ctx: RequestContext) -> web.StreamResponse:
+    """Proxy one request (or WebSocket) to the app."""
+    session = ctx.runtime.app_session
+    assert session is not None
+    request = ctx.request
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await _websocket(ctx, session)
+    headers = _upstream_headers(ctx)
+    try:
+        upstream = await session.request(
+            request.method,
+            _target(ctx),
+            headers=headers,
+            data=request.content if request.body_exists else None,
+            allow_redirects=False,
+        )
+    except TimeoutError:
+        raise Rejection(
+            504, "timeout_error", "the app did not answer in time", reason="app_timeout"
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise Rejection(
+            502, "api_error", f"the app is unreachable ({type(exc).__name__})",
+            reason="app_unreachable", code="bad_gateway",
+        ) from None  # fmt: skip
+    async with upstream:
+        return await _relay(ctx, upstream)
+
+
+async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    headers = end_to_end(upstream.headers)
+    headers.update(ctx.headers)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if upstream.content_length is not None and "Content-Length" in headers:
+        response.content_length = upstream.content_length
+    await response.prepare(ctx.request)
+    ctx.response_started = True
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)  # flushed per chunk: SSE from the app is never held
+    except (aiohttp.ClientPayloadError, TimeoutError, aiohttp.ClientConnectionError):
+        # The app broke off mid-body: end the client's connection too, so it sees a short body.
+        if ctx.request.transport is not None:
+            ctx.request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web.StreamResponse:
+    request = ctx.request
+    headers = _upstream_headers(ctx)
+    for name in list(headers):
+        if name.lower() in _WS_HANDSHAKE:
+            del headers[name]
+    protocols = [
+        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+    ]
+    try:
+        upstream = await session.ws_connect(
+            _target(ctx), headers=headers, protocols=protocols, autoping=True
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise Rejection(
+            502, "api_error", f"the app refused the WebSocket ({type(exc).__name__})",
+            reason="app_unreachable", code="bad_gateway",
+        ) from None  # fmt: skip
+    client = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (), autoping=True
+    )
+    await client.prepare(request)
+    ctx.response_started = True
+    async with upstream:
+        to_app = asyncio.create_task(_pump(client, upstream))
+        to_client = asyncio.create_task(_pump(upstream, client))
+        try:
+            await asyncio.wait({to_app, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (to_app, to_client):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    await client.close()
+    return client
+
+
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    async for message in source:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        else:
+            break
+    await sink.close()

@@ -1,0 +1,184 @@
+"""The simple streaming endpoint: `POST {"prompt": ...}` or `GET ?prompt=` → SSE tokens.
+
+Event shapes (all on the default `message` event, each with `id: N`):
+`{"token": "..."}` per text delta, `{"thinking": "..."}` per thinking delta,
+`{"tool_use": {"id", "name"}}` when a tool call starts and `{"tool_input": "..."}`
+per partial JSON of its input, then `{"done": true, "usage": {...}, "stop_reason": ...}`;
+a failure is `{"error": {"type", "message"}}` and the stream closes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from sidecar import sse
+from sidecar.errors import Rejection, bad_request, short_error_type
+from sidecar.handlers.claude_call import (
+    ClaudeRequest,
+    call_claude,
+    check_model,
+    estimate_input_tokens,
+    new_record,
+)
+from sidecar.handlers.request_body import read_json_object
+from sidecar.pipeline import RequestContext
+from sidecar.policy import collect_texts
+from sidecar.record import Outcome, StreamRecord
+from sidecar.relay import Translator
+from sidecar.sse import parse_block
+from sidecar.upstream import Attempt
+
+_FIELDS = {"prompt", "model", "max_tokens", "system", "messages"}
+_ROLES = {"user", "assistant"}
+_OWN_ERRORS = {"idle_timeout", "shutting_down"}
+
+
+class PromptTranslator(Translator):
+    """Claude's events → the prompt route's small JSON events."""
+
+    passthrough = False
+
+    def __init__(self, *, capture: bool) -> None:
+        self._next_id = 0
+        self._capture = capture
+
+    def _event(self, data: object) -> bytes:
+        self._next_id += 1
+        return sse.encode(data, event_id=self._next_id)
+
+    def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
+        if name == b"content_block_delta":
+            delta = _json(parse_block(block)[1]).get("delta") or {}
+            kind = delta.get("type")
+            if kind == "text_delta":
+                if self._capture:
+                    record.completion_parts.append(str(delta.get("text", "")))
+                return self._event({"token": delta.get("text", "")})
+            if kind == "thinking_delta":
+                return self._event({"thinking": delta.get("thinking", "")})
+            if kind == "input_json_delta":
+                return self._event({"tool_input": delta.get("partial_json", "")})
+            return b""
+        if name == b"content_block_start":
+            block_data = _json(parse_block(block)[1]).get("content_block") or {}
+            if block_data.get("type") == "tool_use":
+                return self._event(
+                    {"tool_use": {"id": block_data.get("id"), "name": block_data.get("name")}}
+                )
+            return b""
+        if name == b"error":
+            error = _json(parse_block(block)[1]).get("error") or {}
+            return self._event(
+                {
+                    "error": {
+                        "type": short_error_type(str(error.get("type", "api_error"))),
+                        "message": str(error.get("message", "")),
+                    }
+                }
+            )
+        return b""
+
+    def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
+        kind = outcome if outcome in _OWN_ERRORS else short_error_type(error_type)
+        return self._event({"error": {"type": kind, "message": message}})
+
+    def finish(self, record: StreamRecord) -> bytes:
+        usage = {
+            "input_tokens": record.input_tokens,
+            "output_tokens": record.output_tokens,
+            "cache_creation_input_tokens": record.cache_creation_input_tokens,
+            "cache_read_input_tokens": record.cache_read_input_tokens,
+        }
+        return sse.encode({"done": True, "usage": usage, "stop_reason": record.stop_reason})
+
+
+def _json(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _positive_int(value: object, field: str) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise bad_request(f"{field} must be a positive integer")
+    return value
+
+
+def _validate_messages(messages: object) -> list[dict[str, Any]]:
+    if not isinstance(messages, list):
+        raise bad_request("messages must be a list of {role, content} objects")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise bad_request(f"messages.{i}: needs role 'user' or 'assistant'")
+        content = message.get("content")
+        if not isinstance(content, str | list) or not content:
+            raise bad_request(f"messages.{i}.content must be a non-empty string or list")
+    return messages
+
+
+def parse_prompt(fields: dict[str, Any], default_model: str, default_max: int) -> dict[str, Any]:
+    """Validate the prompt route's fields; returns the Anthropic request body (as a dict)."""
+    unknown = sorted(set(fields) - _FIELDS)
+    if unknown:
+        raise bad_request(f"unknown fields: {', '.join(unknown)}")
+    prompt = fields.get("prompt")
+    if not isinstance(prompt, str):
+        raise bad_request("prompt is required and must be a string")
+    if not prompt.strip():
+        raise bad_request("prompt must not be empty")
+    model = fields.get("model", default_model)
+    if not isinstance(model, str) or not model:
+        raise bad_request("model must be a non-empty string")
+    max_tokens = _positive_int(fields.get("max_tokens", default_max), "max_tokens")
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True}
+    system = fields.get("system")
+    if system is not None:
+        if not isinstance(system, str | list):
+            raise bad_request("system must be a string or a list of text blocks")
+        body["system"] = system
+    history = _validate_messages(fields.get("messages", []))
+    body["messages"] = [*history, {"role": "user", "content": prompt}]
+    return body
+
+
+async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
+    """Validate, screen, admit and stream one prompt."""
+    request = ctx.request
+    config = ctx.runtime.config
+    if request.method == "GET":
+        fields: dict[str, Any] = dict(request.query)
+        fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
+    elif request.method == "POST":
+        fields = await read_json_object(request, config.server.max_body_bytes)
+    else:
+        raise Rejection(
+            405, "invalid_request_error", "use GET or POST", reason="method_not_allowed",
+            headers={"Allow": "GET, POST, OPTIONS"},
+        )  # fmt: skip
+    body = parse_prompt(fields, config.claude.model, config.claude.max_tokens)
+    check_model(ctx, body["model"])
+    texts, attachments = collect_texts(body.get("system"), body["messages"])
+    ctx.route.screener.screen(texts, attachments)
+    record = new_record(ctx, body["model"], body["max_tokens"], stream=True)
+    capture = config.telemetry.capture_content
+    if capture:
+        record.prompt_text = fields["prompt"]
+    call = ClaudeRequest(
+        attempt=Attempt("POST", "/v1/messages", ctx.runtime.claude.request_headers({})),
+        body=json.dumps(body).encode(),
+        stream=True,
+        input_estimate=estimate_input_tokens(sum(map(len, texts)), attachments),
+    )
+    return await call_claude(ctx, call, record, PromptTranslator(capture=capture))
+
+
+def _token_param(ctx: RequestContext) -> str:
+    jwt = ctx.route.policy.auth.jwt
+    return jwt.query_param if jwt is not None and jwt.query_param else "access_token"

@@ -1,0 +1,53 @@
+"""Reading a JSON request body within `server.max_body_bytes`, with clear 4xx errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.errors import Rejection, bad_request
+
+
+def _too_large(limit: int) -> Rejection:
+    return Rejection(
+        413, "request_too_large", f"request body exceeds {limit} bytes", reason="body_too_large"
+    )
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refusing more than `limit` bytes (by header first, then by count)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    try:
+        return await request.read()  # the app's client_max_size is `limit`
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit) from None
+
+
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """A JSON object body: 415 for another content type, 413 when too large, 400 when malformed."""
+    if request.content_type != "application/json":
+        raise Rejection(
+            415,
+            "invalid_request_error",
+            "Content-Type must be application/json",
+            reason="unsupported_media_type",
+            code="unsupported_media_type",
+        )
+    raw = await read_body(request, limit)
+    return parse_json_object(raw)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode a JSON object or raise a 400 saying what is wrong."""
+    try:
+        value = json.loads(raw)
+    except UnicodeDecodeError:
+        raise bad_request("body is not UTF-8") from None
+    except ValueError as exc:
+        raise bad_request(f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise bad_request("body must be a JSON object")
+    return value

@@ -1,0 +1,264 @@
+"""Load a config file: YAML → `${VAR}` interpolation → validation, every problem at once.
+
+Problems are collected as `path.to.field: message` lines and raised together in one
+`ConfigError`, so `sidecar check` can print them all and exit once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from sidecar.config import (
+    AuthConfig,
+    Config,
+    CorsConfig,
+    QuotaConfig,
+    RouteConfig,
+    ScreeningConfig,
+)
+
+_VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "auth": AuthConfig,
+    "cors": CorsConfig,
+    "screening": ScreeningConfig,
+    "quotas": QuotaConfig,
+}
+# Quota storage is process-wide: a route may change limits, not where they live.
+_GLOBAL_ONLY = {"quotas": ("store", "redis_url", "on_store_error")}
+
+
+class ConfigError(Exception):
+    """A config that must not be served; `problems` holds `path: message` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """The effective policy of one route: top-level sections with its overrides merged."""
+
+    auth: AuthConfig
+    cors: CorsConfig
+    screening: ScreeningConfig
+    quotas: QuotaConfig
+    quota_scope: str  # counters are shared by routes with the same scope
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+        seen.add(key)
+    return dict(loader.construct_pairs(node, deep=True))
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; syntax errors become ConfigError with line and column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError([f"{source}: {where}: {exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
+
+
+# --------------------------------------------------------------------------- ${VAR}
+
+
+def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: str = "") -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
+    if isinstance(data, dict):
+        return {k: interpolate(v, env, problems, _join(path, k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate(v, env, problems, _join(path, i)) for i, v in enumerate(data)]
+    if not isinstance(data, str) or "$" not in data:
+        return data
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match["name"], match["default"]
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+                return ""
+            return default
+        return value
+
+    return _VAR.sub(substitute, data)
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _format_errors(exc: ValidationError, prefix: str = "") -> Iterator[str]:
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        where = _join(prefix, loc) if loc else (prefix or "<root>")
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required"
+        message = message.removeprefix("Value error, ")
+        yield f"{where}: {message}"
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _section_data(model: BaseModel) -> dict[str, Any]:
+    """A section as plain data that re-validates to the same model (secrets kept)."""
+    data: dict[str, Any] = _reveal(model.model_dump(mode="python"))
+    return data
+
+
+def _reveal(data: Any) -> Any:
+    if isinstance(data, SecretStr):
+        return data.get_secret_value()
+    if isinstance(data, dict):
+        return {k: _reveal(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_reveal(v) for v in data]
+    return data
+
+
+def _route_policy(
+    config: Config, index: int, route: RouteConfig, problems: list[str]
+) -> RoutePolicy:
+    sections: dict[str, Any] = {}
+    overridden = False
+    for name, model in _SECTIONS.items():
+        base: BaseModel = getattr(config, name)
+        override = getattr(route, name)
+        if override is None:
+            sections[name] = base
+            continue
+        overridden = overridden or name == "quotas"
+        for key in _GLOBAL_ONLY.get(name, ()):
+            if key in override:
+                problems.append(f"routes.{index}.{name}.{key}: can only be set at the top level")
+        try:
+            sections[name] = model.model_validate(_deep_merge(_section_data(base), override))
+        except ValidationError as exc:
+            problems.extend(_format_errors(exc, f"routes.{index}.{name}"))
+            sections[name] = base
+    return RoutePolicy(
+        auth=sections["auth"],
+        cors=sections["cors"],
+        screening=sections["screening"],
+        quotas=sections["quotas"],
+        quota_scope=route.path if overridden else "global",
+    )
+
+
+def route_policies(config: Config) -> list[RoutePolicy]:
+    """Effective policy per route, in route order; raises ConfigError on a bad override."""
+    problems: list[str] = []
+    policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
+    if problems:
+        raise ConfigError(problems)
+    return policies
+
+
+def validate(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Interpolate and validate raw config data; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["<root>: the config must be a mapping of sections"])
+    data = interpolate(data, os.environ if env is None else env, problems)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems + list(_format_errors(exc))) from None
+    if problems:
+        raise ConfigError(problems)
+    route_policies(config)
+    return config
+
+
+def default_config_text() -> str:
+    """The embedded default config (`config/minimal.yaml`)."""
+    packaged = resources.files("sidecar").joinpath("minimal.yaml")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / "config" / "minimal.yaml").read_text("utf-8")
+
+
+def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load `path` (or SIDECAR_CONFIG, or the embedded default) into a validated Config."""
+    environ = os.environ if env is None else env
+    chosen = path or environ.get("SIDECAR_CONFIG") or None
+    if chosen is None:
+        return validate(parse_yaml(default_config_text(), "<embedded default>"), environ)
+    try:
+        text = Path(chosen).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{chosen}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{chosen}: not UTF-8 text"]) from None
+    return validate(parse_yaml(text, str(chosen)), environ)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective config as plain data with every secret shown as `***`."""
+    data: dict[str, Any] = _redact(config.model_dump(mode="python"))
+    return data
+
+
+def _redact(data: Any) -> Any:
+    if isinstance(data, SecretStr):
+        return "***"
+    if isinstance(data, dict):
+        return {k: _redact(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_redact(v) for v in data]
+    if isinstance(data, Path):
+        return str(data)
+    if data is not None and not isinstance(data, str | int | float | bool):
+        return str(data)
+    return data

@@ -1,0 +1,184 @@
+"""The one request pipeline every request passes, top to bottom.
+
+request id + trace context → route → CORS → auth → handler (which validates,
+screens, admits and serves) → telemetry. Any step may answer early by raising
+`Rejection`; it is rendered here, once, in the route family's format.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
+
+from sidecar.errors import Family, Rejection, render_json, simple_error_body
+from sidecar.identity import ANONYMOUS, Identity
+from sidecar.keys import RUNTIME
+from sidecar.quotas.subject import client_ip
+from sidecar.routes import Route
+from sidecar.runtime import Runtime
+
+log = logging.getLogger("sidecar.pipeline")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the pipeline learned about a request before its handler runs."""
+
+    request: web.Request
+    runtime: Runtime
+    route: Route
+    request_id: str
+    started: float
+    client_ip: str
+    trace_parent: Context
+    span: Span
+    headers: dict[str, str]  # request id, CORS, HSTS: on every response of this request
+    identity: Identity = ANONYMOUS
+    family: Family = "app"
+    response_started: bool = False  # after this only the stream itself can carry an error
+
+
+Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
+
+
+def request_id_of(request: web.Request, header: str) -> str:
+    """The client's request id if well-formed, else a new random one."""
+    given = request.headers.get(header)
+    if given is not None and _REQUEST_ID.match(given):
+        return given
+    return "req_" + secrets.token_hex(12)
+
+
+def family_of(route: Route) -> Family:
+    return "anthropic" if route.handler == "anthropic" else (
+        "prompt" if route.handler == "prompt" else "app"
+    )
+
+
+def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
+    """A rejection as a JSON response in the route family's format."""
+    status = rejection.status
+    if status == 529 and ctx.family != "anthropic":
+        status = 503  # 529 is Anthropic's own; plain HTTP clients know 503
+    headers = {**ctx.headers, **rejection.headers}
+    body = render_json(rejection, ctx.family, ctx.request_id)
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+class Pipeline:
+    """Callable aiohttp handler for every path of the traffic listener."""
+
+    def __init__(self, handlers: dict[str, Handler]) -> None:
+        self._handlers = handlers
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        runtime = request.app[RUNTIME]
+        lifecycle = runtime.lifecycle
+        lifecycle.enter()
+        try:
+            return await self._serve(runtime, request)
+        finally:
+            lifecycle.leave()
+
+    async def _serve(self, runtime: Runtime, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        config = runtime.config
+        telemetry = runtime.telemetry
+        request_id = request_id_of(request, config.server.request_id_header)
+        headers = {config.server.request_id_header: request_id}
+        if config.server.tls.enabled and config.server.tls.hsts:
+            headers["Strict-Transport-Security"] = (
+                f"max-age={config.server.tls.hsts_max_age_seconds}; includeSubDomains"
+            )
+        route = runtime.routes.match(request.path)
+        if route is None:
+            body = simple_error_body("not_found", f"no route for {request.path}")
+            return web.Response(
+                status=404, body=body, content_type="application/json", headers=headers
+            )
+        parent = telemetry.extract(request.headers)
+        span = telemetry.start_server_span(
+            f"{request.method} {route.path}",
+            parent,
+            {"http.request.method": request.method, "http.route": route.path},
+        )
+        origin = request.headers.get("Origin")
+        headers.update(route.cors.response_headers(origin))
+        peer = request.remote or ""
+        ctx = RequestContext(
+            request=request,
+            runtime=runtime,
+            route=route,
+            request_id=request_id,
+            started=started,
+            client_ip=client_ip(
+                peer, request.headers.get("X-Forwarded-For"), config.server.trusted_proxies
+            ),
+            trace_parent=parent,
+            span=span,
+            headers=headers,
+            family=family_of(route),
+        )
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                response = self._preflight(ctx, origin)
+            else:
+                ctx.identity = await runtime.auth.authenticate(
+                    route.policy.auth, request.headers, request.query, request.method
+                )
+                response = await self._handlers[route.handler](ctx)
+        except Rejection as rejection:
+            telemetry.rejected(rejection.reason, route.path, rejection.status, request_id, span)
+            response = render_rejection(ctx, rejection)
+        except Exception:
+            if ctx.response_started:
+                raise
+            log.exception("unhandled error", extra={"request_id": request_id})
+            response = render_rejection(
+                ctx, Rejection(500, "api_error", "internal error", reason="internal_error")
+            )
+        finally:
+            if response is not None:
+                status = response.status
+            elif request.transport is None or request.transport.is_closing():
+                status = 499  # the client went away before an answer
+            span.set_attribute("http.response.status_code", status)
+            span.end()
+            telemetry.access(
+                method=request.method,
+                route=route.path,
+                path=request.path,
+                status=status,
+                duration=time.perf_counter() - started,
+                request_id=request_id,
+                bytes_sent=None,
+                span=span,
+            )
+        return response
+
+    def _preflight(self, ctx: RequestContext, origin: str | None) -> web.Response:
+        status, cors_headers = ctx.route.cors.preflight(
+            origin,
+            ctx.request.headers.get("Access-Control-Request-Method"),
+            ctx.request.headers.get("Access-Control-Request-Headers"),
+        )
+        if status >= 400:
+            raise Rejection(
+                403,
+                "permission_error",
+                "origin not allowed",
+                reason="cors_preflight_denied",
+                headers=cors_headers,
+            )
+        return web.Response(status=status, headers={**ctx.headers, **cors_headers})

@@ -1,0 +1,63 @@
+"""The per-stream record: filled by handlers and the relay, read once by telemetry at the end.
+
+Plain slotted attributes so the hot path only does attribute writes; all derived
+values (durations, rates, cost) are computed once when the stream finishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal[
+    "completed", "client_cancelled", "upstream_error", "idle_timeout", "shutting_down", "rejected"
+]
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    """One Claude call as the sidecar saw it. Times are `time.perf_counter()` seconds."""
+
+    request_id: str
+    route: str  # the matched route's path prefix (bounded cardinality)
+    handler: Literal["prompt", "anthropic"]
+    started: float  # request arrival
+    operation: str = "chat"  # chat | count_tokens
+    request_model: str = ""
+    max_tokens: int | None = None
+    stream: bool = True
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop_sequences: list[str] | None = None
+    server_address: str = ""
+    server_port: int | None = None
+    user: str | None = None
+    tenant: str | None = None
+    api_key_name: str | None = None
+    queue_wait: float = 0.0
+    retries: int = 0
+    upstream_status: int | None = None
+    upstream_started: float | None = None  # first attempt sent (after admission)
+    first_chunk_at: float | None = None  # first body bytes from Claude
+    first_token_at: float | None = None  # first content delta written to the client
+    last_chunk_at: float | None = None
+    chunks: int = 0  # upstream body chunks relayed
+    output_deltas: int = 0  # content deltas seen (≈ output chunks)
+    response_id: str | None = None
+    response_model: str | None = None
+    stop_reason: str | None = None
+    input_tokens: int = 0  # uncached input, as Anthropic reports it
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    output_tokens: int = 0
+    outcome: Outcome = "completed"
+    error_type: str | None = None
+    ended: float | None = None
+    prompt_text: str | None = None  # only with telemetry.capture_content
+    completion_parts: list[str] = field(default_factory=list)  # ditto
+
+    @property
+    def total_input_tokens(self) -> int:
+        """Input as the GenAI conventions count it for Anthropic: uncached + cache write + read."""
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens

@@ -1,0 +1,98 @@
+"""Server-Sent Events framing and scanning: bytes in, event blocks out.
+
+Knows nothing of policy or telemetry. The relay forwards upstream bytes untouched
+and feeds the same bytes here only to find event boundaries; a scanner keeps just
+the tail of an event split across reads, so work per event is O(event size).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+CONTENT_TYPE: Final = "text/event-stream; charset=utf-8"
+HEADERS: Final[dict[str, str]] = {
+    "Content-Type": CONTENT_TYPE,
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+PING: Final = b": ping\n\n"
+
+_SEP: Final = b"\n\n"
+
+
+def _normalise(data: bytes) -> bytes:
+    """Fold `\\r\\n` and lone `\\r` line ends into `\\n` (SSE allows all three)."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+class EventScanner:
+    """Splits a byte stream into complete SSE event blocks (without the blank line).
+
+    `feed` returns the blocks completed by a chunk. Lines are normalised to `\\n`
+    only when a `\\r` is present, so the common case does no copying beyond the split.
+    """
+
+    __slots__ = ("_carry", "_cr")
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._cr = False  # a \r was seen: normalise every later buffer too
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self._carry:
+            chunk = self._carry + chunk
+        if self._cr or b"\r" in chunk:
+            self._cr = True
+            # A trailing \r may be half of \r\n: keep it for the next read.
+            if chunk.endswith(b"\r"):
+                self._carry = chunk
+                return []
+            chunk = _normalise(chunk)
+        if chunk.endswith(_SEP) and chunk.find(_SEP) == len(chunk) - 2:
+            # The common case: one whole event per read.
+            self._carry = b""
+            return [chunk[:-2]] if len(chunk) > 2 else []
+        blocks = chunk.split(_SEP)
+        self._carry = blocks.pop()
+        return [block for block in blocks if block]
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not yet terminated (a stream cut short ends here)."""
+        return self._carry
+
+
+def parse_block(block: bytes) -> tuple[bytes, bytes]:
+    """(event name, data) of one normalised event block; data lines joined by `\\n`."""
+    name = b"message"
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if not line or line[0] == 0x3A:  # ':' comment
+            continue
+        field, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if field == b"event":
+            name = value
+        elif field == b"data":
+            data.append(value)
+    return name, b"\n".join(data)
+
+
+def event_name(block: bytes) -> bytes:
+    """The `event:` name of a block, cheaply when it is the first line (Anthropic's shape)."""
+    if block.startswith(b"event: "):
+        end = block.find(b"\n")
+        return block[7:end] if end >= 0 else block[7:]
+    return parse_block(block)[0]
+
+
+def encode(data: object, *, event: str | None = None, event_id: int | None = None) -> bytes:
+    """One SSE event with a JSON `data:` line."""
+    head = b""
+    if event_id is not None:
+        head += b"id: %d\n" % event_id
+    if event is not None:
+        head += b"event: " + event.encode() + b"\n"
+    return head + b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"

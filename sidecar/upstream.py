@@ -1,0 +1,134 @@
+"""The Claude client: one shared keep-alive session, retries before the first byte.
+
+Retries use exponential backoff with full jitter on connect errors and 429/500/
+502/503/529, honour `retry-after`, and stop at `claude.max_retries`. A wait longer
+than `retry_max_seconds` is not slept through: the client gets the error with its
+`retry-after` and backs off itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+from yarl import URL
+
+from sidecar.config import ClaudeConfig
+from sidecar.errors import Rejection
+
+RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 529})
+# Request headers a client may send that Claude should see; credentials never pass.
+FORWARDED_REQUEST_HEADERS: Final = ("anthropic-version", "anthropic-beta", "content-type")
+# Response headers that come back to the client unchanged.
+RETURNED_RESPONSE_HEADERS: Final = ("request-id", "retry-after", "retry-after-ms", "x-should-retry")
+RATELIMIT_PREFIX: Final = "anthropic-ratelimit-"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one upstream call needs beyond the body (prepared once per request)."""
+
+    method: str
+    path: str  # path + query, e.g. /v1/messages?beta=true
+    headers: Mapping[str, str]
+
+
+class ClaudeClient:
+    """Sends requests to Claude (or the built-in fake) with retries before the first byte."""
+
+    def __init__(
+        self,
+        config: ClaudeConfig,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        *,
+        on_retry: Callable[[str], None] | None = None,
+        on_status: Callable[[int], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._base = URL(base_url)
+        self._session = session
+        self._on_retry = on_retry
+        self._on_status = on_status
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout_seconds, sock_read=None
+        )
+        self._key = config.api_key.get_secret_value() if config.api_key else None
+        self.server_address = self._base.host or ""
+        self.server_port = self._base.port
+
+    def request_headers(self, client: Mapping[str, str]) -> dict[str, str]:
+        """Headers for Claude: the sidecar's own key plus the client's version/beta."""
+        headers = {name: client[name] for name in FORWARDED_REQUEST_HEADERS if name in client}
+        headers.setdefault("anthropic-version", self._config.anthropic_version)
+        headers.setdefault("content-type", "application/json")
+        headers["accept-encoding"] = "identity"  # relay bytes as they come, never re-encode
+        if self._key is not None:
+            headers["x-api-key"] = self._key
+        return headers
+
+    def backoff(self, attempt: int, retry_after: str | None) -> float:
+        """Seconds to wait before retry number `attempt` (0-based)."""
+        if retry_after is not None:
+            try:
+                return max(0.0, float(retry_after))
+            except ValueError:
+                pass
+        cap = min(self._config.retry_max_seconds, self._config.retry_base_seconds * 2**attempt)
+        return random.uniform(0, cap)
+
+    async def send(self, attempt: Attempt, body: bytes | None) -> tuple[aiohttp.ClientResponse, int]:
+        """Send with retries; returns (response, retries used). Raises Rejection if unreachable."""
+        url = self._base.join(URL(attempt.path, encoded=True))
+        retries = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._config.idle_timeout_seconds):
+                    response = await self._session.request(
+                        attempt.method, url, data=body, headers=attempt.headers,
+                        timeout=self._timeout, allow_redirects=False,
+                    )  # fmt: skip
+            except TimeoutError:
+                raise Rejection(
+                    504, "timeout_error", "Claude did not answer in time", reason="upstream_timeout"
+                ) from None
+            except aiohttp.ClientError as exc:
+                if retries >= self._config.max_retries:
+                    raise Rejection(
+                        502,
+                        "api_error",
+                        f"Claude is unreachable ({type(exc).__name__})",
+                        reason="upstream_unreachable",
+                    ) from None
+                delay = self.backoff(retries, None)
+                self._count_retry("connect_error")
+            else:
+                if self._on_status is not None:
+                    self._on_status(response.status)
+                if response.status not in RETRYABLE_STATUS or retries >= self._config.max_retries:
+                    return response, retries
+                delay = self.backoff(retries, response.headers.get("retry-after"))
+                if delay > self._config.retry_max_seconds:
+                    return response, retries  # the client backs off itself
+                response.release()
+                self._count_retry(str(response.status))
+            retries += 1
+            await asyncio.sleep(delay)
+
+    def _count_retry(self, reason: str) -> None:
+        if self._on_retry is not None:
+            self._on_retry(reason)
+
+
+def returned_headers(upstream: Mapping[str, str], *, keep_ratelimit: bool) -> dict[str, str]:
+    """Claude's response headers the client should see (request id, retry and rate-limit info)."""
+    headers = {name: upstream[name] for name in RETURNED_RESPONSE_HEADERS if name in upstream}
+    if keep_ratelimit:
+        for name, value in upstream.items():
+            if name.lower().startswith(RATELIMIT_PREFIX):
+                headers[name] = value
+    return headers

@@ -1,0 +1,79 @@
+"""Reading Claude's stream for accounting: ids, model, usage, stop reason, errors.
+
+Only `message_start`, `message_delta` and `error` are JSON-decoded (a handful per
+stream); content deltas are recognised by their `event:` line and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sidecar.record import StreamRecord
+from sidecar.sse import event_name, parse_block
+
+DELTA = b"content_block_delta"
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def apply_usage(record: StreamRecord, usage: Any) -> None:
+    """Copy an Anthropic `usage` object onto the record (output is cumulative)."""
+    if not isinstance(usage, dict):
+        return
+    if "input_tokens" in usage and usage["input_tokens"] is not None:
+        record.input_tokens = _int(usage["input_tokens"])
+    if usage.get("cache_creation_input_tokens") is not None:
+        record.cache_creation_input_tokens = _int(usage["cache_creation_input_tokens"])
+    if usage.get("cache_read_input_tokens") is not None:
+        record.cache_read_input_tokens = _int(usage["cache_read_input_tokens"])
+    if usage.get("output_tokens") is not None:
+        record.output_tokens = _int(usage["output_tokens"])
+
+
+def apply_message(record: StreamRecord, message: Any) -> None:
+    """Record id, model, stop reason and usage of a Message object."""
+    if not isinstance(message, dict):
+        return
+    if isinstance(message.get("id"), str):
+        record.response_id = message["id"]
+    if isinstance(message.get("model"), str):
+        record.response_model = message["model"]
+    if isinstance(message.get("stop_reason"), str):
+        record.stop_reason = message["stop_reason"]
+    apply_usage(record, message.get("usage"))
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def observe(record: StreamRecord, block: bytes) -> bytes:
+    """Account for one upstream event block; returns its event name."""
+    name = event_name(block)
+    if name == DELTA:
+        record.output_deltas += 1
+        if record.first_token_at is None:
+            record.first_token_at = time.perf_counter()
+        return name
+    if name == b"message_start":
+        apply_message(record, _decode(parse_block(block)[1]).get("message"))
+    elif name == b"message_delta":
+        payload = _decode(parse_block(block)[1])
+        delta = payload.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+            record.stop_reason = delta["stop_reason"]
+        apply_usage(record, payload.get("usage"))
+    elif name == b"error":
+        error = _decode(parse_block(block)[1]).get("error")
+        record.error_type = (
+            error.get("type") if isinstance(error, dict) and error.get("type") else "api_error"
+        )
+    return name
