@@ -33,21 +33,23 @@ class EventScanner:
     only when a `\\r` is present, so the common case does no copying beyond the split.
     """
 
-    __slots__ = ("_carry", "_cr")
+    __slots__ = ("_carry", "_cr", "_skip_lf")
 
     def __init__(self) -> None:
         self._carry = b""
         self._cr = False  # a \r was seen: normalise every later buffer too
+        self._skip_lf = False  # the last read ended in \r: a leading \n completes that pair
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if self._skip_lf:
+            self._skip_lf = False
+            chunk = chunk[1:] if chunk[:1] == b"\n" else chunk
         if self._carry:
             chunk = self._carry + chunk
         if self._cr or b"\r" in chunk:
             self._cr = True
-            # A trailing \r may be half of \r\n: keep it for the next read.
-            if chunk.endswith(b"\r"):
-                self._carry = chunk
-                return []
+            # A \r ends a line whether or not a \n follows in the next read.
+            self._skip_lf = chunk.endswith(b"\r")
             chunk = _normalise(chunk)
         if chunk.endswith(_SEP) and chunk.find(_SEP) == len(chunk) - 2:
             # The common case: one whole event per read.

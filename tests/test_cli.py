@@ -1,0 +1,134 @@
+"""The `sidecar` command as a user runs it: check, schema, run with signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sidecar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+
+
+def test_check_prints_the_effective_config_with_secrets_redacted() -> None:
+    result = sidecar(
+        "check",
+        "-c",
+        "config/sidecar.example.yaml",
+        env={"ANTHROPIC_API_KEY": "sk-very-secret", "JWT_SECRET": "j" * 32},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sk-very-secret" not in result.stdout
+    assert "j" * 32 not in result.stdout
+    assert "api_key: '***'" in result.stdout
+
+
+def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("server:\n  listen: nope\n  max_body_bytes: 0\nclaude: {api_key: '${UNSET_X}'}\n")
+    result = sidecar("check", "-c", str(path), env={"UNSET_X": ""})
+    assert result.returncode == 2
+    lines = result.stdout.strip().splitlines()
+    assert "server.listen: must be host:port, got 'nope'" in lines
+    assert "server.max_body_bytes: Input should be greater than 0" in lines
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_check_with_no_file_uses_the_embedded_default() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SIDECAR_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0
+    assert "base_url: builtin:fake" in result.stdout
+    assert "listen: 127.0.0.1:8080" in result.stdout
+
+
+def test_schema_is_json_schema_of_the_config() -> None:
+    result = sidecar("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert {"server", "claude", "auth", "cors", "screening", "quotas", "telemetry", "routes"} <= set(
+        schema["properties"]
+    )
+
+
+def test_help_for_each_command() -> None:
+    for args in (["--help"], ["run", "--help"], ["check", "--help"], ["schema", "--help"]):
+        result = sidecar(*args)
+        assert result.returncode == 0
+        assert "usage: sidecar" in result.stdout
+
+
+def test_run_with_a_bad_config_exits_2_without_binding(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "bad.yaml"
+    path.write_text(f'server: {{listen: "127.0.0.1:{port}", bogus: true}}\n')
+    result = sidecar("run", "-c", str(path))
+    assert result.returncode == 2
+    assert "server.bogus: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_serves_then_exits_0_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    port, admin = free_port(), free_port()
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}"}}\n'
+        "claude: {base_url: 'builtin:fake', fake: {tokens: 5, tokens_per_second: 0, "
+        "time_to_first_token_ms: 0}}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "run", "-c", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if _get(f"http://127.0.0.1:{admin}/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert _get(f"http://127.0.0.1:{admin}/readyz")[0] == 200
+        status, body = _get(f"http://127.0.0.1:{port}/api/stream-response?prompt=hi")
+        assert status == 200
+        assert b'"done":true' in body
+        process.send_signal(sig)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    logs = process.stderr.read().decode() if process.stderr else ""
+    assert "Traceback" not in logs

@@ -1,0 +1,229 @@
+"""Config loading: YAML errors, interpolation, validation paths, route overrides, redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar import loader
+from sidecar.config import Config, split_host_port
+
+
+def problems_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.validate(loader.parse_yaml(text, "test.yaml"), env or {})
+    return caught.value.problems
+
+
+def test_embedded_default_is_fake_claude_on_loopback() -> None:
+    config = loader.load(None, env={})
+    assert config.claude.is_fake
+    assert config.server.listen == "127.0.0.1:8080"
+    assert config.server.admin_listen == "127.0.0.1:9090"
+    assert config.auth.mode == "none"
+    assert config.quotas.store == "memory"
+    assert [r.handler for r in config.routes] == ["prompt", "anthropic"]
+
+
+def test_sidecar_config_env_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("claude: {model: claude-haiku-5-5}\n")
+    assert loader.load(None, env={"SIDECAR_CONFIG": str(path)}).claude.model == "claude-haiku-5-5"
+
+
+def test_yaml_syntax_error_has_line_and_column() -> None:
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.parse_yaml("server:\n  listen: [1, 2\n", "bad.yaml")
+    (problem,) = caught.value.problems
+    assert problem.startswith("bad.yaml: line ")
+    assert "column" in problem
+
+
+def test_duplicate_keys_are_errors() -> None:
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.parse_yaml("server: {}\nserver: {}\n", "dup.yaml")
+    assert "duplicate key 'server'" in caught.value.problems[0]
+    assert "line 2" in caught.value.problems[0]
+
+
+def test_every_problem_is_reported_at_once_with_its_path() -> None:
+    found = problems_of(
+        """
+server:
+  listen: "0.0.0.0:80x"
+  max_body_bytes: -1
+  bogus: 1
+claude:
+  idle_timeout_seconds: "soon"
+cors: {allow_origins: ["*"], allow_credentials: true}
+screening: {deny_patterns: ["ok", "(?<=x)y"]}
+quotas: {store: redis}
+unknown_section: {}
+"""
+    )
+    joined = "\n".join(found)
+    assert "server.listen: must be host:port, got '0.0.0.0:80x'" in found
+    assert "server.max_body_bytes: Input should be greater than 0" in found
+    assert "server.bogus: unknown key" in found
+    assert any(p.startswith("claude.idle_timeout_seconds: ") for p in found)
+    assert any(p.startswith("cors: ") and "allow_credentials" in p for p in found)
+    assert any(p.startswith("screening.deny_patterns.1.pattern: does not compile") for p in found)
+    assert "quotas: store 'redis' needs redis_url" in found
+    assert "unknown_section: unknown key" in found
+    assert "Traceback" not in joined
+
+
+def test_root_must_be_a_mapping() -> None:
+    assert problems_of("- a\n- b\n") == ["<root>: the config must be a mapping of sections"]
+
+
+def test_empty_file_is_the_defaults() -> None:
+    assert loader.validate(loader.parse_yaml("", "empty.yaml"), {}) == loader.validate({}, {})
+
+
+def test_interpolation_with_defaults_and_escapes() -> None:
+    config = loader.validate(
+        {
+            "claude": {
+                "api_key": "${KEY}",
+                "model": "${MODEL:-claude-haiku-5-5}",
+                "anthropic_version": "$${literal}",
+            }
+        },
+        {"KEY": "sk-test"},
+    )
+    assert config.claude.api_key is not None
+    assert config.claude.api_key.get_secret_value() == "sk-test"
+    assert config.claude.model == "claude-haiku-5-5"
+    assert config.claude.anthropic_version == "${literal}"
+
+
+def test_unset_variable_names_the_field() -> None:
+    found = problems_of('claude: {api_key: "${ANTHROPIC_API_KEY}"}')
+    assert found == ["claude.api_key: environment variable ANTHROPIC_API_KEY is not set"]
+
+
+def test_interpolated_numbers_are_coerced() -> None:
+    config = loader.validate({"server": {"max_body_bytes": "${SIZE}"}}, {"SIZE": "2048"})
+    assert config.server.max_body_bytes == 2048
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0.0.0.0:8080", ("0.0.0.0", 8080)), ("[::1]:9", ("::1", 9)), (":80", ("0.0.0.0", 80))],
+)
+def test_host_port(value: str, expected: tuple[str, int]) -> None:
+    assert split_host_port(value) == expected
+
+
+@pytest.mark.parametrize("value", ["8080", "host:", "host:99999", "a:b:c", "host:port"])
+def test_bad_host_port(value: str) -> None:
+    with pytest.raises(ValueError, match="host:port|port must be"):
+        split_host_port(value)
+
+
+def test_listeners_must_differ() -> None:
+    found = problems_of('server: {listen: "0.0.0.0:80", admin_listen: "0.0.0.0:80"}')
+    assert found == ["server: listen and admin_listen must differ"]
+
+
+def test_app_route_needs_app_section() -> None:
+    found = problems_of('routes: [{path: "/", handler: app}]')
+    assert any("needs the app section" in p for p in found)
+
+
+def test_default_routes_include_the_app_when_configured() -> None:
+    config = loader.validate({"app": {"url": "http://127.0.0.1:3000"}}, {})
+    assert [(r.path, r.handler) for r in config.routes] == [
+        ("/api/stream-response", "prompt"),
+        ("/v1/", "anthropic"),
+        ("/", "app"),
+    ]
+
+
+def test_auth_required_needs_credentials() -> None:
+    assert problems_of("auth: {mode: required}") == ["auth: mode 'required' needs jwt or api_keys"]
+
+
+def test_jwt_rules() -> None:
+    found = problems_of(
+        """
+auth:
+  jwt: {secret: short, algorithms: [HS256, none]}
+"""
+    )
+    assert any("alg 'none' is never allowed" in p for p in found)
+    found = problems_of("auth: {jwt: {secret: short}}")
+    assert any("at least 32 bytes" in p for p in found)
+    found = problems_of("auth: {jwt: {algorithms: [RS256], secret: '" + "x" * 40 + "'}}")
+    assert any("need public_key_file or jwks_url" in p for p in found)
+
+
+def test_api_key_hash_must_be_sha256_hex() -> None:
+    found = problems_of("auth: {api_keys: [{name: ci, sha256: nothex}]}")
+    assert found == ["auth.api_keys.0.sha256: must be the 64-character hex SHA-256 of the key"]
+
+
+def test_route_overrides_merge_and_validate_with_field_paths() -> None:
+    config = loader.validate(
+        {
+            "quotas": {"requests_per_minute": 60},
+            "routes": [
+                {"path": "/api", "handler": "prompt", "quotas": {"requests_per_minute": 5}},
+                {"path": "/v1/", "handler": "anthropic"},
+            ],
+        },
+        {},
+    )
+    first, second = loader.route_policies(config)
+    assert first.quotas.requests_per_minute == 5
+    assert first.quota_scope == "/api"
+    assert second.quotas.requests_per_minute == 60
+    assert second.quota_scope == "global"
+    found = problems_of(
+        """
+routes:
+  - {path: /api, handler: prompt, quotas: {requests_per_minute: -1, store: redis}}
+  - {path: /x, handler: prompt, cors: {allow_origins: ["*"], allow_credentials: true}}
+"""
+    )
+    assert "routes.0.quotas.store: can only be set at the top level" in found
+    assert "routes.0.quotas.requests_per_minute: Input should be greater than 0" in found
+    assert any(p.startswith("routes.1.cors: ") for p in found)
+
+
+def test_route_paths_are_absolute_and_unique() -> None:
+    found = problems_of('routes: [{path: "api", handler: prompt}]')
+    assert found == ["routes.0.path: must start with '/'"]
+    found = problems_of('routes: [{path: "/a", handler: prompt}, {path: "/a", handler: prompt}]')
+    assert any("paths must be unique" in p for p in found)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.load(tmp_path / "missing.yaml", env={})
+    assert "cannot read" in caught.value.problems[0]
+
+
+def test_redacted_hides_every_secret() -> None:
+    config = loader.validate(
+        {
+            "claude": {"api_key": "sk-secret"},
+            "auth": {"jwt": {"secret": "s" * 40}},
+            "quotas": {"store": "redis", "redis_url": "redis://:pw@host/0"},
+        },
+        {},
+    )
+    text = repr(loader.redacted(config))
+    assert "sk-secret" not in text
+    assert "s" * 40 not in text
+    assert "pw@" not in text
+    assert loader.redacted(config)["claude"]["api_key"] == "***"
+
+
+def test_example_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parent.parent / "config"
+    env = {"ANTHROPIC_API_KEY": "sk-x", "JWT_SECRET": "j" * 32, "REDIS_URL": "redis://r:6379/0"}
+    for path in sorted(root.glob("*.yaml")):
+        assert isinstance(loader.load(path, env=env), Config), path

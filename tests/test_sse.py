@@ -1,0 +1,95 @@
+"""SSE framing: boundaries across reads, all three line endings, parsing, encoding."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.record import StreamRecord
+from sidecar.sse import EventScanner, encode, event_name, parse_block
+from sidecar.usage import observe
+
+STREAM = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"m",'
+    b'"usage":{"input_tokens":25,"cache_creation_input_tokens":3,"cache_read_input_tokens":2,'
+    b'"output_tokens":1}}}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"Hi"}}\n\n'
+    b'event: ping\ndata: {"type": "ping"}\n\n'
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+    b'"usage":{"output_tokens":42}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
+
+def names(blocks: list[bytes]) -> list[bytes]:
+    return [event_name(block) for block in blocks]
+
+
+def test_one_event_per_read() -> None:
+    scanner = EventScanner()
+    out = []
+    for part in STREAM.split(b"\n\n")[:-1]:
+        out += scanner.feed(part + b"\n\n")
+    assert names(out) == [
+        b"message_start", b"content_block_delta", b"ping", b"message_delta", b"message_stop"
+    ]
+    assert scanner.pending == b""
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=20))
+def test_any_split_yields_the_same_events(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    pieces = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
+    scanner = EventScanner()
+    out = [block for piece in pieces for block in scanner.feed(piece)]
+    assert out == [block for block in STREAM.split(b"\n\n") if block]
+
+
+def test_crlf_and_cr_line_endings_split_across_reads() -> None:
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    scanner = EventScanner()
+    out = [b for i in range(0, len(crlf), 7) for b in scanner.feed(crlf[i : i + 7])]
+    assert len(out) == 5
+    cr = STREAM.replace(b"\n", b"\r")
+    scanner = EventScanner()
+    out = [b for i in range(0, len(cr), 5) for b in scanner.feed(cr[i : i + 5])]
+    assert names(out)[-1] == b"message_stop"
+    assert len(out) == 5
+
+
+def test_parse_block_multiline_data_comments_and_no_space() -> None:
+    name, data = parse_block(b": comment\nevent:custom\ndata: a\ndata:b\nid: 7")
+    assert (name, data) == (b"custom", b"a\nb")
+    assert parse_block(b"data: x") == (b"message", b"x")
+
+
+def test_encode() -> None:
+    assert encode({"token": "é"}, event_id=3) == b'id: 3\ndata: {"token":"\\u00e9"}\n\n'
+    assert encode({"a": 1}, event="e") == b'event: e\ndata: {"a":1}\n\n'
+
+
+def test_observe_collects_usage_and_stop_reason() -> None:
+    record = StreamRecord(request_id="r", route="/v1/", handler="anthropic", started=0.0)
+    for block in EventScanner().feed(STREAM):
+        observe(record, block)
+    assert record.response_id == "msg_1"
+    assert record.response_model == "m"
+    assert (record.input_tokens, record.cache_creation_input_tokens) == (25, 3)
+    assert record.cache_read_input_tokens == 2
+    assert record.total_input_tokens == 30
+    assert record.output_tokens == 42
+    assert record.stop_reason == "end_turn"
+    assert record.output_deltas == 1
+    assert record.first_token_at is not None
+
+
+def test_observe_error_event_and_bad_json() -> None:
+    record = StreamRecord(request_id="r", route="/v1/", handler="anthropic", started=0.0)
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    observe(record, b"event: error\ndata: " + json.dumps(error).encode())
+    assert record.error_type == "overloaded_error"
+    observe(record, b"event: message_delta\ndata: {not json")
+    assert record.output_tokens == 0
