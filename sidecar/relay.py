@@ -79,7 +79,8 @@ class LiveStream:
             raise ConnectionResetError("client went away")
         self._transport = transport
         self._writer = request.writer
-        self._chunked = response.chunked
+        # aiohttp picks chunked framing in prepare() for HTTP/1.1 without a length.
+        self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
         self._loop = asyncio.get_running_loop()
         self._scanner = EventScanner()
         self.upstream = upstream

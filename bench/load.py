@@ -1,0 +1,107 @@
+"""Load client: C concurrent Claude streams through one target; prints a JSON summary.
+
+Each stream asks the fake Claude (via a prompt directive, so it passes every proxy)
+to stamp each text delta with its send time (`time.monotonic_ns()`, system-wide on
+Linux), so the client measures per-event delay end to end, not just inter-arrival.
+
+    python bench/load.py --url http://127.0.0.1:8080 --streams 50 --tokens 200 --tps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+DELTA = b"event: content_block_delta"
+
+
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, tokens: int, tps: float, headers: dict[str, str]
+) -> dict[str, Any]:
+    prompt = f"[[fake tokens={tokens} tps={tps} stamp=1]] benchmark"
+    body = {
+        "model": "claude-sonnet-5-5",
+        "max_tokens": tokens + 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    started = time.monotonic_ns()
+    first: int | None = None
+    delays: list[int] = []
+    events = 0
+    carry = b""
+    async with session.post(url + "/v1/messages", json=body, headers=headers) as response:
+        if response.status != 200:
+            return {"error": response.status}
+        async for chunk in response.content.iter_any():
+            now = time.monotonic_ns()
+            data = carry + chunk
+            blocks = data.split(b"\n\n")
+            carry = blocks.pop()
+            for block in blocks:
+                events += 1
+                if block.startswith(DELTA):
+                    if first is None:
+                        first = now
+                    text = json.loads(block.split(b"data: ", 1)[1])["delta"]["text"]
+                    delays.append(now - int(text.split()[0]))
+    return {"ttft_ns": (first or started) - started, "delays_ns": delays, "events": events}
+
+
+def percentile(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main(args: argparse.Namespace) -> None:
+    headers = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
+    if args.api_key:
+        headers["x-api-key"] = args.api_key
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        results = await asyncio.gather(
+            *(
+                one_stream(session, args.url, args.tokens, args.tps, headers)
+                for _ in range(args.streams)
+            )
+        )
+    failures = [r for r in results if "error" in r]
+    ok = [r for r in results if "error" not in r]
+    ttfts = [r["ttft_ns"] for r in ok]
+    delays = [d for r in ok for d in r["delays_ns"]]
+    print(
+        json.dumps(
+            {
+                "streams": len(ok),
+                "failures": len(failures),
+                "events": sum(r["events"] for r in ok),
+                "ttft_p50_ms": percentile(ttfts, 0.5) / 1e6,
+                "ttft_p99_ms": percentile(ttfts, 0.99) / 1e6,
+                "delay_p50_ms": percentile(delays, 0.5) / 1e6,
+                "delay_p99_ms": percentile(delays, 0.99) / 1e6,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--tps", type=float, default=40)
+    parser.add_argument("--api-key", default="")
+    try:
+        import uvloop
+
+        uvloop.run(main(parser.parse_args()))
+    except ImportError:
+        asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,239 @@
+"""Authentication: JWT (HS / RS / PS / ES / EdDSA, key file or JWKS) and hashed API keys.
+
+Fail closed: any credential that is presented and does not verify is a 401, whatever
+the mode. Messages name the reason class only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import jwt
+
+from sidecar.config import AuthConfig, JWTConfig
+from sidecar.errors import Rejection
+from sidecar.identity import ANONYMOUS, Identity
+from sidecar.policy.jwks import JwksCache
+
+_CHALLENGE = 'Bearer realm="claude-sidecar"'
+_INVALID = 'Bearer realm="claude-sidecar", error="invalid_token"'
+_JWT_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
+    (jwt.ExpiredSignatureError, "auth_expired", "token expired"),
+    (jwt.ImmatureSignatureError, "auth_not_yet_valid", "token not yet valid"),
+    (jwt.InvalidIssuerError, "auth_wrong_issuer", "token issuer not accepted"),
+    (jwt.InvalidAudienceError, "auth_wrong_audience", "token audience not accepted"),
+)
+
+
+def unauthorized(reason: str, message: str, *, missing: bool = False) -> Rejection:
+    return Rejection(
+        401, "authentication_error", message, reason=reason,
+        headers={"WWW-Authenticate": _CHALLENGE if missing else _INVALID},
+    )  # fmt: skip
+
+
+def forbidden(reason: str, message: str) -> Rejection:
+    return Rejection(403, "permission_error", message, reason=reason)
+
+
+class JwtVerifier:
+    """Verifies tokens for one `auth.jwt` block; key material is loaded once."""
+
+    def __init__(self, config: JWTConfig, jwks: JwksCache | None) -> None:
+        self.config = config
+        self._jwks = jwks
+        self._hs = set(config.hs_algorithms)
+        self._secret = config.secret.get_secret_value().encode() if config.secret else None
+        self._public: Any = None
+        if config.public_key_file is not None:
+            pem = config.public_key_file.read_bytes()
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            self._public = load_pem_public_key(pem)
+        self._options = {"require": ["exp"]}
+
+    async def _key(self, alg: str, kid: str | None) -> Any:
+        if alg in self._hs:
+            return self._secret  # HS tokens only ever meet the secret: no RSA-as-HMAC confusion
+        if self._public is not None and (self._jwks is None or kid is None):
+            return self._public
+        if self._jwks is not None:
+            jwk = await self._jwks.key_for(kid)
+            if jwk is not None:
+                return jwk.key
+        return self._public
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims; raises Rejection(401) for anything wrong with it."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise unauthorized("auth_invalid_token", "invalid token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.config.algorithms:
+            raise unauthorized("auth_invalid_token", "invalid token")
+        key = await self._key(alg, header.get("kid"))
+        if key is None:
+            raise unauthorized("auth_unknown_key", "invalid token")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.config.audience,
+                issuer=self.config.issuer,
+                leeway=self.config.leeway_seconds,
+                options=self._options,  # type: ignore[arg-type]
+            )
+        except jwt.PyJWTError as exc:
+            for kind, reason, message in _JWT_ERRORS:
+                if isinstance(exc, kind):
+                    raise unauthorized(reason, message) from None
+            raise unauthorized("auth_invalid_token", "invalid token") from None
+        return claims
+
+
+class Authenticator:
+    """Authentication for one `auth` policy."""
+
+    def __init__(self, config: AuthConfig, jwt_verifier: JwtVerifier | None) -> None:
+        self.config = config
+        self._jwt = jwt_verifier
+        # Lookup by hash: the plaintext key is hashed on arrival and never stored.
+        self._keys = {key.sha256: key for key in config.api_keys}
+
+    def _credential(
+        self, headers: Mapping[str, str], query: Mapping[str, str], method: str
+    ) -> str | None:
+        authorization = headers.get("Authorization", "")
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        if headers.get("x-api-key"):
+            return headers["x-api-key"].strip()
+        jwt_config = self.config.jwt
+        if method == "GET" and jwt_config is not None and jwt_config.query_param:
+            return query.get(jwt_config.query_param) or None
+        return None
+
+    async def authenticate(
+        self, headers: Mapping[str, str], query: Mapping[str, str], method: str
+    ) -> Identity:
+        if self.config.mode == "none":
+            return ANONYMOUS
+        credential = self._credential(headers, query, method)
+        if credential is None:
+            if self.config.mode == "optional":
+                return ANONYMOUS
+            raise unauthorized("auth_missing", "credentials required", missing=True)
+        identity = await self._verify(credential)
+        allowed = self.config.allowed_tenants
+        if allowed is not None and identity.tenant not in allowed:
+            raise forbidden("auth_forbidden_tenant", "tenant not permitted on this route")
+        return identity
+
+    async def _verify(self, credential: str) -> Identity:
+        api_key = self._keys.get(hashlib.sha256(credential.encode()).hexdigest())
+        if api_key is not None:
+            return Identity(
+                method="api_key",
+                user=api_key.user or api_key.name,
+                tenant=api_key.tenant,
+                api_key_name=api_key.name,
+            )
+        if self._jwt is None or credential.count(".") != 2:
+            raise unauthorized("auth_invalid_key", "invalid credentials")
+        claims = await self._jwt.verify(credential)
+        config = self._jwt.config
+        user = claims.get(config.user_claim)
+        if not isinstance(user, str | int) or isinstance(user, bool) or user == "":
+            raise unauthorized("auth_invalid_token", "token has no user claim")
+        tenant = claims.get(config.tenant_claim) if config.tenant_claim else None
+        return Identity(
+            method="jwt",
+            user=str(user),
+            tenant=str(tenant) if isinstance(tenant, str | int) else None,
+            claims=claims,
+        )
+
+
+class AuthService:
+    """Every route's authenticator, sharing one JWKS cache per URL."""
+
+    def __init__(
+        self, policies: Sequence[AuthConfig], *, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        self._policies = list(policies)
+        self._session = session
+        self._owns_session = session is None
+        self._jwks: dict[str, JwksCache] = {}
+        self._by_id: dict[int, Authenticator] = {}
+        self._by_json: dict[str, Authenticator] = {}
+
+    def _session_for_jwks(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    def _authenticator(self, policy: AuthConfig) -> Authenticator:
+        found = self._by_id.get(id(policy))
+        if found is not None:
+            return found
+        key = policy.model_dump_json()
+        found = self._by_json.get(key)
+        if found is None:
+            verifier = None
+            if policy.jwt is not None:
+                jwks = None
+                if policy.jwt.jwks_url is not None:
+                    jwks = self._jwks.get(policy.jwt.jwks_url)
+                    if jwks is None:
+                        jwks = JwksCache(
+                            policy.jwt.jwks_url,
+                            self._session_for_jwks(),
+                            refresh_seconds=policy.jwt.jwks_refresh_seconds,
+                            min_refresh_seconds=policy.jwt.jwks_min_refresh_seconds,
+                        )
+                        self._jwks[policy.jwt.jwks_url] = jwks
+                verifier = JwtVerifier(policy.jwt, jwks)
+            found = self._by_json[key] = Authenticator(policy, verifier)
+        self._by_id[id(policy)] = found
+        return found
+
+    async def start(self) -> None:
+        """Build every authenticator and load JWKS (a failed first fetch is not fatal)."""
+        for policy in self._policies:
+            self._authenticator(policy)
+        for cache in self._jwks.values():
+            await cache.start()
+
+    async def close(self) -> None:
+        for cache in self._jwks.values():
+            await cache.close()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    def ready(self) -> bool:
+        """False while some JWKS URL never produced a key."""
+        return all(cache.ready for cache in self._jwks.values())
+
+    async def authenticate(
+        self,
+        policy: AuthConfig,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        method: str,
+        model: str | None = None,
+    ) -> Identity:
+        """The caller's identity under `policy`; raises Rejection 401/403."""
+        identity = await self._authenticator(policy).authenticate(headers, query, method)
+        if (
+            model is not None
+            and policy.allowed_models is not None
+            and model not in policy.allowed_models
+        ):
+            raise forbidden("auth_forbidden_model", "model not permitted on this route")
+        return identity

@@ -1,0 +1,94 @@
+"""Metric instruments: the GenAI histograms (spec units and bucket advice) and the sidecar's own.
+
+Attributes on these are bounded: model names, route prefixes, outcomes, reasons and
+status codes; never user ids, prompts or request ids.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from opentelemetry.metrics import Meter
+
+TOKEN_BUCKETS: Final = [
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864
+]  # fmt: skip
+DURATION_BUCKETS: Final = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92
+]  # fmt: skip
+PER_CHUNK_BUCKETS: Final = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5
+]  # fmt: skip
+SERVER_TTFT_BUCKETS: Final = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+]  # fmt: skip
+QUEUE_BUCKETS: Final = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+
+
+class Instruments:
+    """Every instrument the sidecar records, created once per Telemetry."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}",
+            description="Tokens used per Claude call, by gen_ai.token.type (input / output)",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )  # fmt: skip
+        self.operation_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s",
+            description="Duration of a Claude call, request sent to last event",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )  # fmt: skip
+        self.time_to_first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk", unit="s",
+            description="Time from sending the request to Claude's first body chunk",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )  # fmt: skip
+        self.time_per_output_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_per_output_chunk", unit="s",
+            description="Mean time between Claude's chunks after the first, once per stream",
+            explicit_bucket_boundaries_advisory=PER_CHUNK_BUCKETS,
+        )  # fmt: skip
+        self.server_ttft = meter.create_histogram(
+            "gen_ai.server.time_to_first_token", unit="s",
+            description="Time from the client's request to its first content token",
+            explicit_bucket_boundaries_advisory=SERVER_TTFT_BUCKETS,
+        )  # fmt: skip
+        self.server_tpot = meter.create_histogram(
+            "gen_ai.server.time_per_output_token", unit="s",
+            description="Mean time per output token after the first, as served to the client",
+            explicit_bucket_boundaries_advisory=PER_CHUNK_BUCKETS,
+        )  # fmt: skip
+        self.active_streams = meter.create_up_down_counter(
+            "sidecar.streams.active", unit="{stream}", description="Claude streams in flight"
+        )
+        self.streams = meter.create_counter(
+            "sidecar.streams", unit="{stream}",
+            description="Claude calls finished, by sidecar.stream.outcome",
+        )  # fmt: skip
+        self.rejections = meter.create_counter(
+            "sidecar.rejections", unit="{request}",
+            description="Requests answered early, by sidecar.rejection.reason and http.route",
+        )  # fmt: skip
+        self.queue_wait = meter.create_histogram(
+            "sidecar.queue.wait", unit="s",
+            description="Time spent waiting for a stream slot, by sidecar.queue.admitted",
+            explicit_bucket_boundaries_advisory=QUEUE_BUCKETS,
+        )  # fmt: skip
+        self.retries = meter.create_counter(
+            "sidecar.upstream.retries", unit="{retry}",
+            description="Retries of Claude calls before the first byte, by reason",
+        )  # fmt: skip
+        self.upstream_responses = meter.create_counter(
+            "sidecar.upstream.responses", unit="{response}",
+            description="Claude responses by http.response.status_code",
+        )  # fmt: skip
+        self.cost = meter.create_counter(
+            "sidecar.cost", unit="USD",
+            description="Estimated cost of Claude calls from the configured price table",
+        )  # fmt: skip
+        self.request_duration = meter.create_histogram(
+            "http.server.request.duration", unit="s",
+            description="Duration of requests on the traffic listener, by route and status",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )  # fmt: skip

@@ -1,0 +1,78 @@
+"""Structured logs: JSON lines (default) or text, carrying the trace and span ids.
+
+Fields come from `extra={...}`; `trace_id`/`span_id` are taken from the record when
+given, else from the current OpenTelemetry context. Nothing here reads prompts or
+secrets: callers decide what goes into `extra`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, Final
+
+from opentelemetry import trace
+
+from sidecar.config import TelemetryConfig
+
+# Attributes every LogRecord has; anything else came from `extra`.
+_STANDARD: Final = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
+)
+
+
+def _trace_fields(record: logging.LogRecord) -> dict[str, str]:
+    if getattr(record, "trace_id", None):
+        return {}
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, extras, trace ids."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(extra_fields(record))
+        entry.update(_trace_fields(record))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable: `time level logger message key=value ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {**extra_fields(record), **_trace_fields(record)}
+        tail = " ".join(f"{k}={v}" for k, v in fields.items())
+        line = f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}"
+        if record.exc_info:
+            tail += "\n" + self.formatException(record.exc_info)
+        return f"{line} {tail}".rstrip()
+
+
+def setup_logging(config: TelemetryConfig) -> None:
+    """Route the root logger to stderr in the configured format and level."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if config.log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(config.log_level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
