@@ -71,20 +71,19 @@ def wait_http(url: str, timeout: float = 30) -> None:
 
 @contextlib.contextmanager
 def process(args: list[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[int]:
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        args, cwd=ROOT, stdout=log, stderr=log, env={**os.environ, **(env or {})}
-    )
-    try:
-        wait_http(ready_url)
-        yield proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            args, cwd=ROOT, stdout=log, stderr=log, env={**os.environ, **(env or {})}
+        )
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            wait_http(ready_url)
+            yield proc.pid
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def sidecar_config(upstream: str, port: int, admin: int, *, full: bool) -> dict[str, Any]:

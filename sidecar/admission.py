@@ -8,6 +8,7 @@ A full queue rejects at once; a waiter that is not admitted within
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -56,15 +57,15 @@ class Admission:
                 waiter.cancel()
             self._discard(waiter)
             if isinstance(exc, TimeoutError):
-                raise self._overloaded("timed out waiting for a stream slot", "queue_timeout") from None
+                raise self._overloaded(
+                    "timed out waiting for a stream slot", "queue_timeout"
+                ) from None
             raise
         return time.perf_counter() - started
 
     def _discard(self, waiter: asyncio.Future[None]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def release(self) -> None:
         """Free a slot, handing it straight to the oldest live waiter."""

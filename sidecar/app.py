@@ -106,7 +106,9 @@ async def _open_runtime(
     )
 
 
-def build_apps(config: Config, telemetry: Telemetry | None = None) -> tuple[web.Application, web.Application]:
+def build_apps(
+    config: Config, telemetry: Telemetry | None = None
+) -> tuple[web.Application, web.Application]:
     """The traffic app (every path through the pipeline) and the admin app sharing its runtime."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
 
@@ -116,5 +118,5 @@ def build_apps(config: Config, telemetry: Telemetry | None = None) -> tuple[web.
             yield
 
     app.cleanup_ctx.append(runtime_ctx)
-    app.router.add_route("*", "/{tail:.*}", Pipeline(HANDLERS))
+    app.router.add_route("*", "/{tail:.*}", Pipeline(HANDLERS).handle)
     return app, build_admin_app(app, config)

@@ -37,10 +37,7 @@ from typing import Any
 from aiohttp import web
 
 _DIRECTIVE = re.compile(r"\[\[fake\s+([^\]]*)\]\]")
-_WORDS = (
-    "the quick brown fox jumps over a lazy dog while streams of tokens flow through "
-    "sidecars into browsers and every event arrives as soon as it is sent"
-).split()
+_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "streams", "of", "tokens", "flow", "through", "sidecars", "into", "browsers", "and", "every", "event", "arrives", "as", "soon", "as", "it", "is", "sent"]
 _ERRORS = {
     "rate_limit": (429, "rate_limit_error", "Number of requests has exceeded your rate limit"),
     "overloaded": (529, "overloaded_error", "Overloaded"),
@@ -147,11 +144,13 @@ def error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
-def _validate(body: Any) -> str | None:
+def _validate(body: Any, *, counting: bool) -> str | None:
     if not isinstance(body, dict):
         return "body must be a JSON object"
     if not isinstance(body.get("model"), str):
         return "model: Field required"
+    if counting:
+        return None if isinstance(body.get("messages"), list) else "messages: Field required"
     if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] < 1:
         return "max_tokens: Field required"
     if not isinstance(body.get("messages"), list):
@@ -372,7 +371,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         ).removeprefix("Bearer ")
         if given != settings.api_key:
             return error_response(401, "authentication_error", "invalid x-api-key", None)
-    problem = _validate(body)
+    problem = _validate(body, counting=request.path.endswith("/count_tokens"))
     if problem is not None:
         return error_response(400, "invalid_request_error", problem, None)
     knobs = knobs_of(request, body)

@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -59,8 +59,10 @@ def request_id_of(request: web.Request, header: str) -> str:
 
 
 def family_of(route: Route) -> Family:
-    return "anthropic" if route.handler == "anthropic" else (
-        "prompt" if route.handler == "prompt" else "app"
+    return (
+        "anthropic"
+        if route.handler == "anthropic"
+        else ("prompt" if route.handler == "prompt" else "app")
     )
 
 
@@ -75,12 +77,12 @@ def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
 
 
 class Pipeline:
-    """Callable aiohttp handler for every path of the traffic listener."""
+    """The aiohttp handler (`handle`) for every path of the traffic listener."""
 
-    def __init__(self, handlers: dict[str, Handler]) -> None:
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
         self._handlers = handlers
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         runtime = request.app[RUNTIME]
         lifecycle = runtime.lifecycle
         lifecycle.enter()
@@ -123,7 +125,7 @@ class Pipeline:
             client_ip=client_ip(
                 peer, request.headers.get("X-Forwarded-For"), config.server.trusted_proxies
             ),
-            trace_parent=parent,
+            trace_parent=telemetry.child_context(span, parent),
             span=span,
             headers=headers,
             family=family_of(route),

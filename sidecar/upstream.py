@@ -81,7 +81,9 @@ class ClaudeClient:
         cap = min(self._config.retry_max_seconds, self._config.retry_base_seconds * 2**attempt)
         return random.uniform(0, cap)
 
-    async def send(self, attempt: Attempt, body: bytes | None) -> tuple[aiohttp.ClientResponse, int]:
+    async def send(
+        self, attempt: Attempt, body: bytes | None
+    ) -> tuple[aiohttp.ClientResponse, int]:
         """Send with retries; returns (response, retries used). Raises Rejection if unreachable."""
         url = self._base.join(URL(attempt.path, encoded=True))
         retries = 0

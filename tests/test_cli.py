@@ -44,7 +44,9 @@ def test_check_prints_the_effective_config_with_secrets_redacted() -> None:
 
 def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("server:\n  listen: nope\n  max_body_bytes: 0\nclaude: {api_key: '${UNSET_X}'}\n")
+    path.write_text(
+        "server:\n  listen: nope\n  max_body_bytes: 0\nclaude: {api_key: '${UNSET_X}'}\n"
+    )
     result = sidecar("check", "-c", str(path), env={"UNSET_X": ""})
     assert result.returncode == 2
     lines = result.stdout.strip().splitlines()
@@ -67,9 +69,16 @@ def test_schema_is_json_schema_of_the_config() -> None:
     result = sidecar("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
-    assert {"server", "claude", "auth", "cors", "screening", "quotas", "telemetry", "routes"} <= set(
-        schema["properties"]
-    )
+    assert {
+        "server",
+        "claude",
+        "auth",
+        "cors",
+        "screening",
+        "quotas",
+        "telemetry",
+        "routes",
+    } <= set(schema["properties"])
 
 
 def test_help_for_each_command() -> None:

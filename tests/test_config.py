@@ -119,7 +119,7 @@ def test_host_port(value: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize("value", ["8080", "host:", "host:99999", "a:b:c", "host:port"])
 def test_bad_host_port(value: str) -> None:
-    with pytest.raises(ValueError, match="host:port|port must be"):
+    with pytest.raises(ValueError, match=r"host:port|port must be"):
         split_host_port(value)
 
 

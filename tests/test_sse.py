@@ -34,7 +34,11 @@ def test_one_event_per_read() -> None:
     for part in STREAM.split(b"\n\n")[:-1]:
         out += scanner.feed(part + b"\n\n")
     assert names(out) == [
-        b"message_start", b"content_block_delta", b"ping", b"message_delta", b"message_stop"
+        b"message_start",
+        b"content_block_delta",
+        b"ping",
+        b"message_delta",
+        b"message_stop",
     ]
     assert scanner.pending == b""
 

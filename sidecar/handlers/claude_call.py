@@ -43,7 +43,9 @@ def estimate_input_tokens(chars: int, attachment_bytes: int) -> int:
     return math.ceil(chars / 3.5) + math.ceil(attachment_bytes / 3) + 8
 
 
-def new_record(ctx: RequestContext, model: str, max_tokens: int | None, stream: bool) -> StreamRecord:
+def new_record(
+    ctx: RequestContext, model: str, max_tokens: int | None, stream: bool
+) -> StreamRecord:
     """The stream record for this call, with the caller's identity as configured."""
     identity = ctx.identity
     claude = ctx.runtime.claude

@@ -6,6 +6,7 @@ Rejections name the rule, never echo the text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -77,10 +78,8 @@ def _walk_content(content: Any, texts: list[str], sizes: list[int]) -> None:
         if kind == "tool_result":
             _walk_content(block.get("content"), texts, sizes)
         elif kind == "tool_use" and "input" in block:
-            try:
+            with contextlib.suppress(TypeError, ValueError):
                 texts.append(json.dumps(block["input"]))
-            except (TypeError, ValueError):
-                pass
         source = block.get("source")
         if isinstance(source, dict) and isinstance(source.get("data"), str):
             sizes.append(len(source["data"]))

@@ -43,7 +43,7 @@ class Telemetry:
         self._propagator = TraceContextTextMapPropagator()
         tracer_provider: Any = providers.tracer_provider if providers else NoOpTracerProvider()
         meter_provider: Any = providers.meter_provider if providers else NoOpMeterProvider()
-        self._tracer = tracer_provider.get_tracer("claude-sidecar")
+        self._tracer: trace.Tracer = tracer_provider.get_tracer("claude-sidecar")
         self.instruments = Instruments(meter_provider.get_meter("claude-sidecar"))
 
     @classmethod

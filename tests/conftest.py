@@ -1,0 +1,34 @@
+"""Shared fixtures: a real fake Claude on a free port, and sidecars pointed at it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
+from sidecar.server import SidecarServer
+from tests.support import merge, running_sidecar
+
+SidecarFactory = Callable[..., contextlib.AbstractAsyncContextManager[SidecarServer]]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeServer]:
+    """The fake Claude, fast: 12 tokens, no pacing."""
+    async with running_fake_claude(FakeSettings(tokens=12)) as server:
+        yield server
+
+
+@pytest.fixture
+def sidecar_for(fake: FakeServer) -> SidecarFactory:
+    """`async with sidecar_for({...config overrides...}) as s:` — a sidecar using `fake`."""
+
+    def factory(data: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        base = {"claude": {"base_url": fake.url, "api_key": "sk-sidecar", "max_retries": 2,
+                           "retry_base_seconds": 0.01}}  # fmt: skip
+        return running_sidecar(merge(base, data or {}), **kwargs)
+
+    return factory

@@ -1,0 +1,300 @@
+"""The streaming core over real sockets: SDK parity, retries, errors, unbuffered, cancel-safe."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+
+from sidecar.fake_claude import FakeServer
+from tests.conftest import SidecarFactory
+
+MODEL = "claude-sonnet-5-5"
+_IDS = re.compile(r'"(msg|toolu|req)_[0-9a-f]+"')
+
+
+def sdk(url: str, **kwargs: Any) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=url, api_key="client-key", max_retries=0, **kwargs)
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+async def sdk_events(url: str, text: str, **extra: Any) -> tuple[list[Any], Any]:
+    async with (
+        sdk(url) as client,
+        client.messages.stream(model=MODEL, max_tokens=64, messages=user(text), **extra) as stream,
+    ):
+        events = [_IDS.sub('"id"', event.model_dump_json()) async for event in stream]
+        final = await stream.get_final_message()
+    return events, final
+
+
+def normalised(message: Any) -> str:
+    return _IDS.sub('"id"', message.model_dump_json())
+
+
+@pytest.mark.parametrize(
+    ("text", "extra"),
+    [
+        ("plain text please", {}),
+        (
+            "weather? [[fake content=tool_use]]",
+            {"tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]},
+        ),
+        ("think first [[fake content=thinking]]", {}),
+    ],
+)
+async def test_sdk_stream_is_identical_direct_and_through_the_sidecar(
+    fake: FakeServer, sidecar_for: SidecarFactory, text: str, extra: dict[str, Any]
+) -> None:
+    direct_events, direct_final = await sdk_events(fake.url, text, **extra)
+    async with sidecar_for() as sidecar:
+        proxied_events, proxied_final = await sdk_events(sidecar.url, text, **extra)
+    assert proxied_events == direct_events
+    assert normalised(proxied_final) == normalised(direct_final)
+    assert len(direct_events) > 5
+
+
+async def test_raw_bytes_pass_through_unchanged(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = {"model": MODEL, "max_tokens": 20, "stream": True, "messages": user("bytes")}
+    async with aiohttp.ClientSession() as http, sidecar_for() as sidecar:
+        async with http.post(fake.url + "/v1/messages", json=body) as response:
+            direct = await response.read()
+        async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+            assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+            assert response.headers["Cache-Control"] == "no-cache"
+            assert response.headers["X-Accel-Buffering"] == "no"
+            assert "Content-Length" not in response.headers
+            assert "Content-Encoding" not in response.headers
+            proxied = await response.read()
+    assert _IDS.sub("id", proxied.decode()) == _IDS.sub("id", direct.decode())
+
+
+async def test_non_streaming_and_count_tokens(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        message = await client.messages.create(model=MODEL, max_tokens=64, messages=user("hi"))
+        assert message.content[0].type == "text"
+        assert message.usage.output_tokens == 12
+        count = await client.messages.count_tokens(model=MODEL, messages=user("four"))
+        assert count.input_tokens == 1
+
+
+async def test_the_client_credential_is_never_forwarded(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar:
+        async with aiohttp.ClientSession() as http:
+            headers = {"x-api-key": "client-key", "Authorization": "Bearer client-token",
+                       "anthropic-version": "2026-10-21", "anthropic-beta": "feature-x"}  # fmt: skip
+            body = {"model": MODEL, "max_tokens": 8, "messages": user("x")}
+            async with http.post(sidecar.url + "/v1/messages", json=body, headers=headers) as r:
+                assert r.status == 200
+                assert r.headers["request-id"].startswith("req_")
+    seen = fake.state.requests[-1]["headers"]
+    assert seen["x-api-key"] == "sk-sidecar"
+    assert "authorization" not in seen
+    assert seen["anthropic-version"] == "2026-10-21"
+    assert seen["anthropic-beta"] == "feature-x"
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", seen["traceparent"])
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("rate_limit", anthropic.RateLimitError), ("overloaded", anthropic.APIStatusError)],
+)
+async def test_upstream_429_and_529_reach_the_sdk_after_retries(
+    fake: FakeServer, sidecar_for: SidecarFactory, fault: str, error: type[Exception]
+) -> None:
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(error) as caught:
+            await client.messages.create(
+                model=MODEL, max_tokens=8, messages=user(f"[[fake fault={fault} retry_after=0]]")
+            )
+    status = 429 if fault == "rate_limit" else 529
+    assert getattr(caught.value, "status_code", None) == status
+    assert fake.state.counters[f"faults_{fault}"] == 3  # first try + max_retries (2)
+
+
+async def test_long_retry_after_goes_back_to_the_client_without_waiting(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        body = {"model": MODEL, "max_tokens": 8, "messages": user("[[fake fault=rate_limit retry_after=60]]")}
+        async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+            assert response.status == 429
+            assert response.headers["retry-after"] == "60"
+            assert (await response.json())["error"]["type"] == "rate_limit_error"
+    assert fake.state.counters["faults_rate_limit"] == 1
+
+
+async def test_retries_then_succeeds(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    text = "[[fake fault=overloaded retry_after=0 fail_times=2 fail_key=k1]] retry me"
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        message = await client.messages.create(model=MODEL, max_tokens=64, messages=user(text))
+    assert message.stop_reason == "end_turn"
+    assert fake.state.counters["faults_overloaded"] == 2
+
+
+async def test_midstream_error_reaches_the_sdk(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(anthropic.APIStatusError, match="overloaded_error"):
+            async with client.messages.stream(
+                model=MODEL, max_tokens=64, messages=user("[[fake fault=midstream_error]]")
+            ) as stream:
+                async for _ in stream:
+                    pass
+
+
+async def test_unreachable_claude_is_a_clean_502(sidecar_for: SidecarFactory) -> None:
+    config = {"claude": {"base_url": "http://127.0.0.1:9", "max_retries": 1}}
+    async with sidecar_for(config) as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(anthropic.InternalServerError) as caught:
+            await client.messages.create(model=MODEL, max_tokens=8, messages=user("x"))
+    assert caught.value.status_code == 502
+
+
+async def read_events(response: aiohttp.ClientResponse) -> list[tuple[float, bytes]]:
+    """(arrival time.monotonic(), raw event) for each SSE event as it arrives."""
+    events: list[tuple[float, bytes]] = []
+    carry = b""
+    async for chunk in response.content.iter_any():
+        now = time.monotonic()
+        blocks = (carry + chunk).split(b"\n\n")
+        carry = blocks.pop()
+        events += [(now, block) for block in blocks]
+    return events
+
+
+async def test_events_arrive_before_the_fake_sends_the_next_one(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = {"model": MODEL, "max_tokens": 64, "stream": True,
+            "messages": user("[[fake tokens=8 tps=25]] pace")}  # fmt: skip
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+            events = await read_events(response)
+    (sent,) = fake.state.sent_at.values()
+    assert len(sent) == len(events)
+    deltas = [i for i, (_, block) in enumerate(events) if b"content_block_delta" in block]
+    assert len(deltas) == 8
+    for i in deltas:
+        # Event i reached the client before the fake even wrote event i + 1: nothing buffered.
+        assert events[i][0] < sent[i + 1]
+
+
+async def test_prompt_route_tokens_arrive_before_the_stream_ends(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url + "/api/stream-response"
+        async with http.get(url, params={"prompt": "[[fake tokens=6 tps=25]] go"}) as response:
+            events = await read_events(response)
+    (sent,) = fake.state.sent_at.values()
+    tokens = [(t, b) for t, b in events if b'"token"' in b]
+    assert len(tokens) == 6
+    assert tokens[0][0] < sent[-1]  # the first token was out before Claude finished
+    assert [int(b.split(b"\n")[0][4:]) for _, b in tokens] == [1, 2, 3, 4, 5, 6]
+    assert b'"done":true' in events[-1][1]
+
+
+async def test_client_disconnect_cancels_upstream_without_leaks(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = {"model": MODEL, "max_tokens": 500, "stream": True,
+            "messages": user("[[fake tokens=400 tps=20]] long")}  # fmt: skip
+    async with sidecar_for() as sidecar:
+        runtime = sidecar.runtime
+        baseline_tasks = len(asyncio.all_tasks())
+        async with aiohttp.ClientSession() as http:
+            response = await http.post(sidecar.url + "/v1/messages", json=body)
+            seen = 0
+            async for chunk in response.content.iter_any():
+                seen += chunk.count(b"content_block_delta")
+                if seen >= 3:
+                    break
+            response.close()
+        for _ in range(100):
+            if fake.state.open_streams == 0 and len(runtime.streams) == 0:
+                break
+            await asyncio.sleep(0.02)
+        (sent,) = fake.state.sent_at.values()
+        assert fake.state.counters["streams_cancelled"] == 1
+        assert len(sent) <= 3 + 3 + 2  # start, block start, ping + 3 deltas, then at most 2
+        assert len(runtime.streams) == 0
+        assert runtime.admission.active == 0
+        await asyncio.sleep(0.05)
+        assert len(asyncio.all_tasks()) <= baseline_tasks
+
+
+async def test_idle_timeout_ends_the_stream_with_an_error_event(
+    sidecar_for: SidecarFactory,
+) -> None:
+    config = {"claude": {"idle_timeout_seconds": 0.4, "heartbeat_seconds": 0.1}}
+    body = {"model": MODEL, "max_tokens": 8, "stream": True, "messages": user("[[fake fault=stall]]")}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+            raw = await response.read()
+        assert raw.count(b": ping\n\n") >= 1  # heartbeats while Claude was quiet
+        assert raw.rstrip().endswith(b"}")
+        last = raw.strip().split(b"\n\n")[-1]
+        assert last.startswith(b"event: error\ndata: ")
+        assert b'"timeout_error"' in last
+        async with http.get(
+            sidecar.url + "/api/stream-response", params={"prompt": "[[fake fault=stall]]"}
+        ) as response:
+            raw = await response.read()
+        assert b'"type":"idle_timeout"' in raw.strip().split(b"\n\n")[-1]
+
+
+async def test_queue_full_and_queue_timeout(sidecar_for: SidecarFactory) -> None:
+    config = {"claude": {"max_concurrent_streams": 1,
+                         "queue": {"max_waiting": 1, "max_wait_seconds": 0.2}}}  # fmt: skip
+    stall = {"model": MODEL, "max_tokens": 8, "stream": True, "messages": user("[[fake fault=stall]]")}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        holder = await http.post(sidecar.url + "/v1/messages", json=stall)
+        assert holder.status == 200
+        waiter = asyncio.create_task(http.post(sidecar.url + "/v1/messages", json=stall))
+        await asyncio.sleep(0.05)
+        async with http.post(sidecar.url + "/v1/messages", json=stall) as full:
+            assert full.status == 529
+            assert (await full.json())["error"]["type"] == "overloaded_error"
+            assert int(full.headers["retry-after"]) >= 1
+        async with http.get(sidecar.url + "/api/stream-response", params={"prompt": "x"}) as r:
+            assert r.status == 503
+            assert (await r.json())["error"]["type"] == "overloaded"
+        timed_out = await waiter
+        assert timed_out.status == 529
+        timed_out.close()
+        holder.close()
+
+
+async def test_shutdown_sends_a_final_event_to_live_streams(sidecar_for: SidecarFactory) -> None:
+    body = {"model": MODEL, "max_tokens": 8, "stream": True, "messages": user("[[fake fault=stall]]")}
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        anthropic_stream = await http.post(sidecar.url + "/v1/messages", json=body)
+        prompt_stream = await http.get(
+            sidecar.url + "/api/stream-response", params={"prompt": "[[fake fault=stall]]"}
+        )
+        await sidecar.shutdown(grace=0.2)
+        first = (await anthropic_stream.read()).strip().split(b"\n\n")[-1]
+        second = (await prompt_stream.read()).strip().split(b"\n\n")[-1]
+    assert first.startswith(b"event: error") and b"overloaded_error" in first
+    assert b'"type":"shutting_down"' in second
+
+
+async def test_request_id_is_echoed_when_well_formed(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url + "/api/stream-response"
+        async with http.get(url, params={"prompt": "x"}, headers={"X-Request-Id": "abc-123"}) as r:
+            assert r.headers["X-Request-Id"] == "abc-123"
+        async with http.get(url, params={"prompt": "x"}, headers={"X-Request-Id": "bad id!"}) as r:
+            assert re.fullmatch(r"req_[0-9a-f]{24}", r.headers["X-Request-Id"])
