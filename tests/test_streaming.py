@@ -128,7 +128,11 @@ async def test_long_retry_after_goes_back_to_the_client_without_waiting(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
-        body = {"model": MODEL, "max_tokens": 8, "messages": user("[[fake fault=rate_limit retry_after=60]]")}
+        body = {
+            "model": MODEL,
+            "max_tokens": 8,
+            "messages": user("[[fake fault=rate_limit retry_after=60]]"),
+        }
         async with http.post(sidecar.url + "/v1/messages", json=body) as response:
             assert response.status == 429
             assert response.headers["retry-after"] == "60"
@@ -186,9 +190,9 @@ async def test_events_arrive_before_the_fake_sends_the_next_one(
     assert len(sent) == len(events)
     deltas = [i for i, (_, block) in enumerate(events) if b"content_block_delta" in block]
     assert len(deltas) == 8
-    for i in deltas:
-        # Event i reached the client before the fake even wrote event i + 1: nothing buffered.
-        assert events[i][0] < sent[i + 1]
+    for i, j in zip(deltas, deltas[1:], strict=False):
+        # Delta i reached the client before the fake even wrote the next delta: nothing buffered.
+        assert events[i][0] < sent[j]
 
 
 async def test_prompt_route_tokens_arrive_before_the_stream_ends(
@@ -239,7 +243,12 @@ async def test_idle_timeout_ends_the_stream_with_an_error_event(
     sidecar_for: SidecarFactory,
 ) -> None:
     config = {"claude": {"idle_timeout_seconds": 0.4, "heartbeat_seconds": 0.1}}
-    body = {"model": MODEL, "max_tokens": 8, "stream": True, "messages": user("[[fake fault=stall]]")}
+    body = {
+        "model": MODEL,
+        "max_tokens": 8,
+        "stream": True,
+        "messages": user("[[fake fault=stall]]"),
+    }
     async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
         async with http.post(sidecar.url + "/v1/messages", json=body) as response:
             raw = await response.read()
@@ -258,7 +267,12 @@ async def test_idle_timeout_ends_the_stream_with_an_error_event(
 async def test_queue_full_and_queue_timeout(sidecar_for: SidecarFactory) -> None:
     config = {"claude": {"max_concurrent_streams": 1,
                          "queue": {"max_waiting": 1, "max_wait_seconds": 0.2}}}  # fmt: skip
-    stall = {"model": MODEL, "max_tokens": 8, "stream": True, "messages": user("[[fake fault=stall]]")}
+    stall = {
+        "model": MODEL,
+        "max_tokens": 8,
+        "stream": True,
+        "messages": user("[[fake fault=stall]]"),
+    }
     async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
         holder = await http.post(sidecar.url + "/v1/messages", json=stall)
         assert holder.status == 200
@@ -278,7 +292,12 @@ async def test_queue_full_and_queue_timeout(sidecar_for: SidecarFactory) -> None
 
 
 async def test_shutdown_sends_a_final_event_to_live_streams(sidecar_for: SidecarFactory) -> None:
-    body = {"model": MODEL, "max_tokens": 8, "stream": True, "messages": user("[[fake fault=stall]]")}
+    body = {
+        "model": MODEL,
+        "max_tokens": 8,
+        "stream": True,
+        "messages": user("[[fake fault=stall]]"),
+    }
     async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
         anthropic_stream = await http.post(sidecar.url + "/v1/messages", json=body)
         prompt_stream = await http.get(

@@ -1,0 +1,285 @@
+"""The app handler over real sockets: streaming both ways, SSE, WebSocket, headers, 502/504."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import SidecarFactory
+from tests.support import free_port
+
+BODY_CHUNK = b"x" * 65536
+
+
+class AppState:
+    def __init__(self) -> None:
+        self.first_upload_bytes = asyncio.Event()
+        self.sse_sent: list[float] = []
+
+
+STATE = web.AppKey("state", AppState)
+
+
+async def echo_headers(request: web.Request) -> web.Response:
+    return web.json_response({"headers": dict(request.headers), "path_qs": request.path_qs,
+                              "method": request.method})  # fmt: skip
+
+
+async def upload(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    total = 0
+    chunks = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        chunks += 1
+        state.first_upload_bytes.set()
+    return web.json_response({"bytes": total, "chunks": chunks})
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for i in range(5):
+        await response.write(f"data: {i}\n\n".encode())
+        state.sse_sent.append(time.monotonic())
+        await asyncio.sleep(0.05)
+    await response.write_eof()
+    return response
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(protocols=["chat"])
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await ws.send_str("echo:" + message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await ws.send_bytes(message.data[::-1])
+    return ws
+
+
+async def hop_headers(request: web.Request) -> web.Response:
+    return web.Response(
+        text="ok",
+        headers={"Connection": "close, X-Private", "X-Private": "secret", "Keep-Alive": "timeout=5",
+                 "X-Kept": "yes"},
+    )  # fmt: skip
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(5)
+    return web.Response(text="late")
+
+
+async def gzipped(request: web.Request) -> web.Response:
+    return web.Response(body=gzip.compress(b"hello " * 100), headers={"Content-Encoding": "gzip"},
+                        content_type="text/plain")  # fmt: skip
+
+
+async def in_flight(request: web.Request) -> web.Response:
+    await asyncio.sleep(0.5)
+    return web.Response(text="finished")
+
+
+@contextlib.asynccontextmanager
+async def running_app() -> AsyncIterator[tuple[str, AppState]]:
+    app = web.Application()
+    state = AppState()
+    app[STATE] = state
+    app.router.add_route("*", "/echo{tail:.*}", echo_headers)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/sse", sse)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/hop", hop_headers)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/inflight", in_flight)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    address: Any = runner.addresses[0]
+    try:
+        yield f"http://127.0.0.1:{address[1]}", state
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def app_upstream() -> AsyncIterator[tuple[str, AppState]]:
+    async with running_app() as app:
+        yield app
+
+
+def with_app(url: str, **app: Any) -> dict[str, Any]:
+    return {"app": {"url": url, "read_timeout_seconds": 1, **app},
+            "server": {"max_body_bytes": 1024}}  # fmt: skip
+
+
+async def test_headers_forwarded_identity_stripped_hop_by_hop_dropped(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, _ = app_upstream
+    sent = {
+        "X-Sidecar-User": "mallory", "x-sidecar-tenant": "evil", "Connection": "X-Drop-Me",
+        "X-Drop-Me": "1", "X-Forwarded-For": "6.6.6.6", "traceparent": "00-" + "a" * 32 + "-"
+        + "b" * 16 + "-01", "X-Custom": "kept",
+    }  # fmt: skip
+    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + "/echo/a%2Fb?q=1&q=2", headers=sent) as response:
+            assert response.status == 200
+            assert "X-Request-Id" in response.headers
+            seen = await response.json()
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert seen["path_qs"] == "/echo/a%2Fb?q=1&q=2"
+    assert "x-sidecar-user" not in headers
+    assert "x-sidecar-tenant" not in headers
+    assert "x-drop-me" not in headers
+    assert headers["x-custom"] == "kept"
+    assert headers["x-forwarded-for"] == "127.0.0.1"  # the peer is not a trusted proxy
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"].startswith("127.0.0.1:")
+    trace_id = headers["traceparent"].split("-")[1]
+    assert trace_id == "a" * 32  # the caller's trace continues
+    assert headers["traceparent"].split("-")[2] != "b" * 16  # with the sidecar's span as parent
+
+
+async def test_trusted_proxy_forwarded_for_is_appended(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, _ = app_upstream
+    config = {**with_app(url), "server": {"trusted_proxies": ["127.0.0.0/8"]}}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        headers = {"X-Forwarded-For": "203.0.113.9"}
+        async with http.get(sidecar.url + "/echo", headers=headers) as response:
+            seen = {k.lower(): v for k, v in (await response.json())["headers"].items()}
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+
+
+async def test_response_hop_by_hop_headers_are_dropped(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, _ = app_upstream
+    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + "/hop") as response:
+            assert await response.text() == "ok"
+            assert "X-Private" not in response.headers
+            assert "Keep-Alive" not in response.headers
+            assert response.headers["X-Kept"] == "yes"
+
+
+async def test_large_request_body_is_streamed_not_buffered(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, state = app_upstream
+    total_chunks = 256  # 16 MiB, far over max_body_bytes (which limits Claude routes only)
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(total_chunks):
+            if i == total_chunks // 2:
+                # Half the body is out: the app must already have bytes, or the proxy buffers.
+                await asyncio.wait_for(state.first_upload_bytes.wait(), 10)
+            yield BODY_CHUNK
+
+    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url + "/upload", data=body()) as response:
+            result = await response.json()
+    assert result["bytes"] == total_chunks * len(BODY_CHUNK)
+    assert result["chunks"] > 1
+
+
+async def test_sse_from_the_app_arrives_event_by_event(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, state = app_upstream
+    arrivals: list[float] = []
+    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + "/sse") as response:
+            async for chunk in response.content.iter_any():
+                arrivals += [time.monotonic()] * chunk.count(b"\n\n")
+    assert len(arrivals) == 5
+    for i in range(4):
+        assert arrivals[i] < state.sse_sent[i + 1]
+
+
+async def test_encoded_bodies_pass_untouched(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, _ = app_upstream
+    async with sidecar_for(with_app(url)) as sidecar:
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            async with http.get(sidecar.url + "/gzip") as response:
+                assert response.headers["Content-Encoding"] == "gzip"
+                assert gzip.decompress(await response.read()) == b"hello " * 100
+
+
+async def test_websocket_is_proxied(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, _ = app_upstream
+    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.ws_connect(sidecar.url + "/ws", protocols=["chat"]) as ws:
+            assert ws.protocol == "chat"
+            await ws.send_str("hi")
+            assert (await ws.receive_str(timeout=5)) == "echo:hi"
+            await ws.send_bytes(b"abc")
+            assert (await ws.receive_bytes(timeout=5)) == b"cba"
+
+
+async def test_app_down_is_502_and_slow_is_504(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, _ = app_upstream
+    async with sidecar_for(with_app(f"http://127.0.0.1:{free_port()}")) as sidecar:
+        async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/anything") as r:
+            assert r.status == 502
+            error = (await r.json())["error"]
+            assert error["type"] == "bad_gateway"
+            assert "unreachable" in error["message"]
+    async with sidecar_for(with_app(url)) as sidecar:
+        async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/slow") as r:
+            assert r.status == 504
+            assert (await r.json())["error"]["type"] == "timeout"
+
+
+async def test_admin_endpoints_and_draining(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, _ = app_upstream
+    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.admin_url + "/healthz") as r:
+            assert r.status == 200
+        async with http.get(sidecar.admin_url + "/readyz") as r:
+            assert r.status == 200
+        async with http.get(sidecar.url + "/echo") as r:
+            assert r.status == 200
+        async with http.get(sidecar.admin_url + "/metrics") as r:
+            text = await r.text()
+            assert r.status == 200
+            assert "http_server_request_duration_seconds_bucket" in text
+        # The admin listener is not the traffic listener: no admin paths on traffic.
+        async with http.get(sidecar.url + "/metrics") as r:
+            assert "sidecar_streams" not in await r.text()
+        pending = asyncio.create_task(http.get(sidecar.url + "/inflight"))
+        await asyncio.sleep(0.1)
+        shutdown = asyncio.create_task(sidecar.shutdown(grace=3))
+        await asyncio.sleep(0.05)
+        async with http.get(sidecar.admin_url + "/readyz") as r:
+            assert r.status == 503
+            assert json.loads(await r.text())["checks"]["lifecycle"] == "draining"
+        response = await pending
+        assert response.status == 200
+        assert await response.text() == "finished"  # in-flight work finished within the grace
+        await shutdown
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(sidecar.url + "/echo")
