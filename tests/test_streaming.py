@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from typing import Any
@@ -190,7 +191,7 @@ async def test_events_arrive_before_the_fake_sends_the_next_one(
     assert len(sent) == len(events)
     deltas = [i for i, (_, block) in enumerate(events) if b"content_block_delta" in block]
     assert len(deltas) == 8
-    for i, j in zip(deltas, deltas[1:], strict=False):
+    for i, j in itertools.pairwise(deltas):
         # Delta i reached the client before the fake even wrote the next delta: nothing buffered.
         assert events[i][0] < sent[j]
 
@@ -306,7 +307,8 @@ async def test_shutdown_sends_a_final_event_to_live_streams(sidecar_for: Sidecar
         await sidecar.shutdown(grace=0.2)
         first = (await anthropic_stream.read()).strip().split(b"\n\n")[-1]
         second = (await prompt_stream.read()).strip().split(b"\n\n")[-1]
-    assert first.startswith(b"event: error") and b"overloaded_error" in first
+    assert first.startswith(b"event: error")
+    assert b"overloaded_error" in first
     assert b'"type":"shutting_down"' in second
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 from sidecar.config import QuotaConfig
 from sidecar.identity import Identity
 
 
 class QuotaLease:
-    headers: dict[str, str] = {}
+    headers: ClassVar[dict[str, str]] = {}
 
     async def settle(self, input_tokens: int, output_tokens: int) -> None:
         return None

@@ -1,0 +1,279 @@
+"""The fake's HTTP surface: Messages API routes, Anthropic-shaped errors, /_fake/* for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.fake_claude.knobs import (
+    ERROR_FAULTS,
+    FakeSettings,
+    KnobError,
+    Knobs,
+    header_knobs,
+    parse_directive,
+    resolve_knobs,
+)
+from sidecar.fake_claude.reply import (
+    encode_events,
+    estimate_input_tokens,
+    last_user_text,
+    message_json,
+    plan_reply,
+)
+from sidecar.fake_claude.state import FAKE_STATE, FakeClaudeState, ReceivedRequest
+from sidecar.fake_claude.stream import abort_connection, stream_reply, until_client_leaves
+
+FAKE_SETTINGS = web.AppKey("fake_claude_settings", FakeSettings)
+MAX_BODY_BYTES = 32 * 1024 * 1024  # the real API's request size limit
+_NOT_JSON = object()
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class ApiError(Exception):
+    """An error the fake answers in Anthropic's shape (rendered once, by `error_response`)."""
+
+    def __init__(
+        self, status: int, error_type: str, message: str, retry_after: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message = status, error_type, message
+        self.retry_after = retry_after
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def json_response(data: Mapping[str, Any], status: int = 200, **headers: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=_compact(data).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(error: ApiError) -> web.Response:
+    """`{"type":"error","error":{...},"request_id":...}` with the same id in `request-id`."""
+    request_id = new_request_id()
+    headers = {"request-id": request_id}
+    if error.retry_after is not None:
+        headers["retry-after"] = error.retry_after
+    body = {
+        "type": "error",
+        "error": {"type": error.error_type, "message": error.message},
+        "request_id": request_id,
+    }
+    return json_response(body, error.status, **headers)
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(400, "invalid_request_error", message)
+
+
+# --------------------------------------------------------------------------- /v1/messages
+
+
+async def handle_messages(request: web.Request) -> web.StreamResponse:
+    """POST /v1/messages and /v1/messages/count_tokens."""
+    try:
+        return await _answer(request)
+    except ApiError as error:
+        return error_response(error)
+    except ConnectionResetError:  # the client left during a non-streaming stall
+        return web.Response()
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
+    state, settings = request.app[FAKE_STATE], request.app[FAKE_SETTINGS]
+    received = await _receive(request, state)
+    _authenticate(request, settings)  # the API checks the key before the body
+    body = _json_object(received)
+    counting = request.path.endswith("/count_tokens")
+    _validate(body, counting)
+    knobs = _knobs(request, body, settings)
+    fault = _fault_now(knobs, state)
+    if fault == "slow_headers":
+        await asyncio.sleep(knobs.delay_ms / 1000)
+    if fault in ERROR_FAULTS:
+        status, error_type, message = ERROR_FAULTS[fault]
+        raise ApiError(status, error_type, message, knobs.retry_after)
+    if counting:
+        return json_response({"input_tokens": estimate_input_tokens(body)})
+    reply = plan_reply(body, knobs, settings.model)
+    if body.get("stream"):
+        events = encode_events(reply, stamp=knobs.stamp)
+        return await stream_reply(request, state, reply.message_id, events, knobs)
+    if fault in ("stall", "stall_before_start"):
+        await until_client_leaves(request)
+    if fault == "drop":
+        abort_connection(request)
+        return web.Response()
+    if fault == "midstream_error":  # without a stream, the same overload is an error status
+        raise ApiError(*ERROR_FAULTS["overloaded"], knobs.retry_after)
+    await _generation_time(knobs, reply.output_tokens)
+    state.counters["messages_completed"] += 1
+    return json_response(message_json(reply))
+
+
+async def _receive(request: web.Request, state: FakeClaudeState) -> Any:
+    """Record the request; return its parsed body, or _NOT_JSON."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        state.received(_received(request, None))
+        raise ApiError(413, "request_too_large", "Request exceeds the maximum size") from None
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        body = _NOT_JSON
+    state.received(_received(request, None if body is _NOT_JSON else body))
+    return body
+
+
+def _json_object(body: Any) -> dict[str, Any]:
+    if body is _NOT_JSON:
+        raise invalid("The request body is not valid JSON.")
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    return body
+
+
+def _received(request: web.Request, body: Any) -> ReceivedRequest:
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    return ReceivedRequest(request.method, request.path, headers, body)
+
+
+def _authenticate(request: web.Request, settings: FakeSettings) -> None:
+    if settings.api_key is None:
+        return
+    bearer = request.headers.get("Authorization", "")
+    given = request.headers.get("x-api-key") or bearer.removeprefix("Bearer ").strip()
+    if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+        raise ApiError(401, "authentication_error", "invalid x-api-key")
+
+
+def _validate(body: Mapping[str, Any], counting: bool) -> None:
+    """The checks the real API makes first (count_tokens needs no max_tokens)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("model: Field required")
+    max_tokens = body.get("max_tokens")
+    if not counting and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise invalid("max_tokens: Field required" if max_tokens is None
+                      else "max_tokens: Input should be a positive integer")  # fmt: skip
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise invalid("messages: Field required")
+    if not messages:
+        raise invalid("messages: at least one message is required")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise invalid(f"messages.{index}.role: Input should be 'user' or 'assistant'")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise invalid("stream: Input should be a valid boolean")
+
+
+def _knobs(request: web.Request, body: Mapping[str, Any], settings: FakeSettings) -> Knobs:
+    """Directive knobs, overridden by `x-fake-*` headers, over the process settings."""
+    try:
+        raw = parse_directive(last_user_text(body)) | header_knobs(request.headers)
+        return resolve_knobs(raw, settings)
+    except KnobError as error:
+        raise invalid(str(error)) from None
+
+
+def _fault_now(knobs: Knobs, state: FakeClaudeState) -> str | None:
+    """The fault to apply to this request: fail_times/fail_key limit it to the first N."""
+    fault = knobs.fault
+    if fault is not None and (knobs.fail_key is not None or knobs.fail_times is not None):
+        key = knobs.fail_key or ""
+        state.fail_counts[key] += 1
+        if state.fail_counts[key] > (1 if knobs.fail_times is None else knobs.fail_times):
+            return None
+    if fault is not None:
+        state.fault_applied(fault)
+    return fault
+
+
+async def _generation_time(knobs: Knobs, output_tokens: int) -> None:
+    # A non-streaming reply takes as long as its stream would have.
+    seconds = knobs.ttft_ms / 1000 + (output_tokens / knobs.tps if knobs.tps > 0 else 0.0)
+    if seconds:
+        await asyncio.sleep(seconds)
+
+
+# --------------------------------------------------------------------------- /_fake, 404, app
+
+
+async def handle_stats(request: web.Request) -> web.Response:
+    return json_response(request.app[FAKE_STATE].stats())
+
+
+async def handle_reset(request: web.Request) -> web.Response:
+    request.app[FAKE_STATE].reset()
+    return json_response({"reset": True})
+
+
+async def handle_not_found(request: web.Request) -> web.Response:
+    request.app[FAKE_STATE].received(_received(request, None))
+    return error_response(
+        ApiError(404, "not_found_error", f"Not found: {request.method} {request.path}")
+    )
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("request-id", new_request_id())
+
+
+def make_fake_claude_app(settings: FakeSettings | None = None) -> web.Application:
+    """The fake Claude as an aiohttp app; what it saw is in `app[FAKE_STATE]`."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[FAKE_STATE] = FakeClaudeState()
+    app[FAKE_SETTINGS] = settings or FakeSettings()
+    app.router.add_post("/v1/messages", handle_messages)
+    app.router.add_post("/v1/messages/count_tokens", handle_messages)
+    app.router.add_get("/_fake/stats", handle_stats)
+    app.router.add_post("/_fake/reset", handle_reset)
+    app.router.add_route("*", "/{tail:.*}", handle_not_found)
+    app.on_response_prepare.append(_add_request_id)
+    return app
+
+
+@dataclass(frozen=True)
+class FakeServer:
+    """A fake listening on a real socket."""
+
+    url: str  # e.g. http://127.0.0.1:40123 (no trailing slash)
+    port: int
+    state: FakeClaudeState
+    app: web.Application
+
+
+@contextlib.asynccontextmanager
+async def running_fake_claude(
+    settings: FakeSettings | None = None, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[FakeServer]:
+    """Serve the fake on `host:port` (0: a free port) for the duration of the block."""
+    app = make_fake_claude_app(settings)
+    # handler_cancellation: a client that leaves cancels its handler at once (counted, and
+    # stalled streams end); no access log: the fake is the upstream of CPU benchmarks.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound = int(runner.addresses[0][1])
+        url_host = f"[{host}]" if ":" in host else host
+        yield FakeServer(f"http://{url_host}:{bound}", bound, app[FAKE_STATE], app)
+    finally:
+        await runner.cleanup()
