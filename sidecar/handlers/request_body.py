@@ -43,9 +43,11 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Decode a JSON object or raise a 400 saying what is wrong."""
     try:
-        value = json.loads(raw)
+        text = raw.decode()  # RFC 8259: JSON exchanged between systems is UTF-8, nothing else
     except UnicodeDecodeError:
         raise bad_request("body is not UTF-8") from None
+    try:
+        value = json.loads(text)
     except ValueError as exc:
         raise bad_request(f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
