@@ -84,7 +84,7 @@ async def _open_runtime(
     auth = AuthService([route.policy.auth for route in routes.routes])
     await auth.start()
     stack.push_async_callback(auth.close)
-    quotas = QuotaGate.from_config(config.quotas)
+    quotas = QuotaGate.from_config(config.quotas, on_store_error=telemetry.quota_store_error)
     await quotas.start()
     stack.push_async_callback(quotas.close)
     return Runtime(

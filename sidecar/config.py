@@ -345,6 +345,7 @@ class ScreeningConfig(Section):
 class QuotaConfig(Section):
     store: Literal["memory", "redis"] = "memory"
     redis_url: SecretStr | None = None
+    redis_timeout_seconds: Seconds = 1.0
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     key: Literal["user", "api_key", "tenant", "client_ip"] = "user"
     requests_per_minute: int | None = Field(None, gt=0)

@@ -104,6 +104,7 @@ class Pipeline:
         route = runtime.routes.match(request.path)
         if route is None:
             body = simple_error_body("not_found", f"no route for {request.path}")
+            headers["Vary"] = "Origin"
             return web.Response(
                 status=404, body=body, content_type="application/json", headers=headers
             )
@@ -136,6 +137,13 @@ class Pipeline:
             if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 response = self._preflight(ctx, origin)
             else:
+                if ctx.family != "app" and route.cors.refuses(origin, request.host):
+                    # The browser would hide the answer anyway: do not spend Claude or quota on it.
+                    # (The app route only sets headers: cross-site form posts such as OAuth
+                    # `form_post` callbacks must still reach the app.)
+                    raise Rejection(
+                        403, "permission_error", "origin not allowed", reason="cors_origin_denied"
+                    )
                 ctx.identity = await runtime.auth.authenticate(
                     route.policy.auth, request.headers, request.query, request.method
                 )

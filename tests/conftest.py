@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
 from sidecar.server import SidecarServer
+from tests.redis_server import RedisServer, running_redis
 from tests.support import merge, running_sidecar
 
 SidecarFactory = Callable[..., contextlib.AbstractAsyncContextManager[SidecarServer]]
@@ -32,3 +33,10 @@ def sidecar_for(fake: FakeServer) -> SidecarFactory:
         return running_sidecar(merge(base, data or {}), **kwargs)
 
     return factory
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A real `redis-server` on a free port (no persistence); `kill()` / `start()` for outages."""
+    async with running_redis() as server:
+        yield server

@@ -70,7 +70,11 @@ def _require_post(ctx: RequestContext) -> None:
 
 def upstream_path(ctx: RequestContext) -> str:
     """The Anthropic API path (+ query): from `/v1/` on, whatever prefix the route has."""
-    path_qs = ctx.request.path_qs
+    url = ctx.request.rel_url
+    jwt = ctx.route.policy.auth.jwt
+    if jwt is not None and jwt.query_param and jwt.query_param in url.query:
+        url = url.without_query_params(jwt.query_param)  # the sidecar credential stays here
+    path_qs = url.raw_path_qs
     start = path_qs.find("/v1/")
     if start < 0:
         raise Rejection(404, "not_found_error", "not an Anthropic API path", reason="not_found")

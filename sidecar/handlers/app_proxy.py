@@ -17,6 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from sidecar.errors import Rejection
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
+from sidecar.policy.cors import merge_vary
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -98,7 +99,9 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
 
 async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
     headers = end_to_end(upstream.headers)
+    vary = merge_vary(", ".join(headers.getall("Vary", ())))
     headers.update(ctx.headers)
+    headers["Vary"] = vary
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.content_length is not None and "Content-Length" in headers:
         response.content_length = upstream.content_length

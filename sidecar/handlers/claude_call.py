@@ -43,6 +43,19 @@ def estimate_input_tokens(chars: int, attachment_bytes: int) -> int:
     return math.ceil(chars / 3.5) + math.ceil(attachment_bytes / 3) + 8
 
 
+def charged_tokens(record: StreamRecord, input_estimate: int) -> tuple[int, int]:
+    """(input, output) tokens to charge for a call, also when it ended early.
+
+    A stream cut short (client gone, idle timeout) never sees the final
+    `message_delta`: each content delta relayed is at least one output token, and
+    input Claude accepted (status 200) counts even if `message_start` never came.
+    """
+    input_tokens = record.total_input_tokens
+    if input_tokens == 0 and record.upstream_status == 200:
+        input_tokens = input_estimate
+    return input_tokens, max(record.output_tokens, record.output_deltas)
+
+
 def new_record(
     ctx: RequestContext, model: str, max_tokens: int | None, stream: bool
 ) -> StreamRecord:
@@ -132,7 +145,7 @@ async def call_claude(
         record.ended = time.perf_counter()
         telemetry.finish_stream(record, span)
         if lease is not None:
-            await lease.settle(record.total_input_tokens, record.output_tokens)
+            await lease.settle(*charged_tokens(record, call.input_estimate))
 
 
 async def _relay_error(

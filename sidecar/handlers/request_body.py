@@ -50,6 +50,8 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise bad_request(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise bad_request("body is nested too deeply") from None
     if not isinstance(value, dict):
         raise bad_request("body must be a JSON object")
     return value

@@ -55,22 +55,25 @@ class JwtVerifier:
             self._public = load_pem_public_key(pem)
         self._options = {"require": ["exp"]}
 
-    async def _key(self, alg: str, kid: str | None) -> Any:
+    async def _key(self, alg: str, kid: object) -> Any:
         if alg in self._hs:
             return self._secret  # HS tokens only ever meet the secret: no RSA-as-HMAC confusion
+        if not isinstance(kid, str | None):
+            return None
         if self._public is not None and (self._jwks is None or kid is None):
             return self._public
         if self._jwks is not None:
-            jwk = await self._jwks.key_for(kid)
-            if jwk is not None:
-                return jwk.key
+            found = await self._jwks.key_for(kid)
+            if found is not None:
+                # A JWK that pins its algorithm is only good for that algorithm.
+                return found.key if found.alg in (None, alg) else None
         return self._public
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims; raises Rejection(401) for anything wrong with it."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError):
             raise unauthorized("auth_invalid_token", "invalid token") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.config.algorithms:
@@ -92,6 +95,9 @@ class JwtVerifier:
             for kind, reason, message in _JWT_ERRORS:
                 if isinstance(exc, kind):
                     raise unauthorized(reason, message) from None
+            raise unauthorized("auth_invalid_token", "invalid token") from None
+        except (TypeError, ValueError):
+            # e.g. an ES256 token checked against an RSA key: PyJWT raises TypeError.
             raise unauthorized("auth_invalid_token", "invalid token") from None
         return claims
 
@@ -136,7 +142,9 @@ class Authenticator:
         return identity
 
     async def _verify(self, credential: str) -> Identity:
-        api_key = self._keys.get(hashlib.sha256(credential.encode()).hexdigest())
+        api_key = self._keys.get(
+            hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()
+        )
         if api_key is not None:
             return Identity(
                 method="api_key",

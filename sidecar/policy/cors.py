@@ -7,6 +7,16 @@ from sidecar.config import CorsConfig
 _VARY = "Origin"
 
 
+def merge_vary(existing: str | None) -> str:
+    """`Vary` that keeps what the app varies on and adds `Origin` (caches must not mix them)."""
+    if not existing:
+        return _VARY
+    names = [name.strip() for name in existing.split(",") if name.strip()]
+    if "*" in names or any(name.lower() == "origin" for name in names):
+        return ", ".join(names)
+    return ", ".join([*names, _VARY])
+
+
 class CorsPolicy:
     """One route's CORS policy; header values are computed once."""
 
@@ -25,6 +35,12 @@ class CorsPolicy:
 
     def allows(self, origin: str) -> bool:
         return self._wildcard or origin in self._origins
+
+    def refuses(self, origin: str | None, host: str) -> bool:
+        """True for a cross-origin caller not on the list (same-origin pages always pass)."""
+        if origin is None or self.allows(origin):
+            return False
+        return origin.partition("://")[2].lower() != host.lower()
 
     def response_headers(self, origin: str | None) -> dict[str, str]:
         """Headers for an actual response (streams too); a fresh dict the caller may change."""

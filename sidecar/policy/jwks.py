@@ -7,14 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import jwt
 
 log = logging.getLogger("sidecar.auth.jwks")
+MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB; a huge answer is a broken issuer
+_FETCH_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One usable key of the set; `alg` is what the JWK pins (None: any listed algorithm)."""
+
+    kid: str | None
+    alg: str | None
+    key: Any
 
 
 class JwksCache:
@@ -32,7 +45,7 @@ class JwksCache:
         self._session = session
         self._refresh = refresh_seconds
         self._min_refresh = min_refresh_seconds
-        self._keys: dict[str | None, jwt.PyJWK] = {}
+        self._keys: dict[str | None, SigningKey] = {}
         self._last_attempt = float("-inf")
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -55,7 +68,10 @@ class JwksCache:
     async def _scheduled(self) -> None:
         while True:
             await asyncio.sleep(self._refresh if self.ready else self._min_refresh)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # the schedule must outlive any one bad answer
+                log.exception("jwks refresh failed", extra={"url": self.url})
 
     async def refresh(self) -> bool:
         """Fetch the key set now unless fetched within `min_refresh_seconds`; True if fetched."""
@@ -66,39 +82,50 @@ class JwksCache:
             self._last_attempt = now
             self.fetches += 1
             try:
-                timeout = aiohttp.ClientTimeout(total=10)
-                async with self._session.get(self.url, timeout=timeout) as response:
+                async with self._session.get(self.url, timeout=_FETCH_TIMEOUT) as response:
                     response.raise_for_status()
-                    document: Any = await response.json(content_type=None)
-                keys = self._parse(document)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    raw = await response.content.read(MAX_JWKS_BYTES + 1)
+                if len(raw) > MAX_JWKS_BYTES:
+                    raise ValueError("key set too large")
+                keys = parse_jwks(json.loads(raw))
+            except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
                 log.warning("jwks fetch failed, keeping last keys", extra={"url": self.url,
                             "error": type(exc).__name__})  # fmt: skip
                 return False
             if keys:
                 self._keys = keys
+            else:
+                log.warning("jwks had no usable key, keeping last keys", extra={"url": self.url})
             return True
 
-    @staticmethod
-    def _parse(document: Any) -> dict[str | None, jwt.PyJWK]:
-        keys: dict[str | None, jwt.PyJWK] = {}
-        for entry in document.get("keys", []) if isinstance(document, dict) else []:
-            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
-                continue
-            try:
-                keys[entry.get("kid")] = jwt.PyJWK(entry)
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-                continue  # an unusable key is skipped, the others still work
-        return keys
-
-    async def key_for(self, kid: str | None) -> jwt.PyJWK | None:
+    async def key_for(self, kid: str | None) -> SigningKey | None:
         """The key for `kid`; an unknown kid triggers one rate-limited refetch."""
         key = self._lookup(kid)
         if key is None and await self.refresh():
             key = self._lookup(kid)
         return key
 
-    def _lookup(self, kid: str | None) -> jwt.PyJWK | None:
+    def _lookup(self, kid: str | None) -> SigningKey | None:
         if kid is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
         return self._keys.get(kid)
+
+
+def parse_jwks(document: Any) -> dict[str | None, SigningKey]:
+    """The signing keys of a JWKS document; entries that are not usable are skipped."""
+    keys: dict[str | None, SigningKey] = {}
+    entries = document.get("keys") if isinstance(document, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        if entry.get("kty") == "oct":
+            continue  # a shared secret has no place in a public key set (HS/RS confusion)
+        kid, alg = entry.get("kid"), entry.get("alg")
+        if not isinstance(kid, str | None) or not isinstance(alg, str | None):
+            continue
+        try:
+            key = jwt.PyJWK(entry).key
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            continue  # an unusable key is skipped, the others still work
+        keys[kid] = SigningKey(kid=kid, alg=alg, key=key)
+    return keys

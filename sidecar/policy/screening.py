@@ -51,7 +51,8 @@ class Screener:
         if self._set is None:
             return
         for text in texts:
-            hits = self._set.Match(text)
+            # Bytes, with lone surrogates passed through: JSON may carry them, RE2 wants UTF-8.
+            hits = self._set.Match(text.encode("utf-8", "surrogatepass"))
             if hits:
                 name = self._names[min(hits)]
                 raise Rejection(
@@ -61,26 +62,27 @@ class Screener:
 
 
 def _walk_content(content: Any, texts: list[str], sizes: list[int]) -> None:
-    if isinstance(content, str):
-        texts.append(content)
-        return
-    if not isinstance(content, list):
-        return
-    for block in content:
-        if isinstance(block, str):
-            texts.append(block)
+    # Iterative: nested tool results must not be able to exhaust the Python stack.
+    pending = [content]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            texts.append(item)
             continue
-        if not isinstance(block, dict):
+        if isinstance(item, list):
+            pending.extend(reversed(item))
             continue
-        kind = block.get("type")
-        if isinstance(block.get("text"), str):
-            texts.append(block["text"])
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if isinstance(item.get("text"), str):
+            texts.append(item["text"])
         if kind == "tool_result":
-            _walk_content(block.get("content"), texts, sizes)
-        elif kind == "tool_use" and "input" in block:
-            with contextlib.suppress(TypeError, ValueError):
-                texts.append(json.dumps(block["input"]))
-        source = block.get("source")
+            pending.append(item.get("content"))
+        elif kind == "tool_use" and "input" in item:
+            with contextlib.suppress(TypeError, ValueError, RecursionError):
+                texts.append(json.dumps(item["input"]))
+        source = item.get("source")
         if isinstance(source, dict) and isinstance(source.get("data"), str):
             sizes.append(len(source["data"]))
 

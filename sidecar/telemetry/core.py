@@ -292,6 +292,12 @@ class Telemetry:
     def upstream_retry(self, reason: str) -> None:
         self.instruments.retries.add(1, {"sidecar.retry.reason": reason})
 
+    def quota_store_error(self, mode: str, operation: str) -> None:
+        """A quota store call failed (`operation`: admit / settle / renew); `mode` says what followed."""
+        self.instruments.quota_store_errors.add(
+            1, {"sidecar.quota.on_store_error": mode, "sidecar.quota.operation": operation}
+        )
+
     def queue_wait(self, seconds: float, admitted: bool) -> None:
         self.instruments.queue_wait.record(seconds, {"sidecar.queue.admitted": admitted})
 

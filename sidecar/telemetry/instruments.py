@@ -79,6 +79,10 @@ class Instruments:
             "sidecar.upstream.retries", unit="{retry}",
             description="Retries of Claude calls before the first byte, by reason",
         )  # fmt: skip
+        self.quota_store_errors = meter.create_counter(
+            "sidecar.quota.store_errors", unit="{error}",
+            description="Quota store calls that failed, by sidecar.quota.on_store_error and operation",
+        )  # fmt: skip
         self.upstream_responses = meter.create_counter(
             "sidecar.upstream.responses", unit="{response}",
             description="Claude responses by http.response.status_code",

@@ -1,0 +1,292 @@
+"""The quota gate: who is counted, which limits apply, and what the client is told.
+
+`acquire` runs one store admission per Claude call (one round trip) and returns a
+lease carrying the `anthropic-ratelimit-*` headers; `settle` runs one store
+settlement when the stream ends, whatever ended it. Nothing here runs per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Final
+
+from sidecar.config import QuotaConfig
+from sidecar.errors import Rejection
+from sidecar.identity import Identity
+from sidecar.quotas.stores import Decision, Limits, QuotaStore, StoreError, make_store
+
+log = logging.getLogger("sidecar.quotas")
+_CLOSE_WAIT: Final = 5.0  # seconds close() waits for settlements still running
+_NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+
+StoreErrorHook = Callable[[str, str], None]  # (on_store_error mode, operation)
+
+
+def limits_of(policy: QuotaConfig) -> Limits:
+    return Limits(
+        requests_per_minute=policy.requests_per_minute,
+        tokens_per_minute=policy.tokens_per_minute,
+        tokens_per_day=policy.tokens_per_day,
+        concurrent_streams=policy.concurrent_streams,
+        lease_seconds=policy.lease_seconds,
+    )
+
+
+def subject_of(policy: QuotaConfig, scope: str, identity: Identity, client_ip: str) -> str:
+    """The counter key: route scope + `quotas.key` value, or the client IP when there is none."""
+    value = {
+        "user": identity.user,
+        "api_key": identity.api_key_name,
+        "tenant": identity.tenant,
+        "client_ip": None,
+    }[policy.key]
+    kind = policy.key
+    if not value:
+        kind, value = "client_ip", client_ip
+    return f"{scope}\x1f{kind}\x1f{value}"
+
+
+def rfc3339(epoch: float) -> str:
+    """Whole seconds, rounded up, in UTC: `2026-01-01T00:00:00Z` (as Anthropic's reset headers)."""
+    return datetime.fromtimestamp(math.ceil(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ratelimit_headers(decision: Decision) -> dict[str, str]:
+    """`anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` for the enabled limits."""
+    headers: dict[str, str] = {}
+    for kind, window in (("requests", decision.requests), ("tokens", decision.tokens)):
+        if window is not None:
+            headers[f"anthropic-ratelimit-{kind}-limit"] = str(window.limit)
+            headers[f"anthropic-ratelimit-{kind}-remaining"] = str(window.remaining)
+            headers[f"anthropic-ratelimit-{kind}-reset"] = rfc3339(window.reset_at)
+    return headers
+
+
+def rejection_of(decision: Decision, policy: QuotaConfig, reserve: int) -> Rejection:
+    """The 429 (or 400 for a call larger than a whole token limit) for a refused admission."""
+    headers = ratelimit_headers(decision)
+    limited_by = decision.limited_by
+    if limited_by == "too_large":
+        limit = min(x for x in (policy.tokens_per_minute, policy.tokens_per_day) if x is not None)
+        return Rejection(
+            400, "invalid_request_error",
+            f"this call may use up to {reserve} tokens (input estimate + max_tokens), more "
+            f"than the token quota of {limit}; lower max_tokens",
+            reason="quota_request_too_large", headers=headers,
+        )  # fmt: skip
+    wait = max(decision.retry_after, 0.001)
+    headers["retry-after"] = str(math.ceil(wait))
+    headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+    per = f"per {policy.key}"
+    messages = {
+        "requests": f"rate limit of {policy.requests_per_minute} requests per minute {per}",
+        "tokens_per_minute": f"token quota of {policy.tokens_per_minute} per minute {per} "
+        f"(this call reserves {reserve})",
+        "tokens_per_day": f"token quota of {policy.tokens_per_day} per day {per} "
+        f"(this call reserves {reserve})",
+        "concurrency": f"at most {policy.concurrent_streams} concurrent streams {per}",
+    }
+    message = messages.get(limited_by or "requests", "quota exceeded")
+    return Rejection(
+        429, "rate_limit_error", f"{message}; retry after {wait:.1f} s",
+        reason=f"quota_{limited_by}", headers=headers,
+    )  # fmt: skip
+
+
+class QuotaLease:
+    """An admitted call's reservation and stream slot; settle exactly once when it ends."""
+
+    __slots__ = (
+        "_gate",
+        "_limits",
+        "_renewal",
+        "_reserved",
+        "_settled",
+        "_subject",
+        "headers",
+        "lease_id",
+    )
+
+    def __init__(
+        self,
+        gate: QuotaGate | None = None,
+        subject: str = "",
+        limits: Limits | None = None,
+        reserved: int = 0,
+        headers: Mapping[str, str] = _NO_HEADERS,
+    ) -> None:
+        self._gate = gate
+        self._subject = subject
+        self._limits = limits
+        self._reserved = reserved
+        self.lease_id = secrets.token_hex(8)
+        self._settled = gate is None
+        self._renewal: asyncio.Task[None] | None = None
+        self.headers = headers
+
+    def start_renewal(self) -> None:
+        if self._gate is not None and self._limits is not None:
+            renewal = self._renew_until_settled(self._gate, self._limits)
+            self._renewal = asyncio.create_task(renewal)
+
+    async def _renew_until_settled(self, gate: QuotaGate, limits: Limits) -> None:
+        interval = limits.lease_seconds / 3  # two renewals may fail before the lease lapses
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await gate.store.renew(self._subject, self.lease_id, limits.lease_seconds):
+                    log.warning("quota lease expired before its stream ended")
+            except StoreError as exc:
+                gate.store_failed("renew", exc)
+
+    async def settle(self, input_tokens: int, output_tokens: int) -> None:
+        """Charge actual usage instead of the reservation and free the slot (idempotent).
+
+        Shielded: a cancelled caller (client gone, shutdown) still settles; the gate
+        waits for settlements in flight when it closes.
+        """
+        gate, limits = self._gate, self._limits
+        if self._settled or gate is None or limits is None:
+            return
+        self._settled = True
+        if self._renewal is not None:
+            self._renewal.cancel()
+        task = gate.settle_later(
+            self._subject, limits, self.lease_id, self._reserved, input_tokens + output_tokens
+        )
+        await asyncio.shield(task)
+
+
+NO_LEASE: Final = QuotaLease()
+
+
+class QuotaGate:
+    """Admission against the configured store, with the `quotas.on_store_error` policy."""
+
+    def __init__(
+        self,
+        store: QuotaStore,
+        mode: str = "fail_closed",
+        on_store_error: StoreErrorHook | None = None,
+    ) -> None:
+        self.store = store
+        self.mode = mode
+        self.on_store_error = on_store_error
+        self._pending: set[asyncio.Task[None]] = set()
+        self._degraded = False
+
+    @classmethod
+    def from_config(
+        cls, config: QuotaConfig, on_store_error: StoreErrorHook | None = None
+    ) -> QuotaGate:
+        return cls(make_store(config), config.on_store_error, on_store_error)
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    async def close(self) -> None:
+        """Let running settlements finish (bounded), then release the store."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=_CLOSE_WAIT)
+        await self.store.close()
+
+    async def ready(self) -> bool:
+        return await self.store.ready()
+
+    def store_failed(self, operation: str, exc: Exception) -> None:
+        """Count every failure; log once per outage (the store may fail on every request)."""
+        if self.on_store_error is not None:
+            self.on_store_error(self.mode, operation)
+        if not self._degraded:
+            self._degraded = True
+            log.warning(
+                "quota store unavailable",
+                extra={"operation": operation, "on_store_error": self.mode, "error": str(exc)},
+            )
+
+    def _store_ok(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            log.info("quota store recovered")
+
+    async def _admit(
+        self, policy: QuotaConfig, subject: str, limits: Limits, tokens: int, lease: QuotaLease
+    ) -> Decision | None:
+        """The store's decision, or None when it failed and the mode is fail_open."""
+        try:
+            decision = await self.store.admit(subject, limits, tokens, lease.lease_id)
+        except StoreError as exc:
+            self.store_failed("admit", exc)
+            if self.mode == "fail_open":
+                return None
+            raise Rejection(
+                503, "api_error", "the quota store is unavailable",
+                reason="quota_store_unavailable", code="unavailable",
+                headers={"retry-after": "1"},
+            ) from None  # fmt: skip
+        self._store_ok()
+        if not decision.admitted:
+            raise rejection_of(decision, policy, tokens)
+        return decision
+
+    async def acquire(
+        self,
+        policy: QuotaConfig,
+        scope: str,
+        identity: Identity,
+        client_ip: str,
+        reserve_tokens: int,
+    ) -> QuotaLease:
+        """Admit one Claude call (request, token reservation, stream slot) or raise Rejection."""
+        if not policy.enabled:
+            return NO_LEASE
+        limits = limits_of(policy)
+        subject = subject_of(policy, scope, identity, client_ip)
+        reserve = reserve_tokens if limits.counts_tokens else 0
+        lease = QuotaLease(self, subject, limits, reserve)
+        decision = await self._admit(policy, subject, limits, reserve, lease)
+        if decision is None:
+            return NO_LEASE
+        if not limits.holds_lease:
+            return QuotaLease(headers=ratelimit_headers(decision))  # nothing to give back
+        lease.headers = ratelimit_headers(decision)
+        if self.store.renews_leases and limits.concurrent_streams is not None:
+            lease.start_renewal()
+        return lease
+
+    async def count_request(
+        self, policy: QuotaConfig, scope: str, identity: Identity, client_ip: str
+    ) -> Mapping[str, str]:
+        """Requests-per-minute only (app routes): the headers to add, or raise Rejection."""
+        if policy.requests_per_minute is None:
+            return _NO_HEADERS
+        limits = Limits(requests_per_minute=policy.requests_per_minute)
+        subject = subject_of(policy, scope, identity, client_ip)
+        decision = await self._admit(policy, subject, limits, 0, NO_LEASE)
+        return _NO_HEADERS if decision is None else ratelimit_headers(decision)
+
+    def settle_later(
+        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+    ) -> asyncio.Task[None]:
+        """Run one settlement as its own task, so cancelling the caller cannot cut it short."""
+        task = asyncio.create_task(self._settle(subject, limits, lease_id, reserved, used))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def _settle(
+        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+    ) -> None:
+        try:
+            await self.store.settle(subject, limits, lease_id, reserved, used)
+        except StoreError as exc:
+            # Nothing to retry into: the slot lapses with its lease, the reservation stays charged.
+            self.store_failed("settle", exc)
+        else:
+            self._store_ok()

@@ -1,0 +1,124 @@
+"""The quota store interface: token buckets and stream leases, atomic per subject.
+
+Every limit is a token bucket, as Anthropic's own rate limits are: its capacity
+is the limit and it refills continuously at `limit` per minute (or per day).
+`admit` checks every bucket and the concurrency slots of one subject and, only if
+all allow it, takes one request, reserves the tokens and opens a lease, in one
+atomic step. `settle` returns the unused part of the reservation (or charges the
+overshoot) and frees the lease. Leases expire unless renewed, so a replica that
+dies mid-stream cannot hold slots forever; its reservation stays charged.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Final, Literal
+
+MINUTE: Final = 60.0
+DAY: Final = 86400.0
+
+LimitedBy = Literal["requests", "tokens_per_minute", "tokens_per_day", "concurrency", "too_large"]
+# Concurrency frees when some stream ends, which no store can predict: suggest a short wait.
+CONCURRENCY_RETRY_SECONDS: Final = 1.0
+
+
+class StoreError(Exception):
+    """The store could not answer (unreachable, timed out, bad reply)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits of one route's policy; `None` means unlimited."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    concurrent_streams: int | None = None
+    lease_seconds: float = 60.0
+
+    @property
+    def counts_tokens(self) -> bool:
+        return self.tokens_per_minute is not None or self.tokens_per_day is not None
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether an admitted call leaves state to settle (a reservation or a slot)."""
+        return self.counts_tokens or self.concurrent_streams is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One bucket as the client sees it: limit, whole units left, when it is full again."""
+
+    limit: int
+    remaining: int
+    reset_at: float  # epoch seconds (the store's clock)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to `admit`: admitted or not, why, how long to wait, and the buckets."""
+
+    admitted: bool
+    limited_by: LimitedBy | None
+    retry_after: float  # seconds; 0 when admitted
+    requests: Window | None
+    tokens: Window | None  # the more constrained of the per-minute and per-day buckets
+    now: float  # epoch seconds (the store's clock)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    """A bucket level right now, before or after a take."""
+
+    limit: int
+    period: float
+    level: float
+
+    def window(self, now: float) -> Window:
+        refill = (self.limit - self.level) * self.period / self.limit
+        return Window(self.limit, max(0, math.floor(self.level)), now + max(0.0, refill))
+
+
+def tighter(a: Window | None, b: Window | None) -> Window | None:
+    """The window with fewer units left (ties: the later reset)."""
+    if a is None or b is None:
+        return a or b
+    if (a.remaining, -a.reset_at) <= (b.remaining, -b.reset_at):
+        return a
+    return b
+
+
+class QuotaStore(ABC):
+    """Where buckets and leases live. Implementations must make each call atomic."""
+
+    # True when leases must be renewed while a stream lives (the store outlives the process).
+    renews_leases: bool = False
+
+    @abstractmethod
+    async def admit(self, subject: str, limits: Limits, tokens: int, lease_id: str) -> Decision:
+        """Take one request and reserve `tokens`, and open lease `lease_id`, or take nothing."""
+
+    @abstractmethod
+    async def settle(
+        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+    ) -> None:
+        """Replace the reservation with actual usage and free the lease."""
+
+    @abstractmethod
+    async def renew(self, subject: str, lease_id: str, lease_seconds: float) -> bool:
+        """Extend a live lease; False if it had already expired."""
+
+    async def start(self) -> None:
+        """Open connections (stores that need none do nothing)."""
+        return None
+
+    async def ready(self) -> bool:
+        """Whether the store answers right now."""
+        return True
+
+    async def close(self) -> None:
+        """Release connections."""
+        return None

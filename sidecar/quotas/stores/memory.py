@@ -1,0 +1,147 @@
+"""The in-process quota store: one process, no I/O, same semantics as the Redis store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from sidecar.quotas.stores.base import (
+    CONCURRENCY_RETRY_SECONDS,
+    DAY,
+    MINUTE,
+    BucketState,
+    Decision,
+    LimitedBy,
+    Limits,
+    QuotaStore,
+    tighter,
+)
+
+_SWEEP_EVERY: Final = 1024  # admissions between sweeps of forgettable subjects
+
+
+@dataclass(slots=True)
+class _Subject:
+    levels: dict[str, float] = field(default_factory=dict)  # bucket name -> level at `at`
+    at: float = 0.0
+    leases: dict[str, float] = field(default_factory=dict)  # lease id -> expiry
+    forget_at: float = 0.0  # every bucket full and no lease left: as good as absent
+
+
+def _buckets(limits: Limits) -> list[tuple[str, int, float, LimitedBy]]:
+    """The enabled buckets, in the order limits are checked (ties go to the first)."""
+    buckets: list[tuple[str, int, float, LimitedBy]] = []
+    if limits.requests_per_minute is not None:
+        buckets.append(("r", limits.requests_per_minute, MINUTE, "requests"))
+    if limits.tokens_per_minute is not None:
+        buckets.append(("m", limits.tokens_per_minute, MINUTE, "tokens_per_minute"))
+    if limits.tokens_per_day is not None:
+        buckets.append(("d", limits.tokens_per_day, DAY, "tokens_per_day"))
+    return buckets
+
+
+class MemoryQuotaStore(QuotaStore):
+    """Buckets and leases in a dict; `clock` (epoch seconds) is injectable for tests."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._subjects: dict[str, _Subject] = {}
+        self._admissions = 0
+
+    def __len__(self) -> int:
+        return len(self._subjects)
+
+    def _refilled(self, subject: str, limits: Limits, now: float) -> _Subject:
+        state = self._subjects.get(subject)
+        if state is None:
+            state = self._subjects[subject] = _Subject(at=now)
+        elapsed = max(0.0, now - state.at)
+        for name, limit, period, _ in _buckets(limits):
+            level = state.levels.get(name, float(limit))
+            state.levels[name] = min(float(limit), level + elapsed * limit / period)
+        state.at = now
+        if state.leases:
+            state.leases = {lid: exp for lid, exp in state.leases.items() if exp > now}
+        return state
+
+    def _forget_at(self, state: _Subject, limits: Limits) -> float:
+        full = [
+            state.at + (limit - state.levels[name]) * period / limit
+            for name, limit, period, _ in _buckets(limits)
+        ]
+        return max([state.at, *full, *state.leases.values()])
+
+    async def admit(self, subject: str, limits: Limits, tokens: int, lease_id: str) -> Decision:
+        now = self._clock()
+        self._admissions += 1
+        if self._admissions % _SWEEP_EVERY == 0:
+            self._sweep(now)
+        state = self._refilled(subject, limits, now)
+        limited_by: LimitedBy | None = None
+        wait = 0.0
+        for name, limit, period, label in _buckets(limits):
+            cost = 1 if name == "r" else tokens
+            if name != "r" and cost > limit:
+                return self._decision(state, limits, now, False, "too_large", 0.0)
+            level = state.levels[name]
+            if level < cost and (cost - level) * period / limit > wait:
+                limited_by, wait = label, (cost - level) * period / limit
+        slots = limits.concurrent_streams
+        if slots is not None and len(state.leases) >= slots and wait < CONCURRENCY_RETRY_SECONDS:
+            limited_by, wait = "concurrency", CONCURRENCY_RETRY_SECONDS
+        if limited_by is not None:
+            return self._decision(state, limits, now, False, limited_by, wait)
+        for name, _, _, _ in _buckets(limits):
+            state.levels[name] -= 1 if name == "r" else tokens
+        if slots is not None:
+            state.leases[lease_id] = now + limits.lease_seconds
+        state.forget_at = self._forget_at(state, limits)
+        return self._decision(state, limits, now, True, None, 0.0)
+
+    def _decision(
+        self,
+        state: _Subject,
+        limits: Limits,
+        now: float,
+        admitted: bool,
+        limited_by: LimitedBy | None,
+        wait: float,
+    ) -> Decision:
+        windows = {
+            name: BucketState(limit, period, state.levels[name]).window(now)
+            for name, limit, period, _ in _buckets(limits)
+        }
+        return Decision(
+            admitted=admitted,
+            limited_by=limited_by,
+            retry_after=wait,
+            requests=windows.get("r"),
+            tokens=tighter(windows.get("m"), windows.get("d")),
+            now=now,
+        )
+
+    async def settle(
+        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+    ) -> None:
+        state = self._refilled(subject, limits, self._clock())
+        for name, limit, _, _ in _buckets(limits):
+            if name != "r":
+                state.levels[name] = min(float(limit), state.levels[name] + reserved - used)
+        state.leases.pop(lease_id, None)
+        state.forget_at = self._forget_at(state, limits)
+
+    async def renew(self, subject: str, lease_id: str, lease_seconds: float) -> bool:
+        now = self._clock()
+        state = self._subjects.get(subject)
+        if state is None or state.leases.get(lease_id, 0.0) <= now:
+            return False
+        state.leases[lease_id] = now + lease_seconds
+        state.forget_at = max(state.forget_at, now + lease_seconds)
+        return True
+
+    def _sweep(self, now: float) -> None:
+        """Drop subjects whose buckets are full again and hold no lease."""
+        for subject in [s for s, state in self._subjects.items() if state.forget_at <= now]:
+            del self._subjects[subject]

@@ -1,0 +1,323 @@
+"""Authentication over real sockets: every bad credential is a 401/403 and Claude is never called."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anthropic
+import jwt
+import pytest
+
+from sidecar.fake_claude import FakeServer
+from tests.conftest import SidecarFactory
+from tests.policy_support import (
+    API_KEY,
+    API_KEY_SHA256,
+    AUDIENCE,
+    ISSUER,
+    SECRET,
+    forge,
+    mint,
+    new_key,
+    public_pem,
+    write_public_key,
+)
+from tests.test_app_proxy import running_app
+
+PROMPT = "/api/stream-response"
+MODEL = "claude-sonnet-5-5"
+RSA_KEY = new_key("RS256")
+OTHER_RSA_KEY = new_key("RS256")
+INVALID = 'Bearer realm="claude-sidecar", error="invalid_token"'
+
+
+def auth_config(public_key_file: Path | None = None, **auth: Any) -> dict[str, Any]:
+    jwt_config: dict[str, Any] = {
+        "secret": SECRET, "algorithms": ["HS256"], "issuer": ISSUER, "audience": AUDIENCE,
+        "tenant_claim": "org", "query_param": "access_token",
+    }  # fmt: skip
+    if public_key_file is not None:
+        jwt_config.update(public_key_file=str(public_key_file), algorithms=["HS256", "RS256"])
+    return {
+        "auth": {
+            "mode": "required",
+            "jwt": jwt_config,
+            "api_keys": [{"name": "ci", "sha256": API_KEY_SHA256, "user": "ci-bot"}],
+            **auth,
+        }
+    }
+
+
+@pytest.fixture
+def rsa_pem(tmp_path: Path) -> Path:
+    return write_public_key(RSA_KEY, tmp_path)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def post_prompt(
+    url: str, headers: dict[str, str], body: dict[str, Any] | None = None, query: str = ""
+) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url + PROMPT + query, json=body or {"prompt": "hi"}, headers=headers
+        ) as response:
+            raw = await response.read()
+            body_out: Any = raw
+            if response.content_type == "application/json":
+                body_out = json.loads(raw)
+            return response.status, body_out, response.headers
+
+
+_NOW = int(time.time())
+# (id, request headers, expected status, expected short type, expected WWW-Authenticate)
+ATTACKS: list[tuple[str, dict[str, str], int, str, str | None]] = [
+    ("missing", {}, 401, "unauthorized", 'Bearer realm="claude-sidecar"'),
+    ("garbled_jwt", bearer("eyJhbGciOi.JIUzI1NiJ9.garbage"), 401, "unauthorized", INVALID),
+    ("garbled_opaque", bearer("not a token at all"), 401, "unauthorized", INVALID),
+    ("empty_bearer", {"Authorization": "Bearer "}, 401, "unauthorized", None),
+    ("expired", bearer(mint(exp=_NOW - 3600)), 401, "unauthorized", INVALID),
+    ("not_yet_valid", bearer(mint(nbf=_NOW + 3600)), 401, "unauthorized", INVALID),
+    ("wrong_issuer", bearer(mint(iss="https://evil.test")), 401, "unauthorized", INVALID),
+    ("wrong_audience", bearer(mint(aud="someone-else")), 401, "unauthorized", INVALID),
+    ("no_exp", bearer(mint(exp=None)), 401, "unauthorized", INVALID),
+    ("no_user_claim", bearer(mint(sub=None)), 401, "unauthorized", INVALID),
+    ("wrong_secret", bearer(mint(key="x" * 40)), 401, "unauthorized", INVALID),
+    ("alg_not_listed", bearer(mint(SECRET * 2, alg="HS512")), 401, "unauthorized", INVALID),
+    ("alg_none", bearer(forge({"alg": "none", "typ": "JWT"}, None)), 401, "unauthorized", INVALID),
+    ("alg_none_caps", bearer(forge({"alg": "None"}, None)), 401, "unauthorized", INVALID),
+    (
+        "hs_signed_with_rsa_public_key",
+        bearer(forge({"alg": "HS256", "typ": "JWT"}, public_pem(RSA_KEY))),
+        401, "unauthorized", INVALID,
+    ),
+    ("rs_signed_by_other_key", bearer(mint(OTHER_RSA_KEY, "RS256")), 401, "unauthorized", INVALID),
+    ("kid_not_a_string", bearer(forge({"alg": "RS256", "kid": ["x"]}, b"k")), 401,
+     "unauthorized", INVALID),
+    ("revoked_api_key", {"x-api-key": "sk-sidecar-revoked"}, 401, "unauthorized", INVALID),
+    ("api_key_as_bearer_revoked", bearer("sk-sidecar-revoked"), 401, "unauthorized", INVALID),
+    ("basic_auth", {"Authorization": "Basic YTpi"}, 401, "unauthorized", None),
+    ("forbidden_tenant", bearer(mint(org="evil")), 403, "forbidden", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "short_type", "challenge"),
+    [case[1:] for case in ATTACKS],
+    ids=[case[0] for case in ATTACKS],
+)
+async def test_bad_credentials_are_rejected_before_claude(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    rsa_pem: Path,
+    headers: dict[str, str],
+    status: int,
+    short_type: str,
+    challenge: str | None,
+) -> None:
+    config = auth_config(rsa_pem, allowed_tenants=["acme"])
+    async with sidecar_for(config) as sidecar:
+        got, body, response_headers = await post_prompt(sidecar.url, headers)
+    assert got == status
+    assert set(body) == {"error"}
+    assert body["error"]["type"] == short_type
+    assert set(body["error"]) == {"type", "message"}
+    assert "Traceback" not in body["error"]["message"]
+    if challenge is not None:
+        assert response_headers["WWW-Authenticate"] == challenge
+    if status == 403:
+        assert "WWW-Authenticate" not in response_headers
+    assert fake.state.counters["requests"] == 0
+
+
+async def test_rejections_are_counted_by_reason(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for(auth_config()) as sidecar, aiohttp.ClientSession() as http:
+        await post_prompt(sidecar.url, bearer(mint(exp=_NOW - 3600)))
+        await post_prompt(sidecar.url, {})
+        async with http.get(sidecar.admin_url + "/metrics") as response:
+            metrics = await response.text()
+    lines = [line for line in metrics.splitlines() if line.startswith("sidecar_rejections")]
+    assert any('reason="auth_expired"' in line and line.endswith(" 1.0") for line in lines)
+    assert any('reason="auth_missing"' in line and line.endswith(" 1.0") for line in lines)
+
+
+def _events(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        bearer(mint()),
+        {"x-api-key": API_KEY},
+        bearer(API_KEY),
+        {"x-api-key": mint()},  # the SDK's api_key= may carry a JWT
+        bearer(mint(exp=_NOW - 10)),  # within the 30 s leeway
+        bearer(mint(RSA_KEY, "RS256")),
+    ],
+    ids=["jwt_bearer", "api_key_header", "api_key_bearer", "jwt_in_x_api_key", "leeway", "rs256"],
+)
+async def test_valid_credentials_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory, rsa_pem: Path, headers: dict[str, str]
+) -> None:
+    async with sidecar_for(auth_config(rsa_pem)) as sidecar:
+        status, raw, _ = await post_prompt(sidecar.url, headers)
+    assert status == 200
+    assert _events(raw)[-1]["done"] is True
+    assert fake.state.counters["requests"] == 1
+    sent = fake.state.requests[0].headers
+    assert sent["x-api-key"] == "sk-sidecar"  # the sidecar's key, never the client's credential
+    assert "authorization" not in sent
+
+
+@pytest.mark.parametrize("alg", ["PS256", "ES256", "EdDSA"])
+async def test_asymmetric_algorithms_with_a_public_key_file(
+    sidecar_for: SidecarFactory, tmp_path: Path, alg: str
+) -> None:
+    key = new_key(alg)
+    config = {"auth": {"jwt": {"public_key_file": str(write_public_key(key, tmp_path)),
+                               "algorithms": [alg], "issuer": ISSUER, "audience": AUDIENCE}}}  # fmt: skip
+    async with sidecar_for(config) as sidecar:
+        ok, _, _ = await post_prompt(sidecar.url, bearer(mint(key, alg)))
+        # The same token family signed by another key, and an HS token, both fail.
+        forged, _, _ = await post_prompt(sidecar.url, bearer(mint(new_key(alg), alg)))
+        hs, _, _ = await post_prompt(sidecar.url, bearer(mint()))
+    assert (ok, forged, hs) == (200, 401, 401)
+
+
+async def test_wrong_key_type_for_the_algorithm_is_401_not_500(
+    fake: FakeServer, sidecar_for: SidecarFactory, tmp_path: Path
+) -> None:
+    # RS256 and ES256 both allowed, but the key file is RSA: an ES256 token meets an RSA key.
+    config = {"auth": {"jwt": {"public_key_file": str(write_public_key(RSA_KEY, tmp_path)),
+                               "algorithms": ["RS256", "ES256"]}}}  # fmt: skip
+    async with sidecar_for(config) as sidecar:
+        status, body, _ = await post_prompt(sidecar.url, bearer(mint(new_key("ES256"), "ES256")))
+    assert status == 401
+    assert body["error"]["type"] == "unauthorized"
+    assert fake.state.counters["requests"] == 0
+
+
+async def test_query_token_only_for_get(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    token = mint()
+    async with sidecar_for(auth_config()) as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url + PROMPT
+        async with http.get(url, params={"prompt": "hi", "access_token": token}) as response:
+            assert response.status == 200
+            events = _events(await response.read())
+        status, _, _ = await post_prompt(sidecar.url, {}, query=f"?access_token={token}")
+    assert events[-1]["done"] is True
+    assert status == 401
+    assert fake.state.counters["requests"] == 1
+    assert token not in json.dumps(fake.state.requests[0].body)  # not a prompt field
+
+
+async def test_optional_mode(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for(auth_config(mode="optional")) as sidecar:
+        anonymous, _, _ = await post_prompt(sidecar.url, {})
+        bad, _, _ = await post_prompt(sidecar.url, bearer(mint(exp=_NOW - 3600)))
+    assert (anonymous, bad) == (200, 401)  # a presented credential must verify
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_per_route_override(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    config = auth_config()
+    config["routes"] = [
+        {"path": PROMPT, "handler": "prompt", "auth": {"mode": "none"}},
+        {"path": "/v1/", "handler": "anthropic"},
+    ]
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        open_status, _, _ = await post_prompt(sidecar.url, {})
+        body = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+        async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+            closed = response.status
+    assert (open_status, closed) == (200, 401)
+
+
+async def test_forbidden_model_is_403(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    config = auth_config(allowed_models=["claude-haiku-5-5"])
+    async with sidecar_for(config) as sidecar:
+        status, body, _ = await post_prompt(
+            sidecar.url, {"x-api-key": API_KEY}, {"prompt": "hi", "model": MODEL}
+        )
+    assert status == 403
+    assert body["error"]["type"] == "forbidden"
+    assert fake.state.counters["requests"] == 0
+
+
+def sdk(url: str, api_key: str) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=url, api_key=api_key, max_retries=0)
+
+
+async def test_sdk_raises_the_right_exceptions(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    messages: Any = [{"role": "user", "content": "hello"}]
+    config = auth_config(allowed_tenants=["acme"], allowed_models=[MODEL])
+    config["auth"]["api_keys"][0]["tenant"] = "acme"
+    async with sidecar_for(config) as sidecar:
+        with pytest.raises(anthropic.AuthenticationError) as unauthenticated:
+            await sdk(sidecar.url, "sk-wrong").messages.create(
+                model=MODEL, max_tokens=8, messages=messages
+            )
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await sdk(sidecar.url, mint(org="evil")).messages.create(
+                model=MODEL, max_tokens=8, messages=messages
+            )
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await sdk(sidecar.url, API_KEY).messages.create(
+                model="claude-opus-5-5", max_tokens=8, messages=messages
+            )
+        assert fake.state.counters["requests"] == 0
+        async with sdk(sidecar.url, API_KEY) as client:
+            reply = await client.messages.create(model=MODEL, max_tokens=8, messages=messages)
+        async with (
+            sdk(sidecar.url, mint()) as client,
+            client.messages.stream(model=MODEL, max_tokens=8, messages=messages) as stream,
+        ):
+            text = await stream.get_final_text()
+    body = unauthenticated.value.body
+    assert isinstance(body, dict)
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "authentication_error"
+    assert reply.content
+    assert text
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_identity_headers_are_verified_never_client_sent(
+    sidecar_for: SidecarFactory,
+) -> None:
+    spoof = {"X-Sidecar-User": "mallory", "X-Sidecar-Tenant": "evil",
+             "X-Sidecar-Api-Key-Name": "root"}  # fmt: skip
+    config = auth_config()
+    config["auth"]["api_keys"][0]["tenant"] = "acme"
+    async with running_app() as (app_url, _):
+        config["app"] = {"url": app_url}
+        config["routes"] = [{"path": "/", "handler": "app"}]
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(
+                sidecar.url + "/echo", headers={**spoof, "x-api-key": API_KEY}
+            ) as response:
+                by_key = {k.lower(): v for k, v in (await response.json())["headers"].items()}
+            async with http.get(sidecar.url + "/echo", headers={**spoof, **bearer(mint())}) as r:
+                by_jwt = {k.lower(): v for k, v in (await r.json())["headers"].items()}
+            async with http.get(sidecar.url + "/echo", headers=spoof) as response:
+                assert response.status == 401
+    assert (by_key["x-sidecar-user"], by_key["x-sidecar-tenant"]) == ("ci-bot", "acme")
+    assert by_key["x-sidecar-api-key-name"] == "ci"
+    assert (by_jwt["x-sidecar-user"], by_jwt["x-sidecar-tenant"]) == ("alice", "acme")
+    assert "x-sidecar-api-key-name" not in by_jwt
+
+
+def test_tokens_from_the_helpers_are_what_they_claim() -> None:
+    # Guards the table above: a broken helper would make every attack "pass" for the wrong reason.
+    assert jwt.get_unverified_header(forge({"alg": "none"}, None))["alg"] == "none"
+    decoded = jwt.decode(mint(), SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
+    assert decoded["sub"] == "alice"

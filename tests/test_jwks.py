@@ -1,0 +1,151 @@
+"""JWKS against a local issuer: rotation, rate-limited refetch on unknown kid, outages, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sidecar.fake_claude import FakeServer
+from sidecar.policy.jwks import parse_jwks
+from tests.conftest import SidecarFactory
+from tests.policy_support import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
+
+PROMPT = "/api/stream-response"
+KEY_1 = new_key("RS256")
+KEY_2 = new_key("RS256")
+EC_KEY = new_key("ES256")
+
+
+def jwks_config(url: str, min_refresh: float, refresh: float = 300, **jwt: Any) -> dict[str, Any]:
+    return {
+        "auth": {
+            "jwt": {
+                "jwks_url": url, "algorithms": ["RS256", "ES256"], "issuer": ISSUER,
+                "audience": AUDIENCE, "jwks_refresh_seconds": refresh,
+                "jwks_min_refresh_seconds": min_refresh, **jwt,
+            }
+        }
+    }  # fmt: skip
+
+
+async def status_of(url: str, token: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url + PROMPT, json={"prompt": "hi"}, headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            await response.read()
+            return response.status
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Await a condition the sidecar reaches on its own schedule (JWKS refreshes)."""
+    async with asyncio.timeout(timeout):
+        # Polling is the only way in: the refresh schedule is internal to the sidecar.
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_unknown_kid_refetch_is_rate_limited(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=3600)) as sidecar:
+            assert issuer.fetches == 1  # fetched once at start
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 200
+            statuses = await asyncio.gather(
+                *(status_of(sidecar.url, mint(KEY_2, "RS256", kid=f"bad{i}")) for i in range(20))
+            )
+            assert set(statuses) == {401}
+            assert issuer.fetches == 1  # 20 unknown kids could not hammer the issuer
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_rotated_key_is_picked_up_on_unknown_kid(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=0.001)) as sidecar:
+            issuer.keys = [public_jwk(KEY_2, "k2")]  # the issuer rotates
+            assert await status_of(sidecar.url, mint(KEY_2, "RS256", kid="k2")) == 200
+            assert issuer.fetches == 2
+            # The old key is gone from the issuer and, after the refetch, from the sidecar.
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 401
+
+
+async def test_outage_keeps_the_last_good_keys(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        config = jwks_config(issuer.url, min_refresh=0.01, refresh=0.02)
+        async with sidecar_for(config) as sidecar:
+            issuer.down = True
+            seen = issuer.fetches
+
+            async def refetched_twice() -> bool:
+                return issuer.fetches >= seen + 2
+
+            await eventually(refetched_twice)  # scheduled refreshes hit the outage
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 200
+            issuer.down = False
+            issuer.keys = [{"kty": "RSA", "kid": "broken"}]  # a set with nothing usable
+            seen = issuer.fetches
+            await eventually(refetched_twice)
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 200
+
+
+async def test_readyz_waits_for_the_first_keys(sidecar_for: SidecarFactory) -> None:
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        issuer.down = True
+        async with (
+            sidecar_for(jwks_config(issuer.url, min_refresh=0.02)) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+
+            async def ready() -> bool:
+                async with http.get(sidecar.admin_url + "/readyz") as response:
+                    return response.status == 200
+
+            async with http.get(sidecar.admin_url + "/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["checks"]["jwks"] == "no keys loaded"
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 401
+            issuer.down = False
+            await eventually(ready)
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 200
+
+
+async def test_key_pinned_algorithm_and_key_type_are_enforced(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    keys = [public_jwk(KEY_1, "rsa", alg="RS256"), public_jwk(EC_KEY, "ec", alg="ES256"),
+            {"kty": "oct", "kid": "shared", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]  # fmt: skip
+    async with running_jwks(keys) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=3600)) as sidecar:
+            good_rs = await status_of(sidecar.url, mint(KEY_1, "RS256", kid="rsa"))
+            good_es = await status_of(sidecar.url, mint(EC_KEY, "ES256", kid="ec"))
+            # An ES256 token naming the RSA key, and an RS256 token naming the EC key.
+            cross_1 = await status_of(sidecar.url, mint(EC_KEY, "ES256", kid="rsa"))
+            cross_2 = await status_of(sidecar.url, mint(KEY_1, "RS256", kid="ec"))
+            no_kid = await status_of(sidecar.url, mint(KEY_1, "RS256"))  # ambiguous: 2 keys
+    assert (good_rs, good_es, cross_1, cross_2, no_kid) == (200, 200, 401, 401, 401)
+    assert fake.state.counters["requests"] == 2
+
+
+@pytest.mark.parametrize(
+    "document",
+    [None, [], "keys", {"keys": "x"}, {"keys": [1, "a", None]}, {"keys": [{"kty": "RSA"}]},
+     {"keys": [{"kty": "EC", "crv": "P-256", "x": "!!", "y": "??"}]},
+     {"keys": [{"kty": "RSA", "kid": 5, "n": "AQAB", "e": "AQAB"}]}],
+)  # fmt: skip
+def test_malformed_key_sets_yield_no_keys(document: Any) -> None:
+    assert parse_jwks(document) == {}
+
+
+def test_usable_keys_survive_next_to_broken_ones() -> None:
+    keys = parse_jwks({"keys": [{"kty": "RSA", "kid": "bad"}, public_jwk(KEY_1, "good"),
+                                {**public_jwk(KEY_2, "enc"), "use": "enc"}]})  # fmt: skip
+    assert list(keys) == ["good"]
