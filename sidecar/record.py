@@ -35,6 +35,7 @@ class StreamRecord:
     user: str | None = None
     tenant: str | None = None
     api_key_name: str | None = None
+    admitted: bool = False  # holds a stream slot (counted in sidecar.streams.active)
     queue_wait: float = 0.0
     retries: int = 0
     upstream_status: int | None = None
@@ -54,8 +55,10 @@ class StreamRecord:
     outcome: Outcome = "completed"
     error_type: str | None = None
     ended: float | None = None
-    prompt_text: str | None = None  # only with telemetry.capture_content
-    completion_parts: list[str] = field(default_factory=list)  # ditto
+    capture: bool = False  # telemetry.capture_content: keep the texts below
+    system_text: str | None = None  # GenAI `gen_ai.system_instructions` JSON, when captured
+    prompt_text: str | None = None  # GenAI `gen_ai.input.messages` JSON, when captured
+    completion_parts: list[str] = field(default_factory=list)  # text deltas, when captured
 
     @property
     def total_input_tokens(self) -> int:

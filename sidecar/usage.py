@@ -45,6 +45,12 @@ def apply_message(record: StreamRecord, message: Any) -> None:
     if isinstance(message.get("stop_reason"), str):
         record.stop_reason = message["stop_reason"]
     apply_usage(record, message.get("usage"))
+    if record.capture and isinstance(message.get("content"), list):
+        record.completion_parts.extend(
+            block["text"]
+            for block in message["content"]
+            if isinstance(block, dict) and isinstance(block.get("text"), str)
+        )
 
 
 def _decode(data: bytes) -> dict[str, Any]:

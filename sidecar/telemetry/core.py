@@ -24,14 +24,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.config import TelemetryConfig
 from sidecar.record import StreamRecord
+from sidecar.telemetry import streams
+from sidecar.telemetry.content import output_messages, request_content
 from sidecar.telemetry.cost import cost_usd, price_for
 from sidecar.telemetry.instruments import Instruments
 from sidecar.telemetry.providers import Providers, build_providers, env_flag
 
-PROVIDER = "anthropic"
 stream_log = logging.getLogger("sidecar.stream")
 access_log = logging.getLogger("sidecar.access")
 reject_log = logging.getLogger("sidecar.reject")
+
+
+def span_ids(span: Span | None) -> dict[str, str]:
+    """`trace_id` / `span_id` of a span for log lines (nothing for an invalid span)."""
+    context = span.get_span_context() if span is not None else None
+    if context is None or not context.is_valid:
+        return {}
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
 
 class Telemetry:
@@ -41,6 +50,8 @@ class Telemetry:
         self.config = config
         self._providers = providers
         self._propagator = TraceContextTextMapPropagator()
+        # The no-op tracer still continues the caller's context, so `traceparent` is
+        # forwarded unchanged to Claude and the app when telemetry is off.
         tracer_provider: Any = providers.tracer_provider if providers else NoOpTracerProvider()
         meter_provider: Any = providers.meter_provider if providers else NoOpMeterProvider()
         self._tracer: trace.Tracer = tracer_provider.get_tracer("claude-sidecar")
@@ -63,7 +74,7 @@ class Telemetry:
 
     @property
     def enabled(self) -> bool:
-        """False when `OTEL_SDK_DISABLED=true`: every call is then a cheap no-op."""
+        """False when nothing records (`OTEL_SDK_DISABLED=true`, or no exporter at all)."""
         return self._providers is not None
 
     # ------------------------------------------------------------------ traces
@@ -73,9 +84,18 @@ class Telemetry:
         return self._propagator.extract(headers)
 
     def start_server_span(self, name: str, parent: Context, attributes: dict[str, Any]) -> Span:
+        """The SERVER span of one request, a child of the caller's span when there is one."""
         return self._tracer.start_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
+
+    def end_server_span(self, span: Span, status: int) -> None:
+        """End a request's span with its status (5xx is an error, 4xx is the client's)."""
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_attribute("error.type", str(status))
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
 
     def child_context(self, span: Span, parent: Context) -> Context:
         """`parent` with `span` as the current span, to start children under it."""
@@ -85,30 +105,25 @@ class Telemetry:
         """Add `traceparent` (+ `tracestate`) naming `span` as the parent."""
         self._propagator.inject(headers, context=trace.set_span_in_context(span))
 
-    def start_stream(self, record: StreamRecord, parent: Context) -> Span:
-        """The CLIENT span of one Claude call; counted as active until `finish_stream`."""
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": record.operation,
-            "gen_ai.provider.name": PROVIDER,
-            "gen_ai.request.model": record.request_model,
-            "gen_ai.request.stream": record.stream,
-            "server.address": record.server_address,
-            "sidecar.route": record.route,
-            "sidecar.request_id": record.request_id,
-        }
-        if record.server_port is not None:
-            attributes["server.port"] = record.server_port
-        if record.max_tokens is not None:
-            attributes["gen_ai.request.max_tokens"] = record.max_tokens
+    def start_stream(self, record: StreamRecord, parent: Context, body: bytes = b"") -> Span:
+        """The CLIENT span `chat {model}` of one Claude call; ends in `finish_stream`."""
+        if self.config.capture_content:
+            record.capture = True
+            record.system_text, record.prompt_text = request_content(body)
         span = self._tracer.start_span(
             f"{record.operation} {record.request_model}",
             context=parent,
             kind=SpanKind.CLIENT,
-            attributes=attributes,
+            attributes=streams.start_attributes(record),
         )
-        self.instruments.active_streams.add(1, {"sidecar.route": record.route})
-        stream_log.info("stream_start", extra=self._log_base(record, span))
+        stream_log.info("stream_start", extra=self._log_base("stream_start", record, span))
         return span
+
+    def admitted(self, record: StreamRecord) -> None:
+        """The call got a stream slot: active until `finish_stream`; its queue wait recorded."""
+        record.admitted = True
+        self.instruments.active_streams.add(1, {"sidecar.route": record.route})
+        self.instruments.queue_wait.record(record.queue_wait, {"sidecar.queue.admitted": True})
 
     def finish_stream(self, record: StreamRecord, span: Span) -> None:
         """Everything about a finished stream, once: span attributes, metrics, log line."""
@@ -116,99 +131,40 @@ class Telemetry:
             self._finish(record, span)
         except Exception:  # telemetry must never break a response
             stream_log.exception("telemetry failed for a stream")
+            if span.is_recording():
+                span.end()
 
     def _finish(self, record: StreamRecord, span: Span) -> None:
         ended = record.ended or record.last_chunk_at or record.started
-        sent = record.upstream_started
-        attributes = self._span_attributes(record)
-        span.set_attributes(attributes)
-        if record.outcome not in ("completed", "client_cancelled"):
+        span.set_attributes(streams.end_attributes(record))
+        identity = {"sidecar.user": self._identity(record.user),
+                    "sidecar.tenant": self._identity(record.tenant)}  # fmt: skip
+        span.set_attributes({k: v for k, v in identity.items() if v is not None})
+        if streams.failed(record):
             span.set_status(Status(StatusCode.ERROR, record.error_type or record.outcome))
-        if self.config.capture_content:
-            if record.prompt_text is not None:
-                span.set_attribute("gen_ai.input.messages", record.prompt_text)
-            if record.completion_parts:
-                span.set_attribute("gen_ai.output.messages", "".join(record.completion_parts))
+        if record.capture:
+            content = {"gen_ai.system_instructions": record.system_text,
+                       "gen_ai.input.messages": record.prompt_text}  # fmt: skip
+            span.set_attributes({k: v for k, v in content.items() if v is not None})
+            if record.completion_parts or record.stop_reason is not None:
+                span.set_attribute("gen_ai.output.messages", output_messages(record))
         span.end()
 
-        metric = self._metric_attributes(record)
         inst = self.instruments
-        inst.active_streams.add(-1, {"sidecar.route": record.route})
-        inst.streams.add(1, {**metric, "sidecar.stream.outcome": record.outcome})
+        if record.admitted:
+            inst.active_streams.add(-1, {"sidecar.route": record.route})
         price = price_for(self.config.prices, record.request_model)
         cost = cost_usd(price, record) if price is not None else None
         if cost:
             inst.cost.add(cost, {"gen_ai.request.model": record.request_model})
-        if sent is not None:
-            inst.operation_duration.record(ended - sent, metric)
-            if record.upstream_status == 200:
-                inst.token_usage.record(
-                    record.total_input_tokens, {**metric, "gen_ai.token.type": "input"}
-                )
-                inst.token_usage.record(
-                    record.output_tokens, {**metric, "gen_ai.token.type": "output"}
-                )
-        if record.stream and sent is not None and record.first_chunk_at is not None:
-            inst.time_to_first_chunk.record(record.first_chunk_at - sent, metric)
-            if record.chunks > 1 and record.last_chunk_at is not None:
-                per_chunk = (record.last_chunk_at - record.first_chunk_at) / (record.chunks - 1)
-                inst.time_per_output_chunk.record(per_chunk, metric)
-        if record.first_token_at is not None:
-            inst.server_ttft.record(record.first_token_at - record.started, metric)
-            if record.output_tokens > 1 and record.last_chunk_at is not None:
-                per_token = (record.last_chunk_at - record.first_token_at) / (
-                    record.output_tokens - 1
-                )
-                inst.server_tpot.record(per_token, metric)
-        self._log_end(record, span, ended, cost)
-
-    def _span_attributes(self, record: StreamRecord) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
-            "gen_ai.usage.input_tokens": record.total_input_tokens,
-            "gen_ai.usage.output_tokens": record.output_tokens,
-            "gen_ai.usage.cache_creation.input_tokens": record.cache_creation_input_tokens,
-            "gen_ai.usage.cache_read.input_tokens": record.cache_read_input_tokens,
-            "sidecar.stream.outcome": record.outcome,
-            "sidecar.upstream.retries": record.retries,
-            "sidecar.queue.wait": record.queue_wait,
-        }
-        optional: dict[str, Any] = {
-            "gen_ai.response.id": record.response_id,
-            "gen_ai.response.model": record.response_model,
-            "gen_ai.request.temperature": record.temperature,
-            "gen_ai.request.top_p": record.top_p,
-            "gen_ai.request.top_k": record.top_k,
-            "gen_ai.request.stop_sequences": record.stop_sequences,
-            "error.type": record.error_type
-            if record.outcome not in ("completed", "client_cancelled")
-            else None,
-            "http.response.status_code": record.upstream_status,
-            "sidecar.user": self._identity(record.user),
-            "sidecar.tenant": self._identity(record.tenant),
-        }
-        attributes.update({k: v for k, v in optional.items() if v is not None})
-        if record.stop_reason is not None:
-            attributes["gen_ai.response.finish_reasons"] = [record.stop_reason]
-        if record.stream and record.first_chunk_at is not None and record.upstream_started:
-            attributes["gen_ai.response.time_to_first_chunk"] = (
-                record.first_chunk_at - record.upstream_started
-            )
-        return attributes
-
-    def _metric_attributes(self, record: StreamRecord) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": record.operation,
-            "gen_ai.provider.name": PROVIDER,
-            "gen_ai.request.model": record.request_model,
-            "server.address": record.server_address,
-        }
-        if record.server_port is not None:
-            attributes["server.port"] = record.server_port
-        if record.response_model:
-            attributes["gen_ai.response.model"] = record.response_model
-        if record.outcome not in ("completed", "client_cancelled"):
-            attributes["error.type"] = record.error_type or "_OTHER"
-        return attributes
+        streams.record_metrics(inst, record, ended)
+        event = "stream_error" if streams.failed(record) else "stream_complete"
+        fields = self._log_base(event, record, span)
+        fields.update(streams.log_fields(record, ended, cost))
+        if event == "stream_error":
+            stream_log.warning(event, extra=fields)
+        else:
+            stream_log.info(event, extra=fields)
 
     def _identity(self, value: str | None) -> str | None:
         mode = self.config.user_attribute
@@ -218,53 +174,22 @@ class Telemetry:
             return value
         return hashlib.sha256(value.encode()).hexdigest()[:16]
 
-    # ------------------------------------------------------------------ logs
-
-    def _log_base(self, record: StreamRecord, span: Span) -> dict[str, Any]:
-        context = span.get_span_context()
+    def _log_base(self, event: str, record: StreamRecord, span: Span) -> dict[str, Any]:
         fields: dict[str, Any] = {
-            "event": "stream",
+            "event": event,
             "request_id": record.request_id,
             "route": record.route,
             "model": record.request_model,
+            "stream": record.stream,
+            **span_ids(span),
         }
-        if context.is_valid:
-            fields["trace_id"] = f"{context.trace_id:032x}"
-            fields["span_id"] = f"{context.span_id:016x}"
         user = self._identity(record.user)
         if user is not None:
             fields["user"] = user
+        tenant = self._identity(record.tenant)
+        if tenant is not None:
+            fields["tenant"] = tenant
         return fields
-
-    def _log_end(self, record: StreamRecord, span: Span, ended: float, cost: float | None) -> None:
-        fields = self._log_base(record, span)
-        duration = ended - record.started
-        generating = (
-            (record.last_chunk_at - record.first_token_at)
-            if record.last_chunk_at is not None and record.first_token_at is not None
-            else 0.0
-        )
-        fields.update(
-            outcome=record.outcome,
-            input_tokens=record.total_input_tokens,
-            output_tokens=record.output_tokens,
-            ttft_ms=round((record.first_token_at - record.started) * 1000, 2)
-            if record.first_token_at is not None
-            else None,
-            duration_ms=round(duration * 1000, 2),
-            tokens_per_second=round(record.output_tokens / generating, 2)
-            if generating > 0
-            else None,
-            retries=record.retries,
-            queue_wait_ms=round(record.queue_wait * 1000, 2),
-            cost_usd=round(cost, 8) if cost is not None else None,
-            stop_reason=record.stop_reason,
-            error_type=record.error_type,
-        )
-        if record.outcome in ("completed", "client_cancelled"):
-            stream_log.info("stream_complete", extra=fields)
-        else:
-            stream_log.warning("stream_error", extra=fields)
 
     # ------------------------------------------------------------------ counters
 
@@ -273,24 +198,29 @@ class Telemetry:
     ) -> None:
         """An early answer: counted by reason and route, logged, marked on the request span."""
         self.instruments.rejections.add(
-            1, {"sidecar.rejection.reason": reason, "http.route": route}
-        )
+            1,
+            {"sidecar.rejection.reason": reason, "http.route": route,
+             "http.response.status_code": status},
+        )  # fmt: skip
         fields: dict[str, Any] = {
-            "reason": reason, "route": route, "status": status, "request_id": request_id
+            "event": "request_rejected", "reason": reason, "route": route, "status": status,
+            "request_id": request_id, **span_ids(span),
         }  # fmt: skip
         if span is not None:
             span.set_attribute("sidecar.rejection.reason", reason)
-            context = span.get_span_context()
-            if context.is_valid:
-                fields["trace_id"] = f"{context.trace_id:032x}"
-                fields["span_id"] = f"{context.span_id:016x}"
         reject_log.info("request_rejected", extra=fields)
 
     def upstream_status(self, status: int) -> None:
+        """One answer from Claude (every attempt, retried or not), by status code."""
         self.instruments.upstream_responses.add(1, {"http.response.status_code": status})
 
     def upstream_retry(self, reason: str) -> None:
+        """One retry of a Claude call before its first byte (`connect_error` or the status)."""
         self.instruments.retries.add(1, {"sidecar.retry.reason": reason})
+
+    def config_reload(self, result: str) -> None:
+        """One config reload attempt, `success` or `failure` (the old config kept serving)."""
+        self.instruments.config_reloads.add(1, {"result": result})
 
     def quota_store_error(self, mode: str, operation: str) -> None:
         """A quota store call failed (`operation`: admit / settle / renew); `mode` says what followed."""
@@ -299,6 +229,7 @@ class Telemetry:
         )
 
     def queue_wait(self, seconds: float, admitted: bool) -> None:
+        """Time a call waited for a slot; `admitted=False` when it gave up or was turned away."""
         self.instruments.queue_wait.record(seconds, {"sidecar.queue.admitted": admitted})
 
     def access(
@@ -320,13 +251,11 @@ class Telemetry:
         if not self.config.access_log:
             return
         fields: dict[str, Any] = {
-            "method": method, "route": route, "path": path, "status": status,
-            "duration_ms": round(duration * 1000, 2), "request_id": request_id,
+            "event": "access", "method": method, "route": route, "path": path, "status": status,
+            "duration_ms": round(duration * 1000, 2), "request_id": request_id, **span_ids(span),
         }  # fmt: skip
         if bytes_sent is not None:
             fields["bytes_sent"] = bytes_sent
-        if span is not None and span.get_span_context().is_valid:
-            fields["trace_id"] = f"{span.get_span_context().trace_id:032x}"
         access_log.info("request", extra=fields)
 
     # ------------------------------------------------------------------ export
@@ -338,7 +267,7 @@ class Telemetry:
         return generate_latest(self._providers.registry), CONTENT_TYPE_LATEST
 
     def shutdown(self) -> None:
-        """Flush and stop exporters (spans in batches, periodic metrics)."""
+        """Flush and stop exporters (spans in batches, periodic metrics); blocking."""
         if self._providers is None:
             return
         self._providers.tracer_provider.shutdown()

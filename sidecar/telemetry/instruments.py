@@ -46,22 +46,23 @@ class Instruments:
         )  # fmt: skip
         self.time_per_output_chunk = meter.create_histogram(
             "gen_ai.client.operation.time_per_output_chunk", unit="s",
-            description="Mean time between Claude's chunks after the first, once per stream",
+            description="Mean time between Claude's content chunks after the first, once per stream",
             explicit_bucket_boundaries_advisory=PER_CHUNK_BUCKETS,
         )  # fmt: skip
         self.server_ttft = meter.create_histogram(
             "gen_ai.server.time_to_first_token", unit="s",
-            description="Time from the client's request to its first content token",
+            description="Time from the client's request to its first content token (completed)",
             explicit_bucket_boundaries_advisory=SERVER_TTFT_BUCKETS,
         )  # fmt: skip
         self.server_tpot = meter.create_histogram(
             "gen_ai.server.time_per_output_token", unit="s",
-            description="Mean time per output token after the first, as served to the client",
+            description="Mean time per output token after the first, as served (completed)",
             explicit_bucket_boundaries_advisory=PER_CHUNK_BUCKETS,
         )  # fmt: skip
         self.active_streams = meter.create_up_down_counter(
-            "sidecar.streams.active", unit="{stream}", description="Claude streams in flight"
-        )
+            "sidecar.streams.active", unit="{stream}",
+            description="Claude calls admitted and not yet finished (queued calls are not counted)",
+        )  # fmt: skip
         self.streams = meter.create_counter(
             "sidecar.streams", unit="{stream}",
             description="Claude calls finished, by sidecar.stream.outcome",
@@ -88,8 +89,12 @@ class Instruments:
             description="Claude responses by http.response.status_code",
         )  # fmt: skip
         self.cost = meter.create_counter(
-            "sidecar.cost", unit="USD",
+            "sidecar.cost.usd", unit="{USD}",
             description="Estimated cost of Claude calls from the configured price table",
+        )  # fmt: skip
+        self.config_reloads = meter.create_counter(
+            "sidecar.config.reloads", unit="{reload}",
+            description="Config reloads (file change or SIGHUP), by result (success | failure)",
         )  # fmt: skip
         self.request_duration = meter.create_histogram(
             "http.server.request.duration", unit="s",

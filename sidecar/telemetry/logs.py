@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from opentelemetry import trace
 
@@ -66,9 +66,9 @@ class TextFormatter(logging.Formatter):
         return f"{line} {tail}".rstrip()
 
 
-def setup_logging(config: TelemetryConfig) -> None:
-    """Route the root logger to stderr in the configured format and level."""
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(config: TelemetryConfig, stream: TextIO | None = None) -> None:
+    """Route the root logger to `stream` (default stderr) in the configured format and level."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if config.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):

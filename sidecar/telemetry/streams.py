@@ -1,0 +1,141 @@
+"""What a finished stream becomes: span attributes, metric points and the log line's fields.
+
+Pure functions of a `StreamRecord`, called once per stream by `Telemetry.finish_stream`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sidecar.record import StreamRecord
+from sidecar.telemetry.instruments import Instruments
+
+PROVIDER: Final = "anthropic"
+NOT_FAILED: Final = frozenset({"completed", "client_cancelled"})
+
+
+def failed(record: StreamRecord) -> bool:
+    """Outcomes other than completed / client_cancelled carry `error.type`."""
+    return record.outcome not in NOT_FAILED
+
+
+def start_attributes(record: StreamRecord) -> dict[str, Any]:
+    """Attributes known when the CLIENT span starts (samplers see these)."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": record.operation,
+        "gen_ai.provider.name": PROVIDER,
+        "gen_ai.request.model": record.request_model,
+        "gen_ai.request.stream": record.stream,
+        "server.address": record.server_address,
+        "sidecar.route": record.route,
+        "sidecar.request_id": record.request_id,
+    }
+    optional: dict[str, Any] = {
+        "server.port": record.server_port,
+        "gen_ai.request.max_tokens": record.max_tokens,
+        "gen_ai.request.temperature": record.temperature,
+        "gen_ai.request.top_p": record.top_p,
+        "gen_ai.request.top_k": record.top_k,
+        "gen_ai.request.stop_sequences": record.stop_sequences,
+    }
+    attributes.update({k: v for k, v in optional.items() if v is not None})
+    return attributes
+
+
+def end_attributes(record: StreamRecord) -> dict[str, Any]:
+    """Attributes known when the stream ends: response, usage, outcome, timings."""
+    attributes: dict[str, Any] = {
+        "gen_ai.usage.input_tokens": record.total_input_tokens,
+        "gen_ai.usage.output_tokens": record.output_tokens,
+        "gen_ai.usage.cache_creation.input_tokens": record.cache_creation_input_tokens,
+        "gen_ai.usage.cache_read.input_tokens": record.cache_read_input_tokens,
+        "sidecar.stream.outcome": record.outcome,
+        "sidecar.upstream.retries": record.retries,
+        "sidecar.queue.wait": record.queue_wait,
+    }
+    optional: dict[str, Any] = {
+        "gen_ai.response.id": record.response_id,
+        "gen_ai.response.model": record.response_model,
+        "error.type": (record.error_type or "_OTHER") if failed(record) else None,
+        "http.response.status_code": record.upstream_status,
+    }
+    attributes.update({k: v for k, v in optional.items() if v is not None})
+    if record.stop_reason is not None:
+        attributes["gen_ai.response.finish_reasons"] = [record.stop_reason]
+    if record.stream and record.first_chunk_at is not None and record.upstream_started:
+        attributes["gen_ai.response.time_to_first_chunk"] = (
+            record.first_chunk_at - record.upstream_started
+        )
+    return attributes
+
+
+def metric_attributes(record: StreamRecord) -> dict[str, Any]:
+    """The spec's common metric attributes; all bounded (never ids, users or text)."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": record.operation,
+        "gen_ai.provider.name": PROVIDER,
+        "gen_ai.request.model": record.request_model,
+        "server.address": record.server_address,
+    }
+    if record.server_port is not None:
+        attributes["server.port"] = record.server_port
+    if record.response_model:
+        attributes["gen_ai.response.model"] = record.response_model
+    if failed(record):
+        attributes["error.type"] = record.error_type or "_OTHER"
+    return attributes
+
+
+def record_metrics(inst: Instruments, record: StreamRecord, ended: float) -> None:
+    """Every histogram point of one stream, once, at its end."""
+    metric = metric_attributes(record)
+    inst.streams.add(1, {**metric, "sidecar.stream.outcome": record.outcome})
+    sent = record.upstream_started
+    if sent is None:
+        return  # rejected before Claude was called: no GenAI operation happened
+    inst.operation_duration.record(ended - sent, metric)
+    if record.upstream_status == 200:
+        inst.token_usage.record(record.total_input_tokens, {**metric, "gen_ai.token.type": "input"})
+        inst.token_usage.record(record.output_tokens, {**metric, "gen_ai.token.type": "output"})
+    if not record.stream:
+        return
+    first_token, last = record.first_token_at, record.last_chunk_at
+    if record.first_chunk_at is not None:
+        inst.time_to_first_chunk.record(record.first_chunk_at - sent, metric)
+    # Per-chunk and per-token timings are means over the stream, recorded once: the
+    # relay keeps no per-event timestamps (no per-event work on the hot path).
+    if first_token is not None and last is not None and record.output_deltas > 1:
+        inst.time_per_output_chunk.record((last - first_token) / (record.output_deltas - 1), metric)
+    if record.outcome != "completed" or first_token is None:
+        return  # the gen_ai.server.* metrics are defined for successful responses
+    inst.server_ttft.record(first_token - record.started, metric)
+    if last is not None and record.output_tokens > 1:
+        inst.server_tpot.record((last - first_token) / (record.output_tokens - 1), metric)
+
+
+def log_fields(record: StreamRecord, ended: float, cost: float | None) -> dict[str, Any]:
+    """The numbers of a `stream_complete` / `stream_error` line (ids are added by the caller)."""
+    first_token, last = record.first_token_at, record.last_chunk_at
+    generating = (last - first_token) if first_token is not None and last is not None else 0.0
+    return {
+        "outcome": record.outcome,
+        "input_tokens": record.total_input_tokens,
+        "output_tokens": record.output_tokens,
+        "cache_creation_input_tokens": record.cache_creation_input_tokens,
+        "cache_read_input_tokens": record.cache_read_input_tokens,
+        "ttft_ms": _ms(first_token - record.started) if first_token is not None else None,
+        "duration_ms": _ms(ended - record.started),
+        "tokens_per_second": round(record.output_tokens / generating, 2)
+        if generating > 0
+        else None,
+        "retries": record.retries,
+        "queue_wait_ms": _ms(record.queue_wait),
+        "upstream_status": record.upstream_status,
+        "cost_usd": round(cost, 8) if cost is not None else None,
+        "stop_reason": record.stop_reason,
+        "error_type": record.error_type,
+    }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
