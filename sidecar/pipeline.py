@@ -163,8 +163,7 @@ class Pipeline:
                 status = response.status
             elif request.transport is None or request.transport.is_closing():
                 status = 499  # the client went away before an answer
-            span.set_attribute("http.response.status_code", status)
-            span.end()
+            telemetry.end_server_span(span, status)
             telemetry.access(
                 method=request.method,
                 route=route.path,

@@ -105,7 +105,7 @@ async def call_claude(
     telemetry = runtime.telemetry
     quota_policy = ctx.route.policy.quotas
     reserve = call.input_estimate + (record.max_tokens or runtime.config.claude.max_tokens)
-    span = telemetry.start_stream(record, ctx.trace_parent)
+    span = telemetry.start_stream(record, ctx.trace_parent, call.body)
     lease = None
     admitted = False
     try:
@@ -114,7 +114,7 @@ async def call_claude(
         )
         record.queue_wait = await runtime.admission.acquire()
         admitted = True
-        telemetry.queue_wait(record.queue_wait, admitted=True)
+        telemetry.admitted(record)
         headers = dict(call.attempt.headers)
         telemetry.inject(span, headers)
         attempt = Attempt(call.attempt.method, call.attempt.path, headers)
