@@ -1,0 +1,111 @@
+{{/* Names, labels and checks shared by every template. */}}
+
+{{- define "claude-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "claude-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "claude-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "claude-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "claude-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "claude-sidecar.labels" -}}
+helm.sh/chart: {{ include "claude-sidecar.chart" . }}
+{{ include "claude-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "claude-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "claude-sidecar.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "claude-sidecar.configMapName" -}}
+{{- printf "%s-config" (include "claude-sidecar.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "claude-sidecar.secretName" -}}
+{{- default (include "claude-sidecar.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{- define "claude-sidecar.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The sidecar config parsed, so the chart can check it against the values that must agree
+with it (ports, shutdown grace). Returns the parsed map as YAML; fails on unparsable YAML.
+*/}}
+{{- define "claude-sidecar.parsedConfig" -}}
+{{- $config := fromYaml .Values.config }}
+{{- if hasKey $config "Error" }}
+{{- fail (printf "config: not valid YAML: %s" (get $config "Error")) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* Fail when server.listen / server.admin_listen disagree with ports.* or are loopback-only. */}}
+{{- define "claude-sidecar.checkListeners" -}}
+{{- $server := (include "claude-sidecar.parsedConfig" . | fromYaml).server | default dict }}
+{{- range $key, $port := dict "listen" .Values.ports.http "admin_listen" .Values.ports.admin }}
+{{- $listen := get $server $key | default (printf "0.0.0.0:%v" $port) | toString }}
+{{- if not (hasSuffix (printf ":%v" $port) $listen) }}
+{{- fail (printf "config server.%s is %q but the chart's port is %v: make them agree" $key $listen $port) }}
+{{- end }}
+{{- if or (hasPrefix "127." $listen) (hasPrefix "localhost:" $listen) (hasPrefix "[::1]:" $listen) }}
+{{- fail (printf "config server.%s is %q: kubelet probes and Services reach the pod IP, listen on 0.0.0.0 or [::]" $key $listen) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Seconds Kubernetes waits after SIGTERM: preStop sleep + the sidecar's drain + margin. */}}
+{{- define "claude-sidecar.terminationGracePeriodSeconds" -}}
+{{- $server := (include "claude-sidecar.parsedConfig" . | fromYaml).server | default dict }}
+{{- $drain := get $server "shutdown_grace_seconds" | default 30 | float64 }}
+{{- $needed := addf .Values.preStopSleepSeconds $drain }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add (ceil $needed | int) 5 }}
+{{- else if le (float64 .Values.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds %v must exceed preStopSleepSeconds + server.shutdown_grace_seconds (%v)" .Values.terminationGracePeriodSeconds $needed) }}
+{{- else }}
+{{- .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Refuse an Anthropic key pasted into the config: it would land in a ConfigMap. */}}
+{{- define "claude-sidecar.checkNoSecretsInConfig" -}}
+{{- if regexMatch "sk-ant-[A-Za-z0-9_-]{8,}" .Values.config }}
+{{- fail "config contains an Anthropic API key: put it in a Secret and write ${ANTHROPIC_API_KEY} (secrets.env)" }}
+{{- end }}
+{{- end }}
+
+{{- define "claude-sidecar.checkKubeVersion" -}}
+{{- if and .Values.nativeSidecar (semverCompare "<1.29-0" .Capabilities.KubeVersion.Version) }}
+{{- fail (printf "nativeSidecar needs Kubernetes >= 1.29 (cluster: %s)" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,514 @@
+"""The Helm chart, offline: lint, render in every mode, Kubernetes schemas, config, security.
+
+No helm binary or cluster: `helm_python` is Helm's own Go SDK (render, lint, values.schema.json)
+and `kubernetes_validate` holds the Kubernetes OpenAPI schemas, checked in strict mode (unknown
+fields are errors). ServiceMonitor is a CRD with no bundled schema: it is checked against the
+subset of the Prometheus Operator schema the chart uses (SERVICE_MONITOR_SCHEMA below).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from sidecar import cli, loader
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "claude-sidecar"
+EXAMPLES = ROOT / "helm" / "examples"
+# The version Helm's SDK renders for (.Capabilities) and a recent bundled schema set.
+KUBE_VERSION = "1.36.0"
+SECRET_ENV = {
+    "ANTHROPIC_API_KEY": "sk-ant-test",
+    "JWT_SECRET": "x" * 32,
+    "REDIS_URL": "redis://redis.example:6379/0",
+}
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "properties": {
+                        "matchLabels": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        }
+                    },
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                            "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def production_values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((EXAMPLES / "production-values.yaml").read_text())
+    return values
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Any]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def inject_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The injection example with its dependency fetched (a copy: the repo tree stays clean)."""
+    copied = tmp_path_factory.mktemp("helm") / "helm"
+    shutil.copytree(ROOT / "helm", copied, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    example = copied / "examples" / "inject"
+    helm.dependency_update(example)
+    return example
+
+
+@pytest.fixture(scope="module")
+def inject_chart(inject_dir: Path) -> Iterator[Any]:
+    with helm.Chart.load(inject_dir) as loaded:
+        yield loaded
+
+
+def render(chart: Any, values: dict[str, Any] | None = None, name: str = "shop") -> list[Any]:
+    """Every rendered object (NOTES.txt and empty templates left out)."""
+    manifests = chart.render(values, name=name, namespace="shop")
+    return [
+        doc
+        for path, text in sorted(manifests.items())
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def notes(chart: Any, values: dict[str, Any] | None = None) -> str:
+    text: str = chart.render(values, name="shop", namespace="shop")[
+        "claude-sidecar/templates/NOTES.txt"
+    ]
+    return text
+
+
+def one(docs: list[Any], kind: str, name: str | None = None) -> Any:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def pod_spec(docs: list[Any]) -> Any:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]
+
+
+def sidecar_container(spec: Any) -> Any:
+    containers = spec.get("initContainers", []) + spec["containers"]
+    return next(c for c in containers if c["name"] == "claude-sidecar")
+
+
+def kinds(docs: list[Any]) -> list[str]:
+    return sorted(d["kind"] for d in docs)
+
+
+def validate_kubernetes(doc: Any) -> None:
+    if doc["apiVersion"] == "monitoring.coreos.com/v1":
+        jsonschema.validate(doc, SERVICE_MONITOR_SCHEMA)
+    else:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def config_text(docs: list[Any]) -> str:
+    text: str = one(docs, "ConfigMap")["data"]["sidecar.yaml"]
+    return text
+
+
+# --------------------------------------------------------------------------- lint + schemas
+
+
+@pytest.mark.parametrize("values", [None, "production"])
+def test_lint_is_clean(values: str | None) -> None:
+    report = helm.lint(
+        CHART,
+        production_values() if values else None,
+        strict=True,
+        kube_version=f"v{KUBE_VERSION}",
+    )
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_injection_example_lints_clean(inject_dir: Path) -> None:
+    report = helm.lint(
+        inject_dir, strict=True, with_subcharts=True, kube_version=f"v{KUBE_VERSION}"
+    )
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_default_values_render_valid_manifests(chart: Any) -> None:
+    docs = render(chart)
+    assert kinds(docs) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    for doc in docs:
+        validate_kubernetes(doc)
+
+
+def test_every_gate_on_renders_valid_manifests(chart: Any) -> None:
+    docs = render(chart, production_values())
+    assert kinds(docs) == [
+        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+        "PodDisruptionBudget", "Service", "Service", "ServiceAccount", "ServiceMonitor",
+    ]  # fmt: skip
+    for doc in docs:
+        validate_kubernetes(doc)
+
+
+def test_injection_mode_renders_valid_manifests(inject_chart: Any) -> None:
+    docs = render(inject_chart, name="web")
+    assert kinds(docs) == ["ConfigMap", "Deployment", "Service"]
+    for doc in docs:
+        validate_kubernetes(doc)
+
+
+def test_schema_validation_is_strict_enough_to_fail(chart: Any) -> None:
+    """Negative control: a typo in a rendered field must fail the Kubernetes schema check."""
+    deployment = copy.deepcopy(one(render(chart), "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_kubernetes(deployment)
+    monitor = copy.deepcopy(one(render(chart, production_values()), "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["interval"] = "often"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_kubernetes(monitor)
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"ports": {"http": "8080", "admin": 9090}}, "/ports/http"),
+        ({"replicaCount": -1}, "/replicaCount"),
+        ({"replicas": 3}, "replicas"),
+        ({"service": {"type": "Ingress"}}, "/service/type"),
+        ({"otel": {"protocol": "udp"}}, "/otel/protocol"),
+        ({"secrets": {"env": [{"name": "ANTHROPIC-KEY", "key": "k"}]}}, "/secrets/env/0/name"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"config": 42}, "/config"),
+        ({"probes": {"liveness": {"path": "healthz"}}}, "/probes/liveness/path"),
+    ],
+)
+def test_bad_values_are_rejected_by_the_schema(
+    chart: Any, values: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match=re.escape(field)):
+        chart.validate_schema(values)
+    with pytest.raises(helm.HelmValuesError):
+        chart.render(values, name="shop")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("mode", ["default", "production", "inject"])
+def test_configmap_config_passes_sidecar_check(
+    chart: Any, inject_chart: Any, mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if mode == "inject":
+        docs = render(inject_chart, name="web")
+    else:
+        docs = render(chart, production_values() if mode == "production" else None)
+    text = config_text(docs)
+    container = sidecar_container(pod_spec(docs))
+    env_names = {e["name"] for e in container["env"]}
+
+    # Every ${VAR} without a default is in the container's env: the pod can start.
+    needed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))
+    assert needed <= env_names, needed - env_names
+    env = {name: SECRET_ENV.get(name, "value") for name in env_names}
+    config = loader.validate(loader.parse_yaml(text, "configmap"), env)
+
+    # The ports Kubernetes probes and routes to are the ones the config listens on.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert config.server.listen == f"0.0.0.0:{ports['sidecar-http']}"
+    assert config.server.admin_listen == f"0.0.0.0:{ports['sidecar-admin']}"
+
+    # The real CLI agrees: `sidecar check` exits 0 on the mounted file.
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["check", "-c", str(path)]) == 0
+
+
+def test_config_is_rendered_verbatim_with_a_checksum(chart: Any) -> None:
+    config = production_values()["config"]
+    docs = render(chart, {"config": config})
+    assert config_text(docs) == config
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    checksum = annotations["checksum/claude-sidecar-config"]
+    assert checksum == hashlib.sha256(config.encode()).hexdigest()
+
+    changed = render(
+        chart, {"config": config.replace("max_prompt_chars: 20000", "max_prompt_chars: 1")}
+    )
+    changed_annotations = one(changed, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert changed_annotations["checksum/claude-sidecar-config"] != checksum
+
+    static = render(chart, {"rollOnConfigChange": False, "podAnnotations": {"team": "shop"}})
+    assert one(static, "Deployment")["spec"]["template"]["metadata"]["annotations"] == {
+        "team": "shop"
+    }
+
+
+def test_secrets_come_from_secret_refs_never_the_configmap(chart: Any) -> None:
+    docs = render(chart, production_values())
+    assert "${ANTHROPIC_API_KEY}" in config_text(docs)
+    env = {e["name"]: e for e in sidecar_container(pod_spec(docs))["env"]}
+    for name in ("ANTHROPIC_API_KEY", "JWT_SECRET", "REDIS_URL"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "shop-claude-sidecar"
+        assert "value" not in env[name]
+    assert not [d for d in docs if d["kind"] == "Secret"]  # the chart never renders one
+
+    pasted = "claude:\n  api_key: sk-ant-api03-abcdefghijklmnop\n"
+    with pytest.raises(helm.HelmRenderError, match="Secret"):
+        chart.render({"config": pasted}, name="shop")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"ports": {"http": 8081, "admin": 9090}}, "server.listen"),
+        ({"config": 'server: {admin_listen: "127.0.0.1:9090"}\n'}, "pod IP"),
+        ({"config": "server: [unclosed\n"}, "not valid YAML"),
+        ({"terminationGracePeriodSeconds": 20}, "must exceed"),
+    ],
+)
+def test_values_that_contradict_the_config_fail_at_render(
+    chart: Any, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        chart.render(values, name="shop")
+
+
+# --------------------------------------------------------------------------- pod shape
+
+
+@pytest.mark.parametrize("mode", ["default", "production", "inject"])
+def test_security_context_is_hardened(chart: Any, inject_chart: Any, mode: str) -> None:
+    if mode == "inject":
+        docs = render(inject_chart, name="web")
+    else:
+        docs = render(chart, production_values() if mode == "production" else None)
+    spec = pod_spec(docs)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+
+    container = sidecar_container(spec)
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert isinstance(security["runAsUser"], int)
+    assert security["runAsUser"] > 0
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
+
+    # Writable: /tmp only (an emptyDir). The config directory is mounted without subPath so
+    # in-place ConfigMap edits reach the file.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert set(mounts) == {"/tmp", "/etc/claude-sidecar"}
+    assert mounts["/etc/claude-sidecar"]["readOnly"] is True
+    assert "subPath" not in mounts["/etc/claude-sidecar"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    configmap = one(docs, "ConfigMap")["metadata"]["name"]
+    assert volumes[mounts["/etc/claude-sidecar"]["name"]]["configMap"]["name"] == configmap
+
+
+def test_probes_shutdown_and_prestop(chart: Any) -> None:
+    config = 'server: {listen: "0.0.0.0:8080", admin_listen: "0.0.0.0:9090", shutdown_grace_seconds: 100.5}\n'
+    spec = pod_spec(render(chart, {"config": config, "preStopSleepSeconds": 7}))
+    container = sidecar_container(spec)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"]["path"] == path
+        assert ports[container[probe]["httpGet"]["port"]] == 9090  # the admin port
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
+    # preStop 7 + drain 100.5 < grace
+    assert spec["terminationGracePeriodSeconds"] == 113
+    explicit = pod_spec(render(chart, {"terminationGracePeriodSeconds": 90}))
+    assert explicit["terminationGracePeriodSeconds"] == 90
+
+
+def test_pod_mode_puts_the_app_behind_the_sidecar(chart: Any) -> None:
+    docs = render(chart, production_values())
+    spec = pod_spec(docs)
+    app = next(c for c in spec["containers"] if c["name"] == "app")
+    assert app["image"] == "registry.example.com/shop/web:2.4.1"
+    assert app["ports"] == [{"name": "app", "containerPort": 3000, "protocol": "TCP"}]
+
+    service = one(docs, "Service", "shop-claude-sidecar")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["sidecar-http"]
+    sidecar_ports = {p["name"] for p in sidecar_container(spec)["ports"]}
+    assert "sidecar-http" in sidecar_ports
+    assert service["spec"]["selector"].items() <= spec_labels(docs).items()
+
+
+def spec_labels(docs: list[Any]) -> dict[str, str]:
+    labels: dict[str, str] = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_native_sidecar_is_an_init_container_that_restarts(chart: Any) -> None:
+    spec = pod_spec(render(chart, {"nativeSidecar": True, "app": {"image": {"repository": "web"}}}))
+    assert [c["name"] for c in spec["initContainers"]] == ["claude-sidecar"]
+    assert spec["initContainers"][0]["restartPolicy"] == "Always"
+    assert [c["name"] for c in spec["containers"]] == ["app"]
+
+    plain = pod_spec(render(chart))
+    assert "initContainers" not in plain
+    assert "restartPolicy" not in sidecar_container(plain)
+
+
+def test_otel_env_carries_pod_identity_from_the_downward_api(chart: Any) -> None:
+    env = sidecar_container(pod_spec(render(chart, production_values())))["env"]
+    by_name = {e["name"]: e for e in env}
+    assert (
+        by_name["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"]
+        == "http://otel-collector.observability:4318"
+    )
+    assert by_name["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "http/protobuf"
+    assert by_name["OTEL_SERVICE_NAME"]["value"] == "shop-claude-sidecar"
+    attributes = dict(
+        a.split("=", 1) for a in by_name["OTEL_RESOURCE_ATTRIBUTES"]["value"].split(",")
+    )
+    assert attributes["deployment.environment"] == "production"
+    order = [e["name"] for e in env]
+    for key, field in (
+        ("k8s.pod.name", "metadata.name"),
+        ("k8s.namespace.name", "metadata.namespace"),
+    ):
+        var = re.fullmatch(r"\$\((\w+)\)", attributes[key])
+        assert var, attributes[key]
+        # $(VAR) expands only when VAR is defined earlier in the list.
+        assert order.index(var[1]) < order.index("OTEL_RESOURCE_ATTRIBUTES")
+        assert by_name[var[1]]["valueFrom"]["fieldRef"]["fieldPath"] == field
+
+
+# --------------------------------------------------------------------------- gated objects
+
+
+def test_gated_objects_select_the_sidecar_pods(chart: Any) -> None:
+    docs = render(chart, production_values())
+    labels = spec_labels(docs)
+    deployment = one(docs, "Deployment")
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
+
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 2
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    allowed = [port["port"] for rule in policy["ingress"] for port in rule["ports"]]
+    assert allowed == ["sidecar-http", "sidecar-admin"]  # never the app's port
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+
+    metrics = one(docs, "Service", "shop-claude-sidecar-metrics")
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items()
+    )
+    public = one(docs, "Service", "shop-claude-sidecar")
+    assert (
+        not monitor["spec"]["selector"]["matchLabels"].items()
+        <= public["metadata"]["labels"].items()
+    )
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in metrics["spec"]["ports"]}
+    assert metrics["spec"]["ports"][0]["targetPort"] == "sidecar-admin"
+
+
+def test_pdb_max_unavailable_and_hpa_bounds(chart: Any) -> None:
+    docs = render(chart, {"podDisruptionBudget": {"enabled": True, "maxUnavailable": 1}})
+    assert one(docs, "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": one(docs, "Deployment")["spec"]["selector"]["matchLabels"]},
+    }
+    with pytest.raises(helm.HelmRenderError, match="minReplicas"):
+        chart.render(
+            {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, name="x"
+        )
+
+
+def test_notes_tell_how_to_reach_it_and_warn_about_memory_quotas(chart: Any) -> None:
+    text = notes(chart)
+    assert "kubectl -n shop port-forward svc/shop-claude-sidecar 8080:80" in text
+    assert "/readyz" in text
+    assert '--from-literal=anthropic-api-key="$ANTHROPIC_API_KEY"' in text
+    assert 'quotas.store is "memory" with more than one replica' in text
+    assert "WARNING" not in notes(chart, {"replicaCount": 1})
+    assert "WARNING" not in notes(chart, production_values())  # quotas in Redis
+
+
+# --------------------------------------------------------------------------- injection
+
+
+def test_injection_shares_one_configmap_and_checksum(inject_chart: Any) -> None:
+    docs = render(inject_chart, name="web")
+    configmap = one(docs, "ConfigMap")
+    spec = pod_spec(docs)
+    assert [c["name"] for c in spec["containers"]] == ["claude-sidecar", "shop"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["claude-sidecar-config"]["configMap"]["name"] == configmap["metadata"]["name"]
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    expected = hashlib.sha256(configmap["data"]["sidecar.yaml"].encode()).hexdigest()
+    assert annotations["checksum/claude-sidecar-config"] == expected
+    service = one(docs, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "sidecar-http"
+    # The sidecar's own values (port 8000) reach the injected container, not the chart defaults.
+    ports = {p["name"]: p["containerPort"] for p in sidecar_container(spec)["ports"]}
+    assert ports == {"sidecar-http": 8000, "sidecar-admin": 9090}
