@@ -7,6 +7,7 @@ runs per event.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -272,3 +273,7 @@ class Telemetry:
             return
         self._providers.tracer_provider.shutdown()
         self._providers.meter_provider.shutdown()
+
+    async def close(self) -> None:
+        """`shutdown` off the event loop: the last export is blocking network I/O."""
+        await asyncio.to_thread(self.shutdown)
