@@ -7,7 +7,8 @@ import json
 from aiohttp import web
 
 from sidecar.config import Config
-from sidecar.keys import RUNTIME
+from sidecar.keys import RUNTIMES
+from sidecar.runtime import RuntimeHolder
 
 
 def _json(status: int, body: dict[str, object]) -> web.Response:
@@ -21,36 +22,34 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready to take traffic: not draining, and every dependency it needs is there."""
-    runtime = request.app[RUNTIME]
+    holder = request.app[RUNTIMES]
+    runtime = holder.current
     checks: dict[str, str] = {}
-    if runtime.lifecycle.draining:
+    if holder.draining:
         checks["lifecycle"] = "draining"
     quotas = runtime.config.quotas
     if quotas.on_store_error == "fail_closed" and not await runtime.quotas.ready():
         checks["quota_store"] = "unavailable"
     if not runtime.auth.ready():
         checks["jwks"] = "no keys loaded"
+    config = {"config_sha256": holder.config_sha256}  # which config is live (after reloads)
     if checks:
-        return _json(503, {"status": "unavailable", "checks": checks})
-    return _json(200, {"status": "ready"})
+        return _json(503, {"status": "unavailable", "checks": checks, **config})
+    return _json(200, {"status": "ready", **config})
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of every sidecar and GenAI metric."""
-    body, content_type = request.app[RUNTIME].telemetry.prometheus()
+    body, content_type = request.app[RUNTIMES].current.telemetry.prometheus()
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
 
 
-def build_admin_app(runtime_app: web.Application, config: Config) -> web.Application:
-    """The admin app reads the traffic app's runtime (created when the traffic app starts)."""
+def build_admin_app(runtimes: RuntimeHolder, config: Config) -> web.Application:
+    """The admin app reads the traffic app's current runtime (opened when traffic starts)."""
     app = web.Application()
-
-    async def share_runtime(admin: web.Application) -> None:
-        admin[RUNTIME] = runtime_app[RUNTIME]
-
-    app.on_startup.append(share_runtime)
+    app[RUNTIMES] = runtimes
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if config.telemetry.prometheus:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -15,13 +16,13 @@ from sidecar.fake_claude import FakeSettings, running_fake_claude
 from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
-from sidecar.keys import RUNTIME
+from sidecar.keys import RUNTIMES
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
 from sidecar.quotas import QuotaGate
 from sidecar.relay import StreamRegistry
 from sidecar.routes import RouteTable
-from sidecar.runtime import Runtime
+from sidecar.runtime import Runtime, RuntimeHolder, SharedPool
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import ClaudeClient
 
@@ -65,35 +66,96 @@ def _fake_settings(config: Config) -> FakeSettings:
     )
 
 
-async def _open_runtime(
-    config: Config, telemetry: Telemetry | None, stack: contextlib.AsyncExitStack
-) -> Runtime:
-    """Open every resource of a config on `stack`, which closes them in reverse order."""
-    if telemetry is None:
-        telemetry = Telemetry.from_config(config.telemetry)
-        stack.callback(telemetry.shutdown)
-    base_url = config.claude.base_url
-    if config.claude.is_fake:
-        fake = await stack.enter_async_context(running_fake_claude(_fake_settings(config)))
-        base_url = fake.url
-    session = await stack.enter_async_context(_claude_session(config))
+async def _open_telemetry(config: Config, own: contextlib.AsyncExitStack) -> Telemetry:
+    telemetry = Telemetry.from_config(config.telemetry)
+    own.push_async_callback(telemetry.close)  # flushes spans/metrics; never blocks the loop
+    return telemetry
+
+
+async def _open_fake(config: Config, own: contextlib.AsyncExitStack) -> str:
+    fake = await own.enter_async_context(running_fake_claude(_fake_settings(config)))
+    return fake.url
+
+
+async def _open_app_session(
+    config: Config, own: contextlib.AsyncExitStack
+) -> aiohttp.ClientSession | None:
     app_session = _app_session(config)
     if app_session is not None:
-        await stack.enter_async_context(app_session)
-    routes = RouteTable(config)
+        await own.enter_async_context(app_session)
+    return app_session
+
+
+async def _open_auth(routes: RouteTable, own: contextlib.AsyncExitStack) -> AuthService:
     auth = AuthService([route.policy.auth for route in routes.routes])
     await auth.start()
-    stack.push_async_callback(auth.close)
-    quotas = QuotaGate.from_config(config.quotas, on_store_error=telemetry.quota_store_error)
-    await quotas.start()
-    stack.push_async_callback(quotas.close)
+    own.push_async_callback(auth.close)
+    return auth
+
+
+def _quota_store_key(config: Config) -> tuple[object, ...]:
+    quotas = config.quotas
+    return (quotas.store, quotas.redis_url, quotas.redis_timeout_seconds, quotas.on_store_error)
+
+
+def _admission_key(config: Config) -> tuple[object, ...]:
+    claude = config.claude
+    return (claude.max_concurrent_streams, claude.queue.max_waiting, claude.queue.max_wait_seconds)
+
+
+async def _open_admission(config: Config, own: contextlib.AsyncExitStack) -> Admission:
+    return Admission(config.claude)
+
+
+async def _open_runtime(
+    config: Config,
+    telemetry: Telemetry | None,
+    stack: contextlib.AsyncExitStack,
+    shared: SharedPool,
+) -> Runtime:
+    """Open every resource of a config on `stack`, which closes them in reverse order.
+
+    Resources come from `shared`: one whose settings (the key) are unchanged since the
+    previous runtime is reused, so a reload keeps quota counters, queued and admitted
+    streams, JWKS keys and warm connections.
+    """
+    if telemetry is None:  # process-wide: `telemetry` changes need a restart
+        telemetry = await shared.use(stack, "telemetry", None, partial(_open_telemetry, config))
+    base_url = config.claude.base_url
+    if config.claude.is_fake:
+        base_url = await shared.use(
+            stack, "fake_claude", _fake_settings(config), partial(_open_fake, config)
+        )
+    session = await shared.use(
+        stack,
+        "claude_session",
+        config.claude.max_concurrent_streams,
+        lambda own: own.enter_async_context(_claude_session(config)),
+    )
+    app_session = await shared.use(
+        stack, "app_session", config.app, partial(_open_app_session, config)
+    )
+    routes = RouteTable(config)
+    auth_key = [route.policy.auth for route in routes.routes]
+    auth = await shared.use(stack, "auth", auth_key, partial(_open_auth, routes))
+
+    async def open_quotas(own: contextlib.AsyncExitStack) -> QuotaGate:
+        quotas = QuotaGate.from_config(config.quotas, on_store_error=telemetry.quota_store_error)
+        await quotas.start()
+        own.push_async_callback(quotas.close)
+        return quotas
+
+    # Counters and live leases carry over a reload unless where they are stored changed.
+    quotas = await shared.use(stack, "quotas", _quota_store_key(config), open_quotas)
     return Runtime(
         config=config,
         routes=routes,
         telemetry=telemetry,
         auth=auth,
         quotas=quotas,
-        admission=Admission(config.claude),
+        admission=await shared.use(
+            stack, "admission", _admission_key(config), partial(_open_admission, config)
+        ),
         streams=StreamRegistry(),
         claude=ClaudeClient(
             config.claude,
@@ -109,14 +171,21 @@ async def _open_runtime(
 def build_apps(
     config: Config, telemetry: Telemetry | None = None
 ) -> tuple[web.Application, web.Application]:
-    """The traffic app (every path through the pipeline) and the admin app sharing its runtime."""
+    """The traffic app (every path through the pipeline) and the admin app sharing its runtime.
+
+    Both read the runtime from `app[RUNTIMES].current`, which a reload replaces.
+    """
     app = web.Application(client_max_size=config.server.max_body_bytes)
+    runtimes = RuntimeHolder(
+        lambda cfg, stack, shared: _open_runtime(cfg, telemetry, stack, shared)
+    )
+    app[RUNTIMES] = runtimes
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            app[RUNTIME] = await _open_runtime(config, telemetry, stack)
-            yield
+        runtimes.install(await runtimes.open(config))
+        yield
+        await runtimes.close()
 
     app.cleanup_ctx.append(runtime_ctx)
     app.router.add_route("*", "/{tail:.*}", Pipeline(HANDLERS).handle)
-    return app, build_admin_app(app, config)
+    return app, build_admin_app(runtimes, config)

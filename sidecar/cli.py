@@ -62,8 +62,8 @@ def _run(path: str | None) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        return asyncio.run(serve(config))
-    return uvloop.run(serve(config))
+        return asyncio.run(serve(config, path))
+    return uvloop.run(serve(config, path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,6 +90,7 @@ class ServerConfig(Section):
     trusted_proxies: list[Network] = Field(default_factory=list)
     tls: TLSConfig = TLSConfig()
     request_id_header: str = "X-Request-Id"
+    reload_poll_seconds: float = Field(2, ge=0)  # watch the config file; 0 = SIGHUP only
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:

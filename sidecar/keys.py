@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from sidecar.runtime import Runtime
+    from sidecar.runtime import RuntimeHolder
 
-RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+# Stored once at build time; the holder's `current` runtime changes on reload.
+RUNTIMES: web.AppKey[RuntimeHolder] = web.AppKey("runtimes")

@@ -20,7 +20,7 @@ from opentelemetry.trace import Span
 
 from sidecar.errors import Family, Rejection, render_json, simple_error_body
 from sidecar.identity import ANONYMOUS, Identity
-from sidecar.keys import RUNTIME
+from sidecar.keys import RUNTIMES
 from sidecar.quotas.subject import client_ip
 from sidecar.routes import Route
 from sidecar.runtime import Runtime
@@ -83,7 +83,7 @@ class Pipeline:
         self._handlers = handlers
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        runtime = request.app[RUNTIME]
+        runtime = request.app[RUNTIMES].current  # swapped by reload; in-flight keep theirs
         lifecycle = runtime.lifecycle
         lifecycle.enter()
         try:
@@ -183,6 +183,9 @@ class Pipeline:
             ctx.request.headers.get("Access-Control-Request-Headers"),
         )
         if status >= 400:
+            # A refused preflight grants nothing, even to an allowed origin asking too much.
+            for name in [n for n in ctx.headers if n.lower().startswith("access-control-")]:
+                del ctx.headers[name]
             raise Rejection(
                 403,
                 "permission_error",

@@ -1,10 +1,20 @@
-"""Everything a request needs, built once per config: routes, clients, stores, telemetry."""
+"""Everything a request needs, built once per config, and the holder that swaps it on reload.
+
+A `Runtime` is the wired services of one config. The `RuntimeHolder` hands the current
+one to new requests; a runtime replaced by a reload keeps serving the requests that
+started on it and closes its resources once the last of them ends. Resources that do
+not depend on what changed (quota store, admission gate, HTTP pools, the fake Claude,
+telemetry) live in a `SharedPool` and are reused by the next runtime, refcounted.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 if TYPE_CHECKING:
     import aiohttp
@@ -18,12 +28,14 @@ if TYPE_CHECKING:
     from sidecar.telemetry import Telemetry
     from sidecar.upstream import ClaudeClient
 
+log = logging.getLogger("sidecar.runtime")
+T = TypeVar("T")
+
 
 class Lifecycle:
-    """Draining flag and in-flight request count, for readiness and graceful shutdown."""
+    """In-flight request count of one runtime: it may close once this reaches zero."""
 
     def __init__(self) -> None:
-        self.draining = False
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -37,7 +49,7 @@ class Lifecycle:
         if self.inflight == 0:
             self._idle.set()
 
-    async def wait_idle(self, timeout: float) -> bool:
+    async def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no request is in flight; False if `timeout` passed first."""
         try:
             async with asyncio.timeout(timeout):
@@ -61,3 +73,148 @@ class Runtime:
     claude: ClaudeClient
     app_session: aiohttp.ClientSession | None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+
+
+# --------------------------------------------------------------------------- shared resources
+
+
+@dataclass(slots=True, eq=False)
+class _Shared:
+    key: object
+    value: object
+    stack: contextlib.AsyncExitStack
+    users: int = 0
+
+
+class SharedPool:
+    """Resources reused by successive runtimes while their settings (`key`) stay equal."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[_Shared]] = {}
+
+    async def use(
+        self,
+        stack: contextlib.AsyncExitStack,
+        name: str,
+        key: object,
+        open_: Callable[[contextlib.AsyncExitStack], Awaitable[T]],
+    ) -> T:
+        """The `name` resource for `key`, opened by `open_` unless one is live; `stack` releases it.
+
+        `open_` registers the resource's cleanup on the stack it is given; that cleanup runs
+        when the last runtime using the resource releases it.
+        """
+        entries = self._entries.setdefault(name, [])
+        entry = next((e for e in reversed(entries) if e.key == key), None)
+        if entry is None:
+            own = contextlib.AsyncExitStack()
+            try:
+                value = await open_(own)
+            except BaseException:
+                await own.aclose()
+                raise
+            entry = _Shared(key, value, own)
+            entries.append(entry)
+        entry.users += 1
+        stack.push_async_callback(self._release, name, entry)
+        return cast(T, entry.value)
+
+    async def _release(self, name: str, entry: _Shared) -> None:
+        entry.users -= 1
+        if entry.users > 0:
+            return
+        entries = self._entries.get(name, [])
+        if entry in entries:
+            entries.remove(entry)
+        await entry.stack.aclose()
+
+    def live(self, name: str) -> int:
+        """How many distinct `name` resources are open (tests check nothing leaks)."""
+        return len(self._entries.get(name, []))
+
+
+# --------------------------------------------------------------------------- the holder
+
+Opener = Callable[["Config", contextlib.AsyncExitStack, SharedPool], Awaitable[Runtime]]
+
+
+class RuntimeHolder:
+    """The runtime new requests get (`current`), and the retired ones still finishing."""
+
+    def __init__(self, opener: Opener) -> None:
+        self._opener = opener
+        self.shared = SharedPool()
+        self.draining = False  # process-wide: set once on SIGTERM/SIGINT
+        self.config_sha256: str | None = None  # of the file the current config came from
+        # A plain attribute, not a property: the pipeline reads it once per request.
+        self.current: Runtime
+        self._stacks: dict[int, contextlib.AsyncExitStack] = {}  # id(runtime) → its resources
+        self._live: list[Runtime] = []
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def live(self) -> list[Runtime]:
+        """Every runtime not yet closed: the current one and those still finishing requests."""
+        return list(self._live)
+
+    async def open(self, config: Config) -> Runtime:
+        """Build a runtime for `config` (not yet serving); raises if a resource fails to open."""
+        stack = contextlib.AsyncExitStack()
+        try:
+            runtime = await self._opener(config, stack, self.shared)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stacks[id(runtime)] = stack
+        self._live.append(runtime)
+        return runtime
+
+    def install(self, runtime: Runtime, config_sha256: str | None = None) -> None:
+        """Serve new requests from `runtime`; the previous one closes when its requests end."""
+        previous = getattr(self, "current", None)
+        self.current = runtime
+        self.config_sha256 = config_sha256
+        if previous is not None and previous is not runtime:
+            task = asyncio.create_task(self._retire(previous))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def discard(self, runtime: Runtime) -> None:
+        """Close a runtime that was opened but never installed."""
+        await self._close(runtime)
+
+    async def _retire(self, runtime: Runtime) -> None:
+        await runtime.lifecycle.wait_idle()
+        await self._close(runtime)
+
+    async def _close(self, runtime: Runtime) -> None:
+        stack = self._stacks.pop(id(runtime), None)
+        if runtime in self._live:
+            self._live.remove(runtime)
+        if stack is not None:
+            try:
+                await stack.aclose()
+            except Exception:  # one failing close must not keep the rest open
+                log.exception("closing a runtime failed")
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no runtime has a request in flight; False if `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                for runtime in self.live:
+                    await runtime.lifecycle.wait_idle()
+        except TimeoutError:
+            return False
+        return True
+
+    def stop_all_streams(self) -> int:
+        """End every live Claude stream with a final `shutting_down` event; how many."""
+        return sum(runtime.streams.stop_all() for runtime in self.live)
+
+    async def close(self) -> None:
+        """Close every runtime now (the listeners have already drained)."""
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for runtime in reversed(self.live):
+            await self._close(runtime)

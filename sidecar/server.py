@@ -1,8 +1,9 @@
-"""Listeners and lifecycle: start both listeners, drain on SIGTERM/SIGINT, exit cleanly.
+"""Listeners and lifecycle: start both listeners, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
-Shutdown order: `/readyz` turns 503 → the traffic listener stops accepting → in-flight
-requests get `server.shutdown_grace_seconds` to finish → streams still live get a
-final `shutting_down` error event → connections close → the admin listener closes.
+Shutdown order: reloads stop → `/readyz` turns 503 → the traffic listener stops
+accepting → in-flight requests (on every runtime, including ones a reload replaced)
+get `server.shutdown_grace_seconds` to finish → streams still live get a final
+`shutting_down` error event → connections close → the admin listener closes.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from sidecar.app import build_apps
 from sidecar.config import Config, split_host_port
-from sidecar.keys import RUNTIME
-from sidecar.runtime import Runtime
+from sidecar.keys import RUNTIMES
+from sidecar.reload import Reloader
+from sidecar.runtime import Runtime, RuntimeHolder
 from sidecar.telemetry import Telemetry
 
 log = logging.getLogger("sidecar.server")
@@ -41,24 +45,41 @@ def _port_of(runner: web.AppRunner) -> int:
 
 
 class SidecarServer:
-    """The two listeners of one config; `start` binds, `shutdown` drains and closes."""
+    """The two listeners of one config; `start` binds, `reload` swaps, `shutdown` drains.
 
-    def __init__(self, config: Config, *, telemetry: Telemetry | None = None) -> None:
-        self.config = config
+    `config_path` is the file reloads read (default: `$SIDECAR_CONFIG`, else the embedded
+    default); `env` the environment for its `${VAR}`s (default: the process's).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        telemetry: Telemetry | None = None,
+        config_path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config  # as started: listeners and TLS on/off do not change on reload
         traffic, admin = build_apps(config, telemetry)
+        self._runtimes = traffic[RUNTIMES]
+        self.reloader = Reloader(self._runtimes, config_path, env=env)
         # handler_cancellation: a client that goes away cancels its stream at once.
         self._traffic = web.AppRunner(
             traffic, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
         self._admin = web.AppRunner(admin, access_log=None, shutdown_timeout=1.0)
-        self._traffic_app = traffic
         self._sites: list[web.TCPSite] = []
         self.port = 0
         self.admin_port = 0
 
     @property
     def runtime(self) -> Runtime:
-        return self._traffic_app[RUNTIME]
+        """The runtime new requests get (replaced by each successful reload)."""
+        return self._runtimes.current
+
+    @property
+    def runtimes(self) -> RuntimeHolder:
+        return self._runtimes
 
     @property
     def scheme(self) -> str:
@@ -79,28 +100,34 @@ class SidecarServer:
         await self._traffic.setup()
         await self._admin.setup()
         host, port = split_host_port(self.config.server.listen)
-        site = web.TCPSite(
-            self._traffic, host, port, ssl_context=_ssl_context(self.config), backlog=1024
-        )
+        self.reloader.tls = _ssl_context(self.config)  # reloads load new certs into it
+        site = web.TCPSite(self._traffic, host, port, ssl_context=self.reloader.tls, backlog=1024)
         await site.start()
         self._sites.append(site)
         admin_host, admin_port = split_host_port(self.config.server.admin_listen)
         await web.TCPSite(self._admin, admin_host, admin_port).start()
         self.port = _port_of(self._traffic)
         self.admin_port = _port_of(self._admin)
+        self.reloader.start()
+
+    async def reload(self) -> bool:
+        """Reload the config file now (as SIGHUP does); False if the old config kept serving."""
+        return await self.reloader.reload("api")
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Drain: not ready, stop accepting, wait for in-flight work, end what is left."""
-        runtime = self.runtime
-        runtime.lifecycle.draining = True
+        await self.reloader.close()
+        runtimes = self._runtimes
+        runtimes.draining = True
         for site in self._sites:
             await site.stop()
         self._sites.clear()
-        wait = self.config.server.shutdown_grace_seconds if grace is None else grace
-        if not await runtime.lifecycle.wait_idle(wait):
-            stopped = runtime.streams.stop_all()
+        configured = runtimes.current.config.server.shutdown_grace_seconds
+        wait = configured if grace is None else grace
+        if not await runtimes.wait_idle(wait):
+            stopped = runtimes.stop_all_streams()
             log.warning("shutdown grace over", extra={"streams_stopped": stopped})
-            await runtime.lifecycle.wait_idle(_FINAL_EVENT_GRACE)
+            await runtimes.wait_idle(_FINAL_EVENT_GRACE)
         await self._traffic.cleanup()
         await self._admin.cleanup()
 
@@ -113,9 +140,9 @@ def _client_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code."""
-    server = SidecarServer(config)
+async def serve(config: Config, config_path: str | Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT (SIGHUP reloads), then shut down gracefully; the exit code."""
+    server = SidecarServer(config, config_path=config_path)
     try:
         await server.start()
     except OSError as exc:
@@ -129,7 +156,9 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reloader.request)
     await stop.wait()
-    log.info("shutting down", extra={"grace_seconds": config.server.shutdown_grace_seconds})
+    grace = server.runtime.config.server.shutdown_grace_seconds
+    log.info("shutting down", extra={"grace_seconds": grace})
     await server.shutdown()
     return 0

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import socket
-from collections.abc import AsyncIterator, Mapping
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from sidecar import loader
 from sidecar.server import SidecarServer
@@ -51,3 +58,50 @@ async def running_sidecar(
         yield server
     finally:
         await server.shutdown(grace=1.0)
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn_sidecar(
+    config_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m sidecar run -c FILE` as a real process; its logs go to FILE with `.log`."""
+    with config_path.with_suffix(".log").open("wb") as log:  # a file: a pipe could fill up
+        return subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "run", "-c", str(config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+
+
+async def wait_ready(http: aiohttp.ClientSession, admin_url: str, timeout: float = 30) -> None:
+    """Wait until the admin listener answers `/readyz` 200 (the process is serving)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(admin_url + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    """Poll `predicate` until it holds (for state another process or task changes)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await predicate():
+                return
+            await asyncio.sleep(0.02)
+
+
+def stop_process(process: subprocess.Popen[bytes], config_path: Path) -> str:
+    """Kill `process` if still running; its logs so far."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+    return config_path.with_suffix(".log").read_text(errors="replace")
