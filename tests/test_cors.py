@@ -1,0 +1,228 @@
+"""CORS over real sockets: preflights, allowed and refused origins, streams, per-route policy."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sidecar.fake_claude import FakeServer
+from sidecar.policy.cors import merge_vary
+from tests.conftest import SidecarFactory
+from tests.policy_support import API_KEY, API_KEY_SHA256
+
+PROMPT = "/api/stream-response"
+ALLOWED = "https://app.example.com"
+EVIL = "https://evil.example.net"
+CONFIG: dict[str, Any] = {
+    "cors": {"allow_origins": [ALLOWED], "allow_credentials": True, "max_age_seconds": 321},
+    "auth": {"api_keys": [{"name": "web", "sha256": API_KEY_SHA256, "user": "web"}]},
+}
+
+
+def preflight(
+    origin: str, method: str = "POST", headers: str = "authorization, content-type"
+) -> dict[str, str]:
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": headers,
+    }
+
+
+def allow_headers(headers: Any) -> set[str]:
+    return {h for h in headers if h.lower().startswith("access-control-allow")}
+
+
+async def test_allowed_preflight_is_answered_by_the_sidecar(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    asked = "authorization, content-type, x-api-key, anthropic-version, last-event-id"
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        async with http.options(
+            sidecar.url + PROMPT, headers=preflight(ALLOWED, headers=asked)
+        ) as response:
+            assert response.status == 204
+            headers = response.headers
+    assert headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert headers["Access-Control-Allow-Credentials"] == "true"
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    listed = {h.strip() for h in headers["Access-Control-Allow-Headers"].split(",")}
+    assert set(asked.replace(" ", "").split(",")) <= listed
+    assert headers["Access-Control-Max-Age"] == "321"
+    assert headers["Vary"] == "Origin"
+    assert fake.state.counters["requests"] == 0  # preflights never reach Claude (nor need auth)
+
+
+@pytest.mark.parametrize(
+    "request_headers",
+    [
+        preflight(EVIL),
+        preflight("null"),
+        preflight(ALLOWED + ":8443"),  # another port is another origin
+        preflight("http://app.example.com"),  # another scheme too
+        preflight(ALLOWED, method="DELETE"),
+        preflight(ALLOWED, headers="authorization, x-not-allowed"),
+        {"Origin": ALLOWED, "Access-Control-Request-Method": ""},
+    ],
+    ids=["evil", "null", "port", "scheme", "method", "header", "empty_method"],
+)
+async def test_refused_preflight_is_403_without_allow_headers(
+    fake: FakeServer, sidecar_for: SidecarFactory, request_headers: dict[str, str]
+) -> None:
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        async with http.options(sidecar.url + PROMPT, headers=request_headers) as response:
+            assert response.status == 403
+            body = await response.json()
+            headers = response.headers
+    assert body["error"]["type"] == "forbidden"
+    assert allow_headers(headers) == set()
+    assert headers["Vary"] == "Origin"
+    assert fake.state.counters["requests"] == 0
+
+
+async def test_stream_and_rejections_carry_cors_headers_for_allowed_origins(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url + PROMPT
+        sent = {"Origin": ALLOWED, "x-api-key": API_KEY}
+        async with http.post(url, json={"prompt": "hi"}, headers=sent) as response:
+            assert response.status == 200
+            assert response.content_type == "text/event-stream"
+            stream_headers = response.headers
+            assert b'"done"' in await response.read()
+        async with http.post(url, json={"prompt": "hi"}, headers={"Origin": ALLOWED}) as response:
+            assert response.status == 401  # the page can read why
+            unauthorized = response.headers
+    for headers in (stream_headers, unauthorized):
+        assert headers["Access-Control-Allow-Origin"] == ALLOWED
+        assert headers["Access-Control-Allow-Credentials"] == "true"
+        assert "x-request-id" in headers["Access-Control-Expose-Headers"]
+        assert headers["Vary"] == "Origin"
+
+
+async def test_cross_origin_claude_calls_from_refused_origins_never_reach_claude(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        sent = {"Origin": EVIL, "x-api-key": API_KEY}
+        async with http.get(sidecar.url + PROMPT, params={"prompt": "hi"}, headers=sent) as r:
+            prompt_status, prompt_headers = r.status, r.headers
+        async with http.post(sidecar.url + "/v1/messages", json=body, headers=sent) as r:
+            anthropic_status = r.status
+            anthropic_error = (await r.json())["error"]["type"]
+        # A page served by the sidecar itself is same-origin: no allow-list entry needed.
+        own = {"Origin": sidecar.url, "x-api-key": API_KEY}
+        async with http.get(sidecar.url + PROMPT, params={"prompt": "hi"}, headers=own) as r:
+            own_status = r.status
+            own_headers = r.headers
+            await r.read()
+    assert (prompt_status, anthropic_status) == (403, 403)
+    assert anthropic_error == "permission_error"
+    assert allow_headers(prompt_headers) == set()
+    assert own_status == 200
+    assert allow_headers(own_headers) == set()  # same-origin needs no CORS grant
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_no_origin_means_no_cors_headers_but_vary(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + "/nowhere") as response:
+            assert response.status == 404
+            assert response.headers["Vary"] == "Origin"
+        async with http.post(
+            sidecar.url + PROMPT, json={"prompt": "x"}, headers={"x-api-key": API_KEY}
+        ) as response:
+            assert response.status == 200
+            assert allow_headers(response.headers) == set()
+            assert response.headers["Vary"] == "Origin"
+
+
+async def test_per_route_origins_and_wildcard(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    config = {
+        **CONFIG,
+        "routes": [
+            {"path": PROMPT, "handler": "prompt",
+             "cors": {"allow_origins": ["*"], "allow_credentials": False}},
+            {"path": "/v1/", "handler": "anthropic"},
+        ],
+    }  # fmt: skip
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        async with http.options(sidecar.url + PROMPT, headers=preflight(EVIL)) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+            assert "Access-Control-Allow-Credentials" not in response.headers
+        async with http.options(sidecar.url + "/v1/messages", headers=preflight(EVIL)) as r:
+            assert r.status == 403
+        async with http.options(sidecar.url + "/v1/messages", headers=preflight(ALLOWED)) as r:
+            assert r.status == 204
+            assert r.headers["Access-Control-Allow-Origin"] == ALLOWED
+
+
+@contextlib.asynccontextmanager
+async def varying_app() -> AsyncIterator[str]:
+    seen: list[str | None] = []
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Origin"))
+        return web.Response(text="page", headers={"Vary": "Accept-Encoding"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_app_route_keeps_the_apps_vary_and_lets_cross_site_posts_through(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with varying_app() as app_url:
+        config = {"cors": CONFIG["cors"], "app": {"url": app_url},
+                  "routes": [{"path": "/", "handler": "app"}]}  # fmt: skip
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            # e.g. an identity provider's `form_post` callback: the app decides, not CORS.
+            async with http.post(sidecar.url + "/callback", headers={"Origin": EVIL}) as r:
+                assert r.status == 200
+                assert allow_headers(r.headers) == set()
+                assert r.headers["Vary"] == "Accept-Encoding, Origin"
+            async with http.get(sidecar.url + "/x", headers={"Origin": ALLOWED}) as r:
+                assert r.headers["Access-Control-Allow-Origin"] == ALLOWED
+                assert r.headers["Vary"] == "Accept-Encoding, Origin"
+
+
+@pytest.mark.parametrize(
+    ("existing", "merged"),
+    [(None, "Origin"), ("", "Origin"), ("Accept-Encoding", "Accept-Encoding, Origin"),
+     ("origin, Cookie", "origin, Cookie"), ("*", "*")],
+)  # fmt: skip
+def test_merge_vary(existing: str | None, merged: str) -> None:
+    assert merge_vary(existing) == merged
+
+
+def test_wildcard_with_credentials_fails_sidecar_check(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text('cors: {allow_origins: ["*"], allow_credentials: true}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "cors: " in result.stderr + result.stdout
+    assert "allow_credentials" in result.stderr + result.stdout
