@@ -1,0 +1,194 @@
+"""OTLP/HTTP export round trip: a local collector decodes what the sidecar exported."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+
+from sidecar.config import TelemetryConfig
+from sidecar.telemetry import Telemetry
+from sidecar.telemetry.providers import otlp_target
+from tests.conftest import SidecarFactory
+from tests.support import free_port
+
+MODEL = "claude-sonnet-5-5"
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+
+
+@dataclass
+class Collector:
+    """What a local OTLP/HTTP receiver was sent."""
+
+    url: str
+    traces: list[ExportTraceServiceRequest] = field(default_factory=list)
+    metrics: list[ExportMetricsServiceRequest] = field(default_factory=list)
+    content_types: set[str] = field(default_factory=set)
+
+    def spans(self) -> list[tuple[dict[str, Any], ProtoSpan]]:
+        """(resource attributes, span) for every exported span."""
+        return [
+            (attributes(resource.resource.attributes), span)
+            for request in self.traces
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
+
+    def metric_names(self) -> set[str]:
+        return {
+            metric.name
+            for request in self.metrics
+            for resource in request.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        }
+
+
+def value_of(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(value_of(item) for item in value.array_value.values)
+    return getattr(value, kind) if kind else None
+
+
+def attributes(pairs: Any) -> dict[str, Any]:
+    return {pair.key: value_of(pair.value) for pair in pairs if isinstance(pair, KeyValue)}
+
+
+@contextlib.asynccontextmanager
+async def running_collector() -> AsyncIterator[Collector]:
+    """POST /v1/traces and /v1/metrics, decoded with the OTLP protobuf messages."""
+    port = free_port()
+    collector = Collector(f"http://127.0.0.1:{port}")
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        collector.content_types.add(request.content_type)
+        if request.path == "/v1/traces":
+            collector.traces.append(ExportTraceServiceRequest.FromString(body))
+        else:
+            collector.metrics.append(ExportMetricsServiceRequest.FromString(body))
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", receive)
+    app.router.add_post("/v1/metrics", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield collector
+    finally:
+        await runner.cleanup()
+
+
+async def stream_once(url: str) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url + "/api/stream-response",
+            json={"prompt": "export me [[fake tokens=6]]"},
+            headers={"traceparent": TRACEPARENT},
+        ) as response,
+    ):
+        assert response.status == 200
+        assert b'"done":true' in await response.read()
+
+
+async def test_spans_and_metrics_round_trip_over_otlp_http(sidecar_for: SidecarFactory) -> None:
+    async with running_collector() as collector:
+        config = TelemetryConfig(
+            otlp_endpoint=collector.url,  # type: ignore[arg-type]  # pydantic parses the URL
+            prometheus=False,
+            service_name="sidecar-under-test",
+            resource_attributes={"deployment.environment": "test"},
+        )
+        telemetry = Telemetry.from_config(config, env={})
+        async with sidecar_for(telemetry=telemetry) as sidecar:
+            await stream_once(sidecar.url)
+        await telemetry.close()  # flushes the batch processor and the periodic metric reader
+
+    assert collector.content_types == {"application/x-protobuf"}
+    spans = collector.spans()
+    by_kind = {span.kind: (resource, span) for resource, span in spans}
+    resource, client = by_kind[ProtoSpan.SPAN_KIND_CLIENT]
+    _, server = by_kind[ProtoSpan.SPAN_KIND_SERVER]
+    assert resource["service.name"] == "sidecar-under-test"
+    assert resource["deployment.environment"] == "test"
+    assert resource["telemetry.sdk.language"] == "python"
+    assert client.name == f"chat {MODEL}"
+    assert client.trace_id.hex() == CALLER_TRACE
+    assert client.parent_span_id == server.span_id
+    assert server.parent_span_id.hex() == "00f067aa0ba902b7"
+    exported = attributes(client.attributes)
+    assert exported["gen_ai.provider.name"] == "anthropic"
+    assert exported["gen_ai.operation.name"] == "chat"
+    assert exported["gen_ai.request.model"] == MODEL
+    assert exported["gen_ai.usage.output_tokens"] == 6
+    assert exported["gen_ai.response.finish_reasons"] == ("end_turn",)
+    assert exported["sidecar.stream.outcome"] == "completed"
+    assert client.end_time_unix_nano > client.start_time_unix_nano
+    assert {
+        "gen_ai.client.token.usage",
+        "gen_ai.client.operation.duration",
+        "gen_ai.server.time_to_first_token",
+        "sidecar.streams",
+    } <= collector.metric_names()
+
+
+async def test_env_wins_and_sidecar_shutdown_flushes(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sidecar's own Telemetry (built from config + env) is flushed when it shuts down."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with running_collector() as collector:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+        async with sidecar_for({"telemetry": {"otlp_endpoint": dead}}) as sidecar:
+            await stream_once(sidecar.url)
+    spans = collector.spans()
+    assert {resource["service.name"] for resource, _ in spans} == {"from-env"}
+    assert f"chat {MODEL}" in {span.name for _, span in spans}
+
+
+def test_otlp_endpoints_follow_the_exporter_spec() -> None:
+    config = TelemetryConfig(otlp_endpoint="http://collector:4318/")  # type: ignore[arg-type]
+    http = otlp_target(config, {})
+    assert (http.protocol, http.traces, http.metrics) == (
+        "http/protobuf",
+        "http://collector:4318/v1/traces",
+        "http://collector:4318/v1/metrics",
+    )
+    grpc = otlp_target(config, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://other:4317"})  # fmt: skip
+    assert (grpc.traces, grpc.metrics) == ("http://other:4317", "http://other:4317")
+    specific = otlp_target(config, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x",
+                                    "OTEL_METRICS_EXPORTER": "none"})  # fmt: skip
+    assert (specific.traces, specific.metrics) == ("http://t:1/x", None)
+    assert otlp_target(TelemetryConfig(), {}).traces is None
+
+
+def test_nothing_to_export_means_no_sdk_work() -> None:
+    off = Telemetry.from_config(TelemetryConfig(prometheus=False), env={})
+    assert not off.enabled
+    on = Telemetry.from_config(TelemetryConfig(prometheus=True), env={})
+    assert on.enabled
+    disabled = Telemetry.from_config(TelemetryConfig(), env={"OTEL_SDK_DISABLED": "TRUE"})
+    assert not disabled.enabled
+    on.shutdown()
