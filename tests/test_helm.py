@@ -197,6 +197,12 @@ def test_every_gate_on_renders_valid_manifests(chart: Any) -> None:
         validate_kubernetes(doc)
 
 
+def test_deployment_disabled_renders_only_the_configmap(chart: Any) -> None:
+    every_gate = production_values() | {"deployment": {"enabled": False}}
+    assert kinds(render(chart, every_gate)) == ["ConfigMap"]
+    assert "Injection mode" in notes(chart, {"deployment": {"enabled": False}})
+
+
 def test_injection_mode_renders_valid_manifests(inject_chart: Any) -> None:
     docs = render(inject_chart, name="web")
     assert kinds(docs) == ["ConfigMap", "Deployment", "Service"]
@@ -405,6 +411,31 @@ def test_native_sidecar_is_an_init_container_that_restarts(chart: Any) -> None:
     plain = pod_spec(render(chart))
     assert "initContainers" not in plain
     assert "restartPolicy" not in sidecar_container(plain)
+
+
+def test_pass_through_values_reach_the_pod(chart: Any) -> None:
+    digest = "sha256:" + "a" * 64
+    values = {
+        "image": {"digest": digest},
+        "imagePullSecrets": [{"name": "registry"}],
+        "env": [{"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"}],
+        "app": {
+            "image": {"repository": "web", "tag": "1"},
+            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+        },
+        "extraVolumes": [{"name": "cache", "emptyDir": {}}],
+    }
+    docs = render(chart, values)
+    for doc in docs:
+        validate_kubernetes(doc)
+    spec = pod_spec(docs)
+    sidecar = sidecar_container(spec)
+    assert sidecar["image"] == f"ghcr.io/example/claude-sidecar@{digest}"
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"} in sidecar["env"]
+    assert spec["imagePullSecrets"] == [{"name": "registry"}]
+    assert {"name": "cache", "emptyDir": {}} in spec["volumes"]
+    app = next(c for c in spec["containers"] if c["name"] == "app")
+    assert app["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}]
 
 
 def test_otel_env_carries_pod_identity_from_the_downward_api(chart: Any) -> None:
