@@ -73,6 +73,12 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
     session = ctx.runtime.app_session
     assert session is not None
     request = ctx.request
+    policy = ctx.route.policy  # app routes count requests per minute only (no tokens, no slots)
+    ctx.headers.update(
+        await ctx.runtime.quotas.count_request(
+            policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip
+        )
+    )
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await _websocket(ctx, session)
     headers = _upstream_headers(ctx)

@@ -1,0 +1,418 @@
+"""Quotas over real sockets: 429 shapes and headers, reservations, settlement on cancel,
+Redis outages, two sidecar processes sharing one Redis, and the SDK backing off on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+import yaml
+from aiohttp import web
+
+from sidecar.fake_claude import FakeServer
+from sidecar.quotas.stores import Decision, Limits, QuotaStore
+from sidecar.server import SidecarServer
+from tests.conftest import SidecarFactory
+from tests.redis_server import RedisServer
+from tests.support import free_port
+
+MODEL = "claude-sonnet-5-5"
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def message(text: str = "hi", max_tokens: int = 32, stream: bool = False) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}],
+    }
+
+
+class SettleSpy(QuotaStore):
+    """Wraps the sidecar's store and records each settlement (an event, not a sleep)."""
+
+    def __init__(self, inner: QuotaStore) -> None:
+        self.inner = inner
+        self.renews_leases = inner.renews_leases
+        self.settled: list[tuple[int, int]] = []
+        self.changed = asyncio.Event()
+
+    async def admit(self, subject: str, limits: Limits, tokens: int, lease_id: str) -> Decision:
+        return await self.inner.admit(subject, limits, tokens, lease_id)
+
+    async def settle(
+        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+    ) -> None:
+        await self.inner.settle(subject, limits, lease_id, reserved, used)
+        self.settled.append((reserved, used))
+        self.changed.set()
+
+    async def renew(self, subject: str, lease_id: str, lease_seconds: float) -> bool:
+        return await self.inner.renew(subject, lease_id, lease_seconds)
+
+    async def wait_settled(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(self.settled) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def spy_on(sidecar: SidecarServer) -> SettleSpy:
+    gate = sidecar.runtime.quotas
+    spy = SettleSpy(gate.store)
+    gate.store = spy
+    return spy
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+async def test_prompt_route_429_has_its_error_shape_and_ratelimit_headers(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with sidecar_for({"quotas": {"requests_per_minute": 2}}) as sidecar:
+        url = sidecar.url + "/api/stream-response"
+        async with aiohttp.ClientSession() as http:
+            remaining = []
+            for _ in range(2):
+                async with http.post(url, json={"prompt": "hello"}) as response:
+                    assert response.status == 200
+                    await response.read()
+                    assert response.headers["anthropic-ratelimit-requests-limit"] == "2"
+                    assert RFC3339.match(response.headers["anthropic-ratelimit-requests-reset"])
+                    remaining.append(response.headers["anthropic-ratelimit-requests-remaining"])
+            async with http.post(url, json={"prompt": "hello"}) as response:
+                assert response.status == 429
+                body = await response.json()
+                headers = response.headers
+    assert remaining == ["1", "0"]
+    assert body["error"]["type"] == "rate_limited"
+    assert "2 requests per minute" in body["error"]["message"]
+    assert 29 <= int(headers["retry-after"]) <= 30  # one request refills every 30 s
+    assert 29_000 <= int(headers["retry-after-ms"]) <= 30_000
+    assert headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert "anthropic-ratelimit-tokens-limit" not in headers  # no token limit configured
+
+
+async def test_anthropic_route_answers_rate_limit_error_and_the_sdk_raises_it(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for({"quotas": {"requests_per_minute": 1}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(sidecar.url + "/v1/messages", json=message()) as response:
+                assert response.status == 200
+            async with http.post(sidecar.url + "/v1/messages", json=message()) as response:
+                assert response.status == 429
+                body = await response.json()
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "rate_limit_error"
+        async with anthropic.AsyncAnthropic(
+            base_url=sidecar.url, api_key="k", max_retries=0
+        ) as client:
+            with pytest.raises(anthropic.RateLimitError) as caught:
+                await client.messages.create(**message())
+    assert caught.value.status_code == 429
+    assert fake.state.stats()["requests"] == 1  # refusals never reach Claude
+
+
+async def test_sdk_backs_off_on_retry_after_and_succeeds_after_the_refill(
+    sidecar_for: SidecarFactory,
+) -> None:
+    # 60 requests per minute: one request refills every second, so the SDK's wait is short.
+    async with sidecar_for({"quotas": {"requests_per_minute": 60}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+
+            async def call() -> int:
+                async with http.post(sidecar.url + "/v1/messages", json=message()) as response:
+                    return response.status
+
+            statuses = await asyncio.gather(*(call() for _ in range(61)))
+        assert statuses.count(429) >= 1
+        async with anthropic.AsyncAnthropic(
+            base_url=sidecar.url, api_key="k", max_retries=0
+        ) as client:
+            with pytest.raises(anthropic.RateLimitError):
+                await client.messages.create(**message())
+        async with anthropic.AsyncAnthropic(
+            base_url=sidecar.url, api_key="k", max_retries=3
+        ) as client:
+            raw = await client.messages.with_raw_response.create(**message())
+    assert raw.http_response.status_code == 200
+    assert raw.retries_taken >= 1
+    assert raw.headers["anthropic-ratelimit-requests-limit"] == "60"
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+async def test_tokens_are_reserved_before_the_call_and_settled_to_usage(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for({"quotas": {"tokens_per_minute": 1000}}) as sidecar:
+        spy = spy_on(sidecar)
+        async with aiohttp.ClientSession() as http:
+            held = await http.post(
+                sidecar.url + "/v1/messages",
+                json=message("hold [[fake fault=stall]]", max_tokens=600, stream=True),
+            )
+            assert held.status == 200
+            assert int(held.headers["anthropic-ratelimit-tokens-remaining"]) < 400
+            before = fake.state.stats()["requests"]
+            async with http.post(
+                sidecar.url + "/v1/messages", json=message(max_tokens=600)
+            ) as response:
+                assert response.status == 429
+                body = await response.json()
+            assert fake.state.stats()["requests"] == before  # refused before calling Claude
+            held.close()
+            await spy.wait_settled(1)
+            async with http.post(
+                sidecar.url + "/v1/messages", json=message(max_tokens=600)
+            ) as response:
+                assert response.status == 200
+                usage = (await response.json())["usage"]
+                remaining = int(response.headers["anthropic-ratelimit-tokens-remaining"])
+            await spy.wait_settled(2)
+            async with http.post(
+                sidecar.url + "/v1/messages", json=message(max_tokens=1001)
+            ) as response:
+                too_large = response.status, await response.json()
+    assert "tokens_per_minute" not in body["error"]["message"]
+    assert "token quota of 1000 per minute" in body["error"]["message"]
+    assert remaining < 400  # the second call's reservation was taken
+    reserved, used = spy.settled[-1]
+    assert used == usage["input_tokens"] + usage["output_tokens"]
+    assert used < reserved
+    assert too_large[0] == 400
+    assert too_large[1]["error"]["type"] == "invalid_request_error"
+
+
+async def test_client_disconnect_mid_stream_charges_what_was_streamed_and_frees_the_slot(
+    sidecar_for: SidecarFactory,
+) -> None:
+    quotas = {"tokens_per_minute": 100_000, "concurrent_streams": 1}
+    async with sidecar_for({"quotas": quotas}) as sidecar:
+        spy = spy_on(sidecar)
+        body = message("long [[fake tokens=400 tps=200]]", max_tokens=500, stream=True)
+        async with aiohttp.ClientSession() as http:
+            response = await http.post(sidecar.url + "/v1/messages", json=body)
+            assert response.status == 200
+            deltas = 0
+            async for line in response.content:
+                deltas += line.startswith(b"event: content_block_delta")
+                if deltas == 10:
+                    break
+            async with http.post(sidecar.url + "/v1/messages", json=body) as second:
+                assert second.status == 429
+                assert (await second.json())["error"]["type"] == "rate_limit_error"
+                assert "concurrent streams" in (await second.json())["error"]["message"]
+            response.close()  # the client goes away mid-stream
+            await spy.wait_settled(1)
+            async with http.post(sidecar.url + "/v1/messages", json=message()) as third:
+                assert third.status == 200  # the slot came back
+    reserved, used = spy.settled[0]
+    assert used >= 10  # at least the deltas the client saw, plus input
+    assert used < reserved  # not the whole max_tokens: the stream was cut short
+
+
+# --------------------------------------------------------------------------- keys
+
+
+async def test_client_ip_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(
+    sidecar_for: SidecarFactory,
+) -> None:
+    data = {"quotas": {"key": "client_ip", "requests_per_minute": 1}}
+
+    async def statuses(sidecar: SidecarServer) -> list[int]:
+        out = []
+        async with aiohttp.ClientSession() as http:
+            for ip in ("203.0.113.1", "203.0.113.2"):
+                headers = {"X-Forwarded-For": ip}
+                async with http.post(
+                    sidecar.url + "/v1/messages", json=message(), headers=headers
+                ) as response:
+                    out.append(response.status)
+        return out
+
+    async with sidecar_for({**data, "server": {"trusted_proxies": ["127.0.0.0/8"]}}) as trusted:
+        assert await statuses(trusted) == [200, 200]  # two clients behind the proxy
+    async with sidecar_for(data) as untrusted:
+        assert await statuses(untrusted) == [200, 429]  # one peer, whatever it claims
+
+
+async def test_each_api_key_user_has_its_own_quota(sidecar_for: SidecarFactory) -> None:
+    keys = {name: f"key-{name}-0123456789" for name in ("a", "b")}
+    auth = {
+        "mode": "required",
+        "api_keys": [
+            {"name": n, "sha256": hashlib.sha256(k.encode()).hexdigest(), "user": f"user-{n}"}
+            for n, k in keys.items()
+        ],
+    }
+    async with sidecar_for({"auth": auth, "quotas": {"requests_per_minute": 1}}) as sidecar:
+        seen = []
+        async with aiohttp.ClientSession() as http:
+            for name in ("a", "b", "a"):
+                async with http.post(
+                    sidecar.url + "/v1/messages", json=message(), headers={"x-api-key": keys[name]}
+                ) as response:
+                    seen.append(response.status)
+    assert seen == [200, 200, 429]
+
+
+async def test_app_routes_count_requests_per_minute(sidecar_for: SidecarFactory) -> None:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        data = {
+            "app": {"url": f"http://127.0.0.1:{port}"},
+            "quotas": {"requests_per_minute": 2, "tokens_per_minute": 5},
+        }
+        async with sidecar_for(data) as sidecar, aiohttp.ClientSession() as http:
+            results = []
+            for _ in range(3):
+                async with http.get(sidecar.url + "/page") as response:
+                    results.append((response.status, response.headers.copy()))
+    finally:
+        await runner.cleanup()
+    assert [status for status, _ in results] == [200, 200, 429]
+    assert results[0][1]["anthropic-ratelimit-requests-remaining"] == "1"
+    assert "anthropic-ratelimit-tokens-limit" not in results[0][1]  # no tokens on app routes
+    assert int(results[2][1]["retry-after"]) >= 29
+
+
+# --------------------------------------------------------------------------- redis
+
+
+@pytest.mark.parametrize("mode", ["fail_closed", "fail_open"])
+async def test_redis_outage_follows_the_configured_mode_then_recovers(
+    sidecar_for: SidecarFactory, redis_server: RedisServer, mode: str
+) -> None:
+    quotas = {
+        "store": "redis", "redis_url": redis_server.url, "on_store_error": mode,
+        "requests_per_minute": 100, "redis_timeout_seconds": 0.5,
+    }  # fmt: skip
+    async with sidecar_for({"quotas": quotas}) as sidecar, aiohttp.ClientSession() as http:
+
+        async def call() -> tuple[int, dict[str, Any], Any]:
+            async with http.post(sidecar.url + "/v1/messages", json=message()) as response:
+                return response.status, dict(response.headers), await response.json()
+
+        async def ready() -> int:
+            async with http.get(sidecar.admin_url + "/readyz") as response:
+                return response.status
+
+        status, headers, _ = await call()
+        assert (status, headers["anthropic-ratelimit-requests-remaining"]) == (200, "99")
+        await redis_server.kill()
+        status, headers, body = await call()
+        if mode == "fail_closed":
+            assert status == 503
+            assert body["error"]["type"] == "api_error"
+            assert "quota store" in body["error"]["message"]
+            assert await ready() == 503  # readiness reports the store it needs
+        else:
+            assert status == 200  # served without quota headers
+            assert "anthropic-ratelimit-requests-remaining" not in headers
+            assert await ready() == 200
+        async with http.get(sidecar.admin_url + "/metrics") as response:
+            metrics = await response.text()
+        assert re.search(
+            rf'sidecar_quota_store_errors_total\{{[^}}]*on_store_error="{mode}"[^}}]*\}} [1-9]',
+            metrics,
+        ), metrics
+        await redis_server.start()  # same port, empty: counters start afresh
+        status, headers, _ = await call()
+        assert (status, headers["anthropic-ratelimit-requests-remaining"]) == (200, "99")
+        assert await ready() == 200
+
+
+@contextlib.asynccontextmanager
+async def sidecar_process(config: dict[str, Any], directory: Path) -> AsyncIterator[str]:
+    """`python -m sidecar run -c FILE` in its own process; yields its URL once it serves."""
+    port = free_port()
+    config = {
+        **config,
+        "server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{free_port()}"},
+    }
+    path = directory / f"sidecar-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "run", "-c", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    seen = b""
+    try:
+        async with asyncio.timeout(30):
+            while b"sidecar serving" not in seen:
+                line = await process.stdout.readline()
+                if not line:
+                    raise RuntimeError("sidecar exited:\n" + seen.decode(errors="replace"))
+                seen += line
+        drain = asyncio.create_task(process.stdout.read())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+    drain.cancel()
+
+
+async def test_two_sidecar_processes_sharing_redis_enforce_one_combined_limit(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    limit = 40
+    config = {
+        "claude": {"base_url": fake.url, "api_key": "sk-sidecar", "max_retries": 0},
+        "auth": {"mode": "none"},
+        "telemetry": {"access_log": False},
+        "quotas": {
+            "store": "redis",
+            "redis_url": redis_server.url,
+            "requests_per_minute": limit,
+            "tokens_per_day": 10_000_000,
+        },
+    }
+    async with (
+        sidecar_process(config, tmp_path) as first,
+        sidecar_process(config, tmp_path) as second,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+    ):
+        start = asyncio.Event()
+
+        async def client(url: str) -> int:
+            await start.wait()
+            async with http.post(url + "/v1/messages", json=message()) as response:
+                await response.read()
+                return response.status
+
+        tasks = [asyncio.create_task(client((first, second)[i % 2])) for i in range(120)]
+        began = time.monotonic()
+        start.set()
+        statuses = await asyncio.gather(*tasks)
+        elapsed = time.monotonic() - began
+    admitted = statuses.count(200)
+    refill = elapsed * limit / 60  # the bucket keeps refilling while the burst runs
+    assert statuses.count(200) + statuses.count(429) == 120
+    assert limit <= admitted <= limit + 1 + refill
+    assert fake.state.stats()["requests"] == admitted
