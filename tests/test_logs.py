@@ -1,0 +1,173 @@
+"""Structured logs: JSON lines with trace ids, stream and rejection events, never secrets or prompts."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from sidecar.config import TelemetryConfig
+from sidecar.telemetry import JsonFormatter, setup_logging
+from tests.conftest import SidecarFactory
+from tests.test_telemetry import TRACEPARENT, make_otel, prompt
+
+CLIENT_KEY = "sk-client-key-0123456789"
+AUTH = {
+    "mode": "required",
+    "api_keys": [
+        {"name": "ci", "sha256": hashlib.sha256(CLIENT_KEY.encode()).hexdigest(), "user": "ci-bot"}
+    ],
+}
+SECRET_PROMPT = "my-very-private-prompt-text"
+
+LogReader = Callable[[], list[str]]
+
+
+@pytest.fixture
+def log_output() -> Iterator[Callable[..., LogReader]]:
+    """`read = log_output(**telemetry config)`: routes the root logger to a buffer, restores it."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+
+    def install(**config: Any) -> LogReader:
+        buffer = io.StringIO()
+        setup_logging(TelemetryConfig(**config), stream=buffer)
+        return lambda: buffer.getvalue().splitlines()
+
+    yield install
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved_handlers:
+        root.addHandler(handler)
+    root.setLevel(saved_level)
+
+
+def events(lines: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines]
+
+
+def one(entries: list[dict[str, Any]], message: str) -> dict[str, Any]:
+    (entry,) = [entry for entry in entries if entry["message"] == message]
+    return entry
+
+
+async def test_stream_lines_carry_trace_ids_numbers_and_no_secrets(
+    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+) -> None:
+    read = log_output(log_format="json")
+    otel = make_otel()
+    async with sidecar_for({"auth": AUTH}, telemetry=otel.telemetry) as sidecar:
+        status, _ = await prompt(
+            sidecar.url,
+            f"{SECRET_PROMPT} [[fake tokens=7 tps=200]]",
+            {"x-api-key": CLIENT_KEY, "traceparent": TRACEPARENT},
+        )
+    assert status == 200
+    lines = read()
+    entries = events(lines)  # every line is one JSON object
+    client = otel.client_span()
+    trace_id = f"{client.context.trace_id:032x}"
+    assert trace_id == TRACEPARENT.split("-")[1]
+
+    start = one(entries, "stream_start")
+    complete = one(entries, "stream_complete")
+    access = one(entries, "request")
+    for entry in (start, complete):
+        assert entry["logger"] == "sidecar.stream"
+        assert entry["trace_id"] == trace_id
+        assert entry["span_id"] == f"{client.context.span_id:016x}"
+        assert entry["request_id"].startswith("req_")
+        assert entry["route"] == "/api/stream-response"
+        assert entry["model"] == "claude-sonnet-5-5"
+        assert entry["user"] == hashlib.sha256(b"ci-bot").hexdigest()[:16]
+    assert complete["level"] == "INFO"
+    assert complete["event"] == "stream_complete"
+    assert complete["outcome"] == "completed"
+    assert complete["output_tokens"] == 7
+    assert complete["input_tokens"] > 0
+    assert complete["ttft_ms"] > 0
+    assert complete["duration_ms"] >= complete["ttft_ms"]
+    assert complete["tokens_per_second"] > 0
+    assert complete["cost_usd"] > 0
+    assert complete["stop_reason"] == "end_turn"
+    assert access["logger"] == "sidecar.access"
+    assert access["status"] == 200
+    assert access["trace_id"] == trace_id
+    assert access["request_id"] == complete["request_id"]
+    assert access["path"] == "/api/stream-response"
+
+    text = "\n".join(lines)
+    assert SECRET_PROMPT not in text
+    assert CLIENT_KEY not in text
+    assert "sk-sidecar" not in text  # the sidecar's own Claude key
+    assert "ci-bot" not in text  # hashed by default
+
+
+async def test_rejections_and_errors_are_logged(
+    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+) -> None:
+    read = log_output()
+    async with sidecar_for() as sidecar:
+        status, _ = await prompt(sidecar.url, "x [[fake fault=midstream_error after=1]]")
+        assert status == 200
+        bad, _ = await prompt(sidecar.url, "", {"traceparent": TRACEPARENT})
+        assert bad == 400
+    entries = events(read())
+    error = one(entries, "stream_error")
+    assert error["level"] == "WARNING"
+    assert error["outcome"] == "upstream_error"
+    assert error["error_type"] == "overloaded_error"
+    rejected = one(entries, "request_rejected")
+    assert rejected["reason"] == "invalid_request"
+    assert rejected["status"] == 400
+    assert rejected["trace_id"] == TRACEPARENT.split("-")[1]
+    assert rejected["route"] == "/api/stream-response"
+
+
+async def test_no_log_line_per_event(
+    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+) -> None:
+    read = log_output()
+    async with sidecar_for() as sidecar:
+        await prompt(sidecar.url, "short [[fake tokens=2]]")
+        short = len(read())
+        await prompt(sidecar.url, "long [[fake tokens=200]]")
+    assert len(read()) == 2 * short  # start, complete, access: whatever the length
+
+
+async def test_text_format_and_access_log_off(
+    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+) -> None:
+    read = log_output(log_format="text")
+    otel = make_otel(access_log=False)
+    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+        await prompt(sidecar.url, "hi", {"traceparent": TRACEPARENT})
+    lines = read()
+    (complete,) = [line for line in lines if " stream_complete " in line]
+    assert f"trace_id={TRACEPARENT.split('-')[1]}" in complete
+    assert "outcome=completed" in complete
+    assert not [line for line in lines if "sidecar.access" in line]
+
+
+def test_json_formatter_handles_exceptions_and_odd_values() -> None:
+    logger = logging.getLogger("sidecar.test")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logger.makeRecord(
+            "sidecar.test", logging.ERROR, __file__, 1, "failed %s", ("x",),
+            exc_info=sys.exc_info(), extra={"odd": object(), "n": 3},
+        )  # fmt: skip
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "failed x"
+    assert entry["level"] == "ERROR"
+    assert entry["n"] == 3
+    assert entry["odd"].startswith("<object object")
+    assert "ValueError: boom" in entry["exception"]
+    assert entry["time"].endswith("Z")
