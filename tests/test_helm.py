@@ -321,6 +321,7 @@ def test_secrets_come_from_secret_refs_never_the_configmap(chart: Any) -> None:
         ({"config": 'server: {admin_listen: "127.0.0.1:9090"}\n'}, "pod IP"),
         ({"config": "server: [unclosed\n"}, "not valid YAML"),
         ({"terminationGracePeriodSeconds": 20}, "must exceed"),
+        ({"app": {"image": {"repository": "web"}}}, "app.image.tag is required"),
     ],
 )
 def test_values_that_contradict_the_config_fail_at_render(
@@ -403,7 +404,9 @@ def spec_labels(docs: list[Any]) -> dict[str, str]:
 
 
 def test_native_sidecar_is_an_init_container_that_restarts(chart: Any) -> None:
-    spec = pod_spec(render(chart, {"nativeSidecar": True, "app": {"image": {"repository": "web"}}}))
+    spec = pod_spec(
+        render(chart, {"nativeSidecar": True, "app": {"image": {"repository": "web", "tag": "1"}}})
+    )
     assert [c["name"] for c in spec["initContainers"]] == ["claude-sidecar"]
     assert spec["initContainers"][0]["restartPolicy"] == "Always"
     assert [c["name"] for c in spec["containers"]] == ["app"]
