@@ -9,7 +9,8 @@ with a warning naming them. The TLS certificate and key are read again on every
 successful reload, into the live context (new handshakes use them).
 
 The file is polled every `server.reload_poll_seconds` by its resolved path, mtime and
-size, and reloaded only when its content hash changed; symlinks are followed, so a
+size; once those hold still for one more poll (a writer may not be done), it is
+reloaded if its content hash changed. Symlinks are followed, so a
 Kubernetes ConfigMap update (an atomic swap of the `..data` symlink) is seen. The TLS
 files are watched the same way, so a renewed certificate is picked up without a signal.
 """
@@ -124,6 +125,7 @@ class Reloader:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seen = Snapshot((), ())
+        self._settling: tuple[Stamp, ...] | None = None
 
     def _watched(self) -> list[Path]:
         if self.path is None:
@@ -171,7 +173,14 @@ class Reloader:
         paths = self._watched()
         stamps = await asyncio.to_thread(lambda: tuple(map(_stamp, paths)))
         if stamps == self._seen.stamps:
+            self._settling = None
             return False
+        if stamps != self._settling:
+            # Changed since the last poll: wait one more poll in case a writer is not done
+            # (an editor truncating then writing); atomic swaps cost one interval.
+            self._settling = stamps
+            return False
+        self._settling = None
         current = await asyncio.to_thread(self._snapshot, paths)
         changed = current.hashes != self._seen.hashes
         # Touched but identical: remember the new stamps so the content is not hashed again.

@@ -1,0 +1,404 @@
+"""Hot reload over real sockets: file changes, bad files, SIGHUP, TLS, and no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import os
+import signal
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from sidecar import loader
+from sidecar.fake_claude import FakeServer
+from sidecar.reload import keep_restart_only
+from sidecar.server import SidecarServer
+from tests.support import (
+    BASE,
+    eventually,
+    free_port,
+    merge,
+    spawn_sidecar,
+    stop_process,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.timeout(60)
+API_KEY = "sk-client-reload-test"
+AUTH = {"auth": {"mode": "required",
+                 "api_keys": [{"name": "ci", "sha256": hashlib.sha256(API_KEY.encode()).hexdigest()}]}}  # fmt: skip
+
+
+def write(path: Path, data: dict[str, Any] | str) -> None:
+    """Replace the file atomically (as editors and ConfigMaps do): never half-written."""
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    os.replace(scratch, path)
+
+
+@contextlib.asynccontextmanager
+async def file_sidecar(path: Path, data: dict[str, Any]) -> AsyncIterator[SidecarServer]:
+    """A sidecar started from the file `path` (written from `data`), reloading from it."""
+    write(path, data)
+    server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown(grace=1.0)
+
+
+def config_for(fake: FakeServer, **override: Any) -> dict[str, Any]:
+    base = merge(BASE, {"server": {"reload_poll_seconds": 0.05},
+                        "claude": {"base_url": fake.url, "api_key": "sk-sidecar"}})  # fmt: skip
+    return merge(base, override)
+
+
+async def reloads(http: aiohttp.ClientSession, server: SidecarServer, result: str) -> float:
+    """`sidecar_config_reloads_total{result=...}` from the admin listener."""
+    async with http.get(server.admin_url + "/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith("sidecar_config_reloads_total{") and f'result="{result}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def prompt_status(http: aiohttp.ClientSession, url: str, **headers: str) -> int:
+    async with http.get(url + "/api/stream-response", params={"prompt": "hi"},
+                        headers=headers) as response:  # fmt: skip
+        await response.read()
+        return response.status
+
+
+async def test_an_edited_file_applies_to_new_requests_while_a_stream_finishes_on_the_old(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "sidecar.yaml"
+    async with file_sidecar(path, config_for(fake)) as server, aiohttp.ClientSession() as http:
+        old = server.runtime
+        params = {"prompt": "[[fake tokens=30 tps=30]] started before the reload"}
+        async with http.get(server.url + "/api/stream-response", params=params) as stream:
+            head = await stream.content.readuntil(b"\n\n")
+            assert b'"token"' in head
+            write(path, config_for(fake, **AUTH, screening={"deny_patterns": ["(?i)forbidden"]}))
+
+            async def swapped() -> bool:
+                return server.runtime is not old
+
+            await eventually(swapped)
+            # New requests see the new policy at once, while the old stream still runs.
+            assert await prompt_status(http, server.url) == 401
+            assert await prompt_status(http, server.url, **{"x-api-key": API_KEY}) == 200
+            async with http.get(
+                server.url + "/api/stream-response",
+                params={"prompt": "say FORBIDDEN things"},
+                headers={"x-api-key": API_KEY},
+            ) as denied:
+                assert denied.status == 400
+            assert old in server.runtimes.live  # still serving the stream it started
+            rest = await stream.read()
+        events = (head + rest).decode().strip().split("\n\n")
+        assert sum('"token"' in event for event in events) == 30
+        assert '"done":true' in events[-1].replace(" ", "")
+
+        async def old_closed() -> bool:
+            return server.runtimes.live == [server.runtime]
+
+        await eventually(old_closed)
+        assert await reloads(http, server, "success") == 1
+        async with http.get(server.admin_url + "/readyz") as response:
+            body = json.loads(await response.text())
+        assert body["config_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_a_bad_file_keeps_the_old_config_serving_and_is_counted_and_logged(
+    fake: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.reload")
+    path = tmp_path / "sidecar.yaml"
+    async with file_sidecar(path, config_for(fake)) as server, aiohttp.ClientSession() as http:
+        running = server.runtime
+
+        async def failures(count: int) -> bool:
+            return await reloads(http, server, "failure") == count
+
+        write(path, "server:\n  listen: [unclosed\n")  # malformed YAML
+        await eventually(lambda: failures(1))
+        write(path, config_for(fake, screening={"max_prompt_chars": -1}, bogus=True))
+        await eventually(lambda: failures(2))
+        path.unlink()  # a deleted file is a failed reload too, not a crash
+        await eventually(lambda: failures(3))
+        assert server.runtime is running
+        assert await prompt_status(http, server.url) == 200
+        assert await reloads(http, server, "success") == 0
+
+        failed = [r for r in caplog.records if r.getMessage() == "config_reload_failed"]
+        assert len(failed) == 3
+        yaml_problem, value_problems, missing = (r.__dict__["problems"] for r in failed)
+        assert len(yaml_problem) == 1
+        assert f"{path}: line 3, column 1: expected ',' or ']'" in yaml_problem[0]
+        assert "screening.max_prompt_chars: Input should be greater than 0" in value_problems
+        assert "bogus: unknown key" in value_problems  # every problem, not just the first
+        assert "cannot read" in missing[0]
+        assert all(r.levelno == logging.ERROR for r in failed)
+
+        write(path, config_for(fake, **AUTH))  # fixed: the next change applies
+        await eventually(lambda: failures(3))
+
+        async def applied() -> bool:
+            return await reloads(http, server, "success") == 1
+
+        await eventually(applied)
+        assert await prompt_status(http, server.url) == 401
+
+
+async def test_restart_only_keys_keep_their_running_value_with_a_warning(
+    fake: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.reload")
+    path = tmp_path / "sidecar.yaml"
+    data = config_for(fake, server={"reload_poll_seconds": 0})  # SIGHUP / API only
+    async with file_sidecar(path, data) as server, aiohttp.ClientSession() as http:
+        listen = server.runtime.config.server.listen
+        changed = merge(data, {
+            "server": {"listen": f"127.0.0.1:{free_port()}", "max_body_bytes": 10,
+                       "shutdown_grace_seconds": 7},
+            "telemetry": {"service_name": "renamed", "log_format": "text"},
+            "screening": {"max_prompt_chars": 5},
+        })  # fmt: skip
+        write(path, changed)
+        assert await server.reload()
+        config = server.runtime.config
+        assert config.server.listen == listen  # still bound where it was
+        assert config.server.max_body_bytes == 1048576
+        assert config.telemetry.service_name == "claude-sidecar"
+        assert config.server.shutdown_grace_seconds == 7  # the rest applies
+        assert config.screening.max_prompt_chars == 5
+        assert await prompt_status(http, server.url) == 200  # "hi" fits in 5
+        (warning,) = [r for r in caplog.records if r.getMessage() == "config_reload_needs_restart"]
+        assert warning.__dict__["keys"] == [
+            "server.listen", "server.max_body_bytes", "telemetry.service_name",
+            "telemetry.log_format",
+        ]  # fmt: skip
+
+
+def test_turning_tls_on_or_off_needs_a_restart(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    write_cert(cert, key, "a")
+    plain = loader.validate(BASE, {})
+    tls = loader.validate(merge(BASE, {"server": {"tls": {"cert_file": str(cert),
+                                                          "key_file": str(key)}}}), {})  # fmt: skip
+    effective, keys = keep_restart_only(plain, tls)
+    assert keys == ["server.tls.cert_file"]
+    assert not effective.server.tls.enabled
+    effective, keys = keep_restart_only(tls, plain)
+    assert keys == ["server.tls.cert_file"]
+    assert effective.server.tls.enabled
+
+
+async def test_reloads_reuse_unchanged_resources_and_leak_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    data = merge(BASE, {"server": {"reload_poll_seconds": 0},
+                        "claude": {"base_url": "builtin:fake",
+                                   "fake": {"tokens": 3, "tokens_per_second": 0,
+                                            "time_to_first_token_ms": 0}}})  # fmt: skip
+    async with file_sidecar(path, data) as server, aiohttp.ClientSession() as http:
+        first = server.runtime
+        assert await prompt_status(http, server.url) == 200
+        baseline_tasks = len(asyncio.all_tasks())
+        for _ in range(5):  # an unchanged file: new runtime, same resources
+            assert await server.reload()
+            assert await prompt_status(http, server.url) == 200
+        runtime = server.runtime
+        assert runtime is not first
+        assert runtime.quotas is first.quotas  # counters and leases carry over
+        assert runtime.admission is first.admission  # one process-wide stream limit
+        assert runtime.claude.server_port == first.claude.server_port  # the same fake Claude
+
+        write(path, merge(data, {"claude": {"max_concurrent_streams": 9,
+                                            "fake": {"tokens": 4}}}))  # fmt: skip
+        assert await server.reload()
+        assert server.runtime.admission is not first.admission
+        assert server.runtime.admission.limit == 9
+        assert server.runtime.claude.server_port != first.claude.server_port  # a new fake
+        assert await prompt_status(http, server.url) == 200
+
+        async def settled() -> bool:
+            return len(server.runtimes.live) == 1
+
+        await eventually(settled)
+        shared = server.runtimes.shared
+        assert [shared.live(name) for name in ("fake_claude", "admission", "quotas", "auth")] == [
+            1, 1, 1, 1
+        ]  # fmt: skip
+        assert len(asyncio.all_tasks()) <= baseline_tasks
+
+
+async def test_shutdown_waits_for_streams_on_a_replaced_runtime(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "sidecar.yaml"
+    write(path, config_for(fake, server={"reload_poll_seconds": 0}))
+    server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        params = {"prompt": "[[fake tokens=20 tps=40]] spans a reload and a shutdown"}
+        async with http.get(server.url + "/api/stream-response", params=params) as stream:
+            head = await stream.content.readuntil(b"\n\n")
+            assert await server.reload()
+            await server.shutdown(grace=10)
+            rest = await stream.read()
+    events = (head + rest).decode().strip().split("\n\n")
+    assert sum('"token"' in event for event in events) == 20
+    assert server.runtimes.live == []
+
+
+# --------------------------------------------------------------------------- symlinks
+
+
+async def test_a_configmap_style_symlink_swap_is_seen(fake: FakeServer, tmp_path: Path) -> None:
+    """Kubernetes updates a mounted ConfigMap by re-pointing `..data` at a new directory."""
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "sidecar.yaml").write_text(yaml.safe_dump(config_for(fake)))
+    (tmp_path / "..data").symlink_to("v1")
+    (tmp_path / "sidecar.yaml").symlink_to("..data/sidecar.yaml")
+    path = tmp_path / "sidecar.yaml"
+    server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert await prompt_status(http, server.url) == 200
+            (tmp_path / "v2").mkdir()
+            (tmp_path / "v2" / "sidecar.yaml").write_text(yaml.safe_dump(config_for(fake, **AUTH)))
+            (tmp_path / "..data_tmp").symlink_to("v2")
+            os.replace(tmp_path / "..data_tmp", tmp_path / "..data")  # the atomic swap
+
+            async def applied() -> bool:
+                return await prompt_status(http, server.url) == 401
+
+            await eventually(applied)
+    finally:
+        await server.shutdown(grace=1.0)
+
+
+# --------------------------------------------------------------------------- SIGHUP
+
+
+async def test_sighup_reloads_a_running_process(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    path = tmp_path / "sidecar.yaml"
+    data = {"server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
+                       "reload_poll_seconds": 0},  # no watching: only the signal reloads
+            "claude": {"base_url": "builtin:fake", "fake": {"tokens": 3, "tokens_per_second": 0,
+                                                            "time_to_first_token_ms": 0}}}  # fmt: skip
+    write(path, data)
+    url, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+    process = spawn_sidecar(path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, admin_url)
+            assert await prompt_status(http, url) == 200
+            write(path, merge(data, AUTH))
+            assert await prompt_status(http, url) == 200  # not watched: nothing yet
+            process.send_signal(signal.SIGHUP)
+
+            async def applied() -> bool:
+                return await prompt_status(http, url) == 401
+
+            await eventually(applied)
+            assert await prompt_status(http, url, **{"x-api-key": API_KEY}) == 200
+            async with http.get(admin_url + "/readyz") as response:
+                body = json.loads(await response.text())
+            assert body["config_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        logs = stop_process(process, path)
+    reloaded = [json.loads(line) for line in logs.splitlines() if '"config_reloaded"' in line]
+    assert [entry["trigger"] for entry in reloaded] == ["signal"]
+    assert "Traceback" not in logs
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def write_cert(cert: Path, key: Path, name: str) -> None:
+    """A self-signed certificate for 127.0.0.1 whose common name is `name`."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+async def served_name(port: int) -> str:
+    """The common name of the certificate a new TLS handshake with 127.0.0.1:`port` gets."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await writer.wait_closed()
+    attribute = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+        NameOID.COMMON_NAME
+    )[0]
+    return str(attribute.value)
+
+
+async def test_a_renewed_certificate_is_served_to_new_handshakes(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    write_cert(cert, key, "first")
+    tls = {"tls": {"cert_file": str(cert), "key_file": str(key)}}
+    path = tmp_path / "sidecar.yaml"
+    async with file_sidecar(path, config_for(fake, server=tls)) as server:
+        assert await served_name(server.port) == "first"
+        write_cert(tmp_path / "new.crt", tmp_path / "new.key", "second")
+        os.replace(tmp_path / "new.key", key)
+        os.replace(tmp_path / "new.crt", cert)
+
+        async def renewed() -> bool:  # the certificate files are watched like the config
+            return await served_name(server.port) == "second"
+
+        await eventually(renewed)
+
+        # A key that does not match the certificate fails the reload; the last good pair stays.
+        write_cert(tmp_path / "other.crt", key, "mismatched")
+        assert not await server.reload()
+        assert await served_name(server.port) == "second"
