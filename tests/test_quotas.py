@@ -349,6 +349,15 @@ async def test_redis_outage_follows_the_configured_mode_then_recovers(
 @contextlib.asynccontextmanager
 async def sidecar_process(config: dict[str, Any], directory: Path) -> AsyncIterator[str]:
     """`python -m sidecar run -c FILE` in its own process; yields its URL once it serves."""
+    async with sidecar_subprocess(config, directory) as (url, _):
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def sidecar_subprocess(
+    config: dict[str, Any], directory: Path
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """Like `sidecar_process`, also yielding the process (to kill it)."""
     port = free_port()
     config = {
         **config,
@@ -370,7 +379,7 @@ async def sidecar_process(config: dict[str, Any], directory: Path) -> AsyncItera
                     raise RuntimeError("sidecar exited:\n" + seen.decode(errors="replace"))
                 seen += line
         drain = asyncio.create_task(process.stdout.read())
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process
     finally:
         if process.returncode is None:
             process.terminate()
@@ -416,3 +425,35 @@ async def test_two_sidecar_processes_sharing_redis_enforce_one_combined_limit(
     assert statuses.count(200) + statuses.count(429) == 120
     assert limit <= admitted <= limit + 1 + refill
     assert fake.state.stats()["requests"] == admitted
+
+
+async def test_a_live_stream_keeps_its_slot_and_a_killed_replica_loses_it(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    lease = 0.6  # renewed every 0.2 s while the stream lives
+    config = {
+        "claude": {"base_url": fake.url, "api_key": "sk-sidecar", "idle_timeout_seconds": 30},
+        "auth": {"mode": "none"},
+        "quotas": {
+            "store": "redis", "redis_url": redis_server.url,
+            "concurrent_streams": 1, "lease_seconds": lease,
+        },
+    }  # fmt: skip
+    stalled = message("hold [[fake fault=stall]]", stream=True)
+    async with (
+        sidecar_subprocess(config, tmp_path) as (doomed, process),
+        sidecar_process(config, tmp_path) as survivor,
+        aiohttp.ClientSession() as http,
+    ):
+        held = await http.post(doomed + "/v1/messages", json=stalled)
+        assert held.status == 200
+        await asyncio.sleep(lease * 3)  # three lease lifetimes: only renewal keeps the slot
+        async with http.post(survivor + "/v1/messages", json=message()) as response:
+            assert response.status == 429
+            assert "concurrent streams" in (await response.json())["error"]["message"]
+        process.kill()  # no settlement, no renewal: only the lease's expiry frees the slot
+        await process.wait()
+        held.close()
+        await asyncio.sleep(lease + 0.1)
+        async with http.post(survivor + "/v1/messages", json=message()) as response:
+            assert response.status == 200
