@@ -380,6 +380,11 @@ def test_probes_shutdown_and_prestop(chart: Any) -> None:
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
     # preStop 7 + drain 100.5 < grace
     assert spec["terminationGracePeriodSeconds"] == 113
+    no_drain = 'server: {listen: "0.0.0.0:8080", admin_listen: "0.0.0.0:9090", shutdown_grace_seconds: 0}\n'
+    assert pod_spec(render(chart, {"config": no_drain}))["terminationGracePeriodSeconds"] == 10
+    assert (
+        pod_spec(render(chart, {"config": "claude: {}\n"}))["terminationGracePeriodSeconds"] == 40
+    )
     explicit = pod_spec(render(chart, {"terminationGracePeriodSeconds": 90}))
     assert explicit["terminationGracePeriodSeconds"] == 90
 

@@ -86,7 +86,10 @@ with it (ports, shutdown grace). Returns the parsed map as YAML; fails on unpars
 {{/* Seconds Kubernetes waits after SIGTERM: preStop sleep + the sidecar's drain + margin. */}}
 {{- define "claude-sidecar.terminationGracePeriodSeconds" -}}
 {{- $server := (include "claude-sidecar.parsedConfig" . | fromYaml).server | default dict }}
-{{- $drain := get $server "shutdown_grace_seconds" | default 30 | float64 }}
+{{- $drain := 30.0 }}
+{{- if hasKey $server "shutdown_grace_seconds" }}
+{{- $drain = get $server "shutdown_grace_seconds" | float64 }}
+{{- end }}
 {{- $needed := addf .Values.preStopSleepSeconds $drain }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
 {{- add (ceil $needed | int) 5 }}
