@@ -115,7 +115,8 @@ def _validate_messages(messages: object) -> list[dict[str, Any]]:
     if not isinstance(messages, list):
         raise bad_request("messages must be a list of {role, content} objects")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in _ROLES:  # a list role is unhashable
             raise bad_request(f"messages.{i}: needs role 'user' or 'assistant'")
         content = message.get("content")
         if not isinstance(content, str | list) or not content:
