@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -554,3 +555,57 @@ async def test_non_streaming_message_span(sidecar_for: SidecarFactory) -> None:
     assert outputs[0]["parts"][0]["content"] == message["content"][0]["text"]
     assert otel.points("gen_ai.client.operation.time_to_first_chunk") == []
     assert otel.count("gen_ai.client.operation.duration") == 1
+
+
+# ---------------------------------------------------------------------------- other outcomes
+
+
+async def test_idle_timeout_and_shutdown_outcomes(sidecar_for: SidecarFactory, otel: Otel) -> None:
+    config = {"claude": {"idle_timeout_seconds": 0.3, "heartbeat_seconds": 0.1}}
+    async with aiohttp.ClientSession() as http:
+        async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+            status, events = await prompt(sidecar.url, "[[fake fault=stall]]")
+            assert status == 200
+            assert events[-1]["error"]["type"] == "idle_timeout"
+            config_long = {"prompt": "[[fake tokens=500 tps=20]]"}
+            live = await http.post(sidecar.url + "/api/stream-response", json=config_long)
+            assert b"token" in await live.content.readuntil(b"\n\n")
+        # Leaving the block shut the sidecar down under the live stream.
+        tail = await live.read()
+        assert b"shutting_down" in tail
+    outcomes = {
+        (s.attributes or {})["sidecar.stream.outcome"]: s.attributes or {}
+        for s in otel.spans(SpanKind.CLIENT)
+    }
+    assert outcomes["idle_timeout"]["error.type"] == "timeout_error"
+    assert outcomes["shutting_down"]["error.type"] == "overloaded_error"
+    assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "idle_timeout"}) == 1
+    assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "shutting_down"}) == 1
+
+
+async def test_client_leaving_the_queue_is_a_cancelled_stream(
+    sidecar_for: SidecarFactory, otel: Otel
+) -> None:
+    config = {"claude": {"max_concurrent_streams": 1, "queue": {"max_wait_seconds": 30}}}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            holding = await http.post(
+                sidecar.url + "/api/stream-response", json={"prompt": "[[fake fault=stall]]"}
+            )
+            assert holding.status == 200
+            queued = asyncio.create_task(prompt(sidecar.url, "waiting in line"))
+            admission = sidecar.runtime.admission
+            for _ in range(500):  # the admission queue exposes no event to await
+                if admission.waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert admission.waiting == 1
+            queued.cancel()  # the client gives up while queued
+            with contextlib.suppress(asyncio.CancelledError):
+                await queued
+            await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.CLIENT)) == 1)
+            holding.close()
+    cancelled = otel.spans(SpanKind.CLIENT)[0].attributes or {}
+    assert cancelled["sidecar.stream.outcome"] == "client_cancelled"
+    assert "gen_ai.response.id" not in cancelled
+    assert otel.count("gen_ai.client.operation.duration") <= 1  # only the call that ran

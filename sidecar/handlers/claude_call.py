@@ -8,6 +8,7 @@ records the stream once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -108,10 +109,12 @@ async def call_claude(
     span = telemetry.start_stream(record, ctx.trace_parent, call.body)
     lease = None
     admitted = False
+    queued_at: float | None = None
     try:
         lease = await runtime.quotas.acquire(
             quota_policy, ctx.route.policy.quota_scope, ctx.identity, ctx.client_ip, reserve
         )
+        queued_at = time.perf_counter()
         record.queue_wait = await runtime.admission.acquire()
         admitted = True
         telemetry.admitted(record)
@@ -136,8 +139,18 @@ async def call_claude(
         else:
             record.outcome = "upstream_error"
         record.error_type = rejection.error_type
-        if rejection.reason in ("queue_full", "queue_timeout"):
+        if rejection.reason in ("queue_full", "queue_timeout") and queued_at is not None:
+            record.queue_wait = time.perf_counter() - queued_at
             telemetry.queue_wait(record.queue_wait, admitted=False)
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        if record.outcome == "completed":  # the relay may already know better
+            record.outcome = "client_cancelled"
+        raise
+    except Exception as exc:
+        if record.outcome == "completed":
+            record.outcome = "upstream_error"
+            record.error_type = record.error_type or type(exc).__name__
         raise
     finally:
         if admitted:
