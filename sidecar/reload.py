@@ -65,16 +65,20 @@ def keep_restart_only(running: Config, loaded: Config) -> tuple[Config, list[str
     return effective, changed
 
 
-def tls_problem(tls: TLSConfig) -> str | None:
-    """Why the certificate and key cannot serve (loaded into a scratch context), or None."""
+def load_tls(context: ssl.SSLContext, tls: TLSConfig) -> str | None:
+    """Load the certificate and key into `context`; why they cannot serve, or None."""
     if tls.cert_file is None or tls.key_file is None:
         return None
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        probe.load_cert_chain(tls.cert_file, tls.key_file)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:
         return f"server.tls: cannot load cert_file/key_file: {exc}"
     return None
+
+
+def tls_problem(tls: TLSConfig) -> str | None:
+    """Why the certificate and key cannot serve (tried on a scratch context), or None."""
+    return load_tls(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls)
 
 
 def _stamp(path: Path) -> Stamp:
@@ -163,7 +167,12 @@ class Reloader:
                 async with asyncio.timeout(poll if poll > 0 and self.path is not None else None):
                     await self._wake.wait()
             except TimeoutError:
-                if await self._files_changed():
+                try:
+                    changed = await self._files_changed()
+                except Exception:  # never let one bad poll end the watching
+                    log.exception("config file check failed")
+                    continue
+                if changed:
                     await self.reload("file")
                 continue
             self._wake.clear()
@@ -209,19 +218,17 @@ class Reloader:
         running = self._runtimes.current
         config, restart_keys = keep_restart_only(running.config, loaded)
         tls = config.server.tls
-        reload_tls = self.tls is not None and tls.cert_file is not None
-        if reload_tls and (problem := await asyncio.to_thread(tls_problem, tls)) is not None:
+        live_tls = self.tls if tls.enabled else None
+        # Tried on a scratch context first: a failed load can leave a context half-updated.
+        if live_tls is not None and (problem := await asyncio.to_thread(tls_problem, tls)):
             return self._failed(trigger, [problem])
         try:
             runtime = await self._runtimes.open(config)
         except Exception as exc:
             return self._failed(trigger, [f"<runtime>: {type(exc).__name__}: {exc}"])
-        if reload_tls and self.tls is not None:
-            try:
-                self.tls.load_cert_chain(tls.cert_file, tls.key_file)  # type: ignore[arg-type]
-            except (OSError, ssl.SSLError) as exc:
-                await self._runtimes.discard(runtime)
-                return self._failed(trigger, [f"server.tls: cannot load cert_file/key_file: {exc}"])
+        if live_tls is not None and (problem := load_tls(live_tls, tls)):
+            await self._runtimes.discard(runtime)  # the files changed since the probe
+            return self._failed(trigger, [problem])
         self._runtimes.install(runtime, snapshot.config_sha256)
         if restart_keys:
             log.warning(
