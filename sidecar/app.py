@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -93,6 +94,20 @@ async def _open_auth(routes: RouteTable, own: contextlib.AsyncExitStack) -> Auth
     return auth
 
 
+def _auth_key(routes: RouteTable) -> list[object]:
+    """Auth settings per route, and the identity of each JWT key file: a replaced one is re-read."""
+    key: list[object] = []
+    for route in routes.routes:
+        auth = route.policy.auth
+        key_file = auth.jwt.public_key_file if auth.jwt is not None else None
+        try:
+            stat = os.stat(key_file) if key_file is not None else None
+        except OSError:
+            stat = None
+        key.append((auth, stat and (stat.st_ino, stat.st_mtime_ns, stat.st_size)))
+    return key
+
+
 def _quota_store_key(config: Config) -> tuple[object, ...]:
     quotas = config.quotas
     return (quotas.store, quotas.redis_url, quotas.redis_timeout_seconds, quotas.on_store_error)
@@ -136,8 +151,7 @@ async def _open_runtime(
         stack, "app_session", config.app, partial(_open_app_session, config)
     )
     routes = RouteTable(config)
-    auth_key = [route.policy.auth for route in routes.routes]
-    auth = await shared.use(stack, "auth", auth_key, partial(_open_auth, routes))
+    auth = await shared.use(stack, "auth", _auth_key(routes), partial(_open_auth, routes))
 
     async def open_quotas(own: contextlib.AsyncExitStack) -> QuotaGate:
         quotas = QuotaGate.from_config(config.quotas, on_store_error=telemetry.quota_store_error)

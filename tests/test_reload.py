@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 import yaml
 from cryptography import x509
@@ -402,3 +403,33 @@ async def test_a_renewed_certificate_is_served_to_new_handshakes(
         write_cert(tmp_path / "other.crt", key, "mismatched")
         assert not await server.reload()
         assert await served_name(server.port) == "second"
+
+
+async def test_a_reload_rereads_a_replaced_jwt_key_file(fake: FakeServer, tmp_path: Path) -> None:
+    key_file = tmp_path / "jwt.pem"
+
+    def new_key() -> ec.EllipticCurvePrivateKey:
+        private = ec.generate_private_key(ec.SECP256R1())
+        pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        write(key_file, pem.decode())
+        return private
+
+    def bearer(private: ec.EllipticCurvePrivateKey) -> str:
+        exp = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5)
+        token = jwt.encode({"sub": "u", "exp": exp}, private, algorithm="ES256")
+        return f"Bearer {token}"
+
+    old_key = new_key()
+    auth = {"auth": {"mode": "required",
+                     "jwt": {"public_key_file": str(key_file), "algorithms": ["ES256"]}}}  # fmt: skip
+    data = config_for(fake, server={"reload_poll_seconds": 0}, **auth)
+    async with file_sidecar(tmp_path / "sidecar.yaml", data) as server:
+        async with aiohttp.ClientSession() as http:
+            assert await prompt_status(http, server.url, Authorization=bearer(old_key)) == 200
+            rotated = new_key()  # same path, same config text: only SIGHUP/reload picks it up
+            assert await prompt_status(http, server.url, Authorization=bearer(rotated)) == 401
+            assert await server.reload()
+            assert await prompt_status(http, server.url, Authorization=bearer(rotated)) == 200
+            assert await prompt_status(http, server.url, Authorization=bearer(old_key)) == 401
