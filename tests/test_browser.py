@@ -1,0 +1,193 @@
+"""A real browser (Chromium via Playwright): EventSource and fetch streams across origins.
+
+The page is served from one origin (http://127.0.0.1:P1), the sidecar listens on another
+(http://127.0.0.1:P2); http://localhost:P1 serves the same page from a refused origin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from sidecar.fake_claude import FakeServer
+from tests.conftest import SidecarFactory
+from tests.policy_support import AUDIENCE, ISSUER, SECRET, mint
+
+CHROMIUM = "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+PAGE = b"<!doctype html><html><head><title>app</title></head><body>app</body></html>"
+
+# Runs in the page: an EventSource until `done` (or an error), every message recorded.
+EVENT_SOURCE_JS = """(url) => new Promise((resolve) => {
+  const seen = [];
+  const source = new EventSource(url);
+  source.onmessage = (event) => {
+    const data = JSON.parse(event.data);
+    seen.push({id: event.lastEventId, data});
+    if (data.done || data.error) { source.close(); resolve({ok: true, seen}); }
+  };
+  source.onerror = () => { source.close(); resolve({ok: false, seen}); };
+})"""
+
+# Runs in the page: a credentialed POST read chunk by chunk from a ReadableStream.
+FETCH_STREAM_JS = """async ([url, token]) => {
+  try {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: {"authorization": "Bearer " + token, "content-type": "application/json"},
+      body: JSON.stringify({prompt: "hello from the browser"}),
+    });
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let text = "", chunks = 0;
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) break;
+      chunks += 1;
+      text += decoder.decode(value, {stream: true});
+    }
+    return {ok: true, status: response.status, chunks, text,
+            requestId: response.headers.get("x-request-id")};
+  } catch (error) {
+    return {ok: false, error: String(error)};
+  }
+}"""
+
+
+@contextlib.asynccontextmanager
+async def page_server() -> AsyncIterator[int]:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def page_port() -> AsyncIterator[int]:
+    async with page_server() as port:
+        yield port
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+def config_for(page_port: int) -> dict[str, Any]:
+    """Public prompt route, a JWT-protected one, CORS for the 127.0.0.1 page origin only."""
+    return {
+        "cors": {"allow_origins": [f"http://127.0.0.1:{page_port}"], "allow_credentials": True},
+        "auth": {"mode": "required", "jwt": {"secret": SECRET, "issuer": ISSUER,
+                                             "audience": AUDIENCE, "query_param": "access_token"}},
+        "routes": [
+            {"path": "/api/stream-response", "handler": "prompt", "auth": {"mode": "none"}},
+            {"path": "/api/private", "handler": "prompt"},
+        ],
+    }  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def opened(browser: Browser, url: str) -> AsyncIterator[Page]:
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(url)
+        yield page
+    finally:
+        await context.close()
+
+
+def tokens_in_order(seen: list[dict[str, Any]]) -> list[str]:
+    return [event["data"]["token"] for event in seen if "token" in event["data"]]
+
+
+async def test_event_source_streams_tokens_then_done(
+    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
+) -> None:
+    async with sidecar_for(config_for(page_port)) as sidecar:
+        async with opened(browser, f"http://127.0.0.1:{page_port}/") as page:
+            url = sidecar.url + "/api/stream-response?prompt=hello%20browser"
+            result = await page.evaluate(EVENT_SOURCE_JS, url)
+    assert result["ok"] is True
+    seen = result["seen"]
+    # One message event per token, each with its own id, then `done` with usage.
+    assert [event["id"] for event in seen[:-1]] == [str(i) for i in range(1, 13)]
+    assert len(tokens_in_order(seen)) == 12
+    assert seen[-1]["data"]["done"] is True
+    assert seen[-1]["data"]["usage"]["output_tokens"] == 12
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_event_source_with_access_token_in_the_query(
+    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
+) -> None:
+    async with sidecar_for(config_for(page_port)) as sidecar:
+        async with opened(browser, f"http://127.0.0.1:{page_port}/") as page:
+            base = sidecar.url + "/api/private?prompt=hi"
+            refused = await page.evaluate(EVENT_SOURCE_JS, base)
+            assert fake.state.counters["requests"] == 0
+            expired = await page.evaluate(EVENT_SOURCE_JS, base + "&access_token=" + mint(exp=1))
+            allowed = await page.evaluate(EVENT_SOURCE_JS, base + "&access_token=" + mint())
+    assert refused == {"ok": False, "seen": []}
+    assert expired == {"ok": False, "seen": []}
+    assert allowed["ok"] is True
+    assert allowed["seen"][-1]["data"]["done"] is True
+    assert len(tokens_in_order(allowed["seen"])) == 12
+    assert fake.state.counters["requests"] == 1
+    assert mint() not in str(fake.state.requests[0].body)  # the credential stays at the sidecar
+
+
+async def test_fetch_with_authorization_passes_preflight_and_streams(
+    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
+) -> None:
+    async with sidecar_for(config_for(page_port)) as sidecar:
+        async with opened(browser, f"http://127.0.0.1:{page_port}/") as page:
+            result = await page.evaluate(FETCH_STREAM_JS, [sidecar.url + "/api/private", mint()])
+    assert result["ok"] is True, result
+    assert result["status"] == 200
+    assert result["chunks"] >= 1
+    assert result["requestId"]  # exposed to page code by Access-Control-Expose-Headers
+    events = [block for block in result["text"].split("\n\n") if block.strip()]
+    assert len(events) == 13
+    assert '"done":true' in events[-1].replace(" ", "")
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_refused_origin_gets_a_cors_error_and_claude_is_never_called(
+    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
+) -> None:
+    async with sidecar_for(config_for(page_port)) as server:
+        # Same page, other origin: `localhost` is not `127.0.0.1` to the browser.
+        async with opened(browser, f"http://localhost:{page_port}/") as page:
+            fetched = await page.evaluate(FETCH_STREAM_JS, [server.url + "/api/private", mint()])
+            streamed = await page.evaluate(
+                EVENT_SOURCE_JS, server.url + "/api/stream-response?prompt=hi"
+            )
+    assert fetched["ok"] is False
+    assert "Failed to fetch" in fetched["error"]
+    assert streamed == {"ok": False, "seen": []}
+    assert fake.state.counters["requests"] == 0
