@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import anthropic
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
 from opentelemetry.sdk.trace import ReadableSpan
@@ -609,3 +610,28 @@ async def test_client_leaving_the_queue_is_a_cancelled_stream(
     assert cancelled["sidecar.stream.outcome"] == "client_cancelled"
     assert "gen_ai.response.id" not in cancelled
     assert otel.count("gen_ai.client.operation.duration") <= 1  # only the call that ran
+
+
+async def test_sdk_stream_through_the_anthropic_route(
+    fake: FakeServer, sidecar_for: SidecarFactory, otel: Otel
+) -> None:
+    async with (
+        sidecar_for(telemetry=otel.telemetry) as sidecar,
+        anthropic.AsyncAnthropic(base_url=sidecar.url, api_key="k", max_retries=0) as client,
+        client.messages.stream(
+            model=MODEL,
+            max_tokens=64,
+            messages=[{"role": "user", "content": "sdk [[fake tokens=9]]"}],
+        ) as stream,
+    ):
+        final = await stream.get_final_message()
+    attributes = otel.client_span().attributes or {}
+    assert attributes["sidecar.route"] == "/v1/"
+    assert attributes["gen_ai.request.max_tokens"] == 64
+    assert attributes["gen_ai.response.id"] == final.id
+    assert attributes["gen_ai.response.finish_reasons"] == (final.stop_reason,)
+    assert attributes["gen_ai.usage.output_tokens"] == final.usage.output_tokens == 9
+    assert attributes["gen_ai.usage.input_tokens"] == final.usage.input_tokens
+    assert attributes["sidecar.stream.outcome"] == "completed"
+    received = fake.state.requests[-1].headers["traceparent"]
+    assert received.split("-")[2] == f"{otel.client_span().context.span_id:016x}"
