@@ -59,7 +59,7 @@ class Lifecycle:
         return True
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: two runtimes are never the same one
 class Runtime:
     """The wired services of one running config."""
 
