@@ -122,17 +122,29 @@ async def test_bad_credentials_are_rejected_before_claude(
     challenge: str | None,
 ) -> None:
     config = auth_config(rsa_pem, allowed_tenants=["acme"])
-    async with sidecar_for(config) as sidecar:
+    message = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
         got, body, response_headers = await post_prompt(sidecar.url, headers)
+        async with http.post(sidecar.url + "/v1/messages", json=message, headers=headers) as r:
+            anthropic_status, anthropic_body = r.status, await r.json()
+            anthropic_headers = r.headers
     assert got == status
     assert set(body) == {"error"}
     assert body["error"]["type"] == short_type
     assert set(body["error"]) == {"type", "message"}
     assert "Traceback" not in body["error"]["message"]
-    if challenge is not None:
-        assert response_headers["WWW-Authenticate"] == challenge
-    if status == 403:
-        assert "WWW-Authenticate" not in response_headers
+    # The Anthropic route answers in Anthropic's shape, so SDKs raise the matching error.
+    assert anthropic_status == status
+    assert set(anthropic_body) == {"type", "error", "request_id"}
+    assert anthropic_body["type"] == "error"
+    expected = "authentication_error" if status == 401 else "permission_error"
+    assert anthropic_body["error"]["type"] == expected
+    assert anthropic_body["error"]["message"] == body["error"]["message"]
+    for seen in (response_headers, anthropic_headers):
+        if challenge is not None:
+            assert seen["WWW-Authenticate"] == challenge
+        if status == 403:
+            assert "WWW-Authenticate" not in seen
     assert fake.state.counters["requests"] == 0
 
 
