@@ -170,6 +170,34 @@ _ASYMMETRIC = {
 }  # fmt: skip
 
 
+def _key_algorithms(key: object) -> tuple[str, ...]:
+    """Which JWT algorithm prefixes a public key can verify."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    if isinstance(key, rsa.RSAPublicKey):
+        return ("RS", "PS")
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return ("ES",)
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return ("EdDSA",)
+    return ()
+
+
+def _check_public_key(path: Path, algorithms: list[str], jwks_url: str | None) -> None:
+    """A bad key file is a config error, not a crash at start."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(path.read_bytes())
+    except OSError:
+        raise ValueError(f"public_key_file not readable: {path}") from None
+    except (ValueError, TypeError):
+        raise ValueError(f"public_key_file is not a PEM public key: {path}") from None
+    usable = any(alg.startswith(_key_algorithms(key)) for alg in algorithms)
+    if jwks_url is None and not usable:
+        raise ValueError(f"public_key_file holds a key none of the algorithms {algorithms} fit")
+
+
 class JWTConfig(Section):
     secret: SecretStr | None = None
     public_key_file: Path | None = None
@@ -206,8 +234,8 @@ class JWTConfig(Section):
             raise ValueError("secret is set but no HS* algorithm is listed")
         if self.secret is not None and len(self.secret.get_secret_value().encode()) < 32:
             raise ValueError("secret must be at least 32 bytes (RFC 7518 3.2)")
-        if self.public_key_file is not None and not self.public_key_file.is_file():
-            raise ValueError(f"public_key_file not readable: {self.public_key_file}")
+        if self.public_key_file is not None:
+            _check_public_key(self.public_key_file, self.asymmetric_algorithms, self.jwks_url)
         return self
 
     @property

@@ -12,6 +12,7 @@ import anthropic
 import jwt
 import pytest
 
+from sidecar import loader
 from sidecar.fake_claude import FakeServer
 from tests.conftest import SidecarFactory
 from tests.policy_support import (
@@ -333,3 +334,23 @@ def test_tokens_from_the_helpers_are_what_they_claim() -> None:
     assert jwt.get_unverified_header(forge({"alg": "none"}, None))["alg"] == "none"
     decoded = jwt.decode(mint(), SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
     assert decoded["sub"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("content", "algorithms", "problem"),
+    [
+        (b"not a key", ["RS256"], "is not a PEM public key"),
+        (public_pem(RSA_KEY), ["ES256"], "none of the algorithms"),
+        (public_pem(new_key("EdDSA")), ["RS256", "PS256"], "none of the algorithms"),
+    ],
+    ids=["garbage", "rsa_for_es", "ed25519_for_rsa"],
+)
+def test_unusable_public_key_files_are_config_errors(
+    tmp_path: Path, content: bytes, algorithms: list[str], problem: str
+) -> None:
+    path = tmp_path / "key.pem"
+    path.write_bytes(content)
+    data = {"auth": {"jwt": {"public_key_file": str(path), "algorithms": algorithms}}}
+    with pytest.raises(loader.ConfigError) as raised:
+        loader.validate(data, {})
+    assert any(p.startswith("auth.jwt: ") and problem in p for p in raised.value.problems)
