@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from sidecar.config import AuthConfig, JWTConfig
 from sidecar.errors import Rejection
@@ -48,11 +49,8 @@ class JwtVerifier:
         self._hs = set(config.hs_algorithms)
         self._secret = config.secret.get_secret_value().encode() if config.secret else None
         self._public: Any = None
-        if config.public_key_file is not None:
-            pem = config.public_key_file.read_bytes()
-            from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-            self._public = load_pem_public_key(pem)
+        if config.public_key_file is not None:  # validated as a usable PEM key at load
+            self._public = load_pem_public_key(config.public_key_file.read_bytes())
         self._options = {"require": ["exp"]}
 
     async def _key(self, alg: str, kid: object) -> Any:
