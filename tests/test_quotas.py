@@ -226,6 +226,37 @@ async def test_client_disconnect_mid_stream_charges_what_was_streamed_and_frees_
     assert used < reserved  # not the whole max_tokens: the stream was cut short
 
 
+@pytest.mark.parametrize(
+    ("directive", "outcome_event"),
+    [
+        ("[[fake fault=midstream_error after=7]]", b"overloaded_error"),
+        ("[[fake fault=stall]]", b"timeout_error"),  # ended by the idle timeout
+    ],
+)
+async def test_streams_that_fail_midway_settle_what_they_used(
+    sidecar_for: SidecarFactory, directive: str, outcome_event: bytes
+) -> None:
+    data = {"quotas": {"tokens_per_day": 100_000}, "claude": {"idle_timeout_seconds": 0.3}}
+    async with sidecar_for(data) as sidecar:
+        spy = spy_on(sidecar)
+        body = message("text " * 40 + directive, max_tokens=900, stream=True)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+                assert response.status == 200
+                raw = await response.read()
+        await spy.wait_settled(1)
+    assert outcome_event in raw
+    start = raw.index(b"message_start")
+    reported = re.search(rb'"input_tokens": ?(\d+)', raw[start:])
+    assert reported is not None
+    input_tokens = int(reported.group(1))
+    deltas = raw.count(b"event: content_block_delta")
+    reserved, used = spy.settled[0]
+    assert input_tokens > 0
+    assert used >= input_tokens + deltas  # what Claude reported, and every delta relayed
+    assert used < reserved
+
+
 # --------------------------------------------------------------------------- keys
 
 
