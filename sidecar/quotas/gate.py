@@ -131,6 +131,7 @@ class QuotaLease:
         self.headers = headers
 
     def start_renewal(self) -> None:
+        """Renew the lease every third of its lifetime until settled (one task per lease)."""
         if self._gate is not None and self._limits is not None:
             renewal = self._renew_until_settled(self._gate, self._limits)
             self._renewal = asyncio.create_task(renewal)
@@ -141,7 +142,10 @@ class QuotaLease:
             await asyncio.sleep(interval)
             try:
                 if not await gate.store.renew(self._subject, self.lease_id, limits.lease_seconds):
+                    # Lapsed (renewals failed for a whole lease, or Redis lost its data):
+                    # the slot may be someone else's now; the stream goes on without one.
                     log.warning("quota lease expired before its stream ended")
+                    return
             except StoreError as exc:
                 gate.store_failed("renew", exc)
 
