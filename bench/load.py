@@ -5,6 +5,7 @@ to stamp each text delta with its send time (`time.monotonic_ns()`, system-wide 
 Linux), so the client measures per-event delay end to end, not just inter-arrival.
 
     python bench/load.py --url http://127.0.0.1:8080 --streams 50 --tokens 200 --tps 40
+    python bench/load.py --url ... --streams 1 --requests 300 --tokens 1   # sequential
 """
 
 from __future__ import annotations
@@ -66,13 +67,21 @@ async def main(args: argparse.Namespace) -> None:
         headers["x-api-key"] = args.api_key
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=600)
+    total = args.requests or args.streams
+    results: list[dict[str, Any]] = []
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        # Each of `streams` workers runs streams back to back until `total` have run.
+        while len(results) + busy[0] < total:
+            busy[0] += 1
+            try:
+                results.append(await one_stream(session, args.url, args.tokens, args.tps, headers))
+            finally:
+                busy[0] -= 1
+
+    busy = [0]
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        results = await asyncio.gather(
-            *(
-                one_stream(session, args.url, args.tokens, args.tps, headers)
-                for _ in range(args.streams)
-            )
-        )
+        await asyncio.gather(*(worker(session) for _ in range(args.streams)))
     failures = [r for r in results if "error" in r]
     ok = [r for r in results if "error" not in r]
     ttfts = [r["ttft_ns"] for r in ok]
@@ -81,6 +90,7 @@ async def main(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "streams": len(ok),
+                "requests": len(results),
                 "failures": len(failures),
                 "events": sum(r["events"] for r in ok),
                 "ttft_p50_ms": percentile(ttfts, 0.5) / 1e6,
@@ -95,7 +105,10 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
-    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--streams", type=int, default=50, help="concurrent streams")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="streams in all (default: one per worker)"
+    )
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--tps", type=float, default=40)
     parser.add_argument("--api-key", default="")

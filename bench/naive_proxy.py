@@ -13,7 +13,10 @@ from aiohttp import web
 
 def make_app(upstream: str) -> web.Application:
     async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-        app["session"] = aiohttp.ClientSession(auto_decompress=False)
+        # limit=0: no connection cap, as the sidecar has none below its own stream limit
+        app["session"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+        )
         yield
         await app["session"].close()
 
