@@ -34,7 +34,9 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "quotas": QuotaConfig,
 }
 # Quota storage is process-wide: a route may change limits, not where they live.
-_GLOBAL_ONLY = {"quotas": ("store", "redis_url", "on_store_error")}
+_GLOBAL_ONLY = {
+    "quotas": ("store", "redis_url", "redis_timeout_seconds", "on_store_error"),
+}
 
 
 class ConfigError(Exception):

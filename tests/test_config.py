@@ -186,9 +186,12 @@ def test_route_overrides_merge_and_validate_with_field_paths() -> None:
 routes:
   - {path: /api, handler: prompt, quotas: {requests_per_minute: -1, store: redis}}
   - {path: /x, handler: prompt, cors: {allow_origins: ["*"], allow_credentials: true}}
+  - {path: /y, handler: prompt, quotas: {redis_timeout_seconds: 3, on_store_error: fail_open}}
 """
     )
     assert "routes.0.quotas.store: can only be set at the top level" in found
+    assert "routes.2.quotas.redis_timeout_seconds: can only be set at the top level" in found
+    assert "routes.2.quotas.on_store_error: can only be set at the top level" in found
     assert "routes.0.quotas.requests_per_minute: Input should be greater than 0" in found
     assert any(p.startswith("routes.1.cors: ") for p in found)
 

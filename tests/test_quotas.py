@@ -331,6 +331,24 @@ async def test_app_routes_count_requests_per_minute(sidecar_for: SidecarFactory)
     assert int(results[2][1]["retry-after"]) >= 29
 
 
+async def test_count_tokens_counts_requests_per_minute_only(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "four"}]}
+    quotas = {"requests_per_minute": 2, "tokens_per_minute": 1000}
+    async with sidecar_for({"quotas": quotas}) as sidecar, aiohttp.ClientSession() as http:
+        statuses, remaining = [], []
+        for _ in range(3):
+            async with http.post(sidecar.url + "/v1/messages/count_tokens", json=body) as r:
+                statuses.append(r.status)
+                remaining.append(r.headers.get("anthropic-ratelimit-requests-remaining"))
+                if r.status == 429:
+                    assert (await r.json())["error"]["type"] == "rate_limit_error"
+    assert statuses == [200, 200, 429]
+    assert remaining[:2] == ["1", "0"]
+    assert sum(1 for request in fake.state.requests if "count_tokens" in request["path"]) == 2
+
+
 # --------------------------------------------------------------------------- redis
 
 

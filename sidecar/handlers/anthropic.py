@@ -135,6 +135,12 @@ async def _forward(ctx: RequestContext, body: bytes | None) -> web.StreamRespons
     request = ctx.request
     if body is None and request.can_read_body:
         body = await read_body(request, ctx.runtime.config.server.max_body_bytes)
+    policy = ctx.route.policy  # no tokens are generated here: requests per minute only
+    ctx.headers.update(
+        await ctx.runtime.quotas.count_request(
+            policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip
+        )
+    )
     headers = _claude_headers(ctx)
     ctx.runtime.telemetry.inject(ctx.span, headers)
     upstream, _ = await ctx.runtime.claude.send(
@@ -144,7 +150,10 @@ async def _forward(ctx: RequestContext, body: bytes | None) -> web.StreamRespons
         payload = await upstream.read()
     finally:
         upstream.release()
-    response_headers = {**ctx.headers, **returned_headers(upstream.headers, keep_ratelimit=True)}
+    response_headers = {
+        **ctx.headers,
+        **returned_headers(upstream.headers, keep_ratelimit=not policy.quotas.enabled),
+    }
     return web.Response(
         status=upstream.status,
         body=payload,
