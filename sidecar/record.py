@@ -7,7 +7,7 @@ values (durations, rates, cost) are computed once when the stream finishes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Outcome = Literal[
     "completed", "client_cancelled", "upstream_error", "idle_timeout", "shutting_down", "rejected"
@@ -59,6 +59,7 @@ class StreamRecord:
     system_text: str | None = None  # GenAI `gen_ai.system_instructions` JSON, when captured
     prompt_text: str | None = None  # GenAI `gen_ai.input.messages` JSON, when captured
     completion_parts: list[str] = field(default_factory=list)  # text deltas, when captured
+    log_base: dict[str, Any] | None = None  # fields both stream log lines share (telemetry)
 
     @property
     def total_input_tokens(self) -> int:

@@ -8,11 +8,12 @@ runs per event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -23,7 +24,7 @@ from opentelemetry.trace import NoOpTracerProvider, Span, SpanKind, Status, Stat
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar.config import TelemetryConfig
+from sidecar.config import ModelPrice, TelemetryConfig
 from sidecar.record import StreamRecord
 from sidecar.telemetry import streams
 from sidecar.telemetry.content import output_messages, request_content
@@ -31,9 +32,18 @@ from sidecar.telemetry.cost import cost_usd, price_for
 from sidecar.telemetry.instruments import Instruments
 from sidecar.telemetry.providers import Providers, build_providers, env_flag
 
+_CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
+_ADMITTED: Final = {"sidecar.queue.admitted": True}
+
 stream_log = logging.getLogger("sidecar.stream")
 access_log = logging.getLogger("sidecar.access")
 reject_log = logging.getLogger("sidecar.reject")
+
+
+@functools.lru_cache(maxsize=_CACHE_LIMIT)
+def _hashed(value: str) -> str:
+    """The pseudonym of a user or tenant: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def span_ids(span: Span | None) -> dict[str, str]:
@@ -57,6 +67,8 @@ class Telemetry:
         meter_provider: Any = providers.meter_provider if providers else NoOpMeterProvider()
         self._tracer: trace.Tracer = tracer_provider.get_tracer("claude-sidecar")
         self.instruments = Instruments(meter_provider.get_meter("claude-sidecar"))
+        self._routes: dict[str, dict[str, str]] = {}
+        self._prices: dict[str, ModelPrice | None] = {}
 
     @classmethod
     def from_config(
@@ -117,14 +129,17 @@ class Telemetry:
             kind=SpanKind.CLIENT,
             attributes=streams.start_attributes(record),
         )
-        stream_log.info("stream_start", extra=self._log_base("stream_start", record, span))
+        # Ids, identity hashes and trace ids are the same on both stream lines: once.
+        record.log_base = self._log_base(record, span)
+        if stream_log.isEnabledFor(logging.INFO):
+            stream_log.info("stream_start", extra={"event": "stream_start", **record.log_base})
         return span
 
     def admitted(self, record: StreamRecord) -> None:
         """The call got a stream slot: active until `finish_stream`; its queue wait recorded."""
         record.admitted = True
-        self.instruments.active_streams.add(1, {"sidecar.route": record.route})
-        self.instruments.queue_wait.record(record.queue_wait, {"sidecar.queue.admitted": True})
+        self.instruments.active_streams.add(1, self._route_attributes(record.route))
+        self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
 
     def finish_stream(self, record: StreamRecord, span: Span) -> None:
         """Everything about a finished stream, once: span attributes, metrics, log line."""
@@ -137,35 +152,39 @@ class Telemetry:
 
     def _finish(self, record: StreamRecord, span: Span) -> None:
         ended = record.ended or record.last_chunk_at or record.started
-        span.set_attributes(streams.end_attributes(record))
-        identity = {"sidecar.user": self._identity(record.user),
-                    "sidecar.tenant": self._identity(record.tenant)}  # fmt: skip
-        span.set_attributes({k: v for k, v in identity.items() if v is not None})
-        if streams.failed(record):
-            span.set_status(Status(StatusCode.ERROR, record.error_type or record.outcome))
+        failed = streams.failed(record)
+        base = record.log_base if record.log_base is not None else self._log_base(record, span)
+        # One `set_attributes`: the SDK cleans and locks once per call, not per group.
+        attributes = streams.end_attributes(record, failed)
+        if "user" in base:
+            attributes["sidecar.user"] = base["user"]
+        if "tenant" in base:
+            attributes["sidecar.tenant"] = base["tenant"]
         if record.capture:
-            content = {"gen_ai.system_instructions": record.system_text,
-                       "gen_ai.input.messages": record.prompt_text}  # fmt: skip
-            span.set_attributes({k: v for k, v in content.items() if v is not None})
+            if record.system_text is not None:
+                attributes["gen_ai.system_instructions"] = record.system_text
+            if record.prompt_text is not None:
+                attributes["gen_ai.input.messages"] = record.prompt_text
             if record.completion_parts or record.stop_reason is not None:
-                span.set_attribute("gen_ai.output.messages", output_messages(record))
+                attributes["gen_ai.output.messages"] = output_messages(record)
+        span.set_attributes(attributes)
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, record.error_type or record.outcome))
         span.end()
 
         inst = self.instruments
         if record.admitted:
-            inst.active_streams.add(-1, {"sidecar.route": record.route})
-        price = price_for(self.config.prices, record.request_model)
+            inst.active_streams.add(-1, self._route_attributes(record.route))
+        price = self._price(record.request_model)
         cost = cost_usd(price, record) if price is not None else None
         if cost:
             inst.cost.add(cost, {"gen_ai.request.model": record.request_model})
-        streams.record_metrics(inst, record, ended)
-        event = "stream_error" if streams.failed(record) else "stream_complete"
-        fields = self._log_base(event, record, span)
-        fields.update(streams.log_fields(record, ended, cost))
-        if event == "stream_error":
-            stream_log.warning(event, extra=fields)
-        else:
-            stream_log.info(event, extra=fields)
+        streams.record_metrics(inst, record, ended, failed)
+        level = logging.WARNING if failed else logging.INFO
+        if stream_log.isEnabledFor(level):
+            event = "stream_error" if failed else "stream_complete"
+            fields = {"event": event, **base, **streams.log_fields(record, ended, cost)}
+            stream_log.log(level, event, extra=fields)
 
     def _identity(self, value: str | None) -> str | None:
         mode = self.config.user_attribute
@@ -173,11 +192,11 @@ class Telemetry:
             return None
         if mode == "plain":
             return value
-        return hashlib.sha256(value.encode()).hexdigest()[:16]
+        return _hashed(value)
 
-    def _log_base(self, event: str, record: StreamRecord, span: Span) -> dict[str, Any]:
+    def _log_base(self, record: StreamRecord, span: Span) -> dict[str, Any]:
+        """The fields both stream lines share (`event` goes first, added by the caller)."""
         fields: dict[str, Any] = {
-            "event": event,
             "request_id": record.request_id,
             "route": record.route,
             "model": record.request_model,
@@ -191,6 +210,24 @@ class Telemetry:
         if tenant is not None:
             fields["tenant"] = tenant
         return fields
+
+    def _route_attributes(self, route: str) -> dict[str, str]:
+        attributes = self._routes.get(route)
+        if attributes is None:
+            if len(self._routes) >= _CACHE_LIMIT:
+                self._routes.clear()
+            attributes = self._routes[route] = {"sidecar.route": route}
+        return attributes
+
+    def _price(self, model: str) -> ModelPrice | None:
+        """`price_for` once per model name (a prefix match scans the whole table)."""
+        try:
+            return self._prices[model]
+        except KeyError:
+            if len(self._prices) >= _CACHE_LIMIT:  # model names come from clients
+                self._prices.clear()
+            price = self._prices[model] = price_for(self.config.prices, model)
+            return price
 
     # ------------------------------------------------------------------ counters
 
@@ -249,7 +286,7 @@ class Telemetry:
         self.instruments.request_duration.record(
             duration, {"http.route": route, "http.response.status_code": status}
         )
-        if not self.config.access_log:
+        if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, Any] = {
             "event": "access", "method": method, "route": route, "path": path, "status": status,

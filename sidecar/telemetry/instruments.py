@@ -2,13 +2,20 @@
 
 Attributes on these are bounded: model names, route prefixes, outcomes, reasons and
 status codes; never user ids, prompts or request ids.
+
+Counters bumped on every call are kept as plain running totals (`Totals`) and
+reported by observable instruments when a reader collects: the exported sums are the
+same as a synchronous counter's, without the SDK's per-measurement attribute
+cleaning, hashing and locking on the request path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Final
 
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.util.types import AttributeValue
 
 TOKEN_BUCKETS: Final = [
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864
@@ -23,6 +30,32 @@ SERVER_TTFT_BUCKETS: Final = [
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
 ]  # fmt: skip
 QUEUE_BUCKETS: Final = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+# Distinct attribute sets per counter before the rest fold into one overflow point
+# (the SDK's own default limit and overflow attribute for synchronous instruments).
+CARDINALITY_LIMIT: Final = 2000
+_OVERFLOW: Final = frozenset({("otel.metric.overflow", True)})
+
+_Key = frozenset[tuple[str, AttributeValue]]
+
+
+class Totals:
+    """Running sums per attribute set, `add`-compatible with a counter, observed on collection."""
+
+    __slots__ = ("_sums",)
+
+    def __init__(self) -> None:
+        self._sums: dict[_Key, float] = {}
+
+    def add(self, amount: float, attributes: Mapping[str, AttributeValue]) -> None:
+        key = frozenset(attributes.items())
+        sums = self._sums
+        if key not in sums and len(sums) >= CARDINALITY_LIMIT:
+            key = _OVERFLOW
+        sums[key] = sums.get(key, 0) + amount
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        # list() copies in one step: a collecting thread never sees the dict change size.
+        return [Observation(value, dict(key)) for key, value in list(self._sums.items())]
 
 
 class Instruments:
@@ -59,16 +92,19 @@ class Instruments:
             description="Mean time per output token after the first, as served (completed)",
             explicit_bucket_boundaries_advisory=PER_CHUNK_BUCKETS,
         )  # fmt: skip
-        self.active_streams = meter.create_up_down_counter(
-            "sidecar.streams.active", unit="{stream}",
+        self.active_streams = Totals()
+        meter.create_observable_up_down_counter(
+            "sidecar.streams.active", [self.active_streams.observe], unit="{stream}",
             description="Claude calls admitted and not yet finished (queued calls are not counted)",
         )  # fmt: skip
-        self.streams = meter.create_counter(
-            "sidecar.streams", unit="{stream}",
+        self.streams = Totals()
+        meter.create_observable_counter(
+            "sidecar.streams", [self.streams.observe], unit="{stream}",
             description="Claude calls finished, by sidecar.stream.outcome",
         )  # fmt: skip
-        self.rejections = meter.create_counter(
-            "sidecar.rejections", unit="{request}",
+        self.rejections = Totals()
+        meter.create_observable_counter(
+            "sidecar.rejections", [self.rejections.observe], unit="{request}",
             description="Requests answered early, by sidecar.rejection.reason and http.route",
         )  # fmt: skip
         self.queue_wait = meter.create_histogram(
@@ -84,12 +120,14 @@ class Instruments:
             "sidecar.quota.store_errors", unit="{error}",
             description="Quota store calls that failed, by sidecar.quota.on_store_error and operation",
         )  # fmt: skip
-        self.upstream_responses = meter.create_counter(
-            "sidecar.upstream.responses", unit="{response}",
+        self.upstream_responses = Totals()
+        meter.create_observable_counter(
+            "sidecar.upstream.responses", [self.upstream_responses.observe], unit="{response}",
             description="Claude responses by http.response.status_code",
         )  # fmt: skip
-        self.cost = meter.create_counter(
-            "sidecar.cost.usd", unit="{USD}",
+        self.cost = Totals()
+        meter.create_observable_counter(
+            "sidecar.cost.usd", [self.cost.observe], unit="{USD}",
             description="Estimated cost of Claude calls from the configured price table",
         )  # fmt: skip
         self.config_reloads = meter.create_counter(

@@ -21,6 +21,8 @@ from sidecar.config import TelemetryConfig
 _STANDARD: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
 )
+# One encoder for every line: `json.dumps(..., default=str)` builds a new one per call.
+_encode: Final = json.JSONEncoder(default=str).encode
 
 
 def _trace_fields(record: logging.LogRecord) -> dict[str, str]:
@@ -39,10 +41,21 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, extras, trace ids."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""  # `time` up to the second, for `_second` (lines share seconds)
+
+    def _time(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._stamp}.{int(msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._time(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -51,7 +64,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(_trace_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _encode(entry)
 
 
 class TextFormatter(logging.Formatter):
@@ -75,4 +88,10 @@ def setup_logging(config: TelemetryConfig, stream: TextIO | None = None) -> None
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(config.log_level)
+    # Neither format prints caller, thread or process: skip collecting them per record
+    # (the optimisations the `logging` docs list), a stack walk and lookups per line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -30,19 +30,22 @@ def start_attributes(record: StreamRecord) -> dict[str, Any]:
         "sidecar.route": record.route,
         "sidecar.request_id": record.request_id,
     }
-    optional: dict[str, Any] = {
-        "server.port": record.server_port,
-        "gen_ai.request.max_tokens": record.max_tokens,
-        "gen_ai.request.temperature": record.temperature,
-        "gen_ai.request.top_p": record.top_p,
-        "gen_ai.request.top_k": record.top_k,
-        "gen_ai.request.stop_sequences": record.stop_sequences,
-    }
-    attributes.update({k: v for k, v in optional.items() if v is not None})
+    if record.server_port is not None:
+        attributes["server.port"] = record.server_port
+    if record.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = record.max_tokens
+    if record.temperature is not None:
+        attributes["gen_ai.request.temperature"] = record.temperature
+    if record.top_p is not None:
+        attributes["gen_ai.request.top_p"] = record.top_p
+    if record.top_k is not None:
+        attributes["gen_ai.request.top_k"] = record.top_k
+    if record.stop_sequences is not None:
+        attributes["gen_ai.request.stop_sequences"] = record.stop_sequences
     return attributes
 
 
-def end_attributes(record: StreamRecord) -> dict[str, Any]:
+def end_attributes(record: StreamRecord, is_failed: bool | None = None) -> dict[str, Any]:
     """Attributes known when the stream ends: response, usage, outcome, timings."""
     attributes: dict[str, Any] = {
         "gen_ai.usage.input_tokens": record.total_input_tokens,
@@ -53,13 +56,14 @@ def end_attributes(record: StreamRecord) -> dict[str, Any]:
         "sidecar.upstream.retries": record.retries,
         "sidecar.queue.wait": record.queue_wait,
     }
-    optional: dict[str, Any] = {
-        "gen_ai.response.id": record.response_id,
-        "gen_ai.response.model": record.response_model,
-        "error.type": (record.error_type or "_OTHER") if failed(record) else None,
-        "http.response.status_code": record.upstream_status,
-    }
-    attributes.update({k: v for k, v in optional.items() if v is not None})
+    if record.response_id is not None:
+        attributes["gen_ai.response.id"] = record.response_id
+    if record.response_model is not None:
+        attributes["gen_ai.response.model"] = record.response_model
+    if failed(record) if is_failed is None else is_failed:
+        attributes["error.type"] = record.error_type or "_OTHER"
+    if record.upstream_status is not None:
+        attributes["http.response.status_code"] = record.upstream_status
     if record.stop_reason is not None:
         attributes["gen_ai.response.finish_reasons"] = [record.stop_reason]
     if record.stream and record.first_chunk_at is not None and record.upstream_started:
@@ -69,7 +73,7 @@ def end_attributes(record: StreamRecord) -> dict[str, Any]:
     return attributes
 
 
-def metric_attributes(record: StreamRecord) -> dict[str, Any]:
+def metric_attributes(record: StreamRecord, is_failed: bool | None = None) -> dict[str, Any]:
     """The spec's common metric attributes; all bounded (never ids, users or text)."""
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": record.operation,
@@ -81,14 +85,16 @@ def metric_attributes(record: StreamRecord) -> dict[str, Any]:
         attributes["server.port"] = record.server_port
     if record.response_model:
         attributes["gen_ai.response.model"] = record.response_model
-    if failed(record):
+    if failed(record) if is_failed is None else is_failed:
         attributes["error.type"] = record.error_type or "_OTHER"
     return attributes
 
 
-def record_metrics(inst: Instruments, record: StreamRecord, ended: float) -> None:
+def record_metrics(
+    inst: Instruments, record: StreamRecord, ended: float, is_failed: bool | None = None
+) -> None:
     """Every histogram point of one stream, once, at its end."""
-    metric = metric_attributes(record)
+    metric = metric_attributes(record, is_failed)
     inst.streams.add(1, {**metric, "sidecar.stream.outcome": record.outcome})
     sent = record.upstream_started
     if sent is None:
