@@ -26,6 +26,7 @@ FORWARDED_REQUEST_HEADERS: Final = ("anthropic-version", "anthropic-beta", "cont
 # Response headers that come back to the client unchanged.
 RETURNED_RESPONSE_HEADERS: Final = ("request-id", "retry-after", "retry-after-ms", "x-should-retry")
 RATELIMIT_PREFIX: Final = "anthropic-ratelimit-"
+_URL_CACHE: Final = 256  # joined URLs remembered (paths may carry client query strings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,16 @@ class ClaudeClient:
         self._key = config.api_key.get_secret_value() if config.api_key else None
         self.server_address = self._base.host or ""
         self.server_port = self._base.port
+        self._urls: dict[str, URL] = {}
+
+    def url_for(self, path: str) -> URL:
+        """The Claude URL of `path` (+ query); joined once per distinct path."""
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE:
+                self._urls.clear()
+            url = self._urls[path] = self._base.join(URL(path, encoded=True))
+        return url
 
     def request_headers(self, client: Mapping[str, str]) -> dict[str, str]:
         """Headers for Claude: the sidecar's own key plus the client's version/beta."""
@@ -85,7 +96,7 @@ class ClaudeClient:
         self, attempt: Attempt, body: bytes | None
     ) -> tuple[aiohttp.ClientResponse, int]:
         """Send with retries; returns (response, retries used). Raises Rejection if unreachable."""
-        url = self._base.join(URL(attempt.path, encoded=True))
+        url = self.url_for(attempt.path)
         retries = 0
         while True:
             try:

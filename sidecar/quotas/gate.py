@@ -8,6 +8,7 @@ settlement when the stream ends, whatever ended it. Nothing here runs per event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import secrets
@@ -23,6 +24,7 @@ from sidecar.quotas.stores import Decision, Limits, QuotaStore, StoreError, make
 
 log = logging.getLogger("sidecar.quotas")
 _CLOSE_WAIT: Final = 5.0  # seconds close() waits for settlements still running
+_LIMITS_CACHE: Final = 256  # policies remembered per gate
 _NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 
 StoreErrorHook = Callable[[str, str], None]  # (on_store_error mode, operation)
@@ -54,7 +56,12 @@ def subject_of(policy: QuotaConfig, scope: str, identity: Identity, client_ip: s
 
 def rfc3339(epoch: float) -> str:
     """Whole seconds, rounded up, in UTC: `2026-01-01T00:00:00Z` (as Anthropic's reset headers)."""
-    return datetime.fromtimestamp(math.ceil(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339_second(math.ceil(epoch))
+
+
+@functools.lru_cache(maxsize=256)  # resets fall on few distinct seconds: format each once
+def _rfc3339_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def ratelimit_headers(decision: Decision) -> dict[str, str]:
@@ -161,6 +168,11 @@ class QuotaLease:
         self._settled = True
         if self._renewal is not None:
             self._renewal.cancel()
+        if gate.store.settles_inline:  # cannot suspend, so cannot be cut short: no task
+            await gate.settle_now(
+                self._subject, limits, self.lease_id, self._reserved, input_tokens + output_tokens
+            )
+            return
         task = gate.settle_later(
             self._subject, limits, self.lease_id, self._reserved, input_tokens + output_tokens
         )
@@ -184,6 +196,7 @@ class QuotaGate:
         self.on_store_error = on_store_error
         self._pending: set[asyncio.Task[None]] = set()
         self._degraded = False
+        self._limits: dict[int, tuple[QuotaConfig, Limits]] = {}  # by id(policy)
 
     @classmethod
     def from_config(
@@ -250,7 +263,7 @@ class QuotaGate:
         """Admit one Claude call (request, token reservation, stream slot) or raise Rejection."""
         if not policy.enabled:
             return NO_LEASE
-        limits = limits_of(policy)
+        limits = self._limits_of(policy)
         subject = subject_of(policy, scope, identity, client_ip)
         reserve = reserve_tokens if limits.counts_tokens else 0
         lease = QuotaLease(self, subject, limits, reserve)
@@ -274,6 +287,23 @@ class QuotaGate:
         subject = subject_of(policy, scope, identity, client_ip)
         decision = await self._admit(policy, subject, limits, 0, NO_LEASE)
         return _NO_HEADERS if decision is None else ratelimit_headers(decision)
+
+    def _limits_of(self, policy: QuotaConfig) -> Limits:
+        """`limits_of` once per policy object (policies live as long as their config)."""
+        cached = self._limits.get(id(policy))
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        if len(self._limits) >= _LIMITS_CACHE:  # reloads bring new policy objects
+            self._limits.clear()
+        limits = limits_of(policy)
+        self._limits[id(policy)] = (policy, limits)
+        return limits
+
+    async def settle_now(
+        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+    ) -> None:
+        """One settlement in the caller's task (for stores whose `settle` never suspends)."""
+        await self._settle(subject, limits, lease_id, reserved, used)
 
     def settle_later(
         self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int

@@ -96,6 +96,9 @@ class QuotaStore(ABC):
 
     # True when leases must be renewed while a stream lives (the store outlives the process).
     renews_leases: bool = False
+    # True when `settle` finishes without suspending (no I/O): callers may await it in
+    # place instead of running it as a shielded task of its own.
+    settles_inline: bool = False
 
     @abstractmethod
     async def admit(self, subject: str, limits: Limits, tokens: int, lease_id: str) -> Decision:

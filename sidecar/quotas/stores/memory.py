@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,20 +31,26 @@ class _Subject:
     forget_at: float = 0.0  # every bucket full and no lease left: as good as absent
 
 
-def _buckets(limits: Limits) -> list[tuple[str, int, float, LimitedBy]]:
+_Bucket = tuple[str, int, float, LimitedBy]
+
+
+@functools.lru_cache(maxsize=256)  # one entry per distinct policy: built once, not per call
+def _buckets(limits: Limits) -> tuple[_Bucket, ...]:
     """The enabled buckets, in the order limits are checked (ties go to the first)."""
-    buckets: list[tuple[str, int, float, LimitedBy]] = []
+    buckets: list[_Bucket] = []
     if limits.requests_per_minute is not None:
         buckets.append(("r", limits.requests_per_minute, MINUTE, "requests"))
     if limits.tokens_per_minute is not None:
         buckets.append(("m", limits.tokens_per_minute, MINUTE, "tokens_per_minute"))
     if limits.tokens_per_day is not None:
         buckets.append(("d", limits.tokens_per_day, DAY, "tokens_per_day"))
-    return buckets
+    return tuple(buckets)
 
 
 class MemoryQuotaStore(QuotaStore):
     """Buckets and leases in a dict; `clock` (epoch seconds) is injectable for tests."""
+
+    settles_inline = True  # no I/O: `settle` never suspends, so nothing can cut it short
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -53,12 +60,12 @@ class MemoryQuotaStore(QuotaStore):
     def __len__(self) -> int:
         return len(self._subjects)
 
-    def _refilled(self, subject: str, limits: Limits, now: float) -> _Subject:
+    def _refilled(self, subject: str, buckets: tuple[_Bucket, ...], now: float) -> _Subject:
         state = self._subjects.get(subject)
         if state is None:
             state = self._subjects[subject] = _Subject(at=now)
         elapsed = max(0.0, now - state.at)
-        for name, limit, period, _ in _buckets(limits):
+        for name, limit, period, _ in buckets:
             level = state.levels.get(name, float(limit))
             state.levels[name] = min(float(limit), level + elapsed * limit / period)
         state.at = now
@@ -66,10 +73,10 @@ class MemoryQuotaStore(QuotaStore):
             state.leases = {lid: exp for lid, exp in state.leases.items() if exp > now}
         return state
 
-    def _forget_at(self, state: _Subject, limits: Limits) -> float:
+    def _forget_at(self, state: _Subject, buckets: tuple[_Bucket, ...]) -> float:
         full = [
             state.at + (limit - state.levels[name]) * period / limit
-            for name, limit, period, _ in _buckets(limits)
+            for name, limit, period, _ in buckets
         ]
         return max([state.at, *full, *state.leases.values()])
 
@@ -78,13 +85,14 @@ class MemoryQuotaStore(QuotaStore):
         self._admissions += 1
         if self._admissions % _SWEEP_EVERY == 0:
             self._sweep(now)
-        state = self._refilled(subject, limits, now)
+        buckets = _buckets(limits)
+        state = self._refilled(subject, buckets, now)
         limited_by: LimitedBy | None = None
         wait = 0.0
-        for name, limit, period, label in _buckets(limits):
+        for name, limit, period, label in buckets:
             cost = 1 if name == "r" else tokens
             if name != "r" and cost > limit:
-                return self._decision(state, limits, now, False, "too_large", 0.0)
+                return self._decision(state, buckets, now, False, "too_large", 0.0)
             level = state.levels[name]
             if level < cost and (cost - level) * period / limit > wait:
                 limited_by, wait = label, (cost - level) * period / limit
@@ -92,18 +100,18 @@ class MemoryQuotaStore(QuotaStore):
         if slots is not None and len(state.leases) >= slots and wait < CONCURRENCY_RETRY_SECONDS:
             limited_by, wait = "concurrency", CONCURRENCY_RETRY_SECONDS
         if limited_by is not None:
-            return self._decision(state, limits, now, False, limited_by, wait)
-        for name, _, _, _ in _buckets(limits):
+            return self._decision(state, buckets, now, False, limited_by, wait)
+        for name, _, _, _ in buckets:
             state.levels[name] -= 1 if name == "r" else tokens
         if slots is not None:
             state.leases[lease_id] = now + limits.lease_seconds
-        state.forget_at = self._forget_at(state, limits)
-        return self._decision(state, limits, now, True, None, 0.0)
+        state.forget_at = self._forget_at(state, buckets)
+        return self._decision(state, buckets, now, True, None, 0.0)
 
     def _decision(
         self,
         state: _Subject,
-        limits: Limits,
+        buckets: tuple[_Bucket, ...],
         now: float,
         admitted: bool,
         limited_by: LimitedBy | None,
@@ -111,7 +119,7 @@ class MemoryQuotaStore(QuotaStore):
     ) -> Decision:
         windows = {
             name: BucketState(limit, period, state.levels[name]).window(now)
-            for name, limit, period, _ in _buckets(limits)
+            for name, limit, period, _ in buckets
         }
         return Decision(
             admitted=admitted,
@@ -125,12 +133,13 @@ class MemoryQuotaStore(QuotaStore):
     async def settle(
         self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
     ) -> None:
-        state = self._refilled(subject, limits, self._clock())
-        for name, limit, _, _ in _buckets(limits):
+        buckets = _buckets(limits)
+        state = self._refilled(subject, buckets, self._clock())
+        for name, limit, _, _ in buckets:
             if name != "r":
                 state.levels[name] = min(float(limit), state.levels[name] + reserved - used)
         state.leases.pop(lease_id, None)
-        state.forget_at = self._forget_at(state, limits)
+        state.forget_at = self._forget_at(state, buckets)
 
     async def renew(self, subject: str, lease_id: str, lease_seconds: float) -> bool:
         now = self._clock()
