@@ -1,9 +1,14 @@
 """The hot path: relay one Claude stream to one client, chunk by chunk, unbuffered.
 
-Each upstream read is framed and written straight to the client transport (one
-write, no per-chunk drain, no re-chunking); the same bytes are scanned for event
-boundaries so usage and text deltas are seen without decoding every event.
-Slow clients are handled by draining only when the transport buffer is high.
+aiohttp parses Claude's response (status, headers, chunked framing); its body reader
+is then switched to push mode (`_PushReader`): the parser hands each body chunk
+straight to `LiveStream.on_data`, inside the upstream socket's read callback. There,
+the chunk is framed and written to the client transport in one call and scanned for
+event boundaries (usage and text deltas) without decoding every event. No task wakes
+up, no future is created and no buffer holds the bytes between Claude and the client.
+
+The relay task only waits for the end, and for a slow client: past `HIGH_WATER` bytes
+queued for the client, reading from Claude pauses until the client catches up.
 
 A per-stream timer (not a task) ticks a few times per heartbeat/idle interval: it
 sends `: ping` comments when the stream is quiet and ends a stalled upstream with
@@ -13,17 +18,20 @@ an `idle_timeout` error event. Shutdown ends live streams the same way.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Final
 
 import aiohttp
 from aiohttp import web
+from aiohttp.streams import StreamReader
 
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import PING, EventScanner
 from sidecar.usage import observe
 
-HIGH_WATER: Final = 256 * 1024  # bytes queued for a slow client before we wait for it
+log = logging.getLogger("sidecar.relay")
+HIGH_WATER: Final = 256 * 1024  # bytes queued for a slow client before Claude is paused
 STOP: Final = b"message_stop"
 
 
@@ -45,7 +53,7 @@ class Translator:
 
 
 class StopStream(Exception):
-    """Raised into the upstream reader to end a stream early (idle timeout, shutdown)."""
+    """Why a stream ended early (idle timeout, shutdown)."""
 
     def __init__(self, outcome: Outcome, error_type: str, message: str) -> None:
         super().__init__(message)
@@ -54,13 +62,50 @@ class StopStream(Exception):
         self.message = message
 
 
+# The live stream each push-mode reader feeds. Keyed by the reader, so nothing is
+# attached to aiohttp's objects; an entry lives exactly as long as its relay.
+_SINKS: dict[StreamReader, LiveStream] = {}
+
+
+class _PushReader(StreamReader):
+    """aiohttp's body reader, inside out: what the parser feeds goes to the relay at once.
+
+    Same layout as `StreamReader` (no new slots), so a live reader can switch class.
+    The parser calls these from the upstream protocol's `data_received`.
+    """
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes, size: int = 0) -> bool:
+        _SINKS[self].on_data(data)
+        return False  # nothing held back: the parser need not call again
+
+    def begin_http_chunk_receiving(self) -> None:
+        return None  # chunk offsets are kept for readers; nothing reads here
+
+    def end_http_chunk_receiving(self) -> None:
+        return None
+
+    def feed_eof(self) -> None:
+        sink = _SINKS.pop(self, None)
+        super().feed_eof()  # runs aiohttp's end-of-body callbacks: the connection goes back
+        if sink is not None:
+            sink.on_end(None)
+
+    def set_exception(self, exc: BaseException, *cause: BaseException) -> None:
+        super().set_exception(exc, *cause)
+        sink = _SINKS.pop(self, None)
+        if sink is not None:
+            sink.on_end(exc)
+
+
 class LiveStream:
-    """One stream in flight: the relay loop plus its watchdog timer."""
+    """One stream in flight: the push-mode relay, its end, and its watchdog timer."""
 
     __slots__ = (
-        "_chunked", "_last_ping", "_last_progress", "_loop", "_scanner", "_seen", "_tick_every",
-        "_timer", "_transport", "_writer", "heartbeat", "idle_timeout", "record", "translator",
-        "upstream",
+        "_chunked", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused",
+        "_scanner", "_seen", "_tick_every", "_timer", "_transport", "_wakeup", "_writer",
+        "heartbeat", "idle_timeout", "record", "saw_stop", "translator", "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -83,9 +128,14 @@ class LiveStream:
         self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
         self._loop = asyncio.get_running_loop()
         self._scanner = EventScanner()
+        self._ended = False
+        self._end: BaseException | None = None  # why the upstream body ended (None: EOF)
+        self._wakeup: asyncio.Future[None] | None = None
+        self._paused = False
         self.upstream = upstream
         self.record = record
         self.translator = translator
+        self.saw_stop = False
         self.heartbeat = heartbeat
         self.idle_timeout = idle_timeout
         self._tick_every = min(max(min(heartbeat, idle_timeout) / 4, 0.05), 5.0)
@@ -101,64 +151,109 @@ class LiveStream:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         self._transport.write(data)
 
-    # ------------------------------------------------------------------ relay
+    # ------------------------------------------------------------------ push side
+
+    def on_data(self, chunk: bytes) -> None:
+        """One body chunk from Claude, straight from the parser: relay it and account for it."""
+        if self._ended:
+            return
+        transport = self._transport
+        if transport.is_closing():
+            self.record.outcome = "client_cancelled"
+            self.on_end(None)
+            return
+        record = self.record
+        record.chunks += 1
+        if record.first_chunk_at is None:
+            record.first_chunk_at = time.perf_counter()
+        if self.translator.passthrough:
+            self.write(chunk)  # before scanning: the client never waits for accounting
+            for block in self._scanner.feed(chunk):
+                if observe(record, block) == STOP:
+                    self.saw_stop = True
+        else:
+            out = b""
+            translate = self.translator.translate
+            for block in self._scanner.feed(chunk):
+                name = observe(record, block)
+                if name == STOP:
+                    self.saw_stop = True
+                out += translate(block, name, record)
+            if out:
+                self.write(out)
+        if not self._paused and transport.get_write_buffer_size() > HIGH_WATER:
+            self._paused = True  # the relay task waits for the client, then resumes Claude
+            self.upstream.connection.protocol.pause_reading()  # type: ignore[union-attr]
+            self._wake()
+
+    def on_end(self, error: BaseException | None) -> None:
+        """Claude's body ended (None: complete) or failed: the relay task finishes up."""
+        if not self._ended:
+            self._ended = True
+            self._end = error
+            self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    # ------------------------------------------------------------------ relay task
 
     async def run(self) -> None:
         """Relay until the upstream ends, fails or is stopped; sets the record's outcome."""
         record = self.record
-        translator = self.translator
-        passthrough = translator.passthrough
-        feed = self._scanner.feed
-        read = self.upstream.content.readany
-        transport = self._transport
-        write = self.write
-        saw_stop = False
+        reader = self.upstream.content
         self._arm()
         try:
-            while True:
-                chunk = await read()
-                if not chunk:
-                    break
-                if transport.is_closing():
-                    record.outcome = "client_cancelled"
-                    return
-                record.chunks += 1
-                if record.first_chunk_at is None:
-                    record.first_chunk_at = time.perf_counter()
-                if passthrough:
-                    write(chunk)  # before scanning: the client never waits for accounting
-                    for block in feed(chunk):
-                        if observe(record, block) == STOP:
-                            saw_stop = True
-                else:
-                    out = b""
-                    for block in feed(chunk):
-                        name = observe(record, block)
-                        if name == STOP:
-                            saw_stop = True
-                        out += translator.translate(block, name, record)
-                    if out:
-                        write(out)
-                if transport.get_write_buffer_size() > HIGH_WATER:
+            # Bytes that came with Claude's headers are already buffered: relay them first,
+            # then let the parser push the rest (no await in between, so nothing is missed).
+            early = reader.read_nowait() if reader.exception() is None else b""
+            failed = reader.exception()
+            if early:
+                self.on_data(early)
+            if failed is not None:
+                self.on_end(failed)
+            elif reader.is_eof():
+                self.on_end(None)
+            elif not self._ended:
+                _SINKS[reader] = self
+                reader.__class__ = _PushReader
+            while not self._ended:
+                self._wakeup = self._loop.create_future()
+                await self._wakeup
+                if self._paused and not self._ended:
                     await self._writer.drain()
-            record.last_chunk_at = time.perf_counter()
-            if record.error_type is not None:
-                record.outcome = "upstream_error"
-            elif not saw_stop:
-                self._fail("upstream_error", "api_error", "Claude's stream ended early")
-            elif not passthrough:
-                write(translator.finish(record))
-        except StopStream as stop:
-            self._fail(stop.outcome, stop.error_type, stop.message)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-            self._fail("upstream_error", "api_error", "connection to Claude was lost")
+                    self._paused = False
+                    self.upstream.connection.protocol.resume_reading()  # type: ignore[union-attr]
+            self._finish(self._end)
         except asyncio.CancelledError:
             record.outcome = "client_cancelled"
             raise
         finally:
+            _SINKS.pop(reader, None)
             if self._timer is not None:
                 self._timer.cancel()
             self.upstream.close()  # releases (and on early exit, drops) the upstream connection
+
+    def _finish(self, end: BaseException | None) -> None:
+        record = self.record
+        if record.outcome == "client_cancelled":
+            return
+        record.last_chunk_at = time.perf_counter()
+        if isinstance(end, StopStream):
+            self._fail(end.outcome, end.error_type, end.message)
+        elif end is not None:
+            if not isinstance(end, aiohttp.ClientError | OSError):
+                # Raised inside the relay itself (the parser hands it back): a bug, say so.
+                log.error("relay failed", exc_info=end, extra={"request_id": record.request_id})
+            self._fail("upstream_error", "api_error", "connection to Claude was lost")
+        elif record.error_type is not None:
+            record.outcome = "upstream_error"
+        elif not self.saw_stop:
+            self._fail("upstream_error", "api_error", "Claude's stream ended early")
+        elif not self.translator.passthrough:
+            self.write(self.translator.finish(record))
 
     def _fail(self, outcome: Outcome, error_type: str, message: str) -> None:
         self.record.outcome = outcome
@@ -170,8 +265,8 @@ class LiveStream:
     # ------------------------------------------------------------------ watchdog
 
     def stop(self, outcome: Outcome, error_type: str, message: str) -> None:
-        """End the stream from outside the relay loop (shutdown, idle timeout)."""
-        self.upstream.content.set_exception(StopStream(outcome, error_type, message))
+        """End the stream from outside the relay (shutdown, idle timeout)."""
+        self.on_end(StopStream(outcome, error_type, message))
 
     def _arm(self) -> None:
         self._timer = self._loop.call_later(self._tick_every, self._tick)
@@ -181,7 +276,7 @@ class LiveStream:
         if self.record.chunks != self._seen:
             self._seen = self.record.chunks
             self._last_progress = now
-        elif now - self._last_progress >= self.idle_timeout:
+        elif now - self._last_progress >= self.idle_timeout and not self._paused:
             self._timer = None
             self.stop(
                 "idle_timeout",
@@ -190,7 +285,7 @@ class LiveStream:
             )
             return
         quiet = now - max(self._last_progress, self._last_ping)
-        if quiet >= self.heartbeat and not self._scanner.pending:
+        if quiet >= self.heartbeat and not self._scanner.pending and not self._paused:
             self._last_ping = now
             if not self._transport.is_closing():
                 self.write(PING)

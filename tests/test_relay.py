@@ -1,0 +1,86 @@
+"""The push-mode relay over real sockets: a slow client pauses Claude, nothing is lost,
+and a finished stream hands its upstream connection back for reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import aiohttp
+
+from sidecar.relay import LiveStream
+from tests.conftest import SidecarFactory
+from tests.support import eventually
+
+TOKENS = 5000  # ~600 KB of events: more than the relay's high-water mark plus tiny socket buffers
+
+
+async def test_slow_client_pauses_claude_and_loses_nothing(sidecar_for: SidecarFactory) -> None:
+    body = json.dumps({
+        "model": "claude-sonnet-5-5", "max_tokens": TOKENS + 10, "stream": True,
+        "messages": [{"role": "user", "content": f"[[fake tokens={TOKENS}]] flood"}],
+    }).encode()  # fmt: skip
+    claude = {"idle_timeout_seconds": 0.3, "heartbeat_seconds": 0.1}
+    async with sidecar_for({"claude": claude}) as sidecar:
+        for site in sidecar._sites:  # accepted sockets inherit a small send buffer from these
+            for listener in site._server.sockets:  # type: ignore[union-attr]
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads slowly
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
+        )
+        await writer.drain()
+
+        def live() -> LiveStream | None:
+            streams = list(sidecar.runtime.streams._streams)
+            return streams[0] if streams else None
+
+        async def paused() -> bool:
+            stream = live()
+            return stream is not None and stream._paused
+
+        await eventually(paused)  # the client's buffers are full: Claude is paused, not buffered
+        queued = sidecar.runtime.streams._streams.copy().pop()._transport.get_write_buffer_size()
+        assert queued < 2 * 1024 * 1024  # held back at the high-water mark, not the whole stream
+        await asyncio.sleep(0.6)  # paused for longer than the idle timeout: still not idle
+        assert live() is not None
+        raw = await reader.read()  # now read everything
+        writer.close()
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    payload = _dechunk(chunked)
+    events = payload.split(b"\n\n")
+    assert sum(1 for e in events if e.startswith(b"event: content_block_delta")) == TOKENS
+    assert events[-2].startswith(b"event: message_stop")  # complete, no error event
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while True:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += rest[:size]
+        data = rest[size + 2 :]
+
+
+async def test_finished_streams_reuse_the_upstream_connection(
+    sidecar_for: SidecarFactory,
+) -> None:
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": "again"}]}  # fmt: skip
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        for _ in range(5):
+            async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+                assert b"message_stop" in await response.read()
+        connector = sidecar.runtime.claude._session.connector
+        assert connector is not None
+        idle = sum(len(conns) for conns in connector._conns.values())
+        assert idle == 1  # one keep-alive connection served all five streams
