@@ -22,7 +22,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import cpu_ns, free_port  # noqa: E402  (bench/ is on the path as the script's folder)
 
 from sidecar.quotas.stores import Limits, MemoryQuotaStore, QuotaStore  # noqa: E402
 from sidecar.quotas.stores.redis import RedisQuotaStore  # noqa: E402
@@ -51,21 +52,6 @@ QUOTAS_ON = {
     "requests_per_minute": 10**9, "tokens_per_minute": 10**12,
     "tokens_per_day": 10**12, "concurrent_streams": 10**6,
 }  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_ns(pid: int) -> int:
-    """CPU time of every thread of a process, in nanoseconds."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total
 
 
 def pct(values: list[float], q: float) -> float:

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,32 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import cpu_ns, free_port, rss_kib  # bench/ is on the path as the script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 API_KEY = "bench-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_ns(pid: int) -> int:
-    """CPU time of every thread of a process, in nanoseconds."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def wait_http(url: str, timeout: float = 30) -> None:
