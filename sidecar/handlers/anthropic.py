@@ -83,15 +83,16 @@ def upstream_path(ctx: RequestContext) -> str:
 
 async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
     """Dispatch within the Anthropic family by path."""
-    path = upstream_path(ctx).partition("?")[0].rstrip("/")
+    path_qs = upstream_path(ctx)
+    path = path_qs.partition("?")[0].rstrip("/")
     if path == "/v1/messages":
-        return await _messages(ctx)
+        return await _messages(ctx, path_qs)
     if path == "/v1/messages/count_tokens":
-        return await _count_tokens(ctx)
-    return await _forward(ctx, None)
+        return await _count_tokens(ctx, path_qs)
+    return await _forward(ctx, path_qs, None)
 
 
-async def _messages(ctx: RequestContext) -> web.StreamResponse:
+async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
     config = ctx.runtime.config
     raw = await read_body(ctx.request, config.server.max_body_bytes)
@@ -111,7 +112,7 @@ async def _messages(ctx: RequestContext) -> web.StreamResponse:
     if config.telemetry.capture_content:
         record.prompt_text = json.dumps(body.get("messages"))[:65536]
     call = ClaudeRequest(
-        attempt=Attempt("POST", upstream_path(ctx), _claude_headers(ctx)),
+        attempt=Attempt("POST", path_qs, _claude_headers(ctx)),
         body=raw,
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
@@ -119,7 +120,7 @@ async def _messages(ctx: RequestContext) -> web.StreamResponse:
     return await call_claude(ctx, call, record, PASSTHROUGH)
 
 
-async def _count_tokens(ctx: RequestContext) -> web.StreamResponse:
+async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
     raw = await read_body(ctx.request, ctx.runtime.config.server.max_body_bytes)
     body = parse_json_object(raw)
@@ -127,10 +128,10 @@ async def _count_tokens(ctx: RequestContext) -> web.StreamResponse:
     if isinstance(model, str):
         check_model(ctx, model)
     _screen(ctx, body)
-    return await _forward(ctx, raw)
+    return await _forward(ctx, path_qs, raw)
 
 
-async def _forward(ctx: RequestContext, body: bytes | None) -> web.StreamResponse:
+async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web.StreamResponse:
     """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is."""
     request = ctx.request
     if body is None and request.can_read_body:
@@ -143,9 +144,7 @@ async def _forward(ctx: RequestContext, body: bytes | None) -> web.StreamRespons
     )
     headers = _claude_headers(ctx)
     ctx.runtime.telemetry.inject(ctx.span, headers)
-    upstream, _ = await ctx.runtime.claude.send(
-        Attempt(request.method, upstream_path(ctx), headers), body
-    )
+    upstream, _ = await ctx.runtime.claude.send(Attempt(request.method, path_qs, headers), body)
     try:
         payload = await upstream.read()
     finally:

@@ -13,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
+    ExemplarFilter,
+    MeterProvider,
+    TraceBasedExemplarFilter,
+)
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import (
     TELEMETRY_SDK_LANGUAGE,
@@ -79,6 +85,22 @@ def sampler_of(env: Mapping[str, str]) -> Sampler:
         "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
     }
     return samplers.get(name, ParentBased(ALWAYS_ON))
+
+
+def exemplar_filter_of(env: Mapping[str, str]) -> ExemplarFilter:
+    """`OTEL_METRICS_EXEMPLAR_FILTER` when set, else `always_off`.
+
+    The SDK's default, `trace_based`, samples only measurements made while a sampled
+    span is current, and the sidecar never makes its spans current (it parents them
+    explicitly): it would never keep an exemplar, yet costs a context lookup on every
+    measurement.
+    """
+    name = env.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip().lower()
+    if name == "trace_based":
+        return TraceBasedExemplarFilter()
+    if name == "always_on":
+        return AlwaysOnExemplarFilter()
+    return AlwaysOffExemplarFilter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,5 +197,7 @@ def build_providers(
         )
     if target.metrics is not None:
         readers.append(_metric_reader(target, target.metrics))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, exemplar_filter=exemplar_filter_of(env)
+    )
     return Providers(tracer_provider, meter_provider, registry, readers)
