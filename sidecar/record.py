@@ -6,6 +6,7 @@ values (durations, rates, cost) are computed once when the stream finishes.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,6 +61,7 @@ class StreamRecord:
     prompt_text: str | None = None  # GenAI `gen_ai.input.messages` JSON, when captured
     completion_parts: list[str] = field(default_factory=list)  # text deltas, when captured
     log_base: dict[str, Any] | None = None  # fields both stream log lines share (telemetry)
+    pending_start: asyncio.Handle | None = None  # telemetry's deferred stream start, until run
 
     @property
     def total_input_tokens(self) -> int:

@@ -119,7 +119,13 @@ class Telemetry:
         self._propagator.inject(headers, context=trace.set_span_in_context(span))
 
     def start_stream(self, record: StreamRecord, parent: Context, body: bytes = b"") -> Span:
-        """The CLIENT span `chat {model}` of one Claude call; ends in `finish_stream`."""
+        """The CLIENT span `chat {model}` of one Claude call; ends in `finish_stream`.
+
+        The span starts now (Claude is sent its id); the `stream_start` line and the
+        queue wait point are left to the loop's next turn, which comes while the call
+        waits for Claude: they are off the path to the first token. `finish_stream`
+        runs them first if the call ends before that turn.
+        """
         if self.config.capture_content:
             record.capture = True
             record.system_text, record.prompt_text = request_content(body)
@@ -129,17 +135,33 @@ class Telemetry:
             kind=SpanKind.CLIENT,
             attributes=streams.start_attributes(record),
         )
-        # Ids, identity hashes and trace ids are the same on both stream lines: once.
-        record.log_base = self._log_base(record, span)
-        if stream_log.isEnabledFor(logging.INFO):
-            stream_log.info("stream_start", extra={"event": "stream_start", **record.log_base})
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a direct call): nothing to wait for
+            self._announce(record, span)
+        else:
+            record.pending_start = loop.call_soon(self._announce, record, span)
         return span
+
+    def _announce(self, record: StreamRecord, span: Span) -> None:
+        """The deferred half of `start_stream`; runs exactly once per stream."""
+        record.pending_start = None
+        try:
+            # Ids, identity hashes and trace ids are the same on both stream lines: once.
+            record.log_base = self._log_base(record, span)
+            if stream_log.isEnabledFor(logging.INFO):
+                stream_log.info("stream_start", extra={"event": "stream_start", **record.log_base})
+            if record.admitted:
+                self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
+        except Exception:  # telemetry must never break a response
+            stream_log.exception("telemetry failed for a stream")
 
     def admitted(self, record: StreamRecord) -> None:
         """The call got a stream slot: active until `finish_stream`; its queue wait recorded."""
         record.admitted = True
         self.instruments.active_streams.add(1, self._route_attributes(record.route))
-        self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
+        if record.pending_start is None:  # else the pending `_announce` records it
+            self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
 
     def finish_stream(self, record: StreamRecord, span: Span) -> None:
         """Everything about a finished stream, once: span attributes, metrics, log line."""
@@ -151,6 +173,9 @@ class Telemetry:
                 span.end()
 
     def _finish(self, record: StreamRecord, span: Span) -> None:
+        if record.pending_start is not None:  # ended before the loop came round: start first
+            record.pending_start.cancel()
+            self._announce(record, span)
         ended = record.ended or record.last_chunk_at or record.started
         failed = streams.failed(record)
         base = record.log_base if record.log_base is not None else self._log_base(record, span)
