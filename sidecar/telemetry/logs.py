@@ -34,8 +34,22 @@ def _trace_fields(record: logging.LogRecord) -> dict[str, str]:
     return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
 
+# Which attributes of a record came from `extra`, by the record's attribute names in
+# order: a logger call site produces the same names every time, so each is sorted once.
+_EXTRA_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_EXTRA_KEYS_LIMIT: Final = 256
+
+
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    attributes = vars(record)
+    names = tuple(attributes)
+    keys = _EXTRA_KEYS.get(names)
+    if keys is None:
+        keys = tuple(k for k in names if k not in _STANDARD and not k.startswith("_"))
+        if len(_EXTRA_KEYS) >= _EXTRA_KEYS_LIMIT:
+            _EXTRA_KEYS.clear()
+        _EXTRA_KEYS[names] = keys
+    return {k: attributes[k] for k in keys}
 
 
 class JsonFormatter(logging.Formatter):
