@@ -137,3 +137,22 @@ async def test_stream_start_comes_first_even_for_a_call_ended_at_once(
     # One queue wait point per admitted call, however the deferred start and admission interleave.
     assert otel.count("sidecar.queue.wait", **{"sidecar.queue.admitted": True}) == 1
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "rejected"}) == 1
+
+
+async def test_telemetry_off_still_logs_usage_and_cost(
+    sidecar_for: SidecarFactory, log_lines: io.StringIO
+) -> None:
+    """With the SDK off nothing is measured, but the stream lines keep every number."""
+    otel = make_otel(env={"OTEL_SDK_DISABLED": "true"})
+    assert not otel.telemetry.enabled
+    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+        status, _ = await prompt(sidecar.url, "hello [[fake tokens=3]]")
+    assert status == 200
+    entries = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    (complete,) = [e for e in entries if e["message"] == "stream_complete"]
+    assert complete["outcome"] == "completed"
+    assert complete["output_tokens"] == 3
+    assert complete["input_tokens"] > 0
+    assert complete["cost_usd"] > 0
+    assert complete["upstream_status"] == 200
+    assert otel.exporter.get_finished_spans() == ()  # no provider ever held the exporter

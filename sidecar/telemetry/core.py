@@ -67,6 +67,9 @@ class Telemetry:
         meter_provider: Any = providers.meter_provider if providers else NoOpMeterProvider()
         self._tracer: trace.Tracer = tracer_provider.get_tracer("claude-sidecar")
         self.instruments = Instruments(meter_provider.get_meter("claude-sidecar"))
+        # Off (no providers): spans do not record and no reader ever collects, so the
+        # per-call attribute dicts and measurements below are skipped, not built for nothing.
+        self._on = providers is not None
         self._routes: dict[str, dict[str, str]] = {}
         self._prices: dict[str, ModelPrice | None] = {}
 
@@ -133,7 +136,7 @@ class Telemetry:
             f"{record.operation} {record.request_model}",
             context=parent,
             kind=SpanKind.CLIENT,
-            attributes=streams.start_attributes(record),
+            attributes=streams.start_attributes(record) if self._on else None,
         )
         try:
             loop = asyncio.get_running_loop()
@@ -151,7 +154,7 @@ class Telemetry:
             record.log_base = self._log_base(record, span)
             if stream_log.isEnabledFor(logging.INFO):
                 stream_log.info("stream_start", extra={"event": "stream_start", **record.log_base})
-            if record.admitted:
+            if record.admitted and self._on:
                 self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
         except Exception:  # telemetry must never break a response
             stream_log.exception("telemetry failed for a stream")
@@ -159,6 +162,8 @@ class Telemetry:
     def admitted(self, record: StreamRecord) -> None:
         """The call got a stream slot: active until `finish_stream`; its queue wait recorded."""
         record.admitted = True
+        if not self._on:
+            return
         self.instruments.active_streams.add(1, self._route_attributes(record.route))
         if record.pending_start is None:  # else the pending `_announce` records it
             self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
@@ -179,6 +184,28 @@ class Telemetry:
         ended = record.ended or record.last_chunk_at or record.started
         failed = streams.failed(record)
         base = record.log_base if record.log_base is not None else self._log_base(record, span)
+        if span.is_recording():  # not when off or sampled out
+            self._end_attributes(record, span, failed, base)
+        span.end()
+
+        price = self._price(record.request_model)
+        cost = cost_usd(price, record) if price is not None else None
+        if self._on:
+            inst = self.instruments
+            if record.admitted:
+                inst.active_streams.add(-1, self._route_attributes(record.route))
+            if cost:
+                inst.cost.add(cost, {"gen_ai.request.model": record.request_model})
+            streams.record_metrics(inst, record, ended, failed)
+        level = logging.WARNING if failed else logging.INFO
+        if stream_log.isEnabledFor(level):
+            event = "stream_error" if failed else "stream_complete"
+            fields = {"event": event, **base, **streams.log_fields(record, ended, cost)}
+            stream_log.log(level, event, extra=fields)
+
+    def _end_attributes(
+        self, record: StreamRecord, span: Span, failed: bool, base: dict[str, Any]
+    ) -> None:
         # One `set_attributes`: the SDK cleans and locks once per call, not per group.
         attributes = streams.end_attributes(record, failed)
         if "user" in base:
@@ -195,21 +222,6 @@ class Telemetry:
         span.set_attributes(attributes)
         if failed:
             span.set_status(Status(StatusCode.ERROR, record.error_type or record.outcome))
-        span.end()
-
-        inst = self.instruments
-        if record.admitted:
-            inst.active_streams.add(-1, self._route_attributes(record.route))
-        price = self._price(record.request_model)
-        cost = cost_usd(price, record) if price is not None else None
-        if cost:
-            inst.cost.add(cost, {"gen_ai.request.model": record.request_model})
-        streams.record_metrics(inst, record, ended, failed)
-        level = logging.WARNING if failed else logging.INFO
-        if stream_log.isEnabledFor(level):
-            event = "stream_error" if failed else "stream_complete"
-            fields = {"event": event, **base, **streams.log_fields(record, ended, cost)}
-            stream_log.log(level, event, extra=fields)
 
     def _identity(self, value: str | None) -> str | None:
         mode = self.config.user_attribute
@@ -275,7 +287,8 @@ class Telemetry:
 
     def upstream_status(self, status: int) -> None:
         """One answer from Claude (every attempt, retried or not), by status code."""
-        self.instruments.upstream_responses.add(1, {"http.response.status_code": status})
+        if self._on:
+            self.instruments.upstream_responses.add(1, {"http.response.status_code": status})
 
     def upstream_retry(self, reason: str) -> None:
         """One retry of a Claude call before its first byte (`connect_error` or the status)."""
@@ -308,9 +321,10 @@ class Telemetry:
         span: Span | None,
     ) -> None:
         """The per-request access log line and request duration histogram."""
-        self.instruments.request_duration.record(
-            duration, {"http.route": route, "http.response.status_code": status}
-        )
+        if self._on:
+            self.instruments.request_duration.record(
+                duration, {"http.route": route, "http.response.status_code": status}
+            )
         if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, Any] = {
