@@ -8,6 +8,7 @@ settlement when the stream ends, whatever ended it. Nothing here runs per event.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import math
@@ -296,6 +297,10 @@ class QuotaGate:
         if len(self._limits) >= _LIMITS_CACHE:  # reloads bring new policy objects
             self._limits.clear()
         limits = limits_of(policy)
+        if not self.store.renews_leases:
+            # Nothing renews this store's leases and they die with the process anyway: a
+            # lease lives until its call settles, however long the stream runs.
+            limits = dataclasses.replace(limits, lease_seconds=math.inf)
         self._limits[id(policy)] = (policy, limits)
         return limits
 
