@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,30 @@ class _Subject:
     levels: dict[str, float] = field(default_factory=dict)  # bucket name -> level at `at`
     at: float = 0.0
     leases: dict[str, float] = field(default_factory=dict)  # lease id -> expiry
+    # Bounds on the leases' expiries, so a call never walks every lease of its subject
+    # (thousands when one key carries all traffic): none expires before `first_expiry`
+    # (it may be early, never late) and none after `last_expiry` (late, never early).
+    first_expiry: float = math.inf
+    last_expiry: float = -math.inf
     forget_at: float = 0.0  # every bucket full and no lease left: as good as absent
+
+    def open_lease(self, lease_id: str, expiry: float) -> None:
+        self.leases[lease_id] = expiry
+        self.first_expiry = min(self.first_expiry, expiry)
+        self.last_expiry = max(self.last_expiry, expiry)
+
+    def close_lease(self, lease_id: str) -> None:
+        self.leases.pop(lease_id, None)
+        if not self.leases:
+            self.first_expiry, self.last_expiry = math.inf, -math.inf
+
+    def drop_lapsed(self, now: float) -> None:
+        """Forget leases that expired by `now` (a walk only when one may have)."""
+        if now < self.first_expiry:
+            return
+        self.leases = {lid: exp for lid, exp in self.leases.items() if exp > now}
+        self.first_expiry = min(self.leases.values(), default=math.inf)
+        self.last_expiry = max(self.leases.values(), default=-math.inf)
 
 
 _Bucket = tuple[str, int, float, LimitedBy]
@@ -69,8 +93,7 @@ class MemoryQuotaStore(QuotaStore):
             level = state.levels.get(name, float(limit))
             state.levels[name] = min(float(limit), level + elapsed * limit / period)
         state.at = now
-        if state.leases:
-            state.leases = {lid: exp for lid, exp in state.leases.items() if exp > now}
+        state.drop_lapsed(now)
         return state
 
     def _forget_at(self, state: _Subject, buckets: tuple[_Bucket, ...]) -> float:
@@ -78,7 +101,7 @@ class MemoryQuotaStore(QuotaStore):
             state.at + (limit - state.levels[name]) * period / limit
             for name, limit, period, _ in buckets
         ]
-        return max([state.at, *full, *state.leases.values()])
+        return max([state.at, *full, state.last_expiry])
 
     async def admit(self, subject: str, limits: Limits, tokens: int, lease_id: str) -> Decision:
         now = self._clock()
@@ -104,7 +127,7 @@ class MemoryQuotaStore(QuotaStore):
         for name, _, _, _ in buckets:
             state.levels[name] -= 1 if name == "r" else tokens
         if slots is not None:
-            state.leases[lease_id] = now + limits.lease_seconds
+            state.open_lease(lease_id, now + limits.lease_seconds)
         state.forget_at = self._forget_at(state, buckets)
         return self._decision(state, buckets, now, True, None, 0.0)
 
@@ -138,7 +161,7 @@ class MemoryQuotaStore(QuotaStore):
         for name, limit, _, _ in buckets:
             if name != "r":
                 state.levels[name] = min(float(limit), state.levels[name] + reserved - used)
-        state.leases.pop(lease_id, None)
+        state.close_lease(lease_id)
         state.forget_at = self._forget_at(state, buckets)
 
     async def renew(self, subject: str, lease_id: str, lease_seconds: float) -> bool:
@@ -146,7 +169,7 @@ class MemoryQuotaStore(QuotaStore):
         state = self._subjects.get(subject)
         if state is None or state.leases.get(lease_id, 0.0) <= now:
             return False
-        state.leases[lease_id] = now + lease_seconds
+        state.open_lease(lease_id, now + lease_seconds)  # the old expiry only bounds early
         state.forget_at = max(state.forget_at, now + lease_seconds)
         return True
 
