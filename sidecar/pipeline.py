@@ -26,6 +26,7 @@ from sidecar.routes import Route
 from sidecar.runtime import Runtime
 
 log = logging.getLogger("sidecar.pipeline")
+UNMATCHED = "unmatched"  # the route label of a path no route matches (bounded, unlike the path)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
@@ -105,6 +106,12 @@ class Pipeline:
         if route is None:
             body = simple_error_body("not_found", f"no route for {request.path}")
             headers["Vary"] = "Origin"
+            telemetry.rejected("no_route", UNMATCHED, 404, request_id)
+            telemetry.access(
+                method=request.method, route=UNMATCHED, path=request.path, status=404,
+                duration=time.perf_counter() - started, request_id=request_id,
+                bytes_sent=None, span=None,
+            )  # fmt: skip
             return web.Response(
                 status=404, body=body, content_type="application/json", headers=headers
             )
