@@ -20,7 +20,7 @@ import jwt
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
@@ -28,6 +28,7 @@ from sidecar import loader
 from sidecar.fake_claude import FakeServer
 from sidecar.reload import keep_restart_only
 from sidecar.server import SidecarServer
+from tests.certs import write_self_signed
 from tests.support import (
     BASE,
     eventually,
@@ -200,7 +201,7 @@ async def test_restart_only_keys_keep_their_running_value_with_a_warning(
 
 def test_turning_tls_on_or_off_needs_a_restart(tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    write_cert(cert, key, "a")
+    write_self_signed(cert, key, "a")
     plain = loader.validate(BASE, {})
     tls = loader.validate(merge(BASE, {"server": {"tls": {"cert_file": str(cert),
                                                           "key_file": str(key)}}}), {})  # fmt: skip
@@ -338,31 +339,6 @@ async def test_sighup_reloads_a_running_process(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- TLS
 
 
-def write_cert(cert: Path, key: Path, name: str) -> None:
-    """A self-signed certificate for 127.0.0.1 whose common name is `name`."""
-    private = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(private, hashes.SHA256())
-    )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
 async def served_name(port: int) -> str:
     """The common name of the certificate a new TLS handshake with 127.0.0.1:`port` gets."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -385,12 +361,12 @@ async def test_a_renewed_certificate_is_served_to_new_handshakes(
     fake: FakeServer, tmp_path: Path
 ) -> None:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    write_cert(cert, key, "first")
+    write_self_signed(cert, key, "first")
     tls = {"tls": {"cert_file": str(cert), "key_file": str(key)}}
     path = tmp_path / "sidecar.yaml"
     async with file_sidecar(path, config_for(fake, server=tls)) as server:
         assert await served_name(server.port) == "first"
-        write_cert(tmp_path / "new.crt", tmp_path / "new.key", "second")
+        write_self_signed(tmp_path / "new.crt", tmp_path / "new.key", "second")
         os.replace(tmp_path / "new.key", key)
         os.replace(tmp_path / "new.crt", cert)
 
@@ -400,7 +376,7 @@ async def test_a_renewed_certificate_is_served_to_new_handshakes(
         await eventually(renewed)
 
         # A key that does not match the certificate fails the reload; the last good pair stays.
-        write_cert(tmp_path / "other.crt", key, "mismatched")
+        write_self_signed(tmp_path / "other.crt", key, "mismatched")
         assert not await server.reload()
         assert await served_name(server.port) == "second"
 
