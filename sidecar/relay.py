@@ -77,7 +77,10 @@ class _PushReader(StreamReader):
     __slots__ = ()
 
     def feed_data(self, data: bytes, size: int = 0) -> bool:
-        _SINKS[self].on_data(data)
+        sink = _SINKS.get(self)
+        if sink is None:  # the relay has let go (its stream is over): keep what comes, as usual
+            return super().feed_data(data, size)
+        sink.on_data(data)
         return False  # nothing held back: the parser need not call again
 
     def begin_http_chunk_receiving(self) -> None:
