@@ -33,6 +33,7 @@ from sidecar.usage import observe
 log = logging.getLogger("sidecar.relay")
 HIGH_WATER: Final = 256 * 1024  # bytes queued for a slow client before Claude is paused
 STOP: Final = b"message_stop"
+FIRST_SEND: Final = 16 * 1024  # at most this much leaves with the headers (never waits to drain)
 
 
 class Translator:
@@ -106,8 +107,8 @@ class LiveStream:
     """One stream in flight: the push-mode relay, its end, and its watchdog timer."""
 
     __slots__ = (
-        "_chunked", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused",
-        "_scanner", "_seen", "_tick_every", "_timer", "_transport", "_wakeup", "_writer",
+        "_chunked", "_end", "_ended", "_first", "_last_ping", "_last_progress", "_loop", "_paused",
+        "_response", "_scanner", "_seen", "_tick_every", "_timer", "_transport", "_wakeup", "_writer",
         "heartbeat", "idle_timeout", "record", "saw_stop", "translator", "upstream",
     )  # fmt: skip
 
@@ -129,6 +130,9 @@ class LiveStream:
         self._writer = request.writer
         # aiohttp picks chunked framing in prepare() for HTTP/1.1 without a length.
         self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self._response = response
+        # Until the headers are sent, output collects here: they leave in one send with it.
+        self._first: bytearray | None = bytearray()
         self._loop = asyncio.get_running_loop()
         self._scanner = EventScanner()
         self._ended = False
@@ -150,6 +154,9 @@ class LiveStream:
 
     def write(self, data: bytes) -> None:
         """Frame and write to the client transport in one call (HTTP/1.1 chunked or raw)."""
+        if self._first is not None:
+            self._first += data
+            return
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         self._transport.write(data)
@@ -184,8 +191,13 @@ class LiveStream:
                 out += translate(block, name, record)
             if out:
                 self.write(out)
-        if not self._paused and transport.get_write_buffer_size() > HIGH_WATER:
-            self._paused = True  # the relay task waits for the client, then resumes Claude
+        if transport.get_write_buffer_size() > HIGH_WATER:
+            self._hold_back()
+
+    def _hold_back(self) -> None:
+        """The client is slow: pause Claude; the relay task resumes it once the client drains."""
+        if not self._paused:
+            self._paused = True
             self.upstream.connection.protocol.pause_reading()  # type: ignore[union-attr]
             self._wake()
 
@@ -209,12 +221,21 @@ class LiveStream:
         reader = self.upstream.content
         self._arm()
         try:
-            # Bytes that came with Claude's headers are already buffered: relay them first,
-            # then let the parser push the rest (no await in between, so nothing is missed).
-            early = reader.read_nowait() if reader.exception() is None else b""
+            # Bytes that came with Claude's headers are already buffered: relay them first. The
+            # status line and headers leave with them (usually Claude's `message_start`) in one
+            # send; clients see the 200 at once either way.
+            self._take_buffered(reader)
+            first, self._first = bytes(self._first or b""), None
+            if len(first) <= FIRST_SEND:
+                await self._response.write(first)  # aiohttp sends headers and bytes at once
+            else:  # a backlog: headers now, the rest as any other write, paced by the client
+                await self._response.write(b"")
+                self.write(first)
+                if self._transport.get_write_buffer_size() > HIGH_WATER:
+                    self._hold_back()
+            # Whatever arrived meanwhile, then the parser pushes the rest (no await between).
+            self._take_buffered(reader)
             failed = reader.exception()
-            if early:
-                self.on_data(early)
             if failed is not None:
                 self.on_end(failed)
             elif reader.is_eof():
@@ -238,6 +259,13 @@ class LiveStream:
             if self._timer is not None:
                 self._timer.cancel()
             self.upstream.close()  # releases (and on early exit, drops) the upstream connection
+
+    def _take_buffered(self, reader: StreamReader) -> None:
+        """Relay what aiohttp's reader holds (before push mode starts)."""
+        if reader.exception() is None and not self._ended:
+            data = reader.read_nowait()
+            if data:
+                self.on_data(data)
 
     def _finish(self, end: BaseException | None) -> None:
         record = self.record

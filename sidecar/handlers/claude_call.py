@@ -224,8 +224,7 @@ async def _relay_stream(
     """Start the SSE response and relay until the stream ends."""
     runtime = ctx.runtime
     response = web.StreamResponse(status=200, headers={**headers, **sse.HEADERS})
-    await response.prepare(ctx.request)
-    await response.write(b"")  # flush the headers now: clients see the 200 at once
+    await response.prepare(ctx.request)  # headers are sent by the relay, with the first bytes
     ctx.response_started = True
     config = runtime.config.claude
     live = LiveStream(
