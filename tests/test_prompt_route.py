@@ -9,9 +9,12 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
+from sidecar.handlers.prompt import _DELTA, PromptTranslator
+from sidecar.record import StreamRecord
 from tests.conftest import SidecarFactory
 
 ROUTE = "/api/stream-response"
+RECORD = StreamRecord(request_id="req_1", route=ROUTE, handler="prompt", started=0.0)
 
 
 def data_of(raw: bytes) -> list[dict[str, Any]]:
@@ -199,3 +202,36 @@ async def test_model_allow_list(fake: FakeServer, sidecar_for: SidecarFactory) -
         assert not fake.state.requests
         status, _ = await stream(sidecar.url, {"prompt": "x", "model": "claude-sonnet-5-5"})
         assert status == 200
+
+
+TRICKY = ["Hello", 'he said "hi" \\ ', "\u2028 line sep, emoji \U0001f389", "tab\tand\nnewline", ""]
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+@pytest.mark.parametrize(
+    ("kind", "field", "key"),
+    [("text_delta", "text", "token"), ("thinking_delta", "thinking", "thinking"),
+     ("input_json_delta", "partial_json", "tool_input")],
+)  # fmt: skip
+def test_delta_events_reuse_claudes_json_string_and_match_the_decoding_path(
+    ensure_ascii: bool, kind: str, field: str, key: str
+) -> None:
+    for text in TRICKY:
+        payload = {"type": "content_block_delta", "index": 2, "delta": {"type": kind, field: text}}
+        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=ensure_ascii)
+        block = b"event: content_block_delta\ndata: " + data.encode()
+        assert _DELTA.match(block) is not None  # the no-decoding path is taken
+        fast = PromptTranslator(capture=False).translate(block, b"content_block_delta", RECORD)
+        slow = PromptTranslator(capture=True).translate(block, b"content_block_delta", RECORD)
+        assert fast.startswith(b"id: 1\ndata: ")
+        assert fast.endswith(b"\n\n")
+        assert data_of(fast) == data_of(slow) == [{key: text}]
+
+
+def test_other_delta_shapes_are_decoded() -> None:
+    spaced = b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}'
+    extra = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi","x":1}}'
+    for block in (spaced, extra):
+        assert _DELTA.match(block) is None
+        out = PromptTranslator(capture=False).translate(block, b"content_block_delta", RECORD)
+        assert data_of(out) == [{"token": "hi"}]

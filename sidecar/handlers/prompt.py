@@ -10,6 +10,7 @@ a failure is `{"error": {"type", "message"}}` and the stream closes.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +33,18 @@ from sidecar.sse import parse_block
 from sidecar.upstream import Attempt
 
 _FIELDS = {"prompt", "model", "max_tokens", "system", "messages"}
+# A content delta exactly as Anthropic writes it: its value is one JSON string literal,
+# which the prompt route's event can carry unchanged. Any other shape is decoded instead.
+_DELTA = re.compile(
+    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":\d+,'
+    rb'"delta":\{"type":"(text_delta","text|thinking_delta","thinking|input_json_delta",'
+    rb'"partial_json)":("(?:[^"\\\n]|\\.)*")\}\}\Z'
+)
+_DELTA_KEYS = {
+    b'text_delta","text': b"token",
+    b'thinking_delta","thinking': b"thinking",
+    b'input_json_delta","partial_json': b"tool_input",
+}
 _ROLES = {"user", "assistant"}
 _OWN_ERRORS = {"idle_timeout", "shutting_down"}
 
@@ -50,6 +63,15 @@ class PromptTranslator(Translator):
         return sse.encode(data, event_id=self._next_id)
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
+        if name == b"content_block_delta" and not self._capture:
+            match = _DELTA.match(block)
+            if match is not None:  # the JSON string Claude sent is reused as is: no decoding
+                self._next_id += 1
+                return b'id: %d\ndata: {"%b":%b}\n\n' % (
+                    self._next_id,
+                    _DELTA_KEYS[match[1]],
+                    match[2],
+                )
         if name == b"content_block_delta":
             delta = _json(parse_block(block)[1]).get("delta") or {}
             kind = delta.get("type")
