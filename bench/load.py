@@ -22,21 +22,31 @@ DELTA = b"event: content_block_delta"
 
 
 async def one_stream(
-    session: aiohttp.ClientSession, url: str, tokens: int, tps: float, headers: dict[str, str]
+    session: aiohttp.ClientSession,
+    url: str,
+    tokens: int,
+    tps: float,
+    headers: dict[str, str],
+    route: str = "anthropic",
 ) -> dict[str, Any]:
     prompt = f"[[fake tokens={tokens} tps={tps} stamp=1]] benchmark"
-    body = {
-        "model": "claude-sonnet-5-5",
-        "max_tokens": tokens + 10,
-        "stream": True,
-        "messages": [{"role": "user", "content": prompt}],
-    }
+    if route == "prompt":  # the simple route: {"token": "..."} events
+        path, marker = "/api/stream-response", b'data: {"token"'
+        body: dict[str, Any] = {"prompt": prompt, "max_tokens": tokens + 10}
+    else:  # Anthropic's Messages API, passed through
+        path, marker = "/v1/messages", DELTA
+        body = {
+            "model": "claude-sonnet-5-5",
+            "max_tokens": tokens + 10,
+            "stream": True,
+            "messages": [{"role": "user", "content": prompt}],
+        }
     started = time.monotonic_ns()
     first: int | None = None
     delays: list[int] = []
     events = 0
     carry = b""
-    async with session.post(url + "/v1/messages", json=body, headers=headers) as response:
+    async with session.post(url + path, json=body, headers=headers) as response:
         if response.status != 200:
             return {"error": response.status}
         async for chunk in response.content.iter_any():
@@ -46,12 +56,18 @@ async def one_stream(
             carry = blocks.pop()
             for block in blocks:
                 events += 1
-                if block.startswith(DELTA):
+                if marker in block:
                     if first is None:
                         first = now
-                    text = json.loads(block.split(b"data: ", 1)[1])["delta"]["text"]
-                    delays.append(now - int(text.split()[0]))
+                    delays.append(now - _stamp(block))
     return {"ttft_ns": (first or started) - started, "delays_ns": delays, "events": events}
+
+
+def _stamp(block: bytes) -> int:
+    """The send time the fake wrote into a text delta (first word of its text)."""
+    payload = json.loads(block.split(b"data: ", 1)[1])
+    text = payload["token"] if "token" in payload else payload["delta"]["text"]
+    return int(text.split()[0])
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -75,7 +91,9 @@ async def main(args: argparse.Namespace) -> None:
         while len(results) + busy[0] < total:
             busy[0] += 1
             try:
-                results.append(await one_stream(session, args.url, args.tokens, args.tps, headers))
+                results.append(
+                    await one_stream(session, args.url, args.tokens, args.tps, headers, args.route)
+                )
             finally:
                 busy[0] -= 1
 
@@ -112,6 +130,7 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--tps", type=float, default=40)
     parser.add_argument("--api-key", default="")
+    parser.add_argument("--route", choices=["anthropic", "prompt"], default="anthropic")
     try:
         import uvloop
 

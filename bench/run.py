@@ -7,7 +7,8 @@ Targets, each its own process on loopback, all in front of one fake Claude proce
 direct (no proxy), `naive_proxy.py` (the obvious aiohttp passthrough), and the sidecar
 three ways: all on (API-key auth, CORS, RE2 screening, memory quotas, spans exported
 over OTLP/HTTP to `otlp_sink.py`, Prometheus metrics, JSON stream and access logs),
-telemetry off (`OTEL_SDK_DISABLED`, no access log), and bare (no policy, no telemetry).
+telemetry off (`OTEL_SDK_DISABLED`, no access log), and bare (no policy, no telemetry);
+the all-on sidecar is measured on its prompt route too (`{"token": ...}` events).
 
 Per target: one-token calls one at a time (added time to first token, CPU per call),
 streams at several concurrencies (CPU per relayed event, per-event delay measured
@@ -115,12 +116,18 @@ def sidecar_config(upstream: str, port: int, admin: int, *, full: bool) -> dict[
 
 
 def run_load(
-    url: str, streams: int, tokens: int, tps: float, api_key: str = "", requests: int = 0
+    url: str,
+    streams: int,
+    tokens: int,
+    tps: float,
+    api_key: str = "",
+    requests: int = 0,
+    route: str = "anthropic",
 ) -> dict[str, Any]:
     out = subprocess.run(
         [PY, str(ROOT / "bench" / "load.py"), "--url", url, "--streams", str(streams),
          "--tokens", str(tokens), "--tps", str(tps), "--api-key", api_key,
-         "--requests", str(requests)],
+         "--requests", str(requests), "--route", route],
         capture_output=True, text=True, check=True, cwd=ROOT, timeout=600,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -132,7 +139,7 @@ def measure(
 ) -> dict[str, Any]:
     """One load run against a target, with the CPU its process used during the run."""
     before = cpu_ns(target.pid) if target.pid else 0
-    result = run_load(target.url, streams, tokens, tps, target.key, requests)
+    result = run_load(target.url, streams, tokens, tps, target.key, requests, target.route)
     used = cpu_ns(target.pid) - before if target.pid else 0
     result["cpu_us"] = used / 1000 if target.pid else None
     return result
@@ -144,7 +151,7 @@ def idle_stream_memory(target: Target, streams: int) -> float | None:
 
     import aiohttp
 
-    if target.pid is None:
+    if target.pid is None or target.route != "anthropic":
         return None
     pid = target.pid
 
@@ -183,6 +190,7 @@ class Target:
     url: str
     pid: int | None
     key: str = ""
+    route: str = "anthropic"  # or "prompt": the sidecar's simple route, {"token": ...} events
 
 
 @dataclass
@@ -195,7 +203,7 @@ class Plan:
 
 def bench_target(target: Target, plan: Plan) -> dict[str, Any]:
     """Every measurement of one target: sequential calls, streams at each level, idle memory."""
-    run_load(target.url, 5, 20, 0, target.key)  # warm up connections and code paths
+    run_load(target.url, 5, 20, 0, target.key, route=target.route)  # warm up every code path
     # Memory first: after the load phases the heap has room to spare and RSS would not move.
     idle_kib = idle_stream_memory(target, plan.idle)
     sequential = measure(target, 1, 1, 0, plan.sequential)
@@ -254,10 +262,12 @@ def main() -> None:
              "--upstream", fake_url, "--uvloop"],
             f"http://127.0.0.1:{naive_port}/",
         ))  # fmt: skip
+        all_on = sidecar_target(stack, "sidecar, all on", fake_url, otlp_url, "all")
         targets = [
             Target("direct", fake_url, None),
             Target("naive aiohttp", f"http://127.0.0.1:{naive_port}", naive_pid),
-            sidecar_target(stack, "sidecar, all on", fake_url, otlp_url, "all"),
+            all_on,
+            Target("sidecar, all on, prompt route", all_on.url, all_on.pid, all_on.key, "prompt"),
             sidecar_target(stack, "sidecar, telemetry off", fake_url, otlp_url, "no-telemetry"),
             sidecar_target(stack, "sidecar, bare", fake_url, otlp_url, "bare"),
         ]

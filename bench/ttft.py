@@ -1,0 +1,70 @@
+"""Added time to first token, robustly: rounds of one-token calls, targets taken in turn.
+
+    uv run python bench/ttft.py [--rounds 5] [--calls 300]
+
+Direct, the naive aiohttp passthrough, and the sidecar with everything on and with
+telemetry off (the same processes and configs as `run.py`) each get `--calls`
+sequential one-token calls per round; targets alternate within each round so drift
+on a shared machine hits them alike. Prints, per target, the added TTFT p50 of every
+round against direct in the same round, their median, and the median CPU per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+
+import run as bench  # bench/ is on the path as the script's folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=300)
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        fake_port, naive_port, otlp_port = bench.free_port(), bench.free_port(), bench.free_port()
+        fake = f"http://127.0.0.1:{fake_port}"
+        otlp = f"http://127.0.0.1:{otlp_port}"
+        stack.enter_context(bench.process(
+            [bench.PY, "-m", "sidecar.fake_claude", "--port", str(fake_port), "--host",
+             "127.0.0.1"], fake + "/_fake/stats",
+        ))  # fmt: skip
+        stack.enter_context(bench.process(
+            [bench.PY, str(bench.ROOT / "bench" / "otlp_sink.py"), "--port", str(otlp_port)],
+            otlp + "/",
+        ))  # fmt: skip
+        naive_pid = stack.enter_context(bench.process(
+            [bench.PY, str(bench.ROOT / "bench" / "naive_proxy.py"), "--port", str(naive_port),
+             "--upstream", fake, "--uvloop"], f"http://127.0.0.1:{naive_port}/",
+        ))  # fmt: skip
+        targets = [
+            bench.Target("direct", fake, None),
+            bench.Target("naive aiohttp", f"http://127.0.0.1:{naive_port}", naive_pid),
+            bench.sidecar_target(stack, "sidecar, all on", fake, otlp, "all"),
+            bench.sidecar_target(stack, "sidecar, telemetry off", fake, otlp, "no-telemetry"),
+        ]
+        for target in targets:
+            bench.run_load(target.url, 5, 20, 0, target.key)  # warm up
+        rounds: dict[str, list[tuple[float, float]]] = {t.name: [] for t in targets}
+        for _ in range(args.rounds):
+            for target in targets:
+                result = bench.measure(target, 1, 1, 0, args.calls)
+                cpu = (result["cpu_us"] or 0.0) / max(result["requests"], 1)
+                rounds[target.name].append((result["ttft_p50_ms"], cpu))
+    direct = [ttft for ttft, _ in rounds["direct"]]
+    print("| case | added TTFT p50 per round (ms) | median (ms) | CPU per call, median (µs) |")
+    print("| --- | --- | ---: | ---: |")
+    for name, rows in rounds.items():
+        if name == "direct":
+            continue
+        added = [ttft - base for (ttft, _), base in zip(rows, direct, strict=True)]
+        print(
+            f"| {name} | {' '.join(f'{a:+.2f}' for a in added)}"
+            f" | {statistics.median(added):+.2f} | {statistics.median(c for _, c in rows):.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
