@@ -20,7 +20,7 @@ from tests.policy_support import AUDIENCE, ISSUER, SECRET, mint
 
 CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
 from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
 
