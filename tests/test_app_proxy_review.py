@@ -1,0 +1,92 @@
+"""App proxy edge cases over real sockets: spoofed identity spellings, WebSocket close codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.conftest import SidecarFactory
+
+
+async def echo_headers(request: web.Request) -> web.Response:
+    return web.json_response({"headers": list(request.headers.items())})
+
+
+async def closing_ws(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.receive()
+    await ws.close(code=4001, message=b"not allowed")
+    return ws
+
+
+CLOSED_BY_CLIENT: asyncio.Queue[tuple[int | None, str]] = asyncio.Queue()
+
+
+async def recording_ws(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    message = await ws.receive()
+    await CLOSED_BY_CLIENT.put((message.data, message.extra))
+    return ws
+
+
+async def no_content(request: web.Request) -> web.Response:
+    return web.Response(status=int(request.query.get("status", "204")))
+
+
+async def head_me(request: web.Request) -> web.Response:
+    return web.Response(body=b"x" * 100, content_type="text/plain")
+
+
+@contextlib.asynccontextmanager
+async def running_app() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_route("*", "/echo", echo_headers)
+    app.router.add_get("/ws-close", closing_ws)
+    app.router.add_get("/ws-record", recording_ws)
+    app.router.add_get("/empty", no_content)
+    app.router.add_get("/head", head_me)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    address: Any = runner.addresses[0]
+    try:
+        yield f"http://127.0.0.1:{address[1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_identity_header_spelled_with_underscores_is_stripped(
+    sidecar_for: SidecarFactory,
+) -> None:
+    # WSGI/CGI servers map `X_Sidecar_User` and `X-Sidecar-User` to the same HTTP_X_SIDECAR_USER.
+    async with running_app() as url, sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            sent = {"X_Sidecar_User": "mallory", "x_sidecar-tenant": "evil", "X-Kept_1": "yes"}
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                assert response.status == 200
+                seen = {k.lower(): v for k, v in (await response.json())["headers"]}
+    assert "x_sidecar_user" not in seen
+    assert "x_sidecar-tenant" not in seen
+    assert seen["x-kept_1"] == "yes"
+
+
+async def test_bodyless_statuses_and_head(sidecar_for: SidecarFactory) -> None:
+    async with running_app() as url, sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            for status in (204, 304):
+                async with http.get(sidecar.url + f"/empty?status={status}") as response:
+                    assert response.status == status
+                    assert await response.read() == b""
+            async with http.head(sidecar.url + "/head") as response:
+                assert response.status == 200
+                assert response.headers["Content-Length"] == "100"
+            async with http.get(sidecar.url + "/head") as response:
+                assert await response.read() == b"x" * 100
