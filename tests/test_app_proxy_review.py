@@ -78,6 +78,22 @@ async def test_identity_header_spelled_with_underscores_is_stripped(
     assert seen["x-kept_1"] == "yes"
 
 
+async def test_websocket_close_code_from_the_app_reaches_the_client(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with running_app() as url, sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(sidecar.url + "/ws-close")
+            await ws.send_str("hello")
+            message = await ws.receive(timeout=5)
+            assert message.type == aiohttp.WSMsgType.CLOSE
+            assert message.data == 4001
+            assert message.extra == "not allowed"
+            ws = await http.ws_connect(sidecar.url + "/ws-record")
+            await ws.close(code=4002, message=b"bye")
+            assert await CLOSED_BY_CLIENT.get() == (4002, "bye")
+
+
 async def test_bodyless_statuses_and_head(sidecar_for: SidecarFactory) -> None:
     async with running_app() as url, sidecar_for({"app": {"url": url}}) as sidecar:
         async with aiohttp.ClientSession() as http:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Final
+from typing import Final, cast
 
 import aiohttp
 from aiohttp import web
@@ -29,6 +29,9 @@ _WS_HANDSHAKE: Final = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
      "sec-websocket-protocol", "sec-websocket-accept"}
 )  # fmt: skip
+
+
+_CLOSING: set[asyncio.Task[bool]] = set()  # WebSocket closes that outlive a cancelled handler
 
 
 def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
@@ -166,11 +169,34 @@ async def _pump(
     source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
 ) -> None:
-    async for message in source:
+    code: int = aiohttp.WSCloseCode.OK
+    reason = b""
+    while True:
+        message = await source.receive()
         if message.type == aiohttp.WSMsgType.TEXT:
             await sink.send_str(message.data)
         elif message.type == aiohttp.WSMsgType.BINARY:
             await sink.send_bytes(message.data)
+        elif message.type == aiohttp.WSMsgType.CLOSING:
+            return  # the other pump is closing `source` and already saw `sink` close
         else:
+            if message.type == aiohttp.WSMsgType.CLOSE:
+                # The peer's code and reason (e.g. an app's 4001 "unauthorized") go through.
+                code, reason = _relayable(message.data), (message.extra or "").encode()
+            elif message.type == aiohttp.WSMsgType.ERROR:
+                code = aiohttp.WSCloseCode.INTERNAL_ERROR
             break
-    await sink.close()
+    # Shielded: the client's close is often followed by its TCP close, which cancels this
+    # handler; the app must still get the close frame with the client's code, not a bare 1000.
+    closing = asyncio.create_task(sink.close(code=code, message=reason))
+    _CLOSING.add(closing)
+    closing.add_done_callback(_CLOSING.discard)
+    await asyncio.shield(closing)
+
+
+def _relayable(code: object) -> int:
+    """A close code that may be sent on (1005/1006/1015 only ever describe a close)."""
+    valid = isinstance(code, int) and (1000 <= code <= 1014 or 3000 <= code <= 4999)
+    if valid and code not in (1004, 1005, 1006):
+        return cast(int, code)
+    return aiohttp.WSCloseCode.OK if code in (None, 1005) else aiohttp.WSCloseCode.INTERNAL_ERROR
