@@ -246,7 +246,8 @@ class LiveStream:
             while not self._ended:
                 self._wakeup = self._loop.create_future()
                 await self._wakeup
-                if self._paused and not self._ended:
+                # Resuming relays what the parser held back at once, which may pause again.
+                while self._paused and not self._ended:
                     await self._writer.drain()
                     self._paused = False
                     self.upstream.connection.protocol.resume_reading()  # type: ignore[union-attr]

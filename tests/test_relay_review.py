@@ -1,0 +1,123 @@
+"""The streaming core against a scripted Claude (raw sockets): backpressure, bodies that
+break after the headers, error bodies that arrive in pieces, and `retry-after` forms."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from sidecar import relay
+from tests.support import running_sidecar
+
+MODEL = "claude-sonnet-5-5"
+START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
+    b'"model":"m","usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
+)
+DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"' + b"x" * 100 + b'"}}\n\n'
+)
+STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+# One scripted answer: gets the writer after the request was read.
+Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+@contextlib.asynccontextmanager
+async def scripted_claude(*scripts: Script) -> AsyncIterator[str]:
+    """A Claude that answers the n-th request (on any connection) with `scripts[n]`."""
+    queue = list(scripts)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while queue:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                await queue.pop(0)(writer)
+                if writer.is_closing():
+                    return
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+def dechunk(data: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body."""
+    out = bytearray()
+    while True:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += rest[:size]
+        data = rest[size + 2 :]
+
+
+def claude_config(url: str, **extra: Any) -> dict[str, Any]:
+    return {"claude": {"base_url": url, "api_key": "sk", "max_retries": 0, **extra}}
+
+
+def messages_body(stream: bool = True) -> dict[str, Any]:
+    return {"model": MODEL, "max_tokens": 5, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+
+
+async def test_a_stream_paused_again_while_resuming_still_finishes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One upstream read may hold more than the high-water mark past the point where the
+    # relay paused Claude: resuming relays that rest at once and can pause again. A tiny
+    # mark makes that happen on every resume.
+    monkeypatch.setattr(relay, "HIGH_WATER", 4096)
+    events = 20000
+
+    async def burst(writer: asyncio.StreamWriter) -> None:
+        body = chunk(START) + b"".join(chunk(DELTA) for _ in range(events)) + chunk(STOP)
+        writer.write(SSE_HEAD + body + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with scripted_claude(burst) as url, running_sidecar(claude_config(url)) as sidecar:
+        payload = json.dumps(messages_body()).encode()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads slowly
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(payload), payload)
+        )
+        raw = bytearray()
+        async with asyncio.timeout(10):  # a stuck relay never ends the response
+            while data := await reader.read(4096):
+                raw += data
+        writer.close()
+    head, _, body = bytes(raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    blocks = dechunk(body).split(b"\n\n")
+    assert sum(1 for b in blocks if b.startswith(b"event: content_block_delta")) == events
+    assert blocks[-2:] == [STOP[:-2], b""]  # complete, no error event
