@@ -137,6 +137,26 @@ class ClaudeClient:
             self._on_retry(reason)
 
 
+async def read_answer(response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+    """Claude's whole answer (at most `limit` bytes), then its connection is let go; 502 if cut."""
+    try:
+        if limit is None:
+            return await response.read()
+        body = bytearray()
+        while len(body) < limit:  # `read(n)` returns what has arrived so far, not n bytes
+            data = await response.content.read(limit - len(body))
+            if not data:
+                break
+            body += data
+        return bytes(body)
+    except aiohttp.ClientError:
+        raise Rejection(
+            502, "api_error", "the connection to Claude was lost", reason="upstream_lost"
+        ) from None
+    finally:
+        response.release()  # a body not read to its end closes the connection (never pooled)
+
+
 def returned_headers(upstream: Mapping[str, str], *, keep_ratelimit: bool) -> dict[str, str]:
     """Claude's response headers the client should see (request id, retry and rate-limit info)."""
     headers = {name: upstream[name] for name in RETURNED_RESPONSE_HEADERS if name in upstream}

@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sidecar import relay
@@ -121,3 +122,71 @@ async def test_a_stream_paused_again_while_resuming_still_finishes(
     blocks = dechunk(body).split(b"\n\n")
     assert sum(1 for b in blocks if b.startswith(b"event: content_block_delta")) == events
     assert blocks[-2:] == [STOP[:-2], b""]  # complete, no error event
+
+
+def cut_after_headers(status: bytes, first: bytes) -> Script:
+    """A JSON answer that promises more than it sends: the connection drops mid-body."""
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 %b\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n%b"
+            % (status, first)
+        )
+        await writer.drain()
+        writer.transport.abort()
+
+    return script
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+async def test_a_json_answer_cut_short_is_a_502_not_a_500(path: str) -> None:
+    async with (
+        scripted_claude(cut_after_headers(b"200 OK", b'{"id":"msg_1","con')) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + path, json=messages_body(stream=False)) as response,
+    ):
+        assert response.status == 502
+        error = (await response.json())["error"]
+        assert error["type"] == "api_error"
+        assert "internal" not in error["message"]
+
+
+async def test_an_error_answer_cut_short_is_a_502_on_the_prompt_route() -> None:
+    async with (
+        scripted_claude(cut_after_headers(b"429 Too Many Requests", b'{"type":"err')) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/api/stream-response", json={"prompt": "hi"}) as response,
+    ):
+        assert response.status == 502  # what Claude meant to say never arrived
+        assert (await response.json())["error"]["type"] == "upstream_error"
+
+
+async def test_an_error_body_that_arrives_in_pieces_is_relayed_whole() -> None:
+    body = json.dumps({
+        "type": "error", "request_id": "req_1",
+        "error": {"type": "rate_limit_error", "message": "slow down " + "x" * 2000},
+    }).encode()  # fmt: skip
+
+    async def in_pieces(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunk(body[:40])
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the sidecar reads the first piece on its own
+        writer.write(chunk(body[40:]) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with (
+        scripted_claude(in_pieces, in_pieces) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(sidecar.url + "/v1/messages", json=messages_body()) as response:
+            assert response.status == 429
+            assert await response.read() == body
+        async with http.post(sidecar.url + "/api/stream-response", json={"prompt": "hi"}) as r:
+            assert r.status == 429
+            assert (await r.json())["error"]["type"] == "rate_limited"

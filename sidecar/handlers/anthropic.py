@@ -25,7 +25,7 @@ from sidecar.pipeline import RequestContext
 from sidecar.policy import collect_texts
 from sidecar.record import Outcome
 from sidecar.relay import Translator
-from sidecar.upstream import Attempt, returned_headers
+from sidecar.upstream import Attempt, read_answer, returned_headers
 
 
 class Passthrough(Translator):
@@ -145,10 +145,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     headers = _claude_headers(ctx)
     ctx.runtime.telemetry.inject(ctx.span, headers)
     upstream, _ = await ctx.runtime.claude.send(Attempt(request.method, path_qs, headers), body)
-    try:
-        payload = await upstream.read()
-    finally:
-        upstream.release()
+    payload = await read_answer(upstream)
     response_headers = {
         **ctx.headers,
         **returned_headers(upstream.headers, keep_ratelimit=not policy.quotas.enabled),

@@ -23,7 +23,7 @@ from sidecar.errors import Rejection, short_error_type, simple_error_body
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.relay import LiveStream, Translator
-from sidecar.upstream import Attempt, returned_headers
+from sidecar.upstream import Attempt, read_answer, returned_headers
 from sidecar.usage import apply_message
 
 MAX_ERROR_BODY = 64 * 1024
@@ -168,10 +168,7 @@ async def _relay_error(
     headers: dict[str, str],
 ) -> web.Response:
     """Claude answered an error: same status; Anthropic JSON as is, or the prompt shape."""
-    try:
-        body = await upstream.content.read(MAX_ERROR_BODY)
-    finally:
-        upstream.release()
+    body = await read_answer(upstream, MAX_ERROR_BODY)
     record.outcome = "upstream_error"
     error_type, message = _error_of(body, upstream.status)
     record.error_type = error_type
@@ -200,10 +197,7 @@ async def _relay_message(
     upstream: aiohttp.ClientResponse, record: StreamRecord, headers: dict[str, str]
 ) -> web.Response:
     """A non-streaming reply: read it whole (it is one JSON object) and account for it."""
-    try:
-        body = await upstream.read()
-    finally:
-        upstream.release()
+    body = await read_answer(upstream)
     record.first_chunk_at = record.last_chunk_at = time.perf_counter()
     message: Any
     try:
