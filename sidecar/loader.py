@@ -167,6 +167,15 @@ def _reveal(data: Any) -> Any:
     return data
 
 
+def _brings_credentials(config: Config, override: Mapping[str, Any]) -> bool:
+    """A route `auth` override adding jwt/api_keys where no mode was ever written."""
+    return (
+        "auth" not in config.model_fields_set
+        and "mode" not in override
+        and bool(override.get("jwt") or override.get("api_keys"))
+    )
+
+
 def _route_policy(
     config: Config, index: int, route: RouteConfig, problems: list[str]
 ) -> RoutePolicy:
@@ -182,8 +191,13 @@ def _route_policy(
         for key in _GLOBAL_ONLY.get(name, ()):
             if key in override:
                 problems.append(f"routes.{index}.{name}.{key}: can only be set at the top level")
+        merged = _deep_merge(_section_data(base), override)
+        if name == "auth" and _brings_credentials(config, override):
+            # No top-level `auth` means `mode: none`; a route that adds credentials without
+            # naming a mode means them (as a top-level section would): fail closed.
+            merged["mode"] = "required"
         try:
-            sections[name] = model.model_validate(_deep_merge(_section_data(base), override))
+            sections[name] = model.model_validate(merged)
         except ValidationError as exc:
             problems.extend(_format_errors(exc, f"routes.{index}.{name}"))
             sections[name] = base
