@@ -238,7 +238,7 @@ class QuotaGate:
     ) -> Decision | None:
         """The store's decision, or None when it failed and the mode is fail_open."""
         try:
-            decision = await self.store.admit(subject, limits, tokens, lease.lease_id)
+            decision = await self._store_admit(subject, limits, tokens, lease.lease_id)
         except StoreError as exc:
             self.store_failed("admit", exc)
             if self.mode == "fail_open":
@@ -252,6 +252,36 @@ class QuotaGate:
         if not decision.admitted:
             raise rejection_of(decision, policy, tokens)
         return decision
+
+    async def _store_admit(
+        self, subject: str, limits: Limits, tokens: int, lease_id: str
+    ) -> Decision:
+        """`store.admit`, undone if its caller is cancelled while the store admits it."""
+        if self.store.settles_inline:  # never suspends: cannot be cancelled halfway
+            return await self.store.admit(subject, limits, tokens, lease_id)
+        admitting = asyncio.create_task(self.store.admit(subject, limits, tokens, lease_id))
+        try:
+            return await asyncio.shield(admitting)
+        except asyncio.CancelledError:
+            # The script may run (or have run) for a caller that is gone: once it answers,
+            # give back what it took, or the slot stays held and the reservation charged.
+            admitting.add_done_callback(
+                functools.partial(self._undo_admission, subject, limits, tokens, lease_id)
+            )
+            raise
+
+    def _undo_admission(
+        self,
+        subject: str,
+        limits: Limits,
+        tokens: int,
+        lease_id: str,
+        admitting: asyncio.Task[Decision],
+    ) -> None:
+        if admitting.cancelled() or admitting.exception() is not None:
+            return  # nothing was admitted, or the store failed (the lease lapses on its own)
+        if admitting.result().admitted and limits.holds_lease:
+            self.settle_later(subject, limits, lease_id, tokens, 0)
 
     async def acquire(
         self,
