@@ -1,17 +1,20 @@
 """The Claude client: one shared keep-alive session, retries before the first byte.
 
 Retries use exponential backoff with full jitter on connect errors and 429/500/
-502/503/529, honour `retry-after`, and stop at `claude.max_retries`. A wait longer
-than `retry_max_seconds` is not slept through: the client gets the error with its
-`retry-after` and backs off itself.
+502/503/529, honour `retry-after` (seconds or an HTTP-date), and stop at
+`claude.max_retries`. A wait longer than `retry_max_seconds` is not slept through:
+the client gets the error with its `retry-after` and backs off itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Final
 
 import aiohttp
@@ -85,10 +88,9 @@ class ClaudeClient:
     def backoff(self, attempt: int, retry_after: str | None) -> float:
         """Seconds to wait before retry number `attempt` (0-based)."""
         if retry_after is not None:
-            try:
-                return max(0.0, float(retry_after))
-            except ValueError:
-                pass
+            wait = _retry_after_seconds(retry_after)
+            if wait is not None:
+                return wait
         cap = min(self._config.retry_max_seconds, self._config.retry_base_seconds * 2**attempt)
         return random.uniform(0, cap)
 
@@ -155,6 +157,21 @@ async def read_answer(response: aiohttp.ClientResponse, limit: int | None = None
         ) from None
     finally:
         response.release()  # a body not read to its end closes the connection (never pooled)
+
+
+def _retry_after_seconds(value: str) -> float | None:
+    """`retry-after` as seconds from now: delay-seconds or an HTTP-date; None when unreadable."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110: HTTP-dates are GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return None if math.isnan(seconds) else max(0.0, seconds)
 
 
 def returned_headers(upstream: Mapping[str, str], *, keep_ratelimit: bool) -> dict[str, str]:

@@ -7,13 +7,17 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
 from typing import Any
 
 import aiohttp
 import pytest
 
 from sidecar import relay
+from sidecar.config import ClaudeConfig
+from sidecar.upstream import ClaudeClient
 from tests.support import running_sidecar
 
 MODEL = "claude-sonnet-5-5"
@@ -190,3 +194,45 @@ async def test_an_error_body_that_arrives_in_pieces_is_relayed_whole() -> None:
         async with http.post(sidecar.url + "/api/stream-response", json={"prompt": "hi"}) as r:
             assert r.status == 429
             assert (await r.json())["error"]["type"] == "rate_limited"
+
+
+async def test_retry_after_as_an_http_date_is_honoured() -> None:
+    # RFC 9110 allows `retry-after: <HTTP-date>`; an hour from now is far past
+    # `retry_max_seconds`, so the client gets the 429 at once and Claude is not called again.
+    seen = 0
+
+    async def limited(writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        seen += 1
+        when = formatdate(time.time() + 3600, usegmt=True).encode()
+        body = b'{"type":"error","error":{"type":"rate_limit_error","message":"later"}}'
+        writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            b"retry-after: %b\r\nContent-Length: %d\r\n\r\n%b" % (when, len(body), body)
+        )
+        await writer.drain()
+
+    config = claude_config("", max_retries=2, retry_base_seconds=0.01, retry_max_seconds=5)
+    async with scripted_claude(limited, limited, limited) as url:
+        config["claude"]["base_url"] = url
+        async with (
+            running_sidecar(config) as sidecar,
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+        ):
+            assert response.status == 429
+            assert "GMT" in response.headers["retry-after"]
+    assert seen == 1
+
+
+@pytest.mark.parametrize("value", ["-3", "nan", "soon", "", "Wed, 99 Foo 2015 07:28:00 GMT"])
+def test_retry_after_that_is_negative_or_garbage_never_waits_wrongly(value: str) -> None:
+    client = ClaudeClient(
+        ClaudeConfig(retry_base_seconds=0.5, retry_max_seconds=2), "http://x", None
+    )  # type: ignore[arg-type]
+    assert 0 <= client.backoff(0, value) <= 2
+
+
+def test_retry_after_in_the_past_is_no_wait() -> None:
+    client = ClaudeClient(ClaudeConfig(), "http://x", None)  # type: ignore[arg-type]
+    assert client.backoff(3, formatdate(time.time() - 60, usegmt=True)) == 0
