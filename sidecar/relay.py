@@ -305,10 +305,11 @@ class LiveStream:
 
     def _tick(self) -> None:
         now = self._loop.time()
-        if self.record.chunks != self._seen:
+        if self.record.chunks != self._seen or self._paused:
+            # A paused stream is not idle: its idle time starts again once Claude is resumed.
             self._seen = self.record.chunks
             self._last_progress = now
-        elif now - self._last_progress >= self.idle_timeout and not self._paused:
+        elif now - self._last_progress >= self.idle_timeout:
             self._timer = None
             self.stop(
                 "idle_timeout",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 import time
@@ -18,7 +19,7 @@ import pytest
 from sidecar import relay
 from sidecar.config import ClaudeConfig
 from sidecar.upstream import ClaudeClient
-from tests.support import running_sidecar
+from tests.support import eventually, running_sidecar
 
 MODEL = "claude-sonnet-5-5"
 START = (
@@ -236,3 +237,90 @@ def test_retry_after_that_is_negative_or_garbage_never_waits_wrongly(value: str)
 def test_retry_after_in_the_past_is_no_wait() -> None:
     client = ClaudeClient(ClaudeConfig(), "http://x", None)  # type: ignore[arg-type]
     assert client.backoff(3, formatdate(time.time() - 60, usegmt=True)) == 0
+
+
+async def test_a_long_pause_does_not_count_as_idle_once_the_client_catches_up() -> None:
+    # Claude sends until the slow client makes the relay pause, then thinks for a moment
+    # (shorter than the idle timeout) once the client has caught up.
+    small = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,' + (
+        b'"delta":{"type":"text_delta","text":"' + b"y" * 8000 + b'"}}\n\n'
+    )
+    sent = 0
+    caught_up = asyncio.Event()
+    streams: list[relay.LiveStream] = []
+
+    async def until_paused(writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        writer.write(SSE_HEAD + chunk(START))
+        while not (streams and streams[0]._paused):
+            before = streams[0].record.chunks if streams else 0
+            writer.write(chunk(small))
+            await writer.drain()
+            sent += 1
+            await eventually(functools.partial(relayed_since, before))  # nothing held back
+        await caught_up.wait()
+        writer.write(chunk(STOP) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async def relayed_since(before: int) -> bool:
+        return bool(streams) and (streams[0].record.chunks > before or streams[0]._paused)
+
+    config = claude_config("", idle_timeout_seconds=0.4, heartbeat_seconds=0.4)
+    async with scripted_claude(until_paused) as url:
+        config["claude"]["base_url"] = url
+        async with running_sidecar(config) as sidecar:
+            for site in sidecar._sites:  # accepted sockets inherit a small send buffer
+                for listener in site._server.sockets:  # type: ignore[union-attr]
+                    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            reader, writer = await slow_client(sidecar.port)
+
+            async def started() -> bool:
+                streams[:] = list(sidecar.runtime.streams._streams)
+                return bool(streams)
+
+            await eventually(started)
+            await eventually(lambda: _true(streams[0]._paused))
+            await asyncio.sleep(0.6)  # paused for longer than the idle timeout
+            raw = bytearray()
+            while relayed_payload(raw).count(b'"text_delta"') < sent:  # the client catches up...
+                raw += await reader.read(65536)
+            await asyncio.sleep(0.25)  # ...and Claude thinks for a while (< idle timeout)
+            caught_up.set()
+            raw += await reader.read()
+            writer.close()
+    assert b"event: message_stop" in raw
+    assert b"idle" not in raw.split(b"text_delta")[-1]
+
+
+def relayed_payload(raw: bytes | bytearray) -> bytes:
+    """The SSE bytes in the complete HTTP chunks of a response read so far."""
+    _, _, data = bytes(raw).partition(b"\r\n\r\n")
+    out = bytearray()
+    while b"\r\n" in data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0 or len(rest) < size + 2:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return bytes(out)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def slow_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection with a tiny receive buffer that has sent one streaming request."""
+    payload = json.dumps(messages_body()).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(
+        b"POST /v1/messages HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(payload), payload)
+    )
+    await writer.drain()
+    return reader, writer
