@@ -47,7 +47,15 @@ def _check_http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _check_header_name(value: str) -> str:
+    # A name that is not an RFC 9110 token breaks every response (or request) it is put on.
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise ValueError(f"{value!r} is not an HTTP header name")
+    return value
+
+
 HostPort = Annotated[str, AfterValidator(_check_host_port)]
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 Seconds = Annotated[float, Field(gt=0)]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -89,7 +97,7 @@ class ServerConfig(Section):
     shutdown_grace_seconds: float = Field(30, ge=0)
     trusted_proxies: list[Network] = Field(default_factory=list)
     tls: TLSConfig = TLSConfig()
-    request_id_header: str = "X-Request-Id"
+    request_id_header: HeaderName = "X-Request-Id"
     reload_poll_seconds: float = Field(2, ge=0)  # watch the config file; 0 = SIGHUP only
 
     @model_validator(mode="after")
@@ -103,12 +111,37 @@ class ServerConfig(Section):
 # --------------------------------------------------------------------------- app
 
 
+# Framing, routing and tracing headers the app proxy sets or drops: never an identity header.
+_PROXY_SET_HEADERS = frozenset(
+    {
+        "host", "content-length", "content-type", "content-encoding", "transfer-encoding",
+        "connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization",
+        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "traceparent", "tracestate",
+    }
+)  # fmt: skip
+
+
 class IdentityHeaders(Section):
     """Headers that carry the verified identity to the app (client copies are stripped)."""
 
-    user: str = "X-Sidecar-User"
-    tenant: str = "X-Sidecar-Tenant"
-    api_key_name: str = "X-Sidecar-Api-Key-Name"
+    user: HeaderName = "X-Sidecar-User"
+    tenant: HeaderName = "X-Sidecar-Tenant"
+    api_key_name: HeaderName = "X-Sidecar-Api-Key-Name"
+
+    @field_validator("user", "tenant", "api_key_name")
+    @classmethod
+    def _not_a_proxy_header(cls, value: str) -> str:
+        if value.lower() in _PROXY_SET_HEADERS:
+            raise ValueError(f"{value!r} is set by the proxy itself; choose another name")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> IdentityHeaders:
+        # `_` and `-` are one to WSGI/CGI apps, and a shared name would carry the wrong value.
+        names = {n.lower().replace("_", "-") for n in (self.user, self.tenant, self.api_key_name)}
+        if len(names) != 3:
+            raise ValueError("user, tenant and api_key_name must be different headers")
+        return self
 
 
 class AppConfig(Section):
