@@ -19,6 +19,7 @@ import pytest
 from sidecar import relay
 from sidecar.config import ClaudeConfig
 from sidecar.upstream import ClaudeClient
+from tests.conftest import SidecarFactory
 from tests.support import eventually, running_sidecar
 
 MODEL = "claude-sonnet-5-5"
@@ -324,3 +325,20 @@ async def slow_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWr
     )
     await writer.drain()
     return reader, writer
+
+
+@pytest.mark.parametrize("max_tokens", ["²", "1²", "9" * 5000])
+async def test_prompt_max_tokens_that_only_look_like_digits_are_a_400(
+    sidecar_for: SidecarFactory, max_tokens: str
+) -> None:
+    async with (
+        sidecar_for() as sidecar,
+        aiohttp.ClientSession() as http,
+        http.get(
+            sidecar.url + "/api/stream-response", params={"prompt": "hi", "max_tokens": max_tokens}
+        ) as response,
+    ):
+        assert response.status == 400
+        error = (await response.json())["error"]
+        assert error["type"] == "invalid_request"
+        assert "max_tokens" in error["message"]

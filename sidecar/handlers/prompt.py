@@ -126,8 +126,11 @@ def _json(data: bytes) -> dict[str, Any]:
 
 
 def _positive_int(value: object, field: str) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # "²" is a digit to Python
+        try:
+            value = int(value)
+        except ValueError:  # longer than Python converts
+            raise bad_request(f"{field} must be a positive integer") from None
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise bad_request(f"{field} must be a positive integer")
     return value
