@@ -106,3 +106,20 @@ async def test_bodyless_statuses_and_head(sidecar_for: SidecarFactory) -> None:
                 assert response.headers["Content-Length"] == "100"
             async with http.get(sidecar.url + "/head") as response:
                 assert await response.read() == b"x" * 100
+
+
+async def test_trusted_proxy_scheme_and_host_reach_the_app(sidecar_for: SidecarFactory) -> None:
+    # TLS ends at the ingress: the app must hear https (or it redirects to http forever).
+    sent = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example.com"}
+    async with running_app() as url:
+        trusted = {"app": {"url": url}, "server": {"trusted_proxies": ["127.0.0.0/8"]}}
+        async with sidecar_for(trusted) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = {k.lower(): v for k, v in (await response.json())["headers"]}
+        assert seen["x-forwarded-proto"] == "https"
+        assert seen["x-forwarded-host"] == "app.example.com"
+        async with sidecar_for({"app": {"url": url}}) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = {k.lower(): v for k, v in (await response.json())["headers"]}
+        assert seen["x-forwarded-proto"] == "http"  # anyone else's claim is replaced
+        assert seen["x-forwarded-host"].startswith("127.0.0.1:")

@@ -18,6 +18,7 @@ from sidecar.errors import Rejection
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
+from sidecar.quotas.subject import is_trusted_proxy
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -52,11 +53,14 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     assert app is not None  # config validation: an app route needs the app section
     strip_and_set_identity(headers, ctx.identity, app.identity_headers)
     peer = request.remote or ""
-    trusted = ctx.client_ip != peer  # client_ip only differs from the peer behind a trusted proxy
+    trusted = is_trusted_proxy(peer, ctx.runtime.config.server.trusted_proxies)
     prior = request.headers.get("X-Forwarded-For") if trusted else None
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    headers["X-Forwarded-Proto"] = request.scheme
-    headers["X-Forwarded-Host"] = request.host
+    # Behind a trusted proxy (an ingress ending TLS) its scheme and host are the client's;
+    # from anyone else they are replaced by what this hop saw.
+    given = request.headers if trusted else {}
+    headers["X-Forwarded-Proto"] = given.get("X-Forwarded-Proto") or request.scheme
+    headers["X-Forwarded-Host"] = given.get("X-Forwarded-Host") or request.host
     headers.pop("traceparent", None)
     headers.pop("tracestate", None)
     carrier: dict[str, str] = {}

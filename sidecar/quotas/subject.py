@@ -19,6 +19,11 @@ def client_ip(peer: str, xff: str | None, trusted: Sequence[Network]) -> str:
     return hops[0] if hops else peer
 
 
+def is_trusted_proxy(peer: str, trusted: Sequence[Network]) -> bool:
+    """Whether `peer` is one of `server.trusted_proxies` (its X-Forwarded-* are believed)."""
+    return _trusted(peer, trusted)
+
+
 def _trusted(address: str, trusted: Sequence[Network]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
