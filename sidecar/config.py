@@ -11,6 +11,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -415,6 +416,21 @@ class QuotaConfig(Section):
     tokens_per_day: int | None = Field(None, gt=0)
     concurrent_streams: int | None = Field(None, gt=0)
     lease_seconds: float = Field(60, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_can_use(cls, value: SecretStr | None) -> SecretStr | None:
+        # What redis-py's from_url would refuse at start; the message never echoes the URL.
+        if value is None:
+            return value
+        try:
+            parsed = urlsplit(value.get_secret_value())
+            parsed.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            raise ValueError("not a valid URL") from None
+        if parsed.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> QuotaConfig:
