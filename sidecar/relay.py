@@ -305,6 +305,14 @@ class LiveStream:
 
     def _tick(self) -> None:
         now = self._loop.time()
+        connection = self.upstream.connection
+        protocol = connection.protocol if connection is not None else None  # falsy when empty
+        broken = protocol.exception() if protocol is not None else None
+        if broken is not None:
+            # aiohttp's parser drops the body reader without a word on broken chunked framing.
+            self._timer = None
+            self.on_end(aiohttp.ClientPayloadError(f"Claude's response is malformed: {broken}"))
+            return
         if self.record.chunks != self._seen or self._paused:
             # A paused stream is not idle: its idle time starts again once Claude is resumed.
             self._seen = self.record.chunks

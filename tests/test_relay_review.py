@@ -342,3 +342,43 @@ async def test_prompt_max_tokens_that_only_look_like_digits_are_a_400(
         error = (await response.json())["error"]
         assert error["type"] == "invalid_request"
         assert "max_tokens" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("route", "bad"),
+    [
+        ("/v1/messages", b"zz\r\nhello\r\n"),  # not a chunk size
+        ("/v1/messages", b"5\r\nhelloXX"),  # no CRLF after the chunk
+        ("/api/stream-response", b"zz\r\nhello\r\n"),
+    ],
+)
+async def test_broken_chunked_framing_mid_stream_is_a_lost_connection(
+    route: str, bad: bytes
+) -> None:
+    # aiohttp's parser drops the body reader on a framing error without telling it; the
+    # stream must still end at once as "connection lost", not wait for the idle timeout.
+    relayed = asyncio.Event()
+
+    async def broken(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(START) + chunk(DELTA))
+        await writer.drain()
+        await relayed.wait()
+        writer.write(bad)
+        await writer.drain()
+        await relayed.wait()
+
+    config = claude_config("", idle_timeout_seconds=20, heartbeat_seconds=0.2)
+    body = messages_body() if route == "/v1/messages" else {"prompt": "hi"}
+    async with scripted_claude(broken) as url:
+        config["claude"]["base_url"] = url
+        async with (
+            running_sidecar(config) as sidecar,
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + route, json=body) as response,
+        ):
+            raw = await response.content.readuntil(b"xxx")  # the delta has arrived
+            relayed.set()
+            raw += await response.read()
+    last = raw.strip().split(b"\n\n")[-1]
+    assert b"connection to Claude was lost" in last
+    assert b"timeout" not in last
