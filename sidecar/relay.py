@@ -292,7 +292,10 @@ class LiveStream:
         if self.record.error_type is None:
             self.record.error_type = error_type
         if not self._transport.is_closing():
-            self.write(self.translator.error_event(error_type, message, outcome))
+            event = self.translator.error_event(error_type, message, outcome)
+            if self.translator.passthrough and self._scanner.pending:
+                event = b"\n\n" + event  # end Claude's cut event first, or it swallows this one
+            self.write(event)
 
     # ------------------------------------------------------------------ watchdog
 

@@ -382,3 +382,24 @@ async def test_broken_chunked_framing_mid_stream_is_a_lost_connection(
     last = raw.strip().split(b"\n\n")[-1]
     assert b"connection to Claude was lost" in last
     assert b"timeout" not in last
+
+
+async def test_a_connection_lost_mid_event_still_ends_with_a_whole_error_event() -> None:
+    async def cut(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(START) + chunk(DELTA[:60]))
+        await writer.drain()
+        writer.transport.abort()
+
+    async with (
+        scripted_claude(cut) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+    ):
+        raw = await response.read()
+    assert raw.startswith(START + DELTA[:60])
+    last = raw.split(b"\n\n")[-2]  # a client's SSE parser sees this as the last event
+    name, _, data = last.partition(b"\n")
+    assert name == b"event: error"
+    assert data.startswith(b"data: ")
+    assert json.loads(data[6:])["error"]["type"] == "api_error"
