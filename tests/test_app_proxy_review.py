@@ -40,6 +40,12 @@ async def no_content(request: web.Request) -> web.Response:
     return web.Response(status=int(request.query.get("status", "204")))
 
 
+async def permissive_cors(request: web.Request) -> web.Response:
+    origin = request.headers.get("Origin", "*")
+    headers = {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true"}
+    return web.Response(text="private", headers=headers)
+
+
 async def head_me(request: web.Request) -> web.Response:
     return web.Response(body=b"x" * 100, content_type="text/plain")
 
@@ -52,6 +58,7 @@ async def running_app() -> AsyncIterator[str]:
     app.router.add_get("/ws-record", recording_ws)
     app.router.add_get("/empty", no_content)
     app.router.add_get("/head", head_me)
+    app.router.add_get("/cors", permissive_cors)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -123,3 +130,20 @@ async def test_trusted_proxy_scheme_and_host_reach_the_app(sidecar_for: SidecarF
                 seen = {k.lower(): v for k, v in (await response.json())["headers"]}
         assert seen["x-forwarded-proto"] == "http"  # anyone else's claim is replaced
         assert seen["x-forwarded-host"].startswith("127.0.0.1:")
+
+
+async def test_origin_policy_is_the_sidecars_even_when_the_app_reflects_origins(
+    sidecar_for: SidecarFactory,
+) -> None:
+    allowed = "https://app.example.com"
+    async with running_app() as url:
+        config = {"app": {"url": url}, "cors": {"allow_origins": [allowed]}}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            evil = {"Origin": "https://evil.example"}
+            async with http.get(sidecar.url + "/cors", headers=evil) as response:
+                assert response.status == 200  # the app route lets the request through
+                assert "Access-Control-Allow-Origin" not in response.headers
+                assert "Access-Control-Allow-Credentials" not in response.headers
+            async with http.get(sidecar.url + "/cors", headers={"Origin": allowed}) as response:
+                assert response.headers["Access-Control-Allow-Origin"] == allowed
+                assert response.headers.getall("Access-Control-Allow-Origin") == [allowed]

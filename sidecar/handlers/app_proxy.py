@@ -112,6 +112,10 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
 
 async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
     headers = end_to_end(upstream.headers)
+    # Which origins may read answers is the sidecar's `cors` policy, not the app's: an app
+    # reflecting any Origin (with credentials) must not reopen what the policy refused.
+    for name in [n for n in headers if n.lower().startswith("access-control-")]:
+        headers.popall(name, None)
     vary = merge_vary(", ".join(headers.getall("Vary", ())))
     headers.update(ctx.headers)
     headers["Vary"] = vary
