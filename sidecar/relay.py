@@ -248,7 +248,8 @@ class LiveStream:
                 await self._wakeup
                 # Resuming relays what the parser held back at once, which may pause again.
                 while self._paused and not self._ended:
-                    await self._writer.drain()
+                    if not await self._drained():
+                        break  # stopped (shutdown) while the client still lags: end without it
                     self._paused = False
                     self.upstream.connection.protocol.resume_reading()  # type: ignore[union-attr]
             self._finish(self._end)
@@ -260,6 +261,22 @@ class LiveStream:
             if self._timer is not None:
                 self._timer.cancel()
             self.upstream.close()  # releases (and on early exit, drops) the upstream connection
+
+    async def _drained(self) -> bool:
+        """Wait for the slow client to catch up (True) or the stream to be ended (False)."""
+        drain = self._loop.create_task(self._writer.drain())  # once per pause, not per event
+        self._wakeup = self._loop.create_future()
+        drain.add_done_callback(self._drain_done)
+        await self._wakeup
+        if not drain.done():
+            return False  # left to finish on its own: cancelling it would break later drains
+        drain.result()  # a client gone raises here
+        return True
+
+    def _drain_done(self, drain: asyncio.Task[None]) -> None:
+        if not drain.cancelled():
+            drain.exception()  # retrieved here; the relay raises it if still waiting
+        self._wake()
 
     def _take_buffered(self, reader: StreamReader) -> None:
         """Relay what aiohttp's reader holds (before push mode starts)."""

@@ -403,3 +403,46 @@ async def test_a_connection_lost_mid_event_still_ends_with_a_whole_error_event()
     assert name == b"event: error"
     assert data.startswith(b"data: ")
     assert json.loads(data[6:])["error"]["type"] == "api_error"
+
+
+async def test_shutdown_ends_a_stream_paused_for_a_client_that_stopped_reading(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"model": MODEL, "max_tokens": 6000, "stream": True,
+            "messages": [{"role": "user", "content": "[[fake tokens=5000]] flood"}]}  # fmt: skip
+    async with sidecar_for() as sidecar:
+        for site in sidecar._sites:  # accepted sockets inherit a small send buffer
+            for listener in site._server.sockets:  # type: ignore[union-attr]
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        payload = json.dumps(body).encode()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(payload), payload)
+        )
+        streams = sidecar.runtime.streams
+
+        async def paused() -> bool:
+            return any(stream._paused for stream in streams._streams)
+
+        await eventually(paused)
+        stopping = asyncio.create_task(sidecar.shutdown(grace=0.1))
+
+        async def gone() -> bool:
+            return len(streams) == 0
+
+        await eventually(gone)  # ended by shutdown, without the client reading a byte
+        assert not stopping.done()  # (shutdown then gives final events time to leave)
+        raw = await reader.read()
+        writer.close()
+        await stopping
+    assert raw.endswith(b"\r\n0\r\n\r\n")  # the response was ended properly
+    last = relayed_payload(raw).strip().split(b"\n\n")[-1]
+    assert last.startswith(b"event: error")
+    assert b"overloaded_error" in last
+    ends = [r for r in caplog.records if getattr(r, "event", None) == "stream_error"]
+    assert [getattr(r, "outcome", None) for r in ends] == ["shutting_down"]
