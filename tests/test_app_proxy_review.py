@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.conftest import SidecarFactory
@@ -46,6 +47,10 @@ async def permissive_cors(request: web.Request) -> web.Response:
     return web.Response(text="private", headers=headers)
 
 
+async def forbidden_ws(request: web.Request) -> web.Response:
+    return web.json_response({"error": "log in first"}, status=403)
+
+
 async def head_me(request: web.Request) -> web.Response:
     return web.Response(body=b"x" * 100, content_type="text/plain")
 
@@ -59,6 +64,7 @@ async def running_app() -> AsyncIterator[str]:
     app.router.add_get("/empty", no_content)
     app.router.add_get("/head", head_me)
     app.router.add_get("/cors", permissive_cors)
+    app.router.add_get("/ws-forbidden", forbidden_ws)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -147,3 +153,16 @@ async def test_origin_policy_is_the_sidecars_even_when_the_app_reflects_origins(
             async with http.get(sidecar.url + "/cors", headers={"Origin": allowed}) as response:
                 assert response.headers["Access-Control-Allow-Origin"] == allowed
                 assert response.headers.getall("Access-Control-Allow-Origin") == [allowed]
+
+
+async def test_websocket_the_app_refuses_keeps_the_apps_status(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with running_app() as url, sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(sidecar.url + "/ws-forbidden")
+            assert refused.value.status == 403
+            with pytest.raises(aiohttp.WSServerHandshakeError) as missing:
+                await http.ws_connect(sidecar.url + "/no-such-socket")
+            assert missing.value.status == 404

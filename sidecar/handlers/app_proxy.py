@@ -32,6 +32,10 @@ _WS_HANDSHAKE: Final = frozenset(
 )  # fmt: skip
 
 
+_ERROR_TYPES: Final = {
+    401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error",
+}  # fmt: skip
 _CLOSING: set[asyncio.Task[bool]] = set()  # WebSocket closes that outlive a cancelled handler
 
 
@@ -149,6 +153,20 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         upstream = await session.ws_connect(
             _target(ctx), headers=headers, protocols=protocols, autoping=True
         )
+    except aiohttp.WSServerHandshakeError as exc:
+        if 400 <= exc.status < 600:  # the app answered (401, 403, 404 ...): its status stands
+            raise Rejection(
+                exc.status,
+                _ERROR_TYPES.get(
+                    exc.status, "invalid_request_error" if exc.status < 500 else "api_error"
+                ),
+                f"the app refused the WebSocket (HTTP {exc.status})",
+                reason="app_refused_websocket",
+            ) from None
+        raise Rejection(
+            502, "api_error", "the app answered the WebSocket handshake wrongly",
+            reason="app_unreachable", code="bad_gateway",
+        ) from None  # fmt: skip
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise Rejection(
             502, "api_error", f"the app refused the WebSocket ({type(exc).__name__})",
