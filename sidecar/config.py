@@ -326,6 +326,16 @@ _DEFAULT_EXPOSE_HEADERS = [
 ]  # fmt: skip
 
 
+def _as_browsers_send(origin: str) -> str:
+    """`https://App.Example.com:443` as a browser's Origin: host in lower case, no default port."""
+    if origin == "*":
+        return origin
+    scheme, _, host = origin.partition("://")
+    default = ":443" if scheme == "https" else ":80"
+    host = host.lower()
+    return f"{scheme}://{host.removesuffix(default)}"
+
+
 class CorsConfig(Section):
     allow_origins: list[str] = Field(default_factory=list)
     allow_credentials: bool = False
@@ -340,7 +350,7 @@ class CorsConfig(Section):
         for origin in value:
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
-        return value
+        return [_as_browsers_send(origin) for origin in value]
 
     @model_validator(mode="after")
     def _no_wildcard_with_credentials(self) -> CorsConfig:

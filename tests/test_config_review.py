@@ -77,3 +77,14 @@ def test_redis_url_that_redis_cannot_use_is_a_config_error(url: str) -> None:
 def test_redis_urls_redis_accepts_validate(url: str) -> None:
     config = loader.validate({"quotas": {"store": "redis", "redis_url": url}})
     assert config.quotas.redis_url is not None
+
+
+async def test_origins_are_matched_as_browsers_send_them(sidecar_for: SidecarFactory) -> None:
+    # Browsers send the host in lower case and never a default port.
+    cors = {"allow_origins": ["https://App.Example.com:443", "http://Localhost:80"]}
+    async with sidecar_for({"cors": cors}) as sidecar, aiohttp.ClientSession() as http:
+        for origin in ("https://app.example.com", "http://localhost"):
+            preflight = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+            async with http.options(sidecar.url + "/v1/messages", headers=preflight) as r:
+                assert r.status == 204
+                assert r.headers["Access-Control-Allow-Origin"] == origin
