@@ -107,11 +107,7 @@ class ClaudeClient:
                         attempt.method, url, data=body, headers=attempt.headers,
                         timeout=self._timeout, allow_redirects=False,
                     )  # fmt: skip
-            except TimeoutError:
-                raise Rejection(
-                    504, "timeout_error", "Claude did not answer in time", reason="upstream_timeout"
-                ) from None
-            except aiohttp.ClientError as exc:
+            except aiohttp.ClientError as exc:  # before TimeoutError: a connect timeout is both
                 if retries >= self._config.max_retries:
                     raise Rejection(
                         502,
@@ -121,6 +117,10 @@ class ClaudeClient:
                     ) from None
                 delay = self.backoff(retries, None)
                 self._count_retry("connect_error")
+            except TimeoutError:
+                raise Rejection(
+                    504, "timeout_error", "Claude did not answer in time", reason="upstream_timeout"
+                ) from None
             else:
                 if self._on_status is not None:
                     self._on_status(response.status)

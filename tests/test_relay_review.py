@@ -446,3 +446,32 @@ async def test_shutdown_ends_a_stream_paused_for_a_client_that_stopped_reading(
     assert b"overloaded_error" in last
     ends = [r for r in caplog.records if getattr(r, "event", None) == "stream_error"]
     assert [getattr(r, "outcome", None) for r in ends] == ["shutting_down"]
+
+
+async def test_a_connect_timeout_is_a_connect_error_and_is_retried() -> None:
+    # A listener whose backlog is full: the next connection attempts time out.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.socket()
+    filler.connect(listener.getsockname())
+    port = listener.getsockname()[1]
+    config = claude_config(
+        f"http://127.0.0.1:{port}",
+        connect_timeout_seconds=0.2, max_retries=1, retry_base_seconds=0.01,
+    )  # fmt: skip
+    try:
+        async with (
+            running_sidecar(config) as sidecar,
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+        ):
+            assert response.status == 502
+            assert "unreachable" in (await response.json())["error"]["message"]
+            async with http.get(sidecar.admin_url + "/metrics") as metrics:
+                text = await metrics.text()
+    finally:
+        filler.close()
+        listener.close()
+    retried = [line for line in text.splitlines() if line.startswith("sidecar_upstream_retries")]
+    assert any('reason="connect_error"' in line and line.endswith(" 1.0") for line in retried)
