@@ -166,3 +166,28 @@ async def test_websocket_the_app_refuses_keeps_the_apps_status(
             with pytest.raises(aiohttp.WSServerHandshakeError) as missing:
                 await http.ws_connect(sidecar.url + "/no-such-socket")
             assert missing.value.status == 404
+
+
+async def test_other_forwarding_headers_are_only_believed_from_trusted_proxies(
+    sidecar_for: SidecarFactory,
+) -> None:
+    sent = {
+        "Forwarded": "for=203.0.113.66;proto=https",
+        "X-Real-IP": "203.0.113.66",
+        "X-Forwarded-Port": "8443",
+        "X-Forwarded-Prefix": "/evil",
+        "X-Kept": "yes",
+    }
+    async with running_app() as url:
+        async with sidecar_for({"app": {"url": url}}) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = {k.lower(): v for k, v in (await response.json())["headers"]}
+        for name in ("forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix"):
+            assert name not in seen
+        assert seen["x-kept"] == "yes"
+        trusted = {"app": {"url": url}, "server": {"trusted_proxies": ["127.0.0.0/8"]}}
+        async with sidecar_for(trusted) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = {k.lower(): v for k, v in (await response.json())["headers"]}
+        assert seen["x-real-ip"] == "203.0.113.66"
+        assert seen["x-forwarded-prefix"] == "/evil"  # the ingress said so

@@ -58,6 +58,11 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     strip_and_set_identity(headers, ctx.identity, app.identity_headers)
     peer = request.remote or ""
     trusted = is_trusted_proxy(peer, ctx.runtime.config.server.trusted_proxies)
+    if not trusted:
+        # The app believes its proxy: what a client says about addresses, ports or path
+        # prefixes (X-Forwarded-Port/-Prefix, X-Real-IP, Forwarded) never reaches it as such.
+        for name in [n for n in headers if _claims_forwarding(n)]:
+            headers.popall(name, None)
     prior = request.headers.get("X-Forwarded-For") if trusted else None
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     # Behind a trusted proxy (an ingress ending TLS) its scheme and host are the client's;
@@ -71,6 +76,11 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     ctx.runtime.telemetry.inject(ctx.span, carrier)
     headers.update(carrier)
     return headers
+
+
+def _claims_forwarding(name: str) -> bool:
+    lower = name.lower()
+    return lower.startswith("x-forwarded-") or lower in ("forwarded", "x-real-ip")
 
 
 def _target(ctx: RequestContext) -> str:
