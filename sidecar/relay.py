@@ -290,15 +290,15 @@ class LiveStream:
         if record.outcome == "client_cancelled":
             return
         record.last_chunk_at = time.perf_counter()
+        if end is not None and not isinstance(end, StopStream | aiohttp.ClientError | OSError):
+            # Raised inside the relay itself (the parser hands it back): a bug, say so.
+            log.error("relay failed", exc_info=end, extra={"request_id": record.request_id})
         if isinstance(end, StopStream):
             self._fail(end.outcome, end.error_type, end.message)
-        elif end is not None:
-            if not isinstance(end, aiohttp.ClientError | OSError):
-                # Raised inside the relay itself (the parser hands it back): a bug, say so.
-                log.error("relay failed", exc_info=end, extra={"request_id": record.request_id})
-            self._fail("upstream_error", "api_error", "connection to Claude was lost")
-        elif record.error_type is not None:
+        elif record.error_type is not None:  # Claude's `event: error` was relayed: the last word
             record.outcome = "upstream_error"
+        elif end is not None:
+            self._fail("upstream_error", "api_error", "connection to Claude was lost")
         elif not self.saw_stop:
             self._fail("upstream_error", "api_error", "Claude's stream ended early")
         elif not self.translator.passthrough:

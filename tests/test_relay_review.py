@@ -475,3 +475,30 @@ async def test_a_connect_timeout_is_a_connect_error_and_is_retried() -> None:
         listener.close()
     retried = [line for line in text.splitlines() if line.startswith("sidecar_upstream_retries")]
     assert any('reason="connect_error"' in line and line.endswith(" 1.0") for line in retried)
+
+
+@pytest.mark.parametrize("route", ["/v1/messages", "/api/stream-response"])
+async def test_claudes_error_event_then_a_lost_connection_is_one_error(route: str) -> None:
+    error = (
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+        b'"message":"Overloaded"}}\n\n'
+    )
+
+    async def error_then_drop(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(START) + chunk(DELTA) + chunk(error))
+        await writer.drain()
+        writer.transport.abort()
+
+    body = messages_body() if route == "/v1/messages" else {"prompt": "hi"}
+    async with (
+        scripted_claude(error_then_drop) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + route, json=body) as response,
+    ):
+        raw = await response.read()
+    blocks = raw.strip().split(b"\n\n")
+    errors = [b for b in blocks if b.startswith(b"event: error") or b'data: {"error"' in b]
+    assert len(errors) == 1  # Claude's own error is the last word
+    assert errors[0] == blocks[-1]
+    assert b"Overloaded" in errors[0]
