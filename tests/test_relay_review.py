@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ import pytest
 
 from sidecar import relay
 from sidecar.config import ClaudeConfig
+from sidecar.fake_claude import FakeServer
 from sidecar.upstream import ClaudeClient
 from tests.conftest import SidecarFactory
 from tests.support import eventually, running_sidecar
@@ -502,3 +504,44 @@ async def test_claudes_error_event_then_a_lost_connection_is_one_error(route: st
     assert len(errors) == 1  # Claude's own error is the last word
     assert errors[0] == blocks[-1]
     assert b"Overloaded" in errors[0]
+
+
+async def test_a_client_that_leaves_while_paused_frees_everything(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = {"model": MODEL, "max_tokens": 6000, "stream": True,
+            "messages": [{"role": "user", "content": "[[fake tokens=5000]] flood"}]}  # fmt: skip
+    async with sidecar_for() as sidecar:
+        for site in sidecar._sites:  # accepted sockets inherit a small send buffer
+            for listener in site._server.sockets:  # type: ignore[union-attr]
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        runtime = sidecar.runtime
+        payload = json.dumps(body).encode()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
+        _, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(payload), payload)
+        )
+
+        async def paused() -> bool:
+            return any(stream._paused for stream in runtime.streams._streams)
+
+        await eventually(paused)
+        writer.transport.abort()  # the client leaves while Claude is held back for it
+
+        async def released() -> bool:
+            return (
+                len(runtime.streams) == 0
+                and runtime.admission.active == 0
+                and fake.state.open_streams == 0
+            )
+
+        await eventually(released)
+    ends = [r for r in caplog.records if getattr(r, "event", None) == "stream_complete"]
+    assert [getattr(r, "outcome", None) for r in ends] == ["client_cancelled"]
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
