@@ -174,6 +174,10 @@ class ClaudeConfig(Section):
     model: str = "claude-sonnet-5-5"
     max_tokens: int = Field(1024, gt=0)
     allowed_models: list[str] | None = None
+    # Anthropic API paths besides /v1/messages and /v1/messages/count_tokens that are
+    # forwarded (prefixes, whole segments); anything else is a 403. Open batches or files
+    # only knowingly: they spend the sidecar's key outside screening and token quotas.
+    forward_paths: list[str] = Field(default_factory=lambda: ["/v1/models"])
     anthropic_version: str = "2023-06-01"
     max_retries: int = Field(3, ge=0, le=10)
     retry_base_seconds: float = Field(0.5, gt=0)
@@ -184,6 +188,14 @@ class ClaudeConfig(Section):
     max_concurrent_streams: int = Field(256, gt=0)
     queue: QueueConfig = QueueConfig()
     fake: FakeClaudeConfig = FakeClaudeConfig()
+
+    @field_validator("forward_paths")
+    @classmethod
+    def _api_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/v1/") or path.rstrip("/") == "/v1":
+                raise ValueError(f"{path!r} is not an Anthropic API path below /v1/")
+        return value
 
     @field_validator("base_url")
     @classmethod

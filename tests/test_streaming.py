@@ -319,3 +319,30 @@ async def test_request_id_is_echoed_when_well_formed(sidecar_for: SidecarFactory
             assert r.headers["X-Request-Id"] == "abc-123"
         async with http.get(url, params={"prompt": "x"}, headers={"X-Request-Id": "bad id!"}) as r:
             assert re.fullmatch(r"req_[0-9a-f]{24}", r.headers["X-Request-Id"])
+
+
+async def test_only_configured_api_paths_are_forwarded(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(anthropic.PermissionDeniedError):  # batches spend tokens unscreened
+            await client.messages.batches.create(
+                requests=[
+                    {
+                        "custom_id": "a",
+                        "params": {"model": MODEL, "max_tokens": 8, "messages": user("x")},
+                    }
+                ]
+            )
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/v1/files") as response:
+                assert response.status == 403
+                assert (await response.json())["error"]["type"] == "permission_error"
+            async with http.get(sidecar.url + "/v1/models") as response:
+                assert response.status == 404  # forwarded: the fake has no models list
+    assert [r["path"] for r in fake.state.requests] == ["/v1/models"]
+    opened = {"claude": {"forward_paths": ["/v1/models", "/v1/messages/batches"]}}
+    async with sidecar_for(opened) as sidecar, aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url + "/v1/messages/batches", json={"requests": []}) as r:
+            assert r.status == 404  # forwarded now
+    assert fake.state.requests[-1]["path"] == "/v1/messages/batches"

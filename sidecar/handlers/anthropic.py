@@ -89,7 +89,20 @@ async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
         return await _messages(ctx, path_qs)
     if path == "/v1/messages/count_tokens":
         return await _count_tokens(ctx, path_qs)
+    if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):
+        # Batches, files and the like would spend the sidecar's key outside screening and
+        # token quotas: only the paths the config opens are forwarded.
+        raise Rejection(
+            403, "permission_error", f"{path} is not open through this sidecar",
+            reason="path_not_forwarded",
+        )  # fmt: skip
     return await _forward(ctx, path_qs, None)
+
+
+def _under(path: str, prefix: str) -> bool:
+    """`path` is `prefix` or below it, on whole segments."""
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
 
 
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
