@@ -235,3 +235,17 @@ def test_other_delta_shapes_are_decoded() -> None:
         assert _DELTA.match(block) is None
         out = PromptTranslator(capture=False).translate(block, b"content_block_delta", RECORD)
         assert data_of(out) == [{"token": "hi"}]
+
+
+async def test_an_event_source_reconnect_is_told_to_stop_not_charged_again(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url + ROUTE
+        async with http.get(url, params={"prompt": "hi"}) as first:
+            assert data_of(await first.read())[-1]["done"] is True
+        # The browser reconnects by itself once the stream closes, with the last id it saw.
+        async with http.get(url, params={"prompt": "hi"}, headers={"Last-Event-ID": "12"}) as r:
+            assert r.status == 204  # EventSource stops on 204
+            assert r.headers["X-Request-Id"]
+    assert fake.state.counters["requests"] == 1

@@ -178,6 +178,10 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
     """Validate, screen, admit and stream one prompt."""
     request = ctx.request
     config = ctx.runtime.config
+    if request.method == "GET" and "Last-Event-ID" in request.headers:
+        # EventSource reconnecting (it does so on its own after every stream ends): streams
+        # are not resumable, so say "stop" (204) rather than pay for the prompt again.
+        return web.Response(status=204, headers=ctx.headers)
     if request.method == "GET":
         fields: dict[str, Any] = dict(request.query)
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
