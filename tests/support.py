@@ -105,3 +105,15 @@ def stop_process(process: subprocess.Popen[bytes], config_path: Path) -> str:
         process.kill()
         process.wait(timeout=10)
     return config_path.with_suffix(".log").read_text(errors="replace")
+
+
+def dechunk(data: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body."""
+    out = bytearray()
+    while True:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += rest[:size]
+        data = rest[size + 2 :]

@@ -11,7 +11,7 @@ import aiohttp
 
 from sidecar.relay import LiveStream
 from tests.conftest import SidecarFactory
-from tests.support import eventually
+from tests.support import dechunk, eventually
 
 TOKENS = 5000  # ~600 KB of events: more than the relay's high-water mark plus tiny socket buffers
 
@@ -54,21 +54,10 @@ async def test_slow_client_pauses_claude_and_loses_nothing(sidecar_for: SidecarF
         writer.close()
     head, _, chunked = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
-    payload = _dechunk(chunked)
+    payload = dechunk(chunked)
     events = payload.split(b"\n\n")
     assert sum(1 for e in events if e.startswith(b"event: content_block_delta")) == TOKENS
     assert events[-2].startswith(b"event: message_stop")  # complete, no error event
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = bytearray()
-    while True:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            return bytes(out)
-        out += rest[:size]
-        data = rest[size + 2 :]
 
 
 async def test_finished_streams_reuse_the_upstream_connection(

@@ -22,7 +22,7 @@ from sidecar.config import ClaudeConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.upstream import ClaudeClient
 from tests.conftest import SidecarFactory
-from tests.support import eventually, running_sidecar
+from tests.support import dechunk, eventually, running_sidecar
 
 MODEL = "claude-sonnet-5-5"
 START = (
@@ -72,18 +72,6 @@ async def scripted_claude(*scripts: Script) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.close()
-
-
-def dechunk(data: bytes) -> bytes:
-    """The payload of an HTTP/1.1 chunked body."""
-    out = bytearray()
-    while True:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            return bytes(out)
-        out += rest[:size]
-        data = rest[size + 2 :]
 
 
 def claude_config(url: str, **extra: Any) -> dict[str, Any]:
