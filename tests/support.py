@@ -117,3 +117,25 @@ def dechunk(data: bytes) -> bytes:
             return bytes(out)
         out += rest[:size]
         data = rest[size + 2 :]
+
+
+def shrink_send_buffers(server: SidecarServer) -> None:
+    """Accepted sockets inherit a small send buffer: a slow client fills it at once."""
+    for site in server._sites:
+        for listener in site._server.sockets:  # type: ignore[union-attr]
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
+async def slow_client(port: int, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """POST `body` to /v1/messages from a client with tiny buffers that reads only when told."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(
+        b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
+    )
+    await writer.drain()
+    return reader, writer

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import aiohttp
 
 from sidecar.relay import LiveStream
 from tests.conftest import SidecarFactory
-from tests.support import dechunk, eventually
+from tests.support import dechunk, eventually, shrink_send_buffers, slow_client
 
 TOKENS = 5000  # ~600 KB of events: more than the relay's high-water mark plus tiny socket buffers
 
@@ -23,19 +22,8 @@ async def test_slow_client_pauses_claude_and_loses_nothing(sidecar_for: SidecarF
     }).encode()  # fmt: skip
     claude = {"idle_timeout_seconds": 0.3, "heartbeat_seconds": 0.1}
     async with sidecar_for({"claude": claude}) as sidecar:
-        for site in sidecar._sites:  # accepted sockets inherit a small send buffer from these
-            for listener in site._server.sockets:  # type: ignore[union-attr]
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads slowly
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-        writer.write(
-            b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
-        )
-        await writer.drain()
+        shrink_send_buffers(sidecar)
+        reader, writer = await slow_client(sidecar.port, body)
 
         def live() -> LiveStream | None:
             streams = list(sidecar.runtime.streams._streams)

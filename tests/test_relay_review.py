@@ -22,7 +22,7 @@ from sidecar.config import ClaudeConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.upstream import ClaudeClient
 from tests.conftest import SidecarFactory
-from tests.support import dechunk, eventually, running_sidecar
+from tests.support import dechunk, eventually, running_sidecar, shrink_send_buffers, slow_client
 
 MODEL = "claude-sonnet-5-5"
 START = (
@@ -99,15 +99,7 @@ async def test_a_stream_paused_again_while_resuming_still_finishes(
 
     async with scripted_claude(burst) as url, running_sidecar(claude_config(url)) as sidecar:
         payload = json.dumps(messages_body()).encode()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads slowly
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-        writer.write(
-            b"POST /v1/messages HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(payload), payload)
-        )
+        reader, writer = await slow_client(sidecar.port, payload)
         raw = bytearray()
         async with asyncio.timeout(10):  # a stuck relay never ends the response
             while data := await reader.read(4096):
@@ -260,10 +252,8 @@ async def test_a_long_pause_does_not_count_as_idle_once_the_client_catches_up() 
     async with scripted_claude(until_paused) as url:
         config["claude"]["base_url"] = url
         async with running_sidecar(config) as sidecar:
-            for site in sidecar._sites:  # accepted sockets inherit a small send buffer
-                for listener in site._server.sockets:  # type: ignore[union-attr]
-                    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            reader, writer = await slow_client(sidecar.port)
+            shrink_send_buffers(sidecar)
+            reader, writer = await slow_client(sidecar.port, json.dumps(messages_body()).encode())
 
             async def started() -> bool:
                 streams[:] = list(sidecar.runtime.streams._streams)
@@ -299,22 +289,6 @@ def relayed_payload(raw: bytes | bytearray) -> bytes:
 
 async def _true(value: bool) -> bool:
     return value
-
-
-async def slow_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw connection with a tiny receive buffer that has sent one streaming request."""
-    payload = json.dumps(messages_body()).encode()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    writer.write(
-        b"POST /v1/messages HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(payload), payload)
-    )
-    await writer.drain()
-    return reader, writer
 
 
 @pytest.mark.parametrize("max_tokens", ["²", "1²", "9" * 5000])
@@ -401,19 +375,9 @@ async def test_shutdown_ends_a_stream_paused_for_a_client_that_stopped_reading(
     body = {"model": MODEL, "max_tokens": 6000, "stream": True,
             "messages": [{"role": "user", "content": "[[fake tokens=5000]] flood"}]}  # fmt: skip
     async with sidecar_for() as sidecar:
-        for site in sidecar._sites:  # accepted sockets inherit a small send buffer
-            for listener in site._server.sockets:  # type: ignore[union-attr]
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        shrink_send_buffers(sidecar)
         payload = json.dumps(body).encode()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-        writer.write(
-            b"POST /v1/messages HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(payload), payload)
-        )
+        reader, writer = await slow_client(sidecar.port, payload)
         streams = sidecar.runtime.streams
 
         async def paused() -> bool:
@@ -501,20 +465,10 @@ async def test_a_client_that_leaves_while_paused_frees_everything(
     body = {"model": MODEL, "max_tokens": 6000, "stream": True,
             "messages": [{"role": "user", "content": "[[fake tokens=5000]] flood"}]}  # fmt: skip
     async with sidecar_for() as sidecar:
-        for site in sidecar._sites:  # accepted sockets inherit a small send buffer
-            for listener in site._server.sockets:  # type: ignore[union-attr]
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        shrink_send_buffers(sidecar)
         runtime = sidecar.runtime
         payload = json.dumps(body).encode()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
-        _, writer = await asyncio.open_connection(sock=sock, limit=4096)
-        writer.write(
-            b"POST /v1/messages HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(payload), payload)
-        )
+        _, writer = await slow_client(sidecar.port, payload)
 
         async def paused() -> bool:
             return any(stream._paused for stream in runtime.streams._streams)
