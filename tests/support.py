@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from sidecar import loader
 from sidecar.server import SidecarServer
@@ -139,3 +140,16 @@ async def slow_client(port: int, body: bytes) -> tuple[asyncio.StreamReader, asy
     )
     await writer.drain()
     return reader, writer
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve an aiohttp app on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    address: Any = runner.addresses[0]
+    try:
+        yield f"http://127.0.0.1:{address[1]}"
+    finally:
+        await runner.cleanup()

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import SidecarFactory
-from tests.support import free_port
+from tests.support import free_port, serving
 
 BODY_CHUNK = b"x" * 65536
 
@@ -104,15 +104,8 @@ async def running_app() -> AsyncIterator[tuple[str, AppState]]:
     app.router.add_get("/slow", slow)
     app.router.add_get("/gzip", gzipped)
     app.router.add_get("/inflight", in_flight)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    address: Any = runner.addresses[0]
-    try:
-        yield f"http://127.0.0.1:{address[1]}", state
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url, state
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from tests.conftest import SidecarFactory
+from tests.support import serving
 
 
 async def echo_headers(request: web.Request) -> web.Response:
@@ -65,15 +65,8 @@ async def running_app() -> AsyncIterator[str]:
     app.router.add_get("/head", head_me)
     app.router.add_get("/cors", permissive_cors)
     app.router.add_get("/ws-forbidden", forbidden_ws)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    address: Any = runner.addresses[0]
-    try:
-        yield f"http://127.0.0.1:{address[1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def test_identity_header_spelled_with_underscores_is_stripped(
