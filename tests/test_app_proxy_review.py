@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import SidecarFactory
-from tests.support import serving
+from tests.support.apps import serving
+from tests.support.sidecars import SidecarFactory
 
 
 async def echo_headers(request: web.Request) -> web.Response:

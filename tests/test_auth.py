@@ -14,8 +14,8 @@ import pytest
 
 from sidecar import loader
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
-from tests.policy_support import (
+from tests.support.apps import running_app
+from tests.support.policy import (
     API_KEY,
     API_KEY_SHA256,
     AUDIENCE,
@@ -27,7 +27,7 @@ from tests.policy_support import (
     public_pem,
     write_public_key,
 )
-from tests.test_app_proxy import running_app
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 MODEL = "claude-sonnet-5-5"

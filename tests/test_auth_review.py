@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from sidecar import loader
-from tests.conftest import SidecarFactory
-from tests.policy_support import API_KEY, API_KEY_SHA256
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory
 
 KEYS = [{"name": "ci", "sha256": API_KEY_SHA256, "user": "ci-bot"}]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port
+from tests.support.sockets import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

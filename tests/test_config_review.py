@@ -8,9 +8,9 @@ import aiohttp
 import pytest
 
 from sidecar import loader
-from tests.conftest import SidecarFactory
-from tests.policy_support import API_KEY, API_KEY_SHA256
-from tests.test_app_proxy import running_app
+from tests.support.apps import running_app
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory
 
 
 def problems_of(data: dict[str, Any]) -> list[str]:

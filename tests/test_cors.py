@@ -15,8 +15,8 @@ from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
 from sidecar.policy.cors import merge_vary
-from tests.conftest import SidecarFactory
-from tests.policy_support import API_KEY, API_KEY_SHA256
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 ALLOWED = "https://app.example.com"

@@ -14,8 +14,8 @@ import pytest
 
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import JsonFormatter, setup_logging
-from tests.conftest import SidecarFactory
-from tests.test_telemetry import TRACEPARENT, make_otel, prompt
+from tests.support.otel import TRACEPARENT, make_otel, prompt
+from tests.support.sidecars import SidecarFactory
 
 CLIENT_KEY = "sk-client-key-0123456789"
 AUTH = {

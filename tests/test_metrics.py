@@ -16,8 +16,8 @@ from sidecar.config import ModelPrice
 from sidecar.record import StreamRecord
 from sidecar.server import SidecarServer
 from sidecar.telemetry.cost import cost_usd, price_for
-from tests.conftest import SidecarFactory
-from tests.test_telemetry import make_otel, prompt
+from tests.support.otel import make_otel, prompt
+from tests.support.sidecars import SidecarFactory
 
 DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
 METRIC_NAME = re.compile(r"\b(?:gen_ai|sidecar|http)_[a-z0-9_]+")

@@ -21,8 +21,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import Telemetry
 from sidecar.telemetry.providers import otlp_target
-from tests.conftest import SidecarFactory
-from tests.support import free_port
+from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import free_port
 
 MODEL = "claude-sonnet-5-5"
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

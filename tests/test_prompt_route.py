@@ -11,7 +11,7 @@ import pytest
 from sidecar.fake_claude import FakeServer
 from sidecar.handlers.prompt import _DELTA, PromptTranslator
 from sidecar.record import StreamRecord
-from tests.conftest import SidecarFactory
+from tests.support.sidecars import SidecarFactory
 
 ROUTE = "/api/stream-response"
 RECORD = StreamRecord(request_id="req_1", route=ROUTE, handler="prompt", started=0.0)

@@ -9,7 +9,7 @@ import aiohttp
 
 from sidecar.quotas.stores import Limits
 from sidecar.quotas.stores.memory import MemoryQuotaStore
-from tests.conftest import SidecarFactory
+from tests.support.sidecars import SidecarFactory
 
 MODEL = "claude-sonnet-5-5"
 LEASE = 0.2  # seconds: the stream below outlives several of these

@@ -14,7 +14,7 @@ import pytest
 
 from sidecar.quotas.stores import Decision, Limits, MemoryQuotaStore, QuotaStore
 from sidecar.quotas.stores.redis import RedisQuotaStore, subject_keys
-from tests.redis_server import RedisServer, running_redis
+from tests.support.redis_server import RedisServer, running_redis
 
 
 @dataclass

@@ -22,9 +22,9 @@ from aiohttp import web
 from sidecar.fake_claude import FakeServer
 from sidecar.quotas.stores import Decision, Limits, QuotaStore
 from sidecar.server import SidecarServer
-from tests.conftest import SidecarFactory
-from tests.redis_server import RedisServer
-from tests.support import free_port
+from tests.support.redis_server import RedisServer
+from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import free_port
 
 MODEL = "claude-sonnet-5-5"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

@@ -11,8 +11,8 @@ from sidecar.config import QuotaConfig
 from sidecar.identity import ANONYMOUS
 from sidecar.quotas import QuotaGate
 from sidecar.quotas.stores.redis import RedisQuotaStore
-from tests.redis_server import running_redis
-from tests.support import eventually
+from tests.support.redis_server import running_redis
+from tests.support.waiting import eventually
 
 POLICY = QuotaConfig(concurrent_streams=1, tokens_per_minute=1000)
 

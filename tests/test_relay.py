@@ -9,8 +9,9 @@ import json
 import aiohttp
 
 from sidecar.relay import LiveStream
-from tests.conftest import SidecarFactory
-from tests.support import dechunk, eventually, shrink_send_buffers, slow_client
+from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import dechunk, shrink_send_buffers, slow_client
+from tests.support.waiting import eventually
 
 TOKENS = 5000  # ~600 KB of events: more than the relay's high-water mark plus tiny socket buffers
 

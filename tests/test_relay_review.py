@@ -21,8 +21,9 @@ from sidecar import relay
 from sidecar.config import ClaudeConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.upstream import ClaudeClient
-from tests.conftest import SidecarFactory
-from tests.support import dechunk, eventually, running_sidecar, shrink_send_buffers, slow_client
+from tests.support.sidecars import SidecarFactory, running_sidecar
+from tests.support.sockets import dechunk, shrink_send_buffers, slow_client
+from tests.support.waiting import eventually
 
 MODEL = "claude-sonnet-5-5"
 START = (

@@ -11,7 +11,9 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support import eventually, free_port, spawn_sidecar, stop_process, wait_ready
+from tests.support.sidecars import spawn_sidecar, stop_process, wait_ready
+from tests.support.sockets import free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 

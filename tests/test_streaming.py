@@ -13,7 +13,7 @@ import anthropic
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
+from tests.support.sidecars import SidecarFactory
 
 MODEL = "claude-sonnet-5-5"
 _IDS = re.compile(r'"(msg|toolu|req)_[0-9a-f]+"')

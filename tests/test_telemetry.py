@@ -7,29 +7,26 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import anthropic
 import pytest
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
-from sidecar.telemetry import Telemetry
-from tests.conftest import SidecarFactory
-from tests.test_app_proxy import running_app
+from tests.support.apps import running_app
+from tests.support.otel import (
+    CALLER_SPAN,
+    CALLER_TRACE,
+    TRACEPARENT,
+    Otel,
+    make_otel,
+    prompt,
+    sse_data,
+)
+from tests.support.sidecars import SidecarFactory
 
 MODEL = "claude-sonnet-5-5"
-CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
-CALLER_SPAN = "b7ad6b7169203331"
-TRACEPARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
 
 # The spec's bucket advice, copied from specs/otel-genai.md (not from the code under test).
 SPEC_BUCKETS = {
@@ -51,96 +48,9 @@ SPEC_UNITS = {"gen_ai.client.token.usage": "{token}"} | {
 }
 
 
-@dataclass
-class Otel:
-    """A Telemetry whose spans and metrics land in memory."""
-
-    telemetry: Telemetry
-    exporter: NotifyingExporter
-    reader: InMemoryMetricReader
-
-    def spans(self, kind: SpanKind | None = None) -> list[ReadableSpan]:
-        spans = self.exporter.get_finished_spans()
-        return [span for span in spans if kind is None or span.kind == kind]
-
-    def client_span(self) -> ReadableSpan:
-        (span,) = self.spans(SpanKind.CLIENT)
-        return span
-
-    def metrics(self) -> dict[str, Metric]:
-        data = self.reader.get_metrics_data()
-        assert data is not None
-        return {
-            metric.name: metric
-            for resource in data.resource_metrics
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-        }
-
-    def points(self, name: str) -> list[Any]:
-        metric = self.metrics().get(name)
-        return list(metric.data.data_points) if metric is not None else []
-
-    def count(self, name: str, **attributes: Any) -> float:
-        """Sum of a counter's points (or histogram counts) whose attributes include these."""
-        total = 0.0
-        for point in self.points(name):
-            if all(point.attributes.get(k) == v for k, v in attributes.items()):
-                total += getattr(point, "count", None) or getattr(point, "value", 0)
-        return total
-
-
-def make_otel(env: dict[str, str] | None = None, **config: Any) -> Otel:
-    exporter, reader = NotifyingExporter(), InMemoryMetricReader()
-    telemetry = Telemetry.from_config(
-        TelemetryConfig(**config), span_exporter=exporter, metric_reader=reader, env=env or {}
-    )
-    return Otel(telemetry, exporter, reader)
-
-
 @pytest.fixture
 def otel() -> Otel:
     return make_otel()
-
-
-class NotifyingExporter(InMemorySpanExporter):
-    """Keeps spans in memory and wakes waiters whenever one ends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ended = asyncio.Event()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = super().export(spans)
-        self.ended.set()  # SimpleSpanProcessor exports on the sidecar's (= the test's) loop
-        return result
-
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait for spans that end after the client saw its answer (e.g. a cancelled stream)."""
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self.ended.clear()
-                await self.ended.wait()
-
-
-def sse_data(raw: bytes) -> list[dict[str, Any]]:
-    return [
-        json.loads(line[6:])
-        for line in raw.decode().splitlines()
-        if line.startswith("data: ") and line[6:].startswith("{")
-    ]
-
-
-async def prompt(
-    url: str, text: str, headers: dict[str, str] | None = None
-) -> tuple[int, list[dict[str, Any]]]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(url + "/api/stream-response", json={"prompt": text}, headers=headers) as r,
-    ):
-        if r.content_type == "application/json":
-            return r.status, [await r.json()]
-        return r.status, sse_data(await r.read())
 
 
 # ---------------------------------------------------------------------------- completed

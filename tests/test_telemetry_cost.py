@@ -21,8 +21,8 @@ from sidecar.config import TelemetryConfig
 from sidecar.telemetry import setup_logging
 from sidecar.telemetry.instruments import CARDINALITY_LIMIT, Instruments
 from sidecar.telemetry.providers import exemplar_filter_of
-from tests.conftest import SidecarFactory
-from tests.test_telemetry import make_otel, prompt
+from tests.support.otel import make_otel, prompt
+from tests.support.sidecars import SidecarFactory
 
 
 def collected(reader: InMemoryMetricReader, name: str) -> list[Any]:

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from tests.certs import write_self_signed
-from tests.conftest import SidecarFactory
-from tests.policy_support import API_KEY, API_KEY_SHA256
+from tests.support.certs import write_self_signed
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 ORIGIN = "https://app.example.com"

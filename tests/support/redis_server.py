@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.support import free_port
+from tests.support.sockets import free_port
 
 READY = b"Ready to accept connections"
 

@@ -1,0 +1,115 @@
+"""Upstream apps for tests: serve any aiohttp app on a free port, and a stock app whose
+handlers exercise the app proxy (echo, upload, SSE, WebSocket, hop-by-hop headers, slow)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve an aiohttp app on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    address: Any = runner.addresses[0]
+    try:
+        yield f"http://127.0.0.1:{address[1]}"
+    finally:
+        await runner.cleanup()
+
+
+class AppState:
+    def __init__(self) -> None:
+        self.first_upload_bytes = asyncio.Event()
+        self.sse_sent: list[float] = []
+
+
+STATE = web.AppKey("state", AppState)
+
+
+async def echo_headers(request: web.Request) -> web.Response:
+    return web.json_response({"headers": dict(request.headers), "path_qs": request.path_qs,
+                              "method": request.method})  # fmt: skip
+
+
+async def upload(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    total = 0
+    chunks = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        chunks += 1
+        state.first_upload_bytes.set()
+    return web.json_response({"bytes": total, "chunks": chunks})
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for i in range(5):
+        await response.write(f"data: {i}\n\n".encode())
+        state.sse_sent.append(time.monotonic())
+        await asyncio.sleep(0.05)
+    await response.write_eof()
+    return response
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(protocols=["chat"])
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await ws.send_str("echo:" + message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await ws.send_bytes(message.data[::-1])
+    return ws
+
+
+async def hop_headers(request: web.Request) -> web.Response:
+    return web.Response(
+        text="ok",
+        headers={"Connection": "close, X-Private", "X-Private": "secret", "Keep-Alive": "timeout=5",
+                 "X-Kept": "yes"},
+    )  # fmt: skip
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(5)
+    return web.Response(text="late")
+
+
+async def gzipped(request: web.Request) -> web.Response:
+    return web.Response(body=gzip.compress(b"hello " * 100), headers={"Content-Encoding": "gzip"},
+                        content_type="text/plain")  # fmt: skip
+
+
+async def in_flight(request: web.Request) -> web.Response:
+    await asyncio.sleep(0.5)
+    return web.Response(text="finished")
+
+
+@contextlib.asynccontextmanager
+async def running_app() -> AsyncIterator[tuple[str, AppState]]:
+    app = web.Application()
+    state = AppState()
+    app[STATE] = state
+    app.router.add_route("*", "/echo{tail:.*}", echo_headers)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/sse", sse)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/hop", hop_headers)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/inflight", in_flight)
+    async with serving(app) as url:
+        yield url, state
