@@ -14,7 +14,7 @@ import pytest
 
 from sidecar import loader
 from sidecar.fake_claude import FakeServer
-from tests.support.apps import running_app
+from tests.support.apps import echoed_headers, running_app
 from tests.support.policy import (
     API_KEY,
     API_KEY_SHA256,
@@ -318,9 +318,9 @@ async def test_identity_headers_are_verified_never_client_sent(
             async with http.get(
                 sidecar.url + "/echo", headers={**spoof, "x-api-key": API_KEY}
             ) as response:
-                by_key = {k.lower(): v for k, v in (await response.json())["headers"].items()}
+                by_key = echoed_headers(await response.json())
             async with http.get(sidecar.url + "/echo", headers={**spoof, **bearer(mint())}) as r:
-                by_jwt = {k.lower(): v for k, v in (await r.json())["headers"].items()}
+                by_jwt = echoed_headers(await r.json())
             async with http.get(sidecar.url + "/echo", headers=spoof) as response:
                 assert response.status == 401
     assert (by_key["x-sidecar-user"], by_key["x-sidecar-tenant"]) == ("ci-bot", "acme")

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from sidecar import loader
-from tests.support.apps import running_app
+from tests.support.apps import echoed_headers, running_app
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory
 
@@ -56,7 +56,7 @@ async def test_a_header_name_that_validates_serves(sidecar_for: SidecarFactory) 
             async with http.get(sidecar.url + "/echo", headers={"x-api-key": API_KEY}) as r:
                 assert r.status == 200
                 assert r.headers["X-Trace_Id"]
-                seen = {k.lower(): v for k, v in (await r.json())["headers"].items()}
+                seen = echoed_headers(await r.json())
     assert seen["x-auth-user"] == "ci-bot"
 
 

@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.fake_claude import FakeServer
-from tests.support.apps import running_app
+from tests.support.apps import echoed_headers, running_app
 from tests.support.otel import (
     CALLER_SPAN,
     CALLER_TRACE,
@@ -381,7 +381,7 @@ async def test_traceparent_reaches_the_app_with_the_server_span_as_parent(
                     sidecar.url + "/echo", headers={"traceparent": TRACEPARENT}
                 ) as response:
                     seen = await response.json()
-    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    headers = echoed_headers(seen)
     (server,) = otel.spans(SpanKind.SERVER)
     assert headers["traceparent"] == f"00-{CALLER_TRACE}-{server.context.span_id:016x}-01"
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import gzip
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -28,17 +28,26 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
 
 
 class AppState:
+    """What the stock app saw: upload progress, SSE write times, WebSocket closes by the client."""
+
     def __init__(self) -> None:
         self.first_upload_bytes = asyncio.Event()
         self.sse_sent: list[float] = []
+        self.ws_closed_by_client: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
 
 
 STATE = web.AppKey("state", AppState)
 
 
-async def echo_headers(request: web.Request) -> web.Response:
-    return web.json_response({"headers": dict(request.headers), "path_qs": request.path_qs,
-                              "method": request.method})  # fmt: skip
+async def echo(request: web.Request) -> web.Response:
+    """The request as the app saw it; headers as pairs, so two spellings of a name both show."""
+    return web.json_response({"headers": list(request.headers.items()),
+                              "path_qs": request.path_qs, "method": request.method})  # fmt: skip
+
+
+def echoed_headers(answer: Mapping[str, Any]) -> dict[str, str]:
+    """The headers in an `/echo` answer by lower-case name."""
+    return {name.lower(): value for name, value in answer["headers"]}
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -75,12 +84,46 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def closing_ws(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.receive()
+    await ws.close(code=4001, message=b"not allowed")
+    return ws
+
+
+async def recording_ws(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    message = await ws.receive()
+    await request.app[STATE].ws_closed_by_client.put((int(message.data), str(message.extra)))
+    return ws
+
+
+async def forbidden_ws(request: web.Request) -> web.Response:
+    return web.json_response({"error": "log in first"}, status=403)
+
+
 async def hop_headers(request: web.Request) -> web.Response:
     return web.Response(
         text="ok",
         headers={"Connection": "close, X-Private", "X-Private": "secret", "Keep-Alive": "timeout=5",
                  "X-Kept": "yes"},
     )  # fmt: skip
+
+
+async def no_content(request: web.Request) -> web.Response:
+    return web.Response(status=int(request.query.get("status", "204")))
+
+
+async def head_me(request: web.Request) -> web.Response:
+    return web.Response(body=b"x" * 100, content_type="text/plain")
+
+
+async def permissive_cors(request: web.Request) -> web.Response:
+    origin = request.headers.get("Origin", "*")
+    headers = {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true"}
+    return web.Response(text="private", headers=headers)
 
 
 async def slow(request: web.Request) -> web.Response:
@@ -100,14 +143,21 @@ async def in_flight(request: web.Request) -> web.Response:
 
 @contextlib.asynccontextmanager
 async def running_app() -> AsyncIterator[tuple[str, AppState]]:
+    """The stock upstream app on a free port: its base URL and what it saw."""
     app = web.Application()
     state = AppState()
     app[STATE] = state
-    app.router.add_route("*", "/echo{tail:.*}", echo_headers)
+    app.router.add_route("*", "/echo{tail:.*}", echo)
     app.router.add_post("/upload", upload)
     app.router.add_get("/sse", sse)
     app.router.add_get("/ws", websocket)
+    app.router.add_get("/ws-close", closing_ws)
+    app.router.add_get("/ws-record", recording_ws)
+    app.router.add_get("/ws-forbidden", forbidden_ws)
     app.router.add_get("/hop", hop_headers)
+    app.router.add_get("/empty", no_content)
+    app.router.add_get("/head", head_me)
+    app.router.add_get("/cors", permissive_cors)
     app.router.add_get("/slow", slow)
     app.router.add_get("/gzip", gzipped)
     app.router.add_get("/inflight", in_flight)
