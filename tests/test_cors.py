@@ -226,3 +226,14 @@ def test_wildcard_with_credentials_fails_sidecar_check(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "cors: " in result.stderr + result.stdout
     assert "allow_credentials" in result.stderr + result.stdout
+
+
+async def test_origins_are_matched_as_browsers_send_them(sidecar_for: SidecarFactory) -> None:
+    # Browsers send the host in lower case and never a default port.
+    cors = {"allow_origins": ["https://App.Example.com:443", "http://Localhost:80"]}
+    async with sidecar_for({"cors": cors}) as sidecar, aiohttp.ClientSession() as http:
+        for origin in ("https://app.example.com", "http://localhost"):
+            preflight = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+            async with http.options(sidecar.url + "/v1/messages", headers=preflight) as r:
+                assert r.status == 204
+                assert r.headers["Access-Control-Allow-Origin"] == origin
