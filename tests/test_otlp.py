@@ -17,10 +17,15 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
+    TraceBasedExemplarFilter,
+)
 
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import Telemetry
-from sidecar.telemetry.providers import otlp_target
+from sidecar.telemetry.providers import exemplar_filter_of, otlp_target
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import free_port
 
@@ -192,3 +197,16 @@ def test_nothing_to_export_means_no_sdk_work() -> None:
     disabled = Telemetry.from_config(TelemetryConfig(), env={"OTEL_SDK_DISABLED": "TRUE"})
     assert not disabled.enabled
     on.shutdown()
+
+
+def test_exemplar_filter_defaults_to_off_and_follows_the_environment() -> None:
+    assert isinstance(exemplar_filter_of({}), AlwaysOffExemplarFilter)
+    assert isinstance(exemplar_filter_of({"OTEL_METRICS_EXEMPLAR_FILTER": "bogus"}),
+                      AlwaysOffExemplarFilter)  # fmt: skip
+    assert isinstance(
+        exemplar_filter_of({"OTEL_METRICS_EXEMPLAR_FILTER": "trace_based"}),
+        TraceBasedExemplarFilter,
+    )
+    assert isinstance(
+        exemplar_filter_of({"OTEL_METRICS_EXEMPLAR_FILTER": " Always_On "}), AlwaysOnExemplarFilter
+    )

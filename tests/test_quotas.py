@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import re
 import sys
 import time
@@ -506,3 +507,30 @@ async def test_a_live_stream_keeps_its_slot_and_a_killed_replica_loses_it(
         await asyncio.sleep(lease + 0.1)
         async with http.post(survivor + "/v1/messages", json=message()) as response:
             assert response.status == 200
+
+
+LEASE = 0.2  # seconds: the stream below outlives several of these
+
+
+async def test_a_long_stream_keeps_its_slot_on_the_memory_store(
+    sidecar_for: SidecarFactory,
+) -> None:
+    quotas = {"quotas": {"store": "memory", "concurrent_streams": 1, "lease_seconds": LEASE}}
+    async with sidecar_for(quotas) as sidecar, aiohttp.ClientSession() as http:
+        held = await http.post(
+            sidecar.url + "/v1/messages", json=message("hold [[fake fault=stall]]", stream=True)
+        )
+        assert held.status == 200
+        # Lease expiry is a matter of time passing: nothing to await but the clock. Nothing
+        # renews a memory-store lease, so only the call's end may free the slot.
+        await asyncio.sleep(LEASE * 3)
+        async with http.post(
+            sidecar.url + "/v1/messages", json=message("second", stream=True)
+        ) as refused:
+            status = refused.status
+            raw = await refused.read() if status != 200 else b"{}"
+        held.close()
+    assert status == 429
+    body = json.loads(raw)
+    assert body["error"]["type"] == "rate_limit_error"
+    assert "concurrent streams" in body["error"]["message"]
