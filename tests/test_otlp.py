@@ -119,7 +119,7 @@ async def stream_once(url: str) -> None:
 async def test_spans_and_metrics_round_trip_over_otlp_http(sidecar_for: SidecarFactory) -> None:
     async with running_collector() as collector:
         config = TelemetryConfig(
-            otlp_endpoint=collector.url,  # type: ignore[arg-type]  # pydantic parses the URL
+            otlp_endpoint=collector.url,
             prometheus=False,
             service_name="sidecar-under-test",
             resource_attributes={"deployment.environment": "test"},
@@ -173,7 +173,7 @@ async def test_env_wins_and_sidecar_shutdown_flushes(
 
 
 def test_otlp_endpoints_follow_the_exporter_spec() -> None:
-    config = TelemetryConfig(otlp_endpoint="http://collector:4318/")  # type: ignore[arg-type]
+    config = TelemetryConfig(otlp_endpoint="http://collector:4318/")
     http = otlp_target(config, {})
     assert (http.protocol, http.traces, http.metrics) == (
         "http/protobuf",

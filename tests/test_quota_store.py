@@ -272,7 +272,7 @@ async def test_cancelled_admission_gives_back_its_slot_and_reservation() -> None
             # cancel its caller meanwhile: the script still runs (slot + 400 tokens) for a
             # caller that is gone.
             before = await _scripts_run(admin)
-            busy = asyncio.create_task(admin.eval(BUSY_SCRIPT, 0))
+            busy = asyncio.ensure_future(admin.eval(BUSY_SCRIPT, 0))
             await eventually(lambda: _busy(server.url))
             admitting = asyncio.create_task(
                 gate.acquire(CANCEL_POLICY, "global", ANONYMOUS, "192.0.2.1", 400)

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
+from anthropic.types import MessageParam
 
 from sidecar.fake_claude import FakeServer
 from tests.support.sidecars import SidecarFactory
@@ -23,7 +24,7 @@ def sdk(url: str, **kwargs: Any) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=url, api_key="client-key", max_retries=0, **kwargs)
 
 
-def user(text: str) -> list[dict[str, Any]]:
+def user(text: str) -> list[MessageParam]:
     return [{"role": "user", "content": text}]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 
 from sidecar.fake_claude import FakeServer
 from tests.support.certs import write_self_signed
@@ -45,7 +46,7 @@ def trusting(files: tuple[Path, Path]) -> ssl.SSLContext:
 async def test_https_with_hsts_on_every_response(
     fake: FakeServer, sidecar_for: SidecarFactory, tls_files: tuple[Path, Path]
 ) -> None:
-    seen: dict[str, aiohttp.typedefs.LooseHeaders] = {}
+    seen: dict[str, CIMultiDictProxy[str]] = {}
     async with sidecar_for(tls_config(tls_files, hsts_max_age_seconds=600)) as sidecar:
         assert sidecar.url.startswith("https://")
         connector = aiohttp.TCPConnector(ssl=trusting(tls_files))

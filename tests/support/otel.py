@@ -60,7 +60,8 @@ class Otel:
         total = 0.0
         for point in self.points(name):
             if all(point.attributes.get(k) == v for k, v in attributes.items()):
-                total += getattr(point, "count", None) or getattr(point, "value", 0)
+                count = getattr(point, "count", None)  # histograms count, counters sum
+                total += count if count else getattr(point, "value", 0)
         return total
 
 
