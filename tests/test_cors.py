@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from aiohttp import web
 from sidecar.fake_claude import FakeServer
 from sidecar.policy.cors import merge_vary
 from tests.support.policy import API_KEY, API_KEY_SHA256
-from tests.support.sidecars import SidecarFactory
+from tests.support.sidecars import SidecarFactory, sidecar_command
 
 PROMPT = "/api/stream-response"
 ALLOWED = "https://app.example.com"
@@ -219,10 +217,7 @@ def test_merge_vary(existing: str | None, merged: str) -> None:
 def test_wildcard_with_credentials_fails_sidecar_check(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text('cors: {allow_origins: ["*"], allow_credentials: true}\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "check", "-c", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = sidecar_command("check", "-c", str(path))
     assert result.returncode != 0
     assert "cors: " in result.stderr + result.stdout
     assert "allow_credentials" in result.stderr + result.stdout

@@ -29,7 +29,7 @@ from sidecar.fake_claude import FakeServer
 from sidecar.reload import keep_restart_only
 from sidecar.server import SidecarServer
 from tests.support.certs import write_self_signed
-from tests.support.sidecars import BASE, spawn_sidecar, stop_process, wait_ready
+from tests.support.sidecars import BASE, sidecar_process
 from tests.support.sockets import free_port
 from tests.support.waiting import eventually
 
@@ -296,20 +296,19 @@ async def test_a_configmap_style_symlink_swap_is_seen(fake: FakeServer, tmp_path
 
 
 async def test_sighup_reloads_a_running_process(tmp_path: Path) -> None:
-    port, admin = free_port(), free_port()
-    path = tmp_path / "sidecar.yaml"
-    data = {"server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
-                       "reload_poll_seconds": 0},  # no watching: only the signal reloads
+    data = {"server": {"reload_poll_seconds": 0},  # no watching: only the signal reloads
             "claude": {"base_url": "builtin:fake", "fake": {"tokens": 3, "tokens_per_second": 0,
                                                             "time_to_first_token_ms": 0}}}  # fmt: skip
-    write(path, data)
-    url, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
-    process = spawn_sidecar(path)
-    try:
+    async with sidecar_process(data, tmp_path) as running:
+        url, admin_url, path, process = (
+            running.url,
+            running.admin_url,
+            running.config_path,
+            running.process,
+        )
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, admin_url)
             assert await prompt_status(http, url) == 200
-            write(path, loader.deep_merge(data, AUTH))
+            write(path, loader.deep_merge(running.data, AUTH))
             assert await prompt_status(http, url) == 200  # not watched: nothing yet
             process.send_signal(signal.SIGHUP)
 
@@ -323,8 +322,7 @@ async def test_sighup_reloads_a_running_process(tmp_path: Path) -> None:
             assert body["config_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
             process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(process.wait, 30) == 0
-    finally:
-        logs = stop_process(process, path)
+    logs = running.logs()
     reloaded = [json.loads(line) for line in logs.splitlines() if '"config_reloaded"' in line]
     assert [entry["trigger"] for entry in reloaded] == ["signal"]
     assert "Traceback" not in logs

@@ -6,34 +6,25 @@ import asyncio
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
-from tests.support.sidecars import spawn_sidecar, stop_process, wait_ready
-from tests.support.sockets import free_port
+from tests.support.sidecars import sidecar_process
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def write_config(path: Path, port: int, admin: int, grace: float) -> None:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "server": {
-                    "listen": f"127.0.0.1:{port}",
-                    "admin_listen": f"127.0.0.1:{admin}",
-                    "shutdown_grace_seconds": grace,
-                },
-                "claude": {
-                    "base_url": "builtin:fake",
-                    "fake": {"tokens": 5, "tokens_per_second": 0, "time_to_first_token_ms": 0},
-                },
-            }
-        )
-    )
+def config(grace: float) -> dict[str, Any]:
+    return {
+        "server": {"shutdown_grace_seconds": grace},
+        "claude": {
+            "base_url": "builtin:fake",
+            "fake": {"tokens": 5, "tokens_per_second": 0, "time_to_first_token_ms": 0},
+        },
+    }
 
 
 async def first_event(response: aiohttp.ClientResponse) -> bytes:
@@ -64,14 +55,9 @@ async def readyz_status(
 
 
 async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -> None:
-    port, admin = free_port(), free_port()
-    path = tmp_path / "sidecar.yaml"
-    write_config(path, port, admin, grace=20)
-    url, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
-    process = spawn_sidecar(path)
-    try:
+    async with sidecar_process(config(grace=20), tmp_path) as running:
+        url, process = running.url, running.process
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, admin_url)
             params = {"prompt": "[[fake tokens=40 tps=20]] slow"}  # about two seconds
             async with http.get(url + "/api/stream-response", params=params) as stream:
                 assert stream.status == 200
@@ -79,7 +65,7 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -
                 process.send_signal(signal.SIGTERM)
 
                 async def draining() -> bool:
-                    status, body = await readyz_status(http, admin_url)
+                    status, body = await readyz_status(http, running.admin_url)
                     return status == 503 and body["checks"] == {"lifecycle": "draining"}
 
                 await eventually(draining)
@@ -87,8 +73,7 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -
                 assert await refused(url + "/api/stream-response?prompt=hi")
                 rest = await stream.read()
             exit_code = await asyncio.to_thread(process.wait, 30)
-    finally:
-        logs = stop_process(process, path)
+    logs = running.logs()
     events = (head + rest).decode().strip().split("\n\n")
     assert sum('"token"' in event for event in events) == 40  # nothing lost
     assert '"done": true' in events[-1] or '"done":true' in events[-1]
@@ -100,22 +85,15 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -
 async def test_a_stream_longer_than_the_grace_gets_a_final_event_and_exit_0(
     tmp_path: Path,
 ) -> None:
-    port, admin = free_port(), free_port()
-    path = tmp_path / "sidecar.yaml"
-    write_config(path, port, admin, grace=0.3)
-    url, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
-    process = spawn_sidecar(path)
-    try:
+    async with sidecar_process(config(grace=0.3), tmp_path) as running:
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, admin_url)
             params = {"prompt": "[[fake tokens=2000 tps=20]] far too long"}
-            async with http.get(url + "/api/stream-response", params=params) as stream:
+            async with http.get(running.url + "/api/stream-response", params=params) as stream:
                 head = await first_event(stream)
-                process.send_signal(signal.SIGTERM)
+                running.process.send_signal(signal.SIGTERM)
                 rest = await stream.read()
-            exit_code = await asyncio.to_thread(process.wait, 30)
-    finally:
-        logs = stop_process(process, path)
+            exit_code = await asyncio.to_thread(running.process.wait, 30)
+    logs = running.logs()
     events = (head + rest).decode().strip().split("\n\n")
     final = json.loads(events[-1].split("data: ", 1)[1])
     assert final["error"]["type"] == "shutting_down"

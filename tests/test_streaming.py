@@ -28,6 +28,15 @@ def user(text: str) -> list[MessageParam]:
     return [{"role": "user", "content": text}]
 
 
+# A streaming call Claude accepts and then never finishes (the fake stalls after its start).
+STALLED = {
+    "model": MODEL,
+    "max_tokens": 8,
+    "stream": True,
+    "messages": user("[[fake fault=stall]]"),
+}
+
+
 async def sdk_events(url: str, text: str, **extra: Any) -> tuple[list[Any], Any]:
     async with (
         sdk(url) as client,
@@ -245,14 +254,8 @@ async def test_idle_timeout_ends_the_stream_with_an_error_event(
     sidecar_for: SidecarFactory,
 ) -> None:
     config = {"claude": {"idle_timeout_seconds": 0.4, "heartbeat_seconds": 0.1}}
-    body = {
-        "model": MODEL,
-        "max_tokens": 8,
-        "stream": True,
-        "messages": user("[[fake fault=stall]]"),
-    }
     async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
-        async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+        async with http.post(sidecar.url + "/v1/messages", json=STALLED) as response:
             raw = await response.read()
         assert raw.count(b": ping\n\n") >= 1  # heartbeats while Claude was quiet
         assert raw.rstrip().endswith(b"}")
@@ -269,18 +272,12 @@ async def test_idle_timeout_ends_the_stream_with_an_error_event(
 async def test_queue_full_and_queue_timeout(sidecar_for: SidecarFactory) -> None:
     config = {"claude": {"max_concurrent_streams": 1,
                          "queue": {"max_waiting": 1, "max_wait_seconds": 0.2}}}  # fmt: skip
-    stall = {
-        "model": MODEL,
-        "max_tokens": 8,
-        "stream": True,
-        "messages": user("[[fake fault=stall]]"),
-    }
     async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
-        holder = await http.post(sidecar.url + "/v1/messages", json=stall)
+        holder = await http.post(sidecar.url + "/v1/messages", json=STALLED)
         assert holder.status == 200
-        waiter = asyncio.create_task(http.post(sidecar.url + "/v1/messages", json=stall))
+        waiter = asyncio.create_task(http.post(sidecar.url + "/v1/messages", json=STALLED))
         await asyncio.sleep(0.05)
-        async with http.post(sidecar.url + "/v1/messages", json=stall) as full:
+        async with http.post(sidecar.url + "/v1/messages", json=STALLED) as full:
             assert full.status == 529
             assert (await full.json())["error"]["type"] == "overloaded_error"
             assert int(full.headers["retry-after"]) >= 1
@@ -294,14 +291,8 @@ async def test_queue_full_and_queue_timeout(sidecar_for: SidecarFactory) -> None
 
 
 async def test_shutdown_sends_a_final_event_to_live_streams(sidecar_for: SidecarFactory) -> None:
-    body = {
-        "model": MODEL,
-        "max_tokens": 8,
-        "stream": True,
-        "messages": user("[[fake fault=stall]]"),
-    }
     async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
-        anthropic_stream = await http.post(sidecar.url + "/v1/messages", json=body)
+        anthropic_stream = await http.post(sidecar.url + "/v1/messages", json=STALLED)
         prompt_stream = await http.get(
             sidecar.url + "/api/stream-response", params={"prompt": "[[fake fault=stall]]"}
         )
