@@ -1,4 +1,5 @@
-"""OTLP/HTTP export round trip: a local collector decodes what the sidecar exported."""
+"""The SDK providers: OTLP/HTTP export round trip (a local collector decodes what the sidecar
+exported), exporter endpoints and environment, and the exemplar filter."""
 
 from __future__ import annotations
 
