@@ -51,6 +51,7 @@ def echoed_headers(answer: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def upload(request: web.Request) -> web.Response:
+    """Count the body's bytes and reads; the first bytes set `first_upload_bytes`."""
     state = request.app[STATE]
     total = 0
     chunks = 0
@@ -62,6 +63,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def sse(request: web.Request) -> web.StreamResponse:
+    """Five SSE events 50 ms apart, each write time kept in `sse_sent`."""
     state = request.app[STATE]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
@@ -74,6 +76,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Echo text with an `echo:` prefix and binary reversed (subprotocol `chat`)."""
     ws = web.WebSocketResponse(protocols=["chat"])
     await ws.prepare(request)
     async for message in ws:
@@ -85,6 +88,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def closing_ws(request: web.Request) -> web.WebSocketResponse:
+    """Close with code 4001 after the first message."""
     ws = web.WebSocketResponse()
     await ws.prepare(request)
     await ws.receive()
@@ -93,6 +97,7 @@ async def closing_ws(request: web.Request) -> web.WebSocketResponse:
 
 
 async def recording_ws(request: web.Request) -> web.WebSocketResponse:
+    """Record the close code and reason the client sends."""
     ws = web.WebSocketResponse()
     await ws.prepare(request)
     message = await ws.receive()
@@ -101,10 +106,12 @@ async def recording_ws(request: web.Request) -> web.WebSocketResponse:
 
 
 async def forbidden_ws(request: web.Request) -> web.Response:
+    """Refuse the WebSocket handshake with a 403."""
     return web.json_response({"error": "log in first"}, status=403)
 
 
 async def hop_headers(request: web.Request) -> web.Response:
+    """An answer carrying hop-by-hop headers (named in `Connection` too)."""
     return web.Response(
         text="ok",
         headers={"Connection": "close, X-Private", "X-Private": "secret", "Keep-Alive": "timeout=5",
@@ -113,30 +120,36 @@ async def hop_headers(request: web.Request) -> web.Response:
 
 
 async def no_content(request: web.Request) -> web.Response:
+    """An empty answer with the status in `?status=` (204 by default)."""
     return web.Response(status=int(request.query.get("status", "204")))
 
 
 async def head_me(request: web.Request) -> web.Response:
+    """A 100-byte body, for HEAD against GET."""
     return web.Response(body=b"x" * 100, content_type="text/plain")
 
 
 async def permissive_cors(request: web.Request) -> web.Response:
+    """An app that reflects any origin with credentials (the sidecar must not)."""
     origin = request.headers.get("Origin", "*")
     headers = {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true"}
     return web.Response(text="private", headers=headers)
 
 
 async def slow(request: web.Request) -> web.Response:
+    """Answer after 5 s (past the proxy's read timeout in the tests)."""
     await asyncio.sleep(5)
     return web.Response(text="late")
 
 
 async def gzipped(request: web.Request) -> web.Response:
+    """A gzip-encoded body, to pass through untouched."""
     return web.Response(body=gzip.compress(b"hello " * 100), headers={"Content-Encoding": "gzip"},
                         content_type="text/plain")  # fmt: skip
 
 
 async def in_flight(request: web.Request) -> web.Response:
+    """Answer after 0.5 s (a request still in flight when draining starts)."""
     await asyncio.sleep(0.5)
     return web.Response(text="finished")
 

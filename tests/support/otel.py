@@ -34,14 +34,17 @@ class Otel:
     reader: InMemoryMetricReader
 
     def spans(self, kind: SpanKind | None = None) -> list[ReadableSpan]:
+        """Finished spans, of `kind` if given."""
         spans = self.exporter.get_finished_spans()
         return [span for span in spans if kind is None or span.kind == kind]
 
     def client_span(self) -> ReadableSpan:
+        """The one CLIENT span (the Claude call)."""
         (span,) = self.spans(SpanKind.CLIENT)
         return span
 
     def metrics(self) -> dict[str, Metric]:
+        """The metrics collected now, by name."""
         data = self.reader.get_metrics_data()
         assert data is not None
         return {
@@ -52,6 +55,7 @@ class Otel:
         }
 
     def points(self, name: str) -> list[Any]:
+        """The data points of metric `name` (none if it was never recorded)."""
         metric = self.metrics().get(name)
         return list(metric.data.data_points) if metric is not None else []
 
@@ -66,6 +70,7 @@ class Otel:
 
 
 def make_otel(env: dict[str, str] | None = None, **config: Any) -> Otel:
+    """A Telemetry from `config` whose spans and metrics stay in memory (`env` as OTEL_*)."""
     exporter, reader = NotifyingExporter(), InMemoryMetricReader()
     telemetry = Telemetry.from_config(
         TelemetryConfig(**config), span_exporter=exporter, metric_reader=reader, env=env or {}
@@ -81,6 +86,7 @@ class NotifyingExporter(InMemorySpanExporter):
         self.ended = asyncio.Event()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Keep the spans and wake the waiters."""
         result = super().export(spans)
         self.ended.set()  # SimpleSpanProcessor exports on the sidecar's (= the test's) loop
         return result
@@ -94,6 +100,7 @@ class NotifyingExporter(InMemorySpanExporter):
 
 
 def sse_data(raw: bytes) -> list[dict[str, Any]]:
+    """The JSON objects in the `data:` lines of an SSE body."""
     return [
         json.loads(line[6:])
         for line in raw.decode().splitlines()
@@ -104,6 +111,7 @@ def sse_data(raw: bytes) -> list[dict[str, Any]]:
 async def prompt(
     url: str, text: str, headers: dict[str, str] | None = None
 ) -> tuple[int, list[dict[str, Any]]]:
+    """POST a prompt to the prompt route: the status and its events (or its JSON error)."""
     async with (
         aiohttp.ClientSession() as http,
         http.post(url + "/api/stream-response", json={"prompt": text}, headers=headers) as r,

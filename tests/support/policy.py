@@ -42,12 +42,14 @@ def new_key(alg: str) -> PrivateKey:
 
 
 def public_pem(key: PrivateKey) -> bytes:
+    """The public half of `key` as PEM."""
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
 def write_public_key(key: PrivateKey, directory: Path) -> Path:
+    """The public half of `key` as a PEM file in `directory`."""
     path = directory / "public.pem"
     path.write_bytes(public_pem(key))
     return path

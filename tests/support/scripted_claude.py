@@ -27,6 +27,7 @@ Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
 
 def chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk."""
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
@@ -36,6 +37,7 @@ async def scripted_claude(*scripts: Script) -> AsyncIterator[str]:
     queue = list(scripts)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read each request whole, then answer it with the next script."""
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while queue:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -59,9 +61,11 @@ async def scripted_claude(*scripts: Script) -> AsyncIterator[str]:
 
 
 def claude_config(url: str, **extra: Any) -> dict[str, Any]:
+    """Config data pointing the sidecar at `url`, no retries unless `extra` says so."""
     return {"claude": {"base_url": url, "api_key": "sk", "max_retries": 0, **extra}}
 
 
 def messages_body(stream: bool = True) -> dict[str, Any]:
+    """A one-message Messages API request body."""
     return {"model": MODEL, "max_tokens": 5, "stream": stream,
             "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip

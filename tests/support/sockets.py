@@ -16,20 +16,8 @@ def free_port() -> int:
 
 
 def dechunk(data: bytes) -> bytes:
-    """The payload of a complete HTTP/1.1 chunked body."""
-    out = bytearray()
-    while True:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            return bytes(out)
-        out += rest[:size]
-        data = rest[size + 2 :]
-
-
-def relayed_payload(raw: bytes | bytearray) -> bytes:
-    """The payload in the complete HTTP chunks of a chunked response (head included) read so far."""
-    _, _, data = bytes(raw).partition(b"\r\n\r\n")
+    """The payload in the complete chunks of an HTTP/1.1 chunked body read so far (all of it
+    once the body has ended)."""
     out = bytearray()
     while b"\r\n" in data:
         size_line, _, rest = data.partition(b"\r\n")
@@ -39,6 +27,11 @@ def relayed_payload(raw: bytes | bytearray) -> bytes:
         out += rest[:size]
         data = rest[size + 2 :]
     return bytes(out)
+
+
+def relayed_payload(raw: bytes | bytearray) -> bytes:
+    """The payload of a chunked response (head included) in its complete chunks read so far."""
+    return dechunk(bytes(raw).partition(b"\r\n\r\n")[2])
 
 
 def shrink_send_buffers(server: SidecarServer) -> None:
