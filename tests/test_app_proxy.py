@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -156,39 +155,6 @@ async def test_app_down_is_502_and_slow_is_504(
         async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/slow") as r:
             assert r.status == 504
             assert (await r.json())["error"]["type"] == "timeout"
-
-
-async def test_admin_endpoints_and_draining(
-    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
-) -> None:
-    url, _ = app_upstream
-    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
-        async with http.get(sidecar.admin_url + "/healthz") as r:
-            assert r.status == 200
-        async with http.get(sidecar.admin_url + "/readyz") as r:
-            assert r.status == 200
-        async with http.get(sidecar.url + "/echo") as r:
-            assert r.status == 200
-        async with http.get(sidecar.admin_url + "/metrics") as r:
-            text = await r.text()
-            assert r.status == 200
-            assert "http_server_request_duration_seconds_bucket" in text
-        # The admin listener is not the traffic listener: no admin paths on traffic.
-        async with http.get(sidecar.url + "/metrics") as r:
-            assert "sidecar_streams" not in await r.text()
-        pending = asyncio.create_task(http.get(sidecar.url + "/inflight"))
-        await asyncio.sleep(0.1)
-        shutdown = asyncio.create_task(sidecar.shutdown(grace=3))
-        await asyncio.sleep(0.05)
-        async with http.get(sidecar.admin_url + "/readyz") as r:
-            assert r.status == 503
-            assert json.loads(await r.text())["checks"]["lifecycle"] == "draining"
-        response = await pending
-        assert response.status == 200
-        assert await response.text() == "finished"  # in-flight work finished within the grace
-        await shutdown
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await http.get(sidecar.url + "/echo")
 
 
 async def test_identity_header_spelled_with_underscores_is_stripped(

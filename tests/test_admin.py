@@ -1,7 +1,9 @@
-"""`/metrics` on the admin listener, and the Grafana dashboard against a real scrape."""
+"""The admin listener: liveness, readiness while draining, `/metrics` (and none of it on the
+traffic listener), and the Grafana dashboard against a real scrape."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.server import SidecarServer
+from tests.support.apps import running_app
 from tests.support.otel import prompt
 from tests.support.sidecars import SidecarFactory
 
@@ -148,3 +151,39 @@ def test_dashboard_is_valid_grafana_json_on_real_metric_names(scraped: dict[str,
               "rejection", "cost")  # fmt: skip
     for word in wanted:
         assert any(word in title for title in titles), word
+
+
+async def test_admin_endpoints_and_draining(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with (
+        running_app() as (url, _),
+        sidecar_for({"app": {"url": url}}) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(sidecar.admin_url + "/healthz") as r:
+            assert r.status == 200
+        async with http.get(sidecar.admin_url + "/readyz") as r:
+            assert r.status == 200
+        async with http.get(sidecar.url + "/echo") as r:
+            assert r.status == 200
+        async with http.get(sidecar.admin_url + "/metrics") as r:
+            text = await r.text()
+            assert r.status == 200
+            assert "http_server_request_duration_seconds_bucket" in text
+        # The admin listener is not the traffic listener: no admin paths on traffic.
+        async with http.get(sidecar.url + "/metrics") as r:
+            assert "sidecar_streams" not in await r.text()
+        pending = asyncio.create_task(http.get(sidecar.url + "/inflight"))
+        await asyncio.sleep(0.1)
+        shutdown = asyncio.create_task(sidecar.shutdown(grace=3))
+        await asyncio.sleep(0.05)
+        async with http.get(sidecar.admin_url + "/readyz") as r:
+            assert r.status == 503
+            assert json.loads(await r.text())["checks"]["lifecycle"] == "draining"
+        response = await pending
+        assert response.status == 200
+        assert await response.text() == "finished"  # in-flight work finished within the grace
+        await shutdown
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(sidecar.url + "/echo")
