@@ -29,6 +29,7 @@ from tests.support.policy import (
     public_pem,
     write_public_key,
 )
+from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
@@ -264,10 +265,6 @@ async def test_forbidden_model_is_403(fake: FakeServer, sidecar_for: SidecarFact
     assert status == 403
     assert body["error"]["type"] == "forbidden"
     assert fake.state.counters["requests"] == 0
-
-
-def sdk(url: str, api_key: str) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=url, api_key=api_key, max_retries=0)
 
 
 async def test_sdk_raises_the_right_exceptions(

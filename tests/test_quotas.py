@@ -20,6 +20,7 @@ from sidecar.fake_claude import FakeServer
 from sidecar.quotas.stores import Decision, Limits, QuotaStore
 from sidecar.server import SidecarServer
 from tests.support.redis_server import RedisServer
+from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory, sidecar_process
 
 MODEL = "claude-sonnet-5-5"
@@ -113,9 +114,7 @@ async def test_anthropic_route_answers_rate_limit_error_and_the_sdk_raises_it(
                 body = await response.json()
         assert body["type"] == "error"
         assert body["error"]["type"] == "rate_limit_error"
-        async with anthropic.AsyncAnthropic(
-            base_url=sidecar.url, api_key="k", max_retries=0
-        ) as client:
+        async with sdk(sidecar.url) as client:
             with pytest.raises(anthropic.RateLimitError) as caught:
                 await client.messages.create(**message())
     assert caught.value.status_code == 429
@@ -135,14 +134,10 @@ async def test_sdk_backs_off_on_retry_after_and_succeeds_after_the_refill(
 
             statuses = await asyncio.gather(*(call() for _ in range(61)))
         assert statuses.count(429) >= 1
-        async with anthropic.AsyncAnthropic(
-            base_url=sidecar.url, api_key="k", max_retries=0
-        ) as client:
+        async with sdk(sidecar.url) as client:
             with pytest.raises(anthropic.RateLimitError):
                 await client.messages.create(**message())
-        async with anthropic.AsyncAnthropic(
-            base_url=sidecar.url, api_key="k", max_retries=3
-        ) as client:
+        async with sdk(sidecar.url, max_retries=3) as client:
             raw = await client.messages.with_raw_response.create(**message())
     assert raw.http_response.status_code == 200
     assert raw.retries_taken >= 1

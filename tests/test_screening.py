@@ -13,6 +13,7 @@ from sidecar import loader
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
 from sidecar.policy import Screener, collect_texts
+from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
@@ -126,8 +127,7 @@ async def test_anthropic_route_screens_every_message(
                          anthropic_body([{"role": "user", "content": [image]}]))  # fmt: skip
         counted = await post(sidecar.url, "/v1/messages/count_tokens",
                              {"model": MODEL, "messages": denied})  # fmt: skip
-        client = anthropic.AsyncAnthropic(base_url=sidecar.url, api_key="x", max_retries=0)
-        async with client:
+        async with sdk(sidecar.url) as client:
             with pytest.raises(anthropic.BadRequestError) as raised:
                 await client.messages.create(
                     model=MODEL, max_tokens=8, system=SECRET_WORDS,

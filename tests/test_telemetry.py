@@ -9,7 +9,6 @@ import json
 import time
 
 import aiohttp
-import anthropic
 import pytest
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 from opentelemetry.trace import SpanKind, StatusCode
@@ -25,6 +24,7 @@ from tests.support.otel import (
     prompt,
     sse_data,
 )
+from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
 
 MODEL = "claude-sonnet-5-5"
@@ -529,7 +529,7 @@ async def test_sdk_stream_through_the_anthropic_route(
 ) -> None:
     async with (
         sidecar_for(telemetry=otel.telemetry) as sidecar,
-        anthropic.AsyncAnthropic(base_url=sidecar.url, api_key="k", max_retries=0) as client,
+        sdk(sidecar.url) as client,
         client.messages.stream(
             model=MODEL,
             max_tokens=64,

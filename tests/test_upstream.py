@@ -1,27 +1,33 @@
-"""The Claude client over real sockets against a scripted Claude: answers cut short or arriving
-in pieces, `retry-after` in every form RFC 9110 allows (and garbage), connect timeouts."""
+"""The Claude client over real sockets: the headers it sends (never the client's credential),
+retries and `retry-after` in every form RFC 9110 allows (and garbage), unreachable and slow
+to connect Claudes, and answers cut short or arriving in pieces (from a scripted Claude)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from email.utils import formatdate
 
 import aiohttp
+import anthropic
 import pytest
 
 from sidecar.config import ClaudeConfig
+from sidecar.fake_claude import FakeServer
 from sidecar.upstream import ClaudeClient
 from tests.support.scripted_claude import (
+    MODEL,
     Script,
     chunk,
     claude_config,
     messages_body,
     scripted_claude,
 )
-from tests.support.sidecars import running_sidecar
+from tests.support.sdk import sdk, user
+from tests.support.sidecars import SidecarFactory, running_sidecar
 
 
 def cut_after_headers(status: bytes, first: bytes) -> Script:
@@ -162,3 +168,74 @@ async def test_a_connect_timeout_is_a_connect_error_and_is_retried() -> None:
         listener.close()
     retried = [line for line in text.splitlines() if line.startswith("sidecar_upstream_retries")]
     assert any('reason="connect_error"' in line and line.endswith(" 1.0") for line in retried)
+
+
+# ------------------------------------------------------------------ against the fake Claude
+
+
+async def test_the_client_credential_is_never_forwarded(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar:
+        async with aiohttp.ClientSession() as http:
+            headers = {"x-api-key": "client-key", "Authorization": "Bearer client-token",
+                       "anthropic-version": "2026-10-21", "anthropic-beta": "feature-x"}  # fmt: skip
+            body = {"model": MODEL, "max_tokens": 8, "messages": user("x")}
+            async with http.post(sidecar.url + "/v1/messages", json=body, headers=headers) as r:
+                assert r.status == 200
+                assert r.headers["request-id"].startswith("req_")
+    seen = fake.state.requests[-1]["headers"]
+    assert seen["x-api-key"] == "sk-sidecar"
+    assert "authorization" not in seen
+    assert seen["anthropic-version"] == "2026-10-21"
+    assert seen["anthropic-beta"] == "feature-x"
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", seen["traceparent"])
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("rate_limit", anthropic.RateLimitError), ("overloaded", anthropic.APIStatusError)],
+)
+async def test_upstream_429_and_529_reach_the_sdk_after_retries(
+    fake: FakeServer, sidecar_for: SidecarFactory, fault: str, error: type[Exception]
+) -> None:
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(error) as caught:
+            await client.messages.create(
+                model=MODEL, max_tokens=8, messages=user(f"[[fake fault={fault} retry_after=0]]")
+            )
+    status = 429 if fault == "rate_limit" else 529
+    assert getattr(caught.value, "status_code", None) == status
+    assert fake.state.counters[f"faults_{fault}"] == 3  # first try + max_retries (2)
+
+
+async def test_long_retry_after_goes_back_to_the_client_without_waiting(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        body = {
+            "model": MODEL,
+            "max_tokens": 8,
+            "messages": user("[[fake fault=rate_limit retry_after=60]]"),
+        }
+        async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+            assert response.status == 429
+            assert response.headers["retry-after"] == "60"
+            assert (await response.json())["error"]["type"] == "rate_limit_error"
+    assert fake.state.counters["faults_rate_limit"] == 1
+
+
+async def test_retries_then_succeeds(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    text = "[[fake fault=overloaded retry_after=0 fail_times=2 fail_key=k1]] retry me"
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        message = await client.messages.create(model=MODEL, max_tokens=64, messages=user(text))
+    assert message.stop_reason == "end_turn"
+    assert fake.state.counters["faults_overloaded"] == 2
+
+
+async def test_unreachable_claude_is_a_clean_502(sidecar_for: SidecarFactory) -> None:
+    config = {"claude": {"base_url": "http://127.0.0.1:9", "max_retries": 1}}
+    async with sidecar_for(config) as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(anthropic.InternalServerError) as caught:
+            await client.messages.create(model=MODEL, max_tokens=8, messages=user("x"))
+    assert caught.value.status_code == 502
