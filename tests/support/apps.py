@@ -154,6 +154,13 @@ async def in_flight(request: web.Request) -> web.Response:
     return web.Response(text="finished")
 
 
+GET_ROUTES = {
+    "/sse": sse, "/ws": websocket, "/ws-close": closing_ws, "/ws-record": recording_ws,
+    "/ws-forbidden": forbidden_ws, "/hop": hop_headers, "/empty": no_content, "/head": head_me,
+    "/cors": permissive_cors, "/slow": slow, "/gzip": gzipped, "/inflight": in_flight,
+}  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def running_app() -> AsyncIterator[tuple[str, AppState]]:
     """The stock upstream app on a free port: its base URL and what it saw."""
@@ -162,17 +169,6 @@ async def running_app() -> AsyncIterator[tuple[str, AppState]]:
     app[STATE] = state
     app.router.add_route("*", "/echo{tail:.*}", echo)
     app.router.add_post("/upload", upload)
-    app.router.add_get("/sse", sse)
-    app.router.add_get("/ws", websocket)
-    app.router.add_get("/ws-close", closing_ws)
-    app.router.add_get("/ws-record", recording_ws)
-    app.router.add_get("/ws-forbidden", forbidden_ws)
-    app.router.add_get("/hop", hop_headers)
-    app.router.add_get("/empty", no_content)
-    app.router.add_get("/head", head_me)
-    app.router.add_get("/cors", permissive_cors)
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/gzip", gzipped)
-    app.router.add_get("/inflight", in_flight)
+    app.router.add_routes([web.get(path, handler) for path, handler in GET_ROUTES.items()])
     async with serving(app) as url:
         yield url, state
