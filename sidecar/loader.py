@@ -25,6 +25,7 @@ from sidecar.config import (
     RouteConfig,
     ScreeningConfig,
 )
+from sidecar.paths import PathRefused, canonical
 
 _VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 _SECTIONS: dict[str, type[BaseModel]] = {
@@ -183,10 +184,11 @@ def _route_policy(
     overridden = False
     for name, model in _SECTIONS.items():
         base: BaseModel = getattr(config, name)
-        override = getattr(route, name)
-        if override is None:
+        given: BaseModel | None = getattr(route, name)
+        if given is None:
             sections[name] = base
             continue
+        override: dict[str, Any] = _reveal(given.model_dump(mode="python", exclude_unset=True))
         overridden = overridden or name == "quotas"
         for key in _GLOBAL_ONLY.get(name, ()):
             if key in override:
@@ -211,11 +213,29 @@ def _route_policy(
 
 
 def route_policies(config: Config) -> list[RoutePolicy]:
-    """Effective policy per route, in route order; raises ConfigError on a bad override."""
+    """Effective policy per route, in route order; raises ConfigError on a bad override.
+
+    Built once per config (at validation) and kept with it, so the route table, auth and
+    quotas all see the very same policy objects.
+    """
+    built: list[RoutePolicy] | None = config._route_policies
+    if built is not None:
+        return built
     problems: list[str] = []
     policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
+    for index, route in enumerate(config.routes):
+        try:
+            written = canonical(route.path).path
+        except PathRefused as refused:
+            problems.append(f"routes.{index}.path: {refused.message}")
+            continue
+        if written != route.path:
+            problems.append(
+                f"routes.{index}.path: not in canonical form (requests are matched as {written!r})"
+            )
     if problems:
         raise ConfigError(problems)
+    config._route_policies = policies
     return policies
 
 

@@ -65,14 +65,19 @@ class ClaudeClient:
         self.server_address = self._base.host or ""
         self.server_port = self._base.port
         self._urls: dict[str, URL] = {}
+        self._origin = str(self._base.origin())
 
     def url_for(self, path: str) -> URL:
-        """The Claude URL of `path` (+ query); joined once per distinct path."""
+        """The Claude URL of `path` (+ query), built once per distinct path.
+
+        `path` is canonical already (`sidecar.paths`): it is appended verbatim, never
+        joined or resolved again, so Claude receives exactly the path that was checked.
+        """
         url = self._urls.get(path)
         if url is None:
             if len(self._urls) >= _URL_CACHE:
                 self._urls.clear()
-            url = self._urls[path] = self._base.join(URL(path, encoded=True))
+            url = self._urls[path] = URL(self._origin + path, encoded=True)
         return url
 
     def request_headers(self, client: Mapping[str, str]) -> dict[str, str]:

@@ -149,7 +149,7 @@ def _json_object(body: Any) -> dict[str, Any]:
 
 def _received(request: web.Request, body: Any) -> ReceivedRequest:
     headers = {name.lower(): value for name, value in request.headers.items()}
-    return ReceivedRequest(request.method, request.path, headers, body)
+    return ReceivedRequest(request.method, request.path, headers, body, request.raw_path)
 
 
 def _authenticate(request: web.Request, settings: FakeSettings) -> None:

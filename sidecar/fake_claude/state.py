@@ -23,6 +23,7 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]
     body: Any  # None when the body was not JSON
+    raw_path: str = ""  # the path (and query) exactly as it arrived
 
     def __getitem__(self, name: str) -> Any:
         """`request["headers"]` reads like the plain dict tests may expect."""

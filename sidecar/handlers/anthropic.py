@@ -68,35 +68,40 @@ def _require_post(ctx: RequestContext) -> None:
         )  # fmt: skip
 
 
-def upstream_path(ctx: RequestContext) -> str:
-    """The Anthropic API path (+ query): from `/v1/` on, whatever prefix the route has."""
+def upstream_path(ctx: RequestContext) -> tuple[str, str]:
+    """(API path, query) for Claude: the canonical path from `/v1/` on, whatever the prefix.
+
+    The path is the request's canonical path (`sidecar.paths`), so the dispatch below and
+    the URL Claude receives are one and the same: `/v1/models/../messages` is the messages
+    call with all its checks, never a forward.
+    """
+    start = ctx.path.find("/v1/")
+    if start < 0:
+        raise Rejection(404, "not_found_error", "not an Anthropic API path", reason="not_found")
     url = ctx.request.rel_url
     jwt = ctx.route.policy.auth.jwt
     if jwt is not None and jwt.query_param and jwt.query_param in url.query:
         url = url.without_query_params(jwt.query_param)  # the sidecar credential stays here
-    path_qs = url.raw_path_qs
-    start = path_qs.find("/v1/")
-    if start < 0:
-        raise Rejection(404, "not_found_error", "not an Anthropic API path", reason="not_found")
-    return path_qs[start:]
+    query = url.raw_query_string
+    return ctx.path[start:], f"?{query}" if query else ""
 
 
 async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
-    """Dispatch within the Anthropic family by path."""
-    path_qs = upstream_path(ctx)
-    path = path_qs.partition("?")[0].rstrip("/")
-    if path == "/v1/messages":
-        return await _messages(ctx, path_qs)
-    if path == "/v1/messages/count_tokens":
-        return await _count_tokens(ctx, path_qs)
+    """Dispatch within the Anthropic family by canonical path."""
+    path, query = upstream_path(ctx)
+    call = path.rstrip("/")
+    if call == "/v1/messages":
+        return await _messages(ctx, call + query)
+    if call == "/v1/messages/count_tokens":
+        return await _count_tokens(ctx, call + query)
     if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):
         # Batches, files and the like would spend the sidecar's key outside screening and
         # token quotas: only the paths the config opens are forwarded.
         raise Rejection(
-            403, "permission_error", f"{path} is not open through this sidecar",
+            403, "permission_error", f"{call} is not open through this sidecar",
             reason="path_not_forwarded",
         )  # fmt: skip
-    return await _forward(ctx, path_qs, None)
+    return await _forward(ctx, path + query, None)
 
 
 def _under(path: str, prefix: str) -> bool:
