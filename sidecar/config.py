@@ -552,13 +552,13 @@ def override_model(model: type[Section]) -> type[Section]:
         name: (_override_type(info.annotation) | None, None)
         for name, info in model.model_fields.items()
     }
-    validators = {
+    validators: dict[str, Any] = {
         f"_{name}": field_validator(*dec.info.fields, mode=dec.info.mode, check_fields=False)(
             classmethod(_unless_none(getattr(dec.func, "__func__", dec.func)))
         )
         for name, dec in model.__pydantic_decorators__.field_validators.items()
     }
-    built: type[Section] = create_model(  # type: ignore[call-overload]
+    built: type[Section] = create_model(
         f"{model.__name__.removesuffix('Config')}Override",
         __base__=Section,
         __doc__=f"A route's override of `{model.__name__}`: only the keys it sets are merged.",

@@ -25,9 +25,13 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-_UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_UNRESERVED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
 # pchar = unreserved / sub-delims / ":" / "@" (RFC 3986 §3.3); anything else is encoded.
-_PCHAR: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@")
+_PCHAR: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@"
+)
 # A path already in normal form: no escapes, no dot or empty segments, nothing to encode.
 _PLAIN: Final = re.compile(r"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)*/?")
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
@@ -110,7 +114,9 @@ def _append_byte(out: list[str], byte: int) -> None:
     if byte in _UNRESERVED:
         out.append(chr(byte))
     elif byte in (0x2F, 0x5C):
-        raise PathRefused("path_encoded_separator", "an encoded '/' or '\\' is not allowed in a path")
+        raise PathRefused(
+            "path_encoded_separator", "an encoded '/' or '\\' is not allowed in a path"
+        )
     elif byte < 0x20 or byte == 0x7F:
         raise PathRefused("path_invalid", "control characters are not allowed in a path")
     else:

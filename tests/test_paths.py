@@ -234,8 +234,7 @@ def stack() -> Iterator[Stack]:
         async with _running() as (sidecar, fake):
             ready.append(Stack(sidecar.url, sidecar.admin_url, fake))
             started.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(stop.wait)
 
     thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
     thread.start()
@@ -292,14 +291,14 @@ def test_every_spelling_routes_and_reaches_the_upstream_as_its_canonical_form(
         assert (status, body) == (200, {"raw_path": path}), raw
     elif path.rstrip("/") in ("/v1/messages", "/v1/messages/count_tokens"):
         # Dispatched as the real call (with screening, quotas and a slot), never forwarded.
-        assert status == 405 and body["type"] == "error", (raw, body)
+        assert (status, body["type"]) == (405, "error"), raw
     elif path == "/v1/models" or path.startswith("/v1/models/"):
-        assert status == 404 and body["type"] == "error", (raw, body)  # the fake's answer
+        assert (status, body["type"]) == (404, "error"), raw  # the fake's answer
         assert stack.fake.state.requests[-1].raw_path == path + "?k=%2e%2E", raw
     elif path.startswith("/v1/"):
-        assert status == 403 and _error_type(body) == "permission_error", (raw, body)
+        assert (status, _error_type(body)) == (403, "permission_error"), raw
     else:
-        assert status == 404 and _error_type(body) == "not_found_error", (raw, body)
+        assert (status, _error_type(body)) == (404, "not_found_error"), raw
 
 
 async def _websocket_path(stack: Stack, raw: str) -> tuple[int, str]:
