@@ -8,7 +8,9 @@ Every model forbids unknown keys so a typo is an error, never a silent default.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +73,24 @@ class Section(BaseModel):
     """Base of every config model: strict keys, immutable once loaded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def fingerprint(self) -> str:
+        """What these settings are, secrets included (as SHA-256 hashes), as one string.
+
+        For de-duplicating and caching per policy: a redacted dump would make two policies
+        that differ only in a secret look the same, and one would serve the other's route.
+        """
+        return json.dumps(_hashed_secrets(self.model_dump(mode="python")), default=str)
+
+
+def _hashed_secrets(data: Any) -> Any:
+    if isinstance(data, SecretStr):
+        return "sha256:" + hashlib.sha256(data.get_secret_value().encode()).hexdigest()
+    if isinstance(data, dict):
+        return {key: _hashed_secrets(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_hashed_secrets(value) for value in data]
+    return data
 
 
 # --------------------------------------------------------------------------- server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import jwt
 import pytest
 
 from sidecar import loader
+from sidecar.config import AuthConfig
 from sidecar.fake_claude import FakeServer
 from tests.conftest import SidecarFactory
 from tests.policy_support import (
@@ -354,3 +356,75 @@ def test_unusable_public_key_files_are_config_errors(
     with pytest.raises(loader.ConfigError) as raised:
         loader.validate(data, {})
     assert any(p.startswith("auth.jwt: ") and problem in p for p in raised.value.problems)
+
+
+async def _status(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> int:
+    async with http.get(url, headers=headers) as response:
+        return response.status
+
+
+async def test_routes_that_differ_only_in_a_secret_accept_only_their_own(
+    tmp_path: Path, sidecar_for: SidecarFactory
+) -> None:
+    other_secret = "o" * 40
+    other_key = "sk-sidecar-client-key-2"
+    rsa_dir, other_dir = tmp_path / "a", tmp_path / "b"
+    rsa_dir.mkdir()
+    other_dir.mkdir()
+    jwt_base = {"audience": AUDIENCE, "issuer": ISSUER}
+
+    def route(path: str, auth: dict[str, Any]) -> dict[str, Any]:
+        return {"path": path, "handler": "app", "auth": {"mode": "required", **auth}}
+
+    def api_key(key: str) -> dict[str, Any]:
+        return {"name": "k", "sha256": hashlib.sha256(key.encode()).hexdigest()}
+
+    async with running_app() as (url, _):
+        config: dict[str, Any] = {
+            "app": {"url": url},
+            "routes": [
+                route("/echo/hs-a", {"jwt": {**jwt_base, "secret": SECRET}}),
+                route("/echo/hs-b", {"jwt": {**jwt_base, "secret": other_secret}}),
+                route("/echo/key-a", {"api_keys": [api_key(API_KEY)]}),
+                route("/echo/key-b", {"api_keys": [api_key(other_key)]}),
+                route("/echo/file-a", {"jwt": {**jwt_base, "algorithms": ["RS256"],
+                      "public_key_file": str(write_public_key(RSA_KEY, rsa_dir))}}),
+                route("/echo/file-b", {"jwt": {**jwt_base, "algorithms": ["RS256"],
+                      "public_key_file": str(write_public_key(OTHER_RSA_KEY, other_dir))}}),
+            ],
+        }  # fmt: skip
+        credentials = {
+            "/echo/hs-a": bearer(mint(SECRET)), "/echo/hs-b": bearer(mint(other_secret)),
+            "/echo/key-a": {"x-api-key": API_KEY}, "/echo/key-b": {"x-api-key": other_key},
+            "/echo/file-a": bearer(mint(RSA_KEY, "RS256")),
+            "/echo/file-b": bearer(mint(OTHER_RSA_KEY, "RS256")),
+        }  # fmt: skip
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            seen = {
+                (path, whose): await _status(http, sidecar.url + path, headers)
+                for path in credentials
+                for whose, headers in credentials.items()
+            }
+    expected = {(path, whose): 200 if path == whose else 401 for path, whose in seen}
+    assert seen == expected
+
+
+def test_policy_fingerprints_tell_secrets_apart_without_showing_them() -> None:
+    def policy(secret: str) -> AuthConfig:
+        return AuthConfig.model_validate({"jwt": {"secret": secret, "audience": AUDIENCE}})
+
+    assert policy(SECRET).fingerprint() == policy(SECRET).fingerprint()
+    assert policy(SECRET).fingerprint() != policy("o" * 40).fingerprint()
+    assert SECRET not in policy(SECRET).fingerprint()
+
+
+async def test_optional_mode_with_allowed_tenants_refuses_anonymous_callers(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(auth_config(mode="optional", allowed_tenants=["acme"])) as sidecar:
+        anonymous, body, headers = await post_prompt(sidecar.url, {})
+        tenant, _, _ = await post_prompt(sidecar.url, bearer(mint(org="acme")))
+        other, _, _ = await post_prompt(sidecar.url, bearer(mint(org="evil")))
+    assert (anonymous, tenant, other) == (401, 200, 403)
+    assert headers["WWW-Authenticate"] == 'Bearer realm="claude-sidecar"'
+    assert fake.state.counters["requests"] == 1
