@@ -422,7 +422,7 @@ async def test_optional_mode_with_allowed_tenants_refuses_anonymous_callers(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     async with sidecar_for(auth_config(mode="optional", allowed_tenants=["acme"])) as sidecar:
-        anonymous, body, headers = await post_prompt(sidecar.url, {})
+        anonymous, _, headers = await post_prompt(sidecar.url, {})
         tenant, _, _ = await post_prompt(sidecar.url, bearer(mint(org="acme")))
         other, _, _ = await post_prompt(sidecar.url, bearer(mint(org="evil")))
     assert (anonymous, tenant, other) == (401, 200, 403)
