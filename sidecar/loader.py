@@ -283,12 +283,18 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
 def redacted(config: Config) -> dict[str, Any]:
     """The effective config as plain data with every secret shown as `***`."""
     data: dict[str, Any] = _redact(config.model_dump(mode="python"))
+    # A route's overrides as written: the keys it sets, not every key of the section as null.
+    data["routes"] = [
+        _redact(route.model_dump(mode="python", exclude_unset=True)) for route in config.routes
+    ]
     return data
 
 
 def _redact(data: Any) -> Any:
     if isinstance(data, SecretStr):
         return "***"
+    if isinstance(data, str) and "@" in data and "://" in data:
+        return redact_url(data)
     if isinstance(data, dict):
         return {k: _redact(v) for k, v in data.items()}
     if isinstance(data, list):
@@ -298,3 +304,15 @@ def _redact(data: Any) -> Any:
     if data is not None and not isinstance(data, str | int | float | bool):
         return str(data)
     return data
+
+
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@")
+
+
+def redact_url(value: str) -> str:
+    """A URL without the password in its userinfo (`https://user:***@host/...`)."""
+    match = _USERINFO.match(value)
+    if match is None or ":" not in match["userinfo"]:
+        return value
+    user = match["userinfo"].partition(":")[0]
+    return f"{match['scheme']}{user}:***@{value[match.end() :]}"
