@@ -162,7 +162,8 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     )
     headers = _claude_headers(ctx)
     ctx.runtime.telemetry.inject(ctx.span, headers)
-    upstream, _ = await ctx.runtime.claude.send(Attempt(request.method, path_qs, headers), body)
+    attempt = Attempt(request.method, path_qs, headers)
+    upstream, _ = await ctx.runtime.claude.send(attempt, body, stream=False)
     payload = await read_answer(upstream)
     response_headers = {
         **ctx.headers,
