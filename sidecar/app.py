@@ -136,6 +136,8 @@ async def _open_runtime(
     """
     if telemetry is None:  # process-wide: `telemetry` changes need a restart
         telemetry = await shared.use(stack, "telemetry", None, partial(_open_telemetry, config))
+    # Models this config names are metric labels of their own; others fold into `other`.
+    telemetry.models.allow([config.claude.model, *(config.claude.allowed_models or ())])
     base_url = config.claude.base_url
     if config.claude.is_fake:
         base_url = await shared.use(

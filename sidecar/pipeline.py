@@ -28,6 +28,11 @@ from sidecar.runtime import Runtime
 log = logging.getLogger("sidecar.pipeline")
 UNMATCHED = "unmatched"  # the route label of a path no route matches (bounded, unlike the path)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+# HTTP methods span names and attributes carry as they are (OpenTelemetry's list); a
+# client may send any token as a method, and other ones are `_OTHER`.
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
+)
 
 
 @dataclass(slots=True)
@@ -124,10 +129,11 @@ class Pipeline:
                 status=status, body=body, content_type="application/json", headers=headers
             )
         parent = telemetry.extract(request.headers)
+        method = request.method if request.method in _METHODS else "_OTHER"  # any token is valid
         span = telemetry.start_server_span(
-            f"{request.method} {route.path}",
+            f"{method} {route.path}",
             parent,
-            {"http.request.method": request.method, "http.route": route.path},
+            {"http.request.method": method, "http.route": route.path},
         )
         origin = request.headers.get("Origin")
         headers.update(route.cors.response_headers(origin))

@@ -20,7 +20,7 @@ from sidecar.handlers.claude_call import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.handlers.request_body import parse_json_object, read_body
+from sidecar.handlers.request_body import parse_json_object, parse_model, read_body
 from sidecar.pipeline import RequestContext
 from sidecar.policy import collect_texts
 from sidecar.record import Outcome
@@ -39,9 +39,7 @@ PASSTHROUGH = Passthrough()
 
 
 def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model: Field required")
+    model = parse_model(body.get("model"))
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise bad_request("max_tokens: must be a positive integer")
@@ -142,9 +140,8 @@ async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse
     _require_post(ctx)
     raw = await read_body(ctx.request, ctx.runtime.config.server.max_body_bytes)
     body = parse_json_object(raw)
-    model = body.get("model")
-    if isinstance(model, str):
-        check_model(ctx, model)
+    if "model" in body:
+        check_model(ctx, parse_model(body["model"]))
     _screen(ctx, body)
     return await _forward(ctx, path_qs, raw)
 
