@@ -49,9 +49,21 @@ def _check_host_port(value: str) -> str:
     return value
 
 
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@")
+
+
+def redact_url(value: str) -> str:
+    """A URL without the password in its userinfo (`https://user:***@host/...`)."""
+    match = _USERINFO.match(value)
+    if match is None or ":" not in match["userinfo"]:
+        return value
+    user = match["userinfo"].partition(":")[0]
+    return f"{match['scheme']}{user}:***@{value[match.end() :]}"
+
+
 def _check_http_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {redact_url(value)!r}")
     return value.rstrip("/")
 
 

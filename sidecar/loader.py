@@ -24,6 +24,7 @@ from sidecar.config import (
     QuotaConfig,
     RouteConfig,
     ScreeningConfig,
+    redact_url,
 )
 from sidecar.paths import PathRefused, canonical
 
@@ -304,15 +305,3 @@ def _redact(data: Any) -> Any:
     if data is not None and not isinstance(data, str | int | float | bool):
         return str(data)
     return data
-
-
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@")
-
-
-def redact_url(value: str) -> str:
-    """A URL without the password in its userinfo (`https://user:***@host/...`)."""
-    match = _USERINFO.match(value)
-    if match is None or ":" not in match["userinfo"]:
-        return value
-    user = match["userinfo"].partition(":")[0]
-    return f"{match['scheme']}{user}:***@{value[match.end() :]}"

@@ -175,3 +175,12 @@ routes:
         assert value not in result.stdout + result.stderr
     assert result.stdout.count("'***'") == 5  # key, two route secrets, top secret, redis URL
     assert "http://user:***@127.0.0.1:3000" in result.stdout
+
+
+def test_config_errors_do_not_echo_url_passwords(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text('app: {url: "ftp://user:url-pass-secret@app:21"}\n')
+    result = sidecar("check", "-c", str(config))
+    assert result.returncode == 2
+    assert "app.url" in result.stdout
+    assert "url-pass-secret" not in result.stdout + result.stderr
