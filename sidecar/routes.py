@@ -80,7 +80,7 @@ class RouteTable:
         except PathRefused as refused:
             return Resolved(self.match(raw_path), raw_path, refused)
         route = self.match(found.path)
-        if found.written is not found.path and found.written != found.path:
+        if found.written != found.path:
             written_route = self.match(found.written)
             if written_route is not route:
                 return Resolved(
