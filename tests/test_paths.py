@@ -31,6 +31,7 @@ from sidecar import loader
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
 from sidecar.paths import PathRefused, canonical
 from sidecar.server import SidecarServer
+from tests.conftest import SidecarFactory
 from tests.support import running_sidecar, serving
 
 KEY = "sk-paths-client-key"
@@ -350,3 +351,32 @@ async def test_climbing_out_of_a_route_is_refused_in_its_format_and_counted() ->
             if line.startswith("sidecar_rejections_total") and 'reason="path_climbs"' in line
         ]  # fmt: skip
         assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 2
+
+
+SPELLINGS_OF_MESSAGES = [
+    "/v1/models/../messages", "/v1/models/%2e%2E/messages", "/v1/./messages",
+    "/v1//messages", "/v1/%6d%65ssages", "/v1/models/x/../../messages/",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", SPELLINGS_OF_MESSAGES)
+async def test_a_spelling_of_messages_is_the_real_call_with_its_checks(
+    raw: str, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    config = {"screening": {"deny_patterns": ["forbidden phrase"]},
+              "claude": {"allowed_models": ["claude-sonnet-5-5"]}}  # fmt: skip
+    url_of = "{}" + raw
+
+    def body(model: str, text: str) -> dict[str, Any]:
+        return {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": text}]}
+
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        url = URL(url_of.format(sidecar.url), encoded=True)
+        async with http.post(url, json=body("claude-sonnet-5-5", "hello")) as response:
+            assert response.status == 200
+            assert (await response.json())["type"] == "message"
+        async with http.post(url, json=body("claude-sonnet-5-5", "a forbidden phrase")) as r:
+            assert r.status == 400  # screened
+        async with http.post(url, json=body("claude-opus-5-5", "hello")) as r:
+            assert r.status == 400  # the model allow-list applies
+    assert [r.raw_path for r in fake.state.requests] == ["/v1/messages"]
