@@ -203,5 +203,7 @@ def build_apps(
         await runtimes.close()
 
     app.cleanup_ctx.append(runtime_ctx)
-    app.router.add_route("*", "/{tail:.*}", Pipeline(HANDLERS).handle)
+    # Every path reaches the pipeline, which owns the answer (`.` would stop at a decoded
+    # newline and leave aiohttp's own plain-text 404, uncounted).
+    app.router.add_route("*", r"/{tail:[\s\S]*}", Pipeline(HANDLERS).handle)
     return app, build_admin_app(runtimes, config)

@@ -302,6 +302,20 @@ def test_every_spelling_routes_and_reaches_the_upstream_as_its_canonical_form(
         assert (status, _error_type(body)) == (404, "not_found_error"), raw
 
 
+@_E2E
+@given(spelled_paths(), _SEPARATORS, st.integers(min_value=0, max_value=200))
+def test_encoded_separators_and_controls_never_reach_an_upstream(
+    stack: Stack, case: tuple[list[Token], str], bad: str, where: int
+) -> None:
+    _, raw = case
+    at = 1 + where % len(raw)
+    seen_by_fake = len(stack.fake.state.requests)
+    status, body = _get(stack, raw[:at] + bad + raw[at:], {"X-Api-Key": KEY})
+    assert status == 400, (raw, body)  # the app and the fake would never answer 400 here
+    assert _error_type(body) in ("invalid_request_error", "invalid_request")
+    assert len(stack.fake.state.requests) == seen_by_fake
+
+
 async def _websocket_path(stack: Stack, raw: str) -> tuple[int, str]:
     """(handshake status, first message) of a WebSocket to `raw`, sent verbatim."""
     async with aiohttp.ClientSession() as http:
