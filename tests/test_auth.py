@@ -422,9 +422,13 @@ async def test_optional_mode_with_allowed_tenants_refuses_anonymous_callers(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     async with sidecar_for(auth_config(mode="optional", allowed_tenants=["acme"])) as sidecar:
-        anonymous, _, headers = await post_prompt(sidecar.url, {})
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + PROMPT, json={"prompt": "hi"}) as response,
+        ):
+            anonymous, challenge = response.status, response.headers.get("WWW-Authenticate")
         tenant, _, _ = await post_prompt(sidecar.url, bearer(mint(org="acme")))
         other, _, _ = await post_prompt(sidecar.url, bearer(mint(org="evil")))
     assert (anonymous, tenant, other) == (401, 200, 403)
-    assert headers["WWW-Authenticate"] == 'Bearer realm="claude-sidecar"'
+    assert challenge == 'Bearer realm="claude-sidecar"'
     assert fake.state.counters["requests"] == 1

@@ -230,7 +230,9 @@ class Telemetry:
         span.set_attributes(attributes)
         if failed:
             span.set_status(
-                Status(StatusCode.ERROR, record.error_label if record.error_type else record.outcome)
+                Status(
+                    StatusCode.ERROR, record.error_label if record.error_type else record.outcome
+                )
             )
 
     def _identity(self, value: str | None) -> str | None:
