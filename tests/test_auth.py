@@ -12,6 +12,7 @@ import aiohttp
 import anthropic
 import jwt
 import pytest
+from multidict import CIMultiDictProxy
 
 from sidecar import loader
 from sidecar.config import AuthConfig
@@ -66,7 +67,7 @@ def bearer(token: str) -> dict[str, str]:
 
 async def post_prompt(
     url: str, headers: dict[str, str], body: dict[str, Any] | None = None, query: str = ""
-) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, Any, CIMultiDictProxy[str]]:
     async with aiohttp.ClientSession() as http:
         async with http.post(
             url + PROMPT + query, json=body or {"prompt": "hi"}, headers=headers
