@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -157,6 +158,27 @@ def test_encoded_separators_controls_and_bad_escapes_are_refused_anywhere(
     with pytest.raises(PathRefused) as refused:
         canonical(raw[:at] + bad + raw[at:])
     assert refused.value.reason in ("path_encoded_separator", "path_invalid", "path_climbs")
+
+
+_NORMAL = re.compile(r"(?:/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-F]{2})+)*/?")
+_ENCODED_UNRESERVED = re.compile(r"%(?:4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2D|2E|5F|7E)")
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=40))
+def test_any_input_is_refused_or_comes_out_in_normal_form(tail: str) -> None:
+    reason: str | None = None
+    try:
+        path = canonical("/" + tail).path
+    except PathRefused as refused:
+        reason = refused.reason
+    if reason is not None:
+        assert reason in ("path_invalid", "path_encoded_separator", "path_climbs")
+        return
+    assert _NORMAL.fullmatch(path), path  # pchars and upper-case escapes only, no `//`
+    assert not _ENCODED_UNRESERVED.search(path)
+    assert "/./" not in path + "/"
+    assert "/../" not in path + "/"
+    assert canonical(path).path == path
 
 
 def test_dot_segments_with_parameters_are_refused() -> None:
