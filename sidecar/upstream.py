@@ -185,6 +185,8 @@ class ClaudeClient:
 
 def _should_retry(response: aiohttp.ClientResponse) -> bool:
     """Claude's `x-should-retry` decides when present (as in the official SDKs), else the status."""
+    if response.status < 400:
+        return False
     verdict = response.headers.get("x-should-retry")
     if verdict == "true":
         return True

@@ -148,6 +148,16 @@ async def test_x_should_retry_true_retries_a_status_that_is_not_retried_by_defau
     assert (status, len(seen)) == (200, 2)
 
 
+async def test_a_success_is_never_retried_whatever_x_should_retry_says() -> None:
+    def marked_ok() -> web.StreamResponse:
+        return web.json_response(MESSAGE, headers={"x-should-retry": "true"})
+
+    async with scripted_claude([marked_ok]) as (url, seen):
+        async with running_sidecar(claude_at(url)) as sidecar:
+            status, _ = await post(sidecar.url, body())
+    assert (status, len(seen)) == (200, 1)
+
+
 async def test_x_should_retry_false_stops_retries_of_a_retryable_status() -> None:
     async with scripted_claude([error(529, **{"x-should-retry": "false"}), ok]) as (url, seen):
         async with running_sidecar(claude_at(url)) as sidecar:
