@@ -22,7 +22,6 @@ from sidecar.handlers.claude_call import (
 )
 from sidecar.handlers.request_body import parse_json_object, read_body
 from sidecar.pipeline import RequestContext
-from sidecar.policy import collect_texts
 from sidecar.record import Outcome
 from sidecar.relay import Translator
 from sidecar.upstream import Attempt, read_answer, returned_headers
@@ -54,10 +53,9 @@ def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
 
 
 def _screen(ctx: RequestContext, body: dict[str, Any]) -> tuple[int, int]:
-    """Screen every user-supplied text; returns (chars, attachment bytes) for the estimate."""
-    texts, attachments = collect_texts(body.get("system"), body.get("messages"))
-    ctx.route.screener.screen(texts, attachments)
-    return sum(map(len, texts)), attachments
+    """Screen every text Claude would read; returns (chars, attachment bytes) for the estimate."""
+    collected = ctx.route.screener.screen_request(body)
+    return collected.chars, collected.attachment_bytes
 
 
 def _require_post(ctx: RequestContext) -> None:
@@ -108,7 +106,7 @@ def _under(path: str, prefix: str) -> bool:
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
     config = ctx.runtime.config
-    raw = await read_body(ctx.request, config.server.max_body_bytes)
+    raw = await read_body(ctx.request, config.server)
     body = parse_json_object(raw)
     model, max_tokens, stream = _validated(body)
     check_model(ctx, model)
@@ -135,7 +133,7 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
-    raw = await read_body(ctx.request, ctx.runtime.config.server.max_body_bytes)
+    raw = await read_body(ctx.request, ctx.runtime.config.server)
     body = parse_json_object(raw)
     model = body.get("model")
     if isinstance(model, str):
@@ -148,7 +146,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is."""
     request = ctx.request
     if body is None and request.can_read_body:
-        body = await read_body(request, ctx.runtime.config.server.max_body_bytes)
+        body = await read_body(request, ctx.runtime.config.server)
     policy = ctx.route.policy  # no tokens are generated here: requests per minute only
     ctx.headers.update(
         await ctx.runtime.quotas.count_request(

@@ -1,13 +1,29 @@
-"""Reading a JSON request body within `server.max_body_bytes`, with clear 4xx errors."""
+"""Reading request bodies within the server's size and time limits, with clear 4xx errors.
+
+The traffic listener never decompresses on its own (the app route forwards bodies
+exactly as received). Routes that read a body themselves decode its
+`Content-Encoding` here, bounded by `server.max_body_bytes` after decoding, so what
+is screened is what is sent on.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
 
 from aiohttp import web
 
+from sidecar.config import ServerConfig
 from sidecar.errors import Rejection, bad_request
+
+_GZIP: Final = 16 + zlib.MAX_WBITS
+_ZLIB: Final = zlib.MAX_WBITS
+_RAW_DEFLATE: Final = -zlib.MAX_WBITS
+_DECODERS: Final = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": _ZLIB}
 
 
 def _too_large(limit: int) -> Rejection:
@@ -16,17 +32,94 @@ def _too_large(limit: int) -> Rejection:
     )
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refusing more than `limit` bytes (by header first, then by count)."""
+def body_timeout() -> Rejection:
+    """408 for a body that did not arrive in time; the connection is not reused."""
+    return Rejection(
+        408, "timeout_error", "the request body did not arrive in time",
+        reason="body_timeout", headers={"Connection": "close"},
+    )  # fmt: skip
+
+
+async def read_body(request: web.Request, server: ServerConfig) -> bytes:
+    """The whole body, decoded: 413 above `max_body_bytes` (sent or decoded), 408 when it
+    takes longer than `body_read_timeout_seconds`, 415/400 for an encoding it cannot decode."""
+    limit = server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
-        return await request.read()  # the app's client_max_size is `limit`
+        async with asyncio.timeout(server.body_read_timeout_seconds):
+            raw = await request.read()  # the app's client_max_size is `limit`
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except TimeoutError:
+        raise body_timeout() from None
+    return decode_body(raw, request.headers.getall("Content-Encoding", ()), limit)
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+def decode_body(raw: bytes, encodings: tuple[str, ...] | list[str], limit: int) -> bytes:
+    """`raw` with its content codings undone (last applied first), at most `limit` bytes."""
+    names = [n.strip().lower() for value in encodings for n in value.split(",") if n.strip()]
+    body = raw
+    for name in reversed(names):
+        if name == "identity":
+            continue
+        wbits = _DECODERS.get(name)
+        if wbits is None:
+            raise Rejection(
+                415, "invalid_request_error",
+                f"Content-Encoding {name[:32]!r} is not supported (gzip, deflate, identity are)",
+                reason="unsupported_encoding", code="unsupported_media_type",
+            )  # fmt: skip
+        body = _inflate(body, wbits, limit)
+    return body
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
+    out = bytearray()
+    while True:  # gzip allows several members one after another
+        decoder = zlib.decompressobj(wbits)
+        try:
+            # Bounded: a small body that inflates past the limit stops at limit + 1 bytes.
+            out += decoder.decompress(data, limit + 1 - len(out))
+        except zlib.error:
+            if wbits == _ZLIB and not out:
+                wbits = _RAW_DEFLATE  # "deflate" as many clients send it: without the zlib header
+                continue
+            raise bad_request("the body is not valid for its Content-Encoding") from None
+        if len(out) > limit:
+            raise _too_large(limit)
+        if not decoder.eof:
+            raise bad_request("the body is cut short for its Content-Encoding")
+        data = decoder.unused_data
+        if not data or wbits != _GZIP:
+            if data:
+                raise bad_request("the body has bytes after its compressed data")
+            return bytes(out)
+
+
+@dataclass(slots=True)
+class BodyStream:
+    """A request body passed on as it arrives, cut when the client goes quiet too long."""
+
+    request: web.Request
+    idle_timeout: float
+    stalled: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self.request.content
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                self.stalled = True
+                raise
+            if not chunk:
+                return
+            yield chunk
+
+
+async def read_json_object(request: web.Request, server: ServerConfig) -> dict[str, Any]:
     """A JSON object body: 415 for another content type, 413 when too large, 400 when malformed."""
     if request.content_type != "application/json":
         raise Rejection(
@@ -36,18 +129,42 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
             reason="unsupported_media_type",
             code="unsupported_media_type",
         )
-    raw = await read_body(request, limit)
+    raw = await read_body(request, server)
     return parse_json_object(raw)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return value
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode a JSON object or raise a 400 saying what is wrong."""
+    """Decode a JSON object or raise a 400 saying what is wrong.
+
+    A key twice in one object is refused: parsers disagree on which copy wins, and
+    the bytes sent on must mean to Claude exactly what was screened here.
+    """
     try:
         text = raw.decode()  # RFC 8259: JSON exchanged between systems is UTF-8, nothing else
     except UnicodeDecodeError:
         raise bad_request("body is not UTF-8") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        key = str(exc.args[0])
+        raise bad_request(
+            f"body has a duplicate key: {key[:64]!r}", reason="duplicate_key"
+        ) from None
     except ValueError as exc:
         raise bad_request(f"body is not valid JSON: {exc}") from None
     except RecursionError:
