@@ -113,7 +113,7 @@ async def test_pathological_input_is_linear_and_passes(
 async def test_anthropic_route_screens_every_message(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
-    long_history = [
+    long_history: list[dict[str, Any]] = [
         {"role": "user", "content": "a" * 6000},
         {"role": "assistant", "content": [{"type": "text", "text": "b" * 3000}]},
         {"role": "user", "content": [{"type": "text", "text": "c" * 1001}]},
