@@ -20,7 +20,7 @@ from sidecar.handlers.claude_call import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.handlers.request_body import parse_json_object, read_body
+from sidecar.handlers.request_body import ensure_client_present, parse_json_object, read_body
 from sidecar.pipeline import RequestContext
 from sidecar.record import Outcome
 from sidecar.relay import Translator
@@ -155,6 +155,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     )
     headers = _claude_headers(ctx)
     ctx.runtime.telemetry.inject(ctx.span, headers)
+    ensure_client_present(request)
     upstream, _ = await ctx.runtime.claude.send(Attempt(request.method, path_qs, headers), body)
     payload = await read_answer(upstream)
     response_headers = {

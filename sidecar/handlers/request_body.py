@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from sidecar.config import ServerConfig
 from sidecar.errors import Rejection, bad_request
@@ -97,15 +98,31 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
             return bytes(out)
 
 
+def ensure_client_present(request: web.Request) -> None:
+    """Raise (499) if the client has closed or half-closed its connection: whatever is
+    called next (Claude, the app) would work for nobody. Check right before calling."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise Rejection(
+            499, "invalid_request_error", "the client closed the connection",
+            reason="client_disconnected",
+        )  # fmt: skip
+
+
 @dataclass(slots=True)
 class BodyStream:
-    """A request body passed on as it arrives, cut when the client goes quiet too long."""
+    """A request body passed on as it arrives, cut when the client goes quiet too long.
+
+    `stalled` / `broken` say afterwards whether a failed upload was the client's doing.
+    """
 
     request: web.Request
     idle_timeout: float
     stalled: bool = False
+    broken: bool = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive (no decoding, no buffering)."""
         content = self.request.content
         while True:
             try:
@@ -113,6 +130,9 @@ class BodyStream:
                     chunk = await content.readany()
             except TimeoutError:
                 self.stalled = True
+                raise
+            except (web.RequestPayloadError, BadHttpMessage, ConnectionError):
+                self.broken = True  # bad chunked framing, or the client went away mid-body
                 raise
             if not chunk:
                 return
