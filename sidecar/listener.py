@@ -111,8 +111,22 @@ class TrafficProtocol(web_protocol.RequestHandler):
         super().data_received(data)
         if self._request_count != parsed:
             self._stop_head_timer()  # a head is complete (or refused)
+            self._fail_body_in_flight()
         elif data and self._head_timer is None and self._between_requests():
             self._start_head_timer()  # the first byte of the next head on a kept-alive connection
+
+    def _fail_body_in_flight(self) -> None:
+        # The parser refused bytes in the middle of a body a handler is reading (bad chunk
+        # framing): that read fails now, so the route answers 400 in its own format, instead
+        # of waiting for bytes that will never parse while aiohttp queues a second answer.
+        request = self._current_request
+        if request is None or not self._messages:
+            return
+        info = self._messages[-1][0]
+        if isinstance(info, web_protocol._ErrInfo) and not request.content.is_eof():
+            self._messages.pop()
+            request.content.set_exception(info.exc)
+            self.close()  # the message boundary is lost: no further request on this connection
 
     def _between_requests(self) -> bool:
         return not (

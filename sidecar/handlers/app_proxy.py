@@ -14,8 +14,13 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from sidecar.errors import Rejection, bad_request
-from sidecar.handlers.request_body import BodyStream, body_timeout, ensure_client_present
+from sidecar.errors import Rejection
+from sidecar.handlers.request_body import (
+    BodyStream,
+    body_timeout,
+    ensure_client_present,
+    malformed_body,
+)
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
@@ -111,7 +116,8 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
             data=body.chunks() if request.body_exists else None,
             allow_redirects=False,
         )
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except Exception as exc:
+        # A failed upload surfaces as whatever the client library wraps it in.
         raise _upstream_failure(body, exc) from None
     async with upstream:
         return await _relay(ctx, upstream)
@@ -122,15 +128,17 @@ def _upstream_failure(body: BodyStream, exc: BaseException) -> Rejection:
     if body.stalled:
         return body_timeout()
     if body.broken:
-        return bad_request("the request body was malformed or cut short", reason="bad_body")
+        return malformed_body()
     if isinstance(exc, TimeoutError):
         return Rejection(
             504, "timeout_error", "the app did not answer in time", reason="app_timeout"
         )
-    return Rejection(
-        502, "api_error", f"the app is unreachable ({type(exc).__name__})",
-        reason="app_unreachable", code="bad_gateway",
-    )  # fmt: skip
+    if isinstance(exc, aiohttp.ClientError):
+        return Rejection(
+            502, "api_error", f"the app is unreachable ({type(exc).__name__})",
+            reason="app_unreachable", code="bad_gateway",
+        )  # fmt: skip
+    raise exc
 
 
 async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:

@@ -41,6 +41,11 @@ def body_timeout() -> Rejection:
     )  # fmt: skip
 
 
+def malformed_body() -> Rejection:
+    """400 for a body whose framing (chunks, length) broke while it was read."""
+    return bad_request("the request body was malformed or cut short", reason="bad_body")
+
+
 async def read_body(request: web.Request, server: ServerConfig) -> bytes:
     """The whole body, decoded: 413 above `max_body_bytes` (sent or decoded), 408 when it
     takes longer than `body_read_timeout_seconds`, 415/400 for an encoding it cannot decode."""
@@ -54,6 +59,8 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
         raise _too_large(limit) from None
     except TimeoutError:
         raise body_timeout() from None
+    except (web.RequestPayloadError, BadHttpMessage):
+        raise malformed_body() from None
     return decode_body(raw, request.headers.getall("Content-Encoding", ()), limit)
 
 
