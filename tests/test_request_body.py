@@ -231,3 +231,23 @@ async def test_a_trickled_body_gets_408(
     assert head.startswith(b"HTTP/1.1 408 ")
     assert b"Connection: close" in head
     assert fake.state.counters["requests"] == 0
+
+
+@pytest.mark.parametrize("path", sorted(ROUTE_BODIES))
+async def test_a_client_gone_before_the_call_never_reaches_claude(
+    fake: FakeServer, sidecar_for: SidecarFactory, path: str
+) -> None:
+    raw = json.dumps(ROUTE_BODIES[path]).encode()
+    async with sidecar_for(CONFIG) as sidecar:
+        _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(
+            b"POST %b HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (path.encode(), len(raw), raw)
+        )
+        writer.write_eof()  # the whole request, then half-closed at once
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.close()
+        status, _, _ = await _post(sidecar.url + path, raw, {})  # a client that stays is served
+    assert status == 200
+    assert fake.state.counters["requests"] == 1
