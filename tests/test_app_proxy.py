@@ -363,6 +363,16 @@ async def test_expect_100_continue_is_answered_not_forwarded(sidecar_for: Sideca
     assert "expect" not in seen[0][0]
 
 
+async def test_other_expectations_are_ignored_not_forwarded(sidecar_for: SidecarFactory) -> None:
+    async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Expect": "something-else"}
+            async with http.post(sidecar.url + "/x", data=b"body", headers=headers) as r:
+                assert r.status == 200
+    assert seen[0][1] == b"body"
+    assert "expect" not in seen[0][0]
+
+
 async def test_a_body_that_stops_arriving_is_cut_with_408(sidecar_for: SidecarFactory) -> None:
     config = with_app("", read_timeout_seconds=30)
     config["server"] = {"body_idle_timeout_seconds": 0.5}

@@ -251,3 +251,24 @@ async def test_a_client_gone_before_the_call_never_reaches_claude(
         status, _, _ = await _post(sidecar.url + path, raw, {})  # a client that stays is served
     assert status == 200
     assert fake.state.counters["requests"] == 1
+
+
+async def test_expect_100_continue_on_a_claude_route(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    raw = json.dumps(ROUTE_BODIES["/v1/messages"]).encode()
+    async with sidecar_for(CONFIG) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n" % len(raw)
+        )
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(raw)
+        await writer.drain()
+        final = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 200 ")
+    assert "expect" not in fake.state.requests[-1].headers

@@ -105,6 +105,16 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
             return bytes(out)
 
 
+async def answer_expectation(request: web.Request) -> None:
+    """`Expect: 100-continue` gets its interim `100 Continue` at once (the body is read by
+    the route, or streamed to the app, which never sees the header). Any other expectation
+    is ignored, as RFC 9110 allows, so the request is answered in its route's format."""
+    expect = request.headers.get("Expect", "")
+    if request.version >= (1, 1) and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the response's first byte
+
+
 def ensure_client_present(request: web.Request) -> None:
     """Raise (499) if the client has closed or half-closed its connection: whatever is
     called next (Claude, the app) would work for nobody. Check right before calling."""
