@@ -390,6 +390,22 @@ async def test_a_body_that_stops_arriving_is_cut_with_408(sidecar_for: SidecarFa
     assert seen == []  # the app never got a whole request to answer
 
 
+async def test_a_slow_but_steady_upload_is_not_cut(sidecar_for: SidecarFactory) -> None:
+    # The app route bounds silence, not total time: 12 chunks, 0.2 s apart, idle limit 0.5 s.
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(12):
+            await asyncio.sleep(0.2)
+            yield b"x" * 100
+
+    async with recording_app() as (url, seen):
+        config = with_app(url, read_timeout_seconds=30)
+        config["server"] = {"body_idle_timeout_seconds": 0.5}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            async with http.post(sidecar.url + "/upload", data=body()) as response:
+                assert response.status == 200
+    assert seen[0][1] == b"x" * 1200
+
+
 async def test_bad_chunked_framing_mid_body_is_400_not_500(sidecar_for: SidecarFactory) -> None:
     async with recording_app() as (url, _seen), sidecar_for(with_app(url)) as sidecar:
         reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
