@@ -130,7 +130,11 @@ class TrafficProtocol(web_protocol.RequestHandler):
 
     def _between_requests(self) -> bool:
         return not (
-            self._request_in_progress or self._messages or self._upgraded or self._force_close
+            self._request_in_progress
+            or self._messages
+            or self._upgraded
+            or self._close
+            or self._force_close
         )
 
     def _start_head_timer(self) -> None:

@@ -199,7 +199,7 @@ async def test_aiohttp_internals_the_listener_relies_on() -> None:
         protocol = server()
         assert isinstance(protocol, TrafficProtocol)
         for name in ("_request_count", "_messages", "_request_in_progress", "_upgraded",
-                     "_force_close", "_current_request", "_loop"):  # fmt: skip
+                     "_close", "_force_close", "_current_request", "_loop"):  # fmt: skip
             assert hasattr(protocol, name), name
         assert isinstance(server._kwargs, dict)
         assert {"status", "exc", "message"} <= set(web_protocol._ErrInfo.__annotations__)
