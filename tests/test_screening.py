@@ -16,6 +16,7 @@ from sidecar import loader
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
 from sidecar.policy import Screener, collect_texts
+from sidecar.policy.screening import normalize
 from tests.conftest import SidecarFactory
 
 PROMPT = "/api/stream-response"
@@ -306,3 +307,12 @@ def test_normalize_keeps_the_length_limit_on_the_raw_text() -> None:
     screener.screen(["a\u200b" * 6])
     with pytest.raises(Rejection, match="the limit is 12"):
         screener.screen(["a\u200b" * 6 + "a"])
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text())
+@settings(max_examples=300, deadline=None)
+def test_the_normalize_shortcut_only_skips_texts_it_would_not_change(text: str) -> None:
+    from sidecar.policy.screening import _may_change
+
+    if not _may_change(text):
+        assert normalize(text) == text

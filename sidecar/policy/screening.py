@@ -27,6 +27,12 @@ _INVISIBLE: Final = re.compile(
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+"
 )
 _WHITESPACE: Final = re.compile(r"\s+")
+_UNUSUAL_SPACING: Final = re.compile(r"\s\s|[^\S ]")  # anything folding would change
+
+
+def _may_change(text: str) -> bool:
+    """False when `normalize(text)` is `text` for sure (plain ASCII with single spaces)."""
+    return not text.isascii() or _UNUSUAL_SPACING.search(text) is not None
 
 
 def normalize(text: str) -> str:
@@ -92,9 +98,10 @@ class Screener:
             )  # fmt: skip
         if self._set is None:
             return
-        for text in (*texts, *joined):
+        # Each distinct text once: tool schemas and inputs repeat the same keys many times.
+        for text in dict.fromkeys((*texts, *joined)):
             self._match(text)
-            if self.normalize:
+            if self.normalize and _may_change(text):
                 normal = normalize(text)
                 if normal != text:
                     self._match(normal)
