@@ -30,7 +30,7 @@ _WHITESPACE: Final = re.compile(r"\s+")
 _UNUSUAL_SPACING: Final = re.compile(r"\s\s|[^\S ]")  # anything folding would change
 
 
-def _may_change(text: str) -> bool:
+def may_change_in_normalize(text: str) -> bool:
     """False when `normalize(text)` is `text` for sure (plain ASCII with single spaces)."""
     return not text.isascii() or _UNUSUAL_SPACING.search(text) is not None
 
@@ -101,7 +101,7 @@ class Screener:
         # Each distinct text once: tool schemas and inputs repeat the same keys many times.
         for text in dict.fromkeys((*texts, *joined)):
             self._match(text)
-            if self.normalize and _may_change(text):
+            if self.normalize and may_change_in_normalize(text):
                 normal = normalize(text)
                 if normal != text:
                     self._match(normal)
@@ -117,4 +117,4 @@ class Screener:
             )  # fmt: skip
 
 
-__all__ = ["Collected", "Screener", "collect_texts", "normalize"]
+__all__ = ["Collected", "Screener", "collect_texts", "may_change_in_normalize", "normalize"]
