@@ -61,6 +61,8 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
         raise body_timeout() from None
     except (web.RequestPayloadError, BadHttpMessage):
         raise malformed_body() from None
+    except ConnectionError:
+        raise client_gone() from None
     return decode_body(raw, request.headers.getall("Content-Encoding", ()), limit)
 
 
@@ -120,10 +122,15 @@ def ensure_client_present(request: web.Request) -> None:
     called next (Claude, the app) would work for nobody. Check right before calling."""
     transport = request.transport
     if transport is None or transport.is_closing():
-        raise Rejection(
-            499, "invalid_request_error", "the client closed the connection",
-            reason="client_disconnected",
-        )  # fmt: skip
+        raise client_gone()
+
+
+def client_gone() -> Rejection:
+    """499 (never seen by anyone: there is no client left), counted as a rejection."""
+    return Rejection(
+        499, "invalid_request_error", "the client closed the connection",
+        reason="client_disconnected",
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
