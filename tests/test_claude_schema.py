@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.fake_claude import FakeServer
 from sidecar.policy.claude_schema import (
@@ -23,6 +25,7 @@ from sidecar.policy.claude_schema import (
     REQUEST_FIELDS,
     SOURCE_FIELDS,
     Kind,
+    UnknownBlock,
     collect_texts,
 )
 from tests.conftest import SidecarFactory
@@ -194,3 +197,29 @@ async def test_unknown_block_types_can_be_refused(
         assert message == "content type 'brand_new_block' is not accepted here"
     assert allowed[0] == 200
     assert fake.state.counters["requests"] == 1
+
+
+def _json() -> st.SearchStrategy[Any]:
+    kinds = st.sampled_from([*BLOCK_FIELDS, *SOURCE_FIELDS, "unknown_kind"])
+    keys = st.sampled_from(["type", "text", "content", "source", "data", "input", "title", "x"])
+    leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=8) | kinds
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(keys | kinds, inner, max_size=4)
+        ),
+        max_leaves=30,
+    )
+
+
+@given(st.dictionaries(st.sampled_from(["system", "messages", "tools", "model", "new"]), _json()))
+@settings(max_examples=300, deadline=None)
+def test_any_json_shape_is_walked_without_error(body: dict[str, Any]) -> None:
+    collected = collect_texts(body)
+    assert all(isinstance(text, str) for text in collected.texts)
+    assert collected.attachment_bytes >= 0
+    try:
+        refused = collect_texts(body, "refuse")
+    except UnknownBlock:
+        return
+    assert refused.texts == collected.texts  # nothing unknown: both modes read the same
