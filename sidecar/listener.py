@@ -55,6 +55,7 @@ _MESSAGES: Final = {
 }
 
 OnReject = Callable[[str, int], None]
+HeaderTimeout = Callable[[], float]  # read per head: a reload changes it for new heads
 
 
 def classify(exc: BaseException) -> tuple[str, int]:
@@ -91,7 +92,12 @@ class TrafficProtocol(web_protocol.RequestHandler):
     """aiohttp's request handler, with parser errors answered cleanly and a head deadline."""
 
     def __init__(
-        self, manager: web.Server, *, on_reject: OnReject, header_timeout: float, **kwargs: Any
+        self,
+        manager: web.Server,
+        *,
+        on_reject: OnReject,
+        header_timeout: HeaderTimeout,
+        **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._on_reject = on_reject
@@ -138,7 +144,7 @@ class TrafficProtocol(web_protocol.RequestHandler):
         )
 
     def _start_head_timer(self) -> None:
-        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+        self._head_timer = self._loop.call_later(self._header_timeout(), self._head_timed_out)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -178,7 +184,9 @@ class TrafficProtocol(web_protocol.RequestHandler):
 
 
 class _TrafficServer(web.Server):
-    def __init__(self, *args: Any, on_reject: OnReject, header_timeout: float, **kwargs: Any):
+    def __init__(
+        self, *args: Any, on_reject: OnReject, header_timeout: HeaderTimeout, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._extra: dict[str, Any] = {"on_reject": on_reject, "header_timeout": header_timeout}
 
@@ -189,7 +197,8 @@ class _TrafficServer(web.Server):
 class TrafficRunner(web.AppRunner):
     """An `AppRunner` whose connections are `TrafficProtocol`s.
 
-    `on_reject(reason, status)` counts and logs a refusal made before any route is known.
+    `on_reject(reason, status)` counts and logs a refusal made before any route is known;
+    `header_timeout()` is the current head deadline in seconds.
     """
 
     def __init__(
@@ -197,7 +206,7 @@ class TrafficRunner(web.AppRunner):
         app: web.Application,
         *,
         on_reject: OnReject,
-        header_timeout: float,
+        header_timeout: HeaderTimeout,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)

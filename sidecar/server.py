@@ -71,7 +71,7 @@ class SidecarServer:
         self._traffic = TrafficRunner(
             traffic,
             on_reject=self._rejected,
-            header_timeout=config.server.header_read_timeout_seconds,
+            header_timeout=self._header_timeout,
             handler_cancellation=True,
             auto_decompress=False,
             access_log=None,
@@ -85,6 +85,9 @@ class SidecarServer:
     def _rejected(self, reason: str, status: int) -> None:
         """A request the listener refused before routing (parser error, slow head)."""
         self._runtimes.current.telemetry.rejected(reason, UNMATCHED, status, "")
+
+    def _header_timeout(self) -> float:
+        return self._runtimes.current.config.server.header_read_timeout_seconds
 
     @property
     def runtime(self) -> Runtime:

@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web, web_protocol
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar import loader
+from sidecar.fake_claude import FakeServer
 from sidecar.listener import PARSER_REASONS, TrafficProtocol, TrafficRunner, classify
 from sidecar.server import SidecarServer
 from tests.conftest import SidecarFactory
+from tests.support import BASE, merge
 
 SECRET = "tok-SECRET-4f2a9c"
 
@@ -190,7 +195,7 @@ def test_classify_is_a_closed_set() -> None:
 async def test_aiohttp_internals_the_listener_relies_on() -> None:
     """Fails on an aiohttp upgrade that moves what `sidecar.listener` borrows."""
     runner = TrafficRunner(
-        web.Application(), on_reject=lambda reason, status: None, header_timeout=1.0
+        web.Application(), on_reject=lambda reason, status: None, header_timeout=lambda: 1.0
     )
     await runner.setup()
     try:
@@ -206,3 +211,20 @@ async def test_aiohttp_internals_the_listener_relies_on() -> None:
         assert callable(web_protocol.RequestHandler.handle_error)
     finally:
         await runner.cleanup()
+
+
+async def test_the_head_deadline_follows_a_reload(tmp_path: Path, fake: FakeServer) -> None:
+    path = tmp_path / "sidecar.yaml"
+    data = merge(BASE, {"claude": {"base_url": fake.url}, "server": {"reload_poll_seconds": 0}})
+    path.write_text(yaml.safe_dump(merge(data, {"server": {"header_read_timeout_seconds": 60}})))
+    server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+    await server.start()
+    try:
+        path.write_text(
+            yaml.safe_dump(merge(data, {"server": {"header_read_timeout_seconds": 0.3}}))
+        )
+        assert await server.reload()
+        silent = await exchange(server.port, b"", timeout=10)  # 60 s before the reload
+    finally:
+        await server.shutdown(grace=1.0)
+    assert silent.startswith(b"HTTP/1.1 408 ")
