@@ -77,7 +77,14 @@ class SidecarServer:
             access_log=None,
             shutdown_timeout=1.0,
         )
-        self._admin = web.AppRunner(admin, access_log=None, shutdown_timeout=1.0)
+        # The admin listener refuses malformed requests and slow heads the same way.
+        self._admin = TrafficRunner(
+            admin,
+            on_reject=self._rejected,
+            header_timeout=self._header_timeout,
+            access_log=None,
+            shutdown_timeout=1.0,
+        )
         self._sites: list[web.TCPSite] = []
         self.port = 0
         self.admin_port = 0

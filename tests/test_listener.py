@@ -228,3 +228,15 @@ async def test_the_head_deadline_follows_a_reload(tmp_path: Path, fake: FakeServ
     finally:
         await server.shutdown(grace=1.0)
     assert silent.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_the_admin_listener_refuses_the_same_way(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _, data, status, _ = MALFORMED[0]  # a credential in an over-long request line
+    async with sidecar_for() as sidecar:
+        answer = await exchange(sidecar.admin_port, data)
+    assert answer.split(b" ", 2)[1] == b"%d" % status
+    assert SECRET not in caplog.text
+    assert all(record.exc_info is None for record in caplog.records)
