@@ -17,6 +17,7 @@ from sidecar.fake_claude import FakeSettings, running_fake_claude
 from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
+from sidecar.handlers.request_body import answer_expectation
 from sidecar.keys import RUNTIMES
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
@@ -205,5 +206,7 @@ def build_apps(
     app.cleanup_ctx.append(runtime_ctx)
     # Every path reaches the pipeline, which owns the answer (`.` would stop at a decoded
     # newline and leave aiohttp's own plain-text 404, uncounted).
-    app.router.add_route("*", r"/{tail:[\s\S]*}", Pipeline(HANDLERS).handle)
+    app.router.add_route(
+        "*", r"/{tail:[\s\S]*}", Pipeline(HANDLERS).handle, expect_handler=answer_expectation
+    )
     return app, build_admin_app(runtimes, config)

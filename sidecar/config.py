@@ -141,6 +141,12 @@ class ServerConfig(Section):
     tls: TLSConfig = TLSConfig()
     request_id_header: HeaderName = "X-Request-Id"
     reload_poll_seconds: float = Field(2, ge=0)  # watch the config file; 0 = SIGHUP only
+    # Slow clients: a request head must arrive within this long of its first byte (of the
+    # connection, for the first request); a body the sidecar reads whole (Claude routes)
+    # within body_read; a body streamed to the app may pause at most body_idle between bytes.
+    header_read_timeout_seconds: Seconds = 10
+    body_read_timeout_seconds: Seconds = 60
+    body_idle_timeout_seconds: Seconds = 30
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:
@@ -454,6 +460,11 @@ class ScreeningConfig(Section):
     max_attachment_bytes: int = Field(5 * 1024 * 1024, gt=0)
     # A plain string is a rule named by its index: `["(?i)secret"]` == `[{name: "0", ...}]`.
     deny_patterns: list[DenyRule] = Field(default_factory=list)
+    # Match deny rules also against the text with invisible characters removed, NFKC
+    # applied and whitespace folded (see docs/security.md for what this does not catch).
+    normalize: bool = False
+    # A content block type screening does not know: screen every string in it, or refuse.
+    unknown_blocks: Literal["screen", "refuse"] = "screen"
 
     @field_validator("deny_patterns", mode="before")
     @classmethod

@@ -20,9 +20,13 @@ from sidecar.handlers.claude_call import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.handlers.request_body import parse_json_object, parse_model, read_body
+from sidecar.handlers.request_body import (
+    ensure_client_present,
+    parse_json_object,
+    parse_model,
+    read_body,
+)
 from sidecar.pipeline import RequestContext
-from sidecar.policy import collect_texts
 from sidecar.record import Outcome
 from sidecar.relay import Translator
 from sidecar.upstream import Attempt, read_answer, returned_headers
@@ -52,10 +56,9 @@ def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
 
 
 def _screen(ctx: RequestContext, body: dict[str, Any]) -> tuple[int, int]:
-    """Screen every user-supplied text; returns (chars, attachment bytes) for the estimate."""
-    texts, attachments = collect_texts(body.get("system"), body.get("messages"))
-    ctx.route.screener.screen(texts, attachments)
-    return sum(map(len, texts)), attachments
+    """Screen every text Claude would read; returns (chars, attachment bytes) for the estimate."""
+    collected = ctx.route.screener.screen_request(body)
+    return collected.chars, collected.attachment_bytes
 
 
 def _require_post(ctx: RequestContext) -> None:
@@ -111,7 +114,7 @@ def _under(path: str, prefix: str) -> bool:
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
     config = ctx.runtime.config
-    raw = await read_body(ctx.request, config.server.max_body_bytes)
+    raw = await read_body(ctx.request, config.server)
     body = parse_json_object(raw)
     model, max_tokens, stream = _validated(body)
     check_model(ctx, model)
@@ -138,7 +141,7 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
-    raw = await read_body(ctx.request, ctx.runtime.config.server.max_body_bytes)
+    raw = await read_body(ctx.request, ctx.runtime.config.server)
     body = parse_json_object(raw)
     if "model" in body:
         check_model(ctx, parse_model(body["model"]))
@@ -150,7 +153,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is."""
     request = ctx.request
     if body is None and request.can_read_body:
-        body = await read_body(request, ctx.runtime.config.server.max_body_bytes)
+        body = await read_body(request, ctx.runtime.config.server)
     policy = ctx.route.policy  # no tokens are generated here: requests per minute only
     ctx.headers.update(
         await ctx.runtime.quotas.count_request(
@@ -159,6 +162,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     )
     headers = _claude_headers(ctx)
     ctx.runtime.telemetry.inject(ctx.span, headers)
+    ensure_client_present(request)
     attempt = Attempt(request.method, path_qs, headers)
     upstream, _ = await ctx.runtime.claude.send(attempt, body, stream=False)
     payload = await read_answer(upstream)

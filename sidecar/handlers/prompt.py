@@ -26,7 +26,6 @@ from sidecar.handlers.claude_call import (
 )
 from sidecar.handlers.request_body import parse_model, read_json_object
 from sidecar.pipeline import RequestContext
-from sidecar.policy import collect_texts
 from sidecar.record import Outcome, StreamRecord
 from sidecar.relay import Translator
 from sidecar.sse import parse_block
@@ -184,7 +183,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         fields: dict[str, Any] = dict(request.query)
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
     elif request.method == "POST":
-        fields = await read_json_object(request, config.server.max_body_bytes)
+        fields = await read_json_object(request, config.server)
     else:
         raise Rejection(
             405, "invalid_request_error", "use GET or POST", reason="method_not_allowed",
@@ -192,8 +191,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         )  # fmt: skip
     body = parse_prompt(fields, config.claude.model, config.claude.max_tokens)
     check_model(ctx, body["model"])
-    texts, attachments = collect_texts(body.get("system"), body["messages"])
-    ctx.route.screener.screen(texts, attachments)
+    screened = ctx.route.screener.screen_request(body)
     record = new_record(ctx, body["model"], body["max_tokens"], stream=True)
     capture = config.telemetry.capture_content
     if capture:
@@ -202,7 +200,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         attempt=Attempt("POST", "/v1/messages", ctx.runtime.claude.request_headers({})),
         body=json.dumps(body).encode(),
         stream=True,
-        input_estimate=estimate_input_tokens(sum(map(len, texts)), attachments),
+        input_estimate=estimate_input_tokens(screened.chars, screened.attachment_bytes),
     )
     return await call_claude(ctx, call, record, PromptTranslator(capture=capture))
 
