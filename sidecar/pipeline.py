@@ -117,10 +117,9 @@ class Pipeline:
             )
         parent = telemetry.extract(request.headers)
         span = telemetry.start_server_span(
-            f"{request.method} {route.path}",
-            parent,
-            {"http.request.method": request.method, "http.route": route.path},
-        )
+            parent, method=request.method, route=route.path, path=request.path,
+            scheme=request.scheme,
+        )  # fmt: skip
         origin = request.headers.get("Origin")
         headers.update(route.cors.response_headers(origin))
         peer = request.remote or ""

@@ -52,6 +52,7 @@ class ClaudeClient:
         *,
         on_retry: Callable[[str], None] | None = None,
         on_status: Callable[[int], None] | None = None,
+        peer: tuple[str, int] | None = None,
     ) -> None:
         self._config = config
         self._base = URL(base_url)
@@ -62,8 +63,8 @@ class ClaudeClient:
             total=None, sock_connect=config.connect_timeout_seconds, sock_read=None
         )
         self._key = config.api_key.get_secret_value() if config.api_key else None
-        self.server_address = self._base.host or ""
-        self.server_port = self._base.port
+        # What telemetry names as Claude's address and port (default: those of base_url).
+        self.server_address, self.server_port = peer or (self._base.host or "", self._base.port)
         self._urls: dict[str, URL] = {}
 
     def url_for(self, path: str) -> URL:

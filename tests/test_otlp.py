@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import Telemetry
-from sidecar.telemetry.providers import otlp_target
+from sidecar.telemetry.providers import OtlpSignal, otlp_signal
 from tests.conftest import SidecarFactory
 from tests.support import free_port
 
@@ -119,7 +120,7 @@ async def test_spans_and_metrics_round_trip_over_otlp_http(sidecar_for: SidecarF
             service_name="sidecar-under-test",
             resource_attributes={"deployment.environment": "test"},
         )
-        telemetry = Telemetry.from_config(config, env={})
+        telemetry = Telemetry.from_config(config)
         async with sidecar_for(telemetry=telemetry) as sidecar:
             await stream_once(sidecar.url)
         await telemetry.close()  # flushes the batch processor and the periodic metric reader
@@ -167,28 +168,35 @@ async def test_env_wins_and_sidecar_shutdown_flushes(
     assert f"chat {MODEL}" in {span.name for _, span in spans}
 
 
-def test_otlp_endpoints_follow_the_exporter_spec() -> None:
+def test_otlp_endpoints_follow_the_exporter_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
     config = TelemetryConfig(otlp_endpoint="http://collector:4318/")  # type: ignore[arg-type]
-    http = otlp_target(config, {})
-    assert (http.protocol, http.traces, http.metrics) == (
-        "http/protobuf",
-        "http://collector:4318/v1/traces",
-        "http://collector:4318/v1/metrics",
+    assert otlp_signal(config, "TRACES") == OtlpSignal(
+        "http/protobuf", "http://collector:4318/v1/traces"
     )
-    grpc = otlp_target(config, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://other:4317"})  # fmt: skip
-    assert (grpc.traces, grpc.metrics) == ("http://other:4317", "http://other:4317")
-    specific = otlp_target(config, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x",
-                                    "OTEL_METRICS_EXPORTER": "none"})  # fmt: skip
-    assert (specific.traces, specific.metrics) == ("http://t:1/x", None)
-    assert otlp_target(TelemetryConfig(), {}).traces is None
+    assert otlp_signal(config, "METRICS") == OtlpSignal(
+        "http/protobuf", "http://collector:4318/v1/metrics"
+    )
+    assert otlp_signal(TelemetryConfig(), "TRACES") is None
+    # An endpoint in the environment wins: the exporter reads it (and joins the paths) itself.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4317")
+    assert otlp_signal(config, "TRACES") == OtlpSignal("grpc", None)
+    assert otlp_signal(TelemetryConfig(), "METRICS") == OtlpSignal("grpc", None)
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    assert otlp_signal(config, "METRICS") is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+    assert otlp_signal(config, "TRACES") == OtlpSignal("http/protobuf", None)
 
 
-def test_nothing_to_export_means_no_sdk_work() -> None:
-    off = Telemetry.from_config(TelemetryConfig(prometheus=False), env={})
+def test_nothing_to_export_means_no_sdk_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    off = Telemetry.from_config(TelemetryConfig(prometheus=False))
     assert not off.enabled
-    on = Telemetry.from_config(TelemetryConfig(prometheus=True), env={})
+    on = Telemetry.from_config(TelemetryConfig(prometheus=True))
     assert on.enabled
-    disabled = Telemetry.from_config(TelemetryConfig(), env={"OTEL_SDK_DISABLED": "TRUE"})
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "TRUE")
+    disabled = Telemetry.from_config(TelemetryConfig())
     assert not disabled.enabled
     on.shutdown()

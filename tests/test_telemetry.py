@@ -90,10 +90,11 @@ class Otel:
         return total
 
 
-def make_otel(env: dict[str, str] | None = None, **config: Any) -> Otel:
+def make_otel(**config: Any) -> Otel:
+    """Telemetry into memory; the SDK reads `OTEL_*` from the process environment."""
     exporter, reader = NotifyingExporter(), InMemoryMetricReader()
     telemetry = Telemetry.from_config(
-        TelemetryConfig(**config), span_exporter=exporter, metric_reader=reader, env=env or {}
+        TelemetryConfig(**config), span_exporter=exporter, metric_reader=reader
     )
     return Otel(telemetry, exporter, reader)
 
@@ -477,9 +478,10 @@ async def test_traceparent_reaches_the_app_with_the_server_span_as_parent(
 
 
 async def test_sdk_disabled_records_nothing_and_forwards_the_caller_trace(
-    fake: FakeServer, sidecar_for: SidecarFactory
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    otel = make_otel(env={"OTEL_SDK_DISABLED": "true"})
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    otel = make_otel()
     assert not otel.telemetry.enabled
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         status, _ = await prompt(sidecar.url, "hi", {"traceparent": TRACEPARENT})
@@ -493,9 +495,10 @@ async def test_sdk_disabled_records_nothing_and_forwards_the_caller_trace(
 
 
 async def test_sampler_from_env_drops_spans_but_keeps_the_trace(
-    fake: FakeServer, sidecar_for: SidecarFactory
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    otel = make_otel(env={"OTEL_TRACES_SAMPLER": "always_off"})
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    otel = make_otel()
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         status, _ = await prompt(sidecar.url, "hi", {"traceparent": TRACEPARENT})
     assert status == 200

@@ -11,16 +11,14 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import (
     AlwaysOffExemplarFilter,
-    AlwaysOnExemplarFilter,
     MeterProvider,
-    TraceBasedExemplarFilter,
 )
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import setup_logging
 from sidecar.telemetry.instruments import CARDINALITY_LIMIT, Instruments
-from sidecar.telemetry.providers import exemplar_filter_of
+from sidecar.telemetry.providers import build_providers, exemplar_filter_of
 from tests.conftest import SidecarFactory
 from tests.test_telemetry import make_otel, prompt
 
@@ -87,17 +85,20 @@ def test_counter_totals_fold_into_overflow_past_the_cardinality_limit(
     assert first.value == 2
 
 
-def test_exemplar_filter_defaults_to_off_and_follows_the_environment() -> None:
-    assert isinstance(exemplar_filter_of({}), AlwaysOffExemplarFilter)
-    assert isinstance(exemplar_filter_of({"OTEL_METRICS_EXEMPLAR_FILTER": "bogus"}),
-                      AlwaysOffExemplarFilter)  # fmt: skip
-    assert isinstance(
-        exemplar_filter_of({"OTEL_METRICS_EXEMPLAR_FILTER": "trace_based"}),
-        TraceBasedExemplarFilter,
-    )
-    assert isinstance(
-        exemplar_filter_of({"OTEL_METRICS_EXEMPLAR_FILTER": " Always_On "}), AlwaysOnExemplarFilter
-    )
+def test_exemplar_filter_defaults_to_off_and_follows_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_METRICS_EXEMPLAR_FILTER", raising=False)
+    assert isinstance(exemplar_filter_of(), AlwaysOffExemplarFilter)
+    for name in ("trace_based", "always_on", "always_off"):
+        monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", name)
+        assert exemplar_filter_of() is None  # the SDK reads the variable itself
+    # A value the SDK does not know would stop it with a traceback: ignored instead.
+    monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", "bogus")
+    assert isinstance(exemplar_filter_of(), AlwaysOffExemplarFilter)
+    providers = build_providers(TelemetryConfig(), None, None)
+    assert providers is not None
+    providers.meter_provider.shutdown()
 
 
 @pytest.fixture
@@ -140,10 +141,11 @@ async def test_stream_start_comes_first_even_for_a_call_ended_at_once(
 
 
 async def test_telemetry_off_still_logs_usage_and_cost(
-    sidecar_for: SidecarFactory, log_lines: io.StringIO
+    sidecar_for: SidecarFactory, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the SDK off nothing is measured, but the stream lines keep every number."""
-    otel = make_otel(env={"OTEL_SDK_DISABLED": "true"})
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    otel = make_otel()
     assert not otel.telemetry.enabled
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         status, _ = await prompt(sidecar.url, "hello [[fake tokens=3]]")
