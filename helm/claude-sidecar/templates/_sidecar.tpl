@@ -39,7 +39,11 @@ checksum/claude-sidecar-config: {{ .Values.config | sha256sum }}
 {{- define "claude-sidecar.env" -}}
 - name: SIDECAR_CONFIG
   value: /etc/claude-sidecar/sidecar.yaml
-{{- range .Values.secrets.env }}
+{{- $secretEnv := list }}
+{{- if include "claude-sidecar.hasSecret" . }}
+{{- $secretEnv = .Values.secrets.env }}
+{{- end }}
+{{- range $secretEnv }}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
@@ -91,6 +95,7 @@ httpGet:
 {{- define "claude-sidecar.container" -}}
 {{- include "claude-sidecar.checkListeners" . }}
 {{- include "claude-sidecar.checkNoSecretsInConfig" . }}
+{{- include "claude-sidecar.checkSecrets" . }}
 {{- include "claude-sidecar.checkKubeVersion" . -}}
 - name: claude-sidecar
   image: {{ include "claude-sidecar.image" . | quote }}
