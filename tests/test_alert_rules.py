@@ -48,7 +48,8 @@ def test_every_alert_has_a_summary_and_a_runbook_in_the_docs() -> None:
     docs = (RULES.parents[2] / "docs" / "observability.md").read_text()
     for rule in rules():
         annotations = rule["annotations"]
-        assert annotations["summary"] and annotations["description"], rule["alert"]
+        assert annotations["summary"], rule["alert"]
+        assert annotations["description"], rule["alert"]
         anchor = annotations["runbook"].split("#", 1)[1]
         assert anchor == rule["alert"].lower()
         assert f"### {rule['alert']}" in docs, f"no runbook section for {rule['alert']}"

@@ -646,7 +646,9 @@ def test_replicas_with_memory_stores_fail_the_render(
 
 def test_replicas_render_with_shared_stores_or_when_allowed(chart: Any) -> None:
     assert one(render(chart), "Deployment")["spec"]["replicas"] == 1
-    shared = render(chart, {"replicaCount": 3, "config": REDIS_QUOTAS + "resume: {enabled: false}\n"})
+    shared = render(
+        chart, {"replicaCount": 3, "config": REDIS_QUOTAS + "resume: {enabled: false}\n"}
+    )
     assert one(shared, "Deployment")["spec"]["replicas"] == 3
     allowed = render(chart, {"replicaCount": 2, "allowMemoryStoresWithReplicas": True})
     assert one(allowed, "Deployment")["spec"]["replicas"] == 2
