@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -121,3 +124,27 @@ async def test_a_stream_longer_than_the_grace_gets_a_final_event_and_exit_0(
     assert exit_code == 0
     assert "shutdown grace over" in logs
     assert "Traceback" not in logs
+
+
+@pytest.mark.parametrize("taken", ["listen", "admin_listen"])
+def test_a_port_in_use_exits_with_one_clear_message(tmp_path: Path, taken: str) -> None:
+    """No traceback and no `Unclosed client session` after it: what was opened is closed."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {"listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}"}
+        ports[taken] = f"127.0.0.1:{port}"
+        path = tmp_path / "sidecar.yaml"
+        path.write_text(yaml.safe_dump({"server": ports}))
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar", "run", "-c", str(path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = json.loads(lines[0])
+    assert line["level"] == "ERROR"
+    assert line["message"].startswith("cannot listen:")
+    assert str(port) in line["message"]
