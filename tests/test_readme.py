@@ -57,7 +57,10 @@ def configuration_examples() -> list[str]:
 
 def dev_packages() -> set[str]:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    names = {re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0] for spec in pyproject["dependency-groups"]["dev"]}
+    names = {
+        re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]
+        for spec in pyproject["dependency-groups"]["dev"]
+    }
     return {normalize(name) for name in names}
 
 
