@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import anthropic
 import pytest
 
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
+from sidecar.fake_claude.knobs import FAULTS, KNOB_NAMES
 from sidecar.fake_claude.models import MODELS, ModelQueryError, model_page
 from tests.support import running_sidecar
 
@@ -62,3 +66,13 @@ def test_paging_follows_the_api() -> None:
                 {"after_id": IDS[0], "before_id": IDS[1]}):  # fmt: skip
         with pytest.raises(ModelQueryError):
             model_page(bad)
+
+
+def test_the_docs_table_every_fault_and_knob() -> None:
+    """docs/fake-claude.md lists exactly the faults and knobs the fake accepts."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "fake-claude.md").read_text()
+    faults_table = text.split("### Faults", 1)[1].split("### Knobs", 1)[0]
+    knobs_table = text.split("### Knobs", 1)[1].split("\n## ", 1)[0]
+    row = re.compile(r"^\| `([a-z_]+)` \|", re.M)
+    assert set(row.findall(faults_table)) == FAULTS
+    assert set(row.findall(knobs_table)) == KNOB_NAMES
