@@ -67,6 +67,11 @@ class ClaudeClient:
         self.server_address, self.server_port = peer or (self._base.host or "", self._base.port)
         self._urls: dict[str, URL] = {}
 
+    @property
+    def base_url(self) -> str:
+        """Where calls go (for `builtin:fake`, the fake's real address on this start)."""
+        return str(self._base)
+
     def url_for(self, path: str) -> URL:
         """The Claude URL of `path` (+ query); joined once per distinct path."""
         url = self._urls.get(path)
