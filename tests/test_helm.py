@@ -739,3 +739,18 @@ def test_prometheus_rule_thresholds_come_from_values(chart: Any, tmp_path: Path)
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     checked = run_promtool("check", "rules", str(path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_resource_attribute_values_reach_the_sdk_intact(
+    chart: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK splits OTEL_RESOURCE_ATTRIBUTES on commas and percent-decodes each value."""
+    from opentelemetry.sdk.resources import OTELResourceDetector
+
+    odd = {"team": "payments,eu", "quota": "50%", "url": "https://shop.example/a=b"}
+    env = sidecar_container(pod_spec(render(chart, {"otel": {"resourceAttributes": odd}})))["env"]
+    (value,) = [e["value"] for e in env if e["name"] == "OTEL_RESOURCE_ATTRIBUTES"]
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", value)
+    attributes = OTELResourceDetector().detect().attributes
+    for key, expected in odd.items():
+        assert attributes[key] == expected

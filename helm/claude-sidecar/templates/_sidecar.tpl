@@ -63,7 +63,8 @@ checksum/claude-sidecar-config: {{ .Values.config | sha256sum }}
   value: {{ default (include "claude-sidecar.fullname" .) .Values.otel.serviceName | quote }}
 {{- $attributes := list "k8s.pod.name=$(K8S_POD_NAME)" "k8s.namespace.name=$(K8S_NAMESPACE_NAME)" "k8s.node.name=$(K8S_NODE_NAME)" "k8s.container.name=claude-sidecar" }}
 {{- range $key, $value := .Values.otel.resourceAttributes }}
-{{- $attributes = append $attributes (printf "%s=%s" $key $value) }}
+{{- /* The SDK percent-decodes values: encode what would split or decode wrongly. */}}
+{{- $attributes = append $attributes (printf "%s=%s" $key ($value | toString | replace "%" "%25" | replace "," "%2C")) }}
 {{- end }}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ join "," $attributes | quote }}
