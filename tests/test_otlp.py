@@ -115,7 +115,7 @@ async def stream_once(url: str) -> None:
 async def test_spans_and_metrics_round_trip_over_otlp_http(sidecar_for: SidecarFactory) -> None:
     async with running_collector() as collector:
         config = TelemetryConfig(
-            otlp_endpoint=collector.url,  # type: ignore[arg-type]  # pydantic parses the URL
+            otlp_endpoint=collector.url,
             prometheus=False,
             service_name="sidecar-under-test",
             resource_attributes={"deployment.environment": "test"},
@@ -172,7 +172,7 @@ def test_otlp_endpoints_follow_the_exporter_spec(monkeypatch: pytest.MonkeyPatch
     for name in list(os.environ):
         if name.startswith("OTEL_"):
             monkeypatch.delenv(name)
-    config = TelemetryConfig(otlp_endpoint="http://collector:4318/")  # type: ignore[arg-type]
+    config = TelemetryConfig(otlp_endpoint="http://collector:4318/")
     assert otlp_signal(config, "TRACES") == OtlpSignal(
         "http/protobuf", "http://collector:4318/v1/traces"
     )
