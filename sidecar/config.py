@@ -1,8 +1,12 @@
-"""Typed configuration: pydantic models for every section of the YAML file.
+"""Typed configuration: a frozen pydantic model for every section of the YAML file.
 
-Options are plain data. Loading (YAML, `${VAR}` interpolation, error collection)
-lives in `sidecar.loader`; behaviour lives in the modules that consume a section.
-Every model forbids unknown keys so a typo is an error, never a silent default.
+Loading (YAML, `${VAR}` interpolation, collecting every problem, route overrides merged
+onto their sections) lives in `sidecar.loader`; behaviour lives in the modules that
+consume a section. The models check values at load so that a config that validates
+also works: host:port pairs, header names, URLs (Redis ones as redis-py parses them),
+RE2 patterns and JWT key files (read, and matched to the algorithms) fail `sidecar
+check`, not the first request. Every model forbids unknown keys, so a typo is an
+error, never a silent default.
 """
 
 from __future__ import annotations

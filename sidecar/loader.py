@@ -141,11 +141,12 @@ def _format_errors(exc: ValidationError, prefix: str = "") -> Iterator[str]:
         yield f"{where}: {message}"
 
 
-def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `override` merged in, mappings key by key (override wins); neither changes."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -191,7 +192,7 @@ def _route_policy(
         for key in _GLOBAL_ONLY.get(name, ()):
             if key in override:
                 problems.append(f"routes.{index}.{name}.{key}: can only be set at the top level")
-        merged = _deep_merge(_section_data(base), override)
+        merged = deep_merge(_section_data(base), override)
         if name == "auth" and _brings_credentials(config, override):
             # No top-level `auth` means `mode: none`; a route that adds credentials without
             # naming a mode means them (as a top-level section would): fail closed.

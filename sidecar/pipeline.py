@@ -1,8 +1,11 @@
-"""The one request pipeline every request passes, top to bottom.
+"""The one request pipeline every request on the traffic listener passes, top to bottom.
 
-request id + trace context → route → CORS → auth → handler (which validates,
-screens, admits and serves) → telemetry. Any step may answer early by raising
-`Rejection`; it is rendered here, once, in the route family's format.
+request id → route (none matches: a plain 404) → server span, continuing the caller's
+trace → CORS (preflights are answered here; Claude routes refuse other origins before
+any work) → auth → the route's handler (Claude routes validate, screen, admit and
+stream; the app route proxies) → span end and access line, however it ended. Any step
+may answer early by raising `Rejection`, and an unexpected error before the response
+started becomes a 500: both are rendered here, once, in the route family's format.
 """
 
 from __future__ import annotations
@@ -109,8 +112,7 @@ class Pipeline:
             telemetry.rejected("no_route", UNMATCHED, 404, request_id)
             telemetry.access(
                 method=request.method, route=UNMATCHED, path=request.path, status=404,
-                duration=time.perf_counter() - started, request_id=request_id,
-                bytes_sent=None, span=None,
+                duration=time.perf_counter() - started, request_id=request_id, span=None,
             )  # fmt: skip
             return web.Response(
                 status=404, body=body, content_type="application/json", headers=headers
@@ -177,7 +179,6 @@ class Pipeline:
                 status=status,
                 duration=time.perf_counter() - started,
                 request_id=request_id,
-                bytes_sent=None,
                 span=span,
             )
         return response

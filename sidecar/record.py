@@ -1,7 +1,13 @@
-"""The per-stream record: filled by handlers and the relay, read once by telemetry at the end.
+"""The per-stream record: one Claude call's facts, written as they happen.
 
-Plain slotted attributes so the hot path only does attribute writes; all derived
-values (durations, rates, cost) are computed once when the stream finishes.
+The call runner creates it with the request's side and sets the outcome; the relay and
+the usage observer add what Claude sent (chunks, times, ids, usage); telemetry keeps
+its own bookkeeping in it (captured content, the fields both log lines share).
+Telemetry reads it when the stream starts (span, `stream_start` line) and when it ends;
+the quota settlement reads its usage.
+
+Plain slotted attributes so the hot path only does attribute writes; derived values
+(durations, rates, cost) are computed once, when the stream ends.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from typing import Final
 
 import aiohttp
@@ -149,6 +150,16 @@ class LiveStream:
         self._seen = -1
         self._last_progress = self._last_ping = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def paused(self) -> bool:
+        """True while Claude is held back because the client's socket is full."""
+        return self._paused
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes written for the client that its socket has not taken yet."""
+        return self._transport.get_write_buffer_size()
 
     # ------------------------------------------------------------------ writing
 
@@ -361,6 +372,10 @@ class StreamRegistry:
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def __iter__(self) -> Iterator[LiveStream]:
+        """The live streams (a snapshot: streams may end while the caller iterates)."""
+        return iter(list(self._streams))
 
     def add(self, stream: LiveStream) -> None:
         self._streams.add(stream)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,6 +95,16 @@ class SidecarServer:
     def admin_url(self) -> str:
         host, _ = split_host_port(self.config.server.admin_listen)
         return f"http://{_client_host(host)}:{self.admin_port}"
+
+    def traffic_sockets(self) -> list[socket.socket]:
+        """The traffic listener's bound sockets (accepted connections inherit their options)."""
+        # aiohttp keeps a site's asyncio server private; `runner.addresses` reads it the same way.
+        return [
+            sock
+            for site in self._sites
+            if site._server is not None  # started
+            for sock in getattr(site._server, "sockets", ())
+        ]
 
     async def start(self) -> None:
         """Bind both listeners (port 0 picks a free port; see `port` / `admin_port`).

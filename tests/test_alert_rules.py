@@ -11,9 +11,9 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SidecarFactory
-from tests.helpers_promtool import RULE_TESTS, RULES, run_promtool
-from tests.support import serving
+from tests.support.apps import serving
+from tests.support.promtool import RULE_TESTS, RULES, run_promtool
+from tests.support.sidecars import SidecarFactory
 
 NAME = re.compile(r"\b(?:gen_ai|sidecar|http)_[a-z0-9_]+")
 LABEL_VALUE = re.compile(r'\b([a-z_]+)="([^"]*)"')

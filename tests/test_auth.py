@@ -1,4 +1,5 @@
-"""Authentication over real sockets: every bad credential is a 401/403 and Claude is never called."""
+"""Authentication over real sockets: every bad credential is a 401/403 and Claude is never called;
+route overrides fail closed (credentials on a route mean the route needs them)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import aiohttp
 import anthropic
 import jwt
 import pytest
+from multidict import CIMultiDictProxy
 
 from sidecar import loader
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
-from tests.policy_support import (
+from tests.support.apps import echoed_headers, running_app
+from tests.support.policy import (
     API_KEY,
     API_KEY_SHA256,
     AUDIENCE,
@@ -27,7 +29,8 @@ from tests.policy_support import (
     public_pem,
     write_public_key,
 )
-from tests.test_app_proxy import running_app
+from tests.support.sdk import sdk
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 MODEL = "claude-sonnet-5-5"
@@ -64,7 +67,7 @@ def bearer(token: str) -> dict[str, str]:
 
 async def post_prompt(
     url: str, headers: dict[str, str], body: dict[str, Any] | None = None, query: str = ""
-) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, Any, CIMultiDictProxy[str]]:
     async with aiohttp.ClientSession() as http:
         async with http.post(
             url + PROMPT + query, json=body or {"prompt": "hi"}, headers=headers
@@ -264,10 +267,6 @@ async def test_forbidden_model_is_403(fake: FakeServer, sidecar_for: SidecarFact
     assert fake.state.counters["requests"] == 0
 
 
-def sdk(url: str, api_key: str) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=url, api_key=api_key, max_retries=0)
-
-
 async def test_sdk_raises_the_right_exceptions(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
@@ -318,9 +317,9 @@ async def test_identity_headers_are_verified_never_client_sent(
             async with http.get(
                 sidecar.url + "/echo", headers={**spoof, "x-api-key": API_KEY}
             ) as response:
-                by_key = {k.lower(): v for k, v in (await response.json())["headers"].items()}
+                by_key = echoed_headers(await response.json())
             async with http.get(sidecar.url + "/echo", headers={**spoof, **bearer(mint())}) as r:
-                by_jwt = {k.lower(): v for k, v in (await r.json())["headers"].items()}
+                by_jwt = echoed_headers(await r.json())
             async with http.get(sidecar.url + "/echo", headers=spoof) as response:
                 assert response.status == 401
     assert (by_key["x-sidecar-user"], by_key["x-sidecar-tenant"]) == ("ci-bot", "acme")
@@ -354,3 +353,56 @@ def test_unusable_public_key_files_are_config_errors(
     with pytest.raises(loader.ConfigError) as raised:
         loader.validate(data, {})
     assert any(p.startswith("auth.jwt: ") and problem in p for p in raised.value.problems)
+
+
+# ------------------------------------------------------------------ route overrides
+
+
+KEYS = [{"name": "ci", "sha256": API_KEY_SHA256, "user": "ci-bot"}]
+
+
+def route_with_keys(**auth: Any) -> dict[str, Any]:
+    return {
+        "routes": [
+            {
+                "path": "/api/stream-response",
+                "handler": "prompt",
+                "auth": {"api_keys": KEYS, **auth},
+            },
+            {"path": "/open", "handler": "prompt"},
+        ]
+    }
+
+
+async def test_route_override_with_credentials_and_no_top_level_auth_requires_them(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with sidecar_for(route_with_keys()) as sidecar, aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url + "/api/stream-response", json={"prompt": "hi"}) as r:
+            assert r.status == 401
+            assert (await r.json())["error"]["type"] == "unauthorized"
+        headers = {"x-api-key": API_KEY}
+        async with http.post(
+            sidecar.url + "/api/stream-response", json={"prompt": "hi"}, headers=headers
+        ) as r:
+            assert r.status == 200
+            await r.read()
+        async with http.post(sidecar.url + "/open", json={"prompt": "hi"}) as r:
+            assert r.status == 200  # the other route keeps the top level's (absent) auth
+            await r.read()
+
+
+@pytest.mark.parametrize("mode", ["none", "optional"])
+def test_route_override_that_names_its_mode_keeps_it(mode: str) -> None:
+    config = loader.validate(route_with_keys(mode=mode))
+    assert loader.route_policies(config)[0].auth.mode == mode
+
+
+def test_top_level_mode_none_written_out_is_kept_for_route_credentials() -> None:
+    data = {"auth": {"mode": "none"}, **route_with_keys()}
+    assert loader.route_policies(loader.validate(data))[0].auth.mode == "none"
+
+
+def test_route_override_without_credentials_keeps_auth_off() -> None:
+    data = {"routes": [{"path": "/v1/", "handler": "anthropic", "auth": {"allowed_models": ["m"]}}]}
+    assert loader.route_policies(loader.validate(data))[0].auth.mode == "none"

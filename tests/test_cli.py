@@ -13,24 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def sidecar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-    )
+from tests.support.sidecars import ROOT, sidecar_command
+from tests.support.sockets import free_port
 
 
 def test_check_prints_the_effective_config_with_secrets_redacted() -> None:
-    result = sidecar(
+    result = sidecar_command(
         "check",
         "-c",
         "config/sidecar.example.yaml",
@@ -47,7 +35,7 @@ def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     path.write_text(
         "server:\n  listen: nope\n  max_body_bytes: 0\nclaude: {api_key: '${UNSET_X}'}\n"
     )
-    result = sidecar("check", "-c", str(path), env={"UNSET_X": ""})
+    result = sidecar_command("check", "-c", str(path), env={"UNSET_X": ""})
     assert result.returncode == 2
     lines = result.stdout.strip().splitlines()
     assert "server.listen: must be host:port, got 'nope'" in lines
@@ -66,7 +54,7 @@ def test_check_with_no_file_uses_the_embedded_default() -> None:
 
 
 def test_schema_is_json_schema_of_the_config() -> None:
-    result = sidecar("schema")
+    result = sidecar_command("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     assert {
@@ -83,7 +71,7 @@ def test_schema_is_json_schema_of_the_config() -> None:
 
 def test_help_for_each_command() -> None:
     for args in (["--help"], ["run", "--help"], ["check", "--help"], ["schema", "--help"]):
-        result = sidecar(*args)
+        result = sidecar_command(*args)
         assert result.returncode == 0
         assert "usage: sidecar" in result.stdout
 
@@ -92,7 +80,7 @@ def test_run_with_a_bad_config_exits_2_without_binding(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "bad.yaml"
     path.write_text(f'server: {{listen: "127.0.0.1:{port}", bogus: true}}\n')
-    result = sidecar("run", "-c", str(path))
+    result = sidecar_command("run", "-c", str(path))
     assert result.returncode == 2
     assert "server.bogus: unknown key" in result.stderr
     assert "Traceback" not in result.stderr

@@ -11,7 +11,7 @@ import pytest
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
 from sidecar.fake_claude.knobs import FAULTS, KNOB_NAMES
 from sidecar.fake_claude.models import MODELS, ModelQueryError, model_page
-from tests.support import running_sidecar
+from tests.support.sidecars import running_sidecar
 
 IDS = [entry["id"] for entry in MODELS]
 

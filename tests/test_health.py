@@ -9,9 +9,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import loader
+from sidecar.loader import deep_merge
 from sidecar.server import SidecarServer
-from tests.redis_server import RedisServer
-from tests.support import BASE, merge
+from tests.support.redis_server import RedisServer
+from tests.support.sidecars import BASE
 
 
 async def gauges(server: SidecarServer) -> dict[str, float]:
@@ -36,7 +37,7 @@ async def test_a_refused_reload_shows_until_a_good_one(tmp_path: Path) -> None:
         path.write_text("server: {max_body_bytes: -1}\n")
         assert not await server.reload()
         assert (await gauges(server))["sidecar_config_last_reload_successful"] == 0
-        path.write_text(yaml.safe_dump(merge(BASE, {"screening": {"max_prompt_chars": 99}})))
+        path.write_text(yaml.safe_dump(deep_merge(BASE, {"screening": {"max_prompt_chars": 99}})))
         assert await server.reload()
         assert (await gauges(server))["sidecar_config_last_reload_successful"] == 1
     finally:
@@ -45,7 +46,7 @@ async def test_a_refused_reload_shows_until_a_good_one(tmp_path: Path) -> None:
 
 async def test_ready_follows_the_quota_store(redis_server: RedisServer) -> None:
     """`sidecar_ready` is the readiness check as of the scrape, whether or not /readyz was probed."""
-    data = merge(BASE, {"quotas": {"store": "redis", "redis_url": redis_server.url,
+    data = deep_merge(BASE, {"quotas": {"store": "redis", "redis_url": redis_server.url,
                                    "on_store_error": "fail_closed"}})  # fmt: skip
     server = SidecarServer(loader.validate(data, {}))
     await server.start()

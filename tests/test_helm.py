@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from sidecar import cli, loader
-from tests.helpers_promtool import RULES, run_promtool
+from tests.support.promtool import RULES, run_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "claude-sidecar"

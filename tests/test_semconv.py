@@ -13,9 +13,9 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from sidecar.telemetry.semconv import DEFAULT, LATEST, gen_ai_names, http_method
-from tests.conftest import SidecarFactory
-from tests.helpers_otel import MemoryOtel, memory_otel
-from tests.support import eventually, running_sidecar
+from tests.support.otel import Otel, make_otel
+from tests.support.sidecars import SidecarFactory, running_sidecar
+from tests.support.waiting import eventually
 
 OLD_METRICS = {
     "gen_ai.client.token.usage",
@@ -56,7 +56,7 @@ async def stream(url: str, prompt: str) -> int:
             return response.status
 
 
-async def streamed(sidecar_for: SidecarFactory, otel: MemoryOtel, *prompts: str) -> list[int]:
+async def streamed(sidecar_for: SidecarFactory, otel: Otel, *prompts: str) -> list[int]:
     """The status of each prompt, once every Claude call's span has ended."""
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         statuses = [await stream(sidecar.url, prompt) for prompt in prompts]
@@ -76,7 +76,7 @@ async def test_default_names_are_the_old_ones(
     sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OTEL_SEMCONV_STABILITY_OPT_IN", raising=False)
-    otel = memory_otel()
+    otel = make_otel()
     assert await streamed(sidecar_for, otel, "hello [[fake tokens=5]]") == [200]
     names = set(otel.metrics())
     assert names >= OLD_METRICS | COMMON_METRICS
@@ -92,7 +92,7 @@ async def test_opt_in_emits_the_latest_names_only(
     sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
-    otel = memory_otel()
+    otel = make_otel()
     statuses = await streamed(
         sidecar_for, otel, "hello [[fake tokens=5]]", "more [[fake tokens=7]]",
         "fail [[fake fault=bad_request]]",
@@ -134,7 +134,7 @@ async def test_opt_in_emits_the_latest_names_only(
 async def test_http_server_conventions(
     sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    otel = memory_otel()
+    otel = make_otel()
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         assert await stream(sidecar.url, "hi [[fake tokens=2]]") == 200
         async with aiohttp.ClientSession() as http:
@@ -171,12 +171,12 @@ async def test_builtin_fake_has_a_stable_server_address() -> None:
     """Its port is new on every start: spans and metrics name it the same way each time."""
     seen = []
     for _ in range(2):
-        otel = memory_otel()
+        otel = make_otel()
         async with running_sidecar({"claude": {"base_url": "builtin:fake"}},
                                    telemetry=otel.telemetry) as sidecar:  # fmt: skip
             assert await stream(sidecar.url, "hi [[fake tokens=2]]") == 200
 
-        async def ended(otel: MemoryOtel = otel) -> bool:
+        async def ended(otel: Otel = otel) -> bool:
             return len(otel.spans(SpanKind.CLIENT)) == 1
 
         await eventually(ended)

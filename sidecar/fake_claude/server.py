@@ -150,7 +150,9 @@ def _json_object(body: Any) -> dict[str, Any]:
 
 def _received(request: web.Request, body: Any) -> ReceivedRequest:
     headers = {name.lower(): value for name, value in request.headers.items()}
-    return ReceivedRequest(request.method, request.path, headers, body)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    where = f"{peer[0]}:{peer[1]}" if peer else ""
+    return ReceivedRequest(request.method, request.path, headers, body, where)
 
 
 def _authenticate(request: web.Request, settings: FakeSettings) -> None:

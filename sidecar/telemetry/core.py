@@ -349,7 +349,6 @@ class Telemetry:
         status: int,
         duration: float,
         request_id: str,
-        bytes_sent: int | None,
         span: Span | None,
     ) -> None:
         """The per-request access log line and request duration histogram."""
@@ -365,8 +364,6 @@ class Telemetry:
             "event": "access", "method": method, "route": route, "path": path, "status": status,
             "duration_ms": round(duration * 1000, 2), "request_id": request_id, **span_ids(span),
         }  # fmt: skip
-        if bytes_sent is not None:
-            fields["bytes_sent"] = bytes_sent
         access_log.info("request", extra=fields)
 
     # ------------------------------------------------------------------ export

@@ -1,7 +1,9 @@
-"""`/metrics` on the admin listener, the Grafana dashboard against a real scrape, and cost."""
+"""The admin listener: liveness, readiness while draining, `/metrics` (and none of it on the
+traffic listener), and the Grafana dashboard against a real scrape."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -13,13 +15,10 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.config import ModelPrice
-from sidecar.record import StreamRecord
 from sidecar.server import SidecarServer
-from sidecar.telemetry.cost import cost_usd, price_for
-from tests.conftest import SidecarFactory
-from tests.support import serving
-from tests.test_telemetry import make_otel, prompt
+from tests.support.apps import running_app, serving
+from tests.support.otel import prompt
+from tests.support.sidecars import SidecarFactory
 
 DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
 METRIC_NAME = re.compile(r"\b(?:gen_ai|sidecar|http)_[a-z0-9_]+")
@@ -184,27 +183,37 @@ def test_dashboard_is_valid_grafana_json_on_real_metric_names(
         assert any(word in title for title in titles), word
 
 
-async def test_cost_counter_follows_the_price_table(sidecar_for: SidecarFactory) -> None:
-    otel = make_otel(prices={"claude-sonnet-5": {"input": 3, "output": 15}})
-    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
-        status, events = await prompt(sidecar.url, "price me [[fake tokens=9]]")
-    assert status == 200
-    usage = events[-1]["usage"]
-    expected = (usage["input_tokens"] * 3 + usage["output_tokens"] * 15) / 1_000_000
-    (point,) = otel.points("sidecar.cost.usd")
-    assert point.value == pytest.approx(expected)
-    assert dict(point.attributes) == {"gen_ai.request.model": "claude-sonnet-5-5"}
-
-
-def test_cost_of_cache_tokens_and_longest_prefix() -> None:
-    prices = {
-        "claude-sonnet": ModelPrice(input=1, output=1),
-        "claude-sonnet-5-5": ModelPrice(input=3, output=15, cache_write=3.75, cache_read=0.3),
-    }
-    price = price_for(prices, "claude-sonnet-5-5-20261001")
-    assert price is prices["claude-sonnet-5-5"]
-    assert price_for(prices, "claude-opus-5-5") is None
-    record = StreamRecord(request_id="r", route="/", handler="prompt", started=0.0)
-    record.input_tokens, record.output_tokens = 1_000_000, 2_000_000
-    record.cache_creation_input_tokens, record.cache_read_input_tokens = 1_000_000, 10_000_000
-    assert cost_usd(price, record) == pytest.approx(3 + 30 + 3.75 + 3)
+async def test_admin_endpoints_and_draining(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with (
+        running_app() as (url, _),
+        sidecar_for({"app": {"url": url}}) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(sidecar.admin_url + "/healthz") as r:
+            assert r.status == 200
+        async with http.get(sidecar.admin_url + "/readyz") as r:
+            assert r.status == 200
+        async with http.get(sidecar.url + "/echo") as r:
+            assert r.status == 200
+        async with http.get(sidecar.admin_url + "/metrics") as r:
+            text = await r.text()
+            assert r.status == 200
+            assert "http_server_request_duration_seconds_bucket" in text
+        # The admin listener is not the traffic listener: no admin paths on traffic.
+        async with http.get(sidecar.url + "/metrics") as r:
+            assert "sidecar_streams" not in await r.text()
+        pending = asyncio.create_task(http.get(sidecar.url + "/inflight"))
+        await asyncio.sleep(0.1)
+        shutdown = asyncio.create_task(sidecar.shutdown(grace=3))
+        await asyncio.sleep(0.05)
+        async with http.get(sidecar.admin_url + "/readyz") as r:
+            assert r.status == 503
+            assert json.loads(await r.text())["checks"]["lifecycle"] == "draining"
+        response = await pending
+        assert response.status == 200
+        assert await response.text() == "finished"  # in-flight work finished within the grace
+        await shutdown
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(sidecar.url + "/echo")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "claude-sidecar-rules.yaml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "claude-sidecar-rules.test.yaml"
 INSTALL = "apt-get install -y prometheus  # Debian/Ubuntu: provides promtool"
