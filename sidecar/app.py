@@ -141,6 +141,8 @@ async def _open_runtime(
     """
     if telemetry is None:  # process-wide: `telemetry` changes need a restart
         telemetry = await shared.use(stack, "telemetry", None, partial(_open_telemetry, config))
+    # Models this config names are metric labels of their own; others fold into `other`.
+    telemetry.models.allow([config.claude.model, *(config.claude.allowed_models or ())])
     base_url = config.claude.base_url
     if config.claude.is_fake:
         base_url = await shared.use(
@@ -210,5 +212,7 @@ def build_apps(
         await runtimes.close()
 
     app.cleanup_ctx.append(runtime_ctx)
-    app.router.add_route("*", "/{tail:.*}", Pipeline(HANDLERS).handle)
+    # Every path reaches the pipeline, which owns the answer (`.` would stop at a decoded
+    # newline and leave aiohttp's own plain-text 404, uncounted).
+    app.router.add_route("*", r"/{tail:[\s\S]*}", Pipeline(HANDLERS).handle)
     return app, build_admin_app(runtimes, config)

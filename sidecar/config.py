@@ -11,10 +11,15 @@ error, never a silent default.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,7 +27,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -46,9 +53,21 @@ def _check_host_port(value: str) -> str:
     return value
 
 
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@")
+
+
+def redact_url(value: str) -> str:
+    """A URL without the password in its userinfo (`https://user:***@host/...`)."""
+    match = _USERINFO.match(value)
+    if match is None or ":" not in match["userinfo"]:
+        return value
+    user = match["userinfo"].partition(":")[0]
+    return f"{match['scheme']}{user}:***@{value[match.end() :]}"
+
+
 def _check_http_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {redact_url(value)!r}")
     return value.rstrip("/")
 
 
@@ -70,6 +89,24 @@ class Section(BaseModel):
     """Base of every config model: strict keys, immutable once loaded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def fingerprint(self) -> str:
+        """What these settings are, secrets included (as SHA-256 hashes), as one string.
+
+        For de-duplicating and caching per policy: a redacted dump would make two policies
+        that differ only in a secret look the same, and one would serve the other's route.
+        """
+        return json.dumps(_hashed_secrets(self.model_dump(mode="python")), default=str)
+
+
+def _hashed_secrets(data: Any) -> Any:
+    if isinstance(data, SecretStr):
+        return "sha256:" + hashlib.sha256(data.get_secret_value().encode()).hexdigest()
+    if isinstance(data, dict):
+        return {key: _hashed_secrets(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_hashed_secrets(value) for value in data]
+    return data
 
 
 # --------------------------------------------------------------------------- server
@@ -187,7 +224,8 @@ class ClaudeConfig(Section):
     retry_base_seconds: float = Field(0.5, gt=0)
     retry_max_seconds: float = Field(8, gt=0)
     connect_timeout_seconds: Seconds = 10
-    idle_timeout_seconds: Seconds = 30
+    idle_timeout_seconds: Seconds = 30  # streaming: longest silence between events
+    request_timeout_seconds: Seconds = 600  # non-streaming: the whole call (Claude answers at once)
     heartbeat_seconds: Seconds = 15
     max_concurrent_streams: int = Field(256, gt=0)
     queue: QueueConfig = QueueConfig()
@@ -516,15 +554,80 @@ class TelemetryConfig(Section):
 Handler = Literal["prompt", "anthropic", "app"]
 
 
+def _override_type(annotation: Any) -> Any:
+    """`annotation` with every section model in it replaced by its override model."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return override_model(annotation)
+    if get_origin(annotation) in (Union, UnionType):
+        args = tuple(_override_type(arg) for arg in get_args(annotation))
+        return Union[args]  # noqa: UP007 - built from a runtime tuple
+    return annotation
+
+
+def _unless_none(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A field validator that lets an override's explicit `null` through (it unsets a key)."""
+
+    @functools.wraps(func)  # pydantic reads the signature (info or not) through `__wrapped__`
+    def validate(cls: Any, value: Any, *rest: Any) -> Any:
+        return value if value is None else func(cls, value, *rest)
+
+    return validate
+
+
+def override_model(model: type[Section]) -> type[Section]:
+    """`model` with every field optional and unset by default: a route's partial override.
+
+    Field types stay (so secrets stay `SecretStr` and are redacted wherever the config is
+    shown), field validators stay (they normalise, e.g. plain deny patterns), and checks
+    across fields are left to the merged section, which the loader validates with `model`.
+    """
+    cached = _OVERRIDES.get(model)
+    if cached is not None:
+        return cached
+    fields: dict[str, Any] = {
+        name: (_override_type(info.annotation) | None, None)
+        for name, info in model.model_fields.items()
+    }
+    validators: dict[str, Any] = {
+        f"_{name}": field_validator(*dec.info.fields, mode=dec.info.mode, check_fields=False)(
+            classmethod(_unless_none(getattr(dec.func, "__func__", dec.func)))
+        )
+        for name, dec in model.__pydantic_decorators__.field_validators.items()
+    }
+    built: type[Section] = create_model(
+        f"{model.__name__.removesuffix('Config')}Override",
+        __base__=Section,
+        __doc__=f"A route's override of `{model.__name__}`: only the keys it sets are merged.",
+        __validators__=validators,
+        **fields,
+    )
+    _OVERRIDES[model] = built
+    return built
+
+
+_OVERRIDES: dict[type[Section], type[Section]] = {}
+
+if TYPE_CHECKING:
+    AuthOverride = Section
+    CorsOverride = Section
+    ScreeningOverride = Section
+    QuotaOverride = Section
+else:
+    AuthOverride = override_model(AuthConfig)
+    CorsOverride = override_model(CorsConfig)
+    ScreeningOverride = override_model(ScreeningConfig)
+    QuotaOverride = override_model(QuotaConfig)
+
+
 class RouteConfig(Section):
     path: str
     handler: Handler
     # Partial overrides, deep-merged onto the top-level section of the same name
     # and validated with the same model (see `sidecar.loader.route_policies`).
-    auth: dict[str, Any] | None = None
-    cors: dict[str, Any] | None = None
-    screening: dict[str, Any] | None = None
-    quotas: dict[str, Any] | None = None
+    auth: AuthOverride | None = None
+    cors: CorsOverride | None = None
+    screening: ScreeningOverride | None = None
+    quotas: QuotaOverride | None = None
 
     @field_validator("path")
     @classmethod
@@ -554,6 +657,8 @@ class Config(Section):
     quotas: QuotaConfig = QuotaConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     routes: list[RouteConfig] = Field(default_factory=list)
+    # Each route's effective policy, built once by the loader (`sidecar.loader.route_policies`).
+    _route_policies: Any = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod

@@ -24,7 +24,9 @@ from sidecar.config import (
     QuotaConfig,
     RouteConfig,
     ScreeningConfig,
+    redact_url,
 )
+from sidecar.paths import PathRefused, canonical
 
 _VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 _SECTIONS: dict[str, type[BaseModel]] = {
@@ -184,10 +186,11 @@ def _route_policy(
     overridden = False
     for name, model in _SECTIONS.items():
         base: BaseModel = getattr(config, name)
-        override = getattr(route, name)
-        if override is None:
+        given: BaseModel | None = getattr(route, name)
+        if given is None:
             sections[name] = base
             continue
+        override: dict[str, Any] = _reveal(given.model_dump(mode="python", exclude_unset=True))
         overridden = overridden or name == "quotas"
         for key in _GLOBAL_ONLY.get(name, ()):
             if key in override:
@@ -212,11 +215,29 @@ def _route_policy(
 
 
 def route_policies(config: Config) -> list[RoutePolicy]:
-    """Effective policy per route, in route order; raises ConfigError on a bad override."""
+    """Effective policy per route, in route order; raises ConfigError on a bad override.
+
+    Built once per config (at validation) and kept with it, so the route table, auth and
+    quotas all see the very same policy objects.
+    """
+    built: list[RoutePolicy] | None = config._route_policies
+    if built is not None:
+        return built
     problems: list[str] = []
     policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
+    for index, route in enumerate(config.routes):
+        try:
+            written = canonical(route.path).path
+        except PathRefused as refused:
+            problems.append(f"routes.{index}.path: {refused.message}")
+            continue
+        if written != route.path:
+            problems.append(
+                f"routes.{index}.path: not in canonical form (requests are matched as {written!r})"
+            )
     if problems:
         raise ConfigError(problems)
+    config._route_policies = policies
     return policies
 
 
@@ -264,12 +285,18 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
 def redacted(config: Config) -> dict[str, Any]:
     """The effective config as plain data with every secret shown as `***`."""
     data: dict[str, Any] = _redact(config.model_dump(mode="python"))
+    # A route's overrides as written: the keys it sets, not every key of the section as null.
+    data["routes"] = [
+        _redact(route.model_dump(mode="python", exclude_unset=True)) for route in config.routes
+    ]
     return data
 
 
 def _redact(data: Any) -> Any:
     if isinstance(data, SecretStr):
         return "***"
+    if isinstance(data, str) and "@" in data and "://" in data:
+        return redact_url(data)
     if isinstance(data, dict):
         return {k: _redact(v) for k, v in data.items()}
     if isinstance(data, list):

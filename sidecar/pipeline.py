@@ -48,6 +48,7 @@ class RequestContext:
     headers: dict[str, str]  # request id, CORS, HSTS: on every response of this request
     identity: Identity = ANONYMOUS
     family: Family = "app"
+    path: str = "/"  # canonical (`sidecar.paths`): routed by it, forwarded as it
     response_started: bool = False  # after this only the stream itself can carry an error
 
 
@@ -105,21 +106,29 @@ class Pipeline:
             headers["Strict-Transport-Security"] = (
                 f"max-age={config.server.tls.hsts_max_age_seconds}; includeSubDomains"
             )
-        route = runtime.routes.match(request.path)
+        resolved = runtime.routes.resolve(request.rel_url.raw_path)
+        route = resolved.route
         if route is None:
-            body = simple_error_body("not_found", f"no route for {request.path}")
+            refused = resolved.refused
+            status, reason = (400, refused.reason) if refused else (404, "no_route")
+            body = (
+                simple_error_body("invalid_request", refused.message)
+                if refused
+                else simple_error_body("not_found", f"no route for {resolved.path}")
+            )
             headers["Vary"] = "Origin"
-            telemetry.rejected("no_route", UNMATCHED, 404, request_id)
+            telemetry.rejected(reason, UNMATCHED, status, request_id)
             telemetry.access(
-                method=request.method, route=UNMATCHED, path=request.path, status=404,
-                duration=time.perf_counter() - started, request_id=request_id, span=None,
+                method=request.method, route=UNMATCHED, path=resolved.path, status=status,
+                duration=time.perf_counter() - started, request_id=request_id,
+                span=None,
             )  # fmt: skip
             return web.Response(
-                status=404, body=body, content_type="application/json", headers=headers
+                status=status, body=body, content_type="application/json", headers=headers
             )
         parent = telemetry.extract(request.headers)
         span = telemetry.start_server_span(
-            parent, method=request.method, route=route.path, path=request.path,
+            parent, method=request.method, route=route.path, path=resolved.path,
             scheme=request.scheme,
         )  # fmt: skip
         origin = request.headers.get("Origin")
@@ -138,10 +147,16 @@ class Pipeline:
             span=span,
             headers=headers,
             family=family_of(route),
+            path=resolved.path,
         )
         status = 500
         response: web.StreamResponse | None = None
         try:
+            if resolved.refused is not None:
+                raise Rejection(
+                    400, "invalid_request_error", resolved.refused.message,
+                    reason=resolved.refused.reason,
+                )  # fmt: skip
             if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 response = self._preflight(ctx, origin)
             else:
@@ -175,7 +190,7 @@ class Pipeline:
             telemetry.access(
                 method=request.method,
                 route=route.path,
-                path=request.path,
+                path=resolved.path,
                 status=status,
                 duration=time.perf_counter() - started,
                 request_id=request_id,

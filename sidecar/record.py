@@ -68,6 +68,11 @@ class StreamRecord:
     completion_parts: list[str] = field(default_factory=list)  # text deltas, when captured
     log_base: dict[str, Any] | None = None  # fields both stream log lines share (telemetry)
     pending_start: asyncio.Handle | None = None  # telemetry's deferred stream start, until run
+    # The client- or upstream-chosen values above as telemetry carries them: bounded
+    # (`sidecar.telemetry.bounded`), set by telemetry when the stream starts and ends.
+    model_label: str = "other"
+    response_model_label: str | None = None
+    error_label: str = "_OTHER"
 
     @property
     def total_input_tokens(self) -> int:

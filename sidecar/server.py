@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.app import build_apps
-from sidecar.config import Config, split_host_port
+from sidecar.config import Config, redact_url, split_host_port
 from sidecar.keys import RUNTIMES
 from sidecar.reload import Reloader
 from sidecar.runtime import Runtime, RuntimeHolder
@@ -173,7 +173,11 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
         return 1
     log.info(
         "sidecar serving",
-        extra={"url": server.url, "admin_url": server.admin_url, "claude": config.claude.base_url},
+        extra={
+            "url": server.url,
+            "admin_url": server.admin_url,
+            "claude": redact_url(config.claude.base_url),
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,6 +3,7 @@ route overrides fail closed (credentials on a route mean the route needs them)."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from sidecar import loader
+from sidecar.config import AuthConfig
 from sidecar.fake_claude import FakeServer
 from tests.support.apps import echoed_headers, running_app
 from tests.support.policy import (
@@ -406,3 +408,79 @@ def test_top_level_mode_none_written_out_is_kept_for_route_credentials() -> None
 def test_route_override_without_credentials_keeps_auth_off() -> None:
     data = {"routes": [{"path": "/v1/", "handler": "anthropic", "auth": {"allowed_models": ["m"]}}]}
     assert loader.route_policies(loader.validate(data))[0].auth.mode == "none"
+
+
+async def _status(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> int:
+    async with http.get(url, headers=headers) as response:
+        return response.status
+
+
+async def test_routes_that_differ_only_in_a_secret_accept_only_their_own(
+    tmp_path: Path, sidecar_for: SidecarFactory
+) -> None:
+    other_secret = "o" * 40
+    other_key = "sk-sidecar-client-key-2"
+    rsa_dir, other_dir = tmp_path / "a", tmp_path / "b"
+    rsa_dir.mkdir()
+    other_dir.mkdir()
+    jwt_base = {"audience": AUDIENCE, "issuer": ISSUER}
+
+    def route(path: str, auth: dict[str, Any]) -> dict[str, Any]:
+        return {"path": path, "handler": "app", "auth": {"mode": "required", **auth}}
+
+    def api_key(key: str) -> dict[str, Any]:
+        return {"name": "k", "sha256": hashlib.sha256(key.encode()).hexdigest()}
+
+    async with running_app() as (url, _):
+        config: dict[str, Any] = {
+            "app": {"url": url},
+            "routes": [
+                route("/echo/hs-a", {"jwt": {**jwt_base, "secret": SECRET}}),
+                route("/echo/hs-b", {"jwt": {**jwt_base, "secret": other_secret}}),
+                route("/echo/key-a", {"api_keys": [api_key(API_KEY)]}),
+                route("/echo/key-b", {"api_keys": [api_key(other_key)]}),
+                route("/echo/file-a", {"jwt": {**jwt_base, "algorithms": ["RS256"],
+                      "public_key_file": str(write_public_key(RSA_KEY, rsa_dir))}}),
+                route("/echo/file-b", {"jwt": {**jwt_base, "algorithms": ["RS256"],
+                      "public_key_file": str(write_public_key(OTHER_RSA_KEY, other_dir))}}),
+            ],
+        }  # fmt: skip
+        credentials = {
+            "/echo/hs-a": bearer(mint(SECRET)), "/echo/hs-b": bearer(mint(other_secret)),
+            "/echo/key-a": {"x-api-key": API_KEY}, "/echo/key-b": {"x-api-key": other_key},
+            "/echo/file-a": bearer(mint(RSA_KEY, "RS256")),
+            "/echo/file-b": bearer(mint(OTHER_RSA_KEY, "RS256")),
+        }  # fmt: skip
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            seen = {
+                (path, whose): await _status(http, sidecar.url + path, headers)
+                for path in credentials
+                for whose, headers in credentials.items()
+            }
+    expected = {(path, whose): 200 if path == whose else 401 for path, whose in seen}
+    assert seen == expected
+
+
+def test_policy_fingerprints_tell_secrets_apart_without_showing_them() -> None:
+    def policy(secret: str) -> AuthConfig:
+        return AuthConfig.model_validate({"jwt": {"secret": secret, "audience": AUDIENCE}})
+
+    assert policy(SECRET).fingerprint() == policy(SECRET).fingerprint()
+    assert policy(SECRET).fingerprint() != policy("o" * 40).fingerprint()
+    assert SECRET not in policy(SECRET).fingerprint()
+
+
+async def test_optional_mode_with_allowed_tenants_refuses_anonymous_callers(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(auth_config(mode="optional", allowed_tenants=["acme"])) as sidecar:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + PROMPT, json={"prompt": "hi"}) as response,
+        ):
+            anonymous, challenge = response.status, response.headers.get("WWW-Authenticate")
+        tenant, _, _ = await post_prompt(sidecar.url, bearer(mint(org="acme")))
+        other, _, _ = await post_prompt(sidecar.url, bearer(mint(org="evil")))
+    assert (anonymous, tenant, other) == (401, 200, 403)
+    assert challenge == 'Bearer realm="claude-sidecar"'
+    assert fake.state.counters["requests"] == 1

@@ -129,3 +129,46 @@ def test_run_serves_then_exits_0_on_signal(tmp_path: Path, sig: signal.Signals) 
             process.wait()
     logs = process.stderr.read().decode() if process.stderr else ""
     assert "Traceback" not in logs
+
+
+def test_check_redacts_secrets_at_every_level(tmp_path: Path) -> None:
+    secrets = {
+        "CLAUDE_KEY": "sk-claude-top-secret",
+        "TOP_JWT": "t" * 40,
+        "ROUTE_JWT": "r" * 40,
+        "NESTED_JWT": "n" * 40,
+        "REDIS_PASSWORD": "redis-pass-secret",
+        "APP_PASSWORD": "app-pass-secret",
+        "OTLP_PASSWORD": "otlp-pass-secret",
+    }
+    config = tmp_path / "secrets.yaml"
+    config.write_text(
+        """
+app: {url: "http://user:${APP_PASSWORD}@127.0.0.1:3000"}
+claude: {api_key: "${CLAUDE_KEY}"}
+auth: {mode: required, jwt: {secret: "${TOP_JWT}"}}
+quotas: {store: redis, redis_url: "redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0"}
+telemetry: {otlp_endpoint: "https://otel:${OTLP_PASSWORD}@collector.example:4318"}
+routes:
+  - {path: /v1/, handler: anthropic, auth: {jwt: {secret: "${ROUTE_JWT}"}}}
+  - path: /api
+    handler: app
+    auth: {mode: optional, jwt: {secret: "${NESTED_JWT}", algorithms: [HS256]}}
+  - {path: /, handler: app}
+"""
+    )
+    result = sidecar_command("check", "-c", str(config), env=secrets)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for value in secrets.values():
+        assert value not in result.stdout + result.stderr
+    assert result.stdout.count("'***'") == 5  # key, two route secrets, top secret, redis URL
+    assert "http://user:***@127.0.0.1:3000" in result.stdout
+
+
+def test_config_errors_do_not_echo_url_passwords(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text('app: {url: "ftp://user:url-pass-secret@app:21"}\n')
+    result = sidecar_command("check", "-c", str(config))
+    assert result.returncode == 2
+    assert "app.url" in result.stdout
+    assert "url-pass-secret" not in result.stdout + result.stderr

@@ -301,3 +301,28 @@ def test_redis_url_that_redis_cannot_use_is_a_config_error(url: str) -> None:
 def test_redis_urls_redis_accepts_validate(url: str) -> None:
     config = loader.validate({"quotas": {"store": "redis", "redis_url": url}})
     assert config.quotas.redis_url is not None
+
+
+def test_route_overrides_are_typed_and_in_the_schema() -> None:
+    schema = Config.model_json_schema()
+    defs = schema["$defs"]
+    auth_ref = defs["RouteConfig"]["properties"]["auth"]["anyOf"][0]["$ref"]
+    assert auth_ref == "#/$defs/AuthOverride"
+    assert {"mode", "jwt", "api_keys", "allowed_tenants"} <= set(defs["AuthOverride"]["properties"])
+    assert "required" not in defs["AuthOverride"]  # every key optional
+    assert "secret" in defs["JWTOverride"]["properties"]
+    for name in ("CorsOverride", "ScreeningOverride", "QuotaOverride"):
+        assert "required" not in defs[name]
+    found = problems_of(
+        """
+routes:
+  - {path: /a, handler: prompt, auth: {jwt: {secrett: x}}}
+  - {path: /b, handler: prompt, screening: {deny_patterns: ["(?i)plain string rule"]}}
+"""
+    )
+    assert found == ["routes.0.auth.jwt.secrett: unknown key"]
+
+
+def test_route_policies_are_built_once_per_config() -> None:
+    config = loader.validate({"routes": [{"path": "/v1/", "handler": "anthropic"}]}, {})
+    assert loader.route_policies(config) is loader.route_policies(config)

@@ -401,3 +401,27 @@ async def test_a_reload_rereads_a_replaced_jwt_key_file(fake: FakeServer, tmp_pa
             assert await server.reload()
             assert await prompt_status(http, server.url, Authorization=bearer(rotated)) == 200
             assert await prompt_status(http, server.url, Authorization=bearer(old_key)) == 401
+
+
+async def test_a_reload_that_changes_only_a_route_secret_uses_the_new_secret(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    # Resources are reused while their settings are equal: a secret is part of "equal".
+    old, new = "o" * 40, "n" * 40
+
+    def data(secret: str) -> dict[str, Any]:
+        route = {"path": "/api/stream-response", "handler": "prompt",
+                 "auth": {"mode": "required", "jwt": {"secret": secret}}}  # fmt: skip
+        return config_for(fake, server={"reload_poll_seconds": 0}, routes=[route])
+
+    def bearer(secret: str) -> str:
+        exp = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5)
+        return "Bearer " + jwt.encode({"sub": "u", "exp": exp}, secret, algorithm="HS256")
+
+    path = tmp_path / "sidecar.yaml"
+    async with file_sidecar(path, data(old)) as server, aiohttp.ClientSession() as http:
+        assert await prompt_status(http, server.url, Authorization=bearer(old)) == 200
+        write(path, data(new))
+        assert await server.reload()
+        assert await prompt_status(http, server.url, Authorization=bearer(new)) == 200
+        assert await prompt_status(http, server.url, Authorization=bearer(old)) == 401

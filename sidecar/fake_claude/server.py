@@ -152,7 +152,7 @@ def _received(request: web.Request, body: Any) -> ReceivedRequest:
     headers = {name.lower(): value for name, value in request.headers.items()}
     peer = request.transport.get_extra_info("peername") if request.transport else None
     where = f"{peer[0]}:{peer[1]}" if peer else ""
-    return ReceivedRequest(request.method, request.path, headers, body, where)
+    return ReceivedRequest(request.method, request.path, headers, body, where, request.raw_path)
 
 
 def _authenticate(request: web.Request, settings: FakeSettings) -> None:

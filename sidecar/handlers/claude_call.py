@@ -122,7 +122,7 @@ async def call_claude(
         telemetry.inject(span, headers)
         attempt = Attempt(call.attempt.method, call.attempt.path, headers)
         record.upstream_started = time.perf_counter()
-        upstream, record.retries = await runtime.claude.send(attempt, call.body)
+        upstream, record.retries = await runtime.claude.send(attempt, call.body, stream=call.stream)
         record.upstream_status = upstream.status
         response_headers = {**ctx.headers, **lease.headers}
         response_headers.update(

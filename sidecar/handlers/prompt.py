@@ -24,7 +24,7 @@ from sidecar.handlers.claude_call import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.handlers.request_body import read_json_object
+from sidecar.handlers.request_body import parse_model, read_json_object
 from sidecar.pipeline import RequestContext
 from sidecar.policy import collect_texts
 from sidecar.record import Outcome, StreamRecord
@@ -159,9 +159,7 @@ def parse_prompt(fields: dict[str, Any], default_model: str, default_max: int) -
         raise bad_request("prompt is required and must be a string")
     if not prompt.strip():
         raise bad_request("prompt must not be empty")
-    model = fields.get("model", default_model)
-    if not isinstance(model, str) or not model:
-        raise bad_request("model must be a non-empty string")
+    model = parse_model(fields.get("model", default_model))
     max_tokens = _positive_int(fields.get("max_tokens", default_max), "max_tokens")
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True}
     system = fields.get("system")

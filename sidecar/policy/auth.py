@@ -130,7 +130,9 @@ class Authenticator:
             return ANONYMOUS
         credential = self._credential(headers, query, method)
         if credential is None:
-            if self.config.mode == "optional":
+            # A route limited to some tenants admits nobody without one: `optional` lets
+            # anonymous callers in only where no tenant restriction is set.
+            if self.config.mode == "optional" and self.config.allowed_tenants is None:
                 return ANONYMOUS
             raise unauthorized("auth_missing", "credentials required", missing=True)
         identity = await self._verify(credential)
@@ -182,7 +184,7 @@ class AuthService:
         self._owns_session = session is None
         self._jwks: dict[str, JwksCache] = {}
         self._by_id: dict[int, Authenticator] = {}
-        self._by_json: dict[str, Authenticator] = {}
+        self._by_settings: dict[str, Authenticator] = {}
 
     def _session_for_jwks(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -193,8 +195,9 @@ class AuthService:
         found = self._by_id.get(id(policy))
         if found is not None:
             return found
-        key = policy.model_dump_json()
-        found = self._by_json.get(key)
+        # Routes with equal settings share one authenticator; secrets are part of "equal".
+        key = policy.fingerprint()
+        found = self._by_settings.get(key)
         if found is None:
             verifier = None
             if policy.jwt is not None:
@@ -211,7 +214,7 @@ class AuthService:
                         )
                         self._jwks[policy.jwt.jwks_url] = jwks
                 verifier = JwtVerifier(policy.jwt, jwks)
-            found = self._by_json[key] = Authenticator(policy, verifier)
+            found = self._by_settings[key] = Authenticator(policy, verifier)
         self._by_id[id(policy)] = found
         return found
 

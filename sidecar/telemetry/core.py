@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sidecar.config import ModelPrice, TelemetryConfig
 from sidecar.record import StreamRecord
 from sidecar.telemetry import streams
+from sidecar.telemetry.bounded import error_labels, model_labels
 from sidecar.telemetry.content import output_messages, request_content
 from sidecar.telemetry.cost import cost_usd, price_for
 from sidecar.telemetry.health import Health
@@ -78,6 +79,9 @@ class Telemetry:
         self._on = providers is not None
         self._routes: dict[str, dict[str, str]] = {}
         self._prices: dict[str, ModelPrice | None] = {}
+        # Client-chosen values reach metrics and spans only through these (bounded).
+        self.models = model_labels(config.prices)
+        self._errors = error_labels()
 
     @classmethod
     def from_config(
@@ -155,8 +159,9 @@ class Telemetry:
         if self.config.capture_content:
             record.capture = True
             record.system_text, record.prompt_text = request_content(body)
+        record.model_label = self.models(record.request_model)
         span = self._tracer.start_span(
-            f"{record.operation} {record.request_model}",
+            f"{record.operation} {record.model_label}",
             context=parent,
             kind=SpanKind.CLIENT,
             attributes=streams.start_attributes(record) if self._on else None,
@@ -206,6 +211,9 @@ class Telemetry:
             self._announce(record, span)
         ended = record.ended or record.last_chunk_at or record.started
         failed = streams.failed(record)
+        if record.response_model is not None:
+            record.response_model_label = self.models(record.response_model)
+        record.error_label = self._errors(record.error_type)
         base = record.log_base if record.log_base is not None else self._log_base(record, span)
         if span.is_recording():  # not when off or sampled out
             self._end_attributes(record, span, failed, base)
@@ -218,7 +226,7 @@ class Telemetry:
             if record.admitted:
                 inst.active_streams.add(-1, self._route_attributes(record.route))
             if cost:
-                inst.cost.add(cost, {"gen_ai.request.model": record.request_model})
+                inst.cost.add(cost, {"gen_ai.request.model": record.model_label})
             streams.record_metrics(inst, record, ended, failed)
         level = logging.WARNING if failed else logging.INFO
         if stream_log.isEnabledFor(level):
@@ -244,7 +252,11 @@ class Telemetry:
                 attributes["gen_ai.output.messages"] = output_messages(record)
         span.set_attributes(attributes)
         if failed:
-            span.set_status(Status(StatusCode.ERROR, record.error_type or record.outcome))
+            span.set_status(
+                Status(
+                    StatusCode.ERROR, record.error_label if record.error_type else record.outcome
+                )
+            )
 
     def _identity(self, value: str | None) -> str | None:
         mode = self.config.user_attribute

@@ -18,7 +18,7 @@ GEN_AI_LATEST: Final = "gen_ai_latest_experimental"
 
 # HTTP methods the HTTP conventions know; any other is recorded as `_OTHER` (client-chosen).
 KNOWN_METHODS: Final = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
 )
 OTHER_METHOD: Final = "_OTHER"
 

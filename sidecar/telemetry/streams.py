@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from sidecar.record import StreamRecord
+from sidecar.telemetry.bounded import short_list, short_text
 from sidecar.telemetry.instruments import Instruments
 from sidecar.telemetry.semconv import DEFAULT, GenAiNames
 
@@ -29,7 +30,7 @@ def start_attributes(record: StreamRecord) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": record.operation,
         "gen_ai.provider.name": PROVIDER,
-        "gen_ai.request.model": record.request_model,
+        "gen_ai.request.model": record.model_label,
         "gen_ai.request.stream": record.stream,
         "server.address": record.server_address,
         "sidecar.route": record.route,
@@ -46,7 +47,7 @@ def start_attributes(record: StreamRecord) -> dict[str, Any]:
     if record.top_k is not None:
         attributes["gen_ai.request.top_k"] = record.top_k
     if record.stop_sequences is not None:
-        attributes["gen_ai.request.stop_sequences"] = record.stop_sequences
+        attributes["gen_ai.request.stop_sequences"] = short_list(record.stop_sequences)
     return attributes
 
 
@@ -64,15 +65,15 @@ def end_attributes(
         "sidecar.queue.wait": record.queue_wait,
     }
     if record.response_id is not None:
-        attributes["gen_ai.response.id"] = record.response_id
-    if record.response_model is not None:
-        attributes["gen_ai.response.model"] = record.response_model
+        attributes["gen_ai.response.id"] = short_text(record.response_id)
+    if record.response_model_label is not None:
+        attributes["gen_ai.response.model"] = record.response_model_label
     if failed(record) if is_failed is None else is_failed:
-        attributes["error.type"] = record.error_type or "_OTHER"
+        attributes["error.type"] = record.error_label
     if record.upstream_status is not None:
         attributes["http.response.status_code"] = record.upstream_status
     if record.stop_reason is not None:
-        attributes["gen_ai.response.finish_reasons"] = [record.stop_reason]
+        attributes["gen_ai.response.finish_reasons"] = [short_text(record.stop_reason)]
     if record.stream and record.first_chunk_at is not None and record.upstream_started:
         attributes["gen_ai.response.time_to_first_chunk"] = (
             record.first_chunk_at - record.upstream_started
@@ -85,15 +86,15 @@ def metric_attributes(record: StreamRecord, is_failed: bool | None = None) -> di
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": record.operation,
         "gen_ai.provider.name": PROVIDER,
-        "gen_ai.request.model": record.request_model,
+        "gen_ai.request.model": record.model_label,
         "server.address": record.server_address,
     }
     if record.server_port is not None:
         attributes["server.port"] = record.server_port
-    if record.response_model:
-        attributes["gen_ai.response.model"] = record.response_model
+    if record.response_model_label:
+        attributes["gen_ai.response.model"] = record.response_model_label
     if failed(record) if is_failed is None else is_failed:
-        attributes["error.type"] = record.error_type or "_OTHER"
+        attributes["error.type"] = record.error_label
     return attributes
 
 
