@@ -28,6 +28,8 @@ from sidecar.runtime import Runtime, RuntimeHolder, SharedPool
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import ClaudeClient
 
+# `server.address` / `server.port` of the built-in fake in spans and metrics.
+FAKE_PEER = ("builtin-fake", 0)
 HANDLERS = {"prompt": handle_prompt, "anthropic": handle_anthropic, "app": handle_app}
 
 
@@ -88,8 +90,11 @@ async def _open_app_session(
     return app_session
 
 
-async def _open_auth(routes: RouteTable, own: contextlib.AsyncExitStack) -> AuthService:
-    auth = AuthService([route.policy.auth for route in routes.routes])
+async def _open_auth(
+    routes: RouteTable, telemetry: Telemetry, own: contextlib.AsyncExitStack
+) -> AuthService:
+    policies = [route.policy.auth for route in routes.routes]
+    auth = AuthService(policies, on_jwks_refresh=telemetry.jwks_refresh)
     await auth.start()
     own.push_async_callback(auth.close)
     return auth
@@ -154,7 +159,9 @@ async def _open_runtime(
         stack, "app_session", config.app, partial(_open_app_session, config)
     )
     routes = RouteTable(config)
-    auth = await shared.use(stack, "auth", _auth_key(routes), partial(_open_auth, routes))
+    auth = await shared.use(
+        stack, "auth", _auth_key(routes), partial(_open_auth, routes, telemetry)
+    )
 
     async def open_quotas(own: contextlib.AsyncExitStack) -> QuotaGate:
         quotas = QuotaGate.from_config(config.quotas, on_store_error=telemetry.quota_store_error)
@@ -180,6 +187,8 @@ async def _open_runtime(
             session,
             on_retry=telemetry.upstream_retry,
             on_status=telemetry.upstream_status,
+            # The fake listens on a new free port each start: a stable name keeps its series.
+            peer=FAKE_PEER if config.claude.is_fake else None,
         ),
         app_session=app_session,
     )

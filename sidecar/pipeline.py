@@ -31,11 +31,6 @@ from sidecar.runtime import Runtime
 log = logging.getLogger("sidecar.pipeline")
 UNMATCHED = "unmatched"  # the route label of a path no route matches (bounded, unlike the path)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-# HTTP methods span names and attributes carry as they are (OpenTelemetry's list); a
-# client may send any token as a method, and other ones are `_OTHER`.
-_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
-)
 
 
 @dataclass(slots=True)
@@ -132,12 +127,10 @@ class Pipeline:
                 status=status, body=body, content_type="application/json", headers=headers
             )
         parent = telemetry.extract(request.headers)
-        method = request.method if request.method in _METHODS else "_OTHER"  # any token is valid
         span = telemetry.start_server_span(
-            f"{method} {route.path}",
-            parent,
-            {"http.request.method": method, "http.route": route.path},
-        )
+            parent, method=request.method, route=route.path, path=resolved.path,
+            scheme=request.scheme,
+        )  # fmt: skip
         origin = request.headers.get("Origin")
         headers.update(route.cors.response_headers(origin))
         peer = request.remote or ""

@@ -131,7 +131,19 @@ class SidecarServer:
         ]
 
     async def start(self) -> None:
-        """Bind both listeners (port 0 picks a free port; see `port` / `admin_port`)."""
+        """Bind both listeners (port 0 picks a free port; see `port` / `admin_port`).
+
+        On failure (a port in use, a bad certificate) everything opened so far is closed
+        again before the error propagates: sessions, stores, telemetry, a bound listener.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self._traffic.cleanup()
+            await self._admin.cleanup()
+            raise
+
+    async def _start(self) -> None:
         await self._traffic.setup()
         await self._admin.setup()
         host, port = split_host_port(self.config.server.listen)

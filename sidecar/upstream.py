@@ -60,6 +60,7 @@ class ClaudeClient:
         *,
         on_retry: Callable[[str], None] | None = None,
         on_status: Callable[[int], None] | None = None,
+        peer: tuple[str, int] | None = None,
     ) -> None:
         self._config = config
         self._base = URL(base_url)
@@ -73,10 +74,15 @@ class ClaudeClient:
             total=config.request_timeout_seconds, sock_connect=config.connect_timeout_seconds
         )
         self._key = config.api_key.get_secret_value() if config.api_key else None
-        self.server_address = self._base.host or ""
-        self.server_port = self._base.port
+        # What telemetry names as Claude's address and port (default: those of base_url).
+        self.server_address, self.server_port = peer or (self._base.host or "", self._base.port)
         self._urls: dict[str, URL] = {}
         self._origin = str(self._base.origin())
+
+    @property
+    def base_url(self) -> str:
+        """Where calls go (for `builtin:fake`, the fake's real address on this start)."""
+        return str(self._base)
 
     def url_for(self, path: str) -> URL:
         """The Claude URL of `path` (+ query), built once per distinct path.

@@ -12,10 +12,11 @@ from typing import Any
 import aiohttp
 import prometheus_client
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.server import SidecarServer
-from tests.support.apps import running_app
+from tests.support.apps import running_app, serving
 from tests.support.otel import prompt
 from tests.support.sidecars import SidecarFactory
 
@@ -38,6 +39,8 @@ EXPECTED = {
     "sidecar_upstream_retries": "counter",
     "sidecar_upstream_responses": "counter",
     "sidecar_cost_usd": "counter",
+    "sidecar_ready": "gauge",
+    "sidecar_config_last_reload_successful": "gauge",
 }
 
 
@@ -117,20 +120,44 @@ async def test_metrics_can_be_switched_off(sidecar_for: SidecarFactory) -> None:
                 assert response.status == 200
 
 
-def test_dashboard_is_valid_grafana_json_on_real_metric_names(scraped: dict[str, Any]) -> None:
+async def failing_jwks(request: web.Request) -> web.Response:
+    return web.Response(status=503)
+
+
+@pytest.fixture
+async def scraped_latest(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """A scrape with the latest GenAI names, and a JWKS that cannot be fetched."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    app = web.Application()
+    app.router.add_get("/jwks", failing_jwks)
+    async with serving(app) as jwks:
+        auth = {"auth": {"mode": "optional",
+                         "jwt": {"jwks_url": jwks + "/jwks", "algorithms": ["RS256"]}}}  # fmt: skip
+        async with sidecar_for({**SCREENING, **auth}) as sidecar:
+            text = await busy_scrape(sidecar)
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    return {"text": text, "families": families}
+
+
+def names_in(scrape: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """(sample names, label names) of a scrape."""
+    samples = [sample for family in scrape["families"].values() for sample in family.samples]
+    return {s.name for s in samples}, {label for s in samples for label in s.labels}
+
+
+def test_dashboard_is_valid_grafana_json_on_real_metric_names(
+    scraped: dict[str, Any], scraped_latest: dict[str, Any]
+) -> None:
+    """Every query reads real series, under either GenAI convention setting."""
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["title"]
     assert dashboard["uid"] == "claude-sidecar"
     assert isinstance(dashboard["schemaVersion"], int)
-    sample_names = {
-        sample.name for family in scraped["families"].values() for sample in family.samples
-    }
-    label_names = {
-        label
-        for family in scraped["families"].values()
-        for sample in family.samples
-        for label in sample.labels
-    }
+    scrapes = [names_in(scraped), names_in(scraped_latest)]
+    sample_names = set().union(*(samples for samples, _ in scrapes))
+    label_names = set().union(*(labels for _, labels in scrapes))
     titles = []
     for panel in dashboard["panels"]:
         titles.append(panel["title"].lower())
@@ -144,6 +171,9 @@ def test_dashboard_is_valid_grafana_json_on_real_metric_names(scraped: dict[str,
                 name for name in used if name not in sample_names and name not in label_names
             ]
             assert not missing, f"{panel['title']}: {missing} not in a real scrape"
+            if " or " in expr:  # one alternative per convention: each setting finds its own
+                for samples, _labels in scrapes:
+                    assert [n for n in used if n in samples], f"{panel['title']}: {expr}"
             for group in BY_LABELS.findall(expr):
                 for label in (part.strip() for part in group.split(",")):
                     assert label in label_names | {"le"}, f"{panel['title']}: label {label}"

@@ -200,11 +200,14 @@ async def test_stream_start_comes_first_even_for_a_call_ended_at_once(
 
 
 async def test_telemetry_off_still_logs_usage_and_cost(
-    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+    sidecar_for: SidecarFactory,
+    log_output: Callable[..., LogReader],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the SDK off nothing is measured, but the stream lines keep every number."""
     read = log_output()
-    otel = make_otel(env={"OTEL_SDK_DISABLED": "true"})
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    otel = make_otel()
     assert not otel.telemetry.enabled
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         status, _ = await prompt(sidecar.url, "hello [[fake tokens=3]]")

@@ -224,14 +224,14 @@ async def test_reloads_reuse_unchanged_resources_and_leak_nothing(tmp_path: Path
         assert runtime is not first
         assert runtime.quotas is first.quotas  # counters and leases carry over
         assert runtime.admission is first.admission  # one process-wide stream limit
-        assert runtime.claude.server_port == first.claude.server_port  # the same fake Claude
+        assert runtime.claude.base_url == first.claude.base_url  # the same fake Claude
 
         write(path, loader.deep_merge(data, {"claude": {"max_concurrent_streams": 9,
                                             "fake": {"tokens": 4}}}))  # fmt: skip
         assert await server.reload()
         assert server.runtime.admission is not first.admission
         assert server.runtime.admission.limit == 9
-        assert server.runtime.claude.server_port != first.claude.server_port  # a new fake
+        assert server.runtime.claude.base_url != first.claude.base_url  # a new fake
         assert await prompt_status(http, server.url) == 200
 
         async def settled() -> bool:

@@ -6,18 +6,23 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from multidict import CIMultiDictProxy
 
 from sidecar.fake_claude import FakeServer
 from tests.support.certs import write_self_signed
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory, sidecar_process
+from tests.support.sockets import free_port
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -205,3 +210,27 @@ async def test_hsts_off_and_plain_http_send_none(
             # HSTS over plain HTTP is ignored by browsers and would only mislead.
             assert "Strict-Transport-Security" not in response.headers
             await response.read()
+
+
+@pytest.mark.parametrize("taken", ["listen", "admin_listen"])
+def test_a_port_in_use_exits_with_one_clear_message(tmp_path: Path, taken: str) -> None:
+    """No traceback and no `Unclosed client session` after it: what was opened is closed."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {"listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}"}
+        ports[taken] = f"127.0.0.1:{port}"
+        path = tmp_path / "sidecar.yaml"
+        path.write_text(yaml.safe_dump({"server": ports}))
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar", "run", "-c", str(path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = json.loads(lines[0])
+    assert line["level"] == "ERROR"
+    assert line["message"].startswith("cannot listen:")
+    assert str(port) in line["message"]

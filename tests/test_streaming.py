@@ -256,7 +256,8 @@ async def test_only_configured_api_paths_are_forwarded(
                 assert response.status == 403
                 assert (await response.json())["error"]["type"] == "permission_error"
             async with http.get(sidecar.url + "/v1/models") as response:
-                assert response.status == 404  # forwarded: the fake has no models list
+                assert response.status == 200  # forwarded: the fake's models list
+                assert (await response.json())["data"]
     assert [r["path"] for r in fake.state.requests] == ["/v1/models"]
     opened = {"claude": {"forward_paths": ["/v1/models", "/v1/messages/batches"]}}
     async with sidecar_for(opened) as sidecar, aiohttp.ClientSession() as http:

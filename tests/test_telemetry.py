@@ -389,9 +389,10 @@ async def test_traceparent_reaches_the_app_with_the_server_span_as_parent(
 
 
 async def test_sdk_disabled_records_nothing_and_forwards_the_caller_trace(
-    fake: FakeServer, sidecar_for: SidecarFactory
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    otel = make_otel(env={"OTEL_SDK_DISABLED": "true"})
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    otel = make_otel()
     assert not otel.telemetry.enabled
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         status, _ = await prompt(sidecar.url, "hi", {"traceparent": TRACEPARENT})
@@ -405,9 +406,10 @@ async def test_sdk_disabled_records_nothing_and_forwards_the_caller_trace(
 
 
 async def test_sampler_from_env_drops_spans_but_keeps_the_trace(
-    fake: FakeServer, sidecar_for: SidecarFactory
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    otel = make_otel(env={"OTEL_TRACES_SAMPLER": "always_off"})
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    otel = make_otel()
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         status, _ = await prompt(sidecar.url, "hi", {"traceparent": TRACEPARENT})
     assert status == 200

@@ -47,7 +47,7 @@ async def test_a_thousand_client_model_names_leave_metrics_bounded(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     exporter = InMemorySpanExporter()
-    telemetry = Telemetry.from_config(TelemetryConfig(), span_exporter=exporter, env={})
+    telemetry = Telemetry.from_config(TelemetryConfig(), span_exporter=exporter)
     config = {"claude": {"allowed_models": None, "max_retries": 0}}
     async with sidecar_for(config, telemetry=telemetry) as sidecar:
         # Distinct names (the fake echoes each back as the response model), some extending a

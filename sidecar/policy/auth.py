@@ -7,7 +7,7 @@ the mode. Messages name the reason class only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -172,9 +172,14 @@ class AuthService:
     """Every route's authenticator, sharing one JWKS cache per URL."""
 
     def __init__(
-        self, policies: Sequence[AuthConfig], *, session: aiohttp.ClientSession | None = None
+        self,
+        policies: Sequence[AuthConfig],
+        *,
+        session: aiohttp.ClientSession | None = None,
+        on_jwks_refresh: Callable[[str], None] | None = None,
     ) -> None:
         self._policies = list(policies)
+        self._on_jwks_refresh = on_jwks_refresh
         self._session = session
         self._owns_session = session is None
         self._jwks: dict[str, JwksCache] = {}
@@ -205,6 +210,7 @@ class AuthService:
                             self._session_for_jwks(),
                             refresh_seconds=policy.jwt.jwks_refresh_seconds,
                             min_refresh_seconds=policy.jwt.jwks_min_refresh_seconds,
+                            on_refresh=self._on_jwks_refresh,
                         )
                         self._jwks[policy.jwt.jwks_url] = jwks
                 verifier = JwtVerifier(policy.jwt, jwks)

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -30,8 +29,10 @@ from sidecar.telemetry import streams
 from sidecar.telemetry.bounded import error_labels, model_labels
 from sidecar.telemetry.content import output_messages, request_content
 from sidecar.telemetry.cost import cost_usd, price_for
+from sidecar.telemetry.health import Health
 from sidecar.telemetry.instruments import Instruments
-from sidecar.telemetry.providers import Providers, build_providers, env_flag
+from sidecar.telemetry.providers import Providers, build_providers, sdk_disabled
+from sidecar.telemetry.semconv import DEFAULT, GenAiNames, gen_ai_names, http_method
 
 _CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
 _ADMITTED: Final = {"sidecar.queue.admitted": True}
@@ -58,8 +59,11 @@ def span_ids(span: Span | None) -> dict[str, str]:
 class Telemetry:
     """Spans, metrics and logs of one sidecar; build with `from_config`."""
 
-    def __init__(self, config: TelemetryConfig, providers: Providers | None) -> None:
+    def __init__(
+        self, config: TelemetryConfig, providers: Providers | None, names: GenAiNames = DEFAULT
+    ) -> None:
         self.config = config
+        self.names = names
         self._providers = providers
         self._propagator = TraceContextTextMapPropagator()
         # The no-op tracer still continues the caller's context, so `traceparent` is
@@ -67,7 +71,9 @@ class Telemetry:
         tracer_provider: Any = providers.tracer_provider if providers else NoOpTracerProvider()
         meter_provider: Any = providers.meter_provider if providers else NoOpMeterProvider()
         self._tracer: trace.Tracer = tracer_provider.get_tracer("claude-sidecar")
-        self.instruments = Instruments(meter_provider.get_meter("claude-sidecar"))
+        meter = meter_provider.get_meter("claude-sidecar")
+        self.instruments = Instruments(meter, names)
+        self.health = Health(meter)
         # Off (no providers): spans do not record and no reader ever collects, so the
         # per-call attribute dicts and measurements below are skipped, not built for nothing.
         self._on = providers is not None
@@ -84,13 +90,16 @@ class Telemetry:
         *,
         span_exporter: SpanExporter | None = None,
         metric_reader: MetricReader | None = None,
-        env: Mapping[str, str] | None = None,
     ) -> Telemetry:
-        """Providers from config + `OTEL_*` env (env wins); exporters/readers may be injected."""
-        environ = os.environ if env is None else env
-        if env_flag(environ, "OTEL_SDK_DISABLED"):
+        """Providers from config and the SDK's own `OTEL_*` environment (the environment wins).
+
+        Exporters and readers may be injected (tests). `OTEL_SEMCONV_STABILITY_OPT_IN`
+        picks the GenAI names (see `semconv`).
+        """
+        if sdk_disabled():
             return cls(config, None)
-        return cls(config, build_providers(config, environ, span_exporter, metric_reader))
+        providers = build_providers(config, span_exporter, metric_reader)
+        return cls(config, providers, gen_ai_names())
 
     @property
     def enabled(self) -> bool:
@@ -103,8 +112,22 @@ class Telemetry:
         """The caller's W3C trace context (empty context when there is none)."""
         return self._propagator.extract(headers)
 
-    def start_server_span(self, name: str, parent: Context, attributes: dict[str, Any]) -> Span:
-        """The SERVER span of one request, a child of the caller's span when there is one."""
+    def start_server_span(
+        self, parent: Context, *, method: str, route: str, path: str, scheme: str
+    ) -> Span:
+        """The SERVER span of one request, a child of the caller's span when there is one.
+
+        Named and attributed per the HTTP server conventions; a method outside the known
+        set is `_OTHER` (the client's spelling kept in `http.request.method_original`).
+        """
+        known = http_method(method)
+        attributes: dict[str, Any] = {
+            "http.request.method": known, "http.route": route, "url.path": path,
+            "url.scheme": scheme,
+        }  # fmt: skip
+        if known != method:
+            attributes["http.request.method_original"] = method
+        name = f"{method if known == method else 'HTTP'} {route}"
         return self._tracer.start_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
@@ -215,7 +238,7 @@ class Telemetry:
         self, record: StreamRecord, span: Span, failed: bool, base: dict[str, Any]
     ) -> None:
         # One `set_attributes`: the SDK cleans and locks once per call, not per group.
-        attributes = streams.end_attributes(record, failed)
+        attributes = streams.end_attributes(record, failed, self.names)
         if "user" in base:
             attributes["sidecar.user"] = base["user"]
         if "tenant" in base:
@@ -309,6 +332,15 @@ class Telemetry:
     def config_reload(self, result: str) -> None:
         """One config reload attempt, `success` or `failure` (the old config kept serving)."""
         self.instruments.config_reloads.add(1, {"result": result})
+        self.health.reload(result)
+
+    def jwks_refresh(self, result: str) -> None:
+        """One JWKS fetch, `success` or `failure` (the last good keys kept serving)."""
+        self.health.jwks_refreshes.add(1, {"result": result})
+
+    def readiness(self, failing: Mapping[str, str]) -> None:
+        """The outcome of a readiness check: the names of the checks that failed."""
+        self.health.readiness(failing)
 
     def quota_store_error(self, mode: str, operation: str) -> None:
         """A quota store call failed (`operation`: admit / settle / renew); `mode` says what followed."""
@@ -334,8 +366,10 @@ class Telemetry:
         """The per-request access log line and request duration histogram."""
         if self._on:
             self.instruments.request_duration.record(
-                duration, {"http.route": route, "http.response.status_code": status}
-            )
+                duration,
+                {"http.request.method": http_method(method), "http.route": route,
+                 "http.response.status_code": status},
+            )  # fmt: skip
         if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, Any] = {

@@ -10,4 +10,5 @@
 - `policy`: JWTs, keys, API keys and a local JWKS issuer.
 - `certs`: self-signed TLS certificates made at test time.
 - `redis_server`: a real `redis-server` on a free port.
+- `promtool`: Prometheus's rule checker for the shipped alerting rules, or a skip.
 """

@@ -69,11 +69,14 @@ class Otel:
         return total
 
 
-def make_otel(env: dict[str, str] | None = None, **config: Any) -> Otel:
-    """A Telemetry from `config` whose spans and metrics stay in memory (`env` as OTEL_*)."""
+def make_otel(**config: Any) -> Otel:
+    """A Telemetry from `config` whose spans and metrics stay in memory.
+
+    The SDK reads `OTEL_*` from the process environment (set them with monkeypatch).
+    """
     exporter, reader = NotifyingExporter(), InMemoryMetricReader()
     telemetry = Telemetry.from_config(
-        TelemetryConfig(**config), span_exporter=exporter, metric_reader=reader, env=env or {}
+        TelemetryConfig(**config), span_exporter=exporter, metric_reader=reader
     )
     return Otel(telemetry, exporter, reader)
 
