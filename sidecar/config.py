@@ -185,6 +185,9 @@ class ClaudeConfig(Section):
     connect_timeout_seconds: Seconds = 10
     idle_timeout_seconds: Seconds = 30
     heartbeat_seconds: Seconds = 15
+    # A stream whose client accepts no bytes this long is ended (Claude cancelled, settled):
+    # a reader that never reads must not hold a stream slot forever.
+    client_stall_timeout_seconds: Seconds = 60
     max_concurrent_streams: int = Field(256, gt=0)
     queue: QueueConfig = QueueConfig()
     fake: FakeClaudeConfig = FakeClaudeConfig()
@@ -473,6 +476,29 @@ class QuotaConfig(Section):
         )
 
 
+# --------------------------------------------------------------------------- resume
+
+
+class ResumeConfig(Section):
+    """Resumable streams: every event is kept for `ttl_seconds` so a client can reconnect."""
+
+    enabled: bool = True
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = None  # None: quotas.redis_url
+    redis_timeout_seconds: Seconds = 1.0
+    ttl_seconds: Seconds = 300
+    detach_grace_seconds: float = Field(15, ge=0)
+    max_buffer_bytes: int = Field(1024 * 1024, gt=0)  # per stream
+    max_total_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory store, all streams
+    max_subscribers: int = Field(4, gt=0)  # clients reading one stream at once
+    on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_can_use(cls, value: SecretStr | None) -> SecretStr | None:
+        return QuotaConfig._redis_can_use(value)
+
+
 # --------------------------------------------------------------------------- telemetry
 
 
@@ -521,6 +547,9 @@ class RouteConfig(Section):
     cors: dict[str, Any] | None = None
     screening: dict[str, Any] | None = None
     quotas: dict[str, Any] | None = None
+    # Only `enabled` may be set per route; on an anthropic route it makes resume the
+    # default (else a request opts in with the `Sidecar-Resume: on` header).
+    resume: dict[str, Any] | None = None
 
     @field_validator("path")
     @classmethod
@@ -548,6 +577,7 @@ class Config(Section):
     cors: CorsConfig = CorsConfig()
     screening: ScreeningConfig = ScreeningConfig()
     quotas: QuotaConfig = QuotaConfig()
+    resume: ResumeConfig = ResumeConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     routes: list[RouteConfig] = Field(default_factory=list)
 
@@ -567,4 +597,18 @@ class Config(Section):
         paths = [route.path for route in self.routes]
         if len(paths) != len(set(paths)):
             raise ValueError("routes: paths must be unique")
+        resume = self.resume
+        if resume.enabled and resume.store == "redis" and self.resume_redis_url is None:
+            raise ValueError("resume: store 'redis' needs resume.redis_url or quotas.redis_url")
+        for i, route in enumerate(self.routes):
+            extra = set(route.resume or {}) - {"enabled"}
+            if extra:
+                raise ValueError(f"routes.{i}.resume: only 'enabled' can be set per route")
+            if route.resume is not None and not isinstance(route.resume.get("enabled"), bool):
+                raise ValueError(f"routes.{i}.resume.enabled: must be true or false")
         return self
+
+    @property
+    def resume_redis_url(self) -> SecretStr | None:
+        """Where the Redis resume store lives: its own URL, else the quota store's."""
+        return self.resume.redis_url or self.quotas.redis_url

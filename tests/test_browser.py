@@ -134,8 +134,9 @@ async def test_event_source_streams_tokens_then_done(
             result = await page.evaluate(EVENT_SOURCE_JS, url)
     assert result["ok"] is True
     seen = result["seen"]
-    # One message event per token, each with its own id, then `done` with usage.
-    assert [event["id"] for event in seen[:-1]] == [str(i) for i in range(1, 13)]
+    # One message event per token, each with its own id `<stream id>:<n>`, then `done` with usage.
+    stream_id = seen[0]["id"].rpartition(":")[0]
+    assert [event["id"] for event in seen] == [f"{stream_id}:{i}" for i in range(1, 14)]
     assert len(tokens_in_order(seen)) == 12
     assert seen[-1]["data"]["done"] is True
     assert seen[-1]["data"]["usage"]["output_tokens"] == 12

@@ -26,15 +26,17 @@ async def test_slow_client_pauses_claude_and_loses_nothing(sidecar_for: SidecarF
         reader, writer = await slow_client(sidecar.port, body)
 
         def live() -> LiveStream | None:
-            streams = list(sidecar.runtime.streams._streams)
+            streams = list(sidecar.runtime.streams)
             return streams[0] if streams else None
 
         async def paused() -> bool:
             stream = live()
-            return stream is not None and stream._paused
+            return stream is not None and stream.paused
 
         await eventually(paused)  # the client's buffers are full: Claude is paused, not buffered
-        queued = sidecar.runtime.streams._streams.copy().pop()._transport.get_write_buffer_size()
+        stream = live()
+        assert stream is not None
+        queued = stream.generation.subscribers[0].channel.buffered()
         assert queued < 2 * 1024 * 1024  # held back at the high-water mark, not the whole stream
         await asyncio.sleep(0.6)  # paused for longer than the idle timeout: still not idle
         assert live() is not None

@@ -7,22 +7,22 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sidecar.record import StreamRecord
+from sidecar.record import OPERATION, StreamRecord
 from sidecar.telemetry.instruments import Instruments
 
 PROVIDER: Final = "anthropic"
-NOT_FAILED: Final = frozenset({"completed", "client_cancelled"})
+NOT_FAILED: Final = frozenset({"completed", "client_cancelled", "client_detached"})
 
 
 def failed(record: StreamRecord) -> bool:
-    """Outcomes other than completed / client_cancelled carry `error.type`."""
+    """Outcomes other than completed / client_cancelled / client_detached carry `error.type`."""
     return record.outcome not in NOT_FAILED
 
 
 def start_attributes(record: StreamRecord) -> dict[str, Any]:
     """Attributes known when the CLIENT span starts (samplers see these)."""
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": record.operation,
+        "gen_ai.operation.name": OPERATION,
         "gen_ai.provider.name": PROVIDER,
         "gen_ai.request.model": record.request_model,
         "gen_ai.request.stream": record.stream,
@@ -76,7 +76,7 @@ def end_attributes(record: StreamRecord, is_failed: bool | None = None) -> dict[
 def metric_attributes(record: StreamRecord, is_failed: bool | None = None) -> dict[str, Any]:
     """The spec's common metric attributes; all bounded (never ids, users or text)."""
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": record.operation,
+        "gen_ai.operation.name": OPERATION,
         "gen_ai.provider.name": PROVIDER,
         "gen_ai.request.model": record.request_model,
         "server.address": record.server_address,
