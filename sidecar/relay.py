@@ -28,7 +28,7 @@ from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import PING
 from sidecar.stream import adapter
 from sidecar.stream.core import StopStream, StreamCore, Translator
-from sidecar.stream.hub import FIRST_SEND, HIGH_WATER, Generation
+from sidecar.stream.hub import FIRST_SEND, HIGH_WATER, Generation, Subscriber
 
 __all__ = ["FIRST_SEND", "HIGH_WATER", "LiveStream", "StopStream", "StreamRegistry", "Translator"]
 
@@ -38,7 +38,7 @@ class LiveStream:
 
     __slots__ = (
         "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
-        "_seen", "_tick_every", "_timer", "_wakeup", "core", "generation", "heartbeat",
+        "_seen", "_tick_every", "_timer", "_waiting_for", "_wakeup", "core", "generation", "heartbeat",
         "idle_timeout", "record", "stall_timeout", "upstream",
     )  # fmt: skip
 
@@ -58,6 +58,7 @@ class LiveStream:
         self._wakeup: asyncio.Future[None] | None = None
         self._paused = False
         self._paused_at = 0.0
+        self._waiting_for: list[Subscriber] = []  # the clients a pause waits for
         self.upstream = upstream
         self.core = core
         self.record: StreamRecord = core.record
@@ -140,8 +141,11 @@ class LiveStream:
                     adapter.resume_upstream(upstream)
             self.generation.end(self.core.end(self._end))
         except asyncio.CancelledError:
-            self.record.outcome = "client_cancelled"
-            self.generation.end(b"")
+            if isinstance(self._end, StopStream):  # ended first (a stalled client is cut)
+                self.generation.end(self.core.end(self._end))
+            else:
+                self.record.outcome = "client_cancelled"
+                self.generation.end(b"")
             raise
         finally:
             adapter.stop_push(upstream)
@@ -167,7 +171,7 @@ class LiveStream:
     async def _drained(self) -> bool:
         """Wait for slow clients to catch up (True) or the stream to be ended (False)."""
         generation = self.generation
-        lagging = generation.lagging()
+        lagging = self._waiting_for = generation.lagging()
         if not lagging:
             return True
         # Once per pause, not per event.
@@ -180,6 +184,7 @@ class LiveStream:
             self._wakeup = self._loop.create_future()
         if not all(d.done() for d in drains):
             return False  # left to finish on their own: cancelling would break later drains
+        self._waiting_for = []
         for subscriber, drain in zip(lagging, drains, strict=True):
             error = drain.exception()
             if error is None:
@@ -241,7 +246,7 @@ class LiveStream:
 
     def _cut_stalled(self) -> None:
         """A client took nothing for the stall timeout: its connection is cut, the stream ends."""
-        for subscriber in self.generation.lagging():
+        for subscriber in self._waiting_for:
             subscriber.channel.abort()
         self.stop(
             "client_stalled",

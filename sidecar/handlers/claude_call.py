@@ -190,11 +190,11 @@ async def call_claude(
             telemetry.queue_wait(record.queue_wait, admitted=False)
         raise
     except (asyncio.CancelledError, ConnectionResetError):
-        if record.outcome is None:  # the relay may already know better
+        if record.outcome is None and not handed_off:  # the relay may already know better
             record.outcome = "client_cancelled"
         raise
     except Exception as exc:
-        if record.outcome is None:
+        if record.outcome is None and not handed_off:
             record.outcome = "upstream_error"
             record.error_type = record.error_type or type(exc).__name__
         raise

@@ -189,7 +189,7 @@ class RedisResumeStore(ResumeStore):
         if queued and queued[-1][2]:
             pipe.hset(meta, "final", queued[-1][0])
         if log_.base > log_.trimmed:  # over max_buffer_bytes: the oldest events go
-            pipe.xtrim(events, minid=f"0-{log_.base + 1}")
+            pipe.xtrim(events, minid=f"0-{log_.base + 1}", approximate=False)
             log_.trimmed = log_.base
         pipe.pexpire(events, self._ttl_ms)
         pipe.pexpire(meta, self._ttl_ms)
