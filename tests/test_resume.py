@@ -8,17 +8,24 @@ stream read whole, byte for byte, Claude was called once and the tokens charged 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from sidecar.fake_claude import FakeServer
 from tests.conftest import SidecarFactory
 from tests.helpers_resume import ROUTE, cutting_proxy, sse_request
-from tests.support import eventually
+from tests.redis_server import RedisServer
+from tests.support import eventually, free_port, spawn_sidecar, stop_process, wait_ready
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
 
@@ -218,3 +225,84 @@ def _sha(key: str) -> str:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# ---------------------------------------------------------------------------- across replicas
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    tmp_path: Path, name: str, fake: FakeServer, redis: RedisServer
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """A `sidecar run` process using the shared fake Claude and Redis resume store."""
+    port, admin = free_port(), free_port()
+    path = tmp_path / f"{name}.yaml"
+    config = {
+        "server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
+                   "shutdown_grace_seconds": 1},
+        "claude": {"base_url": fake.url, "api_key": "sk-sidecar"},
+        "resume": {"store": "redis", "redis_url": redis.url, "detach_grace_seconds": 10},
+        "telemetry": {"log_format": "json"},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    process = spawn_sidecar(path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, f"http://127.0.0.1:{admin}")
+        yield process, port, path
+    finally:
+        stop_process(process, path)
+
+
+def completed_lines(path: Path) -> list[str]:
+    log = path.with_suffix(".log").read_text(errors="replace")
+    return [line for line in log.splitlines() if '"stream_complete"' in line]
+
+
+async def test_a_cut_stream_resumes_on_another_replica_sharing_redis(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, path_a),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, path_b),
+        cutting_proxy(port_a, after=8) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=SLOW)
+        assert len(first.events) == 8
+        rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+        whole = await sse_request(port_b, target=f"{ROUTE}?last_event_id={first.stream_id}:0")
+    assert rest.status == 200
+    assert rest.events[0].id == f"{first.stream_id}:9"
+    assert rest.events[-1].data.get("done") is True
+    joined = first.payload[: first.payload.rfind(b"\n\n") + 2] + rest.payload
+    assert joined == whole.payload  # byte for byte, across replicas
+    assert len(first.text + rest.text) > 0
+    assert fake.state.counters["requests"] == 1  # Claude was called once
+    assert len(completed_lines(path_a)) == 1  # settled once, by the producing replica
+    assert completed_lines(path_b) == []
+
+
+async def test_a_killed_producer_leaves_its_events_and_then_stream_lost(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        cutting_proxy(port_a, after=5) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=slow)
+        await asyncio.sleep(0.5)  # more events were generated (and written to Redis) meanwhile
+        process_a.send_signal(signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+        took = loop.time() - started
+        again = await sse_request(port_b, headers={"Last-Event-ID": rest.last_id})
+    assert rest.status == 200
+    tokens = [e for e in rest.events if "token" in e.data]
+    assert len(tokens) >= 5  # what the dead replica buffered after the cut
+    assert rest.events[0].id == f"{first.stream_id}:6"
+    assert rest.events[-1].data["error"]["type"] == "stream_lost"
+    assert took < 10  # the liveness key lapses within seconds: never a hang
+    assert again.status == 204  # the lost event is now the stream's final one
