@@ -306,3 +306,58 @@ async def test_a_killed_producer_leaves_its_events_and_then_stream_lost(
     assert rest.events[-1].data["error"]["type"] == "stream_lost"
     assert took < 10  # the liveness key lapses within seconds: never a hang
     assert again.status == 204  # the lost event is now the stream's final one
+
+
+# ---------------------------------------------------------------------------- anthropic route
+
+
+async def test_the_anthropic_route_stays_byte_faithful_unless_resume_is_asked_for(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = json.dumps({
+        "model": "claude-sonnet-5-5", "max_tokens": 64, "stream": True,
+        "messages": [{"role": "user", "content": "[[fake tokens=12 tps=60]] hi"}],
+    }).encode()  # fmt: skip
+    async with sidecar_for(resumable()) as sidecar:
+        plain = await sse_request(sidecar.port, "POST", "/v1/messages", {}, body)
+        async with cutting_proxy(sidecar.port, after=6) as proxy:
+            opted = await sse_request(
+                proxy.port, "POST", "/v1/messages", {"Sidecar-Resume": "on"}, body
+            )
+        stream_id = opted.headers["sidecar-stream-id"]
+        cursor = f"{stream_id}:6"
+        assert opted.payload.count(b"\n\n") == 6
+        rest = await sse_request(
+            sidecar.port, "POST", "/v1/messages", {"Last-Event-ID": cursor}, body
+        )
+    assert b"id: " not in plain.payload  # the default: Claude's bytes exactly
+    assert "sidecar-stream-id" not in plain.headers
+    resumed = [block for block in (opted.payload + rest.payload).split(b"\n\n") if block]
+    events = [block for block in plain.payload.split(b"\n\n") if block]
+    # The same events as the plain stream, each with an `id:` line put in front.
+    assert [b.split(b"\n", 1)[0] for b in resumed] == [
+        f"id: {stream_id}:{n}".encode() for n in range(1, len(resumed) + 1)
+    ]
+    unnumbered = [b.split(b"\n", 1)[1] for b in resumed]
+    assert [b.split(b"\n", 1)[0] for b in unnumbered] == [b.split(b"\n", 1)[0] for b in events]
+    deltas = [b for b in unnumbered if b.startswith(b"event: content_block_delta")]
+    assert deltas == [b for b in events if b.startswith(b"event: content_block_delta")]
+    assert fake.state.counters["requests"] == 2  # the resume did not call Claude
+
+
+async def test_the_anthropic_sdk_reads_a_resumable_stream_untouched(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    import anthropic
+
+    config = {**resumable(), "routes": [{"path": "/v1/", "handler": "anthropic",
+                                         "resume": {"enabled": True}}]}  # fmt: skip
+    async with sidecar_for(config) as sidecar:
+        client = anthropic.AsyncAnthropic(base_url=sidecar.url, api_key="unused", max_retries=0)
+        async with client.messages.stream(
+            model="claude-sonnet-5-5", max_tokens=64,
+            messages=[{"role": "user", "content": "[[fake tokens=8]] hello"}],
+        ) as stream:  # fmt: skip
+            text = await stream.get_final_text()
+        await client.close()
+    assert len(text.split()) >= 7
