@@ -331,10 +331,11 @@ class AuthConfig(Section):
 
 _DEFAULT_ALLOW_HEADERS = [
     "authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
-    "last-event-id", "x-request-id", "traceparent", "tracestate",
+    "last-event-id", "x-request-id", "traceparent", "tracestate", "sidecar-resume",
 ]  # fmt: skip
 _DEFAULT_EXPOSE_HEADERS = [
-    "x-request-id", "request-id", "retry-after", "retry-after-ms",
+    "x-request-id", "request-id", "retry-after", "retry-after-ms", "sidecar-stream-id",
+    "sidecar-resume",
     "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
     "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
     "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",
@@ -354,7 +355,8 @@ def _as_browsers_send(origin: str) -> str:
 class CorsConfig(Section):
     allow_origins: list[str] = Field(default_factory=list)
     allow_credentials: bool = False
-    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    # DELETE: a page's Stop button cancels a resumable stream (`DELETE <route>/<stream id>`).
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
     allow_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_ALLOW_HEADERS))
     expose_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_EXPOSE_HEADERS))
     max_age_seconds: int = Field(600, ge=0)
