@@ -355,8 +355,7 @@ def _as_browsers_send(origin: str) -> str:
 class CorsConfig(Section):
     allow_origins: list[str] = Field(default_factory=list)
     allow_credentials: bool = False
-    # DELETE: a page's Stop button cancels a resumable stream (`DELETE <route>/<stream id>`).
-    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
     allow_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_ALLOW_HEADERS))
     expose_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_EXPOSE_HEADERS))
     max_age_seconds: int = Field(600, ge=0)
