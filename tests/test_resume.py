@@ -203,7 +203,7 @@ async def test_an_explicit_cancel_stops_claude_at_once(
     async with sidecar_for(resumable(detach_grace_seconds=30)) as sidecar:
         reading = asyncio.create_task(sse_request(sidecar.port, target=ROUTE + slow))
         await eventually(lambda: _true(fake.state.open_streams == 1))
-        live = list(sidecar.runtime.resume.hub._live)
+        live = sidecar.runtime.resume.hub.stream_ids()
         assert len(live) == 1
         async with aiohttp.ClientSession() as http:
             async with http.delete(f"{sidecar.url}{ROUTE}/{live[0]}") as response:
@@ -361,3 +361,64 @@ async def test_the_anthropic_sdk_reads_a_resumable_stream_untouched(
             text = await stream.get_final_text()
         await client.close()
     assert len(text.split()) >= 7
+
+
+# ---------------------------------------------------------------------------- store failures
+
+
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+async def test_a_resume_store_outage_never_fails_the_stream_unless_told_to(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer, mode: str
+) -> None:
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "redis_timeout_seconds": 0.5, "on_store_error": mode}}  # fmt: skip
+    async with sidecar_for(config) as sidecar:
+        healthy = await sse_request(sidecar.port, target=SLOW)
+        await redis_server.kill()
+        reply = await sse_request(sidecar.port, target=SLOW)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sidecar.admin_url + "/metrics") as response:
+                metrics = await response.text()
+    assert healthy.headers["sidecar-stream-id"]
+    errors = [
+        line for line in metrics.splitlines() if line.startswith("sidecar_resume_store_errors")
+    ]
+    assert errors
+    assert f'sidecar_resume_on_store_error="{mode}"' in errors[0]
+    if mode == "fail_open":
+        assert reply.status == 200
+        assert reply.headers["sidecar-resume"] == "unavailable"  # streamed, but not resumable
+        assert "sidecar-stream-id" not in reply.headers
+        assert reply.events[-1].data.get("done") is True
+        assert fake.state.counters["requests"] == 2
+    else:
+        assert reply.status == 503
+        assert json.loads(reply.payload)["error"]["type"] == "overloaded"
+        assert fake.state.counters["requests"] == 1  # refused before Claude was called
+
+
+async def test_readers_of_one_stream_are_bounded(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D200%20tps%3D40%5D%5D%20long"
+    async with sidecar_for(resumable(max_subscribers=2)) as sidecar:
+        first = asyncio.create_task(sse_request(sidecar.port, target=slow))
+        await eventually(lambda: _true(len(sidecar.runtime.resume.hub) == 1))
+        (stream_id,) = sidecar.runtime.resume.hub.stream_ids()
+        second = asyncio.create_task(
+            sse_request(sidecar.port, headers={"Last-Event-ID": f"{stream_id}:0"})
+        )
+
+        async def two_readers() -> bool:
+            live = sidecar.runtime.resume.hub.get(stream_id)
+            return live is not None and len(live[0].subscribers) == 2
+
+        await eventually(two_readers)
+        third = await sse_request(sidecar.port, headers={"Last-Event-ID": f"{stream_id}:0"})
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(f"{sidecar.url}{ROUTE}/{stream_id}") as response:
+                assert response.status == 204
+        one, two = await first, await second
+    assert third.status == 429
+    assert one.payload == two.payload  # both readers got every event, the same bytes
+    assert one.events[-1].data["error"]["type"] == "cancelled"

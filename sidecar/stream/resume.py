@@ -78,6 +78,10 @@ class LiveGenerations:
         if generation.stream_id is not None:
             self._live.pop(generation.stream_id, None)
 
+    def stream_ids(self) -> list[str]:
+        """The ids of the generations live here."""
+        return list(self._live)
+
     def get(self, stream_id: str) -> tuple[Generation, Span] | None:
         return self._live.get(stream_id)
 
