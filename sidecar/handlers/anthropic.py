@@ -58,13 +58,8 @@ def _lost_event(error_type: str, message: str) -> bytes:
 
 def _resume_wanted(ctx: RequestContext) -> bool:
     """Resume on the Anthropic route is opt-in: the route's `resume.enabled` or the header."""
-    config = ctx.runtime.config
-    if not config.resume.enabled:
-        return False
-    route = config.routes[ctx.route.index].resume
-    if route is not None:
-        return bool(route["enabled"])
-    return ctx.request.headers.get(RESUME_HEADER, "").strip().lower() in ("on", "1", "true")
+    asked = ctx.request.headers.get(RESUME_HEADER, "").strip().lower() in ("on", "1", "true")
+    return resume.enabled_on(ctx, default=asked)
 
 
 def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:

@@ -185,7 +185,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
     """Validate, screen, admit and stream one prompt."""
     request = ctx.request
     config = ctx.runtime.config
-    resumable = config.resume.enabled
+    resumable = resume.enabled_on(ctx, default=True)
     if resumable:
         stream_id = _stream_id_in_path(ctx)
         if stream_id is not None:

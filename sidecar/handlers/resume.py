@@ -32,10 +32,20 @@ from sidecar.stream.resume import (
 )
 from sidecar.stream.store import BeyondEnd, StoreError, StreamInfo, StreamLost
 
-__all__ = ["QUERY", "cancel", "cursor_of", "prepare", "resume"]
+__all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
 log = logging.getLogger("sidecar.resume")
 # The final event of a stream whose producer died: (error type, message) → event bytes.
 LostEvent = Callable[[str, str], bytes]
+
+
+def enabled_on(ctx: RequestContext, *, default: bool) -> bool:
+    """Resume on this route: off when `resume.enabled` is false, else the route's own
+    `resume.enabled`, else `default` (on for the prompt route, opt-in elsewhere)."""
+    config = ctx.runtime.config
+    if not config.resume.enabled:
+        return False
+    route = config.routes[ctx.route.index].resume
+    return default if route is None else bool(route["enabled"])
 
 
 def cursor_of(request: web.Request) -> str | None:
