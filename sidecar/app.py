@@ -25,6 +25,7 @@ from sidecar.quotas import QuotaGate
 from sidecar.relay import StreamRegistry
 from sidecar.routes import RouteTable
 from sidecar.runtime import Runtime, RuntimeHolder, SharedPool
+from sidecar.stream.resume import Resume, make_store, store_key
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import ClaudeClient
 
@@ -124,6 +125,13 @@ def _admission_key(config: Config) -> tuple[object, ...]:
     return (claude.max_concurrent_streams, claude.queue.max_waiting, claude.queue.max_wait_seconds)
 
 
+async def _open_resume(config: Config, own: contextlib.AsyncExitStack) -> Resume:
+    resume = Resume(make_store(config))
+    await resume.store.start()
+    own.push_async_callback(resume.close)
+    return resume
+
+
 async def _open_admission(config: Config, own: contextlib.AsyncExitStack) -> Admission:
     return Admission(config.claude)
 
@@ -181,6 +189,8 @@ async def _open_runtime(
             stack, "admission", _admission_key(config), partial(_open_admission, config)
         ),
         streams=StreamRegistry(),
+        # Buffers and live generations carry over a reload unless where they are kept changed.
+        resume=await shared.use(stack, "resume", store_key(config), partial(_open_resume, config)),
         claude=ClaudeClient(
             config.claude,
             base_url,

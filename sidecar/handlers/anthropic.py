@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.errors import Rejection, anthropic_error_body, bad_request
+from sidecar.handlers import resume
 from sidecar.handlers.claude_call import (
     ClaudeRequest,
     call_claude,
@@ -27,8 +28,8 @@ from sidecar.handlers.request_body import (
     read_body,
 )
 from sidecar.pipeline import RequestContext
-from sidecar.record import Outcome
-from sidecar.relay import Translator
+from sidecar.record import Outcome, StreamRecord
+from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt, read_answer, returned_headers
 
 
@@ -40,6 +41,29 @@ class Passthrough(Translator):
 
 
 PASSTHROUGH = Passthrough()
+
+
+class NumberedPassthrough(Passthrough):
+    """Claude's events unchanged but whole, so a resumable stream can put an `id:` on each."""
+
+    passthrough = False
+
+    def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
+        return block + b"\n\n"
+
+
+NUMBERED = NumberedPassthrough()
+RESUME_HEADER = "Sidecar-Resume"  # `on`: this stream is resumable (opt-in on this route)
+
+
+def _lost_event(error_type: str, message: str) -> bytes:
+    return b"event: error\ndata: " + anthropic_error_body(error_type, message, "") + b"\n\n"
+
+
+def _resume_wanted(ctx: RequestContext) -> bool:
+    """Resume on the Anthropic route is opt-in: the route's `resume.enabled` or the header."""
+    asked = ctx.request.headers.get(RESUME_HEADER, "").strip().lower() in ("on", "1", "true")
+    return resume.enabled_on(ctx, default=asked)
 
 
 def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
@@ -92,7 +116,13 @@ async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
     path, query = upstream_path(ctx)
     call = path.rstrip("/")
     if call == "/v1/messages":
+        cursor = resume.cursor_of(ctx.request) if ctx.runtime.config.resume.enabled else None
+        if cursor is not None and ctx.request.method == "POST":
+            return await resume.resume(ctx, cursor, _lost_event)
         return await _messages(ctx, call + query)
+    deleting = ctx.request.method == "DELETE" and call.startswith("/v1/messages/")
+    if deleting and ctx.runtime.config.resume.enabled:  # DELETE /v1/messages/<stream id>
+        return await resume.cancel(ctx, call.rpartition("/")[2])
     if call == "/v1/messages/count_tokens":
         return await _count_tokens(ctx, call + query)
     if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):
@@ -136,7 +166,8 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
     )
-    return await call_claude(ctx, call, record, PASSTHROUGH)
+    plan = await resume.prepare(ctx) if stream and _resume_wanted(ctx) else None
+    return await call_claude(ctx, call, record, NUMBERED if plan else PASSTHROUGH, plan)
 
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
