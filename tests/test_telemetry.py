@@ -574,13 +574,14 @@ async def test_idle_timeout_and_shutdown_outcomes(sidecar_for: SidecarFactory, o
             assert b"token" in await live.content.readuntil(b"\n\n")
         # Leaving the block shut the sidecar down under the live stream.
         tail = await live.read()
-        assert b"shutting_down" in tail
+        assert b"stream_lost" in tail  # resumable only in this process: lost with it
+        assert b"shutting down" in tail
     outcomes = {
         (s.attributes or {})["sidecar.stream.outcome"]: s.attributes or {}
         for s in otel.spans(SpanKind.CLIENT)
     }
     assert outcomes["idle_timeout"]["error.type"] == "timeout_error"
-    assert outcomes["shutting_down"]["error.type"] == "overloaded_error"
+    assert outcomes["shutting_down"]["error.type"] == "stream_lost"
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "idle_timeout"}) == 1
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "shutting_down"}) == 1
 
