@@ -314,6 +314,9 @@ async def _hand_off(
     )
     live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
     resumable.log.on_cancel = generation.cancel  # a cancel asked on another replica
+    context = held.span.get_span_context()
+    if context.is_valid:  # resumes on any replica link to this stream's span
+        resumable.log.set_origin(f"{context.trace_id:032x}-{context.span_id:016x}")
     hub = runtime.resume.hub
     hub.add(generation, held.span)
     runtime.streams.add(live)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from sidecar import sse
 from sidecar.errors import Rejection
@@ -157,6 +158,9 @@ async def _from_store(
         raise _beyond_end()
     if after < info.first - 1 or (info.final and after == info.last):
         return _gone(ctx, "expired")
+    origin = _span_context(info.origin)
+    if origin is not None:
+        ctx.span.add_link(origin)
     channel = await _start(ctx, stream_id)
     replayed = 0
     result = "resumed"
@@ -185,6 +189,18 @@ async def _from_store(
     runtime.telemetry.resumed(result, replayed)
     await channel.end()
     return channel.response
+
+
+def _span_context(origin: str) -> SpanContext | None:
+    """The producing stream's span as stored (`<trace id>-<span id>`), if any."""
+    trace_id, _, span_id = origin.partition("-")
+    try:
+        context = SpanContext(
+            int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(1)
+        )
+    except ValueError:
+        return None
+    return context if context.is_valid else None
 
 
 async def _start(ctx: RequestContext, stream_id: str) -> ClientChannel:
