@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from sidecar import sse
 from sidecar.errors import Rejection
-from sidecar.handlers.claude_call import Resumable
+from sidecar.handlers.claude_stream import Resumable
 from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.hub import Subscriber
