@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.app import build_apps
-from sidecar.config import Config, split_host_port
+from sidecar.config import Config, redact_url, split_host_port
 from sidecar.keys import RUNTIMES
 from sidecar.listener import TrafficRunner
 from sidecar.pipeline import UNMATCHED
@@ -119,8 +120,30 @@ class SidecarServer:
         host, _ = split_host_port(self.config.server.admin_listen)
         return f"http://{_client_host(host)}:{self.admin_port}"
 
+    def traffic_sockets(self) -> list[socket.socket]:
+        """The traffic listener's bound sockets (accepted connections inherit their options)."""
+        # aiohttp keeps a site's asyncio server private; `runner.addresses` reads it the same way.
+        return [
+            sock
+            for site in self._sites
+            if site._server is not None  # started
+            for sock in getattr(site._server, "sockets", ())
+        ]
+
     async def start(self) -> None:
-        """Bind both listeners (port 0 picks a free port; see `port` / `admin_port`)."""
+        """Bind both listeners (port 0 picks a free port; see `port` / `admin_port`).
+
+        On failure (a port in use, a bad certificate) everything opened so far is closed
+        again before the error propagates: sessions, stores, telemetry, a bound listener.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self._traffic.cleanup()
+            await self._admin.cleanup()
+            raise
+
+    async def _start(self) -> None:
         await self._traffic.setup()
         await self._admin.setup()
         host, port = split_host_port(self.config.server.listen)
@@ -174,7 +197,11 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
         return 1
     log.info(
         "sidecar serving",
-        extra={"url": server.url, "admin_url": server.admin_url, "claude": config.claude.base_url},
+        extra={
+            "url": server.url,
+            "admin_url": server.admin_url,
+            "claude": redact_url(config.claude.base_url),
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,6 @@
-"""The app handler over real sockets: streaming both ways, SSE, WebSocket, headers, 502/504."""
+"""The app handler over real sockets: streaming both ways, SSE, WebSocket (close codes,
+refusals), headers (identity stripped in every spelling, forwarding headers believed only from
+trusted proxies, the sidecar's CORS over the app's), bodyless answers, 502/504."""
 
 from __future__ import annotations
 
@@ -17,98 +19,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_header
-from tests.conftest import SidecarFactory
-from tests.support import free_port, serving
+from tests.support.apps import AppState, echoed_headers, running_app
+from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import free_port
 
 BODY_CHUNK = b"x" * 65536
-
-
-class AppState:
-    def __init__(self) -> None:
-        self.first_upload_bytes = asyncio.Event()
-        self.sse_sent: list[float] = []
-
-
-STATE = web.AppKey("state", AppState)
-
-
-async def echo_headers(request: web.Request) -> web.Response:
-    return web.json_response({"headers": dict(request.headers), "path_qs": request.path_qs,
-                              "method": request.method})  # fmt: skip
-
-
-async def upload(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    total = 0
-    chunks = 0
-    async for chunk in request.content.iter_any():
-        total += len(chunk)
-        chunks += 1
-        state.first_upload_bytes.set()
-    return web.json_response({"bytes": total, "chunks": chunks})
-
-
-async def sse(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    for i in range(5):
-        await response.write(f"data: {i}\n\n".encode())
-        state.sse_sent.append(time.monotonic())
-        await asyncio.sleep(0.05)
-    await response.write_eof()
-    return response
-
-
-async def websocket(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(protocols=["chat"])
-    await ws.prepare(request)
-    async for message in ws:
-        if message.type == aiohttp.WSMsgType.TEXT:
-            await ws.send_str("echo:" + message.data)
-        elif message.type == aiohttp.WSMsgType.BINARY:
-            await ws.send_bytes(message.data[::-1])
-    return ws
-
-
-async def hop_headers(request: web.Request) -> web.Response:
-    return web.Response(
-        text="ok",
-        headers={"Connection": "close, X-Private", "X-Private": "secret", "Keep-Alive": "timeout=5",
-                 "X-Kept": "yes"},
-    )  # fmt: skip
-
-
-async def slow(request: web.Request) -> web.Response:
-    await asyncio.sleep(5)
-    return web.Response(text="late")
-
-
-async def gzipped(request: web.Request) -> web.Response:
-    return web.Response(body=gzip.compress(b"hello " * 100), headers={"Content-Encoding": "gzip"},
-                        content_type="text/plain")  # fmt: skip
-
-
-async def in_flight(request: web.Request) -> web.Response:
-    await asyncio.sleep(0.5)
-    return web.Response(text="finished")
-
-
-@contextlib.asynccontextmanager
-async def running_app() -> AsyncIterator[tuple[str, AppState]]:
-    app = web.Application()
-    state = AppState()
-    app[STATE] = state
-    app.router.add_route("*", "/echo{tail:.*}", echo_headers)
-    app.router.add_post("/upload", upload)
-    app.router.add_get("/sse", sse)
-    app.router.add_get("/ws", websocket)
-    app.router.add_get("/hop", hop_headers)
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/gzip", gzipped)
-    app.router.add_get("/inflight", in_flight)
-    async with serving(app) as url:
-        yield url, state
 
 
 @pytest.fixture
@@ -132,12 +47,12 @@ async def test_headers_forwarded_identity_stripped_hop_by_hop_dropped(
         + "b" * 16 + "-01", "X-Custom": "kept",
     }  # fmt: skip
     async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
-        async with http.get(sidecar.url + "/echo/a%2Fb?q=1&q=2", headers=sent) as response:
+        async with http.get(sidecar.url + "/echo/a%20b%3fc?q=1&q=2", headers=sent) as response:
             assert response.status == 200
             assert "X-Request-Id" in response.headers
             seen = await response.json()
-    headers = {k.lower(): v for k, v in seen["headers"].items()}
-    assert seen["path_qs"] == "/echo/a%2Fb?q=1&q=2"
+    headers = echoed_headers(seen)
+    assert seen["path_qs"] == "/echo/a%20b%3Fc?q=1&q=2"
     assert "x-sidecar-user" not in headers
     assert "x-sidecar-tenant" not in headers
     assert "x-drop-me" not in headers
@@ -158,7 +73,7 @@ async def test_trusted_proxy_forwarded_for_is_appended(
     async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
         headers = {"X-Forwarded-For": "203.0.113.9"}
         async with http.get(sidecar.url + "/echo", headers=headers) as response:
-            seen = {k.lower(): v for k, v in (await response.json())["headers"].items()}
+            seen = echoed_headers(await response.json())
     assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
 
 
@@ -248,37 +163,121 @@ async def test_app_down_is_502_and_slow_is_504(
             assert (await r.json())["error"]["type"] == "timeout"
 
 
-async def test_admin_endpoints_and_draining(
-    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+async def test_identity_header_spelled_with_underscores_is_stripped(
+    sidecar_for: SidecarFactory,
 ) -> None:
-    url, _ = app_upstream
-    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
-        async with http.get(sidecar.admin_url + "/healthz") as r:
-            assert r.status == 200
-        async with http.get(sidecar.admin_url + "/readyz") as r:
-            assert r.status == 200
-        async with http.get(sidecar.url + "/echo") as r:
-            assert r.status == 200
-        async with http.get(sidecar.admin_url + "/metrics") as r:
-            text = await r.text()
-            assert r.status == 200
-            assert "http_server_request_duration_seconds_bucket" in text
-        # The admin listener is not the traffic listener: no admin paths on traffic.
-        async with http.get(sidecar.url + "/metrics") as r:
-            assert "sidecar_streams" not in await r.text()
-        pending = asyncio.create_task(http.get(sidecar.url + "/inflight"))
-        await asyncio.sleep(0.1)
-        shutdown = asyncio.create_task(sidecar.shutdown(grace=3))
-        await asyncio.sleep(0.05)
-        async with http.get(sidecar.admin_url + "/readyz") as r:
-            assert r.status == 503
-            assert json.loads(await r.text())["checks"]["lifecycle"] == "draining"
-        response = await pending
-        assert response.status == 200
-        assert await response.text() == "finished"  # in-flight work finished within the grace
-        await shutdown
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await http.get(sidecar.url + "/echo")
+    # WSGI/CGI servers map `X_Sidecar_User` and `X-Sidecar-User` to the same HTTP_X_SIDECAR_USER.
+    async with running_app() as (url, _), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            sent = {"X_Sidecar_User": "mallory", "x_sidecar-tenant": "evil", "X-Kept_1": "yes"}
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                assert response.status == 200
+                seen = echoed_headers(await response.json())
+    assert "x_sidecar_user" not in seen
+    assert "x_sidecar-tenant" not in seen
+    assert seen["x-kept_1"] == "yes"
+
+
+async def test_websocket_close_code_from_the_app_reaches_the_client(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with running_app() as (url, state), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(sidecar.url + "/ws-close")
+            await ws.send_str("hello")
+            message = await ws.receive(timeout=5)
+            assert message.type == aiohttp.WSMsgType.CLOSE
+            assert message.data == 4001
+            assert message.extra == "not allowed"
+            ws = await http.ws_connect(sidecar.url + "/ws-record")
+            await ws.close(code=4002, message=b"bye")
+            assert await state.ws_closed_by_client.get() == (4002, "bye")
+
+
+async def test_bodyless_statuses_and_head(sidecar_for: SidecarFactory) -> None:
+    async with running_app() as (url, _), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            for status in (204, 304):
+                async with http.get(sidecar.url + f"/empty?status={status}") as response:
+                    assert response.status == status
+                    assert await response.read() == b""
+            async with http.head(sidecar.url + "/head") as response:
+                assert response.status == 200
+                assert response.headers["Content-Length"] == "100"
+            async with http.get(sidecar.url + "/head") as response:
+                assert await response.read() == b"x" * 100
+
+
+async def test_trusted_proxy_scheme_and_host_reach_the_app(sidecar_for: SidecarFactory) -> None:
+    # TLS ends at the ingress: the app must hear https (or it redirects to http forever).
+    sent = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example.com"}
+    async with running_app() as (url, _):
+        trusted = {"app": {"url": url}, "server": {"trusted_proxies": ["127.0.0.0/8"]}}
+        async with sidecar_for(trusted) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = echoed_headers(await response.json())
+        assert seen["x-forwarded-proto"] == "https"
+        assert seen["x-forwarded-host"] == "app.example.com"
+        async with sidecar_for({"app": {"url": url}}) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = echoed_headers(await response.json())
+        assert seen["x-forwarded-proto"] == "http"  # anyone else's claim is replaced
+        assert seen["x-forwarded-host"].startswith("127.0.0.1:")
+
+
+async def test_origin_policy_is_the_sidecars_even_when_the_app_reflects_origins(
+    sidecar_for: SidecarFactory,
+) -> None:
+    allowed = "https://app.example.com"
+    async with running_app() as (url, _):
+        config = {"app": {"url": url}, "cors": {"allow_origins": [allowed]}}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            evil = {"Origin": "https://evil.example"}
+            async with http.get(sidecar.url + "/cors", headers=evil) as response:
+                assert response.status == 200  # the app route lets the request through
+                assert "Access-Control-Allow-Origin" not in response.headers
+                assert "Access-Control-Allow-Credentials" not in response.headers
+            async with http.get(sidecar.url + "/cors", headers={"Origin": allowed}) as response:
+                assert response.headers["Access-Control-Allow-Origin"] == allowed
+                assert response.headers.getall("Access-Control-Allow-Origin") == [allowed]
+
+
+async def test_websocket_the_app_refuses_keeps_the_apps_status(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with running_app() as (url, _), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(sidecar.url + "/ws-forbidden")
+            assert refused.value.status == 403
+            with pytest.raises(aiohttp.WSServerHandshakeError) as missing:
+                await http.ws_connect(sidecar.url + "/no-such-socket")
+            assert missing.value.status == 404
+
+
+async def test_other_forwarding_headers_are_only_believed_from_trusted_proxies(
+    sidecar_for: SidecarFactory,
+) -> None:
+    sent = {
+        "Forwarded": "for=203.0.113.66;proto=https",
+        "X-Real-IP": "203.0.113.66",
+        "X-Forwarded-Port": "8443",
+        "X-Forwarded-Prefix": "/evil",
+        "X-Kept": "yes",
+    }
+    async with running_app() as (url, _):
+        async with sidecar_for({"app": {"url": url}}) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = echoed_headers(await response.json())
+        for name in ("forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix"):
+            assert name not in seen
+        assert seen["x-kept"] == "yes"
+        trusted = {"app": {"url": url}, "server": {"trusted_proxies": ["127.0.0.0/8"]}}
+        async with sidecar_for(trusted) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = echoed_headers(await response.json())
+        assert seen["x-real-ip"] == "203.0.113.66"
+        assert seen["x-forwarded-prefix"] == "/evil"  # the ingress said so
 
 
 # --------------------------------------------------------------------------- request bodies

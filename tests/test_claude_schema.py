@@ -28,7 +28,7 @@ from sidecar.policy.claude_schema import (
     UnknownBlock,
     collect_texts,
 )
-from tests.conftest import SidecarFactory
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 MODEL = "claude-sonnet-5-5"

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar import loader
 from sidecar.fake_claude import FakeServer
 from sidecar.listener import PARSER_REASONS, TrafficProtocol, TrafficRunner, classify
+from sidecar.loader import deep_merge as merge
 from sidecar.server import SidecarServer
-from tests.conftest import SidecarFactory
-from tests.support import BASE, merge
+from tests.support.sidecars import BASE, SidecarFactory
 
 SECRET = "tok-SECRET-4f2a9c"
 

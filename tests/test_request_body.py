@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
 from sidecar.handlers.request_body import decode_body, parse_json_object
-from tests.conftest import SidecarFactory
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 MODEL = "claude-sonnet-5-5"

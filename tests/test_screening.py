@@ -17,7 +17,8 @@ from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
 from sidecar.policy import Screener, collect_texts
 from sidecar.policy.screening import may_change_in_normalize, normalize
-from tests.conftest import SidecarFactory
+from tests.support.sdk import sdk
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 MODEL = "claude-sonnet-5-5"
@@ -119,7 +120,7 @@ async def test_anthropic_route_screens_every_message(
         {"role": "assistant", "content": [{"type": "text", "text": "b" * 3000}]},
         {"role": "user", "content": [{"type": "text", "text": "c" * 1001}]},
     ]
-    denied = [{"role": "user", "content": SECRET_WORDS}, {"role": "assistant", "content": "x"},
+    denied: list[dict[str, Any]] = [{"role": "user", "content": SECRET_WORDS}, {"role": "assistant", "content": "x"},
               {"role": "user", "content": "fine"}]  # fmt: skip
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                          "data": "A" * 1001}}  # fmt: skip
@@ -130,8 +131,7 @@ async def test_anthropic_route_screens_every_message(
                          anthropic_body([{"role": "user", "content": [image]}]))  # fmt: skip
         counted = await post(sidecar.url, "/v1/messages/count_tokens",
                              {"model": MODEL, "messages": denied})  # fmt: skip
-        client = anthropic.AsyncAnthropic(base_url=sidecar.url, api_key="x", max_retries=0)
-        async with client:
+        async with sdk(sidecar.url) as client:
             with pytest.raises(anthropic.BadRequestError) as raised:
                 await client.messages.create(
                     model=MODEL, max_tokens=8, system=SECRET_WORDS,

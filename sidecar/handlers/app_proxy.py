@@ -13,6 +13,7 @@ from typing import Final, cast
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from sidecar.errors import Rejection
 from sidecar.handlers.request_body import (
@@ -85,10 +86,15 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     return headers
 
 
-def _target(ctx: RequestContext) -> str:
+def _target(ctx: RequestContext) -> URL:
+    """The app's URL for this request: its canonical path and query, used verbatim.
+
+    `encoded=True`: nothing resolves or re-quotes the path after routing checked it.
+    """
     app = ctx.runtime.config.app
     assert app is not None
-    return app.url + ctx.request.raw_path
+    query = ctx.request.rel_url.raw_query_string
+    return URL(f"{app.url}{ctx.path}{'?' + query if query else ''}", encoded=True)
 
 
 async def handle_app(ctx: RequestContext) -> web.StreamResponse:

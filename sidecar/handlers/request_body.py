@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,28 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from sidecar.config import ServerConfig
 from sidecar.errors import Rejection, bad_request
+
+MAX_MODEL_CHARS: Final = 128  # Claude's model ids are a few dozen characters
+_MODEL: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_MODEL_CHARS}}}")
+
+
+def parse_model(value: object) -> str:
+    """A request's `model`: printable ASCII, at most MAX_MODEL_CHARS, else 400.
+
+    It becomes a log field and (bounded again by telemetry) a metric label: no client
+    may send megabytes or control characters through it.
+    """
+    if value is None:
+        raise bad_request("model: Field required")
+    if not isinstance(value, str) or not value:
+        raise bad_request("model must be a non-empty string")
+    if not _MODEL.fullmatch(value):
+        raise bad_request(
+            f"model: must be at most {MAX_MODEL_CHARS} printable ASCII characters",
+            reason="model_invalid",
+        )
+    return value
+
 
 _GZIP: Final = 16 + zlib.MAX_WBITS
 _ZLIB: Final = zlib.MAX_WBITS
