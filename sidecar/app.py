@@ -17,6 +17,7 @@ from sidecar.fake_claude import FakeSettings, running_fake_claude
 from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
+from sidecar.handlers.request_body import answer_expectation
 from sidecar.keys import RUNTIMES
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
@@ -24,6 +25,7 @@ from sidecar.quotas import QuotaGate
 from sidecar.relay import StreamRegistry
 from sidecar.routes import RouteTable
 from sidecar.runtime import Runtime, RuntimeHolder, SharedPool
+from sidecar.stream.resume import Resume, make_store, store_key
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import ClaudeClient
 
@@ -123,6 +125,13 @@ def _admission_key(config: Config) -> tuple[object, ...]:
     return (claude.max_concurrent_streams, claude.queue.max_waiting, claude.queue.max_wait_seconds)
 
 
+async def _open_resume(config: Config, own: contextlib.AsyncExitStack) -> Resume:
+    resume = Resume(make_store(config))
+    await resume.store.start()
+    own.push_async_callback(resume.close)
+    return resume
+
+
 async def _open_admission(config: Config, own: contextlib.AsyncExitStack) -> Admission:
     return Admission(config.claude)
 
@@ -180,6 +189,8 @@ async def _open_runtime(
             stack, "admission", _admission_key(config), partial(_open_admission, config)
         ),
         streams=StreamRegistry(),
+        # Buffers and live generations carry over a reload unless where they are kept changed.
+        resume=await shared.use(stack, "resume", store_key(config), partial(_open_resume, config)),
         claude=ClaudeClient(
             config.claude,
             base_url,
@@ -214,5 +225,7 @@ def build_apps(
     app.cleanup_ctx.append(runtime_ctx)
     # Every path reaches the pipeline, which owns the answer (`.` would stop at a decoded
     # newline and leave aiohttp's own plain-text 404, uncounted).
-    app.router.add_route("*", r"/{tail:[\s\S]*}", Pipeline(HANDLERS).handle)
+    app.router.add_route(
+        "*", r"/{tail:[\s\S]*}", Pipeline(HANDLERS).handle, expect_handler=answer_expectation
+    )
     return app, build_admin_app(runtimes, config)

@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    StrictBool,
     create_model,
     field_validator,
     model_validator,
@@ -141,6 +142,12 @@ class ServerConfig(Section):
     tls: TLSConfig = TLSConfig()
     request_id_header: HeaderName = "X-Request-Id"
     reload_poll_seconds: float = Field(2, ge=0)  # watch the config file; 0 = SIGHUP only
+    # Slow clients: a request head must arrive within this long of its first byte (of the
+    # connection, for the first request); a body the sidecar reads whole (Claude routes)
+    # within body_read; a body streamed to the app may pause at most body_idle between bytes.
+    header_read_timeout_seconds: Seconds = 10
+    body_read_timeout_seconds: Seconds = 60
+    body_idle_timeout_seconds: Seconds = 30
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:
@@ -227,6 +234,9 @@ class ClaudeConfig(Section):
     idle_timeout_seconds: Seconds = 30  # streaming: longest silence between events
     request_timeout_seconds: Seconds = 600  # non-streaming: the whole call (Claude answers at once)
     heartbeat_seconds: Seconds = 15
+    # A stream whose client accepts no bytes this long is ended (Claude cancelled, settled):
+    # a reader that never reads must not hold a stream slot forever.
+    client_stall_timeout_seconds: Seconds = 60
     max_concurrent_streams: int = Field(256, gt=0)
     queue: QueueConfig = QueueConfig()
     fake: FakeClaudeConfig = FakeClaudeConfig()
@@ -370,10 +380,11 @@ class AuthConfig(Section):
 
 _DEFAULT_ALLOW_HEADERS = [
     "authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
-    "last-event-id", "x-request-id", "traceparent", "tracestate",
+    "last-event-id", "x-request-id", "traceparent", "tracestate", "sidecar-resume",
 ]  # fmt: skip
 _DEFAULT_EXPOSE_HEADERS = [
-    "x-request-id", "request-id", "retry-after", "retry-after-ms",
+    "x-request-id", "request-id", "retry-after", "retry-after-ms", "sidecar-stream-id",
+    "sidecar-resume",
     "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
     "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
     "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",
@@ -454,6 +465,11 @@ class ScreeningConfig(Section):
     max_attachment_bytes: int = Field(5 * 1024 * 1024, gt=0)
     # A plain string is a rule named by its index: `["(?i)secret"]` == `[{name: "0", ...}]`.
     deny_patterns: list[DenyRule] = Field(default_factory=list)
+    # Match deny rules also against the text with invisible characters removed, NFKC
+    # applied and whitespace folded (see docs/security.md for what this does not catch).
+    normalize: bool = False
+    # A content block type screening does not know: screen every string in it, or refuse.
+    unknown_blocks: Literal["screen", "refuse"] = "screen"
 
     @field_validator("deny_patterns", mode="before")
     @classmethod
@@ -513,6 +529,29 @@ class QuotaConfig(Section):
                 self.concurrent_streams,
             )
         )
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class ResumeConfig(Section):
+    """Resumable streams: every event is kept for `ttl_seconds` so a client can reconnect."""
+
+    enabled: bool = True
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = None  # None: quotas.redis_url
+    redis_timeout_seconds: Seconds = 1.0
+    ttl_seconds: Seconds = 300
+    detach_grace_seconds: float = Field(15, ge=0)
+    max_buffer_bytes: int = Field(1024 * 1024, gt=0)  # per stream
+    max_total_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory store, all streams
+    max_subscribers: int = Field(4, gt=0)  # clients reading one stream at once
+    on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_can_use(cls, value: SecretStr | None) -> SecretStr | None:
+        return QuotaConfig._redis_can_use(value)
 
 
 # --------------------------------------------------------------------------- telemetry
@@ -619,6 +658,12 @@ else:
     QuotaOverride = override_model(QuotaConfig)
 
 
+class ResumeOverride(Section):
+    """A route's resume switch: only `enabled` may be set per route."""
+
+    enabled: StrictBool
+
+
 class RouteConfig(Section):
     path: str
     handler: Handler
@@ -628,6 +673,9 @@ class RouteConfig(Section):
     cors: CorsOverride | None = None
     screening: ScreeningOverride | None = None
     quotas: QuotaOverride | None = None
+    # Only `enabled` may be set per route; on an anthropic route it makes resume the
+    # default (else a request opts in with the `Sidecar-Resume: on` header).
+    resume: ResumeOverride | None = None
 
     @field_validator("path")
     @classmethod
@@ -655,6 +703,7 @@ class Config(Section):
     cors: CorsConfig = CorsConfig()
     screening: ScreeningConfig = ScreeningConfig()
     quotas: QuotaConfig = QuotaConfig()
+    resume: ResumeConfig = ResumeConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     routes: list[RouteConfig] = Field(default_factory=list)
     # Each route's effective policy, built once by the loader (`sidecar.loader.route_policies`).
@@ -676,4 +725,12 @@ class Config(Section):
         paths = [route.path for route in self.routes]
         if len(paths) != len(set(paths)):
             raise ValueError("routes: paths must be unique")
+        resume = self.resume
+        if resume.enabled and resume.store == "redis" and self.resume_redis_url is None:
+            raise ValueError("resume: store 'redis' needs resume.redis_url or quotas.redis_url")
         return self
+
+    @property
+    def resume_redis_url(self) -> SecretStr | None:
+        """Where the Redis resume store lives: its own URL, else the quota store's."""
+        return self.resume.redis_url or self.quotas.redis_url

@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+# How a call ended. `client_detached`: every client left a resumable stream and none came
+# back within the detach grace (the generation was cancelled); a generation that finished
+# with nobody attached is `completed`. `client_stalled`: the client accepted no bytes for
+# `claude.client_stall_timeout_seconds`.
 Outcome = Literal[
-    "completed", "client_cancelled", "upstream_error", "idle_timeout", "shutting_down", "rejected"
-]
+    "completed", "client_cancelled", "client_detached", "client_stalled", "upstream_error",
+    "idle_timeout", "shutting_down", "rejected",
+]  # fmt: skip
+
+
+OPERATION: Final = "chat"  # GenAI operation name of a Messages call
 
 
 @dataclass(slots=True)
@@ -27,9 +35,7 @@ class StreamRecord:
 
     request_id: str
     route: str  # the matched route's path prefix (bounded cardinality)
-    handler: Literal["prompt", "anthropic"]
     started: float  # request arrival
-    operation: str = "chat"  # chat | count_tokens
     request_model: str = ""
     max_tokens: int | None = None
     stream: bool = True
@@ -59,7 +65,7 @@ class StreamRecord:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     output_tokens: int = 0
-    outcome: Outcome = "completed"
+    outcome: Outcome | None = None  # None until the call's end decides it
     error_type: str | None = None
     ended: float | None = None
     capture: bool = False  # telemetry.capture_content: keep the texts below
@@ -73,6 +79,7 @@ class StreamRecord:
     model_label: str = "other"
     response_model_label: str | None = None
     error_label: str = "_OTHER"
+    stream_id: str | None = None  # resumable streams: the id clients resume with
 
     @property
     def total_input_tokens(self) -> int:

@@ -22,6 +22,8 @@ from aiohttp import web
 from sidecar.app import build_apps
 from sidecar.config import Config, redact_url, split_host_port
 from sidecar.keys import RUNTIMES
+from sidecar.listener import TrafficRunner
+from sidecar.pipeline import UNMATCHED
 from sidecar.reload import Reloader
 from sidecar.runtime import Runtime, RuntimeHolder
 from sidecar.telemetry import Telemetry
@@ -65,13 +67,35 @@ class SidecarServer:
         self._runtimes = traffic[RUNTIMES]
         self.reloader = Reloader(self._runtimes, config_path, env=env)
         # handler_cancellation: a client that goes away cancels its stream at once.
-        self._traffic = web.AppRunner(
-            traffic, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        # auto_decompress off: the app route forwards bodies exactly as received; routes
+        # that read a body decode it themselves, within the body limit.
+        self._traffic = TrafficRunner(
+            traffic,
+            on_reject=self._rejected,
+            header_timeout=self._header_timeout,
+            handler_cancellation=True,
+            auto_decompress=False,
+            access_log=None,
+            shutdown_timeout=1.0,
         )
-        self._admin = web.AppRunner(admin, access_log=None, shutdown_timeout=1.0)
+        # The admin listener refuses malformed requests and slow heads the same way.
+        self._admin = TrafficRunner(
+            admin,
+            on_reject=self._rejected,
+            header_timeout=self._header_timeout,
+            access_log=None,
+            shutdown_timeout=1.0,
+        )
         self._sites: list[web.TCPSite] = []
         self.port = 0
         self.admin_port = 0
+
+    def _rejected(self, reason: str, status: int) -> None:
+        """A request the listener refused before routing (parser error, slow head)."""
+        self._runtimes.current.telemetry.rejected(reason, UNMATCHED, status, "")
+
+    def _header_timeout(self) -> float:
+        return self._runtimes.current.config.server.header_read_timeout_seconds
 
     @property
     def runtime(self) -> Runtime:

@@ -25,8 +25,11 @@ def sidecar_for(fake: FakeServer) -> SidecarFactory:
     """`async with sidecar_for({...config overrides...}) as s:` — a sidecar using `fake`."""
 
     def factory(data: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        # No detach grace: a client that leaves ends its stream at once (the resume tests
+        # set a grace of their own).
         base = {"claude": {"base_url": fake.url, "api_key": "sk-sidecar", "max_retries": 2,
-                           "retry_base_seconds": 0.01}}  # fmt: skip
+                           "retry_base_seconds": 0.01},
+                "resume": {"detach_grace_seconds": 0}}  # fmt: skip
         return running_sidecar(loader.deep_merge(base, data or {}), **kwargs)
 
     return factory

@@ -61,6 +61,14 @@ async def busy_scrape(sidecar: SidecarServer) -> str:
     assert status == 400
     async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/nowhere/x") as r:
         assert r.status == 404  # no route matches: counted under a bounded label, not the path
+    async with aiohttp.ClientSession() as http:  # a stream read again from its start
+        url = sidecar.url + "/api/stream-response"
+        async with http.get(url, params={"prompt": "resume me [[fake tokens=3]]"}) as r:
+            stream_id = r.headers["Sidecar-Stream-Id"]
+            await r.read()
+        async with http.get(url, params={"last_event_id": f"{stream_id}:0"}) as r:
+            assert r.status == 200
+            assert b'"done"' in await r.read()
     return await scrape(sidecar)
 
 
@@ -84,7 +92,7 @@ def test_scrape_has_every_metric_under_its_converted_name(scraped: dict[str, Any
         s for s in families["sidecar_streams"].samples
         if s.name == "sidecar_streams_total" and s.labels["sidecar_stream_outcome"] == "completed"
     ]  # fmt: skip
-    assert completed.value == 2
+    assert completed.value == 3  # two prompts and one read twice (a resume is not a stream)
     rejections = {
         s.labels["sidecar_rejection_reason"]: s.value
         for s in families["sidecar_rejections"].samples

@@ -5,14 +5,20 @@ trusted proxies, the sidecar's CORS over the app's), bodyless answers, 502/504."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import json
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
+from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_header
 from tests.support.apps import AppState, echoed_headers, running_app
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import free_port
@@ -272,3 +278,200 @@ async def test_other_forwarding_headers_are_only_believed_from_trusted_proxies(
                 seen = echoed_headers(await response.json())
         assert seen["x-real-ip"] == "203.0.113.66"
         assert seen["x-forwarded-prefix"] == "/evil"  # the ingress said so
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+@contextlib.asynccontextmanager
+async def recording_app() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """An app that records each request's headers and raw body bytes (no decoding)."""
+    seen: list[tuple[dict[str, str], bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        body = await request.content.read()  # the raw bytes: this app's server does not decode
+        seen.append(({k.lower(): v for k, v in request.headers.items()}, body))
+        return web.json_response({"bytes": len(body)})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app, auto_decompress=False, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    address: Any = runner.addresses[0]
+    try:
+        yield f"http://127.0.0.1:{address[1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+def _deflate(data: bytes) -> bytes:
+    return zlib.compress(data)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "gzip, deflate", "x-unknown"])
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_encoded_request_bodies_reach_the_app_byte_identical(
+    sidecar_for: SidecarFactory, encoding: str, chunked: bool
+) -> None:
+    plain = json.dumps({"text": "hello " * 5000}).encode()
+    raw = {
+        "gzip": gzip.compress(plain),
+        "deflate": _deflate(plain),
+        "gzip, deflate": _deflate(gzip.compress(plain)),
+    }.get(encoding, b"\x00opaque\xff" * 99)
+    # Garbage labelled gzip too: the sidecar does not look inside, the app decides.
+    async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            for body in (raw, b"not gzip at all"):
+
+                async def chunks(data: bytes = body) -> AsyncIterator[bytes]:
+                    for i in range(0, len(data), 1000):
+                        yield data[i : i + 1000]
+
+                headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+                data: Any = chunks() if chunked else body
+                async with http.post(sidecar.url + "/upload", data=data, headers=headers) as r:
+                    assert r.status == 200
+                    assert (await r.json())["bytes"] == len(body)
+    assert [got for _, got in seen] == [raw, b"not gzip at all"]
+    for headers, got in seen:
+        assert headers["content-encoding"] == encoding
+        if chunked:
+            assert headers["transfer-encoding"] == "chunked"
+        else:
+            assert headers["content-length"] == str(len(got))
+
+
+async def test_expect_100_continue_is_answered_not_forwarded(sidecar_for: SidecarFactory) -> None:
+    async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(b"hello")
+        await writer.drain()
+        final = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    assert final.startswith(b"HTTP/1.1 200 ")
+    assert seen[0][1] == b"hello"
+    assert "expect" not in seen[0][0]
+
+
+async def test_other_expectations_are_ignored_not_forwarded(sidecar_for: SidecarFactory) -> None:
+    async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Expect": "something-else"}
+            async with http.post(sidecar.url + "/x", data=b"body", headers=headers) as r:
+                assert r.status == 200
+    assert seen[0][1] == b"body"
+    assert "expect" not in seen[0][0]
+
+
+async def test_a_body_that_stops_arriving_is_cut_with_408(sidecar_for: SidecarFactory) -> None:
+    config = with_app("", read_timeout_seconds=30)
+    config["server"] = {"body_idle_timeout_seconds": 0.5}
+    async with recording_app() as (url, seen):
+        config["app"]["url"] = url
+        async with sidecar_for(config) as sidecar:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            writer.write(
+                b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 100\r\n\r\nabc"
+            )
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            writer.close()
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert seen == []  # the app never got a whole request to answer
+
+
+async def test_a_slow_but_steady_upload_is_not_cut(sidecar_for: SidecarFactory) -> None:
+    # The app route bounds silence, not total time: 12 chunks, 0.2 s apart, idle limit 0.5 s.
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(12):
+            await asyncio.sleep(0.2)
+            yield b"x" * 100
+
+    async with recording_app() as (url, seen):
+        config = with_app(url, read_timeout_seconds=30)
+        config["server"] = {"body_idle_timeout_seconds": 0.5}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            async with http.post(sidecar.url + "/upload", data=body()) as response:
+                assert response.status == 200
+    assert seen[0][1] == b"x" * 1200
+
+
+async def test_bad_chunked_framing_mid_body_is_400_not_500(sidecar_for: SidecarFactory) -> None:
+    async with recording_app() as (url, _seen), sidecar_for(with_app(url)) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the body is being streamed to the app by now
+        writer.write(b"zz\r\nnot a chunk\r\n0\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.count(b"HTTP/1.1 ") == 1  # one answer, in the route's format
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "invalid_request"
+
+
+async def test_a_client_gone_before_the_call_never_reaches_the_app(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"GET /page HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+        writer.write_eof()  # half-closed right after the request
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.close()
+        async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/after") as r:
+            assert r.status == 200
+    assert [headers.get("host") for headers, _ in seen] == [sidecar.url.split("//")[1]]
+
+
+# --------------------------------------------------------------------------- forwarding headers
+
+
+# Each forwarding header in the table, in the spellings a client might try.
+def _spellings(name: str) -> list[str]:
+    title = "-".join(part.capitalize() for part in name.split("-"))
+    return [name, name.upper(), title, title.replace("-", "_"), name.replace("-", "_")]
+
+
+async def test_every_forwarding_header_in_every_spelling_is_stripped(
+    sidecar_for: SidecarFactory,
+) -> None:
+    sent = CIMultiDict[str]()
+    for name in [*sorted(FORWARDING_HEADERS), "x-forwarded-anything-else"]:
+        for spelling in _spellings(name):
+            sent.add(spelling, "203.0.113.66")
+    sent.add("X-Kept", "yes")
+    sent.add("X_Kept_Too", "yes")
+    async with recording_app() as (url, seen):
+        for trusted in (False, True):
+            config = with_app(url)
+            if trusted:
+                config["server"] = {"trusted_proxies": ["127.0.0.0/8"]}
+            async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+                async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                    assert response.status == 200
+    untrusted, trusted_seen = (headers for headers, _ in seen)
+    ours = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}  # set by the sidecar
+    leaked = [n for n in untrusted if is_forwarding_header(n) and n not in ours]
+    assert leaked == []
+    assert untrusted["x-forwarded-for"] == "127.0.0.1"
+    assert untrusted["x-kept"] == "yes"
+    assert untrusted["x_kept_too"] == "yes"
+    # A trusted proxy's `-` spellings pass; `_` spellings never do.
+    assert not [n for n in trusted_seen if "_" in n and is_forwarding_header(n)]
+    assert trusted_seen["true-client-ip"].startswith("203.0.113.66")
+    assert trusted_seen["x-forwarded-for"].startswith("203.0.113.66")

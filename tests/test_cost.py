@@ -31,7 +31,7 @@ def test_cost_of_cache_tokens_and_longest_prefix() -> None:
     price = price_for(prices, "claude-sonnet-5-5-20261001")
     assert price is prices["claude-sonnet-5-5"]
     assert price_for(prices, "claude-opus-5-5") is None
-    record = StreamRecord(request_id="r", route="/", handler="prompt", started=0.0)
+    record = StreamRecord(request_id="r", route="/", started=0.0)
     record.input_tokens, record.output_tokens = 1_000_000, 2_000_000
     record.cache_creation_input_tokens, record.cache_read_input_tokens = 1_000_000, 10_000_000
     assert cost_usd(price, record) == pytest.approx(3 + 30 + 3.75 + 3)

@@ -14,7 +14,7 @@ from sidecar.record import StreamRecord
 from tests.support.sidecars import SidecarFactory
 
 ROUTE = "/api/stream-response"
-RECORD = StreamRecord(request_id="req_1", route=ROUTE, handler="prompt", started=0.0)
+RECORD = StreamRecord(request_id="req_1", route=ROUTE, started=0.0)
 
 
 def data_of(raw: bytes) -> list[dict[str, Any]]:
@@ -38,8 +38,11 @@ async def test_tokens_then_done_with_usage_and_ids(sidecar_for: SidecarFactory) 
         status, raw = await stream(sidecar.url, {"prompt": "hello there", "max_tokens": 64})
     assert status == 200
     blocks = raw.decode().strip().split("\n\n")
-    ids = [int(b.split("\n")[0][4:]) for b in blocks if b.startswith("id: ")]
-    assert ids == list(range(1, 13))  # one id per token, 12 tokens from the fake
+    ids = [b.split("\n")[0][4:].rpartition(":") for b in blocks if b.startswith("id: ")]
+    assert len({stream_id for stream_id, _, _ in ids}) == 1  # one stream id, unguessable
+    assert len(ids[0][0]) >= 22
+    # One id per token (12 from the fake) and one for `done`: every event can be resumed from.
+    assert [int(n) for _, _, n in ids] == list(range(1, 14))
     events = data_of(raw)
     assert all("token" in e for e in events[:-1])
     assert "".join(e["token"] for e in events[:-1]).strip()
@@ -240,15 +243,22 @@ def test_other_delta_shapes_are_decoded() -> None:
 async def test_an_event_source_reconnect_is_told_to_stop_not_charged_again(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
-    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
-        url = sidecar.url + ROUTE
-        async with http.get(url, params={"prompt": "hi"}) as first:
-            assert data_of(await first.read())[-1]["done"] is True
-        # The browser reconnects by itself once the stream closes, with the last id it saw.
-        async with http.get(url, params={"prompt": "hi"}, headers={"Last-Event-ID": "12"}) as r:
-            assert r.status == 204  # EventSource stops on 204
-            assert r.headers["X-Request-Id"]
-    assert fake.state.counters["requests"] == 1
+    for resumable in (True, False):
+        async with (
+            sidecar_for({"resume": {"enabled": resumable}}) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+            url = sidecar.url + ROUTE
+            async with http.get(url, params={"prompt": "hi"}) as first:
+                raw = await first.read()
+                assert data_of(raw)[-1]["done"] is True
+            last_id = [line for line in raw.decode().split("\n") if line.startswith("id: ")][-1]
+            # The browser reconnects by itself once the stream closes, with the last id it saw.
+            headers = {"Last-Event-ID": last_id[4:]}
+            async with http.get(url, params={"prompt": "hi"}, headers=headers) as r:
+                assert r.status == 204  # EventSource stops on 204
+                assert r.headers["X-Request-Id"]
+    assert fake.state.counters["requests"] == 2  # one per sidecar: no reconnect re-ran it
 
 
 @pytest.mark.parametrize("max_tokens", ["²", "1²", "9" * 5000])

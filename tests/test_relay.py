@@ -311,3 +311,36 @@ async def test_a_client_that_leaves_while_paused_frees_everything(
     ends = [r for r in caplog.records if getattr(r, "event", None) == "stream_complete"]
     assert [getattr(r, "outcome", None) for r in ends] == ["client_cancelled"]
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = json.dumps({
+        "model": "claude-sonnet-5-5", "max_tokens": TOKENS + 10, "stream": True,
+        "messages": [{"role": "user", "content": f"[[fake tokens={TOKENS}]] flood"}],
+    }).encode()  # fmt: skip
+    config = {"claude": {"client_stall_timeout_seconds": 0.5, "max_concurrent_streams": 1}}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        shrink_send_buffers(sidecar)
+        _, writer = await slow_client(sidecar.port, body)  # never reads
+
+        async def paused() -> bool:
+            return any(stream.paused for stream in sidecar.runtime.streams)
+
+        await eventually(paused)
+
+        async def cut() -> bool:
+            return sidecar.runtime.admission.active == 0 and fake.state.open_streams == 0
+
+        await eventually(cut, timeout=20)
+        # The slot is free: the next client gets its stream.
+        small = {"model": "claude-sonnet-5-5", "max_tokens": 16, "stream": True,
+                 "messages": [{"role": "user", "content": "next"}]}  # fmt: skip
+        async with http.post(sidecar.url + "/v1/messages", json=small) as response:
+            assert b"message_stop" in await response.read()
+        writer.close()
+    ends = [r for r in caplog.records if getattr(r, "event", None) == "stream_error"]
+    assert [getattr(r, "outcome", None) for r in ends] == ["client_stalled"]
+    assert getattr(ends[0], "error_type", None) == "client_stalled"

@@ -142,7 +142,7 @@ async def test_prompt_route_tokens_arrive_before_the_stream_ends(
     tokens = [(t, b) for t, b in events if b'"token"' in b]
     assert len(tokens) == 6
     assert tokens[0][0] < sent[-1]  # the first token was out before Claude finished
-    assert [int(b.split(b"\n")[0][4:]) for _, b in tokens] == [1, 2, 3, 4, 5, 6]
+    assert [int(b.split(b"\n")[0].rpartition(b":")[2]) for _, b in tokens] == [1, 2, 3, 4, 5, 6]
     assert b'"done":true' in events[-1][1]
 
 

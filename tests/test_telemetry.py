@@ -212,7 +212,8 @@ async def test_user_is_hashed_on_spans_by_default(sidecar_for: SidecarFactory, o
 
 
 async def test_cancelled_stream(sidecar_for: SidecarFactory, otel: Otel) -> None:
-    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+    # Not resumable: a client that goes away cancels the stream at once.
+    async with sidecar_for({"resume": {"enabled": False}}, telemetry=otel.telemetry) as sidecar:
         async with aiohttp.ClientSession() as http:
             body = {"prompt": "long answer [[fake tokens=500 tps=50]]"}
             async with http.post(sidecar.url + "/api/stream-response", json=body) as response:

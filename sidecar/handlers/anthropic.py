@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.errors import Rejection, anthropic_error_body, bad_request
+from sidecar.handlers import resume
 from sidecar.handlers.claude_call import (
     ClaudeRequest,
     call_claude,
@@ -20,11 +21,15 @@ from sidecar.handlers.claude_call import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.handlers.request_body import parse_json_object, parse_model, read_body
+from sidecar.handlers.request_body import (
+    ensure_client_present,
+    parse_json_object,
+    parse_model,
+    read_body,
+)
 from sidecar.pipeline import RequestContext
-from sidecar.policy import collect_texts
-from sidecar.record import Outcome
-from sidecar.relay import Translator
+from sidecar.record import Outcome, StreamRecord
+from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt, read_answer, returned_headers
 
 
@@ -36,6 +41,29 @@ class Passthrough(Translator):
 
 
 PASSTHROUGH = Passthrough()
+
+
+class NumberedPassthrough(Passthrough):
+    """Claude's events unchanged but whole, so a resumable stream can put an `id:` on each."""
+
+    passthrough = False
+
+    def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
+        return block + b"\n\n"
+
+
+NUMBERED = NumberedPassthrough()
+RESUME_HEADER = "Sidecar-Resume"  # `on`: this stream is resumable (opt-in on this route)
+
+
+def _lost_event(error_type: str, message: str) -> bytes:
+    return b"event: error\ndata: " + anthropic_error_body(error_type, message, "") + b"\n\n"
+
+
+def _resume_wanted(ctx: RequestContext) -> bool:
+    """Resume on the Anthropic route is opt-in: the route's `resume.enabled` or the header."""
+    asked = ctx.request.headers.get(RESUME_HEADER, "").strip().lower() in ("on", "1", "true")
+    return resume.enabled_on(ctx, default=asked)
 
 
 def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
@@ -52,10 +80,9 @@ def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
 
 
 def _screen(ctx: RequestContext, body: dict[str, Any]) -> tuple[int, int]:
-    """Screen every user-supplied text; returns (chars, attachment bytes) for the estimate."""
-    texts, attachments = collect_texts(body.get("system"), body.get("messages"))
-    ctx.route.screener.screen(texts, attachments)
-    return sum(map(len, texts)), attachments
+    """Screen every text Claude would read; returns (chars, attachment bytes) for the estimate."""
+    collected = ctx.route.screener.screen_request(body)
+    return collected.chars, collected.attachment_bytes
 
 
 def _require_post(ctx: RequestContext) -> None:
@@ -89,7 +116,13 @@ async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
     path, query = upstream_path(ctx)
     call = path.rstrip("/")
     if call == "/v1/messages":
+        cursor = resume.cursor_of(ctx.request) if ctx.runtime.config.resume.enabled else None
+        if cursor is not None and ctx.request.method == "POST":
+            return await resume.resume(ctx, cursor, _lost_event)
         return await _messages(ctx, call + query)
+    deleting = ctx.request.method == "DELETE" and call.startswith("/v1/messages/")
+    if deleting and ctx.runtime.config.resume.enabled:  # DELETE /v1/messages/<stream id>
+        return await resume.cancel(ctx, call.rpartition("/")[2])
     if call == "/v1/messages/count_tokens":
         return await _count_tokens(ctx, call + query)
     if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):
@@ -111,7 +144,7 @@ def _under(path: str, prefix: str) -> bool:
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
     config = ctx.runtime.config
-    raw = await read_body(ctx.request, config.server.max_body_bytes)
+    raw = await read_body(ctx.request, config.server)
     body = parse_json_object(raw)
     model, max_tokens, stream = _validated(body)
     check_model(ctx, model)
@@ -133,12 +166,13 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
     )
-    return await call_claude(ctx, call, record, PASSTHROUGH)
+    plan = await resume.prepare(ctx) if stream and _resume_wanted(ctx) else None
+    return await call_claude(ctx, call, record, NUMBERED if plan else PASSTHROUGH, plan)
 
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
-    raw = await read_body(ctx.request, ctx.runtime.config.server.max_body_bytes)
+    raw = await read_body(ctx.request, ctx.runtime.config.server)
     body = parse_json_object(raw)
     if "model" in body:
         check_model(ctx, parse_model(body["model"]))
@@ -150,7 +184,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is."""
     request = ctx.request
     if body is None and request.can_read_body:
-        body = await read_body(request, ctx.runtime.config.server.max_body_bytes)
+        body = await read_body(request, ctx.runtime.config.server)
     policy = ctx.route.policy  # no tokens are generated here: requests per minute only
     ctx.headers.update(
         await ctx.runtime.quotas.count_request(
@@ -159,6 +193,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     )
     headers = _claude_headers(ctx)
     ctx.runtime.telemetry.inject(ctx.span, headers)
+    ensure_client_present(request)
     attempt = Attempt(request.method, path_qs, headers)
     upstream, _ = await ctx.runtime.claude.send(attempt, body, stream=False)
     payload = await read_answer(upstream)

@@ -17,12 +17,19 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from opentelemetry.trace import Span
 
 from sidecar import sse
 from sidecar.errors import Rejection, short_error_type, simple_error_body
+from sidecar.handlers.request_body import ensure_client_present
 from sidecar.pipeline import RequestContext
+from sidecar.quotas import QuotaLease
 from sidecar.record import StreamRecord
-from sidecar.relay import LiveStream, Translator
+from sidecar.relay import LiveStream
+from sidecar.stream.adapter import ClientChannel
+from sidecar.stream.core import StreamCore, Translator
+from sidecar.stream.hub import Generation, Subscriber
+from sidecar.stream.store import StreamLog
 from sidecar.upstream import Attempt, read_answer, returned_headers
 from sidecar.usage import apply_message
 
@@ -66,7 +73,6 @@ def new_record(
     return StreamRecord(
         request_id=ctx.request_id,
         route=ctx.route.path,
-        handler="anthropic" if ctx.family == "anthropic" else "prompt",
         started=ctx.started,
         request_model=model,
         max_tokens=max_tokens,
@@ -95,36 +101,75 @@ def check_model(ctx: RequestContext, model: str) -> None:
         )  # fmt: skip
 
 
+@dataclass(slots=True)
+class Resumable:
+    """A resumable stream's identity and buffer, prepared before Claude is called."""
+
+    stream_id: str
+    owner: str
+    log: StreamLog
+    grace: float
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    """What a call holds until it ends: its span, quota lease and stream slot."""
+
+    ctx: RequestContext
+    call: ClaudeRequest
+    record: StreamRecord
+    span: Span
+    lease: QuotaLease | None = None
+    admitted: bool = False
+
+    async def close(self) -> None:
+        """Release the slot, record the stream once and settle the tokens it used."""
+        runtime = self.ctx.runtime
+        record = self.record
+        if self.admitted:
+            runtime.admission.release()
+        record.ended = time.perf_counter()
+        runtime.telemetry.finish_stream(record, self.span)
+        if self.lease is not None:
+            await self.lease.settle(*charged_tokens(record, self.call.input_estimate))
+
+
 async def call_claude(
     ctx: RequestContext,
     call: ClaudeRequest,
     record: StreamRecord,
     translator: Translator,
+    resumable: Resumable | None = None,
 ) -> web.StreamResponse:
-    """Admit, call Claude and answer the client; always settles and records the stream."""
+    """Admit, call Claude and answer the client; always settles and records the stream.
+
+    A resumable stream's generation is handed to its own task once Claude answers 200:
+    it outlives this request (a client that leaves may come back), and that task
+    settles and records it.
+    """
     runtime = ctx.runtime
     telemetry = runtime.telemetry
     quota_policy = ctx.route.policy.quotas
     reserve = call.input_estimate + (record.max_tokens or runtime.config.claude.max_tokens)
-    span = telemetry.start_stream(record, ctx.trace_parent, call.body)
-    lease = None
-    admitted = False
+    held = _Call(ctx, call, record, telemetry.start_stream(record, ctx.trace_parent, call.body))
+    handed_off = False
     queued_at: float | None = None
     try:
-        lease = await runtime.quotas.acquire(
+        held.lease = await runtime.quotas.acquire(
             quota_policy, ctx.route.policy.quota_scope, ctx.identity, ctx.client_ip, reserve
         )
         queued_at = time.perf_counter()
         record.queue_wait = await runtime.admission.acquire()
-        admitted = True
+        held.admitted = True
         telemetry.admitted(record)
         headers = dict(call.attempt.headers)
-        telemetry.inject(span, headers)
+        telemetry.inject(held.span, headers)
         attempt = Attempt(call.attempt.method, call.attempt.path, headers)
+        ensure_client_present(ctx.request)  # it may have left while queued: pay for nobody
         record.upstream_started = time.perf_counter()
         upstream, record.retries = await runtime.claude.send(attempt, call.body, stream=call.stream)
         record.upstream_status = upstream.status
-        response_headers = {**ctx.headers, **lease.headers}
+        response_headers = {**ctx.headers, **held.lease.headers}
         response_headers.update(
             returned_headers(upstream.headers, keep_ratelimit=not quota_policy.enabled)
         )
@@ -132,7 +177,10 @@ async def call_claude(
             return await _relay_error(ctx, upstream, record, response_headers)
         if not call.stream:
             return await _relay_message(upstream, record, response_headers)
-        return await _relay_stream(ctx, upstream, record, translator, response_headers)
+        if resumable is None:
+            return await _relay_stream(ctx, upstream, record, translator, response_headers)
+        handed_off = True
+        return await _hand_off(held, upstream, translator, response_headers, resumable)
     except Rejection as rejection:
         if record.upstream_status is None and record.upstream_started is None:
             record.outcome = "rejected"
@@ -144,21 +192,17 @@ async def call_claude(
             telemetry.queue_wait(record.queue_wait, admitted=False)
         raise
     except (asyncio.CancelledError, ConnectionResetError):
-        if record.outcome == "completed":  # the relay may already know better
+        if record.outcome is None and not handed_off:  # the relay may already know better
             record.outcome = "client_cancelled"
         raise
     except Exception as exc:
-        if record.outcome == "completed":
+        if record.outcome is None and not handed_off:
             record.outcome = "upstream_error"
             record.error_type = record.error_type or type(exc).__name__
         raise
     finally:
-        if admitted:
-            runtime.admission.release()
-        record.ended = time.perf_counter()
-        telemetry.finish_stream(record, span)
-        if lease is not None:
-            await lease.settle(*charged_tokens(record, call.input_estimate))
+        if not handed_off:
+            await held.close()
 
 
 async def _relay_error(
@@ -199,6 +243,7 @@ async def _relay_message(
     """A non-streaming reply: read it whole (it is one JSON object) and account for it."""
     body = await read_answer(upstream)
     record.first_chunk_at = record.last_chunk_at = time.perf_counter()
+    record.outcome = "completed"
     message: Any
     try:
         message = json.loads(body)
@@ -208,6 +253,27 @@ async def _relay_message(
     return web.Response(status=200, body=body, headers=headers, content_type="application/json")
 
 
+def _live_stream(
+    ctx: RequestContext, upstream: aiohttp.ClientResponse, core: StreamCore, generation: Generation
+) -> LiveStream:
+    config = ctx.runtime.config.claude
+    return LiveStream(
+        upstream,
+        core,
+        generation,
+        heartbeat=config.heartbeat_seconds,
+        idle_timeout=config.idle_timeout_seconds,
+        stall_timeout=config.client_stall_timeout_seconds,
+    )
+
+
+async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> ClientChannel:
+    response = web.StreamResponse(status=200, headers={**headers, **sse.HEADERS})
+    await response.prepare(ctx.request)  # headers are sent by the relay, with the first bytes
+    ctx.response_started = True
+    return ClientChannel(ctx.request, response)
+
+
 async def _relay_stream(
     ctx: RequestContext,
     upstream: aiohttp.ClientResponse,
@@ -215,27 +281,80 @@ async def _relay_stream(
     translator: Translator,
     headers: dict[str, str],
 ) -> web.StreamResponse:
-    """Start the SSE response and relay until the stream ends."""
+    """Start the SSE response and relay until the stream ends (the client leaving ends it)."""
     runtime = ctx.runtime
-    response = web.StreamResponse(status=200, headers={**headers, **sse.HEADERS})
-    await response.prepare(ctx.request)  # headers are sent by the relay, with the first bytes
-    ctx.response_started = True
-    config = runtime.config.claude
-    live = LiveStream(
-        ctx.request,
-        response,
-        upstream,
-        record,
-        translator,
-        heartbeat=config.heartbeat_seconds,
-        idle_timeout=config.idle_timeout_seconds,
-    )
+    channel = await _start_response(ctx, headers)
+    generation = Generation(record)
+    generation.attach(Subscriber(channel))
+    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
     runtime.streams.add(live)
     try:
         await live.run()
     finally:
         runtime.streams.discard(live)
-    transport = ctx.request.transport
-    if transport is not None and not transport.is_closing():
-        await response.write_eof()
-    return response
+    await channel.end()
+    return channel.response
+
+
+async def _hand_off(
+    held: _Call,
+    upstream: aiohttp.ClientResponse,
+    translator: Translator,
+    headers: dict[str, str],
+    resumable: Resumable,
+) -> web.StreamResponse:
+    """Start a resumable generation in its own task and read it as its first subscriber."""
+    ctx, record = held.ctx, held.record
+    runtime = ctx.runtime
+    record.stream_id = resumable.stream_id
+    generation = Generation(
+        record,
+        stream_id=resumable.stream_id,
+        owner=resumable.owner,
+        log=resumable.log,
+        grace=resumable.grace,
+    )
+    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
+    resumable.log.on_cancel = generation.cancel  # a cancel asked on another replica
+    hub = runtime.resume.hub
+    hub.add(generation, held.span)
+    runtime.streams.add(live)
+    runtime.lifecycle.enter()  # the runtime stays open while its generation runs
+
+    async def produce() -> None:
+        try:
+            await live.run()
+        except Exception as exc:  # the generation's own failure: recorded, never re-raised
+            if record.outcome is None:
+                record.outcome = "upstream_error"
+                record.error_type = record.error_type or type(exc).__name__
+            generation.end(b"")
+        finally:
+            runtime.streams.discard(live)
+            hub.remove(generation)
+            resumable.log.close()
+            try:
+                await held.close()
+            finally:
+                runtime.lifecycle.leave()
+
+    try:
+        channel = await _start_response(ctx, headers)
+    except BaseException:
+        upstream.close()
+        record.outcome = "client_cancelled"
+        hub.remove(generation)
+        runtime.streams.discard(live)
+        runtime.lifecycle.leave()
+        resumable.log.close()
+        await held.close()
+        raise
+    subscriber = Subscriber(channel)
+    generation.attach(subscriber)
+    hub.spawn(produce())
+    try:
+        await subscriber.done
+    finally:
+        generation.detach(subscriber)
+    await channel.end()
+    return channel.response

@@ -183,7 +183,8 @@ class AuthService:
         self._session = session
         self._owns_session = session is None
         self._jwks: dict[str, JwksCache] = {}
-        self._by_id: dict[int, Authenticator] = {}
+        # By id for speed; the policy is kept with it, so a recycled id never matches.
+        self._by_id: dict[int, tuple[AuthConfig, Authenticator]] = {}
         self._by_settings: dict[str, Authenticator] = {}
 
     def _session_for_jwks(self) -> aiohttp.ClientSession:
@@ -192,9 +193,9 @@ class AuthService:
         return self._session
 
     def _authenticator(self, policy: AuthConfig) -> Authenticator:
-        found = self._by_id.get(id(policy))
-        if found is not None:
-            return found
+        cached = self._by_id.get(id(policy))
+        if cached is not None and cached[0] is policy:
+            return cached[1]
         # Routes with equal settings share one authenticator; secrets are part of "equal".
         key = policy.fingerprint()
         found = self._by_settings.get(key)
@@ -215,7 +216,9 @@ class AuthService:
                         self._jwks[policy.jwt.jwks_url] = jwks
                 verifier = JwtVerifier(policy.jwt, jwks)
             found = self._by_settings[key] = Authenticator(policy, verifier)
-        self._by_id[id(policy)] = found
+        if len(self._by_id) >= 1024:  # each reload that keeps this service brings new objects
+            self._by_id.clear()
+        self._by_id[id(policy)] = (policy, found)
         return found
 
     async def start(self) -> None:

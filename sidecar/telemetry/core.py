@@ -24,7 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.config import ModelPrice, TelemetryConfig
-from sidecar.record import StreamRecord
+from sidecar.record import OPERATION, StreamRecord
 from sidecar.telemetry import streams
 from sidecar.telemetry.bounded import error_labels, model_labels
 from sidecar.telemetry.content import output_messages, request_content
@@ -161,7 +161,7 @@ class Telemetry:
             record.system_text, record.prompt_text = request_content(body)
         record.model_label = self.models(record.request_model)
         span = self._tracer.start_span(
-            f"{record.operation} {record.model_label}",
+            f"{OPERATION} {record.model_label}",
             context=parent,
             kind=SpanKind.CLIENT,
             attributes=streams.start_attributes(record) if self._on else None,
@@ -319,6 +319,16 @@ class Telemetry:
         if span is not None:
             span.set_attribute("sidecar.rejection.reason", reason)
         reject_log.info("request_rejected", extra=fields)
+
+    def resumed(self, result: str, replayed: int = 0) -> None:
+        """A reconnect was answered (`result`: resumed | expired | forbidden | lost)."""
+        self.instruments.resumes.add(1, {"sidecar.resume.result": result})
+        if replayed:
+            self.instruments.resume_events.add(replayed)
+
+    def resume_store_error(self, mode: str) -> None:
+        """The resume store failed; `mode` (fail_open | fail_closed) says what followed."""
+        self.instruments.resume_store_errors.add(1, {"sidecar.resume.on_store_error": mode})
 
     def upstream_status(self, status: int) -> None:
         """One answer from Claude (every attempt, retried or not), by status code."""

@@ -148,6 +148,18 @@ class Instruments:
             "sidecar.cost.usd", [self.cost.observe], unit="{USD}",
             description="Estimated cost of Claude calls from the configured price table",
         )  # fmt: skip
+        self.resumes = meter.create_counter(
+            "sidecar.stream.resumes", unit="{request}",
+            description="Stream resumes, by sidecar.resume.result (resumed | expired | forbidden | lost)",
+        )  # fmt: skip
+        self.resume_events = meter.create_counter(
+            "sidecar.stream.resume.events", unit="{event}",
+            description="Events replayed from resume buffers to reconnecting clients",
+        )  # fmt: skip
+        self.resume_store_errors = meter.create_counter(
+            "sidecar.resume.store_errors", unit="{error}",
+            description="Resume store failures, by sidecar.resume.on_store_error",
+        )  # fmt: skip
         self.config_reloads = meter.create_counter(
             "sidecar.config.reloads", unit="{reload}",
             description="Config reloads (file change or SIGHUP), by result (success | failure)",

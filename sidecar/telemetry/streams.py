@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sidecar.record import StreamRecord
+from sidecar.record import OPERATION, StreamRecord
 from sidecar.telemetry.bounded import short_list, short_text
 from sidecar.telemetry.instruments import Instruments
 from sidecar.telemetry.semconv import DEFAULT, GenAiNames
@@ -17,18 +17,18 @@ PROVIDER: Final = "anthropic"
 # text; a call that got no usage back records 0 as `unknown`, as the spec asks.
 _INPUT_MODALITY: Final = {"gen_ai.token.modality": "unknown"}
 _OUTPUT_MODALITY: Final = {"gen_ai.token.modality": "text"}
-NOT_FAILED: Final = frozenset({"completed", "client_cancelled"})
+NOT_FAILED: Final = frozenset({"completed", "client_cancelled", "client_detached"})
 
 
 def failed(record: StreamRecord) -> bool:
-    """Outcomes other than completed / client_cancelled carry `error.type`."""
+    """Outcomes other than completed / client_cancelled / client_detached carry `error.type`."""
     return record.outcome not in NOT_FAILED
 
 
 def start_attributes(record: StreamRecord) -> dict[str, Any]:
     """Attributes known when the CLIENT span starts (samplers see these)."""
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": record.operation,
+        "gen_ai.operation.name": OPERATION,
         "gen_ai.provider.name": PROVIDER,
         "gen_ai.request.model": record.model_label,
         "gen_ai.request.stream": record.stream,
@@ -84,7 +84,7 @@ def end_attributes(
 def metric_attributes(record: StreamRecord, is_failed: bool | None = None) -> dict[str, Any]:
     """The spec's common metric attributes; all bounded (never ids, users or text)."""
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": record.operation,
+        "gen_ai.operation.name": OPERATION,
         "gen_ai.provider.name": PROVIDER,
         "gen_ai.request.model": record.model_label,
         "server.address": record.server_address,
