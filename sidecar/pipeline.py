@@ -119,9 +119,9 @@ class Pipeline:
             headers["Vary"] = "Origin"
             telemetry.rejected(reason, UNMATCHED, status, request_id)
             telemetry.access(
-                method=request.method, route=UNMATCHED, path=resolved.path, status=status,
-                duration=time.perf_counter() - started, request_id=request_id,
-                span=None,
+                method=request.method, scheme=request.scheme, route=UNMATCHED,
+                path=resolved.path, status=status, duration=time.perf_counter() - started,
+                request_id=request_id, span=None,
             )  # fmt: skip
             return web.Response(
                 status=status, body=body, content_type="application/json", headers=headers
@@ -189,6 +189,7 @@ class Pipeline:
             telemetry.end_server_span(span, status)
             telemetry.access(
                 method=request.method,
+                scheme=request.scheme,
                 route=route.path,
                 path=resolved.path,
                 status=status,
