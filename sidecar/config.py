@@ -326,8 +326,11 @@ class AuthConfig(Section):
 
 # --------------------------------------------------------------------------- cors
 
+# What browsers send to Claude routes, the official JS SDK with `dangerouslyAllowBrowser`
+# included (`x-stainless-*` is a prefix: the SDK adds new names of that family over time).
 _DEFAULT_ALLOW_HEADERS = [
     "authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access", "x-stainless-*",
     "last-event-id", "x-request-id", "traceparent", "tracestate",
 ]  # fmt: skip
 _DEFAULT_EXPOSE_HEADERS = [
@@ -355,6 +358,14 @@ class CorsConfig(Section):
     allow_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_ALLOW_HEADERS))
     expose_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_EXPOSE_HEADERS))
     max_age_seconds: int = Field(600, ge=0)
+
+    @field_validator("allow_headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[!#$%&'+.^_`|~0-9A-Za-z-]*\*?", name) or not name:
+                raise ValueError(f"{name!r} is not a header name (or a prefix ending in '*')")
+        return value
 
     @field_validator("allow_origins")
     @classmethod
