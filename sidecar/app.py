@@ -17,6 +17,7 @@ from sidecar.fake_claude import FakeSettings, running_fake_claude
 from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
+from sidecar.handlers.ui import handle_ui
 from sidecar.keys import RUNTIMES
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
@@ -27,7 +28,12 @@ from sidecar.runtime import Runtime, RuntimeHolder, SharedPool
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import ClaudeClient
 
-HANDLERS = {"prompt": handle_prompt, "anthropic": handle_anthropic, "app": handle_app}
+HANDLERS = {
+    "prompt": handle_prompt,
+    "anthropic": handle_anthropic,
+    "ui": handle_ui,
+    "app": handle_app,
+}
 
 
 def _claude_session(config: Config) -> aiohttp.ClientSession:

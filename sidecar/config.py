@@ -518,9 +518,54 @@ class TelemetryConfig(Section):
     prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
 
 
+# --------------------------------------------------------------------------- browser
+
+
+class BrowserConfig(Section):
+    """The browser client module (and the demo page) served under `path`."""
+
+    enabled: bool = True
+    path: str = "/_sidecar"
+    demo: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value):
+            raise ValueError("must be an absolute path like /_sidecar (no trailing slash)")
+        return value
+
+
+# --------------------------------------------------------------------------- ui route
+
+
+class UiConfig(Section):
+    """The `ui` route (the AI SDK's UI message stream): what the sidecar adds to each call.
+
+    Browsers are untrusted: the request's own `system` and `model` are refused unless
+    accepted here, and the tools offered to Claude come from this file, never the body.
+    """
+
+    system: str | None = None  # a system prompt the sidecar puts first
+    accept_system: bool = False  # the body's `system` and system-role messages
+    accept_model: bool = False  # the body's `model` (still within claude.allowed_models)
+    model: str | None = None  # defaults to claude.model
+    max_tokens: int | None = Field(None, gt=0)  # defaults to claude.max_tokens
+    thinking_budget_tokens: int | None = Field(None, ge=1024)  # extended thinking when set
+    tools: list[dict[str, Any]] = Field(default_factory=list)  # Claude tool definitions
+
+    @field_validator("tools")
+    @classmethod
+    def _named_tools(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for tool in value:
+            if not isinstance(tool.get("name"), str) or not tool["name"]:
+                raise ValueError("every tool needs a name (and an input_schema)")
+        return value
+
+
 # --------------------------------------------------------------------------- routes
 
-Handler = Literal["prompt", "anthropic", "app"]
+Handler = Literal["prompt", "anthropic", "ui", "app"]
 
 
 class RouteConfig(Section):
@@ -545,6 +590,7 @@ def _default_routes(has_app: bool) -> list[dict[str, str]]:
     routes = [
         {"path": "/api/stream-response", "handler": "prompt"},
         {"path": "/v1/", "handler": "anthropic"},
+        {"path": "/api/chat", "handler": "ui"},
     ]
     if has_app:
         routes.append({"path": "/", "handler": "app"})
@@ -560,6 +606,8 @@ class Config(Section):
     screening: ScreeningConfig = ScreeningConfig()
     quotas: QuotaConfig = QuotaConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    browser: BrowserConfig = BrowserConfig()
+    ui: UiConfig = UiConfig()
     routes: list[RouteConfig] = Field(default_factory=list)
 
     @model_validator(mode="before")

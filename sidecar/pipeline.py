@@ -74,7 +74,7 @@ def family_of(route: Route) -> Family:
     return (
         "anthropic"
         if route.handler == "anthropic"
-        else ("prompt" if route.handler == "prompt" else "app")
+        else ("prompt" if route.handler in ("prompt", "ui") else "app")
     )
 
 

@@ -138,6 +138,7 @@ def test_default_routes_include_the_app_when_configured() -> None:
     assert [(r.path, r.handler) for r in config.routes] == [
         ("/api/stream-response", "prompt"),
         ("/v1/", "anthropic"),
+        ("/api/chat", "ui"),
         ("/", "app"),
     ]
 
