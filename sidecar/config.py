@@ -354,7 +354,8 @@ def _as_browsers_send(origin: str) -> str:
 class CorsConfig(Section):
     allow_origins: list[str] = Field(default_factory=list)
     allow_credentials: bool = False
-    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    # DELETE: cancelling a resumable stream (`DELETE <route>/<stream id>`, a Stop button).
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
     allow_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_ALLOW_HEADERS))
     expose_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_EXPOSE_HEADERS))
     max_age_seconds: int = Field(600, ge=0)

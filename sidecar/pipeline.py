@@ -18,6 +18,7 @@ from aiohttp import web
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
+from sidecar.browser import is_browser_path, serve_browser_file
 from sidecar.config import Network
 from sidecar.errors import Family, Rejection, render_json, simple_error_body
 from sidecar.identity import ANONYMOUS, Identity
@@ -113,6 +114,14 @@ class Pipeline:
             headers["Strict-Transport-Security"] = (
                 f"max-age={config.server.tls.hsts_max_age_seconds}; includeSubDomains"
             )
+        if is_browser_path(config, request.path):
+            served = serve_browser_file(request, config, runtime.routes, headers)
+            telemetry.access(
+                method=request.method, route=config.browser.path, path=request.path,
+                status=served.status, duration=time.perf_counter() - started,
+                request_id=request_id, bytes_sent=None, span=None,
+            )  # fmt: skip
+            return served
         route = runtime.routes.match(request.path)
         if route is None:
             body = simple_error_body("not_found", f"no route for {request.path}")

@@ -68,7 +68,7 @@ async def test_allowed_preflight_is_answered_by_the_sidecar(
         preflight("null"),
         preflight(ALLOWED + ":8443"),  # another port is another origin
         preflight("http://app.example.com"),  # another scheme too
-        preflight(ALLOWED, method="DELETE"),
+        preflight(ALLOWED, method="PUT"),
         preflight(ALLOWED, headers="authorization, x-not-allowed"),
         {"Origin": ALLOWED, "Access-Control-Request-Method": ""},
     ],
