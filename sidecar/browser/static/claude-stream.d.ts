@@ -91,7 +91,8 @@ export class ClaudeStream implements AsyncIterable<StreamEvent> {
 export function streamClaude(url: string, options?: StreamOptions): ClaudeStream;
 
 export class SSEParser {
-  feed(text: string): Array<{ id: string; event: string; data: string }>;
+  /** `id` is the last id seen (SSE rules); `ownId` whether this message carried one. */
+  feed(text: string): Array<{ id: string; ownId: boolean; event: string; data: string }>;
 }
 
 export function eventNumber(id: string): number | null;

@@ -48,7 +48,7 @@ export function streamIdOf(id) {
 
 /** An incremental SSE parser (WHATWG rules): feed text, get {id, event, data} messages. */
 export class SSEParser {
-  constructor() { this.buffer = ""; this.data = []; this.event = ""; this.lastId = ""; this.cr = false; }
+  constructor() { this.buffer = ""; this.data = []; this.event = ""; this.lastId = ""; this.ownId = false; this.cr = false; }
 
   feed(text) {
     const out = [];
@@ -60,8 +60,8 @@ export class SSEParser {
     this.buffer = lines.pop();
     for (const line of lines) {
       if (line === "") {
-        if (this.data.length) out.push({ id: this.lastId, event: this.event || "message", data: this.data.join("\n") });
-        this.data = []; this.event = "";
+        if (this.data.length) out.push({ id: this.lastId, ownId: this.ownId, event: this.event || "message", data: this.data.join("\n") });
+        this.data = []; this.event = ""; this.ownId = false;
         continue;
       }
       if (line[0] === ":") continue;
@@ -71,7 +71,7 @@ export class SSEParser {
       if (value[0] === " ") value = value.slice(1);
       if (field === "data") this.data.push(value);
       else if (field === "event") this.event = value;
-      else if (field === "id" && !value.includes("\0")) this.lastId = value;
+      else if (field === "id" && !value.includes("\0")) { this.lastId = value; this.ownId = true; }
     }
     return out;
   }
@@ -177,8 +177,10 @@ export class ClaudeStream {
         credentials: this.options.credentials, signal: controller.signal, cache: "no-store",
       });
     } catch (error) {
-      if (this._connection === connection) this._lost("network");
-      return;
+      if (this._connection !== connection) return;
+      if (resuming) return this._lost("network");
+      // Refused by CORS, unreachable, or offline: nothing was generated, nothing to resume.
+      return this._fail(new ClaudeStreamError("connection_error", "the stream could not be opened (refused by CORS, offline or unreachable)"));
     }
     if (this._connection !== connection) return;
     if (resuming && response.status === 204) return this._fail(new ClaudeStreamError("resume_unavailable", "the answer can no longer be resumed", { status: 204 }));
@@ -198,7 +200,7 @@ export class ClaudeStream {
         if (done) break;
         this._feedDog();
         for (const message of parser.feed(decoder.decode(value, { stream: true }))) {
-          this._message(message.id, message.data);
+          this._message(message.ownId ? message.id : "", message.data);
           if (this._over()) { controller.abort(); return; }
         }
       }
@@ -215,10 +217,14 @@ export class ClaudeStream {
     const connection = { close: () => source.close() };
     this._connection = connection;
     source.onopen = () => { if (this._connection === connection) this._opened(null); };
+    let previousId = "";
     source.onmessage = (event) => {
       if (this._connection !== connection) return;
       this._feedDog();
-      this._message(event.lastEventId, event.data);
+      // EventSource keeps the last id for events without one: only a new id is the event's own.
+      const id = event.lastEventId !== previousId ? event.lastEventId : "";
+      previousId = event.lastEventId;
+      this._message(id, event.data);
       if (this._over()) source.close();
     };
     source.onerror = () => {
@@ -271,6 +277,7 @@ export class ClaudeStream {
 
   // ------------------------------------------------------------------ events
 
+  /** One message; `id` is its own SSE id ("" when it carried none). */
   _message(id, data) {
     if (data === "[DONE]") return;
     const n = id ? eventNumber(id) : null;
