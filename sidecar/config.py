@@ -334,7 +334,7 @@ _DEFAULT_ALLOW_HEADERS = [
     "last-event-id", "x-request-id", "traceparent", "tracestate",
 ]  # fmt: skip
 _DEFAULT_EXPOSE_HEADERS = [
-    "x-request-id", "request-id", "retry-after", "retry-after-ms",
+    "x-request-id", "request-id", "retry-after", "retry-after-ms", "sidecar-stream-id",
     "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
     "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
     "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",

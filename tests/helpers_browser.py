@@ -271,3 +271,103 @@ class FaultyProxy:
                     left -= len(data)
                 writer.write(data)
                 await writer.drain()
+
+
+class ResumeEmulator:
+    """A stand-in server speaking the resume protocol for the prompt route's events.
+
+    `POST`/`GET <PATH>` starts stream `s1` (header `Sidecar-Stream-Id`, ids `s1:<n>`); a
+    request with `Last-Event-ID` (header or `?last_event_id=`) resumes after n; an unknown
+    id gets 204; `DELETE <PATH>/s1` cancels. The first connection is cut (`fault="cut"`)
+    or goes silent (`fault="stall"`) after `fault_after` events. It checks the client
+    side of the protocol (claude-stream.js) against a known server, independent of the
+    sidecar's own implementation.
+    """
+
+    PATH = "/api/stream-response"
+    STREAM = "s1"
+
+    def __init__(self, fault: Literal["cut", "stall"], words: int = 30, fault_after: int = 8):
+        self.fault = fault
+        self.words = [("" if i == 1 else " ") + f"w{i}" for i in range(1, words + 1)]
+        self.fault_after = fault_after
+        self.resumed_from: list[str] = []  # the Last-Event-ID of each resume
+        self.cancelled = 0
+        self.started = 0
+        self.app = web.Application()
+        self.app.router.add_route("*", self.PATH, self._stream)
+        self.app.router.add_route("*", self.PATH + "/{stream}", self._cancel)
+
+    @property
+    def full_text(self) -> str:
+        return "".join(self.words)
+
+    def _cors(self, request: web.Request) -> dict[str, str]:
+        return {
+            "Access-Control-Allow-Origin": request.headers.get("Origin", "*"),
+            "Access-Control-Expose-Headers": "sidecar-stream-id",
+            "Vary": "Origin",
+        }
+
+    def _preflight(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={
+            **self._cors(request),
+            "Access-Control-Allow-Methods": "GET, POST, DELETE",
+            "Access-Control-Allow-Headers": request.headers.get(
+                "Access-Control-Request-Headers", ""),
+        })  # fmt: skip
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        if request.method != "DELETE" or request.match_info["stream"] != self.STREAM:
+            return web.Response(status=404, headers=self._cors(request))
+        self.cancelled += 1
+        return web.Response(status=204, headers=self._cors(request))
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        start = 0
+        if last is not None:
+            stream, _, number = last.rpartition(":")
+            if stream != self.STREAM or not number.isdigit():
+                return web.Response(status=204, headers=self._cors(request))
+            self.resumed_from.append(last)
+            start = int(number)
+        else:
+            self.started += 1
+        response = web.StreamResponse(headers={
+            **self._cors(request), "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache", "Sidecar-Stream-Id": self.STREAM,
+        })  # fmt: skip
+        await response.prepare(request)
+        first = last is None
+        for n in range(start + 1, len(self.words) + 1):
+            if first and n > self.fault_after:
+                if self.fault == "stall":
+                    await asyncio.sleep(3600)
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            token = json.dumps({"token": self.words[n - 1]})
+            await response.write(f"id: {self.STREAM}:{n}\ndata: {token}\n\n".encode())
+            await asyncio.sleep(0.02)
+        done = {"done": True, "usage": {"output_tokens": len(self.words)},
+                "stop_reason": "end_turn"}  # fmt: skip
+        n = len(self.words) + 1
+        await response.write(f"id: {self.STREAM}:{n}\ndata: {json.dumps(done)}\n\n".encode())
+        return response
+
+
+@contextlib.asynccontextmanager
+async def running_emulator(emulator: ResumeEmulator) -> AsyncIterator[str]:
+    """Serve `emulator` on a free port; yields its base URL."""
+    runner = web.AppRunner(emulator.app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

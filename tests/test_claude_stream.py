@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -22,8 +22,10 @@ from tests.helpers_browser import (
     RUNNERS,
     Engine,
     FaultyProxy,
+    ResumeEmulator,
     page_server,
     run_url,
+    running_emulator,
     skip_unless_engine,
 )
 
@@ -253,3 +255,53 @@ async def test_a_disallowed_origin_is_blocked(
     assert kinds(result) == ["error"]
     assert result["events"][0]["error"]["type"] == "connection_error"
     assert fake.state.counters["requests"] == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("method", "fault"), [("POST", "cut"), ("GET", "cut"), ("POST", "stall")])
+async def test_module_resumes_by_the_resume_protocol(
+    engine: Engine, method: str, fault: Literal["cut", "stall"], sidecar_for: SidecarFactory
+) -> None:
+    """The client half of the protocol, against an emulator: resume after a cut or a stall."""
+    skip_unless_engine(engine)
+    emulator = ResumeEmulator(fault)
+    async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
+        options: dict[str, Any] = {"method": method, "idleTimeoutMs": 1500, "retryBaseMs": 50}
+        target = url + ResumeEmulator.PATH
+        if method == "POST":
+            options["body"] = {"prompt": "hello"}
+        else:
+            target += "?prompt=hello"
+        result = await run(engine, origin, sidecar.url, url=target, options=options)
+    reconnects = [e for e in result["events"] if e["type"] == "reconnecting"]
+    assert len(reconnects) == 1
+    if fault == "stall":
+        assert reconnects[0]["reason"] == "idle"  # the watchdog, not the network, noticed
+    assert "resumed" in kinds(result)
+    assert result["state"] == "done"
+    assert result["text"] == result["domText"] == emulator.full_text  # each word once
+    assert emulator.started == 1
+    # Resumed after the last event the page received (a cut may lose some in flight).
+    (resumed,) = emulator.resumed_from
+    assert 1 <= int(resumed.removeprefix("s1:")) <= emulator.fault_after
+    assert result["streamId"] == "s1"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_abort_sends_the_cancel_by_the_resume_protocol(
+    engine: Engine, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine(engine)
+    emulator = ResumeEmulator("stall", fault_after=20)
+    async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
+        result = await run(
+            engine, origin, sidecar.url, url=url + ResumeEmulator.PATH,
+            options={"body": {"prompt": "hello"}}, abortAfter=3,
+        )  # fmt: skip
+        for _ in range(100):
+            if emulator.cancelled:
+                break
+            await asyncio.sleep(0.05)
+    assert kinds(result) == ["open", "token", "token", "token", "aborted"]
+    assert emulator.cancelled == 1  # DELETE <route>/<stream id>: the generation is cancelled
+    assert emulator.resumed_from == []
