@@ -22,7 +22,7 @@ from tests.policy_support import API_KEY, API_KEY_SHA256
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium", allow_module_level=True)
 
-from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
+from playwright.async_api import Browser, Page, async_playwright
 
 ARTIFACTS = ROOT / "test-artifacts" / "demo"
 CONFIG: dict[str, Any] = {
