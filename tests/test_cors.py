@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sidecar.fake_claude import FakeServer
 from sidecar.config import CorsConfig
+from sidecar.fake_claude import FakeServer
 from sidecar.policy.cors import CorsPolicy, merge_vary
 from tests.conftest import SidecarFactory
 from tests.policy_support import API_KEY, API_KEY_SHA256
