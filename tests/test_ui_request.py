@@ -96,6 +96,7 @@ TRANSLATIONS: list[tuple[str, dict[str, Any], dict[str, Any], list[dict[str, Any
                     "type": "file",
                     "mediaType": "text/plain",
                     "url": f"data:text/plain;base64,{TEXT_FILE}",
+                    "filename": "notes.txt",
                 },
             )
         ),
@@ -107,16 +108,8 @@ TRANSLATIONS: list[tuple[str, dict[str, Any], dict[str, Any], list[dict[str, Any
                     {
                         "type": "document",
                         "source": {"type": "url", "url": "https://x.test/a.pdf"},
-                        "title": "a.pdf",
                     },
-                    {
-                        "type": "document",
-                        "source": {
-                            "type": "text",
-                            "media_type": "text/plain",
-                            "data": "notes: ünïcode",
-                        },
-                    },
+                    {"type": "text", "text": "notes.txt:\nnotes: ünïcode"},
                 ],
             }
         ],

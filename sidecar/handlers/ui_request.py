@@ -7,7 +7,8 @@ Pure functions, no I/O. The body `DefaultChatTransport` posts is
 | --- | --- |
 | `text` | `text` block (empty texts dropped) |
 | `file` with an `image/*` data or http(s) URL | `image` block (`base64` or `url` source) |
-| `file` with `application/pdf` | `document` block; `text/plain` data URL: a text document |
+| `file` with `application/pdf` | `document` block (the file name is not sent) |
+| `file` with a `text/*` data URL | `text` block `<file name>:\n<content>`, screened like any text |
 | `tool-<name>` / `dynamic-tool` with its input | `tool_use` in the assistant turn, and when it has an output or an error, a `tool_result` in the user turn right after it |
 | `reasoning`, `step-start`, `source-*`, `data-*` | dropped (display only; Claude needs signed thinking) |
 
@@ -195,8 +196,9 @@ def _file(part: dict[str, Any], where: str) -> dict[str, Any]:
                 text = raw.decode()
             except UnicodeDecodeError:
                 raise bad_request(f"{where}.url: a text file must be UTF-8") from None
-            block = {"type": "document", "source": {"type": "text", "media_type": "text/plain",
-                                                    "data": text}}  # fmt: skip
+            # A text block, not a text document: screening reads it like any other text.
+            named = f"{title}:\n{text}" if isinstance(title, str) and title else text
+            return {"type": "text", "text": named}
         else:
             raise bad_request(f"{where}.mediaType: images, PDF and text files are accepted")
     elif url.startswith(("https://", "http://")):
@@ -207,8 +209,6 @@ def _file(part: dict[str, Any], where: str) -> dict[str, Any]:
         block = {"type": "document", "source": {"type": "url", "url": url}}
     else:
         raise bad_request(f"{where}.url must be a data: or http(s) URL")
-    if isinstance(title, str) and title:
-        block["title"] = title[:500]
     return block
 
 
