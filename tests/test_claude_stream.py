@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import pytest
 
+import sidecar.browser
 from sidecar.fake_claude import FakeServer
 from tests.conftest import SidecarFactory
 from tests.helpers_browser import (
     ENGINES,
+    JS_DIR,
     RUNNERS,
     Engine,
     FaultyProxy,
@@ -305,3 +310,38 @@ async def test_abort_sends_the_cancel_by_the_resume_protocol(
     assert kinds(result) == ["open", "token", "token", "token", "aborted"]
     assert emulator.cancelled == 1  # DELETE <route>/<stream id>: the generation is cancelled
     assert emulator.resumed_from == []
+
+
+def test_sse_parser_follows_the_rules_at_every_split() -> None:
+    """The module's parser under node: line ends, comments, ids, multi-line data, any split."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is missing: apt-get install nodejs npm")
+    module = Path(sidecar.browser.__file__).parent / "static" / "claude-stream.js"
+    text = (
+        ": ping\r\n\r\n"
+        'id: s1:1\r\ndata: {"token":"a"}\r\n\r\n'
+        "data: line one\ndata: line two\n\n"  # no id: keeps the last one, not its own
+        "event: custom\rid: s1:2\rdata:no-space\r\r"
+        "id: bad\0id\ndata: x\n\n"  # an id with NUL is ignored
+        "retry: 10\nfield-only\ndata\n\n"
+        "data: unterminated"
+    )
+    script = str(JS_DIR / "sse_parser.mjs")
+    run = subprocess.run(
+        [node, script, str(module), json.dumps(text)], capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    *splits, helpers = [json.loads(line) for line in run.stdout.splitlines()]
+    expected = [
+        {"id": "s1:1", "ownId": True, "event": "message", "data": '{"token":"a"}'},
+        {"id": "s1:1", "ownId": False, "event": "message", "data": "line one\nline two"},
+        {"id": "s1:2", "ownId": True, "event": "custom", "data": "no-space"},
+        {"id": "s1:2", "ownId": False, "event": "message", "data": "x"},
+        {"id": "s1:2", "ownId": False, "event": "message", "data": ""},
+    ]
+    assert len(splits) == len(text) + 1
+    for cut, messages in enumerate(splits):
+        assert messages == expected, f"split at {cut}"
+    assert helpers == {"numbers": [7, 7, None, None, 2, None], "streams": ["s1", None, "s:1"]}

@@ -35,9 +35,8 @@ export function streamClaude(url, options = {}) {
 
 /** The event number of an SSE id: `<stream id>:<n>` or a bare `<n>`; null for anything else. */
 export function eventNumber(id) {
-  if (!id) return null;
-  const n = Number(id.slice(id.lastIndexOf(":") + 1));
-  return Number.isInteger(n) && n >= 0 ? n : null;
+  const digits = id ? id.slice(id.lastIndexOf(":") + 1) : "";
+  return /^[0-9]{1,15}$/.test(digits) ? Number(digits) : null;
 }
 
 /** The stream id of `<stream id>:<n>` (null for a bare number: not resumable). */
