@@ -278,7 +278,7 @@ class ResumeEmulator:
 
     `POST`/`GET <PATH>` starts stream `s1` (header `Sidecar-Stream-Id`, ids `s1:<n>`); a
     request with `Last-Event-ID` (header or `?last_event_id=`) resumes after n; an unknown
-    id gets 204; `DELETE <PATH>/s1` cancels. The first connection is cut (`fault="cut"`)
+    (or, with `expired`, any) id gets 204; the first `failed_resumes` resumes get 503; `DELETE <PATH>/s1` cancels. The first connection is cut (`fault="cut"`)
     or goes silent (`fault="stall"`) after `fault_after` events. It checks the client
     side of the protocol (claude-stream.js) against a known server, independent of the
     sidecar's own implementation.
@@ -287,8 +287,18 @@ class ResumeEmulator:
     PATH = "/api/stream-response"
     STREAM = "s1"
 
-    def __init__(self, fault: Literal["cut", "stall"], words: int = 30, fault_after: int = 8):
+    def __init__(
+        self,
+        fault: Literal["cut", "stall"],
+        words: int = 30,
+        fault_after: int = 8,
+        *,
+        failed_resumes: int = 0,
+        expired: bool = False,
+    ) -> None:
         self.fault = fault
+        self.failed_resumes = failed_resumes  # resumes answered 503 first (a replica restarting)
+        self.expired = expired  # every resume answered 204 (the stream is gone)
         self.words = [("" if i == 1 else " ") + f"w{i}" for i in range(1, words + 1)]
         self.fault_after = fault_after
         self.resumed_from: list[str] = []  # the Last-Event-ID of each resume
@@ -335,6 +345,11 @@ class ResumeEmulator:
             if stream != self.STREAM or not number.isdigit():
                 return web.Response(status=204, headers=self._cors(request))
             self.resumed_from.append(last)
+            if self.expired:
+                return web.Response(status=204, headers=self._cors(request))
+            if self.failed_resumes:
+                self.failed_resumes -= 1
+                return web.Response(status=503, headers=self._cors(request))
             start = int(number)
         else:
             self.started += 1

@@ -345,3 +345,26 @@ def test_sse_parser_follows_the_rules_at_every_split() -> None:
     for cut, messages in enumerate(splits):
         assert messages == expected, f"split at {cut}"
     assert helpers == {"numbers": [7, 7, None, None, 2, None], "streams": ["s1", None, "s:1"]}
+
+
+async def test_a_resume_answered_503_is_retried_and_a_204_ends_the_stream(
+    sidecar_for: SidecarFactory,
+) -> None:
+    skip_unless_engine("chromium")
+    busy = ResumeEmulator("cut", failed_resumes=1)
+    gone = ResumeEmulator("cut", expired=True)
+    async with page_server() as origin, sidecar_for() as sidecar:
+        options = {"body": {"prompt": "hello"}, "retryBaseMs": 50}
+        async with running_emulator(busy) as url:
+            retried = await run("chromium", origin, sidecar.url, url=url + busy.PATH,
+                                options=options)  # fmt: skip
+        async with running_emulator(gone) as url:
+            expired = await run("chromium", origin, sidecar.url, url=url + gone.PATH,
+                                options=options)  # fmt: skip
+    assert [e["attempt"] for e in retried["events"] if e["type"] == "reconnecting"] == [1, 2]
+    assert retried["state"] == "done"
+    assert retried["text"] == busy.full_text
+    assert len(gone.resumed_from) == 1  # a 204 is final: no more attempts
+    assert expired["events"][-1]["error"]["type"] == "resume_unavailable"
+    assert expired["text"]
+    assert gone.full_text.startswith(expired["text"])

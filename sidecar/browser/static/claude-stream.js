@@ -183,6 +183,9 @@ export class ClaudeStream {
     }
     if (this._connection !== connection) return;
     if (resuming && response.status === 204) return this._fail(new ClaudeStreamError("resume_unavailable", "the answer can no longer be resumed", { status: 204 }));
+    if (resuming && (response.status >= 500 || response.status === 429 || response.status === 408)) {
+      return this._lost("refused"); // a replica restarting or busy: the stream may still be there
+    }
     if (!response.ok || !response.body) {
       const text = await response.text().catch(() => "");
       return this._fail(errorFromBody(response.status, text, response.headers));
