@@ -35,7 +35,11 @@ export interface StreamOptions {
   method?: "POST" | "GET";
   /** The JSON body of a POST, e.g. `{ prompt: "Hello" }`. */
   body?: Record<string, unknown>;
-  /** Extra request headers (POST only), e.g. `{ authorization: "Bearer ..." }`. */
+  /**
+   * Extra request headers, e.g. `{ authorization: "Bearer ..." }`: sent with a POST and its
+   * resumes, and with the cancel (`DELETE`) of `abort()` in both modes (EventSource itself
+   * cannot send headers).
+   */
   headers?: Record<string, string>;
   /** fetch credentials; "include" also sets EventSource's withCredentials. Default "same-origin". */
   credentials?: RequestCredentials;

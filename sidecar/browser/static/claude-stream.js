@@ -126,8 +126,9 @@ export class ClaudeStream {
     if (this._over()) return;
     const id = this.streamId;
     if (id) {
-      const init = { method: "DELETE", credentials: this.options.credentials };
-      if (this.options.method === "POST") init.headers = { ...(this.options.headers || {}) };
+      // The same credentials as the stream: only the identity that started it may cancel it.
+      const init = { method: "DELETE", credentials: this.options.credentials,
+                     headers: { ...(this.options.headers || {}) } };
       fetch(this._routeUrl() + "/" + encodeURIComponent(id), init).catch(() => {});
     }
     this._close();
