@@ -303,6 +303,7 @@ class ResumeEmulator:
         self.fault_after = fault_after
         self.resumed_from: list[str] = []  # the Last-Event-ID of each resume
         self.cancelled = 0
+        self.cancel_auth: str | None = None  # the credential header the cancel carried
         self.started = 0
         self.app = web.Application()
         self.app.router.add_route("*", self.PATH, self._stream)
@@ -333,6 +334,7 @@ class ResumeEmulator:
         if request.method != "DELETE" or request.match_info["stream"] != self.STREAM:
             return web.Response(status=404, headers=self._cors(request))
         self.cancelled += 1
+        self.cancel_auth = request.headers.get("x-client-auth")
         return web.Response(status=204, headers=self._cors(request))
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:

@@ -292,16 +292,21 @@ async def test_module_resumes_by_the_resume_protocol(
     assert result["streamId"] == "s1"
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("engine", "method"), [*((engine, "POST") for engine in ENGINES), ("chromium", "GET")]
+)
 async def test_abort_sends_the_cancel_by_the_resume_protocol(
-    engine: Engine, sidecar_for: SidecarFactory
+    engine: Engine, method: str, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine(engine)
     emulator = ResumeEmulator("stall", fault_after=20)
+    options: dict[str, Any] = {"method": method, "headers": {"x-client-auth": "t1"}}
+    if method == "POST":
+        options["body"] = {"prompt": "hello"}
     async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
         result = await run(
-            engine, origin, sidecar.url, url=url + ResumeEmulator.PATH,
-            options={"body": {"prompt": "hello"}}, abortAfter=3,
+            engine, origin, sidecar.url, url=url + ResumeEmulator.PATH, options=options,
+            abortAfter=3,
         )  # fmt: skip
         for _ in range(100):
             if emulator.cancelled:
@@ -309,6 +314,7 @@ async def test_abort_sends_the_cancel_by_the_resume_protocol(
             await asyncio.sleep(0.05)
     assert kinds(result) == ["open", "token", "token", "token", "aborted"]
     assert emulator.cancelled == 1  # DELETE <route>/<stream id>: the generation is cancelled
+    assert emulator.cancel_auth == "t1"  # with the stream's credentials, in GET mode too
     assert emulator.resumed_from == []
 
 
