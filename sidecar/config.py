@@ -532,7 +532,8 @@ class BrowserConfig(Section):
     @field_validator("path")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value):
+        segments = value.split("/")[1:]
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value) or {".", ".."} & set(segments):
             raise ValueError("must be an absolute path like /_sidecar (no trailing slash)")
         return value
 
