@@ -224,3 +224,45 @@ async def test_ai_sdk_sees_errors_and_refusals(
     assert parts_of(midstream)[0]["text"]  # the partial text stays with the message
     assert "prompt_rejected" in refused["thrown"]
     assert resume == {"turn": 0, "resumed": False}
+
+
+# --------------------------------------------------------------------------- useChat's engine
+
+
+async def test_use_chat_runs_a_tool_and_continues_the_same_message(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """AbstractChat (what useChat wraps): onToolCall, addToolOutput, sendAutomaticallyWhen."""
+    async with sidecar_for(CONFIG) as sidecar:
+        (chat,) = await ai_sdk(sidecar.url + CHAT, "chat-tool")
+    assert chat["status"] == "ready"
+    assert chat["error"] is None
+    user, answer = chat["messages"]  # one assistant message across both steps
+    assert user["role"] == "user"
+    kinds = [part["type"] for part in answer["parts"]]
+    assert kinds == ["step-start", "text", "tool-get_weather", "step-start", "text"]
+    assert answer["parts"][2]["state"] == "output-available"
+    assert fake.state.counters["requests"] == 2  # the tool output went back on its own
+
+
+async def test_use_chat_stop_cancels_claude(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for(CONFIG) as sidecar:
+        (chat,) = await ai_sdk(sidecar.url + CHAT, "chat-stop")
+        for _ in range(100):
+            if fake.state.counters["streams_cancelled"]:
+                break
+            await asyncio.sleep(0.05)
+    assert chat["status"] == "ready"
+    assert chat["error"] is None
+    assert chat["messages"][-1]["parts"][-1]["text"]  # the partial answer stays
+    assert fake.state.counters["streams_cancelled"] == 1
+    assert fake.state.counters["streams_completed"] == 0
+
+
+async def test_use_chat_resume_on_load_finds_nothing_and_stays_ready(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(CONFIG) as sidecar:
+        (chat,) = await ai_sdk(sidecar.url + CHAT, "chat-resume")
+    assert chat == {"status": "ready", "error": None, "messages": []}
+    assert fake.state.counters["requests"] == 0

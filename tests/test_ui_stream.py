@@ -57,7 +57,7 @@ def stop(index: int) -> bytes:
 
 
 MESSAGE_START = block("message_start", {"type": "message_start", "message": {"id": "msg_1"}})
-HEAD = [{"type": "start", "messageId": "msg_1"}, {"type": "start-step"}]
+HEAD = [{"type": "start"}, {"type": "start-step"}]  # no messageId: the client keeps its own
 
 
 def tail(reason: str) -> list[Any]:

@@ -46,6 +46,7 @@ _FAST = {
     b'thinking_delta","thinking': b'data: {"type":"reasoning-delta","id":"%b","delta":%b}\n\n',
 }
 _TOOL_KINDS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+_START: Final = b'data: {"type":"start"}\n\ndata: {"type":"start-step"}\n\n'
 
 
 def chunk(data: dict[str, Any]) -> bytes:
@@ -93,11 +94,9 @@ class UiTranslator(Translator):
         if name == b"content_block_stop":
             return self._stop(_data(block))
         if name == b"message_start":
-            message = _data(block).get("message") or {}
-            start: dict[str, Any] = {"type": "start"}
-            if isinstance(message.get("id"), str):
-                start["messageId"] = message["id"]
-            return chunk(start) + chunk({"type": "start-step"})
+            # No messageId: the client keeps its own, and after a tool round trip it continues
+            # its last assistant message (a new id would make it a second message).
+            return _START
         if name == b"error":
             error = _data(block).get("error") or {}
             return self._error(str(error.get("message") or "Claude reported an error"))
