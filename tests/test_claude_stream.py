@@ -40,7 +40,8 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def config_for(origin: str, **extra: Any) -> dict[str, Any]:
-    return {"cors": {"allow_origins": [origin]}, **extra}
+    # A cut client's generation waits for its reconnect (the suite's default grace is 0).
+    return {"cors": {"allow_origins": [origin]}, "resume": {"detach_grace_seconds": 15}, **extra}
 
 
 async def reference(base: str, prompt: str) -> tuple[str, bool]:
