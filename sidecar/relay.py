@@ -27,8 +27,9 @@ import aiohttp
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import PING
 from sidecar.stream import adapter
+from sidecar.stream.adapter import HIGH_WATER
 from sidecar.stream.core import StopStream, StreamCore, Translator
-from sidecar.stream.hub import FIRST_SEND, HIGH_WATER, Generation, Subscriber
+from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
 
 __all__ = ["FIRST_SEND", "HIGH_WATER", "LiveStream", "StopStream", "StreamRegistry", "Translator"]
 
@@ -91,7 +92,6 @@ class LiveStream:
             return
         core = self.core
         if core.passthrough:
-            core.count()
             lag = self.generation.send_raw(chunk)  # before scanning: never waits for accounting
             core.observe(chunk)
         else:

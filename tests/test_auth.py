@@ -176,7 +176,7 @@ def _events(raw: bytes) -> list[dict[str, Any]]:
         {"x-api-key": API_KEY},
         bearer(API_KEY),
         {"x-api-key": mint()},  # the SDK's api_key= may carry a JWT
-        {"leeway": "expired 10 s ago"},  # minted when the test runs: within the 30 s leeway
+        {"leeway": "minted when the test runs"},  # expired 10 s ago: within the 30 s leeway
         bearer(mint(RSA_KEY, "RS256")),
     ],
     ids=["jwt_bearer", "api_key_header", "api_key_bearer", "jwt_in_x_api_key", "leeway", "rs256"],
@@ -184,7 +184,7 @@ def _events(raw: bytes) -> list[dict[str, Any]]:
 async def test_valid_credentials_stream(
     fake: FakeServer, sidecar_for: SidecarFactory, rsa_pem: Path, headers: dict[str, str]
 ) -> None:
-    if "leeway" in headers:  # at collection time it could be stale by the time this runs
+    if "leeway" in headers:  # minted now: a token minted at collection could be long expired
         headers = bearer(mint(exp=int(time.time()) - 10))
     async with sidecar_for(auth_config(rsa_pem)) as sidecar:
         status, raw, _ = await post_prompt(sidecar.url, headers)

@@ -423,3 +423,46 @@ async def test_readers_of_one_stream_are_bounded(
     assert third.status == 429
     assert one.payload == two.payload  # both readers got every event, the same bytes
     assert one.events[-1].data["error"]["type"] == "cancelled"
+
+
+async def test_a_cancel_on_another_replica_stops_the_producer(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port_a}{slow}") as stream,
+    ):
+        stream_id = stream.headers["Sidecar-Stream-Id"]
+        assert b"token" in await stream.content.readuntil(b"\n\n")
+        async with http.delete(f"http://127.0.0.1:{port_b}{ROUTE}/{stream_id}") as response:
+            assert response.status == 204  # B asks A, through Redis
+        async with http.delete(f"http://127.0.0.1:{port_b}{ROUTE}/{'D' * 24}") as response:
+            assert response.status == 404
+        rest = await asyncio.wait_for(stream.read(), 15)
+    events = [e for e in rest.split(b"\n\n") if e.strip()]
+    assert b'"type":"cancelled"' in events[-1]
+    assert len(events) < 400  # stopped long before the end
+    await eventually(lambda: _true(fake.state.counters["streams_cancelled"] == 1))
+
+
+async def test_a_drained_replica_ends_its_streams_resumable_elsewhere(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        cutting_proxy(port_a, after=3) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=slow)  # cut: detached, still generating
+        process_a.send_signal(signal.SIGTERM)  # grace 1 s, then streams end
+        await asyncio.to_thread(process_a.wait, 30)
+        rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+    assert rest.status == 200
+    final = rest.events[-1].data["error"]
+    assert final["type"] == "shutting_down"
+    assert "another replica" in final["message"]
+    assert len([e for e in rest.events if "token" in e.data]) > 3  # generated after the cut

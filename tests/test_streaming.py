@@ -226,7 +226,9 @@ async def test_shutdown_sends_a_final_event_to_live_streams(sidecar_for: Sidecar
         second = (await prompt_stream.read()).strip().split(b"\n\n")[-1]
     assert first.startswith(b"event: error")
     assert b"overloaded_error" in first
-    assert b'"type":"shutting_down"' in second
+    # Resumable, but kept only in this process's memory: the client is told it is lost.
+    assert b'"type":"stream_lost"' in second
+    assert b"shutting down" in second
 
 
 async def test_request_id_is_echoed_when_well_formed(sidecar_for: SidecarFactory) -> None:

@@ -488,13 +488,14 @@ async def test_idle_timeout_and_shutdown_outcomes(sidecar_for: SidecarFactory, o
             assert b"token" in await live.content.readuntil(b"\n\n")
         # Leaving the block shut the sidecar down under the live stream.
         tail = await live.read()
-        assert b"shutting_down" in tail
+        assert b"stream_lost" in tail  # resumable only in this process: lost with it
+        assert b"shutting down" in tail
     outcomes = {
         (s.attributes or {})["sidecar.stream.outcome"]: s.attributes or {}
         for s in otel.spans(SpanKind.CLIENT)
     }
     assert outcomes["idle_timeout"]["error.type"] == "timeout_error"
-    assert outcomes["shutting_down"]["error.type"] == "overloaded_error"
+    assert outcomes["shutting_down"]["error.type"] == "stream_lost"
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "idle_timeout"}) == 1
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "shutting_down"}) == 1
 
@@ -550,3 +551,26 @@ async def test_sdk_stream_through_the_anthropic_route(
     assert attributes["sidecar.stream.outcome"] == "completed"
     received = fake.state.requests[-1].headers["traceparent"]
     assert received.split("-")[2] == f"{otel.client_span().context.span_id:016x}"
+
+
+async def test_a_resumed_request_links_to_the_stream_it_reads(
+    sidecar_for: SidecarFactory, otel: Otel
+) -> None:
+    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            url = sidecar.url + "/api/stream-response"
+            async with http.get(url, params={"prompt": "link me [[fake tokens=4]]"}) as first:
+                stream_id = first.headers["Sidecar-Stream-Id"]
+                await first.read()
+            async with http.get(url, params={"last_event_id": f"{stream_id}:2"}) as again:
+                assert again.status == 200
+                assert b'"done"' in await again.read()
+        await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 2)
+    stream = otel.client_span().get_span_context()
+    assert stream is not None
+    resumed = otel.spans(SpanKind.SERVER)[-1]
+    contexts = [link.context for link in resumed.links if link.context is not None]
+    assert [context.span_id for context in contexts] == [stream.span_id]
+    assert contexts[0].trace_id == stream.trace_id
+    assert otel.count("sidecar.stream.resumes", **{"sidecar.resume.result": "resumed"}) == 1
+    assert otel.count("sidecar.stream.resume.events") == 3  # events 3, 4 and done

@@ -1,7 +1,7 @@
 """One Claude call, shared by the prompt and Anthropic routes.
 
-quota lease → admission slot → upstream (retries before the first byte) → relay →
-settle. Whatever ends the stream (completion, upstream error, idle timeout, client
+quota lease → admission slot → upstream (retries before the first byte) → relay
+(`claude_stream`) → settle. Whatever ends the stream (completion, upstream error, idle timeout, client
 disconnect, shutdown), the lease is settled with the usage seen and telemetry
 records the stream once.
 """
@@ -17,19 +17,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from opentelemetry.trace import Span
 
-from sidecar import sse
 from sidecar.errors import Rejection, short_error_type, simple_error_body
+from sidecar.handlers.claude_stream import HeldCall, Resumable, hand_off, relay_stream
 from sidecar.handlers.request_body import ensure_client_present
 from sidecar.pipeline import RequestContext
-from sidecar.quotas import QuotaLease
 from sidecar.record import StreamRecord
-from sidecar.relay import LiveStream
-from sidecar.stream.adapter import ClientChannel
-from sidecar.stream.core import StreamCore, Translator
-from sidecar.stream.hub import Generation, Subscriber
-from sidecar.stream.store import StreamLog
+from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt, read_answer, returned_headers
 from sidecar.usage import apply_message
 
@@ -49,19 +43,6 @@ class ClaudeRequest:
 def estimate_input_tokens(chars: int, attachment_bytes: int) -> int:
     """A cheap upper-leaning estimate: ~4 chars per token, attachments ~1 token / 3 bytes."""
     return math.ceil(chars / 3.5) + math.ceil(attachment_bytes / 3) + 8
-
-
-def charged_tokens(record: StreamRecord, input_estimate: int) -> tuple[int, int]:
-    """(input, output) tokens to charge for a call, also when it ended early.
-
-    A stream cut short (client gone, idle timeout) never sees the final
-    `message_delta`: each content delta relayed is at least one output token, and
-    input Claude accepted (status 200) counts even if `message_start` never came.
-    """
-    input_tokens = record.total_input_tokens
-    if input_tokens == 0 and record.upstream_status == 200:
-        input_tokens = input_estimate
-    return input_tokens, max(record.output_tokens, record.output_deltas)
 
 
 def new_record(
@@ -101,39 +82,6 @@ def check_model(ctx: RequestContext, model: str) -> None:
         )  # fmt: skip
 
 
-@dataclass(slots=True)
-class Resumable:
-    """A resumable stream's identity and buffer, prepared before Claude is called."""
-
-    stream_id: str
-    owner: str
-    log: StreamLog
-    grace: float
-
-
-@dataclass(slots=True, eq=False)
-class _Call:
-    """What a call holds until it ends: its span, quota lease and stream slot."""
-
-    ctx: RequestContext
-    call: ClaudeRequest
-    record: StreamRecord
-    span: Span
-    lease: QuotaLease | None = None
-    admitted: bool = False
-
-    async def close(self) -> None:
-        """Release the slot, record the stream once and settle the tokens it used."""
-        runtime = self.ctx.runtime
-        record = self.record
-        if self.admitted:
-            runtime.admission.release()
-        record.ended = time.perf_counter()
-        runtime.telemetry.finish_stream(record, self.span)
-        if self.lease is not None:
-            await self.lease.settle(*charged_tokens(record, self.call.input_estimate))
-
-
 async def call_claude(
     ctx: RequestContext,
     call: ClaudeRequest,
@@ -151,7 +99,12 @@ async def call_claude(
     telemetry = runtime.telemetry
     quota_policy = ctx.route.policy.quotas
     reserve = call.input_estimate + (record.max_tokens or runtime.config.claude.max_tokens)
-    held = _Call(ctx, call, record, telemetry.start_stream(record, ctx.trace_parent, call.body))
+    held = HeldCall(
+        ctx,
+        call.input_estimate,
+        record,
+        telemetry.start_stream(record, ctx.trace_parent, call.body),
+    )
     handed_off = False
     queued_at: float | None = None
     try:
@@ -178,9 +131,9 @@ async def call_claude(
         if not call.stream:
             return await _relay_message(upstream, record, response_headers)
         if resumable is None:
-            return await _relay_stream(ctx, upstream, record, translator, response_headers)
+            return await relay_stream(ctx, upstream, record, translator, response_headers)
         handed_off = True
-        return await _hand_off(held, upstream, translator, response_headers, resumable)
+        return await hand_off(held, upstream, translator, response_headers, resumable)
     except Rejection as rejection:
         if record.upstream_status is None and record.upstream_started is None:
             record.outcome = "rejected"
@@ -251,110 +204,3 @@ async def _relay_message(
         message = None
     apply_message(record, message)
     return web.Response(status=200, body=body, headers=headers, content_type="application/json")
-
-
-def _live_stream(
-    ctx: RequestContext, upstream: aiohttp.ClientResponse, core: StreamCore, generation: Generation
-) -> LiveStream:
-    config = ctx.runtime.config.claude
-    return LiveStream(
-        upstream,
-        core,
-        generation,
-        heartbeat=config.heartbeat_seconds,
-        idle_timeout=config.idle_timeout_seconds,
-        stall_timeout=config.client_stall_timeout_seconds,
-    )
-
-
-async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> ClientChannel:
-    response = web.StreamResponse(status=200, headers={**headers, **sse.HEADERS})
-    await response.prepare(ctx.request)  # headers are sent by the relay, with the first bytes
-    ctx.response_started = True
-    return ClientChannel(ctx.request, response)
-
-
-async def _relay_stream(
-    ctx: RequestContext,
-    upstream: aiohttp.ClientResponse,
-    record: StreamRecord,
-    translator: Translator,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    """Start the SSE response and relay until the stream ends (the client leaving ends it)."""
-    runtime = ctx.runtime
-    channel = await _start_response(ctx, headers)
-    generation = Generation(record)
-    generation.attach(Subscriber(channel))
-    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
-    runtime.streams.add(live)
-    try:
-        await live.run()
-    finally:
-        runtime.streams.discard(live)
-    await channel.end()
-    return channel.response
-
-
-async def _hand_off(
-    held: _Call,
-    upstream: aiohttp.ClientResponse,
-    translator: Translator,
-    headers: dict[str, str],
-    resumable: Resumable,
-) -> web.StreamResponse:
-    """Start a resumable generation in its own task and read it as its first subscriber."""
-    ctx, record = held.ctx, held.record
-    runtime = ctx.runtime
-    record.stream_id = resumable.stream_id
-    generation = Generation(
-        record,
-        stream_id=resumable.stream_id,
-        owner=resumable.owner,
-        log=resumable.log,
-        grace=resumable.grace,
-    )
-    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
-    resumable.log.on_cancel = generation.cancel  # a cancel asked on another replica
-    hub = runtime.resume.hub
-    hub.add(generation, held.span)
-    runtime.streams.add(live)
-    runtime.lifecycle.enter()  # the runtime stays open while its generation runs
-
-    async def produce() -> None:
-        try:
-            await live.run()
-        except Exception as exc:  # the generation's own failure: recorded, never re-raised
-            if record.outcome is None:
-                record.outcome = "upstream_error"
-                record.error_type = record.error_type or type(exc).__name__
-            generation.end(b"")
-        finally:
-            runtime.streams.discard(live)
-            hub.remove(generation)
-            resumable.log.close()
-            try:
-                await held.close()
-            finally:
-                runtime.lifecycle.leave()
-
-    try:
-        channel = await _start_response(ctx, headers)
-    except BaseException:
-        upstream.close()
-        record.outcome = "client_cancelled"
-        hub.remove(generation)
-        runtime.streams.discard(live)
-        runtime.lifecycle.leave()
-        resumable.log.close()
-        await held.close()
-        raise
-    subscriber = Subscriber(channel)
-    generation.attach(subscriber)
-    hub.spawn(produce())
-    try:
-        await subscriber.done
-    finally:
-        generation.detach(subscriber)
-    await channel.end()
-    return channel.response

@@ -15,10 +15,11 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from sidecar import sse
 from sidecar.errors import Rejection
-from sidecar.handlers.claude_call import Resumable
+from sidecar.handlers.claude_stream import Resumable
 from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.hub import Subscriber
@@ -36,6 +37,8 @@ __all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
 log = logging.getLogger("sidecar.resume")
 # The final event of a stream whose producer died: (error type, message) → event bytes.
 LostEvent = Callable[[str, str], bytes]
+_CATCH_UP_TRIES = 20
+_CATCH_UP_WAIT = 0.05  # seconds: up to 1 s for a store that lags its producer
 
 
 def enabled_on(ctx: RequestContext, *, default: bool) -> bool:
@@ -87,6 +90,17 @@ def _gone(ctx: RequestContext, result: str) -> web.StreamResponse:
         404, "not_found_error", "the stream is unknown or has expired",
         reason="resume_expired", code="resume_expired",
     )  # fmt: skip
+
+
+async def _lookup(ctx: RequestContext, stream_id: str) -> StreamInfo | None:
+    try:
+        return await ctx.runtime.resume.store.lookup(stream_id)
+    except StoreError:
+        ctx.runtime.telemetry.resume_store_error("fail_closed")
+        raise Rejection(
+            503, "overloaded_error", "the resume store is unavailable",
+            reason="resume_store_error", headers={"Retry-After": "1"},
+        ) from None  # fmt: skip
 
 
 def _beyond_end() -> Rejection:
@@ -141,22 +155,25 @@ async def _from_store(
 ) -> web.StreamResponse:
     runtime = ctx.runtime
     store = runtime.resume.store
-    try:
-        info: StreamInfo | None = await store.lookup(stream_id)
-    except StoreError:
-        runtime.telemetry.resume_store_error("fail_closed")
-        raise Rejection(
-            503, "overloaded_error", "the resume store is unavailable",
-            reason="resume_store_error", headers={"Retry-After": "1"},
-        ) from None  # fmt: skip
+    info = await _lookup(ctx, stream_id)
     if info is None:
         return _gone(ctx, "expired")
     if info.owner != owner:
         return _gone(ctx, "forbidden")
+    # Another replica writes its events in batches a few ms apart: a client that got an
+    # event from it just now may be ahead of the store for a moment.
+    for _ in range(_CATCH_UP_TRIES):
+        if after <= info.last or info.final:
+            break
+        await asyncio.sleep(_CATCH_UP_WAIT)
+        info = await _lookup(ctx, stream_id) or info
     if after > info.last:
         raise _beyond_end()
     if after < info.first - 1 or (info.final and after == info.last):
         return _gone(ctx, "expired")
+    origin = _span_context(info.origin)
+    if origin is not None:
+        ctx.span.add_link(origin)
     channel = await _start(ctx, stream_id)
     replayed = 0
     result = "resumed"
@@ -185,6 +202,18 @@ async def _from_store(
     runtime.telemetry.resumed(result, replayed)
     await channel.end()
     return channel.response
+
+
+def _span_context(origin: str) -> SpanContext | None:
+    """The producing stream's span as stored (`<trace id>-<span id>`), if any."""
+    trace_id, _, span_id = origin.partition("-")
+    try:
+        context = SpanContext(
+            int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(1)
+        )
+    except ValueError:
+        return None
+    return context if context.is_valid else None
 
 
 async def _start(ctx: RequestContext, stream_id: str) -> ClientChannel:

@@ -20,7 +20,7 @@ pyproject pins aiohttp to the minor versions that test passed on.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Final, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -34,6 +34,8 @@ class Sink(Protocol):
 
     def on_end(self, error: BaseException | None) -> None: ...
 
+
+HIGH_WATER: Final = 256 * 1024  # bytes queued for a slow client before Claude is paused
 
 # The sink each push-mode reader feeds. Keyed by the reader, so nothing is attached to
 # aiohttp's objects; an entry lives exactly as long as its relay.
@@ -151,6 +153,17 @@ class ClientChannel:
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         self._transport.write(data)
+
+    def send(self, data: bytes) -> bool:
+        """The hot path's write: skipped for a client that is gone; True past the high-water
+        mark (the caller pauses Claude). One call per event per client."""
+        transport = self._transport
+        if transport.is_closing():
+            return False  # gone: its handler detaches it
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        transport.write(data)
+        return transport.get_write_buffer_size() > HIGH_WATER
 
     async def write_with_headers(self, data: bytes) -> None:
         """The first write: aiohttp sends the status line and headers with these bytes."""

@@ -70,13 +70,13 @@ class StreamCore:
 
     def feed(self, chunk: bytes) -> bytes:
         """One upstream chunk: the client's bytes for it (the chunk itself when passing through)."""
+        if self.passthrough:
+            self.observe(chunk)
+            return chunk
         record = self.record
         record.chunks += 1
         if record.first_chunk_at is None:
             record.first_chunk_at = time.perf_counter()
-        if self.passthrough:
-            self.observe(chunk)
-            return chunk
         out = b""
         translate = self.translator.translate
         for block in self._scanner.feed(chunk):
@@ -86,16 +86,12 @@ class StreamCore:
             out += translate(block, name, record)
         return out
 
-    def count(self) -> None:
-        """Count a passthrough chunk that was sent before `observe` scans it."""
+    def observe(self, chunk: bytes) -> None:
+        """Account for a passthrough chunk already sent (the client never waits for this)."""
         record = self.record
         record.chunks += 1
         if record.first_chunk_at is None:
             record.first_chunk_at = time.perf_counter()
-
-    def observe(self, chunk: bytes) -> None:
-        """Account for a passthrough chunk already sent (the client never waits for this)."""
-        record = self.record
         for block in self._scanner.feed(chunk):
             if observe(record, block) == STOP:
                 self.saw_stop = True

@@ -15,13 +15,12 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from sidecar.stream.adapter import ClientChannel
+from sidecar.stream.adapter import HIGH_WATER, ClientChannel
 from sidecar.stream.store import StreamLog
 
 if TYPE_CHECKING:
     from sidecar.record import Outcome, StreamRecord
 
-HIGH_WATER: Final = 256 * 1024  # bytes queued for a slow client before Claude is paused
 FIRST_SEND: Final = 16 * 1024  # at most this much leaves with the headers (never waits to drain)
 _BLANK: Final = b"\n\n"
 
@@ -30,28 +29,29 @@ class Subscriber:
     """One client connection reading a generation.
 
     Until its headers are sent, bytes collect in `first` and leave with them in one send;
-    after that every publish is written to its connection at once.
+    after that `send` is the connection's own (one call per event, no indirection).
     """
 
-    __slots__ = ("channel", "done", "first")
+    __slots__ = ("channel", "done", "first", "send")
 
     def __init__(self, channel: ClientChannel, backlog: bytes = b"") -> None:
         self.channel = channel
         self.first: bytearray | None = bytearray(backlog)
+        # Write (or collect) bytes; True when the client lags past the high-water mark.
+        self.send: Callable[[bytes], bool] = self._collect
         # Resolved once the generation's final bytes were written to this client.
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def send(self, data: bytes) -> bool:
-        """Write (or collect) `data`; True when the client lags past the high-water mark."""
+    def _collect(self, data: bytes) -> bool:
         first = self.first
         if first is not None:
             first += data
             return False
-        channel = self.channel
-        if channel.closing():
-            return False  # gone: its handler detaches it
-        channel.write(data)
-        return channel.buffered() > HIGH_WATER
+        return self.channel.send(data)
+
+    def _started(self) -> None:
+        self.first = None
+        self.send = self.channel.send
 
     async def start(self) -> bool:
         """Send the headers with what has collected; True when the client already lags."""
@@ -60,14 +60,14 @@ class Subscriber:
         if len(first) > FIRST_SEND:  # a backlog: headers now, the rest paced by the client
             await self.channel.write_with_headers(b"")
             data = bytes(first)
-            self.first = None
+            self._started()
             return self.send(data)
         while True:  # what is published during a send goes out with the next one
             data = bytes(first)
             first.clear()
             await self.channel.write_with_headers(data)
             if not first:
-                self.first = None
+                self._started()
                 return False
 
     def ended(self) -> None:

@@ -39,7 +39,7 @@ def keys(stream_id: str) -> tuple[str, str, str, str]:
 class _RedisLog(StreamLog):
     """A stream's log: kept in memory for this replica's clients, copied to Redis in batches."""
 
-    __slots__ = ("_store", "closed", "queued", "trimmed")
+    __slots__ = ("_store", "closed", "origin_sent", "queued", "trimmed")
 
     def __init__(self, store: RedisResumeStore, stream_id: str, owner: str, max_bytes: int) -> None:
         super().__init__(stream_id, owner, max_bytes)
@@ -47,6 +47,7 @@ class _RedisLog(StreamLog):
         self.queued: list[tuple[int, bytes, bool]] = []
         self.trimmed = 0
         self.closed = False
+        self.origin_sent = False
 
     def append(self, event: bytes) -> None:
         super().append(event)
@@ -64,6 +65,10 @@ class _RedisLog(StreamLog):
 
     def close(self) -> None:
         self.closed = True
+        self._store.dirty(self)
+
+    def set_origin(self, origin: str) -> None:
+        super().set_origin(origin)
         self._store.dirty(self)
 
 
@@ -182,6 +187,9 @@ class RedisResumeStore(ResumeStore):
     def _queue_log(self, pipe: Any, log_: _RedisLog) -> None:
         events, meta, alive, _ = keys(log_.stream_id)
         queued, log_.queued = log_.queued, []
+        if log_.origin and not log_.origin_sent:
+            pipe.hset(meta, "origin", log_.origin)
+            log_.origin_sent = True
         for n, event, final in queued:
             if event:
                 fields = {"e": event, "f": b"1"} if final else {"e": event}
@@ -215,7 +223,8 @@ class RedisResumeStore(ResumeStore):
         last = _number(newest[0][0]) if newest else 0
         first = _number(oldest[0][0]) if oldest else last + 1
         final = b"final" in fields and int(fields[b"final"]) <= last
-        return StreamInfo(owner.decode(), last, final, first)
+        origin = fields.get(b"origin", b"").decode()
+        return StreamInfo(owner.decode(), last, final, first, origin)
 
     async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
         events, meta, alive, _ = keys(stream_id)

@@ -40,13 +40,14 @@ class StreamInfo:
     last: int  # number of the newest event kept
     final: bool  # the last event is the stream's final one
     first: int = 1  # number of the oldest event still kept
+    origin: str = ""  # `<trace id>-<span id>` of the producing stream's span, for links
 
 
 class StreamLog:
     """One stream's events in memory, bounded by `max_bytes` (the oldest are dropped)."""
 
     __slots__ = (
-        "_waiters", "base", "events", "final", "finished_at", "max_bytes", "on_cancel", "owner",
+        "_waiters", "base", "events", "final", "finished_at", "max_bytes", "on_cancel", "origin", "owner",
         "size", "stream_id",
     )  # fmt: skip
 
@@ -59,6 +60,7 @@ class StreamLog:
         self.size = 0
         self.final = False
         self.finished_at: float | None = None
+        self.origin = ""
         # Called when another replica asks to cancel the stream (shared stores).
         self.on_cancel: Callable[[], None] | None = None
         self._waiters: list[asyncio.Future[None]] = []
@@ -92,7 +94,11 @@ class StreamLog:
         return list(self.events)[n - self.base :] if n < self.last else []
 
     def info(self) -> StreamInfo:
-        return StreamInfo(self.owner, self.last, self.final, self.base + 1)
+        return StreamInfo(self.owner, self.last, self.final, self.base + 1, self.origin)
+
+    def set_origin(self, origin: str) -> None:
+        """The producing stream's span (`<trace id>-<span id>`): resumes link to it."""
+        self.origin = origin
 
     async def wait(self, n: int) -> None:
         """Until there is an event after `n` or the stream is final."""
