@@ -746,6 +746,13 @@ def test_prometheus_rule_thresholds_come_from_values(chart: Any, tmp_path: Path)
     assert "above 2.5s" in rules["ClaudeSidecarTimeToFirstTokenSlow"]["annotations"]["summary"]
     assert "> 5 * sum" in rules["ClaudeSidecarRejectionsSpiking"]["expr"]
     assert rules["ClaudeSidecarClaudeThrottling"]["expr"].rstrip().endswith("> 0.1")
+    assert "runbook_url" not in rules["ClaudeSidecarNotReady"]["annotations"]
+    docs_url = "https://git.example.com/sidecar/blob/main/docs/observability.md"
+    linked = one(render(chart, {"prometheusRule": {"enabled": True, "runbookBaseUrl": docs_url}}),
+                 "PrometheusRule")  # fmt: skip
+    for linked_rule in linked["spec"]["groups"][0]["rules"]:
+        anchor = linked_rule["alert"].lower()
+        assert linked_rule["annotations"]["runbook_url"] == f"{docs_url}#{anchor}"
     with pytest.raises(helm.HelmValuesError, match="timeToFirstTokenSeconds"):
         chart.validate_schema({"prometheusRule": {"timeToFirstTokenSeconds": "3"}})
     # The rendered rules are valid Prometheus rules (not only valid YAML).
