@@ -7,6 +7,7 @@ screens, admits and serves) → telemetry. Any step may answer early by raising
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
@@ -59,6 +60,12 @@ def request_id_of(request: web.Request, header: str) -> str:
     return "req_" + secrets.token_hex(12)
 
 
+@functools.lru_cache(maxsize=16)
+def _hsts(max_age: int) -> str:
+    """The Strict-Transport-Security value, formatted once per configured max-age."""
+    return f"max-age={max_age}; includeSubDomains"
+
+
 def family_of(route: Route) -> Family:
     return (
         "anthropic"
@@ -87,101 +94,105 @@ class Pipeline:
         runtime = request.app[RUNTIMES].current  # swapped by reload; in-flight keep theirs
         lifecycle = runtime.lifecycle
         lifecycle.enter()
+        # One coroutine for the whole request (no inner one awaited): every open
+        # stream holds one frame less.
         try:
-            return await self._serve(runtime, request)
+            started = time.perf_counter()
+            config = runtime.config
+            telemetry = runtime.telemetry
+            request_id = request_id_of(request, config.server.request_id_header)
+            headers = {config.server.request_id_header: request_id}
+            tls = config.server.tls
+            if tls.enabled and tls.hsts:
+                headers["Strict-Transport-Security"] = _hsts(tls.hsts_max_age_seconds)
+            route = runtime.routes.match(request.path)
+            if route is None:
+                body = simple_error_body("not_found", f"no route for {request.path}")
+                headers["Vary"] = "Origin"
+                telemetry.rejected("no_route", UNMATCHED, 404, request_id)
+                telemetry.access(
+                    method=request.method, route=UNMATCHED, path=request.path, status=404,
+                    duration=time.perf_counter() - started, request_id=request_id,
+                    bytes_sent=None, span=None,
+                )  # fmt: skip
+                return web.Response(
+                    status=404, body=body, content_type="application/json", headers=headers
+                )
+            parent = telemetry.extract(request.headers)
+            span = telemetry.start_server_span(
+                f"{request.method} {route.path}",
+                parent,
+                {"http.request.method": request.method, "http.route": route.path},
+            )
+            origin = request.headers.get("Origin")
+            headers.update(route.cors.response_headers(origin))
+            peer = request.remote or ""
+            ctx = RequestContext(
+                request=request,
+                runtime=runtime,
+                route=route,
+                request_id=request_id,
+                started=started,
+                client_ip=client_ip(
+                    peer, request.headers.get("X-Forwarded-For"), config.server.trusted_proxies
+                ),
+                trace_parent=telemetry.child_context(span, parent),
+                span=span,
+                headers=headers,
+                family=family_of(route),
+            )
+            status = 500
+            response: web.StreamResponse | None = None
+            try:
+                if (
+                    request.method == "OPTIONS"
+                    and "Access-Control-Request-Method" in request.headers
+                ):
+                    response = self._preflight(ctx, origin)
+                else:
+                    if ctx.family != "app" and route.cors.refuses(origin, request.host):
+                        # The browser would hide the answer anyway: do not spend Claude or quota on it.
+                        # (The app route only sets headers: cross-site form posts such as OAuth
+                        # `form_post` callbacks must still reach the app.)
+                        raise Rejection(
+                            403,
+                            "permission_error",
+                            "origin not allowed",
+                            reason="cors_origin_denied",
+                        )
+                    ctx.identity = await runtime.auth.authenticate(
+                        route.policy.auth, request.headers, request.query, request.method
+                    )
+                    response = await self._handlers[route.handler](ctx)
+            except Rejection as rejection:
+                telemetry.rejected(rejection.reason, route.path, rejection.status, request_id, span)
+                response = render_rejection(ctx, rejection)
+            except Exception:
+                if ctx.response_started:
+                    raise
+                log.exception("unhandled error", extra={"request_id": request_id})
+                response = render_rejection(
+                    ctx, Rejection(500, "api_error", "internal error", reason="internal_error")
+                )
+            finally:
+                if response is not None:
+                    status = response.status
+                elif request.transport is None or request.transport.is_closing():
+                    status = 499  # the client went away before an answer
+                telemetry.end_server_span(span, status)
+                telemetry.access(
+                    method=request.method,
+                    route=route.path,
+                    path=request.path,
+                    status=status,
+                    duration=time.perf_counter() - started,
+                    request_id=request_id,
+                    bytes_sent=None,
+                    span=span,
+                )
+            return response
         finally:
             lifecycle.leave()
-
-    async def _serve(self, runtime: Runtime, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        config = runtime.config
-        telemetry = runtime.telemetry
-        request_id = request_id_of(request, config.server.request_id_header)
-        headers = {config.server.request_id_header: request_id}
-        if config.server.tls.enabled and config.server.tls.hsts:
-            headers["Strict-Transport-Security"] = (
-                f"max-age={config.server.tls.hsts_max_age_seconds}; includeSubDomains"
-            )
-        route = runtime.routes.match(request.path)
-        if route is None:
-            body = simple_error_body("not_found", f"no route for {request.path}")
-            headers["Vary"] = "Origin"
-            telemetry.rejected("no_route", UNMATCHED, 404, request_id)
-            telemetry.access(
-                method=request.method, route=UNMATCHED, path=request.path, status=404,
-                duration=time.perf_counter() - started, request_id=request_id,
-                bytes_sent=None, span=None,
-            )  # fmt: skip
-            return web.Response(
-                status=404, body=body, content_type="application/json", headers=headers
-            )
-        parent = telemetry.extract(request.headers)
-        span = telemetry.start_server_span(
-            f"{request.method} {route.path}",
-            parent,
-            {"http.request.method": request.method, "http.route": route.path},
-        )
-        origin = request.headers.get("Origin")
-        headers.update(route.cors.response_headers(origin))
-        peer = request.remote or ""
-        ctx = RequestContext(
-            request=request,
-            runtime=runtime,
-            route=route,
-            request_id=request_id,
-            started=started,
-            client_ip=client_ip(
-                peer, request.headers.get("X-Forwarded-For"), config.server.trusted_proxies
-            ),
-            trace_parent=telemetry.child_context(span, parent),
-            span=span,
-            headers=headers,
-            family=family_of(route),
-        )
-        status = 500
-        response: web.StreamResponse | None = None
-        try:
-            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-                response = self._preflight(ctx, origin)
-            else:
-                if ctx.family != "app" and route.cors.refuses(origin, request.host):
-                    # The browser would hide the answer anyway: do not spend Claude or quota on it.
-                    # (The app route only sets headers: cross-site form posts such as OAuth
-                    # `form_post` callbacks must still reach the app.)
-                    raise Rejection(
-                        403, "permission_error", "origin not allowed", reason="cors_origin_denied"
-                    )
-                ctx.identity = await runtime.auth.authenticate(
-                    route.policy.auth, request.headers, request.query, request.method
-                )
-                response = await self._handlers[route.handler](ctx)
-        except Rejection as rejection:
-            telemetry.rejected(rejection.reason, route.path, rejection.status, request_id, span)
-            response = render_rejection(ctx, rejection)
-        except Exception:
-            if ctx.response_started:
-                raise
-            log.exception("unhandled error", extra={"request_id": request_id})
-            response = render_rejection(
-                ctx, Rejection(500, "api_error", "internal error", reason="internal_error")
-            )
-        finally:
-            if response is not None:
-                status = response.status
-            elif request.transport is None or request.transport.is_closing():
-                status = 499  # the client went away before an answer
-            telemetry.end_server_span(span, status)
-            telemetry.access(
-                method=request.method,
-                route=route.path,
-                path=request.path,
-                status=status,
-                duration=time.perf_counter() - started,
-                request_id=request_id,
-                bytes_sent=None,
-                span=span,
-            )
-        return response
 
     def _preflight(self, ctx: RequestContext, origin: str | None) -> web.Response:
         status, cors_headers = ctx.route.cors.preflight(

@@ -25,10 +25,12 @@ CALLS_PER_CALL = 2600  # measured 2384
 CALLS_PER_EVENT = 52  # measured 47 (≈ 30 of them the asyncio loop's own per read)
 BYTES_PER_OPEN_STREAM = 43_000  # measured 39,300 (≈ 3/4 of it aiohttp's and the OTel SDK's)
 BLOCKS_PER_OPEN_STREAM = 460  # measured 420
-# Memory left behind once calls and streams have ended: none beyond noise.
-HELD_BYTES_PER_CALL = 256
-HELD_BYTES_PER_EVENT = 16
-PEAK_BYTES_PER_EVENT = 64  # nothing buffered per event while a stream runs
+# Memory left behind once calls and streams have ended: none beyond noise (the loop
+# drops cancelled timers in batches, caches fill), measured within ±130 B per call and
+# ±100 B per event. Keeping one log record per call is ~1 KB; one event's bytes ~190 B.
+HELD_BYTES_PER_CALL = 512
+HELD_BYTES_PER_EVENT = 128
+PEAK_BYTES_PER_EVENT = 128  # nothing buffered per event while a stream runs
 
 
 # The sidecar is started in each test's body, not in a fixture: see `sidecar_all_on`.
@@ -46,7 +48,7 @@ async def test_a_call_costs_a_bounded_number_of_function_calls_and_holds_nothing
 @pytest.mark.timeout(180)
 async def test_a_relayed_event_costs_a_bounded_number_of_calls_and_no_memory() -> None:
     async with measured_sidecar() as sidecar:
-        cost = await per_event(sidecar, 100, 500)
+        cost = await per_event(sidecar, 200, 500)
     assert 0 < cost["calls"] <= CALLS_PER_EVENT, dump(cost)
     assert cost["bytes"] <= HELD_BYTES_PER_EVENT, dump(cost)
     assert cost["peak"] <= PEAK_BYTES_PER_EVENT, dump(cost)

@@ -8,6 +8,7 @@ for the sidecar's auth and is never forwarded; the sidecar sends its own key.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from sidecar.handlers.claude_call import (
 from sidecar.handlers.request_body import parse_json_object, read_body
 from sidecar.pipeline import RequestContext
 from sidecar.policy import collect_texts
-from sidecar.record import Outcome
+from sidecar.record import Outcome, StreamRecord
 from sidecar.relay import Translator
 from sidecar.upstream import Attempt, read_answer, returned_headers
 
@@ -81,14 +82,18 @@ def upstream_path(ctx: RequestContext) -> str:
     return path_qs[start:]
 
 
-async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
-    """Dispatch within the Anthropic family by path."""
+def handle_anthropic(ctx: RequestContext) -> Awaitable[web.StreamResponse]:
+    """Dispatch within the Anthropic family by path.
+
+    A plain function returning the route's coroutine: a stream holds that one frame,
+    not a dispatcher's frame awaiting it too.
+    """
     path_qs = upstream_path(ctx)
     path = path_qs.partition("?")[0].rstrip("/")
     if path == "/v1/messages":
-        return await _messages(ctx, path_qs)
+        return _messages(ctx, path_qs)
     if path == "/v1/messages/count_tokens":
-        return await _count_tokens(ctx, path_qs)
+        return _count_tokens(ctx, path_qs)
     if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):
         # Batches, files and the like would spend the sidecar's key outside screening and
         # token quotas: only the paths the config opens are forwarded.
@@ -96,7 +101,7 @@ async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
             403, "permission_error", f"{path} is not open through this sidecar",
             reason="path_not_forwarded",
         )  # fmt: skip
-    return await _forward(ctx, path_qs, None)
+    return _forward(ctx, path_qs, None)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -107,8 +112,20 @@ def _under(path: str, prefix: str) -> bool:
 
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
+    raw = await read_body(ctx.request, ctx.runtime.config.server.max_body_bytes)
+    call, record = _message_call(ctx, path_qs, raw)
+    return await call_claude(ctx, call, record, PASSTHROUGH)
+
+
+def _message_call(
+    ctx: RequestContext, path_qs: str, raw: bytes
+) -> tuple[ClaudeRequest, StreamRecord]:
+    """The validated, screened call and its record; the parsed body is not kept.
+
+    A function of its own so the decoded JSON (every message as Python objects) is
+    freed before the stream starts instead of living as long as it.
+    """
     config = ctx.runtime.config
-    raw = await read_body(ctx.request, config.server.max_body_bytes)
     body = parse_json_object(raw)
     model, max_tokens, stream = _validated(body)
     check_model(ctx, model)
@@ -130,7 +147,7 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
     )
-    return await call_claude(ctx, call, record, PASSTHROUGH)
+    return call, record
 
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
