@@ -3,6 +3,7 @@
     uv run python bench/costs.py                 # figures per call / event / open stream
     uv run python bench/costs.py --calls 200 --top 40   # + the top functions per call
     uv run python bench/costs.py --memory-sites  # + the top live allocation sites per stream
+    uv run python bench/costs.py --breakdown     # the figures with each feature off in turn
 
 The sidecar runs in this process with every per-call feature on (API-key auth, CORS,
 screening, memory quotas, Prometheus metrics, recorded spans, JSON access and stream
@@ -51,7 +52,23 @@ async def event_diff(port: int, top: int) -> None:
         print(f"{n:6.2f}  {name}")
 
 
+async def breakdown(calls: int) -> None:
+    """Function calls and held memory per call and per open stream, one feature off at a time."""
+    print("| off | calls per call | bytes per open stream | blocks per open stream |")
+    print("| --- | ---: | ---: | ---: |")
+    for off in ("", *costs.FEATURES, "everything"):
+        without = frozenset(costs.FEATURES if off == "everything" else [off] if off else [])
+        async with costs.measured_sidecar(without) as server:
+            call = await costs.per_call(server, calls)
+            stream = await costs.per_open_stream(server, 50)
+        print(f"| {off or '(all on)'} | {call['calls']:.0f} | {stream['bytes']:.0f}"
+              f" | {stream['blocks']:.0f} |", flush=True)  # fmt: skip
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.breakdown:
+        await breakdown(args.calls)
+        return
     async with costs.measured_sidecar() as server:
         print("per call:", costs.dump(await costs.per_call(server, args.calls)))
         print("per event:", costs.dump(await costs.per_event(server, 100, 500)))
@@ -88,6 +105,7 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--top", type=int, default=0, help="print the top N functions per call")
     parser.add_argument("--memory-sites", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="each feature off in turn")
     parser.add_argument("--event-diff", type=int, default=0, help="top N functions per event")
     parser.add_argument("--cumulative", help="print functions matching this regex by cumtime")
     parser.add_argument("--callers", help="print who calls functions matching this regex")

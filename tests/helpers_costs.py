@@ -72,9 +72,19 @@ print(events, flush=True)
 """
 
 
-def all_on(fake_url: str) -> dict[str, Any]:
-    """Every per-call feature on: API-key auth, CORS, screening, quotas, metrics, spans, logs."""
-    return {
+FEATURES = (
+    "auth",
+    "screening",
+    "quotas",
+    "metrics_spans",
+    "logs",
+)  # cors stays: the client sends an Origin
+
+
+def all_on(fake_url: str, without: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every per-call feature on (API-key auth, CORS, screening, quotas, metrics and spans,
+    JSON access and stream logs), but those named in `without` (see FEATURES)."""
+    config: dict[str, Any] = {
         "claude": {"base_url": fake_url, "api_key": "sk-costs", "max_concurrent_streams": 512},
         "auth": {
             "mode": "required",
@@ -97,6 +107,14 @@ def all_on(fake_url: str) -> dict[str, Any]:
         },
         "telemetry": {"prometheus": True, "access_log": True, "log_format": "json"},
     }
+    for feature in without:
+        if feature == "metrics_spans":  # no exporter at all: the no-op providers
+            config["telemetry"]["prometheus"] = False
+        elif feature == "logs":
+            config["telemetry"] |= {"access_log": False, "log_level": "WARNING"}
+        else:
+            del config[feature]
+    return config
 
 
 @contextlib.asynccontextmanager
@@ -116,7 +134,9 @@ async def fake_claude_process() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def sidecar_all_on(fake_url: str) -> AsyncIterator[SidecarServer]:
+async def sidecar_all_on(
+    fake_url: str, without: frozenset[str] = frozenset()
+) -> AsyncIterator[SidecarServer]:
     """The sidecar in this process with every per-call feature on; JSON logs to /dev/null.
 
     Logging is set up as `sidecar run` does it (replacing the root logger's handlers),
@@ -126,7 +146,7 @@ async def sidecar_all_on(fake_url: str) -> AsyncIterator[SidecarServer]:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     with open(os.devnull, "w") as sink:  # noqa: ASYNC230  (opening /dev/null does not block)
-        async with running_sidecar(all_on(fake_url)) as server:
+        async with running_sidecar(all_on(fake_url, without)) as server:
             setup_logging(server.runtime.config.telemetry, sink)  # every line is formatted
             try:
                 yield server
@@ -139,9 +159,11 @@ async def sidecar_all_on(fake_url: str) -> AsyncIterator[SidecarServer]:
 
 
 @contextlib.asynccontextmanager
-async def measured_sidecar() -> AsyncIterator[SidecarServer]:
+async def measured_sidecar(
+    without: frozenset[str] = frozenset(),
+) -> AsyncIterator[SidecarServer]:
     """A fake Claude process and the all-on sidecar in this process, tracemalloc on."""
-    async with fake_claude_process() as fake, sidecar_all_on(fake) as server:
+    async with fake_claude_process() as fake, sidecar_all_on(fake, without) as server:
         with tracing():
             yield server
 
@@ -295,6 +317,7 @@ def top_growth(before: tracemalloc.Snapshot, lines: int = 25) -> list[str]:
 
 
 __all__ = [
+    "FEATURES",
     "Cost",
     "dump",
     "fake_claude_process",

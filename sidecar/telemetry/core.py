@@ -34,6 +34,7 @@ from sidecar.telemetry.providers import Providers, build_providers, env_flag
 
 _CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
 _ADMITTED: Final = {"sidecar.queue.admitted": True}
+_NO_PARENT: Final = Context()
 
 stream_log = logging.getLogger("sidecar.stream")
 access_log = logging.getLogger("sidecar.access")
@@ -97,6 +98,10 @@ class Telemetry:
 
     def extract(self, headers: Mapping[str, str]) -> Context:
         """The caller's W3C trace context (empty context when there is none)."""
+        if "traceparent" not in headers:
+            # What the propagator returns without the header (`tracestate` alone means
+            # nothing), without its getter calls per request; a Context is immutable.
+            return _NO_PARENT
         return self._propagator.extract(headers)
 
     def start_server_span(self, name: str, parent: Context, attributes: dict[str, Any]) -> Span:
