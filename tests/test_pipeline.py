@@ -21,10 +21,10 @@ import pytest
 
 from tests.helpers_costs import dump, measured_sidecar, per_call, per_event, per_open_stream
 
-CALLS_PER_CALL = 2600  # measured 2384
+CALLS_PER_CALL = 2600  # measured 2,365-2,375
 CALLS_PER_EVENT = 52  # measured 47 (≈ 30 of them the asyncio loop's own per read)
-BYTES_PER_OPEN_STREAM = 43_000  # measured 39,300 (≈ 3/4 of it aiohttp's and the OTel SDK's)
-BLOCKS_PER_OPEN_STREAM = 460  # measured 420
+BYTES_PER_OPEN_STREAM = 40_500  # measured 36,500-36,900 (≈ 3/4 of it aiohttp's and the OTel SDK's)
+BLOCKS_PER_OPEN_STREAM = 430  # measured 383-391
 # Memory left behind once calls and streams have ended: none beyond noise (the loop
 # drops cancelled timers in batches, caches fill), measured within ±130 B per call and
 # ±100 B per event. Keeping one log record per call is ~1 KB; one event's bytes ~190 B.
