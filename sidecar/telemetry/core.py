@@ -20,7 +20,16 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import NoOpTracerProvider, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NoOpTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    format_span_id,
+    format_trace_id,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -123,8 +132,21 @@ class Telemetry:
         return trace.set_span_in_context(span, parent)
 
     def inject(self, span: Span, headers: dict[str, str]) -> None:
-        """Add `traceparent` (+ `tracestate`) naming `span` as the parent."""
-        self._propagator.inject(headers, context=trace.set_span_in_context(span))
+        """Add `traceparent` (+ `tracestate`) naming `span` as the parent.
+
+        Writes what `TraceContextTextMapPropagator.inject` writes for this span, without
+        first wrapping the span in a new Context for the propagator to unwrap (once
+        per Claude call). tests/test_telemetry_core.py holds the two to the same output.
+        """
+        context = span.get_span_context()
+        if context == INVALID_SPAN_CONTEXT:
+            return
+        headers["traceparent"] = (
+            f"00-{format_trace_id(context.trace_id)}-{format_span_id(context.span_id)}"
+            f"-{context.trace_flags:02x}"
+        )
+        if context.trace_state:
+            headers["tracestate"] = context.trace_state.to_header()
 
     def start_stream(self, record: StreamRecord, parent: Context, body: bytes = b"") -> Span:
         """The CLIENT span `chat {model}` of one Claude call; ends in `finish_stream`.
