@@ -8,6 +8,7 @@ for the sidecar's auth and is never forwarded; the sidecar sends its own key.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -111,20 +112,24 @@ def upstream_path(ctx: RequestContext) -> tuple[str, str]:
     return ctx.path[start:], f"?{query}" if query else ""
 
 
-async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
-    """Dispatch within the Anthropic family by canonical path."""
+def handle_anthropic(ctx: RequestContext) -> Awaitable[web.StreamResponse]:
+    """Dispatch within the Anthropic family by canonical path.
+
+    A plain function returning the route's coroutine: a stream holds that one frame,
+    not a dispatcher's frame awaiting it too.
+    """
     path, query = upstream_path(ctx)
     call = path.rstrip("/")
     if call == "/v1/messages":
         cursor = resume.cursor_of(ctx.request) if ctx.runtime.config.resume.enabled else None
         if cursor is not None and ctx.request.method == "POST":
-            return await resume.resume(ctx, cursor, _lost_event)
-        return await _messages(ctx, call + query)
+            return resume.resume(ctx, cursor, _lost_event)
+        return _messages(ctx, call + query)
     deleting = ctx.request.method == "DELETE" and call.startswith("/v1/messages/")
     if deleting and ctx.runtime.config.resume.enabled:  # DELETE /v1/messages/<stream id>
-        return await resume.cancel(ctx, call.rpartition("/")[2])
+        return resume.cancel(ctx, call.rpartition("/")[2])
     if call == "/v1/messages/count_tokens":
-        return await _count_tokens(ctx, call + query)
+        return _count_tokens(ctx, call + query)
     if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):
         # Batches, files and the like would spend the sidecar's key outside screening and
         # token quotas: only the paths the config opens are forwarded.
@@ -132,7 +137,7 @@ async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
             403, "permission_error", f"{call} is not open through this sidecar",
             reason="path_not_forwarded",
         )  # fmt: skip
-    return await _forward(ctx, path + query, None)
+    return _forward(ctx, path + query, None)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -143,8 +148,21 @@ def _under(path: str, prefix: str) -> bool:
 
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
+    raw = await read_body(ctx.request, ctx.runtime.config.server)
+    call, record = _message_call(ctx, path_qs, raw)
+    plan = await resume.prepare(ctx) if call.stream and _resume_wanted(ctx) else None
+    return await call_claude(ctx, call, record, NUMBERED if plan else PASSTHROUGH, plan)
+
+
+def _message_call(
+    ctx: RequestContext, path_qs: str, raw: bytes
+) -> tuple[ClaudeRequest, StreamRecord]:
+    """The validated, screened call and its record; the parsed body is not kept.
+
+    A function of its own so the decoded JSON (every message as Python objects) is
+    freed before the stream starts instead of living as long as it.
+    """
     config = ctx.runtime.config
-    raw = await read_body(ctx.request, config.server)
     body = parse_json_object(raw)
     model, max_tokens, stream = _validated(body)
     check_model(ctx, model)
@@ -166,8 +184,7 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
     )
-    plan = await resume.prepare(ctx) if stream and _resume_wanted(ctx) else None
-    return await call_claude(ctx, call, record, NUMBERED if plan else PASSTHROUGH, plan)
+    return call, record
 
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:

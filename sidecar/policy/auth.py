@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import aiohttp
 import jwt
@@ -20,6 +21,7 @@ from sidecar.identity import ANONYMOUS, Identity
 from sidecar.policy.jwks import JwksCache
 
 _CHALLENGE = 'Bearer realm="claude-sidecar"'
+_NO_CLAIMS: Final[Mapping[str, Any]] = MappingProxyType({})  # API keys carry no claims
 _INVALID = 'Bearer realm="claude-sidecar", error="invalid_token"'
 _JWT_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
     (jwt.ExpiredSignatureError, "auth_expired", "token expired"),
@@ -106,8 +108,18 @@ class Authenticator:
     def __init__(self, config: AuthConfig, jwt_verifier: JwtVerifier | None) -> None:
         self.config = config
         self._jwt = jwt_verifier
-        # Lookup by hash: the plaintext key is hashed on arrival and never stored.
-        self._keys = {key.sha256: key for key in config.api_keys}
+        # Lookup by hash: the plaintext key is hashed on arrival and never stored. Each
+        # key's identity is built once: it is immutable, and a stream holds it to its end.
+        self._keys = {
+            key.sha256: Identity(
+                method="api_key",
+                user=key.user or key.name,
+                tenant=key.tenant,
+                api_key_name=key.name,
+                claims=_NO_CLAIMS,
+            )
+            for key in config.api_keys
+        }
 
     def _credential(
         self, headers: Mapping[str, str], query: Mapping[str, str], method: str
@@ -142,16 +154,11 @@ class Authenticator:
         return identity
 
     async def _verify(self, credential: str) -> Identity:
-        api_key = self._keys.get(
+        identity = self._keys.get(
             hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()
         )
-        if api_key is not None:
-            return Identity(
-                method="api_key",
-                user=api_key.user or api_key.name,
-                tenant=api_key.tenant,
-                api_key_name=api_key.name,
-            )
+        if identity is not None:
+            return identity
         if self._jwt is None or credential.count(".") != 2:
             raise unauthorized("auth_invalid_key", "invalid credentials")
         claims = await self._jwt.verify(credential)

@@ -19,7 +19,16 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import NoOpTracerProvider, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NoOpTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    format_span_id,
+    format_trace_id,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -36,6 +45,7 @@ from sidecar.telemetry.semconv import DEFAULT, GenAiNames, gen_ai_names, http_me
 
 _CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
 _ADMITTED: Final = {"sidecar.queue.admitted": True}
+_NO_PARENT: Final = Context()
 
 stream_log = logging.getLogger("sidecar.stream")
 access_log = logging.getLogger("sidecar.access")
@@ -110,6 +120,10 @@ class Telemetry:
 
     def extract(self, headers: Mapping[str, str]) -> Context:
         """The caller's W3C trace context (empty context when there is none)."""
+        if "traceparent" not in headers:
+            # What the propagator returns without the header (`tracestate` alone means
+            # nothing), without its getter calls per request; a Context is immutable.
+            return _NO_PARENT
         return self._propagator.extract(headers)
 
     def start_server_span(
@@ -145,8 +159,21 @@ class Telemetry:
         return trace.set_span_in_context(span, parent)
 
     def inject(self, span: Span, headers: dict[str, str]) -> None:
-        """Add `traceparent` (+ `tracestate`) naming `span` as the parent."""
-        self._propagator.inject(headers, context=trace.set_span_in_context(span))
+        """Add `traceparent` (+ `tracestate`) naming `span` as the parent.
+
+        Writes what `TraceContextTextMapPropagator.inject` writes for this span, without
+        first wrapping the span in a new Context for the propagator to unwrap (once
+        per Claude call). tests/test_telemetry_core.py holds the two to the same output.
+        """
+        context = span.get_span_context()
+        if context == INVALID_SPAN_CONTEXT:
+            return
+        headers["traceparent"] = (
+            f"00-{format_trace_id(context.trace_id)}-{format_span_id(context.span_id)}"
+            f"-{context.trace_flags:02x}"
+        )
+        if context.trace_state:
+            headers["tracestate"] = context.trace_state.to_header()
 
     def start_stream(self, record: StreamRecord, parent: Context, body: bytes = b"") -> Span:
         """The CLIENT span `chat {model}` of one Claude call; ends in `finish_stream`.
