@@ -16,6 +16,7 @@ import contextlib
 import statistics
 
 import run as bench  # bench/ is on the path as the script's folder
+from common import free_port
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        fake_port, naive_port, otlp_port = bench.free_port(), bench.free_port(), bench.free_port()
+        fake_port, naive_port, otlp_port = free_port(), free_port(), free_port()
         fake = f"http://127.0.0.1:{fake_port}"
         otlp = f"http://127.0.0.1:{otlp_port}"
         stack.enter_context(bench.process(

@@ -1,8 +1,11 @@
-"""The one request pipeline every request passes, top to bottom.
+"""The one request pipeline every request on the traffic listener passes, top to bottom.
 
-request id + trace context → route → CORS → auth → handler (which validates,
-screens, admits and serves) → telemetry. Any step may answer early by raising
-`Rejection`; it is rendered here, once, in the route family's format.
+request id → route (none matches: a plain 404) → server span, continuing the caller's
+trace → CORS (preflights are answered here; Claude routes refuse other origins before
+any work) → auth → the route's handler (Claude routes validate, screen, admit and
+stream; the app route proxies) → span end and access line, however it ended. Any step
+may answer early by raising `Rejection`, and an unexpected error before the response
+started becomes a 500: both are rendered here, once, in the route family's format.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class RequestContext:
     headers: dict[str, str]  # request id, CORS, HSTS: on every response of this request
     identity: Identity = ANONYMOUS
     family: Family = "app"
+    path: str = "/"  # canonical (`sidecar.paths`): routed by it, forwarded as it
     response_started: bool = False  # after this only the stream itself can carry an error
 
 
@@ -102,25 +106,31 @@ class Pipeline:
             headers["Strict-Transport-Security"] = (
                 f"max-age={config.server.tls.hsts_max_age_seconds}; includeSubDomains"
             )
-        route = runtime.routes.match(request.path)
+        resolved = runtime.routes.resolve(request.rel_url.raw_path)
+        route = resolved.route
         if route is None:
-            body = simple_error_body("not_found", f"no route for {request.path}")
+            refused = resolved.refused
+            status, reason = (400, refused.reason) if refused else (404, "no_route")
+            body = (
+                simple_error_body("invalid_request", refused.message)
+                if refused
+                else simple_error_body("not_found", f"no route for {resolved.path}")
+            )
             headers["Vary"] = "Origin"
-            telemetry.rejected("no_route", UNMATCHED, 404, request_id)
+            telemetry.rejected(reason, UNMATCHED, status, request_id)
             telemetry.access(
-                method=request.method, route=UNMATCHED, path=request.path, status=404,
+                method=request.method, route=UNMATCHED, path=resolved.path, status=status,
                 duration=time.perf_counter() - started, request_id=request_id,
-                bytes_sent=None, span=None,
+                span=None,
             )  # fmt: skip
             return web.Response(
-                status=404, body=body, content_type="application/json", headers=headers
+                status=status, body=body, content_type="application/json", headers=headers
             )
         parent = telemetry.extract(request.headers)
         span = telemetry.start_server_span(
-            f"{request.method} {route.path}",
-            parent,
-            {"http.request.method": request.method, "http.route": route.path},
-        )
+            parent, method=request.method, route=route.path, path=resolved.path,
+            scheme=request.scheme,
+        )  # fmt: skip
         origin = request.headers.get("Origin")
         headers.update(route.cors.response_headers(origin))
         peer = request.remote or ""
@@ -137,10 +147,16 @@ class Pipeline:
             span=span,
             headers=headers,
             family=family_of(route),
+            path=resolved.path,
         )
         status = 500
         response: web.StreamResponse | None = None
         try:
+            if resolved.refused is not None:
+                raise Rejection(
+                    400, "invalid_request_error", resolved.refused.message,
+                    reason=resolved.refused.reason,
+                )  # fmt: skip
             if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 response = self._preflight(ctx, origin)
             else:
@@ -174,11 +190,10 @@ class Pipeline:
             telemetry.access(
                 method=request.method,
                 route=route.path,
-                path=request.path,
+                path=resolved.path,
                 status=status,
                 duration=time.perf_counter() - started,
                 request_id=request_id,
-                bytes_sent=None,
                 span=span,
             )
         return response

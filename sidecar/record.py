@@ -1,7 +1,13 @@
-"""The per-stream record: filled by the Claude call and the stream core, read once by telemetry.
+"""The per-stream record: one Claude call's facts, written as they happen.
 
-Plain slotted attributes so the hot path only does attribute writes; all derived
-values (durations, rates, cost) are computed once when the stream finishes.
+The call runner creates it with the request's side and sets the outcome; the relay and
+the usage observer add what Claude sent (chunks, times, ids, usage); telemetry keeps
+its own bookkeeping in it (captured content, the fields both log lines share).
+Telemetry reads it when the stream starts (span, `stream_start` line) and when it ends;
+the quota settlement reads its usage.
+
+Plain slotted attributes so the hot path only does attribute writes; derived values
+(durations, rates, cost) are computed once, when the stream ends.
 """
 
 from __future__ import annotations
@@ -68,6 +74,11 @@ class StreamRecord:
     completion_parts: list[str] = field(default_factory=list)  # text deltas, when captured
     log_base: dict[str, Any] | None = None  # fields both stream log lines share (telemetry)
     pending_start: asyncio.Handle | None = None  # telemetry's deferred stream start, until run
+    # The client- or upstream-chosen values above as telemetry carries them: bounded
+    # (`sidecar.telemetry.bounded`), set by telemetry when the stream starts and ends.
+    model_label: str = "other"
+    response_model_label: str | None = None
+    error_label: str = "_OTHER"
     stream_id: str | None = None  # resumable streams: the id clients resume with
 
     @property

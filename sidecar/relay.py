@@ -78,6 +78,12 @@ class LiveStream:
         """Claude is paused for a slow client."""
         return self._paused
 
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes written for the first client that its socket has not taken yet."""
+        subscribers = self.generation.subscribers
+        return subscribers[0].channel.buffered() if subscribers else 0
+
     # ------------------------------------------------------------------ push side
 
     def on_data(self, chunk: bytes) -> None:
@@ -265,6 +271,7 @@ class StreamRegistry:
         return len(self._streams)
 
     def __iter__(self) -> Iterator[LiveStream]:
+        """The live streams (a snapshot: streams may end while the caller iterates)."""
         return iter(list(self._streams))
 
     def add(self, stream: LiveStream) -> None:

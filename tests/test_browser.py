@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
-from tests.helpers_resume import cutting_proxy, sse_request
-from tests.policy_support import AUDIENCE, ISSUER, SECRET, mint
+from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
+from tests.support.resume import cutting_proxy, sse_request
+from tests.support.sidecars import SidecarFactory
 
 CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):

@@ -22,10 +22,11 @@ import pytest
 import yaml
 
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
-from tests.helpers_resume import ROUTE, cutting_proxy, sse_request
-from tests.redis_server import RedisServer
-from tests.support import eventually, free_port, spawn_sidecar, stop_process, wait_ready
+from tests.support.redis_server import RedisServer
+from tests.support.resume import ROUTE, cutting_proxy, sse_request
+from tests.support.sidecars import SidecarFactory, spawn_sidecar, stop_process, wait_ready
+from tests.support.sockets import free_port
+from tests.support.waiting import eventually
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 
 from sidecar.stream import adapter
-from tests.support import dechunk, free_port
+from tests.support.sockets import dechunk, free_port
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"

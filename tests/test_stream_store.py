@@ -10,8 +10,8 @@ import pytest
 
 from sidecar.stream.redis_store import RedisResumeStore
 from sidecar.stream.store import BeyondEnd, ResumeStore, StoreError, StreamLog, StreamLost
-from tests.redis_server import RedisServer, running_redis
-from tests.support import eventually
+from tests.support.redis_server import RedisServer, running_redis
+from tests.support.waiting import eventually
 
 Factory = Callable[..., contextlib.AbstractAsyncContextManager[ResumeStore]]
 

@@ -21,9 +21,13 @@ from sidecar.handlers.claude_call import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.handlers.request_body import parse_json_object, read_body
+from sidecar.handlers.request_body import (
+    ensure_client_present,
+    parse_json_object,
+    parse_model,
+    read_body,
+)
 from sidecar.pipeline import RequestContext
-from sidecar.policy import collect_texts
 from sidecar.record import Outcome, StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt, read_answer, returned_headers
@@ -63,9 +67,7 @@ def _resume_wanted(ctx: RequestContext) -> bool:
 
 
 def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model: Field required")
+    model = parse_model(body.get("model"))
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise bad_request("max_tokens: must be a positive integer")
@@ -78,10 +80,9 @@ def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
 
 
 def _screen(ctx: RequestContext, body: dict[str, Any]) -> tuple[int, int]:
-    """Screen every user-supplied text; returns (chars, attachment bytes) for the estimate."""
-    texts, attachments = collect_texts(body.get("system"), body.get("messages"))
-    ctx.route.screener.screen(texts, attachments)
-    return sum(map(len, texts)), attachments
+    """Screen every text Claude would read; returns (chars, attachment bytes) for the estimate."""
+    collected = ctx.route.screener.screen_request(body)
+    return collected.chars, collected.attachment_bytes
 
 
 def _require_post(ctx: RequestContext) -> None:
@@ -92,41 +93,46 @@ def _require_post(ctx: RequestContext) -> None:
         )  # fmt: skip
 
 
-def upstream_path(ctx: RequestContext) -> str:
-    """The Anthropic API path (+ query): from `/v1/` on, whatever prefix the route has."""
+def upstream_path(ctx: RequestContext) -> tuple[str, str]:
+    """(API path, query) for Claude: the canonical path from `/v1/` on, whatever the prefix.
+
+    The path is the request's canonical path (`sidecar.paths`), so the dispatch below and
+    the URL Claude receives are one and the same: `/v1/models/../messages` is the messages
+    call with all its checks, never a forward.
+    """
+    start = ctx.path.find("/v1/")
+    if start < 0:
+        raise Rejection(404, "not_found_error", "not an Anthropic API path", reason="not_found")
     url = ctx.request.rel_url
     jwt = ctx.route.policy.auth.jwt
     if jwt is not None and jwt.query_param and jwt.query_param in url.query:
         url = url.without_query_params(jwt.query_param)  # the sidecar credential stays here
-    path_qs = url.raw_path_qs
-    start = path_qs.find("/v1/")
-    if start < 0:
-        raise Rejection(404, "not_found_error", "not an Anthropic API path", reason="not_found")
-    return path_qs[start:]
+    query = url.raw_query_string
+    return ctx.path[start:], f"?{query}" if query else ""
 
 
 async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
-    """Dispatch within the Anthropic family by path."""
-    path_qs = upstream_path(ctx)
-    path = path_qs.partition("?")[0].rstrip("/")
-    if path == "/v1/messages":
+    """Dispatch within the Anthropic family by canonical path."""
+    path, query = upstream_path(ctx)
+    call = path.rstrip("/")
+    if call == "/v1/messages":
         cursor = resume.cursor_of(ctx.request) if ctx.runtime.config.resume.enabled else None
         if cursor is not None and ctx.request.method == "POST":
             return await resume.resume(ctx, cursor, _lost_event)
-        return await _messages(ctx, path_qs)
-    deleting = ctx.request.method == "DELETE" and path.startswith("/v1/messages/")
+        return await _messages(ctx, call + query)
+    deleting = ctx.request.method == "DELETE" and call.startswith("/v1/messages/")
     if deleting and ctx.runtime.config.resume.enabled:  # DELETE /v1/messages/<stream id>
-        return await resume.cancel(ctx, path.rpartition("/")[2])
-    if path == "/v1/messages/count_tokens":
-        return await _count_tokens(ctx, path_qs)
+        return await resume.cancel(ctx, call.rpartition("/")[2])
+    if call == "/v1/messages/count_tokens":
+        return await _count_tokens(ctx, call + query)
     if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):
         # Batches, files and the like would spend the sidecar's key outside screening and
         # token quotas: only the paths the config opens are forwarded.
         raise Rejection(
-            403, "permission_error", f"{path} is not open through this sidecar",
+            403, "permission_error", f"{call} is not open through this sidecar",
             reason="path_not_forwarded",
         )  # fmt: skip
-    return await _forward(ctx, path_qs, None)
+    return await _forward(ctx, path + query, None)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -138,7 +144,7 @@ def _under(path: str, prefix: str) -> bool:
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
     config = ctx.runtime.config
-    raw = await read_body(ctx.request, config.server.max_body_bytes)
+    raw = await read_body(ctx.request, config.server)
     body = parse_json_object(raw)
     model, max_tokens, stream = _validated(body)
     check_model(ctx, model)
@@ -166,11 +172,10 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
-    raw = await read_body(ctx.request, ctx.runtime.config.server.max_body_bytes)
+    raw = await read_body(ctx.request, ctx.runtime.config.server)
     body = parse_json_object(raw)
-    model = body.get("model")
-    if isinstance(model, str):
-        check_model(ctx, model)
+    if "model" in body:
+        check_model(ctx, parse_model(body["model"]))
     _screen(ctx, body)
     return await _forward(ctx, path_qs, raw)
 
@@ -179,7 +184,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is."""
     request = ctx.request
     if body is None and request.can_read_body:
-        body = await read_body(request, ctx.runtime.config.server.max_body_bytes)
+        body = await read_body(request, ctx.runtime.config.server)
     policy = ctx.route.policy  # no tokens are generated here: requests per minute only
     ctx.headers.update(
         await ctx.runtime.quotas.count_request(
@@ -188,7 +193,9 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     )
     headers = _claude_headers(ctx)
     ctx.runtime.telemetry.inject(ctx.span, headers)
-    upstream, _ = await ctx.runtime.claude.send(Attempt(request.method, path_qs, headers), body)
+    ensure_client_present(request)
+    attempt = Attempt(request.method, path_qs, headers)
+    upstream, _ = await ctx.runtime.claude.send(attempt, body, stream=False)
     payload = await read_answer(upstream)
     response_headers = {
         **ctx.headers,

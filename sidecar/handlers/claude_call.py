@@ -20,6 +20,7 @@ from aiohttp import web
 
 from sidecar.errors import Rejection, short_error_type, simple_error_body
 from sidecar.handlers.claude_stream import HeldCall, Resumable, hand_off, relay_stream
+from sidecar.handlers.request_body import ensure_client_present
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
@@ -117,8 +118,9 @@ async def call_claude(
         headers = dict(call.attempt.headers)
         telemetry.inject(held.span, headers)
         attempt = Attempt(call.attempt.method, call.attempt.path, headers)
+        ensure_client_present(ctx.request)  # it may have left while queued: pay for nobody
         record.upstream_started = time.perf_counter()
-        upstream, record.retries = await runtime.claude.send(attempt, call.body)
+        upstream, record.retries = await runtime.claude.send(attempt, call.body, stream=call.stream)
         record.upstream_status = upstream.status
         response_headers = {**ctx.headers, **held.lease.headers}
         response_headers.update(

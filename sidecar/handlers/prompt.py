@@ -26,9 +26,8 @@ from sidecar.handlers.claude_call import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.handlers.request_body import read_json_object
+from sidecar.handlers.request_body import parse_model, read_json_object
 from sidecar.pipeline import RequestContext
-from sidecar.policy import collect_texts
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import json_object, parse_block
 from sidecar.stream.core import Translator
@@ -166,9 +165,7 @@ def parse_prompt(fields: dict[str, Any], default_model: str, default_max: int) -
         raise bad_request("prompt is required and must be a string")
     if not prompt.strip():
         raise bad_request("prompt must not be empty")
-    model = fields.get("model", default_model)
-    if not isinstance(model, str) or not model:
-        raise bad_request("model must be a non-empty string")
+    model = parse_model(fields.get("model", default_model))
     max_tokens = _positive_int(fields.get("max_tokens", default_max), "max_tokens")
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True}
     system = fields.get("system")
@@ -207,7 +204,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
         fields.pop(resume.QUERY, None)  # a resume cursor is not a field either
     elif request.method == "POST":
-        fields = await read_json_object(request, config.server.max_body_bytes)
+        fields = await read_json_object(request, config.server)
     else:
         raise Rejection(
             405, "invalid_request_error", "use GET or POST", reason="method_not_allowed",
@@ -215,8 +212,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         )  # fmt: skip
     body = parse_prompt(fields, config.claude.model, config.claude.max_tokens)
     check_model(ctx, body["model"])
-    texts, attachments = collect_texts(body.get("system"), body["messages"])
-    ctx.route.screener.screen(texts, attachments)
+    screened = ctx.route.screener.screen_request(body)
     record = new_record(ctx, body["model"], body["max_tokens"], stream=True)
     capture = config.telemetry.capture_content
     plan = await resume.prepare(ctx) if resumable else None
@@ -226,7 +222,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         attempt=Attempt("POST", "/v1/messages", ctx.runtime.claude.request_headers({})),
         body=json.dumps(body).encode(),
         stream=True,
-        input_estimate=estimate_input_tokens(sum(map(len, texts)), attachments),
+        input_estimate=estimate_input_tokens(screened.chars, screened.attachment_bytes),
     )
     translator = PromptTranslator(capture=capture, numbered=plan is None)
     return await call_claude(ctx, call, record, translator, plan)

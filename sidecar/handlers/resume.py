@@ -48,7 +48,7 @@ def enabled_on(ctx: RequestContext, *, default: bool) -> bool:
     if not config.resume.enabled:
         return False
     route = config.routes[ctx.route.index].resume
-    return default if route is None else bool(route["enabled"])
+    return default if route is None else route.enabled
 
 
 def cursor_of(request: web.Request) -> str | None:

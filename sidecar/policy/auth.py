@@ -7,7 +7,7 @@ the mode. Messages name the reason class only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -130,7 +130,9 @@ class Authenticator:
             return ANONYMOUS
         credential = self._credential(headers, query, method)
         if credential is None:
-            if self.config.mode == "optional":
+            # A route limited to some tenants admits nobody without one: `optional` lets
+            # anonymous callers in only where no tenant restriction is set.
+            if self.config.mode == "optional" and self.config.allowed_tenants is None:
                 return ANONYMOUS
             raise unauthorized("auth_missing", "credentials required", missing=True)
         identity = await self._verify(credential)
@@ -170,14 +172,20 @@ class AuthService:
     """Every route's authenticator, sharing one JWKS cache per URL."""
 
     def __init__(
-        self, policies: Sequence[AuthConfig], *, session: aiohttp.ClientSession | None = None
+        self,
+        policies: Sequence[AuthConfig],
+        *,
+        session: aiohttp.ClientSession | None = None,
+        on_jwks_refresh: Callable[[str], None] | None = None,
     ) -> None:
         self._policies = list(policies)
+        self._on_jwks_refresh = on_jwks_refresh
         self._session = session
         self._owns_session = session is None
         self._jwks: dict[str, JwksCache] = {}
-        self._by_id: dict[int, Authenticator] = {}
-        self._by_json: dict[str, Authenticator] = {}
+        # By id for speed; the policy is kept with it, so a recycled id never matches.
+        self._by_id: dict[int, tuple[AuthConfig, Authenticator]] = {}
+        self._by_settings: dict[str, Authenticator] = {}
 
     def _session_for_jwks(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -185,11 +193,12 @@ class AuthService:
         return self._session
 
     def _authenticator(self, policy: AuthConfig) -> Authenticator:
-        found = self._by_id.get(id(policy))
-        if found is not None:
-            return found
-        key = policy.model_dump_json()
-        found = self._by_json.get(key)
+        cached = self._by_id.get(id(policy))
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        # Routes with equal settings share one authenticator; secrets are part of "equal".
+        key = policy.fingerprint()
+        found = self._by_settings.get(key)
         if found is None:
             verifier = None
             if policy.jwt is not None:
@@ -202,11 +211,14 @@ class AuthService:
                             self._session_for_jwks(),
                             refresh_seconds=policy.jwt.jwks_refresh_seconds,
                             min_refresh_seconds=policy.jwt.jwks_min_refresh_seconds,
+                            on_refresh=self._on_jwks_refresh,
                         )
                         self._jwks[policy.jwt.jwks_url] = jwks
                 verifier = JwtVerifier(policy.jwt, jwks)
-            found = self._by_json[key] = Authenticator(policy, verifier)
-        self._by_id[id(policy)] = found
+            found = self._by_settings[key] = Authenticator(policy, verifier)
+        if len(self._by_id) >= 1024:  # each reload that keeps this service brings new objects
+            self._by_id.clear()
+        self._by_id[id(policy)] = (policy, found)
         return found
 
     async def start(self) -> None:

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from tests.support.apps import serving
+
 SECRET = "s" * 40  # HS secret: at least 32 bytes, as config validation demands
 ISSUER = "https://issuer.test"
 AUDIENCE = "claude-sidecar"
@@ -40,12 +42,14 @@ def new_key(alg: str) -> PrivateKey:
 
 
 def public_pem(key: PrivateKey) -> bytes:
+    """The public half of `key` as PEM."""
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
 def write_public_key(key: PrivateKey, directory: Path) -> Path:
+    """The public half of `key` as a PEM file in `directory`."""
     path = directory / "public.pem"
     path.write_bytes(public_pem(key))
     return path
@@ -107,7 +111,8 @@ class JwksServer:
     down: bool = False
     url: str = ""
 
-    async def _serve(self, request: web.Request) -> web.Response:
+    async def serve(self, request: web.Request) -> web.Response:
+        """The key set (or 503 while down), counting the fetch."""
         self.fetches += 1
         if self.down:
             return web.Response(status=503, text="down")
@@ -116,16 +121,10 @@ class JwksServer:
 
 @contextlib.asynccontextmanager
 async def running_jwks(keys: list[dict[str, Any]] | None = None) -> AsyncIterator[JwksServer]:
+    """A local JWKS issuer on a free port serving `keys`."""
     server = JwksServer(keys=list(keys or []))
     app = web.Application()
-    app.router.add_get("/jwks.json", server._serve)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    server.url = f"http://127.0.0.1:{port}/jwks.json"
-    try:
+    app.router.add_get("/jwks.json", server.serve)
+    async with serving(app) as url:
+        server.url = url + "/jwks.json"
         yield server
-    finally:
-        await runner.cleanup()

@@ -11,7 +11,7 @@ import pytest
 from sidecar.fake_claude import FakeServer
 from sidecar.handlers.prompt import _DELTA, PromptTranslator
 from sidecar.record import StreamRecord
-from tests.conftest import SidecarFactory
+from tests.support.sidecars import SidecarFactory
 
 ROUTE = "/api/stream-response"
 RECORD = StreamRecord(request_id="req_1", route=ROUTE, started=0.0)
@@ -259,3 +259,20 @@ async def test_an_event_source_reconnect_is_told_to_stop_not_charged_again(
                 assert r.status == 204  # EventSource stops on 204
                 assert r.headers["X-Request-Id"]
     assert fake.state.counters["requests"] == 2  # one per sidecar: no reconnect re-ran it
+
+
+@pytest.mark.parametrize("max_tokens", ["²", "1²", "9" * 5000])
+async def test_prompt_max_tokens_that_only_look_like_digits_are_a_400(
+    sidecar_for: SidecarFactory, max_tokens: str
+) -> None:
+    async with (
+        sidecar_for() as sidecar,
+        aiohttp.ClientSession() as http,
+        http.get(
+            sidecar.url + "/api/stream-response", params={"prompt": "hi", "max_tokens": max_tokens}
+        ) as response,
+    ):
+        assert response.status == 400
+        error = (await response.json())["error"]
+        assert error["type"] == "invalid_request"
+        assert "max_tokens" in error["message"]

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.support import free_port
+from tests.support.sockets import free_port
 
 READY = b"Ready to accept connections"
 
@@ -25,6 +25,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        """The `redis://` URL of this server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
@@ -66,6 +67,7 @@ class RedisServer:
 
 @contextlib.asynccontextmanager
 async def running_redis() -> AsyncIterator[RedisServer]:
+    """A `redis-server` on a free port for the block, killed after."""
     with tempfile.TemporaryDirectory(prefix="sidecar-redis-") as directory:
         server = RedisServer(directory)
         await server.start()
