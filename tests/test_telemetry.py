@@ -567,6 +567,7 @@ async def test_a_resumed_request_links_to_the_stream_it_reads(
                 assert b'"done"' in await again.read()
         await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 2)
     stream = otel.client_span().get_span_context()
+    assert stream is not None
     resumed = otel.spans(SpanKind.SERVER)[-1]
     contexts = [link.context for link in resumed.links if link.context is not None]
     assert [context.span_id for context in contexts] == [stream.span_id]
