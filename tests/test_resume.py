@@ -380,6 +380,8 @@ async def test_a_resume_store_outage_never_fails_the_stream_unless_told_to(
         async with aiohttp.ClientSession() as http:
             async with http.get(sidecar.admin_url + "/metrics") as response:
                 metrics = await response.text()
+            async with http.get(sidecar.admin_url + "/readyz") as response:
+                ready = response.status, (await response.json()).get("checks", {})
     assert healthy.headers["sidecar-stream-id"]
     errors = [
         line for line in metrics.splitlines() if line.startswith("sidecar_resume_store_errors")
@@ -392,7 +394,9 @@ async def test_a_resume_store_outage_never_fails_the_stream_unless_told_to(
         assert "sidecar-stream-id" not in reply.headers
         assert reply.events[-1].data.get("done") is True
         assert fake.state.counters["requests"] == 2
+        assert ready == (200, {})  # serving without resume is what fail_open asks for
     else:
+        assert ready == (503, {"resume_store": "unavailable"})
         assert reply.status == 503
         assert json.loads(reply.payload)["error"]["type"] == "overloaded"
         assert fake.state.counters["requests"] == 1  # refused before Claude was called

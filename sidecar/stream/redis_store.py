@@ -111,6 +111,12 @@ class RedisResumeStore(ResumeStore):
             await self._flush()  # what is still queued (a drain's final events)
         await self._redis.aclose()
 
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
     # ------------------------------------------------------------------ producer side
 
     async def create(self, stream_id: str, owner: str) -> StreamLog:

@@ -132,6 +132,10 @@ class ResumeStore:
     async def start(self) -> None:
         """Connect (Redis); the memory store has nothing to open."""
 
+    async def ready(self) -> bool:
+        """The store answers (readiness); the memory store always does."""
+        return True
+
     async def close(self) -> None:
         """Flush and disconnect."""
         self._logs.clear()
