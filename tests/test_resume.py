@@ -470,3 +470,14 @@ async def test_a_drained_replica_ends_its_streams_resumable_elsewhere(
     assert final["type"] == "shutting_down"
     assert "another replica" in final["message"]
     assert len([e for e in rest.events if "token" in e.data]) > 3  # generated after the cut
+
+
+async def test_a_route_can_turn_resume_off(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    config = {"routes": [{"path": ROUTE, "handler": "prompt", "resume": {"enabled": False}}]}
+    async with sidecar_for(config) as sidecar:
+        reply = await sse_request(sidecar.port, target=SLOW)
+        again = await sse_request(sidecar.port, target=SLOW, headers={"Last-Event-ID": "30"})
+    assert "sidecar-stream-id" not in reply.headers
+    assert [e.id for e in reply.events if e.id] == [str(n) for n in range(1, 31)]
+    assert again.status == 204  # a reconnect is told to stop, as before resume existed
+    assert fake.state.counters["requests"] == 1

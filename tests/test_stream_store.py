@@ -207,3 +207,21 @@ async def test_a_redis_outage_is_a_store_error_not_a_hang(redis_server: RedisSer
             await store.lookup("stream-ffffffffffffffff")
     finally:
         await store.close()
+
+
+async def test_the_memory_store_is_bounded_in_total() -> None:
+    size = len(event(1))
+    store = ResumeStore(ttl=60, max_buffer_bytes=size * 10, max_total_bytes=size * 25)
+    finished = await store.create("finished-aaaaaaaaaaaaaa", "o")
+    fill(finished, 10)
+    finished.finish()
+    live = [await store.create(f"live-{i}-aaaaaaaaaaaaaaa", "o") for i in range(2)]
+    for log in live:
+        fill(log, 10)
+    # Over the total: the finished stream is evicted first, live ones are kept.
+    third = await store.create("live-2-aaaaaaaaaaaaaaa", "o")
+    assert await store.lookup("finished-aaaaaaaaaaaaaa") is None
+    assert await store.lookup("live-0-aaaaaaaaaaaaaaa") is not None
+    fill(third, 10)
+    with pytest.raises(StoreError):  # live streams alone exceed it: no new buffers
+        await store.create("live-3-aaaaaaaaaaaaaaa", "o")
