@@ -481,3 +481,15 @@ async def test_a_route_can_turn_resume_off(fake: FakeServer, sidecar_for: Sideca
     assert [e.id for e in reply.events if e.id] == [str(n) for n in range(1, 31)]
     assert again.status == 204  # a reconnect is told to stop, as before resume existed
     assert fake.state.counters["requests"] == 1
+
+
+async def test_a_call_that_never_streams_gets_no_stream_id(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(resumable()) as sidecar:
+        body = json.dumps({"prompt": "[[fake fault=overloaded]] busy"}).encode()
+        refused = await sse_request(sidecar.port, "POST", ROUTE, {}, body)
+        assert len(sidecar.runtime.resume.hub) == 0
+        assert sidecar.runtime.resume.store.unfinished() == 0  # its empty buffer just expires
+    assert refused.status == 503
+    assert "sidecar-stream-id" not in refused.headers

@@ -155,6 +155,10 @@ class ResumeStore:
         self._logs[stream_id] = log
         return log
 
+    def unfinished(self) -> int:
+        """Logs whose stream has not ended (each must end: tests check none leaks)."""
+        return sum(1 for log in self._logs.values() if not log.final)
+
     def finished(self, log: StreamLog) -> None:
         self._finished[log.stream_id] = log
 
