@@ -493,3 +493,23 @@ async def test_a_call_that_never_streams_gets_no_stream_id(
         assert sidecar.runtime.resume.store.unfinished() == 0  # its empty buffer just expires
     assert refused.status == 503
     assert "sidecar-stream-id" not in refused.headers
+
+
+async def test_redis_failing_mid_stream_never_fails_the_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "redis_timeout_seconds": 0.3}}  # fmt: skip
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D40%20tps%3D40%5D%5D%20go"
+    async with (
+        sidecar_for(config) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.get(sidecar.url + slow) as stream,
+    ):
+        assert stream.headers["Sidecar-Stream-Id"]
+        assert b"token" in await stream.content.readuntil(b"\n\n")
+        await redis_server.kill()  # the store goes away under a live stream
+        raw = await asyncio.wait_for(stream.read(), 20)
+    events = [e for e in raw.split(b"\n\n") if e.strip()]
+    assert b'"done":true' in events[-1]  # served from memory to the end
+    assert sum(b'"token"' in e for e in events) == 39  # the rest of the 40, none lost
