@@ -18,6 +18,7 @@ from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
 from sidecar.handlers.request_body import answer_expectation
+from sidecar.handlers.ui import handle_ui
 from sidecar.keys import RUNTIMES
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
@@ -31,7 +32,12 @@ from sidecar.upstream import ClaudeClient
 
 # `server.address` / `server.port` of the built-in fake in spans and metrics.
 FAKE_PEER = ("builtin-fake", 0)
-HANDLERS = {"prompt": handle_prompt, "anthropic": handle_anthropic, "app": handle_app}
+HANDLERS = {
+    "prompt": handle_prompt,
+    "anthropic": handle_anthropic,
+    "ui": handle_ui,
+    "app": handle_app,
+}
 
 
 def _claude_session(config: Config) -> aiohttp.ClientSession:

@@ -378,8 +378,11 @@ class AuthConfig(Section):
 
 # --------------------------------------------------------------------------- cors
 
+# What browsers send to Claude routes, the official JS SDK with `dangerouslyAllowBrowser`
+# included (`x-stainless-*` is a prefix: the SDK adds new names of that family over time).
 _DEFAULT_ALLOW_HEADERS = [
     "authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access", "x-stainless-*",
     "last-event-id", "x-request-id", "traceparent", "tracestate", "sidecar-resume",
 ]  # fmt: skip
 _DEFAULT_EXPOSE_HEADERS = [
@@ -404,10 +407,19 @@ def _as_browsers_send(origin: str) -> str:
 class CorsConfig(Section):
     allow_origins: list[str] = Field(default_factory=list)
     allow_credentials: bool = False
-    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    # DELETE: cancelling a resumable stream (`DELETE <route>/<stream id>`, a Stop button).
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
     allow_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_ALLOW_HEADERS))
     expose_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_EXPOSE_HEADERS))
     max_age_seconds: int = Field(600, ge=0)
+
+    @field_validator("allow_headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[!#$%&'+.^_`|~0-9A-Za-z-]*\*?", name) or not name:
+                raise ValueError(f"{name!r} is not a header name (or a prefix ending in '*')")
+        return value
 
     @field_validator("allow_origins")
     @classmethod
@@ -588,9 +600,55 @@ class TelemetryConfig(Section):
     prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
 
 
+# --------------------------------------------------------------------------- browser
+
+
+class BrowserConfig(Section):
+    """The browser client module (and the demo page) served under `path`."""
+
+    enabled: bool = True
+    path: str = "/_sidecar"
+    demo: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        segments = value.split("/")[1:]
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value) or {".", ".."} & set(segments):
+            raise ValueError("must be an absolute path like /_sidecar (no trailing slash)")
+        return value
+
+
+# --------------------------------------------------------------------------- ui route
+
+
+class UiConfig(Section):
+    """The `ui` route (the AI SDK's UI message stream): what the sidecar adds to each call.
+
+    Browsers are untrusted: the request's own `system` and `model` are refused unless
+    accepted here, and the tools offered to Claude come from this file, never the body.
+    """
+
+    system: str | None = None  # a system prompt the sidecar puts first
+    accept_system: bool = False  # the body's `system` and system-role messages
+    accept_model: bool = False  # the body's `model` (still within claude.allowed_models)
+    model: str | None = None  # defaults to claude.model
+    max_tokens: int | None = Field(None, gt=0)  # defaults to claude.max_tokens
+    thinking_budget_tokens: int | None = Field(None, ge=1024)  # extended thinking when set
+    tools: list[dict[str, Any]] = Field(default_factory=list)  # Claude tool definitions
+
+    @field_validator("tools")
+    @classmethod
+    def _named_tools(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for tool in value:
+            if not isinstance(tool.get("name"), str) or not tool["name"]:
+                raise ValueError("every tool needs a name (and an input_schema)")
+        return value
+
+
 # --------------------------------------------------------------------------- routes
 
-Handler = Literal["prompt", "anthropic", "app"]
+Handler = Literal["prompt", "anthropic", "ui", "app"]
 
 
 def _override_type(annotation: Any) -> Any:
@@ -689,6 +747,7 @@ def _default_routes(has_app: bool) -> list[dict[str, str]]:
     routes = [
         {"path": "/api/stream-response", "handler": "prompt"},
         {"path": "/v1/", "handler": "anthropic"},
+        {"path": "/api/chat", "handler": "ui"},
     ]
     if has_app:
         routes.append({"path": "/", "handler": "app"})
@@ -705,6 +764,8 @@ class Config(Section):
     quotas: QuotaConfig = QuotaConfig()
     resume: ResumeConfig = ResumeConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    browser: BrowserConfig = BrowserConfig()
+    ui: UiConfig = UiConfig()
     routes: list[RouteConfig] = Field(default_factory=list)
     # Each route's effective policy, built once by the loader (`sidecar.loader.route_policies`).
     _route_policies: Any = PrivateAttr(default=None)

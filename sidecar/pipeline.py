@@ -14,17 +14,19 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
+from sidecar.browser import is_browser_path, serve_browser_file
+from sidecar.config import Network
 from sidecar.errors import Family, Rejection, render_json, simple_error_body
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.keys import RUNTIMES
-from sidecar.quotas.subject import client_ip
+from sidecar.quotas.subject import client_ip, is_trusted_proxy
 from sidecar.routes import Route
 from sidecar.runtime import Runtime
 
@@ -63,11 +65,21 @@ def request_id_of(request: web.Request, header: str) -> str:
     return "req_" + secrets.token_hex(12)
 
 
+def _client_scheme(request: web.Request, trusted: Sequence[Network]) -> str:
+    """The scheme the client used: a trusted proxy ending TLS says so in X-Forwarded-Proto."""
+    forwarded = request.headers.get("X-Forwarded-Proto")
+    if forwarded and is_trusted_proxy(request.remote or "", trusted):
+        proto = forwarded.split(",")[0].strip().lower()
+        if proto in ("http", "https"):
+            return proto
+    return request.scheme
+
+
 def family_of(route: Route) -> Family:
     return (
         "anthropic"
         if route.handler == "anthropic"
-        else ("prompt" if route.handler == "prompt" else "app")
+        else ("prompt" if route.handler in ("prompt", "ui") else "app")
     )
 
 
@@ -107,6 +119,14 @@ class Pipeline:
                 f"max-age={config.server.tls.hsts_max_age_seconds}; includeSubDomains"
             )
         resolved = runtime.routes.resolve(request.rel_url.raw_path)
+        if resolved.refused is None and is_browser_path(config, resolved.path):
+            served = serve_browser_file(request, resolved.path, config, runtime.routes, headers)
+            telemetry.access(
+                method=request.method, scheme=request.scheme, route=config.browser.path,
+                path=resolved.path, status=served.status, duration=time.perf_counter() - started,
+                request_id=request_id, span=None,
+            )  # fmt: skip
+            return served
         route = resolved.route
         if route is None:
             refused = resolved.refused
@@ -119,9 +139,9 @@ class Pipeline:
             headers["Vary"] = "Origin"
             telemetry.rejected(reason, UNMATCHED, status, request_id)
             telemetry.access(
-                method=request.method, route=UNMATCHED, path=resolved.path, status=status,
-                duration=time.perf_counter() - started, request_id=request_id,
-                span=None,
+                method=request.method, scheme=request.scheme, route=UNMATCHED,
+                path=resolved.path, status=status, duration=time.perf_counter() - started,
+                request_id=request_id, span=None,
             )  # fmt: skip
             return web.Response(
                 status=status, body=body, content_type="application/json", headers=headers
@@ -160,7 +180,9 @@ class Pipeline:
             if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 response = self._preflight(ctx, origin)
             else:
-                if ctx.family != "app" and route.cors.refuses(origin, request.host):
+                if ctx.family != "app" and route.cors.refuses(
+                    origin, request.host, _client_scheme(request, config.server.trusted_proxies)
+                ):
                     # The browser would hide the answer anyway: do not spend Claude or quota on it.
                     # (The app route only sets headers: cross-site form posts such as OAuth
                     # `form_post` callbacks must still reach the app.)
@@ -189,6 +211,7 @@ class Pipeline:
             telemetry.end_server_span(span, status)
             telemetry.access(
                 method=request.method,
+                scheme=request.scheme,
                 route=route.path,
                 path=resolved.path,
                 status=status,
@@ -199,11 +222,12 @@ class Pipeline:
         return response
 
     def _preflight(self, ctx: RequestContext, origin: str | None) -> web.Response:
-        status, cors_headers = ctx.route.cors.preflight(
+        answer = ctx.route.cors.preflight(
             origin,
             ctx.request.headers.get("Access-Control-Request-Method"),
             ctx.request.headers.get("Access-Control-Request-Headers"),
         )
+        status, cors_headers = answer.status, answer.headers
         if status >= 400:
             # A refused preflight grants nothing, even to an allowed origin asking too much.
             for name in [n for n in ctx.headers if n.lower().startswith("access-control-")]:
@@ -211,7 +235,7 @@ class Pipeline:
             raise Rejection(
                 403,
                 "permission_error",
-                "origin not allowed",
+                answer.refused or "preflight refused",
                 reason="cors_preflight_denied",
                 headers=cors_headers,
             )

@@ -185,6 +185,13 @@ def test_dashboard_is_valid_grafana_json_on_real_metric_names(
             for group in BY_LABELS.findall(expr):
                 for label in (part.strip() for part in group.split(",")):
                     assert label in label_names | {"le"}, f"{panel['title']}: label {label}"
+    by_title = {panel["title"]: panel for panel in dashboard["panels"]}
+    statuses = " ".join(t["expr"] for t in by_title["Claude responses by status"]["targets"])
+    assert "retries" not in statuses  # retries have their own panel
+    assert (
+        "sidecar_upstream_retries_total"
+        in by_title["Claude retries by reason"]["targets"][0]["expr"]
+    )
     wanted = ("time to first token", "tokens per second", "active streams", "outcome",
               "rejection", "cost")  # fmt: skip
     for word in wanted:

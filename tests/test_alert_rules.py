@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.apps import serving
 from tests.support.promtool import RULE_TESTS, RULES, run_promtool
 from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import free_port
+from tests.support.waiting import eventually
 
 NAME = re.compile(r"\b(?:gen_ai|sidecar|http)_[a-z0-9_]+")
 LABEL_VALUE = re.compile(r'\b([a-z_]+)="([^"]*)"')
@@ -22,6 +29,9 @@ LABEL_VALUE = re.compile(r'\b([a-z_]+)="([^"]*)"')
 def rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
+
+
+RULE_NAMES = {rule["alert"] for rule in rules()}
 
 
 def test_rules_pass_promtool_check() -> None:
@@ -106,3 +116,66 @@ def test_each_rule_has_severity_and_a_duration_or_window(rule: str) -> None:
     (found,) = [r for r in rules() if r["alert"] == rule]
     assert found["labels"]["severity"] in {"warning", "critical"}
     assert "for" in found or "[15m]" in found["expr"]
+
+
+@contextlib.contextmanager
+def running_prometheus(tmp_path: Path, target: str) -> Iterator[str]:
+    """A real Prometheus (Debian's `prometheus`) scraping `target` every second with the rules."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not installed: apt-get install -y prometheus")
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": "sidecar", "static_configs": [{"targets": [target]}]}],
+    }
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    log = (tmp_path / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [binary, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+async def test_a_real_prometheus_evaluates_every_rule_on_a_sidecar(
+    sidecar_for: SidecarFactory, tmp_path: Path
+) -> None:
+    """Scraped for real, every rule evaluates without error and the not-ready one goes pending."""
+    app = web.Application()
+    app.router.add_get("/jwks", failing_jwks)
+    async with serving(app) as jwks_url:
+        config = {"auth": {"mode": "optional",
+                           "jwt": {"jwks_url": jwks_url + "/jwks", "algorithms": ["RS256"]}}}  # fmt: skip
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            target = sidecar.admin_url.removeprefix("http://")
+            with running_prometheus(tmp_path, target) as prometheus:
+
+                async def evaluated() -> bool:
+                    try:
+                        async with http.get(prometheus + "/api/v1/rules") as response:
+                            groups = (await response.json())["data"]["groups"]
+                    except (aiohttp.ClientError, ValueError, KeyError):
+                        return False
+                    rules = [rule for group in groups for rule in group["rules"]]
+                    states = {rule["name"]: rule for rule in rules}
+                    not_ready = states.get("ClaudeSidecarNotReady", {})
+                    return len(rules) == len(RULE_NAMES) and not_ready.get("state") == "pending"
+
+                await eventually(evaluated, timeout=60)
+                async with http.get(prometheus + "/api/v1/rules") as response:
+                    groups = (await response.json())["data"]["groups"]
+    rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert set(rules) == RULE_NAMES
+    for name, rule in rules.items():
+        assert rule["health"] == "ok", (name, rule.get("lastError"))
+    (alert,) = rules["ClaudeSidecarNotReady"]["alerts"]
+    assert alert["labels"]["job"] == "sidecar"

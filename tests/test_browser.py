@@ -7,15 +7,18 @@ The page is served from one origin (http://127.0.0.1:P1), the sidecar listens on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
-from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
+from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.resume import cutting_proxy, sse_request
 from tests.support.sidecars import SidecarFactory
 
@@ -230,3 +233,101 @@ async def test_an_event_source_cut_mid_stream_resumes_by_itself_and_shows_the_te
     assert "".join(tokens_in_order(seen)) == whole.text
     assert seen[-1]["data"]["done"] is True
     assert fake.state.counters["requests"] == 2  # the stream once, the comparison once
+
+
+# --------------------------------------------------------------------------- the official JS SDK
+
+JS_MODULES = Path(__file__).resolve().parent / "js" / "node_modules"
+SDK_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<script type="importmap">{"imports": {
+  "@opentelemetry/api": "/node_modules/@opentelemetry/api/dist/index.mjs",
+  "standardwebhooks": "/stub/standardwebhooks.mjs"}}</script>
+</head><body><script type="module">
+import Anthropic from "/node_modules/@anthropic-ai/sdk/index.mjs";
+const cfg = JSON.parse(decodeURIComponent(location.hash.slice(1)));
+const client = new Anthropic({ apiKey: cfg.key, baseURL: cfg.base, maxRetries: 0,
+                               dangerouslyAllowBrowser: true });
+const result = {};
+try {
+  const stream = client.messages.stream({ model: "claude-sonnet-5-5", max_tokens: 64,
+    messages: [{ role: "user", content: cfg.prompt }] });
+  result.deltas = [];
+  stream.on("text", (text) => result.deltas.push(text));
+  const message = await stream.finalMessage();
+  result.text = message.content[0].text;
+  result.stop = message.stop_reason;
+} catch (error) {
+  result.error = { name: error.constructor.name, status: error.status,
+                   retryAfter: error.headers && error.headers.get("retry-after"),
+                   requestId: error.requestID || null };
+}
+window.__result = result;
+</script></body></html>"""
+
+
+WEBHOOK_STUB = "export class Webhook { constructor() { throw new Error('not in a browser'); } }"
+
+
+@contextlib.asynccontextmanager
+async def sdk_page_server() -> AsyncIterator[str]:
+    """The SDK's own ES modules from tests/js/node_modules, and a page that uses them."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=SDK_PAGE, content_type="text/html")
+
+    async def module(request: web.Request) -> web.Response:
+        path = (JS_MODULES / request.match_info["path"]).resolve()
+        if not path.is_relative_to(JS_MODULES) or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.Response(body=path.read_bytes(), content_type="text/javascript")
+
+    async def stub(request: web.Request) -> web.Response:
+        # A CommonJS package the SDK imports for webhook verification only (unused here).
+        return web.Response(text=WEBHOOK_STUB, content_type="text/javascript")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/node_modules/{path:.+}", module)
+    app.router.add_get("/stub/standardwebhooks.mjs", stub)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def run_sdk_page(browser: Browser, origin: str, config: dict[str, str]) -> dict[str, Any]:
+    async with opened(browser, f"{origin}/#{quote(json.dumps(config))}") as page:
+        await page.wait_for_function("() => window.__result !== undefined", timeout=30000)
+        result: dict[str, Any] = await page.evaluate("() => window.__result")
+        return result
+
+
+async def test_official_js_sdk_streams_from_a_browser_with_default_cors(
+    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser
+) -> None:
+    if not (JS_MODULES / "@anthropic-ai" / "sdk").is_dir():
+        pytest.skip("the JS SDK is not installed: npm ci --prefix tests/js")
+    async with sdk_page_server() as origin:
+        # Only the origin is configured: allowed and exposed headers are the defaults.
+        config = {
+            "cors": {"allow_origins": [origin]},
+            "auth": {"mode": "required", "api_keys": [
+                {"name": "web", "sha256": API_KEY_SHA256, "user": "web"}]},
+            "quotas": {"requests_per_minute": 1},
+        }  # fmt: skip
+        async with sidecar_for(config) as sidecar:
+            sent = {"key": API_KEY, "base": sidecar.url, "prompt": "hello from the SDK"}
+            streamed = await run_sdk_page(browser, origin, sent)
+            limited = await run_sdk_page(browser, origin, sent)
+    assert "error" not in streamed, streamed
+    assert len(streamed["deltas"]) == 12
+    assert "".join(streamed["deltas"]) == streamed["text"]
+    assert streamed["stop"] == "end_turn"
+    # The sidecar's own 429 reaches the SDK with its headers readable by page code.
+    assert limited["error"]["name"] == "RateLimitError"
+    assert limited["error"]["status"] == 429
+    assert int(limited["error"]["retryAfter"]) > 0
+    assert fake.state.counters["requests"] == 1

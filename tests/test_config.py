@@ -31,7 +31,9 @@ def test_embedded_default_is_fake_claude_on_loopback() -> None:
     assert config.server.admin_listen == "127.0.0.1:9090"
     assert config.auth.mode == "none"
     assert config.quotas.store == "memory"
-    assert [r.handler for r in config.routes] == ["prompt", "anthropic"]
+    assert [r.handler for r in config.routes] == ["prompt", "anthropic", "ui"]
+    assert config.browser.demo  # the demo page is on in the embedded default only
+    assert not loader.validate({}, {}).browser.demo
 
 
 def test_sidecar_config_env_names_the_file(tmp_path: Path) -> None:
@@ -146,6 +148,7 @@ def test_default_routes_include_the_app_when_configured() -> None:
     assert [(r.path, r.handler) for r in config.routes] == [
         ("/api/stream-response", "prompt"),
         ("/v1/", "anthropic"),
+        ("/api/chat", "ui"),
         ("/", "app"),
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from sidecar.config import CorsConfig
 from sidecar.fake_claude import FakeServer
-from sidecar.policy.cors import merge_vary
+from sidecar.policy.cors import CorsPolicy, merge_vary
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory, sidecar_command
 
@@ -66,7 +68,7 @@ async def test_allowed_preflight_is_answered_by_the_sidecar(
         preflight("null"),
         preflight(ALLOWED + ":8443"),  # another port is another origin
         preflight("http://app.example.com"),  # another scheme too
-        preflight(ALLOWED, method="DELETE"),
+        preflight(ALLOWED, method="PUT"),
         preflight(ALLOWED, headers="authorization, x-not-allowed"),
         {"Origin": ALLOWED, "Access-Control-Request-Method": ""},
     ],
@@ -232,3 +234,96 @@ async def test_origins_are_matched_as_browsers_send_them(sidecar_for: SidecarFac
             async with http.options(sidecar.url + "/v1/messages", headers=preflight) as r:
                 assert r.status == 204
                 assert r.headers["Access-Control-Allow-Origin"] == origin
+
+
+# --------------------------------------------------------------------------- the SDK's headers
+
+# What the official JS SDK (with `dangerouslyAllowBrowser`) asks for in its preflight.
+SDK_HEADERS = (
+    "anthropic-dangerous-direct-browser-access, anthropic-version, content-type, x-api-key, "
+    "x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, "
+    "x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout"
+)
+
+
+async def test_the_js_sdks_preflight_passes_with_the_default_headers(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        async with http.options(
+            sidecar.url + "/v1/messages", headers=preflight(ALLOWED, headers=SDK_HEADERS)
+        ) as response:
+            assert response.status == 204
+            granted = response.headers["Access-Control-Allow-Headers"]
+    # Exactly what was asked: a pattern such as `x-stainless-*` never reaches the browser.
+    assert granted.split(", ") == SDK_HEADERS.split(", ")
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "message"),
+    [
+        (preflight(EVIL), "origin not allowed"),
+        (preflight(ALLOWED, method="PUT"), "method PUT not allowed"),
+        (preflight(ALLOWED, method="P<U>T"), "the requested method not allowed"),
+        (preflight(ALLOWED, headers="content-type, x-not-allowed"), "header x-not-allowed not allowed"),
+        (preflight(ALLOWED, headers="content-type, x-<script>"), "a requested header name is not valid"),
+        (preflight(ALLOWED, headers="x-" + "a" * 100), "a requested header name is not valid"),
+    ],
+    ids=["origin", "method", "odd_method", "header", "odd_header", "long_header"],
+)  # fmt: skip
+async def test_a_refused_preflight_says_what_was_refused_without_echoing_input(
+    sidecar_for: SidecarFactory, request_headers: dict[str, str], message: str
+) -> None:
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        async with http.options(sidecar.url + PROMPT, headers=request_headers) as response:
+            assert response.status == 403
+            body = await response.json()
+    assert body["error"]["message"] == message
+    assert "<" not in json.dumps(body)
+
+
+def test_allow_headers_patterns_match_prefixes_only() -> None:
+    policy = CorsPolicy(CorsConfig(allow_origins=[ALLOWED], allow_headers=["x-app-*", "accept"]))
+    assert policy.allows_header("X-App-Tenant")
+    assert policy.allows_header("accept")
+    assert not policy.allows_header("x-apple")
+    assert not policy.allows_header("accept-language")
+    with pytest.raises(ValueError, match="not a header name"):
+        CorsConfig(allow_headers=["x bad"])
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "scheme", "refused"),
+    [
+        ("http://side.test:8080", "side.test:8080", "http", False),
+        ("http://side.test", "side.test:80", "http", False),  # default port either way
+        ("https://side.test", "SIDE.test:443", "https", False),
+        ("https://side.test:8080", "side.test:8080", "http", True),  # another scheme
+        ("http://side.test:8081", "side.test:8080", "http", True),  # another port
+        ("http://side.test", "side.test:8080", "http", True),
+        ("http://[::1]:8080", "[::1]:8080", "http", False),
+        ("http://[::1]", "[::1]:80", "http", False),
+        ("null", "side.test", "http", True),
+    ],
+)
+def test_same_origin_means_same_scheme_host_and_port(
+    origin: str, host: str, scheme: str, refused: bool
+) -> None:
+    policy = CorsPolicy(CorsConfig(allow_origins=[ALLOWED]))
+    assert policy.refuses(origin, host, scheme) is refused
+
+
+async def test_same_origin_behind_a_tls_ending_proxy_uses_its_scheme(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    config = {"cors": {"allow_origins": [ALLOWED]}, "server": {"trusted_proxies": ["127.0.0.1/32"]}}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        host = sidecar.url.removeprefix("http://")
+        statuses = []
+        for origin, proto in [(f"https://{host}", "https"), (f"https://{host}", None),
+                              (f"http://{host}", "https")]:  # fmt: skip
+            headers = {"Origin": origin, **({"X-Forwarded-Proto": proto} if proto else {})}
+            async with http.post(sidecar.url + PROMPT, json={"prompt": "hi"}, headers=headers) as r:
+                statuses.append(r.status)
+                await r.read()
+    assert statuses == [200, 403, 403]

@@ -614,6 +614,15 @@ def test_a_config_needing_a_missing_secret_fails_the_render(
         chart.render(values, name="shop")
 
 
+def test_notes_warn_about_real_claude_without_auth(chart: Any) -> None:
+    open_proxy = {"config": REAL_CLAUDE + "auth: {mode: none}\n",
+                  "secrets": {"existingSecret": "shop-keys"}}  # fmt: skip
+    assert 'auth.mode is "none" with real Claude' in notes(chart, open_proxy)
+    assert "auth.mode" not in notes(chart)  # the fake trial spends nothing
+    guarded = {"config": REAL_CLAUDE, "secrets": {"existingSecret": "shop-keys"}}
+    assert "auth.mode" not in notes(chart, guarded)  # auth defaults to required
+
+
 def test_existing_secret_is_referenced_never_rendered(chart: Any) -> None:
     docs = render(chart, {"config": REAL_CLAUDE, "secrets": {"existingSecret": "shop-keys"}})
     assert not [d for d in docs if d["kind"] == "Secret"]
@@ -632,6 +641,11 @@ REDIS_QUOTAS = 'quotas: {store: redis, redis_url: "redis://redis:6379/0"}\n'
         ({"replicaCount": 2}, "quotas.store"),
         ({"autoscaling": {"enabled": True}}, "quotas.store"),
         ({"replicaCount": 3, "config": REDIS_QUOTAS + "resume: {enabled: true}\n"},
+         "resume.store"),
+        ({"replicaCount": 3, "config": REDIS_QUOTAS}, "resume.store"),  # on by default
+        ({"replicaCount": 3,
+          "config": REDIS_QUOTAS + "resume: {enabled: false}\n"
+                    "routes: [{path: /, handler: prompt, resume: {enabled: true}}]\n"},
          "resume.store"),
         ({"replicaCount": 3,
           "config": REDIS_QUOTAS + "cache: {enabled: true, store: memory}\n"}, "cache.store"),

@@ -296,3 +296,26 @@ def test_spans_carry_the_environments_resource(
     assert ended.resource.attributes["k8s.pod.name"] == "shop-0"
     assert ended.resource.attributes["note"] == "a=b"
     assert ended.resource.attributes["service.name"] == "shop"
+
+
+async def test_latest_genai_names_go_over_otlp_too(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    async with running_collector() as collector:
+        config = TelemetryConfig(otlp_endpoint=collector.url, prometheus=False)
+        telemetry = Telemetry.from_config(config)
+        async with sidecar_for(telemetry=telemetry) as sidecar:
+            await stream_once(sidecar.url)
+        await telemetry.close()
+    names = collector.metric_names()
+    assert {
+        "gen_ai.client.inference.duration",
+        "gen_ai.client.inference.time_to_first_chunk",
+        "gen_ai.client.inference.usage.output_tokens",
+        "gen_ai.server.time_to_first_token",
+    } <= names
+    assert not {n for n in names if n.startswith("gen_ai.client.operation.")}
+    assert "gen_ai.client.token.usage" not in names
+    (client,) = [span for _, span in collector.spans() if span.kind == ProtoSpan.SPAN_KIND_CLIENT]
+    assert "gen_ai.usage.cache_write.input_tokens" in attributes(client.attributes)

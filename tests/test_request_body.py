@@ -272,3 +272,16 @@ async def test_expect_100_continue_on_a_claude_route(
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert final.startswith(b"HTTP/1.1 200 ")
     assert "expect" not in fake.state.requests[-1].headers
+
+
+@pytest.mark.parametrize("path", sorted(ROUTE_BODIES))
+async def test_json_escapes_do_not_hide_a_phrase(
+    fake: FakeServer, sidecar_for: SidecarFactory, path: str
+) -> None:
+    # Screening reads the decoded strings, as Claude does, not the raw bytes.
+    raw = json.dumps(ROUTE_BODIES[path]).replace("hello", "\\u006c\\u0061unch\\u0020codes")
+    async with sidecar_for(CONFIG) as sidecar:
+        status, data, _ = await _post(sidecar.url + path, raw.encode(), {})
+    assert status == 400
+    assert _error(data, path)["message"] == 'prompt matches deny rule "launch-codes"'
+    assert fake.state.counters["requests"] == 0

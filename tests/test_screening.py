@@ -314,3 +314,34 @@ def test_normalize_keeps_the_length_limit_on_the_raw_text() -> None:
 def test_the_normalize_shortcut_only_skips_texts_it_would_not_change(text: str) -> None:
     if not may_change_in_normalize(text):
         assert normalize(text) == text
+
+
+def test_a_phrase_split_across_consecutive_messages_of_one_role_is_caught() -> None:
+    # Claude merges consecutive messages of one role into one turn.
+    screener = _screener()
+    split = [{"role": "user", "content": "the launch"},
+             {"role": "user", "content": [{"type": "text", "text": "codes are 0000"}]}]  # fmt: skip
+    with pytest.raises(Rejection, match="launch-codes"):
+        screener.screen_request({"messages": split})
+    # Different turns are not one text: a user's "launch" and the assistant's "codes".
+    screener.screen_request({"messages": [{"role": "user", "content": "the launch"},
+                                          {"role": "assistant", "content": "codes"}]})  # fmt: skip
+    # A block of another kind in between ends the run as well.
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "x"}}
+    screener.screen_request(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "the launch"}, image,
+                                                   {"type": "text", "text": "codes"}]}]}
+    )  # fmt: skip
+
+
+async def test_the_prompt_continuing_the_last_user_message_is_caught(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    history = [{"role": "user", "content": "the launch"}]
+    async with sidecar_for(CONFIG) as sidecar:
+        status, data = await post(
+            sidecar.url, PROMPT, {"prompt": "codes are 0000", "messages": history}
+        )
+    assert status == 400
+    assert data["error"]["message"] == 'prompt matches deny rule "launch-codes"'
+    assert fake.state.counters["requests"] == 0

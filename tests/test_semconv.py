@@ -163,6 +163,7 @@ async def test_http_server_conventions(
     durations = otel.points("http.server.request.duration")
     methods = {p.attributes["http.request.method"] for p in durations}
     assert methods == {"POST", "_OTHER"}
+    assert {p.attributes["url.scheme"] for p in durations} == {"http"}
     streams = otel.points("sidecar.streams")
     assert {p.attributes["sidecar.route"] for p in streams} == {"/api/stream-response"}
 

@@ -101,24 +101,22 @@ def collect_texts(body: Mapping[str, Any], unknown: str = "screen") -> Collected
     """
     out = Collected()
     pending: list[tuple[Kind, Any]] = []
+    refuse = unknown == "refuse"
     for name, value in body.items():
         if name == "messages":
             if isinstance(value, list):
-                pending.extend(
-                    ("blocks", message.get("content"))
-                    for message in value
-                    if isinstance(message, dict)
-                )
+                _messages(value, pending, out, refuse)
         elif name not in PLAIN_FIELDS:
             pending.append((REQUEST_FIELDS.get(name, "strings"), value))
-    refuse = unknown == "refuse"
     while pending:
         kind, value = pending.pop()
         if kind == "text":
             if isinstance(value, str):
                 out.texts.append(value)
         elif kind == "blocks":
-            _blocks(value, pending, out, refuse)
+            run: list[str] = []
+            _blocks(value, pending, out, refuse, run)
+            _join(run, out.joined)
         elif kind == "strings":
             _strings(value, out.texts)
         elif kind == "source":
@@ -129,28 +127,42 @@ def collect_texts(body: Mapping[str, Any], unknown: str = "screen") -> Collected
     return out
 
 
-def _blocks(value: Any, pending: list[tuple[Kind, Any]], out: Collected, refuse: bool) -> None:
-    if isinstance(value, str):
-        out.texts.append(value)
-        return
-    if isinstance(value, dict):
-        _fields(value, BLOCK_FIELDS, pending, out, refuse)
-        return
-    if not isinstance(value, list):
-        return
+def _messages(
+    messages: list[Any], pending: list[tuple[Kind, Any]], out: Collected, refuse: bool
+) -> None:
+    # Claude merges consecutive messages of one role into one turn: their text runs on
+    # across the message boundary, so it is joined across it too.
     run: list[str] = []
-    for item in value:
+    role: object = None
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") != role:
+            _join(run, out.joined)
+            run = []
+            role = message.get("role")
+        _blocks(message.get("content"), pending, out, refuse, run)
+    _join(run, out.joined)
+
+
+def _blocks(
+    value: Any, pending: list[tuple[Kind, Any]], out: Collected, refuse: bool, run: list[str]
+) -> None:
+    """Read a string, a block or a list of blocks; text read in a row is added to `run`
+    (which the caller joins), anything else ends the row."""
+    for item in value if isinstance(value, list) else (value,):
+        if isinstance(item, str):
+            out.texts.append(item)
+            run.append(item)
+            continue
         text = item.get("text") if isinstance(item, dict) and item.get("type") == "text" else None
         if isinstance(text, str):
             run.append(text)
         else:
             _join(run, out.joined)
-            run = []
+            run.clear()
         if isinstance(item, dict):
             _fields(item, BLOCK_FIELDS, pending, out, refuse)
-        elif isinstance(item, str):
-            out.texts.append(item)
-    _join(run, out.joined)
 
 
 def _join(run: list[str], joined: list[str]) -> None:

@@ -1,10 +1,22 @@
-"""CORS: exact-origin allow-list, preflights answered here, `Vary: Origin` always."""
+"""CORS: exact-origin allow-list, preflights answered here, `Vary: Origin` always.
+
+`allow_headers` entries are header names, or a prefix ending in `*` (`x-stainless-*`, the
+family of headers the official JS SDK sends from a browser). A preflight that passes is
+answered with exactly the headers it asked for, so patterns never reach a browser, which
+would read `*` as a literal name whenever credentials are allowed.
+"""
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 from sidecar.config import CorsConfig
 
 _VARY = "Origin"
+# An HTTP token (RFC 9110 §5.6.2), bounded: only such names are ever quoted in a refusal.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def merge_vary(existing: str | None) -> str:
@@ -17,6 +29,25 @@ def merge_vary(existing: str | None) -> str:
     return ", ".join([*names, _VARY])
 
 
+def origin_of(scheme: str, host: str) -> str:
+    """`scheme://host[:port]` as a browser writes its Origin: lower case, no default port."""
+    scheme = scheme.lower()
+    host = host.lower()
+    name, colon, port = host.rpartition(":")
+    if colon and port == _DEFAULT_PORTS.get(scheme):
+        host = name  # `[::1]:443` → `[::1]`; in `[::1]` the last colon is inside the brackets
+    return f"{scheme}://{host}"
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightAnswer:
+    """A preflight's verdict: the status, headers to send, and, when refused, what was refused."""
+
+    status: int
+    headers: dict[str, str]
+    refused: str | None = None  # a message safe to show: names only validated tokens
+
+
 class CorsPolicy:
     """One route's CORS policy; header values are computed once."""
 
@@ -25,10 +56,11 @@ class CorsPolicy:
         self._wildcard = "*" in config.allow_origins
         self._credentials = config.allow_credentials
         self._methods = [m.upper() for m in config.allow_methods]
-        self._headers = {h.lower() for h in config.allow_headers}
+        names = [h.lower() for h in config.allow_headers]
+        self._headers = frozenset(h for h in names if not h.endswith("*"))
+        self._header_prefixes = tuple(h[:-1] for h in names if h.endswith("*"))
         self._preflight = {
             "Access-Control-Allow-Methods": ", ".join(self._methods),
-            "Access-Control-Allow-Headers": ", ".join(config.allow_headers),
             "Access-Control-Max-Age": str(config.max_age_seconds),
         }
         self._expose = ", ".join(config.expose_headers)
@@ -36,11 +68,22 @@ class CorsPolicy:
     def allows(self, origin: str) -> bool:
         return self._wildcard or origin in self._origins
 
-    def refuses(self, origin: str | None, host: str) -> bool:
-        """True for a cross-origin caller not on the list (same-origin pages always pass)."""
+    def allows_header(self, name: str) -> bool:
+        """A request header a preflight may ask for (exact name or an allowed prefix)."""
+        name = name.lower()
+        return name in self._headers or name.startswith(self._header_prefixes)
+
+    def refuses(self, origin: str | None, host: str, scheme: str = "http") -> bool:
+        """True for a cross-origin caller not on the list (same-origin pages always pass).
+
+        Same origin means same scheme, host and port as the request itself (`scheme` is the
+        one the client used, e.g. https behind a trusted TLS-ending proxy). The Host header
+        is the client's word: under DNS rebinding a hostile page's requests carry its own
+        name in both, so passing this check is never authentication.
+        """
         if origin is None or self.allows(origin):
             return False
-        return origin.partition("://")[2].lower() != host.lower()
+        return origin.lower() != origin_of(scheme, host)
 
     def response_headers(self, origin: str | None) -> dict[str, str]:
         """Headers for an actual response (streams too); a fresh dict the caller may change."""
@@ -59,15 +102,23 @@ class CorsPolicy:
 
     def preflight(
         self, origin: str | None, request_method: str | None, request_headers: str | None
-    ) -> tuple[int, dict[str, str]]:
-        """(204, headers) for an allowed preflight, else (403, {"Vary": "Origin"})."""
+    ) -> PreflightAnswer:
+        """204 with the grant for an allowed preflight, else 403 saying what was refused."""
+        refused = {"Vary": _VARY}
         if origin is None or not self.allows(origin):
-            return 403, {"Vary": _VARY}
-        if (request_method or "").upper() not in self._methods:
-            return 403, {"Vary": _VARY}
-        asked = {h.strip().lower() for h in (request_headers or "").split(",") if h.strip()}
-        if not asked <= self._headers:
-            return 403, {"Vary": _VARY}
+            return PreflightAnswer(403, refused, "origin not allowed")
+        method = (request_method or "").strip()
+        if method.upper() not in self._methods:
+            shown = f"method {method} " if _TOKEN.fullmatch(method) else "the requested method "
+            return PreflightAnswer(403, refused, shown + "not allowed")
+        asked = [h.strip().lower() for h in (request_headers or "").split(",") if h.strip()]
+        for name in asked:
+            if not _TOKEN.fullmatch(name):
+                return PreflightAnswer(403, refused, "a requested header name is not valid")
+            if not self.allows_header(name):
+                return PreflightAnswer(403, refused, f"header {name} not allowed")
         headers = self.response_headers(origin)
         headers.update(self._preflight)
-        return 204, headers
+        if asked:
+            headers["Access-Control-Allow-Headers"] = ", ".join(dict.fromkeys(asked))
+        return PreflightAnswer(204, headers)

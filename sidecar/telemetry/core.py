@@ -366,6 +366,7 @@ class Telemetry:
         self,
         *,
         method: str,
+        scheme: str,
         route: str,
         path: str,
         status: int,
@@ -377,8 +378,8 @@ class Telemetry:
         if self._on:
             self.instruments.request_duration.record(
                 duration,
-                {"http.request.method": http_method(method), "http.route": route,
-                 "http.response.status_code": status},
+                {"http.request.method": http_method(method), "url.scheme": scheme,
+                 "http.route": route, "http.response.status_code": status},
             )  # fmt: skip
         if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
             return

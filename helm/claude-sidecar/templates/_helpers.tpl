@@ -87,7 +87,8 @@ create, secrets.data must hold every required key.
 {{/*
 Fail when more than one pod would run with a store that lives in each pod's memory:
 quotas would multiply and reconnects or cache hits depend on the pod a request lands on.
-A resume or cache section left out of the config is not checked here.
+Sections left out take the sidecar's defaults: quotas and resume in memory (resume on),
+the cache off; a route that switches resume on counts as resume on.
 */}}
 {{- define "claude-sidecar.checkReplicas" -}}
 {{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
@@ -98,17 +99,19 @@ A resume or cache section left out of the config is not checked here.
 {{- if eq ((get ($config.quotas | default dict) "store") | default "memory") "memory" }}
 {{- $memory = append $memory "quotas.store" }}
 {{- end }}
-{{- if hasKey $config "resume" }}
 {{- $resume := $config.resume | default dict }}
-{{- if and (ne (toString (get $resume "enabled")) "false") (eq ((get $resume "store") | default "memory") "memory") }}
+{{- $resumeOn := ne (toString (get $resume "enabled")) "false" }}
+{{- range $config.routes | default list }}
+{{- if eq (toString (get ((get . "resume") | default dict) "enabled")) "true" }}
+{{- $resumeOn = true }}
+{{- end }}
+{{- end }}
+{{- if and $resumeOn (eq ((get $resume "store") | default "memory") "memory") }}
 {{- $memory = append $memory "resume.store" }}
 {{- end }}
-{{- end }}
-{{- if hasKey $config "cache" }}
 {{- $cache := $config.cache | default dict }}
 {{- if and (eq (toString (get $cache "enabled")) "true") (eq ((get $cache "store") | default "memory") "memory") }}
 {{- $memory = append $memory "cache.store" }}
-{{- end }}
 {{- end }}
 {{- if $memory }}
 {{- fail (printf "more than one replica with %s memory: each pod would count and buffer on its own. Set store: redis for each, or replicaCount: 1, or allowMemoryStoresWithReplicas: true" (join ", " $memory)) }}

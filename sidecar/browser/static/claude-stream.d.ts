@@ -1,0 +1,103 @@
+// Types for claude-stream.js (served at <browser.path>/claude-stream.d.ts).
+
+export interface Usage {
+  input_tokens: number;
+  output_tokens: number;
+  cache_creation_input_tokens?: number;
+  cache_read_input_tokens?: number;
+}
+
+export interface StreamResult {
+  text: string;
+  thinking: string;
+  usage: Usage | null;
+  stopReason: string | null;
+  /** True when `abort()` ended the stream. */
+  aborted?: boolean;
+}
+
+export type StreamState = "connecting" | "streaming" | "reconnecting" | "done" | "error" | "aborted";
+
+export type StreamEvent =
+  | { type: "open"; streamId: string | null; requestId: string | null }
+  | { type: "resumed"; streamId: string | null; requestId: string | null }
+  | { type: "token"; text: string }
+  | { type: "thinking"; text: string }
+  | { type: "tool_use"; id: string; name: string }
+  | { type: "tool_input"; json: string }
+  | { type: "reconnecting"; attempt: number; delayMs: number; reason: "idle" | "network" | "closed" | "refused" }
+  | { type: "done"; usage: Usage | null; stopReason: string | null }
+  | { type: "error"; error: ClaudeStreamError }
+  | { type: "aborted" };
+
+export interface StreamOptions {
+  /** POST (fetch, custom headers) or GET (EventSource; `body` must then be in the URL). Default POST. */
+  method?: "POST" | "GET";
+  /** The JSON body of a POST, e.g. `{ prompt: "Hello" }`. */
+  body?: Record<string, unknown>;
+  /**
+   * Extra request headers, e.g. `{ authorization: "Bearer ..." }`: sent with a POST and its
+   * resumes, and with the cancel (`DELETE`) of `abort()` in both modes (EventSource itself
+   * cannot send headers).
+   */
+  headers?: Record<string, string>;
+  /** fetch credentials; "include" also sets EventSource's withCredentials. Default "same-origin". */
+  credentials?: RequestCredentials;
+  /** Silence after which the connection counts as lost (0: never). Default 30000. */
+  idleTimeoutMs?: number;
+  /** Consecutive reconnects before giving up. Default 5. */
+  maxRetries?: number;
+  /** Backoff: base * 2^attempt, capped, with jitter. Defaults 500 and 8000. */
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  onToken?: (token: string, text: string) => void;
+  onThinking?: (thinking: string) => void;
+  onToolUse?: (tool: { id: string; name: string }) => void;
+  onToolInput?: (json: string) => void;
+  onDone?: (result: StreamResult) => void;
+  onError?: (error: ClaudeStreamError) => void;
+  /** Every event, as the async iterator yields them. */
+  onEvent?: (event: StreamEvent) => void;
+}
+
+/**
+ * `type` is the server's error type (`rate_limited`, `unauthorized`, `prompt_rejected`,
+ * `overloaded`, `timeout`...) or the client's own (`connection_lost`, `connection_error`,
+ * `timeout`, `resume_unavailable`, `http_<status>`).
+ */
+export class ClaudeStreamError extends Error {
+  readonly type: string;
+  readonly status: number | null;
+  /** Seconds to wait before trying again, from `retry-after`. */
+  readonly retryAfter: number | null;
+  readonly requestId: string | null;
+}
+
+export class ClaudeStream implements AsyncIterable<StreamEvent> {
+  readonly url: string;
+  /** The text so far; it stays while the stream reconnects. */
+  readonly text: string;
+  readonly thinking: string;
+  readonly state: StreamState;
+  /** Set when the server makes the stream resumable. */
+  readonly streamId: string | null;
+  readonly lastEventId: string | null;
+  readonly usage: Usage | null;
+  readonly stopReason: string | null;
+  readonly error: ClaudeStreamError | null;
+  /** Resolves with the result (also after `abort()`), rejects with a `ClaudeStreamError`. */
+  readonly finished: Promise<StreamResult>;
+  /** Cancel the generation at the server (not only this connection) and end the stream. */
+  abort(): void;
+  [Symbol.asyncIterator](): AsyncIterator<StreamEvent>;
+}
+
+export function streamClaude(url: string, options?: StreamOptions): ClaudeStream;
+
+export class SSEParser {
+  /** `id` is the last id seen (SSE rules); `ownId` whether this message carried one. */
+  feed(text: string): Array<{ id: string; ownId: boolean; event: string; data: string }>;
+}
+
+export function eventNumber(id: string): number | null;
+export function streamIdOf(id: string): string | null;

@@ -1,0 +1,350 @@
+// claude-stream.js: stream Claude through claude-sidecar from a browser. No dependencies.
+// Served by the sidecar at <browser.path>/claude-stream.js; copy it into a front end freely.
+//
+//   import { streamClaude } from "https://sidecar.example.com/_sidecar/claude-stream.js";
+//   const stream = streamClaude("/api/stream-response", { body: { prompt: "Hello" } });
+//   for await (const event of stream) if (event.type === "token") output.append(event.text);
+//
+// Recovery: a 30 s idle watchdog (any bytes, heartbeats included, count as life) and, when
+// the server makes its streams resumable (it sends `Sidecar-Stream-Id` and ids
+// `<stream id>:<n>`), automatic resume with Last-Event-ID, backoff and a retry limit. Events
+// are applied once by their number, so a resumed stream never repeats text. `abort()`
+// cancels the generation (DELETE <url>/<stream id>); a lost connection does not.
+
+const DEFAULTS = {
+  method: "POST", idleTimeoutMs: 30000, maxRetries: 5, retryBaseMs: 500, retryMaxMs: 8000,
+  credentials: "same-origin",
+};
+
+/** An error of the stream: `type` (e.g. rate_limited), HTTP `status`, `retryAfter` seconds. */
+export class ClaudeStreamError extends Error {
+  constructor(type, message, { status = null, retryAfter = null, requestId = null } = {}) {
+    super(message || type);
+    this.name = "ClaudeStreamError";
+    this.type = type;
+    this.status = status;
+    this.retryAfter = retryAfter;
+    this.requestId = requestId;
+  }
+}
+
+/** Start a stream; returns a `ClaudeStream` (async iterable, with callbacks and `abort()`). */
+export function streamClaude(url, options = {}) {
+  return new ClaudeStream(url, options);
+}
+
+/** The event number of an SSE id: `<stream id>:<n>` or a bare `<n>`; null for anything else. */
+export function eventNumber(id) {
+  const digits = id ? id.slice(id.lastIndexOf(":") + 1) : "";
+  return /^[0-9]{1,15}$/.test(digits) ? Number(digits) : null;
+}
+
+/** The stream id of `<stream id>:<n>` (null for a bare number: not resumable). */
+export function streamIdOf(id) {
+  const at = id.lastIndexOf(":");
+  return at > 0 ? id.slice(0, at) : null;
+}
+
+/** An incremental SSE parser (WHATWG rules): feed text, get {id, event, data} messages. */
+export class SSEParser {
+  constructor() { this.buffer = ""; this.data = []; this.event = ""; this.lastId = ""; this.ownId = false; this.cr = false; }
+
+  feed(text) {
+    const out = [];
+    // A chunk ending in \r may be half of a \r\n: its \n must not end a second line.
+    if (this.cr && text[0] === "\n") text = text.slice(1);
+    this.cr = text.endsWith("\r");
+    this.buffer += text;
+    const lines = this.buffer.split(/\r\n|\r|\n/);
+    this.buffer = lines.pop();
+    for (const line of lines) {
+      if (line === "") {
+        if (this.data.length) out.push({ id: this.lastId, ownId: this.ownId, event: this.event || "message", data: this.data.join("\n") });
+        this.data = []; this.event = ""; this.ownId = false;
+        continue;
+      }
+      if (line[0] === ":") continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value[0] === " ") value = value.slice(1);
+      if (field === "data") this.data.push(value);
+      else if (field === "event") this.event = value;
+      else if (field === "id" && !value.includes("\0")) { this.lastId = value; this.ownId = true; }
+    }
+    return out;
+  }
+}
+
+function retryAfterOf(headers) {
+  const value = headers && headers.get("retry-after");
+  if (!value) return null;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? null : Math.max(0, Math.round((date - Date.now()) / 1000));
+}
+
+function errorFromBody(status, text, headers) {
+  let type = "http_" + status, message = "";
+  try {
+    const error = JSON.parse(text).error || {};
+    type = error.type || type;
+    message = error.message || "";
+  } catch (_) { /* not JSON: keep the status */ }
+  return new ClaudeStreamError(type, message || `HTTP ${status}`, {
+    status, retryAfter: retryAfterOf(headers), requestId: headers && (headers.get("request-id") || headers.get("x-request-id")),
+  });
+}
+
+export class ClaudeStream {
+  constructor(url, options) {
+    this.url = url;
+    this.options = { ...DEFAULTS, ...options };
+    this.text = "";
+    this.thinking = "";
+    this.streamId = null;
+    this.lastEventId = null;
+    this.usage = null;
+    this.stopReason = null;
+    this.error = null;
+    this.state = "connecting"; // connecting | streaming | reconnecting | done | error | aborted
+    this._applied = 0; // highest event number applied (text is never applied twice)
+    this._queue = [];
+    this._waiters = [];
+    this._attempt = 0;
+    this._connection = null;
+    this._timer = null;
+    this._settle = null;
+    this.finished = new Promise((resolve, reject) => { this._settle = { resolve, reject }; });
+    this.finished.catch(() => {}); // errors also arrive as events; no unhandled rejection
+    queueMicrotask(() => this._connect(false));
+  }
+
+  /** Cancel the generation (not just this connection) and end the stream. */
+  abort() {
+    if (this._over()) return;
+    const id = this.streamId;
+    if (id) {
+      // The same credentials as the stream: only the identity that started it may cancel it.
+      const init = { method: "DELETE", credentials: this.options.credentials,
+                     headers: { ...(this.options.headers || {}) } };
+      fetch(this._routeUrl() + "/" + encodeURIComponent(id), init).catch(() => {});
+    }
+    this._close();
+    this.state = "aborted";
+    this._emit({ type: "aborted" });
+    this._end();
+  }
+
+  [Symbol.asyncIterator]() {
+    return {
+      next: () => {
+        if (this._queue.length) return Promise.resolve({ value: this._queue.shift(), done: false });
+        if (this._ended) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve) => this._waiters.push(resolve));
+      },
+      return: () => { if (!this._over()) this.abort(); return Promise.resolve({ value: undefined, done: true }); },
+    };
+  }
+
+  // ------------------------------------------------------------------ connections
+
+  _routeUrl() {
+    const u = new URL(this.url, globalThis.location ? globalThis.location.href : undefined);
+    u.search = ""; u.hash = "";
+    return u.href.replace(/\/$/, "");
+  }
+
+  _connect(resuming) {
+    if (this._over()) return;
+    this.state = resuming ? "reconnecting" : "connecting";
+    this._feedDog();
+    if (this.options.method === "GET") this._openEventSource(resuming);
+    else this._openFetch(resuming);
+  }
+
+  async _openFetch(resuming) {
+    const controller = new AbortController();
+    const connection = { close: () => controller.abort() };
+    this._connection = connection;
+    const headers = { "content-type": "application/json", accept: "text/event-stream", ...(this.options.headers || {}) };
+    if (resuming) headers["last-event-id"] = this.lastEventId;
+    let response;
+    try {
+      response = await fetch(this.url, {
+        method: "POST", headers, body: JSON.stringify(this.options.body || {}),
+        credentials: this.options.credentials, signal: controller.signal, cache: "no-store",
+      });
+    } catch (error) {
+      if (this._connection !== connection) return;
+      if (resuming) return this._lost("network");
+      // Refused by CORS, unreachable, or offline: nothing was generated, nothing to resume.
+      return this._fail(new ClaudeStreamError("connection_error", "the stream could not be opened (refused by CORS, offline or unreachable)"));
+    }
+    if (this._connection !== connection) return;
+    if (resuming && response.status === 204) return this._fail(new ClaudeStreamError("resume_unavailable", "the answer can no longer be resumed", { status: 204 }));
+    if (resuming && (response.status >= 500 || response.status === 429 || response.status === 408)) {
+      return this._lost("refused"); // a replica restarting or busy: the stream may still be there
+    }
+    if (!response.ok || !response.body) {
+      const text = await response.text().catch(() => "");
+      return this._fail(errorFromBody(response.status, text, response.headers));
+    }
+    this.streamId = response.headers.get("sidecar-stream-id") || this.streamId;
+    this._opened(response.headers.get("x-request-id") || response.headers.get("request-id"));
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    const parser = new SSEParser();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (this._connection !== connection) return;
+        if (done) break;
+        this._feedDog();
+        for (const message of parser.feed(decoder.decode(value, { stream: true }))) {
+          this._message(message.ownId ? message.id : "", message.data);
+          if (this._over()) { controller.abort(); return; }
+        }
+      }
+    } catch (_) {
+      if (this._connection !== connection) return;
+    }
+    this._lost("closed");
+  }
+
+  _openEventSource(resuming) {
+    let url = this.url;
+    if (resuming) url += (url.includes("?") ? "&" : "?") + "last_event_id=" + encodeURIComponent(this.lastEventId);
+    const source = new EventSource(url, { withCredentials: this.options.credentials === "include" });
+    const connection = { close: () => source.close() };
+    this._connection = connection;
+    source.onopen = () => { if (this._connection === connection) this._opened(null); };
+    let previousId = "";
+    source.onmessage = (event) => {
+      if (this._connection !== connection) return;
+      this._feedDog();
+      // EventSource keeps the last id for events without one: only a new id is the event's own.
+      const id = event.lastEventId !== previousId ? event.lastEventId : "";
+      previousId = event.lastEventId;
+      this._message(id, event.data);
+      if (this._over()) source.close();
+    };
+    source.onerror = () => {
+      if (this._connection !== connection) return;
+      source.close(); // no blind auto-reconnect: resume is decided here, with backoff
+      if (this.state === "connecting") {
+        return this._fail(new ClaudeStreamError("connection_error", "the stream could not be opened (refused, unauthorized or unreachable)"));
+      }
+      this._lost(this.state === "reconnecting" ? "refused" : "network");
+    };
+  }
+
+  _opened(requestId) {
+    const first = this.state === "connecting";
+    this.state = "streaming";
+    this._emit({ type: first ? "open" : "resumed", streamId: this.streamId, requestId });
+  }
+
+  _close() {
+    clearTimeout(this._timer);
+    const connection = this._connection;
+    this._connection = null;
+    if (connection) connection.close();
+  }
+
+  _feedDog() {
+    clearTimeout(this._timer);
+    const ms = this.options.idleTimeoutMs;
+    if (ms > 0 && !this._over()) this._timer = setTimeout(() => this._lost("idle"), ms);
+  }
+
+  /** The connection ended before `done`: resume when the stream is resumable, else fail. */
+  _lost(reason) {
+    if (this._over()) return;
+    this._close();
+    if (!this.streamId || !this.lastEventId || streamIdOf(this.lastEventId) === null) {
+      const message = reason === "idle" ? "no data for " + this.options.idleTimeoutMs / 1000 + " s" : "the connection was lost";
+      return this._fail(new ClaudeStreamError(reason === "idle" ? "timeout" : "connection_lost", message));
+    }
+    if (this._attempt >= this.options.maxRetries) {
+      return this._fail(new ClaudeStreamError("connection_lost", `the connection was lost; ${this._attempt} reconnects failed`));
+    }
+    const { retryBaseMs, retryMaxMs } = this.options;
+    const delay = Math.min(retryMaxMs, retryBaseMs * 2 ** this._attempt) * (0.5 + Math.random() / 2);
+    this._attempt += 1;
+    this.state = "reconnecting";
+    this._emit({ type: "reconnecting", attempt: this._attempt, delayMs: Math.round(delay), reason });
+    this._timer = setTimeout(() => this._connect(true), delay);
+  }
+
+  // ------------------------------------------------------------------ events
+
+  /** One message; `id` is its own SSE id ("" when it carried none). */
+  _message(id, data) {
+    if (data === "[DONE]") return;
+    const n = id ? eventNumber(id) : null;
+    if (n !== null && n <= this._applied) return; // already applied before a reconnect
+    let value;
+    try { value = JSON.parse(data); } catch (_) { return; }
+    if (id) {
+      this.lastEventId = id;
+      this.streamId = streamIdOf(id) || this.streamId;
+    }
+    if (n !== null) { this._applied = n; this._attempt = 0; }
+    const o = this.options;
+    if (typeof value.token === "string") {
+      this.text += value.token;
+      this._emit({ type: "token", text: value.token }, o.onToken, value.token, this.text);
+    } else if (typeof value.thinking === "string") {
+      this.thinking += value.thinking;
+      this._emit({ type: "thinking", text: value.thinking }, o.onThinking, value.thinking);
+    } else if (value.tool_use) {
+      this._emit({ type: "tool_use", id: value.tool_use.id, name: value.tool_use.name }, o.onToolUse, value.tool_use);
+    } else if (typeof value.tool_input === "string") {
+      this._emit({ type: "tool_input", json: value.tool_input }, o.onToolInput, value.tool_input);
+    } else if (value.done) {
+      this.usage = value.usage || null;
+      this.stopReason = value.stop_reason || null;
+      this._close();
+      this.state = "done";
+      const result = { text: this.text, thinking: this.thinking, usage: this.usage, stopReason: this.stopReason };
+      this._emit({ type: "done", usage: this.usage, stopReason: this.stopReason }, o.onDone, result);
+      this._settle.resolve(result);
+      this._end();
+    } else if (value.error) {
+      this._fail(new ClaudeStreamError(value.error.type || "error", value.error.message || ""));
+    }
+  }
+
+  _fail(error) {
+    if (this._over()) return;
+    this._close();
+    this.error = error;
+    this.state = "error";
+    this._emit({ type: "error", error }, this.options.onError, error);
+    this._settle.reject(error);
+    this._end();
+  }
+
+  _over() { return this.state === "done" || this.state === "error" || this.state === "aborted"; }
+
+  _emit(event, callback, ...args) {
+    try {
+      if (callback) callback(...args);
+      if (this.options.onEvent) this.options.onEvent(event);
+    } catch (error) {
+      setTimeout(() => { throw error; }); // a throwing callback must not break the stream
+    }
+    const waiter = this._waiters.shift();
+    if (waiter) waiter({ value: event, done: false });
+    else this._queue.push(event);
+  }
+
+  _end() {
+    clearTimeout(this._timer);
+    if (this.state === "aborted") this._settle.resolve({ text: this.text, thinking: this.thinking, usage: null, stopReason: null, aborted: true });
+    this._ended = true;
+    for (const waiter of this._waiters.splice(0)) waiter({ value: undefined, done: true });
+  }
+}

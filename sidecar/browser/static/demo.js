@@ -1,0 +1,81 @@
+// The demo page's script: also the worked example of claude-stream.js.
+import { streamClaude } from "./claude-stream.js";
+
+const route = document.querySelector("script[data-route]").dataset.route;
+const $ = (id) => document.getElementById(id);
+const form = $("form"), prompt = $("prompt"), token = $("token");
+const send = $("send"), stop = $("stop"), status = $("status"), answer = $("answer");
+let current = null;
+
+/** An error as a sentence a person can act on (never raw JSON). */
+export function describe(error) {
+  const wait = error.retryAfter != null ? ` — try again in ${Math.ceil(error.retryAfter)} s` : " — try again shortly";
+  switch (error.type) {
+    case "rate_limited": return "Rate limited" + wait;
+    case "quota_exceeded": return "Your quota is used up" + wait;
+    case "prompt_rejected": return "This prompt was refused by policy.";
+    case "unauthorized": return "Sign in again (the sidecar did not accept your credentials).";
+    case "forbidden": return "You are not allowed to use this.";
+    case "overloaded": return "Claude is busy" + wait;
+    case "timeout": return "No answer for a while — try again.";
+    case "shutting_down": return "The service is restarting — try again in a moment.";
+    case "connection_lost": return "The connection was lost. The text so far is kept.";
+    case "connection_error": return "Could not reach the sidecar.";
+    case "request_too_large": return "The prompt is too long.";
+    case "invalid_request": return "The request was not accepted: " + error.message;
+    default: return error.status ? `Something went wrong (HTTP ${error.status}).` : "Something went wrong.";
+  }
+}
+
+function busy(on) {
+  send.disabled = on;
+  stop.disabled = !on;
+  answer.setAttribute("aria-busy", String(on));
+}
+
+function say(text, isError = false) {
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!route) return say("No prompt route is configured on this sidecar.", true);
+  const headers = token.value ? { authorization: "Bearer " + token.value } : {};
+  answer.textContent = "";
+  $("ttft").textContent = "–"; $("tps").textContent = "–"; $("count").textContent = "0";
+  say("Waiting for Claude…");
+  busy(true);
+  const started = performance.now();
+  let first = 0, tokens = 0;
+  current = streamClaude(route, { body: { prompt: prompt.value }, headers });
+  for await (const e of current) {
+    if (e.type === "token") {
+      const now = performance.now();
+      if (!first) { first = now; $("ttft").textContent = Math.round(first - started) + " ms"; say("Streaming…"); }
+      tokens += 1;
+      answer.append(e.text);
+      $("count").textContent = String(tokens);
+      const seconds = (now - first) / 1000;
+      if (seconds > 0) $("tps").textContent = (tokens / seconds).toFixed(1);
+    } else if (e.type === "reconnecting") {
+      say(`Connection interrupted — reconnecting (attempt ${e.attempt})…`);
+    } else if (e.type === "resumed") {
+      say("Reconnected — streaming…");
+    } else if (e.type === "done") {
+      say(`Done (${e.stopReason || "complete"}).`);
+    } else if (e.type === "error") {
+      say(describe(e.error), true);
+    } else if (e.type === "aborted") {
+      say("Stopped.");
+    }
+  }
+  busy(false);
+  current = null;
+  answer.focus();
+});
+
+stop.addEventListener("click", () => {
+  if (current) current.abort();
+  send.focus();
+});

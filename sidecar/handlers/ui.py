@@ -1,0 +1,81 @@
+"""The `ui` route: the Vercel AI SDK's UI message stream, so `useChat` works unchanged.
+
+`POST <route>` takes `DefaultChatTransport`'s body and answers SSE with the header
+`x-vercel-ai-ui-message-stream: v1` (translation rules in `ui_request` and `ui_stream`).
+Same steps as the other Claude routes: auth and CORS (pipeline), screening of every text
+the translated request carries, model policy, quotas and admission, telemetry.
+
+`GET <route>/<chat id>/stream` is the SDK's resume (`useChat({resume: true})` calls it on
+mount): with no resumable generation for the chat it answers 204, which the SDK reads as
+"nothing to resume".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.errors import Rejection
+from sidecar.handlers.claude_call import (
+    ClaudeRequest,
+    call_claude,
+    check_model,
+    estimate_input_tokens,
+    new_record,
+)
+from sidecar.handlers.request_body import read_json_object
+from sidecar.handlers.ui_request import parse_ui_request
+from sidecar.handlers.ui_stream import HEADERS, UiTranslator
+from sidecar.pipeline import RequestContext
+from sidecar.upstream import Attempt
+
+
+def _resume_target(route_path: str, path: str) -> str | None:
+    """The chat id of `<route>/<chat id>/stream`, else None."""
+    rest = path[len(route_path.rstrip("/")) :]
+    parts = rest.strip("/").split("/")
+    if len(parts) == 2 and parts[1] == "stream" and parts[0]:
+        return parts[0]
+    return None
+
+
+def client_part(body: dict[str, Any]) -> dict[str, Any]:
+    """The Claude request without what the config added (tool definitions): what the
+    client chose, for screening by the shared walker (system, every message block, tool
+    inputs and results included)."""
+    return {name: value for name, value in body.items() if name != "tools"}
+
+
+async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
+    """Translate, screen, admit and stream one chat turn (or answer a resume probe)."""
+    request = ctx.request
+    config = ctx.runtime.config
+    if request.method == "GET" and _resume_target(ctx.route.path, ctx.path) is not None:
+        return web.Response(status=204, headers=ctx.headers)
+    if request.method != "POST":
+        raise Rejection(
+            405, "invalid_request_error", "use POST (or GET <route>/<chat id>/stream to resume)",
+            reason="method_not_allowed", headers={"Allow": "GET, POST, OPTIONS"},
+        )  # fmt: skip
+    if ctx.path.rstrip("/") != ctx.route.path.rstrip("/"):
+        raise Rejection(404, "not_found_error", "no such chat endpoint", reason="not_found")
+    fields = await read_json_object(request, config.server)
+    parsed = parse_ui_request(fields, config.ui, config.claude.model, config.claude.max_tokens)
+    body = parsed.body
+    check_model(ctx, body["model"])
+    collected = ctx.route.screener.screen_request(client_part(body))
+    texts = collected.texts
+    record = new_record(ctx, body["model"], body["max_tokens"], stream=True)
+    if config.telemetry.capture_content:
+        record.prompt_text = texts[-1] if texts else ""
+    call = ClaudeRequest(
+        attempt=Attempt("POST", "/v1/messages", ctx.runtime.claude.request_headers({})),
+        body=json.dumps(body).encode(),
+        stream=True,
+        input_estimate=estimate_input_tokens(collected.chars, collected.attachment_bytes),
+    )
+    # The stream's protocol marker; `ctx.headers` reach the SSE response (and any error).
+    ctx.headers.update(HEADERS)
+    return await call_claude(ctx, call, record, UiTranslator())

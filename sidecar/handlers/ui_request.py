@@ -1,0 +1,259 @@
+"""The AI SDK's chat request (`useChat` → `DefaultChatTransport`) as one Claude request.
+
+Pure functions, no I/O. The body `DefaultChatTransport` posts is
+`{...body, id, messages, trigger, messageId}`; each UI message is `{id, role, parts}`:
+
+| UI part | Claude content |
+| --- | --- |
+| `text` | `text` block (empty texts dropped) |
+| `file` with an `image/*` data or http(s) URL | `image` block (`base64` or `url` source) |
+| `file` with `application/pdf` | `document` block (the file name is not sent) |
+| `file` with a `text/*` data URL | `text` block `<file name>:\n<content>`, screened like any text |
+| `tool-<name>` / `dynamic-tool` with its input | `tool_use` in the assistant turn, and when it has an output or an error, a `tool_result` in the user turn right after it |
+| `reasoning`, `step-start`, `source-*`, `data-*` | dropped (display only; Claude needs signed thinking) |
+
+Fields the transport adds from `useChat({body})` (app-specific) are ignored: they never
+reach Claude. `system` and `model` are honoured only when the config accepts them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.config import UiConfig
+from sidecar.errors import bad_request
+
+TRIGGERS = frozenset({"submit-message", "regenerate-message"})
+_ROLES = frozenset({"system", "user", "assistant"})
+_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_TOOL_STATES_WITH_INPUT = frozenset({"input-available", "output-available", "output-error",
+                                     "approval-requested", "approval-responded", "output-denied"})  # fmt: skip
+_MAX_ID = 200  # chat and message ids are echoed in logs and URLs: bounded
+
+
+@dataclass(frozen=True, slots=True)
+class UiRequest:
+    """A parsed chat request: the chat id, the trigger and the Claude request body."""
+
+    chat_id: str
+    trigger: str
+    body: dict[str, Any]
+
+
+def parse_ui_request(
+    fields: dict[str, Any], ui: UiConfig, default_model: str, default_max_tokens: int
+) -> UiRequest:
+    """Validate `useChat`'s body and translate it; a 400 naming the field for anything wrong."""
+    chat_id = fields.get("id")
+    if not isinstance(chat_id, str) or not chat_id or len(chat_id) > _MAX_ID:
+        raise bad_request(f"id must be the chat id (a string of 1 to {_MAX_ID} characters)")
+    trigger = fields.get("trigger", "submit-message")
+    if trigger not in TRIGGERS:
+        raise bad_request("trigger must be 'submit-message' or 'regenerate-message'")
+    model = fields.get("model")
+    if model is not None and not ui.accept_model:
+        raise bad_request("model is set by the sidecar on this route (ui.accept_model is off)")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise bad_request("model must be a non-empty string")
+    system_field = fields.get("system")
+    if system_field is not None and not ui.accept_system:
+        raise bad_request("system is set by the sidecar on this route (ui.accept_system is off)")
+    if system_field is not None and not isinstance(system_field, str):
+        raise bad_request("system must be a string")
+    raw_messages = fields.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise bad_request("messages must be a non-empty list of UI messages")
+    system_texts = [ui.system] if ui.system else []
+    if system_field:
+        system_texts.append(system_field)
+    messages: list[dict[str, Any]] = []
+    for i, message in enumerate(raw_messages):
+        role, parts = _message(message, i)
+        if role == "system":
+            if not ui.accept_system:
+                raise bad_request(
+                    f"messages.{i}: system messages are not accepted (ui.accept_system is off)"
+                )
+            system_texts.extend(_system_texts(parts, i))
+            continue
+        for turn_role, content in _turns(role, parts, i):
+            _append(messages, turn_role, content)
+    if not messages:
+        raise bad_request("messages: no text, file or tool content to send")
+    if messages[0]["role"] != "user":
+        messages.insert(0, {"role": "user", "content": [{"type": "text", "text": "(continue)"}]})
+    body: dict[str, Any] = {
+        "model": model or ui.model or default_model,
+        "max_tokens": ui.max_tokens or default_max_tokens,
+        "stream": True,
+        "messages": messages,
+    }
+    if system_texts:
+        body["system"] = "\n\n".join(system_texts)
+    if ui.tools:
+        body["tools"] = ui.tools
+    if ui.thinking_budget_tokens:
+        body["thinking"] = {"type": "enabled", "budget_tokens": ui.thinking_budget_tokens}
+        body["max_tokens"] = max(body["max_tokens"], ui.thinking_budget_tokens + 1)
+    return UiRequest(chat_id=chat_id, trigger=trigger, body=body)
+
+
+def _message(message: object, i: int) -> tuple[str, list[Any]]:
+    if not isinstance(message, dict):
+        raise bad_request(f"messages.{i} must be an object with role and parts")
+    role = message.get("role")
+    if not isinstance(role, str) or role not in _ROLES:
+        raise bad_request(f"messages.{i}.role must be 'user', 'assistant' or 'system'")
+    parts = message.get("parts")
+    if not isinstance(parts, list):
+        raise bad_request(f"messages.{i}.parts must be a list")
+    return role, parts
+
+
+def _system_texts(parts: list[Any], i: int) -> list[str]:
+    texts = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise bad_request(f"messages.{i}.parts.{j}: a system message holds text parts only")
+        texts.append(_string(part, "text", f"messages.{i}.parts.{j}"))
+    return texts
+
+
+def _turns(role: str, parts: list[Any], i: int) -> list[tuple[str, list[dict[str, Any]]]]:
+    """One UI message as Claude turns: an assistant message with tool outputs is split so
+    each `tool_result` follows the turn holding its `tool_use`."""
+    turns: list[tuple[str, list[dict[str, Any]]]] = []
+    own: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for j, part in enumerate(parts):
+        where = f"messages.{i}.parts.{j}"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise bad_request(f"{where} must be an object with a type")
+        kind = part["type"]
+        if kind.startswith("tool-") or kind == "dynamic-tool":
+            if role != "assistant":
+                raise bad_request(f"{where}: tool parts belong to assistant messages")
+            use, result = _tool(part, kind, where)
+            if use is None:
+                continue
+            own.append(use)
+            if result is not None:
+                results.append(result)
+            continue
+        block = _block(part, kind, role, where)
+        if block is None:
+            continue
+        if results:  # a new step after tool results: close this turn and its results first
+            turns.extend([(role, own), ("user", results)])
+            own, results = [], []
+        own.append(block)
+    if own:
+        turns.append((role, own))
+    if results:
+        turns.append(("user", results))
+    return turns
+
+
+def _block(part: dict[str, Any], kind: str, role: str, where: str) -> dict[str, Any] | None:
+    if kind == "text":
+        text = _string(part, "text", where)
+        return {"type": "text", "text": text} if text else None
+    if kind == "file":
+        if role != "user":
+            raise bad_request(f"{where}: files are accepted in user messages only")
+        return _file(part, where)
+    if kind in ("reasoning", "step-start", "source-url", "source-document", "reasoning-file"):
+        return None
+    if kind.startswith("data-") or kind == "custom":
+        return None
+    raise bad_request(f"{where}: unknown part type")
+
+
+def _file(part: dict[str, Any], where: str) -> dict[str, Any]:
+    media = _string(part, "mediaType", where).lower()
+    url = _string(part, "url", where)
+    title = part.get("filename")
+    if url.startswith("data:"):
+        header, comma, payload = url[5:].partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise bad_request(f"{where}.url: a data URL must be base64-encoded")
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request(f"{where}.url: not valid base64") from None
+        if media in _IMAGE_TYPES:
+            return {"type": "image", "source": {"type": "base64", "media_type": media,
+                                                "data": payload}}  # fmt: skip
+        if media == "application/pdf":
+            block = {"type": "document", "source": {"type": "base64",
+                     "media_type": media, "data": payload}}  # fmt: skip
+        elif media.startswith("text/"):
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                raise bad_request(f"{where}.url: a text file must be UTF-8") from None
+            # A text block, not a text document: screening reads it like any other text.
+            named = f"{title}:\n{text}" if isinstance(title, str) and title else text
+            return {"type": "text", "text": named}
+        else:
+            raise bad_request(f"{where}.mediaType: images, PDF and text files are accepted")
+    elif url.startswith(("https://", "http://")):
+        if media in _IMAGE_TYPES:
+            return {"type": "image", "source": {"type": "url", "url": url}}
+        if media != "application/pdf":
+            raise bad_request(f"{where}.mediaType: a linked file must be an image or a PDF")
+        block = {"type": "document", "source": {"type": "url", "url": url}}
+    else:
+        raise bad_request(f"{where}.url must be a data: or http(s) URL")
+    return block
+
+
+def _tool(
+    part: dict[str, Any], kind: str, where: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A tool part as (tool_use, tool_result); (None, None) while its input is still streaming."""
+    if part.get("state") not in _TOOL_STATES_WITH_INPUT:
+        return None, None
+    call_id = _string(part, "toolCallId", where)
+    name = kind[5:] if kind != "dynamic-tool" else _string(part, "toolName", where)
+    if not name:
+        raise bad_request(f"{where}: the tool needs a name")
+    tool_input = part.get("input")
+    if not isinstance(tool_input, dict):
+        tool_input = {}
+    use = {"type": "tool_use", "id": call_id, "name": name, "input": tool_input}
+    state = part["state"]
+    if state == "output-available":
+        output = part.get("output")
+        content = output if isinstance(output, str) else json.dumps(output)
+        return use, {"type": "tool_result", "tool_use_id": call_id, "content": content}
+    if state == "output-error":
+        error = part.get("errorText")
+        content = error if isinstance(error, str) and error else "the tool failed"
+        return use, {"type": "tool_result", "tool_use_id": call_id, "content": content,
+                     "is_error": True}  # fmt: skip
+    if state == "output-denied":
+        return use, {"type": "tool_result", "tool_use_id": call_id,
+                     "content": "the user denied this tool call", "is_error": True}  # fmt: skip
+    return use, None
+
+
+def _append(messages: list[dict[str, Any]], role: str, content: list[dict[str, Any]]) -> None:
+    """Claude alternates roles: consecutive turns of one role become one message."""
+    if not content:
+        return
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"].extend(content)
+    else:
+        messages.append({"role": role, "content": list(content)})
+
+
+def _string(part: dict[str, Any], key: str, where: str) -> str:
+    value = part.get(key)
+    if not isinstance(value, str):
+        raise bad_request(f"{where}.{key} must be a string")
+    return value

@@ -1,0 +1,207 @@
+"""Claude's stream events → the AI SDK's UI message stream (v1) chunks. No I/O.
+
+Every chunk is one `data: {json}` event on the default event; the stream ends with
+`data: [DONE]` (what the AI SDK's `JsonToSseTransformStream` writes, and what its
+parser skips). A turn reads:
+
+    start → start-step → (text-start, text-delta…, text-end | reasoning-start,
+    reasoning-delta…, reasoning-end | tool-input-start, tool-input-delta…,
+    tool-input-available)… → finish-step → finish {finishReason} → [DONE]
+
+and a failure after the first byte is `error {errorText}` then `[DONE]`. Part ids are the
+content block's index (`"0"`, `"1"`…), unique within the message as the SDK requires.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Final
+
+from sidecar.record import Outcome, StreamRecord
+from sidecar.relay import Translator
+from sidecar.sse import parse_block
+
+HEADERS: Final[dict[str, str]] = {"x-vercel-ai-ui-message-stream": "v1"}
+DONE: Final = b"data: [DONE]\n\n"
+# Claude's stop reason → the AI SDK's finish reason (its closed set).
+FINISH_REASONS: Final[dict[str, str]] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool-calls",
+    "refusal": "content-filter",
+    "pause_turn": "other",
+}
+# A delta exactly as Anthropic writes it: its value is one JSON string literal the chunk can
+# carry unchanged, so the common event needs no JSON decoding. Other shapes are decoded.
+_DELTA = re.compile(
+    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(\d+),'
+    rb'"delta":\{"type":"(text_delta","text|thinking_delta","thinking|input_json_delta",'
+    rb'"partial_json)":("(?:[^"\\\n]|\\.)*")\}\}\Z'
+)
+_FAST = {
+    b'text_delta","text': b'data: {"type":"text-delta","id":"%b","delta":%b}\n\n',
+    b'thinking_delta","thinking': b'data: {"type":"reasoning-delta","id":"%b","delta":%b}\n\n',
+}
+_TOOL_KINDS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+_START: Final = b'data: {"type":"start"}\n\ndata: {"type":"start-step"}\n\n'
+
+
+def chunk(data: dict[str, Any]) -> bytes:
+    """One UI message chunk as an SSE event."""
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def finish_reason(stop_reason: str | None) -> str:
+    """The AI SDK finish reason for a Claude stop reason (`other` for anything new)."""
+    return FINISH_REASONS.get(stop_reason or "", "other")
+
+
+class UiTranslator(Translator):
+    """One stream's translation state: the open blocks by index, and tool input so far."""
+
+    passthrough = False
+
+    def __init__(self) -> None:
+        self._open: dict[bytes, str] = {}  # index → text | reasoning | tool
+        self._tools: dict[bytes, tuple[str, str, bool, list[str]]] = {}  # id, name, server, json
+        self._ended = False
+
+    def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
+        if name == b"content_block_delta":
+            match = _DELTA.match(block)
+            if match is not None:
+                index, kind, value = match[1], match[2], match[3]
+                template = _FAST.get(kind)
+                if template is not None:
+                    return template % (index, value)
+                tool = self._tools.get(index)
+                if tool is not None:
+                    tool[3].append(json.loads(value))
+                    return (
+                        b'data: {"type":"tool-input-delta","toolCallId":%b,"inputTextDelta":%b}\n\n'
+                        % (
+                            json.dumps(tool[0]).encode(),
+                            value,
+                        )
+                    )
+                return b""
+            return self._delta(_data(block))
+        if name == b"content_block_start":
+            return self._start(_data(block))
+        if name == b"content_block_stop":
+            return self._stop(_data(block))
+        if name == b"message_start":
+            # No messageId: the client keeps its own, and after a tool round trip it continues
+            # its last assistant message (a new id would make it a second message).
+            return _START
+        if name == b"error":
+            error = _data(block).get("error") or {}
+            return self._error(str(error.get("message") or "Claude reported an error"))
+        return b""
+
+    def _start(self, data: dict[str, Any]) -> bytes:
+        index = str(data.get("index", "")).encode()
+        content = data.get("content_block") or {}
+        kind = content.get("type")
+        if kind == "text":
+            self._open[index] = "text"
+            return chunk({"type": "text-start", "id": index.decode()})
+        if kind == "thinking":
+            self._open[index] = "reasoning"
+            return chunk({"type": "reasoning-start", "id": index.decode()})
+        if kind in _TOOL_KINDS:
+            call_id, tool = str(content.get("id", "")), str(content.get("name", ""))
+            server = kind != "tool_use"
+            self._open[index] = "tool"
+            self._tools[index] = (call_id, tool, server, [])
+            start: dict[str, Any] = {"type": "tool-input-start", "toolCallId": call_id,
+                                     "toolName": tool}  # fmt: skip
+            if server:
+                start["providerExecuted"] = True
+            return chunk(start)
+        return b""
+
+    def _delta(self, data: dict[str, Any]) -> bytes:
+        index = str(data.get("index", "")).encode()
+        delta = data.get("delta") or {}
+        kind = delta.get("type")
+        if kind == "text_delta" and self._open.get(index) == "text":
+            return chunk(
+                {"type": "text-delta", "id": index.decode(), "delta": delta.get("text", "")}
+            )
+        if kind == "thinking_delta" and self._open.get(index) == "reasoning":
+            return chunk(
+                {
+                    "type": "reasoning-delta",
+                    "id": index.decode(),
+                    "delta": delta.get("thinking", ""),
+                }
+            )
+        tool = self._tools.get(index)
+        if kind == "input_json_delta" and tool is not None:
+            piece = str(delta.get("partial_json", ""))
+            tool[3].append(piece)
+            return chunk(
+                {"type": "tool-input-delta", "toolCallId": tool[0], "inputTextDelta": piece}
+            )
+        return b""
+
+    def _stop(self, data: dict[str, Any]) -> bytes:
+        index = str(data.get("index", "")).encode()
+        kind = self._open.pop(index, None)
+        if kind == "text":
+            return chunk({"type": "text-end", "id": index.decode()})
+        if kind == "reasoning":
+            return chunk({"type": "reasoning-end", "id": index.decode()})
+        tool = self._tools.pop(index, None)
+        if tool is None:
+            return b""
+        call_id, name, server, pieces = tool
+        text = "".join(pieces)
+        try:
+            value = json.loads(text) if text.strip() else {}
+        except ValueError:
+            return chunk({"type": "tool-input-error", "toolCallId": call_id, "toolName": name,
+                          "input": text, "errorText": "Claude's tool input is not valid JSON"})  # fmt: skip
+        available: dict[str, Any] = {"type": "tool-input-available", "toolCallId": call_id,
+                                     "toolName": name, "input": value}  # fmt: skip
+        if server:
+            available["providerExecuted"] = True
+        return chunk(available)
+
+    def _error(self, message: str) -> bytes:
+        if self._ended:
+            return b""
+        self._ended = True
+        return chunk({"type": "error", "errorText": message}) + DONE
+
+    def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
+        return self._error(message)
+
+    def finish(self, record: StreamRecord) -> bytes:
+        if self._ended:
+            return b""
+        self._ended = True
+        closing = b"".join(
+            chunk({"type": "text-end" if kind == "text" else "reasoning-end", "id": i.decode()})
+            for i, kind in self._open.items()
+            if kind != "tool"
+        )
+        reason = finish_reason(record.stop_reason)
+        return (
+            closing
+            + chunk({"type": "finish-step"})
+            + chunk({"type": "finish", "finishReason": reason})
+            + DONE
+        )
+
+
+def _data(block: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(parse_block(block)[1])
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

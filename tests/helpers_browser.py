@@ -1,0 +1,390 @@
+"""Browser test helpers: a page server on another origin, three engines, a faulty proxy.
+
+A page at `http://127.0.0.1:<page port>/run#<json>` imports claude-stream.js from the
+sidecar (another origin), runs one scenario and leaves its result in `window.__result`
+(and `#result`). Each engine opens that page and reads the result:
+
+- Chromium: Playwright for Python, Debian's `chromium`;
+- Firefox: `puppeteer-core` under node (`tests/js/firefox_page.mjs`), Debian's `firefox-esr`;
+- WebKit: Selenium's WebKitGTK driver (`WebKitWebDriver`, `MiniBrowser`) under `xvfb-run`
+  (`python -m tests.helpers_webkit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import pytest
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+JS_DIR = ROOT / "tests" / "js"
+CHROMIUM = "/usr/bin/chromium"
+FIREFOX = "/usr/bin/firefox-esr"
+WEBKIT_DRIVER = "/usr/bin/WebKitWebDriver"
+NPM_CI = "npm ci --prefix tests/js --no-audit --no-fund"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # fmt: skip
+RESULT_TIMEOUT = 60.0
+
+Engine = Literal["chromium", "firefox", "webkit"]
+ENGINES: tuple[Engine, ...] = ("chromium", "firefox", "webkit")
+
+# The scenario runner, as a module script of the page. Its config comes in the URL fragment.
+RUN_JS = """
+const cfg = JSON.parse(decodeURIComponent(location.hash.slice(1)));
+const out = document.getElementById("out");
+const result = { events: [], tokenTimes: [] };
+try {
+  const { streamClaude } = await import(cfg.module);
+  const stream = streamClaude(cfg.url, cfg.options || {});
+  let tokens = 0;
+  for await (const e of stream) {
+    if (e.type === "error") {
+      const { type, status, retryAfter, message } = e.error;
+      result.events.push({ type: "error", error: { type, status, retryAfter, message } });
+    } else {
+      result.events.push(e);
+    }
+    if (e.type === "token") {
+      out.append(e.text);
+      tokens += 1;
+      result.tokenTimes.push(performance.now());
+      if (cfg.abortAfter && tokens === cfg.abortAfter) stream.abort();
+    }
+  }
+  result.text = stream.text;
+  result.domText = out.textContent;
+  result.state = stream.state;
+  result.streamId = stream.streamId;
+} catch (error) {
+  result.thrown = String(error && error.stack || error);
+}
+window.__result = result;
+document.getElementById("result").textContent = JSON.stringify(result);
+"""
+RUN_PAGE = (
+    '<!doctype html><html><head><meta charset="utf-8"><title>run</title></head><body>'
+    '<pre id="out"></pre><pre id="result"></pre>'
+    '<script type="module" src="/run.js"></script></body></html>'
+)
+
+
+def skip_unless_engine(engine: Engine) -> None:
+    """Skip (never fail silently) when an engine is not installed, naming the install step."""
+    if engine == "chromium" and not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    if engine == "firefox":
+        if not Path(FIREFOX).exists():
+            pytest.skip(f"{FIREFOX} is missing: apt-get install firefox-esr")
+        if shutil.which("node") is None:
+            pytest.skip("node is missing: apt-get install nodejs npm")
+        if not (JS_DIR / "node_modules" / "puppeteer-core").is_dir():
+            pytest.skip(f"puppeteer-core is not installed: {NPM_CI}")
+    if engine == "webkit":
+        if not Path(WEBKIT_DRIVER).exists() or webkit_browser() is None:
+            pytest.skip("WebKitWebDriver/MiniBrowser missing: apt-get install webkit2gtk-driver")
+        if shutil.which("xvfb-run") is None:
+            pytest.skip("xvfb-run is missing: apt-get install xvfb xauth")
+
+
+def webkit_browser() -> str | None:
+    """MiniBrowser's path, from the packages that ship it."""
+    for package in ("libwebkit2gtk-4.1-0", "webkit2gtk-driver"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            listed = subprocess.run(
+                ["dpkg", "-L", package], capture_output=True, text=True, check=False, timeout=10
+            ).stdout
+            for line in listed.splitlines():
+                if line.endswith("/MiniBrowser") and Path(line).is_file():
+                    return line
+    return None
+
+
+@contextlib.asynccontextmanager
+async def page_server(
+    extra: Callable[[web.Application], None] | None = None,
+) -> AsyncIterator[str]:
+    """Serves the run page on its own origin (`http://127.0.0.1:<port>`); yields that origin."""
+
+    async def run_page(request: web.Request) -> web.Response:
+        return web.Response(text=RUN_PAGE, content_type="text/html")
+
+    async def run_js(request: web.Request) -> web.Response:
+        return web.Response(text=RUN_JS, content_type="text/javascript")
+
+    app = web.Application()
+    app.router.add_get("/run", run_page)
+    app.router.add_get("/run.js", run_js)
+    if extra is not None:
+        extra(app)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def run_url(origin: str, config: dict[str, Any]) -> str:
+    """The run page's URL for one scenario (`module`, `url`, `options`, `abortAfter`)."""
+    return f"{origin}/run#{quote(json.dumps(config))}"
+
+
+async def run_in_chromium(url: str) -> dict[str, Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(url)
+            await page.wait_for_function(
+                "window.__result !== undefined", timeout=RESULT_TIMEOUT * 1000
+            )
+            result: dict[str, Any] = await page.evaluate("window.__result")
+            return result
+        finally:
+            await browser.close()
+
+
+async def _run_child(args: list[str], timeout: float) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
+    lines = stdout.decode().strip().splitlines()
+    assert lines, stderr.decode(errors="replace")[-2000:]
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+async def run_in_firefox(url: str) -> dict[str, Any]:
+    script = str(JS_DIR / "firefox_page.mjs")
+    node = shutil.which("node") or "node"
+    return await _run_child([node, script, url, FIREFOX], RESULT_TIMEOUT + 30)
+
+
+async def run_in_webkit(url: str) -> dict[str, Any]:
+    browser = webkit_browser() or ""
+    args = ["xvfb-run", "-a", sys.executable, "-m", "tests.helpers_webkit", url, browser]
+    return await _run_child(args, RESULT_TIMEOUT + 30)
+
+
+RUNNERS: dict[Engine, Callable[[str], Awaitable[dict[str, Any]]]] = {
+    "chromium": run_in_chromium,
+    "firefox": run_in_firefox,
+    "webkit": run_in_webkit,
+}
+
+
+class FaultyProxy:
+    """A TCP proxy to the sidecar that breaks the first event stream it carries.
+
+    `mode="cut"` closes the client connection once `after_bytes` of the stream have passed;
+    `mode="stall"` stops forwarding there and holds the connection open (a silent network).
+    Later streams (a resume) pass untouched. `faults` counts the faults applied.
+    """
+
+    def __init__(self, target_port: int, mode: Literal["cut", "stall"], after_bytes: int) -> None:
+        self.target_port = target_port
+        self.mode = mode
+        self.after_bytes = after_bytes
+        self.faults = 0
+        self._armed = True
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def __aenter__(self) -> FaultyProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_w.transport.abort()
+            return
+        self._writers += [client_w, up_w]
+        upward = asyncio.ensure_future(self._pipe(client_r, up_w))
+        try:
+            await self._downward(up_r, client_w)
+        finally:
+            upward.cancel()
+            client_w.transport.abort()
+            up_w.transport.abort()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    async def _downward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        left: int | None = None  # body bytes of the armed stream still to pass
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if left is None and self._armed and b"text/event-stream" in data:
+                    # Headers and some events always pass: a connection closed before any
+                    # response would be retried by the browser, which is not a cut stream.
+                    self._armed = False
+                    left = self.after_bytes + data.index(b"\r\n\r\n") + 4
+                if left is not None and len(data) >= left:
+                    writer.write(data[:left])
+                    await writer.drain()
+                    self.faults += 1
+                    if self.mode == "stall":
+                        await asyncio.Event().wait()  # until the test ends it
+                    return  # cut: the caller aborts both connections
+                if left is not None:
+                    left -= len(data)
+                writer.write(data)
+                await writer.drain()
+
+
+class ResumeEmulator:
+    """A stand-in server speaking the resume protocol for the prompt route's events.
+
+    `POST`/`GET <PATH>` starts stream `s1` (header `Sidecar-Stream-Id`, ids `s1:<n>`); a
+    request with `Last-Event-ID` (header or `?last_event_id=`) resumes after n; an unknown
+    (or, with `expired`, any) id gets 204; the first `failed_resumes` resumes get 503; `DELETE <PATH>/s1` cancels. The first connection is cut (`fault="cut"`)
+    or goes silent (`fault="stall"`) after `fault_after` events. It checks the client
+    side of the protocol (claude-stream.js) against a known server, independent of the
+    sidecar's own implementation.
+    """
+
+    PATH = "/api/stream-response"
+    STREAM = "s1"
+
+    def __init__(
+        self,
+        fault: Literal["cut", "stall"],
+        words: int = 30,
+        fault_after: int = 8,
+        *,
+        failed_resumes: int = 0,
+        expired: bool = False,
+    ) -> None:
+        self.fault = fault
+        self.failed_resumes = failed_resumes  # resumes answered 503 first (a replica restarting)
+        self.expired = expired  # every resume answered 204 (the stream is gone)
+        self.words = [("" if i == 1 else " ") + f"w{i}" for i in range(1, words + 1)]
+        self.fault_after = fault_after
+        self.resumed_from: list[str] = []  # the Last-Event-ID of each resume
+        self.cancelled = 0
+        self.cancel_auth: str | None = None  # the credential header the cancel carried
+        self.started = 0
+        self.app = web.Application()
+        self.app.router.add_route("*", self.PATH, self._stream)
+        self.app.router.add_route("*", self.PATH + "/{stream}", self._cancel)
+
+    @property
+    def full_text(self) -> str:
+        return "".join(self.words)
+
+    def _cors(self, request: web.Request) -> dict[str, str]:
+        return {
+            "Access-Control-Allow-Origin": request.headers.get("Origin", "*"),
+            "Access-Control-Expose-Headers": "sidecar-stream-id",
+            "Vary": "Origin",
+        }
+
+    def _preflight(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={
+            **self._cors(request),
+            "Access-Control-Allow-Methods": "GET, POST, DELETE",
+            "Access-Control-Allow-Headers": request.headers.get(
+                "Access-Control-Request-Headers", ""),
+        })  # fmt: skip
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        if request.method != "DELETE" or request.match_info["stream"] != self.STREAM:
+            return web.Response(status=404, headers=self._cors(request))
+        self.cancelled += 1
+        self.cancel_auth = request.headers.get("x-client-auth")
+        return web.Response(status=204, headers=self._cors(request))
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        start = 0
+        if last is not None:
+            stream, _, number = last.rpartition(":")
+            if stream != self.STREAM or not number.isdigit():
+                return web.Response(status=204, headers=self._cors(request))
+            self.resumed_from.append(last)
+            if self.expired:
+                return web.Response(status=204, headers=self._cors(request))
+            if self.failed_resumes:
+                self.failed_resumes -= 1
+                return web.Response(status=503, headers=self._cors(request))
+            start = int(number)
+        else:
+            self.started += 1
+        response = web.StreamResponse(headers={
+            **self._cors(request), "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache", "Sidecar-Stream-Id": self.STREAM,
+        })  # fmt: skip
+        await response.prepare(request)
+        first = last is None
+        for n in range(start + 1, len(self.words) + 1):
+            if first and n > self.fault_after:
+                if self.fault == "stall":
+                    await asyncio.sleep(3600)
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            token = json.dumps({"token": self.words[n - 1]})
+            await response.write(f"id: {self.STREAM}:{n}\ndata: {token}\n\n".encode())
+            await asyncio.sleep(0.02)
+        done = {"done": True, "usage": {"output_tokens": len(self.words)},
+                "stop_reason": "end_turn"}  # fmt: skip
+        n = len(self.words) + 1
+        await response.write(f"id: {self.STREAM}:{n}\ndata: {json.dumps(done)}\n\n".encode())
+        return response
+
+
+@contextlib.asynccontextmanager
+async def running_emulator(emulator: ResumeEmulator) -> AsyncIterator[str]:
+    """Serve `emulator` on a free port; yields its base URL."""
+    runner = web.AppRunner(emulator.app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

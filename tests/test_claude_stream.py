@@ -1,0 +1,376 @@
+"""claude-stream.js, the browser client module, in Chromium, Firefox and WebKit.
+
+Each test opens a page on one origin that imports the module from the sidecar (another
+origin) and streams from the prompt route; faults come from the fake Claude's knobs and
+from a proxy that cuts or stalls the stream. Resume tests need the server to make streams
+resumable (`Sidecar-Stream-Id`); against a server that does not, they skip and say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import pytest
+
+import sidecar.browser
+from sidecar.fake_claude import FakeServer
+from tests.helpers_browser import (
+    ENGINES,
+    JS_DIR,
+    RUNNERS,
+    Engine,
+    FaultyProxy,
+    ResumeEmulator,
+    page_server,
+    run_url,
+    running_emulator,
+    skip_unless_engine,
+)
+from tests.support.sidecars import SidecarFactory
+
+PROMPT = "/api/stream-response"
+NOT_RESUMABLE = "the sidecar does not make streams resumable (no Sidecar-Stream-Id header)"
+pytestmark = pytest.mark.timeout(240)
+
+
+def config_for(origin: str, **extra: Any) -> dict[str, Any]:
+    return {"cors": {"allow_origins": [origin]}, **extra}
+
+
+async def reference(base: str, prompt: str) -> tuple[str, bool]:
+    """The uninterrupted text for `prompt`, and whether the server's streams are resumable."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + PROMPT, json={"prompt": prompt}) as response:
+            assert response.status == 200
+            resumable = "Sidecar-Stream-Id" in response.headers
+            body = await response.text()
+    text = ""
+    for line in body.splitlines():
+        if line.startswith("data: "):
+            text += json.loads(line[6:]).get("token", "")
+    return text, resumable
+
+
+def kinds(result: dict[str, Any]) -> list[str]:
+    return [event["type"] for event in result["events"]]
+
+
+async def run(engine: Engine, origin: str, sidecar: str, **config: Any) -> dict[str, Any]:
+    module = sidecar + "/_sidecar/claude-stream.js"
+    result = await RUNNERS[engine](run_url(origin, {"module": module, **config}))
+    assert "thrown" not in result, result["thrown"]
+    return result
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_post_streams_tokens_incrementally_then_done(
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine(engine)
+    prompt = "hello module [[fake tokens=12 tps=20]]"
+    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+        expected, _ = await reference(sidecar.url, prompt)
+        result = await run(
+            engine,
+            origin,
+            sidecar.url,
+            url=sidecar.url + PROMPT,
+            options={"body": {"prompt": prompt}},
+        )
+    assert kinds(result) == ["open", *["token"] * 12, "done"], result["events"][-1]
+    assert result["state"] == "done"
+    assert result["text"] == result["domText"] == expected
+    done = result["events"][-1]
+    assert done["usage"]["output_tokens"] == 12
+    assert done["stopReason"] == "end_turn"
+    times = result["tokenTimes"]
+    # Paced at 20 tokens/s, the DOM grew over time, not in one update at the end.
+    assert times[-1] - times[0] > 200
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_get_streams_through_event_source(
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine(engine)
+    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+        expected, _ = await reference(sidecar.url, "hello event source")
+        result = await run(
+            engine, origin, sidecar.url,
+            url=sidecar.url + PROMPT + "?prompt=hello%20event%20source",
+            options={"method": "GET"},
+        )  # fmt: skip
+    assert kinds(result) == ["open", *["token"] * 12, "done"]
+    assert result["text"] == expected
+    assert fake.state.counters["requests"] == 2  # the reference and the page: no re-run
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_errors_carry_type_status_and_retry_after(
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine(engine)
+    prompt = "limited [[fake fault=rate_limit retry_after=20]]"
+    async with page_server() as origin:
+        config = config_for(origin, claude={"max_retries": 0})
+        async with sidecar_for(config) as sidecar:
+            limited = await run(
+                engine, origin, sidecar.url, url=sidecar.url + PROMPT,
+                options={"body": {"prompt": prompt}},
+            )  # fmt: skip
+            midstream = await run(
+                engine, origin, sidecar.url, url=sidecar.url + PROMPT,
+                options={"body": {"prompt": "cut [[fake fault=midstream_error after=3]]"}},
+            )  # fmt: skip
+    assert kinds(limited) == ["error"]
+    error = limited["events"][0]["error"]
+    assert (error["type"], error["status"], error["retryAfter"]) == ("rate_limited", 429, 20)
+    assert limited["state"] == "error"
+    assert kinds(midstream) == ["open", "token", "token", "token", "error"]
+    assert midstream["events"][-1]["error"]["type"] == "overloaded"
+    assert midstream["text"]  # the partial answer stays
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_abort_cancels_the_generation_at_claude(
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine(engine)
+    prompt = "long answer [[fake tokens=200 tps=10]]"
+    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+        result = await run(
+            engine, origin, sidecar.url, url=sidecar.url + PROMPT,
+            options={"body": {"prompt": prompt}}, abortAfter=3,
+        )  # fmt: skip
+        for _ in range(100):
+            if fake.state.counters["streams_cancelled"]:
+                break
+            await asyncio.sleep(0.1)
+    assert kinds(result) == ["open", "token", "token", "token", "aborted"]
+    assert result["state"] == "aborted"
+    assert fake.state.counters["streams_cancelled"] == 1  # Claude stopped generating
+    assert fake.state.counters["streams_completed"] == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_cut_connection_resumes_without_duplicating_text(
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine(engine)
+    prompt = "resume me [[fake tokens=40 tps=25]]"
+    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+        expected, resumable = await reference(sidecar.url, prompt)
+        if not resumable:
+            pytest.skip(NOT_RESUMABLE)
+        async with FaultyProxy(sidecar.port, "cut", after_bytes=400) as proxy:
+            result = await run(
+                engine, origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                options={"body": {"prompt": prompt}, "retryBaseMs": 100},
+            )  # fmt: skip
+    assert proxy.faults == 1
+    assert "reconnecting" in kinds(result)
+    assert result["state"] == "done"
+    assert result["text"] == result["domText"] == expected  # every token once
+    assert fake.state.counters["requests"] == 2  # the resume never called Claude again
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_watchdog_trips_on_a_stall_and_resumes(
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine(engine)
+    prompt = "stall me [[fake tokens=40 tps=25]]"
+    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+        expected, resumable = await reference(sidecar.url, prompt)
+        if not resumable:
+            pytest.skip(NOT_RESUMABLE)
+        async with FaultyProxy(sidecar.port, "stall", after_bytes=400) as proxy:
+            result = await run(
+                engine, origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                options={"body": {"prompt": prompt}, "idleTimeoutMs": 1500, "retryBaseMs": 100},
+            )  # fmt: skip
+    reconnects = [e for e in result["events"] if e["type"] == "reconnecting"]
+    assert reconnects[0]["reason"] == "idle"
+    assert result["state"] == "done"
+    assert result["text"] == expected
+
+
+async def test_without_resume_a_cut_reports_the_loss_and_keeps_the_text(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine("chromium")
+    prompt = "cut me [[fake tokens=40 tps=25]]"
+    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+        expected, resumable = await reference(sidecar.url, prompt)
+        if resumable:
+            pytest.skip("the sidecar resumes streams: covered by the resume tests")
+        async with FaultyProxy(sidecar.port, "cut", after_bytes=400) as proxy:
+            result = await run(
+                "chromium", origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                options={"body": {"prompt": prompt}},
+            )  # fmt: skip
+    assert proxy.faults == 1
+    assert kinds(result)[-1] == "error"
+    assert result["events"][-1]["error"]["type"] == "connection_lost"
+    assert result["text"]
+    assert expected.startswith(result["text"])
+    assert result["text"] != expected
+    assert fake.state.counters["requests"] == 2  # no blind re-run that would pay again
+
+
+async def test_without_resume_the_watchdog_ends_a_stalled_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine("chromium")
+    prompt = "stall me [[fake tokens=40 tps=25]]"
+    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+        expected, resumable = await reference(sidecar.url, prompt)
+        if resumable:
+            pytest.skip("the sidecar resumes streams: covered by the resume tests")
+        async with FaultyProxy(sidecar.port, "stall", after_bytes=400) as proxy:
+            result = await run(
+                "chromium", origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                options={"body": {"prompt": prompt}, "idleTimeoutMs": 1500},
+            )  # fmt: skip
+    assert proxy.faults == 1
+    error = result["events"][-1]["error"]
+    assert error["type"] == "timeout"
+    assert "1.5 s" in error["message"]
+    assert result["text"]
+    assert expected.startswith(result["text"])
+
+
+async def test_a_disallowed_origin_is_blocked(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine("chromium")
+    async with page_server() as origin:
+        refused = origin.replace("127.0.0.1", "localhost")  # same page, another origin
+        async with sidecar_for(config_for(origin)) as sidecar:
+            result = await run(
+                "chromium", refused, sidecar.url, url=sidecar.url + PROMPT,
+                options={"body": {"prompt": "hi"}},
+            )  # fmt: skip
+    assert kinds(result) == ["error"]
+    assert result["events"][0]["error"]["type"] == "connection_error"
+    assert fake.state.counters["requests"] == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("method", "fault"), [("POST", "cut"), ("GET", "cut"), ("POST", "stall")])
+async def test_module_resumes_by_the_resume_protocol(
+    engine: Engine, method: str, fault: Literal["cut", "stall"], sidecar_for: SidecarFactory
+) -> None:
+    """The client half of the protocol, against an emulator: resume after a cut or a stall."""
+    skip_unless_engine(engine)
+    emulator = ResumeEmulator(fault)
+    async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
+        options: dict[str, Any] = {"method": method, "idleTimeoutMs": 1500, "retryBaseMs": 50}
+        target = url + ResumeEmulator.PATH
+        if method == "POST":
+            options["body"] = {"prompt": "hello"}
+        else:
+            target += "?prompt=hello"
+        result = await run(engine, origin, sidecar.url, url=target, options=options)
+    reconnects = [e for e in result["events"] if e["type"] == "reconnecting"]
+    assert len(reconnects) == 1
+    if fault == "stall":
+        assert reconnects[0]["reason"] == "idle"  # the watchdog, not the network, noticed
+    assert "resumed" in kinds(result)
+    assert result["state"] == "done"
+    assert result["text"] == result["domText"] == emulator.full_text  # each word once
+    assert emulator.started == 1
+    # Resumed after the last event the page received (a cut may lose some in flight).
+    (resumed,) = emulator.resumed_from
+    assert 1 <= int(resumed.removeprefix("s1:")) <= emulator.fault_after
+    assert result["streamId"] == "s1"
+
+
+@pytest.mark.parametrize(
+    ("engine", "method"), [*((engine, "POST") for engine in ENGINES), ("chromium", "GET")]
+)
+async def test_abort_sends_the_cancel_by_the_resume_protocol(
+    engine: Engine, method: str, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine(engine)
+    emulator = ResumeEmulator("stall", fault_after=20)
+    options: dict[str, Any] = {"method": method, "headers": {"x-client-auth": "t1"}}
+    if method == "POST":
+        options["body"] = {"prompt": "hello"}
+    async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
+        result = await run(
+            engine, origin, sidecar.url, url=url + ResumeEmulator.PATH, options=options,
+            abortAfter=3,
+        )  # fmt: skip
+        for _ in range(100):
+            if emulator.cancelled:
+                break
+            await asyncio.sleep(0.05)
+    assert kinds(result) == ["open", "token", "token", "token", "aborted"]
+    assert emulator.cancelled == 1  # DELETE <route>/<stream id>: the generation is cancelled
+    assert emulator.cancel_auth == "t1"  # with the stream's credentials, in GET mode too
+    assert emulator.resumed_from == []
+
+
+def test_sse_parser_follows_the_rules_at_every_split() -> None:
+    """The module's parser under node: line ends, comments, ids, multi-line data, any split."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is missing: apt-get install nodejs npm")
+    module = Path(sidecar.browser.__file__).parent / "static" / "claude-stream.js"
+    text = (
+        ": ping\r\n\r\n"
+        'id: s1:1\r\ndata: {"token":"a"}\r\n\r\n'
+        "data: line one\ndata: line two\n\n"  # no id: keeps the last one, not its own
+        "event: custom\rid: s1:2\rdata:no-space\r\r"
+        "id: bad\0id\ndata: x\n\n"  # an id with NUL is ignored
+        "retry: 10\nfield-only\ndata\n\n"
+        "data: unterminated"
+    )
+    script = str(JS_DIR / "sse_parser.mjs")
+    run = subprocess.run(
+        [node, script, str(module), json.dumps(text)], capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    *splits, helpers = [json.loads(line) for line in run.stdout.splitlines()]
+    expected = [
+        {"id": "s1:1", "ownId": True, "event": "message", "data": '{"token":"a"}'},
+        {"id": "s1:1", "ownId": False, "event": "message", "data": "line one\nline two"},
+        {"id": "s1:2", "ownId": True, "event": "custom", "data": "no-space"},
+        {"id": "s1:2", "ownId": False, "event": "message", "data": "x"},
+        {"id": "s1:2", "ownId": False, "event": "message", "data": ""},
+    ]
+    assert len(splits) == len(text) + 1
+    for cut, messages in enumerate(splits):
+        assert messages == expected, f"split at {cut}"
+    assert helpers == {"numbers": [7, 7, None, None, 2, None], "streams": ["s1", None, "s:1"]}
+
+
+async def test_a_resume_answered_503_is_retried_and_a_204_ends_the_stream(
+    sidecar_for: SidecarFactory,
+) -> None:
+    skip_unless_engine("chromium")
+    busy = ResumeEmulator("cut", failed_resumes=1)
+    gone = ResumeEmulator("cut", expired=True)
+    async with page_server() as origin, sidecar_for() as sidecar:
+        options = {"body": {"prompt": "hello"}, "retryBaseMs": 50}
+        async with running_emulator(busy) as url:
+            retried = await run("chromium", origin, sidecar.url, url=url + busy.PATH,
+                                options=options)  # fmt: skip
+        async with running_emulator(gone) as url:
+            expired = await run("chromium", origin, sidecar.url, url=url + gone.PATH,
+                                options=options)  # fmt: skip
+    assert [e["attempt"] for e in retried["events"] if e["type"] == "reconnecting"] == [1, 2]
+    assert retried["state"] == "done"
+    assert retried["text"] == busy.full_text
+    assert len(gone.resumed_from) == 1  # a 204 is final: no more attempts
+    assert expired["events"][-1]["error"]["type"] == "resume_unavailable"
+    assert expired["text"]
+    assert gone.full_text.startswith(expired["text"])

@@ -1,0 +1,289 @@
+"""useChat's request body → one Claude request: a table of translations and refusals."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from sidecar.config import UiConfig
+from sidecar.errors import Rejection
+from sidecar.handlers.ui_request import parse_ui_request
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
+TEXT_FILE = base64.b64encode("notes: ünïcode".encode()).decode()
+TOOL = {"name": "get_weather", "input_schema": {"type": "object"}}
+
+
+def user(*parts: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "u", "role": "user", "parts": list(parts)}
+
+
+def assistant(*parts: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "a", "role": "assistant", "parts": list(parts)}
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"type": "text", "text": value}
+
+
+def tool(state: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "tool-get_weather", "toolCallId": "call_1", "state": state,
+            "input": {"city": "Paris"}, **extra}  # fmt: skip
+
+
+def body(*messages: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"id": "chat-1", "messages": list(messages), "trigger": "submit-message", **fields}
+
+
+def translate(fields: dict[str, Any], **ui: Any) -> dict[str, Any]:
+    return parse_ui_request(fields, UiConfig(**ui), "claude-default", 512).body
+
+
+USE = {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
+
+# fmt: off
+TRANSLATIONS: list[tuple[str, dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = [
+    ("text", body(user(text("hi"))), {}, [{"role": "user", "content": [text("hi")]}]),
+    (
+        "history with reasoning and step parts dropped",
+        body(
+            user(text("hi")),
+            assistant({"type": "step-start"}, {"type": "reasoning", "text": "hmm"}, text("hello")),
+            user(text("again")),
+        ),
+        {},
+        [
+            {"role": "user", "content": [text("hi")]},
+            {"role": "assistant", "content": [text("hello")]},
+            {"role": "user", "content": [text("again")]},
+        ],
+    ),
+    (
+        "image data URL",
+        body(
+            user(
+                text("see"),
+                {"type": "file", "mediaType": "image/png", "url": f"data:image/png;base64,{PNG}"},
+            )
+        ),
+        {},
+        [
+            {
+                "role": "user",
+                "content": [
+                    text("see"),
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+                    },
+                ],
+            }
+        ],
+    ),
+    (
+        "linked PDF and a text file",
+        body(
+            user(
+                {
+                    "type": "file",
+                    "mediaType": "application/pdf",
+                    "url": "https://x.test/a.pdf",
+                    "filename": "a.pdf",
+                },
+                {
+                    "type": "file",
+                    "mediaType": "text/plain",
+                    "url": f"data:text/plain;base64,{TEXT_FILE}",
+                    "filename": "notes.txt",
+                },
+            )
+        ),
+        {},
+        [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "document",
+                        "source": {"type": "url", "url": "https://x.test/a.pdf"},
+                    },
+                    {"type": "text", "text": "notes.txt:\nnotes: ünïcode"},
+                ],
+            }
+        ],
+    ),
+    (
+        "tool call with its output, then more text from the next step",
+        body(
+            user(text("weather?")),
+            assistant(
+                text("checking"),
+                tool("output-available", output={"t": 21}),
+                {"type": "step-start"},
+                text("21 degrees"),
+            ),
+        ),
+        {},
+        [
+            {"role": "user", "content": [text("weather?")]},
+            {"role": "assistant", "content": [text("checking"), USE]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": '{"t": 21}'}
+                ],
+            },
+            {"role": "assistant", "content": [text("21 degrees")]},
+        ],
+    ),
+    (
+        "tool error and a tool still streaming its input",
+        body(
+            user(text("go")),
+            assistant(
+                tool("output-error", errorText="no network"),
+                {"type": "tool-get_weather", "toolCallId": "c2", "state": "input-streaming"},
+            ),
+        ),
+        {},
+        [
+            {"role": "user", "content": [text("go")]},
+            {"role": "assistant", "content": [USE]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "call_1",
+                        "content": "no network",
+                        "is_error": True,
+                    }
+                ],
+            },
+        ],
+    ),
+    (
+        "dynamic tool",
+        body(
+            user(text("go")),
+            assistant(
+                {
+                    "type": "dynamic-tool",
+                    "toolName": "lookup",
+                    "toolCallId": "d1",
+                    "state": "input-available",
+                    "input": {},
+                }
+            ),
+        ),
+        {},
+        [
+            {"role": "user", "content": [text("go")]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "d1", "name": "lookup", "input": {}}],
+            },
+        ],
+    ),
+    (
+        "consecutive user messages merge; empty texts and data parts are dropped",
+        body(user(text("a")), user(text(""), {"type": "data-weather", "data": {}}, text("b"))),
+        {},
+        [{"role": "user", "content": [text("a"), text("b")]}],
+    ),
+    (
+        "an opening assistant message gets a user turn before it",
+        body(assistant(text("Welcome!")), user(text("hi"))),
+        {},
+        [
+            {"role": "user", "content": [text("(continue)")]},
+            {"role": "assistant", "content": [text("Welcome!")]},
+            {"role": "user", "content": [text("hi")]},
+        ],
+    ),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("fields", "ui", "messages"),
+    [case[1:] for case in TRANSLATIONS],
+    ids=[case[0] for case in TRANSLATIONS],
+)
+def test_ui_messages_translate_to_claude_messages(
+    fields: dict[str, Any], ui: dict[str, Any], messages: list[dict[str, Any]]
+) -> None:
+    translated = translate(fields, **ui)
+    assert translated["messages"] == messages
+    assert translated["stream"] is True
+
+
+def test_the_sidecar_decides_model_system_tools_and_thinking() -> None:
+    translated = translate(
+        body(user(text("hi")), metadata={"app": "field"}, customField=1),
+        system="Be brief.", model="claude-ui", max_tokens=100, tools=[TOOL],
+        thinking_budget_tokens=2048,
+    )  # fmt: skip
+    assert translated["model"] == "claude-ui"
+    assert translated["system"] == "Be brief."
+    assert translated["tools"] == [TOOL]
+    assert translated["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert translated["max_tokens"] == 2049  # above the thinking budget, as Claude requires
+    assert "customField" not in translated  # app fields from useChat's body never reach Claude
+
+
+def test_accepted_system_and_model_from_the_request() -> None:
+    fields = body(
+        {"id": "s", "role": "system", "parts": [text("Answer in French.")]},
+        user(text("hi")),
+        system="Be kind.",
+        model="claude-chosen",
+    )
+    translated = translate(fields, system="Sidecar rules.", accept_system=True, accept_model=True)
+    assert translated["system"] == "Sidecar rules.\n\nBe kind.\n\nAnswer in French."
+    assert translated["model"] == "claude-chosen"
+    assert translated["messages"] == [{"role": "user", "content": [text("hi")]}]
+
+
+REFUSALS: list[tuple[str, dict[str, Any], str]] = [
+    ("no id", {"messages": [user(text("hi"))]}, "id must be the chat id"),
+    ("long id", body(user(text("hi")), id="x" * 201), "id must be the chat id"),
+    ("bad trigger", body(user(text("hi")), trigger="resume"), "trigger must be"),
+    ("no messages", body(), "messages must be a non-empty list"),
+    ("messages not a list", {"id": "c", "messages": "hi"}, "messages must be a non-empty list"),
+    ("message not an object", body("hi"), "messages.0 must be an object"),  # type: ignore[arg-type]
+    ("bad role", body({"role": "tool", "parts": []}), "messages.0.role"),
+    ("parts missing", body({"role": "user"}), "messages.0.parts must be a list"),
+    ("part without type", body(user({"text": "x"})), "messages.0.parts.0 must be an object"),
+    ("unknown part", body(user({"type": "video"})), "messages.0.parts.0: unknown part type"),
+    ("text not a string", body(user({"type": "text", "text": 3})), "parts.0.text must be"),
+    ("model not accepted", body(user(text("hi")), model="x"), "ui.accept_model is off"),
+    ("system not accepted", body(user(text("hi")), system="x"), "ui.accept_system is off"),
+    ("system message not accepted",
+     body({"role": "system", "parts": [text("x")]}, user(text("hi"))), "system messages"),
+    ("tool part from the user", body(user(tool("input-available"))), "belong to assistant"),
+    ("file from the assistant", body(assistant({"type": "file", "mediaType": "image/png",
+                                                "url": "https://x.test/a.png"})), "user messages"),
+    ("file of another type", body(user({"type": "file", "mediaType": "video/mp4",
+                                        "url": "data:video/mp4;base64,AAAA"})), "mediaType"),
+    ("file not base64", body(user({"type": "file", "mediaType": "image/png",
+                                   "url": "data:image/png,raw"})), "base64-encoded"),
+    ("broken base64", body(user({"type": "file", "mediaType": "image/png",
+                                 "url": "data:image/png;base64,***"})), "not valid base64"),
+    ("file URL scheme", body(user({"type": "file", "mediaType": "image/png",
+                                   "url": "file:///etc/passwd"})), "data: or http(s) URL"),
+    ("nothing to send", body(user(text(""))), "no text, file or tool content"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"), [case[1:] for case in REFUSALS], ids=[case[0] for case in REFUSALS]
+)
+def test_bad_requests_are_400_naming_the_field(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(Rejection) as refused:
+        translate(fields)
+    assert refused.value.status == 400
+    assert refused.value.error_type == "invalid_request_error"
+    assert message in refused.value.message

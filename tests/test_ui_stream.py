@@ -1,0 +1,165 @@
+"""Claude's events → UI message stream chunks: tables, no sockets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from sidecar.handlers.ui_stream import DONE, UiTranslator, finish_reason
+from sidecar.record import StreamRecord
+from sidecar.sse import event_name
+
+
+def block(name: str, data: dict[str, Any], *, compact: bool = True) -> bytes:
+    """One upstream event block as Anthropic writes it (compact JSON), or spaced."""
+    separators = (",", ":") if compact else (", ", ": ")
+    return f"event: {name}\ndata: {json.dumps(data, separators=separators)}".encode()
+
+
+def record(stop_reason: str | None = "end_turn") -> StreamRecord:
+    new = StreamRecord(request_id="r", route="/api/chat", started=0.0)
+    new.stop_reason = stop_reason
+    return new
+
+
+def chunks(out: bytes) -> list[Any]:
+    """The chunks of translated bytes, `[DONE]` as the string."""
+    events = [event for event in out.decode().split("\n\n") if event]
+    parsed: list[Any] = []
+    for event in events:
+        assert event.startswith("data: ")
+        data = event[6:]
+        parsed.append(data if data == "[DONE]" else json.loads(data))
+    return parsed
+
+
+def run(blocks: list[bytes], stop_reason: str | None = "end_turn") -> list[Any]:
+    translator = UiTranslator()
+    rec = record(stop_reason)
+    out = b"".join(translator.translate(b, event_name(b), rec) for b in blocks)
+    return chunks(out + translator.finish(rec))
+
+
+def start(index: int, content: dict[str, Any]) -> bytes:
+    return block("content_block_start", {"type": "content_block_start", "index": index,
+                                         "content_block": content})  # fmt: skip
+
+
+def delta(index: int, kind: str, field: str, value: str, *, compact: bool = True) -> bytes:
+    return block("content_block_delta", {"type": "content_block_delta", "index": index,
+                                         "delta": {"type": kind, field: value}}, compact=compact)  # fmt: skip
+
+
+def stop(index: int) -> bytes:
+    return block("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+MESSAGE_START = block("message_start", {"type": "message_start", "message": {"id": "msg_1"}})
+HEAD = [{"type": "start"}, {"type": "start-step"}]  # no messageId: the client keeps its own
+
+
+def tail(reason: str) -> list[Any]:
+    return [{"type": "finish-step"}, {"type": "finish", "finishReason": reason}, "[DONE]"]
+
+
+def test_text_turn() -> None:
+    got = run([MESSAGE_START, start(0, {"type": "text", "text": ""}),
+               delta(0, "text_delta", "text", "Hel"), delta(0, "text_delta", "text", 'lo "you"\n'),
+               stop(0), block("message_delta", {"type": "message_delta"}),
+               block("message_stop", {"type": "message_stop"})])  # fmt: skip
+    assert got == [*HEAD, {"type": "text-start", "id": "0"},
+                   {"type": "text-delta", "id": "0", "delta": "Hel"},
+                   {"type": "text-delta", "id": "0", "delta": 'lo "you"\n'},
+                   {"type": "text-end", "id": "0"}, *tail("stop")]  # fmt: skip
+
+
+def test_reasoning_then_text_then_a_tool_call() -> None:
+    got = run([MESSAGE_START, start(0, {"type": "thinking", "thinking": ""}),
+               delta(0, "thinking_delta", "thinking", "plan"),
+               delta(0, "signature_delta", "signature", "sig"), stop(0),
+               start(1, {"type": "text", "text": ""}), delta(1, "text_delta", "text", "ok"), stop(1),
+               start(2, {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}),
+               delta(2, "input_json_delta", "partial_json", '{"city": '),
+               delta(2, "input_json_delta", "partial_json", '"Paris"}'), stop(2)],
+              stop_reason="tool_use")  # fmt: skip
+    assert got == [*HEAD,
+                   {"type": "reasoning-start", "id": "0"},
+                   {"type": "reasoning-delta", "id": "0", "delta": "plan"},
+                   {"type": "reasoning-end", "id": "0"},
+                   {"type": "text-start", "id": "1"},
+                   {"type": "text-delta", "id": "1", "delta": "ok"},
+                   {"type": "text-end", "id": "1"},
+                   {"type": "tool-input-start", "toolCallId": "toolu_1", "toolName": "get_weather"},
+                   {"type": "tool-input-delta", "toolCallId": "toolu_1", "inputTextDelta": '{"city": '},
+                   {"type": "tool-input-delta", "toolCallId": "toolu_1", "inputTextDelta": '"Paris"}'},
+                   {"type": "tool-input-available", "toolCallId": "toolu_1",
+                    "toolName": "get_weather", "input": {"city": "Paris"}},
+                   *tail("tool-calls")]  # fmt: skip
+
+
+def test_server_tool_is_provider_executed_and_bad_input_is_a_tool_input_error() -> None:
+    got = run([start(0, {"type": "server_tool_use", "id": "srv_1", "name": "web_search"}),
+               delta(0, "input_json_delta", "partial_json", '{"q": '), stop(0)])  # fmt: skip
+    assert got[0] == {"type": "tool-input-start", "toolCallId": "srv_1", "toolName": "web_search",
+                      "providerExecuted": True}  # fmt: skip
+    assert got[2] == {"type": "tool-input-error", "toolCallId": "srv_1", "toolName": "web_search",
+                      "input": '{"q": ', "errorText": "Claude's tool input is not valid JSON"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [("text_delta", "text", 'a "quoted" \\ é 😀 \u2028'), ("thinking_delta", "thinking", "x\ny"),
+     ("input_json_delta", "partial_json", '{"a": "\\u00e9"')],
+)  # fmt: skip
+def test_the_fast_path_and_the_decoded_path_agree(kind: str, field: str, value: str) -> None:
+    """Anthropic's compact deltas skip JSON decoding; any other spelling is decoded: same chunks."""
+    head = start(0, {"type": "tool_use", "id": "t", "name": "n"} if field == "partial_json"
+                 else {"type": "text" if field == "text" else "thinking"})  # fmt: skip
+    fast = run([head, delta(0, kind, field, value)])
+    slow = run([head, delta(0, kind, field, value, compact=False)])
+    assert fast == slow
+    deltas = [c for c in fast if isinstance(c, dict) and c["type"].endswith("-delta")]
+    assert [c.get("delta", c.get("inputTextDelta")) for c in deltas] == [value]
+
+
+def test_claude_error_event_is_an_error_chunk_then_done_once() -> None:
+    translator = UiTranslator()
+    rec = record(None)
+    error = block("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                        "message": "Overloaded"}})  # fmt: skip
+    out = translator.translate(error, b"error", rec)
+    out += translator.error_event("api_error", "connection to Claude was lost", "upstream_error")
+    out += translator.finish(rec)
+    assert chunks(out) == [{"type": "error", "errorText": "Overloaded"}, "[DONE]"]
+
+
+def test_a_stream_ended_by_the_sidecar_is_an_error_chunk() -> None:
+    translator = UiTranslator()
+    out = translator.translate(MESSAGE_START, b"message_start", record())
+    out += translator.error_event("timeout_error", "no data from Claude for 30 s", "idle_timeout")
+    assert chunks(out)[-2:] == [{"type": "error", "errorText": "no data from Claude for 30 s"},
+                                "[DONE]"]  # fmt: skip
+    assert out.endswith(DONE)
+
+
+def test_finish_closes_blocks_left_open() -> None:
+    got = run([start(0, {"type": "text"}), delta(0, "text_delta", "text", "cut")], "max_tokens")
+    assert got[-4:] == [{"type": "text-end", "id": "0"}, *tail("length")]
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "reason"),
+    [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"),
+     ("tool_use", "tool-calls"), ("refusal", "content-filter"), ("pause_turn", "other"),
+     ("model_context_window_exceeded", "length"), ("something_new", "other"), (None, "other")],
+)  # fmt: skip
+def test_finish_reasons(stop_reason: str | None, reason: str) -> None:
+    assert finish_reason(stop_reason) == reason
+
+
+def test_unknown_events_and_blocks_are_ignored() -> None:
+    got = run([block("ping", {"type": "ping"}), start(0, {"type": "redacted_thinking"}),
+               delta(0, "citations_delta", "citation", "x"), stop(0)])  # fmt: skip
+    assert got == tail("stop")
