@@ -39,6 +39,10 @@ async def failing_checks(holder: RuntimeHolder) -> dict[str, str]:
     quotas = runtime.config.quotas
     if quotas.on_store_error == "fail_closed" and not await runtime.quotas.ready():
         checks["quota_store"] = "unavailable"
+    resume = runtime.config.resume
+    required = resume.enabled and resume.on_store_error == "fail_closed"
+    if required and not await runtime.resume.store.ready():
+        checks["resume_store"] = "unavailable"
     if not runtime.auth.ready():
         checks["jwks"] = "no keys loaded"
     runtime.telemetry.readiness(checks)

@@ -39,6 +39,11 @@ NOT_RESUMABLE = "the sidecar does not make streams resumable (no Sidecar-Stream-
 pytestmark = pytest.mark.timeout(240)
 
 
+# The test sidecars cancel a stream as soon as its client leaves (no detach grace):
+# a resume after a cut needs the generation to wait for the reconnect.
+GRACE = {"detach_grace_seconds": 10}
+
+
 def config_for(origin: str, **extra: Any) -> dict[str, Any]:
     # A cut client's generation waits for its reconnect (the suite's default grace is 0).
     return {"cors": {"allow_origins": [origin]}, "resume": {"detach_grace_seconds": 15}, **extra}
@@ -165,7 +170,7 @@ async def test_cut_connection_resumes_without_duplicating_text(
 ) -> None:
     skip_unless_engine(engine)
     prompt = "resume me [[fake tokens=40 tps=25]]"
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+    async with page_server() as origin, sidecar_for(config_for(origin, resume=GRACE)) as sidecar:
         expected, resumable = await reference(sidecar.url, prompt)
         if not resumable:
             pytest.skip(NOT_RESUMABLE)
@@ -187,7 +192,7 @@ async def test_watchdog_trips_on_a_stall_and_resumes(
 ) -> None:
     skip_unless_engine(engine)
     prompt = "stall me [[fake tokens=40 tps=25]]"
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+    async with page_server() as origin, sidecar_for(config_for(origin, resume=GRACE)) as sidecar:
         expected, resumable = await reference(sidecar.url, prompt)
         if not resumable:
             pytest.skip(NOT_RESUMABLE)
@@ -230,7 +235,7 @@ async def test_without_resume_the_watchdog_ends_a_stalled_stream(
 ) -> None:
     skip_unless_engine("chromium")
     prompt = "stall me [[fake tokens=40 tps=25]]"
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+    async with page_server() as origin, sidecar_for(config_for(origin, resume=GRACE)) as sidecar:
         expected, resumable = await reference(sidecar.url, prompt)
         if resumable:
             pytest.skip("the sidecar resumes streams: covered by the resume tests")

@@ -329,3 +329,24 @@ routes:
 def test_route_policies_are_built_once_per_config() -> None:
     config = loader.validate({"routes": [{"path": "/v1/", "handler": "anthropic"}]}, {})
     assert loader.route_policies(config) is loader.route_policies(config)
+
+
+def test_resume_settings_are_checked_with_their_paths() -> None:
+    cases = [
+        ({"resume": {"store": "redis"}}, "resume.redis_url or quotas.redis_url"),
+        ({"resume": {"ttl_seconds": 0}}, "resume.ttl_seconds"),
+        ({"resume": {"on_store_error": "maybe"}}, "resume.on_store_error"),
+        ({"resume": {"redis_url": "http://x"}}, "resume.redis_url"),
+        ({"routes": [{"path": "/x", "handler": "prompt", "resume": {"ttl_seconds": 3}}]},
+         "routes.0.resume.ttl_seconds"),
+    ]  # fmt: skip
+    for data, where in cases:
+        with pytest.raises(loader.ConfigError) as failed:
+            loader.validate(data, {})
+        assert any(where in problem for problem in failed.value.problems), failed.value.problems
+    # The Redis store falls back to the quota store's URL.
+    config = loader.validate(
+        {"quotas": {"redis_url": "redis://r:6379/0"}, "resume": {"store": "redis"}}, {}
+    )
+    assert config.resume_redis_url is not None
+    assert config.resume_redis_url.get_secret_value() == "redis://r:6379/0"

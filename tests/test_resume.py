@@ -380,6 +380,8 @@ async def test_a_resume_store_outage_never_fails_the_stream_unless_told_to(
         async with aiohttp.ClientSession() as http:
             async with http.get(sidecar.admin_url + "/metrics") as response:
                 metrics = await response.text()
+            async with http.get(sidecar.admin_url + "/readyz") as response:
+                ready = response.status, (await response.json()).get("checks", {})
     assert healthy.headers["sidecar-stream-id"]
     errors = [
         line for line in metrics.splitlines() if line.startswith("sidecar_resume_store_errors")
@@ -392,7 +394,9 @@ async def test_a_resume_store_outage_never_fails_the_stream_unless_told_to(
         assert "sidecar-stream-id" not in reply.headers
         assert reply.events[-1].data.get("done") is True
         assert fake.state.counters["requests"] == 2
+        assert ready == (200, {})  # serving without resume is what fail_open asks for
     else:
+        assert ready == (503, {"resume_store": "unavailable"})
         assert reply.status == 503
         assert json.loads(reply.payload)["error"]["type"] == "overloaded"
         assert fake.state.counters["requests"] == 1  # refused before Claude was called
@@ -466,3 +470,46 @@ async def test_a_drained_replica_ends_its_streams_resumable_elsewhere(
     assert final["type"] == "shutting_down"
     assert "another replica" in final["message"]
     assert len([e for e in rest.events if "token" in e.data]) > 3  # generated after the cut
+
+
+async def test_a_route_can_turn_resume_off(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    config = {"routes": [{"path": ROUTE, "handler": "prompt", "resume": {"enabled": False}}]}
+    async with sidecar_for(config) as sidecar:
+        reply = await sse_request(sidecar.port, target=SLOW)
+        again = await sse_request(sidecar.port, target=SLOW, headers={"Last-Event-ID": "30"})
+    assert "sidecar-stream-id" not in reply.headers
+    assert [e.id for e in reply.events if e.id] == [str(n) for n in range(1, 31)]
+    assert again.status == 204  # a reconnect is told to stop, as before resume existed
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_a_call_that_never_streams_gets_no_stream_id(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(resumable()) as sidecar:
+        body = json.dumps({"prompt": "[[fake fault=overloaded]] busy"}).encode()
+        refused = await sse_request(sidecar.port, "POST", ROUTE, {}, body)
+        assert len(sidecar.runtime.resume.hub) == 0
+        assert sidecar.runtime.resume.store.unfinished() == 0  # its empty buffer just expires
+    assert refused.status == 503
+    assert "sidecar-stream-id" not in refused.headers
+
+
+async def test_redis_failing_mid_stream_never_fails_the_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "redis_timeout_seconds": 0.3}}  # fmt: skip
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D40%20tps%3D40%5D%5D%20go"
+    async with (
+        sidecar_for(config) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.get(sidecar.url + slow) as stream,
+    ):
+        assert stream.headers["Sidecar-Stream-Id"]
+        assert b"token" in await stream.content.readuntil(b"\n\n")
+        await redis_server.kill()  # the store goes away under a live stream
+        raw = await asyncio.wait_for(stream.read(), 20)
+    events = [e for e in raw.split(b"\n\n") if e.strip()]
+    assert b'"done":true' in events[-1]  # served from memory to the end
+    assert sum(b'"token"' in e for e in events) == 39  # the rest of the 40, none lost

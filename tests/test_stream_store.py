@@ -207,3 +207,48 @@ async def test_a_redis_outage_is_a_store_error_not_a_hang(redis_server: RedisSer
             await store.lookup("stream-ffffffffffffffff")
     finally:
         await store.close()
+
+
+async def test_the_memory_store_is_bounded_in_total() -> None:
+    size = len(event(1))
+    store = ResumeStore(ttl=60, max_buffer_bytes=size * 10, max_total_bytes=size * 25)
+    finished = await store.create("finished-aaaaaaaaaaaaaa", "o")
+    fill(finished, 10)
+    finished.finish()
+    live = [await store.create(f"live-{i}-aaaaaaaaaaaaaaa", "o") for i in range(2)]
+    for log in live:
+        fill(log, 10)
+    # Over the total: the finished stream is evicted first, live ones are kept.
+    third = await store.create("live-2-aaaaaaaaaaaaaaa", "o")
+    assert await store.lookup("finished-aaaaaaaaaaaaaa") is None
+    assert await store.lookup("live-0-aaaaaaaaaaaaaaa") is not None
+    fill(third, 10)
+    with pytest.raises(StoreError):  # live streams alone exceed it: no new buffers
+        await store.create("live-3-aaaaaaaaaaaaaaa", "o")
+
+
+async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisServer) -> None:
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    try:
+        log = await store.create("stream-gggggggggggggggg", "o")
+        fill(log, 3)
+        await settled(store, "stream-gggggggggggggggg", 3)
+        await redis_server.kill()
+        fill(log, 3, start=4)  # queued while Redis is down
+        await asyncio.sleep(0.5)  # the writer tried and failed
+        await redis_server.start()  # back, but empty (no persistence)
+        log.append(event(7))
+        log.finish()
+        log.close()
+        await settled(store, "stream-gggggggggggggggg", 7)
+        info = await store.lookup("stream-gggggggggggggggg")
+        assert info is not None
+        assert info.owner == "o"  # the stream's meta is written again with every batch
+        assert info.first == 4  # 1..3 were lost with Redis; 4..7 arrived, none missing
+        assert await read_all(store, "stream-gggggggggggggggg", 3) == [
+            event(n) for n in range(4, 8)
+        ]
+    finally:
+        await store.close()

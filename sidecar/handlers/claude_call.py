@@ -155,6 +155,9 @@ async def call_claude(
         raise
     finally:
         if not handed_off:
+            if resumable is not None:  # no stream came of it: its empty buffer just expires
+                resumable.log.finish()
+                resumable.log.close()
             await held.close()
 
 

@@ -23,6 +23,7 @@ from sidecar.relay import LiveStream
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.core import StreamCore, Translator
 from sidecar.stream.hub import Generation, Subscriber
+from sidecar.stream.resume import HEADER
 from sidecar.stream.store import StreamLog
 
 
@@ -160,14 +161,15 @@ async def hand_off(
             finally:
                 runtime.lifecycle.leave()
 
-    try:
-        channel = await _start_response(ctx, headers)
+    try:  # the stream's id goes out with a stream only, never with an error
+        channel = await _start_response(ctx, {**headers, HEADER: resumable.stream_id})
     except BaseException:
         upstream.close()
         record.outcome = "client_cancelled"
         hub.remove(generation)
         runtime.streams.discard(live)
         runtime.lifecycle.leave()
+        resumable.log.finish()  # nothing to resume: the client never got the stream's id
         resumable.log.close()
         await held.close()
         raise

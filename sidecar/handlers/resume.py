@@ -77,7 +77,6 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
             ) from None  # fmt: skip
         ctx.headers[STATUS_HEADER] = "unavailable"
         return None
-    ctx.headers[HEADER] = stream_id
     return Resumable(stream_id, owner, log_, config.detach_grace_seconds)
 
 

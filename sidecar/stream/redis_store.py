@@ -98,6 +98,7 @@ class RedisResumeStore(ResumeStore):
         self._dirty: set[_RedisLog] = set()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._failing = False
 
     async def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
@@ -110,6 +111,12 @@ class RedisResumeStore(ResumeStore):
         with contextlib.suppress(RedisError, OSError):
             await self._flush()  # what is still queued (a drain's final events)
         await self._redis.aclose()
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
 
     # ------------------------------------------------------------------ producer side
 
@@ -159,22 +166,33 @@ class RedisResumeStore(ResumeStore):
             try:
                 await self._flush(refresh=refresh)
             except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("resume store write failed", extra={"error": type(exc).__name__})
+                if not self._failing:  # once per outage, not once per batch
+                    log.warning("resume store write failed", extra={"error": type(exc).__name__})
+                self._failing = True
+                await asyncio.sleep(self._refresh)  # what failed is sent again then
+            else:
+                self._failing = False
 
     async def _flush(self, *, refresh: bool = False) -> None:
         dirty, self._dirty = self._dirty, set()
         live = list(self._live.values()) if refresh else []
         if not dirty and not live:
             return
+        taken: list[tuple[_RedisLog, list[tuple[int, bytes, bool]], bool, int]] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for log_ in dirty:
+                taken.append((log_, log_.queued, log_.origin_sent, log_.trimmed))
                 self._queue_log(pipe, log_)
             checked = [log_ for log_ in live if not log_.closed and not log_.final]
             for log_ in checked:
                 _, _, alive, cancel = keys(log_.stream_id)
                 pipe.set(alive, b"1", px=self._alive_ms)
                 pipe.exists(cancel)
-            results = await pipe.execute(raise_on_error=False)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except BaseException:
+                self._requeue(taken)
+                raise
         for error in results:
             if isinstance(error, ResponseError) and "equal or smaller" not in str(error):
                 log.warning("resume store write refused", extra={"error": str(error)[:200]})
@@ -183,6 +201,19 @@ class RedisResumeStore(ResumeStore):
         for i, log_ in enumerate(checked):
             if results[start + 2 * i + 1] == 1 and log_.on_cancel is not None:
                 log_.on_cancel()
+
+    def _requeue(
+        self, taken: list[tuple[_RedisLog, list[tuple[int, bytes, bool]], bool, int]]
+    ) -> None:
+        """A batch that did not reach Redis goes out again first, in order (never a gap);
+        what the log itself no longer keeps (over max_buffer_bytes) is not kept for it."""
+        for log_, queued, origin_sent, trimmed in taken:
+            log_.queued = [item for item in queued if item[0] > log_.base] + log_.queued
+            log_.origin_sent = origin_sent
+            log_.trimmed = trimmed
+            if log_.closed:
+                self._live[log_.stream_id] = log_
+            self._dirty.add(log_)
 
     def _queue_log(self, pipe: Any, log_: _RedisLog) -> None:
         events, meta, alive, _ = keys(log_.stream_id)
@@ -199,6 +230,7 @@ class RedisResumeStore(ResumeStore):
         if log_.base > log_.trimmed:  # over max_buffer_bytes: the oldest events go
             pipe.xtrim(events, minid=f"0-{log_.base + 1}", approximate=False)
             log_.trimmed = log_.base
+        pipe.hset(meta, "owner", log_.owner)  # cheap, and heals a Redis that restarted empty
         pipe.pexpire(events, self._ttl_ms)
         pipe.pexpire(meta, self._ttl_ms)
         if log_.closed:

@@ -132,6 +132,10 @@ class ResumeStore:
     async def start(self) -> None:
         """Connect (Redis); the memory store has nothing to open."""
 
+    async def ready(self) -> bool:
+        """The store answers (readiness); the memory store always does."""
+        return True
+
     async def close(self) -> None:
         """Flush and disconnect."""
         self._logs.clear()
@@ -150,6 +154,10 @@ class ResumeStore:
         log = _MemoryLog(self, stream_id, owner, self.max_buffer_bytes)
         self._logs[stream_id] = log
         return log
+
+    def unfinished(self) -> int:
+        """Logs whose stream has not ended (each must end: tests check none leaks)."""
+        return sum(1 for log in self._logs.values() if not log.final)
 
     def finished(self, log: StreamLog) -> None:
         self._finished[log.stream_id] = log

@@ -263,6 +263,9 @@ export class ClaudeStream {
   _lost(reason) {
     if (this._over()) return;
     this._close();
+    // Cut before the first event: the stream id came with the headers, and event 0 is
+    // "nothing yet", so the whole stream can still be read.
+    if (this.streamId && !this.lastEventId) this.lastEventId = this.streamId + ":0";
     if (!this.streamId || !this.lastEventId || streamIdOf(this.lastEventId) === null) {
       const message = reason === "idle" ? "no data for " + this.options.idleTimeoutMs / 1000 + " s" : "the connection was lost";
       return this._fail(new ClaudeStreamError(reason === "idle" ? "timeout" : "connection_lost", message));
