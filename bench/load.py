@@ -77,47 +77,58 @@ def percentile(values: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def main(args: argparse.Namespace) -> None:
+async def summary(
+    url: str,
+    streams: int,
+    tokens: int,
+    tps: float,
+    api_key: str = "",
+    requests: int = 0,
+    route: str = "anthropic",
+) -> dict[str, Any]:
+    """Run `requests` (default: `streams`) streams, `streams` at a time; their summary."""
     headers = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
-    if args.api_key:
-        headers["x-api-key"] = args.api_key
+    if api_key:
+        headers["x-api-key"] = api_key
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=600)
-    total = args.requests or args.streams
+    total = requests or streams
     results: list[dict[str, Any]] = []
+    busy = 0
 
     async def worker(session: aiohttp.ClientSession) -> None:
         # Each of `streams` workers runs streams back to back until `total` have run.
-        while len(results) + busy[0] < total:
-            busy[0] += 1
+        nonlocal busy
+        while len(results) + busy < total:
+            busy += 1
             try:
-                results.append(
-                    await one_stream(session, args.url, args.tokens, args.tps, headers, args.route)
-                )
+                results.append(await one_stream(session, url, tokens, tps, headers, route))
             finally:
-                busy[0] -= 1
+                busy -= 1
 
-    busy = [0]
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(worker(session) for _ in range(args.streams)))
+        await asyncio.gather(*(worker(session) for _ in range(streams)))
     failures = [r for r in results if "error" in r]
     ok = [r for r in results if "error" not in r]
     ttfts = [r["ttft_ns"] for r in ok]
     delays = [d for r in ok for d in r["delays_ns"]]
-    print(
-        json.dumps(
-            {
-                "streams": len(ok),
-                "requests": len(results),
-                "failures": len(failures),
-                "events": sum(r["events"] for r in ok),
-                "ttft_p50_ms": percentile(ttfts, 0.5) / 1e6,
-                "ttft_p99_ms": percentile(ttfts, 0.99) / 1e6,
-                "delay_p50_ms": percentile(delays, 0.5) / 1e6,
-                "delay_p99_ms": percentile(delays, 0.99) / 1e6,
-            }
-        )
+    return {
+        "streams": len(ok),
+        "requests": len(results),
+        "failures": len(failures),
+        "events": sum(r["events"] for r in ok),
+        "ttft_p50_ms": percentile(ttfts, 0.5) / 1e6,
+        "ttft_p99_ms": percentile(ttfts, 0.99) / 1e6,
+        "delay_p50_ms": percentile(delays, 0.5) / 1e6,
+        "delay_p99_ms": percentile(delays, 0.99) / 1e6,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    result = await summary(
+        args.url, args.streams, args.tokens, args.tps, args.api_key, args.requests, args.route
     )
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -62,5 +62,6 @@ if __name__ == "__main__":
         port=args.port,
         print=None,
         access_log=None,
+        shutdown_timeout=1,  # streams the client left but Claude keeps quiet would hold it 60 s
         loop=loop_factory() if loop_factory else None,
     )

@@ -2,7 +2,7 @@
 
     uv run python bench/ttft.py [--rounds 5] [--calls 300]
 
-Direct, the naive aiohttp passthrough, and the sidecar with everything on and with
+Direct, nginx (when installed), the naive aiohttp passthrough, and the sidecar with everything on and with
 telemetry off (the same processes and configs as `run.py`) each get `--calls`
 sequential one-token calls per round; targets alternate within each round so drift
 on a shared machine hits them alike. Prints, per target, the added TTFT p50 of every
@@ -15,7 +15,9 @@ import argparse
 import contextlib
 import statistics
 
-import run as bench  # bench/ is on the path as the script's folder
+import peers  # bench/ is on the path as the script's folder
+import run as bench
+from common import free_port
 
 
 def main() -> None:
@@ -24,29 +26,28 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        fake_port, naive_port, otlp_port = bench.free_port(), bench.free_port(), bench.free_port()
+        fake_port, otlp_port = free_port(), free_port()
         fake = f"http://127.0.0.1:{fake_port}"
         otlp = f"http://127.0.0.1:{otlp_port}"
-        stack.enter_context(bench.process(
-            [bench.PY, "-m", "sidecar.fake_claude", "--port", str(fake_port), "--host",
+        stack.enter_context(peers.process(
+            [peers.PY, "-m", "sidecar.fake_claude", "--port", str(fake_port), "--host",
              "127.0.0.1"], fake + "/_fake/stats",
         ))  # fmt: skip
-        stack.enter_context(bench.process(
-            [bench.PY, str(bench.ROOT / "bench" / "otlp_sink.py"), "--port", str(otlp_port)],
+        stack.enter_context(peers.process(
+            [peers.PY, str(peers.ROOT / "bench" / "otlp_sink.py"), "--port", str(otlp_port)],
             otlp + "/",
         ))  # fmt: skip
-        naive_pid = stack.enter_context(bench.process(
-            [bench.PY, str(bench.ROOT / "bench" / "naive_proxy.py"), "--port", str(naive_port),
-             "--upstream", fake, "--uvloop"], f"http://127.0.0.1:{naive_port}/",
-        ))  # fmt: skip
-        targets = [
-            bench.Target("direct", fake, None),
-            bench.Target("naive aiohttp", f"http://127.0.0.1:{naive_port}", naive_pid),
-            bench.sidecar_target(stack, "sidecar, all on", fake, otlp, "all"),
-            bench.sidecar_target(stack, "sidecar, telemetry off", fake, otlp, "no-telemetry"),
+        launches = [
+            peers.naive(fake),
+            peers.sidecar(stack, "sidecar, all on", fake, otlp, "all"),
+            peers.sidecar(stack, "sidecar, telemetry off", fake, otlp, "no-telemetry"),
         ]
+        nginx = peers.nginx(stack, fake_port)
+        if not isinstance(nginx, str):
+            launches.insert(0, nginx)
+        targets = [peers.Target("direct", "direct", fake, None), *peers.launch(stack, launches)]
         for target in targets:
-            bench.run_load(target.url, 5, 20, 0, target.key)  # warm up
+            bench.run_load(target, 5, 20, 0)  # warm up
         rounds: dict[str, list[tuple[float, float]]] = {t.name: [] for t in targets}
         for _ in range(args.rounds):
             for target in targets:

@@ -23,6 +23,15 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready to take traffic: not draining, and every dependency it needs is there."""
     holder = request.app[RUNTIMES]
+    checks = await failing_checks(holder)
+    config = {"config_sha256": holder.config_sha256}  # which config is live (after reloads)
+    if checks:
+        return _json(503, {"status": "unavailable", "checks": checks, **config})
+    return _json(200, {"status": "ready", **config})
+
+
+async def failing_checks(holder: RuntimeHolder) -> dict[str, str]:
+    """The readiness checks that fail now (empty: ready); recorded as `sidecar.ready`."""
     runtime = holder.current
     checks: dict[str, str] = {}
     if holder.draining:
@@ -32,15 +41,15 @@ async def readyz(request: web.Request) -> web.Response:
         checks["quota_store"] = "unavailable"
     if not runtime.auth.ready():
         checks["jwks"] = "no keys loaded"
-    config = {"config_sha256": holder.config_sha256}  # which config is live (after reloads)
-    if checks:
-        return _json(503, {"status": "unavailable", "checks": checks, **config})
-    return _json(200, {"status": "ready", **config})
+    runtime.telemetry.readiness(checks)
+    return checks
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of every sidecar and GenAI metric."""
-    body, content_type = request.app[RUNTIMES].current.telemetry.prometheus()
+    holder = request.app[RUNTIMES]
+    await failing_checks(holder)  # `sidecar.ready` as of this scrape, probed or not
+    body, content_type = holder.current.telemetry.prometheus()
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response

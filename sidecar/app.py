@@ -17,6 +17,7 @@ from sidecar.fake_claude import FakeSettings, running_fake_claude
 from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
+from sidecar.handlers.request_body import answer_expectation
 from sidecar.handlers.ui import handle_ui
 from sidecar.keys import RUNTIMES
 from sidecar.pipeline import Pipeline
@@ -25,9 +26,12 @@ from sidecar.quotas import QuotaGate
 from sidecar.relay import StreamRegistry
 from sidecar.routes import RouteTable
 from sidecar.runtime import Runtime, RuntimeHolder, SharedPool
+from sidecar.stream.resume import Resume, make_store, store_key
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import ClaudeClient
 
+# `server.address` / `server.port` of the built-in fake in spans and metrics.
+FAKE_PEER = ("builtin-fake", 0)
 HANDLERS = {
     "prompt": handle_prompt,
     "anthropic": handle_anthropic,
@@ -93,8 +97,11 @@ async def _open_app_session(
     return app_session
 
 
-async def _open_auth(routes: RouteTable, own: contextlib.AsyncExitStack) -> AuthService:
-    auth = AuthService([route.policy.auth for route in routes.routes])
+async def _open_auth(
+    routes: RouteTable, telemetry: Telemetry, own: contextlib.AsyncExitStack
+) -> AuthService:
+    policies = [route.policy.auth for route in routes.routes]
+    auth = AuthService(policies, on_jwks_refresh=telemetry.jwks_refresh)
     await auth.start()
     own.push_async_callback(auth.close)
     return auth
@@ -124,6 +131,13 @@ def _admission_key(config: Config) -> tuple[object, ...]:
     return (claude.max_concurrent_streams, claude.queue.max_waiting, claude.queue.max_wait_seconds)
 
 
+async def _open_resume(config: Config, own: contextlib.AsyncExitStack) -> Resume:
+    resume = Resume(make_store(config))
+    await resume.store.start()
+    own.push_async_callback(resume.close)
+    return resume
+
+
 async def _open_admission(config: Config, own: contextlib.AsyncExitStack) -> Admission:
     return Admission(config.claude)
 
@@ -142,6 +156,8 @@ async def _open_runtime(
     """
     if telemetry is None:  # process-wide: `telemetry` changes need a restart
         telemetry = await shared.use(stack, "telemetry", None, partial(_open_telemetry, config))
+    # Models this config names are metric labels of their own; others fold into `other`.
+    telemetry.models.allow([config.claude.model, *(config.claude.allowed_models or ())])
     base_url = config.claude.base_url
     if config.claude.is_fake:
         base_url = await shared.use(
@@ -157,7 +173,9 @@ async def _open_runtime(
         stack, "app_session", config.app, partial(_open_app_session, config)
     )
     routes = RouteTable(config)
-    auth = await shared.use(stack, "auth", _auth_key(routes), partial(_open_auth, routes))
+    auth = await shared.use(
+        stack, "auth", _auth_key(routes), partial(_open_auth, routes, telemetry)
+    )
 
     async def open_quotas(own: contextlib.AsyncExitStack) -> QuotaGate:
         quotas = QuotaGate.from_config(config.quotas, on_store_error=telemetry.quota_store_error)
@@ -177,12 +195,16 @@ async def _open_runtime(
             stack, "admission", _admission_key(config), partial(_open_admission, config)
         ),
         streams=StreamRegistry(),
+        # Buffers and live generations carry over a reload unless where they are kept changed.
+        resume=await shared.use(stack, "resume", store_key(config), partial(_open_resume, config)),
         claude=ClaudeClient(
             config.claude,
             base_url,
             session,
             on_retry=telemetry.upstream_retry,
             on_status=telemetry.upstream_status,
+            # The fake listens on a new free port each start: a stable name keeps its series.
+            peer=FAKE_PEER if config.claude.is_fake else None,
         ),
         app_session=app_session,
     )
@@ -207,5 +229,9 @@ def build_apps(
         await runtimes.close()
 
     app.cleanup_ctx.append(runtime_ctx)
-    app.router.add_route("*", "/{tail:.*}", Pipeline(HANDLERS).handle)
+    # Every path reaches the pipeline, which owns the answer (`.` would stop at a decoded
+    # newline and leave aiohttp's own plain-text 404, uncounted).
+    app.router.add_route(
+        "*", r"/{tail:[\s\S]*}", Pipeline(HANDLERS).handle, expect_handler=answer_expectation
+    )
     return app, build_admin_app(runtimes, config)

@@ -1,16 +1,25 @@
-"""Typed configuration: pydantic models for every section of the YAML file.
+"""Typed configuration: a frozen pydantic model for every section of the YAML file.
 
-Options are plain data. Loading (YAML, `${VAR}` interpolation, error collection)
-lives in `sidecar.loader`; behaviour lives in the modules that consume a section.
-Every model forbids unknown keys so a typo is an error, never a silent default.
+Loading (YAML, `${VAR}` interpolation, collecting every problem, route overrides merged
+onto their sections) lives in `sidecar.loader`; behaviour lives in the modules that
+consume a section. The models check values at load so that a config that validates
+also works: host:port pairs, header names, URLs (Redis ones as redis-py parses them),
+RE2 patterns and JWT key files (read, and matched to the algorithms) fail `sidecar
+check`, not the first request. Every model forbids unknown keys, so a typo is an
+error, never a silent default.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -18,7 +27,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
+    StrictBool,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -42,9 +54,21 @@ def _check_host_port(value: str) -> str:
     return value
 
 
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@")
+
+
+def redact_url(value: str) -> str:
+    """A URL without the password in its userinfo (`https://user:***@host/...`)."""
+    match = _USERINFO.match(value)
+    if match is None or ":" not in match["userinfo"]:
+        return value
+    user = match["userinfo"].partition(":")[0]
+    return f"{match['scheme']}{user}:***@{value[match.end() :]}"
+
+
 def _check_http_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {redact_url(value)!r}")
     return value.rstrip("/")
 
 
@@ -66,6 +90,24 @@ class Section(BaseModel):
     """Base of every config model: strict keys, immutable once loaded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def fingerprint(self) -> str:
+        """What these settings are, secrets included (as SHA-256 hashes), as one string.
+
+        For de-duplicating and caching per policy: a redacted dump would make two policies
+        that differ only in a secret look the same, and one would serve the other's route.
+        """
+        return json.dumps(_hashed_secrets(self.model_dump(mode="python")), default=str)
+
+
+def _hashed_secrets(data: Any) -> Any:
+    if isinstance(data, SecretStr):
+        return "sha256:" + hashlib.sha256(data.get_secret_value().encode()).hexdigest()
+    if isinstance(data, dict):
+        return {key: _hashed_secrets(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_hashed_secrets(value) for value in data]
+    return data
 
 
 # --------------------------------------------------------------------------- server
@@ -100,6 +142,12 @@ class ServerConfig(Section):
     tls: TLSConfig = TLSConfig()
     request_id_header: HeaderName = "X-Request-Id"
     reload_poll_seconds: float = Field(2, ge=0)  # watch the config file; 0 = SIGHUP only
+    # Slow clients: a request head must arrive within this long of its first byte (of the
+    # connection, for the first request); a body the sidecar reads whole (Claude routes)
+    # within body_read; a body streamed to the app may pause at most body_idle between bytes.
+    header_read_timeout_seconds: Seconds = 10
+    body_read_timeout_seconds: Seconds = 60
+    body_idle_timeout_seconds: Seconds = 30
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:
@@ -183,8 +231,12 @@ class ClaudeConfig(Section):
     retry_base_seconds: float = Field(0.5, gt=0)
     retry_max_seconds: float = Field(8, gt=0)
     connect_timeout_seconds: Seconds = 10
-    idle_timeout_seconds: Seconds = 30
+    idle_timeout_seconds: Seconds = 30  # streaming: longest silence between events
+    request_timeout_seconds: Seconds = 600  # non-streaming: the whole call (Claude answers at once)
     heartbeat_seconds: Seconds = 15
+    # A stream whose client accepts no bytes this long is ended (Claude cancelled, settled):
+    # a reader that never reads must not hold a stream slot forever.
+    client_stall_timeout_seconds: Seconds = 60
     max_concurrent_streams: int = Field(256, gt=0)
     queue: QueueConfig = QueueConfig()
     fake: FakeClaudeConfig = FakeClaudeConfig()
@@ -331,10 +383,11 @@ class AuthConfig(Section):
 _DEFAULT_ALLOW_HEADERS = [
     "authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
     "anthropic-dangerous-direct-browser-access", "x-stainless-*",
-    "last-event-id", "x-request-id", "traceparent", "tracestate",
+    "last-event-id", "x-request-id", "traceparent", "tracestate", "sidecar-resume",
 ]  # fmt: skip
 _DEFAULT_EXPOSE_HEADERS = [
     "x-request-id", "request-id", "retry-after", "retry-after-ms", "sidecar-stream-id",
+    "sidecar-resume",
     "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
     "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
     "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",
@@ -424,6 +477,11 @@ class ScreeningConfig(Section):
     max_attachment_bytes: int = Field(5 * 1024 * 1024, gt=0)
     # A plain string is a rule named by its index: `["(?i)secret"]` == `[{name: "0", ...}]`.
     deny_patterns: list[DenyRule] = Field(default_factory=list)
+    # Match deny rules also against the text with invisible characters removed, NFKC
+    # applied and whitespace folded (see docs/security.md for what this does not catch).
+    normalize: bool = False
+    # A content block type screening does not know: screen every string in it, or refuse.
+    unknown_blocks: Literal["screen", "refuse"] = "screen"
 
     @field_validator("deny_patterns", mode="before")
     @classmethod
@@ -483,6 +541,29 @@ class QuotaConfig(Section):
                 self.concurrent_streams,
             )
         )
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class ResumeConfig(Section):
+    """Resumable streams: every event is kept for `ttl_seconds` so a client can reconnect."""
+
+    enabled: bool = True
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = None  # None: quotas.redis_url
+    redis_timeout_seconds: Seconds = 1.0
+    ttl_seconds: Seconds = 300
+    detach_grace_seconds: float = Field(15, ge=0)
+    max_buffer_bytes: int = Field(1024 * 1024, gt=0)  # per stream
+    max_total_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory store, all streams
+    max_subscribers: int = Field(4, gt=0)  # clients reading one stream at once
+    on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_can_use(cls, value: SecretStr | None) -> SecretStr | None:
+        return QuotaConfig._redis_can_use(value)
 
 
 # --------------------------------------------------------------------------- telemetry
@@ -570,15 +651,89 @@ class UiConfig(Section):
 Handler = Literal["prompt", "anthropic", "ui", "app"]
 
 
+def _override_type(annotation: Any) -> Any:
+    """`annotation` with every section model in it replaced by its override model."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return override_model(annotation)
+    if get_origin(annotation) in (Union, UnionType):
+        args = tuple(_override_type(arg) for arg in get_args(annotation))
+        return Union[args]  # noqa: UP007 - built from a runtime tuple
+    return annotation
+
+
+def _unless_none(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A field validator that lets an override's explicit `null` through (it unsets a key)."""
+
+    @functools.wraps(func)  # pydantic reads the signature (info or not) through `__wrapped__`
+    def validate(cls: Any, value: Any, *rest: Any) -> Any:
+        return value if value is None else func(cls, value, *rest)
+
+    return validate
+
+
+def override_model(model: type[Section]) -> type[Section]:
+    """`model` with every field optional and unset by default: a route's partial override.
+
+    Field types stay (so secrets stay `SecretStr` and are redacted wherever the config is
+    shown), field validators stay (they normalise, e.g. plain deny patterns), and checks
+    across fields are left to the merged section, which the loader validates with `model`.
+    """
+    cached = _OVERRIDES.get(model)
+    if cached is not None:
+        return cached
+    fields: dict[str, Any] = {
+        name: (_override_type(info.annotation) | None, None)
+        for name, info in model.model_fields.items()
+    }
+    validators: dict[str, Any] = {
+        f"_{name}": field_validator(*dec.info.fields, mode=dec.info.mode, check_fields=False)(
+            classmethod(_unless_none(getattr(dec.func, "__func__", dec.func)))
+        )
+        for name, dec in model.__pydantic_decorators__.field_validators.items()
+    }
+    built: type[Section] = create_model(
+        f"{model.__name__.removesuffix('Config')}Override",
+        __base__=Section,
+        __doc__=f"A route's override of `{model.__name__}`: only the keys it sets are merged.",
+        __validators__=validators,
+        **fields,
+    )
+    _OVERRIDES[model] = built
+    return built
+
+
+_OVERRIDES: dict[type[Section], type[Section]] = {}
+
+if TYPE_CHECKING:
+    AuthOverride = Section
+    CorsOverride = Section
+    ScreeningOverride = Section
+    QuotaOverride = Section
+else:
+    AuthOverride = override_model(AuthConfig)
+    CorsOverride = override_model(CorsConfig)
+    ScreeningOverride = override_model(ScreeningConfig)
+    QuotaOverride = override_model(QuotaConfig)
+
+
+class ResumeOverride(Section):
+    """A route's resume switch: only `enabled` may be set per route."""
+
+    enabled: StrictBool
+
+
 class RouteConfig(Section):
     path: str
     handler: Handler
     # Partial overrides, deep-merged onto the top-level section of the same name
     # and validated with the same model (see `sidecar.loader.route_policies`).
-    auth: dict[str, Any] | None = None
-    cors: dict[str, Any] | None = None
-    screening: dict[str, Any] | None = None
-    quotas: dict[str, Any] | None = None
+    auth: AuthOverride | None = None
+    cors: CorsOverride | None = None
+    screening: ScreeningOverride | None = None
+    quotas: QuotaOverride | None = None
+    # Only `enabled` may be set per route; on an anthropic route it makes resume the
+    # default (else a request opts in with the `Sidecar-Resume: on` header).
+    resume: ResumeOverride | None = None
 
     @field_validator("path")
     @classmethod
@@ -607,10 +762,13 @@ class Config(Section):
     cors: CorsConfig = CorsConfig()
     screening: ScreeningConfig = ScreeningConfig()
     quotas: QuotaConfig = QuotaConfig()
+    resume: ResumeConfig = ResumeConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     browser: BrowserConfig = BrowserConfig()
     ui: UiConfig = UiConfig()
     routes: list[RouteConfig] = Field(default_factory=list)
+    # Each route's effective policy, built once by the loader (`sidecar.loader.route_policies`).
+    _route_policies: Any = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -628,4 +786,12 @@ class Config(Section):
         paths = [route.path for route in self.routes]
         if len(paths) != len(set(paths)):
             raise ValueError("routes: paths must be unique")
+        resume = self.resume
+        if resume.enabled and resume.store == "redis" and self.resume_redis_url is None:
+            raise ValueError("resume: store 'redis' needs resume.redis_url or quotas.redis_url")
         return self
+
+    @property
+    def resume_redis_url(self) -> SecretStr | None:
+        """Where the Redis resume store lives: its own URL, else the quota store's."""
+        return self.resume.redis_url or self.quotas.redis_url

@@ -24,7 +24,9 @@ from sidecar.config import (
     QuotaConfig,
     RouteConfig,
     ScreeningConfig,
+    redact_url,
 )
+from sidecar.paths import PathRefused, canonical
 
 _VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 _SECTIONS: dict[str, type[BaseModel]] = {
@@ -141,11 +143,12 @@ def _format_errors(exc: ValidationError, prefix: str = "") -> Iterator[str]:
         yield f"{where}: {message}"
 
 
-def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `override` merged in, mappings key by key (override wins); neither changes."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -183,15 +186,16 @@ def _route_policy(
     overridden = False
     for name, model in _SECTIONS.items():
         base: BaseModel = getattr(config, name)
-        override = getattr(route, name)
-        if override is None:
+        given: BaseModel | None = getattr(route, name)
+        if given is None:
             sections[name] = base
             continue
+        override: dict[str, Any] = _reveal(given.model_dump(mode="python", exclude_unset=True))
         overridden = overridden or name == "quotas"
         for key in _GLOBAL_ONLY.get(name, ()):
             if key in override:
                 problems.append(f"routes.{index}.{name}.{key}: can only be set at the top level")
-        merged = _deep_merge(_section_data(base), override)
+        merged = deep_merge(_section_data(base), override)
         if name == "auth" and _brings_credentials(config, override):
             # No top-level `auth` means `mode: none`; a route that adds credentials without
             # naming a mode means them (as a top-level section would): fail closed.
@@ -211,11 +215,29 @@ def _route_policy(
 
 
 def route_policies(config: Config) -> list[RoutePolicy]:
-    """Effective policy per route, in route order; raises ConfigError on a bad override."""
+    """Effective policy per route, in route order; raises ConfigError on a bad override.
+
+    Built once per config (at validation) and kept with it, so the route table, auth and
+    quotas all see the very same policy objects.
+    """
+    built: list[RoutePolicy] | None = config._route_policies
+    if built is not None:
+        return built
     problems: list[str] = []
     policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
+    for index, route in enumerate(config.routes):
+        try:
+            written = canonical(route.path).path
+        except PathRefused as refused:
+            problems.append(f"routes.{index}.path: {refused.message}")
+            continue
+        if written != route.path:
+            problems.append(
+                f"routes.{index}.path: not in canonical form (requests are matched as {written!r})"
+            )
     if problems:
         raise ConfigError(problems)
+    config._route_policies = policies
     return policies
 
 
@@ -263,12 +285,18 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
 def redacted(config: Config) -> dict[str, Any]:
     """The effective config as plain data with every secret shown as `***`."""
     data: dict[str, Any] = _redact(config.model_dump(mode="python"))
+    # A route's overrides as written: the keys it sets, not every key of the section as null.
+    data["routes"] = [
+        _redact(route.model_dump(mode="python", exclude_unset=True)) for route in config.routes
+    ]
     return data
 
 
 def _redact(data: Any) -> Any:
     if isinstance(data, SecretStr):
         return "***"
+    if isinstance(data, str) and "@" in data and "://" in data:
+        return redact_url(data)
     if isinstance(data, dict):
         return {k: _redact(v) for k, v in data.items()}
     if isinstance(data, list):

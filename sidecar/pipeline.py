@@ -1,12 +1,16 @@
-"""The one request pipeline every request passes, top to bottom.
+"""The one request pipeline every request on the traffic listener passes, top to bottom.
 
-request id + trace context → route → CORS → auth → handler (which validates,
-screens, admits and serves) → telemetry. Any step may answer early by raising
-`Rejection`; it is rendered here, once, in the route family's format.
+request id → route (none matches: a plain 404) → server span, continuing the caller's
+trace → CORS (preflights are answered here; Claude routes refuse other origins before
+any work) → auth → the route's handler (Claude routes validate, screen, admit and
+stream; the app route proxies) → span end and access line, however it ended. Any step
+may answer early by raising `Rejection`, and an unexpected error before the response
+started becomes a 500: both are rendered here, once, in the route family's format.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
@@ -47,6 +51,7 @@ class RequestContext:
     headers: dict[str, str]  # request id, CORS, HSTS: on every response of this request
     identity: Identity = ANONYMOUS
     family: Family = "app"
+    path: str = "/"  # canonical (`sidecar.paths`): routed by it, forwarded as it
     response_started: bool = False  # after this only the stream itself can carry an error
 
 
@@ -69,6 +74,12 @@ def _client_scheme(request: web.Request, trusted: Sequence[Network]) -> str:
         if proto in ("http", "https"):
             return proto
     return request.scheme
+
+
+@functools.lru_cache(maxsize=16)
+def _hsts(max_age: int) -> str:
+    """The Strict-Transport-Security value, formatted once per configured max-age."""
+    return f"max-age={max_age}; includeSubDomains"
 
 
 def family_of(route: Route) -> Family:
@@ -100,110 +111,125 @@ class Pipeline:
         lifecycle = runtime.lifecycle
         lifecycle.enter()
         try:
-            return await self._serve(runtime, request)
+            # One coroutine for the whole request (no inner one awaited): every open
+            # stream holds one frame less.
+            started = time.perf_counter()
+            config = runtime.config
+            telemetry = runtime.telemetry
+            request_id = request_id_of(request, config.server.request_id_header)
+            headers = {config.server.request_id_header: request_id}
+            if config.server.tls.enabled and config.server.tls.hsts:
+                headers["Strict-Transport-Security"] = _hsts(config.server.tls.hsts_max_age_seconds)
+            resolved = runtime.routes.resolve(request.rel_url.raw_path)
+            if resolved.refused is None and is_browser_path(config, resolved.path):
+                served = serve_browser_file(request, resolved.path, config, runtime.routes, headers)
+                telemetry.access(
+                    method=request.method, scheme=request.scheme, route=config.browser.path,
+                    path=resolved.path, status=served.status, duration=time.perf_counter() - started,
+                    request_id=request_id, span=None,
+                )  # fmt: skip
+                return served
+            route = resolved.route
+            if route is None:
+                refused = resolved.refused
+                status, reason = (400, refused.reason) if refused else (404, "no_route")
+                body = (
+                    simple_error_body("invalid_request", refused.message)
+                    if refused
+                    else simple_error_body("not_found", f"no route for {resolved.path}")
+                )
+                headers["Vary"] = "Origin"
+                telemetry.rejected(reason, UNMATCHED, status, request_id)
+                telemetry.access(
+                    method=request.method, scheme=request.scheme, route=UNMATCHED,
+                    path=resolved.path, status=status, duration=time.perf_counter() - started,
+                    request_id=request_id, span=None,
+                )  # fmt: skip
+                return web.Response(
+                    status=status, body=body, content_type="application/json", headers=headers
+                )
+            parent = telemetry.extract(request.headers)
+            span = telemetry.start_server_span(
+                parent, method=request.method, route=route.path, path=resolved.path,
+                scheme=request.scheme,
+            )  # fmt: skip
+            origin = request.headers.get("Origin")
+            headers.update(route.cors.response_headers(origin))
+            peer = request.remote or ""
+            ctx = RequestContext(
+                request=request,
+                runtime=runtime,
+                route=route,
+                request_id=request_id,
+                started=started,
+                client_ip=client_ip(
+                    peer, request.headers.get("X-Forwarded-For"), config.server.trusted_proxies
+                ),
+                trace_parent=telemetry.child_context(span, parent),
+                span=span,
+                headers=headers,
+                family=family_of(route),
+                path=resolved.path,
+            )
+            status = 500
+            response: web.StreamResponse | None = None
+            try:
+                if resolved.refused is not None:
+                    raise Rejection(
+                        400, "invalid_request_error", resolved.refused.message,
+                        reason=resolved.refused.reason,
+                    )  # fmt: skip
+                if (
+                    request.method == "OPTIONS"
+                    and "Access-Control-Request-Method" in request.headers
+                ):
+                    response = self._preflight(ctx, origin)
+                else:
+                    if ctx.family != "app" and route.cors.refuses(
+                        origin, request.host, _client_scheme(request, config.server.trusted_proxies)
+                    ):
+                        # The browser would hide the answer anyway: do not spend Claude or quota on it.
+                        # (The app route only sets headers: cross-site form posts such as OAuth
+                        # `form_post` callbacks must still reach the app.)
+                        raise Rejection(
+                            403,
+                            "permission_error",
+                            "origin not allowed",
+                            reason="cors_origin_denied",
+                        )
+                    ctx.identity = await runtime.auth.authenticate(
+                        route.policy.auth, request.headers, request.query, request.method
+                    )
+                    response = await self._handlers[route.handler](ctx)
+            except Rejection as rejection:
+                telemetry.rejected(rejection.reason, route.path, rejection.status, request_id, span)
+                response = render_rejection(ctx, rejection)
+            except Exception:
+                if ctx.response_started:
+                    raise
+                log.exception("unhandled error", extra={"request_id": request_id})
+                response = render_rejection(
+                    ctx, Rejection(500, "api_error", "internal error", reason="internal_error")
+                )
+            finally:
+                if response is not None:
+                    status = response.status
+                elif request.transport is None or request.transport.is_closing():
+                    status = 499  # the client went away before an answer
+                telemetry.end_server_span(span, status)
+                telemetry.access(
+                    method=request.method,
+                    scheme=request.scheme,
+                    route=route.path,
+                    path=resolved.path,
+                    status=status,
+                    duration=time.perf_counter() - started,
+                    request_id=request_id,
+                    span=span,
+                )
+            return response
         finally:
             lifecycle.leave()
-
-    async def _serve(self, runtime: Runtime, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        config = runtime.config
-        telemetry = runtime.telemetry
-        request_id = request_id_of(request, config.server.request_id_header)
-        headers = {config.server.request_id_header: request_id}
-        if config.server.tls.enabled and config.server.tls.hsts:
-            headers["Strict-Transport-Security"] = (
-                f"max-age={config.server.tls.hsts_max_age_seconds}; includeSubDomains"
-            )
-        if is_browser_path(config, request.path):
-            served = serve_browser_file(request, config, runtime.routes, headers)
-            telemetry.access(
-                method=request.method, route=config.browser.path, path=request.path,
-                status=served.status, duration=time.perf_counter() - started,
-                request_id=request_id, bytes_sent=None, span=None,
-            )  # fmt: skip
-            return served
-        route = runtime.routes.match(request.path)
-        if route is None:
-            body = simple_error_body("not_found", f"no route for {request.path}")
-            headers["Vary"] = "Origin"
-            telemetry.rejected("no_route", UNMATCHED, 404, request_id)
-            telemetry.access(
-                method=request.method, route=UNMATCHED, path=request.path, status=404,
-                duration=time.perf_counter() - started, request_id=request_id,
-                bytes_sent=None, span=None,
-            )  # fmt: skip
-            return web.Response(
-                status=404, body=body, content_type="application/json", headers=headers
-            )
-        parent = telemetry.extract(request.headers)
-        span = telemetry.start_server_span(
-            f"{request.method} {route.path}",
-            parent,
-            {"http.request.method": request.method, "http.route": route.path},
-        )
-        origin = request.headers.get("Origin")
-        headers.update(route.cors.response_headers(origin))
-        peer = request.remote or ""
-        ctx = RequestContext(
-            request=request,
-            runtime=runtime,
-            route=route,
-            request_id=request_id,
-            started=started,
-            client_ip=client_ip(
-                peer, request.headers.get("X-Forwarded-For"), config.server.trusted_proxies
-            ),
-            trace_parent=telemetry.child_context(span, parent),
-            span=span,
-            headers=headers,
-            family=family_of(route),
-        )
-        status = 500
-        response: web.StreamResponse | None = None
-        try:
-            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-                response = self._preflight(ctx, origin)
-            else:
-                if ctx.family != "app" and route.cors.refuses(
-                    origin, request.host, _client_scheme(request, config.server.trusted_proxies)
-                ):
-                    # The browser would hide the answer anyway: do not spend Claude or quota on it.
-                    # (The app route only sets headers: cross-site form posts such as OAuth
-                    # `form_post` callbacks must still reach the app.)
-                    raise Rejection(
-                        403, "permission_error", "origin not allowed", reason="cors_origin_denied"
-                    )
-                ctx.identity = await runtime.auth.authenticate(
-                    route.policy.auth, request.headers, request.query, request.method
-                )
-                response = await self._handlers[route.handler](ctx)
-        except Rejection as rejection:
-            telemetry.rejected(rejection.reason, route.path, rejection.status, request_id, span)
-            response = render_rejection(ctx, rejection)
-        except Exception:
-            if ctx.response_started:
-                raise
-            log.exception("unhandled error", extra={"request_id": request_id})
-            response = render_rejection(
-                ctx, Rejection(500, "api_error", "internal error", reason="internal_error")
-            )
-        finally:
-            if response is not None:
-                status = response.status
-            elif request.transport is None or request.transport.is_closing():
-                status = 499  # the client went away before an answer
-            telemetry.end_server_span(span, status)
-            telemetry.access(
-                method=request.method,
-                route=route.path,
-                path=request.path,
-                status=status,
-                duration=time.perf_counter() - started,
-                request_id=request_id,
-                bytes_sent=None,
-                span=span,
-            )
-        return response
 
     def _preflight(self, ctx: RequestContext, origin: str | None) -> web.Response:
         answer = ctx.route.cors.preflight(

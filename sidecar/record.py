@@ -1,18 +1,32 @@
-"""The per-stream record: filled by handlers and the relay, read once by telemetry at the end.
+"""The per-stream record: one Claude call's facts, written as they happen.
 
-Plain slotted attributes so the hot path only does attribute writes; all derived
-values (durations, rates, cost) are computed once when the stream finishes.
+The call runner creates it with the request's side and sets the outcome; the relay and
+the usage observer add what Claude sent (chunks, times, ids, usage); telemetry keeps
+its own bookkeeping in it (captured content, the fields both log lines share).
+Telemetry reads it when the stream starts (span, `stream_start` line) and when it ends;
+the quota settlement reads its usage.
+
+Plain slotted attributes so the hot path only does attribute writes; derived values
+(durations, rates, cost) are computed once, when the stream ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+# How a call ended. `client_detached`: every client left a resumable stream and none came
+# back within the detach grace (the generation was cancelled); a generation that finished
+# with nobody attached is `completed`. `client_stalled`: the client accepted no bytes for
+# `claude.client_stall_timeout_seconds`.
 Outcome = Literal[
-    "completed", "client_cancelled", "upstream_error", "idle_timeout", "shutting_down", "rejected"
-]
+    "completed", "client_cancelled", "client_detached", "client_stalled", "upstream_error",
+    "idle_timeout", "shutting_down", "rejected",
+]  # fmt: skip
+
+
+OPERATION: Final = "chat"  # GenAI operation name of a Messages call
 
 
 @dataclass(slots=True)
@@ -21,9 +35,7 @@ class StreamRecord:
 
     request_id: str
     route: str  # the matched route's path prefix (bounded cardinality)
-    handler: Literal["prompt", "anthropic"]
     started: float  # request arrival
-    operation: str = "chat"  # chat | count_tokens
     request_model: str = ""
     max_tokens: int | None = None
     stream: bool = True
@@ -53,7 +65,7 @@ class StreamRecord:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     output_tokens: int = 0
-    outcome: Outcome = "completed"
+    outcome: Outcome | None = None  # None until the call's end decides it
     error_type: str | None = None
     ended: float | None = None
     capture: bool = False  # telemetry.capture_content: keep the texts below
@@ -62,6 +74,12 @@ class StreamRecord:
     completion_parts: list[str] = field(default_factory=list)  # text deltas, when captured
     log_base: dict[str, Any] | None = None  # fields both stream log lines share (telemetry)
     pending_start: asyncio.Handle | None = None  # telemetry's deferred stream start, until run
+    # The client- or upstream-chosen values above as telemetry carries them: bounded
+    # (`sidecar.telemetry.bounded`), set by telemetry when the stream starts and ends.
+    model_label: str = "other"
+    response_model_label: str | None = None
+    error_label: str = "_OTHER"
+    stream_id: str | None = None  # resumable streams: the id clients resume with
 
     @property
     def total_input_tokens(self) -> int:

@@ -1,4 +1,10 @@
-"""The route table: path prefixes in config order, each with its effective policy."""
+"""The route table: path prefixes in config order, each with its effective policy.
+
+Requests are routed by their canonical path (`sidecar.paths`), and a path whose
+written form (dot segments still in place) falls under another route than its
+canonical form is refused: `/public/../admin` was written under `/public` and must
+not borrow that route's policy, nor reach `/admin` through it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from dataclasses import dataclass
 
 from sidecar.config import Config, Handler
 from sidecar.loader import RoutePolicy, route_policies
+from sidecar.paths import PathRefused, canonical
 from sidecar.policy import CorsPolicy, Screener
 
 
@@ -28,6 +35,15 @@ class Route:
         return path == prefix or path.startswith(prefix + "/")
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Where a request goes: its route (None: no route) and canonical path, or why not."""
+
+    route: Route | None
+    path: str  # canonical; the raw path when refused
+    refused: PathRefused | None = None
+
+
 class RouteTable:
     """First matching route wins, in config order."""
 
@@ -47,7 +63,29 @@ class RouteTable:
         ]
 
     def match(self, path: str) -> Route | None:
+        """The route of a canonical path."""
         for route in self.routes:
             if route.matches(path):
                 return route
         return None
+
+    def resolve(self, raw_path: str) -> Resolved:
+        """Route a raw request path (as sent, no query) by its canonical form.
+
+        A refused path still names the route its raw spelling falls under (if any), so
+        the refusal is answered in that route's error format and counted under it.
+        """
+        try:
+            found = canonical(raw_path)
+        except PathRefused as refused:
+            return Resolved(self.match(raw_path), raw_path, refused)
+        route = self.match(found.path)
+        if found.written != found.path:
+            written_route = self.match(found.written)
+            if written_route is not route:
+                return Resolved(
+                    written_route or route,
+                    raw_path,
+                    PathRefused("path_climbs", "the request path climbs out of its route"),
+                )
+        return Resolved(route, found.path)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sidecar.quotas import QuotaGate
     from sidecar.relay import StreamRegistry
     from sidecar.routes import RouteTable
+    from sidecar.stream.resume import Resume
     from sidecar.telemetry import Telemetry
     from sidecar.upstream import ClaudeClient
 
@@ -72,6 +73,7 @@ class Runtime:
     streams: StreamRegistry
     claude: ClaudeClient
     app_session: aiohttp.ClientSession | None
+    resume: Resume
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
@@ -209,7 +211,9 @@ class RuntimeHolder:
 
     def stop_all_streams(self) -> int:
         """End every live Claude stream with a final `shutting_down` event; how many."""
-        return sum(runtime.streams.stop_all() for runtime in self.live)
+        return sum(
+            runtime.streams.stop_all(shared_store=runtime.resume.shared) for runtime in self.live
+        )
 
     async def close(self) -> None:
         """Close every runtime now (the listeners have already drained)."""

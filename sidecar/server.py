@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.app import build_apps
-from sidecar.config import Config, split_host_port
+from sidecar.config import Config, redact_url, split_host_port
 from sidecar.keys import RUNTIMES
+from sidecar.listener import TrafficRunner
+from sidecar.pipeline import UNMATCHED
 from sidecar.reload import Reloader
 from sidecar.runtime import Runtime, RuntimeHolder
 from sidecar.telemetry import Telemetry
@@ -64,13 +67,35 @@ class SidecarServer:
         self._runtimes = traffic[RUNTIMES]
         self.reloader = Reloader(self._runtimes, config_path, env=env)
         # handler_cancellation: a client that goes away cancels its stream at once.
-        self._traffic = web.AppRunner(
-            traffic, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        # auto_decompress off: the app route forwards bodies exactly as received; routes
+        # that read a body decode it themselves, within the body limit.
+        self._traffic = TrafficRunner(
+            traffic,
+            on_reject=self._rejected,
+            header_timeout=self._header_timeout,
+            handler_cancellation=True,
+            auto_decompress=False,
+            access_log=None,
+            shutdown_timeout=1.0,
         )
-        self._admin = web.AppRunner(admin, access_log=None, shutdown_timeout=1.0)
+        # The admin listener refuses malformed requests and slow heads the same way.
+        self._admin = TrafficRunner(
+            admin,
+            on_reject=self._rejected,
+            header_timeout=self._header_timeout,
+            access_log=None,
+            shutdown_timeout=1.0,
+        )
         self._sites: list[web.TCPSite] = []
         self.port = 0
         self.admin_port = 0
+
+    def _rejected(self, reason: str, status: int) -> None:
+        """A request the listener refused before routing (parser error, slow head)."""
+        self._runtimes.current.telemetry.rejected(reason, UNMATCHED, status, "")
+
+    def _header_timeout(self) -> float:
+        return self._runtimes.current.config.server.header_read_timeout_seconds
 
     @property
     def runtime(self) -> Runtime:
@@ -95,8 +120,30 @@ class SidecarServer:
         host, _ = split_host_port(self.config.server.admin_listen)
         return f"http://{_client_host(host)}:{self.admin_port}"
 
+    def traffic_sockets(self) -> list[socket.socket]:
+        """The traffic listener's bound sockets (accepted connections inherit their options)."""
+        # aiohttp keeps a site's asyncio server private; `runner.addresses` reads it the same way.
+        return [
+            sock
+            for site in self._sites
+            if site._server is not None  # started
+            for sock in getattr(site._server, "sockets", ())
+        ]
+
     async def start(self) -> None:
-        """Bind both listeners (port 0 picks a free port; see `port` / `admin_port`)."""
+        """Bind both listeners (port 0 picks a free port; see `port` / `admin_port`).
+
+        On failure (a port in use, a bad certificate) everything opened so far is closed
+        again before the error propagates: sessions, stores, telemetry, a bound listener.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self._traffic.cleanup()
+            await self._admin.cleanup()
+            raise
+
+    async def _start(self) -> None:
         await self._traffic.setup()
         await self._admin.setup()
         host, port = split_host_port(self.config.server.listen)
@@ -150,7 +197,11 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
         return 1
     log.info(
         "sidecar serving",
-        extra={"url": server.url, "admin_url": server.admin_url, "claude": config.claude.base_url},
+        extra={
+            "url": server.url,
+            "admin_url": server.admin_url,
+            "claude": redact_url(config.claude.base_url),
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ the tail of an event split across reads, so work per event is O(event size).
 from __future__ import annotations
 
 import json
-from typing import Final
+from typing import Any, Final
 
 CONTENT_TYPE: Final = "text/event-stream; charset=utf-8"
 HEADERS: Final[dict[str, str]] = {
@@ -88,6 +88,15 @@ def event_name(block: bytes) -> bytes:
         end = block.find(b"\n")
         return block[7:end] if end >= 0 else block[7:]
     return parse_block(block)[0]
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """A JSON object from an event's data; {} for anything else (never raises)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def encode(data: object, *, event: str | None = None, event_id: int | None = None) -> bytes:

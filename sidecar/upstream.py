@@ -1,16 +1,20 @@
 """The Claude client: one shared keep-alive session, retries before the first byte.
 
 Retries use exponential backoff with full jitter on connect errors and 429/500/
-502/503/529, honour `retry-after` (seconds or an HTTP-date), and stop at
-`claude.max_retries`. A wait longer than `retry_max_seconds` is not slept through:
-the client gets the error with its `retry-after` and backs off itself.
+502/503/529 (or whatever Claude's `x-should-retry` says), honour `retry-after-ms`
+and `retry-after` (seconds or an HTTP-date), and stop at `claude.max_retries`. A
+wait longer than `retry_max_seconds` is not slept through: the client gets the
+error with its `retry-after` and backs off itself. A 401 (the sidecar's own key) and
+statuses the API never sends (1xx, 2xx but 200) become 502 `api_error`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +34,10 @@ FORWARDED_REQUEST_HEADERS: Final = ("anthropic-version", "anthropic-beta", "cont
 RETURNED_RESPONSE_HEADERS: Final = ("request-id", "retry-after", "retry-after-ms", "x-should-retry")
 RATELIMIT_PREFIX: Final = "anthropic-ratelimit-"
 _URL_CACHE: Final = 256  # joined URLs remembered (paths may carry client query strings)
+_KEY_ERROR_EVERY: Final = 10.0  # seconds between two logs of a refused sidecar key
+_LAST_KEY_ERROR = [-math.inf]
+
+log = logging.getLogger("sidecar.upstream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,7 @@ class ClaudeClient:
         *,
         on_retry: Callable[[str], None] | None = None,
         on_status: Callable[[int], None] | None = None,
+        peer: tuple[str, int] | None = None,
     ) -> None:
         self._config = config
         self._base = URL(base_url)
@@ -61,18 +70,31 @@ class ClaudeClient:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout_seconds, sock_read=None
         )
+        self._whole_call = aiohttp.ClientTimeout(
+            total=config.request_timeout_seconds, sock_connect=config.connect_timeout_seconds
+        )
         self._key = config.api_key.get_secret_value() if config.api_key else None
-        self.server_address = self._base.host or ""
-        self.server_port = self._base.port
+        # What telemetry names as Claude's address and port (default: those of base_url).
+        self.server_address, self.server_port = peer or (self._base.host or "", self._base.port)
         self._urls: dict[str, URL] = {}
+        self._origin = str(self._base.origin())
+
+    @property
+    def base_url(self) -> str:
+        """Where calls go (for `builtin:fake`, the fake's real address on this start)."""
+        return str(self._base)
 
     def url_for(self, path: str) -> URL:
-        """The Claude URL of `path` (+ query); joined once per distinct path."""
+        """The Claude URL of `path` (+ query), built once per distinct path.
+
+        `path` is canonical already (`sidecar.paths`): it is appended verbatim, never
+        joined or resolved again, so Claude receives exactly the path that was checked.
+        """
         url = self._urls.get(path)
         if url is None:
             if len(self._urls) >= _URL_CACHE:
                 self._urls.clear()
-            url = self._urls[path] = self._base.join(URL(path, encoded=True))
+            url = self._urls[path] = URL(self._origin + path, encoded=True)
         return url
 
     def request_headers(self, client: Mapping[str, str]) -> dict[str, str]:
@@ -85,8 +107,21 @@ class ClaudeClient:
             headers["x-api-key"] = self._key
         return headers
 
-    def backoff(self, attempt: int, retry_after: str | None) -> float:
-        """Seconds to wait before retry number `attempt` (0-based)."""
+    def backoff(
+        self, attempt: int, retry_after: str | None, retry_after_ms: str | None = None
+    ) -> float:
+        """Seconds to wait before retry number `attempt` (0-based).
+
+        Claude's `retry-after-ms` (milliseconds, as the official SDKs read it) wins over
+        `retry-after`; without either, exponential backoff with full jitter.
+        """
+        if retry_after_ms is not None:
+            try:
+                wait_ms = float(retry_after_ms)
+            except ValueError:
+                wait_ms = math.nan
+            if wait_ms >= 0:  # False for NaN: unreadable values fall through
+                return wait_ms / 1000
         if retry_after is not None:
             wait = _retry_after_seconds(retry_after)
             if wait is not None:
@@ -95,20 +130,28 @@ class ClaudeClient:
         return random.uniform(0, cap)
 
     async def send(
-        self, attempt: Attempt, body: bytes | None
+        self, attempt: Attempt, body: bytes | None, *, stream: bool = True
     ) -> tuple[aiohttp.ClientResponse, int]:
-        """Send with retries; returns (response, retries used). Raises Rejection if unreachable."""
+        """Send with retries; returns (response, retries used). Raises Rejection if unreachable.
+
+        A stream's headers come at once, so waiting for them longer than the idle timeout
+        means trouble; a non-streaming answer sends its headers only when it is complete,
+        so its whole call (headers and body) gets `request_timeout_seconds` instead.
+        """
         url = self.url_for(attempt.path)
+        config = self._config
+        wait = config.idle_timeout_seconds if stream else config.request_timeout_seconds
+        timeout = self._timeout if stream else self._whole_call
         retries = 0
         while True:
             try:
-                async with asyncio.timeout(self._config.idle_timeout_seconds):
+                async with asyncio.timeout(wait):
                     response = await self._session.request(
                         attempt.method, url, data=body, headers=attempt.headers,
-                        timeout=self._timeout, allow_redirects=False,
+                        timeout=timeout, allow_redirects=False,
                     )  # fmt: skip
             except aiohttp.ClientError as exc:  # before TimeoutError: a connect timeout is both
-                if retries >= self._config.max_retries:
+                if retries >= config.max_retries:
                     raise Rejection(
                         502,
                         "api_error",
@@ -122,21 +165,64 @@ class ClaudeClient:
                     504, "timeout_error", "Claude did not answer in time", reason="upstream_timeout"
                 ) from None
             else:
+                status = response.status
                 if self._on_status is not None:
-                    self._on_status(response.status)
-                if response.status not in RETRYABLE_STATUS or retries >= self._config.max_retries:
+                    self._on_status(status)
+                if status == 401 or status < 200 or 200 < status < 300:
+                    response.release()
+                    raise _unusable(status)
+                if not _should_retry(response) or retries >= config.max_retries:
                     return response, retries
-                delay = self.backoff(retries, response.headers.get("retry-after"))
-                if delay > self._config.retry_max_seconds:
+                headers = response.headers
+                delay = self.backoff(
+                    retries, headers.get("retry-after"), headers.get("retry-after-ms")
+                )
+                if delay > config.retry_max_seconds:
                     return response, retries  # the client backs off itself
                 response.release()
-                self._count_retry(str(response.status))
+                self._count_retry(str(status))
             retries += 1
             await asyncio.sleep(delay)
 
     def _count_retry(self, reason: str) -> None:
         if self._on_retry is not None:
             self._on_retry(reason)
+
+
+def _should_retry(response: aiohttp.ClientResponse) -> bool:
+    """Claude's `x-should-retry` decides when present (as in the official SDKs), else the status."""
+    if response.status < 400:
+        return False
+    verdict = response.headers.get("x-should-retry")
+    if verdict == "true":
+        return True
+    if verdict == "false":
+        return False
+    return response.status in RETRYABLE_STATUS
+
+
+def _unusable(status: int) -> Rejection:
+    """An answer no client should see as Claude's: the sidecar's key refused, or a status
+    (1xx, 2xx other than 200) that the Messages API never sends and SDKs cannot read."""
+    if status == 401:
+        # The caller passed the sidecar's own auth; this 401 is about `claude.api_key`.
+        # Relayed as is, SDKs would blame their own credential and never tell an operator.
+        now = time.monotonic()
+        if now - _LAST_KEY_ERROR[0] >= _KEY_ERROR_EVERY:
+            _LAST_KEY_ERROR[0] = now
+            log.error(
+                "Claude refused the sidecar's API key (claude.api_key): every call fails "
+                "until it is fixed",
+                extra={"event": "claude_api_key_refused"},
+            )
+        return Rejection(
+            502, "api_error", "Claude refused the sidecar's own API credential (claude.api_key); "
+            "this is not the caller's credential", reason="upstream_credential_refused",
+        )  # fmt: skip
+    return Rejection(
+        502, "api_error", f"Claude answered with an unexpected status ({status})",
+        reason="upstream_bad_status",
+    )  # fmt: skip
 
 
 async def read_answer(response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
@@ -151,6 +237,10 @@ async def read_answer(response: aiohttp.ClientResponse, limit: int | None = None
                 break
             body += data
         return bytes(body)
+    except TimeoutError:  # before ClientError: aiohttp's read timeouts are both
+        raise Rejection(
+            504, "timeout_error", "Claude did not answer in time", reason="upstream_timeout"
+        ) from None
     except aiohttp.ClientError:
         raise Rejection(
             502, "api_error", "the connection to Claude was lost", reason="upstream_lost"

@@ -6,12 +6,11 @@ stream); content deltas are recognised by their `event:` line and counted.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from sidecar.record import StreamRecord
-from sidecar.sse import event_name, parse_block
+from sidecar.sse import event_name, json_object, parse_block
 
 DELTA = b"content_block_delta"
 
@@ -53,14 +52,6 @@ def apply_message(record: StreamRecord, message: Any) -> None:
         )
 
 
-def _decode(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def observe(record: StreamRecord, block: bytes) -> bytes:
     """Account for one upstream event block; returns its event name."""
     name = event_name(block)
@@ -70,15 +61,15 @@ def observe(record: StreamRecord, block: bytes) -> bytes:
             record.first_token_at = time.perf_counter()
         return name
     if name == b"message_start":
-        apply_message(record, _decode(parse_block(block)[1]).get("message"))
+        apply_message(record, json_object(parse_block(block)[1]).get("message"))
     elif name == b"message_delta":
-        payload = _decode(parse_block(block)[1])
+        payload = json_object(parse_block(block)[1])
         delta = payload.get("delta")
         if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
             record.stop_reason = delta["stop_reason"]
         apply_usage(record, payload.get("usage"))
     elif name == b"error":
-        error = _decode(parse_block(block)[1]).get("error")
+        error = json_object(parse_block(block)[1]).get("error")
         record.error_type = (
             error.get("type") if isinstance(error, dict) and error.get("type") else "api_error"
         )

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from sidecar import loader
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
-from sidecar.server import SidecarServer
-from tests.redis_server import RedisServer, running_redis
-from tests.support import merge, running_sidecar
-
-SidecarFactory = Callable[..., contextlib.AbstractAsyncContextManager[SidecarServer]]
+from tests.support.redis_server import RedisServer, running_redis
+from tests.support.sidecars import SidecarFactory, running_sidecar
 
 
 @pytest.fixture
@@ -28,9 +25,12 @@ def sidecar_for(fake: FakeServer) -> SidecarFactory:
     """`async with sidecar_for({...config overrides...}) as s:` — a sidecar using `fake`."""
 
     def factory(data: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        # No detach grace: a client that leaves ends its stream at once (the resume tests
+        # set a grace of their own).
         base = {"claude": {"base_url": fake.url, "api_key": "sk-sidecar", "max_retries": 2,
-                           "retry_base_seconds": 0.01}}  # fmt: skip
-        return running_sidecar(merge(base, data or {}), **kwargs)
+                           "retry_base_seconds": 0.01},
+                "resume": {"detach_grace_seconds": 0}}  # fmt: skip
+        return running_sidecar(loader.deep_merge(base, data or {}), **kwargs)
 
     return factory
 

@@ -1,4 +1,6 @@
-"""The app handler over real sockets: streaming both ways, SSE, WebSocket, headers, 502/504."""
+"""The app handler over real sockets: streaming both ways, SSE, WebSocket (close codes,
+refusals), headers (identity stripped in every spelling, forwarding headers believed only from
+trusted proxies, the sidecar's CORS over the app's), bodyless answers, 502/504."""
 
 from __future__ import annotations
 
@@ -7,105 +9,21 @@ import contextlib
 import gzip
 import json
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
-from tests.conftest import SidecarFactory
-from tests.support import free_port, serving
+from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_header
+from tests.support.apps import AppState, echoed_headers, running_app
+from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import free_port
 
 BODY_CHUNK = b"x" * 65536
-
-
-class AppState:
-    def __init__(self) -> None:
-        self.first_upload_bytes = asyncio.Event()
-        self.sse_sent: list[float] = []
-
-
-STATE = web.AppKey("state", AppState)
-
-
-async def echo_headers(request: web.Request) -> web.Response:
-    return web.json_response({"headers": dict(request.headers), "path_qs": request.path_qs,
-                              "method": request.method})  # fmt: skip
-
-
-async def upload(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    total = 0
-    chunks = 0
-    async for chunk in request.content.iter_any():
-        total += len(chunk)
-        chunks += 1
-        state.first_upload_bytes.set()
-    return web.json_response({"bytes": total, "chunks": chunks})
-
-
-async def sse(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    for i in range(5):
-        await response.write(f"data: {i}\n\n".encode())
-        state.sse_sent.append(time.monotonic())
-        await asyncio.sleep(0.05)
-    await response.write_eof()
-    return response
-
-
-async def websocket(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(protocols=["chat"])
-    await ws.prepare(request)
-    async for message in ws:
-        if message.type == aiohttp.WSMsgType.TEXT:
-            await ws.send_str("echo:" + message.data)
-        elif message.type == aiohttp.WSMsgType.BINARY:
-            await ws.send_bytes(message.data[::-1])
-    return ws
-
-
-async def hop_headers(request: web.Request) -> web.Response:
-    return web.Response(
-        text="ok",
-        headers={"Connection": "close, X-Private", "X-Private": "secret", "Keep-Alive": "timeout=5",
-                 "X-Kept": "yes"},
-    )  # fmt: skip
-
-
-async def slow(request: web.Request) -> web.Response:
-    await asyncio.sleep(5)
-    return web.Response(text="late")
-
-
-async def gzipped(request: web.Request) -> web.Response:
-    return web.Response(body=gzip.compress(b"hello " * 100), headers={"Content-Encoding": "gzip"},
-                        content_type="text/plain")  # fmt: skip
-
-
-async def in_flight(request: web.Request) -> web.Response:
-    await asyncio.sleep(0.5)
-    return web.Response(text="finished")
-
-
-@contextlib.asynccontextmanager
-async def running_app() -> AsyncIterator[tuple[str, AppState]]:
-    app = web.Application()
-    state = AppState()
-    app[STATE] = state
-    app.router.add_route("*", "/echo{tail:.*}", echo_headers)
-    app.router.add_post("/upload", upload)
-    app.router.add_get("/sse", sse)
-    app.router.add_get("/ws", websocket)
-    app.router.add_get("/hop", hop_headers)
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/gzip", gzipped)
-    app.router.add_get("/inflight", in_flight)
-    async with serving(app) as url:
-        yield url, state
 
 
 @pytest.fixture
@@ -129,12 +47,12 @@ async def test_headers_forwarded_identity_stripped_hop_by_hop_dropped(
         + "b" * 16 + "-01", "X-Custom": "kept",
     }  # fmt: skip
     async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
-        async with http.get(sidecar.url + "/echo/a%2Fb?q=1&q=2", headers=sent) as response:
+        async with http.get(sidecar.url + "/echo/a%20b%3fc?q=1&q=2", headers=sent) as response:
             assert response.status == 200
             assert "X-Request-Id" in response.headers
             seen = await response.json()
-    headers = {k.lower(): v for k, v in seen["headers"].items()}
-    assert seen["path_qs"] == "/echo/a%2Fb?q=1&q=2"
+    headers = echoed_headers(seen)
+    assert seen["path_qs"] == "/echo/a%20b%3Fc?q=1&q=2"
     assert "x-sidecar-user" not in headers
     assert "x-sidecar-tenant" not in headers
     assert "x-drop-me" not in headers
@@ -155,7 +73,7 @@ async def test_trusted_proxy_forwarded_for_is_appended(
     async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
         headers = {"X-Forwarded-For": "203.0.113.9"}
         async with http.get(sidecar.url + "/echo", headers=headers) as response:
-            seen = {k.lower(): v for k, v in (await response.json())["headers"].items()}
+            seen = echoed_headers(await response.json())
     assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
 
 
@@ -245,34 +163,326 @@ async def test_app_down_is_502_and_slow_is_504(
             assert (await r.json())["error"]["type"] == "timeout"
 
 
-async def test_admin_endpoints_and_draining(
-    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+async def test_identity_header_spelled_with_underscores_is_stripped(
+    sidecar_for: SidecarFactory,
 ) -> None:
-    url, _ = app_upstream
-    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
-        async with http.get(sidecar.admin_url + "/healthz") as r:
+    # WSGI/CGI servers map `X_Sidecar_User` and `X-Sidecar-User` to the same HTTP_X_SIDECAR_USER.
+    async with running_app() as (url, _), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            sent = {"X_Sidecar_User": "mallory", "x_sidecar-tenant": "evil", "X-Kept_1": "yes"}
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                assert response.status == 200
+                seen = echoed_headers(await response.json())
+    assert "x_sidecar_user" not in seen
+    assert "x_sidecar-tenant" not in seen
+    assert seen["x-kept_1"] == "yes"
+
+
+async def test_websocket_close_code_from_the_app_reaches_the_client(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with running_app() as (url, state), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(sidecar.url + "/ws-close")
+            await ws.send_str("hello")
+            message = await ws.receive(timeout=5)
+            assert message.type == aiohttp.WSMsgType.CLOSE
+            assert message.data == 4001
+            assert message.extra == "not allowed"
+            ws = await http.ws_connect(sidecar.url + "/ws-record")
+            await ws.close(code=4002, message=b"bye")
+            assert await state.ws_closed_by_client.get() == (4002, "bye")
+
+
+async def test_bodyless_statuses_and_head(sidecar_for: SidecarFactory) -> None:
+    async with running_app() as (url, _), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            for status in (204, 304):
+                async with http.get(sidecar.url + f"/empty?status={status}") as response:
+                    assert response.status == status
+                    assert await response.read() == b""
+            async with http.head(sidecar.url + "/head") as response:
+                assert response.status == 200
+                assert response.headers["Content-Length"] == "100"
+            async with http.get(sidecar.url + "/head") as response:
+                assert await response.read() == b"x" * 100
+
+
+async def test_trusted_proxy_scheme_and_host_reach_the_app(sidecar_for: SidecarFactory) -> None:
+    # TLS ends at the ingress: the app must hear https (or it redirects to http forever).
+    sent = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example.com"}
+    async with running_app() as (url, _):
+        trusted = {"app": {"url": url}, "server": {"trusted_proxies": ["127.0.0.0/8"]}}
+        async with sidecar_for(trusted) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = echoed_headers(await response.json())
+        assert seen["x-forwarded-proto"] == "https"
+        assert seen["x-forwarded-host"] == "app.example.com"
+        async with sidecar_for({"app": {"url": url}}) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = echoed_headers(await response.json())
+        assert seen["x-forwarded-proto"] == "http"  # anyone else's claim is replaced
+        assert seen["x-forwarded-host"].startswith("127.0.0.1:")
+
+
+async def test_origin_policy_is_the_sidecars_even_when_the_app_reflects_origins(
+    sidecar_for: SidecarFactory,
+) -> None:
+    allowed = "https://app.example.com"
+    async with running_app() as (url, _):
+        config = {"app": {"url": url}, "cors": {"allow_origins": [allowed]}}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            evil = {"Origin": "https://evil.example"}
+            async with http.get(sidecar.url + "/cors", headers=evil) as response:
+                assert response.status == 200  # the app route lets the request through
+                assert "Access-Control-Allow-Origin" not in response.headers
+                assert "Access-Control-Allow-Credentials" not in response.headers
+            async with http.get(sidecar.url + "/cors", headers={"Origin": allowed}) as response:
+                assert response.headers["Access-Control-Allow-Origin"] == allowed
+                assert response.headers.getall("Access-Control-Allow-Origin") == [allowed]
+
+
+async def test_websocket_the_app_refuses_keeps_the_apps_status(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with running_app() as (url, _), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(sidecar.url + "/ws-forbidden")
+            assert refused.value.status == 403
+            with pytest.raises(aiohttp.WSServerHandshakeError) as missing:
+                await http.ws_connect(sidecar.url + "/no-such-socket")
+            assert missing.value.status == 404
+
+
+async def test_other_forwarding_headers_are_only_believed_from_trusted_proxies(
+    sidecar_for: SidecarFactory,
+) -> None:
+    sent = {
+        "Forwarded": "for=203.0.113.66;proto=https",
+        "X-Real-IP": "203.0.113.66",
+        "X-Forwarded-Port": "8443",
+        "X-Forwarded-Prefix": "/evil",
+        "X-Kept": "yes",
+    }
+    async with running_app() as (url, _):
+        async with sidecar_for({"app": {"url": url}}) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = echoed_headers(await response.json())
+        for name in ("forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix"):
+            assert name not in seen
+        assert seen["x-kept"] == "yes"
+        trusted = {"app": {"url": url}, "server": {"trusted_proxies": ["127.0.0.0/8"]}}
+        async with sidecar_for(trusted) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                seen = echoed_headers(await response.json())
+        assert seen["x-real-ip"] == "203.0.113.66"
+        assert seen["x-forwarded-prefix"] == "/evil"  # the ingress said so
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+@contextlib.asynccontextmanager
+async def recording_app() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """An app that records each request's headers and raw body bytes (no decoding)."""
+    seen: list[tuple[dict[str, str], bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        body = await request.content.read()  # the raw bytes: this app's server does not decode
+        seen.append(({k.lower(): v for k, v in request.headers.items()}, body))
+        return web.json_response({"bytes": len(body)})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app, auto_decompress=False, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    address: Any = runner.addresses[0]
+    try:
+        yield f"http://127.0.0.1:{address[1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+def _deflate(data: bytes) -> bytes:
+    return zlib.compress(data)
+
+
+ENCODINGS = ["gzip", "deflate", "br", "gzip, deflate", "x-unknown"]
+
+
+def _encoded(encoding: str) -> bytes:
+    plain = json.dumps({"text": "hello " * 5000}).encode()
+    return {
+        "gzip": gzip.compress(plain),
+        "deflate": _deflate(plain),
+        "gzip, deflate": _deflate(gzip.compress(plain)),
+    }.get(encoding, b"\x00opaque\xff" * 99)
+
+
+async def test_encoded_request_bodies_reach_the_app_byte_identical(
+    sidecar_for: SidecarFactory,
+) -> None:
+    # Every coding, valid or garbage (the sidecar does not look inside: the app decides),
+    # sent with a Content-Length and chunked.
+    cases = [
+        (encoding, body, chunked)
+        for encoding in ENCODINGS
+        for body in (_encoded(encoding), b"not gzip at all")
+        for chunked in (False, True)
+    ]
+    async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            for encoding, body, chunked in cases:
+
+                async def chunks(data: bytes = body) -> AsyncIterator[bytes]:
+                    for i in range(0, len(data), 1000):
+                        yield data[i : i + 1000]
+
+                headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+                data: Any = chunks() if chunked else body
+                async with http.post(sidecar.url + "/upload", data=data, headers=headers) as r:
+                    assert r.status == 200
+                    assert (await r.json())["bytes"] == len(body)
+    assert [got for _, got in seen] == [body for _, body, _ in cases]
+    for (headers, got), (encoding, _, chunked) in zip(seen, cases, strict=True):
+        assert headers["content-encoding"] == encoding
+        if chunked:
+            assert headers["transfer-encoding"] == "chunked"
+        else:
+            assert headers["content-length"] == str(len(got))
+
+
+async def test_expect_100_continue_is_answered_not_forwarded(sidecar_for: SidecarFactory) -> None:
+    async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(b"hello")
+        await writer.drain()
+        final = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    assert final.startswith(b"HTTP/1.1 200 ")
+    assert seen[0][1] == b"hello"
+    assert "expect" not in seen[0][0]
+
+
+async def test_other_expectations_are_ignored_not_forwarded(sidecar_for: SidecarFactory) -> None:
+    async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Expect": "something-else"}
+            async with http.post(sidecar.url + "/x", data=b"body", headers=headers) as r:
+                assert r.status == 200
+    assert seen[0][1] == b"body"
+    assert "expect" not in seen[0][0]
+
+
+async def test_a_body_that_stops_arriving_is_cut_with_408(sidecar_for: SidecarFactory) -> None:
+    config = with_app("", read_timeout_seconds=30)
+    config["server"] = {"body_idle_timeout_seconds": 0.5}
+    async with recording_app() as (url, seen):
+        config["app"]["url"] = url
+        async with sidecar_for(config) as sidecar:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            writer.write(
+                b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 100\r\n\r\nabc"
+            )
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            writer.close()
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert seen == []  # the app never got a whole request to answer
+
+
+async def test_a_slow_but_steady_upload_is_not_cut(sidecar_for: SidecarFactory) -> None:
+    # The app route bounds silence, not total time: 12 chunks, 0.2 s apart, idle limit 0.5 s.
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(12):
+            await asyncio.sleep(0.2)
+            yield b"x" * 100
+
+    async with recording_app() as (url, seen):
+        config = with_app(url, read_timeout_seconds=30)
+        config["server"] = {"body_idle_timeout_seconds": 0.5}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            async with http.post(sidecar.url + "/upload", data=body()) as response:
+                assert response.status == 200
+    assert seen[0][1] == b"x" * 1200
+
+
+async def test_bad_chunked_framing_mid_body_is_400_not_500(sidecar_for: SidecarFactory) -> None:
+    async with recording_app() as (url, _seen), sidecar_for(with_app(url)) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the body is being streamed to the app by now
+        writer.write(b"zz\r\nnot a chunk\r\n0\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.count(b"HTTP/1.1 ") == 1  # one answer, in the route's format
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "invalid_request"
+
+
+async def test_a_client_gone_before_the_call_never_reaches_the_app(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"GET /page HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+        writer.write_eof()  # half-closed right after the request
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.close()
+        async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/after") as r:
             assert r.status == 200
-        async with http.get(sidecar.admin_url + "/readyz") as r:
-            assert r.status == 200
-        async with http.get(sidecar.url + "/echo") as r:
-            assert r.status == 200
-        async with http.get(sidecar.admin_url + "/metrics") as r:
-            text = await r.text()
-            assert r.status == 200
-            assert "http_server_request_duration_seconds_bucket" in text
-        # The admin listener is not the traffic listener: no admin paths on traffic.
-        async with http.get(sidecar.url + "/metrics") as r:
-            assert "sidecar_streams" not in await r.text()
-        pending = asyncio.create_task(http.get(sidecar.url + "/inflight"))
-        await asyncio.sleep(0.1)
-        shutdown = asyncio.create_task(sidecar.shutdown(grace=3))
-        await asyncio.sleep(0.05)
-        async with http.get(sidecar.admin_url + "/readyz") as r:
-            assert r.status == 503
-            assert json.loads(await r.text())["checks"]["lifecycle"] == "draining"
-        response = await pending
-        assert response.status == 200
-        assert await response.text() == "finished"  # in-flight work finished within the grace
-        await shutdown
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await http.get(sidecar.url + "/echo")
+    assert [headers.get("host") for headers, _ in seen] == [sidecar.url.split("//")[1]]
+
+
+# --------------------------------------------------------------------------- forwarding headers
+
+
+# Each forwarding header in the table, in the spellings a client might try.
+def _spellings(name: str) -> list[str]:
+    title = "-".join(part.capitalize() for part in name.split("-"))
+    return [name, name.upper(), title, title.replace("-", "_"), name.replace("-", "_")]
+
+
+async def test_every_forwarding_header_in_every_spelling_is_stripped(
+    sidecar_for: SidecarFactory,
+) -> None:
+    sent = CIMultiDict[str]()
+    for name in [*sorted(FORWARDING_HEADERS), "x-forwarded-anything-else"]:
+        for spelling in _spellings(name):
+            sent.add(spelling, "203.0.113.66")
+    sent.add("X-Kept", "yes")
+    sent.add("X_Kept_Too", "yes")
+    async with recording_app() as (url, seen):
+        for trusted in (False, True):
+            config = with_app(url)
+            if trusted:
+                config["server"] = {"trusted_proxies": ["127.0.0.0/8"]}
+            async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+                async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                    assert response.status == 200
+    untrusted, trusted_seen = (headers for headers, _ in seen)
+    ours = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}  # set by the sidecar
+    leaked = [n for n in untrusted if is_forwarding_header(n) and n not in ours]
+    assert leaked == []
+    assert untrusted["x-forwarded-for"] == "127.0.0.1"
+    assert untrusted["x-kept"] == "yes"
+    assert untrusted["x_kept_too"] == "yes"
+    # A trusted proxy's `-` spellings pass; `_` spellings never do.
+    assert not [n for n in trusted_seen if "_" in n and is_forwarding_header(n)]
+    assert trusted_seen["true-client-ip"].startswith("203.0.113.66")
+    assert trusted_seen["x-forwarded-for"].startswith("203.0.113.66")

@@ -1,7 +1,9 @@
-"""Authentication over real sockets: every bad credential is a 401/403 and Claude is never called."""
+"""Authentication over real sockets: every bad credential is a 401/403 and Claude is never called;
+route overrides fail closed (credentials on a route mean the route needs them)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -11,11 +13,13 @@ import aiohttp
 import anthropic
 import jwt
 import pytest
+from multidict import CIMultiDictProxy
 
 from sidecar import loader
+from sidecar.config import AuthConfig
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
-from tests.policy_support import (
+from tests.support.apps import echoed_headers, running_app
+from tests.support.policy import (
     API_KEY,
     API_KEY_SHA256,
     AUDIENCE,
@@ -27,7 +31,8 @@ from tests.policy_support import (
     public_pem,
     write_public_key,
 )
-from tests.test_app_proxy import running_app
+from tests.support.sdk import sdk
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 MODEL = "claude-sonnet-5-5"
@@ -64,7 +69,7 @@ def bearer(token: str) -> dict[str, str]:
 
 async def post_prompt(
     url: str, headers: dict[str, str], body: dict[str, Any] | None = None, query: str = ""
-) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, Any, CIMultiDictProxy[str]]:
     async with aiohttp.ClientSession() as http:
         async with http.post(
             url + PROMPT + query, json=body or {"prompt": "hi"}, headers=headers
@@ -171,7 +176,7 @@ def _events(raw: bytes) -> list[dict[str, Any]]:
         {"x-api-key": API_KEY},
         bearer(API_KEY),
         {"x-api-key": mint()},  # the SDK's api_key= may carry a JWT
-        bearer(mint(exp=_NOW - 10)),  # within the 30 s leeway
+        {"leeway": "minted when the test runs"},  # expired 10 s ago: within the 30 s leeway
         bearer(mint(RSA_KEY, "RS256")),
     ],
     ids=["jwt_bearer", "api_key_header", "api_key_bearer", "jwt_in_x_api_key", "leeway", "rs256"],
@@ -179,6 +184,8 @@ def _events(raw: bytes) -> list[dict[str, Any]]:
 async def test_valid_credentials_stream(
     fake: FakeServer, sidecar_for: SidecarFactory, rsa_pem: Path, headers: dict[str, str]
 ) -> None:
+    if "leeway" in headers:  # minted now: a token minted at collection could be long expired
+        headers = bearer(mint(exp=int(time.time()) - 10))
     async with sidecar_for(auth_config(rsa_pem)) as sidecar:
         status, raw, _ = await post_prompt(sidecar.url, headers)
     assert status == 200
@@ -264,10 +271,6 @@ async def test_forbidden_model_is_403(fake: FakeServer, sidecar_for: SidecarFact
     assert fake.state.counters["requests"] == 0
 
 
-def sdk(url: str, api_key: str) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=url, api_key=api_key, max_retries=0)
-
-
 async def test_sdk_raises_the_right_exceptions(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
@@ -318,9 +321,9 @@ async def test_identity_headers_are_verified_never_client_sent(
             async with http.get(
                 sidecar.url + "/echo", headers={**spoof, "x-api-key": API_KEY}
             ) as response:
-                by_key = {k.lower(): v for k, v in (await response.json())["headers"].items()}
+                by_key = echoed_headers(await response.json())
             async with http.get(sidecar.url + "/echo", headers={**spoof, **bearer(mint())}) as r:
-                by_jwt = {k.lower(): v for k, v in (await r.json())["headers"].items()}
+                by_jwt = echoed_headers(await r.json())
             async with http.get(sidecar.url + "/echo", headers=spoof) as response:
                 assert response.status == 401
     assert (by_key["x-sidecar-user"], by_key["x-sidecar-tenant"]) == ("ci-bot", "acme")
@@ -354,3 +357,132 @@ def test_unusable_public_key_files_are_config_errors(
     with pytest.raises(loader.ConfigError) as raised:
         loader.validate(data, {})
     assert any(p.startswith("auth.jwt: ") and problem in p for p in raised.value.problems)
+
+
+# ------------------------------------------------------------------ route overrides
+
+
+KEYS = [{"name": "ci", "sha256": API_KEY_SHA256, "user": "ci-bot"}]
+
+
+def route_with_keys(**auth: Any) -> dict[str, Any]:
+    return {
+        "routes": [
+            {
+                "path": "/api/stream-response",
+                "handler": "prompt",
+                "auth": {"api_keys": KEYS, **auth},
+            },
+            {"path": "/open", "handler": "prompt"},
+        ]
+    }
+
+
+async def test_route_override_with_credentials_and_no_top_level_auth_requires_them(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with sidecar_for(route_with_keys()) as sidecar, aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url + "/api/stream-response", json={"prompt": "hi"}) as r:
+            assert r.status == 401
+            assert (await r.json())["error"]["type"] == "unauthorized"
+        headers = {"x-api-key": API_KEY}
+        async with http.post(
+            sidecar.url + "/api/stream-response", json={"prompt": "hi"}, headers=headers
+        ) as r:
+            assert r.status == 200
+            await r.read()
+        async with http.post(sidecar.url + "/open", json={"prompt": "hi"}) as r:
+            assert r.status == 200  # the other route keeps the top level's (absent) auth
+            await r.read()
+
+
+@pytest.mark.parametrize("mode", ["none", "optional"])
+def test_route_override_that_names_its_mode_keeps_it(mode: str) -> None:
+    config = loader.validate(route_with_keys(mode=mode))
+    assert loader.route_policies(config)[0].auth.mode == mode
+
+
+def test_top_level_mode_none_written_out_is_kept_for_route_credentials() -> None:
+    data = {"auth": {"mode": "none"}, **route_with_keys()}
+    assert loader.route_policies(loader.validate(data))[0].auth.mode == "none"
+
+
+def test_route_override_without_credentials_keeps_auth_off() -> None:
+    data = {"routes": [{"path": "/v1/", "handler": "anthropic", "auth": {"allowed_models": ["m"]}}]}
+    assert loader.route_policies(loader.validate(data))[0].auth.mode == "none"
+
+
+async def _status(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> int:
+    async with http.get(url, headers=headers) as response:
+        return response.status
+
+
+async def test_routes_that_differ_only_in_a_secret_accept_only_their_own(
+    tmp_path: Path, sidecar_for: SidecarFactory
+) -> None:
+    other_secret = "o" * 40
+    other_key = "sk-sidecar-client-key-2"
+    rsa_dir, other_dir = tmp_path / "a", tmp_path / "b"
+    rsa_dir.mkdir()
+    other_dir.mkdir()
+    jwt_base = {"audience": AUDIENCE, "issuer": ISSUER}
+
+    def route(path: str, auth: dict[str, Any]) -> dict[str, Any]:
+        return {"path": path, "handler": "app", "auth": {"mode": "required", **auth}}
+
+    def api_key(key: str) -> dict[str, Any]:
+        return {"name": "k", "sha256": hashlib.sha256(key.encode()).hexdigest()}
+
+    async with running_app() as (url, _):
+        config: dict[str, Any] = {
+            "app": {"url": url},
+            "routes": [
+                route("/echo/hs-a", {"jwt": {**jwt_base, "secret": SECRET}}),
+                route("/echo/hs-b", {"jwt": {**jwt_base, "secret": other_secret}}),
+                route("/echo/key-a", {"api_keys": [api_key(API_KEY)]}),
+                route("/echo/key-b", {"api_keys": [api_key(other_key)]}),
+                route("/echo/file-a", {"jwt": {**jwt_base, "algorithms": ["RS256"],
+                      "public_key_file": str(write_public_key(RSA_KEY, rsa_dir))}}),
+                route("/echo/file-b", {"jwt": {**jwt_base, "algorithms": ["RS256"],
+                      "public_key_file": str(write_public_key(OTHER_RSA_KEY, other_dir))}}),
+            ],
+        }  # fmt: skip
+        credentials = {
+            "/echo/hs-a": bearer(mint(SECRET)), "/echo/hs-b": bearer(mint(other_secret)),
+            "/echo/key-a": {"x-api-key": API_KEY}, "/echo/key-b": {"x-api-key": other_key},
+            "/echo/file-a": bearer(mint(RSA_KEY, "RS256")),
+            "/echo/file-b": bearer(mint(OTHER_RSA_KEY, "RS256")),
+        }  # fmt: skip
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            seen = {
+                (path, whose): await _status(http, sidecar.url + path, headers)
+                for path in credentials
+                for whose, headers in credentials.items()
+            }
+    expected = {(path, whose): 200 if path == whose else 401 for path, whose in seen}
+    assert seen == expected
+
+
+def test_policy_fingerprints_tell_secrets_apart_without_showing_them() -> None:
+    def policy(secret: str) -> AuthConfig:
+        return AuthConfig.model_validate({"jwt": {"secret": secret, "audience": AUDIENCE}})
+
+    assert policy(SECRET).fingerprint() == policy(SECRET).fingerprint()
+    assert policy(SECRET).fingerprint() != policy("o" * 40).fingerprint()
+    assert SECRET not in policy(SECRET).fingerprint()
+
+
+async def test_optional_mode_with_allowed_tenants_refuses_anonymous_callers(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(auth_config(mode="optional", allowed_tenants=["acme"])) as sidecar:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + PROMPT, json={"prompt": "hi"}) as response,
+        ):
+            anonymous, challenge = response.status, response.headers.get("WWW-Authenticate")
+        tenant, _, _ = await post_prompt(sidecar.url, bearer(mint(org="acme")))
+        other, _, _ = await post_prompt(sidecar.url, bearer(mint(org="evil")))
+    assert (anonymous, tenant, other) == (401, 200, 403)
+    assert challenge == 'Bearer realm="claude-sidecar"'
+    assert fake.state.counters["requests"] == 1

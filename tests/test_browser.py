@@ -18,8 +18,9 @@ import pytest
 from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
-from tests.policy_support import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
+from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
+from tests.support.resume import cutting_proxy, sse_request
+from tests.support.sidecars import SidecarFactory
 
 CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
@@ -137,8 +138,9 @@ async def test_event_source_streams_tokens_then_done(
             result = await page.evaluate(EVENT_SOURCE_JS, url)
     assert result["ok"] is True
     seen = result["seen"]
-    # One message event per token, each with its own id, then `done` with usage.
-    assert [event["id"] for event in seen[:-1]] == [str(i) for i in range(1, 13)]
+    # One message event per token, each with its own id `<stream id>:<n>`, then `done` with usage.
+    stream_id = seen[0]["id"].rpartition(":")[0]
+    assert [event["id"] for event in seen] == [f"{stream_id}:{i}" for i in range(1, 14)]
     assert len(tokens_in_order(seen)) == 12
     assert seen[-1]["data"]["done"] is True
     assert seen[-1]["data"]["usage"]["output_tokens"] == 12
@@ -194,6 +196,43 @@ async def test_refused_origin_gets_a_cors_error_and_claude_is_never_called(
     assert "Failed to fetch" in fetched["error"]
     assert streamed == {"ok": False, "seen": []}
     assert fake.state.counters["requests"] == 0
+
+
+# Runs in the page: an EventSource that is NOT closed on error, so the browser reconnects by
+# itself (with Last-Event-ID); every message and error is recorded until `done`.
+RESUMING_EVENT_SOURCE_JS = """(url) => new Promise((resolve) => {
+  const seen = [];
+  let errors = 0;
+  const source = new EventSource(url);
+  source.onmessage = (event) => {
+    const data = JSON.parse(event.data);
+    seen.push({id: event.lastEventId, data});
+    if (data.done || data.error) { source.close(); resolve({ok: !data.error, seen, errors}); }
+  };
+  source.onerror = () => { errors += 1; if (errors > 5) { source.close(); resolve({ok: false, seen, errors}); } };
+})"""
+
+
+async def test_an_event_source_cut_mid_stream_resumes_by_itself_and_shows_the_text_once(
+    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
+) -> None:
+    config = {**config_for(page_port), "resume": {"detach_grace_seconds": 15}}
+    prompt = "?prompt=%5B%5Bfake%20tokens%3D40%20tps%3D40%5D%5D%20hello%20browser"
+    async with sidecar_for(config) as sidecar, cutting_proxy(sidecar.port, after=10) as proxy:
+        async with opened(browser, f"http://127.0.0.1:{page_port}/") as page:
+            url = f"http://127.0.0.1:{proxy.port}/api/stream-response{prompt}"
+            result = await page.evaluate(RESUMING_EVENT_SOURCE_JS, url)
+        whole = await sse_request(sidecar.port, target="/api/stream-response" + prompt)
+    assert proxy.cut == 1  # the first connection was cut after 10 events...
+    assert proxy.connections == 2  # ...and the browser came back once, by itself
+    assert result["ok"] is True
+    assert result["errors"] == 1
+    seen = result["seen"]
+    ids = [event["id"] for event in seen]
+    assert len(ids) == len(set(ids)) == 41  # 40 tokens and done: none lost, none twice
+    assert "".join(tokens_in_order(seen)) == whole.text
+    assert seen[-1]["data"]["done"] is True
+    assert fake.state.counters["requests"] == 2  # the stream once, the comparison once
 
 
 # --------------------------------------------------------------------------- the official JS SDK

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
 from tests.helpers_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, skip_unless_engine
-from tests.policy_support import API_KEY, API_KEY_SHA256
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium", allow_module_level=True)

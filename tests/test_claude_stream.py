@@ -20,7 +20,6 @@ import pytest
 
 import sidecar.browser
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
 from tests.helpers_browser import (
     ENGINES,
     JS_DIR,
@@ -33,6 +32,7 @@ from tests.helpers_browser import (
     running_emulator,
     skip_unless_engine,
 )
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 NOT_RESUMABLE = "the sidecar does not make streams resumable (no Sidecar-Stream-Id header)"
@@ -40,7 +40,8 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def config_for(origin: str, **extra: Any) -> dict[str, Any]:
-    return {"cors": {"allow_origins": [origin]}, **extra}
+    # A cut client's generation waits for its reconnect (the suite's default grace is 0).
+    return {"cors": {"allow_origins": [origin]}, "resume": {"detach_grace_seconds": 15}, **extra}
 
 
 async def reference(base: str, prompt: str) -> tuple[str, bool]:

@@ -13,24 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def sidecar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-    )
+from tests.support.sidecars import ROOT, sidecar_command
+from tests.support.sockets import free_port
 
 
 def test_check_prints_the_effective_config_with_secrets_redacted() -> None:
-    result = sidecar(
+    result = sidecar_command(
         "check",
         "-c",
         "config/sidecar.example.yaml",
@@ -47,7 +35,7 @@ def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     path.write_text(
         "server:\n  listen: nope\n  max_body_bytes: 0\nclaude: {api_key: '${UNSET_X}'}\n"
     )
-    result = sidecar("check", "-c", str(path), env={"UNSET_X": ""})
+    result = sidecar_command("check", "-c", str(path), env={"UNSET_X": ""})
     assert result.returncode == 2
     lines = result.stdout.strip().splitlines()
     assert "server.listen: must be host:port, got 'nope'" in lines
@@ -66,7 +54,7 @@ def test_check_with_no_file_uses_the_embedded_default() -> None:
 
 
 def test_schema_is_json_schema_of_the_config() -> None:
-    result = sidecar("schema")
+    result = sidecar_command("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     assert {
@@ -83,7 +71,7 @@ def test_schema_is_json_schema_of_the_config() -> None:
 
 def test_help_for_each_command() -> None:
     for args in (["--help"], ["run", "--help"], ["check", "--help"], ["schema", "--help"]):
-        result = sidecar(*args)
+        result = sidecar_command(*args)
         assert result.returncode == 0
         assert "usage: sidecar" in result.stdout
 
@@ -92,7 +80,7 @@ def test_run_with_a_bad_config_exits_2_without_binding(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "bad.yaml"
     path.write_text(f'server: {{listen: "127.0.0.1:{port}", bogus: true}}\n')
-    result = sidecar("run", "-c", str(path))
+    result = sidecar_command("run", "-c", str(path))
     assert result.returncode == 2
     assert "server.bogus: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
@@ -141,3 +129,46 @@ def test_run_serves_then_exits_0_on_signal(tmp_path: Path, sig: signal.Signals) 
             process.wait()
     logs = process.stderr.read().decode() if process.stderr else ""
     assert "Traceback" not in logs
+
+
+def test_check_redacts_secrets_at_every_level(tmp_path: Path) -> None:
+    secrets = {
+        "CLAUDE_KEY": "sk-claude-top-secret",
+        "TOP_JWT": "t" * 40,
+        "ROUTE_JWT": "r" * 40,
+        "NESTED_JWT": "n" * 40,
+        "REDIS_PASSWORD": "redis-pass-secret",
+        "APP_PASSWORD": "app-pass-secret",
+        "OTLP_PASSWORD": "otlp-pass-secret",
+    }
+    config = tmp_path / "secrets.yaml"
+    config.write_text(
+        """
+app: {url: "http://user:${APP_PASSWORD}@127.0.0.1:3000"}
+claude: {api_key: "${CLAUDE_KEY}"}
+auth: {mode: required, jwt: {secret: "${TOP_JWT}"}}
+quotas: {store: redis, redis_url: "redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0"}
+telemetry: {otlp_endpoint: "https://otel:${OTLP_PASSWORD}@collector.example:4318"}
+routes:
+  - {path: /v1/, handler: anthropic, auth: {jwt: {secret: "${ROUTE_JWT}"}}}
+  - path: /api
+    handler: app
+    auth: {mode: optional, jwt: {secret: "${NESTED_JWT}", algorithms: [HS256]}}
+  - {path: /, handler: app}
+"""
+    )
+    result = sidecar_command("check", "-c", str(config), env=secrets)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for value in secrets.values():
+        assert value not in result.stdout + result.stderr
+    assert result.stdout.count("'***'") == 5  # key, two route secrets, top secret, redis URL
+    assert "http://user:***@127.0.0.1:3000" in result.stdout
+
+
+def test_config_errors_do_not_echo_url_passwords(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text('app: {url: "ftp://user:url-pass-secret@app:21"}\n')
+    result = sidecar_command("check", "-c", str(config))
+    assert result.returncode == 2
+    assert "app.url" in result.stdout
+    assert "url-pass-secret" not in result.stdout + result.stderr

@@ -1,18 +1,26 @@
-"""Config loading: YAML errors, interpolation, validation paths, route overrides, redaction."""
+"""Config loading: YAML errors, interpolation, validation paths, route overrides, redaction,
+and values checked at load (header names, Redis URLs) rather than on the first request."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from sidecar import loader
 from sidecar.config import Config, split_host_port
+from tests.support.apps import echoed_headers, running_app
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory
 
 
-def problems_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+def problems_of(source: str | dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    """The problems validation reports for a config given as YAML text or as plain data."""
+    data = loader.parse_yaml(source, "test.yaml") if isinstance(source, str) else source
     with pytest.raises(loader.ConfigError) as caught:
-        loader.validate(loader.parse_yaml(text, "test.yaml"), env or {})
+        loader.validate(data, env or {})
     return caught.value.problems
 
 
@@ -233,3 +241,91 @@ def test_example_configs_are_valid() -> None:
     env = {"ANTHROPIC_API_KEY": "sk-x", "JWT_SECRET": "j" * 32, "REDIS_URL": "redis://r:6379/0"}
     for path in sorted(root.glob("*.yaml")):
         assert isinstance(loader.load(path, env=env), Config), path
+
+
+# ------------------------------------------------------------------ header names, Redis URLs
+
+
+@pytest.mark.parametrize("name", ["X Request Id", "X-Request-Id\n", "X-Id:", ""])
+def test_request_id_header_must_be_a_header_name(name: str) -> None:
+    problems = problems_of({"server": {"request_id_header": name}})
+    assert [p.split(":")[0] for p in problems] == ["server.request_id_header"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "field"),
+    [
+        ({"user": "X Sidecar User"}, "user"),
+        ({"tenant": "Host"}, "tenant"),
+        ({"api_key_name": "x-forwarded-for"}, "api_key_name"),
+        ({"user": "Content-Length"}, "user"),
+    ],
+)
+def test_identity_header_names_are_checked(headers: dict[str, str], field: str) -> None:
+    problems = problems_of({"app": {"url": "http://127.0.0.1:3000", "identity_headers": headers}})
+    assert [p.split(":")[0] for p in problems] == [f"app.identity_headers.{field}"]
+
+
+def test_identity_header_names_must_differ() -> None:
+    headers = {"user": "X-Who", "tenant": "x_who"}  # one name to a WSGI app
+    problems = problems_of({"app": {"url": "http://127.0.0.1:3000", "identity_headers": headers}})
+    assert [p.split(":")[0] for p in problems] == ["app.identity_headers"]
+
+
+async def test_a_header_name_that_validates_serves(sidecar_for: SidecarFactory) -> None:
+    async with running_app() as (url, _):
+        config = {
+            "server": {"request_id_header": "X-Trace_Id"},
+            "app": {"url": url, "identity_headers": {"user": "X-Auth-User"}},
+            "auth": {"api_keys": [{"name": "ci", "sha256": API_KEY_SHA256, "user": "ci-bot"}]},
+        }
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers={"x-api-key": API_KEY}) as r:
+                assert r.status == 200
+                assert r.headers["X-Trace_Id"]
+                seen = echoed_headers(await r.json())
+    assert seen["x-auth-user"] == "ci-bot"
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:6379", "http://127.0.0.1:6379/0", "redis://127.0.0.1:port/0"]
+)
+def test_redis_url_that_redis_cannot_use_is_a_config_error(url: str) -> None:
+    secret = "s3cret-password"
+    url = url.replace("127.0.0.1", f"user:{secret}@127.0.0.1")
+    problems = problems_of({"quotas": {"store": "redis", "redis_url": url}})
+    assert [p.split(":")[0] for p in problems] == ["quotas.redis_url"]
+    assert secret not in " ".join(problems)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://:pw@redis.example:6380", "unix:///run/redis.sock"]
+)
+def test_redis_urls_redis_accepts_validate(url: str) -> None:
+    config = loader.validate({"quotas": {"store": "redis", "redis_url": url}})
+    assert config.quotas.redis_url is not None
+
+
+def test_route_overrides_are_typed_and_in_the_schema() -> None:
+    schema = Config.model_json_schema()
+    defs = schema["$defs"]
+    auth_ref = defs["RouteConfig"]["properties"]["auth"]["anyOf"][0]["$ref"]
+    assert auth_ref == "#/$defs/AuthOverride"
+    assert {"mode", "jwt", "api_keys", "allowed_tenants"} <= set(defs["AuthOverride"]["properties"])
+    assert "required" not in defs["AuthOverride"]  # every key optional
+    assert "secret" in defs["JWTOverride"]["properties"]
+    for name in ("CorsOverride", "ScreeningOverride", "QuotaOverride"):
+        assert "required" not in defs[name]
+    found = problems_of(
+        """
+routes:
+  - {path: /a, handler: prompt, auth: {jwt: {secrett: x}}}
+  - {path: /b, handler: prompt, screening: {deny_patterns: ["(?i)plain string rule"]}}
+"""
+    )
+    assert found == ["routes.0.auth.jwt.secrett: unknown key"]
+
+
+def test_route_policies_are_built_once_per_config() -> None:
+    config = loader.validate({"routes": [{"path": "/v1/", "handler": "anthropic"}]}, {})
+    assert loader.route_policies(config) is loader.route_policies(config)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,8 @@ from aiohttp import web
 from sidecar.config import CorsConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.policy.cors import CorsPolicy, merge_vary
-from tests.conftest import SidecarFactory
-from tests.policy_support import API_KEY, API_KEY_SHA256
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory, sidecar_command
 
 PROMPT = "/api/stream-response"
 ALLOWED = "https://app.example.com"
@@ -221,13 +219,21 @@ def test_merge_vary(existing: str | None, merged: str) -> None:
 def test_wildcard_with_credentials_fails_sidecar_check(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text('cors: {allow_origins: ["*"], allow_credentials: true}\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "check", "-c", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = sidecar_command("check", "-c", str(path))
     assert result.returncode != 0
     assert "cors: " in result.stderr + result.stdout
     assert "allow_credentials" in result.stderr + result.stdout
+
+
+async def test_origins_are_matched_as_browsers_send_them(sidecar_for: SidecarFactory) -> None:
+    # Browsers send the host in lower case and never a default port.
+    cors = {"allow_origins": ["https://App.Example.com:443", "http://Localhost:80"]}
+    async with sidecar_for({"cors": cors}) as sidecar, aiohttp.ClientSession() as http:
+        for origin in ("https://app.example.com", "http://localhost"):
+            preflight = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+            async with http.options(sidecar.url + "/v1/messages", headers=preflight) as r:
+                assert r.status == 204
+                assert r.headers["Access-Control-Allow-Origin"] == origin
 
 
 # --------------------------------------------------------------------------- the SDK's headers

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from sidecar import cli, loader
+from tests.support.promtool import RULES, run_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "claude-sidecar"
@@ -146,7 +147,9 @@ def kinds(docs: list[Any]) -> list[str]:
 
 
 def validate_kubernetes(doc: Any) -> None:
-    if doc["apiVersion"] == "monitoring.coreos.com/v1":
+    if doc["kind"] == "PrometheusRule":
+        jsonschema.validate(doc, PROMETHEUS_RULE_SCHEMA)
+    elif doc["apiVersion"] == "monitoring.coreos.com/v1":
         jsonschema.validate(doc, SERVICE_MONITOR_SCHEMA)
     else:
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
@@ -191,7 +194,8 @@ def test_every_gate_on_renders_valid_manifests(chart: Any) -> None:
     docs = render(chart, production_values())
     assert kinds(docs) == [
         "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
-        "PodDisruptionBudget", "Service", "Service", "ServiceAccount", "ServiceMonitor",
+        "PodDisruptionBudget", "PrometheusRule", "Service", "Service", "ServiceAccount",
+        "ServiceMonitor",
     ]  # fmt: skip
     for doc in docs:
         validate_kubernetes(doc)
@@ -281,15 +285,18 @@ def test_configmap_config_passes_sidecar_check(
 
 def test_config_is_rendered_verbatim_with_a_checksum(chart: Any) -> None:
     config = production_values()["config"]
-    docs = render(chart, {"config": config})
+    secret = {"existingSecret": "shop-secrets"}
+    docs = render(chart, {"config": config, "secrets": secret})
     assert config_text(docs) == config
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     checksum = annotations["checksum/claude-sidecar-config"]
     assert checksum == hashlib.sha256(config.encode()).hexdigest()
 
     changed = render(
-        chart, {"config": config.replace("max_prompt_chars: 20000", "max_prompt_chars: 1")}
-    )
+        chart,
+        {"config": config.replace("max_prompt_chars: 20000", "max_prompt_chars: 1"),
+         "secrets": secret},
+    )  # fmt: skip
     changed_annotations = one(changed, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert changed_annotations["checksum/claude-sidecar-config"] != checksum
 
@@ -528,8 +535,9 @@ def test_notes_tell_how_to_reach_it_and_warn_about_memory_quotas(chart: Any) -> 
     assert "kubectl -n shop port-forward svc/shop-claude-sidecar 8080:80" in text
     assert "/readyz" in text
     assert '--from-literal=anthropic-api-key="$ANTHROPIC_API_KEY"' in text
-    assert 'quotas.store is "memory" with more than one replica' in text
-    assert "WARNING" not in notes(chart, {"replicaCount": 1})
+    assert "WARNING" not in text  # one replica by default
+    allowed = notes(chart, {"replicaCount": 3, "allowMemoryStoresWithReplicas": True})
+    assert 'quotas.store is "memory" with more than one replica' in allowed
     assert "WARNING" not in notes(chart, production_values())  # quotas in Redis
 
 
@@ -551,3 +559,219 @@ def test_injection_shares_one_configmap_and_checksum(inject_chart: Any) -> None:
     # The sidecar's own values (port 8000) reach the injected container, not the chart defaults.
     ports = {p["name"]: p["containerPort"] for p in sidecar_container(spec)["ports"]}
     assert ports == {"sidecar-http": 8000, "sidecar-admin": 9090}
+
+
+# --------------------------------------------------------------------------- secrets
+
+REAL_CLAUDE = 'claude: {base_url: "https://api.anthropic.com", api_key: "${ANTHROPIC_API_KEY}"}\n'
+
+
+def test_default_values_need_no_secret(chart: Any) -> None:
+    """The trial defaults (built-in fake, no auth) start without any Secret to exist."""
+    docs = render(chart)
+    env = sidecar_container(pod_spec(docs))["env"]
+    assert not [e for e in env if "secretKeyRef" in e.get("valueFrom", {})]
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert "No Secret is used" in notes(chart)
+
+
+def test_secret_create_renders_the_secret_the_pod_reads(chart: Any) -> None:
+    values = {
+        "config": REAL_CLAUDE,
+        "secrets": {"create": True, "data": {"anthropic-api-key": "sk-ant-trial",
+                                             "jwt-secret": "j" * 32}},
+    }  # fmt: skip
+    docs = render(chart, values)
+    secret = one(docs, "Secret")
+    validate_kubernetes(secret)
+    assert secret["metadata"]["name"] == "shop-claude-sidecar"
+    assert secret["stringData"] == {"anthropic-api-key": "sk-ant-trial", "jwt-secret": "j" * 32}
+    env = {e["name"]: e for e in sidecar_container(pod_spec(docs))["env"]}
+    ref = env["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("shop-claude-sidecar", "anthropic-api-key")
+    assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert "sk-ant-trial" not in config_text(docs)
+    assert "was created from secrets.data" in notes(chart, values)
+    for doc in docs:
+        validate_kubernetes(doc)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": REAL_CLAUDE}, "needs its API key from a Secret"),
+        ({"config": 'auth: {mode: required, jwt: {secret: "${JWT_SECRET}"}}\n'},
+         r"config reads \$\{JWT_SECRET\}"),
+        ({"secrets": {"existingSecret": "mine", "create": True}}, "not both"),
+        ({"config": REAL_CLAUDE, "secrets": {"create": True, "data": {"jwt-secret": "j"}}},
+         'no key "anthropic-api-key"'),
+    ],
+)  # fmt: skip
+def test_a_config_needing_a_missing_secret_fails_the_render(
+    chart: Any, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        chart.render(values, name="shop")
+
+
+def test_notes_warn_about_real_claude_without_auth(chart: Any) -> None:
+    open_proxy = {"config": REAL_CLAUDE + "auth: {mode: none}\n",
+                  "secrets": {"existingSecret": "shop-keys"}}  # fmt: skip
+    assert 'auth.mode is "none" with real Claude' in notes(chart, open_proxy)
+    assert "auth.mode" not in notes(chart)  # the fake trial spends nothing
+    guarded = {"config": REAL_CLAUDE, "secrets": {"existingSecret": "shop-keys"}}
+    assert "auth.mode" not in notes(chart, guarded)  # auth defaults to required
+
+
+def test_existing_secret_is_referenced_never_rendered(chart: Any) -> None:
+    docs = render(chart, {"config": REAL_CLAUDE, "secrets": {"existingSecret": "shop-keys"}})
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    env = {e["name"]: e for e in sidecar_container(pod_spec(docs))["env"]}
+    assert env["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "shop-keys"
+
+
+# --------------------------------------------------------------------------- replicas
+
+REDIS_QUOTAS = 'quotas: {store: redis, redis_url: "redis://redis:6379/0"}\n'
+
+
+@pytest.mark.parametrize(
+    ("values", "stores"),
+    [
+        ({"replicaCount": 2}, "quotas.store"),
+        ({"autoscaling": {"enabled": True}}, "quotas.store"),
+        ({"replicaCount": 3, "config": REDIS_QUOTAS + "resume: {enabled: true}\n"},
+         "resume.store"),
+        ({"replicaCount": 3, "config": REDIS_QUOTAS}, "resume.store"),  # on by default
+        ({"replicaCount": 3,
+          "config": REDIS_QUOTAS + "resume: {enabled: false}\n"
+                    "routes: [{path: /, handler: prompt, resume: {enabled: true}}]\n"},
+         "resume.store"),
+        ({"replicaCount": 3,
+          "config": REDIS_QUOTAS + "cache: {enabled: true, store: memory}\n"}, "cache.store"),
+    ],
+)  # fmt: skip
+def test_replicas_with_memory_stores_fail_the_render(
+    chart: Any, values: dict[str, Any], stores: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=re.escape(stores) + ".*store: redis"):
+        chart.render(values, name="shop")
+
+
+def test_replicas_render_with_shared_stores_or_when_allowed(chart: Any) -> None:
+    assert one(render(chart), "Deployment")["spec"]["replicas"] == 1
+    shared = render(
+        chart, {"replicaCount": 3, "config": REDIS_QUOTAS + "resume: {enabled: false}\n"}
+    )
+    assert one(shared, "Deployment")["spec"]["replicas"] == 3
+    allowed = render(chart, {"replicaCount": 2, "allowMemoryStoresWithReplicas": True})
+    assert one(allowed, "Deployment")["spec"]["replicas"] == 2
+    with pytest.raises(helm.HelmValuesError, match="allowMemoryStoresWithReplicas"):
+        chart.validate_schema({"allowMemoryStoresWithReplicas": "yes"})
+
+
+def test_notes_say_the_image_is_a_placeholder_with_build_steps(chart: Any) -> None:
+    text = notes(chart)
+    assert "placeholder" in text
+    assert "docker build -t REGISTRY/claude-sidecar:" in text
+    assert "docker push REGISTRY/claude-sidecar:" in text
+    assert "placeholder" not in notes(chart, {"image": {"repository": "registry.shop/sidecar"}})
+
+
+# --------------------------------------------------------------------------- alerting rules
+
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["alert", "expr"],
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "expr": {"type": "string"},
+                                        "for": {"type": "string", "pattern": "^[0-9]+(s|m|h)$"},
+                                        "labels": {"type": "object"},
+                                        "annotations": {"type": "object"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+
+
+def test_prometheus_rule_is_gated_and_matches_the_shipped_rules(chart: Any) -> None:
+    assert "PrometheusRule" not in kinds(render(chart))
+    docs = render(chart, {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}})
+    rule = one(docs, "PrometheusRule")
+    jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    shipped = yaml.safe_load(RULES.read_text())
+    assert rule["spec"]["groups"] == shipped["groups"]  # defaults = deploy/prometheus
+
+
+def test_prometheus_rule_thresholds_come_from_values(chart: Any, tmp_path: Path) -> None:
+    values = {"prometheusRule": {
+        "enabled": True, "streamErrorRatio": 0.02, "timeToFirstTokenSeconds": "2.5",
+        "claudeThrottledRatio": 0.1, "rejectionSpikeFactor": 5, "rejectionSpikeMinPerSecond": 1,
+    }}  # fmt: skip
+    rule = one(render(chart, values), "PrometheusRule")
+    rules = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert rules["ClaudeSidecarStreamErrorRatioHigh"]["expr"].rstrip().endswith("> 0.02")
+    assert 'le="2.5"' in rules["ClaudeSidecarTimeToFirstTokenSlow"]["expr"]
+    assert "above 2.5s" in rules["ClaudeSidecarTimeToFirstTokenSlow"]["annotations"]["summary"]
+    assert "> 5 * sum" in rules["ClaudeSidecarRejectionsSpiking"]["expr"]
+    assert rules["ClaudeSidecarClaudeThrottling"]["expr"].rstrip().endswith("> 0.1")
+    assert "runbook_url" not in rules["ClaudeSidecarNotReady"]["annotations"]
+    docs_url = "https://git.example.com/sidecar/blob/main/docs/observability.md"
+    linked = one(render(chart, {"prometheusRule": {"enabled": True, "runbookBaseUrl": docs_url}}),
+                 "PrometheusRule")  # fmt: skip
+    for linked_rule in linked["spec"]["groups"][0]["rules"]:
+        anchor = linked_rule["alert"].lower()
+        assert linked_rule["annotations"]["runbook_url"] == f"{docs_url}#{anchor}"
+    with pytest.raises(helm.HelmValuesError, match="timeToFirstTokenSeconds"):
+        chart.validate_schema({"prometheusRule": {"timeToFirstTokenSeconds": "3"}})
+    # The rendered rules are valid Prometheus rules (not only valid YAML).
+    path = tmp_path / "rendered-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    checked = run_promtool("check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_resource_attribute_values_reach_the_sdk_intact(
+    chart: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK splits OTEL_RESOURCE_ATTRIBUTES on commas and percent-decodes each value."""
+    from opentelemetry.sdk.resources import OTELResourceDetector
+
+    odd = {"team": "payments,eu", "quota": "50%", "url": "https://shop.example/a=b"}
+    env = sidecar_container(pod_spec(render(chart, {"otel": {"resourceAttributes": odd}})))["env"]
+    (value,) = [e["value"] for e in env if e["name"] == "OTEL_RESOURCE_ATTRIBUTES"]
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", value)
+    attributes = OTELResourceDetector().detect().attributes
+    for key, expected in odd.items():
+        assert attributes[key] == expected

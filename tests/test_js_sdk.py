@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
+from tests.support.sidecars import SidecarFactory
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 NODE = shutil.which("node")

@@ -11,8 +11,8 @@ import pytest
 
 from sidecar.fake_claude import FakeServer
 from sidecar.policy.jwks import parse_jwks
-from tests.conftest import SidecarFactory
-from tests.policy_support import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
+from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 KEY_1 = new_key("RS256")

@@ -14,8 +14,8 @@ import pytest
 
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import JsonFormatter, setup_logging
-from tests.conftest import SidecarFactory
-from tests.test_telemetry import TRACEPARENT, make_otel, prompt
+from tests.support.otel import TRACEPARENT, make_otel, prompt
+from tests.support.sidecars import SidecarFactory
 
 CLIENT_KEY = "sk-client-key-0123456789"
 AUTH = {
@@ -171,3 +171,52 @@ def test_json_formatter_handles_exceptions_and_odd_values() -> None:
     assert entry["odd"].startswith("<object object")
     assert "ValueError: boom" in entry["exception"]
     assert entry["time"].endswith("Z")
+
+
+async def test_stream_start_comes_first_even_for_a_call_ended_at_once(
+    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+) -> None:
+    """A quota refusal ends the call before the loop runs the deferred start: still in order."""
+    read = log_output()
+    otel = make_otel()
+    quotas = {"quotas": {"store": "memory", "requests_per_minute": 1}}
+    async with sidecar_for(quotas, telemetry=otel.telemetry) as sidecar:
+        first, _ = await prompt(sidecar.url, "one [[fake tokens=2]]")
+        second, _ = await prompt(sidecar.url, "two [[fake tokens=2]]")
+    assert (first, second) == (200, 429)
+    entries = events(read())
+    stream = [e for e in entries if e["logger"] == "sidecar.stream"]
+    assert [e["message"] for e in stream] == [
+        "stream_start", "stream_complete", "stream_start", "stream_error"
+    ]  # fmt: skip
+    assert stream[2]["request_id"] == stream[3]["request_id"] != stream[0]["request_id"]
+    assert stream[3]["outcome"] == "rejected"
+    for start, end in ((stream[0], stream[1]), (stream[2], stream[3])):
+        assert start["trace_id"] == end["trace_id"]
+        assert start["span_id"] == end["span_id"]
+    # One queue wait point per admitted call, however the deferred start and admission interleave.
+    assert otel.count("sidecar.queue.wait", **{"sidecar.queue.admitted": True}) == 1
+    assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "rejected"}) == 1
+
+
+async def test_telemetry_off_still_logs_usage_and_cost(
+    sidecar_for: SidecarFactory,
+    log_output: Callable[..., LogReader],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the SDK off nothing is measured, but the stream lines keep every number."""
+    read = log_output()
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    otel = make_otel()
+    assert not otel.telemetry.enabled
+    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+        status, _ = await prompt(sidecar.url, "hello [[fake tokens=3]]")
+    assert status == 200
+    entries = events(read())
+    (complete,) = [e for e in entries if e["message"] == "stream_complete"]
+    assert complete["outcome"] == "completed"
+    assert complete["output_tokens"] == 3
+    assert complete["input_tokens"] > 0
+    assert complete["cost_usd"] > 0
+    assert complete["upstream_status"] == 200
+    assert otel.exporter.get_finished_spans() == ()  # no provider ever held the exporter

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from sidecar.fake_claude import FakeSettings, running_fake_claude
-from tests.policy_support import (
+from tests.support.policy import (
     API_KEY,
     API_KEY_SHA256,
     AUDIENCE,
@@ -32,7 +32,7 @@ from tests.policy_support import (
     new_key,
     write_public_key,
 )
-from tests.support import running_sidecar
+from tests.support.sidecars import running_sidecar
 
 T = TypeVar("T")
 PROMPT = "/api/stream-response"

@@ -4,27 +4,24 @@ Redis outages, two sidecar processes sharing one Redis, and the SDK backing off 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
+import json
 import re
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anthropic
 import pytest
-import yaml
 from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
 from sidecar.quotas.stores import Decision, Limits, QuotaStore
 from sidecar.server import SidecarServer
-from tests.conftest import SidecarFactory
-from tests.redis_server import RedisServer
-from tests.support import free_port
+from tests.support.redis_server import RedisServer
+from tests.support.sdk import sdk
+from tests.support.sidecars import SidecarFactory, sidecar_process
 
 MODEL = "claude-sonnet-5-5"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -117,9 +114,7 @@ async def test_anthropic_route_answers_rate_limit_error_and_the_sdk_raises_it(
                 body = await response.json()
         assert body["type"] == "error"
         assert body["error"]["type"] == "rate_limit_error"
-        async with anthropic.AsyncAnthropic(
-            base_url=sidecar.url, api_key="k", max_retries=0
-        ) as client:
+        async with sdk(sidecar.url) as client:
             with pytest.raises(anthropic.RateLimitError) as caught:
                 await client.messages.create(**message())
     assert caught.value.status_code == 429
@@ -139,14 +134,10 @@ async def test_sdk_backs_off_on_retry_after_and_succeeds_after_the_refill(
 
             statuses = await asyncio.gather(*(call() for _ in range(61)))
         assert statuses.count(429) >= 1
-        async with anthropic.AsyncAnthropic(
-            base_url=sidecar.url, api_key="k", max_retries=0
-        ) as client:
+        async with sdk(sidecar.url) as client:
             with pytest.raises(anthropic.RateLimitError):
                 await client.messages.create(**message())
-        async with anthropic.AsyncAnthropic(
-            base_url=sidecar.url, api_key="k", max_retries=3
-        ) as client:
+        async with sdk(sidecar.url, max_retries=3) as client:
             raw = await client.messages.with_raw_response.create(**message())
     assert raw.http_response.status_code == 200
     assert raw.retries_taken >= 1
@@ -395,47 +386,6 @@ async def test_redis_outage_follows_the_configured_mode_then_recovers(
         assert await ready() == 200
 
 
-@contextlib.asynccontextmanager
-async def sidecar_process(config: dict[str, Any], directory: Path) -> AsyncIterator[str]:
-    """`python -m sidecar run -c FILE` in its own process; yields its URL once it serves."""
-    async with sidecar_subprocess(config, directory) as (url, _):
-        yield url
-
-
-@contextlib.asynccontextmanager
-async def sidecar_subprocess(
-    config: dict[str, Any], directory: Path
-) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    """Like `sidecar_process`, also yielding the process (to kill it)."""
-    port = free_port()
-    config = {
-        **config,
-        "server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{free_port()}"},
-    }
-    path = directory / f"sidecar-{port}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "run", "-c", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert process.stdout is not None
-    seen = b""
-    try:
-        async with asyncio.timeout(30):
-            while b"sidecar serving" not in seen:
-                line = await process.stdout.readline()
-                if not line:
-                    raise RuntimeError("sidecar exited:\n" + seen.decode(errors="replace"))
-                seen += line
-        drain = asyncio.create_task(process.stdout.read())
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            await process.wait()
-    drain.cancel()
-
-
 async def test_two_sidecar_processes_sharing_redis_enforce_one_combined_limit(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -464,7 +414,8 @@ async def test_two_sidecar_processes_sharing_redis_enforce_one_combined_limit(
                 await response.read()
                 return response.status
 
-        tasks = [asyncio.create_task(client((first, second)[i % 2])) for i in range(120)]
+        urls = (first.url, second.url)
+        tasks = [asyncio.create_task(client(urls[i % 2])) for i in range(120)]
         began = time.monotonic()
         start.set()
         statuses = await asyncio.gather(*tasks)
@@ -490,19 +441,46 @@ async def test_a_live_stream_keeps_its_slot_and_a_killed_replica_loses_it(
     }  # fmt: skip
     stalled = message("hold [[fake fault=stall]]", stream=True)
     async with (
-        sidecar_subprocess(config, tmp_path) as (doomed, process),
+        sidecar_process(config, tmp_path) as doomed,
         sidecar_process(config, tmp_path) as survivor,
         aiohttp.ClientSession() as http,
     ):
-        held = await http.post(doomed + "/v1/messages", json=stalled)
+        held = await http.post(doomed.url + "/v1/messages", json=stalled)
         assert held.status == 200
         await asyncio.sleep(lease * 3)  # three lease lifetimes: only renewal keeps the slot
-        async with http.post(survivor + "/v1/messages", json=message()) as response:
+        async with http.post(survivor.url + "/v1/messages", json=message()) as response:
             assert response.status == 429
             assert "concurrent streams" in (await response.json())["error"]["message"]
-        process.kill()  # no settlement, no renewal: only the lease's expiry frees the slot
-        await process.wait()
+        doomed.process.kill()  # no settlement, no renewal: only the lease's expiry frees the slot
+        await asyncio.to_thread(doomed.process.wait)
         held.close()
         await asyncio.sleep(lease + 0.1)
-        async with http.post(survivor + "/v1/messages", json=message()) as response:
+        async with http.post(survivor.url + "/v1/messages", json=message()) as response:
             assert response.status == 200
+
+
+LEASE = 0.2  # seconds: the stream below outlives several of these
+
+
+async def test_a_long_stream_keeps_its_slot_on_the_memory_store(
+    sidecar_for: SidecarFactory,
+) -> None:
+    quotas = {"quotas": {"store": "memory", "concurrent_streams": 1, "lease_seconds": LEASE}}
+    async with sidecar_for(quotas) as sidecar, aiohttp.ClientSession() as http:
+        held = await http.post(
+            sidecar.url + "/v1/messages", json=message("hold [[fake fault=stall]]", stream=True)
+        )
+        assert held.status == 200
+        # Lease expiry is a matter of time passing: nothing to await but the clock. Nothing
+        # renews a memory-store lease, so only the call's end may free the slot.
+        await asyncio.sleep(LEASE * 3)
+        async with http.post(
+            sidecar.url + "/v1/messages", json=message("second", stream=True)
+        ) as refused:
+            status = refused.status
+            raw = await refused.read() if status != 200 else b"{}"
+        held.close()
+    assert status == 429
+    body = json.loads(raw)
+    assert body["error"]["type"] == "rate_limit_error"
+    assert "concurrent streams" in body["error"]["message"]

@@ -1,16 +1,34 @@
-"""The push-mode relay over real sockets: a slow client pauses Claude, nothing is lost,
-and a finished stream hands its upstream connection back for reuse."""
+"""The push-mode relay over real sockets: a slow client pauses Claude and nothing is lost, a
+finished stream hands its upstream connection back for reuse, and bodies that break mid-stream
+(bad framing, a lost connection, a client that leaves while paused) end with one error event."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 
 import aiohttp
+import pytest
 
+from sidecar import relay
+from sidecar.fake_claude import FakeServer
 from sidecar.relay import LiveStream
-from tests.conftest import SidecarFactory
-from tests.support import dechunk, eventually, shrink_send_buffers, slow_client
+from tests.support.scripted_claude import (
+    DELTA,
+    MODEL,
+    SSE_HEAD,
+    START,
+    STOP,
+    chunk,
+    claude_config,
+    messages_body,
+    scripted_claude,
+)
+from tests.support.sidecars import SidecarFactory, running_sidecar
+from tests.support.sockets import dechunk, relayed_payload, shrink_send_buffers, slow_client
+from tests.support.waiting import eventually, holds
 
 TOKENS = 5000  # ~600 KB of events: more than the relay's high-water mark plus tiny socket buffers
 
@@ -26,15 +44,17 @@ async def test_slow_client_pauses_claude_and_loses_nothing(sidecar_for: SidecarF
         reader, writer = await slow_client(sidecar.port, body)
 
         def live() -> LiveStream | None:
-            streams = list(sidecar.runtime.streams._streams)
+            streams = list(sidecar.runtime.streams)
             return streams[0] if streams else None
 
         async def paused() -> bool:
             stream = live()
-            return stream is not None and stream._paused
+            return stream is not None and stream.paused
 
         await eventually(paused)  # the client's buffers are full: Claude is paused, not buffered
-        queued = sidecar.runtime.streams._streams.copy().pop()._transport.get_write_buffer_size()
+        stream = live()
+        assert stream is not None
+        queued = stream.unsent_bytes
         assert queued < 2 * 1024 * 1024  # held back at the high-water mark, not the whole stream
         await asyncio.sleep(0.6)  # paused for longer than the idle timeout: still not idle
         assert live() is not None
@@ -49,7 +69,7 @@ async def test_slow_client_pauses_claude_and_loses_nothing(sidecar_for: SidecarF
 
 
 async def test_finished_streams_reuse_the_upstream_connection(
-    sidecar_for: SidecarFactory,
+    fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     body = {"model": "claude-sonnet-5-5", "max_tokens": 16, "stream": True,
             "messages": [{"role": "user", "content": "again"}]}  # fmt: skip
@@ -57,7 +77,270 @@ async def test_finished_streams_reuse_the_upstream_connection(
         for _ in range(5):
             async with http.post(sidecar.url + "/v1/messages", json=body) as response:
                 assert b"message_stop" in await response.read()
-        connector = sidecar.runtime.claude._session.connector
-        assert connector is not None
-        idle = sum(len(conns) for conns in connector._conns.values())
-        assert idle == 1  # one keep-alive connection served all five streams
+    peers = {request.peer for request in fake.state.requests}
+    assert len(peers) == 1  # one keep-alive connection served all five streams
+
+
+async def test_a_stream_paused_again_while_resuming_still_finishes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One upstream read may hold more than the high-water mark past the point where the
+    # relay paused Claude: resuming relays that rest at once and can pause again. A tiny
+    # mark makes that happen on every resume.
+    monkeypatch.setattr(relay, "HIGH_WATER", 4096)
+    events = 20000
+
+    async def burst(writer: asyncio.StreamWriter) -> None:
+        body = chunk(START) + b"".join(chunk(DELTA) for _ in range(events)) + chunk(STOP)
+        writer.write(SSE_HEAD + body + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with scripted_claude(burst) as url, running_sidecar(claude_config(url)) as sidecar:
+        payload = json.dumps(messages_body()).encode()
+        reader, writer = await slow_client(sidecar.port, payload)
+        raw = bytearray()
+        async with asyncio.timeout(10):  # a stuck relay never ends the response
+            while data := await reader.read(4096):
+                raw += data
+        writer.close()
+    head, _, body = bytes(raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    blocks = dechunk(body).split(b"\n\n")
+    assert sum(1 for b in blocks if b.startswith(b"event: content_block_delta")) == events
+    assert blocks[-2:] == [STOP[:-2], b""]  # complete, no error event
+
+
+async def test_a_long_pause_does_not_count_as_idle_once_the_client_catches_up() -> None:
+    # Claude sends until the slow client makes the relay pause, then thinks for a moment
+    # (shorter than the idle timeout) once the client has caught up.
+    small = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,' + (
+        b'"delta":{"type":"text_delta","text":"' + b"y" * 8000 + b'"}}\n\n'
+    )
+    sent = 0
+    caught_up = asyncio.Event()
+    streams: list[relay.LiveStream] = []
+
+    async def until_paused(writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        writer.write(SSE_HEAD + chunk(START))
+        while not (streams and streams[0].paused):
+            before = streams[0].record.chunks if streams else 0
+            writer.write(chunk(small))
+            await writer.drain()
+            sent += 1
+            await eventually(functools.partial(relayed_since, before))  # nothing held back
+        await caught_up.wait()
+        writer.write(chunk(STOP) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async def relayed_since(before: int) -> bool:
+        return bool(streams) and (streams[0].record.chunks > before or streams[0].paused)
+
+    config = claude_config("", idle_timeout_seconds=0.4, heartbeat_seconds=0.4)
+    async with scripted_claude(until_paused) as url:
+        config["claude"]["base_url"] = url
+        async with running_sidecar(config) as sidecar:
+            shrink_send_buffers(sidecar)
+            reader, writer = await slow_client(sidecar.port, json.dumps(messages_body()).encode())
+
+            async def started() -> bool:
+                streams[:] = list(sidecar.runtime.streams)
+                return bool(streams)
+
+            await eventually(started)
+            await eventually(lambda: holds(streams[0].paused))
+            await asyncio.sleep(0.6)  # paused for longer than the idle timeout
+            raw = bytearray()
+            while relayed_payload(raw).count(b'"text_delta"') < sent:  # the client catches up...
+                raw += await reader.read(65536)
+            await asyncio.sleep(0.25)  # ...and Claude thinks for a while (< idle timeout)
+            caught_up.set()
+            raw += await reader.read()
+            writer.close()
+    assert b"event: message_stop" in raw
+    assert b"idle" not in raw.split(b"text_delta")[-1]
+
+
+@pytest.mark.parametrize(
+    ("route", "bad"),
+    [
+        ("/v1/messages", b"zz\r\nhello\r\n"),  # not a chunk size
+        ("/v1/messages", b"5\r\nhelloXX"),  # no CRLF after the chunk
+        ("/api/stream-response", b"zz\r\nhello\r\n"),
+    ],
+)
+async def test_broken_chunked_framing_mid_stream_is_a_lost_connection(
+    route: str, bad: bytes
+) -> None:
+    # aiohttp's parser drops the body reader on a framing error without telling it; the
+    # stream must still end at once as "connection lost", not wait for the idle timeout.
+    relayed = asyncio.Event()
+
+    async def broken(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(START) + chunk(DELTA))
+        await writer.drain()
+        await relayed.wait()
+        writer.write(bad)
+        await writer.drain()
+        await relayed.wait()
+
+    config = claude_config("", idle_timeout_seconds=20, heartbeat_seconds=0.2)
+    body = messages_body() if route == "/v1/messages" else {"prompt": "hi"}
+    async with scripted_claude(broken) as url:
+        config["claude"]["base_url"] = url
+        async with (
+            running_sidecar(config) as sidecar,
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + route, json=body) as response,
+        ):
+            raw = await response.content.readuntil(b"xxx")  # the delta has arrived
+            relayed.set()
+            raw += await response.read()
+    last = raw.strip().split(b"\n\n")[-1]
+    assert b"connection to Claude was lost" in last
+    assert b"timeout" not in last
+
+
+async def test_a_connection_lost_mid_event_still_ends_with_a_whole_error_event() -> None:
+    async def cut(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(START) + chunk(DELTA[:60]))
+        await writer.drain()
+        writer.transport.abort()
+
+    async with (
+        scripted_claude(cut) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+    ):
+        raw = await response.read()
+    assert raw.startswith(START + DELTA[:60])
+    last = raw.split(b"\n\n")[-2]  # a client's SSE parser sees this as the last event
+    name, _, data = last.partition(b"\n")
+    assert name == b"event: error"
+    assert data.startswith(b"data: ")
+    assert json.loads(data[6:])["error"]["type"] == "api_error"
+
+
+async def test_shutdown_ends_a_stream_paused_for_a_client_that_stopped_reading(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"model": MODEL, "max_tokens": 6000, "stream": True,
+            "messages": [{"role": "user", "content": "[[fake tokens=5000]] flood"}]}  # fmt: skip
+    async with sidecar_for() as sidecar:
+        shrink_send_buffers(sidecar)
+        payload = json.dumps(body).encode()
+        reader, writer = await slow_client(sidecar.port, payload)
+        streams = sidecar.runtime.streams
+
+        async def paused() -> bool:
+            return any(stream.paused for stream in streams)
+
+        await eventually(paused)
+        stopping = asyncio.create_task(sidecar.shutdown(grace=0.1))
+
+        async def gone() -> bool:
+            return len(streams) == 0
+
+        await eventually(gone)  # ended by shutdown, without the client reading a byte
+        assert not stopping.done()  # (shutdown then gives final events time to leave)
+        raw = await reader.read()
+        writer.close()
+        await stopping
+    assert raw.endswith(b"\r\n0\r\n\r\n")  # the response was ended properly
+    last = relayed_payload(raw).strip().split(b"\n\n")[-1]
+    assert last.startswith(b"event: error")
+    assert b"overloaded_error" in last
+    ends = [r for r in caplog.records if getattr(r, "event", None) == "stream_error"]
+    assert [getattr(r, "outcome", None) for r in ends] == ["shutting_down"]
+
+
+@pytest.mark.parametrize("route", ["/v1/messages", "/api/stream-response"])
+async def test_claudes_error_event_then_a_lost_connection_is_one_error(route: str) -> None:
+    error = (
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+        b'"message":"Overloaded"}}\n\n'
+    )
+
+    async def error_then_drop(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(START) + chunk(DELTA) + chunk(error))
+        await writer.drain()
+        writer.transport.abort()
+
+    body = messages_body() if route == "/v1/messages" else {"prompt": "hi"}
+    async with (
+        scripted_claude(error_then_drop) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + route, json=body) as response,
+    ):
+        raw = await response.read()
+    blocks = raw.strip().split(b"\n\n")
+    errors = [b for b in blocks if b.startswith(b"event: error") or b'data: {"error"' in b]
+    assert len(errors) == 1  # Claude's own error is the last word
+    assert errors[0] == blocks[-1]
+    assert b"Overloaded" in errors[0]
+
+
+async def test_a_client_that_leaves_while_paused_frees_everything(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = {"model": MODEL, "max_tokens": 6000, "stream": True,
+            "messages": [{"role": "user", "content": "[[fake tokens=5000]] flood"}]}  # fmt: skip
+    async with sidecar_for() as sidecar:
+        shrink_send_buffers(sidecar)
+        runtime = sidecar.runtime
+        payload = json.dumps(body).encode()
+        _, writer = await slow_client(sidecar.port, payload)
+
+        async def paused() -> bool:
+            return any(stream.paused for stream in runtime.streams)
+
+        await eventually(paused)
+        writer.transport.abort()  # the client leaves while Claude is held back for it
+
+        async def released() -> bool:
+            return (
+                len(runtime.streams) == 0
+                and runtime.admission.active == 0
+                and fake.state.open_streams == 0
+            )
+
+        await eventually(released)
+    ends = [r for r in caplog.records if getattr(r, "event", None) == "stream_complete"]
+    assert [getattr(r, "outcome", None) for r in ends] == ["client_cancelled"]
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = json.dumps({
+        "model": "claude-sonnet-5-5", "max_tokens": TOKENS + 10, "stream": True,
+        "messages": [{"role": "user", "content": f"[[fake tokens={TOKENS}]] flood"}],
+    }).encode()  # fmt: skip
+    config = {"claude": {"client_stall_timeout_seconds": 0.5, "max_concurrent_streams": 1}}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        shrink_send_buffers(sidecar)
+        _, writer = await slow_client(sidecar.port, body)  # never reads
+
+        async def paused() -> bool:
+            return any(stream.paused for stream in sidecar.runtime.streams)
+
+        await eventually(paused)
+
+        async def cut() -> bool:
+            return sidecar.runtime.admission.active == 0 and fake.state.open_streams == 0
+
+        await eventually(cut, timeout=20)
+        # The slot is free: the next client gets its stream.
+        small = {"model": "claude-sonnet-5-5", "max_tokens": 16, "stream": True,
+                 "messages": [{"role": "user", "content": "next"}]}  # fmt: skip
+        async with http.post(sidecar.url + "/v1/messages", json=small) as response:
+            assert b"message_stop" in await response.read()
+        writer.close()
+    ends = [r for r in caplog.records if getattr(r, "event", None) == "stream_error"]
+    assert [getattr(r, "outcome", None) for r in ends] == ["client_stalled"]
+    assert getattr(ends[0], "error_type", None) == "client_stalled"

@@ -28,16 +28,10 @@ from sidecar import loader
 from sidecar.fake_claude import FakeServer
 from sidecar.reload import keep_restart_only
 from sidecar.server import SidecarServer
-from tests.certs import write_self_signed
-from tests.support import (
-    BASE,
-    eventually,
-    free_port,
-    merge,
-    spawn_sidecar,
-    stop_process,
-    wait_ready,
-)
+from tests.support.certs import write_self_signed
+from tests.support.sidecars import BASE, sidecar_process
+from tests.support.sockets import free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 API_KEY = "sk-client-reload-test"
@@ -65,9 +59,9 @@ async def file_sidecar(path: Path, data: dict[str, Any]) -> AsyncIterator[Sideca
 
 
 def config_for(fake: FakeServer, **override: Any) -> dict[str, Any]:
-    base = merge(BASE, {"server": {"reload_poll_seconds": 0.05},
+    base = loader.deep_merge(BASE, {"server": {"reload_poll_seconds": 0.05},
                         "claude": {"base_url": fake.url, "api_key": "sk-sidecar"}})  # fmt: skip
-    return merge(base, override)
+    return loader.deep_merge(base, override)
 
 
 async def reloads(http: aiohttp.ClientSession, server: SidecarServer, result: str) -> float:
@@ -177,7 +171,7 @@ async def test_restart_only_keys_keep_their_running_value_with_a_warning(
     data = config_for(fake, server={"reload_poll_seconds": 0})  # SIGHUP / API only
     async with file_sidecar(path, data) as server, aiohttp.ClientSession() as http:
         listen = server.runtime.config.server.listen
-        changed = merge(data, {
+        changed = loader.deep_merge(data, {
             "server": {"listen": f"127.0.0.1:{free_port()}", "max_body_bytes": 10,
                        "shutdown_grace_seconds": 7},
             "telemetry": {"service_name": "renamed", "log_format": "text"},
@@ -203,7 +197,7 @@ def test_turning_tls_on_or_off_needs_a_restart(tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     write_self_signed(cert, key, "a")
     plain = loader.validate(BASE, {})
-    tls = loader.validate(merge(BASE, {"server": {"tls": {"cert_file": str(cert),
+    tls = loader.validate(loader.deep_merge(BASE, {"server": {"tls": {"cert_file": str(cert),
                                                           "key_file": str(key)}}}), {})  # fmt: skip
     effective, keys = keep_restart_only(plain, tls)
     assert keys == ["server.tls.cert_file"]
@@ -215,7 +209,7 @@ def test_turning_tls_on_or_off_needs_a_restart(tmp_path: Path) -> None:
 
 async def test_reloads_reuse_unchanged_resources_and_leak_nothing(tmp_path: Path) -> None:
     path = tmp_path / "sidecar.yaml"
-    data = merge(BASE, {"server": {"reload_poll_seconds": 0},
+    data = loader.deep_merge(BASE, {"server": {"reload_poll_seconds": 0},
                         "claude": {"base_url": "builtin:fake",
                                    "fake": {"tokens": 3, "tokens_per_second": 0,
                                             "time_to_first_token_ms": 0}}})  # fmt: skip
@@ -230,14 +224,14 @@ async def test_reloads_reuse_unchanged_resources_and_leak_nothing(tmp_path: Path
         assert runtime is not first
         assert runtime.quotas is first.quotas  # counters and leases carry over
         assert runtime.admission is first.admission  # one process-wide stream limit
-        assert runtime.claude.server_port == first.claude.server_port  # the same fake Claude
+        assert runtime.claude.base_url == first.claude.base_url  # the same fake Claude
 
-        write(path, merge(data, {"claude": {"max_concurrent_streams": 9,
+        write(path, loader.deep_merge(data, {"claude": {"max_concurrent_streams": 9,
                                             "fake": {"tokens": 4}}}))  # fmt: skip
         assert await server.reload()
         assert server.runtime.admission is not first.admission
         assert server.runtime.admission.limit == 9
-        assert server.runtime.claude.server_port != first.claude.server_port  # a new fake
+        assert server.runtime.claude.base_url != first.claude.base_url  # a new fake
         assert await prompt_status(http, server.url) == 200
 
         async def settled() -> bool:
@@ -302,20 +296,19 @@ async def test_a_configmap_style_symlink_swap_is_seen(fake: FakeServer, tmp_path
 
 
 async def test_sighup_reloads_a_running_process(tmp_path: Path) -> None:
-    port, admin = free_port(), free_port()
-    path = tmp_path / "sidecar.yaml"
-    data = {"server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
-                       "reload_poll_seconds": 0},  # no watching: only the signal reloads
+    data = {"server": {"reload_poll_seconds": 0},  # no watching: only the signal reloads
             "claude": {"base_url": "builtin:fake", "fake": {"tokens": 3, "tokens_per_second": 0,
                                                             "time_to_first_token_ms": 0}}}  # fmt: skip
-    write(path, data)
-    url, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
-    process = spawn_sidecar(path)
-    try:
+    async with sidecar_process(data, tmp_path) as running:
+        url, admin_url, path, process = (
+            running.url,
+            running.admin_url,
+            running.config_path,
+            running.process,
+        )
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, admin_url)
             assert await prompt_status(http, url) == 200
-            write(path, merge(data, AUTH))
+            write(path, loader.deep_merge(running.data, AUTH))
             assert await prompt_status(http, url) == 200  # not watched: nothing yet
             process.send_signal(signal.SIGHUP)
 
@@ -329,8 +322,7 @@ async def test_sighup_reloads_a_running_process(tmp_path: Path) -> None:
             assert body["config_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
             process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(process.wait, 30) == 0
-    finally:
-        logs = stop_process(process, path)
+    logs = running.logs()
     reloaded = [json.loads(line) for line in logs.splitlines() if '"config_reloaded"' in line]
     assert [entry["trigger"] for entry in reloaded] == ["signal"]
     assert "Traceback" not in logs
@@ -409,3 +401,27 @@ async def test_a_reload_rereads_a_replaced_jwt_key_file(fake: FakeServer, tmp_pa
             assert await server.reload()
             assert await prompt_status(http, server.url, Authorization=bearer(rotated)) == 200
             assert await prompt_status(http, server.url, Authorization=bearer(old_key)) == 401
+
+
+async def test_a_reload_that_changes_only_a_route_secret_uses_the_new_secret(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    # Resources are reused while their settings are equal: a secret is part of "equal".
+    old, new = "o" * 40, "n" * 40
+
+    def data(secret: str) -> dict[str, Any]:
+        route = {"path": "/api/stream-response", "handler": "prompt",
+                 "auth": {"mode": "required", "jwt": {"secret": secret}}}  # fmt: skip
+        return config_for(fake, server={"reload_poll_seconds": 0}, routes=[route])
+
+    def bearer(secret: str) -> str:
+        exp = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5)
+        return "Bearer " + jwt.encode({"sub": "u", "exp": exp}, secret, algorithm="HS256")
+
+    path = tmp_path / "sidecar.yaml"
+    async with file_sidecar(path, data(old)) as server, aiohttp.ClientSession() as http:
+        assert await prompt_status(http, server.url, Authorization=bearer(old)) == 200
+        write(path, data(new))
+        assert await server.reload()
+        assert await prompt_status(http, server.url, Authorization=bearer(new)) == 200
+        assert await prompt_status(http, server.url, Authorization=bearer(old)) == 401

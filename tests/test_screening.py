@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import aiohttp
 import anthropic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar import loader
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
 from sidecar.policy import Screener, collect_texts
-from tests.conftest import SidecarFactory
+from sidecar.policy.screening import may_change_in_normalize, normalize
+from tests.support.sdk import sdk
+from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
 MODEL = "claude-sonnet-5-5"
@@ -110,12 +115,12 @@ async def test_pathological_input_is_linear_and_passes(
 async def test_anthropic_route_screens_every_message(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
-    long_history = [
+    long_history: list[dict[str, Any]] = [
         {"role": "user", "content": "a" * 6000},
         {"role": "assistant", "content": [{"type": "text", "text": "b" * 3000}]},
         {"role": "user", "content": [{"type": "text", "text": "c" * 1001}]},
     ]
-    denied = [{"role": "user", "content": SECRET_WORDS}, {"role": "assistant", "content": "x"},
+    denied: list[dict[str, Any]] = [{"role": "user", "content": SECRET_WORDS}, {"role": "assistant", "content": "x"},
               {"role": "user", "content": "fine"}]  # fmt: skip
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                          "data": "A" * 1001}}  # fmt: skip
@@ -126,8 +131,7 @@ async def test_anthropic_route_screens_every_message(
                          anthropic_body([{"role": "user", "content": [image]}]))  # fmt: skip
         counted = await post(sidecar.url, "/v1/messages/count_tokens",
                              {"model": MODEL, "messages": denied})  # fmt: skip
-        client = anthropic.AsyncAnthropic(base_url=sidecar.url, api_key="x", max_retries=0)
-        async with client:
+        async with sdk(sidecar.url) as client:
             with pytest.raises(anthropic.BadRequestError) as raised:
                 await client.messages.create(
                     model=MODEL, max_tokens=8, system=SECRET_WORDS,
@@ -189,29 +193,36 @@ def test_patterns_re2_cannot_compile_are_config_errors(pattern: str, fragment: s
 
 
 def test_collect_texts_counts_every_kind_of_user_text() -> None:
-    texts, attachment_bytes = collect_texts(
-        [{"type": "text", "text": "sys"}],
-        [
-            {"role": "user", "content": [
-                {"type": "text", "text": "one"},
-                {"type": "tool_result", "content": [{"type": "text", "text": "two"},
-                                                    {"type": "tool_result", "content": "three"}]},
-                {"type": "document", "source": {"type": "base64", "data": "QUJD"}},
-            ]},
-            {"role": "assistant", "content": [{"type": "tool_use", "input": {"q": "four"}}]},
-            "not a message", 7,
-        ],
+    collected = collect_texts(
+        {
+            "system": [{"type": "text", "text": "sys"}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "one"},
+                    {"type": "tool_result", "content": [
+                        {"type": "text", "text": "two"},
+                        {"type": "tool_result", "content": "three"}]},
+                    {"type": "document", "source": {"type": "base64", "data": "QUJD"}},
+                ]},
+                {"role": "assistant", "content": [{"type": "tool_use", "input": {"q": "four"}}]},
+                "not a message", 7,
+            ],
+        }
     )  # fmt: skip
-    assert texts == ["sys", "one", "two", "three", '{"q": "four"}']
-    assert attachment_bytes == 4
+    assert sorted(collected.texts) == ["four", "one", "q", "sys", "three", "two"]
+    assert collected.attachment_bytes == 4
+    assert collected.chars == len("fouronesysthreetwoq")
 
 
 def test_deeply_nested_tool_results_do_not_exhaust_the_stack() -> None:
     content: Any = "deep"
     for _ in range(50_000):
         content = [{"type": "tool_result", "content": content}]
-    texts, _ = collect_texts(None, [{"role": "user", "content": content}])
-    assert texts == ["deep"]
+    nested: Any = "deeper"
+    for _ in range(50_000):
+        nested = {"k": [nested]}
+    body = {"messages": [{"role": "user", "content": content}], "tools": nested}
+    assert sorted(collect_texts(body).texts) == ["deep", "deeper", *["k"] * 50_000]
 
 
 def test_lone_surrogates_are_screened_not_crashed() -> None:
@@ -219,3 +230,118 @@ def test_lone_surrogates_are_screened_not_crashed() -> None:
     screener.screen(["\ud800 harmless"])
     with pytest.raises(Rejection, match="launch-codes"):
         screener.screen(["\udc80 launch codes"])
+
+
+def _screener(**extra: Any) -> Screener:
+    return Screener(loader.validate({"screening": {**CONFIG["screening"], **extra}}, {}).screening)
+
+
+def _as_blocks(parts: list[str]) -> dict[str, Any]:
+    content = [{"type": "text", "text": part} for part in parts]
+    return {"messages": [{"role": "user", "content": content}]}
+
+
+@given(st.lists(st.integers(1, len(SECRET_WORDS) - 1), min_size=1, max_size=4, unique=True))
+@settings(max_examples=150, deadline=None)
+def test_a_phrase_split_across_adjacent_text_blocks_is_caught(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(SECRET_WORDS)]
+    parts = [SECRET_WORDS[a:b] for a, b in itertools.pairwise(bounds)]
+    with pytest.raises(Rejection, match="launch-codes"):
+        _screener().screen_request(_as_blocks(parts))
+    # Also when the split swallowed the space between two words.
+    spaced = SECRET_WORDS.split(" ")
+    with pytest.raises(Rejection, match="launch-codes"):
+        _screener().screen_request(_as_blocks(spaced))
+
+
+def test_joined_texts_are_screened_but_not_counted_twice() -> None:
+    screener = _screener(max_prompt_chars=10)
+    screener.screen_request(_as_blocks(["abcde", "fghij"]))  # 10 characters, not 20 or 21
+    with pytest.raises(Rejection, match="the limit is 10"):
+        screener.screen_request(_as_blocks(["abcde", "fghijk"]))
+
+
+INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u202e", "\ufe0f",
+             "\U000e0041"]  # fmt: skip
+SPACES = [" ", "  ", "\t", "\n", "\u00a0", "\u3000", "\u2009", " \r\n "]
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 11), st.sampled_from(INVISIBLE)), max_size=4),
+    st.lists(st.sampled_from(SPACES), min_size=4, max_size=4),
+    st.booleans(),
+)
+@settings(max_examples=150, deadline=None)
+def test_normalize_sees_through_invisible_characters_spacing_and_width(
+    inserts: list[tuple[int, str]], spaces: list[str], wide: bool
+) -> None:
+    words = SECRET_WORDS.split(" ")  # ["the", "launch", "codes", "are", "0000"]
+    if wide:  # full-width forms: NFKC maps them back to ASCII
+        words = ["".join(chr(ord(c) + 0xFEE0) for c in word) for word in words]
+    text = words[0] + "".join(sep + word for sep, word in zip(spaces, words[1:], strict=True))
+    for position, char in sorted(inserts, reverse=True):  # inside "launch" / "codes"
+        text = text[:position] + char + text[position:]
+    with pytest.raises(Rejection, match="launch-codes"):
+        _screener(normalize=True).screen([text])
+
+
+def test_normalize_is_opt_in_and_its_limits() -> None:
+    disguised = ["laun\u200bch codes", "ｌａｕｎｃｈ codes", "launch\n\tcodes", "launch\u00a0codes"]
+    plain = _screener()
+    for text in disguised:
+        plain.screen([text])  # without normalize these pass: the rules see the raw text
+    normal = _screener(normalize=True)
+    for text in disguised:
+        with pytest.raises(Rejection, match="launch-codes"):
+            normal.screen([text])
+    # Look-alike letters from another script are not folded (Cyrillic "а" in "lаunch").
+    normal.screen(["l\u0430unch codes"])
+    # The raw text is still matched too: a rule written for the raw form keeps working.
+    raw_rule = _screener(normalize=True, deny_patterns=[{"name": "zw", "pattern": "\u200b"}])
+    with pytest.raises(Rejection, match='"zw"'):
+        raw_rule.screen(["a\u200bb"])
+
+
+def test_normalize_keeps_the_length_limit_on_the_raw_text() -> None:
+    screener = _screener(normalize=True, max_prompt_chars=12)
+    screener.screen(["a\u200b" * 6])
+    with pytest.raises(Rejection, match="the limit is 12"):
+        screener.screen(["a\u200b" * 6 + "a"])
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text())
+@settings(max_examples=300, deadline=None)
+def test_the_normalize_shortcut_only_skips_texts_it_would_not_change(text: str) -> None:
+    if not may_change_in_normalize(text):
+        assert normalize(text) == text
+
+
+def test_a_phrase_split_across_consecutive_messages_of_one_role_is_caught() -> None:
+    # Claude merges consecutive messages of one role into one turn.
+    screener = _screener()
+    split = [{"role": "user", "content": "the launch"},
+             {"role": "user", "content": [{"type": "text", "text": "codes are 0000"}]}]  # fmt: skip
+    with pytest.raises(Rejection, match="launch-codes"):
+        screener.screen_request({"messages": split})
+    # Different turns are not one text: a user's "launch" and the assistant's "codes".
+    screener.screen_request({"messages": [{"role": "user", "content": "the launch"},
+                                          {"role": "assistant", "content": "codes"}]})  # fmt: skip
+    # A block of another kind in between ends the run as well.
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "x"}}
+    screener.screen_request(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "the launch"}, image,
+                                                   {"type": "text", "text": "codes"}]}]}
+    )  # fmt: skip
+
+
+async def test_the_prompt_continuing_the_last_user_message_is_caught(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    history = [{"role": "user", "content": "the launch"}]
+    async with sidecar_for(CONFIG) as sidecar:
+        status, data = await post(
+            sidecar.url, PROMPT, {"prompt": "codes are 0000", "messages": history}
+        )
+    assert status == 400
+    assert data["error"]["message"] == 'prompt matches deny rule "launch-codes"'
+    assert fake.state.counters["requests"] == 0

@@ -1,37 +1,41 @@
-"""Lifecycle of a real `sidecar run` process: graceful shutdown with a stream in flight."""
+"""The listeners: graceful shutdown of a real `sidecar run` process with a stream in flight,
+and HTTPS on the traffic listener (a certificate made at test time, HSTS on every response)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
+import socket
+import ssl
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 import yaml
+from multidict import CIMultiDictProxy
 
-from tests.support import eventually, free_port, spawn_sidecar, stop_process, wait_ready
+from sidecar.fake_claude import FakeServer
+from tests.support.certs import write_self_signed
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory, sidecar_process
+from tests.support.sockets import free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def write_config(path: Path, port: int, admin: int, grace: float) -> None:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "server": {
-                    "listen": f"127.0.0.1:{port}",
-                    "admin_listen": f"127.0.0.1:{admin}",
-                    "shutdown_grace_seconds": grace,
-                },
-                "claude": {
-                    "base_url": "builtin:fake",
-                    "fake": {"tokens": 5, "tokens_per_second": 0, "time_to_first_token_ms": 0},
-                },
-            }
-        )
-    )
+def config(grace: float) -> dict[str, Any]:
+    return {
+        "server": {"shutdown_grace_seconds": grace},
+        "claude": {
+            "base_url": "builtin:fake",
+            "fake": {"tokens": 5, "tokens_per_second": 0, "time_to_first_token_ms": 0},
+        },
+    }
 
 
 async def first_event(response: aiohttp.ClientResponse) -> bytes:
@@ -62,14 +66,9 @@ async def readyz_status(
 
 
 async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -> None:
-    port, admin = free_port(), free_port()
-    path = tmp_path / "sidecar.yaml"
-    write_config(path, port, admin, grace=20)
-    url, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
-    process = spawn_sidecar(path)
-    try:
+    async with sidecar_process(config(grace=20), tmp_path) as running:
+        url, process = running.url, running.process
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, admin_url)
             params = {"prompt": "[[fake tokens=40 tps=20]] slow"}  # about two seconds
             async with http.get(url + "/api/stream-response", params=params) as stream:
                 assert stream.status == 200
@@ -77,7 +76,7 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -
                 process.send_signal(signal.SIGTERM)
 
                 async def draining() -> bool:
-                    status, body = await readyz_status(http, admin_url)
+                    status, body = await readyz_status(http, running.admin_url)
                     return status == 503 and body["checks"] == {"lifecycle": "draining"}
 
                 await eventually(draining)
@@ -85,8 +84,7 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -
                 assert await refused(url + "/api/stream-response?prompt=hi")
                 rest = await stream.read()
             exit_code = await asyncio.to_thread(process.wait, 30)
-    finally:
-        logs = stop_process(process, path)
+    logs = running.logs()
     events = (head + rest).decode().strip().split("\n\n")
     assert sum('"token"' in event for event in events) == 40  # nothing lost
     assert '"done": true' in events[-1] or '"done":true' in events[-1]
@@ -98,26 +96,143 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -
 async def test_a_stream_longer_than_the_grace_gets_a_final_event_and_exit_0(
     tmp_path: Path,
 ) -> None:
-    port, admin = free_port(), free_port()
-    path = tmp_path / "sidecar.yaml"
-    write_config(path, port, admin, grace=0.3)
-    url, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
-    process = spawn_sidecar(path)
-    try:
+    async with sidecar_process(config(grace=0.3), tmp_path) as running:
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, admin_url)
             params = {"prompt": "[[fake tokens=2000 tps=20]] far too long"}
-            async with http.get(url + "/api/stream-response", params=params) as stream:
+            async with http.get(running.url + "/api/stream-response", params=params) as stream:
                 head = await first_event(stream)
-                process.send_signal(signal.SIGTERM)
+                running.process.send_signal(signal.SIGTERM)
                 rest = await stream.read()
-            exit_code = await asyncio.to_thread(process.wait, 30)
-    finally:
-        logs = stop_process(process, path)
+            exit_code = await asyncio.to_thread(running.process.wait, 30)
+    logs = running.logs()
     events = (head + rest).decode().strip().split("\n\n")
     final = json.loads(events[-1].split("data: ", 1)[1])
-    assert final["error"]["type"] == "shutting_down"
+    # Resumable, but its buffer lives in this process only: the client is told it is lost.
+    assert final["error"]["type"] == "stream_lost"
+    assert "shutting down" in final["error"]["message"]
     assert sum('"token"' in event for event in events) < 2000
     assert exit_code == 0
     assert "shutdown grace over" in logs
     assert "Traceback" not in logs
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+PROMPT = "/api/stream-response"
+
+
+ORIGIN = "https://app.example.com"
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key, as PEM files."""
+    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
+    write_self_signed(cert_file, key_file)
+    return cert_file, key_file
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    return self_signed(tmp_path)
+
+
+def tls_config(files: tuple[Path, Path], **tls: Any) -> dict[str, Any]:
+    return {
+        "server": {"tls": {"cert_file": str(files[0]), "key_file": str(files[1]), **tls}},
+        "auth": {"api_keys": [{"name": "k", "sha256": API_KEY_SHA256}]},
+        "cors": {"allow_origins": [ORIGIN]},
+    }
+
+
+def trusting(files: tuple[Path, Path]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(files[0]))
+
+
+async def test_https_with_hsts_on_every_response(
+    fake: FakeServer, sidecar_for: SidecarFactory, tls_files: tuple[Path, Path]
+) -> None:
+    seen: dict[str, CIMultiDictProxy[str]] = {}
+    async with sidecar_for(tls_config(tls_files, hsts_max_age_seconds=600)) as sidecar:
+        assert sidecar.url.startswith("https://")
+        connector = aiohttp.TCPConnector(ssl=trusting(tls_files))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            url = sidecar.url + PROMPT
+            auth = {"x-api-key": API_KEY}
+            async with http.post(url, json={"prompt": "hi"}, headers=auth) as response:
+                assert response.status == 200
+                assert response.content_type == "text/event-stream"
+                assert b'"done"' in await response.read()
+                seen["stream"] = response.headers
+            async with http.post(url, json={"prompt": "hi"}) as response:
+                assert response.status == 401
+                seen["unauthorized"] = response.headers
+            async with http.post(url, json={"prompt": 5}, headers=auth) as response:
+                assert response.status == 400
+                seen["bad_request"] = response.headers
+            async with http.get(sidecar.url + "/no/route") as response:
+                assert response.status == 404
+                seen["not_found"] = response.headers
+            preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+            async with http.options(url, headers=preflight) as response:
+                assert response.status == 204
+                seen["preflight"] = response.headers
+            async with http.options(url, headers={**preflight, "Origin": "https://x.test"}) as r:
+                assert r.status == 403
+                seen["refused_preflight"] = r.headers
+    for kind, headers in seen.items():
+        assert headers.get("Strict-Transport-Security") == "max-age=600; includeSubDomains", kind
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_untrusted_clients_fail_the_handshake(
+    sidecar_for: SidecarFactory, tls_files: tuple[Path, Path]
+) -> None:
+    async with sidecar_for(tls_config(tls_files)) as sidecar, aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await http.get(sidecar.url + PROMPT)
+        plain = sidecar.url.replace("https://", "http://")
+        with pytest.raises(aiohttp.ClientError):  # plain HTTP to a TLS port gets nowhere
+            async with http.get(plain + PROMPT) as response:
+                await response.read()
+
+
+async def test_hsts_off_and_plain_http_send_none(
+    sidecar_for: SidecarFactory, tls_files: tuple[Path, Path]
+) -> None:
+    async with sidecar_for(tls_config(tls_files, hsts=False)) as sidecar:
+        connector = aiohttp.TCPConnector(ssl=trusting(tls_files))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async with http.get(sidecar.url + PROMPT) as response:
+                assert response.status == 401
+                assert "Strict-Transport-Security" not in response.headers
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + PROMPT, params={"prompt": "x"}) as response:
+            assert response.status == 200
+            # HSTS over plain HTTP is ignored by browsers and would only mislead.
+            assert "Strict-Transport-Security" not in response.headers
+            await response.read()
+
+
+@pytest.mark.parametrize("taken", ["listen", "admin_listen"])
+def test_a_port_in_use_exits_with_one_clear_message(tmp_path: Path, taken: str) -> None:
+    """No traceback and no `Unclosed client session` after it: what was opened is closed."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {"listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}"}
+        ports[taken] = f"127.0.0.1:{port}"
+        path = tmp_path / "sidecar.yaml"
+        path.write_text(yaml.safe_dump({"server": ports}))
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar", "run", "-c", str(path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = json.loads(lines[0])
+    assert line["level"] == "ERROR"
+    assert line["message"].startswith("cannot listen:")
+    assert str(port) in line["message"]

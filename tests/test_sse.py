@@ -76,7 +76,7 @@ def test_encode() -> None:
 
 
 def test_observe_collects_usage_and_stop_reason() -> None:
-    record = StreamRecord(request_id="r", route="/v1/", handler="anthropic", started=0.0)
+    record = StreamRecord(request_id="r", route="/v1/", started=0.0)
     for block in EventScanner().feed(STREAM):
         observe(record, block)
     assert record.response_id == "msg_1"
@@ -91,7 +91,7 @@ def test_observe_collects_usage_and_stop_reason() -> None:
 
 
 def test_observe_error_event_and_bad_json() -> None:
-    record = StreamRecord(request_id="r", route="/v1/", handler="anthropic", started=0.0)
+    record = StreamRecord(request_id="r", route="/v1/", started=0.0)
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     observe(record, b"event: error\ndata: " + json.dumps(error).encode())
     assert record.error_type == "overloaded_error"

@@ -7,29 +7,27 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
-import anthropic
 import pytest
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
-from sidecar.telemetry import Telemetry
-from tests.conftest import SidecarFactory
-from tests.test_app_proxy import running_app
+from tests.support.apps import echoed_headers, running_app
+from tests.support.otel import (
+    CALLER_SPAN,
+    CALLER_TRACE,
+    TRACEPARENT,
+    Otel,
+    make_otel,
+    prompt,
+    sse_data,
+)
+from tests.support.sdk import sdk
+from tests.support.sidecars import SidecarFactory
 
 MODEL = "claude-sonnet-5-5"
-CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
-CALLER_SPAN = "b7ad6b7169203331"
-TRACEPARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
 
 # The spec's bucket advice, copied from specs/otel-genai.md (not from the code under test).
 SPEC_BUCKETS = {
@@ -51,96 +49,9 @@ SPEC_UNITS = {"gen_ai.client.token.usage": "{token}"} | {
 }
 
 
-@dataclass
-class Otel:
-    """A Telemetry whose spans and metrics land in memory."""
-
-    telemetry: Telemetry
-    exporter: NotifyingExporter
-    reader: InMemoryMetricReader
-
-    def spans(self, kind: SpanKind | None = None) -> list[ReadableSpan]:
-        spans = self.exporter.get_finished_spans()
-        return [span for span in spans if kind is None or span.kind == kind]
-
-    def client_span(self) -> ReadableSpan:
-        (span,) = self.spans(SpanKind.CLIENT)
-        return span
-
-    def metrics(self) -> dict[str, Metric]:
-        data = self.reader.get_metrics_data()
-        assert data is not None
-        return {
-            metric.name: metric
-            for resource in data.resource_metrics
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-        }
-
-    def points(self, name: str) -> list[Any]:
-        metric = self.metrics().get(name)
-        return list(metric.data.data_points) if metric is not None else []
-
-    def count(self, name: str, **attributes: Any) -> float:
-        """Sum of a counter's points (or histogram counts) whose attributes include these."""
-        total = 0.0
-        for point in self.points(name):
-            if all(point.attributes.get(k) == v for k, v in attributes.items()):
-                total += getattr(point, "count", None) or getattr(point, "value", 0)
-        return total
-
-
-def make_otel(env: dict[str, str] | None = None, **config: Any) -> Otel:
-    exporter, reader = NotifyingExporter(), InMemoryMetricReader()
-    telemetry = Telemetry.from_config(
-        TelemetryConfig(**config), span_exporter=exporter, metric_reader=reader, env=env or {}
-    )
-    return Otel(telemetry, exporter, reader)
-
-
 @pytest.fixture
 def otel() -> Otel:
     return make_otel()
-
-
-class NotifyingExporter(InMemorySpanExporter):
-    """Keeps spans in memory and wakes waiters whenever one ends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ended = asyncio.Event()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = super().export(spans)
-        self.ended.set()  # SimpleSpanProcessor exports on the sidecar's (= the test's) loop
-        return result
-
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait for spans that end after the client saw its answer (e.g. a cancelled stream)."""
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self.ended.clear()
-                await self.ended.wait()
-
-
-def sse_data(raw: bytes) -> list[dict[str, Any]]:
-    return [
-        json.loads(line[6:])
-        for line in raw.decode().splitlines()
-        if line.startswith("data: ") and line[6:].startswith("{")
-    ]
-
-
-async def prompt(
-    url: str, text: str, headers: dict[str, str] | None = None
-) -> tuple[int, list[dict[str, Any]]]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(url + "/api/stream-response", json={"prompt": text}, headers=headers) as r,
-    ):
-        if r.content_type == "application/json":
-            return r.status, [await r.json()]
-        return r.status, sse_data(await r.read())
 
 
 # ---------------------------------------------------------------------------- completed
@@ -188,7 +99,7 @@ async def test_completed_stream_span_continues_the_caller_trace(
     ttfc = attributes.pop("gen_ai.response.time_to_first_chunk")
     assert isinstance(ttfc, float)
     assert ttfc > 0
-    assert attributes.pop("sidecar.request_id").startswith("req_")
+    assert str(attributes.pop("sidecar.request_id")).startswith("req_")
     assert attributes.pop("sidecar.queue.wait") == 0.0
     assert attributes == {
         "gen_ai.operation.name": "chat",
@@ -235,8 +146,9 @@ async def test_completed_stream_metrics_have_spec_units_buckets_and_attributes(
         metric = metrics[name]
         assert metric.unit == SPEC_UNITS[name], name
         for point in metric.data.data_points:
+            assert isinstance(point, HistogramDataPoint), name
             assert list(point.explicit_bounds) == buckets, name
-            attributes = dict(point.attributes)
+            attributes = dict(point.attributes or {})
             attributes.pop("gen_ai.token.type", None)
             assert attributes == common, name
     by_type = {
@@ -277,7 +189,7 @@ async def test_no_metric_carries_ids_users_or_text(sidecar_for: SidecarFactory) 
     assert otel.client_span().attributes["sidecar.user"] == "ci-bot"  # type: ignore[index]
     for name, metric in otel.metrics().items():
         for point in metric.data.data_points:
-            values = " ".join(str(v) for v in point.attributes.values())
+            values = " ".join(str(v) for v in (point.attributes or {}).values())
             assert "ci-bot" not in values, name
             assert "req_" not in values, name
             assert "secret words" not in values, name
@@ -300,7 +212,8 @@ async def test_user_is_hashed_on_spans_by_default(sidecar_for: SidecarFactory, o
 
 
 async def test_cancelled_stream(sidecar_for: SidecarFactory, otel: Otel) -> None:
-    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+    # Not resumable: a client that goes away cancels the stream at once.
+    async with sidecar_for({"resume": {"enabled": False}}, telemetry=otel.telemetry) as sidecar:
         async with aiohttp.ClientSession() as http:
             body = {"prompt": "long answer [[fake tokens=500 tps=50]]"}
             async with http.post(sidecar.url + "/api/stream-response", json=body) as response:
@@ -471,15 +384,16 @@ async def test_traceparent_reaches_the_app_with_the_server_span_as_parent(
                     sidecar.url + "/echo", headers={"traceparent": TRACEPARENT}
                 ) as response:
                     seen = await response.json()
-    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    headers = echoed_headers(seen)
     (server,) = otel.spans(SpanKind.SERVER)
     assert headers["traceparent"] == f"00-{CALLER_TRACE}-{server.context.span_id:016x}-01"
 
 
 async def test_sdk_disabled_records_nothing_and_forwards_the_caller_trace(
-    fake: FakeServer, sidecar_for: SidecarFactory
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    otel = make_otel(env={"OTEL_SDK_DISABLED": "true"})
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    otel = make_otel()
     assert not otel.telemetry.enabled
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         status, _ = await prompt(sidecar.url, "hi", {"traceparent": TRACEPARENT})
@@ -493,9 +407,10 @@ async def test_sdk_disabled_records_nothing_and_forwards_the_caller_trace(
 
 
 async def test_sampler_from_env_drops_spans_but_keeps_the_trace(
-    fake: FakeServer, sidecar_for: SidecarFactory
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    otel = make_otel(env={"OTEL_TRACES_SAMPLER": "always_off"})
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    otel = make_otel()
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         status, _ = await prompt(sidecar.url, "hi", {"traceparent": TRACEPARENT})
     assert status == 200
@@ -573,13 +488,14 @@ async def test_idle_timeout_and_shutdown_outcomes(sidecar_for: SidecarFactory, o
             assert b"token" in await live.content.readuntil(b"\n\n")
         # Leaving the block shut the sidecar down under the live stream.
         tail = await live.read()
-        assert b"shutting_down" in tail
+        assert b"stream_lost" in tail  # resumable only in this process: lost with it
+        assert b"shutting down" in tail
     outcomes = {
         (s.attributes or {})["sidecar.stream.outcome"]: s.attributes or {}
         for s in otel.spans(SpanKind.CLIENT)
     }
     assert outcomes["idle_timeout"]["error.type"] == "timeout_error"
-    assert outcomes["shutting_down"]["error.type"] == "overloaded_error"
+    assert outcomes["shutting_down"]["error.type"] == "stream_lost"
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "idle_timeout"}) == 1
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "shutting_down"}) == 1
 
@@ -617,7 +533,7 @@ async def test_sdk_stream_through_the_anthropic_route(
 ) -> None:
     async with (
         sidecar_for(telemetry=otel.telemetry) as sidecar,
-        anthropic.AsyncAnthropic(base_url=sidecar.url, api_key="k", max_retries=0) as client,
+        sdk(sidecar.url) as client,
         client.messages.stream(
             model=MODEL,
             max_tokens=64,
@@ -635,3 +551,26 @@ async def test_sdk_stream_through_the_anthropic_route(
     assert attributes["sidecar.stream.outcome"] == "completed"
     received = fake.state.requests[-1].headers["traceparent"]
     assert received.split("-")[2] == f"{otel.client_span().context.span_id:016x}"
+
+
+async def test_a_resumed_request_links_to_the_stream_it_reads(
+    sidecar_for: SidecarFactory, otel: Otel
+) -> None:
+    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            url = sidecar.url + "/api/stream-response"
+            async with http.get(url, params={"prompt": "link me [[fake tokens=4]]"}) as first:
+                stream_id = first.headers["Sidecar-Stream-Id"]
+                await first.read()
+            async with http.get(url, params={"last_event_id": f"{stream_id}:2"}) as again:
+                assert again.status == 200
+                assert b'"done"' in await again.read()
+        await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 2)
+    stream = otel.client_span().get_span_context()
+    assert stream is not None
+    resumed = otel.spans(SpanKind.SERVER)[-1]
+    contexts = [link.context for link in resumed.links if link.context is not None]
+    assert [context.span_id for context in contexts] == [stream.span_id]
+    assert contexts[0].trace_id == stream.trace_id
+    assert otel.count("sidecar.stream.resumes", **{"sidecar.resume.result": "resumed"}) == 1
+    assert otel.count("sidecar.stream.resume.events") == 3  # events 3, 4 and done

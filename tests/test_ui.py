@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from tests.conftest import SidecarFactory
-from tests.policy_support import API_KEY, API_KEY_SHA256
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory
 
 CHAT = "/api/chat"
 JS_DIR = Path(__file__).resolve().parent / "js"

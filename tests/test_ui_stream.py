@@ -19,7 +19,7 @@ def block(name: str, data: dict[str, Any], *, compact: bool = True) -> bytes:
 
 
 def record(stop_reason: str | None = "end_turn") -> StreamRecord:
-    new = StreamRecord(request_id="r", route="/api/chat", handler="prompt", started=0.0)
+    new = StreamRecord(request_id="r", route="/api/chat", started=0.0)
     new.stop_reason = stop_reason
     return new
 

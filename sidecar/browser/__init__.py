@@ -56,10 +56,11 @@ def _prompt_route(routes: RouteTable) -> str:
 
 
 def serve_browser_file(
-    request: web.Request, config: Config, routes: RouteTable, headers: dict[str, str]
+    request: web.Request, path: str, config: Config, routes: RouteTable, headers: dict[str, str]
 ) -> web.Response:
-    """Answer a request under `browser.path`: a file, 404 for another name, 405 for a write."""
-    name = request.path[len(config.browser.path) :].lstrip("/")
+    """Answer a request under `browser.path` (`path`, canonical): a file, 404 for another
+    name, 405 for a write."""
+    name = path[len(config.browser.path) :].lstrip("/")
     entry = _FILES.get(name)
     if entry is None or (entry[2] and not config.browser.demo):
         return web.json_response(

@@ -21,6 +21,7 @@ from sidecar.fake_claude.knobs import (
     parse_directive,
     resolve_knobs,
 )
+from sidecar.fake_claude.models import ModelQueryError, model_info, model_page
 from sidecar.fake_claude.reply import (
     encode_events,
     estimate_input_tokens,
@@ -149,7 +150,9 @@ def _json_object(body: Any) -> dict[str, Any]:
 
 def _received(request: web.Request, body: Any) -> ReceivedRequest:
     headers = {name.lower(): value for name, value in request.headers.items()}
-    return ReceivedRequest(request.method, request.path, headers, body)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    where = f"{peer[0]}:{peer[1]}" if peer else ""
+    return ReceivedRequest(request.method, request.path, headers, body, where, request.raw_path)
 
 
 def _authenticate(request: web.Request, settings: FakeSettings) -> None:
@@ -213,6 +216,25 @@ async def _generation_time(knobs: Knobs, output_tokens: int) -> None:
         await asyncio.sleep(seconds)
 
 
+async def handle_models(request: web.Request) -> web.Response:
+    """GET /v1/models (one page) and GET /v1/models/{model_id}, as the Models API answers."""
+    request.app[FAKE_STATE].received(_received(request, None))
+    settings = request.app[FAKE_SETTINGS]
+    try:
+        _authenticate(request, settings)
+        model_id = request.match_info.get("model_id")
+        if model_id is None:
+            return json_response(model_page(request.query, settings.model))
+        found = model_info(model_id, settings.model)
+        if found is None:
+            raise ApiError(404, "not_found_error", f"model: {model_id}")
+        return json_response(found)
+    except ModelQueryError as error:
+        return error_response(invalid(str(error)))
+    except ApiError as error:
+        return error_response(error)
+
+
 # --------------------------------------------------------------------------- /_fake, 404, app
 
 
@@ -243,6 +265,8 @@ def make_fake_claude_app(settings: FakeSettings | None = None) -> web.Applicatio
     app[FAKE_SETTINGS] = settings or FakeSettings()
     app.router.add_post("/v1/messages", handle_messages)
     app.router.add_post("/v1/messages/count_tokens", handle_messages)
+    app.router.add_get("/v1/models", handle_models)
+    app.router.add_get("/v1/models/{model_id}", handle_models)
     app.router.add_get("/_fake/stats", handle_stats)
     app.router.add_post("/_fake/reset", handle_reset)
     app.router.add_route("*", "/{tail:.*}", handle_not_found)

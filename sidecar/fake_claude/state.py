@@ -23,6 +23,8 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]
     body: Any  # None when the body was not JSON
+    peer: str = ""  # host:port of the client connection it came on (tells reuse apart)
+    raw_path: str = ""  # the path (and query) exactly as it arrived
 
     def __getitem__(self, name: str) -> Any:
         """`request["headers"]` reads like the plain dict tests may expect."""

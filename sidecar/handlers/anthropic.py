@@ -8,11 +8,13 @@ for the sidecar's auth and is never forwarded; the sidecar sends its own key.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
 
 from sidecar.errors import Rejection, anthropic_error_body, bad_request
+from sidecar.handlers import resume
 from sidecar.handlers.claude_call import (
     ClaudeRequest,
     call_claude,
@@ -20,11 +22,15 @@ from sidecar.handlers.claude_call import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.handlers.request_body import parse_json_object, read_body
+from sidecar.handlers.request_body import (
+    ensure_client_present,
+    parse_json_object,
+    parse_model,
+    read_body,
+)
 from sidecar.pipeline import RequestContext
-from sidecar.policy import collect_texts
-from sidecar.record import Outcome
-from sidecar.relay import Translator
+from sidecar.record import Outcome, StreamRecord
+from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt, read_answer, returned_headers
 
 
@@ -38,10 +44,31 @@ class Passthrough(Translator):
 PASSTHROUGH = Passthrough()
 
 
+class NumberedPassthrough(Passthrough):
+    """Claude's events unchanged but whole, so a resumable stream can put an `id:` on each."""
+
+    passthrough = False
+
+    def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
+        return block + b"\n\n"
+
+
+NUMBERED = NumberedPassthrough()
+RESUME_HEADER = "Sidecar-Resume"  # `on`: this stream is resumable (opt-in on this route)
+
+
+def _lost_event(error_type: str, message: str) -> bytes:
+    return b"event: error\ndata: " + anthropic_error_body(error_type, message, "") + b"\n\n"
+
+
+def _resume_wanted(ctx: RequestContext) -> bool:
+    """Resume on the Anthropic route is opt-in: the route's `resume.enabled` or the header."""
+    asked = ctx.request.headers.get(RESUME_HEADER, "").strip().lower() in ("on", "1", "true")
+    return resume.enabled_on(ctx, default=asked)
+
+
 def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model: Field required")
+    model = parse_model(body.get("model"))
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise bad_request("max_tokens: must be a positive integer")
@@ -54,10 +81,9 @@ def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
 
 
 def _screen(ctx: RequestContext, body: dict[str, Any]) -> tuple[int, int]:
-    """Screen every user-supplied text; returns (chars, attachment bytes) for the estimate."""
-    texts, attachments = collect_texts(body.get("system"), body.get("messages"))
-    ctx.route.screener.screen(texts, attachments)
-    return sum(map(len, texts)), attachments
+    """Screen every text Claude would read; returns (chars, attachment bytes) for the estimate."""
+    collected = ctx.route.screener.screen_request(body)
+    return collected.chars, collected.attachment_bytes
 
 
 def _require_post(ctx: RequestContext) -> None:
@@ -68,35 +94,50 @@ def _require_post(ctx: RequestContext) -> None:
         )  # fmt: skip
 
 
-def upstream_path(ctx: RequestContext) -> str:
-    """The Anthropic API path (+ query): from `/v1/` on, whatever prefix the route has."""
+def upstream_path(ctx: RequestContext) -> tuple[str, str]:
+    """(API path, query) for Claude: the canonical path from `/v1/` on, whatever the prefix.
+
+    The path is the request's canonical path (`sidecar.paths`), so the dispatch below and
+    the URL Claude receives are one and the same: `/v1/models/../messages` is the messages
+    call with all its checks, never a forward.
+    """
+    start = ctx.path.find("/v1/")
+    if start < 0:
+        raise Rejection(404, "not_found_error", "not an Anthropic API path", reason="not_found")
     url = ctx.request.rel_url
     jwt = ctx.route.policy.auth.jwt
     if jwt is not None and jwt.query_param and jwt.query_param in url.query:
         url = url.without_query_params(jwt.query_param)  # the sidecar credential stays here
-    path_qs = url.raw_path_qs
-    start = path_qs.find("/v1/")
-    if start < 0:
-        raise Rejection(404, "not_found_error", "not an Anthropic API path", reason="not_found")
-    return path_qs[start:]
+    query = url.raw_query_string
+    return ctx.path[start:], f"?{query}" if query else ""
 
 
-async def handle_anthropic(ctx: RequestContext) -> web.StreamResponse:
-    """Dispatch within the Anthropic family by path."""
-    path_qs = upstream_path(ctx)
-    path = path_qs.partition("?")[0].rstrip("/")
-    if path == "/v1/messages":
-        return await _messages(ctx, path_qs)
-    if path == "/v1/messages/count_tokens":
-        return await _count_tokens(ctx, path_qs)
+def handle_anthropic(ctx: RequestContext) -> Awaitable[web.StreamResponse]:
+    """Dispatch within the Anthropic family by canonical path.
+
+    A plain function returning the route's coroutine: a stream holds that one frame,
+    not a dispatcher's frame awaiting it too.
+    """
+    path, query = upstream_path(ctx)
+    call = path.rstrip("/")
+    if call == "/v1/messages":
+        cursor = resume.cursor_of(ctx.request) if ctx.runtime.config.resume.enabled else None
+        if cursor is not None and ctx.request.method == "POST":
+            return resume.resume(ctx, cursor, _lost_event)
+        return _messages(ctx, call + query)
+    deleting = ctx.request.method == "DELETE" and call.startswith("/v1/messages/")
+    if deleting and ctx.runtime.config.resume.enabled:  # DELETE /v1/messages/<stream id>
+        return resume.cancel(ctx, call.rpartition("/")[2])
+    if call == "/v1/messages/count_tokens":
+        return _count_tokens(ctx, call + query)
     if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):
         # Batches, files and the like would spend the sidecar's key outside screening and
         # token quotas: only the paths the config opens are forwarded.
         raise Rejection(
-            403, "permission_error", f"{path} is not open through this sidecar",
+            403, "permission_error", f"{call} is not open through this sidecar",
             reason="path_not_forwarded",
         )  # fmt: skip
-    return await _forward(ctx, path_qs, None)
+    return _forward(ctx, path + query, None)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -107,8 +148,21 @@ def _under(path: str, prefix: str) -> bool:
 
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
+    raw = await read_body(ctx.request, ctx.runtime.config.server)
+    call, record = _message_call(ctx, path_qs, raw)
+    plan = await resume.prepare(ctx) if call.stream and _resume_wanted(ctx) else None
+    return await call_claude(ctx, call, record, NUMBERED if plan else PASSTHROUGH, plan)
+
+
+def _message_call(
+    ctx: RequestContext, path_qs: str, raw: bytes
+) -> tuple[ClaudeRequest, StreamRecord]:
+    """The validated, screened call and its record; the parsed body is not kept.
+
+    A function of its own so the decoded JSON (every message as Python objects) is
+    freed before the stream starts instead of living as long as it.
+    """
     config = ctx.runtime.config
-    raw = await read_body(ctx.request, config.server.max_body_bytes)
     body = parse_json_object(raw)
     model, max_tokens, stream = _validated(body)
     check_model(ctx, model)
@@ -130,16 +184,15 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
     )
-    return await call_claude(ctx, call, record, PASSTHROUGH)
+    return call, record
 
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
-    raw = await read_body(ctx.request, ctx.runtime.config.server.max_body_bytes)
+    raw = await read_body(ctx.request, ctx.runtime.config.server)
     body = parse_json_object(raw)
-    model = body.get("model")
-    if isinstance(model, str):
-        check_model(ctx, model)
+    if "model" in body:
+        check_model(ctx, parse_model(body["model"]))
     _screen(ctx, body)
     return await _forward(ctx, path_qs, raw)
 
@@ -148,7 +201,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is."""
     request = ctx.request
     if body is None and request.can_read_body:
-        body = await read_body(request, ctx.runtime.config.server.max_body_bytes)
+        body = await read_body(request, ctx.runtime.config.server)
     policy = ctx.route.policy  # no tokens are generated here: requests per minute only
     ctx.headers.update(
         await ctx.runtime.quotas.count_request(
@@ -157,7 +210,9 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     )
     headers = _claude_headers(ctx)
     ctx.runtime.telemetry.inject(ctx.span, headers)
-    upstream, _ = await ctx.runtime.claude.send(Attempt(request.method, path_qs, headers), body)
+    ensure_client_present(request)
+    attempt = Attempt(request.method, path_qs, headers)
+    upstream, _ = await ctx.runtime.claude.send(attempt, body, stream=False)
     payload = await read_answer(upstream)
     response_headers = {
         **ctx.headers,

@@ -13,11 +13,19 @@ from typing import Final, cast
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from sidecar.errors import Rejection
+from sidecar.handlers.request_body import (
+    BodyStream,
+    body_timeout,
+    ensure_client_present,
+    malformed_body,
+)
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
+from sidecar.policy.identity_headers import strip_forwarding_claims
 from sidecar.quotas.subject import is_trusted_proxy
 
 HOP_BY_HOP: Final = frozenset(
@@ -58,11 +66,11 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     strip_and_set_identity(headers, ctx.identity, app.identity_headers)
     peer = request.remote or ""
     trusted = is_trusted_proxy(peer, ctx.runtime.config.server.trusted_proxies)
-    if not trusted:
-        # The app believes its proxy: what a client says about addresses, ports or path
-        # prefixes (X-Forwarded-Port/-Prefix, X-Real-IP, Forwarded) never reaches it as such.
-        for name in [n for n in headers if _claims_forwarding(n)]:
-            headers.popall(name, None)
+    # The app believes its proxy: what a client says about its address or the URL it asked
+    # for (X-Real-IP, True-Client-IP, X-Original-URL, Forwarded ...) never reaches it as such.
+    strip_forwarding_claims(headers, trusted=trusted)
+    # The sidecar answers `Expect: 100-continue` itself; the app gets the body either way.
+    headers.popall("Expect", None)
     prior = request.headers.get("X-Forwarded-For") if trusted else None
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     # Behind a trusted proxy (an ingress ending TLS) its scheme and host are the client's;
@@ -78,15 +86,15 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     return headers
 
 
-def _claims_forwarding(name: str) -> bool:
-    lower = name.lower()
-    return lower.startswith("x-forwarded-") or lower in ("forwarded", "x-real-ip")
+def _target(ctx: RequestContext) -> URL:
+    """The app's URL for this request: its canonical path and query, used verbatim.
 
-
-def _target(ctx: RequestContext) -> str:
+    `encoded=True`: nothing resolves or re-quotes the path after routing checked it.
+    """
     app = ctx.runtime.config.app
     assert app is not None
-    return app.url + ctx.request.raw_path
+    query = ctx.request.rel_url.raw_query_string
+    return URL(f"{app.url}{ctx.path}{'?' + query if query else ''}", encoded=True)
 
 
 async def handle_app(ctx: RequestContext) -> web.StreamResponse:
@@ -103,25 +111,40 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await _websocket(ctx, session)
     headers = _upstream_headers(ctx)
+    # Passed on as received (still encoded, same length), cut if the client goes quiet.
+    body = BodyStream(request, ctx.runtime.config.server.body_idle_timeout_seconds)
+    ensure_client_present(request)
     try:
         upstream = await session.request(
             request.method,
             _target(ctx),
             headers=headers,
-            data=request.content if request.body_exists else None,
+            data=body.chunks() if request.body_exists else None,
             allow_redirects=False,
         )
-    except TimeoutError:
-        raise Rejection(
-            504, "timeout_error", "the app did not answer in time", reason="app_timeout"
-        ) from None
-    except aiohttp.ClientError as exc:
-        raise Rejection(
-            502, "api_error", f"the app is unreachable ({type(exc).__name__})",
-            reason="app_unreachable", code="bad_gateway",
-        ) from None  # fmt: skip
+    except Exception as exc:
+        # A failed upload surfaces as whatever the client library wraps it in.
+        raise _upstream_failure(body, exc) from None
     async with upstream:
         return await _relay(ctx, upstream)
+
+
+def _upstream_failure(body: BodyStream, exc: BaseException) -> Rejection:
+    """What a failed call to the app was, from the client's side first."""
+    if body.stalled:
+        return body_timeout()
+    if body.broken:
+        return malformed_body()
+    if isinstance(exc, TimeoutError):
+        return Rejection(
+            504, "timeout_error", "the app did not answer in time", reason="app_timeout"
+        )
+    if isinstance(exc, aiohttp.ClientError):
+        return Rejection(
+            502, "api_error", f"the app is unreachable ({type(exc).__name__})",
+            reason="app_unreachable", code="bad_gateway",
+        )  # fmt: skip
+    raise exc
 
 
 async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
@@ -159,6 +182,7 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
     protocols = [
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     ]
+    ensure_client_present(request)
     try:
         upstream = await session.ws_connect(
             _target(ctx), headers=headers, protocols=protocols, autoping=True

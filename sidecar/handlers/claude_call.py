@@ -1,7 +1,7 @@
 """One Claude call, shared by the prompt and Anthropic routes.
 
-quota lease → admission slot → upstream (retries before the first byte) → relay →
-settle. Whatever ends the stream (completion, upstream error, idle timeout, client
+quota lease → admission slot → upstream (retries before the first byte) → relay
+(`claude_stream`) → settle. Whatever ends the stream (completion, upstream error, idle timeout, client
 disconnect, shutdown), the lease is settled with the usage seen and telemetry
 records the stream once.
 """
@@ -18,11 +18,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from sidecar import sse
 from sidecar.errors import Rejection, short_error_type, simple_error_body
+from sidecar.handlers.claude_stream import HeldCall, Resumable, hand_off, relay_stream
+from sidecar.handlers.request_body import ensure_client_present
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
-from sidecar.relay import LiveStream, Translator
+from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt, read_answer, returned_headers
 from sidecar.usage import apply_message
 
@@ -44,19 +45,6 @@ def estimate_input_tokens(chars: int, attachment_bytes: int) -> int:
     return math.ceil(chars / 3.5) + math.ceil(attachment_bytes / 3) + 8
 
 
-def charged_tokens(record: StreamRecord, input_estimate: int) -> tuple[int, int]:
-    """(input, output) tokens to charge for a call, also when it ended early.
-
-    A stream cut short (client gone, idle timeout) never sees the final
-    `message_delta`: each content delta relayed is at least one output token, and
-    input Claude accepted (status 200) counts even if `message_start` never came.
-    """
-    input_tokens = record.total_input_tokens
-    if input_tokens == 0 and record.upstream_status == 200:
-        input_tokens = input_estimate
-    return input_tokens, max(record.output_tokens, record.output_deltas)
-
-
 def new_record(
     ctx: RequestContext, model: str, max_tokens: int | None, stream: bool
 ) -> StreamRecord:
@@ -66,7 +54,6 @@ def new_record(
     return StreamRecord(
         request_id=ctx.request_id,
         route=ctx.route.path,
-        handler="anthropic" if ctx.family == "anthropic" else "prompt",
         started=ctx.started,
         request_model=model,
         max_tokens=max_tokens,
@@ -100,31 +87,42 @@ async def call_claude(
     call: ClaudeRequest,
     record: StreamRecord,
     translator: Translator,
+    resumable: Resumable | None = None,
 ) -> web.StreamResponse:
-    """Admit, call Claude and answer the client; always settles and records the stream."""
+    """Admit, call Claude and answer the client; always settles and records the stream.
+
+    A resumable stream's generation is handed to its own task once Claude answers 200:
+    it outlives this request (a client that leaves may come back), and that task
+    settles and records it.
+    """
     runtime = ctx.runtime
     telemetry = runtime.telemetry
     quota_policy = ctx.route.policy.quotas
     reserve = call.input_estimate + (record.max_tokens or runtime.config.claude.max_tokens)
-    span = telemetry.start_stream(record, ctx.trace_parent, call.body)
-    lease = None
-    admitted = False
+    held = HeldCall(
+        ctx,
+        call.input_estimate,
+        record,
+        telemetry.start_stream(record, ctx.trace_parent, call.body),
+    )
+    handed_off = False
     queued_at: float | None = None
     try:
-        lease = await runtime.quotas.acquire(
+        held.lease = await runtime.quotas.acquire(
             quota_policy, ctx.route.policy.quota_scope, ctx.identity, ctx.client_ip, reserve
         )
         queued_at = time.perf_counter()
         record.queue_wait = await runtime.admission.acquire()
-        admitted = True
+        held.admitted = True
         telemetry.admitted(record)
         headers = dict(call.attempt.headers)
-        telemetry.inject(span, headers)
+        telemetry.inject(held.span, headers)
         attempt = Attempt(call.attempt.method, call.attempt.path, headers)
+        ensure_client_present(ctx.request)  # it may have left while queued: pay for nobody
         record.upstream_started = time.perf_counter()
-        upstream, record.retries = await runtime.claude.send(attempt, call.body)
+        upstream, record.retries = await runtime.claude.send(attempt, call.body, stream=call.stream)
         record.upstream_status = upstream.status
-        response_headers = {**ctx.headers, **lease.headers}
+        response_headers = {**ctx.headers, **held.lease.headers}
         response_headers.update(
             returned_headers(upstream.headers, keep_ratelimit=not quota_policy.enabled)
         )
@@ -132,7 +130,10 @@ async def call_claude(
             return await _relay_error(ctx, upstream, record, response_headers)
         if not call.stream:
             return await _relay_message(upstream, record, response_headers)
-        return await _relay_stream(ctx, upstream, record, translator, response_headers)
+        if resumable is None:
+            return await relay_stream(ctx, upstream, record, translator, response_headers)
+        handed_off = True
+        return await hand_off(held, upstream, translator, response_headers, resumable)
     except Rejection as rejection:
         if record.upstream_status is None and record.upstream_started is None:
             record.outcome = "rejected"
@@ -144,21 +145,17 @@ async def call_claude(
             telemetry.queue_wait(record.queue_wait, admitted=False)
         raise
     except (asyncio.CancelledError, ConnectionResetError):
-        if record.outcome == "completed":  # the relay may already know better
+        if record.outcome is None and not handed_off:  # the relay may already know better
             record.outcome = "client_cancelled"
         raise
     except Exception as exc:
-        if record.outcome == "completed":
+        if record.outcome is None and not handed_off:
             record.outcome = "upstream_error"
             record.error_type = record.error_type or type(exc).__name__
         raise
     finally:
-        if admitted:
-            runtime.admission.release()
-        record.ended = time.perf_counter()
-        telemetry.finish_stream(record, span)
-        if lease is not None:
-            await lease.settle(*charged_tokens(record, call.input_estimate))
+        if not handed_off:
+            await held.close()
 
 
 async def _relay_error(
@@ -199,6 +196,7 @@ async def _relay_message(
     """A non-streaming reply: read it whole (it is one JSON object) and account for it."""
     body = await read_answer(upstream)
     record.first_chunk_at = record.last_chunk_at = time.perf_counter()
+    record.outcome = "completed"
     message: Any
     try:
         message = json.loads(body)
@@ -206,36 +204,3 @@ async def _relay_message(
         message = None
     apply_message(record, message)
     return web.Response(status=200, body=body, headers=headers, content_type="application/json")
-
-
-async def _relay_stream(
-    ctx: RequestContext,
-    upstream: aiohttp.ClientResponse,
-    record: StreamRecord,
-    translator: Translator,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    """Start the SSE response and relay until the stream ends."""
-    runtime = ctx.runtime
-    response = web.StreamResponse(status=200, headers={**headers, **sse.HEADERS})
-    await response.prepare(ctx.request)  # headers are sent by the relay, with the first bytes
-    ctx.response_started = True
-    config = runtime.config.claude
-    live = LiveStream(
-        ctx.request,
-        response,
-        upstream,
-        record,
-        translator,
-        heartbeat=config.heartbeat_seconds,
-        idle_timeout=config.idle_timeout_seconds,
-    )
-    runtime.streams.add(live)
-    try:
-        await live.run()
-    finally:
-        runtime.streams.discard(live)
-    transport = ctx.request.transport
-    if transport is not None and not transport.is_closing():
-        await response.write_eof()
-    return response

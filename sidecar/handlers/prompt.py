@@ -1,6 +1,7 @@
 """The simple streaming endpoint: `POST {"prompt": ...}` or `GET ?prompt=` → SSE tokens.
 
-Event shapes (all on the default `message` event, each with `id: N`):
+Event shapes (all on the default `message` event, each with `id: <stream id>:<n>` when
+streams are resumable, else `id: N` on the content events):
 `{"token": "..."}` per text delta, `{"thinking": "..."}` per thinking delta,
 `{"tool_use": {"id", "name"}}` when a tool call starts and `{"tool_input": "..."}`
 per partial JSON of its input, then `{"done": true, "usage": {...}, "stop_reason": ...}`;
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from sidecar import sse
 from sidecar.errors import Rejection, bad_request, short_error_type
+from sidecar.handlers import resume
 from sidecar.handlers.claude_call import (
     ClaudeRequest,
     call_claude,
@@ -24,12 +26,11 @@ from sidecar.handlers.claude_call import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.handlers.request_body import read_json_object
+from sidecar.handlers.request_body import parse_model, read_json_object
 from sidecar.pipeline import RequestContext
-from sidecar.policy import collect_texts
 from sidecar.record import Outcome, StreamRecord
-from sidecar.relay import Translator
-from sidecar.sse import parse_block
+from sidecar.sse import json_object, parse_block
+from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt
 
 _FIELDS = {"prompt", "model", "max_tokens", "system", "messages"}
@@ -46,7 +47,9 @@ _DELTA_KEYS = {
     b'input_json_delta","partial_json': b"tool_input",
 }
 _ROLES = {"user", "assistant"}
-_OWN_ERRORS = {"idle_timeout", "shutting_down"}
+_OWN_OUTCOMES = {"idle_timeout", "shutting_down", "client_stalled"}
+# The sidecar's own error types, shown as they are (not mapped like Anthropic's).
+_OWN_TYPES = {"stream_lost", "stream_abandoned", "cancelled"}
 
 
 class PromptTranslator(Translator):
@@ -54,11 +57,15 @@ class PromptTranslator(Translator):
 
     passthrough = False
 
-    def __init__(self, *, capture: bool) -> None:
+    def __init__(self, *, capture: bool, numbered: bool = True) -> None:
+        """`numbered`: add `id: N` lines (a resumable stream numbers events itself)."""
         self._next_id = 0
         self._capture = capture
+        self._numbered = numbered
 
     def _event(self, data: object) -> bytes:
+        if not self._numbered:
+            return sse.encode(data)
         self._next_id += 1
         return sse.encode(data, event_id=self._next_id)
 
@@ -66,6 +73,8 @@ class PromptTranslator(Translator):
         if name == b"content_block_delta" and not self._capture:
             match = _DELTA.match(block)
             if match is not None:  # the JSON string Claude sent is reused as is: no decoding
+                if not self._numbered:
+                    return b'data: {"%b":%b}\n\n' % (_DELTA_KEYS[match[1]], match[2])
                 self._next_id += 1
                 return b'id: %d\ndata: {"%b":%b}\n\n' % (
                     self._next_id,
@@ -73,7 +82,7 @@ class PromptTranslator(Translator):
                     match[2],
                 )
         if name == b"content_block_delta":
-            delta = _json(parse_block(block)[1]).get("delta") or {}
+            delta = json_object(parse_block(block)[1]).get("delta") or {}
             kind = delta.get("type")
             if kind == "text_delta":
                 if self._capture:
@@ -85,14 +94,14 @@ class PromptTranslator(Translator):
                 return self._event({"tool_input": delta.get("partial_json", "")})
             return b""
         if name == b"content_block_start":
-            block_data = _json(parse_block(block)[1]).get("content_block") or {}
+            block_data = json_object(parse_block(block)[1]).get("content_block") or {}
             if block_data.get("type") == "tool_use":
                 return self._event(
                     {"tool_use": {"id": block_data.get("id"), "name": block_data.get("name")}}
                 )
             return b""
         if name == b"error":
-            error = _json(parse_block(block)[1]).get("error") or {}
+            error = json_object(parse_block(block)[1]).get("error") or {}
             return self._event(
                 {
                     "error": {
@@ -104,7 +113,12 @@ class PromptTranslator(Translator):
         return b""
 
     def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
-        kind = outcome if outcome in _OWN_ERRORS else short_error_type(error_type)
+        if error_type in _OWN_TYPES:
+            kind = error_type
+        elif outcome in _OWN_OUTCOMES:
+            kind = outcome
+        else:
+            kind = short_error_type(error_type)
         return self._event({"error": {"type": kind, "message": message}})
 
     def finish(self, record: StreamRecord) -> bytes:
@@ -115,14 +129,6 @@ class PromptTranslator(Translator):
             "cache_read_input_tokens": record.cache_read_input_tokens,
         }
         return sse.encode({"done": True, "usage": usage, "stop_reason": record.stop_reason})
-
-
-def _json(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _positive_int(value: object, field: str) -> int:
@@ -159,9 +165,7 @@ def parse_prompt(fields: dict[str, Any], default_model: str, default_max: int) -
         raise bad_request("prompt is required and must be a string")
     if not prompt.strip():
         raise bad_request("prompt must not be empty")
-    model = fields.get("model", default_model)
-    if not isinstance(model, str) or not model:
-        raise bad_request("model must be a non-empty string")
+    model = parse_model(fields.get("model", default_model))
     max_tokens = _positive_int(fields.get("max_tokens", default_max), "max_tokens")
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True}
     system = fields.get("system")
@@ -178,15 +182,29 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
     """Validate, screen, admit and stream one prompt."""
     request = ctx.request
     config = ctx.runtime.config
-    if request.method == "GET" and "Last-Event-ID" in request.headers:
+    resumable = resume.enabled_on(ctx, default=True)
+    if resumable:
+        stream_id = _stream_id_in_path(ctx)
+        if stream_id is not None:
+            if request.method != "DELETE":
+                raise Rejection(
+                    405, "invalid_request_error", "use DELETE to cancel a stream",
+                    reason="method_not_allowed", headers={"Allow": "DELETE, OPTIONS"},
+                )  # fmt: skip
+            return await resume.cancel(ctx, stream_id)
+        cursor = resume.cursor_of(request)
+        if cursor is not None:
+            return await resume.resume(ctx, cursor, _lost_event)
+    elif request.method == "GET" and "Last-Event-ID" in request.headers:
         # EventSource reconnecting (it does so on its own after every stream ends): streams
         # are not resumable, so say "stop" (204) rather than pay for the prompt again.
         return web.Response(status=204, headers=ctx.headers)
     if request.method == "GET":
         fields: dict[str, Any] = dict(request.query)
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
+        fields.pop(resume.QUERY, None)  # a resume cursor is not a field either
     elif request.method == "POST":
-        fields = await read_json_object(request, config.server.max_body_bytes)
+        fields = await read_json_object(request, config.server)
     else:
         raise Rejection(
             405, "invalid_request_error", "use GET or POST", reason="method_not_allowed",
@@ -194,19 +212,30 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         )  # fmt: skip
     body = parse_prompt(fields, config.claude.model, config.claude.max_tokens)
     check_model(ctx, body["model"])
-    texts, attachments = collect_texts(body.get("system"), body["messages"])
-    ctx.route.screener.screen(texts, attachments)
+    screened = ctx.route.screener.screen_request(body)
     record = new_record(ctx, body["model"], body["max_tokens"], stream=True)
     capture = config.telemetry.capture_content
+    plan = await resume.prepare(ctx) if resumable else None
     if capture:
         record.prompt_text = fields["prompt"]
     call = ClaudeRequest(
         attempt=Attempt("POST", "/v1/messages", ctx.runtime.claude.request_headers({})),
         body=json.dumps(body).encode(),
         stream=True,
-        input_estimate=estimate_input_tokens(sum(map(len, texts)), attachments),
+        input_estimate=estimate_input_tokens(screened.chars, screened.attachment_bytes),
     )
-    return await call_claude(ctx, call, record, PromptTranslator(capture=capture))
+    translator = PromptTranslator(capture=capture, numbered=plan is None)
+    return await call_claude(ctx, call, record, translator, plan)
+
+
+def _lost_event(error_type: str, message: str) -> bytes:
+    return sse.encode({"error": {"type": error_type, "message": message}})
+
+
+def _stream_id_in_path(ctx: RequestContext) -> str | None:
+    """`<route>/<stream id>`: the path names one stream (to cancel it)."""
+    rest = ctx.request.path[len(ctx.route.path) :].strip("/")
+    return rest or None
 
 
 def _token_param(ctx: RequestContext) -> str:

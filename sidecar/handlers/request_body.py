@@ -1,13 +1,53 @@
-"""Reading a JSON request body within `server.max_body_bytes`, with clear 4xx errors."""
+"""Reading request bodies within the server's size and time limits, with clear 4xx errors.
+
+The traffic listener never decompresses on its own (the app route forwards bodies
+exactly as received). Routes that read a body themselves decode its
+`Content-Encoding` here, bounded by `server.max_body_bytes` after decoding, so what
+is screened is what is sent on.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+import re
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
+from sidecar.config import ServerConfig
 from sidecar.errors import Rejection, bad_request
+
+MAX_MODEL_CHARS: Final = 128  # Claude's model ids are a few dozen characters
+_MODEL: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_MODEL_CHARS}}}")
+
+
+def parse_model(value: object) -> str:
+    """A request's `model`: printable ASCII, at most MAX_MODEL_CHARS, else 400.
+
+    It becomes a log field and (bounded again by telemetry) a metric label: no client
+    may send megabytes or control characters through it.
+    """
+    if value is None:
+        raise bad_request("model: Field required")
+    if not isinstance(value, str) or not value:
+        raise bad_request("model must be a non-empty string")
+    if not _MODEL.fullmatch(value):
+        raise bad_request(
+            f"model: must be at most {MAX_MODEL_CHARS} printable ASCII characters",
+            reason="model_invalid",
+        )
+    return value
+
+
+_GZIP: Final = 16 + zlib.MAX_WBITS
+_ZLIB: Final = zlib.MAX_WBITS
+_RAW_DEFLATE: Final = -zlib.MAX_WBITS
+_DECODERS: Final = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": _ZLIB}
 
 
 def _too_large(limit: int) -> Rejection:
@@ -16,17 +56,137 @@ def _too_large(limit: int) -> Rejection:
     )
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refusing more than `limit` bytes (by header first, then by count)."""
+def body_timeout() -> Rejection:
+    """408 for a body that did not arrive in time; the connection is not reused."""
+    return Rejection(
+        408, "timeout_error", "the request body did not arrive in time",
+        reason="body_timeout", headers={"Connection": "close"},
+    )  # fmt: skip
+
+
+def malformed_body() -> Rejection:
+    """400 for a body whose framing (chunks, length) broke while it was read."""
+    return bad_request("the request body was malformed or cut short", reason="bad_body")
+
+
+async def read_body(request: web.Request, server: ServerConfig) -> bytes:
+    """The whole body, decoded: 413 above `max_body_bytes` (sent or decoded), 408 when it
+    takes longer than `body_read_timeout_seconds`, 415/400 for an encoding it cannot decode."""
+    limit = server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
-        return await request.read()  # the app's client_max_size is `limit`
+        async with asyncio.timeout(server.body_read_timeout_seconds):
+            raw = await request.read()  # the app's client_max_size is `limit`
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except TimeoutError:
+        raise body_timeout() from None
+    except (web.RequestPayloadError, BadHttpMessage):
+        raise malformed_body() from None
+    except ConnectionError:
+        raise client_gone() from None
+    return decode_body(raw, request.headers.getall("Content-Encoding", ()), limit)
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+def decode_body(raw: bytes, encodings: tuple[str, ...] | list[str], limit: int) -> bytes:
+    """`raw` with its content codings undone (last applied first), at most `limit` bytes."""
+    names = [n.strip().lower() for value in encodings for n in value.split(",") if n.strip()]
+    body = raw
+    for name in reversed(names):
+        if name == "identity":
+            continue
+        wbits = _DECODERS.get(name)
+        if wbits is None:
+            raise Rejection(
+                415, "invalid_request_error",
+                f"Content-Encoding {name[:32]!r} is not supported (gzip, deflate, identity are)",
+                reason="unsupported_encoding", code="unsupported_media_type",
+            )  # fmt: skip
+        body = _inflate(body, wbits, limit)
+    return body
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
+    out = bytearray()
+    while True:  # gzip allows several members one after another
+        decoder = zlib.decompressobj(wbits)
+        try:
+            # Bounded: a small body that inflates past the limit stops at limit + 1 bytes.
+            out += decoder.decompress(data, limit + 1 - len(out))
+        except zlib.error:
+            if wbits == _ZLIB and not out:
+                wbits = _RAW_DEFLATE  # "deflate" as many clients send it: without the zlib header
+                continue
+            raise bad_request("the body is not valid for its Content-Encoding") from None
+        if len(out) > limit:
+            raise _too_large(limit)
+        if not decoder.eof:
+            raise bad_request("the body is cut short for its Content-Encoding")
+        data = decoder.unused_data
+        if not data or wbits != _GZIP:
+            if data:
+                raise bad_request("the body has bytes after its compressed data")
+            return bytes(out)
+
+
+async def answer_expectation(request: web.Request) -> None:
+    """`Expect: 100-continue` gets its interim `100 Continue` at once (the body is read by
+    the route, or streamed to the app, which never sees the header). Any other expectation
+    is ignored, as RFC 9110 allows, so the request is answered in its route's format."""
+    expect = request.headers.get("Expect", "")
+    if request.version >= (1, 1) and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the response's first byte
+
+
+def ensure_client_present(request: web.Request) -> None:
+    """Raise (499) if the client has closed or half-closed its connection: whatever is
+    called next (Claude, the app) would work for nobody. Check right before calling."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise client_gone()
+
+
+def client_gone() -> Rejection:
+    """499 (never seen by anyone: there is no client left), counted as a rejection."""
+    return Rejection(
+        499, "invalid_request_error", "the client closed the connection",
+        reason="client_disconnected",
+    )  # fmt: skip
+
+
+@dataclass(slots=True)
+class BodyStream:
+    """A request body passed on as it arrives, cut when the client goes quiet too long.
+
+    `stalled` / `broken` say afterwards whether a failed upload was the client's doing.
+    """
+
+    request: web.Request
+    idle_timeout: float
+    stalled: bool = False
+    broken: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive (no decoding, no buffering)."""
+        content = self.request.content
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                self.stalled = True
+                raise
+            except (web.RequestPayloadError, BadHttpMessage, ConnectionError):
+                self.broken = True  # bad chunked framing, or the client went away mid-body
+                raise
+            if not chunk:
+                return
+            yield chunk
+
+
+async def read_json_object(request: web.Request, server: ServerConfig) -> dict[str, Any]:
     """A JSON object body: 415 for another content type, 413 when too large, 400 when malformed."""
     if request.content_type != "application/json":
         raise Rejection(
@@ -36,18 +196,42 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
             reason="unsupported_media_type",
             code="unsupported_media_type",
         )
-    raw = await read_body(request, limit)
+    raw = await read_body(request, server)
     return parse_json_object(raw)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return value
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode a JSON object or raise a 400 saying what is wrong."""
+    """Decode a JSON object or raise a 400 saying what is wrong.
+
+    A key twice in one object is refused: parsers disagree on which copy wins, and
+    the bytes sent on must mean to Claude exactly what was screened here.
+    """
     try:
         text = raw.decode()  # RFC 8259: JSON exchanged between systems is UTF-8, nothing else
     except UnicodeDecodeError:
         raise bad_request("body is not UTF-8") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        key = str(exc.args[0])
+        raise bad_request(
+            f"body has a duplicate key: {key[:64]!r}", reason="duplicate_key"
+        ) from None
     except ValueError as exc:
         raise bad_request(f"body is not valid JSON: {exc}") from None
     except RecursionError:

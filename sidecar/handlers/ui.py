@@ -29,7 +29,6 @@ from sidecar.handlers.request_body import read_json_object
 from sidecar.handlers.ui_request import parse_ui_request
 from sidecar.handlers.ui_stream import HEADERS, UiTranslator
 from sidecar.pipeline import RequestContext
-from sidecar.policy import collect_texts
 from sidecar.upstream import Attempt
 
 
@@ -42,34 +41,32 @@ def _resume_target(route_path: str, path: str) -> str | None:
     return None
 
 
-def request_texts(body: dict[str, Any]) -> tuple[list[str], int]:
-    """Every text of the Claude request that came from the client, and attachment bytes.
-
-    The system prompt, every message block (tool inputs and results included) through the
-    shared walker; tool definitions come from the config and are not the client's.
-    """
-    return collect_texts(body.get("system"), body["messages"])
+def client_part(body: dict[str, Any]) -> dict[str, Any]:
+    """The Claude request without what the config added (tool definitions): what the
+    client chose, for screening by the shared walker (system, every message block, tool
+    inputs and results included)."""
+    return {name: value for name, value in body.items() if name != "tools"}
 
 
 async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     """Translate, screen, admit and stream one chat turn (or answer a resume probe)."""
     request = ctx.request
     config = ctx.runtime.config
-    if request.method == "GET" and _resume_target(ctx.route.path, request.path) is not None:
+    if request.method == "GET" and _resume_target(ctx.route.path, ctx.path) is not None:
         return web.Response(status=204, headers=ctx.headers)
     if request.method != "POST":
         raise Rejection(
             405, "invalid_request_error", "use POST (or GET <route>/<chat id>/stream to resume)",
             reason="method_not_allowed", headers={"Allow": "GET, POST, OPTIONS"},
         )  # fmt: skip
-    if request.path.rstrip("/") != ctx.route.path.rstrip("/"):
+    if ctx.path.rstrip("/") != ctx.route.path.rstrip("/"):
         raise Rejection(404, "not_found_error", "no such chat endpoint", reason="not_found")
-    fields = await read_json_object(request, config.server.max_body_bytes)
+    fields = await read_json_object(request, config.server)
     parsed = parse_ui_request(fields, config.ui, config.claude.model, config.claude.max_tokens)
     body = parsed.body
     check_model(ctx, body["model"])
-    texts, attachments = request_texts(body)
-    ctx.route.screener.screen(texts, attachments)
+    collected = ctx.route.screener.screen_request(client_part(body))
+    texts = collected.texts
     record = new_record(ctx, body["model"], body["max_tokens"], stream=True)
     if config.telemetry.capture_content:
         record.prompt_text = texts[-1] if texts else ""
@@ -77,7 +74,7 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
         attempt=Attempt("POST", "/v1/messages", ctx.runtime.claude.request_headers({})),
         body=json.dumps(body).encode(),
         stream=True,
-        input_estimate=estimate_input_tokens(sum(map(len, texts)), attachments),
+        input_estimate=estimate_input_tokens(collected.chars, collected.attachment_bytes),
     )
     # The stream's protocol marker; `ctx.headers` reach the SSE response (and any error).
     ctx.headers.update(HEADERS)

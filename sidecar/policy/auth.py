@@ -7,8 +7,9 @@ the mode. Messages name the reason class only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Final
 
 import aiohttp
 import jwt
@@ -20,6 +21,7 @@ from sidecar.identity import ANONYMOUS, Identity
 from sidecar.policy.jwks import JwksCache
 
 _CHALLENGE = 'Bearer realm="claude-sidecar"'
+_NO_CLAIMS: Final[Mapping[str, Any]] = MappingProxyType({})  # API keys carry no claims
 _INVALID = 'Bearer realm="claude-sidecar", error="invalid_token"'
 _JWT_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
     (jwt.ExpiredSignatureError, "auth_expired", "token expired"),
@@ -106,8 +108,18 @@ class Authenticator:
     def __init__(self, config: AuthConfig, jwt_verifier: JwtVerifier | None) -> None:
         self.config = config
         self._jwt = jwt_verifier
-        # Lookup by hash: the plaintext key is hashed on arrival and never stored.
-        self._keys = {key.sha256: key for key in config.api_keys}
+        # Lookup by hash: the plaintext key is hashed on arrival and never stored. Each
+        # key's identity is built once: it is immutable, and a stream holds it to its end.
+        self._keys = {
+            key.sha256: Identity(
+                method="api_key",
+                user=key.user or key.name,
+                tenant=key.tenant,
+                api_key_name=key.name,
+                claims=_NO_CLAIMS,
+            )
+            for key in config.api_keys
+        }
 
     def _credential(
         self, headers: Mapping[str, str], query: Mapping[str, str], method: str
@@ -130,7 +142,9 @@ class Authenticator:
             return ANONYMOUS
         credential = self._credential(headers, query, method)
         if credential is None:
-            if self.config.mode == "optional":
+            # A route limited to some tenants admits nobody without one: `optional` lets
+            # anonymous callers in only where no tenant restriction is set.
+            if self.config.mode == "optional" and self.config.allowed_tenants is None:
                 return ANONYMOUS
             raise unauthorized("auth_missing", "credentials required", missing=True)
         identity = await self._verify(credential)
@@ -140,16 +154,11 @@ class Authenticator:
         return identity
 
     async def _verify(self, credential: str) -> Identity:
-        api_key = self._keys.get(
+        identity = self._keys.get(
             hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()
         )
-        if api_key is not None:
-            return Identity(
-                method="api_key",
-                user=api_key.user or api_key.name,
-                tenant=api_key.tenant,
-                api_key_name=api_key.name,
-            )
+        if identity is not None:
+            return identity
         if self._jwt is None or credential.count(".") != 2:
             raise unauthorized("auth_invalid_key", "invalid credentials")
         claims = await self._jwt.verify(credential)
@@ -170,14 +179,20 @@ class AuthService:
     """Every route's authenticator, sharing one JWKS cache per URL."""
 
     def __init__(
-        self, policies: Sequence[AuthConfig], *, session: aiohttp.ClientSession | None = None
+        self,
+        policies: Sequence[AuthConfig],
+        *,
+        session: aiohttp.ClientSession | None = None,
+        on_jwks_refresh: Callable[[str], None] | None = None,
     ) -> None:
         self._policies = list(policies)
+        self._on_jwks_refresh = on_jwks_refresh
         self._session = session
         self._owns_session = session is None
         self._jwks: dict[str, JwksCache] = {}
-        self._by_id: dict[int, Authenticator] = {}
-        self._by_json: dict[str, Authenticator] = {}
+        # By id for speed; the policy is kept with it, so a recycled id never matches.
+        self._by_id: dict[int, tuple[AuthConfig, Authenticator]] = {}
+        self._by_settings: dict[str, Authenticator] = {}
 
     def _session_for_jwks(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -185,11 +200,12 @@ class AuthService:
         return self._session
 
     def _authenticator(self, policy: AuthConfig) -> Authenticator:
-        found = self._by_id.get(id(policy))
-        if found is not None:
-            return found
-        key = policy.model_dump_json()
-        found = self._by_json.get(key)
+        cached = self._by_id.get(id(policy))
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        # Routes with equal settings share one authenticator; secrets are part of "equal".
+        key = policy.fingerprint()
+        found = self._by_settings.get(key)
         if found is None:
             verifier = None
             if policy.jwt is not None:
@@ -202,11 +218,14 @@ class AuthService:
                             self._session_for_jwks(),
                             refresh_seconds=policy.jwt.jwks_refresh_seconds,
                             min_refresh_seconds=policy.jwt.jwks_min_refresh_seconds,
+                            on_refresh=self._on_jwks_refresh,
                         )
                         self._jwks[policy.jwt.jwks_url] = jwks
                 verifier = JwtVerifier(policy.jwt, jwks)
-            found = self._by_json[key] = Authenticator(policy, verifier)
-        self._by_id[id(policy)] = found
+            found = self._by_settings[key] = Authenticator(policy, verifier)
+        if len(self._by_id) >= 1024:  # each reload that keeps this service brings new objects
+            self._by_id.clear()
+        self._by_id[id(policy)] = (policy, found)
         return found
 
     async def start(self) -> None:

@@ -1,28 +1,68 @@
-"""Verified identity for the app: client-sent copies are always removed first."""
+"""Verified identity for the app: client-sent copies are always removed first.
+
+Two kinds of header say who a request is from: the sidecar's identity headers
+(the verified user, tenant, API key name) and the forwarding headers proxies use
+for the client's address and the URL it asked for. A client may send either to
+impersonate someone, so both are stripped in every spelling before the app sees
+the request: any case, and `_` for `-` (WSGI/CGI servers map `X_Real_IP` and
+`X-Real-IP` to the same variable, so either would reach the app as the real one).
+"""
 
 from __future__ import annotations
+
+from typing import Final
 
 from multidict import CIMultiDict
 
 from sidecar.config import IdentityHeaders
 from sidecar.identity import Identity
 
+# The client's address, or the URL it asked for, as proxies, CDNs and frameworks read them.
+# Only a trusted proxy may set these (in their `-` spelling); from anyone else they go.
+FORWARDING_HEADERS: Final = frozenset(
+    {
+        "forwarded", "x-forwarded", "forwarded-for", "x-forwarded-for", "x-forwarded-host",
+        "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server",
+        "x-forwarded-ssl", "x-forwarded-scheme", "x-real-ip", "true-client-ip", "x-client-ip",
+        "client-ip", "cf-connecting-ip", "cf-connecting-ipv6", "fastly-client-ip",
+        "x-cluster-client-ip", "x-original-forwarded-for", "x-originating-ip", "x-remote-ip",
+        "x-remote-addr", "x-proxyuser-ip", "x-envoy-external-address", "x-original-url",
+        "x-rewrite-url", "x-original-uri", "x-original-host", "x-host", "x-http-host-override",
+        "x-url-scheme", "front-end-https",
+    }
+)  # fmt: skip
+_FORWARDING_PREFIX: Final = "x-forwarded-"  # every X-Forwarded-* of any proxy
+
+
+def canonical(name: str) -> str:
+    """The spelling a header name is compared in: lower case, `_` read as `-`."""
+    return name.lower().replace("_", "-")
+
+
+def is_forwarding_header(name: str) -> bool:
+    """Whether `name`, in any spelling, is a forwarding / client-address header."""
+    key = canonical(name)
+    return key in FORWARDING_HEADERS or key.startswith(_FORWARDING_PREFIX)
+
+
+def strip_forwarding_claims(headers: CIMultiDict[str], *, trusted: bool) -> None:
+    """Drop forwarding headers: all of them from an untrusted peer; from a trusted proxy,
+    only `_` spellings (proxies write the `-` ones, nothing legitimate writes the others)."""
+    for name in [n for n in headers if is_forwarding_header(n) and (not trusted or "_" in n)]:
+        headers.popall(name, None)
+
 
 def strip_and_set_identity(
     headers: CIMultiDict[str], identity: Identity, names: IdentityHeaders
 ) -> None:
-    """Drop every configured identity header, then set the verified ones that exist.
-
-    Spellings with `_` for `-` go too: WSGI/CGI servers map `X_Sidecar_User` and
-    `X-Sidecar-User` to the same variable, so either would reach the app as the identity.
-    """
+    """Drop every configured identity header in any spelling, then set the verified ones."""
     values = {
         names.user: identity.user,
         names.tenant: identity.tenant,
         names.api_key_name: identity.api_key_name,
     }
-    reserved = {name.lower().replace("_", "-") for name in values}
-    for sent in {k for k in headers if k.lower().replace("_", "-") in reserved}:
+    reserved = {canonical(name) for name in values}
+    for sent in {k for k in headers if canonical(k) in reserved}:
         headers.popall(sent, None)
     for name, value in values.items():
         if value is not None:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +41,10 @@ class JwksCache:
         *,
         refresh_seconds: float,
         min_refresh_seconds: float,
+        on_refresh: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
+        self._on_refresh = on_refresh  # told `success` / `failure` after every fetch
         self._session = session
         self._refresh = refresh_seconds
         self._min_refresh = min_refresh_seconds
@@ -72,6 +75,7 @@ class JwksCache:
                 await self.refresh()
             except Exception:  # the schedule must outlive any one bad answer
                 log.exception("jwks refresh failed", extra={"url": self.url})
+                self._report("failure")
 
     async def refresh(self) -> bool:
         """Fetch the key set now unless fetched within `min_refresh_seconds`; True if fetched."""
@@ -91,12 +95,18 @@ class JwksCache:
             except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
                 log.warning("jwks fetch failed, keeping last keys", extra={"url": self.url,
                             "error": type(exc).__name__})  # fmt: skip
+                self._report("failure")
                 return False
             if keys:
                 self._keys = keys
             else:
                 log.warning("jwks had no usable key, keeping last keys", extra={"url": self.url})
+            self._report("success" if keys else "failure")
             return True
+
+    def _report(self, result: str) -> None:
+        if self._on_refresh is not None:
+            self._on_refresh(result)
 
     async def key_for(self, kid: str | None) -> SigningKey | None:
         """The key for `kid`; an unknown kid triggers one rate-limited refetch."""

@@ -1,20 +1,48 @@
-"""Prompt screening: a length limit over all user text and RE2 deny rules, scanned once.
+"""Prompt screening: a length limit over all request text and RE2 deny rules, scanned once.
 
 RE2 runs in linear time, so no prompt can make a rule backtrack catastrophically.
-Rejections name the rule, never echo the text.
+Which texts a request has is `claude_schema`'s business (every field Claude reads);
+this module only judges them. Rejections name the rule, never echo the text.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-from collections.abc import Iterable
-from typing import Any
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 import re2
 
 from sidecar.config import ScreeningConfig, re2_options
 from sidecar.errors import Rejection
+from sidecar.policy.claude_schema import Collected, UnknownBlock, collect_texts
+
+# Unicode's Default_Ignorable_Code_Point set: zero-width spaces and joiners, bidi and
+# other invisible format controls, variation selectors, tag characters, soft hyphen.
+# Renderers (and Claude's reading) skip them, so they split a phrase without showing.
+_INVISIBLE: Final = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+"
+)
+_WHITESPACE: Final = re.compile(r"\s+")
+_UNUSUAL_SPACING: Final = re.compile(r"\s\s|[^\S ]")  # anything folding would change
+
+
+def may_change_in_normalize(text: str) -> bool:
+    """False when `normalize(text)` is `text` for sure (plain ASCII with single spaces)."""
+    return not text.isascii() or _UNUSUAL_SPACING.search(text) is not None
+
+
+def normalize(text: str) -> str:
+    """The text as deny rules see it under `screening.normalize`.
+
+    Invisible characters removed, then Unicode NFKC (full-width, ligatures,
+    super/subscripts and the like to their plain forms), then every run of
+    whitespace (any Unicode space, tab or line break) folded to one space.
+    """
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)))
 
 
 class Screener:
@@ -23,6 +51,8 @@ class Screener:
     def __init__(self, config: ScreeningConfig) -> None:
         self.max_chars = config.max_prompt_chars
         self.max_attachment_bytes = config.max_attachment_bytes
+        self.normalize = config.normalize
+        self.unknown_blocks = config.unknown_blocks
         self._names = [rule.name for rule in config.deny_patterns]
         self._set: Any = None
         if config.deny_patterns:
@@ -31,8 +61,26 @@ class Screener:
                 self._set.Add(rule.pattern)
             self._set.Compile()
 
-    def screen(self, texts: Iterable[str], attachment_bytes: int = 0) -> None:
-        """Raise a 400 Rejection for too much text, too large attachments, or a deny-rule hit."""
+    def screen_request(self, body: Mapping[str, Any]) -> Collected:
+        """Screen every text of a Messages request body; its texts for the token estimate."""
+        try:
+            collected = collect_texts(body, self.unknown_blocks)
+        except UnknownBlock as exc:
+            raise Rejection(
+                400, "invalid_request_error",
+                f"content type {exc.kind[:64]!r} is not accepted here",
+                reason="screening_unknown_block",
+            ) from None  # fmt: skip
+        self.screen(collected.texts, collected.attachment_bytes, collected.joined)
+        return collected
+
+    def screen(
+        self, texts: Iterable[str], attachment_bytes: int = 0, joined: Iterable[str] = ()
+    ) -> None:
+        """Raise a 400 Rejection for too much text, too large attachments, or a deny-rule hit.
+
+        `joined` texts are matched but not counted (they repeat texts already counted).
+        """
         texts = list(texts)
         chars = sum(len(text) for text in texts)
         if chars > self.max_chars:
@@ -50,57 +98,23 @@ class Screener:
             )  # fmt: skip
         if self._set is None:
             return
-        for text in texts:
-            # Bytes, with lone surrogates passed through: JSON may carry them, RE2 wants UTF-8.
-            hits = self._set.Match(text.encode("utf-8", "surrogatepass"))
-            if hits:
-                name = self._names[min(hits)]
-                raise Rejection(
-                    400, "invalid_request_error", f'prompt matches deny rule "{name}"',
-                    reason="screening_rule", code="prompt_rejected",
-                )  # fmt: skip
+        # Each distinct text once: tool schemas and inputs repeat the same keys many times.
+        for text in dict.fromkeys((*texts, *joined)):
+            self._match(text)
+            if self.normalize and may_change_in_normalize(text):
+                normal = normalize(text)
+                if normal != text:
+                    self._match(normal)
+
+    def _match(self, text: str) -> None:
+        # Bytes, with lone surrogates passed through: JSON may carry them, RE2 wants UTF-8.
+        hits = self._set.Match(text.encode("utf-8", "surrogatepass"))
+        if hits:
+            name = self._names[min(hits)]
+            raise Rejection(
+                400, "invalid_request_error", f'prompt matches deny rule "{name}"',
+                reason="screening_rule", code="prompt_rejected",
+            )  # fmt: skip
 
 
-def _walk_content(content: Any, texts: list[str], sizes: list[int]) -> None:
-    # Iterative: nested tool results must not be able to exhaust the Python stack.
-    pending = [content]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            texts.append(item)
-            continue
-        if isinstance(item, list):
-            pending.extend(reversed(item))
-            continue
-        if not isinstance(item, dict):
-            continue
-        kind = item.get("type")
-        if isinstance(item.get("text"), str):
-            texts.append(item["text"])
-        if kind == "tool_result":
-            pending.append(item.get("content"))
-        elif kind == "tool_use" and "input" in item:
-            with contextlib.suppress(TypeError, ValueError, RecursionError):
-                texts.append(json.dumps(item["input"]))
-        source = item.get("source")
-        if isinstance(source, dict) and isinstance(source.get("data"), str):
-            sizes.append(len(source["data"]))
-
-
-def collect_texts(
-    system: object, messages: object, prompt: str | None = None
-) -> tuple[list[str], int]:
-    """All user-supplied text of an Anthropic-shaped request, and attachment bytes.
-
-    Tolerates any JSON shape (the parsers validate shape separately).
-    """
-    texts: list[str] = []
-    sizes: list[int] = []
-    _walk_content(system, texts, sizes)
-    if isinstance(messages, list):
-        for message in messages:
-            if isinstance(message, dict):
-                _walk_content(message.get("content"), texts, sizes)
-    if prompt is not None:
-        texts.append(prompt)
-    return texts, sum(sizes)
+__all__ = ["Collected", "Screener", "collect_texts", "may_change_in_normalize", "normalize"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import logging
 import math
+import os
 import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -29,6 +31,23 @@ _LIMITS_CACHE: Final = 256  # policies remembered per gate
 _NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 
 StoreErrorHook = Callable[[str, str], None]  # (on_store_error mode, operation)
+# Lease ids: a random prefix per process and a counter. Unique across replicas sharing
+# a Redis store like a random id per lease, without reading the OS's randomness per call.
+_lease_prefix = secrets.token_hex(8)
+_lease_numbers = itertools.count(1)
+
+
+def _new_lease_id() -> str:
+    return f"{_lease_prefix}{next(_lease_numbers):x}"
+
+
+def _new_lease_prefix() -> None:
+    """A forked child must not repeat its parent's ids."""
+    global _lease_prefix, _lease_numbers
+    _lease_prefix, _lease_numbers = secrets.token_hex(8), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_lease_prefix)
 
 
 def limits_of(policy: QuotaConfig) -> Limits:
@@ -41,14 +60,16 @@ def limits_of(policy: QuotaConfig) -> Limits:
     )
 
 
+# The Identity attribute each `quotas.key` counts by (client_ip: none, the address is used).
+_KEY_ATTRIBUTE: Final[Mapping[str, str | None]] = MappingProxyType(
+    {"user": "user", "api_key": "api_key_name", "tenant": "tenant", "client_ip": None}
+)
+
+
 def subject_of(policy: QuotaConfig, scope: str, identity: Identity, client_ip: str) -> str:
     """The counter key: route scope + `quotas.key` value, or the client IP when there is none."""
-    value = {
-        "user": identity.user,
-        "api_key": identity.api_key_name,
-        "tenant": identity.tenant,
-        "client_ip": None,
-    }[policy.key]
+    attribute = _KEY_ATTRIBUTE[policy.key]
+    value = getattr(identity, attribute) if attribute is not None else None
     kind = policy.key
     if not value:
         kind, value = "client_ip", client_ip
@@ -65,14 +86,24 @@ def _rfc3339_second(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Header names built once: a lease keeps its headers for its stream's life, and
+# shared name strings are neither formatted per call nor held once per stream.
+_RATELIMIT_NAMES: Final = tuple(
+    (kind, f"anthropic-ratelimit-{kind}-limit", f"anthropic-ratelimit-{kind}-remaining",
+     f"anthropic-ratelimit-{kind}-reset")
+    for kind in ("requests", "tokens")
+)  # fmt: skip
+
+
 def ratelimit_headers(decision: Decision) -> dict[str, str]:
     """`anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` for the enabled limits."""
     headers: dict[str, str] = {}
-    for kind, window in (("requests", decision.requests), ("tokens", decision.tokens)):
+    for kind, limit, remaining, reset in _RATELIMIT_NAMES:
+        window = decision.requests if kind == "requests" else decision.tokens
         if window is not None:
-            headers[f"anthropic-ratelimit-{kind}-limit"] = str(window.limit)
-            headers[f"anthropic-ratelimit-{kind}-remaining"] = str(window.remaining)
-            headers[f"anthropic-ratelimit-{kind}-reset"] = rfc3339(window.reset_at)
+            headers[limit] = str(window.limit)
+            headers[remaining] = str(window.remaining)
+            headers[reset] = rfc3339(window.reset_at)
     return headers
 
 
@@ -133,7 +164,7 @@ class QuotaLease:
         self._subject = subject
         self._limits = limits
         self._reserved = reserved
-        self.lease_id = secrets.token_hex(8)
+        self.lease_id = _new_lease_id()
         self._settled = gate is None
         self._renewal: asyncio.Task[None] | None = None
         self.headers = headers

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -20,20 +19,33 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import NoOpTracerProvider, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NoOpTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    format_span_id,
+    format_trace_id,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.config import ModelPrice, TelemetryConfig
-from sidecar.record import StreamRecord
+from sidecar.record import OPERATION, StreamRecord
 from sidecar.telemetry import streams
+from sidecar.telemetry.bounded import error_labels, model_labels
 from sidecar.telemetry.content import output_messages, request_content
 from sidecar.telemetry.cost import cost_usd, price_for
+from sidecar.telemetry.health import Health
 from sidecar.telemetry.instruments import Instruments
-from sidecar.telemetry.providers import Providers, build_providers, env_flag
+from sidecar.telemetry.providers import Providers, build_providers, sdk_disabled
+from sidecar.telemetry.semconv import DEFAULT, GenAiNames, gen_ai_names, http_method
 
 _CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
 _ADMITTED: Final = {"sidecar.queue.admitted": True}
+_NO_PARENT: Final = Context()
 
 stream_log = logging.getLogger("sidecar.stream")
 access_log = logging.getLogger("sidecar.access")
@@ -57,8 +69,11 @@ def span_ids(span: Span | None) -> dict[str, str]:
 class Telemetry:
     """Spans, metrics and logs of one sidecar; build with `from_config`."""
 
-    def __init__(self, config: TelemetryConfig, providers: Providers | None) -> None:
+    def __init__(
+        self, config: TelemetryConfig, providers: Providers | None, names: GenAiNames = DEFAULT
+    ) -> None:
         self.config = config
+        self.names = names
         self._providers = providers
         self._propagator = TraceContextTextMapPropagator()
         # The no-op tracer still continues the caller's context, so `traceparent` is
@@ -66,12 +81,17 @@ class Telemetry:
         tracer_provider: Any = providers.tracer_provider if providers else NoOpTracerProvider()
         meter_provider: Any = providers.meter_provider if providers else NoOpMeterProvider()
         self._tracer: trace.Tracer = tracer_provider.get_tracer("claude-sidecar")
-        self.instruments = Instruments(meter_provider.get_meter("claude-sidecar"))
+        meter = meter_provider.get_meter("claude-sidecar")
+        self.instruments = Instruments(meter, names)
+        self.health = Health(meter)
         # Off (no providers): spans do not record and no reader ever collects, so the
         # per-call attribute dicts and measurements below are skipped, not built for nothing.
         self._on = providers is not None
         self._routes: dict[str, dict[str, str]] = {}
         self._prices: dict[str, ModelPrice | None] = {}
+        # Client-chosen values reach metrics and spans only through these (bounded).
+        self.models = model_labels(config.prices)
+        self._errors = error_labels()
 
     @classmethod
     def from_config(
@@ -80,13 +100,16 @@ class Telemetry:
         *,
         span_exporter: SpanExporter | None = None,
         metric_reader: MetricReader | None = None,
-        env: Mapping[str, str] | None = None,
     ) -> Telemetry:
-        """Providers from config + `OTEL_*` env (env wins); exporters/readers may be injected."""
-        environ = os.environ if env is None else env
-        if env_flag(environ, "OTEL_SDK_DISABLED"):
+        """Providers from config and the SDK's own `OTEL_*` environment (the environment wins).
+
+        Exporters and readers may be injected (tests). `OTEL_SEMCONV_STABILITY_OPT_IN`
+        picks the GenAI names (see `semconv`).
+        """
+        if sdk_disabled():
             return cls(config, None)
-        return cls(config, build_providers(config, environ, span_exporter, metric_reader))
+        providers = build_providers(config, span_exporter, metric_reader)
+        return cls(config, providers, gen_ai_names())
 
     @property
     def enabled(self) -> bool:
@@ -97,10 +120,28 @@ class Telemetry:
 
     def extract(self, headers: Mapping[str, str]) -> Context:
         """The caller's W3C trace context (empty context when there is none)."""
+        if "traceparent" not in headers:
+            # What the propagator returns without the header (`tracestate` alone means
+            # nothing), without its getter calls per request; a Context is immutable.
+            return _NO_PARENT
         return self._propagator.extract(headers)
 
-    def start_server_span(self, name: str, parent: Context, attributes: dict[str, Any]) -> Span:
-        """The SERVER span of one request, a child of the caller's span when there is one."""
+    def start_server_span(
+        self, parent: Context, *, method: str, route: str, path: str, scheme: str
+    ) -> Span:
+        """The SERVER span of one request, a child of the caller's span when there is one.
+
+        Named and attributed per the HTTP server conventions; a method outside the known
+        set is `_OTHER` (the client's spelling kept in `http.request.method_original`).
+        """
+        known = http_method(method)
+        attributes: dict[str, Any] = {
+            "http.request.method": known, "http.route": route, "url.path": path,
+            "url.scheme": scheme,
+        }  # fmt: skip
+        if known != method:
+            attributes["http.request.method_original"] = method
+        name = f"{method if known == method else 'HTTP'} {route}"
         return self._tracer.start_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
@@ -118,8 +159,21 @@ class Telemetry:
         return trace.set_span_in_context(span, parent)
 
     def inject(self, span: Span, headers: dict[str, str]) -> None:
-        """Add `traceparent` (+ `tracestate`) naming `span` as the parent."""
-        self._propagator.inject(headers, context=trace.set_span_in_context(span))
+        """Add `traceparent` (+ `tracestate`) naming `span` as the parent.
+
+        Writes what `TraceContextTextMapPropagator.inject` writes for this span, without
+        first wrapping the span in a new Context for the propagator to unwrap (once
+        per Claude call). tests/test_telemetry_core.py holds the two to the same output.
+        """
+        context = span.get_span_context()
+        if context == INVALID_SPAN_CONTEXT:
+            return
+        headers["traceparent"] = (
+            f"00-{format_trace_id(context.trace_id)}-{format_span_id(context.span_id)}"
+            f"-{context.trace_flags:02x}"
+        )
+        if context.trace_state:
+            headers["tracestate"] = context.trace_state.to_header()
 
     def start_stream(self, record: StreamRecord, parent: Context, body: bytes = b"") -> Span:
         """The CLIENT span `chat {model}` of one Claude call; ends in `finish_stream`.
@@ -132,8 +186,9 @@ class Telemetry:
         if self.config.capture_content:
             record.capture = True
             record.system_text, record.prompt_text = request_content(body)
+        record.model_label = self.models(record.request_model)
         span = self._tracer.start_span(
-            f"{record.operation} {record.request_model}",
+            f"{OPERATION} {record.model_label}",
             context=parent,
             kind=SpanKind.CLIENT,
             attributes=streams.start_attributes(record) if self._on else None,
@@ -183,6 +238,9 @@ class Telemetry:
             self._announce(record, span)
         ended = record.ended or record.last_chunk_at or record.started
         failed = streams.failed(record)
+        if record.response_model is not None:
+            record.response_model_label = self.models(record.response_model)
+        record.error_label = self._errors(record.error_type)
         base = record.log_base if record.log_base is not None else self._log_base(record, span)
         if span.is_recording():  # not when off or sampled out
             self._end_attributes(record, span, failed, base)
@@ -195,7 +253,7 @@ class Telemetry:
             if record.admitted:
                 inst.active_streams.add(-1, self._route_attributes(record.route))
             if cost:
-                inst.cost.add(cost, {"gen_ai.request.model": record.request_model})
+                inst.cost.add(cost, {"gen_ai.request.model": record.model_label})
             streams.record_metrics(inst, record, ended, failed)
         level = logging.WARNING if failed else logging.INFO
         if stream_log.isEnabledFor(level):
@@ -207,7 +265,7 @@ class Telemetry:
         self, record: StreamRecord, span: Span, failed: bool, base: dict[str, Any]
     ) -> None:
         # One `set_attributes`: the SDK cleans and locks once per call, not per group.
-        attributes = streams.end_attributes(record, failed)
+        attributes = streams.end_attributes(record, failed, self.names)
         if "user" in base:
             attributes["sidecar.user"] = base["user"]
         if "tenant" in base:
@@ -221,7 +279,11 @@ class Telemetry:
                 attributes["gen_ai.output.messages"] = output_messages(record)
         span.set_attributes(attributes)
         if failed:
-            span.set_status(Status(StatusCode.ERROR, record.error_type or record.outcome))
+            span.set_status(
+                Status(
+                    StatusCode.ERROR, record.error_label if record.error_type else record.outcome
+                )
+            )
 
     def _identity(self, value: str | None) -> str | None:
         mode = self.config.user_attribute
@@ -285,6 +347,16 @@ class Telemetry:
             span.set_attribute("sidecar.rejection.reason", reason)
         reject_log.info("request_rejected", extra=fields)
 
+    def resumed(self, result: str, replayed: int = 0) -> None:
+        """A reconnect was answered (`result`: resumed | expired | forbidden | lost)."""
+        self.instruments.resumes.add(1, {"sidecar.resume.result": result})
+        if replayed:
+            self.instruments.resume_events.add(replayed)
+
+    def resume_store_error(self, mode: str) -> None:
+        """The resume store failed; `mode` (fail_open | fail_closed) says what followed."""
+        self.instruments.resume_store_errors.add(1, {"sidecar.resume.on_store_error": mode})
+
     def upstream_status(self, status: int) -> None:
         """One answer from Claude (every attempt, retried or not), by status code."""
         if self._on:
@@ -297,6 +369,15 @@ class Telemetry:
     def config_reload(self, result: str) -> None:
         """One config reload attempt, `success` or `failure` (the old config kept serving)."""
         self.instruments.config_reloads.add(1, {"result": result})
+        self.health.reload(result)
+
+    def jwks_refresh(self, result: str) -> None:
+        """One JWKS fetch, `success` or `failure` (the last good keys kept serving)."""
+        self.health.jwks_refreshes.add(1, {"result": result})
+
+    def readiness(self, failing: Mapping[str, str]) -> None:
+        """The outcome of a readiness check: the names of the checks that failed."""
+        self.health.readiness(failing)
 
     def quota_store_error(self, mode: str, operation: str) -> None:
         """A quota store call failed (`operation`: admit / settle / renew); `mode` says what followed."""
@@ -312,27 +393,27 @@ class Telemetry:
         self,
         *,
         method: str,
+        scheme: str,
         route: str,
         path: str,
         status: int,
         duration: float,
         request_id: str,
-        bytes_sent: int | None,
         span: Span | None,
     ) -> None:
         """The per-request access log line and request duration histogram."""
         if self._on:
             self.instruments.request_duration.record(
-                duration, {"http.route": route, "http.response.status_code": status}
-            )
+                duration,
+                {"http.request.method": http_method(method), "url.scheme": scheme,
+                 "http.route": route, "http.response.status_code": status},
+            )  # fmt: skip
         if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, Any] = {
             "event": "access", "method": method, "route": route, "path": path, "status": status,
             "duration_ms": round(duration * 1000, 2), "request_id": request_id, **span_ids(span),
         }  # fmt: skip
-        if bytes_sent is not None:
-            fields["bytes_sent"] = bytes_sent
         access_log.info("request", extra=fields)
 
     # ------------------------------------------------------------------ export

@@ -17,6 +17,8 @@ from typing import Final
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.util.types import AttributeValue
 
+from sidecar.telemetry.semconv import DEFAULT, GenAiNames
+
 TOKEN_BUCKETS: Final = [
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864
 ]  # fmt: skip
@@ -61,24 +63,40 @@ class Totals:
 class Instruments:
     """Every instrument the sidecar records, created once per Telemetry."""
 
-    def __init__(self, meter: Meter) -> None:
-        self.token_usage = meter.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}",
-            description="Tokens used per Claude call, by gen_ai.token.type (input / output)",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-        )  # fmt: skip
+    def __init__(self, meter: Meter, names: GenAiNames = DEFAULT) -> None:
+        self.names = names
+        if names.latest:
+            # Token usage as one counter per kind (what was spent, for rates and cost).
+            self.usage_input, self.usage_output = Totals(), Totals()
+            self.usage_cache_read, self.usage_cache_write = Totals(), Totals()
+            for name, totals, description in (
+                ("input_tokens", self.usage_input, "Input tokens, cache reads and writes included"),
+                ("output_tokens", self.usage_output, "Output tokens"),
+                ("cache_read.input_tokens", self.usage_cache_read, "Input tokens read from the prompt cache"),
+                ("cache_write.input_tokens", self.usage_cache_write, "Input tokens written to the prompt cache"),
+            ):  # fmt: skip
+                meter.create_observable_counter(
+                    f"gen_ai.client.inference.usage.{name}", [totals.observe], unit="{token}",
+                    description=description,
+                )  # fmt: skip
+        else:
+            self.token_usage = meter.create_histogram(
+                "gen_ai.client.token.usage", unit="{token}",
+                description="Tokens used per Claude call, by gen_ai.token.type (input / output)",
+                explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+            )  # fmt: skip
         self.operation_duration = meter.create_histogram(
-            "gen_ai.client.operation.duration", unit="s",
+            names.duration, unit="s",
             description="Duration of a Claude call, request sent to last event",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )  # fmt: skip
         self.time_to_first_chunk = meter.create_histogram(
-            "gen_ai.client.operation.time_to_first_chunk", unit="s",
+            names.time_to_first_chunk, unit="s",
             description="Time from sending the request to Claude's first body chunk",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )  # fmt: skip
         self.time_per_output_chunk = meter.create_histogram(
-            "gen_ai.client.operation.time_per_output_chunk", unit="s",
+            names.time_per_output_chunk, unit="s",
             description="Mean time between Claude's content chunks after the first, once per stream",
             explicit_bucket_boundaries_advisory=PER_CHUNK_BUCKETS,
         )  # fmt: skip
@@ -129,6 +147,18 @@ class Instruments:
         meter.create_observable_counter(
             "sidecar.cost.usd", [self.cost.observe], unit="{USD}",
             description="Estimated cost of Claude calls from the configured price table",
+        )  # fmt: skip
+        self.resumes = meter.create_counter(
+            "sidecar.stream.resumes", unit="{request}",
+            description="Stream resumes, by sidecar.resume.result (resumed | expired | forbidden | lost)",
+        )  # fmt: skip
+        self.resume_events = meter.create_counter(
+            "sidecar.stream.resume.events", unit="{event}",
+            description="Events replayed from resume buffers to reconnecting clients",
+        )  # fmt: skip
+        self.resume_store_errors = meter.create_counter(
+            "sidecar.resume.store_errors", unit="{error}",
+            description="Resume store failures, by sidecar.resume.on_store_error",
         )  # fmt: skip
         self.config_reloads = meter.create_counter(
             "sidecar.config.reloads", unit="{reload}",

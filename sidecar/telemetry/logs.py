@@ -40,8 +40,7 @@ _EXTRA_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
 _EXTRA_KEYS_LIMIT: Final = 256
 
 
-def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    attributes = vars(record)
+def _extra_keys(attributes: dict[str, Any]) -> tuple[str, ...]:
     names = tuple(attributes)
     keys = _EXTRA_KEYS.get(names)
     if keys is None:
@@ -49,7 +48,13 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
         if len(_EXTRA_KEYS) >= _EXTRA_KEYS_LIMIT:
             _EXTRA_KEYS.clear()
         _EXTRA_KEYS[names] = keys
-    return {k: attributes[k] for k in keys}
+    return keys
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a record got from `extra={...}`, in the order given."""
+    attributes = vars(record)
+    return {k: attributes[k] for k in _extra_keys(attributes)}
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,22 +65,25 @@ class JsonFormatter(logging.Formatter):
         self._second = -1
         self._stamp = ""  # `time` up to the second, for `_second` (lines share seconds)
 
-    def _time(self, created: float, msecs: float) -> str:
-        second = int(created)
+    def format(self, record: logging.LogRecord) -> str:
+        # Three lines per Claude call: written out here, with no helper calls and no
+        # intermediate dicts per line. `time` is formatted up to the second once per second.
+        second = int(record.created)
         if second != self._second:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._stamp}.{int(msecs):03d}Z"
-
-    def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self._time(record.created, record.msecs),
+            "time": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update(extra_fields(record))
-        entry.update(_trace_fields(record))
+            "message": record.msg if not record.args and type(record.msg) is str
+            else record.getMessage(),
+        }  # fmt: skip
+        attributes = vars(record)
+        for key in _extra_keys(attributes):
+            entry[key] = attributes[key]
+        if not attributes.get("trace_id"):
+            entry.update(_trace_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _encode(entry)

@@ -1,135 +1,114 @@
-"""OpenTelemetry providers from the `telemetry` section and the standard `OTEL_*` environment.
+"""OpenTelemetry providers from the `telemetry` section and the SDK's own `OTEL_*` handling.
 
-The environment wins where set (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-`OTEL_EXPORTER_OTLP_ENDPOINT` and its `_TRACES_`/`_METRICS_` variants,
-`OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_TRACES_EXPORTER` /
-`OTEL_METRICS_EXPORTER` = `none`, `OTEL_SDK_DISABLED`). Providers are private to one
-Telemetry (never the global ones), so a process can build several (tests) and shut
-each down.
+The SDK reads its environment itself: the resource (`OTEL_SERVICE_NAME`,
+`OTEL_RESOURCE_ATTRIBUTES`, percent-decoded, and any `OTEL_EXPERIMENTAL_RESOURCE_DETECTORS`),
+the sampler (`OTEL_TRACES_SAMPLER(_ARG)`), the exemplar filter when set, and the
+OTLP exporters' endpoints, headers, timeouts and TLS (`OTEL_EXPORTER_OTLP_*`).
+The sidecar only decides what the SDK cannot know: that the environment wins over
+the config's `service_name`, `resource_attributes` and `otlp_endpoint`; which
+exporters to build (`OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` = `none`, the
+protocol); and the exemplar filter's default. Providers are private to one Telemetry
+(never the global ones), so a process can build several (tests) and shut each down.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
 from dataclasses import dataclass, field
+from typing import Final
 
-from opentelemetry.sdk.metrics import (
-    AlwaysOffExemplarFilter,
-    AlwaysOnExemplarFilter,
-    ExemplarFilter,
-    MeterProvider,
-    TraceBasedExemplarFilter,
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+    OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    OTEL_METRICS_EXEMPLAR_FILTER,
+    OTEL_SDK_DISABLED,
 )
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import (
-    TELEMETRY_SDK_LANGUAGE,
-    TELEMETRY_SDK_NAME,
-    TELEMETRY_SDK_VERSION,
-    Resource,
-)
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    ParentBased,
-    Sampler,
-    TraceIdRatioBased,
-)
-from opentelemetry.sdk.version import __version__ as sdk_version
 from prometheus_client import CollectorRegistry
 
 from sidecar.config import TelemetryConfig
 
-
-def env_flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() == "true"
-
-
-def resource_of(config: TelemetryConfig, env: Mapping[str, str]) -> Resource:
-    """Config attributes, then `OTEL_RESOURCE_ATTRIBUTES`, then `OTEL_SERVICE_NAME` win."""
-    attributes: dict[str, str] = {
-        TELEMETRY_SDK_LANGUAGE: "python",
-        TELEMETRY_SDK_NAME: "opentelemetry",
-        TELEMETRY_SDK_VERSION: sdk_version,
-        "service.name": config.service_name,
-        **config.resource_attributes,
-    }
-    for pair in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
-        key, sep, value = pair.partition("=")
-        if sep and key.strip():
-            attributes[key.strip()] = value.strip()
-    if env.get("OTEL_SERVICE_NAME"):
-        attributes["service.name"] = env["OTEL_SERVICE_NAME"]
-    # Not Resource.create: it reads os.environ itself, and `env` is the one source here.
-    return Resource(attributes)
+_SIGNAL_PATHS: Final = {"TRACES": "v1/traces", "METRICS": "v1/metrics"}
+_EXEMPLAR_FILTERS: Final = frozenset({"trace_based", "always_on", "always_off"})
+log = logging.getLogger("sidecar.telemetry")
 
 
-def sampler_of(env: Mapping[str, str]) -> Sampler:
-    """The sampler `OTEL_TRACES_SAMPLER` names (default: parent-based always-on)."""
-    name = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
-    try:
-        ratio = min(max(float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0")), 0.0), 1.0)
-    except ValueError:
-        ratio = 1.0
-    samplers: dict[str, Sampler] = {
-        "always_on": ALWAYS_ON,
-        "always_off": ALWAYS_OFF,
-        "traceidratio": TraceIdRatioBased(ratio),
-        "parentbased_always_on": ParentBased(ALWAYS_ON),
-        "parentbased_always_off": ParentBased(ALWAYS_OFF),
-        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
-    }
-    return samplers.get(name, ParentBased(ALWAYS_ON))
+def sdk_disabled() -> bool:
+    """`OTEL_SDK_DISABLED=true`: no providers at all (the SDK's own reading of the flag)."""
+    return os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
 
 
-def exemplar_filter_of(env: Mapping[str, str]) -> ExemplarFilter:
-    """`OTEL_METRICS_EXEMPLAR_FILTER` when set, else `always_off`.
+def resource_of(config: TelemetryConfig) -> Resource:
+    """The SDK's resource over the config's attributes: `OTEL_*` wins where set.
+
+    `Resource.create` adds the SDK's own attributes, the configured detectors and the
+    environment, with the config on top; the environment detector is merged once more
+    so that it, not the config, has the last word (as documented).
+    """
+    configured = {SERVICE_NAME: config.service_name, **config.resource_attributes}
+    return Resource.create(configured).merge(OTELResourceDetector().detect())
+
+
+def exemplar_filter_of() -> ExemplarFilter | None:
+    """None (the SDK reads `OTEL_METRICS_EXEMPLAR_FILTER`) when set, else `always_off`.
 
     The SDK's default, `trace_based`, samples only measurements made while a sampled
     span is current, and the sidecar never makes its spans current (it parents them
     explicitly): it would never keep an exemplar, yet costs a context lookup on every
-    measurement.
+    measurement. A value the SDK does not know would stop it with a traceback: that
+    one is logged and ignored.
     """
-    name = env.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip().lower()
-    if name == "trace_based":
-        return TraceBasedExemplarFilter()
-    if name == "always_on":
-        return AlwaysOnExemplarFilter()
+    value = os.environ.get(OTEL_METRICS_EXEMPLAR_FILTER)
+    if value in _EXEMPLAR_FILTERS:
+        return None
+    if value:
+        log.warning("unknown OTEL_METRICS_EXEMPLAR_FILTER ignored", extra={"value": value[:64]})
     return AlwaysOffExemplarFilter()
 
 
 @dataclass(frozen=True, slots=True)
-class OtlpTarget:
-    """Where OTLP export goes: full per-signal URLs (HTTP) or endpoints (gRPC); None = off."""
+class OtlpSignal:
+    """OTLP export of one signal: `endpoint` None lets the exporter read `OTEL_EXPORTER_OTLP_*`."""
 
     protocol: str
-    traces: str | None
-    metrics: str | None
+    endpoint: str | None
 
 
-def otlp_target(config: TelemetryConfig, env: Mapping[str, str]) -> OtlpTarget:
-    """The OTLP endpoints from config and env (env wins), as the OTLP exporter spec joins them."""
-    protocol = (env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or config.otlp_protocol).strip()
-    configured = str(config.otlp_endpoint) if config.otlp_endpoint is not None else None
-    base = (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or configured or "").strip().rstrip("/")
-    grpc = protocol == "grpc"
-
-    def signal(name: str, path: str) -> str | None:
-        if env.get(f"OTEL_{name}_EXPORTER", "").strip().lower() == "none":
-            return None
-        specific = env.get(f"OTEL_EXPORTER_OTLP_{name}_ENDPOINT", "").strip()
-        if specific:
-            return specific  # used as is, per the OTLP exporter spec
-        if not base:
-            return None
-        return base if grpc else f"{base}/{path}"
-
-    return OtlpTarget(protocol, signal("TRACES", "v1/traces"), signal("METRICS", "v1/metrics"))
+def otlp_signal(config: TelemetryConfig, signal: str) -> OtlpSignal | None:
+    """How `signal` (`TRACES` / `METRICS`) is exported over OTLP; None when it is not."""
+    env = os.environ
+    if env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower() == "none":
+        return None
+    specific_protocol = (
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL if signal == "TRACES"
+        else OTEL_EXPORTER_OTLP_METRICS_PROTOCOL
+    )  # fmt: skip
+    protocol = (
+        env.get(specific_protocol) or env.get(OTEL_EXPORTER_OTLP_PROTOCOL) or config.otlp_protocol
+    ).strip()
+    specific_endpoint = (
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT if signal == "TRACES"
+        else OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
+    )  # fmt: skip
+    if env.get(specific_endpoint, "").strip() or env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip():
+        return OtlpSignal(protocol, None)  # the exporter joins the spec's paths itself
+    if config.otlp_endpoint is None:
+        return None
+    base = str(config.otlp_endpoint).rstrip("/")
+    return OtlpSignal(protocol, base if protocol == "grpc" else f"{base}/{_SIGNAL_PATHS[signal]}")
 
 
 @dataclass
@@ -140,7 +119,8 @@ class Providers:
     readers: list[MetricReader] = field(default_factory=list)
 
 
-def _span_exporter(target: OtlpTarget, endpoint: str) -> SpanExporter:
+def _span_exporter(target: OtlpSignal) -> SpanExporter:
+    endpoint = target.endpoint
     if target.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcSpanExporter,
@@ -154,7 +134,8 @@ def _span_exporter(target: OtlpTarget, endpoint: str) -> SpanExporter:
     return HttpSpanExporter(endpoint=endpoint)
 
 
-def _metric_reader(target: OtlpTarget, endpoint: str) -> MetricReader:
+def _metric_reader(target: OtlpSignal) -> MetricReader:
+    endpoint = target.endpoint
     if target.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,
@@ -170,17 +151,17 @@ def _metric_reader(target: OtlpTarget, endpoint: str) -> MetricReader:
 
 def build_providers(
     config: TelemetryConfig,
-    env: Mapping[str, str],
     span_exporter: SpanExporter | None,
     metric_reader: MetricReader | None,
 ) -> Providers | None:
     """Tracer and meter providers with the configured exporters; None when nothing exports."""
-    target = otlp_target(config, env)
-    exporting = config.prometheus or target.traces or target.metrics
+    traces, metrics = otlp_signal(config, "TRACES"), otlp_signal(config, "METRICS")
+    exporting = config.prometheus or traces or metrics
     if not exporting and span_exporter is None and metric_reader is None:
         return None  # no-op providers: telemetry off costs nothing (logs still flow)
-    resource = resource_of(config, env)
-    tracer_provider = TracerProvider(resource=resource, sampler=sampler_of(env))
+    resource = resource_of(config)
+    # No sampler given: the SDK picks it from OTEL_TRACES_SAMPLER(_ARG) itself.
+    tracer_provider = TracerProvider(resource=resource)
     readers: list[MetricReader] = []
     registry = CollectorRegistry(auto_describe=True)
     if config.prometheus:
@@ -191,13 +172,13 @@ def build_providers(
         tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
     if metric_reader is not None:
         readers.append(metric_reader)
-    if target.traces is not None:
-        tracer_provider.add_span_processor(
-            BatchSpanProcessor(_span_exporter(target, target.traces))
-        )
-    if target.metrics is not None:
-        readers.append(_metric_reader(target, target.metrics))
+    if traces is not None:
+        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces)))
+    if metrics is not None:
+        readers.append(_metric_reader(metrics))
     meter_provider = MeterProvider(
-        resource=resource, metric_readers=readers, exemplar_filter=exemplar_filter_of(env)
+        resource=resource,
+        metric_readers=readers,
+        exemplar_filter=exemplar_filter_of(),
     )
     return Providers(tracer_provider, meter_provider, registry, readers)

@@ -7,24 +7,30 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sidecar.record import StreamRecord
+from sidecar.record import OPERATION, StreamRecord
+from sidecar.telemetry.bounded import short_list, short_text
 from sidecar.telemetry.instruments import Instruments
+from sidecar.telemetry.semconv import DEFAULT, GenAiNames
 
 PROVIDER: Final = "anthropic"
-NOT_FAILED: Final = frozenset({"completed", "client_cancelled"})
+# Anthropic reports no split by modality: input may hold images (`unknown`), output is
+# text; a call that got no usage back records 0 as `unknown`, as the spec asks.
+_INPUT_MODALITY: Final = {"gen_ai.token.modality": "unknown"}
+_OUTPUT_MODALITY: Final = {"gen_ai.token.modality": "text"}
+NOT_FAILED: Final = frozenset({"completed", "client_cancelled", "client_detached"})
 
 
 def failed(record: StreamRecord) -> bool:
-    """Outcomes other than completed / client_cancelled carry `error.type`."""
+    """Outcomes other than completed / client_cancelled / client_detached carry `error.type`."""
     return record.outcome not in NOT_FAILED
 
 
 def start_attributes(record: StreamRecord) -> dict[str, Any]:
     """Attributes known when the CLIENT span starts (samplers see these)."""
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": record.operation,
+        "gen_ai.operation.name": OPERATION,
         "gen_ai.provider.name": PROVIDER,
-        "gen_ai.request.model": record.request_model,
+        "gen_ai.request.model": record.model_label,
         "gen_ai.request.stream": record.stream,
         "server.address": record.server_address,
         "sidecar.route": record.route,
@@ -41,31 +47,33 @@ def start_attributes(record: StreamRecord) -> dict[str, Any]:
     if record.top_k is not None:
         attributes["gen_ai.request.top_k"] = record.top_k
     if record.stop_sequences is not None:
-        attributes["gen_ai.request.stop_sequences"] = record.stop_sequences
+        attributes["gen_ai.request.stop_sequences"] = short_list(record.stop_sequences)
     return attributes
 
 
-def end_attributes(record: StreamRecord, is_failed: bool | None = None) -> dict[str, Any]:
+def end_attributes(
+    record: StreamRecord, is_failed: bool | None = None, names: GenAiNames = DEFAULT
+) -> dict[str, Any]:
     """Attributes known when the stream ends: response, usage, outcome, timings."""
     attributes: dict[str, Any] = {
         "gen_ai.usage.input_tokens": record.total_input_tokens,
         "gen_ai.usage.output_tokens": record.output_tokens,
-        "gen_ai.usage.cache_creation.input_tokens": record.cache_creation_input_tokens,
+        names.cache_write_attribute: record.cache_creation_input_tokens,
         "gen_ai.usage.cache_read.input_tokens": record.cache_read_input_tokens,
         "sidecar.stream.outcome": record.outcome,
         "sidecar.upstream.retries": record.retries,
         "sidecar.queue.wait": record.queue_wait,
     }
     if record.response_id is not None:
-        attributes["gen_ai.response.id"] = record.response_id
-    if record.response_model is not None:
-        attributes["gen_ai.response.model"] = record.response_model
+        attributes["gen_ai.response.id"] = short_text(record.response_id)
+    if record.response_model_label is not None:
+        attributes["gen_ai.response.model"] = record.response_model_label
     if failed(record) if is_failed is None else is_failed:
-        attributes["error.type"] = record.error_type or "_OTHER"
+        attributes["error.type"] = record.error_label
     if record.upstream_status is not None:
         attributes["http.response.status_code"] = record.upstream_status
     if record.stop_reason is not None:
-        attributes["gen_ai.response.finish_reasons"] = [record.stop_reason]
+        attributes["gen_ai.response.finish_reasons"] = [short_text(record.stop_reason)]
     if record.stream and record.first_chunk_at is not None and record.upstream_started:
         attributes["gen_ai.response.time_to_first_chunk"] = (
             record.first_chunk_at - record.upstream_started
@@ -76,17 +84,17 @@ def end_attributes(record: StreamRecord, is_failed: bool | None = None) -> dict[
 def metric_attributes(record: StreamRecord, is_failed: bool | None = None) -> dict[str, Any]:
     """The spec's common metric attributes; all bounded (never ids, users or text)."""
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": record.operation,
+        "gen_ai.operation.name": OPERATION,
         "gen_ai.provider.name": PROVIDER,
-        "gen_ai.request.model": record.request_model,
+        "gen_ai.request.model": record.model_label,
         "server.address": record.server_address,
     }
     if record.server_port is not None:
         attributes["server.port"] = record.server_port
-    if record.response_model:
-        attributes["gen_ai.response.model"] = record.response_model
+    if record.response_model_label:
+        attributes["gen_ai.response.model"] = record.response_model_label
     if failed(record) if is_failed is None else is_failed:
-        attributes["error.type"] = record.error_type or "_OTHER"
+        attributes["error.type"] = record.error_label
     return attributes
 
 
@@ -95,12 +103,16 @@ def record_metrics(
 ) -> None:
     """Every histogram point of one stream, once, at its end."""
     metric = metric_attributes(record, is_failed)
-    inst.streams.add(1, {**metric, "sidecar.stream.outcome": record.outcome})
+    inst.streams.add(
+        1, {**metric, "sidecar.stream.outcome": record.outcome, "sidecar.route": record.route}
+    )
     sent = record.upstream_started
     if sent is None:
         return  # rejected before Claude was called: no GenAI operation happened
     inst.operation_duration.record(ended - sent, metric)
-    if record.upstream_status == 200:
+    if inst.names.latest:
+        _usage_counters(inst, record, metric)
+    elif record.upstream_status == 200:
         inst.token_usage.record(record.total_input_tokens, {**metric, "gen_ai.token.type": "input"})
         inst.token_usage.record(record.output_tokens, {**metric, "gen_ai.token.type": "output"})
     if not record.stream:
@@ -117,6 +129,20 @@ def record_metrics(
     inst.server_ttft.record(first_token - record.started, metric)
     if last is not None and record.output_tokens > 1:
         inst.server_tpot.record((last - first_token) / (record.output_tokens - 1), metric)
+
+
+def _usage_counters(inst: Instruments, record: StreamRecord, metric: dict[str, Any]) -> None:
+    """The latest conventions' usage counters: every call Claude was sent, failed ones too
+    (0 when no usage came back, as the spec asks), without `error.type`."""
+    base = {key: value for key, value in metric.items() if key != "error.type"}
+    inputs = {**base, **_INPUT_MODALITY}
+    inst.usage_input.add(record.total_input_tokens, inputs)
+    answered = record.upstream_status == 200
+    inst.usage_output.add(
+        record.output_tokens, {**base, **(_OUTPUT_MODALITY if answered else _INPUT_MODALITY)}
+    )
+    inst.usage_cache_read.add(record.cache_read_input_tokens, inputs)
+    inst.usage_cache_write.add(record.cache_creation_input_tokens, inputs)
 
 
 def log_fields(record: StreamRecord, ended: float, cost: float | None) -> dict[str, Any]:

@@ -49,6 +49,76 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (include "claude-sidecar.fullname" .) .Values.secrets.existingSecret }}
 {{- end }}
 
+{{/* "true" when the env of secrets.env has a Secret to come from (existing or created). */}}
+{{- define "claude-sidecar.hasSecret" -}}
+{{- if or .Values.secrets.existingSecret .Values.secrets.create }}true{{ end }}
+{{- end }}
+
+{{/*
+Fail when the config needs a Secret the chart was not given: real Claude needs its API
+key, and every ${VAR} of a required secrets.env entry must come from somewhere. With
+create, secrets.data must hold every required key.
+*/}}
+{{- define "claude-sidecar.checkSecrets" -}}
+{{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
+{{- $baseUrl := (get ($config.claude | default dict) "base_url") | default "builtin:fake" }}
+{{- if and .Values.secrets.existingSecret .Values.secrets.create }}
+{{- fail "secrets: set existingSecret or create, not both" }}
+{{- end }}
+{{- if not (include "claude-sidecar.hasSecret" .) }}
+{{- if ne $baseUrl "builtin:fake" }}
+{{- fail (printf "claude.base_url is %q: the sidecar needs its API key from a Secret. Set secrets.existingSecret to a Secret you created (kubectl create secret generic NAME --from-literal=anthropic-api-key=...), or secrets.create=true with secrets.data for a trial" $baseUrl) }}
+{{- end }}
+{{- range .Values.secrets.env }}
+{{- if and (not .optional) (contains (printf "${%s}" .name) $.Values.config) }}
+{{- fail (printf "config reads ${%s} (secrets.env key %q) but no Secret is given: set secrets.existingSecret, or secrets.create=true with secrets.data" .name .key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.secrets.create }}
+{{- range .Values.secrets.env }}
+{{- if and (not .optional) (not (hasKey $.Values.secrets.data .key)) }}
+{{- fail (printf "secrets.create: secrets.data has no key %q (for %s)" .key .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fail when more than one pod would run with a store that lives in each pod's memory:
+quotas would multiply and reconnects or cache hits depend on the pod a request lands on.
+Sections left out take the sidecar's defaults: quotas and resume in memory (resume on),
+the cache off; a route that switches resume on counts as resume on.
+*/}}
+{{- define "claude-sidecar.checkReplicas" -}}
+{{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
+{{- $auto := .Values.autoscaling }}
+{{- $many := or (gt (int .Values.replicaCount) 1) (and $auto.enabled (gt (int $auto.maxReplicas) 1)) }}
+{{- if and $many (not .Values.allowMemoryStoresWithReplicas) }}
+{{- $memory := list }}
+{{- if eq ((get ($config.quotas | default dict) "store") | default "memory") "memory" }}
+{{- $memory = append $memory "quotas.store" }}
+{{- end }}
+{{- $resume := $config.resume | default dict }}
+{{- $resumeOn := ne (toString (get $resume "enabled")) "false" }}
+{{- range $config.routes | default list }}
+{{- if eq (toString (get ((get . "resume") | default dict) "enabled")) "true" }}
+{{- $resumeOn = true }}
+{{- end }}
+{{- end }}
+{{- if and $resumeOn (eq ((get $resume "store") | default "memory") "memory") }}
+{{- $memory = append $memory "resume.store" }}
+{{- end }}
+{{- $cache := $config.cache | default dict }}
+{{- if and (eq (toString (get $cache "enabled")) "true") (eq ((get $cache "store") | default "memory") "memory") }}
+{{- $memory = append $memory "cache.store" }}
+{{- end }}
+{{- if $memory }}
+{{- fail (printf "more than one replica with %s memory: each pod would count and buffer on its own. Set store: redis for each, or replicaCount: 1, or allowMemoryStoresWithReplicas: true" (join ", " $memory)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "claude-sidecar.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}

@@ -39,7 +39,11 @@ checksum/claude-sidecar-config: {{ .Values.config | sha256sum }}
 {{- define "claude-sidecar.env" -}}
 - name: SIDECAR_CONFIG
   value: /etc/claude-sidecar/sidecar.yaml
-{{- range .Values.secrets.env }}
+{{- $secretEnv := list }}
+{{- if include "claude-sidecar.hasSecret" . }}
+{{- $secretEnv = .Values.secrets.env }}
+{{- end }}
+{{- range $secretEnv }}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
@@ -59,7 +63,8 @@ checksum/claude-sidecar-config: {{ .Values.config | sha256sum }}
   value: {{ default (include "claude-sidecar.fullname" .) .Values.otel.serviceName | quote }}
 {{- $attributes := list "k8s.pod.name=$(K8S_POD_NAME)" "k8s.namespace.name=$(K8S_NAMESPACE_NAME)" "k8s.node.name=$(K8S_NODE_NAME)" "k8s.container.name=claude-sidecar" }}
 {{- range $key, $value := .Values.otel.resourceAttributes }}
-{{- $attributes = append $attributes (printf "%s=%s" $key $value) }}
+{{- /* The SDK percent-decodes values: encode what would split or decode wrongly. */}}
+{{- $attributes = append $attributes (printf "%s=%s" $key ($value | toString | replace "%" "%25" | replace "," "%2C")) }}
 {{- end }}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ join "," $attributes | quote }}
@@ -91,6 +96,7 @@ httpGet:
 {{- define "claude-sidecar.container" -}}
 {{- include "claude-sidecar.checkListeners" . }}
 {{- include "claude-sidecar.checkNoSecretsInConfig" . }}
+{{- include "claude-sidecar.checkSecrets" . }}
 {{- include "claude-sidecar.checkKubeVersion" . -}}
 - name: claude-sidecar
   image: {{ include "claude-sidecar.image" . | quote }}

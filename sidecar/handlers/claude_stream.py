@@ -1,0 +1,182 @@
+"""Answering a Claude stream: relayed within the request, or handed to a generation.
+
+A stream that is not resumable runs in its request's task: the client leaving cancels
+it. A resumable one is handed to a task of its own once Claude answered 200, so the
+generation outlives the request (a client that leaves may come back); the request
+reads it as its first subscriber, and the generation's task settles and records it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.trace import Span
+
+from sidecar import sse
+from sidecar.pipeline import RequestContext
+from sidecar.quotas import QuotaLease
+from sidecar.record import StreamRecord
+from sidecar.relay import LiveStream
+from sidecar.stream.adapter import ClientChannel
+from sidecar.stream.core import StreamCore, Translator
+from sidecar.stream.hub import Generation, Subscriber
+from sidecar.stream.store import StreamLog
+
+
+def charged_tokens(record: StreamRecord, input_estimate: int) -> tuple[int, int]:
+    """(input, output) tokens to charge for a call, also when it ended early.
+
+    A stream cut short (client gone, idle timeout) never sees the final
+    `message_delta`: each content delta relayed is at least one output token, and
+    input Claude accepted (status 200) counts even if `message_start` never came.
+    """
+    input_tokens = record.total_input_tokens
+    if input_tokens == 0 and record.upstream_status == 200:
+        input_tokens = input_estimate
+    return input_tokens, max(record.output_tokens, record.output_deltas)
+
+
+@dataclass(slots=True)
+class Resumable:
+    """A resumable stream's identity and buffer, prepared before Claude is called."""
+
+    stream_id: str
+    owner: str
+    log: StreamLog
+    grace: float
+
+
+@dataclass(slots=True, eq=False)
+class HeldCall:
+    """What a call holds until it ends: its span, quota lease and stream slot."""
+
+    ctx: RequestContext
+    input_estimate: int  # tokens, for charging a stream cut short
+    record: StreamRecord
+    span: Span
+    lease: QuotaLease | None = None
+    admitted: bool = False
+
+    async def close(self) -> None:
+        """Release the slot, record the stream once and settle the tokens it used."""
+        runtime = self.ctx.runtime
+        record = self.record
+        if self.admitted:
+            runtime.admission.release()
+        record.ended = time.perf_counter()
+        runtime.telemetry.finish_stream(record, self.span)
+        if self.lease is not None:
+            await self.lease.settle(*charged_tokens(record, self.input_estimate))
+
+
+def _live_stream(
+    ctx: RequestContext, upstream: aiohttp.ClientResponse, core: StreamCore, generation: Generation
+) -> LiveStream:
+    config = ctx.runtime.config.claude
+    return LiveStream(
+        upstream,
+        core,
+        generation,
+        heartbeat=config.heartbeat_seconds,
+        idle_timeout=config.idle_timeout_seconds,
+        stall_timeout=config.client_stall_timeout_seconds,
+    )
+
+
+async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> ClientChannel:
+    response = web.StreamResponse(status=200, headers={**headers, **sse.HEADERS})
+    await response.prepare(ctx.request)  # headers are sent by the relay, with the first bytes
+    ctx.response_started = True
+    return ClientChannel(ctx.request, response)
+
+
+async def relay_stream(
+    ctx: RequestContext,
+    upstream: aiohttp.ClientResponse,
+    record: StreamRecord,
+    translator: Translator,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Start the SSE response and relay until the stream ends (the client leaving ends it)."""
+    runtime = ctx.runtime
+    channel = await _start_response(ctx, headers)
+    generation = Generation(record)
+    generation.attach(Subscriber(channel))
+    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
+    runtime.streams.add(live)
+    try:
+        await live.run()
+    finally:
+        runtime.streams.discard(live)
+    await channel.end()
+    return channel.response
+
+
+async def hand_off(
+    held: HeldCall,
+    upstream: aiohttp.ClientResponse,
+    translator: Translator,
+    headers: dict[str, str],
+    resumable: Resumable,
+) -> web.StreamResponse:
+    """Start a resumable generation in its own task and read it as its first subscriber."""
+    ctx, record = held.ctx, held.record
+    runtime = ctx.runtime
+    record.stream_id = resumable.stream_id
+    generation = Generation(
+        record,
+        stream_id=resumable.stream_id,
+        owner=resumable.owner,
+        log=resumable.log,
+        grace=resumable.grace,
+    )
+    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
+    resumable.log.on_cancel = generation.cancel  # a cancel asked on another replica
+    context = held.span.get_span_context()
+    if context.is_valid:  # resumes on any replica link to this stream's span
+        resumable.log.set_origin(f"{context.trace_id:032x}-{context.span_id:016x}")
+    hub = runtime.resume.hub
+    hub.add(generation, held.span)
+    runtime.streams.add(live)
+    runtime.lifecycle.enter()  # the runtime stays open while its generation runs
+
+    async def produce() -> None:
+        try:
+            await live.run()
+        except Exception as exc:  # the generation's own failure: recorded, never re-raised
+            if record.outcome is None:
+                record.outcome = "upstream_error"
+                record.error_type = record.error_type or type(exc).__name__
+            generation.end(b"")
+        finally:
+            runtime.streams.discard(live)
+            hub.remove(generation)
+            resumable.log.close()
+            try:
+                await held.close()
+            finally:
+                runtime.lifecycle.leave()
+
+    try:
+        channel = await _start_response(ctx, headers)
+    except BaseException:
+        upstream.close()
+        record.outcome = "client_cancelled"
+        hub.remove(generation)
+        runtime.streams.discard(live)
+        runtime.lifecycle.leave()
+        resumable.log.close()
+        await held.close()
+        raise
+    subscriber = Subscriber(channel)
+    generation.attach(subscriber)
+    hub.spawn(produce())
+    try:
+        await subscriber.done
+    finally:
+        generation.detach(subscriber)
+    await channel.end()
+    return channel.response

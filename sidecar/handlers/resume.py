@@ -1,0 +1,251 @@
+"""Resume requests on a Claude route: start a resumable stream, read one again, cancel one.
+
+A request whose `Last-Event-ID` (header, or `?last_event_id=` on a GET) names a stream
+is a resume, whatever else it carries: it never calls Claude and spends no tokens. The
+events after the client's last one come from this process's live generation (then its
+live tail, pushed as to the first client) or, when the stream is not produced here,
+from the resume store (a finished stream, or one produced by another replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from opentelemetry.trace import SpanContext, TraceFlags
+
+from sidecar import sse
+from sidecar.errors import Rejection
+from sidecar.handlers.claude_stream import Resumable
+from sidecar.pipeline import RequestContext
+from sidecar.stream.adapter import ClientChannel
+from sidecar.stream.hub import Subscriber
+from sidecar.stream.resume import (
+    HEADER,
+    QUERY,
+    STATUS_HEADER,
+    new_stream_id,
+    owner_of,
+    parse_cursor,
+)
+from sidecar.stream.store import BeyondEnd, StoreError, StreamInfo, StreamLost
+
+__all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
+log = logging.getLogger("sidecar.resume")
+# The final event of a stream whose producer died: (error type, message) → event bytes.
+LostEvent = Callable[[str, str], bytes]
+_CATCH_UP_TRIES = 20
+_CATCH_UP_WAIT = 0.05  # seconds: up to 1 s for a store that lags its producer
+
+
+def enabled_on(ctx: RequestContext, *, default: bool) -> bool:
+    """Resume on this route: off when `resume.enabled` is false, else the route's own
+    `resume.enabled`, else `default` (on for the prompt route, opt-in elsewhere)."""
+    config = ctx.runtime.config
+    if not config.resume.enabled:
+        return False
+    route = config.routes[ctx.route.index].resume
+    return default if route is None else route.enabled
+
+
+def cursor_of(request: web.Request) -> str | None:
+    """The resume cursor a request carries, if any."""
+    value = request.headers.get("Last-Event-ID")
+    if value is None and request.method == "GET":
+        value = request.query.get(QUERY)
+    return value
+
+
+async def prepare(ctx: RequestContext) -> Resumable | None:
+    """A new stream's id and buffer; None when the store failed and `fail_open` lets it stream."""
+    runtime = ctx.runtime
+    config = runtime.config.resume
+    stream_id = new_stream_id()
+    owner = owner_of(ctx.identity, ctx.client_ip)
+    try:
+        log_ = await runtime.resume.store.create(stream_id, owner)
+    except StoreError as exc:
+        runtime.telemetry.resume_store_error(config.on_store_error)
+        log.warning("resume store failed", extra={"error": str(exc), "request_id": ctx.request_id})
+        if config.on_store_error == "fail_closed":
+            raise Rejection(
+                503, "overloaded_error", "resumable streams are unavailable",
+                reason="resume_store_error", headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
+        ctx.headers[STATUS_HEADER] = "unavailable"
+        return None
+    ctx.headers[HEADER] = stream_id
+    return Resumable(stream_id, owner, log_, config.detach_grace_seconds)
+
+
+def _gone(ctx: RequestContext, result: str) -> web.StreamResponse:
+    """Unknown, expired, someone else's, or nothing left: a GET is told to stop retrying."""
+    ctx.runtime.telemetry.resumed(result)
+    if ctx.request.method == "GET":
+        return web.Response(status=204, headers=ctx.headers)
+    raise Rejection(
+        404, "not_found_error", "the stream is unknown or has expired",
+        reason="resume_expired", code="resume_expired",
+    )  # fmt: skip
+
+
+async def _lookup(ctx: RequestContext, stream_id: str) -> StreamInfo | None:
+    try:
+        return await ctx.runtime.resume.store.lookup(stream_id)
+    except StoreError:
+        ctx.runtime.telemetry.resume_store_error("fail_closed")
+        raise Rejection(
+            503, "overloaded_error", "the resume store is unavailable",
+            reason="resume_store_error", headers={"Retry-After": "1"},
+        ) from None  # fmt: skip
+
+
+def _beyond_end() -> Rejection:
+    return Rejection(
+        400, "invalid_request_error", "Last-Event-ID names an event the stream never sent",
+        reason="resume_malformed",
+    )  # fmt: skip
+
+
+async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web.StreamResponse:
+    """Answer a reconnect: the events after the cursor, then the live tail to the final event."""
+    stream_id, after = parse_cursor(cursor)
+    runtime = ctx.runtime
+    owner = owner_of(ctx.identity, ctx.client_ip)
+    live = runtime.resume.hub.get(stream_id)
+    if live is not None:
+        generation, origin = live
+        if generation.owner != owner:
+            return _gone(ctx, "forbidden")
+        assert generation.log is not None
+        try:
+            backlog = generation.log.since(after)
+        except BeyondEnd:
+            raise _beyond_end() from None
+        if backlog is None:
+            return _gone(ctx, "expired")
+        if generation.final and not backlog:
+            return _gone(ctx, "expired")
+        if len(generation.subscribers) >= runtime.config.resume.max_subscribers:
+            raise Rejection(
+                429, "rate_limit_error", "too many clients are reading this stream",
+                reason="resume_subscribers", headers={"Retry-After": "1"},
+            )  # fmt: skip
+        ctx.span.add_link(origin.get_span_context())
+        runtime.telemetry.resumed("resumed", len(backlog))
+        channel = await _start(ctx, stream_id)
+        subscriber = Subscriber(channel, b"".join(backlog))
+        generation.attach(subscriber)  # no await since the backlog was taken: no gap
+        try:
+            with contextlib.suppress(ConnectionResetError):
+                await subscriber.start()
+                await subscriber.done
+        finally:
+            generation.detach(subscriber)
+        await channel.end()
+        return channel.response
+    return await _from_store(ctx, stream_id, after, owner, lost_event)
+
+
+async def _from_store(
+    ctx: RequestContext, stream_id: str, after: int, owner: str, lost_event: LostEvent
+) -> web.StreamResponse:
+    runtime = ctx.runtime
+    store = runtime.resume.store
+    info = await _lookup(ctx, stream_id)
+    if info is None:
+        return _gone(ctx, "expired")
+    if info.owner != owner:
+        return _gone(ctx, "forbidden")
+    # Another replica writes its events in batches a few ms apart: a client that got an
+    # event from it just now may be ahead of the store for a moment.
+    for _ in range(_CATCH_UP_TRIES):
+        if after <= info.last or info.final:
+            break
+        await asyncio.sleep(_CATCH_UP_WAIT)
+        info = await _lookup(ctx, stream_id) or info
+    if after > info.last:
+        raise _beyond_end()
+    if after < info.first - 1 or (info.final and after == info.last):
+        return _gone(ctx, "expired")
+    origin = _span_context(info.origin)
+    if origin is not None:
+        ctx.span.add_link(origin)
+    channel = await _start(ctx, stream_id)
+    replayed = 0
+    result = "resumed"
+    try:
+        async for batch in store.read(stream_id, after):
+            replayed += len(batch)
+            await channel.response.write(b"".join(batch))
+    except StreamLost:
+        result = "lost"
+        event = lost_event("stream_lost", "the stream's producer stopped; it cannot be resumed")
+        # Kept as the stream's final event, so later reconnects end at once instead of waiting.
+        last = after + replayed
+        event = b"id: %b:%d\n%b" % (stream_id.encode(), last + 1, event)
+        await store.seal(stream_id, last + 1, event)
+        with contextlib.suppress(ConnectionResetError):
+            await channel.response.write(event)
+    except (ConnectionResetError, asyncio.CancelledError):
+        runtime.telemetry.resumed(result, replayed)
+        raise
+    except StoreError:
+        result = "lost"
+        runtime.telemetry.resume_store_error("fail_closed")
+        event = lost_event("stream_lost", "the resume store failed while reading the stream")
+        with contextlib.suppress(ConnectionResetError):
+            await channel.response.write(event)
+    runtime.telemetry.resumed(result, replayed)
+    await channel.end()
+    return channel.response
+
+
+def _span_context(origin: str) -> SpanContext | None:
+    """The producing stream's span as stored (`<trace id>-<span id>`), if any."""
+    trace_id, _, span_id = origin.partition("-")
+    try:
+        context = SpanContext(
+            int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(1)
+        )
+    except ValueError:
+        return None
+    return context if context.is_valid else None
+
+
+async def _start(ctx: RequestContext, stream_id: str) -> ClientChannel:
+    ctx.headers[HEADER] = stream_id
+    response = web.StreamResponse(status=200, headers={**ctx.headers, **sse.HEADERS})
+    await response.prepare(ctx.request)
+    ctx.response_started = True
+    return ClientChannel(ctx.request, response)
+
+
+async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
+    """`DELETE <route>/<stream id>`: stop the generation now (a Stop button)."""
+    owner = owner_of(ctx.identity, ctx.client_ip)
+    resume_ = ctx.runtime.resume
+    live = resume_.hub.get(stream_id)
+    if live is not None and live[0].owner == owner:
+        live[0].cancel()
+        return web.Response(status=204, headers=ctx.headers)
+    if live is None and resume_.shared:  # maybe produced by another replica
+        try:
+            info = await resume_.store.lookup(stream_id)
+            mine = info is not None and info.owner == owner and not info.final
+            if mine and await resume_.store.request_cancel(stream_id):
+                return web.Response(status=204, headers=ctx.headers)
+        except StoreError:
+            ctx.runtime.telemetry.resume_store_error("fail_closed")
+            raise Rejection(
+                503, "overloaded_error", "the resume store is unavailable",
+                reason="resume_store_error", headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
+    # Finished, unknown or someone else's: nothing to stop.
+    raise Rejection(
+        404, "not_found_error", "no live stream with this id",
+        reason="resume_expired", code="resume_expired",
+    )  # fmt: skip

@@ -1,0 +1,225 @@
+"""The traffic listener's HTTP connections: parser errors and slow request heads.
+
+aiohttp answers a request its parser refuses (over-long request line or header,
+malformed line, bad chunked framing) on its own, logging an ERROR traceback whose
+message quotes the raw bytes, so a `?access_token=` in the request line would land
+in the log. Here such a request is a clean JSON 400/431, counted as a rejection
+under a reason from a closed set, and logged as one line without any request bytes.
+
+A request head must also arrive within `server.header_read_timeout_seconds` of its
+first byte (for a new connection: of the connection), else the client gets a 408
+and the connection is closed: a client trickling its head cannot hold a socket.
+
+What this borrows from aiohttp's internals (the protocol class a runner builds,
+the protocol's request bookkeeping) lives in this module only;
+`tests/test_listener.py` pins the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadStatusLine,
+    ContentLengthError,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    TransferEncodingError,
+)
+
+# (reason, status) for what the parser refused: the reason is a metric label, so a closed set.
+HEAD_TOO_LARGE: Final = ("head_too_large", 431)
+BAD_REQUEST_LINE: Final = ("bad_request_line", 400)
+BAD_HEADER: Final = ("bad_header", 400)
+BAD_FRAMING: Final = ("bad_body_framing", 400)
+MALFORMED: Final = ("malformed_request", 400)
+HEADER_TIMEOUT: Final = ("header_timeout", 408)
+PARSER_REASONS: Final = frozenset(
+    r for r, _ in (HEAD_TOO_LARGE, BAD_REQUEST_LINE, BAD_HEADER, BAD_FRAMING, MALFORMED)
+)
+
+_MESSAGES: Final = {
+    "head_too_large": "request line or header fields too large",
+    "bad_request_line": "malformed request line",
+    "bad_header": "malformed header field",
+    "bad_body_framing": "malformed body framing (Content-Length / chunked encoding)",
+    "malformed_request": "malformed request",
+    "header_timeout": "the request head did not arrive in time",
+}
+
+OnReject = Callable[[str, int], None]
+HeaderTimeout = Callable[[], float]  # read per head: a reload changes it for new heads
+
+
+def classify(exc: BaseException) -> tuple[str, int]:
+    """The (reason, status) for a parser error; never looks at the bytes it quotes."""
+    if isinstance(exc, LineTooLong):
+        return HEAD_TOO_LARGE
+    if isinstance(exc, BadStatusLine | InvalidURLError):
+        return BAD_REQUEST_LINE
+    if isinstance(exc, InvalidHeader):
+        return BAD_HEADER
+    if isinstance(exc, TransferEncodingError | ContentLengthError):
+        return BAD_FRAMING
+    # The C and Python parsers raise plain BadHttpMessage for many cases; its message's
+    # first words say which (read for the label only, never logged).
+    words = str(getattr(exc, "message", "")).split(":", 1)[0].lower()
+    if "too many headers" in words:
+        return HEAD_TOO_LARGE
+    if "chunk" in words or "content-length" in words or "transfer-encoding" in words:
+        return BAD_FRAMING
+    if "header" in words:
+        return BAD_HEADER
+    return MALFORMED
+
+
+def error_body(reason: str) -> bytes:
+    """The JSON body of a listener-level refusal (no route is known yet)."""
+    error = {"type": "invalid_request", "message": _MESSAGES[reason]}
+    if reason == "header_timeout":
+        error["type"] = "timeout"
+    return json.dumps({"error": error}).encode()
+
+
+class TrafficProtocol(web_protocol.RequestHandler):
+    """aiohttp's request handler, with parser errors answered cleanly and a head deadline."""
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        on_reject: OnReject,
+        header_timeout: HeaderTimeout,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._on_reject = on_reject
+        self._header_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._start_head_timer()  # a connection that never sends a head is a slow head too
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:
+            self._stop_head_timer()  # a head is complete (or refused)
+            self._fail_body_in_flight()
+        elif data and self._head_timer is None and self._between_requests():
+            self._start_head_timer()  # the first byte of the next head on a kept-alive connection
+
+    def _fail_body_in_flight(self) -> None:
+        # The parser refused bytes in the middle of a body a handler is reading (bad chunk
+        # framing): that read fails now, so the route answers 400 in its own format, instead
+        # of waiting for bytes that will never parse while aiohttp queues a second answer.
+        request = self._current_request
+        if request is None or not self._messages:
+            return
+        info = self._messages[-1][0]
+        if isinstance(info, web_protocol._ErrInfo) and not request.content.is_eof():
+            self._messages.pop()
+            request.content.set_exception(info.exc)
+            self.close()  # the message boundary is lost: no further request on this connection
+
+    def _between_requests(self) -> bool:
+        return not (
+            self._request_in_progress
+            or self._messages
+            or self._upgraded
+            or self._close
+            or self._force_close
+        )
+
+    def _start_head_timer(self) -> None:
+        self._head_timer = self._loop.call_later(self._header_timeout(), self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self._between_requests():
+            return
+        reason, status = HEADER_TIMEOUT
+        self._on_reject(reason, status)
+        body = error_body(reason)
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
+        )
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError | BadHttpMessage):
+            return super().handle_error(request, status, exc, message)
+        reason, status = classify(exc)
+        self._on_reject(reason, status)
+        response = web.Response(
+            status=status, body=error_body(reason), content_type="application/json"
+        )
+        response.force_close()  # the parser lost the message boundary: the connection is done
+        return response
+
+
+class _TrafficServer(web.Server):
+    def __init__(
+        self, *args: Any, on_reject: OnReject, header_timeout: HeaderTimeout, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._extra: dict[str, Any] = {"on_reject": on_reject, "header_timeout": header_timeout}
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        return TrafficProtocol(self, loop=self._loop, **self._extra, **self._kwargs)
+
+
+class TrafficRunner(web.AppRunner):
+    """An `AppRunner` whose connections are `TrafficProtocol`s.
+
+    `on_reject(reason, status)` counts and logs a refusal made before any route is known;
+    `header_timeout()` is the current head deadline in seconds.
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        on_reject: OnReject,
+        header_timeout: HeaderTimeout,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._on_reject = on_reject
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()  # starts the app (startup signals, freeze)
+        return _TrafficServer(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            on_reject=self._on_reject,
+            header_timeout=self._header_timeout,
+            **made._kwargs,
+        )

@@ -1,0 +1,137 @@
+"""The rules of one stream, without I/O: Claude's chunks in, the client's bytes and the outcome out.
+
+A `StreamCore` is fed upstream body chunks as they arrive (split anywhere), finds the
+SSE events in them, accounts for usage, asks the route's `Translator` what each event
+becomes for the client, and at the end decides the outcome and the final bytes (the
+prompt route's `done`, or an error event when the stream failed). It never touches a
+socket: the live relay, a resume replay and tests drive the same rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final
+
+import aiohttp
+
+from sidecar.record import Outcome, StreamRecord
+from sidecar.sse import EventScanner
+from sidecar.usage import observe
+
+log = logging.getLogger("sidecar.relay")
+STOP: Final = b"message_stop"
+_LEFT: Final = frozenset({"client_cancelled", "client_detached"})  # not failures of the call
+
+
+class Translator:
+    """Turns upstream event blocks into client bytes; the base class passes them through.
+
+    `translate` returns zero or more complete SSE events (each ending in a blank line)
+    and never an `id:` line of its own when the stream is resumable: the stream numbers
+    the events it sends.
+    """
+
+    passthrough = True
+
+    def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
+        return b""
+
+    def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
+        """The final event for a stream that fails after its first byte."""
+        raise NotImplementedError
+
+    def finish(self, record: StreamRecord) -> bytes:
+        """Bytes to send after a complete upstream stream (e.g. the prompt route's `done`)."""
+        return b""
+
+
+class StopStream(Exception):
+    """Why a stream ended early (idle timeout, shutdown, a stalled or departed client)."""
+
+    def __init__(self, outcome: Outcome, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome: Outcome = outcome
+        self.error_type = error_type
+        self.message = message
+
+
+class StreamCore:
+    """One stream's accounting and translation; `feed` per chunk, `end` once."""
+
+    __slots__ = ("_scanner", "passthrough", "record", "saw_stop", "translator")
+
+    def __init__(self, record: StreamRecord, translator: Translator) -> None:
+        self.record = record
+        self.translator = translator
+        self.passthrough = translator.passthrough
+        self.saw_stop = False
+        self._scanner = EventScanner()
+
+    def feed(self, chunk: bytes) -> bytes:
+        """One upstream chunk: the client's bytes for it (the chunk itself when passing through)."""
+        if self.passthrough:
+            self.observe(chunk)
+            return chunk
+        record = self.record
+        record.chunks += 1
+        if record.first_chunk_at is None:
+            record.first_chunk_at = time.perf_counter()
+        out = b""
+        translate = self.translator.translate
+        for block in self._scanner.feed(chunk):
+            name = observe(record, block)
+            if name == STOP:
+                self.saw_stop = True
+            out += translate(block, name, record)
+        return out
+
+    def observe(self, chunk: bytes) -> None:
+        """Account for a passthrough chunk already sent (the client never waits for this)."""
+        record = self.record
+        record.chunks += 1
+        if record.first_chunk_at is None:
+            record.first_chunk_at = time.perf_counter()
+        for block in self._scanner.feed(chunk):
+            if observe(record, block) == STOP:
+                self.saw_stop = True
+
+    @property
+    def mid_event(self) -> bool:
+        """An upstream event is only partly relayed (a heartbeat now would corrupt it)."""
+        return bool(self._scanner.pending)
+
+    def end(self, end: BaseException | None) -> bytes:
+        """Decide the outcome (unless already decided) and return the final bytes to send.
+
+        `end` is why Claude's body ended: None (complete), a `StopStream` (the sidecar
+        ended it), or the error that cut it.
+        """
+        record = self.record
+        if record.outcome is not None:
+            return b""  # decided elsewhere (the client left): nothing more is sent
+        record.last_chunk_at = time.perf_counter()
+        if end is not None and not isinstance(end, StopStream | aiohttp.ClientError | OSError):
+            # Raised inside the relay itself (the parser hands it back): a bug, say so.
+            log.error("relay failed", exc_info=end, extra={"request_id": record.request_id})
+        if isinstance(end, StopStream):
+            return self._fail(end.outcome, end.error_type, end.message)
+        if record.error_type is not None:  # Claude's `event: error` was relayed: the last word
+            record.outcome = "upstream_error"
+            return b""
+        if end is not None:
+            return self._fail("upstream_error", "api_error", "connection to Claude was lost")
+        if not self.saw_stop:
+            return self._fail("upstream_error", "api_error", "Claude's stream ended early")
+        record.outcome = "completed"
+        return b"" if self.passthrough else self.translator.finish(record)
+
+    def _fail(self, outcome: Outcome, error_type: str, message: str) -> bytes:
+        record = self.record
+        record.outcome = outcome
+        if record.error_type is None and outcome not in _LEFT:
+            record.error_type = error_type
+        event = self.translator.error_event(error_type, message, outcome)
+        if self.passthrough and self._scanner.pending:
+            event = b"\n\n" + event  # end Claude's cut event first, or it swallows this one
+        return event

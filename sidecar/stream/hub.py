@@ -1,0 +1,210 @@
+"""The stream hub: each live generation has one producer and any number of subscribers.
+
+The producer (Claude's response, driven by the relay) publishes the client's bytes
+once; the generation numbers them (`id: <stream id>:<n>`) when it is resumable, keeps
+them in its log (the resume store's buffer) and writes them to every subscriber, in
+the same call, from memory. A subscriber is one client connection: the one that started
+the stream, or a reconnect. A subscriber leaving does not end the producer; when the
+last one leaves a resumable generation, it goes on for the detach grace, then is
+stopped. The producer's end reaches every subscriber as its final event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from sidecar.stream.adapter import HIGH_WATER, ClientChannel
+from sidecar.stream.store import StreamLog
+
+if TYPE_CHECKING:
+    from sidecar.record import Outcome, StreamRecord
+
+FIRST_SEND: Final = 16 * 1024  # at most this much leaves with the headers (never waits to drain)
+_BLANK: Final = b"\n\n"
+
+
+class Subscriber:
+    """One client connection reading a generation.
+
+    Until its headers are sent, bytes collect in `first` and leave with them in one send;
+    after that `send` is the connection's own (one call per event, no indirection).
+    """
+
+    __slots__ = ("channel", "done", "first", "send")
+
+    def __init__(self, channel: ClientChannel, backlog: bytes = b"") -> None:
+        self.channel = channel
+        self.first: bytearray | None = bytearray(backlog)
+        # Write (or collect) bytes; True when the client lags past the high-water mark.
+        self.send: Callable[[bytes], bool] = self._collect
+        # Resolved once the generation's final bytes were written to this client.
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _collect(self, data: bytes) -> bool:
+        first = self.first
+        if first is not None:
+            first += data
+            return False
+        return self.channel.send(data)
+
+    def _started(self) -> None:
+        self.first = None
+        self.send = self.channel.send
+
+    async def start(self) -> bool:
+        """Send the headers with what has collected; True when the client already lags."""
+        first = self.first
+        assert first is not None
+        if len(first) > FIRST_SEND:  # a backlog: headers now, the rest paced by the client
+            await self.channel.write_with_headers(b"")
+            data = bytes(first)
+            self._started()
+            return self.send(data)
+        while True:  # what is published during a send goes out with the next one
+            data = bytes(first)
+            first.clear()
+            await self.channel.write_with_headers(data)
+            if not first:
+                self._started()
+                return False
+
+    def ended(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class Generation:
+    """One Claude generation: its subscribers, its numbered log and its end."""
+
+    __slots__ = (
+        "_prefix",
+        "_unattended",
+        "final",
+        "grace",
+        "log",
+        "next_n",
+        "owner",
+        "record",
+        "stop",
+        "stream_id",
+        "subscribers",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        record: StreamRecord,
+        *,
+        stream_id: str | None = None,
+        owner: str = "",
+        log: StreamLog | None = None,
+        grace: float = 0.0,
+    ) -> None:
+        self.record = record
+        self.stream_id = stream_id
+        self.owner = owner
+        self.log = log  # None: not resumable (events are not numbered or kept)
+        self.grace = grace
+        self.subscribers: list[Subscriber] = []
+        self.next_n = 1
+        self.final = False
+        self._prefix = b"id: " + stream_id.encode() + b":" if stream_id is not None else b""
+        self._unattended: asyncio.TimerHandle | None = None
+        # Set by the relay: ends the producer (outcome, error type, message).
+        self.stop: Callable[[Outcome, str, str], None] | None = None
+
+    @property
+    def resumable(self) -> bool:
+        return self.log is not None
+
+    # ------------------------------------------------------------------ producer side
+
+    def publish(self, out: bytes) -> bool:
+        """Send complete events to every subscriber; True when one of them lags."""
+        if self.log is not None:
+            out = self._number(out)
+        lag = False
+        for subscriber in self.subscribers:
+            if subscriber.send(out):
+                lag = True
+        return lag
+
+    def send_raw(self, data: bytes) -> bool:
+        """Bytes that are not events (heartbeats, passthrough chunks): sent, never kept."""
+        lag = False
+        for subscriber in self.subscribers:
+            if subscriber.send(data):
+                lag = True
+        return lag
+
+    def _number(self, out: bytes) -> bytes:
+        """`id: <stream id>:<n>` on each event, each kept in the log."""
+        log = self.log
+        assert log is not None
+        if out.count(_BLANK) == 1 and out.endswith(_BLANK):  # one event: the common case
+            event = b"%b%d\n%b" % (self._prefix, self.next_n, out)
+            self.next_n += 1
+            log.append(event)
+            return event
+        numbered = []
+        for part in out.split(_BLANK):
+            if part:
+                event = b"%b%d\n%b\n\n" % (self._prefix, self.next_n, part)
+                self.next_n += 1
+                log.append(event)
+                numbered.append(event)
+        return b"".join(numbered)
+
+    def end(self, final: bytes) -> None:
+        """The producer is done: `final` (maybe empty) reaches every subscriber, then they end."""
+        if final:
+            self.publish(final)
+        self.final = True
+        if self._unattended is not None:
+            self._unattended.cancel()
+            self._unattended = None
+        if self.log is not None:
+            self.log.finish()
+        for subscriber in self.subscribers:
+            subscriber.ended()
+
+    def lagging(self) -> list[Subscriber]:
+        """Subscribers with more than the high-water mark queued."""
+        return [
+            s for s in self.subscribers if s.first is None and s.channel.buffered() > HIGH_WATER
+        ]
+
+    # ------------------------------------------------------------------ subscriber side
+
+    def attach(self, subscriber: Subscriber) -> None:
+        """Add a reader (after its backlog was taken from the log, with no await between)."""
+        self.subscribers.append(subscriber)
+        if self._unattended is not None:
+            self._unattended.cancel()
+            self._unattended = None
+        if self.final:
+            subscriber.ended()
+
+    def detach(self, subscriber: Subscriber) -> None:
+        """A reader left. The last one leaving stops the producer: now, or after the grace."""
+        if subscriber in self.subscribers:
+            self.subscribers.remove(subscriber)
+        subscriber.ended()
+        if self.subscribers or self.final:
+            return
+        if self.log is None or self.grace <= 0:
+            self._abandon("client_cancelled")
+        elif self._unattended is None:
+            loop = asyncio.get_running_loop()
+            self._unattended = loop.call_later(self.grace, self._abandon, "client_detached")
+
+    def cancel(self) -> None:
+        """An explicit cancel (a Stop button): the producer ends at once."""
+        if self.stop is not None and not self.final:
+            self.stop("client_cancelled", "cancelled", "the stream was cancelled")
+
+    def _abandon(self, outcome: Outcome) -> None:
+        self._unattended = None
+        if self.stop is not None and not self.final and not self.subscribers:
+            self.stop(outcome, "stream_abandoned", "no client came back for the stream")

@@ -1,0 +1,274 @@
+"""The Redis resume store: each stream is a Redis Stream, so a reconnect may land on any replica.
+
+Keys per stream (one hash tag, so a cluster keeps them together):
+`sidecar:resume:{id}` the events, entry id `0-<n>` = event number n (field `e`, and `f`
+on the final one); `...:meta` the owner hash and the originating span; `...:alive` a
+short-lived key the producer refreshes; `...:cancel` a cancel asked on another replica.
+All expire `ttl_seconds` after the last write.
+
+The producer never waits on Redis per event: `append` queues, and one writer task sends
+what queued in pipelined batches every few milliseconds (one round trip per batch). It
+also refreshes the liveness key of every live stream about once a second; a reader on
+another replica that sees no new event and no liveness key knows the producer died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from sidecar.stream.store import ResumeStore, StoreError, StreamInfo, StreamLog, StreamLost
+
+log = logging.getLogger("sidecar.resume")
+PREFIX: Final = "sidecar:resume:"
+FLUSH_EVERY: Final = 0.005  # seconds a batch collects before it is sent
+
+
+def keys(stream_id: str) -> tuple[str, str, str, str]:
+    """Events, meta, liveness and cancel keys of a stream."""
+    base = f"{PREFIX}{{{stream_id}}}"
+    return base, base + ":meta", base + ":alive", base + ":cancel"
+
+
+class _RedisLog(StreamLog):
+    """A stream's log: kept in memory for this replica's clients, copied to Redis in batches."""
+
+    __slots__ = ("_store", "closed", "origin_sent", "queued", "trimmed")
+
+    def __init__(self, store: RedisResumeStore, stream_id: str, owner: str, max_bytes: int) -> None:
+        super().__init__(stream_id, owner, max_bytes)
+        self._store = store
+        self.queued: list[tuple[int, bytes, bool]] = []
+        self.trimmed = 0
+        self.closed = False
+        self.origin_sent = False
+
+    def append(self, event: bytes) -> None:
+        super().append(event)
+        self.queued.append((self.last, event, False))
+        self._store.dirty(self)
+
+    def finish(self) -> None:
+        super().finish()
+        if self.queued:
+            n, event, _ = self.queued[-1]
+            self.queued[-1] = (n, event, True)
+        else:  # the final event is already out (or there was none): mark the newest entry
+            self.queued.append((self.last, b"", True))
+        self._store.dirty(self)
+
+    def close(self) -> None:
+        self.closed = True
+        self._store.dirty(self)
+
+    def set_origin(self, origin: str) -> None:
+        super().set_origin(origin)
+        self._store.dirty(self)
+
+
+class RedisResumeStore(ResumeStore):
+    """Resume buffers in Redis Streams, shared by every replica."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl: float,
+        max_buffer_bytes: int,
+        timeout: float = 1.0,
+        alive_seconds: float = 3.0,
+    ) -> None:
+        super().__init__(ttl=ttl, max_buffer_bytes=max_buffer_bytes, max_total_bytes=1 << 62)
+        self._redis: Redis = Redis.from_url(
+            url, socket_timeout=timeout + 1.0, socket_connect_timeout=timeout
+        )
+        self._ttl_ms = int(ttl * 1000)
+        self._alive_ms = int(alive_seconds * 1000)
+        self._refresh = alive_seconds / 3
+        self._block_ms = max(50, int(min(self._refresh, timeout) * 1000))
+        self._live: dict[str, _RedisLog] = {}
+        self._dirty: set[_RedisLog] = set()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        with contextlib.suppress(RedisError, OSError):
+            await self._flush()  # what is still queued (a drain's final events)
+        await self._redis.aclose()
+
+    # ------------------------------------------------------------------ producer side
+
+    async def create(self, stream_id: str, owner: str) -> StreamLog:
+        _, meta, alive, _ = keys(stream_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(meta, mapping={"owner": owner})
+                pipe.pexpire(meta, self._ttl_ms)
+                pipe.set(alive, b"1", px=self._alive_ms)
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
+        log_ = _RedisLog(self, stream_id, owner, self.max_buffer_bytes)
+        self._live[stream_id] = log_
+        return log_
+
+    def dirty(self, log_: _RedisLog) -> None:
+        """A log has something to send: the writer sends it with the next batch."""
+        if not self._dirty:
+            self._wake.set()  # once per batch, not per event
+        self._dirty.add(log_)
+
+    async def request_cancel(self, stream_id: str) -> bool:
+        """Ask the replica producing a stream to cancel it; False if no replica produces it."""
+        _, _, alive, cancel = keys(stream_id)
+        try:
+            if not await self._redis.exists(alive):
+                return False
+            await self._redis.set(cancel, b"1", px=self._ttl_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
+        return True
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_refresh = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._refresh):
+                    await self._wake.wait()
+            await asyncio.sleep(FLUSH_EVERY)  # let a batch collect
+            self._wake.clear()
+            refresh = loop.time() >= next_refresh
+            if refresh:
+                next_refresh = loop.time() + self._refresh
+            try:
+                await self._flush(refresh=refresh)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("resume store write failed", extra={"error": type(exc).__name__})
+
+    async def _flush(self, *, refresh: bool = False) -> None:
+        dirty, self._dirty = self._dirty, set()
+        live = list(self._live.values()) if refresh else []
+        if not dirty and not live:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for log_ in dirty:
+                self._queue_log(pipe, log_)
+            checked = [log_ for log_ in live if not log_.closed and not log_.final]
+            for log_ in checked:
+                _, _, alive, cancel = keys(log_.stream_id)
+                pipe.set(alive, b"1", px=self._alive_ms)
+                pipe.exists(cancel)
+            results = await pipe.execute(raise_on_error=False)
+        for error in results:
+            if isinstance(error, ResponseError) and "equal or smaller" not in str(error):
+                log.warning("resume store write refused", extra={"error": str(error)[:200]})
+        # The last 2 replies per checked log are (SET alive, EXISTS cancel).
+        start = len(results) - 2 * len(checked)
+        for i, log_ in enumerate(checked):
+            if results[start + 2 * i + 1] == 1 and log_.on_cancel is not None:
+                log_.on_cancel()
+
+    def _queue_log(self, pipe: Any, log_: _RedisLog) -> None:
+        events, meta, alive, _ = keys(log_.stream_id)
+        queued, log_.queued = log_.queued, []
+        if log_.origin and not log_.origin_sent:
+            pipe.hset(meta, "origin", log_.origin)
+            log_.origin_sent = True
+        for n, event, final in queued:
+            if event:
+                fields = {"e": event, "f": b"1"} if final else {"e": event}
+                pipe.xadd(events, fields, id=f"0-{n}")
+        if queued and queued[-1][2]:
+            pipe.hset(meta, "final", queued[-1][0])
+        if log_.base > log_.trimmed:  # over max_buffer_bytes: the oldest events go
+            pipe.xtrim(events, minid=f"0-{log_.base + 1}", approximate=False)
+            log_.trimmed = log_.base
+        pipe.pexpire(events, self._ttl_ms)
+        pipe.pexpire(meta, self._ttl_ms)
+        if log_.closed:
+            pipe.delete(alive)
+            self._live.pop(log_.stream_id, None)
+
+    # ------------------------------------------------------------------ reader side
+
+    async def lookup(self, stream_id: str) -> StreamInfo | None:
+        events, meta, _, _ = keys(stream_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(meta)
+                pipe.xrevrange(events, count=1)
+                pipe.xrange(events, count=1)
+                fields, newest, oldest = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
+        owner = fields.get(b"owner")
+        if owner is None:
+            return None
+        last = _number(newest[0][0]) if newest else 0
+        first = _number(oldest[0][0]) if oldest else last + 1
+        final = b"final" in fields and int(fields[b"final"]) <= last
+        origin = fields.get(b"origin", b"").decode()
+        return StreamInfo(owner.decode(), last, final, first, origin)
+
+    async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
+        events, meta, alive, _ = keys(stream_id)
+        quiet_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                reply: Any = await self._redis.xread(
+                    {events: f"0-{after}"}, count=512, block=self._block_ms
+                )
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise StoreError(f"redis: {type(exc).__name__}") from exc
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = list(reply[0][1]) if reply else []
+            if entries:
+                quiet_since = None
+                after = _number(entries[-1][0])
+                yield [fields[b"e"] for _, fields in entries]
+                if b"f" in entries[-1][1]:
+                    return
+                continue
+            try:
+                producing = await self._redis.exists(alive)
+                final = await self._redis.hget(meta, "final")
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise StoreError(f"redis: {type(exc).__name__}") from exc
+            if final is not None and int(final) <= after:
+                return
+            if producing:
+                quiet_since = None
+                continue
+            # No producer refreshes the key: allow one more read for a batch in flight.
+            if quiet_since is None:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since > self._block_ms / 1000:
+                raise StreamLost(stream_id)
+
+    async def seal(self, stream_id: str, n: int, event: bytes) -> None:
+        """Append a lost stream's final event (ignored if the producer got further)."""
+        events, meta, _, _ = keys(stream_id)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            # XADD refuses an id not above the newest: a producer that got further wins.
+            await self._redis.xadd(events, {"e": event, "f": b"1"}, id=f"0-{n}")
+            await self._redis.hset(meta, "final", n)
+
+
+def _number(entry_id: bytes) -> int:
+    return int(entry_id.partition(b"-")[2])

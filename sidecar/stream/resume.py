@@ -1,0 +1,151 @@
+"""Resumable streams: ids, owners, the cursor a client resumes from, and the live generations.
+
+A stream id is 144 random bits (URL-safe base64); each event the client sees carries
+`id: <stream id>:<n>`, so the `Last-Event-ID` an `EventSource` sends back names both the
+stream and the last event it got. The owner is a hash of the identity that started the
+stream (user, API key and tenant, or the client IP when nobody is authenticated): only
+the same caller may read or cancel it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final
+
+from sidecar.config import Config
+from sidecar.errors import Rejection
+from sidecar.stream.store import ResumeStore
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from sidecar.identity import Identity
+    from sidecar.stream.hub import Generation
+
+log = logging.getLogger("sidecar.resume")
+HEADER: Final = "Sidecar-Stream-Id"
+STATUS_HEADER: Final = "Sidecar-Resume"  # `unavailable` when the store failed (fail_open)
+QUERY: Final = "last_event_id"
+_CURSOR: Final = re.compile(r"([A-Za-z0-9_-]{16,64}):([0-9]{1,12})")
+
+
+def new_stream_id() -> str:
+    """144 random bits; never guessable, never containing the `:` of the cursor."""
+    return secrets.token_urlsafe(18)
+
+
+def owner_of(identity: Identity, client_ip: str) -> str:
+    """Who may read a stream: the verified caller, or the client IP when there is none."""
+    if identity.user is None and identity.api_key_name is None:
+        who = f"ip\0{client_ip}\0{identity.tenant or ''}"
+    else:
+        who = f"id\0{identity.user or ''}\0{identity.api_key_name or ''}\0{identity.tenant or ''}"
+    return hashlib.blake2b(who.encode(), digest_size=16).hexdigest()
+
+
+def parse_cursor(value: str) -> tuple[str, int]:
+    """`<stream id>:<n>` → (stream id, n); a 400 naming the problem otherwise."""
+    match = _CURSOR.fullmatch(value.strip())
+    if match is None:
+        raise Rejection(
+            400, "invalid_request_error",
+            "Last-Event-ID must be <stream id>:<event number> as sent in the stream's event ids",
+            reason="resume_malformed",
+        )  # fmt: skip
+    return match[1], int(match[2])
+
+
+class LiveGenerations:
+    """The generations this process is producing, by stream id, and their tasks."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, tuple[Generation, Span]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, generation: Generation, span: Span) -> None:
+        assert generation.stream_id is not None
+        self._live[generation.stream_id] = (generation, span)
+
+    def remove(self, generation: Generation) -> None:
+        if generation.stream_id is not None:
+            self._live.pop(generation.stream_id, None)
+
+    def stream_ids(self) -> list[str]:
+        """The ids of the generations live here."""
+        return list(self._live)
+
+    def get(self, stream_id: str) -> tuple[Generation, Span] | None:
+        return self._live.get(stream_id)
+
+    def spawn(self, producer: Coroutine[Any, Any, None]) -> None:
+        """Run a generation's producer; it is kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(producer)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Wait for producers still running (their runtime keeps them; this is the backstop)."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+
+class Resume:
+    """The resume store and this process's live generations (kept across reloads)."""
+
+    def __init__(self, store: ResumeStore) -> None:
+        self.store = store
+        self.hub = LiveGenerations()
+
+    @property
+    def shared(self) -> bool:
+        """Another replica can read this store (a stream may be resumed elsewhere)."""
+        return self.store.name != "memory"
+
+    async def close(self) -> None:
+        await self.hub.close()
+        await self.store.close()
+
+
+def make_store(config: Config) -> ResumeStore:
+    """The configured store (explicit switch)."""
+    resume = config.resume
+    if resume.enabled and resume.store == "redis":
+        from sidecar.stream.redis_store import RedisResumeStore
+
+        url = config.resume_redis_url
+        assert url is not None  # the config validator requires one
+        return RedisResumeStore(
+            url.get_secret_value(),
+            ttl=resume.ttl_seconds,
+            max_buffer_bytes=resume.max_buffer_bytes,
+            timeout=resume.redis_timeout_seconds,
+        )
+    return ResumeStore(
+        ttl=resume.ttl_seconds,
+        max_buffer_bytes=resume.max_buffer_bytes,
+        max_total_bytes=resume.max_total_bytes,
+    )
+
+
+def store_key(config: Config) -> tuple[object, ...]:
+    """The settings the store depends on: a reload keeps it while these are unchanged."""
+    resume = config.resume
+    url = config.resume_redis_url
+    redis = resume.enabled and resume.store == "redis"
+    return (
+        "redis" if redis else "memory",
+        url.get_secret_value() if url is not None and redis else None,
+        resume.redis_timeout_seconds,
+        resume.ttl_seconds,
+        resume.max_buffer_bytes,
+        resume.max_total_bytes,
+    )

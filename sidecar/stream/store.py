@@ -1,0 +1,205 @@
+"""Resume stores: where a stream's numbered events stay readable for `resume.ttl_seconds`.
+
+A `StreamLog` is one stream's buffer as its producer writes it: `append` never waits
+(the hot path calls it per event), `finish` marks the last event. The producing replica
+serves its own clients from the log in memory; a `ResumeStore` makes the log readable
+by a reconnect that finds no live generation here: `lookup` says whose it is and how far
+it got, `read` yields the events after a client's last one until the final event, or
+raises `StreamLost` when the producer died without one.
+
+`memory` (this module) keeps logs in the process; `redis` (`redis_store.py`) in Redis
+Streams, so a reconnect may land on any replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+
+class StoreError(Exception):
+    """The resume store failed (unreachable, full); never the stream's own failure."""
+
+
+class StreamLost(Exception):
+    """The stream's producer died without a final event."""
+
+
+class BeyondEnd(ValueError):
+    """A client claims an event the stream never sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What a reconnect needs to know before reading."""
+
+    owner: str  # hash of the identity that started it
+    last: int  # number of the newest event kept
+    final: bool  # the last event is the stream's final one
+    first: int = 1  # number of the oldest event still kept
+    origin: str = ""  # `<trace id>-<span id>` of the producing stream's span, for links
+
+
+class StreamLog:
+    """One stream's events in memory, bounded by `max_bytes` (the oldest are dropped)."""
+
+    __slots__ = (
+        "_waiters", "base", "events", "final", "finished_at", "max_bytes", "on_cancel", "origin", "owner",
+        "size", "stream_id",
+    )  # fmt: skip
+
+    def __init__(self, stream_id: str, owner: str, max_bytes: int) -> None:
+        self.stream_id = stream_id
+        self.owner = owner
+        self.max_bytes = max_bytes
+        self.events: collections.deque[bytes] = collections.deque()
+        self.base = 0  # events dropped from the front
+        self.size = 0
+        self.final = False
+        self.finished_at: float | None = None
+        self.origin = ""
+        # Called when another replica asks to cancel the stream (shared stores).
+        self.on_cancel: Callable[[], None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def last(self) -> int:
+        return self.base + len(self.events)
+
+    def append(self, event: bytes) -> None:
+        """Keep one numbered event (never waits)."""
+        self.events.append(event)
+        self.size += len(event)
+        while self.size > self.max_bytes and len(self.events) > 1:
+            self.size -= len(self.events.popleft())
+            self.base += 1
+        if self._waiters:
+            self._wake()
+
+    def finish(self) -> None:
+        """The last appended event was the final one."""
+        self.final = True
+        self.finished_at = time.monotonic()
+        self._wake()
+
+    def since(self, n: int) -> list[bytes] | None:
+        """Events after number `n`; None if some of them were dropped; `BeyondEnd` past the end."""
+        if n > self.last:
+            raise BeyondEnd(n)
+        if n < self.base:
+            return None
+        return list(self.events)[n - self.base :] if n < self.last else []
+
+    def info(self) -> StreamInfo:
+        return StreamInfo(self.owner, self.last, self.final, self.base + 1, self.origin)
+
+    def set_origin(self, origin: str) -> None:
+        """The producing stream's span (`<trace id>-<span id>`): resumes link to it."""
+        self.origin = origin
+
+    async def wait(self, n: int) -> None:
+        """Until there is an event after `n` or the stream is final."""
+        while self.last <= n and not self.final:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def close(self) -> None:
+        """The producer lets go (a Redis log flushes and stops its liveness key)."""
+
+
+class ResumeStore:
+    """The store interface, implemented in memory: one process, bounded, expiring."""
+
+    name = "memory"
+
+    def __init__(self, *, ttl: float, max_buffer_bytes: int, max_total_bytes: int) -> None:
+        self.ttl = ttl
+        self.max_buffer_bytes = max_buffer_bytes
+        self.max_total_bytes = max_total_bytes
+        self._logs: dict[str, StreamLog] = {}
+        self._finished: collections.OrderedDict[str, StreamLog] = collections.OrderedDict()
+
+    async def start(self) -> None:
+        """Connect (Redis); the memory store has nothing to open."""
+
+    async def close(self) -> None:
+        """Flush and disconnect."""
+        self._logs.clear()
+        self._finished.clear()
+
+    async def create(self, stream_id: str, owner: str) -> StreamLog:
+        """A new stream's log; `StoreError` if the store cannot take it."""
+        self._expire()
+        total = sum(log.size for log in self._logs.values())
+        while total > self.max_total_bytes and self._finished:
+            _, oldest = self._finished.popitem(last=False)
+            self._logs.pop(oldest.stream_id, None)
+            total -= oldest.size
+        if total > self.max_total_bytes:
+            raise StoreError("the memory resume store is full")
+        log = _MemoryLog(self, stream_id, owner, self.max_buffer_bytes)
+        self._logs[stream_id] = log
+        return log
+
+    def finished(self, log: StreamLog) -> None:
+        self._finished[log.stream_id] = log
+
+    async def lookup(self, stream_id: str) -> StreamInfo | None:
+        """Who owns the stream and how far it got; None if unknown or expired."""
+        self._expire()
+        log = self._logs.get(stream_id)
+        return log.info() if log is not None else None
+
+    async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
+        """Batches of events after `after` until the final one (`StreamLost` if it never comes)."""
+        log = self._logs.get(stream_id)
+        if log is None:
+            raise StreamLost(stream_id)
+        while True:
+            batch = log.since(after)
+            if batch is None:
+                raise StreamLost(stream_id)  # dropped while this reader lagged
+            if batch:
+                after += len(batch)
+                yield batch
+            if log.final and after >= log.last:
+                return
+            await log.wait(after)
+
+    async def request_cancel(self, stream_id: str) -> bool:
+        """Ask another replica producing the stream to cancel it; False: none does."""
+        return False
+
+    async def seal(self, stream_id: str, n: int, event: bytes) -> None:
+        """End a stream whose producer died with `event` as number `n` (shared stores)."""
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self.ttl
+        while self._finished:
+            stream_id, log = next(iter(self._finished.items()))
+            if log.finished_at is not None and log.finished_at > cutoff:
+                break
+            self._finished.popitem(last=False)
+            self._logs.pop(stream_id, None)
+
+
+class _MemoryLog(StreamLog):
+    __slots__ = ("_store",)
+
+    def __init__(self, store: ResumeStore, stream_id: str, owner: str, max_bytes: int) -> None:
+        super().__init__(stream_id, owner, max_bytes)
+        self._store = store
+
+    def finish(self) -> None:
+        super().finish()
+        self._store.finished(self)

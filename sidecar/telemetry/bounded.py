@@ -1,0 +1,80 @@
+"""Attribute values a client (or an upstream) chooses, bounded before telemetry carries them.
+
+A metric label takes memory per distinct value for the life of the process and a line
+of `/metrics` per series, so no client may choose label values freely: a model name is
+kept when it is known (the price table, `claude.model`, `claude.allowed_models`) or,
+for a bounded few, when it extends a known name (dated ids such as
+`claude-sonnet-5-5-20260101`); anything else is `other`. Spans get the same labels.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Final
+
+OTHER_MODEL: Final = "other"
+OTHER_ERROR: Final = "_OTHER"  # the OpenTelemetry conventions' fallback for error.type
+MAX_EXTRA_LABELS: Final = 32  # values beyond the known ones, per kind, for the process
+MAX_TEXT: Final = 128  # characters of a free-text span attribute (ids, reasons)
+MAX_LIST: Final = 8  # items of a list-valued span attribute (stop sequences)
+_IDENTIFIER: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,47}")
+# Anthropic's error types, plus the sidecar's own (`timeout_error`, relay outcomes).
+KNOWN_ERROR_TYPES: Final = frozenset(
+    {
+        "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+        "request_too_large", "rate_limit_error", "api_error", "overloaded_error",
+        "billing_error", "timeout_error", "idle_timeout", "client_cancelled", "shutting_down",
+        "upstream_error", "rejected",
+    }
+)  # fmt: skip
+
+
+class BoundedLabels:
+    """Known values pass; up to MAX_EXTRA_LABELS others pass when `extra` accepts them."""
+
+    def __init__(self, known: Iterable[str], fallback: str, extra: Callable[[str], bool]) -> None:
+        self._known = set(known)
+        self._extra: set[str] = set()
+        self._fallback = fallback
+        self._accepts = extra
+
+    def allow(self, values: Iterable[str]) -> None:
+        """Add known values (e.g. the models a newly loaded config names)."""
+        self._known.update(values)
+
+    def __call__(self, value: str | None) -> str:
+        if value is None:
+            return self._fallback
+        if value in self._known or value in self._extra:
+            return value
+        if len(self._extra) < MAX_EXTRA_LABELS and self._accepts(value):
+            self._extra.add(value)
+            return value
+        return self._fallback
+
+
+def model_labels(known: Iterable[str]) -> BoundedLabels:
+    """Model names: known ones, and a few that extend a known one (dated model ids)."""
+    names = list(known)
+
+    def extends_known(value: str) -> bool:
+        return len(value) <= 64 and any(value.startswith(name) for name in labels._known)
+
+    labels = BoundedLabels(names, OTHER_MODEL, extends_known)
+    return labels
+
+
+def error_labels() -> BoundedLabels:
+    """`error.type` values: the known ones, and a few identifier-like others (exception names)."""
+    return BoundedLabels(KNOWN_ERROR_TYPES, OTHER_ERROR, lambda v: bool(_IDENTIFIER.fullmatch(v)))
+
+
+def short_text(value: str) -> str:
+    """A free-text attribute value cut to MAX_TEXT characters."""
+    return value if len(value) <= MAX_TEXT else value[:MAX_TEXT]
+
+
+def short_list(values: list[str]) -> list[str]:
+    """A list-valued attribute cut to MAX_LIST items of MAX_TEXT characters each."""
+    return [short_text(v) for v in values[:MAX_LIST]]

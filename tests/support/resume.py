@@ -1,0 +1,185 @@
+"""Helpers for the resume tests: a TCP proxy that cuts a stream, a raw SSE client, event parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ROUTE = "/api/stream-response"
+
+
+@dataclass
+class Event:
+    """One complete SSE event as the client received it."""
+
+    raw: bytes
+    id: str | None
+    data: dict[str, Any]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    payload: bytes  # the SSE bytes of the complete chunks received
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def stream_id(self) -> str:
+        return self.headers["sidecar-stream-id"]
+
+    @property
+    def last_id(self) -> str:
+        ids = [e.id for e in self.events if e.id is not None]
+        return ids[-1]
+
+    @property
+    def text(self) -> str:
+        return "".join(str(e.data["token"]) for e in self.events if "token" in e.data)
+
+
+def parse_events(payload: bytes) -> list[Event]:
+    """Complete events only (a cut stream may end mid-event); comments skipped."""
+    complete = payload[: payload.rfind(b"\n\n") + 2] if b"\n\n" in payload else b""
+    events = []
+    for block in complete.split(b"\n\n"):
+        lines = [line for line in block.split(b"\n") if line and not line.startswith(b":")]
+        if not lines:
+            continue
+        event_id = None
+        data: dict[str, Any] = {}
+        for line in lines:
+            name, _, value = line.partition(b": ")
+            if name == b"id":
+                event_id = value.decode()
+            elif name == b"data":
+                data = json.loads(value)
+        events.append(Event(block + b"\n\n", event_id, data))
+    return events
+
+
+def complete_chunks(data: bytes) -> bytes:
+    """The payload of the complete HTTP/1.1 chunks in `data` (a cut body ends anywhere)."""
+    out = bytearray()
+    while b"\r\n" in data:
+        size_line, _, rest = data.partition(b"\r\n")
+        try:
+            size = int(size_line, 16)
+        except ValueError:
+            break
+        if size == 0 or len(rest) < size + 2:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return bytes(out)
+
+
+async def sse_request(
+    port: int,
+    method: str = "GET",
+    target: str = ROUTE + "?prompt=hi",
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    read_timeout: float = 30,
+) -> Reply:
+    """One HTTP/1.1 request on a fresh connection, read until the server (or a cut) closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    for name, value in (headers or {}).items():
+        head += f"{name}: {value}\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    writer.write(head.encode() + b"\r\n" + body)
+    raw = bytearray()
+    try:
+        async with asyncio.timeout(read_timeout):
+            while chunk := await reader.read(65536):
+                raw += chunk
+    except ConnectionError:
+        pass  # cut: what arrived is what the client has
+    finally:
+        writer.close()
+    head_bytes, _, rest = bytes(raw).partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and lines[0] else 0
+    parsed = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    payload = complete_chunks(rest) if parsed.get("transfer-encoding") == "chunked" else rest
+    return Reply(status, parsed, payload, parse_events(payload))
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a sidecar; the first `cuts` connections are cut after `after`
+    complete SSE events reached the client (both sides aborted, as a dropped network does)."""
+
+    def __init__(self, target_port: int, after: int, cuts: int = 1) -> None:
+        self.target_port = target_port
+        self.after = after
+        self.cuts = cuts
+        self.connections = 0
+        self.cut = 0
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        cutting = self.connections <= self.cuts
+        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump_up() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await client_r.read(65536):
+                    upstream_w.write(data)
+                    await upstream_w.drain()
+
+        up = asyncio.create_task(pump_up())
+        seen = 0
+        tail = b""
+        try:
+            while data := await upstream_r.read(65536):
+                if cutting:
+                    scan = tail + data
+                    start = 0
+                    while (at := scan.find(b"\n\n", start)) >= 0:
+                        seen += 1
+                        start = at + 2
+                        if seen == self.after:
+                            keep = start - len(tail)
+                            if data[keep : keep + 2] == b"\r\n":  # the chunk's own end
+                                keep += 2
+                            client_w.write(data[: max(keep, 0)])
+                            await client_w.drain()
+                            self.cut += 1
+                            client_w.transport.abort()
+                            upstream_w.transport.abort()
+                            return
+                    tail = scan[-1:]
+                client_w.write(data)
+                await client_w.drain()
+        except ConnectionError:
+            pass
+        finally:
+            up.cancel()
+            client_w.close()
+            upstream_w.close()
+
+
+@contextlib.asynccontextmanager
+async def cutting_proxy(target_port: int, after: int, cuts: int = 1) -> AsyncIterator[CuttingProxy]:
+    proxy = CuttingProxy(target_port, after, cuts)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()

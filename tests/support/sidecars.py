@@ -1,0 +1,137 @@
+"""Real sidecars for tests: in-process on free ports configured from plain data, or as a
+`python -m sidecar run` process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from sidecar import loader
+from sidecar.server import SidecarServer
+from sidecar.telemetry import Telemetry
+from tests.support.sockets import free_port
+
+# What the `sidecar_for` fixture returns: `async with sidecar_for({...overrides...}) as s:`.
+SidecarFactory = Callable[..., contextlib.AbstractAsyncContextManager[SidecarServer]]
+
+BASE: dict[str, Any] = {
+    "server": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "shutdown_grace_seconds": 2},
+    "telemetry": {"log_format": "json"},
+}
+
+
+@contextlib.asynccontextmanager
+async def running_sidecar(
+    data: Mapping[str, Any] | None = None,
+    *,
+    telemetry: Telemetry | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[SidecarServer]:
+    """Start a sidecar with `data` merged onto test defaults (free ports); shut it down after."""
+    config = loader.validate(loader.deep_merge(BASE, data or {}), env or {})
+    server = SidecarServer(config, telemetry=telemetry)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown(grace=1.0)
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def sidecar_command(
+    *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m sidecar ARGS` run to its end from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+
+
+def spawn_sidecar(
+    config_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m sidecar run -c FILE` as a real process; its logs go to FILE with `.log`."""
+    with config_path.with_suffix(".log").open("wb") as log:  # a file: a pipe could fill up
+        return subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "run", "-c", str(config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+
+
+async def wait_ready(http: aiohttp.ClientSession, admin_url: str, timeout: float = 30) -> None:
+    """Wait until the admin listener answers `/readyz` 200 (the process is serving)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(admin_url + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+
+
+def stop_process(process: subprocess.Popen[bytes], config_path: Path) -> str:
+    """Kill `process` if still running; its logs so far."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+    return config_path.with_suffix(".log").read_text(errors="replace")
+
+
+@dataclass
+class SidecarProcess:
+    """A `sidecar run` process serving on free ports, and the config file it reads."""
+
+    process: subprocess.Popen[bytes]
+    config_path: Path
+    data: dict[str, Any]  # what the config file holds, listen addresses included
+    url: str
+    admin_url: str
+
+    def logs(self) -> str:
+        """Its log lines so far (stderr goes to a file next to the config)."""
+        return self.config_path.with_suffix(".log").read_text(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def sidecar_process(
+    data: Mapping[str, Any], directory: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[SidecarProcess]:
+    """`sidecar run` with `data` on free loopback ports, yielded once `/readyz` answers 200;
+    killed on the way out if it is still running."""
+    port, admin = free_port(), free_port()
+    listen = {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}"}
+    config = loader.deep_merge(dict(data), {"server": listen})
+    path = directory / f"sidecar-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    running = SidecarProcess(
+        spawn_sidecar(path, env), path, config, f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{admin}",
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, running.admin_url)
+        yield running
+    finally:
+        stop_process(running.process, path)

@@ -1,0 +1,55 @@
+"""Raw sockets for tests: free ports, clients that read only when told, HTTP/1.1 framing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from sidecar.server import SidecarServer
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for servers that cannot bind port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dechunk(data: bytes) -> bytes:
+    """The payload in the complete chunks of an HTTP/1.1 chunked body read so far (all of it
+    once the body has ended)."""
+    out = bytearray()
+    while b"\r\n" in data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0 or len(rest) < size + 2:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return bytes(out)
+
+
+def relayed_payload(raw: bytes | bytearray) -> bytes:
+    """The payload of a chunked response (head included) in its complete chunks read so far."""
+    return dechunk(bytes(raw).partition(b"\r\n\r\n")[2])
+
+
+def shrink_send_buffers(server: SidecarServer) -> None:
+    """Accepted sockets inherit a small send buffer: a slow client fills it at once."""
+    for listener in server.traffic_sockets():
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
+async def slow_client(port: int, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """POST `body` to /v1/messages from a client with tiny buffers that reads only when told."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(
+        b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
+    )
+    await writer.drain()
+    return reader, writer

@@ -1,0 +1,88 @@
+"""The benchmark harness runs end to end in its quick mode and writes what readers use.
+
+Asserts the shape of `results.json`, the tables, the plots and the comparison; never a
+timing (the machine running the suite is shared, so the numbers mean nothing here).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "bench" / "run.py"
+PLOTS = ("cpu_per_event.png", "cpu_per_call.png", "added_ttft.png", "rss_per_stream.png")
+
+
+def harness(*args: str, timeout: float = 240) -> str:
+    done = subprocess.run(
+        [sys.executable, str(RUN), *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One quick run (no plots: those are drawn from its JSON below), its output folder."""
+    out = tmp_path_factory.mktemp("bench")
+    harness("--quick", "--no-plots", "--out", str(out))
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_quick_run_measures_every_peer_side_by_side(quick_run: Path) -> None:
+    doc = json.loads((quick_run / "results.json").read_text())
+    assert doc["schema"] == 1
+    assert doc["quick"] is True
+    kinds = [peer["kind"] for peer in doc["peers"]]
+    assert kinds[0] == "direct"
+    assert {"floor", "naive", "sidecar"} <= set(kinds)
+    # nginx is a peer when installed, else a note says its rows were skipped.
+    assert "nginx" in kinds or any("nginx" in note for note in doc["notes"])
+    resumed = any("resume" in peer["name"] for peer in doc["peers"])
+    assert resumed or any("resume" in note for note in doc["notes"])
+    plan = doc["plan"]
+    for peer in doc["peers"]:
+        measured = peer["kind"] != "direct"
+        assert set(peer["calls"]) == {"1", str(plan["callers"])}
+        for row in peer["calls"].values():
+            assert row["failures"] == 0
+            assert row["requests"] > 0
+            assert _number(row["added_ttft_p50_ms"])
+            assert _number(row["added_ttft_p99_ms"])
+            assert _number(row["cpu_us_per_call"]) is measured
+        assert set(peer["streams"]) == {str(level) for level in plan["levels"]}
+        for row in peer["streams"].values():
+            assert row["failures"] == 0
+            assert row["events"] > 0
+            assert _number(row["cpu_us_per_event"]) is measured
+        if measured and peer["route"] == "anthropic":
+            assert peer["memory"]["open"] == plan["open_streams"]
+            assert _number(peer["memory"]["per_stream_kib"])
+            assert peer["rss_start_kib"] > 0
+    tables = (quick_run / "results.md").read_text()
+    header = tables.split("**Side by side**")[1].splitlines()[2]
+    for peer in doc["peers"][1:]:
+        assert peer["name"] in header
+
+
+@pytest.mark.timeout(120)
+def test_plots_and_comparison_come_from_a_results_file(quick_run: Path) -> None:
+    results = quick_run / "results.json"
+    harness("--replot", str(results), "--out", str(quick_run))
+    for name in PLOTS:
+        assert (quick_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    compared = harness("--compare", str(results), "--against", str(results))
+    assert "| sidecar, all on | CPU per call, sequential (µs) |" in compared
+    assert "+0 %" in compared  # a run against itself changes nothing

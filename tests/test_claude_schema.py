@@ -1,0 +1,225 @@
+"""Screening sees every text Claude reads: one case per text field of the walker's own tables.
+
+The cases are generated from `BLOCK_FIELDS` / `SOURCE_FIELDS` / `REQUEST_FIELDS`, so a block
+type added to the tables is tested here without a new case. Each case is sent over real
+sockets to both Claude routes (prompt route: in the history; Anthropic route: in messages),
+once with a denied phrase (refused, Claude never called) and once with a harmless one (not
+refused by screening), so a case that screening ignored could not pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.fake_claude import FakeServer
+from sidecar.policy.claude_schema import (
+    BLOCK_FIELDS,
+    PLAIN_FIELDS,
+    REQUEST_FIELDS,
+    SOURCE_FIELDS,
+    Kind,
+    UnknownBlock,
+    collect_texts,
+)
+from tests.support.sidecars import SidecarFactory
+
+PROMPT = "/api/stream-response"
+MODEL = "claude-sonnet-5-5"
+DENIED = "the launch codes are 0000"
+HARMLESS = "the weather is fine today"
+RULE = '"launch-codes"'
+CONFIG: dict[str, Any] = {
+    "screening": {
+        "max_prompt_chars": 100000,
+        "deny_patterns": [{"name": "launch-codes", "pattern": "(?i)launch codes"}],
+    }
+}
+
+
+def _value(kind: Kind, phrase: str) -> list[tuple[str, Any]]:
+    """Every shape a field of `kind` may carry `phrase` in: (shape name, value)."""
+    if kind == "text":
+        return [("string", phrase)]
+    if kind == "blocks":
+        return [
+            ("string", phrase),
+            ("text_block", [{"type": "text", "text": phrase}]),
+            ("one_block", {"type": "text", "text": phrase}),
+        ]
+    if kind == "strings":
+        return [("nested_value", {"a": [{"b": phrase}]}), ("key", {phrase: 1}), ("plain", phrase)]
+    return []  # source and attachment fields are generated from SOURCE_FIELDS below
+
+
+def block_cases(phrase: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(case id, content block) with `phrase` in one text-bearing field of one block type."""
+    for block_type, fields in BLOCK_FIELDS.items():
+        for name, kind in fields.items():
+            if kind == "source":
+                for source_type, source_fields in SOURCE_FIELDS.items():
+                    for inner, inner_kind in source_fields.items():
+                        for shape, value in _value(inner_kind, phrase):
+                            source = {"type": source_type, inner: value}
+                            block = {"type": block_type, name: source}
+                            yield f"{block_type}.{name}[{source_type}].{inner}:{shape}", block
+            for shape, value in _value(kind, phrase):
+                yield f"{block_type}.{name}:{shape}", {"type": block_type, name: value}
+    yield "unknown_type:nested", {"type": "brand_new_block", "payload": {"deep": [phrase]}}
+
+
+def request_cases(phrase: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(case id, top-level fields) with `phrase` in one top-level field Claude reads."""
+    for name, kind in REQUEST_FIELDS.items():
+        for shape, value in _value(kind, phrase):
+            if shape != "one_block":  # `system` is a string or a list, nothing else
+                yield f"{name}:{shape}", {name: value}
+    tool = {"name": "lookup", "description": phrase, "input_schema": {"type": "object"}}
+    yield "tools.description", {"tools": [tool]}
+    schema = {"type": "object", "properties": {"q": {"type": "string", "description": phrase}}}
+    yield "tools.input_schema", {"tools": [{"name": "lookup", "input_schema": schema}]}
+    yield "tools.name", {"tools": [{"name": phrase, "input_schema": {"type": "object"}}]}
+    yield "future_field", {"output_format": {"schema": {"description": phrase}}}
+
+
+def test_every_table_field_is_generated() -> None:
+    """The generator covers every (type, field) of the tables that carries text."""
+    ids = {case for case, _ in block_cases(DENIED)}
+    for block_type, fields in BLOCK_FIELDS.items():
+        for name, kind in fields.items():
+            if kind != "attachment":
+                assert any(i.startswith(f"{block_type}.{name}") for i in ids), (block_type, name)
+
+
+@pytest.mark.parametrize(("case", "block"), list(block_cases(DENIED)))
+def test_walker_finds_the_phrase(case: str, block: dict[str, Any]) -> None:
+    collected = collect_texts({"messages": [{"role": "user", "content": [block]}]})
+    assert any(DENIED in text for text in collected.texts), case
+    harmless = dict(block_cases(HARMLESS))[case]
+    clean = collect_texts({"messages": [{"role": "user", "content": [harmless]}]})
+    assert not any(DENIED in text for text in clean.texts)
+
+
+def test_plain_fields_carry_no_text_and_the_rest_is_read() -> None:
+    body = {name: "x" for name in PLAIN_FIELDS}
+    assert collect_texts(body).texts == []
+    assert collect_texts({"anything_new": {"k": DENIED}}).texts == ["k", DENIED]
+
+
+def test_opaque_fields_are_skipped_and_attachments_counted() -> None:
+    content = [
+        {"type": "thinking", "thinking": "t", "signature": "S" * 50},
+        {"type": "redacted_thinking", "data": "R" * 50},
+        {"type": "web_search_result", "title": "a", "url": "u", "encrypted_content": "E" * 50},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QUJD"}},
+        {"type": "document", "source": {"type": "base64", "data": "QUJDRA=="}, "title": "d"},
+    ]
+    collected = collect_texts({"messages": [{"role": "user", "content": content}]})
+    assert sorted(collected.texts) == ["a", "d", "t", "u"]
+    assert collected.attachment_bytes == 12
+
+
+async def _status(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, str]:
+    async with http.post(url, json=body) as response:
+        raw = await response.read()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return response.status, ""
+    error = data.get("error") if isinstance(data, dict) else None
+    return response.status, str(error.get("message", "")) if isinstance(error, dict) else ""
+
+
+def _bodies(content: list[dict[str, Any]], top: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    history = [{"role": "user", "content": content}, {"role": "assistant", "content": "ok"}]
+    prompt_body = {"prompt": "go on", "messages": history, **top}
+    anthropic_body = {
+        "model": MODEL, "max_tokens": 8, "messages": [*history, {"role": "user", "content": "go"}],
+        **top,
+    }  # fmt: skip
+    return {PROMPT: prompt_body, "/v1/messages": anthropic_body}
+
+
+async def test_every_field_is_screened_on_both_routes(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    cases: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+    harmless_blocks = dict(block_cases(HARMLESS))
+    for case, block in block_cases(DENIED):
+        for path, body in _bodies([block], {}).items():
+            control = _bodies([harmless_blocks[case]], {})[path]
+            cases.append((f"{path} {case}", path, body, control))
+    harmless_tops = dict(request_cases(HARMLESS))
+    for case, top in request_cases(DENIED):
+        paths = ["/v1/messages"] if "system" not in top else [PROMPT, "/v1/messages"]
+        for path in paths:
+            body = _bodies([{"type": "text", "text": "hi"}], top)[path]
+            control = _bodies([{"type": "text", "text": "hi"}], harmless_tops[case])[path]
+            cases.append((f"{path} {case}", path, body, control))
+    missed: list[str] = []
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        for name, path, body, control in cases:
+            status, message = await _status(http, sidecar.url + path, body)
+            if (status, message) != (400, f"prompt matches deny rule {RULE}"):
+                missed.append(f"{name}: {status} {message}")
+            status, message = await _status(http, sidecar.url + path, control)
+            if "deny rule" in message:
+                missed.append(f"{name} (harmless control): {status} {message}")
+    assert missed == []
+    assert len(cases) > 60
+    # Every denied request stopped before Claude; every control was sent on.
+    assert fake.state.counters["requests"] == len(cases)
+
+
+async def test_unknown_block_types_can_be_refused(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    refuse = {"screening": {**CONFIG["screening"], "unknown_blocks": "refuse"}}
+    content = [{"type": "brand_new_block", "payload": "harmless"}]
+    known = [{"type": "document", "source": {"type": "text", "data": HARMLESS}, "title": "t"}]
+    async with sidecar_for(refuse) as sidecar, aiohttp.ClientSession() as http:
+        results = {
+            path: await _status(http, sidecar.url + path, body)
+            for path, body in _bodies(content, {}).items()
+        }
+        nested = _bodies([{"type": "tool_result", "tool_use_id": "t", "content": content}], {})
+        deep = await _status(http, sidecar.url + "/v1/messages", nested["/v1/messages"])
+        allowed = await _status(http, sidecar.url + "/v1/messages", _bodies(known, {})[
+            "/v1/messages"])  # fmt: skip
+    for status, message in [*results.values(), deep]:
+        assert status == 400
+        assert message == "content type 'brand_new_block' is not accepted here"
+    assert allowed[0] == 200
+    assert fake.state.counters["requests"] == 1
+
+
+def _json() -> st.SearchStrategy[Any]:
+    kinds = st.sampled_from([*BLOCK_FIELDS, *SOURCE_FIELDS, "unknown_kind"])
+    keys = st.sampled_from(["type", "text", "content", "source", "data", "input", "title", "x"])
+    leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=8) | kinds
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(keys | kinds, inner, max_size=4)
+        ),
+        max_leaves=30,
+    )
+
+
+@given(st.dictionaries(st.sampled_from(["system", "messages", "tools", "model", "new"]), _json()))
+@settings(max_examples=300, deadline=None)
+def test_any_json_shape_is_walked_without_error(body: dict[str, Any]) -> None:
+    collected = collect_texts(body)
+    assert all(isinstance(text, str) for text in collected.texts)
+    assert collected.attachment_bytes >= 0
+    try:
+        refused = collect_texts(body, "refuse")
+    except UnknownBlock:
+        return
+    assert refused.texts == collected.texts  # nothing unknown: both modes read the same

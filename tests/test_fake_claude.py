@@ -1,0 +1,122 @@
+"""The fake Claude's Models API, through the official SDK, directly and via the sidecar."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import aiohttp
+import anthropic
+import pytest
+
+from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
+from sidecar.fake_claude.knobs import FAULTS, KNOB_NAMES
+from sidecar.fake_claude.models import MODELS, ModelQueryError, model_page
+from tests.support.sidecars import running_sidecar
+
+IDS = [entry["id"] for entry in MODELS]
+DOC = Path(__file__).resolve().parent.parent / "docs" / "fake-claude.md"
+
+
+async def test_the_sdk_lists_and_retrieves_models_from_the_fake(fake: FakeServer) -> None:
+    client = anthropic.AsyncAnthropic(base_url=fake.url, api_key="unused", max_retries=0)
+    page = await client.models.list()
+    assert [model.id for model in page.data] == IDS
+    assert all(model.type == "model" and model.display_name for model in page.data)
+    assert page.has_more is False
+    every = [model.id async for model in await client.models.list(limit=1)]  # SDK paging
+    assert every == IDS
+    model = await client.models.retrieve("claude-sonnet-5-5")
+    assert (model.id, model.display_name) == ("claude-sonnet-5-5", "Claude Sonnet 5.5")
+    assert model.created_at.year == 2026
+    with pytest.raises(anthropic.NotFoundError):
+        await client.models.retrieve("claude-nonexistent")
+    with pytest.raises(anthropic.BadRequestError):
+        await client.models.list(limit=0)
+    assert fake.state.requests[-1].path == "/v1/models"
+
+
+async def test_the_fake_checks_the_key_on_models_too() -> None:
+    async with running_fake_claude(FakeSettings(api_key="sk-right")) as fake:
+        wrong = anthropic.AsyncAnthropic(base_url=fake.url, api_key="sk-wrong", max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError):
+            await wrong.models.list()
+        right = anthropic.AsyncAnthropic(base_url=fake.url, api_key="sk-right", max_retries=0)
+        assert len((await right.models.list()).data) == len(IDS)
+
+
+async def test_models_through_the_embedded_default() -> None:
+    """A tool that lists models at start works against `sidecar run` with no config."""
+    async with running_sidecar({"claude": {"base_url": "builtin:fake"}}) as sidecar:
+        client = anthropic.AsyncAnthropic(base_url=sidecar.url, api_key="unused", max_retries=0)
+        page = await client.models.list()
+        assert [model.id for model in page.data] == IDS
+        assert (await client.models.retrieve(IDS[0])).id == IDS[0]
+
+
+def test_paging_follows_the_api() -> None:
+    first = model_page({"limit": "2"})
+    assert ([m["id"] for m in first["data"]], first["has_more"]) == (IDS[:2], True)
+    assert (first["first_id"], first["last_id"]) == (IDS[0], IDS[1])
+    rest = model_page({"after_id": IDS[1]})
+    assert ([m["id"] for m in rest["data"]], rest["has_more"]) == (IDS[2:], False)
+    before = model_page({"before_id": IDS[2], "limit": "1"})
+    assert ([m["id"] for m in before["data"]], before["has_more"]) == ([IDS[1]], True)
+    configured = model_page({}, extra="claude-custom-1")
+    assert configured["data"][0]["id"] == "claude-custom-1"
+    for bad in ({"limit": "x"}, {"limit": "1001"}, {"after_id": "nope"},
+                {"after_id": IDS[0], "before_id": IDS[1]}):  # fmt: skip
+        with pytest.raises(ModelQueryError):
+            model_page(bad)
+
+
+def test_the_docs_table_every_fault_and_knob() -> None:
+    """docs/fake-claude.md lists exactly the faults and knobs the fake accepts."""
+    text = DOC.read_text()
+    faults_table = text.split("### Faults", 1)[1].split("### Knobs", 1)[0]
+    knobs_table = text.split("### Knobs", 1)[1].split("\n## ", 1)[0]
+    row = re.compile(r"^\| `([a-z_]+)` \|", re.M)
+    assert set(row.findall(faults_table)) == FAULTS
+    assert set(row.findall(knobs_table)) == KNOB_NAMES
+
+
+def documented_faults() -> dict[str, tuple[str, str]]:
+    """fault -> (prompt route cell, anthropic route cell) of the docs' fault table."""
+    table = DOC.read_text().split("### Faults", 1)[1].split("### Knobs", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[0] != "`fault`":
+            rows[cells[0].strip("`")] = (cells[2], cells[3])
+    return rows
+
+
+async def test_faults_reach_clients_as_the_docs_say() -> None:
+    """Each fault through the sidecar, on both Claude routes: the status the table names,
+    or for stream faults a 200 whose stream ends in an error event."""
+    config = {"claude": {"base_url": "builtin:fake", "max_retries": 1,
+                         "retry_base_seconds": 0.01, "idle_timeout_seconds": 1,
+                         "fake": {"tokens_per_second": 0, "time_to_first_token_ms": 0}}}  # fmt: skip
+    rows = documented_faults()
+    assert set(rows) == FAULTS
+    async with running_sidecar(config) as sidecar, aiohttp.ClientSession() as http:
+        for fault, cells in rows.items():
+            text = f"hi [[fake fault={fault} tokens=6 delay_ms=50]]"
+            prompt = http.post(sidecar.url + "/api/stream-response", json={"prompt": text})
+            messages = http.post(
+                sidecar.url + "/v1/messages",
+                json={"model": "claude-sonnet-5-5", "max_tokens": 16, "stream": True,
+                      "messages": [{"role": "user", "content": text}]},
+            )  # fmt: skip
+            for request, cell in zip((prompt, messages), cells, strict=True):
+                async with request as response:
+                    body = await response.read()
+                status = re.match(r"(\d{3})\b", cell)
+                if status is not None:
+                    assert response.status == int(status[1]), (fault, cell)
+                elif fault == "slow_headers":
+                    assert response.status == 200
+                    assert b"error" not in body, fault
+                else:  # a stream that breaks: 200, then an error event
+                    assert response.status == 200, (fault, cell)
+                    assert b'"error"' in body.rsplit(b"\n\n", 2)[-2], (fault, body[-200:])

@@ -1,0 +1,66 @@
+"""Identity and forwarding headers as a class: every spelling of every name in the tables."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+
+from sidecar.config import IdentityHeaders
+from sidecar.identity import Identity
+from sidecar.policy.identity_headers import (
+    FORWARDING_HEADERS,
+    is_forwarding_header,
+    strip_and_set_identity,
+    strip_forwarding_claims,
+)
+
+NAMES = [*sorted(FORWARDING_HEADERS), "x-forwarded-whatever", "x-forwarded-client-cert"]
+
+
+@st.composite
+def spelling(draw: st.DrawFn, name: str) -> str:
+    """`name` with any case per letter and any `-` written as `_`."""
+    chars = []
+    for char in name:
+        if char == "-":
+            chars.append(draw(st.sampled_from("-_")))
+        else:
+            chars.append(char.upper() if draw(st.booleans()) else char)
+    return "".join(chars)
+
+
+def spellings() -> st.SearchStrategy[str]:
+    return st.sampled_from(NAMES).flatmap(spelling)
+
+
+@given(st.lists(spellings(), min_size=1, max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_an_untrusted_peer_loses_every_spelling(names: list[str]) -> None:
+    headers = CIMultiDict[str]((name, "203.0.113.66") for name in names)
+    headers.add("X-Kept", "yes")
+    strip_forwarding_claims(headers, trusted=False)
+    assert list(headers.items()) == [("X-Kept", "yes")]
+
+
+@given(st.lists(spellings(), min_size=1, max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_a_trusted_proxy_keeps_dash_spellings_only(names: list[str]) -> None:
+    headers = CIMultiDict[str]((name, "203.0.113.66") for name in names)
+    strip_forwarding_claims(headers, trusted=True)
+    assert sorted(k for k, _ in headers.items()) == sorted(n for n in names if "_" not in n)
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_", min_size=1, max_size=20))
+def test_other_headers_are_not_forwarding_headers(name: str) -> None:
+    canonical = name.lower().replace("_", "-")
+    expected = canonical in FORWARDING_HEADERS or canonical.startswith("x-forwarded-")
+    assert is_forwarding_header(name) is expected
+
+
+@given(spelling("x-sidecar-user"), spelling("x-sidecar-tenant"), spelling("x-sidecar-api-key-name"))
+@settings(max_examples=200, deadline=None)
+def test_identity_headers_are_replaced_in_every_spelling(user: str, tenant: str, key: str) -> None:
+    headers = CIMultiDict[str]({user: "mallory", tenant: "evil", key: "stolen", "X-Other": "1"})
+    strip_and_set_identity(headers, Identity(method="jwt", user="alice"), IdentityHeaders())
+    assert dict(headers) == {"X-Other": "1", "X-Sidecar-User": "alice"}

@@ -1,0 +1,278 @@
+"""The prompt route over real sockets: event shapes, multi-turn, errors and every bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sidecar.fake_claude import FakeServer
+from sidecar.handlers.prompt import _DELTA, PromptTranslator
+from sidecar.record import StreamRecord
+from tests.support.sidecars import SidecarFactory
+
+ROUTE = "/api/stream-response"
+RECORD = StreamRecord(request_id="req_1", route=ROUTE, started=0.0)
+
+
+def data_of(raw: bytes) -> list[dict[str, Any]]:
+    """The JSON `data:` payload of every event (comments skipped)."""
+    events = []
+    for block in raw.decode().strip().split("\n\n"):
+        for line in block.split("\n"):
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    return events
+
+
+async def stream(sidecar_url: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(sidecar_url + ROUTE, json=body) as response:
+            return response.status, await response.read()
+
+
+async def test_tokens_then_done_with_usage_and_ids(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for() as sidecar:
+        status, raw = await stream(sidecar.url, {"prompt": "hello there", "max_tokens": 64})
+    assert status == 200
+    blocks = raw.decode().strip().split("\n\n")
+    ids = [b.split("\n")[0][4:].rpartition(":") for b in blocks if b.startswith("id: ")]
+    assert len({stream_id for stream_id, _, _ in ids}) == 1  # one stream id, unguessable
+    assert len(ids[0][0]) >= 22
+    # One id per token (12 from the fake) and one for `done`: every event can be resumed from.
+    assert [int(n) for _, _, n in ids] == list(range(1, 14))
+    events = data_of(raw)
+    assert all("token" in e for e in events[:-1])
+    assert "".join(e["token"] for e in events[:-1]).strip()
+    done = events[-1]
+    assert done["done"] is True
+    assert done["stop_reason"] == "end_turn"
+    assert done["usage"]["output_tokens"] == 12
+    assert done["usage"]["input_tokens"] > 0
+    assert set(done["usage"]) == {
+        "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"
+    }  # fmt: skip
+
+
+async def test_tool_use_and_thinking_have_their_own_events(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for() as sidecar:
+        _, tool_raw = await stream(sidecar.url, {"prompt": "[[fake content=tool_use]] weather"})
+        _, think_raw = await stream(sidecar.url, {"prompt": "[[fake content=thinking]] hmm"})
+    tool = data_of(tool_raw)
+    starts = [e["tool_use"] for e in tool if "tool_use" in e]
+    assert len(starts) == 1
+    assert starts[0]["id"].startswith("toolu_")
+    assert starts[0]["name"]
+    partial = "".join(e["tool_input"] for e in tool if "tool_input" in e)
+    assert isinstance(json.loads(partial), dict)
+    assert tool[-1]["stop_reason"] == "tool_use"
+    thinking = data_of(think_raw)
+    assert any("thinking" in e and e["thinking"] for e in thinking)
+    assert any("token" in e for e in thinking)
+    assert thinking[-1]["done"] is True
+
+
+async def test_multi_turn_history_and_system_reach_claude(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    history = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": [{"type": "text", "text": "first answer"}]},
+    ]
+    body = {"prompt": "second question", "system": "be brief", "messages": history,
+            "model": "claude-haiku-5-5", "max_tokens": 7}  # fmt: skip
+    async with sidecar_for() as sidecar:
+        status, _ = await stream(sidecar.url, body)
+    assert status == 200
+    sent = fake.state.requests[-1]["body"]
+    assert sent["messages"] == [*history, {"role": "user", "content": "second question"}]
+    assert sent["system"] == "be brief"
+    assert sent["model"] == "claude-haiku-5-5"
+    assert sent["max_tokens"] == 7
+    assert sent["stream"] is True
+
+
+async def test_get_for_event_source(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + ROUTE, params={"prompt": "hi", "max_tokens": "5"}) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+            raw = await r.read()
+    assert data_of(raw)[-1]["done"] is True
+
+
+async def test_midstream_error_is_a_final_error_event(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for() as sidecar:
+        status, raw = await stream(sidecar.url, {"prompt": "[[fake fault=midstream_error]]"})
+    assert status == 200
+    events = data_of(raw)
+    assert [e for e in events if "token" in e]  # tokens came first
+    assert events[-1] == {"error": {"type": "overloaded", "message": "Overloaded"}}
+    assert not any("done" in e for e in events)
+
+
+async def test_dropped_upstream_connection_is_an_error_event(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for() as sidecar:
+        _, raw = await stream(sidecar.url, {"prompt": "[[fake fault=drop after=2]]"})
+    last = data_of(raw)[-1]
+    assert last["error"]["type"] == "upstream_error"
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "kind"),
+    [("bad_request", 400, "invalid_request"), ("overloaded", 503, "overloaded"),
+     ("rate_limit", 429, "rate_limited")],
+)  # fmt: skip
+async def test_upstream_errors_before_the_stream_use_the_prompt_shape(
+    sidecar_for: SidecarFactory, fault: str, status: int, kind: str
+) -> None:
+    async with sidecar_for({"claude": {"max_retries": 0}}) as sidecar:
+        got, raw = await stream(sidecar.url, {"prompt": f"[[fake fault={fault} retry_after=3]]"})
+    assert got == status
+    body = json.loads(raw)
+    assert body["error"]["type"] == kind
+    assert body["error"]["message"]
+
+
+BAD_BODIES: list[tuple[Any, str]] = [
+    ({}, "prompt is required"),
+    ({"prompt": ""}, "must not be empty"),
+    ({"prompt": "   "}, "must not be empty"),
+    ({"prompt": 5}, "prompt is required and must be a string"),
+    ({"prompt": ["a"]}, "must be a string"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens must be a positive integer"),
+    ({"prompt": "x", "max_tokens": "many"}, "max_tokens must be a positive integer"),
+    ({"prompt": "x", "max_tokens": True}, "max_tokens must be a positive integer"),
+    ({"prompt": "x", "model": 3}, "model must be a non-empty string"),
+    ({"prompt": "x", "system": 3}, "system must be a string"),
+    ({"prompt": "x", "messages": "hi"}, "messages must be a list"),
+    ({"prompt": "x", "messages": [{"role": "tool", "content": "x"}]}, "messages.0"),
+    ({"prompt": "x", "messages": [{"role": "user", "content": ""}]}, "messages.0.content"),
+    ({"prompt": "x", "temperature": 1}, "unknown fields: temperature"),
+    ([1, 2], "must be a JSON object"),
+]
+
+
+async def test_every_bad_body_is_a_clear_400_and_claude_is_not_called(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        for body, reason in BAD_BODIES:
+            async with http.post(sidecar.url + ROUTE, json=body) as response:
+                assert response.status == 400, body
+                error = (await response.json())["error"]
+                assert error["type"] == "invalid_request"
+                assert reason in error["message"], (body, error)
+                assert response.headers["X-Request-Id"]
+        for raw, reason in ((b"{not json", "not valid JSON"), (b"\xff\xfe", "not UTF-8")):
+            headers = {"Content-Type": "application/json"}
+            async with http.post(sidecar.url + ROUTE, data=raw, headers=headers) as response:
+                assert response.status == 400
+                assert reason in (await response.json())["error"]["message"]
+    assert not fake.state.requests
+
+
+async def test_wrong_content_type_size_and_method(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for({"server": {"max_body_bytes": 2048}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            url = sidecar.url + ROUTE
+            async with http.post(
+                url, data="prompt=hi", headers={"Content-Type": "text/plain"}
+            ) as r:
+                assert r.status == 415
+                assert (await r.json())["error"]["type"] == "unsupported_media_type"
+            async with http.post(url, json={"prompt": "x" * 4096}) as r:
+                assert r.status == 413
+                assert (await r.json())["error"]["type"] == "request_too_large"
+            async with http.put(url, json={"prompt": "x"}) as r:
+                assert r.status == 405
+                assert "GET" in r.headers["Allow"]
+            async with http.get(url) as r:
+                assert r.status == 400
+    assert not fake.state.requests
+
+
+async def test_model_allow_list(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    config = {"claude": {"allowed_models": ["claude-sonnet-5-5"]}}
+    async with sidecar_for(config) as sidecar:
+        status, raw = await stream(sidecar.url, {"prompt": "x", "model": "claude-opus-5-5"})
+        assert status == 400
+        assert "claude-opus-5-5" in json.loads(raw)["error"]["message"]
+        assert not fake.state.requests
+        status, _ = await stream(sidecar.url, {"prompt": "x", "model": "claude-sonnet-5-5"})
+        assert status == 200
+
+
+TRICKY = ["Hello", 'he said "hi" \\ ', "\u2028 line sep, emoji \U0001f389", "tab\tand\nnewline", ""]
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+@pytest.mark.parametrize(
+    ("kind", "field", "key"),
+    [("text_delta", "text", "token"), ("thinking_delta", "thinking", "thinking"),
+     ("input_json_delta", "partial_json", "tool_input")],
+)  # fmt: skip
+def test_delta_events_reuse_claudes_json_string_and_match_the_decoding_path(
+    ensure_ascii: bool, kind: str, field: str, key: str
+) -> None:
+    for text in TRICKY:
+        payload = {"type": "content_block_delta", "index": 2, "delta": {"type": kind, field: text}}
+        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=ensure_ascii)
+        block = b"event: content_block_delta\ndata: " + data.encode()
+        assert _DELTA.match(block) is not None  # the no-decoding path is taken
+        fast = PromptTranslator(capture=False).translate(block, b"content_block_delta", RECORD)
+        slow = PromptTranslator(capture=True).translate(block, b"content_block_delta", RECORD)
+        assert fast.startswith(b"id: 1\ndata: ")
+        assert fast.endswith(b"\n\n")
+        assert data_of(fast) == data_of(slow) == [{key: text}]
+
+
+def test_other_delta_shapes_are_decoded() -> None:
+    spaced = b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}'
+    extra = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi","x":1}}'
+    for block in (spaced, extra):
+        assert _DELTA.match(block) is None
+        out = PromptTranslator(capture=False).translate(block, b"content_block_delta", RECORD)
+        assert data_of(out) == [{"token": "hi"}]
+
+
+async def test_an_event_source_reconnect_is_told_to_stop_not_charged_again(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    for resumable in (True, False):
+        async with (
+            sidecar_for({"resume": {"enabled": resumable}}) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+            url = sidecar.url + ROUTE
+            async with http.get(url, params={"prompt": "hi"}) as first:
+                raw = await first.read()
+                assert data_of(raw)[-1]["done"] is True
+            last_id = [line for line in raw.decode().split("\n") if line.startswith("id: ")][-1]
+            # The browser reconnects by itself once the stream closes, with the last id it saw.
+            headers = {"Last-Event-ID": last_id[4:]}
+            async with http.get(url, params={"prompt": "hi"}, headers=headers) as r:
+                assert r.status == 204  # EventSource stops on 204
+                assert r.headers["X-Request-Id"]
+    assert fake.state.counters["requests"] == 2  # one per sidecar: no reconnect re-ran it
+
+
+@pytest.mark.parametrize("max_tokens", ["²", "1²", "9" * 5000])
+async def test_prompt_max_tokens_that_only_look_like_digits_are_a_400(
+    sidecar_for: SidecarFactory, max_tokens: str
+) -> None:
+    async with (
+        sidecar_for() as sidecar,
+        aiohttp.ClientSession() as http,
+        http.get(
+            sidecar.url + "/api/stream-response", params={"prompt": "hi", "max_tokens": max_tokens}
+        ) as response,
+    ):
+        assert response.status == 400
+        error = (await response.json())["error"]
+        assert error["type"] == "invalid_request"
+        assert "max_tokens" in error["message"]

@@ -1,0 +1,321 @@
+"""The SDK providers: OTLP/HTTP export round trip (a local collector decodes what the sidecar
+exported), exporter endpoints and environment, the exemplar filter, and the resource and
+sampler the SDK reads from its own environment (the config fills in what it leaves)."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace import SpanKind
+
+from sidecar.config import TelemetryConfig
+from sidecar.telemetry import Telemetry
+from sidecar.telemetry.providers import (
+    OtlpSignal,
+    build_providers,
+    exemplar_filter_of,
+    otlp_signal,
+    resource_of,
+)
+from tests.support.otel import make_otel
+from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import free_port
+
+MODEL = "claude-sonnet-5-5"
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+
+
+@dataclass
+class Collector:
+    """What a local OTLP/HTTP receiver was sent."""
+
+    url: str
+    traces: list[ExportTraceServiceRequest] = field(default_factory=list)
+    metrics: list[ExportMetricsServiceRequest] = field(default_factory=list)
+    content_types: set[str] = field(default_factory=set)
+
+    def spans(self) -> list[tuple[dict[str, Any], ProtoSpan]]:
+        """(resource attributes, span) for every exported span."""
+        return [
+            (attributes(resource.resource.attributes), span)
+            for request in self.traces
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
+
+    def metric_names(self) -> set[str]:
+        return {
+            metric.name
+            for request in self.metrics
+            for resource in request.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        }
+
+
+def value_of(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(value_of(item) for item in value.array_value.values)
+    return getattr(value, kind) if kind else None
+
+
+def attributes(pairs: Any) -> dict[str, Any]:
+    return {pair.key: value_of(pair.value) for pair in pairs if isinstance(pair, KeyValue)}
+
+
+@contextlib.asynccontextmanager
+async def running_collector() -> AsyncIterator[Collector]:
+    """POST /v1/traces and /v1/metrics, decoded with the OTLP protobuf messages."""
+    port = free_port()
+    collector = Collector(f"http://127.0.0.1:{port}")
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        collector.content_types.add(request.content_type)
+        if request.path == "/v1/traces":
+            collector.traces.append(ExportTraceServiceRequest.FromString(body))
+        else:
+            collector.metrics.append(ExportMetricsServiceRequest.FromString(body))
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", receive)
+    app.router.add_post("/v1/metrics", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield collector
+    finally:
+        await runner.cleanup()
+
+
+async def stream_once(url: str) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url + "/api/stream-response",
+            json={"prompt": "export me [[fake tokens=6]]"},
+            headers={"traceparent": TRACEPARENT},
+        ) as response,
+    ):
+        assert response.status == 200
+        assert b'"done":true' in await response.read()
+
+
+async def test_spans_and_metrics_round_trip_over_otlp_http(sidecar_for: SidecarFactory) -> None:
+    async with running_collector() as collector:
+        config = TelemetryConfig(
+            otlp_endpoint=collector.url,
+            prometheus=False,
+            service_name="sidecar-under-test",
+            resource_attributes={"deployment.environment": "test"},
+        )
+        telemetry = Telemetry.from_config(config)
+        async with sidecar_for(telemetry=telemetry) as sidecar:
+            await stream_once(sidecar.url)
+        await telemetry.close()  # flushes the batch processor and the periodic metric reader
+
+    assert collector.content_types == {"application/x-protobuf"}
+    spans = collector.spans()
+    by_kind = {span.kind: (resource, span) for resource, span in spans}
+    resource, client = by_kind[ProtoSpan.SPAN_KIND_CLIENT]
+    _, server = by_kind[ProtoSpan.SPAN_KIND_SERVER]
+    assert resource["service.name"] == "sidecar-under-test"
+    assert resource["deployment.environment"] == "test"
+    assert resource["telemetry.sdk.language"] == "python"
+    assert client.name == f"chat {MODEL}"
+    assert client.trace_id.hex() == CALLER_TRACE
+    assert client.parent_span_id == server.span_id
+    assert server.parent_span_id.hex() == "00f067aa0ba902b7"
+    exported = attributes(client.attributes)
+    assert exported["gen_ai.provider.name"] == "anthropic"
+    assert exported["gen_ai.operation.name"] == "chat"
+    assert exported["gen_ai.request.model"] == MODEL
+    assert exported["gen_ai.usage.output_tokens"] == 6
+    assert exported["gen_ai.response.finish_reasons"] == ("end_turn",)
+    assert exported["sidecar.stream.outcome"] == "completed"
+    assert client.end_time_unix_nano > client.start_time_unix_nano
+    assert {
+        "gen_ai.client.token.usage",
+        "gen_ai.client.operation.duration",
+        "gen_ai.server.time_to_first_token",
+        "sidecar.streams",
+    } <= collector.metric_names()
+
+
+async def test_env_wins_and_sidecar_shutdown_flushes(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sidecar's own Telemetry (built from config + env) is flushed when it shuts down."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with running_collector() as collector:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+        async with sidecar_for({"telemetry": {"otlp_endpoint": dead}}) as sidecar:
+            await stream_once(sidecar.url)
+    spans = collector.spans()
+    assert {resource["service.name"] for resource, _ in spans} == {"from-env"}
+    assert f"chat {MODEL}" in {span.name for _, span in spans}
+
+
+def test_otlp_endpoints_follow_the_exporter_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    config = TelemetryConfig(otlp_endpoint="http://collector:4318/")
+    assert otlp_signal(config, "TRACES") == OtlpSignal(
+        "http/protobuf", "http://collector:4318/v1/traces"
+    )
+    assert otlp_signal(config, "METRICS") == OtlpSignal(
+        "http/protobuf", "http://collector:4318/v1/metrics"
+    )
+    assert otlp_signal(TelemetryConfig(), "TRACES") is None
+    # An endpoint in the environment wins: the exporter reads it (and joins the paths) itself.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4317")
+    assert otlp_signal(config, "TRACES") == OtlpSignal("grpc", None)
+    assert otlp_signal(TelemetryConfig(), "METRICS") == OtlpSignal("grpc", None)
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    assert otlp_signal(config, "METRICS") is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+    assert otlp_signal(config, "TRACES") == OtlpSignal("http/protobuf", None)
+
+
+def test_nothing_to_export_means_no_sdk_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    off = Telemetry.from_config(TelemetryConfig(prometheus=False))
+    assert not off.enabled
+    on = Telemetry.from_config(TelemetryConfig(prometheus=True))
+    assert on.enabled
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "TRUE")
+    disabled = Telemetry.from_config(TelemetryConfig())
+    assert not disabled.enabled
+    on.shutdown()
+
+
+def test_exemplar_filter_defaults_to_off_and_follows_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_METRICS_EXEMPLAR_FILTER", raising=False)
+    assert isinstance(exemplar_filter_of(), AlwaysOffExemplarFilter)
+    for name in ("trace_based", "always_on", "always_off"):
+        monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", name)
+        assert exemplar_filter_of() is None  # the SDK reads the variable itself
+    # A value the SDK does not know would stop it with a traceback: ignored instead.
+    monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", "bogus")
+    assert isinstance(exemplar_filter_of(), AlwaysOffExemplarFilter)
+    providers = build_providers(TelemetryConfig(), None, None)
+    assert providers is not None
+    providers.meter_provider.shutdown()
+
+
+# --------------------------------------------------------------------------- the SDK's environment
+
+
+@pytest.fixture
+def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER",
+                 "OTEL_TRACES_SAMPLER_ARG", "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_config_resource_when_the_environment_says_nothing(clean_otel_env: None) -> None:
+    config = TelemetryConfig(service_name="shop", resource_attributes={"team": "payments"})
+    attributes = resource_of(config).attributes
+    assert attributes["service.name"] == "shop"
+    assert attributes["team"] == "payments"
+    assert attributes["telemetry.sdk.language"] == "python"  # the SDK's own attributes
+
+
+def test_resource_attributes_are_percent_decoded_as_the_sdk_does(
+    clean_otel_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded = "deployment.environment=prod%20eu,team=a%2Cb,url=https%3A%2F%2Fshop.example"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", encoded)
+    attributes = resource_of(TelemetryConfig(resource_attributes={"team": "config"})).attributes
+    assert attributes["deployment.environment"] == "prod eu"
+    assert attributes["team"] == "a,b"  # the environment wins over the config
+    assert attributes["url"] == "https://shop.example"
+    sdk = Resource.create().attributes  # what the SDK itself makes of the same variable
+    for key in ("deployment.environment", "team", "url"):
+        assert attributes[key] == sdk[key]
+
+
+def test_service_name_from_the_environment_wins(
+    clean_otel_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes")
+    assert resource_of(TelemetryConfig(service_name="config")).attributes["service.name"] == (
+        "from-env"
+    )
+
+
+def test_sampler_is_the_sdks_reading_of_the_environment(
+    clean_otel_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    providers = build_providers(TelemetryConfig(), None, None)
+    assert providers is not None
+    assert providers.tracer_provider.sampler.get_description() == "TraceIdRatioBased{0.25}"
+
+
+def test_spans_carry_the_environments_resource(
+    clean_otel_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.pod.name=shop-0,note=a%3Db")
+    otel = make_otel(service_name="shop")
+    parent = otel.telemetry.extract({})
+    server = otel.telemetry.start_server_span(
+        parent, method="GET", route="/", path="/", scheme="http"
+    )
+    otel.telemetry.end_server_span(server, 200)
+    (ended,) = otel.spans(SpanKind.SERVER)
+    assert ended.resource.attributes["k8s.pod.name"] == "shop-0"
+    assert ended.resource.attributes["note"] == "a=b"
+    assert ended.resource.attributes["service.name"] == "shop"
+
+
+async def test_latest_genai_names_go_over_otlp_too(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    async with running_collector() as collector:
+        config = TelemetryConfig(otlp_endpoint=collector.url, prometheus=False)
+        telemetry = Telemetry.from_config(config)
+        async with sidecar_for(telemetry=telemetry) as sidecar:
+            await stream_once(sidecar.url)
+        await telemetry.close()
+    names = collector.metric_names()
+    assert {
+        "gen_ai.client.inference.duration",
+        "gen_ai.client.inference.time_to_first_chunk",
+        "gen_ai.client.inference.usage.output_tokens",
+        "gen_ai.server.time_to_first_token",
+    } <= names
+    assert not {n for n in names if n.startswith("gen_ai.client.operation.")}
+    assert "gen_ai.client.token.usage" not in names
+    (client,) = [span for _, span in collector.spans() if span.kind == ProtoSpan.SPAN_KIND_CLIENT]
+    assert "gen_ai.usage.cache_write.input_tokens" in attributes(client.attributes)

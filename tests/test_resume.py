@@ -1,0 +1,468 @@
+"""Resumable streams on the prompt route, over real sockets (one process, memory store).
+
+A cutting TCP proxy drops the client's connection after N events; the client comes back
+with `Last-Event-ID` and must get exactly the rest: the concatenated events equal the
+stream read whole, byte for byte, Claude was called once and the tokens charged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from sidecar.fake_claude import FakeServer
+from tests.support.redis_server import RedisServer
+from tests.support.resume import ROUTE, cutting_proxy, sse_request
+from tests.support.sidecars import SidecarFactory, spawn_sidecar, stop_process, wait_ready
+from tests.support.sockets import free_port
+from tests.support.waiting import eventually
+
+SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
+
+
+def resumable(**resume: Any) -> dict[str, Any]:
+    return {"resume": {"detach_grace_seconds": 10, **resume}}
+
+
+def stream_ends(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        str(getattr(r, "outcome", None))
+        for r in caplog.records
+        if getattr(r, "event", None) in ("stream_complete", "stream_error")
+    ]
+
+
+async def test_a_cut_stream_resumes_from_its_last_event_byte_for_byte(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with sidecar_for(resumable()) as sidecar, cutting_proxy(sidecar.port, after=8) as proxy:
+        first = await sse_request(proxy.port, target=SLOW)
+        assert proxy.cut == 1
+        assert first.status == 200
+        assert len(first.events) == 8
+        stream_id = first.stream_id
+        assert first.last_id == f"{stream_id}:8"
+        rest = await sse_request(
+            sidecar.port, target=SLOW, headers={"Last-Event-ID": first.last_id}
+        )
+        assert rest.status == 200
+        assert rest.stream_id == stream_id
+        # Read whole afterwards, from the start: the same bytes, event for event.
+        whole = await sse_request(sidecar.port, target=f"{ROUTE}?last_event_id={stream_id}:0")
+        uninterrupted = await sse_request(sidecar.port, target=SLOW, headers={})
+    joined = first.payload[: first.payload.rfind(b"\n\n") + 2] + rest.payload
+    assert joined == whole.payload
+    assert rest.events[0].id == f"{stream_id}:9"
+    assert rest.events[-1].data.get("done") is True, rest.events[-1]
+    assert first.text + rest.text == uninterrupted.text  # the whole answer, once
+    assert [e.data for e in first.events + rest.events] == [e.data for e in uninterrupted.events]
+    # Claude was called twice: once for the resumed stream, once for the uninterrupted one.
+    assert fake.state.counters["requests"] == 2
+    await eventually(lambda: _true(len(stream_ends(caplog)) == 2))
+    assert stream_ends(caplog) == ["completed", "completed"]  # each settled once
+
+
+async def test_resume_with_the_header_on_a_post_and_the_query_on_a_get(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(resumable()) as sidecar:
+        done = await sse_request(sidecar.port, target=SLOW)
+        stream_id = done.stream_id
+        body = json.dumps({"prompt": "ignored: a resume never calls Claude"}).encode()
+        by_post = await sse_request(
+            sidecar.port, "POST", ROUTE, {"Last-Event-ID": f"{stream_id}:28"}, body
+        )
+        by_query = await sse_request(sidecar.port, target=f"{ROUTE}?last_event_id={stream_id}:29")
+    assert by_post.status == 200
+    assert [e.id for e in by_post.events] == [f"{stream_id}:{n}" for n in (29, 30, 31)]
+    assert by_post.events[-1].data["done"] is True
+    assert [e.id for e in by_query.events] == [f"{stream_id}:30", f"{stream_id}:31"]
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_unknown_expired_foreign_and_finished_streams(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    config = {
+        **resumable(ttl_seconds=1),
+        "auth": {"mode": "required", "api_keys": [
+            {"name": "a", "sha256": _sha("key-a"), "user": "alice"},
+            {"name": "b", "sha256": _sha("key-b"), "user": "bob"},
+        ]},
+    }  # fmt: skip
+    alice, bob = {"X-Api-Key": "key-a"}, {"X-Api-Key": "key-b"}
+    async with sidecar_for(config) as sidecar:
+        done = await sse_request(sidecar.port, target=SLOW, headers=alice)
+        cursor = done.last_id  # the `done` event's id
+        stream_id = done.stream_id
+        body = b'{"prompt": "x"}'
+
+        async def get(last_id: str, who: dict[str, str]) -> int:
+            reply = await sse_request(sidecar.port, headers={**who, "Last-Event-ID": last_id})
+            return reply.status
+
+        async def post(last_id: str, who: dict[str, str]) -> tuple[int, dict[str, Any]]:
+            reply = await sse_request(
+                sidecar.port, "POST", ROUTE, {**who, "Last-Event-ID": last_id}, body
+            )
+            return reply.status, json.loads(reply.payload or b"{}")
+
+        # Resuming from the final event: nothing is left, the EventSource is told to stop.
+        assert await get(cursor, alice) == 204
+        # Someone else's stream is answered exactly as an unknown one.
+        assert await get(f"{stream_id}:3", bob) == 204
+        assert await post(f"{stream_id}:3", bob) == await post("A" * 24 + ":3", alice)
+        status, error = await post(f"{stream_id}:3", bob)
+        assert status == 404
+        assert error["error"]["type"] == "resume_expired"
+        assert await get("B" * 24 + ":1", alice) == 204
+        # Malformed cursors and events the stream never sent: a clear 400.
+        for bad in (
+            "12",
+            f"{stream_id}",
+            f"{stream_id}:x",
+            f"{stream_id}:-1",
+            "a:b:c",
+            f"{stream_id}:99",
+        ):
+            status, error = await post(bad, alice)
+            assert status == 400, bad
+            assert "Last-Event-ID" in error["error"]["message"]
+        # Still resumable within the TTL, then gone.
+        assert await get(f"{stream_id}:29", alice) == 200
+        await asyncio.sleep(1.3)
+        assert await get(f"{stream_id}:29", alice) == 204
+        status, error = await post(f"{stream_id}:29", alice)
+        assert (status, error["error"]["type"]) == (404, "resume_expired")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sidecar.admin_url + "/metrics") as response:
+                metrics = await response.text()
+    assert fake.state.counters["requests"] == 1  # no resume ever called Claude
+    rejections = [line for line in metrics.splitlines() if "resume_malformed" in line]
+    assert rejections
+    assert rejections[0].startswith("sidecar_rejections_total{")
+    assert float(rejections[0].rsplit(" ", 1)[1]) == 6  # every bad cursor counted
+    results = {
+        line.split('sidecar_resume_result="')[1].split('"')[0]
+        for line in metrics.splitlines()
+        if line.startswith("sidecar_stream_resumes_total{")
+    }
+    assert results == {"resumed", "expired", "forbidden"}
+
+
+async def test_leaving_and_coming_back_within_the_grace_keeps_the_generation(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with sidecar_for(resumable(detach_grace_seconds=5)) as sidecar:
+        async with cutting_proxy(sidecar.port, after=3) as proxy:
+            first = await sse_request(proxy.port, target=SLOW)
+        await asyncio.sleep(0.3)  # detached, still generating
+        assert fake.state.open_streams == 1
+        rest = await sse_request(sidecar.port, headers={"Last-Event-ID": first.last_id})
+    assert rest.events[-1].data["done"] is True
+    assert len(first.events) + len(rest.events) == 31
+    assert fake.state.counters["streams_completed"] == 1
+    assert stream_ends(caplog) == ["completed"]
+
+
+async def test_a_generation_nobody_comes_back_for_is_cancelled_after_the_grace(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with sidecar_for(resumable(detach_grace_seconds=0.5)) as sidecar:
+        async with cutting_proxy(sidecar.port, after=2) as proxy:
+            first = await sse_request(proxy.port, target=slow)
+        await eventually(lambda: _true(fake.state.counters["streams_cancelled"] == 1))
+        assert fake.state.open_streams == 0
+        runtime = sidecar.runtime
+        await eventually(lambda: _true(runtime.admission.active == 0))
+        # The buffer ends with the final event that says why.
+        rest = await sse_request(sidecar.port, headers={"Last-Event-ID": first.last_id})
+    assert rest.events[-1].data["error"]["type"] == "stream_abandoned"
+    assert stream_ends(caplog) == ["client_detached"]
+
+
+async def test_an_explicit_cancel_stops_claude_at_once(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    slow = "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with sidecar_for(resumable(detach_grace_seconds=30)) as sidecar:
+        reading = asyncio.create_task(sse_request(sidecar.port, target=ROUTE + slow))
+        await eventually(lambda: _true(fake.state.open_streams == 1))
+        live = sidecar.runtime.resume.hub.stream_ids()
+        assert len(live) == 1
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(f"{sidecar.url}{ROUTE}/{live[0]}") as response:
+                assert response.status == 204
+            async with http.delete(f"{sidecar.url}{ROUTE}/{'C' * 24}") as response:
+                assert response.status == 404
+        reply = await reading
+        await eventually(lambda: _true(fake.state.open_streams == 0))
+    assert reply.events[-1].data["error"]["type"] == "cancelled"
+    assert fake.state.counters["streams_cancelled"] == 1
+    assert stream_ends(caplog) == ["client_cancelled"]
+
+
+def _sha(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+# ---------------------------------------------------------------------------- across replicas
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    tmp_path: Path, name: str, fake: FakeServer, redis: RedisServer
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """A `sidecar run` process using the shared fake Claude and Redis resume store."""
+    port, admin = free_port(), free_port()
+    path = tmp_path / f"{name}.yaml"
+    config = {
+        "server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
+                   "shutdown_grace_seconds": 1},
+        "claude": {"base_url": fake.url, "api_key": "sk-sidecar"},
+        "resume": {"store": "redis", "redis_url": redis.url, "detach_grace_seconds": 10},
+        "telemetry": {"log_format": "json"},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    process = spawn_sidecar(path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, f"http://127.0.0.1:{admin}")
+        yield process, port, path
+    finally:
+        stop_process(process, path)
+
+
+def completed_lines(path: Path) -> list[str]:
+    log = path.with_suffix(".log").read_text(errors="replace")
+    return [line for line in log.splitlines() if '"stream_complete"' in line]
+
+
+async def test_a_cut_stream_resumes_on_another_replica_sharing_redis(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, path_a),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, path_b),
+        cutting_proxy(port_a, after=8) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=SLOW)
+        assert len(first.events) == 8
+        rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+        whole = await sse_request(port_b, target=f"{ROUTE}?last_event_id={first.stream_id}:0")
+    assert rest.status == 200
+    assert rest.events[0].id == f"{first.stream_id}:9"
+    assert rest.events[-1].data.get("done") is True
+    joined = first.payload[: first.payload.rfind(b"\n\n") + 2] + rest.payload
+    assert joined == whole.payload  # byte for byte, across replicas
+    assert len(first.text + rest.text) > 0
+    assert fake.state.counters["requests"] == 1  # Claude was called once
+    assert len(completed_lines(path_a)) == 1  # settled once, by the producing replica
+    assert completed_lines(path_b) == []
+
+
+async def test_a_killed_producer_leaves_its_events_and_then_stream_lost(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        cutting_proxy(port_a, after=5) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=slow)
+        await asyncio.sleep(0.5)  # more events were generated (and written to Redis) meanwhile
+        process_a.send_signal(signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+        took = loop.time() - started
+        again = await sse_request(port_b, headers={"Last-Event-ID": rest.last_id})
+    assert rest.status == 200
+    tokens = [e for e in rest.events if "token" in e.data]
+    assert len(tokens) >= 5  # what the dead replica buffered after the cut
+    assert rest.events[0].id == f"{first.stream_id}:6"
+    assert rest.events[-1].data["error"]["type"] == "stream_lost"
+    assert took < 10  # the liveness key lapses within seconds: never a hang
+    assert again.status == 204  # the lost event is now the stream's final one
+
+
+# ---------------------------------------------------------------------------- anthropic route
+
+
+async def test_the_anthropic_route_stays_byte_faithful_unless_resume_is_asked_for(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = json.dumps({
+        "model": "claude-sonnet-5-5", "max_tokens": 64, "stream": True,
+        "messages": [{"role": "user", "content": "[[fake tokens=12 tps=60]] hi"}],
+    }).encode()  # fmt: skip
+    async with sidecar_for(resumable()) as sidecar:
+        plain = await sse_request(sidecar.port, "POST", "/v1/messages", {}, body)
+        async with cutting_proxy(sidecar.port, after=6) as proxy:
+            opted = await sse_request(
+                proxy.port, "POST", "/v1/messages", {"Sidecar-Resume": "on"}, body
+            )
+        stream_id = opted.headers["sidecar-stream-id"]
+        cursor = f"{stream_id}:6"
+        assert opted.payload.count(b"\n\n") == 6
+        rest = await sse_request(
+            sidecar.port, "POST", "/v1/messages", {"Last-Event-ID": cursor}, body
+        )
+    assert b"id: " not in plain.payload  # the default: Claude's bytes exactly
+    assert "sidecar-stream-id" not in plain.headers
+    resumed = [block for block in (opted.payload + rest.payload).split(b"\n\n") if block]
+    events = [block for block in plain.payload.split(b"\n\n") if block]
+    # The same events as the plain stream, each with an `id:` line put in front.
+    assert [b.split(b"\n", 1)[0] for b in resumed] == [
+        f"id: {stream_id}:{n}".encode() for n in range(1, len(resumed) + 1)
+    ]
+    unnumbered = [b.split(b"\n", 1)[1] for b in resumed]
+    assert [b.split(b"\n", 1)[0] for b in unnumbered] == [b.split(b"\n", 1)[0] for b in events]
+    deltas = [b for b in unnumbered if b.startswith(b"event: content_block_delta")]
+    assert deltas == [b for b in events if b.startswith(b"event: content_block_delta")]
+    assert fake.state.counters["requests"] == 2  # the resume did not call Claude
+
+
+async def test_the_anthropic_sdk_reads_a_resumable_stream_untouched(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    import anthropic
+
+    config = {**resumable(), "routes": [{"path": "/v1/", "handler": "anthropic",
+                                         "resume": {"enabled": True}}]}  # fmt: skip
+    async with sidecar_for(config) as sidecar:
+        client = anthropic.AsyncAnthropic(base_url=sidecar.url, api_key="unused", max_retries=0)
+        async with client.messages.stream(
+            model="claude-sonnet-5-5", max_tokens=64,
+            messages=[{"role": "user", "content": "[[fake tokens=8]] hello"}],
+        ) as stream:  # fmt: skip
+            text = await stream.get_final_text()
+        await client.close()
+    assert len(text.split()) >= 7
+
+
+# ---------------------------------------------------------------------------- store failures
+
+
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+async def test_a_resume_store_outage_never_fails_the_stream_unless_told_to(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer, mode: str
+) -> None:
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "redis_timeout_seconds": 0.5, "on_store_error": mode}}  # fmt: skip
+    async with sidecar_for(config) as sidecar:
+        healthy = await sse_request(sidecar.port, target=SLOW)
+        await redis_server.kill()
+        reply = await sse_request(sidecar.port, target=SLOW)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sidecar.admin_url + "/metrics") as response:
+                metrics = await response.text()
+    assert healthy.headers["sidecar-stream-id"]
+    errors = [
+        line for line in metrics.splitlines() if line.startswith("sidecar_resume_store_errors")
+    ]
+    assert errors
+    assert f'sidecar_resume_on_store_error="{mode}"' in errors[0]
+    if mode == "fail_open":
+        assert reply.status == 200
+        assert reply.headers["sidecar-resume"] == "unavailable"  # streamed, but not resumable
+        assert "sidecar-stream-id" not in reply.headers
+        assert reply.events[-1].data.get("done") is True
+        assert fake.state.counters["requests"] == 2
+    else:
+        assert reply.status == 503
+        assert json.loads(reply.payload)["error"]["type"] == "overloaded"
+        assert fake.state.counters["requests"] == 1  # refused before Claude was called
+
+
+async def test_readers_of_one_stream_are_bounded(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D200%20tps%3D40%5D%5D%20long"
+    async with sidecar_for(resumable(max_subscribers=2)) as sidecar:
+        first = asyncio.create_task(sse_request(sidecar.port, target=slow))
+        await eventually(lambda: _true(len(sidecar.runtime.resume.hub) == 1))
+        (stream_id,) = sidecar.runtime.resume.hub.stream_ids()
+        second = asyncio.create_task(
+            sse_request(sidecar.port, headers={"Last-Event-ID": f"{stream_id}:0"})
+        )
+
+        async def two_readers() -> bool:
+            live = sidecar.runtime.resume.hub.get(stream_id)
+            return live is not None and len(live[0].subscribers) == 2
+
+        await eventually(two_readers)
+        third = await sse_request(sidecar.port, headers={"Last-Event-ID": f"{stream_id}:0"})
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(f"{sidecar.url}{ROUTE}/{stream_id}") as response:
+                assert response.status == 204
+        one, two = await first, await second
+    assert third.status == 429
+    assert one.payload == two.payload  # both readers got every event, the same bytes
+    assert one.events[-1].data["error"]["type"] == "cancelled"
+
+
+async def test_a_cancel_on_another_replica_stops_the_producer(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port_a}{slow}") as stream,
+    ):
+        stream_id = stream.headers["Sidecar-Stream-Id"]
+        assert b"token" in await stream.content.readuntil(b"\n\n")
+        async with http.delete(f"http://127.0.0.1:{port_b}{ROUTE}/{stream_id}") as response:
+            assert response.status == 204  # B asks A, through Redis
+        async with http.delete(f"http://127.0.0.1:{port_b}{ROUTE}/{'D' * 24}") as response:
+            assert response.status == 404
+        rest = await asyncio.wait_for(stream.read(), 15)
+    events = [e for e in rest.split(b"\n\n") if e.strip()]
+    assert b'"type":"cancelled"' in events[-1]
+    assert len(events) < 400  # stopped long before the end
+    await eventually(lambda: _true(fake.state.counters["streams_cancelled"] == 1))
+
+
+async def test_a_drained_replica_ends_its_streams_resumable_elsewhere(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        cutting_proxy(port_a, after=3) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=slow)  # cut: detached, still generating
+        process_a.send_signal(signal.SIGTERM)  # grace 1 s, then streams end
+        await asyncio.to_thread(process_a.wait, 30)
+        rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+    assert rest.status == 200
+    final = rest.events[-1].data["error"]
+    assert final["type"] == "shutting_down"
+    assert "another replica" in final["message"]
+    assert len([e for e in rest.events if "token" in e.data]) > 3  # generated after the cut

@@ -1,0 +1,189 @@
+"""Convention names: old GenAI names by default, the latest on opt-in; HTTP server conventions.
+
+Real streams through a sidecar and the fake Claude; spans and metrics read back from the
+SDK's in-memory exporter and reader, under both settings of OTEL_SEMCONV_STABILITY_OPT_IN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from opentelemetry.trace import SpanKind
+
+from sidecar.telemetry.semconv import DEFAULT, LATEST, gen_ai_names, http_method
+from tests.support.otel import Otel, make_otel
+from tests.support.sidecars import SidecarFactory, running_sidecar
+from tests.support.waiting import eventually
+
+OLD_METRICS = {
+    "gen_ai.client.token.usage",
+    "gen_ai.client.operation.duration",
+    "gen_ai.client.operation.time_to_first_chunk",
+    "gen_ai.client.operation.time_per_output_chunk",
+}
+NEW_METRICS = {
+    "gen_ai.client.inference.duration",
+    "gen_ai.client.inference.time_to_first_chunk",
+    "gen_ai.client.inference.time_per_output_chunk",
+    "gen_ai.client.inference.usage.input_tokens",
+    "gen_ai.client.inference.usage.output_tokens",
+    "gen_ai.client.inference.usage.cache_read.input_tokens",
+    "gen_ai.client.inference.usage.cache_write.input_tokens",
+}
+# Names that do not change between the two versions.
+COMMON_METRICS = {"gen_ai.server.time_to_first_token", "gen_ai.server.time_per_output_token"}
+
+
+def test_opt_in_is_a_comma_separated_list() -> None:
+    assert gen_ai_names({}) is DEFAULT
+    assert gen_ai_names({"OTEL_SEMCONV_STABILITY_OPT_IN": "http"}) is DEFAULT
+    opt_in = {"OTEL_SEMCONV_STABILITY_OPT_IN": "http, gen_ai_latest_experimental"}
+    assert gen_ai_names(opt_in) is LATEST
+
+
+def test_unknown_http_methods_are_bounded() -> None:
+    assert http_method("GET") == "GET"
+    assert http_method("PROPFIND") == "_OTHER"
+    assert http_method("get") == "_OTHER"  # methods are case-sensitive
+
+
+async def stream(url: str, prompt: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/api/stream-response", json={"prompt": prompt}) as response:
+            await response.read()
+            return response.status
+
+
+async def streamed(sidecar_for: SidecarFactory, otel: Otel, *prompts: str) -> list[int]:
+    """The status of each prompt, once every Claude call's span has ended."""
+    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+        statuses = [await stream(sidecar.url, prompt) for prompt in prompts]
+
+    async def all_ended() -> bool:
+        return len(otel.spans(SpanKind.CLIENT)) == len(prompts)
+
+    await eventually(all_ended)
+    return statuses
+
+
+def values_by(points: list[Any], attribute: str) -> dict[Any, float]:
+    return {point.attributes.get(attribute): point.value for point in points}
+
+
+async def test_default_names_are_the_old_ones(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTEL_SEMCONV_STABILITY_OPT_IN", raising=False)
+    otel = make_otel()
+    assert await streamed(sidecar_for, otel, "hello [[fake tokens=5]]") == [200]
+    names = set(otel.metrics())
+    assert names >= OLD_METRICS | COMMON_METRICS
+    assert not names & NEW_METRICS
+    (span,) = otel.spans(SpanKind.CLIENT)
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.usage.cache_creation.input_tokens"] == 0
+    assert "gen_ai.usage.cache_write.input_tokens" not in span.attributes
+    assert span.attributes["gen_ai.usage.output_tokens"] == 5
+
+
+async def test_opt_in_emits_the_latest_names_only(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    otel = make_otel()
+    statuses = await streamed(
+        sidecar_for, otel, "hello [[fake tokens=5]]", "more [[fake tokens=7]]",
+        "fail [[fake fault=bad_request]]",
+    )  # fmt: skip
+    assert statuses == [200, 200, 400]
+    names = set(otel.metrics())
+    assert names >= NEW_METRICS | COMMON_METRICS
+    assert not names & OLD_METRICS
+    spans = otel.spans(SpanKind.CLIENT)
+    for span in spans:
+        assert span.attributes is not None
+        assert span.name == "chat claude-sonnet-5-5"
+        assert "gen_ai.usage.cache_write.input_tokens" in span.attributes
+        assert "gen_ai.usage.cache_creation.input_tokens" not in span.attributes
+
+    # Usage counters are sums over calls, by modality; the failed call counts 0 as unknown.
+    output = otel.points("gen_ai.client.inference.usage.output_tokens")
+    assert values_by(output, "gen_ai.token.modality") == {"text": 12, "unknown": 0}
+    for point in output:
+        assert point.attributes["gen_ai.provider.name"] == "anthropic"
+        assert point.attributes["gen_ai.operation.name"] == "chat"
+        assert "error.type" not in point.attributes
+    inputs = otel.points("gen_ai.client.inference.usage.input_tokens")
+    assert {p.attributes["gen_ai.token.modality"] for p in inputs} == {"unknown"}
+    assert sum(p.value for p in inputs) > 0
+    assert (
+        sum(p.value for p in otel.points("gen_ai.client.inference.usage.cache_write.input_tokens"))
+        == 0
+    )
+    # The duration histogram keeps error.type on the failed call, as the spec asks.
+    durations = otel.points("gen_ai.client.inference.duration")
+    assert sum(p.count for p in durations) == 3
+    assert {p.attributes.get("error.type") for p in durations} == {None, "invalid_request_error"}
+    ttfc = otel.points("gen_ai.client.inference.time_to_first_chunk")
+    assert sum(p.count for p in ttfc) == 2
+    assert list(ttfc[0].explicit_bounds)[:3] == [0.01, 0.02, 0.04]
+
+
+async def test_http_server_conventions(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    otel = make_otel()
+    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+        assert await stream(sidecar.url, "hi [[fake tokens=2]]") == 200
+        async with aiohttp.ClientSession() as http:
+            async with http.request("PROPFIND", sidecar.url + "/api/stream-response?x=1") as r:
+                assert r.status == 405
+
+    async def both_ended() -> bool:
+        return len(otel.spans(SpanKind.SERVER)) == 2
+
+    await eventually(both_ended)
+    propfind, post = sorted(
+        otel.spans(SpanKind.SERVER), key=lambda span: str(span.name)
+    )  # "HTTP ..." < "POST ..."
+    assert post.name == "POST /api/stream-response"
+    assert post.attributes is not None
+    assert post.attributes["url.path"] == "/api/stream-response"
+    assert post.attributes["url.scheme"] == "http"
+    assert post.attributes["http.route"] == "/api/stream-response"
+    # A method outside the known set is bounded, the client's spelling kept on the span only.
+    assert propfind.name == "HTTP /api/stream-response"
+    assert propfind.attributes is not None
+    assert propfind.attributes["http.request.method"] == "_OTHER"
+    assert propfind.attributes["http.request.method_original"] == "PROPFIND"
+    assert propfind.attributes["url.path"] == "/api/stream-response"  # no query string
+
+    durations = otel.points("http.server.request.duration")
+    methods = {p.attributes["http.request.method"] for p in durations}
+    assert methods == {"POST", "_OTHER"}
+    assert {p.attributes["url.scheme"] for p in durations} == {"http"}
+    streams = otel.points("sidecar.streams")
+    assert {p.attributes["sidecar.route"] for p in streams} == {"/api/stream-response"}
+
+
+async def test_builtin_fake_has_a_stable_server_address() -> None:
+    """Its port is new on every start: spans and metrics name it the same way each time."""
+    seen = []
+    for _ in range(2):
+        otel = make_otel()
+        async with running_sidecar({"claude": {"base_url": "builtin:fake"}},
+                                   telemetry=otel.telemetry) as sidecar:  # fmt: skip
+            assert await stream(sidecar.url, "hi [[fake tokens=2]]") == 200
+
+        async def ended(otel: Otel = otel) -> bool:
+            return len(otel.spans(SpanKind.CLIENT)) == 1
+
+        await eventually(ended)
+        (span,) = otel.spans(SpanKind.CLIENT)
+        assert span.attributes is not None
+        (point,) = otel.points("sidecar.streams")
+        seen.append((span.attributes["server.address"], span.attributes["server.port"],
+                     point.attributes["server.address"], point.attributes["server.port"]))  # fmt: skip
+    assert seen == [("builtin-fake", 0, "builtin-fake", 0)] * 2

@@ -1,0 +1,45 @@
+"""The hub's numbering and keeping of events, without sockets."""
+
+from __future__ import annotations
+
+from sidecar.record import StreamRecord
+from sidecar.stream.hub import Generation
+from sidecar.stream.store import StreamLog
+
+
+def generation() -> tuple[Generation, StreamLog]:
+    log = StreamLog("S", "owner", max_bytes=1 << 20)
+    record = StreamRecord(request_id="r", route="/", started=0.0)
+    return Generation(record, stream_id="S", owner="owner", log=log, grace=1.0), log
+
+
+def test_each_event_is_numbered_and_kept_whatever_the_chunking() -> None:
+    gen, log = generation()
+    out = gen.publish(b'data: {"token":"a"}\n\n')
+    assert out is False  # nobody to lag
+    gen.publish(b'data: {"token":"b"}\n\ndata: {"token":"c"}\n\n')
+    gen.end(b'data: {"done":true}\n\n')
+    assert list(log.events) == [
+        b'id: S:1\ndata: {"token":"a"}\n\n',
+        b'id: S:2\ndata: {"token":"b"}\n\n',
+        b'id: S:3\ndata: {"token":"c"}\n\n',
+        b'id: S:4\ndata: {"done":true}\n\n',
+    ]
+    assert log.final
+    assert gen.final
+    assert log.since(2) == list(log.events)[2:]
+
+
+def test_bytes_that_are_not_events_are_never_kept() -> None:
+    gen, log = generation()
+    gen.send_raw(b": ping\n\n")
+    assert list(log.events) == []
+    assert gen.next_n == 1
+
+
+def test_a_generation_that_is_not_resumable_adds_no_ids() -> None:
+    record = StreamRecord(request_id="r", route="/", started=0.0)
+    gen = Generation(record)
+    assert not gen.resumable
+    gen.publish(b'data: {"token":"a"}\n\n')
+    assert gen.next_n == 1

@@ -1,0 +1,209 @@
+"""One contract for every resume store: the memory store and the Redis store (a real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from sidecar.stream.redis_store import RedisResumeStore
+from sidecar.stream.store import BeyondEnd, ResumeStore, StoreError, StreamLog, StreamLost
+from tests.support.redis_server import RedisServer, running_redis
+from tests.support.waiting import eventually
+
+Factory = Callable[..., contextlib.AbstractAsyncContextManager[ResumeStore]]
+
+
+def event(n: int) -> bytes:
+    return b'id: s:%03d\ndata: {"token":"t%03d"}\n\n' % (n, n)  # one size for all
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
+    """A factory of started stores of one kind: Redis ones share one server, like replicas;
+    the memory store is one per process, so every call gives the same one."""
+    async with contextlib.AsyncExitStack() as stack:
+        redis = (
+            await stack.enter_async_context(running_redis()) if request.param == "redis" else None
+        )
+        yield _factory(redis)
+
+
+def _factory(redis: RedisServer | None) -> Factory:
+    memory: dict[tuple[float, int], ResumeStore] = {}
+
+    @contextlib.asynccontextmanager
+    async def make(**settings: float) -> AsyncIterator[ResumeStore]:
+        ttl = settings.get("ttl", 60.0)
+        max_bytes = int(settings.get("max_buffer_bytes", 1 << 20))
+        store: ResumeStore
+        if redis is None:
+            shared = memory.get((ttl, max_bytes))
+            if shared is None:
+                shared = ResumeStore(ttl=ttl, max_buffer_bytes=max_bytes, max_total_bytes=1 << 30)
+                memory[(ttl, max_bytes)] = shared
+            yield shared
+            return
+        else:
+            store = RedisResumeStore(
+                redis.url, ttl=ttl, max_buffer_bytes=max_bytes,
+                alive_seconds=settings.get("alive_seconds", 1.5),
+            )  # fmt: skip
+        await store.start()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    return make
+
+
+async def read_all(store: ResumeStore, stream_id: str, after: int) -> list[bytes]:
+    out: list[bytes] = []
+    async with asyncio.timeout(20):
+        async for batch in store.read(stream_id, after):
+            out.extend(batch)
+    return out
+
+
+def fill(log: StreamLog, count: int, start: int = 1) -> None:
+    for n in range(start, start + count):
+        log.append(event(n))
+
+
+async def settled(store: ResumeStore, stream_id: str, last: int) -> None:
+    """Until the store has event `last` (the Redis writer sends batches every few ms)."""
+    async with asyncio.timeout(10):
+        while True:
+            info = await store.lookup(stream_id)
+            if info is not None and info.last >= last:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_finished_stream_reads_back_from_any_point(stores: Factory) -> None:
+    async with stores() as store:
+        log = await store.create("stream-aaaaaaaaaaaaaaaa", "owner-1")
+        fill(log, 10)
+        log.finish()
+        log.close()
+        await settled(store, "stream-aaaaaaaaaaaaaaaa", 10)
+        info = await store.lookup("stream-aaaaaaaaaaaaaaaa")
+        assert info is not None
+        assert (info.owner, info.last, info.final, info.first) == ("owner-1", 10, True, 1)
+        assert await read_all(store, "stream-aaaaaaaaaaaaaaaa", 0) == [
+            event(n) for n in range(1, 11)
+        ]
+        assert await read_all(store, "stream-aaaaaaaaaaaaaaaa", 7) == [
+            event(8),
+            event(9),
+            event(10),
+        ]
+        assert await read_all(store, "stream-aaaaaaaaaaaaaaaa", 10) == []
+
+
+async def _at_least(value: Awaitable[int], minimum: int) -> bool:
+    return await value >= minimum
+
+
+async def test_unknown_streams_are_none(stores: Factory) -> None:
+    async with stores() as store:
+        assert await store.lookup("never-created-xxxxxxxx") is None
+
+
+async def test_a_reader_gets_the_live_tail_until_the_final_event(stores: Factory) -> None:
+    async with stores() as producer_store, stores() as reader_store:
+        log = await producer_store.create("stream-bbbbbbbbbbbbbbbb", "o")
+        fill(log, 3)
+        await settled(reader_store, "stream-bbbbbbbbbbbbbbbb", 3)
+        reading = asyncio.create_task(read_all(reader_store, "stream-bbbbbbbbbbbbbbbb", 1))
+        await asyncio.sleep(0.1)
+        assert not reading.done()  # waits for more: the stream is not final
+        fill(log, 3, start=4)
+        await asyncio.sleep(0.05)
+        log.append(event(7))
+        log.finish()
+        log.close()
+        assert await reading == [event(n) for n in range(2, 8)]
+
+
+async def test_each_stream_is_bounded_and_drops_its_oldest_events(stores: Factory) -> None:
+    size = len(event(1))
+    async with stores(max_buffer_bytes=size * 5) as store:
+        log = await store.create("stream-cccccccccccccccc", "o")
+        fill(log, 12)
+        log.finish()
+        log.close()
+        await settled(store, "stream-cccccccccccccccc", 12)
+
+        async def first() -> int:
+            info = await store.lookup("stream-cccccccccccccccc")
+            assert info is not None
+            return info.first
+
+        await eventually(lambda: _at_least(first(), 8))
+        assert await first() == 8  # 5 events fit: 8..12
+        assert log.since(2) is None  # the producer's own copy is bounded the same way
+        with pytest.raises(BeyondEnd):
+            log.since(13)
+        assert await read_all(store, "stream-cccccccccccccccc", 9) == [
+            event(n) for n in (10, 11, 12)
+        ]
+
+
+async def test_streams_expire_after_the_ttl(stores: Factory) -> None:
+    async with stores(ttl=0.3) as store:
+        log = await store.create("stream-dddddddddddddddd", "o")
+        fill(log, 2)
+        log.finish()
+        log.close()
+        await settled(store, "stream-dddddddddddddddd", 2)
+        await asyncio.sleep(0.5)
+        async with stores(ttl=0.3) as other:  # a fresh store (or replica) sees the expiry too
+            assert await other.lookup("stream-dddddddddddddddd") is None
+        assert await store.lookup("stream-dddddddddddddddd") is None
+
+
+async def test_a_producer_that_stops_without_a_final_event_is_lost(
+    stores: Factory,
+) -> None:
+    async with stores(alive_seconds=0.6) as reader_store:
+        async with stores(alive_seconds=0.6) as producer_store:
+            log = await producer_store.create("stream-eeeeeeeeeeeeeeee", "o")
+            fill(log, 4)
+            await settled(reader_store, "stream-eeeeeeeeeeeeeeee", 4)
+            if producer_store.name == "memory":
+                return  # one process: a memory producer cannot die apart from its readers
+            # The producer's store stops refreshing its liveness without finishing the stream
+            # (what a SIGKILLed replica looks like from Redis).
+            assert isinstance(producer_store, RedisResumeStore)
+            await producer_store._redis.aclose()
+            writer = producer_store._writer
+            assert writer is not None
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            got: list[bytes] = []
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(StreamLost):
+                async with asyncio.timeout(15):
+                    async for batch in reader_store.read("stream-eeeeeeeeeeeeeeee", 2):
+                        got.extend(batch)
+            assert got == [event(3), event(4)]  # the buffered events, then lost
+            assert loop.time() - started < 10
+
+
+async def test_a_redis_outage_is_a_store_error_not_a_hang(redis_server: RedisServer) -> None:
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.5)
+    await store.start()
+    try:
+        await redis_server.kill()
+        with pytest.raises(StoreError):
+            await store.create("stream-ffffffffffffffff", "o")
+        with pytest.raises(StoreError):
+            await store.lookup("stream-ffffffffffffffff")
+    finally:
+        await store.close()

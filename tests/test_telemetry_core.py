@@ -1,0 +1,70 @@
+"""Telemetry's trace-context shortcuts give what the W3C propagator gives, header for header."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags, TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from sidecar.config import TelemetryConfig
+from sidecar.telemetry import Telemetry
+
+W3C = TraceContextTextMapPropagator()
+PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def telemetry(monkeypatch: pytest.MonkeyPatch) -> Iterator[Telemetry]:
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)  # the SDK reads its environment
+    on = Telemetry.from_config(TelemetryConfig(prometheus=True))
+    yield on
+    on.shutdown()
+
+
+def propagated(span: Span) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    W3C.inject(headers, context=trace.set_span_in_context(span))
+    return headers
+
+
+def spans() -> list[Span]:
+    recording = TracerProvider().get_tracer("t").start_span("s")
+    return [
+        recording,
+        NonRecordingSpan(SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331,
+                                     is_remote=True, trace_flags=TraceFlags(1))),
+        NonRecordingSpan(SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(0),
+                                     trace_state=TraceState([("vendor", "v1"), ("other", "x")]))),
+        trace.INVALID_SPAN,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_inject_writes_what_the_propagator_writes(telemetry: Telemetry, index: int) -> None:
+    span = spans()[index]
+    headers: dict[str, str] = {"x-api-key": "kept"}
+    telemetry.inject(span, headers)
+    assert headers == {"x-api-key": "kept", **propagated(span)}
+    if index < 3:
+        assert "traceparent" in headers  # the case is not vacuous
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [{}, {"tracestate": "vendor=v1"}, {"traceparent": ""}, {"traceparent": PARENT},
+     {"Traceparent": PARENT, "tracestate": "vendor=v1"}, {"traceparent": "garbage"}],
+)  # fmt: skip
+def test_extract_reads_what_the_propagator_reads(
+    telemetry: Telemetry, sent: dict[str, str]
+) -> None:
+    headers = CIMultiDictProxy(CIMultiDict(sent))
+    ours, theirs = telemetry.extract(headers), W3C.extract(headers)
+    assert trace.get_current_span(ours).get_span_context() == (
+        trace.get_current_span(theirs).get_span_context()
+    )
+    assert ours.keys() == theirs.keys()  # spans compare by identity: their contexts above

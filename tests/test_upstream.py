@@ -1,0 +1,435 @@
+"""The Claude client over real sockets: the headers it sends (never the client's credential),
+retries as Claude directs them (`retry-after` in every form RFC 9110 allows, `retry-after-ms`,
+`x-should-retry`), timeouts per call kind, unreachable and slow to connect Claudes, answers cut
+short or arriving in pieces, and answers that must not reach a client as they are (a refused
+sidecar key, odd statuses)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+from aiohttp import web
+
+from sidecar.config import ClaudeConfig
+from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
+from sidecar.upstream import ClaudeClient
+from tests.support.apps import serving
+from tests.support.scripted_claude import (
+    MODEL,
+    Script,
+    chunk,
+    claude_config,
+    messages_body,
+    scripted_claude,
+)
+from tests.support.sdk import sdk, user
+from tests.support.sidecars import SidecarFactory, running_sidecar
+
+
+def cut_after_headers(status: bytes, first: bytes) -> Script:
+    """A JSON answer that promises more than it sends: the connection drops mid-body."""
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 %b\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n%b"
+            % (status, first)
+        )
+        await writer.drain()
+        writer.transport.abort()
+
+    return script
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+async def test_a_json_answer_cut_short_is_a_502_not_a_500(path: str) -> None:
+    async with (
+        scripted_claude(cut_after_headers(b"200 OK", b'{"id":"msg_1","con')) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + path, json=messages_body(stream=False)) as response,
+    ):
+        assert response.status == 502
+        error = (await response.json())["error"]
+        assert error["type"] == "api_error"
+        assert "internal" not in error["message"]
+
+
+async def test_an_error_answer_cut_short_is_a_502_on_the_prompt_route() -> None:
+    async with (
+        scripted_claude(cut_after_headers(b"429 Too Many Requests", b'{"type":"err')) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/api/stream-response", json={"prompt": "hi"}) as response,
+    ):
+        assert response.status == 502  # what Claude meant to say never arrived
+        assert (await response.json())["error"]["type"] == "upstream_error"
+
+
+async def test_an_error_body_that_arrives_in_pieces_is_relayed_whole() -> None:
+    body = json.dumps({
+        "type": "error", "request_id": "req_1",
+        "error": {"type": "rate_limit_error", "message": "slow down " + "x" * 2000},
+    }).encode()  # fmt: skip
+
+    async def in_pieces(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunk(body[:40])
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the sidecar reads the first piece on its own
+        writer.write(chunk(body[40:]) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with (
+        scripted_claude(in_pieces, in_pieces) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(sidecar.url + "/v1/messages", json=messages_body()) as response:
+            assert response.status == 429
+            assert await response.read() == body
+        async with http.post(sidecar.url + "/api/stream-response", json={"prompt": "hi"}) as r:
+            assert r.status == 429
+            assert (await r.json())["error"]["type"] == "rate_limited"
+
+
+async def test_retry_after_as_an_http_date_is_honoured() -> None:
+    # RFC 9110 allows `retry-after: <HTTP-date>`; an hour from now is far past
+    # `retry_max_seconds`, so the client gets the 429 at once and Claude is not called again.
+    seen = 0
+
+    async def limited(writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        seen += 1
+        when = formatdate(time.time() + 3600, usegmt=True).encode()
+        body = b'{"type":"error","error":{"type":"rate_limit_error","message":"later"}}'
+        writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            b"retry-after: %b\r\nContent-Length: %d\r\n\r\n%b" % (when, len(body), body)
+        )
+        await writer.drain()
+
+    config = claude_config("", max_retries=2, retry_base_seconds=0.01, retry_max_seconds=5)
+    async with scripted_claude(limited, limited, limited) as url:
+        config["claude"]["base_url"] = url
+        async with (
+            running_sidecar(config) as sidecar,
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+        ):
+            assert response.status == 429
+            assert "GMT" in response.headers["retry-after"]
+    assert seen == 1
+
+
+@pytest.mark.parametrize("value", ["-3", "nan", "soon", "", "Wed, 99 Foo 2015 07:28:00 GMT"])
+async def test_retry_after_that_is_negative_or_garbage_never_waits_wrongly(value: str) -> None:
+    config = ClaudeConfig(retry_base_seconds=0.5, retry_max_seconds=2)
+    async with aiohttp.ClientSession() as session:
+        client = ClaudeClient(config, "http://x", session)
+        assert 0 <= client.backoff(0, value) <= 2
+
+
+async def test_retry_after_in_the_past_is_no_wait() -> None:
+    async with aiohttp.ClientSession() as session:
+        client = ClaudeClient(ClaudeConfig(), "http://x", session)
+        assert client.backoff(3, formatdate(time.time() - 60, usegmt=True)) == 0
+
+
+async def test_a_connect_timeout_is_a_connect_error_and_is_retried() -> None:
+    # A listener whose backlog is full: the next connection attempts time out.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.socket()
+    filler.connect(listener.getsockname())
+    port = listener.getsockname()[1]
+    config = claude_config(
+        f"http://127.0.0.1:{port}",
+        connect_timeout_seconds=0.2, max_retries=1, retry_base_seconds=0.01,
+    )  # fmt: skip
+    try:
+        async with (
+            running_sidecar(config) as sidecar,
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+        ):
+            assert response.status == 502
+            assert "unreachable" in (await response.json())["error"]["message"]
+            async with http.get(sidecar.admin_url + "/metrics") as metrics:
+                text = await metrics.text()
+    finally:
+        filler.close()
+        listener.close()
+    retried = [line for line in text.splitlines() if line.startswith("sidecar_upstream_retries")]
+    assert any('reason="connect_error"' in line and line.endswith(" 1.0") for line in retried)
+
+
+# ------------------------------------------------------------------ against the fake Claude
+
+
+async def test_the_client_credential_is_never_forwarded(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar:
+        async with aiohttp.ClientSession() as http:
+            headers = {"x-api-key": "client-key", "Authorization": "Bearer client-token",
+                       "anthropic-version": "2026-10-21", "anthropic-beta": "feature-x"}  # fmt: skip
+            body = {"model": MODEL, "max_tokens": 8, "messages": user("x")}
+            async with http.post(sidecar.url + "/v1/messages", json=body, headers=headers) as r:
+                assert r.status == 200
+                assert r.headers["request-id"].startswith("req_")
+    seen = fake.state.requests[-1]["headers"]
+    assert seen["x-api-key"] == "sk-sidecar"
+    assert "authorization" not in seen
+    assert seen["anthropic-version"] == "2026-10-21"
+    assert seen["anthropic-beta"] == "feature-x"
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", seen["traceparent"])
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("rate_limit", anthropic.RateLimitError), ("overloaded", anthropic.APIStatusError)],
+)
+async def test_upstream_429_and_529_reach_the_sdk_after_retries(
+    fake: FakeServer, sidecar_for: SidecarFactory, fault: str, error: type[Exception]
+) -> None:
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(error) as caught:
+            await client.messages.create(
+                model=MODEL, max_tokens=8, messages=user(f"[[fake fault={fault} retry_after=0]]")
+            )
+    status = 429 if fault == "rate_limit" else 529
+    assert getattr(caught.value, "status_code", None) == status
+    assert fake.state.counters[f"faults_{fault}"] == 3  # first try + max_retries (2)
+
+
+async def test_long_retry_after_goes_back_to_the_client_without_waiting(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        body = {
+            "model": MODEL,
+            "max_tokens": 8,
+            "messages": user("[[fake fault=rate_limit retry_after=60]]"),
+        }
+        async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+            assert response.status == 429
+            assert response.headers["retry-after"] == "60"
+            assert (await response.json())["error"]["type"] == "rate_limit_error"
+    assert fake.state.counters["faults_rate_limit"] == 1
+
+
+async def test_retries_then_succeeds(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    text = "[[fake fault=overloaded retry_after=0 fail_times=2 fail_key=k1]] retry me"
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        message = await client.messages.create(model=MODEL, max_tokens=64, messages=user(text))
+    assert message.stop_reason == "end_turn"
+    assert fake.state.counters["faults_overloaded"] == 2
+
+
+async def test_unreachable_claude_is_a_clean_502(sidecar_for: SidecarFactory) -> None:
+    config = {"claude": {"base_url": "http://127.0.0.1:9", "max_retries": 1}}
+    async with sidecar_for(config) as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(anthropic.InternalServerError) as caught:
+            await client.messages.create(model=MODEL, max_tokens=8, messages=user("x"))
+    assert caught.value.status_code == 502
+
+
+MESSAGE = {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+    "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+    "usage": {"input_tokens": 3, "output_tokens": 1},
+}  # fmt: skip
+
+
+def body(text: str = "hi", *, stream: bool = False) -> dict[str, Any]:
+    return {"model": MODEL, "max_tokens": 16, "stream": stream,
+            "messages": [{"role": "user", "content": text}]}  # fmt: skip
+
+
+async def post(url: str, data: dict[str, Any]) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.post(url + "/v1/messages", json=data) as r:
+        return r.status, await r.json() if r.content_type == "application/json" else await r.read()
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+async def test_a_non_streaming_call_may_take_longer_than_the_idle_timeout(
+    sidecar_for: SidecarFactory,
+) -> None:
+    # Claude sends a non-streaming answer's headers only when it is complete: the wait
+    # for them is the whole call, bounded by request_timeout_seconds, not the idle timeout.
+    idle = 0.3
+    config = {"claude": {"idle_timeout_seconds": idle, "request_timeout_seconds": 30}}
+    async with sidecar_for(config) as sidecar:
+        started = time.monotonic()
+        status, answer = await post(sidecar.url, body("[[fake fault=slow_headers delay_ms=1500]]"))
+        waited = time.monotonic() - started
+        assert status == 200, answer
+        assert answer["type"] == "message"
+        assert waited > 4 * idle  # the answer came well after the idle timeout had passed
+        # A stream keeps the idle timeout for its headers.
+        status, answer = await post(
+            sidecar.url, body("[[fake fault=slow_headers delay_ms=1500]]", stream=True)
+        )
+        assert status == 504, answer
+        assert answer["error"]["type"] == "timeout_error"
+
+
+async def test_request_timeout_bounds_a_non_streaming_call(sidecar_for: SidecarFactory) -> None:
+    config = {"claude": {"request_timeout_seconds": 0.3, "max_retries": 0}}
+    async with sidecar_for(config) as sidecar:
+        status, answer = await post(sidecar.url, body("[[fake fault=slow_headers delay_ms=5000]]"))
+    assert status == 504
+    assert answer["error"]["type"] == "timeout_error"
+
+
+def test_request_timeout_defaults_to_what_the_sdks_use() -> None:
+    from sidecar.config import ClaudeConfig
+
+    assert ClaudeConfig().request_timeout_seconds == 600
+
+
+# --------------------------------------------------------------------------- the sidecar's key
+
+
+async def test_a_refused_sidecar_key_is_a_502_naming_the_sidecar_credential(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        running_fake_claude(FakeSettings(tokens=3, api_key="sk-the-right-one")) as fake,
+        running_sidecar({"claude": {"base_url": fake.url, "api_key": "sk-revoked"}}) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        caplog.set_level(logging.ERROR, logger="sidecar.upstream")
+        status, answer = await post(sidecar.url, body())
+        assert status == 502
+        assert answer["error"]["type"] == "api_error"
+        assert "claude.api_key" in answer["error"]["message"]
+        counting = {"model": MODEL, "messages": body()["messages"]}
+        async with http.post(sidecar.url + "/v1/messages/count_tokens", json=counting) as r:
+            assert r.status == 502  # forwarded calls too
+        async with http.post(sidecar.url + "/api/stream-response", json={"prompt": "x"}) as r:
+            assert r.status == 502
+    refused = [r for r in caplog.records if r.name == "sidecar.upstream"]
+    assert refused, "a refused sidecar key must be logged"
+    assert all("sk-revoked" not in r.getMessage() for r in refused)
+
+
+# --------------------------------------------------------------------------- a scripted Claude
+
+
+@contextlib.asynccontextmanager
+async def answering_claude(
+    answers: list[Callable[[], web.StreamResponse]],
+) -> AsyncIterator[tuple[str, list[float]]]:
+    """A Claude that gives `answers` in order (the last one repeats); yields (url, arrivals)."""
+    arrivals: list[float] = []
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        arrivals.append(time.monotonic())
+        return answers[min(len(arrivals), len(answers)) - 1]()
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    async with serving(app) as url:
+        yield url, arrivals
+
+
+def error(status: int, **headers: str) -> Callable[[], web.StreamResponse]:
+    def answer() -> web.StreamResponse:
+        return web.json_response(
+            {"type": "error", "error": {"type": "api_error", "message": "scripted"}},
+            status=status, headers=headers,
+        )  # fmt: skip
+
+    return answer
+
+
+def ok() -> web.StreamResponse:
+    return web.json_response(MESSAGE)
+
+
+def claude_at(url: str, **claude: Any) -> dict[str, Any]:
+    return {"claude": {"base_url": url, "api_key": "sk-sidecar", "max_retries": 2,
+                       "retry_base_seconds": 0.01, "retry_max_seconds": 2, **claude}}  # fmt: skip
+
+
+async def test_x_should_retry_true_retries_a_status_that_is_not_retried_by_default() -> None:
+    async with answering_claude([error(409, **{"x-should-retry": "true"}), ok]) as (url, seen):
+        async with running_sidecar(claude_at(url)) as sidecar:
+            status, _ = await post(sidecar.url, body())
+    assert (status, len(seen)) == (200, 2)
+
+
+async def test_a_success_is_never_retried_whatever_x_should_retry_says() -> None:
+    def marked_ok() -> web.StreamResponse:
+        return web.json_response(MESSAGE, headers={"x-should-retry": "true"})
+
+    async with answering_claude([marked_ok]) as (url, seen):
+        async with running_sidecar(claude_at(url)) as sidecar:
+            status, _ = await post(sidecar.url, body())
+    assert (status, len(seen)) == (200, 1)
+
+
+async def test_x_should_retry_false_stops_retries_of_a_retryable_status() -> None:
+    async with answering_claude([error(529, **{"x-should-retry": "false"}), ok]) as (url, seen):
+        async with running_sidecar(claude_at(url)) as sidecar:
+            status, _ = await post(sidecar.url, body())
+    assert (status, len(seen)) == (529, 1)
+
+
+async def test_retry_after_ms_wins_over_retry_after() -> None:
+    # retry-after alone (100 s) is beyond retry_max_seconds: it would go back to the client.
+    slow = error(429, **{"retry-after": "100", "retry-after-ms": "200"})
+    async with answering_claude([slow, ok]) as (url, seen):
+        async with running_sidecar(claude_at(url)) as sidecar:
+            status, _ = await post(sidecar.url, body())
+    assert (status, len(seen)) == (200, 2)
+    assert seen[1] - seen[0] >= 0.2  # the ms wait was kept
+
+
+@pytest.mark.parametrize("status", [201, 202, 204, 206])
+async def test_odd_success_statuses_are_not_relayed(status: int) -> None:
+    def odd() -> web.StreamResponse:
+        return web.Response(status=status)
+
+    async with answering_claude([odd]) as (url, _), running_sidecar(claude_at(url)) as sidecar:
+        got, answer = await post(sidecar.url, body())
+        streamed, _ = await post(sidecar.url, body(stream=True))
+    assert (got, streamed) == (502, 502)
+    assert answer["error"]["type"] == "api_error"
+
+
+async def test_an_upstream_101_is_not_relayed() -> None:
+    async def switching(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    server = await asyncio.start_server(switching, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, running_sidecar(claude_at(f"http://127.0.0.1:{port}")) as sidecar:
+        status, answer = await post(sidecar.url, body())
+    assert status == 502
+    assert answer["error"]["type"] == "api_error"
