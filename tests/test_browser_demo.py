@@ -84,6 +84,8 @@ async def test_demo_streams_with_live_metrics_and_stops(
                 break
             await asyncio.sleep(0.05)
         answer = await page.locator("#answer").inner_text()
+        focused = await page.evaluate("() => document.activeElement.id")
+    assert focused == "answer"  # focus follows the answer, for screen readers
     assert fake.state.counters["streams_cancelled"] == 1  # Stop stopped Claude
     assert answer  # the partial answer stays on screen
 
@@ -129,7 +131,8 @@ async def test_demo_signs_in_with_a_key_and_reads_well_on_a_phone(
         await page.goto(sidecar.url + "/_sidecar/demo")
         await page.locator("summary").click()
         await page.get_by_label("API key or token").fill(API_KEY)
-        await ask(page, "hello from a phone")
+        await page.get_by_label("Prompt").fill("hello from a phone")
+        await page.get_by_label("Prompt").press("Control+Enter")  # the keyboard sends too
         assert (await status_text(page)).startswith("Done")
         overflow = await page.evaluate(
             "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
+import yaml
 from pydantic import ValidationError
 
+from sidecar import loader
 from sidecar.config import BrowserConfig
 from sidecar.fake_claude import FakeServer
-from tests.support.sidecars import SidecarFactory
+from sidecar.server import SidecarServer
+from tests.support.sidecars import BASE, SidecarFactory
 
 
 async def test_the_module_is_public_code_served_before_any_route(
@@ -61,3 +66,23 @@ def test_browser_path_must_be_a_clean_prefix() -> None:
         with pytest.raises(ValidationError):
             BrowserConfig(path=bad)
     assert BrowserConfig(path="/static/claude").path == "/static/claude"
+
+
+async def test_a_reload_turns_the_demo_on(fake: FakeServer, tmp_path: Path) -> None:
+    """`browser` is read per request from the running config: a reload applies at once."""
+    path = tmp_path / "sidecar.yaml"
+    data = loader.deep_merge(BASE, {"server": {"reload_poll_seconds": 0},
+                        "claude": {"base_url": fake.url, "api_key": "k"}})  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + "/_sidecar/demo") as before:
+                assert before.status == 404
+            path.write_text(yaml.safe_dump(loader.deep_merge(data, {"browser": {"demo": True}})))
+            assert await server.reload()
+            async with http.get(server.url + "/_sidecar/demo") as after:
+                assert after.status == 200
+    finally:
+        await server.shutdown(grace=1.0)

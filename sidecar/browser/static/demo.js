@@ -47,9 +47,19 @@ form.addEventListener("submit", async (event) => {
   say("Waiting for Claude…");
   busy(true);
   const started = performance.now();
-  let first = 0, tokens = 0;
   current = streamClaude(route, { body: { prompt: prompt.value }, headers });
-  for await (const e of current) {
+  try {
+    await show(current, started);
+  } finally {
+    busy(false);
+    current = null;
+    answer.focus();
+  }
+});
+
+async function show(stream, started) {
+  let first = 0, tokens = 0;
+  for await (const e of stream) {
     if (e.type === "token") {
       const now = performance.now();
       if (!first) { first = now; $("ttft").textContent = Math.round(first - started) + " ms"; say("Streaming…"); }
@@ -70,12 +80,13 @@ form.addEventListener("submit", async (event) => {
       say("Stopped.");
     }
   }
-  busy(false);
-  current = null;
-  answer.focus();
+}
+
+// Ctrl+Enter (⌘+Enter) sends from the prompt box, as in most chat boxes.
+prompt.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !send.disabled) form.requestSubmit();
 });
 
 stop.addEventListener("click", () => {
-  if (current) current.abort();
-  send.focus();
+  if (current) current.abort(); // the loop ends, focus moves to the answer
 });
