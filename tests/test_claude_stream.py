@@ -45,8 +45,7 @@ GRACE = {"detach_grace_seconds": 10}
 
 
 def config_for(origin: str, **extra: Any) -> dict[str, Any]:
-    # A cut client's generation waits for its reconnect (the suite's default grace is 0).
-    return {"cors": {"allow_origins": [origin]}, "resume": {"detach_grace_seconds": 15}, **extra}
+    return {"cors": {"allow_origins": [origin]}, **extra}
 
 
 async def reference(base: str, prompt: str) -> tuple[str, bool]:
