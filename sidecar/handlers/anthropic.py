@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.cache.step import lookup as cache_lookup
 from sidecar.errors import Rejection, anthropic_error_body, bad_request
 from sidecar.handlers import resume
 from sidecar.handlers.claude_call import (
@@ -166,8 +167,18 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
     )
-    plan = await resume.prepare(ctx) if stream and _resume_wanted(ctx) else None
-    return await call_claude(ctx, call, record, NUMBERED if plan else PASSTHROUGH, plan)
+    cached = await cache_lookup(ctx, body, stream)
+    if cached.source is not None:  # replayed as Claude sent it: the exact bytes
+        answered = await cached.serve(record, PASSTHROUGH, call.input_estimate + max_tokens)
+        if answered is not None:
+            return answered
+    try:
+        plan = await resume.prepare(ctx) if stream and _resume_wanted(ctx) else None
+    except BaseException:
+        cached.abandon()
+        raise
+    translator = NUMBERED if plan else PASSTHROUGH
+    return await call_claude(ctx, call, record, translator, plan, cached.tap)
 
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:

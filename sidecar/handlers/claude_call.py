@@ -30,6 +30,7 @@ from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.core import StreamCore, Translator
 from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.store import StreamLog
+from sidecar.stream.tap import CallTap, make_core
 from sidecar.upstream import Attempt, read_answer, returned_headers
 from sidecar.usage import apply_message
 
@@ -121,11 +122,14 @@ class _Call:
     span: Span
     lease: QuotaLease | None = None
     admitted: bool = False
+    tap: CallTap | None = None  # records the answer (the response cache)
 
     async def close(self) -> None:
         """Release the slot, record the stream once and settle the tokens it used."""
         runtime = self.ctx.runtime
         record = self.record
+        if self.tap is not None:
+            self.tap.finish(record)
         if self.admitted:
             runtime.admission.release()
         record.ended = time.perf_counter()
@@ -140,9 +144,11 @@ async def call_claude(
     record: StreamRecord,
     translator: Translator,
     resumable: Resumable | None = None,
+    tap: CallTap | None = None,
 ) -> web.StreamResponse:
     """Admit, call Claude and answer the client; always settles and records the stream.
 
+    `tap` (the response cache's recording) sees Claude's answer and how the call ended.
     A resumable stream's generation is handed to its own task once Claude answers 200:
     it outlives this request (a client that leaves may come back), and that task
     settles and records it.
@@ -152,6 +158,7 @@ async def call_claude(
     quota_policy = ctx.route.policy.quotas
     reserve = call.input_estimate + (record.max_tokens or runtime.config.claude.max_tokens)
     held = _Call(ctx, call, record, telemetry.start_stream(record, ctx.trace_parent, call.body))
+    held.tap = tap
     handed_off = False
     queued_at: float | None = None
     try:
@@ -176,9 +183,9 @@ async def call_claude(
         if upstream.status != 200:
             return await _relay_error(ctx, upstream, record, response_headers)
         if not call.stream:
-            return await _relay_message(upstream, record, response_headers)
+            return await _relay_message(upstream, record, response_headers, tap)
         if resumable is None:
-            return await _relay_stream(ctx, upstream, record, translator, response_headers)
+            return await _relay_stream(ctx, upstream, record, translator, response_headers, tap)
         handed_off = True
         return await _hand_off(held, upstream, translator, response_headers, resumable)
     except Rejection as rejection:
@@ -238,10 +245,15 @@ def _error_of(body: bytes, status: int) -> tuple[str, str]:
 
 
 async def _relay_message(
-    upstream: aiohttp.ClientResponse, record: StreamRecord, headers: dict[str, str]
+    upstream: aiohttp.ClientResponse,
+    record: StreamRecord,
+    headers: dict[str, str],
+    tap: CallTap | None = None,
 ) -> web.Response:
     """A non-streaming reply: read it whole (it is one JSON object) and account for it."""
     body = await read_answer(upstream)
+    if tap is not None:
+        tap.message(body)
     record.first_chunk_at = record.last_chunk_at = time.perf_counter()
     record.outcome = "completed"
     message: Any
@@ -280,13 +292,14 @@ async def _relay_stream(
     record: StreamRecord,
     translator: Translator,
     headers: dict[str, str],
+    tap: CallTap | None = None,
 ) -> web.StreamResponse:
     """Start the SSE response and relay until the stream ends (the client leaving ends it)."""
     runtime = ctx.runtime
     channel = await _start_response(ctx, headers)
     generation = Generation(record)
     generation.attach(Subscriber(channel))
-    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
+    live = _live_stream(ctx, upstream, make_core(record, translator, tap), generation)
     runtime.streams.add(live)
     try:
         await live.run()
@@ -314,7 +327,7 @@ async def _hand_off(
         log=resumable.log,
         grace=resumable.grace,
     )
-    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
+    live = _live_stream(ctx, upstream, make_core(record, translator, held.tap), generation)
     resumable.log.on_cancel = generation.cancel  # a cancel asked on another replica
     hub = runtime.resume.hub
     hub.add(generation, held.span)
