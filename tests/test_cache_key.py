@@ -25,7 +25,8 @@ def _key(body: dict[str, Any], headers: dict[str, str] | None = None, scope: str
 
 def test_the_key_is_a_sha256_of_a_canonical_form() -> None:
     key = _key(BODY)
-    assert len(key) == 64 and int(key, 16) >= 0
+    assert len(key) == 64
+    assert int(key, 16) >= 0
     reordered = dict(reversed(list(BODY.items())))
     assert _key(reordered) == key
 
@@ -74,7 +75,9 @@ def test_scopes_keep_tenants_and_users_apart() -> None:
     assert scope_of("global", a, "1.1.1.1") == scope_of("global", c, "9.9.9.9")
     nobody = Identity("api_key", user=None, tenant=None, api_key_name=None)
     assert scope_of("user", nobody, "1.1.1.1") != scope_of("user", nobody, "2.2.2.2")
-    assert _key(BODY, scope=scope_of("tenant", a, "")) != _key(BODY, scope=scope_of("tenant", c, ""))
+    assert _key(BODY, scope=scope_of("tenant", a, "")) != _key(
+        BODY, scope=scope_of("tenant", c, "")
+    )
 
 
 @pytest.mark.parametrize(
@@ -83,7 +86,9 @@ def test_scopes_keep_tenants_and_users_apart() -> None:
      ({"temperature": 0}, False), ({"temperature": 0.0}, False), ({"temperature": True}, True),
      ({"temperature": "0"}, True)],
 )  # fmt: skip
-def test_sampled_means_temperature_unset_or_above_zero(body: dict[str, Any], expected: bool) -> None:
+def test_sampled_means_temperature_unset_or_above_zero(
+    body: dict[str, Any], expected: bool
+) -> None:
     assert sampled(body) is expected
 
 

@@ -77,7 +77,8 @@ async def test_memory_store_evicts_the_least_recently_used_by_bytes() -> None:
     await store.get("a")
     await store.put("c", b"c" * 40, ttl=60)  # 120 bytes: one must go, the oldest read
     assert await store.get("b") is None
-    assert await store.get("a") is not None and await store.get("c") is not None
+    assert await store.get("a") is not None
+    assert await store.get("c") is not None
     assert store.total_bytes == 80
 
 

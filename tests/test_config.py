@@ -337,13 +337,13 @@ def test_cache_defaults_are_off_memory_tenant_scoped() -> None:
         False, "memory", "tenant", "instant",
     )  # fmt: skip
     assert (cache.ttl_seconds, cache.max_entries, cache.max_bytes) == (3600, 1000, 67108864)
-    assert not cache.include_sampled and not cache.charge_hits and cache.redis_url is None
+    assert not cache.include_sampled
+    assert not cache.charge_hits
+    assert cache.redis_url is None
 
 
 def test_cache_bad_values_are_errors_with_their_path() -> None:
-    found = problems_of(
-        {"cache": {"scope": "team", "replay": "slow", "max_entries": 0, "ttl": 5}}
-    )
+    found = problems_of({"cache": {"scope": "team", "replay": "slow", "max_entries": 0, "ttl": 5}})
     assert any(p.startswith("cache.scope:") for p in found), found
     assert any(p.startswith("cache.replay:") for p in found), found
     assert any(p.startswith("cache.max_entries:") for p in found), found

@@ -1,0 +1,327 @@
+"""The response cache end to end: real sockets, the fake Claude, the official Python SDK.
+
+Each test sends requests through a sidecar with the cache on and watches the fake's
+request counter (a hit or a coalesced follower never reaches Claude), the `X-Cache`
+header, what the client receives, and the `sidecar.cache.lookups` counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sidecar.fake_claude import FakeServer
+from tests.support.otel import make_otel, sse_data
+from tests.support.sdk import sdk, user
+from tests.support.sidecars import SidecarFactory
+from tests.support.waiting import eventually, holds
+
+MODEL = "claude-sonnet-5-5"
+BODY: dict[str, Any] = {
+    "model": MODEL, "max_tokens": 64, "temperature": 0, "stream": True,
+    "messages": [{"role": "user", "content": "what is a sidecar?"}],
+}  # fmt: skip
+
+
+def cached(**cache: Any) -> dict[str, Any]:
+    """Config data with the cache on."""
+    return {"cache": {"enabled": True, **cache}}
+
+
+def asking(text: str, **fields: Any) -> dict[str, Any]:
+    """`BODY` asking `text` (fake directives such as `[[fake fault=drop]]` go in it)."""
+    return {**BODY, "messages": [{"role": "user", "content": text}], **fields}
+
+
+async def post(
+    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, str | None, bytes]:
+    """POST /v1/messages: status, X-Cache, body bytes."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "/v1/messages", json=body, headers=headers) as response,
+    ):
+        return response.status, response.headers.get("X-Cache"), await response.read()
+
+
+async def test_a_repeated_stream_is_replayed_byte_for_byte_with_one_claude_call(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(cached()) as s:
+        first = await post(s.url, BODY)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(s.url + "/v1/messages", json=BODY) as response:
+                second = (response.status, response.headers.get("X-Cache"), await response.read())
+                age = response.headers.get("Age")
+                content_type = response.headers.get("Content-Type", "")
+    assert first[:2] == (200, "MISS")
+    assert second[:2] == (200, "HIT")
+    assert second[2] == first[2]  # the exact event bytes, usage events included
+    assert b"event: message_stop" in second[2]
+    assert b'"output_tokens"' in second[2]
+    assert age is not None
+    assert int(age) >= 0
+    assert content_type.startswith("text/event-stream")
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_the_python_sdk_sees_a_replay_as_the_original_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(cached()) as s:
+        client = sdk(s.url)
+        runs = []
+        for _ in range(2):
+            async with client.messages.stream(
+                model=MODEL,
+                max_tokens=64,
+                messages=user("stream me"),
+                extra_body={"temperature": 0},
+            ) as stream:
+                events = [event.model_dump() async for event in stream]
+                final = await stream.get_final_message()
+                runs.append((stream.response.headers.get("x-cache"), events, final))
+        await client.close()
+    (miss, events, final), (hit, replayed, replayed_final) = runs
+    assert (miss, hit) == ("MISS", "HIT")
+    assert replayed == events
+    assert replayed_final == final
+    assert final.usage.output_tokens == 12
+    assert final.usage.input_tokens > 0
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_a_non_streaming_answer_is_cached_as_its_json(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(cached()) as s:
+        client = sdk(s.url)
+        answers = []
+        for _ in range(2):
+            raw = await client.messages.with_raw_response.create(
+                model=MODEL, max_tokens=64, messages=user("once"), extra_body={"temperature": 0}
+            )
+            answers.append((raw.headers.get("x-cache"), await raw.parse()))
+        await client.close()
+    assert [status for status, _ in answers] == ["MISS", "HIT"]
+    assert answers[0][1] == answers[1][1]
+    assert answers[1][1].usage.output_tokens == 12
+    assert fake.state.counters["requests"] == 1
+
+
+def _key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def test_two_tenants_never_share_an_entry(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    keys = [
+        {"name": "a1", "sha256": _key("key-a1-000000"), "tenant": "acme"},
+        {"name": "a2", "sha256": _key("key-a2-000000"), "tenant": "acme"},
+        {"name": "b1", "sha256": _key("key-b1-000000"), "tenant": "bolt"},
+    ]
+    auth = {"auth": {"mode": "required", "api_keys": keys}}
+    async with sidecar_for({**cached(), **auth}) as s:
+        results = [
+            (await post(s.url, BODY, {"x-api-key": f"key-{name}-000000"}))[:2]
+            for name in ("a1", "b1", "a2", "b1")
+        ]
+    assert results == [(200, "MISS"), (200, "MISS"), (200, "HIT"), (200, "HIT")]
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_user_scope_keeps_users_of_one_tenant_apart(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    keys = [
+        {"name": "a1", "sha256": _key("key-a1-000000"), "tenant": "acme"},
+        {"name": "a2", "sha256": _key("key-a2-000000"), "tenant": "acme"},
+    ]
+    auth = {"auth": {"mode": "required", "api_keys": keys}}
+    async with sidecar_for({**cached(scope="user"), **auth}) as s:
+        statuses = [
+            (await post(s.url, BODY, {"x-api-key": f"key-{name}-000000"}))[1]
+            for name in ("a1", "a2", "a1")
+        ]
+    assert statuses == ["MISS", "MISS", "HIT"]
+    assert fake.state.counters["requests"] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("[[fake fault=midstream_error after=3]] q", 200),  # Claude's `event: error`
+        ("[[fake fault=drop after=3]] q", 200),  # the connection cut mid-stream
+        ("[[fake fault=bad_request]] q", 400),  # an error answer
+    ],
+)
+async def test_failed_answers_are_never_stored(
+    fake: FakeServer, sidecar_for: SidecarFactory, text: str, status: int
+) -> None:
+    otel = make_otel()
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
+        first = await post(s.url, asking(text))
+        await s.runtime.cache.settled()  # type: ignore[union-attr]
+        second = await post(s.url, asking(text))
+    assert first[:2] == second[:2] == (status, "MISS")
+    assert fake.state.counters["requests"] == 2
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"}) == 2
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "stored"}) == 0
+
+
+async def test_a_stream_the_client_cancelled_is_not_stored(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    slow = asking("[[fake tokens=200 tps=50]] long")
+    async with sidecar_for(cached()) as s:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(s.url + "/v1/messages", json=slow) as response,
+        ):
+            await response.content.readuntil(b"content_block_delta")
+        # The client left mid-stream: the call ends as cancelled, and nothing is kept.
+        cache = s.runtime.cache
+        assert cache is not None
+        await eventually(lambda: holds(not cache.inflight))
+        status = (await post(s.url, asking("[[fake tokens=3]] short")))[1]
+        again = (await post(s.url, slow))[1]
+    assert status == "MISS"
+    assert again == "MISS"
+    assert fake.state.counters["requests"] == 3
+
+
+async def test_no_store_is_not_stored_and_no_cache_refreshes(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    otel = make_otel()
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
+        cache = s.runtime.cache
+        assert cache is not None
+        statuses = [(await post(s.url, BODY, {"Cache-Control": "no-store"}))[1]]
+        statuses.append((await post(s.url, BODY))[1])  # nothing was kept: a miss, stored
+        await cache.settled()
+        statuses.append((await post(s.url, BODY, {"Cache-Control": "no-cache"}))[1])
+        await cache.settled()
+        statuses.append((await post(s.url, BODY, {"Cache-Control": "max-age=0, bogus"}))[1])
+    assert statuses == ["MISS", "MISS", "BYPASS", "HIT"]  # unknown directives are ignored
+    assert fake.state.counters["requests"] == 3
+    counts = {
+        result: otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": result})
+        for result in ("hit", "miss", "bypass", "stored")
+    }
+    assert counts == {"hit": 1, "miss": 2, "bypass": 1, "stored": 2}  # no-cache refreshed it
+
+
+async def test_sampled_requests_are_cached_only_when_the_route_says_so(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    sampled = {k: v for k, v in BODY.items() if k != "temperature"}
+    async with sidecar_for(cached()) as s:
+        statuses = [(await post(s.url, sampled))[1] for _ in range(2)]
+    assert statuses == ["BYPASS", "BYPASS"]
+    routes = [{"path": "/v1/", "handler": "anthropic", "cache": {"include_sampled": True}}]
+    async with sidecar_for({**cached(), "routes": routes}) as s:
+        statuses = [(await post(s.url, {**sampled, "temperature": 0.7}))[1] for _ in range(2)]
+    assert statuses == ["MISS", "HIT"]
+    assert fake.state.counters["requests"] == 3
+
+
+async def test_a_route_may_switch_the_cache_on_alone(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    routes = [
+        {"path": "/v1/", "handler": "anthropic", "cache": {"enabled": True}},
+        {"path": "/api/stream-response", "handler": "prompt"},
+    ]
+    async with sidecar_for({"routes": routes}) as s:
+        statuses = [(await post(s.url, BODY))[1] for _ in range(2)]
+    assert statuses == ["MISS", "HIT"]
+
+
+async def test_the_prompt_route_replays_its_own_events(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(cached(include_sampled=True)) as s, aiohttp.ClientSession() as http:
+        runs = []
+        for _ in range(2):
+            async with http.post(s.url + "/api/stream-response", json={"prompt": "hi"}) as r:
+                runs.append((r.headers.get("X-Cache"), sse_data(await r.read())))
+    (miss, events), (hit, replayed) = runs
+    assert (miss, hit) == ("MISS", "HIT")
+    assert replayed == events
+    assert sum("token" in event for event in replayed) == 12
+    assert replayed[-1]["done"] is True
+    assert replayed[-1]["usage"]["output_tokens"] == 12
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_ten_identical_concurrent_requests_make_one_claude_call(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = asking("[[fake tokens=30 tps=100]] together")
+    otel = make_otel()
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
+        results = await asyncio.gather(*(post(s.url, body) for _ in range(10)))
+    assert fake.state.counters["requests"] == 1
+    assert sorted(str(status) for _, status, _ in results) == ["HIT"] * 9 + ["MISS"]
+    assert len({raw for _, _, raw in results}) == 1  # ten identical streams
+    assert results[0][2].count(b"event: content_block_delta") == 30
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "hit"}) == 9
+    assert otel.count("sidecar.cache.tokens_saved") > 0
+
+
+async def test_hits_are_marked_on_the_request_span(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    otel = make_otel()
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
+        _, _, raw = await post(s.url, BODY)
+        await post(s.url, BODY)
+    events = sse_data(raw)
+    usage = events[0]["message"]["usage"]["input_tokens"] + events[-2]["usage"]["output_tokens"]
+    marks = [
+        span.attributes.get("sidecar.cache.hit")
+        for span in otel.spans()
+        if span.attributes is not None and "sidecar.cache.hit" in span.attributes
+    ]
+    assert sorted(marks, key=str) == [False, True]
+    assert otel.count("sidecar.cache.tokens_saved") == usage  # input and output tokens
+
+
+async def _remaining_after(
+    sidecar_for: SidecarFactory, *, hit: bool, charge_hits: bool = False
+) -> tuple[int | None, int]:
+    """(requests remaining on the hit, tokens remaining for a later call) after a miss
+    and, if `hit`, a hit on the same request."""
+    quotas = {"quotas": {"requests_per_minute": 100, "tokens_per_minute": 100_000}}
+    requests = None
+    async with (
+        sidecar_for({**cached(charge_hits=charge_hits), **quotas}) as s,
+        aiohttp.ClientSession() as http,
+    ):
+        await post(s.url, BODY)
+        if hit:
+            async with http.post(s.url + "/v1/messages", json=BODY) as replayed:
+                assert replayed.headers["X-Cache"] == "HIT"
+                await replayed.read()
+                requests = int(replayed.headers["anthropic-ratelimit-requests-remaining"])
+        async with http.post(s.url + "/v1/messages", json=asking("another")) as later:
+            await later.read()
+            tokens = int(later.headers["anthropic-ratelimit-tokens-remaining"])
+    return requests, tokens
+
+
+async def test_a_hit_is_a_request_but_spends_no_tokens_unless_charged(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    _, without_hit = await _remaining_after(sidecar_for, hit=False)
+    requests, free = await _remaining_after(sidecar_for, hit=True)
+    charged_requests, charged = await _remaining_after(sidecar_for, hit=True, charge_hits=True)
+    assert requests == charged_requests == 98  # the miss and the hit each count as a request
+    assert free == without_hit  # the hit spent no tokens
+    assert charged < free  # with charge_hits it paid its usage
