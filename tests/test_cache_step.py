@@ -293,35 +293,31 @@ async def test_hits_are_marked_on_the_request_span(
     assert otel.count("sidecar.cache.tokens_saved") == usage  # input and output tokens
 
 
-async def _remaining_after(
-    sidecar_for: SidecarFactory, *, hit: bool, charge_hits: bool = False
-) -> tuple[int | None, int]:
-    """(requests remaining on the hit, tokens remaining for a later call) after a miss
-    and, if `hit`, a hit on the same request."""
-    quotas = {"quotas": {"requests_per_minute": 100, "tokens_per_minute": 100_000}}
-    requests = None
-    async with (
-        sidecar_for({**cached(charge_hits=charge_hits), **quotas}) as s,
-        aiohttp.ClientSession() as http,
-    ):
-        await post(s.url, BODY)
-        if hit:
-            async with http.post(s.url + "/v1/messages", json=BODY) as replayed:
-                assert replayed.headers["X-Cache"] == "HIT"
-                await replayed.read()
-                requests = int(replayed.headers["anthropic-ratelimit-requests-remaining"])
-        async with http.post(s.url + "/v1/messages", json=asking("another")) as later:
-            await later.read()
-            tokens = int(later.headers["anthropic-ratelimit-tokens-remaining"])
-    return requests, tokens
+async def _statuses_under_a_small_token_quota(
+    sidecar_for: SidecarFactory, *, charge_hits: bool
+) -> list[tuple[int, str | None]]:
+    """A miss, then 20 hits, under 100 requests and 200 tokens a minute (one call
+    reserves ~80 and spends ~17): uncharged hits never meet the token limit."""
+    quotas = {"quotas": {"requests_per_minute": 100, "tokens_per_minute": 200}}
+    async with sidecar_for({**cached(charge_hits=charge_hits), **quotas}) as s:
+        return [
+            (status, cache) for status, cache, _ in [await post(s.url, BODY) for _ in range(21)]
+        ]
 
 
 async def test_a_hit_is_a_request_but_spends_no_tokens_unless_charged(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
-    _, without_hit = await _remaining_after(sidecar_for, hit=False)
-    requests, free = await _remaining_after(sidecar_for, hit=True)
-    charged_requests, charged = await _remaining_after(sidecar_for, hit=True, charge_hits=True)
-    assert requests == charged_requests == 98  # the miss and the hit each count as a request
-    assert free == without_hit  # the hit spent no tokens
-    assert charged < free  # with charge_hits it paid its usage
+    free = await _statuses_under_a_small_token_quota(sidecar_for, charge_hits=False)
+    assert free == [(200, "MISS")] + [(200, "HIT")] * 20
+    charged = await _statuses_under_a_small_token_quota(sidecar_for, charge_hits=True)
+    assert charged[:2] == [(200, "MISS"), (200, "HIT")]
+    assert 429 in [status for status, _ in charged]  # charged hits spend tokens: the limit bites
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_request_limits_apply_to_hits(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for({**cached(), "quotas": {"requests_per_minute": 3}}) as s:
+        results = [(await post(s.url, BODY))[:2] for _ in range(4)]
+    assert results[:3] == [(200, "MISS"), (200, "HIT"), (200, "HIT")]
+    assert results[3][0] == 429
