@@ -390,3 +390,30 @@ async def test_redis_down_skips_the_cache_and_claude_answers(
     assert fake.state.counters["requests"] == 4
     skipped = otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"})
     assert skipped >= 3  # two lookups that could not read, one entry that could not be written
+
+
+async def test_followers_of_a_call_refused_before_answering_call_claude_themselves(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = asking("[[fake fault=bad_request]] refused")
+    async with sidecar_for(cached()) as s:
+        results = await asyncio.gather(*(post(s.url, body) for _ in range(3)))
+    assert [status for status, _, _ in results] == [400, 400, 400]
+    assert all(b"invalid_request_error" in raw for _, _, raw in results)
+    assert fake.state.counters["requests"] == 3
+
+
+async def test_followers_of_a_stream_that_fails_midway_get_its_error_and_nothing_is_stored(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = asking("[[fake tokens=30 tps=20 fault=midstream_error after=20]] doomed")
+    async with sidecar_for(cached()) as s:
+        results = await asyncio.gather(*(post(s.url, body) for _ in range(3)))
+        assert s.runtime.cache is not None
+        await s.runtime.cache.settled()
+        again = await post(s.url, body)
+    assert fake.state.counters["requests"] == 2  # the three shared one call; nothing was kept
+    assert sorted(str(status) for _, status, _ in results) == ["HIT", "HIT", "MISS"]
+    assert len({raw for _, _, raw in results}) == 1
+    assert b"event: error" in results[0][2]
+    assert again[1] == "MISS"
