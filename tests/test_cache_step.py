@@ -417,3 +417,30 @@ async def test_followers_of_a_stream_that_fails_midway_get_its_error_and_nothing
     assert len({raw for _, _, raw in results}) == 1
     assert b"event: error" in results[0][2]
     assert again[1] == "MISS"
+
+
+async def test_global_scope_shares_entries_across_tenants(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    keys = [
+        {"name": "a1", "sha256": _key("key-a1-000000"), "tenant": "acme"},
+        {"name": "b1", "sha256": _key("key-b1-000000"), "tenant": "bolt"},
+    ]
+    auth = {"auth": {"mode": "required", "api_keys": keys}}
+    async with sidecar_for({**cached(scope="global"), **auth}) as s:
+        statuses = [
+            (await post(s.url, BODY, {"x-api-key": f"key-{name}-000000"}))[1]
+            for name in ("a1", "b1")
+        ]
+    assert statuses == ["MISS", "HIT"]
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_without_the_cache_nothing_changes(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as s:
+        assert s.runtime.cache is None
+        statuses = [(await post(s.url, BODY))[:2] for _ in range(2)]
+    assert statuses == [(200, None), (200, None)]
+    assert fake.state.counters["requests"] == 2
