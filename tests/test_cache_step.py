@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from redis.asyncio import Redis
 
+from sidecar import loader
 from sidecar.cache.redis_store import PREFIX
 from sidecar.fake_claude import FakeServer
+from sidecar.server import SidecarServer
 from tests.support.otel import make_otel, sse_data
 from tests.support.redis_server import RedisServer
 from tests.support.sdk import sdk, user
-from tests.support.sidecars import SidecarFactory
+from tests.support.sidecars import BASE, SidecarFactory
 from tests.support.waiting import eventually, holds
 
 MODEL = "claude-sonnet-5-5"
@@ -444,3 +448,34 @@ async def test_without_the_cache_nothing_changes(
         statuses = [(await post(s.url, BODY))[:2] for _ in range(2)]
     assert statuses == [(200, None), (200, None)]
     assert fake.state.counters["requests"] == 2
+
+
+async def test_a_reload_keeps_the_entries_until_the_store_settings_change(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "sidecar.yaml"
+    data = loader.deep_merge(BASE, {"server": {"reload_poll_seconds": 0},
+                             "claude": {"base_url": fake.url, "api_key": "k"}, **cached()})  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+    await server.start()
+    try:
+        await post(server.url, BODY)
+        first = server.runtime.cache
+        assert first is not None
+        await first.settled()
+        path.write_text(yaml.safe_dump(loader.deep_merge(data, {"cache": {"ttl_seconds": 60}})))
+        assert await server.reload()
+        assert server.runtime.cache is first  # same store settings: same entries
+        assert (await post(server.url, BODY))[1] == "HIT"
+        path.write_text(yaml.safe_dump(loader.deep_merge(data, {"cache": {"max_entries": 5}})))
+        assert await server.reload()
+        assert server.runtime.cache is not first
+        assert (await post(server.url, BODY))[1] == "MISS"
+        path.write_text(yaml.safe_dump(loader.deep_merge(data, {"cache": {"enabled": False}})))
+        assert await server.reload()
+        assert server.runtime.cache is None
+        assert (await post(server.url, BODY))[1] is None
+    finally:
+        await server.shutdown(grace=1.0)
+    assert fake.state.counters["requests"] == 3
