@@ -1,4 +1,5 @@
-"""Recordings: only a completed answer becomes an entry; readers follow one as it grows."""
+"""Recordings: only a completed answer becomes an entry; identical requests in flight follow
+one (coalescing: one Claude call for all of them)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import asyncio
 import pytest
 
 from sidecar.cache.recording import Recording
+from sidecar.fake_claude import FakeServer
 from sidecar.record import Outcome, StreamRecord
+from tests.support.cache import asking, cached, post
+from tests.support.otel import make_otel
+from tests.support.sidecars import SidecarFactory
 
 
 def _record(outcome: Outcome | None, error_type: str | None = None) -> StreamRecord:
@@ -86,3 +91,48 @@ async def test_readers_wake_on_each_chunk_and_on_the_end() -> None:
     assert not waiting.done()
     recording.finish(_record("upstream_error", "api_error"))
     await asyncio.wait_for(waiting, 5)
+
+
+# --------------------------------------------------------------------------- coalescing
+
+
+async def test_ten_identical_concurrent_requests_make_one_claude_call(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = asking("[[fake tokens=30 tps=100]] together")
+    otel = make_otel()
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
+        results = await asyncio.gather(*(post(s.url, body) for _ in range(10)))
+    assert fake.state.counters["requests"] == 1
+    assert sorted(str(status) for _, status, _ in results) == ["HIT"] * 9 + ["MISS"]
+    assert len({raw for _, _, raw in results}) == 1  # ten identical streams
+    assert results[0][2].count(b"event: content_block_delta") == 30
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "hit"}) == 9
+    assert otel.count("sidecar.cache.tokens_saved") > 0
+
+
+async def test_followers_of_a_call_refused_before_answering_call_claude_themselves(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = asking("[[fake fault=bad_request]] refused")
+    async with sidecar_for(cached()) as s:
+        results = await asyncio.gather(*(post(s.url, body) for _ in range(3)))
+    assert [status for status, _, _ in results] == [400, 400, 400]
+    assert all(b"invalid_request_error" in raw for _, _, raw in results)
+    assert fake.state.counters["requests"] == 3
+
+
+async def test_followers_of_a_stream_that_fails_midway_get_its_error_and_nothing_is_stored(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = asking("[[fake tokens=30 tps=20 fault=midstream_error after=20]] doomed")
+    async with sidecar_for(cached()) as s:
+        results = await asyncio.gather(*(post(s.url, body) for _ in range(3)))
+        assert s.runtime.cache is not None
+        await s.runtime.cache.settled()
+        again = await post(s.url, body)
+    assert fake.state.counters["requests"] == 2  # the three shared one call; nothing was kept
+    assert sorted(str(status) for _, status, _ in results) == ["HIT", "HIT", "MISS"]
+    assert len({raw for _, _, raw in results}) == 1
+    assert b"event: error" in results[0][2]
+    assert again[1] == "MISS"

@@ -7,52 +7,21 @@ header, what the client receives, and the `sidecar.cache.lookups` counter.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 import yaml
-from redis.asyncio import Redis
 
 from sidecar import loader
-from sidecar.cache.redis_store import PREFIX
 from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
+from tests.support.cache import BODY, MODEL, asking, cached, post
 from tests.support.otel import make_otel, sse_data
-from tests.support.redis_server import RedisServer
 from tests.support.sdk import sdk, user
 from tests.support.sidecars import BASE, SidecarFactory
 from tests.support.waiting import eventually, holds
-
-MODEL = "claude-sonnet-5-5"
-BODY: dict[str, Any] = {
-    "model": MODEL, "max_tokens": 64, "temperature": 0, "stream": True,
-    "messages": [{"role": "user", "content": "what is a sidecar?"}],
-}  # fmt: skip
-
-
-def cached(**cache: Any) -> dict[str, Any]:
-    """Config data with the cache on."""
-    return {"cache": {"enabled": True, **cache}}
-
-
-def asking(text: str, **fields: Any) -> dict[str, Any]:
-    """`BODY` asking `text` (fake directives such as `[[fake fault=drop]]` go in it)."""
-    return {**BODY, "messages": [{"role": "user", "content": text}], **fields}
-
-
-async def post(
-    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> tuple[int, str | None, bytes]:
-    """POST /v1/messages: status, X-Cache, body bytes."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(url + "/v1/messages", json=body, headers=headers) as response,
-    ):
-        return response.status, response.headers.get("X-Cache"), await response.read()
 
 
 async def test_a_repeated_stream_is_replayed_byte_for_byte_with_one_claude_call(
@@ -267,21 +236,6 @@ async def test_the_prompt_route_replays_its_own_events(
     assert fake.state.counters["requests"] == 1
 
 
-async def test_ten_identical_concurrent_requests_make_one_claude_call(
-    fake: FakeServer, sidecar_for: SidecarFactory
-) -> None:
-    body = asking("[[fake tokens=30 tps=100]] together")
-    otel = make_otel()
-    async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
-        results = await asyncio.gather(*(post(s.url, body) for _ in range(10)))
-    assert fake.state.counters["requests"] == 1
-    assert sorted(str(status) for _, status, _ in results) == ["HIT"] * 9 + ["MISS"]
-    assert len({raw for _, _, raw in results}) == 1  # ten identical streams
-    assert results[0][2].count(b"event: content_block_delta") == 30
-    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "hit"}) == 9
-    assert otel.count("sidecar.cache.tokens_saved") > 0
-
-
 async def test_hits_are_marked_on_the_request_span(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
@@ -328,99 +282,6 @@ async def test_request_limits_apply_to_hits(fake: FakeServer, sidecar_for: Sidec
         results = [(await post(s.url, BODY))[:2] for _ in range(4)]
     assert results[:3] == [(200, "MISS"), (200, "HIT"), (200, "HIT")]
     assert results[3][0] == 429
-
-
-# --------------------------------------------------------------------------- Redis store
-
-
-def on_redis(server: RedisServer, **cache: Any) -> dict[str, Any]:
-    """Config data with the cache on, in `server` (through the quota store's URL)."""
-    return {"cache": {"enabled": True, "store": "redis", "redis_timeout_seconds": 0.5, **cache},
-            "quotas": {"redis_url": server.url}}  # fmt: skip
-
-
-async def test_replicas_share_entries_through_redis(
-    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
-) -> None:
-    async with (
-        sidecar_for(on_redis(redis_server)) as one,
-        sidecar_for(on_redis(redis_server)) as two,
-    ):
-        first = await post(one.url, BODY)
-        assert one.runtime.cache is not None
-        await one.runtime.cache.settled()
-        second = await post(two.url, BODY)
-    assert (first[1], second[1]) == ("MISS", "HIT")
-    assert second[2] == first[2]
-    assert fake.state.counters["requests"] == 1
-
-
-async def test_a_damaged_entry_is_a_miss_and_is_replaced(
-    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
-) -> None:
-    async with sidecar_for(on_redis(redis_server)) as s:
-        cache = s.runtime.cache
-        assert cache is not None
-        first = await post(s.url, BODY)
-        await cache.settled()
-        redis = Redis.from_url(redis_server.url)
-        keys = await redis.keys(PREFIX + "*")
-        assert len(keys) == 1
-        await redis.set(keys[0], b"SCC\x09 from another version")
-        damaged = await post(s.url, BODY)
-        await cache.settled()
-        replaced = await post(s.url, BODY)
-        await redis.aclose()
-    assert [first[:2], damaged[:2], replaced[:2]] == [(200, "MISS"), (200, "MISS"), (200, "HIT")]
-    assert replaced[2] == damaged[2]  # the answer that replaced it
-    assert fake.state.counters["requests"] == 2
-
-
-async def test_redis_down_skips_the_cache_and_claude_answers(
-    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
-) -> None:
-    otel = make_otel()
-    async with sidecar_for(on_redis(redis_server), telemetry=otel.telemetry) as s:
-        await post(s.url, BODY)
-        await redis_server.kill()
-        down = [await post(s.url, BODY) for _ in range(2)]
-        # A new request while Redis is down: answered, and its entry cannot be written.
-        other = await post(s.url, asking("while redis is down"))
-        assert s.runtime.cache is not None
-        await s.runtime.cache.settled()
-    assert [r[:2] for r in down] == [(200, "MISS"), (200, "MISS")]
-    assert other[:2] == (200, "MISS")
-    assert b"event: message_stop" in down[0][2]
-    assert fake.state.counters["requests"] == 4
-    skipped = otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"})
-    assert skipped >= 3  # two lookups that could not read, one entry that could not be written
-
-
-async def test_followers_of_a_call_refused_before_answering_call_claude_themselves(
-    fake: FakeServer, sidecar_for: SidecarFactory
-) -> None:
-    body = asking("[[fake fault=bad_request]] refused")
-    async with sidecar_for(cached()) as s:
-        results = await asyncio.gather(*(post(s.url, body) for _ in range(3)))
-    assert [status for status, _, _ in results] == [400, 400, 400]
-    assert all(b"invalid_request_error" in raw for _, _, raw in results)
-    assert fake.state.counters["requests"] == 3
-
-
-async def test_followers_of_a_stream_that_fails_midway_get_its_error_and_nothing_is_stored(
-    fake: FakeServer, sidecar_for: SidecarFactory
-) -> None:
-    body = asking("[[fake tokens=30 tps=20 fault=midstream_error after=20]] doomed")
-    async with sidecar_for(cached()) as s:
-        results = await asyncio.gather(*(post(s.url, body) for _ in range(3)))
-        assert s.runtime.cache is not None
-        await s.runtime.cache.settled()
-        again = await post(s.url, body)
-    assert fake.state.counters["requests"] == 2  # the three shared one call; nothing was kept
-    assert sorted(str(status) for _, status, _ in results) == ["HIT", "HIT", "MISS"]
-    assert len({raw for _, _, raw in results}) == 1
-    assert b"event: error" in results[0][2]
-    assert again[1] == "MISS"
 
 
 async def test_global_scope_shares_entries_across_tenants(
