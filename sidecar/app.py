@@ -12,6 +12,9 @@ from aiohttp import web
 
 from sidecar.admin import build_admin_app
 from sidecar.admission import Admission
+from sidecar.cache.service import ResponseCache
+from sidecar.cache.stores import make_store as make_cache_store
+from sidecar.cache.stores import store_key as cache_store_key
 from sidecar.config import Config
 from sidecar.fake_claude import FakeSettings, running_fake_claude
 from sidecar.handlers.anthropic import handle_anthropic
@@ -138,6 +141,15 @@ async def _open_resume(config: Config, own: contextlib.AsyncExitStack) -> Resume
     return resume
 
 
+async def _open_cache(
+    config: Config, telemetry: Telemetry, own: contextlib.AsyncExitStack
+) -> ResponseCache:
+    cache = ResponseCache(make_cache_store(config), count=telemetry.cache_lookup)
+    await cache.store.start()
+    own.push_async_callback(cache.close)
+    return cache
+
+
 async def _open_admission(config: Config, own: contextlib.AsyncExitStack) -> Admission:
     return Admission(config.claude)
 
@@ -207,6 +219,12 @@ async def _open_runtime(
             peer=FAKE_PEER if config.claude.is_fake else None,
         ),
         app_session=app_session,
+        # Entries carry over a reload unless where they are kept changed.
+        cache=await shared.use(
+            stack, "cache", cache_store_key(config), partial(_open_cache, config, telemetry)
+        )
+        if config.cache_used
+        else None,
     )
 
 

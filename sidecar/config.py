@@ -566,6 +566,30 @@ class ResumeConfig(Section):
         return QuotaConfig._redis_can_use(value)
 
 
+# --------------------------------------------------------------------------- cache
+
+
+class CacheConfig(Section):
+    """The response cache: complete answers replayed for identical requests (off by default)."""
+
+    enabled: StrictBool = False
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = None  # None: quotas.redis_url
+    redis_timeout_seconds: Seconds = 1.0
+    ttl_seconds: Seconds = 3600
+    max_entries: int = Field(1000, gt=0)  # memory store
+    max_bytes: int = Field(64 * 1024 * 1024, gt=0)  # memory store, all entries
+    scope: Literal["tenant", "user", "global"] = "tenant"
+    include_sampled: StrictBool = False
+    replay: Literal["instant", "paced"] = "instant"
+    charge_hits: StrictBool = False
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_can_use(cls, value: SecretStr | None) -> SecretStr | None:
+        return QuotaConfig._redis_can_use(value)
+
+
 # --------------------------------------------------------------------------- telemetry
 
 
@@ -709,11 +733,13 @@ if TYPE_CHECKING:
     CorsOverride = Section
     ScreeningOverride = Section
     QuotaOverride = Section
+    CacheOverride = Section
 else:
     AuthOverride = override_model(AuthConfig)
     CorsOverride = override_model(CorsConfig)
     ScreeningOverride = override_model(ScreeningConfig)
     QuotaOverride = override_model(QuotaConfig)
+    CacheOverride = override_model(CacheConfig)
 
 
 class ResumeOverride(Section):
@@ -734,6 +760,8 @@ class RouteConfig(Section):
     # Only `enabled` may be set per route; on an anthropic route it makes resume the
     # default (else a request opts in with the `Sidecar-Resume: on` header).
     resume: ResumeOverride | None = None
+    # The store (`store`, `redis_url`, sizes) is one per process: top level only.
+    cache: CacheOverride | None = None
 
     @field_validator("path")
     @classmethod
@@ -763,6 +791,7 @@ class Config(Section):
     screening: ScreeningConfig = ScreeningConfig()
     quotas: QuotaConfig = QuotaConfig()
     resume: ResumeConfig = ResumeConfig()
+    cache: CacheConfig = CacheConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     browser: BrowserConfig = BrowserConfig()
     ui: UiConfig = UiConfig()
@@ -790,6 +819,21 @@ class Config(Section):
         if resume.enabled and resume.store == "redis" and self.resume_redis_url is None:
             raise ValueError("resume: store 'redis' needs resume.redis_url or quotas.redis_url")
         return self
+
+    @property
+    def cache_redis_url(self) -> SecretStr | None:
+        """Where the Redis cache lives: its own URL, else the quota store's."""
+        return self.cache.redis_url or self.quotas.redis_url
+
+    @property
+    def cache_used(self) -> bool:
+        """The cache is on at the top level or on some route (the store is then opened)."""
+        if self.cache.enabled:
+            return True
+        return any(
+            route.cache is not None and getattr(route.cache, "enabled", None)
+            for route in self.routes
+        )
 
     @property
     def resume_redis_url(self) -> SecretStr | None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from sidecar.config import (
     AuthConfig,
+    CacheConfig,
     Config,
     CorsConfig,
     QuotaConfig,
@@ -34,9 +35,12 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "cors": CorsConfig,
     "screening": ScreeningConfig,
     "quotas": QuotaConfig,
+    "cache": CacheConfig,
 }
 # Quota storage is process-wide: a route may change limits, not where they live.
+# The same holds for the cache's store and its size bounds.
 _GLOBAL_ONLY = {
+    "cache": ("store", "redis_url", "redis_timeout_seconds", "max_entries", "max_bytes"),
     "quotas": ("store", "redis_url", "redis_timeout_seconds", "on_store_error"),
 }
 
@@ -58,6 +62,7 @@ class RoutePolicy:
     screening: ScreeningConfig
     quotas: QuotaConfig
     quota_scope: str  # counters are shared by routes with the same scope
+    cache: CacheConfig
 
 
 # --------------------------------------------------------------------------- YAML
@@ -211,6 +216,7 @@ def _route_policy(
         screening=sections["screening"],
         quotas=sections["quotas"],
         quota_scope=route.path if overridden else "global",
+        cache=sections["cache"],
     )
 
 
@@ -225,6 +231,7 @@ def route_policies(config: Config) -> list[RoutePolicy]:
         return built
     problems: list[str] = []
     policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
+    problems.extend(_cache_store_problems(config, policies))
     for index, route in enumerate(config.routes):
         try:
             written = canonical(route.path).path
@@ -239,6 +246,18 @@ def route_policies(config: Config) -> list[RoutePolicy]:
         raise ConfigError(problems)
     config._route_policies = policies
     return policies
+
+
+def _cache_store_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
+    """A cache switched on (at the top or on a route) needs a store it can reach."""
+    if config.cache.store != "redis" or config.cache_redis_url is not None:
+        return []
+    missing = "store 'redis' needs cache.redis_url or quotas.redis_url"
+    problems = [f"cache.store: {missing}"] if config.cache.enabled else []
+    for index, policy in enumerate(policies):
+        if policy.cache.enabled and not config.cache.enabled:
+            problems.append(f"routes.{index}.cache.enabled: the cache {missing}")
+    return problems
 
 
 def validate(data: Any, env: Mapping[str, str] | None = None) -> Config:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from sidecar.admission import Admission
+    from sidecar.cache.service import ResponseCache
     from sidecar.config import Config
     from sidecar.policy import AuthService
     from sidecar.quotas import QuotaGate
@@ -75,6 +76,7 @@ class Runtime:
     app_session: aiohttp.ClientSession | None
     resume: Resume
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    cache: ResponseCache | None = None  # None: no route caches answers
 
 
 # --------------------------------------------------------------------------- shared resources

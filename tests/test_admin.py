@@ -39,6 +39,8 @@ EXPECTED = {
     "sidecar_upstream_retries": "counter",
     "sidecar_upstream_responses": "counter",
     "sidecar_cost_usd": "counter",
+    "sidecar_cache_lookups": "counter",
+    "sidecar_cache_tokens_saved": "counter",
     "sidecar_ready": "gauge",
     "sidecar_config_last_reload_successful": "gauge",
 }
@@ -54,6 +56,8 @@ async def scrape(sidecar: SidecarServer) -> str:
 async def busy_scrape(sidecar: SidecarServer) -> str:
     """A scrape after a completed stream, a retried call and a rejection."""
     status, _ = await prompt(sidecar.url, "first [[fake tokens=6]]")
+    assert status == 200
+    status, _ = await prompt(sidecar.url, "first [[fake tokens=6]]")  # a cache hit: no stream
     assert status == 200
     status, _ = await prompt(sidecar.url, "again [[fake fault=overloaded fail_times=1 fail_key=m]]")
     assert status == 200
@@ -72,7 +76,10 @@ async def busy_scrape(sidecar: SidecarServer) -> str:
     return await scrape(sidecar)
 
 
-SCREENING = {"screening": {"deny_patterns": [{"name": "jb", "pattern": "ignore previous"}]}}
+SCREENING = {
+    "screening": {"deny_patterns": [{"name": "jb", "pattern": "ignore previous"}]},
+    "cache": {"enabled": True, "include_sampled": True},
+}
 
 
 @pytest.fixture

@@ -350,3 +350,61 @@ def test_resume_settings_are_checked_with_their_paths() -> None:
     )
     assert config.resume_redis_url is not None
     assert config.resume_redis_url.get_secret_value() == "redis://r:6379/0"
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_defaults_are_off_memory_tenant_scoped() -> None:
+    cache = loader.validate({}).cache
+    assert (cache.enabled, cache.store, cache.scope, cache.replay) == (
+        False, "memory", "tenant", "instant",
+    )  # fmt: skip
+    assert (cache.ttl_seconds, cache.max_entries, cache.max_bytes) == (3600, 1000, 67108864)
+    assert not cache.include_sampled
+    assert not cache.charge_hits
+    assert cache.redis_url is None
+
+
+def test_cache_bad_values_are_errors_with_their_path() -> None:
+    found = problems_of({"cache": {"scope": "team", "replay": "slow", "max_entries": 0, "ttl": 5}})
+    assert any(p.startswith("cache.scope:") for p in found), found
+    assert any(p.startswith("cache.replay:") for p in found), found
+    assert any(p.startswith("cache.max_entries:") for p in found), found
+    assert any(p.startswith("cache.ttl:") for p in found), found
+
+
+def test_cache_redis_needs_a_url_its_own_or_the_quota_stores() -> None:
+    found = problems_of({"cache": {"enabled": True, "store": "redis"}})
+    assert any(p.startswith("cache.store:") for p in found), found
+    config = loader.validate(
+        {"cache": {"enabled": True, "store": "redis"},
+         "quotas": {"store": "redis", "redis_url": "redis://127.0.0.1:6379/0"}}
+    )  # fmt: skip
+    assert config.cache_redis_url is not None
+    # Off everywhere: a store that is never opened needs no URL.
+    loader.validate({"cache": {"store": "redis"}})
+
+
+def test_a_route_cache_override_is_merged_and_checked() -> None:
+    routes = [
+        {"path": "/v1/", "handler": "anthropic", "cache": {"enabled": True, "scope": "user"}},
+        {"path": "/api/stream-response", "handler": "prompt"},
+    ]
+    config = loader.validate({"routes": routes, "cache": {"ttl_seconds": 60}})
+    first, second = loader.route_policies(config)
+    assert (first.cache.enabled, first.cache.scope, first.cache.ttl_seconds) == (True, "user", 60)
+    assert not second.cache.enabled
+    assert config.cache_used
+    bad = [{"path": "/v1/", "handler": "anthropic", "cache": {"scope": "everyone"}}]
+    assert any(p.startswith("routes.0.cache.scope:") for p in problems_of({"routes": bad}))
+    store = [{"path": "/v1/", "handler": "anthropic", "cache": {"store": "redis"}}]
+    assert "routes.0.cache.store: can only be set at the top level" in problems_of(
+        {"routes": store}
+    )
+
+
+def test_a_route_cache_without_a_usable_store_is_an_error() -> None:
+    routes = [{"path": "/v1/", "handler": "anthropic", "cache": {"enabled": True}}]
+    found = problems_of({"routes": routes, "cache": {"store": "redis"}})
+    assert any(p.startswith("routes.0.cache.enabled:") for p in found), found

@@ -204,3 +204,21 @@ async def test_js_sdk_retries_on_the_sidecars_529_and_retry_after(
     assert len(fake.state.requests) == 3  # two 529s passed back, then the SDK's third try
     assert final(lines)["stop_reason"] == "end_turn"
     assert "error" not in {key for line in lines for key in line}
+
+
+@pytest.mark.parametrize("scenario", ["text", "tool_use", "non_streaming"])
+async def test_a_cache_hit_reads_as_the_original_answer(
+    fake: FakeServer, sidecar_for: SidecarFactory, scenario: str
+) -> None:
+    """The response cache replays through the SDK: same events, same final message, usage
+    included, and Claude was called once."""
+    cache = {"cache": {"enabled": True, "include_sampled": True}}
+    async with sidecar_for(cache) as sidecar:
+        original = await run_sdk(sidecar.url, scenario)
+        replayed = await run_sdk(sidecar.url, scenario)
+    assert replayed == original
+    assert not [line for line in original if "error" in line]
+    answer = original[-1].get("final") or original[-1].get("message")
+    assert isinstance(answer, dict)
+    assert answer["usage"]["output_tokens"] > 0
+    assert fake.state.counters["requests"] == 1

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.cache.step import CacheStep
+from sidecar.cache.step import lookup as cache_lookup
 from sidecar.errors import Rejection, anthropic_error_body, bad_request
 from sidecar.handlers import resume
 from sidecar.handlers.claude_call import (
@@ -149,15 +151,26 @@ def _under(path: str, prefix: str) -> bool:
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
     raw = await read_body(ctx.request, ctx.runtime.config.server)
-    call, record = _message_call(ctx, path_qs, raw)
-    plan = await resume.prepare(ctx) if call.stream and _resume_wanted(ctx) else None
-    return await call_claude(ctx, call, record, NUMBERED if plan else PASSTHROUGH, plan)
+    call, record, cached = await _message_call(ctx, path_qs, raw)
+    if cached.source is not None:  # replayed as Claude sent it: the exact bytes
+        reserve = call.input_estimate + (record.max_tokens or 0)
+        answered = await cached.serve(record, PASSTHROUGH, reserve)
+        if answered is not None:
+            return answered
+    try:
+        plan = await resume.prepare(ctx) if call.stream and _resume_wanted(ctx) else None
+    except BaseException:
+        cached.abandon()
+        raise
+    translator = NUMBERED if plan else PASSTHROUGH
+    return await call_claude(ctx, call, record, translator, plan, cached.tap)
 
 
-def _message_call(
+async def _message_call(
     ctx: RequestContext, path_qs: str, raw: bytes
-) -> tuple[ClaudeRequest, StreamRecord]:
-    """The validated, screened call and its record; the parsed body is not kept.
+) -> tuple[ClaudeRequest, StreamRecord, CacheStep]:
+    """The validated, screened call, its record and the cache's decision; the parsed body
+    is not kept.
 
     A function of its own so the decoded JSON (every message as Python objects) is
     freed before the stream starts instead of living as long as it.
@@ -184,7 +197,7 @@ def _message_call(
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
     )
-    return call, record
+    return call, record, await cache_lookup(ctx, body, stream)
 
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:

@@ -24,6 +24,7 @@ from sidecar.handlers.request_body import ensure_client_present
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
+from sidecar.stream.tap import CallTap
 from sidecar.upstream import Attempt, read_answer, returned_headers
 from sidecar.usage import apply_message
 
@@ -88,9 +89,11 @@ async def call_claude(
     record: StreamRecord,
     translator: Translator,
     resumable: Resumable | None = None,
+    tap: CallTap | None = None,
 ) -> web.StreamResponse:
     """Admit, call Claude and answer the client; always settles and records the stream.
 
+    `tap` (the response cache's recording) sees Claude's answer and how the call ended.
     A resumable stream's generation is handed to its own task once Claude answers 200:
     it outlives this request (a client that leaves may come back), and that task
     settles and records it.
@@ -105,6 +108,7 @@ async def call_claude(
         record,
         telemetry.start_stream(record, ctx.trace_parent, call.body),
     )
+    held.tap = tap
     handed_off = False
     queued_at: float | None = None
     try:
@@ -129,9 +133,9 @@ async def call_claude(
         if upstream.status != 200:
             return await _relay_error(ctx, upstream, record, response_headers)
         if not call.stream:
-            return await _relay_message(upstream, record, response_headers)
+            return await _relay_message(upstream, record, response_headers, tap)
         if resumable is None:
-            return await relay_stream(ctx, upstream, record, translator, response_headers)
+            return await relay_stream(ctx, upstream, record, translator, response_headers, tap)
         handed_off = True
         return await hand_off(held, upstream, translator, response_headers, resumable)
     except Rejection as rejection:
@@ -194,10 +198,15 @@ def _error_of(body: bytes, status: int) -> tuple[str, str]:
 
 
 async def _relay_message(
-    upstream: aiohttp.ClientResponse, record: StreamRecord, headers: dict[str, str]
+    upstream: aiohttp.ClientResponse,
+    record: StreamRecord,
+    headers: dict[str, str],
+    tap: CallTap | None = None,
 ) -> web.Response:
     """A non-streaming reply: read it whole (it is one JSON object) and account for it."""
     body = await read_answer(upstream)
+    if tap is not None:
+        tap.message(body)
     record.first_chunk_at = record.last_chunk_at = time.perf_counter()
     record.outcome = "completed"
     message: Any

@@ -25,6 +25,7 @@ from sidecar.stream.core import StreamCore, Translator
 from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import HEADER
 from sidecar.stream.store import StreamLog
+from sidecar.stream.tap import CallTap, make_core
 
 
 def charged_tokens(record: StreamRecord, input_estimate: int) -> tuple[int, int]:
@@ -60,11 +61,14 @@ class HeldCall:
     span: Span
     lease: QuotaLease | None = None
     admitted: bool = False
+    tap: CallTap | None = None  # records the answer (the response cache)
 
     async def close(self) -> None:
         """Release the slot, record the stream once and settle the tokens it used."""
         runtime = self.ctx.runtime
         record = self.record
+        if self.tap is not None:
+            self.tap.finish(record)
         if self.admitted:
             runtime.admission.release()
         record.ended = time.perf_counter()
@@ -100,13 +104,14 @@ async def relay_stream(
     record: StreamRecord,
     translator: Translator,
     headers: dict[str, str],
+    tap: CallTap | None = None,
 ) -> web.StreamResponse:
     """Start the SSE response and relay until the stream ends (the client leaving ends it)."""
     runtime = ctx.runtime
     channel = await _start_response(ctx, headers)
     generation = Generation(record)
     generation.attach(Subscriber(channel))
-    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
+    live = _live_stream(ctx, upstream, make_core(record, translator, tap), generation)
     runtime.streams.add(live)
     try:
         await live.run()
@@ -134,7 +139,7 @@ async def hand_off(
         log=resumable.log,
         grace=resumable.grace,
     )
-    live = _live_stream(ctx, upstream, StreamCore(record, translator), generation)
+    live = _live_stream(ctx, upstream, make_core(record, translator, held.tap), generation)
     resumable.log.on_cancel = generation.cancel  # a cancel asked on another replica
     context = held.span.get_span_context()
     if context.is_valid:  # resumes on any replica link to this stream's span

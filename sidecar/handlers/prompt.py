@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar import sse
+from sidecar.cache.step import lookup as cache_lookup
 from sidecar.errors import Rejection, bad_request, short_error_type
 from sidecar.handlers import resume
 from sidecar.handlers.claude_call import (
@@ -215,17 +216,28 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
     screened = ctx.route.screener.screen_request(body)
     record = new_record(ctx, body["model"], body["max_tokens"], stream=True)
     capture = config.telemetry.capture_content
-    plan = await resume.prepare(ctx) if resumable else None
     if capture:
         record.prompt_text = fields["prompt"]
+    input_estimate = estimate_input_tokens(screened.chars, screened.attachment_bytes)
+    cached = await cache_lookup(ctx, body, stream=True)
+    if cached.source is not None:  # the route's own events, made from Claude's recorded ones
+        replayed = PromptTranslator(capture=capture)
+        answered = await cached.serve(record, replayed, input_estimate + body["max_tokens"])
+        if answered is not None:
+            return answered
+    try:
+        plan = await resume.prepare(ctx) if resumable else None
+    except BaseException:
+        cached.abandon()
+        raise
     call = ClaudeRequest(
         attempt=Attempt("POST", "/v1/messages", ctx.runtime.claude.request_headers({})),
         body=json.dumps(body).encode(),
         stream=True,
-        input_estimate=estimate_input_tokens(screened.chars, screened.attachment_bytes),
+        input_estimate=input_estimate,
     )
     translator = PromptTranslator(capture=capture, numbered=plan is None)
-    return await call_claude(ctx, call, record, translator, plan)
+    return await call_claude(ctx, call, record, translator, plan, cached.tap)
 
 
 def _lost_event(error_type: str, message: str) -> bytes:

@@ -357,6 +357,16 @@ class Telemetry:
         """The resume store failed; `mode` (fail_open | fail_closed) says what followed."""
         self.instruments.resume_store_errors.add(1, {"sidecar.resume.on_store_error": mode})
 
+    def cache_lookup(self, result: str) -> None:
+        """A response cache result (hit | miss | bypass | stored | skipped)."""
+        self.instruments.cache_lookups.add(1, {"sidecar.cache.result": result})
+
+    def cache_hit(self, tokens_saved: int) -> None:
+        """A request answered from the cache (stored or coalesced) and the tokens it saved."""
+        self.cache_lookup("hit")
+        if tokens_saved:
+            self.instruments.cache_tokens_saved.add(tokens_saved)
+
     def upstream_status(self, status: int) -> None:
         """One answer from Claude (every attempt, retried or not), by status code."""
         if self._on:

@@ -160,6 +160,14 @@ class Instruments:
             "sidecar.resume.store_errors", unit="{error}",
             description="Resume store failures, by sidecar.resume.on_store_error",
         )  # fmt: skip
+        self.cache_lookups = meter.create_counter(
+            "sidecar.cache.lookups", unit="{request}",
+            description="Response cache results, by sidecar.cache.result (hit | miss | bypass | stored | skipped)",
+        )  # fmt: skip
+        self.cache_tokens_saved = meter.create_counter(
+            "sidecar.cache.tokens_saved", unit="{token}",
+            description="Tokens (input and output) answered from the response cache instead of Claude",
+        )  # fmt: skip
         self.config_reloads = meter.create_counter(
             "sidecar.config.reloads", unit="{reload}",
             description="Config reloads (file change or SIGHUP), by result (success | failure)",

@@ -1,0 +1,1 @@
+"""The response cache: complete answers replayed for identical requests, and request coalescing."""

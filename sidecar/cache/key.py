@@ -1,0 +1,63 @@
+"""The cache key: the request as Claude sees it, and who may share its answer.
+
+The request part is the whole Messages body except what never changes the answer
+(`metadata`), serialised canonically (sorted keys, no spaces), with the route kind (the
+prompt route's events differ from the Anthropic route's) and the `anthropic-version` /
+`anthropic-beta` headers, which select API behaviour. Every other body field — model,
+system, messages, tools, tool_choice, max_tokens, temperature, top_p, top_k,
+stop_sequences, thinking, stream, and fields added to the API later — is part of it.
+The scope part makes entries private to a tenant (default), a user, or shared (global).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from sidecar.identity import Identity
+
+_IGNORED: Final = frozenset({"metadata"})  # the caller's own tags: never answer-changing
+_HEADERS: Final = ("anthropic-version", "anthropic-beta")
+Scope = Literal["tenant", "user", "global"]
+
+
+def scope_of(scope: Scope, identity: Identity, client_ip: str) -> str:
+    """Who shares entries: one tenant, one caller (the IP when nobody is verified), or all."""
+    if scope == "global":
+        return "global"
+    if scope == "tenant":
+        return f"tenant\0{identity.tenant or ''}"
+    if identity.user is None and identity.api_key_name is None:
+        return f"ip\0{client_ip}\0{identity.tenant or ''}"
+    return f"user\0{identity.user or ''}\0{identity.api_key_name or ''}\0{identity.tenant or ''}"
+
+
+def cache_key(kind: str, body: Mapping[str, Any], headers: Mapping[str, str], scope: str) -> str:
+    """SHA-256 (hex) of the route kind, the answer-changing request and the scope."""
+    request = {name: value for name, value in body.items() if name not in _IGNORED}
+    canonical = json.dumps(
+        [kind, scope, [headers.get(name, "") for name in _HEADERS], request],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def sampled(body: Mapping[str, Any]) -> bool:
+    """The answer varies between calls: temperature unset (Claude's default is 1) or above 0."""
+    temperature = body.get("temperature")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        return True
+    return temperature > 0
+
+
+def directives(value: str | None) -> frozenset[str]:
+    """The `Cache-Control` request directives; unknown ones are kept and later ignored."""
+    if not value:
+        return frozenset()
+    return frozenset(
+        part.split("=", 1)[0].strip().lower() for part in value[:1024].split(",") if part.strip()
+    )

@@ -1,0 +1,103 @@
+"""One answer as it is produced: recorded for the cache and read live by coalesced callers.
+
+The Claude call writes into a `Recording` through the call tap (`sidecar.stream.tap`):
+each upstream chunk with the time since the previous one, or a whole message, then the
+end. Identical requests arriving meanwhile read the same recording from its first chunk
+and follow it as it grows, each through its own stream core, so they get the whole
+stream live without a Claude call of their own. A completed recording becomes an
+`Entry`; one that ended any other way (error, cut off, cancelled, abandoned) is never
+stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from sidecar.cache.entry import Entry
+from sidecar.record import StreamRecord
+
+
+class Recording:
+    """Chunks so far, their gaps, and whether the answer completed, failed or goes on."""
+
+    __slots__ = (
+        "_last", "_on_end", "_waiters", "chunks", "completed", "ended", "entry", "gaps", "size",
+        "stream",
+    )  # fmt: skip
+
+    def __init__(self, stream: bool, on_end: Callable[[Recording], None] | None = None) -> None:
+        self.stream = stream
+        self.chunks: list[bytes] = []
+        self.gaps: list[float] = []
+        self.size = 0
+        self.ended = False
+        self.completed = False
+        self.entry: Entry | None = None  # set once completed
+        self._last: float | None = None
+        self._on_end = on_end
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # ------------------------------------------------------------------ the call tap
+
+    def chunk(self, data: bytes) -> None:
+        """One upstream body chunk (from the socket's read callback: never waits)."""
+        if self.ended:
+            return
+        now = time.perf_counter()
+        self.gaps.append(0.0 if self._last is None else now - self._last)
+        self._last = now
+        self.chunks.append(data)
+        self.size += len(data)
+        if self._waiters:
+            self._wake()
+
+    def message(self, body: bytes) -> None:
+        """A whole non-streaming answer."""
+        if not self.ended:
+            self.chunks = [body]
+            self.gaps = [0.0]
+            self.size = len(body)
+
+    def finish(self, record: StreamRecord) -> None:
+        """The call ended: only a completed answer without an error event becomes an entry."""
+        if self.ended:
+            return
+        if record.outcome == "completed" and record.error_type is None and self.chunks:
+            self.completed = True
+            self.entry = Entry(
+                stream=self.stream,
+                chunks=self.chunks,
+                gaps=self.gaps,
+                created=time.time(),
+                input_tokens=record.total_input_tokens,
+                output_tokens=record.output_tokens,
+            )
+        self._end()
+
+    def abandon(self) -> None:
+        """The call never started (its request was refused first): followers go their own way."""
+        self._end()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._wake()
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(self)
+
+    # ------------------------------------------------------------------ readers
+
+    async def wait(self, seen: int) -> None:
+        """Until there are more than `seen` chunks, or the recording ended."""
+        while len(self.chunks) <= seen and not self.ended:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

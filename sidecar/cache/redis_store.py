@@ -1,0 +1,51 @@
+"""The Redis cache store: one key per entry with a TTL, shared by every replica.
+
+Failures are handled as the resume store handles them: every Redis or socket error,
+or a timeout, becomes `CacheStoreError`, and the caller skips the cache for that
+request (the request itself is served from Claude).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from sidecar.cache.stores import CacheStoreError
+
+PREFIX: Final = "sidecar:cache:"
+
+
+class RedisCacheStore:
+    """Entries as Redis strings under `sidecar:cache:<key>`, expiring after their TTL."""
+
+    name = "redis"
+
+    def __init__(self, url: str, *, max_bytes: int, timeout: float = 1.0) -> None:
+        self.max_bytes = max_bytes
+        self._redis: Redis = Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+
+    async def start(self) -> None:
+        """Connections open on first use (Redis may come up after the sidecar)."""
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self._redis.get(PREFIX + key)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise CacheStoreError(f"redis: {type(exc).__name__}") from exc
+        return value if isinstance(value, bytes) else None
+
+    async def put(self, key: str, value: bytes, ttl: float) -> bool:
+        if len(value) > self.max_bytes:
+            return False
+        try:
+            await self._redis.set(PREFIX + key, value, px=max(1, int(ttl * 1000)))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise CacheStoreError(f"redis: {type(exc).__name__}") from exc
+        return True

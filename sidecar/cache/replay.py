@@ -1,0 +1,90 @@
+"""Replay: a recorded answer to one client, through the same stream core as a live stream.
+
+Claude's recorded chunks are fed to a `StreamCore` with the route's translator, so the
+Anthropic route sends the exact bytes Claude sent (usage events included) and the prompt
+route its own events, then whatever the core decides at the end (the prompt route's
+`done`, or an error event when the recorded stream had failed). `paced` waits the
+recorded gap before each chunk, capped at `PACE_CAP`, so a front end still renders a
+typewriter; `instant` sends them back to back. A recording still being produced (a
+coalesced caller) is followed as it grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+from aiohttp import web
+
+from sidecar import sse
+from sidecar.cache.entry import Entry
+from sidecar.cache.recording import Recording
+from sidecar.pipeline import RequestContext
+from sidecar.record import StreamRecord
+from sidecar.stream.adapter import HIGH_WATER, ClientChannel
+from sidecar.stream.core import StreamCore, Translator
+
+PACE_CAP: Final = 0.005  # seconds: the longest recorded gap a paced replay keeps
+
+
+def recording_of(entry: Entry) -> Recording:
+    """A stored entry as an ended, completed recording (one replay path for both)."""
+    recording = Recording(entry.stream)
+    recording.chunks = entry.chunks
+    recording.gaps = entry.gaps
+    recording.size = entry.size
+    recording.completed = recording.ended = True
+    recording.entry = entry
+    return recording
+
+
+def paced_gaps(gaps: list[float]) -> list[float]:
+    """The waits a paced replay makes before each chunk: the recorded gaps, capped."""
+    return [min(max(gap, 0.0), PACE_CAP) for gap in gaps]
+
+
+async def replay_stream(
+    ctx: RequestContext,
+    source: Recording,
+    record: StreamRecord,
+    translator: Translator,
+    headers: dict[str, str],
+    *,
+    paced: bool,
+) -> web.StreamResponse:
+    """Send `source` to the client as an SSE stream; returns when it ended or the client left."""
+    response = web.StreamResponse(status=200, headers={**headers, **sse.HEADERS})
+    await response.prepare(ctx.request)
+    ctx.response_started = True
+    channel = ClientChannel(ctx.request, response)
+    core = StreamCore(record, translator)
+    sent = 0
+    first = True
+    while True:
+        while sent < len(source.chunks):
+            if paced and sent:
+                await asyncio.sleep(min(max(source.gaps[sent], 0.0), PACE_CAP))
+            out = core.feed(source.chunks[sent])
+            sent += 1
+            if not out:
+                continue
+            if first:
+                await channel.write_with_headers(out)
+                first = False
+            elif channel.closing():
+                record.outcome = "client_cancelled"
+                return response
+            else:
+                channel.write(out)
+                if channel.buffered() > HIGH_WATER:
+                    await channel.drain()
+        if source.ended:
+            break
+        await source.wait(sent)
+    final = core.end(None)  # a recording that failed ends as Claude's cut stream would
+    if first:
+        await channel.write_with_headers(final)
+    elif final and not channel.closing():
+        channel.write(final)
+    await channel.end()
+    return response

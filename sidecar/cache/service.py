@@ -1,0 +1,63 @@
+"""The response cache of one process: its store, the answers in flight, and storing entries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from sidecar.cache.entry import encode
+from sidecar.cache.recording import Recording
+from sidecar.cache.stores import CacheStore, CacheStoreError
+
+log = logging.getLogger("sidecar.cache")
+# (result) → counted by telemetry: hit, miss, bypass, stored, skipped.
+Counter = Callable[[str], None]
+
+
+class ResponseCache:
+    """The store plus the recordings in flight by key (what coalesced callers follow)."""
+
+    def __init__(self, store: CacheStore, count: Counter | None = None) -> None:
+        self.store = store
+        self.inflight: dict[str, Recording] = {}
+        self._count = count
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def count(self, result: str) -> None:
+        if self._count is not None:
+            self._count(result)
+
+    def record(self, key: str, stream: bool, ttl: float) -> Recording:
+        """A recording for a miss on `key`, followed by identical requests until it ends."""
+        recording = Recording(stream, on_end=lambda done: self._ended(key, ttl, done))
+        self.inflight[key] = recording
+        return recording
+
+    def _ended(self, key: str, ttl: float, recording: Recording) -> None:
+        if self.inflight.get(key) is recording:
+            del self.inflight[key]
+        entry = recording.entry
+        if entry is None:
+            self.count("skipped")  # errors, cut-off, cancelled or abandoned: never stored
+            return
+        task = asyncio.get_running_loop().create_task(self._put(key, encode(entry), ttl))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _put(self, key: str, value: bytes, ttl: float) -> None:
+        try:
+            stored = await self.store.put(key, value, ttl)
+        except CacheStoreError as exc:
+            log.warning("cache store failed", extra={"error": str(exc)})
+            stored = False
+        self.count("stored" if stored else "skipped")
+
+    async def settled(self) -> None:
+        """Wait for entries being written (tests, and close)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    async def close(self) -> None:
+        await self.settled()
+        await self.store.close()

@@ -1,0 +1,156 @@
+"""The cache step every Claude route passes before calling Claude.
+
+`lookup` decides, before any quota or Claude slot is taken: a stored answer (HIT), an
+identical request in flight to follow (HIT, coalesced), or a call to Claude (MISS,
+recorded for the cache unless `Cache-Control: no-store`; BYPASS when the request is
+sampled and the route does not cache those, or `no-cache` asked for a fresh answer,
+which then refreshes the entry). A store that fails is skipped (counted), never the
+request. `serve` answers a hit: a request for the quotas, no tokens unless
+`cache.charge_hits`, replayed through the stream core.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+
+from sidecar.cache.entry import Undecodable, decode
+from sidecar.cache.key import cache_key, directives, sampled, scope_of
+from sidecar.cache.recording import Recording
+from sidecar.cache.replay import recording_of, replay_stream
+from sidecar.cache.stores import CacheStoreError
+from sidecar.pipeline import RequestContext
+from sidecar.record import StreamRecord
+from sidecar.stream.core import Translator
+
+log = logging.getLogger("sidecar.cache")
+HEADER = "X-Cache"
+HIT_ATTRIBUTE = "sidecar.cache.hit"
+Status = Literal["HIT", "MISS", "BYPASS"]
+
+
+@dataclass(slots=True)
+class CacheStep:
+    """What the cache decided for one request."""
+
+    ctx: RequestContext
+    source: Recording | None = None  # a hit (stored or in flight): serve it
+    tap: Recording | None = None  # a miss being recorded: hand it to the Claude call
+    age: int = 0
+
+    async def serve(
+        self, record: StreamRecord, translator: Translator, reserve: int
+    ) -> web.StreamResponse | None:
+        """Answer from the cache; None when the followed call failed before answering."""
+        source = self.source
+        assert source is not None
+        ctx = self.ctx
+        while not source.ended and (not source.stream or not source.chunks):
+            await source.wait(len(source.chunks))
+        runtime = ctx.runtime
+        if not source.chunks or (not source.stream and not source.completed):
+            # The call it followed never answered: this request calls Claude itself.
+            ctx.headers[HEADER] = "MISS"
+            if runtime.cache is not None:
+                runtime.cache.count("miss")
+            return None
+        policy = ctx.route.policy
+        lease = None
+        if policy.cache.charge_hits:
+            lease = await runtime.quotas.acquire(
+                policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip, reserve
+            )
+            ctx.headers.update(lease.headers)
+        else:  # a request for the request limits; no tokens, no Claude slot
+            ctx.headers.update(
+                await runtime.quotas.count_request(
+                    policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip
+                )
+            )
+        ctx.headers[HEADER] = "HIT"
+        ctx.headers["Age"] = str(self.age)
+        ctx.span.set_attribute(HIT_ATTRIBUTE, True)
+        try:
+            if source.stream:
+                paced = policy.cache.replay == "paced"
+                response = await replay_stream(
+                    ctx, source, record, translator, dict(ctx.headers), paced=paced
+                )
+                tokens = record.total_input_tokens + record.output_tokens
+            else:
+                entry = source.entry
+                tokens = entry.tokens if entry is not None else 0
+                response = web.Response(
+                    status=200, body=source.chunks[0], headers=ctx.headers,
+                    content_type="application/json",
+                )  # fmt: skip
+        finally:
+            if lease is not None:
+                await lease.settle(record.total_input_tokens, record.output_tokens)
+        runtime.telemetry.cache_hit(tokens)
+        return response
+
+    def abandon(self) -> None:
+        """The request was refused before its Claude call started."""
+        if self.tap is not None:
+            self.tap.abandon()
+
+
+async def lookup(ctx: RequestContext, body: dict[str, Any], stream: bool) -> CacheStep:
+    """The cache's decision for a validated, screened request whose body is `body`."""
+    runtime = ctx.runtime
+    cache = runtime.cache
+    policy = ctx.route.policy.cache
+    step = CacheStep(ctx)
+    if cache is None or not policy.enabled:
+        return step
+    wanted = directives(ctx.request.headers.get("Cache-Control"))
+    if sampled(body) and not policy.include_sampled:
+        return _decided(step, "BYPASS", "bypass")
+    scope = scope_of(policy.scope, ctx.identity, ctx.client_ip)
+    key = cache_key(ctx.route.handler, body, ctx.request.headers, scope)
+    if "no-cache" not in wanted:
+        flight = cache.inflight.get(key)
+        if flight is None:
+            try:
+                stored = await cache.store.get(key)
+            except CacheStoreError as exc:
+                log.warning(
+                    "cache store failed", extra={"error": str(exc), "request_id": ctx.request_id}
+                )
+                cache.count("skipped")
+                return _decided(step, "MISS", None)
+            if stored is not None:
+                try:
+                    entry = decode(stored)
+                except Undecodable:
+                    entry = None  # an older format or a damaged value: a miss, then replaced
+                if entry is not None and entry.stream == stream:
+                    step.source = recording_of(entry)
+                    step.age = max(0, int(time.time() - entry.created))
+                    return step
+            flight = cache.inflight.get(key)  # one may have started while the store answered
+        if flight is not None and flight.stream == stream:
+            step.source = flight
+            return step
+        _decided(step, "MISS", "miss")
+    else:
+        _decided(step, "BYPASS", "bypass")
+    if "no-store" not in wanted:
+        step.tap = cache.record(key, stream, policy.ttl_seconds)
+    return step
+
+
+def _decided(step: CacheStep, status: Status, result: str | None) -> CacheStep:
+    ctx = step.ctx
+    ctx.headers[HEADER] = status
+    ctx.span.set_attribute(HIT_ATTRIBUTE, False)
+    if result is not None:
+        cache = ctx.runtime.cache
+        assert cache is not None
+        cache.count(result)
+    return step

@@ -1,0 +1,34 @@
+"""Shared by the response cache's tests: a cacheable request and a client that reports `X-Cache`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+MODEL = "claude-sonnet-5-5"
+BODY: dict[str, Any] = {
+    "model": MODEL, "max_tokens": 64, "temperature": 0, "stream": True,
+    "messages": [{"role": "user", "content": "what is a sidecar?"}],
+}  # fmt: skip
+
+
+def cached(**cache: Any) -> dict[str, Any]:
+    """Config data with the cache on."""
+    return {"cache": {"enabled": True, **cache}}
+
+
+def asking(text: str, **fields: Any) -> dict[str, Any]:
+    """`BODY` asking `text` (fake directives such as `[[fake fault=drop]]` go in it)."""
+    return {**BODY, "messages": [{"role": "user", "content": text}], **fields}
+
+
+async def post(
+    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, str | None, bytes]:
+    """POST /v1/messages: status, X-Cache, body bytes."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "/v1/messages", json=body, headers=headers) as response,
+    ):
+        return response.status, response.headers.get("X-Cache"), await response.read()

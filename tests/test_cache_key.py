@@ -1,0 +1,98 @@
+"""The cache key: every answer-changing field counts, metadata does not, scopes never mix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sidecar.cache.key import cache_key, directives, sampled, scope_of
+from sidecar.identity import Identity
+
+BODY: dict[str, Any] = {
+    "model": "claude-sonnet-5-5",
+    "max_tokens": 100,
+    "temperature": 0,
+    "stream": True,
+    "system": "be brief",
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def _key(body: dict[str, Any], headers: dict[str, str] | None = None, scope: str = "t") -> str:
+    return cache_key("anthropic", body, headers or {}, scope)
+
+
+def test_the_key_is_a_sha256_of_a_canonical_form() -> None:
+    key = _key(BODY)
+    assert len(key) == 64
+    assert int(key, 16) >= 0
+    reordered = dict(reversed(list(BODY.items())))
+    assert _key(reordered) == key
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model", "claude-haiku-5-5"),
+        ("system", "be verbose"),
+        ("messages", [{"role": "user", "content": "hello"}]),
+        ("tools", [{"name": "t", "input_schema": {"type": "object"}}]),
+        ("tool_choice", {"type": "any"}),
+        ("max_tokens", 101),
+        ("temperature", 0.5),
+        ("top_p", 0.9),
+        ("top_k", 5),
+        ("stop_sequences", ["END"]),
+        ("thinking", {"type": "enabled", "budget_tokens": 1024}),
+        ("stream", False),
+        ("service_tier", "auto"),  # a field added later still counts
+    ],
+)
+def test_every_answer_changing_field_changes_the_key(field: str, value: Any) -> None:
+    assert _key({**BODY, field: value}) != _key(BODY)
+
+
+def test_metadata_does_not_change_the_key() -> None:
+    assert _key({**BODY, "metadata": {"user_id": "u-1"}}) == _key(BODY)
+
+
+def test_route_kind_and_api_headers_change_the_key() -> None:
+    assert cache_key("prompt", BODY, {}, "t") != _key(BODY)
+    assert _key(BODY, {"anthropic-beta": "x"}) != _key(BODY)
+    assert _key(BODY, {"anthropic-version": "2023-06-01"}) != _key(BODY)
+    assert _key(BODY, {"x-request-id": "abc"}) == _key(BODY)
+
+
+def test_scopes_keep_tenants_and_users_apart() -> None:
+    a = Identity("api_key", user="alice", tenant="acme", api_key_name=None)
+    b = Identity("api_key", user="bob", tenant="acme", api_key_name=None)
+    c = Identity("api_key", user="alice", tenant="other", api_key_name=None)
+    assert scope_of("tenant", a, "1.1.1.1") == scope_of("tenant", b, "2.2.2.2")
+    assert scope_of("tenant", a, "1.1.1.1") != scope_of("tenant", c, "1.1.1.1")
+    assert scope_of("user", a, "1.1.1.1") != scope_of("user", b, "1.1.1.1")
+    assert scope_of("user", a, "1.1.1.1") != scope_of("user", c, "1.1.1.1")
+    assert scope_of("global", a, "1.1.1.1") == scope_of("global", c, "9.9.9.9")
+    nobody = Identity("api_key", user=None, tenant=None, api_key_name=None)
+    assert scope_of("user", nobody, "1.1.1.1") != scope_of("user", nobody, "2.2.2.2")
+    assert _key(BODY, scope=scope_of("tenant", a, "")) != _key(
+        BODY, scope=scope_of("tenant", c, "")
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [({}, True), ({"temperature": 1}, True), ({"temperature": 0.2}, True),
+     ({"temperature": 0}, False), ({"temperature": 0.0}, False), ({"temperature": True}, True),
+     ({"temperature": "0"}, True)],
+)  # fmt: skip
+def test_sampled_means_temperature_unset_or_above_zero(
+    body: dict[str, Any], expected: bool
+) -> None:
+    assert sampled(body) is expected
+
+
+def test_cache_control_directives_are_parsed_loosely() -> None:
+    assert directives(None) == frozenset()
+    assert directives("No-Cache, no-store") == {"no-cache", "no-store"}
+    assert directives("max-age=0, private, ,") == {"max-age", "private"}

@@ -1,0 +1,78 @@
+"""The Redis cache store under running sidecars: shared by replicas, a damaged entry replaced,
+Redis down skipped and counted while Claude serves the request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sidecar.cache.redis_store import PREFIX
+from sidecar.fake_claude import FakeServer
+from tests.support.cache import BODY, asking, post
+from tests.support.otel import make_otel
+from tests.support.redis_server import RedisServer
+from tests.support.sidecars import SidecarFactory
+
+
+def on_redis(server: RedisServer, **cache: Any) -> dict[str, Any]:
+    """Config data with the cache on, in `server` (through the quota store's URL)."""
+    return {"cache": {"enabled": True, "store": "redis", "redis_timeout_seconds": 0.5, **cache},
+            "quotas": {"redis_url": server.url}}  # fmt: skip
+
+
+async def test_replicas_share_entries_through_redis(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    async with (
+        sidecar_for(on_redis(redis_server)) as one,
+        sidecar_for(on_redis(redis_server)) as two,
+    ):
+        first = await post(one.url, BODY)
+        assert one.runtime.cache is not None
+        await one.runtime.cache.settled()
+        second = await post(two.url, BODY)
+    assert (first[1], second[1]) == ("MISS", "HIT")
+    assert second[2] == first[2]
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_a_damaged_entry_is_a_miss_and_is_replaced(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    async with sidecar_for(on_redis(redis_server)) as s:
+        cache = s.runtime.cache
+        assert cache is not None
+        first = await post(s.url, BODY)
+        await cache.settled()
+        redis = Redis.from_url(redis_server.url)
+        keys = await redis.keys(PREFIX + "*")
+        assert len(keys) == 1
+        await redis.set(keys[0], b"SCC\x09 from another version")
+        damaged = await post(s.url, BODY)
+        await cache.settled()
+        replaced = await post(s.url, BODY)
+        await redis.aclose()
+    assert [first[:2], damaged[:2], replaced[:2]] == [(200, "MISS"), (200, "MISS"), (200, "HIT")]
+    assert replaced[2] == damaged[2]  # the answer that replaced it
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_redis_down_skips_the_cache_and_claude_answers(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    otel = make_otel()
+    async with sidecar_for(on_redis(redis_server), telemetry=otel.telemetry) as s:
+        await post(s.url, BODY)
+        await redis_server.kill()
+        down = [await post(s.url, BODY) for _ in range(2)]
+        # A new request while Redis is down: answered, and its entry cannot be written.
+        other = await post(s.url, asking("while redis is down"))
+        assert s.runtime.cache is not None
+        await s.runtime.cache.settled()
+    assert [r[:2] for r in down] == [(200, "MISS"), (200, "MISS")]
+    assert other[:2] == (200, "MISS")
+    assert b"event: message_stop" in down[0][2]
+    assert fake.state.counters["requests"] == 4
+    skipped = otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"})
+    assert skipped >= 3  # two lookups that could not read, one entry that could not be written

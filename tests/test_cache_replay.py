@@ -1,0 +1,76 @@
+"""Replay pacing: `paced` keeps the recorded gaps between Claude's chunks (capped), `instant`
+sends them back to back; both send the same bytes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+
+from sidecar.cache.entry import Entry, decode
+from sidecar.cache.key import cache_key, scope_of
+from sidecar.cache.replay import PACE_CAP, paced_gaps, recording_of
+from sidecar.fake_claude import FakeServer
+from sidecar.identity import ANONYMOUS
+from tests.support.sidecars import SidecarFactory
+
+SLOW: dict[str, Any] = {
+    "model": "claude-sonnet-5-5", "max_tokens": 64, "temperature": 0, "stream": True,
+    "messages": [{"role": "user", "content": "[[fake tokens=8 tps=40]] pace me"}],
+}  # fmt: skip
+
+
+def test_paced_gaps_are_the_recorded_ones_capped() -> None:
+    assert paced_gaps([0.0, 0.001, 0.2, -1.0]) == [0.0, 0.001, PACE_CAP, 0.0]
+
+
+def test_a_stored_entry_replays_as_an_ended_completed_recording() -> None:
+    entry = Entry(stream=True, chunks=[b"a", b"b"], gaps=[0.0, 0.1], created=1.0)
+    recording = recording_of(entry)
+    assert recording.ended
+    assert recording.completed
+    assert recording.chunks == [b"a", b"b"]
+    assert recording.entry is entry
+
+
+async def _timed(url: str) -> tuple[str | None, bytes, float]:
+    started = time.perf_counter()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "/v1/messages", json=SLOW) as response,
+    ):
+        body = await response.read()
+        return response.headers.get("X-Cache"), body, time.perf_counter() - started
+
+
+async def _stored(cache: Any) -> Entry:
+    await cache.settled()
+    key = cache_key("anthropic", SLOW, {}, scope_of("tenant", ANONYMOUS, "127.0.0.1"))
+    value = await cache.store.get(key)
+    assert value is not None
+    return decode(value)
+
+
+async def test_paced_replay_keeps_the_recorded_gaps_capped_and_instant_sends_the_same_events(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for({"cache": {"enabled": True, "replay": "paced"}}) as s:
+        miss, original, _ = await _timed(s.url)
+        entry = await _stored(s.runtime.cache)
+        hit, paced, took = await _timed(s.url)
+    assert (miss, hit) == ("MISS", "HIT")
+    assert paced == original
+    # Claude wrote ~25 ms apart: the recording kept those gaps, a paced replay caps them.
+    assert len(entry.chunks) > 8
+    assert sum(gap > PACE_CAP for gap in entry.gaps) >= 5
+    waits = paced_gaps(entry.gaps)
+    assert max(waits) == PACE_CAP
+    assert took >= sum(waits[1:]) * 0.9  # it waited (at least about) each capped gap
+    async with sidecar_for({"cache": {"enabled": True, "replay": "instant"}}) as s:
+        await _timed(s.url)
+        await _stored(s.runtime.cache)
+        hit, instant, _ = await _timed(s.url)
+    assert hit == "HIT"
+    assert instant.count(b"\n\n") == original.count(b"\n\n")
+    assert fake.state.counters["requests"] == 2

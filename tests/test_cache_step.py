@@ -1,0 +1,342 @@
+"""The response cache end to end: real sockets, the fake Claude, the official Python SDK.
+
+Each test sends requests through a sidecar with the cache on and watches the fake's
+request counter (a hit or a coalesced follower never reaches Claude), the `X-Cache`
+header, what the client receives, and the `sidecar.cache.lookups` counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from sidecar import loader
+from sidecar.fake_claude import FakeServer
+from sidecar.server import SidecarServer
+from tests.support.cache import BODY, MODEL, asking, cached, post
+from tests.support.otel import make_otel, sse_data
+from tests.support.sdk import sdk, user
+from tests.support.sidecars import BASE, SidecarFactory
+from tests.support.waiting import eventually, holds
+
+
+async def test_a_repeated_stream_is_replayed_byte_for_byte_with_one_claude_call(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(cached()) as s:
+        first = await post(s.url, BODY)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(s.url + "/v1/messages", json=BODY) as response:
+                second = (response.status, response.headers.get("X-Cache"), await response.read())
+                age = response.headers.get("Age")
+                content_type = response.headers.get("Content-Type", "")
+    assert first[:2] == (200, "MISS")
+    assert second[:2] == (200, "HIT")
+    assert second[2] == first[2]  # the exact event bytes, usage events included
+    assert b"event: message_stop" in second[2]
+    assert b'"output_tokens"' in second[2]
+    assert age is not None
+    assert int(age) >= 0
+    assert content_type.startswith("text/event-stream")
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_the_python_sdk_sees_a_replay_as_the_original_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(cached()) as s:
+        client = sdk(s.url)
+        runs = []
+        for _ in range(2):
+            async with client.messages.stream(
+                model=MODEL,
+                max_tokens=64,
+                messages=user("stream me"),
+                extra_body={"temperature": 0},
+            ) as stream:
+                events = [event.model_dump() async for event in stream]
+                final = await stream.get_final_message()
+                runs.append((stream.response.headers.get("x-cache"), events, final))
+        await client.close()
+    (miss, events, final), (hit, replayed, replayed_final) = runs
+    assert (miss, hit) == ("MISS", "HIT")
+    assert replayed == events
+    assert replayed_final == final
+    assert final.usage.output_tokens == 12
+    assert final.usage.input_tokens > 0
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_a_non_streaming_answer_is_cached_as_its_json(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(cached()) as s:
+        client = sdk(s.url)
+        answers = []
+        for _ in range(2):
+            raw = await client.messages.with_raw_response.create(
+                model=MODEL, max_tokens=64, messages=user("once"), extra_body={"temperature": 0}
+            )
+            answers.append((raw.headers.get("x-cache"), await raw.parse()))
+        await client.close()
+    assert [status for status, _ in answers] == ["MISS", "HIT"]
+    assert answers[0][1] == answers[1][1]
+    assert answers[1][1].usage.output_tokens == 12
+    assert fake.state.counters["requests"] == 1
+
+
+def _key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def test_two_tenants_never_share_an_entry(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    keys = [
+        {"name": "a1", "sha256": _key("key-a1-000000"), "tenant": "acme"},
+        {"name": "a2", "sha256": _key("key-a2-000000"), "tenant": "acme"},
+        {"name": "b1", "sha256": _key("key-b1-000000"), "tenant": "bolt"},
+    ]
+    auth = {"auth": {"mode": "required", "api_keys": keys}}
+    async with sidecar_for({**cached(), **auth}) as s:
+        results = [
+            (await post(s.url, BODY, {"x-api-key": f"key-{name}-000000"}))[:2]
+            for name in ("a1", "b1", "a2", "b1")
+        ]
+    assert results == [(200, "MISS"), (200, "MISS"), (200, "HIT"), (200, "HIT")]
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_user_scope_keeps_users_of_one_tenant_apart(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    keys = [
+        {"name": "a1", "sha256": _key("key-a1-000000"), "tenant": "acme"},
+        {"name": "a2", "sha256": _key("key-a2-000000"), "tenant": "acme"},
+    ]
+    auth = {"auth": {"mode": "required", "api_keys": keys}}
+    async with sidecar_for({**cached(scope="user"), **auth}) as s:
+        statuses = [
+            (await post(s.url, BODY, {"x-api-key": f"key-{name}-000000"}))[1]
+            for name in ("a1", "a2", "a1")
+        ]
+    assert statuses == ["MISS", "MISS", "HIT"]
+    assert fake.state.counters["requests"] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("[[fake fault=midstream_error after=3]] q", 200),  # Claude's `event: error`
+        ("[[fake fault=drop after=3]] q", 200),  # the connection cut mid-stream
+        ("[[fake fault=bad_request]] q", 400),  # an error answer
+    ],
+)
+async def test_failed_answers_are_never_stored(
+    fake: FakeServer, sidecar_for: SidecarFactory, text: str, status: int
+) -> None:
+    otel = make_otel()
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
+        first = await post(s.url, asking(text))
+        await s.runtime.cache.settled()  # type: ignore[union-attr]
+        second = await post(s.url, asking(text))
+    assert first[:2] == second[:2] == (status, "MISS")
+    assert fake.state.counters["requests"] == 2
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"}) == 2
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "stored"}) == 0
+
+
+async def test_a_stream_the_client_cancelled_is_not_stored(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    slow = asking("[[fake tokens=200 tps=50]] long")
+    async with sidecar_for(cached()) as s:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(s.url + "/v1/messages", json=slow) as response,
+        ):
+            await response.content.readuntil(b"content_block_delta")
+        # The client left mid-stream: the call ends as cancelled, and nothing is kept.
+        cache = s.runtime.cache
+        assert cache is not None
+        await eventually(lambda: holds(not cache.inflight))
+        status = (await post(s.url, asking("[[fake tokens=3]] short")))[1]
+        again = (await post(s.url, slow))[1]
+    assert status == "MISS"
+    assert again == "MISS"
+    assert fake.state.counters["requests"] == 3
+
+
+async def test_no_store_is_not_stored_and_no_cache_refreshes(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    otel = make_otel()
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
+        cache = s.runtime.cache
+        assert cache is not None
+        statuses = [(await post(s.url, BODY, {"Cache-Control": "no-store"}))[1]]
+        statuses.append((await post(s.url, BODY))[1])  # nothing was kept: a miss, stored
+        await cache.settled()
+        statuses.append((await post(s.url, BODY, {"Cache-Control": "no-cache"}))[1])
+        await cache.settled()
+        statuses.append((await post(s.url, BODY, {"Cache-Control": "max-age=0, bogus"}))[1])
+    assert statuses == ["MISS", "MISS", "BYPASS", "HIT"]  # unknown directives are ignored
+    assert fake.state.counters["requests"] == 3
+    counts = {
+        result: otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": result})
+        for result in ("hit", "miss", "bypass", "stored")
+    }
+    assert counts == {"hit": 1, "miss": 2, "bypass": 1, "stored": 2}  # no-cache refreshed it
+
+
+async def test_sampled_requests_are_cached_only_when_the_route_says_so(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    sampled = {k: v for k, v in BODY.items() if k != "temperature"}
+    async with sidecar_for(cached()) as s:
+        statuses = [(await post(s.url, sampled))[1] for _ in range(2)]
+    assert statuses == ["BYPASS", "BYPASS"]
+    routes = [{"path": "/v1/", "handler": "anthropic", "cache": {"include_sampled": True}}]
+    async with sidecar_for({**cached(), "routes": routes}) as s:
+        statuses = [(await post(s.url, {**sampled, "temperature": 0.7}))[1] for _ in range(2)]
+    assert statuses == ["MISS", "HIT"]
+    assert fake.state.counters["requests"] == 3
+
+
+async def test_a_route_may_switch_the_cache_on_alone(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    routes = [
+        {"path": "/v1/", "handler": "anthropic", "cache": {"enabled": True}},
+        {"path": "/api/stream-response", "handler": "prompt"},
+    ]
+    async with sidecar_for({"routes": routes}) as s:
+        statuses = [(await post(s.url, BODY))[1] for _ in range(2)]
+    assert statuses == ["MISS", "HIT"]
+
+
+async def test_the_prompt_route_replays_its_own_events(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(cached(include_sampled=True)) as s, aiohttp.ClientSession() as http:
+        runs = []
+        for _ in range(2):
+            async with http.post(s.url + "/api/stream-response", json={"prompt": "hi"}) as r:
+                runs.append((r.headers.get("X-Cache"), sse_data(await r.read())))
+    (miss, events), (hit, replayed) = runs
+    assert (miss, hit) == ("MISS", "HIT")
+    assert replayed == events
+    assert sum("token" in event for event in replayed) == 12
+    assert replayed[-1]["done"] is True
+    assert replayed[-1]["usage"]["output_tokens"] == 12
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_hits_are_marked_on_the_request_span(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    otel = make_otel()
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
+        _, _, raw = await post(s.url, BODY)
+        await post(s.url, BODY)
+    events = sse_data(raw)
+    usage = events[0]["message"]["usage"]["input_tokens"] + events[-2]["usage"]["output_tokens"]
+    marks = [
+        span.attributes.get("sidecar.cache.hit")
+        for span in otel.spans()
+        if span.attributes is not None and "sidecar.cache.hit" in span.attributes
+    ]
+    assert sorted(marks, key=str) == [False, True]
+    assert otel.count("sidecar.cache.tokens_saved") == usage  # input and output tokens
+
+
+async def _statuses_under_a_small_token_quota(
+    sidecar_for: SidecarFactory, *, charge_hits: bool
+) -> list[tuple[int, str | None]]:
+    """A miss, then 20 hits, under 100 requests and 200 tokens a minute (one call
+    reserves ~80 and spends ~17): uncharged hits never meet the token limit."""
+    quotas = {"quotas": {"requests_per_minute": 100, "tokens_per_minute": 200}}
+    async with sidecar_for({**cached(charge_hits=charge_hits), **quotas}) as s:
+        return [
+            (status, cache) for status, cache, _ in [await post(s.url, BODY) for _ in range(21)]
+        ]
+
+
+async def test_a_hit_is_a_request_but_spends_no_tokens_unless_charged(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    free = await _statuses_under_a_small_token_quota(sidecar_for, charge_hits=False)
+    assert free == [(200, "MISS")] + [(200, "HIT")] * 20
+    charged = await _statuses_under_a_small_token_quota(sidecar_for, charge_hits=True)
+    assert charged[:2] == [(200, "MISS"), (200, "HIT")]
+    assert 429 in [status for status, _ in charged]  # charged hits spend tokens: the limit bites
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_request_limits_apply_to_hits(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for({**cached(), "quotas": {"requests_per_minute": 3}}) as s:
+        results = [(await post(s.url, BODY))[:2] for _ in range(4)]
+    assert results[:3] == [(200, "MISS"), (200, "HIT"), (200, "HIT")]
+    assert results[3][0] == 429
+
+
+async def test_global_scope_shares_entries_across_tenants(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    keys = [
+        {"name": "a1", "sha256": _key("key-a1-000000"), "tenant": "acme"},
+        {"name": "b1", "sha256": _key("key-b1-000000"), "tenant": "bolt"},
+    ]
+    auth = {"auth": {"mode": "required", "api_keys": keys}}
+    async with sidecar_for({**cached(scope="global"), **auth}) as s:
+        statuses = [
+            (await post(s.url, BODY, {"x-api-key": f"key-{name}-000000"}))[1]
+            for name in ("a1", "b1")
+        ]
+    assert statuses == ["MISS", "HIT"]
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_without_the_cache_nothing_changes(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as s:
+        assert s.runtime.cache is None
+        statuses = [(await post(s.url, BODY))[:2] for _ in range(2)]
+    assert statuses == [(200, None), (200, None)]
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_a_reload_keeps_the_entries_until_the_store_settings_change(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "sidecar.yaml"
+    data = loader.deep_merge(BASE, {"server": {"reload_poll_seconds": 0},
+                             "claude": {"base_url": fake.url, "api_key": "k"}, **cached()})  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+    await server.start()
+    try:
+        await post(server.url, BODY)
+        first = server.runtime.cache
+        assert first is not None
+        await first.settled()
+        path.write_text(yaml.safe_dump(loader.deep_merge(data, {"cache": {"ttl_seconds": 60}})))
+        assert await server.reload()
+        assert server.runtime.cache is first  # same store settings: same entries
+        assert (await post(server.url, BODY))[1] == "HIT"
+        path.write_text(yaml.safe_dump(loader.deep_merge(data, {"cache": {"max_entries": 5}})))
+        assert await server.reload()
+        assert server.runtime.cache is not first
+        assert (await post(server.url, BODY))[1] == "MISS"
+        path.write_text(yaml.safe_dump(loader.deep_merge(data, {"cache": {"enabled": False}})))
+        assert await server.reload()
+        assert server.runtime.cache is None
+        assert (await post(server.url, BODY))[1] is None
+    finally:
+        await server.shutdown(grace=1.0)
+    assert fake.state.counters["requests"] == 3
