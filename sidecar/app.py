@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from sidecar.admin import build_admin_app
 from sidecar.admission import Admission
+from sidecar.app_state import RUNTIMES
 from sidecar.cache.service import ResponseCache
 from sidecar.cache.stores import make_store as make_cache_store
 from sidecar.cache.stores import store_key as cache_store_key
@@ -24,7 +25,6 @@ from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
 from sidecar.handlers.request_body import answer_expectation
 from sidecar.handlers.ui import handle_ui
-from sidecar.keys import RUNTIMES
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
 from sidecar.quotas import QuotaGate
