@@ -121,8 +121,8 @@ async def test_unknown_expired_foreign_and_finished_streams(
 
         # Resuming from the final event: nothing is left, the EventSource is told to stop.
         assert await get(cursor, alice) == 204
-        # Someone else's stream is answered exactly as an unknown one.
-        assert await get(f"{stream_id}:3", bob) == 204
+        # Someone else's stream is a 404 worded exactly as an unknown one (on a GET too).
+        assert await get(f"{stream_id}:3", bob) == 404
         assert await post(f"{stream_id}:3", bob) == await post("A" * 24 + ":3", alice)
         status, error = await post(f"{stream_id}:3", bob)
         assert status == 404

@@ -81,9 +81,11 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
 
 
 def _gone(ctx: RequestContext, result: str) -> web.StreamResponse:
-    """Unknown, expired, someone else's, or nothing left: a GET is told to stop retrying."""
+    """Unknown, expired or nothing left: a GET is told to stop retrying (204), a POST gets a
+    JSON 404. Someone else's stream is a 404 either way, worded as for an unknown one (an
+    `EventSource` stops on a 404 too, and the id stays as unguessable as before)."""
     ctx.runtime.telemetry.resumed(result)
-    if ctx.request.method == "GET":
+    if ctx.request.method == "GET" and result != "forbidden":
         return web.Response(status=204, headers=ctx.headers)
     raise Rejection(
         404, "not_found_error", "the stream is unknown or has expired",
