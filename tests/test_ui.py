@@ -34,11 +34,13 @@ def chat(text: str, **extra: Any) -> dict[str, Any]:
 
 
 def parse(body: str) -> list[Any]:
+    """The chunks of a UI message stream (a resumable one also carries `id:` lines)."""
     out: list[Any] = []
     for event in body.split("\n\n"):
-        if event.startswith("data: "):
-            data = event[6:]
-            out.append(data if data == "[DONE]" else json.loads(data))
+        for line in event.split("\n"):
+            if line.startswith("data: "):
+                data = line[6:]
+                out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
 
