@@ -8,17 +8,25 @@ message once, from its `start` to `[DONE]`, with Claude called once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from sidecar.fake_claude import FakeServer
+from tests.support.redis_server import RedisServer
 from tests.support.resume import Reply, cutting_proxy, sse_request
-from tests.support.sidecars import SidecarFactory
+from tests.support.sidecars import SidecarFactory, spawn_sidecar, stop_process, wait_ready
+from tests.support.sockets import free_port
 from tests.support.waiting import eventually, holds
 
 CHAT = "/api/chat"
@@ -164,3 +172,75 @@ async def test_with_resume_off_the_route_streams_unnumbered_and_answers_204(
     assert "sidecar-stream-id" not in cut.headers
     assert all(e.id is None for e in cut.events)
     assert probe.status == 204
+
+
+# ---------------------------------------------------------------------------- across replicas
+
+
+def shared(redis: RedisServer) -> dict[str, Any]:
+    return {"resume": {"store": "redis", "redis_url": redis.url, "detach_grace_seconds": 10}}
+
+
+async def test_a_chat_cut_on_one_replica_resumes_on_another(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    async with (
+        sidecar_for(shared(redis_server)) as a,
+        sidecar_for(shared(redis_server)) as b,
+        cutting_proxy(a.port, after=5) as proxy,
+    ):
+        first = await post(proxy.port, "chat-replicas")
+        assert proxy.cut == 1
+        resumed = await resume_chat(b.port, "chat-replicas")
+        whole = await post(b.port, "chat-whole")
+    assert resumed.status == 200
+    assert resumed.stream_id == first.stream_id
+    assert kinds(resumed) == kinds(whole)
+    assert text_of(resumed) == text_of(whole) != ""
+    assert fake.state.counters["requests"] == 2  # once for the resumed turn, once for `whole`
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    tmp_path: Path, fake: FakeServer, redis: RedisServer
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], int]]:
+    """A `sidecar run` process sharing the fake Claude and the Redis resume store."""
+    port, admin = free_port(), free_port()
+    path = tmp_path / "producer.yaml"
+    config = {
+        "server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
+                   "shutdown_grace_seconds": 1},
+        "claude": {"base_url": fake.url, "api_key": "sk-sidecar"},
+        **shared(redis),
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    process = spawn_sidecar(path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, f"http://127.0.0.1:{admin}")
+        yield process, port
+    finally:
+        stop_process(process, path)
+
+
+async def test_a_killed_producer_ends_the_resumed_message_with_an_error_part(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        replica(tmp_path, fake, redis_server) as (producer, port),
+        sidecar_for(shared(redis_server)) as reader,
+        cutting_proxy(port, after=5) as proxy,
+    ):
+        first = await post(proxy.port, "chat-lost", LONG)
+        await asyncio.sleep(0.5)  # more events reached Redis meanwhile
+        producer.send_signal(signal.SIGKILL)
+        producer.wait(timeout=10)
+        resumed = await resume_chat(reader.port, "chat-lost")
+        again = await resume_chat(reader.port, "chat-lost")
+    assert resumed.status == 200
+    assert resumed.stream_id == first.stream_id
+    assert kinds(resumed)[:3] == ["start", "start-step", "text-start"]
+    assert kinds(resumed)[-2:] == ["error", "[DONE]"]  # the UI format, not the prompt route's
+    assert "producer stopped" in resumed.events[-2].data["errorText"]
+    assert text_of(resumed).startswith(text_of(first))
+    assert again.status == 204  # the lost stream is final now: nothing to resume
