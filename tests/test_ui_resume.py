@@ -95,6 +95,25 @@ async def test_a_cut_turn_resumes_as_the_whole_message_once(
     assert fake.state.counters["requests"] == 2
 
 
+async def test_last_event_id_resumes_a_turn_after_its_last_event(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(resumable()) as sidecar:
+        async with cutting_proxy(sidecar.port, after=7) as proxy:
+            first = await post(proxy.port, "chat-cursor")
+        rest = await sse_request(
+            sidecar.port, "POST", CHAT, {"Last-Event-ID": first.last_id}, turn("ignored")
+        )
+        whole = await sse_request(sidecar.port, target=f"{CHAT}?last_event_id={first.stream_id}:0")
+    assert first.last_id == f"{first.stream_id}:7"
+    assert rest.status == 200
+    assert rest.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert rest.events[0].id == f"{first.stream_id}:8"
+    assert first.payload[: first.payload.rfind(b"\n\n") + 2] + rest.payload == whole.payload
+    assert kinds(whole)[-2:] == ["finish", "[DONE]"]
+    assert fake.state.counters["requests"] == 1
+
+
 async def test_unknown_foreign_and_malformed_chats_answer_204(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

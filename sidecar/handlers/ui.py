@@ -10,7 +10,8 @@ mount): the chat's live message from its start (`ui_resume`), or 204 ("nothing t
 resume"). With resume on (the default, as on the prompt route), a turn is a resumable
 generation: a client that leaves (a reload, useChat's `stop()`) detaches, and the turn
 goes on for `resume.detach_grace_seconds` for a reconnect, then stops;
-`DELETE <route>/<stream id>` (the `Sidecar-Stream-Id` response header) stops it at once.
+`DELETE <route>/<stream id>` (the `Sidecar-Stream-Id` response header) stops it at once,
+and `Last-Event-ID: <stream id>:<n>` reads the events after `n`, as on the prompt route.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
             return web.Response(status=204, headers=ctx.headers)
         ctx.headers.update(HEADERS)  # a resumed stream is the same UI message stream
         return await ui_resume.answer(ctx, chat_id)
+    cursor = resume.cursor_of(request) if resumable else None
+    if cursor is not None:  # `Last-Event-ID`: the events after it, as on the prompt route
+        ctx.headers.update(HEADERS)
+        return await resume.resume(ctx, cursor, ui_resume.lost_event)
     if request.method == "DELETE" and resumable:
         stream_id = _stream_id_in_path(ctx.route.path, ctx.path)
         if stream_id is None:
