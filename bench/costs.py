@@ -9,7 +9,7 @@ The sidecar runs in this process with every per-call feature on (API-key auth, C
 screening, memory quotas, Prometheus metrics, recorded spans, JSON access and stream
 logs); the fake Claude and the client are child processes. Figures are differences
 between runs (2M calls minus M, 2N events minus N, 2K open streams minus K): function
-calls from cProfile, live memory from tracemalloc (see tests/helpers_costs.py, which
+calls from cProfile, live memory from tracemalloc (see tests/support/costs.py, which
 the allocation guard in tests/test_pipeline.py uses too). Under
 `valgrind --tool=callgrind` the same run gives instruction counts.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import helpers_costs as costs
+from tests.support import costs
 
 
 def _counts(profile: cProfile.Profile) -> dict[str, int]:

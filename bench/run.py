@@ -1,7 +1,7 @@
 """Benchmark: the floor, nginx, a naive aiohttp passthrough and the sidecar, side by side.
 
-    uv run python bench/run.py                    # full run (~8 min on 2 cores)
-    uv run python bench/run.py --quick            # smoke run (~20 s), tiny counts
+    uv run python bench/run.py                    # full run (~5 min on 2 cores)
+    uv run python bench/run.py --quick            # smoke run (15-35 s), tiny counts
     uv run python bench/run.py --compare old.json # full run, then a table against old.json
     uv run python bench/run.py --compare old.json --against new.json   # compare only
     uv run python bench/run.py --replot docs/bench/results.json        # tables + plots again

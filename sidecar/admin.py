@@ -6,8 +6,8 @@ import json
 
 from aiohttp import web
 
+from sidecar.app_state import RUNTIMES
 from sidecar.config import Config
-from sidecar.keys import RUNTIMES
 from sidecar.runtime import RuntimeHolder
 
 

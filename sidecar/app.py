@@ -6,12 +6,15 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from pydantic import SecretStr
 
 from sidecar.admin import build_admin_app
 from sidecar.admission import Admission
+from sidecar.app_state import RUNTIMES
 from sidecar.cache.service import ResponseCache
 from sidecar.cache.stores import make_store as make_cache_store
 from sidecar.cache.stores import store_key as cache_store_key
@@ -22,7 +25,6 @@ from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
 from sidecar.handlers.request_body import answer_expectation
 from sidecar.handlers.ui import handle_ui
-from sidecar.keys import RUNTIMES
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
 from sidecar.quotas import QuotaGate
@@ -32,6 +34,9 @@ from sidecar.runtime import Runtime, RuntimeHolder, SharedPool
 from sidecar.stream.resume import Resume, make_store, store_key
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import ClaudeClient
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 # `server.address` / `server.port` of the built-in fake in spans and metrics.
 FAKE_PEER = ("builtin-fake", 0)
@@ -134,17 +139,44 @@ def _admission_key(config: Config) -> tuple[object, ...]:
     return (claude.max_concurrent_streams, claude.queue.max_waiting, claude.queue.max_wait_seconds)
 
 
-async def _open_resume(config: Config, own: contextlib.AsyncExitStack) -> Resume:
-    resume = Resume(make_store(config))
+async def _shared_redis(
+    shared: SharedPool, own: contextlib.AsyncExitStack, url: SecretStr | None, timeout: float
+) -> Redis | None:
+    """One Redis client (one connection pool) per URL and timeout, for the resume store and the
+    cache alike: the same Redis is one pool, and an outage is seen by both at once."""
+    if url is None:
+        return None
+    from sidecar.stream.redis_store import redis_client  # Redis only where it is configured
+
+    key = (url.get_secret_value(), timeout)
+
+    async def open_client(client_own: contextlib.AsyncExitStack) -> Redis:
+        client = redis_client(*key)
+        client_own.push_async_callback(client.aclose)
+        return client
+
+    # Released on `own` after the store using it has closed (the stack unwinds in reverse).
+    return await shared.use(own, "redis", key, open_client)
+
+
+async def _open_resume(
+    config: Config, shared: SharedPool, own: contextlib.AsyncExitStack
+) -> Resume:
+    redis = config.resume.enabled and config.resume.store == "redis"
+    url = config.resume_redis_url if redis else None
+    client = await _shared_redis(shared, own, url, config.resume.redis_timeout_seconds)
+    resume = Resume(make_store(config, client))
     await resume.store.start()
     own.push_async_callback(resume.close)
     return resume
 
 
 async def _open_cache(
-    config: Config, telemetry: Telemetry, own: contextlib.AsyncExitStack
+    config: Config, telemetry: Telemetry, shared: SharedPool, own: contextlib.AsyncExitStack
 ) -> ResponseCache:
-    cache = ResponseCache(make_cache_store(config), count=telemetry.cache_lookup)
+    url = config.cache_redis_url if config.cache.store == "redis" else None
+    client = await _shared_redis(shared, own, url, config.cache.redis_timeout_seconds)
+    cache = ResponseCache(make_cache_store(config, client), count=telemetry.cache_lookup)
     await cache.store.start()
     own.push_async_callback(cache.close)
     return cache
@@ -208,7 +240,9 @@ async def _open_runtime(
         ),
         streams=StreamRegistry(),
         # Buffers and live generations carry over a reload unless where they are kept changed.
-        resume=await shared.use(stack, "resume", store_key(config), partial(_open_resume, config)),
+        resume=await shared.use(
+            stack, "resume", store_key(config), partial(_open_resume, config, shared)
+        ),
         claude=ClaudeClient(
             config.claude,
             base_url,
@@ -221,7 +255,7 @@ async def _open_runtime(
         app_session=app_session,
         # Entries carry over a reload unless where they are kept changed.
         cache=await shared.use(
-            stack, "cache", cache_store_key(config), partial(_open_cache, config, telemetry)
+            stack, "cache", cache_store_key(config), partial(_open_cache, config, telemetry, shared)
         )
         if config.cache_used
         else None,

@@ -54,6 +54,7 @@ _MESSAGES: Final = {
     "header_timeout": "the request head did not arrive in time",
 }
 
+_LINGER_SECONDS: Final = 2.0  # after a 408, a slow head's late bytes are dropped this long
 OnReject = Callable[[str, int], None]
 HeaderTimeout = Callable[[], float]  # read per head: a reload changes it for new heads
 
@@ -103,6 +104,7 @@ class TrafficProtocol(web_protocol.RequestHandler):
         self._on_reject = on_reject
         self._header_timeout = header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -113,6 +115,8 @@ class TrafficProtocol(web_protocol.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the 408 is out: late bytes of the refused head are read and dropped
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
@@ -163,7 +167,12 @@ class TrafficProtocol(web_protocol.RequestHandler):
             b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
         )
-        self.force_close()
+        # Closing with the client's bytes still arriving would reset the connection, and a
+        # reset can destroy the 408 on its way: end our side, drop what comes, close soon.
+        self._lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(_LINGER_SECONDS, self.force_close)
 
     def handle_error(
         self,

@@ -22,12 +22,12 @@ from aiohttp import web
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
+from sidecar.app_state import RUNTIMES
 from sidecar.browser import is_browser_path, serve_browser_file
+from sidecar.client_address import client_ip, is_trusted_proxy
 from sidecar.config import Network
 from sidecar.errors import Family, Rejection, render_json, simple_error_body
 from sidecar.identity import ANONYMOUS, Identity
-from sidecar.keys import RUNTIMES
-from sidecar.quotas.subject import client_ip, is_trusted_proxy
 from sidecar.routes import Route
 from sidecar.runtime import Runtime
 

@@ -20,8 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.app import build_apps
+from sidecar.app_state import RUNTIMES
 from sidecar.config import Config, redact_url, split_host_port
-from sidecar.keys import RUNTIMES
 from sidecar.listener import TrafficRunner
 from sidecar.pipeline import UNMATCHED
 from sidecar.reload import Reloader

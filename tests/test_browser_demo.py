@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from tests.helpers_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, skip_unless_engine
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, skip_unless_engine
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory
 

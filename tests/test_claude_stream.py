@@ -20,7 +20,7 @@ import pytest
 
 import sidecar.browser
 from sidecar.fake_claude import FakeServer
-from tests.helpers_browser import (
+from tests.support.browser import (
     ENGINES,
     JS_DIR,
     RUNNERS,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers_costs import dump, measured_sidecar, per_call, per_event, per_open_stream
+from tests.support.costs import dump, measured_sidecar, per_call, per_event, per_open_stream
 
 CALLS_PER_CALL = 2560  # measured ~2,330
 CALLS_PER_EVENT = 52  # measured 47 (≈ 30 of them the asyncio loop's own per read)

@@ -322,3 +322,18 @@ async def test_memory_leases_lapse_one_by_one_with_renewals_in_between() -> None
     assert (await store.admit("s", limits, 0, "e")).admitted
     assert (await store.admit("s", limits, 0, "f")).admitted
     assert not (await store.admit("s", limits, 0, "g")).admitted
+
+
+def test_lease_ids_are_unique_and_a_new_prefix_does_not_repeat_them() -> None:
+    """Ids are a per-process random prefix and a counter: replicas sharing Redis draw
+    their own prefix, and a forked child draws a new one (the hook `os.fork` runs in
+    the child is called here directly: forking a test process with threads may hang)."""
+    from sidecar.quotas import gate
+
+    ids = [gate.QuotaLease().lease_id for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    gate.reseed_lease_ids()
+    after = [gate.QuotaLease().lease_id for _ in range(1000)]
+    assert len(set(after)) == 1000
+    assert not set(after) & set(ids)
+    assert after[0][:16] != ids[0][:16]  # a new prefix, not just a later count

@@ -457,13 +457,17 @@ async def test_a_drained_replica_ends_its_streams_resumable_elsewhere(
 ) -> None:
     slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
     async with (
-        replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, _),
+        replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, path_a),
         replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
         cutting_proxy(port_a, after=3) as proxy,
     ):
         first = await sse_request(proxy.port, target=slow)  # cut: detached, still generating
         process_a.send_signal(signal.SIGTERM)  # grace 1 s, then streams end
-        await asyncio.to_thread(process_a.wait, 30)
+        try:
+            await asyncio.to_thread(process_a.wait, 60)
+        except subprocess.TimeoutExpired:
+            log_tail = path_a.with_suffix(".log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"the drained replica did not exit:\n{log_tail}")
         rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
     assert rest.status == 200
     final = rest.events[-1].data["error"]

@@ -2,7 +2,8 @@
 
 Failures are handled as the resume store handles them: every Redis or socket error,
 or a timeout, becomes `CacheStoreError`, and the caller skips the cache for that
-request (the request itself is served from Claude).
+request (the request itself is served from Claude). When the resume store uses the same
+Redis (URL and timeout), both use one client and its connection pool (`sidecar.app`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sidecar.cache.stores import CacheStoreError
+from sidecar.stream.redis_store import redis_client
 
 PREFIX: Final = "sidecar:cache:"
 
@@ -22,17 +24,20 @@ class RedisCacheStore:
 
     name = "redis"
 
-    def __init__(self, url: str, *, max_bytes: int, timeout: float = 1.0) -> None:
+    def __init__(
+        self, url: str, *, max_bytes: int, timeout: float = 1.0, client: Redis | None = None
+    ) -> None:
         self.max_bytes = max_bytes
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        # A client handed in (shared with the resume store) is closed by its owner.
+        self._owns_client = client is None
+        self._redis: Redis = client if client is not None else redis_client(url, timeout)
 
     async def start(self) -> None:
         """Connections open on first use (Redis may come up after the sidecar)."""
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owns_client:
+            await self._redis.aclose()
 
     async def get(self, key: str) -> bytes | None:
         try:

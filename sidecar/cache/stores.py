@@ -10,6 +10,8 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from sidecar.config import Config
 
 
@@ -88,8 +90,8 @@ class MemoryCacheStore:
         self._bytes -= len(value)
 
 
-def make_store(config: Config) -> CacheStore:
-    """The configured store (explicit switch)."""
+def make_store(config: Config, client: Redis | None = None) -> CacheStore:
+    """The configured store (explicit switch); `client`: a shared Redis client to use."""
     cache = config.cache
     if cache.store == "redis":
         from sidecar.cache.redis_store import RedisCacheStore
@@ -97,8 +99,9 @@ def make_store(config: Config) -> CacheStore:
         url = config.cache_redis_url
         assert url is not None  # the loader requires one when the cache is used
         return RedisCacheStore(
-            url.get_secret_value(), max_bytes=cache.max_bytes, timeout=cache.redis_timeout_seconds
-        )
+            url.get_secret_value(), max_bytes=cache.max_bytes,
+            timeout=cache.redis_timeout_seconds, client=client,
+        )  # fmt: skip
     return MemoryCacheStore(max_entries=cache.max_entries, max_bytes=cache.max_bytes)
 
 

@@ -15,15 +15,15 @@ from aiohttp import web
 
 from sidecar.cache.step import CacheStep
 from sidecar.cache.step import lookup as cache_lookup
-from sidecar.errors import Rejection, anthropic_error_body, bad_request
-from sidecar.handlers import resume
-from sidecar.handlers.claude_call import (
+from sidecar.call.run import (
     ClaudeRequest,
     call_claude,
     check_model,
     estimate_input_tokens,
     new_record,
 )
+from sidecar.errors import Rejection, anthropic_error_body, bad_request
+from sidecar.handlers import resume
 from sidecar.handlers.request_body import (
     ensure_client_present,
     parse_json_object,

@@ -15,6 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from sidecar.client_address import is_trusted_proxy
 from sidecar.errors import Rejection
 from sidecar.handlers.request_body import (
     BodyStream,
@@ -26,7 +27,6 @@ from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
 from sidecar.policy.identity_headers import strip_forwarding_claims
-from sidecar.quotas.subject import is_trusted_proxy
 
 HOP_BY_HOP: Final = frozenset(
     {

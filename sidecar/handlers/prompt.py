@@ -18,15 +18,15 @@ from aiohttp import web
 
 from sidecar import sse
 from sidecar.cache.step import lookup as cache_lookup
-from sidecar.errors import Rejection, bad_request, short_error_type
-from sidecar.handlers import resume
-from sidecar.handlers.claude_call import (
+from sidecar.call.run import (
     ClaudeRequest,
     call_claude,
     check_model,
     estimate_input_tokens,
     new_record,
 )
+from sidecar.errors import Rejection, bad_request, short_error_type
+from sidecar.handlers import resume
 from sidecar.handlers.request_body import parse_model, read_json_object
 from sidecar.pipeline import RequestContext
 from sidecar.record import Outcome, StreamRecord

@@ -18,8 +18,8 @@ from aiohttp import web
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from sidecar import sse
+from sidecar.call.stream import Resumable
 from sidecar.errors import Rejection
-from sidecar.handlers.claude_stream import Resumable
 from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.hub import Subscriber

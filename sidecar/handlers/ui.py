@@ -21,15 +21,15 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.errors import Rejection
-from sidecar.handlers import resume, ui_resume
-from sidecar.handlers.claude_call import (
+from sidecar.call.run import (
     ClaudeRequest,
     call_claude,
     check_model,
     estimate_input_tokens,
     new_record,
 )
+from sidecar.errors import Rejection
+from sidecar.handlers import resume, ui_resume
 from sidecar.handlers.request_body import read_json_object
 from sidecar.handlers.ui_request import parse_ui_request
 from sidecar.handlers.ui_stream import HEADERS, UiTranslator

@@ -19,9 +19,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from sidecar.call.stream import Resumable
 from sidecar.errors import Rejection
 from sidecar.handlers import resume
-from sidecar.handlers.claude_stream import Resumable
 from sidecar.handlers.ui_stream import DONE, chunk
 from sidecar.pipeline import RequestContext
 from sidecar.stream.resume import owner_of

@@ -41,13 +41,13 @@ def _new_lease_id() -> str:
     return f"{_lease_prefix}{next(_lease_numbers):x}"
 
 
-def _new_lease_prefix() -> None:
-    """A forked child must not repeat its parent's ids."""
+def reseed_lease_ids() -> None:
+    """A new random prefix for lease ids (run in a forked child: it must not repeat its parent's)."""
     global _lease_prefix, _lease_numbers
     _lease_prefix, _lease_numbers = secrets.token_hex(8), itertools.count(1)
 
 
-os.register_at_fork(after_in_child=_new_lease_prefix)
+os.register_at_fork(after_in_child=reseed_lease_ids)
 
 
 def limits_of(policy: QuotaConfig) -> Limits:

@@ -31,6 +31,11 @@ PREFIX: Final = "sidecar:resume:"
 FLUSH_EVERY: Final = 0.005  # seconds a batch collects before it is sent
 
 
+def redis_client(url: str, timeout: float) -> Redis:
+    """A Redis client (its own connection pool) with the timeouts the sidecar's stores use."""
+    return Redis.from_url(url, socket_timeout=timeout + 1.0, socket_connect_timeout=timeout)
+
+
 def keys(stream_id: str) -> tuple[str, str, str, str]:
     """Events, meta, liveness and cancel keys of a stream."""
     base = f"{PREFIX}{{{stream_id}}}"
@@ -91,11 +96,12 @@ class RedisResumeStore(ResumeStore):
         max_buffer_bytes: int,
         timeout: float = 1.0,
         alive_seconds: float = 3.0,
+        client: Redis | None = None,
     ) -> None:
         super().__init__(ttl=ttl, max_buffer_bytes=max_buffer_bytes, max_total_bytes=1 << 62)
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=timeout + 1.0, socket_connect_timeout=timeout
-        )
+        # A client handed in (one pool shared with the response cache) is closed by its owner.
+        self._owns_client = client is None
+        self._redis: Redis = client if client is not None else redis_client(url, timeout)
         self._ttl_ms = int(ttl * 1000)
         self._alive_ms = int(alive_seconds * 1000)
         self._refresh = alive_seconds / 3
@@ -116,7 +122,8 @@ class RedisResumeStore(ResumeStore):
                 await self._writer
         with contextlib.suppress(RedisError, OSError):
             await self._flush()  # what is still queued (a drain's final events)
-        await self._redis.aclose()
+        if self._owns_client:
+            await self._redis.aclose()
 
     async def ready(self) -> bool:
         try:

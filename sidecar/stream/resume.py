@@ -23,6 +23,7 @@ from sidecar.stream.store import ResumeStore
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+    from redis.asyncio import Redis
 
     from sidecar.identity import Identity
     from sidecar.stream.hub import Generation
@@ -115,8 +116,8 @@ class Resume:
         await self.store.close()
 
 
-def make_store(config: Config) -> ResumeStore:
-    """The configured store (explicit switch)."""
+def make_store(config: Config, client: Redis | None = None) -> ResumeStore:
+    """The configured store (explicit switch); `client`: a shared Redis client to use."""
     resume = config.resume
     if resume.enabled and resume.store == "redis":
         from sidecar.stream.redis_store import RedisResumeStore
@@ -128,6 +129,7 @@ def make_store(config: Config) -> ResumeStore:
             ttl=resume.ttl_seconds,
             max_buffer_bytes=resume.max_buffer_bytes,
             timeout=resume.redis_timeout_seconds,
+            client=client,
         )
     return ResumeStore(
         ttl=resume.ttl_seconds,

@@ -11,4 +11,8 @@
 - `certs`: self-signed TLS certificates made at test time.
 - `redis_server`: a real `redis-server` on a free port.
 - `promtool`: Prometheus's rule checker for the shipped alerting rules, or a skip.
+- `resume`: a proxy that cuts or counts client connections, raw SSE requests.
+- `cache`: configs and requests shared by the response cache's tests.
+- `browser`, `webkit`: the three browser engines (Chromium, Firefox, WebKit) driving a page.
+- `costs`: function calls and memory per call, per event and per open stream (no stopwatch).
 """

@@ -1,6 +1,6 @@
 """Open a page in WebKit (Selenium's WebKitGTK driver) and print `window.__result` as JSON.
 
-Run under `xvfb-run` (MiniBrowser needs a display): `python -m tests.helpers_webkit URL BINARY`.
+Run under `xvfb-run` (MiniBrowser needs a display): `python -m tests.support.webkit URL BINARY`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ sidecar (another origin), runs one scenario and leaves its result in `window.__r
 - Chromium: Playwright for Python, Debian's `chromium`;
 - Firefox: `puppeteer-core` under node (`tests/js/firefox_page.mjs`), Debian's `firefox-esr`;
 - WebKit: Selenium's WebKitGTK driver (`WebKitWebDriver`, `MiniBrowser`) under `xvfb-run`
-  (`python -m tests.helpers_webkit`).
+  (`python -m tests.support.webkit`).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ async def run_in_firefox(url: str) -> dict[str, Any]:
 
 async def run_in_webkit(url: str) -> dict[str, Any]:
     browser = webkit_browser() or ""
-    args = ["xvfb-run", "-a", sys.executable, "-m", "tests.helpers_webkit", url, browser]
+    args = ["xvfb-run", "-a", sys.executable, "-m", "tests.support.webkit", url, browser]
     return await _run_child(args, RESULT_TIMEOUT + 30)
 
 

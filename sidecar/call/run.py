@@ -1,7 +1,7 @@
-"""One Claude call, shared by the prompt and Anthropic routes.
+"""One Claude call, shared by every Claude route kind (prompt, anthropic, ui).
 
 quota lease → admission slot → upstream (retries before the first byte) → relay
-(`claude_stream`) → settle. Whatever ends the stream (completion, upstream error, idle timeout, client
+(`sidecar.call.stream`) → settle. Whatever ends the stream (completion, upstream error, idle timeout, client
 disconnect, shutdown), the lease is settled with the usage seen and telemetry
 records the stream once.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from sidecar.call.stream import HeldCall, Resumable, hand_off, relay_stream
 from sidecar.errors import Rejection, short_error_type, simple_error_body
-from sidecar.handlers.claude_stream import HeldCall, Resumable, hand_off, relay_stream
 from sidecar.handlers.request_body import ensure_client_present
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
