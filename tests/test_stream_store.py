@@ -252,3 +252,25 @@ async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisS
         ]
     finally:
         await store.close()
+
+
+async def test_a_chat_names_its_newest_stream_for_its_owner_on_every_replica(
+    stores: Factory,
+) -> None:
+    async with stores() as writer, stores() as reader:
+        await writer.bind_chat("owner-1", "chat-A_1", "stream-first")
+        await writer.bind_chat("owner-1", "chat-A_1", "stream-second")  # the next turn
+        assert await reader.chat_stream("owner-1", "chat-A_1") == "stream-second"
+        assert await reader.chat_stream("owner-2", "chat-A_1") is None  # another caller's
+        assert await reader.chat_stream("owner-1", "chat-B") is None  # never bound
+
+
+async def test_a_chat_mapping_expires_after_the_ttl(stores: Factory) -> None:
+    async with stores(ttl=0.3) as store:
+        await store.bind_chat("owner-1", "chat-ttl", "stream-x")
+        assert await store.chat_stream("owner-1", "chat-ttl") == "stream-x"
+        await eventually(lambda: _is_none(store.chat_stream("owner-1", "chat-ttl")), timeout=5)
+
+
+async def _is_none(value: Awaitable[str | None]) -> bool:
+    return await value is None

@@ -34,11 +34,13 @@ def chat(text: str, **extra: Any) -> dict[str, Any]:
 
 
 def parse(body: str) -> list[Any]:
+    """The chunks of a UI message stream (a resumable one also carries `id:` lines)."""
     out: list[Any] = []
     for event in body.split("\n\n"):
-        if event.startswith("data: "):
-            data = event[6:]
-            out.append(data if data == "[DONE]" else json.loads(data))
+        for line in event.split("\n"):
+            if line.startswith("data: "):
+                data = line[6:]
+                out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
 
@@ -266,3 +268,22 @@ async def test_use_chat_resume_on_load_finds_nothing_and_stays_ready(
         (chat,) = await ai_sdk(sidecar.url + CHAT, "chat-resume")
     assert chat == {"status": "ready", "error": None, "messages": []}
     assert fake.state.counters["requests"] == 0
+
+
+async def test_use_chat_resumes_a_live_turn_after_a_reload(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The page leaves mid-answer; the reloaded page's `resumeStream()` gets the whole
+    message from the live generation, and Claude is called once."""
+    async with sidecar_for({**CONFIG, "resume": {"detach_grace_seconds": 10}}) as sidecar:
+        (chat,) = await ai_sdk(sidecar.url + CHAT, "chat-reload")
+    assert chat["status"] == "ready"
+    assert chat["error"] is None
+    user, answer = chat["messages"]
+    assert user["role"] == "user"
+    assert answer["role"] == "assistant"
+    (text,) = [part for part in answer["parts"] if part["type"] == "text"]
+    assert text["state"] == "done"
+    assert len(text["text"].split()) == 40  # every token, once
+    assert fake.state.counters["requests"] == 1
+    assert fake.state.counters["streams_completed"] == 1

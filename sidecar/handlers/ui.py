@@ -6,8 +6,12 @@ Same steps as the other Claude routes: auth and CORS (pipeline), screening of ev
 the translated request carries, model policy, quotas and admission, telemetry.
 
 `GET <route>/<chat id>/stream` is the SDK's resume (`useChat({resume: true})` calls it on
-mount): with no resumable generation for the chat it answers 204, which the SDK reads as
-"nothing to resume".
+mount): the chat's live message from its start (`ui_resume`), or 204 ("nothing to
+resume"). With resume on (the default, as on the prompt route), a turn is a resumable
+generation: a client that leaves (a reload, useChat's `stop()`) detaches, and the turn
+goes on for `resume.detach_grace_seconds` for a reconnect, then stops;
+`DELETE <route>/<stream id>` (the `Sidecar-Stream-Id` response header) stops it at once,
+and `Last-Event-ID: <stream id>:<n>` reads the events after `n`, as on the prompt route.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from sidecar.call.run import (
     new_record,
 )
 from sidecar.errors import Rejection
+from sidecar.handlers import resume, ui_resume
 from sidecar.handlers.request_body import read_json_object
 from sidecar.handlers.ui_request import parse_ui_request
 from sidecar.handlers.ui_stream import HEADERS, UiTranslator
@@ -41,6 +46,12 @@ def _resume_target(route_path: str, path: str) -> str | None:
     return None
 
 
+def _stream_id_in_path(route_path: str, path: str) -> str | None:
+    """`<route>/<stream id>`: the path names one stream (to cancel it)."""
+    rest = path[len(route_path.rstrip("/")) :].strip("/")
+    return rest if rest and "/" not in rest else None
+
+
 def client_part(body: dict[str, Any]) -> dict[str, Any]:
     """The Claude request without what the config added (tool definitions): what the
     client chose, for screening by the shared walker (system, every message block, tool
@@ -52,12 +63,27 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     """Translate, screen, admit and stream one chat turn (or answer a resume probe)."""
     request = ctx.request
     config = ctx.runtime.config
-    if request.method == "GET" and _resume_target(ctx.route.path, ctx.path) is not None:
-        return web.Response(status=204, headers=ctx.headers)
+    resumable = resume.enabled_on(ctx, default=True)
+    chat_id = _resume_target(ctx.route.path, ctx.path)
+    if request.method == "GET" and chat_id is not None:
+        if not resumable:
+            return web.Response(status=204, headers=ctx.headers)
+        ctx.headers.update(HEADERS)  # a resumed stream is the same UI message stream
+        return await ui_resume.answer(ctx, chat_id)
+    cursor = resume.cursor_of(request) if resumable else None
+    if cursor is not None:  # `Last-Event-ID`: the events after it, as on the prompt route
+        ctx.headers.update(HEADERS)
+        return await resume.resume(ctx, cursor, ui_resume.lost_event)
+    if request.method == "DELETE" and resumable:
+        stream_id = _stream_id_in_path(ctx.route.path, ctx.path)
+        if stream_id is None:
+            raise Rejection(404, "not_found_error", "no such chat endpoint", reason="not_found")
+        return await resume.cancel(ctx, stream_id)
     if request.method != "POST":
+        allow = "GET, POST, DELETE, OPTIONS" if resumable else "GET, POST, OPTIONS"
         raise Rejection(
             405, "invalid_request_error", "use POST (or GET <route>/<chat id>/stream to resume)",
-            reason="method_not_allowed", headers={"Allow": "GET, POST, OPTIONS"},
+            reason="method_not_allowed", headers={"Allow": allow},
         )  # fmt: skip
     if ctx.path.rstrip("/") != ctx.route.path.rstrip("/"):
         raise Rejection(404, "not_found_error", "no such chat endpoint", reason="not_found")
@@ -76,6 +102,10 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
         stream=True,
         input_estimate=estimate_input_tokens(collected.chars, collected.attachment_bytes),
     )
+    plan = await resume.prepare(ctx) if resumable else None
+    chat = ui_resume.chat_field(fields)
+    if plan is not None and chat is not None:
+        await ui_resume.bind(ctx, chat, plan)
     # The stream's protocol marker; `ctx.headers` reach the SSE response (and any error).
     ctx.headers.update(HEADERS)
-    return await call_claude(ctx, call, record, UiTranslator())
+    return await call_claude(ctx, call, record, UiTranslator(), plan)

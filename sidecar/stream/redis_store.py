@@ -4,6 +4,7 @@ Keys per stream (one hash tag, so a cluster keeps them together):
 `sidecar:resume:{id}` the events, entry id `0-<n>` = event number n (field `e`, and `f`
 on the final one); `...:meta` the owner hash and the originating span; `...:alive` a
 short-lived key the producer refreshes; `...:cancel` a cancel asked on another replica.
+`sidecar:resume:chat:<owner hash>:<chat id>` names a chat's newest stream (the `ui` route).
 All expire `ttl_seconds` after the last write.
 
 The producer never waits on Redis per event: `append` queues, and one writer task sends
@@ -39,6 +40,11 @@ def keys(stream_id: str) -> tuple[str, str, str, str]:
     """Events, meta, liveness and cancel keys of a stream."""
     base = f"{PREFIX}{{{stream_id}}}"
     return base, base + ":meta", base + ":alive", base + ":cancel"
+
+
+def chat_key(owner: str, chat_id: str) -> str:
+    """A chat's newest stream id (the `ui` route's resume), per owner hash."""
+    return f"{PREFIX}chat:{owner}:{chat_id}"
 
 
 class _RedisLog(StreamLog):
@@ -146,6 +152,19 @@ class RedisResumeStore(ResumeStore):
         if not self._dirty:
             self._wake.set()  # once per batch, not per event
         self._dirty.add(log_)
+
+    async def bind_chat(self, owner: str, chat_id: str, stream_id: str) -> None:
+        try:
+            await self._redis.set(chat_key(owner, chat_id), stream_id, px=self._ttl_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
+
+    async def chat_stream(self, owner: str, chat_id: str) -> str | None:
+        try:
+            value = await self._redis.get(chat_key(owner, chat_id))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
+        return value.decode() if isinstance(value, bytes) else None
 
     async def request_cancel(self, stream_id: str) -> bool:
         """Ask the replica producing a stream to cancel it; False if no replica produces it."""

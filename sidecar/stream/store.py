@@ -19,6 +19,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+MAX_CHATS = 100_000  # chat → stream mappings the memory store keeps (the oldest go first)
+
 
 class StoreError(Exception):
     """The resume store failed (unreachable, full); never the stream's own failure."""
@@ -128,6 +130,10 @@ class ResumeStore:
         self.max_total_bytes = max_total_bytes
         self._logs: dict[str, StreamLog] = {}
         self._finished: collections.OrderedDict[str, StreamLog] = collections.OrderedDict()
+        # (owner, chat id) → (stream id, expiry), oldest first: a chat's newest stream.
+        self._chats: collections.OrderedDict[tuple[str, str], tuple[str, float]] = (
+            collections.OrderedDict()
+        )
 
     async def start(self) -> None:
         """Connect (Redis); the memory store has nothing to open."""
@@ -140,6 +146,7 @@ class ResumeStore:
         """Flush and disconnect."""
         self._logs.clear()
         self._finished.clear()
+        self._chats.clear()
 
     async def create(self, stream_id: str, owner: str) -> StreamLog:
         """A new stream's log; `StoreError` if the store cannot take it."""
@@ -183,6 +190,26 @@ class ResumeStore:
             if log.final and after >= log.last:
                 return
             await log.wait(after)
+
+    async def bind_chat(self, owner: str, chat_id: str, stream_id: str) -> None:
+        """Remember `stream_id` as the newest stream of `owner`'s chat, for `ttl` seconds."""
+        key = (owner, chat_id)
+        self._chats.pop(key, None)
+        now = time.monotonic()
+        self._chats[key] = (stream_id, now + self.ttl)
+        # Same lifetime for all, so the oldest expire first; each bind drops what expired.
+        while self._chats:
+            _, (_, expires) = next(iter(self._chats.items()))
+            if expires > now and len(self._chats) <= MAX_CHATS:
+                break
+            self._chats.popitem(last=False)
+
+    async def chat_stream(self, owner: str, chat_id: str) -> str | None:
+        """The newest stream of `owner`'s chat; None if unknown, expired or someone else's."""
+        bound = self._chats.get((owner, chat_id))
+        if bound is None or bound[1] <= time.monotonic():
+            return None
+        return bound[0]
 
     async def request_cancel(self, stream_id: str) -> bool:
         """Ask another replica producing the stream to cancel it; False: none does."""

@@ -13,7 +13,7 @@ import {
 class MemoryChat extends AbstractChat {
   constructor(init) {
     const state = {
-      status: "ready", error: undefined, messages: [],
+      status: "ready", error: undefined, messages: init.messages ?? [],
       pushMessage(message) { this.messages = [...this.messages, message]; },
       popMessage() { this.messages = this.messages.slice(0, -1); },
       replaceMessage(index, message) {
@@ -136,6 +136,22 @@ try {
     const chat = new MemoryChat({ transport });
     await chat.resumeStream();  // what useChat({resume: true}) does when the page loads
     print(chatLine(chat));
+  } else if (scenario === "chat-reload") {
+    // A page sends a turn and goes away mid-answer (stop() aborts the request, as a reload
+    // does); the reloaded page restores its messages and resumes (useChat({resume: true})).
+    const text = "a story [[fake tokens=40 tps=20]]";
+    const page = new MemoryChat({ id: chatId, transport });
+    const sending = page.sendMessage({ text });
+    await until(() => {
+      const last = page.messages.at(-1);
+      return last && last.role === "assistant" && last.parts.some((p) => p.type === "text" && p.text);
+    });
+    await page.stop();
+    await sending;
+    const reloaded = new MemoryChat({ id: chatId, transport, messages: page.messages.slice(0, 1) });
+    await reloaded.resumeStream();
+    await until(() => reloaded.status === "ready" || reloaded.status === "error");
+    print(chatLine(reloaded));
   } else if (scenario === "resume") {
     const stream = await transport.reconnectToStream({ chatId });
     print({ turn: 0, resumed: stream !== null });

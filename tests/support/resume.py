@@ -56,6 +56,8 @@ def parse_events(payload: bytes) -> list[Event]:
             name, _, value = line.partition(b": ")
             if name == b"id":
                 event_id = value.decode()
+            elif name == b"data" and value == b"[DONE]":  # the UI message stream's end
+                data = {"done": "[DONE]"}
             elif name == b"data":
                 data = json.loads(value)
         events.append(Event(block + b"\n\n", event_id, data))
