@@ -67,6 +67,30 @@ async def test_a_turn_streams_the_ui_message_protocol(
     assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]
 
 
+async def test_a_repeated_turn_is_answered_from_the_cache_as_ui_parts(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    # useChat sends no temperature (Claude's default samples): cached only when the route
+    # says sampled answers may be shared.
+    cached = {**CONFIG, "cache": {"enabled": True, "include_sampled": True}}
+    turn = chat("the same question [[fake tokens=5]]")
+    async with sidecar_for(cached) as sidecar:
+        first = await post(sidecar.url + CHAT, turn)
+        second = await post(sidecar.url + CHAT, turn)
+    assert (first[0], second[0]) == (200, 200)
+    assert (first[1]["X-Cache"], second[1]["X-Cache"]) == ("MISS", "HIT")
+    assert second[1]["x-vercel-ai-ui-message-stream"] == "v1"
+
+    def texts(body: str) -> str:
+        return "".join(
+            c["delta"] for c in parse(body) if isinstance(c, dict) and c.get("type") == "text-delta"
+        )
+
+    assert texts(second[2]) == texts(first[2]) != ""
+    assert parse(second[2])[-1] == "[DONE]"
+    assert fake.state.counters["requests"] == 1  # the repeat never reached Claude
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

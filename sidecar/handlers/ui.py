@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.cache.step import lookup as cache_lookup
 from sidecar.call.run import (
     ClaudeRequest,
     call_claude,
@@ -102,10 +103,20 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
         stream=True,
         input_estimate=estimate_input_tokens(collected.chars, collected.attachment_bytes),
     )
-    plan = await resume.prepare(ctx) if resumable else None
-    chat = ui_resume.chat_field(fields)
-    if plan is not None and chat is not None:
-        await ui_resume.bind(ctx, chat, plan)
     # The stream's protocol marker; `ctx.headers` reach the SSE response (and any error).
     ctx.headers.update(HEADERS)
-    return await call_claude(ctx, call, record, UiTranslator(), plan)
+    cached = await cache_lookup(ctx, body, stream=True)
+    if cached.source is not None:  # the UI parts, made from Claude's recorded events
+        reserve = call.input_estimate + body["max_tokens"]
+        answered = await cached.serve(record, UiTranslator(), reserve)
+        if answered is not None:
+            return answered
+    try:
+        plan = await resume.prepare(ctx) if resumable else None
+        chat = ui_resume.chat_field(fields)
+        if plan is not None and chat is not None:
+            await ui_resume.bind(ctx, chat, plan)
+    except BaseException:
+        cached.abandon()
+        raise
+    return await call_claude(ctx, call, record, UiTranslator(), plan, cached.tap)
