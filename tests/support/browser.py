@@ -26,7 +26,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 JS_DIR = ROOT / "tests" / "js"
 CHROMIUM = "/usr/bin/chromium"
 FIREFOX = "/usr/bin/firefox-esr"
