@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_header
-from tests.support.apps import AppState, echoed_headers, running_app
+from tests.support.apps import AppState, echoed_headers, running_app, serving
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import free_port
 
@@ -295,14 +295,8 @@ async def recording_app() -> AsyncIterator[tuple[str, list[tuple[dict[str, str],
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", record)
-    runner = web.AppRunner(app, auto_decompress=False, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    address: Any = runner.addresses[0]
-    try:
-        yield f"http://127.0.0.1:{address[1]}", seen
-    finally:
-        await runner.cleanup()
+    async with serving(app, auto_decompress=False) as url:
+        yield url, seen
 
 
 def _deflate(data: bytes) -> bytes:

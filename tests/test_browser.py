@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
+from tests.support.apps import serving
 from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.resume import cutting_proxy, sse_request
 from tests.support.sidecars import SidecarFactory
@@ -76,13 +77,8 @@ async def page_server() -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_get("/", page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield int(origin.rsplit(":", 1)[1])
 
 
 @pytest.fixture
@@ -289,13 +285,8 @@ async def sdk_page_server() -> AsyncIterator[str]:
     app.router.add_get("/", page)
     app.router.add_get("/node_modules/{path:.+}", module)
     app.router.add_get("/stub/standardwebhooks.mjs", stub)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield origin
 
 
 async def run_sdk_page(browser: Browser, origin: str, config: dict[str, str]) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 
+from tests.support.apps import serving
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 JS_DIR = ROOT / "tests" / "js"
 CHROMIUM = "/usr/bin/chromium"
@@ -128,13 +130,8 @@ async def page_server(
     app.router.add_get("/run.js", run_js)
     if extra is not None:
         extra(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield origin
 
 
 def run_url(origin: str, config: dict[str, Any]) -> str:
@@ -381,10 +378,5 @@ class ResumeEmulator:
 @contextlib.asynccontextmanager
 async def running_emulator(emulator: ResumeEmulator) -> AsyncIterator[str]:
     """Serve `emulator` on a free port; yields its base URL."""
-    runner = web.AppRunner(emulator.app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(emulator.app, shutdown_timeout=0.1) as url:
+        yield url
