@@ -19,18 +19,16 @@ from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
 from tests.support.apps import serving
+from tests.support.browser import CHROMIUM, launched_chromium
 from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.resume import cutting_proxy, sse_request
 from tests.support.sidecars import SidecarFactory
 
-CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
-from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
+from playwright.async_api import Browser, Page
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 PAGE = b"<!doctype html><html><head><title>app</title></head><body>app</body></html>"
 
 # Runs in the page: an EventSource until `done` (or an error), every message recorded.
@@ -89,12 +87,8 @@ async def page_port() -> AsyncIterator[int]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched_chromium() as launched:
+        yield launched
 
 
 def config_for(page_port: int) -> dict[str, Any]:
