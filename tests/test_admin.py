@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.server import SidecarServer
 from tests.support.apps import running_app, serving
 from tests.support.otel import prompt
+from tests.support.resume import stream_then_resume
 from tests.support.sidecars import SidecarFactory
 
 DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
@@ -67,12 +68,7 @@ async def busy_scrape(sidecar: SidecarServer) -> str:
         assert r.status == 404  # no route matches: counted under a bounded label, not the path
     async with aiohttp.ClientSession() as http:  # a stream read again from its start
         url = sidecar.url + "/api/stream-response"
-        async with http.get(url, params={"prompt": "resume me [[fake tokens=3]]"}) as r:
-            stream_id = r.headers["Sidecar-Stream-Id"]
-            await r.read()
-        async with http.get(url, params={"last_event_id": f"{stream_id}:0"}) as r:
-            assert r.status == 200
-            assert b'"done"' in await r.read()
+        await stream_then_resume(http, url, "resume me [[fake tokens=3]]", after=0)
     return await scrape(sidecar)
 
 
