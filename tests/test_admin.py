@@ -19,7 +19,7 @@ from sidecar.server import SidecarServer
 from tests.support.apps import running_app, serving
 from tests.support.otel import prompt
 from tests.support.resume import stream_then_resume
-from tests.support.sidecars import SidecarFactory
+from tests.support.sidecars import SidecarFactory, get_status
 
 DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
 METRIC_NAME = re.compile(r"\b(?:gen_ai|sidecar|http)_[a-z0-9_]+")
@@ -209,12 +209,9 @@ async def test_admin_endpoints_and_draining(
         sidecar_for({"app": {"url": url}}) as sidecar,
         aiohttp.ClientSession() as http,
     ):
-        async with http.get(sidecar.admin_url + "/healthz") as r:
-            assert r.status == 200
-        async with http.get(sidecar.admin_url + "/readyz") as r:
-            assert r.status == 200
-        async with http.get(sidecar.url + "/echo") as r:
-            assert r.status == 200
+        assert await get_status(http, sidecar.admin_url + "/healthz") == 200
+        assert await get_status(http, sidecar.admin_url + "/readyz") == 200
+        assert await get_status(http, sidecar.url + "/echo") == 200
         async with http.get(sidecar.admin_url + "/metrics") as r:
             text = await r.text()
             assert r.status == 200
