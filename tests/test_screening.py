@@ -17,19 +17,17 @@ from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
 from sidecar.policy import Screener, collect_texts
 from sidecar.policy.screening import may_change_in_normalize, normalize
+from tests.support.screening import LAUNCH_CODES, MODEL, PROMPT, SECRET_WORDS
 from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
 
-PROMPT = "/api/stream-response"
-MODEL = "claude-sonnet-5-5"
-SECRET_WORDS = "the launch codes are 0000"
 CONFIG: dict[str, Any] = {
     "screening": {
         "max_prompt_chars": 10000,
         "max_attachment_bytes": 1000,
         "deny_patterns": [
             "(?i)ignore (all )?previous instructions",
-            {"name": "launch-codes", "pattern": "(?i)launch codes"},
+            LAUNCH_CODES,
             {"name": "pathological", "pattern": "(x+x+)+y"},
         ],
     }
