@@ -9,9 +9,11 @@ resumable (`Sidecar-Stream-Id`); against a server that does not, they skip and s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +22,7 @@ import pytest
 
 import sidecar.browser
 from sidecar.fake_claude import FakeServer
+from sidecar.server import SidecarServer
 from tests.support.browser import (
     ENGINES,
     JS_DIR,
@@ -46,6 +49,15 @@ GRACE = {"detach_grace_seconds": 10}
 
 def config_for(origin: str, **extra: Any) -> dict[str, Any]:
     return {"cors": {"allow_origins": [origin]}, **extra}
+
+
+@contextlib.asynccontextmanager
+async def page_and_sidecar(
+    sidecar_for: SidecarFactory, **config: Any
+) -> AsyncIterator[tuple[str, SidecarServer]]:
+    """The run page's origin and a sidecar that allows it by CORS (plus `config`)."""
+    async with page_server() as origin, sidecar_for(config_for(origin, **config)) as sidecar:
+        yield origin, sidecar
 
 
 async def reference(base: str, prompt: str) -> tuple[str, bool]:
@@ -102,7 +114,7 @@ async def run_through_fault(
     Skips unless the server's streams are as `resumable` as the test needs. Returns the
     page's result, the uninterrupted text and the proxy (which counts its faults).
     """
-    async with page_server() as origin, sidecar_for(config_for(origin, **config)) as sidecar:
+    async with page_and_sidecar(sidecar_for, **config) as (origin, sidecar):
         expected, is_resumable = await reference(sidecar.url, prompt)
         if resumable and not is_resumable:
             pytest.skip(NOT_RESUMABLE)
@@ -122,7 +134,7 @@ async def test_post_streams_tokens_incrementally_then_done(
 ) -> None:
     skip_unless_engine(engine)
     prompt = "hello module [[fake tokens=12 tps=20]]"
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
         expected, _ = await reference(sidecar.url, prompt)
         result = await post(engine, origin, sidecar.url, prompt)
     assert kinds(result) == ["open", *["token"] * 12, "done"], result["events"][-1]
@@ -141,7 +153,7 @@ async def test_get_streams_through_event_source(
     engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine(engine)
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
         expected, _ = await reference(sidecar.url, "hello event source")
         result = await run(
             engine, origin, sidecar.url,
@@ -159,13 +171,11 @@ async def test_errors_carry_type_status_and_retry_after(
 ) -> None:
     skip_unless_engine(engine)
     prompt = "limited [[fake fault=rate_limit retry_after=20]]"
-    async with page_server() as origin:
-        config = config_for(origin, claude={"max_retries": 0})
-        async with sidecar_for(config) as sidecar:
-            limited = await post(engine, origin, sidecar.url, prompt)
-            midstream = await post(
-                engine, origin, sidecar.url, "cut [[fake fault=midstream_error after=3]]"
-            )
+    async with page_and_sidecar(sidecar_for, claude={"max_retries": 0}) as (origin, sidecar):
+        limited = await post(engine, origin, sidecar.url, prompt)
+        midstream = await post(
+            engine, origin, sidecar.url, "cut [[fake fault=midstream_error after=3]]"
+        )
     assert kinds(limited) == ["error"]
     error = limited["events"][0]["error"]
     assert (error["type"], error["status"], error["retryAfter"]) == ("rate_limited", 429, 20)
@@ -181,7 +191,7 @@ async def test_abort_cancels_the_generation_at_claude(
 ) -> None:
     skip_unless_engine(engine)
     prompt = "long answer [[fake tokens=200 tps=10]]"
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
         result = await post(engine, origin, sidecar.url, prompt, abortAfter=3)
         for _ in range(100):
             if fake.state.counters["streams_cancelled"]:
@@ -261,10 +271,9 @@ async def test_a_disallowed_origin_is_blocked(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine("chromium")
-    async with page_server() as origin:
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
         refused = origin.replace("127.0.0.1", "localhost")  # same page, another origin
-        async with sidecar_for(config_for(origin)) as sidecar:
-            result = await post("chromium", refused, sidecar.url, "hi")
+        result = await post("chromium", refused, sidecar.url, "hi")
     assert kinds(result) == ["error"]
     assert result["events"][0]["error"]["type"] == "connection_error"
     assert fake.state.counters["requests"] == 0
