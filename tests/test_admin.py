@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.server import SidecarServer
 from tests.support.apps import running_app, serving
 from tests.support.otel import prompt
-from tests.support.sidecars import SidecarFactory
+from tests.support.resume import stream_then_resume
+from tests.support.sidecars import SidecarFactory, get_status
 
 DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
 METRIC_NAME = re.compile(r"\b(?:gen_ai|sidecar|http)_[a-z0-9_]+")
@@ -67,12 +68,7 @@ async def busy_scrape(sidecar: SidecarServer) -> str:
         assert r.status == 404  # no route matches: counted under a bounded label, not the path
     async with aiohttp.ClientSession() as http:  # a stream read again from its start
         url = sidecar.url + "/api/stream-response"
-        async with http.get(url, params={"prompt": "resume me [[fake tokens=3]]"}) as r:
-            stream_id = r.headers["Sidecar-Stream-Id"]
-            await r.read()
-        async with http.get(url, params={"last_event_id": f"{stream_id}:0"}) as r:
-            assert r.status == 200
-            assert b'"done"' in await r.read()
+        await stream_then_resume(http, url, "resume me [[fake tokens=3]]", after=0)
     return await scrape(sidecar)
 
 
@@ -213,12 +209,9 @@ async def test_admin_endpoints_and_draining(
         sidecar_for({"app": {"url": url}}) as sidecar,
         aiohttp.ClientSession() as http,
     ):
-        async with http.get(sidecar.admin_url + "/healthz") as r:
-            assert r.status == 200
-        async with http.get(sidecar.admin_url + "/readyz") as r:
-            assert r.status == 200
-        async with http.get(sidecar.url + "/echo") as r:
-            assert r.status == 200
+        assert await get_status(http, sidecar.admin_url + "/healthz") == 200
+        assert await get_status(http, sidecar.admin_url + "/readyz") == 200
+        assert await get_status(http, sidecar.url + "/echo") == 200
         async with http.get(sidecar.admin_url + "/metrics") as r:
             text = await r.text()
             assert r.status == 200

@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_header
-from tests.support.apps import AppState, echoed_headers, running_app
+from tests.support.apps import AppState, echoed_headers, running_app, serving
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import free_port
 
@@ -295,14 +295,8 @@ async def recording_app() -> AsyncIterator[tuple[str, list[tuple[dict[str, str],
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", record)
-    runner = web.AppRunner(app, auto_decompress=False, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    address: Any = runner.addresses[0]
-    try:
-        yield f"http://127.0.0.1:{address[1]}", seen
-    finally:
-        await runner.cleanup()
+    async with serving(app, auto_decompress=False) as url:
+        yield url, seen
 
 
 def _deflate(data: bytes) -> bytes:
@@ -354,19 +348,35 @@ async def test_encoded_request_bodies_reach_the_app_byte_identical(
             assert headers["content-length"] == str(len(got))
 
 
+@contextlib.asynccontextmanager
+async def raw_request(
+    port: int, request: bytes
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A connection to the sidecar with `request` (raw bytes) already sent; closed on exit."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    await writer.drain()
+
+
 async def test_expect_100_continue_is_answered_not_forwarded(sidecar_for: SidecarFactory) -> None:
     async with recording_app() as (url, seen), sidecar_for(with_app(url)) as sidecar:
-        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-        writer.write(
+        head = (
             b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 5\r\n"
             b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
         )
-        await writer.drain()
-        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        writer.write(b"hello")
-        await writer.drain()
-        final = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
+        async with raw_request(sidecar.port, head) as (reader, writer):
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            await send(writer, b"hello")
+            final = await asyncio.wait_for(reader.read(), 10)
     assert interim.startswith(b"HTTP/1.1 100 Continue")
     assert final.startswith(b"HTTP/1.1 200 ")
     assert seen[0][1] == b"hello"
@@ -389,13 +399,9 @@ async def test_a_body_that_stops_arriving_is_cut_with_408(sidecar_for: SidecarFa
     async with recording_app() as (url, seen):
         config["app"]["url"] = url
         async with sidecar_for(config) as sidecar:
-            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-            writer.write(
-                b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 100\r\n\r\nabc"
-            )
-            await writer.drain()
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            writer.close()
+            request = b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 100\r\n\r\nabc"
+            async with raw_request(sidecar.port, request) as (reader, _writer):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 408 ")
     assert seen == []  # the app never got a whole request to answer
 
@@ -418,17 +424,14 @@ async def test_a_slow_but_steady_upload_is_not_cut(sidecar_for: SidecarFactory) 
 
 async def test_bad_chunked_framing_mid_body_is_400_not_500(sidecar_for: SidecarFactory) -> None:
     async with recording_app() as (url, _seen), sidecar_for(with_app(url)) as sidecar:
-        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-        writer.write(
+        start = (
             b"POST /upload HTTP/1.1\r\nHost: sidecar\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"3\r\nabc\r\n"
         )
-        await writer.drain()
-        await asyncio.sleep(0.3)  # the body is being streamed to the app by now
-        writer.write(b"zz\r\nnot a chunk\r\n0\r\n\r\n")
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
+        async with raw_request(sidecar.port, start) as (reader, writer):
+            await asyncio.sleep(0.3)  # the body is being streamed to the app by now
+            await send(writer, b"zz\r\nnot a chunk\r\n0\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert answer.count(b"HTTP/1.1 ") == 1  # one answer, in the route's format
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "invalid_request"

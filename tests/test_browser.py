@@ -18,18 +18,18 @@ import pytest
 from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
+from sidecar.server import SidecarServer
+from tests.support.apps import serving
+from tests.support.browser import CHROMIUM, launched_chromium
 from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.resume import cutting_proxy, sse_request
 from tests.support.sidecars import SidecarFactory
 
-CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
-from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
+from playwright.async_api import Browser, Page
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 PAGE = b"<!doctype html><html><head><title>app</title></head><body>app</body></html>"
 
 # Runs in the page: an EventSource until `done` (or an error), every message recorded.
@@ -76,13 +76,8 @@ async def page_server() -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_get("/", page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield int(origin.rsplit(":", 1)[1])
 
 
 @pytest.fixture
@@ -93,12 +88,8 @@ async def page_port() -> AsyncIterator[int]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched_chromium() as launched:
+        yield launched
 
 
 def config_for(page_port: int) -> dict[str, Any]:
@@ -125,6 +116,16 @@ async def opened(browser: Browser, url: str) -> AsyncIterator[Page]:
         await context.close()
 
 
+@contextlib.asynccontextmanager
+async def sidecar_and_page(
+    sidecar_for: SidecarFactory, browser: Browser, page_port: int, host: str = "127.0.0.1"
+) -> AsyncIterator[tuple[SidecarServer, Page]]:
+    """A sidecar configured by `config_for`, and the app's page open in the browser at `host`."""
+    async with sidecar_for(config_for(page_port)) as sidecar:
+        async with opened(browser, f"http://{host}:{page_port}/") as page:
+            yield sidecar, page
+
+
 def tokens_in_order(seen: list[dict[str, Any]]) -> list[str]:
     return [event["data"]["token"] for event in seen if "token" in event["data"]]
 
@@ -132,10 +133,9 @@ def tokens_in_order(seen: list[dict[str, Any]]) -> list[str]:
 async def test_event_source_streams_tokens_then_done(
     fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
 ) -> None:
-    async with sidecar_for(config_for(page_port)) as sidecar:
-        async with opened(browser, f"http://127.0.0.1:{page_port}/") as page:
-            url = sidecar.url + "/api/stream-response?prompt=hello%20browser"
-            result = await page.evaluate(EVENT_SOURCE_JS, url)
+    async with sidecar_and_page(sidecar_for, browser, page_port) as (sidecar, page):
+        url = sidecar.url + "/api/stream-response?prompt=hello%20browser"
+        result = await page.evaluate(EVENT_SOURCE_JS, url)
     assert result["ok"] is True
     seen = result["seen"]
     # One message event per token, each with its own id `<stream id>:<n>`, then `done` with usage.
@@ -150,13 +150,12 @@ async def test_event_source_streams_tokens_then_done(
 async def test_event_source_with_access_token_in_the_query(
     fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
 ) -> None:
-    async with sidecar_for(config_for(page_port)) as sidecar:
-        async with opened(browser, f"http://127.0.0.1:{page_port}/") as page:
-            base = sidecar.url + "/api/private?prompt=hi"
-            refused = await page.evaluate(EVENT_SOURCE_JS, base)
-            assert fake.state.counters["requests"] == 0
-            expired = await page.evaluate(EVENT_SOURCE_JS, base + "&access_token=" + mint(exp=1))
-            allowed = await page.evaluate(EVENT_SOURCE_JS, base + "&access_token=" + mint())
+    async with sidecar_and_page(sidecar_for, browser, page_port) as (sidecar, page):
+        base = sidecar.url + "/api/private?prompt=hi"
+        refused = await page.evaluate(EVENT_SOURCE_JS, base)
+        assert fake.state.counters["requests"] == 0
+        expired = await page.evaluate(EVENT_SOURCE_JS, base + "&access_token=" + mint(exp=1))
+        allowed = await page.evaluate(EVENT_SOURCE_JS, base + "&access_token=" + mint())
     assert refused == {"ok": False, "seen": []}
     assert expired == {"ok": False, "seen": []}
     assert allowed["ok"] is True
@@ -169,9 +168,8 @@ async def test_event_source_with_access_token_in_the_query(
 async def test_fetch_with_authorization_passes_preflight_and_streams(
     fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
 ) -> None:
-    async with sidecar_for(config_for(page_port)) as sidecar:
-        async with opened(browser, f"http://127.0.0.1:{page_port}/") as page:
-            result = await page.evaluate(FETCH_STREAM_JS, [sidecar.url + "/api/private", mint()])
+    async with sidecar_and_page(sidecar_for, browser, page_port) as (sidecar, page):
+        result = await page.evaluate(FETCH_STREAM_JS, [sidecar.url + "/api/private", mint()])
     assert result["ok"] is True, result
     assert result["status"] == 200
     assert result["chunks"] >= 1
@@ -185,13 +183,12 @@ async def test_fetch_with_authorization_passes_preflight_and_streams(
 async def test_refused_origin_gets_a_cors_error_and_claude_is_never_called(
     fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
 ) -> None:
-    async with sidecar_for(config_for(page_port)) as server:
-        # Same page, other origin: `localhost` is not `127.0.0.1` to the browser.
-        async with opened(browser, f"http://localhost:{page_port}/") as page:
-            fetched = await page.evaluate(FETCH_STREAM_JS, [server.url + "/api/private", mint()])
-            streamed = await page.evaluate(
-                EVENT_SOURCE_JS, server.url + "/api/stream-response?prompt=hi"
-            )
+    # Same page, other origin: `localhost` is not `127.0.0.1` to the browser.
+    async with sidecar_and_page(sidecar_for, browser, page_port, "localhost") as (server, page):
+        fetched = await page.evaluate(FETCH_STREAM_JS, [server.url + "/api/private", mint()])
+        streamed = await page.evaluate(
+            EVENT_SOURCE_JS, server.url + "/api/stream-response?prompt=hi"
+        )
     assert fetched["ok"] is False
     assert "Failed to fetch" in fetched["error"]
     assert streamed == {"ok": False, "seen": []}
@@ -289,13 +286,8 @@ async def sdk_page_server() -> AsyncIterator[str]:
     app.router.add_get("/", page)
     app.router.add_get("/node_modules/{path:.+}", module)
     app.router.add_get("/stub/standardwebhooks.mjs", stub)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield origin
 
 
 async def run_sdk_page(browser: Browser, origin: str, config: dict[str, str]) -> dict[str, Any]:

@@ -15,14 +15,14 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, skip_unless_engine
+from tests.support.browser import CHROMIUM, ROOT, launched_chromium, skip_unless_engine
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium", allow_module_level=True)
 
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 ARTIFACTS = ROOT / "test-artifacts" / "demo"
 CONFIG: dict[str, Any] = {
@@ -35,12 +35,8 @@ CONFIG: dict[str, Any] = {
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     skip_unless_engine("chromium")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched_chromium() as launched:
+        yield launched
 
 
 async def shot(page: Page, name: str) -> None:

@@ -13,7 +13,7 @@ from sidecar import loader
 from sidecar.config import BrowserConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
-from tests.support.sidecars import BASE, SidecarFactory
+from tests.support.sidecars import BASE, SidecarFactory, get_status
 
 
 async def test_the_module_is_public_code_served_before_any_route(
@@ -48,12 +48,9 @@ async def test_path_and_enabled_are_configurable(
 ) -> None:
     config = {"browser": {"path": "/static/claude", "demo": True}}
     async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
-        async with http.get(sidecar.url + "/static/claude/claude-stream.js") as moved:
-            assert moved.status == 200
-        async with http.get(sidecar.url + "/static/claude/demo.js") as demo_js:
-            assert demo_js.status == 200
-        async with http.get(sidecar.url + "/_sidecar/claude-stream.js") as old:
-            assert old.status == 404
+        assert await get_status(http, sidecar.url + "/static/claude/claude-stream.js") == 200
+        assert await get_status(http, sidecar.url + "/static/claude/demo.js") == 200
+        assert await get_status(http, sidecar.url + "/_sidecar/claude-stream.js") == 404
     async with sidecar_for({"browser": {"enabled": False}}) as sidecar:
         async with aiohttp.ClientSession() as http:
             async with http.get(sidecar.url + "/_sidecar/claude-stream.js") as off:

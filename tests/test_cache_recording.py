@@ -10,7 +10,7 @@ import pytest
 from sidecar.cache.recording import Recording
 from sidecar.fake_claude import FakeServer
 from sidecar.record import Outcome, StreamRecord
-from tests.support.cache import asking, cached, post
+from tests.support.cache import asking, cached, post, post_at_once
 from tests.support.otel import make_otel
 from tests.support.sidecars import SidecarFactory
 
@@ -102,7 +102,7 @@ async def test_ten_identical_concurrent_requests_make_one_claude_call(
     body = asking("[[fake tokens=30 tps=100]] together")
     otel = make_otel()
     async with sidecar_for(cached(), telemetry=otel.telemetry) as s:
-        results = await asyncio.gather(*(post(s.url, body) for _ in range(10)))
+        results = await post_at_once(s.url, body, 10)
     assert fake.state.counters["requests"] == 1
     assert sorted(str(status) for _, status, _ in results) == ["HIT"] * 9 + ["MISS"]
     assert len({raw for _, _, raw in results}) == 1  # ten identical streams
@@ -116,7 +116,7 @@ async def test_followers_of_a_call_refused_before_answering_call_claude_themselv
 ) -> None:
     body = asking("[[fake fault=bad_request]] refused")
     async with sidecar_for(cached()) as s:
-        results = await asyncio.gather(*(post(s.url, body) for _ in range(3)))
+        results = await post_at_once(s.url, body, 3)
     assert [status for status, _, _ in results] == [400, 400, 400]
     assert all(b"invalid_request_error" in raw for _, _, raw in results)
     assert fake.state.counters["requests"] == 3
@@ -127,7 +127,7 @@ async def test_followers_of_a_stream_that_fails_midway_get_its_error_and_nothing
 ) -> None:
     body = asking("[[fake tokens=30 tps=20 fault=midstream_error after=20]] doomed")
     async with sidecar_for(cached()) as s:
-        results = await asyncio.gather(*(post(s.url, body) for _ in range(3)))
+        results = await post_at_once(s.url, body, 3)
         assert s.runtime.cache is not None
         await s.runtime.cache.settled()
         again = await post(s.url, body)

@@ -28,18 +28,14 @@ from sidecar.policy.claude_schema import (
     UnknownBlock,
     collect_texts,
 )
+from tests.support.screening import LAUNCH_CODES, MODEL, PROMPT
+from tests.support.screening import SECRET_WORDS as DENIED
 from tests.support.sidecars import SidecarFactory
 
-PROMPT = "/api/stream-response"
-MODEL = "claude-sonnet-5-5"
-DENIED = "the launch codes are 0000"
 HARMLESS = "the weather is fine today"
-RULE = '"launch-codes"'
+RULE = f'"{LAUNCH_CODES["name"]}"'
 CONFIG: dict[str, Any] = {
-    "screening": {
-        "max_prompt_chars": 100000,
-        "deny_patterns": [{"name": "launch-codes", "pattern": "(?i)launch codes"}],
-    }
+    "screening": {"max_prompt_chars": 100000, "deny_patterns": [LAUNCH_CODES]}
 }
 
 

@@ -9,9 +9,11 @@ resumable (`Sidecar-Stream-Id`); against a server that does not, they skip and s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +22,7 @@ import pytest
 
 import sidecar.browser
 from sidecar.fake_claude import FakeServer
+from sidecar.server import SidecarServer
 from tests.support.browser import (
     ENGINES,
     JS_DIR,
@@ -48,6 +51,15 @@ def config_for(origin: str, **extra: Any) -> dict[str, Any]:
     return {"cors": {"allow_origins": [origin]}, **extra}
 
 
+@contextlib.asynccontextmanager
+async def page_and_sidecar(
+    sidecar_for: SidecarFactory, **config: Any
+) -> AsyncIterator[tuple[str, SidecarServer]]:
+    """The run page's origin and a sidecar that allows it by CORS (plus `config`)."""
+    async with page_server() as origin, sidecar_for(config_for(origin, **config)) as sidecar:
+        yield origin, sidecar
+
+
 async def reference(base: str, prompt: str) -> tuple[str, bool]:
     """The uninterrupted text for `prompt`, and whether the server's streams are resumable."""
     async with aiohttp.ClientSession() as http:
@@ -73,21 +85,58 @@ async def run(engine: Engine, origin: str, sidecar: str, **config: Any) -> dict[
     return result
 
 
+async def post(
+    engine: Engine, origin: str, sidecar: str, prompt: str, **config: Any
+) -> dict[str, Any]:
+    """The page's result for POSTing `prompt` straight to the sidecar's stream route."""
+    return await run(
+        engine,
+        origin,
+        sidecar,
+        url=sidecar + PROMPT,
+        options={"body": {"prompt": prompt}},
+        **config,
+    )
+
+
+async def run_through_fault(
+    engine: Engine,
+    sidecar_for: SidecarFactory,
+    prompt: str,
+    fault: Literal["cut", "stall"],
+    *,
+    resumable: bool,
+    config: dict[str, Any],
+    options: dict[str, Any],
+) -> tuple[dict[str, Any], str, FaultyProxy]:
+    """Streams `prompt` in the page through a proxy that cuts or stalls it after 400 bytes.
+
+    Skips unless the server's streams are as `resumable` as the test needs. Returns the
+    page's result, the uninterrupted text and the proxy (which counts its faults).
+    """
+    async with page_and_sidecar(sidecar_for, **config) as (origin, sidecar):
+        expected, is_resumable = await reference(sidecar.url, prompt)
+        if resumable and not is_resumable:
+            pytest.skip(NOT_RESUMABLE)
+        if not resumable and is_resumable:
+            pytest.skip("the sidecar resumes streams: covered by the resume tests")
+        async with FaultyProxy(sidecar.port, fault, after_bytes=400) as proxy:
+            result = await run(
+                engine, origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                options={"body": {"prompt": prompt}, **options},
+            )  # fmt: skip
+    return result, expected, proxy
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_post_streams_tokens_incrementally_then_done(
     engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine(engine)
     prompt = "hello module [[fake tokens=12 tps=20]]"
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
         expected, _ = await reference(sidecar.url, prompt)
-        result = await run(
-            engine,
-            origin,
-            sidecar.url,
-            url=sidecar.url + PROMPT,
-            options={"body": {"prompt": prompt}},
-        )
+        result = await post(engine, origin, sidecar.url, prompt)
     assert kinds(result) == ["open", *["token"] * 12, "done"], result["events"][-1]
     assert result["state"] == "done"
     assert result["text"] == result["domText"] == expected
@@ -104,7 +153,7 @@ async def test_get_streams_through_event_source(
     engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine(engine)
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
         expected, _ = await reference(sidecar.url, "hello event source")
         result = await run(
             engine, origin, sidecar.url,
@@ -122,17 +171,11 @@ async def test_errors_carry_type_status_and_retry_after(
 ) -> None:
     skip_unless_engine(engine)
     prompt = "limited [[fake fault=rate_limit retry_after=20]]"
-    async with page_server() as origin:
-        config = config_for(origin, claude={"max_retries": 0})
-        async with sidecar_for(config) as sidecar:
-            limited = await run(
-                engine, origin, sidecar.url, url=sidecar.url + PROMPT,
-                options={"body": {"prompt": prompt}},
-            )  # fmt: skip
-            midstream = await run(
-                engine, origin, sidecar.url, url=sidecar.url + PROMPT,
-                options={"body": {"prompt": "cut [[fake fault=midstream_error after=3]]"}},
-            )  # fmt: skip
+    async with page_and_sidecar(sidecar_for, claude={"max_retries": 0}) as (origin, sidecar):
+        limited = await post(engine, origin, sidecar.url, prompt)
+        midstream = await post(
+            engine, origin, sidecar.url, "cut [[fake fault=midstream_error after=3]]"
+        )
     assert kinds(limited) == ["error"]
     error = limited["events"][0]["error"]
     assert (error["type"], error["status"], error["retryAfter"]) == ("rate_limited", 429, 20)
@@ -148,11 +191,8 @@ async def test_abort_cancels_the_generation_at_claude(
 ) -> None:
     skip_unless_engine(engine)
     prompt = "long answer [[fake tokens=200 tps=10]]"
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
-        result = await run(
-            engine, origin, sidecar.url, url=sidecar.url + PROMPT,
-            options={"body": {"prompt": prompt}}, abortAfter=3,
-        )  # fmt: skip
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
+        result = await post(engine, origin, sidecar.url, prompt, abortAfter=3)
         for _ in range(100):
             if fake.state.counters["streams_cancelled"]:
                 break
@@ -168,16 +208,10 @@ async def test_cut_connection_resumes_without_duplicating_text(
     engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine(engine)
-    prompt = "resume me [[fake tokens=40 tps=25]]"
-    async with page_server() as origin, sidecar_for(config_for(origin, resume=GRACE)) as sidecar:
-        expected, resumable = await reference(sidecar.url, prompt)
-        if not resumable:
-            pytest.skip(NOT_RESUMABLE)
-        async with FaultyProxy(sidecar.port, "cut", after_bytes=400) as proxy:
-            result = await run(
-                engine, origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
-                options={"body": {"prompt": prompt}, "retryBaseMs": 100},
-            )  # fmt: skip
+    result, expected, proxy = await run_through_fault(
+        engine, sidecar_for, "resume me [[fake tokens=40 tps=25]]", "cut", resumable=True,
+        config={"resume": GRACE}, options={"retryBaseMs": 100},
+    )  # fmt: skip
     assert proxy.faults == 1
     assert "reconnecting" in kinds(result)
     assert result["state"] == "done"
@@ -190,16 +224,10 @@ async def test_watchdog_trips_on_a_stall_and_resumes(
     engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine(engine)
-    prompt = "stall me [[fake tokens=40 tps=25]]"
-    async with page_server() as origin, sidecar_for(config_for(origin, resume=GRACE)) as sidecar:
-        expected, resumable = await reference(sidecar.url, prompt)
-        if not resumable:
-            pytest.skip(NOT_RESUMABLE)
-        async with FaultyProxy(sidecar.port, "stall", after_bytes=400) as proxy:
-            result = await run(
-                engine, origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
-                options={"body": {"prompt": prompt}, "idleTimeoutMs": 1500, "retryBaseMs": 100},
-            )  # fmt: skip
+    result, expected, _ = await run_through_fault(
+        engine, sidecar_for, "stall me [[fake tokens=40 tps=25]]", "stall", resumable=True,
+        config={"resume": GRACE}, options={"idleTimeoutMs": 1500, "retryBaseMs": 100},
+    )  # fmt: skip
     reconnects = [e for e in result["events"] if e["type"] == "reconnecting"]
     assert reconnects[0]["reason"] == "idle"
     assert result["state"] == "done"
@@ -210,16 +238,10 @@ async def test_without_resume_a_cut_reports_the_loss_and_keeps_the_text(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine("chromium")
-    prompt = "cut me [[fake tokens=40 tps=25]]"
-    async with page_server() as origin, sidecar_for(config_for(origin)) as sidecar:
-        expected, resumable = await reference(sidecar.url, prompt)
-        if resumable:
-            pytest.skip("the sidecar resumes streams: covered by the resume tests")
-        async with FaultyProxy(sidecar.port, "cut", after_bytes=400) as proxy:
-            result = await run(
-                "chromium", origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
-                options={"body": {"prompt": prompt}},
-            )  # fmt: skip
+    result, expected, proxy = await run_through_fault(
+        "chromium", sidecar_for, "cut me [[fake tokens=40 tps=25]]", "cut", resumable=False,
+        config={}, options={},
+    )  # fmt: skip
     assert proxy.faults == 1
     assert kinds(result)[-1] == "error"
     assert result["events"][-1]["error"]["type"] == "connection_lost"
@@ -233,16 +255,10 @@ async def test_without_resume_the_watchdog_ends_a_stalled_stream(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine("chromium")
-    prompt = "stall me [[fake tokens=40 tps=25]]"
-    async with page_server() as origin, sidecar_for(config_for(origin, resume=GRACE)) as sidecar:
-        expected, resumable = await reference(sidecar.url, prompt)
-        if resumable:
-            pytest.skip("the sidecar resumes streams: covered by the resume tests")
-        async with FaultyProxy(sidecar.port, "stall", after_bytes=400) as proxy:
-            result = await run(
-                "chromium", origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
-                options={"body": {"prompt": prompt}, "idleTimeoutMs": 1500},
-            )  # fmt: skip
+    result, expected, proxy = await run_through_fault(
+        "chromium", sidecar_for, "stall me [[fake tokens=40 tps=25]]", "stall", resumable=False,
+        config={"resume": GRACE}, options={"idleTimeoutMs": 1500},
+    )  # fmt: skip
     assert proxy.faults == 1
     error = result["events"][-1]["error"]
     assert error["type"] == "timeout"
@@ -255,13 +271,9 @@ async def test_a_disallowed_origin_is_blocked(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     skip_unless_engine("chromium")
-    async with page_server() as origin:
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
         refused = origin.replace("127.0.0.1", "localhost")  # same page, another origin
-        async with sidecar_for(config_for(origin)) as sidecar:
-            result = await run(
-                "chromium", refused, sidecar.url, url=sidecar.url + PROMPT,
-                options={"body": {"prompt": "hi"}},
-            )  # fmt: skip
+        result = await post("chromium", refused, sidecar.url, "hi")
     assert kinds(result) == ["error"]
     assert result["events"][0]["error"]["type"] == "connection_error"
     assert fake.state.counters["requests"] == 0

@@ -15,6 +15,7 @@ from aiohttp import web
 from sidecar.config import CorsConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.policy.cors import CorsPolicy, merge_vary
+from tests.support.apps import serving
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory, sidecar_command
 
@@ -181,13 +182,8 @@ async def varying_app() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def test_app_route_keeps_the_apps_vary_and_lets_cross_site_posts_through(

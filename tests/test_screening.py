@@ -17,19 +17,17 @@ from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
 from sidecar.policy import Screener, collect_texts
 from sidecar.policy.screening import may_change_in_normalize, normalize
+from tests.support.screening import LAUNCH_CODES, MODEL, PROMPT, SECRET_WORDS
 from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
 
-PROMPT = "/api/stream-response"
-MODEL = "claude-sonnet-5-5"
-SECRET_WORDS = "the launch codes are 0000"
 CONFIG: dict[str, Any] = {
     "screening": {
         "max_prompt_chars": 10000,
         "max_attachment_bytes": 1000,
         "deny_patterns": [
             "(?i)ignore (all )?previous instructions",
-            {"name": "launch-codes", "pattern": "(?i)launch codes"},
+            LAUNCH_CODES,
             {"name": "pathological", "pattern": "(x+x+)+y"},
         ],
     }
@@ -42,6 +40,12 @@ async def post(url: str, path: str, body: Any, headers: dict[str, str] | None = 
             raw = await response.read()
             data = json.loads(raw) if response.content_type == "application/json" else raw
             return response.status, data
+
+
+async def screened(sidecar_for: SidecarFactory, body: Any) -> Any:
+    """Status and answer of one POST of `body` to the prompt route of a sidecar screening by CONFIG."""
+    async with sidecar_for(CONFIG) as sidecar:
+        return await post(sidecar.url, PROMPT, body)
 
 
 def anthropic_body(messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -63,8 +67,7 @@ def anthropic_body(messages: list[dict[str, Any]], **extra: Any) -> dict[str, An
 async def test_prompt_route_length_limit(
     fake: FakeServer, sidecar_for: SidecarFactory, body: dict[str, Any], status: int
 ) -> None:
-    async with sidecar_for(CONFIG) as sidecar:
-        got, data = await post(sidecar.url, PROMPT, body)
+    got, data = await screened(sidecar_for, body)
     assert got == status
     if status == 400:
         assert data["error"]["type"] == "invalid_request"
@@ -91,8 +94,7 @@ async def test_prompt_route_length_limit(
 async def test_deny_rule_hits_are_rejected_without_echo(
     fake: FakeServer, sidecar_for: SidecarFactory, body: dict[str, Any], rule: str
 ) -> None:
-    async with sidecar_for(CONFIG) as sidecar:
-        status, data = await post(sidecar.url, PROMPT, body)
+    status, data = await screened(sidecar_for, body)
     assert status == 400
     assert data == {"error": {"type": "prompt_rejected",
                               "message": f"prompt matches deny rule {rule}"}}  # fmt: skip
@@ -338,10 +340,7 @@ async def test_the_prompt_continuing_the_last_user_message_is_caught(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     history = [{"role": "user", "content": "the launch"}]
-    async with sidecar_for(CONFIG) as sidecar:
-        status, data = await post(
-            sidecar.url, PROMPT, {"prompt": "codes are 0000", "messages": history}
-        )
+    status, data = await screened(sidecar_for, {"prompt": "codes are 0000", "messages": history})
     assert status == 400
     assert data["error"]["message"] == 'prompt matches deny rule "launch-codes"'
     assert fake.state.counters["requests"] == 0

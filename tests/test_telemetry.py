@@ -24,6 +24,7 @@ from tests.support.otel import (
     prompt,
     sse_data,
 )
+from tests.support.resume import stream_then_resume
 from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
 
@@ -559,12 +560,7 @@ async def test_a_resumed_request_links_to_the_stream_it_reads(
     async with sidecar_for(telemetry=otel.telemetry) as sidecar:
         async with aiohttp.ClientSession() as http:
             url = sidecar.url + "/api/stream-response"
-            async with http.get(url, params={"prompt": "link me [[fake tokens=4]]"}) as first:
-                stream_id = first.headers["Sidecar-Stream-Id"]
-                await first.read()
-            async with http.get(url, params={"last_event_id": f"{stream_id}:2"}) as again:
-                assert again.status == 200
-                assert b'"done"' in await again.read()
+            await stream_then_resume(http, url, "link me [[fake tokens=4]]", after=2)
         await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 2)
     stream = otel.client_span().get_span_context()
     assert stream is not None

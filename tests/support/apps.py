@@ -15,9 +15,16 @@ from aiohttp import web
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve an aiohttp app on a free loopback port; yields its base URL."""
-    runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+async def serving(
+    app: web.Application, *, shutdown_timeout: float = 0.5, auto_decompress: bool = True
+) -> AsyncIterator[str]:
+    """Serve an aiohttp app on a free loopback port; yields its base URL.
+
+    `auto_decompress=False` hands handlers the request bodies' raw bytes.
+    """
+    runner = web.AppRunner(
+        app, shutdown_timeout=shutdown_timeout, auto_decompress=auto_decompress, access_log=None
+    )
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     address: Any = runner.addresses[0]

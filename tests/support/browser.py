@@ -20,13 +20,18 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import pytest
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository
+from tests.support.apps import serving
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 JS_DIR = ROOT / "tests" / "js"
 CHROMIUM = "/usr/bin/chromium"
 FIREFOX = "/usr/bin/firefox-esr"
@@ -128,13 +133,8 @@ async def page_server(
     app.router.add_get("/run.js", run_js)
     if extra is not None:
         extra(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield origin
 
 
 def run_url(origin: str, config: dict[str, Any]) -> str:
@@ -142,21 +142,26 @@ def run_url(origin: str, config: dict[str, Any]) -> str:
     return f"{origin}/run#{quote(json.dumps(config))}"
 
 
-async def run_in_chromium(url: str) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def launched_chromium() -> AsyncIterator[Browser]:
+    """The system Chromium under Playwright, closed on the way out."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = await browser.new_page()
-            await page.goto(url)
-            await page.wait_for_function(
-                "window.__result !== undefined", timeout=RESULT_TIMEOUT * 1000
-            )
-            result: dict[str, Any] = await page.evaluate("window.__result")
-            return result
+            yield browser
         finally:
             await browser.close()
+
+
+async def run_in_chromium(url: str) -> dict[str, Any]:
+    async with launched_chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(url)
+        await page.wait_for_function("window.__result !== undefined", timeout=RESULT_TIMEOUT * 1000)
+        result: dict[str, Any] = await page.evaluate("window.__result")
+        return result
 
 
 async def _run_child(args: list[str], timeout: float) -> dict[str, Any]:
@@ -381,10 +386,5 @@ class ResumeEmulator:
 @contextlib.asynccontextmanager
 async def running_emulator(emulator: ResumeEmulator) -> AsyncIterator[str]:
     """Serve `emulator` on a free port; yields its base URL."""
-    runner = web.AppRunner(emulator.app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(emulator.app, shutdown_timeout=0.1) as url:
+        yield url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -32,3 +33,10 @@ async def post(
         http.post(url + "/v1/messages", json=body, headers=headers) as response,
     ):
         return response.status, response.headers.get("X-Cache"), await response.read()
+
+
+async def post_at_once(
+    url: str, body: dict[str, Any], times: int
+) -> list[tuple[int, str | None, bytes]]:
+    """`times` identical POSTs of `body` sent together (a leader and its followers)."""
+    return list(await asyncio.gather(*(post(url, body) for _ in range(times))))

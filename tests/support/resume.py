@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 ROUTE = "/api/stream-response"
 
 
@@ -185,3 +187,16 @@ async def cutting_proxy(target_port: int, after: int, cuts: int = 1) -> AsyncIte
         yield proxy
     finally:
         await proxy.close()
+
+
+async def stream_then_resume(
+    http: aiohttp.ClientSession, url: str, prompt: str, after: int
+) -> None:
+    """Streams `prompt` by GET at `url`, then reads that stream again from after event `after`:
+    the replay must succeed and run to `done`."""
+    async with http.get(url, params={"prompt": prompt}) as first:
+        stream_id = first.headers["Sidecar-Stream-Id"]
+        await first.read()
+    async with http.get(url, params={"last_event_id": f"{stream_id}:{after}"}) as again:
+        assert again.status == 200
+        assert b'"done"' in await again.read()

@@ -91,6 +91,13 @@ async def wait_ready(http: aiohttp.ClientSession, admin_url: str, timeout: float
             await asyncio.sleep(0.05)
 
 
+async def get_status(http: aiohttp.ClientSession, url: str) -> int:
+    """The status of a GET of `url` (its body read and dropped)."""
+    async with http.get(url) as response:
+        await response.read()
+        return response.status
+
+
 def stop_process(process: subprocess.Popen[bytes], config_path: Path) -> str:
     """Kill `process` if still running; its logs so far."""
     if process.poll() is None:
