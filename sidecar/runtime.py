@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.runtime")
 T = TypeVar("T")
 # Seconds one runtime's resources get to close (the resume store's last flush included).
-CLOSE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 8.0
 
 
 async def finish_within(work: Awaitable[None], timeout: float) -> bool:

@@ -35,8 +35,9 @@ from sidecar.telemetry import Telemetry
 log = logging.getLogger("sidecar.server")
 _FINAL_EVENT_GRACE = 2.0  # seconds for final events to reach clients after streams are stopped
 # Seconds the listeners and the runtimes' resources (stores flushing the final events,
-# pools, telemetry) get to close after that; past it, whatever is stuck is cancelled.
-_CLOSE_GRACE = 15.0
+# pools, telemetry) get, together, to close after that; past it, what is stuck is left.
+_CLOSE_GRACE = 10.0
+_RELOAD_STOP_GRACE = 5.0  # seconds a reload under way gets to finish before the drain
 _LEFTOVER_GRACE = 2.0  # seconds tasks still running at exit get once cancelled
 
 
@@ -171,7 +172,8 @@ class SidecarServer:
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Drain: not ready, stop accepting, wait for in-flight work, end what is left."""
-        await self.reloader.close()
+        if not await finish_within(self.reloader.close(), _RELOAD_STOP_GRACE):
+            log.warning("shutdown: a reload did not finish", extra={"seconds": _RELOAD_STOP_GRACE})
         runtimes = self._runtimes
         runtimes.draining = True
         for site in self._sites:
@@ -190,10 +192,13 @@ class SidecarServer:
 
         aiohttp waits for each open handler at most `shutdown_timeout`, but not for the
         app's cleanup (the runtimes' resources): one close that never returns would keep
-        the process alive after SIGTERM. Past `_CLOSE_GRACE` it is cancelled.
+        the process alive after SIGTERM. Both share `_CLOSE_GRACE`; what is stuck past it
+        is cancelled and left behind (the admin listener always gets a second).
         """
+        deadline = asyncio.get_running_loop().time() + _CLOSE_GRACE
         for runner in (self._traffic, self._admin):
-            if not await finish_within(runner.cleanup(), _CLOSE_GRACE):
+            left = max(deadline - asyncio.get_running_loop().time(), 1.0)
+            if not await finish_within(runner.cleanup(), left):
                 log.warning("shutdown close over", extra={"seconds": _CLOSE_GRACE})
 
 
