@@ -128,6 +128,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self._seen = Snapshot((), ())
         self._settling: tuple[Stamp, ...] | None = None
 
@@ -142,6 +143,7 @@ class Reloader:
 
     def start(self) -> None:
         """Record the files as served now and start watching (and listening for `request`)."""
+        self._closed = False
         self._seen = self._snapshot(self._watched())
         self._runtimes.config_sha256 = self._seen.config_sha256
         self._task = asyncio.create_task(self._watch(), name="config-reload")
@@ -152,6 +154,7 @@ class Reloader:
 
     async def close(self) -> None:
         """Stop watching; waits for a reload under way to finish."""
+        self._closed = True  # ends the watch at its next turn even if the cancel is lost
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -161,7 +164,7 @@ class Reloader:
             pass
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closed:
             poll = self._runtimes.current.config.server.reload_poll_seconds
             try:
                 async with asyncio.timeout(poll if poll > 0 and self.path is not None else None):

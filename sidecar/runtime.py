@@ -32,6 +32,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.runtime")
 T = TypeVar("T")
+# Seconds one runtime's resources get to close (the resume store's last flush included).
+CLOSE_TIMEOUT = 8.0
+
+
+async def finish_within(work: Awaitable[None], timeout: float) -> bool:
+    """Run `work` as a task of its own for at most `timeout` s; False if it did not end.
+
+    The caller waits on the task, never inside it: it is back in time even when `work`
+    ignores its cancellation (then it is left cancelled, and the process exit ends it).
+    Raises what `work` raised; cancelling the caller cancels `work`.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait([task], timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        return False
+    task.result()
+    return True
 
 
 class Lifecycle:
@@ -197,7 +219,8 @@ class RuntimeHolder:
             self._live.remove(runtime)
         if stack is not None:
             try:
-                await stack.aclose()
+                if not await finish_within(stack.aclose(), CLOSE_TIMEOUT):
+                    log.warning("closing a runtime timed out", extra={"seconds": CLOSE_TIMEOUT})
             except Exception:  # one failing close must not keep the rest open
                 log.exception("closing a runtime failed")
 

@@ -4,12 +4,16 @@ Shutdown order: reloads stop → `/readyz` turns 503 → the traffic listener st
 accepting → in-flight requests (on every runtime, including ones a reload replaced)
 get `server.shutdown_grace_seconds` to finish → streams still live get a final
 `shutting_down` error event → connections close → the admin listener closes.
+Every step after the grace is bounded (a close that never returns is left behind, a
+task that ignores cancellation does not keep the process alive), so the process exits
+within the grace plus a few seconds whatever a resource does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -25,11 +29,16 @@ from sidecar.config import Config, redact_url, split_host_port
 from sidecar.listener import TrafficRunner
 from sidecar.pipeline import UNMATCHED
 from sidecar.reload import Reloader
-from sidecar.runtime import Runtime, RuntimeHolder
+from sidecar.runtime import Runtime, RuntimeHolder, finish_within
 from sidecar.telemetry import Telemetry
 
 log = logging.getLogger("sidecar.server")
 _FINAL_EVENT_GRACE = 2.0  # seconds for final events to reach clients after streams are stopped
+# Seconds the listeners and the runtimes' resources (stores flushing the final events,
+# pools, telemetry) get, together, to close after that; past it, what is stuck is left.
+_CLOSE_GRACE = 10.0
+_RELOAD_STOP_GRACE = 5.0  # seconds a reload under way gets to finish before the drain
+_LEFTOVER_GRACE = 2.0  # seconds tasks still running at exit get once cancelled
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -163,7 +172,8 @@ class SidecarServer:
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Drain: not ready, stop accepting, wait for in-flight work, end what is left."""
-        await self.reloader.close()
+        if not await finish_within(self.reloader.close(), _RELOAD_STOP_GRACE):
+            log.warning("shutdown: a reload did not finish", extra={"seconds": _RELOAD_STOP_GRACE})
         runtimes = self._runtimes
         runtimes.draining = True
         for site in self._sites:
@@ -175,8 +185,21 @@ class SidecarServer:
             stopped = runtimes.stop_all_streams()
             log.warning("shutdown grace over", extra={"streams_stopped": stopped})
             await runtimes.wait_idle(_FINAL_EVENT_GRACE)
-        await self._traffic.cleanup()
-        await self._admin.cleanup()
+        await self._close_listeners()
+
+    async def _close_listeners(self) -> None:
+        """Close both listeners and, with the traffic app, every runtime; bounded.
+
+        aiohttp waits for each open handler at most `shutdown_timeout`, but not for the
+        app's cleanup (the runtimes' resources): one close that never returns would keep
+        the process alive after SIGTERM. Both share `_CLOSE_GRACE`; what is stuck past it
+        is cancelled and left behind (the admin listener always gets a second).
+        """
+        deadline = asyncio.get_running_loop().time() + _CLOSE_GRACE
+        for runner in (self._traffic, self._admin):
+            left = max(deadline - asyncio.get_running_loop().time(), 1.0)
+            if not await finish_within(runner.cleanup(), left):
+                log.warning("shutdown close over", extra={"seconds": _CLOSE_GRACE})
 
 
 def _client_host(host: str) -> str:
@@ -212,4 +235,25 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     grace = server.runtime.config.server.shutdown_grace_seconds
     log.info("shutting down", extra={"grace_seconds": grace})
     await server.shutdown()
+    await _end_leftover_tasks()
     return 0
+
+
+async def _end_leftover_tasks() -> None:
+    """Cancel the tasks still running after shutdown and wait for them, bounded.
+
+    The event loop's own teardown cancels leftover tasks too, but then waits for them
+    without a bound: a task that outlived its close (a background writer, a producer a
+    stuck close left behind) must end here, or the process must exit without it.
+    """
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=_LEFTOVER_GRACE)
+    if pending:  # they ignore cancellation: waiting longer would never end
+        log.error("tasks did not end at shutdown", extra={"tasks": len(pending)})
+        logging.shutdown()
+        os._exit(0)

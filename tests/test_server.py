@@ -4,6 +4,7 @@ and HTTPS on the traffic listener (a certificate made at test time, HSTS on ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -18,10 +19,11 @@ import pytest
 import yaml
 from multidict import CIMultiDictProxy
 
+from sidecar import runtime as runtime_module
 from sidecar.fake_claude import FakeServer
 from tests.support.certs import write_self_signed
 from tests.support.policy import API_KEY, API_KEY_SHA256
-from tests.support.sidecars import SidecarFactory, sidecar_process
+from tests.support.sidecars import SidecarFactory, running_sidecar, sidecar_process
 from tests.support.sockets import free_port
 from tests.support.waiting import eventually
 
@@ -114,6 +116,31 @@ async def test_a_stream_longer_than_the_grace_gets_a_final_event_and_exit_0(
     assert exit_code == 0
     assert "shutdown grace over" in logs
     assert "Traceback" not in logs
+
+
+async def test_a_close_that_never_returns_cannot_hold_the_shutdown(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runtime_module, "CLOSE_TIMEOUT", 0.5)
+    release = asyncio.Event()
+
+    async def stuck_close() -> None:  # a store whose close hangs and ignores cancellation
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    async with running_sidecar(config(grace=0.2)) as server:
+        monkeypatch.setattr(server.runtime.resume.store, "close", stuck_close)
+        shutdown = asyncio.ensure_future(server.shutdown(grace=0.2))
+        try:
+            done, _ = await asyncio.wait([shutdown], timeout=30)
+            assert done, "the shutdown waited on a close that never returns"
+            shutdown.result()
+        finally:
+            release.set()  # the stuck close may end now (and the test loop with it)
+            await asyncio.wait([shutdown], timeout=5)
+            await asyncio.sleep(0.1)
+    assert "closing a runtime timed out" in caplog.text
 
 
 # --------------------------------------------------------------------------- TLS

@@ -106,24 +106,39 @@ class RedisResumeStore(ResumeStore):
         self._alive_ms = int(alive_seconds * 1000)
         self._refresh = alive_seconds / 3
         self._block_ms = max(50, int(min(self._refresh, timeout) * 1000))
+        self._close_timeout = timeout + 1.0
         self._live: dict[str, _RedisLog] = {}
         self._dirty: set[_RedisLog] = set()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False
         self._failing = False
 
     async def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def close(self) -> None:
+        """Send what is still queued (a drain's final events), then disconnect; bounded.
+
+        Each step gets at most `timeout` + 1 s (the socket timeout): a writer that does not
+        end when cancelled or a Redis that stopped answering cannot hold a shutdown.
+        """
+        bound = self._close_timeout
+        # The writer also ends at its next turn on this flag: a cancel can be lost (on
+        # Python 3.11, redis-py's `asyncio.wait_for` around a socket write swallows one
+        # that lands as the write completes), and the loop would then run forever.
+        self._closing = True
         if self._writer is not None:
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        with contextlib.suppress(RedisError, OSError):
-            await self._flush()  # what is still queued (a drain's final events)
+            self._wake.set()
+            await asyncio.wait([self._writer], timeout=bound)  # never raises
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(bound):
+                await self._flush()
         if self._owns_client:
-            await self._redis.aclose()
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(bound):
+                    await self._redis.aclose()
 
     async def ready(self) -> bool:
         try:
@@ -180,7 +195,7 @@ class RedisResumeStore(ResumeStore):
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_refresh = loop.time()
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._refresh):
                     await self._wake.wait()

@@ -92,11 +92,17 @@ class LiveGenerations:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
-        """Wait for producers still running (their runtime keeps them; this is the backstop)."""
+    async def close(self, timeout: float = 1.0) -> None:
+        """Wait for producers still running (their runtime keeps them; this is the backstop);
+        those still running after `timeout` are cancelled, and waited for as long again."""
         tasks = list(self._tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
 
 class Resume:
