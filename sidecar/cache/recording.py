@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from sidecar.cache.entry import Entry
 from sidecar.record import StreamRecord
+from sidecar.stream.waiters import park, wake
 
 
 class Recording:
@@ -51,7 +52,7 @@ class Recording:
         self.chunks.append(data)
         self.size += len(data)
         if self._waiters:
-            self._wake()
+            wake(self._waiters)
 
     def message(self, body: bytes) -> None:
         """A whole non-streaming answer."""
@@ -82,7 +83,7 @@ class Recording:
 
     def _end(self) -> None:
         self.ended = True
-        self._wake()
+        wake(self._waiters)
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
             on_end(self)
@@ -92,12 +93,4 @@ class Recording:
     async def wait(self, seen: int) -> None:
         """Until there are more than `seen` chunks, or the recording ended."""
         while len(self.chunks) <= seen and not self.ended:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            await park(self._waiters)

@@ -19,6 +19,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from sidecar.stream.waiters import park, wake
+
 MAX_CHATS = 100_000  # chat → stream mappings the memory store keeps (the oldest go first)
 
 
@@ -79,13 +81,13 @@ class StreamLog:
             self.size -= len(self.events.popleft())
             self.base += 1
         if self._waiters:
-            self._wake()
+            wake(self._waiters)
 
     def finish(self) -> None:
         """The last appended event was the final one."""
         self.final = True
         self.finished_at = time.monotonic()
-        self._wake()
+        wake(self._waiters)
 
     def since(self, n: int) -> list[bytes] | None:
         """Events after number `n`; None if some of them were dropped; `BeyondEnd` past the end."""
@@ -105,15 +107,7 @@ class StreamLog:
     async def wait(self, n: int) -> None:
         """Until there is an event after `n` or the stream is final."""
         while self.last <= n and not self.final:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            await park(self._waiters)
 
     def close(self) -> None:
         """The producer lets go (a Redis log flushes and stops its liveness key)."""
