@@ -14,7 +14,7 @@ import time
 from collections import deque
 
 from sidecar.config import ClaudeConfig
-from sidecar.errors import Rejection
+from sidecar.errors import Rejection, reject
 
 
 class Admission:
@@ -33,9 +33,7 @@ class Admission:
 
     def _overloaded(self, message: str, reason: str) -> Rejection:
         retry = max(1, math.ceil(self.max_wait or 1))
-        return Rejection(
-            529, "overloaded_error", message, reason=reason, headers={"retry-after": str(retry)}
-        )
+        return reject(reason, message, headers={"retry-after": str(retry)})
 
     async def acquire(self) -> float:
         """Take a slot; returns seconds spent queued. Raises Rejection when overloaded."""

@@ -3,12 +3,17 @@
 A `Rejection` is any early answer of the pipeline (auth, CORS, screening, quotas,
 admission, bad input, upstream failure before the first byte). Handlers raise it;
 `render_json` turns it into the body the route's clients understand.
+
+Every rejection comes from the catalogue: `REASONS` maps a reason (the metric label
+`sidecar.rejection.reason`, so a closed set) to its status, Anthropic error type and
+short-type code; call sites build one with `reject(reason, message, ...)`, never by hand.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final, Literal
 
 Family = Literal["anthropic", "prompt", "app"]
@@ -82,7 +87,131 @@ def render_json(rejection: Rejection, family: Family, request_id: str) -> bytes:
     return simple_error_body(rejection.short_type, rejection.message)
 
 
-def bad_request(
-    message: str, *, reason: str = "invalid_request", code: str | None = None
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One catalogue entry: `status` None when the status is the app's own (then passed in)."""
+
+    status: int | None
+    error_type: str
+    code: str | None = None
+
+
+_BAD = Reason(400, "invalid_request_error")
+_UNAUTHORIZED = Reason(401, "authentication_error")
+_FORBIDDEN = Reason(403, "permission_error")
+_QUOTA = Reason(429, "rate_limit_error")
+_OVERLOADED = Reason(529, "overloaded_error")
+_BAD_GATEWAY = Reason(502, "api_error")
+
+REASONS: Final[Mapping[str, Reason]] = {
+    # authentication and authorisation
+    "auth_missing": _UNAUTHORIZED,
+    "auth_invalid_token": _UNAUTHORIZED,
+    "auth_invalid_key": _UNAUTHORIZED,
+    "auth_unknown_key": _UNAUTHORIZED,
+    "auth_expired": _UNAUTHORIZED,
+    "auth_not_yet_valid": _UNAUTHORIZED,
+    "auth_wrong_issuer": _UNAUTHORIZED,
+    "auth_wrong_audience": _UNAUTHORIZED,
+    "auth_forbidden_tenant": _FORBIDDEN,
+    "auth_forbidden_model": _FORBIDDEN,
+    # CORS
+    "cors_preflight_denied": _FORBIDDEN,
+    "cors_origin_denied": _FORBIDDEN,
+    # screening
+    "screening_length": _BAD,
+    "screening_attachment": _BAD,
+    "screening_rule": Reason(400, "invalid_request_error", "prompt_rejected"),
+    "screening_unknown_block": _BAD,
+    # request paths and routing
+    "path_invalid": _BAD,
+    "path_encoded_separator": _BAD,
+    "path_climbs": _BAD,
+    "not_found": Reason(404, "not_found_error"),
+    "method_not_allowed": Reason(405, "invalid_request_error"),
+    "path_not_forwarded": _FORBIDDEN,
+    # request bodies and fields
+    "invalid_request": _BAD,
+    "model_invalid": _BAD,
+    "model_not_allowed": _BAD,
+    "duplicate_key": _BAD,
+    "bad_body": _BAD,
+    "unsupported_media_type": Reason(415, "invalid_request_error", "unsupported_media_type"),
+    "unsupported_encoding": Reason(415, "invalid_request_error", "unsupported_media_type"),
+    "body_too_large": Reason(413, "request_too_large"),
+    "body_timeout": Reason(408, "timeout_error"),
+    "client_disconnected": Reason(499, "invalid_request_error"),
+    # quotas and admission
+    "quota_request_too_large": _BAD,
+    "quota_requests": _QUOTA,
+    "quota_tokens_per_minute": _QUOTA,
+    "quota_tokens_per_day": _QUOTA,
+    "quota_concurrency": _QUOTA,
+    "quota_store_unavailable": Reason(503, "api_error", "unavailable"),
+    "queue_full": _OVERLOADED,
+    "queue_timeout": _OVERLOADED,
+    # resumable streams
+    "resume_malformed": _BAD,
+    "resume_expired": Reason(404, "not_found_error", "resume_expired"),
+    "resume_subscribers": _QUOTA,
+    "resume_store_error": Reason(503, "overloaded_error"),
+    # Claude
+    "upstream_unreachable": _BAD_GATEWAY,
+    "upstream_timeout": Reason(504, "timeout_error"),
+    "upstream_lost": _BAD_GATEWAY,
+    "upstream_credential_refused": _BAD_GATEWAY,
+    "upstream_bad_status": _BAD_GATEWAY,
+    # the app
+    "app_timeout": Reason(504, "timeout_error"),
+    "app_unreachable": Reason(502, "api_error", "bad_gateway"),
+    "app_refused_websocket": Reason(None, "api_error"),  # the app's own status stands
+    # the sidecar itself
+    "internal_error": Reason(500, "api_error"),
+    # the listener's own, before any route is known (rendered by sidecar.listener)
+    "head_too_large": Reason(431, "invalid_request_error"),
+    "bad_request_line": _BAD,
+    "bad_header": _BAD,
+    "bad_body_framing": _BAD,
+    "malformed_request": _BAD,
+    "header_timeout": Reason(408, "invalid_request_error"),
+}
+
+# The Anthropic error type of a status the app chose (a refused WebSocket handshake).
+_STATUS_TYPES: Final[dict[int, str]] = {
+    401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error",
+}  # fmt: skip
+
+
+def reject(
+    reason: str,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    code: str | None = None,
+    status: int | None = None,
 ) -> Rejection:
-    return Rejection(400, "invalid_request_error", message, reason=reason, code=code)
+    """The catalogue's `Rejection` for `reason`; KeyError for a reason not in `REASONS`.
+
+    `status` is given only for a reason whose status is not fixed (the app's own answer);
+    `code` overrides the entry's short-type code.
+    """
+    entry = REASONS.get(reason)
+    if entry is None:
+        raise KeyError(f"rejection reason {reason!r} is not in the catalogue")
+    if (status is None) == (entry.status is None):
+        raise ValueError(f"rejection reason {reason!r}: status is {entry.status or 'passed in'}")
+    if entry.status is not None:
+        return Rejection(
+            entry.status, entry.error_type, message, reason=reason,
+            code=code or entry.code, headers=headers,
+        )  # fmt: skip
+    assert status is not None
+    error_type = _STATUS_TYPES.get(
+        status, "invalid_request_error" if status < 500 else entry.error_type
+    )
+    return Rejection(status, error_type, message, reason=reason, code=code, headers=headers)
+
+
+def bad_request(message: str, *, reason: str = "invalid_request") -> Rejection:
+    return reject(reason, message)

@@ -26,7 +26,7 @@ from sidecar.app_state import RUNTIMES
 from sidecar.browser import is_browser_path, serve_browser_file
 from sidecar.client_address import client_ip, is_trusted_proxy
 from sidecar.config import Network
-from sidecar.errors import Family, Rejection, render_json, simple_error_body
+from sidecar.errors import Family, Rejection, reject, render_json, simple_error_body
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.routes import Route
 from sidecar.runtime import Runtime
@@ -175,10 +175,7 @@ class Pipeline:
             response: web.StreamResponse | None = None
             try:
                 if resolved.refused is not None:
-                    raise Rejection(
-                        400, "invalid_request_error", resolved.refused.message,
-                        reason=resolved.refused.reason,
-                    )  # fmt: skip
+                    raise reject(resolved.refused.reason, resolved.refused.message)
                 if (
                     request.method == "OPTIONS"
                     and "Access-Control-Request-Method" in request.headers
@@ -191,12 +188,7 @@ class Pipeline:
                         # The browser would hide the answer anyway: do not spend Claude or quota on it.
                         # (The app route only sets headers: cross-site form posts such as OAuth
                         # `form_post` callbacks must still reach the app.)
-                        raise Rejection(
-                            403,
-                            "permission_error",
-                            "origin not allowed",
-                            reason="cors_origin_denied",
-                        )
+                        raise reject("cors_origin_denied", "origin not allowed")
                     ctx.identity = await runtime.auth.authenticate(
                         route.policy.auth, request.headers, request.query, request.method
                     )
@@ -208,9 +200,7 @@ class Pipeline:
                 if ctx.response_started:
                     raise
                 log.exception("unhandled error", extra={"request_id": request_id})
-                response = render_rejection(
-                    ctx, Rejection(500, "api_error", "internal error", reason="internal_error")
-                )
+                response = render_rejection(ctx, reject("internal_error", "internal error"))
             finally:
                 if response is not None:
                     status = response.status
@@ -242,11 +232,7 @@ class Pipeline:
             # A refused preflight grants nothing, even to an allowed origin asking too much.
             for name in [n for n in ctx.headers if n.lower().startswith("access-control-")]:
                 del ctx.headers[name]
-            raise Rejection(
-                403,
-                "permission_error",
-                answer.refused or "preflight refused",
-                reason="cors_preflight_denied",
-                headers=cors_headers,
+            raise reject(
+                "cors_preflight_denied", answer.refused or "preflight refused", headers=cors_headers
             )
         return web.Response(status=status, headers={**ctx.headers, **cors_headers})

@@ -25,7 +25,7 @@ import aiohttp
 from yarl import URL
 
 from sidecar.config import ClaudeConfig
-from sidecar.errors import Rejection
+from sidecar.errors import Rejection, reject
 
 RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 529})
 # Request headers a client may send that Claude should see; credentials never pass.
@@ -152,18 +152,13 @@ class ClaudeClient:
                     )  # fmt: skip
             except aiohttp.ClientError as exc:  # before TimeoutError: a connect timeout is both
                 if retries >= config.max_retries:
-                    raise Rejection(
-                        502,
-                        "api_error",
-                        f"Claude is unreachable ({type(exc).__name__})",
-                        reason="upstream_unreachable",
+                    raise reject(
+                        "upstream_unreachable", f"Claude is unreachable ({type(exc).__name__})"
                     ) from None
                 delay = self.backoff(retries, None)
                 self._count_retry("connect_error")
             except TimeoutError:
-                raise Rejection(
-                    504, "timeout_error", "Claude did not answer in time", reason="upstream_timeout"
-                ) from None
+                raise reject("upstream_timeout", "Claude did not answer in time") from None
             else:
                 status = response.status
                 if self._on_status is not None:
@@ -215,14 +210,12 @@ def _unusable(status: int) -> Rejection:
                 "until it is fixed",
                 extra={"event": "claude_api_key_refused"},
             )
-        return Rejection(
-            502, "api_error", "Claude refused the sidecar's own API credential (claude.api_key); "
-            "this is not the caller's credential", reason="upstream_credential_refused",
-        )  # fmt: skip
-    return Rejection(
-        502, "api_error", f"Claude answered with an unexpected status ({status})",
-        reason="upstream_bad_status",
-    )  # fmt: skip
+        return reject(
+            "upstream_credential_refused",
+            "Claude refused the sidecar's own API credential (claude.api_key); "
+            "this is not the caller's credential",
+        )
+    return reject("upstream_bad_status", f"Claude answered with an unexpected status ({status})")
 
 
 async def read_answer(response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
@@ -238,13 +231,9 @@ async def read_answer(response: aiohttp.ClientResponse, limit: int | None = None
             body += data
         return bytes(body)
     except TimeoutError:  # before ClientError: aiohttp's read timeouts are both
-        raise Rejection(
-            504, "timeout_error", "Claude did not answer in time", reason="upstream_timeout"
-        ) from None
+        raise reject("upstream_timeout", "Claude did not answer in time") from None
     except aiohttp.ClientError:
-        raise Rejection(
-            502, "api_error", "the connection to Claude was lost", reason="upstream_lost"
-        ) from None
+        raise reject("upstream_lost", "the connection to Claude was lost") from None
     finally:
         response.release()  # a body not read to its end closes the connection (never pooled)
 

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from sidecar.call.stream import HeldCall, Resumable, hand_off, relay_stream
-from sidecar.errors import Rejection, short_error_type, simple_error_body
+from sidecar.errors import Rejection, reject, short_error_type, simple_error_body
 from sidecar.handlers.request_body import ensure_client_present
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
@@ -71,16 +71,10 @@ def check_model(ctx: RequestContext, model: str) -> None:
     """400 for a model outside `claude.allowed_models`, 403 outside the route's `auth.allowed_models`."""
     allowed = ctx.runtime.config.claude.allowed_models
     if allowed is not None and model not in allowed:
-        raise Rejection(
-            400, "invalid_request_error", f"model {model!r} is not available",
-            reason="model_not_allowed",
-        )  # fmt: skip
+        raise reject("model_not_allowed", f"model {model!r} is not available")
     permitted = ctx.route.policy.auth.allowed_models
     if permitted is not None and model not in permitted:
-        raise Rejection(
-            403, "permission_error", f"model {model!r} is not permitted on this route",
-            reason="auth_forbidden_model",
-        )  # fmt: skip
+        raise reject("auth_forbidden_model", f"model {model!r} is not permitted on this route")
 
 
 async def call_claude(

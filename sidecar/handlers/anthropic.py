@@ -22,7 +22,7 @@ from sidecar.call.run import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.errors import Rejection, anthropic_error_body, bad_request
+from sidecar.errors import anthropic_error_body, bad_request, reject
 from sidecar.handlers import resume
 from sidecar.handlers.request_body import (
     ensure_client_present,
@@ -90,10 +90,7 @@ def _screen(ctx: RequestContext, body: dict[str, Any]) -> tuple[int, int]:
 
 def _require_post(ctx: RequestContext) -> None:
     if ctx.request.method != "POST":
-        raise Rejection(
-            405, "invalid_request_error", "use POST", reason="method_not_allowed",
-            headers={"Allow": "POST, OPTIONS"},
-        )  # fmt: skip
+        raise reject("method_not_allowed", "use POST", headers={"Allow": "POST, OPTIONS"})
 
 
 def upstream_path(ctx: RequestContext) -> tuple[str, str]:
@@ -105,7 +102,7 @@ def upstream_path(ctx: RequestContext) -> tuple[str, str]:
     """
     start = ctx.path.find("/v1/")
     if start < 0:
-        raise Rejection(404, "not_found_error", "not an Anthropic API path", reason="not_found")
+        raise reject("not_found", "not an Anthropic API path")
     url = ctx.request.rel_url
     jwt = ctx.route.policy.auth.jwt
     if jwt is not None and jwt.query_param and jwt.query_param in url.query:
@@ -135,10 +132,7 @@ def handle_anthropic(ctx: RequestContext) -> Awaitable[web.StreamResponse]:
     if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):
         # Batches, files and the like would spend the sidecar's key outside screening and
         # token quotas: only the paths the config opens are forwarded.
-        raise Rejection(
-            403, "permission_error", f"{call} is not open through this sidecar",
-            reason="path_not_forwarded",
-        )  # fmt: skip
+        raise reject("path_not_forwarded", f"{call} is not open through this sidecar")
     return _forward(ctx, path + query, None)
 
 

@@ -16,7 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sidecar.client_address import is_trusted_proxy
-from sidecar.errors import Rejection
+from sidecar.errors import Rejection, reject
 from sidecar.handlers.request_body import (
     BodyStream,
     body_timeout,
@@ -40,10 +40,6 @@ _WS_HANDSHAKE: Final = frozenset(
 )  # fmt: skip
 
 
-_ERROR_TYPES: Final = {
-    401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error",
-}  # fmt: skip
 _CLOSING: set[asyncio.Task[bool]] = set()  # WebSocket closes that outlive a cancelled handler
 
 
@@ -136,14 +132,9 @@ def _upstream_failure(body: BodyStream, exc: BaseException) -> Rejection:
     if body.broken:
         return malformed_body()
     if isinstance(exc, TimeoutError):
-        return Rejection(
-            504, "timeout_error", "the app did not answer in time", reason="app_timeout"
-        )
+        return reject("app_timeout", "the app did not answer in time")
     if isinstance(exc, aiohttp.ClientError):
-        return Rejection(
-            502, "api_error", f"the app is unreachable ({type(exc).__name__})",
-            reason="app_unreachable", code="bad_gateway",
-        )  # fmt: skip
+        return reject("app_unreachable", f"the app is unreachable ({type(exc).__name__})")
     raise exc
 
 
@@ -189,23 +180,18 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         )
     except aiohttp.WSServerHandshakeError as exc:
         if 400 <= exc.status < 600:  # the app answered (401, 403, 404 ...): its status stands
-            raise Rejection(
-                exc.status,
-                _ERROR_TYPES.get(
-                    exc.status, "invalid_request_error" if exc.status < 500 else "api_error"
-                ),
+            raise reject(
+                "app_refused_websocket",
                 f"the app refused the WebSocket (HTTP {exc.status})",
-                reason="app_refused_websocket",
+                status=exc.status,
             ) from None
-        raise Rejection(
-            502, "api_error", "the app answered the WebSocket handshake wrongly",
-            reason="app_unreachable", code="bad_gateway",
-        ) from None  # fmt: skip
+        raise reject(
+            "app_unreachable", "the app answered the WebSocket handshake wrongly"
+        ) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise Rejection(
-            502, "api_error", f"the app refused the WebSocket ({type(exc).__name__})",
-            reason="app_unreachable", code="bad_gateway",
-        ) from None  # fmt: skip
+        raise reject(
+            "app_unreachable", f"the app refused the WebSocket ({type(exc).__name__})"
+        ) from None
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (), autoping=True
     )

@@ -25,7 +25,7 @@ from sidecar.call.run import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.errors import Rejection, bad_request, short_error_type
+from sidecar.errors import bad_request, reject, short_error_type
 from sidecar.handlers import resume
 from sidecar.handlers.request_body import parse_model, read_json_object
 from sidecar.pipeline import RequestContext
@@ -188,9 +188,9 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         stream_id = _stream_id_in_path(ctx)
         if stream_id is not None:
             if request.method != "DELETE":
-                raise Rejection(
-                    405, "invalid_request_error", "use DELETE to cancel a stream",
-                    reason="method_not_allowed", headers={"Allow": "DELETE, OPTIONS"},
+                raise reject(
+                    "method_not_allowed", "use DELETE to cancel a stream",
+                    headers={"Allow": "DELETE, OPTIONS"},
                 )  # fmt: skip
             return await resume.cancel(ctx, stream_id)
         cursor = resume.cursor_of(request)
@@ -207,10 +207,9 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
     elif request.method == "POST":
         fields = await read_json_object(request, config.server)
     else:
-        raise Rejection(
-            405, "invalid_request_error", "use GET or POST", reason="method_not_allowed",
-            headers={"Allow": "GET, POST, OPTIONS"},
-        )  # fmt: skip
+        raise reject(
+            "method_not_allowed", "use GET or POST", headers={"Allow": "GET, POST, OPTIONS"}
+        )
     body = parse_prompt(fields, config.claude.model, config.claude.max_tokens)
     check_model(ctx, body["model"])
     screened = ctx.route.screener.screen_request(body)

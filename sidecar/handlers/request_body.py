@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from sidecar.config import ServerConfig
-from sidecar.errors import Rejection, bad_request
+from sidecar.errors import Rejection, bad_request, reject
 
 MAX_MODEL_CHARS: Final = 128  # Claude's model ids are a few dozen characters
 _MODEL: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_MODEL_CHARS}}}")
@@ -51,17 +51,14 @@ _DECODERS: Final = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": _ZLIB}
 
 
 def _too_large(limit: int) -> Rejection:
-    return Rejection(
-        413, "request_too_large", f"request body exceeds {limit} bytes", reason="body_too_large"
-    )
+    return reject("body_too_large", f"request body exceeds {limit} bytes")
 
 
 def body_timeout() -> Rejection:
     """408 for a body that did not arrive in time; the connection is not reused."""
-    return Rejection(
-        408, "timeout_error", "the request body did not arrive in time",
-        reason="body_timeout", headers={"Connection": "close"},
-    )  # fmt: skip
+    return reject(
+        "body_timeout", "the request body did not arrive in time", headers={"Connection": "close"}
+    )
 
 
 def malformed_body() -> Rejection:
@@ -98,11 +95,10 @@ def decode_body(raw: bytes, encodings: tuple[str, ...] | list[str], limit: int) 
             continue
         wbits = _DECODERS.get(name)
         if wbits is None:
-            raise Rejection(
-                415, "invalid_request_error",
+            raise reject(
+                "unsupported_encoding",
                 f"Content-Encoding {name[:32]!r} is not supported (gzip, deflate, identity are)",
-                reason="unsupported_encoding", code="unsupported_media_type",
-            )  # fmt: skip
+            )
         body = _inflate(body, wbits, limit)
     return body
 
@@ -150,10 +146,7 @@ def ensure_client_present(request: web.Request) -> None:
 
 def client_gone() -> Rejection:
     """499 (never seen by anyone: there is no client left), counted as a rejection."""
-    return Rejection(
-        499, "invalid_request_error", "the client closed the connection",
-        reason="client_disconnected",
-    )  # fmt: skip
+    return reject("client_disconnected", "the client closed the connection")
 
 
 @dataclass(slots=True)
@@ -189,13 +182,7 @@ class BodyStream:
 async def read_json_object(request: web.Request, server: ServerConfig) -> dict[str, Any]:
     """A JSON object body: 415 for another content type, 413 when too large, 400 when malformed."""
     if request.content_type != "application/json":
-        raise Rejection(
-            415,
-            "invalid_request_error",
-            "Content-Type must be application/json",
-            reason="unsupported_media_type",
-            code="unsupported_media_type",
-        )
+        raise reject("unsupported_media_type", "Content-Type must be application/json")
     raw = await read_body(request, server)
     return parse_json_object(raw)
 

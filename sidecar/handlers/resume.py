@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from sidecar import sse
 from sidecar.call.stream import Resumable
-from sidecar.errors import Rejection
+from sidecar.errors import Rejection, reject
 from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.hub import Subscriber
@@ -71,9 +71,9 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
         runtime.telemetry.resume_store_error(config.on_store_error)
         log.warning("resume store failed", extra={"error": str(exc), "request_id": ctx.request_id})
         if config.on_store_error == "fail_closed":
-            raise Rejection(
-                503, "overloaded_error", "resumable streams are unavailable",
-                reason="resume_store_error", headers={"Retry-After": "1"},
+            raise reject(
+                "resume_store_error", "resumable streams are unavailable",
+                headers={"Retry-After": "1"},
             ) from None  # fmt: skip
         ctx.headers[STATUS_HEADER] = "unavailable"
         return None
@@ -87,10 +87,7 @@ def _gone(ctx: RequestContext, result: str) -> web.StreamResponse:
     ctx.runtime.telemetry.resumed(result)
     if ctx.request.method == "GET" and result != "forbidden":
         return web.Response(status=204, headers=ctx.headers)
-    raise Rejection(
-        404, "not_found_error", "the stream is unknown or has expired",
-        reason="resume_expired", code="resume_expired",
-    )  # fmt: skip
+    raise reject("resume_expired", "the stream is unknown or has expired")
 
 
 async def _lookup(ctx: RequestContext, stream_id: str) -> StreamInfo | None:
@@ -98,17 +95,13 @@ async def _lookup(ctx: RequestContext, stream_id: str) -> StreamInfo | None:
         return await ctx.runtime.resume.store.lookup(stream_id)
     except StoreError:
         ctx.runtime.telemetry.resume_store_error("fail_closed")
-        raise Rejection(
-            503, "overloaded_error", "the resume store is unavailable",
-            reason="resume_store_error", headers={"Retry-After": "1"},
-        ) from None  # fmt: skip
+        raise reject(
+            "resume_store_error", "the resume store is unavailable", headers={"Retry-After": "1"}
+        ) from None
 
 
 def _beyond_end() -> Rejection:
-    return Rejection(
-        400, "invalid_request_error", "Last-Event-ID names an event the stream never sent",
-        reason="resume_malformed",
-    )  # fmt: skip
+    return reject("resume_malformed", "Last-Event-ID names an event the stream never sent")
 
 
 async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web.StreamResponse:
@@ -131,9 +124,9 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
         if generation.final and not backlog:
             return _gone(ctx, "expired")
         if len(generation.subscribers) >= runtime.config.resume.max_subscribers:
-            raise Rejection(
-                429, "rate_limit_error", "too many clients are reading this stream",
-                reason="resume_subscribers", headers={"Retry-After": "1"},
+            raise reject(
+                "resume_subscribers", "too many clients are reading this stream",
+                headers={"Retry-After": "1"},
             )  # fmt: skip
         ctx.span.add_link(origin.get_span_context())
         runtime.telemetry.resumed("resumed", len(backlog))
@@ -241,12 +234,9 @@ async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
                 return web.Response(status=204, headers=ctx.headers)
         except StoreError:
             ctx.runtime.telemetry.resume_store_error("fail_closed")
-            raise Rejection(
-                503, "overloaded_error", "the resume store is unavailable",
-                reason="resume_store_error", headers={"Retry-After": "1"},
+            raise reject(
+                "resume_store_error", "the resume store is unavailable",
+                headers={"Retry-After": "1"},
             ) from None  # fmt: skip
     # Finished, unknown or someone else's: nothing to stop.
-    raise Rejection(
-        404, "not_found_error", "no live stream with this id",
-        reason="resume_expired", code="resume_expired",
-    )  # fmt: skip
+    raise reject("resume_expired", "no live stream with this id")

@@ -29,7 +29,7 @@ from sidecar.call.run import (
     estimate_input_tokens,
     new_record,
 )
-from sidecar.errors import Rejection
+from sidecar.errors import reject
 from sidecar.handlers import resume, ui_resume
 from sidecar.handlers.request_body import read_json_object
 from sidecar.handlers.ui_request import parse_ui_request
@@ -78,16 +78,16 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     if request.method == "DELETE" and resumable:
         stream_id = _stream_id_in_path(ctx.route.path, ctx.path)
         if stream_id is None:
-            raise Rejection(404, "not_found_error", "no such chat endpoint", reason="not_found")
+            raise reject("not_found", "no such chat endpoint")
         return await resume.cancel(ctx, stream_id)
     if request.method != "POST":
         allow = "GET, POST, DELETE, OPTIONS" if resumable else "GET, POST, OPTIONS"
-        raise Rejection(
-            405, "invalid_request_error", "use POST (or GET <route>/<chat id>/stream to resume)",
-            reason="method_not_allowed", headers={"Allow": allow},
+        raise reject(
+            "method_not_allowed", "use POST (or GET <route>/<chat id>/stream to resume)",
+            headers={"Allow": allow},
         )  # fmt: skip
     if ctx.path.rstrip("/") != ctx.route.path.rstrip("/"):
-        raise Rejection(404, "not_found_error", "no such chat endpoint", reason="not_found")
+        raise reject("not_found", "no such chat endpoint")
     fields = await read_json_object(request, config.server)
     parsed = parse_ui_request(fields, config.ui, config.claude.model, config.claude.max_tokens)
     body = parsed.body

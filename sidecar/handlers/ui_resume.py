@@ -20,7 +20,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from sidecar.call.stream import Resumable
-from sidecar.errors import Rejection
+from sidecar.errors import reject
 from sidecar.handlers import resume
 from sidecar.handlers.ui_stream import DONE, chunk
 from sidecar.pipeline import RequestContext
@@ -74,10 +74,9 @@ async def answer(ctx: RequestContext, chat_id: str) -> web.StreamResponse:
             running = info is not None and not info.final and info.owner == owner
     except StoreError:
         runtime.telemetry.resume_store_error("fail_closed")
-        raise Rejection(
-            503, "overloaded_error", "the resume store is unavailable",
-            reason="resume_store_error", headers={"Retry-After": "1"},
-        ) from None  # fmt: skip
+        raise reject(
+            "resume_store_error", "the resume store is unavailable", headers={"Retry-After": "1"}
+        ) from None
     if not running:  # the message is complete: the client has it (or never will)
         runtime.telemetry.resumed("expired")
         return nothing

@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from sidecar.config import AuthConfig, JWTConfig
-from sidecar.errors import Rejection
+from sidecar.errors import Rejection, reject
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.policy.jwks import JwksCache
 
@@ -32,14 +32,13 @@ _JWT_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
 
 
 def unauthorized(reason: str, message: str, *, missing: bool = False) -> Rejection:
-    return Rejection(
-        401, "authentication_error", message, reason=reason,
-        headers={"WWW-Authenticate": _CHALLENGE if missing else _INVALID},
-    )  # fmt: skip
+    return reject(
+        reason, message, headers={"WWW-Authenticate": _CHALLENGE if missing else _INVALID}
+    )
 
 
 def forbidden(reason: str, message: str) -> Rejection:
-    return Rejection(403, "permission_error", message, reason=reason)
+    return reject(reason, message)
 
 
 class JwtVerifier:

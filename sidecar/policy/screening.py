@@ -15,7 +15,7 @@ from typing import Any, Final
 import re2
 
 from sidecar.config import ScreeningConfig, re2_options
-from sidecar.errors import Rejection
+from sidecar.errors import reject
 from sidecar.policy.claude_schema import Collected, UnknownBlock, collect_texts
 
 # Unicode's Default_Ignorable_Code_Point set: zero-width spaces and joiners, bidi and
@@ -66,11 +66,9 @@ class Screener:
         try:
             collected = collect_texts(body, self.unknown_blocks)
         except UnknownBlock as exc:
-            raise Rejection(
-                400, "invalid_request_error",
-                f"content type {exc.kind[:64]!r} is not accepted here",
-                reason="screening_unknown_block",
-            ) from None  # fmt: skip
+            raise reject(
+                "screening_unknown_block", f"content type {exc.kind[:64]!r} is not accepted here"
+            ) from None
         self.screen(collected.texts, collected.attachment_bytes, collected.joined)
         return collected
 
@@ -84,18 +82,16 @@ class Screener:
         texts = list(texts)
         chars = sum(len(text) for text in texts)
         if chars > self.max_chars:
-            raise Rejection(
-                400, "invalid_request_error",
+            raise reject(
+                "screening_length",
                 f"prompt too long: {chars} characters, the limit is {self.max_chars}",
-                reason="screening_length",
-            )  # fmt: skip
+            )
         if attachment_bytes > self.max_attachment_bytes:
-            raise Rejection(
-                400, "invalid_request_error",
+            raise reject(
+                "screening_attachment",
                 f"attachments too large: {attachment_bytes} bytes, the limit is "
                 f"{self.max_attachment_bytes}",
-                reason="screening_attachment",
-            )  # fmt: skip
+            )
         if self._set is None:
             return
         # Each distinct text once: tool schemas and inputs repeat the same keys many times.
@@ -111,10 +107,7 @@ class Screener:
         hits = self._set.Match(text.encode("utf-8", "surrogatepass"))
         if hits:
             name = self._names[min(hits)]
-            raise Rejection(
-                400, "invalid_request_error", f'prompt matches deny rule "{name}"',
-                reason="screening_rule", code="prompt_rejected",
-            )  # fmt: skip
+            raise reject("screening_rule", f'prompt matches deny rule "{name}"')
 
 
 __all__ = ["Collected", "Screener", "collect_texts", "may_change_in_normalize", "normalize"]

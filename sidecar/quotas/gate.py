@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Final
 
 from sidecar.config import QuotaConfig
-from sidecar.errors import Rejection
+from sidecar.errors import Rejection, reject
 from sidecar.identity import Identity
 from sidecar.quotas.stores import Decision, Limits, QuotaStore, StoreError, make_store
 
@@ -113,12 +113,12 @@ def rejection_of(decision: Decision, policy: QuotaConfig, reserve: int) -> Rejec
     limited_by = decision.limited_by
     if limited_by == "too_large":
         limit = min(x for x in (policy.tokens_per_minute, policy.tokens_per_day) if x is not None)
-        return Rejection(
-            400, "invalid_request_error",
+        return reject(
+            "quota_request_too_large",
             f"this call may use up to {reserve} tokens (input estimate + max_tokens), more "
             f"than the token quota of {limit}; lower max_tokens",
-            reason="quota_request_too_large", headers=headers,
-        )  # fmt: skip
+            headers=headers,
+        )
     wait = max(decision.retry_after, 0.001)
     headers["retry-after"] = str(math.ceil(wait))
     headers["retry-after-ms"] = str(math.ceil(wait * 1000))
@@ -131,11 +131,9 @@ def rejection_of(decision: Decision, policy: QuotaConfig, reserve: int) -> Rejec
         f"(this call reserves {reserve})",
         "concurrency": f"at most {policy.concurrent_streams} concurrent streams {per}",
     }
-    message = messages.get(limited_by or "requests", "quota exceeded")
-    return Rejection(
-        429, "rate_limit_error", f"{message}; retry after {wait:.1f} s",
-        reason=f"quota_{limited_by}", headers=headers,
-    )  # fmt: skip
+    limit_name = limited_by or "requests"
+    message = messages[limit_name]
+    return reject(f"quota_{limit_name}", f"{message}; retry after {wait:.1f} s", headers=headers)
 
 
 class QuotaLease:
@@ -274,9 +272,8 @@ class QuotaGate:
             self.store_failed("admit", exc)
             if self.mode == "fail_open":
                 return None
-            raise Rejection(
-                503, "api_error", "the quota store is unavailable",
-                reason="quota_store_unavailable", code="unavailable",
+            raise reject(
+                "quota_store_unavailable", "the quota store is unavailable",
                 headers={"retry-after": "1"},
             ) from None  # fmt: skip
         self._store_ok()

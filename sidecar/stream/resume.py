@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.config import Config
-from sidecar.errors import Rejection
+from sidecar.errors import reject
 from sidecar.stream.store import ResumeStore
 
 if TYPE_CHECKING:
@@ -53,11 +53,10 @@ def parse_cursor(value: str) -> tuple[str, int]:
     """`<stream id>:<n>` → (stream id, n); a 400 naming the problem otherwise."""
     match = _CURSOR.fullmatch(value.strip())
     if match is None:
-        raise Rejection(
-            400, "invalid_request_error",
+        raise reject(
+            "resume_malformed",
             "Last-Event-ID must be <stream id>:<event number> as sent in the stream's event ids",
-            reason="resume_malformed",
-        )  # fmt: skip
+        )
     return match[1], int(match[2])
 
 

@@ -1,0 +1,127 @@
+"""The rejection catalogue: one table of reasons, the only way to build a Rejection."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from sidecar import listener
+from sidecar.errors import REASONS, Rejection, reject
+from sidecar.quotas.stores.base import LimitedBy
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDECAR = ROOT / "sidecar"
+
+# Calls whose argument at this position (or `reason=`) is a rejection reason.
+_REASON_ARGS = {"reject": 0, "unauthorized": 0, "forbidden": 0, "PathRefused": 0, "_overloaded": 1}
+
+
+def _name(func: ast.expr) -> str:
+    if isinstance(func, ast.Name):
+        return func.id
+    return func.attr if isinstance(func, ast.Attribute) else ""
+
+
+def _reasons_named_in_code() -> set[str]:
+    found: set[str] = set()
+    for path in SIDECAR.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                args: list[ast.expr] = [k.value for k in node.keywords if k.arg == "reason"]
+                index = _REASON_ARGS.get(_name(node.func))
+                if index is not None and len(node.args) > index:
+                    args.append(node.args[index])
+                found |= {
+                    a.value
+                    for a in args
+                    if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                }
+            elif (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and node.target.id == "_JWT_ERRORS"
+                and node.value is not None
+            ):  # (exception, reason, message) triples
+                found |= {
+                    c.value
+                    for c in ast.walk(node.value)
+                    if isinstance(c, ast.Constant)
+                    and isinstance(c.value, str)
+                    and c.value.startswith("auth_")
+                }
+    return found
+
+
+def test_reject_builds_the_catalogue_entry() -> None:
+    rejection = reject("screening_rule", "no", headers={"X": "1"})
+    assert isinstance(rejection, Rejection)
+    assert (rejection.status, rejection.error_type, rejection.short_type) == (
+        400,
+        "invalid_request_error",
+        "prompt_rejected",
+    )
+    assert (rejection.reason, rejection.message, rejection.headers) == (
+        "screening_rule",
+        "no",
+        {"X": "1"},
+    )
+
+
+def test_reject_of_an_unknown_reason_fails() -> None:
+    with pytest.raises(KeyError, match="not in the catalogue"):
+        reject("no_such_reason", "whatever")
+
+
+def test_status_is_passed_only_where_the_reason_has_none() -> None:
+    with pytest.raises(ValueError, match="status is 404"):
+        reject("not_found", "x", status=410)
+    with pytest.raises(ValueError, match="status is passed in"):
+        reject("app_refused_websocket", "x")
+    refused = reject("app_refused_websocket", "x", status=403)
+    assert (refused.status, refused.error_type) == (403, "permission_error")
+    assert reject("app_refused_websocket", "x", status=503).error_type == "api_error"
+    assert reject("app_refused_websocket", "x", status=418).error_type == "invalid_request_error"
+
+
+def test_every_reason_the_code_names_is_in_the_catalogue() -> None:
+    named = _reasons_named_in_code()
+    assert {"auth_expired", "path_climbs", "queue_full", "screening_rule"} <= named  # scan works
+    assert named - REASONS.keys() == set()
+
+
+def test_computed_reasons_are_in_the_catalogue() -> None:
+    quota = {f"quota_{limit}" for limit in get_args(LimitedBy) if limit != "too_large"}
+    assert quota <= REASONS.keys()
+    parser = (
+        listener.HEAD_TOO_LARGE,
+        listener.BAD_REQUEST_LINE,
+        listener.BAD_HEADER,
+        listener.BAD_FRAMING,
+        listener.MALFORMED,
+        listener.HEADER_TIMEOUT,
+    )
+    assert {reason for reason, _ in parser} >= listener.PARSER_REASONS
+    for reason, status in parser:
+        assert REASONS[reason].status == status
+
+
+def test_only_the_catalogue_builds_a_rejection() -> None:
+    for path in SIDECAR.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                assert _name(node.func) != "Rejection", f"{path}:{node.lineno}"
+
+
+def test_the_catalogue_is_what_the_security_docs_list() -> None:
+    text = (ROOT / "docs" / "security.md").read_text()
+    section = re.search(r"<!-- rejection-reasons -->(.*)<!-- /rejection-reasons -->", text, re.S)
+    assert section is not None
+    listed = set(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", section[1])))
+    assert listed == set(REASONS)
