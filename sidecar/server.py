@@ -101,7 +101,7 @@ class SidecarServer:
 
     def _rejected(self, reason: str, status: int) -> None:
         """A request the listener refused before routing (parser error, slow head)."""
-        self._runtimes.current.telemetry.rejected(reason, UNMATCHED, status, "")
+        self._runtimes.current.telemetry.rejected(reason, UNMATCHED, status, "", warn=True)
 
     def _header_timeout(self) -> float:
         return self._runtimes.current.config.server.header_read_timeout_seconds

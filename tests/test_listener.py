@@ -104,6 +104,10 @@ async def test_parser_errors_are_clean_counted_and_never_logged_raw(
         assert SECRET not in str(record.__dict__)
         assert record.exc_info is None, record.getMessage()
         assert record.levelno < logging.ERROR
+    # Each refusal is one WARNING line naming its reason, never a traceback.
+    refusals = [r for r in caplog.records if r.getMessage() == "request_rejected"]
+    assert len(refusals) == len(MALFORMED)
+    assert {r.levelno for r in refusals} == {logging.WARNING}
     assert SECRET not in caplog.text
 
 

@@ -331,9 +331,17 @@ class Telemetry:
     # ------------------------------------------------------------------ counters
 
     def rejected(
-        self, reason: str, route: str, status: int, request_id: str, span: Span | None = None
+        self,
+        reason: str,
+        route: str,
+        status: int,
+        request_id: str,
+        span: Span | None = None,
+        *,
+        warn: bool = False,
     ) -> None:
-        """An early answer: counted by reason and route, logged, marked on the request span."""
+        """An early answer: counted by reason and route, logged (a WARNING when `warn`: the
+        listener's refusals of malformed requests), marked on the request span."""
         self.instruments.rejections.add(
             1,
             {"sidecar.rejection.reason": reason, "http.route": route,
@@ -345,7 +353,10 @@ class Telemetry:
         }  # fmt: skip
         if span is not None:
             span.set_attribute("sidecar.rejection.reason", reason)
-        reject_log.info("request_rejected", extra=fields)
+        if warn:
+            reject_log.warning("request_rejected", extra=fields)
+        else:
+            reject_log.info("request_rejected", extra=fields)
 
     def resumed(self, result: str, replayed: int = 0) -> None:
         """A reconnect was answered (`result`: resumed | expired | forbidden | lost)."""
