@@ -23,7 +23,7 @@ import yaml
 
 from sidecar.fake_claude import FakeServer
 from tests.support.redis_server import RedisServer
-from tests.support.resume import ROUTE, cutting_proxy, sse_request
+from tests.support.resume import ROUTE, cutting_proxy, sse_request, stream_ends
 from tests.support.sidecars import SidecarFactory, spawn_sidecar, stop_process, wait_ready
 from tests.support.sockets import free_port
 from tests.support.waiting import eventually
@@ -33,14 +33,6 @@ SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20
 
 def resumable(**resume: Any) -> dict[str, Any]:
     return {"resume": {"detach_grace_seconds": 10, **resume}}
-
-
-def stream_ends(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        str(getattr(r, "outcome", None))
-        for r in caplog.records
-        if getattr(r, "event", None) in ("stream_complete", "stream_error")
-    ]
 
 
 async def test_a_cut_stream_resumes_from_its_last_event_byte_for_byte(

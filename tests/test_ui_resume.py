@@ -24,7 +24,7 @@ import yaml
 
 from sidecar.fake_claude import FakeServer
 from tests.support.redis_server import RedisServer
-from tests.support.resume import Reply, cutting_proxy, sse_request
+from tests.support.resume import Reply, cutting_proxy, sse_request, stream_ends
 from tests.support.sidecars import SidecarFactory, spawn_sidecar, stop_process, wait_ready
 from tests.support.sockets import free_port
 from tests.support.waiting import eventually, holds
@@ -57,14 +57,6 @@ def kinds(reply: Reply) -> list[Any]:
 
 def text_of(reply: Reply) -> str:
     return "".join(str(e.data["delta"]) for e in reply.events if e.data.get("type") == "text-delta")
-
-
-def stream_ends(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        str(getattr(r, "outcome", None))
-        for r in caplog.records
-        if getattr(r, "event", None) in ("stream_complete", "stream_error")
-    ]
 
 
 async def test_a_cut_turn_resumes_as_the_whole_message_once(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import pytest
 
 ROUTE = "/api/stream-response"
 
@@ -200,3 +201,12 @@ async def stream_then_resume(
     async with http.get(url, params={"last_event_id": f"{stream_id}:{after}"}) as again:
         assert again.status == 200
         assert b'"done"' in await again.read()
+
+
+def stream_ends(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The outcomes of the streams the captured logs ended, in order."""
+    return [
+        str(getattr(r, "outcome", None))
+        for r in caplog.records
+        if getattr(r, "event", None) in ("stream_complete", "stream_error")
+    ]
