@@ -26,7 +26,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.resume import ROUTE, cutting_proxy, sse_request, stream_ends
 from tests.support.sidecars import SidecarFactory, spawn_sidecar, stop_process, wait_ready
 from tests.support.sockets import free_port
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, holds
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
 
@@ -62,7 +62,7 @@ async def test_a_cut_stream_resumes_from_its_last_event_byte_for_byte(
     assert [e.data for e in first.events + rest.events] == [e.data for e in uninterrupted.events]
     # Claude was called twice: once for the resumed stream, once for the uninterrupted one.
     assert fake.state.counters["requests"] == 2
-    await eventually(lambda: _true(len(stream_ends(caplog)) == 2))
+    await eventually(lambda: holds(len(stream_ends(caplog)) == 2))
     assert stream_ends(caplog) == ["completed", "completed"]  # each settled once
 
 
@@ -178,10 +178,10 @@ async def test_a_generation_nobody_comes_back_for_is_cancelled_after_the_grace(
     async with sidecar_for(resumable(detach_grace_seconds=0.5)) as sidecar:
         async with cutting_proxy(sidecar.port, after=2) as proxy:
             first = await sse_request(proxy.port, target=slow)
-        await eventually(lambda: _true(fake.state.counters["streams_cancelled"] == 1))
+        await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1))
         assert fake.state.open_streams == 0
         runtime = sidecar.runtime
-        await eventually(lambda: _true(runtime.admission.active == 0))
+        await eventually(lambda: holds(runtime.admission.active == 0))
         # The buffer ends with the final event that says why.
         rest = await sse_request(sidecar.port, headers={"Last-Event-ID": first.last_id})
     assert rest.events[-1].data["error"]["type"] == "stream_abandoned"
@@ -195,7 +195,7 @@ async def test_an_explicit_cancel_stops_claude_at_once(
     slow = "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
     async with sidecar_for(resumable(detach_grace_seconds=30)) as sidecar:
         reading = asyncio.create_task(sse_request(sidecar.port, target=ROUTE + slow))
-        await eventually(lambda: _true(fake.state.open_streams == 1))
+        await eventually(lambda: holds(fake.state.open_streams == 1))
         live = sidecar.runtime.resume.hub.stream_ids()
         assert len(live) == 1
         async with aiohttp.ClientSession() as http:
@@ -204,7 +204,7 @@ async def test_an_explicit_cancel_stops_claude_at_once(
             async with http.delete(f"{sidecar.url}{ROUTE}/{'C' * 24}") as response:
                 assert response.status == 404
         reply = await reading
-        await eventually(lambda: _true(fake.state.open_streams == 0))
+        await eventually(lambda: holds(fake.state.open_streams == 0))
     assert reply.events[-1].data["error"]["type"] == "cancelled"
     assert fake.state.counters["streams_cancelled"] == 1
     assert stream_ends(caplog) == ["client_cancelled"]
@@ -214,10 +214,6 @@ def _sha(key: str) -> str:
     import hashlib
 
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 # ---------------------------------------------------------------------------- across replicas
@@ -400,7 +396,7 @@ async def test_readers_of_one_stream_are_bounded(
     slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D200%20tps%3D40%5D%5D%20long"
     async with sidecar_for(resumable(max_subscribers=2)) as sidecar:
         first = asyncio.create_task(sse_request(sidecar.port, target=slow))
-        await eventually(lambda: _true(len(sidecar.runtime.resume.hub) == 1))
+        await eventually(lambda: holds(len(sidecar.runtime.resume.hub) == 1))
         (stream_id,) = sidecar.runtime.resume.hub.stream_ids()
         second = asyncio.create_task(
             sse_request(sidecar.port, headers={"Last-Event-ID": f"{stream_id}:0"})
@@ -441,7 +437,7 @@ async def test_a_cancel_on_another_replica_stops_the_producer(
     events = [e for e in rest.split(b"\n\n") if e.strip()]
     assert b'"type":"cancelled"' in events[-1]
     assert len(events) < 400  # stopped long before the end
-    await eventually(lambda: _true(fake.state.counters["streams_cancelled"] == 1))
+    await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1))
 
 
 async def test_a_drained_replica_ends_its_streams_resumable_elsewhere(
