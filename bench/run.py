@@ -38,6 +38,7 @@ import os
 import platform
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ class Plan:
     sidecar_variants: bool  # also prompt route, telemetry off, bare
 
 
-FULL = Plan([5, 50, 200], 300, 300, 50, 1000, 1000, True)
+FULL = Plan([5, 50, 200], 300, 1000, 50, 2000, 1000, True)
 QUICK = Plan([5, 50], 10, 30, 50, 100, 50, False)
 
 
@@ -139,11 +140,29 @@ def open_stream_memory(target: Target, count: int) -> dict[str, Any] | None:
     return uvloop.run(bounded())
 
 
-def bench_target(target: Target, plan: Plan) -> dict[str, Any]:
-    """Every measurement of one peer."""
+def release_stalls(fake: str, timeout: float = 60) -> None:
+    """End the streams the memory phase held open, and wait until the fake has none open.
+
+    A peer that never notices its client left (the naive passthrough) would otherwise keep
+    every one of them, and their objects would weigh on its later phases (a larger heap for
+    each garbage collection to walk): each peer starts its timed phases with none open.
+    """
+    urllib.request.urlopen(urllib.request.Request(fake + "/_fake/release", method="POST")).close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(fake + "/_fake/stats") as answer:
+            if json.load(answer)["open_streams"] == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("the fake still has open streams after the release")
+
+
+def bench_target(target: Target, plan: Plan, fake: str) -> dict[str, Any]:
+    """Every measurement of one peer (`fake`: the fake Claude's URL, to end held streams)."""
     run_load(target, 5, 20, 0)  # warm up every code path
     # Memory first: after the load phases the heap has room to spare and RSS would not move.
     memory = open_stream_memory(target, plan.open_streams)
+    release_stalls(fake)
     calls = {
         "1": measure(target, 1, 1, 0, plan.sequential),
         str(plan.callers): measure(target, plan.callers, 1, 0, plan.concurrent),
@@ -237,7 +256,7 @@ def run(plan: Plan, quick: bool) -> dict[str, Any]:
         print(f"bench: peers up in {time.monotonic() - started_at:.1f} s", file=sys.stderr)
         for target in targets:
             began = time.monotonic()
-            results.append(bench_target(target, plan))
+            results.append(bench_target(target, plan, fake))
             print(f"bench: {target.name}, {time.monotonic() - began:.1f} s", file=sys.stderr)
     derive(results)
     return {

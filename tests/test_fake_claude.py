@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -120,3 +121,27 @@ async def test_faults_reach_clients_as_the_docs_say() -> None:
                 else:  # a stream that breaks: 200, then an error event
                     assert response.status == 200, (fault, cell)
                     assert b'"error"' in body.rsplit(b"\n\n", 2)[-2], (fault, body[-200:])
+
+
+async def test_a_release_ends_the_stalls_begun_before_it(fake: FakeServer) -> None:
+    """`POST /_fake/release`: stalled replies (streaming or not) go on to their end."""
+    stalled = {
+        "model": "claude-sonnet-5-5", "max_tokens": 20, "stream": True,
+        "messages": [{"role": "user", "content": "[[fake fault=stall tokens=3]] hi"}],
+    }  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(fake.url + "/v1/messages", json=stalled)
+        assert b"message_start" in await response.content.readline()
+        plain = asyncio.create_task(
+            session.post(fake.url + "/v1/messages", json={**stalled, "stream": False})
+        )
+        await fake.state.wait_for(lambda state: state.counters["faults_stall"] == 2)
+        async with session.post(fake.url + "/_fake/release") as released:
+            assert (await released.json()) == {"releases": 1}
+        rest = await asyncio.wait_for(response.read(), 10)
+        assert b"event: message_stop" in rest
+        answer = await asyncio.wait_for(plain, 10)
+        assert answer.status == 200
+        assert (await answer.json())["stop_reason"] == "end_turn"
+        await fake.state.wait_for(lambda state: state.open_streams == 0)
+    assert fake.state.stats()["streams_completed"] == 1

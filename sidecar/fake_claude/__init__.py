@@ -2,8 +2,8 @@
 
 Routes: `POST /v1/messages` (streaming or not), `POST /v1/messages/count_tokens`,
 `GET /v1/models` and `GET /v1/models/{model_id}` (the Models API's shapes and paging),
-`GET /_fake/stats` (counters as JSON), `POST /_fake/reset`; anything else is a 404
-`not_found_error`. Every response carries `request-id`; errors use Anthropic's JSON
+`GET /_fake/stats` (counters as JSON), `POST /_fake/reset`, `POST /_fake/release` (ends
+stalls); anything else is a 404 `not_found_error`. Every response carries `request-id`; errors use Anthropic's JSON
 `{"type":"error","error":{"type":..,"message":..},"request_id":"req_.."}`.
 
 Output is deterministic: words picked by a hash of the last user message's text, one

@@ -114,7 +114,7 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         events = encode_events(reply, stamp=knobs.stamp)
         return await stream_reply(request, state, reply.message_id, events, knobs)
     if fault in ("stall", "stall_before_start"):
-        await until_client_leaves(request)
+        await until_client_leaves(request, state)
     if fault == "drop":
         abort_connection(request)
         return web.Response()
@@ -247,6 +247,13 @@ async def handle_reset(request: web.Request) -> web.Response:
     return json_response({"reset": True})
 
 
+async def handle_release(request: web.Request) -> web.Response:
+    """End every stall begun so far: those replies go on as if they had not stalled."""
+    state = request.app[FAKE_STATE]
+    state.releases += 1
+    return json_response({"releases": state.releases})
+
+
 async def handle_not_found(request: web.Request) -> web.Response:
     request.app[FAKE_STATE].received(_received(request, None))
     return error_response(
@@ -269,6 +276,7 @@ def make_fake_claude_app(settings: FakeSettings | None = None) -> web.Applicatio
     app.router.add_get("/v1/models/{model_id}", handle_models)
     app.router.add_get("/_fake/stats", handle_stats)
     app.router.add_post("/_fake/reset", handle_reset)
+    app.router.add_post("/_fake/release", handle_release)
     app.router.add_route("*", "/{tail:.*}", handle_not_found)
     app.on_response_prepare.append(_add_request_id)
     return app

@@ -68,6 +68,8 @@ class FakeClaudeState:
     requests: deque[ReceivedRequest] = field(init=False)
     streams: dict[str, StreamRecord] = field(default_factory=dict)  # by message id, oldest first
     fail_counts: Counter[str] = field(default_factory=Counter)  # per fail_key
+    # Bumped by `POST /_fake/release`: stalls begun before it go on as unstalled replies.
+    releases: int = 0
 
     def __post_init__(self) -> None:
         self.requests = deque(maxlen=self.history)

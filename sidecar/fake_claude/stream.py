@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import NoReturn
-
 from aiohttp import web
 
 from sidecar.fake_claude.knobs import Knobs
@@ -23,13 +21,17 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contro
 _DISCONNECT_POLL_SECONDS = 0.25
 
 
-async def until_client_leaves(request: web.Request) -> NoReturn:
-    """Wait for the client to disconnect, then raise ConnectionResetError.
+async def until_client_leaves(request: web.Request, state: FakeClaudeState) -> None:
+    """Wait for the client to disconnect (then raise ConnectionResetError) or for a
+    `POST /_fake/release` (then return: the reply goes on as if it had not stalled).
 
     running_fake_claude cancels the handler the moment the peer goes (handler_cancellation);
     under other runners (e.g. pytest-aiohttp's) only this poll notices a silent stream's end.
+    A release lets a benchmark end the streams it held open through a proxy that never
+    notices its client left (it would otherwise keep them, and their memory, for good).
     """
-    while True:
+    releases = state.releases
+    while state.releases == releases:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client went away")
@@ -55,7 +57,7 @@ async def stream_reply(
     outcome = "cancelled"  # unless _play returns: the client left (or the server is stopping)
     try:
         await response.prepare(request)  # sends the headers at once
-        outcome = await _play(request, response, events, knobs, record)
+        outcome = await _play(request, state, response, events, knobs, record)
     except ConnectionResetError:
         pass  # a write found the client gone; aiohttp has nothing left to send
     finally:
@@ -65,6 +67,7 @@ async def stream_reply(
 
 async def _play(
     request: web.Request,
+    state: FakeClaudeState,
     response: web.StreamResponse,
     events: list[Event],
     knobs: Knobs,
@@ -72,13 +75,13 @@ async def _play(
 ) -> str:
     fault = knobs.fault
     if fault == "stall_before_start":
-        await until_client_leaves(request)
+        await until_client_leaves(request, state)
     write, sent = response.write, record.sent
     name, data, _ = events[0]  # message_start goes before the time-to-first-token pause
     await write(data)
     sent(name)
     if fault == "stall":
-        await until_client_leaves(request)
+        await until_client_leaves(request, state)
     if knobs.ttft_ms:
         await asyncio.sleep(knobs.ttft_ms / 1000)
     fault_at = fault_position(events, knobs.after) if fault in ("midstream_error", "drop") else -1
