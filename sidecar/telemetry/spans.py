@@ -93,14 +93,14 @@ class Spans:
 
     def start(
         self, name: str, kind: SpanKind, attributes: dict[str, types.AnyValue], context: Context
-    ) -> SidecarSpan:
+    ) -> trace.Span:
         """A span whose parent is the span in `context` (a caller's, or none: a new trace)."""
         parent = trace.get_current_span(context).get_span_context()
         return self._start(name, kind, attributes, context, parent, context)
 
     def start_child(
         self, name: str, kind: SpanKind, attributes: dict[str, types.AnyValue], parent: trace.Span
-    ) -> SidecarSpan:
+    ) -> trace.Span:
         """A span whose parent is `parent` (the sampler sees it as the current span)."""
         caller = parent._caller if type(parent) is SidecarSpan else None
         context = trace.set_span_in_context(parent, caller)
@@ -230,7 +230,20 @@ class SidecarSpan(trace.Span):
         return True
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
-        self.set_attributes({key: value})
+        store = self._attributes
+        if (
+            type(store) is dict
+            and self._end is None
+            and type(value) in _PLAIN
+            and type(key) is str
+            and key
+            and len(store) < self._spans._room
+        ):
+            if key in store:
+                del store[key]
+            store[key] = value
+        else:
+            self.set_attributes({key: value})
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         """Kept as the SDK keeps them: re-set keys move to the end, sequences become tuples."""
