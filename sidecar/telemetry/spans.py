@@ -32,7 +32,7 @@ from typing import Final
 
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.trace import (
     Event,
     ReadableSpan,
@@ -102,9 +102,11 @@ class Spans:
         self, name: str, kind: SpanKind, attributes: dict[str, types.AnyValue], parent: trace.Span
     ) -> trace.Span:
         """A span whose parent is `parent` (the sampler sees it as the current span)."""
-        caller = parent._caller if type(parent) is SidecarSpan else None
+        caller = parent._caller if type(parent) is SidecarSpan else get_current()
         context = trace.set_span_in_context(parent, caller)
-        return self._start(name, kind, attributes, context, parent.get_span_context(), context)
+        # The child keeps its parent's caller, not `context`: a grandchild's context is the
+        # same either way (the current span is replaced), and nothing more is held per span.
+        return self._start(name, kind, attributes, context, parent.get_span_context(), caller)
 
     def _start(
         self,
