@@ -27,6 +27,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
+from sidecar.record import StreamRecord
 from sidecar.telemetry import Telemetry
 from sidecar.telemetry.core import span_ids
 from sidecar.telemetry.spans import SidecarSpan, Spans
@@ -235,6 +236,23 @@ def test_without_a_processor_spans_record_nothing_but_keep_the_sampled_flag() ->
         assert context.trace_flags.sampled
     assert client.get_span_context().span_id != server.get_span_context().span_id
     assert exporter.get_finished_spans() == ()
+
+
+def test_off_the_callers_span_goes_on_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    off = Telemetry.from_config(TelemetryConfig())
+    assert off.spans is None
+    caller = trace.get_current_span(PARENTS["sampled"])
+    server = off.start_server_span(
+        PARENTS["sampled"], method="GET", route="/", path="/", scheme="http"
+    )
+    assert server is caller
+    assert off.start_stream(StreamRecord("r", "/", 0.0, request_model="m"), server) is caller
+    headers: dict[str, str] = {}
+    off.inject(server, headers)
+    assert headers == {"traceparent": TRACEPARENT}
+    none = off.start_server_span(Context(), method="GET", route="/", path="/", scheme="http")
+    assert none is trace.INVALID_SPAN
 
 
 @pytest.fixture

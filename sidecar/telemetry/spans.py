@@ -17,6 +17,10 @@ that could bite, goes through the SDK's `BoundedAttributes` as before); the reso
 the `claude-sidecar` scope and the processors' `on_end`. Their `on_start` is empty
 (tests/test_spans.py holds them to it), so it is not called.
 
+The SDK's own span counters (`OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED`) go to the
+process-global meter provider, which the sidecar never sets: they were never exported
+and are not kept.
+
 A span the sampler drops, or one no processor would ever see (no span exporter at
 all, e.g. Prometheus only), records nothing but keeps its context: `traceparent`
 still names it, with the sampled flag the sampler decided.
@@ -65,7 +69,7 @@ _DROPPED: Final = Decision.DROP
 
 
 def _plain_sequence(value: Sequence[object]) -> bool:
-    return all(type(item) in _PLAIN for item in value)
+    return _PLAIN.issuperset(map(type, value))
 
 
 class Spans:
