@@ -42,7 +42,8 @@ from sidecar.telemetry.health import Health
 from sidecar.telemetry.instruments import Instruments
 from sidecar.telemetry.providers import Providers, build_providers, sdk_disabled
 from sidecar.telemetry.semconv import DEFAULT, GenAiNames, gen_ai_names, http_method
-from sidecar.telemetry.spans import SidecarSpan, Spans
+from sidecar.telemetry.span import SidecarSpan
+from sidecar.telemetry.spans import Spans
 
 _CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
 _ADMITTED: Final = {"sidecar.queue.admitted": True}
@@ -85,7 +86,8 @@ class Telemetry:
         self.names = names
         self._providers = providers
         self._propagator = TraceContextTextMapPropagator()
-        # Off (no providers), spans are the no-op tracer's: the caller's context goes on,
+        # The request and Claude call spans (tests swap in the SDK's tracer to compare).
+        # Off (no providers) they are the no-op tracer's: the caller's context goes on,
         # so `traceparent` is forwarded unchanged to Claude and the app.
         self.spans: Spans | None = (
             Spans(providers.tracer_provider, providers.span_processors) if providers else None
