@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import cProfile
+import gc
 import logging
+import pstats
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +28,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AnyValue
 
 from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
@@ -254,6 +259,49 @@ def test_off_the_callers_span_goes_on_unchanged(monkeypatch: pytest.MonkeyPatch)
     assert headers == {"traceparent": TRACEPARENT}
     none = off.start_server_span(Context(), method="GET", route="/", path="/", scheme="http")
     assert none is trace.INVALID_SPAN
+
+
+def cost(spans: Spans, pairs: int = 200) -> tuple[float, float]:
+    """Bytes an open request + Claude call span pair holds, and calls per pair, start to end."""
+    start_attributes: dict[str, AnyValue] = {"gen_ai.request.model": "m", "max_tokens": 1024}
+    end_attributes: dict[str, AnyValue] = {"output_tokens": 9, "finish_reasons": ["x"]}
+
+    def opened() -> tuple[trace.Span, trace.Span]:
+        server = spans.start("GET /", SpanKind.SERVER, {"url.path": "/"}, PARENTS["sampled"])
+        return server, spans.start_child("chat", SpanKind.CLIENT, dict(start_attributes), server)
+
+    def close(server: trace.Span, client: trace.Span) -> None:
+        client.set_attributes(end_attributes)
+        client.end()
+        server.set_attribute("http.response.status_code", 200)
+        server.end()
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = [opened() for _ in range(pairs)]
+        gc.collect()
+        held_bytes = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    profile = cProfile.Profile()
+    profile.enable()
+    for server, client in held:
+        close(server, client)
+    for _ in range(pairs):
+        close(*opened())
+    profile.disable()
+    calls = sum(row[1] for row in pstats.Stats(profile).stats.values())  # type: ignore[attr-defined]
+    return held_bytes / pairs, calls / pairs
+
+
+def test_a_pair_of_spans_costs_a_fraction_of_the_sdks() -> None:
+    (ours, _), (theirs, _) = both(11)
+    our_bytes, our_calls = cost(ours)
+    their_bytes, their_calls = cost(theirs)
+    assert our_bytes * 3 < their_bytes
+    assert our_calls < their_calls * 0.6  # both include the same in-memory export
 
 
 @pytest.fixture
