@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
-from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 from sidecar.app_state import RUNTIMES
@@ -46,8 +45,7 @@ class RequestContext:
     request_id: str
     started: float
     client_ip: str
-    trace_parent: Context
-    span: Span
+    span: Span  # the SERVER span; a Claude call's CLIENT span is its child
     headers: dict[str, str]  # request id, CORS, HSTS: on every response of this request
     identity: Identity = ANONYMOUS
     family: Family = "app"
@@ -165,7 +163,6 @@ class Pipeline:
                 client_ip=client_ip(
                     peer, request.headers.get("X-Forwarded-For"), config.server.trusted_proxies
                 ),
-                trace_parent=telemetry.child_context(span, parent),
                 span=span,
                 headers=headers,
                 family=family_of(route),

@@ -100,7 +100,7 @@ async def call_claude(
         ctx,
         call.input_estimate,
         record,
-        telemetry.start_stream(record, ctx.trace_parent, call.body),
+        telemetry.start_stream(record, ctx.span, call.body),
     )
     held.tap = tap
     handed_off = False

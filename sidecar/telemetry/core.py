@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import (
     INVALID_SPAN_CONTEXT,
-    NoOpTracerProvider,
+    NonRecordingSpan,
     Span,
     SpanKind,
     Status,
@@ -42,6 +42,8 @@ from sidecar.telemetry.health import Health
 from sidecar.telemetry.instruments import Instruments
 from sidecar.telemetry.providers import Providers, build_providers, sdk_disabled
 from sidecar.telemetry.semconv import DEFAULT, GenAiNames, gen_ai_names, http_method
+from sidecar.telemetry.span import SidecarSpan
+from sidecar.telemetry.spans import Spans
 
 _CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
 _ADMITTED: Final = {"sidecar.queue.admitted": True}
@@ -60,10 +62,18 @@ def _hashed(value: str) -> str:
 
 def span_ids(span: Span | None) -> dict[str, str]:
     """`trace_id` / `span_id` of a span for log lines (nothing for an invalid span)."""
+    if type(span) is SidecarSpan:  # always valid; its hex ids are formatted once
+        trace_id, span_id = span.ids()
+        return {"trace_id": trace_id, "span_id": span_id}
     context = span.get_span_context() if span is not None else None
     if context is None or not context.is_valid:
         return {}
     return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+
+
+def _continued(span: Span) -> Span:
+    """What the no-op tracer starts under `span`: `span` itself when it does not record."""
+    return span if isinstance(span, NonRecordingSpan) else NonRecordingSpan(span.get_span_context())
 
 
 class Telemetry:
@@ -76,11 +86,13 @@ class Telemetry:
         self.names = names
         self._providers = providers
         self._propagator = TraceContextTextMapPropagator()
-        # The no-op tracer still continues the caller's context, so `traceparent` is
-        # forwarded unchanged to Claude and the app when telemetry is off.
-        tracer_provider: Any = providers.tracer_provider if providers else NoOpTracerProvider()
+        # The request and Claude call spans (tests swap in the SDK's tracer to compare).
+        # Off (no providers) they are the no-op tracer's: the caller's context goes on,
+        # so `traceparent` is forwarded unchanged to Claude and the app.
+        self.spans: Spans | None = (
+            Spans(providers.tracer_provider, providers.span_processors) if providers else None
+        )
         meter_provider: Any = providers.meter_provider if providers else NoOpMeterProvider()
-        self._tracer: trace.Tracer = tracer_provider.get_tracer("claude-sidecar")
         meter = meter_provider.get_meter("claude-sidecar")
         self.instruments = Instruments(meter, names)
         self.health = Health(meter)
@@ -134,6 +146,9 @@ class Telemetry:
         Named and attributed per the HTTP server conventions; a method outside the known
         set is `_OTHER` (the client's spelling kept in `http.request.method_original`).
         """
+        spans = self.spans
+        if spans is None:
+            return _continued(trace.get_current_span(parent))
         known = http_method(method)
         attributes: dict[str, Any] = {
             "http.request.method": known, "http.route": route, "url.path": path,
@@ -142,9 +157,7 @@ class Telemetry:
         if known != method:
             attributes["http.request.method_original"] = method
         name = f"{method if known == method else 'HTTP'} {route}"
-        return self._tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
-        )
+        return spans.start(name, SpanKind.SERVER, attributes, parent)
 
     def end_server_span(self, span: Span, status: int) -> None:
         """End a request's span with its status (5xx is an error, 4xx is the client's)."""
@@ -154,10 +167,6 @@ class Telemetry:
             span.set_status(Status(StatusCode.ERROR))
         span.end()
 
-    def child_context(self, span: Span, parent: Context) -> Context:
-        """`parent` with `span` as the current span, to start children under it."""
-        return trace.set_span_in_context(span, parent)
-
     def inject(self, span: Span, headers: dict[str, str]) -> None:
         """Add `traceparent` (+ `tracestate`) naming `span` as the parent.
 
@@ -166,6 +175,12 @@ class Telemetry:
         per Claude call). tests/test_telemetry_core.py holds the two to the same output.
         """
         context = span.get_span_context()
+        if type(span) is SidecarSpan:  # always valid; its hex ids are formatted once
+            trace_id, span_id = span.ids()
+            headers["traceparent"] = f"00-{trace_id}-{span_id}-{context.trace_flags:02x}"
+            if context.trace_state:
+                headers["tracestate"] = context.trace_state.to_header()
+            return
         if context == INVALID_SPAN_CONTEXT:
             return
         headers["traceparent"] = (
@@ -175,8 +190,9 @@ class Telemetry:
         if context.trace_state:
             headers["tracestate"] = context.trace_state.to_header()
 
-    def start_stream(self, record: StreamRecord, parent: Context, body: bytes = b"") -> Span:
-        """The CLIENT span `chat {model}` of one Claude call; ends in `finish_stream`.
+    def start_stream(self, record: StreamRecord, parent: Span, body: bytes = b"") -> Span:
+        """The CLIENT span `chat {model}` of one Claude call under `parent` (the request's
+        span); ends in `finish_stream`.
 
         The span starts now (Claude is sent its id); the `stream_start` line and the
         queue wait point are left to the loop's next turn, which comes while the call
@@ -187,11 +203,16 @@ class Telemetry:
             record.capture = True
             record.system_text, record.prompt_text = request_content(body)
         record.model_label = self.models(record.request_model)
-        span = self._tracer.start_span(
-            f"{OPERATION} {record.model_label}",
-            context=parent,
-            kind=SpanKind.CLIENT,
-            attributes=streams.start_attributes(record) if self._on else None,
+        spans = self.spans
+        span = (
+            spans.start_child(
+                f"{OPERATION} {record.model_label}",
+                SpanKind.CLIENT,
+                streams.start_attributes(record),
+                parent,
+            )
+            if spans is not None
+            else _continued(parent)
         )
         try:
             loop = asyncio.get_running_loop()

@@ -31,7 +31,7 @@ from opentelemetry.sdk.environment_variables import (
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
@@ -117,6 +117,9 @@ class Providers:
     meter_provider: MeterProvider
     registry: CollectorRegistry
     readers: list[MetricReader] = field(default_factory=list)
+    # The span processors added to `tracer_provider`, in order: the sidecar's spans
+    # (`telemetry.spans`) hand their ended spans to these directly.
+    span_processors: list[SpanProcessor] = field(default_factory=list)
 
 
 def _span_exporter(target: OtlpSignal) -> SpanExporter:
@@ -168,12 +171,15 @@ def build_providers(
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
         readers.append(PrometheusMetricReader(registry=registry))
+    span_processors: list[SpanProcessor] = []
     if span_exporter is not None:
-        tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+        span_processors.append(SimpleSpanProcessor(span_exporter))
     if metric_reader is not None:
         readers.append(metric_reader)
     if traces is not None:
-        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces)))
+        span_processors.append(BatchSpanProcessor(_span_exporter(traces)))
+    for processor in span_processors:
+        tracer_provider.add_span_processor(processor)
     if metrics is not None:
         readers.append(_metric_reader(metrics))
     meter_provider = MeterProvider(
@@ -181,4 +187,4 @@ def build_providers(
         metric_readers=readers,
         exemplar_filter=exemplar_filter_of(),
     )
-    return Providers(tracer_provider, meter_provider, registry, readers)
+    return Providers(tracer_provider, meter_provider, registry, readers, span_processors)

@@ -1,0 +1,83 @@
+"""The SDK's own spans as a reference for the sidecar's, and ended spans as comparable data."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.trace import SpanKind
+from opentelemetry.util import types
+
+from sidecar.telemetry.spans import SCOPE, Spans
+
+
+class SeededIds(IdGenerator):
+    """Random ids from a seed: two providers seeded alike hand out the same ids in order."""
+
+    def __init__(self, seed: int) -> None:
+        self._random = random.Random(seed)
+
+    def generate_span_id(self) -> int:
+        return self._random.getrandbits(64) or 1
+
+    def generate_trace_id(self) -> int:
+        return self._random.getrandbits(128) or 1
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+class SdkSpans(Spans):
+    """The same spans started by the SDK's tracer (its own `Span` objects), as before."""
+
+    def __init__(self, spans: Spans) -> None:
+        super().__init__(spans.provider, ())
+        self.tracer = spans.provider.get_tracer(SCOPE)
+
+    def start(
+        self, name: str, kind: SpanKind, attributes: dict[str, types.AnyValue], context: Context
+    ) -> trace.Span:
+        return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+
+    def start_child(
+        self, name: str, kind: SpanKind, attributes: dict[str, types.AnyValue], parent: trace.Span
+    ) -> trace.Span:
+        context = trace.set_span_in_context(parent)
+        return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+
+
+def exported(span: ReadableSpan) -> dict[str, Any]:
+    """Everything an exporter reads from an ended span (times checked, then left out)."""
+    assert span.start_time is not None
+    assert span.end_time is not None
+    assert span.start_time <= span.end_time
+    attributes = span.attributes or {}
+    scope = span.instrumentation_scope
+    assert scope is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        info = span.instrumentation_info
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "context": span.context,
+        "parent": span.parent,
+        "parent_remote": span.parent.is_remote if span.parent else None,
+        "status": (span.status.status_code, span.status.description),
+        "attributes": list(attributes.items()),  # in order
+        "attribute_types": [type(value).__name__ for value in attributes.values()],
+        "events": [(event.name, dict(event.attributes or {})) for event in span.events],
+        "links": [
+            (link.context, dict(link.attributes or {}), link.dropped_attributes)
+            for link in span.links
+        ],
+        "dropped": (span.dropped_attributes, span.dropped_events, span.dropped_links),
+        "resource": (dict(span.resource.attributes), span.resource.schema_url),
+        "scope": (scope.name, scope.version, scope.schema_url, scope.attributes),
+        "instrumentation_info": info,
+    }
