@@ -1,0 +1,350 @@
+"""A MeterProvider whose histograms the sidecar aggregates itself, joined to every reader.
+
+`SidecarMeterProvider` is the SDK's provider with one difference: its meters'
+histograms are `sidecar.telemetry.histograms.Histogram` (no SDK work per measurement),
+and each reader's collection gains their points: the same `Metric`s, in the same place,
+with the same temporality and cardinality limit as the SDK's own histograms would
+have (Prometheus, periodic OTLP and in-memory readers alike). Everything else is the SDK's.
+
+Where the SDK would not aggregate histograms as explicit buckets with their advised
+bounds and no exemplars (a view, a reader's own histogram aggregation, an exemplar filter
+other than `always_off`), the provider leaves histograms to the SDK entirely.
+
+The order of metrics within a scope is the SDK's: the order in which each first had a
+point in that reader, a synchronous instrument at its first measurement, an observable
+one at the collection where its callback first reported. Counters note their first
+measurement once, then hand every later call straight to the SDK's `add`.
+
+This module is the one place that uses SDK internals; tests/test_meters.py holds them to
+their contract. The SDK (1.45) has no public hook for a producer of extra metrics:
+- `MetricReader._collect` / `_set_collect_callback`: the callback the provider gives each
+  reader; wrapped once per reader so its `MetricsData` gains the histograms;
+- `MetricReader._instrument_class_temporality`, `_instrument_class_aggregation` and
+  `_instrument_class_cardinality_limit`, keyed by the SDK's `_Histogram` class, and an
+  `ExplicitBucketHistogramAggregation`'s `_boundaries` and `_record_min_max`;
+- a histogram's `_advisory` bounds (as the SDK's default aggregation reads them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from threading import Lock
+from time import time_ns
+from typing import Any, Final
+
+from opentelemetry.context import Context
+from opentelemetry.metrics import (
+    CallbackT,
+    NoOpMeter,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+)
+from opentelemetry.metrics import Counter as ApiCounter
+from opentelemetry.metrics import Histogram as ApiHistogram
+from opentelemetry.metrics import Meter as ApiMeter
+from opentelemetry.metrics import UpDownCounter as ApiUpDownCounter
+from opentelemetry.metrics import _Gauge as ApiGauge
+from opentelemetry.sdk.environment_variables import OTEL_METRICS_EXEMPLAR_FILTER
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics._internal.instrument import _Histogram
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Metric,
+    MetricReader,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.metrics.view import (
+    DefaultAggregation,
+    ExplicitBucketHistogramAggregation,
+    View,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.util.types import Attributes
+
+from sidecar.telemetry.histograms import Histogram
+
+# The SDK's bounds for a histogram created without advice (none of the sidecar's).
+DEFAULT_BOUNDS: Final = (0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000)
+_Rank = tuple[int, int]
+_Id = tuple[InstrumentationScope, str]
+
+
+def histogram_view(reader: MetricReader) -> tuple[AggregationTemporality, int, bool]:
+    """`reader`'s temporality and cardinality limit for histograms, and whether it
+    aggregates them as the default does: explicit buckets at the instrument's advised
+    bounds, with min and max (the OTLP exporters ask for that explicitly)."""
+    temporality = reader._instrument_class_temporality[_Histogram]
+    limit = reader._instrument_class_cardinality_limit[_Histogram]
+    aggregation = reader._instrument_class_aggregation[_Histogram]
+    default = isinstance(aggregation, DefaultAggregation) or (
+        isinstance(aggregation, ExplicitBucketHistogramAggregation)
+        and aggregation._boundaries is None
+        and aggregation._record_min_max
+    )
+    return temporality, limit, default
+
+
+def _valid_bounds(bounds: Sequence[float]) -> bool:
+    return all(math.isfinite(b) for b in bounds) and all(
+        a < b for a, b in itertools.pairwise(bounds)
+    )
+
+
+class SidecarMeterProvider(MeterProvider):
+    """The SDK's MeterProvider with histograms aggregated by the sidecar (see the module)."""
+
+    def __init__(
+        self,
+        metric_readers: Sequence[MetricReader] = (),
+        resource: Resource | None = None,
+        exemplar_filter: ExemplarFilter | None = None,
+        views: Sequence[View] = (),
+    ) -> None:
+        resource = resource if resource is not None else Resource.create({})
+        super().__init__(
+            metric_readers=metric_readers, resource=resource, exemplar_filter=exemplar_filter,
+            views=views,
+        )  # fmt: skip
+        self._resource = resource
+        no_exemplars = isinstance(exemplar_filter, AlwaysOffExemplarFilter) or (
+            exemplar_filter is None and os.environ.get(OTEL_METRICS_EXEMPLAR_FILTER) == "always_off"
+        )
+        self.owns_histograms = (
+            no_exemplars and not views and all(histogram_view(r)[2] for r in metric_readers)
+        )
+        self._lock = Lock()
+        self._sequence = itertools.count()
+        self._first_use: dict[_Id, _Rank] = {}  # synchronous instruments, every reader
+        self._observed: dict[MetricReader, dict[_Id, _Rank]] = {}  # observable ones, per reader
+        self._histograms: list[tuple[InstrumentationScope, Histogram]] = []
+        self._sidecar_meters: dict[InstrumentationScope, _Meter] = {}
+        if self.owns_histograms:
+            for reader in metric_readers:
+                self._attach(reader)
+
+    def get_meter(
+        self,
+        name: str,
+        version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Attributes = None,
+    ) -> ApiMeter:
+        """The SDK's meter, with histograms the sidecar aggregates when it owns them."""
+        meter = super().get_meter(name, version, schema_url, attributes)
+        if not self.owns_histograms or isinstance(meter, NoOpMeter):
+            return meter
+        scope = InstrumentationScope(name, version, schema_url, attributes)
+        with self._lock:
+            if scope not in self._sidecar_meters:
+                self._sidecar_meters[scope] = _Meter(meter, scope, self)
+            return self._sidecar_meters[scope]
+
+    def add_metric_reader(self, metric_reader: MetricReader) -> None:
+        """Register a reader; it sees the histograms' measurements from now on."""
+        super().add_metric_reader(metric_reader)
+        if self.owns_histograms and metric_reader not in self._observed:
+            self._attach(metric_reader)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _histogram(self, scope: InstrumentationScope, histogram: Histogram) -> None:
+        with self._lock:
+            self._histograms.append((scope, histogram))
+            for reader in self._observed:
+                temporality, limit, _ = histogram_view(reader)
+                histogram.add_reader(reader, temporality is AggregationTemporality.DELTA, limit)
+
+    def first_use(self, scope: InstrumentationScope, name: str) -> None:
+        """A synchronous instrument's first measurement: where the SDK starts listing it."""
+        self._first_use.setdefault((scope, name), (next(self._sequence), 0))
+
+    def _attach(self, reader: MetricReader) -> None:
+        # Typed by the SDK as taking a temporality; it is called as `(reader, timeout_millis=)`.
+        collect: Callable[..., MetricsData | None] | None = reader._collect  # type: ignore[assignment]
+        if collect is None:
+            return
+        temporality, limit, _ = histogram_view(reader)
+        with self._lock:
+            self._observed[reader] = {}
+            for _, histogram in self._histograms:
+                histogram.add_reader(reader, temporality is AggregationTemporality.DELTA, limit)
+
+        def collect_with_histograms(
+            target: MetricReader, timeout_millis: float = 10_000
+        ) -> MetricsData | None:
+            marker = next(self._sequence)  # rank of whatever is first observed now
+            data = collect(target, timeout_millis=timeout_millis)
+            return self._merge(target, data, marker)
+
+        reader._set_collect_callback(collect_with_histograms)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ collection
+
+    def _merge(
+        self, reader: MetricReader, data: MetricsData | None, marker: int
+    ) -> MetricsData | None:
+        """`data` as the SDK would have collected it with the histograms its own."""
+        now = time_ns()
+        ours: dict[InstrumentationScope, list[Metric]] = {}
+        for scope, histogram in list(self._histograms):
+            metric = histogram.collect(reader, now)
+            if metric is not None:
+                ours.setdefault(scope, []).append(metric)
+        if not ours:
+            return data
+        if data is None or not data.resource_metrics:
+            resource = ResourceMetrics(self._resource, [], self._resource.schema_url)
+        else:
+            resource = data.resource_metrics[0]
+        listed: dict[InstrumentationScope, list[Metric]] = {
+            s.scope: [*s.metrics, *ours.pop(s.scope, ())] for s in resource.scope_metrics
+        }
+        listed.update(ours)
+        observed, positions = self._observed[reader], itertools.count(1)
+
+        def rank(scope: InstrumentationScope, metric: Metric) -> _Rank:
+            identity = (scope, metric.name)
+            first = self._first_use.get(identity) or observed.get(identity)
+            if first is None:  # an observable instrument's first points, in the SDK's order
+                first = observed[identity] = (marker, next(positions))
+            return first
+
+        def in_order(scope: InstrumentationScope, metrics: list[Metric]) -> list[Metric]:
+            return sorted(metrics, key=lambda metric: rank(scope, metric))
+
+        ordered = {scope: in_order(scope, metrics) for scope, metrics in listed.items()}
+        scopes = sorted(ordered, key=lambda s: rank(s, ordered[s][0]))
+        merged = replace(
+            resource,
+            scope_metrics=[
+                ScopeMetrics(scope=s, metrics=ordered[s], schema_url=s.schema_url or "")
+                for s in scopes
+            ],
+        )
+        rest = data.resource_metrics[1:] if data is not None else []
+        return MetricsData(resource_metrics=[merged, *rest])
+
+
+class _Meter(ApiMeter):
+    """The SDK's meter for one scope, but histograms are the sidecar's."""
+
+    def __init__(
+        self, inner: ApiMeter, scope: InstrumentationScope, provider: SidecarMeterProvider
+    ) -> None:
+        super().__init__(inner.name, inner.version, inner.schema_url)
+        self._inner, self._scope, self._provider = inner, scope, provider
+        self._created: dict[int, Histogram] = {}
+
+    def _noting(self, instrument: Any) -> Callable[[], None]:
+        scope, name, provider = self._scope, instrument.name, self._provider
+        return lambda: provider.first_use(scope, name)
+
+    def create_histogram(
+        self,
+        name: str,
+        unit: str = "",
+        description: str = "",
+        *,
+        explicit_bucket_boundaries_advisory: Sequence[float] | None = None,
+    ) -> ApiHistogram:
+        # The SDK's instrument is never recorded into (so never exported): it validates
+        # the name and unit, spells them as the SDK exports them, and dedupes.
+        sdk = self._inner.create_histogram(
+            name, unit, description,
+            explicit_bucket_boundaries_advisory=explicit_bucket_boundaries_advisory,
+        )  # fmt: skip
+        if not isinstance(sdk, _Histogram):  # not the SDK's meter: nothing to take over
+            return sdk
+        if id(sdk) in self._created:
+            return self._created[id(sdk)]
+        advised = sdk._advisory.explicit_bucket_boundaries
+        bounds = DEFAULT_BOUNDS if advised is None else advised
+        if not _valid_bounds(bounds):
+            raise ValueError(f"invalid histogram bounds for {name}: {bounds!r}")
+        histogram = Histogram(sdk.name, sdk.unit, sdk.description, bounds, self._noting(sdk))
+        self._created[id(sdk)] = histogram
+        self._provider._histogram(self._scope, histogram)
+        return histogram
+
+    def create_counter(self, name: str, unit: str = "", description: str = "") -> ApiCounter:
+        inner = self._inner.create_counter(name, unit, description)
+        return _Counter(inner, self._noting(inner))
+
+    def create_up_down_counter(
+        self, name: str, unit: str = "", description: str = ""
+    ) -> ApiUpDownCounter:
+        inner = self._inner.create_up_down_counter(name, unit, description)
+        return _UpDownCounter(inner, self._noting(inner))
+
+    def create_gauge(self, name: str, unit: str = "", description: str = "") -> ApiGauge:
+        inner = self._inner.create_gauge(name, unit, description)
+        return _Gauge(inner, self._noting(inner))
+
+    def create_observable_counter(
+        self, name: str, callbacks: Sequence[CallbackT] | None = None, unit: str = "",
+        description: str = "",
+    ) -> ObservableCounter:  # fmt: skip
+        return self._inner.create_observable_counter(name, callbacks, unit, description)
+
+    def create_observable_up_down_counter(
+        self, name: str, callbacks: Sequence[CallbackT] | None = None, unit: str = "",
+        description: str = "",
+    ) -> ObservableUpDownCounter:  # fmt: skip
+        return self._inner.create_observable_up_down_counter(name, callbacks, unit, description)
+
+    def create_observable_gauge(
+        self, name: str, callbacks: Sequence[CallbackT] | None = None, unit: str = "",
+        description: str = "",
+    ) -> ObservableGauge:  # fmt: skip
+        return self._inner.create_observable_gauge(name, callbacks, unit, description)
+
+
+# The SDK's synchronous instruments, noting their first measurement the SDK keeps (a
+# finite amount; a counter's non-negative): after it, the SDK's own method answers.
+
+
+class _Counter(ApiCounter):
+    def __init__(self, inner: ApiCounter, noted: Callable[[], None]) -> None:
+        self._inner, self._noted = inner, noted
+
+    def add(
+        self, amount: float, attributes: Attributes = None, context: Context | None = None
+    ) -> None:
+        self._inner.add(amount, attributes, context)
+        if 0 <= amount < math.inf:
+            self._noted()
+            self.add = self._inner.add  # type: ignore[method-assign]
+
+
+class _UpDownCounter(ApiUpDownCounter):
+    def __init__(self, inner: ApiUpDownCounter, noted: Callable[[], None]) -> None:
+        self._inner, self._noted = inner, noted
+
+    def add(
+        self, amount: float, attributes: Attributes = None, context: Context | None = None
+    ) -> None:
+        self._inner.add(amount, attributes, context)
+        if math.isfinite(amount):
+            self._noted()
+            self.add = self._inner.add  # type: ignore[method-assign]
+
+
+class _Gauge(ApiGauge):
+    def __init__(self, inner: ApiGauge, noted: Callable[[], None]) -> None:
+        self._inner, self._noted = inner, noted
+
+    def set(
+        self, amount: float, attributes: Attributes = None, context: Context | None = None
+    ) -> None:
+        self._inner.set(amount, attributes, context)
+        if math.isfinite(amount):
+            self._noted()
+            self.set = self._inner.set  # type: ignore[method-assign]
