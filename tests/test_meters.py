@@ -74,6 +74,7 @@ def scenario(twin: Twin, names: GenAiNames) -> None:
     """Calls, edge values, first uses between collections, idle cycles and overflow."""
     meter = twin.provider.get_meter("claude-sidecar")
     inst, health = Instruments(meter, names), Health(meter)
+    twin.collect()  # observable instruments only: they are listed before any histogram
     inst.cache_lookups.add(1, {"sidecar.cache.result": "miss"})  # an SDK counter first
     inst.active_streams.add(1, {"sidecar.route": "/api"})
     call(inst, "claude-a", 0.1)
@@ -118,20 +119,20 @@ def test_every_reader_exports_what_the_sdks_histograms_export(
     for twin in (sdk, ours):
         scenario(twin, names)
         twin.provider.shutdown()
-    assert len(sdk.exports) == len(ours.exports) == 5
+    assert len(sdk.exports) == len(ours.exports) == 6
     for theirs, mine in zip(sdk.exports, ours.exports, strict=True):
         assert comparable(mine) == comparable(theirs)
     # Non-trivially: histograms in every reader, the overflow point, and the delta cycles.
-    last = ours.exports[3]
+    last = ours.exports[4]
     for reader in ("cumulative", "delta", "periodic"):
         points = points_of(last[reader], "http.server.request.duration")
         assert len(points) == LIMIT + 1
         assert {"otel.metric.overflow": True} in [p.attributes for p in points]
     assert b"http_server_request_duration_seconds_bucket{" in last["prometheus"]
-    (only,) = points_of(ours.exports[2]["delta"], "http.server.request.duration")
+    (only,) = points_of(ours.exports[3]["delta"], "http.server.request.duration")
     assert only.attributes == {"http.route": "/only"}
     assert only.count == 1
-    assert len(points_of(ours.exports[4]["delta"], "http.server.request.duration")) == 3
+    assert len(points_of(ours.exports[5]["delta"], "http.server.request.duration")) == 3
     ignored = [r.getMessage() for r in caplog.records if "ignoring measurement" in r.getMessage()]
     assert len(ignored) == 4  # nan and inf, on both providers, in the SDK's words
 

@@ -192,22 +192,6 @@ class SidecarMeterProvider(MeterProvider):
         self, reader: MetricReader, data: MetricsData | None, marker: int
     ) -> MetricsData | None:
         """`data` as the SDK would have collected it with the histograms its own."""
-        now = time_ns()
-        ours: dict[InstrumentationScope, list[Metric]] = {}
-        for scope, histogram in list(self._histograms):
-            metric = histogram.collect(reader, now)
-            if metric is not None:
-                ours.setdefault(scope, []).append(metric)
-        if not ours:
-            return data
-        if data is None or not data.resource_metrics:
-            resource = ResourceMetrics(self._resource, [], self._resource.schema_url)
-        else:
-            resource = data.resource_metrics[0]
-        listed: dict[InstrumentationScope, list[Metric]] = {
-            s.scope: [*s.metrics, *ours.pop(s.scope, ())] for s in resource.scope_metrics
-        }
-        listed.update(ours)
         observed, positions = self._observed[reader], itertools.count(1)
 
         def rank(scope: InstrumentationScope, metric: Metric) -> _Rank:
@@ -217,15 +201,28 @@ class SidecarMeterProvider(MeterProvider):
                 first = observed[identity] = (marker, next(positions))
             return first
 
-        def in_order(scope: InstrumentationScope, metrics: list[Metric]) -> list[Metric]:
-            return sorted(metrics, key=lambda metric: rank(scope, metric))
-
-        ordered = {scope: in_order(scope, metrics) for scope, metrics in listed.items()}
-        scopes = sorted(ordered, key=lambda s: rank(s, ordered[s][0]))
+        resource = data.resource_metrics[0] if data is not None and data.resource_metrics else None
+        for scope_metrics in resource.scope_metrics if resource is not None else ():
+            for metric in scope_metrics.metrics:  # every collection: note first appearances
+                rank(scope_metrics.scope, metric)
+        now = time_ns()
+        ours: dict[InstrumentationScope, list[Metric]] = {}
+        for scope, histogram in list(self._histograms):
+            if (collected := histogram.collect(reader, now)) is not None:
+                ours.setdefault(scope, []).append(collected)
+        if not ours:
+            return data
+        if resource is None:
+            resource = ResourceMetrics(self._resource, [], self._resource.schema_url)
+        listed = {s.scope: [*s.metrics, *ours.pop(s.scope, ())] for s in resource.scope_metrics}
+        listed.update(ours)
+        for scope, metrics in listed.items():
+            metrics.sort(key=lambda metric, scope=scope: rank(scope, metric))  # type: ignore[misc]
+        scopes = sorted(listed, key=lambda scope: rank(scope, listed[scope][0]))
         merged = replace(
             resource,
             scope_metrics=[
-                ScopeMetrics(scope=s, metrics=ordered[s], schema_url=s.schema_url or "")
+                ScopeMetrics(scope=s, metrics=listed[s], schema_url=s.schema_url or "")
                 for s in scopes
             ],
         )
