@@ -1,6 +1,6 @@
 """Explicit-bucket histograms aggregated by the sidecar, exported as the SDK's own points.
 
-The SDK's `Histogram.record` copies, hashes and sorts the attribute set and takes two
+The SDK's `Histogram.record` copies the attribute set, hashes it (sorting its keys) and
 locks, per measurement and per reader: about 40 Python calls a point a reader, and a
 Claude call records up to nine points. `Histogram` here keeps the same aggregation
 with the SDK's arithmetic in a few bytecodes per reader: per reader and attribute set,
@@ -63,7 +63,9 @@ class AttributeSet(dict[str, AttributeValue]):
 def key_of(attributes: Attributes) -> Key:
     """The identity of an attribute set: order-insensitive, as the SDK's hash of it.
 
-    Sequence values (unhashable lists) count by their items, as in the SDK.
+    Sequence values (unhashable lists) count by their items, as in the SDK. Values that
+    compare equal across types (`True`, `1`, `1.0`) are one set here and three in the
+    SDK; no sidecar attribute ever takes both a bool and a number.
     """
     if type(attributes) is AttributeSet:
         return attributes.key
