@@ -11,9 +11,9 @@ bounds and no exemplars (a view, a reader's own histogram aggregation, an exempl
 other than `always_off`), the provider leaves histograms to the SDK entirely.
 
 The order of metrics within a scope is the SDK's: the order in which each first had a
-point in that reader, a synchronous instrument at its first measurement, an observable
-one at the collection where its callback first reported. Counters note their first
-measurement once, then hand every later call straight to the SDK's `add`.
+point in that reader, a synchronous instrument at its first measurement (the meter's
+instruments note it, `meter.SidecarMeter`), an observable one at the collection where
+its callback first reported.
 
 This module is the one place that uses SDK internals; tests/test_meters.py holds them to
 their contract. The SDK (1.45) has no public hook for a producer of extra metrics:
@@ -21,34 +21,21 @@ their contract. The SDK (1.45) has no public hook for a producer of extra metric
   reader; wrapped once per reader so its `MetricsData` gains the histograms;
 - `MetricReader._instrument_class_temporality`, `_instrument_class_aggregation` and
   `_instrument_class_cardinality_limit`, keyed by the SDK's `_Histogram` class, and an
-  `ExplicitBucketHistogramAggregation`'s `_boundaries` and `_record_min_max`;
-- a histogram's `_advisory` bounds (as the SDK's default aggregation reads them).
+  `ExplicitBucketHistogramAggregation`'s `_boundaries` and `_record_min_max`.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from threading import Lock
 from time import time_ns
-from typing import Any, Final
 
-from opentelemetry.context import Context
-from opentelemetry.metrics import (
-    CallbackT,
-    NoOpMeter,
-    ObservableCounter,
-    ObservableGauge,
-    ObservableUpDownCounter,
-)
-from opentelemetry.metrics import Counter as ApiCounter
-from opentelemetry.metrics import Histogram as ApiHistogram
 from opentelemetry.metrics import Meter as ApiMeter
-from opentelemetry.metrics import UpDownCounter as ApiUpDownCounter
-from opentelemetry.metrics import _Gauge as ApiGauge
+from opentelemetry.metrics import NoOpMeter
 from opentelemetry.sdk.environment_variables import OTEL_METRICS_EXEMPLAR_FILTER
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics._internal.instrument import _Histogram
@@ -70,9 +57,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes
 
 from sidecar.telemetry.histograms import Histogram
+from sidecar.telemetry.meter import SidecarMeter
 
-# The SDK's bounds for a histogram created without advice (none of the sidecar's).
-DEFAULT_BOUNDS: Final = (0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000)
 _Rank = tuple[int, int]
 _Id = tuple[InstrumentationScope, str]
 
@@ -90,12 +76,6 @@ def histogram_view(reader: MetricReader) -> tuple[AggregationTemporality, int, b
         and aggregation._record_min_max
     )
     return temporality, limit, default
-
-
-def _valid_bounds(bounds: Sequence[float]) -> bool:
-    return all(math.isfinite(b) for b in bounds) and all(
-        a < b for a, b in itertools.pairwise(bounds)
-    )
 
 
 class SidecarMeterProvider(MeterProvider):
@@ -125,7 +105,7 @@ class SidecarMeterProvider(MeterProvider):
         self._first_use: dict[_Id, _Rank] = {}  # synchronous instruments, every reader
         self._observed: dict[MetricReader, dict[_Id, _Rank]] = {}  # observable ones, per reader
         self._histograms: list[tuple[InstrumentationScope, Histogram]] = []
-        self._sidecar_meters: dict[InstrumentationScope, _Meter] = {}
+        self._sidecar_meters: dict[InstrumentationScope, SidecarMeter] = {}
         if self.owns_histograms:
             for reader in metric_readers:
                 self._attach(reader)
@@ -144,7 +124,9 @@ class SidecarMeterProvider(MeterProvider):
         scope = InstrumentationScope(name, version, schema_url, attributes)
         with self._lock:
             if scope not in self._sidecar_meters:
-                self._sidecar_meters[scope] = _Meter(meter, scope, self)
+                self._sidecar_meters[scope] = SidecarMeter(
+                    meter, partial(self.first_use, scope), partial(self._histogram, scope)
+                )
             return self._sidecar_meters[scope]
 
     def add_metric_reader(self, metric_reader: MetricReader) -> None:
@@ -228,120 +210,3 @@ class SidecarMeterProvider(MeterProvider):
         )
         rest = data.resource_metrics[1:] if data is not None else []
         return MetricsData(resource_metrics=[merged, *rest])
-
-
-class _Meter(ApiMeter):
-    """The SDK's meter for one scope, but histograms are the sidecar's."""
-
-    def __init__(
-        self, inner: ApiMeter, scope: InstrumentationScope, provider: SidecarMeterProvider
-    ) -> None:
-        super().__init__(inner.name, inner.version, inner.schema_url)
-        self._inner, self._scope, self._provider = inner, scope, provider
-        self._created: dict[int, Histogram] = {}
-
-    def _noting(self, instrument: Any) -> Callable[[], None]:
-        scope, name, provider = self._scope, instrument.name, self._provider
-        return lambda: provider.first_use(scope, name)
-
-    def create_histogram(
-        self,
-        name: str,
-        unit: str = "",
-        description: str = "",
-        *,
-        explicit_bucket_boundaries_advisory: Sequence[float] | None = None,
-    ) -> ApiHistogram:
-        # The SDK's instrument is never recorded into (so never exported): it validates
-        # the name and unit, spells them as the SDK exports them, and dedupes.
-        sdk = self._inner.create_histogram(
-            name, unit, description,
-            explicit_bucket_boundaries_advisory=explicit_bucket_boundaries_advisory,
-        )  # fmt: skip
-        if not isinstance(sdk, _Histogram):  # not the SDK's meter: nothing to take over
-            return sdk
-        if id(sdk) in self._created:
-            return self._created[id(sdk)]
-        advised = sdk._advisory.explicit_bucket_boundaries
-        bounds = DEFAULT_BOUNDS if advised is None else advised
-        if not _valid_bounds(bounds):
-            raise ValueError(f"invalid histogram bounds for {name}: {bounds!r}")
-        histogram = Histogram(sdk.name, sdk.unit, sdk.description, bounds, self._noting(sdk))
-        self._created[id(sdk)] = histogram
-        self._provider._histogram(self._scope, histogram)
-        return histogram
-
-    def create_counter(self, name: str, unit: str = "", description: str = "") -> ApiCounter:
-        inner = self._inner.create_counter(name, unit, description)
-        return _Counter(inner, self._noting(inner))
-
-    def create_up_down_counter(
-        self, name: str, unit: str = "", description: str = ""
-    ) -> ApiUpDownCounter:
-        inner = self._inner.create_up_down_counter(name, unit, description)
-        return _UpDownCounter(inner, self._noting(inner))
-
-    def create_gauge(self, name: str, unit: str = "", description: str = "") -> ApiGauge:
-        inner = self._inner.create_gauge(name, unit, description)
-        return _Gauge(inner, self._noting(inner))
-
-    def create_observable_counter(
-        self, name: str, callbacks: Sequence[CallbackT] | None = None, unit: str = "",
-        description: str = "",
-    ) -> ObservableCounter:  # fmt: skip
-        return self._inner.create_observable_counter(name, callbacks, unit, description)
-
-    def create_observable_up_down_counter(
-        self, name: str, callbacks: Sequence[CallbackT] | None = None, unit: str = "",
-        description: str = "",
-    ) -> ObservableUpDownCounter:  # fmt: skip
-        return self._inner.create_observable_up_down_counter(name, callbacks, unit, description)
-
-    def create_observable_gauge(
-        self, name: str, callbacks: Sequence[CallbackT] | None = None, unit: str = "",
-        description: str = "",
-    ) -> ObservableGauge:  # fmt: skip
-        return self._inner.create_observable_gauge(name, callbacks, unit, description)
-
-
-# The SDK's synchronous instruments, noting their first measurement the SDK keeps (a
-# finite amount; a counter's non-negative): after it, the SDK's own method answers.
-
-
-class _Counter(ApiCounter):
-    def __init__(self, inner: ApiCounter, noted: Callable[[], None]) -> None:
-        self._inner, self._noted = inner, noted
-
-    def add(
-        self, amount: float, attributes: Attributes = None, context: Context | None = None
-    ) -> None:
-        self._inner.add(amount, attributes, context)
-        if 0 <= amount < math.inf:
-            self._noted()
-            self.add = self._inner.add  # type: ignore[method-assign]
-
-
-class _UpDownCounter(ApiUpDownCounter):
-    def __init__(self, inner: ApiUpDownCounter, noted: Callable[[], None]) -> None:
-        self._inner, self._noted = inner, noted
-
-    def add(
-        self, amount: float, attributes: Attributes = None, context: Context | None = None
-    ) -> None:
-        self._inner.add(amount, attributes, context)
-        if math.isfinite(amount):
-            self._noted()
-            self.add = self._inner.add  # type: ignore[method-assign]
-
-
-class _Gauge(ApiGauge):
-    def __init__(self, inner: ApiGauge, noted: Callable[[], None]) -> None:
-        self._inner, self._noted = inner, noted
-
-    def set(
-        self, amount: float, attributes: Attributes = None, context: Context | None = None
-    ) -> None:
-        self._inner.set(amount, attributes, context)
-        if math.isfinite(amount):
-            self._noted()
-            self.set = self._inner.set  # type: ignore[method-assign]
