@@ -12,6 +12,7 @@ from opentelemetry.sdk.metrics import (
 )
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from sidecar.telemetry.histograms import AttributeSet
 from sidecar.telemetry.instruments import CARDINALITY_LIMIT, Instruments
 
 
@@ -75,3 +76,13 @@ def test_counter_totals_fold_into_overflow_past_the_cardinality_limit(
     assert overflow.value == 5
     (first,) = [p for p in points if p.attributes.get("http.route") == "/r0"]
     assert first.value == 2
+
+
+def test_counter_totals_take_an_attribute_set_with_its_key_as_the_same_set(
+    instruments: tuple[Instruments, InMemoryMetricReader],
+) -> None:
+    inst, reader = instruments
+    inst.streams.add(1, AttributeSet({"a": "x", "b": 1}))
+    inst.streams.add(2, {"b": 1, "a": "x"})
+    (point,) = collected(reader, "sidecar.streams")
+    assert (point.attributes, point.value) == ({"a": "x", "b": 1}, 3)

@@ -6,7 +6,9 @@ status codes; never user ids, prompts or request ids.
 Counters bumped on every call are kept as plain running totals (`Totals`) and
 reported by observable instruments when a reader collects: the exported sums are the
 same as a synchronous counter's, without the SDK's per-measurement attribute
-cleaning, hashing and locking on the request path.
+cleaning, hashing and locking on the request path. Histograms get the same treatment
+from the meter itself: the sidecar's provider (`meters.SidecarMeterProvider`) hands out
+histograms it aggregates (`histograms.Histogram`), exported as the SDK's would be.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Final
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.util.types import AttributeValue
 
+from sidecar.telemetry.histograms import AttributeSet
 from sidecar.telemetry.semconv import DEFAULT, GenAiNames
 
 TOKEN_BUCKETS: Final = [
@@ -49,11 +52,15 @@ class Totals:
         self._sums: dict[_Key, float] = {}
 
     def add(self, amount: float, attributes: Mapping[str, AttributeValue]) -> None:
-        key = frozenset(attributes.items())
-        sums = self._sums
-        if key not in sums and len(sums) >= CARDINALITY_LIMIT:
-            key = _OVERFLOW
-        sums[key] = sums.get(key, 0) + amount
+        """Add `amount` to the total of `attributes` (an `AttributeSet` brings its key)."""
+        key = attributes.key if type(attributes) is AttributeSet else frozenset(attributes.items())
+        try:
+            self._sums[key] += amount
+        except KeyError:  # a new attribute set (zero-cost when it is not)
+            sums = self._sums
+            if len(sums) >= CARDINALITY_LIMIT:
+                key = _OVERFLOW
+            sums[key] = sums.get(key, 0) + amount
 
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         # list() copies in one step: a collecting thread never sees the dict change size.

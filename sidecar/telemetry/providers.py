@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export import (
 from prometheus_client import CollectorRegistry
 
 from sidecar.config import TelemetryConfig
+from sidecar.telemetry.meters import SidecarMeterProvider
 
 _SIGNAL_PATHS: Final = {"TRACES": "v1/traces", "METRICS": "v1/metrics"}
 _EXEMPLAR_FILTERS: Final = frozenset({"trace_based", "always_on", "always_off"})
@@ -182,7 +183,8 @@ def build_providers(
         tracer_provider.add_span_processor(processor)
     if metrics is not None:
         readers.append(_metric_reader(metrics))
-    meter_provider = MeterProvider(
+    # The SDK's provider, with histograms the sidecar aggregates (see `meters`).
+    meter_provider = SidecarMeterProvider(
         resource=resource,
         metric_readers=readers,
         exemplar_filter=exemplar_filter_of(),

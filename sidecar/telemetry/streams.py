@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from sidecar.record import OPERATION, StreamRecord
 from sidecar.telemetry.bounded import short_list, short_text
+from sidecar.telemetry.histograms import AttributeSet
 from sidecar.telemetry.instruments import Instruments
 from sidecar.telemetry.semconv import DEFAULT, GenAiNames
 
@@ -102,7 +103,8 @@ def record_metrics(
     inst: Instruments, record: StreamRecord, ended: float, is_failed: bool | None = None
 ) -> None:
     """Every histogram point of one stream, once, at its end."""
-    metric = metric_attributes(record, is_failed)
+    # One attribute set for up to five points: its key is computed once, not per point.
+    metric = AttributeSet(metric_attributes(record, is_failed))
     inst.streams.add(
         1, {**metric, "sidecar.stream.outcome": record.outcome, "sidecar.route": record.route}
     )
