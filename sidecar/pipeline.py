@@ -22,14 +22,14 @@ from aiohttp import web
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
-from sidecar.app_state import RUNTIMES
 from sidecar.browser import is_browser_path, serve_browser_file
 from sidecar.client_address import client_ip, is_trusted_proxy
 from sidecar.config import Network
 from sidecar.errors import Family, Rejection, reject, render_json, simple_error_body
+from sidecar.handlers.request_body import answer_expectation
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.routes import Route
-from sidecar.runtime import Runtime
+from sidecar.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("sidecar.pipeline")
 UNMATCHED = "unmatched"  # the route label of a path no route matches (bounded, unlike the path)
@@ -123,11 +123,15 @@ def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
 class Pipeline:
     """The aiohttp handler (`handle`) for every path of the traffic listener."""
 
-    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], runtimes: RuntimeHolder) -> None:
         self._handlers = handlers
+        self._runtimes = runtimes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        runtime = request.app[RUNTIMES].current  # swapped by reload; in-flight keep theirs
+        if request.headers.get("Expect"):  # answered before anything else, as aiohttp would
+            await answer_expectation(request)
+            await request.writer.drain()
+        runtime = self._runtimes.current  # swapped by reload; in-flight keep theirs
         lifecycle = runtime.lifecycle
         lifecycle.enter()
         try:
