@@ -213,9 +213,10 @@ class Pipeline:
                         # (The app route only sets headers: cross-site form posts such as OAuth
                         # `form_post` callbacks must still reach the app.)
                         raise reject("cors_origin_denied", "origin not allowed")
-                    ctx.identity = await runtime.auth.authenticate(
+                    identity = runtime.auth.identify(
                         route.policy.auth, request.headers, request.query, request.method
                     )
+                    ctx.identity = identity if isinstance(identity, Identity) else await identity
                     response = await self._handlers[route.handler](ctx)
             except Rejection as rejection:
                 telemetry.rejected(rejection.reason, route.path, rejection.status, request_id, span)
