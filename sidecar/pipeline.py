@@ -103,11 +103,8 @@ def _hsts(max_age: int) -> str:
 
 
 def family_of(route: Route) -> Family:
-    return (
-        "anthropic"
-        if route.handler == "anthropic"
-        else ("prompt" if route.handler in ("prompt", "ui") else "app")
-    )
+    """The route's family (its error format), decided once when the route table is built."""
+    return route.family
 
 
 def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
@@ -192,7 +189,7 @@ class Pipeline:
                 trace_parent=telemetry.child_context(span, parent),
                 span=span,
                 headers=headers,
-                family=family_of(route),
+                family=route.family,
                 path=resolved.path,
             )
             status = 500
@@ -206,8 +203,16 @@ class Pipeline:
                 ):
                     response = self._preflight(ctx, origin)
                 else:
-                    if ctx.family != "app" and route.cors.refuses(
-                        origin, request.host, _client_scheme(request, config.server.trusted_proxies)
+                    cors = route.cors
+                    if (
+                        ctx.family != "app"
+                        and origin is not None
+                        and not cors.allows(origin)  # allowed: no scheme or host to read
+                        and cors.refuses(
+                            origin,
+                            request.host,
+                            _client_scheme(request, config.server.trusted_proxies),
+                        )
                     ):
                         # The browser would hide the answer anyway: do not spend Claude or quota on it.
                         # (The app route only sets headers: cross-site form posts such as OAuth

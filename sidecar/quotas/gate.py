@@ -226,7 +226,7 @@ class QuotaGate:
         self.on_store_error = on_store_error
         self._pending: set[asyncio.Task[None]] = set()
         self._degraded = False
-        self._limits: dict[int, tuple[QuotaConfig, Limits]] = {}  # by id(policy)
+        self._limits: dict[int, tuple[QuotaConfig, Limits | None]] = {}  # by id(policy)
 
     @classmethod
     def from_config(
@@ -323,9 +323,9 @@ class QuotaGate:
         reserve_tokens: int,
     ) -> QuotaLease:
         """Admit one Claude call (request, token reservation, stream slot) or raise Rejection."""
-        if not policy.enabled:
-            return NO_LEASE
         limits = self._limits_of(policy)
+        if limits is None:  # no limit set
+            return NO_LEASE
         subject = subject_of(policy, scope, identity, client_ip)
         reserve = reserve_tokens if limits.counts_tokens else 0
         lease = QuotaLease(self, subject, limits, reserve)
@@ -350,18 +350,21 @@ class QuotaGate:
         decision = await self._admit(policy, subject, limits, 0, NO_LEASE)
         return _NO_HEADERS if decision is None else ratelimit_headers(decision)
 
-    def _limits_of(self, policy: QuotaConfig) -> Limits:
-        """`limits_of` once per policy object (policies live as long as their config)."""
+    def _limits_of(self, policy: QuotaConfig) -> Limits | None:
+        """`limits_of` once per policy object (policies live as long as their config);
+        None for a policy that sets no limit."""
         cached = self._limits.get(id(policy))
         if cached is not None and cached[0] is policy:
             return cached[1]
         if len(self._limits) >= _LIMITS_CACHE:  # reloads bring new policy objects
             self._limits.clear()
-        limits = limits_of(policy)
-        if not self.store.renews_leases:
-            # Nothing renews this store's leases and they die with the process anyway: a
-            # lease lives until its call settles, however long the stream runs.
-            limits = dataclasses.replace(limits, lease_seconds=math.inf)
+        limits: Limits | None = None
+        if policy.enabled:
+            limits = limits_of(policy)
+            if not self.store.renews_leases:
+                # Nothing renews this store's leases and they die with the process anyway: a
+                # lease lives until its call settles, however long the stream runs.
+                limits = dataclasses.replace(limits, lease_seconds=math.inf)
         self._limits[id(policy)] = (policy, limits)
         return limits
 
