@@ -1,20 +1,24 @@
-"""Wiring: build the traffic and admin apps for a config; resources live and die together."""
+"""Wiring: the traffic listener's handler and runtimes for a config; resources live and die together."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 from pydantic import SecretStr
 
-from sidecar.admin import build_admin_app
 from sidecar.admission import Admission
-from sidecar.app_state import RUNTIMES
 from sidecar.cache.service import ResponseCache
 from sidecar.cache.stores import make_store as make_cache_store
 from sidecar.cache.stores import store_key as cache_store_key
@@ -23,7 +27,6 @@ from sidecar.fake_claude import FakeSettings, running_fake_claude
 from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
-from sidecar.handlers.request_body import answer_expectation
 from sidecar.handlers.ui import handle_ui
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
@@ -262,28 +265,54 @@ async def _open_runtime(
     )
 
 
-def build_apps(
-    config: Config, telemetry: Telemetry | None = None
-) -> tuple[web.Application, web.Application]:
-    """The traffic app (every path through the pipeline) and the admin app sharing its runtime.
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """The traffic listener's parts: its runtimes and the one handler every request gets.
 
-    Both read the runtime from `app[RUNTIMES].current`, which a reload replaces.
+    There is no `web.Application` here: the pipeline routes by itself, so aiohttp's
+    router, middleware chain and response signals would only add work to every request.
     """
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+
+    runtimes: RuntimeHolder
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    max_body_bytes: int
+    config: Config
+
+    def make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.Request:
+        """aiohttp's request for a parsed head; reading more body than the limit is a 413."""
+        return web.Request(
+            message, payload, protocol, writer, task, task.get_loop(),
+            client_max_size=self.max_body_bytes,
+        )  # fmt: skip
+
+    async def open(self) -> None:
+        """Open and install the first runtime (before the listener accepts anything)."""
+        self.runtimes.install(await self.runtimes.open(self.config))
+
+    async def close(self) -> None:
+        """Close every runtime (after the listener has drained)."""
+        await self.runtimes.close()
+
+
+def build_traffic(config: Config, telemetry: Telemetry | None = None) -> Traffic:
+    """The traffic listener's runtimes and handler; the admin app reads the same runtimes.
+
+    Both read the runtime from `runtimes.current`, which a reload replaces.
+    """
     runtimes = RuntimeHolder(
         lambda cfg, stack, shared: _open_runtime(cfg, telemetry, stack, shared)
     )
-    app[RUNTIMES] = runtimes
-
-    async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-        runtimes.install(await runtimes.open(config))
-        yield
-        await runtimes.close()
-
-    app.cleanup_ctx.append(runtime_ctx)
-    # Every path reaches the pipeline, which owns the answer (`.` would stop at a decoded
-    # newline and leave aiohttp's own plain-text 404, uncounted).
-    app.router.add_route(
-        "*", r"/{tail:[\s\S]*}", Pipeline(HANDLERS).handle, expect_handler=answer_expectation
+    # Every path reaches the pipeline, which owns the answer.
+    return Traffic(
+        runtimes=runtimes,
+        handle=Pipeline(HANDLERS, runtimes).handle,
+        max_body_bytes=config.server.max_body_bytes,
+        config=config,
     )
-    return app, build_admin_app(runtimes, config)

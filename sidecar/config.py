@@ -532,14 +532,12 @@ class QuotaConfig(Section):
 
     @property
     def enabled(self) -> bool:
-        return any(
-            limit is not None
-            for limit in (
-                self.requests_per_minute,
-                self.tokens_per_minute,
-                self.tokens_per_day,
-                self.concurrent_streams,
-            )
+        # Read on every Claude call: plain tests, no generator.
+        return (
+            self.requests_per_minute is not None
+            or self.tokens_per_minute is not None
+            or self.tokens_per_day is not None
+            or self.concurrent_streams is not None
         )
 
 

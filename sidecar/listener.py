@@ -232,3 +232,57 @@ class TrafficRunner(web.AppRunner):
             header_timeout=self._header_timeout,
             **made._kwargs,
         )
+
+
+RequestFactory = Callable[
+    ..., web.BaseRequest
+]  # aiohttp's (message, payload, protocol, writer, task)
+
+
+class TrafficServerRunner(web.BaseRunner):
+    """A runner for one bare handler, whose connections are `TrafficProtocol`s.
+
+    No `web.Application` stands between a request and `handler`: no router, middleware
+    chain or response signals run per request, and a stream's task holds no frame of
+    theirs. `on_startup()` runs before the server is made, `on_cleanup()` once it has
+    shut down (also after a failed setup); other keyword arguments go to each connection.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[Any], Any],
+        *,
+        request_factory: RequestFactory,
+        on_reject: OnReject,
+        header_timeout: HeaderTimeout,
+        on_startup: Callable[[], Any],
+        on_cleanup: Callable[[], Any],
+        handler_cancellation: bool = False,
+        shutdown_timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(shutdown_timeout=shutdown_timeout, **kwargs)
+        self._handler = handler
+        self._request_factory = request_factory
+        self._on_reject = on_reject
+        self._header_timeout = header_timeout
+        self._on_startup = on_startup
+        self._on_cleanup = on_cleanup
+        self._handler_cancellation = handler_cancellation
+
+    async def shutdown(self) -> None:
+        return None
+
+    async def _make_server(self) -> web.Server:
+        await self._on_startup()
+        return _TrafficServer(
+            self._handler,
+            request_factory=self._request_factory,
+            handler_cancellation=self._handler_cancellation,
+            on_reject=self._on_reject,
+            header_timeout=self._header_timeout,
+            **self._kwargs,
+        )
+
+    async def _cleanup_server(self) -> None:
+        await self._on_cleanup()

@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 from opentelemetry.trace import Span
 
-from sidecar.app_state import RUNTIMES
 from sidecar.browser import is_browser_path, serve_browser_file
 from sidecar.client_address import client_ip, is_trusted_proxy
 from sidecar.config import Network
 from sidecar.errors import Family, Rejection, reject, render_json, simple_error_body
+from sidecar.handlers.request_body import answer_expectation
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.routes import Route
-from sidecar.runtime import Runtime
+from sidecar.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("sidecar.pipeline")
 UNMATCHED = "unmatched"  # the route label of a path no route matches (bounded, unlike the path)
@@ -56,12 +56,32 @@ class RequestContext:
 Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 
 
+def _random_ids() -> Iterator[str]:
+    """`req_` + 24 hex digits from the OS's randomness, read for 256 ids at a time."""
+    while True:
+        block = os.urandom(12 * 256)
+        for start in range(0, len(block), 12):
+            yield "req_" + block[start : start + 12].hex()
+
+
+_ids = _random_ids()
+
+
+def _reseed_ids() -> None:
+    """A forked child reads its own randomness: it must not repeat its parent's ids."""
+    global _ids
+    _ids = _random_ids()
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
 def request_id_of(request: web.Request, header: str) -> str:
     """The client's request id if well-formed, else a new random one."""
     given = request.headers.get(header)
     if given is not None and _REQUEST_ID.match(given):
         return given
-    return "req_" + secrets.token_hex(12)
+    return next(_ids)
 
 
 def _client_scheme(request: web.Request, trusted: Sequence[Network]) -> str:
@@ -81,11 +101,8 @@ def _hsts(max_age: int) -> str:
 
 
 def family_of(route: Route) -> Family:
-    return (
-        "anthropic"
-        if route.handler == "anthropic"
-        else ("prompt" if route.handler in ("prompt", "ui") else "app")
-    )
+    """The route's family (its error format), decided once when the route table is built."""
+    return route.family
 
 
 def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
@@ -101,11 +118,15 @@ def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
 class Pipeline:
     """The aiohttp handler (`handle`) for every path of the traffic listener."""
 
-    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], runtimes: RuntimeHolder) -> None:
         self._handlers = handlers
+        self._runtimes = runtimes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        runtime = request.app[RUNTIMES].current  # swapped by reload; in-flight keep theirs
+        if request.headers.get("Expect"):  # answered before anything else, as aiohttp would
+            await answer_expectation(request)
+            await request.writer.drain()
+        runtime = self._runtimes.current  # swapped by reload; in-flight keep theirs
         lifecycle = runtime.lifecycle
         lifecycle.enter()
         try:
@@ -165,7 +186,7 @@ class Pipeline:
                 ),
                 span=span,
                 headers=headers,
-                family=family_of(route),
+                family=route.family,
                 path=resolved.path,
             )
             status = 500
@@ -179,16 +200,25 @@ class Pipeline:
                 ):
                     response = self._preflight(ctx, origin)
                 else:
-                    if ctx.family != "app" and route.cors.refuses(
-                        origin, request.host, _client_scheme(request, config.server.trusted_proxies)
+                    cors = route.cors
+                    if (
+                        ctx.family != "app"
+                        and origin is not None
+                        and not cors.allows(origin)  # allowed: no scheme or host to read
+                        and cors.refuses(
+                            origin,
+                            request.host,
+                            _client_scheme(request, config.server.trusted_proxies),
+                        )
                     ):
                         # The browser would hide the answer anyway: do not spend Claude or quota on it.
                         # (The app route only sets headers: cross-site form posts such as OAuth
                         # `form_post` callbacks must still reach the app.)
                         raise reject("cors_origin_denied", "origin not allowed")
-                    ctx.identity = await runtime.auth.authenticate(
+                    identity = runtime.auth.identify(
                         route.policy.auth, request.headers, request.query, request.method
                     )
+                    ctx.identity = identity if isinstance(identity, Identity) else await identity
                     response = await self._handlers[route.handler](ctx)
             except Rejection as rejection:
                 telemetry.rejected(rejection.reason, route.path, rejection.status, request_id, span)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sidecar.config import Config, Handler
+from sidecar.errors import Family
 from sidecar.loader import RoutePolicy, route_policies
 from sidecar.paths import PathRefused, canonical
 from sidecar.policy import CorsPolicy, Screener
@@ -26,6 +27,7 @@ class Route:
     policy: RoutePolicy
     cors: CorsPolicy
     screener: Screener
+    family: Family  # the error format and status conventions of its answers
 
     def matches(self, path: str) -> bool:
         """Prefix match on whole segments: `/api` matches `/api` and `/api/x`, not `/apix`."""
@@ -44,6 +46,13 @@ class Resolved:
     refused: PathRefused | None = None
 
 
+def family_of(handler: Handler) -> Family:
+    """The route family of a handler kind: Claude's API, the prompt routes, or the app."""
+    if handler == "anthropic":
+        return "anthropic"
+    return "prompt" if handler in ("prompt", "ui") else "app"
+
+
 class RouteTable:
     """First matching route wins, in config order."""
 
@@ -56,6 +65,7 @@ class RouteTable:
                 policy=policy,
                 cors=CorsPolicy(policy.cors),
                 screener=Screener(policy.screening),
+                family=family_of(route.handler),
             )
             for i, (route, policy) in enumerate(
                 zip(config.routes, route_policies(config), strict=True)

@@ -23,10 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.app import build_apps
-from sidecar.app_state import RUNTIMES
+from sidecar.admin import build_admin_app
+from sidecar.app import build_traffic
 from sidecar.config import Config, redact_url, split_host_port
-from sidecar.listener import TrafficRunner
+from sidecar.listener import TrafficRunner, TrafficServerRunner
 from sidecar.pipeline import UNMATCHED
 from sidecar.reload import Reloader
 from sidecar.runtime import Runtime, RuntimeHolder, finish_within
@@ -51,7 +51,7 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def _port_of(runner: web.AppRunner) -> int:
+def _port_of(runner: web.BaseRunner) -> int:
     address: Any = runner.addresses[0]
     return int(address[1])
 
@@ -72,14 +72,17 @@ class SidecarServer:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config  # as started: listeners and TLS on/off do not change on reload
-        traffic, admin = build_apps(config, telemetry)
-        self._runtimes = traffic[RUNTIMES]
+        traffic = build_traffic(config, telemetry)
+        self._runtimes = traffic.runtimes
         self.reloader = Reloader(self._runtimes, config_path, env=env)
         # handler_cancellation: a client that goes away cancels its stream at once.
         # auto_decompress off: the app route forwards bodies exactly as received; routes
         # that read a body decode it themselves, within the body limit.
-        self._traffic = TrafficRunner(
-            traffic,
+        self._traffic = TrafficServerRunner(
+            traffic.handle,
+            request_factory=traffic.make_request,
+            on_startup=traffic.open,
+            on_cleanup=traffic.close,
             on_reject=self._rejected,
             header_timeout=self._header_timeout,
             handler_cancellation=True,
@@ -89,7 +92,7 @@ class SidecarServer:
         )
         # The admin listener refuses malformed requests and slow heads the same way.
         self._admin = TrafficRunner(
-            admin,
+            build_admin_app(self._runtimes, config),
             on_reject=self._rejected,
             header_timeout=self._header_timeout,
             access_log=None,

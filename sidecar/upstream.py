@@ -25,6 +25,7 @@ import aiohttp
 from yarl import URL
 
 from sidecar.config import ClaudeConfig
+from sidecar.deadlines import Deadlines
 from sidecar.errors import Rejection, reject
 
 RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 529})
@@ -73,6 +74,10 @@ class ClaudeClient:
         self._whole_call = aiohttp.ClientTimeout(
             total=config.request_timeout_seconds, sock_connect=config.connect_timeout_seconds
         )
+        # How long Claude may take to answer with its head: a stream's, the idle timeout;
+        # a whole message's, the request timeout. One timer per kind, not one per call.
+        self._stream_head = Deadlines(config.idle_timeout_seconds)
+        self._message_head = Deadlines(config.request_timeout_seconds)
         self._key = config.api_key.get_secret_value() if config.api_key else None
         # What telemetry names as Claude's address and port (default: those of base_url).
         self.server_address, self.server_port = peer or (self._base.host or "", self._base.port)
@@ -140,16 +145,20 @@ class ClaudeClient:
         """
         url = self.url_for(attempt.path)
         config = self._config
-        wait = config.idle_timeout_seconds if stream else config.request_timeout_seconds
+        head = self._stream_head if stream else self._message_head
         timeout = self._timeout if stream else self._whole_call
         retries = 0
         while True:
+            task = head.start()
             try:
-                async with asyncio.timeout(wait):
-                    response = await self._session.request(
-                        attempt.method, url, data=body, headers=attempt.headers,
-                        timeout=timeout, allow_redirects=False,
-                    )  # fmt: skip
+                response = await self._session.request(
+                    attempt.method, url, data=body, headers=attempt.headers,
+                    timeout=timeout, allow_redirects=False,
+                )  # fmt: skip
+            except asyncio.CancelledError:
+                if head.stop(task):  # the head's deadline passed, not the client leaving
+                    raise reject("upstream_timeout", "Claude did not answer in time") from None
+                raise
             except aiohttp.ClientError as exc:  # before TimeoutError: a connect timeout is both
                 if retries >= config.max_retries:
                     raise reject(
@@ -176,6 +185,8 @@ class ClaudeClient:
                     return response, retries  # the client backs off itself
                 response.release()
                 self._count_retry(str(status))
+            finally:
+                head.stop(task)  # whatever ended the wait (again: no effect)
             retries += 1
             await asyncio.sleep(delay)
 

@@ -15,22 +15,22 @@ from sidecar.sse import event_name, json_object, parse_block
 DELTA = b"content_block_delta"
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def apply_usage(record: StreamRecord, usage: Any) -> None:
-    """Copy an Anthropic `usage` object onto the record (output is cumulative)."""
+    """Copy an Anthropic `usage` object onto the record (output is cumulative).
+
+    A count is an exact JSON integer (`type(...) is int`: not a bool); anything else is 0.
+    """
     if not isinstance(usage, dict):
         return
-    if "input_tokens" in usage and usage["input_tokens"] is not None:
-        record.input_tokens = _int(usage["input_tokens"])
-    if usage.get("cache_creation_input_tokens") is not None:
-        record.cache_creation_input_tokens = _int(usage["cache_creation_input_tokens"])
-    if usage.get("cache_read_input_tokens") is not None:
-        record.cache_read_input_tokens = _int(usage["cache_read_input_tokens"])
-    if usage.get("output_tokens") is not None:
-        record.output_tokens = _int(usage["output_tokens"])
+    get = usage.get
+    if (value := get("input_tokens")) is not None:
+        record.input_tokens = value if type(value) is int else 0
+    if (value := get("cache_creation_input_tokens")) is not None:
+        record.cache_creation_input_tokens = value if type(value) is int else 0
+    if (value := get("cache_read_input_tokens")) is not None:
+        record.cache_read_input_tokens = value if type(value) is int else 0
+    if (value := get("output_tokens")) is not None:
+        record.output_tokens = value if type(value) is int else 0
 
 
 def apply_message(record: StreamRecord, message: Any) -> None:

@@ -17,7 +17,10 @@ from multidict import CIMultiDictProxy
 
 from sidecar import loader
 from sidecar.config import AuthConfig
+from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
+from sidecar.identity import ANONYMOUS, Identity
+from sidecar.policy import AuthService
 from tests.support.apps import echoed_headers, running_app
 from tests.support.policy import (
     API_KEY,
@@ -486,3 +489,38 @@ async def test_optional_mode_with_allowed_tenants_refuses_anonymous_callers(
     assert (anonymous, tenant, other) == (401, 200, 403)
     assert challenge == 'Bearer realm="claude-sidecar"'
     assert fake.state.counters["requests"] == 1
+
+
+async def test_identify_decides_at_once_unless_a_token_needs_verifying() -> None:
+    """No auth, no credential and API keys are answered in place (no coroutine per
+    request); a JWT comes back as an awaitable of its identity, checked like the rest."""
+    policy = AuthConfig.model_validate(auth_config()["auth"])
+    tenants = AuthConfig.model_validate(auth_config(allowed_tenants=["acme"])["auth"])
+    open_policy = AuthConfig(mode="none")
+    service = AuthService([policy, tenants, open_policy])
+    await service.start()
+    try:
+        keyed = service.identify(policy, {"x-api-key": API_KEY}, {}, "POST")
+        assert isinstance(keyed, Identity)
+        assert (keyed.method, keyed.user) == ("api_key", "ci-bot")
+        with pytest.raises(Rejection, match="tenant not permitted"):  # the key has no tenant
+            service.identify(tenants, {"x-api-key": API_KEY}, {}, "POST")
+        with pytest.raises(Rejection, match="credentials required"):
+            service.identify(policy, {}, {}, "POST")
+        with pytest.raises(Rejection, match="invalid credentials"):
+            service.identify(policy, {"x-api-key": "not-a-key"}, {}, "POST")
+        assert service.identify(open_policy, {}, {}, "POST") is ANONYMOUS
+        token = service.identify(
+            tenants, {"Authorization": f"Bearer {mint(org='acme')}"}, {}, "POST"
+        )
+        assert not isinstance(token, Identity)
+        identity = await token
+        assert (identity.method, identity.tenant) == ("jwt", "acme")
+        other = service.identify(
+            tenants, {"Authorization": f"Bearer {mint(org='evil')}"}, {}, "POST"
+        )
+        assert not isinstance(other, Identity)
+        with pytest.raises(Rejection, match="tenant not permitted"):
+            await other
+    finally:
+        await service.close()

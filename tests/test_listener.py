@@ -12,6 +12,7 @@ import json
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,7 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import loader
 from sidecar.fake_claude import FakeServer
-from sidecar.listener import PARSER_REASONS, TrafficProtocol, TrafficRunner, classify
+from sidecar.listener import (
+    PARSER_REASONS,
+    TrafficProtocol,
+    TrafficRunner,
+    TrafficServerRunner,
+    classify,
+)
 from sidecar.loader import deep_merge as merge
 from sidecar.server import SidecarServer
 from tests.support.sidecars import BASE, SidecarFactory
@@ -216,6 +223,41 @@ async def test_aiohttp_internals_the_listener_relies_on() -> None:
         assert callable(web_protocol.RequestHandler.handle_error)
     finally:
         await runner.cleanup()
+
+
+async def test_the_bare_handler_runner_builds_traffic_protocols_around_its_hooks() -> None:
+    """`TrafficServerRunner` (the traffic listener: no `web.Application`) opens before its
+    server exists, closes after it, and its connections are `TrafficProtocol`s."""
+    calls: list[str] = []
+
+    async def on_startup() -> None:
+        calls.append("startup")
+
+    async def on_cleanup() -> None:
+        calls.append("cleanup")
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    def make_request(*args: Any) -> web.BaseRequest:
+        raise AssertionError("no request is made here")
+
+    runner = TrafficServerRunner(
+        handler, request_factory=make_request, on_startup=on_startup,
+        on_cleanup=on_cleanup, on_reject=lambda reason, status: None,
+        header_timeout=lambda: 1.0, handler_cancellation=True, access_log=None,
+    )  # fmt: skip
+    await runner.setup()
+    try:
+        server = runner.server
+        assert server is not None
+        assert calls == ["startup"]
+        assert server.handler_cancellation
+        assert server.request_handler is handler
+        assert isinstance(server(), TrafficProtocol)
+    finally:
+        await runner.cleanup()
+    assert calls == ["startup", "cleanup"]
 
 
 async def test_the_head_deadline_follows_a_reload(tmp_path: Path, fake: FakeServer) -> None:

@@ -285,3 +285,33 @@ async def test_json_escapes_do_not_hide_a_phrase(
     assert status == 400
     assert _error(data, path)["message"] == 'prompt matches deny rule "launch-codes"'
     assert fake.state.counters["requests"] == 0
+
+
+@pytest.mark.parametrize("path", sorted(ROUTE_BODIES))
+@pytest.mark.parametrize("pieces", [1, 40], ids=["with-the-head", "trickled"])
+async def test_a_chunked_body_over_the_limit_is_413(
+    fake: FakeServer, sidecar_for: SidecarFactory, path: str, pieces: int
+) -> None:
+    # No Content-Length to refuse up front: the listener's read limit stops the body.
+    raw = json.dumps({**ROUTE_BODIES[path], "padding": "x" * 70_000}).encode()
+    step = -(-len(raw) // pieces)
+    async with sidecar_for(CONFIG) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(
+            b"POST %b HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" % path.encode()
+        )
+        for start in range(0, len(raw), step):
+            piece = raw[start : start + step]
+            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            await writer.drain()
+            if pieces > 1:
+                await asyncio.sleep(0.005)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert _error(json.loads(body), path)["message"] == "request body exceeds 65536 bytes"
+    assert fake.state.counters["requests"] == 0

@@ -263,3 +263,27 @@ def test_a_port_in_use_exits_with_one_clear_message(tmp_path: Path, taken: str) 
     assert line["level"] == "ERROR"
     assert line["message"].startswith("cannot listen:")
     assert str(port) in line["message"]
+
+
+async def test_every_request_target_is_answered_and_counted_by_the_pipeline() -> None:
+    # No router stands before the pipeline: even a target that is not a path (`OPTIONS *`)
+    # gets the pipeline's JSON answer and is counted, never a bare plain-text 404.
+    cfg = {"claude": {"base_url": "builtin:fake"}, "telemetry": {"prometheus": True}}
+    async with running_sidecar(cfg) as sidecar:
+        answers = []
+        for target in (b"*", b"/nowhere"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            writer.write(b"OPTIONS %b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target)
+            await writer.drain()
+            answers.append(await asyncio.wait_for(reader.read(), 10))
+            writer.close()
+        async with aiohttp.ClientSession() as http, http.get(sidecar.admin_url + "/metrics") as got:
+            metrics = await got.text()
+    (star, nowhere) = (answer.partition(b"\r\n\r\n") for answer in answers)
+    assert star[0].startswith(b"HTTP/1.1 400 ")
+    assert b"Content-Type: application/json" in star[0]
+    assert json.loads(star[2])["error"]["message"] == "the request path must start with '/'"
+    assert nowhere[0].startswith(b"HTTP/1.1 404 ")
+    assert json.loads(nowhere[2])["error"]["type"] == "not_found"
+    assert 'sidecar_rejection_reason="path_invalid"' in metrics
+    assert 'sidecar_rejection_reason="no_route"' in metrics

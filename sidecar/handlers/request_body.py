@@ -73,8 +73,11 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
-        async with asyncio.timeout(server.body_read_timeout_seconds):
-            raw = await request.read()  # the app's client_max_size is `limit`
+        if request.content.is_eof():  # it all came with the head: nothing to wait for
+            raw = await request.read()  # the listener's client_max_size is `limit`
+        else:
+            async with asyncio.timeout(server.body_read_timeout_seconds):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
     except TimeoutError:
@@ -202,6 +205,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
+# Built once: `json.loads` with a hook would build a decoder (and its scanner) per call.
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Decode a JSON object or raise a 400 saying what is wrong.
 
@@ -213,7 +220,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise bad_request("body is not UTF-8") from None
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys)
+        if text.startswith("\ufeff"):  # as `json.loads` refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)
     except _DuplicateKey as exc:
         key = str(exc.args[0])
         raise bad_request(

@@ -7,7 +7,7 @@ the mode. Messages name the reason class only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -134,9 +134,11 @@ class Authenticator:
             return query.get(jwt_config.query_param) or None
         return None
 
-    async def authenticate(
+    def identify(
         self, headers: Mapping[str, str], query: Mapping[str, str], method: str
-    ) -> Identity:
+    ) -> Identity | Awaitable[Identity]:
+        """The caller's identity, decided here when no I/O is needed (no auth, no
+        credential, an API key); for a JWT, an awaitable of it. Raises Rejection 401/403."""
         if self.config.mode == "none":
             return ANONYMOUS
         credential = self._credential(headers, query, method)
@@ -146,31 +148,41 @@ class Authenticator:
             if self.config.mode == "optional" and self.config.allowed_tenants is None:
                 return ANONYMOUS
             raise unauthorized("auth_missing", "credentials required", missing=True)
-        identity = await self._verify(credential)
+        identity = self._keys.get(
+            hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()
+        )
+        if identity is None:
+            if self._jwt is None or credential.count(".") != 2:
+                raise unauthorized("auth_invalid_key", "invalid credentials")
+            return self._token_identity(self._jwt, credential)
+        return self._admitted(identity)
+
+    async def authenticate(
+        self, headers: Mapping[str, str], query: Mapping[str, str], method: str
+    ) -> Identity:
+        found = self.identify(headers, query, method)
+        return found if isinstance(found, Identity) else await found
+
+    def _admitted(self, identity: Identity) -> Identity:
         allowed = self.config.allowed_tenants
         if allowed is not None and identity.tenant not in allowed:
             raise forbidden("auth_forbidden_tenant", "tenant not permitted on this route")
         return identity
 
-    async def _verify(self, credential: str) -> Identity:
-        identity = self._keys.get(
-            hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()
-        )
-        if identity is not None:
-            return identity
-        if self._jwt is None or credential.count(".") != 2:
-            raise unauthorized("auth_invalid_key", "invalid credentials")
-        claims = await self._jwt.verify(credential)
-        config = self._jwt.config
+    async def _token_identity(self, verifier: JwtVerifier, token: str) -> Identity:
+        claims = await verifier.verify(token)
+        config = verifier.config
         user = claims.get(config.user_claim)
         if not isinstance(user, str | int) or isinstance(user, bool) or user == "":
             raise unauthorized("auth_invalid_token", "token has no user claim")
         tenant = claims.get(config.tenant_claim) if config.tenant_claim else None
-        return Identity(
-            method="jwt",
-            user=str(user),
-            tenant=str(tenant) if isinstance(tenant, str | int) else None,
-            claims=claims,
+        return self._admitted(
+            Identity(
+                method="jwt",
+                user=str(user),
+                tenant=str(tenant) if isinstance(tenant, str | int) else None,
+                claims=claims,
+            )
         )
 
 
@@ -243,6 +255,13 @@ class AuthService:
     def ready(self) -> bool:
         """False while some JWKS URL never produced a key."""
         return all(cache.ready for cache in self._jwks.values())
+
+    def identify(
+        self, policy: AuthConfig, headers: Mapping[str, str], query: Mapping[str, str], method: str
+    ) -> Identity | Awaitable[Identity]:
+        """The caller's identity under `policy`, or an awaitable of it when a JWT must be
+        verified first (the common cases cost no coroutine); raises Rejection 401/403."""
+        return self._authenticator(policy).identify(headers, query, method)
 
     async def authenticate(
         self,

@@ -80,7 +80,7 @@ class Screener:
         `joined` texts are matched but not counted (they repeat texts already counted).
         """
         texts = list(texts)
-        chars = sum(len(text) for text in texts)
+        chars = sum(map(len, texts))
         if chars > self.max_chars:
             raise reject(
                 "screening_length",

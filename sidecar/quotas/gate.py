@@ -199,7 +199,7 @@ class QuotaLease:
         if self._renewal is not None:
             self._renewal.cancel()
         if gate.store.settles_inline:  # cannot suspend, so cannot be cut short: no task
-            await gate.settle_now(
+            await gate._settle(
                 self._subject, limits, self.lease_id, self._reserved, input_tokens + output_tokens
             )
             return
@@ -226,7 +226,7 @@ class QuotaGate:
         self.on_store_error = on_store_error
         self._pending: set[asyncio.Task[None]] = set()
         self._degraded = False
-        self._limits: dict[int, tuple[QuotaConfig, Limits]] = {}  # by id(policy)
+        self._limits: dict[int, tuple[QuotaConfig, Limits | None]] = {}  # by id(policy)
 
     @classmethod
     def from_config(
@@ -258,16 +258,20 @@ class QuotaGate:
             )
 
     def _store_ok(self) -> None:
-        if self._degraded:
-            self._degraded = False
-            log.info("quota store recovered")
+        """The store answered again after failing (callers check `_degraded` first)."""
+        self._degraded = False
+        log.info("quota store recovered")
 
     async def _admit(
         self, policy: QuotaConfig, subject: str, limits: Limits, tokens: int, lease: QuotaLease
     ) -> Decision | None:
         """The store's decision, or None when it failed and the mode is fail_open."""
+        store = self.store
         try:
-            decision = await self._store_admit(subject, limits, tokens, lease.lease_id)
+            if store.settles_inline:  # never suspends: cannot be cancelled halfway
+                decision = await store.admit(subject, limits, tokens, lease.lease_id)
+            else:
+                decision = await self._store_admit(subject, limits, tokens, lease.lease_id)
         except StoreError as exc:
             self.store_failed("admit", exc)
             if self.mode == "fail_open":
@@ -276,7 +280,8 @@ class QuotaGate:
                 "quota_store_unavailable", "the quota store is unavailable",
                 headers={"retry-after": "1"},
             ) from None  # fmt: skip
-        self._store_ok()
+        if self._degraded:
+            self._store_ok()
         if not decision.admitted:
             raise rejection_of(decision, policy, tokens)
         return decision
@@ -285,8 +290,6 @@ class QuotaGate:
         self, subject: str, limits: Limits, tokens: int, lease_id: str
     ) -> Decision:
         """`store.admit`, undone if its caller is cancelled while the store admits it."""
-        if self.store.settles_inline:  # never suspends: cannot be cancelled halfway
-            return await self.store.admit(subject, limits, tokens, lease_id)
         admitting = asyncio.create_task(self.store.admit(subject, limits, tokens, lease_id))
         try:
             return await asyncio.shield(admitting)
@@ -320,9 +323,9 @@ class QuotaGate:
         reserve_tokens: int,
     ) -> QuotaLease:
         """Admit one Claude call (request, token reservation, stream slot) or raise Rejection."""
-        if not policy.enabled:
-            return NO_LEASE
         limits = self._limits_of(policy)
+        if limits is None:  # no limit set
+            return NO_LEASE
         subject = subject_of(policy, scope, identity, client_ip)
         reserve = reserve_tokens if limits.counts_tokens else 0
         lease = QuotaLease(self, subject, limits, reserve)
@@ -347,26 +350,23 @@ class QuotaGate:
         decision = await self._admit(policy, subject, limits, 0, NO_LEASE)
         return _NO_HEADERS if decision is None else ratelimit_headers(decision)
 
-    def _limits_of(self, policy: QuotaConfig) -> Limits:
-        """`limits_of` once per policy object (policies live as long as their config)."""
+    def _limits_of(self, policy: QuotaConfig) -> Limits | None:
+        """`limits_of` once per policy object (policies live as long as their config);
+        None for a policy that sets no limit."""
         cached = self._limits.get(id(policy))
         if cached is not None and cached[0] is policy:
             return cached[1]
         if len(self._limits) >= _LIMITS_CACHE:  # reloads bring new policy objects
             self._limits.clear()
-        limits = limits_of(policy)
-        if not self.store.renews_leases:
-            # Nothing renews this store's leases and they die with the process anyway: a
-            # lease lives until its call settles, however long the stream runs.
-            limits = dataclasses.replace(limits, lease_seconds=math.inf)
+        limits: Limits | None = None
+        if policy.enabled:
+            limits = limits_of(policy)
+            if not self.store.renews_leases:
+                # Nothing renews this store's leases and they die with the process anyway: a
+                # lease lives until its call settles, however long the stream runs.
+                limits = dataclasses.replace(limits, lease_seconds=math.inf)
         self._limits[id(policy)] = (policy, limits)
         return limits
-
-    async def settle_now(
-        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
-    ) -> None:
-        """One settlement in the caller's task (for stores whose `settle` never suspends)."""
-        await self._settle(subject, limits, lease_id, reserved, used)
 
     def settle_later(
         self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
@@ -386,4 +386,5 @@ class QuotaGate:
             # Nothing to retry into: the slot lapses with its lease, the reservation stays charged.
             self.store_failed("settle", exc)
         else:
-            self._store_ok()
+            if self._degraded:
+                self._store_ok()

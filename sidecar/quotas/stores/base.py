@@ -78,8 +78,13 @@ class BucketState:
     level: float
 
     def window(self, now: float) -> Window:
-        refill = (self.limit - self.level) * self.period / self.limit
-        return Window(self.limit, max(0, math.floor(self.level)), now + max(0.0, refill))
+        return window_of(self.limit, self.period, self.level, now)
+
+
+def window_of(limit: int, period: float, level: float, now: float) -> Window:
+    """The client's view of a bucket of `limit` per `period` seconds at `level` now."""
+    refill = (limit - level) * period / limit
+    return Window(limit, max(0, math.floor(level)), now + max(0.0, refill))
 
 
 def tighter(a: Window | None, b: Window | None) -> Window | None:

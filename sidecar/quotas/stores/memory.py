@@ -13,12 +13,12 @@ from sidecar.quotas.stores.base import (
     CONCURRENCY_RETRY_SECONDS,
     DAY,
     MINUTE,
-    BucketState,
     Decision,
     LimitedBy,
     Limits,
     QuotaStore,
     tighter,
+    window_of,
 )
 
 _SWEEP_EVERY: Final = 1024  # admissions between sweeps of forgettable subjects
@@ -88,20 +88,27 @@ class MemoryQuotaStore(QuotaStore):
         state = self._subjects.get(subject)
         if state is None:
             state = self._subjects[subject] = _Subject(at=now)
-        elapsed = max(0.0, now - state.at)
+        elapsed = now - state.at
+        if elapsed < 0.0:
+            elapsed = 0.0
+        levels = state.levels
         for name, limit, period, _ in buckets:
-            level = state.levels.get(name, float(limit))
-            state.levels[name] = min(float(limit), level + elapsed * limit / period)
+            level = levels.get(name, limit) + elapsed * limit / period
+            levels[name] = level if level < limit else float(limit)
         state.at = now
-        state.drop_lapsed(now)
+        if now >= state.first_expiry:
+            state.drop_lapsed(now)
         return state
 
     def _forget_at(self, state: _Subject, buckets: tuple[_Bucket, ...]) -> float:
-        full = [
-            state.at + (limit - state.levels[name]) * period / limit
-            for name, limit, period, _ in buckets
-        ]
-        return max([state.at, *full, state.last_expiry])
+        """When every bucket is full again and every lease has expired."""
+        at, levels = state.at, state.levels
+        forget = at
+        for name, limit, period, _ in buckets:
+            full = at + (limit - levels[name]) * period / limit
+            if full > forget:
+                forget = full
+        return state.last_expiry if state.last_expiry > forget else forget
 
     async def admit(self, subject: str, limits: Limits, tokens: int, lease_id: str) -> Decision:
         now = self._clock()
@@ -140,16 +147,22 @@ class MemoryQuotaStore(QuotaStore):
         limited_by: LimitedBy | None,
         wait: float,
     ) -> Decision:
-        windows = {
-            name: BucketState(limit, period, state.levels[name]).window(now)
-            for name, limit, period, _ in buckets
-        }
+        requests = minute = day = None
+        levels = state.levels
+        for name, limit, period, _ in buckets:
+            window = window_of(limit, period, levels[name], now)
+            if name == "r":
+                requests = window
+            elif name == "m":
+                minute = window
+            else:
+                day = window
         return Decision(
             admitted=admitted,
             limited_by=limited_by,
             retry_after=wait,
-            requests=windows.get("r"),
-            tokens=tighter(windows.get("m"), windows.get("d")),
+            requests=requests,
+            tokens=day if minute is None else minute if day is None else tighter(minute, day),
             now=now,
         )
 
