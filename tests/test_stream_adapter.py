@@ -147,10 +147,13 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
     seen: dict[str, object] = {}
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "X-Probe": "kept"}
+        )
         await response.prepare(request)
-        channel = adapter.ClientChannel(request, response)
         seen["chunked"] = response.headers.get("Transfer-Encoding")
+        channel = adapter.ClientChannel(request, response)
+        seen["headers_held"] = len(response.headers)
         await channel.write_with_headers(b"data: 1\n\n")
         channel.write(b"data: 2\n\n")
         channel.write(b"data: 3\n\n")
@@ -178,9 +181,12 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
         await runner.cleanup()
     assert body == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"
     assert seen["chunked"] == "chunked"  # prepare() chose chunked framing, as relied on
+    # prepare() serialised the head: the emptied header map still went out whole.
+    assert seen["headers_held"] == 0
     assert isinstance(seen["buffered"], int)
     assert seen["closing"] is False
     head, _, payload = raw.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower()
+    assert b"\r\nx-probe: kept" in head.lower()
     assert payload.endswith(b"0\r\n\r\n")  # aiohttp's own terminating chunk
     assert dechunk(payload) == body

@@ -6,12 +6,16 @@ private parts, and nothing else in the sidecar does:
 - **push mode**: the upstream body reader's class is switched to `_PushReader`, whose
   `feed_data` hands each chunk to a sink inside the socket's read callback (no task
   wakes up per event);
+- **a lean open stream**: once pushing, the response lets go of what only its head
+  needed (parsed and raw headers, the request's headers, the chunk-offset queue), so
+  a quiet open stream holds its connection and little else;
 - **flow control**: pausing and resuming reads on the upstream connection's protocol;
 - **the broken-framing probe**: aiohttp's client protocol remembers a payload error that
   its parser swallowed (the body reader never hears of it);
 - **the client side**: bytes go to `request.transport` in one `write`, framed as HTTP/1.1
   chunks by hand when aiohttp chose chunked encoding in `prepare()`; `request.writer`
-  drains it; aiohttp still writes the terminating chunk in `write_eof`.
+  drains it; aiohttp still writes the terminating chunk in `write_eof`. `prepare()`
+  serialises the head at once, so the response's header map is emptied after it.
 
 `tests/test_stream_adapter.py` checks each of these against the installed aiohttp, and
 pyproject pins aiohttp to the minor versions that test passed on.
@@ -24,7 +28,9 @@ from typing import Final, Protocol
 
 import aiohttp
 from aiohttp import web
+from aiohttp.client_reqrep import RequestInfo
 from aiohttp.streams import StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
 
 
 class Sink(Protocol):
@@ -40,6 +46,7 @@ HIGH_WATER: Final = 256 * 1024  # bytes queued for a slow client before Claude i
 # The sink each push-mode reader feeds. Keyed by the reader, so nothing is attached to
 # aiohttp's objects; an entry lives exactly as long as its relay.
 _SINKS: dict[StreamReader, Sink] = {}
+_NO_HEADERS: Final = CIMultiDictProxy(CIMultiDict[str]())
 
 
 class _PushReader(StreamReader):
@@ -87,7 +94,12 @@ def take_buffered(upstream: aiohttp.ClientResponse) -> bytes:
 
 
 def start_push(upstream: aiohttp.ClientResponse, sink: Sink) -> None:
-    """Hand the rest of the body to `sink` as it arrives; ends it at once if already over."""
+    """Hand the rest of the body to `sink` as it arrives; ends it at once if already over.
+
+    The head was read and copied before: the response drops it (`upstream.headers` is
+    empty from here on), so an open stream does not hold it for its whole life.
+    """
+    _drop_head(upstream)
     reader = upstream.content
     failed = reader.exception()
     if failed is not None:
@@ -97,6 +109,17 @@ def start_push(upstream: aiohttp.ClientResponse, sink: Sink) -> None:
     else:
         _SINKS[reader] = sink
         reader.__class__ = _PushReader
+        reader._http_chunk_splits = None  # chunk offsets serve `readchunk`; nothing reads here
+
+
+def _drop_head(upstream: aiohttp.ClientResponse) -> None:
+    # aiohttp keeps the parsed headers, their raw bytes and the request's headers (in
+    # `request_info`) as long as the response lives; `request_info` stays valid, headerless.
+    upstream._headers = _NO_HEADERS
+    upstream._raw_headers = ()
+    upstream._cache.clear()  # the reified `headers`, `raw_headers`
+    info = upstream._request_info
+    upstream._request_info = RequestInfo(info.url, info.method, _NO_HEADERS, info.real_url)
 
 
 def stop_push(upstream: aiohttp.ClientResponse) -> None:
@@ -145,8 +168,12 @@ class ClientChannel:
         self._transport = transport
         self._writer = request.writer
         self.response = response
+        headers = response.headers
         # aiohttp picks chunked framing in prepare() for HTTP/1.1 without a length.
-        self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self._chunked = headers.get("Transfer-Encoding", "").lower() == "chunked"
+        # prepare() serialised the head (it leaves with the first write): the header map
+        # is not read again, and an open stream need not hold it for its whole life.
+        headers.clear()
 
     def write(self, data: bytes) -> None:
         """Frame and write in one call (HTTP/1.1 chunked or raw); never waits."""
