@@ -20,7 +20,7 @@ an `idle_timeout` error event. Shutdown ends live streams the same way.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import aiohttp
 
@@ -59,12 +59,12 @@ class LiveStream:
         self._wakeup: asyncio.Future[None] | None = None
         self._paused = False
         self._paused_at = 0.0
-        self._waiting_for: list[Subscriber] = []  # the clients a pause waits for
+        self._waiting_for: Sequence[Subscriber] = ()  # the clients a pause waits for
         self.upstream = upstream
         self.core = core
         self.record: StreamRecord = core.record
         self.generation = generation
-        generation.stop = self.stop
+        generation.producer = self
         self.heartbeat = heartbeat
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
@@ -122,9 +122,13 @@ class LiveStream:
 
     # ------------------------------------------------------------------ relay task
 
-    async def run(self) -> None:
-        """Relay until the upstream ends, fails or is stopped; decides the record's outcome."""
+    async def run(self, registry: StreamRegistry) -> None:
+        """Relay until the upstream ends, fails or is stopped; decides the record's outcome.
+
+        The stream is in `registry` (shutdown ends what is there) while it runs.
+        """
         upstream = self.upstream
+        registry.add(self)
         self._arm()
         try:
             # Bytes that came with Claude's headers are already buffered: relay them first. The
@@ -154,6 +158,7 @@ class LiveStream:
                 self.generation.end(b"")
             raise
         finally:
+            registry.discard(self)
             adapter.stop_push(upstream)
             if self._timer is not None:
                 self._timer.cancel()
@@ -190,7 +195,7 @@ class LiveStream:
             self._wakeup = self._loop.create_future()
         if not all(d.done() for d in drains):
             return False  # left to finish on their own: cancelling would break later drains
-        self._waiting_for = []
+        self._waiting_for = ()
         for subscriber, drain in zip(lagging, drains, strict=True):
             error = drain.exception()
             if error is None:
