@@ -138,9 +138,15 @@ async def call_claude(
             await channel.end()
             return channel.response
         handed_off = True
-        return await hand_off(
+        generation, subscriber = await hand_off(
             held, upstream, translator, _answer_headers(ctx, held, upstream), resumable
         )
+        try:
+            await subscriber.done  # the generation's end, or this client leaving
+        finally:
+            generation.detach(subscriber)
+        await subscriber.channel.end()
+        return subscriber.channel.response
     except Rejection as rejection:
         if record.upstream_status is None and record.upstream_started is None:
             record.outcome = "rejected"
