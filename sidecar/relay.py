@@ -12,15 +12,17 @@ The relay task only waits for the end, and for a slow client: past the high-wate
 queued for a client, reading from Claude pauses until it catches up; a client that takes
 nothing for `client_stall_timeout_seconds` loses its stream (`client_stalled`).
 
-A per-stream timer (not a task) ticks a few times per heartbeat/idle interval: it
-sends `: ping` comments when the stream is quiet and ends a stalled upstream with
-an `idle_timeout` error event. Shutdown ends live streams the same way.
+A watchdog ticks each stream a few times per heartbeat/idle interval (one timer per
+interval for all of a registry's streams, not one per stream): it sends `: ping`
+comments when the stream is quiet and ends a stalled upstream with an `idle_timeout`
+error event. Shutdown ends live streams the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 
 import aiohttp
 
@@ -31,6 +33,7 @@ from sidecar.stream.adapter import HIGH_WATER
 from sidecar.stream.core import StopStream, StreamCore, Translator
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
 
+log = logging.getLogger("sidecar.relay")
 __all__ = ["FIRST_SEND", "HIGH_WATER", "LiveStream", "StopStream", "StreamRegistry", "Translator"]
 
 
@@ -39,8 +42,8 @@ class LiveStream:
 
     __slots__ = (
         "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
-        "_seen", "_tick_every", "_timer", "_waiting_for", "_wakeup", "core", "generation", "heartbeat",
-        "idle_timeout", "record", "stall_timeout", "upstream",
+        "_seen", "_waiting_for", "_wakeup", "core", "generation", "heartbeat", "idle_timeout",
+        "record", "stall_timeout", "tick_every", "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -59,19 +62,19 @@ class LiveStream:
         self._wakeup: asyncio.Future[None] | None = None
         self._paused = False
         self._paused_at = 0.0
-        self._waiting_for: list[Subscriber] = []  # the clients a pause waits for
+        self._waiting_for: Sequence[Subscriber] = ()  # the clients a pause waits for
         self.upstream = upstream
         self.core = core
         self.record: StreamRecord = core.record
         self.generation = generation
-        generation.stop = self.stop
+        generation.producer = self
         self.heartbeat = heartbeat
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
-        self._tick_every = min(max(min(heartbeat, idle_timeout, stall_timeout) / 4, 0.05), 5.0)
+        # How often the watchdog looks at this stream (`tick`).
+        self.tick_every = min(max(min(heartbeat, idle_timeout, stall_timeout) / 4, 0.05), 5.0)
         self._seen = -1
         self._last_progress = self._last_ping = self._loop.time()
-        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def paused(self) -> bool:
@@ -122,10 +125,13 @@ class LiveStream:
 
     # ------------------------------------------------------------------ relay task
 
-    async def run(self) -> None:
-        """Relay until the upstream ends, fails or is stopped; decides the record's outcome."""
+    async def run(self, registry: StreamRegistry) -> None:
+        """Relay until the upstream ends, fails or is stopped; decides the record's outcome.
+
+        The stream is in `registry` (its watchdog ticks it, shutdown ends it) while it runs.
+        """
         upstream = self.upstream
-        self._arm()
+        registry.add(self)
         try:
             # Bytes that came with Claude's headers are already buffered: relay them first. The
             # status line and headers leave with them (usually Claude's `message_start`) in one
@@ -154,9 +160,8 @@ class LiveStream:
                 self.generation.end(b"")
             raise
         finally:
+            registry.discard(self)
             adapter.stop_push(upstream)
-            if self._timer is not None:
-                self._timer.cancel()
             upstream.close()  # releases (and on early exit, drops) the upstream connection
 
     async def _start_subscribers(self) -> None:
@@ -190,7 +195,7 @@ class LiveStream:
             self._wakeup = self._loop.create_future()
         if not all(d.done() for d in drains):
             return False  # left to finish on their own: cancelling would break later drains
-        self._waiting_for = []
+        self._waiting_for = ()
         for subscriber, drain in zip(lagging, drains, strict=True):
             error = drain.exception()
             if error is None:
@@ -217,19 +222,17 @@ class LiveStream:
         """End the stream from outside the relay (shutdown, idle timeout, cancel)."""
         self.on_end(StopStream(outcome, error_type, message))
 
-    def _arm(self) -> None:
-        self._timer = self._loop.call_later(self._tick_every, self._tick)
-
-    def _tick(self) -> None:
-        now = self._loop.time()
+    def tick(self, now: float) -> None:
+        """The watchdog's look (every `tick_every`): broken framing, a stalled client,
+        an idle upstream, a heartbeat due."""
+        if self._ended:
+            return
         broken = adapter.upstream_broken(self.upstream)
         if broken is not None:
             # aiohttp's parser drops the body reader without a word on broken chunked framing.
-            self._timer = None
             self.on_end(aiohttp.ClientPayloadError(f"Claude's response is malformed: {broken}"))
             return
         if self._paused and now - self._paused_at >= self.stall_timeout:
-            self._timer = None
             self._cut_stalled()
             return
         if self.record.chunks != self._seen or self._paused:
@@ -237,7 +240,6 @@ class LiveStream:
             self._seen = self.record.chunks
             self._last_progress = now
         elif now - self._last_progress >= self.idle_timeout:
-            self._timer = None
             self.stop(
                 "idle_timeout",
                 "timeout_error",
@@ -248,7 +250,6 @@ class LiveStream:
         if quiet >= self.heartbeat and not self.core.mid_event and not self._paused:
             self._last_ping = now
             self.generation.send_raw(PING)
-        self._arm()
 
     def _cut_stalled(self) -> None:
         """A client took nothing for the stall timeout: its connection is cut, the stream ends."""
@@ -262,10 +263,16 @@ class LiveStream:
 
 
 class StreamRegistry:
-    """The live streams of this process, so shutdown can end each with a final event."""
+    """The live streams of this process, so shutdown can end each with a final event.
+
+    It also runs their watchdog: one timer per tick interval ticks every stream with
+    that interval (a stream holds no timer of its own, and quiet streams cost one
+    call each per tick, not a timer each).
+    """
 
     def __init__(self) -> None:
         self._streams: set[LiveStream] = set()
+        self._watched: dict[float, set[LiveStream]] = {}  # by tick interval
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -276,9 +283,34 @@ class StreamRegistry:
 
     def add(self, stream: LiveStream) -> None:
         self._streams.add(stream)
+        every = stream.tick_every
+        watched = self._watched.get(every)
+        if watched is None:  # the first of its interval: its timer starts
+            watched = self._watched[every] = set()
+            asyncio.get_running_loop().call_later(every, self._tick, every)
+        watched.add(stream)
 
     def discard(self, stream: LiveStream) -> None:
         self._streams.discard(stream)
+        watched = self._watched.get(stream.tick_every)
+        if watched is not None:
+            watched.discard(stream)  # an interval left empty stops at its next tick
+
+    def _tick(self, every: float) -> None:
+        watched = self._watched[every]
+        if not watched:
+            del self._watched[every]
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_later(every, self._tick, every)
+        now = loop.time()
+        for stream in list(watched):  # a tick may end a stream, and its relay discard it
+            try:
+                stream.tick(now)
+            except Exception:  # one stream's failure must not stop the others' watchdog
+                log.exception(
+                    "stream watchdog failed", extra={"request_id": stream.record.request_id}
+                )
 
     def stop_all(self, *, shared_store: bool = False) -> int:
         """Stop every live stream with a `shutting_down` final event; returns how many.

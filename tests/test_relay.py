@@ -344,3 +344,29 @@ async def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(
     ends = [r for r in caplog.records if getattr(r, "event", None) == "stream_error"]
     assert [getattr(r, "outcome", None) for r in ends] == ["client_stalled"]
     assert getattr(ends[0], "error_type", None) == "client_stalled"
+
+
+async def test_quiet_streams_share_one_watchdog_and_each_gets_its_pings_and_timeout(
+    sidecar_for: SidecarFactory,
+) -> None:
+    stalled = {
+        "model": MODEL, "max_tokens": 8, "stream": True,
+        "messages": [{"role": "user", "content": "[[fake fault=stall]] quiet"}],
+    }  # fmt: skip
+    claude = {"idle_timeout_seconds": 0.6, "heartbeat_seconds": 0.15}
+    async with sidecar_for({"claude": claude}) as sidecar, aiohttp.ClientSession() as http:
+
+        async def one() -> bytes:
+            async with http.post(sidecar.url + "/v1/messages", json=stalled) as response:
+                assert response.status == 200
+                return await response.read()
+
+        reads = [asyncio.ensure_future(one()) for _ in range(3)]
+        await eventually(lambda: holds(len(sidecar.runtime.streams) == 3))
+        streams = list(sidecar.runtime.streams)
+        assert len({s.tick_every for s in streams}) == 1  # one interval: one timer ticks all
+        bodies = await asyncio.wait_for(asyncio.gather(*reads), 10)
+    for body in bodies:
+        assert b": ping\n\n" in body  # each stream's heartbeat...
+        assert b'"timeout_error"' in body  # ...and each its own idle timeout
+    assert len(sidecar.runtime.streams) == 0

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.streams import StreamReader
+from yarl import URL
 
 from sidecar.stream import adapter
 from tests.support.sockets import dechunk, free_port
@@ -104,6 +105,45 @@ async def test_push_mode_hands_every_chunk_to_the_sink_and_releases_the_connecti
         response.close()
 
 
+async def test_a_pushing_response_holds_no_head_and_no_queue_until_let_go(
+    http: aiohttp.ClientSession,
+) -> None:
+    go_on = asyncio.Event()
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD + chunk(b"first\n\n"))
+        await writer.drain()
+        await go_on.wait()
+        writer.write(chunk(b"later\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    server, url = await raw_server(script)
+    async with server:
+        response = await http.get(url, headers={"X-Sent": "yes"})
+        assert response.headers["Content-Type"] == "text/event-stream"
+        await asyncio.sleep(0.05)
+        assert adapter.take_buffered(response) == b"first\n\n"
+        reader = response.content
+        own_queue = reader._buffer
+        adapter.start_push(response, Collect())
+        # What aiohttp keeps for the response's life, dropped: the head, the request's
+        # headers, the chunk offsets; the body queue is the shared empty one.
+        assert len(response.headers) == 0
+        assert response.raw_headers == ()
+        assert len(response.request_info.headers) == 0
+        assert response.request_info.url == URL(url)
+        assert reader._http_chunk_splits is None
+        assert reader._buffer is not own_queue
+        assert not reader._buffer
+        with pytest.raises(RuntimeError):
+            reader._buffer.append(b"never")
+        # Let go before the body ends: aiohttp buffers the rest in a queue of the reader's own.
+        adapter.stop_push(response)
+        go_on.set()
+        assert await asyncio.wait_for(reader.read(), 10) == b"later\n\n"
+        response.close()
+
+
 async def test_pause_and_resume_reading_and_the_broken_framing_probe(
     http: aiohttp.ClientSession,
 ) -> None:
@@ -147,10 +187,13 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
     seen: dict[str, object] = {}
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "X-Probe": "kept"}
+        )
         await response.prepare(request)
-        channel = adapter.ClientChannel(request, response)
         seen["chunked"] = response.headers.get("Transfer-Encoding")
+        channel = adapter.ClientChannel(request, response)
+        seen["headers_held"] = len(response.headers)
         await channel.write_with_headers(b"data: 1\n\n")
         channel.write(b"data: 2\n\n")
         channel.write(b"data: 3\n\n")
@@ -178,9 +221,12 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
         await runner.cleanup()
     assert body == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"
     assert seen["chunked"] == "chunked"  # prepare() chose chunked framing, as relied on
+    # prepare() serialised the head: the emptied header map still went out whole.
+    assert seen["headers_held"] == 0
     assert isinstance(seen["buffered"], int)
     assert seen["closing"] is False
     head, _, payload = raw.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower()
+    assert b"\r\nx-probe: kept" in head.lower()
     assert payload.endswith(b"0\r\n\r\n")  # aiohttp's own terminating chunk
     assert dechunk(payload) == body

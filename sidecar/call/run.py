@@ -12,23 +12,28 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
+from opentelemetry.trace import Span
 
-from sidecar.call.stream import HeldCall, Resumable, hand_off, relay_stream
+from sidecar.call.stream import HeldCall, Resumable, hand_off, open_relay
 from sidecar.errors import Rejection, reject, short_error_type, simple_error_body
 from sidecar.handlers.request_body import ensure_client_present
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.tap import CallTap
+from sidecar.telemetry import Telemetry
 from sidecar.upstream import Attempt, read_answer, returned_headers
 from sidecar.usage import apply_message
 
 MAX_ERROR_BODY = 64 * 1024
+_HANDED_OVER: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -113,25 +118,35 @@ async def call_claude(
         record.queue_wait = await runtime.admission.acquire()
         held.admitted = True
         telemetry.admitted(record)
-        headers = dict(call.attempt.headers)
-        telemetry.inject(held.span, headers)
-        attempt = Attempt(call.attempt.method, call.attempt.path, headers)
         ensure_client_present(ctx.request)  # it may have left while queued: pay for nobody
         record.upstream_started = time.perf_counter()
-        upstream, record.retries = await runtime.claude.send(attempt, call.body, stream=call.stream)
-        record.upstream_status = upstream.status
-        response_headers = {**ctx.headers, **held.lease.headers}
-        response_headers.update(
-            returned_headers(upstream.headers, keep_ratelimit=not quota_policy.enabled)
+        # What only the start needs (the attempt's headers, the answer's headers) is built
+        # in argument position: this frame lives as long as the stream and keeps none of it.
+        upstream, record.retries = await runtime.claude.send(
+            _traced(call.attempt, held.span, telemetry), call.body, stream=call.stream
         )
+        record.upstream_status = upstream.status
         if upstream.status != 200:
-            return await _relay_error(ctx, upstream, record, response_headers)
+            return await _relay_error(ctx, upstream, record, _answer_headers(ctx, held, upstream))
         if not call.stream:
-            return await _relay_message(upstream, record, response_headers, tap)
+            return await _relay_message(upstream, record, _answer_headers(ctx, held, upstream), tap)
         if resumable is None:
-            return await relay_stream(ctx, upstream, record, translator, response_headers, tap)
+            live, channel = await open_relay(
+                ctx, upstream, record, translator, _answer_headers(ctx, held, upstream), tap
+            )
+            await live.run(runtime.streams)
+            await channel.end()
+            return channel.response
         handed_off = True
-        return await hand_off(held, upstream, translator, response_headers, resumable)
+        generation, subscriber = await hand_off(
+            held, upstream, translator, _answer_headers(ctx, held, upstream), resumable
+        )
+        try:
+            await subscriber.done  # the generation's end, or this client leaving
+        finally:
+            generation.detach(subscriber)
+        await subscriber.channel.end()
+        return subscriber.channel.response
     except Rejection as rejection:
         if record.upstream_status is None and record.upstream_started is None:
             record.outcome = "rejected"
@@ -157,6 +172,32 @@ async def call_claude(
                 resumable.log.finish()
                 resumable.log.close()
             await held.close()
+
+
+def _traced(attempt: Attempt, span: Span, telemetry: Telemetry) -> Attempt:
+    """The attempt with `traceparent` naming the call's span (the prepared one is shared)."""
+    headers = dict(attempt.headers)
+    telemetry.inject(span, headers)
+    return Attempt(attempt.method, attempt.path, headers)
+
+
+def _answer_headers(
+    ctx: RequestContext, held: HeldCall, upstream: aiohttp.ClientResponse
+) -> dict[str, str]:
+    """The client's response headers: the request's own, the quota's, then Claude's.
+
+    The lease hands its rate-limit headers over: it settles at the stream's end and
+    need not hold them until then.
+    """
+    lease = held.lease
+    assert lease is not None  # admitted
+    quota_headers, lease.headers = lease.headers, _HANDED_OVER
+    keep_ratelimit = not ctx.route.policy.quotas.enabled
+    return {
+        **ctx.headers,
+        **quota_headers,
+        **returned_headers(upstream.headers, keep_ratelimit=keep_ratelimit),
+    }
 
 
 async def _relay_error(

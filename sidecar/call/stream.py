@@ -98,27 +98,24 @@ async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> Clien
     return ClientChannel(ctx.request, response)
 
 
-async def relay_stream(
+async def open_relay(
     ctx: RequestContext,
     upstream: aiohttp.ClientResponse,
     record: StreamRecord,
     translator: Translator,
     headers: dict[str, str],
     tap: CallTap | None = None,
-) -> web.StreamResponse:
-    """Start the SSE response and relay until the stream ends (the client leaving ends it)."""
-    runtime = ctx.runtime
+) -> tuple[LiveStream, ClientChannel]:
+    """Start the SSE response and the stream that feeds it; the caller runs it to its end
+    (`LiveStream.run`, which the client leaving cancels), then ends the channel.
+
+    A coroutine that returns at once: the headers are freed when the response starts,
+    and an open stream holds the caller's frame and the relay's, nothing in between.
+    """
     channel = await _start_response(ctx, headers)
     generation = Generation(record)
     generation.attach(Subscriber(channel))
-    live = _live_stream(ctx, upstream, make_core(record, translator, tap), generation)
-    runtime.streams.add(live)
-    try:
-        await live.run()
-    finally:
-        runtime.streams.discard(live)
-    await channel.end()
-    return channel.response
+    return _live_stream(ctx, upstream, make_core(record, translator, tap), generation), channel
 
 
 async def hand_off(
@@ -127,8 +124,13 @@ async def hand_off(
     translator: Translator,
     headers: dict[str, str],
     resumable: Resumable,
-) -> web.StreamResponse:
-    """Start a resumable generation in its own task and read it as its first subscriber."""
+) -> tuple[Generation, Subscriber]:
+    """Start a resumable generation in its own task, and the response of its first subscriber.
+
+    The caller reads it (`subscriber.done`, then detaches and ends the channel). A
+    coroutine that returns once the response started: an open stream keeps neither
+    this frame nor the headers.
+    """
     ctx, record = held.ctx, held.record
     runtime = ctx.runtime
     record.stream_id = resumable.stream_id
@@ -146,26 +148,8 @@ async def hand_off(
         resumable.log.set_origin(f"{context.trace_id:032x}-{context.span_id:016x}")
     hub = runtime.resume.hub
     hub.add(generation, held.span)
-    runtime.streams.add(live)
+    runtime.streams.add(live)  # shutdown reaches it from now on (`run` keeps it there)
     runtime.lifecycle.enter()  # the runtime stays open while its generation runs
-
-    async def produce() -> None:
-        try:
-            await live.run()
-        except Exception as exc:  # the generation's own failure: recorded, never re-raised
-            if record.outcome is None:
-                record.outcome = "upstream_error"
-                record.error_type = record.error_type or type(exc).__name__
-            generation.end(b"")
-        finally:
-            runtime.streams.discard(live)
-            hub.remove(generation)
-            resumable.log.close()
-            try:
-                await held.close()
-            finally:
-                runtime.lifecycle.leave()
-
     try:  # the stream's id goes out with a stream only, never with an error
         channel = await _start_response(ctx, {**headers, HEADER: resumable.stream_id})
     except BaseException:
@@ -180,10 +164,27 @@ async def hand_off(
         raise
     subscriber = Subscriber(channel)
     generation.attach(subscriber)
-    hub.spawn(produce())
+    hub.spawn(_produce(held, live, generation, resumable.log))
+    return generation, subscriber
+
+
+async def _produce(
+    held: HeldCall, live: LiveStream, generation: Generation, log: StreamLog
+) -> None:
+    """A resumable generation's own task: relay to the end, then settle and record the call."""
+    runtime = held.ctx.runtime
+    record = held.record
     try:
-        await subscriber.done
+        await live.run(runtime.streams)
+    except Exception as exc:  # the generation's own failure: recorded, never re-raised
+        if record.outcome is None:
+            record.outcome = "upstream_error"
+            record.error_type = record.error_type or type(exc).__name__
+        generation.end(b"")
     finally:
-        generation.detach(subscriber)
-    await channel.end()
-    return channel.response
+        runtime.resume.hub.remove(generation)
+        log.close()
+        try:
+            await held.close()
+        finally:
+            runtime.lifecycle.leave()

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from sidecar.stream.adapter import HIGH_WATER, ClientChannel
 from sidecar.stream.store import StreamLog
 
 if TYPE_CHECKING:
     from sidecar.record import Outcome, StreamRecord
+
+
+class Producer(Protocol):
+    """What feeds a generation (the live relay); the hub can only stop it."""
+
+    def stop(self, outcome: Outcome, error_type: str, message: str) -> None: ...
+
 
 FIRST_SEND: Final = 16 * 1024  # at most this much leaves with the headers (never waits to drain)
 _BLANK: Final = b"\n\n"
@@ -32,15 +39,28 @@ class Subscriber:
     after that `send` is the connection's own (one call per event, no indirection).
     """
 
-    __slots__ = ("channel", "done", "first", "send")
+    __slots__ = ("_done", "_over", "channel", "first", "send")
 
     def __init__(self, channel: ClientChannel, backlog: bytes = b"") -> None:
         self.channel = channel
         self.first: bytearray | None = bytearray(backlog)
         # Write (or collect) bytes; True when the client lags past the high-water mark.
         self.send: Callable[[bytes], bool] = self._collect
-        # Resolved once the generation's final bytes were written to this client.
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._done: asyncio.Future[None] | None = None  # made for whoever waits (`done`)
+        self._over = False
+
+    @property
+    def done(self) -> asyncio.Future[None]:
+        """Resolved once the generation's final bytes were written to this client.
+
+        Made on first use: a stream relayed in its request's task never waits on it.
+        """
+        done = self._done
+        if done is None:
+            done = self._done = asyncio.get_running_loop().create_future()
+            if self._over:
+                done.set_result(None)
+        return done
 
     def _collect(self, data: bytes) -> bool:
         first = self.first
@@ -71,8 +91,10 @@ class Subscriber:
                 return False
 
     def ended(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+        self._over = True
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
 
 class Generation:
@@ -86,8 +108,8 @@ class Generation:
         "log",
         "next_n",
         "owner",
+        "producer",
         "record",
-        "stop",
         "stream_id",
         "subscribers",
     )  # fmt: skip
@@ -111,8 +133,8 @@ class Generation:
         self.final = False
         self._prefix = b"id: " + stream_id.encode() + b":" if stream_id is not None else b""
         self._unattended: asyncio.TimerHandle | None = None
-        # Set by the relay: ends the producer (outcome, error type, message).
-        self.stop: Callable[[Outcome, str, str], None] | None = None
+        # Set by the relay: the producer, whose `stop` ends it (outcome, error type, message).
+        self.producer: Producer | None = None
 
     @property
     def resumable(self) -> bool:
@@ -201,10 +223,10 @@ class Generation:
 
     def cancel(self) -> None:
         """An explicit cancel (a Stop button): the producer ends at once."""
-        if self.stop is not None and not self.final:
-            self.stop("client_cancelled", "cancelled", "the stream was cancelled")
+        if self.producer is not None and not self.final:
+            self.producer.stop("client_cancelled", "cancelled", "the stream was cancelled")
 
     def _abandon(self, outcome: Outcome) -> None:
         self._unattended = None
-        if self.stop is not None and not self.final and not self.subscribers:
-            self.stop(outcome, "stream_abandoned", "no client came back for the stream")
+        if self.producer is not None and not self.final and not self.subscribers:
+            self.producer.stop(outcome, "stream_abandoned", "no client came back for the stream")
