@@ -85,11 +85,13 @@ async def summary(
     api_key: str = "",
     requests: int = 0,
     route: str = "anthropic",
+    extra_headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run `requests` (default: `streams`) streams, `streams` at a time; their summary."""
     headers = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
     if api_key:
         headers["x-api-key"] = api_key
+    headers |= extra_headers or {}
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=600)
     total = requests or streams

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Target:
     key: str = ""
     route: str = "anthropic"  # or "prompt": the sidecar's simple route, {"token": ...} events
     rss_start_kib: int | None = None  # resident memory once it answered, before any load
+    headers: dict[str, str] = field(default_factory=dict)  # sent on every call (e.g. resume)
 
 
 def wait_http(url: str, timeout: float = 30) -> None:
@@ -260,6 +261,8 @@ def sidecar(stack: contextlib.ExitStack, name: str, upstream: str, otlp: str, mo
     stack.callback(os.unlink, handle.name)
     target = Target(name, "sidecar", f"http://127.0.0.1:{port}", None)
     target.key = API_KEY if mode != "bare" else ""
+    if mode == "resume":  # resume is opt-in per request on the Anthropic route
+        target.headers = {"Sidecar-Resume": "on"}
     args = [PY, "-m", "sidecar", "run", "-c", handle.name]
     return Launch(target, args, f"http://127.0.0.1:{admin}/healthz", env)
 

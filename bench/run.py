@@ -83,7 +83,14 @@ def run_load(
     async def bounded() -> dict[str, Any]:
         async with asyncio.timeout(600):
             return await load.summary(
-                target.url, streams, tokens, tps, target.key, requests, target.route
+                target.url,
+                streams,
+                tokens,
+                tps,
+                target.key,
+                requests,
+                target.route,
+                target.headers,
             )
 
     return uvloop.run(bounded())
@@ -109,6 +116,7 @@ def open_stream_memory(target: Target, count: int) -> dict[str, Any] | None:
         "messages": [{"role": "user", "content": "[[fake fault=stall]] idle"}],
     }  # fmt: skip
     headers = {"x-api-key": target.key} if target.key else {}
+    headers |= target.headers
 
     async def hold() -> dict[str, Any]:
         connector = aiohttp.TCPConnector(limit=0)

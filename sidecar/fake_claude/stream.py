@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+
 from aiohttp import web
 
 from sidecar.fake_claude.knobs import Knobs
