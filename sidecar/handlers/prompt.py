@@ -41,6 +41,7 @@ _TEMPLATES = {
     deltas.THINKING: b'data: {"thinking":%b}\n\n',
     deltas.TOOL_INPUT: b'data: {"tool_input":%b}\n\n',
 }
+_TOKEN = _TEMPLATES[deltas.TEXT]
 _NUMBERED = {kind: b"id: %d\n" + template for kind, template in _TEMPLATES.items()}
 _match_delta = deltas.DELTA.match
 _ROLES = {"user", "assistant"}
@@ -70,10 +71,13 @@ class PromptTranslator(Translator):
         if name == b"content_block_delta" and not self._capture:
             match = _match_delta(block)
             if match is not None:  # the JSON string Claude sent is reused as is: no decoding
-                if not self._numbered:
-                    return _TEMPLATES[match[2]] % match[3]
+                kind = match[2]
+                if not self._numbered:  # a resumable stream: the generation numbers it
+                    if kind == deltas.TEXT:  # the common event: no hashing, no lookup
+                        return _TOKEN % match[3]
+                    return _TEMPLATES[kind] % match[3]
                 self._next_id += 1
-                return _NUMBERED[match[2]] % (self._next_id, match[3])
+                return _NUMBERED[kind] % (self._next_id, match[3])
         if name == b"content_block_delta":
             delta = json_object(parse_block(block)[1]).get("delta") or {}
             kind = delta.get("type")

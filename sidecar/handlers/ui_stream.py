@@ -36,10 +36,8 @@ FINISH_REASONS: Final[dict[str, str]] = {
 }
 # A text or reasoning delta's chunk: Claude's JSON string literal goes in as it is
 # (`sidecar.deltas`), so the common event needs no JSON decoding or encoding.
-_FAST = {
-    deltas.TEXT: b'data: {"type":"text-delta","id":"%b","delta":%b}\n\n',
-    deltas.THINKING: b'data: {"type":"reasoning-delta","id":"%b","delta":%b}\n\n',
-}
+_TEXT_DELTA: Final = b'data: {"type":"text-delta","id":"%b","delta":%b}\n\n'
+_REASONING_DELTA: Final = b'data: {"type":"reasoning-delta","id":"%b","delta":%b}\n\n'
 _TOOL_DELTA: Final = b'data: {"type":"tool-input-delta","toolCallId":%b,"inputTextDelta":%b}\n\n'
 _match_delta = deltas.DELTA.match
 _TOOL_KINDS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
@@ -73,9 +71,10 @@ class UiTranslator(Translator):
             match = _match_delta(block)
             if match is not None:
                 index, kind, value = match[1], match[2], match[3]
-                template = _FAST.get(kind)
-                if template is not None:
-                    return template % (index, value)
+                if kind == deltas.TEXT:  # the common event: no hashing, no lookup
+                    return _TEXT_DELTA % (index, value)
+                if kind == deltas.THINKING:
+                    return _REASONING_DELTA % (index, value)
                 tool = self._tools.get(index)
                 if tool is not None:
                     tool[3].append(json.loads(value))
