@@ -71,7 +71,8 @@ async def main(args: argparse.Namespace) -> None:
         await breakdown(args.calls)
         return
     async with costs.measured_sidecar() as server:
-        print("per call:", costs.dump(await costs.per_call(server, args.calls)))
+        per_call = await costs.per_call(server, args.calls, route=args.route)
+        print(f"per call ({args.route} route):", costs.dump(per_call))
         per_event = await costs.per_event(server, 100, 500, args.route)
         print(f"per event ({args.route} route):", costs.dump(per_event))
         print("per open stream:", costs.dump(await costs.per_open_stream(server, 50)))
@@ -84,7 +85,9 @@ async def main(args: argparse.Namespace) -> None:
             await event_diff(server.port, args.event_diff, args.route)
         if args.top:
             profile = cProfile.Profile()
-            await costs.measure(lambda: costs.client(server.port, 1, args.calls), profile)
+            await costs.measure(
+                lambda: costs.client(server.port, 1, args.calls, 0, args.route), profile
+            )
             stats = pstats.Stats(profile)
             by_file: dict[str, int] = {}
             for (filename, _, _), (_, ncalls, *_) in stats.stats.items():  # type: ignore[attr-defined]
@@ -110,7 +113,10 @@ if __name__ == "__main__":
     parser.add_argument("--breakdown", action="store_true", help="each feature off in turn")
     parser.add_argument("--event-diff", type=int, default=0, help="top N functions per event")
     parser.add_argument(
-        "--route", choices=costs.ROUTES, default="anthropic", help="the route per event figures use"
+        "--route",
+        choices=costs.ROUTES,
+        default="anthropic",
+        help="the route per call and per event figures use",
     )
     parser.add_argument("--cumulative", help="print functions matching this regex by cumtime")
     parser.add_argument("--callers", help="print who calls functions matching this regex")

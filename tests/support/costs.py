@@ -277,12 +277,15 @@ async def measure(
     return result, Cost(calls, after_size - size, after_count - count, peak)
 
 
-async def per_call(server: SidecarServer, calls: int, tokens: int = 1) -> dict[str, float]:
-    """Cost per call: `2 × calls` one-token calls minus `calls` of them, over `calls`."""
+async def per_call(
+    server: SidecarServer, calls: int, tokens: int = 1, route: str = "anthropic"
+) -> dict[str, float]:
+    """Cost per call on `route` (one of ROUTES): `2 × calls` one-token calls minus `calls` of
+    them, over `calls`."""
     port = server.port
-    await client(port, tokens, 20)  # warm every code path and cache
-    _, once = await measure(lambda: client(port, tokens, calls))
-    _, twice = await measure(lambda: client(port, tokens, 2 * calls))
+    await client(port, tokens, 20, 0, route)  # warm every code path and cache
+    _, once = await measure(lambda: client(port, tokens, calls, 0, route))
+    _, twice = await measure(lambda: client(port, tokens, 2 * calls, 0, route))
     return (twice - once).per(calls)
 
 
