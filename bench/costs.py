@@ -4,6 +4,7 @@
     uv run python bench/costs.py --calls 200 --top 40   # + the top functions per call
     uv run python bench/costs.py --memory-sites  # + the top live allocation sites per stream
     uv run python bench/costs.py --breakdown     # the figures with each feature off in turn
+    uv run python bench/costs.py --route prompt --event-diff 30  # per event on the prompt route
 
 The sidecar runs in this process with every per-call feature on (API-key auth, CORS,
 screening, memory quotas, Prometheus metrics, recorded spans, JSON access and stream
@@ -34,14 +35,14 @@ def _counts(profile: cProfile.Profile) -> dict[str, int]:
     return {pstats.func_std_string(f): v[1] for f, v in stats.items()}  # type: ignore[attr-defined]
 
 
-async def event_diff(port: int, top: int) -> None:
+async def event_diff(port: int, top: int, route: str = "anthropic") -> None:
     """Function calls per relayed event, by function: a 400-delta stream minus a 200-delta one."""
     counts = []
     for tokens in (200, 400):
         profile = cProfile.Profile()
 
         def stream(n: int = tokens) -> Awaitable[int]:
-            return costs.client(port, n, 1, 500)
+            return costs.client(port, n, 1, 500, route)
 
         events, _ = await costs.measure(stream, profile)
         counts.append((events, _counts(profile)))
@@ -70,8 +71,10 @@ async def main(args: argparse.Namespace) -> None:
         await breakdown(args.calls)
         return
     async with costs.measured_sidecar() as server:
-        print("per call:", costs.dump(await costs.per_call(server, args.calls)))
-        print("per event:", costs.dump(await costs.per_event(server, 100, 500)))
+        per_call = await costs.per_call(server, args.calls, route=args.route)
+        print(f"per call ({args.route} route):", costs.dump(per_call))
+        per_event = await costs.per_event(server, 100, 500, args.route)
+        print(f"per event ({args.route} route):", costs.dump(per_event))
         print("per open stream:", costs.dump(await costs.per_open_stream(server, 50)))
         if args.memory_sites:
             before = costs.snapshot()
@@ -79,10 +82,12 @@ async def main(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.2)
                 print("\n".join(costs.top_growth(before, args.top or 30)))
         if args.event_diff:
-            await event_diff(server.port, args.event_diff)
+            await event_diff(server.port, args.event_diff, args.route)
         if args.top:
             profile = cProfile.Profile()
-            await costs.measure(lambda: costs.client(server.port, 1, args.calls), profile)
+            await costs.measure(
+                lambda: costs.client(server.port, 1, args.calls, 0, args.route), profile
+            )
             stats = pstats.Stats(profile)
             by_file: dict[str, int] = {}
             for (filename, _, _), (_, ncalls, *_) in stats.stats.items():  # type: ignore[attr-defined]
@@ -107,6 +112,12 @@ if __name__ == "__main__":
     parser.add_argument("--memory-sites", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="each feature off in turn")
     parser.add_argument("--event-diff", type=int, default=0, help="top N functions per event")
+    parser.add_argument(
+        "--route",
+        choices=costs.ROUTES,
+        default="anthropic",
+        help="the route per call and per event figures use",
+    )
     parser.add_argument("--cumulative", help="print functions matching this regex by cumtime")
     parser.add_argument("--callers", help="print who calls functions matching this regex")
     asyncio.run(main(parser.parse_args()))

@@ -23,6 +23,10 @@ from tests.support.costs import dump, measured_sidecar, per_call, per_event, per
 
 CALLS_PER_CALL = 2560  # measured ~2,330
 CALLS_PER_EVENT = 52  # measured 47 (≈ 30 of them the asyncio loop's own per read)
+# The prompt route: the same relay, plus each delta re-framed as `{"token": ...}` (its JSON
+# string copied, not decoded) and numbered into the resume buffer. Its memory per event
+# is that buffer, bounded by `resume.max_buffer_bytes` (the stream store's tests).
+PROMPT_CALLS_PER_EVENT = 64  # measured 57-58
 BYTES_PER_OPEN_STREAM = 40_500  # measured 36,500-36,900 (≈ 3/4 of it aiohttp's and the OTel SDK's)
 BLOCKS_PER_OPEN_STREAM = 430  # measured 383-391
 # Memory left behind once calls and streams have ended: none beyond noise (the loop
@@ -52,6 +56,13 @@ async def test_a_relayed_event_costs_a_bounded_number_of_calls_and_no_memory() -
     assert 0 < cost["calls"] <= CALLS_PER_EVENT, dump(cost)
     assert cost["bytes"] <= HELD_BYTES_PER_EVENT, dump(cost)
     assert cost["peak"] <= PEAK_BYTES_PER_EVENT, dump(cost)
+
+
+@pytest.mark.timeout(180)
+async def test_a_prompt_route_event_costs_a_bounded_number_of_calls() -> None:
+    async with measured_sidecar() as sidecar:
+        cost = await per_event(sidecar, 200, 500, route="prompt")
+    assert 0 < cost["calls"] <= PROMPT_CALLS_PER_EVENT, dump(cost)
 
 
 @pytest.mark.timeout(180)

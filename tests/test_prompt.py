@@ -7,10 +7,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from sidecar import deltas
 from sidecar.fake_claude import FakeServer
-from sidecar.handlers.prompt import _DELTA, PromptTranslator
+from sidecar.fake_claude.reply import Block, Reply, encode_events
+from sidecar.handlers.prompt import PromptTranslator
 from sidecar.record import StreamRecord
+from sidecar.stream.core import StreamCore
 from tests.support.sidecars import SidecarFactory
 
 ROUTE = "/api/stream-response"
@@ -223,7 +228,7 @@ def test_delta_events_reuse_claudes_json_string_and_match_the_decoding_path(
         payload = {"type": "content_block_delta", "index": 2, "delta": {"type": kind, field: text}}
         data = json.dumps(payload, separators=(",", ":"), ensure_ascii=ensure_ascii)
         block = b"event: content_block_delta\ndata: " + data.encode()
-        assert _DELTA.match(block) is not None  # the no-decoding path is taken
+        assert deltas.DELTA.match(block) is not None  # the no-decoding path is taken
         fast = PromptTranslator(capture=False).translate(block, b"content_block_delta", RECORD)
         slow = PromptTranslator(capture=True).translate(block, b"content_block_delta", RECORD)
         assert fast.startswith(b"id: 1\ndata: ")
@@ -231,11 +236,75 @@ def test_delta_events_reuse_claudes_json_string_and_match_the_decoding_path(
         assert data_of(fast) == data_of(slow) == [{key: text}]
 
 
+KINDS = [("text_delta", "text", "token"), ("thinking_delta", "thinking", "thinking"),
+         ("input_json_delta", "partial_json", "tool_input")]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.sampled_from(KINDS), st.booleans(), st.booleans(), st.integers(0, 12))
+@example('\u2028 "q" \\ \n \x00 \U0001f389 é', KINDS[0], True, True, 0)
+def test_a_delta_event_is_the_decoding_paths_event_without_decoding(
+    text: str, kind: tuple[str, str, str], ensure_ascii: bool, numbered: bool, index: int
+) -> None:
+    """The event is Claude's string literal in the route's frame: byte for byte the decoding
+    path's event when Claude escapes like `json.dumps` (ASCII), the same JSON otherwise."""
+    payload = {
+        "type": "content_block_delta",
+        "index": index,
+        "delta": {"type": kind[0], kind[1]: text},
+    }
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=ensure_ascii)
+    block = b"event: content_block_delta\ndata: " + data.encode()
+    fast = PromptTranslator(capture=False, numbered=numbered)
+    slow = PromptTranslator(capture=True, numbered=numbered)
+    once = fast.translate(block, b"content_block_delta", RECORD)
+    literal = json.dumps(text, ensure_ascii=ensure_ascii).encode()
+    frame = b'id: 1\ndata: {"%b":%b}\n\n' if numbered else b'data: {"%b":%b}\n\n'
+    assert once == frame.replace(b"%b", kind[2].encode(), 1).replace(b"%b", literal)
+    decoded = slow.translate(block, b"content_block_delta", RECORD)
+    if ensure_ascii:
+        assert once == decoded
+    assert data_of(once) == data_of(decoded) == [{kind[2]: text}]
+
+
+pieces = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pieces, pieces, pieces)
+def test_the_fakes_whole_stream_translates_as_the_decoding_path_does(
+    thoughts: list[str], words: list[str], tool_input: list[str]
+) -> None:
+    """Claude's bytes as the fake writes them (thinking, text, tool use, usage) through the
+    stream core: every event the same JSON as with every event decoded."""
+    reply = Reply("msg_1", "claude-sonnet-5-5", 3, [
+        Block("thinking", {"type": "thinking", "thinking": "", "signature": ""}, thoughts, "c2ln"),
+        Block("text", {"type": "text", "text": ""}, words),
+        Block("tool_use", {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
+              tool_input),
+    ])  # fmt: skip
+    upstream = b"".join(data for _, data, _ in encode_events(reply))
+    outputs = []
+    for capture in (False, True):
+        record = StreamRecord(request_id="req_1", route=ROUTE, started=0.0, capture=capture)
+        core = StreamCore(record, PromptTranslator(capture=capture))
+        outputs.append(core.feed(upstream) + core.end(None))
+    assert data_of(outputs[0]) == data_of(outputs[1]) == [
+        *({"thinking": piece} for piece in thoughts),
+        *({"token": piece} for piece in words),
+        {"tool_use": {"id": "toolu_1", "name": "f"}},
+        *({"tool_input": piece} for piece in tool_input),
+        {"done": True, "stop_reason": "end_turn", "usage": {
+            "input_tokens": 3, "output_tokens": len(thoughts) + len(words) + len(tool_input),
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}},
+    ]  # fmt: skip
+
+
 def test_other_delta_shapes_are_decoded() -> None:
     spaced = b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}'
     extra = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi","x":1}}'
     for block in (spaced, extra):
-        assert _DELTA.match(block) is None
+        assert deltas.DELTA.match(block) is None
         out = PromptTranslator(capture=False).translate(block, b"content_block_delta", RECORD)
         assert data_of(out) == [{"token": "hi"}]
 

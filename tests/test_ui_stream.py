@@ -6,7 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from sidecar import deltas
 from sidecar.handlers.ui_stream import DONE, UiTranslator, finish_reason
 from sidecar.record import StreamRecord
 from sidecar.sse import event_name
@@ -122,6 +125,52 @@ def test_the_fast_path_and_the_decoded_path_agree(kind: str, field: str, value: 
     assert fast == slow
     deltas = [c for c in fast if isinstance(c, dict) and c["type"].endswith("-delta")]
     assert [c.get("delta", c.get("inputTextDelta")) for c in deltas] == [value]
+
+
+def translated(blocks: list[bytes]) -> bytes:
+    translator = UiTranslator()
+    return b"".join(translator.translate(b, event_name(b), record()) for b in blocks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(), min_size=1, max_size=4),
+    st.sampled_from([("text_delta", "text"), ("thinking_delta", "thinking"),
+                     ("input_json_delta", "partial_json")]),
+    st.booleans(),
+    st.integers(0, 12),
+)  # fmt: skip
+@example(['\u2028 "q" \\ \n \x00 \U0001f389 é'], ("text_delta", "text"), False, 0)
+def test_a_delta_chunk_is_the_decoding_paths_chunk_without_decoding(
+    values: list[str], kind: tuple[str, str], ensure_ascii: bool, index: int
+) -> None:
+    """Claude's string literal in the chunk: byte for byte the decoded path's chunk when
+    Claude escapes like `json.dumps` (ASCII), the same JSON otherwise; tool input collects."""
+    content = {"text": {"type": "text"}, "thinking": {"type": "thinking"}}.get(
+        kind[1], {"type": "tool_use", "id": "toolu_é", "name": "f"}
+    )
+    payloads = [{"type": "content_block_delta", "index": index, "delta": {"type": kind[0], kind[1]: v}}
+                for v in values]  # fmt: skip
+    compact = [
+        b"event: content_block_delta\ndata: "
+        + json.dumps(p, separators=(",", ":"), ensure_ascii=ensure_ascii).encode()
+        for p in payloads
+    ]
+    spaced = [delta(index, kind[0], kind[1], v, compact=False) for v in values]
+    opening, closing = start(index, content), stop(index)
+    fast = translated([opening, *compact, closing])
+    slow = translated([opening, *spaced, closing])
+    assert all(deltas_match(b) for b in compact)
+    assert not any(deltas_match(b) for b in spaced)
+    if ensure_ascii:
+        assert fast == slow
+    assert chunks(fast) == chunks(slow)
+    got = [c.get("delta", c.get("inputTextDelta")) for c in chunks(fast) if "-delta" in c["type"]]
+    assert got == values
+
+
+def deltas_match(block: bytes) -> bool:
+    return deltas.DELTA.match(block) is not None
 
 
 def test_claude_error_event_is_an_error_chunk_then_done_once() -> None:

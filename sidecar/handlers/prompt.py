@@ -11,12 +11,11 @@ a failure is `{"error": {"type", "message"}}` and the stream closes.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from aiohttp import web
 
-from sidecar import sse
+from sidecar import deltas, sse
 from sidecar.cache.step import lookup as cache_lookup
 from sidecar.call.run import (
     ClaudeRequest,
@@ -35,18 +34,16 @@ from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt
 
 _FIELDS = {"prompt", "model", "max_tokens", "system", "messages"}
-# A content delta exactly as Anthropic writes it: its value is one JSON string literal,
-# which the prompt route's event can carry unchanged. Any other shape is decoded instead.
-_DELTA = re.compile(
-    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":\d+,'
-    rb'"delta":\{"type":"(text_delta","text|thinking_delta","thinking|input_json_delta",'
-    rb'"partial_json)":("(?:[^"\\\n]|\\.)*")\}\}\Z'
-)
-_DELTA_KEYS = {
-    b'text_delta","text': b"token",
-    b'thinking_delta","thinking': b"thinking",
-    b'input_json_delta","partial_json': b"tool_input",
+# A content delta's event, one template per delta kind: Claude's JSON string literal goes
+# in as it is (`sidecar.deltas`), so the common event needs no JSON decoding or encoding.
+_TEMPLATES = {
+    deltas.TEXT: b'data: {"token":%b}\n\n',
+    deltas.THINKING: b'data: {"thinking":%b}\n\n',
+    deltas.TOOL_INPUT: b'data: {"tool_input":%b}\n\n',
 }
+_TOKEN = _TEMPLATES[deltas.TEXT]
+_NUMBERED = {kind: b"id: %d\n" + template for kind, template in _TEMPLATES.items()}
+_match_delta = deltas.DELTA.match
 _ROLES = {"user", "assistant"}
 _OWN_OUTCOMES = {"idle_timeout", "shutting_down", "client_stalled"}
 # The sidecar's own error types, shown as they are (not mapped like Anthropic's).
@@ -72,16 +69,15 @@ class PromptTranslator(Translator):
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
         if name == b"content_block_delta" and not self._capture:
-            match = _DELTA.match(block)
+            match = _match_delta(block)
             if match is not None:  # the JSON string Claude sent is reused as is: no decoding
-                if not self._numbered:
-                    return b'data: {"%b":%b}\n\n' % (_DELTA_KEYS[match[1]], match[2])
+                kind = match[2]
+                if not self._numbered:  # a resumable stream: the generation numbers it
+                    if kind == deltas.TEXT:  # the common event: no hashing, no lookup
+                        return _TOKEN % match[3]
+                    return _TEMPLATES[kind] % match[3]
                 self._next_id += 1
-                return b'id: %d\ndata: {"%b":%b}\n\n' % (
-                    self._next_id,
-                    _DELTA_KEYS[match[1]],
-                    match[2],
-                )
+                return _NUMBERED[kind] % (self._next_id, match[3])
         if name == b"content_block_delta":
             delta = json_object(parse_block(block)[1]).get("delta") or {}
             kind = delta.get("type")

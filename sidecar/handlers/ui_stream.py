@@ -15,9 +15,9 @@ content block's index (`"0"`, `"1"`…), unique within the message as the SDK re
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Final
 
+from sidecar import deltas
 from sidecar.record import Outcome, StreamRecord
 from sidecar.relay import Translator
 from sidecar.sse import parse_block
@@ -34,17 +34,12 @@ FINISH_REASONS: Final[dict[str, str]] = {
     "refusal": "content-filter",
     "pause_turn": "other",
 }
-# A delta exactly as Anthropic writes it: its value is one JSON string literal the chunk can
-# carry unchanged, so the common event needs no JSON decoding. Other shapes are decoded.
-_DELTA = re.compile(
-    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(\d+),'
-    rb'"delta":\{"type":"(text_delta","text|thinking_delta","thinking|input_json_delta",'
-    rb'"partial_json)":("(?:[^"\\\n]|\\.)*")\}\}\Z'
-)
-_FAST = {
-    b'text_delta","text': b'data: {"type":"text-delta","id":"%b","delta":%b}\n\n',
-    b'thinking_delta","thinking': b'data: {"type":"reasoning-delta","id":"%b","delta":%b}\n\n',
-}
+# A text or reasoning delta's chunk: Claude's JSON string literal goes in as it is
+# (`sidecar.deltas`), so the common event needs no JSON decoding or encoding.
+_TEXT_DELTA: Final = b'data: {"type":"text-delta","id":"%b","delta":%b}\n\n'
+_REASONING_DELTA: Final = b'data: {"type":"reasoning-delta","id":"%b","delta":%b}\n\n'
+_TOOL_DELTA: Final = b'data: {"type":"tool-input-delta","toolCallId":%b,"inputTextDelta":%b}\n\n'
+_match_delta = deltas.DELTA.match
 _TOOL_KINDS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 _START: Final = b'data: {"type":"start"}\n\ndata: {"type":"start-step"}\n\n'
 
@@ -66,27 +61,24 @@ class UiTranslator(Translator):
 
     def __init__(self) -> None:
         self._open: dict[bytes, str] = {}  # index → text | reasoning | tool
-        self._tools: dict[bytes, tuple[str, str, bool, list[str]]] = {}  # id, name, server, json
+        # index → the tool call: id, name, server-run, its input so far, and its id as JSON
+        # (encoded once, for every input delta's chunk)
+        self._tools: dict[bytes, tuple[str, str, bool, list[str], bytes]] = {}
         self._ended = False
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
         if name == b"content_block_delta":
-            match = _DELTA.match(block)
+            match = _match_delta(block)
             if match is not None:
                 index, kind, value = match[1], match[2], match[3]
-                template = _FAST.get(kind)
-                if template is not None:
-                    return template % (index, value)
+                if kind == deltas.TEXT:  # the common event: no hashing, no lookup
+                    return _TEXT_DELTA % (index, value)
+                if kind == deltas.THINKING:
+                    return _REASONING_DELTA % (index, value)
                 tool = self._tools.get(index)
                 if tool is not None:
                     tool[3].append(json.loads(value))
-                    return (
-                        b'data: {"type":"tool-input-delta","toolCallId":%b,"inputTextDelta":%b}\n\n'
-                        % (
-                            json.dumps(tool[0]).encode(),
-                            value,
-                        )
-                    )
+                    return _TOOL_DELTA % (tool[4], value)
                 return b""
             return self._delta(_data(block))
         if name == b"content_block_start":
@@ -116,7 +108,7 @@ class UiTranslator(Translator):
             call_id, tool = str(content.get("id", "")), str(content.get("name", ""))
             server = kind != "tool_use"
             self._open[index] = "tool"
-            self._tools[index] = (call_id, tool, server, [])
+            self._tools[index] = (call_id, tool, server, [], json.dumps(call_id).encode())
             start: dict[str, Any] = {"type": "tool-input-start", "toolCallId": call_id,
                                      "toolName": tool}  # fmt: skip
             if server:
@@ -159,7 +151,7 @@ class UiTranslator(Translator):
         tool = self._tools.pop(index, None)
         if tool is None:
             return b""
-        call_id, name, server, pieces = tool
+        call_id, name, server, pieces, _ = tool
         text = "".join(pieces)
         try:
             value = json.loads(text) if text.strip() else {}

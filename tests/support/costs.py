@@ -40,20 +40,29 @@ MODEL = "claude-sonnet-5-5"
 # The client: `calls` requests, one at a time on one keep-alive connection, each a
 # stream of `tokens` deltas; prints the number of SSE events it received. Or, with
 # `hold`, opens `calls` quiet streams at once, prints "open", waits for a line on stdin.
+# The route (the last argument, "anthropic" when absent) is one of ROUTES.
 CLIENT = r"""
 import http.client, json, sys
 port, key, tokens, tps, calls, mode = sys.argv[1:7]
+route = sys.argv[7] if len(sys.argv) > 7 else "anthropic"
 directive = "fault=stall" if mode == "hold" else f"tokens={tokens} tps={tps}"
-body = json.dumps({"model": "claude-sonnet-5-5", "max_tokens": int(tokens) + 10,
-                   "stream": True, "messages": [{"role": "user",
-                   "content": f"[[fake {directive}]] what it costs"}]})
+text = f"[[fake {directive}]] what it costs"
+path = {"anthropic": "/v1/messages", "prompt": "/api/stream-response", "ui": "/api/chat"}[route]
+if route == "prompt":
+    body = json.dumps({"prompt": text, "max_tokens": int(tokens) + 10})
+elif route == "ui":
+    body = json.dumps({"id": "costs-chat", "messages": [{"id": "m1", "role": "user",
+                       "parts": [{"type": "text", "text": text}]}]})
+else:
+    body = json.dumps({"model": "claude-sonnet-5-5", "max_tokens": int(tokens) + 10,
+                       "stream": True, "messages": [{"role": "user", "content": text}]})
 headers = {"content-type": "application/json", "x-api-key": key,
            "anthropic-version": "2023-06-01", "origin": "https://app.example.com"}
 if mode == "hold":
     held = []
     for _ in range(int(calls)):
         conn = http.client.HTTPConnection("127.0.0.1", int(port))
-        conn.request("POST", "/v1/messages", body, headers)
+        conn.request("POST", path, body, headers)
         response = conn.getresponse()
         assert response.status == 200, response.status
         response.fp.readline()  # the stream is open: its first bytes arrived
@@ -64,7 +73,7 @@ if mode == "hold":
 conn = http.client.HTTPConnection("127.0.0.1", int(port))
 events = 0
 for _ in range(int(calls)):
-    conn.request("POST", "/v1/messages", body, headers)
+    conn.request("POST", path, body, headers)
     response = conn.getresponse()
     data = response.read()
     assert response.status == 200, (response.status, data[:300])
@@ -73,6 +82,9 @@ print(events, flush=True)
 """
 
 
+# The Claude routes a client can measure: the Messages API passthrough, the prompt
+# route's small JSON events and the AI SDK's UI message stream (default paths).
+ROUTES = ("anthropic", "prompt", "ui")
 FEATURES = (
     "auth",
     "screening",
@@ -169,10 +181,14 @@ async def measured_sidecar(
             yield server
 
 
-async def client(port: int, tokens: int, calls: int, tps: float = 0) -> int:
-    """Run the client to completion; the number of SSE events it received."""
+async def client(
+    port: int, tokens: int, calls: int, tps: float = 0, route: str = "anthropic"
+) -> int:
+    """Run the client to completion on `route` (one of ROUTES); the number of SSE events it
+    received."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CLIENT, str(port), API_KEY, str(tokens), str(tps), str(calls), "run",
+        route,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 120)
@@ -261,21 +277,27 @@ async def measure(
     return result, Cost(calls, after_size - size, after_count - count, peak)
 
 
-async def per_call(server: SidecarServer, calls: int, tokens: int = 1) -> dict[str, float]:
-    """Cost per call: `2 × calls` one-token calls minus `calls` of them, over `calls`."""
+async def per_call(
+    server: SidecarServer, calls: int, tokens: int = 1, route: str = "anthropic"
+) -> dict[str, float]:
+    """Cost per call on `route` (one of ROUTES): `2 × calls` one-token calls minus `calls` of
+    them, over `calls`."""
     port = server.port
-    await client(port, tokens, 20)  # warm every code path and cache
-    _, once = await measure(lambda: client(port, tokens, calls))
-    _, twice = await measure(lambda: client(port, tokens, 2 * calls))
+    await client(port, tokens, 20, 0, route)  # warm every code path and cache
+    _, once = await measure(lambda: client(port, tokens, calls, 0, route))
+    _, twice = await measure(lambda: client(port, tokens, 2 * calls, 0, route))
     return (twice - once).per(calls)
 
 
-async def per_event(server: SidecarServer, events: int, tps: float) -> dict[str, float]:
-    """Cost per relayed event: a stream of `2 × events` deltas minus one of `events`."""
+async def per_event(
+    server: SidecarServer, events: int, tps: float, route: str = "anthropic"
+) -> dict[str, float]:
+    """Cost per relayed event on `route` (one of ROUTES): a stream of `2 × events` deltas
+    minus one of `events`."""
     port = server.port
-    await client(port, 20, 3, tps)
-    one, once = await measure(lambda: client(port, events, 1, tps))
-    two, twice = await measure(lambda: client(port, 2 * events, 1, tps))
+    await client(port, 20, 3, tps, route)
+    one, once = await measure(lambda: client(port, events, 1, tps, route))
+    two, twice = await measure(lambda: client(port, 2 * events, 1, tps, route))
     return (twice - once).per(two - one)
 
 
@@ -319,6 +341,7 @@ def top_growth(before: tracemalloc.Snapshot, lines: int = 25) -> list[str]:
 
 __all__ = [
     "FEATURES",
+    "ROUTES",
     "Cost",
     "dump",
     "fake_claude_process",
