@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import sys
 from collections.abc import Sequence
@@ -13,16 +12,9 @@ import yaml
 
 from sidecar import loader
 from sidecar.config import Config
+from sidecar.interpreter import tune_interpreter
 
 EXIT_BAD_CONFIG = 2
-# How long a thread waiting for the GIL waits before the holder must hand it over
-# (Python's default: 5 ms). The event loop shares the GIL with the SDK's export threads
-# (the batch span processor, the periodic metric reader), which encode a batch to
-# protobuf in Python for tens of ms: at 5 ms, each wake-up of the loop during an export
-# (a request arriving, Claude's first bytes) waited up to 5 ms, several times a call.
-# The interval only matters while two threads want the GIL (an export running), so a
-# shorter one costs nothing between exports and a few switches during one.
-SWITCH_INTERVAL_SECONDS = 0.0002
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,21 +50,6 @@ def _check(path: str | None) -> int:
         return EXIT_BAD_CONFIG
     sys.stdout.write(yaml.safe_dump(loader.redacted(config), sort_keys=False))
     return 0
-
-
-def tune_interpreter() -> None:
-    """Set the process up for serving: a short GIL switch interval, a frozen heap.
-
-    Call once, after the modules and the config are loaded. What exists by then (modules,
-    classes, the config) lives as long as the process: after a collection of the garbage,
-    it moves to the permanent generation, and every later full collection walks only
-    what serving allocated (in the benchmark config ~10,000 objects instead of ~76,000:
-    ~1.5 ms of CPU instead of ~50 ms, a pause every call that meets it would wait out).
-    The runtime (apps, pools, telemetry) stays collectable: a reload replaces it.
-    """
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    gc.collect()
-    gc.freeze()
 
 
 def _run(path: str | None) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import signal
@@ -10,13 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sidecar import cli
 from tests.support.sidecars import ROOT, sidecar_command
 from tests.support.sockets import free_port
 
@@ -176,35 +172,3 @@ def test_config_errors_do_not_echo_url_passwords(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "app.url" in result.stdout
     assert "url-pass-secret" not in result.stdout + result.stderr
-
-
-@pytest.fixture
-def interpreter_restored() -> Iterator[None]:
-    """The test process's switch interval and heap as they were, after the test."""
-    interval = sys.getswitchinterval()
-    yield
-    gc.unfreeze()
-    sys.setswitchinterval(interval)
-
-
-class _Node:
-    """An object that can sit in a reference cycle and be watched through a weakref."""
-
-    peer: object = None
-
-
-def test_tune_interpreter_shortens_the_switch_interval_and_freezes_the_heap(
-    interpreter_restored: None,
-) -> None:
-    garbage = _Node()
-    garbage.peer = garbage  # a cycle: only the collector frees it
-    freed = weakref.ref(garbage)
-    kept = _Node()
-    del garbage
-    cli.tune_interpreter()
-    assert sys.getswitchinterval() == pytest.approx(cli.SWITCH_INTERVAL_SECONDS)
-    assert freed() is None  # collected first, not frozen for the life of the process
-    assert gc.get_freeze_count() > 0
-    assert not any(obj is kept for obj in gc.get_objects())  # no collection walks it again
-    after = _Node()
-    assert any(obj is after for obj in gc.get_objects())  # what serving allocates is collected
