@@ -7,9 +7,9 @@ has had it for the switch interval (Python's default: 5 ms): each time the loop 
 up during an export (a request arriving, Claude's first bytes) it waited up to that
 long, several times per call, the largest part of the time-to-first-token tail with
 traces on. The interval only matters while two threads want the GIL, so a shorter one
-costs nothing between exports; during one each hand-over costs both threads some CPU.
-0.5 ms keeps most of the gain in the tail (0.2 ms keeps a little more, but cost ~2-8 %
-more CPU per call with the loop saturated by 50 callers, where exports never stop).
+costs nothing between exports; during one, each hand-over costs both threads some CPU.
+With 50 callers saturating the loop exports never stop, and 0.5 ms cost ~5-10 % more
+CPU per call there (0.2 ms cost more, for little more gain in the tail).
 """
 
 from __future__ import annotations
