@@ -12,6 +12,7 @@ import yaml
 
 from sidecar import loader
 from sidecar.config import Config
+from sidecar.interpreter import tune_interpreter
 
 EXIT_BAD_CONFIG = 2
 
@@ -59,6 +60,7 @@ def _run(path: str | None) -> int:
     from sidecar.telemetry import setup_logging
 
     setup_logging(config.telemetry)
+    tune_interpreter()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds

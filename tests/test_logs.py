@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import JsonFormatter, setup_logging
+from sidecar.telemetry.logs import LineHandler, TextFormatter
 from tests.support.otel import TRACEPARENT, make_otel, prompt
 from tests.support.sidecars import SidecarFactory
 
@@ -220,3 +222,124 @@ async def test_telemetry_off_still_logs_usage_and_cost(
     assert complete["cost_usd"] > 0
     assert complete["upstream_status"] == 200
     assert otel.exporter.get_finished_spans() == ()  # no provider ever held the exporter
+
+
+def _records() -> list[logging.LogRecord]:
+    """Records as the sidecar makes them: extras, %-args, an exception, odd values."""
+    logger = logging.getLogger("sidecar.test")
+    made = [
+        logger.makeRecord(
+            "sidecar.stream", logging.INFO, "(unknown file)", 0, "stream_complete", (), None,
+            extra={"event": "stream_complete", "trace_id": "ab" * 16, "span_id": "cd" * 8,
+                   "output_tokens": 7, "ttft_ms": 1.25, "user": None, "odd": object()},
+        ),
+        logger.makeRecord("sidecar.server", logging.WARNING, "x", 1, "drop %s/%d", ("a", 3), None),
+    ]  # fmt: skip
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        made.append(
+            logger.makeRecord("sidecar.test", logging.ERROR, "x", 1, "failed", (), sys.exc_info())
+        )
+    return made
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
+def test_line_handler_writes_what_stream_handler_writes(formatter: logging.Formatter) -> None:
+    ours, theirs = io.StringIO(), io.StringIO()
+    line_handler, stream_handler = LineHandler(ours), logging.StreamHandler(theirs)
+    for handler in (line_handler, stream_handler):
+        handler.setFormatter(formatter)
+    for record in _records():
+        assert line_handler.handle(record)
+        stream_handler.handle(record)
+    assert ours.getvalue() == theirs.getvalue()
+    assert ours.getvalue().count("\n") >= 3
+
+
+class _CountingText(io.TextIOWrapper):
+    """A text stream over a real descriptor that counts the calls made on it."""
+
+    writes: int = 0
+    flushes: int = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def _pipe_streams() -> Iterator[tuple[str, Callable[[int], _CountingText], bool]]:
+    """(kind, make a stream on a descriptor, whether it reaches the descriptor by itself)."""
+    yield (
+        "line-buffered, as stderr",
+        (lambda fd: _CountingText(io.BufferedWriter(io.FileIO(fd, "w")), line_buffering=True)),
+        True,
+    )
+    yield (
+        "write-through, as stderr with PYTHONUNBUFFERED",
+        (lambda fd: _CountingText(io.FileIO(fd, "w"), write_through=True)),
+        True,
+    )
+    yield (
+        "write-through onto a buffer",
+        (lambda fd: _CountingText(io.BufferedWriter(io.FileIO(fd, "w")), write_through=True)),
+        False,
+    )
+    yield (
+        "block-buffered file",
+        (lambda fd: _CountingText(io.BufferedWriter(io.FileIO(fd, "w")))),
+        False,
+    )
+
+
+@pytest.mark.parametrize(("kind", "make", "by_itself"), list(_pipe_streams()))
+def test_every_line_reaches_the_descriptor_when_logged(
+    kind: str,
+    make: Callable[[int], _CountingText],
+    by_itself: bool,
+    log_output: Callable[..., LogReader],
+) -> None:
+    """One write per line, flushed only where the stream would not pass the line on itself."""
+    log_output()  # restores the root logger afterwards
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)  # a line held back fails the read instead of hanging
+    stream = make(write_end)
+    try:
+        setup_logging(TelemetryConfig(log_format="json"), stream=stream)
+        log = logging.getLogger("sidecar.stream")
+        for n in range(3):
+            log.info("stream_start", extra={"request_id": f"req_{n}"})
+            line = os.read(read_end, 65536).decode()  # there now, not at some later flush
+            assert line.count("\n") == 1, kind
+            assert line.endswith("\n"), kind
+            assert json.loads(line)["request_id"] == f"req_{n}"
+        assert stream.writes == 3
+        assert stream.flushes == (0 if by_itself else 3)
+    finally:
+        logging.getLogger().handlers.clear()
+        stream.close()
+        os.close(read_end)
+
+
+def test_line_handler_with_filters_applies_them(log_output: Callable[..., LogReader]) -> None:
+    read = log_output()
+    (handler,) = logging.getLogger().handlers
+    assert isinstance(handler, LineHandler)
+    handler.addFilter(lambda record: record.getMessage() != "dropped")
+    logging.getLogger("sidecar.test").warning("dropped")
+    logging.getLogger("sidecar.test").warning("kept")
+    assert [entry["message"] for entry in events(read())] == ["kept"]
+
+
+def test_line_handler_set_stream_follows_the_new_stream() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    handler = LineHandler(first)
+    handler.setFormatter(JsonFormatter())
+    assert handler.setStream(second) is first
+    handler.handle(_records()[0])
+    assert first.getvalue() == ""
+    assert json.loads(second.getvalue())["output_tokens"] == 7

@@ -4,6 +4,7 @@ sampler the SDK reads from its own environment (the config fills in what it leav
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import os
@@ -27,11 +28,13 @@ from opentelemetry.trace import SpanKind
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import Telemetry
 from sidecar.telemetry.providers import (
+    SPAN_BATCH_SIZE,
     OtlpSignal,
     build_providers,
     exemplar_filter_of,
     otlp_signal,
     resource_of,
+    span_batch_size,
 )
 from tests.support.otel import make_otel
 from tests.support.sidecars import SidecarFactory
@@ -319,3 +322,48 @@ async def test_latest_genai_names_go_over_otlp_too(
     assert "gen_ai.client.token.usage" not in names
     (client,) = [span for _, span in collector.spans() if span.kind == ProtoSpan.SPAN_KIND_CLIENT]
     assert "gen_ai.usage.cache_write.input_tokens" in attributes(client.attributes)
+
+
+async def _spans_per_export(collector: Collector, spans: int) -> list[int]:
+    """End `spans` spans on the providers the config builds; the spans in each OTLP request."""
+    providers = build_providers(
+        TelemetryConfig(otlp_endpoint=collector.url, prometheus=False), None, None
+    )
+    assert providers is not None
+    tracer = providers.tracer_provider.get_tracer("batching")
+    for n in range(spans):
+        tracer.start_span(f"span {n}").end()
+    # The exporter thread posts to the collector on this loop: wait for it off the loop.
+    await asyncio.to_thread(providers.tracer_provider.shutdown)
+    await asyncio.to_thread(providers.meter_provider.shutdown)
+    return [
+        sum(
+            len(scope.spans)
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+        )
+        for request in collector.traces
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "largest"),
+    [
+        ({}, SPAN_BATCH_SIZE),  # the sidecar's default
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "50"}, 50),  # the SDK reads the user's value
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, 300),  # and its own default with their queue
+    ],
+)
+async def test_span_batches_are_the_sidecar_default_unless_otel_bsp_is_set(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], largest: int
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert span_batch_size() == (None if env else SPAN_BATCH_SIZE)
+    async with running_collector() as collector:
+        sizes = await _spans_per_export(collector, 300)
+    assert sum(sizes) == 300
+    assert max(sizes) == largest

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+    OTEL_BSP_MAX_QUEUE_SIZE,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
     OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
@@ -44,6 +46,7 @@ from sidecar.telemetry.meters import SidecarMeterProvider
 
 _SIGNAL_PATHS: Final = {"TRACES": "v1/traces", "METRICS": "v1/metrics"}
 _EXEMPLAR_FILTERS: Final = frozenset({"trace_based", "always_on", "always_off"})
+SPAN_BATCH_SIZE: Final = 128
 log = logging.getLogger("sidecar.telemetry")
 
 
@@ -78,6 +81,24 @@ def exemplar_filter_of() -> ExemplarFilter | None:
     if value:
         log.warning("unknown OTEL_METRICS_EXEMPLAR_FILTER ignored", extra={"value": value[:64]})
     return AlwaysOffExemplarFilter()
+
+
+def span_batch_size() -> int | None:
+    """Spans per OTLP export: None (the SDK reads `OTEL_BSP_*`) when either is set, else 128.
+
+    The batch span processor encodes each batch in its own thread, holding the GIL the
+    event loop needs: the SDK's 512 spans take ~30 ms of CPU, during which the loop
+    gets half of it. 128 spans (~8 ms) cut the longest such stretch by four, for ~5 %
+    more CPU per span (one more HTTP request per 128 spans). A queue size set alone
+    leaves the SDK's own default, which it checks against that queue.
+    """
+    env = os.environ
+    if (
+        env.get(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, "").strip()
+        or env.get(OTEL_BSP_MAX_QUEUE_SIZE, "").strip()
+    ):
+        return None
+    return SPAN_BATCH_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +199,9 @@ def build_providers(
     if metric_reader is not None:
         readers.append(metric_reader)
     if traces is not None:
-        span_processors.append(BatchSpanProcessor(_span_exporter(traces)))
+        span_processors.append(
+            BatchSpanProcessor(_span_exporter(traces), max_export_batch_size=span_batch_size())
+        )
     for processor in span_processors:
         tracer_provider.add_span_processor(processor)
     if metrics is not None:

@@ -1,0 +1,45 @@
+"""Interpreter settings for serving: the GIL switch interval and the frozen startup heap."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from sidecar.interpreter import SWITCH_INTERVAL_SECONDS, tune_interpreter
+
+
+@pytest.fixture
+def interpreter_restored() -> Iterator[None]:
+    """The test process's switch interval and heap as they were, after the test."""
+    interval = sys.getswitchinterval()
+    yield
+    gc.unfreeze()
+    sys.setswitchinterval(interval)
+
+
+class _Node:
+    """An object that can sit in a reference cycle and be watched through a weakref."""
+
+    peer: object = None
+
+
+def test_tune_interpreter_sets_the_switch_interval_and_freezes_the_heap(
+    interpreter_restored: None,
+) -> None:
+    garbage = _Node()
+    garbage.peer = garbage  # a cycle: only the collector frees it
+    freed = weakref.ref(garbage)
+    kept = _Node()
+    del garbage
+    tune_interpreter()
+    assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_SECONDS)
+    assert SWITCH_INTERVAL_SECONDS < 0.005  # shorter than Python's default
+    assert freed() is None  # collected first, not frozen for the life of the process
+    assert gc.get_freeze_count() > 0
+    assert not any(obj is kept for obj in gc.get_objects())  # no collection walks it again
+    after = _Node()
+    assert any(obj is after for obj in gc.get_objects())  # what serving allocates is collected
