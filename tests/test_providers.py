@@ -30,6 +30,7 @@ from sidecar.telemetry import Telemetry
 from sidecar.telemetry.providers import (
     SPAN_BATCH_SIZE,
     OtlpSignal,
+    StableResource,
     build_providers,
     exemplar_filter_of,
     otlp_signal,
@@ -367,3 +368,15 @@ async def test_span_batches_are_the_sidecar_default_unless_otel_bsp_is_set(
         sizes = await _spans_per_export(collector, 300)
     assert sum(sizes) == 300
     assert max(sizes) == largest
+
+
+def test_the_resource_hashes_as_the_sdks_and_equals_it() -> None:
+    """The resource keeps the SDK's hash and equality, computed once (spans are grouped by it)."""
+    config = TelemetryConfig(service_name="svc", resource_attributes={"team": "a", "n": "1"})
+    resource = resource_of(config)
+    plain = Resource(resource.attributes, resource.schema_url)
+    assert isinstance(resource, StableResource)
+    assert hash(resource) == hash(plain)
+    assert resource == plain
+    assert {plain: 1}[resource] == 1
+    assert resource.merge(Resource({"extra": "x"})).attributes["extra"] == "x"

@@ -55,6 +55,23 @@ def sdk_disabled() -> bool:
     return os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
 
 
+class StableResource(Resource):
+    """A `Resource` that computes its hash once.
+
+    A resource is immutable, yet the SDK's hash serialises every attribute to JSON each
+    time, and the OTLP span encoder hashes the resource of every span it encodes (it
+    groups spans by resource): once per span, on the exporter thread, holding the GIL.
+    Equality and everything else are the SDK's.
+    """
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 def resource_of(config: TelemetryConfig) -> Resource:
     """The SDK's resource over the config's attributes: `OTEL_*` wins where set.
 
@@ -63,7 +80,7 @@ def resource_of(config: TelemetryConfig) -> Resource:
     so that it, not the config, has the last word (as documented).
     """
     configured = {SERVICE_NAME: config.service_name, **config.resource_attributes}
-    return Resource.create(configured).merge(OTELResourceDetector().detect())
+    return StableResource(Resource.create(configured).merge(OTELResourceDetector().detect()))
 
 
 def exemplar_filter_of() -> ExemplarFilter | None:
