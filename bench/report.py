@@ -59,6 +59,60 @@ def _side_by_side(peers: list[Row], metrics: list[Metric]) -> list[str]:
     return lines
 
 
+P99_BUDGET_MS = 1.5  # added time to first token, p99, sequential and concurrent
+
+
+def budgets(doc: dict[str, Any]) -> list[str]:
+    """Each sidecar row against the budgets, as ratios to the naive passthrough of this run.
+
+    CPU per call ≤ 1.5 × naive; added TTFT p50 ≤ naive's and p99 ≤ 1.5 ms; CPU per
+    streamed event ≤ naive; RSS per open stream ≤ naive. `met` / `over` per figure.
+    """
+    peers = doc["peers"]
+    naive = next((p for p in peers if p["kind"] == "naive"), None)
+    if naive is None:
+        return []
+    plan = doc["plan"]
+    callers = str(plan["callers"])
+    # (label, getter, budget as a function of naive's figure)
+    checks: list[tuple[str, Callable[[Row], float | None], Callable[[float], float], str]] = []
+    for level, name in (("1", "sequential"), (callers, f"{callers} callers")):
+        checks.append((f"CPU per call, {name}", _get("calls", level, "cpu_us_per_call"),
+                       lambda n: 1.5 * n, "ratio"))  # fmt: skip
+        checks.append((f"added TTFT p50, {name}", _get("calls", level, "added_ttft_p50_ms"),
+                       lambda n: n, "ms"))  # fmt: skip
+        checks.append((f"added TTFT p99, {name}", _get("calls", level, "added_ttft_p99_ms"),
+                       lambda n: P99_BUDGET_MS, "ms"))  # fmt: skip
+    for level in plan["levels"]:
+        checks.append((f"CPU per event, {level} streams",
+                       _get("streams", str(level), "cpu_us_per_event"), lambda n: n, "ratio"))  # fmt: skip
+    checks.append(("RSS per open stream", _get("memory", "per_stream_kib"), lambda n: n, "ratio"))
+    sidecars = [p for p in peers if p["kind"] == "sidecar"]
+    lines = [
+        "| budget (against naive in this run) | " + " | ".join(p["name"] for p in sidecars) + " |",
+        "| --- |" + " ---: |" * len(sidecars),
+    ]
+    for label, getter, budget, unit in checks:
+        reference = getter(naive)
+        cells = []
+        for peer in sidecars:
+            value = getter(peer)
+            if value is None or reference is None:
+                cells.append("—")
+                continue
+            verdict = "met" if value <= budget(reference) else "over"
+            shown = (
+                f"{value / reference:.2f} ×"
+                if unit == "ratio" and reference
+                else f"{value:+.2f} ms"
+            )
+            cells.append(f"{shown} {verdict}")
+        limit = {"ratio": "≤ 1.5 × naive" if "CPU per call" in label else "≤ naive",
+                 "ms": f"≤ {P99_BUDGET_MS} ms" if "p99" in label else "≤ naive's"}[unit]  # fmt: skip
+        lines.append(f"| {label} ({limit}) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(doc: dict[str, Any]) -> str:
     """Markdown: the side-by-side table, then per-call, per-stream and memory detail."""
     m = doc["machine"]
@@ -74,6 +128,14 @@ def render(doc: dict[str, Any]) -> str:
     lines += ["", "**Side by side** (CPU is the peer process's own; added TTFT is over calling"
               " the fake directly in the same run)", ""]  # fmt: skip
     lines += _side_by_side(peers, headline_metrics(doc))
+    verdicts = budgets(doc)
+    if verdicts:
+        lines += [
+            "",
+            "**Budgets**, every sidecar row against the naive passthrough of this run",
+            "",
+        ]
+        lines += verdicts
     callers = str(plan["callers"])
     lines += [
         "", f"**Per call**: {plan['sequential']} one-token streams one at a time, then"
