@@ -185,38 +185,39 @@ class SpanEncoder:
         encoded = []
         for key, value in attributes.items():
             kind = type(value)
-            try:
-                if kind is str or kind is int or kind is bool:
-                    # The type is part of the key: True == 1 == 1.0 as dict keys.
-                    pair = pairs.get((key, kind, value))
-                    if pair is None:
-                        pair = self._pair(key, kind, value)
+            pair: bytes | None = None
+            if kind is str or kind is int or kind is bool:
+                # The type is part of the key: True == 1 == 1.0 as dict keys.
+                pair = pairs.get((key, kind, value))
+                if pair is None:
+                    pair = self._pair(key, kind, value)
+                    if pair is not None:
                         if len(pairs) >= PAIR_CACHE_SIZE:
                             pairs.clear()
                         pairs[key, kind, value] = pair
-                    encoded.append(pair)
-                elif kind is float:
-                    encoded.append(self._pair(key, kind, value))
-                else:
-                    encoded.append(self._sdk_pair(key, value))
-            except Exception:  # the SDK logs and drops it alike
-                encoded.append(self._sdk_pair(key, value))
+            elif kind is float:
+                pair = self._pair(key, kind, value)
+            encoded.append(self._sdk_pair(key, value) if pair is None else pair)
         return b"".join(encoded)
 
-    def _pair(self, key: str, kind: type, value: Any) -> bytes:
+    def _pair(self, key: str, kind: type, value: Any) -> bytes | None:
+        """One plain attribute, encoded; None when protobuf refuses it (the SDK reports it)."""
         scratch = self._scratch
         attributes = scratch.attributes
-        del attributes[:]  # also after a value protobuf refused
-        pair = attributes.add()
-        pair.key = key
-        if kind is str:
-            pair.value.string_value = value
-        elif kind is bool:
-            pair.value.bool_value = value
-        elif kind is int:
-            pair.value.int_value = value
-        else:
-            pair.value.double_value = value
+        del attributes[:]
+        try:
+            pair = attributes.add()
+            pair.key = key
+            if kind is str:
+                pair.value.string_value = value
+            elif kind is bool:
+                pair.value.bool_value = value
+            elif kind is int:
+                pair.value.int_value = value
+            else:
+                pair.value.double_value = value
+        except (TypeError, ValueError):
+            return None
         encoded: bytes = scratch.SerializeToString()
         return encoded
 
