@@ -73,7 +73,7 @@ EVERY_VALUE: dict[str, Any] = {
     "zero": 0, "negative": -3, "int64 max": 2**63 - 1, "float": 0.25, "float zero": 0.0,
     "huge float": 1e300, "strs": ("a", "bb"), "bools": (True, False), "ints": (1, -2),
     "floats": (0.5, 1.5), "empty": (), "list": ["x"], "bytes": b"raw", "none": None,
-    "mapping": {"inner": [1, 2]}, "status": StatusCode.OK, "overflow": 2**64,
+    "mapping": {"inner": [1, 2]}, "status": StatusCode.OK, "overflow": 2**64, "after": 5,
 }  # fmt: skip
 
 

@@ -76,6 +76,8 @@ class SpanEncoder:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the scratch message: one encoding at a time
         self._scratch = Span()
+        self._scratch_pair = self._scratch.attributes.add()
+        self._scratch_value = self._scratch_pair.value
         self._pairs: dict[tuple[str, type, object], bytes] = {}
         self._resources: dict[int, tuple[Resource, PbResource]] = {}
         self._scopes: dict[int, tuple[SdkScope | None, InstrumentationScope]] = {}
@@ -202,23 +204,22 @@ class SpanEncoder:
 
     def _pair(self, key: str, kind: type, value: Any) -> bytes | None:
         """One plain attribute, encoded; None when protobuf refuses it (the SDK reports it)."""
-        scratch = self._scratch
-        attributes = scratch.attributes
-        del attributes[:]
+        # The scratch span's one attribute is overwritten: setting a member of the value's
+        # oneof clears the others, and a member set to its default is still encoded.
+        pair, encoded_value = self._scratch_pair, self._scratch_value
         try:
-            pair = attributes.add()
             pair.key = key
             if kind is str:
-                pair.value.string_value = value
+                encoded_value.string_value = value
             elif kind is bool:
-                pair.value.bool_value = value
+                encoded_value.bool_value = value
             elif kind is int:
-                pair.value.int_value = value
+                encoded_value.int_value = value
             else:
-                pair.value.double_value = value
+                encoded_value.double_value = value
         except (TypeError, ValueError):
             return None
-        encoded: bytes = scratch.SerializeToString()
+        encoded: bytes = self._scratch.SerializeToString()
         return encoded
 
     @staticmethod
