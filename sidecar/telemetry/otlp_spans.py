@@ -4,12 +4,12 @@ The SDK's encoder turns every attribute of every span into a new `KeyValue` thro
 chain of `isinstance` checks and Python calls (~100 µs for a client span's ~23
 attributes), on the batch processor's thread, holding the GIL the event loop needs.
 `SpanEncoder` builds the same `ExportTraceServiceRequest` with the same protobuf
-classes, byte for byte: a pair of attribute key and plain value (str, bool, int) that
-was encoded before is taken from a bounded cache (most of the sidecar's values are
-labels: route, model, provider, outcome, status code), the resource and scope messages
-are encoded once, and enum lookups go by identity. Whatever it does not handle itself
-(sequences, bytes, mappings, odd types, values protobuf refuses) goes through the
-SDK's own functions, logging and dropping exactly as they do.
+classes, byte for byte: a pair of attribute key and value (str, bool, int, a tuple of
+strings) that was encoded before is taken from a bounded cache (most of the sidecar's
+values are labels: route, model, provider, outcome, status code), the resource and
+scope messages are encoded once, and enum lookups go by identity. Whatever it does not
+handle itself (other sequences, bytes, mappings, odd types, values protobuf refuses)
+goes through the SDK's own functions, logging and dropping exactly as they do.
 
 The two exporters are the SDK's, constructed alike (so they read every
 `OTEL_EXPORTER_OTLP_*` as before), with the encoder swapped in: the gRPC exporter
@@ -51,9 +51,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkSc
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import StatusCode
 
-# Encoded (key, value) pairs kept: far more than the sidecar's labels; ids and timings
-# also pass through, so a full cache is emptied and refills with what recurs.
-PAIR_CACHE_SIZE: Final = 4096
+# Encoded (key, value) pairs kept (~100-200 KiB when full): far more than the sidecar's
+# labels; ids and counts pass through it too, so a full cache is emptied and refills
+# with what recurs (float values, timings, are never kept).
+PAIR_CACHE_SIZE: Final = 1024
 _SMALL_CACHE_SIZE: Final = 64  # resources and scopes: a handful in practice
 # Enum members by identity: an enum's own hash and `.value` are Python calls.
 _KINDS: Final = {id(kind): int(value) for kind, value in _SPAN_KIND_MAP.items()}
@@ -61,6 +62,7 @@ _STATUS_CODES: Final = {id(code): code.value for code in StatusCode}
 _LOCAL: Final = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _REMOTE: Final = _LOCAL | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _NONE: Final = object()
+_STR: Final = frozenset({str})
 
 
 class SpanEncoder:
@@ -188,8 +190,14 @@ class SpanEncoder:
         for key, value in attributes.items():
             kind = type(value)
             pair: bytes | None = None
-            if kind is str or kind is int or kind is bool:
-                # The type is part of the key: True == 1 == 1.0 as dict keys.
+            if (
+                kind is str
+                or kind is int
+                or kind is bool
+                or (kind is tuple and _STR.issuperset(map(type, value)))
+            ):
+                # The type is part of the key: True == 1 == 1.0 as dict keys (hence
+                # only tuples of strings: (1,) == (True,)).
                 pair = pairs.get((key, kind, value))
                 if pair is None:
                     pair = self._pair(key, kind, value)
@@ -203,9 +211,11 @@ class SpanEncoder:
         return b"".join(encoded)
 
     def _pair(self, key: str, kind: type, value: Any) -> bytes | None:
-        """One plain attribute, encoded; None when protobuf refuses it (the SDK reports it)."""
+        """One plain attribute, encoded; None when it cannot be (the SDK then reports it)."""
         # The scratch span's one attribute is overwritten: setting a member of the value's
         # oneof clears the others, and a member set to its default is still encoded.
+        if kind is tuple:  # of strings (finish reasons, stop sequences): rare enough
+            return self._sdk_pair(key, value) or None
         pair, encoded_value = self._scratch_pair, self._scratch_value
         try:
             pair.key = key
