@@ -61,7 +61,7 @@ _KINDS: Final = {id(kind): int(value) for kind, value in _SPAN_KIND_MAP.items()}
 _STATUS_CODES: Final = {id(code): code.value for code in StatusCode}
 _LOCAL: Final = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _REMOTE: Final = _LOCAL | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
-_NONE: Final = object()
+_NO_GROUP: Final = object()
 _STR: Final = frozenset({str})
 
 
@@ -89,8 +89,8 @@ class SpanEncoder:
         request = ExportTraceServiceRequest()
         # Equal resources (scopes) share a group under the first one, as in the SDK.
         resources: dict[Resource, tuple[ResourceSpans, dict[SdkScope | None, Any]]] = {}
-        last_resource: object = _NONE
-        last_scope: object = _NONE
+        last_resource: object = _NO_GROUP
+        last_scope: object = _NO_GROUP
         added: Any = None
         with self._lock:
             for span in spans:
