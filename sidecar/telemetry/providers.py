@@ -162,16 +162,13 @@ class Providers:
 
 
 def _span_exporter(target: OtlpSignal) -> SpanExporter:
+    # The SDK's exporters with a cheaper encoder of the same request (`otlp_spans`).
     endpoint = target.endpoint
     if target.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcSpanExporter,
-        )
+        from sidecar.telemetry.otlp_spans import grpc_span_exporter
 
-        return GrpcSpanExporter(endpoint=endpoint)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpSpanExporter,
-    )
+        return grpc_span_exporter(endpoint)
+    from sidecar.telemetry.otlp_spans import HttpSpanExporter
 
     return HttpSpanExporter(endpoint=endpoint)
 
