@@ -220,7 +220,9 @@ class Telemetry:
         if self.config.capture_content:
             record.capture = True
             record.system_text, record.prompt_text = request_content(body)
-        record.model_label = self.models(record.request_model)
+        model = record.request_model
+        # `self.models(model)`, called only for a model not already known to pass.
+        record.model_label = model if model in self.models.passing else self.models(model)
         spans = self.spans
         span = (
             spans.start_child(
@@ -281,10 +283,15 @@ class Telemetry:
             self._announce(record, span)
         ended = record.ended or record.last_chunk_at or record.started
         failed = record.outcome not in streams.NOT_FAILED  # `streams.failed`, inline
-        if record.response_model is not None:
-            record.response_model_label = self.models(record.response_model)
-        if record.error_type is not None:  # else the label stays its default, `_OTHER`
-            record.error_label = self._errors(record.error_type)
+        # The bounded labels, each asked only for a value not already known to pass.
+        model = record.response_model
+        if model is not None:
+            record.response_model_label = (
+                model if model in self.models.passing else self.models(model)
+            )
+        error = record.error_type
+        if error is not None:  # else the label stays its default, `_OTHER`
+            record.error_label = error if error in self._errors.passing else self._errors(error)
         base = record.log_base if record.log_base is not None else self._log_base(record, span)
         if span.is_recording():  # not when off or sampled out
             self._end_attributes(record, span, failed, base)
