@@ -305,7 +305,12 @@ class Telemetry:
         cost = cost_usd(price, record) if price is not None else None
         if self._on:
             inst = self.instruments
-            key = streams.sets_key(record, failed)
+            # What `StreamSets` depends on (the conventions are this Telemetry's own).
+            key = (
+                record.model_label, record.response_model_label, record.server_address,
+                record.server_port, record.error_label if failed else None, record.outcome,
+                record.route,
+            )  # fmt: skip
             try:
                 sets = self._stream_sets[key]
             except KeyError:

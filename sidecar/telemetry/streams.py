@@ -103,7 +103,9 @@ class StreamSets:
     """The attribute sets of one kind of stream's points (same labels, outcome and route).
 
     Streams alike share them (`Telemetry` keeps them per kind, bounded): each point
-    then brings its precomputed key, and nothing is built per stream.
+    then brings its precomputed key, and nothing is built per stream. They depend on
+    the record's model labels, server address and port, error label (failed only),
+    outcome and route, and on the conventions (`latest`): `Telemetry` keys them by these.
     """
 
     __slots__ = ("cost", "input", "metric", "output", "output_unanswered", "streams")
@@ -126,19 +128,6 @@ class StreamSets:
             self.output = self.output_unanswered = AttributeSet(
                 {**metric, "gen_ai.token.type": "output"}
             )
-
-
-def sets_key(record: StreamRecord, is_failed: bool) -> tuple[Any, ...]:
-    """What a stream's `StreamSets` depend on: streams with equal keys share them."""
-    return (
-        record.model_label,
-        record.response_model_label,
-        record.server_address,
-        record.server_port,
-        record.error_label if is_failed else None,
-        record.outcome,
-        record.route,
-    )
 
 
 def record_metrics(
