@@ -54,6 +54,7 @@ from sidecar.telemetry.spans import Spans
 
 _CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
 _ADMITTED: Final = AttributeSet({"sidecar.queue.admitted": True})
+_NOT_ADMITTED: Final = AttributeSet({"sidecar.queue.admitted": False})
 _NO_PARENT: Final = Context()
 
 _K = TypeVar("_K")
@@ -119,6 +120,7 @@ class Telemetry:
         self._stream_sets: dict[tuple[Any, ...], streams.StreamSets] = {}
         self._durations: dict[tuple[str, str, str, int], AttributeSet] = {}
         self._statuses: dict[int, AttributeSet] = {}
+        self._rejections: dict[tuple[str, str, int], AttributeSet] = {}
         # Client-chosen values reach metrics and spans only through these (bounded).
         self.models = model_labels(config.prices)
         self._errors = error_labels()
@@ -436,17 +438,28 @@ class Telemetry:
     ) -> None:
         """An early answer: counted by reason and route, logged (a WARNING when `warn`: the
         listener's refusals of malformed requests), marked on the request span."""
-        self.instruments.rejections.add(
-            1,
-            {"sidecar.rejection.reason": reason, "http.route": route,
-             "http.response.status_code": status},
-        )  # fmt: skip
+        # Turned-away calls come in bursts (quotas, a full queue): one set per kind.
+        key = (reason, route, status)
+        try:
+            attributes = self._rejections[key]
+        except KeyError:
+            attributes = self._remember(
+                self._rejections,
+                key,
+                AttributeSet(
+                    {"sidecar.rejection.reason": reason, "http.route": route,
+                     "http.response.status_code": status}
+                ),
+            )  # fmt: skip
+        self.instruments.rejections.add(1, attributes)
+        if span is not None:
+            span.set_attribute("sidecar.rejection.reason", reason)
+        if not reject_log.isEnabledFor(logging.WARNING if warn else logging.INFO):
+            return
         fields: dict[str, Any] = {
             "event": "request_rejected", "reason": reason, "route": route, "status": status,
             "request_id": request_id, **span_ids(span),
         }  # fmt: skip
-        if span is not None:
-            span.set_attribute("sidecar.rejection.reason", reason)
         if warn:
             reject_log.warning("request_rejected", extra=fields)
         else:
@@ -508,7 +521,7 @@ class Telemetry:
 
     def queue_wait(self, seconds: float, admitted: bool) -> None:
         """Time a call waited for a slot; `admitted=False` when it gave up or was turned away."""
-        self.instruments.queue_wait.record(seconds, {"sidecar.queue.admitted": admitted})
+        self.instruments.queue_wait.record(seconds, _ADMITTED if admitted else _NOT_ADMITTED)
 
     def access(
         self,
