@@ -105,3 +105,21 @@ def test_error_labels_fold_unknown_and_odd_types() -> None:
     assert labels("has spaces") == "_OTHER"
     odd = {labels(f"Error{i}") for i in range(MAX_EXTRA_LABELS + 10)}
     assert len(odd) == MAX_EXTRA_LABELS + 1
+
+
+def test_passing_holds_exactly_the_values_that_pass_as_themselves() -> None:
+    """Callers skip the call for a value in `passing`: it must hold every value the call
+    returns as itself, from the start, after `allow` (a reload) and once accepted."""
+    labels = model_labels([KNOWN])
+    assert labels.passing == {KNOWN}
+    assert labels("tuned-later") == OTHER_MODEL
+    assert "tuned-later" not in labels.passing
+    labels.allow(["tuned-later"])  # a reloaded config names it: it passes from now on
+    assert "tuned-later" in labels.passing
+    assert labels("tuned-later") == "tuned-later"
+    dated = f"{KNOWN}-20260101"
+    assert dated not in labels.passing
+    assert labels(dated) == dated
+    assert dated in labels.passing
+    tried = [f"{KNOWN}-{i}" for i in range(MAX_EXTRA_LABELS + 5)] + ["unrelated"]
+    assert {value for value in tried if labels(value) == value} == labels.passing & set(tried)

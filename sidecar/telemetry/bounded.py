@@ -36,20 +36,26 @@ class BoundedLabels:
     def __init__(self, known: Iterable[str], fallback: str, extra: Callable[[str], bool]) -> None:
         self._known = set(known)
         self._extra: set[str] = set()
+        # Every value that passes as itself (known or extra; a value never stops passing):
+        # a caller on the per-call path tests membership here and calls only for the rest.
+        self.passing: set[str] = set(self._known)
         self._fallback = fallback
         self._accepts = extra
 
     def allow(self, values: Iterable[str]) -> None:
         """Add known values (e.g. the models a newly loaded config names)."""
+        values = list(values)
         self._known.update(values)
+        self.passing.update(values)
 
     def __call__(self, value: str | None) -> str:
         if value is None:
             return self._fallback
-        if value in self._known or value in self._extra:
+        if value in self.passing:
             return value
         if len(self._extra) < MAX_EXTRA_LABELS and self._accepts(value):
             self._extra.add(value)
+            self.passing.add(value)
             return value
         return self._fallback
 

@@ -8,11 +8,10 @@ runs per event.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -39,24 +38,38 @@ from sidecar.telemetry.bounded import error_labels, model_labels
 from sidecar.telemetry.content import output_messages, request_content
 from sidecar.telemetry.cost import cost_usd, price_for
 from sidecar.telemetry.health import Health
+from sidecar.telemetry.histograms import AttributeSet
 from sidecar.telemetry.instruments import Instruments
 from sidecar.telemetry.providers import Providers, build_providers, sdk_disabled
-from sidecar.telemetry.semconv import DEFAULT, GenAiNames, gen_ai_names, http_method
+from sidecar.telemetry.semconv import (
+    DEFAULT,
+    KNOWN_METHODS,
+    OTHER_METHOD,
+    GenAiNames,
+    gen_ai_names,
+    http_method,
+)
 from sidecar.telemetry.span import SidecarSpan
 from sidecar.telemetry.spans import Spans
 
 _CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
-_ADMITTED: Final = {"sidecar.queue.admitted": True}
+_ADMITTED: Final = AttributeSet({"sidecar.queue.admitted": True})
+_NOT_ADMITTED: Final = AttributeSet({"sidecar.queue.admitted": False})
 _NO_PARENT: Final = Context()
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 stream_log = logging.getLogger("sidecar.stream")
 access_log = logging.getLogger("sidecar.access")
 reject_log = logging.getLogger("sidecar.reject")
 
 
-@functools.lru_cache(maxsize=_CACHE_LIMIT)
 def _hashed(value: str) -> str:
-    """The pseudonym of a user or tenant: the first 16 hex digits of its SHA-256."""
+    """The pseudonym of a user or tenant: the first 16 hex digits of its SHA-256.
+
+    `Telemetry` keeps each value's pseudonym (bounded): hashed once per distinct value.
+    """
     return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
@@ -99,8 +112,15 @@ class Telemetry:
         # Off (no providers): spans do not record and no reader ever collects, so the
         # per-call attribute dicts and measurements below are skipped, not built for nothing.
         self._on = providers is not None
-        self._routes: dict[str, dict[str, str]] = {}
+        # Memos of values derived per call from a few distinct inputs, each bounded
+        # (`_remember`). They live as long as this Telemetry: a reload builds a new one.
+        self._routes: dict[str, AttributeSet] = {}
         self._prices: dict[str, ModelPrice | None] = {}
+        self._identities: dict[str, str | None] = {}  # user / tenant -> as logged
+        self._stream_sets: dict[tuple[Any, ...], streams.StreamSets] = {}
+        self._durations: dict[tuple[str, str, str, int], AttributeSet] = {}
+        self._statuses: dict[int, AttributeSet] = {}
+        self._rejections: dict[tuple[str, str, int], AttributeSet] = {}
         # Client-chosen values reach metrics and spans only through these (bounded).
         self.models = model_labels(config.prices)
         self._errors = error_labels()
@@ -149,7 +169,7 @@ class Telemetry:
         spans = self.spans
         if spans is None:
             return _continued(trace.get_current_span(parent))
-        known = http_method(method)
+        known = method if method in KNOWN_METHODS else OTHER_METHOD  # `http_method`, inline
         attributes: dict[str, Any] = {
             "http.request.method": known, "http.route": route, "url.path": path,
             "url.scheme": scheme,
@@ -202,7 +222,9 @@ class Telemetry:
         if self.config.capture_content:
             record.capture = True
             record.system_text, record.prompt_text = request_content(body)
-        record.model_label = self.models(record.request_model)
+        model = record.request_model
+        # `self.models(model)`, called only for a model not already known to pass.
+        record.model_label = model if model in self.models.passing else self.models(model)
         spans = self.spans
         span = (
             spans.start_child(
@@ -240,7 +262,11 @@ class Telemetry:
         record.admitted = True
         if not self._on:
             return
-        self.instruments.active_streams.add(1, self._route_attributes(record.route))
+        try:
+            route = self._routes[record.route]
+        except KeyError:
+            route = self._route_attributes(record.route)
+        self.instruments.active_streams.add(1, route)
         if record.pending_start is None:  # else the pending `_announce` records it
             self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
 
@@ -258,29 +284,61 @@ class Telemetry:
             record.pending_start.cancel()
             self._announce(record, span)
         ended = record.ended or record.last_chunk_at or record.started
-        failed = streams.failed(record)
-        if record.response_model is not None:
-            record.response_model_label = self.models(record.response_model)
-        record.error_label = self._errors(record.error_type)
+        failed = record.outcome not in streams.NOT_FAILED  # `streams.failed`, inline
+        # The bounded labels, each asked only for a value not already known to pass.
+        model = record.response_model
+        if model is not None:
+            record.response_model_label = (
+                model if model in self.models.passing else self.models(model)
+            )
+        error = record.error_type
+        if error is not None:  # else the label stays its default, `_OTHER`
+            record.error_label = error if error in self._errors.passing else self._errors(error)
         base = record.log_base if record.log_base is not None else self._log_base(record, span)
         if span.is_recording():  # not when off or sampled out
             self._end_attributes(record, span, failed, base)
         span.end()
 
-        price = self._price(record.request_model)
+        model = record.request_model
+        try:
+            price = self._prices[model]
+        except KeyError:
+            price = self._price(model)
         cost = cost_usd(price, record) if price is not None else None
         if self._on:
             inst = self.instruments
+            # What `StreamSets` depends on (the conventions are this Telemetry's own).
+            key = (
+                record.model_label, record.response_model_label, record.server_address,
+                record.server_port, record.error_label if failed else None, record.outcome,
+                record.route,
+            )  # fmt: skip
+            try:
+                sets = self._stream_sets[key]
+            except KeyError:
+                sets = self._remember(
+                    self._stream_sets, key, streams.StreamSets(record, failed, inst.names.latest)
+                )
             if record.admitted:
-                inst.active_streams.add(-1, self._route_attributes(record.route))
+                try:
+                    route = self._routes[record.route]
+                except KeyError:
+                    route = self._route_attributes(record.route)
+                inst.active_streams.add(-1, route)
             if cost:
-                inst.cost.add(cost, {"gen_ai.request.model": record.model_label})
-            streams.record_metrics(inst, record, ended, failed)
-        level = logging.WARNING if failed else logging.INFO
-        if stream_log.isEnabledFor(level):
-            event = "stream_error" if failed else "stream_complete"
-            fields = {"event": event, **base, **streams.log_fields(record, ended, cost)}
-            stream_log.log(level, event, extra=fields)
+                inst.cost.add(cost, sets.cost)
+            streams.record_metrics(inst, record, ended, failed, sets)
+        if failed:
+            if stream_log.isEnabledFor(logging.WARNING):
+                fields = {
+                    "event": "stream_error",
+                    **base,
+                    **streams.log_fields(record, ended, cost),
+                }
+                stream_log.warning("stream_error", extra=fields)
+        elif stream_log.isEnabledFor(logging.INFO):
+            fields = {"event": "stream_complete", **base, **streams.log_fields(record, ended, cost)}
+            stream_log.info("stream_complete", extra=fields)
 
     def _end_attributes(
         self, record: StreamRecord, span: Span, failed: bool, base: dict[str, Any]
@@ -306,13 +364,14 @@ class Telemetry:
                 )
             )
 
-    def _identity(self, value: str | None) -> str | None:
-        mode = self.config.user_attribute
-        if value is None or mode == "none":
-            return None
-        if mode == "plain":
-            return value
-        return _hashed(value)
+    def _identity(self, value: str) -> str | None:
+        """A user or tenant as logged and put on spans (None: not carried); memoized."""
+        try:
+            return self._identities[value]
+        except KeyError:
+            mode = self.config.user_attribute
+            shown = None if mode == "none" else value if mode == "plain" else _hashed(value)
+            return self._remember(self._identities, value, shown)
 
     def _log_base(self, record: StreamRecord, span: Span) -> dict[str, Any]:
         """The fields both stream lines share (`event` goes first, added by the caller)."""
@@ -321,33 +380,49 @@ class Telemetry:
             "route": record.route,
             "model": record.request_model,
             "stream": record.stream,
-            **span_ids(span),
         }
-        user = self._identity(record.user)
-        if user is not None:
-            fields["user"] = user
-        tenant = self._identity(record.tenant)
-        if tenant is not None:
-            fields["tenant"] = tenant
+        if type(span) is SidecarSpan:  # `span_ids`, inline
+            fields["trace_id"], fields["span_id"] = span.ids()
+        else:
+            fields.update(span_ids(span))
+        identities = self._identities
+        if record.user is not None:
+            try:
+                user = identities[record.user]
+            except KeyError:
+                user = self._identity(record.user)
+            if user is not None:
+                fields["user"] = user
+        if record.tenant is not None:
+            try:
+                tenant = identities[record.tenant]
+            except KeyError:
+                tenant = self._identity(record.tenant)
+            if tenant is not None:
+                fields["tenant"] = tenant
         return fields
 
-    def _route_attributes(self, route: str) -> dict[str, str]:
-        attributes = self._routes.get(route)
-        if attributes is None:
-            if len(self._routes) >= _CACHE_LIMIT:
-                self._routes.clear()
-            attributes = self._routes[route] = {"sidecar.route": route}
-        return attributes
+    @staticmethod
+    def _remember(memo: dict[_K, _V], key: _K, value: _V) -> _V:
+        """Store `value` under `key` in `memo`, emptied first when full; returns `value`."""
+        if len(memo) >= _CACHE_LIMIT:
+            memo.clear()
+        memo[key] = value
+        return value
+
+    def _route_attributes(self, route: str) -> AttributeSet:
+        """`{"sidecar.route": route}`, one shared set per route (its key computed once)."""
+        try:
+            return self._routes[route]
+        except KeyError:
+            return self._remember(self._routes, route, AttributeSet({"sidecar.route": route}))
 
     def _price(self, model: str) -> ModelPrice | None:
         """`price_for` once per model name (a prefix match scans the whole table)."""
         try:
             return self._prices[model]
         except KeyError:
-            if len(self._prices) >= _CACHE_LIMIT:  # model names come from clients
-                self._prices.clear()
-            price = self._prices[model] = price_for(self.config.prices, model)
-            return price
+            return self._remember(self._prices, model, price_for(self.config.prices, model))
 
     # ------------------------------------------------------------------ counters
 
@@ -363,17 +438,28 @@ class Telemetry:
     ) -> None:
         """An early answer: counted by reason and route, logged (a WARNING when `warn`: the
         listener's refusals of malformed requests), marked on the request span."""
-        self.instruments.rejections.add(
-            1,
-            {"sidecar.rejection.reason": reason, "http.route": route,
-             "http.response.status_code": status},
-        )  # fmt: skip
+        # Turned-away calls come in bursts (quotas, a full queue): one set per kind.
+        key = (reason, route, status)
+        try:
+            attributes = self._rejections[key]
+        except KeyError:
+            attributes = self._remember(
+                self._rejections,
+                key,
+                AttributeSet(
+                    {"sidecar.rejection.reason": reason, "http.route": route,
+                     "http.response.status_code": status}
+                ),
+            )  # fmt: skip
+        self.instruments.rejections.add(1, attributes)
+        if span is not None:
+            span.set_attribute("sidecar.rejection.reason", reason)
+        if not reject_log.isEnabledFor(logging.WARNING if warn else logging.INFO):
+            return
         fields: dict[str, Any] = {
             "event": "request_rejected", "reason": reason, "route": route, "status": status,
             "request_id": request_id, **span_ids(span),
         }  # fmt: skip
-        if span is not None:
-            span.set_attribute("sidecar.rejection.reason", reason)
         if warn:
             reject_log.warning("request_rejected", extra=fields)
         else:
@@ -402,7 +488,13 @@ class Telemetry:
     def upstream_status(self, status: int) -> None:
         """One answer from Claude (every attempt, retried or not), by status code."""
         if self._on:
-            self.instruments.upstream_responses.add(1, {"http.response.status_code": status})
+            try:
+                attributes = self._statuses[status]
+            except KeyError:
+                attributes = self._remember(
+                    self._statuses, status, AttributeSet({"http.response.status_code": status})
+                )
+            self.instruments.upstream_responses.add(1, attributes)
 
     def upstream_retry(self, reason: str) -> None:
         """One retry of a Claude call before its first byte (`connect_error` or the status)."""
@@ -429,7 +521,7 @@ class Telemetry:
 
     def queue_wait(self, seconds: float, admitted: bool) -> None:
         """Time a call waited for a slot; `admitted=False` when it gave up or was turned away."""
-        self.instruments.queue_wait.record(seconds, {"sidecar.queue.admitted": admitted})
+        self.instruments.queue_wait.record(seconds, _ADMITTED if admitted else _NOT_ADMITTED)
 
     def access(
         self,
@@ -445,17 +537,29 @@ class Telemetry:
     ) -> None:
         """The per-request access log line and request duration histogram."""
         if self._on:
-            self.instruments.request_duration.record(
-                duration,
-                {"http.request.method": http_method(method), "url.scheme": scheme,
-                 "http.route": route, "http.response.status_code": status},
-            )  # fmt: skip
+            key = (method, scheme, route, status)
+            try:
+                attributes = self._durations[key]
+            except KeyError:
+                attributes = self._remember(
+                    self._durations,
+                    key,
+                    AttributeSet(
+                        {"http.request.method": http_method(method), "url.scheme": scheme,
+                         "http.route": route, "http.response.status_code": status}
+                    ),
+                )  # fmt: skip
+            self.instruments.request_duration.record(duration, attributes)
         if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, Any] = {
             "event": "access", "method": method, "route": route, "path": path, "status": status,
-            "duration_ms": round(duration * 1000, 2), "request_id": request_id, **span_ids(span),
+            "duration_ms": round(duration * 1000, 2), "request_id": request_id,
         }  # fmt: skip
+        if type(span) is SidecarSpan:  # `span_ids`, inline
+            fields["trace_id"], fields["span_id"] = span.ids()
+        elif span is not None:
+            fields.update(span_ids(span))
         access_log.info("request", extra=fields)
 
     # ------------------------------------------------------------------ export

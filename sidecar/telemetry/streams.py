@@ -99,24 +99,67 @@ def metric_attributes(record: StreamRecord, is_failed: bool | None = None) -> di
     return attributes
 
 
+class StreamSets:
+    """The attribute sets of one kind of stream's points (same labels, outcome and route).
+
+    Streams alike share them (`Telemetry` keeps them per kind, bounded): each point
+    then brings its precomputed key, and nothing is built per stream. They depend on
+    the record's model labels, server address and port, error label (failed only),
+    outcome and route, and on the conventions (`latest`): `Telemetry` keys them by these.
+    """
+
+    __slots__ = ("cost", "input", "metric", "output", "output_unanswered", "streams")
+
+    def __init__(self, record: StreamRecord, is_failed: bool, latest: bool) -> None:
+        metric = metric_attributes(record, is_failed)
+        self.metric = AttributeSet(metric)
+        self.streams = AttributeSet(
+            {**metric, "sidecar.stream.outcome": record.outcome, "sidecar.route": record.route}
+        )
+        self.cost = AttributeSet({"gen_ai.request.model": record.model_label})
+        if latest:
+            # The latest conventions' usage counters carry no `error.type`.
+            base = {key: value for key, value in metric.items() if key != "error.type"}
+            self.input = AttributeSet({**base, **_INPUT_MODALITY})
+            self.output = AttributeSet({**base, **_OUTPUT_MODALITY})
+            self.output_unanswered = self.input
+        else:
+            self.input = AttributeSet({**metric, "gen_ai.token.type": "input"})
+            self.output = self.output_unanswered = AttributeSet(
+                {**metric, "gen_ai.token.type": "output"}
+            )
+
+
 def record_metrics(
-    inst: Instruments, record: StreamRecord, ended: float, is_failed: bool | None = None
+    inst: Instruments,
+    record: StreamRecord,
+    ended: float,
+    is_failed: bool | None = None,
+    sets: StreamSets | None = None,
 ) -> None:
-    """Every histogram point of one stream, once, at its end."""
-    # One attribute set for up to five points: its key is computed once, not per point.
-    metric = AttributeSet(metric_attributes(record, is_failed))
-    inst.streams.add(
-        1, {**metric, "sidecar.stream.outcome": record.outcome, "sidecar.route": record.route}
-    )
+    """Every histogram point of one stream, once, at its end (`sets`: its attribute sets,
+    when the caller keeps them; built here otherwise)."""
+    if sets is None:
+        sets = StreamSets(record, failed(record) if is_failed is None else is_failed,
+                          inst.names.latest)  # fmt: skip
+    metric = sets.metric
+    inst.streams.add(1, sets.streams)
     sent = record.upstream_started
     if sent is None:
         return  # rejected before Claude was called: no GenAI operation happened
     inst.operation_duration.record(ended - sent, metric)
+    answered = record.upstream_status == 200
     if inst.names.latest:
-        _usage_counters(inst, record, metric)
-    elif record.upstream_status == 200:
-        inst.token_usage.record(record.total_input_tokens, {**metric, "gen_ai.token.type": "input"})
-        inst.token_usage.record(record.output_tokens, {**metric, "gen_ai.token.type": "output"})
+        # Every call Claude was sent, failed ones too (0 when no usage came back, as the
+        # spec asks); output with no answer counts as `unknown` modality.
+        inputs = sets.input
+        inst.usage_input.add(record.total_input_tokens, inputs)
+        inst.usage_output.add(record.output_tokens, sets.output if answered else inputs)
+        inst.usage_cache_read.add(record.cache_read_input_tokens, inputs)
+        inst.usage_cache_write.add(record.cache_creation_input_tokens, inputs)
+    elif answered:
+        inst.token_usage.record(record.total_input_tokens, sets.input)
+        inst.token_usage.record(record.output_tokens, sets.output)
     if not record.stream:
         return
     first_token, last = record.first_token_at, record.last_chunk_at
@@ -133,43 +176,27 @@ def record_metrics(
         inst.server_tpot.record((last - first_token) / (record.output_tokens - 1), metric)
 
 
-def _usage_counters(inst: Instruments, record: StreamRecord, metric: dict[str, Any]) -> None:
-    """The latest conventions' usage counters: every call Claude was sent, failed ones too
-    (0 when no usage came back, as the spec asks), without `error.type`."""
-    base = {key: value for key, value in metric.items() if key != "error.type"}
-    inputs = {**base, **_INPUT_MODALITY}
-    inst.usage_input.add(record.total_input_tokens, inputs)
-    answered = record.upstream_status == 200
-    inst.usage_output.add(
-        record.output_tokens, {**base, **(_OUTPUT_MODALITY if answered else _INPUT_MODALITY)}
-    )
-    inst.usage_cache_read.add(record.cache_read_input_tokens, inputs)
-    inst.usage_cache_write.add(record.cache_creation_input_tokens, inputs)
-
-
 def log_fields(record: StreamRecord, ended: float, cost: float | None) -> dict[str, Any]:
     """The numbers of a `stream_complete` / `stream_error` line (ids are added by the caller)."""
     first_token, last = record.first_token_at, record.last_chunk_at
     generating = (last - first_token) if first_token is not None and last is not None else 0.0
+    started = record.started
+    # Milliseconds as `round(seconds * 1000, 2)`, written out (three per line).
     return {
         "outcome": record.outcome,
         "input_tokens": record.total_input_tokens,
         "output_tokens": record.output_tokens,
         "cache_creation_input_tokens": record.cache_creation_input_tokens,
         "cache_read_input_tokens": record.cache_read_input_tokens,
-        "ttft_ms": _ms(first_token - record.started) if first_token is not None else None,
-        "duration_ms": _ms(ended - record.started),
+        "ttft_ms": round((first_token - started) * 1000, 2) if first_token is not None else None,
+        "duration_ms": round((ended - started) * 1000, 2),
         "tokens_per_second": round(record.output_tokens / generating, 2)
         if generating > 0
         else None,
         "retries": record.retries,
-        "queue_wait_ms": _ms(record.queue_wait),
+        "queue_wait_ms": round(record.queue_wait * 1000, 2),
         "upstream_status": record.upstream_status,
         "cost_usd": round(cost, 8) if cost is not None else None,
         "stop_reason": record.stop_reason,
         "error_type": record.error_type,
-    }
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
+    }  # fmt: skip
