@@ -1,28 +1,18 @@
-"""Interpreter settings for serving: when a waiting thread gets the GIL, a frozen startup heap.
+"""Interpreter settings for serving: a frozen startup heap.
 
-The event loop shares the GIL with the OpenTelemetry SDK's export threads (the batch
-span processor, the periodic metric reader), which encode batches to protobuf in
-Python for milliseconds at a time. A thread that wants the GIL gets it once the holder
-has had it for the switch interval (Python's default: 5 ms): each time the loop woke
-up during an export (a request arriving, Claude's first bytes) it waited up to that
-long, several times per call, the largest part of the time-to-first-token tail with
-traces on. The interval only matters while two threads want the GIL, so a shorter one
-costs nothing between exports; during one, each hand-over costs both threads some CPU.
-With 50 callers saturating the loop exports never stop, and 0.5 ms cost ~5-10 % more
-CPU per call there (0.2 ms cost more, for little more gain in the tail).
+Python's switch interval (how long a thread holds the GIL before a waiting one gets
+it) stays at its 5 ms default: with the sidecar's span encoder an export of a batch
+holds the GIL ~3 ms, and a shorter interval measured more CPU per call (every
+hand-over costs both threads) for no better time-to-first-token tail.
 """
 
 from __future__ import annotations
 
 import gc
-import sys
-from typing import Final
-
-SWITCH_INTERVAL_SECONDS: Final = 0.0005
 
 
 def tune_interpreter() -> None:
-    """Set the process up for serving: the switch interval above, then a frozen heap.
+    """Set the process up for serving: a frozen heap.
 
     Call once, after the modules and the config are loaded. What exists by then lives as
     long as the process: once the garbage is collected it moves to the permanent
@@ -31,6 +21,5 @@ def tune_interpreter() -> None:
     ~50 ms, a pause every call that meets it waits out). The runtime built later (apps,
     pools, telemetry) stays collectable: a reload replaces it.
     """
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     gc.collect()
     gc.freeze()
