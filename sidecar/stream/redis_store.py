@@ -24,7 +24,14 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from sidecar.stream.store import ResumeStore, StoreError, StreamInfo, StreamLog, StreamLost
+from sidecar.stream.store import (
+    Budget,
+    ResumeStore,
+    StoreError,
+    StreamInfo,
+    StreamLog,
+    StreamLost,
+)
 
 log = logging.getLogger("sidecar.resume")
 PREFIX: Final = "sidecar:resume:"
@@ -52,8 +59,15 @@ class _RedisLog(StreamLog):
 
     __slots__ = ("_store", "closed", "origin_sent", "queued", "trimmed")
 
-    def __init__(self, store: RedisResumeStore, stream_id: str, owner: str, max_bytes: int) -> None:
-        super().__init__(stream_id, owner, max_bytes)
+    def __init__(
+        self,
+        store: RedisResumeStore,
+        stream_id: str,
+        owner: str,
+        max_bytes: int,
+        budget: Budget,
+    ) -> None:
+        super().__init__(stream_id, owner, max_bytes, budget)
         self._store = store
         self.queued: list[tuple[int, bytes, bool]] = []
         self.trimmed = 0
@@ -62,8 +76,10 @@ class _RedisLog(StreamLog):
 
     def append(self, event: bytes) -> None:
         super().append(event)
-        self.queued.append((self.last, event, False))
-        self._store.dirty(self)
+        queued = self.queued
+        if not queued:  # the first of a batch: the writer sends it (a log queuing is dirty)
+            self._store.dirty(self)
+        queued.append((self.last, event, False))
 
     def finish(self) -> None:
         super().finish()
@@ -75,6 +91,9 @@ class _RedisLog(StreamLog):
         self._store.dirty(self)
 
     def close(self) -> None:
+        if not self.closed:  # this replica lets its copy go: it no longer counts
+            self.budget.used -= self.size
+            self.budget = Budget()
         self.closed = True
         self._store.dirty(self)
 
@@ -158,7 +177,7 @@ class RedisResumeStore(ResumeStore):
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
-        log_ = _RedisLog(self, stream_id, owner, self.max_buffer_bytes)
+        log_ = _RedisLog(self, stream_id, owner, self.max_buffer_bytes, self._budget)
         self._live[stream_id] = log_
         return log_
 
