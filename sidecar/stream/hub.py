@@ -167,26 +167,17 @@ class Generation:
 
     @staticmethod
     def _keep(out: bytes, log: StreamLog) -> bytes:
-        """Keep each event of `out` in the log: numbered already (several at once), or
-        numbered here (`id: <stream id>:<n>`) when its writer left ids to the generation."""
-        if log.numbered > log.last:  # several events, each with its id
-            for part in out.split(_BLANK):
-                if part:
-                    log.append(part + _BLANK)
-            return out
-        if out.count(_BLANK) == 1 and out.endswith(_BLANK):  # one event
-            n = log.numbered = log.numbered + 1
-            event = b"%b%d\n%b" % (log.id_prefix, n, out)
-            log.append(event)
-            return event
-        numbered = []
-        for part in out.split(_BLANK):
+        """Keep each event of `out` in the log, numbered here first when its writer left
+        ids to the generation (`id: <stream id>:<n>`)."""
+        if log.numbered == log.last:  # no ids written
+            out = log.number(out)
+            if log.numbered == log.last + 1:
+                log.append(out)
+                return out
+        for part in out.split(_BLANK):  # several events, each with its id
             if part:
-                n = log.numbered = log.numbered + 1
-                event = b"%b%d\n%b\n\n" % (log.id_prefix, n, part)
-                log.append(event)
-                numbered.append(event)
-        return b"".join(numbered)
+                log.append(part + _BLANK)
+        return out
 
     def end(self, final: bytes) -> None:
         """The producer is done: `final` (maybe empty) reaches every subscriber, then they end."""

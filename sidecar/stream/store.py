@@ -20,9 +20,11 @@ import collections
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar.stream.waiters import park, wake
 
+_BLANK: Final = b"\n\n"  # ends an event
 MAX_CHATS = 100_000  # chat → stream mappings the memory store keeps (the oldest go first)
 
 
@@ -113,6 +115,21 @@ class StreamLog:
         self.budget.used += grown
         if self._waiters:
             wake(self._waiters)
+
+    def number(self, out: bytes) -> bytes:
+        """`out`'s events (each ending in a blank line), each given its id: `id_prefix` + n.
+
+        For a writer's less common events; its common one writes the id in its own format.
+        """
+        if out.count(_BLANK) == 1 and out.endswith(_BLANK):  # one event
+            n = self.numbered = self.numbered + 1
+            return b"%b%d\n%b" % (self.id_prefix, n, out)
+        numbered = []
+        for part in out.split(_BLANK):
+            if part:
+                n = self.numbered = self.numbered + 1
+                numbered.append(b"%b%d\n%b\n\n" % (self.id_prefix, n, part))
+        return b"".join(numbered)
 
     def finish(self) -> None:
         """The last appended event was the final one."""
