@@ -308,6 +308,38 @@ async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisS
         await store.close()
 
 
+async def test_a_batch_refused_while_the_log_dropped_its_oldest_resends_what_is_kept(
+    redis_server: RedisServer,
+) -> None:
+    """Over `max_buffer_bytes` while Redis is down: the retry sends the events the log still
+    keeps, in order, and the stream's end with them."""
+    size = len(event(1))
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=size * 4, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    try:
+        log = await store.create("stream-hhhhhhhhhhhhhhhh", "o")
+        fill(log, 3)
+        await settled(store, "stream-hhhhhhhhhhhhhhhh", 3)
+        await redis_server.kill()
+        fill(log, 6, start=4)  # queued while Redis is down; the log keeps 6..9
+        log.finish()
+        assert store.used_bytes == log.size == size * 4  # what this replica holds
+        await asyncio.sleep(0.5)  # the writer tried and failed
+        await redis_server.start()  # back, but empty
+        log.close()
+        assert store.used_bytes == 0
+        await settled(store, "stream-hhhhhhhhhhhhhhhh", 9)
+        info = await store.lookup("stream-hhhhhhhhhhhhhhhh")
+        assert info is not None
+        assert (info.first, info.last, info.final) == (6, 9, True)
+        assert await read_all(store, "stream-hhhhhhhhhhhhhhhh", 5) == [
+            event(n) for n in range(6, 10)
+        ]
+    finally:
+        await store.close()
+
+
 async def test_a_chat_names_its_newest_stream_for_its_owner_on_every_replica(
     stores: Factory,
 ) -> None:

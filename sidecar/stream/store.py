@@ -211,7 +211,8 @@ class ResumeStore:
 
     @property
     def used_bytes(self) -> int:
-        """Bytes the retained logs keep (the running total `max_total_bytes` bounds)."""
+        """Bytes the retained logs keep in this process (the running total that
+        `max_total_bytes` bounds in the memory store)."""
         return self._budget.used
 
     def unfinished(self) -> int:
