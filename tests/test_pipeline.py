@@ -24,9 +24,10 @@ from tests.support.costs import dump, measured_sidecar, per_call, per_event, per
 CALLS_PER_CALL = 2560  # measured ~2,330
 CALLS_PER_EVENT = 52  # measured 47 (≈ 30 of them the asyncio loop's own per read)
 # The prompt route: the same relay, plus each delta re-framed as `{"token": ...}` (its JSON
-# string copied, not decoded) and numbered into the resume buffer. Its memory per event
-# is that buffer, bounded by `resume.max_buffer_bytes` (the stream store's tests).
-PROMPT_CALLS_PER_EVENT = 64  # measured 57-58
+# string copied, not decoded, its resume id written in the same step) and kept in the
+# resume buffer. Its memory per event is that buffer, bounded by `resume.max_buffer_bytes`
+# (the stream store's tests).
+PROMPT_CALLS_PER_EVENT = 58  # measured 48-53
 BYTES_PER_OPEN_STREAM = 40_500  # measured 36,500-36,900 (≈ 3/4 of it aiohttp's and the OTel SDK's)
 BLOCKS_PER_OPEN_STREAM = 430  # measured 383-391
 # Memory left behind once calls and streams have ended: none beyond noise (the loop

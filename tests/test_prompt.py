@@ -16,6 +16,7 @@ from sidecar.fake_claude.reply import Block, Reply, encode_events
 from sidecar.handlers.prompt import PromptTranslator
 from sidecar.record import StreamRecord
 from sidecar.stream.core import StreamCore
+from sidecar.stream.store import StreamLog
 from tests.support.sidecars import SidecarFactory
 
 ROUTE = "/api/stream-response"
@@ -255,11 +256,12 @@ def test_a_delta_event_is_the_decoding_paths_event_without_decoding(
     }
     data = json.dumps(payload, separators=(",", ":"), ensure_ascii=ensure_ascii)
     block = b"event: content_block_delta\ndata: " + data.encode()
-    fast = PromptTranslator(capture=False, numbered=numbered)
-    slow = PromptTranslator(capture=True, numbered=numbered)
+    # `numbered`: not resumable (`id: 1`); else a resumable stream's (`id: <stream id>:1`).
+    fast = PromptTranslator(capture=False, log=None if numbered else StreamLog("S", "o", 1 << 20))
+    slow = PromptTranslator(capture=True, log=None if numbered else StreamLog("S", "o", 1 << 20))
     once = fast.translate(block, b"content_block_delta", RECORD)
     literal = json.dumps(text, ensure_ascii=ensure_ascii).encode()
-    frame = b'id: 1\ndata: {"%b":%b}\n\n' if numbered else b'data: {"%b":%b}\n\n'
+    frame = b'id: 1\ndata: {"%b":%b}\n\n' if numbered else b'id: S:1\ndata: {"%b":%b}\n\n'
     assert once == frame.replace(b"%b", kind[2].encode(), 1).replace(b"%b", literal)
     decoded = slow.translate(block, b"content_block_delta", RECORD)
     if ensure_ascii:

@@ -15,6 +15,7 @@ from sidecar.handlers.anthropic import Passthrough
 from sidecar.handlers.prompt import PromptTranslator
 from sidecar.record import StreamRecord
 from sidecar.stream.core import StopStream, StreamCore, Translator
+from sidecar.stream.store import StreamLog
 
 
 def event(name: str, data: dict[str, object]) -> bytes:
@@ -107,7 +108,8 @@ def test_prompt_route_outcomes(
     data: bytes, end: BaseException | None, outcome: str, error_type: str | None,
     last: dict[str, object], size: int,
 ) -> None:  # fmt: skip
-    out, rec = run(PromptTranslator(capture=False, numbered=False), data, size, end)
+    log = StreamLog("S", "owner", max_bytes=1 << 20)  # a resumable stream's
+    out, rec = run(PromptTranslator(capture=False, log=log), data, size, end)
     assert rec.outcome == outcome
     assert rec.error_type == error_type
     events = prompt_events(out)
@@ -121,7 +123,10 @@ def test_prompt_route_outcomes(
         assert final["error"]["type"] == last["error"]  # type: ignore[index]
         assert sum(1 for e in events if "error" in e) == 1  # one final error event, never two
     assert out.count(b"\n\n") == len(events)  # every event complete
-    assert b"id: " not in out  # a resumable stream numbers events itself
+    # Every event, the final one too, carries its id from the stream's log, in order.
+    ids = [line for line in out.split(b"\n") if line.startswith(b"id: ")]
+    assert ids == [b"id: S:%d" % n for n in range(1, len(events) + 1)]
+    assert log.numbered == len(events)
 
 
 @pytest.mark.parametrize("size", [1, 13, 100000])

@@ -34,12 +34,34 @@ def test_bytes_that_are_not_events_are_never_kept() -> None:
     gen, log = generation()
     gen.send_raw(b": ping\n\n")
     assert list(log.events) == []
-    assert gen.next_n == 1
+    assert (log.numbered, log.last) == (0, 0)
 
 
 def test_a_generation_that_is_not_resumable_adds_no_ids() -> None:
     record = StreamRecord(request_id="r", route="/", started=0.0)
     gen = Generation(record)
     assert not gen.resumable
-    gen.publish(b'data: {"token":"a"}\n\n')
-    assert gen.next_n == 1
+    sent = gen.publish(b'data: {"token":"a"}\n\n')
+    assert sent is False
+    assert gen.log is None
+
+
+def test_events_their_writer_numbered_are_kept_as_they_are() -> None:
+    """A translator that writes ids from the log (one event, or several in one chunk)."""
+    gen, log = generation()
+    log.numbered = 1
+    gen.publish(b'id: S:1\ndata: {"token":"a"}\n\n')
+    log.numbered = 3
+    gen.publish(b'id: S:2\ndata: {"token":"b"}\n\nid: S:3\ndata: {"token":"c"}\n\n')
+    gen.publish(b'data: {"token":"d"}\n\n')  # no id written: the generation gives one
+    log.numbered += 1
+    gen.end(b'id: S:5\ndata: {"done":true}\n\n')
+    assert list(log.events) == [
+        b'id: S:1\ndata: {"token":"a"}\n\n',
+        b'id: S:2\ndata: {"token":"b"}\n\n',
+        b'id: S:3\ndata: {"token":"c"}\n\n',
+        b'id: S:4\ndata: {"token":"d"}\n\n',
+        b'id: S:5\ndata: {"done":true}\n\n',
+    ]
+    assert (log.numbered, log.last) == (5, 5)
+    assert log.since(3) == list(log.events)[3:]

@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.stream.redis_store import RedisResumeStore
 from sidecar.stream.store import BeyondEnd, ResumeStore, StoreError, StreamLog, StreamLost
@@ -227,6 +229,58 @@ async def test_the_memory_store_is_bounded_in_total() -> None:
         await store.create("live-3-aaaaaaaaaaaaaaa", "o")
 
 
+# One step of a memory store's life: (what, which stream, how many bytes); a stream is
+# picked by index among those made so far.
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["create", "append", "append", "finish"]),
+        st.integers(0, 15),
+        st.integers(1, 40),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps, st.sampled_from([0.0, 3600.0]), st.integers(20, 300))
+def test_the_memory_stores_total_is_the_sum_of_what_its_streams_keep(
+    script: list[tuple[str, int, int]], ttl: float, max_total: int
+) -> None:
+    """The total the budget checks is kept as a running sum (no pass over every stream
+    per new one): after any mix of new streams, events (each log bounded, dropping its
+    oldest), ends, expiries and evictions it equals the bytes the retained streams hold."""
+
+    async def play() -> None:
+        store = ResumeStore(ttl=ttl, max_buffer_bytes=60, max_total_bytes=max_total)
+        made: list[tuple[str, StreamLog]] = []
+        for kind, which, size in script:
+            if kind == "create":
+                stream_id = f"stream-{len(made):02d}-aaaaaaaaaaaaa"
+                before = store.used_bytes
+                try:
+                    made.append((stream_id, await store.create(stream_id, "o")))
+                except StoreError:
+                    assert before > max_total  # refused only when over the total
+            elif made:
+                log = made[which % len(made)][1]
+                if log.final:
+                    continue
+                if kind == "append":
+                    log.append(b"x" * size)
+                else:
+                    log.finish()
+            kept = 0
+            for stream_id, log in made:
+                if await store.lookup(stream_id) is not None:  # retained (may expire now)
+                    kept += sum(len(e) for e in log.events)
+                    assert log.size <= 60 or len(log.events) == 1  # each log bounded
+            assert store.used_bytes == kept
+        await store.close()
+        assert store.used_bytes == 0
+
+    asyncio.run(play())
+
+
 async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisServer) -> None:
     store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
                              alive_seconds=0.6)  # fmt: skip
@@ -249,6 +303,38 @@ async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisS
         assert info.first == 4  # 1..3 were lost with Redis; 4..7 arrived, none missing
         assert await read_all(store, "stream-gggggggggggggggg", 3) == [
             event(n) for n in range(4, 8)
+        ]
+    finally:
+        await store.close()
+
+
+async def test_a_batch_refused_while_the_log_dropped_its_oldest_resends_what_is_kept(
+    redis_server: RedisServer,
+) -> None:
+    """Over `max_buffer_bytes` while Redis is down: the retry sends the events the log still
+    keeps, in order, and the stream's end with them."""
+    size = len(event(1))
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=size * 4, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    try:
+        log = await store.create("stream-hhhhhhhhhhhhhhhh", "o")
+        fill(log, 3)
+        await settled(store, "stream-hhhhhhhhhhhhhhhh", 3)
+        await redis_server.kill()
+        fill(log, 6, start=4)  # queued while Redis is down; the log keeps 6..9
+        log.finish()
+        assert store.used_bytes == log.size == size * 4  # what this replica holds
+        await asyncio.sleep(0.5)  # the writer tried and failed
+        await redis_server.start()  # back, but empty
+        log.close()
+        assert store.used_bytes == 0
+        await settled(store, "stream-hhhhhhhhhhhhhhhh", 9)
+        info = await store.lookup("stream-hhhhhhhhhhhhhhhh")
+        assert info is not None
+        assert (info.first, info.last, info.final) == (6, 9, True)
+        assert await read_all(store, "stream-hhhhhhhhhhhhhhhh", 5) == [
+            event(n) for n in range(6, 10)
         ]
     finally:
         await store.close()

@@ -13,6 +13,8 @@ from sidecar import deltas
 from sidecar.handlers.ui_stream import DONE, UiTranslator, finish_reason
 from sidecar.record import StreamRecord
 from sidecar.sse import event_name
+from sidecar.stream.hub import Generation
+from sidecar.stream.store import StreamLog
 
 
 def block(name: str, data: dict[str, Any], *, compact: bool = True) -> bytes:
@@ -212,3 +214,63 @@ def test_unknown_events_and_blocks_are_ignored() -> None:
     got = run([block("ping", {"type": "ping"}), start(0, {"type": "redacted_thinking"}),
                delta(0, "citations_delta", "citation", "x"), stop(0)])  # fmt: skip
     assert got == tail("stop")
+
+
+def _groups() -> st.SearchStrategy[list[list[bytes]]]:
+    """A turn's upstream blocks (text, thinking, a tool call) in chunks of 1-3 blocks."""
+    word = st.text(max_size=6)
+    body = st.lists(
+        st.one_of(
+            st.tuples(st.just({"type": "text"}), st.just(("text_delta", "text")), word),
+            st.tuples(st.just({"type": "thinking"}), st.just(("thinking_delta", "thinking")),
+                      word),
+            st.tuples(st.just({"type": "tool_use", "id": "t1", "name": "f"}),
+                      st.just(("input_json_delta", "partial_json")), st.just('{"a": 1}')),
+        ),
+        max_size=5,
+    )  # fmt: skip
+
+    def blocks(parts: list[tuple[dict[str, Any], tuple[str, str], str]]) -> list[bytes]:
+        out = [MESSAGE_START]
+        for i, (content, (kind, field), value) in enumerate(parts):
+            out += [start(i, content), delta(i, kind, field, value), stop(i)]
+        return out
+
+    def grouped(out: list[bytes], sizes: list[int]) -> list[list[bytes]]:
+        groups, at = [], 0
+        for size in sizes:
+            if at < len(out):
+                groups.append(out[at : at + size])
+                at += size
+        return groups + ([out[at:]] if at < len(out) else [])
+
+    return st.builds(grouped, body.map(blocks), st.lists(st.integers(1, 3), max_size=20))
+
+
+@settings(max_examples=100, deadline=None)
+@given(_groups(), st.booleans())
+def test_a_resumable_streams_ids_are_those_the_generation_would_give(
+    groups: list[list[bytes]], failed: bool
+) -> None:
+    """Written by the translator (the text delta in its own format step) or by the
+    generation, each chunk of a resumable stream carries the same id, byte for byte."""
+    kept = []
+    for numbering in (False, True):
+        log = StreamLog("S", "owner", max_bytes=1 << 20)
+        translator = UiTranslator(log if numbering else None)
+        gen = Generation(record(), stream_id="S", owner="owner", log=log)
+        rec = record()
+        for group in groups:
+            out = b"".join(translator.translate(b, event_name(b), rec) for b in group)
+            if out:
+                gen.publish(out)
+        gen.end(
+            translator.error_event("api_error", "lost", "upstream_error")
+            if failed
+            else translator.finish(rec)
+        )
+        kept.append(list(log.events))
+    assert kept[0] == kept[1]
+    assert [e.split(b"\n", 1)[0] for e in kept[1]] == [
+        b"id: S:%d" % n for n in range(1, len(kept[1]) + 1)
+    ]

@@ -1,7 +1,8 @@
 """The simple streaming endpoint: `POST {"prompt": ...}` or `GET ?prompt=` → SSE tokens.
 
 Event shapes (all on the default `message` event, each with `id: <stream id>:<n>` when
-streams are resumable, else `id: N` on the content events):
+streams are resumable, else `id: N` on the content events; the translator writes the id
+in the same step as the event):
 `{"token": "..."}` per text delta, `{"thinking": "..."}` per thinking delta,
 `{"tool_use": {"id", "name"}}` when a tool call starts and `{"tool_input": "..."}`
 per partial JSON of its input, then `{"done": true, "usage": {...}, "stop_reason": ...}`;
@@ -31,6 +32,7 @@ from sidecar.pipeline import RequestContext
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import json_object, parse_block
 from sidecar.stream.core import Translator
+from sidecar.stream.store import StreamLog
 from sidecar.upstream import Attempt
 
 _FIELDS = {"prompt", "model", "max_tokens", "system", "messages"}
@@ -41,8 +43,10 @@ _TEMPLATES = {
     deltas.THINKING: b'data: {"thinking":%b}\n\n',
     deltas.TOOL_INPUT: b'data: {"tool_input":%b}\n\n',
 }
-_TOKEN = _TEMPLATES[deltas.TEXT]
-_NUMBERED = {kind: b"id: %d\n" + template for kind, template in _TEMPLATES.items()}
+# With its id: `id: N` (a stream that is not resumable), `id: <stream id>:<n>` (one that is).
+_NUMBERED = {kind: b"%b%d\n" + template for kind, template in _TEMPLATES.items()}
+_NUMBERED_TOKEN = _NUMBERED[deltas.TEXT]
+_PLAIN_PREFIX = b"id: "
 _match_delta = deltas.DELTA.match
 _ROLES = {"user", "assistant"}
 _OWN_OUTCOMES = {"idle_timeout", "shutting_down", "client_stalled"}
@@ -51,33 +55,46 @@ _OWN_TYPES = {"stream_lost", "stream_abandoned", "cancelled"}
 
 
 class PromptTranslator(Translator):
-    """Claude's events → the prompt route's small JSON events."""
+    """Claude's events → the prompt route's small JSON events, each with its id.
+
+    A resumable stream's events are numbered from its log (`id: <stream id>:<n>`, the
+    final `done` too), written in the same format step as the event; otherwise they are
+    numbered `id: N` here (and `done` has none).
+    """
 
     passthrough = False
 
-    def __init__(self, *, capture: bool, numbered: bool = True) -> None:
-        """`numbered`: add `id: N` lines (a resumable stream numbers events itself)."""
+    def __init__(self, *, capture: bool, log: StreamLog | None = None) -> None:
+        """`log`: a resumable stream's log, whose ids the events carry."""
         self._next_id = 0
         self._capture = capture
-        self._numbered = numbered
+        self._log = log
+
+    def _id(self) -> tuple[bytes, int]:
+        """The next event's id: (prefix, number)."""
+        log = self._log
+        if log is not None:
+            n = log.numbered = log.numbered + 1
+            return log.id_prefix, n
+        self._next_id += 1
+        return _PLAIN_PREFIX, self._next_id
 
     def _event(self, data: object) -> bytes:
-        if not self._numbered:
-            return sse.encode(data)
-        self._next_id += 1
-        return sse.encode(data, event_id=self._next_id)
+        return b"%b%d\n" % self._id() + sse.encode(data)
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
         if name == b"content_block_delta" and not self._capture:
             match = _match_delta(block)
             if match is not None:  # the JSON string Claude sent is reused as is: no decoding
-                kind = match[2]
-                if not self._numbered:  # a resumable stream: the generation numbers it
-                    if kind == deltas.TEXT:  # the common event: no hashing, no lookup
-                        return _TOKEN % match[3]
-                    return _TEMPLATES[kind] % match[3]
+                log = self._log
+                if log is not None:  # the common event: one format, its id included
+                    n = log.numbered = log.numbered + 1
+                    kind = match[2]
+                    if kind == deltas.TEXT:  # no hashing, no lookup
+                        return _NUMBERED_TOKEN % (log.id_prefix, n, match[3])
+                    return _NUMBERED[match[2]] % (log.id_prefix, n, match[3])
                 self._next_id += 1
-                return _NUMBERED[kind] % (self._next_id, match[3])
+                return _NUMBERED[match[2]] % (_PLAIN_PREFIX, self._next_id, match[3])
         if name == b"content_block_delta":
             delta = json_object(parse_block(block)[1]).get("delta") or {}
             kind = delta.get("type")
@@ -125,7 +142,12 @@ class PromptTranslator(Translator):
             "cache_creation_input_tokens": record.cache_creation_input_tokens,
             "cache_read_input_tokens": record.cache_read_input_tokens,
         }
-        return sse.encode({"done": True, "usage": usage, "stop_reason": record.stop_reason})
+        done = sse.encode({"done": True, "usage": usage, "stop_reason": record.stop_reason})
+        log = self._log
+        if log is None:
+            return done
+        n = log.numbered = log.numbered + 1
+        return b"%b%d\n" % (log.id_prefix, n) + done
 
 
 def _positive_int(value: object, field: str) -> int:
@@ -231,7 +253,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         stream=True,
         input_estimate=input_estimate,
     )
-    translator = PromptTranslator(capture=capture, numbered=plan is None)
+    translator = PromptTranslator(capture=capture, log=plan.log if plan is not None else None)
     return await call_claude(ctx, call, record, translator, plan, cached.tap)
 
 

@@ -119,4 +119,5 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     except BaseException:
         cached.abandon()
         raise
-    return await call_claude(ctx, call, record, UiTranslator(), plan, cached.tap)
+    translator = UiTranslator(plan.log if plan is not None else None)
+    return await call_claude(ctx, call, record, translator, plan, cached.tap)

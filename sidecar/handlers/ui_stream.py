@@ -8,7 +8,8 @@ parser skips). A turn reads:
     reasoning-delta…, reasoning-end | tool-input-start, tool-input-delta…,
     tool-input-available)… → finish-step → finish {finishReason} → [DONE]
 
-and a failure after the first byte is `error {errorText}` then `[DONE]`. Part ids are the
+and a failure after the first byte is `error {errorText}` then `[DONE]`. A resumable
+stream's chunks (`[DONE]` too) each carry `id: <stream id>:<n>`. Part ids are the
 content block's index (`"0"`, `"1"`…), unique within the message as the SDK requires.
 """
 
@@ -21,6 +22,7 @@ from sidecar import deltas
 from sidecar.record import Outcome, StreamRecord
 from sidecar.relay import Translator
 from sidecar.sse import parse_block
+from sidecar.stream.store import StreamLog
 
 HEADERS: Final[dict[str, str]] = {"x-vercel-ai-ui-message-stream": "v1"}
 DONE: Final = b"data: [DONE]\n\n"
@@ -37,6 +39,7 @@ FINISH_REASONS: Final[dict[str, str]] = {
 # A text or reasoning delta's chunk: Claude's JSON string literal goes in as it is
 # (`sidecar.deltas`), so the common event needs no JSON decoding or encoding.
 _TEXT_DELTA: Final = b'data: {"type":"text-delta","id":"%b","delta":%b}\n\n'
+_NUMBERED_TEXT_DELTA: Final = b"%b%d\n" + _TEXT_DELTA  # with a resumable stream's id
 _REASONING_DELTA: Final = b'data: {"type":"reasoning-delta","id":"%b","delta":%b}\n\n'
 _TOOL_DELTA: Final = b'data: {"type":"tool-input-delta","toolCallId":%b,"inputTextDelta":%b}\n\n'
 _match_delta = deltas.DELTA.match
@@ -55,11 +58,16 @@ def finish_reason(stop_reason: str | None) -> str:
 
 
 class UiTranslator(Translator):
-    """One stream's translation state: the open blocks by index, and tool input so far."""
+    """One stream's translation state: the open blocks by index, and tool input so far.
+
+    A resumable stream's chunks carry `id: <stream id>:<n>` from its log: the common text
+    delta's written in its own format step, the others' added as they are made.
+    """
 
     passthrough = False
 
-    def __init__(self) -> None:
+    def __init__(self, log: StreamLog | None = None) -> None:
+        self._log = log
         self._open: dict[bytes, str] = {}  # index → text | reasoning | tool
         # index → the tool call: id, name, server-run, its input so far, and its id as JSON
         # (encoded once, for every input delta's chunk)
@@ -67,20 +75,34 @@ class UiTranslator(Translator):
         self._ended = False
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
+        log = self._log
         if name == b"content_block_delta":
             match = _match_delta(block)
             if match is not None:
                 index, kind, value = match[1], match[2], match[3]
                 if kind == deltas.TEXT:  # the common event: no hashing, no lookup
-                    return _TEXT_DELTA % (index, value)
-                if kind == deltas.THINKING:
-                    return _REASONING_DELTA % (index, value)
-                tool = self._tools.get(index)
-                if tool is not None:
-                    tool[3].append(json.loads(value))
-                    return _TOOL_DELTA % (tool[4], value)
-                return b""
-            return self._delta(_data(block))
+                    if log is None:
+                        return _TEXT_DELTA % (index, value)
+                    n = log.numbered = log.numbered + 1
+                    return _NUMBERED_TEXT_DELTA % (log.id_prefix, n, index, value)
+                out = self._literal_delta(index, kind, value)
+            else:
+                out = self._delta(_data(block))
+        else:
+            out = self._event(block, name)
+        return self._numbered(out)
+
+    def _literal_delta(self, index: bytes, kind: bytes, value: bytes) -> bytes:
+        """A thinking or tool input delta, its JSON string literal reused as is."""
+        if kind == deltas.THINKING:
+            return _REASONING_DELTA % (index, value)
+        tool = self._tools.get(index)
+        if tool is not None:
+            tool[3].append(json.loads(value))
+            return _TOOL_DELTA % (tool[4], value)
+        return b""
+
+    def _event(self, block: bytes, name: bytes) -> bytes:
         if name == b"content_block_start":
             return self._start(_data(block))
         if name == b"content_block_stop":
@@ -93,6 +115,10 @@ class UiTranslator(Translator):
             error = _data(block).get("error") or {}
             return self._error(str(error.get("message") or "Claude reported an error"))
         return b""
+
+    def _numbered(self, out: bytes) -> bytes:
+        log = self._log
+        return out if log is None or not out else log.number(out)
 
     def _start(self, data: dict[str, Any]) -> bytes:
         index = str(data.get("index", "")).encode()
@@ -171,9 +197,12 @@ class UiTranslator(Translator):
         return chunk({"type": "error", "errorText": message}) + DONE
 
     def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
-        return self._error(message)
+        return self._numbered(self._error(message))
 
     def finish(self, record: StreamRecord) -> bytes:
+        return self._numbered(self._finish(record))
+
+    def _finish(self, record: StreamRecord) -> bytes:
         if self._ended:
             return b""
         self._ended = True

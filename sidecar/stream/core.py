@@ -17,10 +17,12 @@ import aiohttp
 
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import EventScanner
-from sidecar.usage import observe
+from sidecar.usage import DELTA, observe
 
 log = logging.getLogger("sidecar.relay")
 STOP: Final = b"message_stop"
+# Almost every event is a content delta: known by its first line, it needs no name lookup.
+_DELTA_HEAD: Final = b"event: " + DELTA + b"\n"
 _LEFT: Final = frozenset({"client_cancelled", "client_detached"})  # not failures of the call
 
 
@@ -80,6 +82,12 @@ class StreamCore:
         out = b""
         translate = self.translator.translate
         for block in self._scanner.feed(chunk):
+            if block.startswith(_DELTA_HEAD):  # the common event, counted as `observe` does
+                record.output_deltas += 1
+                if record.first_token_at is None:
+                    record.first_token_at = time.perf_counter()
+                out += translate(block, DELTA, record)
+                continue
             name = observe(record, block)
             if name == STOP:
                 self.saw_stop = True
@@ -93,7 +101,11 @@ class StreamCore:
         if record.first_chunk_at is None:
             record.first_chunk_at = time.perf_counter()
         for block in self._scanner.feed(chunk):
-            if observe(record, block) == STOP:
+            if block.startswith(_DELTA_HEAD):  # the common event, counted as `observe` does
+                record.output_deltas += 1
+                if record.first_token_at is None:
+                    record.first_token_at = time.perf_counter()
+            elif observe(record, block) == STOP:
                 self.saw_stop = True
 
     @property

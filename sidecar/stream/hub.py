@@ -1,8 +1,8 @@
 """The stream hub: each live generation has one producer and any number of subscribers.
 
 The producer (Claude's response, driven by the relay) publishes the client's bytes
-once; the generation numbers them (`id: <stream id>:<n>`) when it is resumable, keeps
-them in its log (the resume store's buffer) and writes them to every subscriber, in
+once; when the generation is resumable each event carries `id: <stream id>:<n>` (written
+by the translator that framed it, or added here) and is kept in its log (the resume store's buffer) and writes them to every subscriber, in
 the same call, from memory. A subscriber is one client connection: the one that started
 the stream, or a reconnect. A subscriber leaving does not end the producer; when the
 last one leaves a resumable generation, it goes on for the detach grace, then is
@@ -101,12 +101,10 @@ class Generation:
     """One Claude generation: its subscribers, its numbered log and its end."""
 
     __slots__ = (
-        "_prefix",
         "_unattended",
         "final",
         "grace",
         "log",
-        "next_n",
         "owner",
         "producer",
         "record",
@@ -129,9 +127,7 @@ class Generation:
         self.log = log  # None: not resumable (events are not numbered or kept)
         self.grace = grace
         self.subscribers: list[Subscriber] = []
-        self.next_n = 1
         self.final = False
-        self._prefix = b"id: " + stream_id.encode() + b":" if stream_id is not None else b""
         self._unattended: asyncio.TimerHandle | None = None
         # Set by the relay: the producer, whose `stop` ends it (outcome, error type, message).
         self.producer: Producer | None = None
@@ -143,9 +139,18 @@ class Generation:
     # ------------------------------------------------------------------ producer side
 
     def publish(self, out: bytes) -> bool:
-        """Send complete events to every subscriber; True when one of them lags."""
-        if self.log is not None:
-            out = self._number(out)
+        """Send complete events to every subscriber; True when one of them lags.
+
+        In a resumable generation each event is kept in the log with its id: the id its
+        writer gave it (a translator that frames events numbers them from the log as it
+        does), else one given here.
+        """
+        log = self.log
+        if log is not None:
+            if log.numbered == log.last + 1:  # one event, numbered by its writer: kept as is
+                log.append(out)
+            else:
+                out = self._keep(out, log)
         lag = False
         for subscriber in self.subscribers:
             if subscriber.send(out):
@@ -160,23 +165,19 @@ class Generation:
                 lag = True
         return lag
 
-    def _number(self, out: bytes) -> bytes:
-        """`id: <stream id>:<n>` on each event, each kept in the log."""
-        log = self.log
-        assert log is not None
-        if out.count(_BLANK) == 1 and out.endswith(_BLANK):  # one event: the common case
-            event = b"%b%d\n%b" % (self._prefix, self.next_n, out)
-            self.next_n += 1
-            log.append(event)
-            return event
-        numbered = []
-        for part in out.split(_BLANK):
+    @staticmethod
+    def _keep(out: bytes, log: StreamLog) -> bytes:
+        """Keep each event of `out` in the log, numbered here first when its writer left
+        ids to the generation (`id: <stream id>:<n>`)."""
+        if log.numbered == log.last:  # no ids written
+            out = log.number(out)
+            if log.numbered == log.last + 1:
+                log.append(out)
+                return out
+        for part in out.split(_BLANK):  # several events, each with its id
             if part:
-                event = b"%b%d\n%b\n\n" % (self._prefix, self.next_n, part)
-                self.next_n += 1
-                log.append(event)
-                numbered.append(event)
-        return b"".join(numbered)
+                log.append(part + _BLANK)
+        return out
 
     def end(self, final: bytes) -> None:
         """The producer is done: `final` (maybe empty) reaches every subscriber, then they end."""

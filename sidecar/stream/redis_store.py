@@ -24,7 +24,14 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from sidecar.stream.store import ResumeStore, StoreError, StreamInfo, StreamLog, StreamLost
+from sidecar.stream.store import (
+    Budget,
+    ResumeStore,
+    StoreError,
+    StreamInfo,
+    StreamLog,
+    StreamLost,
+)
 
 log = logging.getLogger("sidecar.resume")
 PREFIX: Final = "sidecar:resume:"
@@ -50,31 +57,51 @@ def chat_key(owner: str, chat_id: str) -> str:
 class _RedisLog(StreamLog):
     """A stream's log: kept in memory for this replica's clients, copied to Redis in batches."""
 
-    __slots__ = ("_store", "closed", "origin_sent", "queued", "trimmed")
+    __slots__ = (
+        "_store",
+        "closed",
+        "final_queued",
+        "origin_sent",
+        "queued",
+        "queued_from",
+        "trimmed",
+    )
 
-    def __init__(self, store: RedisResumeStore, stream_id: str, owner: str, max_bytes: int) -> None:
-        super().__init__(stream_id, owner, max_bytes)
+    def __init__(
+        self,
+        store: RedisResumeStore,
+        stream_id: str,
+        owner: str,
+        max_bytes: int,
+        budget: Budget,
+    ) -> None:
+        super().__init__(stream_id, owner, max_bytes, budget)
         self._store = store
-        self.queued: list[tuple[int, bytes, bool]] = []
+        # Events not yet sent, numbers `queued_from`…; `final_queued`: the stream's end is
+        # not sent yet (it marks the last of them, or the newest entry when there are none).
+        self.queued: list[bytes] = []
+        self.queued_from = 1
+        self.final_queued = False
         self.trimmed = 0
         self.closed = False
         self.origin_sent = False
 
     def append(self, event: bytes) -> None:
         super().append(event)
-        self.queued.append((self.last, event, False))
-        self._store.dirty(self)
+        queued = self.queued
+        if not queued:  # the first of a batch: the writer sends it (a log queuing is dirty)
+            self._store.dirty(self)
+        queued.append(event)
 
     def finish(self) -> None:
         super().finish()
-        if self.queued:
-            n, event, _ = self.queued[-1]
-            self.queued[-1] = (n, event, True)
-        else:  # the final event is already out (or there was none): mark the newest entry
-            self.queued.append((self.last, b"", True))
+        self.final_queued = True
         self._store.dirty(self)
 
     def close(self) -> None:
+        if not self.closed:  # this replica lets its copy go: it no longer counts
+            self.budget.used -= self.size
+            self.budget = Budget()
         self.closed = True
         self._store.dirty(self)
 
@@ -158,7 +185,7 @@ class RedisResumeStore(ResumeStore):
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
-        log_ = _RedisLog(self, stream_id, owner, self.max_buffer_bytes)
+        log_ = _RedisLog(self, stream_id, owner, self.max_buffer_bytes, self._budget)
         self._live[stream_id] = log_
         return log_
 
@@ -219,10 +246,13 @@ class RedisResumeStore(ResumeStore):
         live = list(self._live.values()) if refresh else []
         if not dirty and not live:
             return
-        taken: list[tuple[_RedisLog, list[tuple[int, bytes, bool]], bool, int]] = []
+        taken: list[_Taken] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for log_ in dirty:
-                taken.append((log_, log_.queued, log_.origin_sent, log_.trimmed))
+                taken.append(
+                    (log_, log_.queued, log_.queued_from, log_.final_queued, log_.origin_sent,
+                     log_.trimmed)
+                )  # fmt: skip
                 self._queue_log(pipe, log_)
             checked = [log_ for log_ in live if not log_.closed and not log_.final]
             for log_ in checked:
@@ -243,13 +273,14 @@ class RedisResumeStore(ResumeStore):
             if results[start + 2 * i + 1] == 1 and log_.on_cancel is not None:
                 log_.on_cancel()
 
-    def _requeue(
-        self, taken: list[tuple[_RedisLog, list[tuple[int, bytes, bool]], bool, int]]
-    ) -> None:
+    def _requeue(self, taken: list[_Taken]) -> None:
         """A batch that did not reach Redis goes out again first, in order (never a gap);
         what the log itself no longer keeps (over max_buffer_bytes) is not kept for it."""
-        for log_, queued, origin_sent, trimmed in taken:
-            log_.queued = [item for item in queued if item[0] > log_.base] + log_.queued
+        for log_, queued, queued_from, final, origin_sent, trimmed in taken:
+            gone = min(max(log_.base + 1 - queued_from, 0), len(queued))
+            log_.queued = queued[gone:] + log_.queued
+            log_.queued_from = queued_from + gone
+            log_.final_queued = final or log_.final_queued
             log_.origin_sent = origin_sent
             log_.trimmed = trimmed
             if log_.closed:
@@ -259,15 +290,17 @@ class RedisResumeStore(ResumeStore):
     def _queue_log(self, pipe: Any, log_: _RedisLog) -> None:
         events, meta, alive, _ = keys(log_.stream_id)
         queued, log_.queued = log_.queued, []
+        first, log_.queued_from = log_.queued_from, log_.queued_from + len(queued)
+        final, log_.final_queued = log_.final_queued, False
         if log_.origin and not log_.origin_sent:
             pipe.hset(meta, "origin", log_.origin)
             log_.origin_sent = True
-        for n, event, final in queued:
-            if event:
-                fields = {"e": event, "f": b"1"} if final else {"e": event}
-                pipe.xadd(events, fields, id=f"0-{n}")
-        if queued and queued[-1][2]:
-            pipe.hset(meta, "final", queued[-1][0])
+        end = len(queued) - 1
+        for i, event in enumerate(queued):
+            fields = {"e": event, "f": b"1"} if final and i == end else {"e": event}
+            pipe.xadd(events, fields, id=f"0-{first + i}")
+        if final:  # the last event sent is the final one (or the newest entry, if none is)
+            pipe.hset(meta, "final", first + end if queued else log_.last)
         if log_.base > log_.trimmed:  # over max_buffer_bytes: the oldest events go
             pipe.xtrim(events, minid=f"0-{log_.base + 1}", approximate=False)
             log_.trimmed = log_.base
@@ -341,6 +374,11 @@ class RedisResumeStore(ResumeStore):
             # XADD refuses an id not above the newest: a producer that got further wins.
             await self._redis.xadd(events, {"e": event, "f": b"1"}, id=f"0-{n}")
             await self._redis.hset(meta, "final", n)
+
+
+# A batch taken from a log: the log, its events, the first one's number, whether the
+# stream's end was queued, and whether the origin and trimming were sent (for a retry).
+_Taken = tuple[_RedisLog, list[bytes], int, bool, bool, int]
 
 
 def _number(entry_id: bytes) -> int:

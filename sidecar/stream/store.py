@@ -1,7 +1,9 @@
 """Resume stores: where a stream's numbered events stay readable for `resume.ttl_seconds`.
 
 A `StreamLog` is one stream's buffer as its producer writes it: `append` never waits
-(the hot path calls it per event), `finish` marks the last event. The producing replica
+(the hot path calls it per event), `finish` marks the last event. It also hands out the
+stream's event ids (`id: <stream id>:<n>`, `id_prefix` and `numbered`), so whoever frames
+an event can write its id in the same step. The producing replica
 serves its own clients from the log in memory; a `ResumeStore` makes the log readable
 by a reconnect that finds no live generation here: `lookup` says whose it is and how far
 it got, `read` yields the events after a client's last one until the final event, or
@@ -18,9 +20,11 @@ import collections
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar.stream.waiters import park, wake
 
+_BLANK: Final = b"\n\n"  # ends an event
 MAX_CHATS = 100_000  # chat → stream mappings the memory store keeps (the oldest go first)
 
 
@@ -47,20 +51,42 @@ class StreamInfo:
     origin: str = ""  # `<trace id>-<span id>` of the producing stream's span, for links
 
 
+class Budget:
+    """Bytes kept by a store's logs, as a running total: every log of the store adds what it
+    keeps and drops, the store subtracts a log it lets go (never a sum over all logs)."""
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        self.used = 0
+
+
 class StreamLog:
-    """One stream's events in memory, bounded by `max_bytes` (the oldest are dropped)."""
+    """One stream's events in memory, bounded by `max_bytes` (the oldest are dropped).
+
+    Events are numbered from 1: `last` is the newest kept, `numbered` the newest whose id
+    was written (`id_prefix` + n). A writer that numbers its own events bumps `numbered`
+    as it frames each; the events are then appended in order, so `numbered - last` is how
+    many numbered events are on their way to `append`.
+    """
 
     __slots__ = (
-        "_waiters", "base", "events", "final", "finished_at", "max_bytes", "on_cancel", "origin", "owner",
-        "size", "stream_id",
+        "_waiters", "base", "budget", "events", "final", "finished_at", "id_prefix", "last",
+        "max_bytes", "numbered", "on_cancel", "origin", "owner", "size", "stream_id",
     )  # fmt: skip
 
-    def __init__(self, stream_id: str, owner: str, max_bytes: int) -> None:
+    def __init__(
+        self, stream_id: str, owner: str, max_bytes: int, budget: Budget | None = None
+    ) -> None:
         self.stream_id = stream_id
         self.owner = owner
         self.max_bytes = max_bytes
+        self.budget = budget if budget is not None else Budget()
         self.events: collections.deque[bytes] = collections.deque()
         self.base = 0  # events dropped from the front
+        self.last = 0  # number of the newest event kept
+        self.numbered = 0  # number of the newest event given its id
+        self.id_prefix = b"id: " + stream_id.encode() + b":"
         self.size = 0
         self.final = False
         self.finished_at: float | None = None
@@ -69,19 +95,41 @@ class StreamLog:
         self.on_cancel: Callable[[], None] | None = None
         self._waiters: list[asyncio.Future[None]] = []
 
-    @property
-    def last(self) -> int:
-        return self.base + len(self.events)
-
     def append(self, event: bytes) -> None:
-        """Keep one numbered event (never waits)."""
-        self.events.append(event)
-        self.size += len(event)
-        while self.size > self.max_bytes and len(self.events) > 1:
-            self.size -= len(self.events.popleft())
-            self.base += 1
+        """Keep one numbered event, number `last + 1` (never waits)."""
+        events = self.events
+        events.append(event)
+        self.last += 1
+        grown = len(event)
+        size = self.size + grown
+        if size > self.max_bytes:  # full: the oldest go (always keeping the newest)
+            max_bytes = self.max_bytes
+            while len(events) > 1:
+                dropped = len(events.popleft())
+                size -= dropped
+                grown -= dropped
+                self.base += 1
+                if size <= max_bytes:
+                    break
+        self.size = size
+        self.budget.used += grown
         if self._waiters:
             wake(self._waiters)
+
+    def number(self, out: bytes) -> bytes:
+        """`out`'s events (each ending in a blank line), each given its id: `id_prefix` + n.
+
+        For a writer's less common events; its common one writes the id in its own format.
+        """
+        if out.count(_BLANK) == 1 and out.endswith(_BLANK):  # one event
+            n = self.numbered = self.numbered + 1
+            return b"%b%d\n%b" % (self.id_prefix, n, out)
+        numbered = []
+        for part in out.split(_BLANK):
+            if part:
+                n = self.numbered = self.numbered + 1
+                numbered.append(b"%b%d\n%b\n\n" % (self.id_prefix, n, part))
+        return b"".join(numbered)
 
     def finish(self) -> None:
         """The last appended event was the final one."""
@@ -123,6 +171,7 @@ class ResumeStore:
         self.max_buffer_bytes = max_buffer_bytes
         self.max_total_bytes = max_total_bytes
         self._logs: dict[str, StreamLog] = {}
+        self._budget = Budget()  # bytes kept by the logs in `_logs`
         self._finished: collections.OrderedDict[str, StreamLog] = collections.OrderedDict()
         # (owner, chat id) → (stream id, expiry), oldest first: a chat's newest stream.
         self._chats: collections.OrderedDict[tuple[str, str], tuple[str, float]] = (
@@ -138,6 +187,9 @@ class ResumeStore:
 
     async def close(self) -> None:
         """Flush and disconnect."""
+        for log in self._logs.values():
+            log.budget = Budget()  # a stream still running no longer counts here
+        self._budget.used = 0
         self._logs.clear()
         self._finished.clear()
         self._chats.clear()
@@ -145,23 +197,31 @@ class ResumeStore:
     async def create(self, stream_id: str, owner: str) -> StreamLog:
         """A new stream's log; `StoreError` if the store cannot take it."""
         self._expire()
-        total = sum(log.size for log in self._logs.values())
-        while total > self.max_total_bytes and self._finished:
+        budget = self._budget
+        while budget.used > self.max_total_bytes and self._finished:
             _, oldest = self._finished.popitem(last=False)
-            self._logs.pop(oldest.stream_id, None)
-            total -= oldest.size
-        if total > self.max_total_bytes:
+            self._drop(oldest)
+        if budget.used > self.max_total_bytes:
             raise StoreError("the memory resume store is full")
-        log = _MemoryLog(self, stream_id, owner, self.max_buffer_bytes)
+        if (old := self._logs.get(stream_id)) is not None:
+            self._drop(old)  # an id given twice: the old log stops counting
+        log = _MemoryLog(self, stream_id, owner, self.max_buffer_bytes, budget)
         self._logs[stream_id] = log
         return log
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes the retained logs keep in this process (the running total that
+        `max_total_bytes` bounds in the memory store)."""
+        return self._budget.used
 
     def unfinished(self) -> int:
         """Logs whose stream has not ended (each must end: tests check none leaks)."""
         return sum(1 for log in self._logs.values() if not log.final)
 
     def finished(self, log: StreamLog) -> None:
-        self._finished[log.stream_id] = log
+        if self._logs.get(log.stream_id) is log:  # still retained here: it expires from now
+            self._finished[log.stream_id] = log
 
     async def lookup(self, stream_id: str) -> StreamInfo | None:
         """Who owns the stream and how far it got; None if unknown or expired."""
@@ -215,18 +275,27 @@ class ResumeStore:
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.ttl
         while self._finished:
-            stream_id, log = next(iter(self._finished.items()))
+            log = next(iter(self._finished.values()))
             if log.finished_at is not None and log.finished_at > cutoff:
                 break
             self._finished.popitem(last=False)
-            self._logs.pop(stream_id, None)
+            self._drop(log)
+
+    def _drop(self, log: StreamLog) -> None:
+        """Let a log go: its bytes leave the total (from then on it counts only for itself)."""
+        if self._logs.get(log.stream_id) is log:
+            del self._logs[log.stream_id]
+            self._budget.used -= log.size
+            log.budget = Budget()
 
 
 class _MemoryLog(StreamLog):
     __slots__ = ("_store",)
 
-    def __init__(self, store: ResumeStore, stream_id: str, owner: str, max_bytes: int) -> None:
-        super().__init__(stream_id, owner, max_bytes)
+    def __init__(
+        self, store: ResumeStore, stream_id: str, owner: str, max_bytes: int, budget: Budget
+    ) -> None:
+        super().__init__(stream_id, owner, max_bytes, budget)
         self._store = store
 
     def finish(self) -> None:
