@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import Event
+from opentelemetry.sdk.trace import Event, SpanLimits
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util import types
@@ -148,12 +148,7 @@ class SidecarSpan(trace.Span):
         limits = self._spans.limits
         if self._events is None:
             self._events = BoundedList(limits.max_events)
-        bounded = BoundedAttributes(
-            limits.max_event_attributes,
-            attributes,
-            max_value_len=limits.max_attribute_length,
-            immutable=True,
-        )
+        bounded = _frozen(limits.max_event_attributes, attributes, limits)
         self._events.append(Event(name=name, attributes=bounded, timestamp=timestamp))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
@@ -164,13 +159,7 @@ class SidecarSpan(trace.Span):
         limits = self._spans.limits
         if self._links is None:
             self._links = BoundedList(limits.max_links)
-        bounded = BoundedAttributes(
-            limits.max_link_attributes,
-            attributes,
-            max_value_len=limits.max_attribute_length,
-            immutable=True,
-        )
-        self._links.append(Link(context, bounded))
+        self._links.append(Link(context, _frozen(limits.max_link_attributes, attributes, limits)))
 
     def update_name(self, name: str) -> None:
         if self._writable("update_name"):
@@ -221,3 +210,12 @@ class SidecarSpan(trace.Span):
             return
         self._end = end_time if end_time is not None else time_ns()
         self._spans.ended(self, attributes)
+
+
+def _frozen(
+    most: int | None, attributes: types.Attributes, limits: SpanLimits
+) -> BoundedAttributes:
+    """An event's or link's attributes as the SDK keeps them: bounded and immutable."""
+    return BoundedAttributes(
+        most, attributes, max_value_len=limits.max_attribute_length, immutable=True
+    )
