@@ -113,7 +113,8 @@ class Telemetry:
         # per-call attribute dicts and measurements below are skipped, not built for nothing.
         self._on = providers is not None
         # Memos of values derived per call from a few distinct inputs, each bounded
-        # (`_remember`). They live as long as this Telemetry: a reload builds a new one.
+        # (`_remember`). A Telemetry is the process's (a reload keeps it: `telemetry`
+        # changes need a restart), and what the memos derive from is fixed with it.
         self._routes: dict[str, AttributeSet] = {}
         self._prices: dict[str, ModelPrice | None] = {}
         self._identities: dict[str, str | None] = {}  # user / tenant -> as logged
