@@ -100,11 +100,6 @@ def _hsts(max_age: int) -> str:
     return f"max-age={max_age}; includeSubDomains"
 
 
-def family_of(route: Route) -> Family:
-    """The route's family (its error format), decided once when the route table is built."""
-    return route.family
-
-
 def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
     """A rejection as a JSON response in the route family's format."""
     status = rejection.status
