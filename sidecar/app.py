@@ -28,6 +28,7 @@ from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
 from sidecar.handlers.prompt import handle_prompt
 from sidecar.handlers.ui import handle_ui
+from sidecar.http_client import Pool
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
 from sidecar.quotas import QuotaGate
@@ -51,17 +52,16 @@ HANDLERS = {
 }
 
 
-def _claude_session(config: Config) -> aiohttp.ClientSession:
+async def _open_claude_pool(config: Config, base_url: str, own: contextlib.AsyncExitStack) -> Pool:
     # One keep-alive pool for every Claude call; bytes are relayed as received.
-    connector = aiohttp.TCPConnector(
-        limit=config.claude.max_concurrent_streams + 16, ttl_dns_cache=300, keepalive_timeout=30
+    pool = Pool(
+        base_url,
+        limit=config.claude.max_concurrent_streams + 16,
+        connect_timeout=config.claude.connect_timeout_seconds,
+        keepalive=30.0,
     )
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent",),
-    )
+    own.push_async_callback(pool.close)
+    return pool
 
 
 def _app_session(config: Config) -> aiohttp.ClientSession | None:
@@ -210,11 +210,11 @@ async def _open_runtime(
         base_url = await shared.use(
             stack, "fake_claude", _fake_settings(config), partial(_open_fake, config)
         )
-    session = await shared.use(
+    pool = await shared.use(
         stack,
-        "claude_session",
-        config.claude.max_concurrent_streams,
-        lambda own: own.enter_async_context(_claude_session(config)),
+        "claude_pool",
+        (base_url, config.claude.max_concurrent_streams, config.claude.connect_timeout_seconds),
+        partial(_open_claude_pool, config, base_url),
     )
     app_session = await shared.use(
         stack, "app_session", config.app, partial(_open_app_session, config)
@@ -249,7 +249,7 @@ async def _open_runtime(
         claude=ClaudeClient(
             config.claude,
             base_url,
-            session,
+            pool,
             on_retry=telemetry.upstream_retry,
             on_status=telemetry.upstream_status,
             # The fake listens on a new free port each start: a stable name keeps its series.

@@ -1,8 +1,8 @@
 """The hot path: drive one Claude stream into its generation, chunk by chunk, unbuffered.
 
-aiohttp parses Claude's response (status, headers, chunked framing); its body reader
-is then switched to push mode (`sidecar.stream.adapter`): the parser hands each body
-chunk straight to `LiveStream.on_data`, inside the upstream socket's read callback.
+llhttp parses Claude's response (status, headers, chunked framing; `sidecar.http_client`);
+its body is then switched to push mode: the parser hands each body chunk straight to
+`LiveStream.on_data`, inside the upstream socket's read callback.
 There the stream core (`sidecar.stream.core`) turns it into the client's bytes, and the
 generation (`sidecar.stream.hub`) writes them to each subscriber's transport in one call.
 No task wakes up, no future is created and no buffer holds the bytes between Claude
@@ -24,12 +24,10 @@ import asyncio
 import logging
 from collections.abc import Iterator, Sequence
 
-import aiohttp
-
+from sidecar.http_client import Response
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import PING
-from sidecar.stream import adapter
-from sidecar.stream.adapter import HIGH_WATER
+from sidecar.stream.adapter import HIGH_WATER, retrieve
 from sidecar.stream.core import StopStream, StreamCore, Translator
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
 
@@ -48,7 +46,7 @@ class LiveStream:
 
     def __init__(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         core: StreamCore,
         generation: Generation,
         *,
@@ -108,7 +106,7 @@ class LiveStream:
         if not self._paused:
             self._paused = True
             self._paused_at = self._loop.time()
-            adapter.pause_upstream(self.upstream)
+            self.upstream.pause()
             self._wake()
 
     def on_end(self, error: BaseException | None) -> None:
@@ -141,7 +139,7 @@ class LiveStream:
             # Whatever arrived meanwhile, then the parser pushes the rest (no await between).
             self._take_buffered()
             if not self._ended:
-                adapter.start_push(upstream, self)
+                upstream.start_push(self)
             while not self._ended:
                 self._wakeup = self._loop.create_future()
                 await self._wakeup
@@ -150,7 +148,7 @@ class LiveStream:
                     if not await self._drained():
                         break  # stopped while a client still lags: end without waiting for it
                     self._paused = False
-                    adapter.resume_upstream(upstream)
+                    upstream.resume()
             self.generation.end(self.core.end(self._end))
         except asyncio.CancelledError:
             if isinstance(self._end, StopStream):  # ended first (a stalled client is cut)
@@ -161,7 +159,6 @@ class LiveStream:
             raise
         finally:
             registry.discard(self)
-            adapter.stop_push(upstream)
             upstream.close()  # releases (and on early exit, drops) the upstream connection
 
     async def _start_subscribers(self) -> None:
@@ -206,13 +203,13 @@ class LiveStream:
         return True
 
     def _drain_done(self, drain: asyncio.Task[None]) -> None:
-        adapter.retrieve(drain)  # retrieved here; the relay raises it if still waiting
+        retrieve(drain)  # retrieved here; the relay raises it if still waiting
         self._wake()
 
     def _take_buffered(self) -> None:
-        """Relay what aiohttp's reader holds (before push mode starts)."""
+        """Relay what came before push mode starts (with Claude's head, or since)."""
         if not self._ended:
-            data = adapter.take_buffered(self.upstream)
+            data = self.upstream.take_buffered()
             if data:
                 self.on_data(data)
 
@@ -223,14 +220,9 @@ class LiveStream:
         self.on_end(StopStream(outcome, error_type, message))
 
     def tick(self, now: float) -> None:
-        """The watchdog's look (every `tick_every`): broken framing, a stalled client,
-        an idle upstream, a heartbeat due."""
+        """The watchdog's look (every `tick_every`): a stalled client, an idle upstream, a
+        heartbeat due. (Broken framing needs no look: the parser ends the body at once.)"""
         if self._ended:
-            return
-        broken = adapter.upstream_broken(self.upstream)
-        if broken is not None:
-            # aiohttp's parser drops the body reader without a word on broken chunked framing.
-            self.on_end(aiohttp.ClientPayloadError(f"Claude's response is malformed: {broken}"))
             return
         if self._paused and now - self._paused_at >= self.stall_timeout:
             self._cut_stalled()

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-import aiohttp
 from yarl import URL
 
 from sidecar.config import ClaudeConfig
 from sidecar.deadlines import Deadlines
 from sidecar.errors import Rejection, reject
+from sidecar.http_client import ClientError, Pool, Response
 
 RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 529})
 # Request headers a client may send that Claude should see; credentials never pass.
@@ -57,7 +57,7 @@ class ClaudeClient:
         self,
         config: ClaudeConfig,
         base_url: str,
-        session: aiohttp.ClientSession,
+        pool: Pool,
         *,
         on_retry: Callable[[str], None] | None = None,
         on_status: Callable[[int], None] | None = None,
@@ -65,15 +65,9 @@ class ClaudeClient:
     ) -> None:
         self._config = config
         self._base = URL(base_url)
-        self._session = session
+        self._pool = pool
         self._on_retry = on_retry
         self._on_status = on_status
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout_seconds, sock_read=None
-        )
-        self._whole_call = aiohttp.ClientTimeout(
-            total=config.request_timeout_seconds, sock_connect=config.connect_timeout_seconds
-        )
         # How long Claude may take to answer with its head: a stream's, the idle timeout;
         # a whole message's, the request timeout. One timer per kind, not one per call.
         self._stream_head = Deadlines(config.idle_timeout_seconds)
@@ -81,26 +75,21 @@ class ClaudeClient:
         self._key = config.api_key.get_secret_value() if config.api_key else None
         # What telemetry names as Claude's address and port (default: those of base_url).
         self.server_address, self.server_port = peer or (self._base.host or "", self._base.port)
-        self._urls: dict[str, URL] = {}
-        self._origin = str(self._base.origin())
+        # Paths are sent below the base URL's own path (none for Claude's API).
+        self._prefix = self._base.raw_path.rstrip("/")
 
     @property
     def base_url(self) -> str:
         """Where calls go (for `builtin:fake`, the fake's real address on this start)."""
         return str(self._base)
 
-    def url_for(self, path: str) -> URL:
-        """The Claude URL of `path` (+ query), built once per distinct path.
+    def target(self, path: str) -> str:
+        """The request target of `path` (+ query): below the base URL's path, verbatim.
 
-        `path` is canonical already (`sidecar.paths`): it is appended verbatim, never
-        joined or resolved again, so Claude receives exactly the path that was checked.
+        `path` is canonical already (`sidecar.paths`): it is appended as is, never joined
+        or resolved again, so Claude receives exactly the path that was checked.
         """
-        url = self._urls.get(path)
-        if url is None:
-            if len(self._urls) >= _URL_CACHE:
-                self._urls.clear()
-            url = self._urls[path] = URL(self._origin + path, encoded=True)
-        return url
+        return self._prefix + path if self._prefix else path
 
     def request_headers(self, client: Mapping[str, str]) -> dict[str, str]:
         """Headers for Claude: the sidecar's own key plus the client's version/beta."""
@@ -136,39 +125,38 @@ class ClaudeClient:
 
     async def send(
         self, attempt: Attempt, body: bytes | None, *, stream: bool = True
-    ) -> tuple[aiohttp.ClientResponse, int]:
+    ) -> tuple[Response, int]:
         """Send with retries; returns (response, retries used). Raises Rejection if unreachable.
 
         A stream's headers come at once, so waiting for them longer than the idle timeout
         means trouble; a non-streaming answer sends its headers only when it is complete,
-        so its whole call (headers and body) gets `request_timeout_seconds` instead.
+        so its whole call (headers and body) gets `request_timeout_seconds` instead. The
+        response's `deadline` is when its body must be in (`read_answer`): the call's
+        end for a message, an idle timeout from the head for a stream's error body.
         """
-        url = self.url_for(attempt.path)
+        target = self.target(attempt.path)
         config = self._config
         head = self._stream_head if stream else self._message_head
-        timeout = self._timeout if stream else self._whole_call
+        loop = asyncio.get_running_loop()
+        whole = loop.time() + config.request_timeout_seconds
         retries = 0
         while True:
             task = head.start()
             try:
-                response = await self._session.request(
-                    attempt.method, url, data=body, headers=attempt.headers,
-                    timeout=timeout, allow_redirects=False,
-                )  # fmt: skip
+                response = await self._pool.request(attempt.method, target, attempt.headers, body)
             except asyncio.CancelledError:
                 if head.stop(task):  # the head's deadline passed, not the client leaving
                     raise reject("upstream_timeout", "Claude did not answer in time") from None
                 raise
-            except aiohttp.ClientError as exc:  # before TimeoutError: a connect timeout is both
+            except ClientError as exc:  # no connection, or one lost before an answer
                 if retries >= config.max_retries:
                     raise reject(
                         "upstream_unreachable", f"Claude is unreachable ({type(exc).__name__})"
                     ) from None
                 delay = self.backoff(retries, None)
                 self._count_retry("connect_error")
-            except TimeoutError:
-                raise reject("upstream_timeout", "Claude did not answer in time") from None
             else:
+                response.deadline = loop.time() + config.idle_timeout_seconds if stream else whole
                 status = response.status
                 if self._on_status is not None:
                     self._on_status(status)
@@ -195,7 +183,7 @@ class ClaudeClient:
             self._on_retry(reason)
 
 
-def _should_retry(response: aiohttp.ClientResponse) -> bool:
+def _should_retry(response: Response) -> bool:
     """Claude's `x-should-retry` decides when present (as in the official SDKs), else the status."""
     if response.status < 400:
         return False
@@ -229,24 +217,18 @@ def _unusable(status: int) -> Rejection:
     return reject("upstream_bad_status", f"Claude answered with an unexpected status ({status})")
 
 
-async def read_answer(response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
-    """Claude's whole answer (at most `limit` bytes), then its connection is let go; 502 if cut."""
+async def read_answer(response: Response, limit: int | None = None) -> bytes:
+    """Claude's whole answer (at most `limit` bytes) by the response's deadline, then its
+    connection is let go; 504 if late, 502 if cut."""
     try:
-        if limit is None:
-            return await response.read()
-        body = bytearray()
-        while len(body) < limit:  # `read(n)` returns what has arrived so far, not n bytes
-            data = await response.content.read(limit - len(body))
-            if not data:
-                break
-            body += data
-        return bytes(body)
-    except TimeoutError:  # before ClientError: aiohttp's read timeouts are both
+        async with asyncio.timeout_at(response.deadline):
+            return await response.read(limit)
+    except TimeoutError:
         raise reject("upstream_timeout", "Claude did not answer in time") from None
-    except aiohttp.ClientError:
+    except ClientError:
         raise reject("upstream_lost", "the connection to Claude was lost") from None
     finally:
-        response.release()  # a body not read to its end closes the connection (never pooled)
+        response.close()  # a body not read to its end closes the connection (never pooled)
 
 
 def _retry_after_seconds(value: str) -> float | None:

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from sidecar.config import ClaudeConfig
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
+from sidecar.http_client import Pool
 from sidecar.upstream import ClaudeClient
 from tests.support.apps import serving
 from tests.support.scripted_claude import (
@@ -138,15 +139,22 @@ async def test_retry_after_as_an_http_date_is_honoured() -> None:
 @pytest.mark.parametrize("value", ["-3", "nan", "soon", "", "Wed, 99 Foo 2015 07:28:00 GMT"])
 async def test_retry_after_that_is_negative_or_garbage_never_waits_wrongly(value: str) -> None:
     config = ClaudeConfig(retry_base_seconds=0.5, retry_max_seconds=2)
-    async with aiohttp.ClientSession() as session:
-        client = ClaudeClient(config, "http://x", session)
-        assert 0 <= client.backoff(0, value) <= 2
+    client = ClaudeClient(config, "http://x", Pool("http://x", limit=1, connect_timeout=1))
+    assert 0 <= client.backoff(0, value) <= 2
 
 
 async def test_retry_after_in_the_past_is_no_wait() -> None:
-    async with aiohttp.ClientSession() as session:
-        client = ClaudeClient(ClaudeConfig(), "http://x", session)
-        assert client.backoff(3, formatdate(time.time() - 60, usegmt=True)) == 0
+    pool = Pool("http://x", limit=1, connect_timeout=1)
+    client = ClaudeClient(ClaudeConfig(), "http://x", pool)
+    assert client.backoff(3, formatdate(time.time() - 60, usegmt=True)) == 0
+
+
+async def test_a_path_in_the_base_url_prefixes_every_call() -> None:
+    # As the official SDKs read `base_url`: a gateway mounted below a path keeps it.
+    pool = Pool("http://x", limit=1, connect_timeout=1)
+    mounted = ClaudeClient(ClaudeConfig(), "https://gw.example/anthropic/", pool)
+    assert mounted.target("/v1/messages?beta=true") == "/anthropic/v1/messages?beta=true"
+    assert ClaudeClient(ClaudeConfig(), "https://api.example", pool).target("/v1/x") == "/v1/x"
 
 
 async def test_a_connect_timeout_is_a_connect_error_and_is_retried() -> None:

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-import aiohttp
 from aiohttp import web
 from opentelemetry.trace import Span
 
 from sidecar.call.stream import HeldCall, Resumable, hand_off, open_relay
 from sidecar.errors import Rejection, reject, short_error_type, simple_error_body
 from sidecar.handlers.request_body import ensure_client_present
+from sidecar.http_client import Response
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
@@ -181,9 +181,7 @@ def _traced(attempt: Attempt, span: Span, telemetry: Telemetry) -> Attempt:
     return Attempt(attempt.method, attempt.path, headers)
 
 
-def _answer_headers(
-    ctx: RequestContext, held: HeldCall, upstream: aiohttp.ClientResponse
-) -> dict[str, str]:
+def _answer_headers(ctx: RequestContext, held: HeldCall, upstream: Response) -> dict[str, str]:
     """The client's response headers: the request's own, the quota's, then Claude's.
 
     The lease hands its rate-limit headers over: it settles at the stream's end and
@@ -202,7 +200,7 @@ def _answer_headers(
 
 async def _relay_error(
     ctx: RequestContext,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     record: StreamRecord,
     headers: dict[str, str],
 ) -> web.Response:
@@ -233,7 +231,7 @@ def _error_of(body: bytes, status: int) -> tuple[str, str]:
 
 
 async def _relay_message(
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     record: StreamRecord,
     headers: dict[str, str],
     tap: CallTap | None = None,

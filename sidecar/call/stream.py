@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from opentelemetry.trace import Span
 
 from sidecar import sse
+from sidecar.http_client import Response
 from sidecar.pipeline import RequestContext
 from sidecar.quotas import QuotaLease
 from sidecar.record import StreamRecord
@@ -78,7 +78,7 @@ class HeldCall:
 
 
 def _live_stream(
-    ctx: RequestContext, upstream: aiohttp.ClientResponse, core: StreamCore, generation: Generation
+    ctx: RequestContext, upstream: Response, core: StreamCore, generation: Generation
 ) -> LiveStream:
     config = ctx.runtime.config.claude
     return LiveStream(
@@ -100,7 +100,7 @@ async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> Clien
 
 async def open_relay(
     ctx: RequestContext,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     record: StreamRecord,
     translator: Translator,
     headers: dict[str, str],
@@ -120,7 +120,7 @@ async def open_relay(
 
 async def hand_off(
     held: HeldCall,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     translator: Translator,
     headers: dict[str, str],
     resumable: Resumable,

@@ -13,8 +13,7 @@ import logging
 import time
 from typing import Final
 
-import aiohttp
-
+from sidecar.http_client import ClientError
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import EventScanner
 from sidecar.usage import DELTA, observe
@@ -123,7 +122,7 @@ class StreamCore:
         if record.outcome is not None:
             return b""  # decided elsewhere (the client left): nothing more is sent
         record.last_chunk_at = time.perf_counter()
-        if end is not None and not isinstance(end, StopStream | aiohttp.ClientError | OSError):
+        if end is not None and not isinstance(end, StopStream | ClientError | OSError):
             # Raised inside the relay itself (the parser hands it back): a bug, say so.
             log.error("relay failed", exc_info=end, extra={"request_id": record.request_id})
         if isinstance(end, StopStream):

@@ -1,0 +1,270 @@
+"""An upstream answer parsed as it arrives: head, pulled and pushed bodies, every way it ends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sidecar.http_client import Disconnected, MalformedResponse, Pool, Response
+from tests.support.raw_http import SSE_HEAD, Exchange, chunk, raw_server
+
+
+class Collect:
+    """A sink recording what the parser pushes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ends: list[BaseException | None] = []
+        self.ended = asyncio.Event()
+
+    def on_data(self, data: bytes) -> None:
+        self.data += data
+
+    def on_end(self, error: BaseException | None) -> None:
+        self.ends.append(error)
+        self.ended.set()
+
+
+@pytest.fixture
+async def gate() -> asyncio.Event:
+    return asyncio.Event()
+
+
+async def pool_for(url: str) -> Pool:
+    return Pool(url, limit=4, connect_timeout=5)
+
+
+async def test_push_mode_hands_every_chunk_to_the_sink_and_reuses_the_connection(
+    gate: asyncio.Event,
+) -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(SSE_HEAD + chunk(b"first\n\n"))
+        await gate.wait()
+        for i in range(20):
+            exchange.writer.write(chunk(b"event %d\n\n" % i))
+            await exchange.writer.drain()
+        exchange.writer.write(b"0\r\n\r\n")
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("POST", "/v1/messages", {}, b"{}")
+        assert response.status == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        await asyncio.sleep(0.05)
+        buffered = response.take_buffered()
+        sink = Collect()
+        response.start_push(sink)
+        assert response.pushing
+        assert len(response.headers) == 0  # read before: an open stream does not hold them
+        gate.set()
+        await asyncio.wait_for(sink.ended.wait(), 10)
+        assert sink.ends == [None]
+        expected = b"first\n\n" + b"".join(b"event %d\n\n" % i for i in range(20))
+        assert buffered + bytes(sink.data) == expected
+        assert not response.pushing  # let go at the end
+        assert pool.idle_connections == 1  # complete and kept alive: back in the pool
+        response.close()  # after the end: no effect on the pooled connection
+        again = await pool.request("POST", "/v1/messages", {}, b"{}")
+        sink = Collect()
+        again.start_push(sink)
+        await asyncio.wait_for(sink.ended.wait(), 10)
+        assert server.connections == 1
+        assert len(server.exchanges) == 2
+        await pool.close()
+
+
+async def test_a_sink_started_after_the_end_hears_of_it_at_once() -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(SSE_HEAD + chunk(b"all\n\n") + b"0\r\n\r\n")
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        await asyncio.sleep(0.05)
+        assert response.take_buffered() == b"all\n\n"
+        sink = Collect()
+        response.start_push(sink)
+        assert sink.ends == [None]
+        assert not sink.data
+        await pool.close()
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [b"zz-not-hex\r\nbroken\r\n", b"5\r\nabcdefgh\r\n", b"5\r\nab\r\n\x00\x00"],
+    ids=["size", "overrun", "garbage"],
+)
+async def test_broken_chunked_framing_ends_the_body_at_once(broken: bytes) -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(SSE_HEAD + chunk(b"ok\n\n"))
+        await exchange.writer.drain()
+        await asyncio.sleep(0.05)
+        exchange.writer.write(broken)
+        await asyncio.sleep(5)
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        sink = Collect()
+        response.take_buffered()
+        response.start_push(sink)
+        await asyncio.wait_for(sink.ended.wait(), 2)
+        assert isinstance(sink.ends[0], MalformedResponse)
+        assert "malformed" in str(sink.ends[0])
+        assert pool.open_connections == 0  # a broken connection is never reused
+        await pool.close()
+
+
+async def test_a_connection_cut_mid_body_is_disconnected_and_a_body_until_close_completes() -> None:
+    async def cut(exchange: Exchange) -> None:
+        exchange.writer.write(SSE_HEAD + chunk(b"part"))
+        await exchange.writer.drain()
+        exchange.writer.close()
+
+    async def until_close(exchange: Exchange) -> None:
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nwhole body")
+        await exchange.writer.drain()
+        exchange.writer.close()
+
+    async with raw_server(cut) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        with pytest.raises(Disconnected):
+            await response.read()
+        await pool.close()
+    async with raw_server(until_close) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        assert await response.read() == b"whole body"
+        assert pool.open_connections == 0
+        await pool.close()
+
+
+async def test_read_whole_and_read_up_to_a_limit() -> None:
+    body = b"x" * 5000
+
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(b"HTTP/1.1 429 Too Many\r\nContent-Length: %d\r\n" % len(body))
+        exchange.writer.write(b"Retry-After: 3\r\nX-Twice: a\r\nx-twice: b\r\n\r\n")
+        for i in range(0, len(body), 1000):
+            exchange.writer.write(body[i : i + 1000])
+            await exchange.writer.drain()
+            await asyncio.sleep(0.01)
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        assert response.status == 429
+        assert response.headers["retry-after"] == "3"
+        assert response.headers.getall("X-TWICE") == ["a", "b"]
+        assert response.content_type == "application/octet-stream"  # none given
+        assert await response.read() == body
+        assert pool.idle_connections == 1
+        limited = await pool.request("GET", "/", {}, None)
+        assert await limited.read(1500) == body[:1500]
+        # Not read to its end: that connection is closed, never handed to the next call.
+        await asyncio.sleep(0.01)
+        assert pool.open_connections == 0
+        await pool.close()
+
+
+async def test_no_body_answers_head_and_204() -> None:
+    async def script(exchange: Exchange) -> None:
+        if exchange.head.startswith(b"HEAD"):
+            exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        else:
+            exchange.writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        head = await pool.request("HEAD", "/", {}, None)
+        assert head.status == 200
+        assert await head.read() == b""
+        empty = await pool.request("DELETE", "/", {}, None)
+        assert empty.status == 204
+        assert await empty.read() == b""
+        await pool.close()
+
+
+async def test_bytes_after_the_end_of_an_answer_drop_the_connection() -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
+        )
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        assert await response.read() == b"ok"
+        await asyncio.sleep(0.01)
+        assert pool.idle_connections == 0
+        assert pool.open_connections == 0
+        await pool.close()
+
+
+async def test_pause_and_resume_reading(gate: asyncio.Event) -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(SSE_HEAD + chunk(b"one\n\n"))
+        await gate.wait()
+        exchange.writer.write(chunk(b"two\n\n") + b"0\r\n\r\n")
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        sink = Collect()
+        response.take_buffered()
+        response.start_push(sink)
+        response.pause()
+        gate.set()
+        await asyncio.sleep(0.1)
+        assert not sink.ended.is_set()  # nothing read while paused
+        response.resume()
+        await asyncio.wait_for(sink.ended.wait(), 5)
+        assert sink.ends == [None]
+        assert sink.data.endswith(b"two\n\n")
+        await pool.close()
+
+
+async def test_a_failing_sink_ends_its_own_stream_with_its_error(gate: asyncio.Event) -> None:
+    class Failing(Collect):
+        def on_data(self, data: bytes) -> None:
+            raise KeyError("a relay bug")
+
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(SSE_HEAD)
+        await gate.wait()
+        exchange.writer.write(chunk(b"boom\n\n"))
+        await asyncio.sleep(5)
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        sink = Failing()
+        response.start_push(sink)
+        gate.set()
+        await asyncio.wait_for(sink.ended.wait(), 5)
+        assert isinstance(sink.ends[0], KeyError)
+        await pool.close()
+
+
+async def test_headers_decode_as_aiohttp_does() -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: Application/JSON; charset=utf-8\r\n"
+            b"request-id: req_\xc3\xa9\xff\r\nContent-Length: 2\r\n\r\n{}"
+        )
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        assert response.content_type == "application/json"
+        value = response.headers["Request-Id"]
+        assert value.encode("utf-8", "surrogateescape") == b"req_\xc3\xa9\xff"  # byte for byte
+        assert await response.read() == b"{}"
+        await pool.close()
+
+
+def test_a_response_is_small() -> None:
+    assert Response.__dictoffset__ == 0  # slots only, no instance dict: one per open stream
