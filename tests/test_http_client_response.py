@@ -268,3 +268,57 @@ async def test_headers_decode_as_aiohttp_does() -> None:
 
 def test_a_response_is_small() -> None:
     assert Response.__dictoffset__ == 0  # slots only, no instance dict: one per open stream
+
+
+@pytest.mark.parametrize("bad", [b"\x00", b"\x01", b"\x7f"], ids=["nul", "soh", "del"])
+async def test_control_bytes_in_a_header_value_are_a_malformed_answer(bad: bytes) -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\nx-odd: a%bb\r\nContent-Length: 0\r\n\r\n" % bad)
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        with pytest.raises(MalformedResponse):
+            await pool.request("GET", "/", {}, None)
+        await pool.close()
+
+
+async def test_an_answer_without_headers() -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\n\r\nbody until close")
+        await exchange.writer.drain()
+        exchange.writer.close()
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        assert len(response.headers) == 0
+        assert await response.read() == b"body until close"
+        await pool.close()
+
+
+async def test_chunks_that_arrive_together_are_pushed_together(gate: asyncio.Event) -> None:
+    class Calls(Collect):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[bytes] = []
+
+        def on_data(self, data: bytes) -> None:
+            self.calls.append(data)
+            super().on_data(data)
+
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(SSE_HEAD)
+        await gate.wait()
+        # One read: three events, then the end of the body.
+        exchange.writer.write(chunk(b"a\n\n") + chunk(b"b\n\n") + chunk(b"c\n\n") + b"0\r\n\r\n")
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        sink = Calls()
+        response.start_push(sink)
+        gate.set()
+        await asyncio.wait_for(sink.ended.wait(), 5)
+        assert sink.calls == [b"a\n\nb\n\nc\n\n"]  # one write to the client, not three
+        assert sink.ends == [None]  # and the end after them
+        await pool.close()

@@ -36,11 +36,6 @@ class Sink(Protocol):
     def on_end(self, error: BaseException | None) -> None: ...
 
 
-def _text(raw: bytes) -> str:
-    # As aiohttp decodes header bytes: UTF-8, anything else kept byte for byte.
-    return raw.decode("utf-8", "surrogateescape")
-
-
 class Response:
     """Status, headers and body of one call; the body pulled (`read`) or pushed (`start_push`)."""
 
@@ -67,7 +62,7 @@ class Response:
     def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop, head: bool) -> None:
         self._conn: Connection | None = connection
         self._parser = httptools.HttpResponseParser(self)
-        self._raw: list[tuple[str, str]] | None = []
+        self._raw: list[bytes] | None = []  # header names and values, alternating
         self._head: asyncio.Future[None] = loop.create_future()
         self._body: list[bytes] = []
         self._size = 0
@@ -90,15 +85,19 @@ class Response:
             self.spilled = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._raw is not None:
-            self._raw.append((_text(name), _text(value)))
+        raw = self._raw
+        if raw is not None:
+            raw += (name, value)
 
     def on_headers_complete(self) -> None:
         raw, self._raw = self._raw, None
         if raw is None:  # a second message (`spilled`): not this call's
             return
         self.status = self._parser.get_status_code()
-        headers = self.headers = CIMultiDictProxy(CIMultiDict(raw))
+        # Decoded as aiohttp decodes header bytes: UTF-8, anything else kept byte for byte;
+        # all at once, joined by NUL (which llhttp never lets into a name or a value).
+        text = iter(b"\0".join(raw).decode("utf-8", "surrogateescape").split("\0") if raw else ())
+        headers = self.headers = CIMultiDictProxy(CIMultiDict(zip(text, text, strict=False)))
         self._until_eof = (
             "content-length" not in headers
             and "chunked" not in headers.get("transfer-encoding", "").lower()
@@ -111,14 +110,11 @@ class Response:
     def on_body(self, chunk: bytes) -> None:
         if self._done:
             return
-        sink = self._sink
-        if sink is not None:
-            sink.on_data(chunk)
-            return
-        self._body.append(chunk)
-        self._size += len(chunk)
-        if self._want and self._size >= self._want:
-            self._wake()
+        self._body.append(chunk)  # pushed once the read is parsed (`feed`), else kept
+        if self._sink is None:
+            self._size += len(chunk)
+            if self._want and self._size >= self._want:
+                self._wake()
 
     def on_message_complete(self) -> None:
         if not self._done:
@@ -127,15 +123,34 @@ class Response:
     # ------------------------------------------------------------------ from the connection
 
     def feed(self, data: bytes) -> None:
-        """Bytes from the socket: parsed at once, callbacks run before this returns."""
+        """Bytes from the socket: parsed at once, callbacks run before this returns.
+
+        In push mode, the body bytes of one read go to the sink in one `on_data` once
+        the read is parsed: Claude's events that arrived together leave together (one
+        write per client), and none waits for a later read.
+        """
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            # A callback raised: a sink's own failure, or an answer nobody asked for.
+            # A callback raised: an answer nobody asked for, or a bug of this module.
             cause = exc.__context__
             self._fail(cause if cause is not None else MalformedResponse(str(exc)))
         except httptools.HttpParserError as exc:
             self._fail(MalformedResponse(f"Claude's response is malformed: {exc}"))
+        if self._body and self._sink is not None:
+            self._push()
+
+    def _push(self) -> None:
+        """Hand what was parsed to the sink (its failure ends the body with its error)."""
+        body = self._body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        sink = self._sink
+        assert sink is not None
+        try:
+            sink.on_data(data)
+        except Exception as exc:  # a bug of the sink's: its stream ends, saying so
+            self._fail(exc)
 
     def lost(self, exc: BaseException | None) -> None:
         """The connection closed: the end of a body sent until close, else a failure."""
@@ -195,6 +210,9 @@ class Response:
             sink.on_end(None)
         else:
             self._sink = sink
+            self._size = 0
+            if self._body:  # not taken before: it goes first
+                self._push()
 
     def stop_push(self) -> None:
         """Let go of the sink: later bytes are dropped (the response is closing)."""
@@ -231,6 +249,10 @@ class Response:
     # ------------------------------------------------------------------ internals
 
     def _complete(self, *, keep_alive: bool) -> None:
+        if self._body and self._sink is not None:
+            self._push()  # the end's bytes before the end
+            if self._error is not None:
+                return  # the sink failed on them
         self._done = True
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -243,6 +265,10 @@ class Response:
     def _fail(self, error: BaseException) -> None:
         if self._done or self._error is not None:
             return
+        if self._body and self._sink is not None:
+            self._push()  # what was whole before the failure still goes out
+            if self._error is not None:
+                return  # the sink failed on it: that failure stands
         self._error = error
         conn, self._conn = self._conn, None
         if conn is not None:
