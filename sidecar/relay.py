@@ -40,8 +40,8 @@ class LiveStream:
 
     __slots__ = (
         "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
-        "_seen", "_waiting_for", "_wakeup", "core", "generation", "heartbeat", "idle_timeout",
-        "record", "stall_timeout", "tick_every", "upstream",
+        "_raw_tail", "_seen", "_tail", "_waiting_for", "_wakeup", "core", "generation",
+        "heartbeat", "idle_timeout", "record", "stall_timeout", "tick_every", "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -61,6 +61,9 @@ class LiveStream:
         self._paused = False
         self._paused_at = 0.0
         self._waiting_for: Sequence[Subscriber] = ()  # the clients a pause waits for
+        # Claude's last bytes when they came with the body's end: they leave with the end.
+        self._tail = b""  # translated events (kept, when resumable)
+        self._raw_tail = b""  # passthrough bytes
         self.upstream = upstream
         self.core = core
         self.record: StreamRecord = core.record
@@ -101,6 +104,23 @@ class LiveStream:
         if lag:
             self._hold_back()
 
+    def on_last(self, chunk: bytes) -> None:
+        """Claude's last bytes, read together with the end of its body.
+
+        They are relayed with the stream's end, in the same write as the client
+        response's last chunk (and, when nothing was sent yet, its headers): one send
+        less per stream, and no later read they could wait for.
+        """
+        if self._ended:
+            return
+        core = self.core
+        if core.passthrough:
+            core.observe(chunk)
+            self._raw_tail = chunk
+        else:
+            self._tail = core.feed(chunk)
+        self.on_end(None)
+
     def _hold_back(self) -> None:
         """A client is slow: pause Claude; the relay task resumes it once the client drains."""
         if not self._paused:
@@ -135,7 +155,8 @@ class LiveStream:
             # status line and headers leave with them (usually Claude's `message_start`) in one
             # send; clients see the 200 at once either way.
             self._take_buffered()
-            await self._start_subscribers()
+            if not self._ended:  # else all of it leaves with the end, headers included
+                await self._start_subscribers()
             # Whatever arrived meanwhile, then the parser pushes the rest (no await between).
             self._take_buffered()
             if not self._ended:
@@ -149,7 +170,7 @@ class LiveStream:
                         break  # stopped while a client still lags: end without waiting for it
                     self._paused = False
                     upstream.resume()
-            self.generation.end(self.core.end(self._end))
+            self.generation.end(self._tail + self.core.end(self._end), self._raw_tail)
         except asyncio.CancelledError:
             if isinstance(self._end, StopStream):  # ended first (a stalled client is cut)
                 self.generation.end(self.core.end(self._end))
@@ -209,8 +230,13 @@ class LiveStream:
     def _take_buffered(self) -> None:
         """Relay what came before push mode starts (with Claude's head, or since)."""
         if not self._ended:
-            data = self.upstream.take_buffered()
-            if data:
+            upstream = self.upstream
+            data = upstream.take_buffered()
+            if not data:
+                return
+            if upstream.complete:  # all that will come: it leaves with the end
+                self.on_last(data)
+            else:
                 self.on_data(data)
 
     # ------------------------------------------------------------------ watchdog

@@ -16,10 +16,16 @@ class Collect:
     def __init__(self) -> None:
         self.data = bytearray()
         self.ends: list[BaseException | None] = []
+        self.lasts: list[bytes] = []  # bytes that came with the end (`on_last`)
         self.ended = asyncio.Event()
 
     def on_data(self, data: bytes) -> None:
         self.data += data
+
+    def on_last(self, data: bytes) -> None:
+        self.lasts.append(data)
+        self.data += data
+        self.on_end(None)
 
     def on_end(self, error: BaseException | None) -> None:
         self.ends.append(error)
@@ -87,6 +93,7 @@ async def test_a_sink_started_after_the_end_hears_of_it_at_once() -> None:
         response.start_push(sink)
         assert sink.ends == [None]
         assert not sink.data
+        assert response.complete
         await pool.close()
 
 
@@ -319,6 +326,45 @@ async def test_chunks_that_arrive_together_are_pushed_together(gate: asyncio.Eve
         response.start_push(sink)
         gate.set()
         await asyncio.wait_for(sink.ended.wait(), 5)
-        assert sink.calls == [b"a\n\nb\n\nc\n\n"]  # one write to the client, not three
-        assert sink.ends == [None]  # and the end after them
+        # One push, not three, and with the end that came in the same read.
+        assert sink.calls == []
+        assert sink.lasts == [b"a\n\nb\n\nc\n\n"]
+        assert sink.ends == [None]
+        await pool.close()
+
+
+async def test_bytes_left_untaken_before_push_come_with_the_end() -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(SSE_HEAD + chunk(b"x\n\n") + b"0\r\n\r\n")
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        await asyncio.sleep(0.05)
+        assert response.complete
+        sink = Collect()
+        response.start_push(sink)  # nothing taken before: all of it, with the end
+        assert sink.lasts == [b"x\n\n"]
+        assert sink.ends == [None]
+        await pool.close()
+
+
+async def test_a_sink_failing_on_the_last_bytes_ends_with_its_error(gate: asyncio.Event) -> None:
+    class Failing(Collect):
+        def on_last(self, data: bytes) -> None:
+            raise KeyError("a relay bug")
+
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(SSE_HEAD)
+        await gate.wait()
+        exchange.writer.write(chunk(b"end\n\n") + b"0\r\n\r\n")
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        sink = Failing()
+        response.start_push(sink)
+        gate.set()
+        await asyncio.wait_for(sink.ended.wait(), 5)
+        assert isinstance(sink.ends[0], KeyError)
         await pool.close()

@@ -7,7 +7,8 @@ adapting (and the pin in pyproject.toml moving) before the relay can trust it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -72,3 +73,50 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
     assert b"\r\nx-probe: kept" in head.lower()
     assert payload.endswith(b"0\r\n\r\n")  # aiohttp's own terminating chunk
     assert dechunk(payload) == body
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["after-data", "nothing-sent-yet"])
+async def test_the_end_leaves_in_one_send_with_the_last_bytes(
+    http: aiohttp.ClientSession, started: bool
+) -> None:
+    sends: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        channel = adapter.ClientChannel(request, response)
+        if started:
+            await channel.write_with_headers(b"data: 1\n\n")
+        transport = request.transport
+        assert transport is not None
+        write, writelines = transport.write, transport.writelines
+
+        def counted_write(data: bytes | bytearray | memoryview) -> None:
+            sends.append(1)
+            write(data)
+
+        def counted_writelines(data: Iterable[bytes | bytearray | memoryview[Any]]) -> None:
+            sends.append(1)
+            writelines(data)
+
+        transport.write = counted_write  # type: ignore[method-assign]
+        transport.writelines = counted_writelines  # type: ignore[method-assign,assignment]
+        channel.finish(b"data: last\n\n")
+        channel.finish(b"data: final\n\n")
+        await channel.end()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/") as response:
+            body = await response.read()
+    finally:
+        await runner.cleanup()
+    assert body == (b"data: 1\n\n" if started else b"") + b"data: last\n\ndata: final\n\n"
+    assert sends == [1]  # the last bytes, the last chunk (and the headers): one send

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from sidecar.record import StreamRecord
-from sidecar.stream.hub import Generation
+from sidecar.stream.adapter import ClientChannel
+from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.store import StreamLog
 
 
@@ -65,3 +68,53 @@ def test_events_their_writer_numbered_are_kept_as_they_are() -> None:
     ]
     assert (log.numbered, log.last) == (5, 5)
     assert log.since(3) == list(log.events)[3:]
+
+
+class Channel:
+    """What a subscriber's client connection was asked to send (a recording double)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.tail = b""
+
+    def send(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return False
+
+    def finish(self, data: bytes) -> None:
+        self.tail += data
+
+
+def subscriber(channel: Channel) -> Subscriber:
+    return Subscriber(cast(ClientChannel, channel))
+
+
+def test_the_end_leaves_with_each_response_s_last_chunk() -> None:
+    record = StreamRecord(request_id="r", route="/", started=0.0)
+    gen = Generation(record)
+    started_channel, waiting_channel = Channel(), Channel()
+    started, waiting = subscriber(started_channel), subscriber(waiting_channel)
+    started._started()  # its headers went out: it sends at once
+    gen.attach(started)
+    gen.attach(waiting)
+    gen.publish(b"data: 1\n\n")
+    gen.end(b"data: final\n\n", b"event: raw\n\n")
+    assert started_channel.sent == [b"data: 1\n\n"]
+    assert started_channel.tail == b"event: raw\n\ndata: final\n\n"
+    # Never started: what it collected, the raw bytes and the final event, all at the end.
+    assert waiting_channel.sent == []
+    assert waiting_channel.tail == b"data: 1\n\nevent: raw\n\ndata: final\n\n"
+    assert waiting.first is None
+    assert gen.final
+
+
+def test_at_the_end_raw_bytes_are_sent_but_only_events_are_kept() -> None:
+    gen, log = generation()
+    channel = Channel()
+    reader = subscriber(channel)
+    reader._started()
+    gen.attach(reader)
+    gen.end(b'data: {"done":true}\n\n', b"event: message_stop\n\n")
+    assert list(log.events) == [b'id: S:1\ndata: {"done":true}\n\n']
+    assert channel.tail == b'event: message_stop\n\nid: S:1\ndata: {"done":true}\n\n'
+    assert log.final

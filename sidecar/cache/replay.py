@@ -82,9 +82,6 @@ async def replay_stream(
             break
         await source.wait(sent)
     final = core.end(None)  # a recording that failed ends as Claude's cut stream would
-    if first:
-        await channel.write_with_headers(final)
-    elif final and not channel.closing():
-        channel.write(final)
+    channel.finish(final)  # with the last chunk (and the headers, if nothing went yet)
     await channel.end()
     return response

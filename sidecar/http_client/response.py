@@ -33,6 +33,9 @@ class Sink(Protocol):
 
     def on_data(self, chunk: bytes) -> None: ...
 
+    def on_last(self, chunk: bytes) -> None:
+        """The body's last bytes, read together with its end: `on_end(None)` is implied."""
+
     def on_end(self, error: BaseException | None) -> None: ...
 
 
@@ -207,7 +210,11 @@ class Response:
         if self._error is not None:
             sink.on_end(self._error)
         elif self._done:
-            sink.on_end(None)
+            rest = self.take_buffered()
+            if rest:
+                sink.on_last(rest)
+            else:
+                sink.on_end(None)
         else:
             self._sink = sink
             self._size = 0
@@ -217,6 +224,11 @@ class Response:
     def stop_push(self) -> None:
         """Let go of the sink: later bytes are dropped (the response is closing)."""
         self._sink = None
+
+    @property
+    def complete(self) -> bool:
+        """The whole answer is in (what is not taken yet is all there is)."""
+        return self._done and self._error is None
 
     @property
     def pushing(self) -> bool:
@@ -249,17 +261,22 @@ class Response:
     # ------------------------------------------------------------------ internals
 
     def _complete(self, *, keep_alive: bool) -> None:
-        if self._body and self._sink is not None:
-            self._push()  # the end's bytes before the end
-            if self._error is not None:
-                return  # the sink failed on them
         self._done = True
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finished(keep_alive)
         sink, self._sink = self._sink, None
         if sink is not None:
-            sink.on_end(None)
+            body = self._body
+            if not body:
+                sink.on_end(None)
+            else:  # the last bytes and the end came in one read: they go on together
+                data = body[0] if len(body) == 1 else b"".join(body)
+                body.clear()
+                try:
+                    sink.on_last(data)
+                except Exception as exc:  # a bug of the sink's: its stream ends, saying so
+                    sink.on_end(exc)
         self._wake()
 
     def _fail(self, error: BaseException) -> None:

@@ -55,7 +55,7 @@ _UNBUFFERED: Final = _Unbuffered()
 class ClientChannel:
     """The client's end of one prepared SSE response: one `write` per send, framed by hand."""
 
-    __slots__ = ("_chunked", "_transport", "_writer", "response")
+    __slots__ = ("_chunked", "_tail", "_transport", "_writer", "response")
 
     def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
         transport = request.transport
@@ -64,6 +64,7 @@ class ClientChannel:
         self._transport = transport
         self._writer = request.writer
         self.response = response
+        self._tail = b""  # bytes that leave with the end (`finish`)
         headers = response.headers
         # aiohttp picks chunked framing in prepare() for HTTP/1.1 without a length.
         self._chunked = headers.get("Transfer-Encoding", "").lower() == "chunked"
@@ -110,10 +111,16 @@ class ClientChannel:
         """Cut the connection now, dropping what is queued (a client that stopped reading)."""
         self._transport.abort()
 
+    def finish(self, data: bytes) -> None:
+        """Bytes that leave with the end: `end` writes them and the last chunk in one send."""
+        self._tail += data
+
     async def end(self) -> None:
-        """The last chunk (aiohttp writes it), unless the client is gone."""
+        """The last chunk (aiohttp writes it, with `finish`'s bytes, and the headers if not
+        sent yet: one send), unless the client is gone."""
         if not self._transport.is_closing():
-            await self.response.write_eof()
+            tail, self._tail = self._tail, b""
+            await self.response.write_eof(tail)
 
 
 def retrieve(task: asyncio.Future[None]) -> None:

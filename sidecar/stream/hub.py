@@ -90,6 +90,15 @@ class Subscriber:
                 self._started()
                 return False
 
+    def finish(self, data: bytes) -> None:
+        """The generation's last bytes: they leave with the response's end (`channel.end`),
+        in one write with its last chunk, and with the headers if none were sent yet."""
+        first = self.first
+        if first is not None:  # never started: everything goes out at the end, in one send
+            data = bytes(first) + data
+            self._started()
+        self.channel.finish(data)
+
     def ended(self) -> None:
         self._over = True
         done = self._done
@@ -147,10 +156,7 @@ class Generation:
         """
         log = self.log
         if log is not None:
-            if log.numbered == log.last + 1:  # one event, numbered by its writer: kept as is
-                log.append(out)
-            else:
-                out = self._keep(out, log)
+            out = self._kept(out, log)
         lag = False
         for subscriber in self.subscribers:
             if subscriber.send(out):
@@ -164,6 +170,14 @@ class Generation:
             if subscriber.send(data):
                 lag = True
         return lag
+
+    @classmethod
+    def _kept(cls, out: bytes, log: StreamLog) -> bytes:
+        """`out` as kept in the log (with the ids given here, if any)."""
+        if log.numbered == log.last + 1:  # one event, numbered by its writer: kept as is
+            log.append(out)
+            return out
+        return cls._keep(out, log)
 
     @staticmethod
     def _keep(out: bytes, log: StreamLog) -> bytes:
@@ -179,10 +193,13 @@ class Generation:
                 log.append(part + _BLANK)
         return out
 
-    def end(self, final: bytes) -> None:
-        """The producer is done: `final` (maybe empty) reaches every subscriber, then they end."""
-        if final:
-            self.publish(final)
+    def end(self, final: bytes, raw: bytes = b"") -> None:
+        """The producer is done: `raw` (passthrough bytes, never kept) and `final` (events,
+        kept when resumable; either may be empty) reach every subscriber with its
+        response's end, in one write; then they end."""
+        if final and self.log is not None:
+            final = self._kept(final, self.log)
+        tail = raw + final if raw else final
         self.final = True
         if self._unattended is not None:
             self._unattended.cancel()
@@ -190,6 +207,8 @@ class Generation:
         if self.log is not None:
             self.log.finish()
         for subscriber in self.subscribers:
+            if tail:
+                subscriber.finish(tail)
             subscriber.ended()
 
     def lagging(self) -> list[Subscriber]:
