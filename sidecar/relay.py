@@ -21,8 +21,7 @@ error event. Shutdown ends live streams the same way.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from sidecar.http_client import Response
 from sidecar.record import Outcome, StreamRecord
@@ -30,8 +29,8 @@ from sidecar.sse import PING
 from sidecar.stream.adapter import HIGH_WATER, retrieve
 from sidecar.stream.core import StopStream, StreamCore, Translator
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
+from sidecar.stream.registry import StreamRegistry
 
-log = logging.getLogger("sidecar.relay")
 __all__ = ["FIRST_SEND", "HIGH_WATER", "LiveStream", "StopStream", "StreamRegistry", "Translator"]
 
 
@@ -278,78 +277,3 @@ class LiveStream:
             "client_stalled",
             f"the client accepted no data for {self.stall_timeout:g} s",
         )
-
-
-class StreamRegistry:
-    """The live streams of this process, so shutdown can end each with a final event.
-
-    It also runs their watchdog: one timer per tick interval ticks every stream with
-    that interval (a stream holds no timer of its own, and quiet streams cost one
-    call each per tick, not a timer each).
-    """
-
-    def __init__(self) -> None:
-        self._streams: set[LiveStream] = set()
-        self._watched: dict[float, set[LiveStream]] = {}  # by tick interval
-
-    def __len__(self) -> int:
-        return len(self._streams)
-
-    def __iter__(self) -> Iterator[LiveStream]:
-        """The live streams (a snapshot: streams may end while the caller iterates)."""
-        return iter(list(self._streams))
-
-    def add(self, stream: LiveStream) -> None:
-        self._streams.add(stream)
-        every = stream.tick_every
-        watched = self._watched.get(every)
-        if watched is None:  # the first of its interval: its timer starts
-            watched = self._watched[every] = set()
-            asyncio.get_running_loop().call_later(every, self._tick, every)
-        watched.add(stream)
-
-    def discard(self, stream: LiveStream) -> None:
-        self._streams.discard(stream)
-        watched = self._watched.get(stream.tick_every)
-        if watched is not None:
-            watched.discard(stream)  # an interval left empty stops at its next tick
-
-    def _tick(self, every: float) -> None:
-        watched = self._watched[every]
-        if not watched:
-            del self._watched[every]
-            return
-        loop = asyncio.get_running_loop()
-        loop.call_later(every, self._tick, every)
-        now = loop.time()
-        for stream in list(watched):  # a tick may end a stream, and its relay discard it
-            try:
-                stream.tick(now)
-            except Exception:  # one stream's failure must not stop the others' watchdog
-                log.exception(
-                    "stream watchdog failed", extra={"request_id": stream.record.request_id}
-                )
-
-    def stop_all(self, *, shared_store: bool = False) -> int:
-        """Stop every live stream with a `shutting_down` final event; returns how many.
-
-        The event says what a client can still do: a resumable stream whose events are in
-        a shared store can be read again from another replica (up to this final event);
-        one kept only in this process's memory is lost with it (`stream_lost`).
-        """
-        streams = list(self._streams)
-        for stream in streams:
-            if not stream.generation.resumable:
-                stream.stop("shutting_down", "overloaded_error", "the sidecar is shutting down")
-            elif shared_store:
-                stream.stop(
-                    "shutting_down", "overloaded_error",
-                    "the sidecar is shutting down; events missed so far can be resumed "
-                    "from another replica",
-                )  # fmt: skip
-            else:
-                stream.stop(
-                    "shutting_down", "stream_lost",
-                    "the sidecar is shutting down; this stream cannot be resumed",
-                )  # fmt: skip
-        return len(streams)
