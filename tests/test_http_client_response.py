@@ -368,3 +368,37 @@ async def test_a_sink_failing_on_the_last_bytes_ends_with_its_error(gate: asynci
         await asyncio.wait_for(sink.ended.wait(), 5)
         assert isinstance(sink.ends[0], KeyError)
         await pool.close()
+
+
+async def test_interim_answers_are_read_past_to_the_final_one() -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nrequest-id: req_1\r\nContent-Length: 2\r\n\r\nok"
+        )
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("POST", "/", {}, b"{}")
+        assert response.status == 200
+        assert dict(response.headers) == {"request-id": "req_1", "Content-Length": "2"}
+        assert await response.read() == b"ok"
+        assert pool.idle_connections == 1
+        await pool.close()
+
+
+async def test_a_switch_of_protocols_is_an_answer_that_ends_the_connection() -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\nraw"
+        )
+        await asyncio.sleep(5)
+
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        response = await pool.request("GET", "/", {}, None)
+        assert response.status == 101
+        assert await response.read() == b""  # what follows is not HTTP: never read as a body
+        assert pool.open_connections == 0
+        await pool.close()

@@ -72,9 +72,16 @@ class Connection(asyncio.Protocol):
         return not self.closed and transport is not None and not transport.is_closing()
 
     def finished(self, keep_alive: bool) -> None:
-        """The answer is complete: back to the pool if the server keeps it open."""
+        """The answer is complete: back to the pool if the server keeps it open (and took
+        the whole request: a server may answer before reading it all)."""
         self.response = None
-        if keep_alive and self.usable:
+        transport = self.transport
+        if (
+            keep_alive
+            and self.usable
+            and transport is not None
+            and not transport.get_write_buffer_size()
+        ):
             self._pool.put(self)
         else:
             self.drop()

@@ -43,23 +43,9 @@ class Response:
     """Status, headers and body of one call; the body pulled (`read`) or pushed (`start_push`)."""
 
     __slots__ = (
-        "_body",
-        "_conn",
-        "_done",
-        "_error",
-        "_head",
-        "_method_head",
-        "_parser",
-        "_raw",
-        "_sink",
-        "_size",
-        "_until_eof",
-        "_waiter",
-        "_want",
-        "deadline",
-        "headers",
-        "spilled",
-        "status",
+        "_body", "_conn", "_done", "_error", "_head", "_interim", "_method_head", "_parser",
+        "_raw", "_sink", "_size", "_until_eof", "_waiter", "_want", "deadline", "headers",
+        "spilled", "status",
     )  # fmt: skip
 
     def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop, head: bool) -> None:
@@ -75,6 +61,7 @@ class Response:
         self._error: BaseException | None = None
         self._sink: Sink | None = None
         self._until_eof = False
+        self._interim = False
         self._method_head = head  # an answer to HEAD has no body, whatever it says
         self.status = 0
         self.headers: CIMultiDictProxy[str] = _EMPTY
@@ -96,7 +83,14 @@ class Response:
         raw, self._raw = self._raw, None
         if raw is None:  # a second message (`spilled`): not this call's
             return
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints): the final one follows on
+            # the same connection, as RFC 9110 has clients read it.
+            self._raw = []
+            self._interim = True
+            return
+        self.status = status
         # Decoded as aiohttp decodes header bytes: UTF-8, anything else kept byte for byte;
         # all at once, joined by NUL (which llhttp never lets into a name or a value).
         text = iter(b"\0".join(raw).decode("utf-8", "surrogateescape").split("\0") if raw else ())
@@ -107,7 +101,7 @@ class Response:
         )
         if not self._head.done():
             self._head.set_result(None)
-        if self._method_head:
+        if self._method_head or status == 101:  # no body; after a 101, no more HTTP either
             self._complete(keep_alive=False)
 
     def on_body(self, chunk: bytes) -> None:
@@ -120,6 +114,9 @@ class Response:
                 self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:  # the interim answer's end: the final answer is still to come
+            self._interim = False
+            return
         if not self._done:
             self._complete(keep_alive=self._parser.should_keep_alive())
 
@@ -140,6 +137,8 @@ class Response:
             self._fail(cause if cause is not None else MalformedResponse(str(exc)))
         except httptools.HttpParserError as exc:
             self._fail(MalformedResponse(f"Claude's response is malformed: {exc}"))
+        except httptools.HttpParserUpgrade:  # after a 101 (complete, its connection dropped)
+            self._fail(MalformedResponse("the server switched protocols"))
         if self._body and self._sink is not None:
             self._push()
 
