@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
 from sidecar.http_client import Disconnected, MalformedResponse, Pool, Response
-from tests.support.raw_http import SSE_HEAD, Exchange, chunk, raw_server
+from tests.support.raw_http import SSE_HEAD, Exchange, Script, chunk, raw_server
 
 
 class Collect:
@@ -39,6 +41,19 @@ async def gate() -> asyncio.Event:
 
 async def pool_for(url: str) -> Pool:
     return Pool(url, limit=4, connect_timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def answer_to(
+    script: Script, method: str = "GET", body: bytes | None = None
+) -> AsyncIterator[tuple[Pool, Response]]:
+    """The answer `script` gives to one call (its head read), and the pool it came from."""
+    async with raw_server(script) as server:
+        pool = await pool_for(server.url)
+        try:
+            yield pool, await pool.request(method, "/", {}, body)
+        finally:
+            await pool.close()
 
 
 async def test_push_mode_hands_every_chunk_to_the_sink_and_reuses_the_connection(
@@ -84,9 +99,7 @@ async def test_a_sink_started_after_the_end_hears_of_it_at_once() -> None:
     async def script(exchange: Exchange) -> None:
         exchange.writer.write(SSE_HEAD + chunk(b"all\n\n") + b"0\r\n\r\n")
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (_, response):
         await asyncio.sleep(0.05)
         assert response.take_buffered() == b"all\n\n"
         sink = Collect()
@@ -94,7 +107,6 @@ async def test_a_sink_started_after_the_end_hears_of_it_at_once() -> None:
         assert sink.ends == [None]
         assert not sink.data
         assert response.complete
-        await pool.close()
 
 
 @pytest.mark.parametrize(
@@ -110,9 +122,7 @@ async def test_broken_chunked_framing_ends_the_body_at_once(broken: bytes) -> No
         exchange.writer.write(broken)
         await asyncio.sleep(5)
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (pool, response):
         sink = Collect()
         response.take_buffered()
         response.start_push(sink)
@@ -120,7 +130,6 @@ async def test_broken_chunked_framing_ends_the_body_at_once(broken: bytes) -> No
         assert isinstance(sink.ends[0], MalformedResponse)
         assert "malformed" in str(sink.ends[0])
         assert pool.open_connections == 0  # a broken connection is never reused
-        await pool.close()
 
 
 async def test_a_connection_cut_mid_body_is_disconnected_and_a_body_until_close_completes() -> None:
@@ -134,18 +143,12 @@ async def test_a_connection_cut_mid_body_is_disconnected_and_a_body_until_close_
         await exchange.writer.drain()
         exchange.writer.close()
 
-    async with raw_server(cut) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(cut) as (_, response):
         with pytest.raises(Disconnected):
             await response.read()
-        await pool.close()
-    async with raw_server(until_close) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(until_close) as (pool, response):
         assert await response.read() == b"whole body"
         assert pool.open_connections == 0
-        await pool.close()
 
 
 async def test_read_whole_and_read_up_to_a_limit() -> None:
@@ -159,9 +162,7 @@ async def test_read_whole_and_read_up_to_a_limit() -> None:
             await exchange.writer.drain()
             await asyncio.sleep(0.01)
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (pool, response):
         assert response.status == 429
         assert response.headers["retry-after"] == "3"
         assert response.headers.getall("X-TWICE") == ["a", "b"]
@@ -173,7 +174,6 @@ async def test_read_whole_and_read_up_to_a_limit() -> None:
         # Not read to its end: that connection is closed, never handed to the next call.
         await asyncio.sleep(0.01)
         assert pool.open_connections == 0
-        await pool.close()
 
 
 async def test_no_body_answers_head_and_204() -> None:
@@ -201,14 +201,11 @@ async def test_bytes_after_the_end_of_an_answer_drop_the_connection() -> None:
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
         )
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (pool, response):
         assert await response.read() == b"ok"
         await asyncio.sleep(0.01)
         assert pool.idle_connections == 0
         assert pool.open_connections == 0
-        await pool.close()
 
 
 async def test_pause_and_resume_reading(gate: asyncio.Event) -> None:
@@ -217,9 +214,7 @@ async def test_pause_and_resume_reading(gate: asyncio.Event) -> None:
         await gate.wait()
         exchange.writer.write(chunk(b"two\n\n") + b"0\r\n\r\n")
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (_, response):
         sink = Collect()
         response.take_buffered()
         response.start_push(sink)
@@ -231,29 +226,33 @@ async def test_pause_and_resume_reading(gate: asyncio.Event) -> None:
         await asyncio.wait_for(sink.ended.wait(), 5)
         assert sink.ends == [None]
         assert sink.data.endswith(b"two\n\n")
-        await pool.close()
 
 
-async def test_a_failing_sink_ends_its_own_stream_with_its_error(gate: asyncio.Event) -> None:
-    class Failing(Collect):
-        def on_data(self, data: bytes) -> None:
-            raise KeyError("a relay bug")
+@pytest.mark.parametrize(
+    ("failing", "rest"),
+    [("on_data", chunk(b"boom\n\n")), ("on_last", chunk(b"end\n\n") + b"0\r\n\r\n")],
+    ids=["mid-body", "last-bytes"],
+)
+async def test_a_failing_sink_ends_its_own_stream_with_its_error(
+    gate: asyncio.Event, failing: str, rest: bytes
+) -> None:
+    def fail(self: Collect, data: bytes) -> None:
+        raise KeyError("a relay bug")
+
+    failing_sink = type("Failing", (Collect,), {failing: fail})
 
     async def script(exchange: Exchange) -> None:
         exchange.writer.write(SSE_HEAD)
         await gate.wait()
-        exchange.writer.write(chunk(b"boom\n\n"))
+        exchange.writer.write(rest)
         await asyncio.sleep(5)
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
-        sink = Failing()
+    async with answer_to(script) as (_, response):
+        sink = failing_sink()
         response.start_push(sink)
         gate.set()
         await asyncio.wait_for(sink.ended.wait(), 5)
         assert isinstance(sink.ends[0], KeyError)
-        await pool.close()
 
 
 async def test_headers_decode_as_aiohttp_does() -> None:
@@ -263,14 +262,11 @@ async def test_headers_decode_as_aiohttp_does() -> None:
             b"request-id: req_\xc3\xa9\xff\r\nContent-Length: 2\r\n\r\n{}"
         )
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (_, response):
         assert response.content_type == "application/json"
         value = response.headers["Request-Id"]
         assert value.encode("utf-8", "surrogateescape") == b"req_\xc3\xa9\xff"  # byte for byte
         assert await response.read() == b"{}"
-        await pool.close()
 
 
 def test_a_response_is_small() -> None:
@@ -295,12 +291,9 @@ async def test_an_answer_without_headers() -> None:
         await exchange.writer.drain()
         exchange.writer.close()
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (_, response):
         assert len(response.headers) == 0
         assert await response.read() == b"body until close"
-        await pool.close()
 
 
 async def test_chunks_that_arrive_together_are_pushed_together(gate: asyncio.Event) -> None:
@@ -319,9 +312,7 @@ async def test_chunks_that_arrive_together_are_pushed_together(gate: asyncio.Eve
         # One read: three events, then the end of the body.
         exchange.writer.write(chunk(b"a\n\n") + chunk(b"b\n\n") + chunk(b"c\n\n") + b"0\r\n\r\n")
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (_, response):
         sink = Calls()
         response.start_push(sink)
         gate.set()
@@ -330,44 +321,19 @@ async def test_chunks_that_arrive_together_are_pushed_together(gate: asyncio.Eve
         assert sink.calls == []
         assert sink.lasts == [b"a\n\nb\n\nc\n\n"]
         assert sink.ends == [None]
-        await pool.close()
 
 
 async def test_bytes_left_untaken_before_push_come_with_the_end() -> None:
     async def script(exchange: Exchange) -> None:
         exchange.writer.write(SSE_HEAD + chunk(b"x\n\n") + b"0\r\n\r\n")
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (_, response):
         await asyncio.sleep(0.05)
         assert response.complete
         sink = Collect()
         response.start_push(sink)  # nothing taken before: all of it, with the end
         assert sink.lasts == [b"x\n\n"]
         assert sink.ends == [None]
-        await pool.close()
-
-
-async def test_a_sink_failing_on_the_last_bytes_ends_with_its_error(gate: asyncio.Event) -> None:
-    class Failing(Collect):
-        def on_last(self, data: bytes) -> None:
-            raise KeyError("a relay bug")
-
-    async def script(exchange: Exchange) -> None:
-        exchange.writer.write(SSE_HEAD)
-        await gate.wait()
-        exchange.writer.write(chunk(b"end\n\n") + b"0\r\n\r\n")
-
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
-        sink = Failing()
-        response.start_push(sink)
-        gate.set()
-        await asyncio.wait_for(sink.ended.wait(), 5)
-        assert isinstance(sink.ends[0], KeyError)
-        await pool.close()
 
 
 async def test_interim_answers_are_read_past_to_the_final_one() -> None:
@@ -378,14 +344,11 @@ async def test_interim_answers_are_read_past_to_the_final_one() -> None:
             b"HTTP/1.1 200 OK\r\nrequest-id: req_1\r\nContent-Length: 2\r\n\r\nok"
         )
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("POST", "/", {}, b"{}")
+    async with answer_to(script, "POST", b"{}") as (pool, response):
         assert response.status == 200
         assert dict(response.headers) == {"request-id": "req_1", "Content-Length": "2"}
         assert await response.read() == b"ok"
         assert pool.idle_connections == 1
-        await pool.close()
 
 
 async def test_a_switch_of_protocols_is_an_answer_that_ends_the_connection() -> None:
@@ -395,10 +358,7 @@ async def test_a_switch_of_protocols_is_an_answer_that_ends_the_connection() -> 
         )
         await asyncio.sleep(5)
 
-    async with raw_server(script) as server:
-        pool = await pool_for(server.url)
-        response = await pool.request("GET", "/", {}, None)
+    async with answer_to(script) as (pool, response):
         assert response.status == 101
         assert await response.read() == b""  # what follows is not HTTP: never read as a body
         assert pool.open_connections == 0
-        await pool.close()

@@ -7,7 +7,8 @@ adapting (and the pin in pyproject.toml moving) before the relay can trust it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -17,11 +18,28 @@ from aiohttp import web
 from sidecar.stream import adapter
 from tests.support.sockets import dechunk, free_port
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[int]:
+    """`handler` on `GET /` of a loopback aiohttp server; yields its port."""
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
 
 
 async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
@@ -46,22 +64,13 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
         await channel.end()
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
+    async with serving(handler) as port:
         async with http.get(f"http://127.0.0.1:{port}/") as response:
             body = await response.read()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         raw = await reader.read()
         writer.close()
-    finally:
-        await runner.cleanup()
     assert body == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"
     assert seen["chunked"] == "chunked"  # prepare() chose chunked framing, as relied on
     # prepare() serialised the head: the emptied header map still went out whole.
@@ -106,17 +115,7 @@ async def test_the_end_leaves_in_one_send_with_the_last_bytes(
         await channel.end()
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        async with http.get(f"http://127.0.0.1:{port}/") as response:
-            body = await response.read()
-    finally:
-        await runner.cleanup()
+    async with serving(handler) as port, http.get(f"http://127.0.0.1:{port}/") as response:
+        body = await response.read()
     assert body == (b"data: 1\n\n" if started else b"") + b"data: last\n\ndata: final\n\n"
     assert sends == [1]  # the last bytes, the last chunk (and the headers): one send
