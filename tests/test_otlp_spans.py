@@ -137,8 +137,7 @@ def sdk_bytes(spans: Sequence[ReadableSpan]) -> bytes:
 
 
 def our_bytes(encoder: SpanEncoder, spans: Sequence[ReadableSpan]) -> bytes:
-    data: bytes = encoder.encode(spans).SerializePartialToString()
-    return data
+    return encoder.serialize(spans)
 
 
 def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int, str]]:
@@ -161,6 +160,7 @@ def test_every_shape_encodes_to_the_sdks_bytes(caplog: pytest.LogCaptureFixture)
     assert our_bytes(encoder, spans) == expected  # from the caches
     assert our_bytes(encoder, spans[::-1]) == sdk_bytes(spans[::-1])
     assert ExportTraceServiceRequest.FromString(first).SerializeToString() == expected
+    assert encoder.encode(spans).SerializePartialToString() == expected  # the gRPC exporter's
     request = ExportTraceServiceRequest.FromString(expected)
     assert [len(r.scope_spans) for r in request.resource_spans] == [2, 2]  # not vacuous
     assert our_bytes(encoder, []) == sdk_bytes([]) == b""
@@ -278,13 +278,13 @@ async def test_the_sidecars_spans_reach_a_receiver_as_the_sdks_bytes(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-team=sidecar")
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     encoded: list[int] = []
-    encode = SpanEncoder.encode
+    serialize = SpanEncoder.serialize
 
-    def counted(self: SpanEncoder, spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+    def counted(self: SpanEncoder, spans: Sequence[ReadableSpan]) -> bytes:
         encoded.append(len(spans))
-        return encode(self, spans)
+        return serialize(self, spans)
 
-    monkeypatch.setattr(SpanEncoder, "encode", counted)
+    monkeypatch.setattr(SpanEncoder, "serialize", counted)
     memory = NotifyingExporter()
     async with receiving() as receiver:
         config = TelemetryConfig(
