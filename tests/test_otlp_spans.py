@@ -16,15 +16,14 @@ import inspect
 import logging
 import os
 import pstats
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
-from aiohttp import web
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
 from opentelemetry.exporter.otlp.proto.common import _internal as sdk_common
 from opentelemetry.exporter.otlp.proto.common._internal import trace_encoder as sdk_trace_encoder
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -32,6 +31,7 @@ from opentelemetry.exporter.otlp.proto.grpc import exporter as sdk_grpc_exporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as SdkGrpcSpanExporter,
 )
+from opentelemetry.exporter.otlp.proto.http import _common as sdk_http_common
 from opentelemetry.exporter.otlp.proto.http import trace_exporter as sdk_http_module
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as SdkHttpSpanExporter,
@@ -62,8 +62,8 @@ from sidecar.telemetry import Telemetry, otlp_spans
 from sidecar.telemetry.otlp_spans import HttpSpanExporter, SpanEncoder, grpc_span_exporter
 from sidecar.telemetry.providers import OtlpSignal, _span_exporter, resource_of
 from tests.support.otel import TRACEPARENT, NotifyingExporter, prompt
+from tests.support.otlp import receiving
 from tests.support.sidecars import SidecarFactory
-from tests.support.sockets import free_port
 
 RESOURCE = Resource({"service.name": "s", "n": 1}, "https://schema/r")
 TWIN = Resource({"n": 1, "service.name": "s"}, "https://schema/r")  # equal, other order
@@ -213,6 +213,10 @@ SDK_SOURCES = {
     "grpc _export": (sdk_grpc_exporter.OTLPExporterMixin._export, "22cf97e0"),
     "trace encoder": (sdk_trace_encoder, "286b1140"),
     "value encoder": (sdk_common._encode_value, "a662fc07"),
+    # The session (`otlp_session`): posted through with no per-call settings; replaced by
+    # the one a credential provider makes.
+    "requests transport": (RequestsHTTPTransport.request, "7e35777e"),
+    "credential provider": (sdk_http_common._load_session_from_envvar, "86cbd3c8"),
 }
 
 
@@ -237,36 +241,6 @@ def test_the_sdk_exporters_have_the_shape_this_relies_on(monkeypatch: pytest.Mon
         sdk_grpc_exporter.OTLPExporterMixin._export
     )
     stop(exporter)
-
-
-@dataclass
-class Receiver:
-    """An OTLP/HTTP receiver: the bodies (decompressed) and headers it was sent."""
-
-    url: str
-    status: int = 200
-    bodies: list[bytes] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-
-
-@contextlib.asynccontextmanager
-async def receiving() -> AsyncIterator[Receiver]:
-    receiver = Receiver(f"http://127.0.0.1:{free_port()}/v1/traces")
-
-    async def receive(request: web.Request) -> web.Response:
-        receiver.bodies.append(await request.read())  # aiohttp decompresses it
-        receiver.headers.append(dict(request.headers))
-        return web.Response(status=receiver.status, content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", int(receiver.url.split(":")[2].split("/")[0])).start()
-    try:
-        yield receiver
-    finally:
-        await runner.cleanup()
 
 
 async def test_the_sidecars_spans_reach_a_receiver_as_the_sdks_bytes(
