@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import pstats
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from typing import Any
@@ -64,6 +65,7 @@ from sidecar.telemetry.providers import OtlpSignal, _span_exporter, resource_of
 from tests.support.otel import TRACEPARENT, NotifyingExporter, prompt
 from tests.support.otlp import receiving
 from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import free_port
 
 RESOURCE = Resource({"service.name": "s", "n": 1}, "https://schema/r")
 TWIN = Resource({"n": 1, "service.name": "s"}, "https://schema/r")  # equal, other order
@@ -211,6 +213,7 @@ def test_the_sidecar_builds_these_exporters(monkeypatch: pytest.MonkeyPatch) -> 
 SDK_SOURCES = {
     "http export": (SdkHttpSpanExporter.export, "0968825c"),
     "grpc _export": (sdk_grpc_exporter.OTLPExporterMixin._export, "22cf97e0"),
+    "grpc stub": (sdk_grpc_exporter.OTLPExporterMixin._initialize_channel_and_stub, "98fa9b46"),
     "trace encoder": (sdk_trace_encoder, "286b1140"),
     "value encoder": (sdk_common._encode_value, "a662fc07"),
     # The session (`otlp_session`): posted through with no per-call settings; replaced by
@@ -237,8 +240,11 @@ def test_the_sdk_exporters_have_the_shape_this_relies_on(monkeypatch: pytest.Mon
         assert hasattr(exporter, attribute), attribute
     assert vars(sdk_http_module)["encode_spans"] is encode_spans
     assert isinstance(sdk_http_module._logger, logging.Logger)
-    assert "self._translate_data(data)" in inspect.getsource(
+    assert "request=self._translate_data(data)" in inspect.getsource(
         sdk_grpc_exporter.OTLPExporterMixin._export
+    )
+    assert "self._client = self._stub(self._channel)" in inspect.getsource(
+        sdk_grpc_exporter.OTLPExporterMixin._initialize_channel_and_stub
     )
     stop(exporter)
 
@@ -312,11 +318,11 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 @contextlib.contextmanager
-def grpc_receiver() -> Iterator[tuple[str, TraceService]]:
+def grpc_receiver(port: int = 0) -> Iterator[tuple[str, TraceService]]:
     service = TraceService()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     try:
         yield f"http://127.0.0.1:{port}", service
@@ -335,6 +341,30 @@ def test_the_grpc_exporter_sends_the_sdks_request(monkeypatch: pytest.MonkeyPatc
         sdk_bytes(spans),
         sdk_bytes(spans[:2]),
     ]
+
+
+def test_the_grpc_exporter_reconnects_with_its_stub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens at first: the SDK sets up a new channel and stub, retries, delivers."""
+    clean_exporter_env(monkeypatch)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
+    port = free_port()
+    spans = shapes()
+    exporter = grpc_span_exporter(f"http://127.0.0.1:{port}")
+    set_up = exporter._initialize_channel_and_stub  # type: ignore[attr-defined]
+    reconnected = threading.Event()
+
+    def reconnecting() -> None:
+        set_up()
+        reconnected.set()
+
+    exporter._initialize_channel_and_stub = reconnecting  # type: ignore[attr-defined]
+    with futures.ThreadPoolExecutor(max_workers=1) as pool:
+        result = pool.submit(exporter.export, spans)  # refused, then retried after ~1 s
+        assert reconnected.wait(10)
+        with grpc_receiver(port) as (_, service):
+            assert result.result(timeout=10) == SpanExportResult.SUCCESS
+            stop(exporter)
+    assert [request.SerializeToString() for request in service.requests] == [sdk_bytes(spans)]
 
 
 def outcomes(

@@ -372,16 +372,38 @@ class SpanEncoder:
 def _grpc_exporter_class() -> Callable[..., SpanExporter]:
     # Imported on first use: gRPC is loaded only where spans are exported over it.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    service = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"]
+    method = f"/{service.full_name}/{service.methods_by_name['Export'].name}"
+
+    class SerializedStub:
+        """The trace service's stub, its `Export` taking the request already serialized."""
+
+        def __init__(self, channel: Any) -> None:
+            self.Export = channel.unary_unary(  # the SDK calls it by the service's name
+                method,
+                response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString,
+            )  # no request serializer: the bytes go out as they are
 
     class GrpcSpanExporter(OTLPSpanExporter):
-        """The SDK's OTLP/gRPC span exporter, translating spans with a `SpanEncoder`."""
+        """The SDK's OTLP/gRPC span exporter, its requests written by a `SpanEncoder`.
+
+        The SDK's exporter hands `_translate_data`'s request to its stub, which serializes
+        it: here the request is the encoder's bytes, sent by a stub without a serializer
+        (set up wherever the SDK sets up its channel and stub, reconnections included).
+        """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
             self._encoder = SpanEncoder()
+            super().__init__(*args, **kwargs)
 
-        def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
-            return self._encoder.encode(data)
+        def _initialize_channel_and_stub(self) -> None:
+            super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
+            self._client = SerializedStub(self._channel)  # type: ignore[assignment]  # None first
+
+        def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
+            return self._encoder.serialize(data)
 
     return GrpcSpanExporter
 
