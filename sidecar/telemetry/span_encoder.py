@@ -28,7 +28,6 @@ from opentelemetry.exporter.otlp.proto.common._internal import (
     _encode_resource,
 )
 from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _SPAN_KIND_MAP
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, SpanFlags
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 from opentelemetry.sdk.resources import Resource
@@ -114,13 +113,6 @@ class SpanEncoder:
         self._names: dict[str, bytes] = {}
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[SdkScope | None, bytes]] = {}
-
-    def encode(self, spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
-        """The request for `spans`, as a message (what the gRPC exporter sends)."""
-        request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(
-            self.serialize(spans)
-        )
-        return request
 
     def serialize(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The request for `spans`, serialized: grouped by resource then scope in order of
