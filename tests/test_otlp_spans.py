@@ -1,30 +1,27 @@
-"""The sidecar's OTLP span encoder and exporters send exactly what the SDK's would.
+"""The sidecar's OTLP span exporters send exactly what the SDK's would.
 
-Spans of every shape (and the sidecar's own, from real traffic) encode to the SDK's bytes;
-the exporters deliver those bytes to a real OTLP/HTTP receiver and a real gRPC server,
-behave as the SDK's exporter on every outcome, and the SDK internals they rely on are
-checked so that an SDK upgrade that changes them fails here first.
+The sidecar's own spans, from real traffic, reach a real OTLP/HTTP receiver as the SDK's
+bytes; the exporters deliver spans of every shape to that receiver and to a real gRPC
+server, behave as the SDK's exporter on every outcome, and the SDK internals they rely on
+are checked so that an SDK upgrade that changes them fails here first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import cProfile
 import hashlib
 import inspect
 import logging
 import os
-import pstats
-from collections.abc import AsyncIterator, Iterator, Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
-from aiohttp import web
-from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
 from opentelemetry.exporter.otlp.proto.common import _internal as sdk_common
 from opentelemetry.exporter.otlp.proto.common._internal import trace_encoder as sdk_trace_encoder
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -32,6 +29,7 @@ from opentelemetry.exporter.otlp.proto.grpc import exporter as sdk_grpc_exporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as SdkGrpcSpanExporter,
 )
+from opentelemetry.exporter.otlp.proto.http import _common as sdk_http_common
 from opentelemetry.exporter.otlp.proto.http import trace_exporter as sdk_http_module
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as SdkHttpSpanExporter,
@@ -41,148 +39,22 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.util import BoundedList
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
-    Link,
-    SpanContext,
     SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    TraceState,
 )
 
 from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
-from sidecar.telemetry import Telemetry, otlp_spans
-from sidecar.telemetry.otlp_spans import HttpSpanExporter, SpanEncoder, grpc_span_exporter
-from sidecar.telemetry.providers import OtlpSignal, _span_exporter, resource_of
+from sidecar.telemetry import Telemetry
+from sidecar.telemetry.otlp_spans import HttpSpanExporter, grpc_span_exporter
+from sidecar.telemetry.providers import OtlpSignal, _span_exporter
+from sidecar.telemetry.span_encoder import SpanEncoder
 from tests.support.otel import TRACEPARENT, NotifyingExporter, prompt
+from tests.support.otlp import RESOURCE, context, logged, receiving, sdk_bytes, shapes
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import free_port
-
-RESOURCE = Resource({"service.name": "s", "n": 1}, "https://schema/r")
-TWIN = Resource({"n": 1, "service.name": "s"}, "https://schema/r")  # equal, other order
-OTHER = Resource({"service.name": "other", "tags": ("a", "b")})
-SCOPE = InstrumentationScope("claude-sidecar", "1.2", "https://schema/s", {"scope.a": "x"})
-BARE = InstrumentationScope("bare")
-EVERY_VALUE: dict[str, Any] = {
-    "str": "v", "empty str": "", "unicode": "é✓", "true": True, "false": False, "int": 7,
-    "zero": 0, "negative": -3, "int64 max": 2**63 - 1, "float": 0.25, "float zero": 0.0,
-    "huge float": 1e300, "strs": ("a", "bb"), "bools": (True, False), "ints": (1, -2),
-    "floats": (0.5, 1.5), "empty": (), "list": ["x"], "bytes": b"raw", "none": None,
-    "mapping": {"inner": [1, 2]}, "status": StatusCode.OK, "overflow": 2**64, "after": 5,
-}  # fmt: skip
-
-
-def context(trace_id: int, span_id: int, *, remote: bool = False, flags: int = 1) -> SpanContext:
-    return SpanContext(trace_id, span_id, remote, TraceFlags(flags))
-
-
-def shapes() -> list[ReadableSpan]:
-    """Spans of every shape an exporter meets, across resources and scopes, interleaved."""
-    events = BoundedList.from_seq(1, [Event("dropped", {}, 5), Event("kept", {"k": 1}, 6)])
-    links = BoundedList.from_seq(
-        2,
-        [
-            Link(context(1, 2)),
-            Link(context(3, 4, remote=True), {"link.a": "x", "n": 2}),
-            Link(context(5, 6, flags=0)),
-        ],
-    )
-    limited = BoundedAttributes(maxlen=2, attributes={"a": 1, "b": "two", "c": 3.0})
-    state = TraceState([("vendor", "v1"), ("other", "o")])
-    return [
-        ReadableSpan(
-            "every value", context(0xABC, 0xDEF, flags=0x03), context(0xABC, 0x123, remote=True),
-            RESOURCE, EVERY_VALUE, kind=SpanKind.CLIENT, status=Status(StatusCode.ERROR, "boom"),
-            start_time=10, end_time=20, instrumentation_scope=SCOPE,
-        ),
-        ReadableSpan(
-            "events and links", SpanContext(0xABC, 0x456, False, TraceFlags(1), state),
-            context(0xABC, 0xDEF), TWIN, limited, events, links, SpanKind.SERVER,
-            status=Status(StatusCode.OK), start_time=1, end_time=2, instrumentation_scope=SCOPE,
-        ),
-        ReadableSpan(
-            "no parent, no scope", context(2**128 - 1, 2**64 - 1), None, OTHER, {},
-            kind=SpanKind.PRODUCER, start_time=3, end_time=4,
-        ),
-        ReadableSpan(
-            "same labels, other types", context(7, 8), None, RESOURCE,
-            {"int": True, "true": 1, "zero": 0.0, "str": "v", "false": 0, "strs": ("a", "bb"),
-             "bools": (1, 0), "empty": (), "ints": ("1", "-2")},
-            kind=SpanKind.CONSUMER, status=Status(StatusCode.UNSET, None),
-            start_time=5, end_time=6, instrumentation_scope=BARE,
-        ),
-        ReadableSpan(
-            "no status", context(9, 10), context(9, 11, remote=True), OTHER, None,
-            status=None,  # type: ignore[arg-type]  # the SDK's encoder allows it
-            start_time=7, end_time=8, instrumentation_scope=SCOPE,
-        ),
-        ReadableSpan(
-            "back to the first group", context(0xABC, 0x789), context(0xABC, 0xDEF), RESOURCE,
-            EVERY_VALUE, kind=SpanKind.INTERNAL, start_time=9, end_time=9,
-            instrumentation_scope=SCOPE,
-        ),
-    ]  # fmt: skip
-
-
-def sdk_bytes(spans: Sequence[ReadableSpan]) -> bytes:
-    data: bytes = encode_spans(spans).SerializePartialToString()
-    return data
-
-
-def our_bytes(encoder: SpanEncoder, spans: Sequence[ReadableSpan]) -> bytes:
-    data: bytes = encoder.encode(spans).SerializePartialToString()
-    return data
-
-
-def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int, str]]:
-    return [(record.name, record.levelno, record.getMessage()) for record in caplog.records]
-
-
-def test_every_shape_encodes_to_the_sdks_bytes(caplog: pytest.LogCaptureFixture) -> None:
-    spans = shapes()
-    caplog.clear()
-    with caplog.at_level(logging.DEBUG):
-        expected = sdk_bytes(spans)
-        sdk_logs = logged(caplog)
-        caplog.clear()
-        encoder = SpanEncoder()
-        first = our_bytes(encoder, spans)
-        our_logs = logged(caplog)
-    assert first == expected
-    assert our_logs == sdk_logs  # the value out of range: logged and dropped alike
-    assert any("overflow" in message for _, _, message in our_logs)
-    assert our_bytes(encoder, spans) == expected  # from the caches
-    assert our_bytes(encoder, spans[::-1]) == sdk_bytes(spans[::-1])
-    assert ExportTraceServiceRequest.FromString(first).SerializeToString() == expected
-    request = ExportTraceServiceRequest.FromString(expected)
-    assert [len(r.scope_spans) for r in request.resource_spans] == [2, 2]  # not vacuous
-    assert our_bytes(encoder, []) == sdk_bytes([]) == b""
-
-
-def test_cached_messages_are_never_shared_with_a_request() -> None:
-    encoder = SpanEncoder()
-    spans = shapes()
-    request = encoder.encode(spans)
-    request.resource_spans[0].resource.attributes[0].value.string_value = "changed"
-    request.resource_spans[0].scope_spans[0].scope.name = "changed"
-    request.resource_spans[0].scope_spans[0].spans[0].attributes[0].value.string_value = "x"
-    assert our_bytes(encoder, spans) == sdk_bytes(spans)
-
-
-def test_a_full_pair_cache_starts_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(otlp_spans, "PAIR_CACHE_SIZE", 5)
-    encoder = SpanEncoder()
-    spans = shapes()
-    for _ in range(3):
-        assert our_bytes(encoder, spans) == sdk_bytes(spans)
-    assert len(encoder._pairs) <= 5
 
 
 def stop(exporter: SpanExporter) -> None:
@@ -211,8 +83,13 @@ def test_the_sidecar_builds_these_exporters(monkeypatch: pytest.MonkeyPatch) -> 
 SDK_SOURCES = {
     "http export": (SdkHttpSpanExporter.export, "0968825c"),
     "grpc _export": (sdk_grpc_exporter.OTLPExporterMixin._export, "22cf97e0"),
+    "grpc stub": (sdk_grpc_exporter.OTLPExporterMixin._initialize_channel_and_stub, "98fa9b46"),
     "trace encoder": (sdk_trace_encoder, "286b1140"),
     "value encoder": (sdk_common._encode_value, "a662fc07"),
+    # The session (`otlp_session`): posted through with no per-call settings; replaced by
+    # the one a credential provider makes.
+    "requests transport": (RequestsHTTPTransport.request, "7e35777e"),
+    "credential provider": (sdk_http_common._load_session_from_envvar, "86cbd3c8"),
 }
 
 
@@ -233,40 +110,13 @@ def test_the_sdk_exporters_have_the_shape_this_relies_on(monkeypatch: pytest.Mon
         assert hasattr(exporter, attribute), attribute
     assert vars(sdk_http_module)["encode_spans"] is encode_spans
     assert isinstance(sdk_http_module._logger, logging.Logger)
-    assert "self._translate_data(data)" in inspect.getsource(
+    assert "request=self._translate_data(data)" in inspect.getsource(
         sdk_grpc_exporter.OTLPExporterMixin._export
     )
+    assert "self._client = self._stub(self._channel)" in inspect.getsource(
+        sdk_grpc_exporter.OTLPExporterMixin._initialize_channel_and_stub
+    )
     stop(exporter)
-
-
-@dataclass
-class Receiver:
-    """An OTLP/HTTP receiver: the bodies (decompressed) and headers it was sent."""
-
-    url: str
-    status: int = 200
-    bodies: list[bytes] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-
-
-@contextlib.asynccontextmanager
-async def receiving() -> AsyncIterator[Receiver]:
-    receiver = Receiver(f"http://127.0.0.1:{free_port()}/v1/traces")
-
-    async def receive(request: web.Request) -> web.Response:
-        receiver.bodies.append(await request.read())  # aiohttp decompresses it
-        receiver.headers.append(dict(request.headers))
-        return web.Response(status=receiver.status, content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", int(receiver.url.split(":")[2].split("/")[0])).start()
-    try:
-        yield receiver
-    finally:
-        await runner.cleanup()
 
 
 async def test_the_sidecars_spans_reach_a_receiver_as_the_sdks_bytes(
@@ -278,13 +128,13 @@ async def test_the_sidecars_spans_reach_a_receiver_as_the_sdks_bytes(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-team=sidecar")
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     encoded: list[int] = []
-    encode = SpanEncoder.encode
+    serialize = SpanEncoder.serialize
 
-    def counted(self: SpanEncoder, spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+    def counted(self: SpanEncoder, spans: Sequence[ReadableSpan]) -> bytes:
         encoded.append(len(spans))
-        return encode(self, spans)
+        return serialize(self, spans)
 
-    monkeypatch.setattr(SpanEncoder, "encode", counted)
+    monkeypatch.setattr(SpanEncoder, "serialize", counted)
     memory = NotifyingExporter()
     async with receiving() as receiver:
         config = TelemetryConfig(
@@ -338,11 +188,11 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 @contextlib.contextmanager
-def grpc_receiver() -> Iterator[tuple[str, TraceService]]:
+def grpc_receiver(port: int = 0) -> Iterator[tuple[str, TraceService]]:
     service = TraceService()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     try:
         yield f"http://127.0.0.1:{port}", service
@@ -361,6 +211,30 @@ def test_the_grpc_exporter_sends_the_sdks_request(monkeypatch: pytest.MonkeyPatc
         sdk_bytes(spans),
         sdk_bytes(spans[:2]),
     ]
+
+
+def test_the_grpc_exporter_reconnects_with_its_stub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens at first: the SDK sets up a new channel and stub, retries, delivers."""
+    clean_exporter_env(monkeypatch)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
+    port = free_port()
+    spans = shapes()
+    exporter = grpc_span_exporter(f"http://127.0.0.1:{port}")
+    set_up = exporter._initialize_channel_and_stub  # type: ignore[attr-defined]
+    reconnected = threading.Event()
+
+    def reconnecting() -> None:
+        set_up()
+        reconnected.set()
+
+    exporter._initialize_channel_and_stub = reconnecting  # type: ignore[attr-defined]
+    with futures.ThreadPoolExecutor(max_workers=1) as pool:
+        result = pool.submit(exporter.export, spans)  # refused, then retried after ~1 s
+        assert reconnected.wait(10)
+        with grpc_receiver(port) as (_, service):
+            assert result.result(timeout=10) == SpanExportResult.SUCCESS
+            stop(exporter)
+    assert [request.SerializeToString() for request in service.requests] == [sdk_bytes(spans)]
 
 
 def outcomes(
@@ -405,49 +279,3 @@ async def test_the_http_exporter_behaves_as_the_sdks(
     ] * 4
     assert all(logs for _, logs in ours[1:])  # each failure was reported
     assert receiver.bodies == sent_by_sdk == [sdk_bytes(spans)] * 2
-
-
-def test_a_resource_of_the_sidecar_encodes_as_the_sdks() -> None:
-    resource = resource_of(TelemetryConfig(resource_attributes={"team": "a"}))
-    spans = [
-        ReadableSpan(f"s{i}", context(1, i + 1), None, resource, start_time=i) for i in range(3)
-    ]
-    assert our_bytes(SpanEncoder(), spans) == sdk_bytes(spans)
-
-
-def python_calls(encode: Any, spans: Sequence[ReadableSpan]) -> float:
-    """Calls of functions written in Python (not built in) per span."""
-    profile = cProfile.Profile()
-    profile.enable()
-    encode(spans)
-    profile.disable()
-    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    calls: int = sum(row[1] for (file, _, _), row in stats.items() if file != "~")
-    return calls / len(spans)
-
-
-def test_a_client_span_costs_a_fraction_of_the_python_calls_of_the_sdks() -> None:
-    """A client span as the sidecar ends one: labels recur, ids and counts do not."""
-    resource = resource_of(TelemetryConfig())
-    labels: dict[str, Any] = {
-        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
-        "gen_ai.request.model": "claude-sonnet-5-5", "gen_ai.request.stream": True,
-        "server.address": "127.0.0.1", "server.port": 8080, "sidecar.route": "/v1",
-        "gen_ai.request.max_tokens": 1024, "sidecar.stream.outcome": "completed",
-        "http.response.status_code": 200, "gen_ai.response.finish_reasons": ("end_turn",),
-    }  # fmt: skip
-    spans = [
-        ReadableSpan(
-            "chat claude-sonnet-5-5", context(i + 1, i + 7), context(i + 1, i + 3), resource,
-            {**labels, "sidecar.request_id": f"req_{i:024x}", "gen_ai.usage.output_tokens": i,
-             "gen_ai.response.time_to_first_chunk": i / 1000},
-            kind=SpanKind.CLIENT, start_time=1, end_time=2, instrumentation_scope=SCOPE,
-        )
-        for i in range(64)
-    ]  # fmt: skip
-    encoder = SpanEncoder()
-    assert our_bytes(encoder, spans[:32]) == sdk_bytes(spans[:32])
-    ours = python_calls(encoder.encode, spans[32:])
-    theirs = python_calls(encode_spans, spans[32:])
-    assert ours * 2 < theirs
-    assert our_bytes(encoder, spans) == sdk_bytes(spans)

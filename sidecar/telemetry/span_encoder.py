@@ -1,0 +1,344 @@
+"""Ended spans to the bytes of the OTLP request the SDK's encoder builds, for a fraction of its CPU.
+
+The SDK's encoder turns every attribute of every span into a new `KeyValue` through a
+chain of `isinstance` checks and Python calls (~100 µs for a client span's ~23
+attributes), then protobuf serializes the whole request, on the batch processor's
+thread, holding the GIL the event loop needs. `SpanEncoder` writes the same
+`ExportTraceServiceRequest`, byte for byte, as protobuf's wire format directly: the
+fixed pieces (tags, kinds, flags, a status without a message, a span's name, the
+resource and scope messages) are encoded by protobuf once, a pair of attribute key and
+value (str, bool, int, a tuple of strings) that was encoded before is taken from a
+bounded cache (most of the sidecar's values are labels: route, model, provider,
+outcome, status code), and only the lengths of the nested messages are computed here.
+Whatever it does not handle itself (events, links, a status with a message, other
+sequences, bytes, mappings, odd types, values protobuf refuses) goes through protobuf
+and the SDK's own functions, raising, logging and dropping exactly as they do.
+`tests/test_span_encoder.py` compares every shape of span with the SDK's bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from opentelemetry.exporter.otlp.proto.common._internal import (
+    _encode_attributes,
+    _encode_instrumentation_scope,
+    _encode_resource,
+)
+from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _SPAN_KIND_MAP
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, SpanFlags
+from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
+from opentelemetry.trace import StatusCode
+
+# Encoded (key, value) pairs kept (~100-200 KiB when full): far more than the sidecar's
+# labels; ids and counts pass through it too, so a full cache is emptied and refills
+# with what recurs (float values, timings, are never kept).
+PAIR_CACHE_SIZE: Final = 1024
+_SMALL_CACHE_SIZE: Final = 64  # resources and scopes: a handful in practice
+_LOCAL: Final = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+_REMOTE: Final = _LOCAL | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+# Wire-format pieces: a length-delimited field's tag, and fixed fields as protobuf encodes
+# them (enum members by identity: an enum's own hash and `.value` are Python calls).
+_RESOURCE_SPANS: Final = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
+_SCOPE_SPANS: Final = b"\x12"  # ResourceSpans.scope_spans = 2
+_SPANS: Final = b"\x12"  # ScopeSpans.spans = 2
+_TRACE_ID: Final = Span(trace_id=bytes(16)).SerializeToString()[:2]  # tag, length 16
+_SPAN_ID: Final = Span(span_id=bytes(8)).SerializeToString()[:2]
+_PARENT_ID: Final = Span(parent_span_id=bytes(8)).SerializeToString()[:2]
+_START: Final = Span(start_time_unix_nano=1).SerializeToString()[:1]  # tag, 8 bytes follow
+_END: Final = Span(end_time_unix_nano=1).SerializeToString()[:1]
+_DROPPED_ATTRIBUTES: Final = Span(dropped_attributes_count=1).SerializeToString()[:1]
+_KIND_FIELDS: Final = {id(k): Span(kind=v).SerializeToString() for k, v in _SPAN_KIND_MAP.items()}
+_STATUS_CODES: Final[dict[StatusCode, Any]] = {code: code.value for code in StatusCode}
+_STATUS_FIELDS: Final = {  # a status without a message
+    id(code): Span(status=PbStatus(code=value)).SerializeToString()
+    for code, value in _STATUS_CODES.items()
+}
+_LOCAL_FLAGS: Final = Span(flags=_LOCAL).SerializeToString()
+_REMOTE_FLAGS: Final = Span(flags=_REMOTE).SerializeToString()
+_ONE_BYTE: Final = [bytes((n,)) for n in range(0x80)]
+_NO_GROUP: Final = object()
+_STR: Final = frozenset({str})
+
+
+def _varint(value: int) -> bytes:
+    """`value` (≥ 0) as a protobuf varint."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, body: bytes) -> bytes:
+    """A length-delimited field: its tag, the length of `body`, `body`."""
+    return tag + _varint(len(body)) + body
+
+
+def _schema_url(url: str | None) -> bytes:
+    # The `schema_url` of a ResourceSpans or a ScopeSpans: field 3 of both, absent if empty.
+    encoded: bytes = ScopeSpans(schema_url=url or "").SerializeToString()
+    return encoded
+
+
+class SpanEncoder:
+    """Ended spans to the bytes of the `ExportTraceServiceRequest` the SDK's `encode_spans` builds.
+
+    The request is written as protobuf's wire format directly, field by field in field
+    number order as protobuf serializes them, and only the length-delimited wrappers
+    (a span in its scope, a scope in its resource, a resource in the request) are
+    computed here: the fixed pieces come from protobuf itself, encoded once (tags,
+    flags, kinds, a status without a message, a span's name, the resource and scope
+    messages). A span's attributes are the protobuf encodings of one-attribute `Span`s,
+    cached per (key, type, value) for plain values: concatenated encodings of a
+    repeated field are the encoding of the list (the protobuf merge rule). Whatever is
+    not plain (events, links, a status with a message, a span protobuf would refuse)
+    is encoded by protobuf from the message the SDK builds, raising what it raises.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the scratch message: one encoding at a time
+        self._scratch = Span()
+        self._scratch_pair = self._scratch.attributes.add()
+        self._scratch_value = self._scratch_pair.value
+        self._pairs: dict[tuple[str, type, object], bytes] = {}
+        self._names: dict[str, bytes] = {}
+        self._resources: dict[int, tuple[Resource, bytes]] = {}
+        self._scopes: dict[int, tuple[SdkScope | None, bytes]] = {}
+
+    def serialize(self, spans: Sequence[ReadableSpan]) -> bytes:
+        """The request for `spans`, serialized: grouped by resource then scope in order of
+        first use, as in the SDK (equal resources, or scopes, share the first's group)."""
+        groups: dict[Resource, dict[SdkScope | None, list[bytes]]] = {}
+        last_resource: object = _NO_GROUP
+        last_scope: object = _NO_GROUP
+        group: list[bytes] = []
+        with self._lock:
+            for span in spans:
+                resource = span.resource
+                scope = span.instrumentation_scope or None
+                if resource is not last_resource or scope is not last_scope:
+                    group = groups.setdefault(resource, {}).setdefault(scope, [])
+                    last_resource, last_scope = resource, scope
+                group.append(self._span(span))
+            request = []
+            # The first resource (scope) of each group is its key: the one the SDK encodes.
+            for resource, scopes in groups.items():
+                head, tail = self._resource(resource)
+                resource_spans = [head]
+                for scope, encoded in scopes.items():
+                    scope_head, scope_tail = self._scope(scope)
+                    encoded.insert(0, scope_head)
+                    encoded.append(scope_tail)
+                    resource_spans.append(_field(_SCOPE_SPANS, b"".join(encoded)))
+                resource_spans.append(tail)
+                request.append(_field(_RESOURCE_SPANS, b"".join(resource_spans)))
+        return b"".join(request)
+
+    def _span(self, span: ReadableSpan) -> bytes:
+        """One span as an entry of its `ScopeSpans.spans`: tag, length, `Span`."""
+        context = span.context
+        parent = span.parent
+        start = span.start_time
+        end = span.end_time
+        try:
+            # What could be refused first (ids, times out of range, an unknown kind, a
+            # name that is not text): those spans go to protobuf, which raises as the SDK.
+            parts = [
+                _TRACE_ID, context.trace_id.to_bytes(16, "big"),
+                _SPAN_ID, context.span_id.to_bytes(8, "big"),
+            ]  # fmt: skip
+            if context.trace_state:
+                return self._message(span)
+            if parent:
+                parts += (_PARENT_ID, parent.span_id.to_bytes(8, "big"))
+            name = self._names.get(span.name) or self._name(span.name)
+            parts += (name, _KIND_FIELDS[id(span.kind)])
+            if start:
+                parts += (_START, start.to_bytes(8, "little"))
+            if end:
+                parts += (_END, end.to_bytes(8, "little"))
+        except (AttributeError, KeyError, OverflowError, TypeError):
+            return self._message(span)
+        status = span.status
+        status_field = b""
+        if status is not None:
+            if status.description is not None:
+                return self._message(span)
+            status_field = _STATUS_FIELDS.get(id(status.status_code)) or b""
+            if not status_field:
+                return self._message(span)
+        if span.events or span.links or span.dropped_events or span.dropped_links:
+            return self._message(span)
+        attributes = span.attributes
+        if attributes:
+            parts.append(self.attributes(attributes))
+        dropped = span.dropped_attributes
+        if dropped:
+            parts += (_DROPPED_ATTRIBUTES, _varint(dropped))
+        parts += (status_field, _REMOTE_FLAGS if parent and parent.is_remote else _LOCAL_FLAGS)
+        return _field(_SPANS, b"".join(parts))
+
+    def _name(self, name: str) -> bytes:
+        if type(name) is not str:
+            raise TypeError(name)
+        encoded: bytes = Span(name=name).SerializeToString()
+        if len(self._names) >= _SMALL_CACHE_SIZE:
+            self._names.clear()
+        self._names[name] = encoded
+        return encoded
+
+    def _message(self, span: ReadableSpan) -> bytes:
+        """`span` encoded by protobuf from the message the SDK's encoder builds."""
+        context = span.context
+        parent = span.parent
+        trace_state = context.trace_state
+        events = span.events
+        links = span.links
+        status = span.status
+        pb_status = None
+        if status is not None:
+            code: Any = status.status_code.value
+            description: Any = status.description  # None leaves the message unset
+            pb_status = PbStatus(code=code, message=description)
+        build: Any = Span  # None leaves a field unset, as the SDK's encoder relies on
+        message = build(
+            trace_id=context.trace_id.to_bytes(16, "big"),
+            span_id=context.span_id.to_bytes(8, "big"),
+            trace_state=",".join([f"{k}={v}" for k, v in trace_state.items()])
+            if trace_state
+            else None,
+            parent_span_id=parent.span_id.to_bytes(8, "big") if parent else None,
+            name=span.name,
+            kind=_SPAN_KIND_MAP[span.kind],
+            start_time_unix_nano=span.start_time,
+            end_time_unix_nano=span.end_time,
+            events=[
+                Span.Event(
+                    name=event.name,
+                    time_unix_nano=event.timestamp,
+                    attributes=_encode_attributes(event.attributes),
+                    dropped_attributes_count=event.dropped_attributes,
+                )
+                for event in events
+            ]
+            if events
+            else None,
+            links=[
+                Span.Link(
+                    trace_id=link.context.trace_id.to_bytes(16, "big"),
+                    span_id=link.context.span_id.to_bytes(8, "big"),
+                    attributes=_encode_attributes(link.attributes),
+                    dropped_attributes_count=link.dropped_attributes,
+                    flags=_REMOTE if link.context.is_remote else _LOCAL,
+                )
+                for link in links
+            ]
+            if links
+            else None,
+            status=pb_status,
+            dropped_attributes_count=span.dropped_attributes,
+            dropped_events_count=span.dropped_events,
+            dropped_links_count=span.dropped_links,
+            flags=_REMOTE if parent and parent.is_remote else _LOCAL,
+        )
+        attributes = span.attributes
+        if attributes:
+            message.MergeFromString(self.attributes(attributes))
+        return _field(_SPANS, message.SerializePartialToString())
+
+    def attributes(self, attributes: Mapping[str, Any]) -> bytes:
+        """A `Span` holding just `attributes`, encoded: the SDK's `_encode_attributes` alike."""
+        values = attributes.values()
+        # The type is part of the key: True == 1 == 1.0 as dict keys. Keys are built and
+        # looked up by C iterators; only pairs not cached take a Python call each.
+        keys = list(zip(attributes, map(type, values), values, strict=True))
+        try:
+            encoded: list[bytes | None] = list(map(self._pairs.get, keys))
+        except TypeError:  # a value that cannot be hashed (a list, a mapping)
+            encoded = [None] * len(keys)
+        if None in encoded:
+            for index, pair in enumerate(encoded):
+                if pair is None:
+                    encoded[index] = self._miss(*keys[index])
+        return b"".join(encoded)  # type: ignore[arg-type]  # no None left
+
+    def _miss(self, key: str, kind: type, value: Any) -> bytes:
+        """One attribute the cache did not answer: encoded, and kept if a plain label."""
+        if (
+            kind is str
+            or kind is int
+            or kind is bool
+            or (kind is tuple and _STR.issuperset(map(type, value)))
+        ):
+            # Only these are kept: other values could equal a kept one ((1,) == (True,)).
+            pairs = self._pairs
+            pair = pairs.get((key, kind, value)) or self._pair(key, kind, value)
+            if pair is not None:
+                if len(pairs) >= PAIR_CACHE_SIZE:
+                    pairs.clear()
+                pairs[key, kind, value] = pair
+                return pair
+        elif kind is float:
+            pair = self._pair(key, kind, value)
+            if pair is not None:
+                return pair
+        return self._sdk_pair(key, value)
+
+    def _pair(self, key: str, kind: type, value: Any) -> bytes | None:
+        """One plain attribute, encoded; None when it cannot be (the SDK then reports it)."""
+        # The scratch span's one attribute is overwritten: setting a member of the value's
+        # oneof clears the others, and a member set to its default is still encoded.
+        if kind is tuple:  # of strings (finish reasons, stop sequences): rare enough
+            return self._sdk_pair(key, value) or None
+        pair, encoded_value = self._scratch_pair, self._scratch_value
+        try:
+            pair.key = key
+            if kind is str:
+                encoded_value.string_value = value
+            elif kind is bool:
+                encoded_value.bool_value = value
+            elif kind is int:
+                encoded_value.int_value = value
+            else:
+                encoded_value.double_value = value
+        except (TypeError, ValueError):
+            return None
+        encoded: bytes = self._scratch.SerializeToString()
+        return encoded
+
+    @staticmethod
+    def _sdk_pair(key: str, value: Any) -> bytes:
+        encoded: bytes = Span(attributes=_encode_attributes({key: value})).SerializeToString()
+        return encoded
+
+    def _resource(self, resource: Resource) -> tuple[bytes, bytes]:
+        """The `resource` field of the resource's `ResourceSpans` and its `schema_url` field."""
+        # By identity (the entry keeps the object alive, so its id is not reused): equal
+        # resources may list their attributes in another order.
+        cached = self._resources.get(id(resource))
+        if cached is None or cached[0] is not resource:
+            if len(self._resources) >= _SMALL_CACHE_SIZE:
+                self._resources.clear()
+            head = ResourceSpans(resource=_encode_resource(resource)).SerializeToString()
+            cached = self._resources[id(resource)] = resource, head
+        return cached[1], _schema_url(resource.schema_url)
+
+    def _scope(self, scope: SdkScope | None) -> tuple[bytes, bytes]:
+        """The `scope` field of the scope's `ScopeSpans` and its `schema_url` field."""
+        cached = self._scopes.get(id(scope))
+        if cached is None or cached[0] is not scope:
+            if len(self._scopes) >= _SMALL_CACHE_SIZE:
+                self._scopes.clear()
+            encoded = _encode_instrumentation_scope(scope)  # type: ignore[arg-type]  # None too
+            head = ScopeSpans(scope=encoded).SerializeToString()
+            cached = self._scopes[id(scope)] = scope, head
+        return cached[1], _schema_url(scope.schema_url if scope else None)
