@@ -18,19 +18,28 @@ from __future__ import annotations
 import re
 from typing import Final
 
-# The string literal: runs of bytes that are neither a quote, a backslash nor a line end,
-# each escape a backslash and any byte but a line end. Written unrolled (a run, then
-# escape-and-run repeated) so the regex engine scans plain text in one tight loop instead
-# of trying two branches per byte; the language is that of `"(?:[^"\\\n]|\\.)*"`.
-LITERAL: Final = rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
+# A byte of a string literal that is neither a quote, a backslash nor a line end
+# (`[^"\\\n]`), and the byte after a backslash: any but a line end (`.`). Spelled as byte
+# ranges, which the regex engine tests against one bitmap per byte.
+_PLAIN: Final = rb"[\x00-\x09\x0b-\x21\x23-\x5b\x5d-\xff]"
+_ESCAPED: Final = rb"[\x00-\x09\x0b-\xff]"
 
-# Groups: 1 the block index (digits), 2 the delta kind (one of the three below, as it
-# appears between `"type":"` and `":`), 3 the value's JSON string literal, quotes included.
+# The string literal: runs of plain bytes, each escape a backslash and any byte but a line
+# end. Written unrolled (a run, then escape-and-run repeated) so the regex engine scans plain
+# text in one tight loop instead of trying two branches per byte; the language is that of
+# `"(?:[^"\\\n]|\\.)*"`.
+LITERAL: Final = rb'"' + _PLAIN + rb"*(?:\\" + _ESCAPED + _PLAIN + rb'*)*"'
+
+# Groups: 1 the block index (digits), then the value's JSON string literal (quotes
+# included) in the group of its kind: 2 a text delta's `text` (the common one, read first),
+# 3 a thinking delta's `thinking`, 4 a tool input delta's `partial_json`. The other two
+# are None, so one group read both names the kind and gives the value.
 DELTA: Final = re.compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(\d+),'
-    rb'"delta":\{"type":"(text_delta","text|thinking_delta","thinking|input_json_delta",'
-    rb'"partial_json)":(' + LITERAL + rb")\}\}\Z"
+    rb'"delta":\{"type":"(?:text_delta","text":(' + LITERAL + rb')|thinking_delta",'
+    rb'"thinking":(' + LITERAL + rb')|input_json_delta","partial_json":(' + LITERAL + rb"))"
+    rb"\}\}\Z"
 )
-TEXT: Final = b'text_delta","text'
-THINKING: Final = b'thinking_delta","thinking'
-TOOL_INPUT: Final = b'input_json_delta","partial_json'
+TEXT: Final = 2  # the group of each kind's value
+THINKING: Final = 3
+TOOL_INPUT: Final = 4

@@ -36,7 +36,18 @@ PIECES = [
     b"\t",
     b"\xe2\x80\xa8",
     b"\xff",
+    # Either side of each edge of the byte ranges the pattern spells its classes with.
+    b"\x09",
+    b"\x0b",
+    b"!",
+    b"#",
+    b"[",
+    b"]",
+    b"\x7f",
+    b"\x80",
 ]
+GROUP = {"text_delta": deltas.TEXT, "thinking_delta": deltas.THINKING,
+         "input_json_delta": deltas.TOOL_INPUT}  # fmt: skip
 PROPERTY = settings(max_examples=400, deadline=None)
 
 
@@ -61,10 +72,27 @@ def test_the_pattern_accepts_exactly_what_the_per_byte_spelling_accepts(
     index: int, kind: tuple[str, str], body: bytes, end: bytes
 ) -> None:
     block = head(index, *kind) + b'"' + body + end
+    assert_same_match(block, kind[0])
+
+
+@PROPERTY
+@given(st.integers(0, 300), st.sampled_from(KINDS), st.binary(max_size=40), st.binary(max_size=4))
+def test_any_bytes_in_the_string_are_accepted_exactly_as_the_per_byte_spelling_does(
+    index: int, kind: tuple[str, str], body: bytes, end: bytes
+) -> None:
+    """Every byte value (the classes are spelled as byte ranges), closed or not."""
+    assert_same_match(head(index, *kind) + b'"' + body + b'"}}' + end, kind[0])
+    assert_same_match(head(index, *kind) + b'"' + body + end, kind[0])
+
+
+def assert_same_match(block: bytes, kind: str) -> None:
+    """`DELTA` matches where the per-byte spelling does, with the literal in its kind's group."""
     ours, reference = deltas.DELTA.match(block), PER_BYTE.match(block)
     assert (ours is None) == (reference is None), block
     if ours is not None and reference is not None:
-        assert ours.groups() == reference.groups()
+        groups: list[bytes | None] = [None, None, None]
+        groups[GROUP[kind] - 2] = reference[3]
+        assert ours.groups() == (reference[1], *groups)
 
 
 @PROPERTY
@@ -74,7 +102,7 @@ def test_every_string_anthropic_writes_is_matched_and_copied_verbatim(
     text: str, kind: tuple[str, str], ensure_ascii: bool, index: int
 ) -> None:
     """Whatever the text (quotes, escapes, control characters, U+2028, astral characters)
-    and however it is escaped, the compact delta matches and group 3 is its literal."""
+    and however it is escaped, the compact delta matches and its kind's group is its literal."""
     literal = json.dumps(text, ensure_ascii=ensure_ascii).encode()
     payload = {
         "type": "content_block_delta",
@@ -85,9 +113,9 @@ def test_every_string_anthropic_writes_is_matched_and_copied_verbatim(
     match = deltas.DELTA.match(b"event: content_block_delta\ndata: " + data)
     assert match is not None
     assert match[1] == str(index).encode()
-    assert match[2] == f'{kind[0]}","{kind[1]}'.encode()
-    assert match[3] == literal
-    assert json.loads(match[3]) == text
+    assert match[GROUP[kind[0]]] == literal
+    assert json.loads(match[GROUP[kind[0]]]) == text
+    assert match.groups().count(None) == 2  # the other kinds' groups
 
 
 def test_other_shapes_are_left_to_decoding() -> None:

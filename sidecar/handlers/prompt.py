@@ -36,8 +36,8 @@ from sidecar.stream.store import StreamLog
 from sidecar.upstream import Attempt
 
 _FIELDS = {"prompt", "model", "max_tokens", "system", "messages"}
-# A content delta's event, one template per delta kind: Claude's JSON string literal goes
-# in as it is (`sidecar.deltas`), so the common event needs no JSON decoding or encoding.
+# A content delta's event, one template per delta kind (its `sidecar.deltas` group): Claude's
+# JSON string literal goes in as it is, so the common event needs no JSON decoding or encoding.
 _TEMPLATES = {
     deltas.TEXT: b'data: {"token":%b}\n\n',
     deltas.THINKING: b'data: {"thinking":%b}\n\n',
@@ -45,9 +45,10 @@ _TEMPLATES = {
 }
 # With its id: `id: N` (a stream that is not resumable), `id: <stream id>:<n>` (one that is).
 _NUMBERED = {kind: b"%b%d\n" + template for kind, template in _TEMPLATES.items()}
-_NUMBERED_TOKEN = _NUMBERED[deltas.TEXT]
 _PLAIN_PREFIX = b"id: "
 _match_delta = deltas.DELTA.match
+_DELTA = b"content_block_delta"
+_TEXT = deltas.TEXT
 _ROLES = {"user", "assistant"}
 _OWN_OUTCOMES = {"idle_timeout", "shutting_down", "client_stalled"}
 # The sidecar's own error types, shown as they are (not mapped like Anthropic's).
@@ -69,6 +70,10 @@ class PromptTranslator(Translator):
         self._next_id = 0
         self._capture = capture
         self._log = log
+        # The text delta's whole event but for its number and string: the id's prefix goes
+        # in once per stream, not once per event (`%` in a stream id is kept literal).
+        prefix = _PLAIN_PREFIX if log is None else log.id_prefix.replace(b"%", b"%%")
+        self._token = prefix + b"%d\n" + _TEMPLATES[deltas.TEXT]
 
     def _id(self) -> tuple[bytes, int]:
         """The next event's id: (prefix, number)."""
@@ -83,30 +88,44 @@ class PromptTranslator(Translator):
         return b"%b%d\n" % self._id() + sse.encode(data)
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
-        if name == b"content_block_delta" and not self._capture:
-            match = _match_delta(block)
-            if match is not None:  # the JSON string Claude sent is reused as is: no decoding
+        if name == _DELTA:
+            # Claude's JSON string is reused as is (no decoding) unless content is captured.
+            match = None if self._capture else _match_delta(block)
+            if match is not None:
                 log = self._log
-                if log is not None:  # the common event: one format, its id included
+                if log is not None:  # numbered from the log, in the same step as the event
                     n = log.numbered = log.numbered + 1
-                    kind = match[2]
-                    if kind == deltas.TEXT:  # no hashing, no lookup
-                        return _NUMBERED_TOKEN % (log.id_prefix, n, match[3])
-                    return _NUMBERED[match[2]] % (log.id_prefix, n, match[3])
-                self._next_id += 1
-                return _NUMBERED[match[2]] % (_PLAIN_PREFIX, self._next_id, match[3])
-        if name == b"content_block_delta":
-            delta = json_object(parse_block(block)[1]).get("delta") or {}
-            kind = delta.get("type")
-            if kind == "text_delta":
-                if self._capture:
-                    record.completion_parts.append(str(delta.get("text", "")))
-                return self._event({"token": delta.get("text", "")})
-            if kind == "thinking_delta":
-                return self._event({"thinking": delta.get("thinking", "")})
-            if kind == "input_json_delta":
-                return self._event({"tool_input": delta.get("partial_json", "")})
-            return b""
+                else:
+                    n = self._next_id = self._next_id + 1
+                text = match[_TEXT]
+                if text is not None:  # the common event: one format, no lookup
+                    return self._token % (n, text)
+                kind = deltas.THINKING
+                value = match[kind]
+                if value is None:
+                    kind = deltas.TOOL_INPUT
+                    value = match[kind]
+                prefix = _PLAIN_PREFIX if log is None else log.id_prefix
+                return _NUMBERED[kind] % (prefix, n, value)
+            return self._decoded_delta(block, record)
+        return self._other(block, name)
+
+    def _decoded_delta(self, block: bytes, record: StreamRecord) -> bytes:
+        """A content delta in any other spelling (or with content captured): decoded."""
+        delta = json_object(parse_block(block)[1]).get("delta") or {}
+        kind = delta.get("type")
+        if kind == "text_delta":
+            if self._capture:
+                record.completion_parts.append(str(delta.get("text", "")))
+            return self._event({"token": delta.get("text", "")})
+        if kind == "thinking_delta":
+            return self._event({"thinking": delta.get("thinking", "")})
+        if kind == "input_json_delta":
+            return self._event({"tool_input": delta.get("partial_json", "")})
+        return b""
+
+    def _other(self, block: bytes, name: bytes) -> bytes:
+        """Every event but a content delta: a tool call's start and Claude's error show."""
         if name == b"content_block_start":
             block_data = json_object(parse_block(block)[1]).get("content_block") or {}
             if block_data.get("type") == "tool_use":

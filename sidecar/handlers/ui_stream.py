@@ -16,6 +16,7 @@ content block's index (`"0"`, `"1"`…), unique within the message as the SDK re
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 from sidecar import deltas
@@ -43,6 +44,8 @@ _NUMBERED_TEXT_DELTA: Final = b"%b%d\n" + _TEXT_DELTA  # with a resumable stream
 _REASONING_DELTA: Final = b'data: {"type":"reasoning-delta","id":"%b","delta":%b}\n\n'
 _TOOL_DELTA: Final = b'data: {"type":"tool-input-delta","toolCallId":%b,"inputTextDelta":%b}\n\n'
 _match_delta = deltas.DELTA.match
+_DELTA: Final = b"content_block_delta"
+_TEXT: Final = deltas.TEXT
 _TOOL_KINDS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 _START: Final = b'data: {"type":"start"}\n\ndata: {"type":"start-step"}\n\n'
 
@@ -75,27 +78,29 @@ class UiTranslator(Translator):
         self._ended = False
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
-        log = self._log
-        if name == b"content_block_delta":
+        if name == _DELTA:
             match = _match_delta(block)
             if match is not None:
-                index, kind, value = match[1], match[2], match[3]
-                if kind == deltas.TEXT:  # the common event: no hashing, no lookup
+                text = match[_TEXT]
+                if text is not None:  # the common event: no hashing, no lookup
+                    log = self._log
                     if log is None:
-                        return _TEXT_DELTA % (index, value)
+                        return _TEXT_DELTA % (match[1], text)
                     n = log.numbered = log.numbered + 1
-                    return _NUMBERED_TEXT_DELTA % (log.id_prefix, n, index, value)
-                out = self._literal_delta(index, kind, value)
+                    return _NUMBERED_TEXT_DELTA % (log.id_prefix, n, match[1], text)
+                out = self._literal_delta(match)
             else:
                 out = self._delta(_data(block))
         else:
             out = self._event(block, name)
         return self._numbered(out)
 
-    def _literal_delta(self, index: bytes, kind: bytes, value: bytes) -> bytes:
+    def _literal_delta(self, match: re.Match[bytes]) -> bytes:
         """A thinking or tool input delta, its JSON string literal reused as is."""
-        if kind == deltas.THINKING:
+        index, value = match[1], match[deltas.THINKING]
+        if value is not None:
             return _REASONING_DELTA % (index, value)
+        value = match[deltas.TOOL_INPUT]
         tool = self._tools.get(index)
         if tool is not None:
             tool[3].append(json.loads(value))
