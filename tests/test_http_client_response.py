@@ -362,3 +362,24 @@ async def test_a_switch_of_protocols_is_an_answer_that_ends_the_connection() -> 
         assert response.status == 101
         assert await response.read() == b""  # what follows is not HTTP: never read as a body
         assert pool.open_connections == 0
+
+
+@pytest.mark.parametrize("end", ["complete", "closed", "failed"])
+async def test_a_settled_answer_lets_go_of_its_parser(end: str) -> None:
+    # The parser holds the response's callbacks: kept, it would make a cycle per call.
+    async def script(exchange: Exchange) -> None:
+        if end == "complete":
+            exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        else:
+            exchange.writer.write(SSE_HEAD + (b"zz\r\n" if end == "failed" else b""))
+            await asyncio.sleep(5)
+
+    async with answer_to(script) as (_, response):
+        if end == "complete":
+            await response.read()
+        elif end == "closed":
+            response.close()
+        else:
+            with pytest.raises(MalformedResponse):
+                await response.read()
+        assert response._parser is None

@@ -50,7 +50,9 @@ class Response:
 
     def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop, head: bool) -> None:
         self._conn: Connection | None = connection
-        self._parser = httptools.HttpResponseParser(self)
+        # Let go at the end (`_settle`): the parser holds this response's bound callbacks,
+        # a cycle only the garbage collector would otherwise break.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._raw: list[bytes] | None = []  # header names and values, alternating
         self._head: asyncio.Future[None] = loop.create_future()
         self._body: list[bytes] = []
@@ -83,7 +85,9 @@ class Response:
         raw, self._raw = self._raw, None
         if raw is None:  # a second message (`spilled`): not this call's
             return
-        status = self._parser.get_status_code()
+        parser = self._parser
+        assert parser is not None  # the headers of this call's answer: still parsing
+        status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # An interim answer (100 Continue, 103 Early Hints): the final one follows on
             # the same connection, as RFC 9110 has clients read it.
@@ -117,8 +121,9 @@ class Response:
         if self._interim:  # the interim answer's end: the final answer is still to come
             self._interim = False
             return
-        if not self._done:
-            self._complete(keep_alive=self._parser.should_keep_alive())
+        parser = self._parser
+        if not self._done and parser is not None:
+            self._complete(keep_alive=parser.should_keep_alive())
 
     # ------------------------------------------------------------------ from the connection
 
@@ -129,8 +134,11 @@ class Response:
         the read is parsed: Claude's events that arrived together leave together (one
         write per client), and none waits for a later read.
         """
+        parser = self._parser
+        if parser is None:  # settled: nothing more is read for this answer
+            return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             # A callback raised: an answer nobody asked for, or a bug of this module.
             cause = exc.__context__
@@ -253,6 +261,7 @@ class Response:
     def close(self) -> None:
         """Drop the answer; a connection still carrying it is closed, not reused."""
         self._sink = None
+        self._parser = None
         conn, self._conn = self._conn, None
         if conn is not None and not self._done:
             conn.drop()
@@ -261,6 +270,7 @@ class Response:
 
     def _complete(self, *, keep_alive: bool) -> None:
         self._done = True
+        self._parser = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finished(keep_alive)
@@ -286,6 +296,7 @@ class Response:
             if self._error is not None:
                 return  # the sink failed on it: that failure stands
         self._error = error
+        self._parser = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.drop()
