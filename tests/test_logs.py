@@ -375,7 +375,6 @@ FIELD_SETS: dict[str, dict[str, Any]] = {
                    "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "set": {1},
                    "nested": {"list": [1, "two", None, {"deep": object()}]}},
     "no fields": {},
-    "head names": {"time": "mine", "level": "mine", "logger": "mine", "extra": 1},
     "empty trace id": {"event": "x", "trace_id": "", "span_id": "keep-place"},
     "span id only": {"span_id": "ef" * 8, "n": 1},
 }  # fmt: skip
@@ -430,27 +429,32 @@ def test_log_event_writes_the_bytes_logging_writes(
     for direct, logged in zip(lines[::2], lines[1::2], strict=True):
         assert direct == logged
     entry = json.loads(lines[0])
-    if "time" not in fields:
-        assert entry["time"] == "2025-12-02T03:12:10.000Z"
-        assert json.loads(lines[2])["time"] == "2025-12-02T03:12:10.999Z"
-        assert entry["level"] == logging.getLevelName(level)
+    assert entry["time"] == "2025-12-02T03:12:10.000Z"
+    assert json.loads(lines[2])["time"] == "2025-12-02T03:12:10.999Z"
+    assert entry["level"] == logging.getLevelName(level)
     if in_span and not fields.get("trace_id"):
         assert entry["trace_id"] == f"{CURRENT.trace_id:032x}"
 
 
-def test_log_event_keeps_what_logging_refuses_or_hides(
+def test_log_event_keeps_what_logging_refuses_hides_or_overrides(
     log_output: Callable[..., LogReader], records_made: list[str]
 ) -> None:
-    """A field `makeRecord` refuses raises as before; one `JsonFormatter` hides stays hidden."""
+    """Through `logging`: a field `makeRecord` refuses raises as before, one `JsonFormatter`
+    hides stays hidden, one named as the line's head takes the head's place."""
     read = log_output()
     log = logging.getLogger("sidecar.stream")
     with pytest.raises(KeyError, match="Attempt to overwrite 'msg'"):
         log_event(log, logging.INFO, "refused", {"msg": "clash"})
     log_event(log, logging.INFO, "hidden", {"_private": 1, "shown": 2})
-    assert records_made == ["sidecar.stream"] * 2
-    (entry,) = events(read())
-    assert entry["shown"] == 2
-    assert "_private" not in entry
+    head = {"time": "mine", "level": "mine", "logger": "mine", "extra": 1}
+    log_event(log, logging.INFO, "overridden", head)
+    assert records_made == ["sidecar.stream"] * 3
+    hidden, overridden = read()
+    assert json.loads(hidden)["shown"] == 2
+    assert "_private" not in json.loads(hidden)
+    assert overridden.startswith(
+        '{"time": "mine", "level": "mine", "logger": "mine", "message": "overridden", "extra": 1'
+    )
 
 
 def _observed_by_caplog(caplog: pytest.LogCaptureFixture) -> None:

@@ -42,6 +42,9 @@ def _context_ids() -> dict[str, str]:
     return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
 
+# The names `JsonFormatter` puts before a record's fields (`message` is a record's own).
+_HEAD_NAMES: Final = frozenset({"time", "level", "logger"})
+
 # Which attributes of a record came from `extra`, by the record's attribute names in
 # order: a logger call site produces the same names every time, so each is sorted once.
 _EXTRA_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -104,20 +107,40 @@ class JsonFormatter(logging.Formatter):
     ) -> str:
         """What `format` makes of the record `Logger.makeRecord` would build from these.
 
-        `fields` hold only names a record would carry as extras (`plain_fields`);
-        `created` is `time.time()` when logged, `msecs` derived from it as
-        `LogRecord.__init__` does.
+        `fields` hold only plain names (`plain_fields`: carried as extras, none a name of
+        the line's own head); `created` is `time.time()` when logged, `msecs` derived
+        from it as `LogRecord.__init__` does.
         """
-        entry: dict[str, Any] = {
-            "time": self._time(created, int((created - int(created)) * 1000)),
-            "level": logging.getLevelName(level),
-            "logger": name,
-            "message": message,
-        }
-        entry.update(fields)
         if not fields.get("trace_id"):
-            entry.update(_context_ids())
-        return _encode(entry)
+            ids = _context_ids()
+            if ids:  # in `format`'s place: after the fields, or over a `span_id` among them
+                fields = {**fields, **ids}
+        # The line is `format`'s dict encoded: its head (level, logger, message: the same
+        # few per call site, encoded once each) and the fields, encoded as they are,
+        # without copying them into a new dict. `time` needs no escaping.
+        levelname = logging.getLevelName(level)
+        try:
+            head = _HEADS[levelname, name, message]
+        except KeyError:
+            head = _head(levelname, name, message)
+        body = _encode(fields)
+        time_ = self._time(created, int((created - int(created)) * 1000))
+        if len(body) == 2:  # no fields: "{}"
+            return f'{{"time": "{time_}", {head}}}'
+        return f'{{"time": "{time_}", {head}, {body[1:]}'
+
+
+# `"level": ..., "logger": ..., "message": ...` of a line, by their values (bounded).
+_HEADS: dict[tuple[str, str, str], str] = {}
+
+
+def _head(levelname: str, name: str, message: str) -> str:
+    """The encoded head of `event_line`'s lines with these values, remembered."""
+    head = _encode({"level": levelname, "logger": name, "message": message})[1:-1]
+    if len(_HEADS) >= _EXTRA_KEYS_LIMIT:
+        _HEADS.clear()
+    _HEADS[levelname, name, message] = head
+    return head
 
 
 class TextFormatter(logging.Formatter):
@@ -238,7 +261,8 @@ def log_event(logger: logging.Logger, level: int, message: str, fields: dict[str
     - the root has no filter and one handler, exactly a `LineHandler` (its `handle` not
       overridden) with no filter, a level at or below `level`, and exactly a
       `JsonFormatter` (its `format` not overridden);
-    - every field is a name `makeRecord` takes and `format` prints (`plain_fields`).
+    - every field is a name `makeRecord` takes and `format` prints after the line's
+      head (`plain_fields`).
     `JsonFormatter.event_line` then builds what `format` builds from that record: the
     same `time` (taken when logged), level name, logger name, message (no args: the
     message itself), fields in order, trace ids from the fields or the current span,
@@ -274,11 +298,12 @@ def log_event(logger: logging.Logger, level: int, message: str, fields: dict[str
 
 
 def plain_fields(fields: dict[str, Any]) -> bool:
-    """Whether `makeRecord` takes every field as an extra and `JsonFormatter` prints each:
-    none is a `LogRecord` attribute (it would raise) or starts with `_` (not printed)."""
+    """Whether `makeRecord` takes every field as an extra and `JsonFormatter` prints each
+    after the line's head: none is a `LogRecord` attribute (it would raise), starts with
+    `_` (not printed) or is `time`, `level` or `logger` (printed in the head's place)."""
     if fields.keys() <= _PLAIN:
         return True
-    if len(_extra_keys(fields)) != len(fields):
+    if len(_extra_keys(fields)) != len(fields) or not _HEAD_NAMES.isdisjoint(fields):
         return False
     if len(_PLAIN) >= _EXTRA_KEYS_LIMIT:
         _PLAIN.clear()
