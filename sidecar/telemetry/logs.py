@@ -269,7 +269,8 @@ def log_event(logger: logging.Logger, level: int, message: str, fields: dict[str
     and encoder; `write_event` writes it as `handle` does (one write, same lock, same
     flush). Anything else (pytest's `caplog` handlers, a filter, another handler, the
     text format, a level that drops the line) goes through `logging` as before. The
-    checks are a few attribute reads, against ~10 µs of `LogRecord` machinery per line.
+    checks are a few attribute reads and calls `logging` caches; the record machinery
+    they skip is about half of what a line costs through `logging`.
     """
     root = logging.root
     handlers = root.handlers
