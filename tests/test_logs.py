@@ -8,14 +8,19 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import JsonFormatter, setup_logging
-from sidecar.telemetry.logs import LineHandler, TextFormatter
+from sidecar.telemetry.logs import LineHandler, TextFormatter, log_event
 from tests.support.otel import TRACEPARENT, make_otel, prompt
 from tests.support.sidecars import SidecarFactory
 
@@ -296,14 +301,18 @@ def _pipe_streams() -> Iterator[tuple[str, Callable[[int], _CountingText], bool]
     )
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["logging", "log_event"])
 @pytest.mark.parametrize(("kind", "make", "by_itself"), list(_pipe_streams()))
 def test_every_line_reaches_the_descriptor_when_logged(
     kind: str,
     make: Callable[[int], _CountingText],
     by_itself: bool,
+    direct: bool,
     log_output: Callable[..., LogReader],
+    records_made: list[str],
 ) -> None:
-    """One write per line, flushed only where the stream would not pass the line on itself."""
+    """One write per line, flushed only where the stream would not pass the line on itself,
+    by `logging` or written directly by `log_event`."""
     log_output()  # restores the root logger afterwards
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)  # a line held back fails the read instead of hanging
@@ -312,12 +321,16 @@ def test_every_line_reaches_the_descriptor_when_logged(
         setup_logging(TelemetryConfig(log_format="json"), stream=stream)
         log = logging.getLogger("sidecar.stream")
         for n in range(3):
-            log.info("stream_start", extra={"request_id": f"req_{n}"})
+            if direct:
+                log_event(log, logging.INFO, "stream_start", {"request_id": f"req_{n}"})
+            else:
+                log.info("stream_start", extra={"request_id": f"req_{n}"})
             line = os.read(read_end, 65536).decode()  # there now, not at some later flush
             assert line.count("\n") == 1, kind
             assert line.endswith("\n"), kind
             assert json.loads(line)["request_id"] == f"req_{n}"
         assert stream.writes == 3
+        assert records_made == ([] if direct else ["sidecar.stream"] * 3)
         assert stream.flushes == (0 if by_itself else 3)
     finally:
         logging.getLogger().handlers.clear()
@@ -343,3 +356,255 @@ def test_line_handler_set_stream_follows_the_new_stream() -> None:
     handler.handle(_records()[0])
     assert first.getvalue() == ""
     assert json.loads(second.getvalue())["output_tokens"] == 7
+
+
+# ---------------------------------------------------------------- `log_event`
+
+FIELD_SETS: dict[str, dict[str, Any]] = {
+    "stream line": {
+        "event": "stream_complete", "request_id": "req_1", "route": "/api/x",
+        "model": "claude-sonnet-5-5", "stream": True, "trace_id": "ab" * 16,
+        "span_id": "cd" * 8, "outcome": "completed", "input_tokens": 12, "ttft_ms": 412.5,
+        "tokens_per_second": None, "cost_usd": 0.003636, "error_type": None,
+    },
+    "numbers": {"zero": 0, "big": 2**70, "neg": -3, "tiny": 1e-7, "third": 1 / 3,
+                "nan": float("nan"), "inf": float("-inf"), "flag": False},
+    "strings": {"unicode": "héllo ✓ 🚀 中文", "quotes": 'say "hi" \\ there',
+                "newlines": "one\ntwo\r\n\tthree", "control": "\x00\x1f\u2028", "empty": ""},
+    "odd values": {"obj": object(), "decimal": Decimal("1.10"), "bytes": b"\xff",
+                   "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "set": {1},
+                   "nested": {"list": [1, "two", None, {"deep": object()}]}},
+    "no fields": {},
+    "empty trace id": {"event": "x", "trace_id": "", "span_id": "keep-place"},
+    "span id only": {"span_id": "ef" * 8, "n": 1},
+}  # fmt: skip
+CURRENT = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0x00F067AA0BA902B7, False,
+                      TraceFlags(TraceFlags.SAMPLED))  # fmt: skip
+
+
+@pytest.fixture
+def records_made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The logger names of the `LogRecord`s `logging` builds from here on."""
+    made: list[str] = []
+    make = logging.Logger.makeRecord
+
+    def counted(self: logging.Logger, name: str, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(name)
+        return make(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", counted)
+    return made
+
+
+def _clock(now: float) -> Callable[[], float]:
+    return lambda: now
+
+
+@pytest.mark.parametrize("in_span", [False, True], ids=["no span", "in a span"])
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING, 25])
+@pytest.mark.parametrize("fields", list(FIELD_SETS.values()), ids=list(FIELD_SETS))
+def test_log_event_writes_the_bytes_logging_writes(
+    fields: dict[str, Any],
+    level: int,
+    in_span: bool,
+    log_output: Callable[..., LogReader],
+    records_made: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a record, the same line as `logger.log(level, message, extra=fields)`:
+    key order, `time` (across seconds), level names, trace ids, `default=str` values."""
+    read = log_output(log_format="json")
+    log = logging.getLogger("sidecar.stream")
+    span = NonRecordingSpan(CURRENT if in_span else SpanContext(0, 0, False))
+    with trace.use_span(span):
+        for now in (1764645130.0, 1764645130.9996, 1764645131.5004, 1764645131.5004):
+            monkeypatch.setattr(time, "time", _clock(now))
+            log_event(log, level, "stream ✓", fields)
+            assert records_made == []  # written directly
+            log.log(level, "stream ✓", extra=fields)
+            assert records_made == ["sidecar.stream"]
+            records_made.clear()
+    lines = read()
+    assert len(lines) == 8
+    for direct, logged in zip(lines[::2], lines[1::2], strict=True):
+        assert direct == logged
+    entry = json.loads(lines[0])
+    assert entry["time"] == "2025-12-02T03:12:10.000Z"
+    assert json.loads(lines[2])["time"] == "2025-12-02T03:12:10.999Z"
+    assert entry["level"] == logging.getLevelName(level)
+    if in_span and not fields.get("trace_id"):
+        assert entry["trace_id"] == f"{CURRENT.trace_id:032x}"
+
+
+def test_log_event_keeps_what_logging_refuses_hides_or_overrides(
+    log_output: Callable[..., LogReader], records_made: list[str]
+) -> None:
+    """Through `logging`: a field `makeRecord` refuses raises as before, one `JsonFormatter`
+    hides stays hidden, one named as the line's head takes the head's place."""
+    read = log_output()
+    log = logging.getLogger("sidecar.stream")
+    with pytest.raises(KeyError, match="Attempt to overwrite 'msg'"):
+        log_event(log, logging.INFO, "refused", {"msg": "clash"})
+    log_event(log, logging.INFO, "hidden", {"_private": 1, "shown": 2})
+    head = {"time": "mine", "level": "mine", "logger": "mine", "extra": 1}
+    log_event(log, logging.INFO, "overridden", head)
+    assert records_made == ["sidecar.stream"] * 3
+    hidden, overridden = read()
+    assert json.loads(hidden)["shown"] == 2
+    assert "_private" not in json.loads(hidden)
+    assert overridden.startswith(
+        '{"time": "mine", "level": "mine", "logger": "mine", "message": "overridden", "extra": 1'
+    )
+
+
+def _observed_by_caplog(caplog: pytest.LogCaptureFixture) -> None:
+    logging.getLogger().addHandler(caplog.handler)
+
+
+def _a_handler_filter(caplog: pytest.LogCaptureFixture) -> None:
+    logging.getLogger().handlers[0].addFilter(lambda record: True)
+
+
+def _a_root_filter(caplog: pytest.LogCaptureFixture) -> None:
+    logging.getLogger().addFilter(lambda record: True)
+
+
+def _a_logger_filter(caplog: pytest.LogCaptureFixture) -> None:
+    logging.getLogger("sidecar.fast.child").addFilter(lambda record: True)
+
+
+def _a_parent_handler(caplog: pytest.LogCaptureFixture) -> None:
+    logging.getLogger("sidecar.fast").addHandler(caplog.handler)
+
+
+def _a_parent_not_propagating(caplog: pytest.LogCaptureFixture) -> None:
+    logging.getLogger("sidecar.fast").propagate = False
+    logging.getLogger("sidecar.fast").addHandler(logging.getLogger().handlers[0])
+
+
+def _a_record_factory(caplog: pytest.LogCaptureFixture) -> None:
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        record.stamped = "by the factory"
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_observed_by_caplog, _a_handler_filter, _a_root_filter, _a_logger_filter,
+     _a_parent_handler, _a_parent_not_propagating, _a_record_factory],
+)  # fmt: skip
+def test_log_event_goes_through_logging_when_anything_else_would_see_the_line(
+    change: Callable[[pytest.LogCaptureFixture], None],
+    log_output: Callable[..., LogReader],
+    records_made: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """caplog, filters, another handler, a record factory: the record is made and seen."""
+    read = log_output()
+    log, parent = logging.getLogger("sidecar.fast.child"), logging.getLogger("sidecar.fast")
+    factory = logging.getLogRecordFactory()
+    change(caplog)
+    try:
+        log_event(log, logging.INFO, "stream_start", {"event": "stream_start", "n": 1})
+    finally:
+        logging.setLogRecordFactory(factory)
+        for logger in (log, parent, logging.getLogger()):
+            logger.filters.clear()
+        parent.handlers.clear()
+        parent.propagate = True
+    assert records_made == ["sidecar.fast.child"]
+    (entry,) = events(read())
+    assert (entry["message"], entry["n"]) == ("stream_start", 1)
+    if change is _a_record_factory:
+        assert entry["stamped"] == "by the factory"
+    if change in (_observed_by_caplog, _a_parent_handler):
+        (record,) = caplog.records
+        assert (record.getMessage(), vars(record)["n"]) == ("stream_start", 1)
+
+
+def test_log_event_in_text_format_goes_through_logging(
+    log_output: Callable[..., LogReader], records_made: list[str]
+) -> None:
+    read = log_output(log_format="text")
+    log_event(logging.getLogger("sidecar.stream"), logging.INFO, "stream_start", {"n": 1})
+    assert records_made == ["sidecar.stream"]
+    (line,) = read()
+    assert line.endswith(" INFO sidecar.stream stream_start n=1")
+
+
+def test_log_event_writes_nothing_below_the_level(
+    log_output: Callable[..., LogReader], records_made: list[str]
+) -> None:
+    """A level that drops the line (config, handler, `logging.disable`) still drops it."""
+    read = log_output(log_level="WARNING")
+    log = logging.getLogger("sidecar.stream")
+    log_event(log, logging.INFO, "dropped by the root's level", {"n": 1})
+    log_event(log, logging.WARNING, "kept", {"n": 2})
+    (handler,) = logging.getLogger().handlers
+    handler.setLevel(logging.ERROR)
+    log_event(log, logging.WARNING, "dropped by the handler's level", {"n": 3})
+    handler.setLevel(logging.NOTSET)
+    logging.disable(logging.WARNING)
+    try:
+        log_event(log, logging.WARNING, "dropped by logging.disable", {"n": 4})
+    finally:
+        logging.disable(logging.NOTSET)
+    assert [entry["message"] for entry in events(read())] == ["kept"]
+    assert records_made == ["sidecar.stream"]  # the handler's level: `logging` decides
+
+
+def test_log_event_reports_a_failed_write_as_logging_does(
+    log_output: Callable[..., LogReader], capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_output()
+    (handler,) = logging.getLogger().handlers
+    assert isinstance(handler, LineHandler)
+    closed = io.StringIO()
+    closed.close()
+    handler.stream = closed
+    log = logging.getLogger("sidecar.stream")
+    log_event(log, logging.INFO, "direct", {"n": 1})
+    log.info("logged", extra={"n": 1})
+    reports = capsys.readouterr().err.split("--- Logging error ---")
+    assert len(reports) == 3
+    assert "Message: 'direct'" in reports[1]
+    assert "Message: 'logged'" in reports[2]
+    assert "ValueError: I/O operation on closed file" in reports[1]
+
+
+async def test_sidecar_lines_are_the_same_written_directly_or_through_logging(
+    sidecar_for: SidecarFactory,
+    log_output: Callable[..., LogReader],
+    records_made: list[str],
+) -> None:
+    """A real call's three lines, written directly, match those `logging` writes for the
+    next call (a filter on the handler takes that path): same keys in the same order,
+    same values but for times, durations and per-call ids."""
+    read = log_output()
+    ours = ("sidecar.stream", "sidecar.access")
+    otel = make_otel()
+    async with sidecar_for({"auth": AUTH}, telemetry=otel.telemetry) as sidecar:
+        headers = {"x-api-key": CLIENT_KEY, "traceparent": TRACEPARENT}
+        assert (await prompt(sidecar.url, "hi [[fake tokens=5]]", headers))[0] == 200
+        direct = read()
+        assert [name for name in records_made if name in ours] == []
+        logging.getLogger().handlers[0].addFilter(lambda record: True)
+        assert (await prompt(sidecar.url, "hi [[fake tokens=5]]", headers))[0] == 200
+        logged = read()[len(direct) :]
+        assert [name for name in records_made if name in ours] == [
+            "sidecar.stream", "sidecar.stream", "sidecar.access"
+        ]  # fmt: skip
+    varying = {"time", "request_id", "span_id", "ttft_ms", "duration_ms", "tokens_per_second",
+               "queue_wait_ms"}  # fmt: skip
+    assert len(direct) == len(logged) == 3
+    for one_line, other_line in zip(events(direct), events(logged), strict=True):
+        assert list(one_line) == list(other_line)
+        assert {k: v for k, v in one_line.items() if k not in varying} == {
+            k: v for k, v in other_line.items() if k not in varying
+        }
+    assert [e["message"] for e in events(direct)] == ["stream_start", "stream_complete", "request"]

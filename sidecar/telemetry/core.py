@@ -40,6 +40,7 @@ from sidecar.telemetry.cost import cost_usd, price_for
 from sidecar.telemetry.health import Health
 from sidecar.telemetry.histograms import AttributeSet
 from sidecar.telemetry.instruments import Instruments
+from sidecar.telemetry.logs import log_event
 from sidecar.telemetry.providers import Providers, build_providers, sdk_disabled
 from sidecar.telemetry.semconv import (
     DEFAULT,
@@ -252,7 +253,8 @@ class Telemetry:
             # Ids, identity hashes and trace ids are the same on both stream lines: once.
             record.log_base = self._log_base(record, span)
             if stream_log.isEnabledFor(logging.INFO):
-                stream_log.info("stream_start", extra={"event": "stream_start", **record.log_base})
+                fields = {"event": "stream_start", **record.log_base}
+                log_event(stream_log, logging.INFO, "stream_start", fields)
             if record.admitted and self._on:
                 self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
         except Exception:  # telemetry must never break a response
@@ -336,10 +338,10 @@ class Telemetry:
                     **base,
                     **streams.log_fields(record, ended, cost),
                 }
-                stream_log.warning("stream_error", extra=fields)
+                log_event(stream_log, logging.WARNING, "stream_error", fields)
         elif stream_log.isEnabledFor(logging.INFO):
             fields = {"event": "stream_complete", **base, **streams.log_fields(record, ended, cost)}
-            stream_log.info("stream_complete", extra=fields)
+            log_event(stream_log, logging.INFO, "stream_complete", fields)
 
     def _end_attributes(
         self, record: StreamRecord, span: Span, failed: bool, base: dict[str, Any]
@@ -455,16 +457,14 @@ class Telemetry:
         self.instruments.rejections.add(1, attributes)
         if span is not None:
             span.set_attribute("sidecar.rejection.reason", reason)
-        if not reject_log.isEnabledFor(logging.WARNING if warn else logging.INFO):
+        level = logging.WARNING if warn else logging.INFO
+        if not reject_log.isEnabledFor(level):
             return
         fields: dict[str, Any] = {
             "event": "request_rejected", "reason": reason, "route": route, "status": status,
             "request_id": request_id, **span_ids(span),
         }  # fmt: skip
-        if warn:
-            reject_log.warning("request_rejected", extra=fields)
-        else:
-            reject_log.info("request_rejected", extra=fields)
+        log_event(reject_log, level, "request_rejected", fields)
 
     def resumed(self, result: str, replayed: int = 0) -> None:
         """A reconnect was answered (`result`: resumed | expired | forbidden | lost)."""
@@ -561,7 +561,7 @@ class Telemetry:
             fields["trace_id"], fields["span_id"] = span.ids()
         elif span is not None:
             fields.update(span_ids(span))
-        access_log.info("request", extra=fields)
+        log_event(access_log, logging.INFO, "request", fields)
 
     # ------------------------------------------------------------------ export
 

@@ -2,7 +2,9 @@
 
 Fields come from `extra={...}`; `trace_id`/`span_id` are taken from the record when
 given, else from the current OpenTelemetry context. Nothing here reads prompts or
-secrets: callers decide what goes into `extra`.
+secrets: callers decide what goes into `extra`. The sidecar's own per-call lines go
+through `log_event`, which writes the same bytes without a `LogRecord` when only the
+sidecar's handler would see them.
 """
 
 from __future__ import annotations
@@ -29,11 +31,19 @@ _encode: Final = json.JSONEncoder(default=str).encode
 def _trace_fields(record: logging.LogRecord) -> dict[str, str]:
     if getattr(record, "trace_id", None):
         return {}
+    return _context_ids()
+
+
+def _context_ids() -> dict[str, str]:
+    """`trace_id` / `span_id` of the current OpenTelemetry span (nothing when invalid)."""
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return {}
     return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
+
+# The names `JsonFormatter` puts before a record's fields (`message` is a record's own).
+_HEAD_NAMES: Final = frozenset({"time", "level", "logger"})
 
 # Which attributes of a record came from `extra`, by the record's attribute names in
 # order: a logger call site produces the same names every time, so each is sorted once.
@@ -66,15 +76,18 @@ class JsonFormatter(logging.Formatter):
         self._second = -1
         self._stamp = ""  # `time` up to the second, for `_second` (lines share seconds)
 
-    def format(self, record: logging.LogRecord) -> str:
-        # Three lines per Claude call: written out here, with no helper calls and no
-        # intermediate dicts per line. `time` is formatted up to the second once per second.
-        second = int(record.created)
+    def _time(self, created: float, msecs: float) -> str:
+        """`time` of a line: formatted up to the second once per second (lines share seconds)."""
+        second = int(created)
         if second != self._second:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
+        return f"{self._stamp}.{int(msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line of `record`; `event_line` writes the same for the same fields."""
         entry: dict[str, Any] = {
-            "time": f"{self._stamp}.{int(record.msecs):03d}Z",
+            "time": self._time(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "message": record.msg if not record.args and type(record.msg) is str
@@ -88,6 +101,46 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _encode(entry)
+
+    def event_line(
+        self, created: float, level: int, name: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """What `format` makes of the record `Logger.makeRecord` would build from these.
+
+        `fields` hold only plain names (`plain_fields`: carried as extras, none a name of
+        the line's own head); `created` is `time.time()` when logged, `msecs` derived
+        from it as `LogRecord.__init__` does.
+        """
+        if not fields.get("trace_id"):
+            ids = _context_ids()
+            if ids:  # in `format`'s place: after the fields, or over a `span_id` among them
+                fields = {**fields, **ids}
+        # The line is `format`'s dict encoded: its head (level, logger, message: the same
+        # few per call site, encoded once each) and the fields, encoded as they are,
+        # without copying them into a new dict. `time` needs no escaping.
+        levelname = logging.getLevelName(level)
+        try:
+            head = _HEADS[levelname, name, message]
+        except KeyError:
+            head = _head(levelname, name, message)
+        body = _encode(fields)
+        time_ = self._time(created, int((created - int(created)) * 1000))
+        if len(body) == 2:  # no fields: "{}"
+            return f'{{"time": "{time_}", {head}}}'
+        return f'{{"time": "{time_}", {head}, {body[1:]}'
+
+
+# `"level": ..., "logger": ..., "message": ...` of a line, by their values (bounded).
+_HEADS: dict[tuple[str, str, str], str] = {}
+
+
+def _head(levelname: str, name: str, message: str) -> str:
+    """The encoded head of `event_line`'s lines with these values, remembered."""
+    head = _encode({"level": levelname, "logger": name, "message": message})[1:-1]
+    if len(_HEADS) >= _EXTRA_KEYS_LIMIT:
+        _HEADS.clear()
+    _HEADS[levelname, name, message] = head
+    return head
 
 
 class TextFormatter(logging.Formatter):
@@ -154,6 +207,109 @@ class LineHandler(logging.StreamHandler[TextIO]):
         finally:
             self.release()
         return True
+
+    def write_event(
+        self,
+        formatter: JsonFormatter,
+        logger: logging.Logger,
+        level: int,
+        message: str,
+        fields: dict[str, Any],
+    ) -> None:
+        """Write what `handle` writes for `logger.log(level, message, extra=fields)`'s record.
+
+        For `log_event`, which has checked that this is all that call would do.
+        """
+        created = time.time()  # when logged, as `LogRecord` takes it (before the lock)
+        self.acquire()
+        try:
+            stream = self.stream
+            stream.write(
+                formatter.event_line(created, level, logger.name, message, fields) + self.terminator
+            )
+            if self._flush_each:
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # reported as `handle` reports it, with the record it would have had
+            self.handleError(
+                logger.makeRecord(
+                    logger.name, level, "(unknown file)", 0, message, (), None, extra=fields
+                )
+            )
+        finally:
+            self.release()
+
+
+# Field names found plain so far: a call site logs the same few names every time, so
+# most lines are settled by one C-level subset test (bounded: names come from code).
+_PLAIN: Final[set[str]] = set()
+
+
+def log_event(logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
+    """`logger.log(level, message, extra=fields)`: the same line, without a `LogRecord` when
+    the sidecar's own JSON handler is the only thing that would see it.
+
+    Writes directly only when that call would do nothing but build a record and hand it
+    to the one `LineHandler` on the root logger, to be formatted by its `JsonFormatter`:
+    - the logger is enabled for `level` (`isEnabledFor`: its level, `disabled`,
+      `logging.disable`; cached by `logging`), is a plain `Logger` (no `makeRecord` or
+      `handle` of its own) and records are plain `LogRecord`s (a record factory could
+      add attributes, which `JsonFormatter` would print as fields);
+    - the logger and each ancestor below the root have no handler and no filter and
+      propagate (`Logger.handle`, `callHandlers`): the root's handlers are all it reaches;
+    - the root has no filter and one handler, exactly a `LineHandler` (its `handle` not
+      overridden) with no filter, a level at or below `level`, and exactly a
+      `JsonFormatter` (its `format` not overridden);
+    - every field is a name `makeRecord` takes and `format` prints after the line's
+      head (`plain_fields`).
+    `JsonFormatter.event_line` then builds what `format` builds from that record: the
+    same `time` (taken when logged), level name, logger name, message (no args: the
+    message itself), fields in order, trace ids from the fields or the current span,
+    and encoder; `write_event` writes it as `handle` does (one write, same lock, same
+    flush). Anything else (pytest's `caplog` handlers, a filter, another handler, the
+    text format, a level that drops the line) goes through `logging` as before. The
+    checks are a few attribute reads and calls `logging` caches; the record machinery
+    they skip is about half of what a line costs through `logging`.
+    """
+    root = logging.root
+    handlers = root.handlers
+    if (
+        len(handlers) == 1
+        and type(handler := handlers[0]) is LineHandler
+        and type(formatter := handler.formatter) is JsonFormatter
+        and not handler.filters
+        and handler.level <= level
+        and not root.filters
+        and type(logger) is logging.Logger
+        and logger.isEnabledFor(level)
+        and logging.getLogRecordFactory() is logging.LogRecord
+        and (fields.keys() <= _PLAIN or plain_fields(fields))  # `plain_fields`' own first test
+    ):
+        node: logging.Logger | None = logger
+        while node is not root:
+            if node is None or node.handlers or node.filters or not node.propagate:
+                break
+            node = node.parent
+        else:
+            handler.write_event(formatter, logger, level, message, fields)
+            return
+    # As if called where `log_event` was (`stacklevel`): a record names its caller.
+    logger.log(level, message, extra=fields, stacklevel=2)
+
+
+def plain_fields(fields: dict[str, Any]) -> bool:
+    """Whether `makeRecord` takes every field as an extra and `JsonFormatter` prints each
+    after the line's head: none is a `LogRecord` attribute (it would raise), starts with
+    `_` (not printed) or is `time`, `level` or `logger` (printed in the head's place)."""
+    if fields.keys() <= _PLAIN:
+        return True
+    if len(_extra_keys(fields)) != len(fields) or not _HEAD_NAMES.isdisjoint(fields):
+        return False
+    if len(_PLAIN) >= _EXTRA_KEYS_LIMIT:
+        _PLAIN.clear()
+    _PLAIN.update(fields)
+    return True
 
 
 def setup_logging(config: TelemetryConfig, stream: TextIO | None = None) -> None:
