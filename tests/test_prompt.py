@@ -367,3 +367,14 @@ def test_generated_streams_translate_as_the_previous_translator_did(
     old = relayed(lambda log: OldPromptTranslator(capture=capture, log=log), chunks, end,
                   resumable, capture)  # fmt: skip
     assert new == old
+
+
+def test_a_stream_id_is_written_as_it_is_in_the_token_events_template() -> None:
+    """The prefix goes into a per-stream format template: a `%` in it stays a `%`."""
+    log = StreamLog("a%db%%", "owner", 1 << 20)
+    translator = PromptTranslator(capture=False, log=log)
+    block = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}'
+    assert translator.translate(block, b"content_block_delta", RECORD) == (
+        b'id: a%db%%:1\ndata: {"token":"hi"}\n\n'
+    )
+    assert log.numbered == 1
