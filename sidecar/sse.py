@@ -46,13 +46,15 @@ class EventScanner:
             chunk = chunk[1:] if chunk[:1] == b"\n" else chunk
         if self._carry:
             chunk = self._carry + chunk
-        if self._cr or b"\r" in chunk:
+        # `find`, not `in`: a bytes `in` tries the needle as an int first (raising and
+        # clearing a TypeError inside) before it searches.
+        if self._cr or chunk.find(b"\r") >= 0:
             self._cr = True
             # A \r ends a line whether or not a \n follows in the next read.
             self._skip_lf = chunk.endswith(b"\r")
             chunk = _normalise(chunk)
-        if chunk.endswith(_SEP) and chunk.find(_SEP) == len(chunk) - 2:
-            # The common case: one whole event per read.
+        if chunk.find(_SEP) == len(chunk) - 2 >= 0:
+            # The common case: one whole event per read (its first blank line ends it).
             self._carry = b""
             return [chunk[:-2]] if len(chunk) > 2 else []
         blocks = chunk.split(_SEP)

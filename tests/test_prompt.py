@@ -15,8 +15,10 @@ from sidecar.fake_claude import FakeServer
 from sidecar.fake_claude.reply import Block, Reply, encode_events
 from sidecar.handlers.prompt import PromptTranslator
 from sidecar.record import StreamRecord
-from sidecar.stream.core import StreamCore
+from sidecar.stream.core import StopStream, StreamCore
 from sidecar.stream.store import StreamLog
+from tests.support.claude_streams import chunked, claude_streams, relayed
+from tests.support.old_translators import OldPromptTranslator
 from tests.support.sidecars import SidecarFactory
 
 ROUTE = "/api/stream-response"
@@ -347,3 +349,32 @@ async def test_prompt_max_tokens_that_only_look_like_digits_are_a_400(
         error = (await response.json())["error"]
         assert error["type"] == "invalid_request"
         assert "max_tokens" in error["message"]
+
+
+ENDS = [None, OSError("connection reset"), StopStream("idle_timeout", "timeout_error", "idle")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(claude_streams().flatmap(chunked), st.sampled_from(ENDS), st.booleans(), st.booleans())
+def test_generated_streams_translate_as_the_previous_translator_did(
+    chunks: list[bytes], end: BaseException | None, resumable: bool, capture: bool
+) -> None:
+    """Over generated Claude streams (tricky strings, tool and thinking blocks, pings, errors,
+    cuts, any reads): the same bytes per read, final bytes, resume ids and accounting as the
+    translator before its hot path was tightened (`tests/support/old_translators.py`)."""
+    new = relayed(lambda log: PromptTranslator(capture=capture, log=log), chunks, end,
+                  resumable, capture)  # fmt: skip
+    old = relayed(lambda log: OldPromptTranslator(capture=capture, log=log), chunks, end,
+                  resumable, capture)  # fmt: skip
+    assert new == old
+
+
+def test_a_stream_id_is_written_as_it_is_in_the_token_events_template() -> None:
+    """The prefix goes into a per-stream format template: a `%` in it stays a `%`."""
+    log = StreamLog("a%db%%", "owner", 1 << 20)
+    translator = PromptTranslator(capture=False, log=log)
+    block = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}'
+    assert translator.translate(block, b"content_block_delta", RECORD) == (
+        b'id: a%db%%:1\ndata: {"token":"hi"}\n\n'
+    )
+    assert log.numbered == 1

@@ -97,3 +97,13 @@ def test_observe_error_event_and_bad_json() -> None:
     assert record.error_type == "overloaded_error"
     observe(record, b"event: message_delta\ndata: {not json")
     assert record.output_tokens == 0
+
+
+def test_reads_of_one_byte_and_of_a_lone_blank_line() -> None:
+    """A one-byte read is never a whole event; a read that is only a blank line ends none."""
+    scanner = EventScanner()
+    assert [b for byte in b"data: 1\n\n" for b in scanner.feed(bytes([byte]))] == [b"data: 1"]
+    assert scanner.feed(b"x") == []
+    assert scanner.feed(b"\n\n") == [b"x"]
+    assert scanner.feed(b"\n\n") == []
+    assert scanner.pending == b""

@@ -13,8 +13,11 @@ from sidecar import deltas
 from sidecar.handlers.ui_stream import DONE, UiTranslator, finish_reason
 from sidecar.record import StreamRecord
 from sidecar.sse import event_name
+from sidecar.stream.core import StopStream
 from sidecar.stream.hub import Generation
 from sidecar.stream.store import StreamLog
+from tests.support.claude_streams import chunked, claude_streams, relayed
+from tests.support.old_translators import OldUiTranslator
 
 
 def block(name: str, data: dict[str, Any], *, compact: bool = True) -> bytes:
@@ -274,3 +277,19 @@ def test_a_resumable_streams_ids_are_those_the_generation_would_give(
     assert [e.split(b"\n", 1)[0] for e in kept[1]] == [
         b"id: S:%d" % n for n in range(1, len(kept[1]) + 1)
     ]
+
+
+ENDS = [None, OSError("connection reset"), StopStream("idle_timeout", "timeout_error", "idle")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(claude_streams().flatmap(chunked), st.sampled_from(ENDS), st.booleans())
+def test_generated_streams_translate_as_the_previous_translator_did(
+    chunks: list[bytes], end: BaseException | None, resumable: bool
+) -> None:
+    """Over generated Claude streams (tricky strings, tool and thinking blocks, pings, errors,
+    cuts, any reads): the same chunks per read, final bytes, resume ids and accounting as
+    the translator before its hot path was tightened (`tests/support/old_translators.py`)."""
+    new = relayed(UiTranslator, chunks, end, resumable)
+    old = relayed(OldUiTranslator, chunks, end, resumable)
+    assert new == old

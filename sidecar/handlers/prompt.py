@@ -108,24 +108,6 @@ class PromptTranslator(Translator):
                 prefix = _PLAIN_PREFIX if log is None else log.id_prefix
                 return _NUMBERED[kind] % (prefix, n, value)
             return self._decoded_delta(block, record)
-        return self._other(block, name)
-
-    def _decoded_delta(self, block: bytes, record: StreamRecord) -> bytes:
-        """A content delta in any other spelling (or with content captured): decoded."""
-        delta = json_object(parse_block(block)[1]).get("delta") or {}
-        kind = delta.get("type")
-        if kind == "text_delta":
-            if self._capture:
-                record.completion_parts.append(str(delta.get("text", "")))
-            return self._event({"token": delta.get("text", "")})
-        if kind == "thinking_delta":
-            return self._event({"thinking": delta.get("thinking", "")})
-        if kind == "input_json_delta":
-            return self._event({"tool_input": delta.get("partial_json", "")})
-        return b""
-
-    def _other(self, block: bytes, name: bytes) -> bytes:
-        """Every event but a content delta: a tool call's start and Claude's error show."""
         if name == b"content_block_start":
             block_data = json_object(parse_block(block)[1]).get("content_block") or {}
             if block_data.get("type") == "tool_use":
@@ -143,6 +125,20 @@ class PromptTranslator(Translator):
                     }
                 }
             )
+        return b""
+
+    def _decoded_delta(self, block: bytes, record: StreamRecord) -> bytes:
+        """A content delta in any other spelling (or with content captured): decoded."""
+        delta = json_object(parse_block(block)[1]).get("delta") or {}
+        kind = delta.get("type")
+        if kind == "text_delta":
+            if self._capture:
+                record.completion_parts.append(str(delta.get("text", "")))
+            return self._event({"token": delta.get("text", "")})
+        if kind == "thinking_delta":
+            return self._event({"thinking": delta.get("thinking", "")})
+        if kind == "input_json_delta":
+            return self._event({"tool_input": delta.get("partial_json", "")})
         return b""
 
     def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
