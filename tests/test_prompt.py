@@ -17,8 +17,7 @@ from sidecar.handlers.prompt import PromptTranslator
 from sidecar.record import StreamRecord
 from sidecar.stream.core import StopStream, StreamCore
 from sidecar.stream.store import StreamLog
-from tests.support.claude_streams import chunked, claude_streams, relayed
-from tests.support.old_translators import OldPromptTranslator
+from tests.support.claude_streams import chunked, claude_streams, decoded, relayed, respaced
 from tests.support.sidecars import SidecarFactory
 
 ROUTE = "/api/stream-response"
@@ -356,17 +355,20 @@ ENDS = [None, OSError("connection reset"), StopStream("idle_timeout", "timeout_e
 
 @settings(max_examples=200, deadline=None)
 @given(claude_streams().flatmap(chunked), st.sampled_from(ENDS), st.booleans(), st.booleans())
-def test_generated_streams_translate_as_the_previous_translator_did(
+def test_deltas_carried_over_as_bytes_mean_what_decoding_them_would(
     chunks: list[bytes], end: BaseException | None, resumable: bool, capture: bool
 ) -> None:
     """Over generated Claude streams (tricky strings, tool and thinking blocks, pings, errors,
-    cuts, any reads): the same bytes per read, final bytes, resume ids and accounting as the
-    translator before its hot path was tightened (`tests/support/old_translators.py`)."""
-    new = relayed(lambda log: PromptTranslator(capture=capture, log=log), chunks, end,
-                  resumable, capture)  # fmt: skip
-    old = relayed(lambda log: OldPromptTranslator(capture=capture, log=log), chunks, end,
-                  resumable, capture)  # fmt: skip
-    assert new == old
+    cuts, any reads): the events, resume ids and accounting of the compact path (a delta's
+    string literal carried over as bytes) are those of the decoding path, which the same
+    stream spelled with spaces takes for every delta."""
+
+    def make(log: StreamLog | None) -> PromptTranslator:
+        return PromptTranslator(capture=capture, log=log)
+
+    carried = relayed(make, chunks, end, resumable, capture)
+    decoding = relayed(make, respaced(chunks), end, resumable, capture)
+    assert decoded(carried) == decoded(decoding)
 
 
 def test_a_stream_id_is_written_as_it_is_in_the_token_events_template() -> None:

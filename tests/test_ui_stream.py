@@ -16,8 +16,7 @@ from sidecar.sse import event_name
 from sidecar.stream.core import StopStream
 from sidecar.stream.hub import Generation
 from sidecar.stream.store import StreamLog
-from tests.support.claude_streams import chunked, claude_streams, relayed
-from tests.support.old_translators import OldUiTranslator
+from tests.support.claude_streams import chunked, claude_streams, decoded, relayed, respaced
 
 
 def block(name: str, data: dict[str, Any], *, compact: bool = True) -> bytes:
@@ -284,12 +283,13 @@ ENDS = [None, OSError("connection reset"), StopStream("idle_timeout", "timeout_e
 
 @settings(max_examples=200, deadline=None)
 @given(claude_streams().flatmap(chunked), st.sampled_from(ENDS), st.booleans())
-def test_generated_streams_translate_as_the_previous_translator_did(
+def test_deltas_carried_over_as_bytes_mean_what_decoding_them_would(
     chunks: list[bytes], end: BaseException | None, resumable: bool
 ) -> None:
     """Over generated Claude streams (tricky strings, tool and thinking blocks, pings, errors,
-    cuts, any reads): the same chunks per read, final bytes, resume ids and accounting as
-    the translator before its hot path was tightened (`tests/support/old_translators.py`)."""
-    new = relayed(UiTranslator, chunks, end, resumable)
-    old = relayed(OldUiTranslator, chunks, end, resumable)
-    assert new == old
+    cuts, any reads): the UI stream's chunks, resume ids and accounting of the compact path
+    (a delta's string literal carried over as bytes) are those of the decoding path, which
+    the same stream spelled with spaces takes for every delta."""
+    carried = relayed(UiTranslator, chunks, end, resumable)
+    decoding = relayed(UiTranslator, respaced(chunks), end, resumable)
+    assert decoded(carried) == decoded(decoding)

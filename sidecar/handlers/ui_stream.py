@@ -82,12 +82,15 @@ class UiTranslator(Translator):
             match = _match_delta(block)
             if match is not None:
                 text = match[_TEXT]
-                if text is not None:  # the common event: no hashing, no lookup
+                if text is not None:  # the common event: one lookup, one format
+                    index = match[1]
+                    if self._open.get(index) != "text":
+                        return b""  # no text block open at its index: dropped, as decoded
                     log = self._log
                     if log is None:
-                        return _TEXT_DELTA % (match[1], text)
+                        return _TEXT_DELTA % (index, text)
                     n = log.numbered = log.numbered + 1
-                    return _NUMBERED_TEXT_DELTA % (log.id_prefix, n, match[1], text)
+                    return _NUMBERED_TEXT_DELTA % (log.id_prefix, n, index, text)
                 out = self._literal_delta(match)
             else:
                 out = self._delta(_data(block))
@@ -99,6 +102,8 @@ class UiTranslator(Translator):
         """A thinking or tool input delta, its JSON string literal reused as is."""
         index, value = match[1], match[deltas.THINKING]
         if value is not None:
+            if self._open.get(index) != "reasoning":
+                return b""  # no thinking block open at its index: dropped, as decoded
             return _REASONING_DELTA % (index, value)
         value = match[deltas.TOOL_INPUT]
         tool = self._tools.get(index)

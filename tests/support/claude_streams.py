@@ -9,6 +9,7 @@ now and then. `chunked` splits the bytes anywhere, as reads would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import fields
@@ -148,3 +149,45 @@ def relayed(
     facts = {f.name: getattr(record, f.name) for f in fields(record) if f.name not in _TIMES}
     kept = (list(log.events), log.numbered, log.last, log.final) if log is not None else None
     return {"reads": reads, "final": final, "log": kept, "record": facts}
+
+
+def respaced(chunks: list[bytes]) -> list[bytes]:
+    """The same stream with every event's JSON written as `json.dumps` writes it (spaces
+    after `,` and `:`, non-ASCII escaped): no delta keeps Anthropic's compact shape, so a
+    translator takes its decoding path for each, never the byte-for-byte carry-over."""
+    out = []
+    for line in b"".join(chunks).split(b"\n"):
+        if line.startswith(b"data: "):
+            ending = b"\r" if line.endswith(b"\r") else b""
+            with contextlib.suppress(ValueError):  # a line cut short is left as it is
+                line = b"data: " + json.dumps(json.loads(line[6:])).encode() + ending
+        out.append(line)
+    return [b"\n".join(out)]
+
+
+def decoded(relay: dict[str, Any]) -> dict[str, Any]:
+    """A `relayed` result by meaning, not bytes: every event the client got (and the log
+    kept) as its fields, each `data` decoded; the record's facts but how many reads came."""
+
+    def events(data: bytes) -> list[list[tuple[str, Any]]]:
+        parsed = []
+        for block in data.replace(b"\r\n", b"\n").split(b"\n\n"):
+            fields_of = []
+            for line in block.split(b"\n"):
+                name, _, value = line.partition(b": ")
+                if not line:
+                    continue
+                try:
+                    fields_of.append((name.decode(), json.loads(value)))
+                except ValueError:  # not JSON (`[DONE]`, an event name, an id)
+                    fields_of.append((name.decode(), value.decode()))
+            if fields_of:
+                parsed.append(fields_of)
+        return parsed
+
+    log = relay["log"]
+    return {
+        "events": events(b"".join(relay["reads"]) + relay["final"]),
+        "log": None if log is None else (events(b"".join(log[0])), *log[1:]),
+        "record": {k: v for k, v in relay["record"].items() if k != "chunks"},
+    }
