@@ -21,15 +21,15 @@ import pytest
 
 from tests.support.costs import dump, measured_sidecar, per_call, per_event, per_open_stream
 
-CALLS_PER_CALL = 1600  # measured 1,420-1,440
-CALLS_PER_EVENT = 54  # measured 48-51 (≈ 30 of them the asyncio loop's own per read)
+CALLS_PER_CALL = 1250  # measured 1,040-1,100
+CALLS_PER_EVENT = 54  # measured 44-49 (≈ 30 of them the asyncio loop's own per read)
 # The prompt route: the same relay, plus each delta re-framed as `{"token": ...}` (its JSON
 # string copied, not decoded, its resume id written in the same step) and kept in the
 # resume buffer. Its memory per event is that buffer, bounded by `resume.max_buffer_bytes`
 # (the stream store's tests).
 PROMPT_CALLS_PER_EVENT = 58  # measured 48-53
-BYTES_PER_OPEN_STREAM = 25_500  # measured 23,100 (most of it aiohttp's and the transports')
-BLOCKS_PER_OPEN_STREAM = 295  # measured 268
+BYTES_PER_OPEN_STREAM = 21_000  # measured 18,800 (most of it aiohttp's and the transports')
+BLOCKS_PER_OPEN_STREAM = 235  # measured 212
 # Memory left behind once calls and streams have ended: none beyond noise (the loop
 # drops cancelled timers in batches, caches fill), measured within ±130 B per call and
 # ±100 B per event. Keeping one log record per call is ~1 KB; one event's bytes ~190 B.
