@@ -161,7 +161,7 @@ class ClaudeClient:
                 if self._on_status is not None:
                     self._on_status(status)
                 if status == 401 or status < 200 or 200 < status < 300:
-                    response.release()
+                    response.close()
                     raise _unusable(status)
                 if not _should_retry(response) or retries >= config.max_retries:
                     return response, retries
@@ -171,7 +171,7 @@ class ClaudeClient:
                 )
                 if delay > config.retry_max_seconds:
                     return response, retries  # the client backs off itself
-                response.release()
+                response.close()
                 self._count_retry(str(status))
             finally:
                 head.stop(task)  # whatever ended the wait (again: no effect)

@@ -87,7 +87,7 @@ class Connection(asyncio.Protocol):
             self.drop()
 
     def drop(self) -> None:
-        """Close now, whatever is in flight (its `Response` hears of it)."""
+        """Close now; a `Response` still on it has settled itself (it asked for this)."""
         self.closed = True
         self.response = None
         self._pool.forget(self)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from sidecar.http_client.errors import ClientError, Disconnected, MalformedResponse
+from sidecar.http_client.errors import Disconnected, MalformedResponse
 
 if TYPE_CHECKING:
     from sidecar.http_client.connection import Connection
@@ -50,8 +50,8 @@ class Response:
 
     def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop, head: bool) -> None:
         self._conn: Connection | None = connection
-        # Let go at the end (`_settle`): the parser holds this response's bound callbacks,
-        # a cycle only the garbage collector would otherwise break.
+        # Let go once settled (`_complete`, `_fail`, `close`): the parser holds this
+        # response's bound callbacks, a cycle only the garbage collector would otherwise break.
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._raw: list[bytes] | None = []  # header names and values, alternating
         self._head: asyncio.Future[None] = loop.create_future()
@@ -150,11 +150,17 @@ class Response:
         if self._body and self._sink is not None:
             self._push()
 
-    def _push(self) -> None:
-        """Hand what was parsed to the sink (its failure ends the body with its error)."""
+    def _taken(self) -> bytes:
+        """The body bytes kept so far, as one; none are kept after."""
         body = self._body
         data = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
+        self._size = 0
+        return data
+
+    def _push(self) -> None:
+        """Hand what was parsed to the sink (its failure ends the body with its error)."""
+        data = self._taken()
         sink = self._sink
         assert sink is not None
         try:
@@ -199,8 +205,7 @@ class Response:
                 self._waiter = None
         if self._error is not None and not (limit is not None and self._size >= limit):
             raise self._error
-        body = b"".join(self._body)
-        self._body = []
+        body = self._taken() if self._body else b""
         self.close()
         return body if limit is None else body[:limit]
 
@@ -208,8 +213,7 @@ class Response:
         """What arrived with the head or since, before push mode (b"" once failed)."""
         if self._error is not None:
             return b""
-        body, self._body, self._size = self._body, [], 0
-        return b"".join(body) if len(body) != 1 else body[0]
+        return self._taken() if self._body else b""
 
     def start_push(self, sink: Sink) -> None:
         """Hand the rest of the body to `sink` as it arrives; ends it at once if already over."""
@@ -224,13 +228,8 @@ class Response:
                 sink.on_end(None)
         else:
             self._sink = sink
-            self._size = 0
             if self._body:  # not taken before: it goes first
                 self._push()
-
-    def stop_push(self) -> None:
-        """Let go of the sink: later bytes are dropped (the response is closing)."""
-        self._sink = None
 
     @property
     def complete(self) -> bool:
@@ -254,12 +253,9 @@ class Response:
         if conn is not None:
             conn.resume()
 
-    def release(self) -> None:
-        """Done with this answer: its connection is kept if complete, else closed."""
-        self.close()
-
     def close(self) -> None:
-        """Drop the answer; a connection still carrying it is closed, not reused."""
+        """Done with this answer: its connection is kept if complete (back in its pool
+        already), else closed, never reused."""
         self._sink = None
         self._parser = None
         conn, self._conn = self._conn, None
@@ -276,12 +272,10 @@ class Response:
             conn.finished(keep_alive)
         sink, self._sink = self._sink, None
         if sink is not None:
-            body = self._body
-            if not body:
+            if not self._body:
                 sink.on_end(None)
             else:  # the last bytes and the end came in one read: they go on together
-                data = body[0] if len(body) == 1 else b"".join(body)
-                body.clear()
+                data = self._taken()
                 try:
                     sink.on_last(data)
                 except Exception as exc:  # a bug of the sink's: its stream ends, saying so
@@ -314,4 +308,4 @@ class Response:
             waiter.set_result(None)
 
 
-__all__ = ["ClientError", "Response", "Sink"]
+__all__ = ["Response", "Sink"]
