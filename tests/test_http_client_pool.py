@@ -210,3 +210,21 @@ async def test_a_connection_whose_request_was_not_all_taken_is_not_reused() -> N
         assert await response.read() == b"ok"  # answered before the body was all sent
         assert pool.idle_connections == 0
         await pool.close()
+
+
+async def test_a_call_waiting_for_a_connection_when_the_pool_closes_fails_to_connect() -> None:
+    async def never(exchange: Exchange) -> None:
+        await asyncio.sleep(10)
+
+    async with raw_server(never) as server:
+        pool = Pool(server.url, limit=1, connect_timeout=5)
+        first = asyncio.create_task(pool.request("GET", "/", {}, None))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(pool.request("GET", "/", {}, None))
+        await asyncio.sleep(0.05)
+        await pool.close()
+        with pytest.raises(ConnectError, match="closed"):
+            await waiting
+        with pytest.raises(Disconnected):
+            await first
+        assert server.connections == 1  # no connection opened for the waiting call

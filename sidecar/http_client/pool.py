@@ -106,14 +106,10 @@ class Pool:
     # ------------------------------------------------------------------ connections
 
     async def _acquire(self) -> Connection:
-        idle = self._idle
-        while idle:
-            connection = idle.pop()
-            if connection.usable:
-                return connection
-        if self._closed:
-            raise ConnectError("the connection pool is closed")
-        while len(self._open) >= self._limit:
+        connection = self._idle_connection()
+        if connection is not None:
+            return connection
+        while len(self._open) >= self._limit and not self._closed:
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -121,11 +117,21 @@ class Pool:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-            while idle:
-                connection = idle.pop()
-                if connection.usable:
-                    return connection
+            connection = self._idle_connection()
+            if connection is not None:
+                return connection
+        if self._closed:  # also while a call waited for a connection
+            raise ConnectError("the connection pool is closed")
         return await self._connect()
+
+    def _idle_connection(self) -> Connection | None:
+        """The most recently used idle connection still open (closed ones are passed over)."""
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if connection.usable:
+                return connection
+        return None
 
     async def _connect(self) -> Connection:
         connection = Connection(self)
