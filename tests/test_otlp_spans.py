@@ -15,7 +15,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -128,13 +128,15 @@ async def test_the_sidecars_spans_reach_a_receiver_as_the_sdks_bytes(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-team=sidecar")
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     encoded: list[int] = []
-    serialize = SpanEncoder.serialize
+    steps = SpanEncoder.steps
 
-    def counted(self: SpanEncoder, spans: Sequence[ReadableSpan]) -> bytes:
+    def counted(
+        self: SpanEncoder, spans: Sequence[ReadableSpan], every: int
+    ) -> Generator[None, None, bytes]:
         encoded.append(len(spans))
-        return serialize(self, spans)
+        return steps(self, spans, every)
 
-    monkeypatch.setattr(SpanEncoder, "serialize", counted)
+    monkeypatch.setattr(SpanEncoder, "steps", counted)
     memory = NotifyingExporter()
     async with receiving() as receiver:
         config = TelemetryConfig(

@@ -334,7 +334,7 @@ async def _spans_per_export(collector: Collector, spans: int) -> list[int]:
     tracer = providers.tracer_provider.get_tracer("batching")
     for n in range(spans):
         tracer.start_span(f"span {n}").end()
-    # The exporter thread posts to the collector on this loop: wait for it off the loop.
+    # The collector answers on this loop: the last export is waited for off the loop.
     await asyncio.to_thread(providers.tracer_provider.shutdown)
     await asyncio.to_thread(providers.meter_provider.shutdown)
     return [
@@ -350,12 +350,12 @@ async def _spans_per_export(collector: Collector, spans: int) -> list[int]:
 @pytest.mark.parametrize(
     ("env", "largest"),
     [
-        ({}, SPAN_BATCH_SIZE),  # the sidecar's default
+        ({}, 512),  # the SDK's default: OTLP/HTTP batches are encoded on the loop, sliced
         ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "50"}, 50),  # the SDK reads the user's value
-        ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, 300),  # and its own default with their queue
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, 512),  # and its own default with their queue
     ],
 )
-async def test_span_batches_are_the_sidecar_default_unless_otel_bsp_is_set(
+async def test_span_batches_are_the_sdks_and_otel_bsp_is_read(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], largest: int
 ) -> None:
     for name in list(os.environ):
@@ -363,10 +363,11 @@ async def test_span_batches_are_the_sidecar_default_unless_otel_bsp_is_set(
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    # gRPC's batches, encoded on the SDK processor's thread, are smaller by default.
     assert span_batch_size() == (None if env else SPAN_BATCH_SIZE)
     async with running_collector() as collector:
-        sizes = await _spans_per_export(collector, 300)
-    assert sum(sizes) == 300
+        sizes = await _spans_per_export(collector, 600)
+    assert sum(sizes) == 600
     assert max(sizes) == largest
 
 

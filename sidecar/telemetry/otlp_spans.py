@@ -93,20 +93,36 @@ class HttpSpanExporter(SdkHttpSpanExporter):
         init(*args, session=session or export_session(), **kwargs)
         self._encoder = SpanEncoder()
 
+    @property
+    def encoder(self) -> SpanEncoder:
+        """The exporter's encoder: a processor that encodes elsewhere (`loop_spans`) uses it."""
+        return self._encoder
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Encode `spans` and POST them, as the SDK's exporter does."""
+        return self.send(spans, len(spans))
+
+    def send(self, spans: Sequence[ReadableSpan] | bytes, count: int) -> SpanExportResult:
+        """POST `count` spans, given as spans or as the encoder's bytes of them.
+
+        The SDK's `export`, statement for statement, but for the encoder: the same
+        shutdown check, exporter metrics, size limit, client call, results and log lines.
+        """
         logger = _sdk_http._logger
         if self._shutdown:
             logger.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
 
-        with self._metrics.export_operation(len(spans)) as result:
-            try:
-                serialized_data = self._encoder.serialize(spans)
-            except Exception as error:  # reported as the SDK reports it
-                logger.error("Failed to encode span batch: %s", error)
-                result.error = error
-                return SpanExportResult.FAILURE
+        with self._metrics.export_operation(count) as result:
+            if isinstance(spans, bytes):
+                serialized_data = spans
+            else:
+                try:
+                    serialized_data = self._encoder.serialize(spans)
+                except Exception as error:  # reported as the SDK reports it
+                    logger.error("Failed to encode span batch: %s", error)
+                    result.error = error
+                    return SpanExportResult.FAILURE
 
             if _is_request_too_large(serialized_data, self._max_request_size):
                 logger.warning(

@@ -176,6 +176,17 @@ def _span_exporter(target: OtlpSignal) -> SpanExporter:
     return HttpSpanExporter(endpoint=endpoint)
 
 
+def _span_processor(target: OtlpSignal) -> SpanProcessor:
+    # OTLP/HTTP: batched and encoded on the event loop, posted by a thread (`loop_spans`);
+    # gRPC: the SDK's batch processor, its own thread doing all of it.
+    if target.protocol == "grpc":
+        return BatchSpanProcessor(_span_exporter(target), max_export_batch_size=span_batch_size())
+    from sidecar.telemetry.loop_spans import LoopSpanProcessor
+    from sidecar.telemetry.otlp_spans import HttpSpanExporter
+
+    return LoopSpanProcessor(HttpSpanExporter(endpoint=target.endpoint))
+
+
 def _metric_reader(target: OtlpSignal) -> MetricReader:
     endpoint = target.endpoint
     if target.protocol == "grpc":
@@ -216,9 +227,7 @@ def build_providers(
     if metric_reader is not None:
         readers.append(metric_reader)
     if traces is not None:
-        span_processors.append(
-            BatchSpanProcessor(_span_exporter(traces), max_export_batch_size=span_batch_size())
-        )
+        span_processors.append(_span_processor(traces))
     for processor in span_processors:
         tracer_provider.add_span_processor(processor)
     if metrics is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry.exporter.otlp.proto.common._internal import (
@@ -120,26 +120,46 @@ class SpanEncoder:
         self._scopes: dict[int, tuple[SdkScope | None, bytes]] = {}
 
     def serialize(self, spans: Sequence[ReadableSpan]) -> bytes:
-        """The request for `spans`, serialized: grouped by resource then scope in order of
-        first use, as in the SDK (equal resources, or scopes, share the first's group)."""
+        """The request for `spans`, serialized, handing the GIL over every `YIELD_EVERY` spans.
+
+        For an exporter's own thread: between two slices it sleeps `YIELD_FOR`, letting
+        the event loop take the GIL (it would wait up to the switch interval, 5 ms, for a
+        thread that never lets go), so a batch stalls a request by one slice at most.
+        """
+        steps = self.steps(spans, YIELD_EVERY)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                encoded: bytes = done.value
+                return encoded
+            time.sleep(YIELD_FOR)
+
+    def steps(self, spans: Sequence[ReadableSpan], every: int) -> Generator[None, None, bytes]:
+        """`serialize`'s request, encoded `every` spans at a time: a pause between two slices.
+
+        Spans are grouped by resource then scope in order of first use, as in the SDK
+        (equal resources, or scopes, share the first's group). The generator returns the
+        bytes; whoever drives it decides what a pause is (a sleep on a thread, a turn of
+        the event loop). No lock is held across a pause.
+        """
         groups: dict[Resource, dict[SdkScope | None, list[bytes]]] = {}
         last_resource: object = _NO_GROUP
         last_scope: object = _NO_GROUP
         group: list[bytes] = []
+        for start in range(0, len(spans), every):
+            if start:
+                yield
+            with self._lock:  # the scratch message: one encoding at a time
+                for span in spans[start : start + every]:
+                    resource = span.resource
+                    scope = span.instrumentation_scope or None
+                    if resource is not last_resource or scope is not last_scope:
+                        group = groups.setdefault(resource, {}).setdefault(scope, [])
+                        last_resource, last_scope = resource, scope
+                    group.append(self._span(span))
+        request = []
         with self._lock:
-            for n, span in enumerate(spans, 1):
-                if not n % YIELD_EVERY:
-                    # Let the event loop take the GIL (it waits up to the switch
-                    # interval, 5 ms, for a thread that never lets go): a batch stalls a
-                    # request by one slice of spans at most, not by the whole batch.
-                    time.sleep(YIELD_FOR)
-                resource = span.resource
-                scope = span.instrumentation_scope or None
-                if resource is not last_resource or scope is not last_scope:
-                    group = groups.setdefault(resource, {}).setdefault(scope, [])
-                    last_resource, last_scope = resource, scope
-                group.append(self._span(span))
-            request = []
             # The first resource (scope) of each group is its key: the one the SDK encodes.
             for resource, scopes in groups.items():
                 head, tail = self._resource(resource)
