@@ -101,16 +101,15 @@ def exemplar_filter_of() -> ExemplarFilter | None:
 
 
 def span_batch_size() -> int | None:
-    """Spans per OTLP export: None (the SDK reads `OTEL_BSP_*`) when either is set, else 128.
+    """Spans per OTLP/gRPC export: None (the SDK reads `OTEL_BSP_*`) when either is set, else 128.
 
-    The batch span processor encodes each batch in its own thread, holding the GIL the
-    event loop needs, and the loop waits for it until the encoding ends or the switch
-    interval (5 ms) passes: 128 spans take ~1.2 ms of encoding (`span_encoder`), the
-    SDK's 512 ~5 ms, a stall of the switch interval for any call starting meanwhile.
-    The price is one HTTP request per 128 spans rather than per 512: measured at 50
-    callers, ~45 µs of the exporter thread per call against ~33 (each request costs the
-    thread ~1 ms under load, the GIL taken back after each socket call included). A
-    queue size set alone leaves the SDK's own default, which it checks against that queue.
+    Over gRPC the SDK's batch span processor encodes each batch in its own thread,
+    holding the GIL the event loop needs, and the loop waits for it until the encoding
+    ends or the switch interval (5 ms) passes: 128 spans take ~1.2 ms of encoding
+    (`span_encoder`), the SDK's 512 ~5 ms, a stall of the switch interval for any call
+    starting meanwhile. (OTLP/HTTP batches are encoded on the loop a slice at a time,
+    `loop_spans`, with the SDK's default size.) A queue size set alone leaves the SDK's
+    own default, which it checks against that queue.
     """
     env = os.environ
     if (

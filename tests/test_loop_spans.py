@@ -1,0 +1,270 @@
+"""The loop span processor: batches on the event loop, encoded a slice per turn, posted by a thread.
+
+Every test posts to a real OTLP/HTTP receiver on loopback through the sidecar's exporter
+(the SDK's transport), and holds what arrived to the SDK's own encoding of the spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Generator, Sequence
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+
+from sidecar.telemetry import loop_spans
+from sidecar.telemetry.loop_spans import LoopSpanProcessor
+from sidecar.telemetry.otlp_spans import HttpSpanExporter
+from sidecar.telemetry.span_encoder import SpanEncoder
+from tests.support.otlp import RESOURCE, SCOPE, Receiver, context, receiving, sdk_bytes
+from tests.support.waiting import eventually, holds
+
+QUIET = 60_000  # a schedule delay no test waits out: batches leave full or flushed
+
+
+def span(n: int, *, sampled: bool = True) -> ReadableSpan:
+    return ReadableSpan(
+        f"span {n}", context(0xABC, n + 1, flags=1 if sampled else 0), None, RESOURCE,
+        {"n": n, "sidecar.request_id": f"req_{n:08x}", "ttft": n / 7},
+        kind=SpanKind.CLIENT, start_time=10 + n, end_time=20 + n, instrumentation_scope=SCOPE,
+    )  # fmt: skip
+
+
+def processor(receiver: Receiver, **settings: float) -> LoopSpanProcessor:
+    batch = int(settings.pop("batch", 4))
+    return LoopSpanProcessor(
+        HttpSpanExporter(endpoint=receiver.url),
+        max_export_batch_size=batch,
+        schedule_delay_millis=settings.pop("delay", QUIET),
+        max_queue_size=int(settings.pop("queue", 2048)),
+    )
+
+
+def received(receiver: Receiver) -> list[list[int]]:
+    """The span numbers of each request the receiver got, in order."""
+    return [
+        [
+            int.from_bytes(span.span_id, "big") - 1
+            for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
+        for body in receiver.bodies
+    ]
+
+
+def assert_sdk_bytes(receiver: Receiver, spans: Sequence[ReadableSpan]) -> None:
+    by_number = {span.context.span_id - 1: span for span in spans}
+    for body, numbers in zip(receiver.bodies, received(receiver), strict=True):
+        assert body == sdk_bytes([by_number[n] for n in numbers])
+
+
+async def test_full_batches_leave_on_their_own_and_a_flush_sends_the_rest() -> None:
+    spans = [span(n) for n in range(10)]
+    async with receiving() as receiver:
+        batches = processor(receiver)
+        for one in spans:
+            batches.on_end(one)
+        await eventually(lambda: holds(len(receiver.bodies) == 2))
+        await asyncio.sleep(0.05)
+        assert received(receiver) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # 8 and 9 wait
+        await batches.flush()
+        assert received(receiver) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert_sdk_bytes(receiver, spans)
+        await asyncio.to_thread(batches.shutdown)
+
+
+async def test_a_partial_batch_leaves_after_the_schedule_delay() -> None:
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=100, delay=50)
+        for n in range(3):
+            batches.on_end(span(n))
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        assert received(receiver) == [[0, 1, 2]]
+        batches.on_end(span(3))  # the next one waits its own delay
+        await eventually(lambda: holds(len(receiver.bodies) == 2))
+        assert received(receiver)[1] == [3]
+        await asyncio.to_thread(batches.shutdown)
+
+
+async def test_a_batch_is_encoded_a_slice_per_turn_of_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Other work runs between two slices: a request waits for a slice, not a batch."""
+    monkeypatch.setattr(loop_spans, "ENCODE_SLICE", 3)
+    turns = 0
+    seen: list[int] = []  # the loop turns counted when each slice starts
+    steps = SpanEncoder.steps
+
+    def watched(
+        self: SpanEncoder, spans: Sequence[ReadableSpan], every: int
+    ) -> Generator[None, None, bytes]:
+        inner = steps(self, spans, every)
+        while True:
+            seen.append(turns)
+            try:
+                next(inner)
+            except StopIteration as done:
+                encoded: bytes = done.value
+                return encoded
+            yield
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    monkeypatch.setattr(SpanEncoder, "steps", watched)
+    spans = [span(n) for n in range(10)]
+    counter = asyncio.create_task(count_turns())
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=10)
+        for one in spans:
+            batches.on_end(one)
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        await asyncio.to_thread(batches.shutdown)
+    counter.cancel()
+    assert len(seen) == 4  # slices of 3, 3, 3 and 1
+    assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+    assert_sdk_bytes(receiver, spans)
+
+
+async def test_a_full_queue_drops_its_oldest_spans_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "sidecar.telemetry.loop_spans")
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=4, queue=4)
+        for n in range(7):  # the export of 0-3 has not started: 4, 5, 6 push 0, 1, 2 out
+            batches.on_end(span(n))
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        await asyncio.to_thread(batches.shutdown)
+    assert received(receiver) == [[3, 4, 5, 6]]
+    messages = [(record.getMessage(), record.__dict__.get("spans")) for record in caplog.records]
+    assert messages == [
+        ("span queue full: the oldest spans are dropped until an export makes room", None),
+        ("spans dropped: the span queue was full", 3),
+    ]
+
+
+async def test_spans_ended_on_another_thread_reach_the_loop() -> None:
+    spans = [span(n) for n in range(4)]
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=100)
+        batches.on_end(spans[0])  # on the loop: the processor knows its loop now
+
+        def elsewhere() -> None:
+            for one in spans[1:]:
+                batches.on_end(one)
+
+        await asyncio.to_thread(elsewhere)
+        await batches.flush()
+        assert received(receiver) == [[0, 1, 2, 3]]
+        assert_sdk_bytes(receiver, spans)
+        await asyncio.to_thread(batches.shutdown)
+
+
+async def test_with_no_loop_running_the_thread_that_ends_spans_exports_them() -> None:
+    """A command or a test ending spans with no event loop: the batches leave from there."""
+    spans = [span(n) for n in range(6)]
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=4)
+
+        def no_loop() -> None:
+            for one in spans:
+                batches.on_end(one)
+            assert received(receiver) == [[0, 1, 2, 3]]  # posted before `on_end` returned
+            batches.shutdown()  # and the rest at shutdown
+
+        await asyncio.to_thread(no_loop)
+        assert received(receiver) == [[0, 1, 2, 3], [4, 5]]
+        assert_sdk_bytes(receiver, spans)
+
+
+async def test_shutdown_from_a_thread_exports_what_is_queued_then_takes_nothing() -> None:
+    """As the sidecar stops: `Telemetry.close` shuts the provider down off the loop."""
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=100)
+        for n in range(3):
+            batches.on_end(span(n))
+        await asyncio.to_thread(batches.shutdown)
+        assert received(receiver) == [[0, 1, 2]]
+        batches.on_end(span(3))
+        await asyncio.sleep(0.05)
+        assert received(receiver) == [[0, 1, 2]]
+
+
+async def test_spans_the_sampler_dropped_are_not_exported() -> None:
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=2)
+        for n in range(4):
+            batches.on_end(span(n, sampled=n % 2 == 0))
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        await asyncio.to_thread(batches.shutdown)
+    assert received(receiver) == [[0, 2]]
+
+
+async def test_a_batch_that_cannot_be_encoded_is_dropped_and_the_next_one_goes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    steps = SpanEncoder.steps
+    calls = 0
+
+    def failing_once(
+        self: SpanEncoder, spans: Sequence[ReadableSpan], every: int
+    ) -> Generator[None, None, bytes]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("not encodable")
+        return steps(self, spans, every)
+
+    monkeypatch.setattr(SpanEncoder, "steps", failing_once)
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=2)
+        for n in range(4):
+            batches.on_end(span(n))
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        await asyncio.to_thread(batches.shutdown)
+    assert received(receiver) == [[2, 3]]
+    assert "Failed to encode span batch: not encodable" in caplog.messages
+
+
+async def test_a_receiver_error_is_the_sdks_log_line_and_exports_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with receiving() as receiver:
+        receiver.status = 400  # not retried by the SDK's client
+        batches = processor(receiver, batch=2)
+        batches.on_end(span(0))
+        batches.on_end(span(1))
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        await eventually(lambda: holds(any("Failed to export" in m for m in caplog.messages)))
+        receiver.status = 200
+        batches.on_end(span(2))
+        batches.on_end(span(3))
+        await eventually(lambda: holds(len(receiver.bodies) == 2))
+        await asyncio.to_thread(batches.shutdown)
+    assert received(receiver) == [[0, 1], [2, 3]]
+
+
+def test_otel_bsp_variables_are_read_and_checked_by_the_sdk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "7")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "70")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "250")
+    monkeypatch.setenv("OTEL_BSP_EXPORT_TIMEOUT", "3000")
+    exporter = HttpSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
+    batches = LoopSpanProcessor(exporter)
+    assert (batches.max_export_batch_size, batches.max_queue_size) == (7, 70)
+    assert (batches.schedule_delay, batches.export_timeout) == (0.25, 3.0)
+    batches.shutdown()
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "700")  # more than the queue
+    with pytest.raises(ValueError, match="max_export_batch_size"):
+        LoopSpanProcessor(exporter)
