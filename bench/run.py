@@ -18,8 +18,9 @@ with telemetry off and bare.
 
 Per peer: RSS at start and per open quiet stream (N held open at once), one-token
 calls one at a time and from 50 concurrent callers (CPU per call, added time to
-first token over direct), and streams at several concurrencies (CPU per relayed
-event, per-event delay from the fake's send stamp). CPU is the peer process's own
+first token over direct; in 4 rounds, every peer taking its turn in each, so the
+ratios come from the same minutes), and streams at several concurrencies (CPU per
+relayed event, per-event delay from the fake's send stamp). CPU is the peer process's own
 CPU time (/proc/PID/task/*/schedstat, all threads), so it depends little on what
 else the machine does; latencies do, and are reported as measured.
 
@@ -36,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import urllib.request
@@ -65,10 +67,11 @@ class Plan:
     concurrent: int  # one-token calls in all in that phase
     open_streams: int  # quiet streams held open at once for RSS per stream
     sidecar_variants: bool  # also prompt route, telemetry off, bare
+    rounds: int  # the call phases in this many rounds, every peer taking its turn in each
 
 
-FULL = Plan([5, 50, 200], 300, 1000, 50, 2000, 1000, True)
-QUICK = Plan([5, 50], 10, 30, 50, 100, 50, False)
+FULL = Plan([5, 50, 200], 300, 1000, 50, 2000, 1000, True, 4)
+QUICK = Plan([5, 50], 10, 30, 50, 100, 50, False, 2)
 
 
 def run_load(
@@ -165,24 +168,59 @@ def release_stalls(fake: str, timeout: float = 60) -> None:
     raise RuntimeError("the fake still has open streams after the release")
 
 
-def bench_target(target: Target, plan: Plan, fake: str) -> dict[str, Any]:
-    """Every measurement of one peer (`fake`: the fake Claude's URL, to end held streams)."""
+def bench_memory(target: Target, plan: Plan, fake: str) -> dict[str, Any] | None:
+    """RSS per open quiet stream, first thing after a warm-up (`fake`: to end held streams)."""
     run_load(target, 5, 20, 0)  # warm up every code path
     # Memory first: after the load phases the heap has room to spare and RSS would not move.
     memory = open_stream_memory(target, plan.open_streams)
     release_stalls(fake)
-    calls = {
-        "1": measure(target, 1, 1, 0, plan.sequential),
-        str(plan.callers): measure(target, plan.callers, 1, 0, plan.concurrent),
+    return memory
+
+
+def bench_calls(targets: list[Target], plan: Plan) -> dict[str, dict[str, Any]]:
+    """One-token calls, sequential and from `plan.callers` callers, per peer, in rounds.
+
+    In each of `plan.rounds` rounds every peer takes its turn (the order rotating), so
+    what the machine does meanwhile (another process, a frequency step) falls on all of
+    them alike rather than on whichever ran in that minute: the ratios between peers
+    are taken from the same minutes. A peer's figures pool its rounds: CPU and calls
+    summed, latency percentiles the median of its rounds' (each round's also kept).
+    """
+    levels = {"1": (1, plan.sequential), str(plan.callers): (plan.callers, plan.concurrent)}
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {
+        target.name: {level: [] for level in levels} for target in targets
     }
-    streams = {}
-    for level in plan.levels:
-        streams[str(level)] = measure(target, level, plan.tokens, min(100.0, 4000 / level))
+    for round_ in range(plan.rounds):
+        turn = round_ % len(targets)
+        for target in targets[turn:] + targets[:turn]:
+            for level, (callers, calls) in levels.items():
+                share = max(calls // plan.rounds, 1)
+                rows[target.name][level].append(measure(target, callers, 1, 0, share))
     return {
-        "name": target.name, "kind": target.kind, "route": target.route,
-        "rss_start_kib": target.rss_start_kib, "memory": memory,
-        "calls": calls, "streams": streams,
-    }  # fmt: skip
+        name: {level: pooled(rounds) for level, rounds in by_level.items()}
+        for name, by_level in rows.items()
+    }
+
+
+def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of one measurement: counts summed, percentiles' medians."""
+    row: dict[str, Any] = {
+        key: sum(r[key] for r in rounds) for key in ("streams", "requests", "failures", "events")
+    }
+    cpu = [r["cpu_us"] for r in rounds]
+    row["cpu_us"] = None if None in cpu else sum(cpu)
+    for key in ("ttft_p50_ms", "ttft_p99_ms", "delay_p50_ms", "delay_p99_ms"):
+        row[key] = statistics.median(r[key] for r in rounds)
+    row["rounds"] = rounds
+    return row
+
+
+def bench_streams(target: Target, plan: Plan) -> dict[str, Any]:
+    """Streams at each concurrency of `plan.levels`: CPU per relayed event, per-event delay."""
+    return {
+        str(level): measure(target, level, plan.tokens, min(100.0, 4000 / level))
+        for level in plan.levels
+    }
 
 
 def derive(results: list[dict[str, Any]]) -> None:
@@ -206,6 +244,10 @@ def derive(results: list[dict[str, Any]]) -> None:
             )
             row["added_delay_p50_ms"] = row["delay_p50_ms"] - ref["delay_p50_ms"]
             row["added_delay_p99_ms"] = row["delay_p99_ms"] - ref["delay_p99_ms"]
+
+
+def progress(phase: str, started_at: float) -> None:
+    print(f"bench: {phase} done at {time.monotonic() - started_at:.1f} s", file=sys.stderr)
 
 
 def machine() -> dict[str, Any]:
@@ -262,10 +304,17 @@ def run(plan: Plan, quick: bool) -> dict[str, Any]:
                             one.key, "prompt", one.rss_start_kib)  # fmt: skip
             targets.insert(targets.index(one) + 1, prompt)
         print(f"bench: peers up in {time.monotonic() - started_at:.1f} s", file=sys.stderr)
+        memory = {target.name: bench_memory(target, plan, fake) for target in targets}
+        progress("memory", started_at)
+        calls = bench_calls(targets, plan)
+        progress("calls", started_at)
         for target in targets:
-            began = time.monotonic()
-            results.append(bench_target(target, plan, fake))
-            print(f"bench: {target.name}, {time.monotonic() - began:.1f} s", file=sys.stderr)
+            results.append({
+                "name": target.name, "kind": target.kind, "route": target.route,
+                "rss_start_kib": target.rss_start_kib, "memory": memory[target.name],
+                "calls": calls[target.name], "streams": bench_streams(target, plan),
+            })  # fmt: skip
+            progress(target.name, started_at)
     derive(results)
     return {
         "schema": SCHEMA,

@@ -56,9 +56,18 @@ def test_quick_run_measures_every_peer_side_by_side(quick_run: Path) -> None:
     for peer in doc["peers"]:
         measured = peer["kind"] != "direct"
         assert set(peer["calls"]) == {"1", str(plan["callers"])}
-        for row in peer["calls"].values():
+        for level, row in peer["calls"].items():
             assert row["failures"] == 0
-            assert row["requests"] > 0
+            # Taken in rounds (every peer a turn in each), pooled: counts summed, medians.
+            rounds = row["rounds"]
+            assert len(rounds) == plan["rounds"] > 1
+            assert row["requests"] == sum(r["requests"] for r in rounds) > 0
+            calls = plan["sequential"] if level == "1" else plan["concurrent"]
+            assert row["requests"] == calls // plan["rounds"] * plan["rounds"]
+            if measured:
+                assert row["cpu_us"] == sum(r["cpu_us"] for r in rounds)
+            p50s = sorted(r["ttft_p50_ms"] for r in rounds)
+            assert p50s[0] <= row["ttft_p50_ms"] <= p50s[-1]
             assert _number(row["added_ttft_p50_ms"])
             assert _number(row["added_ttft_p99_ms"])
             assert _number(row["cpu_us_per_call"]) is measured
