@@ -201,6 +201,10 @@ class Generation:
             final = self._kept(final, self.log)
         tail = raw + final if raw else final
         self.final = True
+        # The producer is not needed past its end (every use checks `final`): letting go
+        # of it here breaks the generation <-> producer cycle, so a finished stream's
+        # objects are freed as it ends, not by the garbage collector later.
+        self.producer = None
         if self._unattended is not None:
             self._unattended.cancel()
             self._unattended = None

@@ -311,6 +311,33 @@ async def per_call(
     return (twice - once).per(calls)
 
 
+async def cyclic_garbage_per_call(
+    server: SidecarServer, calls: int, route: str = "anthropic"
+) -> float:
+    """Objects per call on `route` that only the cycle collector frees: with it paused,
+    what `2 × calls` calls left unreachable minus what `calls` left, over `calls`.
+
+    Whatever a finished call leaves in a reference cycle waits for a collection, which
+    walks every young object, and holds its memory (and every buffer it points to)
+    until then; freed by reference counting, it goes as the call ends.
+    """
+    port = server.port
+    await client(port, 1, 20, 0, route)
+
+    async def unreachable(n: int) -> int:
+        gc.collect()
+        gc.disable()
+        try:
+            await client(port, 1, n, 0, route)
+            return gc.collect()
+        finally:
+            gc.enable()
+
+    once = await unreachable(calls)
+    twice = await unreachable(2 * calls)
+    return (twice - once) / calls
+
+
 async def per_event(
     server: SidecarServer, events: int, tps: float, route: str = "anthropic"
 ) -> dict[str, float]:
