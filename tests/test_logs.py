@@ -471,6 +471,26 @@ def test_the_line_encoder_built_once_writes_what_the_json_encoder_writes(
     assert json.JSONEncoder(default=str).encode(fields) == json.dumps(fields, default=str)
 
 
+def test_without_the_c_encoder_lines_are_encoded_as_logging_encodes_them(
+    log_output: Callable[..., LogReader],
+    records_made: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where `json` has no C encoder to share (`_line` None), each line is encoded by
+    `JSONEncoder.encode`: the same bytes as through `logging`."""
+    read = log_output()
+    monkeypatch.setattr(logs, "_line", None)
+    monkeypatch.setattr(time, "time", _clock(1764645130.25))
+    log = logging.getLogger("sidecar.stream")
+    for fields in FIELD_SETS.values():
+        log_event(log, logging.INFO, "direct or not", fields)
+        log.info("direct or not", extra=fields)
+    assert records_made == ["sidecar.stream"] * len(FIELD_SETS)  # half of them direct
+    lines = read()
+    assert len(lines) == 2 * len(FIELD_SETS)
+    assert lines[::2] == lines[1::2]
+
+
 def test_a_circular_value_is_reported_as_logging_reports_it(
     log_output: Callable[..., LogReader], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -48,11 +48,14 @@ def _line_encoder() -> _Encoder | None:
     encoder = _ENCODER
     if make is None or encoder.indent is not None or not encoder.ensure_ascii:
         return None
-    made: _Encoder = make(
-        None, encoder.default, json.encoder.encode_basestring_ascii, encoder.indent,
-        encoder.key_separator, encoder.item_separator, encoder.sort_keys, encoder.skipkeys,
-        encoder.allow_nan,
-    )  # fmt: skip
+    try:
+        made: _Encoder = make(
+            None, encoder.default, json.encoder.encode_basestring_ascii, encoder.indent,
+            encoder.key_separator, encoder.item_separator, encoder.sort_keys, encoder.skipkeys,
+            encoder.allow_nan,
+        )  # fmt: skip
+    except TypeError:  # a constructor that takes other arguments: `_encode` it is
+        return None
     return made
 
 
