@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from sidecar.config import TelemetryConfig
-from sidecar.telemetry import JsonFormatter, setup_logging
+from sidecar.telemetry import JsonFormatter, logs, setup_logging
 from sidecar.telemetry.logs import LineHandler, TextFormatter, log_event
 from tests.support.otel import TRACEPARENT, make_otel, prompt
 from tests.support.sidecars import SidecarFactory
@@ -360,6 +361,25 @@ def test_line_handler_set_stream_follows_the_new_stream() -> None:
 
 # ---------------------------------------------------------------- `log_event`
 
+
+class _Level(IntEnum):
+    HIGH = 3
+
+
+class _Kind(StrEnum):
+    A = "kind-a"
+
+
+class _Ratio(float):
+    def __repr__(self) -> str:
+        return "a ratio"
+
+
+class _Text(str):
+    def __str__(self) -> str:
+        return "other text"
+
+
 FIELD_SETS: dict[str, dict[str, Any]] = {
     "stream line": {
         "event": "stream_complete", "request_id": "req_1", "route": "/api/x",
@@ -374,6 +394,10 @@ FIELD_SETS: dict[str, dict[str, Any]] = {
     "odd values": {"obj": object(), "decimal": Decimal("1.10"), "bytes": b"\xff",
                    "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "set": {1},
                    "nested": {"list": [1, "two", None, {"deep": object()}]}},
+    "subclasses": {"int enum": _Level.HIGH, "str enum": _Kind.A, "float": _Ratio(0.5),
+                   "str": _Text("sub ✓"), "big float": 1e300, "negative zero": -0.0,
+                   "nan": float("nan"), "inf": float("inf"), "true": True, "none": None},
+    "odd names": {"ключ": "value", 'quote"d': 1, "tab\there": [], "emoji 🚀": {}},
     "no fields": {},
     "empty trace id": {"event": "x", "trace_id": "", "span_id": "keep-place"},
     "span id only": {"span_id": "ef" * 8, "n": 1},
@@ -434,6 +458,56 @@ def test_log_event_writes_the_bytes_logging_writes(
     assert entry["level"] == logging.getLevelName(level)
     if in_span and not fields.get("trace_id"):
         assert entry["trace_id"] == f"{CURRENT.trace_id:032x}"
+
+
+@pytest.mark.parametrize("fields", list(FIELD_SETS.values()), ids=list(FIELD_SETS))
+def test_the_line_encoder_built_once_writes_what_the_json_encoder_writes(
+    fields: dict[str, Any],
+) -> None:
+    """The C encoder lines share encodes each kind of value as `JSONEncoder.encode`
+    builds it per call: escapes, separators, numbers, NaN, `default=str`, nesting."""
+    assert logs._line is not None  # CPython's `_json`: the shared encoder is in use
+    assert "".join(logs._line(fields, 0)) == json.JSONEncoder(default=str).encode(fields)
+    assert json.JSONEncoder(default=str).encode(fields) == json.dumps(fields, default=str)
+
+
+def test_without_the_c_encoder_lines_are_encoded_as_logging_encodes_them(
+    log_output: Callable[..., LogReader],
+    records_made: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where `json` has no C encoder to share (`_line` None), each line is encoded by
+    `JSONEncoder.encode`: the same bytes as through `logging`."""
+    read = log_output()
+    monkeypatch.setattr(logs, "_line", None)
+    monkeypatch.setattr(time, "time", _clock(1764645130.25))
+    log = logging.getLogger("sidecar.stream")
+    for fields in FIELD_SETS.values():
+        log_event(log, logging.INFO, "direct or not", fields)
+        log.info("direct or not", extra=fields)
+    assert records_made == ["sidecar.stream"] * len(FIELD_SETS)  # half of them direct
+    lines = read()
+    assert len(lines) == 2 * len(FIELD_SETS)
+    assert lines[::2] == lines[1::2]
+
+
+def test_a_circular_value_is_reported_as_logging_reports_it(
+    log_output: Callable[..., LogReader], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shared encoder keeps no markers: a circular value still ends in the error
+    `logging` reports for it, and neither path writes a line."""
+    read = log_output()
+    looped: dict[str, Any] = {"name": "loop"}
+    looped["self"] = looped
+    log = logging.getLogger("sidecar.stream")
+    log_event(log, logging.INFO, "direct", {"n": 1, "looped": looped})
+    log.info("logged", extra={"n": 1, "looped": looped})
+    reports = capsys.readouterr().err.split("--- Logging error ---")
+    assert len(reports) == 3
+    assert "Message: 'direct'" in reports[1]
+    assert "Message: 'logged'" in reports[2]
+    assert all("ValueError: Circular reference detected" in report for report in reports[1:])
+    assert read() == []
 
 
 def test_log_event_keeps_what_logging_refuses_hides_or_overrides(

@@ -333,14 +333,10 @@ class Telemetry:
             streams.record_metrics(inst, record, ended, failed, sets)
         if failed:
             if stream_log.isEnabledFor(logging.WARNING):
-                fields = {
-                    "event": "stream_error",
-                    **base,
-                    **streams.log_fields(record, ended, cost),
-                }
+                fields = streams.log_fields("stream_error", base, record, ended, cost)
                 log_event(stream_log, logging.WARNING, "stream_error", fields)
         elif stream_log.isEnabledFor(logging.INFO):
-            fields = {"event": "stream_complete", **base, **streams.log_fields(record, ended, cost)}
+            fields = streams.log_fields("stream_complete", base, record, ended, cost)
             log_event(stream_log, logging.INFO, "stream_complete", fields)
 
     def _end_attributes(

@@ -148,8 +148,9 @@ class Histogram(ApiHistogram):
         index = bisect_left(self._bounds, amount)
         with self._lock:
             for window in self._windows:
-                point = window.points.get(key)
-                if point is None:
+                try:  # a subscript, not a `get` call: the set is new once per reader
+                    point = window.points[key]
+                except KeyError:
                     point = self._point(window, key, attributes)
                 point.counts[index] += 1
                 point.sum += amount

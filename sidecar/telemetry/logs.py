@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import io
 import json
+import json.encoder
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Final, TextIO
 
 from opentelemetry import trace
@@ -25,7 +27,41 @@ _STANDARD: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
 )
 # One encoder for every line: `json.dumps(..., default=str)` builds a new one per call.
-_encode: Final = json.JSONEncoder(default=str).encode
+_ENCODER: Final = json.JSONEncoder(default=str)
+_encode: Final = _ENCODER.encode
+_Encoder = Callable[[Any, int], "list[str] | tuple[str, ...]"]
+
+
+def _line_encoder() -> _Encoder | None:
+    """The C encoder `_encode` builds per call (`JSONEncoder.iterencode`), built once.
+
+    Made with `_ENCODER`'s own settings (ASCII escapes, `", "` / `": "`, `default=str`,
+    NaN and infinities allowed), so it writes the same bytes; only without the
+    circular-reference markers, which an encoder shared by lines cannot keep: a
+    circular value ends in `RecursionError`, and `event_line` then encodes with
+    `_encode`, which reports it as `format` does. `json.encoder.c_make_encoder` is the
+    C accelerator's constructor, which the standard library uses for `iterencode` and
+    documents no further: None where it does not exist (no `_json`), and lines are
+    encoded by `_encode`. tests/test_logs.py holds the two to the same output.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    encoder = _ENCODER
+    if make is None or encoder.indent is not None or not encoder.ensure_ascii:
+        return None
+    try:
+        made: _Encoder = make(
+            None, encoder.default, json.encoder.encode_basestring_ascii, encoder.indent,
+            encoder.key_separator, encoder.item_separator, encoder.sort_keys, encoder.skipkeys,
+            encoder.allow_nan,
+        )  # fmt: skip
+    except TypeError:  # a constructor that takes other arguments: `_encode` it is
+        return None
+    return made
+
+
+# `"".join(_line(fields, 0))` is `_encode(fields)` without its two Python frames
+# (`encode`, `iterencode`) and the C encoder they build per line.
+_line: Final = _line_encoder()
 
 
 def _trace_fields(record: logging.LogRecord) -> dict[str, str]:
@@ -123,8 +159,18 @@ class JsonFormatter(logging.Formatter):
             head = _HEADS[levelname, name, message]
         except KeyError:
             head = _head(levelname, name, message)
-        body = _encode(fields)
-        time_ = self._time(created, int((created - int(created)) * 1000))
+        if _line is None:
+            body = _encode(fields)
+        else:
+            try:
+                body = "".join(_line(fields, 0))
+            except RecursionError:  # a circular value (no markers): reported as `format` does
+                body = _encode(fields)
+        second = int(created)  # `_time`, inline (one call fewer per line)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        time_ = f"{self._stamp}.{int((created - second) * 1000):03d}Z"
         if len(body) == 2:  # no fields: "{}"
             return f'{{"time": "{time_}", {head}}}'
         return f'{{"time": "{time_}", {head}, {body[1:]}'
@@ -221,24 +267,25 @@ class LineHandler(logging.StreamHandler[TextIO]):
         For `log_event`, which has checked that this is all that call would do.
         """
         created = time.time()  # when logged, as `LogRecord` takes it (before the lock)
-        self.acquire()
-        try:
-            stream = self.stream
-            stream.write(
-                formatter.event_line(created, level, logger.name, message, fields) + self.terminator
-            )
-            if self._flush_each:
-                stream.flush()
-        except RecursionError:
-            raise
-        except Exception:  # reported as `handle` reports it, with the record it would have had
-            self.handleError(
-                logger.makeRecord(
-                    logger.name, level, "(unknown file)", 0, message, (), None, extra=fields
+        lock = self.lock  # `acquire` / `release` without their two calls per line
+        assert lock is not None  # made by `Handler.__init__`
+        with lock:
+            try:
+                stream = self.stream
+                stream.write(
+                    formatter.event_line(created, level, logger.name, message, fields)
+                    + self.terminator
                 )
-            )
-        finally:
-            self.release()
+                if self._flush_each:
+                    stream.flush()
+            except RecursionError:
+                raise
+            except Exception:  # reported as `handle` reports it, with the record it would have had
+                self.handleError(
+                    logger.makeRecord(
+                        logger.name, level, "(unknown file)", 0, message, (), None, extra=fields
+                    )
+                )
 
 
 # Field names found plain so far: a call site logs the same few names every time, so

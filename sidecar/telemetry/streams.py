@@ -5,6 +5,7 @@ Pure functions of a `StreamRecord`, called once per stream by `Telemetry.finish_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from sidecar.record import OPERATION, StreamRecord
@@ -176,13 +177,18 @@ def record_metrics(
         inst.server_tpot.record((last - first_token) / (record.output_tokens - 1), metric)
 
 
-def log_fields(record: StreamRecord, ended: float, cost: float | None) -> dict[str, Any]:
-    """The numbers of a `stream_complete` / `stream_error` line (ids are added by the caller)."""
+def log_fields(
+    event: str, base: Mapping[str, Any], record: StreamRecord, ended: float, cost: float | None
+) -> dict[str, Any]:
+    """The fields of a `stream_complete` / `stream_error` line: `event`, the fields both
+    stream lines share (`base`: ids), then the numbers; built as one dict, not merged."""
     first_token, last = record.first_token_at, record.last_chunk_at
     generating = (last - first_token) if first_token is not None and last is not None else 0.0
     started = record.started
     # Milliseconds as `round(seconds * 1000, 2)`, written out (three per line).
     return {
+        "event": event,
+        **base,
         "outcome": record.outcome,
         "input_tokens": record.total_input_tokens,
         "output_tokens": record.output_tokens,
