@@ -7,9 +7,12 @@ Every test posts to a real OTLP/HTTP receiver on loopback through the sidecar's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Generator, Sequence
+import queue
+import threading
+from collections.abc import Generator, Iterator, Sequence
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -268,3 +271,42 @@ def test_otel_bsp_variables_are_read_and_checked_by_the_sdk(
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "700")  # more than the queue
     with pytest.raises(ValueError, match="max_export_batch_size"):
         LoopSpanProcessor(exporter)
+
+
+@contextlib.contextmanager
+def receiver_on_a_thread() -> Iterator[Receiver]:
+    """A receiver served by its own event loop on another thread, for tests with no loop."""
+    ready: queue.Queue[Receiver] = queue.Queue()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        async with receiving() as receiver:
+            ready.put(receiver)
+            await asyncio.to_thread(stop.wait)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    try:
+        yield ready.get(timeout=10)
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_a_processor_follows_the_loop_that_replaced_its_own() -> None:
+    """A loop that ended leaves its spans queued: the next loop on the thread takes them on."""
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=100)
+
+        async def first() -> None:  # queued; the delay's timer dies with this loop
+            batches.on_end(span(0))
+            batches.on_end(span(1))
+
+        async def second() -> None:
+            batches.on_end(span(2))
+            await batches.flush()
+
+        asyncio.run(first())
+        asyncio.run(second())
+        assert received(receiver) == [[0, 1, 2]]
+        batches.shutdown()

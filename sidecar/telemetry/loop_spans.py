@@ -32,6 +32,7 @@ import logging
 import threading
 from asyncio import AbstractEventLoop, Task, TimerHandle
 from collections.abc import Sequence
+from threading import get_ident
 from typing import Any, Final
 
 from opentelemetry.context import (
@@ -90,6 +91,7 @@ class LoopSpanProcessor(SpanProcessor):
         self.export_timeout: float = timeout / 1e3
         self._queue: collections.deque[ReadableSpan] = collections.deque(maxlen=queue_size)
         self._loop: AbstractEventLoop | None = None
+        self._thread = 0  # the bound loop's thread
         self._timer: TimerHandle | None = None
         self._task: Task[None] | None = None
         self._dropped = 0  # spans a full queue dropped since the last warning
@@ -106,8 +108,11 @@ class LoopSpanProcessor(SpanProcessor):
         """Queue `span` if sampled; a full batch starts an export."""
         if not span.context.trace_flags.sampled:
             return
+        # On the loop's own thread while it runs, that loop is the one running here. (The
+        # thread's id, not `asyncio._get_running_loop()`: on Python 3.11 that asks the
+        # kernel for the process id, a system call per span.)
         loop = self._loop
-        if loop is not None and asyncio._get_running_loop() is loop:
+        if loop is not None and get_ident() == self._thread and loop.is_running():
             self._add(span)
         else:
             self._add_elsewhere(span)
@@ -135,7 +140,10 @@ class LoopSpanProcessor(SpanProcessor):
         running = asyncio._get_running_loop()
         bound = self._loop
         if running is not None and (bound is None or not bound.is_running()):
-            self._loop = running  # the first loop, or the one that replaced a stopped one
+            # The first loop, or the one that replaced a stopped one (whose timer and
+            # export, if any, will not run: what they held is still queued).
+            self._loop, self._thread = running, get_ident()
+            self._timer = self._task = None
             self._add(span)
             return
         if bound is not None and bound.is_running():
@@ -189,16 +197,18 @@ class LoopSpanProcessor(SpanProcessor):
                 spans = self._take()
                 encoded = await self._encode(spans)
                 if encoded is None:
-                    continue
-                if self._shutdown:  # the poster is gone: what shutdown did not flush, posted here
+                    pass  # dropped, as the SDK's exporter drops it (logged)
+                elif self._shutdown:  # the poster is gone: what shutdown did not flush, posted here
                     self._post(encoded, len(spans))
                 else:
                     await loop.run_in_executor(self._poster, self._post, encoded, len(spans))
                 if not flush and len(self._queue) < self.max_export_batch_size:
                     break
         finally:
-            self._task = None
-            if self._queue and not self._shutdown and not loop.is_closed():
+            if self._task is asyncio.current_task():
+                self._task = None
+            waiting = self._queue and not self._shutdown and not loop.is_closed()
+            if waiting and self._task is None and loop is self._loop:
                 if len(self._queue) >= self.max_export_batch_size:
                     self._start(flush=False)
                 elif self._timer is None:
