@@ -18,6 +18,7 @@ and the SDK's own functions, raising, logging and dropping exactly as they do.
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
@@ -29,17 +30,22 @@ from opentelemetry.exporter.otlp.proto.common._internal import (
     _encode_resource,
 )
 from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _SPAN_KIND_MAP
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, SpanFlags
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
 from opentelemetry.trace import StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 # Encoded (key, value) pairs kept (~100-200 KiB when full): far more than the sidecar's
 # labels; ids and counts pass through it too, so a full cache is emptied and refills
 # with what recurs (float values, timings, are never kept).
 PAIR_CACHE_SIZE: Final = 1024
+# Distinct values of one key kept per filling of that cache: a key past it (an id, a
+# count) has its values written each time, and leaves the room to the labels.
+WIDE_KEY: Final = 32
 # Spans encoded between two pauses that hand the GIL over (~0.2 ms of encoding), and the
 # pause: long enough for a waiting thread to wake and take it, short for the exporter.
 YIELD_EVERY: Final = 16
@@ -52,21 +58,44 @@ _REMOTE: Final = _LOCAL | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _RESOURCE_SPANS: Final = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
 _SCOPE_SPANS: Final = b"\x12"  # ResourceSpans.scope_spans = 2
 _SPANS: Final = b"\x12"  # ScopeSpans.spans = 2
-_TRACE_ID: Final = Span(trace_id=bytes(16)).SerializeToString()[:2]  # tag, length 16
-_SPAN_ID: Final = Span(span_id=bytes(8)).SerializeToString()[:2]
-_PARENT_ID: Final = Span(parent_span_id=bytes(8)).SerializeToString()[:2]
-_START: Final = Span(start_time_unix_nano=1).SerializeToString()[:1]  # tag, 8 bytes follow
-_END: Final = Span(end_time_unix_nano=1).SerializeToString()[:1]
-_DROPPED_ATTRIBUTES: Final = Span(dropped_attributes_count=1).SerializeToString()[:1]
+_TRACE_ID: Final[bytes] = Span(trace_id=bytes(16)).SerializeToString()[:2]  # tag, length 16
+_SPAN_ID: Final[bytes] = Span(span_id=bytes(8)).SerializeToString()[:2]
+_PARENT_ID: Final[bytes] = Span(parent_span_id=bytes(8)).SerializeToString()[:2]
+_START: Final[bytes] = Span(start_time_unix_nano=1).SerializeToString()[:1]  # tag, 8 bytes follow
+_END: Final[bytes] = Span(end_time_unix_nano=1).SerializeToString()[:1]
+_START_TAG: Final = _START[0]
+_END_TAG: Final = _END[0]
+_DROPPED_ATTRIBUTES: Final[bytes] = Span(dropped_attributes_count=1).SerializeToString()[:1]
 _KIND_FIELDS: Final = {id(k): Span(kind=v).SerializeToString() for k, v in _SPAN_KIND_MAP.items()}
 _STATUS_CODES: Final[dict[StatusCode, Any]] = {code: code.value for code in StatusCode}
 _STATUS_FIELDS: Final = {  # a status without a message
     id(code): Span(status=PbStatus(code=value)).SerializeToString()
     for code, value in _STATUS_CODES.items()
 }
-_LOCAL_FLAGS: Final = Span(flags=_LOCAL).SerializeToString()
-_REMOTE_FLAGS: Final = Span(flags=_REMOTE).SerializeToString()
+_LOCAL_FLAGS: Final[bytes] = Span(flags=_LOCAL).SerializeToString()
+_REMOTE_FLAGS: Final[bytes] = Span(flags=_REMOTE).SerializeToString()
 _ONE_BYTE: Final = [bytes((n,)) for n in range(0x80)]
+# A span's fields in field number order: trace and span id, then parent id, name, kind,
+# times, attributes, dropped attributes, status and flags, each already a field or empty.
+_BODY: Final = _TRACE_ID.replace(b"%", b"%%") + b"%b" + _SPAN_ID.replace(b"%", b"%%") + b"%b" * 9
+_TWO_BYTES: Final = struct.Struct("<H").pack  # a varint of 0x80 to 0x3FFF, given its bits
+_TIMES: Final = struct.Struct("<BQBQ").pack  # start and end: tag, fixed64 each
+_DOUBLE: Final = struct.Struct("<d").pack
+# An attribute: `Span.attributes` holds `KeyValue(key, value=AnyValue)` messages; a
+# value's field is `KeyValue.value`'s tag, the length of the `AnyValue`, the `AnyValue`.
+_ATTRIBUTE: Final[bytes] = Span(attributes=[KeyValue()]).SerializeToString()[:1]
+_VALUE: Final[bytes] = KeyValue(value=AnyValue()).SerializeToString()[:1]
+_STRING: Final[bytes] = AnyValue(string_value="").SerializeToString()[:1]
+_INT: Final[bytes] = AnyValue(int_value=0).SerializeToString()[:1]
+_BOOLS: Final[tuple[bytes, ...]] = tuple(
+    KeyValue(value=AnyValue(bool_value=v)).SerializeToString() for v in (False, True)
+)
+_SMALL_INTS: Final[list[bytes]] = [
+    KeyValue(value=AnyValue(int_value=n)).SerializeToString() for n in range(0x80)
+]
+_DOUBLE_HEAD: Final[bytes] = KeyValue(value=AnyValue(double_value=1.0)).SerializeToString()[:3]
+_INT64: Final = 2**63
+_UINT64: Final = 2**64
 _NO_GROUP: Final = object()
 _STR: Final = frozenset({str})
 
@@ -110,11 +139,10 @@ class SpanEncoder:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # the scratch message: one encoding at a time
-        self._scratch = Span()
-        self._scratch_pair = self._scratch.attributes.add()
-        self._scratch_value = self._scratch_pair.value
+        self._lock = threading.Lock()  # the caches: one encoding at a time
         self._pairs: dict[tuple[str, type, object], bytes] = {}
+        self._distinct: dict[str, int] = {}  # values of a key kept in `_pairs`
+        self._keys: dict[str, bytes] = {}  # a `KeyValue` with just the key, encoded
         self._names: dict[str, bytes] = {}
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[SdkScope | None, bytes]] = {}
@@ -150,7 +178,7 @@ class SpanEncoder:
         for start in range(0, len(spans), every):
             if start:
                 yield
-            with self._lock:  # the scratch message: one encoding at a time
+            with self._lock:  # the caches: one encoding at a time
                 for span in spans[start : start + every]:
                     resource = span.resource
                     scope = span.instrumentation_scope or None
@@ -175,28 +203,35 @@ class SpanEncoder:
 
     def _span(self, span: ReadableSpan) -> bytes:
         """One span as an entry of its `ScopeSpans.spans`: tag, length, `Span`."""
-        context = span.context
         parent = span.parent
         start = span.start_time
         end = span.end_time
         try:
-            # What could be refused first (ids, times out of range, an unknown kind, a
-            # name that is not text): those spans go to protobuf, which raises as the SDK.
-            parts = [
-                _TRACE_ID, context.trace_id.to_bytes(16, "big"),
-                _SPAN_ID, context.span_id.to_bytes(8, "big"),
-            ]  # fmt: skip
-            if context.trace_state:
+            # A `SpanContext` is the tuple its type declares: its fields at once, not
+            # five property calls. What could be refused (ids, times out of range, an
+            # unknown kind, a name that is not text) goes to protobuf, which raises as
+            # the SDK does.
+            trace_id, span_id, _, _, trace_state, _ = span.context
+            if trace_state is not DEFAULT_TRACE_STATE and trace_state:
                 return self._message(span)
             if parent:
-                parts += (_PARENT_ID, parent.span_id.to_bytes(8, "big"))
-            name = self._names.get(span.name) or self._name(span.name)
-            parts += (name, _KIND_FIELDS[id(span.kind)])
-            if start:
-                parts += (_START, start.to_bytes(8, "little"))
-            if end:
-                parts += (_END, end.to_bytes(8, "little"))
-        except (AttributeError, KeyError, OverflowError, TypeError):
+                _, parent_id, remote, _, _, _ = parent
+                parent_field = _PARENT_ID + parent_id.to_bytes(8, "big")
+            else:
+                parent_field = b""
+                remote = False
+            trace_id = trace_id.to_bytes(16, "big")
+            span_id = span_id.to_bytes(8, "big")
+            name = span.name
+            name_field = self._names.get(name) or self._name(name)
+            kind = _KIND_FIELDS[id(span.kind)]
+            if start and end:
+                times = _TIMES(_START_TAG, start, _END_TAG, end)
+            else:
+                times = (_START + start.to_bytes(8, "little") if start else b"") + (
+                    _END + end.to_bytes(8, "little") if end else b""
+                )
+        except (AttributeError, KeyError, OverflowError, TypeError, ValueError, struct.error):
             return self._message(span)
         status = span.status
         status_field = b""
@@ -209,13 +244,25 @@ class SpanEncoder:
         if span.events or span.links or span.dropped_events or span.dropped_links:
             return self._message(span)
         attributes = span.attributes
-        if attributes:
-            parts.append(self.attributes(attributes))
         dropped = span.dropped_attributes
-        if dropped:
-            parts += (_DROPPED_ATTRIBUTES, _varint(dropped))
-        parts += (status_field, _REMOTE_FLAGS if parent and parent.is_remote else _LOCAL_FLAGS)
-        return _field(_SPANS, b"".join(parts))
+        body = _BODY % (
+            trace_id,
+            span_id,
+            parent_field,
+            name_field,
+            kind,
+            times,
+            self.attributes(attributes) if attributes else b"",
+            _DROPPED_ATTRIBUTES + _varint(dropped) if dropped else b"",
+            status_field,
+            _REMOTE_FLAGS if remote else _LOCAL_FLAGS,
+        )
+        size = len(body)
+        if size < 0x80:
+            return _SPANS + _ONE_BYTE[size] + body
+        if size < 0x4000:
+            return _SPANS + _TWO_BYTES(size & 0x7F | 0x80 | (size >> 7) << 8) + body
+        return _SPANS + _varint(size) + body
 
     def _name(self, name: str) -> bytes:
         if type(name) is not str:
@@ -289,61 +336,93 @@ class SpanEncoder:
         """A `Span` holding just `attributes`, encoded: the SDK's `_encode_attributes` alike."""
         values = attributes.values()
         # The type is part of the key: True == 1 == 1.0 as dict keys. Keys are built and
-        # looked up by C iterators; only pairs not cached take a Python call each.
-        keys = list(zip(attributes, map(type, values), values, strict=True))
+        # looked up by C iterators (zip reuses its tuple: nothing kept, nothing allocated);
+        # only pairs not cached take a Python call each.
+        get = self._pairs.get
         try:
-            encoded: list[bytes | None] = list(map(self._pairs.get, keys))
-        except TypeError:  # a value that cannot be hashed (a list, a mapping)
-            encoded = [None] * len(keys)
+            encoded: list[bytes | None] = list(
+                map(get, zip(attributes, map(type, values), values, strict=True))
+            )
+        except TypeError:  # a value that cannot be hashed (a list, a mapping): one at a time
+            encoded = []
+            for key, value in attributes.items():
+                try:
+                    encoded.append(get((key, type(value), value)))
+                except TypeError:
+                    encoded.append(None)
         if None in encoded:
-            for index, pair in enumerate(encoded):
-                if pair is None:
-                    encoded[index] = self._miss(*keys[index])
+            for index, (key, value) in enumerate(attributes.items()):
+                if encoded[index] is None:
+                    encoded[index] = self._miss(key, type(value), value)
         return b"".join(encoded)  # type: ignore[arg-type]  # no None left
 
     def _miss(self, key: str, kind: type, value: Any) -> bytes:
-        """One attribute the cache did not answer: encoded, and kept if a plain label."""
-        if (
-            kind is str
-            or kind is int
-            or kind is bool
-            or (kind is tuple and _STR.issuperset(map(type, value)))
-        ):
-            # Only these are kept: other values could equal a kept one ((1,) == (True,)).
-            pairs = self._pairs
-            pair = pairs.get((key, kind, value)) or self._pair(key, kind, value)
-            if pair is not None:
-                if len(pairs) >= PAIR_CACHE_SIZE:
-                    pairs.clear()
-                pairs[key, kind, value] = pair
-                return pair
-        elif kind is float:
-            pair = self._pair(key, kind, value)
-            if pair is not None:
-                return pair
-        return self._sdk_pair(key, value)
+        """One attribute the cache did not answer: encoded, and kept if a plain label.
 
-    def _pair(self, key: str, kind: type, value: Any) -> bytes | None:
-        """One plain attribute, encoded; None when it cannot be (the SDK then reports it)."""
-        # The scratch span's one attribute is overwritten: setting a member of the value's
-        # oneof clears the others, and a member set to its default is still encoded.
-        if kind is tuple:  # of strings (finish reasons, stop sequences): rare enough
-            return self._sdk_pair(key, value) or None
-        pair, encoded_value = self._scratch_pair, self._scratch_value
-        try:
-            pair.key = key
-            if kind is str:
-                encoded_value.string_value = value
-            elif kind is bool:
-                encoded_value.bool_value = value
-            elif kind is int:
-                encoded_value.int_value = value
+        A str, int, bool or float is written here as protobuf writes it, after the
+        cached `KeyValue` of its key; anything else, or what protobuf would refuse,
+        goes through the SDK's function (which logs and drops what it cannot encode).
+        """
+        keyed = self._keys.get(key) or self._key(key)
+        if not keyed:  # a key protobuf refuses, or the empty key
+            return self._sdk_pair(key, value)
+        if kind is float:  # timings: never kept
+            field = _DOUBLE_HEAD + _DOUBLE(value)
+            size = len(keyed) + len(field)
+            return _ATTRIBUTE + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + keyed + field
+        if kind is str:
+            try:
+                data = value.encode()
+            except UnicodeEncodeError:  # a lone surrogate
+                return self._sdk_pair(key, value)
+            size = len(data)
+            if size < 0x7E:  # the `AnyValue` and the string: one byte of length each
+                field = _VALUE + _ONE_BYTE[size + 2] + _STRING + _ONE_BYTE[size] + data
             else:
-                encoded_value.double_value = value
-        except (TypeError, ValueError):
-            return None
-        encoded: bytes = self._scratch.SerializeToString()
-        return encoded
+                any_value = _STRING + _varint(size) + data
+                field = _VALUE + _varint(len(any_value)) + any_value
+        elif kind is int:
+            if 0 <= value < 0x80:
+                field = _SMALL_INTS[value]
+            elif -_INT64 <= value < _INT64:
+                any_value = _INT + _varint(value if value >= 0 else value + _UINT64)
+                field = _VALUE + _ONE_BYTE[len(any_value)] + any_value
+            else:  # out of int64: the SDK logs it and drops it
+                return self._sdk_pair(key, value)
+        elif kind is bool:
+            field = _BOOLS[value]
+        elif kind is tuple and _STR.issuperset(map(type, value)):  # finish reasons: rare
+            field = b""
+        else:  # only those are kept: other values could equal a kept one ((1,) == (True,))
+            return self._sdk_pair(key, value)
+        if field:
+            size = len(keyed) + len(field)
+            pair = _ATTRIBUTE + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + keyed + field
+        else:
+            pair = self._sdk_pair(key, value)
+        distinct = self._distinct
+        seen = distinct.get(key, 0)
+        if seen < WIDE_KEY:  # else an id or a count: written each time, not kept
+            pairs = self._pairs
+            if len(pairs) >= PAIR_CACHE_SIZE:
+                pairs.clear()
+                distinct.clear()
+                seen = 0
+            distinct[key] = seen + 1
+            pairs[key, kind, value] = pair
+        return pair
+
+    def _key(self, key: str) -> bytes:
+        """A `KeyValue` holding just `key`, encoded (empty when protobuf refuses the key)."""
+        keys = self._keys
+        try:
+            keyed: bytes = KeyValue(key=key).SerializeToString()
+        except (TypeError, ValueError):  # not text, or not UTF-8 (a lone surrogate)
+            return b""
+        if len(keys) >= PAIR_CACHE_SIZE:
+            keys.clear()
+        keys[key] = keyed
+        return keyed
 
     @staticmethod
     def _sdk_pair(key: str, value: Any) -> bytes:
