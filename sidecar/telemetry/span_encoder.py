@@ -36,7 +36,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 # Encoded (key, value) pairs kept (~100-200 KiB when full): far more than the sidecar's
@@ -93,7 +93,12 @@ _BOOLS: Final[tuple[bytes, ...]] = tuple(
 _SMALL_INTS: Final[list[bytes]] = [
     KeyValue(value=AnyValue(int_value=n)).SerializeToString() for n in range(0x80)
 ]
-_DOUBLE_HEAD: Final[bytes] = KeyValue(value=AnyValue(double_value=1.0)).SerializeToString()[:3]
+_DOUBLE_FIELD: Final[bytes] = KeyValue(value=AnyValue(double_value=1.0)).SerializeToString()[:3]
+# A string attribute: its tag, the `KeyValue`'s length, the key, then the value's field:
+# tag, the `AnyValue`'s length, the string's tag, its length, the string.
+_STRING_PAIR: Final = b"%b".join(
+    piece.replace(b"%", b"%%") for piece in (_ATTRIBUTE, b"", _VALUE, _STRING, b"", b"")
+)
 _INT64: Final = 2**63
 _UINT64: Final = 2**64
 _NO_GROUP: Final = object()
@@ -104,12 +109,20 @@ def _varint(value: int) -> bytes:
     """`value` (≥ 0) as a protobuf varint."""
     if value < 0x80:
         return _ONE_BYTE[value]
+    if value < 0x4000:
+        return _TWO_BYTES(value & 0x7F | 0x80 | (value >> 7) << 8)
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def _pair(keyed: bytes, field: bytes) -> bytes:
+    """An attribute: its tag, the length of its `KeyValue`, the key, the value's field."""
+    size = len(keyed) + len(field)
+    return _ATTRIBUTE + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + keyed + field
 
 
 def _field(tag: bytes, body: bytes) -> bytes:
@@ -142,7 +155,10 @@ class SpanEncoder:
         self._lock = threading.Lock()  # the caches: one encoding at a time
         self._pairs: dict[tuple[str, type, object], bytes] = {}
         self._distinct: dict[str, int] = {}  # values of a key kept in `_pairs`
+        self._wide: set[str] = set()  # keys with `WIDE_KEY` values kept: no more kept
         self._keys: dict[str, bytes] = {}  # a `KeyValue` with just the key, encoded
+        self._status: Status | None = None  # the last status without a message, kept alive
+        self._status_field = b""
         self._names: dict[str, bytes] = {}
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[SdkScope | None, bytes]] = {}
@@ -234,13 +250,17 @@ class SpanEncoder:
         except (AttributeError, KeyError, OverflowError, TypeError, ValueError, struct.error):
             return self._message(span)
         status = span.status
-        status_field = b""
-        if status is not None:
+        if status is self._status:  # most spans share one (immutable) `Status`
+            status_field = self._status_field
+        elif status is None:
+            status_field = b""
+        else:
             if status.description is not None:
                 return self._message(span)
             status_field = _STATUS_FIELDS.get(id(status.status_code)) or b""
             if not status_field:
                 return self._message(span)
+            self._status, self._status_field = status, status_field
         if span.events or span.links or span.dropped_events or span.dropped_links:
             return self._message(span)
         attributes = span.attributes
@@ -350,75 +370,89 @@ class SpanEncoder:
                     encoded.append(get((key, type(value), value)))
                 except TypeError:
                     encoded.append(None)
-        if None in encoded:
-            for index, (key, value) in enumerate(attributes.items()):
-                if encoded[index] is None:
-                    encoded[index] = self._miss(key, type(value), value)
+        misses = encoded.count(None)
+        if misses:
+            items = list(attributes.items())
+            index = -1
+            miss = self._miss
+            for _ in range(misses):  # found by C, not by a Python loop over every attribute
+                index = encoded.index(None, index + 1)
+                encoded[index] = miss(*items[index])
         return b"".join(encoded)  # type: ignore[arg-type]  # no None left
 
-    def _miss(self, key: str, kind: type, value: Any) -> bytes:
+    def _miss(self, key: str, value: Any) -> bytes:
         """One attribute the cache did not answer: encoded, and kept if a plain label.
 
         A str, int, bool or float is written here as protobuf writes it, after the
         cached `KeyValue` of its key; anything else, or what protobuf would refuse,
         goes through the SDK's function (which logs and drops what it cannot encode).
         """
-        keyed = self._keys.get(key) or self._key(key)
-        if not keyed:  # a key protobuf refuses, or the empty key
-            return self._sdk_pair(key, value)
-        if kind is float:  # timings: never kept
-            field = _DOUBLE_HEAD + _DOUBLE(value)
-            size = len(keyed) + len(field)
-            return _ATTRIBUTE + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + keyed + field
+        keyed = self._keys.get(key)
+        if keyed is None:
+            keyed = self._key(key)
+            if keyed is None:  # a key protobuf refuses
+                return self._sdk_pair(key, value)
+        kind = type(value)
         if kind is str:
             try:
                 data = value.encode()
             except UnicodeEncodeError:  # a lone surrogate
                 return self._sdk_pair(key, value)
             size = len(data)
-            if size < 0x7E:  # the `AnyValue` and the string: one byte of length each
-                field = _VALUE + _ONE_BYTE[size + 2] + _STRING + _ONE_BYTE[size] + data
+            total = len(keyed) + size + 4  # the `KeyValue`'s length
+            if total < 0x80:  # and so those of the `AnyValue` and of the string
+                pair = _STRING_PAIR % (
+                    _ONE_BYTE[total],
+                    keyed,
+                    _ONE_BYTE[size + 2],
+                    _ONE_BYTE[size],
+                    data,
+                )
             else:
                 any_value = _STRING + _varint(size) + data
-                field = _VALUE + _varint(len(any_value)) + any_value
+                pair = _pair(keyed, _VALUE + _varint(len(any_value)) + any_value)
         elif kind is int:
             if 0 <= value < 0x80:
-                field = _SMALL_INTS[value]
+                pair = _pair(keyed, _SMALL_INTS[value])
             elif -_INT64 <= value < _INT64:
                 any_value = _INT + _varint(value if value >= 0 else value + _UINT64)
-                field = _VALUE + _ONE_BYTE[len(any_value)] + any_value
+                pair = _pair(keyed, _VALUE + _ONE_BYTE[len(any_value)] + any_value)
             else:  # out of int64: the SDK logs it and drops it
                 return self._sdk_pair(key, value)
+        elif kind is float:  # timings: never kept
+            return _pair(keyed, _DOUBLE_FIELD + _DOUBLE(value))
         elif kind is bool:
-            field = _BOOLS[value]
+            pair = _pair(keyed, _BOOLS[value])
         elif kind is tuple and _STR.issuperset(map(type, value)):  # finish reasons: rare
-            field = b""
+            pair = self._sdk_pair(key, value)
+            if not pair:  # refused: logged by the SDK's function each time, as the SDK
+                return pair
         else:  # only those are kept: other values could equal a kept one ((1,) == (True,))
             return self._sdk_pair(key, value)
-        if field:
-            size = len(keyed) + len(field)
-            pair = _ATTRIBUTE + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + keyed + field
-        else:
-            pair = self._sdk_pair(key, value)
-        distinct = self._distinct
-        seen = distinct.get(key, 0)
-        if seen < WIDE_KEY:  # else an id or a count: written each time, not kept
-            pairs = self._pairs
-            if len(pairs) >= PAIR_CACHE_SIZE:
-                pairs.clear()
-                distinct.clear()
-                seen = 0
-            distinct[key] = seen + 1
-            pairs[key, kind, value] = pair
+        if key not in self._wide:  # ids and counts: written each time, not kept
+            self._keep(key, kind, value, pair)
         return pair
 
-    def _key(self, key: str) -> bytes:
-        """A `KeyValue` holding just `key`, encoded (empty when protobuf refuses the key)."""
+    def _keep(self, key: str, kind: type, value: Any, pair: bytes) -> None:
+        """Keep a pair, unless its key has had `WIDE_KEY` values kept already (then it is wide)."""
+        pairs = self._pairs
+        if len(pairs) >= PAIR_CACHE_SIZE:  # start over: the labels come back
+            pairs.clear()
+            self._distinct.clear()
+            self._wide.clear()
+        seen = self._distinct.get(key, 0) + 1
+        self._distinct[key] = seen
+        if seen >= WIDE_KEY:
+            self._wide.add(key)
+        pairs[key, kind, value] = pair
+
+    def _key(self, key: str) -> bytes | None:
+        """A `KeyValue` holding just `key`, encoded (None when protobuf refuses the key)."""
         keys = self._keys
         try:
             keyed: bytes = KeyValue(key=key).SerializeToString()
         except (TypeError, ValueError):  # not text, or not UTF-8 (a lone surrogate)
-            return b""
+            return None
         if len(keys) >= PAIR_CACHE_SIZE:
             keys.clear()
         keys[key] = keyed
