@@ -75,9 +75,6 @@ _STATUS_FIELDS: Final = {  # a status without a message
 _LOCAL_FLAGS: Final[bytes] = Span(flags=_LOCAL).SerializeToString()
 _REMOTE_FLAGS: Final[bytes] = Span(flags=_REMOTE).SerializeToString()
 _ONE_BYTE: Final = [bytes((n,)) for n in range(0x80)]
-# A span's fields in field number order: trace and span id, then parent id, name, kind,
-# times, attributes, dropped attributes, status and flags, each already a field or empty.
-_BODY: Final = _TRACE_ID.replace(b"%", b"%%") + b"%b" + _SPAN_ID.replace(b"%", b"%%") + b"%b" * 9
 _TWO_BYTES: Final = struct.Struct("<H").pack  # a varint of 0x80 to 0x3FFF, given its bits
 _TIMES: Final = struct.Struct("<BQBQ").pack  # start and end: tag, fixed64 each
 _DOUBLE: Final = struct.Struct("<d").pack
@@ -94,11 +91,24 @@ _SMALL_INTS: Final[list[bytes]] = [
     KeyValue(value=AnyValue(int_value=n)).SerializeToString() for n in range(0x80)
 ]
 _DOUBLE_FIELD: Final[bytes] = KeyValue(value=AnyValue(double_value=1.0)).SerializeToString()[:3]
-# A string attribute: its tag, the `KeyValue`'s length, the key, then the value's field:
-# tag, the `AnyValue`'s length, the string's tag, its length, the string.
-_STRING_PAIR: Final = b"%b".join(
-    piece.replace(b"%", b"%%") for piece in (_ATTRIBUTE, b"", _VALUE, _STRING, b"", b"")
-)
+
+
+def _format(*pieces: bytes) -> bytes:
+    """A bytes format: `pieces` with a `%b` between two."""
+    return b"%b".join(piece.replace(b"%", b"%%") for piece in pieces)
+
+
+# Formats of an attribute (tag, the `KeyValue`'s length, the key, the value's field) and
+# of pieces of one: a string's (the `AnyValue`'s length, the string's tag and length, the
+# string), a double's field after its tag and length, an int's value field.
+_PAIR: Final = _format(_ATTRIBUTE, b"", b"", b"")
+_STRING_PAIR: Final = _format(_ATTRIBUTE, b"", _VALUE, _STRING, b"", b"")
+_DOUBLE_PAIR: Final = _format(_ATTRIBUTE, b"", _DOUBLE_FIELD, b"")
+_INT_FIELD: Final = _format(_VALUE, _INT, b"")
+_SPAN_FIELD: Final = _format(_SPANS, b"", b"")  # an entry of `ScopeSpans.spans`
+# A span's fields in field number order: trace and span id, then parent id, name, kind,
+# times, attributes, dropped attributes, status and flags, each already a field or empty.
+_BODY: Final = _format(_TRACE_ID, _SPAN_ID, *[b""] * 9)
 _INT64: Final = 2**63
 _UINT64: Final = 2**64
 _NO_GROUP: Final = object()
@@ -122,7 +132,7 @@ def _varint(value: int) -> bytes:
 def _pair(keyed: bytes, field: bytes) -> bytes:
     """An attribute: its tag, the length of its `KeyValue`, the key, the value's field."""
     size = len(keyed) + len(field)
-    return _ATTRIBUTE + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + keyed + field
+    return _PAIR % (_ONE_BYTE[size] if size < 0x80 else _varint(size), keyed, field)
 
 
 def _field(tag: bytes, body: bytes) -> bytes:
@@ -236,8 +246,8 @@ class SpanEncoder:
             else:
                 parent_field = b""
                 remote = False
-            trace_id = trace_id.to_bytes(16, "big")
-            span_id = span_id.to_bytes(8, "big")
+            trace_bytes = trace_id.to_bytes(16, "big")
+            span_bytes = span_id.to_bytes(8, "big")
             name = span.name
             name_field = self._names.get(name) or self._name(name)
             kind = _KIND_FIELDS[id(span.kind)]
@@ -266,8 +276,8 @@ class SpanEncoder:
         attributes = span.attributes
         dropped = span.dropped_attributes
         body = _BODY % (
-            trace_id,
-            span_id,
+            trace_bytes,
+            span_bytes,
             parent_field,
             name_field,
             kind,
@@ -278,11 +288,9 @@ class SpanEncoder:
             _REMOTE_FLAGS if remote else _LOCAL_FLAGS,
         )
         size = len(body)
-        if size < 0x80:
-            return _SPANS + _ONE_BYTE[size] + body
-        if size < 0x4000:
-            return _SPANS + _TWO_BYTES(size & 0x7F | 0x80 | (size >> 7) << 8) + body
-        return _SPANS + _varint(size) + body
+        if 0x80 <= size < 0x4000:  # most spans: a two-byte length
+            return _SPAN_FIELD % (_TWO_BYTES(size & 0x7F | 0x80 | (size >> 7) << 8), body)
+        return _SPAN_FIELD % (_varint(size), body)
 
     def _name(self, name: str) -> bytes:
         if type(name) is not str:
@@ -415,12 +423,17 @@ class SpanEncoder:
             if 0 <= value < 0x80:
                 pair = _pair(keyed, _SMALL_INTS[value])
             elif -_INT64 <= value < _INT64:
-                any_value = _INT + _varint(value if value >= 0 else value + _UINT64)
-                pair = _pair(keyed, _VALUE + _ONE_BYTE[len(any_value)] + any_value)
+                varint = _varint(value if value >= 0 else value + _UINT64)
+                pair = _pair(keyed, _INT_FIELD % (_ONE_BYTE[len(varint) + 1], varint))
             else:  # out of int64: the SDK logs it and drops it
                 return self._sdk_pair(key, value)
         elif kind is float:  # timings: never kept
-            return _pair(keyed, _DOUBLE_FIELD + _DOUBLE(value))
+            size = len(keyed) + 11  # the value's field: 3 bytes, then the double
+            return _DOUBLE_PAIR % (
+                _ONE_BYTE[size] if size < 0x80 else _varint(size),
+                keyed,
+                _DOUBLE(value),
+            )
         elif kind is bool:
             pair = _pair(keyed, _BOOLS[value])
         elif kind is tuple and _STR.issuperset(map(type, value)):  # finish reasons: rare
