@@ -404,7 +404,9 @@ class SpanEncoder:
         if kind is str:
             try:
                 data = value.encode()
-            except UnicodeEncodeError:  # a lone surrogate
+            except UnicodeEncodeError:  # a lone surrogate: to the SDK, out of this handler
+                data = None
+            if data is None:
                 return self._sdk_pair(key, value)
             size = len(data)
             total = len(keyed) + size + 4  # the `KeyValue`'s length
