@@ -23,7 +23,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from sidecar.config import TelemetryConfig
-from sidecar.telemetry import span_encoder
+from sidecar.telemetry import span_attributes
 from sidecar.telemetry.providers import resource_of
 from sidecar.telemetry.span_encoder import SpanEncoder
 from sidecar.telemetry.spans import PlainSpan
@@ -65,12 +65,12 @@ def test_every_shape_encodes_to_the_sdks_bytes(caplog: pytest.LogCaptureFixture)
 
 
 def test_a_full_pair_cache_starts_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(span_encoder, "PAIR_CACHE_SIZE", 5)
+    monkeypatch.setattr(span_attributes, "PAIR_CACHE_SIZE", 5)
     encoder = SpanEncoder()
     spans = shapes()
     for _ in range(3):
         assert our_bytes(encoder, spans) == sdk_bytes(spans)
-    assert len(encoder._pairs) <= 5
+    assert len(encoder._attributes._pairs) <= 5
 
 
 def test_a_resource_of_the_sidecar_encodes_as_the_sdks() -> None:
@@ -236,13 +236,13 @@ def test_keys_with_many_values_leave_the_pair_cache_to_the_labels() -> None:
             {**labels, "request_id": f"req_{i}", "tokens": 1000 + i, "wait": i / 7},
             start_time=1,
         )
-        for i in range(3 * span_encoder.WIDE_KEY)
+        for i in range(3 * span_attributes.WIDE_KEY)
     ]  # fmt: skip
     encoder = SpanEncoder()
     assert our_bytes(encoder, spans) == sdk_bytes(spans)
-    assert encoder._wide == {"request_id", "tokens"}
-    assert len(encoder._pairs) == len(labels) + 2 * span_encoder.WIDE_KEY
-    assert {key for key, _, _ in encoder._pairs} == {*labels, "request_id", "tokens"}
+    assert encoder._attributes._wide == {"request_id", "tokens"}
+    assert len(encoder._attributes._pairs) == len(labels) + 2 * span_attributes.WIDE_KEY
+    assert {key for key, _, _ in encoder._attributes._pairs} == {*labels, "request_id", "tokens"}
     assert our_bytes(encoder, spans[::-1]) == sdk_bytes(spans[::-1])
 
 

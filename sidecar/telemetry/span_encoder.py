@@ -6,13 +6,15 @@ attributes), then protobuf serializes the whole request, on the batch processor'
 thread, holding the GIL the event loop needs. `SpanEncoder` writes the same
 `ExportTraceServiceRequest`, byte for byte, as protobuf's wire format directly: the
 fixed pieces (tags, kinds, flags, a status without a message, a span's name, the
-resource and scope messages) are encoded by protobuf once, a pair of attribute key and
-value (str, bool, int, a tuple of strings) that was encoded before is taken from a
-bounded cache (most of the sidecar's values are labels: route, model, provider,
-outcome, status code), and only the lengths of the nested messages are computed here.
-Whatever it does not handle itself (events, links, a status with a message, other
-sequences, bytes, mappings, odd types, values protobuf refuses) goes through protobuf
-and the SDK's own functions, raising, logging and dropping exactly as they do.
+resource and scope messages) are encoded by protobuf once, a span's attributes by an
+`AttributeEncoder` (`span_attributes.py`: labels from a bounded cache, ids, counts
+and timings written directly), its ids and times by `int.to_bytes` and `struct`, and
+its fields are joined by one bytes format; only the lengths of the nested messages
+are computed here. A `SpanContext` is read as the tuple its type declares (one
+unpacking, not five property calls). Whatever it does not handle itself (events,
+links, a status with a message, other sequences, bytes, mappings, odd types, values
+protobuf refuses) goes through protobuf and the SDK's own functions, raising, logging
+and dropping exactly as they do.
 `tests/test_span_encoder.py` compares every shape of span with the SDK's bytes.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, Final
 
 from opentelemetry.exporter.otlp.proto.common._internal import (
@@ -30,7 +32,6 @@ from opentelemetry.exporter.otlp.proto.common._internal import (
     _encode_resource,
 )
 from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _SPAN_KIND_MAP
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, SpanFlags
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 from opentelemetry.sdk.resources import Resource
@@ -39,13 +40,13 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkSc
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-# Encoded (key, value) pairs kept (~100-200 KiB when full): far more than the sidecar's
-# labels; ids and counts pass through it too, so a full cache is emptied and refills
-# with what recurs (float values, timings, are never kept).
-PAIR_CACHE_SIZE: Final = 1024
-# Distinct values of one key kept per filling of that cache: a key past it (an id, a
-# count) has its values written each time, and leaves the room to the labels.
-WIDE_KEY: Final = 32
+from sidecar.telemetry.span_attributes import (
+    TWO_BYTES,
+    AttributeEncoder,
+    bytes_format,
+    varint,
+)
+
 # Spans encoded between two pauses that hand the GIL over (~0.2 ms of encoding), and the
 # pause: long enough for a waiting thread to wake and take it, short for the exporter.
 YIELD_EVERY: Final = 16
@@ -74,70 +75,17 @@ _STATUS_FIELDS: Final = {  # a status without a message
 }
 _LOCAL_FLAGS: Final[bytes] = Span(flags=_LOCAL).SerializeToString()
 _REMOTE_FLAGS: Final[bytes] = Span(flags=_REMOTE).SerializeToString()
-_ONE_BYTE: Final = [bytes((n,)) for n in range(0x80)]
-_TWO_BYTES: Final = struct.Struct("<H").pack  # a varint of 0x80 to 0x3FFF, given its bits
 _TIMES: Final = struct.Struct("<BQBQ").pack  # start and end: tag, fixed64 each
-_DOUBLE: Final = struct.Struct("<d").pack
-# An attribute: `Span.attributes` holds `KeyValue(key, value=AnyValue)` messages; a
-# value's field is `KeyValue.value`'s tag, the length of the `AnyValue`, the `AnyValue`.
-_ATTRIBUTE: Final[bytes] = Span(attributes=[KeyValue()]).SerializeToString()[:1]
-_VALUE: Final[bytes] = KeyValue(value=AnyValue()).SerializeToString()[:1]
-_STRING: Final[bytes] = AnyValue(string_value="").SerializeToString()[:1]
-_INT: Final[bytes] = AnyValue(int_value=0).SerializeToString()[:1]
-_BOOLS: Final[tuple[bytes, ...]] = tuple(
-    KeyValue(value=AnyValue(bool_value=v)).SerializeToString() for v in (False, True)
-)
-_SMALL_INTS: Final[list[bytes]] = [
-    KeyValue(value=AnyValue(int_value=n)).SerializeToString() for n in range(0x80)
-]
-_DOUBLE_FIELD: Final[bytes] = KeyValue(value=AnyValue(double_value=1.0)).SerializeToString()[:3]
-
-
-def _format(*pieces: bytes) -> bytes:
-    """A bytes format: `pieces` with a `%b` between two."""
-    return b"%b".join(piece.replace(b"%", b"%%") for piece in pieces)
-
-
-# Formats of an attribute (tag, the `KeyValue`'s length, the key, the value's field) and
-# of pieces of one: a string's (the `AnyValue`'s length, the string's tag and length, the
-# string), a double's field after its tag and length, an int's value field.
-_PAIR: Final = _format(_ATTRIBUTE, b"", b"", b"")
-_STRING_PAIR: Final = _format(_ATTRIBUTE, b"", _VALUE, _STRING, b"", b"")
-_DOUBLE_PAIR: Final = _format(_ATTRIBUTE, b"", _DOUBLE_FIELD, b"")
-_INT_FIELD: Final = _format(_VALUE, _INT, b"")
-_SPAN_FIELD: Final = _format(_SPANS, b"", b"")  # an entry of `ScopeSpans.spans`
 # A span's fields in field number order: trace and span id, then parent id, name, kind,
 # times, attributes, dropped attributes, status and flags, each already a field or empty.
-_BODY: Final = _format(_TRACE_ID, _SPAN_ID, *[b""] * 9)
-_INT64: Final = 2**63
-_UINT64: Final = 2**64
+_BODY: Final = bytes_format(_TRACE_ID, _SPAN_ID, *[b""] * 9)
+_SPAN_FIELD: Final = bytes_format(_SPANS, b"", b"")  # an entry of `ScopeSpans.spans`
 _NO_GROUP: Final = object()
-_STR: Final = frozenset({str})
-
-
-def _varint(value: int) -> bytes:
-    """`value` (≥ 0) as a protobuf varint."""
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    if value < 0x4000:
-        return _TWO_BYTES(value & 0x7F | 0x80 | (value >> 7) << 8)
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _pair(keyed: bytes, field: bytes) -> bytes:
-    """An attribute: its tag, the length of its `KeyValue`, the key, the value's field."""
-    size = len(keyed) + len(field)
-    return _PAIR % (_ONE_BYTE[size] if size < 0x80 else _varint(size), keyed, field)
 
 
 def _field(tag: bytes, body: bytes) -> bytes:
     """A length-delimited field: its tag, the length of `body`, `body`."""
-    return tag + _varint(len(body)) + body
+    return tag + varint(len(body)) + body
 
 
 def _schema_url(url: str | None) -> bytes:
@@ -154,19 +102,16 @@ class SpanEncoder:
     (a span in its scope, a scope in its resource, a resource in the request) are
     computed here: the fixed pieces come from protobuf itself, encoded once (tags,
     flags, kinds, a status without a message, a span's name, the resource and scope
-    messages). A span's attributes are the protobuf encodings of one-attribute `Span`s,
-    cached per (key, type, value) for plain values: concatenated encodings of a
-    repeated field are the encoding of the list (the protobuf merge rule). Whatever is
-    not plain (events, links, a status with a message, a span protobuf would refuse)
-    is encoded by protobuf from the message the SDK builds, raising what it raises.
+    messages). A span's attributes are the encodings of one-attribute `Span`s
+    (`AttributeEncoder`): concatenated encodings of a repeated field are the encoding
+    of the list (the protobuf merge rule). Whatever is not plain (events, links, a
+    status with a message, a span protobuf would refuse) is encoded by protobuf from
+    the message the SDK builds, raising what it raises.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the caches: one encoding at a time
-        self._pairs: dict[tuple[str, type, object], bytes] = {}
-        self._distinct: dict[str, int] = {}  # values of a key kept in `_pairs`
-        self._wide: set[str] = set()  # keys with `WIDE_KEY` values kept: no more kept
-        self._keys: dict[str, bytes] = {}  # a `KeyValue` with just the key, encoded
+        self._attributes = AttributeEncoder()
         self._status: Status | None = None  # the last status without a message, kept alive
         self._status_field = b""
         self._names: dict[str, bytes] = {}
@@ -282,15 +227,15 @@ class SpanEncoder:
             name_field,
             kind,
             times,
-            self.attributes(attributes) if attributes else b"",
-            _DROPPED_ATTRIBUTES + _varint(dropped) if dropped else b"",
+            self._attributes.encode(attributes) if attributes else b"",
+            _DROPPED_ATTRIBUTES + varint(dropped) if dropped else b"",
             status_field,
             _REMOTE_FLAGS if remote else _LOCAL_FLAGS,
         )
         size = len(body)
         if 0x80 <= size < 0x4000:  # most spans: a two-byte length
-            return _SPAN_FIELD % (_TWO_BYTES(size & 0x7F | 0x80 | (size >> 7) << 8), body)
-        return _SPAN_FIELD % (_varint(size), body)
+            return _SPAN_FIELD % (TWO_BYTES(size & 0x7F | 0x80 | (size >> 7) << 8), body)
+        return _SPAN_FIELD % (varint(size), body)
 
     def _name(self, name: str) -> bytes:
         if type(name) is not str:
@@ -357,126 +302,8 @@ class SpanEncoder:
         )
         attributes = span.attributes
         if attributes:
-            message.MergeFromString(self.attributes(attributes))
+            message.MergeFromString(self._attributes.encode(attributes))
         return _field(_SPANS, message.SerializePartialToString())
-
-    def attributes(self, attributes: Mapping[str, Any]) -> bytes:
-        """A `Span` holding just `attributes`, encoded: the SDK's `_encode_attributes` alike."""
-        values = attributes.values()
-        # The type is part of the key: True == 1 == 1.0 as dict keys. Keys are built and
-        # looked up by C iterators (zip reuses its tuple: nothing kept, nothing allocated);
-        # only pairs not cached take a Python call each.
-        get = self._pairs.get
-        try:
-            encoded: list[bytes | None] = list(
-                map(get, zip(attributes, map(type, values), values, strict=True))
-            )
-        except TypeError:  # a value that cannot be hashed (a list, a mapping): one at a time
-            encoded = []
-            for key, value in attributes.items():
-                try:
-                    encoded.append(get((key, type(value), value)))
-                except TypeError:
-                    encoded.append(None)
-        misses = encoded.count(None)
-        if misses:
-            items = list(attributes.items())
-            index = -1
-            miss = self._miss
-            for _ in range(misses):  # found by C, not by a Python loop over every attribute
-                index = encoded.index(None, index + 1)
-                encoded[index] = miss(*items[index])
-        return b"".join(encoded)  # type: ignore[arg-type]  # no None left
-
-    def _miss(self, key: str, value: Any) -> bytes:
-        """One attribute the cache did not answer: encoded, and kept if a plain label.
-
-        A str, int, bool or float is written here as protobuf writes it, after the
-        cached `KeyValue` of its key; anything else, or what protobuf would refuse,
-        goes through the SDK's function (which logs and drops what it cannot encode).
-        """
-        keyed = self._keys.get(key)
-        if keyed is None:
-            keyed = self._key(key)
-            if keyed is None:  # a key protobuf refuses
-                return self._sdk_pair(key, value)
-        kind = type(value)
-        if kind is str:
-            try:
-                data = value.encode()
-            except UnicodeEncodeError:  # a lone surrogate: to the SDK, out of this handler
-                data = None
-            if data is None:
-                return self._sdk_pair(key, value)
-            size = len(data)
-            total = len(keyed) + size + 4  # the `KeyValue`'s length
-            if total < 0x80:  # and so those of the `AnyValue` and of the string
-                pair = _STRING_PAIR % (
-                    _ONE_BYTE[total],
-                    keyed,
-                    _ONE_BYTE[size + 2],
-                    _ONE_BYTE[size],
-                    data,
-                )
-            else:
-                any_value = _STRING + _varint(size) + data
-                pair = _pair(keyed, _VALUE + _varint(len(any_value)) + any_value)
-        elif kind is int:
-            if 0 <= value < 0x80:
-                pair = _pair(keyed, _SMALL_INTS[value])
-            elif -_INT64 <= value < _INT64:
-                varint = _varint(value if value >= 0 else value + _UINT64)
-                pair = _pair(keyed, _INT_FIELD % (_ONE_BYTE[len(varint) + 1], varint))
-            else:  # out of int64: the SDK logs it and drops it
-                return self._sdk_pair(key, value)
-        elif kind is float:  # timings: never kept
-            size = len(keyed) + 11  # the value's field: 3 bytes, then the double
-            return _DOUBLE_PAIR % (
-                _ONE_BYTE[size] if size < 0x80 else _varint(size),
-                keyed,
-                _DOUBLE(value),
-            )
-        elif kind is bool:
-            pair = _pair(keyed, _BOOLS[value])
-        elif kind is tuple and _STR.issuperset(map(type, value)):  # finish reasons: rare
-            pair = self._sdk_pair(key, value)
-            if not pair:  # refused: logged by the SDK's function each time, as the SDK
-                return pair
-        else:  # only those are kept: other values could equal a kept one ((1,) == (True,))
-            return self._sdk_pair(key, value)
-        if key not in self._wide:  # ids and counts: written each time, not kept
-            self._keep(key, kind, value, pair)
-        return pair
-
-    def _keep(self, key: str, kind: type, value: Any, pair: bytes) -> None:
-        """Keep a pair, unless its key has had `WIDE_KEY` values kept already (then it is wide)."""
-        pairs = self._pairs
-        if len(pairs) >= PAIR_CACHE_SIZE:  # start over: the labels come back
-            pairs.clear()
-            self._distinct.clear()
-            self._wide.clear()
-        seen = self._distinct.get(key, 0) + 1
-        self._distinct[key] = seen
-        if seen >= WIDE_KEY:
-            self._wide.add(key)
-        pairs[key, kind, value] = pair
-
-    def _key(self, key: str) -> bytes | None:
-        """A `KeyValue` holding just `key`, encoded (None when protobuf refuses the key)."""
-        keys = self._keys
-        try:
-            keyed: bytes = KeyValue(key=key).SerializeToString()
-        except (TypeError, ValueError):  # not text, or not UTF-8 (a lone surrogate)
-            return None
-        if len(keys) >= PAIR_CACHE_SIZE:
-            keys.clear()
-        keys[key] = keyed
-        return keyed
-
-    @staticmethod
-    def _sdk_pair(key: str, value: Any) -> bytes:
-        encoded: bytes = Span(attributes=_encode_attributes({key: value})).SerializeToString()
-        return encoded
 
     def _resource(self, resource: Resource) -> tuple[bytes, bytes]:
         """The `resource` field of the resource's `ResourceSpans` and its `schema_url` field."""
