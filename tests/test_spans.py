@@ -15,7 +15,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
@@ -36,7 +36,7 @@ from sidecar.record import StreamRecord
 from sidecar.telemetry import Telemetry
 from sidecar.telemetry.core import span_ids
 from sidecar.telemetry.span import SidecarSpan
-from sidecar.telemetry.spans import Spans
+from sidecar.telemetry.spans import PlainSpan, Spans
 from tests.support.apps import echoed_headers, running_app
 from tests.support.otel import CALLER_TRACE, TRACEPARENT, make_otel, prompt
 from tests.support.sidecars import SidecarFactory
@@ -400,3 +400,54 @@ async def test_requests_export_what_the_sdks_spans_exported(
     kinds = [span["kind"] for span in mine["spans"]]
     assert kinds.count(SpanKind.CLIENT) == 4  # not vacuous: every kind of call was spanned
     assert len(mine["traceparents"]) == 5
+
+
+class Kept(SpanProcessor):
+    """The ended spans a processor is given, as given."""
+
+    def __init__(self) -> None:
+        self.ended: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span)
+
+
+PUBLIC = (
+    "name", "context", "parent", "resource", "attributes", "events", "links", "kind",
+    "status", "start_time", "end_time", "instrumentation_scope", "dropped_attributes",
+    "dropped_events", "dropped_links",
+)  # fmt: skip
+
+
+def test_a_plain_span_reads_as_the_readable_span_of_the_same_fields() -> None:
+    """`PlainSpan` answers its constant properties as the SDK computes them."""
+    fields: dict[str, Any] = {
+        "name": "n", "context": SpanContext(1, 2, False), "parent": SpanContext(1, 3, True),
+        "resource": Resource({"r": 1}), "attributes": {"a": 1, "b": ("x",)},
+        "kind": SpanKind.CLIENT, "status": Status(StatusCode.ERROR), "start_time": 1,
+        "end_time": 2, "events": (), "links": (),
+    }  # fmt: skip
+    plain, sdk = PlainSpan(**fields), ReadableSpan(**fields)
+    assert isinstance(plain, ReadableSpan)
+    assert [getattr(plain, name) for name in PUBLIC] == [getattr(sdk, name) for name in PUBLIC]
+    assert plain.to_json() == sdk.to_json()
+
+
+def test_only_spans_without_events_links_or_limits_end_as_plain_spans() -> None:
+    kept = Kept()
+    spans = Spans(TracerProvider(), [kept])
+    for name in ("plain", "event", "link"):
+        span = spans.start(name, SpanKind.SERVER, {"a": 1}, Context())
+        if name == "event":
+            span.add_event("e")
+        elif name == "link":
+            span.add_link(SpanContext(1, 2, False))
+        span.end()
+    limited = Spans(TracerProvider(), [kept])
+    limited.room = 0  # as under OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=0: kept in BoundedAttributes
+    limited.start("limited", SpanKind.SERVER, {"a": 1}, Context()).end()
+    assert [(span.name, type(span)) for span in kept.ended] == [
+        ("plain", PlainSpan), ("event", ReadableSpan), ("link", ReadableSpan),
+        ("limited", ReadableSpan),
+    ]  # fmt: skip
+    assert [len(span.events) + len(span.links) for span in kept.ended] == [0, 1, 1, 0]

@@ -6,21 +6,24 @@ attributes), then protobuf serializes the whole request, on the batch processor'
 thread, holding the GIL the event loop needs. `SpanEncoder` writes the same
 `ExportTraceServiceRequest`, byte for byte, as protobuf's wire format directly: the
 fixed pieces (tags, kinds, flags, a status without a message, a span's name, the
-resource and scope messages) are encoded by protobuf once, a pair of attribute key and
-value (str, bool, int, a tuple of strings) that was encoded before is taken from a
-bounded cache (most of the sidecar's values are labels: route, model, provider,
-outcome, status code), and only the lengths of the nested messages are computed here.
-Whatever it does not handle itself (events, links, a status with a message, other
-sequences, bytes, mappings, odd types, values protobuf refuses) goes through protobuf
-and the SDK's own functions, raising, logging and dropping exactly as they do.
+resource and scope messages) are encoded by protobuf once, a span's attributes by an
+`AttributeEncoder` (`span_attributes.py`: labels from a bounded cache, ids, counts
+and timings written directly), its ids and times by `int.to_bytes` and `struct`, and
+its fields are joined by one bytes format; only the lengths of the nested messages
+are computed here. A `SpanContext` is read as the tuple its type declares (one
+unpacking, not five property calls). Whatever it does not handle itself (events,
+links, a status with a message, other sequences, bytes, mappings, odd types, values
+protobuf refuses) goes through protobuf and the SDK's own functions, raising, logging
+and dropping exactly as they do.
 `tests/test_span_encoder.py` compares every shape of span with the SDK's bytes.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, Final
 
 from opentelemetry.exporter.otlp.proto.common._internal import (
@@ -34,12 +37,16 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-# Encoded (key, value) pairs kept (~100-200 KiB when full): far more than the sidecar's
-# labels; ids and counts pass through it too, so a full cache is emptied and refills
-# with what recurs (float values, timings, are never kept).
-PAIR_CACHE_SIZE: Final = 1024
+from sidecar.telemetry.span_attributes import (
+    TWO_BYTES,
+    AttributeEncoder,
+    bytes_format,
+    varint,
+)
+
 # Spans encoded between two pauses that hand the GIL over (~0.2 ms of encoding), and the
 # pause: long enough for a waiting thread to wake and take it, short for the exporter.
 YIELD_EVERY: Final = 16
@@ -52,40 +59,33 @@ _REMOTE: Final = _LOCAL | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _RESOURCE_SPANS: Final = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
 _SCOPE_SPANS: Final = b"\x12"  # ResourceSpans.scope_spans = 2
 _SPANS: Final = b"\x12"  # ScopeSpans.spans = 2
-_TRACE_ID: Final = Span(trace_id=bytes(16)).SerializeToString()[:2]  # tag, length 16
-_SPAN_ID: Final = Span(span_id=bytes(8)).SerializeToString()[:2]
-_PARENT_ID: Final = Span(parent_span_id=bytes(8)).SerializeToString()[:2]
-_START: Final = Span(start_time_unix_nano=1).SerializeToString()[:1]  # tag, 8 bytes follow
-_END: Final = Span(end_time_unix_nano=1).SerializeToString()[:1]
-_DROPPED_ATTRIBUTES: Final = Span(dropped_attributes_count=1).SerializeToString()[:1]
+_TRACE_ID: Final[bytes] = Span(trace_id=bytes(16)).SerializeToString()[:2]  # tag, length 16
+_SPAN_ID: Final[bytes] = Span(span_id=bytes(8)).SerializeToString()[:2]
+_PARENT_ID: Final[bytes] = Span(parent_span_id=bytes(8)).SerializeToString()[:2]
+_START: Final[bytes] = Span(start_time_unix_nano=1).SerializeToString()[:1]  # tag, 8 bytes follow
+_END: Final[bytes] = Span(end_time_unix_nano=1).SerializeToString()[:1]
+_START_TAG: Final = _START[0]
+_END_TAG: Final = _END[0]
+_DROPPED_ATTRIBUTES: Final[bytes] = Span(dropped_attributes_count=1).SerializeToString()[:1]
 _KIND_FIELDS: Final = {id(k): Span(kind=v).SerializeToString() for k, v in _SPAN_KIND_MAP.items()}
 _STATUS_CODES: Final[dict[StatusCode, Any]] = {code: code.value for code in StatusCode}
 _STATUS_FIELDS: Final = {  # a status without a message
     id(code): Span(status=PbStatus(code=value)).SerializeToString()
     for code, value in _STATUS_CODES.items()
 }
-_LOCAL_FLAGS: Final = Span(flags=_LOCAL).SerializeToString()
-_REMOTE_FLAGS: Final = Span(flags=_REMOTE).SerializeToString()
-_ONE_BYTE: Final = [bytes((n,)) for n in range(0x80)]
+_LOCAL_FLAGS: Final[bytes] = Span(flags=_LOCAL).SerializeToString()
+_REMOTE_FLAGS: Final[bytes] = Span(flags=_REMOTE).SerializeToString()
+_TIMES: Final = struct.Struct("<BQBQ").pack  # start and end: tag, fixed64 each
+# A span's fields in field number order: trace and span id, then parent id, name, kind,
+# times, attributes, dropped attributes, status and flags, each already a field or empty.
+_BODY: Final = bytes_format(_TRACE_ID, _SPAN_ID, *[b""] * 9)
+_SPAN_FIELD: Final = bytes_format(_SPANS, b"", b"")  # an entry of `ScopeSpans.spans`
 _NO_GROUP: Final = object()
-_STR: Final = frozenset({str})
-
-
-def _varint(value: int) -> bytes:
-    """`value` (≥ 0) as a protobuf varint."""
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _field(tag: bytes, body: bytes) -> bytes:
     """A length-delimited field: its tag, the length of `body`, `body`."""
-    return tag + _varint(len(body)) + body
+    return tag + varint(len(body)) + body
 
 
 def _schema_url(url: str | None) -> bytes:
@@ -102,19 +102,18 @@ class SpanEncoder:
     (a span in its scope, a scope in its resource, a resource in the request) are
     computed here: the fixed pieces come from protobuf itself, encoded once (tags,
     flags, kinds, a status without a message, a span's name, the resource and scope
-    messages). A span's attributes are the protobuf encodings of one-attribute `Span`s,
-    cached per (key, type, value) for plain values: concatenated encodings of a
-    repeated field are the encoding of the list (the protobuf merge rule). Whatever is
-    not plain (events, links, a status with a message, a span protobuf would refuse)
-    is encoded by protobuf from the message the SDK builds, raising what it raises.
+    messages). A span's attributes are the encodings of one-attribute `Span`s
+    (`AttributeEncoder`): concatenated encodings of a repeated field are the encoding
+    of the list (the protobuf merge rule). Whatever is not plain (events, links, a
+    status with a message, a span protobuf would refuse) is encoded by protobuf from
+    the message the SDK builds, raising what it raises.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # the scratch message: one encoding at a time
-        self._scratch = Span()
-        self._scratch_pair = self._scratch.attributes.add()
-        self._scratch_value = self._scratch_pair.value
-        self._pairs: dict[tuple[str, type, object], bytes] = {}
+        self._lock = threading.Lock()  # the caches: one encoding at a time
+        self._attributes = AttributeEncoder()
+        self._status: Status | None = None  # the last status without a message, kept alive
+        self._status_field = b""
         self._names: dict[str, bytes] = {}
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[SdkScope | None, bytes]] = {}
@@ -150,7 +149,7 @@ class SpanEncoder:
         for start in range(0, len(spans), every):
             if start:
                 yield
-            with self._lock:  # the scratch message: one encoding at a time
+            with self._lock:  # the caches: one encoding at a time
                 for span in spans[start : start + every]:
                     resource = span.resource
                     scope = span.instrumentation_scope or None
@@ -175,47 +174,68 @@ class SpanEncoder:
 
     def _span(self, span: ReadableSpan) -> bytes:
         """One span as an entry of its `ScopeSpans.spans`: tag, length, `Span`."""
-        context = span.context
         parent = span.parent
         start = span.start_time
         end = span.end_time
         try:
-            # What could be refused first (ids, times out of range, an unknown kind, a
-            # name that is not text): those spans go to protobuf, which raises as the SDK.
-            parts = [
-                _TRACE_ID, context.trace_id.to_bytes(16, "big"),
-                _SPAN_ID, context.span_id.to_bytes(8, "big"),
-            ]  # fmt: skip
-            if context.trace_state:
+            # A `SpanContext` is the tuple its type declares: its fields at once, not
+            # five property calls. What could be refused (ids, times out of range, an
+            # unknown kind, a name that is not text) goes to protobuf, which raises as
+            # the SDK does.
+            trace_id, span_id, _, _, trace_state, _ = span.context
+            if trace_state is not DEFAULT_TRACE_STATE and trace_state:
                 return self._message(span)
             if parent:
-                parts += (_PARENT_ID, parent.span_id.to_bytes(8, "big"))
-            name = self._names.get(span.name) or self._name(span.name)
-            parts += (name, _KIND_FIELDS[id(span.kind)])
-            if start:
-                parts += (_START, start.to_bytes(8, "little"))
-            if end:
-                parts += (_END, end.to_bytes(8, "little"))
-        except (AttributeError, KeyError, OverflowError, TypeError):
+                _, parent_id, remote, _, _, _ = parent
+                parent_field = _PARENT_ID + parent_id.to_bytes(8, "big")
+            else:
+                parent_field = b""
+                remote = False
+            trace_bytes = trace_id.to_bytes(16, "big")
+            span_bytes = span_id.to_bytes(8, "big")
+            name = span.name
+            name_field = self._names.get(name) or self._name(name)
+            kind = _KIND_FIELDS[id(span.kind)]
+            if start and end:
+                times = _TIMES(_START_TAG, start, _END_TAG, end)
+            else:
+                times = (_START + start.to_bytes(8, "little") if start else b"") + (
+                    _END + end.to_bytes(8, "little") if end else b""
+                )
+        except (AttributeError, KeyError, OverflowError, TypeError, ValueError, struct.error):
             return self._message(span)
         status = span.status
-        status_field = b""
-        if status is not None:
+        if status is self._status:  # most spans share one (immutable) `Status`
+            status_field = self._status_field
+        elif status is None:
+            status_field = b""
+        else:
             if status.description is not None:
                 return self._message(span)
             status_field = _STATUS_FIELDS.get(id(status.status_code)) or b""
             if not status_field:
                 return self._message(span)
+            self._status, self._status_field = status, status_field
         if span.events or span.links or span.dropped_events or span.dropped_links:
             return self._message(span)
         attributes = span.attributes
-        if attributes:
-            parts.append(self.attributes(attributes))
         dropped = span.dropped_attributes
-        if dropped:
-            parts += (_DROPPED_ATTRIBUTES, _varint(dropped))
-        parts += (status_field, _REMOTE_FLAGS if parent and parent.is_remote else _LOCAL_FLAGS)
-        return _field(_SPANS, b"".join(parts))
+        body = _BODY % (
+            trace_bytes,
+            span_bytes,
+            parent_field,
+            name_field,
+            kind,
+            times,
+            self._attributes.encode(attributes) if attributes else b"",
+            _DROPPED_ATTRIBUTES + varint(dropped) if dropped else b"",
+            status_field,
+            _REMOTE_FLAGS if remote else _LOCAL_FLAGS,
+        )
+        size = len(body)
+        if 0x80 <= size < 0x4000:  # most spans: a two-byte length
+            return _SPAN_FIELD % (TWO_BYTES(size & 0x7F | 0x80 | (size >> 7) << 8), body)
+        return _SPAN_FIELD % (varint(size), body)
 
     def _name(self, name: str) -> bytes:
         if type(name) is not str:
@@ -282,73 +302,8 @@ class SpanEncoder:
         )
         attributes = span.attributes
         if attributes:
-            message.MergeFromString(self.attributes(attributes))
+            message.MergeFromString(self._attributes.encode(attributes))
         return _field(_SPANS, message.SerializePartialToString())
-
-    def attributes(self, attributes: Mapping[str, Any]) -> bytes:
-        """A `Span` holding just `attributes`, encoded: the SDK's `_encode_attributes` alike."""
-        values = attributes.values()
-        # The type is part of the key: True == 1 == 1.0 as dict keys. Keys are built and
-        # looked up by C iterators; only pairs not cached take a Python call each.
-        keys = list(zip(attributes, map(type, values), values, strict=True))
-        try:
-            encoded: list[bytes | None] = list(map(self._pairs.get, keys))
-        except TypeError:  # a value that cannot be hashed (a list, a mapping)
-            encoded = [None] * len(keys)
-        if None in encoded:
-            for index, pair in enumerate(encoded):
-                if pair is None:
-                    encoded[index] = self._miss(*keys[index])
-        return b"".join(encoded)  # type: ignore[arg-type]  # no None left
-
-    def _miss(self, key: str, kind: type, value: Any) -> bytes:
-        """One attribute the cache did not answer: encoded, and kept if a plain label."""
-        if (
-            kind is str
-            or kind is int
-            or kind is bool
-            or (kind is tuple and _STR.issuperset(map(type, value)))
-        ):
-            # Only these are kept: other values could equal a kept one ((1,) == (True,)).
-            pairs = self._pairs
-            pair = pairs.get((key, kind, value)) or self._pair(key, kind, value)
-            if pair is not None:
-                if len(pairs) >= PAIR_CACHE_SIZE:
-                    pairs.clear()
-                pairs[key, kind, value] = pair
-                return pair
-        elif kind is float:
-            pair = self._pair(key, kind, value)
-            if pair is not None:
-                return pair
-        return self._sdk_pair(key, value)
-
-    def _pair(self, key: str, kind: type, value: Any) -> bytes | None:
-        """One plain attribute, encoded; None when it cannot be (the SDK then reports it)."""
-        # The scratch span's one attribute is overwritten: setting a member of the value's
-        # oneof clears the others, and a member set to its default is still encoded.
-        if kind is tuple:  # of strings (finish reasons, stop sequences): rare enough
-            return self._sdk_pair(key, value) or None
-        pair, encoded_value = self._scratch_pair, self._scratch_value
-        try:
-            pair.key = key
-            if kind is str:
-                encoded_value.string_value = value
-            elif kind is bool:
-                encoded_value.bool_value = value
-            elif kind is int:
-                encoded_value.int_value = value
-            else:
-                encoded_value.double_value = value
-        except (TypeError, ValueError):
-            return None
-        encoded: bytes = self._scratch.SerializeToString()
-        return encoded
-
-    @staticmethod
-    def _sdk_pair(key: str, value: Any) -> bytes:
-        encoded: bytes = Span(attributes=_encode_attributes({key: value})).SerializeToString()
-        return encoded
 
     def _resource(self, resource: Resource) -> tuple[bytes, bytes]:
         """The `resource` field of the resource's `ResourceSpans` and its `schema_url` field."""

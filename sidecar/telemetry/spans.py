@@ -30,11 +30,17 @@ from typing import Final
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context, get_current
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import (
+    Event,
+    ReadableSpan,
+    SpanLimits,
+    SpanProcessor,
+    TracerProvider,
+)
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.util import types
 
 from sidecar.telemetry.span import SidecarSpan
@@ -44,6 +50,21 @@ SCOPE: Final = "claude-sidecar"
 _FLAGS: Final = tuple(TraceFlags(bits) for bits in range(4))
 _SAMPLED: Final = Decision.RECORD_AND_SAMPLE
 _DROPPED: Final = Decision.DROP
+
+
+class PlainSpan(ReadableSpan):
+    """The `ReadableSpan` of a span without events or links whose attributes are a plain dict.
+
+    What the SDK's properties compute from those (an empty tuple, no count dropped) is
+    the same for every such span: here they are constants of the class, read by an
+    exporter without a call or an ABC `isinstance` check per property (~0.6 µs a span).
+    """
+
+    events: Sequence[Event] = ()  # the property's value, for every such span
+    links: Sequence[Link] = ()
+    dropped_events: int = 0
+    dropped_links: int = 0
+    dropped_attributes: int = 0
 
 
 class Spans:
@@ -134,14 +155,16 @@ class Spans:
     def ended(self, span: SidecarSpan, attributes: Mapping[str, types.AnyValue]) -> None:
         """Hand an ended span to the processors, as the `ReadableSpan` the SDK builds."""
         info, scope = self._scope
-        readable = ReadableSpan(
+        events, links = span._events, span._links
+        plain = events is None and links is None and type(attributes) is dict
+        readable = (PlainSpan if plain else ReadableSpan)(
             name=span._name,
             context=span._context,
             parent=span._parent,
             resource=self.provider.resource,
             attributes=attributes,
-            events=span._events if span._events is not None else (),
-            links=span._links if span._links is not None else (),
+            events=events if events is not None else (),
+            links=links if links is not None else (),
             kind=span._kind,
             instrumentation_info=info,
             status=span._status,
