@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
+from threading import get_ident
 from typing import Any, Final, TypeVar
 
 from opentelemetry import trace
@@ -113,6 +114,9 @@ class Telemetry:
         # Off (no providers): spans do not record and no reader ever collects, so the
         # per-call attribute dicts and measurements below are skipped, not built for nothing.
         self._on = providers is not None
+        # The loop calls run on, and its thread (`start_stream`).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         # Memos of values derived per call from a few distinct inputs, each bounded
         # (`_remember`). A Telemetry is the process's (a reload keeps it: `telemetry`
         # changes need a restart), and what the memos derive from is fixed with it.
@@ -238,12 +242,17 @@ class Telemetry:
             if spans is not None
             else _continued(parent)
         )
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a direct call): nothing to wait for
-            self._announce(record, span)
-        else:
-            record.pending_start = loop.call_soon(self._announce, record, span)
+        loop = self._loop
+        if loop is None or get_ident() != self._loop_thread or not loop.is_running():
+            # Looked up when it changes only: on Python 3.11 the lookup asks the kernel
+            # for the process id, a system call per call.
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a direct call): nothing to wait for
+                self._announce(record, span)
+                return span
+            self._loop_thread = get_ident()
+        record.pending_start = loop.call_soon(self._announce, record, span)
         return span
 
     def _announce(self, record: StreamRecord, span: Span) -> None:
