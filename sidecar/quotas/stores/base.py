@@ -48,7 +48,10 @@ class Limits:
         return self.counts_tokens or self.concurrent_streams is not None
 
 
-@dataclass(frozen=True, slots=True)
+# Window and Decision are built on every admission: plain slotted classes, since a
+# frozen dataclass's `__init__` costs one `object.__setattr__` call per field. Nothing
+# changes them after the store returns them.
+@dataclass(slots=True)
 class Window:
     """One bucket as the client sees it: limit, whole units left, when it is full again."""
 
@@ -57,7 +60,7 @@ class Window:
     reset_at: float  # epoch seconds (the store's clock)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """The answer to `admit`: admitted or not, why, how long to wait, and the buckets."""
 
