@@ -41,9 +41,13 @@ _LAST_KEY_ERROR = [-math.inf]
 log = logging.getLogger("sidecar.upstream")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
-    """What one upstream call needs beyond the body (prepared once per request)."""
+    """What one upstream call needs beyond the body (prepared once per request).
+
+    Not frozen: two are built per Claude call, and a frozen dataclass's `__init__`
+    pays an `object.__setattr__` call per field. Nothing changes one once built.
+    """
 
     method: str
     path: str  # path + query, e.g. /v1/messages?beta=true
