@@ -141,11 +141,11 @@ class ClaudeClient:
         target = self.target(attempt.path)
         config = self._config
         head = self._stream_head if stream else self._message_head
-        loop = asyncio.get_running_loop()
+        loop = self._pool.loop  # the running loop's own lookup costs a getpid() on 3.11
         whole = loop.time() + config.request_timeout_seconds
         retries = 0
         while True:
-            task = head.start()
+            task = head.start(loop)
             try:
                 response = await self._pool.request(attempt.method, target, attempt.headers, body)
             except asyncio.CancelledError:
