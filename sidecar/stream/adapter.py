@@ -67,7 +67,6 @@ class SSEResponse(web.StreamResponse):
     _send_headers_immediately = False  # aiohttp's switch (its `web.Response` sets it too)
 
 
-
 class ClientChannel:
     """The client's end of one prepared SSE response: one `write` per send, framed by hand."""
 
