@@ -39,9 +39,11 @@ class Deadlines:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self) -> _Task:
-        """Begin a wait in the running task; returns the task to pass to `stop`."""
-        task = asyncio.current_task()
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> _Task:
+        """Begin a wait in the running task (of `loop`, when the caller knows it: looking
+        the running loop up costs a `getpid()` system call on Python 3.11); returns the
+        task to pass to `stop`."""
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("a deadline needs a running task")
         loop = task.get_loop()

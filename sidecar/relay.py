@@ -53,7 +53,7 @@ class LiveStream:
         idle_timeout: float,
         stall_timeout: float = 60.0,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = upstream.loop
         self._ended = False
         self._end: BaseException | None = None  # why the upstream body ended (None: EOF)
         self._wakeup: asyncio.Future[None] | None = None

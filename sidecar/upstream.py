@@ -41,9 +41,13 @@ _LAST_KEY_ERROR = [-math.inf]
 log = logging.getLogger("sidecar.upstream")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
-    """What one upstream call needs beyond the body (prepared once per request)."""
+    """What one upstream call needs beyond the body (prepared once per request).
+
+    Not frozen: two are built per Claude call, and a frozen dataclass's `__init__`
+    pays an `object.__setattr__` call per field. Nothing changes one once built.
+    """
 
     method: str
     path: str  # path + query, e.g. /v1/messages?beta=true
@@ -137,11 +141,11 @@ class ClaudeClient:
         target = self.target(attempt.path)
         config = self._config
         head = self._stream_head if stream else self._message_head
-        loop = asyncio.get_running_loop()
+        loop = self._pool.loop  # the running loop's own lookup costs a getpid() on 3.11
         whole = loop.time() + config.request_timeout_seconds
         retries = 0
         while True:
-            task = head.start()
+            task = head.start(loop)
             try:
                 response = await self._pool.request(attempt.method, target, attempt.headers, body)
             except asyncio.CancelledError:

@@ -119,3 +119,44 @@ async def test_the_end_leaves_in_one_send_with_the_last_bytes(
         body = await response.read()
     assert body == (b"data: 1\n\n" if started else b"") + b"data: last\n\ndata: final\n\n"
     assert sends == [1]  # the last bytes, the last chunk (and the headers): one send
+
+
+@pytest.mark.parametrize("first", [b"data: 1\n\n", b""], ids=["with-data", "head-only"])
+async def test_an_sse_response_sends_its_head_with_the_first_write(
+    http: aiohttp.ClientSession, first: bytes
+) -> None:
+    sends: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None
+        write, writelines = transport.write, transport.writelines
+
+        def counted_write(data: bytes | bytearray | memoryview) -> None:
+            sends.append(bytes(data))
+            write(data)
+
+        def counted_writelines(data: Iterable[bytes | bytearray | memoryview[Any]]) -> None:
+            sends.append(b"".join(data))
+            writelines(data)
+
+        transport.write = counted_write  # type: ignore[method-assign]
+        transport.writelines = counted_writelines  # type: ignore[method-assign,assignment]
+        response = adapter.SSEResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        assert sends == []  # the head waits for the first bytes
+        channel = adapter.ClientChannel(request, response)
+        await channel.write_with_headers(first)
+        assert len(sends) == 1
+        channel.write(b"data: 2\n\n")
+        await channel.end()
+        return response
+
+    async with serving(handler) as port, http.get(f"http://127.0.0.1:{port}/") as response:
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        body = await response.read()
+    assert body == first + b"data: 2\n\n"
+    head, _, payload = sends[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert dechunk(payload) == first  # the head and the first bytes: one send
+    assert len(sends) == 3  # then the second write, then the last chunk

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError
 from opentelemetry.trace import Span
 
 from sidecar import sse
@@ -20,7 +20,7 @@ from sidecar.pipeline import RequestContext
 from sidecar.quotas import QuotaLease
 from sidecar.record import StreamRecord
 from sidecar.relay import LiveStream
-from sidecar.stream.adapter import ClientChannel
+from sidecar.stream.adapter import ClientChannel, SSEResponse
 from sidecar.stream.core import StreamCore, Translator
 from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import HEADER
@@ -92,10 +92,16 @@ def _live_stream(
 
 
 async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> ClientChannel:
-    response = web.StreamResponse(status=200, headers={**headers, **sse.HEADERS})
-    await response.prepare(ctx.request)  # headers are sent by the relay, with the first bytes
+    request = ctx.request
+    response = SSEResponse(status=200, headers={**headers, **sse.HEADERS})
+    await response.prepare(request)  # the head leaves with the relay's first bytes
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        # Where a head sent at `prepare()` would have failed: a client that is gone ends
+        # the call here, as it always did, not at the first write.
+        raise ClientConnectionResetError("Cannot write to closing transport")
     ctx.response_started = True
-    return ClientChannel(ctx.request, response)
+    return ClientChannel(request, response)
 
 
 async def open_relay(

@@ -180,6 +180,12 @@ class Response:
 
     # ------------------------------------------------------------------ the caller's side
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this answer is read on (known here: looking the running loop up costs
+        a `getpid()` system call on Python 3.11)."""
+        return self._head.get_loop()
+
     async def head(self) -> None:
         """Wait for the status line and headers; raises if the connection fails first."""
         await self._head
@@ -198,7 +204,7 @@ class Response:
             if limit is not None and self._size >= limit:
                 break
             self._want = limit or 0
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = self._head.get_loop().create_future()
             try:
                 await waiter
             finally:

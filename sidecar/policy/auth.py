@@ -107,10 +107,12 @@ class Authenticator:
     def __init__(self, config: AuthConfig, jwt_verifier: JwtVerifier | None) -> None:
         self.config = config
         self._jwt = jwt_verifier
-        # Lookup by hash: the plaintext key is hashed on arrival and never stored. Each
-        # key's identity is built once: it is immutable, and a stream holds it to its end.
+        # Lookup by hash: the plaintext key is hashed on arrival and never stored (so the
+        # hash is taken per request: remembering it per key would mean keeping the key).
+        # By raw digest: a hex string per request would only be compared. Each key's
+        # identity is built once: it is immutable, and a stream holds it to its end.
         self._keys = {
-            key.sha256: Identity(
+            bytes.fromhex(key.sha256): Identity(
                 method="api_key",
                 user=key.user or key.name,
                 tenant=key.tenant,
@@ -127,8 +129,9 @@ class Authenticator:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        if headers.get("x-api-key"):
-            return headers["x-api-key"].strip()
+        api_key = headers.get("x-api-key")
+        if api_key:
+            return api_key.strip()
         jwt_config = self.config.jwt
         if method == "GET" and jwt_config is not None and jwt_config.query_param:
             return query.get(jwt_config.query_param) or None
@@ -149,7 +152,7 @@ class Authenticator:
                 return ANONYMOUS
             raise unauthorized("auth_missing", "credentials required", missing=True)
         identity = self._keys.get(
-            hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()
+            hashlib.sha256(credential.encode("utf-8", "surrogatepass")).digest()
         )
         if identity is None:
             if self._jwt is None or credential.count(".") != 2:

@@ -103,7 +103,7 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
         if window is not None:
             headers[limit] = str(window.limit)
             headers[remaining] = str(window.remaining)
-            headers[reset] = rfc3339(window.reset_at)
+            headers[reset] = _rfc3339_second(math.ceil(window.reset_at))  # = rfc3339()
     return headers
 
 

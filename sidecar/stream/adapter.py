@@ -9,6 +9,10 @@ is `sidecar.http_client`, which needs none):
   drains it; aiohttp still writes the terminating chunk in `write_eof`. `prepare()`
   serialises the head at once, so the response's header map is emptied after it, and
   the request body's reader (read to its end) gets the shared empty queue.
+- **the head**: an `SSEResponse` keeps its serialised head in aiohttp's writer until the
+  first write through the response (`write_with_headers`, or `end`), which sends both in
+  one send. aiohttp's `StreamResponse` would send the head alone at `prepare()`: one
+  more send, and one more packet, per stream.
 
 `tests/test_stream_adapter.py` checks each of these against the installed aiohttp, and
 pyproject pins aiohttp to the minor versions that test passed on.
@@ -50,6 +54,17 @@ _UNBUFFERED: Final = _Unbuffered()
 
 
 # --------------------------------------------------------------------------- client side
+
+
+class SSEResponse(web.StreamResponse):
+    """A `StreamResponse` whose head leaves with its first bytes, not alone at `prepare()`.
+
+    Nothing may reach the transport past the response before that first write
+    (`ClientChannel.write_with_headers` or `end`): bytes written straight to the socket
+    would overtake the head. The relay's subscribers collect until then.
+    """
+
+    _send_headers_immediately = False  # aiohttp's switch (its `web.Response` sets it too)
 
 
 class ClientChannel:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 MINUTE: Final = 60.0
@@ -37,18 +37,21 @@ class Limits:
     tokens_per_day: int | None = None
     concurrent_streams: int | None = None
     lease_seconds: float = 60.0
+    # Derived once (a policy's limits are built once and read on every call):
+    # a token bucket is on; an admitted call leaves state to settle (a reservation or a slot).
+    counts_tokens: bool = field(init=False, repr=False, compare=False)
+    holds_lease: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def counts_tokens(self) -> bool:
-        return self.tokens_per_minute is not None or self.tokens_per_day is not None
-
-    @property
-    def holds_lease(self) -> bool:
-        """Whether an admitted call leaves state to settle (a reservation or a slot)."""
-        return self.counts_tokens or self.concurrent_streams is not None
+    def __post_init__(self) -> None:
+        counts = self.tokens_per_minute is not None or self.tokens_per_day is not None
+        object.__setattr__(self, "counts_tokens", counts)
+        object.__setattr__(self, "holds_lease", counts or self.concurrent_streams is not None)
 
 
-@dataclass(frozen=True, slots=True)
+# Window and Decision are built on every admission: plain slotted classes, since a
+# frozen dataclass's `__init__` costs one `object.__setattr__` call per field. Nothing
+# changes them after the store returns them.
+@dataclass(slots=True)
 class Window:
     """One bucket as the client sees it: limit, whole units left, when it is full again."""
 
@@ -57,7 +60,7 @@ class Window:
     reset_at: float  # epoch seconds (the store's clock)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """The answer to `admit`: admitted or not, why, how long to wait, and the buckets."""
 

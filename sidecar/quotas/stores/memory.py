@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from sidecar.quotas.stores.base import (
 )
 
 _SWEEP_EVERY: Final = 1024  # admissions between sweeps of forgettable subjects
+_PLANS: Final = 256  # policies' buckets remembered
 
 
 @dataclass(slots=True)
@@ -58,7 +58,6 @@ class _Subject:
 _Bucket = tuple[str, int, float, LimitedBy]
 
 
-@functools.lru_cache(maxsize=256)  # one entry per distinct policy: built once, not per call
 def _buckets(limits: Limits) -> tuple[_Bucket, ...]:
     """The enabled buckets, in the order limits are checked (ties go to the first)."""
     buckets: list[_Bucket] = []
@@ -80,6 +79,21 @@ class MemoryQuotaStore(QuotaStore):
         self._clock = clock
         self._subjects: dict[str, _Subject] = {}
         self._admissions = 0
+        # Each policy's buckets, built once. By id: the gate passes the same `Limits`
+        # object for a policy on every call, and hashing a dataclass (its fields, each
+        # time) would cost more than building the buckets. Kept with its `Limits`, so a
+        # recycled id never matches.
+        self._plans: dict[int, tuple[Limits, tuple[_Bucket, ...]]] = {}
+
+    def _buckets(self, limits: Limits) -> tuple[_Bucket, ...]:
+        plan = self._plans.get(id(limits))
+        if plan is not None and plan[0] is limits:
+            return plan[1]
+        if len(self._plans) >= _PLANS:  # reloads (and tests) bring new objects
+            self._plans.clear()
+        buckets = _buckets(limits)
+        self._plans[id(limits)] = (limits, buckets)
+        return buckets
 
     def __len__(self) -> int:
         return len(self._subjects)
@@ -115,7 +129,7 @@ class MemoryQuotaStore(QuotaStore):
         self._admissions += 1
         if self._admissions % _SWEEP_EVERY == 0:
             self._sweep(now)
-        buckets = _buckets(limits)
+        buckets = self._buckets(limits)
         state = self._refilled(subject, buckets, now)
         limited_by: LimitedBy | None = None
         wait = 0.0
@@ -169,7 +183,7 @@ class MemoryQuotaStore(QuotaStore):
     async def settle(
         self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
     ) -> None:
-        buckets = _buckets(limits)
+        buckets = self._buckets(limits)
         state = self._refilled(subject, buckets, self._clock())
         for name, limit, _, _ in buckets:
             if name != "r":
