@@ -310,3 +310,61 @@ def test_a_processor_follows_the_loop_that_replaced_its_own() -> None:
         asyncio.run(second())
         assert received(receiver) == [[0, 1, 2]]
         batches.shutdown()
+
+
+async def test_shutdown_ends_within_the_export_timeout_cutting_the_exporters_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A collector that keeps answering 503: the SDK's client would retry for its own timeout."""
+    async with receiving() as receiver:
+        receiver.status = 503  # retried by the SDK's client, with a backoff of ~1 s, 2 s, ...
+        batches = LoopSpanProcessor(
+            HttpSpanExporter(endpoint=receiver.url, timeout=30),
+            max_export_batch_size=4,
+            schedule_delay_millis=QUIET,
+            export_timeout_millis=200,
+        )
+        for n in range(4):
+            batches.on_end(span(n))
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        await asyncio.to_thread(batches.shutdown)
+        assert len(receiver.bodies) == 1  # back before the first retry
+        await eventually(lambda: holds("Shutdown in progress, aborting retry." in caplog.messages))
+    assert len(receiver.bodies) == 1
+
+
+def test_a_batch_whose_export_is_cancelled_stays_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that ends cancels the export under way: its batch leaves later, not lost."""
+    monkeypatch.setattr(loop_spans, "ENCODE_SLICE", 1)
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=4)
+
+        async def ending() -> None:
+            for n in range(8):
+                batches.on_end(span(n))
+            await asyncio.sleep(0)  # the export of 0-3 is encoding it, a span per turn
+
+        asyncio.run(ending())
+        batches.shutdown()
+        assert sorted(received(receiver)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_shutdown_on_the_loops_thread_exports_the_batch_being_encoded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing can be awaited there: the batch the export task holds leaves from shutdown."""
+    monkeypatch.setattr(loop_spans, "ENCODE_SLICE", 2)
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=4)
+
+        async def shut_down_here() -> None:
+            for n in range(6):
+                batches.on_end(span(n))
+            await asyncio.sleep(0)  # the export of 0-3 has encoded its first slice
+            batches.shutdown()
+            for _ in range(10):  # the export task goes on: it must not post again
+                await asyncio.sleep(0)
+
+        asyncio.run(shut_down_here())
+        assert sorted(received(receiver)) == [[0, 1, 2, 3], [4, 5]]
+    assert "Exporter already shutdown, ignoring batch" not in caplog.messages
