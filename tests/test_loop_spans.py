@@ -368,3 +368,29 @@ def test_shutdown_on_the_loops_thread_exports_the_batch_being_encoded(
         asyncio.run(shut_down_here())
         assert sorted(received(receiver)) == [[0, 1, 2, 3], [4, 5]]
     assert "Exporter already shutdown, ignoring batch" not in caplog.messages
+
+
+def test_a_flush_cancelled_by_the_ending_loop_is_started_again() -> None:
+    """As the sidecar stops: it cancels the tasks left, the export's and shutdown's flush among them."""
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=4)
+
+        def flushing() -> bool:
+            return any(
+                getattr(task.get_coro(), "__name__", "") == "flush" for task in asyncio.all_tasks()
+            )
+
+        async def stopping() -> None:
+            receiver.status = 503  # the post of 0-3 waits out a backoff: the flush waits for it
+            for n in range(8):
+                batches.on_end(span(n))
+            shutting_down = asyncio.ensure_future(asyncio.to_thread(batches.shutdown))
+            await eventually(lambda: holds(flushing() and len(receiver.bodies) == 1))
+            for task in asyncio.all_tasks():
+                if task not in (asyncio.current_task(), shutting_down):
+                    task.cancel()
+            receiver.status = 200
+            await shutting_down
+
+        asyncio.run(stopping())
+        assert received(receiver)[1:] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # 0-3 retried, then 4-7
