@@ -394,3 +394,32 @@ def test_a_flush_cancelled_by_the_ending_loop_is_started_again() -> None:
 
         asyncio.run(stopping())
         assert received(receiver)[1:] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # 0-3 retried, then 4-7
+
+
+def test_shutdown_with_no_loop_running_ends_within_the_export_timeout_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Spans left by a loop that ended, posted by shutdown itself: the same deadline."""
+    with receiver_on_a_thread() as receiver:
+        receiver.status = 503
+        batches = LoopSpanProcessor(
+            HttpSpanExporter(endpoint=receiver.url, timeout=5),
+            max_export_batch_size=4,
+            schedule_delay_millis=QUIET,
+            export_timeout_millis=200,
+        )
+
+        async def ending() -> None:
+            for n in range(3):  # no full batch: they wait for the delay, which never comes
+                batches.on_end(span(n))
+
+        asyncio.run(ending())
+        batches.shutdown()
+        assert len(receiver.bodies) == 1  # back before the first retry
+
+        async def aborted() -> None:
+            aborting = "Shutdown in progress, aborting retry."
+            await eventually(lambda: holds(aborting in caplog.messages))
+
+        asyncio.run(aborted())
+    assert len(receiver.bodies) == 1

@@ -17,10 +17,14 @@ As the SDK's processor: sampled spans only; `OTEL_BSP_SCHEDULE_DELAY`,
 `OTEL_BSP_EXPORT_TIMEOUT` read by the SDK's own functions; a batch leaves when it is
 full or when the delay has passed since the first span waiting; a full queue drops
 its oldest span; one export at a time; `force_flush` and `shutdown` export what is
-queued. A span ended on another thread reaches the loop through
-`call_soon_threadsafe`; with no loop running at all (a command, a test, after the
-server stopped) spans are exported from the thread that ends them, as a batch fills,
-and at shutdown.
+queued, `shutdown` within `OTEL_BSP_EXPORT_TIMEOUT` (then it shuts the exporter down,
+ending the retries of a post under way: the SDK's processor waits a fixed 30 s). A
+span ended on another thread reaches the loop through `call_soon_threadsafe`; with no
+loop running at all (a command, a test, after the server stopped) spans are exported
+from the thread that ends them, as a batch fills, and at shutdown. A batch is never
+lost to its task: cancelled (a loop that ends cancels its tasks), it is queued again
+for the next loop or for shutdown; on the loop's own thread, where nothing can be
+awaited, a flush or shutdown takes it from the task and posts it itself.
 """
 
 from __future__ import annotations
@@ -287,18 +291,25 @@ class LoopSpanProcessor(SpanProcessor):
         if spans:
             self._post(spans, len(spans))
 
-    def _drain_here(self) -> None:
-        """Export, from this thread, the batch an export task holds and everything queued.
+    def _drain_here(self, deadline: float) -> bool:
+        """Export the batch an export task holds and everything queued; False past `deadline`.
 
         Only where that task cannot run meanwhile: on the loop's own thread, or with no
-        loop running. The task, when it resumes, finds its batch taken and lets it go.
+        loop running (it finds its batch taken when it resumes, and lets it go). The
+        poster posts, this waits for it: a post still retrying at the deadline is left
+        to `shutdown`, which ends it.
         """
         with self._sync_lock:
             batch, self._batch = self._batch, None
-            if batch:
-                self._export_here(batch)
-            while self._queue:
-                self._export_here(self._take())
+            while batch or self._queue:
+                spans = batch or self._take()
+                batch = None
+                posting = self._poster.submit(self._post, spans, len(spans))
+                try:
+                    posting.result(max(deadline - time.monotonic(), 0.0))
+                except concurrent.futures.TimeoutError:
+                    return False
+            return True
 
     # ------------------------------------------------------------------ flush and shutdown
 
@@ -325,8 +336,7 @@ class LoopSpanProcessor(SpanProcessor):
         while True:
             loop = self._loop
             if loop is None or not loop.is_running() or asyncio._get_running_loop() is loop:
-                self._drain_here()
-                return True
+                return self._drain_here(deadline)
             flushing = self.flush()
             try:
                 future = asyncio.run_coroutine_threadsafe(flushing, loop)
