@@ -273,6 +273,20 @@ def test_otel_bsp_variables_are_read_and_checked_by_the_sdk(
         LoopSpanProcessor(exporter)
 
 
+def test_otel_bsp_values_that_are_not_numbers_are_logged_and_the_sdks_defaults_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "many")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "0.5")
+    monkeypatch.setenv("OTEL_BSP_EXPORT_TIMEOUT", "soon")
+    batches = LoopSpanProcessor(HttpSpanExporter(endpoint="http://127.0.0.1:9/v1/traces"))
+    assert (batches.max_export_batch_size, batches.max_queue_size) == (512, 2048)
+    assert (batches.schedule_delay, batches.export_timeout) == (5.0, 30.0)
+    assert sum("OTEL_BSP_" in message for message in caplog.messages) == 4
+    batches.shutdown()
+
+
 @contextlib.contextmanager
 def receiver_on_a_thread() -> Iterator[Receiver]:
     """A receiver served by its own event loop on another thread, for tests with no loop."""
@@ -423,3 +437,16 @@ def test_shutdown_with_no_loop_running_ends_within_the_export_timeout_too(
 
         asyncio.run(aborted())
     assert len(receiver.bodies) == 1
+
+
+async def test_shutdown_during_an_export_waits_for_it_and_exports_the_rest() -> None:
+    """As a reload closes the old runtime's telemetry while its collector is retrying."""
+    async with receiving() as receiver:
+        receiver.status = 503  # the first post of 0-3 is retried after a backoff
+        batches = processor(receiver, batch=4)
+        for n in range(8):
+            batches.on_end(span(n))
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        receiver.status = 200
+        await asyncio.to_thread(batches.shutdown)
+        assert received(receiver) == [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7]]
