@@ -24,7 +24,7 @@ loop running at all (a command, a test, after the server stopped) spans are expo
 from the thread that ends them, as a batch fills, and at shutdown. A batch is never
 lost to its task: cancelled (a loop that ends cancels its tasks), it is queued again
 for the next loop or for shutdown; on the loop's own thread, where nothing can be
-awaited, a flush or shutdown takes it from the task and posts it itself.
+awaited, a flush or shutdown takes it from the task and waits for the poster to post it.
 """
 
 from __future__ import annotations
@@ -328,7 +328,8 @@ class LoopSpanProcessor(SpanProcessor):
         """Export everything queued; False if that did not end within `timeout_millis`.
 
         From another thread the loop exports (`flush`), and this waits for it; on the
-        loop's own thread, or with no loop running, the spans are posted from here.
+        loop's own thread, or with no loop running, this hands the spans to the poster
+        and waits for it (blocking that thread, as the SDK's `force_flush` does).
         """
         if self._closed:
             return False
