@@ -273,6 +273,20 @@ def test_otel_bsp_variables_are_read_and_checked_by_the_sdk(
         LoopSpanProcessor(exporter)
 
 
+def test_otel_bsp_values_that_are_not_numbers_are_logged_and_the_sdks_defaults_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "many")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "0.5")
+    monkeypatch.setenv("OTEL_BSP_EXPORT_TIMEOUT", "soon")
+    batches = LoopSpanProcessor(HttpSpanExporter(endpoint="http://127.0.0.1:9/v1/traces"))
+    assert (batches.max_export_batch_size, batches.max_queue_size) == (512, 2048)
+    assert (batches.schedule_delay, batches.export_timeout) == (5.0, 30.0)
+    assert sum("OTEL_BSP_" in message for message in caplog.messages) == 4
+    batches.shutdown()
+
+
 @contextlib.contextmanager
 def receiver_on_a_thread() -> Iterator[Receiver]:
     """A receiver served by its own event loop on another thread, for tests with no loop."""
@@ -310,3 +324,129 @@ def test_a_processor_follows_the_loop_that_replaced_its_own() -> None:
         asyncio.run(second())
         assert received(receiver) == [[0, 1, 2]]
         batches.shutdown()
+
+
+async def test_shutdown_ends_within_the_export_timeout_cutting_the_exporters_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A collector that keeps answering 503: the SDK's client would retry for its own timeout."""
+    async with receiving() as receiver:
+        receiver.status = 503  # retried by the SDK's client, with a backoff of ~1 s, 2 s, ...
+        batches = LoopSpanProcessor(
+            HttpSpanExporter(endpoint=receiver.url, timeout=30),
+            max_export_batch_size=4,
+            schedule_delay_millis=QUIET,
+            export_timeout_millis=200,
+        )
+        for n in range(4):
+            batches.on_end(span(n))
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        await asyncio.to_thread(batches.shutdown)
+        assert len(receiver.bodies) == 1  # back before the first retry
+        await eventually(lambda: holds("Shutdown in progress, aborting retry." in caplog.messages))
+    assert len(receiver.bodies) == 1
+
+
+def test_a_batch_whose_export_is_cancelled_stays_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that ends cancels the export under way: its batch leaves later, not lost."""
+    monkeypatch.setattr(loop_spans, "ENCODE_SLICE", 1)
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=4)
+
+        async def ending() -> None:
+            for n in range(8):
+                batches.on_end(span(n))
+            await asyncio.sleep(0)  # the export of 0-3 is encoding it, a span per turn
+
+        asyncio.run(ending())
+        batches.shutdown()
+        assert sorted(received(receiver)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_shutdown_on_the_loops_thread_exports_the_batch_being_encoded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing can be awaited there: the batch the export task holds leaves from shutdown."""
+    monkeypatch.setattr(loop_spans, "ENCODE_SLICE", 2)
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=4)
+
+        async def shut_down_here() -> None:
+            for n in range(6):
+                batches.on_end(span(n))
+            await asyncio.sleep(0)  # the export of 0-3 has encoded its first slice
+            batches.shutdown()
+            for _ in range(10):  # the export task goes on: it must not post again
+                await asyncio.sleep(0)
+
+        asyncio.run(shut_down_here())
+        assert sorted(received(receiver)) == [[0, 1, 2, 3], [4, 5]]
+    assert "Exporter already shutdown, ignoring batch" not in caplog.messages
+
+
+def test_a_flush_cancelled_by_the_ending_loop_is_started_again() -> None:
+    """As the sidecar stops: it cancels the tasks left, the export's and shutdown's flush among them."""
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=4)
+
+        def flushing() -> bool:
+            return any(
+                getattr(task.get_coro(), "__name__", "") == "flush" for task in asyncio.all_tasks()
+            )
+
+        async def stopping() -> None:
+            receiver.status = 503  # the post of 0-3 waits out a backoff: the flush waits for it
+            for n in range(8):
+                batches.on_end(span(n))
+            shutting_down = asyncio.ensure_future(asyncio.to_thread(batches.shutdown))
+            await eventually(lambda: holds(flushing() and len(receiver.bodies) == 1))
+            for task in asyncio.all_tasks():
+                if task not in (asyncio.current_task(), shutting_down):
+                    task.cancel()
+            receiver.status = 200
+            await shutting_down
+
+        asyncio.run(stopping())
+        assert received(receiver)[1:] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # 0-3 retried, then 4-7
+
+
+def test_shutdown_with_no_loop_running_ends_within_the_export_timeout_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Spans left by a loop that ended, posted by shutdown itself: the same deadline."""
+    with receiver_on_a_thread() as receiver:
+        receiver.status = 503
+        batches = LoopSpanProcessor(
+            HttpSpanExporter(endpoint=receiver.url, timeout=5),
+            max_export_batch_size=4,
+            schedule_delay_millis=QUIET,
+            export_timeout_millis=200,
+        )
+
+        async def ending() -> None:
+            for n in range(3):  # no full batch: they wait for the delay, which never comes
+                batches.on_end(span(n))
+
+        asyncio.run(ending())
+        batches.shutdown()
+        assert len(receiver.bodies) == 1  # back before the first retry
+
+        async def aborted() -> None:
+            aborting = "Shutdown in progress, aborting retry."
+            await eventually(lambda: holds(aborting in caplog.messages))
+
+        asyncio.run(aborted())
+    assert len(receiver.bodies) == 1
+
+
+async def test_shutdown_during_an_export_waits_for_it_and_exports_the_rest() -> None:
+    """As a reload closes the old runtime's telemetry while its collector is retrying."""
+    async with receiving() as receiver:
+        receiver.status = 503  # the first post of 0-3 is retried after a backoff
+        batches = processor(receiver, batch=4)
+        for n in range(8):
+            batches.on_end(span(n))
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        receiver.status = 200
+        await asyncio.to_thread(batches.shutdown)
+        assert received(receiver) == [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7]]

@@ -17,10 +17,14 @@ As the SDK's processor: sampled spans only; `OTEL_BSP_SCHEDULE_DELAY`,
 `OTEL_BSP_EXPORT_TIMEOUT` read by the SDK's own functions; a batch leaves when it is
 full or when the delay has passed since the first span waiting; a full queue drops
 its oldest span; one export at a time; `force_flush` and `shutdown` export what is
-queued. A span ended on another thread reaches the loop through
-`call_soon_threadsafe`; with no loop running at all (a command, a test, after the
-server stopped) spans are exported from the thread that ends them, as a batch fills,
-and at shutdown.
+queued, `shutdown` within `OTEL_BSP_EXPORT_TIMEOUT` (then it shuts the exporter down,
+ending the retries of a post under way: the SDK's processor waits a fixed 30 s). A
+span ended on another thread reaches the loop through `call_soon_threadsafe`; with no
+loop running at all (a command, a test, after the server stopped) spans are exported
+from the thread that ends them, as a batch fills, and at shutdown. A batch is never
+lost to its task: cancelled (a loop that ends cancels its tasks), it is queued again
+for the next loop or for shutdown; on the loop's own thread, where nothing can be
+awaited, a flush or shutdown takes it from the task and waits for the poster to post it.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import threading
+import time
 from asyncio import AbstractEventLoop, Task, TimerHandle
 from collections.abc import Sequence
 from threading import get_ident
@@ -95,7 +101,10 @@ class LoopSpanProcessor(SpanProcessor):
         self._timer: TimerHandle | None = None
         self._task: Task[None] | None = None
         self._dropped = 0  # spans a full queue dropped since the last warning
-        self._shutdown = False
+        self._shutdown = False  # no spans taken any more
+        self._closed = False  # nothing exported any more (shutdown's flush is over)
+        self._batch: list[ReadableSpan] | None = None  # the batch being encoded on the loop
+        self._posting: concurrent.futures.Future[SpanExportResult] | None = None
         self._sync_lock = threading.Lock()  # exports from threads with no loop running
         self._poster = concurrent.futures.ThreadPoolExecutor(1, "OtelSpanPoster")
 
@@ -144,6 +153,9 @@ class LoopSpanProcessor(SpanProcessor):
             # export, if any, will not run: what they held is still queued).
             self._loop, self._thread = running, get_ident()
             self._timer = self._task = None
+            batch, self._batch = self._batch, None
+            if batch:  # the old loop's export never ended: its batch goes first
+                self._requeue(batch)
             self._add(span)
             return
         if bound is not None and bound.is_running():
@@ -171,7 +183,7 @@ class LoopSpanProcessor(SpanProcessor):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._task is None and self._queue:
+        if self._task is None and self._queue and not self._closed:
             self._start(flush=False)
 
     def _start(self, flush: bool) -> None:
@@ -189,25 +201,60 @@ class LoopSpanProcessor(SpanProcessor):
             self._dropped = 0
         return [queue.popleft() for _ in range(min(self.max_export_batch_size, len(queue)))]
 
+    def _requeue(self, spans: list[ReadableSpan]) -> None:
+        """Put back a batch whose export never started, ahead of the spans ended since."""
+        room = self.max_queue_size - len(self._queue)
+        if room < len(spans):  # the oldest go, as a full queue drops them
+            self._dropped += len(spans) - max(room, 0)
+            spans = spans[len(spans) - max(room, 0) :]
+        self._queue.extendleft(reversed(spans))
+
     async def _export(self, flush: bool) -> None:
-        """Export a batch, then more while a full one is waiting (all of them: `flush`)."""
+        """Export a batch, then more while a full one is waiting (all of them: `flush`).
+
+        The batch being encoded is `_batch` until it goes to the poster: a flush on the
+        loop's thread, which cannot await this task, exports it itself and this task
+        lets it go. Cancelled (a loop that ends cancels its tasks), the batch goes back
+        to the queue unless it is being posted, and no export is started again: the
+        next loop, or `shutdown`, exports it. Once shut down, nothing more is posted.
+        """
         loop = asyncio.get_running_loop()
+        cancelled = False
         try:
-            while self._queue:
-                spans = self._take()
-                encoded = await self._encode(spans)
-                if encoded is None:
-                    pass  # dropped, as the SDK's exporter drops it (logged)
-                elif self._shutdown:  # the poster is gone: what shutdown did not flush, posted here
-                    self._post(encoded, len(spans))
-                else:
-                    await loop.run_in_executor(self._poster, self._post, encoded, len(spans))
+            while self._queue and not self._closed:
+                spans = self._batch = self._take()
+                try:
+                    encoded = await self._encode(spans)
+                except asyncio.CancelledError:
+                    cancelled = True
+                    if self._batch is spans:
+                        self._batch = None
+                        self._requeue(spans)
+                    raise
+                if self._batch is not spans or self._closed:
+                    break  # exported (or given up) by a flush or shutdown meanwhile
+                self._batch = None
+                if encoded is not None:  # None: dropped, as the SDK's exporter drops it (logged)
+                    try:
+                        posting = self._poster.submit(self._post, encoded, len(spans))
+                    except RuntimeError:  # shut down meanwhile, from another thread
+                        break
+                    self._posting = posting
+                    try:
+                        await asyncio.wrap_future(posting, loop=loop)
+                    except asyncio.CancelledError:
+                        cancelled = True
+                        if posting.cancel():  # not started: it stays queued
+                            self._requeue(spans)
+                        raise
+                    finally:
+                        self._posting = None
                 if not flush and len(self._queue) < self.max_export_batch_size:
                     break
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
-            waiting = self._queue and not self._shutdown and not loop.is_closed()
+            waiting = self._queue and not (cancelled or self._closed or loop.is_closed())
             if waiting and self._task is None and loop is self._loop:
                 if len(self._queue) >= self.max_export_batch_size:
                     self._start(flush=False)
@@ -244,11 +291,31 @@ class LoopSpanProcessor(SpanProcessor):
         if spans:
             self._post(spans, len(spans))
 
+    def _drain_here(self, deadline: float) -> bool:
+        """Export the batch an export task holds and everything queued; False past `deadline`.
+
+        Only where that task cannot run meanwhile: on the loop's own thread, or with no
+        loop running (it finds its batch taken when it resumes, and lets it go). The
+        poster posts, this waits for it: a post still retrying at the deadline is left
+        to `shutdown`, which ends it.
+        """
+        with self._sync_lock:
+            batch, self._batch = self._batch, None
+            while batch or self._queue:
+                spans = batch or self._take()
+                batch = None
+                posting = self._poster.submit(self._post, spans, len(spans))
+                try:
+                    posting.result(max(deadline - time.monotonic(), 0.0))
+                except concurrent.futures.TimeoutError:
+                    return False
+            return True
+
     # ------------------------------------------------------------------ flush and shutdown
 
     async def flush(self) -> None:
         """Export everything queued, waiting for an export under way first."""
-        while True:
+        while not self._closed:
             task = self._task
             if task is not None:
                 await asyncio.shield(task)
@@ -258,37 +325,66 @@ class LoopSpanProcessor(SpanProcessor):
                 return
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Export everything queued; False if that did not end within `timeout_millis`."""
-        loop = self._loop
-        if loop is not None and loop.is_running():
-            if asyncio._get_running_loop() is loop:
-                # On the loop itself nothing can be awaited: what is queued goes out
-                # from here (an export under way finishes on its own).
-                with self._sync_lock:
-                    while self._queue:
-                        self._export_here(self._take())
-                return True
-            future = asyncio.run_coroutine_threadsafe(self.flush(), loop)
+        """Export everything queued; False if that did not end within `timeout_millis`.
+
+        From another thread the loop exports (`flush`), and this waits for it; on the
+        loop's own thread, or with no loop running, this hands the spans to the poster
+        and waits for it (blocking that thread, as the SDK's `force_flush` does).
+        """
+        if self._closed:
+            return False
+        deadline = time.monotonic() + timeout_millis / 1e3
+        while True:
+            loop = self._loop
+            if loop is None or not loop.is_running() or asyncio._get_running_loop() is loop:
+                return self._drain_here(deadline)
+            flushing = self.flush()
             try:
-                future.result(timeout_millis / 1e3)
-            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                future = asyncio.run_coroutine_threadsafe(flushing, loop)
+            except RuntimeError:  # closed meanwhile: no loop running any more
+                flushing.close()
+                continue
+            try:
+                future.result(max(deadline - time.monotonic(), 0.0))
+            except concurrent.futures.TimeoutError:
+                future.cancel()  # the flush, not the export under way
                 return False
-            return True
-        with self._sync_lock:
-            while self._queue:
-                self._export_here(self._take())
-        return True
+            except concurrent.futures.CancelledError:
+                # The loop cancelled its tasks (it is ending): flush again, from here
+                # once it has stopped, while time is left.
+                if time.monotonic() >= deadline:
+                    return False
+            else:
+                return True
 
     def shutdown(self) -> None:
-        """Export what is queued, stop taking spans, and shut the exporter down."""
+        """Stop taking spans, export what is queued, and shut the exporter down.
+
+        All within `OTEL_BSP_EXPORT_TIMEOUT`: past it, what is left is given up (said
+        in a log line) and the exporter is shut down, which ends the retries of a post
+        still under way (the SDK's client waits out its backoff for up to its own timeout).
+        """
         if self._shutdown:
             return
-        self.force_flush(int(self.export_timeout * 1e3) or 30000)
-        self._shutdown = True
+        self._shutdown = True  # spans ended from now on are not taken, as in the SDK
+        timeout = self.export_timeout if self.export_timeout > 0 else 30.0
+        deadline = time.monotonic() + timeout
+        self.force_flush(int(timeout * 1e3))
+        self._closed = True  # an export task still running posts nothing more
         timer, self._timer = self._timer, None
         loop = self._loop
-        if timer is not None and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(timer.cancel)
-        self._poster.shutdown(wait=True)
+        if timer is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop runs no timer
+                loop.call_soon_threadsafe(timer.cancel)
+        posting = self._posting
+        if posting is not None:
+            concurrent.futures.wait([posting], max(deadline - time.monotonic(), 0.0))
         shutdown: Any = self.exporter.shutdown  # the SDK's, untyped
         shutdown()
+        self._poster.shutdown(wait=False, cancel_futures=True)
+        left = len(self._queue) + len(self._batch or ())
+        if left:
+            log.warning(
+                "spans not exported at shutdown: the export timeout passed",
+                extra={"spans": left, "timeout_seconds": timeout},
+            )
