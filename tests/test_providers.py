@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanKind
 
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import Telemetry
+from sidecar.telemetry.loop_spans import LoopSpanProcessor
 from sidecar.telemetry.providers import (
     SPAN_BATCH_SIZE,
     OtlpSignal,
@@ -381,3 +382,24 @@ def test_the_resource_hashes_as_the_sdks_and_equals_it() -> None:
     assert resource == plain
     assert {plain: 1}[resource] == 1
     assert resource.merge(Resource({"extra": "x"})).attributes["extra"] == "x"
+
+
+@pytest.mark.parametrize(("env", "seconds"), [(None, 5.0), ("3000", 3.0), ("60000", 60.0)])
+def test_last_span_exports_fit_in_a_runtimes_close_unless_otel_bsp_says(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, seconds: float
+) -> None:
+    """A stopping sidecar gives its last exports 5 s (a runtime has 8 s to close)."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    if env is not None:
+        monkeypatch.setenv("OTEL_BSP_EXPORT_TIMEOUT", env)
+    providers = build_providers(
+        TelemetryConfig(otlp_endpoint="http://127.0.0.1:9", prometheus=False), None, None
+    )
+    assert providers is not None
+    (processor,) = providers.span_processors
+    assert isinstance(processor, LoopSpanProcessor)
+    assert processor.export_timeout == seconds
+    providers.tracer_provider.shutdown()
+    providers.meter_provider.shutdown()

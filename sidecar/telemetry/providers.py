@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_EXPORT_TIMEOUT,
     OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
     OTEL_BSP_MAX_QUEUE_SIZE,
     OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -47,6 +48,10 @@ from sidecar.telemetry.meters import SidecarMeterProvider
 _SIGNAL_PATHS: Final = {"TRACES": "v1/traces", "METRICS": "v1/metrics"}
 _EXEMPLAR_FILTERS: Final = frozenset({"trace_based", "always_on", "always_off"})
 SPAN_BATCH_SIZE: Final = 128
+# How long a stopping (or reloaded) sidecar gives its last span exports, unless
+# OTEL_BSP_EXPORT_TIMEOUT says: inside the 8 s a runtime has to close, where the SDK's
+# 30 s would outlast it (and a pod's default grace) against a collector that is down.
+SPAN_EXPORT_TIMEOUT_MS: Final = 5000
 log = logging.getLogger("sidecar.telemetry")
 
 
@@ -183,7 +188,12 @@ def _span_processor(target: OtlpSignal) -> SpanProcessor:
     from sidecar.telemetry.loop_spans import LoopSpanProcessor
     from sidecar.telemetry.otlp_spans import HttpSpanExporter
 
-    return LoopSpanProcessor(HttpSpanExporter(endpoint=target.endpoint))
+    timeout = (
+        None if os.environ.get(OTEL_BSP_EXPORT_TIMEOUT, "").strip() else SPAN_EXPORT_TIMEOUT_MS
+    )
+    return LoopSpanProcessor(
+        HttpSpanExporter(endpoint=target.endpoint), export_timeout_millis=timeout
+    )
 
 
 def _metric_reader(target: OtlpSignal) -> MetricReader:
