@@ -53,10 +53,11 @@ class EventScanner:
             # A \r ends a line whether or not a \n follows in the next read.
             self._skip_lf = chunk.endswith(b"\r")
             chunk = _normalise(chunk)
-        if chunk.find(_SEP) == len(chunk) - 2 >= 0:
+        end = len(chunk) - 2
+        if chunk.find(_SEP) == end >= 0:
             # The common case: one whole event per read (its first blank line ends it).
             self._carry = b""
-            return [chunk[:-2]] if len(chunk) > 2 else []
+            return [chunk[:end]] if end else []
         blocks = chunk.split(_SEP)
         self._carry = blocks.pop()
         return [block for block in blocks if block]
