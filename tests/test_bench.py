@@ -66,6 +66,8 @@ def test_quick_run_measures_every_peer_side_by_side(quick_run: Path) -> None:
             assert row["requests"] == calls // plan["rounds"] * plan["rounds"]
             if measured:
                 assert row["cpu_us"] == sum(r["cpu_us"] for r in rounds)
+                per_call = sorted(r["cpu_us"] / r["requests"] for r in rounds)
+                assert per_call[0] <= row["cpu_us_per_call"] <= per_call[-1]
             p50s = sorted(r["ttft_p50_ms"] for r in rounds)
             assert p50s[0] <= row["ttft_p50_ms"] <= p50s[-1]
             assert _number(row["added_ttft_p50_ms"])
