@@ -61,6 +61,7 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
         seen["buffered"] = channel.buffered()
         await channel.drain()
         seen["closing"] = channel.closing()
+        seen["loop"] = channel.loop is asyncio.get_running_loop()  # read from aiohttp's writer
         await channel.end()
         return response
 
@@ -77,6 +78,7 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
     assert seen["headers_held"] == 0
     assert isinstance(seen["buffered"], int)
     assert seen["closing"] is False
+    assert seen["loop"] is True
     head, _, payload = raw.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower()
     assert b"\r\nx-probe: kept" in head.lower()

@@ -170,7 +170,7 @@ async def hand_off(
         raise
     subscriber = Subscriber(channel)
     generation.attach(subscriber)
-    hub.spawn(_produce(held, live, generation, resumable.log))
+    hub.spawn(_produce(held, live, generation, resumable.log), channel.loop)
     return generation, subscriber
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
@@ -110,6 +110,14 @@ class ClientChannel:
     async def write_with_headers(self, data: bytes) -> None:
         """The first write: aiohttp sends the status line and headers with these bytes."""
         await self.response.write(data)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the response is written on (known here: looking the running loop up
+        costs a `getpid()` system call on Python 3.11)."""
+        writer: Any = self._writer  # aiohttp's `StreamWriter` keeps its loop
+        loop: asyncio.AbstractEventLoop = writer.loop
+        return loop
 
     def closing(self) -> bool:
         return self._transport.is_closing()

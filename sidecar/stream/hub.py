@@ -57,7 +57,7 @@ class Subscriber:
         """
         done = self._done
         if done is None:
-            done = self._done = asyncio.get_running_loop().create_future()
+            done = self._done = self.channel.loop.create_future()
             if self._over:
                 done.set_result(None)
         return done
