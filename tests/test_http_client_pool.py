@@ -17,6 +17,11 @@ from tests.support.sockets import free_port
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
+async def never(exchange: Exchange) -> None:
+    """Never answers (a call waits for its head)."""
+    await asyncio.sleep(10)
+
+
 async def answer_ok(exchange: Exchange) -> None:
     exchange.writer.write(OK)
 
@@ -106,9 +111,6 @@ async def test_idle_connections_expire_and_closed_ones_are_forgotten() -> None:
 
 
 async def test_a_call_that_leaves_before_the_head_closes_its_connection() -> None:
-    async def never(exchange: Exchange) -> None:
-        await asyncio.sleep(10)
-
     async with raw_server(never) as server:
         pool = Pool(server.url, limit=4, connect_timeout=5)
         with pytest.raises(TimeoutError):
@@ -213,9 +215,6 @@ async def test_a_connection_whose_request_was_not_all_taken_is_not_reused() -> N
 
 
 async def test_a_call_waiting_for_a_connection_when_the_pool_closes_fails_to_connect() -> None:
-    async def never(exchange: Exchange) -> None:
-        await asyncio.sleep(10)
-
     async with raw_server(never) as server:
         pool = Pool(server.url, limit=1, connect_timeout=5)
         first = asyncio.create_task(pool.request("GET", "/", {}, None))
