@@ -85,12 +85,10 @@ class LiveGenerations:
     def get(self, stream_id: str) -> tuple[Generation, Span] | None:
         return self._live.get(stream_id)
 
-    def spawn(
-        self, producer: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop | None = None
-    ) -> None:
-        """Run a generation's producer on `loop` (the running one when not given: a lookup
-        that costs a `getpid()` system call on Python 3.11); kept referenced until it ends."""
-        task = (loop or asyncio.get_running_loop()).create_task(producer)
+    def spawn(self, producer: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
+        """Run a generation's producer on `loop` (its response's: looking the running loop
+        up costs a `getpid()` system call on Python 3.11); kept referenced until it ends."""
+        task = loop.create_task(producer)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
