@@ -19,13 +19,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from sidecar.fake_claude import FakeServer
 from tests.support.redis_server import RedisServer
 from tests.support.resume import ROUTE, cutting_proxy, sse_request, stream_ends
-from tests.support.sidecars import SidecarFactory, spawn_sidecar, stop_process, wait_ready
-from tests.support.sockets import free_port
+from tests.support.sidecars import SidecarFactory, sidecar_process
 from tests.support.waiting import eventually, holds
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
@@ -224,23 +222,15 @@ async def replica(
     tmp_path: Path, name: str, fake: FakeServer, redis: RedisServer
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """A `sidecar run` process using the shared fake Claude and Redis resume store."""
-    port, admin = free_port(), free_port()
-    path = tmp_path / f"{name}.yaml"
     config = {
-        "server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
-                   "shutdown_grace_seconds": 1},
+        "server": {"shutdown_grace_seconds": 1},
         "claude": {"base_url": fake.url, "api_key": "sk-sidecar"},
         "resume": {"store": "redis", "redis_url": redis.url, "detach_grace_seconds": 10},
         "telemetry": {"log_format": "json"},
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    process = spawn_sidecar(path)
-    try:
-        async with aiohttp.ClientSession() as http:
-            await wait_ready(http, f"http://127.0.0.1:{admin}")
-        yield process, port, path
-    finally:
-        stop_process(process, path)
+    }
+    async with sidecar_process(config, tmp_path, name=name) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        yield running.process, port, running.config_path
 
 
 def completed_lines(path: Path) -> list[str]:

@@ -20,13 +20,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from sidecar.fake_claude import FakeServer
 from tests.support.redis_server import RedisServer
 from tests.support.resume import Reply, cutting_proxy, sse_request, stream_ends
-from tests.support.sidecars import SidecarFactory, spawn_sidecar, stop_process, wait_ready
-from tests.support.sockets import free_port
+from tests.support.sidecars import SidecarFactory, sidecar_process
 from tests.support.waiting import eventually, holds
 
 CHAT = "/api/chat"
@@ -216,22 +214,13 @@ async def replica(
     tmp_path: Path, fake: FakeServer, redis: RedisServer
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], int]]:
     """A `sidecar run` process sharing the fake Claude and the Redis resume store."""
-    port, admin = free_port(), free_port()
-    path = tmp_path / "producer.yaml"
     config = {
-        "server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
-                   "shutdown_grace_seconds": 1},
+        "server": {"shutdown_grace_seconds": 1},
         "claude": {"base_url": fake.url, "api_key": "sk-sidecar"},
         **shared(redis),
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    process = spawn_sidecar(path)
-    try:
-        async with aiohttp.ClientSession() as http:
-            await wait_ready(http, f"http://127.0.0.1:{admin}")
-        yield process, port
-    finally:
-        stop_process(process, path)
+    }
+    async with sidecar_process(config, tmp_path, name="producer") as running:
+        yield running.process, int(running.url.rsplit(":", 1)[1])
 
 
 async def test_a_killed_producer_ends_the_resumed_message_with_an_error_part(

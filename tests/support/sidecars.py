@@ -80,15 +80,43 @@ def spawn_sidecar(
         )
 
 
-async def wait_ready(http: aiohttp.ClientSession, admin_url: str, timeout: float = 30) -> None:
-    """Wait until the admin listener answers `/readyz` 200 (the process is serving)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(admin_url + "/readyz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
+class SidecarExited(RuntimeError):
+    """The process ended before it was ready; the message holds its last log lines."""
+
+
+async def wait_ready(
+    http: aiohttp.ClientSession,
+    admin_url: str,
+    timeout: float = 30,
+    process: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Wait until the admin listener answers `/readyz` 200 (the process is serving).
+
+    With `process`, an exit before that fails at once; with `log_path`, the failure quotes the
+    end of the log, and a timeout quotes the last `/readyz` answer too."""
+    last = "no answer"
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                if process is not None and process.poll() is not None:
+                    raise SidecarExited(f"exited {process.returncode}: {_tail(log_path)}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(admin_url + "/readyz") as response:
+                        if response.status == 200:
+                            return
+                        last = f"{response.status} {await response.text()}"
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise TimeoutError(
+            f"not ready in {timeout} s; /readyz: {last}; {_tail(log_path)}"
+        ) from None
+
+
+def _tail(log_path: Path | None, lines: int = 20) -> str:
+    if log_path is None or not log_path.exists():
+        return "no log"
+    return "log: " + " | ".join(log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 async def get_status(http: aiohttp.ClientSession, url: str) -> int:
@@ -123,22 +151,48 @@ class SidecarProcess:
 
 @contextlib.asynccontextmanager
 async def sidecar_process(
-    data: Mapping[str, Any], directory: Path, env: Mapping[str, str] | None = None
+    data: Mapping[str, Any],
+    directory: Path,
+    env: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> AsyncIterator[SidecarProcess]:
     """`sidecar run` with `data` on free loopback ports, yielded once `/readyz` answers 200;
-    killed on the way out if it is still running."""
-    port, admin = free_port(), free_port()
-    listen = {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}"}
-    config = loader.deep_merge(dict(data), {"server": listen})
-    path = directory / f"sidecar-{port}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    running = SidecarProcess(
-        spawn_sidecar(path, env), path, config, f"http://127.0.0.1:{port}",
-        f"http://127.0.0.1:{admin}",
-    )  # fmt: skip
+    killed on the way out if it is still running. Its config is `directory/NAME.yaml` and its
+    log `NAME.log`. A port taken between its choice and the bind is chosen again."""
+    running = await _start(data, directory, env, name)
     try:
-        async with aiohttp.ClientSession() as http:
-            await wait_ready(http, running.admin_url)
         yield running
     finally:
-        stop_process(running.process, path)
+        stop_process(running.process, running.config_path)
+
+
+async def _start(
+    data: Mapping[str, Any], directory: Path, env: Mapping[str, str] | None, name: str | None
+) -> SidecarProcess:
+    for attempt in range(1, 4):
+        port, admin = free_port(), free_port()
+        listen = {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}"}
+        config = loader.deep_merge(dict(data), {"server": listen})
+        path = directory / f"{name or f'sidecar-{port}'}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        running = SidecarProcess(
+            spawn_sidecar(path, env), path, config, f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{admin}",
+        )  # fmt: skip
+        try:
+            async with aiohttp.ClientSession() as http:
+                await wait_ready(
+                    http,
+                    running.admin_url,
+                    process=running.process,
+                    log_path=path.with_suffix(".log"),
+                )
+            return running
+        except SidecarExited as exited:
+            stop_process(running.process, path)
+            if "address already in use" not in str(exited) or attempt == 3:
+                raise
+        except BaseException:
+            stop_process(running.process, path)
+            raise
+    raise AssertionError("unreachable")

@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
+from pathlib import Path
 
 from sidecar.server import SidecarServer
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (and to `bind(0)`)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now (for servers that cannot bind port 0)."""
-    with socket.socket() as sock:
+    """A TCP port free on loopback right now (for servers that cannot bind port 0).
+
+    It is taken below the ephemeral range: a port from `bind(0)` is one the kernel may give to
+    the next outgoing connection's local end before the server that was told it binds it."""
+    low, high = _ephemeral_range()
+    bottom, top = (10000, low - 1) if low > 12000 else (high + 1, 65535)
+    for _ in range(200 if bottom < top else 0):
+        port = random.randint(bottom, top)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no room outside the ephemeral range: the kernel's pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
