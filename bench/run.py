@@ -1,6 +1,6 @@
 """Benchmark: the floor, nginx, a naive aiohttp passthrough and the sidecar, side by side.
 
-    uv run python bench/run.py                    # full run (~5 min on 2 cores)
+    uv run python bench/run.py                    # full run (~6 min on 2 cores)
     uv run python bench/run.py --quick            # smoke run (15-35 s), tiny counts
     uv run python bench/run.py --compare old.json # full run, then a table against old.json
     uv run python bench/run.py --compare old.json --against new.json   # compare only
@@ -21,7 +21,8 @@ calls one at a time and from 50 concurrent callers (CPU per call, added time to
 first token over direct; in 4 rounds, every peer taking its turn in each, so the
 ratios come from the same minutes; CPU per call and percentiles the median of the
 rounds'), and streams at several concurrencies (CPU per
-relayed event, per-event delay from the fake's send stamp). CPU is the peer process's own
+relayed event, per-event delay from the fake's send stamp; in 2 rounds likewise, CPU
+per event over both). CPU is the peer process's own
 CPU time (/proc/PID/task/*/schedstat, all threads), so it depends little on what
 else the machine does; latencies do, and are reported as measured.
 
@@ -69,10 +70,11 @@ class Plan:
     open_streams: int  # quiet streams held open at once for RSS per stream
     sidecar_variants: bool  # also prompt route, telemetry off, bare
     rounds: int  # the call phases in this many rounds, every peer taking its turn in each
+    stream_rounds: int  # the streaming phase in this many rounds, likewise
 
 
-FULL = Plan([5, 50, 200], 300, 1000, 50, 2000, 1000, True, 4)
-QUICK = Plan([5, 50], 10, 30, 50, 100, 50, False, 2)
+FULL = Plan([5, 50, 200], 300, 1000, 50, 2000, 1000, True, 4, 2)
+QUICK = Plan([5, 50], 10, 30, 50, 100, 50, False, 2, 2)
 
 
 def run_load(
@@ -219,11 +221,25 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def bench_streams(target: Target, plan: Plan) -> dict[str, Any]:
-    """Streams at each concurrency of `plan.levels`: CPU per relayed event, per-event delay."""
+def bench_streams(targets: list[Target], plan: Plan) -> dict[str, dict[str, Any]]:
+    """Streams at each concurrency of `plan.levels`, per peer, in `plan.stream_rounds` rounds.
+
+    As the call phases: every peer takes its turn in each round (the order rotating), and
+    a peer's rows pool its rounds (events, streams and CPU summed, so CPU per event is
+    over all of them; delay percentiles the median of the rounds'; each round's kept).
+    """
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {
+        target.name: {str(level): [] for level in plan.levels} for target in targets
+    }
+    for round_ in range(plan.stream_rounds):
+        turn = round_ % len(targets)
+        for target in targets[turn:] + targets[:turn]:
+            for level in plan.levels:
+                row = measure(target, level, plan.tokens, min(100.0, 4000 / level))
+                rows[target.name][str(level)].append(row)
     return {
-        str(level): measure(target, level, plan.tokens, min(100.0, 4000 / level))
-        for level in plan.levels
+        name: {level: pooled(rounds) for level, rounds in by_level.items()}
+        for name, by_level in rows.items()
     }
 
 
@@ -320,13 +336,14 @@ def run(plan: Plan, quick: bool) -> dict[str, Any]:
         progress("memory", started_at)
         calls = bench_calls(targets, plan)
         progress("calls", started_at)
+        streams = bench_streams(targets, plan)
+        progress("streams", started_at)
         for target in targets:
             results.append({
                 "name": target.name, "kind": target.kind, "route": target.route,
                 "rss_start_kib": target.rss_start_kib, "memory": memory[target.name],
-                "calls": calls[target.name], "streams": bench_streams(target, plan),
+                "calls": calls[target.name], "streams": streams[target.name],
             })  # fmt: skip
-            progress(target.name, started_at)
     derive(results)
     return {
         "schema": SCHEMA,

@@ -78,6 +78,11 @@ def test_quick_run_measures_every_peer_side_by_side(quick_run: Path) -> None:
             assert row["failures"] == 0
             assert row["events"] > 0
             assert _number(row["cpu_us_per_event"]) is measured
+            rounds = row["rounds"]  # pooled likewise: CPU per event over every round's
+            assert len(rounds) == plan["stream_rounds"] > 1
+            assert row["events"] == sum(r["events"] for r in rounds)
+            if measured:
+                assert row["cpu_us_per_event"] == sum(r["cpu_us"] for r in rounds) / row["events"]
         if measured and peer["route"] == "anthropic":
             assert peer["memory"]["open"] == plan["open_streams"]
             assert _number(peer["memory"]["per_stream_kib"])
