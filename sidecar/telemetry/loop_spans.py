@@ -30,16 +30,14 @@ awaited, a flush or shutdown takes it from the task and waits for the poster to 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
-from asyncio import AbstractEventLoop, Task, TimerHandle
-from collections.abc import Sequence
+from asyncio import AbstractEventLoop, Handle, Task, TimerHandle
 from threading import get_ident
-from typing import Any, Final
+from typing import Any
 
 from opentelemetry.context import (
     _SUPPRESS_INSTRUMENTATION_KEY,
@@ -52,10 +50,9 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
 from sidecar.telemetry.otlp_spans import HttpSpanExporter
+from sidecar.telemetry.span_encoder import Run
+from sidecar.telemetry.span_queue import SpanQueue
 
-# Spans encoded per turn of the event loop (~15-30 µs each): the most a request that
-# arrives during an export waits for it.
-ENCODE_SLICE: Final = 8
 log = logging.getLogger(__name__)
 
 
@@ -95,15 +92,15 @@ class LoopSpanProcessor(SpanProcessor):
         self.max_export_batch_size: int = batch
         self.schedule_delay: float = delay / 1e3
         self.export_timeout: float = timeout / 1e3
-        self._queue: collections.deque[ReadableSpan] = collections.deque(maxlen=queue_size)
+        self._encoder = exporter.encoder
+        self._queue = SpanQueue(self._encoder, queue_size, batch, log)
         self._loop: AbstractEventLoop | None = None
         self._thread = 0  # the bound loop's thread
         self._timer: TimerHandle | None = None
         self._task: Task[None] | None = None
-        self._dropped = 0  # spans a full queue dropped since the last warning
+        self._encoding: Handle | None = None  # the next turn's encoding of spans ended
         self._shutdown = False  # no spans taken any more
         self._closed = False  # nothing exported any more (shutdown's flush is over)
-        self._batch: list[ReadableSpan] | None = None  # the batch being encoded on the loop
         self._posting: concurrent.futures.Future[SpanExportResult] | None = None
         self._sync_lock = threading.Lock()  # exports from threads with no loop running
         self._poster = concurrent.futures.ThreadPoolExecutor(1, "OtelSpanPoster")
@@ -127,20 +124,15 @@ class LoopSpanProcessor(SpanProcessor):
             self._add_elsewhere(span)
 
     def _add(self, span: ReadableSpan) -> None:
-        # On the loop's thread.
+        # On the loop's thread: the span is encoded at the loop's next turn, with every
+        # span ended before it (after the writes of the task that ended it).
         if self._shutdown:
             return
-        queue = self._queue
-        if len(queue) == self.max_queue_size:
-            self._drop()
-        queue.append(span)  # a full deque lets go of its oldest
-        if self._task is None:
-            if len(queue) >= self.max_export_batch_size:
-                self._start(flush=False)
-            elif self._timer is None:
-                loop = self._loop
-                assert loop is not None
-                self._timer = loop.call_later(self.schedule_delay, self._on_timer)
+        self._queue.add(span)
+        if self._encoding is None:
+            loop = self._loop
+            assert loop is not None
+            self._encoding = loop.call_soon(self._encode)
 
     def _add_elsewhere(self, span: ReadableSpan) -> None:
         """`span` ended off the bound loop: bind the loop running here, hand it over, or export here."""
@@ -149,13 +141,10 @@ class LoopSpanProcessor(SpanProcessor):
         running = asyncio._get_running_loop()
         bound = self._loop
         if running is not None and (bound is None or not bound.is_running()):
-            # The first loop, or the one that replaced a stopped one (whose timer and
+            # The first loop, or the one that replaced a stopped one (whose callbacks and
             # export, if any, will not run: what they held is still queued).
             self._loop, self._thread = running, get_ident()
-            self._timer = self._task = None
-            batch, self._batch = self._batch, None
-            if batch:  # the old loop's export never ended: its batch goes first
-                self._requeue(batch)
+            self._timer = self._task = self._encoding = None
             self._add(span)
             return
         if bound is not None and bound.is_running():
@@ -164,22 +153,27 @@ class LoopSpanProcessor(SpanProcessor):
                 return
             except RuntimeError:  # closed meanwhile
                 pass
-        with self._sync_lock:  # no loop running anywhere: this thread exports
-            if len(self._queue) == self.max_queue_size:
-                self._drop()
-            self._queue.append(span)
-            if len(self._queue) >= self.max_export_batch_size:
-                self._export_here(self._take())
-
-    def _drop(self) -> None:
-        self._dropped += 1
-        if self._dropped == 1:
-            log.warning(
-                "span queue full: the oldest spans are dropped until an export makes room",
-                extra={"max_queue_size": self.max_queue_size},
-            )
+        with self._sync_lock:  # no loop running anywhere: this thread encodes and exports
+            queue = self._queue
+            queue.add(span)
+            queue.encode()
+            if queue.full():
+                self._post_here(*queue.take())
 
     # ------------------------------------------------------------------ exporting on the loop
+
+    def _encode(self) -> None:
+        """The spans ended since the last turn, encoded; a full batch starts an export."""
+        self._encoding = None
+        queue = self._queue
+        queue.encode()
+        if self._task is None and queue and not self._closed:
+            if queue.full():
+                self._start(flush=False)
+            elif self._timer is None:
+                loop = self._loop
+                assert loop is not None
+                self._timer = loop.call_later(self.schedule_delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -194,49 +188,27 @@ class LoopSpanProcessor(SpanProcessor):
             self._timer = None
         self._task = loop.create_task(self._export(flush))
 
-    def _take(self) -> list[ReadableSpan]:
-        queue = self._queue
-        if self._dropped:
-            log.warning("spans dropped: the span queue was full", extra={"spans": self._dropped})
-            self._dropped = 0
-        return [queue.popleft() for _ in range(min(self.max_export_batch_size, len(queue)))]
-
-    def _requeue(self, spans: list[ReadableSpan]) -> None:
-        """Put back a batch whose export never started, ahead of the spans ended since."""
-        room = self.max_queue_size - len(self._queue)
-        if room < len(spans):  # the oldest go, as a full queue drops them
-            self._dropped += len(spans) - max(room, 0)
-            spans = spans[len(spans) - max(room, 0) :]
-        self._queue.extendleft(reversed(spans))
-
     async def _export(self, flush: bool) -> None:
         """Export a batch, then more while a full one is waiting (all of them: `flush`).
 
-        The batch being encoded is `_batch` until it goes to the poster: a flush on the
-        loop's thread, which cannot await this task, exports it itself and this task
-        lets it go. Cancelled (a loop that ends cancels its tasks), the batch goes back
-        to the queue unless it is being posted, and no export is started again: the
-        next loop, or `shutdown`, exports it. Once shut down, nothing more is posted.
+        A batch is only joined into a request (its spans are encoded already) and handed
+        to the poster. Cancelled (a loop that ends cancels its tasks), the batch goes
+        back to the queue unless it is being posted, and no export is started again:
+        the next loop, or `shutdown`, exports it. Once shut down, nothing more is posted.
         """
         loop = asyncio.get_running_loop()
+        queue = self._queue
         cancelled = False
         try:
-            while self._queue and not self._closed:
-                spans = self._batch = self._take()
-                try:
-                    encoded = await self._encode(spans)
-                except asyncio.CancelledError:
-                    cancelled = True
-                    if self._batch is spans:
-                        self._batch = None
-                        self._requeue(spans)
-                    raise
-                if self._batch is not spans or self._closed:
-                    break  # exported (or given up) by a flush or shutdown meanwhile
-                self._batch = None
-                if encoded is not None:  # None: dropped, as the SDK's exporter drops it (logged)
+            while not self._closed:
+                queue.encode()  # spans ended since the last turn (a flush comes before it)
+                if not queue.entries:
+                    break
+                batch, count = queue.take()
+                request = self._request(batch)
+                if request is not None:  # None: dropped, as the SDK's exporter drops it (logged)
                     try:
-                        posting = self._poster.submit(self._post, encoded, len(spans))
+                        posting = self._poster.submit(self._post, request, count)
                     except RuntimeError:  # shut down meanwhile, from another thread
                         break
                     self._posting = posting
@@ -245,66 +217,63 @@ class LoopSpanProcessor(SpanProcessor):
                     except asyncio.CancelledError:
                         cancelled = True
                         if posting.cancel():  # not started: it stays queued
-                            self._requeue(spans)
+                            queue.requeue(batch)
                         raise
                     finally:
                         self._posting = None
-                if not flush and len(self._queue) < self.max_export_batch_size:
+                if not flush and not queue.full():
                     break
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
-            waiting = self._queue and not (cancelled or self._closed or loop.is_closed())
+            waiting = queue and not (cancelled or self._closed or loop.is_closed())
             if waiting and self._task is None and loop is self._loop:
-                if len(self._queue) >= self.max_export_batch_size:
+                if queue.full():
                     self._start(flush=False)
                 elif self._timer is None:
                     self._timer = loop.call_later(self.schedule_delay, self._on_timer)
 
-    async def _encode(self, spans: Sequence[ReadableSpan]) -> bytes | None:
-        """The request for `spans`, a slice per turn of the loop; None if it cannot be encoded."""
+    def _request(self, batch: list[Run]) -> bytes | None:
+        """The request of a batch; None if it cannot be written (logged as the SDK logs it)."""
         try:
-            steps = self.exporter.encoder.steps(spans, ENCODE_SLICE)
-            while True:
-                next(steps)
-                await asyncio.sleep(0)
-        except StopIteration as done:
-            encoded: bytes = done.value
-            return encoded
-        except Exception as error:  # as the SDK's exporter reports it, and drops the batch
+            return self._encoder.request(batch)
+        except Exception as error:
             log.error("Failed to encode span batch: %s", error)
             return None
 
-    def _post(self, encoded: bytes | Sequence[ReadableSpan], count: int) -> SpanExportResult:
+    def _post(self, request: bytes, count: int) -> SpanExportResult:
         # On the poster thread (or one with no loop): the SDK's exporter posts; an export
         # is never traced itself (the SDK's processor marks it so for instrumentations).
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            return self.exporter.send(encoded, count)
+            return self.exporter.send(request, count)
         except Exception:  # the SDK's processor logs it and goes on
             log.exception("Exception while exporting Span.")
             return SpanExportResult.FAILURE
         finally:
             detach(token)
 
-    def _export_here(self, spans: list[ReadableSpan]) -> None:
-        if spans:
-            self._post(spans, len(spans))
+    def _post_here(self, batch: list[Run], count: int) -> None:
+        request = self._request(batch)
+        if request is not None:
+            self._post(request, count)
 
     def _drain_here(self, deadline: float) -> bool:
-        """Export the batch an export task holds and everything queued; False past `deadline`.
+        """Encode and export everything queued; False past `deadline`.
 
-        Only where that task cannot run meanwhile: on the loop's own thread, or with no
-        loop running (it finds its batch taken when it resumes, and lets it go). The
-        poster posts, this waits for it: a post still retrying at the deadline is left
-        to `shutdown`, which ends it.
+        Only where no export task can run meanwhile: on the loop's own thread, or with
+        no loop running. The poster posts, this waits for it: a post still retrying at
+        the deadline is left to `shutdown`, which ends it.
         """
         with self._sync_lock:
-            batch, self._batch = self._batch, None
-            while batch or self._queue:
-                spans = batch or self._take()
-                batch = None
-                posting = self._poster.submit(self._post, spans, len(spans))
+            queue = self._queue
+            queue.encode()
+            while queue.entries:
+                batch, count = queue.take()
+                request = self._request(batch)
+                if request is None:
+                    continue
+                posting = self._poster.submit(self._post, request, count)
                 try:
                     posting.result(max(deadline - time.monotonic(), 0.0))
                 except concurrent.futures.TimeoutError:
@@ -317,7 +286,7 @@ class LoopSpanProcessor(SpanProcessor):
         """Export everything queued, waiting for an export under way first."""
         while not self._closed:
             task = self._task
-            if task is not None:
+            if task is not None and not task.done():
                 await asyncio.shield(task)
             elif self._queue:
                 self._start(flush=True)
@@ -382,7 +351,7 @@ class LoopSpanProcessor(SpanProcessor):
         shutdown: Any = self.exporter.shutdown  # the SDK's, untyped
         shutdown()
         self._poster.shutdown(wait=False, cancel_futures=True)
-        left = len(self._queue) + len(self._batch or ())
+        left = len(self._queue)
         if left:
             log.warning(
                 "spans not exported at shutdown: the export timeout passed",
