@@ -506,7 +506,7 @@ def test_a_batch_whose_post_had_not_started_when_the_loop_ended_is_queued_again(
     with receiver_on_a_thread() as receiver:
         batches = processor(receiver, batch=4)
         busy = threading.Event()
-        batches._poster.submit(busy.wait)  # the poster's one thread is taken meanwhile
+        batches._poster._pool.submit(busy.wait)  # the poster's one thread is busy meanwhile
 
         async def ending() -> None:
             for n in range(4):

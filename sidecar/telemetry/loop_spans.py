@@ -1,30 +1,40 @@
-"""Ended spans batched on the event loop, encoded there a slice at a time, posted by a thread.
+"""Ended spans encoded on the event loop the turn after they end, batched there, posted by a thread.
 
 The SDK's `BatchSpanProcessor` gives ended spans to a thread of its own, which wakes
 for a batch, encodes it and posts it: ~80 µs of that thread per call at 50 callers,
 and the event loop pays again each time the two threads hand the GIL over (a loop
 that wants it back waits out the switch interval, 5 ms, if the thread does not let
-go). `LoopSpanProcessor` keeps the batching on the loop (a deque, a timer, one task),
-encodes `ENCODE_SLICE` spans per turn of the loop (`SpanEncoder.steps`: a request
-that arrives meanwhile waits for one slice, ~0.1 ms, not a batch), and hands the
-bytes to one worker thread that only posts them with the SDK's exporter
-(`HttpSpanExporter.send`: its retries, compression, headers, TLS files and proxies;
-the socket calls release the GIL). Measured at 50 callers: ~80 → ~2-7 µs of the
-exporter thread per call; encoding on the loop costs what it cost on the thread.
+go). `LoopSpanProcessor` keeps the spans on the loop. `on_end` keeps a span (one
+append) and schedules, once per turn, a callback that encodes every span ended since
+into its wire entry (`SpanQueue.encode`, `SpanEncoder.entry`: ~15-20 µs a span). That
+callback runs at the loop's next turn, after the writes of the task that ended the
+spans (aiohttp writes a handler's response in the turn the handler returns; a stream
+has written its last bytes before its spans end), ahead of that turn's I/O: each span
+is encoded once, off its own call's path to the first token, and a call in flight
+meets at most one such callback per turn, not a slice of an export's batch in each of
+its turns. The queue holds those bytes, not the spans (~0.6 KiB a span instead of
+~0.9 KiB, nothing the garbage collector walks). When a batch is full, or the delay
+has passed since the first span waiting, one task joins its entries into the request
+(`SpanEncoder.request`: no work per span) and hands it to one worker thread that only
+posts it (`span_poster`: the SDK's exporter, its retries, compression, headers, TLS
+files and proxies; the socket calls release the GIL).
 
 As the SDK's processor: sampled spans only; `OTEL_BSP_SCHEDULE_DELAY`,
-`OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and
-`OTEL_BSP_EXPORT_TIMEOUT` read by the SDK's own functions; a batch leaves when it is
-full or when the delay has passed since the first span waiting; a full queue drops
-its oldest span; one export at a time; `force_flush` and `shutdown` export what is
-queued, `shutdown` within `OTEL_BSP_EXPORT_TIMEOUT` (then it shuts the exporter down,
-ending the retries of a post under way: the SDK's processor waits a fixed 30 s). A
-span ended on another thread reaches the loop through `call_soon_threadsafe`; with no
-loop running at all (a command, a test, after the server stopped) spans are exported
-from the thread that ends them, as a batch fills, and at shutdown. A batch is never
-lost to its task: cancelled (a loop that ends cancels its tasks), it is queued again
-for the next loop or for shutdown; on the loop's own thread, where nothing can be
-awaited, a flush or shutdown takes it from the task and waits for the poster to post it.
+`OTEL_BSP_MAX_QUEUE_SIZE` (in spans, encoded or not), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
+and `OTEL_BSP_EXPORT_TIMEOUT` read by the SDK's own functions; a full queue drops its
+oldest span (said in a warning); one export at a time; `force_flush` and `shutdown`
+export what is queued, spans not encoded yet included, `shutdown` within
+`OTEL_BSP_EXPORT_TIMEOUT` (then it shuts the exporter down, ending the retries of a
+post under way: the SDK's processor waits a fixed 30 s). A span the encoder refuses is
+logged as the SDK's exporter logs a batch it cannot encode, and dropped: that span
+alone (the SDK's exporter drops the whole batch). A span ended on another thread
+reaches the loop through `call_soon_threadsafe`; with no loop running at all (a
+command, a test, after the server stopped) spans are encoded and exported from the
+thread that ends them, as a batch fills, and at shutdown. A batch is never lost to its
+task: cancelled (a loop that ends cancels its tasks) before its post started, it is
+queued again for the next loop or for shutdown; spans whose encoding turn never came
+are encoded by the next loop, a flush or shutdown. On the loop's own thread, where
+nothing can be awaited, a flush or shutdown posts through the poster and waits for it.
 """
 
 from __future__ import annotations
@@ -33,24 +43,17 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import threading
 import time
 from asyncio import AbstractEventLoop, Handle, Task, TimerHandle
 from threading import get_ident
 from typing import Any
 
-from opentelemetry.context import (
-    _SUPPRESS_INSTRUMENTATION_KEY,
-    Context,
-    attach,
-    detach,
-    set_value,
-)
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from sidecar.telemetry.otlp_spans import HttpSpanExporter
-from sidecar.telemetry.span_encoder import Run
+from sidecar.telemetry.span_poster import SpanPoster
 from sidecar.telemetry.span_queue import SpanQueue
 
 log = logging.getLogger(__name__)
@@ -92,8 +95,8 @@ class LoopSpanProcessor(SpanProcessor):
         self.max_export_batch_size: int = batch
         self.schedule_delay: float = delay / 1e3
         self.export_timeout: float = timeout / 1e3
-        self._encoder = exporter.encoder
-        self._queue = SpanQueue(self._encoder, queue_size, batch, log)
+        self._queue = SpanQueue(exporter.encoder, queue_size, batch, log)
+        self._poster = SpanPoster(exporter, log)
         self._loop: AbstractEventLoop | None = None
         self._thread = 0  # the bound loop's thread
         self._timer: TimerHandle | None = None
@@ -101,9 +104,6 @@ class LoopSpanProcessor(SpanProcessor):
         self._encoding: Handle | None = None  # the next turn's encoding of spans ended
         self._shutdown = False  # no spans taken any more
         self._closed = False  # nothing exported any more (shutdown's flush is over)
-        self._posting: concurrent.futures.Future[SpanExportResult] | None = None
-        self._sync_lock = threading.Lock()  # exports from threads with no loop running
-        self._poster = concurrent.futures.ThreadPoolExecutor(1, "OtelSpanPoster")
 
     # ------------------------------------------------------------------ ending spans
 
@@ -111,7 +111,7 @@ class LoopSpanProcessor(SpanProcessor):
         """Nothing: spans are taken when they end."""
 
     def on_end(self, span: ReadableSpan) -> None:
-        """Queue `span` if sampled; a full batch starts an export."""
+        """Queue `span` if sampled, to be encoded at the loop's next turn."""
         if not span.context.trace_flags.sampled:
             return
         # On the loop's own thread while it runs, that loop is the one running here. (The
@@ -153,12 +153,12 @@ class LoopSpanProcessor(SpanProcessor):
                 return
             except RuntimeError:  # closed meanwhile
                 pass
-        with self._sync_lock:  # no loop running anywhere: this thread encodes and exports
+        with self._poster.lock:  # no loop running anywhere: this thread encodes and exports
             queue = self._queue
             queue.add(span)
             queue.encode()
             if queue.full():
-                self._post_here(*queue.take())
+                self._poster.post_here(*queue.take())
 
     # ------------------------------------------------------------------ exporting on the loop
 
@@ -198,6 +198,7 @@ class LoopSpanProcessor(SpanProcessor):
         """
         loop = asyncio.get_running_loop()
         queue = self._queue
+        poster = self._poster
         cancelled = False
         try:
             while not self._closed:
@@ -205,13 +206,12 @@ class LoopSpanProcessor(SpanProcessor):
                 if not queue.entries:
                     break
                 batch, count = queue.take()
-                request = self._request(batch)
-                if request is not None:  # None: dropped, as the SDK's exporter drops it (logged)
-                    try:
-                        posting = self._poster.submit(self._post, request, count)
-                    except RuntimeError:  # shut down meanwhile, from another thread
-                        break
-                    self._posting = posting
+                try:
+                    posting = poster.submit(batch, count)
+                except RuntimeError:  # shut down meanwhile, from another thread
+                    break
+                if posting is not None:  # None: dropped, as the SDK's exporter drops it (logged)
+                    poster.posting = posting
                     try:
                         await asyncio.wrap_future(posting, loop=loop)
                     except asyncio.CancelledError:
@@ -220,7 +220,7 @@ class LoopSpanProcessor(SpanProcessor):
                             queue.requeue(batch)
                         raise
                     finally:
-                        self._posting = None
+                        poster.posting = None
                 if not flush and not queue.full():
                     break
         finally:
@@ -232,53 +232,6 @@ class LoopSpanProcessor(SpanProcessor):
                     self._start(flush=False)
                 elif self._timer is None:
                     self._timer = loop.call_later(self.schedule_delay, self._on_timer)
-
-    def _request(self, batch: list[Run]) -> bytes | None:
-        """The request of a batch; None if it cannot be written (logged as the SDK logs it)."""
-        try:
-            return self._encoder.request(batch)
-        except Exception as error:
-            log.error("Failed to encode span batch: %s", error)
-            return None
-
-    def _post(self, request: bytes, count: int) -> SpanExportResult:
-        # On the poster thread (or one with no loop): the SDK's exporter posts; an export
-        # is never traced itself (the SDK's processor marks it so for instrumentations).
-        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
-            return self.exporter.send(request, count)
-        except Exception:  # the SDK's processor logs it and goes on
-            log.exception("Exception while exporting Span.")
-            return SpanExportResult.FAILURE
-        finally:
-            detach(token)
-
-    def _post_here(self, batch: list[Run], count: int) -> None:
-        request = self._request(batch)
-        if request is not None:
-            self._post(request, count)
-
-    def _drain_here(self, deadline: float) -> bool:
-        """Encode and export everything queued; False past `deadline`.
-
-        Only where no export task can run meanwhile: on the loop's own thread, or with
-        no loop running. The poster posts, this waits for it: a post still retrying at
-        the deadline is left to `shutdown`, which ends it.
-        """
-        with self._sync_lock:
-            queue = self._queue
-            queue.encode()
-            while queue.entries:
-                batch, count = queue.take()
-                request = self._request(batch)
-                if request is None:
-                    continue
-                posting = self._poster.submit(self._post, request, count)
-                try:
-                    posting.result(max(deadline - time.monotonic(), 0.0))
-                except concurrent.futures.TimeoutError:
-                    return False
-            return True
 
     # ------------------------------------------------------------------ flush and shutdown
 
@@ -306,7 +259,7 @@ class LoopSpanProcessor(SpanProcessor):
         while True:
             loop = self._loop
             if loop is None or not loop.is_running() or asyncio._get_running_loop() is loop:
-                return self._drain_here(deadline)
+                return self._poster.drain(self._queue, deadline)
             flushing = self.flush()
             try:
                 future = asyncio.run_coroutine_threadsafe(flushing, loop)
@@ -345,12 +298,7 @@ class LoopSpanProcessor(SpanProcessor):
         if timer is not None and loop is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop runs no timer
                 loop.call_soon_threadsafe(timer.cancel)
-        posting = self._posting
-        if posting is not None:
-            concurrent.futures.wait([posting], max(deadline - time.monotonic(), 0.0))
-        shutdown: Any = self.exporter.shutdown  # the SDK's, untyped
-        shutdown()
-        self._poster.shutdown(wait=False, cancel_futures=True)
+        self._poster.close(deadline)
         left = len(self._queue)
         if left:
             log.warning(

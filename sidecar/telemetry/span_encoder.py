@@ -15,7 +15,13 @@ unpacking, not five property calls). Whatever it does not handle itself (events,
 links, a status with a message, other sequences, bytes, mappings, odd types, values
 protobuf refuses) goes through protobuf and the SDK's own functions, raising, logging
 and dropping exactly as they do.
-`tests/test_span_encoder.py` compares every shape of span with the SDK's bytes.
+
+A span can be encoded alone, as soon as it ends (`entry`: its entry of
+`ScopeSpans.spans`), and the request written later from the entries (`request`: the
+resource and scope wrappers around the joined entries, no work per span), as the loop
+span processor does (`loop_spans`); `serialize` does both for a batch of spans, as an
+exporter does on its own thread. `tests/test_span_encoder.py` compares every shape of
+span with the SDK's bytes, both ways.
 """
 
 from __future__ import annotations
