@@ -486,15 +486,16 @@ async def test_shutdown_ends_within_the_export_timeout_cutting_the_exporters_ret
     assert len(receiver.bodies) == 1
 
 
-def test_an_export_cancelled_before_it_ran_leaves_its_batch_queued() -> None:
-    """A loop that ends cancels its tasks: an export that had not started takes nothing."""
+def test_an_export_cancelled_by_the_ending_loop_loses_nothing() -> None:
+    """A loop that ends cancels its tasks: the export's batch is posted once (by the poster,
+    or queued again), and shutdown posts the rest after it."""
     with receiver_on_a_thread() as receiver:
         batches = processor(receiver, batch=4)
 
         async def ending() -> None:
             for n in range(8):
                 batches.on_end(span(n))
-            await asyncio.sleep(0)  # encoded, and the export of 0-3 started (not run yet)
+            await asyncio.sleep(0)  # encoded, and the export of 0-3 started
 
         asyncio.run(ending())
         batches.shutdown()
