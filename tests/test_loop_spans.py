@@ -154,9 +154,10 @@ async def test_spans_are_encoded_once_at_the_loops_next_turn_and_a_batch_is_only
             ("encoded", 0), ("encoded", 1), ("encoded", 2),
         ]  # fmt: skip
         events.clear()
-        batches.on_end(spans[3])  # the batch is full once encoded: exported, only joined
-        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        batches.on_end(spans[3])
+        await asyncio.sleep(0)  # full once encoded: joined and handed to the poster at once
         assert events == [("encoded", 3), ("joined", 4)]
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
         assert received(receiver) == [[0, 1, 2, 3]]
         assert_sdk_bytes(receiver, spans)
         await asyncio.to_thread(batches.shutdown)
@@ -251,7 +252,7 @@ async def test_the_queue_holds_the_encoded_spans_not_the_spans() -> None:
     """A span leaves memory once encoded: the queue keeps its wire bytes (less than the span)."""
     count = 200
     async with receiving() as receiver:
-        batches = processor(receiver, batch=count)
+        batches = processor(receiver, batch=4 * count)  # no batch fills: the queue holds them
         for n in range(count):  # the encoder's caches as in a sidecar that has been running
             batches.on_end(sidecar_span(count + n))
         await batches.flush()

@@ -13,11 +13,12 @@ has written its last bytes before its spans end), ahead of that turn's I/O: each
 is encoded once, off its own call's path to the first token, and a call in flight
 meets at most one such callback per turn, not a slice of an export's batch in each of
 its turns. The queue holds those bytes, not the spans (~0.6 KiB a span instead of
-~0.9 KiB, nothing the garbage collector walks). When a batch is full, or the delay
-has passed since the first span waiting, one task joins its entries into the request
-(`SpanEncoder.request`: no work per span) and hands it to one worker thread that only
-posts it (`span_poster`: the SDK's exporter, its retries, compression, headers, TLS
-files and proxies; the socket calls release the GIL).
+~0.9 KiB, nothing the garbage collector walks). When a batch is full (in the turn
+that encoded it), or the delay has passed since the first span waiting, its entries
+are joined into the request (`SpanEncoder.request`: no work per span) and handed to
+one worker thread that only posts it (`span_poster`: the SDK's exporter, its retries,
+compression, headers, TLS files and proxies; the socket calls release the GIL); one
+task waits for the posts, and joins the next batch while a full one is waiting.
 
 As the SDK's processor: sampled spans only; `OTEL_BSP_SCHEDULE_DELAY`,
 `OTEL_BSP_MAX_QUEUE_SIZE` (in spans, encoded or not), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
@@ -53,7 +54,8 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from sidecar.telemetry.otlp_spans import HttpSpanExporter
-from sidecar.telemetry.span_poster import SpanPoster
+from sidecar.telemetry.span_encoder import Run
+from sidecar.telemetry.span_poster import Posting, SpanPoster
 from sidecar.telemetry.span_queue import SpanQueue
 
 log = logging.getLogger(__name__)
@@ -181,15 +183,37 @@ class LoopSpanProcessor(SpanProcessor):
             self._start(flush=False)
 
     def _start(self, flush: bool) -> None:
+        """Start an export: its first batch goes to the poster in this turn (the one after
+        the writes, when spans just ended), and a task waits for the posts."""
         loop = self._loop
         assert loop is not None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._task = loop.create_task(self._export(flush))
+        sent = self._send()
+        if sent is not None:
+            self._task = loop.create_task(self._export(flush, *sent))
 
-    async def _export(self, flush: bool) -> None:
-        """Export a batch, then more while a full one is waiting (all of them: `flush`).
+    def _send(self) -> tuple[list[Run], Posting | None] | None:
+        """Encode what ended, join the oldest batch and hand it to the poster: the batch and
+        its post (None: it could not be written, logged); None if nothing is queued or the
+        poster is shut down (from another thread)."""
+        queue = self._queue
+        queue.encode()  # spans ended since the last turn (a flush comes before it)
+        if not queue.entries:
+            return None
+        batch, count = queue.take()
+        try:
+            posting = self._poster.submit(batch, count)
+        except RuntimeError:  # shut down meanwhile, from another thread: it stays queued
+            queue.requeue(batch)
+            return None
+        self._poster.posting = posting
+        return batch, posting
+
+    async def _export(self, flush: bool, batch: list[Run], posting: Posting | None) -> None:
+        """Wait for the post of `batch`, then export more while a full batch is waiting
+        (all of them: `flush`).
 
         A batch is only joined into a request (its spans are encoded already) and handed
         to the poster. Cancelled (a loop that ends cancels its tasks), the batch goes
@@ -201,15 +225,7 @@ class LoopSpanProcessor(SpanProcessor):
         poster = self._poster
         cancelled = False
         try:
-            while not self._closed:
-                queue.encode()  # spans ended since the last turn (a flush comes before it)
-                if not queue.entries:
-                    break
-                batch, count = queue.take()
-                try:
-                    posting = poster.submit(batch, count)
-                except RuntimeError:  # shut down meanwhile, from another thread
-                    break
+            while True:
                 if posting is not None:  # None: dropped, as the SDK's exporter drops it (logged)
                     poster.posting = posting
                     try:
@@ -221,8 +237,12 @@ class LoopSpanProcessor(SpanProcessor):
                         raise
                     finally:
                         poster.posting = None
-                if not flush and not queue.full():
+                if self._closed or not (flush or queue.full()):
                     break
+                sent = self._send()
+                if sent is None:
+                    break
+                batch, posting = sent
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
