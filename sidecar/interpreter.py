@@ -1,8 +1,8 @@
 """Interpreter settings for serving: a frozen startup heap.
 
 Python's switch interval (how long a thread holds the GIL before a waiting one gets
-it) stays at its 5 ms default: spans over OTLP/HTTP are encoded on the event loop a
-slice at a time and only posted by a thread (`telemetry/loop_spans.py`), the gRPC
+it) stays at its 5 ms default: spans over OTLP/HTTP are encoded on the event loop as
+they end and only posted by a thread (`telemetry/loop_spans.py`), the gRPC
 exporter's thread hands the GIL over every 16 spans, and a shorter interval measured
 more CPU per call (every hand-over costs both threads) for no better
 time-to-first-token tail.

@@ -1,4 +1,4 @@
-"""The loop span processor: batches on the event loop, encoded a slice per turn, posted by a thread.
+"""The loop span processor: spans encoded the loop's turn after they end, posted by a thread.
 
 Every test posts to a real OTLP/HTTP receiver on loopback through the sidecar's exporter
 (the SDK's transport), and holds what arrived to the SDK's own encoding of the spans.
@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import queue
 import threading
-from collections.abc import Generator, Iterator, Sequence
+import tracemalloc
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
-from sidecar.telemetry import loop_spans
+from sidecar.config import TelemetryConfig
+from sidecar.telemetry import Telemetry
 from sidecar.telemetry.loop_spans import LoopSpanProcessor
 from sidecar.telemetry.otlp_spans import HttpSpanExporter
-from sidecar.telemetry.span_encoder import SpanEncoder
+from sidecar.telemetry.span_encoder import Run, SpanEncoder
+from sidecar.telemetry.spans import PlainSpan
+from tests.support.otel import prompt
 from tests.support.otlp import RESOURCE, SCOPE, Receiver, context, receiving, sdk_bytes
+from tests.support.scripted_claude import messages_body
+from tests.support.sidecars import SidecarFactory
 from tests.support.waiting import eventually, holds
 
 QUIET = 60_000  # a schedule delay no test waits out: batches leave full or flushed
@@ -34,6 +43,26 @@ def span(n: int, *, sampled: bool = True) -> ReadableSpan:
         f"span {n}", context(0xABC, n + 1, flags=1 if sampled else 0), None, RESOURCE,
         {"n": n, "sidecar.request_id": f"req_{n:08x}", "ttft": n / 7},
         kind=SpanKind.CLIENT, start_time=10 + n, end_time=20 + n, instrumentation_scope=SCOPE,
+    )  # fmt: skip
+
+
+def sidecar_span(n: int) -> PlainSpan:
+    """A CLIENT span as the sidecar ends one for a stream: labels, ids, counts and timings."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
+        "gen_ai.request.model": "claude-sonnet-5-5", "gen_ai.request.stream": True,
+        "server.address": "api.anthropic.com", "server.port": 443, "sidecar.route": "/v1",
+        "gen_ai.request.max_tokens": 1024, "sidecar.stream.outcome": "completed",
+        "http.response.status_code": 200, "gen_ai.response.finish_reasons": ("end_turn",),
+        "gen_ai.response.model": "claude-sonnet-5-5", "sidecar.request_id": f"req_{n:024x}",
+        "gen_ai.response.id": f"msg_{n:024x}", "gen_ai.usage.input_tokens": 200 + n,
+        "gen_ai.usage.output_tokens": 100 + n, "gen_ai.response.time_to_first_chunk": n / 7,
+        "sidecar.stream.events": 40 + n, "sidecar.stream.queue_wait": n / 1000,
+    }  # fmt: skip
+    return PlainSpan(
+        "chat claude-sonnet-5-5", context(0xABC + n, n + 1), context(0xABC + n, n + 7),
+        RESOURCE, attributes, kind=SpanKind.CLIENT, start_time=10 + n, end_time=20 + n,
+        instrumentation_scope=SCOPE,
     )  # fmt: skip
 
 
@@ -94,47 +123,164 @@ async def test_a_partial_batch_leaves_after_the_schedule_delay() -> None:
         await asyncio.to_thread(batches.shutdown)
 
 
-async def test_a_batch_is_encoded_a_slice_per_turn_of_the_loop(
+async def test_spans_are_encoded_once_at_the_loops_next_turn_and_a_batch_is_only_joined(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Other work runs between two slices: a request waits for a slice, not a batch."""
-    monkeypatch.setattr(loop_spans, "ENCODE_SLICE", 3)
-    turns = 0
-    seen: list[int] = []  # the loop turns counted when each slice starts
-    steps = SpanEncoder.steps
+    """Spans ended in one turn (a handler's, before its writes) are encoded in the next, together."""
+    events: list[tuple[str, int]] = []
+    entry, request = SpanEncoder.entry, SpanEncoder.request
 
-    def watched(
-        self: SpanEncoder, spans: Sequence[ReadableSpan], every: int
-    ) -> Generator[None, None, bytes]:
-        inner = steps(self, spans, every)
-        while True:
-            seen.append(turns)
-            try:
-                next(inner)
-            except StopIteration as done:
-                encoded: bytes = done.value
-                return encoded
-            yield
+    def encoding(self: SpanEncoder, one: ReadableSpan) -> bytes:
+        events.append(("encoded", one.context.span_id - 1))
+        return entry(self, one)
 
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            await asyncio.sleep(0)
-            turns += 1
+    def joining(self: SpanEncoder, runs: Iterable[Run]) -> bytes:
+        batch = list(runs)
+        events.append(("joined", sum(len(entries) for _, _, entries in batch)))
+        return request(self, batch)
 
-    monkeypatch.setattr(SpanEncoder, "steps", watched)
-    spans = [span(n) for n in range(10)]
-    counter = asyncio.create_task(count_turns())
+    monkeypatch.setattr(SpanEncoder, "entry", encoding)
+    monkeypatch.setattr(SpanEncoder, "request", joining)
+    spans = [span(n) for n in range(4)]
     async with receiving() as receiver:
-        batches = processor(receiver, batch=10)
+        batches = processor(receiver, batch=4)
+        for one in spans[:3]:
+            batches.on_end(one)
+            events.append(("ended", one.context.span_id - 1))
+        events.append(("written", 0))  # the rest of the handler's turn: nothing encoded yet
+        await asyncio.sleep(0)
+        assert events == [
+            ("ended", 0), ("ended", 1), ("ended", 2), ("written", 0),
+            ("encoded", 0), ("encoded", 1), ("encoded", 2),
+        ]  # fmt: skip
+        events.clear()
+        batches.on_end(spans[3])
+        await asyncio.sleep(0)  # full once encoded: joined and handed to the poster at once
+        assert events == [("encoded", 3), ("joined", 4)]
+        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        assert received(receiver) == [[0, 1, 2, 3]]
+        assert_sdk_bytes(receiver, spans)
+        await asyncio.to_thread(batches.shutdown)
+
+
+async def test_the_sidecars_spans_are_encoded_after_each_response_is_written(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real traffic: a stream's spans end after its last bytes, a message's before aiohttp
+    writes it (in the handler's own turn); either way they are encoded after the writes."""
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    events: list[str] = []
+    write_eof, entry = web.StreamResponse.write_eof, SpanEncoder.entry
+
+    async def writing(self: web.StreamResponse, data: bytes = b"") -> None:
+        await write_eof(self, data)
+        events.append("written")  # a response's last bytes, handed to the transport
+
+    def encoding(self: SpanEncoder, one: ReadableSpan) -> bytes:
+        events.append(one.name)
+        return entry(self, one)
+
+    monkeypatch.setattr(web.StreamResponse, "write_eof", writing)
+    monkeypatch.setattr(SpanEncoder, "entry", encoding)
+    async with receiving() as receiver:
+        config = TelemetryConfig(
+            otlp_endpoint=receiver.url.removesuffix("/v1/traces"), prometheus=False
+        )
+        telemetry = Telemetry.from_config(config)
+        async with sidecar_for(telemetry=telemetry) as sidecar, aiohttp.ClientSession() as http:
+            calls: list[list[str]] = []
+            for stream in (True, False, True):
+                events.clear()
+                if stream:
+                    await prompt(sidecar.url, "say things [[fake tokens=3]]")
+                else:
+                    async with http.post(
+                        sidecar.url + "/v1/messages", json=messages_body(stream=False)
+                    ) as response:
+                        assert response.status == 200
+                        await response.read()
+                await eventually(lambda: holds(len(events) >= 4))
+                calls.append(list(events))
+        await telemetry.close()
+    client = next(name for name in calls[0] if name.startswith("chat "))
+    servers = ["POST /api/stream-response", "POST /v1/", "POST /api/stream-response"]
+    for call, server in zip(calls, servers, strict=True):
+        # The writes (the fake Claude's answer, then the sidecar's; a response already
+        # ended is ended again by aiohttp, writing nothing), then the two spans.
+        first = call.index(client)
+        assert call[first:] == [client, server]
+        assert call[:first] == ["written"] * first
+        assert first >= 2
+    assert len(receiver.bodies) == 1
+    assert len(received(receiver)[0]) == 6
+
+
+async def test_a_flush_before_the_next_turn_encodes_and_exports_the_spans_just_ended() -> None:
+    spans = [span(n) for n in range(3)]
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=100)
         for one in spans:
             batches.on_end(one)
-        await eventually(lambda: holds(len(receiver.bodies) == 1))
+        await batches.flush()  # its export runs first: nothing encoded until then
+        assert received(receiver) == [[0, 1, 2]]
+        assert_sdk_bytes(receiver, spans)
         await asyncio.to_thread(batches.shutdown)
-    counter.cancel()
-    assert len(seen) == 4  # slices of 3, 3, 3 and 1
-    assert all(later > earlier for earlier, later in itertools.pairwise(seen))
-    assert_sdk_bytes(receiver, spans)
+
+
+def test_a_flush_on_the_loops_thread_encodes_and_exports_the_spans_just_ended() -> None:
+    """Nothing can be awaited there: `force_flush` encodes and posts them itself."""
+    spans = [span(n) for n in range(4)]
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=100)
+
+        async def flush_here() -> None:
+            for one in spans[:3]:
+                batches.on_end(one)
+            assert batches.force_flush()
+            assert received(receiver) == [[0, 1, 2]]
+            await asyncio.sleep(0)  # the encoding turn: nothing left to encode
+            batches.on_end(spans[3])
+            await batches.flush()
+
+        asyncio.run(flush_here())
+        assert received(receiver) == [[0, 1, 2], [3]]
+        assert_sdk_bytes(receiver, spans)
+        batches.shutdown()
+
+
+async def test_the_queue_holds_the_encoded_spans_not_the_spans() -> None:
+    """A span leaves memory once encoded: the queue keeps its wire bytes (less than the span)."""
+    count = 200
+    async with receiving() as receiver:
+        batches = processor(receiver, batch=4 * count)  # no batch fills: the queue holds them
+        for n in range(count):  # the encoder's caches as in a sidecar that has been running
+            batches.on_end(sidecar_span(count + n))
+        await batches.flush()
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            spans = [sidecar_span(n) for n in range(count)]
+            built = tracemalloc.get_traced_memory()[0]
+            alive = [weakref.ref(one) for one in spans]
+            watching = tracemalloc.get_traced_memory()[0] - built
+            for one in spans:
+                batches.on_end(one)
+            del spans, one
+            await asyncio.sleep(0)  # encoded: the queue holds their entries
+            queued = tracemalloc.get_traced_memory()[0] - watching
+        finally:
+            tracemalloc.stop()
+        assert not any(ref() for ref in alive)  # no span is held once encoded
+        await batches.flush()
+        body = receiver.bodies[-1]
+        assert received(receiver)[-1] == list(range(count))
+        per_span = (built - start) / count
+        per_queued = (queued - start) / count
+        wire = len(body) / count  # each span's entry, and its share of the wrappers
+        # Each span: a bytes object (33 B more than its bytes) and its slot in the queue (8 B).
+        assert per_queued < wire + 64
+        assert per_queued < 0.8 * per_span
+        await asyncio.to_thread(batches.shutdown)
 
 
 async def test_a_full_queue_drops_its_oldest_spans_and_says_so(
@@ -212,30 +358,24 @@ async def test_spans_the_sampler_dropped_are_not_exported() -> None:
     assert received(receiver) == [[0, 2]]
 
 
-async def test_a_batch_that_cannot_be_encoded_is_dropped_and_the_next_one_goes(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_a_span_that_cannot_be_encoded_is_logged_as_the_sdk_logs_it_and_dropped_alone(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    steps = SpanEncoder.steps
-    calls = 0
-
-    def failing_once(
-        self: SpanEncoder, spans: Sequence[ReadableSpan], every: int
-    ) -> Generator[None, None, bytes]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise ValueError("not encodable")
-        return steps(self, spans, every)
-
-    monkeypatch.setattr(SpanEncoder, "steps", failing_once)
+    refused = ReadableSpan(
+        "refused", context(0xABC, 2), None, RESOURCE, start_time=-1, instrumentation_scope=SCOPE
+    )  # a negative time, which protobuf refuses
+    with pytest.raises(ValueError, match="out of range") as sdk:
+        sdk_bytes([refused])
+    spans = [span(0), refused, span(2), span(3)]
     async with receiving() as receiver:
-        batches = processor(receiver, batch=2)
-        for n in range(4):
-            batches.on_end(span(n))
+        batches = processor(receiver, batch=3)
+        for one in spans:
+            batches.on_end(one)
         await eventually(lambda: holds(len(receiver.bodies) == 1))
         await asyncio.to_thread(batches.shutdown)
-    assert received(receiver) == [[2, 3]]
-    assert "Failed to encode span batch: not encodable" in caplog.messages
+    assert received(receiver) == [[0, 2, 3]]
+    assert_sdk_bytes(receiver, spans)
+    assert f"Failed to encode span batch: {sdk.value}" in caplog.messages
 
 
 async def test_a_receiver_error_is_the_sdks_log_line_and_exports_go_on(
@@ -347,41 +487,81 @@ async def test_shutdown_ends_within_the_export_timeout_cutting_the_exporters_ret
     assert len(receiver.bodies) == 1
 
 
-def test_a_batch_whose_export_is_cancelled_stays_queued(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A loop that ends cancels the export under way: its batch leaves later, not lost."""
-    monkeypatch.setattr(loop_spans, "ENCODE_SLICE", 1)
+def test_an_export_cancelled_by_the_ending_loop_loses_nothing() -> None:
+    """A loop that ends cancels its tasks: the export's batch is posted once (by the poster,
+    or queued again), and shutdown posts the rest after it."""
     with receiver_on_a_thread() as receiver:
         batches = processor(receiver, batch=4)
 
         async def ending() -> None:
             for n in range(8):
                 batches.on_end(span(n))
-            await asyncio.sleep(0)  # the export of 0-3 is encoding it, a span per turn
+            await asyncio.sleep(0)  # encoded, and the export of 0-3 started
 
         asyncio.run(ending())
         batches.shutdown()
-        assert sorted(received(receiver)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+        assert received(receiver) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
-def test_shutdown_on_the_loops_thread_exports_the_batch_being_encoded(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_batch_whose_post_had_not_started_when_the_loop_ended_is_queued_again() -> None:
+    """The export is cancelled while its post waits for the poster: the post is called off
+    and the batch goes back to the queue, posted once by shutdown."""
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=4)
+        busy = threading.Event()
+        batches._poster._pool.submit(busy.wait)  # the poster's one thread is busy meanwhile
+
+        async def ending() -> None:
+            for n in range(4):
+                batches.on_end(span(n))
+            await asyncio.sleep(0)  # encoded: the export starts
+            await asyncio.sleep(0)  # it joins the batch and waits for its post
+
+        asyncio.run(ending())
+        busy.set()
+        assert received(receiver) == []
+        batches.shutdown()
+        assert received(receiver) == [[0, 1, 2, 3]]
+
+
+def test_shutdown_on_the_loops_thread_exports_what_is_queued_and_ended_meanwhile(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Nothing can be awaited there: the batch the export task holds leaves from shutdown."""
-    monkeypatch.setattr(loop_spans, "ENCODE_SLICE", 2)
+    """Nothing can be awaited there: shutdown encodes the spans just ended, posts the queue
+    after the export under way, and that export posts nothing more."""
     with receiver_on_a_thread() as receiver:
         batches = processor(receiver, batch=4)
 
         async def shut_down_here() -> None:
             for n in range(6):
                 batches.on_end(span(n))
-            await asyncio.sleep(0)  # the export of 0-3 has encoded its first slice
+            await asyncio.sleep(0)  # encoded: the export of 0-3 starts
+            await asyncio.sleep(0)  # and posts it
+            batches.on_end(span(6))  # not encoded yet
+            batches.on_end(span(7))
             batches.shutdown()
             for _ in range(10):  # the export task goes on: it must not post again
                 await asyncio.sleep(0)
 
         asyncio.run(shut_down_here())
-        assert sorted(received(receiver)) == [[0, 1, 2, 3], [4, 5]]
+        assert sorted(received(receiver)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert "Exporter already shutdown, ignoring batch" not in caplog.messages
+
+
+def test_spans_ended_just_before_the_loop_closed_are_encoded_and_exported_by_shutdown() -> None:
+    """The turn that would have encoded them never came: shutdown, with no loop, does it."""
+    with receiver_on_a_thread() as receiver:
+        batches = processor(receiver, batch=100)
+
+        async def last_turn() -> None:
+            for n in range(3):
+                batches.on_end(span(n))
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(last_turn())
+        loop.close()  # its next turn never runs
+        batches.shutdown()
+        assert received(receiver) == [[0, 1, 2]]
 
 
 def test_a_flush_cancelled_by_the_ending_loop_is_started_again() -> None:

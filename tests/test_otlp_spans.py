@@ -15,7 +15,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -128,15 +128,13 @@ async def test_the_sidecars_spans_reach_a_receiver_as_the_sdks_bytes(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-team=sidecar")
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     encoded: list[int] = []
-    steps = SpanEncoder.steps
+    entry = SpanEncoder.entry
 
-    def counted(
-        self: SpanEncoder, spans: Sequence[ReadableSpan], every: int
-    ) -> Generator[None, None, bytes]:
-        encoded.append(len(spans))
-        return steps(self, spans, every)
+    def counted(self: SpanEncoder, span: ReadableSpan) -> bytes:
+        encoded.append(1)
+        return entry(self, span)
 
-    monkeypatch.setattr(SpanEncoder, "steps", counted)
+    monkeypatch.setattr(SpanEncoder, "entry", counted)
     memory = NotifyingExporter()
     async with receiving() as receiver:
         config = TelemetryConfig(

@@ -351,7 +351,7 @@ async def _spans_per_export(collector: Collector, spans: int) -> list[int]:
 @pytest.mark.parametrize(
     ("env", "largest"),
     [
-        ({}, 512),  # the SDK's default: OTLP/HTTP batches are encoded on the loop, sliced
+        ({}, 512),  # the SDK's default: OTLP/HTTP spans are encoded on the loop as they end
         ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "50"}, 50),  # the SDK reads the user's value
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, 512),  # and its own default with their queue
     ],

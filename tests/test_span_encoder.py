@@ -10,7 +10,7 @@ from __future__ import annotations
 import cProfile
 import logging
 import pstats
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import span_attributes
 from sidecar.telemetry.providers import resource_of
-from sidecar.telemetry.span_encoder import SpanEncoder
+from sidecar.telemetry.span_encoder import Run, SpanEncoder
 from sidecar.telemetry.spans import PlainSpan
 from tests.support.otlp import (
     BARE,
@@ -41,6 +41,21 @@ from tests.support.otlp import (
 
 def our_bytes(encoder: SpanEncoder, spans: Sequence[ReadableSpan]) -> bytes:
     return encoder.serialize(spans)
+
+
+def runs_of(encoder: SpanEncoder, spans: Sequence[ReadableSpan], split: bool = False) -> list[Run]:
+    """Each span's `entry`, in runs of one resource and scope (`split`: a run per span)."""
+    runs: list[Run] = []
+    for span in spans:
+        resource, scope = span.resource, span.instrumentation_scope or None
+        entry = encoder.entry(span)
+        last = runs[-1] if runs else None
+        if split or last is None or last[0] is not resource or last[1] is not scope:
+            runs.append((resource, scope, [entry]))
+        else:
+            assert isinstance(last[2], list)
+            last[2].append(entry)
+    return runs
 
 
 def test_every_shape_encodes_to_the_sdks_bytes(caplog: pytest.LogCaptureFixture) -> None:
@@ -64,6 +79,37 @@ def test_every_shape_encodes_to_the_sdks_bytes(caplog: pytest.LogCaptureFixture)
     assert our_bytes(encoder, []) == sdk_bytes([]) == b""
 
 
+def test_spans_encoded_one_at_a_time_join_into_the_sdks_request() -> None:
+    """`entry` per span, `request` of the runs: the SDK's bytes for the spans in that order,
+    however the runs of one group are cut (equal resources and scopes share a group)."""
+    spans = shapes()
+    encoder = SpanEncoder()
+    for order in (spans, spans[::-1], spans[1:] + spans[:1]):
+        expected = sdk_bytes(order)
+        assert encoder.request(runs_of(encoder, order)) == expected
+        assert encoder.request(runs_of(encoder, order, split=True)) == expected
+        assert ExportTraceServiceRequest.FromString(expected).SerializeToString() == expected
+    for span in edges():
+        assert encoder.request(runs_of(encoder, [span])) == sdk_bytes([span]), span.name
+    assert encoder.request([]) == sdk_bytes([]) == b""
+
+
+def test_joining_a_request_costs_the_same_python_calls_for_any_number_of_spans() -> None:
+    """The wrappers are written per group, the entries joined by C: nothing per span."""
+    spans = [
+        ReadableSpan(
+            "chat", context(1, i + 1), None, RESOURCE, {"n": i}, start_time=1,
+            instrumentation_scope=SCOPE,
+        )
+        for i in range(512)
+    ]  # fmt: skip
+    encoder = SpanEncoder()
+    few, many = runs_of(encoder, spans[:8]), runs_of(encoder, spans)
+    assert encoder.request(many) == sdk_bytes(spans)
+
+    assert calls_of(lambda: encoder.request(many)) == calls_of(lambda: encoder.request(few))
+
+
 def test_a_full_pair_cache_starts_over(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(span_attributes, "PAIR_CACHE_SIZE", 5)
     encoder = SpanEncoder()
@@ -83,13 +129,18 @@ def test_a_resource_of_the_sidecar_encodes_as_the_sdks() -> None:
 
 def python_calls(encode: Any, spans: Sequence[ReadableSpan]) -> float:
     """Calls of functions written in Python (not built in) per span."""
+    return calls_of(lambda: encode(spans)) / len(spans)
+
+
+def calls_of(run: Callable[[], object]) -> int:
+    """Calls of functions written in Python (not built in) that `run()` makes."""
     profile = cProfile.Profile()
     profile.enable()
-    encode(spans)
+    run()
     profile.disable()
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     calls: int = sum(row[1] for (file, _, _), row in stats.items() if file != "~")
-    return calls / len(spans)
+    return calls
 
 
 def test_a_client_span_costs_a_fraction_of_the_python_calls_of_the_sdks() -> None:

@@ -1,61 +1,63 @@
-"""Ended spans batched on the event loop, encoded there a slice at a time, posted by a thread.
+"""Ended spans encoded on the event loop the turn after they end, batched there, posted by a thread.
 
 The SDK's `BatchSpanProcessor` gives ended spans to a thread of its own, which wakes
 for a batch, encodes it and posts it: ~80 µs of that thread per call at 50 callers,
 and the event loop pays again each time the two threads hand the GIL over (a loop
 that wants it back waits out the switch interval, 5 ms, if the thread does not let
-go). `LoopSpanProcessor` keeps the batching on the loop (a deque, a timer, one task),
-encodes `ENCODE_SLICE` spans per turn of the loop (`SpanEncoder.steps`: a request
-that arrives meanwhile waits for one slice, ~0.1 ms, not a batch), and hands the
-bytes to one worker thread that only posts them with the SDK's exporter
-(`HttpSpanExporter.send`: its retries, compression, headers, TLS files and proxies;
-the socket calls release the GIL). Measured at 50 callers: ~80 → ~2-7 µs of the
-exporter thread per call; encoding on the loop costs what it cost on the thread.
+go). `LoopSpanProcessor` keeps the spans on the loop. `on_end` keeps a span (one
+append) and schedules, once per turn, a callback that encodes every span ended since
+into its wire entry (`SpanQueue.encode`, `SpanEncoder.entry`: ~15-20 µs a span). That
+callback runs at the loop's next turn, after the writes of the task that ended the
+spans (aiohttp writes a handler's response in the turn the handler returns; a stream
+has written its last bytes before its spans end), ahead of that turn's I/O: each span
+is encoded once, off its own call's path to the first token, and a call in flight
+meets at most one such callback per turn, not a slice of an export's batch in each of
+its turns. The queue holds those bytes, not the spans (~0.6 KiB a span instead of
+~0.9 KiB, nothing the garbage collector walks). When a batch is full (in the turn
+that encoded it), or the delay has passed since the first span waiting, its entries
+are joined into the request (`SpanEncoder.request`: no work per span) and handed to
+one worker thread that only posts it (`span_poster`: the SDK's exporter, its retries,
+compression, headers, TLS files and proxies; the socket calls release the GIL); one
+task waits for the posts, and joins the next batch while a full one is waiting.
 
 As the SDK's processor: sampled spans only; `OTEL_BSP_SCHEDULE_DELAY`,
-`OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and
-`OTEL_BSP_EXPORT_TIMEOUT` read by the SDK's own functions; a batch leaves when it is
-full or when the delay has passed since the first span waiting; a full queue drops
-its oldest span; one export at a time; `force_flush` and `shutdown` export what is
-queued, `shutdown` within `OTEL_BSP_EXPORT_TIMEOUT` (then it shuts the exporter down,
-ending the retries of a post under way: the SDK's processor waits a fixed 30 s). A
-span ended on another thread reaches the loop through `call_soon_threadsafe`; with no
-loop running at all (a command, a test, after the server stopped) spans are exported
-from the thread that ends them, as a batch fills, and at shutdown. A batch is never
-lost to its task: cancelled (a loop that ends cancels its tasks), it is queued again
-for the next loop or for shutdown; on the loop's own thread, where nothing can be
-awaited, a flush or shutdown takes it from the task and waits for the poster to post it.
+`OTEL_BSP_MAX_QUEUE_SIZE` (in spans, encoded or not), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
+and `OTEL_BSP_EXPORT_TIMEOUT` read by the SDK's own functions; a full queue drops its
+oldest span (said in a warning); one export at a time; `force_flush` and `shutdown`
+export what is queued, spans not encoded yet included, `shutdown` within
+`OTEL_BSP_EXPORT_TIMEOUT` (then it shuts the exporter down, ending the retries of a
+post under way: the SDK's processor waits a fixed 30 s). A span the encoder refuses is
+logged as the SDK's exporter logs a batch it cannot encode, and dropped: that span
+alone (the SDK's exporter drops the whole batch). A span ended on another thread
+reaches the loop through `call_soon_threadsafe`; with no loop running at all (a
+command, a test, after the server stopped) spans are encoded and exported from the
+thread that ends them, as a batch fills, and at shutdown. A batch is never lost to its
+task: cancelled (a loop that ends cancels its tasks) before its post started, it is
+queued again for the next loop or for shutdown; spans whose encoding turn never came
+are encoded by the next loop, a flush or shutdown. On the loop's own thread, where
+nothing can be awaited, a flush or shutdown posts through the poster and waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import logging
-import threading
 import time
-from asyncio import AbstractEventLoop, Task, TimerHandle
-from collections.abc import Sequence
+from asyncio import AbstractEventLoop, Handle, Task, TimerHandle
 from threading import get_ident
-from typing import Any, Final
+from typing import Any
 
-from opentelemetry.context import (
-    _SUPPRESS_INSTRUMENTATION_KEY,
-    Context,
-    attach,
-    detach,
-    set_value,
-)
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from sidecar.telemetry.otlp_spans import HttpSpanExporter
+from sidecar.telemetry.span_encoder import Run
+from sidecar.telemetry.span_poster import Posting, SpanPoster
+from sidecar.telemetry.span_queue import SpanQueue
 
-# Spans encoded per turn of the event loop (~15-30 µs each): the most a request that
-# arrives during an export waits for it.
-ENCODE_SLICE: Final = 8
 log = logging.getLogger(__name__)
 
 
@@ -95,18 +97,15 @@ class LoopSpanProcessor(SpanProcessor):
         self.max_export_batch_size: int = batch
         self.schedule_delay: float = delay / 1e3
         self.export_timeout: float = timeout / 1e3
-        self._queue: collections.deque[ReadableSpan] = collections.deque(maxlen=queue_size)
+        self._queue = SpanQueue(exporter.encoder, queue_size, batch, log)
+        self._poster = SpanPoster(exporter, log)
         self._loop: AbstractEventLoop | None = None
         self._thread = 0  # the bound loop's thread
         self._timer: TimerHandle | None = None
         self._task: Task[None] | None = None
-        self._dropped = 0  # spans a full queue dropped since the last warning
+        self._encoding: Handle | None = None  # the next turn's encoding of spans ended
         self._shutdown = False  # no spans taken any more
         self._closed = False  # nothing exported any more (shutdown's flush is over)
-        self._batch: list[ReadableSpan] | None = None  # the batch being encoded on the loop
-        self._posting: concurrent.futures.Future[SpanExportResult] | None = None
-        self._sync_lock = threading.Lock()  # exports from threads with no loop running
-        self._poster = concurrent.futures.ThreadPoolExecutor(1, "OtelSpanPoster")
 
     # ------------------------------------------------------------------ ending spans
 
@@ -114,7 +113,7 @@ class LoopSpanProcessor(SpanProcessor):
         """Nothing: spans are taken when they end."""
 
     def on_end(self, span: ReadableSpan) -> None:
-        """Queue `span` if sampled; a full batch starts an export."""
+        """Queue `span` if sampled, to be encoded at the loop's next turn."""
         if not span.context.trace_flags.sampled:
             return
         # On the loop's own thread while it runs, that loop is the one running here. (The
@@ -127,20 +126,15 @@ class LoopSpanProcessor(SpanProcessor):
             self._add_elsewhere(span)
 
     def _add(self, span: ReadableSpan) -> None:
-        # On the loop's thread.
+        # On the loop's thread: the span is encoded at the loop's next turn, with every
+        # span ended before it (after the writes of the task that ended it).
         if self._shutdown:
             return
-        queue = self._queue
-        if len(queue) == self.max_queue_size:
-            self._drop()
-        queue.append(span)  # a full deque lets go of its oldest
-        if self._task is None:
-            if len(queue) >= self.max_export_batch_size:
-                self._start(flush=False)
-            elif self._timer is None:
-                loop = self._loop
-                assert loop is not None
-                self._timer = loop.call_later(self.schedule_delay, self._on_timer)
+        self._queue.add(span)
+        if self._encoding is None:
+            loop = self._loop
+            assert loop is not None
+            self._encoding = loop.call_soon(self._encode)
 
     def _add_elsewhere(self, span: ReadableSpan) -> None:
         """`span` ended off the bound loop: bind the loop running here, hand it over, or export here."""
@@ -149,13 +143,10 @@ class LoopSpanProcessor(SpanProcessor):
         running = asyncio._get_running_loop()
         bound = self._loop
         if running is not None and (bound is None or not bound.is_running()):
-            # The first loop, or the one that replaced a stopped one (whose timer and
+            # The first loop, or the one that replaced a stopped one (whose callbacks and
             # export, if any, will not run: what they held is still queued).
             self._loop, self._thread = running, get_ident()
-            self._timer = self._task = None
-            batch, self._batch = self._batch, None
-            if batch:  # the old loop's export never ended: its batch goes first
-                self._requeue(batch)
+            self._timer = self._task = self._encoding = None
             self._add(span)
             return
         if bound is not None and bound.is_running():
@@ -164,22 +155,27 @@ class LoopSpanProcessor(SpanProcessor):
                 return
             except RuntimeError:  # closed meanwhile
                 pass
-        with self._sync_lock:  # no loop running anywhere: this thread exports
-            if len(self._queue) == self.max_queue_size:
-                self._drop()
-            self._queue.append(span)
-            if len(self._queue) >= self.max_export_batch_size:
-                self._export_here(self._take())
-
-    def _drop(self) -> None:
-        self._dropped += 1
-        if self._dropped == 1:
-            log.warning(
-                "span queue full: the oldest spans are dropped until an export makes room",
-                extra={"max_queue_size": self.max_queue_size},
-            )
+        with self._poster.lock:  # no loop running anywhere: this thread encodes and exports
+            queue = self._queue
+            queue.add(span)
+            queue.encode()
+            if queue.full():
+                self._poster.post_here(*queue.take())
 
     # ------------------------------------------------------------------ exporting on the loop
+
+    def _encode(self) -> None:
+        """The spans ended since the last turn, encoded; a full batch starts an export."""
+        self._encoding = None
+        queue = self._queue
+        queue.encode()
+        if self._task is None and queue and not self._closed:
+            if queue.full():
+                self._start(flush=False)
+            elif self._timer is None:
+                loop = self._loop
+                assert loop is not None
+                self._timer = loop.call_later(self.schedule_delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -187,129 +183,75 @@ class LoopSpanProcessor(SpanProcessor):
             self._start(flush=False)
 
     def _start(self, flush: bool) -> None:
+        """Start an export: its first batch goes to the poster in this turn (the one after
+        the writes, when spans just ended), and a task waits for the posts."""
         loop = self._loop
         assert loop is not None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._task = loop.create_task(self._export(flush))
+        sent = self._send()
+        if sent is not None:
+            self._task = loop.create_task(self._export(flush, *sent))
 
-    def _take(self) -> list[ReadableSpan]:
+    def _send(self) -> tuple[list[Run], Posting | None] | None:
+        """Encode what ended, join the oldest batch and hand it to the poster: the batch and
+        its post (None: it could not be written, logged); None if nothing is queued or the
+        poster is shut down (from another thread)."""
         queue = self._queue
-        if self._dropped:
-            log.warning("spans dropped: the span queue was full", extra={"spans": self._dropped})
-            self._dropped = 0
-        return [queue.popleft() for _ in range(min(self.max_export_batch_size, len(queue)))]
+        queue.encode()  # spans ended since the last turn (a flush comes before it)
+        if not queue.entries:
+            return None
+        batch, count = queue.take()
+        try:
+            posting = self._poster.submit(batch, count)
+        except RuntimeError:  # shut down meanwhile, from another thread: it stays queued
+            queue.requeue(batch)
+            return None
+        self._poster.posting = posting
+        return batch, posting
 
-    def _requeue(self, spans: list[ReadableSpan]) -> None:
-        """Put back a batch whose export never started, ahead of the spans ended since."""
-        room = self.max_queue_size - len(self._queue)
-        if room < len(spans):  # the oldest go, as a full queue drops them
-            self._dropped += len(spans) - max(room, 0)
-            spans = spans[len(spans) - max(room, 0) :]
-        self._queue.extendleft(reversed(spans))
+    async def _export(self, flush: bool, batch: list[Run], posting: Posting | None) -> None:
+        """Wait for the post of `batch`, then export more while a full batch is waiting
+        (all of them: `flush`).
 
-    async def _export(self, flush: bool) -> None:
-        """Export a batch, then more while a full one is waiting (all of them: `flush`).
-
-        The batch being encoded is `_batch` until it goes to the poster: a flush on the
-        loop's thread, which cannot await this task, exports it itself and this task
-        lets it go. Cancelled (a loop that ends cancels its tasks), the batch goes back
-        to the queue unless it is being posted, and no export is started again: the
-        next loop, or `shutdown`, exports it. Once shut down, nothing more is posted.
+        A batch is only joined into a request (its spans are encoded already) and handed
+        to the poster. Cancelled (a loop that ends cancels its tasks), the batch goes
+        back to the queue unless it is being posted, and no export is started again:
+        the next loop, or `shutdown`, exports it. Once shut down, nothing more is posted.
         """
         loop = asyncio.get_running_loop()
+        queue = self._queue
+        poster = self._poster
         cancelled = False
         try:
-            while self._queue and not self._closed:
-                spans = self._batch = self._take()
-                try:
-                    encoded = await self._encode(spans)
-                except asyncio.CancelledError:
-                    cancelled = True
-                    if self._batch is spans:
-                        self._batch = None
-                        self._requeue(spans)
-                    raise
-                if self._batch is not spans or self._closed:
-                    break  # exported (or given up) by a flush or shutdown meanwhile
-                self._batch = None
-                if encoded is not None:  # None: dropped, as the SDK's exporter drops it (logged)
-                    try:
-                        posting = self._poster.submit(self._post, encoded, len(spans))
-                    except RuntimeError:  # shut down meanwhile, from another thread
-                        break
-                    self._posting = posting
+            while True:
+                if posting is not None:  # None: dropped, as the SDK's exporter drops it (logged)
+                    poster.posting = posting
                     try:
                         await asyncio.wrap_future(posting, loop=loop)
                     except asyncio.CancelledError:
                         cancelled = True
                         if posting.cancel():  # not started: it stays queued
-                            self._requeue(spans)
+                            queue.requeue(batch)
                         raise
                     finally:
-                        self._posting = None
-                if not flush and len(self._queue) < self.max_export_batch_size:
+                        poster.posting = None
+                if self._closed or not (flush or queue.full()):
                     break
+                sent = self._send()
+                if sent is None:
+                    break
+                batch, posting = sent
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
-            waiting = self._queue and not (cancelled or self._closed or loop.is_closed())
+            waiting = queue and not (cancelled or self._closed or loop.is_closed())
             if waiting and self._task is None and loop is self._loop:
-                if len(self._queue) >= self.max_export_batch_size:
+                if queue.full():
                     self._start(flush=False)
                 elif self._timer is None:
                     self._timer = loop.call_later(self.schedule_delay, self._on_timer)
-
-    async def _encode(self, spans: Sequence[ReadableSpan]) -> bytes | None:
-        """The request for `spans`, a slice per turn of the loop; None if it cannot be encoded."""
-        try:
-            steps = self.exporter.encoder.steps(spans, ENCODE_SLICE)
-            while True:
-                next(steps)
-                await asyncio.sleep(0)
-        except StopIteration as done:
-            encoded: bytes = done.value
-            return encoded
-        except Exception as error:  # as the SDK's exporter reports it, and drops the batch
-            log.error("Failed to encode span batch: %s", error)
-            return None
-
-    def _post(self, encoded: bytes | Sequence[ReadableSpan], count: int) -> SpanExportResult:
-        # On the poster thread (or one with no loop): the SDK's exporter posts; an export
-        # is never traced itself (the SDK's processor marks it so for instrumentations).
-        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
-            return self.exporter.send(encoded, count)
-        except Exception:  # the SDK's processor logs it and goes on
-            log.exception("Exception while exporting Span.")
-            return SpanExportResult.FAILURE
-        finally:
-            detach(token)
-
-    def _export_here(self, spans: list[ReadableSpan]) -> None:
-        if spans:
-            self._post(spans, len(spans))
-
-    def _drain_here(self, deadline: float) -> bool:
-        """Export the batch an export task holds and everything queued; False past `deadline`.
-
-        Only where that task cannot run meanwhile: on the loop's own thread, or with no
-        loop running (it finds its batch taken when it resumes, and lets it go). The
-        poster posts, this waits for it: a post still retrying at the deadline is left
-        to `shutdown`, which ends it.
-        """
-        with self._sync_lock:
-            batch, self._batch = self._batch, None
-            while batch or self._queue:
-                spans = batch or self._take()
-                batch = None
-                posting = self._poster.submit(self._post, spans, len(spans))
-                try:
-                    posting.result(max(deadline - time.monotonic(), 0.0))
-                except concurrent.futures.TimeoutError:
-                    return False
-            return True
 
     # ------------------------------------------------------------------ flush and shutdown
 
@@ -317,7 +259,7 @@ class LoopSpanProcessor(SpanProcessor):
         """Export everything queued, waiting for an export under way first."""
         while not self._closed:
             task = self._task
-            if task is not None:
+            if task is not None and not task.done():
                 await asyncio.shield(task)
             elif self._queue:
                 self._start(flush=True)
@@ -337,7 +279,7 @@ class LoopSpanProcessor(SpanProcessor):
         while True:
             loop = self._loop
             if loop is None or not loop.is_running() or asyncio._get_running_loop() is loop:
-                return self._drain_here(deadline)
+                return self._poster.drain(self._queue, deadline)
             flushing = self.flush()
             try:
                 future = asyncio.run_coroutine_threadsafe(flushing, loop)
@@ -376,13 +318,8 @@ class LoopSpanProcessor(SpanProcessor):
         if timer is not None and loop is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop runs no timer
                 loop.call_soon_threadsafe(timer.cancel)
-        posting = self._posting
-        if posting is not None:
-            concurrent.futures.wait([posting], max(deadline - time.monotonic(), 0.0))
-        shutdown: Any = self.exporter.shutdown  # the SDK's, untyped
-        shutdown()
-        self._poster.shutdown(wait=False, cancel_futures=True)
-        left = len(self._queue) + len(self._batch or ())
+        self._poster.close(deadline)
+        left = len(self._queue)
         if left:
             log.warning(
                 "spans not exported at shutdown: the export timeout passed",

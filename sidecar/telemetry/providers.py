@@ -112,9 +112,9 @@ def span_batch_size() -> int | None:
     holding the GIL the event loop needs, and the loop waits for it until the encoding
     ends or the switch interval (5 ms) passes: 128 spans take ~1.2 ms of encoding
     (`span_encoder`), the SDK's 512 ~5 ms, a stall of the switch interval for any call
-    starting meanwhile. (OTLP/HTTP batches are encoded on the loop a slice at a time,
-    `loop_spans`, with the SDK's default size.) A queue size set alone leaves the SDK's
-    own default, which it checks against that queue.
+    starting meanwhile. (Over OTLP/HTTP each span is encoded on the loop as it ends and
+    a batch is only joined, `loop_spans`, with the SDK's default size.) A queue size
+    set alone leaves the SDK's own default, which it checks against that queue.
     """
     env = os.environ
     if (

@@ -15,7 +15,13 @@ unpacking, not five property calls). Whatever it does not handle itself (events,
 links, a status with a message, other sequences, bytes, mappings, odd types, values
 protobuf refuses) goes through protobuf and the SDK's own functions, raising, logging
 and dropping exactly as they do.
-`tests/test_span_encoder.py` compares every shape of span with the SDK's bytes.
+
+A span can be encoded alone, as soon as it ends (`entry`: its entry of
+`ScopeSpans.spans`), and the request written later from the entries (`request`: the
+resource and scope wrappers around the joined entries, no work per span), as the loop
+span processor does (`loop_spans`); `serialize` does both for a batch of spans, as an
+exporter does on its own thread. `tests/test_span_encoder.py` compares every shape of
+span with the SDK's bytes, both ways.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Generator, Sequence
-from typing import Any, Final
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any, Final, TypeAlias
 
 from opentelemetry.exporter.otlp.proto.common._internal import (
     _encode_attributes,
@@ -81,6 +87,8 @@ _TIMES: Final = struct.Struct("<BQBQ").pack  # start and end: tag, fixed64 each
 _BODY: Final = bytes_format(_TRACE_ID, _SPAN_ID, *[b""] * 9)
 _SPAN_FIELD: Final = bytes_format(_SPANS, b"", b"")  # an entry of `ScopeSpans.spans`
 _NO_GROUP: Final = object()
+# Encoded spans in a row of one resource and scope (None for none): their `entry`s.
+Run: TypeAlias = tuple[Resource, SdkScope | None, Sequence[bytes]]
 
 
 def _field(tag: bytes, body: bytes) -> bytes:
@@ -137,40 +145,68 @@ class SpanEncoder:
     def steps(self, spans: Sequence[ReadableSpan], every: int) -> Generator[None, None, bytes]:
         """`serialize`'s request, encoded `every` spans at a time: a pause between two slices.
 
-        Spans are grouped by resource then scope in order of first use, as in the SDK
-        (equal resources, or scopes, share the first's group). The generator returns the
-        bytes; whoever drives it decides what a pause is (a sleep on a thread, a turn of
-        the event loop). No lock is held across a pause.
+        The generator returns the bytes; whoever drives it decides what a pause is (a
+        sleep on a thread). No lock is held across a pause.
         """
-        groups: dict[Resource, dict[SdkScope | None, list[bytes]]] = {}
-        last_resource: object = _NO_GROUP
-        last_scope: object = _NO_GROUP
-        group: list[bytes] = []
+        runs: list[tuple[Resource, SdkScope | None, list[bytes]]] = []
+        last: tuple[Any, Any] = (_NO_GROUP, _NO_GROUP)
+        run: list[bytes] = []
         for start in range(0, len(spans), every):
             if start:
                 yield
             with self._lock:  # the caches: one encoding at a time
                 for span in spans[start : start + every]:
+                    # As the SDK reads them: the span's group first, then the span.
                     resource = span.resource
                     scope = span.instrumentation_scope or None
-                    if resource is not last_resource or scope is not last_scope:
-                        group = groups.setdefault(resource, {}).setdefault(scope, [])
-                        last_resource, last_scope = resource, scope
-                    group.append(self._span(span))
-        request = []
+                    if resource is not last[0] or scope is not last[1]:
+                        last, run = (resource, scope), []
+                        runs.append((resource, scope, run))
+                    run.append(self._span(span))
+        return self.request(runs)
+
+    def entry(self, span: ReadableSpan) -> bytes:
+        """`span` as an entry of its `ScopeSpans.spans`: tag, length, `Span`.
+
+        Raises what the SDK's encoder raises for a span protobuf refuses. The entry goes
+        in the group of the span's resource and scope (`request`).
+        """
+        with self._lock:  # the caches: one encoding at a time
+            return self._span(span)
+
+    def request(self, runs: Iterable[Run]) -> bytes:
+        """The serialized request of encoded spans, given in runs of one resource and scope:
+        `encode_spans(...).SerializeToString()` for the spans in that order.
+
+        Runs group by resource then scope in order of first use, as in the SDK (equal
+        resources, or scopes, share the first's group); the entries are joined as they
+        are, inside their wrappers: one join, no work per span in Python.
+        """
+        groups: dict[Resource, dict[SdkScope | None, list[Sequence[bytes]]]] = {}
+        for resource, scope, entries in runs:
+            groups.setdefault(resource, {}).setdefault(scope, []).append(entries)
+        pieces: list[bytes] = []
         with self._lock:
             # The first resource (scope) of each group is its key: the one the SDK encodes.
             for resource, scopes in groups.items():
                 head, tail = self._resource(resource)
-                resource_spans = [head]
-                for scope, encoded in scopes.items():
+                at = len(pieces)
+                pieces += (b"", head)  # b"": the tag and length, once the length is known
+                size = len(head) + len(tail)
+                for scope, parts in scopes.items():
                     scope_head, scope_tail = self._scope(scope)
-                    encoded.insert(0, scope_head)
-                    encoded.append(scope_tail)
-                    resource_spans.append(_field(_SCOPE_SPANS, b"".join(encoded)))
-                resource_spans.append(tail)
-                request.append(_field(_RESOURCE_SPANS, b"".join(resource_spans)))
-        return b"".join(request)
+                    body = len(scope_head) + len(scope_tail)
+                    wrapper_at = len(pieces)
+                    pieces += (b"", scope_head)
+                    for entries in parts:
+                        body += sum(map(len, entries))
+                        pieces += entries
+                    pieces.append(scope_tail)
+                    pieces[wrapper_at] = wrapper = _SCOPE_SPANS + varint(body)
+                    size += len(wrapper) + body
+                pieces.append(tail)
+                pieces[at] = _RESOURCE_SPANS + varint(size)
+        return b"".join(pieces)
 
     def _span(self, span: ReadableSpan) -> bytes:
         """One span as an entry of its `ScopeSpans.spans`: tag, length, `Span`."""
