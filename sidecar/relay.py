@@ -38,7 +38,7 @@ class LiveStream:
     """One stream in flight: the push-mode producer of a generation, its end and its watchdog."""
 
     __slots__ = (
-        "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
+        "_begun", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
         "_raw_tail", "_seen", "_tail", "_waiting_for", "_wakeup", "core", "generation",
         "heartbeat", "idle_timeout", "record", "stall_timeout", "tick_every", "upstream",
     )  # fmt: skip
@@ -54,6 +54,7 @@ class LiveStream:
         stall_timeout: float = 60.0,
     ) -> None:
         self._loop = upstream.loop
+        self._begun = False  # `begin` ran (the client's head went out)
         self._ended = False
         self._end: BaseException | None = None  # why the upstream body ended (None: EOF)
         self._wakeup: asyncio.Future[None] | None = None
@@ -142,24 +143,59 @@ class LiveStream:
 
     # ------------------------------------------------------------------ relay task
 
+    def begin(self) -> None:
+        """Claude's head is in: the client's head leaves now, with the bytes that came with
+        Claude's (usually its `message_start`), in one send per client.
+
+        Write first, account after: passthrough bytes are scanned once they are sent (their
+        arrival is the time to first chunk); a translated stream translates first. When
+        Claude's whole answer came with its head, it leaves with the end, in the same send:
+        at once when it ends with Claude's `message_stop` (the stream is then complete,
+        and a passthrough end adds nothing), else once scanned (`run`).
+        """
+        upstream = self.upstream
+        data = upstream.take_buffered()
+        core = self.core
+        if upstream.complete:  # all that will come
+            if core.passthrough and core.ends_complete(data):
+                core.arrived()
+                self.on_end(None)
+                generation = self.generation
+                generation.end(b"", data)
+                for subscriber in generation.subscribers:
+                    subscriber.channel.end_now()
+                core.observe(data)
+                core.end(None)  # completed: nothing to add, as `ends_complete` saw
+            elif data:
+                self.on_last(data)
+            else:
+                self.on_end(None)
+            return
+        if core.passthrough:
+            if data:
+                core.arrived()
+            lag = self.generation.begin(data)
+            if data:
+                core.observe(data)
+        else:
+            lag = self.generation.begin(core.feed(data) if data else b"", events=True)
+        if lag:
+            self._hold_back()
+
     async def run(self, registry: StreamRegistry) -> None:
         """Relay until the upstream ends, fails or is stopped; decides the record's outcome.
 
-        The stream is in `registry` (its watchdog ticks it, shutdown ends it) while it runs.
+        Begins the stream (`begin`) unless its caller did. The stream is in `registry` (its
+        watchdog ticks it, shutdown ends it) while it runs.
         """
         upstream = self.upstream
-        registry.add(self)
         try:
-            # Bytes that came with Claude's headers are already buffered: relay them first. The
-            # status line and headers leave with them (usually Claude's `message_start`) in one
-            # send; clients see the 200 at once either way.
-            self._take_buffered()
-            if not self._ended:  # else all of it leaves with the end, headers included
-                await self._start_subscribers()
-            # Whatever arrived meanwhile, then the parser pushes the rest (no await between).
-            self._take_buffered()
+            if not self._begun:
+                self._begun = True
+                self.begin()
             if not self._ended:
-                upstream.start_push(self)
+                registry.add(self)
+                upstream.start_push(self)  # no await since `begin`: nothing came between
             while not self._ended:
                 self._wakeup = self._loop.create_future()
                 await self._wakeup
@@ -180,21 +216,6 @@ class LiveStream:
         finally:
             registry.discard(self)
             upstream.close()  # releases (and on early exit, drops) the upstream connection
-
-    async def _start_subscribers(self) -> None:
-        generation = self.generation
-        for subscriber in list(generation.subscribers):
-            if subscriber.first is None:
-                continue
-            try:
-                lag = await subscriber.start()
-            except (ConnectionResetError, OSError):
-                if not generation.resumable:
-                    raise
-                generation.detach(subscriber)
-                continue
-            if lag:
-                self._hold_back()
 
     async def _drained(self) -> bool:
         """Wait for slow clients to catch up (True) or the stream to be ended (False)."""
@@ -225,18 +246,6 @@ class LiveStream:
     def _drain_done(self, drain: asyncio.Task[None]) -> None:
         retrieve(drain)  # retrieved here; the relay raises it if still waiting
         self._wake()
-
-    def _take_buffered(self) -> None:
-        """Relay what came before push mode starts (with Claude's head, or since)."""
-        if not self._ended:
-            upstream = self.upstream
-            data = upstream.take_buffered()
-            if not data:
-                return
-            if upstream.complete:  # all that will come: it leaves with the end
-                self.on_last(data)
-            else:
-                self.on_data(data)
 
     # ------------------------------------------------------------------ watchdog
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from aiohttp import ClientConnectionResetError
 from opentelemetry.trace import Span
 
 from sidecar import sse
@@ -20,7 +19,7 @@ from sidecar.pipeline import RequestContext
 from sidecar.quotas import QuotaLease
 from sidecar.record import StreamRecord
 from sidecar.relay import LiveStream
-from sidecar.stream.adapter import ClientChannel, SSEResponse
+from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.core import StreamCore, Translator
 from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import HEADER
@@ -92,16 +91,13 @@ def _live_stream(
 
 
 async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> ClientChannel:
-    request = ctx.request
-    response = SSEResponse(status=200, headers={**headers, **sse.HEADERS})
-    await response.prepare(request)  # the head leaves with the relay's first bytes
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        # Where a head sent at `prepare()` would have failed: a client that is gone ends
-        # the call here, as it always did, not at the first write.
-        raise ClientConnectionResetError("Cannot write to closing transport")
+    """The client's SSE response with `headers` (a dict of the caller's own, completed
+    here); its head leaves with the relay's first bytes. A client that is gone ends the
+    call here, as a head sent now would have."""
+    headers.update(sse.HEADERS)
+    channel = await ClientChannel.open(ctx.request, headers)
     ctx.response_started = True
-    return ClientChannel(request, response)
+    return channel
 
 
 async def open_relay(

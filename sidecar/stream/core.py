@@ -20,6 +20,7 @@ from sidecar.usage import DELTA, observe
 
 log = logging.getLogger("sidecar.relay")
 STOP: Final = b"message_stop"
+_STOP_HEAD: Final = b"event: " + STOP + b"\n"
 # Almost every event is a content delta: known by its first line, it needs no name lookup.
 _DELTA_HEAD: Final = b"event: " + DELTA + b"\n"
 _LEFT: Final = frozenset({"client_cancelled", "client_detached"})  # not failures of the call
@@ -92,6 +93,19 @@ class StreamCore:
                 self.saw_stop = True
             out += translate(block, name, record)
         return out
+
+    def arrived(self) -> None:
+        """Claude's first bytes are read now: the time to first chunk, taken before they are
+        relayed (`observe` accounts for them after)."""
+        record = self.record
+        if record.first_chunk_at is None:
+            record.first_chunk_at = time.perf_counter()
+
+    def ends_complete(self, chunk: bytes) -> bool:
+        """Whether Claude's body, ending with `chunk`, ends with its whole `message_stop`
+        (a cheap look before the scan). Then `end(None)` after `observe(chunk)` completes
+        the stream and a passthrough one adds no bytes: the end can leave with `chunk`."""
+        return self._scanner.ends_with_event(chunk, _STOP_HEAD)
 
     def observe(self, chunk: bytes) -> None:
         """Account for a passthrough chunk already sent (the client never waits for this)."""
