@@ -21,17 +21,27 @@ error event. Shutdown ends live streams the same way.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from sidecar.http_client import Response
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import PING
-from sidecar.stream.adapter import HIGH_WATER, retrieve
+from sidecar.stream.adapter import HIGH_WATER, ClientChannel, retrieve
 from sidecar.stream.core import StopStream, StreamCore, Translator
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
 from sidecar.stream.registry import StreamRegistry
+from sidecar.stream.tap import CallTap, make_core
 
-__all__ = ["FIRST_SEND", "HIGH_WATER", "LiveStream", "StopStream", "StreamRegistry", "Translator"]
+__all__ = [
+    "FIRST_SEND",
+    "HIGH_WATER",
+    "LiveStream",
+    "StopStream",
+    "StreamRegistry",
+    "Translator",
+    "open_stream",
+]
 
 
 class LiveStream:
@@ -74,8 +84,9 @@ class LiveStream:
         self.stall_timeout = stall_timeout
         # How often the watchdog looks at this stream (`tick`).
         self.tick_every = min(max(min(heartbeat, idle_timeout, stall_timeout) / 4, 0.05), 5.0)
+        # The watchdog's first look sees progress (`_seen`) and starts both clocks.
         self._seen = -1
-        self._last_progress = self._last_ping = self._loop.time()
+        self._last_progress = self._last_ping = 0.0
 
     @property
     def paused(self) -> bool:
@@ -286,3 +297,59 @@ class LiveStream:
             "client_stalled",
             f"the client accepted no data for {self.stall_timeout:g} s",
         )
+
+
+def open_stream(
+    upstream: Response,
+    channel: ClientChannel,
+    record: StreamRecord,
+    translator: Translator,
+    tap: CallTap | None,
+    *,
+    heartbeat: float,
+    idle_timeout: float,
+    stall_timeout: float,
+) -> LiveStream:
+    """The stream that relays Claude's answer to one client, in its request; `run` relays it.
+
+    The common start, a passthrough answer whose head came with part of its body, begins
+    here: the client's head leaves with those bytes first, and the stream's objects are
+    made after, while the client reads (the others begin in `run`). A client already gone
+    raises, and Claude's answer is let go.
+    """
+    if translator.passthrough and not upstream.complete:
+        data = upstream.take_buffered()
+        arrived = time.perf_counter()  # the time to first chunk: Claude's bytes are read
+        try:
+            lag = channel.start(data)
+        except BaseException:
+            upstream.close()
+            raise
+        generation = Generation(record)
+        generation.attach(Subscriber(channel, started=True))
+        live = LiveStream(
+            upstream,
+            make_core(record, translator, tap),
+            generation,
+            heartbeat=heartbeat,
+            idle_timeout=idle_timeout,
+            stall_timeout=stall_timeout,
+        )
+        live._begun = True
+        if data:
+            if record.first_chunk_at is None:
+                record.first_chunk_at = arrived
+            live.core.observe(data)
+        if lag:
+            live._hold_back()
+        return live
+    generation = Generation(record)
+    generation.attach(Subscriber(channel))
+    return LiveStream(
+        upstream,
+        make_core(record, translator, tap),
+        generation,
+        heartbeat=heartbeat,
+        idle_timeout=idle_timeout,
+        stall_timeout=stall_timeout,
+    )

@@ -18,7 +18,7 @@ from sidecar.http_client import Response
 from sidecar.pipeline import RequestContext
 from sidecar.quotas import QuotaLease
 from sidecar.record import StreamRecord
-from sidecar.relay import LiveStream
+from sidecar.relay import LiveStream, open_stream
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.core import StreamCore, Translator
 from sidecar.stream.hub import Generation, Subscriber
@@ -115,9 +115,18 @@ async def open_relay(
     and an open stream holds the caller's frame and the relay's, nothing in between.
     """
     channel = await _start_response(ctx, headers)
-    generation = Generation(record)
-    generation.attach(Subscriber(channel))
-    return _live_stream(ctx, upstream, make_core(record, translator, tap), generation), channel
+    config = ctx.runtime.config.claude
+    live = open_stream(
+        upstream,
+        channel,
+        record,
+        translator,
+        tap,
+        heartbeat=config.heartbeat_seconds,
+        idle_timeout=config.idle_timeout_seconds,
+        stall_timeout=config.client_stall_timeout_seconds,
+    )
+    return live, channel
 
 
 async def hand_off(

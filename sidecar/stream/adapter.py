@@ -108,13 +108,15 @@ class ClientChannel:
         response: web.StreamResponse | None = None,
         head: bytes = b"",
         keep_alive: bool = True,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         """The channel of `response`, which aiohttp prepared (its head, if aiohttp still
         holds it, leaves with the first bytes); without one, of a response whose `head`
         was serialised here (`open`), made once that head is sent."""
-        transport = request.transport
         if transport is None:
-            raise ConnectionResetError("client went away")
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("client went away")
         self._transport = transport
         writer: Any = request.writer
         self._writer = writer
@@ -138,7 +140,8 @@ class ClientChannel:
 
     @classmethod
     async def open(cls, request: web.BaseRequest, headers: dict[str, str]) -> ClientChannel:
-        """A 200 SSE response with `headers`, its head sent with the first bytes (`start`).
+        """A 200 SSE response with `headers` (the caller's own dict, completed here), its
+        head sent with the first bytes (`start`).
 
         Raises `ClientConnectionResetError` when the client is gone already (where aiohttp's
         own head would have failed).
@@ -146,22 +149,23 @@ class ClientChannel:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ClientConnectionResetError("Cannot write to closing transport")
+        message = request._message  # the parsed request line: what prepare() reads of it
         if (
-            request.version == HttpVersion11
-            and request.method != "HEAD"
+            message.version == HttpVersion11
+            and message.method != "HEAD"
             and _PREPARED.isdisjoint(map(str.lower, headers))
             and not _signals(request)
         ):
-            keep_alive = request.keep_alive
             headers["Transfer-Encoding"] = "chunked"  # after the caller's, as prepare() adds it
             headers["Date"] = rfc822_formatted_time()
             headers["Server"] = SERVER_SOFTWARE
-            if not keep_alive:
+            if message.should_close:
                 headers["Connection"] = "close"
-            return cls(request, None, _serialize_headers(_STATUS_LINE, headers), keep_alive)
+            head = _serialize_headers(_STATUS_LINE, headers)
+            return cls(request, None, head, not message.should_close, transport)
         response = SSEResponse(status=200, headers=headers)
         await response.prepare(request)
-        return cls(request, response)
+        return cls(request, response, transport=transport)
 
     def _sent(self, size: int) -> None:
         """The head went out (with `size` bytes in all): aiohttp's response, as a

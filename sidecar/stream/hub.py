@@ -41,11 +41,20 @@ class Subscriber:
 
     __slots__ = ("_done", "_over", "channel", "first", "send")
 
-    def __init__(self, channel: ClientChannel, backlog: bytes = b"") -> None:
+    def __init__(
+        self, channel: ClientChannel, backlog: bytes = b"", *, started: bool = False
+    ) -> None:
+        """A reader of `channel`: `backlog` leaves with its headers; `started`: they went out."""
         self.channel = channel
-        self.first: bytearray | None = bytearray(backlog)
         # Write (or collect) bytes; True when the client lags past the high-water mark.
-        self.send: Callable[[bytes], bool] = self._collect
+        self.send: Callable[[bytes], bool]
+        self.first: bytearray | None
+        if started:
+            self.first = None
+            self.send = channel.send
+        else:
+            self.first = bytearray(backlog)
+            self.send = self._collect
         self._done: asyncio.Future[None] | None = None  # made for whoever waits (`done`)
         self._over = False
 
