@@ -164,6 +164,7 @@ class LiveStream:
         at once when it ends with Claude's `message_stop` (the stream is then complete,
         and a passthrough end adds nothing), else once scanned (`run`).
         """
+        self._begun = True
         upstream = self.upstream
         data = upstream.take_buffered()
         core = self.core
@@ -202,14 +203,14 @@ class LiveStream:
         upstream = self.upstream
         try:
             if not self._begun:
-                self._begun = True
                 self.begin()
             if not self._ended:
                 registry.add(self)
                 upstream.start_push(self)  # no await since `begin`: nothing came between
             while not self._ended:
-                self._wakeup = self._loop.create_future()
-                await self._wakeup
+                if not self._paused:  # (a client may already lag from the first bytes)
+                    self._wakeup = self._loop.create_future()
+                    await self._wakeup
                 # Resuming relays what the parser held back at once, which may pause again.
                 while self._paused and not self._ended:
                     if not await self._drained():

@@ -175,6 +175,10 @@ async def hand_off(
         raise
     subscriber = Subscriber(channel)
     generation.attach(subscriber)
+    try:  # the client's head and Claude's first events leave now, not a task later
+        live.begin()
+    except Exception as exc:  # the relay's own failure: its task ends the stream with it
+        live.on_end(exc)
     hub.spawn(_produce(held, live, generation, resumable.log), channel.loop)
     return generation, subscriber
 

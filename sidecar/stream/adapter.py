@@ -286,8 +286,12 @@ class ClientChannel:
         response._payload_writer = None
 
     async def end(self) -> None:
-        """`end_now`, for callers that await the end."""
-        self.end_now()
+        """`end_now`, then wait until the client has taken what is queued (as aiohttp's
+        `write_eof` does: a request is not over, nor a shutdown's grace, while its last
+        bytes wait), unless the client is gone."""
+        if not self._transport.is_closing():
+            self.end_now()
+            await self._writer.drain()
 
 
 def retrieve(task: asyncio.Future[None]) -> None:
