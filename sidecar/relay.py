@@ -28,7 +28,7 @@ from sidecar.http_client import Response
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import PING
 from sidecar.stream.adapter import HIGH_WATER, ClientChannel, retrieve
-from sidecar.stream.core import StopStream, StreamCore, Translator
+from sidecar.stream.core import StopStream, StreamCore, Translator, ends_complete
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
 from sidecar.stream.registry import StreamRegistry
 from sidecar.stream.tap import CallTap, make_core
@@ -160,25 +160,15 @@ class LiveStream:
 
         Write first, account after: passthrough bytes are scanned once they are sent (their
         arrival is the time to first chunk); a translated stream translates first. When
-        Claude's whole answer came with its head, it leaves with the end, in the same send:
-        at once when it ends with Claude's `message_stop` (the stream is then complete,
-        and a passthrough end adds nothing), else once scanned (`run`).
+        Claude's whole answer came with its head, it leaves with the end, in the same send,
+        once scanned (`run`). (A stream relayed in its request begins in `open_stream`.)
         """
         self._begun = True
         upstream = self.upstream
         data = upstream.take_buffered()
         core = self.core
-        if upstream.complete:  # all that will come
-            if core.passthrough and core.ends_complete(data):
-                core.arrived()
-                self.on_end(None)
-                generation = self.generation
-                generation.end(b"", data)
-                for subscriber in generation.subscribers:
-                    subscriber.channel.end_now()
-                core.observe(data)
-                core.end(None)  # completed: nothing to add, as `ends_complete` saw
-            elif data:
+        if upstream.complete:  # all that will come: it leaves with the end, once scanned
+            if data:
                 self.on_last(data)
             else:
                 self.on_end(None)
@@ -313,39 +303,64 @@ def open_stream(
 ) -> LiveStream:
     """The stream that relays Claude's answer to one client, in its request; `run` relays it.
 
-    The common start, a passthrough answer whose head came with part of its body, begins
-    here: the client's head leaves with those bytes first, and the stream's objects are
-    made after, while the client reads (the others begin in `run`). A client already gone
-    raises, and Claude's answer is let go.
+    A passthrough answer begins here: the client's head leaves with the bytes that came
+    with Claude's, and the stream's objects are made after, while the client reads. When
+    that was the whole answer and it ends with Claude's `message_stop` (`ends_complete`),
+    the end leaves in the same send: nothing will be added to it. A client already gone
+    raises (but for a whole answer, whose end is skipped as always), and Claude's answer
+    is let go. Other streams begin in `run`.
     """
-    if translator.passthrough and not upstream.complete:
+    timers = (heartbeat, idle_timeout, stall_timeout)
+    if translator.passthrough:
+        complete = upstream.complete
         data = upstream.take_buffered()
-        arrived = time.perf_counter()  # the time to first chunk: Claude's bytes are read
-        try:
-            lag = channel.start(data)
-        except BaseException:
-            upstream.close()
-            raise
-        generation = Generation(record)
-        generation.attach(Subscriber(channel, started=True))
-        live = LiveStream(
-            upstream,
-            make_core(record, translator, tap),
-            generation,
-            heartbeat=heartbeat,
-            idle_timeout=idle_timeout,
-            stall_timeout=stall_timeout,
-        )
+        if not complete or ends_complete(data):
+            arrived = time.perf_counter() if data else 0.0  # the time to first chunk: when read
+            lag = False
+            try:
+                if complete:
+                    channel.finish(data)
+                    channel.end_now()  # the head, the whole answer and the end: one send
+                else:
+                    lag = channel.start(data)
+            except BaseException:
+                upstream.close()
+                raise
+            live = _live(upstream, channel, record, translator, tap, True, timers)
+            live._begun = True
+            if data:
+                if record.first_chunk_at is None:
+                    record.first_chunk_at = arrived
+                live.core.observe(data)
+            if complete:
+                live.on_end(None)
+                live.generation.end(b"")
+                live.core.end(None)  # completed: nothing to add, as `ends_complete` saw
+            elif lag:
+                live._hold_back()
+            return live
+        live = _live(upstream, channel, record, translator, tap, False, timers)
         live._begun = True
         if data:
-            if record.first_chunk_at is None:
-                record.first_chunk_at = arrived
-            live.core.observe(data)
-        if lag:
-            live._hold_back()
+            live.on_last(data)  # scanned first: a stream that ended early gets an error event
+        else:
+            live.on_end(None)
         return live
+    return _live(upstream, channel, record, translator, tap, False, timers)
+
+
+def _live(
+    upstream: Response,
+    channel: ClientChannel,
+    record: StreamRecord,
+    translator: Translator,
+    tap: CallTap | None,
+    started: bool,
+    timers: tuple[float, float, float],
+) -> LiveStream:
     generation = Generation(record)
-    generation.attach(Subscriber(channel))
+    generation.attach(Subscriber(channel, started=started))
+    heartbeat, idle_timeout, stall_timeout = timers
     return LiveStream(
         upstream,
         make_core(record, translator, tap),

@@ -14,7 +14,7 @@ import pytest
 from sidecar.handlers.anthropic import Passthrough
 from sidecar.handlers.prompt import PromptTranslator
 from sidecar.record import StreamRecord
-from sidecar.stream.core import StopStream, StreamCore, Translator
+from sidecar.stream.core import StopStream, StreamCore, Translator, ends_complete
 from sidecar.stream.store import StreamLog
 
 
@@ -195,7 +195,7 @@ def test_a_whole_passthrough_answer_known_complete_before_its_scan_adds_nothing(
 ) -> None:
     rec = record()
     core = StreamCore(rec, Passthrough())
-    assert core.ends_complete(body) is complete
+    assert ends_complete(body) is complete
     core.arrived()  # read now: the time to first chunk is taken before the scan
     arrived = rec.first_chunk_at
     assert arrived is not None

@@ -190,9 +190,11 @@ class ClientChannel:
 
     @property
     def response(self) -> web.StreamResponse:
-        """aiohttp's response (what the handler returns)."""
+        """aiohttp's response (what the handler returns, once `end` ran)."""
         if self._response is None:
-            self._sent(0)  # never sent: aiohttp finds it prepared, and ends it as it would
+            # Never sent (the client left first): aiohttp finds it prepared, and its own
+            # attempt to end it finds the connection gone, as it always did.
+            self._sent(0)
         response = self._response
         assert response is not None
         return response

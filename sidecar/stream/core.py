@@ -58,6 +58,16 @@ class StopStream(Exception):
         self.message = message
 
 
+_UNFED: Final = EventScanner()  # never fed: a look from a stream's first byte
+
+
+def ends_complete(body: bytes) -> bool:
+    """Whether Claude's whole body ends with its whole `message_stop` (a cheap look, before
+    any scan). Then `end(None)` after `observe(body)` completes the stream, and a passthrough
+    one adds no bytes: the end can leave with the body, before it is scanned."""
+    return _UNFED.ends_with_event(body, _STOP_HEAD)
+
+
 class StreamCore:
     """One stream's accounting and translation; `feed` per chunk, `end` once."""
 
@@ -100,12 +110,6 @@ class StreamCore:
         record = self.record
         if record.first_chunk_at is None:
             record.first_chunk_at = time.perf_counter()
-
-    def ends_complete(self, chunk: bytes) -> bool:
-        """Whether Claude's body, ending with `chunk`, ends with its whole `message_stop`
-        (a cheap look before the scan). Then `end(None)` after `observe(chunk)` completes
-        the stream and a passthrough one adds no bytes: the end can leave with `chunk`."""
-        return self._scanner.ends_with_event(chunk, _STOP_HEAD)
 
     def observe(self, chunk: bytes) -> None:
         """Account for a passthrough chunk already sent (the client never waits for this)."""
