@@ -206,9 +206,16 @@ class Response:
         `headers` would give, read without making the header map."""
         raw = self._fields
         if not raw:
+            if raw is not None and self._until_eof is None:
+                self._until_eof = True  # a head without headers: no length, not chunked
             return {}
         # Names are tokens (llhttp lets nothing else in): ASCII, lower-cased in one go.
         lower = b"\0".join(raw[::2]).decode("ascii").lower().split("\0")
+        if self._until_eof is None:  # the framing, read in the same look
+            self._until_eof = "content-length" not in lower and (
+                "transfer-encoding" not in lower
+                or b"chunked" not in raw[2 * lower.index("transfer-encoding") + 1].lower()
+            )
         picked: dict[str, str] = {}
         for name in names:
             if name in lower:
@@ -221,16 +228,11 @@ class Response:
         return picked
 
     def _framed_by_close(self) -> bool:
-        """The body ends with the connection (no length, not chunked): asked only when the
-        connection ends first, or when the head is let go (`start_push`)."""
-        until_eof = self._until_eof
-        if until_eof is None:
-            framing = self.pick(("content-length", "transfer-encoding"))
-            until_eof = self._until_eof = (
-                "content-length" not in framing
-                and "chunked" not in framing.get("transfer-encoding", "").lower()
-            )
-        return until_eof
+        """The body ends with the connection (no length, not chunked): read from the head
+        by `pick` (before the head is let go, `start_push`)."""
+        if self._until_eof is None:
+            self.pick(())
+        return bool(self._until_eof)
 
     @property
     def content_type(self) -> str:

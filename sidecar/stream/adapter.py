@@ -88,12 +88,6 @@ class SSEResponse(web.StreamResponse):
     _send_headers_immediately = False  # aiohttp's switch (its `web.Response` sets it too)
 
 
-def _signals(request: web.BaseRequest) -> bool:
-    """Whether `prepare()` would run response signals for this request (an application's)."""
-    match_info: Any = getattr(request, "_match_info", None)  # None: no router (the sidecar's)
-    return match_info is not None and any(app.on_response_prepare for app in match_info.apps)
-
-
 class ClientChannel:
     """The client's end of one SSE response: one `write` per send, framed by hand."""
 
@@ -150,11 +144,13 @@ class ClientChannel:
         if transport is None or transport.is_closing():
             raise ClientConnectionResetError("Cannot write to closing transport")
         message = request._message  # the parsed request line: what prepare() reads of it
+        # Response signals are an application's (the sidecar's requests have no router).
+        match_info: Any = getattr(request, "_match_info", None)
         if (
             message.version == HttpVersion11
             and message.method != "HEAD"
             and _PREPARED.isdisjoint(map(str.lower, headers))
-            and not _signals(request)
+            and (match_info is None or not any(a.on_response_prepare for a in match_info.apps))
         ):
             headers["Transfer-Encoding"] = "chunked"  # after the caller's, as prepare() adds it
             headers["Date"] = rfc822_formatted_time()
@@ -292,7 +288,8 @@ class ClientChannel:
         `write_eof` does: a request is not over, nor a shutdown's grace, while its last
         bytes wait), unless the client is gone."""
         if not self._transport.is_closing():
-            self.end_now()
+            if not self._ended:
+                self.end_now()
             await self._writer.drain()
 
 
