@@ -21,24 +21,34 @@ error event. Shutdown ends live streams the same way.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from sidecar.http_client import Response
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import PING
-from sidecar.stream.adapter import HIGH_WATER, retrieve
-from sidecar.stream.core import StopStream, StreamCore, Translator
+from sidecar.stream.adapter import HIGH_WATER, ClientChannel, retrieve
+from sidecar.stream.core import StopStream, StreamCore, Translator, ends_complete
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
 from sidecar.stream.registry import StreamRegistry
+from sidecar.stream.tap import CallTap, make_core
 
-__all__ = ["FIRST_SEND", "HIGH_WATER", "LiveStream", "StopStream", "StreamRegistry", "Translator"]
+__all__ = [
+    "FIRST_SEND",
+    "HIGH_WATER",
+    "LiveStream",
+    "StopStream",
+    "StreamRegistry",
+    "Translator",
+    "open_stream",
+]
 
 
 class LiveStream:
     """One stream in flight: the push-mode producer of a generation, its end and its watchdog."""
 
     __slots__ = (
-        "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
+        "_begun", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
         "_raw_tail", "_seen", "_tail", "_waiting_for", "_wakeup", "core", "generation",
         "heartbeat", "idle_timeout", "record", "stall_timeout", "tick_every", "upstream",
     )  # fmt: skip
@@ -54,6 +64,7 @@ class LiveStream:
         stall_timeout: float = 60.0,
     ) -> None:
         self._loop = upstream.loop
+        self._begun = False  # `begin` ran (the client's head went out)
         self._ended = False
         self._end: BaseException | None = None  # why the upstream body ended (None: EOF)
         self._wakeup: asyncio.Future[None] | None = None
@@ -73,8 +84,9 @@ class LiveStream:
         self.stall_timeout = stall_timeout
         # How often the watchdog looks at this stream (`tick`).
         self.tick_every = min(max(min(heartbeat, idle_timeout, stall_timeout) / 4, 0.05), 5.0)
+        # The watchdog's first look sees progress (`_seen`) and starts both clocks.
         self._seen = -1
-        self._last_progress = self._last_ping = self._loop.time()
+        self._last_progress = self._last_ping = 0.0
 
     @property
     def paused(self) -> bool:
@@ -142,27 +154,53 @@ class LiveStream:
 
     # ------------------------------------------------------------------ relay task
 
+    def begin(self) -> None:
+        """Claude's head is in: the client's head leaves now, with the bytes that came with
+        Claude's (usually its `message_start`), in one send per client.
+
+        Write first, account after: passthrough bytes are scanned once they are sent (their
+        arrival is the time to first chunk); a translated stream translates first. When
+        Claude's whole answer came with its head, it leaves with the end, in the same send,
+        once scanned (`run`). (A stream relayed in its request begins in `open_stream`.)
+        """
+        self._begun = True
+        upstream = self.upstream
+        data = upstream.take_buffered()
+        core = self.core
+        if upstream.complete:  # all that will come: it leaves with the end, once scanned
+            if data:
+                self.on_last(data)
+            else:
+                self.on_end(None)
+            return
+        if core.passthrough:
+            if data:
+                core.arrived()
+            lag = self.generation.begin(data)
+            if data:
+                core.observe(data)
+        else:
+            lag = self.generation.begin(core.feed(data) if data else b"", events=True)
+        if lag:
+            self._hold_back()
+
     async def run(self, registry: StreamRegistry) -> None:
         """Relay until the upstream ends, fails or is stopped; decides the record's outcome.
 
-        The stream is in `registry` (its watchdog ticks it, shutdown ends it) while it runs.
+        Begins the stream (`begin`) unless its caller did. The stream is in `registry` (its
+        watchdog ticks it, shutdown ends it) while it runs.
         """
         upstream = self.upstream
-        registry.add(self)
         try:
-            # Bytes that came with Claude's headers are already buffered: relay them first. The
-            # status line and headers leave with them (usually Claude's `message_start`) in one
-            # send; clients see the 200 at once either way.
-            self._take_buffered()
-            if not self._ended:  # else all of it leaves with the end, headers included
-                await self._start_subscribers()
-            # Whatever arrived meanwhile, then the parser pushes the rest (no await between).
-            self._take_buffered()
+            if not self._begun:
+                self.begin()
             if not self._ended:
-                upstream.start_push(self)
+                registry.add(self)
+                upstream.start_push(self)  # no await since `begin`: nothing came between
             while not self._ended:
-                self._wakeup = self._loop.create_future()
-                await self._wakeup
+                if not self._paused:  # (a client may already lag from the first bytes)
+                    self._wakeup = self._loop.create_future()
+                    await self._wakeup
                 # Resuming relays what the parser held back at once, which may pause again.
                 while self._paused and not self._ended:
                     if not await self._drained():
@@ -180,21 +218,6 @@ class LiveStream:
         finally:
             registry.discard(self)
             upstream.close()  # releases (and on early exit, drops) the upstream connection
-
-    async def _start_subscribers(self) -> None:
-        generation = self.generation
-        for subscriber in list(generation.subscribers):
-            if subscriber.first is None:
-                continue
-            try:
-                lag = await subscriber.start()
-            except (ConnectionResetError, OSError):
-                if not generation.resumable:
-                    raise
-                generation.detach(subscriber)
-                continue
-            if lag:
-                self._hold_back()
 
     async def _drained(self) -> bool:
         """Wait for slow clients to catch up (True) or the stream to be ended (False)."""
@@ -225,18 +248,6 @@ class LiveStream:
     def _drain_done(self, drain: asyncio.Task[None]) -> None:
         retrieve(drain)  # retrieved here; the relay raises it if still waiting
         self._wake()
-
-    def _take_buffered(self) -> None:
-        """Relay what came before push mode starts (with Claude's head, or since)."""
-        if not self._ended:
-            upstream = self.upstream
-            data = upstream.take_buffered()
-            if not data:
-                return
-            if upstream.complete:  # all that will come: it leaves with the end
-                self.on_last(data)
-            else:
-                self.on_data(data)
 
     # ------------------------------------------------------------------ watchdog
 
@@ -277,3 +288,84 @@ class LiveStream:
             "client_stalled",
             f"the client accepted no data for {self.stall_timeout:g} s",
         )
+
+
+def open_stream(
+    upstream: Response,
+    channel: ClientChannel,
+    record: StreamRecord,
+    translator: Translator,
+    tap: CallTap | None,
+    *,
+    heartbeat: float,
+    idle_timeout: float,
+    stall_timeout: float,
+) -> LiveStream:
+    """The stream that relays Claude's answer to one client, in its request; `run` relays it.
+
+    A passthrough answer begins here: the client's head leaves with the bytes that came
+    with Claude's, and the stream's objects are made after, while the client reads. When
+    that was the whole answer and it ends with Claude's `message_stop` (`ends_complete`),
+    the end leaves in the same send: nothing will be added to it. A client already gone
+    raises (but for a whole answer, whose end is skipped as always), and Claude's answer
+    is let go. Other streams begin in `run`.
+    """
+    timers = (heartbeat, idle_timeout, stall_timeout)
+    if translator.passthrough:
+        complete = upstream.complete
+        data = upstream.take_buffered()
+        if not complete or ends_complete(data):
+            arrived = time.perf_counter() if data else 0.0  # the time to first chunk: when read
+            lag = False
+            try:
+                if complete:
+                    channel.finish(data)
+                    channel.end_now()  # the head, the whole answer and the end: one send
+                else:
+                    lag = channel.start(data)
+            except BaseException:
+                upstream.close()
+                raise
+            live = _live(upstream, channel, record, translator, tap, True, timers)
+            live._begun = True
+            if data:
+                if record.first_chunk_at is None:
+                    record.first_chunk_at = arrived
+                live.core.observe(data)
+            if complete:
+                live.on_end(None)
+                live.generation.end(b"")
+                live.core.end(None)  # completed: nothing to add, as `ends_complete` saw
+            elif lag:
+                live._hold_back()
+            return live
+        live = _live(upstream, channel, record, translator, tap, False, timers)
+        live._begun = True
+        if data:
+            live.on_last(data)  # scanned first: a stream that ended early gets an error event
+        else:
+            live.on_end(None)
+        return live
+    return _live(upstream, channel, record, translator, tap, False, timers)
+
+
+def _live(
+    upstream: Response,
+    channel: ClientChannel,
+    record: StreamRecord,
+    translator: Translator,
+    tap: CallTap | None,
+    started: bool,
+    timers: tuple[float, float, float],
+) -> LiveStream:
+    generation = Generation(record)
+    generation.attach(Subscriber(channel, started=started))
+    heartbeat, idle_timeout, stall_timeout = timers
+    return LiveStream(
+        upstream,
+        make_core(record, translator, tap),
+        generation,
+        heartbeat=heartbeat,
+        idle_timeout=idle_timeout,
+        stall_timeout=stall_timeout,
+    )

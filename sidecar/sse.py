@@ -62,6 +62,31 @@ class EventScanner:
         self._carry = blocks.pop()
         return [block for block in blocks if block]
 
+    def ends_with_event(self, chunk: bytes, first_line: bytes) -> bool:
+        """Whether `chunk`, fed next, ends with a whole event whose first line is
+        `first_line` (which ends in `\\n`): that event is then the last block `feed`
+        returns, and nothing is left pending.
+
+        A look without the scan, and a cautious one: any `\\r`, an event split across
+        reads, or a run of blank lines before the event answers False.
+        """
+        if self._cr or self._skip_lf or not chunk.endswith(_SEP):
+            return False
+        end = len(chunk) - 2
+        if chunk[end - 1 : end] == b"\n" or chunk.find(b"\r") >= 0:
+            return False  # more blank lines at the end, or line ends to normalise
+        start = chunk.rfind(_SEP, 0, end)
+        if start < 0:  # the chunk is the event: it must start one
+            if self._carry:
+                return False
+            start = 0
+        else:
+            start += 2
+            before = chunk[start - 3 : start - 2] if start > 2 else self._carry[-1:]
+            if before == b"\n":
+                return False  # three or more line ends: the scan's split may differ
+        return chunk.startswith(first_line, start)
+
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated (a stream cut short ends here)."""

@@ -167,7 +167,7 @@ class ClaudeClient:
                 if status == 401 or status < 200 or 200 < status < 300:
                     response.close()
                     raise _unusable(status)
-                if not _should_retry(response) or retries >= config.max_retries:
+                if status < 400 or not _should_retry(response) or retries >= config.max_retries:
                     return response, retries
                 headers = response.headers
                 delay = self.backoff(
@@ -250,8 +250,17 @@ def _retry_after_seconds(value: str) -> float | None:
     return None if math.isnan(seconds) else max(0.0, seconds)
 
 
-def returned_headers(upstream: Mapping[str, str], *, keep_ratelimit: bool) -> dict[str, str]:
-    """Claude's response headers the client should see (request id, retry and rate-limit info)."""
+def returned_headers(
+    upstream: Mapping[str, str] | Response, *, keep_ratelimit: bool
+) -> dict[str, str]:
+    """Claude's response headers the client should see (request id, retry and rate-limit info).
+
+    Given the answer itself, they are read from its head without making its header map.
+    """
+    if isinstance(upstream, Response):
+        return upstream.pick(
+            RETURNED_RESPONSE_HEADERS, RATELIMIT_PREFIX if keep_ratelimit else None
+        )
     headers = {name: upstream[name] for name in RETURNED_RESPONSE_HEADERS if name in upstream}
     if keep_ratelimit:
         for name, value in upstream.items():

@@ -383,3 +383,24 @@ async def test_a_settled_answer_lets_go_of_its_parser(end: str) -> None:
             with pytest.raises(MalformedResponse):
                 await response.read()
         assert response._parser is None
+
+
+async def test_picked_headers_are_what_the_header_map_gives() -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(
+            b"HTTP/1.1 200 OK\r\nRequest-Id: req_\xc3\xa9\xff\r\nX-Twice: a\r\nx-twice: b\r\n"
+            b"Anthropic-Ratelimit-Tokens-Limit: 10\r\nanthropic-ratelimit-requests-limit: 5\r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+
+    async with answer_to(script) as (_, response):
+        picked = response.pick(("request-id", "x-twice", "retry-after"), "anthropic-ratelimit-")
+        headers = response.headers
+        assert picked == {
+            "request-id": headers["request-id"],  # the first value, decoded as the map's
+            "x-twice": "a",
+            "Anthropic-Ratelimit-Tokens-Limit": "10",  # under its own name
+            "anthropic-ratelimit-requests-limit": "5",
+        }
+        assert picked["request-id"].encode("utf-8", "surrogateescape") == b"req_\xc3\xa9\xff"
+        assert await response.read() == b"{}"

@@ -15,6 +15,8 @@ import pytest
 from sidecar import relay
 from sidecar.fake_claude import FakeServer
 from sidecar.relay import LiveStream
+from sidecar.stream.adapter import ClientChannel
+from sidecar.stream.core import StreamCore
 from tests.support.scripted_claude import (
     DELTA,
     MODEL,
@@ -370,3 +372,77 @@ async def test_quiet_streams_share_one_watchdog_and_each_gets_its_pings_and_time
         assert b": ping\n\n" in body  # each stream's heartbeat...
         assert b'"timeout_error"' in body  # ...and each its own idle timeout
     assert len(sidecar.runtime.streams) == 0
+
+
+@pytest.fixture
+def sends_and_scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The order of the client's sends (`start`, `end`) and the scans of Claude's bytes."""
+    order: list[str] = []
+    start, end_now, observe = ClientChannel.start, ClientChannel.end_now, StreamCore.observe
+
+    def started(channel: ClientChannel, data: bytes) -> bool:
+        order.append("start")
+        return start(channel, data)
+
+    def ended(channel: ClientChannel) -> None:
+        if not channel._ended:
+            order.append("end")
+        end_now(channel)
+
+    def observed(core: StreamCore, chunk: bytes) -> None:
+        order.append("scan")
+        observe(core, chunk)
+
+    monkeypatch.setattr(ClientChannel, "start", started)
+    monkeypatch.setattr(ClientChannel, "end_now", ended)
+    monkeypatch.setattr(StreamCore, "observe", observed)
+    return order
+
+
+@pytest.mark.parametrize(
+    ("body", "order", "error"),
+    [
+        (START + DELTA + STOP, ["end", "scan"], False),  # complete: out first, in one send
+        (START + DELTA, ["scan", "end"], True),  # cut short: scanned first, its error added
+    ],
+    ids=["complete", "ended-early"],
+)
+async def test_a_whole_answer_read_with_claude_s_head_leaves_in_one_send(
+    sends_and_scans: list[str], body: bytes, order: list[str], error: bool
+) -> None:
+    async def whole(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(body) + b"0\r\n\r\n")  # head, body and end: one read
+        await writer.drain()
+
+    async with (
+        scripted_claude(whole) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+    ):
+        payload = await response.read()
+    assert sends_and_scans == order
+    assert payload.startswith(body)
+    assert (b"event: error" in payload[len(body) :]) is error
+
+
+async def test_the_bytes_read_with_claude_s_head_are_sent_before_they_are_scanned(
+    sends_and_scans: list[str],
+) -> None:
+    async def in_two(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(START))  # Claude's head and its message_start
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(chunk(DELTA + STOP) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with (
+        scripted_claude(in_two) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+    ):
+        payload = await response.read()
+    assert sends_and_scans[:2] == ["start", "scan"]  # the head and message_start, then the scan
+    assert sends_and_scans[-1] == "end"
+    assert payload == START + DELTA + STOP

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -107,3 +108,64 @@ def test_reads_of_one_byte_and_of_a_lone_blank_line() -> None:
     assert scanner.feed(b"\n\n") == [b"x"]
     assert scanner.feed(b"\n\n") == []
     assert scanner.pending == b""
+
+
+STOP_HEAD = b"event: message_stop\n"
+STOP_EVENT = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+
+def _last_block_after(carry: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
+    scanner = EventScanner()
+    scanner.feed(carry)
+    return scanner.feed(chunk), scanner.pending
+
+
+@pytest.mark.parametrize(
+    ("carry", "chunk", "expected"),
+    [
+        (b"", STOP_EVENT, True),  # the stop event alone, at an event boundary
+        (b"", b"event: ping\ndata: {}\n\n" + STOP_EVENT, True),
+        (b"event: ping\ndata: {}\n\n", STOP_EVENT, True),
+        (b"event: ping\ndata: {}\n", b"\n" + STOP_EVENT, False),  # a boundary split: cautious
+        (b"event: ping\ndata: {}", STOP_EVENT, False),  # the same event as the carried bytes
+        (b"event: ping\ndata: {}\n", b"\n\n" + STOP_EVENT, False),  # a run of blank lines
+        (b"", b"event: ping\n\n\n" + STOP_EVENT, False),
+        (b"", STOP_EVENT[:-1], False),  # not whole yet
+        (b"", STOP_EVENT + b"\n", False),
+        (b"", STOP_EVENT.replace(b"\n", b"\r\n"), False),  # line ends to normalise
+        (b"", b"event: message_stopped\ndata: {}\n\n", False),
+        (b"", STOP_EVENT + b"event: ping\ndata: {}\n\n", False),  # not the last event
+        (b"", b"", False),
+    ],
+)
+def test_ends_with_event_looks_ahead_of_the_scan(
+    carry: bytes, chunk: bytes, expected: bool
+) -> None:
+    scanner = EventScanner()
+    scanner.feed(carry)
+    assert scanner.ends_with_event(chunk, STOP_HEAD) is expected
+    blocks, pending = _last_block_after(carry, chunk)
+    if expected:  # what the scan then finds: that event last, nothing left over
+        assert blocks[-1].startswith(STOP_HEAD)
+        assert event_name(blocks[-1]) == b"message_stop"
+        assert pending == b""
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"event: ping\n", b"data: {}\n", b"\n", b"\r", b": c\n", STOP_HEAD]),
+        max_size=12,
+    ),
+    st.integers(min_value=0, max_value=60),
+)
+def test_ends_with_event_never_promises_what_the_scan_does_not_find(
+    parts: list[bytes], cut: int
+) -> None:
+    stream = b"".join(parts)
+    carry, chunk = stream[:cut], stream[cut:]
+    scanner = EventScanner()
+    scanner.feed(carry)
+    if scanner.ends_with_event(chunk, STOP_HEAD):
+        blocks, pending = _last_block_after(carry, chunk)
+        assert event_name(blocks[-1]) == b"message_stop"
+        assert pending == b""

@@ -162,3 +162,209 @@ async def test_an_sse_response_sends_its_head_with_the_first_write(
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert dechunk(payload) == first  # the head and the first bytes: one send
     assert len(sends) == 3  # then the second write, then the last chunk
+
+
+def _sends_of(request: web.Request, sends: list[bytes]) -> None:
+    """Record every send to `request`'s client from now on."""
+    transport = request.transport
+    assert transport is not None
+    write, writelines = transport.write, transport.writelines
+
+    def counted_write(data: bytes | bytearray | memoryview) -> None:
+        sends.append(bytes(data))
+        write(data)
+
+    def counted_writelines(data: Iterable[bytes | bytearray | memoryview[Any]]) -> None:
+        sends.append(b"".join(data))
+        writelines(data)
+
+    transport.write = counted_write  # type: ignore[method-assign]
+    transport.writelines = counted_writelines  # type: ignore[method-assign,assignment]
+
+
+async def _raw_exchange(port: int, requests: bytes) -> bytes:
+    """Send `requests` as they are on one connection; everything read until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(requests)
+    async with asyncio.timeout(5):
+        raw = await reader.read(-1)
+    writer.close()
+    return raw
+
+
+def _without_date(head: bytes) -> list[bytes]:
+    return [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date:")]
+
+
+HEADERS = {"X-Request-Id": "r1", "request-id": "req_1", "Access-Control-Allow-Origin": "*"}
+SSE = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "connection-close"])
+async def test_an_opened_channel_sends_the_head_prepare_would_send(close: bool) -> None:
+    async def ours(request: web.Request) -> web.StreamResponse:
+        channel = await adapter.ClientChannel.open(request, {**HEADERS, **SSE})
+        channel.start(b"data: 1\n\n")
+        await channel.end()
+        return channel.response
+
+    async def aiohttp_own(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={**HEADERS, **SSE})
+        await response.prepare(request)
+        await response.write(b"data: 1\n\n")
+        await response.write_eof()
+        return response
+
+    connection = b"close" if close else b"keep-alive"
+    heads = []
+    for handler in (ours, aiohttp_own):
+        async with serving(handler) as port:
+            raw = await _raw_exchange(
+                port,
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: %b\r\n\r\n" % connection
+                if close
+                else b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n"
+                b"Connection: close\r\n\r\n",
+            )
+        heads.append(raw)
+    ours_raw, theirs_raw = heads
+    # The same status line, headers (order included) and framing, byte for byte but the date.
+    assert [_without_date(part) for part in ours_raw.split(b"\r\n\r\n")] == [
+        _without_date(part) for part in theirs_raw.split(b"\r\n\r\n")
+    ]
+    assert ours_raw.count(b"HTTP/1.1 200 OK") == (1 if close else 2)  # kept alive when asked
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["started", "whole-at-the-end"])
+async def test_an_opened_channel_sends_the_head_with_the_first_bytes_then_ends_in_one_send(
+    started: bool,
+) -> None:
+    all_sends: list[bytes] = []
+    answers: list[list[bytes]] = []  # the sends of each answer
+    seen: dict[str, object] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if not answers:  # one connection: its transport is recorded once, into `all_sends`
+            _sends_of(request, all_sends)
+        answers.append(all_sends[len(all_sends) :])
+        sends = answers[-1]
+        before = len(all_sends)
+        channel = await adapter.ClientChannel.open(request, {**SSE})
+        assert len(all_sends) == before  # the head waits for the first bytes
+        if started:
+            seen["lag"] = channel.start(b"data: 1\n\n")
+            assert len(all_sends) == before + 1
+            channel.send(b"data: 2\n\n")
+        channel.finish(b"data: last\n\n")
+        channel.end_now()
+        await channel.end()  # nothing more: it ended
+        sends.extend(all_sends[before:])
+        response = channel.response
+        seen["prepared"] = response.prepared
+        seen["output"] = request.writer.output_size
+        return response
+
+    async with serving(handler) as port:
+        raw = await _raw_exchange(
+            port,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    first, second = raw.split(b"HTTP/1.1 200 OK")[1:]  # both answered on one connection
+    for answer in (first, second):
+        body = (b"data: 1\n\ndata: 2\n\n" if started else b"") + b"data: last\n\n"
+        assert dechunk(answer.partition(b"\r\n\r\n")[2]) == body
+    for sends in answers:
+        # head + 1, then 2, then last + the last chunk; or all of it in one send
+        assert len(sends) == (3 if started else 1)
+        assert sends[0].startswith(b"HTTP/1.1 200 OK\r\n")
+        assert sends[-1].endswith(b"data: last\n\n\r\n0\r\n\r\n")
+    assert seen["lag"] is False if started else "lag" not in seen
+    assert seen["prepared"] is True
+    output = seen["output"]
+    assert isinstance(output, int)
+    assert output > 0  # aiohttp knows a response went out
+
+
+async def test_a_handler_failing_after_the_first_bytes_is_not_answered_again() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        channel = await adapter.ClientChannel.open(request, {**SSE})
+        channel.start(b"data: 1\n\n")
+        raise RuntimeError("the relay failed")
+
+    async with serving(handler) as port:
+        raw = await _raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert raw.count(b"HTTP/1.1") == 1  # the stream, cut: no 500 written after it
+    assert b"data: 1" in raw
+    assert not raw.endswith(b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("request_line", "headers"),
+    [
+        (b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", {}),  # not HTTP/1.1: no chunked framing
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", {"Date": "Tue, 1 Jan"}),
+    ],
+    ids=["http-1.0", "a-header-prepare-sets"],
+)
+async def test_what_aiohttp_answers_differently_goes_through_its_prepare(
+    request_line: bytes, headers: dict[str, str]
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        channel = await adapter.ClientChannel.open(request, {**headers, **SSE})
+        channel.start(b"data: 1\n\n")
+        await channel.end()
+        return channel.response
+
+    async with serving(handler) as port:
+        raw = await _raw_exchange(port, request_line)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if b"HTTP/1.0" in request_line:
+        assert b"transfer-encoding" not in head.lower()
+        assert body == b"data: 1\n\n"  # raw bytes, the connection's end ends them
+    else:
+        assert b"\r\nDate: Tue, 1 Jan\r\n" in head  # prepare() keeps a date it was given
+        assert dechunk(body) == b"data: 1\n\n"
+
+
+async def test_response_signals_still_run_for_an_opened_channel() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        channel = await adapter.ClientChannel.open(request, {**SSE})
+        channel.start(b"data: 1\n\n")
+        await channel.end()
+        return channel.response
+
+    async def signal(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Signal"] = "ran"
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    app.on_response_prepare.append(signal)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        raw = await _raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        await runner.cleanup()
+    assert b"\r\nX-Signal: ran" in raw.partition(b"\r\n\r\n")[0]
+
+
+async def test_a_client_gone_before_the_head_ends_the_call_at_open() -> None:
+    errors: list[BaseException] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None
+        transport.close()
+        try:
+            await adapter.ClientChannel.open(request, {**SSE})
+        except ConnectionResetError as exc:
+            errors.append(exc)
+            raise
+        raise AssertionError("opened for a client that is gone")
+
+    async with serving(handler) as port:
+        await _raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.05)
+    assert len(errors) == 1

@@ -14,7 +14,7 @@ import pytest
 from sidecar.handlers.anthropic import Passthrough
 from sidecar.handlers.prompt import PromptTranslator
 from sidecar.record import StreamRecord
-from sidecar.stream.core import StopStream, StreamCore, Translator
+from sidecar.stream.core import StopStream, StreamCore, Translator, ends_complete
 from sidecar.stream.store import StreamLog
 
 
@@ -183,3 +183,26 @@ def test_mid_event_is_known_so_heartbeats_never_split_an_event() -> None:
     assert core.mid_event
     core.feed(START[10:])
     assert not core.mid_event
+
+
+@pytest.mark.parametrize(
+    ("body", "complete"),
+    [(START + delta("a") + END, True), (START + delta("a"), False)],
+    ids=["ends-with-message-stop", "ended-early"],
+)
+def test_a_whole_passthrough_answer_known_complete_before_its_scan_adds_nothing(
+    body: bytes, complete: bool
+) -> None:
+    rec = record()
+    core = StreamCore(rec, Passthrough())
+    assert ends_complete(body) is complete
+    core.arrived()  # read now: the time to first chunk is taken before the scan
+    arrived = rec.first_chunk_at
+    assert arrived is not None
+    core.observe(body)
+    assert rec.first_chunk_at == arrived
+    assert rec.chunks == 1
+    assert rec.input_tokens == 11  # accounted for after, all the same
+    final = core.end(None)
+    assert (final == b"") is complete  # what `ends_complete` promised: nothing to add
+    assert rec.outcome == ("completed" if complete else "upstream_error")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import cast
 
+import pytest
+
 from sidecar.record import StreamRecord
 from sidecar.stream.adapter import ClientChannel
-from sidecar.stream.hub import Generation, Subscriber
+from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
 from sidecar.stream.store import StreamLog
 
 
@@ -73,12 +75,20 @@ def test_events_their_writer_numbered_are_kept_as_they_are() -> None:
 class Channel:
     """What a subscriber's client connection was asked to send (a recording double)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gone: bool = False) -> None:
         self.sent: list[bytes] = []
         self.tail = b""
+        self.heads: list[bytes] = []  # what left with the headers
+        self.gone = gone
 
     def send(self, data: bytes) -> bool:
         self.sent.append(data)
+        return False
+
+    def start(self, data: bytes) -> bool:
+        if self.gone:
+            raise ConnectionResetError("client went away")
+        self.heads.append(data)
         return False
 
     def finish(self, data: bytes) -> None:
@@ -118,3 +128,41 @@ def test_at_the_end_raw_bytes_are_sent_but_only_events_are_kept() -> None:
     assert list(log.events) == [b'id: S:1\ndata: {"done":true}\n\n']
     assert channel.tail == b'event: message_stop\n\nid: S:1\ndata: {"done":true}\n\n'
     assert log.final
+
+
+def test_the_first_bytes_leave_with_each_subscriber_s_headers_in_one_send() -> None:
+    gen, log = generation()
+    first, reconnect = Channel(), Channel()
+    gen.attach(subscriber(first))
+    collected = Subscriber(cast(ClientChannel, reconnect), b"id: S:0\ndata: early\n\n")
+    gen.attach(collected)
+    gen.begin(b'data: {"token":"a"}\n\n', events=True)  # numbered and kept, as published
+    assert first.heads == [b'id: S:1\ndata: {"token":"a"}\n\n']
+    # A reader with a backlog: it leaves first, in the same send.
+    assert reconnect.heads == [b'id: S:0\ndata: early\n\nid: S:1\ndata: {"token":"a"}\n\n']
+    assert list(log.events) == [b'id: S:1\ndata: {"token":"a"}\n\n']
+    gen.publish(b'data: {"token":"b"}\n\n')  # started: later events are sent as they come
+    assert first.sent == reconnect.sent == [b'id: S:2\ndata: {"token":"b"}\n\n']
+
+
+def test_a_reader_gone_at_the_start_ends_a_stream_only_when_it_cannot_be_resumed() -> None:
+    gen, _ = generation()
+    gen.attach(subscriber(Channel(gone=True)))
+    staying = Channel()
+    gen.attach(subscriber(staying))
+    gen.begin(b"event: raw\n\n")  # raw bytes: never kept
+    assert len(gen.subscribers) == 1
+    assert staying.heads == [b"event: raw\n\n"]
+    plain = Generation(StreamRecord(request_id="r", route="/", started=0.0))
+    plain.attach(subscriber(Channel(gone=True)))
+    with pytest.raises(ConnectionResetError):
+        plain.begin(b"event: raw\n\n")
+
+
+def test_a_backlog_past_the_first_send_leaves_after_the_headers() -> None:
+    channel = Channel()
+    reader = Subscriber(cast(ClientChannel, channel), b"x" * (FIRST_SEND + 1))
+    assert reader.begin(b"y") is False
+    assert channel.heads == [b""]  # the headers alone, at once
+    assert channel.sent == [b"x" * (FIRST_SEND + 1) + b"y"]  # then paced by the client
+    assert reader.first is None

@@ -194,7 +194,7 @@ def _answer_headers(ctx: RequestContext, held: HeldCall, upstream: Response) -> 
     return {
         **ctx.headers,
         **quota_headers,
-        **returned_headers(upstream.headers, keep_ratelimit=keep_ratelimit),
+        **returned_headers(upstream, keep_ratelimit=keep_ratelimit),
     }
 
 

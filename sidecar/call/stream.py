@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from aiohttp import ClientConnectionResetError
 from opentelemetry.trace import Span
 
 from sidecar import sse
@@ -19,8 +18,8 @@ from sidecar.http_client import Response
 from sidecar.pipeline import RequestContext
 from sidecar.quotas import QuotaLease
 from sidecar.record import StreamRecord
-from sidecar.relay import LiveStream
-from sidecar.stream.adapter import ClientChannel, SSEResponse
+from sidecar.relay import LiveStream, open_stream
+from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.core import StreamCore, Translator
 from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import HEADER
@@ -92,16 +91,13 @@ def _live_stream(
 
 
 async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> ClientChannel:
-    request = ctx.request
-    response = SSEResponse(status=200, headers={**headers, **sse.HEADERS})
-    await response.prepare(request)  # the head leaves with the relay's first bytes
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        # Where a head sent at `prepare()` would have failed: a client that is gone ends
-        # the call here, as it always did, not at the first write.
-        raise ClientConnectionResetError("Cannot write to closing transport")
+    """The client's SSE response with `headers` (a dict of the caller's own, completed
+    here); its head leaves with the relay's first bytes. A client that is gone ends the
+    call here, as a head sent now would have."""
+    headers.update(sse.HEADERS)
+    channel = await ClientChannel.open(ctx.request, headers)
     ctx.response_started = True
-    return ClientChannel(request, response)
+    return channel
 
 
 async def open_relay(
@@ -119,9 +115,18 @@ async def open_relay(
     and an open stream holds the caller's frame and the relay's, nothing in between.
     """
     channel = await _start_response(ctx, headers)
-    generation = Generation(record)
-    generation.attach(Subscriber(channel))
-    return _live_stream(ctx, upstream, make_core(record, translator, tap), generation), channel
+    config = ctx.runtime.config.claude
+    live = open_stream(
+        upstream,
+        channel,
+        record,
+        translator,
+        tap,
+        heartbeat=config.heartbeat_seconds,
+        idle_timeout=config.idle_timeout_seconds,
+        stall_timeout=config.client_stall_timeout_seconds,
+    )
+    return live, channel
 
 
 async def hand_off(
@@ -170,6 +175,10 @@ async def hand_off(
         raise
     subscriber = Subscriber(channel)
     generation.attach(subscriber)
+    try:  # the client's head and Claude's first events leave now, not a task later
+        live.begin()
+    except Exception as exc:  # the relay's own failure: its task ends the stream with it
+        live.on_end(exc)
     hub.spawn(_produce(held, live, generation, resumable.log), channel.loop)
     return generation, subscriber
 

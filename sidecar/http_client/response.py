@@ -43,9 +43,9 @@ class Response:
     """Status, headers and body of one call; the body pulled (`read`) or pushed (`start_push`)."""
 
     __slots__ = (
-        "_body", "_conn", "_done", "_error", "_head", "_interim", "_method_head", "_parser",
-        "_raw", "_sink", "_size", "_until_eof", "_waiter", "_want", "deadline", "headers",
-        "spilled", "status",
+        "_body", "_conn", "_done", "_error", "_fields", "_head", "_headers", "_interim",
+        "_method_head", "_parser", "_raw", "_sink", "_size", "_until_eof", "_waiter", "_want",
+        "deadline", "spilled", "status",
     )  # fmt: skip
 
     def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop, head: bool) -> None:
@@ -62,11 +62,12 @@ class Response:
         self._done = False
         self._error: BaseException | None = None
         self._sink: Sink | None = None
-        self._until_eof = False
+        self._fields: list[bytes] | None = None  # the head's names and values, as read
+        self._headers: CIMultiDictProxy[str] | None = None  # made from them when first asked
+        self._until_eof: bool | None = None  # the body ends with the connection (when known)
         self._interim = False
         self._method_head = head  # an answer to HEAD has no body, whatever it says
         self.status = 0
-        self.headers: CIMultiDictProxy[str] = _EMPTY
         self.spilled = False  # bytes came after the end: the connection must not be reused
         self.deadline: float | None = None  # loop time the whole body is due by (the caller's)
 
@@ -95,14 +96,9 @@ class Response:
             self._interim = True
             return
         self.status = status
-        # Decoded as aiohttp decodes header bytes: UTF-8, anything else kept byte for byte;
-        # all at once, joined by NUL (which llhttp never lets into a name or a value).
-        text = iter(b"\0".join(raw).decode("utf-8", "surrogateescape").split("\0") if raw else ())
-        headers = self.headers = CIMultiDictProxy(CIMultiDict(zip(text, text, strict=False)))
-        self._until_eof = (
-            "content-length" not in headers
-            and "chunked" not in headers.get("transfer-encoding", "").lower()
-        )
+        # Only kept: the header map is made when asked for (`headers`), and a stream's start
+        # needs a few values only (`pick`).
+        self._fields = raw
         if not self._head.done():
             self._head.set_result(None)
         if self._method_head or status == 101:  # no body; after a 101, no more HTTP either
@@ -173,7 +169,7 @@ class Response:
         self._conn = None
         if self._done:
             return
-        if self._head.done() and self._until_eof and self._error is None:
+        if self._head.done() and self._framed_by_close() and self._error is None:
             self._complete(keep_alive=False)
         else:
             self._fail(Disconnected("the connection closed before the answer was complete"))
@@ -189,6 +185,54 @@ class Response:
     async def head(self) -> None:
         """Wait for the status line and headers; raises if the connection fails first."""
         await self._head
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The answer's headers (none before its head, nor once its body is pushed)."""
+        headers = self._headers
+        if headers is None:
+            raw = self._fields
+            if not raw:
+                return _EMPTY
+            # Decoded as aiohttp decodes header bytes: UTF-8, anything else kept byte for
+            # byte; all at once, joined by NUL (which llhttp never lets into a name or a value).
+            text = iter(b"\0".join(raw).decode("utf-8", "surrogateescape").split("\0"))
+            headers = self._headers = CIMultiDictProxy(CIMultiDict(zip(text, text, strict=False)))
+        return headers
+
+    def pick(self, names: tuple[str, ...], prefix: str | None = None) -> dict[str, str]:
+        """The first value of each of `names` (lower-case) that the answer has, then every
+        header whose name starts with `prefix` (lower-case), under its own name: what
+        `headers` would give, read without making the header map."""
+        raw = self._fields
+        if not raw:
+            if raw is not None and self._until_eof is None:
+                self._until_eof = True  # a head without headers: no length, not chunked
+            return {}
+        # Names are tokens (llhttp lets nothing else in): ASCII, lower-cased in one go.
+        lower = b"\0".join(raw[::2]).decode("ascii").lower().split("\0")
+        if self._until_eof is None:  # the framing, read in the same look
+            self._until_eof = "content-length" not in lower and (
+                "transfer-encoding" not in lower
+                or b"chunked" not in raw[2 * lower.index("transfer-encoding") + 1].lower()
+            )
+        picked: dict[str, str] = {}
+        for name in names:
+            if name in lower:
+                picked[name] = raw[2 * lower.index(name) + 1].decode("utf-8", "surrogateescape")
+        if prefix is not None:
+            for index, name in enumerate(lower):
+                if name.startswith(prefix):
+                    key = raw[2 * index].decode("ascii")
+                    picked[key] = raw[2 * index + 1].decode("utf-8", "surrogateescape")
+        return picked
+
+    def _framed_by_close(self) -> bool:
+        """The body ends with the connection (no length, not chunked): read from the head
+        by `pick` (before the head is let go, `start_push`)."""
+        if self._until_eof is None:
+            self.pick(())
+        return bool(self._until_eof)
 
     @property
     def content_type(self) -> str:
@@ -223,7 +267,9 @@ class Response:
 
     def start_push(self, sink: Sink) -> None:
         """Hand the rest of the body to `sink` as it arrives; ends it at once if already over."""
-        self.headers = _EMPTY  # read and copied before: an open stream need not hold them
+        self._framed_by_close()  # known before the head is let go
+        self._fields = None  # read and copied before: an open stream need not hold them
+        self._headers = _EMPTY
         if self._error is not None:
             sink.on_end(self._error)
         elif self._done:

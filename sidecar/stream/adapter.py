@@ -4,15 +4,23 @@ aiohttp has no public API for what the hot path needs on the client's side, so t
 few functions use its private parts, and nothing else in the sidecar does (Claude's side
 is `sidecar.http_client`, which needs none):
 
+- **the head**: `ClientChannel.open` serialises an SSE response's status line and headers
+  itself, exactly as aiohttp's `prepare()` would (the same header order, `Date`, `Server`,
+  chunked framing, aiohttp's own serialiser and its refusal of control characters), and
+  they leave with the first bytes in one send (`start`), or with the whole body and the
+  last chunk (`end_now`). aiohttp's `StreamResponse` would build a header map, run its
+  prepare steps and send the head alone: one more send, and most of the Python calls
+  between Claude's first bytes and the client's. The response object aiohttp gets back
+  is made after the first send, in the state `prepare()` and a first write leave. A
+  request aiohttp would answer differently (not HTTP/1.1, `HEAD`, response signals, a
+  header `prepare()` would set or change) goes through `prepare()` itself, its head
+  still held for the first bytes (`SSEResponse`).
 - **the client side**: bytes go to `request.transport` in one `write`, framed as HTTP/1.1
-  chunks by hand when aiohttp chose chunked encoding in `prepare()`; `request.writer`
-  drains it; aiohttp still writes the terminating chunk in `write_eof`. `prepare()`
-  serialises the head at once, so the response's header map is emptied after it, and
-  the request body's reader (read to its end) gets the shared empty queue.
-- **the head**: an `SSEResponse` keeps its serialised head in aiohttp's writer until the
-  first write through the response (`write_with_headers`, or `end`), which sends both in
-  one send. aiohttp's `StreamResponse` would send the head alone at `prepare()`: one
-  more send, and one more packet, per stream.
+  chunks by hand; `request.writer` drains it; the end (last chunk) is written here too,
+  and the response marked ended as aiohttp's `write_eof` leaves it. The first send counts
+  in the writer's `output_size`, which is how aiohttp knows a response went out (it never
+  answers a failed handler again after that). The request body's reader (read to its
+  end) gets the shared empty queue.
 
 `tests/test_stream_adapter.py` checks each of these against the installed aiohttp, and
 pyproject pins aiohttp to the minor versions that test passed on.
@@ -22,13 +30,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_writer import _serialize_headers as _aiohttp_serialize
 from aiohttp.streams import StreamReader
 
+# aiohttp's head serialiser (C): any mapping's items, control characters refused.
+_serialize_headers: Callable[[str, Mapping[str, str]], bytes] = _aiohttp_serialize  # type: ignore[assignment]
+
 HIGH_WATER: Final = 256 * 1024  # bytes queued for a slow client before Claude is paused
+_STATUS_LINE: Final = "HTTP/1.1 200 OK"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+# Headers aiohttp's `prepare()` sets or reads itself: a response that names one gets its head
+# from `prepare()`, whatever it makes of it.
+_PREPARED: Final = frozenset(
+    {"connection", "content-length", "date", "server", "transfer-encoding"}
+)
 
 
 class _Unbuffered(collections.deque[bytes]):
@@ -60,35 +81,139 @@ class SSEResponse(web.StreamResponse):
     """A `StreamResponse` whose head leaves with its first bytes, not alone at `prepare()`.
 
     Nothing may reach the transport past the response before that first write
-    (`ClientChannel.write_with_headers` or `end`): bytes written straight to the socket
-    would overtake the head. The relay's subscribers collect until then.
+    (`ClientChannel.start` or `end_now`): bytes written straight to the socket would
+    overtake the head. The relay's subscribers collect until then.
     """
 
     _send_headers_immediately = False  # aiohttp's switch (its `web.Response` sets it too)
 
 
 class ClientChannel:
-    """The client's end of one prepared SSE response: one `write` per send, framed by hand."""
+    """The client's end of one SSE response: one `write` per send, framed by hand."""
 
-    __slots__ = ("_chunked", "_tail", "_transport", "_writer", "response")
+    __slots__ = (
+        "_chunked", "_ended", "_head", "_keep_alive", "_request", "_response", "_tail",
+        "_transport", "_writer",
+    )  # fmt: skip
 
-    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
-        transport = request.transport
+    def __init__(
+        self,
+        request: web.BaseRequest,
+        response: web.StreamResponse | None = None,
+        head: bytes = b"",
+        keep_alive: bool = True,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
+        """The channel of `response`, which aiohttp prepared (its head, if aiohttp still
+        holds it, leaves with the first bytes); without one, of a response whose `head`
+        was serialised here (`open`), made once that head is sent."""
         if transport is None:
-            raise ConnectionResetError("client went away")
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("client went away")
         self._transport = transport
-        self._writer = request.writer
-        self.response = response
+        writer: Any = request.writer
+        self._writer = writer
+        self._request: web.BaseRequest | None = request  # until the response is made
+        self._response = response
         self._tail = b""  # bytes that leave with the end (`finish`)
-        headers = response.headers
-        # aiohttp picks chunked framing in prepare() for HTTP/1.1 without a length.
-        self._chunked = headers.get("Transfer-Encoding", "").lower() == "chunked"
-        # prepare() serialised the head (it leaves with the first write): the header map
-        # is not read again, and an open stream need not hold it for its whole life.
-        headers.clear()
+        self._ended = False
+        self._keep_alive = keep_alive
+        if response is None:
+            self._head = head
+            self._chunked = True
+            return
+        # aiohttp picked chunked framing in prepare() for HTTP/1.1 without a length.
+        self._chunked = bool(writer.chunked)
+        self._head = writer._headers_buf or b""  # held by an `SSEResponse` until its first bytes
+        writer._headers_buf = None
+        writer._headers_written = True
+        # prepare() serialised the head: the header map is not read again, and an open
+        # stream need not hold it for its whole life.
+        response.headers.clear()
+
+    @classmethod
+    async def open(cls, request: web.BaseRequest, headers: dict[str, str]) -> ClientChannel:
+        """A 200 SSE response with `headers` (the caller's own dict, completed here), its
+        head sent with the first bytes (`start`).
+
+        Raises `ClientConnectionResetError` when the client is gone already (where aiohttp's
+        own head would have failed).
+        """
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        message = request._message  # the parsed request line: what prepare() reads of it
+        # Response signals are an application's (the sidecar's requests have no router).
+        match_info: Any = getattr(request, "_match_info", None)
+        if (
+            message.version == HttpVersion11
+            and message.method != "HEAD"
+            and _PREPARED.isdisjoint(map(str.lower, headers))
+            and (match_info is None or not any(a.on_response_prepare for a in match_info.apps))
+        ):
+            headers["Transfer-Encoding"] = "chunked"  # after the caller's, as prepare() adds it
+            headers["Date"] = rfc822_formatted_time()
+            headers["Server"] = SERVER_SOFTWARE
+            if message.should_close:
+                headers["Connection"] = "close"
+            head = _serialize_headers(_STATUS_LINE, headers)
+            return cls(request, None, head, not message.should_close, transport)
+        response = SSEResponse(status=200, headers=headers)
+        await response.prepare(request)
+        return cls(request, response, transport=transport)
+
+    def _sent(self, size: int) -> None:
+        """The head went out (with `size` bytes in all): aiohttp's response, as a
+        `prepare()` and a first write would have left it; the request body's queue let go."""
+        writer = self._writer
+        writer.output_size += size  # a response went out: aiohttp never answers this request again
+        request = self._request
+        if request is None:
+            return
+        self._request = None
+        if self._response is None:
+            response = self._response = SSEResponse(status=200)
+            response._req = request
+            response._payload_writer = writer
+            response._keep_alive = self._keep_alive
+            response._must_be_empty_body = False
+            writer.enable_chunking()
+            writer._headers_written = True
         body = request.content  # read to its end before a stream starts
         if type(body) is StreamReader and body.is_eof() and not body._buffer:
             body._buffer = _UNBUFFERED  # nothing more comes: its own empty queue is let go
+
+    @property
+    def response(self) -> web.StreamResponse:
+        """aiohttp's response (what the handler returns, once `end` ran)."""
+        if self._response is None:
+            # Never sent (the client left first): aiohttp finds it prepared, and its own
+            # attempt to end it finds the connection gone, as it always did.
+            self._sent(0)
+        response = self._response
+        assert response is not None
+        return response
+
+    def start(self, data: bytes) -> bool:
+        """The first write: the status line and headers with `data`, in one send (the rest
+        of `data` after a head already sent); True past the high-water mark."""
+        transport = self._transport
+        if transport.is_closing():
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        if data and self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        head = self._head
+        if head:
+            self._head = b""
+            data = head + data
+        transport.write(data)
+        self._sent(len(data))
+        return transport.get_write_buffer_size() > HIGH_WATER
+
+    async def write_with_headers(self, data: bytes) -> None:
+        """`start`, for callers that await their first write."""
+        self.start(data)
 
     def write(self, data: bytes) -> None:
         """Frame and write in one call (HTTP/1.1 chunked or raw); never waits."""
@@ -107,16 +232,11 @@ class ClientChannel:
         transport.write(data)
         return transport.get_write_buffer_size() > HIGH_WATER
 
-    async def write_with_headers(self, data: bytes) -> None:
-        """The first write: aiohttp sends the status line and headers with these bytes."""
-        await self.response.write(data)
-
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop the response is written on (known here: looking the running loop up
         costs a `getpid()` system call on Python 3.11)."""
-        writer: Any = self._writer  # aiohttp's `StreamWriter` keeps its loop
-        loop: asyncio.AbstractEventLoop = writer.loop
+        loop: asyncio.AbstractEventLoop = self._writer.loop  # aiohttp's `StreamWriter` keeps it
         return loop
 
     def closing(self) -> bool:
@@ -138,12 +258,39 @@ class ClientChannel:
         """Bytes that leave with the end: `end` writes them and the last chunk in one send."""
         self._tail += data
 
+    def end_now(self) -> None:
+        """The end, now: `finish`'s bytes and the last chunk (and the head, if not sent yet)
+        in one send, unless the client is gone (aiohttp then finds the response unended,
+        as it always did)."""
+        if self._ended or self._transport.is_closing():
+            return
+        self._ended = True
+        data, self._tail = self._tail, b""
+        if self._chunked:
+            data = (b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data)) if data else _LAST_CHUNK
+        head = self._head
+        if head:
+            self._head = b""
+            data = head + data
+        self._transport.write(data)
+        self._sent(len(data))
+        # Ended as aiohttp's `write_eof` leaves a response: it writes nothing more.
+        writer = self._writer
+        writer._eof = True
+        response: Any = self._response
+        response._eof_sent = True
+        response._body_length = writer.output_size
+        response._req = None
+        response._payload_writer = None
+
     async def end(self) -> None:
-        """The last chunk (aiohttp writes it, with `finish`'s bytes, and the headers if not
-        sent yet: one send), unless the client is gone."""
+        """`end_now`, then wait until the client has taken what is queued (as aiohttp's
+        `write_eof` does: a request is not over, nor a shutdown's grace, while its last
+        bytes wait), unless the client is gone."""
         if not self._transport.is_closing():
-            tail, self._tail = self._tail, b""
-            await self.response.write_eof(tail)
+            if not self._ended:
+                self.end_now()
+            await self._writer.drain()
 
 
 def retrieve(task: asyncio.Future[None]) -> None:

@@ -20,6 +20,7 @@ from sidecar.usage import DELTA, observe
 
 log = logging.getLogger("sidecar.relay")
 STOP: Final = b"message_stop"
+_STOP_HEAD: Final = b"event: " + STOP + b"\n"
 # Almost every event is a content delta: known by its first line, it needs no name lookup.
 _DELTA_HEAD: Final = b"event: " + DELTA + b"\n"
 _LEFT: Final = frozenset({"client_cancelled", "client_detached"})  # not failures of the call
@@ -57,6 +58,16 @@ class StopStream(Exception):
         self.message = message
 
 
+_UNFED: Final = EventScanner()  # never fed: a look from a stream's first byte
+
+
+def ends_complete(body: bytes) -> bool:
+    """Whether Claude's whole body ends with its whole `message_stop` (a cheap look, before
+    any scan). Then `end(None)` after `observe(body)` completes the stream, and a passthrough
+    one adds no bytes: the end can leave with the body, before it is scanned."""
+    return _UNFED.ends_with_event(body, _STOP_HEAD)
+
+
 class StreamCore:
     """One stream's accounting and translation; `feed` per chunk, `end` once."""
 
@@ -92,6 +103,13 @@ class StreamCore:
                 self.saw_stop = True
             out += translate(block, name, record)
         return out
+
+    def arrived(self) -> None:
+        """Claude's first bytes are read now: the time to first chunk, taken before they are
+        relayed (`observe` accounts for them after)."""
+        record = self.record
+        if record.first_chunk_at is None:
+            record.first_chunk_at = time.perf_counter()
 
     def observe(self, chunk: bytes) -> None:
         """Account for a passthrough chunk already sent (the client never waits for this)."""

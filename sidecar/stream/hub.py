@@ -41,11 +41,20 @@ class Subscriber:
 
     __slots__ = ("_done", "_over", "channel", "first", "send")
 
-    def __init__(self, channel: ClientChannel, backlog: bytes = b"") -> None:
+    def __init__(
+        self, channel: ClientChannel, backlog: bytes = b"", *, started: bool = False
+    ) -> None:
+        """A reader of `channel`: `backlog` leaves with its headers; `started`: they went out."""
         self.channel = channel
-        self.first: bytearray | None = bytearray(backlog)
         # Write (or collect) bytes; True when the client lags past the high-water mark.
-        self.send: Callable[[bytes], bool] = self._collect
+        self.send: Callable[[bytes], bool]
+        self.first: bytearray | None
+        if started:
+            self.first = None
+            self.send = channel.send
+        else:
+            self.first = bytearray(backlog)
+            self.send = self._collect
         self._done: asyncio.Future[None] | None = None  # made for whoever waits (`done`)
         self._over = False
 
@@ -73,26 +82,32 @@ class Subscriber:
         self.first = None
         self.send = self.channel.send
 
-    async def start(self) -> bool:
-        """Send the headers with what has collected; True when the client already lags."""
+    def begin(self, data: bytes) -> bool:
+        """Send the headers with what has collected and `data`, in one send (a backlog past
+        `FIRST_SEND`: the headers first, the rest paced by the client); True when the
+        client already lags. For a subscriber already started, `data` is just sent."""
         first = self.first
-        assert first is not None
-        if len(first) > FIRST_SEND:  # a backlog: headers now, the rest paced by the client
-            await self.channel.write_with_headers(b"")
-            data = bytes(first)
+        if first is None:
+            return self.channel.send(data) if data else False
+        if first:
+            data = bytes(first) + data
+        channel = self.channel
+        if len(data) > FIRST_SEND:
+            channel.start(b"")
             self._started()
             return self.send(data)
-        while True:  # what is published during a send goes out with the next one
-            data = bytes(first)
-            first.clear()
-            await self.channel.write_with_headers(data)
-            if not first:
-                self._started()
-                return False
+        lag = channel.start(data)
+        self._started()
+        return lag
+
+    async def start(self) -> bool:
+        """`begin` with what has collected (a reconnect's backlog)."""
+        return self.begin(b"")
 
     def finish(self, data: bytes) -> None:
-        """The generation's last bytes: they leave with the response's end (`channel.end`),
-        in one write with its last chunk, and with the headers if none were sent yet."""
+        """The generation's last bytes: they leave with the response's end (`channel.end`,
+        or `end_now`), in one write with its last chunk, and with the headers if none were
+        sent yet."""
         first = self.first
         if first is not None:  # never started: everything goes out at the end, in one send
             data = bytes(first) + data
@@ -171,6 +186,26 @@ class Generation:
                 lag = True
         return lag
 
+    def begin(self, data: bytes, *, events: bool = False) -> bool:
+        """The producer's first bytes (`events`: kept and numbered as `publish` does): each
+        subscriber's headers leave with them in one send; True when one of them lags.
+
+        A client already gone ends a stream that is not resumable (the error is raised);
+        a resumable one just loses that reader.
+        """
+        if events and data and self.log is not None:
+            data = self._kept(data, self.log)
+        lag = False
+        for subscriber in list(self.subscribers):
+            try:
+                if subscriber.begin(data):
+                    lag = True
+            except (ConnectionResetError, OSError):
+                if self.log is None:
+                    raise
+                self.detach(subscriber)
+        return lag
+
     @classmethod
     def _kept(cls, out: bytes, log: StreamLog) -> bytes:
         """`out` as kept in the log (with the ids given here, if any)."""
@@ -196,7 +231,9 @@ class Generation:
     def end(self, final: bytes, raw: bytes = b"") -> None:
         """The producer is done: `raw` (passthrough bytes, never kept) and `final` (events,
         kept when resumable; either may be empty) reach every subscriber with its
-        response's end, in one write; then they end."""
+        response's end, in one write; then they end. Only the first call counts."""
+        if self.final:
+            return
         if final and self.log is not None:
             final = self._kept(final, self.log)
         tail = raw + final if raw else final
