@@ -26,7 +26,7 @@ from yarl import URL
 from sidecar.config import ClaudeConfig
 from sidecar.deadlines import Deadlines
 from sidecar.errors import Rejection, reject
-from sidecar.http_client import ClientError, Pool, Response
+from sidecar.http_client import ClientError, ConnectError, Pool, Response
 
 RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 529})
 # Request headers a client may send that Claude should see; credentials never pass.
@@ -128,9 +128,18 @@ class ClaudeClient:
         return random.uniform(0, cap)
 
     async def send(
-        self, attempt: Attempt, body: bytes | None, *, stream: bool = True
+        self,
+        attempt: Attempt,
+        body: bytes | None,
+        *,
+        stream: bool = True,
+        written: Callable[[], object] | None = None,
     ) -> tuple[Response, int]:
         """Send with retries; returns (response, retries used). Raises Rejection if unreachable.
+
+        `written` runs once, right after the first attempt that reaches the wire is
+        written (`Pool.request`): work that need not delay the request runs while
+        Claude works on it. It does not run if no attempt was ever written.
 
         A stream's headers come at once, so waiting for them longer than the idle timeout
         means trouble; a non-streaming answer sends its headers only when it is complete,
@@ -147,12 +156,16 @@ class ClaudeClient:
         while True:
             task = head.start(loop)
             try:
-                response = await self._pool.request(attempt.method, target, attempt.headers, body)
+                response = await self._pool.request(
+                    attempt.method, target, attempt.headers, body, written
+                )
             except asyncio.CancelledError:
                 if head.stop(task):  # the head's deadline passed, not the client leaving
                     raise reject("upstream_timeout", "Claude did not answer in time") from None
                 raise
             except ClientError as exc:  # no connection, or one lost before an answer
+                if not isinstance(exc, ConnectError):
+                    written = None  # the request was written: `written` ran
                 if retries >= config.max_retries:
                     raise reject(
                         "upstream_unreachable", f"Claude is unreachable ({type(exc).__name__})"
@@ -160,6 +173,7 @@ class ClaudeClient:
                 delay = self.backoff(retries, None)
                 self._count_retry("connect_error")
             else:
+                written = None  # ran with this attempt: a retry does not run it again
                 response.deadline = loop.time() + config.idle_timeout_seconds if stream else whole
                 status = response.status
                 if self._on_status is not None:

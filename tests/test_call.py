@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import logging
 import re
 import time
 from typing import Any
@@ -12,10 +14,13 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
+from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
+from tests.support.apps import serving
+from tests.support.otel import make_otel
 from tests.support.sdk import sdk, user
-from tests.support.sidecars import SidecarFactory
+from tests.support.sidecars import SidecarFactory, running_sidecar
 
 MODEL = "claude-sonnet-5-5"
 _IDS = re.compile(r'"(msg|toolu|req)_[0-9a-f]+"')
@@ -266,3 +271,80 @@ async def test_only_configured_api_paths_are_forwarded(
         async with http.post(sidecar.url + "/v1/messages/batches", json={"requests": []}) as r:
             assert r.status == 404  # forwarded now
     assert fake.state.requests[-1]["path"] == "/v1/messages/batches"
+
+
+# --------------------------------------------------------------------------- the call's start
+
+
+async def test_the_starts_deferred_half_runs_once_per_call_however_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What waits until the request to Claude is written (the `stream_start` line, the
+    active-stream count, the queue wait point, the rate-limit headers) is done by the time
+    Claude is working on the call, once, and before its answer is used; a call Claude
+    fails and a client that leaves while Claude holds its answer are counted alike."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+               "content": [], "stop_reason": "end_turn",
+               "usage": {"input_tokens": 3, "output_tokens": 1}}  # fmt: skip
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body["messages"][0]["content"] == "fail":
+            error = {"type": "error", "error": {"type": "api_error", "message": "no"}}
+            return web.json_response(error, status=500)
+        if body["messages"][0]["content"] == "hold":
+            held.set()
+            await release.wait()
+        return web.json_response(message)
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    otel = make_otel()
+    caplog.set_level(logging.INFO, logger="sidecar.stream")
+
+    def lines(kind: str) -> int:
+        return sum(1 for r in caplog.records if r.getMessage() == kind)
+
+    def active() -> float:
+        return otel.count("sidecar.streams.active")
+
+    config = {"claude": {"max_retries": 0},
+              "quotas": {"store": "memory", "requests_per_minute": 100}}  # fmt: skip
+    async with serving(app) as url:
+        config["claude"]["base_url"] = url
+        async with (
+            running_sidecar(config, telemetry=otel.telemetry) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+            call = {"model": MODEL, "max_tokens": 8, "messages": user("hi")}
+            async with http.post(sidecar.url + "/v1/messages", json=call) as response:
+                assert response.status == 200
+                assert response.headers["anthropic-ratelimit-requests-remaining"] == "99"
+            assert (lines("stream_start"), lines("stream_complete"), active()) == (1, 1, 0)
+
+            call["messages"] = user("fail")
+            async with http.post(sidecar.url + "/v1/messages", json=call) as response:
+                assert response.status == 500
+                assert response.headers["anthropic-ratelimit-requests-remaining"] == "98"
+            assert (lines("stream_start"), lines("stream_error"), active()) == (2, 1, 0)
+
+            payload = json.dumps({**call, "messages": user("hold")}).encode()
+            host, port = sidecar.url.removeprefix("http://").split(":")
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload)
+            )
+            await held.wait()  # Claude has the request: the start is complete
+            assert (lines("stream_start"), active()) == (3, 1)
+            writer.transport.abort()  # the client leaves while Claude works on its call
+            release.set()
+            for _ in range(200):
+                if lines("stream_complete") + lines("stream_error") == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert (lines("stream_start"), active()) == (3, 0)
+            assert lines("stream_complete") + lines("stream_error") == 3
+    assert otel.count("sidecar.queue.wait", **{"sidecar.queue.admitted": True}) == 3

@@ -9,6 +9,7 @@ records the stream once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import time
@@ -123,7 +124,10 @@ async def call_claude(
         # What only the start needs (the attempt's headers, the answer's headers) is built
         # in argument position: this frame lives as long as the stream and keeps none of it.
         upstream, record.retries = await runtime.claude.send(
-            _traced(call.attempt, held.span, telemetry), call.body, stream=call.stream
+            _traced(call.attempt, held.span, telemetry),
+            call.body,
+            stream=call.stream,
+            written=functools.partial(_written, held),
         )
         record.upstream_status = upstream.status
         if upstream.status != 200:
@@ -172,6 +176,15 @@ async def call_claude(
                 resumable.log.finish()
                 resumable.log.close()
             await held.close()
+
+
+def _written(held: HeldCall) -> None:
+    """What the call's start still owes once its request is written, done while Claude
+    works on it: telemetry's stream start (`Telemetry.stream_started`) and the lease's
+    rate-limit headers, both needed only when the stream ends or Claude answers."""
+    held.ctx.runtime.telemetry.stream_started(held.record, held.span)
+    if held.lease is not None:
+        held.lease.prepare_headers()
 
 
 def _traced(attempt: Attempt, span: Span, telemetry: Telemetry) -> Attempt:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from yarl import URL
@@ -68,10 +68,20 @@ class Pool:
         self._closed = False
 
     async def request(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        written: Callable[[], object] | None = None,
     ) -> Response:
         """Send `method target` with `headers` (names lower-case) and `body`; returns the
         answer with its status and headers read. `target` is the path and query, sent as is.
+
+        `written` runs right after the request is written, before the head is awaited:
+        the caller's bookkeeping runs while the server works on the answer, not before
+        the request leaves. It runs only if the request was written; if it raises, the
+        call ends with that error (its answer unread, the connection closed).
 
         Raises `ConnectError` when no connection opens, `Disconnected` or
         `MalformedResponse` when the answer's head does not come whole.
@@ -80,6 +90,8 @@ class Pool:
         connection = await self._acquire()
         response = connection.send(request, method == "HEAD")
         try:
+            if written is not None:
+                written()
             await response.head()
         except BaseException:
             response.close()
