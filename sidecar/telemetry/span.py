@@ -44,7 +44,7 @@ class SidecarSpan(trace.Span):
 
     __slots__ = (
         "_attributes", "_caller", "_context", "_end", "_events", "_hex", "_kind", "_links",
-        "_name", "_parent", "_spans", "_start", "_status",
+        "_name", "_parent", "_pending", "_spans", "_start", "_status",
     )  # fmt: skip
 
     def __init__(
@@ -64,6 +64,9 @@ class SidecarSpan(trace.Span):
         self._caller = caller  # the Context a child's sampler sees this span in
         # None: not recording (dropped by the sampler, or no processor to see it).
         self._attributes: dict[str, types.AnyValue] | BoundedAttributes | None = None
+        # The sampler's attributes for a recording span, stored (as `set_attributes` would)
+        # at the first write or the end: not on the way to the request the span names.
+        self._pending: Mapping[str, types.AnyValue] | None = None
         self._status = _UNSET
         self._start = 0
         self._end: int | None = None
@@ -96,10 +99,16 @@ class SidecarSpan(trace.Span):
             return False
         return True
 
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending:
+            self.set_attributes(pending)
+
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         store = self._attributes
         if (
             type(store) is dict
+            and self._pending is None
             and self._end is None
             and type(value) in _PLAIN
             and type(key) is str
@@ -120,6 +129,10 @@ class SidecarSpan(trace.Span):
         if self._end is not None:
             _log.warning("Setting attribute on ended span.")
             return
+        if self._pending is not None:
+            self._flush()
+            store = self._attributes
+            assert store is not None
         if type(store) is dict and len(store) + len(attributes) <= self._spans.room:
             for key, value in attributes.items():
                 kind = type(value)
@@ -208,6 +221,10 @@ class SidecarSpan(trace.Span):
         if self._end is not None:
             _log.warning("Calling end() on an ended span.")
             return
+        if self._pending is not None:
+            self._flush()
+            attributes = self._attributes
+            assert attributes is not None
         self._end = end_time if end_time is not None else time_ns()
         self._spans.ended(self, attributes)
 

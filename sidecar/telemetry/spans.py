@@ -137,8 +137,10 @@ class Spans:
         )
         span = SidecarSpan(self, name, kind, span_context, parent, caller)
         if decision is not _DROPPED and self._processors:
+            # Recording, the sampler's attributes first: stored at the span's first write
+            # or its end (`SidecarSpan._flush`), not on the way to the request it names.
             span._attributes = {}
-            span.set_attributes(result.attributes)
+            span._pending = result.attributes
             span._start = time_ns()
         return span
 
