@@ -45,13 +45,14 @@ log = logging.getLogger("sidecar.upstream")
 class Attempt:
     """What one upstream call needs beyond the body (prepared once per request).
 
-    Not frozen: two are built per Claude call, and a frozen dataclass's `__init__`
-    pays an `object.__setattr__` call per field. Nothing changes one once built.
+    Not frozen: one is built per Claude call, and a frozen dataclass's `__init__` pays
+    an `object.__setattr__` call per field. Its headers are the call's own: the Claude
+    call adds its `traceparent` to them before sending (every retry sends the same).
     """
 
     method: str
     path: str  # path + query, e.g. /v1/messages?beta=true
-    headers: Mapping[str, str]
+    headers: dict[str, str]
 
 
 class ClaudeClient:
@@ -151,7 +152,8 @@ class ClaudeClient:
         config = self._config
         head = self._stream_head if stream else self._message_head
         loop = self._pool.loop  # the running loop's own lookup costs a getpid() on 3.11
-        whole = loop.time() + config.request_timeout_seconds
+        # A message's whole call (head and body) has `request_timeout_seconds` from here.
+        whole = 0.0 if stream else loop.time() + config.request_timeout_seconds
         retries = 0
         while True:
             task = head.start(loop)

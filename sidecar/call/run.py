@@ -19,7 +19,6 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from aiohttp import web
-from opentelemetry.trace import Span
 
 from sidecar.call.stream import HeldCall, Resumable, hand_off, open_relay
 from sidecar.errors import Rejection, reject, short_error_type, simple_error_body
@@ -29,7 +28,6 @@ from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.tap import CallTap
-from sidecar.telemetry import Telemetry
 from sidecar.upstream import Attempt, read_answer, returned_headers
 from sidecar.usage import apply_message
 
@@ -121,10 +119,12 @@ async def call_claude(
         telemetry.admitted(record)
         ensure_client_present(ctx.request)  # it may have left while queued: pay for nobody
         record.upstream_started = time.perf_counter()
-        # What only the start needs (the attempt's headers, the answer's headers) is built
-        # in argument position: this frame lives as long as the stream and keeps none of it.
+        attempt = call.attempt
+        telemetry.inject(held.span, attempt.headers)  # `traceparent` names the call's span
+        # What only the start needs (the answer's headers, the deferred step) is built in
+        # argument position: this frame lives as long as the stream and keeps none of it.
         upstream, record.retries = await runtime.claude.send(
-            _traced(call.attempt, held.span, telemetry),
+            attempt,
             call.body,
             stream=call.stream,
             written=functools.partial(_written, held),
@@ -185,13 +185,6 @@ def _written(held: HeldCall) -> None:
     held.ctx.runtime.telemetry.stream_started(held.record, held.span)
     if held.lease is not None:
         held.lease.prepare_headers()
-
-
-def _traced(attempt: Attempt, span: Span, telemetry: Telemetry) -> Attempt:
-    """The attempt with `traceparent` naming the call's span (the prepared one is shared)."""
-    headers = dict(attempt.headers)
-    telemetry.inject(span, headers)
-    return Attempt(attempt.method, attempt.path, headers)
 
 
 def _answer_headers(ctx: RequestContext, held: HeldCall, upstream: Response) -> dict[str, str]:

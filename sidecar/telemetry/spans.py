@@ -95,7 +95,8 @@ class Spans:
         self, name: str, kind: SpanKind, attributes: dict[str, types.AnyValue], context: Context
     ) -> trace.Span:
         """A span whose parent is the span in `context` (a caller's, or none: a new trace)."""
-        parent = trace.get_current_span(context).get_span_context()
+        # An empty context (no caller's trace, the common case) holds no span to ask.
+        parent = trace.get_current_span(context).get_span_context() if context else None
         return self._start(name, kind, attributes, context, parent, context)
 
     def start_child(
