@@ -43,7 +43,9 @@ async def test_the_request_goes_out_whole_with_host_and_length() -> None:
         % port.encode()
     )
     assert first.body == b'{"a":1}'
-    assert b"content-length" not in second.head  # a GET without a body
+    # A GET without headers or a body: the request line, host and the blank line, no more.
+    assert second.head == b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1:%b\r\n\r\n" % port.encode()
+    assert third.head.startswith(b"POST /empty HTTP/1.1\r\n")  # nothing stray before it
     assert b"\r\ncontent-length: 0\r\n" in third.head  # a POST always says its length
 
 

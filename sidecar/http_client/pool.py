@@ -101,17 +101,17 @@ class Pool:
     def _serialise(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes | None
     ) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1", self._host_line]
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}")
+        fields = [f"\r\n{name}: {value}" for name, value in headers.items()]
         if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"content-length: {len(body) if body else 0}")
-        head = "\r\n".join(lines)
+            fields.append(f"\r\ncontent-length: {len(body) if body else 0}")
+        head = f"{method} {target} HTTP/1.1\r\n{self._host_line}" + "".join(fields)
         # CR, LF and NUL never reach the wire from a name or value: none can add a header
         # or a request (the listener's parser refuses them already; this holds whatever
         # the source). Three scans in C; the rare offender is cleaned line by line.
-        breaks = len(lines) - 1
+        breaks = len(fields) + 1
         if head.count("\n") != breaks or head.count("\r") != breaks or "\0" in head:
+            lines = [f"{method} {target} HTTP/1.1", self._host_line]
+            lines += (field[2:] for field in fields)
             head = "\r\n".join(line.translate(_FORBIDDEN) for line in lines)
         return head.encode("utf-8", "surrogateescape") + b"\r\n\r\n" + (body or b"")
 
