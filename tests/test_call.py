@@ -4,6 +4,7 @@ timeouts, the queue, shutdown, request ids, forwarded paths."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import logging
@@ -16,7 +17,9 @@ import anthropic
 import pytest
 from aiohttp import web
 
+from sidecar.call.run import ClaudeRequest
 from sidecar.fake_claude import FakeServer
+from sidecar.telemetry.span import SidecarSpan
 from tests.support.apps import serving
 from tests.support.otel import make_otel
 from tests.support.sdk import sdk, user
@@ -348,3 +351,29 @@ async def test_the_starts_deferred_half_runs_once_per_call_however_it_ends(
             assert (lines("stream_start"), active()) == (3, 0)
             assert lines("stream_complete") + lines("stream_error") == 3
     assert otel.count("sidecar.queue.wait", **{"sidecar.queue.admitted": True}) == 3
+
+
+async def test_an_open_stream_holds_neither_its_request_nor_set_aside_attributes(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Once its request is written, a stream lets the request go (the body may be large)
+    and its spans have stored their start attributes (nothing kept aside to the end)."""
+    padding = "p" * 500_000
+    body = {**STALLED, "messages": user(f"[[fake fault=stall]] {padding}")}
+    otel = make_otel()
+    async with (
+        sidecar_for(
+            {"screening": {"max_prompt_chars": 600_000}}, telemetry=otel.telemetry
+        ) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/v1/messages", json=body) as response,
+    ):
+        assert response.status == 200
+        await response.content.readline()  # Claude has answered: the stream is open
+        calls = [o for o in gc.get_objects() if type(o) is ClaudeRequest]
+        assert len(calls) == 1
+        assert calls[0].body == b""
+        assert calls[0].attempt.headers == {}
+        spans = [o for o in gc.get_objects() if type(o) is SidecarSpan and o.is_recording()]
+        assert len(spans) == 2  # the request's and the Claude call's
+        assert all(span._pending is None for span in spans)

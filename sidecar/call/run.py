@@ -33,11 +33,13 @@ from sidecar.usage import apply_message
 
 MAX_ERROR_BODY = 64 * 1024
 _HANDED_OVER: Final[Mapping[str, str]] = MappingProxyType({})
+_SENT: Final = Attempt("POST", "", {})  # a sent call's attempt (never sent again)
 
 
 @dataclass(slots=True)
 class ClaudeRequest:
-    """A validated call: what to send and what to reserve."""
+    """A validated call: what to send and what to reserve. Once sent, `attempt` and
+    `body` are let go (`call_claude`): an open stream does not hold its request."""
 
     attempt: Attempt
     body: bytes
@@ -119,16 +121,17 @@ async def call_claude(
         telemetry.admitted(record)
         ensure_client_present(ctx.request)  # it may have left while queued: pay for nobody
         record.upstream_started = time.perf_counter()
-        attempt = call.attempt
-        telemetry.inject(held.span, attempt.headers)  # `traceparent` names the call's span
+        telemetry.inject(held.span, call.attempt.headers)  # `traceparent`: the call's span
         # What only the start needs (the answer's headers, the deferred step) is built in
         # argument position: this frame lives as long as the stream and keeps none of it.
         upstream, record.retries = await runtime.claude.send(
-            attempt,
+            call.attempt,
             call.body,
             stream=call.stream,
             written=functools.partial(_written, held),
         )
+        # Sent: a stream need not hold its request (the body, the headers) to its end.
+        call.attempt, call.body = _SENT, b""
         record.upstream_status = upstream.status
         if upstream.status != 200:
             return await _relay_error(ctx, upstream, record, _answer_headers(ctx, held, upstream))
@@ -180,9 +183,11 @@ async def call_claude(
 
 def _written(held: HeldCall) -> None:
     """What the call's start still owes once its request is written, done while Claude
-    works on it: telemetry's stream start (`Telemetry.stream_started`) and the lease's
-    rate-limit headers, both needed only when the stream ends or Claude answers."""
-    held.ctx.runtime.telemetry.stream_started(held.record, held.span)
+    works on it: telemetry's stream start (`Telemetry.stream_started`: log line, counts,
+    both spans' start attributes) and the lease's rate-limit headers, all needed only
+    when Claude answers or the stream ends."""
+    ctx = held.ctx
+    ctx.runtime.telemetry.stream_started(held.record, held.span, ctx.span)
     if held.lease is not None:
         held.lease.prepare_headers()
 

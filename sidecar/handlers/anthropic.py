@@ -144,8 +144,11 @@ def _under(path: str, prefix: str) -> bool:
 
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
-    raw = await read_body(ctx.request, ctx.runtime.config.server)
-    call, record, cached = await _message_call(ctx, path_qs, raw)
+    # Only the call holds the body (this frame lives as long as the stream): it lets the
+    # body go once sent.
+    body = await read_body(ctx.request, ctx.runtime.config.server)
+    call, record, cached = await _message_call(ctx, path_qs, body)
+    del body
     if cached.source is not None:  # replayed as Claude sent it: the exact bytes
         reserve = call.input_estimate + (record.max_tokens or 0)
         answered = await cached.serve(record, PASSTHROUGH, reserve)

@@ -239,14 +239,19 @@ class Telemetry:
             parent,
         )
 
-    def stream_started(self, record: StreamRecord, span: Span) -> None:
+    def stream_started(self, record: StreamRecord, span: Span, parent: Span | None = None) -> None:
         """The deferred half of `start_stream`: the `stream_start` line and, for an admitted
-        call, its active-stream count and queue wait point. Runs once per stream (again:
-        no effect), at the latest when the stream finishes."""
+        call, its active-stream count and queue wait point; the start attributes of `span`
+        and `parent` (the request's span) are stored (`SidecarSpan.store_pending`). Runs
+        once per stream (again: no effect), at the latest when the stream finishes."""
         if not record.pending_start:
             return
         record.pending_start = False
         try:
+            if type(span) is SidecarSpan:
+                span.store_pending()
+            if type(parent) is SidecarSpan:
+                parent.store_pending()
             # Ids, identity hashes and trace ids are the same on both stream lines: once.
             record.log_base = self._log_base(record, span)
             if stream_log.isEnabledFor(logging.INFO):

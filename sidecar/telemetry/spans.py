@@ -43,7 +43,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.util import types
 
-from sidecar.telemetry.span import SidecarSpan
+from sidecar.telemetry.span import UNSTORED, SidecarSpan
 
 SCOPE: Final = "claude-sidecar"
 # Trace flags by (sampled | random trace id << 1), built once.
@@ -138,9 +138,9 @@ class Spans:
         )
         span = SidecarSpan(self, name, kind, span_context, parent, caller)
         if decision is not _DROPPED and self._processors:
-            # Recording, the sampler's attributes first: stored at the span's first write
-            # or its end (`SidecarSpan._flush`), not on the way to the request it names.
-            span._attributes = {}
+            # Recording, the sampler's attributes first: set aside until the request the
+            # span names is written (`SidecarSpan.store_pending`), its first write or its end.
+            span._attributes = UNSTORED
             span._pending = result.attributes
             span._start = time_ns()
         return span
