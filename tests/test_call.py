@@ -353,20 +353,21 @@ async def test_the_starts_deferred_half_runs_once_per_call_however_it_ends(
     assert otel.count("sidecar.queue.wait", **{"sidecar.queue.admitted": True}) == 3
 
 
+@pytest.mark.parametrize("route", ["/v1/messages", "/api/stream-response"])
 async def test_an_open_stream_holds_neither_its_request_nor_set_aside_attributes(
-    fake: FakeServer, sidecar_for: SidecarFactory
+    fake: FakeServer, sidecar_for: SidecarFactory, route: str
 ) -> None:
     """Once its request is written, a stream lets the request go (the body may be large)
     and its spans have stored their start attributes (nothing kept aside to the end)."""
-    padding = "p" * 500_000
-    body = {**STALLED, "messages": user(f"[[fake fault=stall]] {padding}")}
+    text = "[[fake tokens=50 tps=10]] " + "p" * 50_000
+    body = {**STALLED, "messages": user(text)} if route == "/v1/messages" else {"prompt": text}
     otel = make_otel()
     async with (
         sidecar_for(
             {"screening": {"max_prompt_chars": 600_000}}, telemetry=otel.telemetry
         ) as sidecar,
         aiohttp.ClientSession() as http,
-        http.post(sidecar.url + "/v1/messages", json=body) as response,
+        http.post(sidecar.url + route, json=body) as response,
     ):
         assert response.status == 200
         await response.content.readline()  # Claude has answered: the stream is open
