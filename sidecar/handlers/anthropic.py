@@ -65,6 +65,8 @@ def _lost_event(error_type: str, message: str) -> bytes:
 
 def _resume_wanted(ctx: RequestContext) -> bool:
     """Resume on the Anthropic route is opt-in: the route's `resume.enabled` or the header."""
+    if not ctx.runtime.config.resume.enabled:  # off: no header to read
+        return False
     asked = ctx.request.headers.get(RESUME_HEADER, "").strip().lower() in ("on", "1", "true")
     return resume.enabled_on(ctx, default=asked)
 
