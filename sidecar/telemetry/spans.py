@@ -15,6 +15,11 @@ trace id); `SpanLimits` from `OTEL_*_LIMIT`; the resource and the `claude-sideca
 scope. The SDK's own span counters (`OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED`) go to
 the process-global meter provider, which the sidecar never sets: never exported, not kept.
 
+The sampler's attributes (the start attributes it was given, or what it returned
+instead) are what a recording span holds first, as with the SDK; they are set aside at
+the start and stored when the request the span names has been written (a Claude call's
+deferred step), at the span's first write or at its end, whichever comes first.
+
 A span the sampler drops, or one no processor would see (no span exporter at all, e.g.
 Prometheus only), records nothing but keeps its context: `traceparent` and the log
 lines still name it, with the sampled flag the sampler decided.
