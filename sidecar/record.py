@@ -12,7 +12,6 @@ Plain slotted attributes so the hot path only does attribute writes; derived val
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -73,7 +72,7 @@ class StreamRecord:
     prompt_text: str | None = None  # GenAI `gen_ai.input.messages` JSON, when captured
     completion_parts: list[str] = field(default_factory=list)  # text deltas, when captured
     log_base: dict[str, Any] | None = None  # fields both stream log lines share (telemetry)
-    pending_start: asyncio.Handle | None = None  # telemetry's deferred stream start, until run
+    pending_start: bool = False  # telemetry's stream start not yet complete (`stream_started`)
     # The client- or upstream-chosen values above as telemetry carries them: bounded
     # (`sidecar.telemetry.bounded`), set by telemetry when the stream starts and ends.
     model_label: str = "other"

@@ -9,12 +9,16 @@ not borrow that route's policy, nor reach `/admin` through it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar.config import Config, Handler
 from sidecar.errors import Family
 from sidecar.loader import RoutePolicy, route_policies
 from sidecar.paths import PathRefused, canonical
 from sidecar.policy import CorsPolicy, Screener
+
+_REMEMBERED: Final = 1024  # raw paths whose routing is remembered (cleared when full)
+_REMEMBERED_LENGTH: Final = 512  # longer paths are routed afresh each time
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class RouteTable:
                 zip(config.routes, route_policies(config), strict=True)
             )
         ]
+        self._resolved: dict[str, Resolved] = {}  # by raw path (`resolve`)
 
     def match(self, path: str) -> Route | None:
         """The route of a canonical path."""
@@ -84,7 +89,19 @@ class RouteTable:
 
         A refused path still names the route its raw spelling falls under (if any), so
         the refusal is answered in that route's error format and counted under it.
+        Answers are remembered per raw path (bounded: paths are the client's choice); a
+        `Resolved` is immutable and the table never changes (a reload builds a new one).
         """
+        resolved = self._resolved.get(raw_path)
+        if resolved is None:
+            resolved = self._resolve(raw_path)
+            if len(raw_path) <= _REMEMBERED_LENGTH:
+                if len(self._resolved) >= _REMEMBERED:
+                    self._resolved.clear()
+                self._resolved[raw_path] = resolved
+        return resolved
+
+    def _resolve(self, raw_path: str) -> Resolved:
         try:
             found = canonical(raw_path)
         except PathRefused as refused:

@@ -26,7 +26,7 @@ from yarl import URL
 from sidecar.config import ClaudeConfig
 from sidecar.deadlines import Deadlines
 from sidecar.errors import Rejection, reject
-from sidecar.http_client import ClientError, Pool, Response
+from sidecar.http_client import ClientError, ConnectError, Pool, Response
 
 RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 529})
 # Request headers a client may send that Claude should see; credentials never pass.
@@ -45,13 +45,14 @@ log = logging.getLogger("sidecar.upstream")
 class Attempt:
     """What one upstream call needs beyond the body (prepared once per request).
 
-    Not frozen: two are built per Claude call, and a frozen dataclass's `__init__`
-    pays an `object.__setattr__` call per field. Nothing changes one once built.
+    Not frozen: one is built per Claude call, and a frozen dataclass's `__init__` pays
+    an `object.__setattr__` call per field. Its headers are the call's own: the Claude
+    call adds its `traceparent` to them before sending (every retry sends the same).
     """
 
     method: str
     path: str  # path + query, e.g. /v1/messages?beta=true
-    headers: Mapping[str, str]
+    headers: dict[str, str]
 
 
 class ClaudeClient:
@@ -128,9 +129,18 @@ class ClaudeClient:
         return random.uniform(0, cap)
 
     async def send(
-        self, attempt: Attempt, body: bytes | None, *, stream: bool = True
+        self,
+        attempt: Attempt,
+        body: bytes | None,
+        *,
+        stream: bool = True,
+        written: Callable[[], object] | None = None,
     ) -> tuple[Response, int]:
         """Send with retries; returns (response, retries used). Raises Rejection if unreachable.
+
+        `written` runs once, right after the first attempt that reaches the wire is
+        written (`Pool.request`): work that need not delay the request runs while
+        Claude works on it. It does not run if no attempt was ever written.
 
         A stream's headers come at once, so waiting for them longer than the idle timeout
         means trouble; a non-streaming answer sends its headers only when it is complete,
@@ -142,17 +152,22 @@ class ClaudeClient:
         config = self._config
         head = self._stream_head if stream else self._message_head
         loop = self._pool.loop  # the running loop's own lookup costs a getpid() on 3.11
-        whole = loop.time() + config.request_timeout_seconds
+        # A message's whole call (head and body) has `request_timeout_seconds` from here.
+        whole = 0.0 if stream else loop.time() + config.request_timeout_seconds
         retries = 0
         while True:
             task = head.start(loop)
             try:
-                response = await self._pool.request(attempt.method, target, attempt.headers, body)
+                response = await self._pool.request(
+                    attempt.method, target, attempt.headers, body, written
+                )
             except asyncio.CancelledError:
                 if head.stop(task):  # the head's deadline passed, not the client leaving
                     raise reject("upstream_timeout", "Claude did not answer in time") from None
                 raise
             except ClientError as exc:  # no connection, or one lost before an answer
+                if not isinstance(exc, ConnectError):
+                    written = None  # the request was written: `written` ran
                 if retries >= config.max_retries:
                     raise reject(
                         "upstream_unreachable", f"Claude is unreachable ({type(exc).__name__})"
@@ -160,6 +175,7 @@ class ClaudeClient:
                 delay = self.backoff(retries, None)
                 self._count_retry("connect_error")
             else:
+                written = None  # ran with this attempt: a retry does not run it again
                 response.deadline = loop.time() + config.idle_timeout_seconds if stream else whole
                 status = response.status
                 if self._on_status is not None:

@@ -43,7 +43,9 @@ async def test_the_request_goes_out_whole_with_host_and_length() -> None:
         % port.encode()
     )
     assert first.body == b'{"a":1}'
-    assert b"content-length" not in second.head  # a GET without a body
+    # A GET without headers or a body: the request line, host and the blank line, no more.
+    assert second.head == b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1:%b\r\n\r\n" % port.encode()
+    assert third.head.startswith(b"POST /empty HTTP/1.1\r\n")  # nothing stray before it
     assert b"\r\ncontent-length: 0\r\n" in third.head  # a POST always says its length
 
 
@@ -227,3 +229,44 @@ async def test_a_call_waiting_for_a_connection_when_the_pool_closes_fails_to_con
         with pytest.raises(Disconnected):
             await first
         assert server.connections == 1  # no connection opened for the waiting call
+
+
+async def test_written_runs_after_the_request_is_written_before_its_answer() -> None:
+    """The caller's deferred step runs once the request is on the wire, while the server
+    has not answered yet; not at all when no connection opened; and its error ends the
+    call with its connection closed."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+    steps: list[str] = []
+
+    async def held_back(exchange: Exchange) -> None:
+        arrived.set()
+        await release.wait()
+        exchange.writer.write(OK)
+
+    async with raw_server(held_back) as server:
+        pool = Pool(server.url, limit=1, connect_timeout=5)
+        call = asyncio.create_task(
+            pool.request("POST", "/x", {}, b"{}", lambda: steps.append("written"))
+        )
+        await arrived.wait()  # the server has the request whole
+        assert steps == ["written"]  # ran before any answer came
+        release.set()
+        response = await call
+        assert await response.read() == b"ok"
+        assert steps == ["written"]
+
+        def fails() -> None:
+            raise RuntimeError("bookkeeping failed")
+
+        with pytest.raises(RuntimeError, match="bookkeeping"):
+            await pool.request("POST", "/x", {}, b"{}", fails)
+        await asyncio.sleep(0.01)
+        assert pool.open_connections == 0  # its answer would confuse the next call
+        await pool.close()
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    refused = Pool(f"http://127.0.0.1:{port}", limit=1, connect_timeout=5)
+    with pytest.raises(ConnectError):
+        await refused.request("GET", "/", {}, None, lambda: steps.append("never"))
+    assert steps == ["written"]

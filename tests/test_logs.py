@@ -184,7 +184,8 @@ def test_json_formatter_handles_exceptions_and_odd_values() -> None:
 async def test_stream_start_comes_first_even_for_a_call_ended_at_once(
     sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
 ) -> None:
-    """A quota refusal ends the call before the loop runs the deferred start: still in order."""
+    """A quota refusal ends the call before its request is written: its start completes
+    at its end, still first."""
     read = log_output()
     otel = make_otel()
     quotas = {"quotas": {"store": "memory", "requests_per_minute": 1}}

@@ -7,7 +7,7 @@ import gc
 import logging
 import pstats
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -18,7 +18,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import (
+    Link,
     NonRecordingSpan,
     SpanContext,
     SpanKind,
@@ -28,7 +30,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import AnyValue
+from opentelemetry.util.types import AnyValue, Attributes
 
 from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
@@ -207,6 +209,56 @@ def test_spans_are_the_sdks_under_every_span_limit(
     for name, value in LIMITS[limits].items():
         monkeypatch.setenv(name, value)
     assert_same(7, PARENTS[parent], caplog, exports=True)
+
+
+class Tagging(Sampler):
+    """Samples everything and adds an attribute of its own to what it was given."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, {**(attributes or {}), "tag": "t"})
+
+    def get_description(self) -> str:
+        return "Tagging"
+
+
+@pytest.mark.parametrize("limits", [{}, *LIMITS.values()])
+def test_the_samplers_attributes_come_first_however_the_span_is_first_touched(
+    monkeypatch: pytest.MonkeyPatch, limits: dict[str, str]
+) -> None:
+    """A span stores the sampler's attributes at its first write or at its end: first,
+    under the span limits, as the SDK stores them at its start."""
+    for name, value in limits.items():
+        monkeypatch.setenv(name, value)
+    exporters = []
+    for sidecars in (True, False):
+        exporter = InMemorySpanExporter()
+        processor = SimpleSpanProcessor(exporter)
+        made = TracerProvider(sampler=Tagging(), id_generator=SeededIds(7))
+        made.add_span_processor(processor)
+        spans = Spans(made, [processor]) if sidecars else SdkSpans(Spans(made, ()))
+        start: dict[str, AnyValue] = {"a": "first", "b": ["x", "y"], "c": 3, "d": "long value"}
+        server = spans.start("s", SpanKind.SERVER, dict(start), Context())
+        untouched = spans.start_child("u", SpanKind.CLIENT, dict(start), server)
+        untouched.end()
+        written = spans.start_child("w", SpanKind.CLIENT, dict(start), server)
+        written.set_attribute("a", "again")  # a start key re-set moves to the end
+        written.set_attribute("e", 5)
+        written.end()
+        server.set_attributes({"c": 4, "f": "x"})
+        server.end()
+        exporters.append([exported(span) for span in exporter.get_finished_spans()])
+    ours, theirs = exporters
+    assert ours == theirs
+    assert len(ours) == 3
 
 
 def test_the_default_case_exports_both_spans(caplog: pytest.LogCaptureFixture) -> None:

@@ -117,7 +117,7 @@ VARIED: list[dict[str, Any]] = [
 
 
 def _finish_all(telemetry: Telemetry, records: list[StreamRecord]) -> None:
-    for record in records:  # no running loop: the stream start is announced at once
+    for record in records:  # never written: the stream start completes at its finish
         span = telemetry.start_stream(record, trace.INVALID_SPAN)
         telemetry.admitted(record)
         telemetry.finish_stream(record, span)

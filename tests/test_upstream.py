@@ -23,9 +23,10 @@ import pytest
 from aiohttp import web
 
 from sidecar.config import ClaudeConfig
+from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
 from sidecar.http_client import Pool
-from sidecar.upstream import ClaudeClient
+from sidecar.upstream import Attempt, ClaudeClient
 from tests.support.apps import serving
 from tests.support.scripted_claude import (
     MODEL,
@@ -441,3 +442,31 @@ async def test_an_upstream_101_is_not_relayed() -> None:
         status, answer = await post(sidecar.url, body())
     assert status == 502
     assert answer["error"]["type"] == "api_error"
+
+
+async def test_written_runs_once_however_many_attempts_and_never_without_a_request() -> None:
+    """The caller's deferred step runs after the first attempt written, not again on a
+    retry; with Claude unreachable no request was written and it never runs."""
+    config = ClaudeConfig(max_retries=2, retry_base_seconds=0.01, retry_max_seconds=2)
+    steps: list[int] = []
+    async with answering_claude([error(529, **{"retry-after": "0"}), ok]) as (url, seen):
+        pool = Pool(url, limit=2, connect_timeout=5)
+        client = ClaudeClient(config, url, pool)
+        attempt = Attempt("POST", "/v1/messages", {"content-type": "application/json"})
+        answer, retries = await client.send(
+            attempt, json.dumps(body()).encode(), stream=False,
+            written=lambda: steps.append(len(seen)),
+        )  # fmt: skip
+        assert (answer.status, retries, len(seen)) == (200, 1, 2)
+        answer.close()
+        await pool.close()
+    assert steps == [0]  # once, as the first attempt left (before Claude had read it)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    pool = Pool(nobody, limit=1, connect_timeout=5)
+    client = ClaudeClient(config, nobody, pool)
+    with pytest.raises(Rejection, match="unreachable"):
+        await client.send(attempt, b"{}", written=lambda: steps.append(-1))
+    assert steps == [0]
+    await pool.close()

@@ -9,6 +9,7 @@ records the stream once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import time
@@ -18,7 +19,6 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from aiohttp import web
-from opentelemetry.trace import Span
 
 from sidecar.call.stream import HeldCall, Resumable, hand_off, open_relay
 from sidecar.errors import Rejection, reject, short_error_type, simple_error_body
@@ -28,17 +28,18 @@ from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.tap import CallTap
-from sidecar.telemetry import Telemetry
 from sidecar.upstream import Attempt, read_answer, returned_headers
 from sidecar.usage import apply_message
 
 MAX_ERROR_BODY = 64 * 1024
 _HANDED_OVER: Final[Mapping[str, str]] = MappingProxyType({})
+_SENT: Final = Attempt("POST", "", {})  # a sent call's attempt (never sent again)
 
 
 @dataclass(slots=True)
 class ClaudeRequest:
-    """A validated call: what to send and what to reserve."""
+    """A validated call: what to send and what to reserve. Once sent, `attempt` and
+    `body` are let go (`call_claude`): an open stream does not hold its request."""
 
     attempt: Attempt
     body: bytes
@@ -120,11 +121,17 @@ async def call_claude(
         telemetry.admitted(record)
         ensure_client_present(ctx.request)  # it may have left while queued: pay for nobody
         record.upstream_started = time.perf_counter()
-        # What only the start needs (the attempt's headers, the answer's headers) is built
-        # in argument position: this frame lives as long as the stream and keeps none of it.
+        telemetry.inject(held.span, call.attempt.headers)  # `traceparent`: the call's span
+        # What only the start needs (the answer's headers, the deferred step) is built in
+        # argument position: this frame lives as long as the stream and keeps none of it.
         upstream, record.retries = await runtime.claude.send(
-            _traced(call.attempt, held.span, telemetry), call.body, stream=call.stream
+            call.attempt,
+            call.body,
+            stream=call.stream,
+            written=functools.partial(_written, held),
         )
+        # Sent: a stream need not hold its request (the body, the headers) to its end.
+        call.attempt, call.body = _SENT, b""
         record.upstream_status = upstream.status
         if upstream.status != 200:
             return await _relay_error(ctx, upstream, record, _answer_headers(ctx, held, upstream))
@@ -174,11 +181,15 @@ async def call_claude(
             await held.close()
 
 
-def _traced(attempt: Attempt, span: Span, telemetry: Telemetry) -> Attempt:
-    """The attempt with `traceparent` naming the call's span (the prepared one is shared)."""
-    headers = dict(attempt.headers)
-    telemetry.inject(span, headers)
-    return Attempt(attempt.method, attempt.path, headers)
+def _written(held: HeldCall) -> None:
+    """What the call's start still owes once its request is written, done while Claude
+    works on it: telemetry's stream start (`Telemetry.stream_started`: log line, counts,
+    both spans' start attributes) and the lease's rate-limit headers, all needed only
+    when Claude answers or the stream ends."""
+    ctx = held.ctx
+    ctx.runtime.telemetry.stream_started(held.record, held.span, ctx.span)
+    if held.lease is not None:
+        held.lease.prepare_headers()
 
 
 def _answer_headers(ctx: RequestContext, held: HeldCall, upstream: Response) -> dict[str, str]:

@@ -65,6 +65,8 @@ def _lost_event(error_type: str, message: str) -> bytes:
 
 def _resume_wanted(ctx: RequestContext) -> bool:
     """Resume on the Anthropic route is opt-in: the route's `resume.enabled` or the header."""
+    if not ctx.runtime.config.resume.enabled:  # off: no header to read
+        return False
     asked = ctx.request.headers.get(RESUME_HEADER, "").strip().lower() in ("on", "1", "true")
     return resume.enabled_on(ctx, default=asked)
 
@@ -144,8 +146,11 @@ def _under(path: str, prefix: str) -> bool:
 
 async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     _require_post(ctx)
-    raw = await read_body(ctx.request, ctx.runtime.config.server)
-    call, record, cached = await _message_call(ctx, path_qs, raw)
+    # Only the call holds the body (this frame lives as long as the stream): it lets the
+    # body go once sent.
+    body = await read_body(ctx.request, ctx.runtime.config.server)
+    call, record, cached = await _message_call(ctx, path_qs, body)
+    del body
     if cached.source is not None:  # replayed as Claude sent it: the exact bytes
         reserve = call.input_estimate + (record.max_tokens or 0)
         answered = await cached.serve(record, PASSTHROUGH, reserve)

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar import deltas, sse
+from sidecar.cache.step import CacheStep
 from sidecar.cache.step import lookup as cache_lookup
 from sidecar.call.run import (
     ClaudeRequest,
@@ -233,6 +234,31 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         # EventSource reconnecting (it does so on its own after every stream ends): streams
         # are not resumable, so say "stop" (204) rather than pay for the prompt again.
         return web.Response(status=204, headers=ctx.headers)
+    call, record, cached = await _prompt_call(ctx)
+    capture = config.telemetry.capture_content
+    if cached.source is not None:  # the route's own events, made from Claude's recorded ones
+        replayed = PromptTranslator(capture=capture)
+        reserve = call.input_estimate + (record.max_tokens or 0)
+        answered = await cached.serve(record, replayed, reserve)
+        if answered is not None:
+            return answered
+    try:
+        plan = await resume.prepare(ctx) if resumable else None
+    except BaseException:
+        cached.abandon()
+        raise
+    translator = PromptTranslator(capture=capture, log=plan.log if plan is not None else None)
+    return await call_claude(ctx, call, record, translator, plan, cached.tap)
+
+
+async def _prompt_call(ctx: RequestContext) -> tuple[ClaudeRequest, StreamRecord, CacheStep]:
+    """The validated, screened call, its record and the cache's decision.
+
+    A function of its own so the request's fields, the body built from them and the
+    screened texts are freed before the stream starts instead of living as long as it.
+    """
+    request = ctx.request
+    config = ctx.runtime.config
     if request.method == "GET":
         fields: dict[str, Any] = dict(request.query)
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
@@ -247,29 +273,15 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
     check_model(ctx, body["model"])
     screened = ctx.route.screener.screen_request(body)
     record = new_record(ctx, body["model"], body["max_tokens"], stream=True)
-    capture = config.telemetry.capture_content
-    if capture:
+    if config.telemetry.capture_content:
         record.prompt_text = fields["prompt"]
-    input_estimate = estimate_input_tokens(screened.chars, screened.attachment_bytes)
-    cached = await cache_lookup(ctx, body, stream=True)
-    if cached.source is not None:  # the route's own events, made from Claude's recorded ones
-        replayed = PromptTranslator(capture=capture)
-        answered = await cached.serve(record, replayed, input_estimate + body["max_tokens"])
-        if answered is not None:
-            return answered
-    try:
-        plan = await resume.prepare(ctx) if resumable else None
-    except BaseException:
-        cached.abandon()
-        raise
     call = ClaudeRequest(
         attempt=Attempt("POST", "/v1/messages", ctx.runtime.claude.request_headers({})),
         body=json.dumps(body).encode(),
         stream=True,
-        input_estimate=input_estimate,
+        input_estimate=estimate_input_tokens(screened.chars, screened.attachment_bytes),
     )
-    translator = PromptTranslator(capture=capture, log=plan.log if plan is not None else None)
-    return await call_claude(ctx, call, record, translator, plan, cached.tap)
+    return call, record, await cache_lookup(ctx, body, stream=True)
 
 
 def _lost_event(error_type: str, message: str) -> bytes:

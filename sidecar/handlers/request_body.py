@@ -70,14 +70,20 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
     """The whole body, decoded: 413 above `max_body_bytes` (sent or decoded), 408 when it
     takes longer than `body_read_timeout_seconds`, 415/400 for an encoding it cannot decode."""
     limit = server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise _too_large(limit)
+    content = request.content
     try:
-        if request.content.is_eof():  # it all came with the head: nothing to wait for
-            raw = await request.read()  # the listener's client_max_size is `limit`
+        if content.is_eof():
+            # It all came with the head: taken from the buffer at once, not gathered chunk
+            # by chunk as `read()` does, and bounded as `read()` is (client_max_size).
+            raw = content.read_nowait()
+            if len(raw) > limit:
+                raise _too_large(limit)
         else:
             async with asyncio.timeout(server.body_read_timeout_seconds):
-                raw = await request.read()
+                raw = await request.read()  # the listener's client_max_size is `limit`
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
     except TimeoutError:
@@ -86,7 +92,8 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
         raise malformed_body() from None
     except ConnectionError:
         raise client_gone() from None
-    return decode_body(raw, request.headers.getall("Content-Encoding", ()), limit)
+    encodings = request.headers.getall("Content-Encoding", ())
+    return decode_body(raw, encodings, limit) if encodings else raw
 
 
 def decode_body(raw: bytes, encodings: tuple[str, ...] | list[str], limit: int) -> bytes:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from yarl import URL
@@ -68,10 +68,20 @@ class Pool:
         self._closed = False
 
     async def request(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        written: Callable[[], object] | None = None,
     ) -> Response:
         """Send `method target` with `headers` (names lower-case) and `body`; returns the
         answer with its status and headers read. `target` is the path and query, sent as is.
+
+        `written` runs right after the request is written, before the head is awaited:
+        the caller's bookkeeping runs while the server works on the answer, not before
+        the request leaves. It runs only if the request was written; if it raises, the
+        call ends with that error (its answer unread, the connection closed).
 
         Raises `ConnectError` when no connection opens, `Disconnected` or
         `MalformedResponse` when the answer's head does not come whole.
@@ -80,6 +90,8 @@ class Pool:
         connection = await self._acquire()
         response = connection.send(request, method == "HEAD")
         try:
+            if written is not None:
+                written()
             await response.head()
         except BaseException:
             response.close()
@@ -89,17 +101,17 @@ class Pool:
     def _serialise(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes | None
     ) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1", self._host_line]
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}")
+        fields = [f"\r\n{name}: {value}" for name, value in headers.items()]
         if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"content-length: {len(body) if body else 0}")
-        head = "\r\n".join(lines)
+            fields.append(f"\r\ncontent-length: {len(body) if body else 0}")
+        head = f"{method} {target} HTTP/1.1\r\n{self._host_line}" + "".join(fields)
         # CR, LF and NUL never reach the wire from a name or value: none can add a header
         # or a request (the listener's parser refuses them already; this holds whatever
         # the source). Three scans in C; the rare offender is cleaned line by line.
-        breaks = len(lines) - 1
+        breaks = len(fields) + 1
         if head.count("\n") != breaks or head.count("\r") != breaks or "\0" in head:
+            lines = [f"{method} {target} HTTP/1.1", self._host_line]
+            lines += (field[2:] for field in fields)
             head = "\r\n".join(line.translate(_FORBIDDEN) for line in lines)
         return head.encode("utf-8", "surrogateescape") + b"\r\n\r\n" + (body or b"")
 

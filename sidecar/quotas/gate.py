@@ -140,13 +140,14 @@ class QuotaLease:
     """An admitted call's reservation and stream slot; settle exactly once when it ends."""
 
     __slots__ = (
+        "_decision",
         "_gate",
+        "_headers",
         "_limits",
         "_renewal",
         "_reserved",
         "_settled",
         "_subject",
-        "headers",
         "lease_id",
     )
 
@@ -165,7 +166,32 @@ class QuotaLease:
         self.lease_id = _new_lease_id()
         self._settled = gate is None
         self._renewal: asyncio.Task[None] | None = None
-        self.headers = headers
+        self._headers: Mapping[str, str] | None = headers
+        self._decision: Decision | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The `anthropic-ratelimit-*` headers of the admission (built on first use)."""
+        headers = self._headers
+        if headers is None:
+            self.prepare_headers()
+            headers = self._headers
+            assert headers is not None
+        return headers
+
+    @headers.setter
+    def headers(self, headers: Mapping[str, str]) -> None:
+        self._headers, self._decision = headers, None
+
+    def prepare_headers(self) -> None:
+        """Build the rate-limit headers from the admission's decision, if not built yet.
+
+        Formatting them is left out of `acquire`: a Claude call builds them once its
+        request is written (they are needed only when Claude answers).
+        """
+        decision = self._decision
+        if decision is not None:
+            self._headers, self._decision = ratelimit_headers(decision), None
 
     def start_renewal(self) -> None:
         """Renew the lease every third of its lifetime until settled (one task per lease)."""
@@ -333,10 +359,11 @@ class QuotaGate:
         if decision is None:
             return NO_LEASE
         if not limits.holds_lease:
-            return QuotaLease(headers=ratelimit_headers(decision))  # nothing to give back
-        lease.headers = ratelimit_headers(decision)
-        if self.store.renews_leases and limits.concurrent_streams is not None:
+            lease = QuotaLease()  # nothing to give back
+        elif self.store.renews_leases and limits.concurrent_streams is not None:
             lease.start_renewal()
+        # The headers are built when first needed (`prepare_headers`), off the request's way.
+        lease._headers, lease._decision = None, decision
         return lease
 
     async def count_request(

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
-from threading import get_ident
 from typing import Any, Final, TypeVar
 
 from opentelemetry import trace
@@ -114,9 +113,6 @@ class Telemetry:
         # Off (no providers): spans do not record and no reader ever collects, so the
         # per-call attribute dicts and measurements below are skipped, not built for nothing.
         self._on = providers is not None
-        # The loop calls run on, and its thread (`start_stream`).
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         # Memos of values derived per call from a few distinct inputs, each bounded
         # (`_remember`). A Telemetry is the process's (a reload keeps it: `telemetry`
         # changes need a restart), and what the memos derive from is fixed with it.
@@ -220,10 +216,11 @@ class Telemetry:
         """The CLIENT span `chat {model}` of one Claude call under `parent` (the request's
         span); ends in `finish_stream`.
 
-        The span starts now (Claude is sent its id); the `stream_start` line and the
-        queue wait point are left to the loop's next turn, which comes while the call
-        waits for Claude: they are off the path to the first token. `finish_stream`
-        runs them first if the call ends before that turn.
+        Only what the request to Claude needs happens here: the span starts (Claude is
+        sent its id). The rest of the start (the `stream_start` line, the active-stream
+        count and the queue wait point) is `stream_started`, which the caller runs once
+        the request is written, while Claude works on it; `finish_stream` runs it first
+        if the call ended before that.
         """
         if self.config.capture_content:
             record.capture = True
@@ -231,56 +228,57 @@ class Telemetry:
         model = record.request_model
         # `self.models(model)`, called only for a model not already known to pass.
         record.model_label = model if model in self.models.passing else self.models(model)
+        record.pending_start = True
         spans = self.spans
-        span = (
-            spans.start_child(
-                f"{OPERATION} {record.model_label}",
-                SpanKind.CLIENT,
-                streams.start_attributes(record),
-                parent,
-            )
-            if spans is not None
-            else _continued(parent)
+        if spans is None:
+            return _continued(parent)
+        return spans.start_child(
+            f"{OPERATION} {record.model_label}",
+            SpanKind.CLIENT,
+            streams.start_attributes(record),
+            parent,
         )
-        loop = self._loop
-        if loop is None or get_ident() != self._loop_thread or not loop.is_running():
-            # Looked up when it changes only: on Python 3.11 the lookup asks the kernel
-            # for the process id, a system call per call.
-            try:
-                loop = self._loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop (a direct call): nothing to wait for
-                self._announce(record, span)
-                return span
-            self._loop_thread = get_ident()
-        record.pending_start = loop.call_soon(self._announce, record, span)
-        return span
 
-    def _announce(self, record: StreamRecord, span: Span) -> None:
-        """The deferred half of `start_stream`; runs exactly once per stream."""
-        record.pending_start = None
+    def stream_started(self, record: StreamRecord, span: Span, parent: Span | None = None) -> None:
+        """The deferred half of `start_stream`: the `stream_start` line and, for an admitted
+        call, its active-stream count and queue wait point; the start attributes of `span`
+        and `parent` (the request's span) are stored (`SidecarSpan.store_pending`). Runs
+        once per stream (again: no effect), at the latest when the stream finishes."""
+        if not record.pending_start:
+            return
+        record.pending_start = False
         try:
+            if type(span) is SidecarSpan:
+                span.store_pending()
+            if type(parent) is SidecarSpan:
+                parent.store_pending()
             # Ids, identity hashes and trace ids are the same on both stream lines: once.
             record.log_base = self._log_base(record, span)
             if stream_log.isEnabledFor(logging.INFO):
                 fields = {"event": "stream_start", **record.log_base}
                 log_event(stream_log, logging.INFO, "stream_start", fields)
-            if record.admitted and self._on:
-                self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
+            if record.admitted:
+                self._count_admitted(record)
         except Exception:  # telemetry must never break a response
             stream_log.exception("telemetry failed for a stream")
 
     def admitted(self, record: StreamRecord) -> None:
-        """The call got a stream slot: active until `finish_stream`; its queue wait recorded."""
+        """The call got a stream slot: active until `finish_stream`; its queue wait recorded
+        (by `stream_started` when the start is still pending, as it is in a call)."""
         record.admitted = True
+        if not record.pending_start:
+            self._count_admitted(record)
+
+    def _count_admitted(self, record: StreamRecord) -> None:
         if not self._on:
             return
         try:
             route = self._routes[record.route]
         except KeyError:
             route = self._route_attributes(record.route)
-        self.instruments.active_streams.add(1, route)
-        if record.pending_start is None:  # else the pending `_announce` records it
-            self.instruments.queue_wait.record(record.queue_wait, _ADMITTED)
+        instruments = self.instruments
+        instruments.active_streams.add(1, route)
+        instruments.queue_wait.record(record.queue_wait, _ADMITTED)
 
     def finish_stream(self, record: StreamRecord, span: Span) -> None:
         """Everything about a finished stream, once: span attributes, metrics, log line."""
@@ -292,9 +290,8 @@ class Telemetry:
                 span.end()
 
     def _finish(self, record: StreamRecord, span: Span) -> None:
-        if record.pending_start is not None:  # ended before the loop came round: start first
-            record.pending_start.cancel()
-            self._announce(record, span)
+        if record.pending_start:  # ended before its request was written: start first
+            self.stream_started(record, span)
         ended = record.ended or record.last_chunk_at or record.started
         failed = record.outcome not in streams.NOT_FAILED  # `streams.failed`, inline
         # The bounded labels, each asked only for a value not already known to pass.

@@ -33,6 +33,9 @@ _log = logging.getLogger("opentelemetry.sdk.trace")
 _UNSET: Final = Status(StatusCode.UNSET)
 # Values the SDK's cleaning keeps as they are (with no length limit in force).
 _PLAIN: Final = frozenset({str, int, float, bool, bytes, type(None)})
+# The store of a recording span whose sampler's attributes are still set aside: shared and
+# never written to (every write, and the end, stores them first, in a dict of the span's own).
+UNSTORED: Final[dict[str, types.AnyValue]] = {}
 
 
 def _plain_sequence(value: Sequence[object]) -> bool:
@@ -44,7 +47,7 @@ class SidecarSpan(trace.Span):
 
     __slots__ = (
         "_attributes", "_caller", "_context", "_end", "_events", "_hex", "_kind", "_links",
-        "_name", "_parent", "_spans", "_start", "_status",
+        "_name", "_parent", "_pending", "_spans", "_start", "_status",
     )  # fmt: skip
 
     def __init__(
@@ -64,6 +67,9 @@ class SidecarSpan(trace.Span):
         self._caller = caller  # the Context a child's sampler sees this span in
         # None: not recording (dropped by the sampler, or no processor to see it).
         self._attributes: dict[str, types.AnyValue] | BoundedAttributes | None = None
+        # A recording span's sampler attributes until stored (`store_pending`): not on the
+        # way to the request the span names.
+        self._pending: Mapping[str, types.AnyValue] | None = None
         self._status = _UNSET
         self._start = 0
         self._end: int | None = None
@@ -96,10 +102,21 @@ class SidecarSpan(trace.Span):
             return False
         return True
 
+    def store_pending(self) -> None:
+        """Store the sampler's attributes set aside at the start, as `set_attributes` would
+        have then; no effect once done. Runs at the span's first write or end at the latest."""
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._attributes = {}
+            if pending:
+                self.set_attributes(pending)
+
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         store = self._attributes
         if (
             type(store) is dict
+            and self._pending is None
             and self._end is None
             and type(value) in _PLAIN
             and type(key) is str
@@ -120,6 +137,10 @@ class SidecarSpan(trace.Span):
         if self._end is not None:
             _log.warning("Setting attribute on ended span.")
             return
+        if self._pending is not None:
+            self.store_pending()
+            store = self._attributes
+            assert store is not None
         if type(store) is dict and len(store) + len(attributes) <= self._spans.room:
             for key, value in attributes.items():
                 kind = type(value)
@@ -208,6 +229,10 @@ class SidecarSpan(trace.Span):
         if self._end is not None:
             _log.warning("Calling end() on an ended span.")
             return
+        if self._pending is not None:
+            self.store_pending()
+            attributes = self._attributes
+            assert attributes is not None
         self._end = end_time if end_time is not None else time_ns()
         self._spans.ended(self, attributes)
 

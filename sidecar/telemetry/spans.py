@@ -15,6 +15,11 @@ trace id); `SpanLimits` from `OTEL_*_LIMIT`; the resource and the `claude-sideca
 scope. The SDK's own span counters (`OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED`) go to
 the process-global meter provider, which the sidecar never sets: never exported, not kept.
 
+The sampler's attributes (the start attributes it was given, or what it returned
+instead) are what a recording span holds first, as with the SDK; they are set aside at
+the start and stored when the request the span names has been written (a Claude call's
+deferred step), at the span's first write or at its end, whichever comes first.
+
 A span the sampler drops, or one no processor would see (no span exporter at all, e.g.
 Prometheus only), records nothing but keeps its context: `traceparent` and the log
 lines still name it, with the sampled flag the sampler decided.
@@ -43,7 +48,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.util import types
 
-from sidecar.telemetry.span import SidecarSpan
+from sidecar.telemetry.span import UNSTORED, SidecarSpan
 
 SCOPE: Final = "claude-sidecar"
 # Trace flags by (sampled | random trace id << 1), built once.
@@ -95,7 +100,8 @@ class Spans:
         self, name: str, kind: SpanKind, attributes: dict[str, types.AnyValue], context: Context
     ) -> trace.Span:
         """A span whose parent is the span in `context` (a caller's, or none: a new trace)."""
-        parent = trace.get_current_span(context).get_span_context()
+        # An empty context (no caller's trace, the common case) holds no span to ask.
+        parent = trace.get_current_span(context).get_span_context() if context else None
         return self._start(name, kind, attributes, context, parent, context)
 
     def start_child(
@@ -137,8 +143,10 @@ class Spans:
         )
         span = SidecarSpan(self, name, kind, span_context, parent, caller)
         if decision is not _DROPPED and self._processors:
-            span._attributes = {}
-            span.set_attributes(result.attributes)
+            # Recording, the sampler's attributes first: set aside until the request the
+            # span names is written (`SidecarSpan.store_pending`), its first write or its end.
+            span._attributes = UNSTORED
+            span._pending = result.attributes
             span._start = time_ns()
         return span
 

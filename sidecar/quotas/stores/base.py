@@ -87,7 +87,8 @@ class BucketState:
 def window_of(limit: int, period: float, level: float, now: float) -> Window:
     """The client's view of a bucket of `limit` per `period` seconds at `level` now."""
     refill = (limit - level) * period / limit
-    return Window(limit, max(0, math.floor(level)), now + max(0.0, refill))
+    # As `max(0, floor(level))` and `now + max(0.0, refill)`, without the calls.
+    return Window(limit, math.floor(level) if level > 0 else 0, now + refill if refill > 0 else now)
 
 
 def tighter(a: Window | None, b: Window | None) -> Window | None:
