@@ -29,15 +29,15 @@ from tests.support.costs import (
     per_open_stream,
 )
 
-CALLS_PER_CALL = 1200  # measured 1,045-1,105
+CALLS_PER_CALL = 1120  # measured 942-1,035
 CALLS_PER_EVENT = 54  # measured 44-49 (≈ 30 of them the asyncio loop's own per read)
 # The prompt route: the same relay, plus each delta re-framed as `{"token": ...}` (its JSON
 # string copied, not decoded, its resume id written in the same step) and kept in the
 # resume buffer. Its memory per event is that buffer, bounded by `resume.max_buffer_bytes`
 # (the stream store's tests).
 PROMPT_CALLS_PER_EVENT = 58  # measured 48-53
-BYTES_PER_OPEN_STREAM = 21_000  # measured 18,800 (most of it aiohttp's and the transports')
-BLOCKS_PER_OPEN_STREAM = 235  # measured 212
+BYTES_PER_OPEN_STREAM = 20_500  # measured 18,300-18,600 (most of it aiohttp's and the transports')
+BLOCKS_PER_OPEN_STREAM = 226  # measured 205
 # Memory left behind once calls and streams have ended: none beyond noise (the loop
 # drops cancelled timers in batches, caches fill), measured within ±130 B per call and
 # ±100 B per event. Keeping one log record per call is ~1 KB; one event's bytes ~190 B.
