@@ -130,20 +130,7 @@ async def test_an_sse_response_sends_its_head_with_the_first_write(
     sends: list[bytes] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        transport = request.transport
-        assert transport is not None
-        write, writelines = transport.write, transport.writelines
-
-        def counted_write(data: bytes | bytearray | memoryview) -> None:
-            sends.append(bytes(data))
-            write(data)
-
-        def counted_writelines(data: Iterable[bytes | bytearray | memoryview[Any]]) -> None:
-            sends.append(b"".join(data))
-            writelines(data)
-
-        transport.write = counted_write  # type: ignore[method-assign]
-        transport.writelines = counted_writelines  # type: ignore[method-assign,assignment]
+        _sends_of(request, sends)
         response = adapter.SSEResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         assert sends == []  # the head waits for the first bytes

@@ -79,15 +79,17 @@ class HeldCall:
 def _live_stream(
     ctx: RequestContext, upstream: Response, core: StreamCore, generation: Generation
 ) -> LiveStream:
+    return LiveStream(upstream, core, generation, **_timings(ctx))
+
+
+def _timings(ctx: RequestContext) -> dict[str, float]:
+    """A live stream's heartbeat and timeouts, as the config sets them."""
     config = ctx.runtime.config.claude
-    return LiveStream(
-        upstream,
-        core,
-        generation,
-        heartbeat=config.heartbeat_seconds,
-        idle_timeout=config.idle_timeout_seconds,
-        stall_timeout=config.client_stall_timeout_seconds,
-    )
+    return {
+        "heartbeat": config.heartbeat_seconds,
+        "idle_timeout": config.idle_timeout_seconds,
+        "stall_timeout": config.client_stall_timeout_seconds,
+    }
 
 
 async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> ClientChannel:
@@ -115,17 +117,7 @@ async def open_relay(
     and an open stream holds the caller's frame and the relay's, nothing in between.
     """
     channel = await _start_response(ctx, headers)
-    config = ctx.runtime.config.claude
-    live = open_stream(
-        upstream,
-        channel,
-        record,
-        translator,
-        tap,
-        heartbeat=config.heartbeat_seconds,
-        idle_timeout=config.idle_timeout_seconds,
-        stall_timeout=config.client_stall_timeout_seconds,
-    )
+    live = open_stream(upstream, channel, record, translator, tap, **_timings(ctx))
     return live, channel
 
 
