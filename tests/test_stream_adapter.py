@@ -55,7 +55,7 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
         seen["chunked"] = response.headers.get("Transfer-Encoding")
         channel = adapter.ClientChannel(request, response)
         seen["headers_held"] = len(response.headers)
-        await channel.write_with_headers(b"data: 1\n\n")
+        channel.start(b"data: 1\n\n")
         channel.write(b"data: 2\n\n")
         channel.write(b"data: 3\n\n")
         seen["buffered"] = channel.buffered()
@@ -97,7 +97,7 @@ async def test_the_end_leaves_in_one_send_with_the_last_bytes(
         await response.prepare(request)
         channel = adapter.ClientChannel(request, response)
         if started:
-            await channel.write_with_headers(b"data: 1\n\n")
+            channel.start(b"data: 1\n\n")
         transport = request.transport
         assert transport is not None
         write, writelines = transport.write, transport.writelines
@@ -135,7 +135,7 @@ async def test_an_sse_response_sends_its_head_with_the_first_write(
         await response.prepare(request)
         assert sends == []  # the head waits for the first bytes
         channel = adapter.ClientChannel(request, response)
-        await channel.write_with_headers(first)
+        channel.start(first)
         assert len(sends) == 1
         channel.write(b"data: 2\n\n")
         await channel.end()

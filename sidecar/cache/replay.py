@@ -69,7 +69,7 @@ async def replay_stream(
             if not out:
                 continue
             if first:
-                await channel.write_with_headers(out)
+                channel.start(out)
                 first = False
             elif channel.closing():
                 record.outcome = "client_cancelled"

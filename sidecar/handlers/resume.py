@@ -135,7 +135,7 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
         generation.attach(subscriber)  # no await since the backlog was taken: no gap
         try:
             with contextlib.suppress(ConnectionResetError):
-                await subscriber.start()
+                subscriber.begin(b"")  # the backlog, with the headers
                 await subscriber.done
         finally:
             generation.detach(subscriber)

@@ -203,17 +203,17 @@ class ClientChannel:
             raise ClientConnectionResetError("Cannot write to closing transport")
         if data and self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
+        self._send_with_head(data)
+        return transport.get_write_buffer_size() > HIGH_WATER
+
+    def _send_with_head(self, data: bytes) -> None:
+        """Write framed `data`, after the head if it has not left yet; the response sent."""
         head = self._head
         if head:
             self._head = b""
             data = head + data
-        transport.write(data)
+        self._transport.write(data)
         self._sent(len(data))
-        return transport.get_write_buffer_size() > HIGH_WATER
-
-    async def write_with_headers(self, data: bytes) -> None:
-        """`start`, for callers that await their first write."""
-        self.start(data)
 
     def write(self, data: bytes) -> None:
         """Frame and write in one call (HTTP/1.1 chunked or raw); never waits."""
@@ -268,12 +268,7 @@ class ClientChannel:
         data, self._tail = self._tail, b""
         if self._chunked:
             data = (b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data)) if data else _LAST_CHUNK
-        head = self._head
-        if head:
-            self._head = b""
-            data = head + data
-        self._transport.write(data)
-        self._sent(len(data))
+        self._send_with_head(data)
         # Ended as aiohttp's `write_eof` leaves a response: it writes nothing more.
         writer = self._writer
         writer._eof = True

@@ -100,10 +100,6 @@ class Subscriber:
         self._started()
         return lag
 
-    async def start(self) -> bool:
-        """`begin` with what has collected (a reconnect's backlog)."""
-        return self.begin(b"")
-
     def finish(self, data: bytes) -> None:
         """The generation's last bytes: they leave with the response's end (`channel.end`,
         or `end_now`), in one write with its last chunk, and with the headers if none were
