@@ -170,12 +170,17 @@ class LoopSpanProcessor(SpanProcessor):
         queue = self._queue
         queue.encode()
         if self._task is None and queue and not self._closed:
-            if queue.full():
-                self._start(flush=False)
-            elif self._timer is None:
-                loop = self._loop
-                assert loop is not None
-                self._timer = loop.call_later(self.schedule_delay, self._on_timer)
+            loop = self._loop
+            assert loop is not None
+            self._schedule(loop)
+
+    def _schedule(self, loop: AbstractEventLoop) -> None:
+        """Spans wait and no export runs: a full batch starts one now, else the delay's
+        timer is armed (if it is not already)."""
+        if self._queue.full():
+            self._start(flush=False)
+        elif self._timer is None:
+            self._timer = loop.call_later(self.schedule_delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -248,10 +253,7 @@ class LoopSpanProcessor(SpanProcessor):
                 self._task = None
             waiting = queue and not (cancelled or self._closed or loop.is_closed())
             if waiting and self._task is None and loop is self._loop:
-                if queue.full():
-                    self._start(flush=False)
-                elif self._timer is None:
-                    self._timer = loop.call_later(self.schedule_delay, self._on_timer)
+                self._schedule(loop)
 
     # ------------------------------------------------------------------ flush and shutdown
 
