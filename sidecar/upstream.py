@@ -266,20 +266,7 @@ def _retry_after_seconds(value: str) -> float | None:
     return None if math.isnan(seconds) else max(0.0, seconds)
 
 
-def returned_headers(
-    upstream: Mapping[str, str] | Response, *, keep_ratelimit: bool
-) -> dict[str, str]:
-    """Claude's response headers the client should see (request id, retry and rate-limit info).
-
-    Given the answer itself, they are read from its head without making its header map.
-    """
-    if isinstance(upstream, Response):
-        return upstream.pick(
-            RETURNED_RESPONSE_HEADERS, RATELIMIT_PREFIX if keep_ratelimit else None
-        )
-    headers = {name: upstream[name] for name in RETURNED_RESPONSE_HEADERS if name in upstream}
-    if keep_ratelimit:
-        for name, value in upstream.items():
-            if name.lower().startswith(RATELIMIT_PREFIX):
-                headers[name] = value
-    return headers
+def returned_headers(upstream: Response, *, keep_ratelimit: bool) -> dict[str, str]:
+    """Claude's response headers the client should see (request id, retry and rate-limit
+    info), read from its head without making its header map (held until push mode)."""
+    return upstream.pick(RETURNED_RESPONSE_HEADERS, RATELIMIT_PREFIX if keep_ratelimit else None)

@@ -98,6 +98,12 @@ async def test_non_streaming_and_count_tokens(sidecar_for: SidecarFactory) -> No
         assert message.usage.output_tokens == 12
         count = await client.messages.count_tokens(model=MODEL, messages=user("four"))
         assert count.input_tokens == 1
+        # A forwarded call's answer carries Claude's own headers (picked from its head).
+        raw = await client.messages.with_raw_response.count_tokens(
+            model=MODEL, messages=user("four")
+        )
+        assert raw.headers["request-id"].startswith("req_")
+        assert raw.request_id == raw.headers["request-id"]
 
 
 async def test_midstream_error_reaches_the_sdk(sidecar_for: SidecarFactory) -> None:

@@ -228,7 +228,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     payload = await read_answer(upstream)
     response_headers = {
         **ctx.headers,
-        **returned_headers(upstream.headers, keep_ratelimit=not policy.quotas.enabled),
+        **returned_headers(upstream, keep_ratelimit=not policy.quotas.enabled),
     }
     return web.Response(
         status=upstream.status,
