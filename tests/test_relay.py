@@ -26,6 +26,7 @@ from tests.support.scripted_claude import (
     chunk,
     claude_config,
     messages_body,
+    relayed,
     scripted_claude,
 )
 from tests.support.sidecars import SidecarFactory, running_sidecar
@@ -209,13 +210,7 @@ async def test_a_connection_lost_mid_event_still_ends_with_a_whole_error_event()
         await writer.drain()
         writer.transport.abort()
 
-    async with (
-        scripted_claude(cut) as url,
-        running_sidecar(claude_config(url)) as sidecar,
-        aiohttp.ClientSession() as http,
-        http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
-    ):
-        raw = await response.read()
+    raw = await relayed(cut)
     assert raw.startswith(START + DELTA[:60])
     last = raw.split(b"\n\n")[-2]  # a client's SSE parser sees this as the last event
     name, _, data = last.partition(b"\n")
@@ -270,13 +265,7 @@ async def test_claudes_error_event_then_a_lost_connection_is_one_error(route: st
         writer.transport.abort()
 
     body = messages_body() if route == "/v1/messages" else {"prompt": "hi"}
-    async with (
-        scripted_claude(error_then_drop) as url,
-        running_sidecar(claude_config(url)) as sidecar,
-        aiohttp.ClientSession() as http,
-        http.post(sidecar.url + route, json=body) as response,
-    ):
-        raw = await response.read()
+    raw = await relayed(error_then_drop, route, body)
     blocks = raw.strip().split(b"\n\n")
     errors = [b for b in blocks if b.startswith(b"event: error") or b'data: {"error"' in b]
     assert len(errors) == 1  # Claude's own error is the last word
@@ -414,13 +403,7 @@ async def test_a_whole_answer_read_with_claude_s_head_leaves_in_one_send(
         writer.write(SSE_HEAD + chunk(body) + b"0\r\n\r\n")  # head, body and end: one read
         await writer.drain()
 
-    async with (
-        scripted_claude(whole) as url,
-        running_sidecar(claude_config(url)) as sidecar,
-        aiohttp.ClientSession() as http,
-        http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
-    ):
-        payload = await response.read()
+    payload = await relayed(whole)
     assert sends_and_scans == order
     assert payload.startswith(body)
     assert (b"event: error" in payload[len(body) :]) is error
@@ -436,13 +419,7 @@ async def test_the_bytes_read_with_claude_s_head_are_sent_before_they_are_scanne
         writer.write(chunk(DELTA + STOP) + b"0\r\n\r\n")
         await writer.drain()
 
-    async with (
-        scripted_claude(in_two) as url,
-        running_sidecar(claude_config(url)) as sidecar,
-        aiohttp.ClientSession() as http,
-        http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
-    ):
-        payload = await response.read()
+    payload = await relayed(in_two)
     assert sends_and_scans[:2] == ["start", "scan"]  # the head and message_start, then the scan
     assert sends_and_scans[-1] == "end"
     assert payload == START + DELTA + STOP

@@ -8,6 +8,10 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
+
+from tests.support.sidecars import running_sidecar
+
 MODEL = "claude-sonnet-5-5"
 START = (
     b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
@@ -69,3 +73,15 @@ def messages_body(stream: bool = True) -> dict[str, Any]:
     """A one-message Messages API request body."""
     return {"model": MODEL, "max_tokens": 5, "stream": stream,
             "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+
+
+async def relayed(script: Script, route: str = "/v1/messages", body: Any = None) -> bytes:
+    """What a client reads from a sidecar on `route` (default body: `messages_body()`)
+    when Claude answers with `script`."""
+    async with (
+        scripted_claude(script) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + route, json=messages_body() if body is None else body) as response,
+    ):
+        return await response.read()
