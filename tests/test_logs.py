@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import IntEnum, StrEnum
+from enum import Enum, IntEnum, StrEnum
 from typing import Any
 
 import pytest
@@ -340,6 +343,85 @@ def test_every_line_reaches_the_descriptor_when_logged(
         os.close(read_end)
 
 
+@pytest.mark.parametrize(("kind", "make", "by_itself"), list(_pipe_streams()))
+async def test_a_loop_turns_per_call_lines_reach_the_descriptor_in_one_write_at_its_end(
+    kind: str,
+    make: Callable[[int], _CountingText],
+    by_itself: bool,
+    log_output: Callable[..., LogReader],
+) -> None:
+    """On a running loop, `log_event`'s lines wait for the end of the turn and leave
+    together, in order, in one write; a line through `logging` leaves at once, after
+    the lines waiting; `flush` writes them too."""
+    log_output()
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    stream = make(write_end)
+
+    def written() -> list[str]:
+        try:
+            return os.read(read_end, 65536).decode().splitlines()
+        except BlockingIOError:
+            return []
+
+    try:
+        setup_logging(TelemetryConfig(log_format="json"), stream=stream)
+        log = logging.getLogger("sidecar.stream")
+        for n in range(3):
+            log_event(log, logging.INFO, "stream_start", {"request_id": f"req_{n}"})
+        assert written() == [], kind  # not before the turn ends
+        assert stream.writes == 0
+        await asyncio.sleep(0)
+        lines = written()
+        assert [json.loads(line)["request_id"] for line in lines] == ["req_0", "req_1", "req_2"]
+        assert stream.writes == 1
+        assert stream.flushes == (0 if by_itself else 1)
+
+        log_event(log, logging.INFO, "stream_start", {"request_id": "req_3"})
+        log.warning("at once", extra={"n": 1})  # leaves now, after the line waiting
+        assert [json.loads(line)["message"] for line in written()] == ["stream_start", "at once"]
+        assert stream.writes == 2
+
+        log_event(log, logging.INFO, "stream_start", {"request_id": "req_4"})
+        logging.getLogger().handlers[0].flush()
+        assert [json.loads(line)["request_id"] for line in written()] == ["req_4"]
+        await asyncio.sleep(0)  # the turn's end finds nothing left to write
+        assert written() == []
+        assert stream.writes == 3
+    finally:
+        logging.getLogger().handlers.clear()
+        stream.close()
+        os.close(read_end)
+
+
+def test_lines_waiting_on_a_loop_that_never_ran_again_leave_with_the_next_line(
+    log_output: Callable[..., LogReader],
+) -> None:
+    """A loop that stopped before its turn ended: its lines go with the next write,
+    whichever loop (or none) makes it; `logging.shutdown` at exit flushes the rest."""
+    read = log_output()
+    log = logging.getLogger("sidecar.stream")
+
+    async def log_and_stop() -> None:
+        log_event(log, logging.INFO, "first", {"n": 1})
+        asyncio.get_running_loop().stop()
+
+    loop = asyncio.new_event_loop()
+    try:
+        with contextlib.suppress(RuntimeError):  # stopped before the task finished
+            loop.run_until_complete(log_and_stop())
+    finally:
+        loop.close()
+    assert read() == []  # its turn never ended
+
+    async def log_second() -> None:
+        log_event(log, logging.INFO, "second", {"n": 2})
+
+    asyncio.run(log_second())
+    log_event(log, logging.INFO, "third", {"n": 3})  # no loop: at once
+    assert [json.loads(line)["message"] for line in read()] == ["first", "second", "third"]
+
+
 def test_line_handler_with_filters_applies_them(log_output: Callable[..., LogReader]) -> None:
     read = log_output()
     (handler,) = logging.getLogger().handlers
@@ -461,35 +543,43 @@ def test_log_event_writes_the_bytes_logging_writes(
         assert entry["trace_id"] == f"{CURRENT.trace_id:032x}"
 
 
+def _plain(value: Any) -> Any:
+    """What a line holds for `value`: JSON's own types as they are (NaN and the
+    infinities, which JSON has no word for, as null), anything else as `str` gives it."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
 @pytest.mark.parametrize("fields", list(FIELD_SETS.values()), ids=list(FIELD_SETS))
-def test_the_line_encoder_built_once_writes_what_the_json_encoder_writes(
-    fields: dict[str, Any],
-) -> None:
-    """The C encoder lines share encodes each kind of value as `JSONEncoder.encode`
-    builds it per call: escapes, separators, numbers, NaN, `default=str`, nesting."""
-    assert logs._line is not None  # CPython's `_json`: the shared encoder is in use
-    assert "".join(logs._line(fields, 0)) == json.JSONEncoder(default=str).encode(fields)
-    assert json.JSONEncoder(default=str).encode(fields) == json.dumps(fields, default=str)
+def test_a_line_holds_each_field_in_order_as_json(fields: dict[str, Any]) -> None:
+    """Every kind of value a line may carry comes back from the JSON as the value it
+    was (a value of no JSON type as its `str`, a date as its ISO form), keys in order."""
+    decoded = json.loads(logs.encode_json(fields))
+    assert list(decoded) == [str(k) for k in fields]
+    for key, value in fields.items():
+        if isinstance(value, datetime):
+            assert datetime.fromisoformat(decoded[key]) == value
+        elif isinstance(value, Enum):
+            assert decoded[key] == value.value
+        else:
+            assert decoded[key] == _plain(value), key
 
 
-def test_without_the_c_encoder_lines_are_encoded_as_logging_encodes_them(
-    log_output: Callable[..., LogReader],
-    records_made: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Where `json` has no C encoder to share (`_line` None), each line is encoded by
-    `JSONEncoder.encode`: the same bytes as through `logging`."""
-    read = log_output()
-    monkeypatch.setattr(logs, "_line", None)
-    monkeypatch.setattr(time, "time", _clock(1764645130.25))
-    log = logging.getLogger("sidecar.stream")
-    for fields in FIELD_SETS.values():
-        log_event(log, logging.INFO, "direct or not", fields)
-        log.info("direct or not", extra=fields)
-    assert records_made == ["sidecar.stream"] * len(FIELD_SETS)  # half of them direct
-    lines = read()
-    assert len(lines) == 2 * len(FIELD_SETS)
-    assert lines[::2] == lines[1::2]
+def test_a_line_is_compact_and_what_orjson_refuses_is_still_written() -> None:
+    """No spaces between tokens; an integer past 64 bits, a lone surrogate (a name
+    decoded with `surrogateescape`) and keys that are not strings are still encoded."""
+    assert logs.encode_json({"a": 1, "b": [1, "x y"], "c": {}}) == '{"a":1,"b":[1,"x y"],"c":{}}'
+    refused = {"big": 2**70, "lone": "bad \udcff byte", 3: "three"}
+    line = logs.encode_json(refused)
+    assert line.isascii()
+    assert json.loads(line) == {"big": 2**70, "lone": "bad \udcff byte", "3": "three"}
 
 
 def test_a_circular_value_is_reported_as_logging_reports_it(
@@ -528,7 +618,7 @@ def test_log_event_keeps_what_logging_refuses_hides_or_overrides(
     assert json.loads(hidden)["shown"] == 2
     assert "_private" not in json.loads(hidden)
     assert overridden.startswith(
-        '{"time": "mine", "level": "mine", "logger": "mine", "message": "overridden", "extra": 1'
+        '{"time":"mine","level":"mine","logger":"mine","message":"overridden","extra":1'
     )
 
 

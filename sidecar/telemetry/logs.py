@@ -9,15 +9,16 @@ sidecar's handler would see them.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-import json.encoder
 import logging
+import math
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, Final, TextIO
 
+import orjson
 from opentelemetry import trace
 
 from sidecar.config import TelemetryConfig
@@ -26,42 +27,51 @@ from sidecar.config import TelemetryConfig
 _STANDARD: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
 )
-# One encoder for every line: `json.dumps(..., default=str)` builds a new one per call.
-_ENCODER: Final = json.JSONEncoder(default=str)
-_encode: Final = _ENCODER.encode
-_Encoder = Callable[[Any, int], "list[str] | tuple[str, ...]"]
+# What orjson refuses (an integer past 64 bits, a string with a lone surrogate, a circular
+# value) is encoded by the standard library in the same compact shape, non-ASCII text as
+# UTF-8 as orjson writes it; it raises what it raises (a circular value: `ValueError`,
+# reported as `logging` reports it).
+_FALLBACK: Final = json.JSONEncoder(default=str, separators=(",", ":"), ensure_ascii=False)
+_OPTIONS: Final = orjson.OPT_NON_STR_KEYS
 
 
-def _line_encoder() -> _Encoder | None:
-    """The C encoder `_encode` builds per call (`JSONEncoder.iterencode`), built once.
-
-    Made with `_ENCODER`'s own settings (ASCII escapes, `", "` / `": "`, `default=str`,
-    NaN and infinities allowed), so it writes the same bytes; only without the
-    circular-reference markers, which an encoder shared by lines cannot keep: a
-    circular value ends in `RecursionError`, and `event_line` then encodes with
-    `_encode`, which reports it as `format` does. `json.encoder.c_make_encoder` is the
-    C accelerator's constructor, which the standard library uses for `iterencode` and
-    documents no further: None where it does not exist (no `_json`), and lines are
-    encoded by `_encode`. tests/test_logs.py holds the two to the same output.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    encoder = _ENCODER
-    if make is None or encoder.indent is not None or not encoder.ensure_ascii:
-        return None
+def encode_json(value: dict[Any, Any]) -> str:
+    """One line's JSON object, compact (`{"a":1,"b":"x"}`): orjson, a value of no JSON
+    type as its `str` (as `json.dumps(..., default=str)`, `_default`), keys of any plain type
+    written as strings. What orjson refuses goes to `_FALLBACK`; a lone surrogate (only
+    ever inside a string) then leaves as its JSON escape, `\\udcff`, as do the line
+    breaks JSON leaves raw (`_BREAKS`)."""
     try:
-        made: _Encoder = make(
-            None, encoder.default, json.encoder.encode_basestring_ascii, encoder.indent,
-            encoder.key_separator, encoder.item_separator, encoder.sort_keys, encoder.skipkeys,
-            encoder.allow_nan,
-        )  # fmt: skip
-    except TypeError:  # a constructor that takes other arguments: `_encode` it is
-        return None
-    return made
+        line = orjson.dumps(value, default=_default, option=_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        line = _FALLBACK.encode(_finite(value)).encode("utf-8", "backslashreplace").decode()
+    if line.isascii():
+        return line
+    return line.translate(_BREAKS)
 
 
-# `"".join(_line(fields, 0))` is `_encode(fields)` without its two Python frames
-# (`encode`, `iterencode`) and the C encoder they build per line.
-_line: Final = _line_encoder()
+def _default(value: Any) -> Any:
+    """A value orjson has no encoding for: a float subclass as its number (as `json`
+    writes it), anything else as its `str`."""
+    return float(value) if isinstance(value, float) else str(value)
+
+
+def _finite(value: Any, within: frozenset[int] = frozenset()) -> Any:
+    """`value` with NaN and the infinities as None, as orjson writes them (JSON has no word
+    for them); a value met again inside itself is left for the encoder to report."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (dict, list, tuple)) and id(value) not in within:
+        inner = within | {id(value)}
+        if isinstance(value, dict):
+            return {k: _finite(v, inner) for k, v in value.items()}
+        return [_finite(v, inner) for v in value]
+    return value
+
+
+# Characters some line readers split on (`str.splitlines`, Unicode-aware shippers) that
+# JSON leaves raw: escaped, so that a line is one line to every reader.
+_BREAKS: Final = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
 
 
 def _trace_fields(record: logging.LogRecord) -> dict[str, str]:
@@ -136,7 +146,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(_trace_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return _encode(entry)
+        return encode_json(entry)
 
     def event_line(
         self, created: float, level: int, name: str, message: str, fields: dict[str, Any]
@@ -159,21 +169,15 @@ class JsonFormatter(logging.Formatter):
             head = _HEADS[levelname, name, message]
         except KeyError:
             head = _head(levelname, name, message)
-        if _line is None:
-            body = _encode(fields)
-        else:
-            try:
-                body = "".join(_line(fields, 0))
-            except RecursionError:  # a circular value (no markers): reported as `format` does
-                body = _encode(fields)
+        body = encode_json(fields)
         second = int(created)  # `_time`, inline (one call fewer per line)
         if second != self._second:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
         time_ = f"{self._stamp}.{int((created - second) * 1000):03d}Z"
         if len(body) == 2:  # no fields: "{}"
-            return f'{{"time": "{time_}", {head}}}'
-        return f'{{"time": "{time_}", {head}, {body[1:]}'
+            return f'{{"time":"{time_}",{head}}}'
+        return f'{{"time":"{time_}",{head},{body[1:]}'
 
 
 # `"level": ..., "logger": ..., "message": ...` of a line, by their values (bounded).
@@ -182,7 +186,7 @@ _HEADS: dict[tuple[str, str, str], str] = {}
 
 def _head(levelname: str, name: str, message: str) -> str:
     """The encoded head of `event_line`'s lines with these values, remembered."""
-    head = _encode({"level": levelname, "logger": name, "message": message})[1:-1]
+    head = encode_json({"level": levelname, "logger": name, "message": message})[1:-1]
     if len(_HEADS) >= _EXTRA_KEYS_LIMIT:
         _HEADS.clear()
     _HEADS[levelname, name, message] = head
@@ -216,36 +220,55 @@ def _writes_through(stream: TextIO) -> bool:
 
 
 class LineHandler(logging.StreamHandler[TextIO]):
-    """`StreamHandler` without the per-line overhead; the same bytes, written as promptly.
+    """`StreamHandler` without the per-line overhead; the same bytes, one write per loop turn.
 
-    Each record is formatted and written as one `write` of the line and its newline,
-    under the handler's lock, and so reaches the descriptor before `handle` returns
-    (an operator tailing the output sees it at once; a crash loses no line already
-    logged). A stream that does that on its own (see `_writes_through`: stderr) is not
-    flushed again; any other stream is flushed per line, as `StreamHandler` does.
-    With filters attached, `StreamHandler`'s own path runs.
+    A record through `logging` (`handle`) is formatted and written at once, as one `write`
+    of the line and its newline under the handler's lock: it reaches the descriptor
+    before `handle` returns. The per-call lines (`write_event`, from `log_event`) logged
+    on a running event loop are formatted at once and written together at the end of
+    that loop turn, in one `write` (a call's lines, and those of every call the turn
+    served: one system call, and one wake-up of whatever reads the stream, instead of
+    one per line); elsewhere (no loop running on the thread) at once. Lines keep their
+    order: whatever is written first writes the lines still waiting (`handle`, a line
+    from another thread, `flush`, `setStream`, and `logging.shutdown` at exit, which
+    flushes). A stream that passes a line on by itself (see `_writes_through`: stderr)
+    is not flushed again; any other stream is flushed per write, as `StreamHandler`
+    does. With filters attached, `StreamHandler`'s own path runs.
     """
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._flush_each = not _writes_through(stream)
+        self._pending: list[str] = []  # lines of this loop turn, each with its newline
+        self._due: asyncio.AbstractEventLoop | None = None  # the loop that writes them
 
     def setStream(self, stream: TextIO) -> TextIO | None:
-        """Switch to `stream` (flushing the old one), as `StreamHandler.setStream` does."""
+        """Switch to `stream` (the lines waiting written to the old one, which is flushed),
+        as `StreamHandler.setStream` does."""
         old = super().setStream(stream)
         self._flush_each = not _writes_through(self.stream)
         return old
 
+    def flush(self) -> None:
+        """Write the lines waiting, then flush the stream."""
+        lock = self.lock
+        assert lock is not None  # made by `Handler.__init__`
+        with lock:
+            if self._pending:
+                self._write_pending()
+            super().flush()
+
     def handle(self, record: logging.LogRecord) -> bool:
-        """Write `record`'s line: `Handler.handle` + `emit` + `flush`, in one call."""
+        """Write `record`'s line (after the lines waiting): `Handler.handle` + `emit` +
+        `flush`, in one call."""
         if self.filters:
+            if self._pending:
+                self.flush()
             return bool(super().handle(record))
         self.acquire()
         try:
-            stream = self.stream
-            stream.write(self.format(record) + self.terminator)
-            if self._flush_each:
-                stream.flush()
+            line = self.format(record) + self.terminator
+            self._write(line)
         except RecursionError:  # as `StreamHandler.emit`: see issue 36272 of CPython
             raise
         except Exception:
@@ -262,7 +285,8 @@ class LineHandler(logging.StreamHandler[TextIO]):
         message: str,
         fields: dict[str, Any],
     ) -> None:
-        """Write what `handle` writes for `logger.log(level, message, extra=fields)`'s record.
+        """Write what `handle` writes for `logger.log(level, message, extra=fields)`'s record:
+        at the end of this loop turn on a running loop, else at once.
 
         For `log_event`, which has checked that this is all that call would do.
         """
@@ -271,13 +295,18 @@ class LineHandler(logging.StreamHandler[TextIO]):
         assert lock is not None  # made by `Handler.__init__`
         with lock:
             try:
-                stream = self.stream
-                stream.write(
+                line = (
                     formatter.event_line(created, level, logger.name, message, fields)
                     + self.terminator
                 )
-                if self._flush_each:
-                    stream.flush()
+                loop = asyncio._get_running_loop()
+                if loop is None:
+                    self._write(line)
+                    return
+                self._pending.append(line)
+                if self._due is not loop:  # the turn's first line (or a loop of its own)
+                    self._due = loop
+                    loop.call_soon(self._end_of_turn)
             except RecursionError:
                 raise
             except Exception:  # reported as `handle` reports it, with the record it would have had
@@ -286,6 +315,42 @@ class LineHandler(logging.StreamHandler[TextIO]):
                         logger.name, level, "(unknown file)", 0, message, (), None, extra=fields
                     )
                 )
+
+    def _end_of_turn(self) -> None:
+        """The lines the loop turn logged, in one write (unless something wrote them first)."""
+        lock = self.lock
+        assert lock is not None
+        with lock:
+            self._due = None
+            if not self._pending:
+                return
+            try:
+                self._write_pending()
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": "per-call log lines"}))
+
+    def _write(self, line: str) -> None:
+        """Write `line` after the lines waiting, in one write (under the lock)."""
+        if self._pending:
+            self._pending.append(line)
+            self._write_pending()
+            return
+        stream = self.stream
+        stream.write(line)
+        if self._flush_each:
+            stream.flush()
+
+    def _write_pending(self) -> None:
+        """Write the lines waiting, in one write (under the lock); they are gone either way."""
+        pending = self._pending
+        text = "".join(pending)
+        pending.clear()
+        stream = self.stream
+        stream.write(text)
+        if self._flush_each:
+            stream.flush()
 
 
 # Field names found plain so far: a call site logs the same few names every time, so
