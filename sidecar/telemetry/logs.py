@@ -333,14 +333,8 @@ class LineHandler(logging.StreamHandler[TextIO]):
 
     def _write(self, line: str) -> None:
         """Write `line` after the lines waiting, in one write (under the lock)."""
-        if self._pending:
-            self._pending.append(line)
-            self._write_pending()
-            return
-        stream = self.stream
-        stream.write(line)
-        if self._flush_each:
-            stream.flush()
+        self._pending.append(line)
+        self._write_pending()
 
     def _write_pending(self) -> None:
         """Write the lines waiting, in one write (under the lock); they are gone either way."""
