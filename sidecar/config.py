@@ -616,6 +616,9 @@ class TelemetryConfig(Section):
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
+    # The per-call lines wait at most this long to be written, together (0: at the end of
+    # the event-loop turn that logged them); WARNING and above at the end of their turn.
+    log_flush_seconds: float = Field(0.02, ge=0, le=10)
     capture_content: bool = False
     user_attribute: Literal["none", "hashed", "plain"] = "hashed"
     resource_attributes: dict[str, str] = Field(default_factory=dict)

@@ -42,14 +42,24 @@ LogReader = Callable[[], list[str]]
 
 @pytest.fixture
 def log_output() -> Iterator[Callable[..., LogReader]]:
-    """`read = log_output(**telemetry config)`: routes the root logger to a buffer, restores it."""
+    """`read = log_output(**telemetry config)`: routes the root logger to a buffer, restores it.
+
+    `read` flushes the handler first (as exit does): lines waiting for their batch's
+    write are read too. When they are written is the subject of tests of its own.
+    """
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
 
     def install(**config: Any) -> LogReader:
         buffer = io.StringIO()
         setup_logging(TelemetryConfig(**config), stream=buffer)
-        return lambda: buffer.getvalue().splitlines()
+        (handler,) = root.handlers
+
+        def read() -> list[str]:
+            handler.flush()
+            return buffer.getvalue().splitlines()
+
+        return read
 
     yield install
     for handler in list(root.handlers):
@@ -350,9 +360,9 @@ async def test_a_loop_turns_per_call_lines_reach_the_descriptor_in_one_write_at_
     by_itself: bool,
     log_output: Callable[..., LogReader],
 ) -> None:
-    """On a running loop, `log_event`'s lines wait for the end of the turn and leave
-    together, in order, in one write; a line through `logging` leaves at once, after
-    the lines waiting; `flush` writes them too."""
+    """With `log_flush_seconds: 0`, on a running loop, `log_event`'s lines wait for the end
+    of the turn and leave together, in order, in one write; a line through `logging`
+    leaves at once, after the lines waiting; `flush` writes them too."""
     log_output()
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
@@ -365,7 +375,7 @@ async def test_a_loop_turns_per_call_lines_reach_the_descriptor_in_one_write_at_
             return []
 
     try:
-        setup_logging(TelemetryConfig(log_format="json"), stream=stream)
+        setup_logging(TelemetryConfig(log_format="json", log_flush_seconds=0), stream=stream)
         log = logging.getLogger("sidecar.stream")
         for n in range(3):
             log_event(log, logging.INFO, "stream_start", {"request_id": f"req_{n}"})
@@ -399,8 +409,13 @@ def test_lines_waiting_on_a_loop_that_never_ran_again_leave_with_the_next_line(
 ) -> None:
     """A loop that stopped before its turn ended: its lines go with the next write,
     whichever loop (or none) makes it; `logging.shutdown` at exit flushes the rest."""
-    read = log_output()
+    log_output()  # restores the root logger afterwards
+    buffer = io.StringIO()
+    setup_logging(TelemetryConfig(log_flush_seconds=0), stream=buffer)
     log = logging.getLogger("sidecar.stream")
+
+    def read() -> list[str]:  # what was written, nothing flushed first
+        return buffer.getvalue().splitlines()
 
     async def log_and_stop() -> None:
         log_event(log, logging.INFO, "first", {"n": 1})
@@ -420,6 +435,115 @@ def test_lines_waiting_on_a_loop_that_never_ran_again_leave_with_the_next_line(
     asyncio.run(log_second())
     log_event(log, logging.INFO, "third", {"n": 3})  # no loop: at once
     assert [json.loads(line)["message"] for line in read()] == ["first", "second", "third"]
+
+
+def _pipe() -> tuple[_CountingText, Callable[[], list[str]], Callable[[], None]]:
+    """A line-buffered stream on a pipe, what has reached the pipe so far, and a closer."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    stream = _CountingText(io.BufferedWriter(io.FileIO(write_end, "w")), line_buffering=True)
+
+    def written() -> list[str]:
+        try:
+            return os.read(read_end, 1 << 20).decode().splitlines()
+        except BlockingIOError:
+            return []
+
+    def close() -> None:
+        stream.close()
+        os.close(read_end)
+
+    return stream, written, close
+
+
+async def test_per_call_lines_wait_out_the_flush_delay_then_leave_in_one_write(
+    log_output: Callable[..., LogReader],
+) -> None:
+    """By default the per-call lines of many turns leave together, `log_flush_seconds`
+    after the first of them was logged, in order and in one write."""
+    log_output()
+    stream, written, close = _pipe()
+    try:
+        setup_logging(TelemetryConfig(log_flush_seconds=0.2), stream=stream)
+        log = logging.getLogger("sidecar.stream")
+        logged_at = asyncio.get_running_loop().time()
+        for n in range(5):  # five turns
+            log_event(log, logging.INFO, "stream_start", {"request_id": f"req_{n}"})
+            await asyncio.sleep(0)
+        assert written() == []  # the turns ended, the delay has not passed
+        assert stream.writes == 0
+        lines: list[str] = []
+        while not lines:
+            await asyncio.sleep(0.01)
+            lines = written()
+        assert asyncio.get_running_loop().time() - logged_at >= 0.2
+        assert [json.loads(line)["request_id"] for line in lines] == [f"req_{n}" for n in range(5)]
+        assert stream.writes == 1
+    finally:
+        logging.getLogger().handlers.clear()
+        close()
+
+
+async def test_a_warning_line_takes_the_lines_waiting_out_at_the_end_of_its_turn(
+    log_output: Callable[..., LogReader],
+) -> None:
+    """A per-call line at WARNING or above (`stream_error`, a malformed request's
+    `request_rejected`) does not wait out the delay: it leaves, after the lines waiting,
+    at the end of the turn that logged it; so does a line through `logging`, at once."""
+    log_output()
+    stream, written, close = _pipe()
+    try:
+        setup_logging(TelemetryConfig(log_flush_seconds=5), stream=stream)
+        log = logging.getLogger("sidecar.stream")
+        log_event(log, logging.INFO, "stream_start", {"request_id": "req_0"})
+        await asyncio.sleep(0)
+        log_event(log, logging.WARNING, "stream_error", {"request_id": "req_0"})
+        assert written() == []
+        await asyncio.sleep(0)
+        assert [json.loads(line)["message"] for line in written()] == [
+            "stream_start",
+            "stream_error",
+        ]
+        assert stream.writes == 1
+
+        log_event(log, logging.INFO, "stream_start", {"request_id": "req_1"})
+        log.error("at once")
+        assert [json.loads(line)["message"] for line in written()] == ["stream_start", "at once"]
+        await asyncio.sleep(0.01)
+        assert written() == []
+        assert stream.writes == 2
+    finally:
+        logging.getLogger().handlers.clear()
+        close()
+
+
+async def test_lines_waiting_are_bounded_the_last_one_writes_them_all(
+    log_output: Callable[..., LogReader],
+) -> None:
+    """However fast calls come, at most `_MAX_WAITING` lines wait: the one that reaches it
+    writes them, in one write; the timer then finds nothing left."""
+    log_output()
+    stream, written, close = _pipe()
+    try:
+        setup_logging(TelemetryConfig(log_flush_seconds=5), stream=stream)
+        log = logging.getLogger("sidecar.stream")
+        for n in range(logs._MAX_WAITING - 1):
+            log_event(log, logging.INFO, "stream_start", {"n": n})
+        assert written() == []
+        log_event(log, logging.INFO, "stream_start", {"n": logs._MAX_WAITING - 1})
+        lines = written()
+        assert [json.loads(line)["n"] for line in lines] == list(range(logs._MAX_WAITING))
+        assert stream.writes == 1
+    finally:
+        logging.getLogger().handlers.clear()
+        close()
+
+
+def test_the_flush_delay_is_a_checked_config_key() -> None:
+    assert TelemetryConfig().log_flush_seconds == 0.02
+    for bad in (-1, 11, "soon"):
+        with pytest.raises(ValueError, match="log_flush_seconds"):
+            TelemetryConfig(log_flush_seconds=bad)
 
 
 def test_line_handler_with_filters_applies_them(log_output: Callable[..., LogReader]) -> None:

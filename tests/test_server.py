@@ -95,6 +95,30 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -
     assert "shutdown grace over" not in logs
 
 
+async def test_a_running_sidecar_writes_a_calls_lines_within_the_flush_delay(
+    tmp_path: Path,
+) -> None:
+    """The per-call lines of a running sidecar reach its stderr within
+    `telemetry.log_flush_seconds` (not only at exit), in order, each line whole."""
+    data = config(grace=5) | {"telemetry": {"log_flush_seconds": 0.3}}
+    async with sidecar_process(data, tmp_path) as running, aiohttp.ClientSession() as http:
+        async with http.get(running.url + "/api/stream-response?prompt=hi") as response:
+            assert response.status == 200
+            await response.read()
+
+        def messages() -> list[str]:
+            lines = running.logs().splitlines()
+            return [json.loads(line)["message"] for line in lines if '"sidecar.' in line]
+
+        async def written() -> bool:
+            return "request" in messages()
+
+        await eventually(written)
+        logged = [m for m in messages() if m in ("stream_start", "stream_complete", "request")]
+        assert logged == ["stream_start", "stream_complete", "request"]
+        assert running.process.poll() is None  # written while it runs
+
+
 async def test_a_stream_longer_than_the_grace_gets_a_final_event_and_exit_0(
     tmp_path: Path,
 ) -> None:

@@ -205,6 +205,11 @@ class TextFormatter(logging.Formatter):
         return f"{line} {tail}".rstrip()
 
 
+# Per-call lines waiting past this many are written at once: the memory they hold, and
+# what a process killed outright loses, stay bounded whatever the rate of calls.
+_MAX_WAITING: Final = 256
+
+
 def _writes_through(stream: TextIO) -> bool:
     """Whether a write that ends in a newline reaches the file descriptor by itself.
 
@@ -220,27 +225,33 @@ def _writes_through(stream: TextIO) -> bool:
 
 
 class LineHandler(logging.StreamHandler[TextIO]):
-    """`StreamHandler` without the per-line overhead; the same bytes, one write per loop turn.
+    """`StreamHandler` without the per-line overhead; the same bytes, written in batches.
 
     A record through `logging` (`handle`) is formatted and written at once, as one `write`
     of the line and its newline under the handler's lock: it reaches the descriptor
     before `handle` returns. The per-call lines (`write_event`, from `log_event`) logged
-    on a running event loop are formatted at once and written together at the end of
-    that loop turn, in one `write` (a call's lines, and those of every call the turn
-    served: one system call, and one wake-up of whatever reads the stream, instead of
-    one per line); elsewhere (no loop running on the thread) at once. Lines keep their
-    order: whatever is written first writes the lines still waiting (`handle`, a line
-    from another thread, `flush`, `setStream`, and `logging.shutdown` at exit, which
-    flushes). A stream that passes a line on by itself (see `_writes_through`: stderr)
-    is not flushed again; any other stream is flushed per write, as `StreamHandler`
-    does. With filters attached, `StreamHandler`'s own path runs.
+    on a running event loop are formatted at once and written together, in one `write`:
+    at most `flush_seconds` after the first of them was logged (0: at the end of the
+    loop turn that logged it), at the end of the turn for a line at WARNING or above,
+    at once when `_MAX_WAITING` lines wait; elsewhere (no loop running on the thread) at
+    once. That is one system call, and one wake-up of whatever reads the stream, for the
+    lines of many calls instead of one per line. Lines keep their order: whatever is
+    written first writes the lines still waiting (`handle`, a line from another thread,
+    `flush`, `setStream`, and `logging.shutdown` at exit, which flushes). A stream that
+    passes a line on by itself (see `_writes_through`: stderr) is not flushed again; any
+    other stream is flushed per write, as `StreamHandler` does. With filters attached,
+    `StreamHandler`'s own path runs.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, flush_seconds: float = 0.0) -> None:
         super().__init__(stream)
+        self.flush_seconds = flush_seconds
         self._flush_each = not _writes_through(stream)
-        self._pending: list[str] = []  # lines of this loop turn, each with its newline
-        self._due: asyncio.AbstractEventLoop | None = None  # the loop that writes them
+        self._pending: list[str] = []  # lines waiting, each with its newline
+        self._due: asyncio.AbstractEventLoop | None = None  # the loop whose callback writes them
+        self._timer: asyncio.TimerHandle | None = (
+            None  # that callback, while it waits out the delay
+        )
 
     def setStream(self, stream: TextIO) -> TextIO | None:
         """Switch to `stream` (the lines waiting written to the old one, which is flushed),
@@ -288,7 +299,8 @@ class LineHandler(logging.StreamHandler[TextIO]):
         """Write what `handle` writes for `logger.log(level, message, extra=fields)`'s record:
         at the end of this loop turn on a running loop, else at once.
 
-        For `log_event`, which has checked that this is all that call would do.
+        For `log_event`, which has checked that this is all that call would do. When it
+        is written: see the class.
         """
         created = time.time()  # when logged, as `LogRecord` takes it (before the lock)
         lock = self.lock  # `acquire` / `release` without their two calls per line
@@ -303,10 +315,21 @@ class LineHandler(logging.StreamHandler[TextIO]):
                 if loop is None:
                     self._write(line)
                     return
-                self._pending.append(line)
-                if self._due is not loop:  # the turn's first line (or a loop of its own)
-                    self._due = loop
+                pending = self._pending
+                pending.append(line)
+                if len(pending) >= _MAX_WAITING:
+                    self._write_pending()  # the callback scheduled finds nothing left
+                    return
+                if self._due is loop:  # a callback of this loop writes them
+                    if level < logging.WARNING or self._timer is None:
+                        return
+                    self._timer.cancel()  # a warning: not after the delay, at the turn's end
+                self._due = loop
+                if level >= logging.WARNING or not self.flush_seconds:
+                    self._timer = None
                     loop.call_soon(self._end_of_turn)
+                else:
+                    self._timer = loop.call_later(self.flush_seconds, self._end_of_turn)
             except RecursionError:
                 raise
             except Exception:  # reported as `handle` reports it, with the record it would have had
@@ -317,11 +340,11 @@ class LineHandler(logging.StreamHandler[TextIO]):
                 )
 
     def _end_of_turn(self) -> None:
-        """The lines the loop turn logged, in one write (unless something wrote them first)."""
+        """The lines waiting, in one write (unless something wrote them first)."""
         lock = self.lock
         assert lock is not None
         with lock:
-            self._due = None
+            self._due = self._timer = None
             if not self._pending:
                 return
             try:
@@ -420,7 +443,7 @@ def plain_fields(fields: dict[str, Any]) -> bool:
 
 def setup_logging(config: TelemetryConfig, stream: TextIO | None = None) -> None:
     """Route the root logger to `stream` (default stderr) in the configured format and level."""
-    handler = LineHandler(stream or sys.stderr)
+    handler = LineHandler(stream or sys.stderr, config.log_flush_seconds)
     handler.setFormatter(JsonFormatter() if config.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
