@@ -1,0 +1,125 @@
+"""The `auth` section: API keys and JWTs (keys read and matched to their algorithms at load)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from sidecar.config.fields import HttpUrl, Seconds, Section
+
+_HS = {"HS256", "HS384", "HS512"}
+_ASYMMETRIC = {
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "ES256K", "EdDSA",
+}  # fmt: skip
+
+
+def _key_algorithms(key: object) -> tuple[str, ...]:
+    """Which JWT algorithm prefixes a public key can verify."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    if isinstance(key, rsa.RSAPublicKey):
+        return ("RS", "PS")
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return ("ES",)
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return ("EdDSA",)
+    return ()
+
+
+def _check_public_key(path: Path, algorithms: list[str], jwks_url: str | None) -> None:
+    """A bad key file is a config error, not a crash at start."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(path.read_bytes())
+    except OSError:
+        raise ValueError(f"public_key_file not readable: {path}") from None
+    except (ValueError, TypeError):
+        raise ValueError(f"public_key_file is not a PEM public key: {path}") from None
+    usable = any(alg.startswith(_key_algorithms(key)) for alg in algorithms)
+    if jwks_url is None and not usable:
+        raise ValueError(f"public_key_file holds a key none of the algorithms {algorithms} fit")
+
+
+class JWTConfig(Section):
+    secret: SecretStr | None = None
+    public_key_file: Path | None = None
+    jwks_url: HttpUrl | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["HS256"], min_length=1)
+    issuer: str | None = None
+    audience: str | list[str] | None = None
+    user_claim: str = "sub"
+    tenant_claim: str | None = None
+    query_param: str | None = None
+    leeway_seconds: float = Field(30, ge=0, le=300)
+    jwks_refresh_seconds: Seconds = 300
+    jwks_min_refresh_seconds: Seconds = 10
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        unknown = [alg for alg in value if alg not in _HS | _ASYMMETRIC]
+        if unknown:
+            raise ValueError(f"unsupported algorithms {unknown} (alg 'none' is never allowed)")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_match_algorithms(self) -> JWTConfig:
+        if self.secret is None and self.public_key_file is None and self.jwks_url is None:
+            raise ValueError("set secret, public_key_file or jwks_url")
+        wants_hs = any(alg in _HS for alg in self.algorithms)
+        wants_asym = any(alg in _ASYMMETRIC for alg in self.algorithms)
+        if wants_hs and self.secret is None:
+            raise ValueError("HS* algorithms need a secret")
+        if wants_asym and self.public_key_file is None and self.jwks_url is None:
+            raise ValueError("RS*/PS*/ES*/EdDSA algorithms need public_key_file or jwks_url")
+        if self.secret is not None and not wants_hs:
+            raise ValueError("secret is set but no HS* algorithm is listed")
+        if self.secret is not None and len(self.secret.get_secret_value().encode()) < 32:
+            raise ValueError("secret must be at least 32 bytes (RFC 7518 3.2)")
+        if self.public_key_file is not None:
+            _check_public_key(self.public_key_file, self.asymmetric_algorithms, self.jwks_url)
+        return self
+
+    @property
+    def hs_algorithms(self) -> list[str]:
+        return [alg for alg in self.algorithms if alg in _HS]
+
+    @property
+    def asymmetric_algorithms(self) -> list[str]:
+        return [alg for alg in self.algorithms if alg in _ASYMMETRIC]
+
+
+class ApiKeyConfig(Section):
+    name: str = Field(min_length=1)
+    sha256: str
+    user: str | None = None
+    tenant: str | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("must be the 64-character hex SHA-256 of the key")
+        return value.lower()
+
+
+class AuthConfig(Section):
+    mode: Literal["required", "optional", "none"] = "required"
+    jwt: JWTConfig | None = None
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    allowed_tenants: list[str] | None = None
+    allowed_models: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _has_credentials(self) -> AuthConfig:
+        if self.mode != "none" and self.jwt is None and not self.api_keys:
+            raise ValueError(f"mode {self.mode!r} needs jwt or api_keys")
+        names = [key.name for key in self.api_keys]
+        if len(names) != len(set(names)):
+            raise ValueError("api_keys names must be unique")
+        return self

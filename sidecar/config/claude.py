@@ -1,0 +1,63 @@
+"""The `claude` section: the upstream, its key, models, retries, timeouts and the queue."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from sidecar.config.fields import Seconds, Section, check_http_url
+
+
+class QueueConfig(Section):
+    max_waiting: int = Field(512, ge=0)
+    max_wait_seconds: float = Field(10, ge=0)
+
+
+class FakeClaudeConfig(Section):
+    """Pacing of the built-in fake model (`base_url: builtin:fake`)."""
+
+    tokens: int = Field(40, gt=0)
+    tokens_per_second: float = Field(50, ge=0)
+    time_to_first_token_ms: float = Field(150, ge=0)
+
+
+class ClaudeConfig(Section):
+    base_url: str = "builtin:fake"
+    api_key: SecretStr | None = None
+    model: str = "claude-sonnet-5-5"
+    max_tokens: int = Field(1024, gt=0)
+    allowed_models: list[str] | None = None
+    # Anthropic API paths besides /v1/messages and /v1/messages/count_tokens that are
+    # forwarded (prefixes, whole segments); anything else is a 403. Open batches or files
+    # only knowingly: they spend the sidecar's key outside screening and token quotas.
+    forward_paths: list[str] = Field(default_factory=lambda: ["/v1/models"])
+    anthropic_version: str = "2023-06-01"
+    max_retries: int = Field(3, ge=0, le=10)
+    retry_base_seconds: float = Field(0.5, gt=0)
+    retry_max_seconds: float = Field(8, gt=0)
+    connect_timeout_seconds: Seconds = 10
+    idle_timeout_seconds: Seconds = 30  # streaming: longest silence between events
+    request_timeout_seconds: Seconds = 600  # non-streaming: the whole call (Claude answers at once)
+    heartbeat_seconds: Seconds = 15
+    # A stream whose client accepts no bytes this long is ended (Claude cancelled, settled):
+    # a reader that never reads must not hold a stream slot forever.
+    client_stall_timeout_seconds: Seconds = 60
+    max_concurrent_streams: int = Field(256, gt=0)
+    queue: QueueConfig = QueueConfig()
+    fake: FakeClaudeConfig = FakeClaudeConfig()
+
+    @field_validator("forward_paths")
+    @classmethod
+    def _api_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/v1/") or path.rstrip("/") == "/v1":
+                raise ValueError(f"{path!r} is not an Anthropic API path below /v1/")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return value if value == "builtin:fake" else check_http_url(value)
+
+    @property
+    def is_fake(self) -> bool:
+        return self.base_url == "builtin:fake"

@@ -1,0 +1,86 @@
+"""What every config section is built on: the `Section` base and the checked value types
+(host:port, header name, HTTP URL, seconds, networks), and URL redaction."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\s\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split `host:port` (IPv6 as `[::1]:8080`); raise ValueError if malformed."""
+    match = _HOST_PORT.match(value)
+    if match is None:
+        raise ValueError(f"must be host:port, got {value!r}")
+    port = int(match["port"])
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    return (match["v6"] or match["host"] or "0.0.0.0"), port
+
+
+def _check_host_port(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@")
+
+
+def redact_url(value: str) -> str:
+    """A URL without the password in its userinfo (`https://user:***@host/...`)."""
+    match = _USERINFO.match(value)
+    if match is None or ":" not in match["userinfo"]:
+        return value
+    user = match["userinfo"].partition(":")[0]
+    return f"{match['scheme']}{user}:***@{value[match.end() :]}"
+
+
+def check_http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"must be an http:// or https:// URL, got {redact_url(value)!r}")
+    return value.rstrip("/")
+
+
+def _check_header_name(value: str) -> str:
+    # A name that is not an RFC 9110 token breaks every response (or request) it is put on.
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise ValueError(f"{value!r} is not an HTTP header name")
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_check_host_port)]
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+Seconds = Annotated[float, Field(gt=0)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Section(BaseModel):
+    """Base of every config model: strict keys, immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def fingerprint(self) -> str:
+        """What these settings are, secrets included (as SHA-256 hashes), as one string.
+
+        For de-duplicating and caching per policy: a redacted dump would make two policies
+        that differ only in a secret look the same, and one would serve the other's route.
+        """
+        return json.dumps(_hashed_secrets(self.model_dump(mode="python")), default=str)
+
+
+def _hashed_secrets(data: Any) -> Any:
+    if isinstance(data, SecretStr):
+        return "sha256:" + hashlib.sha256(data.get_secret_value().encode()).hexdigest()
+    if isinstance(data, dict):
+        return {key: _hashed_secrets(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_hashed_secrets(value) for value in data]
+    return data

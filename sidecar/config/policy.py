@@ -1,0 +1,167 @@
+"""The `cors`, `screening` and `quotas` sections: the policies a request passes."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
+
+from sidecar.config.fields import Seconds, Section
+
+# What browsers send to Claude routes, the official JS SDK with `dangerouslyAllowBrowser`
+# included (`x-stainless-*` is a prefix: the SDK adds new names of that family over time).
+_DEFAULT_ALLOW_HEADERS = [
+    "authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access", "x-stainless-*",
+    "last-event-id", "x-request-id", "traceparent", "tracestate", "sidecar-resume",
+]  # fmt: skip
+_DEFAULT_EXPOSE_HEADERS = [
+    "x-request-id", "request-id", "retry-after", "retry-after-ms", "sidecar-stream-id",
+    "sidecar-resume",
+    "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",
+]  # fmt: skip
+
+
+def _as_browsers_send(origin: str) -> str:
+    """`https://App.Example.com:443` as a browser's Origin: host in lower case, no default port."""
+    if origin == "*":
+        return origin
+    scheme, _, host = origin.partition("://")
+    default = ":443" if scheme == "https" else ":80"
+    host = host.lower()
+    return f"{scheme}://{host.removesuffix(default)}"
+
+
+class CorsConfig(Section):
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+    # DELETE: cancelling a resumable stream (`DELETE <route>/<stream id>`, a Stop button).
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
+    allow_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_ALLOW_HEADERS))
+    expose_headers: list[str] = Field(default_factory=lambda: list(_DEFAULT_EXPOSE_HEADERS))
+    max_age_seconds: int = Field(600, ge=0)
+
+    @field_validator("allow_headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[!#$%&'+.^_`|~0-9A-Za-z-]*\*?", name) or not name:
+                raise ValueError(f"{name!r} is not a header name (or a prefix ending in '*')")
+        return value
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return [_as_browsers_send(origin) for origin in value]
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsConfig:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("'*' in allow_origins cannot be combined with allow_credentials")
+        return self
+
+
+def re2_options() -> Any:
+    """RE2 options shared by validation and screening (errors raised, not logged)."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    return options
+
+
+def compile_re2(pattern: str) -> Any:
+    """Compile with RE2, the linear-time engine: no prompt can cause backtracking."""
+    import re2
+
+    try:
+        return re2.compile(pattern, re2_options())
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ValueError(f"does not compile in RE2: {detail}") from None
+
+
+def _check_pattern(pattern: str) -> str:
+    compile_re2(pattern)
+    return pattern
+
+
+Pattern = Annotated[str, AfterValidator(_check_pattern)]
+
+
+class DenyRule(Section):
+    name: str = Field(min_length=1)
+    pattern: Pattern
+
+
+class ScreeningConfig(Section):
+    max_prompt_chars: int = Field(10000, gt=0)
+    max_attachment_bytes: int = Field(5 * 1024 * 1024, gt=0)
+    # A plain string is a rule named by its index: `["(?i)secret"]` == `[{name: "0", ...}]`.
+    deny_patterns: list[DenyRule] = Field(default_factory=list)
+    # Match deny rules also against the text with invisible characters removed, NFKC
+    # applied and whitespace folded (see docs/security.md for what this does not catch).
+    normalize: bool = False
+    # A content block type screening does not know: screen every string in it, or refuse.
+    unknown_blocks: Literal["screen", "refuse"] = "screen"
+
+    @field_validator("deny_patterns", mode="before")
+    @classmethod
+    def _name_plain_patterns(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [
+            {"name": str(i), "pattern": rule} if isinstance(rule, str) else rule
+            for i, rule in enumerate(value)
+        ]
+
+
+class QuotaConfig(Section):
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = None
+    redis_timeout_seconds: Seconds = 1.0
+    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    key: Literal["user", "api_key", "tenant", "client_ip"] = "user"
+    requests_per_minute: int | None = Field(None, gt=0)
+    tokens_per_minute: int | None = Field(None, gt=0)
+    tokens_per_day: int | None = Field(None, gt=0)
+    concurrent_streams: int | None = Field(None, gt=0)
+    lease_seconds: float = Field(60, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_can_use(cls, value: SecretStr | None) -> SecretStr | None:
+        # What redis-py's from_url would refuse at start; the message never echoes the URL.
+        if value is None:
+            return value
+        try:
+            parsed = urlsplit(value.get_secret_value())
+            parsed.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            raise ValueError("not a valid URL") from None
+        if parsed.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> QuotaConfig:
+        if self.store == "redis" and self.redis_url is None:
+            raise ValueError("store 'redis' needs redis_url")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        # Read on every Claude call: plain tests, no generator.
+        return (
+            self.requests_per_minute is not None
+            or self.tokens_per_minute is not None
+            or self.tokens_per_day is not None
+            or self.concurrent_streams is not None
+        )

@@ -1,0 +1,101 @@
+"""The `server` and `app` sections: the listeners, TLS, limits and timeouts; the app behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from sidecar.config.fields import (
+    HeaderName,
+    HostPort,
+    HttpUrl,
+    Network,
+    Seconds,
+    Section,
+    split_host_port,
+)
+
+
+class TLSConfig(Section):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    hsts: bool = True
+    hsts_max_age_seconds: int = Field(31536000, ge=0)
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        for path in (self.cert_file, self.key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"file not readable: {path}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class ServerConfig(Section):
+    listen: HostPort = "0.0.0.0:8080"
+    admin_listen: HostPort = "0.0.0.0:9090"
+    max_body_bytes: int = Field(1048576, gt=0)
+    shutdown_grace_seconds: float = Field(30, ge=0)
+    trusted_proxies: list[Network] = Field(default_factory=list)
+    tls: TLSConfig = TLSConfig()
+    request_id_header: HeaderName = "X-Request-Id"
+    reload_poll_seconds: float = Field(2, ge=0)  # watch the config file; 0 = SIGHUP only
+    # Slow clients: a request head must arrive within this long of its first byte (of the
+    # connection, for the first request); a body the sidecar reads whole (Claude routes)
+    # within body_read; a body streamed to the app may pause at most body_idle between bytes.
+    header_read_timeout_seconds: Seconds = 10
+    body_read_timeout_seconds: Seconds = 60
+    body_idle_timeout_seconds: Seconds = 30
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        traffic, admin = split_host_port(self.listen), split_host_port(self.admin_listen)
+        if traffic[1] != 0 and traffic == admin:
+            raise ValueError("listen and admin_listen must differ")
+        return self
+
+
+# Framing, routing and tracing headers the app proxy sets or drops: never an identity header.
+_PROXY_SET_HEADERS = frozenset(
+    {
+        "host", "content-length", "content-type", "content-encoding", "transfer-encoding",
+        "connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization",
+        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "traceparent", "tracestate",
+    }
+)  # fmt: skip
+
+
+class IdentityHeaders(Section):
+    """Headers that carry the verified identity to the app (client copies are stripped)."""
+
+    user: HeaderName = "X-Sidecar-User"
+    tenant: HeaderName = "X-Sidecar-Tenant"
+    api_key_name: HeaderName = "X-Sidecar-Api-Key-Name"
+
+    @field_validator("user", "tenant", "api_key_name")
+    @classmethod
+    def _not_a_proxy_header(cls, value: str) -> str:
+        if value.lower() in _PROXY_SET_HEADERS:
+            raise ValueError(f"{value!r} is set by the proxy itself; choose another name")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> IdentityHeaders:
+        # `_` and `-` are one to WSGI/CGI apps, and a shared name would carry the wrong value.
+        names = {n.lower().replace("_", "-") for n in (self.user, self.tenant, self.api_key_name)}
+        if len(names) != 3:
+            raise ValueError("user, tenant and api_key_name must be different headers")
+        return self
+
+
+class AppConfig(Section):
+    url: HttpUrl = "http://127.0.0.1:3000"
+    connect_timeout_seconds: Seconds = 5
+    read_timeout_seconds: Seconds = 300
+    identity_headers: IdentityHeaders = IdentityHeaders()

@@ -1,0 +1,43 @@
+"""The `telemetry` section: exporters, logs, identities on spans and the price table."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sidecar.config.fields import HttpUrl, Section
+
+
+class ModelPrice(Section):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float = Field(0, ge=0)
+    cache_read: float = Field(0, ge=0)
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    return {
+        "claude-opus-5-5": ModelPrice(input=15, output=75, cache_write=18.75, cache_read=1.5),
+        "claude-sonnet-5-5": ModelPrice(input=3, output=15, cache_write=3.75, cache_read=0.3),
+        "claude-haiku-5-5": ModelPrice(input=1, output=5, cache_write=1.25, cache_read=0.1),
+    }
+
+
+class TelemetryConfig(Section):
+    service_name: str = "claude-sidecar"
+    otlp_endpoint: HttpUrl | None = None
+    otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    prometheus: bool = True
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True
+    # The per-call lines wait at most this long to be written, together (0: at the end of
+    # the event-loop turn that logged them); WARNING and above at the end of their turn.
+    log_flush_seconds: float = Field(0.02, ge=0, le=10)
+    capture_content: bool = False
+    user_attribute: Literal["none", "hashed", "plain"] = "hashed"
+    resource_attributes: dict[str, str] = Field(default_factory=dict)
+    prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
