@@ -36,9 +36,9 @@ from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.record import StreamRecord
 from sidecar.telemetry import Telemetry
-from sidecar.telemetry.core import span_ids
 from sidecar.telemetry.span import SidecarSpan
 from sidecar.telemetry.spans import PlainSpan, Spans
+from sidecar.telemetry.state import span_ids
 from tests.support.apps import echoed_headers, running_app
 from tests.support.otel import CALLER_TRACE, TRACEPARENT, make_otel, prompt
 from tests.support.sidecars import SidecarFactory

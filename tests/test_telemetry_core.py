@@ -18,7 +18,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sidecar.config import ModelPrice, TelemetryConfig
 from sidecar.record import StreamRecord
 from sidecar.telemetry import Telemetry, streams
-from sidecar.telemetry.core import _CACHE_LIMIT
+from sidecar.telemetry.state import CACHE_LIMIT
 from tests.support.otel import Otel, make_otel
 
 W3C = TraceContextTextMapPropagator()
@@ -181,13 +181,13 @@ def test_identity_memo_gives_each_value_its_own_and_stays_bounded(mode: str) -> 
             return None
         return value if mode == "plain" else hashlib.sha256(value.encode()).hexdigest()[:16]
 
-    users = [f"user-{index}" for index in range(_CACHE_LIMIT + 50)]
+    users = [f"user-{index}" for index in range(CACHE_LIMIT + 50)]
     for user in [*users, *users[:10], *users[::97]]:  # evicted and repeated values too
         record = StreamRecord(request_id="r", route="/", started=0.0, user=user, tenant="acme")
         fields = telemetry._log_base(record, trace.INVALID_SPAN)
         assert fields.get("user") == expected(user)
         assert fields.get("tenant") == expected("acme")
-        assert len(telemetry._identities) <= _CACHE_LIMIT
+        assert len(telemetry._identities) <= CACHE_LIMIT
     anonymous = telemetry._log_base(StreamRecord("r", "/", 0.0), trace.INVALID_SPAN)
     assert "user" not in anonymous
     assert "tenant" not in anonymous
@@ -213,9 +213,9 @@ def test_price_memo_costs_each_model_at_its_own_price_and_stays_bounded() -> Non
         "claude-haiku-5": pytest.approx(3 * 6),
         "claude-sonnet-5-5-20260101": pytest.approx(3 * 18),
     }
-    for index in range(_CACHE_LIMIT + 10):  # model names come from clients
+    for index in range(CACHE_LIMIT + 10):  # model names come from clients
         _finish_all(otel.telemetry, [_record(index, request_model=f"client-{index}")])
-        assert len(otel.telemetry._prices) <= _CACHE_LIMIT
+        assert len(otel.telemetry._prices) <= CACHE_LIMIT
     assert otel.telemetry._price("claude-haiku-5") is prices["claude-haiku-5"]
 
 
