@@ -23,8 +23,10 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from sidecar.config import TelemetryConfig
-from sidecar.telemetry import JsonFormatter, logs, setup_logging
-from sidecar.telemetry.logs import LineHandler, TextFormatter, log_event
+from sidecar.telemetry import JsonFormatter, log_format, log_handler, setup_logging
+from sidecar.telemetry.log_format import TextFormatter
+from sidecar.telemetry.log_handler import LineHandler
+from sidecar.telemetry.logs import log_event
 from tests.support.otel import TRACEPARENT, make_otel, prompt
 from tests.support.sidecars import SidecarFactory
 
@@ -520,19 +522,19 @@ async def test_a_warning_line_takes_the_lines_waiting_out_at_the_end_of_its_turn
 async def test_lines_waiting_are_bounded_the_last_one_writes_them_all(
     log_output: Callable[..., LogReader],
 ) -> None:
-    """However fast calls come, at most `_MAX_WAITING` lines wait: the one that reaches it
+    """However fast calls come, at most `MAX_WAITING` lines wait: the one that reaches it
     writes them, in one write; the timer then finds nothing left."""
     log_output()
     stream, written, close = _pipe()
     try:
         setup_logging(TelemetryConfig(log_flush_seconds=5), stream=stream)
         log = logging.getLogger("sidecar.stream")
-        for n in range(logs._MAX_WAITING - 1):
+        for n in range(log_handler.MAX_WAITING - 1):
             log_event(log, logging.INFO, "stream_start", {"n": n})
         assert written() == []
-        log_event(log, logging.INFO, "stream_start", {"n": logs._MAX_WAITING - 1})
+        log_event(log, logging.INFO, "stream_start", {"n": log_handler.MAX_WAITING - 1})
         lines = written()
-        assert [json.loads(line)["n"] for line in lines] == list(range(logs._MAX_WAITING))
+        assert [json.loads(line)["n"] for line in lines] == list(range(log_handler.MAX_WAITING))
         assert stream.writes == 1
     finally:
         logging.getLogger().handlers.clear()
@@ -685,7 +687,7 @@ def _plain(value: Any) -> Any:
 def test_a_line_holds_each_field_in_order_as_json(fields: dict[str, Any]) -> None:
     """Every kind of value a line may carry comes back from the JSON as the value it
     was (a value of no JSON type as its `str`, a date as its ISO form), keys in order."""
-    decoded = json.loads(logs.encode_json(fields))
+    decoded = json.loads(log_format.encode_json(fields))
     assert list(decoded) == [str(k) for k in fields]
     for key, value in fields.items():
         if isinstance(value, datetime):
@@ -699,9 +701,11 @@ def test_a_line_holds_each_field_in_order_as_json(fields: dict[str, Any]) -> Non
 def test_a_line_is_compact_and_what_orjson_refuses_is_still_written() -> None:
     """No spaces between tokens; an integer past 64 bits, a lone surrogate (a name
     decoded with `surrogateescape`) and keys that are not strings are still encoded."""
-    assert logs.encode_json({"a": 1, "b": [1, "x y"], "c": {}}) == '{"a":1,"b":[1,"x y"],"c":{}}'
+    assert (
+        log_format.encode_json({"a": 1, "b": [1, "x y"], "c": {}}) == '{"a":1,"b":[1,"x y"],"c":{}}'
+    )
     refused = {"big": 2**70, "lone": "bad \udcff byte", 3: "three"}
-    line = logs.encode_json(refused)
+    line = log_format.encode_json(refused)
     assert line.isascii()
     assert json.loads(line) == {"big": 2**70, "lone": "bad \udcff byte", "3": "three"}
 
