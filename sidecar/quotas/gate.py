@@ -16,13 +16,13 @@ import math
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Final
 
 from sidecar.config import QuotaConfig
-from sidecar.errors import Rejection, reject
+from sidecar.errors import reject
 from sidecar.identity import Identity
+from sidecar.quotas.decisions import limits_of, ratelimit_headers, rejection_of, subject_of
 from sidecar.quotas.stores import Decision, Limits, QuotaStore, StoreError, make_store
 
 log = logging.getLogger("sidecar.quotas")
@@ -48,92 +48,6 @@ def reseed_lease_ids() -> None:
 
 
 os.register_at_fork(after_in_child=reseed_lease_ids)
-
-
-def limits_of(policy: QuotaConfig) -> Limits:
-    return Limits(
-        requests_per_minute=policy.requests_per_minute,
-        tokens_per_minute=policy.tokens_per_minute,
-        tokens_per_day=policy.tokens_per_day,
-        concurrent_streams=policy.concurrent_streams,
-        lease_seconds=policy.lease_seconds,
-    )
-
-
-# The Identity attribute each `quotas.key` counts by (client_ip: none, the address is used).
-_KEY_ATTRIBUTE: Final[Mapping[str, str | None]] = MappingProxyType(
-    {"user": "user", "api_key": "api_key_name", "tenant": "tenant", "client_ip": None}
-)
-
-
-def subject_of(policy: QuotaConfig, scope: str, identity: Identity, client_ip: str) -> str:
-    """The counter key: route scope + `quotas.key` value, or the client IP when there is none."""
-    attribute = _KEY_ATTRIBUTE[policy.key]
-    value = getattr(identity, attribute) if attribute is not None else None
-    kind = policy.key
-    if not value:
-        kind, value = "client_ip", client_ip
-    return f"{scope}\x1f{kind}\x1f{value}"
-
-
-def rfc3339(epoch: float) -> str:
-    """Whole seconds, rounded up, in UTC: `2026-01-01T00:00:00Z` (as Anthropic's reset headers)."""
-    return _rfc3339_second(math.ceil(epoch))
-
-
-@functools.lru_cache(maxsize=256)  # resets fall on few distinct seconds: format each once
-def _rfc3339_second(second: int) -> str:
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# Header names built once: a lease keeps its headers for its stream's life, and
-# shared name strings are neither formatted per call nor held once per stream.
-_RATELIMIT_NAMES: Final = tuple(
-    (kind, f"anthropic-ratelimit-{kind}-limit", f"anthropic-ratelimit-{kind}-remaining",
-     f"anthropic-ratelimit-{kind}-reset")
-    for kind in ("requests", "tokens")
-)  # fmt: skip
-
-
-def ratelimit_headers(decision: Decision) -> dict[str, str]:
-    """`anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` for the enabled limits."""
-    headers: dict[str, str] = {}
-    for kind, limit, remaining, reset in _RATELIMIT_NAMES:
-        window = decision.requests if kind == "requests" else decision.tokens
-        if window is not None:
-            headers[limit] = str(window.limit)
-            headers[remaining] = str(window.remaining)
-            headers[reset] = _rfc3339_second(math.ceil(window.reset_at))  # = rfc3339()
-    return headers
-
-
-def rejection_of(decision: Decision, policy: QuotaConfig, reserve: int) -> Rejection:
-    """The 429 (or 400 for a call larger than a whole token limit) for a refused admission."""
-    headers = ratelimit_headers(decision)
-    limited_by = decision.limited_by
-    if limited_by == "too_large":
-        limit = min(x for x in (policy.tokens_per_minute, policy.tokens_per_day) if x is not None)
-        return reject(
-            "quota_request_too_large",
-            f"this call may use up to {reserve} tokens (input estimate + max_tokens), more "
-            f"than the token quota of {limit}; lower max_tokens",
-            headers=headers,
-        )
-    wait = max(decision.retry_after, 0.001)
-    headers["retry-after"] = str(math.ceil(wait))
-    headers["retry-after-ms"] = str(math.ceil(wait * 1000))
-    per = f"per {policy.key}"
-    messages = {
-        "requests": f"rate limit of {policy.requests_per_minute} requests per minute {per}",
-        "tokens_per_minute": f"token quota of {policy.tokens_per_minute} per minute {per} "
-        f"(this call reserves {reserve})",
-        "tokens_per_day": f"token quota of {policy.tokens_per_day} per day {per} "
-        f"(this call reserves {reserve})",
-        "concurrency": f"at most {policy.concurrent_streams} concurrent streams {per}",
-    }
-    limit_name = limited_by or "requests"
-    message = messages[limit_name]
-    return reject(f"quota_{limit_name}", f"{message}; retry after {wait:.1f} s", headers=headers)
 
 
 class QuotaLease:
