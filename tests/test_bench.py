@@ -102,3 +102,29 @@ def test_plots_and_comparison_come_from_a_results_file(quick_run: Path) -> None:
     compared = harness("--compare", str(results), "--against", str(results))
     assert "| sidecar, all on | CPU per call, sequential (µs) |" in compared
     assert "+0 %" in compared  # a run against itself changes nothing
+
+
+@pytest.mark.timeout(120)
+def test_the_telemetry_probe_counts_each_entry_point_of_every_call() -> None:
+    """`bench/telemetry_probe.py`: the all-on sidecar's telemetry entry points, each with
+    the CPU it took per call and how often a call ran it (counts, not timings, asserted)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "telemetry_probe.py"), "--calls", "40"],
+        capture_output=True, text=True, cwd=ROOT, timeout=100, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows: dict[str, tuple[float, float]] = {}
+    for line in done.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[2] and cells[0] not in ("entry point", "---"):
+            rows[cells[0]] = (float(cells[1]), float(cells[2]))
+    once = ["Telemetry.start_server_span", "StreamTelemetry.start_stream",
+            "StreamTelemetry.stream_started", "StreamTelemetry.finish_stream",
+            "Telemetry.end_server_span", "Counters.access", "Telemetry.inject"]  # fmt: skip
+    for name in once:
+        spent, runs = rows[name]
+        assert runs == 1.0, name
+        assert spent > 0, name
+    assert rows["inside: logs.log_event"][1] == 3.0  # the two stream lines and the access line
+    assert rows["inside: Spans.ended"][1] == 2.0  # the request's span and the call's
+    assert "sidecar CPU per call:" in done.stdout
