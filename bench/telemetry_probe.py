@@ -116,7 +116,10 @@ def serve(config: str, dump_to: str) -> None:
 
 
 def snapshot(pid: int, path: str) -> dict[str, dict[str, int]]:
-    """The totals of the sidecar `pid` now (it writes them to `path` on SIGUSR1)."""
+    """The totals of the sidecar `pid` once its calls have ended (it writes them to `path`
+    on SIGUSR1): a call's client has its answer a moment before the sidecar's telemetry
+    for it has run, so the totals are taken after a pause."""
+    time.sleep(0.3)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     os.kill(pid, signal.SIGUSR1)
