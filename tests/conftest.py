@@ -1,14 +1,17 @@
-"""Shared fixtures: a real fake Claude on a free port, and sidecars pointed at it."""
+"""Shared fixtures: a real fake Claude on a free port, sidecars pointed at it, and the root
+logger routed to a buffer for the log tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from sidecar import loader
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
+from tests.support.logs import LogReader, install_log_output
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.sidecars import SidecarFactory, running_sidecar
 
@@ -40,3 +43,27 @@ async def redis_server() -> AsyncIterator[RedisServer]:
     """A real `redis-server` on a free port (no persistence); `kill()` / `start()` for outages."""
     async with running_redis() as server:
         yield server
+
+
+@pytest.fixture
+def log_output() -> Iterator[Callable[..., LogReader]]:
+    """`read = log_output(**telemetry config)`: routes the root logger to a buffer, restores it.
+
+    `read` flushes the handler first (as exit does): lines waiting for their batch's
+    write are read too. When they are written is the subject of tests of its own.
+    """
+    yield from install_log_output()
+
+
+@pytest.fixture
+def records_made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The logger names of the `LogRecord`s `logging` builds from here on."""
+    made: list[str] = []
+    make = logging.Logger.makeRecord
+
+    def counted(self: logging.Logger, name: str, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(name)
+        return make(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", counted)
+    return made

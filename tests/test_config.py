@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from sidecar import loader
-from sidecar.config import Config, split_host_port
+from sidecar.config import Config, TelemetryConfig, split_host_port
 from tests.support.apps import echoed_headers, running_app
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory
@@ -408,3 +408,10 @@ def test_a_route_cache_without_a_usable_store_is_an_error() -> None:
     routes = [{"path": "/v1/", "handler": "anthropic", "cache": {"enabled": True}}]
     found = problems_of({"routes": routes, "cache": {"store": "redis"}})
     assert any(p.startswith("routes.0.cache.enabled:") for p in found), found
+
+
+def test_the_flush_delay_is_a_checked_config_key() -> None:
+    assert TelemetryConfig().log_flush_seconds == 0.02
+    for bad in (-1, 11, "soon"):
+        with pytest.raises(ValueError, match="log_flush_seconds"):
+            TelemetryConfig(log_flush_seconds=bad)

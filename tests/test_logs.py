@@ -2,82 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import io
 import json
 import logging
-import math
-import os
-import sys
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from decimal import Decimal
-from enum import Enum, IntEnum, StrEnum
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext
 
-from sidecar.config import TelemetryConfig
-from sidecar.telemetry import JsonFormatter, log_format, log_handler, setup_logging
-from sidecar.telemetry.log_format import TextFormatter
 from sidecar.telemetry.log_handler import LineHandler
 from sidecar.telemetry.logs import log_event
+from tests.support.logs import (
+    CURRENT,
+    FIELD_SETS,
+    LogReader,
+    events,
+    one,
+)
 from tests.support.otel import TRACEPARENT, make_otel, prompt
 from tests.support.sidecars import SidecarFactory
 
 CLIENT_KEY = "sk-client-key-0123456789"
+
+
 AUTH = {
     "mode": "required",
     "api_keys": [
         {"name": "ci", "sha256": hashlib.sha256(CLIENT_KEY.encode()).hexdigest(), "user": "ci-bot"}
     ],
 }
+
+
 SECRET_PROMPT = "my-very-private-prompt-text"
-
-LogReader = Callable[[], list[str]]
-
-
-@pytest.fixture
-def log_output() -> Iterator[Callable[..., LogReader]]:
-    """`read = log_output(**telemetry config)`: routes the root logger to a buffer, restores it.
-
-    `read` flushes the handler first (as exit does): lines waiting for their batch's
-    write are read too. When they are written is the subject of tests of its own.
-    """
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-
-    def install(**config: Any) -> LogReader:
-        buffer = io.StringIO()
-        setup_logging(TelemetryConfig(**config), stream=buffer)
-        (handler,) = root.handlers
-
-        def read() -> list[str]:
-            handler.flush()
-            return buffer.getvalue().splitlines()
-
-        return read
-
-    yield install
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
-    root.setLevel(saved_level)
-
-
-def events(lines: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in lines]
-
-
-def one(entries: list[dict[str, Any]], message: str) -> dict[str, Any]:
-    (entry,) = [entry for entry in entries if entry["message"] == message]
-    return entry
 
 
 async def test_stream_lines_carry_trace_ids_numbers_and_no_secrets(
@@ -178,24 +138,6 @@ async def test_text_format_and_access_log_off(
     assert not [line for line in lines if "sidecar.access" in line]
 
 
-def test_json_formatter_handles_exceptions_and_odd_values() -> None:
-    logger = logging.getLogger("sidecar.test")
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        record = logger.makeRecord(
-            "sidecar.test", logging.ERROR, __file__, 1, "failed %s", ("x",),
-            exc_info=sys.exc_info(), extra={"odd": object(), "n": 3},
-        )  # fmt: skip
-    entry = json.loads(JsonFormatter().format(record))
-    assert entry["message"] == "failed x"
-    assert entry["level"] == "ERROR"
-    assert entry["n"] == 3
-    assert entry["odd"].startswith("<object object")
-    assert "ValueError: boom" in entry["exception"]
-    assert entry["time"].endswith("Z")
-
-
 async def test_stream_start_comes_first_even_for_a_call_ended_at_once(
     sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
 ) -> None:
@@ -246,389 +188,6 @@ async def test_telemetry_off_still_logs_usage_and_cost(
     assert otel.exporter.get_finished_spans() == ()  # no provider ever held the exporter
 
 
-def _records() -> list[logging.LogRecord]:
-    """Records as the sidecar makes them: extras, %-args, an exception, odd values."""
-    logger = logging.getLogger("sidecar.test")
-    made = [
-        logger.makeRecord(
-            "sidecar.stream", logging.INFO, "(unknown file)", 0, "stream_complete", (), None,
-            extra={"event": "stream_complete", "trace_id": "ab" * 16, "span_id": "cd" * 8,
-                   "output_tokens": 7, "ttft_ms": 1.25, "user": None, "odd": object()},
-        ),
-        logger.makeRecord("sidecar.server", logging.WARNING, "x", 1, "drop %s/%d", ("a", 3), None),
-    ]  # fmt: skip
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        made.append(
-            logger.makeRecord("sidecar.test", logging.ERROR, "x", 1, "failed", (), sys.exc_info())
-        )
-    return made
-
-
-@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
-def test_line_handler_writes_what_stream_handler_writes(formatter: logging.Formatter) -> None:
-    ours, theirs = io.StringIO(), io.StringIO()
-    line_handler, stream_handler = LineHandler(ours), logging.StreamHandler(theirs)
-    for handler in (line_handler, stream_handler):
-        handler.setFormatter(formatter)
-    for record in _records():
-        assert line_handler.handle(record)
-        stream_handler.handle(record)
-    assert ours.getvalue() == theirs.getvalue()
-    assert ours.getvalue().count("\n") >= 3
-
-
-class _CountingText(io.TextIOWrapper):
-    """A text stream over a real descriptor that counts the calls made on it."""
-
-    writes: int = 0
-    flushes: int = 0
-
-    def write(self, text: str) -> int:
-        self.writes += 1
-        return super().write(text)
-
-    def flush(self) -> None:
-        self.flushes += 1
-        super().flush()
-
-
-def _pipe_streams() -> Iterator[tuple[str, Callable[[int], _CountingText], bool]]:
-    """(kind, make a stream on a descriptor, whether it reaches the descriptor by itself)."""
-    yield (
-        "line-buffered, as stderr",
-        (lambda fd: _CountingText(io.BufferedWriter(io.FileIO(fd, "w")), line_buffering=True)),
-        True,
-    )
-    yield (
-        "write-through, as stderr with PYTHONUNBUFFERED",
-        (lambda fd: _CountingText(io.FileIO(fd, "w"), write_through=True)),
-        True,
-    )
-    yield (
-        "write-through onto a buffer",
-        (lambda fd: _CountingText(io.BufferedWriter(io.FileIO(fd, "w")), write_through=True)),
-        False,
-    )
-    yield (
-        "block-buffered file",
-        (lambda fd: _CountingText(io.BufferedWriter(io.FileIO(fd, "w")))),
-        False,
-    )
-
-
-@pytest.mark.parametrize("direct", [False, True], ids=["logging", "log_event"])
-@pytest.mark.parametrize(("kind", "make", "by_itself"), list(_pipe_streams()))
-def test_every_line_reaches_the_descriptor_when_logged(
-    kind: str,
-    make: Callable[[int], _CountingText],
-    by_itself: bool,
-    direct: bool,
-    log_output: Callable[..., LogReader],
-    records_made: list[str],
-) -> None:
-    """One write per line, flushed only where the stream would not pass the line on itself,
-    by `logging` or written directly by `log_event`."""
-    log_output()  # restores the root logger afterwards
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)  # a line held back fails the read instead of hanging
-    stream = make(write_end)
-    try:
-        setup_logging(TelemetryConfig(log_format="json"), stream=stream)
-        log = logging.getLogger("sidecar.stream")
-        for n in range(3):
-            if direct:
-                log_event(log, logging.INFO, "stream_start", {"request_id": f"req_{n}"})
-            else:
-                log.info("stream_start", extra={"request_id": f"req_{n}"})
-            line = os.read(read_end, 65536).decode()  # there now, not at some later flush
-            assert line.count("\n") == 1, kind
-            assert line.endswith("\n"), kind
-            assert json.loads(line)["request_id"] == f"req_{n}"
-        assert stream.writes == 3
-        assert records_made == ([] if direct else ["sidecar.stream"] * 3)
-        assert stream.flushes == (0 if by_itself else 3)
-    finally:
-        logging.getLogger().handlers.clear()
-        stream.close()
-        os.close(read_end)
-
-
-@pytest.mark.parametrize(("kind", "make", "by_itself"), list(_pipe_streams()))
-async def test_a_loop_turns_per_call_lines_reach_the_descriptor_in_one_write_at_its_end(
-    kind: str,
-    make: Callable[[int], _CountingText],
-    by_itself: bool,
-    log_output: Callable[..., LogReader],
-) -> None:
-    """With `log_flush_seconds: 0`, on a running loop, `log_event`'s lines wait for the end
-    of the turn and leave together, in order, in one write; a line through `logging`
-    leaves at once, after the lines waiting; `flush` writes them too."""
-    log_output()
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    stream = make(write_end)
-
-    def written() -> list[str]:
-        try:
-            return os.read(read_end, 65536).decode().splitlines()
-        except BlockingIOError:
-            return []
-
-    try:
-        setup_logging(TelemetryConfig(log_format="json", log_flush_seconds=0), stream=stream)
-        log = logging.getLogger("sidecar.stream")
-        for n in range(3):
-            log_event(log, logging.INFO, "stream_start", {"request_id": f"req_{n}"})
-        assert written() == [], kind  # not before the turn ends
-        assert stream.writes == 0
-        await asyncio.sleep(0)
-        lines = written()
-        assert [json.loads(line)["request_id"] for line in lines] == ["req_0", "req_1", "req_2"]
-        assert stream.writes == 1
-        assert stream.flushes == (0 if by_itself else 1)
-
-        log_event(log, logging.INFO, "stream_start", {"request_id": "req_3"})
-        log.warning("at once", extra={"n": 1})  # leaves now, after the line waiting
-        assert [json.loads(line)["message"] for line in written()] == ["stream_start", "at once"]
-        assert stream.writes == 2
-
-        log_event(log, logging.INFO, "stream_start", {"request_id": "req_4"})
-        logging.getLogger().handlers[0].flush()
-        assert [json.loads(line)["request_id"] for line in written()] == ["req_4"]
-        await asyncio.sleep(0)  # the turn's end finds nothing left to write
-        assert written() == []
-        assert stream.writes == 3
-    finally:
-        logging.getLogger().handlers.clear()
-        stream.close()
-        os.close(read_end)
-
-
-def test_lines_waiting_on_a_loop_that_never_ran_again_leave_with_the_next_line(
-    log_output: Callable[..., LogReader],
-) -> None:
-    """A loop that stopped before its turn ended: its lines go with the next write,
-    whichever loop (or none) makes it; `logging.shutdown` at exit flushes the rest."""
-    log_output()  # restores the root logger afterwards
-    buffer = io.StringIO()
-    setup_logging(TelemetryConfig(log_flush_seconds=0), stream=buffer)
-    log = logging.getLogger("sidecar.stream")
-
-    def read() -> list[str]:  # what was written, nothing flushed first
-        return buffer.getvalue().splitlines()
-
-    async def log_and_stop() -> None:
-        log_event(log, logging.INFO, "first", {"n": 1})
-        asyncio.get_running_loop().stop()
-
-    loop = asyncio.new_event_loop()
-    try:
-        with contextlib.suppress(RuntimeError):  # stopped before the task finished
-            loop.run_until_complete(log_and_stop())
-    finally:
-        loop.close()
-    assert read() == []  # its turn never ended
-
-    async def log_second() -> None:
-        log_event(log, logging.INFO, "second", {"n": 2})
-
-    asyncio.run(log_second())
-    log_event(log, logging.INFO, "third", {"n": 3})  # no loop: at once
-    assert [json.loads(line)["message"] for line in read()] == ["first", "second", "third"]
-
-
-def _pipe() -> tuple[_CountingText, Callable[[], list[str]], Callable[[], None]]:
-    """A line-buffered stream on a pipe, what has reached the pipe so far, and a closer."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    stream = _CountingText(io.BufferedWriter(io.FileIO(write_end, "w")), line_buffering=True)
-
-    def written() -> list[str]:
-        try:
-            return os.read(read_end, 1 << 20).decode().splitlines()
-        except BlockingIOError:
-            return []
-
-    def close() -> None:
-        stream.close()
-        os.close(read_end)
-
-    return stream, written, close
-
-
-async def test_per_call_lines_wait_out_the_flush_delay_then_leave_in_one_write(
-    log_output: Callable[..., LogReader],
-) -> None:
-    """By default the per-call lines of many turns leave together, `log_flush_seconds`
-    after the first of them was logged, in order and in one write."""
-    log_output()
-    stream, written, close = _pipe()
-    try:
-        setup_logging(TelemetryConfig(log_flush_seconds=0.2), stream=stream)
-        log = logging.getLogger("sidecar.stream")
-        logged_at = asyncio.get_running_loop().time()
-        for n in range(5):  # five turns
-            log_event(log, logging.INFO, "stream_start", {"request_id": f"req_{n}"})
-            await asyncio.sleep(0)
-        assert written() == []  # the turns ended, the delay has not passed
-        assert stream.writes == 0
-        lines: list[str] = []
-        while not lines:
-            await asyncio.sleep(0.01)
-            lines = written()
-        assert asyncio.get_running_loop().time() - logged_at >= 0.2
-        assert [json.loads(line)["request_id"] for line in lines] == [f"req_{n}" for n in range(5)]
-        assert stream.writes == 1
-    finally:
-        logging.getLogger().handlers.clear()
-        close()
-
-
-async def test_a_warning_line_takes_the_lines_waiting_out_at_the_end_of_its_turn(
-    log_output: Callable[..., LogReader],
-) -> None:
-    """A per-call line at WARNING or above (`stream_error`, a malformed request's
-    `request_rejected`) does not wait out the delay: it leaves, after the lines waiting,
-    at the end of the turn that logged it; so does a line through `logging`, at once."""
-    log_output()
-    stream, written, close = _pipe()
-    try:
-        setup_logging(TelemetryConfig(log_flush_seconds=5), stream=stream)
-        log = logging.getLogger("sidecar.stream")
-        log_event(log, logging.INFO, "stream_start", {"request_id": "req_0"})
-        await asyncio.sleep(0)
-        log_event(log, logging.WARNING, "stream_error", {"request_id": "req_0"})
-        assert written() == []
-        await asyncio.sleep(0)
-        assert [json.loads(line)["message"] for line in written()] == [
-            "stream_start",
-            "stream_error",
-        ]
-        assert stream.writes == 1
-
-        log_event(log, logging.INFO, "stream_start", {"request_id": "req_1"})
-        log.error("at once")
-        assert [json.loads(line)["message"] for line in written()] == ["stream_start", "at once"]
-        await asyncio.sleep(0.01)
-        assert written() == []
-        assert stream.writes == 2
-    finally:
-        logging.getLogger().handlers.clear()
-        close()
-
-
-async def test_lines_waiting_are_bounded_the_last_one_writes_them_all(
-    log_output: Callable[..., LogReader],
-) -> None:
-    """However fast calls come, at most `MAX_WAITING` lines wait: the one that reaches it
-    writes them, in one write; the timer then finds nothing left."""
-    log_output()
-    stream, written, close = _pipe()
-    try:
-        setup_logging(TelemetryConfig(log_flush_seconds=5), stream=stream)
-        log = logging.getLogger("sidecar.stream")
-        for n in range(log_handler.MAX_WAITING - 1):
-            log_event(log, logging.INFO, "stream_start", {"n": n})
-        assert written() == []
-        log_event(log, logging.INFO, "stream_start", {"n": log_handler.MAX_WAITING - 1})
-        lines = written()
-        assert [json.loads(line)["n"] for line in lines] == list(range(log_handler.MAX_WAITING))
-        assert stream.writes == 1
-    finally:
-        logging.getLogger().handlers.clear()
-        close()
-
-
-def test_the_flush_delay_is_a_checked_config_key() -> None:
-    assert TelemetryConfig().log_flush_seconds == 0.02
-    for bad in (-1, 11, "soon"):
-        with pytest.raises(ValueError, match="log_flush_seconds"):
-            TelemetryConfig(log_flush_seconds=bad)
-
-
-def test_line_handler_with_filters_applies_them(log_output: Callable[..., LogReader]) -> None:
-    read = log_output()
-    (handler,) = logging.getLogger().handlers
-    assert isinstance(handler, LineHandler)
-    handler.addFilter(lambda record: record.getMessage() != "dropped")
-    logging.getLogger("sidecar.test").warning("dropped")
-    logging.getLogger("sidecar.test").warning("kept")
-    assert [entry["message"] for entry in events(read())] == ["kept"]
-
-
-def test_line_handler_set_stream_follows_the_new_stream() -> None:
-    first, second = io.StringIO(), io.StringIO()
-    handler = LineHandler(first)
-    handler.setFormatter(JsonFormatter())
-    assert handler.setStream(second) is first
-    handler.handle(_records()[0])
-    assert first.getvalue() == ""
-    assert json.loads(second.getvalue())["output_tokens"] == 7
-
-
-# ---------------------------------------------------------------- `log_event`
-
-
-class _Level(IntEnum):
-    HIGH = 3
-
-
-class _Kind(StrEnum):
-    A = "kind-a"
-
-
-class _Ratio(float):
-    def __repr__(self) -> str:
-        return "a ratio"
-
-
-class _Text(str):
-    def __str__(self) -> str:
-        return "other text"
-
-
-FIELD_SETS: dict[str, dict[str, Any]] = {
-    "stream line": {
-        "event": "stream_complete", "request_id": "req_1", "route": "/api/x",
-        "model": "claude-sonnet-5-5", "stream": True, "trace_id": "ab" * 16,
-        "span_id": "cd" * 8, "outcome": "completed", "input_tokens": 12, "ttft_ms": 412.5,
-        "tokens_per_second": None, "cost_usd": 0.003636, "error_type": None,
-    },
-    "numbers": {"zero": 0, "big": 2**70, "neg": -3, "tiny": 1e-7, "third": 1 / 3,
-                "nan": float("nan"), "inf": float("-inf"), "flag": False},
-    "strings": {"unicode": "héllo ✓ 🚀 中文", "quotes": 'say "hi" \\ there',
-                "newlines": "one\ntwo\r\n\tthree", "control": "\x00\x1f\u2028", "empty": ""},
-    "odd values": {"obj": object(), "decimal": Decimal("1.10"), "bytes": b"\xff",
-                   "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "set": {1},
-                   "nested": {"list": [1, "two", None, {"deep": object()}]}},
-    "subclasses": {"int enum": _Level.HIGH, "str enum": _Kind.A, "float": _Ratio(0.5),
-                   "str": _Text("sub ✓"), "big float": 1e300, "negative zero": -0.0,
-                   "nan": float("nan"), "inf": float("inf"), "true": True, "none": None},
-    "odd names": {"ключ": "value", 'quote"d': 1, "tab\there": [], "emoji 🚀": {}},
-    "no fields": {},
-    "empty trace id": {"event": "x", "trace_id": "", "span_id": "keep-place"},
-    "span id only": {"span_id": "ef" * 8, "n": 1},
-}  # fmt: skip
-CURRENT = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0x00F067AA0BA902B7, False,
-                      TraceFlags(TraceFlags.SAMPLED))  # fmt: skip
-
-
-@pytest.fixture
-def records_made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The logger names of the `LogRecord`s `logging` builds from here on."""
-    made: list[str] = []
-    make = logging.Logger.makeRecord
-
-    def counted(self: logging.Logger, name: str, *args: Any, **kwargs: Any) -> logging.LogRecord:
-        made.append(name)
-        return make(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(logging.Logger, "makeRecord", counted)
-    return made
-
-
 def _clock(now: float) -> Callable[[], float]:
     return lambda: now
 
@@ -667,47 +226,6 @@ def test_log_event_writes_the_bytes_logging_writes(
     assert entry["level"] == logging.getLevelName(level)
     if in_span and not fields.get("trace_id"):
         assert entry["trace_id"] == f"{CURRENT.trace_id:032x}"
-
-
-def _plain(value: Any) -> Any:
-    """What a line holds for `value`: JSON's own types as they are (NaN and the
-    infinities, which JSON has no word for, as null), anything else as `str` gives it."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return str(value)
-
-
-@pytest.mark.parametrize("fields", list(FIELD_SETS.values()), ids=list(FIELD_SETS))
-def test_a_line_holds_each_field_in_order_as_json(fields: dict[str, Any]) -> None:
-    """Every kind of value a line may carry comes back from the JSON as the value it
-    was (a value of no JSON type as its `str`, a date as its ISO form), keys in order."""
-    decoded = json.loads(log_format.encode_json(fields))
-    assert list(decoded) == [str(k) for k in fields]
-    for key, value in fields.items():
-        if isinstance(value, datetime):
-            assert datetime.fromisoformat(decoded[key]) == value
-        elif isinstance(value, Enum):
-            assert decoded[key] == value.value
-        else:
-            assert decoded[key] == _plain(value), key
-
-
-def test_a_line_is_compact_and_what_orjson_refuses_is_still_written() -> None:
-    """No spaces between tokens; an integer past 64 bits, a lone surrogate (a name
-    decoded with `surrogateescape`) and keys that are not strings are still encoded."""
-    assert (
-        log_format.encode_json({"a": 1, "b": [1, "x y"], "c": {}}) == '{"a":1,"b":[1,"x y"],"c":{}}'
-    )
-    refused = {"big": 2**70, "lone": "bad \udcff byte", 3: "three"}
-    line = log_format.encode_json(refused)
-    assert line.isascii()
-    assert json.loads(line) == {"big": 2**70, "lone": "bad \udcff byte", "3": "three"}
 
 
 def test_a_circular_value_is_reported_as_logging_reports_it(
