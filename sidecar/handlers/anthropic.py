@@ -39,6 +39,8 @@ from sidecar.upstream import Attempt, read_answer, returned_headers
 class Passthrough(Translator):
     """Claude's bytes unchanged; a failure after the first byte is Anthropic's `event: error`."""
 
+    __slots__ = ()
+
     def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
         return b"event: error\ndata: " + anthropic_error_body(error_type, message, "") + b"\n\n"
 
@@ -48,6 +50,8 @@ PASSTHROUGH = Passthrough()
 
 class NumberedPassthrough(Passthrough):
     """Claude's events unchanged but whole, so a resumable stream can put an `id:` on each."""
+
+    __slots__ = ()
 
     passthrough = False
 

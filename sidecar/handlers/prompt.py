@@ -64,6 +64,7 @@ class PromptTranslator(Translator):
     numbered `id: N` here (and `done` has none).
     """
 
+    __slots__ = ("_capture", "_log", "_next_id", "_token")
     passthrough = False
 
     def __init__(self, *, capture: bool, log: StreamLog | None = None) -> None:

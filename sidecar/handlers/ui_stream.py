@@ -67,6 +67,7 @@ class UiTranslator(Translator):
     delta's written in its own format step, the others' added as they are made.
     """
 
+    __slots__ = ("_ended", "_log", "_open", "_tools")
     passthrough = False
 
     def __init__(self, log: StreamLog | None = None) -> None:

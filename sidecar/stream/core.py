@@ -31,9 +31,10 @@ class Translator:
 
     `translate` returns zero or more complete SSE events (each ending in a blank line)
     and never an `id:` line of its own when the stream is resumable: the stream numbers
-    the events it sends.
+    the events it sends. Per stream (those with state of their own): slotted.
     """
 
+    __slots__ = ()
     passthrough = True
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
