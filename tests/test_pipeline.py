@@ -19,6 +19,24 @@ from __future__ import annotations
 
 import pytest
 
+from sidecar.cache.recording import Recording
+from sidecar.call.run import ClaudeRequest
+from sidecar.call.stream import HeldCall, Resumable
+from sidecar.handlers.anthropic import NumberedPassthrough, Passthrough
+from sidecar.handlers.prompt import PromptTranslator
+from sidecar.handlers.ui_stream import UiTranslator
+from sidecar.http_client.connection import Connection
+from sidecar.http_client.response import Response
+from sidecar.identity import Identity
+from sidecar.quotas import QuotaLease
+from sidecar.record import StreamRecord
+from sidecar.relay import LiveStream
+from sidecar.sse import EventScanner
+from sidecar.stream.adapter import ClientChannel
+from sidecar.stream.core import StreamCore
+from sidecar.stream.hub import Generation, Subscriber
+from sidecar.stream.store import StreamLog
+from sidecar.stream.tap import TappedCore
 from tests.support.costs import (
     ROUTES,
     cyclic_garbage_per_call,
@@ -94,3 +112,18 @@ async def test_a_finished_call_is_freed_as_it_ends_not_by_the_cycle_collector(
     async with measured_sidecar() as sidecar:
         garbage = await cyclic_garbage_per_call(sidecar, 50, route)
     assert garbage <= CYCLIC_GARBAGE_PER_CALL, garbage
+
+
+# What a call or an open stream holds, one of each per call (or per stream, or per
+# connection to Claude): every one slotted, so none carries an instance dict.
+PER_CALL_OBJECTS = [
+    StreamRecord, QuotaLease, Identity, ClaudeRequest, HeldCall, Resumable, Connection,
+    Response, EventScanner, StreamCore, TappedCore, Passthrough, NumberedPassthrough,
+    PromptTranslator, UiTranslator, LiveStream, ClientChannel, Generation, Subscriber,
+    StreamLog, Recording,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", PER_CALL_OBJECTS, ids=lambda kind: kind.__name__)
+def test_per_call_objects_are_slotted(kind: type) -> None:
+    assert kind.__dictoffset__ == 0, f"{kind.__name__} instances carry a __dict__"
