@@ -51,7 +51,7 @@ ENTRY_POINTS: list[tuple[str, str | None, str]] = [
     ("sidecar.telemetry.loop_spans", "LoopSpanProcessor", "_encode"),
     ("sidecar.telemetry.span_poster", "SpanPoster", "_post"),
     ("sidecar.telemetry.logs", None, "log_event"),
-    ("sidecar.telemetry.log_handler", "LineHandler", "_end_of_turn"),
+    ("sidecar.telemetry.log_handler", "LineHandler", "_write_when_due"),
     ("sidecar.telemetry.streams", None, "record_metrics"),
 ]
 

@@ -102,10 +102,9 @@ class LineHandler(logging.StreamHandler[TextIO]):
         fields: dict[str, Any],
     ) -> None:
         """Write what `handle` writes for `logger.log(level, message, extra=fields)`'s record:
-        at the end of this loop turn on a running loop, else at once.
+        on a running loop when it is due (see the class), else at once.
 
-        For `log_event`, which has checked that this is all that call would do. When it
-        is written: see the class.
+        For `log_event`, which has checked that this is all that call would do.
         """
         created = time.time()  # when logged, as `LogRecord` takes it (before the lock)
         lock = self.lock  # `acquire` / `release` without their two calls per line
@@ -132,9 +131,9 @@ class LineHandler(logging.StreamHandler[TextIO]):
                 self._due = loop
                 if level >= logging.WARNING or not self.flush_seconds:
                     self._timer = None
-                    loop.call_soon(self._end_of_turn)
+                    loop.call_soon(self._write_when_due)
                 else:
-                    self._timer = loop.call_later(self.flush_seconds, self._end_of_turn)
+                    self._timer = loop.call_later(self.flush_seconds, self._write_when_due)
             except RecursionError:
                 raise
             except Exception:  # reported as `handle` reports it, with the record it would have had
@@ -144,8 +143,9 @@ class LineHandler(logging.StreamHandler[TextIO]):
                     )
                 )
 
-    def _end_of_turn(self) -> None:
-        """The lines waiting, in one write (unless something wrote them first)."""
+    def _write_when_due(self) -> None:
+        """The lines waiting, in one write (unless something wrote them first): the loop's
+        callback, at the end of a turn or once the flush delay has passed."""
         lock = self.lock
         assert lock is not None
         with lock:
