@@ -113,6 +113,22 @@ def process(args: list[str], ready_url: str, env: dict[str, str] | None = None) 
         yield target.pid
 
 
+def fake_and_sink(stack: contextlib.ExitStack) -> tuple[str, int, str]:
+    """The fake Claude and the OTLP sink as processes of their own (stopped with `stack`):
+    the fake's URL and port, the sink's URL."""
+    fake_port, otlp_port = free_port(), free_port()
+    fake = f"http://127.0.0.1:{fake_port}"
+    otlp = f"http://127.0.0.1:{otlp_port}"
+    stack.enter_context(process(
+        [PY, "-m", "sidecar.fake_claude", "--port", str(fake_port), "--host", "127.0.0.1"],
+        fake + "/_fake/stats",
+    ))  # fmt: skip
+    stack.enter_context(process(
+        [PY, str(ROOT / "bench" / "otlp_sink.py"), "--port", str(otlp_port)], otlp + "/"
+    ))  # fmt: skip
+    return fake, fake_port, otlp
+
+
 def floor(upstream: str) -> Launch:
     port = free_port()
     url = f"http://127.0.0.1:{port}"

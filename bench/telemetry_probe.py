@@ -33,7 +33,6 @@ from typing import Any
 
 import peers  # bench/ is on the path as the script's folder
 import run as bench
-from common import free_port
 
 # (module, class or None, attribute): the entry points, in the order a call meets them.
 ENTRY_POINTS: list[tuple[str, str | None, str]] = [
@@ -135,17 +134,7 @@ def snapshot(pid: int, path: str) -> dict[str, dict[str, int]]:
 def measure(callers: int, calls: int) -> list[str]:
     """Run the calls against the wrapped all-on sidecar; the table's lines."""
     with contextlib.ExitStack() as stack:
-        fake_port, otlp_port = free_port(), free_port()
-        fake = f"http://127.0.0.1:{fake_port}"
-        otlp = f"http://127.0.0.1:{otlp_port}"
-        stack.enter_context(peers.process(
-            [peers.PY, "-m", "sidecar.fake_claude", "--port", str(fake_port), "--host",
-             "127.0.0.1"], fake + "/_fake/stats",
-        ))  # fmt: skip
-        stack.enter_context(peers.process(
-            [peers.PY, str(peers.ROOT / "bench" / "otlp_sink.py"), "--port", str(otlp_port)],
-            otlp + "/",
-        ))  # fmt: skip
+        fake, _, otlp = peers.fake_and_sink(stack)
         launch = peers.sidecar(stack, "sidecar, all on (probed)", fake, otlp, "all")
         dump_to = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "totals.json")
         launch.args = [peers.PY, __file__, "--serve", launch.args[-1], "--dump", dump_to]

@@ -17,7 +17,6 @@ import statistics
 
 import peers  # bench/ is on the path as the script's folder
 import run as bench
-from common import free_port
 
 
 def main() -> None:
@@ -26,17 +25,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        fake_port, otlp_port = free_port(), free_port()
-        fake = f"http://127.0.0.1:{fake_port}"
-        otlp = f"http://127.0.0.1:{otlp_port}"
-        stack.enter_context(peers.process(
-            [peers.PY, "-m", "sidecar.fake_claude", "--port", str(fake_port), "--host",
-             "127.0.0.1"], fake + "/_fake/stats",
-        ))  # fmt: skip
-        stack.enter_context(peers.process(
-            [peers.PY, str(peers.ROOT / "bench" / "otlp_sink.py"), "--port", str(otlp_port)],
-            otlp + "/",
-        ))  # fmt: skip
+        fake, fake_port, otlp = peers.fake_and_sink(stack)
         launches = [
             peers.naive(fake),
             peers.sidecar(stack, "sidecar, all on", fake, otlp, "all"),
