@@ -53,10 +53,10 @@ class LineHandler(logging.StreamHandler[TextIO]):
         self.flush_seconds = flush_seconds
         self._flush_each = not _writes_through(stream)
         self._pending: list[str] = []  # lines waiting, each with its newline
-        self._due: asyncio.AbstractEventLoop | None = None  # the loop whose callback writes them
-        self._timer: asyncio.TimerHandle | None = (
-            None  # that callback, while it waits out the delay
-        )
+        # The loop whose callback writes the lines waiting, and that callback while it
+        # waits out the flush delay (None: it runs at the end of the turn, or none is due).
+        self._due: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def setStream(self, stream: TextIO) -> TextIO | None:
         """Switch to `stream` (the lines waiting written to the old one, which is flushed),
