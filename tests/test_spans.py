@@ -18,7 +18,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -97,23 +103,28 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def provider(seed: int) -> tuple[TracerProvider, InMemorySpanExporter, SpanProcessor]:
-    """A provider as the sidecar builds one (sampler and limits from the environment)."""
+def provider(
+    seed: int, sampler: Sampler | None = None
+) -> tuple[TracerProvider, InMemorySpanExporter, SpanProcessor]:
+    """A provider as the sidecar builds one (sampler and limits from the environment,
+    unless a sampler is given)."""
     exporter = InMemorySpanExporter()
     processor = SimpleSpanProcessor(exporter)
     made = TracerProvider(
-        resource=Resource.create({"service.name": "s"}), id_generator=SeededIds(seed)
+        sampler=sampler,
+        resource=Resource.create({"service.name": "s"}),
+        id_generator=SeededIds(seed),
     )
     made.add_span_processor(processor)
     return made, exporter, processor
 
 
 def both(
-    seed: int,
+    seed: int, sampler: Sampler | None = None
 ) -> tuple[tuple[Spans, InMemorySpanExporter], tuple[Spans, InMemorySpanExporter]]:
     """The sidecar's spans and the SDK's, each on its own provider, handing out the same ids."""
-    ours, our_exporter, processor = provider(seed)
-    theirs, their_exporter, _ = provider(seed)
+    ours, our_exporter, processor = provider(seed, sampler)
+    theirs, their_exporter, _ = provider(seed, sampler)
     return (Spans(ours, [processor]), our_exporter), (
         SdkSpans(Spans(theirs, ())),
         their_exporter,
@@ -174,9 +185,14 @@ def run(
 
 
 def assert_same(
-    seed: int, parent: Context, caplog: pytest.LogCaptureFixture, *, exports: bool | None = None
+    seed: int,
+    parent: Context,
+    caplog: pytest.LogCaptureFixture,
+    *,
+    exports: bool | None = None,
+    sampler: Sampler | None = None,
 ) -> None:
-    (ours, our_exporter), (theirs, their_exporter) = both(seed)
+    (ours, our_exporter), (theirs, their_exporter) = both(seed, sampler)
     theirs_ended, theirs_contexts, theirs_logs = run(theirs, their_exporter, parent, caplog)
     ours_ended, ours_contexts, ours_logs = run(ours, our_exporter, parent, caplog)
     assert ours_ended == theirs_ended
@@ -199,6 +215,38 @@ def test_spans_are_the_sdks_under_every_sampler(
     for name, value in SAMPLERS[sampler].items():
         monkeypatch.setenv(name, value)
     assert_same(seed, PARENTS[parent], caplog)
+
+
+class Asked(ParentBased):
+    """The default sampler, but one of the operator's: asked per span, each call counted."""
+
+    def __init__(self) -> None:
+        super().__init__(TraceIdRatioBased(0.5))
+        self.calls = 0
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        self.calls += 1
+        return super().should_sample(parent_context, trace_id, name, kind, attributes, links)
+
+
+@pytest.mark.parametrize("parent", PARENTS)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_spans_are_the_sdks_under_a_sampler_asked_per_span(
+    caplog: pytest.LogCaptureFixture, parent: str, seed: int
+) -> None:
+    """The SDK's samplers are read once (`sampling`); any other is asked for each span."""
+    sampler = Asked()
+    assert_same(seed, PARENTS[parent], caplog, sampler=sampler)
+    assert sampler.calls == 4  # two spans each, for the sidecar's and the SDK's
 
 
 @pytest.mark.parametrize("parent", ["none", "sampled"])

@@ -62,8 +62,10 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         assert self.response is None
-        response = self.response = Response(self, self._pool.loop, head_only)
         transport.write(request)
+        # Its answer's parser is made once the request is on its way: no read (nor a lost
+        # connection) reaches this protocol before the caller gives the loop back.
+        response = self.response = Response(self, self._pool.loop, head_only)
         return response
 
     @property

@@ -36,6 +36,7 @@ from sidecar.telemetry.state import continued
 from sidecar.telemetry.stream_telemetry import StreamTelemetry
 
 _NO_PARENT: Final = Context()
+_FLAGS_HEX: Final = tuple(f"{flags:02x}" for flags in range(256))  # trace flags are one byte
 
 
 class Telemetry(StreamTelemetry, Counters):
@@ -113,7 +114,7 @@ class Telemetry(StreamTelemetry, Counters):
         context = span.get_span_context()
         if type(span) is SidecarSpan:  # always valid; its hex ids are formatted once
             trace_id, span_id = span.ids()
-            headers["traceparent"] = f"00-{trace_id}-{span_id}-{context.trace_flags:02x}"
+            headers["traceparent"] = f"00-{trace_id}-{span_id}-{_FLAGS_HEX[context.trace_flags]}"
             if context.trace_state:
                 headers["tracestate"] = context.trace_state.to_header()
             return

@@ -9,7 +9,8 @@ Their `on_start` is empty (tests/test_spans.py holds them to it), so it is not c
 
 What stays the SDK's, through its public API: the sampler (`TracerProvider.sampler`,
 from `OTEL_TRACES_SAMPLER(_ARG)`), called once per span with the arguments the SDK
-passes, its decision, attributes and trace state honoured; ids from
+passes, its decision, attributes and trace state honoured (the SDK's own samplers,
+whose answer their settings alone decide, are read once instead: `sampling`); ids from
 `TracerProvider.id_generator` and the trace flags the SDK derives (sampled, random
 trace id); `SpanLimits` from `OTEL_*_LIMIT`; the resource and the `claude-sidecar`
 scope. The SDK's own span counters (`OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED`) go to
@@ -48,6 +49,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.util import types
 
+from sidecar.telemetry.sampling import RATIO_MASK, Plan, plan_of
 from sidecar.telemetry.span import UNSTORED, SidecarSpan
 
 SCOPE: Final = "claude-sidecar"
@@ -75,11 +77,14 @@ class PlainSpan(ReadableSpan):
 class Spans:
     """Starts spans for one `TracerProvider`; ended ones go to `processors`."""
 
-    __slots__ = ("_ids", "_processors", "_sampler", "_scope", "limits", "provider", "room")
+    __slots__ = (
+        "_ids", "_plan", "_processors", "_sampler", "_scope", "limits", "provider", "room",
+    )  # fmt: skip
 
     def __init__(self, provider: TracerProvider, processors: Sequence[SpanProcessor]) -> None:
         self.provider = provider
         self._sampler = provider.sampler
+        self._plan: Plan | None = plan_of(provider.sampler)  # None: asked per span
         self._ids = provider.id_generator
         self._processors = tuple(processors)
         # The SDK's own reading of OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT & co, as the provider's.
@@ -109,7 +114,8 @@ class Spans:
     ) -> trace.Span:
         """A span whose parent is `parent` (the sampler sees it as the current span)."""
         caller = parent._caller if type(parent) is SidecarSpan else get_current()
-        context = trace.set_span_in_context(parent, caller)
+        # The context is the sampler's only (a planned one knows the parent already).
+        context = trace.set_span_in_context(parent, caller) if self._plan is None else caller
         # The child keeps its parent's caller, not `context`: a grandchild's context is the
         # same either way (the current span is replaced), and nothing more is held per span.
         return self._start(name, kind, attributes, context, parent.get_span_context(), caller)
@@ -132,21 +138,37 @@ class Spans:
         else:
             trace_id = parent.trace_id
             random = bool(parent.trace_flags & TraceFlags.RANDOM_TRACE_ID)
-        result = self._sampler.should_sample(context, trace_id, name, kind, attributes, ())
-        decision = result.decision
+        plan = self._plan
+        decision: Decision
+        pending: Mapping[str, types.AnyValue]
+        if plan is None:
+            result = self._sampler.should_sample(context, trace_id, name, kind, attributes, ())
+            decision, pending, trace_state = result.decision, result.attributes, result.trace_state
+        else:  # what the SDK's sampler would answer, from its settings read once (`sampling`)
+            if parent is None:
+                rule, trace_state = plan[0], None
+            else:
+                sampled = parent.trace_flags.sampled
+                rule = plan[(1 if parent.is_remote else 3) + (not sampled)]
+                trace_state = parent.trace_state
+            if isinstance(rule, Decision):
+                decision = rule
+            else:  # a trace id ratio's bound
+                decision = _SAMPLED if trace_id & RATIO_MASK < rule else _DROPPED
+            pending = attributes
         span_context = SpanContext(
             trace_id,
             ids.generate_span_id(),
             is_remote=False,
             trace_flags=_FLAGS[(decision is _SAMPLED) | random << 1],
-            trace_state=result.trace_state,
+            trace_state=trace_state,
         )
         span = SidecarSpan(self, name, kind, span_context, parent, caller)
         if decision is not _DROPPED and self._processors:
             # Recording, the sampler's attributes first: set aside until the request the
             # span names is written (`SidecarSpan.store_pending`), its first write or its end.
             span._attributes = UNSTORED
-            span._pending = result.attributes
+            span._pending = pending
             span._start = time_ns()
         return span
 
