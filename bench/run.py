@@ -172,9 +172,9 @@ def release_stalls(fake: str, timeout: float = 60) -> None:
 
 
 def bench_memory(target: Target, plan: Plan, fake: str) -> dict[str, Any] | None:
-    """RSS per open quiet stream, first thing after a warm-up (`fake`: to end held streams)."""
+    """RSS per open quiet stream, on a fresh peer after a warm-up (`fake`: to end held
+    streams)."""
     run_load(target, 5, 20, 0)  # warm up every code path
-    # Memory first: after the load phases the heap has room to spare and RSS would not move.
     memory = open_stream_memory(target, plan.open_streams)
     release_stalls(fake)
     return memory
@@ -194,7 +194,7 @@ def bench_calls(targets: list[Target], plan: Plan) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {
         target.name: {level: [] for level in levels} for target in targets
     }
-    for target in targets:  # warm again: the memory phase left each peer a heap to tidy
+    for target in targets:  # warm up every code path
         run_load(target, 5, 20, 0)
     for round_ in range(plan.rounds):
         turn = round_ % len(targets)
@@ -322,22 +322,37 @@ def run(plan: Plan, quick: bool) -> dict[str, Any]:
                 peers.sidecar(stack, "sidecar, telemetry off", fake, otlp, "no-telemetry"),
                 peers.sidecar(stack, "sidecar, bare", fake, otlp, "bare"),
             ]
-        targets = peers.launch(stack, launches)
-        direct = targets[0]
-        direct.pid = None  # the reference: nothing in front of the fake to measure
-        targets = [direct, *targets[2:]]
-        if plan.sidecar_variants:  # the all-on process again, on its prompt route
-            one = all_on.target
-            prompt = Target("sidecar, all on, prompt route", "sidecar", one.url, one.pid,
-                            one.key, "prompt", one.rss_start_kib)  # fmt: skip
-            targets.insert(targets.index(one) + 1, prompt)
-        print(f"bench: peers up in {time.monotonic() - started_at:.1f} s", file=sys.stderr)
-        memory = {target.name: bench_memory(target, plan, fake) for target in targets}
-        progress("memory", started_at)
-        calls = bench_calls(targets, plan)
-        progress("calls", started_at)
-        streams = bench_streams(targets, plan)
-        progress("streams", started_at)
+
+        def up(peer_stack: contextlib.ExitStack) -> list[Target]:
+            """Every peer started afresh, as the phases see them (direct first)."""
+            targets = peers.launch(peer_stack, launches)
+            direct = targets[0]
+            direct.pid = None  # the reference: nothing in front of the fake to measure
+            targets = [direct, *targets[2:]]
+            if plan.sidecar_variants:  # the all-on process again, on its prompt route
+                one = all_on.target
+                prompt = Target("sidecar, all on, prompt route", "sidecar", one.url, one.pid,
+                                one.key, "prompt", one.rss_start_kib)  # fmt: skip
+                targets.insert(targets.index(one) + 1, prompt)
+            return targets
+
+        # The load phases and the memory phase each on processes of their own, started
+        # afresh: RSS per stream is read on a heap that has served nothing yet (after the
+        # load phases it has room to spare and would not grow), and the calls are measured
+        # on peers that never held a thousand streams (which leaves each its own heap and
+        # pools behind: naive's CPU per call at 50 callers rose ~25 % after it, the
+        # sidecar's ~11 %, which flattered the ratios).
+        with contextlib.ExitStack() as load_stack:
+            targets = up(load_stack)
+            print(f"bench: peers up in {time.monotonic() - started_at:.1f} s", file=sys.stderr)
+            calls = bench_calls(targets, plan)
+            progress("calls", started_at)
+            streams = bench_streams(targets, plan)
+            progress("streams", started_at)
+        with contextlib.ExitStack() as memory_stack:
+            fresh = up(memory_stack)
+            memory = {target.name: bench_memory(target, plan, fake) for target in fresh}
+            progress("memory", started_at)
         for target in targets:
             results.append({
                 "name": target.name, "kind": target.kind, "route": target.route,
