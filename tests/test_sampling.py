@@ -100,3 +100,12 @@ def test_any_other_sampler_is_asked_per_span() -> None:
     assert plan_of(CustomParent(ALWAYS_ON)) is None
     assert plan_of(ParentBased(Custom(Decision.RECORD_AND_SAMPLE))) is None
     assert plan_of(ParentBased(ALWAYS_ON, local_parent_sampled=DEFAULT_ON)) is None
+
+
+def test_a_sampler_whose_settings_cannot_be_read_is_asked_per_span() -> None:
+    parent_based = ParentBased(ALWAYS_ON)
+    del parent_based._local_parent_sampled  # as if the SDK kept it elsewhere
+    static = StaticSampler(Decision.RECORD_AND_SAMPLE)
+    del static._decision
+    assert plan_of(parent_based) is None
+    assert plan_of(static) is None
