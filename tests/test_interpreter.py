@@ -9,15 +9,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar.interpreter import tune_interpreter
+from sidecar.interpreter import FIRST_GENERATION, tune_interpreter
 
 
 @pytest.fixture
 def interpreter_restored() -> Iterator[None]:
-    """The test process's switch interval and heap as they were, after the test."""
+    """The test process's switch interval, heap and collector thresholds as they were."""
     interval = sys.getswitchinterval()
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
     assert sys.getswitchinterval() == interval  # left at the interpreter's own
 
 
@@ -41,3 +43,11 @@ def test_tune_interpreter_freezes_the_heap(
     assert not any(obj is kept for obj in gc.get_objects())  # no collection walks it again
     after = _Node()
     assert any(obj is after for obj in gc.get_objects())  # what serving allocates is collected
+
+
+def test_tune_interpreter_collects_the_first_generation_less_often(
+    interpreter_restored: None,
+) -> None:
+    older = gc.get_threshold()[1:]
+    tune_interpreter()
+    assert gc.get_threshold() == (FIRST_GENERATION, *older)  # the older generations as they were
