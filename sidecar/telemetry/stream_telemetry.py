@@ -196,18 +196,12 @@ class StreamTelemetry(TelemetryState):
         else:
             fields.update(span_ids(span))
         identities = self._identities
-        if record.user is not None:
-            try:
-                user = identities[record.user]
-            except KeyError:
-                user = self._identity(record.user)
-            if user is not None:
-                fields["user"] = user
-        if record.tenant is not None:
-            try:
-                tenant = identities[record.tenant]
-            except KeyError:
-                tenant = self._identity(record.tenant)
-            if tenant is not None:
-                fields["tenant"] = tenant
+        for name, value in (("user", record.user), ("tenant", record.tenant)):
+            if value is not None:
+                try:  # `_identity`'s memo, read without its call when it knows the value
+                    shown = identities[value]
+                except KeyError:
+                    shown = self._identity(value)
+                if shown is not None:
+                    fields[name] = shown
         return fields
