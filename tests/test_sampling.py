@@ -21,6 +21,7 @@ from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
 from sidecar.telemetry.sampling import RATIO_MASK, plan_of
+from tests.support.spans import Asked
 
 ON, OFF = Decision.RECORD_AND_SAMPLE, Decision.DROP
 ENVIRONMENTS = {
@@ -81,23 +82,9 @@ class Custom(StaticSampler):
         return SamplingResult(Decision.DROP if name == "secret" else Decision.RECORD_AND_SAMPLE)
 
 
-class CustomParent(ParentBased):
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: TraceState | None = None,
-    ) -> SamplingResult:
-        return SamplingResult(Decision.DROP)
-
-
 def test_any_other_sampler_is_asked_per_span() -> None:
     assert plan_of(Custom(Decision.RECORD_AND_SAMPLE)) is None
-    assert plan_of(CustomParent(ALWAYS_ON)) is None
+    assert plan_of(Asked()) is None  # a ParentBased whose `should_sample` is its own
     assert plan_of(ParentBased(Custom(Decision.RECORD_AND_SAMPLE))) is None
     assert plan_of(ParentBased(ALWAYS_ON, local_parent_sampled=DEFAULT_ON)) is None
 

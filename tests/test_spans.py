@@ -20,10 +20,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     Decision,
-    ParentBased,
     Sampler,
     SamplingResult,
-    TraceIdRatioBased,
 )
 from opentelemetry.trace import (
     Link,
@@ -48,7 +46,7 @@ from sidecar.telemetry.state import span_ids
 from tests.support.apps import echoed_headers, running_app
 from tests.support.otel import CALLER_TRACE, TRACEPARENT, make_otel, prompt
 from tests.support.sidecars import SidecarFactory
-from tests.support.spans import SdkSpans, SeededIds, exported
+from tests.support.spans import Asked, SdkSpans, SeededIds, exported
 
 W3C = TraceContextTextMapPropagator()
 CALLER = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
@@ -215,27 +213,6 @@ def test_spans_are_the_sdks_under_every_sampler(
     for name, value in SAMPLERS[sampler].items():
         monkeypatch.setenv(name, value)
     assert_same(seed, PARENTS[parent], caplog)
-
-
-class Asked(ParentBased):
-    """The default sampler, but one of the operator's: asked per span, each call counted."""
-
-    def __init__(self) -> None:
-        super().__init__(TraceIdRatioBased(0.5))
-        self.calls = 0
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: TraceState | None = None,
-    ) -> SamplingResult:
-        self.calls += 1
-        return super().should_sample(parent_context, trace_id, name, kind, attributes, links)
 
 
 @pytest.mark.parametrize("parent", PARENTS)

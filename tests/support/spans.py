@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.sampling import ParentBased, SamplingResult, TraceIdRatioBased
+from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util import types
 
 from sidecar.telemetry.spans import SCOPE, Spans
@@ -30,6 +32,27 @@ class SeededIds(IdGenerator):
 
     def is_trace_id_random(self) -> bool:
         return True
+
+
+class Asked(ParentBased):
+    """The default sampler, but one of the operator's: asked per span, each call counted."""
+
+    def __init__(self) -> None:
+        super().__init__(TraceIdRatioBased(0.5))
+        self.calls = 0
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        self.calls += 1
+        return super().should_sample(parent_context, trace_id, name, kind, attributes, links)
 
 
 class SdkSpans(Spans):
