@@ -263,3 +263,46 @@ def test_line_handler_set_stream_follows_the_new_stream() -> None:
     handler.handle(records()[0])
     assert first.getvalue() == ""
     assert json.loads(second.getvalue())["output_tokens"] == 7
+
+
+async def test_closing_writes_the_lines_waiting_and_nothing_after(
+    log_output: Callable[..., LogReader],
+) -> None:
+    """`close` writes the lines waiting at once and drops the timer that would have: the
+    stream can be closed right after, with no line lost and no write into it later."""
+    log_output()
+    stream, written, close = pipe()
+    try:
+        setup_logging(TelemetryConfig(log_flush_seconds=0.05), stream=stream)
+        (handler,) = logging.getLogger().handlers
+        assert isinstance(handler, LineHandler)
+        log_event(logging.getLogger("sidecar.stream"), logging.INFO, "stream_start", {"n": 1})
+        assert written() == []
+        handler.close()
+        assert [json.loads(line)["n"] for line in written()] == [1]
+        await asyncio.sleep(0.1)  # past the delay: the timer was dropped
+        assert written() == []
+        assert stream.writes == 1
+    finally:
+        logging.getLogger().handlers.clear()
+        close()
+
+
+async def test_setting_up_logging_again_writes_the_old_handlers_lines_first(
+    log_output: Callable[..., LogReader],
+) -> None:
+    """Lines waiting in the handler `setup_logging` replaces leave before the new one's."""
+    log_output()
+    stream, written, close = pipe()
+    try:
+        setup_logging(TelemetryConfig(log_flush_seconds=5), stream=stream)
+        log = logging.getLogger("sidecar.stream")
+        log_event(log, logging.INFO, "stream_start", {"n": 1})
+        setup_logging(TelemetryConfig(log_flush_seconds=0), stream=stream)
+        assert [json.loads(line)["n"] for line in written()] == [1]
+        log_event(log, logging.INFO, "stream_start", {"n": 2})
+        await asyncio.sleep(0)
+        assert [json.loads(line)["n"] for line in written()] == [2]
+    finally:
+        logging.getLogger().handlers.clear()
+        close()

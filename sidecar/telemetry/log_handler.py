@@ -42,10 +42,11 @@ class LineHandler(logging.StreamHandler[TextIO]):
     once. That is one system call, and one wake-up of whatever reads the stream, for the
     lines of many calls instead of one per line. Lines keep their order: whatever is
     written first writes the lines still waiting (`handle`, a line from another thread,
-    `flush`, `setStream`, and `logging.shutdown` at exit, which flushes). A stream that
-    passes a line on by itself (see `_writes_through`: stderr) is not flushed again; any
-    other stream is flushed per write, as `StreamHandler` does. With filters attached,
-    `StreamHandler`'s own path runs.
+    `flush`, `close` (which also drops the callback due), `setStream`, and
+    `logging.shutdown` at exit, which flushes). A stream that passes a line on by itself
+    (see `_writes_through`: stderr) is not flushed again; any other stream is flushed
+    per write, as `StreamHandler` does. With filters attached, `StreamHandler`'s own
+    path runs.
     """
 
     def __init__(self, stream: TextIO, flush_seconds: float = 0.0) -> None:
@@ -64,6 +65,19 @@ class LineHandler(logging.StreamHandler[TextIO]):
         old = super().setStream(stream)
         self._flush_each = not _writes_through(self.stream)
         return old
+
+    def close(self) -> None:
+        """Write the lines waiting and drop the callback that would have: nothing is lost,
+        nothing is written after the handler is closed (its stream may be closed next)."""
+        lock = self.lock
+        assert lock is not None
+        with lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._due = self._timer = None
+            if self._pending:
+                self._write_pending()
+        super().close()
 
     def flush(self) -> None:
         """Write the lines waiting, then flush the stream."""

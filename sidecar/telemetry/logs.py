@@ -99,6 +99,8 @@ def setup_logging(config: TelemetryConfig, stream: TextIO | None = None) -> None
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
+        if isinstance(existing, LineHandler):  # its lines waiting leave before the new ones
+            existing.close()
     root.addHandler(handler)
     root.setLevel(config.log_level)
     # Neither format prints caller, thread or process: skip collecting them per record

@@ -188,6 +188,7 @@ async def sidecar_all_on(
             finally:
                 for handler in list(root.handlers):
                     root.removeHandler(handler)
+                    handler.close()  # its lines waiting go to the sink while it is open
                 for handler in saved[0]:
                     root.addHandler(handler)
                 root.setLevel(saved[1])
