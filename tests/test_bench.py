@@ -7,6 +7,7 @@ timing (the machine running the suite is shared, so the numbers mean nothing her
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,42 @@ def test_the_telemetry_probe_counts_each_entry_point_of_every_call() -> None:
     assert rows["inside: logs.log_event"][1] == 3.0  # the two stream lines and the access line
     assert rows["inside: Spans.ended"][1] == 2.0  # the request's span and the call's
     assert "sidecar CPU per call:" in done.stdout
+
+
+def ab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ab.py"), *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=240, check=False,
+    )  # fmt: skip
+
+
+def test_ab_compares_this_tree_with_a_commit_in_the_same_rounds() -> None:
+    """`bench/ab.py`: this tree and HEAD's `sidecar` beside naive, one table per caller count."""
+    done = ab("--callers", "1", "--rounds", "1", "--calls", "10", "--rev", "HEAD")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| naive aiohttp", "| base", "| this tree"]
+    for row in rows:
+        cpu, ratio = (float(cell) for cell in row.split(" | ")[1:3])
+        assert cpu > 0
+        assert ratio > 0
+    assert "this tree against the base: CPU per call" in done.stdout
+
+
+def test_ab_runs_the_base_from_its_own_package(tmp_path: Path) -> None:
+    """The base's process imports the `sidecar` under `--base`, not this tree's."""
+    shutil.copytree(
+        ROOT / "sidecar", tmp_path / "sidecar", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    marker = tmp_path / "imported"
+    with (tmp_path / "sidecar" / "__init__.py").open("a") as init:
+        init.write(f"\nopen({str(marker)!r}, 'a').write('x')\n")
+    done = ab("--callers", "1", "--rounds", "1", "--calls", "10", "--base", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert marker.read_text() == "x"  # one process: the base's sidecar
+
+
+def test_ab_refuses_a_base_without_a_sidecar_package(tmp_path: Path) -> None:
+    done = ab("--base", str(tmp_path))
+    assert done.returncode == 2
+    assert "holds no sidecar package" in done.stderr
