@@ -158,6 +158,40 @@ async def test_duplicate_keys_are_refused(
     assert fake.state.counters["requests"] == 0
 
 
+@pytest.mark.parametrize("path", sorted(ROUTE_BODIES))
+async def test_a_lone_surrogate_escape_is_refused_as_bad_json(
+    fake: FakeServer, sidecar_for: SidecarFactory, path: str
+) -> None:
+    """`"\\ud800"` is valid JSON syntax but no text: a 400 in the route's format before
+    screening, the cache or Claude, never a 500; a full pair is text and passes."""
+    text = json.dumps(ROUTE_BODIES[path])
+    field = '"prompt": "hello' if path == PROMPT else '"content": "hello'
+    async with sidecar_for({**CONFIG, "cache": {"enabled": True}}) as sidecar:
+        lone = [
+            await _post(sidecar.url + path, raw.encode(), {})
+            for raw in (
+                text.replace(field, field + " \\ud800 there"),  # a high one
+                text.replace(field, field + " \\uDC00"),  # a low one, upper case
+                text[:-1] + ', "metadata": {"\\udbff": 1}}',  # in a key
+            )
+        ]
+        paired = await _post(
+            sidecar.url + path, text.replace(field, field + " \\ud83d\\ude00").encode(), {}
+        )
+    for status, data, raw in lone:
+        assert status == 400
+        assert "lone UTF-16 surrogate" in _error(data, path)["message"]
+        assert b"Traceback" not in raw
+    assert paired[0] == 200
+    assert fake.state.counters["requests"] == 1  # the pair only
+    assert "\U0001f600" in json.dumps(fake.state.requests[-1].body, ensure_ascii=False)
+
+
+def test_an_escaped_backslash_before_u_d800_is_plain_text() -> None:
+    """`"\\\\ud800"` is a backslash and `ud800`, no escape: it parses."""
+    assert parse_json_object(b'{"a": "\\\\ud800"}') == {"a": "\\ud800"}
+
+
 def _objects() -> st.SearchStrategy[Any]:
     keys = st.text(alphabet="abc", min_size=1, max_size=2)
     leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=5)

@@ -115,6 +115,25 @@ TRANSLATIONS: list[tuple[str, dict[str, Any], dict[str, Any], list[dict[str, Any
         ],
     ),
     (
+        "a tool's object output as the text Claude reads: non-ASCII as it is, not escaped",
+        body(
+            user(text("password?")),
+            assistant(tool("output-available", output={"r": "la contraseña", "n": ["ｉｇｎｏｒｅ"]})),
+        ),
+        {},
+        [
+            {"role": "user", "content": [text("password?")]},
+            {"role": "assistant", "content": [USE]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1",
+                     "content": '{"r": "la contraseña", "n": ["ｉｇｎｏｒｅ"]}'}
+                ],
+            },
+        ],
+    ),
+    (
         "tool call with its output, then more text from the next step",
         body(
             user(text("weather?")),

@@ -214,13 +214,30 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 # Built once: `json.loads` with a hook would build a decoder (and its scanner) per call.
 _DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys)
+# An escape of a UTF-16 surrogate: the only way a JSON text decodes to a lone one.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a decoded value holds a surrogate no pair completed (in a key or a string).
+
+    The decoder joins a high and a low escape into one character, so any surrogate left
+    is lone: text no UTF-8 encoder (the cache key, a log line, Claude) can write.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Decode a JSON object or raise a 400 saying what is wrong.
 
     A key twice in one object is refused: parsers disagree on which copy wins, and
-    the bytes sent on must mean to Claude exactly what was screened here.
+    the bytes sent on must mean to Claude exactly what was screened here. So is a
+    `\\u` escape of a lone surrogate (`"\\ud800"`): it is no Unicode text, for screening
+    or for Claude.
     """
     try:
         text = raw.decode()  # RFC 8259: JSON exchanged between systems is UTF-8, nothing else
@@ -239,6 +256,8 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise bad_request(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise bad_request("body is nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(value):
+        raise bad_request("body is not valid JSON: a \\u escape names a lone UTF-16 surrogate")
     if not isinstance(value, dict):
         raise bad_request("body must be a JSON object")
     return value

@@ -229,7 +229,7 @@ def _tool(
     state = part["state"]
     if state == "output-available":
         output = part.get("output")
-        content = output if isinstance(output, str) else json.dumps(output)
+        content = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
         return use, {"type": "tool_result", "tool_use_id": call_id, "content": content}
     if state == "output-error":
         error = part.get("errorText")
