@@ -22,7 +22,7 @@ from aiohttp import web
 from opentelemetry.trace import Span
 
 from sidecar.browser import is_browser_path, serve_browser_file
-from sidecar.client_address import client_ip, is_trusted_proxy
+from sidecar.client_address import client_ip, header_value, is_trusted_proxy
 from sidecar.config import Network
 from sidecar.errors import Family, Rejection, reject, render_json, simple_error_body
 from sidecar.handlers.request_body import answer_expectation
@@ -86,7 +86,7 @@ def request_id_of(request: web.Request, header: str) -> str:
 
 def _client_scheme(request: web.Request, trusted: Sequence[Network]) -> str:
     """The scheme the client used: a trusted proxy ending TLS says so in X-Forwarded-Proto."""
-    forwarded = request.headers.get("X-Forwarded-Proto")
+    forwarded = header_value(request.headers, "X-Forwarded-Proto")
     if forwarded and is_trusted_proxy(request.remote or "", trusted):
         proto = forwarded.split(",")[0].strip().lower()
         if proto in ("http", "https"):
@@ -177,7 +177,7 @@ class Pipeline:
                 request_id=request_id,
                 started=started,
                 client_ip=client_ip(
-                    peer, request.headers.get("X-Forwarded-For"), config.server.trusted_proxies
+                    peer, header_value(request.headers, "X-Forwarded-For"), config.server.trusted_proxies
                 ),
                 span=span,
                 headers=headers,

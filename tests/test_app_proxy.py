@@ -77,6 +77,24 @@ async def test_trusted_proxy_forwarded_for_is_appended(
     assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
 
 
+async def test_every_forwarded_line_of_a_trusted_proxy_reaches_the_app(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    """A proxy's own X-Forwarded-For line after the client's is kept (one list, in order),
+    so the app, walking from the right, finds the address the proxy saw."""
+    url, _ = app_upstream
+    config = {**with_app(url), "server": {"trusted_proxies": ["127.0.0.0/8"]}}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        headers = CIMultiDict(
+            [("X-Forwarded-For", "198.51.100.1"), ("X-Forwarded-For", "203.0.113.9"),
+             ("X-Forwarded-Proto", "https"), ("X-Forwarded-Proto", "https")]
+        )  # fmt: skip
+        async with http.get(sidecar.url + "/echo", headers=headers) as response:
+            seen = echoed_headers(await response.json())
+    assert seen["x-forwarded-for"] == "198.51.100.1, 203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "https, https"
+
+
 async def test_response_hop_by_hop_headers_are_dropped(
     sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
 ) -> None:

@@ -15,6 +15,7 @@ import aiohttp
 import anthropic
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from sidecar.fake_claude import FakeServer
 from sidecar.quotas.stores import Decision, Limits, QuotaStore
@@ -271,6 +272,29 @@ async def test_client_ip_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(
         assert await statuses(trusted) == [200, 200]  # two clients behind the proxy
     async with sidecar_for(data) as untrusted:
         assert await statuses(untrusted) == [200, 429]  # one peer, whatever it claims
+
+
+async def test_a_proxy_that_adds_its_own_forwarded_for_line_is_believed_not_the_client(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Repeated X-Forwarded-For lines are one list (RFC 9110): a proxy that adds a line
+    of its own (rather than extending the client's) names the client, whatever address
+    the client's own line claims."""
+    data = {
+        "quotas": {"key": "client_ip", "requests_per_minute": 1},
+        "server": {"trusted_proxies": ["127.0.0.0/8"]},
+    }
+    async with sidecar_for(data) as sidecar, aiohttp.ClientSession() as http:
+        out = []
+        for claimed in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+            headers = CIMultiDict(
+                [("X-Forwarded-For", claimed), ("X-Forwarded-For", "203.0.113.9")]
+            )
+            async with http.post(
+                sidecar.url + "/v1/messages", json=message(), headers=headers
+            ) as response:
+                out.append(response.status)
+    assert out == [200, 429, 429]  # one client, 203.0.113.9, however its own line varies
 
 
 async def test_each_api_key_user_has_its_own_quota(sidecar_for: SidecarFactory) -> None:

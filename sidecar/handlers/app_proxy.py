@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from sidecar.client_address import is_trusted_proxy
+from sidecar.client_address import header_value, is_trusted_proxy
 from sidecar.errors import Rejection, reject
 from sidecar.handlers.request_body import (
     BodyStream,
@@ -67,13 +67,15 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     strip_forwarding_claims(headers, trusted=trusted)
     # The sidecar answers `Expect: 100-continue` itself; the app gets the body either way.
     headers.popall("Expect", None)
-    prior = request.headers.get("X-Forwarded-For") if trusted else None
+    prior = header_value(request.headers, "X-Forwarded-For") if trusted else None
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     # Behind a trusted proxy (an ingress ending TLS) its scheme and host are the client's;
     # from anyone else they are replaced by what this hop saw.
-    given = request.headers if trusted else {}
-    headers["X-Forwarded-Proto"] = given.get("X-Forwarded-Proto") or request.scheme
-    headers["X-Forwarded-Host"] = given.get("X-Forwarded-Host") or request.host
+    given = request.headers
+    proto = header_value(given, "X-Forwarded-Proto") if trusted else None
+    host = header_value(given, "X-Forwarded-Host") if trusted else None
+    headers["X-Forwarded-Proto"] = proto or request.scheme
+    headers["X-Forwarded-Host"] = host or request.host
     headers.pop("traceparent", None)
     headers.pop("tracestate", None)
     carrier: dict[str, str] = {}
