@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from sidecar import loader
-from sidecar.config import Config, TelemetryConfig, split_host_port
+from sidecar.config import Config, TelemetryConfig, redact_url, split_host_port
 from tests.support.apps import echoed_headers, running_app
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory
@@ -415,3 +415,22 @@ def test_the_flush_delay_is_a_checked_config_key() -> None:
     for bad in (-1, 11, "soon"):
         with pytest.raises(ValueError, match="log_flush_seconds"):
             TelemetryConfig(log_flush_seconds=bad)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://issuer.example/jwks", "https://issuer.example/jwks"),
+        ("https://user:pass@issuer.example/jwks", "https://user:***@issuer.example/jwks"),
+        ("redis://:pass@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("https://tok3n@api.example/x", "https://***@api.example/x"),
+        (
+            "https://h.example/jwks?token=T0K&v=2&flag",
+            "https://h.example/jwks?token=***&v=***&flag",
+        ),
+        ("https://u:p@h.example/a?k=s#frag", "https://u:***@h.example/a?k=***#***"),
+        ("https://h.example/a/b@c", "https://h.example/a/b@c"),  # an @ in the path: no userinfo
+    ],
+)
+def test_redact_url_hides_every_credential_a_url_can_carry(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -97,6 +97,30 @@ async def test_outage_keeps_the_last_good_keys(
             assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 200
 
 
+async def test_a_failed_fetch_logs_the_url_without_its_credentials(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The JWKS URL's password and query values (a token) never reach a log line."""
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        url = issuer.url.replace("://", "://jwks-user:JWKSPASS5@", 1) + "?token=JWKSTOKEN6"
+        async with sidecar_for(jwks_config(url, min_refresh=0.01, refresh=0.02)):
+            issuer.down = True
+            seen = issuer.fetches
+
+            async def refetched() -> bool:
+                return issuer.fetches > seen
+
+            await eventually(refetched)
+            await asyncio.sleep(0.05)
+    lines = [r for r in caplog.records if r.name == "sidecar.auth.jwks"]
+    assert lines, "the failed fetch is logged"
+    for record in lines:
+        text = record.getMessage() + repr(vars(record))
+        assert "JWKSPASS5" not in text
+        assert "JWKSTOKEN6" not in text
+    assert any(getattr(r, "url", "").endswith("?token=***") for r in lines)
+
+
 async def test_readyz_waits_for_the_first_keys(sidecar_for: SidecarFactory) -> None:
     async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
         issuer.down = True

@@ -34,12 +34,23 @@ _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/
 
 
 def redact_url(value: str) -> str:
-    """A URL without the password in its userinfo (`https://user:***@host/...`)."""
+    """A URL fit to show: the password of its userinfo (`https://user:***@host/...`), a
+    userinfo that is one word (a token: `https://***@host/...`) and every query value
+    (`?token=***`) replaced; scheme, host, port, path and query names kept."""
     match = _USERINFO.match(value)
-    if match is None or ":" not in match["userinfo"]:
+    if match is not None:
+        userinfo = match["userinfo"]
+        shown = f"{userinfo.partition(':')[0]}:***" if ":" in userinfo else "***"
+        value = f"{match['scheme']}{shown}@{value[match.end() :]}"
+    head, mark, query = value.partition("?")
+    if not mark:
         return value
-    user = match["userinfo"].partition(":")[0]
-    return f"{match['scheme']}{user}:***@{value[match.end() :]}"
+    query, hash_mark, fragment = query.partition("#")
+    pairs = [
+        f"{name}=***" if sep else name
+        for name, sep, _ in (pair.partition("=") for pair in query.split("&"))
+    ]
+    return f"{head}?{'&'.join(pairs)}{hash_mark}{'***' if fragment else ''}"
 
 
 def check_http_url(value: str) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import jwt
 
+from sidecar.config import redact_url
+
 log = logging.getLogger("sidecar.auth.jwks")
 MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB; a huge answer is a broken issuer
 _FETCH_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -44,6 +46,7 @@ class JwksCache:
         on_refresh: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
+        self.shown_url = redact_url(url)  # what log lines name: no credential in it
         self._on_refresh = on_refresh  # told `success` / `failure` after every fetch
         self._session = session
         self._refresh = refresh_seconds
@@ -74,7 +77,7 @@ class JwksCache:
             try:
                 await self.refresh()
             except Exception:  # the schedule must outlive any one bad answer
-                log.exception("jwks refresh failed", extra={"url": self.url})
+                log.exception("jwks refresh failed", extra={"url": self.shown_url})
                 self._report("failure")
 
     async def refresh(self) -> bool:
@@ -93,14 +96,16 @@ class JwksCache:
                     raise ValueError("key set too large")
                 keys = parse_jwks(json.loads(raw))
             except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
-                log.warning("jwks fetch failed, keeping last keys", extra={"url": self.url,
+                log.warning("jwks fetch failed, keeping last keys", extra={"url": self.shown_url,
                             "error": type(exc).__name__})  # fmt: skip
                 self._report("failure")
                 return False
             if keys:
                 self._keys = keys
             else:
-                log.warning("jwks had no usable key, keeping last keys", extra={"url": self.url})
+                log.warning(
+                    "jwks had no usable key, keeping last keys", extra={"url": self.shown_url}
+                )
             self._report("success" if keys else "failure")
             return True
 
