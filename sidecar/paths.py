@@ -6,9 +6,13 @@ policy (`/public/../admin`). So each request path is put in one normal form, onc
 and that form is used for route matching, for the Anthropic route's own checks and
 as the upstream target, which is built from it verbatim (never resolved again):
 
-- percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded; every
-  other escape is kept, with upper-case hex digits; characters that may not appear
-  in a path are percent-encoded;
+- percent-encoded characters that mean nothing more in a path than themselves are
+  decoded: the unreserved ones (`A-Z a-z 0-9 - . _ ~`) and `! $ & ' ( ) * + : @`
+  (so `/%40admin` is `/@admin`, as the app behind will read it); every other escape
+  is kept, with upper-case hex digits: `%3B`, `%3D` and `%2C` among them, since `;`,
+  `=` and `,` start or split path parameters on some servers (`/admin%3Bx` is a
+  segment named `admin;x` to them, `/admin;x` is `/admin`); characters that may not
+  appear in a path are percent-encoded;
 - empty segments are dropped (`//a` is `/a`, as nginx's `merge_slashes` does);
 - dot segments are removed as RFC 3986 §5.2.4 says, after decoding, so `%2e%2E` is
   `..`; a `..` that would climb above `/` is refused.
@@ -25,8 +29,9 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-_UNRESERVED: Final = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+# Bytes whose escape is decoded: unreserved, and the pchars no server reads as syntax.
+_DECODED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+:@"
 )
 # pchar = unreserved / sub-delims / ":" / "@" (RFC 3986 §3.3); anything else is encoded.
 _PCHAR: Final = frozenset(
@@ -87,7 +92,8 @@ def canonical(raw_path: str) -> CanonicalPath:
 
 
 def _segment(raw: str) -> str:
-    """One segment in normal form (unreserved decoded, the rest encoded); raises PathRefused."""
+    """One segment in normal form (see the module: some escapes decoded, the rest kept or
+    encoded); raises PathRefused."""
     if "%" not in raw and all(c in _PCHAR for c in raw):
         return raw
     out: list[str] = []
@@ -111,7 +117,7 @@ def _segment(raw: str) -> str:
 
 
 def _append_byte(out: list[str], byte: int) -> None:
-    if byte in _UNRESERVED:
+    if byte in _DECODED:
         out.append(chr(byte))
     elif byte in (0x2F, 0x5C):
         raise PathRefused(

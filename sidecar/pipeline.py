@@ -177,7 +177,9 @@ class Pipeline:
                 request_id=request_id,
                 started=started,
                 client_ip=client_ip(
-                    peer, header_value(request.headers, "X-Forwarded-For"), config.server.trusted_proxies
+                    peer,
+                    header_value(request.headers, "X-Forwarded-For"),
+                    config.server.trusted_proxies,
                 ),
                 span=span,
                 headers=headers,

@@ -39,11 +39,13 @@ KEY = "sk-paths-client-key"
 
 # --------------------------------------------------------------------------- tokens
 
-_NAMES = ["public", "admin", "v1", "models", "messages", "count_tokens", "a", "b~c", "x.y", "_-"]
+_NAMES = ["public", "admin", "v1", "models", "messages", "count_tokens", "a", "b~c", "x.y", "_-",
+          "pub@lic:x", "c+(d)!"]  # fmt: skip
 
 
 def _spell_char(char: str) -> st.SearchStrategy[str]:
-    """An unreserved character as itself or percent-encoded in either case."""
+    """A character escapes are decoded for (unreserved, `!$&'()*+:@`), as itself or
+    percent-encoded in either case."""
     code = f"{ord(char):02x}"
     return st.sampled_from([char, f"%{code}", f"%{code.upper()}"])
 
@@ -68,7 +70,8 @@ _DOT = st.sampled_from([".", "%2e", "%2E"])
 _DOTDOT = st.sampled_from(["..", ".%2e", ".%2E", "%2e.", "%2E.", "%2e%2e", "%2E%2E", "%2e%2E"])
 _OPAQUE = st.sampled_from(
     [
-        Token("q%3Ar", "q%3Ar"), Token("q%3Ar", "q%3ar"),  # reserved stays encoded, hex upper
+        Token("q:r", "q%3Ar"), Token("q@r", "q%40r"),  # no syntax in a path: decoded
+        Token("q%3Br", "q%3br"), Token("q%3D%2C", "q%3d%2c"),  # parameter syntax: kept, upper
         Token("%252e%252e", "%252e%252e"),  # double encoding is opaque, never a dot segment
         Token("%252E", "%252E"), Token("a%20b", "a%20b"), Token("p;q=1", "p;q=1"),
     ]
@@ -125,7 +128,7 @@ def meaning(tokens: list[Token]) -> Expected:
 def route_of(segments: list[str]) -> str:
     """The configured route a path with these segments falls under (first segment decides)."""
     first = segments[0] if segments else ""
-    return {"public": "/public", "v1": "/v1/"}.get(first, "/")
+    return {"public": "/public", "pub@lic:x": "/pub@lic:x", "v1": "/v1/"}.get(first, "/")
 
 
 # --------------------------------------------------------------------------- pure properties
@@ -161,7 +164,9 @@ def test_encoded_separators_controls_and_bad_escapes_are_refused_anywhere(
 
 
 _NORMAL = re.compile(r"(?:/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-F]{2})+)*/?")
-_ENCODED_UNRESERVED = re.compile(r"%(?:4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2D|2E|5F|7E)")
+_ENCODED_UNRESERVED = re.compile(
+    r"%(?:4[0-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9A]|2[146-9ABDE]|5F|7E)"
+)  # an escape of an unreserved character or of one of `!$&'()*+:@`: always decoded
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=40))
@@ -188,7 +193,7 @@ def test_dot_segments_with_parameters_are_refused() -> None:
 
 
 def test_config_route_paths_must_be_canonical() -> None:
-    for path in ("/a/../b", "/a//b", "/a%2Fb", "/%61pi"):
+    for path in ("/a/../b", "/a//b", "/a%2Fb", "/%61pi", "/%40admin", "/files%3Adelete"):
         with pytest.raises(loader.ConfigError) as error:
             loader.validate({"routes": [{"path": path, "handler": "anthropic"}]}, {})
         assert "routes.0.path" in str(error.value)
@@ -215,6 +220,7 @@ def _config(fake: FakeServer, app_url: str) -> dict[str, Any]:
         "telemetry": {"access_log": False},
         "routes": [
             {"path": "/public", "handler": "app"},
+            {"path": "/pub@lic:x", "handler": "app"},
             {"path": "/v1/", "handler": "anthropic"},
             {"path": "/", "handler": "app",
              "auth": {"mode": "required", "api_keys": [{"name": "c", "sha256": digest}]}},
@@ -306,7 +312,7 @@ def test_every_spelling_routes_and_reaches_the_upstream_as_its_canonical_form(
         assert len(stack.fake.state.requests) == seen_by_fake  # nothing went upstream
         return
     path = expected.path
-    if route == "/public":
+    if route in ("/public", "/pub@lic:x"):
         assert (status, body) == (200, {"raw_path": path + "?k=%2e%2E"}), raw
     elif route == "/":
         assert status == 401, (raw, body)  # the credential-free `/public` never lends its policy
