@@ -165,6 +165,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "app_timeout": Reason(504, "timeout_error"),
     "app_unreachable": Reason(502, "api_error", "bad_gateway"),
     "app_refused_websocket": Reason(None, "api_error"),  # the app's own status stands
+    "websocket_handshake_invalid": _BAD,  # the client's upgrade request, before the app
     # the sidecar itself
     "internal_error": Reason(500, "api_error"),
     # the listener's own, before any route is known (rendered by sidecar.listener)

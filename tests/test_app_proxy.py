@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import logging
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -507,3 +508,42 @@ async def test_every_forwarding_header_in_every_spelling_is_stripped(
     assert not [n for n in trusted_seen if "_" in n and is_forwarding_header(n)]
     assert trusted_seen["true-client-ip"].startswith("203.0.113.66")
     assert trusted_seen["x-forwarded-for"].startswith("203.0.113.66")
+
+
+@pytest.mark.parametrize(
+    "handshake",
+    [
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",  # no key
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 99\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Upgrade: websocket\r\nConnection: close\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: short\r\n",
+    ],
+    ids=["no_key", "version", "connection", "bad_key"],
+)
+async def test_a_malformed_websocket_handshake_is_the_clients_400_and_never_reaches_the_app(
+    sidecar_for: SidecarFactory, handshake: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dialled: list[str] = []
+
+    async def socket(request: web.Request) -> web.StreamResponse:
+        dialled.append(request.path)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", socket)
+    async with serving(app) as url, sidecar_for({"app": {"url": url}}) as sidecar:
+        host, port = sidecar.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET /ws HTTP/1.1\r\nHost: x\r\n{handshake}\r\n".encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert dialled == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

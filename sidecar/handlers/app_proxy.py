@@ -175,6 +175,14 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
     protocols = [
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     ]
+    # The client's own handshake first (key, version, Connection): a bad one is the
+    # client's 400, and the app is never dialled for it.
+    if not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok:
+        raise reject(
+            "websocket_handshake_invalid",
+            "not a valid WebSocket handshake (Connection: Upgrade, Sec-WebSocket-Key and"
+            " Sec-WebSocket-Version: 13 are needed)",
+        )
     ensure_client_present(request)
     try:
         upstream = await session.ws_connect(
