@@ -5,6 +5,7 @@ trusted proxies, the sidecar's CORS over the app's), bodyless answers, 502/504."
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gzip
 import json
@@ -547,3 +548,23 @@ async def test_a_malformed_websocket_handshake_is_the_clients_400_and_never_reac
     assert head.startswith(b"HTTP/1.1 400 "), head
     assert dialled == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_credentials_in_the_app_url_replace_the_clients_authorization(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """`app.url` with userinfo: the app gets that Basic credential, whether or not the
+    client sent an Authorization of its own (both cannot be sent: that was a 500)."""
+    async with running_app() as (url, _):
+        with_credentials = url.replace("://", "://svc:APP%40PASS@", 1)
+        async with (
+            sidecar_for({"app": {"url": with_credentials}}) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+            seen = []
+            for sent in ({}, {"Authorization": "Bearer client-token"}):
+                async with http.get(sidecar.url + "/echo", headers=sent) as response:
+                    assert response.status == 200
+                    seen.append(echoed_headers(await response.json())["authorization"])
+    expected = "Basic " + base64.b64encode(b"svc:APP@PASS").decode()
+    assert seen == [expected, expected]

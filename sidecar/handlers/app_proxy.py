@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import Final, cast
 
 import aiohttp
@@ -38,6 +39,20 @@ _WS_HANDSHAKE: Final = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
      "sec-websocket-protocol", "sec-websocket-accept"}
 )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=8)
+def app_base(url: str) -> tuple[str, str | None]:
+    """`app.url` without its userinfo, and the `Authorization` header that userinfo means
+    (Basic, as a URL's credentials are sent; None without). The sidecar's credential for
+    the app is sent in place of any the client gave, in one header (a URL's credentials
+    and a client's header cannot both be sent)."""
+    parsed = URL(url, encoded=True)
+    if parsed.user is None:
+        return url, None
+    return str(parsed.with_user(None)), aiohttp.encode_basic_auth(
+        parsed.user, parsed.password or ""
+    )
 
 
 _CLOSING: set[asyncio.Task[bool]] = set()  # WebSocket closes that outlive a cancelled handler
@@ -76,6 +91,9 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     host = header_value(given, "X-Forwarded-Host") if trusted else None
     headers["X-Forwarded-Proto"] = proto or request.scheme
     headers["X-Forwarded-Host"] = host or request.host
+    credential = app_base(app.url)[1]
+    if credential is not None:
+        headers["Authorization"] = credential
     headers.pop("traceparent", None)
     headers.pop("tracestate", None)
     carrier: dict[str, str] = {}
@@ -92,7 +110,7 @@ def _target(ctx: RequestContext) -> URL:
     app = ctx.runtime.config.app
     assert app is not None
     query = ctx.request.rel_url.raw_query_string
-    return URL(f"{app.url}{ctx.path}{'?' + query if query else ''}", encoded=True)
+    return URL(f"{app_base(app.url)[0]}{ctx.path}{'?' + query if query else ''}", encoded=True)
 
 
 async def handle_app(ctx: RequestContext) -> web.StreamResponse:
