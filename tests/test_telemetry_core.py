@@ -18,6 +18,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sidecar.config import ModelPrice, TelemetryConfig
 from sidecar.record import StreamRecord
 from sidecar.telemetry import Telemetry, streams
+from sidecar.telemetry.bounded import MAX_TEXT
 from sidecar.telemetry.state import CACHE_LIMIT
 from tests.support.otel import Otel, make_otel
 
@@ -241,3 +242,24 @@ def test_rejection_and_queue_sets_count_each_kind_apart() -> None:
     waits = {point.attributes["sidecar.queue.admitted"]: point.count
              for point in otel.points("sidecar.queue.wait")}  # fmt: skip
     assert waits == {True: 15, False: 15}
+
+
+def test_the_server_span_bounds_what_the_client_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`url.path` and an unknown method's own spelling are cut to MAX_TEXT characters:
+    a path or method as long as the request line allows never reaches a span whole."""
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    otel = make_otel()
+    try:
+        path, method = "/public/" + "P" * 6000, "X" * 500
+        span = otel.telemetry.start_server_span(
+            trace.set_span_in_context(trace.INVALID_SPAN), method=method, route="/public",
+            path=path, scheme="http",
+        )  # fmt: skip
+        otel.telemetry.end_server_span(span, 200)
+        (server,) = otel.spans()
+        attributes = server.attributes or {}
+        assert attributes["url.path"] == path[:MAX_TEXT]
+        assert attributes["http.request.method_original"] == method[:MAX_TEXT]
+        assert attributes["http.request.method"] == "_OTHER"
+    finally:
+        otel.telemetry.shutdown()

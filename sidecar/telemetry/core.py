@@ -28,6 +28,7 @@ from opentelemetry.trace import (
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.config import TelemetryConfig
+from sidecar.telemetry.bounded import MAX_TEXT, short_text
 from sidecar.telemetry.counters import Counters
 from sidecar.telemetry.providers import build_providers, sdk_disabled
 from sidecar.telemetry.semconv import KNOWN_METHODS, OTHER_METHOD, gen_ai_names
@@ -87,12 +88,14 @@ class Telemetry(StreamTelemetry, Counters):
         if spans is None:
             return continued(trace.get_current_span(parent))
         known = method if method in KNOWN_METHODS else OTHER_METHOD  # `http_method`, inline
+        if len(path) > MAX_TEXT:  # `short_text`, inline: the client chose it, spans bound it
+            path = path[:MAX_TEXT]
         attributes: dict[str, Any] = {
             "http.request.method": known, "http.route": route, "url.path": path,
             "url.scheme": scheme,
         }  # fmt: skip
         if known != method:
-            attributes["http.request.method_original"] = method
+            attributes["http.request.method_original"] = short_text(method)
         name = f"{method if known == method else 'HTTP'} {route}"
         return spans.start(name, SpanKind.SERVER, attributes, parent)
 
