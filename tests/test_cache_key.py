@@ -64,6 +64,28 @@ def test_route_kind_and_api_headers_change_the_key() -> None:
     assert _key(BODY, {"x-request-id": "abc"}) == _key(BODY)
 
 
+def test_the_path_and_query_claude_is_sent_change_the_key() -> None:
+    """`/v1/messages?beta=true` (the SDK's beta client) is another request to Claude."""
+    plain = cache_key("anthropic", BODY, {}, "t", "/v1/messages")
+    assert cache_key("anthropic", BODY, {}, "t", "/v1/messages?beta=true") != plain
+    assert cache_key("anthropic", BODY, {}, "t", "/v1/messages") == plain
+
+
+def test_callers_without_a_tenant_never_share_under_tenant_scope() -> None:
+    """`tenant` scope: a caller without a tenant is scoped as under `user` (its key, its
+    user, or its IP when nobody is verified), never pooled with every other such caller."""
+    alice = Identity("api_key", user="alice", tenant=None, api_key_name="a")
+    bob = Identity("api_key", user="bob", tenant=None, api_key_name="b")
+    nobody = Identity("anonymous")
+    assert scope_of("tenant", alice, "1.1.1.1") != scope_of("tenant", bob, "1.1.1.1")
+    assert scope_of("tenant", alice, "1.1.1.1") == scope_of("user", alice, "1.1.1.1")
+    assert scope_of("tenant", nobody, "1.1.1.1") != scope_of("tenant", nobody, "1.1.1.2")
+    acme = Identity("api_key", user="carol", tenant="acme", api_key_name="c")
+    assert scope_of("tenant", acme, "1.1.1.1") not in {
+        scope_of("tenant", who, "1.1.1.1") for who in (alice, bob, nobody)
+    }
+
+
 def test_scopes_keep_tenants_and_users_apart() -> None:
     a = Identity("api_key", user="alice", tenant="acme", api_key_name=None)
     b = Identity("api_key", user="bob", tenant="acme", api_key_name=None)

@@ -24,21 +24,31 @@ Scope = Literal["tenant", "user", "global"]
 
 
 def scope_of(scope: Scope, identity: Identity, client_ip: str) -> str:
-    """Who shares entries: one tenant, one caller (the IP when nobody is verified), or all."""
+    """Who shares entries: one tenant, one caller (the IP when nobody is verified), or all.
+
+    Under `tenant`, a caller with no tenant shares with nobody else: its own entries,
+    as under `user` (callers without a tenant are not one tenant).
+    """
     if scope == "global":
         return "global"
-    if scope == "tenant":
-        return f"tenant\0{identity.tenant or ''}"
+    if scope == "tenant" and identity.tenant is not None:
+        return f"tenant\0{identity.tenant}"
     if identity.user is None and identity.api_key_name is None:
         return f"ip\0{client_ip}\0{identity.tenant or ''}"
     return f"user\0{identity.user or ''}\0{identity.api_key_name or ''}\0{identity.tenant or ''}"
 
 
-def cache_key(kind: str, body: Mapping[str, Any], headers: Mapping[str, str], scope: str) -> str:
-    """SHA-256 (hex) of the route kind, the answer-changing request and the scope."""
+def cache_key(
+    kind: str, body: Mapping[str, Any], headers: Mapping[str, str], scope: str, target: str = ""
+) -> str:
+    """SHA-256 (hex) of the route kind, the answer-changing request and the scope.
+
+    `target` is the path and query Claude is sent (`/v1/messages?beta=true`) where the
+    client chooses them; a route that builds its own request passes none.
+    """
     request = {name: value for name, value in body.items() if name not in _IGNORED}
     canonical = json.dumps(
-        [kind, scope, [headers.get(name, "") for name in _HEADERS], request],
+        [kind, scope, target, [headers.get(name, "") for name in _HEADERS], request],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -100,8 +100,11 @@ class CacheStep:
             self.tap.abandon()
 
 
-async def lookup(ctx: RequestContext, body: dict[str, Any], stream: bool) -> CacheStep:
-    """The cache's decision for a validated, screened request whose body is `body`."""
+async def lookup(
+    ctx: RequestContext, body: dict[str, Any], stream: bool, target: str = ""
+) -> CacheStep:
+    """The cache's decision for a validated, screened request whose body is `body`, sent
+    to Claude at `target` (path and query, where the client chose them)."""
     runtime = ctx.runtime
     cache = runtime.cache
     policy = ctx.route.policy.cache
@@ -112,7 +115,7 @@ async def lookup(ctx: RequestContext, body: dict[str, Any], stream: bool) -> Cac
     if sampled(body) and not policy.include_sampled:
         return _decided(step, "BYPASS", "bypass")
     scope = scope_of(policy.scope, ctx.identity, ctx.client_ip)
-    key = cache_key(ctx.route.handler, body, ctx.request.headers, scope)
+    key = cache_key(ctx.route.handler, body, ctx.request.headers, scope, target)
     if "no-cache" not in wanted:
         flight = cache.inflight.get(key)
         if flight is None:
