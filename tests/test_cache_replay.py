@@ -46,7 +46,9 @@ async def _timed(url: str) -> tuple[str | None, bytes, float]:
 
 async def _stored(cache: Any) -> Entry:
     await cache.settled()
-    key = cache_key("anthropic", SLOW, {}, scope_of("tenant", ANONYMOUS, "127.0.0.1"))
+    key = cache_key(
+        "anthropic", SLOW, {}, scope_of("tenant", ANONYMOUS, "127.0.0.1"), "/v1/messages"
+    )
     value = await cache.store.get(key)
     assert value is not None
     return decode(value)

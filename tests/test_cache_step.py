@@ -111,6 +111,24 @@ async def test_two_tenants_never_share_an_entry(
     assert fake.state.counters["requests"] == 2
 
 
+async def test_callers_without_a_tenant_never_share_an_entry_under_tenant_scope(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Two API keys with no tenant are two callers, not one tenant: no shared answer."""
+    keys = [
+        {"name": "x1", "sha256": _key("key-x1-000000"), "user": "alice"},
+        {"name": "x2", "sha256": _key("key-x2-000000"), "user": "bob"},
+    ]
+    auth = {"auth": {"mode": "required", "api_keys": keys}}
+    async with sidecar_for({**cached(), **auth}) as s:
+        statuses = [
+            (await post(s.url, BODY, {"x-api-key": f"key-{name}-000000"}))[1]
+            for name in ("x1", "x2", "x1")
+        ]
+    assert statuses == ["MISS", "MISS", "HIT"]
+    assert fake.state.counters["requests"] == 2
+
+
 async def test_user_scope_keeps_users_of_one_tenant_apart(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
