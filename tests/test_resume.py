@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
+from sidecar.stream.redis_store import keys, redis_client
 from tests.support.redis_server import RedisServer
 from tests.support.resume import ROUTE, cutting_proxy, sse_request, stream_ends
 from tests.support.sidecars import SidecarFactory, sidecar_process
@@ -248,6 +249,21 @@ async def settled_lines(path_a: Path, path_b: Path) -> tuple[list[str], list[str
     return completed_lines(path_a), completed_lines(path_b)
 
 
+async def test_reconnects_count_against_the_routes_request_quota(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A storm of reconnects is bounded by `requests_per_minute` as calls are: each is a
+    request (never tokens), and past the limit it is a 429 that replays nothing."""
+    config = {**resumable(), "quotas": {"requests_per_minute": 3}}
+    async with sidecar_for(config) as sidecar, cutting_proxy(sidecar.port, after=4) as proxy:
+        first = await sse_request(proxy.port, target=SLOW)  # request 1
+        cursor = {"Last-Event-ID": first.last_id}
+        resumed = [await sse_request(sidecar.port, headers=cursor) for _ in range(3)]
+    assert [r.status for r in resumed] == [200, 200, 429]
+    assert resumed[2].events == []
+    assert fake.state.counters["requests"] == 1
+
+
 async def test_a_cut_stream_resumes_on_another_replica_sharing_redis(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -296,6 +312,35 @@ async def test_a_killed_producer_leaves_its_events_and_then_stream_lost(
     assert rest.events[-1].data["error"]["type"] == "stream_lost"
     assert took < 10  # the liveness key lapses within seconds: never a hang
     assert again.status == 204  # the lost event is now the stream's final one
+
+
+async def test_a_client_ahead_of_a_killed_producers_writes_gets_stream_lost_not_400(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A producer serves its own client before its batched write to Redis: killed between
+    the two, its client has events the store never got. A reconnect naming the client's
+    real last event ends with `stream_lost` after it, as any lost stream does."""
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        cutting_proxy(port_a, after=5) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=slow)
+        await asyncio.sleep(0.3)
+        process_a.send_signal(signal.SIGKILL)
+        redis = redis_client(redis_server.url, 2.0)
+        try:
+            stored = await redis.xlen(keys(first.stream_id)[0])
+        finally:
+            await redis.aclose()
+        ahead = stored + 3  # what the client saw and the store never got
+        rest = await sse_request(port_b, headers={"Last-Event-ID": f"{first.stream_id}:{ahead}"})
+        again = await sse_request(port_b, headers={"Last-Event-ID": rest.last_id})
+    assert rest.status == 200
+    assert [e.id for e in rest.events] == [f"{first.stream_id}:{ahead + 1}"]
+    assert rest.events[-1].data["error"]["type"] == "stream_lost"
+    assert again.status == 204  # the lost event is the stream's final one now
 
 
 # ---------------------------------------------------------------------------- anthropic route

@@ -105,9 +105,19 @@ def _beyond_end() -> Rejection:
 
 
 async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web.StreamResponse:
-    """Answer a reconnect: the events after the cursor, then the live tail to the final event."""
+    """Answer a reconnect: the events after the cursor, then the live tail to the final event.
+
+    A reconnect is a request like any other for the route's `requests_per_minute`: a
+    storm of them is turned away (429) as a storm of calls would be.
+    """
     stream_id, after = parse_cursor(cursor)
     runtime = ctx.runtime
+    policy = ctx.route.policy
+    ctx.headers.update(
+        await runtime.quotas.count_request(
+            policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip
+        )
+    )
     owner = owner_of(ctx.identity, ctx.client_ip)
     live = runtime.resume.hub.get(stream_id)
     if live is not None:
@@ -161,18 +171,31 @@ async def _from_store(
             break
         await asyncio.sleep(_CATCH_UP_WAIT)
         info = await _lookup(ctx, stream_id) or info
+    # Still ahead of the store: the producer served its own client events it had not
+    # written yet. Finished, the stream never sent that event; else the store is read
+    # from its end, the events the client has are skipped, and a producer that died
+    # with them unwritten ends the stream with `stream_lost` after the client's last.
+    start = after
     if after > info.last:
-        raise _beyond_end()
-    if after < info.first - 1 or (info.final and after == info.last):
+        if info.final:
+            raise _beyond_end()
+        start = info.last
+    if start < info.first - 1 or (info.final and after == info.last):
         return _gone(ctx, "expired")
     origin = _span_context(info.origin)
     if origin is not None:
         ctx.span.add_link(origin)
     channel = await _start(ctx, stream_id)
     replayed = 0
+    skip = after - start  # events the client has that the store had not when it asked
     result = "resumed"
     try:
-        async for batch in store.read(stream_id, after):
+        async for batch in store.read(stream_id, start):
+            if skip:
+                if len(batch) <= skip:
+                    skip -= len(batch)
+                    continue
+                batch, skip = batch[skip:], 0
             replayed += len(batch)
             await channel.response.write(b"".join(batch))
     except StreamLost:
