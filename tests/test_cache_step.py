@@ -254,6 +254,26 @@ async def test_the_prompt_route_replays_its_own_events(
     assert fake.state.counters["requests"] == 1
 
 
+async def test_an_event_source_reconnecting_after_a_replay_is_told_to_stop(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A replay on the (resumable) prompt route numbers its events `1…n`, no stream id:
+    the `EventSource` reconnecting with `Last-Event-ID: n` gets a 204 (stop), not a 400."""
+    config = {**cached(include_sampled=True), "resume": {"enabled": True}}
+    async with sidecar_for(config) as s, aiohttp.ClientSession() as http:
+        url = s.url + "/api/stream-response?prompt=hi"
+        for _ in range(2):
+            async with http.get(url) as response:
+                raw = await response.read()
+                cache = response.headers.get("X-Cache")
+        assert cache == "HIT"
+        last = [line for line in raw.decode().splitlines() if line.startswith("id: ")][-1]
+        assert last.removeprefix("id: ").isdigit()
+        async with http.get(url, headers={"Last-Event-ID": last.removeprefix("id: ")}) as again:
+            assert again.status == 204
+    assert fake.state.counters["requests"] == 1
+
+
 async def test_hits_are_marked_on_the_request_span(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -230,6 +230,10 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
             return await resume.cancel(ctx, stream_id)
         cursor = resume.cursor_of(request)
         if cursor is not None:
+            if request.method == "GET" and cursor.isascii() and cursor.isdigit():
+                # A plain number is a stream that was not resumable (a cached replay, a
+                # stream the store could not take): its EventSource is told to stop.
+                return web.Response(status=204, headers=ctx.headers)
             return await resume.resume(ctx, cursor, _lost_event)
     elif request.method == "GET" and "Last-Event-ID" in request.headers:
         # EventSource reconnecting (it does so on its own after every stream ends): streams
