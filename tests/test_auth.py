@@ -241,6 +241,23 @@ async def test_query_token_only_for_get(fake: FakeServer, sidecar_for: SidecarFa
     assert token not in json.dumps(fake.state.requests[0].body)  # not a prompt field
 
 
+async def test_the_query_parameter_takes_a_jwt_never_an_api_key(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """`auth.jwt.query_param` is for short-lived tokens (an EventSource's): a long-lived
+    API key in the URL is refused there, and accepted in its header."""
+    async with sidecar_for(auth_config()) as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url + PROMPT
+        async with http.get(url, params={"prompt": "hi", "access_token": API_KEY}) as response:
+            in_query = response.status
+        async with http.get(url, params={"prompt": "hi"}, headers={"x-api-key": API_KEY}) as r:
+            in_header = r.status
+            await r.read()
+    assert in_query == 401
+    assert in_header == 200
+    assert fake.state.counters["requests"] == 1
+
+
 async def test_optional_mode(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
     async with sidecar_for(auth_config(mode="optional")) as sidecar:
         anonymous, _, _ = await post_prompt(sidecar.url, {})

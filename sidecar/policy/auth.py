@@ -124,17 +124,21 @@ class Authenticator:
 
     def _credential(
         self, headers: Mapping[str, str], query: Mapping[str, str], method: str
-    ) -> str | None:
+    ) -> tuple[str, bool] | None:
+        """The credential sent, and whether it came in the query string (`auth.jwt.
+        query_param`, for an `EventSource`): there only a JWT is taken, short-lived by
+        nature; a long-lived API key in a URL would end up in histories and logs."""
         authorization = headers.get("Authorization", "")
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+            return value.strip(), False
         api_key = headers.get("x-api-key")
         if api_key:
-            return api_key.strip()
+            return api_key.strip(), False
         jwt_config = self.config.jwt
         if method == "GET" and jwt_config is not None and jwt_config.query_param:
-            return query.get(jwt_config.query_param) or None
+            token = query.get(jwt_config.query_param)
+            return (token, True) if token else None
         return None
 
     def identify(
@@ -144,15 +148,20 @@ class Authenticator:
         credential, an API key); for a JWT, an awaitable of it. Raises Rejection 401/403."""
         if self.config.mode == "none":
             return ANONYMOUS
-        credential = self._credential(headers, query, method)
-        if credential is None:
+        found = self._credential(headers, query, method)
+        if found is None:
             # A route limited to some tenants admits nobody without one: `optional` lets
             # anonymous callers in only where no tenant restriction is set.
             if self.config.mode == "optional" and self.config.allowed_tenants is None:
                 return ANONYMOUS
             raise unauthorized("auth_missing", "credentials required", missing=True)
-        identity = self._keys.get(
-            hashlib.sha256(credential.encode("utf-8", "surrogatepass")).digest()
+        credential, in_query = found
+        identity = (
+            None
+            if in_query
+            else self._keys.get(
+                hashlib.sha256(credential.encode("utf-8", "surrogatepass")).digest()
+            )
         )
         if identity is None:
             if self._jwt is None or credential.count(".") != 2:
