@@ -220,13 +220,13 @@ def _sha(key: str) -> str:
 
 @contextlib.asynccontextmanager
 async def replica(
-    tmp_path: Path, name: str, fake: FakeServer, redis: RedisServer
+    tmp_path: Path, name: str, fake: FakeServer, redis: RedisServer, **resume: Any
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """A `sidecar run` process using the shared fake Claude and Redis resume store."""
     config = {
         "server": {"shutdown_grace_seconds": 1},
         "claude": {"base_url": fake.url, "api_key": "sk-sidecar"},
-        "resume": {"store": "redis", "redis_url": redis.url, "detach_grace_seconds": 10},
+        "resume": {"store": "redis", "redis_url": redis.url, "detach_grace_seconds": 10, **resume},
         "telemetry": {"log_format": "json"},
     }
     async with sidecar_process(config, tmp_path, name=name) as running:
@@ -286,6 +286,28 @@ async def test_a_cut_stream_resumes_on_another_replica_sharing_redis(
     assert fake.state.counters["requests"] == 1  # Claude was called once
     assert len(settled_a) == 1  # settled once, by the producing replica
     assert settled_b == []
+
+
+async def test_readers_of_a_stream_produced_elsewhere_are_bounded_here_too(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """`max_subscribers` bounds the clients reading one stream from the store on a replica
+    that does not produce it, as the producer bounds its own."""
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D200%20tps%3D40%5D%5D%20long"
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server, max_subscribers=2) as (_, port_b, _),
+        cutting_proxy(port_a, after=3) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=slow)
+        cursor = {"Last-Event-ID": f"{first.stream_id}:0"}
+        readers = [asyncio.create_task(sse_request(port_b, headers=cursor)) for _ in range(2)]
+        await asyncio.sleep(0.5)  # both are reading the live stream from the store
+        third = await sse_request(port_b, headers=cursor)
+        done = await asyncio.gather(*readers)
+    assert third.status == 429
+    assert [r.status for r in done] == [200, 200]
+    assert done[0].payload == done[1].payload
 
 
 async def test_a_killed_producer_leaves_its_events_and_then_stream_lost(

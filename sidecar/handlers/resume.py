@@ -100,6 +100,13 @@ async def _lookup(ctx: RequestContext, stream_id: str) -> StreamInfo | None:
         ) from None
 
 
+def _too_many_readers() -> Rejection:
+    return reject(
+        "resume_subscribers", "too many clients are reading this stream",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
 def _beyond_end() -> Rejection:
     return reject("resume_malformed", "Last-Event-ID names an event the stream never sent")
 
@@ -134,10 +141,7 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
         if generation.final and not backlog:
             return _gone(ctx, "expired")
         if len(generation.subscribers) >= runtime.config.resume.max_subscribers:
-            raise reject(
-                "resume_subscribers", "too many clients are reading this stream",
-                headers={"Retry-After": "1"},
-            )  # fmt: skip
+            raise _too_many_readers()
         ctx.span.add_link(origin.get_span_context())
         runtime.telemetry.resumed("resumed", len(backlog))
         channel = await _start(ctx, stream_id)
@@ -158,7 +162,6 @@ async def _from_store(
     ctx: RequestContext, stream_id: str, after: int, owner: str, lost_event: LostEvent
 ) -> web.StreamResponse:
     runtime = ctx.runtime
-    store = runtime.resume.store
     info = await _lookup(ctx, stream_id)
     if info is None:
         return _gone(ctx, "expired")
@@ -182,6 +185,29 @@ async def _from_store(
         start = info.last
     if start < info.first - 1 or (info.final and after == info.last):
         return _gone(ctx, "expired")
+    readers = runtime.resume.store_readers
+    if readers[stream_id] >= runtime.config.resume.max_subscribers:
+        raise _too_many_readers()
+    readers[stream_id] += 1
+    try:
+        return await _replay(ctx, stream_id, after, start, info, lost_event)
+    finally:
+        readers[stream_id] -= 1
+        if not readers[stream_id]:
+            del readers[stream_id]
+
+
+async def _replay(
+    ctx: RequestContext,
+    stream_id: str,
+    after: int,
+    start: int,
+    info: StreamInfo,
+    lost_event: LostEvent,
+) -> web.StreamResponse:
+    """The events after `after` from the store (read from `start`), then its final event."""
+    runtime = ctx.runtime
+    store = runtime.resume.store
     origin = _span_context(info.origin)
     if origin is not None:
         ctx.span.add_link(origin)

@@ -10,6 +10,7 @@ the same caller may read or cancel it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import re
@@ -111,6 +112,9 @@ class Resume:
     def __init__(self, store: ResumeStore) -> None:
         self.store = store
         self.hub = LiveGenerations()
+        # Clients reading a stream here from the store (one produced elsewhere, or over),
+        # by stream id: bounded per stream as the producer bounds its own readers.
+        self.store_readers: collections.Counter[str] = collections.Counter()
 
     @property
     def shared(self) -> bool:
