@@ -5,19 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from multidict import CIMultiDictProxy
-
 from sidecar.config import Network
-
-
-def header_value(headers: CIMultiDictProxy[str], name: str) -> str | None:
-    """A list-valued header as one value: its lines joined by ", " (RFC 9110 5.3), None if
-    absent. A proxy may add its own line rather than extend the client's: reading only
-    the first line would believe the client."""
-    lines = headers.getall(name, ())
-    if not lines:
-        return None
-    return lines[0] if len(lines) == 1 else ", ".join(lines)
 
 
 def client_ip(peer: str, xff: str | None, trusted: Sequence[Network]) -> str:

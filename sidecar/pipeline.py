@@ -22,10 +22,11 @@ from aiohttp import web
 from opentelemetry.trace import Span
 
 from sidecar.browser import is_browser_path, serve_browser_file
-from sidecar.client_address import client_ip, header_value, is_trusted_proxy
+from sidecar.client_address import client_ip, is_trusted_proxy
 from sidecar.config import Network
 from sidecar.errors import Family, Rejection, reject, render_json, simple_error_body
 from sidecar.handlers.request_body import answer_expectation
+from sidecar.header_lists import header_value
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.routes import Route
 from sidecar.runtime import Runtime, RuntimeHolder

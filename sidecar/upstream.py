@@ -26,6 +26,7 @@ from yarl import URL
 from sidecar.config import ClaudeConfig
 from sidecar.deadlines import Deadlines
 from sidecar.errors import Rejection, reject
+from sidecar.header_lists import header_value
 from sidecar.http_client import ClientError, ConnectError, Pool, Response
 
 RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 529})
@@ -98,7 +99,11 @@ class ClaudeClient:
 
     def request_headers(self, client: Mapping[str, str]) -> dict[str, str]:
         """Headers for Claude: the sidecar's own key plus the client's version/beta."""
-        headers = {name: client[name] for name in FORWARDED_REQUEST_HEADERS if name in client}
+        headers = {
+            name: value
+            for name in FORWARDED_REQUEST_HEADERS
+            if (value := header_value(client, name)) is not None
+        }
         headers.setdefault("anthropic-version", self._config.anthropic_version)
         headers.setdefault("content-type", "application/json")
         headers["accept-encoding"] = "identity"  # relay bytes as they come, never re-encode

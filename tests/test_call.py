@@ -271,6 +271,11 @@ async def test_only_configured_api_paths_are_forwarded(
             async with http.get(sidecar.url + "/v1/files") as response:
                 assert response.status == 403
                 assert (await response.json())["error"]["type"] == "permission_error"
+            # A DELETE below /v1/messages is a stream cancel only for a stream id.
+            for path in ("/v1/messages/batches", "/v1/messages/count_tokens"):
+                async with http.delete(sidecar.url + path) as response:
+                    assert response.status in (403, 405), path
+                    assert (await response.json())["error"]["type"] != "not_found_error"
             async with http.get(sidecar.url + "/v1/models") as response:
                 assert response.status == 200  # forwarded: the fake's models list
                 assert (await response.json())["data"]

@@ -21,6 +21,7 @@ import aiohttp
 import anthropic
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from sidecar.config import ClaudeConfig
 from sidecar.errors import Rejection
@@ -207,6 +208,19 @@ async def test_the_client_credential_is_never_forwarded(
     assert seen["anthropic-version"] == "2026-10-21"
     assert seen["anthropic-beta"] == "feature-x"
     assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", seen["traceparent"])
+
+
+async def test_every_anthropic_beta_line_reaches_claude(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A list header split over lines is one list: each beta the client named is sent,
+    and the cache keys the same list however it was split."""
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        headers = CIMultiDict([("anthropic-beta", "a-1,b-2"), ("anthropic-beta", "c-3")])
+        body = {"model": MODEL, "max_tokens": 8, "messages": user("x")}
+        async with http.post(sidecar.url + "/v1/messages", json=body, headers=headers) as r:
+            assert r.status == 200
+    assert fake.state.requests[-1]["headers"]["anthropic-beta"] == "a-1,b-2, c-3"
 
 
 @pytest.mark.parametrize(

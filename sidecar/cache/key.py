@@ -16,6 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
+from sidecar.header_lists import header_value
 from sidecar.identity import Identity
 
 _IGNORED: Final = frozenset({"metadata"})  # the caller's own tags: never answer-changing
@@ -48,7 +49,7 @@ def cache_key(
     """
     request = {name: value for name, value in body.items() if name not in _IGNORED}
     canonical = json.dumps(
-        [kind, scope, target, [headers.get(name, "") for name in _HEADERS], request],
+        [kind, scope, target, [header_value(headers, name) or "" for name in _HEADERS], request],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -33,6 +33,7 @@ from sidecar.handlers.request_body import (
 from sidecar.pipeline import RequestContext
 from sidecar.record import Outcome, StreamRecord
 from sidecar.stream.core import Translator
+from sidecar.stream.resume import is_stream_id
 from sidecar.upstream import Attempt, read_answer, returned_headers
 
 
@@ -130,9 +131,10 @@ def handle_anthropic(ctx: RequestContext) -> Awaitable[web.StreamResponse]:
         if cursor is not None and ctx.request.method == "POST":
             return resume.resume(ctx, cursor, _lost_event)
         return _messages(ctx, call + query)
-    deleting = ctx.request.method == "DELETE" and call.startswith("/v1/messages/")
+    parent, _, last = call.rpartition("/")
+    deleting = ctx.request.method == "DELETE" and parent == "/v1/messages" and is_stream_id(last)
     if deleting and ctx.runtime.config.resume.enabled:  # DELETE /v1/messages/<stream id>
-        return resume.cancel(ctx, call.rpartition("/")[2])
+        return resume.cancel(ctx, last)
     if call == "/v1/messages/count_tokens":
         return _count_tokens(ctx, call + query)
     if not any(_under(path, prefix) for prefix in ctx.runtime.config.claude.forward_paths):

@@ -16,7 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from sidecar.client_address import header_value, is_trusted_proxy
+from sidecar.client_address import is_trusted_proxy
 from sidecar.errors import Rejection, reject
 from sidecar.handlers.request_body import (
     BodyStream,
@@ -24,6 +24,7 @@ from sidecar.handlers.request_body import (
     ensure_client_present,
     malformed_body,
 )
+from sidecar.header_lists import header_value
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary

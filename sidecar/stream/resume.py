@@ -41,6 +41,14 @@ def new_stream_id() -> str:
     return secrets.token_urlsafe(18)
 
 
+_STREAM_ID: Final = re.compile(r"[A-Za-z0-9_-]{24}")
+
+
+def is_stream_id(value: str) -> bool:
+    """Whether `value` has the shape `new_stream_id` gives (24 URL-safe characters)."""
+    return _STREAM_ID.fullmatch(value) is not None
+
+
 def owner_of(identity: Identity, client_ip: str) -> str:
     """Who may read a stream: the verified caller, or the client IP when there is none."""
     if identity.user is None and identity.api_key_name is None:
