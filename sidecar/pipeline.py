@@ -154,11 +154,18 @@ class Pipeline:
                     else simple_error_body("not_found", f"no route for {resolved.path}")
                 )
                 headers["Vary"] = "Origin"
-                telemetry.rejected(reason, UNMATCHED, status, request_id)
+                # Every request gets a trace, the caller's continued: this one's span
+                # names no route (`unmatched`) and ends with the refusal.
+                span = telemetry.start_server_span(
+                    telemetry.extract(request.headers), method=request.method,
+                    route=UNMATCHED, path=resolved.path, scheme=request.scheme,
+                )  # fmt: skip
+                telemetry.rejected(reason, UNMATCHED, status, request_id, span)
+                telemetry.end_server_span(span, status)
                 telemetry.access(
                     method=request.method, scheme=request.scheme, route=UNMATCHED,
                     path=resolved.path, status=status, duration=time.perf_counter() - started,
-                    request_id=request_id, span=None,
+                    request_id=request_id, span=span,
                 )  # fmt: skip
                 return web.Response(
                     status=status, body=body, content_type="application/json", headers=headers

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import time
 
 import aiohttp
@@ -53,6 +54,36 @@ SPEC_UNITS = {"gen_ai.client.token.usage": "{token}"} | {
 @pytest.fixture
 def otel() -> Otel:
     return make_otel()
+
+
+# ---------------------------------------------------------------------------- no route
+
+
+async def test_a_request_no_route_takes_still_gets_a_span_in_the_callers_trace(
+    sidecar_for: SidecarFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 404 `no_route` (and a refused path) is a request like any: a SERVER span named
+    for no route, continuing the caller's trace, whose ids its log lines carry."""
+    caplog.set_level(logging.INFO)
+    config = {"routes": [{"path": "/api/stream-response", "handler": "prompt"}]}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                sidecar.url + "/nothing/x", headers={"traceparent": TRACEPARENT}
+            ) as response:
+                assert response.status == 404
+    (server,) = otel.spans(SpanKind.SERVER)
+    assert f"{server.context.trace_id:032x}" == CALLER_TRACE
+    attributes = server.attributes or {}
+    assert attributes["http.route"] == "unmatched"
+    assert attributes["http.response.status_code"] == 404
+    assert attributes["sidecar.rejection.reason"] == "no_route"
+    lines = [
+        r for r in caplog.records if getattr(r, "event", None) in ("request_rejected", "access")
+    ]
+    assert {getattr(r, "event", None) for r in lines} == {"request_rejected", "access"}
+    for record in lines:
+        assert getattr(record, "trace_id", None) == CALLER_TRACE
 
 
 # ---------------------------------------------------------------------------- completed
