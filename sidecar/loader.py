@@ -76,6 +76,13 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        try:
+            hash(key)
+        except TypeError:  # a list or mapping as a key: no config key is one
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a mapping key must be a plain value, not a {type(key).__name__}", mark
+            ) from None
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
@@ -314,7 +321,7 @@ def redacted(config: Config) -> dict[str, Any]:
 def _redact(data: Any) -> Any:
     if isinstance(data, SecretStr):
         return "***"
-    if isinstance(data, str) and "@" in data and "://" in data:
+    if isinstance(data, str) and "://" in data:  # a URL: its userinfo and query values
         return redact_url(data)
     if isinstance(data, dict):
         return {k: _redact(v) for k, v in data.items()}

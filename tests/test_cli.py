@@ -165,6 +165,23 @@ routes:
     assert "http://user:***@127.0.0.1:3000" in result.stdout
 
 
+def test_check_redacts_credentials_in_url_query_strings(tmp_path: Path) -> None:
+    """A token in a URL's query (no userinfo) is a secret too: `check` never prints it."""
+    config = tmp_path / "query.yaml"
+    config.write_text(
+        """
+app: {url: "http://127.0.0.1:3000/?key=SECRET-APP"}
+claude: {base_url: "https://api.example/?key=SECRET-BASE"}
+auth: {mode: required, jwt: {jwks_url: "https://idp.example/jwks?token=SECRET-JWKS", algorithms: [RS256]}}
+telemetry: {otlp_endpoint: "https://otel.example:4318/?api_key=SECRET-OTLP"}
+"""
+    )
+    result = sidecar_command("check", "-c", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SECRET-" not in result.stdout + result.stderr
+    assert "token=***" in result.stdout
+
+
 def test_config_errors_do_not_echo_url_passwords(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text('app: {url: "ftp://user:url-pass-secret@app:21"}\n')

@@ -57,6 +57,15 @@ def test_duplicate_keys_are_errors() -> None:
     assert "line 2" in caught.value.problems[0]
 
 
+@pytest.mark.parametrize("text", ["server: {[1]: 2}\n", "server: {? {a: 1} : 2}\n"])
+def test_a_list_or_mapping_as_a_key_is_an_error_with_its_place(text: str) -> None:
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.parse_yaml(text, "keys.yaml")
+    (problem,) = caught.value.problems
+    assert problem.startswith("keys.yaml: line 1, column ")
+    assert "a mapping key must be a plain value" in problem
+
+
 def test_every_problem_is_reported_at_once_with_its_path() -> None:
     found = problems_of(
         """

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext
+from opentelemetry.util.re import parse_env_headers
 
+from sidecar.config import TelemetryConfig
 from sidecar.telemetry.log_handler import LineHandler
-from sidecar.telemetry.logs import log_event
+from sidecar.telemetry.logs import log_event, setup_logging
 from tests.support.logs import (
     CURRENT,
     FIELD_SETS,
@@ -419,3 +421,22 @@ async def test_sidecar_lines_are_the_same_written_directly_or_through_logging(
             k: v for k, v in other_line.items() if k not in varying
         }
     assert [e["message"] for e in events(direct)] == ["stream_start", "stream_complete", "request"]
+
+
+def test_an_unparsable_otlp_header_is_logged_without_its_value() -> None:
+    """The SDK quotes an `OTEL_EXPORTER_OTLP_HEADERS` entry it cannot parse; written with
+    a colon, that entry is a credential: the line says so and shows no value."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    try:
+        setup_logging(TelemetryConfig(), stream=stream)
+        parse_env_headers("Authorization: Bearer sk-OTLPTOKEN3,x-bad header=TOKEN4", liberal=True)
+        logging.getLogger().handlers[0].flush()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    text = stream.getvalue()
+    assert "Header format invalid" in text
+    assert "sk-OTLPTOKEN3" not in text
+    assert "TOKEN4" not in text

@@ -92,6 +92,20 @@ def plain_fields(fields: dict[str, Any]) -> bool:
     return True
 
 
+# The OpenTelemetry SDK's logger that quotes an `OTEL_EXPORTER_OTLP_HEADERS` entry it cannot
+# parse, value and all: a credential (`Authorization: Bearer ...`) written with a colon.
+_HEADER_PARSER_LOG: Final = "opentelemetry.util.re"
+HIDDEN_HEADER: Final = "(not shown: a header value may be a credential)"
+
+
+def _hide_header_values(record: logging.LogRecord) -> bool:
+    """Keep the SDK's line about an unparsable header, without the header it quotes."""
+    if record.args:
+        count = len(record.args) if isinstance(record.args, tuple) else 1
+        record.args = (HIDDEN_HEADER,) * count
+    return True
+
+
 def setup_logging(config: TelemetryConfig, stream: TextIO | None = None) -> None:
     """Route the root logger to `stream` (default stderr) in the configured format and level."""
     handler = LineHandler(stream or sys.stderr, config.log_flush_seconds)
@@ -110,3 +124,6 @@ def setup_logging(config: TelemetryConfig, stream: TextIO | None = None) -> None
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    parser_log = logging.getLogger(_HEADER_PARSER_LOG)
+    if _hide_header_values not in parser_log.filters:
+        parser_log.addFilter(_hide_header_values)
