@@ -279,6 +279,8 @@ async def test_midstream_upstream_error(sidecar_for: SidecarFactory, otel: Otel)
     assert attributes["sidecar.stream.outcome"] == "upstream_error"
     assert attributes["error.type"] == "overloaded_error"
     assert client.status.status_code == StatusCode.ERROR
+    # The two deltas relayed before the error count, not `message_start`'s placeholder.
+    assert attributes["gen_ai.usage.output_tokens"] == 2
     (duration,) = otel.points("gen_ai.client.operation.duration")
     assert duration.attributes["error.type"] == "overloaded_error"
     assert list(duration.explicit_bounds) == SPEC_BUCKETS["gen_ai.client.operation.duration"]

@@ -71,6 +71,11 @@ class HeldCall:
         if self.admitted:
             runtime.admission.release()
         record.ended = time.perf_counter()
+        if record.output_deltas > record.output_tokens:
+            # Cut short before Claude's final usage (client gone, an error mid-stream): each
+            # content delta relayed is at least one output token, on the span, the line,
+            # the cost and the quota alike (`charged_tokens`), not `message_start`'s 1.
+            record.output_tokens = record.output_deltas
         runtime.telemetry.finish_stream(record, self.span)
         if self.lease is not None:
             await self.lease.settle(*charged_tokens(record, self.input_estimate))

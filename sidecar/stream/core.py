@@ -139,7 +139,11 @@ class StreamCore:
         """
         record = self.record
         if record.outcome is not None:
-            return b""  # decided elsewhere (the client left): nothing more is sent
+            # Decided elsewhere (the client left): nothing more is sent; what was relayed
+            # ended now, for its generation rate and chunk gaps.
+            if record.last_chunk_at is None and record.first_chunk_at is not None:
+                record.last_chunk_at = time.perf_counter()
+            return b""
         record.last_chunk_at = time.perf_counter()
         if end is not None and not isinstance(end, StopStream | ClientError | OSError):
             # Raised inside the relay itself (the parser hands it back): a bug, say so.
