@@ -125,3 +125,12 @@ def test_the_catalogue_is_what_the_security_docs_list() -> None:
     assert section is not None
     listed = set(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", section[1])))
     assert listed == set(REASONS)
+
+
+def test_every_reason_in_the_catalogue_is_in_the_observability_table() -> None:
+    """`sidecar.rejection.reason`'s bounded set, as dashboards and alerts are written from."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    start = text.index("| source | reasons |")
+    table = text[start : text.index("\n\n", start)]
+    listed = set(re.findall(r"`([a-z_]+)`", table))
+    assert set(REASONS) <= listed, sorted(set(REASONS) - listed)
