@@ -32,6 +32,7 @@ from sidecar.http_client import ClientError, ConnectError, Pool, Response
 RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 529})
 # Request headers a client may send that Claude should see; credentials never pass.
 FORWARDED_REQUEST_HEADERS: Final = ("anthropic-version", "anthropic-beta", "content-type")
+_LISTS: Final = frozenset({"anthropic-version", "anthropic-beta"})
 # Response headers that come back to the client unchanged.
 RETURNED_RESPONSE_HEADERS: Final = ("request-id", "retry-after", "retry-after-ms", "x-should-retry")
 RATELIMIT_PREFIX: Final = "anthropic-ratelimit-"
@@ -99,10 +100,12 @@ class ClaudeClient:
 
     def request_headers(self, client: Mapping[str, str]) -> dict[str, str]:
         """Headers for Claude: the sidecar's own key plus the client's version/beta."""
+        # The anthropic-* headers are lists (a beta per item): every line is sent, joined.
         headers = {
             name: value
             for name in FORWARDED_REQUEST_HEADERS
-            if (value := header_value(client, name)) is not None
+            if (value := header_value(client, name) if name in _LISTS else client.get(name))
+            is not None
         }
         headers.setdefault("anthropic-version", self._config.anthropic_version)
         headers.setdefault("content-type", "application/json")
