@@ -30,6 +30,11 @@ from tests.support.waiting import eventually, holds
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
 
 
+def long_stream(tokens: int) -> str:
+    """The prompt route's URL for a `tokens`-token answer at 40 tokens/s (GET)."""
+    return ROUTE + f"?prompt=%5B%5Bfake%20tokens%3D{tokens}%20tps%3D40%5D%5D%20long"
+
+
 def resumable(**resume: Any) -> dict[str, Any]:
     return {"resume": {"detach_grace_seconds": 10, **resume}}
 
@@ -173,7 +178,7 @@ async def test_a_generation_nobody_comes_back_for_is_cancelled_after_the_grace(
     fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    slow = long_stream(400)
     async with sidecar_for(resumable(detach_grace_seconds=0.5)) as sidecar:
         async with cutting_proxy(sidecar.port, after=2) as proxy:
             first = await sse_request(proxy.port, target=slow)
@@ -293,7 +298,7 @@ async def test_readers_of_a_stream_produced_elsewhere_are_bounded_here_too(
 ) -> None:
     """`max_subscribers` bounds the clients reading one stream from the store on a replica
     that does not produce it, as the producer bounds its own."""
-    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D200%20tps%3D40%5D%5D%20long"
+    slow = long_stream(200)
     async with (
         replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
         replica(tmp_path, "b", fake, redis_server, max_subscribers=2) as (_, port_b, _),
@@ -313,7 +318,7 @@ async def test_readers_of_a_stream_produced_elsewhere_are_bounded_here_too(
 async def test_a_killed_producer_leaves_its_events_and_then_stream_lost(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    slow = long_stream(400)
     async with (
         replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, _),
         replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
@@ -342,7 +347,7 @@ async def test_a_client_ahead_of_a_killed_producers_writes_gets_stream_lost_not_
     """A producer serves its own client before its batched write to Redis: killed between
     the two, its client has events the store never got. A reconnect naming the client's
     real last event ends with `stream_lost` after it, as any lost stream does."""
-    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    slow = long_stream(400)
     async with (
         replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, _),
         replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
@@ -461,7 +466,7 @@ async def test_a_resume_store_outage_never_fails_the_stream_unless_told_to(
 async def test_readers_of_one_stream_are_bounded(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
-    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D200%20tps%3D40%5D%5D%20long"
+    slow = long_stream(200)
     async with sidecar_for(resumable(max_subscribers=2)) as sidecar:
         first = asyncio.create_task(sse_request(sidecar.port, target=slow))
         await eventually(lambda: holds(len(sidecar.runtime.resume.hub) == 1))
@@ -488,7 +493,7 @@ async def test_readers_of_one_stream_are_bounded(
 async def test_a_cancel_on_another_replica_stops_the_producer(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    slow = long_stream(400)
     async with (
         replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
         replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
@@ -511,7 +516,7 @@ async def test_a_cancel_on_another_replica_stops_the_producer(
 async def test_a_drained_replica_ends_its_streams_resumable_elsewhere(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    slow = long_stream(400)
     async with (
         replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, path_a),
         replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
