@@ -8,6 +8,7 @@ from aiohttp import web
 
 from sidecar.app_state import RUNTIMES
 from sidecar.config import Config
+from sidecar.readiness import unready_checks
 from sidecar.runtime import RuntimeHolder
 
 
@@ -33,18 +34,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def failing_checks(holder: RuntimeHolder) -> dict[str, str]:
     """The readiness checks that fail now (empty: ready); recorded as `sidecar.ready`."""
     runtime = holder.current
-    checks: dict[str, str] = {}
-    if holder.draining:
-        checks["lifecycle"] = "draining"
-    quotas = runtime.config.quotas
-    if quotas.on_store_error == "fail_closed" and not await runtime.quotas.ready():
-        checks["quota_store"] = "unavailable"
-    resume = runtime.config.resume
-    required = resume.enabled and resume.on_store_error == "fail_closed"
-    if required and not await runtime.resume.store.ready():
-        checks["resume_store"] = "unavailable"
-    if not runtime.auth.ready():
-        checks["jwks"] = "no keys loaded"
+    checks = {"lifecycle": "draining"} if holder.draining else {}
+    checks.update(await unready_checks(runtime))
     runtime.telemetry.readiness(checks)
     return checks
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -142,9 +142,35 @@ def _join(path: str, key: object) -> str:
 # --------------------------------------------------------------------------- validation
 
 
-def _format_errors(exc: ValidationError, prefix: str = "") -> Iterator[str]:
+_TYPE_TAGS: Final = frozenset({"int", "float", "str", "bool", "bytes", "none", "list", "dict"})
+
+
+def _input_path(data: object, loc: tuple[int | str, ...]) -> str:
+    """`loc` as the config's own keys: pydantic's union branch tags (`lax-or-strict[...]`,
+    `function-plain[...]`, a model's class name) are not keys of the file, so they are left
+    out; a key the file lacks (a required one) stays."""
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and (
+            "[" in part or part in _TYPE_TAGS or part[:1].isupper()
+        ):
+            continue  # a union branch: the next part, if any, is still within `node`
+        else:
+            node = None
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def _format_errors(exc: ValidationError, data: object, prefix: str = "") -> Iterator[str]:
+    """One line per place in the file; a union's branches that all failed share one line."""
+    found: dict[str, list[str]] = {}
     for error in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in error["loc"])
+        loc = _input_path(data, error["loc"])
         where = _join(prefix, loc) if loc else (prefix or "<root>")
         message = error["msg"]
         if error["type"] == "extra_forbidden":
@@ -152,7 +178,11 @@ def _format_errors(exc: ValidationError, prefix: str = "") -> Iterator[str]:
         elif error["type"] == "missing":
             message = "required"
         message = message.removeprefix("Value error, ")
-        yield f"{where}: {message}"
+        messages = found.setdefault(where, [])
+        if message not in messages:
+            messages.append(message)
+    for where, messages in found.items():
+        yield f"{where}: {', or '.join(messages)}"
 
 
 def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,7 +245,7 @@ def _route_policy(
         try:
             sections[name] = model.model_validate(merged)
         except ValidationError as exc:
-            problems.extend(_format_errors(exc, f"routes.{index}.{name}"))
+            problems.extend(_format_errors(exc, merged, f"routes.{index}.{name}"))
             sections[name] = base
     return RoutePolicy(
         auth=sections["auth"],
@@ -278,7 +308,7 @@ def validate(data: Any, env: Mapping[str, str] | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(problems + list(_format_errors(exc))) from None
+        raise ConfigError(problems + list(_format_errors(exc, data))) from None
     if problems:
         raise ConfigError(problems)
     route_policies(config)

@@ -226,8 +226,17 @@ class Pipeline:
                     ctx.identity = identity if isinstance(identity, Identity) else await identity
                     response = await self._handlers[route.handler](ctx)
             except Rejection as rejection:
-                telemetry.rejected(rejection.reason, route.path, rejection.status, request_id, span)
-                response = render_rejection(ctx, rejection)
+                if rejection.reason == "method_not_allowed" and request.method == "OPTIONS":
+                    # A plain OPTIONS (no preflight) asks what the path takes: the handler's
+                    # own `Allow`, as a 204, rather than a 405 that lists OPTIONS.
+                    response = web.Response(
+                        status=204, headers={**ctx.headers, **rejection.headers}
+                    )
+                else:
+                    telemetry.rejected(
+                        rejection.reason, route.path, rejection.status, request_id, span
+                    )
+                    response = render_rejection(ctx, rejection)
             except Exception:
                 if ctx.response_started:
                     raise

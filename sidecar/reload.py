@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sidecar import loader
 from sidecar.config import Config, TelemetryConfig, TLSConfig
+from sidecar.readiness import unready_checks
 from sidecar.runtime import RuntimeHolder
 
 log = logging.getLogger("sidecar.reload")
@@ -145,7 +146,11 @@ class Reloader:
         """Record the files as served now and start watching (and listening for `request`)."""
         self._closed = False
         self._seen = self._snapshot(self._watched())
-        self._runtimes.config_sha256 = self._seen.config_sha256
+        self._runtimes.config_sha256 = (
+            self._seen.config_sha256
+            if self.path is not None
+            else hashlib.sha256(loader.default_config_text().encode()).hexdigest()
+        )
         self._task = asyncio.create_task(self._watch(), name="config-reload")
 
     def request(self) -> None:
@@ -229,6 +234,14 @@ class Reloader:
             runtime = await self._runtimes.open(config)
         except Exception as exc:
             return self._failed(trigger, [f"<runtime>: {type(exc).__name__}: {exc}"])
+        # A config whose fail-closed store or key set cannot be reached would take a ready
+        # sidecar out of service: it is refused like any other bad config.
+        unready = await unready_checks(runtime)
+        if unready and (lost := unready.keys() - (await unready_checks(running)).keys()):
+            await self._runtimes.discard(runtime)
+            return self._failed(
+                trigger, [f"<readiness>: {name}: {unready[name]}" for name in sorted(lost)]
+            )
         if live_tls is not None and (problem := load_tls(live_tls, tls)):
             await self._runtimes.discard(runtime)  # the files changed since the probe
             return self._failed(trigger, [problem])

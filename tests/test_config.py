@@ -66,6 +66,21 @@ def test_a_list_or_mapping_as_a_key_is_an_error_with_its_place(text: str) -> Non
     assert "a mapping key must be a plain value" in problem
 
 
+def test_a_union_field_is_reported_at_its_key_once() -> None:
+    """A value no branch of a union takes is one line at the file's own path, naming what
+    each branch wanted, never pydantic's branch tags."""
+    found = problems_of({"server": {"trusted_proxies": ["10.0.0.0/8", "nope"]},
+                         "routes": [{"path": "/x", "handler": "prompt",
+                                     "quotas": {"requests_per_minute": "many"}}]})  # fmt: skip
+    assert found[0] == (
+        "server.trusted_proxies.1: Input is not a valid IPv4 network, "
+        "or Input is not a valid IPv6 network"
+    )
+    assert found[1].startswith("routes.0.quotas.requests_per_minute: ")
+    assert not any("[" in problem.split(":")[0] for problem in found)
+    assert len(found) == 2
+
+
 def test_every_problem_is_reported_at_once_with_its_path() -> None:
     found = problems_of(
         """

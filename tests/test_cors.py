@@ -323,3 +323,37 @@ async def test_same_origin_behind_a_tls_ending_proxy_uses_its_scheme(
                 statuses.append(r.status)
                 await r.read()
     assert statuses == [200, 403, 403]
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        (PROMPT, "GET, POST, OPTIONS"),
+        (PROMPT + "/" + "a" * 24, "DELETE, OPTIONS"),
+        ("/api/chat", "GET, POST, DELETE, OPTIONS"),
+        ("/v1/messages", "POST, OPTIONS"),
+        ("/v1/messages/count_tokens", "POST, OPTIONS"),
+    ],
+)
+async def test_a_plain_options_is_answered_with_what_the_path_allows(
+    fake: FakeServer, sidecar_for: SidecarFactory, path: str, allow: str
+) -> None:
+    """No preflight headers: the route's `Allow`, as a 204, after auth; a `Last-Event-ID`
+    on it is not a resume."""
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url + path
+        async with http.options(url, headers={"Origin": ALLOWED}) as response:
+            assert response.status == 401  # fail closed: the same auth as the path's calls
+        headers = {"Origin": ALLOWED, "Authorization": f"Bearer {API_KEY}"}
+        async with http.options(url, headers=headers) as response:
+            assert response.status == 204
+            assert response.headers["Allow"] == allow
+            assert response.headers["Access-Control-Allow-Origin"] == ALLOWED
+            assert await response.read() == b""
+        resuming = {**headers, "Last-Event-ID": "a" * 24 + ":0"}
+        async with http.options(url, headers=resuming) as response:
+            assert response.status == 204
+            assert response.headers["Allow"] == allow
+        metrics = await (await http.get(sidecar.admin_url + "/metrics")).text()
+    assert "method_not_allowed" not in metrics
+    assert not fake.state.requests

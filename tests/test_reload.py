@@ -425,3 +425,47 @@ async def test_a_reload_that_changes_only_a_route_secret_uses_the_new_secret(
         assert await server.reload()
         assert await prompt_status(http, server.url, Authorization=bearer(new)) == 200
         assert await prompt_status(http, server.url, Authorization=bearer(old)) == 401
+
+
+async def test_readiness_names_the_embedded_default_by_its_hash() -> None:
+    """With no file, `/readyz` still says which config is live: the embedded text's hash."""
+    embedded = loader.default_config_text()
+    data = loader.deep_merge(yaml.safe_load(embedded), {"server": BASE["server"]})
+    server = SidecarServer(loader.validate(data, {}), env={})
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.admin_url + "/readyz") as response:
+                body = json.loads(await response.text())
+    finally:
+        await server.shutdown(grace=1.0)
+    assert body["config_sha256"] == hashlib.sha256(embedded.encode()).hexdigest()
+
+
+async def test_a_config_whose_fail_closed_store_is_unreachable_is_refused(
+    fake: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload never swaps a ready sidecar for one that would answer 503: a fail-closed
+    quota or resume store that does not answer is a failed reload, the old config serving."""
+    caplog.set_level(logging.INFO, logger="sidecar.reload")
+    path = tmp_path / "sidecar.yaml"
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    async with file_sidecar(path, config_for(fake)) as server, aiohttp.ClientSession() as http:
+        running = server.runtime
+        for section in ("quotas", "resume"):
+            write(path, config_for(fake, **{section: {"store": "redis", "redis_url": dead,
+                                                      "on_store_error": "fail_closed"}}))  # fmt: skip
+            assert not await server.reload()
+            assert server.runtime is running
+        async with http.get(server.admin_url + "/readyz") as response:
+            assert response.status == 200
+        assert await prompt_status(http, server.url) == 200
+        assert await reloads(http, server, "failure") == 2
+        # Open (fail_open) stores are no readiness condition: that reload applies.
+        write(path, config_for(fake, quotas={"store": "redis", "redis_url": dead,
+                                             "on_store_error": "fail_open"}))  # fmt: skip
+        assert await server.reload()
+    failed = [r for r in caplog.records if r.getMessage() == "config_reload_failed"]
+    assert [r.__dict__["problems"] for r in failed] == [
+        ["<readiness>: quota_store: unavailable"], ["<readiness>: resume_store: unavailable"]
+    ]

@@ -52,7 +52,9 @@ def enabled_on(ctx: RequestContext, *, default: bool) -> bool:
 
 
 def cursor_of(request: web.Request) -> str | None:
-    """The resume cursor a request carries, if any."""
+    """The resume cursor a request carries, if any: only a GET or a POST resumes."""
+    if request.method not in ("GET", "POST"):
+        return None
     value = request.headers.get("Last-Event-ID")
     if value is None and request.method == "GET":
         value = request.query.get(QUERY)
