@@ -152,13 +152,10 @@ def _input_path(data: object, loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     node = data
     for part in loc:
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-        elif isinstance(part, str) and (
-            "[" in part or part in _TYPE_TAGS or part[:1].isupper()
-        ):
+        listed = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if listed or (isinstance(node, Mapping) and part in node):
+            node = node[part]  # type: ignore[index]
+        elif isinstance(part, str) and ("[" in part or part in _TYPE_TAGS or part[:1].isupper()):
             continue  # a union branch: the next part, if any, is still within `node`
         else:
             node = None

@@ -467,5 +467,6 @@ async def test_a_config_whose_fail_closed_store_is_unreachable_is_refused(
         assert await server.reload()
     failed = [r for r in caplog.records if r.getMessage() == "config_reload_failed"]
     assert [r.__dict__["problems"] for r in failed] == [
-        ["<readiness>: quota_store: unavailable"], ["<readiness>: resume_store: unavailable"]
+        ["<readiness>: quota_store: unavailable"],
+        ["<readiness>: resume_store: unavailable"],
     ]
