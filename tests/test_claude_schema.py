@@ -89,7 +89,7 @@ def test_every_table_field_is_generated() -> None:
     ids = {case for case, _ in block_cases(DENIED)}
     for block_type, fields in BLOCK_FIELDS.items():
         for name, kind in fields.items():
-            if kind != "attachment":
+            if kind not in ("attachment", "opaque"):
                 assert any(i.startswith(f"{block_type}.{name}") for i in ids), (block_type, name)
 
 
@@ -119,6 +119,21 @@ def test_opaque_fields_are_skipped_and_attachments_counted() -> None:
     collected = collect_texts({"messages": [{"role": "user", "content": content}]})
     assert sorted(collected.texts) == ["a", "d", "t", "u"]
     assert collected.attachment_bytes == 12
+
+
+@pytest.mark.parametrize("block_type", list(BLOCK_FIELDS))
+def test_a_field_the_table_does_not_list_is_read_whole(block_type: str) -> None:
+    """A field added to a known block type (or one the table missed) is screened: every
+    string in it, as for an unknown block type; the ids and flags every block has are not."""
+    block = {"type": block_type, "id": "toolu_1", "cache_control": {"type": "ephemeral"},
+             "is_error": False, "added_later": {"note": [DENIED]}}  # fmt: skip
+    texts = collect_texts({"messages": [{"role": "user", "content": [block]}]}).texts
+    assert texts == ["note", DENIED]
+    source = {"type": "file", "file_id": "file_1", "added_later": DENIED}
+    document = {"type": "document", "source": source}
+    assert collect_texts({"messages": [{"role": "user", "content": [document]}]}).texts == [
+        DENIED
+    ]
 
 
 async def _status(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, str]:

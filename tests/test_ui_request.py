@@ -6,6 +6,8 @@ import base64
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.config import UiConfig
 from sidecar.errors import Rejection
@@ -270,6 +272,10 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("no id", {"messages": [user(text("hi"))]}, "id must be the chat id"),
     ("long id", body(user(text("hi")), id="x" * 201), "id must be the chat id"),
     ("bad trigger", body(user(text("hi")), trigger="resume"), "trigger must be"),
+    ("trigger an object", body(user(text("hi")), trigger={}), "trigger must be"),
+    ("trigger a list", body(user(text("hi")), trigger=[]), "trigger must be"),
+    ("tool state an object", body(user(text("hi")), assistant(tool({}))),  # type: ignore[arg-type]
+     "parts.0.state must be a string"),
     ("no messages", body(), "messages must be a non-empty list"),
     ("messages not a list", {"id": "c", "messages": "hi"}, "messages must be a non-empty list"),
     ("message not an object", body("hi"), "messages.0 must be an object"),  # type: ignore[arg-type]
@@ -306,3 +312,49 @@ def test_bad_requests_are_400_naming_the_field(fields: dict[str, Any], message: 
     assert refused.value.status == 400
     assert refused.value.error_type == "invalid_request_error"
     assert message in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [("claude\nINJECTED log=1", "model_invalid"), ("m" * 100_000, "model_invalid"),
+     (["claude"], "invalid_request"), ("", "invalid_request")],
+)  # fmt: skip
+def test_an_accepted_model_is_bounded_as_on_every_route(model: Any, reason: str) -> None:
+    """`ui.accept_model` lets the client choose the model, not its length or its bytes: it
+    becomes a log field and a label."""
+    with pytest.raises(Rejection) as refused:
+        translate(body(user(text("hi")), model=model), accept_model=True)
+    assert (refused.value.status, refused.value.reason) == (400, reason)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+PART_TYPES = ["text", "file", "reasoning", "tool-x", "dynamic-tool", "step-start", "data-x"]
+PART = st.fixed_dictionaries(
+    {"type": st.sampled_from(PART_TYPES) | JSON},
+    optional={key: JSON | st.sampled_from(["output-available", "input-available", "image/png"])
+              for key in ("text", "state", "input", "output", "errorText", "toolCallId",
+                          "toolName", "mediaType", "url", "filename")},
+)  # fmt: skip
+MESSAGE = st.fixed_dictionaries(
+    {}, optional={"id": JSON, "role": st.sampled_from(["user", "assistant", "system"]) | JSON,
+                  "parts": st.lists(PART, max_size=3) | JSON},
+)  # fmt: skip
+BODY = st.fixed_dictionaries(
+    {}, optional={"id": st.just("c") | JSON, "trigger": JSON, "model": JSON, "system": JSON,
+                  "messages": st.lists(MESSAGE | JSON, max_size=3) | JSON},
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(BODY)
+def test_any_json_in_any_field_is_translated_or_a_400(fields: dict[str, Any]) -> None:
+    """Every field, every part field, any JSON value in it: a request or a 400, never an
+    exception of another kind (a 500)."""
+    try:
+        parse_ui_request(fields, UiConfig(accept_model=True, accept_system=True), "m", 8)
+    except Rejection as refused:
+        assert refused.status == 400

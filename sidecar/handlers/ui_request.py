@@ -26,6 +26,7 @@ from typing import Any
 
 from sidecar.config import UiConfig
 from sidecar.errors import bad_request
+from sidecar.handlers.request_body import parse_model
 
 TRIGGERS = frozenset({"submit-message", "regenerate-message"})
 _ROLES = frozenset({"system", "user", "assistant"})
@@ -52,13 +53,13 @@ def parse_ui_request(
     if not isinstance(chat_id, str) or not chat_id or len(chat_id) > _MAX_ID:
         raise bad_request(f"id must be the chat id (a string of 1 to {_MAX_ID} characters)")
     trigger = fields.get("trigger", "submit-message")
-    if trigger not in TRIGGERS:
+    if not isinstance(trigger, str) or trigger not in TRIGGERS:
         raise bad_request("trigger must be 'submit-message' or 'regenerate-message'")
     model = fields.get("model")
     if model is not None and not ui.accept_model:
         raise bad_request("model is set by the sidecar on this route (ui.accept_model is off)")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise bad_request("model must be a non-empty string")
+    if model is not None:
+        model = parse_model(model)  # bounded and printable, as on every route
     system_field = fields.get("system")
     if system_field is not None and not ui.accept_system:
         raise bad_request("system is set by the sidecar on this route (ui.accept_system is off)")
@@ -216,7 +217,10 @@ def _tool(
     part: dict[str, Any], kind: str, where: str
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """A tool part as (tool_use, tool_result); (None, None) while its input is still streaming."""
-    if part.get("state") not in _TOOL_STATES_WITH_INPUT:
+    state = part.get("state")
+    if not isinstance(state, str):
+        raise bad_request(f"{where}.state must be a string")
+    if state not in _TOOL_STATES_WITH_INPUT:
         return None, None
     call_id = _string(part, "toolCallId", where)
     name = kind[5:] if kind != "dynamic-tool" else _string(part, "toolName", where)
@@ -226,7 +230,6 @@ def _tool(
     if not isinstance(tool_input, dict):
         tool_input = {}
     use = {"type": "tool_use", "id": call_id, "name": name, "input": tool_input}
-    state = part["state"]
     if state == "output-available":
         output = part.get("output")
         content = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)

@@ -4,9 +4,11 @@ Screening must see every text Claude will see. The tables below say, for each
 content block type of the Messages API, which fields carry text and how to read
 them; `collect_texts` walks a request by them. A block type missing from the
 table is not trusted to be text-free: every string in it (keys included) is
-screened, or, with `unknown="refuse"`, the request is refused. Opaque fields
-(signatures, encrypted search results, redacted thinking) are not text and are
-skipped. The tests build one case per field of these tables, so a type added
+screened, or, with `unknown="refuse"`, the request is refused. Within a known type, a
+field the table does not list is read as `strings` too (a field added to the API, or
+one the table missed, is screened before it is understood); only the fields marked
+`opaque` (signatures, encrypted search results, redacted thinking, file ids) and the
+fields every block may carry (`COMMON_FIELDS`: its type, ids, cache control) are skipped. The tests build one case per field of these tables, so a type added
 here is tested without writing a new case.
 """
 
@@ -22,7 +24,8 @@ from typing import Any, Final, Literal
 #   strings     any JSON: every string and every object key in it (tool inputs, schemas)
 #   source      a document/image source, read by SOURCE_FIELDS
 #   attachment  base64 data: counted as attachment bytes, not screened
-Kind = Literal["text", "blocks", "strings", "source", "attachment"]
+#   opaque      not text a client writes for Claude (a signature, an encrypted blob, an id)
+Kind = Literal["text", "blocks", "strings", "source", "attachment", "opaque"]
 
 BLOCK_FIELDS: Final[Mapping[str, Mapping[str, Kind]]] = {
     "text": {"text": "text", "citations": "strings"},
@@ -35,17 +38,19 @@ BLOCK_FIELDS: Final[Mapping[str, Mapping[str, Kind]]] = {
     "tool_result": {"content": "blocks"},
     "mcp_tool_result": {"content": "blocks"},
     "web_search_tool_result": {"content": "blocks"},
-    "web_search_result": {"title": "text", "url": "text"},  # encrypted_content is opaque
-    "web_search_tool_result_error": {},
+    "web_search_result": {
+        "title": "text", "url": "text", "page_age": "text", "encrypted_content": "opaque"
+    },
+    "web_search_tool_result_error": {"error_code": "opaque"},
     "web_fetch_tool_result": {"content": "blocks"},
-    "web_fetch_result": {"url": "text", "content": "blocks"},
-    "web_fetch_tool_result_error": {},
+    "web_fetch_result": {"url": "text", "content": "blocks", "retrieved_at": "text"},
+    "web_fetch_tool_result_error": {"error_code": "opaque"},
     "code_execution_tool_result": {"content": "strings"},
     "bash_code_execution_tool_result": {"content": "strings"},
     "text_editor_code_execution_tool_result": {"content": "strings"},
-    "thinking": {"thinking": "text"},  # the signature is opaque
-    "redacted_thinking": {},  # encrypted by Claude: nothing a client can write into
-    "container_upload": {},  # a file id
+    "thinking": {"thinking": "text", "signature": "opaque"},
+    "redacted_thinking": {"data": "opaque"},  # encrypted by Claude: nothing to write into
+    "container_upload": {"file_id": "opaque"},
 }
 
 SOURCE_FIELDS: Final[Mapping[str, Mapping[str, Kind]]] = {
@@ -53,8 +58,13 @@ SOURCE_FIELDS: Final[Mapping[str, Mapping[str, Kind]]] = {
     "text": {"data": "text"},
     "content": {"content": "blocks"},
     "url": {"url": "text"},
-    "file": {},  # a file id: its bytes are on Anthropic's side, beyond screening
+    "file": {"file_id": "opaque"},  # its bytes are on Anthropic's side, beyond screening
 }
+
+# Fields any block or source may carry that hold no text for Claude.
+COMMON_FIELDS: Final = frozenset(
+    {"type", "id", "tool_use_id", "cache_control", "is_error", "media_type"}
+)
 
 # Top-level request fields that carry no text for Claude (numbers, flags, ids, settings).
 # Every other top-level field is read: by REQUEST_FIELDS if listed, else as `strings`,
@@ -186,9 +196,13 @@ def _fields(
             raise UnknownBlock(kind if isinstance(kind, str) else "")
         _strings(item, out.texts)
         return
-    for name, how in fields.items():
-        if name in item:
-            pending.append((how, item[name]))
+    for name, value in item.items():
+        how = fields.get(name)
+        if how is not None:
+            if how != "opaque":
+                pending.append((how, value))
+        elif name not in COMMON_FIELDS:
+            pending.append(("strings", value))  # a field the table does not know: read all
 
 
 def _strings(value: Any, texts: list[str]) -> None:
