@@ -266,6 +266,24 @@ async def test_optional_mode(fake: FakeServer, sidecar_for: SidecarFactory) -> N
     assert fake.state.counters["requests"] == 1
 
 
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        ("Basic Zm9vOmJhcg==", 401), ("Token abc", 401), ("abc", 401),
+        ("Bearer\tnot.a.jwt", 401), (f"Bearer\t{API_KEY}", 200), (f"bearer   {API_KEY}", 200),
+    ],
+)  # fmt: skip
+async def test_optional_mode_never_takes_an_unread_authorization_for_none(
+    fake: FakeServer, sidecar_for: SidecarFactory, authorization: str, status: int
+) -> None:
+    """A header the sidecar cannot read as a credential is a 401 like a bad one, not an
+    anonymous call; `Bearer` is read whatever whitespace follows it."""
+    async with sidecar_for(auth_config(mode="optional")) as sidecar:
+        got, _, _ = await post_prompt(sidecar.url, {"Authorization": authorization})
+    assert got == status
+    assert fake.state.counters["requests"] == (status == 200)
+
+
 async def test_per_route_override(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
     config = auth_config()
     config["routes"] = [

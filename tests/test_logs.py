@@ -440,3 +440,21 @@ def test_an_unparsable_otlp_header_is_logged_without_its_value() -> None:
     assert "Header format invalid" in text
     assert "sk-OTLPTOKEN3" not in text
     assert "TOKEN4" not in text
+
+
+def test_a_text_line_stays_one_line_whatever_a_value_holds(
+    log_output: Callable[..., LogReader],
+) -> None:
+    """A value with a newline, a space, a quote or `=` is one JSON-string token; a bare
+    word stays as it is: no client value ends the line or forges a field."""
+    read = log_output(log_format="text")
+    forged = "claude\nINJECTED level=ERROR"
+    fields = {"model": forged, "path": "/a b", "quote": 'say "x"', "plain": "claude-5", "n": 3}
+    log_event(logging.getLogger("sidecar.stream"), logging.INFO, "stream_start", fields)
+    logging.getLogger("sidecar.reload").warning("line\rbreak\u2028here")
+    first, second = read()
+    assert first.endswith(
+        ' stream_start model="claude\\nINJECTED level=ERROR" path="/a b" quote="say \\"x\\""'
+        " plain=claude-5 n=3"
+    )
+    assert second.endswith(" WARNING sidecar.reload line\\rbreak\\u2028here")

@@ -129,12 +129,18 @@ class Authenticator:
         query_param`, for an `EventSource`): there only a JWT is taken, short-lived by
         nature; a long-lived API key in a URL would end up in histories and logs."""
         authorization = headers.get("Authorization", "")
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip(), False
+        parts = authorization.split(None, 1)  # `Bearer` and its token, however spaced
+        if len(parts) == 2 and parts[0].lower() == "bearer":
+            return parts[1].strip(), False
         api_key = headers.get("x-api-key")
         if api_key:
             return api_key.strip(), False
+        if parts:
+            # Sent, but not a credential the sidecar reads (`Basic`, a bare token): never
+            # taken for no credential, which `optional` would let in as anonymous.
+            raise unauthorized(
+                "auth_invalid_key", "unsupported Authorization: send Bearer <token> or x-api-key"
+            )
         jwt_config = self.config.jwt
         if method == "GET" and jwt_config is not None and jwt_config.query_param:
             token = query.get(jwt_config.query_param)

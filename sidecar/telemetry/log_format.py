@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from typing import Any, Final
 
@@ -186,13 +187,33 @@ def _head(levelname: str, name: str, message: str) -> str:
     return head
 
 
+_BARE: Final = re.compile(r"[!#-<>-~]+")  # printable ASCII but space, `"` and `=`
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def text_value(value: object) -> str:
+    """A `key=value` field's value that stays one token of one line: a bare word as is,
+    anything else (spaces, quotes, `=`, control characters, non-ASCII) as a JSON string,
+    so a client's value can neither end the line nor forge a field."""
+    text = value if isinstance(value, str) else str(value)
+    if _BARE.fullmatch(text):
+        return text
+    return json.dumps(text)
+
+
 class TextFormatter(logging.Formatter):
-    """Human-readable: `time level logger message key=value ...`."""
+    """Human-readable: `time level logger message key=value ...`, one line per record
+    (a traceback aside): values by `text_value`, control characters of the message escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields = {**extra_fields(record), **_trace_fields(record)}
-        tail = " ".join(f"{k}={v}" for k, v in fields.items())
-        line = f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}"
+        tail = " ".join(f"{k}={text_value(v)}" for k, v in fields.items())
+        message = _CONTROL.sub(_escaped, record.getMessage())
+        line = f"{self.formatTime(record)} {record.levelname} {record.name} {message}"
         if record.exc_info:
             tail += "\n" + self.formatException(record.exc_info)
         return f"{line} {tail}".rstrip()
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return json.dumps(match.group())[1:-1]
