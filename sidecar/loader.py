@@ -332,7 +332,15 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError([f"{chosen}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{chosen}: not UTF-8 text"]) from None
-    return validate(parse_yaml(text, str(chosen)), environ)
+    data = parse_yaml(text, str(chosen))
+    if data is None:
+        # Empty, comments only or `~`: a truncated write or a ConfigMap that lost its key far
+        # more often than a wish for every default (no auth, the built-in fake). It never
+        # starts, and a reload to it keeps the running config; `{}` asks for the defaults.
+        raise ConfigError(
+            [f"{chosen}: the file has no config (empty); write {{}} for the defaults"]
+        )
+    return validate(data, environ)
 
 
 def redacted(config: Config) -> dict[str, Any]:

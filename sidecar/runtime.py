@@ -236,8 +236,12 @@ class RuntimeHolder:
 
     def stop_all_streams(self) -> int:
         """End every live Claude stream with a final `shutting_down` event; how many."""
-        return sum(
+        stopped = sum(
             runtime.streams.stop_all(shared_store=runtime.resume.shared) for runtime in self.live
+        )
+        # Readers of streams produced elsewhere (one `Resume` may serve several runtimes).
+        return stopped + sum(
+            resume.stop_readers() for resume in {id(r.resume): r.resume for r in self.live}.values()
         )
 
     async def close(self) -> None:

@@ -131,9 +131,7 @@ def test_a_field_the_table_does_not_list_is_read_whole(block_type: str) -> None:
     assert texts == ["note", DENIED]
     source = {"type": "file", "file_id": "file_1", "added_later": DENIED}
     document = {"type": "document", "source": source}
-    assert collect_texts({"messages": [{"role": "user", "content": [document]}]}).texts == [
-        DENIED
-    ]
+    assert collect_texts({"messages": [{"role": "user", "content": [document]}]}).texts == [DENIED]
 
 
 async def _status(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, str]:

@@ -458,3 +458,18 @@ def test_the_flush_delay_is_a_checked_config_key() -> None:
 )
 def test_redact_url_hides_every_credential_a_url_can_carry(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "~\n", "null\n", "---\n"])
+def test_a_file_with_no_config_is_an_error_not_the_defaults(tmp_path: Path, text: str) -> None:
+    """An empty file (a truncated write, a ConfigMap without its key) would otherwise turn
+    auth off and Claude into the fake; `{}` still asks for the defaults on purpose."""
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text)
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.load(path, {})
+    assert caught.value.problems == [
+        f"{path}: the file has no config (empty); write {{}} for the defaults"
+    ]
+    path.write_text("{}\n")
+    assert loader.load(path, {}).claude.is_fake

@@ -123,6 +123,26 @@ async def test_faults_reach_clients_as_the_docs_say() -> None:
                     assert b'"error"' in body.rsplit(b"\n\n", 2)[-2], (fault, body[-200:])
 
 
+@pytest.mark.parametrize("fault", ["midstream_error", "drop", "stall", "stall_before_start"])
+async def test_fail_times_limits_stream_faults_too(fault: str) -> None:
+    """`fail_times`/`fail_key` spend a stream fault as they spend an error status: the
+    first N requests with the key break, the next ones stream whole."""
+    settings = FakeSettings(tokens=4)
+    text = f"q [[fake fault={fault} after=2 fail_times=1 fail_key=k-{fault}]]"
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": text}]}  # fmt: skip
+    async with running_fake_claude(settings) as fake, aiohttp.ClientSession() as http:
+        ended = []
+        for _ in range(3):
+            try:
+                async with asyncio.timeout(0.5):
+                    async with http.post(fake.url + "/v1/messages", json=body) as response:
+                        ended.append(b"message_stop" in await response.read())
+            except (TimeoutError, aiohttp.ClientPayloadError):
+                ended.append(False)
+    assert ended == [False, True, True]
+
+
 async def test_a_release_ends_the_stalls_begun_before_it(fake: FakeServer) -> None:
     """`POST /_fake/release`: stalled replies (streaming or not) go on to their end."""
     stalled = {

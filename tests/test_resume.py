@@ -225,12 +225,17 @@ def _sha(key: str) -> str:
 
 @contextlib.asynccontextmanager
 async def replica(
-    tmp_path: Path, name: str, fake: FakeServer, redis: RedisServer, **resume: Any
+    tmp_path: Path,
+    name: str,
+    fake: FakeServer,
+    redis: RedisServer,
+    claude: dict[str, Any] | None = None,
+    **resume: Any,
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """A `sidecar run` process using the shared fake Claude and Redis resume store."""
     config = {
         "server": {"shutdown_grace_seconds": 1},
-        "claude": {"base_url": fake.url, "api_key": "sk-sidecar"},
+        "claude": {"base_url": fake.url, "api_key": "sk-sidecar", **(claude or {})},
         "resume": {"store": "redis", "redis_url": redis.url, "detach_grace_seconds": 10, **resume},
         "telemetry": {"log_format": "json"},
     }
@@ -313,6 +318,74 @@ async def test_readers_of_a_stream_produced_elsewhere_are_bounded_here_too(
     assert third.status == 429
     assert [r.status for r in done] == [200, 200]
     assert done[0].payload == done[1].payload
+
+
+async def test_a_client_reading_on_another_replica_keeps_the_generation_going(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The producer's last own client left, but the client came back on another replica:
+    that reader counts as attached, so the generation is not abandoned after the grace
+    and the reader gets every event to the end."""
+    slow = long_stream(160)  # ~4 s, the grace 1 s
+    async with (
+        replica(tmp_path, "a", fake, redis_server, detach_grace_seconds=1) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        cutting_proxy(port_a, after=3) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=slow)
+        rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+    assert rest.status == 200
+    assert rest.events[-1].data.get("done") is True, rest.events[-1].data
+    assert len(first.events) + len(rest.events) == 161  # every token, then `done`
+
+
+async def test_a_quiet_stream_read_on_another_replica_gets_heartbeats(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A reader served from the store hears `: ping` while the stream is quiet, as the
+    producer's own clients do."""
+    quiet = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D3%20tps%3D0.7%5D%5D%20slow"
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server, claude={"heartbeat_seconds": 0.3}) as (
+            _,
+            port_b,
+            _,
+        ),
+        cutting_proxy(port_a, after=1) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=quiet)
+        rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+    assert rest.status == 200
+    assert rest.events[-1].data.get("done") is True
+    assert rest.payload.count(b": ping\n\n") >= 2
+
+
+async def test_a_stopping_replica_ends_its_store_readers_within_the_grace(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """SIGTERM on a replica reading a stream produced elsewhere: after its grace the reader
+    gets `shutting_down` (no id: its last event is still where it resumes), the process
+    exits, and the stream goes on being read on the producer."""
+    slow = long_stream(400)  # ~10 s
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (process_b, port_b, _),
+        cutting_proxy(port_a, after=3) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=slow)
+        reading = asyncio.create_task(sse_request(port_b, headers={"Last-Event-ID": first.last_id}))
+        await asyncio.sleep(0.5)
+        process_b.send_signal(signal.SIGTERM)  # grace 1 s
+        read = await reading
+        code = await asyncio.to_thread(process_b.wait, 10)
+        rest = await sse_request(port_a, headers={"Last-Event-ID": read.last_id})
+    assert code == 0
+    assert read.events[-1].data["error"]["type"] == "shutting_down"
+    assert read.events[-1].id is None
+    assert rest.status == 200
+    assert rest.events[-1].data.get("done") is True
+    assert len(first.events) + len(read.events) - 1 + len(rest.events) == 401
 
 
 async def test_a_killed_producer_leaves_its_events_and_then_stream_lost(

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sidecar.stream.redis_store import RedisResumeStore
 from sidecar.stream.store import BeyondEnd, ResumeStore, StoreError, StreamLog, StreamLost
 from tests.support.redis_server import RedisServer, running_redis
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, holds
 
 Factory = Callable[..., contextlib.AbstractAsyncContextManager[ResumeStore]]
 
@@ -209,6 +209,53 @@ async def test_a_redis_outage_is_a_store_error_not_a_hang(redis_server: RedisSer
             await store.lookup("stream-ffffffffffffffff")
     finally:
         await store.close()
+
+
+async def test_pooled_connections_dead_after_a_redis_restart_are_retried_once(
+    redis_server: RedisServer,
+) -> None:
+    """After a restart every pooled connection is dead: the first use of each is retried
+    on a fresh one instead of failing the stream's create or a reconnect's lookup."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.5)
+    await store.start()
+    try:
+        await asyncio.gather(*(store.lookup(f"stream-{n:016x}") for n in range(8)))  # a pool
+        await redis_server.kill()
+        await redis_server.start()
+        logs = await asyncio.gather(*(store.create(f"stream-{n:016x}", "o") for n in range(8)))
+        assert len(logs) == 8
+        assert await store.lookup("stream-0000000000000000") is not None
+    finally:
+        await store.close()
+
+
+async def test_readers_are_counted_across_replicas_and_seen_by_the_producer(
+    redis_server: RedisServer,
+) -> None:
+    """`join` bounds a stream's readers over every replica sharing Redis (a reader that
+    leaves frees its place, one that vanishes lapses); the producer's log learns how many
+    read it elsewhere."""
+    kinds = dict(ttl=60, max_buffer_bytes=1 << 20, alive_seconds=0.6)
+    stream = "stream-1111111111111111"
+    producer = RedisResumeStore(redis_server.url, **kinds)  # type: ignore[arg-type]
+    one, two = (RedisResumeStore(redis_server.url, **kinds) for _ in range(2))  # type: ignore[arg-type]
+    for store in (producer, one, two):
+        await store.start()
+    try:
+        log = await producer.create(stream, "o")
+        assert await one.join(stream, "r1", 2)
+        assert await two.join(stream, "r2", 2)
+        assert not await two.join(stream, "r3", 2)  # two read it already, on two replicas
+        assert await one.join(stream, "r1", 2)  # already counted: refreshed, not refused
+        await eventually(lambda: holds(log.readers_elsewhere == 2))
+        await one.leave(stream, "r1")
+        assert await two.join(stream, "r3", 2)
+        await asyncio.sleep(0.8)  # neither refreshed: both lapse
+        await eventually(lambda: holds(log.readers_elsewhere == 0))
+        assert await one.join(stream, "r4", 1)
+    finally:
+        for store in (producer, one, two):
+            await store.close()
 
 
 async def test_the_memory_store_is_bounded_in_total() -> None:

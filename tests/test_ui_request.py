@@ -329,7 +329,9 @@ def test_an_accepted_model_is_bounded_as_on_every_route(model: Any, reason: str)
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 PART_TYPES = ["text", "file", "reasoning", "tool-x", "dynamic-tool", "step-start", "data-x"]
@@ -354,7 +356,9 @@ BODY = st.fixed_dictionaries(
 def test_any_json_in_any_field_is_translated_or_a_400(fields: dict[str, Any]) -> None:
     """Every field, every part field, any JSON value in it: a request or a 400, never an
     exception of another kind (a 500)."""
+    status = 200
     try:
         parse_ui_request(fields, UiConfig(accept_model=True, accept_system=True), "m", 8)
     except Rejection as refused:
-        assert refused.status == 400
+        status = refused.status
+    assert status in (200, 400)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -112,7 +113,9 @@ async def _answer(request: web.Request) -> web.StreamResponse:
     reply = plan_reply(body, knobs, settings.model)
     if body.get("stream"):
         events = encode_events(reply, stamp=knobs.stamp)
-        return await stream_reply(request, state, reply.message_id, events, knobs)
+        # The fault as this request gets it (`fail_times`/`fail_key` may have spent it).
+        played = knobs if fault == knobs.fault else dataclasses.replace(knobs, fault=fault)
+        return await stream_reply(request, state, reply.message_id, events, played)
     if fault in ("stall", "stall_before_start"):
         await until_client_leaves(request, state)
     if fault == "drop":

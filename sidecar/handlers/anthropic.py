@@ -65,6 +65,8 @@ RESUME_HEADER = "Sidecar-Resume"  # `on`: this stream is resumable (opt-in on th
 
 
 def _lost_event(error_type: str, message: str) -> bytes:
+    if error_type == "shutting_down":  # Anthropic's type, as a live stream's shutdown sends
+        error_type = "overloaded_error"
     return b"event: error\ndata: " + anthropic_error_body(error_type, message, "") + b"\n\n"
 
 

@@ -187,16 +187,33 @@ async def _from_store(
         start = info.last
     if start < info.first - 1 or (info.final and after == info.last):
         return _gone(ctx, "expired")
-    readers = runtime.resume.store_readers
-    if readers[stream_id] >= runtime.config.resume.max_subscribers:
+    resume_ = runtime.resume
+    limit = runtime.config.resume.max_subscribers
+    readers = resume_.store_readers
+    if readers[stream_id] >= limit:
+        raise _too_many_readers()
+    reader = new_stream_id()  # this reader's token among the stream's readers everywhere
+    try:
+        joined = await resume_.store.join(stream_id, reader, limit)
+    except StoreError:
+        runtime.telemetry.resume_store_error("fail_closed")
+        raise reject(
+            "resume_store_error", "the resume store is unavailable", headers={"Retry-After": "1"}
+        ) from None
+    if not joined:
         raise _too_many_readers()
     readers[stream_id] += 1
+    task = asyncio.current_task()
+    if task is not None:
+        resume_.replays.add(task)
     try:
-        return await _replay(ctx, stream_id, after, start, info, lost_event)
+        return await _replay(ctx, stream_id, after, start, info, lost_event, reader)
     finally:
+        resume_.replays.discard(task)
         readers[stream_id] -= 1
         if not readers[stream_id]:
             del readers[stream_id]
+        await resume_.store.leave(stream_id, reader)
 
 
 async def _replay(
@@ -206,10 +223,15 @@ async def _replay(
     start: int,
     info: StreamInfo,
     lost_event: LostEvent,
+    reader: str = "",
 ) -> web.StreamResponse:
-    """The events after `after` from the store (read from `start`), then its final event."""
+    """The events after `after` from the store (read from `start`), then its final event;
+    `: ping` when the stream has been quiet for `claude.heartbeat_seconds`, as a live
+    stream has. Shutdown (`Resume.stop_readers`) ends it with a `shutting_down` event."""
     runtime = ctx.runtime
     store = runtime.resume.store
+    heartbeat = runtime.config.claude.heartbeat_seconds
+    loop = asyncio.get_running_loop()
     origin = _span_context(info.origin)
     if origin is not None:
         ctx.span.add_link(origin)
@@ -217,14 +239,21 @@ async def _replay(
     replayed = 0
     skip = after - start  # events the client has that the store had not when it asked
     result = "resumed"
+    sent = loop.time()
     try:
-        async for batch in store.read(stream_id, start):
+        async for batch in store.read(stream_id, start, reader):
+            if not batch:  # a quiet round
+                if loop.time() - sent >= heartbeat:
+                    sent = loop.time()
+                    await channel.response.write(sse.PING)
+                continue
             if skip:
                 if len(batch) <= skip:
                     skip -= len(batch)
                     continue
                 batch, skip = batch[skip:], 0
             replayed += len(batch)
+            sent = loop.time()
             await channel.response.write(b"".join(batch))
     except StreamLost:
         result = "lost"
@@ -235,7 +264,20 @@ async def _replay(
         await store.seal(stream_id, last + 1, event)
         with contextlib.suppress(ConnectionResetError):
             await channel.response.write(event)
-    except (ConnectionResetError, asyncio.CancelledError):
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or not runtime.resume.stopped(task):
+            runtime.telemetry.resumed(result, replayed)
+            raise
+        # The sidecar is stopping: this reader ends, the stream goes on where it is
+        # produced. No id on the event, so the client resumes from its last one elsewhere.
+        event = lost_event(
+            "shutting_down",
+            "the sidecar is shutting down; resume the stream from another replica",
+        )
+        with contextlib.suppress(ConnectionResetError):
+            await channel.response.write(event)
+    except ConnectionResetError:
         runtime.telemetry.resumed(result, replayed)
         raise
     except StoreError:

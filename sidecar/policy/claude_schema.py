@@ -39,7 +39,10 @@ BLOCK_FIELDS: Final[Mapping[str, Mapping[str, Kind]]] = {
     "mcp_tool_result": {"content": "blocks"},
     "web_search_tool_result": {"content": "blocks"},
     "web_search_result": {
-        "title": "text", "url": "text", "page_age": "text", "encrypted_content": "opaque"
+        "title": "text",
+        "url": "text",
+        "page_age": "text",
+        "encrypted_content": "opaque",
     },
     "web_search_tool_result_error": {"error_code": "opaque"},
     "web_fetch_tool_result": {"content": "blocks"},

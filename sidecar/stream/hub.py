@@ -285,5 +285,13 @@ class Generation:
 
     def _abandon(self, outcome: Outcome) -> None:
         self._unattended = None
-        if self.producer is not None and not self.final and not self.subscribers:
-            self.producer.stop(outcome, "stream_abandoned", "no client came back for the stream")
+        if self.producer is None or self.final or self.subscribers:
+            return
+        log = self.log
+        if log is not None and log.readers_elsewhere and outcome == "client_detached":
+            # A client reads it from the shared store on another replica: still attended.
+            # Asked again after the grace (the store's count is at most ~1 s old).
+            loop = asyncio.get_running_loop()
+            self._unattended = loop.call_later(self.grace, self._abandon, outcome)
+            return
+        self.producer.stop(outcome, "stream_abandoned", "no client came back for the stream")

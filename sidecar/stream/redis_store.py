@@ -3,7 +3,11 @@
 Keys per stream (one hash tag, so a cluster keeps them together):
 `sidecar:resume:{id}` the events, entry id `0-<n>` = event number n (field `e`, and `f`
 on the final one); `...:meta` the owner hash and the originating span; `...:alive` a
-short-lived key the producer refreshes; `...:cancel` a cancel asked on another replica.
+short-lived key the producer refreshes; `...:cancel` a cancel asked on another replica;
+`...:readers` the clients reading the stream from Redis on any replica (a sorted set of
+reader tokens scored by when they lapse, each refreshed by its reader about once a
+second): they bound `resume.max_subscribers` across replicas, and the producer counts
+them as attached, so a client that reconnected elsewhere keeps the generation going.
 `sidecar:resume:chat:<owner hash>:<chat id>` names a chat's newest stream (the `ui` route).
 All expire `ttl_seconds` after the last write.
 
@@ -22,6 +26,9 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from sidecar.stream.store import (
@@ -38,15 +45,52 @@ PREFIX: Final = "sidecar:resume:"
 FLUSH_EVERY: Final = 0.005  # seconds a batch collects before it is sent
 
 
+# KEYS[1] the readers set; ARGV: token, lapse (ms), limit. Drops lapsed readers, then adds
+# (or refreshes) the token unless `limit` others read already: 1 if counted, else 0.
+# Scores are Redis' own clock, so replicas' clocks never disagree about a lapse.
+_JOIN: Final = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+# KEYS[1] the readers set: how many have not lapsed.
+_COUNT: Final = """
+local t = redis.call('TIME')
+return redis.call('ZCOUNT', KEYS[1], '(' .. (t[1] * 1000 + math.floor(t[2] / 1000)), '+inf')
+"""
+
+
 def redis_client(url: str, timeout: float) -> Redis:
-    """A Redis client (its own connection pool) with the timeouts the sidecar's stores use."""
-    return Redis.from_url(url, socket_timeout=timeout + 1.0, socket_connect_timeout=timeout)
+    """A Redis client (its own connection pool) with the timeouts the sidecar's stores use.
+
+    One immediate retry on a fresh connection: after a Redis restart every pooled
+    connection is dead and its first use fails. What is retried is safe to run twice
+    (events carry their ids, the rest sets values); a timeout is not retried.
+    """
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout + 1.0,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
 
 
 def keys(stream_id: str) -> tuple[str, str, str, str]:
     """Events, meta, liveness and cancel keys of a stream."""
     base = f"{PREFIX}{{{stream_id}}}"
     return base, base + ":meta", base + ":alive", base + ":cancel"
+
+
+def readers_key(stream_id: str) -> str:
+    """The set of a stream's readers on every replica (`_JOIN`)."""
+    return f"{PREFIX}{{{stream_id}}}:readers"
 
 
 def chat_key(owner: str, chat_id: str) -> str:
@@ -140,6 +184,8 @@ class RedisResumeStore(ResumeStore):
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._failing = False
+        self._join = self._redis.register_script(_JOIN)
+        self._count = self._redis.register_script(_COUNT)
 
     async def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
@@ -259,6 +305,7 @@ class RedisResumeStore(ResumeStore):
                 _, _, alive, cancel = keys(log_.stream_id)
                 pipe.set(alive, b"1", px=self._alive_ms)
                 pipe.exists(cancel)
+                await self._count(keys=[readers_key(log_.stream_id)], client=pipe)
             try:
                 results = await pipe.execute(raise_on_error=False)
             except BaseException:
@@ -267,10 +314,12 @@ class RedisResumeStore(ResumeStore):
         for error in results:
             if isinstance(error, ResponseError) and "equal or smaller" not in str(error):
                 log.warning("resume store write refused", extra={"error": str(error)[:200]})
-        # The last 2 replies per checked log are (SET alive, EXISTS cancel).
-        start = len(results) - 2 * len(checked)
+        # The last 3 replies per checked log are (SET alive, EXISTS cancel, readers).
+        start = len(results) - 3 * len(checked)
         for i, log_ in enumerate(checked):
-            if results[start + 2 * i + 1] == 1 and log_.on_cancel is not None:
+            _, cancelled, readers = results[start + 3 * i : start + 3 * i + 3]
+            log_.readers_elsewhere = readers if isinstance(readers, int) else 0
+            if cancelled == 1 and log_.on_cancel is not None:
                 log_.on_cancel()
 
     def _requeue(self, taken: list[_Taken]) -> None:
@@ -332,11 +381,30 @@ class RedisResumeStore(ResumeStore):
         origin = fields.get(b"origin", b"").decode()
         return StreamInfo(owner.decode(), last, final, first, origin)
 
-    async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
+    async def join(self, stream_id: str, reader: str, limit: int) -> bool:
+        try:
+            joined = await self._join(
+                keys=[readers_key(stream_id)], args=[reader, self._alive_ms, limit]
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
+        return bool(joined)
+
+    async def leave(self, stream_id: str, reader: str) -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self._redis.zrem(readers_key(stream_id), reader)
+
+    async def read(
+        self, stream_id: str, after: int, reader: str = ""
+    ) -> AsyncIterator[list[bytes]]:
         events, meta, alive, _ = keys(stream_id)
         quiet_since: float | None = None
         loop = asyncio.get_running_loop()
+        touched = loop.time()
         while True:
+            if reader and loop.time() - touched >= self._refresh:
+                touched = loop.time()
+                await self._touch(stream_id, reader)
             try:
                 reply: Any = await self._redis.xread(
                     {events: f"0-{after}"}, count=512, block=self._block_ms
@@ -360,12 +428,20 @@ class RedisResumeStore(ResumeStore):
                 return
             if producing:
                 quiet_since = None
+                yield []  # a quiet round: the reader may send a heartbeat
                 continue
             # No producer refreshes the key: allow one more read for a batch in flight.
             if quiet_since is None:
                 quiet_since = loop.time()
             elif loop.time() - quiet_since > self._block_ms / 1000:
                 raise StreamLost(stream_id)
+
+    async def _touch(self, stream_id: str, reader: str) -> None:
+        """Keep `reader` counted (`join` with no limit: it is counted already)."""
+        try:
+            await self._join(keys=[readers_key(stream_id)], args=[reader, self._alive_ms, 1 << 30])
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
 
     async def seal(self, stream_id: str, n: int, event: bytes) -> None:
         """Append a lost stream's final event (ignored if the producer got further)."""

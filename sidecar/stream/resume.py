@@ -123,6 +123,25 @@ class Resume:
         # Clients reading a stream here from the store (one produced elsewhere, or over),
         # by stream id: bounded per stream as the producer bounds its own readers.
         self.store_readers: collections.Counter[str] = collections.Counter()
+        # The requests reading a stream from the store here, and those told to stop.
+        self.replays: set[asyncio.Task[object]] = set()
+        self._stopping: set[asyncio.Task[object]] = set()
+
+    def stop_readers(self) -> int:
+        """End every read from the store with a `shutting_down` event (shutdown); how many."""
+        told = [task for task in self.replays if task not in self._stopping]
+        for task in told:
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+            task.cancel()
+        return len(told)
+
+    def stopped(self, task: asyncio.Task[object]) -> bool:
+        """`task` was cancelled by `stop_readers`: it may go on to write its last event."""
+        if task not in self._stopping:
+            return False
+        task.uncancel()
+        return True
 
     @property
     def shared(self) -> bool:

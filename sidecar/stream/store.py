@@ -26,6 +26,7 @@ from sidecar.stream.waiters import park, wake
 
 _BLANK: Final = b"\n\n"  # ends an event
 MAX_CHATS = 100_000  # chat → stream mappings the memory store keeps (the oldest go first)
+POLL_SECONDS: Final = 1.0  # a quiet reader hears from `read` at least this often
 
 
 class StoreError(Exception):
@@ -72,7 +73,8 @@ class StreamLog:
 
     __slots__ = (
         "_waiters", "base", "budget", "events", "final", "finished_at", "id_prefix", "last",
-        "max_bytes", "numbered", "on_cancel", "origin", "owner", "size", "stream_id",
+        "max_bytes", "numbered", "on_cancel", "origin", "owner", "readers_elsewhere", "size",
+        "stream_id",
     )  # fmt: skip
 
     def __init__(
@@ -93,6 +95,9 @@ class StreamLog:
         self.origin = ""
         # Called when another replica asks to cancel the stream (shared stores).
         self.on_cancel: Callable[[], None] | None = None
+        # Clients reading the stream from the store on other replicas, as the store last
+        # said (shared stores, about once a second): while any reads, it is attended.
+        self.readers_elsewhere = 0
         self._waiters: list[asyncio.Future[None]] = []
 
     def append(self, event: bytes) -> None:
@@ -229,8 +234,20 @@ class ResumeStore:
         log = self._logs.get(stream_id)
         return log.info() if log is not None else None
 
-    async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
-        """Batches of events after `after` until the final one (`StreamLost` if it never comes)."""
+    async def join(self, stream_id: str, reader: str, limit: int) -> bool:
+        """Count `reader` among the stream's readers on every replica; False (not counted)
+        when `limit` read it already. One process: its own count is the whole count."""
+        return True
+
+    async def leave(self, stream_id: str, reader: str) -> None:
+        """`reader` stopped reading (`join`'s other half)."""
+
+    async def read(
+        self, stream_id: str, after: int, reader: str = ""
+    ) -> AsyncIterator[list[bytes]]:
+        """Batches of events after `after` until the final one (`StreamLost` if it never
+        comes); an empty batch when nothing came for about `POLL_SECONDS` (the reader may
+        send a heartbeat). A shared store keeps `reader` (from `join`) counted meanwhile."""
         log = self._logs.get(stream_id)
         if log is None:
             raise StreamLost(stream_id)
@@ -243,7 +260,11 @@ class ResumeStore:
                 yield batch
             if log.final and after >= log.last:
                 return
-            await log.wait(after)
+            try:
+                async with asyncio.timeout(POLL_SECONDS):
+                    await log.wait(after)
+            except TimeoutError:
+                yield []
 
     async def bind_chat(self, owner: str, chat_id: str, stream_id: str) -> None:
         """Remember `stream_id` as the newest stream of `owner`'s chat, for `ttl` seconds."""
