@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 
 from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_header
 from tests.support.apps import AppState, echoed_headers, running_app, serving
+from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import free_port
 
@@ -568,3 +569,36 @@ async def test_credentials_in_the_app_url_replace_the_clients_authorization(
                     seen.append(echoed_headers(await response.json())["authorization"])
     expected = "Basic " + base64.b64encode(b"svc:APP@PASS").decode()
     assert seen == [expected, expected]
+
+
+@pytest.mark.parametrize("forward", [False, True])
+async def test_the_sidecars_credential_is_kept_from_the_app_unless_forwarded(
+    sidecar_for: SidecarFactory, forward: bool
+) -> None:
+    """A Bearer token, an `x-api-key` (any spelling) and the JWT query parameter are the
+    sidecar's credential: the app does not get them unless `app.forward_credentials` says
+    so. Another Authorization scheme (the app's own) always reaches it."""
+    auth = {"mode": "required",
+            "api_keys": [{"name": "web", "sha256": API_KEY_SHA256, "user": "web"}],
+            "jwt": {"secret": SECRET, "algorithms": ["HS256"], "issuer": ISSUER,
+                    "audience": AUDIENCE, "query_param": "access_token"}}  # fmt: skip
+    async with running_app() as (url, _):
+        config = {"app": {"url": url, "forward_credentials": forward}, "auth": auth}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            answers = []
+            token = mint()
+            for path, sent in (
+                ("/echo?a=1", {"Authorization": f"Bearer {API_KEY}"}),
+                ("/echo?a=1", {"x-api-key": API_KEY, "X_Api_Key": "copy"}),
+                (f"/echo?access_token={token}&a=1", {}),
+                ("/echo?a=1", {"x-api-key": API_KEY, "Authorization": "Basic YXBwOnB3"}),
+            ):
+                async with http.get(sidecar.url + path, headers=sent) as response:
+                    assert response.status == 200
+                    answers.append(await response.json())
+    bearer, api_key, query, basic = answers
+    assert ("authorization" in echoed_headers(bearer)) is forward
+    assert ("x-api-key" in echoed_headers(api_key)) is forward
+    assert ("access_token" in query["path_qs"]) is forward
+    assert query["path_qs"].endswith("a=1")
+    assert echoed_headers(basic)["authorization"] == "Basic YXBwOnB3"

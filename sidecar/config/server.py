@@ -99,3 +99,6 @@ class AppConfig(Section):
     connect_timeout_seconds: Seconds = 5
     read_timeout_seconds: Seconds = 300
     identity_headers: IdentityHeaders = IdentityHeaders()
+    # The credential the sidecar checked (a Bearer `Authorization`, `x-api-key`, the JWT
+    # query parameter) is the sidecar's: kept from the app unless it needs the token too.
+    forward_credentials: bool = False

@@ -28,7 +28,7 @@ from sidecar.header_lists import header_value
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
-from sidecar.policy.identity_headers import strip_forwarding_claims
+from sidecar.policy.identity_headers import strip_credentials, strip_forwarding_claims
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -76,6 +76,8 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     app = ctx.runtime.config.app
     assert app is not None  # config validation: an app route needs the app section
     strip_and_set_identity(headers, ctx.identity, app.identity_headers)
+    if not app.forward_credentials and ctx.route.policy.auth.mode != "none":
+        strip_credentials(headers)
     peer = request.remote or ""
     trusted = is_trusted_proxy(peer, ctx.runtime.config.server.trusted_proxies)
     # The app believes its proxy: what a client says about its address or the URL it asked
@@ -110,7 +112,15 @@ def _target(ctx: RequestContext) -> URL:
     """
     app = ctx.runtime.config.app
     assert app is not None
-    query = ctx.request.rel_url.raw_query_string
+    url = ctx.request.rel_url
+    auth = ctx.route.policy.auth
+    jwt = auth.jwt
+    if (
+        not app.forward_credentials and auth.mode != "none"
+        and jwt is not None and jwt.query_param and jwt.query_param in url.query
+    ):  # fmt: skip
+        url = url.without_query_params(jwt.query_param)  # the sidecar's token, as for Claude
+    query = url.raw_query_string
     return URL(f"{app_base(app.url)[0]}{ctx.path}{'?' + query if query else ''}", encoded=True)
 
 

@@ -67,3 +67,19 @@ def strip_and_set_identity(
     for name, value in values.items():
         if value is not None:
             headers[name] = value
+
+
+_API_KEY: Final = "x-api-key"
+
+
+def strip_credentials(headers: CIMultiDict[str]) -> None:
+    """Drop the credentials the sidecar reads: every `Authorization: Bearer …` line and
+    `x-api-key` in any spelling. Another `Authorization` (the app's own `Basic`) stays."""
+    for name in [n for n in headers if canonical(n) == _API_KEY]:
+        headers.popall(name, None)
+    kept = [
+        v for v in headers.getall("Authorization", ()) if v.lower().split(None, 1)[:1] != ["bearer"]
+    ]
+    headers.popall("Authorization", None)
+    for value in kept:
+        headers.add("Authorization", value)
