@@ -209,6 +209,61 @@ async def test_a_lower_limit_after_a_reload_caps_what_is_left(harness: Harness) 
     assert decision.tokens.remaining == 90
 
 
+FULL = Limits(requests_per_minute=100, tokens_per_minute=1000, tokens_per_day=5000)
+RPM100 = Limits(requests_per_minute=100)
+
+
+async def test_an_admission_of_some_buckets_leaves_the_others_refilling(harness: Harness) -> None:
+    """A request counted alone (a forwarded call, a cache hit, an app request) checks the
+    requests bucket only: the token buckets keep refilling from their own last update."""
+    assert (await harness.admit(FULL, tokens=900)).admitted  # 100 tokens left this minute
+    for _ in range(6):  # 30 s of requests-only admissions
+        harness.advance(5)
+        assert (await harness.admit(RPM100)).admitted
+    decision = await harness.admit(FULL, tokens=500)  # 100 + 30 s x 1000/60 = 600 by now
+    assert decision.admitted, decision
+    assert decision.tokens is not None
+    assert decision.tokens.remaining == 100
+
+
+async def test_an_admission_of_some_buckets_never_forgets_the_others(harness: Harness) -> None:
+    """The subject is kept as long as its slowest bucket needs, whichever buckets the last
+    admission checked: a requests-only admission does not reset the day."""
+    limits = Limits(requests_per_minute=100, tokens_per_minute=1000, tokens_per_day=3000)
+    assert (await harness.admit(limits, tokens=1000)).admitted
+    for _ in range(2):
+        harness.advance(60)
+        assert (await harness.admit(limits, tokens=1000)).admitted  # the day is spent
+    assert (await harness.admit(RPM100)).admitted
+    harness.advance(120)  # the requests and minute buckets are full again; the day is not
+    if isinstance(harness.store, MemoryQuotaStore):
+        for n in range(1100):  # a sweep of forgettable subjects runs meanwhile
+            await harness.store.admit(f"other-{n}", RPM100, 0, "")
+    decision = await harness.admit(limits, tokens=600)
+    assert not decision.admitted
+    assert decision.limited_by == "tokens_per_day"
+
+
+async def test_redis_keeps_a_subject_as_long_as_its_slowest_bucket_needs(
+    redis_server: RedisServer,
+) -> None:
+    """The bucket hash's time to live is never shortened by an admission that checked only
+    the requests bucket (it would expire the day's tokens with it)."""
+    store = RedisQuotaStore(redis_server.url)
+    raw: Redis = Redis.from_url(redis_server.url)
+    try:
+        subject = "global\x1fuser\x1fbob"
+        assert (await store.admit(subject, FULL, 1000, "l1")).admitted
+        buckets, _ = subject_keys(subject)
+        day = await raw.pttl(buckets)
+        assert day > 3_600_000  # hours until the day bucket is full again
+        assert (await store.admit(subject, RPM100, 0, "l2")).admitted
+        assert await raw.pttl(buckets) >= day - 1000
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
 async def test_redis_keys_share_a_hash_tag_and_hide_the_subject(redis_server: RedisServer) -> None:
     store = RedisQuotaStore(redis_server.url)
     raw: Redis = Redis.from_url(redis_server.url, decode_responses=True)

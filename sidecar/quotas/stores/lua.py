@@ -1,7 +1,8 @@
 """Lua scripts of the Redis quota store: one round trip per admission, settlement or renewal.
 
-KEYS[1] is the subject's bucket hash (fields r, m, d: levels; t: when they were
-computed), KEYS[2] its lease ZSET (member: lease id, score: expiry). Both share a
+KEYS[1] is the subject's bucket hash (fields r, m, d: levels; tr, tm, td: when each
+was computed, so an admission that checks only some buckets never moves the others'
+clocks; `t`, one time for all, is read from hashes written before), KEYS[2] its lease ZSET (member: lease id, score: expiry). Both share a
 `{hash tag}`, so a cluster keeps a subject on one slot. Time is Redis' own (TIME),
 never a replica's clock; ARGV[1] is an offset in seconds added to it (0 in
 production; tests use it to roll windows without sleeping). A limit of 0 is off.
@@ -18,15 +19,18 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
 local lim = {r = tonumber(ARGV[2]), m = tonumber(ARGV[3]), d = tonumber(ARGV[4])}
 local per = {r = 60, m = 60, d = 86400}
 local order = {'r', 'm', 'd'}
-local s = redis.call('HMGET', KEYS[1], 'r', 'm', 'd', 't')
+local s = redis.call('HMGET', KEYS[1], 'r', 'm', 'd', 'tr', 'tm', 'td', 't')
 local stored = {r = s[1], m = s[2], d = s[3]}
-local elapsed = 0
-if s[4] then elapsed = math.max(0, now - tonumber(s[4])) end
+local at = {r = s[4] or s[7], m = s[5] or s[7], d = s[6] or s[7]}
 local lvl = {}
 for _, b in ipairs(order) do
   if lim[b] > 0 then
     local v = lim[b]
-    if stored[b] then v = math.min(lim[b], tonumber(stored[b]) + elapsed * lim[b] / per[b]) end
+    if stored[b] then
+      local elapsed = 0
+      if at[b] then elapsed = math.max(0, now - tonumber(at[b])) end
+      v = math.min(lim[b], tonumber(stored[b]) + elapsed * lim[b] / per[b])
+    end
     lvl[b] = v
   end
 end
@@ -37,14 +41,16 @@ local function save(lease_exp)
     if lvl[b] then
       table.insert(args, b)
       table.insert(args, string.format('%.17g', lvl[b]))
+      table.insert(args, 't' .. b)
+      table.insert(args, string.format('%.17g', now))
       ttl = math.max(ttl, (lim[b] - lvl[b]) * per[b] / lim[b])
     end
   end
   if #args > 0 then
-    table.insert(args, 't')
-    table.insert(args, string.format('%.17g', now))
     redis.call('HSET', KEYS[1], unpack(args))
-    redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000) + 1000)
+    -- Never shorter than it was: the buckets this call did not check still need theirs.
+    local ms = math.max(math.ceil(ttl * 1000) + 1000, redis.call('PTTL', KEYS[1]))
+    redis.call('PEXPIRE', KEYS[1], ms)
   end
   if lease_exp then
     redis.call('PEXPIRE', KEYS[2], math.ceil((lease_exp - now) * 1000) + 1000)

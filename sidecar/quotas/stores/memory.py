@@ -26,8 +26,11 @@ _PLANS: Final = 256  # policies' buckets remembered
 
 @dataclass(slots=True)
 class _Subject:
-    levels: dict[str, float] = field(default_factory=dict)  # bucket name -> level at `at`
-    at: float = 0.0
+    levels: dict[str, float] = field(default_factory=dict)  # bucket name -> level at its stamp
+    # Bucket name -> when its level was computed. Per bucket: an admission that checks only
+    # some buckets (requests per minute for a forwarded call) leaves the others' refill
+    # running from their own last update, never from its own.
+    stamps: dict[str, float] = field(default_factory=dict)
     leases: dict[str, float] = field(default_factory=dict)  # lease id -> expiry
     # Bounds on the leases' expiries, so a call never walks every lease of its subject
     # (thousands when one key carries all traffic): none expires before `first_expiry`
@@ -101,25 +104,24 @@ class MemoryQuotaStore(QuotaStore):
     def _refilled(self, subject: str, buckets: tuple[_Bucket, ...], now: float) -> _Subject:
         state = self._subjects.get(subject)
         if state is None:
-            state = self._subjects[subject] = _Subject(at=now)
-        elapsed = now - state.at
-        if elapsed < 0.0:
-            elapsed = 0.0
-        levels = state.levels
+            state = self._subjects[subject] = _Subject()
+        levels, stamps = state.levels, state.stamps
         for name, limit, period, _ in buckets:
-            level = levels.get(name, limit) + elapsed * limit / period
+            elapsed = now - stamps.get(name, now)
+            level = levels.get(name, limit) + (elapsed if elapsed > 0.0 else 0.0) * limit / period
             levels[name] = level if level < limit else float(limit)
-        state.at = now
+            stamps[name] = now
         if now >= state.first_expiry:
             state.drop_lapsed(now)
         return state
 
     def _forget_at(self, state: _Subject, buckets: tuple[_Bucket, ...]) -> float:
-        """When every bucket is full again and every lease has expired."""
-        at, levels = state.at, state.levels
-        forget = at
+        """When every bucket is full again and every lease has expired: those of `buckets`
+        as updated now, and, at the latest, what was known of the others before."""
+        levels, stamps = state.levels, state.stamps
+        forget = state.forget_at
         for name, limit, period, _ in buckets:
-            full = at + (limit - levels[name]) * period / limit
+            full = stamps[name] + (limit - levels[name]) * period / limit
             if full > forget:
                 forget = full
         return state.last_expiry if state.last_expiry > forget else forget
