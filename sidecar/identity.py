@@ -17,5 +17,13 @@ class Identity:
     api_key_name: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # An empty claim names nobody: no tenant (or user) at all, never one shared by
+        # every caller whose token carries `""` (the cache's tenant scope, quotas, the app).
+        if self.tenant == "":
+            object.__setattr__(self, "tenant", None)
+        if self.user == "":
+            object.__setattr__(self, "user", None)
+
 
 ANONYMOUS = Identity(method="anonymous")

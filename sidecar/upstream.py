@@ -100,19 +100,7 @@ class ClaudeClient:
 
     def request_headers(self, client: Mapping[str, str]) -> dict[str, str]:
         """Headers for Claude: the sidecar's own key plus the client's version/beta."""
-        # The anthropic-* headers are lists (a beta per item): every line is sent, joined.
-        headers = {
-            name: value
-            for name in FORWARDED_REQUEST_HEADERS
-            if (value := header_value(client, name) if name in _LISTS else client.get(name))
-            is not None
-        }
-        headers.setdefault("anthropic-version", self._config.anthropic_version)
-        headers.setdefault("content-type", "application/json")
-        headers["accept-encoding"] = "identity"  # relay bytes as they come, never re-encode
-        if self._key is not None:
-            headers["x-api-key"] = self._key
-        return headers
+        return request_headers(client, self._config.anthropic_version, self._key)
 
     def backoff(
         self, attempt: int, retry_after: str | None, retry_after_ms: str | None = None
@@ -278,3 +266,20 @@ def returned_headers(upstream: Response, *, keep_ratelimit: bool) -> dict[str, s
     """Claude's response headers the client should see (request id, retry and rate-limit
     info), read from its head without making its header map (held until push mode)."""
     return upstream.pick(RETURNED_RESPONSE_HEADERS, RATELIMIT_PREFIX if keep_ratelimit else None)
+
+
+def request_headers(client: Mapping[str, str], version: str, key: str | None) -> dict[str, str]:
+    """Headers for Claude: `key` (the sidecar's own) plus the client's version and betas,
+    `version` when the client names none."""
+    # The anthropic-* headers are lists (a beta per item): every line is sent, joined.
+    headers = {
+        name: value
+        for name in FORWARDED_REQUEST_HEADERS
+        if (value := header_value(client, name) if name in _LISTS else client.get(name)) is not None
+    }
+    headers.setdefault("anthropic-version", version)
+    headers.setdefault("content-type", "application/json")
+    headers["accept-encoding"] = "identity"  # relay bytes as they come, never re-encode
+    if key is not None:
+        headers["x-api-key"] = key
+    return headers

@@ -8,6 +8,7 @@ import pytest
 
 from sidecar.cache.key import cache_key, directives, sampled, scope_of
 from sidecar.identity import Identity
+from sidecar.upstream import request_headers
 
 BODY: dict[str, Any] = {
     "model": "claude-sonnet-5-5",
@@ -69,6 +70,26 @@ def test_the_path_and_query_claude_is_sent_change_the_key() -> None:
     plain = cache_key("anthropic", BODY, {}, "t", "/v1/messages")
     assert cache_key("anthropic", BODY, {}, "t", "/v1/messages?beta=true") != plain
     assert cache_key("anthropic", BODY, {}, "t", "/v1/messages") == plain
+
+
+def test_the_claude_an_answer_came_from_changes_the_key() -> None:
+    """Another base URL (a reload, replicas configured apart sharing one Redis) is another
+    Claude: its answers are its own."""
+    one = cache_key("anthropic", BODY, {}, "t", "/v1/messages", "https://api.anthropic.com")
+    other = cache_key("anthropic", BODY, {}, "t", "/v1/messages", "http://10.0.0.7:8080")
+    assert one != other
+
+
+def test_the_version_claude_receives_is_keyed_whoever_set_it() -> None:
+    """The key reads the headers as sent to Claude: a client naming the configured version
+    and one naming none ask the same; another configured version asks something else."""
+
+    def sent(client: dict[str, str], version: str) -> dict[str, str]:
+        return request_headers(client, version, "sk-sidecar")
+
+    base = _key(BODY, sent({}, "2023-06-01"))
+    assert _key(BODY, sent({"anthropic-version": "2023-06-01"}, "2023-06-01")) == base
+    assert _key(BODY, sent({}, "2099-01-01")) != base
 
 
 def test_callers_without_a_tenant_never_share_under_tenant_scope() -> None:

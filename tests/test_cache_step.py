@@ -8,6 +8,7 @@ header, what the client receives, and the `sidecar.cache.lookups` counter.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +20,7 @@ from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
 from tests.support.cache import BODY, MODEL, asking, cached, post
 from tests.support.otel import make_otel, sse_data
+from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
 from tests.support.sdk import sdk, user
 from tests.support.sidecars import BASE, SidecarFactory
 from tests.support.waiting import eventually, holds
@@ -127,6 +129,20 @@ async def test_callers_without_a_tenant_never_share_an_entry_under_tenant_scope(
         ]
     assert statuses == ["MISS", "MISS", "HIT"]
     assert fake.state.counters["requests"] == 2
+
+
+async def test_an_empty_tenant_claim_is_no_tenant_under_tenant_scope(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Tokens whose tenant claim is `""` name no tenant: their callers share nothing."""
+    jwt = {"secret": SECRET, "algorithms": ["HS256"], "issuer": ISSUER, "audience": AUDIENCE,
+           "tenant_claim": "org"}  # fmt: skip
+    async with sidecar_for({**cached(), "auth": {"mode": "required", "jwt": jwt}}) as s:
+        statuses = [
+            (await post(s.url, BODY, {"Authorization": f"Bearer {mint(sub=who, org='')}"}))[1]
+            for who in ("u4", "u5", "u4")
+        ]
+    assert statuses == ["MISS", "MISS", "HIT"]
 
 
 async def test_user_scope_keeps_users_of_one_tenant_apart(
@@ -378,3 +394,30 @@ async def test_a_reload_keeps_the_entries_until_the_store_settings_change(
     finally:
         await server.shutdown(grace=1.0)
     assert fake.state.counters["requests"] == 3
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_charged_hit_spends_what_the_answer_cost_streamed_or_not(
+    fake: FakeServer, sidecar_for: SidecarFactory, stream: bool
+) -> None:
+    """`charge_hits`: each hit spends the answer's input and output tokens, whether the
+    answer is a stream or one JSON body (each hit's reservation is settled to that)."""
+    quotas = {"quotas": {"requests_per_minute": 1000, "tokens_per_day": 100_000}}
+    body = {**BODY, "stream": stream}
+    async with sidecar_for({**cached(charge_hits=True), **quotas}) as s:
+        left = []
+        for _ in range(3):
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(s.url + "/v1/messages", json=body) as response,
+            ):
+                raw = await response.read()
+                left.append(int(response.headers["anthropic-ratelimit-tokens-remaining"]))
+    if stream:
+        events = sse_data(raw)
+        cost = events[0]["message"]["usage"]["input_tokens"] + events[-2]["usage"]["output_tokens"]
+    else:
+        usage = json.loads(raw)["usage"]
+        cost = usage["input_tokens"] + usage["output_tokens"]
+    assert cost > 0
+    assert abs((left[1] - left[2]) - cost) <= 1  # the first hit settled to the answer's cost

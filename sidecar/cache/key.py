@@ -2,8 +2,9 @@
 
 The request part is the whole Messages body except what never changes the answer
 (`metadata`), serialised canonically (sorted keys, no spaces), with the route kind (the
-prompt route's events differ from the Anthropic route's) and the `anthropic-version` /
-`anthropic-beta` headers, which select API behaviour. Every other body field — model,
+prompt route's events differ from the Anthropic route's), the Claude it is sent to (the
+base URL) and the `anthropic-version` / `anthropic-beta` headers as Claude receives them
+(the configured version when the client names none), which select API behaviour. Every other body field — model,
 system, messages, tools, tool_choice, max_tokens, temperature, top_p, top_k,
 stop_sequences, thinking, stream, and fields added to the API later — is part of it.
 The scope part makes entries private to a tenant (default), a user, or shared (global).
@@ -40,16 +41,23 @@ def scope_of(scope: Scope, identity: Identity, client_ip: str) -> str:
 
 
 def cache_key(
-    kind: str, body: Mapping[str, Any], headers: Mapping[str, str], scope: str, target: str = ""
+    kind: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    scope: str,
+    target: str = "",
+    upstream: str = "",
 ) -> str:
     """SHA-256 (hex) of the route kind, the answer-changing request and the scope.
 
-    `target` is the path and query Claude is sent (`/v1/messages?beta=true`) where the
-    client chooses them; a route that builds its own request passes none.
+    `headers` are those Claude is sent; `target` is the path and query Claude is sent
+    (`/v1/messages?beta=true`) where the client chooses them (a route that builds its own
+    request passes none); `upstream` is Claude's base URL.
     """
     request = {name: value for name, value in body.items() if name not in _IGNORED}
+    sent = [header_value(headers, name) or "" for name in _HEADERS]
     canonical = json.dumps(
-        [kind, scope, target, [header_value(headers, name) or "" for name in _HEADERS], request],
+        [kind, scope, upstream, target, sent, request],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -74,24 +74,27 @@ class CacheStep:
         ctx.headers[HEADER] = "HIT"
         ctx.headers["Age"] = str(self.age)
         ctx.span.set_attribute(HIT_ATTRIBUTE, True)
+        used_in = used_out = 0  # what the answer cost Claude: charged when hits are
         try:
             if source.stream:
                 paced = policy.cache.replay == "paced"
                 response = await replay_stream(
                     ctx, source, record, translator, dict(ctx.headers), paced=paced
                 )
-                tokens = record.total_input_tokens + record.output_tokens
             else:
-                entry = source.entry
-                tokens = entry.tokens if entry is not None else 0
+                entry = source.entry  # set with `completed`, for a follower too
+                if entry is not None:
+                    used_in, used_out = entry.input_tokens, entry.output_tokens
                 response = web.Response(
                     status=200, body=source.chunks[0], headers=ctx.headers,
                     content_type="application/json",
                 )  # fmt: skip
         finally:
+            if source.stream:  # the usage replayed so far (all of it, unless cut short)
+                used_in, used_out = record.total_input_tokens, record.output_tokens
             if lease is not None:
-                await lease.settle(record.total_input_tokens, record.output_tokens)
-        runtime.telemetry.cache_hit(tokens)
+                await lease.settle(used_in, used_out)
+        runtime.telemetry.cache_hit(used_in + used_out)
         return response
 
     def abandon(self) -> None:
@@ -115,7 +118,9 @@ async def lookup(
     if sampled(body) and not policy.include_sampled:
         return _decided(step, "BYPASS", "bypass")
     scope = scope_of(policy.scope, ctx.identity, ctx.client_ip)
-    key = cache_key(ctx.route.handler, body, ctx.request.headers, scope, target)
+    claude = runtime.claude
+    sent = claude.request_headers(ctx.request.headers)  # as Claude gets them: the version set
+    key = cache_key(ctx.route.handler, body, sent, scope, target, claude.base_url)
     if "no-cache" not in wanted:
         flight = cache.inflight.get(key)
         if flight is None:

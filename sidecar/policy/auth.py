@@ -198,7 +198,9 @@ class Authenticator:
             Identity(
                 method="jwt",
                 user=str(user),
-                tenant=str(tenant) if isinstance(tenant, str | int) else None,
+                tenant=str(tenant)
+                if isinstance(tenant, str | int) and not isinstance(tenant, bool)
+                else None,
                 claims=claims,
             )
         )
