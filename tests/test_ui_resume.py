@@ -104,6 +104,21 @@ async def test_last_event_id_resumes_a_turn_after_its_last_event(
     assert fake.state.counters["requests"] == 1
 
 
+async def test_an_event_source_on_the_chats_stream_url_resumes_after_its_last_event(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """`Last-Event-ID` on `GET <route>/<chat id>/stream` (an `EventSource` reconnecting
+    there) is a resume like anywhere else: the events after it, never the message again."""
+    async with sidecar_for(resumable()) as sidecar:
+        async with cutting_proxy(sidecar.port, after=5) as proxy:
+            first = await post(proxy.port, "chat-es")
+        rest = await resume_chat(sidecar.port, "chat-es", **{"Last-Event-ID": first.last_id})
+    assert rest.status == 200
+    assert rest.events[0].id == f"{first.stream_id}:6"
+    assert kinds(rest)[-2:] == ["finish", "[DONE]"]
+    assert fake.state.counters["requests"] == 1
+
+
 async def test_unknown_foreign_and_malformed_chats_answer_204(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -65,16 +65,18 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     request = ctx.request
     config = ctx.runtime.config
     resumable = resume.enabled_on(ctx, default=True)
+    # `Last-Event-ID` first, whatever the path (the chat's `/stream` URL too, as an
+    # `EventSource` reconnects there): the events after it, as on the prompt route.
+    cursor = resume.cursor_of(request) if resumable else None
+    if cursor is not None:
+        ctx.headers.update(HEADERS)
+        return await resume.resume(ctx, cursor, ui_resume.lost_event)
     chat_id = _resume_target(ctx.route.path, ctx.path)
     if request.method == "GET" and chat_id is not None:
         if not resumable:
             return web.Response(status=204, headers=ctx.headers)
         ctx.headers.update(HEADERS)  # a resumed stream is the same UI message stream
         return await ui_resume.answer(ctx, chat_id)
-    cursor = resume.cursor_of(request) if resumable else None
-    if cursor is not None:  # `Last-Event-ID`: the events after it, as on the prompt route
-        ctx.headers.update(HEADERS)
-        return await resume.resume(ctx, cursor, ui_resume.lost_event)
     if request.method == "DELETE" and resumable:
         stream_id = _stream_id_in_path(ctx.route.path, ctx.path)
         if stream_id is None:
