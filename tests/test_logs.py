@@ -458,3 +458,18 @@ def test_a_text_line_stays_one_line_whatever_a_value_holds(
         " plain=claude-5 n=3"
     )
     assert second.endswith(" WARNING sidecar.reload line\\rbreak\\u2028here")
+
+
+async def test_the_access_line_bounds_the_path_a_client_chose(
+    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+) -> None:
+    """A path of thousands of characters is cut to `MAX_LOG_PATH` in the access line (it
+    still reached routing whole: a 404 here)."""
+    import aiohttp  # noqa: PLC0415 - the one test here that sends a raw path
+
+    read = log_output()
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + "/nowhere/" + "a" * 5000) as response:
+            assert response.status == 404
+    access = one(events(read()), "request")
+    assert access["path"] == ("/nowhere/" + "a" * 5000)[:1024]

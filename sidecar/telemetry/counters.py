@@ -9,6 +9,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
+from sidecar.telemetry.bounded import MAX_LOG_PATH, MAX_TEXT
 from sidecar.telemetry.histograms import AttributeSet
 from sidecar.telemetry.logs import log_event
 from sidecar.telemetry.semconv import http_method
@@ -146,6 +147,10 @@ class Counters(TelemetryState):
             self.instruments.request_duration.record(duration, attributes)
         if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
             return
+        if len(path) > MAX_LOG_PATH:  # the client chose it: a line stays bounded
+            path = path[:MAX_LOG_PATH]
+        if len(method) > MAX_TEXT:
+            method = method[:MAX_TEXT]
         fields: dict[str, Any] = {
             "event": "access", "method": method, "route": route, "path": path, "status": status,
             "duration_ms": round(duration * 1000, 2), "request_id": request_id,
