@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext
@@ -465,8 +466,6 @@ async def test_the_access_line_bounds_the_path_a_client_chose(
 ) -> None:
     """A path of thousands of characters is cut to `MAX_LOG_PATH` in the access line (it
     still reached routing whole: a 404 here)."""
-    import aiohttp  # noqa: PLC0415 - the one test here that sends a raw path
-
     read = log_output()
     async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
         async with http.get(sidecar.url + "/nowhere/" + "a" * 5000) as response:
