@@ -281,7 +281,7 @@ def test_the_fakes_whole_stream_translates_as_the_decoding_path_does(
     """Claude's bytes as the fake writes them (thinking, text, tool use, usage) through the
     stream core: every event the same JSON as with every event decoded."""
     reply = Reply("msg_1", "claude-sonnet-5-5", 3, [
-        Block("thinking", {"type": "thinking", "thinking": "", "signature": ""}, thoughts, "c2ln"),
+        Block("thinking", {"type": "thinking", "thinking": "", "signature": ""}, thoughts),
         Block("text", {"type": "text", "text": ""}, words),
         Block("tool_use", {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
               tool_input),

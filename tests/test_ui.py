@@ -246,6 +246,56 @@ async def test_ai_sdk_tool_call_round_trip(fake: FakeServer, sidecar_for: Sideca
     assert parts_of(second)[0]["type"] == "text"
 
 
+async def test_ai_sdk_tool_round_trip_under_extended_thinking(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Claude's signed thinking rides on the reasoning part and goes back with the tool call
+    (the fake, like the API, refuses a tool turn without it or with a wrong signature)."""
+    config = {**CONFIG, "ui": {"tools": [TOOL], "thinking_budget_tokens": 1024}}
+    async with sidecar_for(config) as sidecar:
+        first, second = await ai_sdk(sidecar.url + CHAT, "tool")
+    reasoning, _, call = parts_of(first)
+    assert reasoning["type"] == "reasoning"
+    signature = reasoning["providerMetadata"]["anthropic"]["signature"]
+    assert signature
+    assert call["type"] == "tool-get_weather"
+    assert "error" not in second
+    sent = fake.state.requests[1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert [block["type"] for block in sent[1]["content"]] == ["thinking", "text", "tool_use"]
+    assert sent[1]["content"][0] == {"type": "thinking", "thinking": reasoning["text"],
+                                     "signature": signature}  # fmt: skip
+    assert sent[2]["content"][0]["type"] == "tool_result"
+    assert [part["type"] for part in parts_of(second)][-2:] == ["reasoning", "text"]
+
+
+async def test_ai_sdk_server_tool_call_and_result_round_trip(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A web search Claude ran is a provider-executed part with its result, sent back as
+    Claude's own call and result block (the fake, like the API, refuses one without)."""
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    async with sidecar_for({**CONFIG, "ui": {"tools": [search]}}) as sidecar:
+        first, second = await ai_sdk(sidecar.url + CHAT, "web-search")
+    call, text = parts_of(first)
+    assert call["type"] == "tool-web_search"
+    assert call["providerExecuted"] is True
+    assert call["state"] == "output-available"
+    assert set(call["input"]) == {"query"}
+    assert call["output"][0]["type"] == "web_search_result"
+    assert call["resultProviderMetadata"] == {"anthropic": {"type": "web_search_tool_result"}}
+    assert text["type"] == "text"
+    assert "error" not in second
+    sent = fake.state.requests[1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    use, result, _ = sent[1]["content"]
+    assert use == {"type": "server_tool_use", "id": call["toolCallId"], "name": "web_search",
+                   "input": call["input"]}  # fmt: skip
+    assert result == {"type": "web_search_tool_result", "tool_use_id": call["toolCallId"],
+                      "content": call["output"]}  # fmt: skip
+    assert parts_of(second)[0]["type"] == "text"
+
+
 async def test_ai_sdk_sees_errors_and_refusals(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from sidecar.config import UiConfig
 from sidecar.errors import Rejection
+from sidecar.handlers.ui import client_part
 from sidecar.handlers.ui_request import parse_ui_request
+from sidecar.policy.claude_schema import collect_texts
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 TEXT_FILE = base64.b64encode("notes: ünïcode".encode()).decode()
@@ -268,6 +270,126 @@ def test_accepted_system_and_model_from_the_request() -> None:
     assert translated["messages"] == [{"role": "user", "content": [text("hi")]}]
 
 
+def signed(thought: str, signature: str = "c2ln") -> dict[str, Any]:
+    return {"type": "reasoning", "text": thought, "state": "done",
+            "providerMetadata": {"anthropic": {"signature": signature}}}  # fmt: skip
+
+
+def test_signed_thinking_goes_back_in_place_with_the_tool_call() -> None:
+    """Extended thinking with tools: Claude wants the turn's thinking blocks back unchanged
+    (signature, redacted data) before the tool_use; unsigned reasoning is dropped."""
+    redacted = {"type": "reasoning", "text": "",
+                "providerMetadata": {"anthropic": {"redactedData": "ZW5j"}}}  # fmt: skip
+    got = translate(body(
+        user(text("weather?")),
+        assistant({"type": "step-start"}, signed("plan"), redacted,
+                  {"type": "reasoning", "text": "unsigned"}, text("checking"),
+                  tool("output-available", output="sunny"),
+                  {"type": "step-start"}, signed("done", "c2ln2"), text("sunny")),
+    ), thinking_budget_tokens=1024)["messages"]  # fmt: skip
+    assert got == [
+        {"role": "user", "content": [text("weather?")]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "plan", "signature": "c2ln"},
+            {"type": "redacted_thinking", "data": "ZW5j"}, text("checking"), USE]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1",
+                                      "content": "sunny"}]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "done", "signature": "c2ln2"}, text("sunny")]},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, {}, {"anthropic": {}}, {"anthropic": {"signature": ""}}, {"openai": {"x": 1}},
+     {"anthropic": {"signature": 7}}, {"anthropic": "sig"}, "sig"],
+)  # fmt: skip
+def test_reasoning_claude_did_not_sign_is_dropped(metadata: Any) -> None:
+    part = {"type": "reasoning", "text": "hmm", "providerMetadata": metadata}
+    got = translate(body(user(text("hi")), assistant(part, text("hello"))))["messages"]
+    assert got[1] == {"role": "assistant", "content": [text("hello")]}
+
+
+def test_reasoning_in_a_user_message_is_never_thinking() -> None:
+    got = translate(body(user(signed("not mine"), text("hi"))))["messages"]
+    assert got == [{"role": "user", "content": [text("hi")]}]
+
+
+SERVER_RESULTS = ["web_search_tool_result", "web_fetch_tool_result",
+                  "code_execution_tool_result", "bash_code_execution_tool_result",
+                  "text_editor_code_execution_tool_result", "tool_search_tool_result"]  # fmt: skip
+
+
+def server(name: str, state: str = "output-available", **extra: Any) -> dict[str, Any]:
+    return {"type": f"tool-{name}", "toolCallId": "srv_1", "state": state,
+            "input": {"query": "x"}, "providerExecuted": True, **extra}  # fmt: skip
+
+
+@pytest.mark.parametrize("result_type", SERVER_RESULTS)
+def test_a_server_tool_goes_back_as_claudes_call_and_result(result_type: str) -> None:
+    output = [{"type": "web_search_result", "url": "https://a.example", "title": "A",
+               "encrypted_content": "ZW5j"}]  # fmt: skip
+    part = server("some_tool", output=output,
+                  resultProviderMetadata={"anthropic": {"type": result_type}})  # fmt: skip
+    got = translate(body(user(text("find")), assistant(part, text("found")), user(text("ok"))))
+    assert got["messages"][1] == {"role": "assistant", "content": [
+        {"type": "server_tool_use", "id": "srv_1", "name": "some_tool", "input": {"query": "x"}},
+        {"type": result_type, "tool_use_id": "srv_1", "content": output}, text("found")]}  # fmt: skip
+
+
+def test_a_server_tool_result_type_defaults_to_the_tools_name_and_keeps_its_error() -> None:
+    part = server("web_fetch", output={"type": "web_fetch_tool_result_error",
+                                       "error_code": "url_not_accessible"},
+                  resultProviderMetadata={"anthropic": {"isError": True}})  # fmt: skip
+    (_, (use, result)) = _assistant_blocks(part)
+    assert use["type"] == "server_tool_use"
+    assert result == {"type": "web_fetch_tool_result", "tool_use_id": "srv_1", "is_error": True,
+                      "content": {"type": "web_fetch_tool_result_error",
+                                  "error_code": "url_not_accessible"}}  # fmt: skip
+
+
+def test_an_mcp_call_goes_back_with_its_server_and_mcp_tool_result() -> None:
+    part = server("search_docs", output=[text("result")],
+                  callProviderMetadata={"anthropic": {"type": "mcp_tool_use",
+                                                      "serverName": "docs"}},
+                  resultProviderMetadata={"anthropic": {"type": "mcp_tool_result"}})  # fmt: skip
+    (_, blocks) = _assistant_blocks(part)
+    assert blocks == [
+        {"type": "mcp_tool_use", "id": "srv_1", "name": "search_docs", "server_name": "docs",
+         "input": {"query": "x"}},
+        {"type": "mcp_tool_result", "tool_use_id": "srv_1", "content": [text("result")]},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("state", ["input-streaming", "input-available", "output-error"])
+def test_a_server_tool_without_its_result_is_dropped_never_a_client_tool_use(state: str) -> None:
+    got = translate(body(user(text("find")), assistant(server("web_search", state), text("hm")),
+                         user(text("ok"))))["messages"]  # fmt: skip
+    assert got[1] == {"role": "assistant", "content": [text("hm")]}
+    assert all(block["type"] != "tool_use" for m in got for block in m["content"])
+
+
+def _assistant_blocks(part: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    got = translate(body(user(text("find")), assistant(part)))["messages"]
+    return got[1]["role"], got[1]["content"]
+
+
+def test_the_translated_history_is_screened_by_the_schema_tables() -> None:
+    """Thinking text is read; signatures, redacted data and encrypted results are opaque;
+    every block the route sends back is a type the screener knows."""
+    output = [{"type": "web_search_result", "url": "https://a.example", "title": "Title",
+               "encrypted_content": "ENCRYPTED"}]  # fmt: skip
+    fields = body(user(text("find")), assistant(
+        signed("my thought", "SIGNATURE"),
+        {"type": "reasoning", "text": "", "providerMetadata": {"anthropic": {"redactedData": "RED"}}},
+        server("web_search", output=output,
+               resultProviderMetadata={"anthropic": {"type": "web_search_tool_result"}}),
+        text("found")))  # fmt: skip
+    collected = collect_texts(client_part(translate(fields)), unknown="refuse")
+    assert {"my thought", "Title", "https://a.example", "found"} <= set(collected.texts)
+    assert not {"SIGNATURE", "RED", "ENCRYPTED"} & set(collected.texts)
+
+
 REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("no id", {"messages": [user(text("hi"))]}, "id must be the chat id"),
     ("long id", body(user(text("hi")), id="x" * 201), "id must be the chat id"),
@@ -300,6 +422,18 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("file URL scheme", body(user({"type": "file", "mediaType": "image/png",
                                    "url": "file:///etc/passwd"})), "data: or http(s) URL"),
     ("nothing to send", body(user(text(""))), "no text, file or tool content"),
+    ("server result spelled as a client one",
+     body(user(text("x")), assistant(server("web_search", output="x",
+          resultProviderMetadata={"anthropic": {"type": "tool_result"}}))),
+     "not a server tool result block type"),
+    ("server result of an mcp type for a server call",
+     body(user(text("x")), assistant(server("web_search", output="x",
+          resultProviderMetadata={"anthropic": {"type": "mcp_tool_result"}}))),
+     "not a server tool result block type"),
+    ("mcp call without its server",
+     body(user(text("x")), assistant(server("q", output="x",
+          callProviderMetadata={"anthropic": {"type": "mcp_tool_use"}}))),
+     "serverName must be a string"),
 ]  # fmt: skip
 
 
@@ -339,7 +473,9 @@ PART = st.fixed_dictionaries(
     {"type": st.sampled_from(PART_TYPES) | JSON},
     optional={key: JSON | st.sampled_from(["output-available", "input-available", "image/png"])
               for key in ("text", "state", "input", "output", "errorText", "toolCallId",
-                          "toolName", "mediaType", "url", "filename")},
+                          "toolName", "mediaType", "url", "filename", "providerExecuted",
+                          "providerMetadata", "callProviderMetadata",
+                          "resultProviderMetadata")},
 )  # fmt: skip
 MESSAGE = st.fixed_dictionaries(
     {}, optional={"id": JSON, "role": st.sampled_from(["user", "assistant", "system"]) | JSON,

@@ -94,6 +94,8 @@ def test_reasoning_then_text_then_a_tool_call() -> None:
     assert got == [*HEAD,
                    {"type": "reasoning-start", "id": "0"},
                    {"type": "reasoning-delta", "id": "0", "delta": "plan"},
+                   {"type": "reasoning-delta", "id": "0", "delta": "",
+                    "providerMetadata": {"anthropic": {"signature": "sig"}}},
                    {"type": "reasoning-end", "id": "0"},
                    {"type": "text-start", "id": "1"},
                    {"type": "text-delta", "id": "1", "delta": "ok"},
@@ -210,6 +212,65 @@ def test_finish_closes_blocks_left_open() -> None:
 )  # fmt: skip
 def test_finish_reasons(stop_reason: str | None, reason: str) -> None:
     assert finish_reason(stop_reason) == reason
+
+
+def test_redacted_thinking_is_a_reasoning_part_carrying_its_data() -> None:
+    got = run([MESSAGE_START, start(0, {"type": "redacted_thinking", "data": "ZW5j"}), stop(0),
+               start(1, {"type": "thinking", "thinking": ""}),
+               delta(1, "signature_delta", "signature", "c2ln", compact=False), stop(1)])  # fmt: skip
+    assert got == [*HEAD,
+                   {"type": "reasoning-start", "id": "0",
+                    "providerMetadata": {"anthropic": {"redactedData": "ZW5j"}}},
+                   {"type": "reasoning-end", "id": "0"},
+                   {"type": "reasoning-start", "id": "1"},
+                   {"type": "reasoning-delta", "id": "1", "delta": "",
+                    "providerMetadata": {"anthropic": {"signature": "c2ln"}}},
+                   {"type": "reasoning-end", "id": "1"}, *tail("stop")]  # fmt: skip
+
+
+SERVER_RESULTS = ["web_search_tool_result", "web_fetch_tool_result",
+                  "code_execution_tool_result", "bash_code_execution_tool_result",
+                  "text_editor_code_execution_tool_result", "tool_search_tool_result"]  # fmt: skip
+
+
+@pytest.mark.parametrize("result_type", SERVER_RESULTS)
+def test_a_server_tools_result_is_its_provider_executed_output(result_type: str) -> None:
+    content = [{"type": "web_search_result", "url": "https://a.example", "title": "A",
+                "encrypted_content": "ZW5j", "page_age": None}]  # fmt: skip
+    got = run([MESSAGE_START,
+               start(0, {"type": "server_tool_use", "id": "srv_1", "name": "web_search",
+                         "input": {}}),
+               delta(0, "input_json_delta", "partial_json", '{"query": "x"}'), stop(0),
+               start(1, {"type": result_type, "tool_use_id": "srv_1", "content": content}),
+               stop(1),
+               start(2, {"type": result_type, "tool_use_id": "srv_other", "content": []}),
+               stop(2)])  # fmt: skip
+    assert got == [*HEAD,
+                   {"type": "tool-input-start", "toolCallId": "srv_1", "toolName": "web_search",
+                    "providerExecuted": True},
+                   {"type": "tool-input-delta", "toolCallId": "srv_1",
+                    "inputTextDelta": '{"query": "x"}'},
+                   {"type": "tool-input-available", "toolCallId": "srv_1",
+                    "toolName": "web_search", "input": {"query": "x"}, "providerExecuted": True},
+                   {"type": "tool-output-available", "toolCallId": "srv_1", "output": content,
+                    "providerExecuted": True,
+                    "providerMetadata": {"anthropic": {"type": result_type}}},
+                   # a result of no call of this stream: the client would throw on it
+                   *tail("stop")]  # fmt: skip
+
+
+def test_an_mcp_call_carries_its_server_and_its_error_result() -> None:
+    got = run([start(0, {"type": "mcp_tool_use", "id": "mcp_1", "name": "lookup",
+                         "server_name": "docs", "input": {}}), stop(0),
+               start(1, {"type": "mcp_tool_result", "tool_use_id": "mcp_1", "is_error": True,
+                         "content": [{"type": "text", "text": "no"}]}), stop(1)])  # fmt: skip
+    assert got[0] == {"type": "tool-input-start", "toolCallId": "mcp_1", "toolName": "lookup",
+                      "providerExecuted": True, "providerMetadata": {"anthropic": {
+                          "type": "mcp_tool_use", "serverName": "docs"}}}  # fmt: skip
+    assert got[2] == {"type": "tool-output-available", "toolCallId": "mcp_1",
+                      "output": [{"type": "text", "text": "no"}], "providerExecuted": True,
+                      "providerMetadata": {"anthropic": {"type": "mcp_tool_result",
+                                                         "isError": True}}}  # fmt: skip
 
 
 def test_unknown_events_and_blocks_are_ignored() -> None:

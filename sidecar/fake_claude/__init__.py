@@ -6,6 +6,10 @@ Routes: `POST /v1/messages` (streaming or not), `POST /v1/messages/count_tokens`
 stalls); anything else is a 404 `not_found_error`. Every response carries `request-id`; errors use Anthropic's JSON
 `{"type":"error","error":{"type":..,"message":..},"request_id":"req_.."}`.
 
+Requests are refused (400) as the API refuses them for what `history` checks: a server
+tool call without its result, a thinking block with a wrong signature, a tool round trip
+under extended thinking whose assistant turn lost its thinking block.
+
 Output is deterministic: words picked by a hash of the last user message's text, one
 word per text delta (one delta ≈ one output token). Input tokens ≈ ceil(chars / 4) of
 the system prompt and all messages.
@@ -17,7 +21,8 @@ headers win over the directive, which wins over the process settings:
     [[fake fault=overloaded retry_after=2 tokens=50 tps=100 ttft_ms=10 content=tool_use]]
 
 - `tokens` (text deltas), `tps` (deltas per second, 0 = unpaced), `ttft_ms`
-  (pause after message_start), `content` = text | tool_use | thinking.
+  (pause after message_start), `content` = text | tool_use | thinking | web_search
+  (a request with `thinking` enabled gets a signed thinking block first, as from the API).
 - `fault` = rate_limit (429) | overloaded (529) | server_error (500) | bad_request (400)
   | auth (401) | midstream_error (200, `after` deltas, then `event: error` overloaded)
   | stall (message_start, then silence until the client leaves) | stall_before_start

@@ -42,10 +42,9 @@ MIDSTREAM_ERROR = (
 class Block:
     """One content block: its `content_block_start` body and one piece per delta."""
 
-    kind: str  # text | thinking | tool_use
+    kind: str  # text | thinking | tool_use | server_tool_use | web_search_tool_result
     start: dict[str, Any]
-    pieces: list[str]
-    signature: str = ""  # thinking only
+    pieces: list[str]  # none for a result block (whole in its start event)
 
 
 @dataclass(slots=True)
@@ -107,6 +106,18 @@ def words_for(seed_text: str, count: int) -> list[str]:
     ]
 
 
+def sign(thinking: str) -> str:
+    """The fake's signature of a thinking text (checked when it comes back, as the API does)."""
+    return base64.b64encode(
+        hashlib.sha256(b"fake-thinking\0" + thinking.encode()).digest()
+    ).decode()
+
+
+def thinking_enabled(body: Mapping[str, Any]) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") == "enabled"
+
+
 def plan_reply(body: Mapping[str, Any], knobs: Knobs, model: str | None) -> Reply:
     """The blocks for a valid request, cut at `max_tokens` deltas like the real API."""
     prompt = last_user_text(body)
@@ -115,11 +126,12 @@ def plan_reply(body: Mapping[str, Any], knobs: Knobs, model: str | None) -> Repl
         model=model or str(body["model"]),
         input_tokens=estimate_input_tokens(body),
     )
-    if knobs.content == "thinking":
+    if knobs.content == "thinking" or thinking_enabled(body):  # the API thinks first
         thoughts = words_for("thinking\0" + prompt, max(1, min(16, knobs.tokens // 2)))
-        signature = base64.b64encode(hashlib.sha256("".join(thoughts).encode()).digest()).decode()
         start = {"type": "thinking", "thinking": "", "signature": ""}
-        reply.blocks.append(Block("thinking", start, thoughts, signature))
+        reply.blocks.append(Block("thinking", start, thoughts))
+    if knobs.content == "web_search":
+        reply.blocks.extend(_web_search_blocks(body, prompt))
     reply.blocks.append(
         Block("text", {"type": "text", "text": ""}, words_for(prompt, knobs.tokens))
     )
@@ -151,6 +163,25 @@ def _tool_block(body: Mapping[str, Any], prompt: str) -> Block:
         "input": {},
     }
     return Block("tool_use", start, pieces)
+
+
+def _web_search_blocks(body: Mapping[str, Any], prompt: str) -> list[Block]:
+    """A server tool call Claude runs itself, and its result block (no deltas), as the API
+    streams a web search."""
+    tools = body.get("tools")
+    names = [str(tool.get("name", "web_search")) for tool in tools or []
+             if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search_")]  # fmt: skip
+    call_id = "srvtoolu_" + secrets.token_hex(12)
+    query = " ".join(word.strip() for word in words_for("search\0" + prompt, 3))
+    text = json.dumps({"query": query})
+    pieces = [text[i : i + _TOOL_JSON_PIECE] for i in range(0, len(text), _TOOL_JSON_PIECE)]
+    start = {"type": "server_tool_use", "id": call_id,
+             "name": names[0] if names else "web_search", "input": {}}  # fmt: skip
+    found = [{"type": "web_search_result", "url": f"https://example.com/{word.strip()}",
+              "title": word.strip().title(), "page_age": None,
+              "encrypted_content": sign(word)} for word in words_for("result\0" + prompt, 2)]  # fmt: skip
+    result = {"type": "web_search_tool_result", "tool_use_id": call_id, "content": found}
+    return [Block("server_tool_use", start, pieces), Block("web_search_tool_result", result, [])]
 
 
 def _cut_to_budget(blocks: list[Block], budget: int) -> bool:
@@ -191,8 +222,10 @@ def message_json(reply: Reply) -> dict[str, Any]:
 def _final_block(block: Block) -> dict[str, Any]:
     joined = "".join(block.pieces)
     if block.kind == "thinking":
-        return {"type": "thinking", "thinking": joined, "signature": block.signature}
-    if block.kind == "tool_use":
+        return {"type": "thinking", "thinking": joined, "signature": sign(joined)}
+    if block.kind == "web_search_tool_result":
+        return block.start
+    if block.kind in ("tool_use", "server_tool_use"):
         try:
             arguments = json.loads(joined)
         except ValueError:  # cut short by max_tokens
@@ -232,7 +265,8 @@ def encode_events(reply: Reply, *, stamp: bool = False) -> list[Event]:
 
 
 _DELTA_TYPES = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking"),
-                "tool_use": ("input_json_delta", "partial_json")}  # fmt: skip
+                "tool_use": ("input_json_delta", "partial_json"),
+                "server_tool_use": ("input_json_delta", "partial_json")}  # fmt: skip
 
 
 def _delta_prefix(index: int, delta_type: str, field_name: str) -> bytes:
@@ -243,6 +277,8 @@ def _delta_prefix(index: int, delta_type: str, field_name: str) -> bytes:
 
 
 def _block_deltas(index: int, block: Block, stamp: bool) -> list[Event]:
+    if block.kind not in _DELTA_TYPES:  # a result block: whole in its start event
+        return []
     prefix = _delta_prefix(index, *_DELTA_TYPES[block.kind])
     if stamp and block.kind == "text":
         return [("content_block_delta", prefix, STAMPED) for _ in block.pieces]
@@ -251,7 +287,7 @@ def _block_deltas(index: int, block: Block, stamp: bool) -> list[Event]:
         for piece in block.pieces
     ]
     if block.kind == "thinking":
-        signature = {"type": "signature_delta", "signature": block.signature}
+        signature = {"type": "signature_delta", "signature": sign("".join(block.pieces))}
         data = {"type": "content_block_delta", "index": index, "delta": signature}
         events.append(("content_block_delta", encode("content_block_delta", data), PLAIN))
     return events

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.fake_claude.history import history_error
 from sidecar.fake_claude.knobs import (
     ERROR_FAULTS,
     FakeSettings,
@@ -188,6 +189,9 @@ def _validate(body: Mapping[str, Any], counting: bool) -> None:
             raise invalid(f"messages.{index}.role: Input should be 'user' or 'assistant'")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise invalid("stream: Input should be a valid boolean")
+    error = history_error(body)
+    if error is not None:
+        raise invalid(error)
 
 
 def _knobs(request: web.Request, body: Mapping[str, Any], settings: FakeSettings) -> Knobs:

@@ -10,7 +10,15 @@ Pure functions, no I/O. The body `DefaultChatTransport` posts is
 | `file` with `application/pdf` | `document` block (the file name is not sent) |
 | `file` with a `text/*` data URL | `text` block `<file name>:\n<content>`, screened like any text |
 | `tool-<name>` / `dynamic-tool` with its input | `tool_use` in the assistant turn, and when it has an output or an error, a `tool_result` in the user turn right after it |
-| `reasoning`, `step-start`, `source-*`, `data-*` | dropped (display only; Claude needs signed thinking) |
+| a tool part with `providerExecuted: true` and its output (a server tool Claude ran) | `server_tool_use` (`mcp_tool_use` when its `callProviderMetadata.anthropic.type` says so, with its `serverName`) and its result block, both in the assistant turn; the result's type is `resultProviderMetadata.anthropic.type` (else `<tool name>_tool_result`), the output its `content` |
+| a provider-executed tool part without an output | dropped (Claude refuses a server call with no result; its own text stays) |
+| `reasoning` of an assistant message with `providerMetadata.anthropic.signature` | `thinking` block (text and signature), in place |
+| `reasoning` with `providerMetadata.anthropic.redactedData` | `redacted_thinking` block (its data), in place |
+| other `reasoning`, `step-start`, `source-*`, `data-*` | dropped (display only; Claude refuses unsigned thinking) |
+
+With extended thinking and tools, Claude requires the thinking blocks of the turn that
+called a tool back unchanged: `ui_stream` gives the reasoning parts the signature (or the
+redacted data) as the AI SDK's Anthropic provider does, and the client sends them back.
 
 Fields the transport adds from `useChat({body})` (app-specific) are ignored: they never
 reach Claude. `system` and `model` are honoured only when the config accepts them.
@@ -21,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +43,9 @@ _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _TOOL_STATES_WITH_INPUT = frozenset({"input-available", "output-available", "output-error",
                                      "approval-requested", "approval-responded", "output-denied"})  # fmt: skip
 _MAX_ID = 200  # chat and message ids are echoed in logs and URLs: bounded
+# A server tool's result block type (`web_search_tool_result`, `mcp_tool_result`…); never a
+# client `tool_result`, which the pattern cannot spell.
+_SERVER_RESULT = re.compile(r"[a-z][a-z0-9_]{0,40}_tool_result")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,23 +147,30 @@ def _turns(role: str, parts: list[Any], i: int) -> list[tuple[str, list[dict[str
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise bad_request(f"{where} must be an object with a type")
         kind = part["type"]
+        blocks: list[dict[str, Any]]
         if kind.startswith("tool-") or kind == "dynamic-tool":
             if role != "assistant":
                 raise bad_request(f"{where}: tool parts belong to assistant messages")
-            use, result = _tool(part, kind, where)
-            if use is None:
+            if part.get("providerExecuted") is True:  # Claude ran it: its call and result
+                blocks = _server_tool(part, kind, where)
+            else:
+                use, result = _tool(part, kind, where)
+                if use is not None:
+                    own.append(use)
+                if result is not None:
+                    results.append(result)
                 continue
-            own.append(use)
-            if result is not None:
-                results.append(result)
-            continue
-        block = _block(part, kind, role, where)
-        if block is None:
+        elif kind == "reasoning":
+            blocks = _thinking(part, where) if role == "assistant" else []
+        else:
+            block = _block(part, kind, role, where)
+            blocks = [] if block is None else [block]
+        if not blocks:
             continue
         if results:  # a new step after tool results: close this turn and its results first
             turns.extend([(role, own), ("user", results)])
             own, results = [], []
-        own.append(block)
+        own.extend(blocks)
     if own:
         turns.append((role, own))
     if results:
@@ -167,7 +186,7 @@ def _block(part: dict[str, Any], kind: str, role: str, where: str) -> dict[str, 
         if role != "user":
             raise bad_request(f"{where}: files are accepted in user messages only")
         return _file(part, where)
-    if kind in ("reasoning", "step-start", "source-url", "source-document", "reasoning-file"):
+    if kind in ("step-start", "source-url", "source-document", "reasoning-file"):
         return None
     if kind.startswith("data-") or kind == "custom":
         return None
@@ -211,6 +230,61 @@ def _file(part: dict[str, Any], where: str) -> dict[str, Any]:
     else:
         raise bad_request(f"{where}.url must be a data: or http(s) URL")
     return block
+
+
+def _thinking(part: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """A reasoning part Claude signed as its thinking block; none for one it did not."""
+    anthropic = _anthropic(part.get("providerMetadata"))
+    signature = anthropic.get("signature")
+    if isinstance(signature, str) and signature:
+        text = _string(part, "text", where)
+        return [{"type": "thinking", "thinking": text, "signature": signature}]
+    data = anthropic.get("redactedData")
+    if isinstance(data, str) and data:
+        return [{"type": "redacted_thinking", "data": data}]
+    return []
+
+
+def _server_tool(part: dict[str, Any], kind: str, where: str) -> list[dict[str, Any]]:
+    """A provider-executed tool part as Claude's own call and its result block; nothing
+    without a result (only Claude can give one, and it refuses a call left without)."""
+    if part.get("state") != "output-available":
+        return []
+    call_id = _string(part, "toolCallId", where)
+    name = kind[5:] if kind != "dynamic-tool" else _string(part, "toolName", where)
+    if not name:
+        raise bad_request(f"{where}: the tool needs a name")
+    tool_input = part.get("input")
+    if not isinstance(tool_input, dict):
+        tool_input = {}
+    call = _anthropic(part.get("callProviderMetadata"))
+    result_meta = _anthropic(part.get("resultProviderMetadata"))
+    use: dict[str, Any]
+    if call.get("type") == "mcp_tool_use":
+        server = call.get("serverName")
+        if not isinstance(server, str) or not server:
+            raise bad_request(f"{where}.callProviderMetadata.anthropic.serverName must be a string")
+        use = {"type": "mcp_tool_use", "id": call_id, "name": name, "server_name": server,
+               "input": tool_input}  # fmt: skip
+        result_type = "mcp_tool_result"
+    else:
+        use = {"type": "server_tool_use", "id": call_id, "name": name, "input": tool_input}
+        given = result_meta.get("type")
+        result_type = given if isinstance(given, str) else f"{name}_tool_result"
+        if not _SERVER_RESULT.fullmatch(result_type) or result_type == "mcp_tool_result":
+            raise bad_request(f"{where}.resultProviderMetadata.anthropic.type: "
+                              "not a server tool result block type")  # fmt: skip
+    result: dict[str, Any] = {"type": result_type, "tool_use_id": call_id,
+                              "content": part.get("output")}  # fmt: skip
+    if result_meta.get("isError") is True:
+        result["is_error"] = True
+    return [use, result]
+
+
+def _anthropic(metadata: object) -> dict[str, Any]:
+    """The `anthropic` entry of a part's provider metadata ({} when absent)."""
+    entry = metadata.get("anthropic") if isinstance(metadata, dict) else None
+    return entry if isinstance(entry, dict) else {}
 
 
 def _tool(

@@ -6,11 +6,26 @@ parser skips). A turn reads:
 
     start → start-step → (text-start, text-delta…, text-end | reasoning-start,
     reasoning-delta…, reasoning-end | tool-input-start, tool-input-delta…,
-    tool-input-available)… → finish-step → finish {finishReason} → [DONE]
+    tool-input-available [→ tool-output-available])… → finish-step → finish {finishReason}
+    → [DONE]
 
 and a failure after the first byte is `error {errorText}` then `[DONE]`. A resumable
 stream's chunks (`[DONE]` too) each carry `id: <stream id>:<n>`. Part ids are the
 content block's index (`"0"`, `"1"`…), unique within the message as the SDK requires.
+
+What Claude needs back on the next turn rides on the parts as the AI SDK's Anthropic
+provider carries it (`ui_request` reads it back):
+
+- a `thinking` block's `signature_delta` is a `reasoning-delta` with an empty delta and
+  `providerMetadata: {"anthropic": {"signature": …}}`; a `redacted_thinking` block is a
+  reasoning part with no text whose `reasoning-start` has `{"anthropic": {"redactedData":
+  …}}` (the client keeps the last metadata on the part);
+- a server tool (`server_tool_use`, `mcp_tool_use`) is provider-executed: its `tool-input-*`
+  chunks carry `providerExecuted: true` (an MCP call's `{"anthropic": {"type":
+  "mcp_tool_use", "serverName": …}}` too), and its result block (`web_search_tool_result`,
+  `code_execution_tool_result`, `mcp_tool_result`, any `*_tool_result` of a call of this
+  stream) is a `tool-output-available` with `providerExecuted: true`, the block's `content`
+  as the output and `{"anthropic": {"type": <block type>}}` (and `isError` when set).
 """
 
 from __future__ import annotations
@@ -47,6 +62,7 @@ _match_delta = deltas.DELTA.match
 _DELTA: Final = b"content_block_delta"
 _TEXT: Final = deltas.TEXT
 _TOOL_KINDS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+_MAX_SERVER_CALLS = 1024  # server call ids kept to match their results (bounded memory)
 _START: Final = b'data: {"type":"start"}\n\ndata: {"type":"start-step"}\n\n'
 
 
@@ -67,7 +83,7 @@ class UiTranslator(Translator):
     delta's written in its own format step, the others' added as they are made.
     """
 
-    __slots__ = ("_ended", "_log", "_open", "_tools")
+    __slots__ = ("_ended", "_log", "_open", "_server_calls", "_tools")
     passthrough = False
 
     def __init__(self, log: StreamLog | None = None) -> None:
@@ -76,6 +92,8 @@ class UiTranslator(Translator):
         # index → the tool call: id, name, server-run, its input so far, and its id as JSON
         # (encoded once, for every input delta's chunk)
         self._tools: dict[bytes, tuple[str, str, bool, list[str], bytes]] = {}
+        # the server tool calls of this stream: their result blocks become their output
+        self._server_calls: set[str] = set()
         self._ended = False
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
@@ -141,6 +159,13 @@ class UiTranslator(Translator):
         if kind == "thinking":
             self._open[index] = "reasoning"
             return chunk({"type": "reasoning-start", "id": index.decode()})
+        if kind == "redacted_thinking":
+            redacted = content.get("data")
+            if not isinstance(redacted, str):
+                return b""
+            self._open[index] = "reasoning"
+            return chunk({"type": "reasoning-start", "id": index.decode(),
+                          "providerMetadata": {"anthropic": {"redactedData": redacted}}})  # fmt: skip
         if kind in _TOOL_KINDS:
             call_id, tool = str(content.get("id", "")), str(content.get("name", ""))
             server = kind != "tool_use"
@@ -150,8 +175,27 @@ class UiTranslator(Translator):
                                      "toolName": tool}  # fmt: skip
             if server:
                 start["providerExecuted"] = True
+                if kind == "mcp_tool_use":
+                    start["providerMetadata"] = _mcp_call(content)
+                if len(self._server_calls) < _MAX_SERVER_CALLS:
+                    self._server_calls.add(call_id)
             return chunk(start)
+        if isinstance(kind, str) and kind.endswith("_tool_result"):
+            return self._server_result(kind, content)
         return b""
+
+    def _server_result(self, kind: str, content: dict[str, Any]) -> bytes:
+        """A server tool's result block (complete in its start event) as the call's output."""
+        call_id = content.get("tool_use_id")
+        if call_id not in self._server_calls:
+            return b""  # the client knows no such call: the SDK would throw on it
+        self._server_calls.discard(call_id)
+        meta: dict[str, Any] = {"type": kind}
+        if content.get("is_error") is True:
+            meta["isError"] = True
+        return chunk({"type": "tool-output-available", "toolCallId": call_id,
+                      "output": content.get("content"), "providerExecuted": True,
+                      "providerMetadata": {"anthropic": meta}})  # fmt: skip
 
     def _delta(self, data: dict[str, Any]) -> bytes:
         index = str(data.get("index", "")).encode()
@@ -169,6 +213,12 @@ class UiTranslator(Translator):
                     "delta": delta.get("thinking", ""),
                 }
             )
+        if kind == "signature_delta" and self._open.get(index) == "reasoning":
+            signature = delta.get("signature")
+            if not isinstance(signature, str):
+                return b""
+            return chunk({"type": "reasoning-delta", "id": index.decode(), "delta": "",
+                          "providerMetadata": {"anthropic": {"signature": signature}}})  # fmt: skip
         tool = self._tools.get(index)
         if kind == "input_json_delta" and tool is not None:
             piece = str(delta.get("partial_json", ""))
@@ -229,6 +279,13 @@ class UiTranslator(Translator):
             + chunk({"type": "finish", "finishReason": reason})
             + DONE
         )
+
+
+def _mcp_call(content: dict[str, Any]) -> dict[str, Any]:
+    """What an MCP call needs to be sent back as one: its block type and server name."""
+    return {
+        "anthropic": {"type": "mcp_tool_use", "serverName": str(content.get("server_name", ""))}
+    }
 
 
 def _data(block: bytes) -> dict[str, Any]:

@@ -101,6 +101,14 @@ try {
     }
     const two = await turn([...first, answered]);
     print({ turn: 2, ...two });
+  } else if (scenario === "web-search") {
+    // Claude runs a server tool (a web search) itself; the next turn sends the whole
+    // message back, the provider-executed part included.
+    const first = [userMessage("u1", "search please [[fake content=web_search]]")];
+    const one = await turn(first);
+    print({ turn: 1, ...one });
+    const two = await turn([...first, one.message, userMessage("u2", "thanks")]);
+    print({ turn: 2, ...two });
   } else if (scenario === "error") {
     const result = await turn([userMessage("u1", "fail [[fake fault=midstream_error]]")]);
     print({ turn: 1, ...result });
