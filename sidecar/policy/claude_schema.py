@@ -51,6 +51,7 @@ BLOCK_FIELDS: Final[Mapping[str, Mapping[str, Kind]]] = {
     "code_execution_tool_result": {"content": "strings"},
     "bash_code_execution_tool_result": {"content": "strings"},
     "text_editor_code_execution_tool_result": {"content": "strings"},
+    "tool_search_tool_result": {"content": "strings"},
     "thinking": {"thinking": "text", "signature": "opaque"},
     "redacted_thinking": {"data": "opaque"},  # encrypted by Claude: nothing to write into
     "container_upload": {"file_id": "opaque"},
