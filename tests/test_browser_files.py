@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 from pathlib import Path
 
 import aiohttp
@@ -37,7 +39,7 @@ async def test_the_module_is_public_code_served_before_any_route(
             assert head.status == 200
         async with http.post(sidecar.url + "/_sidecar/claude-stream.js") as post:
             assert post.status == 405
-            assert post.headers["Allow"] == "GET, HEAD"
+            assert post.headers["Allow"] == "GET, HEAD, OPTIONS"
         async with http.get(sidecar.url + "/_sidecar/nothing.js") as unknown:
             assert unknown.status == 404
             assert (await unknown.json())["error"]["type"] == "not_found"
@@ -83,3 +85,115 @@ async def test_a_reload_turns_the_demo_on(fake: FakeServer, tmp_path: Path) -> N
                 assert after.status == 200
     finally:
         await server.shutdown(grace=1.0)
+
+
+MODULE = "/_sidecar/claude-stream.js"
+
+
+async def test_a_preflight_for_the_module_passes_from_any_origin(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        asked = {
+            "Origin": "https://any.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "If-None-Match, x-trace, bad header",
+        }
+        async with http.options(sidecar.url + MODULE, headers=asked) as preflight:
+            assert preflight.status == 204
+            assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+            assert preflight.headers["Access-Control-Allow-Methods"] == "GET, HEAD, OPTIONS"
+            # The headers asked for, well-formed names only.
+            assert preflight.headers["Access-Control-Allow-Headers"] == "if-none-match, x-trace"
+            assert preflight.headers["Allow"] == "GET, HEAD, OPTIONS"
+            assert await preflight.read() == b""
+        async with http.options(sidecar.url + MODULE) as plain:
+            assert plain.status == 204
+            assert plain.headers["Allow"] == "GET, HEAD, OPTIONS"
+            assert plain.headers["Access-Control-Allow-Origin"] == "*"
+            assert "Access-Control-Allow-Headers" not in plain.headers
+        async with http.options(sidecar.url + "/_sidecar/nothing.js") as unknown:
+            assert unknown.status == 404
+    assert fake.state.counters["requests"] == 0
+
+
+async def test_the_demo_page_answers_options_without_opening_it_to_other_origins(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for({"browser": {"demo": True}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            asked = {"Origin": "https://any.example", "Access-Control-Request-Method": "GET"}
+            async with http.options(sidecar.url + "/_sidecar/demo", headers=asked) as preflight:
+                assert preflight.status == 204
+                assert preflight.headers["Allow"] == "GET, HEAD, OPTIONS"
+                assert "Access-Control-Allow-Origin" not in preflight.headers
+            async with http.get(sidecar.url + "/_sidecar/demo") as page:
+                assert "Access-Control-Allow-Origin" not in page.headers
+
+
+async def test_files_carry_validators_and_a_current_copy_gets_a_304(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for({"browser": {"demo": True}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            for path in (MODULE, "/_sidecar/claude-stream.d.ts", "/_sidecar/demo",
+                         "/_sidecar/demo.js"):  # fmt: skip
+                url = sidecar.url + path
+                async with http.get(url) as full:
+                    assert full.status == 200, path
+                    body = await full.read()
+                    etag = full.headers["ETag"]
+                    modified = full.headers["Last-Modified"]
+                    cache = full.headers["Cache-Control"]
+                    csp = full.headers.get("Content-Security-Policy")
+                # Strong, and the hash of the bytes served (the demo page as rendered).
+                assert etag == '"' + hashlib.sha256(body).hexdigest()[:32] + '"', path
+                assert email.utils.parsedate_to_datetime(modified).timestamp() > 0
+                async with http.get(url) as again:
+                    assert again.headers["ETag"] == etag  # computed once: the same every time
+                    assert again.headers["Last-Modified"] == modified
+                current = [
+                    {"If-None-Match": etag},
+                    {"If-None-Match": f'"other", W/{etag}'},  # a list; weak comparison
+                    {"If-None-Match": "*"},
+                    {"If-Modified-Since": modified},
+                ]
+                for conditional in current:
+                    for method in ("GET", "HEAD"):
+                        async with http.request(method, url, headers=conditional) as cached:
+                            assert cached.status == 304, (path, method, conditional)
+                            assert await cached.read() == b""
+                            assert cached.headers["ETag"] == etag
+                            assert cached.headers["Last-Modified"] == modified
+                            assert cached.headers["Cache-Control"] == cache
+                            assert cached.headers.get("Content-Security-Policy") == csp
+                stale = [
+                    {"If-None-Match": '"other"'},
+                    # If-None-Match decides alone when sent, even with a current date.
+                    {"If-None-Match": '"other"', "If-Modified-Since": modified},
+                    {"If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"},
+                    {"If-Modified-Since": "not a date"},
+                ]
+                for conditional in stale:
+                    async with http.get(url, headers=conditional) as fresh:
+                        assert fresh.status == 200, (path, conditional)
+                        assert await fresh.read() == body
+                async with http.head(url) as head:
+                    assert head.status == 200
+                    assert head.headers["ETag"] == etag
+                    assert await head.read() == b""
+
+
+async def test_the_module_keeps_its_cors_and_cache_headers_on_a_304(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + MODULE) as full:
+            etag = full.headers["ETag"]
+            assert full.headers["Access-Control-Expose-Headers"] == "ETag"
+        cached_headers = {"If-None-Match": etag, "Origin": "https://any.example"}
+        async with http.get(sidecar.url + MODULE, headers=cached_headers) as cached:
+            assert cached.status == 304
+            assert cached.headers["Access-Control-Allow-Origin"] == "*"
+            assert cached.headers["Cache-Control"] == "public, max-age=300"
+            assert cached.headers["X-Content-Type-Options"] == "nosniff"

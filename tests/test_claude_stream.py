@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,11 +32,15 @@ from tests.support.browser import (
     FaultyProxy,
     ResumeEmulator,
     page_server,
+    routing_proxy,
     run_url,
     running_emulator,
     skip_unless_engine,
 )
+from tests.support.redis_server import RedisServer
+from tests.support.resume import replica
 from tests.support.sidecars import SidecarFactory
+from tests.support.waiting import eventually, holds
 
 PROMPT = "/api/stream-response"
 NOT_RESUMABLE = "the sidecar does not make streams resumable (no Sidecar-Stream-Id header)"
@@ -376,12 +381,15 @@ def test_sse_parser_follows_the_rules_at_every_split() -> None:
     assert helpers == {"numbers": [7, 7, None, None, 2, None], "streams": ["s1", None, "s:1"]}
 
 
-async def test_a_resume_answered_503_is_retried_and_a_204_ends_the_stream(
-    sidecar_for: SidecarFactory,
+@pytest.mark.parametrize("gone_status", [204, 404])
+async def test_a_resume_answered_503_is_retried_and_a_gone_stream_ends_it(
+    gone_status: Literal[204, 404], sidecar_for: SidecarFactory
 ) -> None:
+    """503: a replica restarting, retried. 204 (a GET's answer) or the JSON 404
+    `resume_expired` (a POST's): the stream is gone, `resume_unavailable` at once."""
     skip_unless_engine("chromium")
     busy = ResumeEmulator("cut", failed_resumes=1)
-    gone = ResumeEmulator("cut", expired=True)
+    gone = ResumeEmulator("cut", expired=True, expired_status=gone_status)
     async with page_server() as origin, sidecar_for() as sidecar:
         options = {"body": {"prompt": "hello"}, "retryBaseMs": 50}
         async with running_emulator(busy) as url:
@@ -393,7 +401,118 @@ async def test_a_resume_answered_503_is_retried_and_a_204_ends_the_stream(
     assert [e["attempt"] for e in retried["events"] if e["type"] == "reconnecting"] == [1, 2]
     assert retried["state"] == "done"
     assert retried["text"] == busy.full_text
-    assert len(gone.resumed_from) == 1  # a 204 is final: no more attempts
-    assert expired["events"][-1]["error"]["type"] == "resume_unavailable"
+    assert len(gone.resumed_from) == 1  # final: no more attempts
+    error = expired["events"][-1]["error"]
+    assert (error["type"], error["status"]) == ("resume_unavailable", gone_status)
     assert expired["text"]
     assert gone.full_text.startswith(expired["text"])
+
+
+@pytest.mark.parametrize(
+    ("engine", "method"), [*((engine, "POST") for engine in ENGINES), ("chromium", "GET")]
+)
+async def test_a_replica_stopping_under_a_read_is_a_lost_connection_not_an_error(
+    engine: Engine, method: str, sidecar_for: SidecarFactory
+) -> None:
+    """`shutting_down` without an id: the replica serving the read stops, the stream goes
+    on elsewhere. The module resumes from its last event, as after a cut."""
+    skip_unless_engine(engine)
+    emulator = ResumeEmulator("shutdown")
+    options: dict[str, Any] = {"method": method, "retryBaseMs": 50}
+    target = ResumeEmulator.PATH
+    if method == "POST":
+        options["body"] = {"prompt": "hello"}
+    else:
+        target += "?prompt=hello"
+    async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
+        result = await run(engine, origin, sidecar.url, url=url + target, options=options)
+    reconnects = [e for e in result["events"] if e["type"] == "reconnecting"]
+    assert [(e["attempt"], e["reason"]) for e in reconnects] == [(1, "shutting_down")]
+    assert "error" not in kinds(result)
+    assert result["state"] == "done"
+    assert result["text"] == result["domText"] == emulator.full_text  # each word once
+    assert emulator.resumed_from == [f"s1:{emulator.fault_after}"]  # from its last event
+
+
+async def test_a_numbered_shutting_down_is_the_streams_end(sidecar_for: SidecarFactory) -> None:
+    """With an id, `shutting_down` is the stream's own final event (its generation was
+    stopped): nothing is left to read anywhere, so it is the stream's error."""
+    skip_unless_engine("chromium")
+    emulator = ResumeEmulator("final_shutdown")
+    async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
+        result = await run("chromium", origin, sidecar.url, url=url + emulator.PATH,
+                           options={"body": {"prompt": "hello"}, "retryBaseMs": 50})  # fmt: skip
+    assert kinds(result) == ["open", *["token"] * emulator.fault_after, "error"]
+    assert result["events"][-1]["error"]["type"] == "shutting_down"
+    assert result["state"] == "error"
+    assert emulator.resumed_from == []
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_stream_the_sidecar_no_longer_has_is_resume_unavailable(
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A POST resume of a stream the sidecar does not have is its JSON 404 `resume_expired`:
+    the module reports the documented `resume_unavailable`, with the status."""
+    skip_unless_engine(engine)
+    prompt = "resume me elsewhere [[fake tokens=40 tps=25]]"
+    async with (
+        page_server() as origin,
+        sidecar_for(config_for(origin, resume=GRACE)) as producer,
+        sidecar_for(config_for(origin)) as stranger,  # its own memory store: never saw it
+        routing_proxy(producer.port, [stranger.port]) as (proxy, url),
+    ):
+        expected, resumable = await reference(producer.url, prompt)
+        if not resumable:
+            pytest.skip(NOT_RESUMABLE)
+        result = await run(engine, origin, producer.url, url=url + PROMPT,
+                           options={"body": {"prompt": prompt}, "retryBaseMs": 50})  # fmt: skip
+    assert proxy.routed == [producer.port, stranger.port]  # the cut stream, one resume
+    assert kinds(result)[-2:] == ["reconnecting", "error"]
+    error = result["events"][-1]["error"]
+    assert (error["type"], error["status"]) == ("resume_unavailable", 404)
+    assert result["state"] == "error"
+    assert result["text"]
+    assert expected.startswith(result["text"])  # what arrived stays
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_read_on_a_replica_sent_sigterm_resumes_on_another(
+    engine: Engine, fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two replicas sharing Redis behind a load balancer. The stream starts on A and is cut;
+    the resume lands on B, which reads it from Redis; B is sent SIGTERM mid-read and ends
+    the read with `shutting_down` (no id); the module resumes again, on A, and ends with
+    the whole text, each token once, Claude called once for it."""
+    skip_unless_engine(engine)
+    prompt = "across replicas [[fake tokens=120 tps=30]]"
+    async with page_server() as origin:
+        cors = {"allow_origins": [origin]}
+        async with (
+            replica(tmp_path, "a", fake, redis_server, cors=cors) as (_, port_a, _),
+            replica(tmp_path, "b", fake, redis_server, cors=cors) as (process_b, port_b, _),
+            routing_proxy(port_a, [port_b, port_a]) as (proxy, url),
+        ):
+            a = f"http://127.0.0.1:{port_a}"
+            expected, resumable = await reference(a, prompt)
+            if not resumable:
+                pytest.skip(NOT_RESUMABLE)
+            page = asyncio.create_task(run(engine, origin, a, url=url + PROMPT,
+                options={"body": {"prompt": prompt}, "retryBaseMs": 100}))  # fmt: skip
+            # B is serving the resumed read: stop it (grace 1 s, then its readers end).
+            await eventually(
+                lambda: holds(len(proxy.forwarded) > 1 and proxy.forwarded[1] > 0), timeout=60
+            )
+            process_b.send_signal(signal.SIGTERM)
+            result = await page
+            assert await asyncio.to_thread(process_b.wait, 10) == 0
+    assert proxy.routed == [port_a, port_b, port_a]
+    reasons = [e["reason"] for e in result["events"] if e["type"] == "reconnecting"]
+    assert reasons[-1] == "shutting_down"
+    assert reasons[0] in ("closed", "network")  # the cut
+    assert len(reasons) == 2
+    assert "error" not in kinds(result)
+    assert result["state"] == "done"
+    assert kinds(result).count("token") == 120
+    assert result["text"] == result["domText"] == expected  # the whole text, no duplicates
+    assert fake.state.counters["requests"] == 2  # the reference and the page's stream

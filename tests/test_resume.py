@@ -8,12 +8,10 @@ stream read whole, byte for byte, Claude was called once and the tokens charged 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,8 @@ import pytest
 from sidecar.fake_claude import FakeServer
 from sidecar.stream.redis_store import keys, redis_client
 from tests.support.redis_server import RedisServer
-from tests.support.resume import ROUTE, cutting_proxy, sse_request, stream_ends
-from tests.support.sidecars import SidecarFactory, sidecar_process
+from tests.support.resume import ROUTE, cutting_proxy, replica, sse_request, stream_ends
+from tests.support.sidecars import SidecarFactory
 from tests.support.waiting import eventually, holds
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
@@ -221,27 +219,6 @@ def _sha(key: str) -> str:
 
 
 # ---------------------------------------------------------------------------- across replicas
-
-
-@contextlib.asynccontextmanager
-async def replica(
-    tmp_path: Path,
-    name: str,
-    fake: FakeServer,
-    redis: RedisServer,
-    claude: dict[str, Any] | None = None,
-    **resume: Any,
-) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    """A `sidecar run` process using the shared fake Claude and Redis resume store."""
-    config = {
-        "server": {"shutdown_grace_seconds": 1},
-        "claude": {"base_url": fake.url, "api_key": "sk-sidecar", **(claude or {})},
-        "resume": {"store": "redis", "redis_url": redis.url, "detach_grace_seconds": 10, **resume},
-        "telemetry": {"log_format": "json"},
-    }
-    async with sidecar_process(config, tmp_path, name=name) as running:
-        port = int(running.url.rsplit(":", 1)[1])
-        yield running.process, port, running.config_path
 
 
 def completed_lines(path: Path) -> list[str]:

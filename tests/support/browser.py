@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -283,10 +284,15 @@ class ResumeEmulator:
 
     `POST`/`GET <PATH>` starts stream `s1` (header `Sidecar-Stream-Id`, ids `s1:<n>`); a
     request with `Last-Event-ID` (header or `?last_event_id=`) resumes after n; an unknown
-    (or, with `expired`, any) id gets 204; the first `failed_resumes` resumes get 503; `DELETE <PATH>/s1` cancels. The first connection is cut (`fault="cut"`)
-    or goes silent (`fault="stall"`) after `fault_after` events. It checks the client
-    side of the protocol (claude-stream.js) against a known server, independent of the
-    sidecar's own implementation.
+    (or, with `expired`, any) id is gone: 204 to a GET, a JSON 404 `resume_expired` to a
+    POST, as the sidecar answers (`expired_status` forces one of them); the first
+    `failed_resumes` resumes get 503; `DELETE <PATH>/s1` cancels. After `fault_after`
+    events the first connection is cut (`fault="cut"`), goes silent (`"stall"`), ends with
+    `shutting_down` without an id (`"shutdown"`: the replica serving it stops, the stream
+    goes on elsewhere) or with a numbered `shutting_down` as its final event
+    (`"final_shutdown"`: the generation was stopped). It checks the client side of the
+    protocol (claude-stream.js) against a known server, independent of the sidecar's own
+    implementation.
     """
 
     PATH = "/api/stream-response"
@@ -294,16 +300,18 @@ class ResumeEmulator:
 
     def __init__(
         self,
-        fault: Literal["cut", "stall"],
+        fault: Literal["cut", "stall", "shutdown", "final_shutdown"],
         words: int = 30,
         fault_after: int = 8,
         *,
         failed_resumes: int = 0,
         expired: bool = False,
+        expired_status: Literal[204, 404] | None = None,
     ) -> None:
         self.fault = fault
         self.failed_resumes = failed_resumes  # resumes answered 503 first (a replica restarting)
-        self.expired = expired  # every resume answered 204 (the stream is gone)
+        self.expired = expired  # every resume answered as gone (the stream expired)
+        self.expired_status = expired_status
         self.words = [("" if i == 1 else " ") + f"w{i}" for i in range(1, words + 1)]
         self.fault_after = fault_after
         self.resumed_from: list[str] = []  # the Last-Event-ID of each resume
@@ -342,6 +350,14 @@ class ResumeEmulator:
         self.cancel_auth = request.headers.get("x-client-auth")
         return web.Response(status=204, headers=self._cors(request))
 
+    def _gone(self, request: web.Request) -> web.Response:
+        """The stream is unknown or expired: 204 to a GET, a JSON 404 to a POST."""
+        status = self.expired_status or (204 if request.method == "GET" else 404)
+        if status == 204:
+            return web.Response(status=204, headers=self._cors(request))
+        error = {"error": {"type": "resume_expired", "message": "no live stream with this id"}}
+        return web.json_response(error, status=404, headers=self._cors(request))
+
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         if request.method == "OPTIONS":
             return self._preflight(request)
@@ -350,10 +366,10 @@ class ResumeEmulator:
         if last is not None:
             stream, _, number = last.rpartition(":")
             if stream != self.STREAM or not number.isdigit():
-                return web.Response(status=204, headers=self._cors(request))
+                return self._gone(request)
             self.resumed_from.append(last)
             if self.expired:
-                return web.Response(status=204, headers=self._cors(request))
+                return self._gone(request)
             if self.failed_resumes:
                 self.failed_resumes -= 1
                 return web.Response(status=503, headers=self._cors(request))
@@ -370,6 +386,12 @@ class ResumeEmulator:
             if first and n > self.fault_after:
                 if self.fault == "stall":
                     await asyncio.sleep(3600)
+                if self.fault in ("shutdown", "final_shutdown"):
+                    numbered = f"id: {self.STREAM}:{n}\n" if self.fault == "final_shutdown" else ""
+                    error = {"error": {"type": "shutting_down",
+                                       "message": "the sidecar is shutting down"}}  # fmt: skip
+                    await response.write(f"{numbered}data: {json.dumps(error)}\n\n".encode())
+                    return response
                 assert request.transport is not None
                 request.transport.abort()
                 return response
@@ -388,3 +410,76 @@ async def running_emulator(emulator: ResumeEmulator) -> AsyncIterator[str]:
     """Serve `emulator` on a free port; yields its base URL."""
     async with serving(emulator.app, shutdown_timeout=0.1) as url:
         yield url
+
+
+class RoutingProxy:
+    """An HTTP proxy standing for the load balancer in front of several sidecars.
+
+    A request without `Last-Event-ID` (a new stream, a preflight) goes to `first`; the
+    n-th resume to `resumes[n - 1]` (the last one again after). The first stream's body is
+    cut after `cut_after_bytes` (the connection drops), so the client resumes.
+    `forwarded[i]` counts the body bytes of request i sent to the client, `routed[i]` its
+    target port; request 0 is the first stream, preflights are not counted.
+    """
+
+    HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
+                            "host", "upgrade", "te", "trailer"})  # fmt: skip
+
+    def __init__(self, first: int, resumes: list[int], cut_after_bytes: int) -> None:
+        self.first = first
+        self.resumes = resumes
+        self.cut_after_bytes = cut_after_bytes
+        self.forwarded: list[int] = []
+        self.routed: list[int] = []
+        self.resumed = 0
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{path:.*}", self._forward)
+
+    def _target(self, request: web.Request) -> int:
+        if "Last-Event-ID" not in request.headers and "last_event_id" not in request.query:
+            return self.first
+        self.resumed += 1
+        return self.resumes[min(self.resumed, len(self.resumes)) - 1]
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        port = self._target(request)
+        counted = request.method != "OPTIONS"
+        index = len(self.forwarded)
+        if counted:
+            self.forwarded.append(0)
+            self.routed.append(port)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in self.HOP_BY_HOP}
+        url = f"http://127.0.0.1:{port}{request.rel_url}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with aiohttp.ClientSession(auto_decompress=False, timeout=timeout) as http:
+            async with http.request(
+                request.method, url, headers=headers, data=await request.read(),
+                allow_redirects=False,
+            ) as upstream:  # fmt: skip
+                out = {k: v for k, v in upstream.headers.items()
+                       if k.lower() not in self.HOP_BY_HOP}  # fmt: skip
+                response = web.StreamResponse(status=upstream.status, headers=out)
+                await response.prepare(request)
+                cut = counted and index == 0
+                async for chunk in upstream.content.iter_any():
+                    if cut and self.forwarded[0] + len(chunk) > self.cut_after_bytes:
+                        await response.write(chunk[: self.cut_after_bytes - self.forwarded[0]])
+                        self.forwarded[0] = self.cut_after_bytes
+                        assert request.transport is not None
+                        request.transport.abort()  # the client's connection drops mid-stream
+                        return response
+                    await response.write(chunk)
+                    if counted:
+                        self.forwarded[index] += len(chunk)
+                await response.write_eof()
+                return response
+
+
+@contextlib.asynccontextmanager
+async def routing_proxy(
+    first: int, resumes: list[int], cut_after_bytes: int = 400
+) -> AsyncIterator[tuple[RoutingProxy, str]]:
+    """Serve a `RoutingProxy` on a free port; yields it and its base URL."""
+    proxy = RoutingProxy(first, resumes, cut_after_bytes)
+    async with serving(proxy.app, shutdown_timeout=0.1) as url:
+        yield proxy, url

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+
+from sidecar.fake_claude import FakeServer
+from tests.support.redis_server import RedisServer
+from tests.support.sidecars import sidecar_process
 
 ROUTE = "/api/stream-response"
 
@@ -210,3 +216,28 @@ def stream_ends(caplog: pytest.LogCaptureFixture) -> list[str]:
         for r in caplog.records
         if getattr(r, "event", None) in ("stream_complete", "stream_error")
     ]
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    tmp_path: Path,
+    name: str,
+    fake: FakeServer,
+    redis: RedisServer,
+    claude: dict[str, Any] | None = None,
+    cors: dict[str, Any] | None = None,
+    **resume: Any,
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """A `sidecar run` process using the shared fake Claude and Redis resume store
+    (shutdown grace 1 s): its process, port and config path."""
+    config = {
+        "server": {"shutdown_grace_seconds": 1},
+        "claude": {"base_url": fake.url, "api_key": "sk-sidecar", **(claude or {})},
+        "resume": {"store": "redis", "redis_url": redis.url, "detach_grace_seconds": 10, **resume},
+        "telemetry": {"log_format": "json"},
+    }
+    if cors is not None:
+        config["cors"] = cors
+    async with sidecar_process(config, tmp_path, name=name) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        yield running.process, port, running.config_path

@@ -25,7 +25,7 @@ export type StreamEvent =
   | { type: "thinking"; text: string }
   | { type: "tool_use"; id: string; name: string }
   | { type: "tool_input"; json: string }
-  | { type: "reconnecting"; attempt: number; delayMs: number; reason: "idle" | "network" | "closed" | "refused" }
+  | { type: "reconnecting"; attempt: number; delayMs: number; reason: "idle" | "network" | "closed" | "refused" | "shutting_down" }
   | { type: "done"; usage: Usage | null; stopReason: string | null }
   | { type: "error"; error: ClaudeStreamError }
   | { type: "aborted" };

@@ -7,9 +7,10 @@
 //
 // Recovery: a 30 s idle watchdog (any bytes, heartbeats included, count as life) and, when
 // the server makes its streams resumable (it sends `Sidecar-Stream-Id` and ids
-// `<stream id>:<n>`), automatic resume with Last-Event-ID, backoff and a retry limit. Events
-// are applied once by their number, so a resumed stream never repeats text. `abort()`
-// cancels the generation (DELETE <url>/<stream id>); a lost connection does not.
+// `<stream id>:<n>`), automatic resume with Last-Event-ID, backoff and a retry limit, also
+// when the replica serving the stream stops (`shutting_down` without an id). Events are
+// applied once by their number, so a resumed stream never repeats text. `abort()` cancels
+// the generation (DELETE <url>/<stream id>); a lost connection does not.
 
 const DEFAULTS = {
   method: "POST", idleTimeoutMs: 30000, maxRetries: 5, retryBaseMs: 500, retryMaxMs: 8000,
@@ -183,7 +184,15 @@ export class ClaudeStream {
       return this._fail(new ClaudeStreamError("connection_error", "the stream could not be opened (refused by CORS, offline or unreachable)"));
     }
     if (this._connection !== connection) return;
-    if (resuming && response.status === 204) return this._fail(new ClaudeStreamError("resume_unavailable", "the answer can no longer be resumed", { status: 204 }));
+    // The stream is gone (expired, finished, cancelled or unknown here): a GET's answer is
+    // 204, a POST's a JSON 404 `resume_expired`. Both are the one documented type.
+    if (resuming && (response.status === 204 || response.status === 404)) {
+      const text = response.status === 404 ? await response.text().catch(() => "") : "";
+      if (this._connection !== connection) return;
+      const { message, requestId } = errorFromBody(response.status, text, response.headers);
+      return this._fail(new ClaudeStreamError("resume_unavailable", text ? message : "the answer can no longer be resumed",
+                                              { status: response.status, requestId }));
+    }
     if (resuming && (response.status >= 500 || response.status === 429 || response.status === 408)) {
       return this._lost("refused"); // a replica restarting or busy: the stream may still be there
     }
@@ -205,6 +214,7 @@ export class ClaudeStream {
         for (const message of parser.feed(decoder.decode(value, { stream: true }))) {
           this._message(message.ownId ? message.id : "", message.data);
           if (this._over()) { controller.abort(); return; }
+          if (this._connection !== connection) return; // the message ended this connection
         }
       }
     } catch (_) {
@@ -259,20 +269,26 @@ export class ClaudeStream {
     if (ms > 0 && !this._over()) this._timer = setTimeout(() => this._lost("idle"), ms);
   }
 
+  /** Whether a lost connection can be resumed: the server sent a stream id, and the events
+   * so far (if any) had ids `<stream id>:<n>`. */
+  _resumable() {
+    return Boolean(this.streamId) && (!this.lastEventId || streamIdOf(this.lastEventId) !== null);
+  }
+
   /** The connection ended before `done`: resume when the stream is resumable, else fail. */
   _lost(reason) {
     if (this._over()) return;
     this._close();
-    // Cut before the first event: the stream id came with the headers, and event 0 is
-    // "nothing yet", so the whole stream can still be read.
-    if (this.streamId && !this.lastEventId) this.lastEventId = this.streamId + ":0";
-    if (!this.streamId || !this.lastEventId || streamIdOf(this.lastEventId) === null) {
+    if (!this._resumable()) {
       const message = reason === "idle" ? "no data for " + this.options.idleTimeoutMs / 1000 + " s" : "the connection was lost";
       return this._fail(new ClaudeStreamError(reason === "idle" ? "timeout" : "connection_lost", message));
     }
     if (this._attempt >= this.options.maxRetries) {
       return this._fail(new ClaudeStreamError("connection_lost", `the connection was lost; ${this._attempt} reconnects failed`));
     }
+    // Cut before the first event: the stream id came with the headers, and event 0 is
+    // "nothing yet", so the whole stream can still be read.
+    if (!this.lastEventId) this.lastEventId = this.streamId + ":0";
     const { retryBaseMs, retryMaxMs } = this.options;
     const delay = Math.min(retryMaxMs, retryBaseMs * 2 ** this._attempt) * (0.5 + Math.random() / 2);
     this._attempt += 1;
@@ -316,7 +332,14 @@ export class ClaudeStream {
       this._settle.resolve(result);
       this._end();
     } else if (value.error) {
-      this._fail(new ClaudeStreamError(value.error.type || "error", value.error.message || ""));
+      const type = value.error.type || "error";
+      // The replica serving a resumed read is stopping (SIGTERM): it ends the read with
+      // `shutting_down` and no id, and the stream goes on where it is produced, so this is
+      // a lost connection: resume from the last event. With an id, `shutting_down` is the
+      // stream's own numbered final event (its generation was stopped), like `stream_lost`:
+      // there is nothing more to read anywhere.
+      if (type === "shutting_down" && !id && this._resumable()) return this._lost("shutting_down");
+      this._fail(new ClaudeStreamError(type, value.error.message || ""));
     }
   }
 
