@@ -250,13 +250,7 @@ def _server_tool(part: dict[str, Any], kind: str, where: str) -> list[dict[str, 
     without a result (only Claude can give one, and it refuses a call left without)."""
     if part.get("state") != "output-available":
         return []
-    call_id = _string(part, "toolCallId", where)
-    name = kind[5:] if kind != "dynamic-tool" else _string(part, "toolName", where)
-    if not name:
-        raise bad_request(f"{where}: the tool needs a name")
-    tool_input = part.get("input")
-    if not isinstance(tool_input, dict):
-        tool_input = {}
+    call_id, name, tool_input = _call(part, kind, where)
     call = _anthropic(part.get("callProviderMetadata"))
     result_meta = _anthropic(part.get("resultProviderMetadata"))
     use: dict[str, Any]
@@ -281,6 +275,16 @@ def _server_tool(part: dict[str, Any], kind: str, where: str) -> list[dict[str, 
     return [use, result]
 
 
+def _call(part: dict[str, Any], kind: str, where: str) -> tuple[str, str, dict[str, Any]]:
+    """A tool part's call: its id, the tool's name and its input (`{}` unless an object)."""
+    call_id = _string(part, "toolCallId", where)
+    name = kind[5:] if kind != "dynamic-tool" else _string(part, "toolName", where)
+    if not name:
+        raise bad_request(f"{where}: the tool needs a name")
+    tool_input = part.get("input")
+    return call_id, name, tool_input if isinstance(tool_input, dict) else {}
+
+
 def _anthropic(metadata: object) -> dict[str, Any]:
     """The `anthropic` entry of a part's provider metadata ({} when absent)."""
     entry = metadata.get("anthropic") if isinstance(metadata, dict) else None
@@ -296,13 +300,7 @@ def _tool(
         raise bad_request(f"{where}.state must be a string")
     if state not in _TOOL_STATES_WITH_INPUT:
         return None, None
-    call_id = _string(part, "toolCallId", where)
-    name = kind[5:] if kind != "dynamic-tool" else _string(part, "toolName", where)
-    if not name:
-        raise bad_request(f"{where}: the tool needs a name")
-    tool_input = part.get("input")
-    if not isinstance(tool_input, dict):
-        tool_input = {}
+    call_id, name, tool_input = _call(part, kind, where)
     use = {"type": "tool_use", "id": call_id, "name": name, "input": tool_input}
     if state == "output-available":
         output = part.get("output")
