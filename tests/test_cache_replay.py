@@ -44,11 +44,12 @@ async def _timed(url: str) -> tuple[str | None, bytes, float]:
         return response.headers.get("X-Cache"), body, time.perf_counter() - started
 
 
-async def _stored(cache: Any) -> Entry:
+async def _stored(runtime: Any) -> Entry:
+    cache, claude = runtime.cache, runtime.claude
     await cache.settled()
-    key = cache_key(
-        "anthropic", SLOW, {}, scope_of("tenant", ANONYMOUS, "127.0.0.1"), "/v1/messages"
-    )
+    scope = scope_of("tenant", ANONYMOUS, "127.0.0.1")
+    sent = claude.request_headers({})
+    key = cache_key("anthropic", SLOW, sent, scope, "/v1/messages", claude.base_url)
     value = await cache.store.get(key)
     assert value is not None
     return decode(value)
@@ -59,7 +60,7 @@ async def test_paced_replay_keeps_the_recorded_gaps_capped_and_instant_sends_the
 ) -> None:
     async with sidecar_for({"cache": {"enabled": True, "replay": "paced"}}) as s:
         miss, original, _ = await _timed(s.url)
-        entry = await _stored(s.runtime.cache)
+        entry = await _stored(s.runtime)
         hit, paced, took = await _timed(s.url)
     assert (miss, hit) == ("MISS", "HIT")
     assert paced == original
@@ -71,7 +72,7 @@ async def test_paced_replay_keeps_the_recorded_gaps_capped_and_instant_sends_the
     assert took >= sum(waits[1:]) * 0.9  # it waited (at least about) each capped gap
     async with sidecar_for({"cache": {"enabled": True, "replay": "instant"}}) as s:
         await _timed(s.url)
-        await _stored(s.runtime.cache)
+        await _stored(s.runtime)
         hit, instant, _ = await _timed(s.url)
     assert hit == "HIT"
     assert instant.count(b"\n\n") == original.count(b"\n\n")
