@@ -485,7 +485,7 @@ async def test_a_read_on_a_replica_sent_sigterm_resumes_on_another(
     the read with `shutting_down` (no id); the module resumes again, on A, and ends with
     the whole text, each token once, Claude called once for it."""
     skip_unless_engine(engine)
-    prompt = "across replicas [[fake tokens=120 tps=30]]"
+    prompt = "across replicas [[fake tokens=120 tps=12]]"
     async with page_server() as origin:
         cors = {"allow_origins": [origin]}
         async with (
