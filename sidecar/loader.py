@@ -142,6 +142,7 @@ def _join(path: str, key: object) -> str:
 # --------------------------------------------------------------------------- validation
 
 
+_PAST: Final = object()  # `_input_path` went past the file's data (a missing key)
 _TYPE_TAGS: Final = frozenset({"int", "float", "str", "bool", "bytes", "none", "list", "dict"})
 
 
@@ -155,10 +156,12 @@ def _input_path(data: object, loc: tuple[int | str, ...]) -> str:
         listed = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         if listed or (isinstance(node, Mapping) and part in node):
             node = node[part]  # type: ignore[index]
+        elif node is _PAST or not isinstance(node, Mapping | list):
+            continue  # a field of a union branch the file's plain value was tried as
         elif isinstance(part, str) and ("[" in part or part in _TYPE_TAGS or part[:1].isupper()):
             continue  # a union branch: the next part, if any, is still within `node`
         else:
-            node = None
+            node = _PAST  # a key the file lacks: named, and nothing below it is the file's
         parts.append(str(part))
     return ".".join(parts)
 

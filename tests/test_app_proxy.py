@@ -602,3 +602,28 @@ async def test_the_sidecars_credential_is_kept_from_the_app_unless_forwarded(
     assert ("access_token" in query["path_qs"]) is forward
     assert query["path_qs"].endswith("a=1")
     assert echoed_headers(basic)["authorization"] == "Basic YXBwOnB3"
+
+
+async def test_a_query_token_the_sidecar_did_not_read_reaches_the_app(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The query parameter is the sidecar's credential only where auth read it (a GET with
+    no header credential): beside a Bearer header, or on a POST, it is the app's own."""
+    auth = {"mode": "required",
+            "api_keys": [{"name": "web", "sha256": API_KEY_SHA256, "user": "web"}],
+            "jwt": {"secret": SECRET, "algorithms": ["HS256"], "issuer": ISSUER,
+                    "audience": AUDIENCE, "query_param": "access_token"}}  # fmt: skip
+    bearer = {"Authorization": f"Bearer {API_KEY}"}
+    async with running_app() as (url, _):
+        async with (
+            sidecar_for({"app": {"url": url}, "auth": auth}) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+            seen = []
+            for method in ("GET", "POST"):
+                async with http.request(
+                    method, sidecar.url + "/echo?access_token=APPS_OWN&k=1", headers=bearer
+                ) as response:
+                    assert response.status == 200
+                    seen.append((await response.json())["path_qs"])
+    assert seen == ["/echo?access_token=APPS_OWN&k=1"] * 2

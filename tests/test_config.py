@@ -79,6 +79,9 @@ def test_a_union_field_is_reported_at_its_key_once() -> None:
     assert found[1].startswith("routes.0.quotas.requests_per_minute: ")
     assert not any("[" in problem.split(":")[0] for problem in found)
     assert len(found) == 2
+    # A plain string tried as a rule object too: its place is the string's, not a field's.
+    (bad,) = problems_of({"screening": {"deny_patterns": ["ok", "("]}})
+    assert bad.startswith("screening.deny_patterns.1: does not compile")
 
 
 def test_every_problem_is_reported_at_once_with_its_path() -> None:
@@ -102,7 +105,7 @@ unknown_section: {}
     assert "server.bogus: unknown key" in found
     assert any(p.startswith("claude.idle_timeout_seconds: ") for p in found)
     assert any(p.startswith("cors: ") and "allow_credentials" in p for p in found)
-    assert any(p.startswith("screening.deny_patterns.1.pattern: does not compile") for p in found)
+    assert any(p.startswith("screening.deny_patterns.1: does not compile") for p in found)
     assert "quotas: store 'redis' needs redis_url" in found
     assert "unknown_section: unknown key" in found
     assert "Traceback" not in joined
@@ -112,7 +115,8 @@ def test_root_must_be_a_mapping() -> None:
     assert problems_of("- a\n- b\n") == ["<root>: the config must be a mapping of sections"]
 
 
-def test_empty_file_is_the_defaults() -> None:
+def test_no_data_validates_as_the_defaults() -> None:
+    """`validate` of nothing is every default; `load` refuses a named file with no config."""
     assert loader.validate(loader.parse_yaml("", "empty.yaml"), {}) == loader.validate({}, {})
 
 

@@ -253,6 +253,15 @@ async def test_readers_are_counted_across_replicas_and_seen_by_the_producer(
         await asyncio.sleep(0.8)  # neither refreshed: both lapse
         await eventually(lambda: holds(log.readers_elsewhere == 0))
         assert await one.join(stream, "r4", 1)
+        keeping = asyncio.create_task(one.keep(stream, "r4"))  # a reader busy writing
+        await asyncio.sleep(1.0)  # longer than a lapse: still counted, kept apart from reads
+        assert not await two.join(stream, "r5", 1)
+        await eventually(lambda: holds(log.readers_elsewhere == 1))
+        keeping.cancel()
+        # Redis gone: no reader elsewhere can be counted on (an old count would hold an
+        # abandoned stream open for the outage).
+        await redis_server.kill()
+        await eventually(lambda: holds(log.readers_elsewhere == 0))
     finally:
         for store in (producer, one, two):
             await store.close()

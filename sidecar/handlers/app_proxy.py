@@ -28,7 +28,11 @@ from sidecar.header_lists import header_value
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
-from sidecar.policy.identity_headers import strip_credentials, strip_forwarding_claims
+from sidecar.policy.identity_headers import (
+    header_credential,
+    strip_credentials,
+    strip_forwarding_claims,
+)
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -118,8 +122,11 @@ def _target(ctx: RequestContext) -> URL:
     if (
         not app.forward_credentials and auth.mode != "none"
         and jwt is not None and jwt.query_param and jwt.query_param in url.query
+        and ctx.request.method == "GET" and not header_credential(ctx.request.headers)
     ):  # fmt: skip
-        url = url.without_query_params(jwt.query_param)  # the sidecar's token, as for Claude
+        # The token the sidecar checked (only a GET without a header credential is read
+        # from the query): kept from the app, as from Claude. Any other is the app's.
+        url = url.without_query_params(jwt.query_param)
     query = url.raw_query_string
     return URL(f"{app_base(app.url)[0]}{ctx.path}{'?' + query if query else ''}", encoded=True)
 

@@ -206,9 +206,11 @@ async def _from_store(
     task = asyncio.current_task()
     if task is not None:
         resume_.replays.add(task)
+    keeping = asyncio.create_task(resume_.store.keep(stream_id, reader))
     try:
-        return await _replay(ctx, stream_id, after, start, info, lost_event, reader)
+        return await _replay(ctx, stream_id, after, start, info, lost_event)
     finally:
+        keeping.cancel()
         resume_.replays.discard(task)
         readers[stream_id] -= 1
         if not readers[stream_id]:
@@ -223,7 +225,6 @@ async def _replay(
     start: int,
     info: StreamInfo,
     lost_event: LostEvent,
-    reader: str = "",
 ) -> web.StreamResponse:
     """The events after `after` from the store (read from `start`), then its final event;
     `: ping` when the stream has been quiet for `claude.heartbeat_seconds`, as a live
@@ -241,7 +242,7 @@ async def _replay(
     result = "resumed"
     sent = loop.time()
     try:
-        async for batch in store.read(stream_id, start, reader):
+        async for batch in store.read(stream_id, start):
             if not batch:  # a quiet round
                 if loop.time() - sent >= heartbeat:
                     sent = loop.time()

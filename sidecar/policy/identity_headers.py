@@ -10,6 +10,7 @@ the request: any case, and `_` for `-` (WSGI/CGI servers map `X_Real_IP` and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from multidict import CIMultiDict
@@ -70,6 +71,14 @@ def strip_and_set_identity(
 
 
 _API_KEY: Final = "x-api-key"
+
+
+def header_credential(headers: Mapping[str, str]) -> bool:
+    """Whether the request carries a credential the sidecar reads in a header (auth takes
+    those before the query parameter): `Authorization: Bearer …` or `x-api-key`."""
+    if headers.get("x-api-key"):
+        return True
+    return headers.get("Authorization", "").lower().split(None, 1)[:1] == ["bearer"]
 
 
 def strip_credentials(headers: CIMultiDict[str]) -> None:

@@ -283,6 +283,10 @@ class RedisResumeStore(ResumeStore):
                 if not self._failing:  # once per outage, not once per batch
                     log.warning("resume store write failed", extra={"error": type(exc).__name__})
                 self._failing = True
+                # Readers elsewhere read the same Redis: none can be counted on now, and
+                # a count kept from before would hold an abandoned stream open.
+                for live in self._live.values():
+                    live.readers_elsewhere = 0
                 await asyncio.sleep(self._refresh)  # what failed is sent again then
             else:
                 self._failing = False
@@ -394,17 +398,11 @@ class RedisResumeStore(ResumeStore):
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await self._redis.zrem(readers_key(stream_id), reader)
 
-    async def read(
-        self, stream_id: str, after: int, reader: str = ""
-    ) -> AsyncIterator[list[bytes]]:
+    async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
         events, meta, alive, _ = keys(stream_id)
         quiet_since: float | None = None
         loop = asyncio.get_running_loop()
-        touched = loop.time()
         while True:
-            if reader and loop.time() - touched >= self._refresh:
-                touched = loop.time()
-                await self._touch(stream_id, reader)
             try:
                 reply: Any = await self._redis.xread(
                     {events: f"0-{after}"}, count=512, block=self._block_ms
@@ -436,12 +434,15 @@ class RedisResumeStore(ResumeStore):
             elif loop.time() - quiet_since > self._block_ms / 1000:
                 raise StreamLost(stream_id)
 
-    async def _touch(self, stream_id: str, reader: str) -> None:
-        """Keep `reader` counted (`join` with no limit: it is counted already)."""
-        try:
-            await self._join(keys=[readers_key(stream_id)], args=[reader, self._alive_ms, 1 << 30])
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(f"redis: {type(exc).__name__}") from exc
+    async def keep(self, stream_id: str, reader: str) -> None:
+        """Keep `reader` counted about once a second until cancelled, whatever the reader
+        is doing (a slow client can hold its writes for longer than a count lapses)."""
+        while True:
+            await asyncio.sleep(self._refresh)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await self._join(
+                    keys=[readers_key(stream_id)], args=[reader, self._alive_ms, 1 << 30]
+                )
 
     async def seal(self, stream_id: str, n: int, event: bytes) -> None:
         """Append a lost stream's final event (ignored if the producer got further)."""

@@ -242,12 +242,14 @@ class ResumeStore:
     async def leave(self, stream_id: str, reader: str) -> None:
         """`reader` stopped reading (`join`'s other half)."""
 
-    async def read(
-        self, stream_id: str, after: int, reader: str = ""
-    ) -> AsyncIterator[list[bytes]]:
+    async def keep(self, stream_id: str, reader: str) -> None:
+        """Keep `reader` counted while it reads (run as a task, cancelled when it stops);
+        nothing to keep in one process."""
+
+    async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
         """Batches of events after `after` until the final one (`StreamLost` if it never
         comes); an empty batch when nothing came for about `POLL_SECONDS` (the reader may
-        send a heartbeat). A shared store keeps `reader` (from `join`) counted meanwhile."""
+        send a heartbeat)."""
         log = self._logs.get(stream_id)
         if log is None:
             raise StreamLost(stream_id)
