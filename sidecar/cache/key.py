@@ -3,8 +3,10 @@
 The request part is the whole Messages body except what never changes the answer
 (`metadata`), serialised canonically (sorted keys, no spaces), with the route kind (the
 prompt route's events differ from the Anthropic route's), the Claude it is sent to (the
-base URL) and the `anthropic-version` / `anthropic-beta` headers as Claude receives them
-(the configured version when the client names none), which select API behaviour. Every other body field — model,
+base URL), the path and query it is sent to, and the `anthropic-version` /
+`anthropic-beta` headers as Claude receives them (the configured version when the client
+names none; none of the client's on the routes that build their own request), which
+select API behaviour. Every other body field — model,
 system, messages, tools, tool_choice, max_tokens, temperature, top_p, top_k,
 stop_sequences, thinking, stream, and fields added to the API later — is part of it.
 The scope part makes entries private to a tenant (default), a user, or shared (global).
@@ -51,8 +53,8 @@ def cache_key(
     """SHA-256 (hex) of the route kind, the answer-changing request and the scope.
 
     `headers` are those Claude is sent; `target` is the path and query Claude is sent
-    (`/v1/messages?beta=true`) where the client chooses them (a route that builds its own
-    request passes none); `upstream` is Claude's base URL.
+    (`/v1/messages?beta=true` is another request than `/v1/messages`); `upstream` is
+    Claude's base URL.
     """
     request = {name: value for name, value in body.items() if name not in _IGNORED}
     sent = [header_value(headers, name) or "" for name in _HEADERS]

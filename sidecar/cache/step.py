@@ -26,6 +26,7 @@ from sidecar.cache.stores import CacheStoreError
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
+from sidecar.upstream import Attempt
 
 log = logging.getLogger("sidecar.cache")
 HEADER = "X-Cache"
@@ -104,10 +105,10 @@ class CacheStep:
 
 
 async def lookup(
-    ctx: RequestContext, body: dict[str, Any], stream: bool, target: str = ""
+    ctx: RequestContext, body: dict[str, Any], stream: bool, attempt: Attempt
 ) -> CacheStep:
     """The cache's decision for a validated, screened request whose body is `body`, sent
-    to Claude at `target` (path and query, where the client chose them)."""
+    to Claude as `attempt` says (its path and query, and the headers Claude receives)."""
     runtime = ctx.runtime
     cache = runtime.cache
     policy = ctx.route.policy.cache
@@ -118,9 +119,9 @@ async def lookup(
     if sampled(body) and not policy.include_sampled:
         return _decided(step, "BYPASS", "bypass")
     scope = scope_of(policy.scope, ctx.identity, ctx.client_ip)
-    claude = runtime.claude
-    sent = claude.request_headers(ctx.request.headers)  # as Claude gets them: the version set
-    key = cache_key(ctx.route.handler, body, sent, scope, target, claude.base_url)
+    key = cache_key(
+        ctx.route.handler, body, attempt.headers, scope, attempt.path, runtime.claude.base_url
+    )
     if "no-cache" not in wanted:
         flight = cache.inflight.get(key)
         if flight is None:

@@ -204,7 +204,7 @@ async def _message_call(
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
     )
-    return call, record, await cache_lookup(ctx, body, stream, path_qs)
+    return call, record, await cache_lookup(ctx, body, stream, call.attempt)
 
 
 async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse:

@@ -80,7 +80,7 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     app = ctx.runtime.config.app
     assert app is not None  # config validation: an app route needs the app section
     strip_and_set_identity(headers, ctx.identity, app.identity_headers)
-    if not app.forward_credentials and ctx.route.policy.auth.mode != "none":
+    if _withholds_credentials(ctx):
         strip_credentials(headers)
     peer = request.remote or ""
     trusted = is_trusted_proxy(peer, ctx.runtime.config.server.trusted_proxies)
@@ -109,6 +109,12 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     return headers
 
 
+def _withholds_credentials(ctx: RequestContext) -> bool:
+    """The credential the sidecar checked on this route is kept from the app."""
+    app = ctx.runtime.config.app
+    return app is not None and not app.forward_credentials and ctx.route.policy.auth.mode != "none"
+
+
 def _target(ctx: RequestContext) -> URL:
     """The app's URL for this request: its canonical path and query, used verbatim.
 
@@ -117,10 +123,9 @@ def _target(ctx: RequestContext) -> URL:
     app = ctx.runtime.config.app
     assert app is not None
     url = ctx.request.rel_url
-    auth = ctx.route.policy.auth
-    jwt = auth.jwt
+    jwt = ctx.route.policy.auth.jwt
     if (
-        not app.forward_credentials and auth.mode != "none"
+        _withholds_credentials(ctx)
         and jwt is not None and jwt.query_param and jwt.query_param in url.query
         and ctx.request.method == "GET" and not header_credential(ctx.request.headers)
     ):  # fmt: skip

@@ -286,7 +286,7 @@ async def _prompt_call(ctx: RequestContext) -> tuple[ClaudeRequest, StreamRecord
         stream=True,
         input_estimate=estimate_input_tokens(screened.chars, screened.attachment_bytes),
     )
-    return call, record, await cache_lookup(ctx, body, stream=True)
+    return call, record, await cache_lookup(ctx, body, True, call.attempt)
 
 
 def _lost_event(error_type: str, message: str) -> bytes:

@@ -107,7 +107,7 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     )
     # The stream's protocol marker; `ctx.headers` reach the SSE response (and any error).
     ctx.headers.update(HEADERS)
-    cached = await cache_lookup(ctx, body, stream=True)
+    cached = await cache_lookup(ctx, body, True, call.attempt)
     if cached.source is not None:  # the UI parts, made from Claude's recorded events
         reserve = call.input_estimate + body["max_tokens"]
         answered = await cached.serve(record, UiTranslator(), reserve)

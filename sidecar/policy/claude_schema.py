@@ -8,8 +8,9 @@ screened, or, with `unknown="refuse"`, the request is refused. Within a known ty
 field the table does not list is read as `strings` too (a field added to the API, or
 one the table missed, is screened before it is understood); only the fields marked
 `opaque` (signatures, encrypted search results, redacted thinking, file ids) and the
-fields every block may carry (`COMMON_FIELDS`: its type, ids, cache control) are skipped. The tests build one case per field of these tables, so a type added
-here is tested without writing a new case.
+fields every block may carry (`COMMON_FIELDS`: its type, ids, cache control) are
+skipped. The tests build one case per field of these tables, so a type added here is
+tested without writing a new case.
 """
 
 from __future__ import annotations

@@ -76,9 +76,7 @@ _API_KEY: Final = "x-api-key"
 def header_credential(headers: Mapping[str, str]) -> bool:
     """Whether the request carries a credential the sidecar reads in a header (auth takes
     those before the query parameter): `Authorization: Bearer …` or `x-api-key`."""
-    if headers.get("x-api-key"):
-        return True
-    return headers.get("Authorization", "").lower().split(None, 1)[:1] == ["bearer"]
+    return bool(headers.get("x-api-key")) or _is_bearer(headers.get("Authorization", ""))
 
 
 def strip_credentials(headers: CIMultiDict[str]) -> None:
@@ -86,9 +84,12 @@ def strip_credentials(headers: CIMultiDict[str]) -> None:
     `x-api-key` in any spelling. Another `Authorization` (the app's own `Basic`) stays."""
     for name in [n for n in headers if canonical(n) == _API_KEY]:
         headers.popall(name, None)
-    kept = [
-        v for v in headers.getall("Authorization", ()) if v.lower().split(None, 1)[:1] != ["bearer"]
-    ]
+    kept = [value for value in headers.getall("Authorization", ()) if not _is_bearer(value)]
     headers.popall("Authorization", None)
     for value in kept:
         headers.add("Authorization", value)
+
+
+def _is_bearer(authorization: str) -> bool:
+    """An `Authorization` value of the `Bearer` scheme (any case, any whitespace after)."""
+    return authorization.lower().split(None, 1)[:1] == ["bearer"]
