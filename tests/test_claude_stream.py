@@ -490,7 +490,7 @@ async def test_a_read_on_a_replica_sent_sigterm_resumes_on_another(
         cors = {"allow_origins": [origin]}
         async with (
             replica(tmp_path, "a", fake, redis_server, cors=cors) as (_, port_a, _),
-            replica(tmp_path, "b", fake, redis_server, cors=cors) as (process_b, port_b, _),
+            replica(tmp_path, "b", fake, redis_server, cors=cors) as (process_b, port_b, b_yaml),
             routing_proxy(port_a, [port_b, port_a]) as (proxy, url),
         ):
             a = f"http://127.0.0.1:{port_a}"
@@ -508,7 +508,7 @@ async def test_a_read_on_a_replica_sent_sigterm_resumes_on_another(
             assert await asyncio.to_thread(process_b.wait, 10) == 0
     assert proxy.routed == [port_a, port_b, port_a]
     reasons = [e["reason"] for e in result["events"] if e["type"] == "reconnecting"]
-    assert reasons[-1] == "shutting_down"
+    assert reasons[-1] == "shutting_down", b_yaml.with_suffix(".log").read_text()[-4000:]
     assert reasons[0] in ("closed", "network")  # the cut
     assert len(reasons) == 2
     assert "error" not in kinds(result)

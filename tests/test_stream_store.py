@@ -457,3 +457,51 @@ async def test_close_ends_and_flushes_when_the_writer_loses_its_cancel(
         assert await read_all(reader, "stream-hhhhhhhhhhhhhhhh", 0) == [event(n) for n in (1, 2, 3)]
     finally:
         await reader.close()
+
+
+async def test_a_reader_and_its_keeper_stop_when_told_though_redis_py_swallowed_the_cancel(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown stops a store reader by cancelling it; on Python 3.11 redis-py's
+    `asyncio.wait_for` around a socket write can swallow that cancel. The read and the
+    task keeping its reader counted still end: else the reader never gets its final
+    event, and the stream keeps a reader that left."""
+    stream = "stream-2222222222222222"
+    producer = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20)
+    reader = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, alive_seconds=0.6)
+    for store in (producer, reader):
+        await store.start()
+    calls = {"xread": 0, "join": 0}
+
+    def swallowing(name: str, real: Callable[..., Awaitable[object]]) -> Callable[..., object]:
+        async def call(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)  # the cancel lands here, and is lost
+            return await real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(reader._redis, "xread", swallowing("xread", reader._redis.xread))
+    monkeypatch.setattr(reader, "_join", swallowing("join", reader._join))
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        log = await producer.create(stream, "o")
+        fill(log, 2)
+        await settled(reader, stream, 2)
+
+        async def read() -> None:
+            async for _ in reader.read(stream, 0):
+                pass
+
+        tasks += [asyncio.create_task(read()), asyncio.create_task(reader.keep(stream, "r1"))]
+        await eventually(lambda: holds(calls["xread"] > 1 and calls["join"] > 0))
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=5)
+        assert [task.cancelled() for task in tasks] == [True, True]  # the read, the keeper
+    finally:
+        for task in tasks:
+            task.cancel()
+        for store in (producer, reader):
+            await store.close()

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final
 
+from sidecar.cancelling import honour_cancel
 from sidecar.config import QuotaConfig
 from sidecar.errors import reject
 from sidecar.identity import Identity
@@ -118,13 +119,16 @@ class QuotaLease:
         while True:
             await asyncio.sleep(interval)
             try:
-                if not await gate.store.renew(self._subject, self.lease_id, limits.lease_seconds):
-                    # Lapsed (renewals failed for a whole lease, or Redis lost its data):
-                    # the slot may be someone else's now; the stream goes on without one.
-                    log.warning("quota lease expired before its stream ended")
-                    return
+                renewed = await gate.store.renew(self._subject, self.lease_id, limits.lease_seconds)
             except StoreError as exc:
                 gate.store_failed("renew", exc)
+                renewed = True  # not known to have lapsed: the next renewal may succeed
+            honour_cancel()  # settled while renewing (redis-py may have swallowed the cancel)
+            if not renewed:
+                # Lapsed (renewals failed for a whole lease, or Redis lost its data): the
+                # slot may be someone else's now; the stream goes on without one.
+                log.warning("quota lease expired before its stream ended")
+                return
 
     async def settle(self, input_tokens: int, output_tokens: int) -> None:
         """Charge actual usage instead of the reservation and free the slot (idempotent).

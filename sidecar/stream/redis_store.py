@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from sidecar.cancelling import honour_cancel
 from sidecar.stream.store import (
     Budget,
     ResumeStore,
@@ -409,6 +410,7 @@ class RedisResumeStore(ResumeStore):
                 )
             except (RedisError, OSError, TimeoutError) as exc:
                 raise StoreError(f"redis: {type(exc).__name__}") from exc
+            honour_cancel()  # a shutdown's stop, if redis-py swallowed it
             entries: list[tuple[bytes, dict[bytes, bytes]]] = list(reply[0][1]) if reply else []
             if entries:
                 quiet_since = None
@@ -422,6 +424,7 @@ class RedisResumeStore(ResumeStore):
                 final = await self._redis.hget(meta, "final")
             except (RedisError, OSError, TimeoutError) as exc:
                 raise StoreError(f"redis: {type(exc).__name__}") from exc
+            honour_cancel()
             if final is not None and int(final) <= after:
                 return
             if producing:
@@ -443,6 +446,7 @@ class RedisResumeStore(ResumeStore):
                 await self._join(
                     keys=[readers_key(stream_id)], args=[reader, self._alive_ms, 1 << 30]
                 )
+            honour_cancel()  # else a lost cancel would keep the reader counted for ever
 
     async def seal(self, stream_id: str, n: int, event: bytes) -> None:
         """Append a lost stream's final event (ignored if the producer got further)."""
