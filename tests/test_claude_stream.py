@@ -14,6 +14,7 @@ import json
 import shutil
 import signal
 import subprocess
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -381,22 +382,28 @@ def test_sse_parser_follows_the_rules_at_every_split() -> None:
     assert helpers == {"numbers": [7, 7, None, None, 2, None], "streams": ["s1", None, "s:1"]}
 
 
-@pytest.mark.parametrize("gone_status", [204, 404])
+@pytest.mark.parametrize(("method", "gone_status"), [("POST", 204), ("POST", 404), ("GET", 204)])
 async def test_a_resume_answered_503_is_retried_and_a_gone_stream_ends_it(
-    gone_status: Literal[204, 404], sidecar_for: SidecarFactory
+    method: str, gone_status: Literal[204, 404], sidecar_for: SidecarFactory
 ) -> None:
     """503: a replica restarting, retried. 204 (a GET's answer) or the JSON 404
-    `resume_expired` (a POST's): the stream is gone, `resume_unavailable` at once."""
+    `resume_expired` (a POST's): the stream is gone, `resume_unavailable` at once. In GET
+    mode too: its resumes are fetched, so the status is seen (`EventSource` hides it)."""
     skip_unless_engine("chromium")
     busy = ResumeEmulator("cut", failed_resumes=1)
     gone = ResumeEmulator("cut", expired=True, expired_status=gone_status)
+    options: dict[str, Any] = {"method": method, "retryBaseMs": 50}
+    target = ResumeEmulator.PATH
+    if method == "POST":
+        options["body"] = {"prompt": "hello"}
+    else:
+        target += "?prompt=hello"
     async with page_server() as origin, sidecar_for() as sidecar:
-        options = {"body": {"prompt": "hello"}, "retryBaseMs": 50}
         async with running_emulator(busy) as url:
-            retried = await run("chromium", origin, sidecar.url, url=url + busy.PATH,
+            retried = await run("chromium", origin, sidecar.url, url=url + target,
                                 options=options)  # fmt: skip
         async with running_emulator(gone) as url:
-            expired = await run("chromium", origin, sidecar.url, url=url + gone.PATH,
+            expired = await run("chromium", origin, sidecar.url, url=url + target,
                                 options=options)  # fmt: skip
     assert [e["attempt"] for e in retried["events"] if e["type"] == "reconnecting"] == [1, 2]
     assert retried["state"] == "done"
@@ -448,12 +455,15 @@ async def test_a_numbered_shutting_down_is_the_streams_end(sidecar_for: SidecarF
     assert emulator.resumed_from == []
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("engine", "method"), [*((engine, "POST") for engine in ENGINES), ("chromium", "GET")]
+)
 async def test_a_stream_the_sidecar_no_longer_has_is_resume_unavailable(
-    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+    engine: Engine, method: str, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
-    """A POST resume of a stream the sidecar does not have is its JSON 404 `resume_expired`:
-    the module reports the documented `resume_unavailable`, with the status."""
+    """A resume of a stream the sidecar does not have is its JSON 404 `resume_expired` (a
+    POST) or a 204 (a GET): the module reports the documented `resume_unavailable`, with
+    the status."""
     skip_unless_engine(engine)
     prompt = "resume me elsewhere [[fake tokens=40 tps=25]]"
     async with (
@@ -465,12 +475,20 @@ async def test_a_stream_the_sidecar_no_longer_has_is_resume_unavailable(
         expected, resumable = await reference(producer.url, prompt)
         if not resumable:
             pytest.skip(NOT_RESUMABLE)
-        result = await run(engine, origin, producer.url, url=url + PROMPT,
-                           options={"body": {"prompt": prompt}, "retryBaseMs": 50})  # fmt: skip
+        options: dict[str, Any] = {"method": method, "retryBaseMs": 50}
+        target = url + PROMPT
+        if method == "POST":
+            options["body"] = {"prompt": prompt}
+        else:
+            target += "?" + urllib.parse.urlencode({"prompt": prompt})
+        result = await run(engine, origin, producer.url, url=target, options=options)
     assert proxy.routed == [producer.port, stranger.port]  # the cut stream, one resume
     assert kinds(result)[-2:] == ["reconnecting", "error"]
     error = result["events"][-1]["error"]
-    assert (error["type"], error["status"]) == ("resume_unavailable", 404)
+    assert (error["type"], error["status"]) == (
+        "resume_unavailable",
+        404 if method == "POST" else 204,
+    )
     assert result["state"] == "error"
     assert result["text"]
     assert expected.startswith(result["text"])  # what arrived stays

@@ -31,7 +31,10 @@ export type StreamEvent =
   | { type: "aborted" };
 
 export interface StreamOptions {
-  /** POST (fetch, custom headers) or GET (EventSource; `body` must then be in the URL). Default POST. */
+  /**
+   * POST (fetch, custom headers) or GET (an EventSource, resumed by a plain fetch GET with
+   * `?last_event_id=`; `body` must then be in the URL). Default POST.
+   */
   method?: "POST" | "GET";
   /** The JSON body of a POST, e.g. `{ prompt: "Hello" }`. */
   body?: Record<string, unknown>;

@@ -161,7 +161,10 @@ export class ClaudeStream {
     if (this._over()) return;
     this.state = resuming ? "reconnecting" : "connecting";
     this._feedDog();
-    if (this.options.method === "GET") this._openEventSource(resuming);
+    // GET: the stream opens as an `EventSource`; its resumes are a plain GET by fetch with
+    // `?last_event_id=` (the same simple request, no preflight), so that a gone stream's
+    // 204 and a busy replica's 5xx can be told apart, which `EventSource` hides.
+    if (this.options.method === "GET" && !resuming) this._openEventSource();
     else this._openFetch(resuming);
   }
 
@@ -169,13 +172,20 @@ export class ClaudeStream {
     const controller = new AbortController();
     const connection = { close: () => controller.abort() };
     this._connection = connection;
-    const headers = { "content-type": "application/json", accept: "text/event-stream", ...(this.options.headers || {}) };
-    if (resuming) headers["last-event-id"] = this.lastEventId;
+    const get = this.options.method === "GET";
+    let init;
+    if (get) {
+      const url = this.url + (this.url.includes("?") ? "&" : "?") + "last_event_id=" + encodeURIComponent(this.lastEventId);
+      init = [url, { method: "GET", headers: { accept: "text/event-stream" } }];
+    } else {
+      const headers = { "content-type": "application/json", accept: "text/event-stream", ...(this.options.headers || {}) };
+      if (resuming) headers["last-event-id"] = this.lastEventId;
+      init = [this.url, { method: "POST", headers, body: JSON.stringify(this.options.body || {}) }];
+    }
     let response;
     try {
-      response = await fetch(this.url, {
-        method: "POST", headers, body: JSON.stringify(this.options.body || {}),
-        credentials: this.options.credentials, signal: controller.signal, cache: "no-store",
+      response = await fetch(init[0], {
+        ...init[1], credentials: this.options.credentials, signal: controller.signal, cache: "no-store",
       });
     } catch (error) {
       if (this._connection !== connection) return;
@@ -223,10 +233,8 @@ export class ClaudeStream {
     this._lost("closed");
   }
 
-  _openEventSource(resuming) {
-    let url = this.url;
-    if (resuming) url += (url.includes("?") ? "&" : "?") + "last_event_id=" + encodeURIComponent(this.lastEventId);
-    const source = new EventSource(url, { withCredentials: this.options.credentials === "include" });
+  _openEventSource() {
+    const source = new EventSource(this.url, { withCredentials: this.options.credentials === "include" });
     const connection = { close: () => source.close() };
     this._connection = connection;
     source.onopen = () => { if (this._connection === connection) this._opened(null); };
@@ -246,7 +254,7 @@ export class ClaudeStream {
       if (this.state === "connecting") {
         return this._fail(new ClaudeStreamError("connection_error", "the stream could not be opened (refused, unauthorized or unreachable)"));
       }
-      this._lost(this.state === "reconnecting" ? "refused" : "network");
+      this._lost("network");
     };
   }
 
