@@ -80,6 +80,18 @@ async def reference(base: str, prompt: str) -> tuple[str, bool]:
     return text, resumable
 
 
+def asking(
+    method: str, path: str, prompt: str = "hello", **options: Any
+) -> tuple[str, dict[str, Any]]:
+    """The module's URL and options asking `prompt` at `path`: a POST's JSON body, or a
+    GET's `?prompt=` (its `EventSource` sends no body)."""
+    settings: dict[str, Any] = {"method": method, **options}
+    if method == "POST":
+        settings["body"] = {"prompt": prompt}
+        return path, settings
+    return path + "?" + urllib.parse.urlencode({"prompt": prompt}), settings
+
+
 def kinds(result: dict[str, Any]) -> list[str]:
     return [event["type"] for event in result["events"]]
 
@@ -294,12 +306,9 @@ async def test_module_resumes_by_the_resume_protocol(
     skip_unless_engine(engine)
     emulator = ResumeEmulator(fault)
     async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
-        options: dict[str, Any] = {"method": method, "idleTimeoutMs": 1500, "retryBaseMs": 50}
-        target = url + ResumeEmulator.PATH
-        if method == "POST":
-            options["body"] = {"prompt": "hello"}
-        else:
-            target += "?prompt=hello"
+        target, options = asking(
+            method, url + ResumeEmulator.PATH, idleTimeoutMs=1500, retryBaseMs=50
+        )
         result = await run(engine, origin, sidecar.url, url=target, options=options)
     reconnects = [e for e in result["events"] if e["type"] == "reconnecting"]
     assert len(reconnects) == 1
@@ -392,12 +401,7 @@ async def test_a_resume_answered_503_is_retried_and_a_gone_stream_ends_it(
     skip_unless_engine("chromium")
     busy = ResumeEmulator("cut", failed_resumes=1)
     gone = ResumeEmulator("cut", expired=True, expired_status=gone_status)
-    options: dict[str, Any] = {"method": method, "retryBaseMs": 50}
-    target = ResumeEmulator.PATH
-    if method == "POST":
-        options["body"] = {"prompt": "hello"}
-    else:
-        target += "?prompt=hello"
+    target, options = asking(method, ResumeEmulator.PATH, retryBaseMs=50)
     async with page_server() as origin, sidecar_for() as sidecar:
         async with running_emulator(busy) as url:
             retried = await run("chromium", origin, sidecar.url, url=url + target,
@@ -425,12 +429,7 @@ async def test_a_replica_stopping_under_a_read_is_a_lost_connection_not_an_error
     on elsewhere. The module resumes from its last event, as after a cut."""
     skip_unless_engine(engine)
     emulator = ResumeEmulator("shutdown")
-    options: dict[str, Any] = {"method": method, "retryBaseMs": 50}
-    target = ResumeEmulator.PATH
-    if method == "POST":
-        options["body"] = {"prompt": "hello"}
-    else:
-        target += "?prompt=hello"
+    target, options = asking(method, ResumeEmulator.PATH, retryBaseMs=50)
     async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
         result = await run(engine, origin, sidecar.url, url=url + target, options=options)
     reconnects = [e for e in result["events"] if e["type"] == "reconnecting"]
@@ -475,12 +474,7 @@ async def test_a_stream_the_sidecar_no_longer_has_is_resume_unavailable(
         expected, resumable = await reference(producer.url, prompt)
         if not resumable:
             pytest.skip(NOT_RESUMABLE)
-        options: dict[str, Any] = {"method": method, "retryBaseMs": 50}
-        target = url + PROMPT
-        if method == "POST":
-            options["body"] = {"prompt": prompt}
-        else:
-            target += "?" + urllib.parse.urlencode({"prompt": prompt})
+        target, options = asking(method, url + PROMPT, prompt, retryBaseMs=50)
         result = await run(engine, origin, producer.url, url=target, options=options)
     assert proxy.routed == [producer.port, stranger.port]  # the cut stream, one resume
     assert kinds(result)[-2:] == ["reconnecting", "error"]
