@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+# C0 controls and DEL: never part of a name, and not allowed in an HTTP field value
+# (RFC 9110 §5.5), where the verified user, tenant and key name go for the app.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_name(value: str) -> bool:
+    """Whether `value` may name a user, tenant or API key: no control characters (CR, LF
+    and NUL in an identity header would split or end it; the rest are invalid there)."""
+    return _CONTROL.search(value) is None
 
 
 @dataclass(frozen=True, slots=True)

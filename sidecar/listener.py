@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
-from aiohttp import web, web_protocol
+from aiohttp import HttpVersion10, HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import (
     BadHttpMessage,
     BadStatusLine,
@@ -33,6 +33,7 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     TransferEncodingError,
 )
+from aiohttp.streams import EMPTY_PAYLOAD
 
 # (reason, status) for what the parser refused: the reason is a metric label, so a closed set.
 HEAD_TOO_LARGE: Final = ("head_too_large", 431)
@@ -54,6 +55,7 @@ _MESSAGES: Final = {
     "header_timeout": "the request head did not arrive in time",
 }
 
+_SERVED: Final = frozenset({HttpVersion10, HttpVersion11})  # HTTP versions of requests served
 _LINGER_SECONDS: Final = 2.0  # after a 408, a slow head's late bytes are dropped this long
 OnReject = Callable[[str, int], None]
 HeaderTimeout = Callable[[], float]  # read per head: a reload changes it for new heads
@@ -120,10 +122,26 @@ class TrafficProtocol(web_protocol.RequestHandler):
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
+            self._refuse_other_versions(self._request_count - parsed)
             self._stop_head_timer()  # a head is complete (or refused)
             self._fail_body_in_flight()
         elif data and self._head_timer is None and self._between_requests():
             self._start_head_timer()  # the first byte of the next head on a kept-alive connection
+
+    def _refuse_other_versions(self, count: int) -> None:
+        # The parser takes a request line without a version as HTTP/0.9 and any `HTTP/d.d`
+        # (`HTTP/2.0` in plain text) as what it says, and aiohttp would answer in that
+        # version's name (`HTTP/0.9 200 OK` with a head 0.9 never had). Only 1.0 and 1.1
+        # are served here: the others are refused as a malformed request line.
+        messages = self._messages
+        for index in range(max(0, len(messages) - count), len(messages)):
+            message, _ = messages[index]
+            if not isinstance(message, web_protocol._ErrInfo) and message.version not in _SERVED:
+                refused = BadStatusLine(error="unsupported HTTP version")
+                messages[index] = (
+                    web_protocol._ErrInfo(status=400, exc=refused, message=refused.message),
+                    EMPTY_PAYLOAD,
+                )
 
     def _fail_body_in_flight(self) -> None:
         # The parser refused bytes in the middle of a body a handler is reading (bad chunk

@@ -370,6 +370,41 @@ async def test_identity_headers_are_verified_never_client_sent(
     assert "x-sidecar-api-key-name" not in by_jwt
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [{"sub": "alice\r\nX-Sidecar-Tenant: evil"}, {"sub": "a\x00b"}, {"sub": "a\x1bb"},
+     {"org": "acme\n"}, {"sub": "alice\x7f"}],
+    ids=["crlf_user", "nul_user", "esc_user", "lf_tenant", "del_user"],
+)  # fmt: skip
+async def test_names_with_control_characters_are_invalid_tokens(
+    sidecar_for: SidecarFactory, claims: dict[str, str]
+) -> None:
+    """A signed token whose user or tenant carries control characters is a 401, never a
+    500 from writing it into the app's identity headers (nor a header it could split)."""
+    config = auth_config()
+    async with running_app() as (app_url, _):
+        config["app"] = {"url": app_url}
+        config["routes"] = [{"path": PROMPT, "handler": "prompt"}, {"path": "/", "handler": "app"}]
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers=bearer(mint(**claims))) as r:
+                status, body = r.status, await r.json()
+            prompt_status, prompt_body, _ = await post_prompt(sidecar.url, bearer(mint(**claims)))
+    assert (status, body["error"]["type"]) == (401, "unauthorized")
+    assert (prompt_status, prompt_body["error"]["type"]) == (401, "unauthorized")
+    assert body["error"]["message"] == "invalid token"
+
+
+@pytest.mark.parametrize("field", ["name", "user", "tenant"])
+def test_api_key_names_with_control_characters_are_config_errors(field: str) -> None:
+    key = {"name": "ci", "sha256": API_KEY_SHA256, "user": "ci-bot", field: "ci\nX-Evil: 1"}
+    with pytest.raises(loader.ConfigError) as raised:
+        loader.validate({"auth": {"api_keys": [key]}}, {})
+    assert raised.value.problems == [
+        f"auth.api_keys.0.{field}: must not contain control characters (it is sent in a header)"
+    ]
+    assert "X-Evil" not in str(raised.value)
+
+
 def test_tokens_from_the_helpers_are_what_they_claim() -> None:
     # Guards the table above: a broken helper would make every attack "pass" for the wrong reason.
     assert jwt.get_unverified_header(forge({"alg": "none"}, None))["alg"] == "none"

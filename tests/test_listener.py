@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web, web_protocol
+from aiohttp.http_parser import RawRequestMessage
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import loader
@@ -71,6 +72,13 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
      400, "bad_request_line"),
     ("bad_version", b"GET /?t=" + SECRET.encode() + b" HTTP/9.x\r\nHost: x\r\n\r\n",
      400, "bad_request_line"),
+    # Read as HTTP/0.9 and HTTP/2.0 by the parser; only 1.0 and 1.1 are served.
+    ("no_version", b"GET /?access_token=" + SECRET.encode() + b"\r\nHost: x\r\n\r\n",
+     400, "bad_request_line"),
+    ("http_0_9", b"GET /?t=" + SECRET.encode() + b" HTTP/0.9\r\nHost: x\r\n\r\n",
+     400, "bad_request_line"),
+    ("http_2_0_in_text", b"POST /v1/messages HTTP/2.0\r\nHost: x\r\nContent-Length: 2"
+     b"\r\n\r\n{}", 400, "bad_request_line"),
     ("tls_on_plain_port", b"\x16\x03\x01\x00\xa5" + SECRET.encode() + b"\r\n\r\n",
      400, "bad_request_line"),
     ("bad_header_name", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: " + SECRET.encode()
@@ -220,6 +228,7 @@ async def test_aiohttp_internals_the_listener_relies_on() -> None:
             assert hasattr(protocol, name), name
         assert isinstance(server._kwargs, dict)
         assert {"status", "exc", "message"} <= set(web_protocol._ErrInfo.__annotations__)
+        assert hasattr(RawRequestMessage, "version")  # what the served versions are read from
         assert callable(web_protocol.RequestHandler.handle_error)
     finally:
         await runner.cleanup()

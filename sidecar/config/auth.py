@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from sidecar.config.fields import HttpUrl, Seconds, Section
+from sidecar.identity import is_name
 
 _HS = {"HS256", "HS384", "HS512"}
 _ASYMMETRIC = {
@@ -106,6 +107,13 @@ class ApiKeyConfig(Section):
         if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
             raise ValueError("must be the 64-character hex SHA-256 of the key")
         return value.lower()
+
+    @field_validator("name", "user", "tenant")
+    @classmethod
+    def _names(cls, value: str | None) -> str | None:
+        if value is not None and not is_name(value):
+            raise ValueError("must not contain control characters (it is sent in a header)")
+        return value
 
 
 class AuthConfig(Section):

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from sidecar.config import AuthConfig, JWTConfig
 from sidecar.errors import Rejection, reject
-from sidecar.identity import ANONYMOUS, Identity
+from sidecar.identity import ANONYMOUS, Identity, is_name
 from sidecar.policy.jwks import JwksCache
 
 _CHALLENGE = 'Bearer realm="claude-sidecar"'
@@ -190,20 +190,22 @@ class Authenticator:
     async def _token_identity(self, verifier: JwtVerifier, token: str) -> Identity:
         claims = await verifier.verify(token)
         config = verifier.config
-        user = claims.get(config.user_claim)
-        if not isinstance(user, str | int) or isinstance(user, bool) or user == "":
+        user = _claim_name(claims.get(config.user_claim))
+        if user is None or user == "":
             raise unauthorized("auth_invalid_token", "token has no user claim")
-        tenant = claims.get(config.tenant_claim) if config.tenant_claim else None
-        return self._admitted(
-            Identity(
-                method="jwt",
-                user=str(user),
-                tenant=str(tenant)
-                if isinstance(tenant, str | int) and not isinstance(tenant, bool)
-                else None,
-                claims=claims,
-            )
-        )
+        tenant = _claim_name(claims.get(config.tenant_claim)) if config.tenant_claim else None
+        if not is_name(user) or (tenant is not None and not is_name(tenant)):
+            # A signed token can still carry a name the issuer took from its user as typed;
+            # one with control characters would reach the app's identity headers.
+            raise unauthorized("auth_invalid_token", "invalid token")
+        return self._admitted(Identity(method="jwt", user=user, tenant=tenant, claims=claims))
+
+
+def _claim_name(value: object) -> str | None:
+    """A user or tenant claim as a name: strings and integers; anything else names no one."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)
 
 
 class AuthService:
