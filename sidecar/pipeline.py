@@ -33,7 +33,7 @@ from sidecar.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("sidecar.pipeline")
 UNMATCHED = "unmatched"  # the route label of a path no route matches (bounded, unlike the path)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 @dataclass(slots=True)
@@ -80,7 +80,7 @@ os.register_at_fork(after_in_child=_reseed_ids)
 def request_id_of(request: web.Request, header: str) -> str:
     """The client's request id if well-formed, else a new random one."""
     given = request.headers.get(header)
-    if given is not None and _REQUEST_ID.match(given):
+    if given is not None and _REQUEST_ID.fullmatch(given):
         return given
     return next(_ids)
 

@@ -17,7 +17,10 @@ move the bound with the reason in the commit. One more JSON log line per call is
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from sidecar.cache.recording import Recording
 from sidecar.call.run import ClaudeRequest
@@ -28,6 +31,7 @@ from sidecar.handlers.ui_stream import UiTranslator
 from sidecar.http_client.connection import Connection
 from sidecar.http_client.response import Response
 from sidecar.identity import Identity
+from sidecar.pipeline import request_id_of
 from sidecar.quotas import QuotaLease
 from sidecar.record import StreamRecord
 from sidecar.relay import LiveStream
@@ -127,3 +131,22 @@ PER_CALL_OBJECTS = [
 @pytest.mark.parametrize("kind", PER_CALL_OBJECTS, ids=lambda kind: kind.__name__)
 def test_per_call_objects_are_slotted(kind: type) -> None:
     assert kind.__dictoffset__ == 0, f"{kind.__name__} instances carry a __dict__"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("req-42.a_b:c@d/e+f=g", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("", False),
+        ("abc\n", False),  # `$` would have let a trailing newline through
+        ("a b", False),
+        ("é", False),
+    ],
+)
+def test_a_clients_request_id_is_kept_only_whole_and_well_formed(given: str, kept: bool) -> None:
+    request = make_mocked_request("GET", "/", headers={"X-Request-Id": given})
+    request_id = request_id_of(request, "X-Request-Id")
+    assert (request_id == given) is kept
+    assert re.fullmatch(r"[A-Za-z0-9._:@/+=-]{1,128}", request_id)
