@@ -13,6 +13,8 @@ each). A change that adds work per call or per event on purpose (a new metric, a
 resume buffer) moves the figure: measure with `uv run python bench/costs.py` and
 move the bound with the reason in the commit. One more JSON log line per call is
 ~60 calls, one more histogram point ~40, a `json.loads` per event ~6.
+
+At the end, the pipeline's own check of what a client names its request.
 """
 
 from __future__ import annotations
