@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import subprocess
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from sidecar.stream.redis_store import keys, redis_client
+from sidecar.stream.redis_store import keys, readers_key, redis_client
 from tests.support.redis_server import RedisServer
 from tests.support.resume import ROUTE, cutting_proxy, replica, sse_request, stream_ends
 from tests.support.sidecars import SidecarFactory
@@ -90,7 +91,7 @@ async def test_unknown_expired_foreign_and_finished_streams(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     config = {
-        **resumable(ttl_seconds=1),
+        **resumable(ttl_seconds=4),
         "auth": {"mode": "required", "api_keys": [
             {"name": "a", "sha256": _sha("key-a"), "user": "alice"},
             {"name": "b", "sha256": _sha("key-b"), "user": "bob"},
@@ -136,8 +137,7 @@ async def test_unknown_expired_foreign_and_finished_streams(
             assert "Last-Event-ID" in error["error"]["message"]
         # Still resumable within the TTL, then gone.
         assert await get(f"{stream_id}:29", alice) == 200
-        await asyncio.sleep(1.3)
-        assert await get(f"{stream_id}:29", alice) == 204
+        await eventually(lambda: _is(get(f"{stream_id}:29", alice), 204), timeout=15)
         status, error = await post(f"{stream_id}:29", alice)
         assert (status, error["error"]["type"]) == (404, "resume_expired")
         async with aiohttp.ClientSession() as http:
@@ -163,8 +163,8 @@ async def test_leaving_and_coming_back_within_the_grace_keeps_the_generation(
     async with sidecar_for(resumable(detach_grace_seconds=5)) as sidecar:
         async with cutting_proxy(sidecar.port, after=3) as proxy:
             first = await sse_request(proxy.port, target=SLOW)
-        await asyncio.sleep(0.3)  # detached, still generating
-        assert fake.state.open_streams == 1
+        assert fake.state.open_streams == 1  # detached, still generating
+        await asyncio.sleep(0.3)  # away for a while
         rest = await sse_request(sidecar.port, headers={"Last-Event-ID": first.last_id})
     assert rest.events[-1].data["done"] is True
     assert len(first.events) + len(rest.events) == 31
@@ -212,6 +212,14 @@ async def test_an_explicit_cancel_stops_claude_at_once(
     assert stream_ends(caplog) == ["client_cancelled"]
 
 
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def _at_least(value: Awaitable[int], expected: int) -> bool:
+    return await value >= expected
+
+
 def _sha(key: str) -> str:
     import hashlib
 
@@ -219,6 +227,24 @@ def _sha(key: str) -> str:
 
 
 # ---------------------------------------------------------------------------- across replicas
+
+
+async def events_stored(redis_server: RedisServer, stream_id: str) -> int:
+    """How many of the stream's events are in Redis."""
+    redis = redis_client(redis_server.url, 2.0)
+    try:
+        return int(await redis.xlen(keys(stream_id)[0]))
+    finally:
+        await redis.aclose()
+
+
+async def readers_counted(redis_server: RedisServer, stream_id: str) -> int:
+    """How many clients read the stream from the store, on every replica."""
+    redis = redis_client(redis_server.url, 2.0)
+    try:
+        return int(await redis.zcard(readers_key(stream_id)))
+    finally:
+        await redis.aclose()
 
 
 def completed_lines(path: Path) -> list[str]:
@@ -289,7 +315,8 @@ async def test_readers_of_a_stream_produced_elsewhere_are_bounded_here_too(
         first = await sse_request(proxy.port, target=slow)
         cursor = {"Last-Event-ID": f"{first.stream_id}:0"}
         readers = [asyncio.create_task(sse_request(port_b, headers=cursor)) for _ in range(2)]
-        await asyncio.sleep(0.5)  # both are reading the live stream from the store
+        # Both are reading the live stream from the store.
+        await eventually(lambda: _is(readers_counted(redis_server, first.stream_id), 2))
         third = await sse_request(port_b, headers=cursor)
         done = await asyncio.gather(*readers)
     assert third.status == 429
@@ -352,7 +379,7 @@ async def test_a_stopping_replica_ends_its_store_readers_within_the_grace(
     ):
         first = await sse_request(proxy.port, target=slow)
         reading = asyncio.create_task(sse_request(port_b, headers={"Last-Event-ID": first.last_id}))
-        await asyncio.sleep(0.5)
+        await eventually(lambda: _is(readers_counted(redis_server, first.stream_id), 1))
         process_b.send_signal(signal.SIGTERM)  # grace 1 s
         read = await reading
         code = await asyncio.to_thread(process_b.wait, 10)
@@ -375,7 +402,10 @@ async def test_a_killed_producer_leaves_its_events_and_then_stream_lost(
         cutting_proxy(port_a, after=5) as proxy,
     ):
         first = await sse_request(proxy.port, target=slow)
-        await asyncio.sleep(0.5)  # more events were generated (and written to Redis) meanwhile
+        # More events were generated, and written to Redis, after the cut.
+        await eventually(
+            lambda: _at_least(events_stored(redis_server, first.stream_id), len(first.events) + 5)
+        )
         process_a.send_signal(signal.SIGKILL)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -406,12 +436,9 @@ async def test_a_client_ahead_of_a_killed_producers_writes_gets_stream_lost_not_
         first = await sse_request(proxy.port, target=slow)
         await asyncio.sleep(0.3)
         process_a.send_signal(signal.SIGKILL)
-        redis = redis_client(redis_server.url, 2.0)
-        try:
-            stored = await redis.xlen(keys(first.stream_id)[0])
-        finally:
-            await redis.aclose()
-        ahead = stored + 3  # what the client saw and the store never got
+        ahead = (
+            await events_stored(redis_server, first.stream_id) + 3
+        )  # what the client saw and the store never got
         rest = await sse_request(port_b, headers={"Last-Event-ID": f"{first.stream_id}:{ahead}"})
         again = await sse_request(port_b, headers={"Last-Event-ID": rest.last_id})
     assert rest.status == 200
