@@ -74,3 +74,17 @@ def test_shutdown_ends_every_stream_saying_what_a_client_can_still_do(
     assert outcome == "shutting_down"
     assert kind == error_type
     assert ("another replica" in message) == (resumable and shared)
+
+
+async def test_a_stream_that_starts_after_shutdown_stopped_the_others_is_stopped_at_once() -> None:
+    """A call queued for a slot (or waiting for Claude's head) when the grace ended starts
+    streaming after `stop_all`: it gets the same final event instead of running unseen
+    until the listener cuts it."""
+    registry = StreamRegistry()
+    assert registry.stop_all(shared_store=True) == 0
+    late = Stream(1.0, resumable=True)
+    registry.add(live(late))
+    ((outcome, kind, message),) = late.stops
+    assert (outcome, kind) == ("shutting_down", "overloaded_error")
+    assert "another replica" in message
+    registry.discard(live(late))

@@ -24,6 +24,9 @@ class StreamRegistry:
     def __init__(self) -> None:
         self._streams: set[LiveStream] = set()
         self._watched: dict[float, set[LiveStream]] = {}  # by tick interval
+        # Set by `stop_all` (whether the store is shared): a stream that starts after it
+        # (a call that was queued for a slot or waiting for Claude's head) ends at once.
+        self._stopped: bool | None = None
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -40,6 +43,8 @@ class StreamRegistry:
             watched = self._watched[every] = set()
             asyncio.get_running_loop().call_later(every, self._tick, every)
         watched.add(stream)
+        if self._stopped is not None:  # shutdown already ended the others: no one is left out
+            _stop(stream, shared_store=self._stopped)
 
     def discard(self, stream: LiveStream) -> None:
         self._streams.discard(stream)
@@ -68,21 +73,29 @@ class StreamRegistry:
 
         The event says what a client can still do: a resumable stream whose events are in
         a shared store can be read again from another replica (up to this final event);
-        one kept only in this process's memory is lost with it (`stream_lost`).
+        one kept only in this process's memory is lost with it (`stream_lost`). The stop
+        holds for streams added later too: a call admitted after it (one queued for a slot
+        the stopped streams freed) is ended the moment it starts streaming.
         """
+        self._stopped = shared_store
         streams = list(self._streams)
         for stream in streams:
-            if not stream.generation.resumable:
-                stream.stop("shutting_down", "overloaded_error", "the sidecar is shutting down")
-            elif shared_store:
-                stream.stop(
-                    "shutting_down", "overloaded_error",
-                    "the sidecar is shutting down; events missed so far can be resumed "
-                    "from another replica",
-                )  # fmt: skip
-            else:
-                stream.stop(
-                    "shutting_down", "stream_lost",
-                    "the sidecar is shutting down; this stream cannot be resumed",
-                )  # fmt: skip
+            _stop(stream, shared_store=shared_store)
         return len(streams)
+
+
+def _stop(stream: LiveStream, *, shared_store: bool) -> None:
+    """End one stream with the shutdown's final event."""
+    if not stream.generation.resumable:
+        stream.stop("shutting_down", "overloaded_error", "the sidecar is shutting down")
+    elif shared_store:
+        stream.stop(
+            "shutting_down", "overloaded_error",
+            "the sidecar is shutting down; events missed so far can be resumed "
+            "from another replica",
+        )  # fmt: skip
+    else:
+        stream.stop(
+            "shutting_down", "stream_lost",
+            "the sidecar is shutting down; this stream cannot be resumed",
+        )  # fmt: skip
