@@ -392,6 +392,30 @@ async def test_a_stopping_replica_ends_its_store_readers_within_the_grace(
     assert len(first.events) + len(read.events) - 1 + len(rest.events) == 401
 
 
+async def test_a_store_read_that_starts_after_shutdown_stopped_the_readers_ends_at_once(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """Shutdown stops the store readers of the moment; one that starts after (it was in its
+    lookup, or came on a kept-alive connection) gets the same `shutting_down` without an
+    id at once, instead of reading on until the listener cuts it with no final event."""
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "detach_grace_seconds": 10}}  # fmt: skip
+    async with (
+        sidecar_for(config) as producer,
+        sidecar_for(config) as reader,
+        cutting_proxy(producer.port, after=3) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=SLOW)
+        assert reader.runtime.resume.stop_readers() == 0  # the grace is over: none yet
+        late = await sse_request(reader.port, headers={"Last-Event-ID": first.last_id})
+        rest = await sse_request(producer.port, headers={"Last-Event-ID": first.last_id})
+    assert late.status == 200
+    assert [e.data["error"]["type"] for e in late.events] == ["shutting_down"]
+    assert late.events[0].id is None  # resume from the last event, elsewhere
+    assert rest.events[-1].data.get("done") is True
+    assert len(first.events) + len(rest.events) == 31
+
+
 async def test_a_killed_producer_leaves_its_events_and_then_stream_lost(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:

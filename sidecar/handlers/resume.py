@@ -203,15 +203,11 @@ async def _from_store(
     if not joined:
         raise _too_many_readers()
     readers[stream_id] += 1
-    task = asyncio.current_task()
-    if task is not None:
-        resume_.replays.add(task)
     keeping = asyncio.create_task(resume_.store.keep(stream_id, reader))
     try:
         return await _replay(ctx, stream_id, after, start, info, lost_event)
     finally:
         keeping.cancel()
-        resume_.replays.discard(task)
         readers[stream_id] -= 1
         if not readers[stream_id]:
             del readers[stream_id]
@@ -241,21 +237,28 @@ async def _replay(
     skip = after - start  # events the client has that the store had not when it asked
     result = "resumed"
     sent = loop.time()
+    # Known to shutdown from here (no wait before the `try`, so its stop lands inside);
+    # a shutdown that stopped the readers before this one started stops it at once.
+    resume_, task = runtime.resume, asyncio.current_task()
+    assert task is not None
+    resume_.replays.add(task)
+    stopping = resume_.readers_stopped
     try:
-        async for batch in store.read(stream_id, start):
-            if not batch:  # a quiet round
-                if loop.time() - sent >= heartbeat:
-                    sent = loop.time()
-                    await channel.response.write(sse.PING)
-                continue
-            if skip:
-                if len(batch) <= skip:
-                    skip -= len(batch)
+        if not stopping:
+            async for batch in store.read(stream_id, start):
+                if not batch:  # a quiet round
+                    if loop.time() - sent >= heartbeat:
+                        sent = loop.time()
+                        await channel.response.write(sse.PING)
                     continue
-                batch, skip = batch[skip:], 0
-            replayed += len(batch)
-            sent = loop.time()
-            await channel.response.write(b"".join(batch))
+                if skip:
+                    if len(batch) <= skip:
+                        skip -= len(batch)
+                        continue
+                    batch, skip = batch[skip:], 0
+                replayed += len(batch)
+                sent = loop.time()
+                await channel.response.write(b"".join(batch))
     except StreamLost:
         result = "lost"
         event = lost_event("stream_lost", "the stream's producer stopped; it cannot be resumed")
@@ -266,18 +269,10 @@ async def _replay(
         with contextlib.suppress(ConnectionResetError):
             await channel.response.write(event)
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is None or not runtime.resume.stopped(task):
+        if not resume_.stopped(task):
             runtime.telemetry.resumed(result, replayed)
             raise
-        # The sidecar is stopping: this reader ends, the stream goes on where it is
-        # produced. No id on the event, so the client resumes from its last one elsewhere.
-        event = lost_event(
-            "shutting_down",
-            "the sidecar is shutting down; resume the stream from another replica",
-        )
-        with contextlib.suppress(ConnectionResetError):
-            await channel.response.write(event)
+        stopping = True
     except ConnectionResetError:
         runtime.telemetry.resumed(result, replayed)
         raise
@@ -285,6 +280,17 @@ async def _replay(
         result = "lost"
         runtime.telemetry.resume_store_error("fail_closed")
         event = lost_event("stream_lost", "the resume store failed while reading the stream")
+        with contextlib.suppress(ConnectionResetError):
+            await channel.response.write(event)
+    finally:
+        resume_.replays.discard(task)
+    if stopping:
+        # The sidecar is stopping: this reader ends, the stream goes on where it is
+        # produced. No id on the event, so the client resumes from its last one elsewhere.
+        event = lost_event(
+            "shutting_down",
+            "the sidecar is shutting down; resume the stream from another replica",
+        )
         with contextlib.suppress(ConnectionResetError):
             await channel.response.write(event)
     runtime.telemetry.resumed(result, replayed)

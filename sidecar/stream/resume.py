@@ -126,9 +126,13 @@ class Resume:
         # The requests reading a stream from the store here, and those told to stop.
         self.replays: set[asyncio.Task[object]] = set()
         self._stopping: set[asyncio.Task[object]] = set()
+        # Set by `stop_readers`: a read that starts after it ends at once, as they did.
+        self.readers_stopped = False
 
     def stop_readers(self) -> int:
-        """End every read from the store with a `shutting_down` event (shutdown); how many."""
+        """End every read from the store with a `shutting_down` event (shutdown); how many.
+        The stop holds for reads that start later (`readers_stopped`)."""
+        self.readers_stopped = True
         told = [task for task in self.replays if task not in self._stopping]
         for task in told:
             self._stopping.add(task)
