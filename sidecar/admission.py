@@ -2,7 +2,9 @@
 
 A full queue rejects at once; a waiter that is not admitted within
 `max_wait_seconds` is rejected with `retry-after`. Rejections are 529
-`overloaded_error` (the prompt route renders them as 503).
+`overloaded_error` (the prompt route renders them as 503). Once shutdown has ended the
+live streams (`stop`), the waiters and every later call are turned away with a 503
+`shutting_down` before Claude is called: a slot the stopped streams free is nobody's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Admission:
         self.max_wait = config.queue.max_wait_seconds
         self.active = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.stopped = False
 
     @property
     def waiting(self) -> int:
@@ -35,11 +38,21 @@ class Admission:
         retry = max(1, math.ceil(self.max_wait or 1))
         return reject(reason, message, headers={"retry-after": str(retry)})
 
+    def stop(self) -> None:
+        """Shutdown: turn away the waiters and every call from now on (`shutting_down`)."""
+        self.stopped = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(_shutting_down())
+
     async def acquire(self) -> float:
         """Take a slot; returns seconds spent queued. Raises Rejection when overloaded."""
-        if self.active < self.limit and not self._waiters:
+        if self.active < self.limit and not self._waiters and not self.stopped:
             self.active += 1
             return 0.0
+        if self.stopped:
+            raise _shutting_down()
         if len(self._waiters) >= self.max_waiting:
             raise self._overloaded("too many concurrent streams, queue full", "queue_full")
         started = time.perf_counter()
@@ -49,7 +62,7 @@ class Admission:
             async with asyncio.timeout(self.max_wait):
                 await waiter
         except (TimeoutError, asyncio.CancelledError) as exc:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release()  # the slot was handed over just as we gave up: pass it on
             else:
                 waiter.cancel()
@@ -73,3 +86,11 @@ class Admission:
                 waiter.set_result(None)  # the slot passes on; `active` is unchanged
                 return
         self.active -= 1
+
+
+def _shutting_down() -> Rejection:
+    return reject(
+        "shutting_down",
+        "the sidecar is shutting down; send the request again (another replica answers)",
+        headers={"retry-after": "1"},
+    )

@@ -150,6 +150,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "quota_store_unavailable": Reason(503, "api_error", "unavailable"),
     "queue_full": _OVERLOADED,
     "queue_timeout": _OVERLOADED,
+    "shutting_down": Reason(503, "overloaded_error"),
     # resumable streams
     "resume_malformed": _BAD,
     "resume_expired": Reason(404, "not_found_error", "resume_expired"),

@@ -235,7 +235,10 @@ class RuntimeHolder:
         return True
 
     def stop_all_streams(self) -> int:
-        """End every live Claude stream with a final `shutting_down` event; how many."""
+        """End every live Claude stream with a final `shutting_down` event; how many.
+        Calls still queued for a slot, and any call after, are turned away first."""
+        for admission in {id(r.admission): r.admission for r in self.live}.values():
+            admission.stop()
         stopped = sum(
             runtime.streams.stop_all(shared_store=runtime.resume.shared) for runtime in self.live
         )

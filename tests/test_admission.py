@@ -89,3 +89,37 @@ async def test_slot_handed_over_while_cancelled_is_passed_on() -> None:
         await first
     await asyncio.wait_for(second, 1)
     assert admission.active == 1
+
+
+async def test_shutdown_turns_away_the_waiters_and_every_later_call() -> None:
+    """Once shutdown has ended the live streams, a slot they free is nobody's: the queued
+    calls and any call after get a 503 `shutting_down` (before Claude is called)."""
+    admission = gate(1, 5, 5)
+    await admission.acquire()
+    waiters = [asyncio.create_task(admission.acquire()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    admission.stop()
+    admission.release()  # the stopped stream's slot
+    for outcome in await asyncio.gather(*waiters, return_exceptions=True):
+        assert isinstance(outcome, Rejection)
+        assert (outcome.status, outcome.reason) == (503, "shutting_down")
+        assert outcome.headers["retry-after"] == "1"
+    assert admission.active == 0
+    with pytest.raises(Rejection) as caught:
+        await admission.acquire()  # a free slot, after the stop
+    assert caught.value.reason == "shutting_down"
+    assert admission.active == 0
+
+
+async def test_a_waiter_cancelled_as_shutdown_turns_it_away_takes_no_slot() -> None:
+    admission = gate(1, 5, 5)
+    await admission.acquire()
+    waiter = asyncio.create_task(admission.acquire())
+    await asyncio.sleep(0.01)
+    admission.stop()
+    waiter.cancel()  # the client left in the same turn
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert admission.active == 1  # only the stream's, not freed twice
+    admission.release()
+    assert admission.active == 0

@@ -25,7 +25,7 @@ from tests.support.certs import write_self_signed
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory, running_sidecar, sidecar_process
 from tests.support.sockets import free_port
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, holds
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,6 +140,32 @@ async def test_a_stream_longer_than_the_grace_gets_a_final_event_and_exit_0(
     assert exit_code == 0
     assert "shutdown grace over" in logs
     assert "Traceback" not in logs
+
+
+async def test_a_call_queued_when_the_grace_ends_is_turned_away_before_claude_is_called(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """One stream slot, held past the grace by a long stream; a second call queued for it.
+    When the grace ends the stream gets its final event and the queued call a 503
+    `shutting_down` with `Retry-After`: the freed slot is not handed to it, and Claude is
+    called once."""
+    data = {"claude": {"max_concurrent_streams": 1, "queue": {"max_waiting": 4}}}
+    async with sidecar_for(data) as server, aiohttp.ClientSession() as http:
+        url = server.url + "/api/stream-response"
+        async with http.get(url, params={"prompt": "[[fake tokens=2000 tps=20]] long"}) as held:
+            await first_event(held)
+            queued = asyncio.ensure_future(http.post(url, json={"prompt": "queued"}))
+            await eventually(lambda: holds(server.runtime.admission.waiting == 1))
+            shutdown = asyncio.ensure_future(server.shutdown(grace=0.3))
+            refused_call = await queued
+            body = await refused_call.json()
+            rest = await held.read()
+        await shutdown
+    assert refused_call.status == 503
+    assert refused_call.headers["Retry-After"] == "1"
+    assert body["error"]["type"] == "overloaded"
+    assert b"shutting down" in rest
+    assert fake.state.counters["requests"] == 1
 
 
 async def test_a_close_that_never_returns_cannot_hold_the_shutdown(

@@ -34,6 +34,8 @@ from sidecar.usage import apply_message
 MAX_ERROR_BODY = 64 * 1024
 _HANDED_OVER: Final[Mapping[str, str]] = MappingProxyType({})
 _SENT: Final = Attempt("POST", "", {})  # a sent call's attempt (never sent again)
+# Admission's refusals of a call that queued: its wait is measured as not admitted.
+_NOT_ADMITTED: Final = frozenset({"queue_full", "queue_timeout", "shutting_down"})
 
 
 @dataclass(slots=True)
@@ -160,7 +162,7 @@ async def call_claude(
         else:
             record.outcome = "upstream_error"
         record.error_type = rejection.error_type
-        if rejection.reason in ("queue_full", "queue_timeout") and queued_at is not None:
+        if rejection.reason in _NOT_ADMITTED and queued_at is not None:
             record.queue_wait = time.perf_counter() - queued_at
             telemetry.queue_wait(record.queue_wait, admitted=False)
         raise
