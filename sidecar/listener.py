@@ -61,6 +61,15 @@ OnReject = Callable[[str, int], None]
 HeaderTimeout = Callable[[], float]  # read per head: a reload changes it for new heads
 
 
+def close_after(request: web.BaseRequest) -> None:
+    """Answer `request` with `Connection: close` and close its connection after it: a
+    draining sidecar sends a kept-alive client's next request to another replica. (The
+    parsed message is aiohttp's: every response reads `should_close` from it, through
+    `keep_alive`, which caches it.)"""
+    request._message = request._message._replace(should_close=True)
+    request._cache.pop("keep_alive", None)
+
+
 def classify(exc: BaseException) -> tuple[str, int]:
     """The (reason, status) for a parser error; never looks at the bytes it quotes."""
     if isinstance(exc, LineTooLong):

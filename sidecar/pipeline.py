@@ -28,6 +28,7 @@ from sidecar.errors import Family, Rejection, reject, render_json, simple_error_
 from sidecar.handlers.request_body import answer_expectation
 from sidecar.header_lists import header_value
 from sidecar.identity import ANONYMOUS, Identity
+from sidecar.listener import close_after
 from sidecar.routes import Route
 from sidecar.runtime import Runtime, RuntimeHolder
 
@@ -123,6 +124,8 @@ class Pipeline:
             await answer_expectation(request)
             await request.writer.drain()
         runtime = self._runtimes.current  # swapped by reload; in-flight keep theirs
+        if self._runtimes.draining:
+            close_after(request)  # a kept-alive client's next request goes elsewhere
         lifecycle = runtime.lifecycle
         lifecycle.enter()
         try:

@@ -1,7 +1,8 @@
 """Listeners and lifecycle: start both listeners, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
 Shutdown order: reloads stop → `/readyz` turns 503 → the traffic listener stops
-accepting → in-flight requests (on every runtime, including ones a reload replaced)
+accepting (a request on a kept-alive connection is answered with `Connection: close`)
+→ in-flight requests (on every runtime, including ones a reload replaced)
 get `server.shutdown_grace_seconds` to finish → streams still live get a final
 `shutting_down` error event → connections close → the admin listener closes.
 Every step after the grace is bounded (a close that never returns is left behind, a

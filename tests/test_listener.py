@@ -19,6 +19,7 @@ import pytest
 import yaml
 from aiohttp import web, web_protocol
 from aiohttp.http_parser import RawRequestMessage
+from aiohttp.test_utils import make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import loader
@@ -29,6 +30,7 @@ from sidecar.listener import (
     TrafficRunner,
     TrafficServerRunner,
     classify,
+    close_after,
 )
 from sidecar.loader import deep_merge as merge
 from sidecar.server import SidecarServer
@@ -366,3 +368,15 @@ async def test_mutated_requests_never_get_a_5xx_or_reach_a_log_raw(
     assert [s for s in statuses if s.startswith(b"5")] == []
     assert SECRET not in caplog.text
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_close_after_makes_the_response_say_close_and_end_the_connection() -> None:
+    """What a draining sidecar does to each request: its response carries `Connection:
+    close` (aiohttp's and the stream adapter's heads both read the parsed message)."""
+    request = make_mocked_request("GET", "/", headers={"Connection": "keep-alive"})
+    assert request.keep_alive
+    close_after(request)
+    assert not request.keep_alive
+    assert request._message.should_close
+    assert request.method == "GET"  # the rest of the message is kept
+    assert request.path == "/"

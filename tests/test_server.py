@@ -168,6 +168,31 @@ async def test_a_call_queued_when_the_grace_ends_is_turned_away_before_claude_is
     assert fake.state.counters["requests"] == 1
 
 
+async def test_during_the_grace_a_kept_alive_connection_is_told_to_close(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Draining: the listener accepts no new connection, and a request on a kept-alive
+    one is answered with `Connection: close` and that connection closed after it, so the
+    client's next request goes to another replica."""
+    short = {"prompt": "[[fake tokens=1]] hi"}
+    async with sidecar_for() as server, aiohttp.ClientSession() as http:
+        url = server.url + "/api/stream-response"
+        async with http.get(url, params={"prompt": "[[fake tokens=400 tps=40]] long"}) as held:
+            await first_event(held)  # holds the grace open
+            async with http.get(url, params=short) as before:
+                await before.read()  # its connection goes back to the pool, open
+            assert "close" not in before.headers.get("Connection", "").lower()
+            shutdown = asyncio.ensure_future(server.shutdown(grace=5))
+            await eventually(lambda: refused(url))
+            async with http.get(url, params=short) as during:  # the pooled connection
+                body = await during.read()
+            assert during.status == 200
+            assert b'"done"' in body
+            assert during.headers["Connection"].lower() == "close"
+            held.close()
+        await shutdown
+
+
 async def test_a_close_that_never_returns_cannot_hold_the_shutdown(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
