@@ -150,12 +150,13 @@ class Pipeline:
             route = resolved.route
             if route is None:
                 refused = resolved.refused
-                status, reason = (400, refused.reason) if refused else (404, "no_route")
-                body = (
-                    simple_error_body("invalid_request", refused.message)
+                rejection = (
+                    reject(refused.reason, refused.message)
                     if refused
-                    else simple_error_body("not_found", f"no route for {resolved.path}")
+                    else reject("no_route", f"no route for {resolved.path}")
                 )
+                status, reason = rejection.status, rejection.reason
+                body = simple_error_body(rejection.short_type, rejection.message)
                 headers["Vary"] = "Origin"
                 # Every request gets a trace, the caller's continued: this one's span
                 # names no route (`unmatched`) and ends with the refusal.
