@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidecar.config import Config, RouteConfig
 from tests.support.sockets import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,3 +155,14 @@ def test_the_configuration_examples_work_as_written(fresh_copy: Path) -> None:
             assert json.loads(result.stdout)["properties"]["server"]
         else:
             assert yaml.safe_load(result.stdout)["screening"]["max_prompt_chars"] == 500
+
+
+def test_the_configuration_section_names_every_config_section_and_route_override() -> None:
+    section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    sentence = section.split("Sections: ", 1)[1].split(").", 1)[0]
+    sections, overrides = sentence.split("(each route may override", 1)
+    assert re.findall(r"`(\w+)`", sections) == list(Config.model_fields)
+    assert set(re.findall(r"`(\w+)`", overrides)) == set(RouteConfig.model_fields) - {
+        "path",
+        "handler",
+    }
