@@ -113,6 +113,10 @@ def test_cors_list_defaults_are_listed_whole_in_the_reference() -> None:
             elif header in ("x-request-id", "request-id") and key.endswith("expose_headers"):
                 header = "request ids"
             assert header in row, f"{key}: {header}"
+    # security.md spells the default allow_headers out too, for preflights.
+    security = (ROOT / "docs" / "security.md").read_text()
+    listed = security.split("from `allow_headers`: by default", 1)[1].split("), `-Max-Age`", 1)[0]
+    assert set(re.findall(r"`([^`]+)`", listed)) == set(defaults["cors.allow_headers"])
 
 
 def test_the_example_config_shows_every_key() -> None:
