@@ -324,6 +324,23 @@ async def test_module_resumes_by_the_resume_protocol(
     assert result["streamId"] == "s1"
 
 
+async def test_a_get_resume_keeps_its_id_when_the_url_has_a_fragment(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """GET mode's resume adds `last_event_id` to the URL's query, not after its `#…`
+    (a fragment is never sent: the resume would start a second generation instead)."""
+    skip_unless_engine("chromium")
+    emulator = ResumeEmulator("cut")
+    async with page_server() as origin, sidecar_for() as sidecar, running_emulator(emulator) as url:
+        target, options = asking("GET", url + ResumeEmulator.PATH, retryBaseMs=50)
+        result = await run("chromium", origin, sidecar.url, url=target + "#chat?x=1",
+                           options=options)  # fmt: skip
+    assert emulator.started == 1
+    assert len(emulator.resumed_from) == 1
+    assert result["state"] == "done"
+    assert result["text"] == emulator.full_text
+
+
 @pytest.mark.parametrize(
     ("engine", "method"), [*((engine, "POST") for engine in ENGINES), ("chromium", "GET")]
 )

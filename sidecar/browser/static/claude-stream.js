@@ -128,7 +128,7 @@ export class ClaudeStream {
     const id = this.streamId;
     if (id) {
       // The same credentials as the stream: only the identity that started it may cancel it.
-      const init = { method: "DELETE", credentials: this.options.credentials,
+      const init = { method: "DELETE", credentials: this._credentials(),
                      headers: { ...(this.options.headers || {}) } };
       fetch(this._routeUrl() + "/" + encodeURIComponent(id), init).catch(() => {});
     }
@@ -157,6 +157,24 @@ export class ClaudeStream {
     return u.href.replace(/\/$/, "");
   }
 
+  /** The credentials mode of every request of this stream: in GET mode the `EventSource`'s
+   *  (cookies cross-origin only with "include", same-origin ones always), so a resume or a
+   *  cancel goes out as the same identity as the stream it continues. */
+  _credentials() {
+    if (this.options.method !== "GET") return this.options.credentials;
+    return this.options.credentials === "include" ? "include" : "same-origin";
+  }
+
+  /** A GET resume's URL: the stream's own, `last_event_id` added to its query (before any
+   *  `#fragment`, which is never sent: after it, the id would be lost). */
+  _resumeUrl() {
+    const u = new URL(this.url, globalThis.location ? globalThis.location.href : undefined);
+    const param = "last_event_id=" + encodeURIComponent(this.lastEventId);
+    u.search = u.search.length > 1 ? u.search + "&" + param : param;
+    u.hash = "";
+    return u.href;
+  }
+
   _connect(resuming) {
     if (this._over()) return;
     this.state = resuming ? "reconnecting" : "connecting";
@@ -175,8 +193,7 @@ export class ClaudeStream {
     const get = this.options.method === "GET";
     let init;
     if (get) {
-      const url = this.url + (this.url.includes("?") ? "&" : "?") + "last_event_id=" + encodeURIComponent(this.lastEventId);
-      init = [url, { method: "GET", headers: { accept: "text/event-stream" } }];
+      init = [this._resumeUrl(), { method: "GET", headers: { accept: "text/event-stream" } }];
     } else {
       const headers = { "content-type": "application/json", accept: "text/event-stream", ...(this.options.headers || {}) };
       if (resuming) headers["last-event-id"] = this.lastEventId;
@@ -185,7 +202,7 @@ export class ClaudeStream {
     let response;
     try {
       response = await fetch(init[0], {
-        ...init[1], credentials: this.options.credentials, signal: controller.signal, cache: "no-store",
+        ...init[1], credentials: this._credentials(), signal: controller.signal, cache: "no-store",
       });
     } catch (error) {
       if (this._connection !== connection) return;
