@@ -242,6 +242,13 @@ class Reloader:
             return self._failed(
                 trigger, [f"<readiness>: {name}: {unready[name]}" for name in sorted(lost)]
             )
+        if self._runtimes.draining:
+            # Shutdown began while this reload was opening its runtime (it waits for a
+            # reload only so long): a runtime installed now would serve, and its streams
+            # and queue would not be the ones shutdown stops. The old config drains.
+            await self._runtimes.discard(runtime)
+            log.info("config_reload_dropped", extra={"trigger": trigger, "detail": "shutting down"})
+            return False
         if live_tls is not None and (problem := load_tls(live_tls, tls)):
             await self._runtimes.discard(runtime)  # the files changed since the probe
             return self._failed(trigger, [problem])

@@ -24,14 +24,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sidecar import loader
+from sidecar import loader, readiness
+from sidecar import reload as reload_module
+from sidecar import server as server_module
 from sidecar.fake_claude import FakeServer
 from sidecar.reload import keep_restart_only
 from sidecar.server import SidecarServer
 from tests.support.certs import write_self_signed
 from tests.support.sidecars import BASE, sidecar_process
 from tests.support.sockets import free_port
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, holds
 
 pytestmark = pytest.mark.timeout(60)
 API_KEY = "sk-client-reload-test"
@@ -261,6 +263,39 @@ async def test_shutdown_waits_for_streams_on_a_replaced_runtime(
             rest = await stream.read()
     events = (head + rest).decode().strip().split("\n\n")
     assert sum('"token"' in event for event in events) == 20
+    assert server.runtimes.live == []
+
+
+async def test_a_reload_that_finishes_after_shutdown_began_is_not_installed(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown waits a bounded time for a reload under way; one still running after that
+    (its new runtime slow to open) is dropped when it ends, never installed while the
+    sidecar drains: the streams, queue and readers shutdown stops stay the only ones."""
+    path = tmp_path / "sidecar.yaml"
+    write(path, config_for(fake, server={"reload_poll_seconds": 0}))
+    server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+    await server.start()
+    first = server.runtime
+    gate = asyncio.Event()
+    checks = readiness.unready_checks
+
+    async def slow_checks(runtime: Any) -> Any:
+        await gate.wait()
+        return await checks(runtime)
+
+    monkeypatch.setattr(reload_module, "unready_checks", slow_checks)
+    monkeypatch.setattr(server_module, "_RELOAD_STOP_GRACE", 0.1)
+    write(path, config_for(fake, server={"reload_poll_seconds": 0},
+                           claude={"max_concurrent_streams": 7}))  # fmt: skip
+    reloading = asyncio.ensure_future(server.reload())
+    await eventually(lambda: holds(len(server.runtimes.live) == 2))  # the new one is open
+    shutdown = asyncio.ensure_future(server.shutdown(grace=0.5))
+    await eventually(lambda: holds(server.runtimes.draining))
+    gate.set()
+    assert not await reloading
+    assert server.runtime is first
+    await shutdown
     assert server.runtimes.live == []
 
 
