@@ -7,14 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-# C0 controls and DEL: never part of a name, and not allowed in an HTTP field value
-# (RFC 9110 §5.5), where the verified user, tenant and key name go for the app.
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+# Controls (C0, DEL, C1) and the Unicode line and paragraph separators: never part of a
+# name. C0 and DEL are not allowed in an HTTP field value (RFC 9110 §5.5), where the
+# verified user, tenant and key name go for the app; C1's NEL and the separators end a
+# line for an app that splits the value as text.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def is_name(value: str) -> bool:
-    """Whether `value` may name a user, tenant or API key: no control characters (CR, LF
-    and NUL in an identity header would split or end it; the rest are invalid there)."""
+    """Whether `value` may name a user, tenant or API key: no control characters nor line
+    separators (CR, LF and NUL in an identity header would split or end it; NEL or
+    U+2028 would split it for an app reading it as text; the rest are invalid there)."""
     return _CONTROL.search(value) is None
 
 

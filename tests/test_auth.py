@@ -373,8 +373,10 @@ async def test_identity_headers_are_verified_never_client_sent(
 @pytest.mark.parametrize(
     "claims",
     [{"sub": "alice\r\nX-Sidecar-Tenant: evil"}, {"sub": "a\x00b"}, {"sub": "a\x1bb"},
-     {"org": "acme\n"}, {"sub": "alice\x7f"}],
-    ids=["crlf_user", "nul_user", "esc_user", "lf_tenant", "del_user"],
+     {"org": "acme\n"}, {"sub": "alice\x7f"}, {"sub": "alice\x85evil"},
+     {"org": "acme\u2028evil"}],
+    ids=["crlf_user", "nul_user", "esc_user", "lf_tenant", "del_user", "nel_user",
+         "line_separator_tenant"],
 )  # fmt: skip
 async def test_names_with_control_characters_are_invalid_tokens(
     sidecar_for: SidecarFactory, claims: dict[str, str]
@@ -400,7 +402,8 @@ def test_api_key_names_with_control_characters_are_config_errors(field: str) -> 
     with pytest.raises(loader.ConfigError) as raised:
         loader.validate({"auth": {"api_keys": [key]}}, {})
     assert raised.value.problems == [
-        f"auth.api_keys.0.{field}: must not contain control characters (it is sent in a header)"
+        f"auth.api_keys.0.{field}: must not contain control characters or line separators "
+        "(it is sent in a header)"
     ]
     assert "X-Evil" not in str(raised.value)
 

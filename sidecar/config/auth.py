@@ -112,7 +112,9 @@ class ApiKeyConfig(Section):
     @classmethod
     def _names(cls, value: str | None) -> str | None:
         if value is not None and not is_name(value):
-            raise ValueError("must not contain control characters (it is sent in a header)")
+            raise ValueError(
+                "must not contain control characters or line separators (it is sent in a header)"
+            )
         return value
 
 

@@ -196,7 +196,8 @@ class Authenticator:
         tenant = _claim_name(claims.get(config.tenant_claim)) if config.tenant_claim else None
         if not is_name(user) or (tenant is not None and not is_name(tenant)):
             # A signed token can still carry a name the issuer took from its user as typed;
-            # one with control characters would reach the app's identity headers.
+            # one with a control character or line separator would reach the app's
+            # identity headers.
             raise unauthorized("auth_invalid_token", "invalid token")
         return self._admitted(Identity(method="jwt", user=user, tenant=tenant, claims=claims))
 
