@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import anthropic
+import jwt
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
@@ -318,6 +319,43 @@ async def test_each_api_key_user_has_its_own_quota(sidecar_for: SidecarFactory) 
                 ) as response:
                     seen.append(response.status)
     assert seen == [200, 200, 429]
+
+
+async def test_one_user_name_in_two_tenants_is_counted_twice(sidecar_for: SidecarFactory) -> None:
+    """`quotas.key: user` counts a user within its tenant: `alice` of one tenant spending
+    her quota leaves `alice` of another tenant (a token or an API key) and `alice` with no
+    tenant theirs, while a key and a token of one tenant's `alice` share one."""
+    secret = "s" * 32
+
+    def token(tenant: str | None) -> dict[str, str]:
+        claims: dict[str, Any] = {"sub": "alice", "exp": int(time.time()) + 600}
+        if tenant is not None:
+            claims["org"] = tenant
+        return {"Authorization": "Bearer " + jwt.encode(claims, secret, algorithm="HS256")}
+
+    keys = {"t1": "key-t1-0123456789", "t2": "key-t2-0123456789"}
+    auth = {
+        "mode": "required",
+        "jwt": {"secret": secret, "tenant_claim": "org"},
+        "api_keys": [
+            {"name": f"k-{t}", "sha256": hashlib.sha256(k.encode()).hexdigest(),
+             "user": "alice", "tenant": t}
+            for t, k in keys.items()
+        ],
+    }  # fmt: skip
+    callers = [
+        token("t1"), token("t1"), token("t2"), {"x-api-key": keys["t2"]}, token(None),
+        {"x-api-key": keys["t1"]},
+    ]  # fmt: skip
+    async with sidecar_for({"auth": auth, "quotas": {"requests_per_minute": 2}}) as sidecar:
+        seen = []
+        async with aiohttp.ClientSession() as http:
+            for headers in callers:
+                async with http.post(
+                    sidecar.url + "/v1/messages", json=message(), headers=headers
+                ) as response:
+                    seen.append(response.status)
+    assert seen == [200, 200, 200, 200, 200, 429]
 
 
 async def test_app_routes_count_requests_per_minute(sidecar_for: SidecarFactory) -> None:

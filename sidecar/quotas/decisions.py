@@ -34,12 +34,20 @@ _KEY_ATTRIBUTE: Final[Mapping[str, str | None]] = MappingProxyType(
 
 
 def subject_of(policy: QuotaConfig, scope: str, identity: Identity, client_ip: str) -> str:
-    """The counter key: route scope + `quotas.key` value, or the client IP when there is none."""
+    """The counter key: route scope + `quotas.key` value, or the client IP when there is none.
+
+    A user is counted within its tenant: a user name names one caller only inside its
+    tenant (each tenant's users are its own, as for resume and the cache), so `alice` of
+    one tenant never spends from `alice` of another. The parts are joined by U+001F, which
+    no verified name holds (`identity.is_name`): no value can pose as another.
+    """
     attribute = _KEY_ATTRIBUTE[policy.key]
     value = getattr(identity, attribute) if attribute is not None else None
     kind = policy.key
     if not value:
         kind, value = "client_ip", client_ip
+    elif kind == "user":
+        value = f"{value}\x1f{identity.tenant or ''}"
     return f"{scope}\x1f{kind}\x1f{value}"
 
 
