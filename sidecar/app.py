@@ -22,7 +22,7 @@ from sidecar.admission import Admission
 from sidecar.cache.service import ResponseCache
 from sidecar.cache.stores import make_store as make_cache_store
 from sidecar.cache.stores import store_key as cache_store_key
-from sidecar.config import Config
+from sidecar.config import Config, JWTConfig
 from sidecar.fake_claude import FakeSettings, running_fake_claude
 from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
@@ -109,10 +109,13 @@ async def _open_app_session(
 
 
 async def _open_auth(
-    routes: RouteTable, telemetry: Telemetry, own: contextlib.AsyncExitStack
+    routes: RouteTable,
+    primary: JWTConfig | None,
+    telemetry: Telemetry,
+    own: contextlib.AsyncExitStack,
 ) -> AuthService:
     policies = [route.policy.auth for route in routes.routes]
-    auth = AuthService(policies, on_jwks_refresh=telemetry.jwks_refresh)
+    auth = AuthService(policies, primary=primary, on_jwks_refresh=telemetry.jwks_refresh)
     await auth.start()
     own.push_async_callback(auth.close)
     return auth
@@ -221,7 +224,10 @@ async def _open_runtime(
     )
     routes = RouteTable(config)
     auth = await shared.use(
-        stack, "auth", _auth_key(routes), partial(_open_auth, routes, telemetry)
+        stack,
+        "auth",
+        [config.auth.jwt, *_auth_key(routes)],
+        partial(_open_auth, routes, config.auth.jwt, telemetry),
     )
 
     async def open_quotas(own: contextlib.AsyncExitStack) -> QuotaGate:

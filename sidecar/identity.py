@@ -30,6 +30,10 @@ class Identity:
     tenant: str | None = None
     api_key_name: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
+    # Who vouched for `user` and `tenant` when it is not the top-level `auth.jwt` (a
+    # route's JWT block with another issuer, keys or claims): names of two realms are two
+    # callers (resume owners, cache scopes, quota subjects), however they are spelled.
+    realm: str | None = None
 
     def __post_init__(self) -> None:
         # An empty claim names nobody: no tenant (or user) at all, never one shared by

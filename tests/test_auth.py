@@ -597,3 +597,85 @@ async def test_identify_decides_at_once_unless_a_token_needs_verifying() -> None
             await other
     finally:
         await service.close()
+
+
+async def test_a_routes_own_issuer_names_other_callers_than_the_top_levels(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A route with a JWT block of its own (another issuer and key) names users and tenants
+    of its own: its `alice` of `acme` is not the top level's. She cannot resume or cancel
+    the other's stream, nor reach her chat by its id, nor read her tenant's cache entries,
+    nor spend her quota; the top level's own tokens still share all of them."""
+    partner_secret = "p" * 40
+    partner = {
+        "mode": "required",
+        "jwt": {"secret": partner_secret, "issuer": "https://partner.test"},
+    }
+    routes = [
+        {"path": "/partner/prompt", "handler": "prompt", "auth": partner},
+        {"path": "/partner/chat", "handler": "ui", "auth": partner},
+        {"path": "/partner/v1/", "handler": "anthropic", "auth": partner},
+        {"path": PROMPT, "handler": "prompt"},
+        {"path": "/api/chat", "handler": "ui"},
+        {"path": "/v1/", "handler": "anthropic"},
+    ]
+    config = {
+        **auth_config(),
+        "routes": routes,
+        "resume": {"detach_grace_seconds": 10},
+        "cache": {"enabled": True},
+        "quotas": {"key": "user", "requests_per_minute": 50},
+    }
+    alice = {"Authorization": f"Bearer {mint()}"}
+    also_alice = {"Authorization": f"Bearer {mint(sub='alice', org='acme')}"}
+    other = {"Authorization": "Bearer " + mint(partner_secret, iss="https://partner.test")}
+    turn = {"id": "chat-1", "trigger": "submit-message",
+            "messages": [{"id": "u1", "role": "user",
+                          "parts": [{"type": "text", "text": "[[fake tokens=400 tps=40]] go"}]}]}  # fmt: skip
+    question = {"model": MODEL, "max_tokens": 16, "temperature": 0,
+                "messages": [{"role": "user", "content": "the same question"}]}  # fmt: skip
+
+    async def first_event(response: aiohttp.ClientResponse) -> str:
+        assert response.status == 200
+        await response.content.readline()
+        return response.headers["Sidecar-Stream-Id"]
+
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url
+        slow = url + PROMPT + "?prompt=" + "[[fake tokens=400 tps=40]] go"
+        async with http.get(slow, headers=alice) as response:
+            stream_id = await first_event(response)
+        async with http.post(url + "/api/chat", json=turn, headers=alice) as response:
+            await first_event(response)
+        cursor = {"Last-Event-ID": f"{stream_id}:1"}
+        async with http.get(url + "/partner/prompt", headers={**other, **cursor}) as response:
+            assert response.status == 404
+            assert "Sidecar-Stream-Id" not in response.headers
+        async with http.delete(url + f"/partner/prompt/{stream_id}", headers=other) as response:
+            assert response.status == 404
+        async with http.get(url + "/partner/chat/chat-1/stream", headers=other) as response:
+            assert response.status == 204
+            assert "Sidecar-Stream-Id" not in response.headers
+        async with http.get(url + "/api/chat/chat-1/stream", headers=also_alice) as response:
+            assert await first_event(response)
+        async with http.get(url + PROMPT, headers={**also_alice, **cursor}) as response:
+            assert await first_event(response) == stream_id
+
+        async def ask(prefix: str, headers: dict[str, str]) -> str | None:
+            async with http.post(
+                url + prefix + "/v1/messages", json=question, headers=headers
+            ) as r:
+                assert r.status == 200
+                await r.read()
+                return r.headers.get("X-Cache")
+
+        assert await ask("", alice) == "MISS"
+        assert await ask("/partner", other) == "MISS"
+        assert await ask("", also_alice) == "HIT"
+        async with http.delete(url + f"{PROMPT}/{stream_id}", headers=alice) as response:
+            assert response.status == 204
+        # A quota each: the partner's alice spent hers on her resume, her question and this
+        # one only (the top level's alice made six more calls on a shared bucket before).
+        async with http.post(url + "/partner/v1/messages", json=question, headers=other) as r:
+            remaining = int(r.headers["anthropic-ratelimit-requests-remaining"])
+        assert remaining == 50 - 3

@@ -139,3 +139,15 @@ def test_cache_control_directives_are_parsed_loosely() -> None:
     assert directives(None) == frozenset()
     assert directives("No-Cache, no-store") == {"no-cache", "no-store"}
     assert directives("max-age=0, private, ,") == {"max-age", "private"}
+
+
+def test_a_routes_own_issuer_scopes_its_tenants_and_users_apart() -> None:
+    """A tenant or user named by a route's own JWT issuer (`Identity.realm`) never shares
+    an entry with the same name from the top-level issuer, or from another route's."""
+    top = Identity("jwt", user="alice", tenant="acme")
+    partner = Identity("jwt", user="alice", tenant="acme", realm="partner")
+    third = Identity("jwt", user="alice", tenant="acme", realm="third")
+    for scope in ("tenant", "user"):
+        scopes = {scope_of(scope, who, "1.1.1.1") for who in (top, partner, third)}
+        assert len(scopes) == 3, scope
+    assert scope_of("tenant", top, "1.1.1.1") == "tenant\0acme"  # unchanged at the top level

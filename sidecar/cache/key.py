@@ -35,11 +35,14 @@ def scope_of(scope: Scope, identity: Identity, client_ip: str) -> str:
     """
     if scope == "global":
         return "global"
+    # A route's own issuer names tenants and users of its own: another realm's are others.
+    realm = "" if identity.realm is None else f"\0{identity.realm}"
     if scope == "tenant" and identity.tenant is not None:
-        return f"tenant\0{identity.tenant}"
+        return f"tenant\0{identity.tenant}{realm}"
     if identity.user is None and identity.api_key_name is None:
         return f"ip\0{client_ip}\0{identity.tenant or ''}"
-    return f"user\0{identity.user or ''}\0{identity.api_key_name or ''}\0{identity.tenant or ''}"
+    who = f"{identity.user or ''}\0{identity.api_key_name or ''}\0{identity.tenant or ''}"
+    return f"user\0{who}{realm}"
 
 
 def cache_key(

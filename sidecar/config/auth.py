@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -85,6 +87,21 @@ class JWTConfig(Section):
         if self.public_key_file is not None:
             _check_public_key(self.public_key_file, self.asymmetric_algorithms, self.jwks_url)
         return self
+
+    def realm(self) -> str:
+        """Who vouches for the names this block's tokens carry: the issuer with its keys
+        (secret, key file or JWKS URL) and the claims read as user and tenant. Two blocks
+        with another of these name users and tenants of two namespaces (a digest: the
+        secret never leaves it)."""
+        parts = [
+            self.issuer,
+            self.secret.get_secret_value() if self.secret is not None else None,
+            str(self.public_key_file) if self.public_key_file is not None else None,
+            str(self.jwks_url) if self.jwks_url is not None else None,
+            self.user_claim,
+            self.tenant_claim,
+        ]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
     @property
     def hs_algorithms(self) -> list[str]:

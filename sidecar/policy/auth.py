@@ -104,9 +104,12 @@ class JwtVerifier:
 class Authenticator:
     """Authentication for one `auth` policy."""
 
-    def __init__(self, config: AuthConfig, jwt_verifier: JwtVerifier | None) -> None:
+    def __init__(
+        self, config: AuthConfig, jwt_verifier: JwtVerifier | None, realm: str | None = None
+    ) -> None:
         self.config = config
         self._jwt = jwt_verifier
+        self._realm = realm  # the tokens' realm (`Identity.realm`): None for the top level's
         # Lookup by hash: the plaintext key is hashed on arrival and never stored (so the
         # hash is taken per request: remembering it per key would mean keeping the key).
         # By raw digest: a hex string per request would only be compared. Each key's
@@ -199,7 +202,10 @@ class Authenticator:
             # one with a control character or line separator would reach the app's
             # identity headers.
             raise unauthorized("auth_invalid_token", "invalid token")
-        return self._admitted(Identity(method="jwt", user=user, tenant=tenant, claims=claims))
+        identity = Identity(
+            method="jwt", user=user, tenant=tenant, claims=claims, realm=self._realm
+        )
+        return self._admitted(identity)
 
 
 def _claim_name(value: object) -> str | None:
@@ -210,16 +216,20 @@ def _claim_name(value: object) -> str | None:
 
 
 class AuthService:
-    """Every route's authenticator, sharing one JWKS cache per URL."""
+    """Every route's authenticator, sharing one JWKS cache per URL. `primary` is the
+    top-level `auth.jwt`: a route's tokens verified otherwise carry their realm."""
 
     def __init__(
         self,
         policies: Sequence[AuthConfig],
         *,
+        primary: JWTConfig | None = None,
         session: aiohttp.ClientSession | None = None,
         on_jwks_refresh: Callable[[str], None] | None = None,
     ) -> None:
         self._policies = list(policies)
+        # The top-level `auth.jwt`'s realm: its tokens' names are the unqualified ones.
+        self._primary = primary.realm() if primary is not None else None
         self._on_jwks_refresh = on_jwks_refresh
         self._session = session
         self._owns_session = session is None
@@ -256,7 +266,10 @@ class AuthService:
                         )
                         self._jwks[policy.jwt.jwks_url] = jwks
                 verifier = JwtVerifier(policy.jwt, jwks)
-            found = self._by_settings[key] = Authenticator(policy, verifier)
+            realm = policy.jwt.realm() if policy.jwt is not None else None
+            found = self._by_settings[key] = Authenticator(
+                policy, verifier, None if realm == self._primary else realm
+            )
         if len(self._by_id) >= 1024:  # each reload that keeps this service brings new objects
             self._by_id.clear()
         self._by_id[id(policy)] = (policy, found)

@@ -48,6 +48,8 @@ def subject_of(policy: QuotaConfig, scope: str, identity: Identity, client_ip: s
         kind, value = "client_ip", client_ip
     elif kind == "user":
         value = f"{value}\x1f{identity.tenant or ''}"
+    if kind in ("user", "tenant") and identity.realm is not None:
+        value = f"{value}\x1f{identity.realm}"  # a route's own issuer: its names are others
     return f"{scope}\x1f{kind}\x1f{value}"
 
 

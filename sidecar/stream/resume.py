@@ -55,6 +55,8 @@ def owner_of(identity: Identity, client_ip: str) -> str:
         who = f"ip\0{client_ip}\0{identity.tenant or ''}"
     else:
         who = f"id\0{identity.user or ''}\0{identity.api_key_name or ''}\0{identity.tenant or ''}"
+        if identity.realm is not None:  # a route's own issuer: its alice is another caller
+            who += f"\0{identity.realm}"
     return hashlib.blake2b(who.encode(), digest_size=16).hexdigest()
 
 
