@@ -8,6 +8,7 @@ stream read whole, byte for byte, Claude was called once and the tokens charged 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import signal
@@ -154,6 +155,49 @@ async def test_unknown_expired_foreign_and_finished_streams(
         if line.startswith("sidecar_stream_resumes_total{")
     }
     assert results == {"resumed", "expired", "forbidden"}
+
+
+async def test_someone_elses_live_stream_costs_what_an_unknown_id_costs(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resume or cancel of another caller's stream live on this replica does the store
+    work an unknown id does (one lookup), then answers as for it: its time never tells
+    that the stream exists (it answered at once, an unknown id after a Redis round trip)."""
+    config = {
+        "auth": {"mode": "required", "api_keys": [
+            {"name": n, "sha256": hashlib.sha256(f"key-{n}".encode()).hexdigest()}
+            for n in ("a", "b")]},
+        "resume": {"store": "redis", "redis_url": redis_server.url, "detach_grace_seconds": 10},
+    }  # fmt: skip
+    alice, bob = {"X-Api-Key": "key-a"}, {"X-Api-Key": "key-b"}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        store = sidecar.runtime.resume.store
+        looked_up: list[str] = []
+        lookup = store.lookup
+
+        async def counted(stream_id: str) -> Any:
+            looked_up.append(stream_id)
+            return await lookup(stream_id)
+
+        monkeypatch.setattr(store, "lookup", counted)
+        async with http.get(sidecar.url + long_stream(400), headers=alice) as stream:
+            stream_id = stream.headers["Sidecar-Stream-Id"]
+            await stream.content.readuntil(b"\n\n")
+            seen = {}
+            for who, target in (("foreign", stream_id), ("unknown", "U" * 24)):
+                looked_up.clear()
+                post = await sse_request(
+                    sidecar.port, "POST", ROUTE, {**bob, "Last-Event-ID": f"{target}:1"}, b"{}"
+                )
+                cancel = await sse_request(sidecar.port, "DELETE", f"{ROUTE}/{target}", bob)
+                seen[who] = (post.status, post.payload, cancel.status, cancel.payload, looked_up[:])
+                assert "sidecar-stream-id" not in post.headers | cancel.headers
+            assert seen["foreign"][:4] == seen["unknown"][:4]
+            assert seen["foreign"][4] == [stream_id, stream_id]
+            assert seen["unknown"][4] == ["U" * 24, "U" * 24]
 
 
 async def test_leaving_and_coming_back_within_the_grace_keeps_the_generation(

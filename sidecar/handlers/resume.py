@@ -129,10 +129,8 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
     )
     owner = owner_of(ctx.identity, ctx.client_ip)
     live = runtime.resume.hub.get(stream_id)
-    if live is not None:
+    if live is not None and live[0].owner == owner:
         generation, origin = live
-        if generation.owner != owner:
-            return _gone(ctx, "forbidden")
         assert generation.log is not None
         try:
             backlog = generation.log.since(after)
@@ -157,6 +155,8 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
             generation.detach(subscriber)
         await channel.end()
         return channel.response
+    # Someone else's stream live here is looked up in the store as an unknown id is: the
+    # same work, so neither the answer nor its timing tells that it exists.
     return await _from_store(ctx, stream_id, after, owner, lost_event)
 
 
@@ -326,7 +326,9 @@ async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
     if live is not None and live[0].owner == owner:
         live[0].cancel()
         return web.Response(status=204, headers=ctx.headers)
-    if live is None and resume_.shared:  # maybe produced by another replica
+    # Maybe produced by another replica. Someone else's stream live here is looked up as
+    # an unknown id is (the store names its owner): neither answer nor timing tells it exists.
+    if resume_.shared:
         try:
             info = await resume_.store.lookup(stream_id)
             mine = info is not None and info.owner == owner and not info.final
