@@ -48,11 +48,11 @@ class Admission:
 
     async def acquire(self) -> float:
         """Take a slot; returns seconds spent queued. Raises Rejection when overloaded."""
-        if self.active < self.limit and not self._waiters and not self.stopped:
-            self.active += 1
-            return 0.0
         if self.stopped:
             raise _shutting_down()
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return 0.0
         if len(self._waiters) >= self.max_waiting:
             raise self._overloaded("too many concurrent streams, queue full", "queue_full")
         started = time.perf_counter()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -237,14 +237,15 @@ class RuntimeHolder:
     def stop_all_streams(self) -> int:
         """End every live Claude stream with a final `shutting_down` event; how many.
         Calls still queued for a slot, and any call after, are turned away first."""
-        for admission in {id(r.admission): r.admission for r in self.live}.values():
+        # The queue and the resume store's readers may be shared by several runtimes.
+        for admission in _each_once(runtime.admission for runtime in self.live):
             admission.stop()
         stopped = sum(
             runtime.streams.stop_all(shared_store=runtime.resume.shared) for runtime in self.live
         )
-        # Readers of streams produced elsewhere (one `Resume` may serve several runtimes).
+        # Readers of streams produced elsewhere.
         return stopped + sum(
-            resume.stop_readers() for resume in {id(r.resume): r.resume for r in self.live}.values()
+            resume.stop_readers() for resume in _each_once(runtime.resume for runtime in self.live)
         )
 
     async def close(self) -> None:
@@ -254,3 +255,8 @@ class RuntimeHolder:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         for runtime in reversed(self.live):
             await self._close(runtime)
+
+
+def _each_once(objects: Iterable[T]) -> list[T]:
+    """`objects` with each one once (a runtime shares some with the one it replaced)."""
+    return list({id(item): item for item in objects}.values())

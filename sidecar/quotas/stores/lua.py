@@ -2,10 +2,11 @@
 
 KEYS[1] is the subject's bucket hash (fields r, m, d: levels; tr, tm, td: when each
 was computed, so an admission that checks only some buckets never moves the others'
-clocks; `t`, one time for all, is read from hashes written before), KEYS[2] its lease ZSET (member: lease id, score: expiry). Both share a
-`{hash tag}`, so a cluster keeps a subject on one slot. Time is Redis' own (TIME),
-never a replica's clock; ARGV[1] is an offset in seconds added to it (0 in
-production; tests use it to roll windows without sleeping). A limit of 0 is off.
+clocks; `t`, one time for all, is read from hashes written before), KEYS[2] its lease
+ZSET (member: lease id, score: expiry). Both share a `{hash tag}`, so a cluster keeps a
+subject on one slot. Time is Redis' own (TIME), never a replica's clock; ARGV[1] is an
+offset in seconds added to it (0 in production; tests use it to roll windows without
+sleeping). A limit of 0 is off.
 """
 
 from __future__ import annotations
