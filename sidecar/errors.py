@@ -163,6 +163,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "upstream_lost": _BAD_GATEWAY,
     "upstream_credential_refused": _BAD_GATEWAY,
     "upstream_bad_status": _BAD_GATEWAY,
+    "upstream_bad_encoding": _BAD_GATEWAY,
     # the app
     "app_timeout": Reason(504, "timeout_error"),
     "app_unreachable": Reason(502, "api_error", "bad_gateway"),
@@ -179,11 +180,18 @@ REASONS: Final[Mapping[str, Reason]] = {
     "header_timeout": Reason(408, "invalid_request_error"),
 }
 
-# The Anthropic error type of a status the app chose (a refused WebSocket handshake).
+# The Anthropic error type of a status someone else chose (the app refusing a WebSocket
+# handshake, an answer from in front of Claude that is no API error).
 _STATUS_TYPES: Final[dict[int, str]] = {
     401: "authentication_error", 403: "permission_error", 404: "not_found_error",
     413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error",
+    529: "overloaded_error",
 }  # fmt: skip
+
+
+def status_error_type(status: int, server_error: str = "api_error") -> str:
+    """Anthropic's error type for an error status (`server_error` for an unlisted 5xx)."""
+    return _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else server_error)
 
 
 def reject(
@@ -210,9 +218,7 @@ def reject(
             code=code or entry.code, headers=headers,
         )  # fmt: skip
     assert status is not None
-    error_type = _STATUS_TYPES.get(
-        status, "invalid_request_error" if status < 500 else entry.error_type
-    )
+    error_type = status_error_type(status, entry.error_type)
     return Rejection(status, error_type, message, reason=reason, code=code, headers=headers)
 
 

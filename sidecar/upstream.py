@@ -11,6 +11,7 @@ statuses the API never sends (1xx, 2xx but 200) become 502 `api_error`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -24,8 +25,9 @@ from typing import Final
 from yarl import URL
 
 from sidecar.config import ClaudeConfig
+from sidecar.content_coding import CodingError, coding_names, decode
 from sidecar.deadlines import Deadlines
-from sidecar.errors import Rejection, reject
+from sidecar.errors import Rejection, anthropic_error_body, reject, status_error_type
 from sidecar.header_lists import header_value
 from sidecar.http_client import ClientError, ConnectError, Pool, Response
 
@@ -36,6 +38,9 @@ _LISTS: Final = frozenset({"anthropic-version", "anthropic-beta"})
 # Response headers that come back to the client unchanged.
 RETURNED_RESPONSE_HEADERS: Final = ("request-id", "retry-after", "retry-after-ms", "x-should-retry")
 RATELIMIT_PREFIX: Final = "anthropic-ratelimit-"
+# A whole answer that came compressed (though `identity` was asked for) is decoded up to
+# this: far beyond any message Claude writes, short of what a small body may inflate to.
+MAX_DECODED_ANSWER: Final = 64 * 1024 * 1024
 _URL_CACHE: Final = 256  # joined URLs remembered (paths may carry client query strings)
 _KEY_ERROR_EVERY: Final = 10.0  # seconds between two logs of a refused sidecar key
 _LAST_KEY_ERROR = [-math.inf]
@@ -179,6 +184,11 @@ class ClaudeClient:
                 if status == 401 or status < 200 or 200 < status < 300:
                     response.close()
                     raise _unusable(status)
+                if stream and status == 200 and _coded(response.content_coding):
+                    # Relayed event for event, a compressed stream would reach the client
+                    # undecodable and hide its usage from quotas: refused before any byte.
+                    response.close()
+                    raise _undecodable(response.content_coding, "a stream is relayed as sent")
                 if status < 400 or not _should_retry(response) or retries >= config.max_retries:
                     return response, retries
                 headers = response.headers
@@ -234,17 +244,60 @@ def _unusable(status: int) -> Rejection:
 
 
 async def read_answer(response: Response, limit: int | None = None) -> bytes:
-    """Claude's whole answer (at most `limit` bytes) by the response's deadline, then its
-    connection is let go; 504 if late, 502 if cut."""
+    """Claude's whole answer (at most `limit` bytes, decoded) by the response's deadline,
+    then its connection is let go; 504 if late, 502 if cut or if it cannot be decoded.
+
+    The sidecar asks for `identity`; an answer compressed all the same (a gateway in front
+    of Claude) is decoded here, so clients, usage accounting and the cache all read JSON.
+    """
+    coding = response.content_coding
     try:
         async with asyncio.timeout_at(response.deadline):
-            return await response.read(limit)
+            body = await response.read(limit)
     except TimeoutError:
         raise reject("upstream_timeout", "Claude did not answer in time") from None
     except ClientError:
         raise reject("upstream_lost", "the connection to Claude was lost") from None
     finally:
         response.close()  # a body not read to its end closes the connection (never pooled)
+    names = coding_names((coding,)) if coding is not None else None
+    if not names:
+        return body
+    try:
+        return decode(body, names, limit or MAX_DECODED_ANSWER)
+    except CodingError as exc:
+        raise _undecodable(coding, str(exc)) from None
+
+
+def _coded(coding: str | None) -> bool:
+    return coding is not None and bool(coding_names((coding,)))
+
+
+def _undecodable(coding: str | None, why: str) -> Rejection:
+    return reject(
+        "upstream_bad_encoding",
+        f"Claude answered with Content-Encoding {(coding or '')[:32]!r}, which was not asked "
+        f"for: {why}",
+    )
+
+
+def api_error_body(body: bytes, status: int, request_id: str) -> bytes:
+    """An error answer for an Anthropic client: Claude's own error JSON unchanged, anything
+    else (a gateway's HTML page, an empty body) as Anthropic's error JSON for its status,
+    so SDKs and `response.json()` read it as they read Claude's."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and value.get("type") == "error":
+        error = value.get("error")
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            return body
+    return anthropic_error_body(
+        status_error_type(status),
+        f"Claude answered with status {status} and no API error in its body",
+        request_id,
+    )
 
 
 def _retry_after_seconds(value: str) -> float | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import re
@@ -361,7 +362,8 @@ async def test_a_refused_sidecar_key_is_a_502_naming_the_sidecar_credential(
 async def answering_claude(
     answers: list[Callable[[], web.StreamResponse]],
 ) -> AsyncIterator[tuple[str, list[float]]]:
-    """A Claude that gives `answers` in order (the last one repeats); yields (url, arrivals)."""
+    """A Claude that gives `answers` in order (the last one repeats), on every path;
+    yields (url, arrivals)."""
     arrivals: list[float] = []
 
     async def messages(request: web.Request) -> web.StreamResponse:
@@ -370,7 +372,7 @@ async def answering_claude(
         return answers[min(len(arrivals), len(answers)) - 1]()
 
     app = web.Application()
-    app.router.add_post("/v1/messages", messages)
+    app.router.add_route("*", "/{path:.*}", messages)
     async with serving(app) as url:
         yield url, arrivals
 
@@ -484,3 +486,93 @@ async def test_written_runs_once_however_many_attempts_and_never_without_a_reque
         await client.send(attempt, b"{}", written=lambda: steps.append(-1))
     assert steps == [0]
     await pool.close()
+
+
+# --------------------------------------------------------------------------- answers Claude never sends
+
+
+def compressed(
+    status: int, payload: bytes, content_type: str = "application/json", **headers: str
+) -> Callable[[], web.StreamResponse]:
+    """An answer gzip-compressed although the sidecar asked for `identity` (a gateway)."""
+
+    def answer() -> web.StreamResponse:
+        return web.Response(
+            status=status, body=gzip.compress(payload), content_type=content_type,
+            headers={"content-encoding": "gzip", **headers},
+        )  # fmt: skip
+
+    return answer
+
+
+async def test_a_compressed_whole_answer_reaches_the_client_decoded() -> None:
+    rate_limited = json.dumps(
+        {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    ).encode()
+    answers = [
+        compressed(200, json.dumps(MESSAGE).encode()),
+        compressed(429, rate_limited, **{"retry-after": "30", "x-should-retry": "false"}),
+    ]
+    async with (
+        answering_claude(answers) as (url, _),
+        running_sidecar(claude_at(url)) as sidecar,
+        sdk(sidecar.url) as client,
+    ):
+        message = await client.messages.create(model=MODEL, max_tokens=8, messages=user("x"))
+        assert (message.content[0].type, message.usage.output_tokens) == ("text", 1)
+        assert message.model_dump()["content"][0]["text"] == "hi"
+        status, answer = await post(sidecar.url, body(stream=True))
+    assert status == 429
+    assert answer == json.loads(rate_limited)
+
+
+async def test_a_compressed_stream_is_refused_before_its_first_byte() -> None:
+    events = b'event: message_start\ndata: {"type":"message_start"}\n\n'
+    stream = compressed(200, events, "text/event-stream")
+    async with answering_claude([stream]) as (url, _), running_sidecar(claude_at(url)) as sidecar:
+        status, answer = await post(sidecar.url, body(stream=True))
+    assert status == 502
+    assert answer["error"]["type"] == "api_error"
+    assert "Content-Encoding 'gzip'" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens", "/v1/models"])
+@pytest.mark.parametrize(
+    ("status", "page", "raised"),
+    [
+        (502, b"<html><body>502 Bad Gateway</body></html>", anthropic.InternalServerError),
+        (503, b"", anthropic.InternalServerError),
+        (429, b"Too Many Requests", anthropic.RateLimitError),
+        (404, b'{"message": "no such route"}', anthropic.NotFoundError),
+    ],
+)
+async def test_an_error_answer_that_is_no_api_error_reaches_the_client_as_one(
+    path: str, status: int, page: bytes, raised: type[anthropic.APIStatusError]
+) -> None:
+    """A page from something in front of Claude (a load balancer, a gateway) is answered as
+    Anthropic's error JSON for its status, its retry headers kept."""
+
+    def gateway() -> web.StreamResponse:
+        return web.Response(
+            status=status, body=page, content_type="text/html",
+            headers={"retry-after": "30", "x-should-retry": "false"},
+        )  # fmt: skip
+
+    method = "GET" if path == "/v1/models" else "POST"
+    async with (
+        answering_claude([gateway]) as (url, _),
+        running_sidecar(claude_at(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.request(method, sidecar.url + path, json=body()) as response,
+    ):
+        assert response.status == status
+        assert response.content_type == "application/json"
+        answer = await response.json()
+        assert response.headers["retry-after"] == "30"
+        async with sdk(sidecar.url) as client:
+            with pytest.raises(raised) as caught:
+                await client.messages.create(model=MODEL, max_tokens=8, messages=user("x"))
+    assert answer["type"] == "error"
+    assert answer["error"]["type"] == caught.value.body["error"]["type"]  # type: ignore[index]
+    assert answer["request_id"].startswith("req_")
+    assert f"status {status}" in answer["error"]["message"]

@@ -28,7 +28,7 @@ from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.tap import CallTap
-from sidecar.upstream import Attempt, read_answer, returned_headers
+from sidecar.upstream import Attempt, api_error_body, read_answer, returned_headers
 from sidecar.usage import apply_message
 
 MAX_ERROR_BODY = 64 * 1024
@@ -218,13 +218,21 @@ async def _relay_error(
     headers: dict[str, str],
 ) -> web.Response:
     """Claude answered an error: same status; Anthropic JSON as is, or the prompt shape."""
-    body = await read_answer(upstream, MAX_ERROR_BODY)
+    try:
+        body = await read_answer(upstream, MAX_ERROR_BODY)
+    except Rejection as rejection:
+        if rejection.reason != "upstream_bad_encoding":
+            raise
+        body = b""  # unreadable: its status and headers still say what Claude meant
     record.outcome = "upstream_error"
     error_type, message = _error_of(body, upstream.status)
     record.error_type = error_type
     if ctx.family == "anthropic":
         return web.Response(
-            status=upstream.status, body=body, headers=headers, content_type="application/json"
+            status=upstream.status,
+            body=api_error_body(body, upstream.status, ctx.request_id),
+            headers=headers,
+            content_type="application/json",
         )
     status = 503 if upstream.status == 529 else upstream.status
     return web.Response(

@@ -34,7 +34,7 @@ from sidecar.pipeline import RequestContext
 from sidecar.record import Outcome, StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.resume import is_stream_id
-from sidecar.upstream import Attempt, read_answer, returned_headers
+from sidecar.upstream import Attempt, api_error_body, read_answer, returned_headers
 
 
 class Passthrough(Translator):
@@ -234,6 +234,8 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     attempt = Attempt(request.method, path_qs, headers)
     upstream, _ = await ctx.runtime.claude.send(attempt, body, stream=False)
     payload = await read_answer(upstream)
+    if upstream.status >= 400:  # as every error of this route: Anthropic's error JSON
+        payload = api_error_body(payload, upstream.status, ctx.request_id)
     response_headers = {
         **ctx.headers,
         **returned_headers(upstream, keep_ratelimit=not policy.quotas.enabled),
@@ -242,7 +244,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
         status=upstream.status,
         body=payload,
         headers=response_headers,
-        content_type=upstream.content_type or "application/json",
+        content_type="application/json" if upstream.status >= 400 else upstream.content_type,
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -20,6 +19,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from sidecar.config import ServerConfig
+from sidecar.content_coding import CodingError, coding_names, decode
 from sidecar.errors import Rejection, bad_request, reject
 
 MAX_MODEL_CHARS: Final = 128  # Claude's model ids are a few dozen characters
@@ -42,12 +42,6 @@ def parse_model(value: object) -> str:
             reason="model_invalid",
         )
     return value
-
-
-_GZIP: Final = 16 + zlib.MAX_WBITS
-_ZLIB: Final = zlib.MAX_WBITS
-_RAW_DEFLATE: Final = -zlib.MAX_WBITS
-_DECODERS: Final = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": _ZLIB}
 
 
 def _too_large(limit: int) -> Rejection:
@@ -98,42 +92,14 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
 
 def decode_body(raw: bytes, encodings: tuple[str, ...] | list[str], limit: int) -> bytes:
     """`raw` with its content codings undone (last applied first), at most `limit` bytes."""
-    names = [n.strip().lower() for value in encodings for n in value.split(",") if n.strip()]
-    body = raw
-    for name in reversed(names):
-        if name == "identity":
-            continue
-        wbits = _DECODERS.get(name)
-        if wbits is None:
-            raise reject(
-                "unsupported_encoding",
-                f"Content-Encoding {name[:32]!r} is not supported (gzip, deflate, identity are)",
-            )
-        body = _inflate(body, wbits, limit)
-    return body
-
-
-def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
-    out = bytearray()
-    while True:  # gzip allows several members one after another
-        decoder = zlib.decompressobj(wbits)
-        try:
-            # Bounded: a small body that inflates past the limit stops at limit + 1 bytes.
-            out += decoder.decompress(data, limit + 1 - len(out))
-        except zlib.error:
-            if wbits == _ZLIB and not out:
-                wbits = _RAW_DEFLATE  # "deflate" as many clients send it: without the zlib header
-                continue
-            raise bad_request("the body is not valid for its Content-Encoding") from None
-        if len(out) > limit:
-            raise _too_large(limit)
-        if not decoder.eof:
-            raise bad_request("the body is cut short for its Content-Encoding")
-        data = decoder.unused_data
-        if not data or wbits != _GZIP:
-            if data:
-                raise bad_request("the body has bytes after its compressed data")
-            return bytes(out)
+    try:
+        return decode(raw, coding_names(encodings), limit)
+    except CodingError as exc:
+        if exc.kind == "unsupported":
+            raise reject("unsupported_encoding", str(exc)) from None
+        if exc.kind == "too_large":
+            raise _too_large(limit) from None
+        raise bad_request(str(exc)) from None
 
 
 async def answer_expectation(request: web.Request) -> None:

@@ -235,6 +235,12 @@ class Response:
         return bool(self._until_eof)
 
     @property
+    def content_coding(self) -> str | None:
+        """The answer's `Content-Encoding` as sent (None without one), read from its head
+        without making the header map; None once the head is let go (push mode)."""
+        return self.pick(("content-encoding",)).get("content-encoding")
+
+    @property
     def content_type(self) -> str:
         """The media type of `Content-Type`, lower-case (`application/octet-stream` if absent)."""
         value = self.headers.get("content-type")
