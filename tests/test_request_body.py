@@ -192,6 +192,15 @@ def test_an_escaped_backslash_before_u_d800_is_plain_text() -> None:
     assert parse_json_object(b'{"a": "\\\\ud800"}') == {"a": "\\ud800"}
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_numbers_json_does_not_have_are_refused(number: str) -> None:
+    """Python's decoder reads them, Claude does not: a 400 before quotas or Claude."""
+    with pytest.raises(Rejection) as caught:
+        parse_json_object(b'{"model": "m", "temperature": %b}' % number.encode())
+    assert (caught.value.status, caught.value.reason) == (400, "invalid_request")
+    assert "not a JSON number" in caught.value.message
+
+
 def _objects() -> st.SearchStrategy[Any]:
     keys = st.text(alphabet="abc", min_size=1, max_size=2)
     leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=5)

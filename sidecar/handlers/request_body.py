@@ -178,8 +178,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
+def _no_constant(name: str) -> Any:
+    # Python's decoder reads NaN and Infinity; RFC 8259 has no such numbers, and Claude
+    # refuses them: a body with one is refused here, before quotas are spent on it.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 # Built once: `json.loads` with a hook would build a decoder (and its scanner) per call.
-_DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
 # An escape of a UTF-16 surrogate: the only way a JSON text decodes to a lone one.
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
