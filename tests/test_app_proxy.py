@@ -755,3 +755,26 @@ async def test_an_answer_that_cannot_be_passed_on_is_a_502(
     assert error["type"] == "bad_gateway"
     assert rejections == {"app_bad_response": 1}
     assert not [r for r in caplog.records if r.exc_info]  # an answer, not a traceback
+
+
+async def test_websocket_messages_are_bounded_by_the_configured_size_both_ways(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Up to `websocket_max_message_bytes` passes; a larger message closes the WebSocket
+    with 1009 (message too big), to its sender and to the other side alike."""
+    async with (
+        running_app() as (url, state),
+        sidecar_for(with_app(url, websocket_max_message_bytes=1024)) as sidecar,
+    ):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(sidecar.url + "/ws", max_msg_size=0) as ws:
+                await ws.send_str("a" * 1000)
+                assert await ws.receive_str(timeout=5) == "echo:" + "a" * 1000
+                await ws.send_str("b" * 1020)  # its echo, 1025 characters, is the app's too big
+                closed = await ws.receive(timeout=5)
+                assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+            async with http.ws_connect(sidecar.url + "/ws-record", max_msg_size=0) as ws:
+                await ws.send_str("c" * 2000)
+                closed = await ws.receive(timeout=5)
+                assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+            assert (await state.ws_closed_by_client.get())[0] == 1009

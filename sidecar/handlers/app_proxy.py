@@ -279,7 +279,11 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         async with asyncio.timeout(None) as head:
             _await_head(head, app.connect_timeout_seconds + app.read_timeout_seconds)
             upstream = await session.ws_connect(
-                _target(ctx), headers=headers, protocols=protocols, autoping=True
+                _target(ctx),
+                headers=headers,
+                protocols=protocols,
+                autoping=True,
+                max_msg_size=app.websocket_max_message_bytes,
             )
     except TimeoutError:
         raise reject(
@@ -300,7 +304,9 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
             "app_unreachable", f"the app refused the WebSocket ({type(exc).__name__})"
         ) from None
     client = web.WebSocketResponse(
-        protocols=[upstream.protocol] if upstream.protocol else (), autoping=True
+        protocols=[upstream.protocol] if upstream.protocol else (),
+        autoping=True,
+        max_msg_size=app.websocket_max_message_bytes,
     )
     await client.prepare(request)
     ctx.response_started = True
@@ -337,7 +343,15 @@ async def _pump(
                 # The peer's code and reason (e.g. an app's 4001 "unauthorized") go through.
                 code, reason = _relayable(message.data), (message.extra or "").encode()
             elif message.type == aiohttp.WSMsgType.ERROR:
-                code = aiohttp.WSCloseCode.INTERNAL_ERROR
+                # What broke the source's side (1009: a message over the limit) is what the
+                # sink is told; anything else is the sidecar's internal error.
+                error = message.data
+                code = (
+                    aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+                    if isinstance(error, aiohttp.WebSocketError)
+                    and error.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+                    else aiohttp.WSCloseCode.INTERNAL_ERROR
+                )
             break
     # Shielded: the client's close is often followed by its TCP close, which cancels this
     # handler; the app must still get the close frame with the client's code, not a bare 1000.
