@@ -167,6 +167,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     # the app
     "app_timeout": Reason(504, "timeout_error"),
     "app_unreachable": Reason(502, "api_error", "bad_gateway"),
+    "app_bad_response": Reason(502, "api_error", "bad_gateway"),  # no valid HTTP to pass on
     "app_refused_websocket": Reason(None, "api_error"),  # the app's own status stands
     "websocket_handshake_invalid": _BAD,  # the client's upgrade request, before the app
     # the sidecar itself

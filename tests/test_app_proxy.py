@@ -19,10 +19,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_header
 from tests.support.apps import AppState, echoed_headers, running_app, serving
 from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
+from tests.support.raw_http import Exchange, raw_server
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import free_port
 
@@ -627,3 +629,152 @@ async def test_a_query_token_the_sidecar_did_not_read_reaches_the_app(
                     assert response.status == 200
                     seen.append((await response.json())["path_qs"])
     assert seen == ["/echo?access_token=APPS_OWN&k=1"] * 2
+
+
+# --------------------------------------------------------------------------- the app's answers
+
+
+def _rejections(metrics: str) -> dict[str, float]:
+    return {
+        sample.labels["sidecar_rejection_reason"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "sidecar_rejections"
+        for sample in family.samples
+        if sample.name == "sidecar_rejections_total"
+    }
+
+
+async def test_an_app_silent_after_an_informational_answer_is_cut_at_the_read_timeout(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A `103 Early Hints` (or an unasked `100 Continue`) then nothing: 504, not a request
+    held forever (the client library's read timer stops at an informational answer)."""
+    release = asyncio.Event()
+
+    async def early_hints_then_silence(exchange: Exchange) -> None:
+        exchange.writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n")
+        await release.wait()
+
+    try:
+        async with raw_server(early_hints_then_silence) as app:
+            config = with_app(app.url, read_timeout_seconds=0.5, connect_timeout_seconds=0.5)
+            async with (
+                sidecar_for(config) as sidecar,
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+            ):
+                async with http.get(sidecar.url + "/page") as response:
+                    assert response.status == 504
+                    assert (await response.json())["error"]["type"] == "timeout"
+                async with http.post(sidecar.url + "/form", data=b"a=1") as response:
+                    assert response.status == 504
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(sidecar.url + "/ws")
+                assert refused.value.status == 504
+                async with http.get(sidecar.admin_url + "/metrics") as scrape:
+                    assert _rejections(await scrape.text()) == {"app_timeout": 3}
+    finally:
+        release.set()
+
+
+async def test_an_app_answering_before_the_body_ends_gets_the_rest_of_it(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Full duplex: the app's head comes first, the client's body goes on after it."""
+
+    async def duplex(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        async for chunk in request.content.iter_any():
+            await response.write(chunk)
+        await response.write(b"|end")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/duplex", duplex)
+    async with serving(app) as url, sidecar_for(with_app(url)) as sidecar:
+        head = b"POST /duplex HTTP/1.1\r\nHost: sidecar\r\nTransfer-Encoding: chunked\r\n\r\n"
+        async with raw_request(sidecar.port, head + b"5\r\nhello\r\n") as (reader, writer):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            assert await reader.readuntil(b"hello\r\n") == b"5\r\nhello\r\n"  # before the end
+            await send(writer, b"5\r\nworld\r\n0\r\n\r\n")
+            rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10)
+    assert _unchunked(rest) == b"world|end"
+
+
+def _unchunked(framed: bytes) -> bytes:
+    """The data of a run of HTTP/1.1 chunks ending with the last (empty) one."""
+    data = b""
+    while True:
+        size, _, framed = framed.partition(b"\r\n")
+        if int(size, 16) == 0:
+            return data
+        data += framed[: int(size, 16)]
+        framed = framed[int(size, 16) + 2 :]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=\x1b[31m\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 O\x7fK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: Upgrade\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ],
+    ids=[
+        "control_in_value",
+        "escape_in_cookie",
+        "control_in_reason",
+        "status_600",
+        "status_0",
+        "unasked_101",
+        "garbage",
+    ],
+)
+async def test_an_answer_that_cannot_be_passed_on_is_a_502(
+    sidecar_for: SidecarFactory, answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(answer)
+        exchange.writer.close()
+
+    async with raw_server(script) as app, sidecar_for(with_app(app.url)) as sidecar:
+        async with raw_request(sidecar.port, b"GET /page HTTP/1.1\r\nHost: sidecar\r\n\r\n") as (
+            reader,
+            _writer,
+        ):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 502 ")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            error = json.loads(await reader.readexactly(length))["error"]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sidecar.admin_url + "/metrics") as scrape:
+                rejections = _rejections(await scrape.text())
+    assert error["type"] == "bad_gateway"
+    assert rejections == {"app_bad_response": 1}
+    assert not [r for r in caplog.records if r.exc_info]  # an answer, not a traceback
+
+
+async def test_websocket_messages_are_bounded_by_the_configured_size_both_ways(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Up to `websocket_max_message_bytes` passes; a larger message closes the WebSocket
+    with 1009 (message too big), to its sender and to the other side alike."""
+    async with (
+        running_app() as (url, state),
+        sidecar_for(with_app(url, websocket_max_message_bytes=1024)) as sidecar,
+    ):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(sidecar.url + "/ws", max_msg_size=0) as ws:
+                await ws.send_str("a" * 1000)
+                assert await ws.receive_str(timeout=5) == "echo:" + "a" * 1000
+                await ws.send_str("b" * 1020)  # its echo, 1025 characters, is the app's too big
+                closed = await ws.receive(timeout=5)
+                assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+            async with http.ws_connect(sidecar.url + "/ws-record", max_msg_size=0) as ws:
+                await ws.send_str("c" * 2000)
+                closed = await ws.receive(timeout=5)
+                assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+            assert (await state.ws_closed_by_client.get())[0] == 1009

@@ -102,3 +102,6 @@ class AppConfig(Section):
     # The credential the sidecar checked (a Bearer `Authorization`, `x-api-key`, the JWT
     # query parameter) is the sidecar's: kept from the app unless it needs the token too.
     forward_credentials: bool = False
+    # A WebSocket message is relayed whole (frames are joined): the largest one either side
+    # may send, so no client can make the sidecar hold an unbounded message.
+    websocket_max_message_bytes: int = Field(4194304, gt=0)

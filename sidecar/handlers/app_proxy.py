@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 from typing import Final, cast
 
 import aiohttp
@@ -150,22 +151,45 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await _websocket(ctx, session)
     headers = _upstream_headers(ctx)
+    app = ctx.runtime.config.app
+    assert app is not None
     # Passed on as received (still encoded, same length), cut if the client goes quiet.
     body = BodyStream(request, ctx.runtime.config.server.body_idle_timeout_seconds)
     ensure_client_present(request)
     try:
-        upstream = await session.request(
-            request.method,
-            _target(ctx),
-            headers=headers,
-            data=body.chunks() if request.body_exists else None,
-            allow_redirects=False,
-        )
+        async with asyncio.timeout(None) as head:
+            if request.body_exists:
+                body.on_end = functools.partial(_await_head, head, app.read_timeout_seconds)
+            else:
+                _await_head(head, app.connect_timeout_seconds + app.read_timeout_seconds)
+            upstream = await session.request(
+                request.method,
+                _target(ctx),
+                headers=headers,
+                data=body.chunks() if request.body_exists else None,
+                allow_redirects=False,
+            )
     except Exception as exc:
         # A failed upload surfaces as whatever the client library wraps it in.
         raise _upstream_failure(body, exc) from None
+    finally:
+        # An app may answer before the body ends (and go on reading it): from here on the
+        # read timeout bounds the response, and the deadline is gone.
+        body.on_end = None
     async with upstream:
         return await _relay(ctx, upstream)
+
+
+def _await_head(deadline: asyncio.Timeout, seconds: float) -> None:
+    """The app's final status line is due within `seconds` from now.
+
+    aiohttp's read timeout (`sock_read`) covers the wait for a response head, but it
+    stops on an informational answer (`103 Early Hints`, an unasked `100 Continue`) and
+    is not restarted for the final one: an app that sent one and fell silent would hold
+    the request (and the client) forever. This deadline, armed once the request is
+    sent, bounds that wait as the read timeout does every other.
+    """
+    deadline.reschedule(asyncio.get_running_loop().time() + seconds)
 
 
 def _upstream_failure(body: BodyStream, exc: BaseException) -> Rejection:
@@ -176,12 +200,15 @@ def _upstream_failure(body: BodyStream, exc: BaseException) -> Rejection:
         return malformed_body()
     if isinstance(exc, TimeoutError):
         return reject("app_timeout", "the app did not answer in time")
+    if isinstance(exc, aiohttp.ClientResponseError):  # the head did not parse
+        return reject("app_bad_response", "the app's answer is not valid HTTP")
     if isinstance(exc, aiohttp.ClientError):
         return reject("app_unreachable", f"the app is unreachable ({type(exc).__name__})")
     raise exc
 
 
 async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    _check_sendable(upstream)
     headers = end_to_end(upstream.headers)
     # Which origins may read answers is the sidecar's `cors` policy, not the app's: an app
     # reflecting any Origin (with credentials) must not reopen what the policy refused.
@@ -207,6 +234,27 @@ async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.S
     return response
 
 
+# What a response head may not carry on to a client, though aiohttp's client parser lets
+# it through: control characters other than tab (aiohttp's server refuses to write them).
+_UNSENDABLE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_sendable(upstream: aiohttp.ClientResponse) -> None:
+    """Raise a 502 for an answer that cannot be passed on as a valid HTTP response.
+
+    Its status must be a final one (200-599: the client's `Upgrade` never reaches the app,
+    so a `101` is unasked for; RFC 9110 15 makes anything outside 100-599 invalid), and its
+    reason phrase and header values must hold no control character.
+    """
+    status = upstream.status
+    if not 200 <= status <= 599:
+        raise reject("app_bad_response", f"the app answered with an invalid status ({status})")
+    if _UNSENDABLE.search(upstream.reason or "") or any(
+        _UNSENDABLE.search(value) for value in upstream.headers.values()
+    ):
+        raise reject("app_bad_response", "the app's answer has a control character in its head")
+
+
 async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web.StreamResponse:
     request = ctx.request
     headers = _upstream_headers(ctx)
@@ -225,10 +273,22 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
             " Sec-WebSocket-Version: 13 are needed)",
         )
     ensure_client_present(request)
+    app = ctx.runtime.config.app
+    assert app is not None
     try:
-        upstream = await session.ws_connect(
-            _target(ctx), headers=headers, protocols=protocols, autoping=True
-        )
+        async with asyncio.timeout(None) as head:
+            _await_head(head, app.connect_timeout_seconds + app.read_timeout_seconds)
+            upstream = await session.ws_connect(
+                _target(ctx),
+                headers=headers,
+                protocols=protocols,
+                autoping=True,
+                max_msg_size=app.websocket_max_message_bytes,
+            )
+    except TimeoutError:
+        raise reject(
+            "app_timeout", "the app did not answer the WebSocket handshake in time"
+        ) from None
     except aiohttp.WSServerHandshakeError as exc:
         if 400 <= exc.status < 600:  # the app answered (401, 403, 404 ...): its status stands
             raise reject(
@@ -239,12 +299,14 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         raise reject(
             "app_unreachable", "the app answered the WebSocket handshake wrongly"
         ) from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except aiohttp.ClientError as exc:
         raise reject(
             "app_unreachable", f"the app refused the WebSocket ({type(exc).__name__})"
         ) from None
     client = web.WebSocketResponse(
-        protocols=[upstream.protocol] if upstream.protocol else (), autoping=True
+        protocols=[upstream.protocol] if upstream.protocol else (),
+        autoping=True,
+        max_msg_size=app.websocket_max_message_bytes,
     )
     await client.prepare(request)
     ctx.response_started = True
@@ -281,7 +343,15 @@ async def _pump(
                 # The peer's code and reason (e.g. an app's 4001 "unauthorized") go through.
                 code, reason = _relayable(message.data), (message.extra or "").encode()
             elif message.type == aiohttp.WSMsgType.ERROR:
-                code = aiohttp.WSCloseCode.INTERNAL_ERROR
+                # What broke the source's side (1009: a message over the limit) is what the
+                # sink is told; anything else is the sidecar's internal error.
+                error = message.data
+                code = (
+                    aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+                    if isinstance(error, aiohttp.WebSocketError)
+                    and error.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+                    else aiohttp.WSCloseCode.INTERNAL_ERROR
+                )
             break
     # Shielded: the client's close is often followed by its TCP close, which cancels this
     # handler; the app must still get the close frame with the client's code, not a bare 1000.

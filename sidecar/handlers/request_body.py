@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -136,6 +136,7 @@ class BodyStream:
     idle_timeout: float
     stalled: bool = False
     broken: bool = False
+    on_end: Callable[[], None] | None = None  # called once the last byte has been passed on
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive (no decoding, no buffering)."""
@@ -151,6 +152,8 @@ class BodyStream:
                 self.broken = True  # bad chunked framing, or the client went away mid-body
                 raise
             if not chunk:
+                if self.on_end is not None:
+                    self.on_end()
                 return
             yield chunk
 
