@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,9 @@ async def test_faults_reach_clients_as_the_docs_say() -> None:
                     assert b'"error"' in body.rsplit(b"\n\n", 2)[-2], (fault, body[-200:])
 
 
-@pytest.mark.parametrize("fault", ["midstream_error", "drop", "stall", "stall_before_start"])
+@pytest.mark.parametrize(
+    "fault", ["midstream_error", "drop", "stall", "stall_before_start", "stall_midstream"]
+)
 async def test_fail_times_limits_stream_faults_too(fault: str) -> None:
     """`fail_times`/`fail_key` spend a stream fault as they spend an error status: the
     first N requests with the key break, the next ones stream whole."""
@@ -167,6 +170,63 @@ async def test_a_release_ends_the_stalls_begun_before_it(fake: FakeServer) -> No
         assert (await answer.json())["stop_reason"] == "end_turn"
         await fake.state.wait_for(lambda state: state.open_streams == 0)
     assert fake.state.stats()["streams_completed"] == 1
+
+
+def stalled(after: int) -> dict[str, Any]:
+    """A streamed request whose reply stalls after `after` deltas."""
+    text = f"[[fake fault=stall_midstream after={after}]]"
+    return {"model": "claude-sonnet-5-5", "max_tokens": 20, "stream": True,
+            "messages": [{"role": "user", "content": text}]}  # fmt: skip
+
+
+async def test_a_midstream_stall_holds_after_its_deltas_until_a_release(fake: FakeServer) -> None:
+    """`stall_midstream`: `after` deltas reach the client, then nothing until a release;
+    the reply then goes on to its end, every delta sent once."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(fake.url + "/v1/messages", json=stalled(2)) as response:
+            seen = b""
+            while seen.count(b"event: content_block_delta") < 2:
+                seen += await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
+            (record,) = fake.state.streams.values()
+            assert record.events.count("content_block_delta") == 2
+            assert record.outcome == "open"
+            async with session.post(fake.url + "/_fake/release") as released:
+                assert released.status == 200
+            seen += await asyncio.wait_for(response.content.read(), 10)
+    assert seen.count(b"event: content_block_delta") == 12
+    assert seen.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    assert fake.state.stats()["streams_completed"] == 1
+
+
+async def test_a_client_that_leaves_a_midstream_stall_cancels_the_stream(fake: FakeServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(fake.url + "/v1/messages", json=stalled(1)) as response:
+            async with asyncio.timeout(10):
+                while b"content_block_delta" not in await response.content.readuntil(b"\n\n"):
+                    pass
+            response.close()
+        await fake.state.wait_for(lambda state: state.counters["streams_cancelled"] == 1)
+    (record,) = fake.state.streams.values()
+    assert (record.outcome, record.events.count("content_block_delta")) == ("cancelled", 1)
+
+
+async def test_message_delta_carries_the_whole_usage_as_the_api_sends_it(fake: FakeServer) -> None:
+    """The API's `message_delta` usage is cumulative and names the input tokens too (some
+    clients read the input count from it alone); it equals the non-streaming usage."""
+    request = {"model": "claude-sonnet-5-5", "max_tokens": 64,
+               "messages": [{"role": "user", "content": "count me in, please"}]}  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        async with http.post(fake.url + "/v1/messages", json=request) as response:
+            whole = (await response.json())["usage"]
+        async with http.post(
+            fake.url + "/v1/messages", json={**request, "stream": True}
+        ) as response:
+            blocks = (await response.text()).split("\n\n")
+    (delta,) = [block for block in blocks if block.startswith("event: message_delta")]
+    usage = json.loads(delta.split("data: ", 1)[1])["usage"]
+    assert usage == whole
+    assert usage["input_tokens"] == 5
+    assert usage["output_tokens"] == 12
 
 
 async def message(fake: FakeServer, **body: object) -> tuple[int, dict[str, Any]]:

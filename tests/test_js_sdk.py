@@ -7,53 +7,21 @@ SDK yields (every stream event, the final message, or the error it raised) must 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sidecar.fake_claude import FakeServer
+from tests.support.node import Line, run_script, skip_without
 from tests.support.sidecars import SidecarFactory
 
-JS_DIR = Path(__file__).resolve().parent / "js"
-NODE = shutil.which("node")
-INSTALL = "npm ci --prefix tests/js --no-audit --no-fund"
-
-if NODE is None:
-    pytest.skip("node is not installed: the JS SDK tests need node >= 20", allow_module_level=True)
-if not (JS_DIR / "node_modules" / "@anthropic-ai" / "sdk").is_dir():
-    pytest.skip(f"the JS SDK is not installed; run `{INSTALL}`", allow_module_level=True)
-
-# Ids are random per response; error messages embed them in escaped JSON, hence no quotes.
-_IDS = re.compile(r"\b(msg|toolu|req)_[0-9a-f]+\b")
-
-Line = dict[str, Any]
+skip_without("@anthropic-ai/sdk")
 
 
 async def run_sdk(base_url: str, scenario: str, max_retries: int = 0) -> list[Line]:
     """What the JS SDK yields for `scenario` against `base_url`, ids normalised."""
-    assert NODE is not None
-    process = await asyncio.create_subprocess_exec(
-        NODE,
-        str(JS_DIR / "stream.mjs"),
-        base_url,
-        scenario,
-        str(max_retries),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode == 0, stderr.decode()
-    return [json.loads(_IDS.sub("id", line)) for line in stdout.decode().splitlines()]
+    return await run_script("stream.mjs", base_url, scenario, str(max_retries))
 
 
 async def direct_and_proxied(

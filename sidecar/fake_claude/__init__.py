@@ -26,7 +26,8 @@ headers win over the directive, which wins over the process settings:
 - `fault` = rate_limit (429) | overloaded (529) | server_error (500) | bad_request (400)
   | auth (401) | midstream_error (200, `after` deltas, then `event: error` overloaded)
   | stall (message_start, then silence until the client leaves) | stall_before_start
-  (headers only) | drop (abort the connection after `after` deltas) | slow_headers
+  (headers only) | stall_midstream (`after` deltas, then silence until the client leaves)
+  | drop (abort the connection after `after` deltas) | slow_headers
   (wait `delay_ms`, default 1000, then answer normally).
 - `retry_after` (seconds, the `retry-after` header of error answers), `after`
   (default 3), `fail_times` + `fail_key` (the fault hits only the first

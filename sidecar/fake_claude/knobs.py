@@ -22,7 +22,7 @@ ERROR_FAULTS: dict[str, tuple[int, str, str]] = {
     "auth": (401, "authentication_error", "invalid x-api-key"),
 }
 STREAM_FAULTS = frozenset(
-    {"midstream_error", "stall", "stall_before_start", "drop", "slow_headers"}
+    {"midstream_error", "stall", "stall_before_start", "stall_midstream", "drop", "slow_headers"}
 )
 FAULTS = frozenset(ERROR_FAULTS) | STREAM_FAULTS
 KNOB_NAMES = frozenset({
@@ -62,7 +62,7 @@ class Knobs:
     content: str = "text"
     fault: str | None = None
     retry_after: str | None = None
-    after: int = 3  # content deltas sent before a mid-stream error or drop
+    after: int = 3  # content deltas sent before a mid-stream error, stall or drop
     delay_ms: float = 1000.0  # slow_headers pause
     fail_times: int | None = None
     fail_key: str | None = None

@@ -257,7 +257,7 @@ def encode_events(reply: Reply, *, stamp: bool = False) -> list[Event]:
     ending = {
         "type": "message_delta",
         "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-        "usage": {"output_tokens": reply.output_tokens},
+        "usage": _usage(reply, reply.output_tokens),  # cumulative, input included, as the API's
     }
     events.append(("message_delta", encode("message_delta", ending), PLAIN))
     events.append(("message_stop", MESSAGE_STOP, PLAIN))

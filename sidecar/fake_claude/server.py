@@ -117,7 +117,7 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         # The fault as this request gets it (`fail_times`/`fail_key` may have spent it).
         played = knobs if fault == knobs.fault else dataclasses.replace(knobs, fault=fault)
         return await stream_reply(request, state, reply.message_id, events, played)
-    if fault in ("stall", "stall_before_start"):
+    if fault in ("stall", "stall_before_start", "stall_midstream"):
         await until_client_leaves(request, state)
     if fault == "drop":
         abort_connection(request)

@@ -20,6 +20,7 @@ from sidecar.fake_claude.state import FakeClaudeState, StreamRecord
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _DISCONNECT_POLL_SECONDS = 0.25
+_MIDSTREAM_FAULTS = frozenset({"midstream_error", "drop", "stall_midstream"})  # at `after` deltas
 
 
 async def until_client_leaves(request: web.Request, state: FakeClaudeState) -> None:
@@ -85,7 +86,7 @@ async def _play(
         await until_client_leaves(request, state)
     if knobs.ttft_ms:
         await asyncio.sleep(knobs.ttft_ms / 1000)
-    fault_at = fault_position(events, knobs.after) if fault in ("midstream_error", "drop") else -1
+    fault_at = fault_position(events, knobs.after) if fault in _MIDSTREAM_FAULTS else -1
     interval = 1 / knobs.tps if knobs.tps > 0 else 0.0
     loop = asyncio.get_running_loop()
     due = 0.0  # loop time before which nothing may follow the last delta (paced by deadline)
@@ -95,7 +96,10 @@ async def _play(
             if due > now:
                 await asyncio.sleep(due - now)
         if position == fault_at:
-            return await _fault_midstream(request, response, record, fault == "drop")
+            if fault != "stall_midstream":
+                return await _fault_midstream(request, response, record, fault == "drop")
+            await until_client_leaves(request, state)  # a release: the reply goes on
+            due = 0.0
         name, data, kind = events[position]
         if kind == STAMPED:
             data = stamped(data, time.monotonic_ns())
