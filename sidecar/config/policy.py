@@ -15,7 +15,7 @@ from sidecar.config.fields import Seconds, Section
 _DEFAULT_ALLOW_HEADERS = [
     "authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
     "anthropic-dangerous-direct-browser-access", "x-stainless-*",
-    "last-event-id", "x-request-id", "traceparent", "tracestate", "sidecar-resume",
+    "last-event-id", "x-request-id", "traceparent", "tracestate", "sidecar-resume", "user-agent",
 ]  # fmt: skip
 _DEFAULT_EXPOSE_HEADERS = [
     "x-request-id", "request-id", "retry-after", "retry-after-ms", "sidecar-stream-id",
