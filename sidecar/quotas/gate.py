@@ -108,6 +108,11 @@ class QuotaLease:
         if decision is not None:
             self._headers, self._decision = ratelimit_headers(decision), None
 
+    @property
+    def renewal(self) -> asyncio.Task[None] | None:
+        """The task renewing this lease's slot, once `start_renewal` started one."""
+        return self._renewal
+
     def start_renewal(self) -> None:
         """Renew the lease every third of its lifetime until settled (one task per lease)."""
         if self._gate is not None and self._limits is not None:
