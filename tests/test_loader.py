@@ -1,27 +1,15 @@
-"""Config loading: YAML errors, interpolation, validation paths, route overrides, redaction,
-and values checked at load (header names, Redis URLs) rather than on the first request."""
+"""Loading the config: YAML errors with their place, interpolation, every problem at once
+with its path, route policies merged from overrides, redaction, the files it refuses."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 from sidecar import loader
-from sidecar.config import Config, TelemetryConfig, redact_url, split_host_port
-from tests.support.apps import echoed_headers, running_app
-from tests.support.policy import API_KEY, API_KEY_SHA256
-from tests.support.sidecars import SidecarFactory
-
-
-def problems_of(source: str | dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
-    """The problems validation reports for a config given as YAML text or as plain data."""
-    data = loader.parse_yaml(source, "test.yaml") if isinstance(source, str) else source
-    with pytest.raises(loader.ConfigError) as caught:
-        loader.validate(data, env or {})
-    return caught.value.problems
+from sidecar.config import Config
+from tests.support.config import problems_of
 
 
 def test_embedded_default_is_fake_claude_on_loopback() -> None:
@@ -147,63 +135,6 @@ def test_interpolated_numbers_are_coerced() -> None:
     assert config.server.max_body_bytes == 2048
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [("0.0.0.0:8080", ("0.0.0.0", 8080)), ("[::1]:9", ("::1", 9)), (":80", ("0.0.0.0", 80))],
-)
-def test_host_port(value: str, expected: tuple[str, int]) -> None:
-    assert split_host_port(value) == expected
-
-
-@pytest.mark.parametrize("value", ["8080", "host:", "host:99999", "a:b:c", "host:port"])
-def test_bad_host_port(value: str) -> None:
-    with pytest.raises(ValueError, match=r"host:port|port must be"):
-        split_host_port(value)
-
-
-def test_listeners_must_differ() -> None:
-    found = problems_of('server: {listen: "0.0.0.0:80", admin_listen: "0.0.0.0:80"}')
-    assert found == ["server: listen and admin_listen must differ"]
-
-
-def test_app_route_needs_app_section() -> None:
-    found = problems_of('routes: [{path: "/", handler: app}]')
-    assert any("needs the app section" in p for p in found)
-
-
-def test_default_routes_include_the_app_when_configured() -> None:
-    config = loader.validate({"app": {"url": "http://127.0.0.1:3000"}}, {})
-    assert [(r.path, r.handler) for r in config.routes] == [
-        ("/api/stream-response", "prompt"),
-        ("/v1/", "anthropic"),
-        ("/api/chat", "ui"),
-        ("/", "app"),
-    ]
-
-
-def test_auth_required_needs_credentials() -> None:
-    assert problems_of("auth: {mode: required}") == ["auth: mode 'required' needs jwt or api_keys"]
-
-
-def test_jwt_rules() -> None:
-    found = problems_of(
-        """
-auth:
-  jwt: {secret: short, algorithms: [HS256, none]}
-"""
-    )
-    assert any("alg 'none' is never allowed" in p for p in found)
-    found = problems_of("auth: {jwt: {secret: short}}")
-    assert any("at least 32 bytes" in p for p in found)
-    found = problems_of("auth: {jwt: {algorithms: [RS256], secret: '" + "x" * 40 + "'}}")
-    assert any("need public_key_file or jwks_url" in p for p in found)
-
-
-def test_api_key_hash_must_be_sha256_hex() -> None:
-    found = problems_of("auth: {api_keys: [{name: ci, sha256: nothex}]}")
-    assert found == ["auth.api_keys.0.sha256: must be the 64-character hex SHA-256 of the key"]
-
-
 def test_route_overrides_merge_and_validate_with_field_paths() -> None:
     config = loader.validate(
         {
@@ -235,13 +166,6 @@ routes:
     assert any(p.startswith("routes.1.cors: ") for p in found)
 
 
-def test_route_paths_are_absolute_and_unique() -> None:
-    found = problems_of('routes: [{path: "api", handler: prompt}]')
-    assert found == ["routes.0.path: must start with '/'"]
-    found = problems_of('routes: [{path: "/a", handler: prompt}, {path: "/a", handler: prompt}]')
-    assert any("paths must be unique" in p for p in found)
-
-
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(loader.ConfigError) as caught:
         loader.load(tmp_path / "missing.yaml", env={})
@@ -271,135 +195,9 @@ def test_example_configs_are_valid() -> None:
         assert isinstance(loader.load(path, env=env), Config), path
 
 
-# ------------------------------------------------------------------ header names, Redis URLs
-
-
-@pytest.mark.parametrize("name", ["X Request Id", "X-Request-Id\n", "X-Id:", ""])
-def test_request_id_header_must_be_a_header_name(name: str) -> None:
-    problems = problems_of({"server": {"request_id_header": name}})
-    assert [p.split(":")[0] for p in problems] == ["server.request_id_header"]
-
-
-@pytest.mark.parametrize(
-    ("headers", "field"),
-    [
-        ({"user": "X Sidecar User"}, "user"),
-        ({"tenant": "Host"}, "tenant"),
-        ({"api_key_name": "x-forwarded-for"}, "api_key_name"),
-        ({"user": "Content-Length"}, "user"),
-    ],
-)
-def test_identity_header_names_are_checked(headers: dict[str, str], field: str) -> None:
-    problems = problems_of({"app": {"url": "http://127.0.0.1:3000", "identity_headers": headers}})
-    assert [p.split(":")[0] for p in problems] == [f"app.identity_headers.{field}"]
-
-
-def test_identity_header_names_must_differ() -> None:
-    headers = {"user": "X-Who", "tenant": "x_who"}  # one name to a WSGI app
-    problems = problems_of({"app": {"url": "http://127.0.0.1:3000", "identity_headers": headers}})
-    assert [p.split(":")[0] for p in problems] == ["app.identity_headers"]
-
-
-async def test_a_header_name_that_validates_serves(sidecar_for: SidecarFactory) -> None:
-    async with running_app() as (url, _):
-        config = {
-            "server": {"request_id_header": "X-Trace_Id"},
-            "app": {"url": url, "identity_headers": {"user": "X-Auth-User"}},
-            "auth": {"api_keys": [{"name": "ci", "sha256": API_KEY_SHA256, "user": "ci-bot"}]},
-        }
-        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
-            async with http.get(sidecar.url + "/echo", headers={"x-api-key": API_KEY}) as r:
-                assert r.status == 200
-                assert r.headers["X-Trace_Id"]
-                seen = echoed_headers(await r.json())
-    assert seen["x-auth-user"] == "ci-bot"
-
-
-@pytest.mark.parametrize(
-    "url", ["localhost:6379", "http://127.0.0.1:6379/0", "redis://127.0.0.1:port/0"]
-)
-def test_redis_url_that_redis_cannot_use_is_a_config_error(url: str) -> None:
-    secret = "s3cret-password"
-    url = url.replace("127.0.0.1", f"user:{secret}@127.0.0.1")
-    problems = problems_of({"quotas": {"store": "redis", "redis_url": url}})
-    assert [p.split(":")[0] for p in problems] == ["quotas.redis_url"]
-    assert secret not in " ".join(problems)
-
-
-@pytest.mark.parametrize(
-    "url", ["redis://127.0.0.1:6379/0", "rediss://:pw@redis.example:6380", "unix:///run/redis.sock"]
-)
-def test_redis_urls_redis_accepts_validate(url: str) -> None:
-    config = loader.validate({"quotas": {"store": "redis", "redis_url": url}})
-    assert config.quotas.redis_url is not None
-
-
-def test_route_overrides_are_typed_and_in_the_schema() -> None:
-    schema = Config.model_json_schema()
-    defs = schema["$defs"]
-    auth_ref = defs["RouteConfig"]["properties"]["auth"]["anyOf"][0]["$ref"]
-    assert auth_ref == "#/$defs/AuthOverride"
-    assert {"mode", "jwt", "api_keys", "allowed_tenants"} <= set(defs["AuthOverride"]["properties"])
-    assert "required" not in defs["AuthOverride"]  # every key optional
-    assert "secret" in defs["JWTOverride"]["properties"]
-    for name in ("CorsOverride", "ScreeningOverride", "QuotaOverride"):
-        assert "required" not in defs[name]
-    found = problems_of(
-        """
-routes:
-  - {path: /a, handler: prompt, auth: {jwt: {secrett: x}}}
-  - {path: /b, handler: prompt, screening: {deny_patterns: ["(?i)plain string rule"]}}
-"""
-    )
-    assert found == ["routes.0.auth.jwt.secrett: unknown key"]
-
-
 def test_route_policies_are_built_once_per_config() -> None:
     config = loader.validate({"routes": [{"path": "/v1/", "handler": "anthropic"}]}, {})
     assert loader.route_policies(config) is loader.route_policies(config)
-
-
-def test_resume_settings_are_checked_with_their_paths() -> None:
-    cases = [
-        ({"resume": {"store": "redis"}}, "resume.redis_url or quotas.redis_url"),
-        ({"resume": {"ttl_seconds": 0}}, "resume.ttl_seconds"),
-        ({"resume": {"on_store_error": "maybe"}}, "resume.on_store_error"),
-        ({"resume": {"redis_url": "http://x"}}, "resume.redis_url"),
-        ({"routes": [{"path": "/x", "handler": "prompt", "resume": {"ttl_seconds": 3}}]},
-         "routes.0.resume.ttl_seconds"),
-    ]  # fmt: skip
-    for data, where in cases:
-        with pytest.raises(loader.ConfigError) as failed:
-            loader.validate(data, {})
-        assert any(where in problem for problem in failed.value.problems), failed.value.problems
-    # The Redis store falls back to the quota store's URL.
-    config = loader.validate(
-        {"quotas": {"redis_url": "redis://r:6379/0"}, "resume": {"store": "redis"}}, {}
-    )
-    assert config.resume_redis_url is not None
-    assert config.resume_redis_url.get_secret_value() == "redis://r:6379/0"
-
-
-# --------------------------------------------------------------------------- cache
-
-
-def test_cache_defaults_are_off_memory_tenant_scoped() -> None:
-    cache = loader.validate({}).cache
-    assert (cache.enabled, cache.store, cache.scope, cache.replay) == (
-        False, "memory", "tenant", "instant",
-    )  # fmt: skip
-    assert (cache.ttl_seconds, cache.max_entries, cache.max_bytes) == (3600, 1000, 67108864)
-    assert not cache.include_sampled
-    assert not cache.charge_hits
-    assert cache.redis_url is None
-
-
-def test_cache_bad_values_are_errors_with_their_path() -> None:
-    found = problems_of({"cache": {"scope": "team", "replay": "slow", "max_entries": 0, "ttl": 5}})
-    assert any(p.startswith("cache.scope:") for p in found), found
-    assert any(p.startswith("cache.replay:") for p in found), found
-    assert any(p.startswith("cache.max_entries:") for p in found), found
-    assert any(p.startswith("cache.ttl:") for p in found), found
 
 
 def test_cache_redis_needs_a_url_its_own_or_the_quota_stores() -> None:
@@ -436,32 +234,6 @@ def test_a_route_cache_without_a_usable_store_is_an_error() -> None:
     routes = [{"path": "/v1/", "handler": "anthropic", "cache": {"enabled": True}}]
     found = problems_of({"routes": routes, "cache": {"store": "redis"}})
     assert any(p.startswith("routes.0.cache.enabled:") for p in found), found
-
-
-def test_the_flush_delay_is_a_checked_config_key() -> None:
-    assert TelemetryConfig().log_flush_seconds == 0.02
-    for bad in (-1, 11, "soon"):
-        with pytest.raises(ValueError, match="log_flush_seconds"):
-            TelemetryConfig(log_flush_seconds=bad)
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("https://issuer.example/jwks", "https://issuer.example/jwks"),
-        ("https://user:pass@issuer.example/jwks", "https://user:***@issuer.example/jwks"),
-        ("redis://:pass@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
-        ("https://tok3n@api.example/x", "https://***@api.example/x"),
-        (
-            "https://h.example/jwks?token=T0K&v=2&flag",
-            "https://h.example/jwks?token=***&v=***&flag",
-        ),
-        ("https://u:p@h.example/a?k=s#frag", "https://u:***@h.example/a?k=***#***"),
-        ("https://h.example/a/b@c", "https://h.example/a/b@c"),  # an @ in the path: no userinfo
-    ],
-)
-def test_redact_url_hides_every_credential_a_url_can_carry(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
 
 
 @pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "~\n", "null\n", "---\n"])

@@ -1,0 +1,28 @@
+"""The auth section: credentials required, JWT rules, API key hashes."""
+
+from __future__ import annotations
+
+from tests.support.config import problems_of
+
+
+def test_auth_required_needs_credentials() -> None:
+    assert problems_of("auth: {mode: required}") == ["auth: mode 'required' needs jwt or api_keys"]
+
+
+def test_jwt_rules() -> None:
+    found = problems_of(
+        """
+auth:
+  jwt: {secret: short, algorithms: [HS256, none]}
+"""
+    )
+    assert any("alg 'none' is never allowed" in p for p in found)
+    found = problems_of("auth: {jwt: {secret: short}}")
+    assert any("at least 32 bytes" in p for p in found)
+    found = problems_of("auth: {jwt: {algorithms: [RS256], secret: '" + "x" * 40 + "'}}")
+    assert any("need public_key_file or jwks_url" in p for p in found)
+
+
+def test_api_key_hash_must_be_sha256_hex() -> None:
+    found = problems_of("auth: {api_keys: [{name: ci, sha256: nothex}]}")
+    assert found == ["auth.api_keys.0.sha256: must be the 64-character hex SHA-256 of the key"]

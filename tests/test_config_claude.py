@@ -1,0 +1,29 @@
+"""The claude section: the upstream it names and the API paths it forwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.config import ClaudeConfig
+
+
+def test_the_builtin_fake_is_the_default_and_a_url_is_the_real_api() -> None:
+    assert ClaudeConfig().is_fake
+    assert not ClaudeConfig(base_url="https://api.anthropic.com").is_fake
+
+
+@pytest.mark.parametrize("url", ["api.anthropic.com", "ftp://api.anthropic.com", "builtin:real"])
+def test_a_base_url_is_the_fake_or_an_http_url(url: str) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        ClaudeConfig(base_url=url)
+
+
+@pytest.mark.parametrize("path", ["/v1", "/v1/", "/v2/files", "files"])
+def test_forwarded_paths_are_anthropic_api_paths_below_v1(path: str) -> None:
+    with pytest.raises(ValueError, match="not an Anthropic API path below /v1/"):
+        ClaudeConfig(forward_paths=["/v1/models", path])
+
+
+def test_forwarded_paths_below_v1_are_kept() -> None:
+    paths = ["/v1/models", "/v1/files/"]
+    assert ClaudeConfig(forward_paths=paths).forward_paths == paths

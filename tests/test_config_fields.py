@@ -1,0 +1,81 @@
+"""Config field checks: host:port, header names (checked at load, served as written) and
+URLs redacted of every credential."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from sidecar.config import redact_url, split_host_port
+from tests.support.apps import echoed_headers, running_app
+from tests.support.config import problems_of
+from tests.support.policy import API_KEY, API_KEY_SHA256
+from tests.support.sidecars import SidecarFactory
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0.0.0.0:8080", ("0.0.0.0", 8080)), ("[::1]:9", ("::1", 9)), (":80", ("0.0.0.0", 80))],
+)
+def test_host_port(value: str, expected: tuple[str, int]) -> None:
+    assert split_host_port(value) == expected
+
+
+@pytest.mark.parametrize("value", ["8080", "host:", "host:99999", "a:b:c", "host:port"])
+def test_bad_host_port(value: str) -> None:
+    with pytest.raises(ValueError, match=r"host:port|port must be"):
+        split_host_port(value)
+
+
+@pytest.mark.parametrize("name", ["X Request Id", "X-Request-Id\n", "X-Id:", ""])
+def test_request_id_header_must_be_a_header_name(name: str) -> None:
+    problems = problems_of({"server": {"request_id_header": name}})
+    assert [p.split(":")[0] for p in problems] == ["server.request_id_header"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "field"),
+    [
+        ({"user": "X Sidecar User"}, "user"),
+        ({"tenant": "Host"}, "tenant"),
+        ({"api_key_name": "x-forwarded-for"}, "api_key_name"),
+        ({"user": "Content-Length"}, "user"),
+    ],
+)
+def test_identity_header_names_are_checked(headers: dict[str, str], field: str) -> None:
+    problems = problems_of({"app": {"url": "http://127.0.0.1:3000", "identity_headers": headers}})
+    assert [p.split(":")[0] for p in problems] == [f"app.identity_headers.{field}"]
+
+
+async def test_a_header_name_that_validates_serves(sidecar_for: SidecarFactory) -> None:
+    async with running_app() as (url, _):
+        config = {
+            "server": {"request_id_header": "X-Trace_Id"},
+            "app": {"url": url, "identity_headers": {"user": "X-Auth-User"}},
+            "auth": {"api_keys": [{"name": "ci", "sha256": API_KEY_SHA256, "user": "ci-bot"}]},
+        }
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/echo", headers={"x-api-key": API_KEY}) as r:
+                assert r.status == 200
+                assert r.headers["X-Trace_Id"]
+                seen = echoed_headers(await r.json())
+    assert seen["x-auth-user"] == "ci-bot"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://issuer.example/jwks", "https://issuer.example/jwks"),
+        ("https://user:pass@issuer.example/jwks", "https://user:***@issuer.example/jwks"),
+        ("redis://:pass@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("https://tok3n@api.example/x", "https://***@api.example/x"),
+        (
+            "https://h.example/jwks?token=T0K&v=2&flag",
+            "https://h.example/jwks?token=***&v=***&flag",
+        ),
+        ("https://u:p@h.example/a?k=s#frag", "https://u:***@h.example/a?k=***#***"),
+        ("https://h.example/a/b@c", "https://h.example/a/b@c"),  # an @ in the path: no userinfo
+    ],
+)
+def test_redact_url_hides_every_credential_a_url_can_carry(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -1,0 +1,27 @@
+"""The policy sections: the quota store's Redis URL is checked at load."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar import loader
+from tests.support.config import problems_of
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:6379", "http://127.0.0.1:6379/0", "redis://127.0.0.1:port/0"]
+)
+def test_redis_url_that_redis_cannot_use_is_a_config_error(url: str) -> None:
+    secret = "s3cret-password"
+    url = url.replace("127.0.0.1", f"user:{secret}@127.0.0.1")
+    problems = problems_of({"quotas": {"store": "redis", "redis_url": url}})
+    assert [p.split(":")[0] for p in problems] == ["quotas.redis_url"]
+    assert secret not in " ".join(problems)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://:pw@redis.example:6380", "unix:///run/redis.sock"]
+)
+def test_redis_urls_redis_accepts_validate(url: str) -> None:
+    config = loader.validate({"quotas": {"store": "redis", "redis_url": url}})
+    assert config.quotas.redis_url is not None

@@ -1,0 +1,49 @@
+"""The whole config: default routes, route paths, the typed route overrides in the schema."""
+
+from __future__ import annotations
+
+from sidecar import loader
+from sidecar.config import Config
+from tests.support.config import problems_of
+
+
+def test_app_route_needs_app_section() -> None:
+    found = problems_of('routes: [{path: "/", handler: app}]')
+    assert any("needs the app section" in p for p in found)
+
+
+def test_default_routes_include_the_app_when_configured() -> None:
+    config = loader.validate({"app": {"url": "http://127.0.0.1:3000"}}, {})
+    assert [(r.path, r.handler) for r in config.routes] == [
+        ("/api/stream-response", "prompt"),
+        ("/v1/", "anthropic"),
+        ("/api/chat", "ui"),
+        ("/", "app"),
+    ]
+
+
+def test_route_paths_are_absolute_and_unique() -> None:
+    found = problems_of('routes: [{path: "api", handler: prompt}]')
+    assert found == ["routes.0.path: must start with '/'"]
+    found = problems_of('routes: [{path: "/a", handler: prompt}, {path: "/a", handler: prompt}]')
+    assert any("paths must be unique" in p for p in found)
+
+
+def test_route_overrides_are_typed_and_in_the_schema() -> None:
+    schema = Config.model_json_schema()
+    defs = schema["$defs"]
+    auth_ref = defs["RouteConfig"]["properties"]["auth"]["anyOf"][0]["$ref"]
+    assert auth_ref == "#/$defs/AuthOverride"
+    assert {"mode", "jwt", "api_keys", "allowed_tenants"} <= set(defs["AuthOverride"]["properties"])
+    assert "required" not in defs["AuthOverride"]  # every key optional
+    assert "secret" in defs["JWTOverride"]["properties"]
+    for name in ("CorsOverride", "ScreeningOverride", "QuotaOverride"):
+        assert "required" not in defs[name]
+    found = problems_of(
+        """
+routes:
+  - {path: /a, handler: prompt, auth: {jwt: {secrett: x}}}
+  - {path: /b, handler: prompt, screening: {deny_patterns: ["(?i)plain string rule"]}}
+"""
+    )
+    assert found == ["routes.0.auth.jwt.secrett: unknown key"]
