@@ -1,0 +1,233 @@
+"""The Redis resume store: outages are errors not hangs, refused batches sent again in order,
+readers counted across replicas, and a close or a stop that a swallowed cancel does not hold up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from sidecar.stream.redis_store import RedisResumeStore
+from sidecar.stream.store import StoreError
+from tests.support.redis_server import RedisServer
+from tests.support.stream_logs import event, fill, read_all, settled
+from tests.support.waiting import eventually, holds
+
+
+async def test_a_redis_outage_is_a_store_error_not_a_hang(redis_server: RedisServer) -> None:
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.5)
+    await store.start()
+    try:
+        await redis_server.kill()
+        with pytest.raises(StoreError):
+            await store.create("stream-ffffffffffffffff", "o")
+        with pytest.raises(StoreError):
+            await store.lookup("stream-ffffffffffffffff")
+    finally:
+        await store.close()
+
+
+async def test_pooled_connections_dead_after_a_redis_restart_are_retried_once(
+    redis_server: RedisServer,
+) -> None:
+    """After a restart every pooled connection is dead: the first use of each is retried
+    on a fresh one instead of failing the stream's create or a reconnect's lookup."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.5)
+    await store.start()
+    try:
+        await asyncio.gather(*(store.lookup(f"stream-{n:016x}") for n in range(8)))  # a pool
+        await redis_server.kill()
+        await redis_server.start()
+        logs = await asyncio.gather(*(store.create(f"stream-{n:016x}", "o") for n in range(8)))
+        assert len(logs) == 8
+        assert await store.lookup("stream-0000000000000000") is not None
+    finally:
+        await store.close()
+
+
+async def test_readers_are_counted_across_replicas_and_seen_by_the_producer(
+    redis_server: RedisServer,
+) -> None:
+    """`join` bounds a stream's readers over every replica sharing Redis (a reader that
+    leaves frees its place, one that vanishes lapses); the producer's log learns how many
+    read it elsewhere."""
+    kinds = dict(ttl=60, max_buffer_bytes=1 << 20, alive_seconds=0.6)
+    stream = "stream-1111111111111111"
+    producer = RedisResumeStore(redis_server.url, **kinds)  # type: ignore[arg-type]
+    one, two = (RedisResumeStore(redis_server.url, **kinds) for _ in range(2))  # type: ignore[arg-type]
+    for store in (producer, one, two):
+        await store.start()
+    try:
+        log = await producer.create(stream, "o")
+        assert await one.join(stream, "r1", 2)
+        assert await two.join(stream, "r2", 2)
+        assert not await two.join(stream, "r3", 2)  # two read it already, on two replicas
+        assert await one.join(stream, "r1", 2)  # already counted: refreshed, not refused
+        await eventually(lambda: holds(log.readers_elsewhere == 2))
+        await one.leave(stream, "r1")
+        assert await two.join(stream, "r3", 2)
+        await asyncio.sleep(0.8)  # neither refreshed: both lapse
+        await eventually(lambda: holds(log.readers_elsewhere == 0))
+        assert await one.join(stream, "r4", 1)
+        keeping = asyncio.create_task(one.keep(stream, "r4"))  # a reader busy writing
+        await asyncio.sleep(1.0)  # longer than a lapse: still counted, kept apart from reads
+        assert not await two.join(stream, "r5", 1)
+        await eventually(lambda: holds(log.readers_elsewhere == 1))
+        keeping.cancel()
+        # Redis gone: no reader elsewhere can be counted on (an old count would hold an
+        # abandoned stream open for the outage).
+        await redis_server.kill()
+        await eventually(lambda: holds(log.readers_elsewhere == 0))
+    finally:
+        for store in (producer, one, two):
+            await store.close()
+
+
+async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisServer) -> None:
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    try:
+        log = await store.create("stream-gggggggggggggggg", "o")
+        fill(log, 3)
+        await settled(store, "stream-gggggggggggggggg", 3)
+        await redis_server.kill()
+        fill(log, 3, start=4)  # queued while Redis is down
+        await asyncio.sleep(0.5)  # the writer tried and failed
+        await redis_server.start()  # back, but empty (no persistence)
+        log.append(event(7))
+        log.finish()
+        log.close()
+        await settled(store, "stream-gggggggggggggggg", 7)
+        info = await store.lookup("stream-gggggggggggggggg")
+        assert info is not None
+        assert info.owner == "o"  # the stream's meta is written again with every batch
+        assert info.first == 4  # 1..3 were lost with Redis; 4..7 arrived, none missing
+        assert await read_all(store, "stream-gggggggggggggggg", 3) == [
+            event(n) for n in range(4, 8)
+        ]
+    finally:
+        await store.close()
+
+
+async def test_a_batch_refused_while_the_log_dropped_its_oldest_resends_what_is_kept(
+    redis_server: RedisServer,
+) -> None:
+    """Over `max_buffer_bytes` while Redis is down: the retry sends the events the log still
+    keeps, in order, and the stream's end with them."""
+    size = len(event(1))
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=size * 4, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    try:
+        log = await store.create("stream-hhhhhhhhhhhhhhhh", "o")
+        fill(log, 3)
+        await settled(store, "stream-hhhhhhhhhhhhhhhh", 3)
+        await redis_server.kill()
+        fill(log, 6, start=4)  # queued while Redis is down; the log keeps 6..9
+        log.finish()
+        assert store.used_bytes == log.size == size * 4  # what this replica holds
+        await asyncio.sleep(0.5)  # the writer tried and failed
+        await redis_server.start()  # back, but empty
+        log.close()
+        assert store.used_bytes == 0
+        await settled(store, "stream-hhhhhhhhhhhhhhhh", 9)
+        info = await store.lookup("stream-hhhhhhhhhhhhhhhh")
+        assert info is not None
+        assert (info.first, info.last, info.final) == (6, 9, True)
+        assert await read_all(store, "stream-hhhhhhhhhhhhhhhh", 5) == [
+            event(n) for n in range(6, 10)
+        ]
+    finally:
+        await store.close()
+
+
+async def test_close_ends_and_flushes_when_the_writer_loses_its_cancel(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.5)
+    await store.start()
+    real_flush = store._flush
+    in_flush = asyncio.Event()
+
+    async def flush_losing_a_cancel(*, refresh: bool = False) -> None:
+        # As redis-py's `asyncio.wait_for` around a socket write does on Python 3.11: a
+        # cancel landing as the write completes is swallowed and the flush goes on.
+        in_flush.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.3)
+        await real_flush(refresh=refresh)
+
+    monkeypatch.setattr(store, "_flush", flush_losing_a_cancel)
+    log = await store.create("stream-hhhhhhhhhhhhhhhh", "o")
+    fill(log, 3)
+    log.finish()
+    log.close()
+    await asyncio.wait_for(in_flush.wait(), 10)  # the writer is mid-flush
+    closing = asyncio.ensure_future(store.close())
+    done, _ = await asyncio.wait([closing], timeout=20)
+    writer = store._writer
+    for _ in range(5 if not done else 0):  # let a broken close's tasks end with the test
+        closing.cancel()
+        if writer is not None:
+            writer.cancel()
+        await asyncio.sleep(0.4)
+    assert done, "close waited for a writer that lost its cancel"
+    assert writer is not None
+    assert writer.done()  # it ended: no task left running after the store closed
+    reader = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20)
+    await reader.start()
+    try:
+        assert await read_all(reader, "stream-hhhhhhhhhhhhhhhh", 0) == [event(n) for n in (1, 2, 3)]
+    finally:
+        await reader.close()
+
+
+async def test_a_reader_and_its_keeper_stop_when_told_though_redis_py_swallowed_the_cancel(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown stops a store reader by cancelling it; on Python 3.11 redis-py's
+    `asyncio.wait_for` around a socket write can swallow that cancel. The read and the
+    task keeping its reader counted still end: else the reader never gets its final
+    event, and the stream keeps a reader that left."""
+    stream = "stream-2222222222222222"
+    producer = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20)
+    reader = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, alive_seconds=0.6)
+    for store in (producer, reader):
+        await store.start()
+    calls = {"xread": 0, "join": 0}
+
+    def swallowing(name: str, real: Callable[..., Awaitable[object]]) -> Callable[..., object]:
+        async def call(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)  # the cancel lands here, and is lost
+            return await real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(reader._redis, "xread", swallowing("xread", reader._redis.xread))
+    monkeypatch.setattr(reader, "_join", swallowing("join", reader._join))
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        log = await producer.create(stream, "o")
+        fill(log, 2)
+        await settled(reader, stream, 2)
+
+        async def read() -> None:
+            async for _ in reader.read(stream, 0):
+                pass
+
+        tasks += [asyncio.create_task(read()), asyncio.create_task(reader.keep(stream, "r1"))]
+        await eventually(lambda: holds(calls["xread"] > 1 and calls["join"] > 0))
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=5)
+        assert [task.cancelled() for task in tasks] == [True, True]  # the read, the keeper
+    finally:
+        for task in tasks:
+            task.cancel()
+        for store in (producer, reader):
+            await store.close()
