@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.record import StreamRecord
 from sidecar.sse import EventScanner, encode, event_name, parse_block
-from sidecar.usage import observe
-
-STREAM = (
-    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"m",'
-    b'"usage":{"input_tokens":25,"cache_creation_input_tokens":3,"cache_read_input_tokens":2,'
-    b'"output_tokens":1}}}\n\n'
-    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-    b'"delta":{"type":"text_delta","text":"Hi"}}\n\n'
-    b'event: ping\ndata: {"type": "ping"}\n\n'
-    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
-    b'"usage":{"output_tokens":42}}\n\n'
-    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
-)
+from tests.support.claude_streams import STREAM
 
 
 def names(blocks: list[bytes]) -> list[bytes]:
@@ -74,30 +59,6 @@ def test_parse_block_multiline_data_comments_and_no_space() -> None:
 def test_encode() -> None:
     assert encode({"token": "é"}, event_id=3) == b'id: 3\ndata: {"token":"\\u00e9"}\n\n'
     assert encode({"a": 1}, event="e") == b'event: e\ndata: {"a":1}\n\n'
-
-
-def test_observe_collects_usage_and_stop_reason() -> None:
-    record = StreamRecord(request_id="r", route="/v1/", started=0.0)
-    for block in EventScanner().feed(STREAM):
-        observe(record, block)
-    assert record.response_id == "msg_1"
-    assert record.response_model == "m"
-    assert (record.input_tokens, record.cache_creation_input_tokens) == (25, 3)
-    assert record.cache_read_input_tokens == 2
-    assert record.total_input_tokens == 30
-    assert record.output_tokens == 42
-    assert record.stop_reason == "end_turn"
-    assert record.output_deltas == 1
-    assert record.first_token_at is not None
-
-
-def test_observe_error_event_and_bad_json() -> None:
-    record = StreamRecord(request_id="r", route="/v1/", started=0.0)
-    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-    observe(record, b"event: error\ndata: " + json.dumps(error).encode())
-    assert record.error_type == "overloaded_error"
-    observe(record, b"event: message_delta\ndata: {not json")
-    assert record.output_tokens == 0
 
 
 def test_reads_of_one_byte_and_of_a_lone_blank_line() -> None:

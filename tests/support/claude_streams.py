@@ -191,3 +191,18 @@ def decoded(relay: dict[str, Any]) -> dict[str, Any]:
         "log": None if log is None else (events(b"".join(log[0])), *log[1:]),
         "record": {k: v for k, v in relay["record"].items() if k != "chunks"},
     }
+
+
+# One whole Claude stream: start (with the input usage), a text delta, a ping, the final
+# usage and stop reason, stop.
+STREAM = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"m",'
+    b'"usage":{"input_tokens":25,"cache_creation_input_tokens":3,"cache_read_input_tokens":2,'
+    b'"output_tokens":1}}}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"Hi"}}\n\n'
+    b'event: ping\ndata: {"type": "ping"}\n\n'
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+    b'"usage":{"output_tokens":42}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
