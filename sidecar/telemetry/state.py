@@ -92,7 +92,7 @@ class TelemetryState:
         self._rejections: dict[tuple[str, str, int], AttributeSet] = {}
         # Client-chosen values reach metrics and spans only through these (bounded).
         self.models = model_labels(config.prices)
-        self._errors = error_labels()
+        self.errors = error_labels()
 
     def _identity(self, value: str) -> str | None:
         """A user or tenant as logged and put on spans (None: not carried); memoized."""
@@ -111,6 +111,18 @@ class TelemetryState:
         memo[key] = value
         return value
 
+    def memo_sizes(self) -> dict[str, int]:
+        """How many entries each bounded memo holds (each at most `CACHE_LIMIT`)."""
+        return {
+            "routes": len(self._routes),
+            "prices": len(self._prices),
+            "identities": len(self._identities),
+            "stream_sets": len(self._stream_sets),
+            "durations": len(self._durations),
+            "statuses": len(self._statuses),
+            "rejections": len(self._rejections),
+        }
+
     def _route_attributes(self, route: str) -> AttributeSet:
         """`{"sidecar.route": route}`, one shared set per route (its key computed once)."""
         try:
@@ -118,7 +130,7 @@ class TelemetryState:
         except KeyError:
             return self._remember(self._routes, route, AttributeSet({"sidecar.route": route}))
 
-    def _price(self, model: str) -> ModelPrice | None:
+    def price(self, model: str) -> ModelPrice | None:
         """`price_for` once per model name (a prefix match scans the whole table)."""
         try:
             return self._prices[model]

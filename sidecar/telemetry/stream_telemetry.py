@@ -67,7 +67,7 @@ class StreamTelemetry(TelemetryState):
             if type(parent) is SidecarSpan:
                 parent.store_pending()
             # Ids, identity hashes and trace ids are the same on both stream lines: once.
-            record.log_base = self._log_base(record, span)
+            record.log_base = self.log_base(record, span)
             if stream_log.isEnabledFor(logging.INFO):
                 fields = {"event": "stream_start", **record.log_base}
                 log_event(stream_log, logging.INFO, "stream_start", fields)
@@ -116,8 +116,8 @@ class StreamTelemetry(TelemetryState):
             )
         error = record.error_type
         if error is not None:  # else the label stays its default, `_OTHER`
-            record.error_label = error if error in self._errors.passing else self._errors(error)
-        base = record.log_base if record.log_base is not None else self._log_base(record, span)
+            record.error_label = error if error in self.errors.passing else self.errors(error)
+        base = record.log_base if record.log_base is not None else self.log_base(record, span)
         if span.is_recording():  # not when off or sampled out
             self._end_attributes(record, span, failed, base)
         span.end()
@@ -126,7 +126,7 @@ class StreamTelemetry(TelemetryState):
         try:
             price = self._prices[model]
         except KeyError:
-            price = self._price(model)
+            price = self.price(model)
         cost = cost_usd(price, record) if price is not None else None
         if self._on:
             inst = self.instruments
@@ -183,7 +183,7 @@ class StreamTelemetry(TelemetryState):
                 )
             )
 
-    def _log_base(self, record: StreamRecord, span: Span) -> dict[str, Any]:
+    def log_base(self, record: StreamRecord, span: Span) -> dict[str, Any]:
         """The fields both stream lines share (`event` goes first, added by the caller)."""
         fields: dict[str, Any] = {
             "request_id": record.request_id,
