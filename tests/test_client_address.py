@@ -1,0 +1,48 @@
+"""Who a quota counts: X-Forwarded-For is believed only from a trusted proxy, walked right
+to left past the proxies the sidecar trusts."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from sidecar.client_address import client_ip, is_trusted_proxy
+from sidecar.config import Network
+
+TRUSTED: list[Network] = [
+    ipaddress.ip_network("10.0.0.0/8"),
+    ipaddress.ip_network("fd00::/8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "trusted", "expected"),
+    [
+        ("203.0.113.7", "198.51.100.1", TRUSTED, "203.0.113.7"),  # peer not a proxy
+        ("10.0.0.1", "198.51.100.1", [], "10.0.0.1"),  # no proxies trusted
+        ("10.0.0.1", None, TRUSTED, "10.0.0.1"),  # no header
+        ("10.0.0.1", "", TRUSTED, "10.0.0.1"),
+        ("10.0.0.1", "198.51.100.1", TRUSTED, "198.51.100.1"),
+        ("10.0.0.1", "6.6.6.6, 198.51.100.1, 10.0.0.2", TRUSTED, "198.51.100.1"),
+        ("10.0.0.1", " 198.51.100.1 ,, ", TRUSTED, "198.51.100.1"),
+        ("10.0.0.1", "10.1.1.1, 10.2.2.2", TRUSTED, "10.1.1.1"),  # all trusted: the first
+        ("10.0.0.1", " , ", TRUSTED, "10.0.0.1"),  # only empty hops
+        ("fd00::1", "2001:db8::5", TRUSTED, "2001:db8::5"),
+        ("10.0.0.1", "not-an-ip, 10.2.2.2", TRUSTED, "not-an-ip"),  # never trusted
+    ],
+)
+def test_client_ip_walks_forwarded_hops_past_trusted_proxies(
+    peer: str, xff: str | None, trusted: list[Network], expected: str
+) -> None:
+    assert client_ip(peer, xff, trusted) == expected
+
+
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [("10.9.8.7", True), ("fd00::abcd", True), ("11.0.0.1", False), ("2001:db8::1", False),
+     ("unix-socket", False), ("", False)],
+)  # fmt: skip
+def test_is_trusted_proxy_matches_the_configured_networks(peer: str, expected: bool) -> None:
+    assert is_trusted_proxy(peer, TRUSTED) is expected
+    assert is_trusted_proxy(peer, []) is False
