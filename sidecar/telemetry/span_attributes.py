@@ -97,6 +97,14 @@ class AttributeEncoder:
         self._wide: set[str] = set()  # keys with `WIDE_KEY` values kept: no more kept
         self._keys: dict[str, bytes] = {}  # a `KeyValue` with just the key, encoded
 
+    def cached_keys(self) -> list[str]:
+        """The key of each attribute pair kept in the cache (a key once per value kept)."""
+        return [key for key, _, _ in self._pairs]
+
+    def wide_keys(self) -> frozenset[str]:
+        """Keys with `WIDE_KEY` values kept: their values are encoded each time, not kept."""
+        return frozenset(self._wide)
+
     def encode(self, attributes: Mapping[str, Any]) -> bytes:
         """A `Span` holding just `attributes`, encoded: the SDK's `_encode_attributes` alike."""
         values = attributes.values()

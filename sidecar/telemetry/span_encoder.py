@@ -126,6 +126,11 @@ class SpanEncoder:
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[SdkScope | None, bytes]] = {}
 
+    @property
+    def attributes(self) -> AttributeEncoder:
+        """The encoder of span attributes, with its caches."""
+        return self._attributes
+
     def serialize(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The request for `spans`, serialized, handing the GIL over every `YIELD_EVERY` spans.
 
