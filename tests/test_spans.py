@@ -7,7 +7,7 @@ import gc
 import logging
 import pstats
 import tracemalloc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -16,15 +16,12 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
-    Decision,
     Sampler,
-    SamplingResult,
 )
 from opentelemetry.trace import (
-    Link,
     NonRecordingSpan,
     SpanContext,
     SpanKind,
@@ -34,7 +31,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import AnyValue, Attributes
+from opentelemetry.util.types import AnyValue
 
 from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
@@ -46,7 +43,15 @@ from sidecar.telemetry.state import span_ids
 from tests.support.apps import echoed_headers, running_app
 from tests.support.otel import CALLER_TRACE, TRACEPARENT, make_otel, prompt
 from tests.support.sidecars import SidecarFactory
-from tests.support.spans import Asked, SdkSpans, SeededIds, exported
+from tests.support.spans import (
+    LIMITS,
+    SAMPLERS,
+    Asked,
+    SdkSpans,
+    SeededIds,
+    clear_otel_env,
+    exported,
+)
 
 W3C = TraceContextTextMapPropagator()
 CALLER = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
@@ -69,36 +74,11 @@ PARENTS = {
         NonRecordingSpan(SpanContext(*CALLER, is_remote=True, trace_flags=TraceFlags(3)))
     ),
 }
-SAMPLERS = {
-    "default": {},
-    "always_on": {"OTEL_TRACES_SAMPLER": "always_on"},
-    "always_off": {"OTEL_TRACES_SAMPLER": "always_off"},
-    "traceidratio": {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"},
-    "parentbased_always_off": {"OTEL_TRACES_SAMPLER": "parentbased_always_off"},
-    "parentbased_traceidratio": {
-        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-        "OTEL_TRACES_SAMPLER_ARG": "0.5",
-    },
-}
-LIMITS = {
-    "span attribute count": {"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3"},
-    "attribute count": {"OTEL_ATTRIBUTE_COUNT_LIMIT": "5", "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT": "0"},
-    "value length": {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "4"},
-    "span value length, no links or events": {
-        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "5",
-        "OTEL_SPAN_LINK_COUNT_LIMIT": "0",
-        "OTEL_SPAN_EVENT_COUNT_LIMIT": "0",
-    },
-    "high count": {"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "1000"},
-    "zero count": {"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "0"},
-}
-OTEL_VARIABLES = {name for env in [*SAMPLERS.values(), *LIMITS.values()] for name in env}
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in OTEL_VARIABLES | {"OTEL_SDK_DISABLED"}:
-        monkeypatch.delenv(name, raising=False)
+    clear_otel_env(monkeypatch)
 
 
 def provider(
@@ -236,73 +216,12 @@ def test_spans_are_the_sdks_under_every_span_limit(
     assert_same(7, PARENTS[parent], caplog, exports=True)
 
 
-class Tagging(Sampler):
-    """Samples everything and adds an attribute of its own to what it was given."""
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: TraceState | None = None,
-    ) -> SamplingResult:
-        return SamplingResult(Decision.RECORD_AND_SAMPLE, {**(attributes or {}), "tag": "t"})
-
-    def get_description(self) -> str:
-        return "Tagging"
-
-
-@pytest.mark.parametrize("limits", [{}, *LIMITS.values()])
-def test_the_samplers_attributes_come_first_however_the_span_is_first_touched(
-    monkeypatch: pytest.MonkeyPatch, limits: dict[str, str]
-) -> None:
-    """A span stores the sampler's attributes at its first write or at its end: first,
-    under the span limits, as the SDK stores them at its start."""
-    for name, value in limits.items():
-        monkeypatch.setenv(name, value)
-    exporters = []
-    for sidecars in (True, False):
-        exporter = InMemorySpanExporter()
-        processor = SimpleSpanProcessor(exporter)
-        made = TracerProvider(sampler=Tagging(), id_generator=SeededIds(7))
-        made.add_span_processor(processor)
-        spans = Spans(made, [processor]) if sidecars else SdkSpans(Spans(made, ()))
-        start: dict[str, AnyValue] = {"a": "first", "b": ["x", "y"], "c": 3, "d": "long value"}
-        server = spans.start("s", SpanKind.SERVER, dict(start), Context())
-        untouched = spans.start_child("u", SpanKind.CLIENT, dict(start), server)
-        untouched.end()
-        written = spans.start_child("w", SpanKind.CLIENT, dict(start), server)
-        written.set_attribute("a", "again")  # a start key re-set moves to the end
-        written.set_attribute("e", 5)
-        written.end()
-        server.set_attributes({"c": 4, "f": "x"})
-        server.end()
-        exporters.append([exported(span) for span in exporter.get_finished_spans()])
-    ours, theirs = exporters
-    assert ours == theirs
-    assert len(ours) == 3
-
-
 def test_the_default_case_exports_both_spans(caplog: pytest.LogCaptureFixture) -> None:
     (ours, exporter), _ = both(5)
     ended, contexts, logs = run(ours, exporter, PARENTS["sampled"], caplog)
     assert [span["name"] for span in ended] == ["chat claude", "POST /api/stream-response"]  # type: ignore[index]
     assert len(contexts) == 2
     assert "Calling end() on an ended span." in logs
-
-
-def test_the_processors_the_sidecar_adds_do_nothing_when_a_span_starts() -> None:
-    # Why `SidecarSpan` calls only `on_end`: these hooks are empty in the SDK's processors.
-    def nothing() -> None:
-        pass
-
-    empty = nothing.__code__.co_code
-    for processor in (SimpleSpanProcessor, BatchSpanProcessor):
-        assert processor.on_start.__code__.co_code == empty
-        assert processor._on_ending.__code__.co_code == empty
 
 
 def test_without_a_processor_spans_record_nothing_but_keep_the_sampled_flag() -> None:

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan
@@ -104,3 +105,36 @@ def exported(span: ReadableSpan) -> dict[str, Any]:
         "scope": (scope.name, scope.version, scope.schema_url, scope.attributes),
         "instrumentation_info": info,
     }
+
+
+# What the SDK reads from the environment: samplers and span limits, each case by name.
+SAMPLERS = {
+    "default": {},
+    "always_on": {"OTEL_TRACES_SAMPLER": "always_on"},
+    "always_off": {"OTEL_TRACES_SAMPLER": "always_off"},
+    "traceidratio": {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"},
+    "parentbased_always_off": {"OTEL_TRACES_SAMPLER": "parentbased_always_off"},
+    "parentbased_traceidratio": {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.5",
+    },
+}
+LIMITS = {
+    "span attribute count": {"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3"},
+    "attribute count": {"OTEL_ATTRIBUTE_COUNT_LIMIT": "5", "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT": "0"},
+    "value length": {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "4"},
+    "span value length, no links or events": {
+        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "5",
+        "OTEL_SPAN_LINK_COUNT_LIMIT": "0",
+        "OTEL_SPAN_EVENT_COUNT_LIMIT": "0",
+    },
+    "high count": {"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "1000"},
+    "zero count": {"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "0"},
+}
+OTEL_VARIABLES = {name for env in [*SAMPLERS.values(), *LIMITS.values()] for name in env}
+
+
+def clear_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No sampler, limit or SDK switch from the environment the tests run in."""
+    for name in OTEL_VARIABLES | {"OTEL_SDK_DISABLED"}:
+        monkeypatch.delenv(name, raising=False)
