@@ -197,25 +197,6 @@ async def test_tls_checks_the_certificate_and_its_host_name(tmp_path: Path) -> N
         server.close()
 
 
-async def test_a_connection_whose_request_was_not_all_taken_is_not_reused() -> None:
-    async def early(exchange: Exchange) -> None:
-        exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
-        await exchange.writer.drain()
-        await asyncio.sleep(0.1)
-        exchange.writer.write(b"ok")
-
-    async with raw_server(early) as server:
-        pool = Pool(server.url, limit=2, connect_timeout=5)
-        response = await pool.request("POST", "/", {}, b"x")
-        connection = next(iter(pool._open))
-        transport = connection.transport
-        assert transport is not None
-        transport.get_write_buffer_size = lambda: 1  # type: ignore[method-assign]
-        assert await response.read() == b"ok"  # answered before the body was all sent
-        assert pool.idle_connections == 0
-        await pool.close()
-
-
 async def test_a_call_waiting_for_a_connection_when_the_pool_closes_fails_to_connect() -> None:
     async with raw_server(never) as server:
         pool = Pool(server.url, limit=1, connect_timeout=5)

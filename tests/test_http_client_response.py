@@ -194,20 +194,6 @@ async def test_no_body_answers_head_and_204() -> None:
         await pool.close()
 
 
-async def test_bytes_after_the_end_of_an_answer_drop_the_connection() -> None:
-    async def script(exchange: Exchange) -> None:
-        exchange.writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
-        )
-
-    async with answer_to(script) as (pool, response):
-        assert await response.read() == b"ok"
-        await asyncio.sleep(0.01)
-        assert pool.idle_connections == 0
-        assert pool.open_connections == 0
-
-
 async def test_pause_and_resume_reading(gate: asyncio.Event) -> None:
     async def script(exchange: Exchange) -> None:
         exchange.writer.write(SSE_HEAD + chunk(b"one\n\n"))

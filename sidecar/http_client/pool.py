@@ -168,6 +168,10 @@ class Pool:
             raise
         return connection
 
+    def connections(self) -> frozenset[Connection]:
+        """The open connections, idle or carrying a call."""
+        return frozenset(self._open)
+
     def put(self, connection: Connection) -> None:
         """A connection whose answer is complete: reusable by the next call."""
         if self._closed:
