@@ -21,3 +21,12 @@ def sdk(
 def user(text: str) -> list[MessageParam]:
     """A conversation of one user message."""
     return [{"role": "user", "content": text}]
+
+
+# A streaming call Claude accepts and then never finishes (the fake stalls after its start).
+STALLED: dict[str, Any] = {
+    "model": "claude-sonnet-5-5",
+    "max_tokens": 8,
+    "stream": True,
+    "messages": user("[[fake fault=stall]]"),
+}

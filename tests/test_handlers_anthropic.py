@@ -1,0 +1,115 @@
+"""The Anthropic-compatible routes over real sockets: an SDK's stream is the same direct and
+through the sidecar, bytes pass unchanged, errors reach the SDK, and only the configured
+API paths are forwarded."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+
+from sidecar.fake_claude import FakeServer
+from tests.support.sdk import sdk, user
+from tests.support.sidecars import SidecarFactory
+
+MODEL = "claude-sonnet-5-5"
+_IDS = re.compile(r'"(msg|toolu|req)_[0-9a-f]+"')
+
+
+async def sdk_events(url: str, text: str, **extra: Any) -> tuple[list[Any], Any]:
+    async with (
+        sdk(url) as client,
+        client.messages.stream(model=MODEL, max_tokens=64, messages=user(text), **extra) as stream,
+    ):
+        events = [_IDS.sub('"id"', event.model_dump_json()) async for event in stream]
+        final = await stream.get_final_message()
+    return events, final
+
+
+def normalised(message: Any) -> str:
+    return _IDS.sub('"id"', message.model_dump_json())
+
+
+@pytest.mark.parametrize(
+    ("text", "extra"),
+    [
+        ("plain text please", {}),
+        (
+            "weather? [[fake content=tool_use]]",
+            {"tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]},
+        ),
+        ("think first [[fake content=thinking]]", {}),
+    ],
+)
+async def test_sdk_stream_is_identical_direct_and_through_the_sidecar(
+    fake: FakeServer, sidecar_for: SidecarFactory, text: str, extra: dict[str, Any]
+) -> None:
+    direct_events, direct_final = await sdk_events(fake.url, text, **extra)
+    async with sidecar_for() as sidecar:
+        proxied_events, proxied_final = await sdk_events(sidecar.url, text, **extra)
+    assert proxied_events == direct_events
+    assert normalised(proxied_final) == normalised(direct_final)
+    assert len(direct_events) > 5
+
+
+async def test_raw_bytes_pass_through_unchanged(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    body = {"model": MODEL, "max_tokens": 20, "stream": True, "messages": user("bytes")}
+    async with aiohttp.ClientSession() as http, sidecar_for() as sidecar:
+        async with http.post(fake.url + "/v1/messages", json=body) as response:
+            direct = await response.read()
+        async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+            assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+            assert response.headers["Cache-Control"] == "no-cache"
+            assert response.headers["X-Accel-Buffering"] == "no"
+            assert "Content-Length" not in response.headers
+            assert "Content-Encoding" not in response.headers
+            proxied = await response.read()
+    assert _IDS.sub("id", proxied.decode()) == _IDS.sub("id", direct.decode())
+
+
+async def test_midstream_error_reaches_the_sdk(sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(anthropic.APIStatusError, match="overloaded_error"):
+            async with client.messages.stream(
+                model=MODEL, max_tokens=64, messages=user("[[fake fault=midstream_error]]")
+            ) as stream:
+                async for _ in stream:
+                    pass
+
+
+async def test_only_configured_api_paths_are_forwarded(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for() as sidecar, sdk(sidecar.url) as client:
+        with pytest.raises(anthropic.PermissionDeniedError):  # batches spend tokens unscreened
+            await client.messages.batches.create(
+                requests=[
+                    {
+                        "custom_id": "a",
+                        "params": {"model": MODEL, "max_tokens": 8, "messages": user("x")},
+                    }
+                ]
+            )
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sidecar.url + "/v1/files") as response:
+                assert response.status == 403
+                assert (await response.json())["error"]["type"] == "permission_error"
+            # A DELETE below /v1/messages is a stream cancel only for a stream id.
+            for path in ("/v1/messages/batches", "/v1/messages/count_tokens"):
+                async with http.delete(sidecar.url + path) as response:
+                    assert response.status in (403, 405), path
+                    assert (await response.json())["error"]["type"] != "not_found_error"
+            async with http.get(sidecar.url + "/v1/models") as response:
+                assert response.status == 200  # forwarded: the fake's models list
+                assert (await response.json())["data"]
+    assert [r["path"] for r in fake.state.requests] == ["/v1/models"]
+    opened = {"claude": {"forward_paths": ["/v1/models", "/v1/messages/batches"]}}
+    async with sidecar_for(opened) as sidecar, aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url + "/v1/messages/batches", json={"requests": []}) as r:
+            assert r.status == 404  # forwarded now
+    assert fake.state.requests[-1]["path"] == "/v1/messages/batches"
