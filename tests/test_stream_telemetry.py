@@ -1,0 +1,125 @@
+"""One Claude call's telemetry: its start written once, even for a call that ended first;
+the active-stream count back to zero at its end; a failed call's span and log line; the
+user and tenant on spans as configured; and telemetry that fails never breaks a response."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, StatusCode
+
+from sidecar.record import StreamRecord
+from tests.support.otel import Otel, make_otel, prompt
+from tests.support.sidecars import SidecarFactory
+
+MODEL = "claude-sonnet-5-5"
+
+
+def call(**fields: Any) -> StreamRecord:
+    record = StreamRecord(request_id="req-1", route="/v1", started=0.0, request_model=MODEL)
+    record.server_address = "api.anthropic.com"
+    for name, value in fields.items():
+        setattr(record, name, value)
+    return record
+
+
+def server_span(otel: Otel) -> Span:
+    return otel.telemetry.start_server_span(
+        Context(), method="POST", route="/v1", path="/v1/messages", scheme="http"
+    )
+
+
+def lines(caplog: pytest.LogCaptureFixture, event: str) -> int:
+    return sum(1 for record in caplog.records if record.getMessage() == event)
+
+
+@pytest.fixture(autouse=True)
+def sdk_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)  # the SDK reads its environment
+
+
+async def test_a_calls_start_is_written_once_and_its_slot_counted_until_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.stream")
+    otel = make_otel()
+    telemetry, parent = otel.telemetry, server_span(otel)
+    record = call()
+    span = telemetry.start_stream(record, parent, b'{"messages": []}')
+    telemetry.admitted(record)  # the start is pending: counted by `stream_started`
+    assert otel.count("sidecar.streams.active") == 0
+    telemetry.stream_started(record, span, parent)
+    telemetry.stream_started(record, span, parent)  # again: no effect
+    assert lines(caplog, "stream_start") == 1
+    assert otel.count("sidecar.streams.active") == 1
+    record.outcome = "completed"
+    telemetry.finish_stream(record, span)
+    assert otel.count("sidecar.streams.active") == 0
+    assert (lines(caplog, "stream_start"), lines(caplog, "stream_complete")) == (1, 1)
+    assert otel.client_span().name == f"chat {MODEL}"  # a known model: its own label
+    telemetry.shutdown()
+
+
+async def test_a_call_that_ended_before_its_start_was_written_starts_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.stream")
+    otel = make_otel()
+    record = call(outcome="client_cancelled")
+    span = otel.telemetry.start_stream(record, server_span(otel))
+    otel.telemetry.finish_stream(record, span)
+    events = [r.getMessage() for r in caplog.records if r.name == "sidecar.stream"]
+    assert events == ["stream_start", "stream_complete"]  # a client leaving is no failure
+    otel.telemetry.shutdown()
+
+
+async def test_a_failed_call_marks_its_span_and_logs_a_stream_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.stream")
+    otel = make_otel()
+    record = call(outcome="upstream_error", error_type="overloaded_error", upstream_status=529)
+    span = otel.telemetry.start_stream(record, server_span(otel))
+    otel.telemetry.finish_stream(record, span)
+    client = otel.client_span()
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.status.description == "overloaded_error"
+    assert (client.attributes or {})["error.type"] == "overloaded_error"
+    assert lines(caplog, "stream_error") == 1
+    assert lines(caplog, "stream_complete") == 0
+    otel.telemetry.shutdown()
+
+
+async def test_telemetry_that_fails_is_logged_and_the_span_still_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    otel = make_otel()
+    record = call(outcome="completed")
+    span = otel.telemetry.start_stream(record, server_span(otel))
+
+    def broken(attributes: Any) -> None:
+        raise RuntimeError("broken exporter")
+
+    span.set_attributes = broken  # type: ignore[method-assign]
+    otel.telemetry.finish_stream(record, span)  # raises nothing
+    assert "telemetry failed for a stream" in caplog.text
+    assert not span.is_recording()
+    otel.telemetry.shutdown()
+
+
+async def test_user_is_hashed_on_spans_by_default(sidecar_for: SidecarFactory) -> None:
+    otel = make_otel()
+    key = "sk-client-secret"
+    auth = {"mode": "required", "api_keys": [
+        {"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest(), "user": "ci-bot",
+         "tenant": "acme"}]}  # fmt: skip
+    async with sidecar_for({"auth": auth}, telemetry=otel.telemetry) as sidecar:
+        status, _ = await prompt(sidecar.url, "hello", {"x-api-key": key})
+    assert status == 200
+    attributes = otel.client_span().attributes or {}
+    assert attributes["sidecar.user"] == hashlib.sha256(b"ci-bot").hexdigest()[:16]
+    assert attributes["sidecar.tenant"] == hashlib.sha256(b"acme").hexdigest()[:16]
