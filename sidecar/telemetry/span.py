@@ -102,6 +102,11 @@ class SidecarSpan(trace.Span):
             return False
         return True
 
+    @property
+    def pending(self) -> bool:
+        """Whether the sampler's start attributes are still set aside (`store_pending`)."""
+        return self._pending is not None
+
     def store_pending(self) -> None:
         """Store the sampler's attributes set aside at the start, as `set_attributes` would
         have then; no effect once done. Runs at the span's first write or end at the latest."""
