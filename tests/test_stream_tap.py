@@ -93,3 +93,15 @@ def test_observed_passthrough_chunks_reach_the_tap_and_are_accounted_for() -> No
     assert counts(tapped.record) == counts(plain.record)
     assert tap.messages == []  # the call's end is told by its owner, not by the core
     assert tap.finished == []
+
+
+def test_a_passthrough_core_fed_like_a_translating_one_taps_each_chunk_once() -> None:
+    # `StreamCore.feed` observes a passthrough chunk, and observing taps it: one copy.
+    tap = Tap()
+    tapped = TappedCore(record(), Passthrough(), tap)
+    plain = StreamCore(record(), Passthrough())
+    assert b"".join(tapped.feed(chunk) for chunk in CHUNKS) == STREAM
+    for chunk in CHUNKS:
+        plain.feed(chunk)
+    assert tap.chunks == CHUNKS
+    assert counts(tapped.record) == counts(plain.record)

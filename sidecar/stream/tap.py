@@ -34,7 +34,8 @@ class TappedCore(StreamCore):
         self.tap = tap
 
     def feed(self, chunk: bytes) -> bytes:
-        self.tap.chunk(chunk)
+        if not self.passthrough:  # a passthrough chunk is observed, and `observe` taps it
+            self.tap.chunk(chunk)
         return super().feed(chunk)
 
     def observe(self, chunk: bytes) -> None:
