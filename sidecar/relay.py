@@ -230,13 +230,17 @@ class LiveStream:
         self._wakeup = self._loop.create_future()
         for drain in drains:
             drain.add_done_callback(self._drain_done)
-        while not self._ended and not all(d.done() for d in drains):
+        # Claude resumes once one of them has caught up: one reader still behind holds
+        # back no other (the hub pauses again only when every reader lags).
+        while not self._ended and not any(d.done() for d in drains):
             await self._wakeup
             self._wakeup = self._loop.create_future()
-        if not all(d.done() for d in drains):
+        if not any(d.done() for d in drains):
             return False  # left to finish on their own: cancelling would break later drains
         self._waiting_for = ()
         for subscriber, drain in zip(lagging, drains, strict=True):
+            if not drain.done():
+                continue  # still behind: it finishes on its own (`_drain_done` retrieves it)
             error = drain.exception()
             if error is None:
                 continue

@@ -8,6 +8,7 @@ import asyncio
 import functools
 import json
 import logging
+import socket
 
 import aiohttp
 import pytest
@@ -423,3 +424,45 @@ async def test_the_bytes_read_with_claude_s_head_are_sent_before_they_are_scanne
     assert sends_and_scans[:2] == ["start", "scan"]  # the head and message_start, then the scan
     assert sends_and_scans[-1] == "end"
     assert payload == START + DELTA + STOP
+
+
+async def test_a_reader_that_stops_reading_holds_back_no_other_reader_of_the_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A second reader of a resumable stream (another tab, a reconnect whose old
+    connection is not dead yet) that takes nothing neither pauses the stream for the
+    reader that keeps up nor gets it cut as a stalled client."""
+    config = {
+        "claude": {"client_stall_timeout_seconds": 1, "max_tokens": 100000},
+        "resume": {"detach_grace_seconds": 10},
+    }
+    target = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D12000%20ttft_ms%3D300%5D%5D%20x"
+    async with sidecar_for(config) as sidecar:
+        shrink_send_buffers(sidecar)
+        first = socket.socket()
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        first.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(first, ("127.0.0.1", sidecar.port))
+        reader, writer = await asyncio.open_connection(sock=first, limit=4096)
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        stream_id = head.split(b"Sidecar-Stream-Id: ", 1)[1].split(b"\r\n", 1)[0].decode()
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(stalled, ("127.0.0.1", sidecar.port))
+        stalled.send(
+            b"GET /api/stream-response HTTP/1.1\r\nHost: s\r\nLast-Event-ID: %b:0\r\n\r\n"
+            % stream_id.encode()
+        )
+        # (The answer waits for both readers.) Both lag at first: the stream pauses until
+        # the one that reads catches up.
+        await eventually(lambda: holds(any(stream.paused for stream in sidecar.runtime.streams)))
+        try:
+            body = dechunk(await reader.read(-1))
+        finally:
+            writer.close()
+            stalled.close()
+    last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert b'"done":true' in last, last
+    assert body.count(b'data: {"token"') == 12000

@@ -7,7 +7,7 @@ from typing import cast
 import pytest
 
 from sidecar.record import StreamRecord
-from sidecar.stream.adapter import ClientChannel
+from sidecar.stream.adapter import HIGH_WATER, ClientChannel
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
 from sidecar.stream.store import StreamLog
 
@@ -166,3 +166,65 @@ def test_a_backlog_past_the_first_send_leaves_after_the_headers() -> None:
     assert channel.heads == [b""]  # the headers alone, at once
     assert channel.sent == [b"x" * (FIRST_SEND + 1) + b"y"]  # then paced by the client
     assert reader.first is None
+
+
+class QueueChannel(Channel):
+    """A started client connection whose socket takes only what `read` lets it take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued = 0
+        self.aborted = False
+
+    def send(self, data: bytes) -> bool:
+        self.sent.append(data)
+        self.queued += len(data)
+        return self.queued > HIGH_WATER
+
+    def buffered(self) -> int:
+        return self.queued
+
+    def closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def read(self) -> None:
+        self.queued = 0
+
+
+def started_reader(gen: Generation) -> QueueChannel:
+    channel = QueueChannel()
+    reader = Subscriber(cast(ClientChannel, channel), started=True)
+    gen.attach(reader)
+    return channel
+
+
+def test_a_reader_that_stops_reading_holds_back_no_other_reader() -> None:
+    """Claude pauses only when every reader lags; one left behind by more than a resume
+    would replay is cut (it resumes from its last id), the others get every event."""
+    gen, log = generation()
+    reading, stopped = started_reader(gen), started_reader(gen)
+    event = b'data: {"token":"' + b"x" * 1000 + b'"}\n\n'
+    count = (HIGH_WATER + log.max_bytes) // len(event) + 2
+    for n in range(count):
+        lag = gen.publish(event)
+        assert lag is False, f"Claude paused at event {n + 1} for the reader that stopped"
+        reading.read()
+    assert stopped.aborted
+    assert len(gen.subscribers) == 1
+    assert len(reading.sent) == count  # every event, none held back
+    assert not reading.aborted
+
+
+def test_claude_pauses_when_every_reader_lags() -> None:
+    gen, _ = generation()
+    first, second = started_reader(gen), started_reader(gen)
+    event = b"data: " + b"x" * (HIGH_WATER // 2) + b"\n\n"
+    assert gen.publish(event) is False
+    assert gen.publish(event) is True  # both past the high-water mark: backpressure
+    assert not first.aborted
+    assert not second.aborted
+    first.read()
+    assert gen.publish(event) is False  # one keeps up again: the stream goes on

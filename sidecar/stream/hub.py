@@ -172,7 +172,7 @@ class Generation:
         for subscriber in self.subscribers:
             if subscriber.send(out):
                 lag = True
-        return lag
+        return lag and self._held_back()
 
     def send_raw(self, data: bytes) -> bool:
         """Bytes that are not events (heartbeats, passthrough chunks): sent, never kept."""
@@ -180,7 +180,7 @@ class Generation:
         for subscriber in self.subscribers:
             if subscriber.send(data):
                 lag = True
-        return lag
+        return lag and self._held_back()
 
     def begin(self, data: bytes, *, events: bool = False) -> bool:
         """The producer's first bytes (`events`: kept and numbered as `publish` does): each
@@ -200,7 +200,42 @@ class Generation:
                 if self.log is None:
                     raise
                 self.detach(subscriber)
-        return lag
+        return lag and self._held_back()
+
+    def _held_back(self) -> bool:
+        """A subscriber lags: whether Claude must pause (off the hot path: only on a lag).
+
+        Claude pauses only when every reader still connected lags, so one slow or stalled
+        reader of a shared stream (a second tab, a reconnect whose old connection is not
+        dead yet) never holds back the others. A reader left behind by more than a resume
+        would replay (the log's bound, past the high-water mark) while another keeps up is
+        cut instead of buffered further: it resumes from its last id and loses nothing.
+        """
+        log = self.log
+        if log is None:  # one reader: the stream is as fast as it is
+            return True
+        limit = HIGH_WATER + log.max_bytes
+        keeping_up = too_far = False
+        for subscriber in self.subscribers:  # no allocation: runs per event while one lags
+            channel = subscriber.channel
+            if channel.closing():
+                continue  # gone: its handler detaches it
+            queued = channel.buffered()
+            if queued <= HIGH_WATER or subscriber.first is not None:
+                keeping_up = True
+            elif queued > limit:
+                too_far = True
+        if not keeping_up:
+            return True
+        if too_far:
+            for subscriber in [
+                s
+                for s in self.subscribers
+                if s.first is None and not s.channel.closing() and s.channel.buffered() > limit
+            ]:
+                subscriber.channel.abort()
+                self.detach(subscriber)
+        return False
 
     @classmethod
     def _kept(cls, out: bytes, log: StreamLog) -> bytes:
@@ -249,7 +284,8 @@ class Generation:
             subscriber.ended()
 
     def lagging(self) -> list[Subscriber]:
-        """Subscribers with more than the high-water mark queued."""
+        """Subscribers with more than the high-water mark queued (Claude pauses for them
+        only when every reader lags: `_held_back`)."""
         return [
             s for s in self.subscribers if s.first is None and s.channel.buffered() > HIGH_WATER
         ]
