@@ -20,7 +20,14 @@ from aiohttp import web
 from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
 from tests.support.apps import serving
-from tests.support.browser import CHROMIUM, RUNNERS, Engine, launched_chromium, skip_unless_engine
+from tests.support.browser import (
+    CHROMIUM,
+    ENGINES,
+    RUNNERS,
+    Engine,
+    launched_chromium,
+    skip_unless_engine,
+)
 from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.resume import cutting_proxy, sse_request
 from tests.support.sidecars import SidecarFactory
@@ -290,16 +297,13 @@ async def sdk_page_server() -> AsyncIterator[str]:
         yield origin
 
 
-async def run_sdk_page(browser: Browser, origin: str, config: dict[str, str]) -> dict[str, Any]:
-    async with opened(browser, f"{origin}/#{quote(json.dumps(config))}") as page:
-        await page.wait_for_function("() => window.__result !== undefined", timeout=30000)
-        result: dict[str, Any] = await page.evaluate("() => window.__result")
-        return result
-
-
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_official_js_sdk_streams_from_a_browser_with_default_cors(
-    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser
+    fake: FakeServer, sidecar_for: SidecarFactory, engine: Engine
 ) -> None:
+    # The SDK sets `User-Agent` on every call; Firefox and Safari send it (Chromium drops
+    # it), so their preflights ask for it: the default allowed headers name it.
+    skip_unless_engine(engine)
     if not (JS_MODULES / "@anthropic-ai" / "sdk").is_dir():
         pytest.skip("the JS SDK is not installed: npm ci --prefix tests/js")
     async with sdk_page_server() as origin:
@@ -312,8 +316,9 @@ async def test_official_js_sdk_streams_from_a_browser_with_default_cors(
         }  # fmt: skip
         async with sidecar_for(config) as sidecar:
             sent = {"key": API_KEY, "base": sidecar.url, "prompt": "hello from the SDK"}
-            streamed = await run_sdk_page(browser, origin, sent)
-            limited = await run_sdk_page(browser, origin, sent)
+            page = f"{origin}/#{quote(json.dumps(sent))}"
+            streamed = await RUNNERS[engine](page)
+            limited = await RUNNERS[engine](page)
     assert "error" not in streamed, streamed
     assert len(streamed["deltas"]) == 12
     assert "".join(streamed["deltas"]) == streamed["text"]
@@ -323,26 +328,3 @@ async def test_official_js_sdk_streams_from_a_browser_with_default_cors(
     assert limited["error"]["status"] == 429
     assert int(limited["error"]["retryAfter"]) > 0
     assert fake.state.counters["requests"] == 1
-
-
-@pytest.mark.parametrize("engine", ["firefox", "webkit"])
-async def test_official_js_sdk_streams_from_firefox_and_webkit_with_default_cors(
-    fake: FakeServer, sidecar_for: SidecarFactory, engine: Engine
-) -> None:
-    # The SDK sets `User-Agent` on every call; Firefox sends it (Chromium drops it), so
-    # its preflight asks for it: the default allowed headers must name it.
-    skip_unless_engine(engine)
-    if not (JS_MODULES / "@anthropic-ai" / "sdk").is_dir():
-        pytest.skip("the JS SDK is not installed: npm ci --prefix tests/js")
-    async with sdk_page_server() as origin:
-        config = {
-            "cors": {"allow_origins": [origin]},
-            "auth": {"mode": "required", "api_keys": [
-                {"name": "web", "sha256": API_KEY_SHA256, "user": "web"}]},
-        }  # fmt: skip
-        async with sidecar_for(config) as sidecar:
-            sent = {"key": API_KEY, "base": sidecar.url, "prompt": "hello from the SDK"}
-            streamed = await RUNNERS[engine](f"{origin}/#{quote(json.dumps(sent))}")
-    assert "error" not in streamed, streamed
-    assert "".join(streamed["deltas"]) == streamed["text"]
-    assert streamed["stop"] == "end_turn"

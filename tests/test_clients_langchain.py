@@ -279,19 +279,28 @@ async def test_langchain_counts_tokens_through_the_sidecar(
     assert request.path == "/v1/messages/count_tokens"
 
 
+async def reading_three_deltas(
+    llm: ChatAnthropic, chunks: list[AIMessageChunk]
+) -> asyncio.Task[None]:
+    """A task streaming `STALLED` into `chunks`, returned once its three text deltas (all
+    Claude sends before it stalls) have arrived, or it ended."""
+
+    async def consume() -> None:
+        async for chunk in llm.astream(STALLED):
+            chunks.append(chunk)
+
+    reading = asyncio.create_task(consume())
+    await eventually(lambda: holds(len([c for c in chunks if c.text]) == 3 or reading.done()))
+    return reading
+
+
 async def test_streamed_text_reaches_langchain_while_claude_is_still_generating(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     """Claude stalls after three deltas: LangChain has them all before the stream goes on."""
     chunks: list[AIMessageChunk] = []
-
-    async def consume(llm: ChatAnthropic) -> None:
-        async for chunk in llm.astream(STALLED):
-            chunks.append(chunk)
-
     async with sidecar_for() as sidecar:
-        reading = asyncio.create_task(consume(chat(sidecar.url)))
-        await eventually(lambda: holds(len([c for c in chunks if c.text]) == 3 or reading.done()))
+        reading = await reading_three_deltas(chat(sidecar.url), chunks)
         assert not reading.done()
         (record,) = fake.state.streams.values()
         assert record.outcome == "open"  # Claude has not finished: nothing was held back
@@ -313,14 +322,8 @@ async def test_a_cancelled_langchain_stream_stops_claude(
 ) -> None:
     caplog.set_level(logging.INFO)
     chunks: list[AIMessageChunk] = []
-
-    async def consume(llm: ChatAnthropic) -> None:
-        async for chunk in llm.astream(STALLED):
-            chunks.append(chunk)
-
     async with sidecar_for() as sidecar:
-        reading = asyncio.create_task(consume(chat(sidecar.url)))
-        await eventually(lambda: holds(len([c for c in chunks if c.text]) == 3 or reading.done()))
+        reading = await reading_three_deltas(chat(sidecar.url), chunks)
         reading.cancel()  # the caller gives up (a closed page, a timeout of its own)
         with pytest.raises(asyncio.CancelledError):
             await reading
