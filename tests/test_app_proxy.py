@@ -139,6 +139,8 @@ async def test_sse_from_the_app_arrives_event_by_event(
     arrivals: list[float] = []
     async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
         async with http.get(sidecar.url + "/sse") as response:
+            # A buffering proxy in front of the sidecar is told not to gather it either.
+            assert response.headers["X-Accel-Buffering"] == "no"
             async for chunk in response.content.iter_any():
                 arrivals += [time.monotonic()] * chunk.count(b"\n\n")
     assert len(arrivals) == 5

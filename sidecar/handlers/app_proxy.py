@@ -217,6 +217,10 @@ async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.S
     vary = merge_vary(", ".join(headers.getall("Vary", ())))
     headers.update(ctx.headers)
     headers["Vary"] = vary
+    if upstream.content_type == "text/event-stream" and "X-Accel-Buffering" not in headers:
+        # An event stream is relayed per chunk here; a buffering proxy in front (nginx's
+        # ingress) must not gather it either, unless the app said otherwise.
+        headers["X-Accel-Buffering"] = "no"
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.content_length is not None and "Content-Length" in headers:
         response.content_length = upstream.content_length
