@@ -3,10 +3,13 @@ sends them back to back; both send the same bytes."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from sidecar.cache.entry import Entry, decode
 from sidecar.cache.key import cache_key, scope_of
@@ -14,6 +17,8 @@ from sidecar.cache.replay import PACE_CAP, paced_gaps, recording_of
 from sidecar.fake_claude import FakeServer
 from sidecar.identity import ANONYMOUS
 from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import shrink_send_buffers, slow_client
+from tests.support.waiting import eventually
 
 SLOW: dict[str, Any] = {
     "model": "claude-sonnet-5-5", "max_tokens": 64, "temperature": 0, "stream": True,
@@ -77,3 +82,39 @@ async def test_paced_replay_keeps_the_recorded_gaps_capped_and_instant_sends_the
     assert hit == "HIT"
     assert instant.count(b"\n\n") == original.count(b"\n\n")
     assert fake.state.counters["requests"] == 2
+
+
+async def test_a_client_that_stops_reading_a_replayed_answer_is_cut(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache hit holds no Claude slot, but a client that takes nothing for
+    `client_stall_timeout_seconds` is cut all the same, not waited for without end."""
+    caplog.set_level(logging.INFO)
+    flood = {
+        "model": "claude-sonnet-5-5", "max_tokens": 5010, "temperature": 0, "stream": True,
+        "messages": [{"role": "user", "content": "[[fake tokens=5000]] flood"}],
+    }  # fmt: skip
+    config = {"cache": {"enabled": True}, "claude": {"client_stall_timeout_seconds": 0.5}}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url + "/v1/messages", json=flood) as response:
+            assert response.headers["X-Cache"] == "MISS"
+            whole = await response.read()  # ~600 KB: beyond the high-water mark
+        assert sidecar.runtime.cache is not None
+        await sidecar.runtime.cache.settled()
+        shrink_send_buffers(sidecar)
+        reader, writer = await slow_client(sidecar.port, json.dumps(flood).encode())  # never reads
+
+        def answered() -> list[int]:
+            return [getattr(r, "status", 0) for r in caplog.records
+                    if getattr(r, "event", None) == "access"]  # fmt: skip
+
+        async def cut() -> bool:
+            return len(answered()) == 2  # the hit's handler is done: it waits no more
+
+        await eventually(cut, timeout=20)
+        received = await reader.read()  # what the socket took before the cut, then its end
+        writer.close()
+    assert answered() == [200, 200]
+    assert b"X-Cache: HIT" in received
+    assert len(received) < len(whole)  # cut short: it never read the rest
+    assert fake.state.counters["requests"] == 1

@@ -58,6 +58,7 @@ async def replay_stream(
     ctx.response_started = True
     channel = ClientChannel(ctx.request, response)
     core = StreamCore(record, translator)
+    stall = ctx.runtime.config.claude.client_stall_timeout_seconds
     sent = 0
     first = True
     while True:
@@ -76,8 +77,9 @@ async def replay_stream(
                 return response
             else:
                 channel.write(out)
-                if channel.buffered() > HIGH_WATER:
-                    await channel.drain()
+                if channel.buffered() > HIGH_WATER and not await _drained(channel, stall):
+                    record.outcome = "client_stalled"
+                    return response
         if source.ended:
             break
         await source.wait(sent)
@@ -85,3 +87,27 @@ async def replay_stream(
     channel.finish(final)  # with the last chunk (and the headers, if nothing went yet)
     await channel.end()
     return response
+
+
+async def _drained(channel: ClientChannel, stall: float) -> bool:
+    """Wait for the client to take what is queued; False (its connection cut) when it took
+    nothing for `stall` seconds (`claude.client_stall_timeout_seconds`), as a live stream's
+    stalled client is cut. A slow client that keeps taking bytes is waited for.
+
+    The drain is waited on, never cancelled while the connection lives: aiohttp's drain
+    awaits one shared waiter, and a cancelled one would fail every later drain.
+    """
+    drain = asyncio.ensure_future(channel.drain())
+    try:
+        while True:
+            queued = channel.buffered()
+            done, _ = await asyncio.wait((drain,), timeout=stall)
+            if done:
+                drain.result()  # raises if the client went away
+                return True
+            if channel.buffered() >= queued:
+                channel.abort()
+                return False
+    finally:
+        if not drain.done():
+            drain.cancel()
