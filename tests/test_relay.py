@@ -466,3 +466,45 @@ async def test_a_reader_that_stops_reading_holds_back_no_other_reader_of_the_str
     last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
     assert b'"done":true' in last, last
     assert body.count(b'data: {"token"') == 12000
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+async def test_a_client_that_stops_reading_the_end_of_a_stream_is_cut_and_its_slot_freed(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture,
+    resumable: bool,
+) -> None:  # fmt: skip
+    """Claude finishes with less than the high-water mark queued (so it is never paused):
+    a client that takes none of the rest is cut after the stall timeout all the same, and
+    its stream slot and quota lease (held by its handler, or by a resumable stream's
+    producer) are let go."""
+    caplog.set_level(logging.INFO)
+    body = json.dumps({
+        "model": "claude-sonnet-5-5", "max_tokens": 1510, "stream": True,
+        "messages": [{"role": "user", "content": "[[fake tokens=1500]] tail"}],
+    }).encode()  # fmt: skip
+    config = {
+        "claude": {"client_stall_timeout_seconds": 0.5, "max_concurrent_streams": 1},
+        "resume": {"detach_grace_seconds": 0.5},
+    }
+    async with sidecar_for(config) as sidecar:
+        shrink_send_buffers(sidecar)
+        reader, writer = await slow_client(
+            sidecar.port, body, headers=b"Sidecar-Resume: on\r\n" if resumable else b""
+        )  # never reads
+
+        async def finished() -> bool:
+            return fake.state.counters["streams_completed"] == 1
+
+        await eventually(finished)  # Claude is done: all of it is queued for the client
+
+        async def answered() -> bool:  # the handler is done: it waits for the client no more
+            return any(getattr(r, "event", None) == "access" for r in caplog.records)
+
+        await eventually(answered, timeout=20)
+        assert sidecar.runtime.admission.active == 0
+        try:
+            received = await reader.read()  # what its socket took, then the cut
+        except ConnectionResetError:
+            received = b""
+        writer.close()
+    assert b"message_stop" not in received  # it never had the end

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import signal
+import socket
 import subprocess
 from collections.abc import Awaitable
 from pathlib import Path
@@ -25,6 +26,7 @@ from sidecar.stream.redis_store import keys, readers_key, redis_client
 from tests.support.redis_server import RedisServer
 from tests.support.resume import ROUTE, cutting_proxy, replica, sse_request, stream_ends
 from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import shrink_send_buffers
 from tests.support.waiting import eventually, holds
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
@@ -723,3 +725,43 @@ async def test_redis_failing_mid_stream_never_fails_the_stream(
     events = [e for e in raw.split(b"\n\n") if e.strip()]
     assert b'"done":true' in events[-1]  # served from memory to the end
     assert sum(b'"token"' in e for e in events) == 39  # the rest of the 40, none lost
+
+
+async def test_a_reader_from_the_store_that_stops_reading_is_cut(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resume replayed from the store (the stream has finished) to a client that takes
+    nothing for `client_stall_timeout_seconds` is cut, as a live stream's stalled client
+    is, instead of holding its reader (and its place among `max_subscribers`) for good."""
+    caplog.set_level(logging.INFO)
+    config = {"claude": {"client_stall_timeout_seconds": 0.5}}
+    async with sidecar_for(config) as sidecar:
+        flood = {"prompt": "[[fake tokens=5000]] flood", "max_tokens": 5000}
+        whole = await sse_request(sidecar.port, "POST", ROUTE, body=json.dumps(flood).encode())
+        stream_id = whole.headers["sidecar-stream-id"]
+        shrink_send_buffers(sidecar)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        writer.write(
+            f"GET {ROUTE} HTTP/1.1\r\nHost: sidecar\r\nLast-Event-ID: {stream_id}:1\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )  # and never reads
+
+        def resumes() -> list[str]:
+            return [getattr(r, "path", "") for r in caplog.records
+                    if getattr(r, "event", None) == "access"]  # fmt: skip
+
+        async def answered() -> bool:  # the resume's handler is done: it waits no more
+            return len(resumes()) == 2
+
+        await eventually(answered, timeout=20)
+        try:
+            received = await reader.read()
+        except ConnectionResetError:
+            received = b""
+        writer.close()
+    assert b'"done"' not in received  # cut before the end
+    assert fake.state.counters["requests"] == 1  # a resume never calls Claude

@@ -62,7 +62,7 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
         await channel.drain()
         seen["closing"] = channel.closing()
         seen["loop"] = channel.loop is asyncio.get_running_loop()  # read from aiohttp's writer
-        await channel.end()
+        await channel.end(60)
         return response
 
     async with serving(handler) as port:
@@ -114,7 +114,7 @@ async def test_the_end_leaves_in_one_send_with_the_last_bytes(
         transport.writelines = counted_writelines  # type: ignore[method-assign,assignment]
         channel.finish(b"data: last\n\n")
         channel.finish(b"data: final\n\n")
-        await channel.end()
+        await channel.end(60)
         return response
 
     async with serving(handler) as port, http.get(f"http://127.0.0.1:{port}/") as response:
@@ -138,7 +138,7 @@ async def test_an_sse_response_sends_its_head_with_the_first_write(
         channel.start(first)
         assert len(sends) == 1
         channel.write(b"data: 2\n\n")
-        await channel.end()
+        await channel.end(60)
         return response
 
     async with serving(handler) as port, http.get(f"http://127.0.0.1:{port}/") as response:
@@ -192,7 +192,7 @@ async def test_an_opened_channel_sends_the_head_prepare_would_send(close: bool) 
     async def ours(request: web.Request) -> web.StreamResponse:
         channel = await adapter.ClientChannel.open(request, {**HEADERS, **SSE})
         channel.start(b"data: 1\n\n")
-        await channel.end()
+        await channel.end(60)
         return channel.response
 
     async def aiohttp_own(request: web.Request) -> web.StreamResponse:
@@ -244,7 +244,7 @@ async def test_an_opened_channel_sends_the_head_with_the_first_bytes_then_ends_i
             channel.send(b"data: 2\n\n")
         channel.finish(b"data: last\n\n")
         channel.end_now()
-        await channel.end()  # nothing more: it ended
+        await channel.end(60)  # nothing more: it ended
         sends.extend(all_sends[before:])
         response = channel.response
         seen["prepared"] = response.prepared
@@ -299,7 +299,7 @@ async def test_what_aiohttp_answers_differently_goes_through_its_prepare(
     async def handler(request: web.Request) -> web.StreamResponse:
         channel = await adapter.ClientChannel.open(request, {**headers, **SSE})
         channel.start(b"data: 1\n\n")
-        await channel.end()
+        await channel.end(60)
         return channel.response
 
     async with serving(handler) as port:
@@ -317,7 +317,7 @@ async def test_response_signals_still_run_for_an_opened_channel() -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         channel = await adapter.ClientChannel.open(request, {**SSE})
         channel.start(b"data: 1\n\n")
-        await channel.end()
+        await channel.end(60)
         return channel.response
 
     async def signal(request: web.Request, response: web.StreamResponse) -> None:

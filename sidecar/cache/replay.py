@@ -77,7 +77,7 @@ async def replay_stream(
                 return response
             else:
                 channel.write(out)
-                if channel.buffered() > HIGH_WATER and not await _drained(channel, stall):
+                if channel.buffered() > HIGH_WATER and not await channel.drain_within(stall):
                     record.outcome = "client_stalled"
                     return response
         if source.ended:
@@ -85,29 +85,5 @@ async def replay_stream(
         await source.wait(sent)
     final = core.end(None)  # a recording that failed ends as Claude's cut stream would
     channel.finish(final)  # with the last chunk (and the headers, if nothing went yet)
-    await channel.end()
+    await channel.end(stall)
     return response
-
-
-async def _drained(channel: ClientChannel, stall: float) -> bool:
-    """Wait for the client to take what is queued; False (its connection cut) when it took
-    nothing for `stall` seconds (`claude.client_stall_timeout_seconds`), as a live stream's
-    stalled client is cut. A slow client that keeps taking bytes is waited for.
-
-    The drain is waited on, never cancelled while the connection lives: aiohttp's drain
-    awaits one shared waiter, and a cancelled one would fail every later drain.
-    """
-    drain = asyncio.ensure_future(channel.drain())
-    try:
-        while True:
-            queued = channel.buffered()
-            done, _ = await asyncio.wait((drain,), timeout=stall)
-            if done:
-                drain.result()  # raises if the client went away
-                return True
-            if channel.buffered() >= queued:
-                channel.abort()
-                return False
-    finally:
-        if not drain.done():
-            drain.cancel()

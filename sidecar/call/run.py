@@ -144,7 +144,7 @@ async def call_claude(
                 ctx, upstream, record, translator, _answer_headers(ctx, held, upstream), tap
             )
             await live.run(runtime.streams)
-            await channel.end()
+            await channel.end(runtime.config.claude.client_stall_timeout_seconds)
             return channel.response
         handed_off = True
         generation, subscriber = await hand_off(
@@ -154,7 +154,7 @@ async def call_claude(
             await subscriber.done  # the generation's end, or this client leaving
         finally:
             generation.detach(subscriber)
-        await subscriber.channel.end()
+        await subscriber.channel.end(runtime.config.claude.client_stall_timeout_seconds)
         return subscriber.channel.response
     except Rejection as rejection:
         if record.upstream_status is None and record.upstream_started is None:

@@ -153,7 +153,7 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
                 await subscriber.done
         finally:
             generation.detach(subscriber)
-        await channel.end()
+        await channel.end(runtime.config.claude.client_stall_timeout_seconds)
         return channel.response
     # Someone else's stream live here is looked up in the store as an unknown id is: the
     # same work, so neither the answer nor its timing tells that it exists.
@@ -228,6 +228,7 @@ async def _replay(
     runtime = ctx.runtime
     store = runtime.resume.store
     heartbeat = runtime.config.claude.heartbeat_seconds
+    stall = runtime.config.claude.client_stall_timeout_seconds
     loop = asyncio.get_running_loop()
     origin = _span_context(info.origin)
     if origin is not None:
@@ -249,7 +250,7 @@ async def _replay(
                 if not batch:  # a quiet round
                     if loop.time() - sent >= heartbeat:
                         sent = loop.time()
-                        await channel.response.write(sse.PING)
+                        await _send(channel, sse.PING, stall)
                     continue
                 if skip:
                     if len(batch) <= skip:
@@ -258,7 +259,7 @@ async def _replay(
                     batch, skip = batch[skip:], 0
                 replayed += len(batch)
                 sent = loop.time()
-                await channel.response.write(b"".join(batch))
+                await _send(channel, b"".join(batch), stall)
     except StreamLost:
         result = "lost"
         event = lost_event("stream_lost", "the stream's producer stopped; it cannot be resumed")
@@ -267,7 +268,7 @@ async def _replay(
         event = b"id: %b:%d\n%b" % (stream_id.encode(), last + 1, event)
         await store.seal(stream_id, last + 1, event)
         with contextlib.suppress(ConnectionResetError):
-            await channel.response.write(event)
+            await _send(channel, event, stall)
     except asyncio.CancelledError:
         if not resume_.stopped(task):
             runtime.telemetry.resumed(result, replayed)
@@ -281,7 +282,7 @@ async def _replay(
         runtime.telemetry.resume_store_error("fail_closed")
         event = lost_event("stream_lost", "the resume store failed while reading the stream")
         with contextlib.suppress(ConnectionResetError):
-            await channel.response.write(event)
+            await _send(channel, event, stall)
     finally:
         resume_.replays.discard(task)
     if stopping:
@@ -292,10 +293,21 @@ async def _replay(
             "the sidecar is shutting down; resume the stream from another replica",
         )
         with contextlib.suppress(ConnectionResetError):
-            await channel.response.write(event)
+            await _send(channel, event, stall)
     runtime.telemetry.resumed(result, replayed)
-    await channel.end()
+    await channel.end(stall)
     return channel.response
+
+
+async def _send(channel: ClientChannel, data: bytes, stall: float) -> None:
+    """Write `data` to a store reader's client, waiting while its socket is full; one that
+    takes nothing for `stall` seconds (`claude.client_stall_timeout_seconds`) is cut, as a
+    live stream's stalled client is: ConnectionResetError, as for a client that left."""
+    if channel.closing():
+        raise ConnectionResetError("the client is gone")
+    channel.write(data)
+    if not await channel.drain_within(stall):
+        raise ConnectionResetError("the client took nothing for the stall timeout")
 
 
 def _span_context(origin: str) -> SpanContext | None:

@@ -250,6 +250,34 @@ class ClientChannel:
         """Wait until the client has taken what is queued; raises if it went away."""
         await self._writer.drain()
 
+    async def drain_within(self, stall: float) -> bool:
+        """`drain`, but a client that takes nothing for `stall` seconds (the stall timeout)
+        is cut: False. A slow client that keeps taking bytes is waited for.
+
+        No wait (and no task) when aiohttp would not wait either. The drain is waited on,
+        never cancelled while the connection lives: aiohttp's drains await one shared
+        waiter, and a cancelled one would fail every later drain of the connection.
+        """
+        writer = self._writer
+        protocol = writer.protocol
+        if protocol.transport is None or not protocol._paused:
+            await writer.drain()  # raises if the client went away, as `drain` does
+            return True
+        drain = asyncio.ensure_future(writer.drain())
+        try:
+            while True:
+                queued = self._transport.get_write_buffer_size()
+                done, _ = await asyncio.wait((drain,), timeout=stall)
+                if done:
+                    drain.result()  # raises if the client went away
+                    return True
+                if self._transport.get_write_buffer_size() >= queued:
+                    self._transport.abort()
+                    return False
+        finally:
+            if not drain.done():
+                drain.cancel()
+
     def abort(self) -> None:
         """Cut the connection now, dropping what is queued (a client that stopped reading)."""
         self._transport.abort()
@@ -278,14 +306,15 @@ class ClientChannel:
         response._req = None
         response._payload_writer = None
 
-    async def end(self) -> None:
+    async def end(self, stall: float) -> None:
         """`end_now`, then wait until the client has taken what is queued (as aiohttp's
         `write_eof` does: a request is not over, nor a shutdown's grace, while its last
-        bytes wait), unless the client is gone."""
+        bytes wait), unless the client is gone; a client that takes nothing of them for
+        `stall` seconds is cut (`drain_within`), so its stream lets go of its slot."""
         if not self._transport.is_closing():
             if not self._ended:
                 self.end_now()
-            await self._writer.drain()
+            await self.drain_within(stall)
 
 
 def retrieve(task: asyncio.Future[None]) -> None:

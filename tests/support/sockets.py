@@ -64,8 +64,11 @@ def shrink_send_buffers(server: SidecarServer) -> None:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
 
-async def slow_client(port: int, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """POST `body` to /v1/messages from a client with tiny buffers that reads only when told."""
+async def slow_client(
+    port: int, body: bytes, headers: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """POST `body` to /v1/messages from a client with tiny buffers that reads only when told;
+    `headers`: more header lines, each ending in CRLF."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
@@ -73,7 +76,7 @@ async def slow_client(port: int, body: bytes) -> tuple[asyncio.StreamReader, asy
     reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
     writer.write(
         b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
+        b"Content-Length: %d\r\nConnection: close\r\n%b\r\n%b" % (len(body), headers, body)
     )
     await writer.drain()
     return reader, writer
