@@ -26,7 +26,8 @@ from tests.support.apps import AppState, echoed_headers, running_app, serving
 from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.raw_http import Exchange, raw_server
 from tests.support.sidecars import SidecarFactory
-from tests.support.sockets import free_port
+from tests.support.sockets import free_port, shrink_send_buffers
+from tests.support.waiting import eventually
 
 BODY_CHUNK = b"x" * 65536
 
@@ -780,3 +781,36 @@ async def test_websocket_messages_are_bounded_by_the_configured_size_both_ways(
                 closed = await ws.receive(timeout=5)
                 assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
             assert (await state.ws_closed_by_client.get())[0] == 1009
+
+
+async def test_a_client_that_stops_reading_the_apps_answer_is_cut(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """`app.send_timeout_seconds`: a client that takes none of the answer this long is cut,
+    so a socket that never reads holds no handler or app connection (nginx's
+    `send_timeout`); one that reads gets all of it."""
+    caplog.set_level(logging.INFO)
+    url, _ = app_upstream
+    async with sidecar_for(with_app(url, send_timeout_seconds=0.5)) as sidecar:
+        shrink_send_buffers(sidecar)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port, limit=4096)
+        writer.write(b"GET /large HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n")
+
+        def answered() -> list[int]:
+            return [getattr(r, "status", 0) for r in caplog.records
+                    if getattr(r, "event", None) == "access"]  # fmt: skip
+
+        async def done() -> bool:  # the handler is over: it waits for the client no more
+            return len(answered()) == 1
+
+        await eventually(done, timeout=20)
+        try:
+            received = len(await reader.read())
+        except ConnectionResetError:
+            received = 0
+        writer.close()
+        async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/large") as reply:
+            whole = await reply.read()
+    assert received < 8 << 20  # cut short
+    assert len(whole) == 8 << 20  # a client that reads is not cut

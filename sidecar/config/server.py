@@ -98,6 +98,9 @@ class AppConfig(Section):
     url: HttpUrl = "http://127.0.0.1:3000"
     connect_timeout_seconds: Seconds = 5
     read_timeout_seconds: Seconds = 300
+    # A client that takes none of the app's answer this long is cut (nginx's
+    # `send_timeout`): a socket that never reads holds no handler or app connection.
+    send_timeout_seconds: Seconds = 60
     identity_headers: IdentityHeaders = IdentityHeaders()
     # The credential the sidecar checked (a Bearer `Authorization`, `x-api-key`, the JWT
     # query parameter) is the sidecar's: kept from the app unless it needs the token too.

@@ -226,16 +226,69 @@ async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.S
         response.content_length = upstream.content_length
     await response.prepare(ctx.request)
     ctx.response_started = True
+    app = ctx.runtime.config.app
+    assert app is not None
+    transport = ctx.request.transport
+    if transport is None:  # the client left as the head went out
+        return response
+    watch = _SendWatch(transport, app.send_timeout_seconds)
     try:
         async for chunk in upstream.content.iter_any():
+            watch.arm()
             await response.write(chunk)  # flushed per chunk: SSE from the app is never held
+            watch.disarm()
+        watch.arm()
+        await response.write_eof()  # waits, as a write does, for the client to take it
+        watch.disarm()
     except (aiohttp.ClientPayloadError, TimeoutError, aiohttp.ClientConnectionError):
+        watch.disarm()
         # The app broke off mid-body: end the client's connection too, so it sees a short body.
-        if ctx.request.transport is not None:
-            ctx.request.transport.close()
-        return response
-    await response.write_eof()
+        transport.close()
+    except ConnectionResetError:
+        watch.disarm()  # the client left, or was cut as stalled: nothing more to send
     return response
+
+
+class _SendWatch:
+    """Cuts a client that takes none of the app's answer for `app.send_timeout_seconds`
+    while a write waits on it (nginx's `send_timeout`), so a socket that never reads holds
+    no handler or app connection. A slow client is not cut while its queue shrinks: each
+    check that finds it took something gives it another period."""
+
+    __slots__ = ("_loop", "_queued", "_timeout", "_timer", "_transport")
+
+    def __init__(self, transport: asyncio.BaseTransport, timeout: float) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self._transport = transport
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._queued = 0
+
+    def arm(self) -> None:
+        """Before a write: its bytes are queued (synchronously) before it first waits, so
+        what is queued is taken as they leave the write, on the next loop turn."""
+        self._queued = -1
+        self._timer = self._loop.call_later(self._timeout, self._check)
+        self._loop.call_soon(self._baseline)
+
+    def _baseline(self) -> None:
+        if self._queued < 0:
+            self._queued = self._transport.get_write_buffer_size()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        queued = self._transport.get_write_buffer_size()
+        if queued and self._queued >= 0 and queued >= self._queued:
+            self._timer = None
+            self._transport.abort()  # the waiting write fails: the handler ends
+            return
+        self._queued = queued
+        self._timer = self._loop.call_later(self._timeout, self._check)
 
 
 # What a response head may not carry on to a client, though aiohttp's client parser lets

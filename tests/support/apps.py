@@ -161,10 +161,16 @@ async def in_flight(request: web.Request) -> web.Response:
     return web.Response(text="finished")
 
 
+async def large(request: web.Request) -> web.Response:
+    """8 MB of text: more than any socket and queue between the app and a client hold."""
+    return web.Response(body=b"x" * (8 << 20), content_type="text/plain")
+
+
 GET_ROUTES = {
     "/sse": sse, "/ws": websocket, "/ws-close": closing_ws, "/ws-record": recording_ws,
     "/ws-forbidden": forbidden_ws, "/hop": hop_headers, "/empty": no_content, "/head": head_me,
     "/cors": permissive_cors, "/slow": slow, "/gzip": gzipped, "/inflight": in_flight,
+    "/large": large,
 }  # fmt: skip
 
 
