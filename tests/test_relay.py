@@ -31,7 +31,13 @@ from tests.support.scripted_claude import (
     scripted_claude,
 )
 from tests.support.sidecars import SidecarFactory, running_sidecar
-from tests.support.sockets import dechunk, relayed_payload, shrink_send_buffers, slow_client
+from tests.support.sockets import (
+    dechunk,
+    relayed_payload,
+    shrink_send_buffers,
+    slow_client,
+    small_buffered,
+)
 from tests.support.waiting import eventually, holds
 
 TOKENS = 5000  # ~600 KB of events: more than the relay's high-water mark plus tiny socket buffers
@@ -439,11 +445,7 @@ async def test_a_reader_that_stops_reading_holds_back_no_other_reader_of_the_str
     target = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D12000%20ttft_ms%3D300%5D%5D%20x"
     async with sidecar_for(config) as sidecar:
         shrink_send_buffers(sidecar)
-        first = socket.socket()
-        first.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        first.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(first, ("127.0.0.1", sidecar.port))
-        reader, writer = await asyncio.open_connection(sock=first, limit=4096)
+        reader, writer = await small_buffered(sidecar.port)
         writer.write(f"GET {target} HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n".encode())
         head = await reader.readuntil(b"\r\n\r\n")
         stream_id = head.split(b"Sidecar-Stream-Id: ", 1)[1].split(b"\r\n", 1)[0].decode()

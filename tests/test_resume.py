@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import signal
-import socket
 import subprocess
 from collections.abc import Awaitable
 from pathlib import Path
@@ -26,7 +25,7 @@ from sidecar.stream.redis_store import keys, readers_key, redis_client
 from tests.support.redis_server import RedisServer
 from tests.support.resume import ROUTE, cutting_proxy, replica, sse_request, stream_ends
 from tests.support.sidecars import SidecarFactory
-from tests.support.sockets import shrink_send_buffers
+from tests.support.sockets import shrink_send_buffers, small_buffered
 from tests.support.waiting import eventually, holds
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
@@ -740,11 +739,7 @@ async def test_a_reader_from_the_store_that_stops_reading_is_cut(
         whole = await sse_request(sidecar.port, "POST", ROUTE, body=json.dumps(flood).encode())
         stream_id = whole.headers["sidecar-stream-id"]
         shrink_send_buffers(sidecar)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        reader, writer = await small_buffered(sidecar.port)
         writer.write(
             f"GET {ROUTE} HTTP/1.1\r\nHost: sidecar\r\nLast-Event-ID: {stream_id}:1\r\n"
             "Connection: close\r\n\r\n".encode()

@@ -64,16 +64,22 @@ def shrink_send_buffers(server: SidecarServer) -> None:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
 
+async def small_buffered(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to `port` with tiny receive buffers: a client that reads only when told
+    fills them at once."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock, limit=4096)
+
+
 async def slow_client(
     port: int, body: bytes, headers: bytes = b""
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """POST `body` to /v1/messages from a client with tiny buffers that reads only when told;
     `headers`: more header lines, each ending in CRLF."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    reader, writer = await small_buffered(port)
     writer.write(
         b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\nConnection: close\r\n%b\r\n%b" % (len(body), headers, body)
