@@ -18,6 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sidecar.client_address import is_trusted_proxy
+from sidecar.config import AppConfig
 from sidecar.errors import Rejection, reject
 from sidecar.handlers.request_body import (
     BodyStream,
@@ -177,7 +178,7 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
         # read timeout bounds the response, and the deadline is gone.
         body.on_end = None
     async with upstream:
-        return await _relay(ctx, upstream)
+        return await _relay(ctx, upstream, app)
 
 
 def _await_head(deadline: asyncio.Timeout, seconds: float) -> None:
@@ -207,7 +208,9 @@ def _upstream_failure(body: BodyStream, exc: BaseException) -> Rejection:
     raise exc
 
 
-async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _relay(
+    ctx: RequestContext, upstream: aiohttp.ClientResponse, app: AppConfig
+) -> web.StreamResponse:
     _check_sendable(upstream)
     headers = end_to_end(upstream.headers)
     # Which origins may read answers is the sidecar's `cors` policy, not the app's: an app
@@ -226,8 +229,6 @@ async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.S
         response.content_length = upstream.content_length
     await response.prepare(ctx.request)
     ctx.response_started = True
-    app = ctx.runtime.config.app
-    assert app is not None
     transport = ctx.request.transport
     if transport is None:  # the client left as the head went out
         return response
@@ -241,11 +242,12 @@ async def _relay(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.S
         await response.write_eof()  # waits, as a write does, for the client to take it
         watch.disarm()
     except (aiohttp.ClientPayloadError, TimeoutError, aiohttp.ClientConnectionError):
-        watch.disarm()
         # The app broke off mid-body: end the client's connection too, so it sees a short body.
         transport.close()
     except ConnectionResetError:
-        watch.disarm()  # the client left, or was cut as stalled: nothing more to send
+        pass  # the client left, or was cut as stalled: nothing more to send
+    finally:
+        watch.disarm()
     return response
 
 
