@@ -11,6 +11,7 @@ statuses the API never sends (1xx, 2xx but 200) become 502 `api_error`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -60,6 +61,10 @@ class Attempt:
     method: str
     path: str  # path + query, e.g. /v1/messages?beta=true
     headers: dict[str, str]
+    # Written to Claude and not answered (yet, or ever: the caller left while Claude
+    # worked on it, its connection broke after the write, its head came too late):
+    # Claude may be billing it. Set by `ClaudeClient.send` for the latest attempt.
+    unanswered: bool = False
 
 
 class ClaudeClient:
@@ -142,6 +147,8 @@ class ClaudeClient:
         `written` runs once, right after the first attempt that reaches the wire is
         written (`Pool.request`): work that need not delay the request runs while
         Claude works on it. It does not run if no attempt was ever written.
+        `attempt.unanswered` tells, whenever this ends, whether the latest attempt was
+        written and got no answer (Claude may bill it; an answered error it does not).
 
         A stream's headers come at once, so waiting for them longer than the idle timeout
         means trouble; a non-streaming answer sends its headers only when it is complete,
@@ -160,8 +167,9 @@ class ClaudeClient:
             task = head.start(loop)
             try:
                 response = await self._pool.request(
-                    attempt.method, target, attempt.headers, body, written
-                )
+                    attempt.method, target, attempt.headers, body,
+                    functools.partial(_wrote, attempt, written),
+                )  # fmt: skip
             except asyncio.CancelledError:
                 if head.stop(task):  # the head's deadline passed, not the client leaving
                     raise reject("upstream_timeout", "Claude did not answer in time") from None
@@ -177,6 +185,7 @@ class ClaudeClient:
                 self._count_retry("connect_error")
             else:
                 written = None  # ran with this attempt: a retry does not run it again
+                attempt.unanswered = False
                 response.deadline = loop.time() + config.idle_timeout_seconds if stream else whole
                 status = response.status
                 if self._on_status is not None:
@@ -207,6 +216,13 @@ class ClaudeClient:
     def _count_retry(self, reason: str) -> None:
         if self._on_retry is not None:
             self._on_retry(reason)
+
+
+def _wrote(attempt: Attempt, written: Callable[[], object] | None) -> None:
+    """An attempt is on the wire: unanswered until its head comes; then the caller's own."""
+    attempt.unanswered = True
+    if written is not None:
+        written()
 
 
 def _should_retry(response: Response) -> bool:

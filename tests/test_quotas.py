@@ -4,6 +4,7 @@ Redis outages, two sidecar processes sharing one Redis, and the SDK backing off 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -21,7 +22,7 @@ from multidict import CIMultiDict
 from sidecar.fake_claude import FakeServer
 from sidecar.quotas.stores import Decision, Limits, QuotaStore
 from sidecar.server import SidecarServer
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory, sidecar_process
 
@@ -546,3 +547,87 @@ async def test_a_long_stream_keeps_its_slot_on_the_memory_store(
     body = json.loads(raw)
     assert body["error"]["type"] == "rate_limit_error"
     assert "concurrent streams" in body["error"]["message"]
+
+
+# --------------------------------------------------------------------------- unanswered calls
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_that_leaves_before_claude_answers_is_charged_the_input(
+    fake: FakeServer, sidecar_for: SidecarFactory, store: str, stream: bool
+) -> None:
+    # The request was written to Claude, which works on it (and bills its input) though
+    # the client that asked is gone: the input estimate is charged, the rest given back.
+    async with contextlib.AsyncExitStack() as stack:
+        store_config: dict[str, Any] = {"store": store}
+        if store == "redis":
+            store_config["redis_url"] = (await stack.enter_async_context(running_redis())).url
+        await _leave_before_the_answer(fake, sidecar_for, store_config, stream)
+
+
+async def _leave_before_the_answer(
+    fake: FakeServer, sidecar_for: SidecarFactory, store_config: dict[str, Any], stream: bool
+) -> None:
+    limit, max_tokens = 100_000, 500
+    quotas = {**store_config, "tokens_per_day": limit, "concurrent_streams": 1}
+    started = time.monotonic()
+    async with sidecar_for({"quotas": quotas}) as sidecar, aiohttp.ClientSession() as http:
+        spy = spy_on(sidecar)
+        slow = message(
+            "hello " * 30 + "[[fake fault=slow_headers delay_ms=30000]]", max_tokens, stream
+        )
+        leaving = asyncio.create_task(http.post(sidecar.url + "/v1/messages", json=slow))
+        await fake.state.wait_for(lambda state: state.counters["requests"] == 1)
+        leaving.cancel()  # the client goes away while Claude works on its request
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        await spy.wait_settled(1)
+        async with http.post(
+            sidecar.url + "/v1/messages", json=message(max_tokens=50, stream=stream)
+        ) as after:
+            assert after.status == 200  # its stream slot came back
+            remaining = int(after.headers["anthropic-ratelimit-tokens-remaining"])
+            await after.read()
+        await spy.wait_settled(2)
+    reserved, used = spy.settled[0]
+    assert used == reserved - max_tokens > 0  # the input estimate, no output
+    second_reserved = spy.settled[1][0]
+    refilled = (time.monotonic() - started) * limit / 86_400 + 1
+    # The bucket holds the charge of the first call and the reservation of the second.
+    assert limit - used - second_reserved <= remaining <= limit - used - second_reserved + refilled
+
+
+async def test_a_message_whose_answer_comes_too_late_is_charged_the_input(
+    sidecar_for: SidecarFactory,
+) -> None:
+    data = {"quotas": {"tokens_per_day": 100_000}, "claude": {"request_timeout_seconds": 0.3}}
+    async with sidecar_for(data) as sidecar, aiohttp.ClientSession() as http:
+        spy = spy_on(sidecar)
+        slow = message("late [[fake fault=slow_headers delay_ms=30000]]", max_tokens=300)
+        async with http.post(sidecar.url + "/v1/messages", json=slow) as response:
+            assert response.status == 504
+        await spy.wait_settled(1)
+    reserved, used = spy.settled[0]
+    assert used == reserved - 300 > 0  # Claude got it and may be billing it
+
+
+async def test_a_client_that_leaves_while_a_429_is_retried_is_charged_nothing(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    # Claude answered the only attempt written with a 429: it billed nothing.
+    async with sidecar_for({"quotas": {"tokens_per_day": 100_000}}) as sidecar:
+        spy = spy_on(sidecar)
+        retried = asyncio.Event()
+        sidecar.runtime.claude._on_retry = lambda reason: retried.set()
+        limited = message("busy [[fake fault=rate_limit retry_after=5]]", max_tokens=300)
+        async with aiohttp.ClientSession() as http:
+            leaving = asyncio.create_task(http.post(sidecar.url + "/v1/messages", json=limited))
+            async with asyncio.timeout(10):
+                await retried.wait()  # answered 429; now waiting to retry
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            await spy.wait_settled(1)
+    assert fake.state.counters["requests"] == 1
+    assert spy.settled[0][1] == 0

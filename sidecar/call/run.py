@@ -177,6 +177,7 @@ async def call_claude(
         raise
     finally:
         if not handed_off:
+            held.unanswered = call.attempt.unanswered  # Claude may bill it (`charged_tokens`)
             if resumable is not None:  # no stream came of it: its empty buffer just expires
                 resumable.log.finish()
                 resumable.log.close()

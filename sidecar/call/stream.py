@@ -27,15 +27,20 @@ from sidecar.stream.store import StreamLog
 from sidecar.stream.tap import CallTap, make_core
 
 
-def charged_tokens(record: StreamRecord, input_estimate: int) -> tuple[int, int]:
+def charged_tokens(
+    record: StreamRecord, input_estimate: int, unanswered: bool = False
+) -> tuple[int, int]:
     """(input, output) tokens to charge for a call, also when it ended early.
 
     A stream cut short (client gone, idle timeout) never sees the final
-    `message_delta`: each content delta relayed is at least one output token, and
-    input Claude accepted (status 200) counts even if `message_start` never came.
+    `message_delta`: each content delta relayed is at least one output token. Input
+    Claude is known or likely to have billed counts even without its usage: accepted
+    (status 200) but `message_start` or the message never read, or `unanswered` (the
+    request was written and no answer came: the client left while Claude worked on
+    it, the connection broke, the head came too late). An error status is not billed.
     """
     input_tokens = record.total_input_tokens
-    if input_tokens == 0 and record.upstream_status == 200:
+    if input_tokens == 0 and (record.upstream_status == 200 or unanswered):
         input_tokens = input_estimate
     return input_tokens, max(record.output_tokens, record.output_deltas)
 
@@ -61,6 +66,7 @@ class HeldCall:
     lease: QuotaLease | None = None
     admitted: bool = False
     tap: CallTap | None = None  # records the answer (the response cache)
+    unanswered: bool = False  # ended with its request written to Claude and not answered
 
     async def close(self) -> None:
         """Release the slot, record the stream once and settle the tokens it used."""
@@ -78,7 +84,7 @@ class HeldCall:
             record.output_tokens = record.output_deltas
         runtime.telemetry.finish_stream(record, self.span)
         if self.lease is not None:
-            await self.lease.settle(*charged_tokens(record, self.input_estimate))
+            await self.lease.settle(*charged_tokens(record, self.input_estimate, self.unanswered))
 
 
 def _live_stream(
