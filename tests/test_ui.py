@@ -296,6 +296,34 @@ async def test_ai_sdk_server_tool_call_and_result_round_trip(
     assert parts_of(second)[0]["type"] == "text"
 
 
+async def test_ai_sdk_failed_server_tool_is_an_output_error_and_goes_back_as_its_error(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A web search that failed is the SDK's provider-executed `output-error` part, and goes
+    back as Claude's call and its error result (dropped, the fake would not see the search)."""
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    async with sidecar_for({**CONFIG, "ui": {"tools": [search]}}) as sidecar:
+        first, second = await ai_sdk(sidecar.url + CHAT, "web-search-error")
+    call, text = parts_of(first)
+    assert "tool-output-error" in first["chunks"]
+    assert call["type"] == "tool-web_search"
+    assert call["providerExecuted"] is True
+    assert call["state"] == "output-error"
+    assert json.loads(call["errorText"]) == {"type": "web_search_tool_result_error",
+                                             "errorCode": "max_uses_exceeded"}  # fmt: skip
+    assert call["resultProviderMetadata"] == {"anthropic": {"type": "web_search_tool_result"}}
+    assert text["type"] == "text"
+    assert "error" not in second
+    sent = fake.state.requests[1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    use, result, _ = sent[1]["content"]
+    assert use == {"type": "server_tool_use", "id": call["toolCallId"], "name": "web_search",
+                   "input": call["input"]}  # fmt: skip
+    assert result == {"type": "web_search_tool_result", "tool_use_id": call["toolCallId"],
+                      "content": {"type": "web_search_tool_result_error",
+                                  "error_code": "max_uses_exceeded"}}  # fmt: skip
+
+
 async def test_ai_sdk_sees_errors_and_refusals(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

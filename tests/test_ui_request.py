@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -361,7 +362,64 @@ def test_an_mcp_call_goes_back_with_its_server_and_mcp_tool_result() -> None:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("state", ["input-streaming", "input-available", "output-error"])
+@pytest.mark.parametrize("result_type", SERVER_RESULTS)
+def test_a_failed_server_tool_goes_back_as_claudes_call_and_its_error_result(
+    result_type: str,
+) -> None:
+    error = {"type": f"{result_type}_error", "errorCode": "max_uses_exceeded"}
+    part = server("some_tool", "output-error", errorText=json.dumps(error),
+                  resultProviderMetadata={"anthropic": {"type": result_type}})  # fmt: skip
+    got = translate(body(user(text("find")), assistant(part, text("sorry")), user(text("ok"))))
+    assert got["messages"][1] == {"role": "assistant", "content": [
+        {"type": "server_tool_use", "id": "srv_1", "name": "some_tool", "input": {"query": "x"}},
+        {"type": result_type, "tool_use_id": "srv_1",
+         "content": {"type": f"{result_type}_error", "error_code": "max_uses_exceeded"}},
+        text("sorry")]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("error_text", "result_type", "code"),
+    [('{"type":"web_fetch_tool_result_error","errorCode":"url_not_accessible"}',
+      "web_fetch_tool_result", "url_not_accessible"),  # its type names the result block
+     ('{"type":"code_execution_tool_result_error","error_code":"too_many_requests"}',
+      "code_execution_tool_result", "too_many_requests"),
+     ("the search failed", "web_search_tool_result", "unavailable"),  # not JSON
+     ('{"errorCode": 7}', "web_search_tool_result", "unavailable"),
+     ('{"type":"tool_result_error","errorCode":"x"}', "web_search_tool_result", "x"),
+     (None, "web_search_tool_result", "unavailable")],
+)  # fmt: skip
+def test_a_failed_server_tools_result_without_metadata_follows_its_error_text(
+    error_text: str | None, result_type: str, code: str
+) -> None:
+    part = server("web_search", "output-error")
+    if error_text is not None:
+        part["errorText"] = error_text
+    (_, (use, result)) = _assistant_blocks(part)
+    assert use["type"] == "server_tool_use"
+    assert result == {"type": result_type, "tool_use_id": "srv_1",
+                      "content": {"type": f"{result_type}_error", "error_code": code}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("error_text", "content"),
+    [('[{"type":"text","text":"no"}]', [text("no")]), ("refused", "refused"),
+     (None, "the tool failed")],
+)  # fmt: skip
+def test_a_failed_mcp_call_goes_back_as_its_error_result(
+    error_text: str | None, content: Any
+) -> None:
+    part = server("lookup", "output-error",
+                  callProviderMetadata={"anthropic": {"type": "mcp_tool_use", "serverName": "docs"}},
+                  resultProviderMetadata={"anthropic": {"type": "mcp_tool_result"}})  # fmt: skip
+    if error_text is not None:
+        part["errorText"] = error_text
+    (_, (use, result)) = _assistant_blocks(part)
+    assert use["type"] == "mcp_tool_use"
+    assert result == {"type": "mcp_tool_result", "tool_use_id": "srv_1", "is_error": True,
+                      "content": content}  # fmt: skip
+
+
+@pytest.mark.parametrize("state", ["input-streaming", "input-available"])
 def test_a_server_tool_without_its_result_is_dropped_never_a_client_tool_use(state: str) -> None:
     got = translate(body(user(text("find")), assistant(server("web_search", state), text("hm")),
                          user(text("ok"))))["messages"]  # fmt: skip
@@ -384,6 +442,9 @@ def test_the_translated_history_is_screened_by_the_schema_tables() -> None:
         {"type": "reasoning", "text": "", "providerMetadata": {"anthropic": {"redactedData": "RED"}}},
         server("web_search", output=output,
                resultProviderMetadata={"anthropic": {"type": "web_search_tool_result"}}),
+        {**server("web_search", "output-error",
+                  errorText='{"type":"web_search_tool_result_error","errorCode":"unavailable"}'),
+         "toolCallId": "srv_2"},
         text("found")))  # fmt: skip
     collected = collect_texts(client_part(translate(fields)), unknown="refuse")
     assert {"my thought", "Title", "https://a.example", "found"} <= set(collected.texts)
@@ -429,6 +490,13 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("server result of an mcp type for a server call",
      body(user(text("x")), assistant(server("web_search", output="x",
           resultProviderMetadata={"anthropic": {"type": "mcp_tool_result"}}))),
+     "not a server tool result block type"),
+    ("failed server call's error not a string",
+     body(user(text("x")), assistant(server("web_search", "output-error", errorText=3))),
+     "errorText must be a string"),
+    ("failed server call's result spelled as a client one",
+     body(user(text("x")), assistant(server("web_search", "output-error", errorText="x",
+          resultProviderMetadata={"anthropic": {"type": "tool_result"}}))),
      "not a server tool result block type"),
     ("mcp call without its server",
      body(user(text("x")), assistant(server("q", output="x",

@@ -267,10 +267,23 @@ def test_an_mcp_call_carries_its_server_and_its_error_result() -> None:
     assert got[0] == {"type": "tool-input-start", "toolCallId": "mcp_1", "toolName": "lookup",
                       "providerExecuted": True, "providerMetadata": {"anthropic": {
                           "type": "mcp_tool_use", "serverName": "docs"}}}  # fmt: skip
-    assert got[2] == {"type": "tool-output-available", "toolCallId": "mcp_1",
-                      "output": [{"type": "text", "text": "no"}], "providerExecuted": True,
-                      "providerMetadata": {"anthropic": {"type": "mcp_tool_result",
-                                                         "isError": True}}}  # fmt: skip
+    assert got[2] == {"type": "tool-output-error", "toolCallId": "mcp_1",
+                      "errorText": '[{"type":"text","text":"no"}]', "providerExecuted": True,
+                      "providerMetadata": {"anthropic": {"type": "mcp_tool_result"}}}  # fmt: skip
+
+
+@pytest.mark.parametrize("result_type", SERVER_RESULTS)
+def test_a_failed_server_tool_is_its_provider_executed_output_error(result_type: str) -> None:
+    error = {"type": f"{result_type}_error", "error_code": "max_uses_exceeded"}
+    got = run([start(0, {"type": "server_tool_use", "id": "srv_1", "name": "web_search",
+                         "input": {}}), stop(0),
+               start(1, {"type": result_type, "tool_use_id": "srv_1", "content": error}),
+               stop(1)])  # fmt: skip
+    assert got[2] == {"type": "tool-output-error", "toolCallId": "srv_1",
+                      "errorText": f'{{"type":"{result_type}_error",'
+                                   '"errorCode":"max_uses_exceeded"}',
+                      "providerExecuted": True,
+                      "providerMetadata": {"anthropic": {"type": result_type}}}  # fmt: skip
 
 
 def test_unknown_events_and_blocks_are_ignored() -> None:

@@ -22,6 +22,7 @@ headers win over the directive, which wins over the process settings:
 
 - `tokens` (text deltas), `tps` (deltas per second, 0 = unpaced), `ttft_ms`
   (pause after message_start), `content` = text | tool_use | thinking | web_search
+  | web_search_error
   (a request with `thinking` enabled gets a signed thinking block first, as from the API).
 - `fault` = rate_limit (429) | overloaded (529) | server_error (500) | bad_request (400)
   | auth (401) | midstream_error (200, `after` deltas, then `event: error` overloaded)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 HEADER_PREFIX = "x-fake-"
-CONTENT_KINDS = frozenset({"text", "tool_use", "thinking", "web_search"})
+CONTENT_KINDS = frozenset({"text", "tool_use", "thinking", "web_search", "web_search_error"})
 # Faults answered with an error status before any stream starts: status, error.type, message.
 ERROR_FAULTS: dict[str, tuple[int, str, str]] = {
     "rate_limit": (

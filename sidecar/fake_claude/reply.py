@@ -130,8 +130,8 @@ def plan_reply(body: Mapping[str, Any], knobs: Knobs, model: str | None) -> Repl
         thoughts = words_for("thinking\0" + prompt, max(1, min(16, knobs.tokens // 2)))
         start = {"type": "thinking", "thinking": "", "signature": ""}
         reply.blocks.append(Block("thinking", start, thoughts))
-    if knobs.content == "web_search":
-        reply.blocks.extend(_web_search_blocks(body, prompt))
+    if knobs.content in ("web_search", "web_search_error"):
+        reply.blocks.extend(_web_search_blocks(body, prompt, knobs.content == "web_search_error"))
     reply.blocks.append(
         Block("text", {"type": "text", "text": ""}, words_for(prompt, knobs.tokens))
     )
@@ -165,9 +165,9 @@ def _tool_block(body: Mapping[str, Any], prompt: str) -> Block:
     return Block("tool_use", start, pieces)
 
 
-def _web_search_blocks(body: Mapping[str, Any], prompt: str) -> list[Block]:
+def _web_search_blocks(body: Mapping[str, Any], prompt: str, failed: bool) -> list[Block]:
     """A server tool call Claude runs itself, and its result block (no deltas), as the API
-    streams a web search."""
+    streams a web search; `failed`: the search's error result (`max_uses_exceeded`)."""
     tools = body.get("tools")
     names = [str(tool.get("name", "web_search")) for tool in tools or []
              if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search_")]  # fmt: skip
@@ -180,7 +180,10 @@ def _web_search_blocks(body: Mapping[str, Any], prompt: str) -> list[Block]:
     found = [{"type": "web_search_result", "url": f"https://example.com/{word.strip()}",
               "title": word.strip().title(), "page_age": None,
               "encrypted_content": sign(word)} for word in words_for("result\0" + prompt, 2)]  # fmt: skip
-    result = {"type": "web_search_tool_result", "tool_use_id": call_id, "content": found}
+    content: object = found
+    if failed:
+        content = {"type": "web_search_tool_result_error", "error_code": "max_uses_exceeded"}
+    result = {"type": "web_search_tool_result", "tool_use_id": call_id, "content": content}
     return [Block("server_tool_use", start, pieces), Block("web_search_tool_result", result, [])]
 
 

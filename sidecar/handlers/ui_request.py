@@ -11,7 +11,8 @@ Pure functions, no I/O. The body `DefaultChatTransport` posts is
 | `file` with a `text/*` data URL | `text` block `<file name>:\n<content>`, screened like any text |
 | `tool-<name>` / `dynamic-tool` with its input | `tool_use` in the assistant turn, and when it has an output or an error, a `tool_result` in the user turn right after it |
 | a tool part with `providerExecuted: true` and its output (a server tool Claude ran) | `server_tool_use` (`mcp_tool_use` when its `callProviderMetadata.anthropic.type` says so, with its `serverName`) and its result block, both in the assistant turn; the result's type is `resultProviderMetadata.anthropic.type` (else `<tool name>_tool_result`), the output its `content` |
-| a provider-executed tool part without an output | dropped (Claude refuses a server call with no result; its own text stays) |
+| a provider-executed tool part in state `output-error` (a server tool that failed) | the same call and result block, whose content is the error: `{"type": "<result type>_error", "error_code": …}` from the part's `errorText` (`{"type", "errorCode"}` JSON, as `ui_stream` and the AI SDK's Anthropic provider write it; `unavailable` when it names no code); an MCP call's `mcp_tool_result` with `is_error` and its content |
+| a provider-executed tool part without an output or an error | dropped (Claude refuses a server call with no result; its own text stays) |
 | `reasoning` of an assistant message with `providerMetadata.anthropic.signature` | `thinking` block (text and signature), in place |
 | `reasoning` with `providerMetadata.anthropic.redactedData` | `redacted_thinking` block (its data), in place |
 | other `reasoning`, `step-start`, `source-*`, `data-*` | dropped (display only; Claude refuses unsigned thinking) |
@@ -46,6 +47,7 @@ _MAX_ID = 200  # chat and message ids are echoed in logs and URLs: bounded
 # A server tool's result block type (`web_search_tool_result`, `mcp_tool_result`…); never a
 # client `tool_result`, which the pattern cannot spell.
 _SERVER_RESULT = re.compile(r"[a-z][a-z0-9_]{0,40}_tool_result")
+_SERVER_ERROR = re.compile(r"[a-z][a-z0-9_]{0,40}_tool_result_error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,12 +249,20 @@ def _thinking(part: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 def _server_tool(part: dict[str, Any], kind: str, where: str) -> list[dict[str, Any]]:
     """A provider-executed tool part as Claude's own call and its result block; nothing
-    without a result (only Claude can give one, and it refuses a call left without)."""
-    if part.get("state") != "output-available":
+    without a result (only Claude can give one, and it refuses a call left without).
+
+    A call that failed (`output-error`) goes back as its error result, as the AI SDK's
+    Anthropic provider sends it: `errorText` is the `{"type": "…_tool_result_error",
+    "errorCode": …}` JSON `ui_stream` (or the provider) wrote, and becomes the result
+    block's `{"type", "error_code"}` content (`unavailable` when it says no code)."""
+    state = part.get("state")
+    if state not in ("output-available", "output-error"):
         return []
+    failed = state == "output-error"
     call_id, name, tool_input = _call(part, kind, where)
     call = _anthropic(part.get("callProviderMetadata"))
     result_meta = _anthropic(part.get("resultProviderMetadata"))
+    error = _error_of(part, where) if failed else None
     use: dict[str, Any]
     if call.get("type") == "mcp_tool_use":
         server = call.get("serverName")
@@ -264,15 +274,48 @@ def _server_tool(part: dict[str, Any], kind: str, where: str) -> list[dict[str, 
     else:
         use = {"type": "server_tool_use", "id": call_id, "name": name, "input": tool_input}
         given = result_meta.get("type")
-        result_type = given if isinstance(given, str) else f"{name}_tool_result"
+        error_type = error.get("type") if isinstance(error, dict) else None
+        if isinstance(given, str):
+            result_type = given
+        elif isinstance(error_type, str) and _SERVER_ERROR.fullmatch(error_type):
+            result_type = error_type.removesuffix("_error")
+        else:
+            result_type = f"{name}_tool_result"
         if not _SERVER_RESULT.fullmatch(result_type) or result_type == "mcp_tool_result":
             raise bad_request(f"{where}.resultProviderMetadata.anthropic.type: "
                               "not a server tool result block type")  # fmt: skip
-    result: dict[str, Any] = {"type": result_type, "tool_use_id": call_id,
-                              "content": part.get("output")}  # fmt: skip
-    if result_meta.get("isError") is True:
+    if not failed:
+        output = part.get("output")
+    elif result_type == "mcp_tool_result":  # its content, as `ui_stream` wrote it
+        text = part.get("errorText")
+        output = error if isinstance(error, list) else text or "the tool failed"
+    else:
+        output = _server_error(result_type, error)
+    result: dict[str, Any] = {"type": result_type, "tool_use_id": call_id, "content": output}
+    if result_meta.get("isError") is True or (failed and result_type == "mcp_tool_result"):
         result["is_error"] = True
     return [use, result]
+
+
+def _error_of(part: dict[str, Any], where: str) -> object:
+    """A failed server call's `errorText`, read as JSON when it is (else the text)."""
+    text = part.get("errorText")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise bad_request(f"{where}.errorText must be a string")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _server_error(result_type: str, error: object) -> dict[str, Any]:
+    """A server tool's error content: `{"type": "<result type>_error", "error_code": …}`."""
+    fields = error if isinstance(error, dict) else {}
+    code = fields.get("errorCode", fields.get("error_code"))
+    return {"type": f"{result_type}_error",
+            "error_code": code if isinstance(code, str) and code else "unavailable"}  # fmt: skip
 
 
 def _call(part: dict[str, Any], kind: str, where: str) -> tuple[str, str, dict[str, Any]]:

@@ -25,7 +25,11 @@ provider carries it (`ui_request` reads it back):
   "mcp_tool_use", "serverName": …}}` too), and its result block (`web_search_tool_result`,
   `code_execution_tool_result`, `mcp_tool_result`, any `*_tool_result` of a call of this
   stream) is a `tool-output-available` with `providerExecuted: true`, the block's `content`
-  as the output and `{"anthropic": {"type": <block type>}}` (and `isError` when set).
+  as the output and `{"anthropic": {"type": <block type>}}`. A failed call (a content of
+  type `*_tool_result_error`, e.g. `web_search_tool_result_error`, or an `is_error` MCP
+  result) is a `tool-output-error` instead, as the AI SDK's Anthropic provider reports it:
+  its `errorText` is `{"type": …, "errorCode": …}` as JSON (an MCP result: its content,
+  as JSON unless a string), with the same `providerExecuted` and `providerMetadata`.
 """
 
 from __future__ import annotations
@@ -64,6 +68,23 @@ _TEXT: Final = deltas.TEXT
 _TOOL_KINDS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 _MAX_SERVER_CALLS = 1024  # server call ids kept to match their results (bounded memory)
 _START: Final = b'data: {"type":"start"}\n\ndata: {"type":"start-step"}\n\n'
+
+
+def _server_error(output: object) -> dict[str, Any] | None:
+    """A server tool's error content (`{"type": "web_search_tool_result_error", "error_code":
+    …}`) as the AI SDK's Anthropic provider reports it (`{type, errorCode}`); None for a result."""
+    if not isinstance(output, dict):
+        return None
+    kind = output.get("type")
+    if not isinstance(kind, str) or not kind.endswith("_tool_result_error"):
+        return None
+    code = output.get("error_code")
+    return {"type": kind} if code is None else {"type": kind, "errorCode": code}
+
+
+def _compact(value: object) -> str:
+    """JSON as `JSON.stringify` writes it (the AI SDK's `errorText` of a server tool)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def chunk(data: dict[str, Any]) -> bytes:
@@ -190,12 +211,18 @@ class UiTranslator(Translator):
         if call_id not in self._server_calls:
             return b""  # the client knows no such call: the SDK would throw on it
         self._server_calls.discard(call_id)
-        meta: dict[str, Any] = {"type": kind}
-        if content.get("is_error") is True:
-            meta["isError"] = True
+        output = content.get("content")
+        metadata = {"anthropic": {"type": kind}}
+        failed = content.get("is_error") is True
+        error = output if failed else _server_error(output)
+        if failed or error is not None:  # the tool failed: as the AI SDK's provider says it
+            error_text = error if isinstance(error, str) else _compact(error)
+            return chunk({"type": "tool-output-error", "toolCallId": call_id,
+                          "errorText": error_text, "providerExecuted": True,
+                          "providerMetadata": metadata})  # fmt: skip
         return chunk({"type": "tool-output-available", "toolCallId": call_id,
-                      "output": content.get("content"), "providerExecuted": True,
-                      "providerMetadata": {"anthropic": meta}})  # fmt: skip
+                      "output": output, "providerExecuted": True,
+                      "providerMetadata": metadata})  # fmt: skip
 
     def _delta(self, data: dict[str, Any]) -> bytes:
         index = str(data.get("index", "")).encode()

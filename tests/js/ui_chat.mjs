@@ -101,10 +101,11 @@ try {
     }
     const two = await turn([...first, answered]);
     print({ turn: 2, ...two });
-  } else if (scenario === "web-search") {
-    // Claude runs a server tool (a web search) itself; the next turn sends the whole
-    // message back, the provider-executed part included.
-    const first = [userMessage("u1", "search please [[fake content=web_search]]")];
+  } else if (scenario === "web-search" || scenario === "web-search-error") {
+    // Claude runs a server tool (a web search) itself, and it succeeds or fails; the next
+    // turn sends the whole message back, the provider-executed part included.
+    const content = scenario === "web-search" ? "web_search" : "web_search_error";
+    const first = [userMessage("u1", `search please [[fake content=${content}]]`)];
     const one = await turn(first);
     print({ turn: 1, ...one });
     const two = await turn([...first, one.message, userMessage("u2", "thanks")]);
