@@ -23,8 +23,9 @@ from sidecar.fake_claude import FakeServer
 from sidecar.quotas.stores import Decision, Limits, QuotaStore
 from sidecar.server import SidecarServer
 from tests.support.redis_server import RedisServer, running_redis
+from tests.support.scripted_claude import Script, claude_config, messages_body, scripted_claude
 from tests.support.sdk import sdk
-from tests.support.sidecars import SidecarFactory, sidecar_process
+from tests.support.sidecars import SidecarFactory, running_sidecar, sidecar_process
 
 MODEL = "claude-sonnet-5-5"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -631,3 +632,65 @@ async def test_a_client_that_leaves_while_a_429_is_retried_is_charged_nothing(
             await spy.wait_settled(1)
     assert fake.state.counters["requests"] == 1
     assert spy.settled[0][1] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [("/v1/messages", message("late [[fake fault=slow_headers delay_ms=30000]]"), 504),
+     ("/v1/messages", message("key [[fake fault=auth]]", stream=True), 502),
+     ("/v1/messages", message("cut [[fake fault=drop]]"), 502),
+     ("/api/stream-response", {"prompt": "key [[fake fault=auth]]"}, 502),
+     ("/api/stream-response", {"prompt": "late [[fake fault=slow_headers delay_ms=30000]]"},
+      504)],
+)  # fmt: skip
+async def test_errors_after_admission_carry_the_ratelimit_headers(
+    sidecar_for: SidecarFactory, path: str, body: dict[str, Any], status: int
+) -> None:
+    # Admitted, then failed on the sidecar's side of Claude (timeout, refused key, lost
+    # connection): the request was counted, and the answer says so like every other.
+    quotas = {"requests_per_minute": 10, "tokens_per_day": 100_000}
+    timeouts = {"request_timeout_seconds": 0.3, "idle_timeout_seconds": 0.3}
+    async with sidecar_for({"quotas": quotas, "claude": timeouts}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(sidecar.url + path, json=body) as response:
+                assert response.status == status
+                headers = response.headers
+                await response.read()
+    assert headers["anthropic-ratelimit-requests-limit"] == "10"
+    assert headers["anthropic-ratelimit-requests-remaining"] == "9"
+    assert headers["anthropic-ratelimit-tokens-limit"] == "100000"
+    assert int(headers["anthropic-ratelimit-tokens-remaining"]) < 100_000  # its reservation
+
+
+async def _cut_message(writer: asyncio.StreamWriter) -> None:
+    """Claude's head for a whole message, then half of its body, then the connection goes."""
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                 b"content-length: 200\r\n\r\n" + b'{"id": "msg_1", "type": "mess')  # fmt: skip
+    await writer.drain()
+    writer.close()
+
+
+async def _cut_error(writer: asyncio.StreamWriter) -> None:
+    """A 400 whose body breaks off."""
+    writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                 b"content-length: 200\r\n\r\n" + b'{"type": "error", "er')  # fmt: skip
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize("script", [_cut_message, _cut_error])
+async def test_an_answer_cut_after_its_head_carries_the_ratelimit_headers(
+    script: Script,
+) -> None:
+    quotas = {"quotas": {"requests_per_minute": 10, "tokens_per_day": 100_000}}
+    async with (
+        scripted_claude(script) as url,
+        running_sidecar({**claude_config(url), **quotas}) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/v1/messages", json=messages_body(stream=False)) as response,
+    ):
+        status, headers = response.status, response.headers
+        await response.read()
+    assert status == 502
+    assert headers["anthropic-ratelimit-requests-remaining"] == "9"
+    assert int(headers["anthropic-ratelimit-tokens-remaining"]) < 100_000

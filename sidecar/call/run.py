@@ -28,7 +28,13 @@ from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.tap import CallTap
-from sidecar.upstream import Attempt, api_error_body, read_answer, returned_headers
+from sidecar.upstream import (
+    RATELIMIT_PREFIX,
+    Attempt,
+    api_error_body,
+    read_answer,
+    returned_headers,
+)
 from sidecar.usage import apply_message
 
 MAX_ERROR_BODY = 64 * 1024
@@ -157,6 +163,8 @@ async def call_claude(
         await subscriber.channel.end(runtime.config.claude.client_stall_timeout_seconds)
         return subscriber.channel.response
     except Rejection as rejection:
+        if held.lease is not None:  # admitted: the limits' state goes with the error too
+            carry_ratelimit(rejection, held.lease.headers)
         if record.upstream_status is None and record.upstream_started is None:
             record.outcome = "rejected"
         else:
@@ -182,6 +190,15 @@ async def call_claude(
                 resumable.log.finish()
                 resumable.log.close()
             await held.close()
+
+
+def carry_ratelimit(rejection: Rejection, headers: Mapping[str, str]) -> None:
+    """Give an error answered after admission the `anthropic-ratelimit-*` headers of
+    `headers` (the admission's, or those of Claude's answer), as every response of a route
+    with quotas carries them; the rejection's own win."""
+    for name, value in headers.items():
+        if name.startswith(RATELIMIT_PREFIX):
+            rejection.headers.setdefault(name, value)
 
 
 def _written(held: HeldCall) -> None:
@@ -223,6 +240,7 @@ async def _relay_error(
         body = await read_answer(upstream, MAX_ERROR_BODY)
     except Rejection as rejection:
         if rejection.reason != "upstream_bad_encoding":
+            carry_ratelimit(rejection, headers)
             raise
         body = b""  # unreadable: its status and headers still say what Claude meant
     record.outcome = "upstream_error"
@@ -259,7 +277,11 @@ async def _relay_message(
     tap: CallTap | None = None,
 ) -> web.Response:
     """A non-streaming reply: read it whole (it is one JSON object) and account for it."""
-    body = await read_answer(upstream)
+    try:
+        body = await read_answer(upstream)
+    except Rejection as rejection:  # late, cut or undecodable: the limits' state still goes
+        carry_ratelimit(rejection, headers)
+        raise
     if tap is not None:
         tap.message(body)
     record.first_chunk_at = record.last_chunk_at = time.perf_counter()
