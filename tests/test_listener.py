@@ -418,9 +418,10 @@ async def test_a_stream_to_an_http_1_0_client_ends_by_closing_its_connection(
     """HTTP/1.0 has no chunked framing: a stream's end is its connection's close, even when
     the client asked to keep the connection alive (else it waits for more forever)."""
     request, last = _STREAMS[name]
-    async with running_app() as (app_url, _), sidecar_for(
-        {"app": {"url": app_url}, "cache": {"enabled": True}}
-    ) as sidecar:
+    async with (
+        running_app() as (app_url, _),
+        sidecar_for({"app": {"url": app_url}, "cache": {"enabled": True}}) as sidecar,
+    ):
         if name == "anthropic_cached":  # answered from the cache: recorded by a call first
             await exchange(sidecar.port, request.replace(b"keep-alive", b"close"))
             assert sidecar.runtime.cache is not None
