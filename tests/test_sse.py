@@ -299,3 +299,50 @@ async def test_a_reframed_answer_read_a_byte_at_a_time_reaches_every_route_whole
     assert [json.loads(d)["type"] for d in ui[:3]] == ["start", "start-step", "text-start"]
     assert json.loads(ui[3]) == {"type": "text-delta", "id": "0", "delta": "H\u00e9\U0001f389"}
     assert ui[-1] == "[DONE]"
+
+
+@given(
+    st.sampled_from([b"", BOM[:1], BOM[:2], BOM]),
+    st.lists(
+        st.sampled_from([b"event: ping\n", b"data: {}\n", b"\n", b"\r", b": c\n", STOP_HEAD]),
+        max_size=12,
+    ),
+    st.lists(st.integers(min_value=0, max_value=70), min_size=1, max_size=4),
+)
+def test_ends_with_event_never_promises_what_the_scan_of_many_reads_does_not_find(
+    mark: bytes, parts: list[bytes], cuts: list[int]
+) -> None:
+    """As above, after a (perhaps partial) byte order mark and with the bytes before the
+    look fed in several reads (an event carried across them)."""
+    stream = mark + b"".join(parts)
+    points = sorted({min(cut, len(stream)) for cut in cuts})
+    reads = [stream[a:b] for a, b in zip([0, *points], points, strict=False)]
+    chunk = stream[points[-1] :]
+    scanner, reference = EventScanner(), EventScanner()
+    for read in reads:
+        scanner.feed(read)
+    if scanner.ends_with_event(chunk, STOP_HEAD):
+        blocks = scanner.feed(chunk)
+        assert event_name(blocks[-1]) == b"message_stop"
+        assert scanner.pending == b""
+        whole = reference.feed(stream)  # the same events as one read finds
+        assert whole[-1] == blocks[-1]
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"data: x\n", b"data: \xc3\xa9\r\n", b"\n", b"\r", b"\r\n", b": c\n", BOM,
+                         b"event: message_stop\r"]),
+        max_size=16,
+    ),
+    st.lists(st.integers(min_value=0, max_value=120), max_size=8),
+)  # fmt: skip
+def test_any_reads_of_any_framing_find_what_one_read_finds(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(parts)
+    points = sorted({min(cut, len(stream)) for cut in cuts})
+    reads = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    scanner, whole = EventScanner(), EventScanner()
+    assert [block for read in reads for block in scanner.feed(read)] == whole.feed(stream)
+    assert scanner.pending == whole.pending
