@@ -201,6 +201,19 @@ class TrafficProtocol(web_protocol.RequestHandler):
             transport.write_eof()
         self._loop.call_later(_LINGER_SECONDS, self.force_close)
 
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """aiohttp's, and a body an HTTP/1.0 client can only see end when the connection
+        closes (a stream: no length, no chunked framing in 1.0) closes it, whatever
+        `Connection: keep-alive` the client asked for. (aiohttp leaves such a response's
+        `keep_alive` as asked, after sending no `Connection: keep-alive` for it: the
+        client then waits forever for an end that never comes.)"""
+        finished = await super().finish_response(request, resp, start_time)
+        if request.version != HttpVersion11 and resp.keep_alive and request.writer.length is None:
+            resp.force_close()  # (1.0 has no chunked framing: no length is an open end)
+        return finished
+
     def handle_error(
         self,
         request: web.BaseRequest,

@@ -21,6 +21,7 @@ HEADERS: Final[dict[str, str]] = {
 PING: Final = b": ping\n\n"
 
 _SEP: Final = b"\n\n"
+_BOM: Final = b"\xef\xbb\xbf"  # UTF-8's byte order mark: one at a stream's start is not text
 
 
 def _normalise(data: bytes) -> bytes:
@@ -33,28 +34,39 @@ class EventScanner:
 
     `feed` returns the blocks completed by a chunk. Lines are normalised to `\\n`
     only when a `\\r` is present, so the common case does no copying beyond the split.
+    A byte order mark before the first event is dropped, as an `EventSource` drops it
+    (else the first event's first field name would carry it). Each read is searched
+    once: an event longer than two reads costs its length, not its length per read.
     """
 
-    __slots__ = ("_carry", "_cr", "_skip_lf")
+    __slots__ = ("_carry", "_cr", "_head", "_more")
 
     def __init__(self) -> None:
-        self._carry = b""
+        self._carry = b""  # the start of an event not yet terminated
+        # Its later reads, kept apart until its end arrives (None: none yet).
+        self._more: list[bytes] | None = None
         self._cr = False  # a \r was seen: normalise every later buffer too
-        self._skip_lf = False  # the last read ended in \r: a leading \n completes that pair
+        # What the next read may start with that is not the stream's text: a byte order
+        # mark before the first event, a \n after a read that ended in \r (that pair's end).
+        self._head = _BOM
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if self._skip_lf:
-            self._skip_lf = False
-            chunk = chunk[1:] if chunk[:1] == b"\n" else chunk
-        if self._carry:
-            chunk = self._carry + chunk
+        if self._head:
+            chunk = self._drop_head(chunk)
+            if not chunk:
+                return []
         # `find`, not `in`: a bytes `in` tries the needle as an int first (raising and
         # clearing a TypeError inside) before it searches.
         if self._cr or chunk.find(b"\r") >= 0:
             self._cr = True
             # A \r ends a line whether or not a \n follows in the next read.
-            self._skip_lf = chunk.endswith(b"\r")
+            if chunk.endswith(b"\r"):
+                self._head = b"\n"
             chunk = _normalise(chunk)
+        if self._carry:
+            chunk = self._join(chunk)
+            if not chunk:  # the carried event goes on
+                return []
         end = len(chunk) - 2
         if chunk.find(_SEP) == end >= 0:
             # The common case: one whole event per read (its first blank line ends it).
@@ -64,15 +76,55 @@ class EventScanner:
         self._carry = blocks.pop()
         return [block for block in blocks if block]
 
+    def _drop_head(self, chunk: bytes) -> bytes:
+        """`chunk` without what `_head` says the stream's text does not start with."""
+        if self._head is _BOM:  # the stream's first read (the carry: a mark's first bytes)
+            if self._carry:
+                chunk = self._carry + chunk
+                self._carry = b""
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._carry = chunk  # perhaps the mark, split across reads: wait for the rest
+                return b""
+            self._head = b""
+            return chunk[len(_BOM) :] if chunk.startswith(_BOM) else chunk
+        if chunk:  # an empty read is not the next one
+            self._head = b""
+            if chunk[:1] == b"\n":
+                return chunk[1:]
+        return chunk
+
+    def _join(self, chunk: bytes) -> bytes:
+        """The carried event and `chunk`, once `chunk` ends it (else b"": kept aside)."""
+        more = self._more
+        if chunk.find(_SEP) < 0 and (chunk[:1] != b"\n" or self._last_byte() != b"\n"):
+            if chunk:
+                if more is None:
+                    self._more = [chunk]
+                else:
+                    more.append(chunk)
+            return b""
+        if more is None:
+            return self._carry + chunk
+        self._more = None
+        more.append(chunk)
+        return self._carry + b"".join(more)
+
+    def _last_byte(self) -> bytes:
+        more = self._more
+        return (more[-1] if more else self._carry)[-1:]
+
     def ends_with_event(self, chunk: bytes, first_line: bytes) -> bool:
         """Whether `chunk`, fed next, ends with a whole event whose first line is
         `first_line` (which ends in `\\n`): that event is then the last block `feed`
         returns, and nothing is left pending.
 
-        A look without the scan, and a cautious one: any `\\r`, an event split across
-        reads, or a run of blank lines before the event answers False.
+        A look without the scan, and a cautious one: any `\\r`, a byte order mark, an
+        event split across reads, or a run of blank lines before the event answers False.
         """
-        if self._cr or self._skip_lf or not chunk.endswith(_SEP):
+        head = self._head
+        if head and (head is not _BOM or self._carry or chunk[:1] == _BOM[:1]):
+            return False
+        if self._cr or not chunk.endswith(_SEP):
             return False
         end = len(chunk) - 2
         if chunk[end - 1 : end] == b"\n" or chunk.find(b"\r") >= 0:
@@ -84,7 +136,7 @@ class EventScanner:
             start = 0
         else:
             start += 2
-            before = chunk[start - 3 : start - 2] if start > 2 else self._carry[-1:]
+            before = chunk[start - 3 : start - 2] if start > 2 else self._last_byte()
             if before == b"\n":
                 return False  # three or more line ends: the scan's split may differ
         return chunk.startswith(first_line, start)
@@ -92,7 +144,8 @@ class EventScanner:
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated (a stream cut short ends here)."""
-        return self._carry
+        more = self._more
+        return self._carry if more is None else self._carry + b"".join(more)
 
 
 def parse_block(block: bytes) -> tuple[bytes, bytes]:

@@ -4,6 +4,7 @@ API paths are forwarded."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -12,8 +13,18 @@ import anthropic
 import pytest
 
 from sidecar.fake_claude import FakeServer
+from tests.support.scripted_claude import (
+    DELTA,
+    SSE_HEAD,
+    START,
+    STOP,
+    chunk,
+    claude_config,
+    messages_body,
+    scripted_claude,
+)
 from tests.support.sdk import sdk, user
-from tests.support.sidecars import SidecarFactory
+from tests.support.sidecars import SidecarFactory, running_sidecar
 
 MODEL = "claude-sonnet-5-5"
 _IDS = re.compile(r'"(msg|toolu|req)_[0-9a-f]+"')
@@ -113,3 +124,59 @@ async def test_only_configured_api_paths_are_forwarded(
         async with http.post(sidecar.url + "/v1/messages/batches", json={"requests": []}) as r:
             assert r.status == 404  # forwarded now
     assert fake.state.requests[-1]["path"] == "/v1/messages/batches"
+
+
+# Claude's events as a proxy in between might frame them: `id:` (and a bare `id`) and
+# `retry:` fields of their own, one event that is only an id.
+_FRAMED = (
+    START.replace(b"event: ", b"id: 7\nretry: 1000\nevent: ", 1)
+    + b"id: 8\n\n"
+    + DELTA.replace(b"\ndata: ", b"\nid\ndata: ", 1)
+    + DELTA.replace(b"event: ", b"id:9\nevent: ", 1)
+    + STOP
+)
+
+
+def _dispatched(payload: bytes) -> list[tuple[str, str]]:
+    """(last event id, event name) as an `EventSource` sees each event it dispatches: an
+    `id` field sets the last event id (the last one in an event wins)."""
+    seen, last_id = [], ""
+    for block in payload.split(b"\n\n"):
+        name, has_data = "message", False
+        for line in block.decode().split("\n"):
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "id":
+                last_id = value
+            elif field == "event":
+                name = value
+            elif field == "data":
+                has_data = True
+        if has_data:
+            seen.append((last_id, name))
+    return seen
+
+
+async def test_a_resumable_stream_s_ids_are_its_own_whatever_ids_claude_s_events_carry() -> None:
+    """Upstream `id` fields would become the client's last event id, which is no cursor:
+    the client could not resume. They are dropped; a resume from any event gets the rest."""
+
+    async def framed(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(_FRAMED) + b"0\r\n\r\n")
+
+    headers = {"Sidecar-Resume": "on"}
+    async with (
+        scripted_claude(framed) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        url = sidecar.url + "/v1/messages"
+        async with http.post(url, json=messages_body(), headers=headers) as r:
+            stream_id = r.headers["Sidecar-Stream-Id"]
+            first = _dispatched(await r.read())
+        resumed = {"Last-Event-ID": f"{stream_id}:2"}
+        async with http.post(url, json=messages_body(), headers=resumed) as r:
+            rest = _dispatched(await r.read())
+    names = ["message_start", "content_block_delta", "content_block_delta", "message_stop"]
+    assert first == [(f"{stream_id}:{n}", name) for n, name in enumerate(names, 1)]
+    assert rest == first[2:]

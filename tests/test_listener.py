@@ -34,6 +34,7 @@ from sidecar.listener import (
 )
 from sidecar.loader import deep_merge as merge
 from sidecar.server import SidecarServer
+from tests.support.apps import running_app
 from tests.support.sidecars import BASE, SidecarFactory
 
 SECRET = "tok-SECRET-4f2a9c"
@@ -380,3 +381,80 @@ async def test_close_after_makes_the_response_say_close_and_end_the_connection()
     assert request._message.should_close
     assert request.method == "GET"  # the rest of the message is kept
     assert request.path == "/"
+
+
+def _http10(method: str, path: str, body: Any = None, headers: str = "") -> bytes:
+    """An HTTP/1.0 request that asks to keep its connection alive."""
+    data = b"" if body is None else json.dumps(body).encode()
+    head = f"{method} {path} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n{headers}"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+    return (head + "\r\n").encode() + data
+
+
+_MESSAGES = {"model": "claude-sonnet-5-5", "max_tokens": 20, "stream": True, "temperature": 0,
+             "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+_CHAT = {"id": "c", "messages": [{"id": "m", "role": "user",
+                                  "parts": [{"type": "text", "text": "hi"}]}]}  # fmt: skip
+# (request, how its stream's last event ends)
+_STREAMS = {
+    "prompt_post": (_http10("POST", "/api/stream-response", {"prompt": "hi"}), b'"end_turn"}'),
+    "prompt_get": (_http10("GET", "/api/stream-response?prompt=hi"), b'"end_turn"}'),
+    "anthropic": (_http10("POST", "/v1/messages", _MESSAGES), b'{"type":"message_stop"}'),
+    "anthropic_resumable": (
+        _http10("POST", "/v1/messages", _MESSAGES, "Sidecar-Resume: on\r\n"),
+        b'{"type":"message_stop"}',
+    ),
+    "anthropic_cached": (_http10("POST", "/v1/messages", _MESSAGES), b'{"type":"message_stop"}'),
+    "ui": (_http10("POST", "/api/chat", _CHAT), b"data: [DONE]"),
+    "app": (_http10("GET", "/sse"), b"data: 4"),
+}
+
+
+@pytest.mark.parametrize("name", list(_STREAMS))
+async def test_a_stream_to_an_http_1_0_client_ends_by_closing_its_connection(
+    name: str, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """HTTP/1.0 has no chunked framing: a stream's end is its connection's close, even when
+    the client asked to keep the connection alive (else it waits for more forever)."""
+    request, last = _STREAMS[name]
+    async with (
+        running_app() as (app_url, _),
+        sidecar_for({"app": {"url": app_url}, "cache": {"enabled": True}}) as sidecar,
+    ):
+        if name == "anthropic_cached":  # answered from the cache: recorded by a call first
+            await exchange(sidecar.port, request.replace(b"keep-alive", b"close"))
+            assert sidecar.runtime.cache is not None
+            await sidecar.runtime.cache.settled()
+        calls = len(fake.state.requests)
+        raw = await exchange(sidecar.port, request)  # read until the sidecar closes
+        if name == "anthropic_cached":
+            assert len(fake.state.requests) == calls  # replayed, not asked of Claude
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 "), head
+    lowered = head.lower()
+    assert b"transfer-encoding" not in lowered
+    assert b"content-length" not in lowered
+    assert b"connection: keep-alive" not in lowered
+    assert body.rstrip(b"\n").endswith(last), body[-200:]
+
+
+async def test_an_http_1_0_answer_with_a_length_keeps_its_connection_alive(
+    sidecar_for: SidecarFactory,
+) -> None:
+    bad = _http10("POST", "/api/stream-response", {"prompt": 5})
+    async with sidecar_for() as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        try:
+            statuses = []
+            for _ in range(2):  # the second on the same connection
+                writer.write(bad)
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                statuses.append(head.split(b" ", 2)[1])
+                assert b"connection: keep-alive" in head.lower()
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+    assert statuses == [b"400", b"400"]

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Callable
+
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.sse import EventScanner, encode, event_name, parse_block
 from tests.support.claude_streams import STREAM
+from tests.support.scripted_claude import (
+    MODEL,
+    SSE_HEAD,
+    chunk,
+    claude_config,
+    messages_body,
+    scripted_claude,
+)
+from tests.support.sidecars import running_sidecar
 
 
 def names(blocks: list[bytes]) -> list[bytes]:
@@ -130,3 +144,205 @@ def test_ends_with_event_never_promises_what_the_scan_does_not_find(
         blocks, pending = _last_block_after(carry, chunk)
         assert event_name(blocks[-1]) == b"message_stop"
         assert pending == b""
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        lambda s: s,
+        lambda s: s.replace(b"\n", b"\r\n"),
+        lambda s: s.replace(b"\n", b"\r"),
+    ],
+    ids=["lf", "crlf", "cr"],
+)
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM) + 40), max_size=12))
+def test_a_byte_order_mark_before_the_first_event_is_dropped_at_any_split(
+    framing: Callable[[bytes], bytes], cuts: list[int]
+) -> None:
+    """An `EventSource` drops a leading byte order mark; so does the scan, even when the mark
+    is split across reads: the first event's name is still `message_start`."""
+    stream = BOM + framing(STREAM)
+    points = sorted({cut for cut in cuts if cut < len(stream)})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    scanner = EventScanner()
+    out = [block for piece in pieces for block in scanner.feed(piece)]
+    assert out == [block for block in STREAM.split(b"\n\n") if block]
+    assert scanner.pending == b""
+
+
+def test_only_a_leading_byte_order_mark_is_dropped() -> None:
+    scanner = EventScanner()
+    assert scanner.feed(b"\xef") == []
+    assert scanner.feed(b"\xbbdata: 1\n\n") == [b"\xef\xbbdata: 1"]  # not a whole mark: kept
+    scanner = EventScanner()
+    assert scanner.feed(b"data: 1\n\n" + BOM + b"data: 2\n\n") == [b"data: 1", BOM + b"data: 2"]
+    assert event_name(EventScanner().feed(BOM + STOP_EVENT)[0]) == b"message_stop"
+    assert not EventScanner().ends_with_event(BOM + STOP_EVENT, STOP_HEAD)  # cautious
+
+
+def test_an_empty_read_between_a_carriage_return_and_its_line_feed_ends_one_line() -> None:
+    scanner = EventScanner()
+    assert scanner.feed(b"data: 1\r") == []
+    assert scanner.feed(b"") == []
+    assert scanner.feed(b"\n") == []  # the \r's own \n: no blank line yet
+    assert scanner.feed(b"data: 2\r\n\r\n") == [b"data: 1\ndata: 2"]
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
+def test_an_event_longer_than_one_read_ends_at_any_boundary(line_end: bytes) -> None:
+    """Reads of a long event are kept apart until its end comes, also when the blank line is
+    split across the reads (its first line end ends one read, the second starts the next)."""
+    event = b"event: content_block_delta" + line_end + b"data: " + b"x" * 100 + line_end
+    for cut in range(len(event) - 40, len(event) + len(line_end)):
+        stream = event + line_end + b"data: 2" + line_end + line_end
+        scanner = EventScanner()
+        out = [b for i in range(0, cut, 9) for b in scanner.feed(stream[i : min(i + 9, cut)])]
+        out += scanner.feed(stream[cut:])
+        assert out == [event.replace(b"\r\n", b"\n")[:-1], b"data: 2"], cut
+        assert scanner.pending == b""
+
+
+@pytest.mark.timeout(60)
+def test_a_long_event_in_small_reads_costs_its_length_not_its_length_per_read() -> None:
+    """A 32 MiB event in 4 KiB reads: each read is searched once (the carried bytes are not
+    copied and searched again per read, which would take minutes and stall the loop)."""
+    size, read = 32 << 20, 4096
+    event = b"event: content_block_delta\ndata: " + b"x" * size + b"\n\n"
+    scanner = EventScanner()
+    out = [b for i in range(0, len(event), read) for b in scanner.feed(event[i : i + read])]
+    assert len(out) == 1
+    assert len(out[0]) == len(event) - 2
+    assert scanner.pending == b""
+
+
+def _event(name: str, data: dict[str, object]) -> bytes:
+    return b"event: %b\ndata: %b\n\n" % (name.encode(), json.dumps(data).encode())
+
+
+# Claude's answer as a proxy in between might reframe it: a byte order mark, `\r\n` line
+# ends, comments; sent a byte per read, so reads split the mark, each `\r\n` pair and the
+# multi-byte characters of the text.
+ANSWER = (
+    _event("message_start", {"type": "message_start", "message": {
+        "id": "msg_1", "model": MODEL, "usage": {"input_tokens": 25, "output_tokens": 1}}})
+    + b": keepalive\n\n"
+    + _event("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}})
+    + _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "text_delta", "text": "H\u00e9\U0001f389"}})
+    + _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    + _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                               "usage": {"output_tokens": 42}})
+    + _event("message_stop", {"type": "message_stop"})
+)  # fmt: skip
+
+
+async def _byte_per_chunk(writer: asyncio.StreamWriter) -> None:
+    writer.write(SSE_HEAD)
+    for byte in BOM + ANSWER.replace(b"\n", b"\r\n"):
+        writer.write(chunk(bytes([byte])))
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+
+
+def _client_events(raw: bytes) -> list[tuple[str, str]]:
+    """(event name, data) of each event a client's SSE parser dispatches."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+        if data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
+async def test_a_reframed_answer_read_a_byte_at_a_time_reaches_every_route_whole() -> None:
+    """A byte order mark, `\\r\\n` line ends and comments, every read one byte: the prompt
+    route sends every token and settles Claude's real usage, the resumable Anthropic route
+    sends each event under its own name (`message_start` first), the UI route starts."""
+    script = [_byte_per_chunk] * 3
+    async with (
+        scripted_claude(*script) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(sidecar.url + "/api/stream-response", json={"prompt": "hi"}) as r:
+            prompt = [json.loads(data) for _, data in _client_events(await r.read())]
+        headers = {"Sidecar-Resume": "on"}
+        async with http.post(
+            sidecar.url + "/v1/messages", json=messages_body(), headers=headers
+        ) as r:
+            assert r.headers.get("Sidecar-Stream-Id")
+            anthropic = _client_events(await r.read())
+        ui_body = {"id": "c", "messages": [{"id": "m", "role": "user",
+                                            "parts": [{"type": "text", "text": "hi"}]}]}  # fmt: skip
+        async with http.post(sidecar.url + "/api/chat", json=ui_body) as r:
+            ui = [data for _, data in _client_events(await r.read())]
+    assert "".join(e.get("token", "") for e in prompt) == "H\u00e9\U0001f389"
+    assert prompt[-1] == {"done": True, "stop_reason": "end_turn", "usage": {
+        "input_tokens": 25, "output_tokens": 42, "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0}}  # fmt: skip
+    assert [name for name, _ in anthropic] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+        "message_delta", "message_stop",
+    ]  # fmt: skip
+    assert json.loads(anthropic[0][1])["message"]["usage"]["input_tokens"] == 25
+    assert [json.loads(d)["type"] for d in ui[:3]] == ["start", "start-step", "text-start"]
+    assert json.loads(ui[3]) == {"type": "text-delta", "id": "0", "delta": "H\u00e9\U0001f389"}
+    assert ui[-1] == "[DONE]"
+
+
+@given(
+    st.sampled_from([b"", BOM[:1], BOM[:2], BOM]),
+    st.lists(
+        st.sampled_from([b"event: ping\n", b"data: {}\n", b"\n", b"\r", b": c\n", STOP_HEAD]),
+        max_size=12,
+    ),
+    st.lists(st.integers(min_value=0, max_value=70), min_size=1, max_size=4),
+)
+def test_ends_with_event_never_promises_what_the_scan_of_many_reads_does_not_find(
+    mark: bytes, parts: list[bytes], cuts: list[int]
+) -> None:
+    """As above, after a (perhaps partial) byte order mark and with the bytes before the
+    look fed in several reads (an event carried across them)."""
+    stream = mark + b"".join(parts)
+    points = sorted({min(cut, len(stream)) for cut in cuts})
+    reads = [stream[a:b] for a, b in zip([0, *points], points, strict=False)]
+    chunk = stream[points[-1] :]
+    scanner, reference = EventScanner(), EventScanner()
+    for read in reads:
+        scanner.feed(read)
+    if scanner.ends_with_event(chunk, STOP_HEAD):
+        blocks = scanner.feed(chunk)
+        assert event_name(blocks[-1]) == b"message_stop"
+        assert scanner.pending == b""
+        whole = reference.feed(stream)  # the same events as one read finds
+        assert whole[-1] == blocks[-1]
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"data: x\n", b"data: \xc3\xa9\r\n", b"\n", b"\r", b"\r\n", b": c\n", BOM,
+                         b"event: message_stop\r"]),
+        max_size=16,
+    ),
+    st.lists(st.integers(min_value=0, max_value=120), max_size=8),
+)  # fmt: skip
+def test_any_reads_of_any_framing_find_what_one_read_finds(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(parts)
+    points = sorted({min(cut, len(stream)) for cut in cuts})
+    reads = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    scanner, whole = EventScanner(), EventScanner()
+    assert [block for read in reads for block in scanner.feed(read)] == whole.feed(stream)
+    assert scanner.pending == whole.pending

@@ -367,3 +367,29 @@ def test_deltas_carried_over_as_bytes_mean_what_decoding_them_would(
     carried = relayed(UiTranslator, chunks, end, resumable)
     decoding = relayed(UiTranslator, respaced(chunks), end, resumable)
     assert decoded(carried) == decoded(decoding)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [b'"\\x"', b'"a\x01b"', b'"\xff\xfe"', b'"\\u12"'],
+    ids=["escape", "control", "utf8", "short_u"],
+)
+def test_a_tool_input_delta_that_is_not_json_is_dropped_as_decoding_drops_it(
+    literal: bytes,
+) -> None:
+    """The fast path's string literal is looser than JSON: one JSON refuses is dropped (the
+    decoding path's answer), not an exception that would cut the stream."""
+    bad = (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"input_json_delta","partial_json":' + literal + b"}}"
+    )
+    assert deltas.DELTA.match(bad) is not None  # taken by the fast path
+    got = run([start(0, {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}),
+               delta(0, "input_json_delta", "partial_json", '{"a": '), bad,
+               delta(0, "input_json_delta", "partial_json", "1}"), stop(0)])  # fmt: skip
+    assert got[1:4] == [
+        {"type": "tool-input-delta", "toolCallId": "toolu_1", "inputTextDelta": '{"a": '},
+        {"type": "tool-input-delta", "toolCallId": "toolu_1", "inputTextDelta": "1}"},
+        {"type": "tool-input-available", "toolCallId": "toolu_1", "toolName": "f",
+         "input": {"a": 1}},
+    ]  # fmt: skip

@@ -35,6 +35,7 @@ from sidecar.record import Outcome, StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.resume import is_stream_id
 from sidecar.upstream import Attempt, api_error_body, read_answer, returned_headers
+from sidecar.usage import DELTA
 
 
 class Passthrough(Translator):
@@ -50,14 +51,32 @@ PASSTHROUGH = Passthrough()
 
 
 class NumberedPassthrough(Passthrough):
-    """Claude's events unchanged but whole, so a resumable stream can put an `id:` on each."""
+    """Claude's events unchanged but whole, so a resumable stream can put an `id:` on each.
+
+    An `id` field of the event's own (none in Anthropic's stream; a proxy in between may
+    add them) is dropped: the client's last event id must be the stream's, or it could
+    never resume.
+    """
 
     __slots__ = ()
 
     passthrough = False
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
+        # One byte search for an id line after the first (`find`, not `in`: see `sidecar.sse`);
+        # a content delta's first line is its `event:` line (`StreamCore` knew it by it).
+        if block.find(b"\nid") >= 0 or (name is not DELTA and block.startswith(b"id")):
+            block = _without_ids(block)
+            if not block:
+                return b""  # only an id: no event for the client
         return block + b"\n\n"
+
+
+def _without_ids(block: bytes) -> bytes:
+    """An event block without its `id` field lines (`id`, `id:…`)."""
+    lines = block.split(b"\n")
+    kept = [line for line in lines if line != b"id" and not line.startswith(b"id:")]
+    return block if len(kept) == len(lines) else b"\n".join(kept)
 
 
 NUMBERED = NumberedPassthrough()

@@ -148,7 +148,13 @@ class UiTranslator(Translator):
         value = match[deltas.TOOL_INPUT]
         tool = self._tools.get(index)
         if tool is not None:
-            tool[3].append(json.loads(value))
+            try:
+                piece = json.loads(value)
+            except ValueError:
+                # Not JSON after all (an escape JSON has not, a control character, bytes
+                # that are not UTF-8): dropped, as the decoding path drops the event.
+                return b""
+            tool[3].append(piece)
             return _TOOL_DELTA % (tool[4], value)
         return b""
 
