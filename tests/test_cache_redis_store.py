@@ -3,11 +3,14 @@ Redis down skipped and counted while Claude serves the request."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
-from sidecar.cache.redis_store import PREFIX
+from sidecar.cache.redis_store import PREFIX, RedisCacheStore
+from sidecar.cache.stores import CacheStoreError
 from sidecar.fake_claude import FakeServer
 from tests.support.cache import BODY, asking, post
 from tests.support.otel import make_otel
@@ -92,3 +95,22 @@ async def test_the_cache_and_the_resume_store_share_one_redis_pool(
         assert s.runtimes.shared.live("redis") == 2  # other timeouts: a client each
         assert (await post(s.url, BODY))[1] == "HIT"  # the entry is in Redis, not the process
     assert fake.state.counters["requests"] == 1
+
+
+async def test_a_stalled_redis_is_a_store_error_within_the_timeout_then_recovers(
+    redis_server: RedisServer,
+) -> None:
+    """SIGSTOP: nothing answers. A lookup or a write fails within `redis_timeout_seconds`
+    (a request waits no longer before Claude answers it), and works again once Redis does."""
+    timeout = 0.25
+    store = RedisCacheStore(redis_server.url, max_bytes=1 << 20, timeout=timeout)
+    try:
+        assert await store.put("k", b"entry", 60)
+        async with redis_server.stalled():
+            for call in (lambda: store.get("k"), lambda: store.put("other", b"entry", 60)):
+                async with asyncio.timeout(timeout * 3):  # the old bound was timeout + 1 s
+                    with pytest.raises(CacheStoreError):
+                        await call()
+        assert await store.get("k") == b"entry"
+    finally:
+        await store.close()
