@@ -4,6 +4,7 @@ Redis down skipped and counted while Claude serves the request."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -114,3 +115,26 @@ async def test_a_stalled_redis_is_a_store_error_within_the_timeout_then_recovers
         assert await store.get("k") == b"entry"
     finally:
         await store.close()
+
+
+async def test_an_outage_is_logged_once_and_its_end_once_while_each_skip_is_counted(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.cache")
+    otel = make_otel()
+    async with sidecar_for(on_redis(redis_server), telemetry=otel.telemetry) as s:
+        await redis_server.kill()
+        for n in range(3):  # lookups that fail
+            assert (await post(s.url, asking(f"while redis is down {n}")))[:2] == (200, "MISS")
+        assert s.runtime.cache is not None
+        await s.runtime.cache.settled()
+        await redis_server.start()
+        assert (await post(s.url, BODY))[:2] == (200, "MISS")
+        await s.runtime.cache.settled()
+    lines = [r.getMessage() for r in caplog.records if r.name == "sidecar.cache"]
+    assert lines == ["cache store failed", "cache store recovered"]
+    skipped = otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"})
+    assert skipped == 3  # each lookup (nothing is recorded when the lookup failed)

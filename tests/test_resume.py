@@ -574,6 +574,28 @@ async def test_the_anthropic_sdk_reads_a_resumable_stream_untouched(
 # ---------------------------------------------------------------------------- store failures
 
 
+async def test_a_resume_store_outage_is_logged_once_and_its_end_once(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every stream that loses its resume is counted; the log says when the outage began
+    and when it ended, not once per request."""
+    caplog.set_level(logging.INFO, logger="sidecar.resume")
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "redis_timeout_seconds": 0.5}}  # fmt: skip
+    async with sidecar_for(config) as sidecar:
+        await redis_server.kill()
+        for _ in range(3):
+            reply = await sse_request(sidecar.port)
+            assert reply.headers["sidecar-resume"] == "unavailable"
+        await redis_server.start()
+        assert (await sse_request(sidecar.port)).headers["sidecar-stream-id"]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resume store")]
+    assert lines == ["resume store failed", "resume store recovered"]
+
+
 @pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
 async def test_a_resume_store_outage_never_fails_the_stream_unless_told_to(
     fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer, mode: str

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 
 from aiohttp import web
@@ -34,7 +33,6 @@ from sidecar.stream.resume import (
 from sidecar.stream.store import BeyondEnd, StoreError, StreamInfo, StreamLost
 
 __all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
-log = logging.getLogger("sidecar.resume")
 # The final event of a stream whose producer died: (error type, message) → event bytes.
 LostEvent = Callable[[str, str], bytes]
 _CATCH_UP_TRIES = 20
@@ -71,7 +69,7 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
         log_ = await runtime.resume.store.create(stream_id, owner)
     except StoreError as exc:
         runtime.telemetry.resume_store_error(config.on_store_error)
-        log.warning("resume store failed", extra={"error": str(exc), "request_id": ctx.request_id})
+        runtime.resume.outage.failed(str(exc), ctx.request_id)
         if config.on_store_error == "fail_closed":
             raise reject(
                 "resume_store_error", "resumable streams are unavailable",
@@ -79,6 +77,7 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
             ) from None  # fmt: skip
         ctx.headers[STATUS_HEADER] = "unavailable"
         return None
+    runtime.resume.outage.answered()
     return Resumable(stream_id, owner, log_, config.detach_grace_seconds)
 
 
