@@ -277,11 +277,11 @@ async def _replay(
         runtime.telemetry.resumed(result, replayed)
         raise
     except StoreError:
-        result = "lost"
+        # The store failed, not the stream (it goes on where it is produced, and its events
+        # are sent to the store again once it answers): this read ends as a lost connection
+        # does, with no final event, so the client resumes from its last event instead of
+        # taking the stream for lost.
         runtime.telemetry.resume_store_error("fail_closed")
-        event = lost_event("stream_lost", "the resume store failed while reading the stream")
-        with contextlib.suppress(ConnectionResetError):
-            await _send(channel, event, stall)
     finally:
         resume_.replays.discard(task)
     if stopping:
