@@ -235,6 +235,11 @@ class QuotaGate:
                 decision = await self._store_admit(subject, limits, tokens, lease.lease_id)
         except StoreError as exc:
             self.store_failed("admit", exc)
+            if self._settles_again(limits):
+                # A timeout may hide an admission Redis ran after all (late): once it
+                # answers, give back what that took, or the slot stays held and the
+                # reservation charged for a call that never ran. A no-op if it never ran.
+                self._settle_again_later(subject, limits, lease.lease_id, tokens, 0)
             if self.mode == "fail_open":
                 return None
             raise reject(
@@ -346,12 +351,17 @@ class QuotaGate:
             await self.store.settle(subject, limits, lease_id, reserved, used)
         except StoreError as exc:
             self.store_failed("settle", exc)
-            if limits.concurrent_streams is not None and self.store.renews_leases:
+            if self._settles_again(limits):
                 self._settle_again_later(subject, limits, lease_id, reserved, used)
             # Else the store holds no lease to settle once: the reservation stays charged.
         else:
             if self._degraded:
                 self._store_ok()
+
+    def _settles_again(self, limits: Limits) -> bool:
+        """Whether a failed settlement of a call under `limits` can be sent again: the store
+        then holds its lease (a concurrency slot), which settles once however often sent."""
+        return limits.concurrent_streams is not None and self.store.renews_leases
 
     def _settle_again_later(
         self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
