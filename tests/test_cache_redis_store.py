@@ -3,11 +3,15 @@ Redis down skipped and counted while Claude serves the request."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
-from sidecar.cache.redis_store import PREFIX
+from sidecar.cache.redis_store import PREFIX, RedisCacheStore
+from sidecar.cache.stores import CacheStoreError
 from sidecar.fake_claude import FakeServer
 from tests.support.cache import BODY, asking, post
 from tests.support.otel import make_otel
@@ -92,3 +96,45 @@ async def test_the_cache_and_the_resume_store_share_one_redis_pool(
         assert s.runtimes.shared.live("redis") == 2  # other timeouts: a client each
         assert (await post(s.url, BODY))[1] == "HIT"  # the entry is in Redis, not the process
     assert fake.state.counters["requests"] == 1
+
+
+async def test_a_stalled_redis_is_a_store_error_within_the_timeout_then_recovers(
+    redis_server: RedisServer,
+) -> None:
+    """SIGSTOP: nothing answers. A lookup or a write fails within `redis_timeout_seconds`
+    (a request waits no longer before Claude answers it), and works again once Redis does."""
+    timeout = 0.25
+    store = RedisCacheStore(redis_server.url, max_bytes=1 << 20, timeout=timeout)
+    try:
+        assert await store.put("k", b"entry", 60)
+        async with redis_server.stalled():
+            for call in (lambda: store.get("k"), lambda: store.put("other", b"entry", 60)):
+                async with asyncio.timeout(timeout * 3):  # the old bound was timeout + 1 s
+                    with pytest.raises(CacheStoreError):
+                        await call()
+        assert await store.get("k") == b"entry"
+    finally:
+        await store.close()
+
+
+async def test_an_outage_is_logged_once_and_its_end_once_while_each_skip_is_counted(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.cache")
+    otel = make_otel()
+    async with sidecar_for(on_redis(redis_server), telemetry=otel.telemetry) as s:
+        await redis_server.kill()
+        for n in range(3):  # lookups that fail
+            assert (await post(s.url, asking(f"while redis is down {n}")))[:2] == (200, "MISS")
+        assert s.runtime.cache is not None
+        await s.runtime.cache.settled()
+        await redis_server.start()
+        assert (await post(s.url, BODY))[:2] == (200, "MISS")
+        await s.runtime.cache.settled()
+    lines = [r.getMessage() for r in caplog.records if r.name == "sidecar.cache"]
+    assert lines == ["cache store failed", "cache store recovered"]
+    skipped = otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"})
+    assert skipped == 3  # each lookup (nothing is recorded when the lookup failed)

@@ -4,6 +4,8 @@ failing store is counted `skipped`; closing waits for entries being written."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from sidecar.cache.entry import decode
@@ -52,21 +54,36 @@ async def test_an_answer_that_did_not_complete_is_skipped(outcome: Outcome) -> N
     assert await cache.store.get("k") is None
 
 
-async def test_a_failing_store_is_logged_and_counted_skipped(
+async def test_a_failing_store_is_counted_skipped_each_time_and_logged_once_per_outage(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.cache")
+
     class Failing(MemoryCacheStore):
+        down = True
+
         async def put(self, key: str, value: bytes, ttl: float) -> bool:
-            raise CacheStoreError("down")
+            if self.down:
+                raise CacheStoreError("down")
+            return await super().put(key, value, ttl)
 
     counted: list[str] = []
-    cache = ResponseCache(Failing(max_entries=1, max_bytes=1024), count=counted.append)
-    recording = cache.record("k", stream=False, ttl=60)
-    recording.message(b'{"type":"message"}')
-    recording.finish(finished("completed"))
-    await cache.settled()
-    assert counted == ["skipped"]
-    assert "cache store failed" in caplog.text
+    failing = Failing(max_entries=4, max_bytes=1024)
+    cache = ResponseCache(failing, count=counted.append)
+
+    async def store_one(key: str) -> None:
+        recording = cache.record(key, stream=False, ttl=60)
+        recording.message(b'{"type":"message"}')
+        recording.finish(finished("completed"))
+        await cache.settled()
+
+    for key in ("a", "b", "c"):
+        await store_one(key)
+    failing.down = False
+    await store_one("d")
+    assert counted == ["skipped", "skipped", "skipped", "stored"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "sidecar.cache"]
+    assert lines == ["cache store failed", "cache store recovered"]
 
 
 async def test_a_newer_recording_of_the_same_key_stays_in_flight() -> None:

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from sidecar.config import QuotaConfig
+from sidecar.errors import Rejection
 from sidecar.identity import ANONYMOUS
 from sidecar.quotas.gate import QuotaGate, QuotaLease
 from sidecar.quotas.stores import Limits
@@ -135,3 +136,69 @@ async def test_a_settled_lease_stops_renewing_though_its_renewal_swallowed_the_c
         await asyncio.wait([renewal], timeout=2)
     assert renewal.cancelled()
     assert "quota lease expired" not in caplog.text
+
+
+async def test_a_settlement_redis_did_not_take_is_sent_again_once_it_answers() -> None:
+    """Redis stalls (SIGSTOP) as a stream settles: the settlement times out, and is sent
+    again once Redis answers, so the slot is free and the unused reservation back within
+    about a second, not after the lease's `lease_seconds`; counted once."""
+    policy = QuotaConfig(concurrent_streams=1, tokens_per_minute=1000, lease_seconds=60)
+    async with running_redis() as server:
+        failures: list[tuple[str, str]] = []
+        gate = QuotaGate(
+            RedisQuotaStore(server.url, timeout=0.2),
+            on_store_error=lambda mode, operation: failures.append((mode, operation)),
+        )
+        admin: Redis = Redis.from_url(server.url, decode_responses=True)
+        try:
+            lease = await gate.acquire(policy, "global", ANONYMOUS, "192.0.2.1", 600)
+            async with server.stalled():
+                await lease.settle(0, 100)  # the store does not answer in time
+            assert failures == [("fail_closed", "settle")]
+
+            async def slot_back() -> bool:
+                return sum([await admin.zcard(key) for key in await admin.keys("*:leases")]) == 0
+
+            await eventually(slot_back, timeout=policy.lease_seconds / 4)
+            after = await gate.acquire(policy, "global", ANONYMOUS, "192.0.2.1", 1)
+            # 1000 - 100 used - 1 now, plus what refilled meanwhile (1000 a minute); held,
+            # the reservation would leave about 400
+            assert int(after.headers["anthropic-ratelimit-tokens-remaining"]) >= 899
+            await after.settle(0, 1)
+        finally:
+            await admin.aclose()
+            await gate.close()
+
+
+async def test_an_admission_that_timed_out_but_ran_late_gives_back_its_slot() -> None:
+    """Redis is busy past the timeout: the caller is refused (503), and the admission runs
+    once Redis gets to it. Its slot and reservation are given back once Redis answers,
+    not held for the lease's `lease_seconds` while the caller is refused as over its limit."""
+    async with running_redis() as server:
+        gate = QuotaGate(RedisQuotaStore(server.url, timeout=0.2))
+        admin: Redis = Redis.from_url(server.url, decode_responses=True)
+        try:
+            warm = await gate.acquire(CANCEL_POLICY, "global", ANONYMOUS, "192.0.2.1", 10)
+            await warm.settle(0, 0)
+            before = await _scripts_run(admin)
+            busy = asyncio.ensure_future(admin.eval(BUSY_SCRIPT, 0))
+            await eventually(lambda: _busy(server.url))
+            with pytest.raises(Rejection):  # the store did not answer within 0.2 s
+                await gate.acquire(CANCEL_POLICY, "global", ANONYMOUS, "192.0.2.1", 400)
+            await busy
+
+            async def scripts_run(count: int) -> bool:
+                return await _scripts_run(admin) >= count
+
+            await eventually(lambda: scripts_run(before + 1))  # the late admission ran
+
+            async def slot_back() -> bool:
+                return sum([await admin.zcard(key) for key in await admin.keys("*:leases")]) == 0
+
+            await eventually(slot_back, timeout=15)  # well before the 60 s lease lapses
+            lease = await gate.acquire(CANCEL_POLICY, "global", ANONYMOUS, "192.0.2.1", 10)
+            assert int(lease.headers["anthropic-ratelimit-tokens-remaining"]) >= 980
+            await lease.settle(0, 10)
+        finally:
+            await admin.aclose()
+            await gate.close()

@@ -53,9 +53,16 @@ class SettleSpy(QuotaStore):
         return await self.inner.admit(subject, limits, tokens, lease_id)
 
     async def settle(
-        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+        self,
+        subject: str,
+        limits: Limits,
+        lease_id: str,
+        reserved: int,
+        used: int,
+        *,
+        again: bool = False,
     ) -> None:
-        await self.inner.settle(subject, limits, lease_id, reserved, used)
+        await self.inner.settle(subject, limits, lease_id, reserved, used, again=again)
         self.settled.append((reserved, used))
         self.changed.set()
 

@@ -23,7 +23,14 @@ import pytest
 from sidecar.fake_claude import FakeServer
 from sidecar.stream.redis_store import keys, readers_key, redis_client
 from tests.support.redis_server import RedisServer
-from tests.support.resume import ROUTE, cutting_proxy, replica, sse_request, stream_ends
+from tests.support.resume import (
+    ROUTE,
+    cutting_proxy,
+    parse_events,
+    replica,
+    sse_request,
+    stream_ends,
+)
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import shrink_send_buffers, small_buffered
 from tests.support.waiting import eventually, holds
@@ -572,6 +579,63 @@ async def test_the_anthropic_sdk_reads_a_resumable_stream_untouched(
 
 
 # ---------------------------------------------------------------------------- store failures
+
+
+async def test_a_store_that_stalls_under_a_reader_elsewhere_is_a_lost_connection_not_a_lost_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """Redis stops answering (SIGSTOP) while a client reads a stream from it on another
+    replica: the read ends with no final event (no `stream_lost`: the stream goes on), and
+    the client's resume from its last event once Redis answers gets the rest."""
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "redis_timeout_seconds": 0.3, "detach_grace_seconds": 10}}  # fmt: skip
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D60%20tps%3D20%5D%5D%20tell%20me"
+    async with (
+        sidecar_for(config) as one,
+        sidecar_for(config) as two,
+        aiohttp.ClientSession() as http,
+        http.get(one.url + slow) as producing,
+    ):
+        stream_id = producing.headers["Sidecar-Stream-Id"]
+        reading = asyncio.create_task(
+            sse_request(two.port, headers={"Last-Event-ID": f"{stream_id}:0"})
+        )
+
+        async def reader_joined() -> bool:
+            return await readers_counted(redis_server, stream_id) > 0
+
+        await eventually(reader_joined)
+        async with redis_server.stalled(), asyncio.timeout(10):
+            cut = await reading
+        first = parse_events(await producing.read())
+        rest = await sse_request(two.port, headers={"Last-Event-ID": cut.last_id})
+    assert first[-1].data.get("done") is True
+    assert cut.status == 200
+    assert all(event.id is not None for event in cut.events)  # no final error event
+    assert [e.id for e in cut.events + rest.events] == [e.id for e in first]
+    assert rest.events[-1].data.get("done") is True
+
+
+async def test_a_resume_store_outage_is_logged_once_and_its_end_once(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every stream that loses its resume is counted; the log says when the outage began
+    and when it ended, not once per request."""
+    caplog.set_level(logging.INFO, logger="sidecar.resume")
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "redis_timeout_seconds": 0.5}}  # fmt: skip
+    async with sidecar_for(config) as sidecar:
+        await redis_server.kill()
+        for _ in range(3):
+            reply = await sse_request(sidecar.port)
+            assert reply.headers["sidecar-resume"] == "unavailable"
+        await redis_server.start()
+        assert (await sse_request(sidecar.port)).headers["sidecar-stream-id"]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resume store")]
+    assert lines == ["resume store failed", "resume store recovered"]
 
 
 @pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])

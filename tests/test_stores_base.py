@@ -167,6 +167,21 @@ async def test_concurrency_slots_are_held_until_settled(harness: Harness) -> Non
     assert (await harness.admit(limits, lease="c")).admitted
 
 
+async def test_a_settlement_sent_again_settles_a_held_lease_once(harness: Harness) -> None:
+    """A settlement sent again (the first failed, and may have run) frees the slot and
+    returns the reservation only if the lease is still held: never counted twice."""
+    limits = Limits(tokens_per_minute=1000, concurrent_streams=1)
+    assert (await harness.admit(limits, tokens=600, lease="ran")).admitted
+    await harness.store.settle(harness.subject, limits, "ran", reserved=600, used=100)
+    await harness.store.settle(harness.subject, limits, "ran", reserved=600, used=100, again=True)
+    assert (await harness.admit(limits, tokens=600, lease="lost")).admitted  # 900 were left
+    await harness.store.settle(harness.subject, limits, "lost", reserved=600, used=0, again=True)
+    decision = await harness.admit(limits, tokens=1, lease="next")
+    assert decision.admitted  # the slot was freed by the settlement sent again
+    assert decision.tokens is not None
+    assert decision.tokens.remaining == 899
+
+
 async def test_leases_expire_unless_renewed(harness: Harness) -> None:
     limits = Limits(concurrent_streams=1, lease_seconds=30)
     assert (await harness.admit(limits, lease="crashed")).admitted

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
+from redis.asyncio import Redis
 
 from sidecar.stream.redis_store import RedisResumeStore
 from sidecar.stream.store import StoreError
@@ -208,7 +209,7 @@ async def test_a_reader_and_its_keeper_stop_when_told_though_redis_py_swallowed_
 
         return call
 
-    monkeypatch.setattr(reader._redis, "xread", swallowing("xread", reader._redis.xread))
+    monkeypatch.setattr(reader._reader, "xread", swallowing("xread", reader._reader.xread))
     monkeypatch.setattr(reader, "_join", swallowing("join", reader._join))
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -231,3 +232,78 @@ async def test_a_reader_and_its_keeper_stop_when_told_though_redis_py_swallowed_
             task.cancel()
         for store in (producer, reader):
             await store.close()
+
+
+async def test_a_batch_redis_refuses_at_maxmemory_is_sent_again_without_a_gap(
+    redis_server: RedisServer,
+) -> None:
+    """Redis at `maxmemory` refuses writes (OOM): the refused events are kept and sent again
+    once it takes writes, so a reader on another replica never sees a gap."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    admin = Redis.from_url(redis_server.url)
+    await store.start()
+    try:
+        log = await store.create("stream-iiiiiiiiiiiiiiii", "o")
+        fill(log, 3)
+        await settled(store, "stream-iiiiiiiiiiiiiiii", 3)
+        await admin.config_set("maxmemory", "1")  # noeviction: every write is refused
+        fill(log, 3, start=4)
+        await eventually(lambda: holds(store._failing))  # the writer's batch was refused
+        await admin.config_set("maxmemory", "0")
+        log.append(event(7))
+        log.finish()
+        log.close()
+        await settled(store, "stream-iiiiiiiiiiiiiiii", 7)
+        assert await read_all(store, "stream-iiiiiiiiiiiiiiii", 0) == [
+            event(n) for n in range(1, 8)
+        ]
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_a_stalled_redis_is_a_store_error_within_the_timeout_then_recovers(
+    redis_server: RedisServer,
+) -> None:
+    """SIGSTOP: the connection stays open and nothing answers. A call fails within
+    `redis_timeout_seconds` (a stream's create waits no longer before it streams without
+    resume), and the store answers again once Redis does, with no restart."""
+    timeout = 0.25
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=timeout)
+    await store.start()
+    try:
+        await store.create("stream-jjjjjjjjjjjjjjjj", "o")
+        async with redis_server.stalled():
+            for call in (
+                lambda: store.create("stream-kkkkkkkkkkkkkkkk", "o"),
+                lambda: store.lookup("stream-jjjjjjjjjjjjjjjj"),
+            ):
+                async with asyncio.timeout(timeout * 3):  # the old bound was timeout + 1 s
+                    with pytest.raises(StoreError):
+                        await call()
+        assert await store.lookup("stream-jjjjjjjjjjjjjjjj") is not None
+    finally:
+        await store.close()
+
+
+async def test_a_quiet_stream_is_read_as_quiet_rounds_within_a_short_timeout(
+    redis_server: RedisServer,
+) -> None:
+    """A read blocks for less than the socket timeout: a live stream with nothing new is a
+    quiet round (the reader sends its heartbeat), never a store error."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.2)
+    await store.start()
+    try:
+        log = await store.create("stream-llllllllllllllll", "o")
+        fill(log, 1)
+        await settled(store, "stream-llllllllllllllll", 1)
+        batches: list[list[bytes]] = []
+        async with asyncio.timeout(10):
+            async for batch in store.read("stream-llllllllllllllll", 0):
+                batches.append(batch)
+                if len(batches) == 4:
+                    break
+        assert batches == [[event(1)], [], [], []]
+    finally:
+        await store.close()

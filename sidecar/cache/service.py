@@ -9,6 +9,7 @@ from collections.abc import Callable
 from sidecar.cache.entry import encode
 from sidecar.cache.recording import Recording
 from sidecar.cache.stores import CacheStore, CacheStoreError
+from sidecar.outage import Outage
 
 log = logging.getLogger("sidecar.cache")
 # (result) → counted by telemetry: hit, miss, bypass, stored, skipped.
@@ -23,6 +24,8 @@ class ResponseCache:
         self.inflight: dict[str, Recording] = {}
         self._count = count
         self._tasks: set[asyncio.Task[None]] = set()
+        # Logged once per outage of the store (each failure is still counted `skipped`).
+        self.outage = Outage(log, "cache store")
 
     def count(self, result: str) -> None:
         if self._count is not None:
@@ -49,8 +52,10 @@ class ResponseCache:
         try:
             stored = await self.store.put(key, value, ttl)
         except CacheStoreError as exc:
-            log.warning("cache store failed", extra={"error": str(exc)})
+            self.outage.failed(str(exc))
             stored = False
+        else:
+            self.outage.answered()
         self.count("stored" if stored else "skipped")
 
     async def settled(self) -> None:

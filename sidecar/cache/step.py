@@ -11,7 +11,6 @@ request. `serve` answers a hit: a request for the quotas, no tokens unless
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,7 +27,6 @@ from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt
 
-log = logging.getLogger("sidecar.cache")
 HEADER = "X-Cache"
 HIT_ATTRIBUTE = "sidecar.cache.hit"
 Status = Literal["HIT", "MISS", "BYPASS"]
@@ -128,11 +126,10 @@ async def lookup(
             try:
                 stored = await cache.store.get(key)
             except CacheStoreError as exc:
-                log.warning(
-                    "cache store failed", extra={"error": str(exc), "request_id": ctx.request_id}
-                )
+                cache.outage.failed(str(exc), ctx.request_id)
                 cache.count("skipped")
                 return _decided(step, "MISS", None)
+            cache.outage.answered()
             if stored is not None:
                 try:
                     entry = decode(stored)

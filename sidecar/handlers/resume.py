@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 
 from aiohttp import web
@@ -34,7 +33,6 @@ from sidecar.stream.resume import (
 from sidecar.stream.store import BeyondEnd, StoreError, StreamInfo, StreamLost
 
 __all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
-log = logging.getLogger("sidecar.resume")
 # The final event of a stream whose producer died: (error type, message) → event bytes.
 LostEvent = Callable[[str, str], bytes]
 _CATCH_UP_TRIES = 20
@@ -71,7 +69,7 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
         log_ = await runtime.resume.store.create(stream_id, owner)
     except StoreError as exc:
         runtime.telemetry.resume_store_error(config.on_store_error)
-        log.warning("resume store failed", extra={"error": str(exc), "request_id": ctx.request_id})
+        runtime.resume.outage.failed(str(exc), ctx.request_id)
         if config.on_store_error == "fail_closed":
             raise reject(
                 "resume_store_error", "resumable streams are unavailable",
@@ -79,6 +77,7 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
             ) from None  # fmt: skip
         ctx.headers[STATUS_HEADER] = "unavailable"
         return None
+    runtime.resume.outage.answered()
     return Resumable(stream_id, owner, log_, config.detach_grace_seconds)
 
 
@@ -278,11 +277,11 @@ async def _replay(
         runtime.telemetry.resumed(result, replayed)
         raise
     except StoreError:
-        result = "lost"
+        # The store failed, not the stream (it goes on where it is produced, and its events
+        # are sent to the store again once it answers): this read ends as a lost connection
+        # does, with no final event, so the client resumes from its last event instead of
+        # taking the stream for lost.
         runtime.telemetry.resume_store_error("fail_closed")
-        event = lost_event("stream_lost", "the resume store failed while reading the stream")
-        with contextlib.suppress(ConnectionResetError):
-            await _send(channel, event, stall)
     finally:
         resume_.replays.discard(task)
     if stopping:

@@ -13,7 +13,6 @@ caller's chat id names nothing.
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any, Final
 
@@ -27,7 +26,6 @@ from sidecar.pipeline import RequestContext
 from sidecar.stream.resume import owner_of
 from sidecar.stream.store import StoreError
 
-log = logging.getLogger("sidecar.resume")
 # useChat's ids are short random strings (nanoid-like); anything else gets no mapping.
 _CHAT_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -51,7 +49,7 @@ async def bind(ctx: RequestContext, chat_id: str, plan: Resumable) -> None:
         await ctx.runtime.resume.store.bind_chat(plan.owner, chat_id, plan.stream_id)
     except StoreError as exc:
         ctx.runtime.telemetry.resume_store_error("fail_open")
-        log.warning("resume store failed", extra={"error": str(exc), "request_id": ctx.request_id})
+        ctx.runtime.resume.outage.failed(str(exc), ctx.request_id)
 
 
 async def answer(ctx: RequestContext, chat_id: str) -> web.StreamResponse:

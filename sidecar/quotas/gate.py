@@ -28,6 +28,9 @@ from sidecar.quotas.stores import Decision, Limits, QuotaStore, StoreError, make
 
 log = logging.getLogger("sidecar.quotas")
 _CLOSE_WAIT: Final = 5.0  # seconds close() waits for settlements still running
+# A settlement the store did not take is sent again this often, while its lease lives.
+SETTLE_AGAIN_SECONDS: Final = 1.0
+_UNSETTLED_MAX: Final = 10_000  # settlements waiting to be sent again; beyond, they lapse
 _LIMITS_CACHE: Final = 256  # policies remembered per gate
 _NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 
@@ -159,6 +162,7 @@ class QuotaLease:
 
 
 NO_LEASE: Final = QuotaLease()
+_Unsettled = tuple[float, str, Limits, str, int, int]
 
 
 class QuotaGate:
@@ -174,6 +178,10 @@ class QuotaGate:
         self.mode = mode
         self.on_store_error = on_store_error
         self._pending: set[asyncio.Task[None]] = set()
+        # Settlements the store failed, sent again until it takes them: (lapse time on the
+        # loop's clock, subject, limits, lease id, reserved, used).
+        self._unsettled: list[_Unsettled] = []
+        self._settling_again: asyncio.Task[None] | None = None
         self._degraded = False
         self._limits: dict[int, tuple[QuotaConfig, Limits | None]] = {}  # by id(policy)
 
@@ -187,9 +195,13 @@ class QuotaGate:
         await self.store.start()
 
     async def close(self) -> None:
-        """Let running settlements finish (bounded), then release the store."""
+        """Let running settlements finish (bounded), then release the store. Settlements
+        still waiting for the store to come back are left to lapse with their leases."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=_CLOSE_WAIT)
+        if self._settling_again is not None:
+            self._settling_again.cancel()
+            await asyncio.wait([self._settling_again], timeout=_CLOSE_WAIT)
         await self.store.close()
 
     async def ready(self) -> bool:
@@ -223,6 +235,11 @@ class QuotaGate:
                 decision = await self._store_admit(subject, limits, tokens, lease.lease_id)
         except StoreError as exc:
             self.store_failed("admit", exc)
+            if self._settles_again(limits):
+                # A timeout may hide an admission Redis ran after all (late): once it
+                # answers, give back what that took, or the slot stays held and the
+                # reservation charged for a call that never ran. A no-op if it never ran.
+                self._settle_again_later(subject, limits, lease.lease_id, tokens, 0)
             if self.mode == "fail_open":
                 return None
             raise reject(
@@ -333,8 +350,46 @@ class QuotaGate:
         try:
             await self.store.settle(subject, limits, lease_id, reserved, used)
         except StoreError as exc:
-            # Nothing to retry into: the slot lapses with its lease, the reservation stays charged.
             self.store_failed("settle", exc)
+            if self._settles_again(limits):
+                self._settle_again_later(subject, limits, lease_id, reserved, used)
+            # Else the store holds no lease to settle once: the reservation stays charged.
         else:
             if self._degraded:
                 self._store_ok()
+
+    def _settles_again(self, limits: Limits) -> bool:
+        """Whether a failed settlement of a call under `limits` can be sent again: the store
+        then holds its lease (a concurrency slot), which settles once however often sent."""
+        return limits.concurrent_streams is not None and self.store.renews_leases
+
+    def _settle_again_later(
+        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+    ) -> None:
+        """Send a failed settlement again until the store takes it or its lease lapses: the
+        slot is freed and the unused reservation returned once Redis answers, not held for
+        the rest of the lease. The store settles a lease once (`again`), so a settlement
+        that did run before its reply was lost is not counted twice."""
+        if len(self._unsettled) >= _UNSETTLED_MAX:
+            return  # it lapses with its lease, as if never sent again
+        lapse = asyncio.get_running_loop().time() + limits.lease_seconds
+        self._unsettled.append((lapse, subject, limits, lease_id, reserved, used))
+        if self._settling_again is None or self._settling_again.done():
+            self._settling_again = asyncio.create_task(self._settle_again())
+
+    async def _settle_again(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._unsettled:
+            await asyncio.sleep(SETTLE_AGAIN_SECONDS)
+            now = loop.time()
+            waiting = [unsettled for unsettled in self._unsettled if unsettled[0] > now]
+            self._unsettled = []
+            for n, (_, subject, limits, lease_id, reserved, used) in enumerate(waiting):
+                try:
+                    await self.store.settle(subject, limits, lease_id, reserved, used, again=True)
+                except StoreError as exc:
+                    self.store_failed("settle", exc)
+                    self._unsettled = waiting[n:] + self._unsettled
+                    break
+                if self._degraded:
+                    self._store_ok()

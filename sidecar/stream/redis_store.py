@@ -25,7 +25,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -71,16 +71,26 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. (t[1] * 1000 + math.floor(t[2] / 100
 def redis_client(url: str, timeout: float) -> Redis:
     """A Redis client (its own connection pool) with the timeouts the sidecar's stores use.
 
+    `timeout` bounds every call (`redis_timeout_seconds`): a stalled Redis costs a request
+    no more than that.
     One immediate retry on a fresh connection: after a Redis restart every pooled
     connection is dead and its first use fails. What is retried is safe to run twice
     (events carry their ids, the rest sets values); a timeout is not retried.
     """
     return Redis.from_url(
         url,
-        socket_timeout=timeout + 1.0,
+        socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
+
+
+def with_socket_timeout(client: Redis, socket_timeout: float) -> Redis:
+    """A client of the same server and settings with another socket timeout (a pool of its
+    own, closed by whoever made it)."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": socket_timeout}
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
 def keys(stream_id: str) -> tuple[str, str, str, str]:
@@ -178,6 +188,9 @@ class RedisResumeStore(ResumeStore):
         self._alive_ms = int(alive_seconds * 1000)
         self._refresh = alive_seconds / 3
         self._block_ms = max(50, int(min(self._refresh, timeout) * 1000))
+        # Blocking reads (`read`) have a pool of their own whose socket timeout leaves room
+        # for the block (Redis ends one up to 1/hz late); every other call keeps `timeout`.
+        self._reader = with_socket_timeout(self._redis, timeout + 1.0)
         self._close_timeout = timeout + 1.0
         self._live: dict[str, _RedisLog] = {}
         self._dirty: set[_RedisLog] = set()
@@ -209,6 +222,9 @@ class RedisResumeStore(ResumeStore):
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(bound):
                 await self._flush()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(bound):
+                await self._reader.aclose(close_connection_pool=True)
         if self._owns_client:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(bound):
@@ -282,7 +298,7 @@ class RedisResumeStore(ResumeStore):
                 await self._flush(refresh=refresh)
             except (RedisError, OSError, TimeoutError) as exc:
                 if not self._failing:  # once per outage, not once per batch
-                    log.warning("resume store write failed", extra={"error": type(exc).__name__})
+                    log.warning("resume store write failed", extra={"error": _reason(exc)})
                 self._failing = True
                 # Readers elsewhere read the same Redis: none can be counted on now, and
                 # a count kept from before would hold an abandoned stream open.
@@ -316,9 +332,13 @@ class RedisResumeStore(ResumeStore):
             except BaseException:
                 self._requeue(taken)
                 raise
-        for error in results:
-            if isinstance(error, ResponseError) and "equal or smaller" not in str(error):
-                log.warning("resume store write refused", extra={"error": str(error)[:200]})
+        refused = _refusal(results)
+        if refused is not None:
+            # Redis refused a write (at `maxmemory`, read-only, ...): what it did not take
+            # goes out again, as after a lost connection, never leaving a gap for a reader.
+            # Events it did take are refused as not above the newest then, and skipped.
+            self._requeue(taken)
+            raise refused
         # The last 3 replies per checked log are (SET alive, EXISTS cancel, readers).
         start = len(results) - 3 * len(checked)
         for i, log_ in enumerate(checked):
@@ -405,7 +425,7 @@ class RedisResumeStore(ResumeStore):
         loop = asyncio.get_running_loop()
         while True:
             try:
-                reply: Any = await self._redis.xread(
+                reply: Any = await self._reader.xread(
                     {events: f"0-{after}"}, count=512, block=self._block_ms
                 )
             except (RedisError, OSError, TimeoutError) as exc:
@@ -460,6 +480,22 @@ class RedisResumeStore(ResumeStore):
 # A batch taken from a log: the log, its events, the first one's number, whether the
 # stream's end was queued, and whether the origin and trimming were sent (for a retry).
 _Taken = tuple[_RedisLog, list[bytes], int, bool, bool, int]
+
+
+def _refusal(results: list[Any]) -> ResponseError | None:
+    """The first write of a batch Redis refused, if any; an event it holds already (sent
+    again after an outage) is refused as not above the newest entry, which is no failure."""
+    for result in results:
+        if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+            return result
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's type, and the code Redis gave a refusal (`OOM`, `READONLY`): bounded."""
+    if isinstance(exc, ResponseError):
+        return f"{type(exc).__name__}: {str(exc).partition(' ')[0][:32]}"
+    return type(exc).__name__
 
 
 def _number(entry_id: bytes) -> int:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.config import Config
 from sidecar.errors import reject
+from sidecar.outage import Outage
 from sidecar.stream.store import ResumeStore
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ class Resume:
     def __init__(self, store: ResumeStore) -> None:
         self.store = store
         self.hub = LiveGenerations()
+        # Store failures that cost a stream its resume: logged once per outage.
+        self.outage = Outage(logging.getLogger("sidecar.resume"), "resume store")
         # Clients reading a stream here from the store (one produced elsewhere, or over),
         # by stream id: bounded per stream as the producer bounds its own readers.
         self.store_readers: collections.Counter[str] = collections.Counter()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator
 
@@ -56,6 +58,16 @@ class RedisServer:
         with contextlib.suppress(Exception):
             while await process.stdout.read(65536):
                 pass
+
+    @contextlib.asynccontextmanager
+    async def stalled(self) -> AsyncIterator[None]:
+        """SIGSTOP for the block, then SIGCONT: connections stay open, nothing answers."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self._process.pid, signal.SIGCONT)
 
     async def kill(self) -> None:
         """SIGKILL: every connection drops, every key is gone (no persistence)."""

@@ -115,9 +115,18 @@ class QuotaStore(ABC):
 
     @abstractmethod
     async def settle(
-        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+        self,
+        subject: str,
+        limits: Limits,
+        lease_id: str,
+        reserved: int,
+        used: int,
+        *,
+        again: bool = False,
     ) -> None:
-        """Replace the reservation with actual usage and free the lease."""
+        """Replace the reservation with actual usage and free the lease. `again`: this
+        settlement failed before (it may have run): settle only a lease still held (one
+        with a concurrency slot), so a settlement is never counted twice."""
 
     @abstractmethod
     async def renew(self, subject: str, lease_id: str, lease_seconds: float) -> bool:

@@ -116,15 +116,19 @@ return windows({0, 0, math.floor(now * 1000)})
 """
 )
 
-# ARGV: offset, rpm, tpm, tpd, lease id, refund (reserved - used; negative charges more).
+# ARGV: offset, rpm, tpm, tpd, lease id, refund (reserved - used; negative charges more),
+# again ('1': a settlement sent again after one that failed, which may have run: it settles
+# only a lease still held, so a settlement is never counted twice). Returns 1 if settled.
 SETTLE: Final = (
     _PRELUDE
     + """
+if redis.call('ZREM', KEYS[2], ARGV[5]) == 0 and ARGV[7] == '1' then
+  return 0
+end
 local refund = tonumber(ARGV[6])
 for _, b in ipairs({'m', 'd'}) do
   if lvl[b] then lvl[b] = math.min(lim[b], lvl[b] + refund) end
 end
-redis.call('ZREM', KEYS[2], ARGV[5])
 save(nil)
 return 1
 """

@@ -183,10 +183,19 @@ class MemoryQuotaStore(QuotaStore):
         )
 
     async def settle(
-        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+        self,
+        subject: str,
+        limits: Limits,
+        lease_id: str,
+        reserved: int,
+        used: int,
+        *,
+        again: bool = False,
     ) -> None:
         buckets = self._buckets(limits)
         state = self._refilled(subject, buckets, self._clock())
+        if again and lease_id not in state.leases:
+            return
         for name, limit, _, _ in buckets:
             if name != "r":
                 state.levels[name] = min(float(limit), state.levels[name] + reserved - used)

@@ -103,7 +103,14 @@ class RedisQuotaStore(QuotaStore):
         )
 
     async def settle(
-        self, subject: str, limits: Limits, lease_id: str, reserved: int, used: int
+        self,
+        subject: str,
+        limits: Limits,
+        lease_id: str,
+        reserved: int,
+        used: int,
+        *,
+        again: bool = False,
     ) -> None:
         await self._run(
             self._settle,
@@ -114,6 +121,7 @@ class RedisQuotaStore(QuotaStore):
                 _limit(limits.tokens_per_day),
                 lease_id,
                 reserved - used,
+                1 if again else 0,
             ],
         )
 
