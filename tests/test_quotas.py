@@ -23,9 +23,11 @@ from sidecar.fake_claude import FakeServer
 from sidecar.quotas.stores import Decision, Limits, QuotaStore
 from sidecar.server import SidecarServer
 from tests.support.redis_server import RedisServer, running_redis
+from tests.support.resume import Reply, cutting_proxy, sse_request
 from tests.support.scripted_claude import Script, claude_config, messages_body, scripted_claude
 from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory, running_sidecar, sidecar_process
+from tests.support.waiting import eventually, holds
 
 MODEL = "claude-sonnet-5-5"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -257,6 +259,61 @@ async def test_streams_that_fail_midway_settle_what_they_used(
     assert input_tokens > 0
     assert used >= input_tokens + deltas  # what Claude reported, and every delta relayed
     assert used < reserved
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+@pytest.mark.parametrize("ending", ["shutdown", "cancel", "detached"])
+async def test_a_stream_the_sidecar_ends_is_charged_once_what_it_relayed(
+    fake: FakeServer, sidecar_for: SidecarFactory, store: str, ending: str
+) -> None:
+    """Shutdown past its grace, a `DELETE`, or a resumable stream left without a reader past
+    its grace: the generation is settled once, at its input and each delta relayed."""
+    async with contextlib.AsyncExitStack() as stack:
+        quotas: dict[str, Any] = {"store": store, "tokens_per_day": 100_000}
+        if store == "redis":
+            quotas["redis_url"] = (await stack.enter_async_context(running_redis())).url
+        grace = 0.3 if ending == "detached" else 30
+        data = {"quotas": quotas, "resume": {"detach_grace_seconds": grace}}
+        sidecar = await stack.enter_async_context(sidecar_for(data))
+        spy = spy_on(sidecar)
+        body = json.dumps(message("long [[fake tokens=400 tps=40]]", 500, stream=True)).encode()
+        resumable = {"Sidecar-Resume": "on"}
+        if ending == "detached":
+            async with cutting_proxy(sidecar.port, after=6) as proxy:
+                first = await sse_request(proxy.port, "POST", "/v1/messages", resumable, body)
+            await spy.wait_settled(1)
+            cursor = {"Last-Event-ID": f"{first.stream_id}:0"}  # every event it relayed
+            reply = await sse_request(sidecar.port, "POST", "/v1/messages", cursor, body)
+        else:
+            reading = asyncio.create_task(
+                sse_request(sidecar.port, "POST", "/v1/messages", resumable, body)
+            )
+            await eventually(lambda: holds(_deltas_sent(fake) >= 5))
+            if ending == "cancel":
+                (stream_id,) = sidecar.runtime.resume.hub.stream_ids()
+                async with aiohttp.ClientSession() as http:
+                    async with http.delete(f"{sidecar.url}/v1/messages/{stream_id}") as deleted:
+                        assert deleted.status == 204
+            else:
+                await sidecar.shutdown(grace=0.1)
+            reply = await reading
+            await spy.wait_settled(1)
+    input_tokens, deltas = _usage_relayed(reply)
+    assert 5 <= deltas < 400  # ended mid-stream
+    reserved = spy.settled[0][0]
+    assert spy.settled == [(reserved, input_tokens + deltas)]
+
+
+def _deltas_sent(fake: FakeServer) -> int:
+    return sum(r.events.count("content_block_delta") for r in fake.state.streams.values())
+
+
+def _usage_relayed(reply: Reply) -> tuple[int, int]:
+    """The input tokens `message_start` reported and the content deltas a reply holds."""
+    start = reply.payload.index(b"message_start")
+    reported = re.search(rb'"input_tokens": ?(\d+)', reply.payload[start:])
+    assert reported is not None
+    return int(reported.group(1)), reply.payload.count(b"event: content_block_delta")
 
 
 # --------------------------------------------------------------------------- keys

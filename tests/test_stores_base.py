@@ -249,3 +249,38 @@ async def test_an_admission_of_some_buckets_never_forgets_the_others(harness: Ha
     decision = await harness.admit(limits, tokens=600)
     assert not decision.admitted
     assert decision.limited_by == "tokens_per_day"
+
+
+async def test_a_call_admitted_before_a_reload_settles_without_taking_what_new_limits_gave(
+    harness: Harness,
+) -> None:
+    """A reload that raises the limits while a call streams: its settlement (under the limits
+    it was admitted with) gives back what it did not use, and neither refills nor caps the
+    buckets at the old limits, which would take what the raised ones refilled since."""
+    before = Limits(requests_per_minute=10, tokens_per_minute=1000)
+    raised = Limits(requests_per_minute=1000, tokens_per_minute=10_000)
+    assert (await harness.admit(before, tokens=600, lease="a")).admitted  # 9 and 400 left
+    harness.advance(30)  # 9 + 500 requests and 400 + 5000 tokens at the raised rates
+    assert (await harness.admit(raised, tokens=100, lease="b")).admitted  # 508 and 5300
+    harness.advance(3)  # 50 requests and 500 tokens more
+    await harness.store.settle(harness.subject, before, "a", reserved=600, used=100)
+    decision = await harness.admit(raised, tokens=1)
+    assert decision.requests is not None
+    assert decision.tokens is not None
+    assert decision.requests.remaining == 557
+    assert decision.tokens.remaining == 5300 + 500 + 500 - 1
+
+
+async def test_a_charge_beyond_the_reservation_on_a_refilled_bucket_starts_from_full(
+    harness: Harness,
+) -> None:
+    """Refunds of calls whose reservations the bucket has refilled since may leave its level
+    above the limit until it is next read: a later overshoot is charged from the limit."""
+    assert (await harness.admit(TPM1000, tokens=600, lease="a")).admitted  # 400 left
+    harness.advance(60)  # full again
+    assert (await harness.admit(TPM1000, tokens=300, lease="b")).admitted  # 700 left
+    await harness.store.settle(harness.subject, TPM1000, "a", reserved=600, used=0)
+    await harness.store.settle(harness.subject, TPM1000, "b", reserved=300, used=800)
+    decision = await harness.admit(TPM1000, tokens=1)
+    assert decision.tokens is not None
+    assert decision.tokens.remaining == 1000 - 500 - 1

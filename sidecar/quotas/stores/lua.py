@@ -117,22 +117,53 @@ return windows({0, 0, math.floor(now * 1000)})
 )
 
 # ARGV: offset, rpm, tpm, tpd, lease id, refund (reserved - used; negative charges more),
-# again ('1': a settlement sent again after one that failed, which may have run: it settles
-# only a lease still held, so a settlement is never counted twice). Returns 1 if settled.
-SETTLE: Final = (
-    _PRELUDE
-    + """
+# again.
+# Frees the lease and adds the refund to each token bucket's level as stored, at its stamp
+# (`memory.settled_level`): no refill or cap at the limits the call was admitted under,
+# which a reload may have raised since; the next admission refills and caps at the limit
+# in force then. A charge on a bucket full by now starts from full, now. again ('1': a
+# settlement sent again after one that failed, which may have run) settles only a lease
+# still held, so a settlement is never counted twice. Returns 1 if settled.
+SETTLE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
+local refund = tonumber(ARGV[6])
 if redis.call('ZREM', KEYS[2], ARGV[5]) == 0 and ARGV[7] == '1' then
   return 0
 end
-local refund = tonumber(ARGV[6])
+if refund == 0 then return 1 end
+local lim = {m = tonumber(ARGV[3]), d = tonumber(ARGV[4])}
+local per = {m = 60, d = 86400}
+local s = redis.call('HMGET', KEYS[1], 'm', 'd', 'tm', 'td', 't')
+local stored = {m = s[1], d = s[2]}
+local at = {m = s[3] or s[5], d = s[4] or s[5]}
+local args = {}
+local ttl = 1
 for _, b in ipairs({'m', 'd'}) do
-  if lvl[b] then lvl[b] = math.min(lim[b], lvl[b] + refund) end
+  if lim[b] > 0 and (stored[b] or refund < 0) then
+    local level, stamp = lim[b], now
+    if stored[b] then
+      level = tonumber(stored[b])
+      if at[b] then stamp = tonumber(at[b]) end
+      if refund < 0 and level + math.max(0, now - stamp) * lim[b] / per[b] >= lim[b] then
+        level, stamp = lim[b], now
+      end
+    end
+    level = level + refund
+    table.insert(args, b)
+    table.insert(args, string.format('%.17g', level))
+    table.insert(args, 't' .. b)
+    table.insert(args, string.format('%.17g', stamp))
+    ttl = math.max(ttl, stamp - now + (lim[b] - level) * per[b] / lim[b])
+  end
 end
-save(nil)
+if #args > 0 then
+  redis.call('HSET', KEYS[1], unpack(args))
+  local ms = math.max(math.ceil(ttl * 1000) + 1000, redis.call('PTTL', KEYS[1]))
+  redis.call('PEXPIRE', KEYS[1], ms)
+end
 return 1
 """
-)
 
 # KEYS[1]: the lease ZSET. ARGV: offset, lease id, lease seconds. Returns 1 if renewed.
 RENEW: Final = """

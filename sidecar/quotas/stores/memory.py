@@ -61,6 +61,27 @@ class _Subject:
 _Bucket = tuple[str, int, float, LimitedBy]
 
 
+def settled_level(
+    stored: float | None, stamp: float, now: float, limit: int, period: float, refund: int
+) -> tuple[float, float] | None:
+    """A token bucket's level and its stamp once `refund` (reserved - used) is settled;
+    None when nothing changes. As `lua.SETTLE` computes it.
+
+    The refund is added to the level as stored, at its stamp: the refill from there is
+    computed when the bucket is next read, at the limit in force then (which caps it). A
+    settlement does not refill or cap the bucket at the limits its call was admitted
+    under: a reload may have raised them since, and capping at the old limit would take
+    the capacity the new one gave. Only a charge beyond the reservation on a bucket full
+    by now starts from full, now: the refill past full is not capacity to charge it from.
+    """
+    if refund == 0 or (stored is None and refund > 0):
+        return None  # nothing to give back, or the bucket is full (absent)
+    elapsed = now - stamp if now > stamp else 0.0
+    if stored is None or (refund < 0 and stored + elapsed * limit / period >= limit):
+        return limit + refund, now
+    return stored + refund, stamp
+
+
 def _buckets(limits: Limits) -> tuple[_Bucket, ...]:
     """The enabled buckets, in the order limits are checked (ties go to the first)."""
     buckets: list[_Bucket] = []
@@ -192,15 +213,29 @@ class MemoryQuotaStore(QuotaStore):
         *,
         again: bool = False,
     ) -> None:
-        buckets = self._buckets(limits)
-        state = self._refilled(subject, buckets, self._clock())
-        if again and lease_id not in state.leases:
-            return
-        for name, limit, _, _ in buckets:
-            if name != "r":
-                state.levels[name] = min(float(limit), state.levels[name] + reserved - used)
+        now = self._clock()
+        refund = reserved - used
+        state = self._subjects.get(subject)
+        if again and (state is None or state.leases.get(lease_id, -math.inf) <= now):
+            return  # sent again: only a lease still held settles (once)
+        if state is None:
+            if refund >= 0:
+                return  # forgotten: its buckets are full and it holds no lease
+            state = self._subjects[subject] = _Subject()
+        levels, stamps = state.levels, state.stamps
+        forget = state.forget_at
+        for name, limit, period, _ in self._buckets(limits):
+            if name == "r":
+                continue  # a settlement moves the token buckets only
+            settled = settled_level(
+                levels.get(name), stamps.get(name, now), now, limit, period, refund
+            )
+            if settled is not None:
+                levels[name], stamps[name] = settled
+                full = settled[1] + (limit - settled[0]) * period / limit
+                forget = full if full > forget else forget
         state.close_lease(lease_id)
-        state.forget_at = self._forget_at(state, buckets)
+        state.forget_at = state.last_expiry if state.last_expiry > forget else forget
 
     async def renew(self, subject: str, lease_id: str, lease_seconds: float) -> bool:
         now = self._clock()
