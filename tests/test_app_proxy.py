@@ -14,6 +14,7 @@ import socket
 import time
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,7 @@ from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_he
 from tests.support.apps import AppState, echoed_headers, running_app, serving
 from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.raw_http import Exchange, raw_server
-from tests.support.sidecars import SidecarFactory
+from tests.support.sidecars import SidecarFactory, sidecar_process
 from tests.support.sockets import free_port, shrink_send_buffers, small_buffered
 from tests.support.waiting import eventually
 
@@ -1000,3 +1001,25 @@ async def test_a_websocket_client_gone_without_a_close_is_passed_on_as_going_awa
 
         await eventually(counted)
     assert seen == (1001, "")
+
+
+async def test_the_app_route_works_as_sidecar_run_serves_it_on_uvloop(tmp_path: Path) -> None:
+    """`sidecar run` serves on uvloop, whose transports are no asyncio classes: an answer,
+    an event stream and a WebSocket all go through (the in-process sidecars of the other
+    tests run on asyncio's own loop)."""
+    async with (
+        running_app() as (url, _),
+        sidecar_process({"app": {"url": url}, "auth": {"mode": "none"}}, tmp_path) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(running.url + "/echo") as answer:
+            assert answer.status == 200
+            assert (await answer.json())["path_qs"] == "/echo"
+        async with http.get(running.url + "/sse") as events:
+            assert events.status == 200
+            assert (await events.read()).count(b"data: ") == 5
+        async with http.ws_connect(running.url + "/ws", protocols=["chat"]) as ws:
+            await ws.send_str("hi")
+            assert await ws.receive_str(timeout=5) == "echo:hi"
+        logs = running.logs()
+    assert "Traceback" not in logs

@@ -257,8 +257,8 @@ class _SendWatch:
 
     __slots__ = ("_loop", "_queued", "_timeout", "_timer", "_transport")
 
-    def __init__(self, transport: asyncio.BaseTransport, timeout: float) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
+        # No isinstance check: uvloop's transports (`sidecar run`) are no asyncio classes.
         self._transport = transport
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
