@@ -1023,3 +1023,45 @@ async def test_the_app_route_works_as_sidecar_run_serves_it_on_uvloop(tmp_path: 
             assert await ws.receive_str(timeout=5) == "echo:hi"
         logs = running.logs()
     assert "Traceback" not in logs
+
+
+async def test_an_event_stream_to_clients_that_read_nothing_pauses_the_app(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Flow control, per stream: an endless event stream relayed to clients that take none of
+    it stops being read from the app once what is queued for them reaches a bound, so the
+    sidecar holds a bounded number of bytes per stream, not what the app could generate."""
+    sent = [0] * 4
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        event = b"data: " + b"x" * 1000 + b"\n\n"
+        index = int(request.query["i"])
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await response.write(event)
+                sent[index] += len(event)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/endless", endless)
+    async with serving(app) as url, sidecar_for(with_app(url, send_timeout_seconds=600)) as sidecar:
+        shrink_send_buffers(sidecar)
+        clients = [await small_buffered(sidecar.port) for _ in sent]
+        for index, (_, writer) in enumerate(clients):
+            writer.write(b"GET /endless?i=%d HTTP/1.1\r\nHost: sidecar\r\n\r\n" % index)
+        seen = list(sent)
+
+        async def paused() -> bool:  # no stream's app wrote anything since the last look
+            nonlocal seen
+            await asyncio.sleep(0.5)
+            still, seen = sent == seen and all(sent), list(sent)
+            return still
+
+        await eventually(paused, timeout=60)
+        for _, writer in clients:
+            writer.close()
+    # What the app wrote and nobody took: the sockets' buffers both ways and the sidecar's
+    # own, per stream; an unbounded queue would have kept the app writing.
+    assert max(sent) < 64 << 20
