@@ -10,9 +10,11 @@ import contextlib
 import gzip
 import json
 import logging
+import socket
 import time
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,8 +27,8 @@ from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_he
 from tests.support.apps import AppState, echoed_headers, running_app, serving
 from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.raw_http import Exchange, raw_server
-from tests.support.sidecars import SidecarFactory
-from tests.support.sockets import free_port, shrink_send_buffers
+from tests.support.sidecars import SidecarFactory, sidecar_process
+from tests.support.sockets import free_port, shrink_send_buffers, small_buffered
 from tests.support.waiting import eventually
 
 BODY_CHUNK = b"x" * 65536
@@ -814,3 +816,252 @@ async def test_a_client_that_stops_reading_the_apps_answer_is_cut(
             whole = await reply.read()
     assert received < 8 << 20  # cut short
     assert len(whole) == 8 << 20  # a client that reads is not cut
+
+
+def _websocket_outcomes(metrics: str) -> dict[str, float]:
+    return {
+        sample.labels["sidecar_websocket_outcome"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "sidecar_app_websockets"
+        for sample in family.samples
+        if sample.name == "sidecar_app_websockets_total"
+    }
+
+
+async def _outcomes(sidecar: Any) -> dict[str, float]:
+    async with aiohttp.ClientSession() as http, http.get(sidecar.admin_url + "/metrics") as scrape:
+        return _websocket_outcomes(await scrape.text())
+
+
+class _WebSocketApp:
+    """An app whose WebSockets flood the client (`/flood`), or never read (`/deaf`); the close
+    each saw. Its sockets take 4 KiB at a time."""
+
+    def __init__(self) -> None:
+        self.closes: asyncio.Queue[tuple[int | None, str]] = asyncio.Queue()
+        self.release = asyncio.Event()
+
+    async def flood(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        count = int(request.query.get("count", "0")) or None
+
+        async def send() -> None:
+            sent = 0
+            with contextlib.suppress(ConnectionError):
+                while not ws.closed and (count is None or sent < count):
+                    await ws.send_bytes(b"x" * 16384)
+                    sent += 1
+            if count is not None and not ws.closed:
+                await ws.send_str("done")
+
+        sending = asyncio.create_task(send())
+        message = await ws.receive()
+        await self.closes.put((message.data, str(message.extra)))
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+        return ws
+
+    async def deaf_socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await self.release.wait()
+        return ws
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        app = web.Application()
+        app.router.add_get("/flood", self.flood)
+        app.router.add_get("/deaf", self.deaf_socket)
+        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        await runner.setup()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        listener.bind(("127.0.0.1", 0))
+        await web.SockSite(runner, listener).start()
+        try:
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        finally:
+            self.release.set()
+            await runner.cleanup()
+
+
+async def _raw_websocket(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket handshake from a client with tiny receive buffers that reads only when told."""
+    reader, writer = await small_buffered(port)
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: sidecar\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    return reader, writer
+
+
+async def test_a_websocket_client_that_stops_reading_is_cut_and_the_app_told_1001(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`app.send_timeout_seconds` bounds WebSocket sends as it does HTTP answers: a client
+    that takes nothing while the app keeps sending is cut, and the app gets `1001` (going
+    away), counted and logged as `client_stalled`."""
+    caplog.set_level(logging.INFO)
+    app = _WebSocketApp()
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, send_timeout_seconds=0.5)) as sidecar,
+    ):
+        shrink_send_buffers(sidecar)
+        reader, writer = await _raw_websocket(sidecar.port, "/flood")
+        code, reason = await asyncio.wait_for(app.closes.get(), 20)
+        with contextlib.suppress(ConnectionResetError):
+            await asyncio.wait_for(reader.read(), 10)  # what was in flight, then the cut
+        writer.close()
+        outcomes = await _outcomes(sidecar)
+    assert (code, reason) == (1001, "the client stopped reading")
+    assert outcomes == {"client_stalled": 1}
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "websocket_ended"]
+    assert [(r.levelno, getattr(r, "outcome", None)) for r in logged] == [
+        (logging.WARNING, "client_stalled")
+    ]
+
+
+async def test_a_slow_websocket_client_that_keeps_reading_is_not_cut(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A client taking the app's messages more slowly than they come, but taking them, is
+    waited for however long the whole takes."""
+    app = _WebSocketApp()
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, send_timeout_seconds=0.5)) as sidecar,
+    ):
+        shrink_send_buffers(sidecar)
+        reader, writer = await _raw_websocket(sidecar.port, "/flood?count=64")  # 1 MiB
+        received = b""
+        while not received.endswith(b"done"):
+            chunk = await asyncio.wait_for(reader.read(4096), 10)
+            assert chunk, "cut"
+            received += chunk
+            await asyncio.sleep(0.01)  # about 400 KB/s: the 1 MiB takes longer than the timeout
+        writer.write(
+            b"\x88\x82abcd" + bytes(a ^ b for a, b in zip(b"\x03\xe8", b"ab", strict=True))
+        )
+        code, _ = await asyncio.wait_for(app.closes.get(), 10)
+        writer.close()
+        outcomes = await _outcomes(sidecar)
+    assert code == 1000
+    assert outcomes == {"closed": 1}
+
+
+async def test_an_app_that_stops_reading_its_websocket_is_cut_and_the_client_told_1011(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The other way: an app that takes nothing of what the client sends is cut after the
+    send timeout, and the client gets `1011` rather than waiting on it for good."""
+    app = _WebSocketApp()
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, send_timeout_seconds=0.5)) as sidecar,
+    ):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(sidecar.url + "/deaf") as ws:
+
+                async def flood() -> None:
+                    with contextlib.suppress(ConnectionError):
+                        while True:
+                            await ws.send_bytes(b"y" * 65536)
+
+                sending = asyncio.create_task(flood())
+                closed = await ws.receive(timeout=30)
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
+        outcomes = await _outcomes(sidecar)
+    assert (closed.type, closed.data, closed.extra) == (
+        aiohttp.WSMsgType.CLOSE, 1011, "the app stopped reading"
+    )  # fmt: skip
+    assert outcomes == {"app_stalled": 1}
+
+
+async def test_a_websocket_client_gone_without_a_close_is_passed_on_as_going_away(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A client whose connection ends without a close frame went away: the app gets `1001`,
+    not a `1000` that would say the client closed normally; counted as `client_lost`."""
+    async with running_app() as (url, state), sidecar_for(with_app(url)) as sidecar:
+        _, writer = await _raw_websocket(sidecar.port, "/ws-record")
+        writer.transport.abort()
+        seen = await asyncio.wait_for(state.ws_closed_by_client.get(), 10)
+
+        async def counted() -> bool:
+            return await _outcomes(sidecar) == {"client_lost": 1}
+
+        await eventually(counted)
+    assert seen == (1001, "")
+
+
+async def test_the_app_route_works_as_sidecar_run_serves_it_on_uvloop(tmp_path: Path) -> None:
+    """`sidecar run` serves on uvloop, whose transports are no asyncio classes: an answer,
+    an event stream and a WebSocket all go through (the in-process sidecars of the other
+    tests run on asyncio's own loop)."""
+    async with (
+        running_app() as (url, _),
+        sidecar_process({"app": {"url": url}, "auth": {"mode": "none"}}, tmp_path) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(running.url + "/echo") as answer:
+            assert answer.status == 200
+            assert (await answer.json())["path_qs"] == "/echo"
+        async with http.get(running.url + "/sse") as events:
+            assert events.status == 200
+            assert (await events.read()).count(b"data: ") == 5
+        async with http.ws_connect(running.url + "/ws", protocols=["chat"]) as ws:
+            await ws.send_str("hi")
+            assert await ws.receive_str(timeout=5) == "echo:hi"
+        logs = running.logs()
+    assert "Traceback" not in logs
+
+
+async def test_an_event_stream_to_clients_that_read_nothing_pauses_the_app(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Flow control, per stream: an endless event stream relayed to clients that take none of
+    it stops being read from the app once what is queued for them reaches a bound, so the
+    sidecar holds a bounded number of bytes per stream, not what the app could generate."""
+    sent = [0] * 4
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        event = b"data: " + b"x" * 1000 + b"\n\n"
+        index = int(request.query["i"])
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await response.write(event)
+                sent[index] += len(event)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/endless", endless)
+    async with serving(app) as url, sidecar_for(with_app(url, send_timeout_seconds=600)) as sidecar:
+        shrink_send_buffers(sidecar)
+        clients = [await small_buffered(sidecar.port) for _ in sent]
+        for index, (_, writer) in enumerate(clients):
+            writer.write(b"GET /endless?i=%d HTTP/1.1\r\nHost: sidecar\r\n\r\n" % index)
+        seen = list(sent)
+
+        async def paused() -> bool:  # no stream's app wrote anything since the last look
+            nonlocal seen
+            await asyncio.sleep(0.5)
+            still, seen = sent == seen and all(sent), list(sent)
+            return still
+
+        await eventually(paused, timeout=60)
+        for _, writer in clients:
+            writer.close()
+    # What the app wrote and nobody took: the sockets' buffers both ways and the sidecar's
+    # own, per stream; an unbounded queue would have kept the app writing.
+    assert max(sent) < 64 << 20

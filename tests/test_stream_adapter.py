@@ -355,3 +355,28 @@ async def test_a_client_gone_before_the_head_ends_the_call_at_open() -> None:
         await _raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.sleep(0.05)
     assert len(errors) == 1
+
+
+async def test_a_client_websockets_transport_is_the_one_its_frames_go_through(
+    http: aiohttp.ClientSession,
+) -> None:
+    """`websocket_transport` finds the socket under a client WebSocket (the app route's
+    stall watch reads its queue and aborts it), and none once the connection is gone."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(message.data)
+        return ws
+
+    async with serving(handler) as port, http.ws_connect(f"http://127.0.0.1:{port}/") as ws:
+        transport = adapter.websocket_transport(ws)
+        assert isinstance(transport, asyncio.Transport)
+        await ws.send_str("hi")
+        assert await ws.receive_str(timeout=5) == "hi"
+        assert transport.get_extra_info("peername")[1] == port
+        transport.abort()  # what the watch does to a stalled app
+        closed = await ws.receive(timeout=5)
+        assert closed.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE)
+        assert adapter.websocket_transport(ws) is None

@@ -99,7 +99,8 @@ class AppConfig(Section):
     connect_timeout_seconds: Seconds = 5
     read_timeout_seconds: Seconds = 300
     # A client that takes none of the app's answer this long is cut (nginx's
-    # `send_timeout`): a socket that never reads holds no handler or app connection.
+    # `send_timeout`): a socket that never reads holds no handler or app connection. A
+    # WebSocket's sides likewise, both ways (the app too).
     send_timeout_seconds: Seconds = 60
     identity_headers: IdentityHeaders = IdentityHeaders()
     # The credential the sidecar checked (a Bearer `Authorization`, `x-api-key`, the JWT

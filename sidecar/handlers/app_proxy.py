@@ -7,10 +7,9 @@ added, and the verified identity replaces whatever identity headers the client s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import re
-from typing import Final, cast
+from typing import Final
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +19,7 @@ from yarl import URL
 from sidecar.client_address import is_trusted_proxy
 from sidecar.config import AppConfig
 from sidecar.errors import Rejection, reject
+from sidecar.handlers.app_websocket import relay_websocket
 from sidecar.handlers.request_body import (
     BodyStream,
     body_timeout,
@@ -35,6 +35,7 @@ from sidecar.policy.identity_headers import (
     strip_credentials,
     strip_forwarding_claims,
 )
+from sidecar.stream.adapter import websocket_transport
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -60,9 +61,6 @@ def app_base(url: str) -> tuple[str, str | None]:
     return str(parsed.with_user(None)), aiohttp.encode_basic_auth(
         parsed.user, parsed.password or ""
     )
-
-
-_CLOSING: set[asyncio.Task[bool]] = set()  # WebSocket closes that outlive a cancelled handler
 
 
 def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
@@ -259,8 +257,8 @@ class _SendWatch:
 
     __slots__ = ("_loop", "_queued", "_timeout", "_timer", "_transport")
 
-    def __init__(self, transport: asyncio.BaseTransport, timeout: float) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
+        # No isinstance check: uvloop's transports (`sidecar run`) are no asyncio classes.
         self._transport = transport
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
@@ -367,62 +365,18 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         autoping=True,
         max_msg_size=app.websocket_max_message_bytes,
     )
-    await client.prepare(request)
-    ctx.response_started = True
     async with upstream:
-        to_app = asyncio.create_task(_pump(client, upstream))
-        to_client = asyncio.create_task(_pump(upstream, client))
-        try:
-            await asyncio.wait({to_app, to_client}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (to_app, to_client):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await client.prepare(request)
+        ctx.response_started = True
+        client_transport = request.transport
+        app_transport = websocket_transport(upstream)
+        if client_transport is not None and app_transport is not None:  # neither gone yet
+            telemetry, route = ctx.runtime.telemetry, ctx.route.path
+            await relay_websocket(
+                client, client_transport, upstream, app_transport, app.send_timeout_seconds,
+                lambda outcome: telemetry.websocket_ended(
+                    outcome, route, ctx.request_id, ctx.span
+                ),
+            )  # fmt: skip
     await client.close()
     return client
-
-
-async def _pump(
-    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-) -> None:
-    code: int = aiohttp.WSCloseCode.OK
-    reason = b""
-    while True:
-        message = await source.receive()
-        if message.type == aiohttp.WSMsgType.TEXT:
-            await sink.send_str(message.data)
-        elif message.type == aiohttp.WSMsgType.BINARY:
-            await sink.send_bytes(message.data)
-        elif message.type == aiohttp.WSMsgType.CLOSING:
-            return  # the other pump is closing `source` and already saw `sink` close
-        else:
-            if message.type == aiohttp.WSMsgType.CLOSE:
-                # The peer's code and reason (e.g. an app's 4001 "unauthorized") go through.
-                code, reason = _relayable(message.data), (message.extra or "").encode()
-            elif message.type == aiohttp.WSMsgType.ERROR:
-                # What broke the source's side (1009: a message over the limit) is what the
-                # sink is told; anything else is the sidecar's internal error.
-                error = message.data
-                code = (
-                    aiohttp.WSCloseCode.MESSAGE_TOO_BIG
-                    if isinstance(error, aiohttp.WebSocketError)
-                    and error.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
-                    else aiohttp.WSCloseCode.INTERNAL_ERROR
-                )
-            break
-    # Shielded: the client's close is often followed by its TCP close, which cancels this
-    # handler; the app must still get the close frame with the client's code, not a bare 1000.
-    closing = asyncio.create_task(sink.close(code=code, message=reason))
-    _CLOSING.add(closing)
-    closing.add_done_callback(_CLOSING.discard)
-    await asyncio.shield(closing)
-
-
-def _relayable(code: object) -> int:
-    """A close code that may be sent on (1005/1006/1015 only ever describe a close)."""
-    valid = isinstance(code, int) and (1000 <= code <= 1014 or 3000 <= code <= 4999)
-    if valid and code not in (1004, 1005, 1006):
-        return cast(int, code)
-    return aiohttp.WSCloseCode.OK if code in (None, 1005) else aiohttp.WSCloseCode.INTERNAL_ERROR

@@ -21,6 +21,9 @@ is `sidecar.http_client`, which needs none):
   in the writer's `output_size`, which is how aiohttp knows a response went out (it never
   answers a failed handler again after that). The request body's reader (read to its
   end) gets the shared empty queue.
+- **the app's WebSocket**: `websocket_transport` finds the socket under a client
+  WebSocket (aiohttp exposes the server side's as `request.transport`, not this one), so
+  the app route's stall watch can see what is queued for the app and cut it.
 
 `tests/test_stream_adapter.py` checks each of these against the installed aiohttp, and
 pyproject pins aiohttp to the minor versions that test passed on.
@@ -33,7 +36,7 @@ import collections
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from aiohttp import ClientConnectionResetError, web
+from aiohttp import ClientConnectionResetError, ClientWebSocketResponse, web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from aiohttp.http_writer import _serialize_headers as _aiohttp_serialize
@@ -321,3 +324,9 @@ def retrieve(task: asyncio.Future[None]) -> None:
     """Done callback that marks a future's exception as seen (it is raised where awaited)."""
     if not task.cancelled():
         task.exception()
+
+
+def websocket_transport(ws: ClientWebSocketResponse) -> asyncio.Transport | None:
+    """The transport a client WebSocket writes to (None once its connection is gone)."""
+    connection = ws._response.connection  # the upgraded response keeps its connection
+    return None if connection is None else connection.transport

@@ -18,6 +18,7 @@ from sidecar.telemetry.state import ADMITTED, NOT_ADMITTED, TelemetryState, span
 
 access_log = logging.getLogger("sidecar.access")
 reject_log = logging.getLogger("sidecar.reject")
+app_log = logging.getLogger("sidecar.app")
 
 
 class Counters(TelemetryState):
@@ -65,6 +66,20 @@ class Counters(TelemetryState):
         self.instruments.resumes.add(1, {"sidecar.resume.result": result})
         if replayed:
             self.instruments.resume_events.add(replayed)
+
+    def websocket_ended(self, outcome: str, route: str, request_id: str, span: Span | None) -> None:
+        """An app route WebSocket ended (`outcome`: closed, client_stalled, app_stalled,
+        client_lost, app_lost, client_error, app_error): counted and logged."""
+        self.instruments.websockets.add(
+            1, {"sidecar.websocket.outcome": outcome, "http.route": route}
+        )
+        level = logging.INFO if outcome == "closed" else logging.WARNING
+        if app_log.isEnabledFor(level):
+            fields: dict[str, Any] = {
+                "event": "websocket_ended", "outcome": outcome, "route": route,
+                "request_id": request_id, **span_ids(span),
+            }  # fmt: skip
+            log_event(app_log, level, "websocket_ended", fields)
 
     def resume_store_error(self, mode: str) -> None:
         """The resume store failed; `mode` (fail_open | fail_closed) says what followed."""

@@ -159,6 +159,10 @@ class Instruments:
             "sidecar.stream.resumes", unit="{request}",
             description="Stream resumes, by sidecar.resume.result (resumed | expired | forbidden | lost)",
         )  # fmt: skip
+        self.websockets = meter.create_counter(
+            "sidecar.app.websockets", unit="{connection}",
+            description="App route WebSockets ended, by sidecar.websocket.outcome",
+        )  # fmt: skip
         self.resume_events = meter.create_counter(
             "sidecar.stream.resume.events", unit="{event}",
             description="Events replayed from resume buffers to reconnecting clients",
