@@ -42,6 +42,7 @@ EXPECTED = {
     "sidecar_cost_usd": "counter",
     "sidecar_cache_lookups": "counter",
     "sidecar_cache_tokens_saved": "counter",
+    "sidecar_app_websockets": "counter",
     "sidecar_ready": "gauge",
     "sidecar_config_last_reload_successful": "gauge",
 }
@@ -69,7 +70,17 @@ async def busy_scrape(sidecar: SidecarServer) -> str:
     async with aiohttp.ClientSession() as http:  # a stream read again from its start
         url = sidecar.url + "/api/stream-response"
         await stream_then_resume(http, url, "resume me [[fake tokens=3]]", after=0)
-    return await scrape(sidecar)
+    async with aiohttp.ClientSession() as http:  # a WebSocket to the app, closed by the client
+        async with http.ws_connect(sidecar.url + "/ws") as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive_str(timeout=5)) == "echo:hi"
+    # Its end is counted once the handler has passed the close on: wait for that, bounded.
+    for _ in range(200):
+        text = await scrape(sidecar)
+        if "sidecar_app_websockets_total{" in text:
+            return text
+        await asyncio.sleep(0.02)
+    raise AssertionError("the WebSocket's end was never counted")
 
 
 SCREENING = {
@@ -78,9 +89,18 @@ SCREENING = {
 }
 
 
+def with_app(url: str) -> dict[str, Any]:
+    """`SCREENING`, and the default routes with `/ws` going to the stock app at `url` (its
+    WebSockets): any other path still matches no route."""
+    routes = [{"path": "/api/stream-response", "handler": "prompt"},
+              {"path": "/v1/", "handler": "anthropic"}, {"path": "/api/chat", "handler": "ui"},
+              {"path": "/ws", "handler": "app"}]  # fmt: skip
+    return {**SCREENING, "app": {"url": url}, "routes": routes}
+
+
 @pytest.fixture
 async def scraped(sidecar_for: SidecarFactory) -> dict[str, Any]:
-    async with sidecar_for(SCREENING) as sidecar:
+    async with running_app() as (app_url, _), sidecar_for(with_app(app_url)) as sidecar:
         text = await busy_scrape(sidecar)
     families = {family.name: family for family in text_string_to_metric_families(text)}
     return {"text": text, "families": families}
@@ -146,8 +166,9 @@ async def scraped_latest(
     async with serving(app) as jwks:
         auth = {"auth": {"mode": "optional",
                          "jwt": {"jwks_url": jwks + "/jwks", "algorithms": ["RS256"]}}}  # fmt: skip
-        async with sidecar_for({**SCREENING, **auth}) as sidecar:
-            text = await busy_scrape(sidecar)
+        async with running_app() as (app_url, _):
+            async with sidecar_for({**with_app(app_url), **auth}) as sidecar:
+                text = await busy_scrape(sidecar)
     families = {family.name: family for family in text_string_to_metric_families(text)}
     return {"text": text, "families": families}
 
