@@ -77,7 +77,9 @@ def _app_session(config: Config) -> aiohttp.ClientSession | None:
         timeout=timeout,
         auto_decompress=False,  # the app's encoding passes through untouched
         cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        # Only what the client sent: no `Accept: */*` or `Content-Type:
+        # application/octet-stream` the client left out (an app may read their absence).
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
     )
 
 

@@ -1065,3 +1065,41 @@ async def test_an_event_stream_to_clients_that_read_nothing_pauses_the_app(
     # What the app wrote and nobody took: the sockets' buffers both ways and the sidecar's
     # own, per stream; an unbounded queue would have kept the app writing.
     assert max(sent) < 64 << 20
+
+
+@pytest.mark.parametrize(
+    ("request_head", "body", "expected"),
+    [
+        (b"GET /echo HTTP/1.1\r\n", b"", {}),
+        (b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\n", b"abc", {}),
+        (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n", b"3\r\nabc\r\n0\r\n\r\n", {}),
+        (
+            b"POST /echo HTTP/1.1\r\nAccept: text/html\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 3\r\n",
+            b"abc",
+            {"accept": "text/html", "content-type": "text/plain"},
+        ),
+    ],
+    ids=["get", "length", "chunked", "given"],
+)
+async def test_the_app_gets_no_accept_or_content_type_the_client_did_not_send(
+    sidecar_for: SidecarFactory,
+    app_upstream: tuple[str, AppState],
+    request_head: bytes,
+    body: bytes,
+    expected: dict[str, str],
+) -> None:
+    """The HTTP client the sidecar calls the app with adds `Accept: */*` and, to a body,
+    `Content-Type: application/octet-stream`: an app that reads their absence (a webhook
+    with no type, content negotiation) would see what the client never said."""
+    url, _ = app_upstream
+    async with sidecar_for(with_app(url)) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(request_head + b"Host: x\r\nConnection: close\r\n\r\n" + body)
+        answer = await reader.read()
+        writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    headers = echoed_headers(json.loads(payload))
+    seen = {name: headers[name] for name in ("accept", "content-type") if name in headers}
+    assert seen == expected
