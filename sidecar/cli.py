@@ -56,8 +56,14 @@ def _run(path: str | None) -> int:
     config = _load(path, sys.stderr)
     if config is None:
         return EXIT_BAD_CONFIG
-    from sidecar.server import serve
-    from sidecar.telemetry import setup_logging
+    try:
+        from sidecar.server import serve
+        from sidecar.telemetry import setup_logging
+    except ValueError as exc:  # the SDK reads OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT when imported
+        if not str(exc).startswith("OTEL_"):
+            raise
+        print(f"invalid OpenTelemetry environment: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
 
     setup_logging(config.telemetry)
     tune_interpreter()

@@ -20,7 +20,7 @@ import socket
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -32,8 +32,11 @@ from sidecar.pipeline import UNMATCHED
 from sidecar.reload import Reloader
 from sidecar.runtime import Runtime, RuntimeHolder, finish_within
 from sidecar.telemetry import Telemetry
+from sidecar.telemetry.providers import TelemetryEnvironmentError
 
 log = logging.getLogger("sidecar.server")
+# The exit code of an `OTEL_*` value the SDK refuses: that of a config that is not valid.
+EXIT_BAD_ENVIRONMENT: Final = 2
 _FINAL_EVENT_GRACE = 2.0  # seconds for final events to reach clients after streams are stopped
 # Seconds the listeners and the runtimes' resources (stores flushing the final events,
 # pools, telemetry) get, together, to close after that; past it, what is stuck is left.
@@ -222,6 +225,9 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    except TelemetryEnvironmentError as exc:  # an OTEL_* value the SDK refuses
+        log.error("invalid OpenTelemetry environment: %s", exc)
+        return EXIT_BAD_ENVIRONMENT
     log.info(
         "sidecar serving",
         extra={

@@ -43,6 +43,35 @@ def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        # Read by the SDK when it is imported: before the sidecar's logging is set up.
+        ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "abc", "must be a non-negative integer but got abc"),
+        # Read when the providers are built: a log line.
+        ("OTEL_TRACES_EXPORTER", "zipkin", "Requested component 'zipkin' not found"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "Unsupported OTLP protocol 'http/json'"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "0", "schedule_delay_millis must be positive"),
+        ("OTEL_PROPAGATORS", "tracecontext,b3", "Propagator b3 not found"),
+    ],
+)
+def test_run_refuses_an_otel_value_the_sdk_refuses_with_one_line_and_exit_2(
+    tmp_path: Path, variable: str, value: str, problem: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f'server: {{listen: "127.0.0.1:{free_port()}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
+        "claude: {base_url: 'builtin:fake'}\n"
+        "telemetry: {otlp_endpoint: 'http://127.0.0.1:9'}\n"
+    )
+    env = {name: "" for name in os.environ if name.startswith("OTEL_")}
+    result = sidecar_command("run", "-c", str(path), env={**env, variable: value})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if problem in line]
+    assert "invalid OpenTelemetry environment" in line
+
+
 def test_check_with_no_file_uses_the_embedded_default() -> None:
     env = {k: v for k, v in os.environ.items() if k != "SIDECAR_CONFIG"}
     result = subprocess.run(

@@ -10,24 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import requests.utils
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+    OTLPMetricExporter as HttpMetricExporter,
+)
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as SdkHttpSpanExporter,
 )
+from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from sidecar.telemetry.otlp_session import CREDENTIAL_PROVIDERS, ExportSession, export_session
+from sidecar.telemetry.otlp_session import (
+    CREDENTIAL_PROVIDERS,
+    METRICS_CREDENTIAL_PROVIDERS,
+    ExportSession,
+    export_session,
+)
 from sidecar.telemetry.otlp_spans import HttpSpanExporter
+from tests.support.certs import write_self_signed
 from tests.support.otlp import receiving
 
+METRICS = MetricsData(resource_metrics=[])
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 URLS = ("http://collector:4318/v1/traces", "https://otlp.example.com/v1/traces")
 
@@ -73,6 +86,8 @@ def test_the_settings_are_requests_own(
     ours.cert = theirs.cert = ("/c.pem", "/k.pem")
     for url in URLS * 2:  # the second time from the cache
         expected = theirs.merge_environment_settings(url, {}, None, None, None)
+        if verify is not True:  # the exporter's CA file wins over REQUESTS_CA_BUNDLE & co
+            expected["verify"] = verify
         assert ours.merge_environment_settings(url, {}, None, None, None) == expected
     assert ours.merge_environment_settings(URLS[0], {}, None, None, None) is not (
         ours.merge_environment_settings(URLS[0], {}, None, None, None)
@@ -147,6 +162,44 @@ def test_a_credential_provider_makes_the_session_as_in_the_sdk(
         with pytest.raises(RuntimeError, match="no-such-provider"):  # the SDK looked it up
             HttpSpanExporter(endpoint="http://127.0.0.1:1/v1/traces")
         monkeypatch.delenv(name)
+    for name in METRICS_CREDENTIAL_PROVIDERS:  # the metric exporter's, as the SDK reads them
+        monkeypatch.setenv(name, "no-such-provider")
+        assert export_session("METRICS") is None
+        monkeypatch.delenv(name)
+    assert isinstance(export_session("METRICS"), ExportSession)
     given = requests.Session()
     exporter = HttpSpanExporter(endpoint="http://127.0.0.1:1/v1/traces", session=given)
     stop(exporter)
+
+
+async def test_the_otlp_certificate_wins_over_the_environments_ca_bundle(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A collector with a private CA, trusted through `OTEL_EXPORTER_OTLP_CERTIFICATE`, in an
+    environment whose `REQUESTS_CA_BUNDLE` names the system's bundle (which `requests` would
+    use instead): spans and metrics reach it; without the certificate they do not."""
+    clean_env(monkeypatch)
+    write_self_signed(tmp_path / "collector.pem", tmp_path / "collector.key")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "collector.pem", tmp_path / "collector.key")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", requests.utils.DEFAULT_CA_BUNDLE_PATH)
+    async with receiving(tls) as receiver:
+        metrics_url = receiver.url.replace("/v1/traces", "/v1/metrics")
+
+        def post() -> tuple[SpanExportResult, MetricExportResult]:
+            spans_exporter = HttpSpanExporter(endpoint=receiver.url)
+            metrics_exporter = HttpMetricExporter(
+                endpoint=metrics_url, session=export_session("METRICS")
+            )
+            results = (spans_exporter.export(spans(1)), metrics_exporter.export(METRICS))
+            stop(spans_exporter)
+            metrics_exporter.shutdown()
+            return results
+
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+        refused = (SpanExportResult.FAILURE, MetricExportResult.FAILURE)
+        assert await asyncio.to_thread(post) == refused  # the system's bundle: not trusted
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(tmp_path / "collector.pem"))
+        trusted = (SpanExportResult.SUCCESS, MetricExportResult.SUCCESS)
+        assert await asyncio.to_thread(post) == trusted
+    assert len(receiver.bodies) == 2

@@ -8,12 +8,16 @@ import asyncio
 import contextlib
 import gzip
 import os
+import signal
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import requests.utils
 from aiohttp import web
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -22,7 +26,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.trace import SpanKind
 
 from sidecar.config import TelemetryConfig
@@ -31,15 +37,19 @@ from sidecar.telemetry.loop_spans import LoopSpanProcessor
 from sidecar.telemetry.providers import (
     SPAN_BATCH_SIZE,
     OtlpSignal,
+    SignalExport,
     StableResource,
+    TelemetryEnvironmentError,
     build_providers,
     exemplar_filter_of,
     otlp_signal,
     resource_of,
+    signal_export,
     span_batch_size,
 )
+from tests.support.certs import write_self_signed
 from tests.support.otel import make_otel
-from tests.support.sidecars import SidecarFactory
+from tests.support.sidecars import SidecarFactory, sidecar_process
 from tests.support.sockets import free_port
 
 MODEL = "claude-sonnet-5-5"
@@ -88,10 +98,11 @@ def attributes(pairs: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def running_collector() -> AsyncIterator[Collector]:
-    """POST /v1/traces and /v1/metrics, decoded with the OTLP protobuf messages."""
+async def running_collector(tls: ssl.SSLContext | None = None) -> AsyncIterator[Collector]:
+    """POST /v1/traces and /v1/metrics, decoded with the OTLP protobuf messages (over TLS
+    with `tls`)."""
     port = free_port()
-    collector = Collector(f"http://127.0.0.1:{port}")
+    collector = Collector(f"{'https' if tls else 'http'}://127.0.0.1:{port}")
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
@@ -109,7 +120,7 @@ async def running_collector() -> AsyncIterator[Collector]:
     app.router.add_post("/v1/metrics", receive)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls).start()
     try:
         yield collector
     finally:
@@ -183,6 +194,25 @@ async def test_env_wins_and_sidecar_shutdown_flushes(
     spans = collector.spans()
     assert {resource["service.name"] for resource, _ in spans} == {"from-env"}
     assert f"chat {MODEL}" in {span.name for _, span in spans}
+
+
+async def test_a_collector_with_a_private_ca_gets_spans_and_metrics(
+    sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`OTEL_EXPORTER_OTLP_CERTIFICATE` is the CA both exporters trust, even where
+    `REQUESTS_CA_BUNDLE` names the system's bundle (which `requests` alone would use)."""
+    write_self_signed(tmp_path / "collector.pem", tmp_path / "collector.key")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "collector.pem", tmp_path / "collector.key")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", requests.utils.DEFAULT_CA_BUNDLE_PATH)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(tmp_path / "collector.pem"))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
+    async with running_collector(tls) as collector:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+        async with sidecar_for({"telemetry": {"prometheus": False}}) as sidecar:
+            await stream_once(sidecar.url)
+    assert f"chat {MODEL}" in {span.name for _, span in collector.spans()}
+    assert "gen_ai.client.operation.duration" in collector.metric_names()
 
 
 def test_otlp_endpoints_follow_the_exporter_spec(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -403,3 +433,86 @@ def test_last_span_exports_fit_in_a_runtimes_close_unless_otel_bsp_says(
     assert processor.export_timeout == seconds
     providers.tracer_provider.shutdown()
     providers.meter_provider.shutdown()
+
+
+# --------------------------------------------------------------------------- OTEL_*_EXPORTER
+
+
+@pytest.fixture
+def no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+def test_exporter_lists_are_read_as_the_sdk_reads_them(
+    no_otel_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TelemetryConfig(otlp_endpoint="http://collector:4318")
+    http = OtlpSignal("http/protobuf", "http://collector:4318/v1/traces")
+    # Unset: OTLP where an endpoint is configured; `none` in any case: nothing.
+    assert signal_export(config, "TRACES") == SignalExport(http)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", " None ")
+    assert signal_export(config, "TRACES") == SignalExport()
+    # `console` alone: the SDK's console exporter, and no OTLP although an endpoint is set.
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    assert signal_export(config, "TRACES") == SignalExport(None, (ConsoleSpanExporter,))
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp, console,console")
+    assert signal_export(config, "TRACES") == SignalExport(http, (ConsoleSpanExporter,))
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    assert signal_export(config, "METRICS") == SignalExport(None, (ConsoleMetricExporter,))
+    # A protocol by name wins over the protocol variables (with the SDK's warning).
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp_proto_grpc")
+    assert signal_export(config, "TRACES").otlp == OtlpSignal("grpc", "http://collector:4318")
+    # `otlp` named with no endpoint anywhere: the exporter's own default, as in the SDK.
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    assert signal_export(TelemetryConfig(), "TRACES").otlp == OtlpSignal("http/protobuf", None)
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    assert signal_export(TelemetryConfig(), "TRACES").otlp is None
+    # A protocol the SDK does not know is refused where OTLP would export, not elsewhere.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    assert signal_export(TelemetryConfig(), "TRACES") == SignalExport()
+    with pytest.raises(TelemetryEnvironmentError, match="http/json"):
+        signal_export(config, "TRACES")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("OTEL_TRACES_EXPORTER", "zipkin", "'zipkin' not found"),
+        ("OTEL_METRICS_EXPORTER", "otlp,statsd", "'statsd' not found"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "Unsupported OTLP protocol 'http/json'"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "GRPC", "Unsupported OTLP protocol 'GRPC'"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "0", "schedule_delay_millis must be positive"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "100", "less than or equal to max_queue_size"),
+    ],
+)
+def test_a_value_the_sdk_refuses_is_a_telemetry_environment_error(
+    no_otel_env: None, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(TelemetryEnvironmentError, match=problem):
+        build_providers(TelemetryConfig(otlp_endpoint="http://127.0.0.1:9"), None, None)
+
+
+async def test_console_exporters_write_spans_and_metrics_to_stdout(
+    no_otel_env: None, tmp_path: Path
+) -> None:
+    """A real `sidecar run` with `OTEL_*_EXPORTER=console`: the SDK's console exporters'
+    JSON on stdout, and nothing over OTLP although an endpoint is configured."""
+    async with running_collector() as collector:
+        data = {
+            "claude": {"base_url": "builtin:fake"},
+            "telemetry": {"otlp_endpoint": collector.url},
+        }
+        env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "console"}
+        async with sidecar_process(data, tmp_path, env, stdout=True) as sidecar:
+            await stream_once(sidecar.url)
+            sidecar.process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(sidecar.process.wait, 30) == 0
+        out = sidecar.stdout()
+    assert f'"name": "chat {MODEL}"' in out  # the SDK's console span exporter's JSON
+    assert '"name": "gen_ai.client.operation.duration"' in out  # and its metric exporter's
+    assert not collector.traces
+    assert not collector.metrics

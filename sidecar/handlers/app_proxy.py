@@ -101,8 +101,8 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     credential = app_base(app.url)[1]
     if credential is not None:
         headers["Authorization"] = credential
-    headers.pop("traceparent", None)
-    headers.pop("tracestate", None)
+    for name in ctx.runtime.telemetry.trace_headers:  # the client's: replaced by this hop's
+        headers.popall(name, None)
     carrier: dict[str, str] = {}
     ctx.runtime.telemetry.inject(ctx.span, carrier)
     headers.update(carrier)

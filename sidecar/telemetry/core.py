@@ -69,7 +69,11 @@ class Telemetry(StreamTelemetry, Counters):
     # ------------------------------------------------------------------ traces
 
     def extract(self, headers: Mapping[str, str]) -> Context:
-        """The caller's W3C trace context (empty context when there is none)."""
+        """The caller's W3C trace context (empty context when there is none); with
+        `OTEL_PROPAGATORS` other than W3C trace context, what those propagators extract."""
+        custom = self._custom_propagator
+        if custom is not None:
+            return custom.extract(headers)
         if "traceparent" not in headers:
             # What the propagator returns without the header (`tracestate` alone means
             # nothing), without its getter calls per request; a Context is immutable.
@@ -113,7 +117,13 @@ class Telemetry(StreamTelemetry, Counters):
         Writes what `TraceContextTextMapPropagator.inject` writes for this span, without
         first wrapping the span in a new Context for the propagator to unwrap (once
         per Claude call). tests/test_telemetry_core.py holds the two to the same output.
+        With `OTEL_PROPAGATORS` other than W3C trace context, those propagators write.
         """
+        custom = self._custom_propagator
+        if custom is not None:  # the caller's context too (its baggage), with `span` current
+            caller = span._caller if type(span) is SidecarSpan else None
+            custom.inject(headers, context=trace.set_span_in_context(span, caller))
+            return
         context = span.get_span_context()
         if type(span) is SidecarSpan:  # always valid; its hex ids are formatted once
             trace_id, span_id = span.ids()

@@ -13,8 +13,17 @@ netrc, cookies, timeouts, redirects) is `requests`' own, and the SDK's transport
 client around it (retries with backoff, compression, headers, TLS files) are
 untouched: the session is the SDK exporter's public `session` argument.
 
-A credential provider (`OTEL_PYTHON_EXPORTER_OTLP_HTTP_*CREDENTIAL_PROVIDER`) makes
-the session itself, so none is passed then (`export_session`).
+One difference from `requests`: the CA file the exporter set on the session (from
+`OTEL_EXPORTER_OTLP_CERTIFICATE`, or the signal's own variable) is the one used.
+`requests` lets `REQUESTS_CA_BUNDLE` / `CURL_CA_BUNDLE` replace a session's `verify`
+(a per-request merge of the environment over the session's settings), so the SDK's own
+session would verify the collector against the system's bundle and refuse a collector
+with a private CA whatever `OTEL_EXPORTER_OTLP_CERTIFICATE` says; those variables still
+apply where no OTLP certificate is set.
+
+The metric exporter posts through such a session too. A credential provider
+(`OTEL_PYTHON_EXPORTER_OTLP_HTTP_*CREDENTIAL_PROVIDER`) makes the session itself, so
+none is passed then (`export_session`).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Any, Final
 import requests
 from opentelemetry.sdk.environment_variables import (
     _OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER,
+    _OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER,
     _OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER,
 )
 
@@ -33,10 +43,16 @@ CREDENTIAL_PROVIDERS: Final = (
     _OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER,
     _OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER,
 )
+# ... and the HTTP metric exporter.
+METRICS_CREDENTIAL_PROVIDERS: Final = (
+    _OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER,
+    _OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER,
+)
 
 
 class ExportSession(requests.Session):
-    """A `requests.Session` that merges the environment into a URL's settings once."""
+    """A `requests.Session` that merges the environment into a URL's settings once, and
+    keeps its own CA file (`verify`) over the environment's bundle."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,13 +67,17 @@ class ExportSession(requests.Session):
         settings = self._settings.get(url)
         if settings is None:
             settings = super().merge_environment_settings(url, {}, None, None, None)
+            if self.verify is not True:  # the exporter's CA file, not REQUESTS_CA_BUNDLE
+                settings["verify"] = self.verify
             self._settings[url] = settings
         # A copy per call: what `requests` returns is the caller's to change.
         return {**settings, "proxies": dict(settings["proxies"])}
 
 
-def export_session() -> ExportSession | None:
-    """The session for a new OTLP/HTTP span exporter; None when a credential provider is set."""
-    if any(os.environ.get(name) for name in CREDENTIAL_PROVIDERS):
+def export_session(signal: str = "TRACES") -> ExportSession | None:
+    """The session for a new OTLP/HTTP exporter of `signal` (`TRACES` / `METRICS`); None
+    when a credential provider is set for it."""
+    providers = METRICS_CREDENTIAL_PROVIDERS if signal == "METRICS" else CREDENTIAL_PROVIDERS
+    if any(os.environ.get(name) for name in providers):
         return None
     return ExportSession()

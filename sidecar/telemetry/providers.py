@@ -6,8 +6,9 @@ the sampler (`OTEL_TRACES_SAMPLER(_ARG)`), the exemplar filter when set, and the
 OTLP exporters' endpoints, headers, timeouts and TLS (`OTEL_EXPORTER_OTLP_*`).
 The sidecar only decides what the SDK cannot know: that the environment wins over
 the config's `service_name`, `resource_attributes` and `otlp_endpoint`; which
-exporters to build (`OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` = `none`, the
-protocol); and the exemplar filter's default. Providers are private to one Telemetry
+exporters to build (`OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` read as the SDK's
+configuration reads them, its exporters by name; the protocol); and the exemplar
+filter's default. A value the SDK refuses is a `TelemetryEnvironmentError`. Providers are private to one Telemetry
 (never the global ones), so a process can build several (tests) and shut each down.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry.sdk.environment_variables import (
     OTEL_BSP_EXPORT_TIMEOUT,
@@ -125,6 +126,19 @@ def span_batch_size() -> int | None:
     return SPAN_BATCH_SIZE
 
 
+class TelemetryEnvironmentError(ValueError):
+    """An `OTEL_*` variable the SDK refuses (it would stop the program): a startup error."""
+
+
+# The SDK's OTLP exporter names, and the protocol each one means (None: the protocol variables').
+_OTLP_EXPORTERS: Final[dict[str, str | None]] = {
+    "otlp": None,
+    "otlp_proto_http": "http/protobuf",
+    "otlp_proto_grpc": "grpc",
+}
+_PROTOCOLS: Final = frozenset({"http/protobuf", "grpc"})
+
+
 @dataclass(frozen=True, slots=True)
 class OtlpSignal:
     """OTLP export of one signal: `endpoint` None lets the exporter read `OTEL_EXPORTER_OTLP_*`."""
@@ -133,28 +147,119 @@ class OtlpSignal:
     endpoint: str | None
 
 
-def otlp_signal(config: TelemetryConfig, signal: str) -> OtlpSignal | None:
-    """How `signal` (`TRACES` / `METRICS`) is exported over OTLP; None when it is not."""
-    env = os.environ
-    if env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower() == "none":
+@dataclass(frozen=True, slots=True)
+class SignalExport:
+    """How one signal is exported: over OTLP (the sidecar's exporters) and by the SDK's
+    other exporters named in `OTEL_{signal}_EXPORTER` (`console`, a vendor's), by class."""
+
+    otlp: OtlpSignal | None = None
+    others: tuple[type[Any], ...] = ()
+
+
+def exporter_names(signal: str) -> list[str] | None:
+    """`OTEL_{signal}_EXPORTER` as the SDK splits it (`none`: []); None when unset."""
+    names = os.environ.get(f"OTEL_{signal}_EXPORTER")
+    if not names or not names.strip():
         return None
-    specific_protocol = (
+    if names.lower().strip() == "none":
+        return []
+    return [name.strip() for name in names.split(",")]
+
+
+def _protocol(config: TelemetryConfig, signal: str, named: str | None) -> str:
+    """The OTLP protocol of `signal`: the exporter's name, else the protocol variables (the
+    signal's, then the generic one), else the config; refused as the SDK refuses it."""
+    env = os.environ
+    specific = (
         OTEL_EXPORTER_OTLP_TRACES_PROTOCOL if signal == "TRACES"
         else OTEL_EXPORTER_OTLP_METRICS_PROTOCOL
     )  # fmt: skip
-    protocol = (
-        env.get(specific_protocol) or env.get(OTEL_EXPORTER_OTLP_PROTOCOL) or config.otlp_protocol
-    ).strip()
+    variable = (env.get(specific) or env.get(OTEL_EXPORTER_OTLP_PROTOCOL) or "").strip()
+    if named is not None:
+        if variable in _PROTOCOLS and variable != named:  # the SDK's warning, its choice
+            log.warning(
+                "Conflicting values for %s OTLP exporter protocol, using '%s'",
+                signal.lower(), _SDK_NAMES[named],
+            )  # fmt: skip
+        return named
+    protocol = variable or config.otlp_protocol
+    if protocol not in _PROTOCOLS:
+        raise TelemetryEnvironmentError(
+            f"Unsupported OTLP protocol '{protocol[:64]}' is configured"
+        )
+    return protocol
+
+
+_SDK_NAMES: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
+
+
+def _environment_endpoint(signal: str) -> bool:
+    """Whether `OTEL_EXPORTER_OTLP_ENDPOINT` or the signal's own endpoint variable is set."""
+    env = os.environ
     specific_endpoint = (
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT if signal == "TRACES"
         else OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
     )  # fmt: skip
-    if env.get(specific_endpoint, "").strip() or env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip():
+    return bool(
+        env.get(specific_endpoint, "").strip() or env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
+    )
+
+
+def _endpoint_set(config: TelemetryConfig, signal: str) -> bool:
+    return config.otlp_endpoint is not None or _environment_endpoint(signal)
+
+
+def _otlp_target(
+    config: TelemetryConfig, signal: str, protocol: str, named: bool
+) -> OtlpSignal | None:
+    """Where `signal` goes over OTLP: the environment's endpoint (read by the exporter), else
+    the config's; with neither, the SDK's default endpoint when an OTLP exporter is named,
+    else nowhere."""
+    if _environment_endpoint(signal):
         return OtlpSignal(protocol, None)  # the exporter joins the spec's paths itself
     if config.otlp_endpoint is None:
-        return None
+        return OtlpSignal(protocol, None) if named else None
     base = str(config.otlp_endpoint).rstrip("/")
     return OtlpSignal(protocol, base if protocol == "grpc" else f"{base}/{_SIGNAL_PATHS[signal]}")
+
+
+def signal_export(config: TelemetryConfig, signal: str) -> SignalExport:
+    """How `signal` (`TRACES` / `METRICS`) is exported, from `OTEL_{signal}_EXPORTER`.
+
+    Unset: over OTLP where an endpoint is configured. Else the SDK's reading: `none`, or
+    a list of exporter names; `otlp` (the protocol variables' protocol, else the config's),
+    `otlp_proto_http` and `otlp_proto_grpc` are the sidecar's OTLP exporters, any other
+    name the SDK's exporter of that name (its entry point). A name no package provides,
+    or a protocol the SDK does not know, raises `TelemetryEnvironmentError`.
+    """
+    names = exporter_names(signal)
+    if names is None:
+        if not _endpoint_set(config, signal):
+            return SignalExport()  # nothing exported: no protocol read (or refused)
+        return SignalExport(_otlp_target(config, signal, _protocol(config, signal, None), False))
+    otlp: OtlpSignal | None = None
+    others: dict[str, type[Any]] = {}
+    for name in names:
+        if name in _OTLP_EXPORTERS:
+            if otlp is None:  # one OTLP export per signal, as the SDK's exporters by name
+                otlp = _otlp_target(
+                    config, signal, _protocol(config, signal, _OTLP_EXPORTERS[name]), True
+                )
+        elif name not in others:
+            group = f"opentelemetry_{signal.lower()}_exporter"
+            # The SDK's own lookup (and its error for a name no package provides).
+            from opentelemetry.sdk._configuration import _import_config_components
+
+            try:
+                others[name] = _import_config_components([name], group)[0][1]
+            except RuntimeError as error:
+                raise TelemetryEnvironmentError(str(error)) from None
+    return SignalExport(otlp, tuple(others.values()))
+
+
+def otlp_signal(config: TelemetryConfig, signal: str) -> OtlpSignal | None:
+    """How `signal` (`TRACES` / `METRICS`) is exported over OTLP; None when it is not."""
+    return signal_export(config, signal).otlp
 
 
 @dataclass
@@ -208,7 +313,10 @@ def _metric_reader(target: OtlpSignal) -> MetricReader:
         OTLPMetricExporter as HttpMetricExporter,
     )
 
-    return PeriodicExportingMetricReader(HttpMetricExporter(endpoint=endpoint))
+    from sidecar.telemetry.otlp_session import export_session
+
+    exporter = HttpMetricExporter(endpoint=endpoint, session=export_session("METRICS"))
+    return PeriodicExportingMetricReader(exporter)
 
 
 def build_providers(
@@ -216,9 +324,26 @@ def build_providers(
     span_exporter: SpanExporter | None,
     metric_reader: MetricReader | None,
 ) -> Providers | None:
-    """Tracer and meter providers with the configured exporters; None when nothing exports."""
-    traces, metrics = otlp_signal(config, "TRACES"), otlp_signal(config, "METRICS")
-    exporting = config.prometheus or traces or metrics
+    """Tracer and meter providers with the configured exporters; None when nothing exports.
+
+    Raises `TelemetryEnvironmentError` for an `OTEL_*` value the SDK refuses (it would
+    stop the program with a traceback: the sidecar says which and does not start).
+    """
+    try:
+        return _build_providers(config, span_exporter, metric_reader)
+    except (ValueError, RuntimeError) as error:  # the SDK's refusals of its environment
+        if isinstance(error, TelemetryEnvironmentError):
+            raise
+        raise TelemetryEnvironmentError(str(error)) from None
+
+
+def _build_providers(
+    config: TelemetryConfig,
+    span_exporter: SpanExporter | None,
+    metric_reader: MetricReader | None,
+) -> Providers | None:
+    traces, metrics = signal_export(config, "TRACES"), signal_export(config, "METRICS")
+    exporting = config.prometheus or traces.otlp or metrics.otlp or traces.others or metrics.others
     if not exporting and span_exporter is None and metric_reader is None:
         return None  # no-op providers: telemetry off costs nothing (logs still flow)
     resource = resource_of(config)
@@ -235,12 +360,20 @@ def build_providers(
         span_processors.append(SimpleSpanProcessor(span_exporter))
     if metric_reader is not None:
         readers.append(metric_reader)
-    if traces is not None:
-        span_processors.append(_span_processor(traces))
+    if traces.otlp is not None:
+        span_processors.append(_span_processor(traces.otlp))
+    # The SDK's other exporters, set up as its configuration sets them up.
+    span_processors.extend(BatchSpanProcessor(exporter()) for exporter in traces.others)
     for processor in span_processors:
         tracer_provider.add_span_processor(processor)
-    if metrics is not None:
-        readers.append(_metric_reader(metrics))
+    if metrics.otlp is not None:
+        readers.append(_metric_reader(metrics.otlp))
+    for exporter in metrics.others:
+        readers.append(
+            exporter()
+            if issubclass(exporter, MetricReader)
+            else PeriodicExportingMetricReader(exporter())
+        )
     # The SDK's provider, with histograms the sidecar aggregates (see `meters`).
     meter_provider = SidecarMeterProvider(
         resource=resource,

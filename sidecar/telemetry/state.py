@@ -20,7 +20,8 @@ from sidecar.telemetry.cost import price_for
 from sidecar.telemetry.health import Health
 from sidecar.telemetry.histograms import AttributeSet
 from sidecar.telemetry.instruments import Instruments
-from sidecar.telemetry.providers import Providers
+from sidecar.telemetry.propagation import configured_propagator
+from sidecar.telemetry.providers import Providers, TelemetryEnvironmentError
 from sidecar.telemetry.semconv import DEFAULT, GenAiNames
 from sidecar.telemetry.span import SidecarSpan
 from sidecar.telemetry.spans import Spans
@@ -67,6 +68,17 @@ class TelemetryState:
         self.names = names
         self._providers = providers
         self._propagator = TraceContextTextMapPropagator()
+        # OTEL_PROPAGATORS when it asks for more than W3C trace context (None: the above).
+        try:
+            self._custom_propagator = configured_propagator()
+        except ValueError as error:  # the API's refusal: a propagator no package provides
+            raise TelemetryEnvironmentError(str(error)) from None
+        # The request headers that carry a caller's trace (the app proxy replaces them).
+        self.trace_headers: frozenset[str] = (
+            frozenset(("traceparent", "tracestate"))
+            if self._custom_propagator is None
+            else frozenset(self._custom_propagator.fields)
+        )
         # The request and Claude call spans (tests swap in the SDK's tracer to compare).
         # Off (no providers) they are the no-op tracer's: the caller's context goes on,
         # so `traceparent` is forwarded unchanged to Claude and the app.

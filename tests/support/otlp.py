@@ -4,6 +4,7 @@ them, and an OTLP/HTTP receiver on loopback (what an exporter posted, as receive
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +41,11 @@ class Receiver:
 
 
 @contextlib.asynccontextmanager
-async def receiving() -> AsyncIterator[Receiver]:
-    """A receiver answering `POST /v1/traces` with its `status`, until the block ends."""
+async def receiving(tls: ssl.SSLContext | None = None) -> AsyncIterator[Receiver]:
+    """A receiver answering `POST /v1/traces` (and `/v1/metrics`) with its `status`, until
+    the block ends; over TLS with `tls`."""
     port = free_port()
-    receiver = Receiver(f"http://127.0.0.1:{port}/v1/traces")
+    receiver = Receiver(f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1/traces")
 
     async def receive(request: web.Request) -> web.Response:
         receiver.bodies.append(await request.read())  # aiohttp decompresses it
@@ -52,9 +54,10 @@ async def receiving() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/v1/traces", receive)
+    app.router.add_post("/v1/metrics", receive)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls).start()
     try:
         yield receiver
     finally:

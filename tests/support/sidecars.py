@@ -67,13 +67,17 @@ def sidecar_command(
 
 
 def spawn_sidecar(
-    config_path: Path, env: Mapping[str, str] | None = None
+    config_path: Path, env: Mapping[str, str] | None = None, stdout: bool = False
 ) -> subprocess.Popen[bytes]:
-    """`python -m sidecar run -c FILE` as a real process; its logs go to FILE with `.log`."""
-    with config_path.with_suffix(".log").open("wb") as log:  # a file: a pipe could fill up
+    """`python -m sidecar run -c FILE` as a real process; its logs go to FILE with `.log`
+    (and its stdout, with `stdout`, to FILE with `.out`; else nowhere)."""
+    with (
+        config_path.with_suffix(".log").open("wb") as log,  # a file: a pipe could fill up
+        config_path.with_suffix(".out").open("wb") if stdout else contextlib.nullcontext() as out,
+    ):
         return subprocess.Popen(
             [sys.executable, "-m", "sidecar", "run", "-c", str(config_path)],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if out is None else out,
             stderr=log,
             cwd=ROOT,
             env={**os.environ, **(env or {})},
@@ -148,6 +152,10 @@ class SidecarProcess:
         """Its log lines so far (stderr goes to a file next to the config)."""
         return self.config_path.with_suffix(".log").read_text(errors="replace")
 
+    def stdout(self) -> str:
+        """What it wrote to stdout so far (started with `stdout=True`)."""
+        return self.config_path.with_suffix(".out").read_text(errors="replace")
+
 
 @contextlib.asynccontextmanager
 async def sidecar_process(
@@ -155,11 +163,13 @@ async def sidecar_process(
     directory: Path,
     env: Mapping[str, str] | None = None,
     name: str | None = None,
+    stdout: bool = False,
 ) -> AsyncIterator[SidecarProcess]:
     """`sidecar run` with `data` on free loopback ports, yielded once `/readyz` answers 200;
     killed on the way out if it is still running. Its config is `directory/NAME.yaml` and its
-    log `NAME.log`. A port taken between its choice and the bind is chosen again."""
-    running = await _start(data, directory, env, name)
+    log `NAME.log` (its stdout `NAME.out`, with `stdout`). A port taken between its choice and
+    the bind is chosen again."""
+    running = await _start(data, directory, env, name, stdout)
     try:
         yield running
     finally:
@@ -167,7 +177,11 @@ async def sidecar_process(
 
 
 async def _start(
-    data: Mapping[str, Any], directory: Path, env: Mapping[str, str] | None, name: str | None
+    data: Mapping[str, Any],
+    directory: Path,
+    env: Mapping[str, str] | None,
+    name: str | None,
+    stdout: bool = False,
 ) -> SidecarProcess:
     for attempt in range(1, 4):
         port, admin = free_port(), free_port()
@@ -176,7 +190,7 @@ async def _start(
         path = directory / f"{name or f'sidecar-{port}'}.yaml"
         path.write_text(yaml.safe_dump(config))
         running = SidecarProcess(
-            spawn_sidecar(path, env), path, config, f"http://127.0.0.1:{port}",
+            spawn_sidecar(path, env, stdout), path, config, f"http://127.0.0.1:{port}",
             f"http://127.0.0.1:{admin}",
         )  # fmt: skip
         try:
