@@ -304,6 +304,72 @@ async def test_a_stream_the_sidecar_ends_is_charged_once_what_it_relayed(
     assert spy.settled == [(reserved, input_tokens + deltas)]
 
 
+async def _read_then_leave(url: str, body: dict[str, Any], deltas: int) -> bytes:
+    """POST a stream, read it up to its `deltas`-th content delta, then go away."""
+    seen = b""
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(url + "/v1/messages", json=body)
+        assert response.status == 200
+        assert response.headers["X-Cache"] == "HIT"
+        async for line in response.content:
+            seen += line
+            if seen.count(b"event: content_block_delta") == deltas:
+                break
+        response.close()
+    return seen
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+@pytest.mark.parametrize("hit", ["stored", "followed"])
+async def test_a_charged_hit_the_client_leaves_is_charged_what_it_replayed(
+    fake: FakeServer, sidecar_for: SidecarFactory, store: str, hit: str
+) -> None:
+    """`cache.charge_hits`: a replay (of a stored answer, or of a call in flight) that its
+    client leaves mid-stream is charged as a live stream would be, its input and at least
+    one output token per content delta replayed; a completed one, the recorded usage."""
+    async with contextlib.AsyncExitStack() as stack:
+        quotas: dict[str, Any] = {"store": store, "tokens_per_day": 100_000}
+        if store == "redis":
+            quotas["redis_url"] = (await stack.enter_async_context(running_redis())).url
+        cache = {"enabled": True, "charge_hits": True, "replay": "paced"}
+        sidecar = await stack.enter_async_context(sidecar_for({"quotas": quotas, "cache": cache}))
+        body = {**message("long [[fake tokens=200 tps=100]]", 300, stream=True), "temperature": 0}
+        async with aiohttp.ClientSession() as http:
+            if hit == "stored":
+                async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+                    assert response.headers["X-Cache"] == "MISS"
+                    await response.read()
+                assert sidecar.runtime.cache is not None
+                await sidecar.runtime.cache.settled()
+                spy = spy_on(sidecar)
+                seen = await _read_then_leave(sidecar.url, body, 10)
+                await spy.wait_settled(1)
+                async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+                    assert response.headers["X-Cache"] == "HIT"
+                    whole = await response.read()
+                await spy.wait_settled(2)
+                left, completed = spy.settled
+            else:
+                spy = spy_on(sidecar)
+                leader = asyncio.create_task(
+                    sse_request(sidecar.port, "POST", "/v1/messages", {}, json.dumps(body).encode())
+                )
+                recordings = sidecar.runtime.cache
+                assert recordings is not None
+                await eventually(lambda: holds(bool(recordings.inflight)))  # the leader's call
+                seen = await _read_then_leave(sidecar.url, body, 10)
+                whole = (await leader).payload
+                await spy.wait_settled(2)
+                left, completed = sorted(spy.settled, key=lambda settled: settled[1])
+    reported = re.search(rb'"input_tokens": ?(\d+)', seen)
+    assert reported is not None
+    input_tokens = int(reported.group(1))
+    output_tokens = int(re.findall(rb'"output_tokens": ?(\d+)', whole)[-1])
+    assert output_tokens == 200
+    assert input_tokens + 10 <= left[1] < input_tokens + output_tokens  # cut short, not `1`
+    assert completed == (left[0], input_tokens + output_tokens)  # the recorded usage
+
+
 def _deltas_sent(fake: FakeServer) -> int:
     return sum(r.events.count("content_block_delta") for r in fake.state.streams.values())
 
