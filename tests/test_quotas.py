@@ -792,6 +792,58 @@ async def test_errors_after_admission_carry_the_ratelimit_headers(
     assert int(headers["anthropic-ratelimit-tokens-remaining"]) < 100_000  # its reservation
 
 
+async def test_every_answer_of_a_route_with_quotas_tells_the_requests_and_tokens_limits(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Forwarded calls (Claude's answer or its error), cache hits, resumes (a replay, a 204
+    with nothing left, the 404 of an unknown stream): each is a request that spends no
+    tokens, and each tells the token buckets as they stand, what the calls before spent."""
+    quotas = {"requests_per_minute": 1000, "tokens_per_day": 100_000}
+    async with sidecar_for({"quotas": quotas, "cache": {"enabled": True}}) as sidecar:
+        spy = spy_on(sidecar)
+        port = sidecar.port
+        body = json.dumps({**message("spend", stream=True), "temperature": 0}).encode()
+        call = await sse_request(port, "POST", "/v1/messages", {}, body)
+        prompt = await sse_request(port, "POST", "/api/stream-response", {}, b'{"prompt": "hi"}')
+        await spy.wait_settled(2)
+        spent = sum(used for _, used in spy.settled)
+        last = prompt.last_id
+        count = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        answers = {
+            "hit": await sse_request(port, "POST", "/v1/messages", {}, body),
+            "count_tokens": await sse_request(
+                port, "POST", "/v1/messages/count_tokens", {}, count.encode()
+            ),
+            "models": await sse_request(port, "GET", "/v1/models"),
+            "claude's 404": await sse_request(port, "GET", "/v1/models/claude-unknown-0"),
+            "resume": await sse_request(
+                port, "GET", "/api/stream-response", {"Last-Event-ID": f"{prompt.stream_id}:1"}
+            ),
+            "resume 204": await sse_request(
+                port, "GET", "/api/stream-response", {"Last-Event-ID": last}
+            ),
+            "resume 404": await sse_request(
+                port, "POST", "/v1/messages", {"Last-Event-ID": "s" * 32 + ":3"}, body
+            ),
+        }
+    assert call.status == prompt.status == 200
+    assert spent > 0
+    statuses = {name: reply.status for name, reply in answers.items()}
+    assert statuses == {
+        "hit": 200, "count_tokens": 200, "models": 200, "claude's 404": 404, "resume": 200,
+        "resume 204": 204, "resume 404": 404,
+    }  # fmt: skip
+    assert answers["hit"].headers["x-cache"] == "HIT"
+    for name, reply in answers.items():
+        headers = reply.headers
+        assert headers.get("anthropic-ratelimit-requests-limit") == "1000", name
+        assert RFC3339.match(headers["anthropic-ratelimit-requests-reset"]), name
+        assert headers.get("anthropic-ratelimit-tokens-limit") == "100000", name
+        assert RFC3339.match(headers["anthropic-ratelimit-tokens-reset"]), name
+        left = int(headers["anthropic-ratelimit-tokens-remaining"])
+        assert 100_000 - spent <= left <= 100_000 - spent + 30, name  # a day refills ~1/s
+
+
 async def _cut_message(writer: asyncio.StreamWriter) -> None:
     """Claude's head for a whole message, then half of its body, then the connection goes."""
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
