@@ -22,6 +22,20 @@ PING: Final = b": ping\n\n"
 
 _SEP: Final = b"\n\n"
 _BOM: Final = b"\xef\xbb\xbf"  # UTF-8's byte order mark: one at a stream's start is not text
+# The longest upstream event the scanner keeps while waiting for its end. Claude streams
+# its output as deltas of a few tokens each; only whole-block events (a server tool's
+# result in `content_block_start`) are larger, and every block a client receives is one
+# it sends back in its next request, which the Messages API caps at 32 MB. An event
+# still open past this is a broken upstream (or a proxy in front of it), not Claude.
+MAX_EVENT_BYTES: Final = 32 * 1024 * 1024
+
+
+class EventTooLarge(ValueError):
+    """An upstream event grew past the scanner's limit without ending."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an event of Claude's stream exceeded {limit} bytes without ending")
+        self.limit = limit
 
 
 def _normalise(data: bytes) -> bytes:
@@ -37,14 +51,20 @@ class EventScanner:
     A byte order mark before the first event is dropped, as an `EventSource` drops it
     (else the first event's first field name would carry it). Each read is searched
     once: an event longer than two reads costs its length, not its length per read.
+
+    An event kept across reads longer than `limit` bytes raises `EventTooLarge` (its
+    reads are let go; `pending` still says an event was open). Only an event that spans
+    reads is measured: one that ends in the read it started in costs no check.
     """
 
-    __slots__ = ("_carry", "_cr", "_head", "_more")
+    __slots__ = ("_carry", "_cr", "_head", "_limit", "_more", "_size")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self._carry = b""  # the start of an event not yet terminated
         # Its later reads, kept apart until its end arrives (None: none yet).
         self._more: list[bytes] | None = None
+        self._size = 0  # bytes of the carry and its later reads, while there are some
+        self._limit = limit
         self._cr = False  # a \r was seen: normalise every later buffer too
         # What the next read may start with that is not the stream's text: a byte order
         # mark before the first event, a \n after a read that ended in \r (that pair's end).
@@ -100,8 +120,13 @@ class EventScanner:
             if chunk:
                 if more is None:
                     self._more = [chunk]
+                    self._size = len(self._carry) + len(chunk)
                 else:
                     more.append(chunk)
+                    self._size += len(chunk)
+                if self._size > self._limit:
+                    self._more = None  # let go; the carry stays: an event is still open
+                    raise EventTooLarge(self._limit)
             return b""
         if more is None:
             return self._carry + chunk
@@ -140,6 +165,11 @@ class EventScanner:
             if before == b"\n":
                 return False  # three or more line ends: the scan's split may differ
         return chunk.startswith(first_line, start)
+
+    @property
+    def in_event(self) -> bool:
+        """An event has started and not ended (`pending` without joining its reads)."""
+        return bool(self._carry)
 
     @property
     def pending(self) -> bytes:

@@ -304,6 +304,72 @@ async def test_a_stream_the_sidecar_ends_is_charged_once_what_it_relayed(
     assert spy.settled == [(reserved, input_tokens + deltas)]
 
 
+async def _read_then_leave(url: str, body: dict[str, Any], deltas: int) -> bytes:
+    """POST a stream, read it up to its `deltas`-th content delta, then go away."""
+    seen = b""
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(url + "/v1/messages", json=body)
+        assert response.status == 200
+        assert response.headers["X-Cache"] == "HIT"
+        async for line in response.content:
+            seen += line
+            if seen.count(b"event: content_block_delta") == deltas:
+                break
+        response.close()
+    return seen
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+@pytest.mark.parametrize("hit", ["stored", "followed"])
+async def test_a_charged_hit_the_client_leaves_is_charged_what_it_replayed(
+    fake: FakeServer, sidecar_for: SidecarFactory, store: str, hit: str
+) -> None:
+    """`cache.charge_hits`: a replay (of a stored answer, or of a call in flight) that its
+    client leaves mid-stream is charged as a live stream would be, its input and at least
+    one output token per content delta replayed; a completed one, the recorded usage."""
+    async with contextlib.AsyncExitStack() as stack:
+        quotas: dict[str, Any] = {"store": store, "tokens_per_day": 100_000}
+        if store == "redis":
+            quotas["redis_url"] = (await stack.enter_async_context(running_redis())).url
+        cache = {"enabled": True, "charge_hits": True, "replay": "paced"}
+        sidecar = await stack.enter_async_context(sidecar_for({"quotas": quotas, "cache": cache}))
+        body = {**message("long [[fake tokens=200 tps=100]]", 300, stream=True), "temperature": 0}
+        async with aiohttp.ClientSession() as http:
+            if hit == "stored":
+                async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+                    assert response.headers["X-Cache"] == "MISS"
+                    await response.read()
+                assert sidecar.runtime.cache is not None
+                await sidecar.runtime.cache.settled()
+                spy = spy_on(sidecar)
+                seen = await _read_then_leave(sidecar.url, body, 10)
+                await spy.wait_settled(1)
+                async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+                    assert response.headers["X-Cache"] == "HIT"
+                    whole = await response.read()
+                await spy.wait_settled(2)
+                left, completed = spy.settled
+            else:
+                spy = spy_on(sidecar)
+                leader = asyncio.create_task(
+                    sse_request(sidecar.port, "POST", "/v1/messages", {}, json.dumps(body).encode())
+                )
+                recordings = sidecar.runtime.cache
+                assert recordings is not None
+                await eventually(lambda: holds(bool(recordings.inflight)))  # the leader's call
+                seen = await _read_then_leave(sidecar.url, body, 10)
+                whole = (await leader).payload
+                await spy.wait_settled(2)
+                left, completed = sorted(spy.settled, key=lambda settled: settled[1])
+    reported = re.search(rb'"input_tokens": ?(\d+)', seen)
+    assert reported is not None
+    input_tokens = int(reported.group(1))
+    output_tokens = int(re.findall(rb'"output_tokens": ?(\d+)', whole)[-1])
+    assert output_tokens == 200
+    assert input_tokens + 10 <= left[1] < input_tokens + output_tokens  # cut short, not `1`
+    assert completed == (left[0], input_tokens + output_tokens)  # the recorded usage
+
+
 def _deltas_sent(fake: FakeServer) -> int:
     return sum(r.events.count("content_block_delta") for r in fake.state.streams.values())
 
@@ -724,6 +790,58 @@ async def test_errors_after_admission_carry_the_ratelimit_headers(
     assert headers["anthropic-ratelimit-requests-remaining"] == "9"
     assert headers["anthropic-ratelimit-tokens-limit"] == "100000"
     assert int(headers["anthropic-ratelimit-tokens-remaining"]) < 100_000  # its reservation
+
+
+async def test_every_answer_of_a_route_with_quotas_tells_the_requests_and_tokens_limits(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Forwarded calls (Claude's answer or its error), cache hits, resumes (a replay, a 204
+    with nothing left, the 404 of an unknown stream): each is a request that spends no
+    tokens, and each tells the token buckets as they stand, what the calls before spent."""
+    quotas = {"requests_per_minute": 1000, "tokens_per_day": 100_000}
+    async with sidecar_for({"quotas": quotas, "cache": {"enabled": True}}) as sidecar:
+        spy = spy_on(sidecar)
+        port = sidecar.port
+        body = json.dumps({**message("spend", stream=True), "temperature": 0}).encode()
+        call = await sse_request(port, "POST", "/v1/messages", {}, body)
+        prompt = await sse_request(port, "POST", "/api/stream-response", {}, b'{"prompt": "hi"}')
+        await spy.wait_settled(2)
+        spent = sum(used for _, used in spy.settled)
+        last = prompt.last_id
+        count = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        answers = {
+            "hit": await sse_request(port, "POST", "/v1/messages", {}, body),
+            "count_tokens": await sse_request(
+                port, "POST", "/v1/messages/count_tokens", {}, count.encode()
+            ),
+            "models": await sse_request(port, "GET", "/v1/models"),
+            "claude's 404": await sse_request(port, "GET", "/v1/models/claude-unknown-0"),
+            "resume": await sse_request(
+                port, "GET", "/api/stream-response", {"Last-Event-ID": f"{prompt.stream_id}:1"}
+            ),
+            "resume 204": await sse_request(
+                port, "GET", "/api/stream-response", {"Last-Event-ID": last}
+            ),
+            "resume 404": await sse_request(
+                port, "POST", "/v1/messages", {"Last-Event-ID": "s" * 32 + ":3"}, body
+            ),
+        }
+    assert call.status == prompt.status == 200
+    assert spent > 0
+    statuses = {name: reply.status for name, reply in answers.items()}
+    assert statuses == {
+        "hit": 200, "count_tokens": 200, "models": 200, "claude's 404": 404, "resume": 200,
+        "resume 204": 204, "resume 404": 404,
+    }  # fmt: skip
+    assert answers["hit"].headers["x-cache"] == "HIT"
+    for name, reply in answers.items():
+        headers = reply.headers
+        assert headers.get("anthropic-ratelimit-requests-limit") == "1000", name
+        assert RFC3339.match(headers["anthropic-ratelimit-requests-reset"]), name
+        assert headers.get("anthropic-ratelimit-tokens-limit") == "100000", name
+        assert RFC3339.match(headers["anthropic-ratelimit-tokens-reset"]), name
+        left = int(headers["anthropic-ratelimit-tokens-remaining"])
+        assert 100_000 - spent <= left <= 100_000 - spent + 30, name  # a day refills ~1/s
 
 
 async def _cut_message(writer: asyncio.StreamWriter) -> None:

@@ -10,18 +10,31 @@ import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.trace import SpanKind
 
-from sidecar.sse import EventScanner, encode, event_name, parse_block
+from sidecar.identity import ANONYMOUS
+from sidecar.sse import (
+    MAX_EVENT_BYTES,
+    EventScanner,
+    EventTooLarge,
+    encode,
+    event_name,
+    parse_block,
+)
 from tests.support.claude_streams import STREAM
+from tests.support.otel import make_otel
 from tests.support.scripted_claude import (
     MODEL,
     SSE_HEAD,
+    START,
+    Script,
     chunk,
     claude_config,
     messages_body,
     scripted_claude,
 )
 from tests.support.sidecars import running_sidecar
+from tests.support.waiting import eventually, holds
 
 
 def names(blocks: list[bytes]) -> list[bytes]:
@@ -207,15 +220,41 @@ def test_an_event_longer_than_one_read_ends_at_any_boundary(line_end: bytes) -> 
 
 @pytest.mark.timeout(60)
 def test_a_long_event_in_small_reads_costs_its_length_not_its_length_per_read() -> None:
-    """A 32 MiB event in 4 KiB reads: each read is searched once (the carried bytes are not
-    copied and searched again per read, which would take minutes and stall the loop)."""
-    size, read = 32 << 20, 4096
+    """A 32 MiB event (the longest kept) in 4 KiB reads: each read is searched once (the
+    carried bytes are not copied and searched again per read, which would take minutes and
+    stall the loop)."""
+    size, read = MAX_EVENT_BYTES - 64, 4096
     event = b"event: content_block_delta\ndata: " + b"x" * size + b"\n\n"
     scanner = EventScanner()
     out = [b for i in range(0, len(event), read) for b in scanner.feed(event[i : i + read])]
     assert len(out) == 1
     assert len(out[0]) == len(event) - 2
     assert scanner.pending == b""
+
+
+def test_an_event_kept_across_reads_past_the_limit_raises_and_lets_its_reads_go() -> None:
+    """Up to the limit an event spanning reads is kept; one byte more raises, the reads
+    kept are let go, and the scanner still knows an event was open (a passthrough stream
+    then ends it before its error event)."""
+    head = b"event: content_block_delta\ndata: "
+    whole = head + b"x" * (100 - len(head))  # 100 bytes before the blank line
+    scanner = EventScanner(limit=100)
+    out = [b for i in range(0, len(whole), 7) for b in scanner.feed(whole[i : i + 7])]
+    assert out == []
+    assert scanner.feed(b"\n\nevent: ping\n\n") == [whole, b"event: ping"]  # at the limit
+    scanner.feed(b"data: 1\n\n" + head)
+    with pytest.raises(EventTooLarge):
+        for _ in range(20):
+            scanner.feed(b"x" * 7)
+    assert scanner.in_event
+    assert scanner.pending == head  # the read it started in; the later ones are let go
+
+
+def test_an_event_within_one_read_is_not_measured() -> None:
+    """The common path: an event that ends in the read it started in is never counted."""
+    scanner = EventScanner(limit=10)
+    assert scanner.feed(b"data: " + b"x" * 50 + b"\n\n") == [b"data: " + b"x" * 50]
+    assert not scanner.in_event
 
 
 def _event(name: str, data: dict[str, object]) -> bytes:
@@ -346,3 +385,109 @@ def test_any_reads_of_any_framing_find_what_one_read_finds(
     scanner, whole = EventScanner(), EventScanner()
     assert [block for read in reads for block in scanner.feed(read)] == whole.feed(stream)
     assert scanner.pending == whole.pending
+
+
+_OPEN_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"'
+)
+
+
+def _endless_event(go: asyncio.Event | None = None) -> Script:
+    """Claude's `message_start`, then (once `go` is set) an event that never ends: 1 MiB
+    reads past the scanner's limit, then a KiB at a time until the sidecar stops reading
+    (bounded: after that the connection ends, as a cut stream's would)."""
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(START) + chunk(_OPEN_DELTA))
+        await writer.drain()
+        if go is not None:
+            await go.wait()
+        mib = chunk(b"x" * (1 << 20))
+        for _ in range((MAX_EVENT_BYTES >> 20) + 1):
+            writer.write(mib)
+            await writer.drain()
+        for _ in range(200):
+            writer.write(chunk(b"x" * 1024))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.close()
+
+    return script
+
+
+def _last_event(raw: bytes) -> tuple[str, str]:
+    """(event name, data) of the last event a client's SSE parser dispatches (the UI
+    stream's `[DONE]` aside)."""
+    return [event for event in _client_events(raw) if event[1] != "[DONE]"][-1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("route", ["anthropic", "resumable", "prompt", "ui", "cache follower"])
+async def test_an_upstream_event_that_never_ends_ends_the_stream_as_a_broken_upstream(
+    route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past `MAX_EVENT_BYTES` of one event without its end, the sidecar stops reading
+    Claude and ends the stream with the route's error (a coalesced follower of the call
+    too): outcome `upstream_error`, `error.type` `api_error`, the quota settled on what was
+    seen (`message_start`: 5 input, 1 output), and no traceback."""
+    otel = make_otel()
+    go = asyncio.Event()
+    path, body, headers = "/v1/messages", messages_body(), {}
+    if route == "resumable":
+        headers = {"Sidecar-Resume": "on"}
+    elif route == "prompt":
+        path, body = "/api/stream-response", {"prompt": "hi"}
+    elif route == "ui":
+        path = "/api/chat"
+        body = {"id": "c", "messages": [{"id": "m", "role": "user",
+                                         "parts": [{"type": "text", "text": "hi"}]}]}  # fmt: skip
+    data = {
+        **claude_config("http://unused"),
+        "quotas": {"tokens_per_day": 100_000},
+        "cache": {"enabled": route == "cache follower"},
+    }
+    body = {**body, "temperature": 0} if route == "cache follower" else body
+    async with scripted_claude(_endless_event(go)) as url:
+        data["claude"]["base_url"] = url
+        async with (
+            running_sidecar(data, telemetry=otel.telemetry) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+            async with http.post(sidecar.url + path, json=body, headers=headers) as leader:
+                assert leader.status == 200
+                follower = None
+                if route == "cache follower":
+                    cache = sidecar.runtime.cache
+                    assert cache is not None
+                    await eventually(lambda: holds(bool(cache.inflight)))
+                    follower = await http.post(sidecar.url + path, json=body)
+                    assert follower.headers["X-Cache"] == "HIT"  # replaying the call's chunks
+                go.set()
+                raw = await leader.read()
+                if follower is not None:
+                    followed = await follower.read()
+                    follower.release()
+            await otel.exporter.wait_for(lambda: bool(otel.spans(SpanKind.CLIENT)))
+            served = sidecar.runtime.routes.resolve(path).route
+            assert served is not None
+            told = await sidecar.runtime.quotas.count_request(
+                served.policy.quotas, served.policy.quota_scope, ANONYMOUS, "127.0.0.1"
+            )
+    name, event = _last_event(raw)
+    if route in ("anthropic", "resumable", "cache follower"):
+        assert name == "error"
+        assert json.loads(event)["error"]["type"] == "api_error"
+    elif route == "prompt":
+        assert json.loads(event)["error"]["type"] == "upstream_error"
+    else:
+        assert json.loads(event)["type"] == "error"
+        assert raw.endswith(b"data: [DONE]\n\n")
+    assert "too large" in event
+    if route == "cache follower":
+        assert _last_event(followed) == (name, event)  # the follower ends as its call did
+    failed = {"sidecar.stream.outcome": "upstream_error", "error.type": "api_error"}
+    assert otel.count("sidecar.streams", **failed) == 1
+    left = int(told["anthropic-ratelimit-tokens-remaining"])
+    assert 100_000 - 6 <= left <= 100_000 - 6 + 60  # 5 in + 1 out (a day refills ~1/s)
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]

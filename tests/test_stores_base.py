@@ -233,6 +233,34 @@ async def test_an_admission_of_some_buckets_leaves_the_others_refilling(harness:
     assert decision.tokens.remaining == 100
 
 
+async def test_a_request_without_tokens_reports_the_token_buckets_it_leaves_alone(
+    harness: Harness,
+) -> None:
+    """`checks_tokens=False` (a forwarded call, a resume, a hit not charged): one request is
+    taken, and the token buckets are told as they stand now, neither checked nor taken, even
+    when overdrawn."""
+    told = Limits(
+        requests_per_minute=100, tokens_per_minute=1000, tokens_per_day=5000, checks_tokens=False
+    )
+    assert (await harness.admit(FULL, tokens=900, lease="a")).admitted
+    await harness.store.settle(harness.subject, FULL, "a", reserved=900, used=1100)  # -100
+    decision = await harness.admit(told, tokens=0)
+    assert decision.admitted  # the token buckets are below zero, but not checked
+    assert decision.requests is not None
+    assert decision.tokens is not None
+    assert decision.requests.remaining == 98
+    assert (decision.tokens.limit, decision.tokens.remaining) == (1000, 0)
+    harness.advance(12)  # 200 tokens back: 100 this minute
+    decision = await harness.admit(told, tokens=0)
+    assert decision.tokens is not None
+    assert (decision.tokens.limit, decision.tokens.remaining) == (1000, 100)
+    assert decision.tokens.reset_at - decision.now == pytest.approx(54, abs=0.1)  # 900 to go
+    decision = await harness.admit(FULL, tokens=100)  # nothing was taken from them meanwhile
+    assert decision.admitted
+    assert decision.tokens is not None
+    assert decision.tokens.remaining == 0
+
+
 async def test_an_admission_of_some_buckets_never_forgets_the_others(harness: Harness) -> None:
     """The subject is kept as long as its slowest bucket needs, whichever buckets the last
     admission checked: a requests-only admission does not reset the day."""

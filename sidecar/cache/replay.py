@@ -21,6 +21,7 @@ from sidecar.cache.entry import Entry
 from sidecar.cache.recording import Recording
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
+from sidecar.sse import EventTooLarge
 from sidecar.stream.adapter import HIGH_WATER, ClientChannel
 from sidecar.stream.core import StreamCore, Translator
 
@@ -61,29 +62,33 @@ async def replay_stream(
     stall = ctx.runtime.config.claude.client_stall_timeout_seconds
     sent = 0
     first = True
-    while True:
-        while sent < len(source.chunks):
-            if paced and sent:
-                await asyncio.sleep(min(max(source.gaps[sent], 0.0), PACE_CAP))
-            out = core.feed(source.chunks[sent])
-            sent += 1
-            if not out:
-                continue
-            if first:
-                channel.start(out)
-                first = False
-            elif channel.closing():
-                record.outcome = "client_cancelled"
-                return response
-            else:
-                channel.write(out)
-                if channel.buffered() > HIGH_WATER and not await channel.drain_within(stall):
-                    record.outcome = "client_stalled"
+    cut: EventTooLarge | None = None
+    try:
+        while True:
+            while sent < len(source.chunks):
+                if paced and sent:
+                    await asyncio.sleep(min(max(source.gaps[sent], 0.0), PACE_CAP))
+                out = core.feed(source.chunks[sent])
+                sent += 1
+                if not out:
+                    continue
+                if first:
+                    channel.start(out)
+                    first = False
+                elif channel.closing():
+                    record.outcome = "client_cancelled"
                     return response
-        if source.ended:
-            break
-        await source.wait(sent)
-    final = core.end(None)  # a recording that failed ends as Claude's cut stream would
+                else:
+                    channel.write(out)
+                    if channel.buffered() > HIGH_WATER and not await channel.drain_within(stall):
+                        record.outcome = "client_stalled"
+                        return response
+            if source.ended:
+                break
+            await source.wait(sent)
+    except EventTooLarge as exc:  # the call followed ended on it too: the same error event
+        cut = exc
+    final = core.end(cut)  # a recording that failed ends as Claude's cut stream would
     channel.finish(final)  # with the last chunk (and the headers, if nothing went yet)
     await channel.end(stall)
     return response

@@ -42,9 +42,15 @@ class CacheStep:
     age: int = 0
 
     async def serve(
-        self, record: StreamRecord, translator: Translator, reserve: int
+        self, record: StreamRecord, translator: Translator, input_estimate: int
     ) -> web.StreamResponse | None:
-        """Answer from the cache; None when the followed call failed before answering."""
+        """Answer from the cache; None when the followed call failed before answering.
+
+        With `cache.charge_hits` the hit reserves as a call would (`input_estimate` plus
+        the record's `max_tokens`) and is settled as a live stream would be: a replay
+        that completed at the usage it replayed, one its client left at the input plus at
+        least one output token per content delta replayed (`charged_tokens`).
+        """
         source = self.source
         assert source is not None
         ctx = self.ctx
@@ -60,6 +66,7 @@ class CacheStep:
         policy = ctx.route.policy
         lease = None
         if policy.cache.charge_hits:
+            reserve = input_estimate + (record.max_tokens or 0)
             lease = await runtime.quotas.acquire(
                 policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip, reserve
             )
@@ -90,7 +97,7 @@ class CacheStep:
                 )  # fmt: skip
         finally:
             if source.stream:  # the usage replayed so far (all of it, unless cut short)
-                used_in, used_out = record.total_input_tokens, record.output_tokens
+                used_in, used_out = replayed_tokens(record, input_estimate)
             if lease is not None:
                 await lease.settle(used_in, used_out)
         runtime.telemetry.cache_hit(used_in + used_out)
@@ -100,6 +107,16 @@ class CacheStep:
         """The request was refused before its Claude call started."""
         if self.tap is not None:
             self.tap.abandon()
+
+
+def replayed_tokens(record: StreamRecord, input_estimate: int) -> tuple[int, int]:
+    """(input, output) tokens a streamed replay stands for, as a live stream that got as
+    far would be charged (`sidecar.call.stream.charged_tokens`): the recorded usage once
+    its final `message_delta` was replayed; cut short before it (the client left or
+    stalled), each content delta replayed is at least one output token, not
+    `message_start`'s 1; before `message_start` was replayed, the input estimate."""
+    input_tokens = record.total_input_tokens or input_estimate
+    return input_tokens, max(record.output_tokens, record.output_deltas)
 
 
 async def lookup(

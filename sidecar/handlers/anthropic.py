@@ -179,8 +179,7 @@ async def _messages(ctx: RequestContext, path_qs: str) -> web.StreamResponse:
     call, record, cached = await _message_call(ctx, path_qs, body)
     del body
     if cached.source is not None:  # replayed as Claude sent it: the exact bytes
-        reserve = call.input_estimate + (record.max_tokens or 0)
-        answered = await cached.serve(record, PASSTHROUGH, reserve)
+        answered = await cached.serve(record, PASSTHROUGH, call.input_estimate)
         if answered is not None:
             return answered
     try:

@@ -144,7 +144,7 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
     policy = ctx.route.policy  # app routes count requests per minute only (no tokens, no slots)
     ctx.headers.update(
         await ctx.runtime.quotas.count_request(
-            policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip
+            policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip, tokens=False
         )
     )
     if request.headers.get("Upgrade", "").lower() == "websocket":

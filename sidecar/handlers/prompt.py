@@ -243,8 +243,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
     capture = config.telemetry.capture_content
     if cached.source is not None:  # the route's own events, made from Claude's recorded ones
         replayed = PromptTranslator(capture=capture)
-        reserve = call.input_estimate + (record.max_tokens or 0)
-        answered = await cached.serve(record, replayed, reserve)
+        answered = await cached.serve(record, replayed, call.input_estimate)
         if answered is not None:
             return answered
     try:

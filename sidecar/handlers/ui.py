@@ -109,8 +109,7 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     ctx.headers.update(HEADERS)
     cached = await cache_lookup(ctx, body, True, call.attempt)
     if cached.source is not None:  # the UI parts, made from Claude's recorded events
-        reserve = call.input_estimate + body["max_tokens"]
-        answered = await cached.serve(record, UiTranslator(), reserve)
+        answered = await cached.serve(record, UiTranslator(), call.input_estimate)
         if answered is not None:
             return answered
     try:

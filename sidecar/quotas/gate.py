@@ -184,6 +184,7 @@ class QuotaGate:
         self._settling_again: asyncio.Task[None] | None = None
         self._degraded = False
         self._limits: dict[int, tuple[QuotaConfig, Limits | None]] = {}  # by id(policy)
+        self._count_limits: dict[tuple[int, bool], tuple[QuotaConfig, Limits | None]] = {}
 
     @classmethod
     def from_config(
@@ -307,15 +308,50 @@ class QuotaGate:
         return lease
 
     async def count_request(
-        self, policy: QuotaConfig, scope: str, identity: Identity, client_ip: str
+        self,
+        policy: QuotaConfig,
+        scope: str,
+        identity: Identity,
+        client_ip: str,
+        *,
+        tokens: bool = True,
     ) -> Mapping[str, str]:
-        """Requests-per-minute only (app routes): the headers to add, or raise Rejection."""
-        if policy.requests_per_minute is None:
+        """A request that generates no tokens: counted against `requests_per_minute` only.
+        The headers to add, or raise Rejection.
+
+        `tokens`: the headers also tell the token buckets' state as this one admission
+        reads it (neither checked nor taken), as on every response of a Claude route;
+        app routes, which never spend tokens, leave them out.
+        """
+        limits = self._count_limits_of(policy, tokens)
+        if limits is None:  # no limit to count or tell
             return _NO_HEADERS
-        limits = Limits(requests_per_minute=policy.requests_per_minute)
         subject = subject_of(policy, scope, identity, client_ip)
         decision = await self._admit(policy, subject, limits, 0, NO_LEASE)
         return _NO_HEADERS if decision is None else ratelimit_headers(decision)
+
+    def _count_limits_of(self, policy: QuotaConfig, tokens: bool) -> Limits | None:
+        """`count_request`'s limits, once per policy object and `tokens`: the requests
+        bucket, and the token buckets to report; None when there is neither."""
+        key = (id(policy), tokens)
+        cached = self._count_limits.get(key)
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        if len(self._count_limits) >= _LIMITS_CACHE:  # reloads bring new policy objects
+            self._count_limits.clear()
+        told = tokens and (
+            policy.tokens_per_minute is not None or policy.tokens_per_day is not None
+        )
+        limits = None
+        if policy.requests_per_minute is not None or told:
+            limits = Limits(
+                requests_per_minute=policy.requests_per_minute,
+                tokens_per_minute=policy.tokens_per_minute if tokens else None,
+                tokens_per_day=policy.tokens_per_day if tokens else None,
+                checks_tokens=False,
+            )
+        self._count_limits[key] = (policy, limits)
+        return limits
 
     def _limits_of(self, policy: QuotaConfig) -> Limits | None:
         """`limits_of` once per policy object (policies live as long as their config);

@@ -15,7 +15,7 @@ from typing import Final
 
 from sidecar.http_client import ClientError
 from sidecar.record import Outcome, StreamRecord
-from sidecar.sse import EventScanner
+from sidecar.sse import EventScanner, EventTooLarge
 from sidecar.usage import DELTA, observe
 
 log = logging.getLogger("sidecar.relay")
@@ -129,13 +129,14 @@ class StreamCore:
     @property
     def mid_event(self) -> bool:
         """An upstream event is only partly relayed (a heartbeat now would corrupt it)."""
-        return bool(self._scanner.pending)
+        return self._scanner.in_event
 
     def end(self, end: BaseException | None) -> bytes:
         """Decide the outcome (unless already decided) and return the final bytes to send.
 
         `end` is why Claude's body ended: None (complete), a `StopStream` (the sidecar
-        ended it), or the error that cut it.
+        ended it), `EventTooLarge` (`feed` or `observe` raised it: an event that never
+        ended, which the relay stopped reading), or the error that cut it.
         """
         record = self.record
         if record.outcome is not None:
@@ -145,11 +146,22 @@ class StreamCore:
                 record.last_chunk_at = time.perf_counter()
             return b""
         record.last_chunk_at = time.perf_counter()
-        if end is not None and not isinstance(end, StopStream | ClientError | OSError):
+        if end is not None and not isinstance(
+            end, StopStream | ClientError | OSError | EventTooLarge
+        ):
             # Raised inside the relay itself (the parser hands it back): a bug, say so.
             log.error("relay failed", exc_info=end, extra={"request_id": record.request_id})
         if isinstance(end, StopStream):
             return self._fail(end.outcome, end.error_type, end.message)
+        if isinstance(end, EventTooLarge):
+            # A broken upstream (or a proxy in front of Claude): ended as a cut stream is.
+            log.warning(
+                "Claude's stream ended: an event exceeded the size limit",
+                extra={"request_id": record.request_id, "limit_bytes": end.limit},
+            )
+            return self._fail(
+                "upstream_error", "api_error", "Claude's stream sent an event too large to relay"
+            )
         if record.error_type is not None:  # Claude's `event: error` was relayed: the last word
             record.outcome = "upstream_error"
             return b""
@@ -166,6 +178,6 @@ class StreamCore:
         if record.error_type is None and outcome not in _LEFT:
             record.error_type = error_type
         event = self.translator.error_event(error_type, message, outcome)
-        if self.passthrough and self._scanner.pending:
+        if self.passthrough and self._scanner.in_event:
             event = b"\n\n" + event  # end Claude's cut event first, or it swallows this one
         return event

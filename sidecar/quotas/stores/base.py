@@ -37,13 +37,19 @@ class Limits:
     tokens_per_day: int | None = None
     concurrent_streams: int | None = None
     lease_seconds: float = 60.0
+    # False: the token buckets are read for the decision's `tokens` window (what the
+    # client is told) but neither checked nor taken: a request that generates no tokens
+    # (count_tokens, a resume, a cache hit not charged) counts against the requests only.
+    checks_tokens: bool = True
     # Derived once (a policy's limits are built once and read on every call):
     # a token bucket is on; an admitted call leaves state to settle (a reservation or a slot).
     counts_tokens: bool = field(init=False, repr=False, compare=False)
     holds_lease: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        counts = self.tokens_per_minute is not None or self.tokens_per_day is not None
+        counts = self.checks_tokens and (
+            self.tokens_per_minute is not None or self.tokens_per_day is not None
+        )
         object.__setattr__(self, "counts_tokens", counts)
         object.__setattr__(self, "holds_lease", counts or self.concurrent_streams is not None)
 
@@ -111,7 +117,10 @@ class QuotaStore(ABC):
 
     @abstractmethod
     async def admit(self, subject: str, limits: Limits, tokens: int, lease_id: str) -> Decision:
-        """Take one request and reserve `tokens`, and open lease `lease_id`, or take nothing."""
+        """Take one request and reserve `tokens`, and open lease `lease_id`, or take nothing.
+
+        The decision reports every bucket of `limits`, those it does not check too
+        (`Limits.checks_tokens`), at their level now."""
 
     @abstractmethod
     async def settle(

@@ -71,7 +71,8 @@ local function windows(out)
 end
 """
 
-# ARGV: offset, rpm, tpm, tpd, slots, tokens, lease id, lease seconds.
+# ARGV: offset, rpm, tpm, tpd, slots, tokens, lease id, lease seconds, check tokens ('0':
+# the token buckets are reported, neither checked nor taken: `Limits.checks_tokens`).
 # Returns {verdict, wait ms, now ms, r left, r reset ms, m left, m reset ms, d left, d reset ms};
 # verdict 0 admitted, 1 requests, 2 tokens/minute, 3 tokens/day, 4 concurrency, 5 too large.
 ADMIT: Final = (
@@ -80,8 +81,9 @@ ADMIT: Final = (
 local slots, tokens, lease, lease_s = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local verdict, wait = 0, 0
 local code = {r = 1, m = 2, d = 3}
+local check = ARGV[9] ~= '0'
 for _, b in ipairs(order) do
-  if lvl[b] then
+  if lvl[b] and (check or b == 'r') then
     local cost = 1
     if b ~= 'r' then cost = tokens end
     if b ~= 'r' and cost > lim[b] then
@@ -102,7 +104,7 @@ if verdict ~= 0 then
   return windows({verdict, math.ceil(wait * 1000), math.floor(now * 1000)})
 end
 for _, b in ipairs(order) do
-  if lvl[b] then
+  if lvl[b] and (check or b == 'r') then
     if b == 'r' then lvl[b] = lvl[b] - 1 else lvl[b] = lvl[b] - tokens end
   end
 end

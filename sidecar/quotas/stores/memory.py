@@ -107,17 +107,24 @@ class MemoryQuotaStore(QuotaStore):
         # object for a policy on every call, and hashing a dataclass (its fields, each
         # time) would cost more than building the buckets. Kept with its `Limits`, so a
         # recycled id never matches.
-        self._plans: dict[int, tuple[Limits, tuple[_Bucket, ...]]] = {}
+        # With the buckets an admission checks and takes from: all of them, or the
+        # requests bucket only when the token buckets are reported only.
+        self._plans: dict[int, tuple[Limits, tuple[_Bucket, ...], tuple[_Bucket, ...]]] = {}
 
-    def _buckets(self, limits: Limits) -> tuple[_Bucket, ...]:
+    def _plan(self, limits: Limits) -> tuple[tuple[_Bucket, ...], tuple[_Bucket, ...]]:
+        """(every bucket of `limits`, the buckets an admission checks and takes from)."""
         plan = self._plans.get(id(limits))
         if plan is not None and plan[0] is limits:
-            return plan[1]
+            return plan[1], plan[2]
         if len(self._plans) >= _PLANS:  # reloads (and tests) bring new objects
             self._plans.clear()
         buckets = _buckets(limits)
-        self._plans[id(limits)] = (limits, buckets)
-        return buckets
+        checked = buckets if limits.checks_tokens else tuple(b for b in buckets if b[0] == "r")
+        self._plans[id(limits)] = (limits, buckets, checked)
+        return buckets, checked
+
+    def _buckets(self, limits: Limits) -> tuple[_Bucket, ...]:
+        return self._plan(limits)[0]
 
     def __len__(self) -> int:
         return len(self._subjects)
@@ -152,11 +159,11 @@ class MemoryQuotaStore(QuotaStore):
         self._admissions += 1
         if self._admissions % _SWEEP_EVERY == 0:
             self._sweep(now)
-        buckets = self._buckets(limits)
+        buckets, checked = self._plan(limits)
         state = self._refilled(subject, buckets, now)
         limited_by: LimitedBy | None = None
         wait = 0.0
-        for name, limit, period, label in buckets:
+        for name, limit, period, label in checked:
             cost = 1 if name == "r" else tokens
             if name != "r" and cost > limit:
                 return self._decision(state, buckets, now, False, "too_large", 0.0)
@@ -168,7 +175,7 @@ class MemoryQuotaStore(QuotaStore):
             limited_by, wait = "concurrency", CONCURRENCY_RETRY_SECONDS
         if limited_by is not None:
             return self._decision(state, buckets, now, False, limited_by, wait)
-        for name, _, _, _ in buckets:
+        for name, _, _, _ in checked:
             state.levels[name] -= 1 if name == "r" else tokens
         if slots is not None:
             state.open_lease(lease_id, now + limits.lease_seconds)

@@ -82,6 +82,7 @@ class RedisQuotaStore(QuotaStore):
                 tokens,
                 lease_id,
                 repr(limits.lease_seconds),
+                1 if limits.checks_tokens else 0,
             ],
         )
         try:
