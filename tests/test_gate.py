@@ -37,6 +37,20 @@ async def _scripts_run(admin: Redis) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+async def _ran_then_freed(admin: Redis, before: int, timeout: float = 10) -> None:
+    """Wait until Redis has run one more of the store's scripts than `before` (an admission
+    the gate gave up on), then until no lease is left in any subject's lease set."""
+
+    async def scripts_run() -> bool:
+        return await _scripts_run(admin) >= before + 1
+
+    async def slot_back() -> bool:
+        return sum([await admin.zcard(key) for key in await admin.keys("*:leases")]) == 0
+
+    await eventually(scripts_run)
+    await eventually(slot_back, timeout=timeout)
+
+
 async def _busy(url: str) -> bool:
     """True once Redis is inside the busy script (a PING then gets no answer for a while)."""
     probe: Redis = Redis.from_url(url, socket_timeout=0.05)
@@ -72,15 +86,7 @@ async def test_cancelled_admission_gives_back_its_slot_and_reservation() -> None
                 await admitting
             await busy
 
-            async def scripts_run(count: int) -> bool:
-                return await _scripts_run(admin) >= count
-
-            await eventually(lambda: scripts_run(before + 1))  # the orphaned admission ran
-
-            async def slot_back() -> bool:
-                return sum([await admin.zcard(key) for key in await admin.keys("*:leases")]) == 0
-
-            await eventually(slot_back)
+            await _ran_then_freed(admin, before)  # the orphaned admission ran, its slot back
             lease = await gate.acquire(CANCEL_POLICY, "global", ANONYMOUS, "192.0.2.1", 10)
             assert lease.headers["anthropic-ratelimit-tokens-remaining"] == "990"
             await lease.settle(0, 10)
@@ -187,15 +193,8 @@ async def test_an_admission_that_timed_out_but_ran_late_gives_back_its_slot() ->
                 await gate.acquire(CANCEL_POLICY, "global", ANONYMOUS, "192.0.2.1", 400)
             await busy
 
-            async def scripts_run(count: int) -> bool:
-                return await _scripts_run(admin) >= count
-
-            await eventually(lambda: scripts_run(before + 1))  # the late admission ran
-
-            async def slot_back() -> bool:
-                return sum([await admin.zcard(key) for key in await admin.keys("*:leases")]) == 0
-
-            await eventually(slot_back, timeout=15)  # well before the 60 s lease lapses
+            # The late admission ran, and its slot is back well before the 60 s lease lapses.
+            await _ran_then_freed(admin, before, timeout=15)
             lease = await gate.acquire(CANCEL_POLICY, "global", ANONYMOUS, "192.0.2.1", 10)
             assert int(lease.headers["anthropic-ratelimit-tokens-remaining"]) >= 980
             await lease.settle(0, 10)
