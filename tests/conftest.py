@@ -3,17 +3,30 @@ logger routed to a buffer for the log tests."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+import uvloop
 
 from sidecar import loader
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
 from tests.support.logs import LogReader, install_log_output
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.sidecars import SidecarFactory, running_sidecar
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every test runs on uvloop, the loop `sidecar run` serves on (its transports are no
+    asyncio classes, and it buffers and schedules otherwise), unless marked `stdlib_loop`:
+    a test that patches a transport's methods, which uvloop's do not allow."""
+    if item.get_closest_marker("stdlib_loop") is not None:
+        return {"asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from sidecar.http_client import Pool
 from tests.support.raw_http import Exchange, raw_server
 
 
+@pytest.mark.stdlib_loop  # patches the transport's write buffer size
 async def test_a_connection_whose_request_was_not_all_taken_is_not_reused() -> None:
     async def early(exchange: Exchange) -> None:
         exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
