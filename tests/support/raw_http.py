@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from tests.support.sockets import peer_may_leave
+
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 )
@@ -72,7 +74,8 @@ async def raw_server(script: Script, *, keep_open: bool = True) -> AsyncIterator
                     break
                 exchange = Exchange(request[0], request[1], number, writer)
                 seen.exchanges.append(exchange)
-                await script(exchange)
+                with peer_may_leave(writer):
+                    await script(exchange)
                 if not keep_open or writer.is_closing():
                     break
         except (ConnectionError, asyncio.CancelledError):

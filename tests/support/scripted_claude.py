@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.sidecars import running_sidecar
+from tests.support.sockets import peer_may_leave
 
 MODEL = "claude-sonnet-5-5"
 START = (
@@ -42,7 +43,10 @@ async def scripted_claude(*scripts: Script) -> AsyncIterator[str]:
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read each request whole, then answer it with the next script."""
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        with (
+            contextlib.suppress(ConnectionError, asyncio.IncompleteReadError),
+            peer_may_leave(writer),
+        ):
             while queue:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from sidecar.server import SidecarServer
@@ -86,3 +88,15 @@ async def slow_client(
     )
     await writer.drain()
     return reader, writer
+
+
+@contextlib.contextmanager
+def peer_may_leave(writer: asyncio.StreamWriter) -> Iterator[None]:
+    """Around a scripted server's writes: a write once the peer has gone is dropped by
+    asyncio's transports but refused by uvloop's (`RuntimeError`, the handle closed);
+    either way the peer left, which ends the exchange. Any other error is the script's."""
+    try:
+        yield
+    except RuntimeError:
+        if not writer.is_closing():
+            raise
