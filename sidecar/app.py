@@ -262,6 +262,11 @@ async def _open_runtime(
             on_status=telemetry.upstream_status,
             # The fake listens on a new free port each start: a stable name keeps its series.
             peer=FAKE_PEER if config.claude.is_fake else None,
+            # ...and a new port is no other Claude: replicas sharing a Redis cache (and a
+            # restart) find each other's entries. Its settings change its answers.
+            identity=f"builtin:fake {config.claude.fake.fingerprint()}"
+            if config.claude.is_fake
+            else None,
         ),
         app_session=app_session,
         # Entries carry over a reload unless where they are kept changed.

@@ -146,12 +146,15 @@ class Reloader:
         """Record the files as served now and start watching (and listening for `request`)."""
         self._closed = False
         self._seen = self._snapshot(self._watched())
-        self._runtimes.config_sha256 = (
-            self._seen.config_sha256
-            if self.path is not None
-            else hashlib.sha256(loader.default_config_text().encode()).hexdigest()
-        )
+        self._runtimes.config_sha256 = self._served_sha256(self._seen)
         self._task = asyncio.create_task(self._watch(), name="config-reload")
+
+    def _served_sha256(self, snapshot: Snapshot) -> str | None:
+        """The hash of the config text being served: the file's, or the embedded default's
+        (which has no file to snapshot, and serves again after a reload)."""
+        if self.path is None:
+            return hashlib.sha256(loader.default_config_text().encode()).hexdigest()
+        return snapshot.config_sha256
 
     def request(self) -> None:
         """Ask for a reload soon (the SIGHUP handler); requests made meanwhile coalesce."""
@@ -252,7 +255,8 @@ class Reloader:
         if live_tls is not None and (problem := load_tls(live_tls, tls)):
             await self._runtimes.discard(runtime)  # the files changed since the probe
             return self._failed(trigger, [problem])
-        self._runtimes.install(runtime, snapshot.config_sha256)
+        served = self._served_sha256(snapshot)
+        self._runtimes.install(runtime, served)
         if restart_keys:
             log.warning(
                 "config_reload_needs_restart",
@@ -261,7 +265,7 @@ class Reloader:
         log.info(
             "config_reloaded",
             extra={"trigger": trigger, "path": str(self.path or "<embedded default>"),
-                   "config_sha256": snapshot.config_sha256},
+                   "config_sha256": served},
         )  # fmt: skip
         runtime.telemetry.config_reload("success")
         return True

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
+from sidecar.handlers.app_websocket import LiveWebSockets
+
 if TYPE_CHECKING:
     import aiohttp
 
@@ -99,6 +101,8 @@ class Runtime:
     resume: Resume
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     cache: ResponseCache | None = None  # None: no route caches answers
+    # The app route's relayed WebSockets, closed with 1001 when shutdown's grace is over.
+    websockets: LiveWebSockets = field(default_factory=LiveWebSockets)
 
 
 # --------------------------------------------------------------------------- shared resources
@@ -235,8 +239,9 @@ class RuntimeHolder:
         return True
 
     def stop_all_streams(self) -> int:
-        """End every live Claude stream with a final `shutting_down` event; how many.
-        Calls still queued for a slot, and any call after, are turned away first."""
+        """End every live Claude stream with a final `shutting_down` event, and close every
+        relayed WebSocket with `1001`; how many. Calls still queued for a slot, and any call
+        after, are turned away first."""
         # The queue and the resume store's readers may be shared by several runtimes.
         for admission in _each_once(runtime.admission for runtime in self.live):
             admission.stop()
@@ -244,9 +249,11 @@ class RuntimeHolder:
             runtime.streams.stop_all(shared_store=runtime.resume.shared) for runtime in self.live
         )
         # Readers of streams produced elsewhere.
-        return stopped + sum(
+        stopped += sum(
             resume.stop_readers() for resume in _each_once(runtime.resume for runtime in self.live)
         )
+        # The app route's WebSockets: closed properly (1001), not cut when the listener closes.
+        return stopped + sum(runtime.websockets.close_all() for runtime in self.live)
 
     async def close(self) -> None:
         """Close every runtime now (the listeners have already drained)."""

@@ -79,9 +79,13 @@ class ClaudeClient:
         on_retry: Callable[[str], None] | None = None,
         on_status: Callable[[int], None] | None = None,
         peer: tuple[str, int] | None = None,
+        identity: str | None = None,
     ) -> None:
         self._config = config
         self._base = URL(base_url)
+        # Which Claude answers, as the response cache keys it: the same on every replica
+        # and start configured alike (default: base_url).
+        self.identity = identity or str(self._base)
         self._pool = pool
         self._on_retry = on_retry
         self._on_status = on_status

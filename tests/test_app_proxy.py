@@ -23,11 +23,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar import loader
 from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_header
+from sidecar.server import SidecarServer
 from tests.support.apps import AppState, echoed_headers, running_app, serving
 from tests.support.policy import API_KEY, API_KEY_SHA256, AUDIENCE, ISSUER, SECRET, mint
 from tests.support.raw_http import Exchange, raw_server
-from tests.support.sidecars import SidecarFactory, sidecar_process
+from tests.support.sidecars import BASE, SidecarFactory, sidecar_process
 from tests.support.sockets import free_port, shrink_send_buffers, small_buffered
 from tests.support.waiting import eventually
 
@@ -926,6 +928,35 @@ async def test_a_websocket_client_that_stops_reading_is_cut_and_the_app_told_100
     assert [(r.levelno, getattr(r, "outcome", None)) for r in logged] == [
         (logging.WARNING, "client_stalled")
     ]
+
+
+async def test_shutdown_closes_open_websockets_with_1001_on_both_sides(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A WebSocket still open when the shutdown grace ends is closed properly, as a stream
+    gets its final event: client and app each get `1001` (going away) with the reason,
+    not a connection cut without a close frame (`1006`, read as the client lost)."""
+    caplog.set_level(logging.INFO)
+    async with running_app() as (url, state), aiohttp.ClientSession() as http:
+        data = {"app": {"url": url}, "server": {"shutdown_grace_seconds": 0.2}}
+        server = SidecarServer(loader.validate(loader.deep_merge(BASE, data), {}), env={})
+        await server.start()
+        try:
+            ws = await http.ws_connect(server.url + "/ws-record")
+        except BaseException:
+            await server.shutdown(grace=0)
+            raise
+        await server.shutdown()  # the WebSocket outlives the grace
+        message = await ws.receive(timeout=10)
+        app_saw = await asyncio.wait_for(state.ws_closed_by_client.get(), 10)
+    assert (message.type, message.data, message.extra) == (
+        aiohttp.WSMsgType.CLOSE,
+        1001,
+        "the sidecar is shutting down",
+    )
+    assert app_saw == (1001, "the sidecar is shutting down")
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "websocket_ended"]
+    assert [getattr(r, "outcome", None) for r in logged] == ["shutting_down"]
 
 
 async def test_a_slow_websocket_client_that_keeps_reading_is_not_cut(

@@ -41,6 +41,29 @@ async def test_replicas_share_entries_through_redis(
     assert fake.state.counters["requests"] == 1
 
 
+async def test_replicas_on_the_built_in_fake_share_entries_and_its_settings_part_them(
+    sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    # Each replica's built-in fake listens on a port of its own: that is no other Claude.
+    def on_fake(tokens: int) -> dict[str, Any]:
+        fake = {"tokens": tokens, "tokens_per_second": 0, "time_to_first_token_ms": 0}
+        return {**on_redis(redis_server), "claude": {"base_url": "builtin:fake", "fake": fake}}
+
+    async with (
+        sidecar_for(on_fake(5)) as one,
+        sidecar_for(on_fake(5)) as two,
+        sidecar_for(on_fake(6)) as other,
+    ):
+        first = await post(one.url, BODY)
+        assert one.runtime.cache is not None
+        await one.runtime.cache.settled()
+        second = await post(two.url, BODY)
+        third = await post(other.url, BODY)  # another fake answers otherwise
+    assert (first[1], second[1], third[1]) == ("MISS", "HIT", "MISS")
+    assert second[2] == first[2]
+    assert third[2] != first[2]
+
+
 async def test_a_damaged_entry_is_a_miss_and_is_replaced(
     fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
 ) -> None:

@@ -54,7 +54,7 @@ async def _stored(runtime: Any) -> Entry:
     await cache.settled()
     scope = scope_of("tenant", ANONYMOUS, "127.0.0.1")
     sent = claude.request_headers({})
-    key = cache_key("anthropic", SLOW, sent, scope, "/v1/messages", claude.base_url)
+    key = cache_key("anthropic", SLOW, sent, scope, "/v1/messages", claude.identity)
     value = await cache.store.get(key)
     assert value is not None
     return decode(value)

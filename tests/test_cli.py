@@ -11,7 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from tests.support.sidecars import ROOT, sidecar_command
 from tests.support.sockets import free_port
@@ -96,6 +98,16 @@ def test_schema_is_json_schema_of_the_config() -> None:
         "telemetry",
         "routes",
     } <= set(schema["properties"])
+    # What the loader takes, the schema takes (an editor flags nothing in a good config):
+    # the shipped configs, and a route override with both spellings of a deny rule.
+    validator = jsonschema.Draft202012Validator(schema)
+    for name in ("config/sidecar.example.yaml", "config/minimal.yaml"):
+        data = yaml.safe_load((ROOT / name).read_text())
+        assert [error.message for error in validator.iter_errors(data)] == [], name
+    screening = {"deny_patterns": ["(?i)secret", {"name": "key", "pattern": "PRIVATE KEY"}]}
+    route = {"path": "/", "handler": "prompt", "screening": screening}
+    assert list(validator.iter_errors({"screening": screening, "routes": [route]})) == []
+    assert not validator.is_valid({"screening": {"deny_patterns": [3]}})
 
 
 def test_help_for_each_command() -> None:

@@ -14,8 +14,11 @@ def test_the_builtin_fake_is_the_default_and_a_url_is_the_real_api() -> None:
 
 @pytest.mark.parametrize("url", ["api.anthropic.com", "ftp://api.anthropic.com", "builtin:real"])
 def test_a_base_url_is_the_fake_or_an_http_url(url: str) -> None:
-    with pytest.raises(ValueError, match="base_url"):
+    with pytest.raises(ValueError, match="base_url") as caught:
         ClaudeConfig(base_url=url)
+    # The refusal names both things it would take (a typo of the fake is not "a URL").
+    assert "http:// or https:// URL" in str(caught.value)
+    assert "builtin:fake" in str(caught.value)
 
 
 @pytest.mark.parametrize("path", ["/v1", "/v1/", "/v2/files", "files"])

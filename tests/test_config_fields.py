@@ -75,6 +75,10 @@ async def test_a_header_name_that_validates_serves(sidecar_for: SidecarFactory) 
         ),
         ("https://u:p@h.example/a?k=s#frag", "https://u:***@h.example/a?k=***#***"),
         ("https://h.example/a/b@c", "https://h.example/a/b@c"),  # an @ in the path: no userinfo
+        # Written without a scheme (refused, and the refusal names the value): still hidden.
+        ("otuser:S3CRET@127.0.0.1:4318", "otuser:***@127.0.0.1:4318"),
+        ("//u:S3CRET@h.example/x", "//u:***@h.example/x"),
+        ("tok3n@h.example", "***@h.example"),
     ],
 )
 def test_redact_url_hides_every_credential_a_url_can_carry(url: str, shown: str) -> None:

@@ -463,18 +463,23 @@ async def test_a_reload_that_changes_only_a_route_secret_uses_the_new_secret(
 
 
 async def test_readiness_names_the_embedded_default_by_its_hash() -> None:
-    """With no file, `/readyz` still says which config is live: the embedded text's hash."""
+    """With no file, `/readyz` still says which config is live: the embedded text's hash,
+    also once a reload served it again."""
     embedded = loader.default_config_text()
     data = loader.deep_merge(yaml.safe_load(embedded), {"server": BASE["server"]})
     server = SidecarServer(loader.validate(data, {}), env={})
     await server.start()
+    seen = []
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.get(server.admin_url + "/readyz") as response:
-                body = json.loads(await response.text())
+            for reloaded in (False, True):  # and after a reload (SIGHUP) of the same text
+                if reloaded:
+                    assert await server.reload()
+                async with http.get(server.admin_url + "/readyz") as response:
+                    seen.append(json.loads(await response.text())["config_sha256"])
     finally:
         await server.shutdown(grace=1.0)
-    assert body["config_sha256"] == hashlib.sha256(embedded.encode()).hexdigest()
+    assert seen == [hashlib.sha256(embedded.encode()).hexdigest()] * 2
 
 
 async def test_a_config_whose_fail_closed_store_is_unreachable_is_refused(

@@ -135,7 +135,7 @@ async def lookup(
         return _decided(step, "BYPASS", "bypass")
     scope = scope_of(policy.scope, ctx.identity, ctx.client_ip)
     key = cache_key(
-        ctx.route.handler, body, attempt.headers, scope, attempt.path, runtime.claude.base_url
+        ctx.route.handler, body, attempt.headers, scope, attempt.path, runtime.claude.identity
     )
     if "no-cache" not in wanted:
         flight = cache.inflight.get(key)

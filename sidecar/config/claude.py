@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from sidecar.config.fields import Seconds, Section, check_http_url
+from sidecar.config.fields import Seconds, Section, check_http_url, redact_url
 
 
 class QueueConfig(Section):
@@ -56,7 +56,15 @@ class ClaudeConfig(Section):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        return value if value == "builtin:fake" else check_http_url(value)
+        if value == "builtin:fake":
+            return value
+        try:
+            return check_http_url(value)
+        except ValueError:  # the one value that is no URL is named too (a typo of it)
+            shown = redact_url(value)
+            raise ValueError(
+                f"must be builtin:fake or an http:// or https:// URL, got {shown!r}"
+            ) from None
 
     @property
     def is_fake(self) -> bool:

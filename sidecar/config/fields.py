@@ -30,7 +30,9 @@ def _check_host_port(value: str) -> str:
     return value
 
 
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@")
+# The scheme and its `//` are optional: a URL written without them (`user:pass@host:4318`,
+# a common slip) is refused naming the value, and its password must not be in that message.
+_USERINFO = re.compile(r"^(?P<scheme>(?:[A-Za-z][A-Za-z0-9+.-]*:)?/*)(?P<userinfo>[^/?#@]*)@")
 
 
 def redact_url(value: str) -> str:

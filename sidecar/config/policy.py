@@ -6,7 +6,16 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    GetJsonSchemaHandler,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from sidecar.config.fields import Seconds, Section
 
@@ -101,11 +110,21 @@ class DenyRule(Section):
     pattern: Pattern
 
 
+class _OrPlainPattern:
+    """A deny rule's JSON Schema also takes a plain pattern, as the loader does (editors
+    checking a config against `sidecar schema` must not flag `deny_patterns: ["..."]`)."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"anyOf": [{"type": "string"}, handler(schema)]}
+
+
 class ScreeningConfig(Section):
     max_prompt_chars: int = Field(10000, gt=0)
     max_attachment_bytes: int = Field(5 * 1024 * 1024, gt=0)
     # A plain string is a rule named by its index: `["(?i)secret"]` == `[{name: "0", ...}]`.
-    deny_patterns: list[DenyRule] = Field(default_factory=list)
+    deny_patterns: list[Annotated[DenyRule, _OrPlainPattern()]] = Field(default_factory=list)
     # Match deny rules also against the text with invisible characters removed, NFKC
     # applied and whitespace folded (see docs/security.md for what this does not catch).
     normalize: bool = False

@@ -377,6 +377,7 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
                 lambda outcome: telemetry.websocket_ended(
                     outcome, route, ctx.request_id, ctx.span
                 ),
+                ctx.runtime.websockets,
             )  # fmt: skip
     await client.close()
     return client

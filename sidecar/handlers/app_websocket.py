@@ -23,10 +23,11 @@ WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 # taking nothing (`*_stalled`), gone without a close (`*_lost`), or failing (`*_error`).
 Outcome = Literal[
     "closed", "client_stalled", "app_stalled", "client_lost", "app_lost",
-    "client_error", "app_error",
+    "client_error", "app_error", "shutting_down",
 ]  # fmt: skip
 
 _CLOSING: set[asyncio.Task[bool]] = set()  # closes that outlive a cancelled handler
+_SHUTTING_DOWN: Final = b"the sidecar is shutting down"
 _TEXT: Final = aiohttp.WSMsgType.TEXT
 _BINARY: Final = aiohttp.WSMsgType.BINARY
 
@@ -95,6 +96,32 @@ class _StallWatch:
         self._timer = self._loop.call_later(self._timeout / 2, self._look) if watching else None
 
 
+class LiveWebSockets:
+    """The relayed WebSockets of one runtime, so shutdown can close each one properly."""
+
+    __slots__ = ("_relays",)
+
+    def __init__(self) -> None:
+        self._relays: set[_Relay] = set()
+
+    def __len__(self) -> int:
+        return len(self._relays)
+
+    def add(self, relay: _Relay) -> None:
+        self._relays.add(relay)
+
+    def discard(self, relay: _Relay) -> None:
+        self._relays.discard(relay)
+
+    def close_all(self) -> int:
+        """Close every relayed WebSocket, both sides, with `1001` (going away: the sidecar
+        is stopping); how many. Each relay then ends as usual, outcome `shutting_down`."""
+        relays = list(self._relays)
+        for relay in relays:
+            relay.shut_down()
+        return len(relays)
+
+
 async def relay_websocket(
     client: web.WebSocketResponse,
     client_transport: asyncio.Transport,
@@ -102,16 +129,20 @@ async def relay_websocket(
     app_transport: asyncio.Transport,
     send_timeout: float,
     ended: Callable[[Outcome], None],
+    live: LiveWebSockets,
 ) -> None:
-    """Relay messages both ways until either side closes, goes or stalls; `ended` is told
-    how it ended (also when the handler is cancelled: the client's connection went)."""
+    """Relay messages both ways until either side closes, goes or stalls, or shutdown
+    closes both (`live`); `ended` is told how it ended (also when the handler is cancelled:
+    the client's connection went)."""
     relay = _Relay(_End("client", client, client_transport), _End("app", app, app_transport))
     _StallWatch((relay.client, relay.app), send_timeout)  # its timer keeps it while needed
     to_app = asyncio.create_task(relay.pump(relay.client, relay.app))
     to_client = asyncio.create_task(relay.pump(relay.app, relay.client))
+    live.add(relay)
     try:
         await asyncio.wait({to_app, to_client}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        live.discard(relay)
         for task in (to_app, to_client):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,6 +194,24 @@ class _Relay:
         if self.closes:
             await asyncio.shield(self.closes[-1])
 
+    def shut_down(self) -> None:
+        """The sidecar is stopping: both sides are closed with `1001` (RFC 6455 7.4.1, a
+        server going down), unless the relay is ending already. Each pump then sees its
+        side closing and returns."""
+        if self.outcome is not None:
+            return
+        self.outcome = "shutting_down"
+        for end in (self.client, self.app):
+            if not end.stalled:
+                self._close(end, aiohttp.WSCloseCode.GOING_AWAY, _SHUTTING_DOWN)
+
+    def _close(self, end: _End, code: int, reason: bytes) -> None:
+        end.writes += 1
+        closing = asyncio.create_task(end.ws.close(code=code, message=reason))
+        _CLOSING.add(closing)
+        closing.add_done_callback(_CLOSING.discard)
+        self.closes.append(closing)
+
     def end(self, other: _End, ending: tuple[Outcome, int, bytes]) -> None:
         """One side ended as `ending` says: close `other` with its code (shielded: the
         client's close is often followed by its TCP close, which cancels the handler, and
@@ -173,11 +222,7 @@ class _Relay:
         self.outcome, code, reason = ending
         if other.stalled:
             return  # cut: nothing more reaches it
-        other.writes += 1
-        closing = asyncio.create_task(other.ws.close(code=code, message=reason))
-        _CLOSING.add(closing)
-        closing.add_done_callback(_CLOSING.discard)
-        self.closes.append(closing)
+        self._close(other, code, reason)
 
 
 def _cut(end: _End) -> tuple[Outcome, int, bytes]:
