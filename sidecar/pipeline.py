@@ -112,6 +112,16 @@ def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
+def _refused_upload(request: web.Request, runtime: Runtime) -> bool:
+    """A body a Claude route would refuse by its length alone (over `max_body_bytes`, which
+    the app route does not apply): its `Expect: 100-continue` gets the 413 instead."""
+    length = request.content_length
+    if length is None or length <= runtime.config.server.max_body_bytes:
+        return False
+    route = runtime.routes.resolve(request.rel_url.raw_path).route
+    return route is not None and route.family != "app"
+
+
 class Pipeline:
     """The aiohttp handler (`handle`) for every path of the traffic listener."""
 
@@ -120,10 +130,15 @@ class Pipeline:
         self._runtimes = runtimes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Expect"):  # answered before anything else, as aiohttp would
-            await answer_expectation(request)
-            await request.writer.drain()
         runtime = self._runtimes.current  # swapped by reload; in-flight keep theirs
+        if request.headers.get("Expect"):  # answered before anything else, as aiohttp would
+            if _refused_upload(request, runtime):
+                # No `100 Continue`: the route answers 413 before the client uploads a body
+                # it would refuse; the client may send it or not, so the connection ends.
+                close_after(request)
+            else:
+                await answer_expectation(request)
+                await request.writer.drain()
         if self._runtimes.draining:
             close_after(request)  # a kept-alive client's next request goes elsewhere
         lifecycle = runtime.lifecycle

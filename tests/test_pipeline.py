@@ -19,6 +19,7 @@ At the end, the pipeline's own check of what a client names its request.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -43,6 +44,7 @@ from sidecar.stream.core import StreamCore
 from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.store import StreamLog
 from sidecar.stream.tap import TappedCore
+from tests.support.apps import running_app
 from tests.support.costs import (
     ROUTES,
     cyclic_garbage_per_call,
@@ -52,6 +54,7 @@ from tests.support.costs import (
     per_event,
     per_open_stream,
 )
+from tests.support.sidecars import SidecarFactory
 
 CALLS_PER_CALL = 1120  # measured 942-1,035
 CALLS_PER_EVENT = 54  # measured 44-49 (≈ 30 of them the asyncio loop's own per read)
@@ -152,3 +155,40 @@ def test_a_clients_request_id_is_kept_only_whole_and_well_formed(given: str, kep
     request_id = request_id_of(request, "X-Request-Id")
     assert (request_id == given) is kept
     assert re.fullmatch(r"[A-Za-z0-9._:@/+=-]{1,128}", request_id)
+
+
+@pytest.mark.parametrize(
+    ("path", "interim"),
+    [("/v1/messages", False), ("/api/stream-response", False), ("/app/upload", True)],
+    ids=["anthropic", "prompt", "app"],
+)
+async def test_an_upload_a_claude_route_refuses_by_its_length_gets_413_without_100_continue(
+    sidecar_for: SidecarFactory, path: str, interim: bool
+) -> None:
+    """`Expect: 100-continue` with a `Content-Length` over `server.max_body_bytes`: a Claude
+    route answers 413 at once and closes (the client need not upload what is refused; it
+    may send it or not, so the connection cannot be reused); the app route, whose bodies
+    are streamed and not limited, still says `100 Continue`."""
+    async with running_app() as (app_url, _):
+        routes = [{"path": "/api/stream-response", "handler": "prompt"},
+                  {"path": "/v1/", "handler": "anthropic"}, {"path": "/app/", "handler": "app"}]  # fmt: skip
+        config = {"server": {"max_body_bytes": 1024}, "app": {"url": app_url}, "routes": routes}
+        async with sidecar_for(config) as sidecar:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+                "Content-Length: 4096\r\nExpect: 100-continue\r\n\r\n".encode()
+            )
+            await writer.drain()
+            first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            if interim:
+                assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+                writer.close()
+                return
+            length = re.search(rb"Content-Length: (\d+)", first)
+            assert length is not None, first
+            body = await asyncio.wait_for(reader.readexactly(int(length[1])), 10)
+            writer.close()
+    assert first.startswith(b"HTTP/1.1 413 "), first
+    assert b"Connection: close" in first
+    assert b"exceeds 1024 bytes" in body  # in the route's error format
