@@ -641,14 +641,19 @@ async def test_a_query_token_the_sidecar_did_not_read_reaches_the_app(
 # --------------------------------------------------------------------------- the app's answers
 
 
-def _rejections(metrics: str) -> dict[str, float]:
+def _counts(metrics: str, counter: str, label: str) -> dict[str, float]:
+    """A counter's values in a scrape (`counter` without `_total`), by one of its labels."""
     return {
-        sample.labels["sidecar_rejection_reason"]: sample.value
+        sample.labels[label]: sample.value
         for family in text_string_to_metric_families(metrics)
-        if family.name == "sidecar_rejections"
+        if family.name == counter
         for sample in family.samples
-        if sample.name == "sidecar_rejections_total"
+        if sample.name == counter + "_total"
     }
+
+
+def _rejections(metrics: str) -> dict[str, float]:
+    return _counts(metrics, "sidecar_rejections", "sidecar_rejection_reason")
 
 
 async def test_an_app_silent_after_an_informational_answer_is_cut_at_the_read_timeout(
@@ -821,13 +826,7 @@ async def test_a_client_that_stops_reading_the_apps_answer_is_cut(
 
 
 def _websocket_outcomes(metrics: str) -> dict[str, float]:
-    return {
-        sample.labels["sidecar_websocket_outcome"]: sample.value
-        for family in text_string_to_metric_families(metrics)
-        if family.name == "sidecar_app_websockets"
-        for sample in family.samples
-        if sample.name == "sidecar_app_websockets_total"
-    }
+    return _counts(metrics, "sidecar_app_websockets", "sidecar_websocket_outcome")
 
 
 async def _outcomes(sidecar: Any) -> dict[str, float]:
