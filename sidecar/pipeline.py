@@ -112,14 +112,18 @@ def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
-def _refused_upload(request: web.Request, runtime: Runtime) -> bool:
-    """A body a Claude route would refuse by its length alone (over `max_body_bytes`, which
-    the app route does not apply): its `Expect: 100-continue` gets the 413 instead."""
+async def _answer_expectation(request: web.Request, route: Route | None, limit: int) -> None:
+    """`Expect`, answered before the route's work, as aiohttp would: `100 Continue`, unless
+    a Claude route would refuse the body by its length alone (over `max_body_bytes`, which
+    the app route does not apply): then no `100 Continue`, the route answers 413 before
+    the client uploads it, and, as the client may send the body or not, the connection
+    ends with that answer."""
     length = request.content_length
-    if length is None or length <= runtime.config.server.max_body_bytes:
-        return False
-    route = runtime.routes.resolve(request.rel_url.raw_path).route
-    return route is not None and route.family != "app"
+    if length is not None and length > limit and route is not None and route.family != "app":
+        close_after(request)
+        return
+    await answer_expectation(request)
+    await request.writer.drain()
 
 
 class Pipeline:
@@ -131,14 +135,6 @@ class Pipeline:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         runtime = self._runtimes.current  # swapped by reload; in-flight keep theirs
-        if request.headers.get("Expect"):  # answered before anything else, as aiohttp would
-            if _refused_upload(request, runtime):
-                # No `100 Continue`: the route answers 413 before the client uploads a body
-                # it would refuse; the client may send it or not, so the connection ends.
-                close_after(request)
-            else:
-                await answer_expectation(request)
-                await request.writer.drain()
         if self._runtimes.draining:
             close_after(request)  # a kept-alive client's next request goes elsewhere
         lifecycle = runtime.lifecycle
@@ -154,6 +150,8 @@ class Pipeline:
             if config.server.tls.enabled and config.server.tls.hsts:
                 headers["Strict-Transport-Security"] = _hsts(config.server.tls.hsts_max_age_seconds)
             resolved = runtime.routes.resolve(request.rel_url.raw_path)
+            if request.headers.get("Expect"):
+                await _answer_expectation(request, resolved.route, config.server.max_body_bytes)
             if resolved.refused is None and is_browser_path(config, resolved.path):
                 served = serve_browser_file(request, resolved.path, config, runtime.routes, headers)
                 telemetry.access(
