@@ -15,6 +15,15 @@ from sidecar.sse import event_name, json_object, parse_block
 DELTA = b"content_block_delta"
 
 
+def usage_so_far(record: StreamRecord, unreported_input: int) -> tuple[int, int]:
+    """(input, output) tokens of a stream as far as it got: a stream cut short never sees
+    the final `message_delta`, so each content delta is at least one output token, and
+    `unreported_input` stands for the input while no usage reported it."""
+    return record.total_input_tokens or unreported_input, max(
+        record.output_tokens, record.output_deltas
+    )
+
+
 def apply_usage(record: StreamRecord, usage: Any) -> None:
     """Copy an Anthropic `usage` object onto the record (output is cumulative).
 

@@ -26,6 +26,7 @@ from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt
+from sidecar.usage import usage_so_far
 
 HEADER = "X-Cache"
 HIT_ATTRIBUTE = "sidecar.cache.hit"
@@ -96,8 +97,10 @@ class CacheStep:
                     content_type="application/json",
                 )  # fmt: skip
         finally:
-            if source.stream:  # the usage replayed so far (all of it, unless cut short)
-                used_in, used_out = replayed_tokens(record, input_estimate)
+            if source.stream:  # the usage replayed so far (all of it, unless cut short),
+                # as a live stream that got as far is charged; the estimate until
+                # `message_start` was replayed
+                used_in, used_out = usage_so_far(record, input_estimate)
             if lease is not None:
                 await lease.settle(used_in, used_out)
         runtime.telemetry.cache_hit(used_in + used_out)
@@ -107,16 +110,6 @@ class CacheStep:
         """The request was refused before its Claude call started."""
         if self.tap is not None:
             self.tap.abandon()
-
-
-def replayed_tokens(record: StreamRecord, input_estimate: int) -> tuple[int, int]:
-    """(input, output) tokens a streamed replay stands for, as a live stream that got as
-    far would be charged (`sidecar.call.stream.charged_tokens`): the recorded usage once
-    its final `message_delta` was replayed; cut short before it (the client left or
-    stalled), each content delta replayed is at least one output token, not
-    `message_start`'s 1; before `message_start` was replayed, the input estimate."""
-    input_tokens = record.total_input_tokens or input_estimate
-    return input_tokens, max(record.output_tokens, record.output_deltas)
 
 
 async def lookup(

@@ -25,24 +25,23 @@ from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import HEADER
 from sidecar.stream.store import StreamLog
 from sidecar.stream.tap import CallTap, make_core
+from sidecar.usage import usage_so_far
 
 
 def charged_tokens(
     record: StreamRecord, input_estimate: int, unanswered: bool = False
 ) -> tuple[int, int]:
-    """(input, output) tokens to charge for a call, also when it ended early.
+    """(input, output) tokens to charge for a call, also when it ended early
+    (`usage_so_far`: each content delta relayed is at least one output token).
 
-    A stream cut short (client gone, idle timeout) never sees the final
-    `message_delta`: each content delta relayed is at least one output token. Input
-    Claude is known or likely to have billed counts even without its usage: accepted
-    (status 200) but `message_start` or the message never read, or `unanswered` (the
-    request was written and no answer came: the client left while Claude worked on
-    it, the connection broke, the head came too late). An error status is not billed.
+    Input Claude is known or likely to have billed counts even without its usage at its
+    estimate: accepted (status 200) but `message_start` or the message never read, or
+    `unanswered` (the request was written and no answer came: the client left while
+    Claude worked on it, the connection broke, the head came too late). An error status
+    is not billed.
     """
-    input_tokens = record.total_input_tokens
-    if input_tokens == 0 and (record.upstream_status == 200 or unanswered):
-        input_tokens = input_estimate
-    return input_tokens, max(record.output_tokens, record.output_deltas)
+    billed = record.upstream_status == 200 or unanswered
+    return usage_so_far(record, input_estimate if billed else 0)
 
 
 @dataclass(slots=True)
