@@ -42,7 +42,6 @@ from sidecar.telemetry.providers import (
     TelemetryEnvironmentError,
     build_providers,
     exemplar_filter_of,
-    otlp_signal,
     resource_of,
     signal_export,
     span_batch_size,
@@ -220,22 +219,22 @@ def test_otlp_endpoints_follow_the_exporter_spec(monkeypatch: pytest.MonkeyPatch
         if name.startswith("OTEL_"):
             monkeypatch.delenv(name)
     config = TelemetryConfig(otlp_endpoint="http://collector:4318/")
-    assert otlp_signal(config, "TRACES") == OtlpSignal(
+    assert signal_export(config, "TRACES").otlp == OtlpSignal(
         "http/protobuf", "http://collector:4318/v1/traces"
     )
-    assert otlp_signal(config, "METRICS") == OtlpSignal(
+    assert signal_export(config, "METRICS").otlp == OtlpSignal(
         "http/protobuf", "http://collector:4318/v1/metrics"
     )
-    assert otlp_signal(TelemetryConfig(), "TRACES") is None
+    assert signal_export(TelemetryConfig(), "TRACES").otlp is None
     # An endpoint in the environment wins: the exporter reads it (and joins the paths) itself.
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4317")
-    assert otlp_signal(config, "TRACES") == OtlpSignal("grpc", None)
-    assert otlp_signal(TelemetryConfig(), "METRICS") == OtlpSignal("grpc", None)
+    assert signal_export(config, "TRACES").otlp == OtlpSignal("grpc", None)
+    assert signal_export(TelemetryConfig(), "METRICS").otlp == OtlpSignal("grpc", None)
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
-    assert otlp_signal(config, "METRICS") is None
+    assert signal_export(config, "METRICS").otlp is None
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
-    assert otlp_signal(config, "TRACES") == OtlpSignal("http/protobuf", None)
+    assert signal_export(config, "TRACES").otlp == OtlpSignal("http/protobuf", None)
 
 
 def test_nothing_to_export_means_no_sdk_work(monkeypatch: pytest.MonkeyPatch) -> None:

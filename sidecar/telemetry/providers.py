@@ -190,7 +190,8 @@ def _protocol(config: TelemetryConfig, signal: str, named: str | None) -> str:
     return protocol
 
 
-_SDK_NAMES: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
+# The exporter name of each protocol, as the SDK's warning names it.
+_SDK_NAMES: Final = {protocol: name for name, protocol in _OTLP_EXPORTERS.items() if protocol}
 
 
 def _environment_endpoint(signal: str) -> bool:
@@ -255,11 +256,6 @@ def signal_export(config: TelemetryConfig, signal: str) -> SignalExport:
             except RuntimeError as error:
                 raise TelemetryEnvironmentError(str(error)) from None
     return SignalExport(otlp, tuple(others.values()))
-
-
-def otlp_signal(config: TelemetryConfig, signal: str) -> OtlpSignal | None:
-    """How `signal` (`TRACES` / `METRICS`) is exported over OTLP; None when it is not."""
-    return signal_export(config, signal).otlp
 
 
 @dataclass
