@@ -1136,3 +1136,30 @@ async def test_the_app_gets_no_accept_or_content_type_the_client_did_not_send(
     headers = echoed_headers(json.loads(payload))
     seen = {name: headers[name] for name in ("accept", "content-type") if name in headers}
     assert seen == expected
+
+
+@pytest.mark.parametrize(
+    ("framing", "typed"),
+    [
+        (b"Content-Length: 5\r\n", b""),
+        (b"Transfer-Encoding: chunked\r\n", b""),
+        (b"Content-Length: 5\r\n", b"Content-Type: text/x-custom\r\n"),
+    ],
+    ids=["length", "chunked", "typed"],
+)
+async def test_the_client_gets_the_content_type_the_app_sent_and_no_other(
+    sidecar_for: SidecarFactory, framing: bytes, typed: bytes
+) -> None:
+    """aiohttp's server gives an answer with a body `application/octet-stream` when it
+    names no type; a proxy passes on what the app said, so a client may sniff or not."""
+
+    async def untyped(exchange: Exchange) -> None:
+        body = b"5\r\nhello\r\n0\r\n\r\n" if b"chunked" in framing else b"hello"
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\n" + framing + typed + b"\r\n" + body)
+        await exchange.writer.drain()
+
+    async with raw_server(untyped) as app, sidecar_for(with_app(app.url)) as sidecar:
+        async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/page") as response:
+            assert await response.read() == b"hello"
+            types = response.headers.getall("Content-Type", [])
+    assert types == ([typed.split(b": ")[1].strip().decode()] if typed else [])

@@ -35,7 +35,7 @@ from sidecar.policy.identity_headers import (
     strip_credentials,
     strip_forwarding_claims,
 )
-from sidecar.stream.adapter import websocket_transport
+from sidecar.stream.adapter import ForwardedResponse, websocket_transport
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -222,7 +222,7 @@ async def _relay(
         # An event stream is relayed per chunk here; a buffering proxy in front (nginx's
         # ingress) must not gather it either, unless the app said otherwise.
         headers["X-Accel-Buffering"] = "no"
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = ForwardedResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.content_length is not None and "Content-Length" in headers:
         response.content_length = upstream.content_length
     await response.prepare(ctx.request)

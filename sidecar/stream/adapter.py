@@ -21,6 +21,9 @@ is `sidecar.http_client`, which needs none):
   in the writer's `output_size`, which is how aiohttp knows a response went out (it never
   answers a failed handler again after that). The request body's reader (read to its
   end) gets the shared empty queue.
+- **the app's answer, as the app typed it**: `ForwardedResponse` takes back the
+  `Content-Type: application/octet-stream` aiohttp's `prepare()` adds to a body that
+  has none (RFC 9110 asks that of the sender; a proxy passes on what the sender said).
 - **the app's WebSocket**: `websocket_transport` finds the socket under a client
   WebSocket (aiohttp exposes the server side's as `request.transport`, not this one), so
   the app route's stall watch can see what is queued for the app and cut it.
@@ -89,6 +92,23 @@ class SSEResponse(web.StreamResponse):
     """
 
     _send_headers_immediately = False  # aiohttp's switch (its `web.Response` sets it too)
+
+
+class ForwardedResponse(web.StreamResponse):
+    """A `StreamResponse` whose head carries a `Content-Type` only if `headers` had one.
+
+    aiohttp's `prepare()` gives every answer with a body a type; an app's answer that
+    named none reaches the client without one, as the app sent it.
+    """
+
+    def __init__(self, *, status: int, reason: str | None, headers: Mapping[str, str]) -> None:
+        super().__init__(status=status, reason=reason, headers=headers)
+        self._untyped = "Content-Type" not in self.headers
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if self._untyped:
+            self.headers.popall("Content-Type", None)
 
 
 class ClientChannel:
