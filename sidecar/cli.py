@@ -44,9 +44,28 @@ def _load(path: str | None, out: object) -> Config | None:
         return None
 
 
+def _environment_problem(config: Config) -> str | None:
+    """What `run` would refuse of the `OTEL_*` environment, as its one line; None if nothing."""
+    try:
+        from sidecar.telemetry.providers import TelemetryEnvironmentError, check_environment
+    except ValueError as exc:  # the SDK reads OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT when imported
+        if not str(exc).startswith("OTEL_"):
+            raise
+        return f"invalid OpenTelemetry environment: {exc}"
+    try:
+        check_environment(config.telemetry)
+    except TelemetryEnvironmentError as exc:
+        return f"invalid OpenTelemetry environment: {exc}"
+    return None
+
+
 def _check(path: str | None) -> int:
     config = _load(path, sys.stdout)
     if config is None:
+        return EXIT_BAD_CONFIG
+    problem = _environment_problem(config)
+    if problem is not None:
+        print(problem)
         return EXIT_BAD_CONFIG
     sys.stdout.write(yaml.safe_dump(loader.redacted(config), sort_keys=False))
     return 0

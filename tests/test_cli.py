@@ -45,7 +45,7 @@ def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(
+REFUSED_ENVIRONMENT = pytest.mark.parametrize(
     ("variable", "value", "problem"),
     [
         # Read by the SDK when it is imported: before the sidecar's logging is set up.
@@ -57,21 +57,61 @@ def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
         ("OTEL_PROPAGATORS", "tracecontext,b3", "Propagator b3 not found"),
     ],
 )
-def test_run_refuses_an_otel_value_the_sdk_refuses_with_one_line_and_exit_2(
-    tmp_path: Path, variable: str, value: str, problem: str
-) -> None:
+
+
+def _exporting_config(tmp_path: Path) -> Path:
     path = tmp_path / "c.yaml"
     path.write_text(
         f'server: {{listen: "127.0.0.1:{free_port()}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
         "claude: {base_url: 'builtin:fake'}\n"
         "telemetry: {otlp_endpoint: 'http://127.0.0.1:9'}\n"
     )
-    env = {name: "" for name in os.environ if name.startswith("OTEL_")}
-    result = sidecar_command("run", "-c", str(path), env={**env, variable: value})
+    return path
+
+
+def _without_otel(**variables: str) -> dict[str, str]:
+    return {**{name: "" for name in os.environ if name.startswith("OTEL_")}, **variables}
+
+
+@REFUSED_ENVIRONMENT
+def test_run_refuses_an_otel_value_the_sdk_refuses_with_one_line_and_exit_2(
+    tmp_path: Path, variable: str, value: str, problem: str
+) -> None:
+    path = _exporting_config(tmp_path)
+    result = sidecar_command("run", "-c", str(path), env=_without_otel(**{variable: value}))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if problem in line]
     assert "invalid OpenTelemetry environment" in line
+
+
+@REFUSED_ENVIRONMENT
+def test_check_reports_the_otel_value_run_would_refuse(
+    tmp_path: Path, variable: str, value: str, problem: str
+) -> None:
+    """A rollout's `check` step fails where `run` would not start, not later in the pod."""
+    path = _exporting_config(tmp_path)
+    result = sidecar_command("check", "-c", str(path), env=_without_otel(**{variable: value}))
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = result.stdout.splitlines()  # the problem alone, no effective config
+    assert line.startswith("invalid OpenTelemetry environment: ")
+    assert problem in line
+
+
+def test_check_accepts_the_otel_environment_run_accepts(tmp_path: Path) -> None:
+    path = _exporting_config(tmp_path)
+    env = _without_otel(
+        OTEL_TRACES_EXPORTER="otlp,console",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+        OTEL_PROPAGATORS="tracecontext,baggage",
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0.25",
+    )
+    result = sidecar_command("check", "-c", str(path), env=env)
+    assert result.returncode == 0, result.stdout
+    assert "otlp_endpoint: http://127.0.0.1:9" in result.stdout
 
 
 def test_check_with_no_file_uses_the_embedded_default() -> None:

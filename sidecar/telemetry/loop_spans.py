@@ -61,6 +61,38 @@ from sidecar.telemetry.span_queue import SpanQueue
 log = logging.getLogger(__name__)
 
 
+def batch_settings(
+    max_queue_size: int | None = None,
+    schedule_delay_millis: float | None = None,
+    max_export_batch_size: int | None = None,
+    export_timeout_millis: float | None = None,
+) -> tuple[int, float, int, float]:
+    """Queue size, delay, batch size and export timeout: those given, else `OTEL_BSP_*`.
+
+    The SDK's reading of the variables (its log line for a value that is not a number)
+    and its checks of the result (a `ValueError`, as its batch span processor raises).
+    """
+    sdk: Any = BatchSpanProcessor  # static methods, untyped
+    queue_size = sdk._default_max_queue_size() if max_queue_size is None else max_queue_size
+    delay = (
+        sdk._default_schedule_delay_millis()
+        if schedule_delay_millis is None
+        else schedule_delay_millis
+    )
+    batch = (
+        sdk._default_max_export_batch_size()
+        if max_export_batch_size is None
+        else max_export_batch_size
+    )
+    timeout = (
+        sdk._default_export_timeout_millis()
+        if export_timeout_millis is None
+        else export_timeout_millis
+    )
+    sdk._validate_arguments(queue_size, delay, batch)
+    return queue_size, delay, batch, timeout
+
+
 class LoopSpanProcessor(SpanProcessor):
     """The SDK's batch span processor, its batching and encoding done on the event loop."""
 
@@ -72,26 +104,9 @@ class LoopSpanProcessor(SpanProcessor):
         max_export_batch_size: int | None = None,
         export_timeout_millis: float | None = None,
     ) -> None:
-        # The SDK's reading of OTEL_BSP_* (its log line for a value that is not a
-        # number) and its checks of the result (a ValueError, as the SDK raises).
-        sdk: Any = BatchSpanProcessor  # static methods, untyped
-        queue_size = sdk._default_max_queue_size() if max_queue_size is None else max_queue_size
-        delay = (
-            sdk._default_schedule_delay_millis()
-            if schedule_delay_millis is None
-            else schedule_delay_millis
+        queue_size, delay, batch, timeout = batch_settings(
+            max_queue_size, schedule_delay_millis, max_export_batch_size, export_timeout_millis
         )
-        batch = (
-            sdk._default_max_export_batch_size()
-            if max_export_batch_size is None
-            else max_export_batch_size
-        )
-        timeout = (
-            sdk._default_export_timeout_millis()
-            if export_timeout_millis is None
-            else export_timeout_millis
-        )
-        sdk._validate_arguments(queue_size, delay, batch)
         self.exporter = exporter
         self.max_queue_size: int = queue_size
         self.max_export_batch_size: int = batch

@@ -333,6 +333,27 @@ def build_providers(
         raise TelemetryEnvironmentError(str(error)) from None
 
 
+def check_environment(config: TelemetryConfig) -> None:
+    """Raise `TelemetryEnvironmentError` for an `OTEL_*` value `build_providers` or the
+    propagators would refuse, building nothing that exports (`sidecar check`)."""
+    from sidecar.telemetry.propagation import configured_propagator
+
+    try:
+        configured_propagator()
+        if sdk_disabled():
+            return  # nothing else is read
+        traces, _ = signal_export(config, "TRACES"), signal_export(config, "METRICS")
+        if traces.otlp is not None or traces.others:
+            from sidecar.telemetry.loop_spans import batch_settings
+
+            batch_settings()  # what every batch span processor reads
+        TracerProvider(resource=resource_of(config)).shutdown()  # the sampler's variables
+    except (ValueError, RuntimeError) as error:
+        if isinstance(error, TelemetryEnvironmentError):
+            raise
+        raise TelemetryEnvironmentError(str(error)) from None
+
+
 def _build_providers(
     config: TelemetryConfig,
     span_exporter: SpanExporter | None,
