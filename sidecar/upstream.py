@@ -65,6 +65,12 @@ class Attempt:
     # worked on it, its connection broke after the write, its head came too late):
     # Claude may be billing it. Set by `ClaudeClient.send` for the latest attempt.
     unanswered: bool = False
+    # Set by `ClaudeClient.send` as it goes, so that a call it ends with an exception
+    # (Claude unreachable after retries, an answer no client may see, the client gone
+    # during a backoff) still reports them: the retries made, and the status of the
+    # latest attempt's answer (None while it has none).
+    retries: int = 0
+    status: int | None = None
 
 
 class ClaudeClient:
@@ -191,7 +197,7 @@ class ClaudeClient:
                 written = None  # ran with this attempt: a retry does not run it again
                 attempt.unanswered = False
                 response.deadline = loop.time() + config.idle_timeout_seconds if stream else whole
-                status = response.status
+                attempt.status = status = response.status
                 if self._on_status is not None:
                     self._on_status(status)
                 if status == 401 or status < 200 or 200 < status < 300:
@@ -214,7 +220,8 @@ class ClaudeClient:
                 self._count_retry(str(status))
             finally:
                 head.stop(task)  # whatever ended the wait (again: no effect)
-            retries += 1
+            attempt.retries = retries = retries + 1
+            attempt.status = None  # the next attempt's answer, if one comes
             await asyncio.sleep(delay)
 
     def _count_retry(self, reason: str) -> None:

@@ -222,6 +222,22 @@ def test_dashboard_is_valid_grafana_json_on_real_metric_names(
         assert any(word in title for title in titles), word
 
 
+async def test_dashboard_job_choices_include_a_sidecar_that_made_no_claude_call(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The `job` variable's choices come from a series every sidecar exports from its start:
+    one that has served only its app route, or nothing yet, is on the dashboard too."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    (job,) = [v for v in dashboard["templating"]["list"] if v["name"] == "job"]
+    match = re.fullmatch(r"label_values\((\w+), job\)", job["definition"])
+    assert match is not None
+    assert job["query"]["query"] == job["definition"]
+    async with sidecar_for() as sidecar:
+        text = await scrape(sidecar)  # a fresh sidecar: no call served
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert match.group(1) in names
+
+
 async def test_admin_endpoints_and_draining(
     sidecar_for: SidecarFactory,
 ) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -18,9 +19,11 @@ from sidecar.call.run import ClaudeRequest
 from sidecar.fake_claude import FakeServer
 from sidecar.telemetry.span import SidecarSpan
 from tests.support.apps import serving
-from tests.support.otel import make_otel
+from tests.support.logs import LogReader, events, one
+from tests.support.otel import make_otel, prompt
 from tests.support.sdk import STALLED, sdk, user
 from tests.support.sidecars import SidecarFactory, running_sidecar
+from tests.support.sockets import free_port
 
 MODEL = "claude-sonnet-5-5"
 
@@ -59,6 +62,41 @@ async def test_queue_full_and_queue_timeout(sidecar_for: SidecarFactory) -> None
         assert timed_out.status == 529
         timed_out.close()
         holder.close()
+
+
+@pytest.mark.parametrize(
+    ("claude", "prompt_text", "retries", "status"),
+    [
+        # No answer at all: every attempt refused, the retries spent, then a 502.
+        ({"base_url": "http://127.0.0.1:{port}"}, "hi", 2, None),
+        # An answer no client may see as Claude's (the sidecar's own key refused): 502.
+        ({}, "hi [[fake fault=auth]]", 0, 401),
+    ],
+    ids=["unreachable_after_retries", "sidecar_key_refused"],
+)
+async def test_a_call_that_fails_in_its_send_reports_its_retries_and_claudes_status(
+    sidecar_for: SidecarFactory,
+    log_output: Callable[..., LogReader],
+    claude: dict[str, Any],
+    prompt_text: str,
+    retries: int,
+    status: int | None,
+) -> None:
+    """The span and the stream's log line say how many retries a call made and what Claude
+    answered, also when the call ends inside its send (no answer a client may get)."""
+    read = log_output()
+    otel = make_otel()
+    claude = {key: value.format(port=free_port()) for key, value in claude.items()}
+    async with sidecar_for({"claude": claude}, telemetry=otel.telemetry) as sidecar:
+        answered, _ = await prompt(sidecar.url, prompt_text)
+    assert answered == 502
+    attributes = otel.client_span().attributes or {}
+    assert attributes["sidecar.stream.outcome"] == "upstream_error"
+    assert attributes["sidecar.upstream.retries"] == retries
+    assert attributes.get("http.response.status_code") == status
+    assert otel.count("sidecar.upstream.retries") == retries  # as the counter always said
+    error = one(events(read()), "stream_error")
+    assert (error["retries"], error["upstream_status"]) == (retries, status)
 
 
 async def test_the_starts_deferred_half_runs_once_per_call_however_it_ends(

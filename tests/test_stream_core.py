@@ -150,6 +150,20 @@ def test_passthrough_relays_bytes_unchanged_and_ends_with_one_error(
     assert (b"event: error" in rest) == bool(tail)
 
 
+@pytest.mark.parametrize(
+    ("end", "known"),
+    [(None, True), (LOST, True), (SHUTDOWN, True), (STALLED, True), (CANCELLED, True),
+     (IDLE, False)],
+)  # fmt: skip
+def test_the_end_of_claudes_body_is_known_unless_an_idle_timeout_ended_it(
+    end: BaseException | None, known: bool
+) -> None:
+    """`last_chunk_at` (chunk gaps, generation rate) is when Claude's body ended; an idle
+    timeout ends it long after its last bytes, which came at a time not kept."""
+    _, rec = run(PromptTranslator(capture=False), START + delta("x") + delta("y"), 7, end)
+    assert (rec.last_chunk_at is not None) is known
+
+
 def test_usage_and_timing_are_recorded_as_the_chunks_pass() -> None:
     rec = record()
     core = StreamCore(rec, PromptTranslator(capture=False))

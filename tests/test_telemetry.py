@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -16,6 +17,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.fake_claude import FakeServer
 from tests.support.apps import echoed_headers, running_app
+from tests.support.logs import LogReader, one
+from tests.support.logs import events as events_of
 from tests.support.otel import (
     CALLER_SPAN,
     CALLER_TRACE,
@@ -492,6 +495,30 @@ async def test_idle_timeout_and_shutdown_outcomes(sidecar_for: SidecarFactory, o
     assert outcomes["shutting_down"]["error.type"] == "stream_lost"
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "idle_timeout"}) == 1
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "shutting_down"}) == 1
+
+
+async def test_an_idle_timeout_does_not_stretch_the_chunk_gaps_over_its_silence(
+    sidecar_for: SidecarFactory, otel: Otel, log_output: Callable[..., LogReader]
+) -> None:
+    """Claude sends 3 deltas at once, then nothing: the stream ends an idle timeout later.
+    That silence is no gap between chunks: no time per output chunk is recorded for it, and
+    its line has no generation rate, where both used to spread the timeout over the deltas."""
+    read = log_output()
+    config = {"claude": {"idle_timeout_seconds": 0.5, "heartbeat_seconds": 0.1}}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        status, events = await prompt(sidecar.url, "[[fake fault=stall_midstream after=3 tps=0]]")
+    assert status == 200
+    assert events[-1]["error"]["type"] == "idle_timeout"
+    attributes = otel.client_span().attributes or {}
+    assert attributes["sidecar.stream.outcome"] == "idle_timeout"
+    assert attributes["gen_ai.usage.output_tokens"] == 3
+    assert otel.points("gen_ai.client.operation.time_per_output_chunk") == []
+    (duration,) = otel.points("gen_ai.client.operation.duration")
+    assert duration.sum >= 0.5  # the call itself did last the whole timeout
+    error = one(events_of(read()), "stream_error")
+    assert error["outcome"] == "idle_timeout"
+    assert error["tokens_per_second"] is None
+    assert error["duration_ms"] >= 500
 
 
 async def test_client_leaving_the_queue_is_a_cancelled_stream(

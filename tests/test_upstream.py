@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import json
 import logging
+import math
 import re
 import socket
 import time
@@ -24,6 +25,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from sidecar import upstream
 from sidecar.config import ClaudeConfig
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
@@ -333,8 +335,10 @@ def test_request_timeout_defaults_to_what_the_sdks_use() -> None:
 
 
 async def test_a_refused_sidecar_key_is_a_502_naming_the_sidecar_credential(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The refusal is logged at most every 10 s per process: not yet, whatever ran before.
+    monkeypatch.setattr(upstream, "_LAST_KEY_ERROR", [-math.inf])
     async with (
         running_fake_claude(FakeSettings(tokens=3, api_key="sk-the-right-one")) as fake,
         running_sidecar({"claude": {"base_url": fake.url, "api_key": "sk-revoked"}}) as sidecar,

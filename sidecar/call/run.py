@@ -185,7 +185,11 @@ async def call_claude(
         raise
     finally:
         if not handed_off:
-            held.unanswered = call.attempt.unanswered  # Claude may bill it (`charged_tokens`)
+            attempt = call.attempt
+            held.unanswered = attempt.unanswered  # Claude may bill it (`charged_tokens`)
+            if attempt is not _SENT:  # `send` raised (or never ran): what it saw still counts
+                record.retries = attempt.retries
+                record.upstream_status = attempt.status
             if resumable is not None:  # no stream came of it: its empty buffer just expires
                 resumable.log.finish()
                 resumable.log.close()

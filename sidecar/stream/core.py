@@ -145,7 +145,12 @@ class StreamCore:
             if record.last_chunk_at is None and record.first_chunk_at is not None:
                 record.last_chunk_at = time.perf_counter()
             return b""
-        record.last_chunk_at = time.perf_counter()
+        if not (isinstance(end, StopStream) and end.outcome == "idle_timeout"):
+            # Claude's body ends now. An idle timeout's end is not when its last bytes came:
+            # they came the whole timeout or more before, at a time not kept (no timestamp
+            # per chunk), so its chunk gaps and generation rate stay unknown rather than
+            # stretched over the silence.
+            record.last_chunk_at = time.perf_counter()
         if end is not None and not isinstance(
             end, StopStream | ClientError | OSError | EventTooLarge
         ):
