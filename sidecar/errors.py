@@ -36,7 +36,10 @@ class Rejection(Exception):
     """An answer before any response byte: status, Anthropic error type, message.
 
     `reason` is the bounded metric label (e.g. `auth_invalid_token`, `quota_tokens`);
-    `code` overrides the short type on the prompt route (e.g. `prompt_rejected`).
+    `code` overrides the short type on the prompt route (e.g. `prompt_rejected`);
+    `cause` is what telemetry's `error.type` says when it differs from the client's
+    type: Anthropic's type of an answer Claude gave the sidecar itself, or the class of
+    the exception a call to Claude ended in (the conventions' values for it).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class Rejection(Exception):
         reason: str,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        cause: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -56,6 +60,12 @@ class Rejection(Exception):
         self.reason = reason
         self.code = code
         self.headers: dict[str, str] = dict(headers or {})
+        self.cause = cause
+
+    @property
+    def telemetry_type(self) -> str:
+        """`error.type` of the call this ended: `cause` when set, else the client's type."""
+        return self.cause or self.error_type
 
     @property
     def short_type(self) -> str:
@@ -202,11 +212,12 @@ def reject(
     headers: Mapping[str, str] | None = None,
     code: str | None = None,
     status: int | None = None,
+    cause: str | None = None,
 ) -> Rejection:
     """The catalogue's `Rejection` for `reason`; KeyError for a reason not in `REASONS`.
 
     `status` is given only for a reason whose status is not fixed (the app's own answer);
-    `code` overrides the entry's short-type code.
+    `code` overrides the entry's short-type code; `cause` is telemetry's (`Rejection`).
     """
     entry = REASONS.get(reason)
     if entry is None:
@@ -216,11 +227,13 @@ def reject(
     if entry.status is not None:
         return Rejection(
             entry.status, entry.error_type, message, reason=reason,
-            code=code or entry.code, headers=headers,
+            code=code or entry.code, headers=headers, cause=cause,
         )  # fmt: skip
     assert status is not None
     error_type = status_error_type(status, entry.error_type)
-    return Rejection(status, error_type, message, reason=reason, code=code, headers=headers)
+    return Rejection(
+        status, error_type, message, reason=reason, code=code, headers=headers, cause=cause
+    )
 
 
 def bad_request(message: str, *, reason: str = "invalid_request") -> Rejection:

@@ -188,8 +188,9 @@ class ClaudeClient:
                 if not isinstance(exc, ConnectError):
                     written = None  # the request was written: `written` ran
                 if retries >= config.max_retries:
+                    cause = type(exc).__name__
                     raise reject(
-                        "upstream_unreachable", f"Claude is unreachable ({type(exc).__name__})"
+                        "upstream_unreachable", f"Claude is unreachable ({cause})", cause=cause
                     ) from None
                 delay = self.backoff(retries, None)
                 self._count_retry("connect_error")
@@ -266,6 +267,7 @@ def _unusable(status: int) -> Rejection:
             "upstream_credential_refused",
             "Claude refused the sidecar's own API credential (claude.api_key); "
             "this is not the caller's credential",
+            cause=status_error_type(status),  # what Claude answered the sidecar
         )
     return reject("upstream_bad_status", f"Claude answered with an unexpected status ({status})")
 
@@ -283,8 +285,10 @@ async def read_answer(response: Response, limit: int | None = None) -> bytes:
             body = await response.read(limit)
     except TimeoutError:
         raise reject("upstream_timeout", "Claude did not answer in time") from None
-    except ClientError:
-        raise reject("upstream_lost", "the connection to Claude was lost") from None
+    except ClientError as exc:
+        raise reject(
+            "upstream_lost", "the connection to Claude was lost", cause=type(exc).__name__
+        ) from None
     finally:
         response.close()  # a body not read to its end closes the connection (never pooled)
     names = coding_names((coding,)) if coding is not None else None

@@ -65,12 +65,14 @@ async def test_queue_full_and_queue_timeout(sidecar_for: SidecarFactory) -> None
 
 
 @pytest.mark.parametrize(
-    ("claude", "prompt_text", "retries", "status"),
+    ("claude", "prompt_text", "retries", "status", "error_type"),
     [
-        # No answer at all: every attempt refused, the retries spent, then a 502.
-        ({"base_url": "http://127.0.0.1:{port}"}, "hi", 2, None),
-        # An answer no client may see as Claude's (the sidecar's own key refused): 502.
-        ({}, "hi [[fake fault=auth]]", 0, 401),
+        # No answer at all: every attempt refused, the retries spent, then a 502; the
+        # conventions' `error.type` is then the exception's class.
+        ({"base_url": "http://127.0.0.1:{port}"}, "hi", 2, None, "ConnectError"),
+        # An answer no client may see as Claude's (the sidecar's own key refused): 502;
+        # `error.type` is what Claude answered the sidecar.
+        ({}, "hi [[fake fault=auth]]", 0, 401, "authentication_error"),
     ],
     ids=["unreachable_after_retries", "sidecar_key_refused"],
 )
@@ -81,9 +83,11 @@ async def test_a_call_that_fails_in_its_send_reports_its_retries_and_claudes_sta
     prompt_text: str,
     retries: int,
     status: int | None,
+    error_type: str,
 ) -> None:
     """The span and the stream's log line say how many retries a call made and what Claude
-    answered, also when the call ends inside its send (no answer a client may get)."""
+    answered, also when the call ends inside its send (no answer a client may get), and
+    why it failed as the GenAI conventions name it, not the client's `api_error`."""
     read = log_output()
     otel = make_otel()
     claude = {key: value.format(port=free_port()) for key, value in claude.items()}
@@ -97,6 +101,8 @@ async def test_a_call_that_fails_in_its_send_reports_its_retries_and_claudes_sta
     assert otel.count("sidecar.upstream.retries") == retries  # as the counter always said
     error = one(events(read()), "stream_error")
     assert (error["retries"], error["upstream_status"]) == (retries, status)
+    assert attributes["error.type"] == error["error_type"] == error_type
+    assert otel.count("gen_ai.client.operation.duration", **{"error.type": error_type}) == 1
 
 
 async def test_the_starts_deferred_half_runs_once_per_call_however_it_ends(

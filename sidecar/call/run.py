@@ -169,7 +169,7 @@ async def call_claude(
             record.outcome = "rejected"
         else:
             record.outcome = "upstream_error"
-        record.error_type = rejection.error_type
+        record.error_type = rejection.telemetry_type
         if rejection.reason in _NOT_ADMITTED and queued_at is not None:
             record.queue_wait = time.perf_counter() - queued_at
             telemetry.queue_wait(record.queue_wait, admitted=False)
