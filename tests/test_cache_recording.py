@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from opentelemetry.trace import SpanKind
 
 from sidecar.cache.recording import Recording
 from sidecar.fake_claude import FakeServer
@@ -109,6 +110,14 @@ async def test_ten_identical_concurrent_requests_make_one_claude_call(
     assert results[0][2].count(b"event: content_block_delta") == 30
     assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "hit"}) == 9
     assert otel.count("sidecar.cache.tokens_saved") > 0
+    # Each follower's request span links to the one Claude call it waited on.
+    call = otel.client_span().context
+    followers = [
+        span for span in otel.spans(SpanKind.SERVER)
+        if (span.attributes or {}).get("sidecar.cache.hit") is True
+    ]  # fmt: skip
+    assert len(followers) == 9
+    assert all([link.context for link in span.links] == [call] for span in followers)
 
 
 async def test_followers_of_a_call_refused_before_answering_call_claude_themselves(

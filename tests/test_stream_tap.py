@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from opentelemetry.trace import SpanContext
 
 from sidecar.handlers.anthropic import Passthrough
 from sidecar.handlers.prompt import PromptTranslator
@@ -37,6 +38,10 @@ class Tap:
         self.chunks: list[bytes] = []
         self.messages: list[bytes] = []
         self.finished: list[StreamRecord] = []
+        self.spans: list[SpanContext] = []
+
+    def started(self, span: SpanContext) -> None:
+        self.spans.append(span)
 
     def chunk(self, data: bytes) -> None:
         self.chunks.append(data)

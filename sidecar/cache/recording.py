@@ -15,6 +15,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from opentelemetry.trace import SpanContext
+
 from sidecar.cache.entry import Entry
 from sidecar.record import StreamRecord
 from sidecar.stream.waiters import park, wake
@@ -24,8 +26,8 @@ class Recording:
     """Chunks so far, their gaps, and whether the answer completed, failed or goes on."""
 
     __slots__ = (
-        "_last", "_on_end", "_waiters", "chunks", "completed", "ended", "entry", "gaps", "size",
-        "stream",
+        "_last", "_on_end", "_waiters", "chunks", "completed", "ended", "entry", "gaps", "origin",
+        "size", "stream",
     )  # fmt: skip
 
     def __init__(self, stream: bool, on_end: Callable[[Recording], None] | None = None) -> None:
@@ -39,8 +41,14 @@ class Recording:
         self._last: float | None = None
         self._on_end = on_end
         self._waiters: list[asyncio.Future[None]] = []
+        # The span of the Claude call being recorded (None for a stored entry's replay).
+        self.origin: SpanContext | None = None
 
     # ------------------------------------------------------------------ the call tap
+
+    def started(self, span: SpanContext) -> None:
+        """The Claude call's span, which a follower's request span links to."""
+        self.origin = span
 
     def chunk(self, data: bytes) -> None:
         """One upstream body chunk (from the socket's read callback: never waits)."""

@@ -81,6 +81,8 @@ class CacheStep:
         ctx.headers[HEADER] = "HIT"
         ctx.headers["Age"] = str(self.age)
         ctx.span.set_attribute(HIT_ATTRIBUTE, True)
+        if source.origin is not None:  # a coalesced request: the call it waited on
+            ctx.span.add_link(source.origin)
         used_in = used_out = 0  # what the answer cost Claude: charged when hits are
         try:
             if source.stream:

@@ -117,6 +117,8 @@ async def call_claude(
         telemetry.start_stream(record, ctx.span, call.body),
     )
     held.tap = tap
+    if tap is not None:  # requests that follow this call link their spans to its span
+        tap.started(held.span.get_span_context())
     handed_off = False
     queued_at: float | None = None
     try:

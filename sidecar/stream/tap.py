@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from opentelemetry.trace import SpanContext
+
 from sidecar.record import StreamRecord
 from sidecar.stream.core import StreamCore, Translator
 
 
 class CallTap(Protocol):
-    """What a Claude call tells its recorder: body chunks, a whole answer, and its end."""
+    """What a Claude call tells its recorder: its span, body chunks, a whole answer, its end."""
+
+    def started(self, span: SpanContext) -> None:
+        """The Claude call's span: the spans of the requests following it link to it."""
 
     def chunk(self, data: bytes) -> None:
         """One upstream body chunk, as it arrived (never waits)."""
