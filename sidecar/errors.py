@@ -137,6 +137,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "path_invalid": _BAD,
     "path_encoded_separator": _BAD,
     "path_climbs": _BAD,
+    "path_ambiguous": _BAD,
     "not_found": Reason(404, "not_found_error"),
     "no_route": Reason(404, "not_found_error"),  # no route matches the path (route `unmatched`)
     "method_not_allowed": Reason(405, "invalid_request_error"),

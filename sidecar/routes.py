@@ -4,6 +4,13 @@ Requests are routed by their canonical path (`sidecar.paths`), and a path whose
 written form (dot segments still in place) falls under another route than its
 canonical form is refused: `/public/../admin` was written under `/public` and must
 not borrow that route's policy, nor reach `/admin` through it.
+
+Servers behind the sidecar read one path in more than one way: Java servers (Tomcat,
+Jetty) drop a segment's `;parameters` (`/admin;x/y` is their `/admin/y`, and `/;x/admin`
+their `/admin`), and many routers ignore letter case (Express, ASP.NET, IIS: `/ADMIN` is
+their `/admin`). A path that falls under another route when read either way (or both) is
+refused (`path_ambiguous`): otherwise `/admin;x/y` or `/ADMIN/y` would be let in by the
+`/` route's policy and served by the app as `/admin/y`.
 """
 
 from __future__ import annotations
@@ -21,6 +28,33 @@ _REMEMBERED: Final = 1024  # raw paths whose routing is remembered (cleared when
 _REMEMBERED_LENGTH: Final = 512  # longer paths are routed afresh each time
 
 
+def _without_parameters(path: str) -> str:
+    """`path` as a Java server reads it: each segment's `;parameters` dropped, then the
+    segments left empty (`/;x/admin` is `/admin`)."""
+    if ";" not in path:
+        return path
+    kept = [s.partition(";")[0] for s in path[1:].split("/")]
+    names = [name for name in kept if name]
+    trailing = "/" if path.endswith("/") and names else ""
+    return "/" + "/".join(names) + trailing
+
+
+# The other readings of a path (and of a route's prefix): case folded, parameters
+# dropped, both.
+_READINGS: Final = (
+    str.lower,
+    _without_parameters,
+    lambda path: _without_parameters(path).lower(),
+)
+
+
+def _under(prefix: str, path: str) -> bool:
+    """Prefix match on whole segments: `/api` matches `/api` and `/api/x`, not `/apix`."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix) or path == prefix[:-1]
+    return path == prefix or path.startswith(prefix + "/")
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One configured route with its policy objects built once at load."""
@@ -35,10 +69,7 @@ class Route:
 
     def matches(self, path: str) -> bool:
         """Prefix match on whole segments: `/api` matches `/api` and `/api/x`, not `/apix`."""
-        prefix = self.path
-        if prefix.endswith("/"):
-            return path.startswith(prefix) or path == prefix[:-1]
-        return path == prefix or path.startswith(prefix + "/")
+        return _under(self.path, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +107,10 @@ class RouteTable:
             )
         ]
         self._resolved: dict[str, Resolved] = {}  # by raw path (`resolve`)
+        # Per reading: each route with its prefix read that way.
+        self._read_prefixes = [
+            [(read(route.path), route) for route in self.routes] for read in _READINGS
+        ]
 
     def match(self, path: str) -> Route | None:
         """The route of a canonical path."""
@@ -115,4 +150,20 @@ class RouteTable:
                     raw_path,
                     PathRefused("path_climbs", "the request path climbs out of its route"),
                 )
+        if route is not None:
+            for read, prefixes in zip(_READINGS, self._read_prefixes, strict=True):
+                path = read(found.path)
+                if path == found.path:
+                    continue
+                other = next((r for prefix, r in prefixes if _under(prefix, path)), None)
+                if other is not route:
+                    return Resolved(
+                        route,
+                        raw_path,
+                        PathRefused(
+                            "path_ambiguous",
+                            "the request path names another route when read as some servers "
+                            "read it (';' parameters dropped, letter case ignored)",
+                        ),
+                    )
         return Resolved(route, found.path)

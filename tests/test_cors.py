@@ -16,6 +16,7 @@ from sidecar.config import CorsConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.policy.cors import CorsPolicy, merge_vary
 from tests.support.apps import serving
+from tests.support.config import problems_of
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory, sidecar_command
 
@@ -219,6 +220,26 @@ def test_wildcard_with_credentials_fails_sidecar_check(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "cors: " in result.stderr + result.stdout
     assert "allow_credentials" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["https://*.example.com", "https://*", "https://user@app.example.com",
+     "https://app.example.com?x=1", "https://app.example.com#x", "https://bücher.example",
+     "https://app..example.com", "https://app.example.com:443x"],
+)  # fmt: skip
+def test_an_allowed_origin_no_browser_could_send_is_a_config_error_at_any_level(
+    origin: str,
+) -> None:
+    # Origins are matched exactly: a pattern would silently match nothing.
+    for config in ({"cors": {"allow_origins": [origin]}},
+                   {"routes": [{"path": "/v1", "handler": "anthropic",
+                                "cors": {"allow_origins": [origin]}}]}):  # fmt: skip
+        problems = problems_of(config)
+        assert len(problems) == 1, problems
+        assert "is not an origin" in problems[0]
+        assert "allow_origins" in problems[0]
+    assert CorsConfig(allow_origins=["http://[::1]:8080", "http://localhost:3000"]).allow_origins
 
 
 async def test_origins_are_matched_as_browsers_send_them(sidecar_for: SidecarFactory) -> None:

@@ -346,11 +346,11 @@ def test_encoded_separators_and_controls_never_reach_an_upstream(
     assert len(stack.fake.state.requests) == seen_by_fake
 
 
-async def _websocket_path(stack: Stack, raw: str) -> tuple[int, str]:
+async def _websocket_path(base_url: str, raw: str) -> tuple[int, str]:
     """(handshake status, first message) of a WebSocket to `raw`, sent verbatim."""
     async with aiohttp.ClientSession() as http:
         try:
-            async with http.ws_connect(URL(stack.url + raw, encoded=True)) as ws:
+            async with http.ws_connect(URL(base_url + raw, encoded=True)) as ws:
                 message = await ws.receive(timeout=10)
                 return 101, str(message.data)
         except aiohttp.WSServerHandshakeError as exc:
@@ -365,7 +365,7 @@ def test_websocket_upgrades_take_the_same_canonical_path(
     tokens, raw = case
     expected = meaning([Token("public", "public"), *tokens])
     raw = "/public" + raw  # written under the credential-free route
-    status, seen = asyncio.run(_websocket_path(stack, raw))
+    status, seen = asyncio.run(_websocket_path(stack.url, raw))
     # One `..` too many leaves `/public`: refused, never the `/` route without a key.
     if expected.climbs or route_of(expected.resolved) != "/public":
         assert status == 400, raw
@@ -424,3 +424,48 @@ async def test_a_spelling_of_messages_is_the_real_call_with_its_checks(
         async with http.post(url, json=body("claude-opus-5-5", "hello")) as r:
             assert r.status == 400  # the model allow-list applies
     assert [r.raw_path for r in fake.state.requests] == ["/v1/messages"]
+
+
+async def test_a_path_the_app_may_read_as_a_stricter_route_is_refused_before_the_app() -> None:
+    """`/admin;x/y` (Tomcat's `/admin/y`) and `/ADMIN/y` (Express's `/admin/y`) must not
+    reach the app through the credential-free `/` route: 400, counted, the app never
+    called, WebSocket upgrades included."""
+    seen: list[str] = []
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        seen.append(request.raw_path)
+        return await _echo(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recording)
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    config = {
+        "app": {"url": ""},
+        "telemetry": {"access_log": False},
+        "routes": [
+            {"path": "/admin", "handler": "app",
+             "auth": {"mode": "required", "api_keys": [{"name": "c", "sha256": digest}]}},
+            {"path": "/", "handler": "app", "auth": {"mode": "none"}},
+        ],
+    }  # fmt: skip
+    ambiguous = ["/admin;x/y", "/;x/admin/y", "/ADMIN/y", "/Admin;jsessionid=1/y"]
+    async with serving(app) as app_url:
+        config["app"] = {"url": app_url}
+        async with running_sidecar(config) as sidecar, aiohttp.ClientSession() as http:
+            for raw in ambiguous:
+                async with http.get(URL(sidecar.url + raw, encoded=True)) as response:
+                    assert response.status == 400, raw
+                    assert (await response.json())["error"]["type"] == "invalid_request"
+                assert (await _websocket_path(sidecar.url, raw))[0] == 400
+            async with http.get(URL(sidecar.url + "/admin/y;x", encoded=True)) as response:
+                assert response.status == 401  # within its own route: that route's policy
+            async with http.get(URL(sidecar.url + "/public;x/y", encoded=True)) as response:
+                assert response.status == 200
+            async with http.get(sidecar.admin_url + "/metrics") as response:
+                text = await response.text()
+    assert seen == ["/public;x/y"]
+    counted = [
+        line for line in text.splitlines()
+        if line.startswith("sidecar_rejections_total") and 'reason="path_ambiguous"' in line
+    ]  # fmt: skip
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 2 * len(ambiguous)

@@ -264,6 +264,24 @@ async def test_an_explicit_cancel_stops_claude_at_once(
     assert stream_ends(caplog) == ["client_cancelled"]
 
 
+@pytest.mark.parametrize(
+    "spelling", ["/{route}/{id}", "{route}/./{id}", "{route}//{id}/", "{route}/x/../{id}"]
+)
+async def test_a_cancel_is_read_from_the_path_as_routed_in_any_spelling(
+    spelling: str, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    slow = "?prompt=%5B%5Bfake%20tokens%3D400%20tps%3D40%5D%5D%20long"
+    async with sidecar_for(resumable(detach_grace_seconds=30)) as sidecar:
+        reading = asyncio.create_task(sse_request(sidecar.port, target=ROUTE + slow))
+        await eventually(lambda: holds(fake.state.open_streams == 1))
+        (stream_id,) = sidecar.runtime.resume.hub.stream_ids()
+        target = spelling.format(route=ROUTE, id=stream_id)
+        cancel = await sse_request(sidecar.port, "DELETE", target)
+        assert cancel.status == 204, target
+        reply = await reading
+    assert reply.events[-1].data["error"]["type"] == "cancelled"
+
+
 async def _is(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
 

@@ -3,6 +3,12 @@ raw path, bounded."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from sidecar import loader, routes
 from sidecar.routes import RouteTable
 
@@ -45,3 +51,72 @@ def test_answers_are_remembered_per_raw_path_and_the_memo_is_bounded() -> None:
     for n in range(routes._REMEMBERED + 10):  # a client inventing paths
         routed.resolve(f"/v1/{n}")
     assert len(routed._resolved) <= routes._REMEMBERED
+
+
+# Routes whose policies differ: a stricter `/admin` and `/v1` under a credential-free `/`.
+_STRICT_UNDER_OPEN = {
+    "routes": [
+        {"path": "/admin", "handler": "app"},
+        {"path": "/v1/", "handler": "anthropic"},
+        {"path": "/", "handler": "app", "auth": {"mode": "none"}},
+    ],
+    "app": {"url": "http://127.0.0.1:9"},
+}
+
+
+def _java_reading(path: str) -> str:
+    """How Tomcat and Jetty read a path: `;...` up to the next `/` removed from every
+    segment, then repeated slashes merged."""
+    return re.sub("/+", "/", re.sub(r";[^/]*", "", path)) or "/"
+
+
+def _case_reading(path: str) -> str:
+    return path.lower()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/admin;x/secret", "/admin;/secret", "/admin;jsessionid=1", "/;x/admin/secret",
+        "/;/admin", "/ADMIN/secret", "/Admin", "/aDmIn;x=1/y", "/V1/messages",
+        "/v1;x/messages", "/;x/v1/messages", "/x/..;/admin",
+    ],
+)  # fmt: skip
+def test_a_path_another_server_reads_as_a_stricter_route_is_refused(raw: str) -> None:
+    resolved = RouteTable(loader.validate(_STRICT_UNDER_OPEN, {})).resolve(raw)
+    assert resolved.refused is not None, raw
+    assert resolved.refused.reason in ("path_ambiguous", "path_invalid"), raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "route"),
+    [
+        ("/admin/secret;x", "/admin"), ("/admin/x;y/z", "/admin"), ("/admin/SECRET", "/admin"),
+        ("/v1/messages;x", "/v1/"), ("/v1/Models", "/v1/"), ("/;jsessionid=1", "/"),
+        ("/public;x/y", "/"), ("/admin%3Bx/y", "/"), ("/ADMINS/x", "/"), ("/adminx;y", "/"),
+    ],
+)  # fmt: skip
+def test_a_path_every_reading_routes_alike_is_served(raw: str, route: str) -> None:
+    resolved = RouteTable(loader.validate(_STRICT_UNDER_OPEN, {})).resolve(raw)
+    assert resolved.refused is None, raw
+    assert resolved.route is not None
+    assert resolved.route.path == route
+    assert resolved.path == raw  # forwarded as sent: the readings only decide the route
+
+
+_SEGMENT = st.sampled_from(["admin", "Admin", "ADMIN", "v1", "V1", "public", "x", "", "messages"])
+_PARAMETER = st.sampled_from(["", "", ";", ";x", ";jsessionid=1", ";a=b;c"])
+
+
+@given(st.lists(st.tuples(_SEGMENT, _PARAMETER), min_size=1, max_size=4))
+def test_every_served_path_routes_alike_under_each_reading(
+    segments: list[tuple[str, str]],
+) -> None:
+    raw = "/" + "/".join(name + parameter for name, parameter in segments)
+    routed = RouteTable(loader.validate(_STRICT_UNDER_OPEN, {}))
+    resolved = routed.resolve(raw)
+    if resolved.refused is not None or resolved.route is None:
+        return
+    for read in (_java_reading, _case_reading, lambda p: _java_reading(p).lower()):
+        other = routed.resolve(read(resolved.path))
+        assert other.route is resolved.route, (raw, read(resolved.path))

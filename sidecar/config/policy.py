@@ -45,6 +45,11 @@ def _as_browsers_send(origin: str) -> str:
     return f"{scheme}://{host.removesuffix(default)}"
 
 
+_ORIGIN = re.compile(
+    r"https?://(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
+
+
 class CorsConfig(Section):
     allow_origins: list[str] = Field(default_factory=list)
     allow_credentials: bool = False
@@ -66,8 +71,14 @@ class CorsConfig(Section):
     @classmethod
     def _exact_origins(cls, value: list[str]) -> list[str]:
         for origin in value:
-            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
-                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+            # A host name or a bracketed IPv6 address, and a port: a pattern (`*.example.com`),
+            # userinfo, a query or a path is no origin a browser sends, so it would match
+            # nothing while looking like it allows something.
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin (scheme://host[:port], no path; origins are "
+                    "matched exactly: list each one, no '*.' patterns)"
+                )
         return [_as_browsers_send(origin) for origin in value]
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sidecar.config.fields import HttpUrl, Section
 
@@ -41,3 +41,16 @@ class TelemetryConfig(Section):
     user_attribute: Literal["none", "hashed", "plain"] = "hashed"
     resource_attributes: dict[str, str] = Field(default_factory=dict)
     prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _base_url_only(cls, value: str | None) -> str | None:
+        # The signal paths are joined on (`/v1/traces`), so a query would end up in the
+        # path, and the exporters log the URL they failed to reach, query and all: a key
+        # written there would be sent to the wrong place and printed in the logs.
+        if value is not None and ("?" in value or "#" in value):
+            raise ValueError(
+                "must be a base URL without a query or fragment; "
+                "send credentials as OTEL_EXPORTER_OTLP_HEADERS"
+            )
+        return value

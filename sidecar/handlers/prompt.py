@@ -293,8 +293,9 @@ def _lost_event(error_type: str, message: str) -> bytes:
 
 
 def _stream_id_in_path(ctx: RequestContext) -> str | None:
-    """`<route>/<stream id>`: the path names one stream (to cancel it)."""
-    rest = ctx.request.path[len(ctx.route.path) :].strip("/")
+    """`<route>/<stream id>`: the path names one stream (to cancel it). Read from the
+    canonical path the route was matched by (`//route/<id>`, `/route/./<id>` name it too)."""
+    rest = ctx.path[len(ctx.route.path) :].strip("/")
     return rest or None
 
 
