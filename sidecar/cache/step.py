@@ -145,9 +145,13 @@ async def lookup(
                     entry = decode(stored)
                 except Undecodable:
                     entry = None  # an older format or a damaged value: a miss, then replaced
-                if entry is not None and entry.stream == stream:
+                # Served for the `ttl_seconds` of this route as configured now: an entry
+                # stored by a route keeping them longer, or before a reload shortened it,
+                # is as good as expired here (a miss, then replaced).
+                age = time.time() - entry.created if entry is not None else 0.0
+                if entry is not None and entry.stream == stream and age < policy.ttl_seconds:
                     step.source = recording_of(entry)
-                    step.age = max(0, int(time.time() - entry.created))
+                    step.age = max(0, int(age))
                     return step
             flight = cache.inflight.get(key)  # one may have started while the store answered
         if flight is not None and flight.stream == stream:
