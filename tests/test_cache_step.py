@@ -283,6 +283,25 @@ async def test_an_entry_is_served_only_within_the_ttl_of_the_route_asking(
     assert fake.state.counters["requests"] == 2
 
 
+async def test_a_page_on_another_origin_reads_x_cache_and_age(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The default `cors.expose_headers` let browser code read a hit's `X-Cache` and `Age`."""
+    origin = "https://app.example.com"
+    async with sidecar_for({**cached(), "cors": {"allow_origins": [origin]}}) as s:
+        async with aiohttp.ClientSession() as http:
+            for expected in ("MISS", "HIT"):
+                async with http.post(
+                    s.url + "/v1/messages", json=BODY, headers={"Origin": origin}
+                ) as response:
+                    await response.read()
+                    assert response.headers["X-Cache"] == expected
+                    exposed = response.headers["Access-Control-Expose-Headers"].split(",")
+                    readable = {name.strip().lower() for name in exposed}
+    assert {"x-cache", "age"} <= readable
+    assert "Age" in response.headers
+
+
 async def test_the_prompt_route_replays_its_own_events(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
