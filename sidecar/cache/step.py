@@ -31,6 +31,7 @@ from sidecar.usage import usage_so_far
 HEADER = "X-Cache"
 HIT_ATTRIBUTE = "sidecar.cache.hit"
 Status = Literal["HIT", "MISS", "BYPASS"]
+_FRESH = frozenset({"no-cache"})
 
 
 @dataclass(slots=True)
@@ -113,10 +114,18 @@ class CacheStep:
 
 
 async def lookup(
-    ctx: RequestContext, body: dict[str, Any], stream: bool, attempt: Attempt
+    ctx: RequestContext,
+    body: dict[str, Any],
+    stream: bool,
+    attempt: Attempt,
+    *,
+    fresh: bool = False,
 ) -> CacheStep:
     """The cache's decision for a validated, screened request whose body is `body`, sent
-    to Claude as `attempt` says (its path and query, and the headers Claude receives)."""
+    to Claude as `attempt` says (its path and query, and the headers Claude receives).
+
+    `fresh`: the request itself asks for a new answer (useChat's regenerate), as
+    `Cache-Control: no-cache` does: no lookup, and the entry is refreshed."""
     runtime = ctx.runtime
     cache = runtime.cache
     policy = ctx.route.policy.cache
@@ -124,6 +133,8 @@ async def lookup(
     if cache is None or not policy.enabled:
         return step
     wanted = directives(ctx.request.headers.get("Cache-Control"))
+    if fresh:
+        wanted |= _FRESH
     if sampled(body) and not policy.include_sampled:
         return _decided(step, "BYPASS", "bypass")
     scope = scope_of(policy.scope, ctx.identity, ctx.client_ip)
