@@ -7,16 +7,30 @@ from collections.abc import Sequence
 
 from sidecar.config import Network
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 
 def client_ip(peer: str, xff: str | None, trusted: Sequence[Network]) -> str:
-    """The client's address: walk X-Forwarded-For right to left past trusted proxies."""
+    """The client's address: walk X-Forwarded-For right to left past trusted proxies.
+
+    A hop is read as the address it names, in one spelling: with a port (`1.2.3.4:5678`,
+    `[2001:db8::1]:443`, as some load balancers write it), in any IPv6 spelling, or
+    IPv4-mapped (`::ffff:1.2.3.4`), it is the same client, so a quota keyed on it is one
+    quota, not one per source port. A hop that names no address is kept as written.
+    """
     if not xff or not trusted or not _trusted(peer, trusted):
         return peer
     hops = [hop.strip() for hop in xff.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, trusted):
-            return hop
-    return hops[0] if hops else peer
+        address = _address(hop)
+        if address is None:
+            return hop  # not an address: never a proxy the sidecar trusts
+        if not any(address in network for network in trusted):
+            return str(address)
+    if not hops:
+        return peer
+    first = _address(hops[0])
+    return hops[0] if first is None else str(first)
 
 
 def is_trusted_proxy(peer: str, trusted: Sequence[Network]) -> bool:
@@ -30,3 +44,28 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in trusted)
+
+
+def _address(hop: str) -> Address | None:
+    """The address a forwarded hop names (its port, brackets and IPv4 mapping dropped)."""
+    host = hop
+    if host.startswith("["):  # `[v6]` or `[v6]:port`
+        end = host.find("]")
+        if end < 0 or (end + 1 < len(host) and not _port(host[end + 1 :])):
+            return None
+        host = host[1:end]
+    elif host.count(":") == 1:  # `v4:port` (a bare IPv6 address has two colons or more)
+        host, _, port = host.partition(":")
+        if not _port(":" + port):
+            return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _port(suffix: str) -> bool:
+    return suffix.startswith(":") and suffix[1:].isascii() and suffix[1:].isdigit()

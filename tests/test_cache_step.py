@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from sidecar import loader
+from sidecar.cache.entry import decode, encode
+from sidecar.cache.stores import MemoryCacheStore
 from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
 from tests.support.cache import BODY, MODEL, asking, cached, post
@@ -251,6 +253,53 @@ async def test_a_route_may_switch_the_cache_on_alone(
     async with sidecar_for({"routes": routes}) as s:
         statuses = [(await post(s.url, BODY))[1] for _ in range(2)]
     assert statuses == ["MISS", "HIT"]
+
+
+async def test_an_entry_is_served_only_within_the_ttl_of_the_route_asking(
+    fake: FakeServer, sidecar_for: SidecarFactory, tmp_path: Path
+) -> None:
+    """`ttl_seconds` is how long an entry is served on each route, as configured now: an
+    entry stored by a route that keeps entries longer, or before a reload shortened the
+    TTL, is not served once older than the TTL of the route asking."""
+    routes = [
+        {"path": "/fresh/", "handler": "anthropic", "cache": {"ttl_seconds": 60}},
+        {"path": "/v1/", "handler": "anthropic"},
+    ]
+    async with sidecar_for({**cached(ttl_seconds=3600), "routes": routes}) as s:
+        assert (await post(s.url, BODY))[1] == "MISS"
+        cache = s.runtime.cache
+        assert cache is not None
+        await cache.settled()
+        store = cache.store
+        assert isinstance(store, MemoryCacheStore)
+        [key] = list(store._entries)
+        entry = decode(store._entries[key][0])
+        entry.created -= 120  # stored two minutes ago
+        await store.put(key, encode(entry), 3600)
+        assert (await post(s.url, BODY))[1] == "HIT"  # within this route's hour
+        assert (await post(s.url + "/fresh", BODY))[1] == "MISS"  # past this one's minute
+        await cache.settled()
+        assert (await post(s.url + "/fresh", BODY))[1] == "HIT"  # replaced by the fresh one
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_a_page_on_another_origin_reads_x_cache_and_age(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The default `cors.expose_headers` let browser code read a hit's `X-Cache` and `Age`."""
+    origin = "https://app.example.com"
+    async with sidecar_for({**cached(), "cors": {"allow_origins": [origin]}}) as s:
+        async with aiohttp.ClientSession() as http:
+            for expected in ("MISS", "HIT"):
+                async with http.post(
+                    s.url + "/v1/messages", json=BODY, headers={"Origin": origin}
+                ) as response:
+                    await response.read()
+                    assert response.headers["X-Cache"] == expected
+                    exposed = response.headers["Access-Control-Expose-Headers"].split(",")
+                    readable = {name.strip().lower() for name in exposed}
+    assert {"x-cache", "age"} <= readable
+    assert "Age" in response.headers
 
 
 async def test_the_prompt_route_replays_its_own_events(

@@ -39,6 +39,28 @@ def test_client_ip_walks_forwarded_hops_past_trusted_proxies(
 
 
 @pytest.mark.parametrize(
+    ("xff", "expected"),
+    [
+        ("198.51.100.1:50123", "198.51.100.1"),  # a load balancer that writes the port
+        ("198.51.100.1:50124, 10.0.0.2:443", "198.51.100.1"),  # a proxy's hop with a port too
+        ("[2001:db8::5]:443", "2001:db8::5"),
+        ("[2001:db8::5]", "2001:db8::5"),
+        ("2001:DB8:0:0::5", "2001:db8::5"),  # another spelling of one address
+        ("::ffff:198.51.100.1", "198.51.100.1"),  # IPv4-mapped
+        ("[::ffff:198.51.100.1]:80", "198.51.100.1"),
+        ("[::ffff:10.0.0.3]:80, 10.0.0.2", "10.0.0.3"),  # every hop trusted: the first, read
+        ("198.51.100.1:x", "198.51.100.1:x"),  # not an address: kept as written
+        ("[2001:db8::5]x", "[2001:db8::5]x"),
+        ("198.51.100.1:\u0661", "198.51.100.1:\u0661"),  # a port of ASCII digits only
+    ],
+)
+def test_client_ip_reads_each_hop_as_the_address_it_names(xff: str, expected: str) -> None:
+    """One client is one subject whatever port or spelling its proxy wrote: a load balancer
+    that adds the source port would otherwise make each connection a quota of its own."""
+    assert client_ip("10.0.0.1", xff, TRUSTED) == expected
+
+
+@pytest.mark.parametrize(
     ("peer", "expected"),
     [("10.9.8.7", True), ("fd00::abcd", True), ("11.0.0.1", False), ("2001:db8::1", False),
      ("unix-socket", False), ("", False)],

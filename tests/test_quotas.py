@@ -430,6 +430,31 @@ async def test_a_proxy_that_adds_its_own_forwarded_for_line_is_believed_not_the_
     assert out == [200, 429, 429]  # one client, 203.0.113.9, however its own line varies
 
 
+async def test_a_forwarded_hop_with_a_port_or_another_spelling_is_one_client(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A load balancer that writes the client's source port (`ip:port`, `[v6]:port`) names
+    one client per address, not per connection: each spelling spends one quota."""
+    data = {
+        "quotas": {"key": "client_ip", "requests_per_minute": 1},
+        "server": {"trusted_proxies": ["127.0.0.0/8"]},
+    }
+    spellings = {
+        "v4": ("198.51.100.7:50001", "198.51.100.7:50002", "[::ffff:198.51.100.7]:50003"),
+        "v6": ("[2001:db8::7]:50001", "[2001:db8:0::7]:50002", "2001:DB8::7"),
+    }
+    async with sidecar_for(data) as sidecar, aiohttp.ClientSession() as http:
+        for hops in spellings.values():
+            out = []
+            for hop in hops:
+                headers = {"X-Forwarded-For": hop}
+                async with http.post(
+                    sidecar.url + "/v1/messages", json=message(), headers=headers
+                ) as response:
+                    out.append(response.status)
+            assert out == [200, 429, 429], hops
+
+
 async def test_each_api_key_user_has_its_own_quota(sidecar_for: SidecarFactory) -> None:
     keys = {name: f"key-{name}-0123456789" for name in ("a", "b")}
     auth = {

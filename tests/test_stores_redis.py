@@ -33,6 +33,32 @@ async def test_redis_keeps_a_subject_as_long_as_its_slowest_bucket_needs(
         await store.close()
 
 
+async def test_a_shorter_lease_never_shortens_the_lease_set_under_a_longer_one(
+    redis_server: RedisServer,
+) -> None:
+    """After a reload shortens `lease_seconds`, admitting (or renewing) a lease under the
+    new value must not make the subject's lease set expire before a stream admitted under
+    the old one: that stream's slot would vanish and the concurrency limit be exceeded."""
+    store = RedisQuotaStore(redis_server.url)
+    raw: Redis = Redis.from_url(redis_server.url)
+    before = Limits(concurrent_streams=5, lease_seconds=600)
+    after = Limits(concurrent_streams=5, lease_seconds=2)
+    try:
+        subject = "global\x1fuser\x1fbob"
+        _, leases = subject_keys(subject)
+        assert (await store.admit(subject, before, 0, "old")).admitted
+        assert (await store.admit(subject, after, 0, "new")).admitted
+        assert await raw.pttl(leases) > 590_000  # the old stream's ten minutes
+        assert await store.renew(subject, "new", after.lease_seconds)
+        assert await raw.pttl(leases) > 590_000
+        await store.settle(subject, after, "new", 0, 0)
+        assert await raw.pttl(leases) > 590_000
+        assert await raw.zrange(leases, 0, -1) == [b"old"]
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
 async def test_redis_keys_share_a_hash_tag_and_hide_the_subject(redis_server: RedisServer) -> None:
     store = RedisQuotaStore(redis_server.url)
     raw: Redis = Redis.from_url(redis_server.url, decode_responses=True)

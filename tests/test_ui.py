@@ -92,6 +92,22 @@ async def test_a_repeated_turn_is_answered_from_the_cache_as_ui_parts(
     assert fake.state.counters["requests"] == 1  # the repeat never reached Claude
 
 
+async def test_regenerate_asks_claude_again_and_refreshes_the_entry(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """useChat's regenerate wants another answer than the one the chat shows: it never gets
+    the stored one (nor follows one in flight), and its answer replaces the entry."""
+    cached = {**CONFIG, "cache": {"enabled": True, "include_sampled": True}}
+    turn = chat("the same question [[fake tokens=5]]")
+    again = {**turn, "trigger": "regenerate-message", "messageId": "a1"}
+    async with sidecar_for(cached) as sidecar:
+        statuses = [(await post(sidecar.url + CHAT, body))[1]["X-Cache"]
+                    for body in (turn, again, again, turn)]  # fmt: skip
+        requests = fake.state.counters["requests"]
+    assert statuses == ["MISS", "BYPASS", "BYPASS", "HIT"]
+    assert requests == 3  # each regenerate reached Claude; the repeat did not
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

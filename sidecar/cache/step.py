@@ -31,6 +31,7 @@ from sidecar.usage import usage_so_far
 HEADER = "X-Cache"
 HIT_ATTRIBUTE = "sidecar.cache.hit"
 Status = Literal["HIT", "MISS", "BYPASS"]
+_FRESH = frozenset({"no-cache"})
 
 
 @dataclass(slots=True)
@@ -115,10 +116,18 @@ class CacheStep:
 
 
 async def lookup(
-    ctx: RequestContext, body: dict[str, Any], stream: bool, attempt: Attempt
+    ctx: RequestContext,
+    body: dict[str, Any],
+    stream: bool,
+    attempt: Attempt,
+    *,
+    fresh: bool = False,
 ) -> CacheStep:
     """The cache's decision for a validated, screened request whose body is `body`, sent
-    to Claude as `attempt` says (its path and query, and the headers Claude receives)."""
+    to Claude as `attempt` says (its path and query, and the headers Claude receives).
+
+    `fresh`: the request itself asks for a new answer (useChat's regenerate), as
+    `Cache-Control: no-cache` does: no lookup, and the entry is refreshed."""
     runtime = ctx.runtime
     cache = runtime.cache
     policy = ctx.route.policy.cache
@@ -126,6 +135,8 @@ async def lookup(
     if cache is None or not policy.enabled:
         return step
     wanted = directives(ctx.request.headers.get("Cache-Control"))
+    if fresh:
+        wanted |= _FRESH
     if sampled(body) and not policy.include_sampled:
         return _decided(step, "BYPASS", "bypass")
     scope = scope_of(policy.scope, ctx.identity, ctx.client_ip)
@@ -147,9 +158,13 @@ async def lookup(
                     entry = decode(stored)
                 except Undecodable:
                     entry = None  # an older format or a damaged value: a miss, then replaced
-                if entry is not None and entry.stream == stream:
+                # Served for the `ttl_seconds` of this route as configured now: an entry
+                # stored by a route keeping them longer, or before a reload shortened it,
+                # is as good as expired here (a miss, then replaced).
+                age = time.time() - entry.created if entry is not None else 0.0
+                if entry is not None and entry.stream == stream and age < policy.ttl_seconds:
                     step.source = recording_of(entry)
-                    step.age = max(0, int(time.time() - entry.created))
+                    step.age = max(0, int(age))
                     return step
             flight = cache.inflight.get(key)  # one may have started while the store answered
         if flight is not None and flight.stream == stream:

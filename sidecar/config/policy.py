@@ -28,7 +28,7 @@ _DEFAULT_ALLOW_HEADERS = [
 ]  # fmt: skip
 _DEFAULT_EXPOSE_HEADERS = [
     "x-request-id", "request-id", "retry-after", "retry-after-ms", "sidecar-stream-id",
-    "sidecar-resume",
+    "sidecar-resume", "x-cache", "age",
     "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
     "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
     "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",

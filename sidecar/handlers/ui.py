@@ -107,7 +107,9 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     )
     # The stream's protocol marker; `ctx.headers` reach the SSE response (and any error).
     ctx.headers.update(HEADERS)
-    cached = await cache_lookup(ctx, body, True, call.attempt)
+    # Regenerate asks for another answer than the one the chat has: never the stored one.
+    regenerate = parsed.trigger == "regenerate-message"
+    cached = await cache_lookup(ctx, body, True, call.attempt, fresh=regenerate)
     if cached.source is not None:  # the UI parts, made from Claude's recorded events
         answered = await cached.serve(record, UiTranslator(), call.input_estimate)
         if answered is not None:

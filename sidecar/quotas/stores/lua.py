@@ -54,7 +54,10 @@ local function save(lease_exp)
     redis.call('PEXPIRE', KEYS[1], ms)
   end
   if lease_exp then
-    redis.call('PEXPIRE', KEYS[2], math.ceil((lease_exp - now) * 1000) + 1000)
+    -- Never shorter than it was: a lease opened under a longer lease_seconds (before a
+    -- reload shortened it) lives on in this set and must not lapse with the set.
+    local ms = math.max(math.ceil((lease_exp - now) * 1000) + 1000, redis.call('PTTL', KEYS[2]))
+    redis.call('PEXPIRE', KEYS[2], ms)
   end
 end
 local function windows(out)
@@ -177,6 +180,8 @@ if not exp or tonumber(exp) <= now then
   return 0
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000) + 1000)
+-- Never shorter than it was: the set holds other leases, some may be longer.
+local ms = math.max(math.ceil(tonumber(ARGV[3]) * 1000) + 1000, redis.call('PTTL', KEYS[1]))
+redis.call('PEXPIRE', KEYS[1], ms)
 return 1
 """

@@ -37,6 +37,9 @@ class _Subject:
     # (it may be early, never late) and none after `last_expiry` (late, never early).
     first_expiry: float = math.inf
     last_expiry: float = -math.inf
+    # When every bucket is full again (as far as known), apart from the leases: a lease
+    # that is settled stops counting, whatever its expiry was (inf on the gate's memory store).
+    full_at: float = 0.0
     forget_at: float = 0.0  # every bucket full and no lease left: as good as absent
 
     def open_lease(self, lease_id: str, expiry: float) -> None:
@@ -145,13 +148,15 @@ class MemoryQuotaStore(QuotaStore):
 
     def _forget_at(self, state: _Subject, buckets: tuple[_Bucket, ...]) -> float:
         """When every bucket is full again and every lease has expired: those of `buckets`
-        as updated now, and, at the latest, what was known of the others before."""
+        as updated now, and, at the latest, what was known of the others before (the
+        leases held now, not those already settled)."""
         levels, stamps = state.levels, state.stamps
-        forget = state.forget_at
+        forget = state.full_at
         for name, limit, period, _ in buckets:
             full = stamps[name] + (limit - levels[name]) * period / limit
             if full > forget:
                 forget = full
+        state.full_at = forget
         return state.last_expiry if state.last_expiry > forget else forget
 
     async def admit(self, subject: str, limits: Limits, tokens: int, lease_id: str) -> Decision:
@@ -230,7 +235,7 @@ class MemoryQuotaStore(QuotaStore):
                 return  # forgotten: its buckets are full and it holds no lease
             state = self._subjects[subject] = _Subject()
         levels, stamps = state.levels, state.stamps
-        forget = state.forget_at
+        forget = state.full_at
         for name, limit, period, _ in self._buckets(limits):
             if name == "r":
                 continue  # a settlement moves the token buckets only
@@ -242,6 +247,7 @@ class MemoryQuotaStore(QuotaStore):
                 full = settled[1] + (limit - settled[0]) * period / limit
                 forget = full if full > forget else forget
         state.close_lease(lease_id)
+        state.full_at = forget
         state.forget_at = state.last_expiry if state.last_expiry > forget else forget
 
     async def renew(self, subject: str, lease_id: str, lease_seconds: float) -> bool:
