@@ -15,6 +15,7 @@ refused (`path_ambiguous`): otherwise `/admin;x/y` or `/ADMIN/y` would be let in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,12 +40,16 @@ def _without_parameters(path: str) -> str:
     return "/" + "/".join(names) + trailing
 
 
+def _without_parameters_folded(path: str) -> str:
+    return _without_parameters(path).lower()
+
+
 # The other readings of a path (and of a route's prefix): case folded, parameters
 # dropped, both.
-_READINGS: Final = (
+_READINGS: Final[tuple[Callable[[str], str], ...]] = (
     str.lower,
     _without_parameters,
-    lambda path: _without_parameters(path).lower(),
+    _without_parameters_folded,
 )
 
 
