@@ -12,6 +12,7 @@ from typing import Any, Final, Literal
 # verified user, tenant and key name go for the app; C1's NEL and the separators end a
 # line for an app that splits the value as text.
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_MAX_ISSUER: Final = 512  # an issuer is a URL the operator configured, not a document
 
 
 def is_name(value: str) -> bool:
@@ -34,6 +35,15 @@ class Identity:
     # route's JWT block with another issuer, keys or claims): names of two realms are two
     # callers (resume owners, cache scopes, quota subjects), however they are spelled.
     realm: str | None = None
+
+    @property
+    def issuer(self) -> str | None:
+        """The verified token's `iss` claim (None without a token, or an `iss` that is no
+        name: not a string, empty, over 512 characters, or with a control character)."""
+        issuer = self.claims.get("iss") if self.method == "jwt" else None
+        if isinstance(issuer, str) and 0 < len(issuer) <= _MAX_ISSUER and is_name(issuer):
+            return issuer
+        return None
 
     def __post_init__(self) -> None:
         # An empty claim names nobody: no tenant (or user) at all, never one shared by

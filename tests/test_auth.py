@@ -370,6 +370,45 @@ async def test_identity_headers_are_verified_never_client_sent(
     assert "x-sidecar-api-key-name" not in by_jwt
 
 
+async def test_the_app_tells_two_issuers_users_apart_by_the_verified_issuer(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A route trusting its own issuer names its own users: its `alice` is not the top
+    level's. The app sees both as `X-Sidecar-User: alice`, so it gets who vouched for her
+    too (`X-Sidecar-Issuer`, the verified `iss`); a client's copy never reaches it, nor
+    does one for a caller no token named."""
+    partner_secret = "p" * 40
+    partner = {
+        "mode": "required",
+        "jwt": {"secret": partner_secret, "issuer": "https://partner.test"},
+    }
+    spoof = {"X-Sidecar-Issuer": ISSUER, "x_sidecar_issuer": ISSUER}
+    config = auth_config()
+    async with running_app() as (app_url, _):
+        config["app"] = {"url": app_url}
+        config["routes"] = [
+            {"path": "/echo/partner", "handler": "app", "auth": partner},
+            {"path": "/", "handler": "app"},
+        ]
+        other = bearer(mint(partner_secret, iss="https://partner.test"))
+        seen = []
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            for path, headers in [
+                ("/echo", bearer(mint())),
+                ("/echo/partner", other),
+                ("/echo", {"x-api-key": API_KEY}),
+            ]:
+                async with http.get(sidecar.url + path, headers={**spoof, **headers}) as response:
+                    assert response.status == 200
+                    seen.append(echoed_headers(await response.json()))
+    by_top, by_partner, by_key = seen
+    assert (by_top["x-sidecar-user"], by_top["x-sidecar-issuer"]) == ("alice", ISSUER)
+    assert (by_partner["x-sidecar-user"], by_partner["x-sidecar-issuer"]) == (
+        "alice", "https://partner.test",
+    )  # fmt: skip
+    assert not {"x-sidecar-issuer", "x_sidecar_issuer"} & set(by_key)
+
+
 @pytest.mark.parametrize(
     "claims",
     [{"sub": "alice\r\nX-Sidecar-Tenant: evil"}, {"sub": "a\x00b"}, {"sub": "a\x1bb"},

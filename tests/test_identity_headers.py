@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
@@ -58,9 +59,36 @@ def test_other_headers_are_not_forwarding_headers(name: str) -> None:
     assert is_forwarding_header(name) is expected
 
 
-@given(spelling("x-sidecar-user"), spelling("x-sidecar-tenant"), spelling("x-sidecar-api-key-name"))
+@given(
+    spelling("x-sidecar-user"),
+    spelling("x-sidecar-tenant"),
+    spelling("x-sidecar-api-key-name"),
+    spelling("x-sidecar-issuer"),
+)
 @settings(max_examples=200, deadline=None)
-def test_identity_headers_are_replaced_in_every_spelling(user: str, tenant: str, key: str) -> None:
-    headers = CIMultiDict[str]({user: "mallory", tenant: "evil", key: "stolen", "X-Other": "1"})
+def test_identity_headers_are_replaced_in_every_spelling(
+    user: str, tenant: str, key: str, issuer: str
+) -> None:
+    sent = {user: "mallory", tenant: "evil", key: "stolen", issuer: "https://evil", "X-Other": "1"}
+    headers = CIMultiDict[str](sent)
     strip_and_set_identity(headers, Identity(method="jwt", user="alice"), IdentityHeaders())
     assert dict(headers) == {"X-Other": "1", "X-Sidecar-User": "alice"}
+
+
+@pytest.mark.parametrize(
+    ("iss", "expected"),
+    [
+        ("https://issuer.test", "https://issuer.test"),
+        ("", None),
+        (42, None),
+        ("https://a\r\nX-Evil: 1", None),
+        ("https://" + "a" * 600, None),
+    ],
+)
+def test_only_a_verified_iss_that_is_a_name_reaches_the_app(
+    iss: object, expected: str | None
+) -> None:
+    headers = CIMultiDict[str]()
+    identity = Identity(method="jwt", user="alice", claims={"iss": iss})
+    strip_and_set_identity(headers, identity, IdentityHeaders())
+    assert headers.get("X-Sidecar-Issuer") == expected

@@ -77,8 +77,10 @@ class IdentityHeaders(Section):
     user: HeaderName = "X-Sidecar-User"
     tenant: HeaderName = "X-Sidecar-Tenant"
     api_key_name: HeaderName = "X-Sidecar-Api-Key-Name"
+    # The verified token's `iss`: a user named alike by two issuers is two people.
+    issuer: HeaderName = "X-Sidecar-Issuer"
 
-    @field_validator("user", "tenant", "api_key_name")
+    @field_validator("user", "tenant", "api_key_name", "issuer")
     @classmethod
     def _not_a_proxy_header(cls, value: str) -> str:
         if value.lower() in _PROXY_SET_HEADERS:
@@ -88,9 +90,9 @@ class IdentityHeaders(Section):
     @model_validator(mode="after")
     def _distinct(self) -> IdentityHeaders:
         # `_` and `-` are one to WSGI/CGI apps, and a shared name would carry the wrong value.
-        names = {n.lower().replace("_", "-") for n in (self.user, self.tenant, self.api_key_name)}
-        if len(names) != 3:
-            raise ValueError("user, tenant and api_key_name must be different headers")
+        given = (self.user, self.tenant, self.api_key_name, self.issuer)
+        if len({n.lower().replace("_", "-") for n in given}) != len(given):
+            raise ValueError("user, tenant, api_key_name and issuer must be different headers")
         return self
 
 

@@ -61,6 +61,7 @@ def strip_and_set_identity(
         names.user: identity.user,
         names.tenant: identity.tenant,
         names.api_key_name: identity.api_key_name,
+        names.issuer: identity.issuer,
     }
     reserved = {canonical(name) for name in values}
     for sent in {k for k in headers if canonical(k) in reserved}:
