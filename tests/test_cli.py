@@ -254,13 +254,21 @@ def test_check_redacts_credentials_in_url_query_strings(tmp_path: Path) -> None:
 app: {url: "http://127.0.0.1:3000/?key=SECRET-APP"}
 claude: {base_url: "https://api.example/?key=SECRET-BASE"}
 auth: {mode: required, jwt: {jwks_url: "https://idp.example/jwks?token=SECRET-JWKS", algorithms: [RS256]}}
-telemetry: {otlp_endpoint: "https://otel.example:4318/?api_key=SECRET-OTLP"}
 """
     )
     result = sidecar_command("check", "-c", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SECRET-" not in result.stdout + result.stderr
     assert "token=***" in result.stdout
+    # An OTLP endpoint takes no query at all (credentials go in OTEL_EXPORTER_OTLP_HEADERS):
+    # refused, and the refusal does not repeat the value either.
+    config.write_text(
+        'telemetry: {otlp_endpoint: "https://otel.example:4318/?api_key=SECRET-OTLP"}\n'
+    )
+    result = sidecar_command("check", "-c", str(config))
+    assert result.returncode == 2
+    assert "telemetry.otlp_endpoint" in result.stdout
+    assert "SECRET-" not in result.stdout + result.stderr
 
 
 def test_config_errors_do_not_echo_url_passwords(tmp_path: Path) -> None:
