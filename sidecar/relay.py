@@ -16,6 +16,11 @@ A watchdog ticks each stream a few times per heartbeat/idle interval (one timer 
 interval for all of a registry's streams, not one per stream): it sends `: ping`
 comments when the stream is quiet and ends a stalled upstream with an `idle_timeout`
 error event. Shutdown ends live streams the same way.
+
+A stream relayed in its request ends when its client leaves (the request is cancelled),
+unless other callers follow it through the response cache (`Generation.carry_on`, asked
+once, as the client leaves): then it is `carried` and relays on in a task of its own
+(`carry`), for them.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class LiveStream:
     """One stream in flight: the push-mode producer of a generation, its end and its watchdog."""
 
     __slots__ = (
-        "_begun", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
+        "_begun", "_carried", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
         "_raw_tail", "_seen", "_tail", "_waiting_for", "_wakeup", "core", "generation",
         "heartbeat", "idle_timeout", "record", "stall_timeout", "tick_every", "upstream",
     )  # fmt: skip
@@ -66,6 +71,7 @@ class LiveStream:
         self._loop = upstream.loop
         self._begun = False  # `begin` ran (the client's head went out)
         self._ended = False
+        self._carried = False  # its client left, followers read on: `carry` relays the rest
         self._end: BaseException | None = None  # why the upstream body ended (None: EOF)
         self._wakeup: asyncio.Future[None] | None = None
         self._paused = False
@@ -197,27 +203,55 @@ class LiveStream:
             if not self._ended:
                 registry.add(self)
                 upstream.start_push(self)  # no await since `begin`: nothing came between
-            while not self._ended:
-                if not self._paused:  # (a client may already lag from the first bytes)
-                    self._wakeup = self._loop.create_future()
-                    await self._wakeup
-                # Resuming relays what the parser held back at once, which may pause again.
-                while self._paused and not self._ended:
-                    if not await self._drained():
-                        break  # stopped while a client still lags: end without waiting for it
-                    self._paused = False
-                    upstream.resume()
+            await self._relay()
             self.generation.end(self._tail + self.core.end(self._end), self._raw_tail)
         except asyncio.CancelledError:
             if isinstance(self._end, StopStream):  # ended first (a stalled client is cut)
                 self.generation.end(self.core.end(self._end))
+            elif not self._ended and self.generation.carry_on():
+                self._carried = True  # followers read on: `carry` relays the rest
             else:
                 self.record.outcome = "client_cancelled"
                 self.generation.end(b"")
             raise
         finally:
+            if not self._carried:
+                registry.discard(self)
+                upstream.close()  # releases (and on early exit, drops) the upstream connection
+
+    @property
+    def carried(self) -> bool:
+        """Its client left while others followed it: `carry` must relay the rest."""
+        return self._carried
+
+    async def carry(self, registry: StreamRegistry) -> None:
+        """Relay the rest of a `carried` stream, for its followers, in a task of its own;
+        it stays in the registry `run` put it in (shutdown and the watchdog reach it)."""
+        try:
+            await self._relay()
+            self.generation.end(self._tail + self.core.end(self._end), self._raw_tail)
+        except asyncio.CancelledError:  # the backstop of a shutdown: cut where it is
+            self.generation.end(self.core.end(StopStream(
+                "shutting_down", "overloaded_error", "the sidecar is shutting down"
+            )))  # fmt: skip
+            raise
+        finally:
             registry.discard(self)
-            upstream.close()  # releases (and on early exit, drops) the upstream connection
+            self.upstream.close()
+
+    async def _relay(self) -> None:
+        """Wait for the end, resuming Claude once a slow client caught up."""
+        upstream = self.upstream
+        while not self._ended:
+            if not self._paused:  # (a client may already lag from the first bytes)
+                self._wakeup = self._loop.create_future()
+                await self._wakeup
+            # Resuming relays what the parser held back at once, which may pause again.
+            while self._paused and not self._ended:
+                if not await self._drained():
+                    break  # stopped while a client still lags: end without waiting for it
+                self._paused = False
+                upstream.resume()
 
     async def _drained(self) -> bool:
         """Wait for slow clients to catch up (True) or the stream to be ended (False)."""
@@ -245,6 +279,8 @@ class LiveStream:
             if error is None:
                 continue
             if not generation.resumable:
+                if generation.carry_on():
+                    continue  # the client is gone, others follow it: it goes on for them
                 raise error  # the client is gone: its stream ends
             generation.detach(subscriber)
         return True
@@ -363,6 +399,7 @@ def _live(
     timers: tuple[float, float, float],
 ) -> LiveStream:
     generation = Generation(record)
+    generation.kept_by(tap)
     generation.attach(Subscriber(channel, started=started))
     heartbeat, idle_timeout, stall_timeout = timers
     return LiveStream(

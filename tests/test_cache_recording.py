@@ -4,16 +4,21 @@ one (coalescing: one Claude call for all of them)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import aiohttp
 import pytest
 from opentelemetry.trace import SpanKind
 
 from sidecar.cache.recording import Recording
+from sidecar.cache.service import ResponseCache
 from sidecar.fake_claude import FakeServer
 from sidecar.record import Outcome, StreamRecord
 from tests.support.cache import asking, cached, post, post_at_once
 from tests.support.otel import make_otel
+from tests.support.resume import ROUTE
 from tests.support.sidecars import SidecarFactory
+from tests.support.waiting import eventually, holds
 
 
 def _record(outcome: Outcome | None, error_type: str | None = None) -> StreamRecord:
@@ -145,3 +150,137 @@ async def test_followers_of_a_stream_that_fails_midway_get_its_error_and_nothing
     assert len({raw for _, _, raw in results}) == 1
     assert b"event: error" in results[0][2]
     assert again[1] == "MISS"
+
+
+# ------------------------------------------------- the first caller leaves, followers read on
+
+DELTA = b"event: content_block_delta"
+
+
+def _following(cache: ResponseCache | None) -> int:
+    """How many callers read the one call in flight."""
+    assert cache is not None
+    return sum(recording.followers for recording in cache.inflight.values())
+
+
+def _ended_with(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int]]:
+    """(outcome, output tokens) of each Claude call the logs ended."""
+    return [
+        (str(getattr(r, "outcome", None)), int(getattr(r, "output_tokens", -1)))
+        for r in caplog.records
+        if getattr(r, "event", None) in ("stream_complete", "stream_error")
+    ]
+
+
+async def _read_deltas(response: aiohttp.ClientResponse, count: int) -> bytes:
+    """Read until `count` more content deltas came (or the stream ended)."""
+    read = b""
+    while read.count(DELTA) < count and not response.content.at_eof():
+        read += await response.content.readany()
+    return read
+
+
+async def test_followers_get_the_whole_stream_when_its_first_caller_leaves(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = asking("[[fake tokens=40 tps=40]] shared")
+    async with sidecar_for(cached()) as s, aiohttp.ClientSession() as http:
+        cache = s.runtime.cache
+        async with http.post(s.url + "/v1/messages", json=body) as leader:
+            await leader.content.readuntil(DELTA)
+            followers = [asyncio.create_task(post(s.url, body)) for _ in range(2)]
+            await eventually(lambda: holds(_following(cache) == 2))
+        # The first caller left mid-stream: its call goes on for the two following it.
+        results = await asyncio.gather(*followers)
+        assert cache is not None
+        await cache.settled()
+        again = await post(s.url, body)
+        await eventually(lambda: holds(len(_ended_with(caplog)) == 1))
+    assert [(status, x_cache) for status, x_cache, _ in results] == [(200, "HIT")] * 2
+    whole = results[0][2]
+    assert whole == results[1][2] == again[2]  # byte for byte, and stored
+    assert whole.count(DELTA) == 40
+    assert b"event: message_stop" in whole
+    assert b"event: error" not in whole
+    assert again[1] == "HIT"
+    assert fake.state.counters["requests"] == 1
+    assert fake.state.counters["streams_completed"] == 1
+    # The call is the first caller's (it left: `client_cancelled`), charged all it used.
+    assert _ended_with(caplog) == [("client_cancelled", 40)]
+
+
+async def test_the_call_stops_once_its_followers_leave_too(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = asking("[[fake tokens=400 tps=40]] left by all")
+    async with sidecar_for(cached()) as s, aiohttp.ClientSession() as http:
+        cache = s.runtime.cache
+        async with http.post(s.url + "/v1/messages", json=body) as leader:
+            await leader.content.readuntil(DELTA)
+            follower = await http.post(s.url + "/v1/messages", json=body)
+            await eventually(lambda: holds(_following(cache) == 1))
+        first = await _read_deltas(follower, 20)  # made after the first caller left
+        assert first.count(DELTA) >= 20
+        assert b"event: error" not in first
+        follower.close()
+        await fake.state.wait_for(lambda state: state.counters["streams_cancelled"] == 1)
+        await eventually(lambda: holds(len(_ended_with(caplog)) == 1))
+        assert cache is not None
+        assert not cache.inflight
+        assert len(s.runtime.streams) == 0
+        again = await post(s.url, asking("[[fake tokens=3]] short"))
+    assert again[1] == "MISS"
+    assert fake.state.counters["streams_completed"] == 1  # the short one only
+    ((outcome, output),) = _ended_with(caplog)[:1]
+    assert outcome == "client_cancelled"
+    assert 20 <= output < 400
+
+
+async def test_shutdown_ends_a_call_kept_for_its_followers(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = asking("[[fake tokens=400 tps=40]] until shutdown")
+    async with aiohttp.ClientSession() as http:
+        async with sidecar_for(cached()) as s:
+            cache = s.runtime.cache
+            async with http.post(s.url + "/v1/messages", json=body) as leader:
+                await leader.content.readuntil(DELTA)
+                follower = await http.post(s.url + "/v1/messages", json=body)
+                await eventually(lambda: holds(_following(cache) == 1))
+            assert (await _read_deltas(follower, 20)).count(DELTA) >= 20
+            rest = asyncio.create_task(follower.read())
+        # Shut down while the call goes on for its follower: it ends, with its stream.
+        tail = await rest
+    assert b"event: error" in tail
+    assert fake.state.counters["streams_cancelled"] == 1
+    assert [outcome for outcome, _ in _ended_with(caplog)] == ["shutting_down"]
+
+
+async def test_a_cancelled_resumable_stream_goes_on_for_its_followers(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    prompt = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D40%20tps%3D40%5D%5D%20stop%20it"
+    config = {**cached(include_sampled=True), "resume": {"detach_grace_seconds": 30}}
+    async with sidecar_for(config) as s, aiohttp.ClientSession() as http:
+        cache = s.runtime.cache
+        async with http.get(s.url + prompt) as leader:
+            assert leader.headers.get("X-Cache") == "MISS"
+            await leader.content.readuntil(b"token")
+            followers = [asyncio.create_task(http.get(s.url + prompt)) for _ in range(2)]
+            await eventually(lambda: holds(_following(cache) == 2))
+            (stream_id,) = s.runtime.resume.hub.stream_ids()
+            async with http.delete(f"{s.url}{ROUTE}/{stream_id}") as cancelled:
+                assert cancelled.status == 204
+            await leader.read()  # the first caller's stream ends
+        replies = [await (await task).read() for task in followers]
+        await eventually(lambda: holds(len(_ended_with(caplog)) == 1))
+    for reply in replies:
+        assert b'"done":true' in reply.replace(b" ", b"")
+        assert b"error" not in reply
+    assert fake.state.counters["requests"] == 1
+    assert fake.state.counters["streams_completed"] == 1
+    assert _ended_with(caplog) == [("client_cancelled", 40)]

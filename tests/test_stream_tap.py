@@ -4,6 +4,7 @@ otherwise does what an untapped core does; a stream nobody records gets the plai
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from opentelemetry.trace import SpanContext
@@ -39,6 +40,8 @@ class Tap:
         self.messages: list[bytes] = []
         self.finished: list[StreamRecord] = []
         self.spans: list[SpanContext] = []
+        self.followers = 0  # nobody follows it: the call is not kept for anyone
+        self.on_idle: Callable[[], None] | None = None
 
     def started(self, span: SpanContext) -> None:
         self.spans.append(span)

@@ -26,8 +26,8 @@ class Recording:
     """Chunks so far, their gaps, and whether the answer completed, failed or goes on."""
 
     __slots__ = (
-        "_last", "_on_end", "_waiters", "chunks", "completed", "ended", "entry", "gaps", "origin",
-        "size", "stream",
+        "_last", "_on_end", "_waiters", "chunks", "completed", "ended", "entry", "followers",
+        "gaps", "on_idle", "origin", "size", "stream",
     )  # fmt: skip
 
     def __init__(self, stream: bool, on_end: Callable[[Recording], None] | None = None) -> None:
@@ -43,6 +43,9 @@ class Recording:
         self._waiters: list[asyncio.Future[None]] = []
         # The span of the Claude call being recorded (None for a stored entry's replay).
         self.origin: SpanContext | None = None
+        self.followers = 0  # callers replaying it now (coalesced requests)
+        # Told when the last follower leaves (set by the call's generation).
+        self.on_idle: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ the call tap
 
@@ -97,6 +100,16 @@ class Recording:
             on_end(self)
 
     # ------------------------------------------------------------------ readers
+
+    def follow(self) -> None:
+        """A caller starts reading it (every `follow` is matched by one `unfollow`)."""
+        self.followers += 1
+
+    def unfollow(self) -> None:
+        """A caller stopped reading it (its replay ended, failed or its client left)."""
+        self.followers -= 1
+        if not self.followers and self.on_idle is not None:
+            self.on_idle()
 
     async def wait(self, seen: int) -> None:
         """Until there are more than `seen` chunks, or the recording ended."""

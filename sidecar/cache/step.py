@@ -55,6 +55,17 @@ class CacheStep:
         """
         source = self.source
         assert source is not None
+        # Counted as a reader from here to every way out (an answer, a failure, its client
+        # leaving): while any read it, the call goes on when its own client leaves.
+        source.follow()
+        try:
+            return await self._serve(source, record, translator, input_estimate)
+        finally:
+            source.unfollow()
+
+    async def _serve(
+        self, source: Recording, record: StreamRecord, translator: Translator, input_estimate: int
+    ) -> web.StreamResponse | None:
         ctx = self.ctx
         while not source.ended and (not source.stream or not source.chunks):
             await source.wait(len(source.chunks))

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from sidecar.call.stream import HeldCall, Resumable, hand_off, open_relay
+from sidecar.call.stream import HeldCall, Resumable, carry_on, hand_off, open_relay
 from sidecar.errors import Rejection, reject, short_error_type, simple_error_body
 from sidecar.handlers.request_body import ensure_client_present
 from sidecar.http_client import Response
@@ -104,7 +104,8 @@ async def call_claude(
     `tap` (the response cache's recording) sees Claude's answer and how the call ended.
     A resumable stream's generation is handed to its own task once Claude answers 200:
     it outlives this request (a client that leaves may come back), and that task
-    settles and records it.
+    settles and records it. A stream relayed in this request is handed to a task of its
+    own too when its client leaves while other callers follow it (`carry_on`).
     """
     runtime = ctx.runtime
     telemetry = runtime.telemetry
@@ -151,7 +152,14 @@ async def call_claude(
             live, channel = await open_relay(
                 ctx, upstream, record, translator, _answer_headers(ctx, held, upstream), tap
             )
-            await live.run(runtime.streams)
+            try:
+                await live.run(runtime.streams)
+            except asyncio.CancelledError:
+                if live.carried:  # its client left, others follow it: it goes on for them
+                    handed_off = True
+                    carry_on(held, live, channel.loop)
+                raise
+            held.left = live.generation.left  # (a client gone while Claude was paused)
             await channel.end(runtime.config.claude.client_stall_timeout_seconds)
             return channel.response
         handed_off = True

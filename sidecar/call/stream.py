@@ -4,10 +4,17 @@ A stream that is not resumable runs in its request's task: the client leaving ca
 it. A resumable one is handed to a task of its own once Claude answered 200, so the
 generation outlives the request (a client that leaves may come back); the request
 reads it as its first subscriber, and the generation's task settles and records it.
+
+Either goes on after its client left while other callers follow the call through the
+response cache (`Generation.keeper`): a resumable generation simply is not stopped, and
+a stream relayed in its request is carried on in a task of its own (`carry_on`). The
+call is settled, at what it used, once it really ended, on the lease of the request
+that made it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -17,7 +24,7 @@ from sidecar import sse
 from sidecar.http_client import Response
 from sidecar.pipeline import RequestContext
 from sidecar.quotas import QuotaLease
-from sidecar.record import StreamRecord
+from sidecar.record import Outcome, StreamRecord
 from sidecar.relay import LiveStream, open_stream
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.core import StreamCore, Translator
@@ -66,13 +73,18 @@ class HeldCall:
     admitted: bool = False
     tap: CallTap | None = None  # records the answer (the response cache)
     unanswered: bool = False  # ended with its request written to Claude and not answered
+    # Its client left for good (or cancelled) while followers read on: the outcome it
+    # records if the call then completes for them.
+    left: Outcome | None = None
 
     async def close(self) -> None:
         """Release the slot, record the stream once and settle the tokens it used."""
         runtime = self.ctx.runtime
         record = self.record
         if self.tap is not None:
-            self.tap.finish(record)
+            self.tap.finish(record)  # stored when it completed, whoever read it
+        if self.left is not None and record.outcome == "completed":
+            record.outcome = self.left
         if self.admitted:
             runtime.admission.release()
         record.ended = time.perf_counter()
@@ -154,6 +166,7 @@ async def hand_off(
         log=resumable.log,
         grace=resumable.grace,
     )
+    generation.kept_by(held.tap)
     live = _live_stream(ctx, upstream, make_core(record, translator, held.tap), generation)
     resumable.log.on_cancel = generation.cancel  # a cancel asked on another replica
     context = held.span.get_span_context()
@@ -199,8 +212,37 @@ async def _produce(
             record.error_type = record.error_type or type(exc).__name__
         generation.end(b"")
     finally:
+        held.left = generation.left
         runtime.resume.hub.remove(generation)
         log.close()
+        try:
+            await held.close()
+        finally:
+            runtime.lifecycle.leave()
+
+
+def carry_on(held: HeldCall, live: LiveStream, loop: asyncio.AbstractEventLoop) -> None:
+    """The client of a stream relayed in its request left while others follow it
+    (`live.carried`): relay the rest in a task of its own, which settles and records the
+    call when it ends. Shutdown reaches it as any live stream (it stays in the registry),
+    and the runtime stays open until it ends."""
+    runtime = held.ctx.runtime
+    runtime.lifecycle.enter()
+    runtime.resume.hub.spawn(_carried(held, live), loop)
+
+
+async def _carried(held: HeldCall, live: LiveStream) -> None:
+    runtime = held.ctx.runtime
+    record = held.record
+    try:
+        await live.carry(runtime.streams)
+    except Exception as exc:  # the relay's own failure: recorded, never re-raised
+        if record.outcome is None:
+            record.outcome = "upstream_error"
+            record.error_type = record.error_type or type(exc).__name__
+        live.generation.end(b"")
+    finally:
+        held.left = live.generation.left
         try:
             await held.close()
         finally:

@@ -7,6 +7,12 @@ the same call, from memory. A subscriber is one client connection: the one that 
 the stream, or a reconnect. A subscriber leaving does not end the producer; when the
 last one leaves a resumable generation, it goes on for the detach grace, then is
 stopped. The producer's end reaches every subscriber as its final event.
+
+Other callers may follow the generation through the response cache's recording of it
+(its `keeper`: coalesced requests). While any do, a generation left by its own clients
+is not stopped (neither at once, nor after the grace, nor by a `DELETE`): it goes on
+for them, and is stopped the way it was due to be once the last of them leaves. This
+is decided when the last client leaves, never per event.
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ from sidecar.stream.store import StreamLog
 
 if TYPE_CHECKING:
     from sidecar.record import Outcome, StreamRecord
+
+
+class Keeper(Protocol):
+    """Who else reads the generation (the response cache's recording of it)."""
+
+    followers: int
+    on_idle: Callable[[], None] | None
 
 
 class Producer(Protocol):
@@ -121,9 +134,12 @@ class Generation:
     """One Claude generation: its subscribers, its numbered log and its end."""
 
     __slots__ = (
+        "_due",
         "_unattended",
         "final",
         "grace",
+        "keeper",
+        "left",
         "log",
         "owner",
         "producer",
@@ -151,6 +167,24 @@ class Generation:
         self._unattended: asyncio.TimerHandle | None = None
         # Set by the relay: the producer, whose `stop` ends it (outcome, error type, message).
         self.producer: Producer | None = None
+        # The recording other callers follow (None: nobody can): it keeps the generation
+        # going while they read (`kept_by`).
+        self.keeper: Keeper | None = None
+        # How the producer was due to stop when it was left to its followers.
+        self._due: tuple[Outcome, str, str] | None = None
+        # Set when the caller that started it left for good while followers read on
+        # (its stream record's outcome, should the call still complete).
+        self.left: Outcome | None = None
+
+    def kept_by(self, keeper: Keeper | None) -> None:
+        """Other callers may read the generation through `keeper` (a recording of it)."""
+        self.keeper = keeper
+        if keeper is not None:
+            keeper.on_idle = self.unfollowed
+
+    def _followed(self) -> bool:
+        keeper = self.keeper
+        return keeper is not None and keeper.followers > 0
 
     @property
     def resumable(self) -> bool:
@@ -295,6 +329,7 @@ class Generation:
     def attach(self, subscriber: Subscriber) -> None:
         """Add a reader (after its backlog was taken from the log, with no await between)."""
         self.subscribers.append(subscriber)
+        self._due = None  # attended again
         if self._unattended is not None:
             self._unattended.cancel()
             self._unattended = None
@@ -315,13 +350,54 @@ class Generation:
             self._unattended = loop.call_later(self.grace, self._abandon, "client_detached")
 
     def cancel(self) -> None:
-        """An explicit cancel (a Stop button): the producer ends at once."""
-        if self.producer is not None and not self.final:
+        """An explicit cancel (a Stop button): the producer ends at once.
+
+        While other callers follow it, it ends for its owner only: the owner's connections
+        are let go (their responses end) and it goes on for the followers, stopped at once
+        when the last of them leaves (never kept for the grace); its call records
+        `client_cancelled` even if it then completes.
+        """
+        if self.producer is None or self.final:
+            return
+        if not self._followed():
             self.producer.stop("client_cancelled", "cancelled", "the stream was cancelled")
+            return
+        for subscriber in list(self.subscribers):
+            self.detach(subscriber)
+        if self._unattended is not None:
+            self._unattended.cancel()
+            self._unattended = None
+        self.left = "client_cancelled"
+        self._due = ("client_cancelled", "cancelled", "the stream was cancelled")
+
+    def carry_on(self) -> bool:
+        """The client of a stream that is not resumable left: True when followers read it,
+        and it goes on for them (the client is let go); it stops once the last leaves."""
+        if self.final or not self._followed():
+            return False
+        for subscriber in self.subscribers:
+            subscriber.ended()
+        self.subscribers.clear()
+        self.left = "client_cancelled"
+        if self._due is None:
+            self._due = ("client_cancelled", "stream_abandoned", "the client left the stream")
+        return True
+
+    def unfollowed(self) -> None:
+        """The last follower left: a generation its clients left ends as it was due to."""
+        due = self._due
+        if due is None or self.producer is None or self.final or self.subscribers:
+            return
+        self._due = None
+        self.producer.stop(*due)
 
     def _abandon(self, outcome: Outcome) -> None:
         self._unattended = None
         if self.producer is None or self.final or self.subscribers:
+            return
+        if self._followed():  # other callers read it: stopped when the last leaves
+            if self._due is None:
+                self._due = (outcome, "stream_abandoned", "no client came back for the stream")
             return
         log = self.log
         if log is not None and log.readers_elsewhere and outcome == "client_detached":

@@ -5,6 +5,7 @@ A subclass rather than a branch in `StreamCore`: streams nobody records pay noth
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from opentelemetry.trace import SpanContext
@@ -14,7 +15,14 @@ from sidecar.stream.core import StreamCore, Translator
 
 
 class CallTap(Protocol):
-    """What a Claude call tells its recorder: its span, body chunks, a whole answer, its end."""
+    """What a Claude call tells its recorder: its span, body chunks, a whole answer, its end.
+
+    The recorder also says how many other callers read the call (`followers`: while any
+    do, the call outlives its own client) and is told whom to tell when the last one
+    leaves (`on_idle`)."""
+
+    followers: int
+    on_idle: Callable[[], None] | None
 
     def started(self, span: SpanContext) -> None:
         """The Claude call's span: the spans of the requests following it link to it."""
