@@ -747,6 +747,65 @@ async def test_a_drained_replica_ends_its_streams_resumable_elsewhere(
     assert len([e for e in rest.events if "token" in e.data]) > 3  # generated after the cut
 
 
+ANTHROPIC_SLOW = json.dumps({
+    "model": "claude-sonnet-5-5", "max_tokens": 1024, "stream": True,
+    "messages": [{"role": "user", "content": "[[fake tokens=400 tps=40]] long"}],
+}).encode()  # fmt: skip
+
+
+async def _read_and_cancelled_on_its_own_kind_only(produce: int, read: int) -> None:
+    """Streams produced through `produce` are read and cancelled through `read` only on a
+    route of the kind that started them: their events are in that route's format."""
+    done = await sse_request(produce, target=SLOW)  # the prompt route's, finished
+    cursor = f"{done.stream_id}:3"
+    for path in ("/v1/messages", "/api/chat"):
+        other = await sse_request(read, "POST", path, {"Last-Event-ID": cursor}, b"{}")
+        assert other.status == 400, (path, other.payload)
+        assert b"another kind" in other.payload
+        assert b'"token"' not in other.payload
+    own = await sse_request(read, headers={"Last-Event-ID": cursor})
+    assert own.status == 200
+    assert own.events[-1].data.get("done") is True
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{produce}/v1/messages",
+            data=ANTHROPIC_SLOW,
+            headers={"Sidecar-Resume": "on", "Content-Type": "application/json"},
+        ) as live,
+    ):
+        stream_id = live.headers["Sidecar-Stream-Id"]
+        assert b"message_start" in await live.content.readuntil(b"\n\n")
+        other = await sse_request(read, headers={"Last-Event-ID": f"{stream_id}:1"})
+        assert other.status == 400
+        assert b"another kind" in other.payload
+        async with http.delete(f"http://127.0.0.1:{read}{ROUTE}/{stream_id}") as response:
+            assert response.status == 404  # not a prompt stream: nothing to stop there
+        async with http.delete(f"http://127.0.0.1:{read}/v1/messages/{stream_id}") as response:
+            assert response.status == 204
+        rest = await asyncio.wait_for(live.read(), 15)
+    assert b'"type": "cancelled"' in rest
+
+
+async def test_a_stream_is_resumed_and_cancelled_only_on_a_route_of_its_kind(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(resumable()) as sidecar:
+        await _read_and_cancelled_on_its_own_kind_only(sidecar.port, sidecar.port)
+    assert fake.state.counters["requests"] == 2  # no resume called Claude
+
+
+async def test_a_stream_is_resumed_and_cancelled_only_on_its_kind_on_another_replica(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+    ):
+        await _read_and_cancelled_on_its_own_kind_only(port_a, port_b)
+    assert fake.state.counters["requests"] == 2
+
+
 async def test_a_route_can_turn_resume_off(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
     config = {"routes": [{"path": ROUTE, "handler": "prompt", "resume": {"enabled": False}}]}
     async with sidecar_for(config) as sidecar:

@@ -14,14 +14,14 @@ import contextlib
 from collections.abc import Callable
 
 from aiohttp import web
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import Span, SpanContext, TraceFlags
 
 from sidecar import sse
 from sidecar.call.stream import Resumable
 from sidecar.errors import Rejection, reject
 from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
-from sidecar.stream.hub import Subscriber
+from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import (
     HEADER,
     QUERY,
@@ -66,7 +66,7 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
     stream_id = new_stream_id()
     owner = owner_of(ctx.identity, ctx.client_ip)
     try:
-        log_ = await runtime.resume.store.create(stream_id, owner)
+        log_ = await runtime.resume.store.create(stream_id, owner, kind=ctx.route.handler)
     except StoreError as exc:
         runtime.telemetry.resume_store_error(config.on_store_error)
         runtime.resume.outage.failed(str(exc), ctx.request_id)
@@ -108,6 +108,22 @@ def _too_many_readers() -> Rejection:
     )  # fmt: skip
 
 
+def _other_route() -> Rejection:
+    return reject(
+        "resume_malformed",
+        "Last-Event-ID names a stream started on a route of another kind: resume it there",
+    )
+
+
+def _mine(live: tuple[Generation, Span] | None, owner: str, kind: str) -> Generation | None:
+    """The generation live here, if `owner` started it on a route of `kind` (its events
+    are in that route's format)."""
+    if live is None or live[0].owner != owner:
+        return None
+    log_ = live[0].log
+    return live[0] if log_ is not None and log_.kind in ("", kind) else None
+
+
 def _beyond_end() -> Rejection:
     return reject("resume_malformed", "Last-Event-ID names an event the stream never sent")
 
@@ -128,7 +144,7 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
     )
     owner = owner_of(ctx.identity, ctx.client_ip)
     live = runtime.resume.hub.get(stream_id)
-    if live is not None and live[0].owner == owner:
+    if live is not None and _mine(live, owner, ctx.route.handler) is not None:
         generation, origin = live
         assert generation.log is not None
         try:
@@ -155,7 +171,9 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
         await channel.end(runtime.config.claude.client_stall_timeout_seconds)
         return channel.response
     # Someone else's stream live here is looked up in the store as an unknown id is: the
-    # same work, so neither the answer nor its timing tells that it exists.
+    # same work, so neither the answer nor its timing tells that it exists. The caller's
+    # own stream from a route of another kind is refused there (its events are in that
+    # route's format, not this one's).
     return await _from_store(ctx, stream_id, after, owner, lost_event)
 
 
@@ -168,6 +186,8 @@ async def _from_store(
         return _gone(ctx, "expired")
     if info.owner != owner:
         return _gone(ctx, "forbidden")
+    if not info.framed_for(ctx.route.handler):
+        raise _other_route()
     # Another replica writes its events in batches a few ms apart: a client that got an
     # event from it just now may be ahead of the store for a moment.
     for _ in range(_CATCH_UP_TRIES):
@@ -333,16 +353,22 @@ async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
     """`DELETE <route>/<stream id>`: stop the generation now (a Stop button)."""
     owner = owner_of(ctx.identity, ctx.client_ip)
     resume_ = ctx.runtime.resume
-    live = resume_.hub.get(stream_id)
-    if live is not None and live[0].owner == owner:
-        live[0].cancel()
+    kind = ctx.route.handler
+    generation = _mine(resume_.hub.get(stream_id), owner, kind)
+    if generation is not None:
+        generation.cancel()
         return web.Response(status=204, headers=ctx.headers)
     # Maybe produced by another replica. Someone else's stream live here is looked up as
     # an unknown id is (the store names its owner): neither answer nor timing tells it exists.
     if resume_.shared:
         try:
             info = await resume_.store.lookup(stream_id)
-            mine = info is not None and info.owner == owner and not info.final
+            mine = (
+                info is not None
+                and info.owner == owner
+                and info.framed_for(kind)
+                and not info.final
+            )
             if mine and await resume_.store.request_cancel(stream_id):
                 return web.Response(status=204, headers=ctx.headers)
         except StoreError:
@@ -351,5 +377,5 @@ async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
                 "resume_store_error", "the resume store is unavailable",
                 headers={"Retry-After": "1"},
             ) from None  # fmt: skip
-    # Finished, unknown or someone else's: nothing to stop.
+    # Finished, unknown, someone else's or another route's: nothing to stop here.
     raise reject("resume_expired", "no live stream with this id")

@@ -2,7 +2,7 @@
 
 Keys per stream (one hash tag, so a cluster keeps them together):
 `sidecar:resume:{id}` the events, entry id `0-<n>` = event number n (field `e`, and `f`
-on the final one); `...:meta` the owner hash and the originating span; `...:alive` a
+on the final one); `...:meta` the owner hash, the route kind and the originating span; `...:alive` a
 short-lived key the producer refreshes; `...:cancel` a cancel asked on another replica;
 `...:readers` the clients reading the stream from Redis on any replica (a sorted set of
 reader tokens scored by when they lapse, each refreshed by its reader about once a
@@ -129,8 +129,9 @@ class _RedisLog(StreamLog):
         owner: str,
         max_bytes: int,
         budget: Budget,
+        kind: str,
     ) -> None:
-        super().__init__(stream_id, owner, max_bytes, budget)
+        super().__init__(stream_id, owner, max_bytes, budget, kind=kind)
         self._store = store
         # Events not yet sent, numbers `queued_from`…; `final_queued`: the stream's end is
         # not sent yet (it marks the last of them, or the newest entry when there are none).
@@ -238,17 +239,17 @@ class RedisResumeStore(ResumeStore):
 
     # ------------------------------------------------------------------ producer side
 
-    async def create(self, stream_id: str, owner: str) -> StreamLog:
+    async def create(self, stream_id: str, owner: str, *, kind: str = "") -> StreamLog:
         _, meta, alive, _ = keys(stream_id)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(meta, mapping={"owner": owner})
+                pipe.hset(meta, mapping={"owner": owner, "kind": kind})
                 pipe.pexpire(meta, self._ttl_ms)
                 pipe.set(alive, b"1", px=self._alive_ms)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
-        log_ = _RedisLog(self, stream_id, owner, self.max_buffer_bytes, self._budget)
+        log_ = _RedisLog(self, stream_id, owner, self.max_buffer_bytes, self._budget, kind)
         self._live[stream_id] = log_
         return log_
 
@@ -404,7 +405,8 @@ class RedisResumeStore(ResumeStore):
         first = _number(oldest[0][0]) if oldest else last + 1
         final = b"final" in fields and int(fields[b"final"]) <= last
         origin = fields.get(b"origin", b"").decode()
-        return StreamInfo(owner.decode(), last, final, first, origin)
+        kind = fields.get(b"kind", b"").decode()  # none from a replica that kept none
+        return StreamInfo(owner.decode(), last, final, first, origin, kind)
 
     async def join(self, stream_id: str, reader: str, limit: int) -> bool:
         try:

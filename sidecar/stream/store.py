@@ -50,6 +50,13 @@ class StreamInfo:
     final: bool  # the last event is the stream's final one
     first: int = 1  # number of the oldest event still kept
     origin: str = ""  # `<trace id>-<span id>` of the producing stream's span, for links
+    # The route kind (`prompt`, `ui`, `anthropic`) whose format its events are in: only a
+    # route of that kind may read or cancel it. "" from a replica that kept none: any.
+    kind: str = ""
+
+    def framed_for(self, kind: str) -> bool:
+        """Whether a route of `kind` may serve this stream's events (its format)."""
+        return not self.kind or self.kind == kind
 
 
 class Budget:
@@ -72,16 +79,23 @@ class StreamLog:
     """
 
     __slots__ = (
-        "_waiters", "base", "budget", "events", "final", "finished_at", "id_prefix", "last",
-        "max_bytes", "numbered", "on_cancel", "origin", "owner", "readers_elsewhere", "size",
-        "stream_id",
+        "_waiters", "base", "budget", "events", "final", "finished_at", "id_prefix", "kind",
+        "last", "max_bytes", "numbered", "on_cancel", "origin", "owner", "readers_elsewhere",
+        "size", "stream_id",
     )  # fmt: skip
 
     def __init__(
-        self, stream_id: str, owner: str, max_bytes: int, budget: Budget | None = None
+        self,
+        stream_id: str,
+        owner: str,
+        max_bytes: int,
+        budget: Budget | None = None,
+        *,
+        kind: str = "",
     ) -> None:
         self.stream_id = stream_id
         self.owner = owner
+        self.kind = kind  # the route kind whose format the events are in
         self.max_bytes = max_bytes
         self.budget = budget if budget is not None else Budget()
         self.events: collections.deque[bytes] = collections.deque()
@@ -151,7 +165,9 @@ class StreamLog:
         return list(self.events)[n - self.base :] if n < self.last else []
 
     def info(self) -> StreamInfo:
-        return StreamInfo(self.owner, self.last, self.final, self.base + 1, self.origin)
+        return StreamInfo(
+            self.owner, self.last, self.final, self.base + 1, self.origin, self.kind
+        )
 
     def set_origin(self, origin: str) -> None:
         """The producing stream's span (`<trace id>-<span id>`): resumes link to it."""
@@ -199,8 +215,9 @@ class ResumeStore:
         self._finished.clear()
         self._chats.clear()
 
-    async def create(self, stream_id: str, owner: str) -> StreamLog:
-        """A new stream's log; `StoreError` if the store cannot take it."""
+    async def create(self, stream_id: str, owner: str, *, kind: str = "") -> StreamLog:
+        """A new stream's log, its events in the format of route kind `kind`; `StoreError`
+        if the store cannot take it."""
         self._expire()
         budget = self._budget
         while budget.used > self.max_total_bytes and self._finished:
@@ -210,7 +227,7 @@ class ResumeStore:
             raise StoreError("the memory resume store is full")
         if (old := self._logs.get(stream_id)) is not None:
             self._drop(old)  # an id given twice: the old log stops counting
-        log = _MemoryLog(self, stream_id, owner, self.max_buffer_bytes, budget)
+        log = _MemoryLog(self, stream_id, owner, self.max_buffer_bytes, budget, kind)
         self._logs[stream_id] = log
         return log
 
@@ -316,9 +333,15 @@ class _MemoryLog(StreamLog):
     __slots__ = ("_store",)
 
     def __init__(
-        self, store: ResumeStore, stream_id: str, owner: str, max_bytes: int, budget: Budget
+        self,
+        store: ResumeStore,
+        stream_id: str,
+        owner: str,
+        max_bytes: int,
+        budget: Budget,
+        kind: str,
     ) -> None:
-        super().__init__(stream_id, owner, max_bytes, budget)
+        super().__init__(stream_id, owner, max_bytes, budget, kind=kind)
         self._store = store
 
     def finish(self) -> None:
