@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import signal
 import subprocess
 from collections.abc import Awaitable
@@ -32,7 +33,7 @@ from tests.support.resume import (
     stream_ends,
 )
 from tests.support.sidecars import SidecarFactory
-from tests.support.sockets import shrink_send_buffers, small_buffered
+from tests.support.sockets import dechunk, shrink_send_buffers, small_buffered
 from tests.support.waiting import eventually, holds
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
@@ -847,6 +848,53 @@ async def test_redis_failing_mid_stream_never_fails_the_stream(
     events = [e for e in raw.split(b"\n\n") if e.strip()]
     assert b'"done":true' in events[-1]  # served from memory to the end
     assert sum(b'"token"' in e for e in events) == 39  # the rest of the 40, none lost
+
+
+async def test_a_reader_elsewhere_left_behind_by_the_buffer_is_ended_never_given_a_gap(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """A client reading a stream from the store on another replica, slower than it is
+    produced, until events it had not read left the buffer (`max_buffer_bytes`): its read
+    ends with no final event (as the producer cuts its own reader left that far behind),
+    and its resume is told the events are gone; it never gets the stream with a hole."""
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "max_buffer_bytes": 8192, "detach_grace_seconds": 10}}  # fmt: skip
+    # A second before the first token (the reader elsewhere starts from the start), then
+    # every token at once.
+    flood = json.dumps(
+        {"prompt": "[[fake tokens=3000 tps=0 ttft_ms=1000]] flood", "max_tokens": 3000}
+    )
+    async with (
+        sidecar_for(config) as producer,
+        sidecar_for(config) as elsewhere,
+        aiohttp.ClientSession() as http,
+        http.post(producer.url + ROUTE, data=flood, headers={"Content-Type": "application/json"})
+        as stream,
+    ):  # fmt: skip
+        stream_id = stream.headers["Sidecar-Stream-Id"]
+        shrink_send_buffers(elsewhere)
+        reader, writer = await small_buffered(elsewhere.port)
+        writer.write(
+            f"GET {ROUTE} HTTP/1.1\r\nHost: sidecar\r\nLast-Event-ID: {stream_id}:0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )  # read only once the stream is over
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        whole = await stream.read()  # the producer's own client keeps up
+        assert b'"done"' in whole
+        received = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        assert received.endswith(b"\r\n0\r\n\r\n")  # the response ended
+        body = dechunk(received.partition(b"\r\n\r\n")[2])
+        numbers = [int(n) for n in re.findall(rb"id: [\w-]+:(\d+)", body)]
+        # What it got (maybe nothing: the first batch it read from the store may already
+        # have been trimmed) is the stream from its start, with no event skipped.
+        assert numbers == list(range(1, 1 + len(numbers)))
+        assert b'"done"' not in body
+        assert b'"error"' not in body  # no final event: the stream was not lost
+        last = numbers[-1] if numbers else 0
+        again = await sse_request(elsewhere.port, headers={"Last-Event-ID": f"{stream_id}:{last}"})
+    assert again.status == 204  # the events after it are gone: an EventSource stops
+    assert fake.state.counters["requests"] == 1
 
 
 async def test_a_reader_from_the_store_that_stops_reading_is_cut(

@@ -30,7 +30,7 @@ from sidecar.stream.resume import (
     owner_of,
     parse_cursor,
 )
-from sidecar.stream.store import BeyondEnd, StoreError, StreamInfo, StreamLost
+from sidecar.stream.store import BeyondEnd, FellBehind, StoreError, StreamInfo, StreamLost
 
 __all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
 # The final event of a stream whose producer died: (error type, message) → event bytes.
@@ -296,6 +296,12 @@ async def _replay(
     except ConnectionResetError:
         runtime.telemetry.resumed(result, replayed)
         raise
+    except FellBehind:
+        # This client read slower than the stream was produced, and events it had not
+        # read left the buffer (`resume.max_buffer_bytes`): its read ends with no final
+        # event, as a live stream's reader left that far behind is cut. Its resume from
+        # its last event finds them gone (204 / 404), never a stream with a gap.
+        pass
     except StoreError:
         # The store failed, not the stream (it goes on where it is produced, and its events
         # are sent to the store again once it answers): this read ends as a lost connection

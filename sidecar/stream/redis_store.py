@@ -34,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 from sidecar.cancelling import honour_cancel
 from sidecar.stream.store import (
     Budget,
+    FellBehind,
     ResumeStore,
     StoreError,
     StreamInfo,
@@ -379,7 +380,8 @@ class RedisResumeStore(ResumeStore):
         if log_.base > log_.trimmed:  # over max_buffer_bytes: the oldest events go
             pipe.xtrim(events, minid=f"0-{log_.base + 1}", approximate=False)
             log_.trimmed = log_.base
-        pipe.hset(meta, "owner", log_.owner)  # cheap, and heals a Redis that restarted empty
+        # Cheap, and heals a Redis that restarted empty.
+        pipe.hset(meta, mapping={"owner": log_.owner, "kind": log_.kind})
         pipe.pexpire(events, self._ttl_ms)
         pipe.pexpire(meta, self._ttl_ms)
         if log_.closed:
@@ -435,6 +437,10 @@ class RedisResumeStore(ResumeStore):
             honour_cancel()  # a shutdown's stop, if redis-py swallowed it
             entries: list[tuple[bytes, dict[bytes, bytes]]] = list(reply[0][1]) if reply else []
             if entries:
+                if _number(entries[0][0]) != after + 1:
+                    # Trimmed (over max_buffer_bytes) before this reader got to them: a
+                    # reader never skips events, its read ends instead.
+                    raise FellBehind(stream_id)
                 quiet_since = None
                 after = _number(entries[-1][0])
                 yield [fields[b"e"] for _, fields in entries]

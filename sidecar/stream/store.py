@@ -37,6 +37,11 @@ class StreamLost(Exception):
     """The stream's producer died without a final event."""
 
 
+class FellBehind(Exception):
+    """A reader fell behind the stream's buffer: events after its last one were dropped
+    (over `resume.max_buffer_bytes`) before it read them. Never a gap: its read ends."""
+
+
 class BeyondEnd(ValueError):
     """A client claims an event the stream never sent."""
 
@@ -165,9 +170,7 @@ class StreamLog:
         return list(self.events)[n - self.base :] if n < self.last else []
 
     def info(self) -> StreamInfo:
-        return StreamInfo(
-            self.owner, self.last, self.final, self.base + 1, self.origin, self.kind
-        )
+        return StreamInfo(self.owner, self.last, self.final, self.base + 1, self.origin, self.kind)
 
     def set_origin(self, origin: str) -> None:
         """The producing stream's span (`<trace id>-<span id>`): resumes link to it."""
@@ -265,15 +268,15 @@ class ResumeStore:
 
     async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
         """Batches of events after `after` until the final one (`StreamLost` if it never
-        comes); an empty batch when nothing came for about `POLL_SECONDS` (the reader may
-        send a heartbeat)."""
+        comes, `FellBehind` if events the reader had not read were dropped); an empty batch
+        when nothing came for about `POLL_SECONDS` (the reader may send a heartbeat)."""
         log = self._logs.get(stream_id)
         if log is None:
             raise StreamLost(stream_id)
         while True:
             batch = log.since(after)
             if batch is None:
-                raise StreamLost(stream_id)  # dropped while this reader lagged
+                raise FellBehind(stream_id)  # dropped while this reader lagged
             if batch:
                 after += len(batch)
                 yield batch
