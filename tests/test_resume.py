@@ -524,6 +524,29 @@ async def test_a_client_ahead_of_a_killed_producers_writes_gets_stream_lost_not_
     assert again.status == 204  # the lost event is the stream's final one now
 
 
+async def test_a_cursor_past_a_live_streams_end_is_refused_on_another_replica_too(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An event a stream still produced elsewhere never sent is a 400, as on the replica
+    producing it, not a read that waits for the whole stream and gets nothing (holding a
+    reader's place and keeping an abandoned generation going meanwhile)."""
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port_a}{long_stream(400)}") as stream,
+    ):
+        stream_id = stream.headers["Sidecar-Stream-Id"]
+        await stream.content.readuntil(b"\n\n")
+        cursor = {"Last-Event-ID": f"{stream_id}:999"}
+        here = await sse_request(port_a, headers=cursor)
+        elsewhere = await sse_request(port_b, "POST", ROUTE, cursor, b"{}", read_timeout=8)
+        assert not stream.content.at_eof()  # refused long before the stream's end
+    assert here.status == 400
+    assert (elsewhere.status, elsewhere.payload) == (here.status, here.payload)
+    assert b"never sent" in elsewhere.payload
+
+
 # ---------------------------------------------------------------------------- anthropic route
 
 

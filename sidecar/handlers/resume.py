@@ -37,6 +37,7 @@ __all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
 LostEvent = Callable[[str, str], bytes]
 _CATCH_UP_TRIES = 20
 _CATCH_UP_WAIT = 0.05  # seconds: up to 1 s for a store that lags its producer
+_LIVENESS_POLL = 0.25  # seconds: then, while a producer that may have died looks alive
 
 
 def enabled_on(ctx: RequestContext, *, default: bool) -> bool:
@@ -189,19 +190,26 @@ async def _from_store(
     if not info.framed_for(ctx.route.handler):
         raise _other_route()
     # Another replica writes its events in batches a few ms apart: a client that got an
-    # event from it just now may be ahead of the store for a moment.
-    for _ in range(_CATCH_UP_TRIES):
-        if after <= info.last or info.final:
+    # event from it just now may be ahead of the store for a moment (up to 1 s here). A
+    # producer still alive after that may yet have died with the client's events
+    # unwritten: its liveness lapses within the store's `liveness_seconds`, and only one
+    # alive after that makes the cursor name an event the stream never sent.
+    loop = asyncio.get_running_loop()
+    caught_up = loop.time() + _CATCH_UP_TRIES * _CATCH_UP_WAIT
+    decided = caught_up + runtime.resume.store.liveness_seconds
+    while after > info.last and not info.final:
+        now = loop.time()
+        if now >= caught_up and (not info.producing or now >= decided):
             break
-        await asyncio.sleep(_CATCH_UP_WAIT)
+        await asyncio.sleep(_CATCH_UP_WAIT if now < caught_up else _LIVENESS_POLL)
         info = await _lookup(ctx, stream_id) or info
-    # Still ahead of the store: the producer served its own client events it had not
-    # written yet. Finished, the stream never sent that event; else the store is read
-    # from its end, the events the client has are skipped, and a producer that died
-    # with them unwritten ends the stream with `stream_lost` after the client's last.
+    # Still ahead of the store: finished, or still produced, the stream never sent that
+    # event. Else its producer died having served its own client events it had not
+    # written: the store is read from its end, the events the client has are skipped,
+    # and the stream ends with `stream_lost` after the client's last.
     start = after
     if after > info.last:
-        if info.final:
+        if info.final or info.producing:
             raise _beyond_end()
         start = info.last
     if start < info.first - 1 or (info.final and after == info.last):

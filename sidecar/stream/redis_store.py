@@ -188,6 +188,7 @@ class RedisResumeStore(ResumeStore):
         self._redis: Redis = client if client is not None else redis_client(url, timeout)
         self._ttl_ms = int(ttl * 1000)
         self._alive_ms = int(alive_seconds * 1000)
+        self.liveness_seconds = alive_seconds
         self._refresh = alive_seconds / 3
         self._block_ms = max(50, int(min(self._refresh, timeout) * 1000))
         # Blocking reads (`read`) have a pool of their own whose socket timeout leaves room
@@ -391,13 +392,14 @@ class RedisResumeStore(ResumeStore):
     # ------------------------------------------------------------------ reader side
 
     async def lookup(self, stream_id: str) -> StreamInfo | None:
-        events, meta, _, _ = keys(stream_id)
+        events, meta, alive, _ = keys(stream_id)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(meta)
                 pipe.xrevrange(events, count=1)
                 pipe.xrange(events, count=1)
-                fields, newest, oldest = await pipe.execute()
+                pipe.exists(alive)
+                fields, newest, oldest, producing = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
         owner = fields.get(b"owner")
@@ -408,7 +410,7 @@ class RedisResumeStore(ResumeStore):
         final = b"final" in fields and int(fields[b"final"]) <= last
         origin = fields.get(b"origin", b"").decode()
         kind = fields.get(b"kind", b"").decode()  # none from a replica that kept none
-        return StreamInfo(owner.decode(), last, final, first, origin, kind)
+        return StreamInfo(owner.decode(), last, final, first, origin, producing == 1, kind)
 
     async def join(self, stream_id: str, reader: str, limit: int) -> bool:
         try:

@@ -55,6 +55,9 @@ class StreamInfo:
     final: bool  # the last event is the stream's final one
     first: int = 1  # number of the oldest event still kept
     origin: str = ""  # `<trace id>-<span id>` of the producing stream's span, for links
+    # A producer still writes it (shared stores: its liveness key is set; one process: it
+    # is not final). A client ahead of the store while this holds names an unsent event.
+    producing: bool = False
     # The route kind (`prompt`, `ui`, `anthropic`) whose format its events are in: only a
     # route of that kind may read or cancel it. "" from a replica that kept none: any.
     kind: str = ""
@@ -170,7 +173,9 @@ class StreamLog:
         return list(self.events)[n - self.base :] if n < self.last else []
 
     def info(self) -> StreamInfo:
-        return StreamInfo(self.owner, self.last, self.final, self.base + 1, self.origin, self.kind)
+        return StreamInfo(
+            self.owner, self.last, self.final, self.base + 1, self.origin, not self.final, self.kind
+        )
 
     def set_origin(self, origin: str) -> None:
         """The producing stream's span (`<trace id>-<span id>`): resumes link to it."""
@@ -189,6 +194,9 @@ class ResumeStore:
     """The store interface, implemented in memory: one process, bounded, expiring."""
 
     name = "memory"
+    # How long a producer that died may still look alive (`StreamInfo.producing`): none
+    # here, where a producer cannot die apart from its readers.
+    liveness_seconds = 0.0
 
     def __init__(self, *, ttl: float, max_buffer_bytes: int, max_total_bytes: int) -> None:
         self.ttl = ttl
