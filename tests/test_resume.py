@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import signal
 import subprocess
 from collections.abc import Awaitable
@@ -32,7 +33,7 @@ from tests.support.resume import (
     stream_ends,
 )
 from tests.support.sidecars import SidecarFactory
-from tests.support.sockets import shrink_send_buffers, small_buffered
+from tests.support.sockets import dechunk, shrink_send_buffers, small_buffered
 from tests.support.waiting import eventually, holds
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
@@ -541,6 +542,29 @@ async def test_a_client_ahead_of_a_killed_producers_writes_gets_stream_lost_not_
     assert again.status == 204  # the lost event is the stream's final one now
 
 
+async def test_a_cursor_past_a_live_streams_end_is_refused_on_another_replica_too(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An event a stream still produced elsewhere never sent is a 400, as on the replica
+    producing it, not a read that waits for the whole stream and gets nothing (holding a
+    reader's place and keeping an abandoned generation going meanwhile)."""
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port_a}{long_stream(400)}") as stream,
+    ):
+        stream_id = stream.headers["Sidecar-Stream-Id"]
+        await stream.content.readuntil(b"\n\n")
+        cursor = {"Last-Event-ID": f"{stream_id}:999"}
+        here = await sse_request(port_a, headers=cursor)
+        elsewhere = await sse_request(port_b, "POST", ROUTE, cursor, b"{}", read_timeout=8)
+        assert not stream.content.at_eof()  # refused long before the stream's end
+    assert here.status == 400
+    assert (elsewhere.status, elsewhere.payload) == (here.status, here.payload)
+    assert b"never sent" in elsewhere.payload
+
+
 # ---------------------------------------------------------------------------- anthropic route
 
 
@@ -765,6 +789,65 @@ async def test_a_drained_replica_ends_its_streams_resumable_elsewhere(
     assert len([e for e in rest.events if "token" in e.data]) > 3  # generated after the cut
 
 
+ANTHROPIC_SLOW = json.dumps({
+    "model": "claude-sonnet-5-5", "max_tokens": 1024, "stream": True,
+    "messages": [{"role": "user", "content": "[[fake tokens=400 tps=40]] long"}],
+}).encode()  # fmt: skip
+
+
+async def _read_and_cancelled_on_its_own_kind_only(produce: int, read: int) -> None:
+    """Streams produced through `produce` are read and cancelled through `read` only on a
+    route of the kind that started them: their events are in that route's format."""
+    done = await sse_request(produce, target=SLOW)  # the prompt route's, finished
+    cursor = f"{done.stream_id}:3"
+    for path in ("/v1/messages", "/api/chat"):
+        other = await sse_request(read, "POST", path, {"Last-Event-ID": cursor}, b"{}")
+        assert other.status == 400, (path, other.payload)
+        assert b"another kind" in other.payload
+        assert b'"token"' not in other.payload
+    own = await sse_request(read, headers={"Last-Event-ID": cursor})
+    assert own.status == 200
+    assert own.events[-1].data.get("done") is True
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{produce}/v1/messages",
+            data=ANTHROPIC_SLOW,
+            headers={"Sidecar-Resume": "on", "Content-Type": "application/json"},
+        ) as live,
+    ):
+        stream_id = live.headers["Sidecar-Stream-Id"]
+        assert b"message_start" in await live.content.readuntil(b"\n\n")
+        other = await sse_request(read, headers={"Last-Event-ID": f"{stream_id}:1"})
+        assert other.status == 400
+        assert b"another kind" in other.payload
+        async with http.delete(f"http://127.0.0.1:{read}{ROUTE}/{stream_id}") as response:
+            assert response.status == 404  # not a prompt stream: nothing to stop there
+        async with http.delete(f"http://127.0.0.1:{read}/v1/messages/{stream_id}") as response:
+            assert response.status == 204
+        rest = await asyncio.wait_for(live.read(), 15)
+    assert b'"type": "cancelled"' in rest
+
+
+async def test_a_stream_is_resumed_and_cancelled_only_on_a_route_of_its_kind(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(resumable()) as sidecar:
+        await _read_and_cancelled_on_its_own_kind_only(sidecar.port, sidecar.port)
+    assert fake.state.counters["requests"] == 2  # no resume called Claude
+
+
+async def test_a_stream_is_resumed_and_cancelled_only_on_its_kind_on_another_replica(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+    ):
+        await _read_and_cancelled_on_its_own_kind_only(port_a, port_b)
+    assert fake.state.counters["requests"] == 2
+
+
 async def test_a_route_can_turn_resume_off(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
     config = {"routes": [{"path": ROUTE, "handler": "prompt", "resume": {"enabled": False}}]}
     async with sidecar_for(config) as sidecar:
@@ -806,6 +889,53 @@ async def test_redis_failing_mid_stream_never_fails_the_stream(
     events = [e for e in raw.split(b"\n\n") if e.strip()]
     assert b'"done":true' in events[-1]  # served from memory to the end
     assert sum(b'"token"' in e for e in events) == 39  # the rest of the 40, none lost
+
+
+async def test_a_reader_elsewhere_left_behind_by_the_buffer_is_ended_never_given_a_gap(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """A client reading a stream from the store on another replica, slower than it is
+    produced, until events it had not read left the buffer (`max_buffer_bytes`): its read
+    ends with no final event (as the producer cuts its own reader left that far behind),
+    and its resume is told the events are gone; it never gets the stream with a hole."""
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "max_buffer_bytes": 8192, "detach_grace_seconds": 10}}  # fmt: skip
+    # A second before the first token (the reader elsewhere starts from the start), then
+    # every token at once.
+    flood = json.dumps(
+        {"prompt": "[[fake tokens=3000 tps=0 ttft_ms=1000]] flood", "max_tokens": 3000}
+    )
+    async with (
+        sidecar_for(config) as producer,
+        sidecar_for(config) as elsewhere,
+        aiohttp.ClientSession() as http,
+        http.post(producer.url + ROUTE, data=flood, headers={"Content-Type": "application/json"})
+        as stream,
+    ):  # fmt: skip
+        stream_id = stream.headers["Sidecar-Stream-Id"]
+        shrink_send_buffers(elsewhere)
+        reader, writer = await small_buffered(elsewhere.port)
+        writer.write(
+            f"GET {ROUTE} HTTP/1.1\r\nHost: sidecar\r\nLast-Event-ID: {stream_id}:0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )  # read only once the stream is over
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        whole = await stream.read()  # the producer's own client keeps up
+        assert b'"done"' in whole
+        received = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        assert received.endswith(b"\r\n0\r\n\r\n")  # the response ended
+        body = dechunk(received.partition(b"\r\n\r\n")[2])
+        numbers = [int(n) for n in re.findall(rb"id: [\w-]+:(\d+)", body)]
+        # What it got (maybe nothing: the first batch it read from the store may already
+        # have been trimmed) is the stream from its start, with no event skipped.
+        assert numbers == list(range(1, 1 + len(numbers)))
+        assert b'"done"' not in body
+        assert b'"error"' not in body  # no final event: the stream was not lost
+        last = numbers[-1] if numbers else 0
+        again = await sse_request(elsewhere.port, headers={"Last-Event-ID": f"{stream_id}:{last}"})
+    assert again.status == 204  # the events after it are gone: an EventSource stops
+    assert fake.state.counters["requests"] == 1
 
 
 async def test_a_reader_from_the_store_that_stops_reading_is_cut(

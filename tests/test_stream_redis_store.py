@@ -91,7 +91,7 @@ async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisS
                              alive_seconds=0.6)  # fmt: skip
     await store.start()
     try:
-        log = await store.create("stream-gggggggggggggggg", "o")
+        log = await store.create("stream-gggggggggggggggg", "o", kind="ui")
         fill(log, 3)
         await settled(store, "stream-gggggggggggggggg", 3)
         await redis_server.kill()
@@ -105,6 +105,7 @@ async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisS
         info = await store.lookup("stream-gggggggggggggggg")
         assert info is not None
         assert info.owner == "o"  # the stream's meta is written again with every batch
+        assert info.kind == "ui"  # the route kind with it: still read only on a ui route
         assert info.first == 4  # 1..3 were lost with Redis; 4..7 arrived, none missing
         assert await read_all(store, "stream-gggggggggggggggg", 3) == [
             event(n) for n in range(4, 8)

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.stream.redis_store import RedisResumeStore
-from sidecar.stream.store import BeyondEnd, ResumeStore, StoreError, StreamLog, StreamLost
+from sidecar.stream.store import (
+    BeyondEnd,
+    FellBehind,
+    ResumeStore,
+    StoreError,
+    StreamLog,
+    StreamLost,
+)
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.stream_logs import event, fill, read_all, settled
 from tests.support.waiting import eventually
@@ -128,6 +135,51 @@ async def test_each_stream_is_bounded_and_drops_its_oldest_events(stores: Factor
         assert await read_all(store, "stream-cccccccccccccccc", 9) == [
             event(n) for n in (10, 11, 12)
         ]
+
+
+async def test_a_reader_left_behind_by_the_buffer_never_skips_events(stores: Factory) -> None:
+    """Events a reader had not read yet leave a full buffer: its read ends (`FellBehind`)
+    instead of going on past a gap."""
+    size = len(event(1))
+    async with (
+        stores(max_buffer_bytes=size * 5) as producer_store,
+        stores(max_buffer_bytes=size * 5) as reader_store,
+    ):
+        log = await producer_store.create("stream-llllllllllllllll", "o")
+        fill(log, 3)
+        await settled(reader_store, "stream-llllllllllllllll", 3)
+        got: list[bytes] = []
+        reading = reader_store.read("stream-llllllllllllllll", 1)
+        got.extend(await anext(reading))  # 2 and 3; then this reader lags
+        fill(log, 12, start=4)  # 4..15: only 11..15 are kept
+        log.finish()
+        log.close()
+        await settled(reader_store, "stream-llllllllllllllll", 15)
+
+        async def trimmed() -> bool:
+            info = await reader_store.lookup("stream-llllllllllllllll")
+            return info is not None and info.first == 11
+
+        await eventually(trimmed)
+        with pytest.raises(FellBehind):
+            async for batch in reading:
+                got.extend(batch)
+    assert got == [event(2), event(3)]
+
+
+async def test_a_stream_keeps_the_route_kind_it_was_started_on(stores: Factory) -> None:
+    async with stores() as producer_store, stores() as reader_store:
+        log = await producer_store.create("stream-kkkkkkkkkkkkkkkk", "o", kind="anthropic")
+        fill(log, 1)
+        await settled(reader_store, "stream-kkkkkkkkkkkkkkkk", 1)
+        info = await reader_store.lookup("stream-kkkkkkkkkkkkkkkk")
+        log.finish()
+        log.close()
+    assert info is not None
+    assert info.kind == "anthropic"
+    assert info.framed_for("anthropic")
+    assert not info.framed_for("prompt")
+    assert StreamLog("S", "o", 1).info().framed_for("ui")  # kept with no kind: any route
 
 
 async def test_streams_expire_after_the_ttl(stores: Factory) -> None:

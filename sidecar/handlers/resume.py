@@ -14,14 +14,14 @@ import contextlib
 from collections.abc import Callable
 
 from aiohttp import web
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import Span, SpanContext, TraceFlags
 
 from sidecar import sse
 from sidecar.call.stream import Resumable
 from sidecar.errors import Rejection, reject
 from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
-from sidecar.stream.hub import Subscriber
+from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import (
     HEADER,
     QUERY,
@@ -30,13 +30,14 @@ from sidecar.stream.resume import (
     owner_of,
     parse_cursor,
 )
-from sidecar.stream.store import BeyondEnd, StoreError, StreamInfo, StreamLost
+from sidecar.stream.store import BeyondEnd, FellBehind, StoreError, StreamInfo, StreamLost
 
 __all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
 # The final event of a stream whose producer died: (error type, message) → event bytes.
 LostEvent = Callable[[str, str], bytes]
 _CATCH_UP_TRIES = 20
 _CATCH_UP_WAIT = 0.05  # seconds: up to 1 s for a store that lags its producer
+_LIVENESS_POLL = 0.25  # seconds: then, while a producer that may have died looks alive
 
 
 def enabled_on(ctx: RequestContext, *, default: bool) -> bool:
@@ -66,7 +67,7 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
     stream_id = new_stream_id()
     owner = owner_of(ctx.identity, ctx.client_ip)
     try:
-        log_ = await runtime.resume.store.create(stream_id, owner)
+        log_ = await runtime.resume.store.create(stream_id, owner, kind=ctx.route.handler)
     except StoreError as exc:
         runtime.telemetry.resume_store_error(config.on_store_error)
         runtime.resume.outage.failed(str(exc), ctx.request_id)
@@ -108,6 +109,22 @@ def _too_many_readers() -> Rejection:
     )  # fmt: skip
 
 
+def _other_route() -> Rejection:
+    return reject(
+        "resume_malformed",
+        "Last-Event-ID names a stream started on a route of another kind: resume it there",
+    )
+
+
+def _mine(live: tuple[Generation, Span] | None, owner: str, kind: str) -> Generation | None:
+    """The generation live here, if `owner` started it on a route of `kind` (its events
+    are in that route's format)."""
+    if live is None or live[0].owner != owner:
+        return None
+    log_ = live[0].log
+    return live[0] if log_ is not None and log_.kind in ("", kind) else None
+
+
 def _beyond_end() -> Rejection:
     return reject("resume_malformed", "Last-Event-ID names an event the stream never sent")
 
@@ -128,7 +145,7 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
     )
     owner = owner_of(ctx.identity, ctx.client_ip)
     live = runtime.resume.hub.get(stream_id)
-    if live is not None and live[0].owner == owner:
+    if live is not None and _mine(live, owner, ctx.route.handler) is not None:
         generation, origin = live
         assert generation.log is not None
         try:
@@ -155,7 +172,9 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
         await channel.end(runtime.config.claude.client_stall_timeout_seconds)
         return channel.response
     # Someone else's stream live here is looked up in the store as an unknown id is: the
-    # same work, so neither the answer nor its timing tells that it exists.
+    # same work, so neither the answer nor its timing tells that it exists. The caller's
+    # own stream from a route of another kind is refused there (its events are in that
+    # route's format, not this one's).
     return await _from_store(ctx, stream_id, after, owner, lost_event)
 
 
@@ -168,20 +187,29 @@ async def _from_store(
         return _gone(ctx, "expired")
     if info.owner != owner:
         return _gone(ctx, "forbidden")
+    if not info.framed_for(ctx.route.handler):
+        raise _other_route()
     # Another replica writes its events in batches a few ms apart: a client that got an
-    # event from it just now may be ahead of the store for a moment.
-    for _ in range(_CATCH_UP_TRIES):
-        if after <= info.last or info.final:
+    # event from it just now may be ahead of the store for a moment (up to 1 s here). A
+    # producer still alive after that may yet have died with the client's events
+    # unwritten: its liveness lapses within the store's `liveness_seconds`, and only one
+    # alive after that makes the cursor name an event the stream never sent.
+    loop = asyncio.get_running_loop()
+    caught_up = loop.time() + _CATCH_UP_TRIES * _CATCH_UP_WAIT
+    decided = caught_up + runtime.resume.store.liveness_seconds
+    while after > info.last and not info.final:
+        now = loop.time()
+        if now >= caught_up and (not info.producing or now >= decided):
             break
-        await asyncio.sleep(_CATCH_UP_WAIT)
+        await asyncio.sleep(_CATCH_UP_WAIT if now < caught_up else _LIVENESS_POLL)
         info = await _lookup(ctx, stream_id) or info
-    # Still ahead of the store: the producer served its own client events it had not
-    # written yet. Finished, the stream never sent that event; else the store is read
-    # from its end, the events the client has are skipped, and a producer that died
-    # with them unwritten ends the stream with `stream_lost` after the client's last.
+    # Still ahead of the store: finished, or still produced, the stream never sent that
+    # event. Else its producer died having served its own client events it had not
+    # written: the store is read from its end, the events the client has are skipped,
+    # and the stream ends with `stream_lost` after the client's last.
     start = after
     if after > info.last:
-        if info.final:
+        if info.final or info.producing:
             raise _beyond_end()
         start = info.last
     if start < info.first - 1 or (info.final and after == info.last):
@@ -276,6 +304,12 @@ async def _replay(
     except ConnectionResetError:
         runtime.telemetry.resumed(result, replayed)
         raise
+    except FellBehind:
+        # This client read slower than the stream was produced, and events it had not
+        # read left the buffer (`resume.max_buffer_bytes`): its read ends with no final
+        # event, as a live stream's reader left that far behind is cut. Its resume from
+        # its last event finds them gone (204 / 404), never a stream with a gap.
+        pass
     except StoreError:
         # The store failed, not the stream (it goes on where it is produced, and its events
         # are sent to the store again once it answers): this read ends as a lost connection
@@ -333,16 +367,22 @@ async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
     """`DELETE <route>/<stream id>`: stop the generation now (a Stop button)."""
     owner = owner_of(ctx.identity, ctx.client_ip)
     resume_ = ctx.runtime.resume
-    live = resume_.hub.get(stream_id)
-    if live is not None and live[0].owner == owner:
-        live[0].cancel()
+    kind = ctx.route.handler
+    generation = _mine(resume_.hub.get(stream_id), owner, kind)
+    if generation is not None:
+        generation.cancel()
         return web.Response(status=204, headers=ctx.headers)
     # Maybe produced by another replica. Someone else's stream live here is looked up as
     # an unknown id is (the store names its owner): neither answer nor timing tells it exists.
     if resume_.shared:
         try:
             info = await resume_.store.lookup(stream_id)
-            mine = info is not None and info.owner == owner and not info.final
+            mine = (
+                info is not None
+                and info.owner == owner
+                and info.framed_for(kind)
+                and not info.final
+            )
             if mine and await resume_.store.request_cancel(stream_id):
                 return web.Response(status=204, headers=ctx.headers)
         except StoreError:
@@ -351,5 +391,5 @@ async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
                 "resume_store_error", "the resume store is unavailable",
                 headers={"Retry-After": "1"},
             ) from None  # fmt: skip
-    # Finished, unknown or someone else's: nothing to stop.
+    # Finished, unknown, someone else's or another route's: nothing to stop here.
     raise reject("resume_expired", "no live stream with this id")

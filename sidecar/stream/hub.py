@@ -243,7 +243,8 @@ class Generation:
         reader of a shared stream (a second tab, a reconnect whose old connection is not
         dead yet) never holds back the others. A reader left behind by more than a resume
         would replay (the log's bound, past the high-water mark) while another keeps up is
-        cut instead of buffered further: it resumes from its last id and loses nothing.
+        cut instead of buffered further (what it missed is no longer all kept: its resume is
+        answered as expired, never a stream with a gap).
         """
         log = self.log
         if log is None:  # one reader: the stream is as fast as it is

@@ -2,7 +2,7 @@
 
 Keys per stream (one hash tag, so a cluster keeps them together):
 `sidecar:resume:{id}` the events, entry id `0-<n>` = event number n (field `e`, and `f`
-on the final one); `...:meta` the owner hash and the originating span; `...:alive` a
+on the final one); `...:meta` the owner hash, the route kind and the originating span; `...:alive` a
 short-lived key the producer refreshes; `...:cancel` a cancel asked on another replica;
 `...:readers` the clients reading the stream from Redis on any replica (a sorted set of
 reader tokens scored by when they lapse, each refreshed by its reader about once a
@@ -34,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 from sidecar.cancelling import honour_cancel
 from sidecar.stream.store import (
     Budget,
+    FellBehind,
     ResumeStore,
     StoreError,
     StreamInfo,
@@ -129,8 +130,9 @@ class _RedisLog(StreamLog):
         owner: str,
         max_bytes: int,
         budget: Budget,
+        kind: str,
     ) -> None:
-        super().__init__(stream_id, owner, max_bytes, budget)
+        super().__init__(stream_id, owner, max_bytes, budget, kind=kind)
         self._store = store
         # Events not yet sent, numbers `queued_from`…; `final_queued`: the stream's end is
         # not sent yet (it marks the last of them, or the newest entry when there are none).
@@ -186,6 +188,7 @@ class RedisResumeStore(ResumeStore):
         self._redis: Redis = client if client is not None else redis_client(url, timeout)
         self._ttl_ms = int(ttl * 1000)
         self._alive_ms = int(alive_seconds * 1000)
+        self.liveness_seconds = alive_seconds
         self._refresh = alive_seconds / 3
         self._block_ms = max(50, int(min(self._refresh, timeout) * 1000))
         # Blocking reads (`read`) have a pool of their own whose socket timeout leaves room
@@ -238,17 +241,17 @@ class RedisResumeStore(ResumeStore):
 
     # ------------------------------------------------------------------ producer side
 
-    async def create(self, stream_id: str, owner: str) -> StreamLog:
+    async def create(self, stream_id: str, owner: str, *, kind: str = "") -> StreamLog:
         _, meta, alive, _ = keys(stream_id)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(meta, mapping={"owner": owner})
+                pipe.hset(meta, mapping={"owner": owner, "kind": kind})
                 pipe.pexpire(meta, self._ttl_ms)
                 pipe.set(alive, b"1", px=self._alive_ms)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
-        log_ = _RedisLog(self, stream_id, owner, self.max_buffer_bytes, self._budget)
+        log_ = _RedisLog(self, stream_id, owner, self.max_buffer_bytes, self._budget, kind)
         self._live[stream_id] = log_
         return log_
 
@@ -378,7 +381,8 @@ class RedisResumeStore(ResumeStore):
         if log_.base > log_.trimmed:  # over max_buffer_bytes: the oldest events go
             pipe.xtrim(events, minid=f"0-{log_.base + 1}", approximate=False)
             log_.trimmed = log_.base
-        pipe.hset(meta, "owner", log_.owner)  # cheap, and heals a Redis that restarted empty
+        # Cheap, and heals a Redis that restarted empty.
+        pipe.hset(meta, mapping={"owner": log_.owner, "kind": log_.kind})
         pipe.pexpire(events, self._ttl_ms)
         pipe.pexpire(meta, self._ttl_ms)
         if log_.closed:
@@ -388,13 +392,14 @@ class RedisResumeStore(ResumeStore):
     # ------------------------------------------------------------------ reader side
 
     async def lookup(self, stream_id: str) -> StreamInfo | None:
-        events, meta, _, _ = keys(stream_id)
+        events, meta, alive, _ = keys(stream_id)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(meta)
                 pipe.xrevrange(events, count=1)
                 pipe.xrange(events, count=1)
-                fields, newest, oldest = await pipe.execute()
+                pipe.exists(alive)
+                fields, newest, oldest, producing = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
         owner = fields.get(b"owner")
@@ -404,7 +409,8 @@ class RedisResumeStore(ResumeStore):
         first = _number(oldest[0][0]) if oldest else last + 1
         final = b"final" in fields and int(fields[b"final"]) <= last
         origin = fields.get(b"origin", b"").decode()
-        return StreamInfo(owner.decode(), last, final, first, origin)
+        kind = fields.get(b"kind", b"").decode()  # none from a replica that kept none
+        return StreamInfo(owner.decode(), last, final, first, origin, producing == 1, kind)
 
     async def join(self, stream_id: str, reader: str, limit: int) -> bool:
         try:
@@ -433,6 +439,10 @@ class RedisResumeStore(ResumeStore):
             honour_cancel()  # a shutdown's stop, if redis-py swallowed it
             entries: list[tuple[bytes, dict[bytes, bytes]]] = list(reply[0][1]) if reply else []
             if entries:
+                if _number(entries[0][0]) != after + 1:
+                    # Trimmed (over max_buffer_bytes) before this reader got to them: a
+                    # reader never skips events, its read ends instead.
+                    raise FellBehind(stream_id)
                 quiet_since = None
                 after = _number(entries[-1][0])
                 yield [fields[b"e"] for _, fields in entries]

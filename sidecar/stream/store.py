@@ -37,6 +37,11 @@ class StreamLost(Exception):
     """The stream's producer died without a final event."""
 
 
+class FellBehind(Exception):
+    """A reader fell behind the stream's buffer: events after its last one were dropped
+    (over `resume.max_buffer_bytes`) before it read them. Never a gap: its read ends."""
+
+
 class BeyondEnd(ValueError):
     """A client claims an event the stream never sent."""
 
@@ -50,6 +55,16 @@ class StreamInfo:
     final: bool  # the last event is the stream's final one
     first: int = 1  # number of the oldest event still kept
     origin: str = ""  # `<trace id>-<span id>` of the producing stream's span, for links
+    # A producer still writes it (shared stores: its liveness key is set; one process: it
+    # is not final). A client ahead of the store while this holds names an unsent event.
+    producing: bool = False
+    # The route kind (`prompt`, `ui`, `anthropic`) whose format its events are in: only a
+    # route of that kind may read or cancel it. "" from a replica that kept none: any.
+    kind: str = ""
+
+    def framed_for(self, kind: str) -> bool:
+        """Whether a route of `kind` may serve this stream's events (its format)."""
+        return not self.kind or self.kind == kind
 
 
 class Budget:
@@ -72,16 +87,23 @@ class StreamLog:
     """
 
     __slots__ = (
-        "_waiters", "base", "budget", "events", "final", "finished_at", "id_prefix", "last",
-        "max_bytes", "numbered", "on_cancel", "origin", "owner", "readers_elsewhere", "size",
-        "stream_id",
+        "_waiters", "base", "budget", "events", "final", "finished_at", "id_prefix", "kind",
+        "last", "max_bytes", "numbered", "on_cancel", "origin", "owner", "readers_elsewhere",
+        "size", "stream_id",
     )  # fmt: skip
 
     def __init__(
-        self, stream_id: str, owner: str, max_bytes: int, budget: Budget | None = None
+        self,
+        stream_id: str,
+        owner: str,
+        max_bytes: int,
+        budget: Budget | None = None,
+        *,
+        kind: str = "",
     ) -> None:
         self.stream_id = stream_id
         self.owner = owner
+        self.kind = kind  # the route kind whose format the events are in
         self.max_bytes = max_bytes
         self.budget = budget if budget is not None else Budget()
         self.events: collections.deque[bytes] = collections.deque()
@@ -151,7 +173,9 @@ class StreamLog:
         return list(self.events)[n - self.base :] if n < self.last else []
 
     def info(self) -> StreamInfo:
-        return StreamInfo(self.owner, self.last, self.final, self.base + 1, self.origin)
+        return StreamInfo(
+            self.owner, self.last, self.final, self.base + 1, self.origin, not self.final, self.kind
+        )
 
     def set_origin(self, origin: str) -> None:
         """The producing stream's span (`<trace id>-<span id>`): resumes link to it."""
@@ -170,6 +194,9 @@ class ResumeStore:
     """The store interface, implemented in memory: one process, bounded, expiring."""
 
     name = "memory"
+    # How long a producer that died may still look alive (`StreamInfo.producing`): none
+    # here, where a producer cannot die apart from its readers.
+    liveness_seconds = 0.0
 
     def __init__(self, *, ttl: float, max_buffer_bytes: int, max_total_bytes: int) -> None:
         self.ttl = ttl
@@ -199,8 +226,9 @@ class ResumeStore:
         self._finished.clear()
         self._chats.clear()
 
-    async def create(self, stream_id: str, owner: str) -> StreamLog:
-        """A new stream's log; `StoreError` if the store cannot take it."""
+    async def create(self, stream_id: str, owner: str, *, kind: str = "") -> StreamLog:
+        """A new stream's log, its events in the format of route kind `kind`; `StoreError`
+        if the store cannot take it."""
         self._expire()
         budget = self._budget
         while budget.used > self.max_total_bytes and self._finished:
@@ -210,7 +238,7 @@ class ResumeStore:
             raise StoreError("the memory resume store is full")
         if (old := self._logs.get(stream_id)) is not None:
             self._drop(old)  # an id given twice: the old log stops counting
-        log = _MemoryLog(self, stream_id, owner, self.max_buffer_bytes, budget)
+        log = _MemoryLog(self, stream_id, owner, self.max_buffer_bytes, budget, kind)
         self._logs[stream_id] = log
         return log
 
@@ -248,15 +276,15 @@ class ResumeStore:
 
     async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
         """Batches of events after `after` until the final one (`StreamLost` if it never
-        comes); an empty batch when nothing came for about `POLL_SECONDS` (the reader may
-        send a heartbeat)."""
+        comes, `FellBehind` if events the reader had not read were dropped); an empty batch
+        when nothing came for about `POLL_SECONDS` (the reader may send a heartbeat)."""
         log = self._logs.get(stream_id)
         if log is None:
             raise StreamLost(stream_id)
         while True:
             batch = log.since(after)
             if batch is None:
-                raise StreamLost(stream_id)  # dropped while this reader lagged
+                raise FellBehind(stream_id)  # dropped while this reader lagged
             if batch:
                 after += len(batch)
                 yield batch
@@ -316,9 +344,15 @@ class _MemoryLog(StreamLog):
     __slots__ = ("_store",)
 
     def __init__(
-        self, store: ResumeStore, stream_id: str, owner: str, max_bytes: int, budget: Budget
+        self,
+        store: ResumeStore,
+        stream_id: str,
+        owner: str,
+        max_bytes: int,
+        budget: Budget,
+        kind: str,
     ) -> None:
-        super().__init__(stream_id, owner, max_bytes, budget)
+        super().__init__(stream_id, owner, max_bytes, budget, kind=kind)
         self._store = store
 
     def finish(self) -> None:
