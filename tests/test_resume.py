@@ -97,6 +97,34 @@ async def test_resume_with_the_header_on_a_post_and_the_query_on_a_get(
     assert fake.state.counters["requests"] == 1
 
 
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("GET", f"{SLOW}&last_event_id=", {}),
+        ("GET", SLOW, {"Last-Event-ID": ""}),
+        ("GET", f"{SLOW}&last_event_id=%20", {"Last-Event-ID": " "}),
+        ("POST", ROUTE, {"Last-Event-ID": ""}),
+    ],
+    ids=["empty_query", "empty_header", "blank_both", "empty_header_post"],
+)
+async def test_an_empty_cursor_is_none_and_starts_a_stream(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+) -> None:
+    """The SSE rules' empty last event id means "no event yet": a front end that always
+    sends the header or the parameter gets a new stream, not a 400."""
+    body = json.dumps({"prompt": "[[fake tokens=3]] hi"}).encode() if method == "POST" else b""
+    async with sidecar_for(resumable()) as sidecar:
+        reply = await sse_request(sidecar.port, method, target, headers, body)
+    assert reply.status == 200
+    assert reply.stream_id
+    assert reply.events[-1].data.get("done") is True
+    assert fake.state.counters["requests"] == 1
+
+
 async def test_unknown_expired_foreign_and_finished_streams(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -235,7 +235,7 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
                 # stream the store could not take): its EventSource is told to stop.
                 return web.Response(status=204, headers=ctx.headers)
             return await resume.resume(ctx, cursor, _lost_event)
-    elif request.method == "GET" and "Last-Event-ID" in request.headers:
+    elif request.method == "GET" and request.headers.get("Last-Event-ID", "").strip():
         # EventSource reconnecting (it does so on its own after every stream ends): streams
         # are not resumable, so say "stop" (204) rather than pay for the prompt again.
         return web.Response(status=204, headers=ctx.headers)

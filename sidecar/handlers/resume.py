@@ -51,13 +51,17 @@ def enabled_on(ctx: RequestContext, *, default: bool) -> bool:
 
 
 def cursor_of(request: web.Request) -> str | None:
-    """The resume cursor a request carries, if any: only a GET or a POST resumes."""
+    """The resume cursor a request carries, if any: only a GET or a POST resumes.
+
+    An empty one (blank) is none, as the SSE rules read an empty last event id: a front
+    end that always sends the header or `?last_event_id=` starts a stream with it empty.
+    """
     if request.method not in ("GET", "POST"):
         return None
-    value = request.headers.get("Last-Event-ID")
-    if value is None and request.method == "GET":
-        value = request.query.get(QUERY)
-    return value
+    value = request.headers.get("Last-Event-ID", "").strip()
+    if not value and request.method == "GET":
+        value = request.query.get(QUERY, "").strip()
+    return value or None
 
 
 async def prepare(ctx: RequestContext) -> Resumable | None:
