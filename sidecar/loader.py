@@ -29,7 +29,18 @@ from sidecar.config import (
 )
 from sidecar.paths import PathRefused, canonical
 
-_VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+# `$$`, a reference, or a `${` that starts none (told, never kept as text: a mistyped
+# `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file knows).
+# A default follows the same rules as the text around it: `$$` is `$`, no `${` inside.
+_VAR = re.compile(
+    r"\$\$"
+    r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>(?:[^}$]|\$\$|\$(?!\{))*))?\}"
+    r"|(?P<bad>\$\{)"
+)
+_NOT_A_REFERENCE = (
+    "'${' at character %d starts no ${VAR} or ${VAR:-default} reference "
+    "(a name is letters, digits and _, a default holds no '${'; write $${ for a literal '${')"
+)
 _SECTIONS: dict[str, type[BaseModel]] = {
     "auth": AuthConfig,
     "cors": CorsConfig,
@@ -120,10 +131,17 @@ def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: st
     if not isinstance(data, str) or "$" not in data:
         return data
 
+    for match in _VAR.finditer(data):
+        if match["bad"] is not None:  # the whole value is refused, its references unread
+            problems.append(f"{path or '<root>'}: {_NOT_A_REFERENCE % (match.start() + 1)}")
+            return data
+
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
         name, default = match["name"], match["default"]
+        if default is not None and "$$" in default:
+            default = default.replace("$$", "$")
         value = env.get(name)
         if value is None or (value == "" and default is not None):
             if default is None:

@@ -130,6 +130,43 @@ def test_unset_variable_names_the_field() -> None:
     assert found == ["claude.api_key: environment variable ANTHROPIC_API_KEY is not set"]
 
 
+@pytest.mark.parametrize(
+    ("written", "at"),
+    [
+        ("${JWT_SECRET:?JWT_SECRET must be set in production}", 1),  # the shell's :? form
+        ("${JWT_SECRET:=a-default-that-is-long-enough-to-pass}", 1),
+        ("${JWT_SECRET-a-default-that-is-long-enough-to-pass!}", 1),
+        ("${JWT-SECRET}", 1),
+        ("${ JWT_SECRET }", 1),
+        ("${1SECRET}", 1),
+        ("${}", 1),
+        ("prefix-${JWT_SECRET", 8),  # unterminated
+        ("${JWT_SECRET:-${FALLBACK_SECRET}}", 1),  # nested: not supported, never half-read
+        ("${SET}-${JWT_SECRET:?x}", 8),
+    ],
+)
+def test_a_dollar_brace_that_is_no_reference_is_an_error_never_the_literal_text(
+    written: str, at: int
+) -> None:
+    # Kept as text, such a value would be an HS256 secret anyone who reads the file knows.
+    data = {"auth": {"mode": "required", "jwt": {"secret": written, "algorithms": ["HS256"]}}}
+    found = problems_of(data, {"SET": "x" * 40, "FALLBACK_SECRET": "y" * 40})
+    # (first: a value too short as text is also refused for its length)
+    assert found[0] == (
+        f"auth.jwt.secret: '${{' at character {at} starts no ${{VAR}} or ${{VAR:-default}} "
+        "reference (a name is letters, digits and _, a default holds no '${'; "
+        "write $${ for a literal '${')"
+    )
+
+
+def test_a_default_reads_dollars_as_the_text_around_it_does() -> None:
+    config = loader.validate(
+        {"claude": {"model": "${M:-a$$b$c}", "anthropic_version": "x$y$${z}"}}, {}
+    )
+    assert config.claude.model == "a$b$c"
+    assert config.claude.anthropic_version == "x$y${z}"
+
+
 def test_interpolated_numbers_are_coerced() -> None:
     config = loader.validate({"server": {"max_body_bytes": "${SIZE}"}}, {"SIZE": "2048"})
     assert config.server.max_body_bytes == 2048
