@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,13 +36,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str | None, out: object) -> Config | None:
+def _load(path: str | None) -> Config | list[str]:
+    """The config, or every problem it is refused with."""
     try:
         return loader.load(path)
     except loader.ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=out)  # type: ignore[call-overload]
-        return None
+        return exc.problems
+
+
+def _emit(text: str, code: int) -> int:
+    """Write `text` to stdout and return `code`; a reader that went away (`| head`) ends
+    the output quietly with the same code, never a traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The interpreter flushes stdout again at exit: point it at nothing first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return code
 
 
 def _environment_problem(config: Config) -> str | None:
@@ -60,20 +74,20 @@ def _environment_problem(config: Config) -> str | None:
 
 
 def _check(path: str | None) -> int:
-    config = _load(path, sys.stdout)
-    if config is None:
-        return EXIT_BAD_CONFIG
+    config = _load(path)
+    if isinstance(config, list):
+        return _emit("".join(f"{problem}\n" for problem in config), EXIT_BAD_CONFIG)
     problem = _environment_problem(config)
     if problem is not None:
-        print(problem)
-        return EXIT_BAD_CONFIG
-    sys.stdout.write(yaml.safe_dump(loader.redacted(config), sort_keys=False))
-    return 0
+        return _emit(f"{problem}\n", EXIT_BAD_CONFIG)
+    return _emit(yaml.safe_dump(loader.redacted(config), sort_keys=False), 0)
 
 
 def _run(path: str | None) -> int:
-    config = _load(path, sys.stderr)
-    if config is None:
+    config = _load(path)
+    if isinstance(config, list):
+        for problem in config:
+            print(problem, file=sys.stderr)
         return EXIT_BAD_CONFIG
     try:
         from sidecar.server import serve
@@ -97,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sidecar` console script."""
     args = _parser().parse_args(argv)
     if args.command == "schema":
-        print(json.dumps(Config.model_json_schema(), indent=2))
-        return 0
+        return _emit(json.dumps(Config.model_json_schema(), indent=2) + "\n", 0)
     if args.command == "check":
         return _check(args.config)
     return _run(args.config)

@@ -150,6 +150,34 @@ def test_schema_is_json_schema_of_the_config() -> None:
     assert not validator.is_valid({"screening": {"deny_patterns": [3]}})
 
 
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [(("schema",), 0), (("check",), 0), (("check", "-c", "{bad}"), 2)],
+    ids=["schema", "check", "check-refused"],
+)
+def test_output_to_a_reader_that_went_away_ends_quietly_with_the_commands_code(
+    tmp_path: Path, args: tuple[str, ...], code: int
+) -> None:
+    # `sidecar schema | head -1`: the reader is gone before the output is written.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: {listen: nope}\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar", *(a.format(bad=bad) for a in args)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == code
+    assert result.stderr == ""
+
+
 def test_help_for_each_command() -> None:
     for args in (["--help"], ["run", "--help"], ["check", "--help"], ["schema", "--help"]):
         result = sidecar_command(*args)
