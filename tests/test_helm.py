@@ -267,7 +267,12 @@ def test_configmap_config_passes_sidecar_check(
     # Every ${VAR} without a default is in the container's env: the pod can start.
     needed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))
     assert needed <= env_names, needed - env_names
-    env = {name: SECRET_ENV.get(name, "value") for name in env_names}
+    # The env the pod gets: literal values as rendered (OTEL_EXPORTER_OTLP_PROTOCOL is read
+    # by `sidecar check` too), secrets and downward-API fields as stand-ins.
+    env = {
+        e["name"]: e["value"] if "value" in e else SECRET_ENV.get(e["name"], "value")
+        for e in container["env"]
+    }
     config = loader.validate(loader.parse_yaml(text, "configmap"), env)
 
     # The ports Kubernetes probes and routes to are the ones the config listens on.
@@ -559,6 +564,100 @@ def test_injection_shares_one_configmap_and_checksum(inject_chart: Any) -> None:
     # The sidecar's own values (port 8000) reach the injected container, not the chart defaults.
     ports = {p["name"]: p["containerPort"] for p in sidecar_container(spec)["ports"]}
     assert ports == {"sidecar-http": 8000, "sidecar-admin": 9090}
+
+
+TLS_CONFIG = """server:
+  listen: "0.0.0.0:8080"
+  admin_listen: "0.0.0.0:9090"
+  tls: {cert_file: /etc/claude-sidecar-tls/tls.crt, key_file: /etc/claude-sidecar-tls/tls.key}
+auth:
+  mode: required
+  jwt: {public_key_file: /etc/jwt/key.pem, algorithms: [RS256]}
+routes:
+  - {path: /v1/, handler: anthropic, auth: {jwt: {public_key_file: /etc/partner/jwt.pem}}}
+"""
+FILE_VOLUMES = {
+    "extraVolumes": [
+        {"name": "tls", "secret": {"secretName": "shop-tls"}},
+        {"name": "jwt", "configMap": {"name": "jwt-keys"}},
+    ],
+    "extraVolumeMounts": [
+        {"name": "tls", "mountPath": "/etc/claude-sidecar-tls", "readOnly": True},
+        {"name": "jwt", "mountPath": "/etc/jwt/key.pem", "subPath": "key.pem"},
+        {"name": "jwt", "mountPath": "/etc/partner/", "readOnly": True},
+    ],
+}
+
+
+def _mounts_name_pod_volumes(spec: Any) -> None:
+    volumes = {v["name"] for v in spec["volumes"]}
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            assert mount["name"] in volumes, (container["name"], mount["name"])
+
+
+@pytest.mark.parametrize("mode", ["pod", "native", "inject"])
+def test_files_the_config_reads_are_mounted_into_the_sidecar(
+    chart: Any, inject_chart: Any, mode: str
+) -> None:
+    if mode == "inject":
+        values = {"claude-sidecar": {"config": TLS_CONFIG, "ports": {"http": 8080}, **FILE_VOLUMES}}
+        docs = render(inject_chart, values, name="web")
+    else:
+        native = {"nativeSidecar": True, "app": {"image": {"repository": "web", "tag": "1"}}}
+        values = {"config": TLS_CONFIG, **FILE_VOLUMES, **(native if mode == "native" else {})}
+        docs = render(chart, values)
+    for doc in docs:
+        validate_kubernetes(doc)
+    spec = pod_spec(docs)
+    mounts = sidecar_container(spec)["volumeMounts"]
+    for mount in FILE_VOLUMES["extraVolumeMounts"]:
+        assert mount in mounts
+    assert {v["name"] for v in FILE_VOLUMES["extraVolumes"]} <= {v["name"] for v in spec["volumes"]}
+    _mounts_name_pod_volumes(spec)
+
+
+MOUNTS = FILE_VOLUMES["extraVolumeMounts"]
+
+
+@pytest.mark.parametrize(
+    ("mounts", "message"),
+    [
+        ([], r"auth\.jwt\.public_key_file is \"/etc/jwt/key\.pem\", but no"),
+        ([MOUNTS[0], MOUNTS[2]], r"auth\.jwt\.public_key_file is \"/etc/jwt/key\.pem\", but no"),
+        (MOUNTS[:2], r"routes\.0\.auth\.jwt\.public_key_file is \"/etc/partner/jwt\.pem\""),
+        (MOUNTS[1:], r"server\.tls\.cert_file is \"/etc/claude-sidecar-tls/tls\.crt\", but no"),
+        ([*MOUNTS, {"name": "tls", "mountPath": "/tmp"}], "the chart's own mount"),
+        (
+            [*MOUNTS, {"name": "tls", "mountPath": "/etc/claude-sidecar/tls"}],
+            "the chart's own mount",
+        ),
+    ],
+    ids=["none", "jwt-key", "route-jwt-key", "tls", "over-tmp", "under-config"],
+)
+def test_a_file_the_config_reads_that_no_mount_holds_fails_the_render(
+    chart: Any, mounts: list[Any], message: str
+) -> None:
+    # Rendered, such a pod would only crash-loop on the config error.
+    values = {
+        "config": TLS_CONFIG,
+        "extraVolumes": FILE_VOLUMES["extraVolumes"],
+        "extraVolumeMounts": mounts,
+    }
+    with pytest.raises(helm.HelmRenderError, match=message):
+        chart.render(values, name="shop")
+
+
+def test_extra_volume_mounts_need_a_name_and_an_absolute_path(chart: Any) -> None:
+    for mount in ({"mountPath": "/x"}, {"name": "x", "mountPath": "relative"}):
+        with pytest.raises(helm.HelmValuesError):
+            chart.render({"extraVolumeMounts": [mount]}, name="shop")
+
+
+def test_a_native_sidecar_needs_an_app_container_beside_it(chart: Any) -> None:
+    # A pod of init containers only has no containers: the API server refuses it.
+    with pytest.raises(helm.HelmRenderError, match=r"nativeSidecar needs app\.image\.repository"):
+        chart.render({"nativeSidecar": True}, name="shop")
 
 
 # --------------------------------------------------------------------------- secrets

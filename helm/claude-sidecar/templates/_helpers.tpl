@@ -182,3 +182,52 @@ with it (ports, shutdown grace). Returns the parsed map as YAML; fails on unpars
 {{- fail (printf "nativeSidecar needs Kubernetes >= 1.29 (cluster: %s)" .Capabilities.KubeVersion.Version) }}
 {{- end }}
 {{- end }}
+
+{{/*
+Fail when a file the config reads (a TLS certificate or key, a JWT public key, at the top or
+on a route) is not under one of the sidecar container's extraVolumeMounts: the root
+filesystem has no such file, so the pod would only crash-loop on the config error. Paths
+written with ${VAR} are left to the sidecar. The config directory and /tmp are the chart's
+own mounts: an extra mount at or under them is refused too.
+*/}}
+{{- define "claude-sidecar.checkFiles" -}}
+{{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
+{{- $files := dict }}
+{{- $tls := get ($config.server | default dict) "tls" | default dict }}
+{{- range $key := list "cert_file" "key_file" }}
+{{- with get $tls $key }}
+{{- $_ := set $files (printf "server.tls.%s" $key) . }}
+{{- end }}
+{{- end }}
+{{- $jwt := get ($config.auth | default dict) "jwt" | default dict }}
+{{- with get $jwt "public_key_file" }}
+{{- $_ := set $files "auth.jwt.public_key_file" . }}
+{{- end }}
+{{- range $index, $route := $config.routes | default list }}
+{{- $routeJwt := get ((get $route "auth") | default dict) "jwt" | default dict }}
+{{- with get $routeJwt "public_key_file" }}
+{{- $_ := set $files (printf "routes.%d.auth.jwt.public_key_file" $index) . }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraVolumeMounts }}
+{{- $at := trimSuffix "/" (toString .mountPath) }}
+{{- if or (eq $at "/tmp") (eq $at "/etc/claude-sidecar") (hasPrefix "/etc/claude-sidecar/" $at) }}
+{{- fail (printf "extraVolumeMounts: %q is the chart's own mount (the config directory or /tmp): mount at another path, e.g. /etc/claude-sidecar-tls" .mountPath) }}
+{{- end }}
+{{- end }}
+{{- range $key, $path := $files }}
+{{- $path = toString $path }}
+{{- if not (contains "$" $path) }}
+{{- $mounted := false }}
+{{- range $.Values.extraVolumeMounts }}
+{{- $at := trimSuffix "/" (toString .mountPath) }}
+{{- if or (eq $path $at) (hasPrefix (printf "%s/" $at) $path) }}
+{{- $mounted = true }}
+{{- end }}
+{{- end }}
+{{- if not $mounted }}
+{{- fail (printf "config %s is %q, but no extraVolumeMounts entry of the sidecar container holds it: mount the Secret with the file (extraVolumes and extraVolumeMounts, see docs/kubernetes.md)" $key $path) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

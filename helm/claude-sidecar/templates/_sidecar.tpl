@@ -21,7 +21,7 @@ checksum/claude-sidecar-config: {{ .Values.config | sha256sum }}
 {{- end }}
 {{- end }}
 
-{{/* Pod volumes the sidecar container mounts. */}}
+{{/* Pod volumes the sidecar container mounts (its config, /tmp, and extraVolumes). */}}
 {{- define "claude-sidecar.volumes" -}}
 # The whole directory (no subPath), so in-place ConfigMap edits reach the file.
 - name: claude-sidecar-config
@@ -33,6 +33,9 @@ checksum/claude-sidecar-config: {{ .Values.config | sha256sum }}
 - name: claude-sidecar-tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Environment: secrets by reference, OTel with pod identity from the downward API. */}}
@@ -97,7 +100,8 @@ httpGet:
 {{- include "claude-sidecar.checkListeners" . }}
 {{- include "claude-sidecar.checkNoSecretsInConfig" . }}
 {{- include "claude-sidecar.checkSecrets" . }}
-{{- include "claude-sidecar.checkKubeVersion" . -}}
+{{- include "claude-sidecar.checkKubeVersion" . }}
+{{- include "claude-sidecar.checkFiles" . -}}
 - name: claude-sidecar
   image: {{ include "claude-sidecar.image" . | quote }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -127,4 +131,7 @@ httpGet:
   volumeMounts:
     - {name: claude-sidecar-config, mountPath: /etc/claude-sidecar, readOnly: true}
     - {name: claude-sidecar-tmp, mountPath: /tmp}
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end }}
