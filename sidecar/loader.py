@@ -288,6 +288,14 @@ def route_policies(config: Config) -> list[RoutePolicy]:
     policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
     problems.extend(_cache_store_problems(config, policies))
     for index, route in enumerate(config.routes):
+        if route.resume is not None and route.resume.enabled and not config.resume.enabled:
+            # Off at the top level is off everywhere (no store is opened for it): a route
+            # asking for it would be a key that is accepted and does nothing.
+            problems.append(
+                f"routes.{index}.resume.enabled: resume is off for every route "
+                "(resume.enabled: false); turn it on at the top level, and off on the "
+                "routes that should not resume"
+            )
         try:
             written = canonical(route.path).path
         except PathRefused as refused:

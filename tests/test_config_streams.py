@@ -21,6 +21,14 @@ def test_resume_settings_are_checked_with_their_paths() -> None:
         with pytest.raises(loader.ConfigError) as failed:
             loader.validate(data, {})
         assert any(where in problem for problem in failed.value.problems), failed.value.problems
+    # A route cannot turn on what the top level turned off (no store is opened for it).
+    route = {"path": "/x", "handler": "anthropic", "resume": {"enabled": True}}
+    assert problems_of({"resume": {"enabled": False}, "routes": [route]}) == [
+        "routes.0.resume.enabled: resume is off for every route (resume.enabled: false); "
+        "turn it on at the top level, and off on the routes that should not resume"
+    ]
+    route["resume"] = {"enabled": False}
+    loader.validate({"resume": {"enabled": False}, "routes": [route]}, {})
     # The Redis store falls back to the quota store's URL.
     config = loader.validate(
         {"quotas": {"redis_url": "redis://r:6379/0"}, "resume": {"store": "redis"}}, {}

@@ -743,10 +743,6 @@ REDIS_QUOTAS = 'quotas: {store: redis, redis_url: "redis://redis:6379/0"}\n'
          "resume.store"),
         ({"replicaCount": 3, "config": REDIS_QUOTAS}, "resume.store"),  # on by default
         ({"replicaCount": 3,
-          "config": REDIS_QUOTAS + "resume: {enabled: false}\n"
-                    "routes: [{path: /, handler: prompt, resume: {enabled: true}}]\n"},
-         "resume.store"),
-        ({"replicaCount": 3,
           "config": REDIS_QUOTAS + "cache: {enabled: true, store: memory}\n"}, "cache.store"),
     ],
 )  # fmt: skip

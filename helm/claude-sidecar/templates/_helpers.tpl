@@ -88,7 +88,7 @@ create, secrets.data must hold every required key.
 Fail when more than one pod would run with a store that lives in each pod's memory:
 quotas would multiply and reconnects or cache hits depend on the pod a request lands on.
 Sections left out take the sidecar's defaults: quotas and resume in memory (resume on),
-the cache off; a route that switches resume on counts as resume on.
+the cache off (a route cannot turn resume on when the top level turned it off).
 */}}
 {{- define "claude-sidecar.checkReplicas" -}}
 {{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
@@ -101,11 +101,6 @@ the cache off; a route that switches resume on counts as resume on.
 {{- end }}
 {{- $resume := $config.resume | default dict }}
 {{- $resumeOn := ne (toString (get $resume "enabled")) "false" }}
-{{- range $config.routes | default list }}
-{{- if eq (toString (get ((get . "resume") | default dict) "enabled")) "true" }}
-{{- $resumeOn = true }}
-{{- end }}
-{{- end }}
 {{- if and $resumeOn (eq ((get $resume "store") | default "memory") "memory") }}
 {{- $memory = append $memory "resume.store" }}
 {{- end }}
