@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -693,6 +694,36 @@ def test_secret_create_renders_the_secret_the_pod_reads(chart: Any) -> None:
     assert "was created from secrets.data" in notes(chart, values)
     for doc in docs:
         validate_kubernetes(doc)
+
+
+@pytest.mark.parametrize("roll_on_config", [True, False])
+def test_a_changed_rendered_secret_rolls_the_pods(chart: Any, roll_on_config: bool) -> None:
+    # Env vars are read at start: only a new pod gets a changed key.
+    def annotations(data: dict[str, str]) -> dict[str, str]:
+        values = {
+            "config": REAL_CLAUDE,
+            "rollOnConfigChange": roll_on_config,
+            "secrets": {"create": True, "data": {"jwt-secret": "j" * 32, **data}},
+        }
+        found: dict[str, str] = pod_template(render(chart, values))["metadata"].get(
+            "annotations", {}
+        )
+        return found
+
+    first = annotations({"anthropic-api-key": "sk-ant-first"})
+    second = annotations({"anthropic-api-key": "sk-ant-second"})
+    key = "checksum/claude-sidecar-secret"
+    assert first[key] != second[key]
+    assert annotations({"anthropic-api-key": "sk-ant-first"}) == first
+    assert ("checksum/claude-sidecar-config" in first) is roll_on_config
+    assert "sk-ant-first" not in json.dumps(first)
+    # An existing Secret is not the chart's to read: no checksum (docs: rollout restart).
+    existing = {"config": REAL_CLAUDE, "secrets": {"existingSecret": "mine"}}
+    assert key not in pod_template(render(chart, existing))["metadata"].get("annotations", {})
+
+
+def pod_template(docs: list[Any]) -> Any:
+    return one(docs, "Deployment")["spec"]["template"]
 
 
 @pytest.mark.parametrize(

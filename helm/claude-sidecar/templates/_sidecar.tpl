@@ -14,10 +14,17 @@ can any chart that depends on this one, passing the subchart's own context:
       {{- include "claude-sidecar.volumes" $sidecar | nindent 8 }}
 */}}
 
-{{/* Pod annotations: the config checksum rolls pods when the config changes. */}}
+{{/*
+Pod annotations: the config checksum rolls pods when the config changes. A Secret the chart
+renders (secrets.create) rolls them too when its data changes: env vars are read once, at
+start, so nothing else brings a changed key to a running pod.
+*/}}
 {{- define "claude-sidecar.podAnnotations" -}}
-{{- if .Values.rollOnConfigChange -}}
+{{- if .Values.rollOnConfigChange }}
 checksum/claude-sidecar-config: {{ .Values.config | sha256sum }}
+{{- end }}
+{{- if .Values.secrets.create }}
+checksum/claude-sidecar-secret: {{ .Values.secrets.data | toJson | sha256sum }}
 {{- end }}
 {{- end }}
 
