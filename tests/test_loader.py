@@ -4,8 +4,10 @@ with its path, route policies merged from overrides, redaction, the files it ref
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
+from pydantic import BaseModel
 
 from sidecar import loader
 from sidecar.config import Config
@@ -170,6 +172,43 @@ def test_a_default_reads_dollars_as_the_text_around_it_does() -> None:
 def test_interpolated_numbers_are_coerced() -> None:
     config = loader.validate({"server": {"max_body_bytes": "${SIZE}"}}, {"SIZE": "2048"})
     assert config.server.max_body_bytes == 2048
+
+
+def _bool_keys(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every boolean key of the config's sections (not of routes or list items)."""
+    keys: list[tuple[str, ...]] = []
+    for name, field in model.model_fields.items():
+        if field.annotation is bool:
+            keys.append((*prefix, name))
+        for arg in (field.annotation, *get_args(field.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel) and name != "routes":
+                keys.extend(_bool_keys(arg, (*prefix, name)))
+    return keys
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_every_boolean_key_takes_an_interpolated_value(flag: bool) -> None:
+    keys = _bool_keys(Config)
+    assert ("cache", "enabled") in keys
+    assert ("server", "tls", "hsts") in keys
+    data: dict[str, Any] = {}
+    for key in keys:
+        node = data
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = "${FLAG}"
+    route = {"path": "/v1/", "handler": "anthropic", "resume": {"enabled": "${FLAG}"}}
+    data["routes"] = [route, {"path": "/", "handler": "prompt"}]
+    data["resume"]["enabled"] = "true"  # a route may only turn resume on under it
+    config = loader.validate(data, {"FLAG": str(flag).lower()})
+    for key in keys:
+        value: Any = config
+        for part in key:
+            value = getattr(value, part)
+        assert value is (True if key == ("resume", "enabled") else flag), key
+    resume = config.routes[0].resume
+    assert resume is not None
+    assert resume.enabled is flag
 
 
 def test_route_overrides_merge_and_validate_with_field_paths() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
-from pydantic import StrictBool, create_model, field_validator
+from pydantic import create_model, field_validator
 
 from sidecar.config.auth import AuthConfig
 from sidecar.config.fields import Section
@@ -87,7 +87,7 @@ else:
 class ResumeOverride(Section):
     """A route's resume switch: only `enabled` may be set per route."""
 
-    enabled: StrictBool
+    enabled: bool
 
 
 class RouteConfig(Section):

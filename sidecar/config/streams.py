@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, StrictBool, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from sidecar.config.fields import Seconds, Section
 from sidecar.config.policy import QuotaConfig
@@ -33,7 +33,7 @@ class ResumeConfig(Section):
 class CacheConfig(Section):
     """The response cache: complete answers replayed for identical requests (off by default)."""
 
-    enabled: StrictBool = False
+    enabled: bool = False
     store: Literal["memory", "redis"] = "memory"
     redis_url: SecretStr | None = None  # None: quotas.redis_url
     redis_timeout_seconds: Seconds = 1.0
@@ -41,9 +41,9 @@ class CacheConfig(Section):
     max_entries: int = Field(1000, gt=0)  # memory store
     max_bytes: int = Field(64 * 1024 * 1024, gt=0)  # memory store, all entries
     scope: Literal["tenant", "user", "global"] = "tenant"
-    include_sampled: StrictBool = False
+    include_sampled: bool = False
     replay: Literal["instant", "paced"] = "instant"
-    charge_hits: StrictBool = False
+    charge_hits: bool = False
 
     @field_validator("redis_url")
     @classmethod
