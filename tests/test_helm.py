@@ -577,7 +577,7 @@ auth:
 routes:
   - {path: /v1/, handler: anthropic, auth: {jwt: {public_key_file: /etc/partner/jwt.pem}}}
 """
-FILE_VOLUMES = {
+FILE_VOLUMES: dict[str, list[dict[str, Any]]] = {
     "extraVolumes": [
         {"name": "tls", "secret": {"secretName": "shop-tls"}},
         {"name": "jwt", "configMap": {"name": "jwt-keys"}},
@@ -601,12 +601,14 @@ def _mounts_name_pod_volumes(spec: Any) -> None:
 def test_files_the_config_reads_are_mounted_into_the_sidecar(
     chart: Any, inject_chart: Any, mode: str
 ) -> None:
+    values: dict[str, Any] = {"config": TLS_CONFIG, **FILE_VOLUMES}
     if mode == "inject":
-        values = {"claude-sidecar": {"config": TLS_CONFIG, "ports": {"http": 8080}, **FILE_VOLUMES}}
-        docs = render(inject_chart, values, name="web")
+        values["ports"] = {"http": 8080}
+        docs = render(inject_chart, {"claude-sidecar": values}, name="web")
     else:
-        native = {"nativeSidecar": True, "app": {"image": {"repository": "web", "tag": "1"}}}
-        values = {"config": TLS_CONFIG, **FILE_VOLUMES, **(native if mode == "native" else {})}
+        if mode == "native":
+            values["nativeSidecar"] = True
+            values["app"] = {"image": {"repository": "web", "tag": "1"}}
         docs = render(chart, values)
     for doc in docs:
         validate_kubernetes(doc)
