@@ -334,6 +334,11 @@ def test_secrets_come_from_secret_refs_never_the_configmap(chart: Any) -> None:
         ({"config": 'server: {admin_listen: "127.0.0.1:9090"}\n'}, "pod IP"),
         ({"config": "server: [unclosed\n"}, "not valid YAML"),
         ({"terminationGracePeriodSeconds": 20}, "must exceed"),
+        # Read as 0, a ${VAR} grace would let Kubernetes kill the drain after 10 s.
+        (
+            {"config": 'server: {shutdown_grace_seconds: "${GRACE:-120}"}\n'},
+            r"server\.shutdown_grace_seconds is \"\$\{GRACE:-120\}\", not a number",
+        ),
         ({"app": {"image": {"repository": "web"}}}, "app.image.tag is required"),
     ],
 )
@@ -400,6 +405,20 @@ def test_probes_shutdown_and_prestop(chart: Any) -> None:
     )
     explicit = pod_spec(render(chart, {"terminationGracePeriodSeconds": 90}))
     assert explicit["terminationGracePeriodSeconds"] == 90
+
+
+@pytest.mark.parametrize(
+    ("grace", "explicit", "expected"),
+    [("1.5", None, 12), ("90", None, 100), ('"${GRACE:-120}"', 200, 200)],
+)
+def test_termination_grace_follows_the_configs_grace(
+    chart: Any, grace: str, explicit: int | None, expected: int
+) -> None:
+    values = {
+        "config": f"server: {{shutdown_grace_seconds: {grace}}}\n",
+        "terminationGracePeriodSeconds": explicit,
+    }
+    assert pod_spec(render(chart, values))["terminationGracePeriodSeconds"] == expected
 
 
 def test_pod_mode_puts_the_app_behind_the_sidecar(chart: Any) -> None:

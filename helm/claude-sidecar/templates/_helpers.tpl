@@ -153,7 +153,15 @@ with it (ports, shutdown grace). Returns the parsed map as YAML; fails on unpars
 {{- $server := (include "claude-sidecar.parsedConfig" . | fromYaml).server | default dict }}
 {{- $drain := 30.0 }}
 {{- if hasKey $server "shutdown_grace_seconds" }}
-{{- $drain = get $server "shutdown_grace_seconds" | float64 }}
+{{- $grace := get $server "shutdown_grace_seconds" }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]*)?$" (toString $grace)) }}
+{{- /* A ${VAR} (or any text) would read as 0: Kubernetes would kill the drain early. */}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- fail (printf "config server.shutdown_grace_seconds is %q, not a number the chart can read: write the number, or set terminationGracePeriodSeconds above preStopSleepSeconds + the grace yourself" (toString $grace)) }}
+{{- end }}
+{{- $grace = 0 }}
+{{- end }}
+{{- $drain = $grace | float64 }}
 {{- end }}
 {{- $needed := addf .Values.preStopSleepSeconds $drain }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
