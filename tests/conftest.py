@@ -1,5 +1,5 @@
-"""Shared fixtures: a real fake Claude on a free port, sidecars pointed at it, and the root
-logger routed to a buffer for the log tests."""
+"""Shared fixtures: a real fake Claude on a free port, sidecars pointed at it, the stock
+upstream app for the app route, and the root logger routed to a buffer for the log tests."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import uvloop
 
 from sidecar import loader
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
+from tests.support.apps import AppState, running_app
 from tests.support.logs import LogReader, install_log_output
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.sidecars import SidecarFactory, running_sidecar
@@ -49,6 +50,13 @@ def sidecar_for(fake: FakeServer) -> SidecarFactory:
         return running_sidecar(loader.deep_merge(base, data or {}), **kwargs)
 
     return factory
+
+
+@pytest.fixture
+async def app_upstream() -> AsyncIterator[tuple[str, AppState]]:
+    """The stock upstream app (`tests.support.apps`) on a free port: its URL and what it saw."""
+    async with running_app() as app:
+        yield app
 
 
 @pytest.fixture

@@ -185,3 +185,10 @@ async def running_app() -> AsyncIterator[tuple[str, AppState]]:
     app.router.add_routes([web.get(path, handler) for path, handler in GET_ROUTES.items()])
     async with serving(app) as url:
         yield url, state
+
+
+def with_app(url: str, **app: Any) -> dict[str, Any]:
+    """Config overrides for an app route to `url`: a 1 s read timeout, 1 KiB request bodies,
+    and any other `app` keys given."""
+    return {"app": {"url": url, "read_timeout_seconds": 1, **app},
+            "server": {"max_body_bytes": 1024}}  # fmt: skip

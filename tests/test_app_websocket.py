@@ -1,0 +1,340 @@
+"""The app route's WebSockets over real sockets (`sidecar.handlers.app_websocket`): messages
+both ways, subprotocols, close codes passed on, refusals and malformed handshakes, the message
+size bound, stalled clients and apps cut, shutdown's `1001`, a client gone without a close."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sidecar import loader
+from sidecar.server import SidecarServer
+from tests.support.apps import AppState, running_app, serving, with_app
+from tests.support.metrics import counts
+from tests.support.sidecars import BASE, SidecarFactory
+from tests.support.sockets import shrink_send_buffers, small_buffered
+from tests.support.waiting import eventually
+
+
+async def test_websocket_is_proxied(
+    sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
+) -> None:
+    url, _ = app_upstream
+    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.ws_connect(sidecar.url + "/ws", protocols=["chat"]) as ws:
+            assert ws.protocol == "chat"
+            await ws.send_str("hi")
+            assert (await ws.receive_str(timeout=5)) == "echo:hi"
+            await ws.send_bytes(b"abc")
+            assert (await ws.receive_bytes(timeout=5)) == b"cba"
+
+
+async def test_websocket_close_code_from_the_app_reaches_the_client(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with running_app() as (url, state), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(sidecar.url + "/ws-close")
+            await ws.send_str("hello")
+            message = await ws.receive(timeout=5)
+            assert message.type == aiohttp.WSMsgType.CLOSE
+            assert message.data == 4001
+            assert message.extra == "not allowed"
+            ws = await http.ws_connect(sidecar.url + "/ws-record")
+            await ws.close(code=4002, message=b"bye")
+            assert await state.ws_closed_by_client.get() == (4002, "bye")
+
+
+async def test_websocket_the_app_refuses_keeps_the_apps_status(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with running_app() as (url, _), sidecar_for({"app": {"url": url}}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(sidecar.url + "/ws-forbidden")
+            assert refused.value.status == 403
+            with pytest.raises(aiohttp.WSServerHandshakeError) as missing:
+                await http.ws_connect(sidecar.url + "/no-such-socket")
+            assert missing.value.status == 404
+
+
+@pytest.mark.parametrize(
+    "handshake",
+    [
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",  # no key
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 99\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Upgrade: websocket\r\nConnection: close\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: short\r\n",
+    ],
+    ids=["no_key", "version", "connection", "bad_key"],
+)
+async def test_a_malformed_websocket_handshake_is_the_clients_400_and_never_reaches_the_app(
+    sidecar_for: SidecarFactory, handshake: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dialled: list[str] = []
+
+    async def socket(request: web.Request) -> web.StreamResponse:
+        dialled.append(request.path)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", socket)
+    async with serving(app) as url, sidecar_for({"app": {"url": url}}) as sidecar:
+        host, port = sidecar.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET /ws HTTP/1.1\r\nHost: x\r\n{handshake}\r\n".encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert dialled == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_websocket_messages_are_bounded_by_the_configured_size_both_ways(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Up to `websocket_max_message_bytes` passes; a larger message closes the WebSocket
+    with 1009 (message too big), to its sender and to the other side alike."""
+    async with (
+        running_app() as (url, state),
+        sidecar_for(with_app(url, websocket_max_message_bytes=1024)) as sidecar,
+    ):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(sidecar.url + "/ws", max_msg_size=0) as ws:
+                await ws.send_str("a" * 1000)
+                assert await ws.receive_str(timeout=5) == "echo:" + "a" * 1000
+                await ws.send_str("b" * 1020)  # its echo, 1025 characters, is the app's too big
+                closed = await ws.receive(timeout=5)
+                assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+            async with http.ws_connect(sidecar.url + "/ws-record", max_msg_size=0) as ws:
+                await ws.send_str("c" * 2000)
+                closed = await ws.receive(timeout=5)
+                assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+            assert (await state.ws_closed_by_client.get())[0] == 1009
+
+
+def _websocket_outcomes(metrics: str) -> dict[str, float]:
+    return counts(metrics, "sidecar_app_websockets", "sidecar_websocket_outcome")
+
+
+async def _outcomes(sidecar: Any) -> dict[str, float]:
+    async with aiohttp.ClientSession() as http, http.get(sidecar.admin_url + "/metrics") as scrape:
+        return _websocket_outcomes(await scrape.text())
+
+
+class _WebSocketApp:
+    """An app whose WebSockets flood the client (`/flood`), or never read (`/deaf`); the close
+    each saw. Its sockets take 4 KiB at a time."""
+
+    def __init__(self) -> None:
+        self.closes: asyncio.Queue[tuple[int | None, str]] = asyncio.Queue()
+        self.release = asyncio.Event()
+
+    async def flood(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        count = int(request.query.get("count", "0")) or None
+
+        async def send() -> None:
+            sent = 0
+            with contextlib.suppress(ConnectionError):
+                while not ws.closed and (count is None or sent < count):
+                    await ws.send_bytes(b"x" * 16384)
+                    sent += 1
+            if count is not None and not ws.closed:
+                await ws.send_str("done")
+
+        sending = asyncio.create_task(send())
+        message = await ws.receive()
+        await self.closes.put((message.data, str(message.extra)))
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+        return ws
+
+    async def deaf_socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await self.release.wait()
+        return ws
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        app = web.Application()
+        app.router.add_get("/flood", self.flood)
+        app.router.add_get("/deaf", self.deaf_socket)
+        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        await runner.setup()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        listener.bind(("127.0.0.1", 0))
+        await web.SockSite(runner, listener).start()
+        try:
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        finally:
+            self.release.set()
+            await runner.cleanup()
+
+
+async def _raw_websocket(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket handshake from a client with tiny receive buffers that reads only when told."""
+    reader, writer = await small_buffered(port)
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: sidecar\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    return reader, writer
+
+
+async def test_a_websocket_client_that_stops_reading_is_cut_and_the_app_told_1001(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`app.send_timeout_seconds` bounds WebSocket sends as it does HTTP answers: a client
+    that takes nothing while the app keeps sending is cut, and the app gets `1001` (going
+    away), counted and logged as `client_stalled`."""
+    caplog.set_level(logging.INFO)
+    app = _WebSocketApp()
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, send_timeout_seconds=0.5)) as sidecar,
+    ):
+        shrink_send_buffers(sidecar)
+        reader, writer = await _raw_websocket(sidecar.port, "/flood")
+        code, reason = await asyncio.wait_for(app.closes.get(), 20)
+        with contextlib.suppress(ConnectionResetError):
+            await asyncio.wait_for(reader.read(), 10)  # what was in flight, then the cut
+        writer.close()
+        outcomes = await _outcomes(sidecar)
+    assert (code, reason) == (1001, "the client stopped reading")
+    assert outcomes == {"client_stalled": 1}
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "websocket_ended"]
+    assert [(r.levelno, getattr(r, "outcome", None)) for r in logged] == [
+        (logging.WARNING, "client_stalled")
+    ]
+
+
+async def test_shutdown_closes_open_websockets_with_1001_on_both_sides(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A WebSocket still open when the shutdown grace ends is closed properly, as a stream
+    gets its final event: client and app each get `1001` (going away) with the reason,
+    not a connection cut without a close frame (`1006`, read as the client lost)."""
+    caplog.set_level(logging.INFO)
+    async with running_app() as (url, state), aiohttp.ClientSession() as http:
+        data = {"app": {"url": url}, "server": {"shutdown_grace_seconds": 0.2}}
+        server = SidecarServer(loader.validate(loader.deep_merge(BASE, data), {}), env={})
+        await server.start()
+        try:
+            ws = await http.ws_connect(server.url + "/ws-record")
+        except BaseException:
+            await server.shutdown(grace=0)
+            raise
+        await server.shutdown()  # the WebSocket outlives the grace
+        message = await ws.receive(timeout=10)
+        app_saw = await asyncio.wait_for(state.ws_closed_by_client.get(), 10)
+    assert (message.type, message.data, message.extra) == (
+        aiohttp.WSMsgType.CLOSE,
+        1001,
+        "the sidecar is shutting down",
+    )
+    assert app_saw == (1001, "the sidecar is shutting down")
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "websocket_ended"]
+    assert [getattr(r, "outcome", None) for r in logged] == ["shutting_down"]
+
+
+async def test_a_slow_websocket_client_that_keeps_reading_is_not_cut(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A client taking the app's messages more slowly than they come, but taking them, is
+    waited for however long the whole takes."""
+    app = _WebSocketApp()
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, send_timeout_seconds=0.5)) as sidecar,
+    ):
+        shrink_send_buffers(sidecar)
+        reader, writer = await _raw_websocket(sidecar.port, "/flood?count=64")  # 1 MiB
+        received = b""
+        while not received.endswith(b"done"):
+            chunk = await asyncio.wait_for(reader.read(4096), 10)
+            assert chunk, "cut"
+            received += chunk
+            await asyncio.sleep(0.01)  # about 400 KB/s: the 1 MiB takes longer than the timeout
+        writer.write(
+            b"\x88\x82abcd" + bytes(a ^ b for a, b in zip(b"\x03\xe8", b"ab", strict=True))
+        )
+        code, _ = await asyncio.wait_for(app.closes.get(), 10)
+        writer.close()
+        outcomes = await _outcomes(sidecar)
+    assert code == 1000
+    assert outcomes == {"closed": 1}
+
+
+async def test_an_app_that_stops_reading_its_websocket_is_cut_and_the_client_told_1011(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The other way: an app that takes nothing of what the client sends is cut after the
+    send timeout, and the client gets `1011` rather than waiting on it for good."""
+    app = _WebSocketApp()
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, send_timeout_seconds=0.5)) as sidecar,
+    ):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(sidecar.url + "/deaf") as ws:
+
+                async def flood() -> None:
+                    with contextlib.suppress(ConnectionError):
+                        while True:
+                            await ws.send_bytes(b"y" * 65536)
+
+                sending = asyncio.create_task(flood())
+                closed = await ws.receive(timeout=30)
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
+
+        async def counted() -> bool:  # once the handler has passed the close on
+            return await _outcomes(sidecar) == {"app_stalled": 1}
+
+        await eventually(counted)
+    assert (closed.type, closed.data, closed.extra) == (
+        aiohttp.WSMsgType.CLOSE, 1011, "the app stopped reading"
+    )  # fmt: skip
+
+
+async def test_a_websocket_client_gone_without_a_close_is_passed_on_as_going_away(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A client whose connection ends without a close frame went away: the app gets `1001`,
+    not a `1000` that would say the client closed normally; counted as `client_lost`."""
+    async with running_app() as (url, state), sidecar_for(with_app(url)) as sidecar:
+        _, writer = await _raw_websocket(sidecar.port, "/ws-record")
+        writer.transport.abort()
+        seen = await asyncio.wait_for(state.ws_closed_by_client.get(), 10)
+
+        async def counted() -> bool:
+            return await _outcomes(sidecar) == {"client_lost": 1}
+
+        await eventually(counted)
+    assert seen == (1001, "")
