@@ -13,16 +13,10 @@ from redis.asyncio import Redis
 from sidecar.cache.redis_store import PREFIX, RedisCacheStore
 from sidecar.cache.stores import CacheStoreError
 from sidecar.fake_claude import FakeServer
-from tests.support.cache import BODY, asking, post
+from tests.support.cache import BODY, asking, on_redis, post
 from tests.support.otel import make_otel
 from tests.support.redis_server import RedisServer
 from tests.support.sidecars import SidecarFactory
-
-
-def on_redis(server: RedisServer, **cache: Any) -> dict[str, Any]:
-    """Config data with the cache on, in `server` (through the quota store's URL)."""
-    return {"cache": {"enabled": True, "store": "redis", "redis_timeout_seconds": 0.5, **cache},
-            "quotas": {"redis_url": server.url}}  # fmt: skip
 
 
 async def test_replicas_share_entries_through_redis(
@@ -103,22 +97,6 @@ async def test_redis_down_skips_the_cache_and_claude_answers(
     assert fake.state.counters["requests"] == 4
     skipped = otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"})
     assert skipped >= 3  # two lookups that could not read, one entry that could not be written
-
-
-async def test_the_cache_and_the_resume_store_share_one_redis_pool(
-    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
-) -> None:
-    both = {**on_redis(redis_server), "resume": {"store": "redis", "redis_timeout_seconds": 0.5}}
-    async with sidecar_for(both) as s:
-        assert s.runtimes.shared.live("redis") == 1  # one client, one connection pool
-        assert (await post(s.url, BODY))[1] == "MISS"
-        assert s.runtime.cache is not None
-        await s.runtime.cache.settled()
-        assert (await post(s.url, BODY))[1] == "HIT"
-    async with sidecar_for({**both, "resume": {"store": "redis"}}) as s:
-        assert s.runtimes.shared.live("redis") == 2  # other timeouts: a client each
-        assert (await post(s.url, BODY))[1] == "HIT"  # the entry is in Redis, not the process
-    assert fake.state.counters["requests"] == 1
 
 
 async def test_a_stalled_redis_is_a_store_error_within_the_timeout_then_recovers(

@@ -7,6 +7,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.redis_server import RedisServer
+
 MODEL = "claude-sonnet-5-5"
 BODY: dict[str, Any] = {
     "model": MODEL, "max_tokens": 64, "temperature": 0, "stream": True,
@@ -17,6 +19,12 @@ BODY: dict[str, Any] = {
 def cached(**cache: Any) -> dict[str, Any]:
     """Config data with the cache on."""
     return {"cache": {"enabled": True, **cache}}
+
+
+def on_redis(server: RedisServer, **cache: Any) -> dict[str, Any]:
+    """Config data with the cache on, in `server` (through the quota store's URL)."""
+    return {"cache": {"enabled": True, "store": "redis", "redis_timeout_seconds": 0.5, **cache},
+            "quotas": {"redis_url": server.url}}  # fmt: skip
 
 
 def asking(text: str, **fields: Any) -> dict[str, Any]:
