@@ -123,3 +123,16 @@ async def test_user_is_hashed_on_spans_by_default(sidecar_for: SidecarFactory) -
     attributes = otel.client_span().attributes or {}
     assert attributes["sidecar.user"] == hashlib.sha256(b"ci-bot").hexdigest()[:16]
     assert attributes["sidecar.tenant"] == hashlib.sha256(b"acme").hexdigest()[:16]
+
+
+@pytest.mark.parametrize("error_type", ["x" * 500, "has spaces", "<script>"])
+async def test_a_failure_label_a_call_cannot_choose_is_bounded(error_type: str) -> None:
+    """An error type from upstream or an exception is a label value: one that is no known
+    type and no short identifier is `_OTHER` on the record and its span, never itself."""
+    otel = make_otel()
+    record = call(outcome="upstream_error", error_type=error_type)
+    span = otel.telemetry.start_stream(record, server_span(otel))
+    otel.telemetry.finish_stream(record, span)
+    assert record.error_label == "_OTHER"
+    assert (otel.client_span().attributes or {})["error.type"] == "_OTHER"
+    otel.telemetry.shutdown()

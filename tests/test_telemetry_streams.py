@@ -1,5 +1,6 @@
 """A finished stream's shared attribute sets export what sets built per stream do: the same
-metric points, value for value, with one entry per kind of stream."""
+metric points, value for value, with one entry per kind of stream; the numbers of its log
+line derived from its record (durations, rate, cost), with no rate where nothing was generated."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.record import StreamRecord
 from sidecar.telemetry import streams
 from tests.support.otel import Otel, make_otel
 from tests.support.stream_records import VARIED, finish_all, finished_record
@@ -59,3 +61,39 @@ def test_shared_attribute_sets_export_what_sets_built_per_stream_do(
     assert len(exported) >= 6  # the comparison is not vacuous
     # One entry per kind of stream: a non-streaming call's points carry the same sets.
     assert shared.telemetry.memo_sizes()["stream_sets"] == len(VARIED) - 1
+
+
+# --------------------------------------------------------------------------- log line numbers
+
+
+def test_a_finished_calls_log_numbers_are_derived_from_its_record() -> None:
+    record = StreamRecord(request_id="r", route="/v1", started=10.0)
+    record.first_token_at, record.last_chunk_at = 10.25, 12.25  # 2 s generating
+    record.output_tokens, record.input_tokens, record.cache_read_input_tokens = 50, 7, 3
+    record.queue_wait, record.retries, record.outcome = 0.0125, 1, "completed"
+    fields = streams.log_fields("stream_complete", {"request_id": "r"}, record, 12.5, 0.123456789)
+    assert fields["event"] == "stream_complete"
+    assert fields["request_id"] == "r"
+    assert fields["input_tokens"] == 10  # uncached + cache reads + cache writes
+    assert fields["ttft_ms"] == 250.0
+    assert fields["duration_ms"] == 2500.0
+    assert fields["tokens_per_second"] == 25.0
+    assert fields["queue_wait_ms"] == 12.5
+    assert fields["cost_usd"] == 0.12345679  # rounded to 8 places
+
+
+@pytest.mark.parametrize(
+    ("first_token", "last_chunk"),
+    [(None, None), (None, 10.5), (10.5, None), (10.5, 10.5)],
+    ids=["nothing_came", "no_content_delta", "no_chunk_after", "zero_generating_time"],
+)
+def test_a_call_without_generating_time_has_no_rate_and_no_division_by_zero(
+    first_token: float | None, last_chunk: float | None
+) -> None:
+    record = StreamRecord(request_id="r", route="/v1", started=10.0, output_tokens=5)
+    record.first_token_at, record.last_chunk_at = first_token, last_chunk
+    fields = streams.log_fields("stream_error", {}, record, 10.0, None)
+    assert fields["tokens_per_second"] is None
+    assert fields["ttft_ms"] == (500.0 if first_token is not None else None)
+    assert fields["duration_ms"] == 0.0  # ended as it started
+    assert fields["cost_usd"] is None  # no price known
