@@ -207,10 +207,7 @@ async def _produce(
     try:
         await live.run(runtime.streams)
     except Exception as exc:  # the generation's own failure: recorded, never re-raised
-        if record.outcome is None:
-            record.outcome = "upstream_error"
-            record.error_type = record.error_type or type(exc).__name__
-        generation.end(b"")
+        _failed(record, generation, exc)
     finally:
         held.left = generation.left
         runtime.resume.hub.remove(generation)
@@ -237,13 +234,18 @@ async def _carried(held: HeldCall, live: LiveStream) -> None:
     try:
         await live.carry(runtime.streams)
     except Exception as exc:  # the relay's own failure: recorded, never re-raised
-        if record.outcome is None:
-            record.outcome = "upstream_error"
-            record.error_type = record.error_type or type(exc).__name__
-        live.generation.end(b"")
+        _failed(record, live.generation, exc)
     finally:
         held.left = live.generation.left
         try:
             await held.close()
         finally:
             runtime.lifecycle.leave()
+
+
+def _failed(record: StreamRecord, generation: Generation, error: Exception) -> None:
+    """A relay task failed on its own: the call is an upstream error, its readers ended."""
+    if record.outcome is None:
+        record.outcome = "upstream_error"
+        record.error_type = record.error_type or type(error).__name__
+    generation.end(b"")
