@@ -54,6 +54,7 @@ const result = { events: [], tokenTimes: [] };
 try {
   const { streamClaude } = await import(cfg.module);
   const stream = streamClaude(cfg.url, cfg.options || {});
+  if (cfg.abortAfterMs) setTimeout(() => stream.abort(), cfg.abortAfterMs);
   let tokens = 0;
   for await (const e of stream) {
     if (e.type === "error") {
@@ -139,7 +140,8 @@ async def page_server(
 
 
 def run_url(origin: str, config: dict[str, Any]) -> str:
-    """The run page's URL for one scenario (`module`, `url`, `options`, `abortAfter`)."""
+    """The run page's URL for one scenario (`module`, `url`, `options`, `abortAfter` tokens
+    or `abortAfterMs`)."""
     return f"{origin}/run#{quote(json.dumps(config))}"
 
 
