@@ -184,6 +184,19 @@ async def test_get_streams_through_event_source(
     assert fake.state.counters["requests"] == 2  # the reference and the page: no re-run
 
 
+async def test_a_throwing_callback_breaks_neither_the_stream_nor_the_other_callbacks(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine("chromium")
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
+        result = await post(
+            "chromium", origin, sidecar.url, "hello [[fake tokens=5 tps=0]]",
+            throwingCallbacks=True,
+        )  # fmt: skip
+    assert kinds(result) == ["open", *["token"] * 5, "done"]
+    assert result["seenByOnEvent"] == kinds(result)  # onEvent saw the tokens onToken threw on
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_errors_carry_type_status_and_retry_after(
     engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
