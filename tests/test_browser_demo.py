@@ -14,7 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sidecar.errors import REASONS, short_error_type
 from sidecar.fake_claude import FakeServer
+from sidecar.handlers.prompt import OWN_OUTCOMES, OWN_TYPES
+from sidecar.telemetry.bounded import KNOWN_ERROR_TYPES
 from tests.support.browser import CHROMIUM, ROOT, launched_chromium, skip_unless_engine
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory
@@ -115,6 +118,43 @@ async def test_demo_errors_are_sentences(
         assert text == expected
         assert "{" not in text  # never raw JSON
         assert await page.locator("#status").get_attribute("role") == "status"
+
+
+# The module's own error types (docs/browser.md#errors), but `http_<status>` (an answer
+# without the sidecar's JSON: its status is all there is to say).
+MODULE_TYPES = {"connection_error", "connection_lost", "timeout", "resume_unavailable"}
+
+
+def prompt_route_error_types() -> set[str]:
+    """Every error type a page can get from the prompt route through the module: its
+    refusals (the catalogue's, but the app route's own), the errors that end a stream
+    (Claude's, mapped, and the sidecar's own), and the module's."""
+    refused = {reason.code or short_error_type(reason.error_type)
+               for name, reason in REASONS.items()
+               if not name.startswith(("app_", "websocket_"))}  # fmt: skip
+    ended = {short_error_type(t) for t in KNOWN_ERROR_TYPES if t.endswith("_error")}
+    return refused | ended | OWN_TYPES | OWN_OUTCOMES | MODULE_TYPES
+
+
+async def test_demo_says_every_error_in_its_own_words(
+    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser
+) -> None:
+    """No error type the page can get falls through to the generic sentence."""
+    types = sorted(prompt_route_error_types())
+    async with sidecar_for(CONFIG) as sidecar:
+        page = await browser.new_page()
+        await page.goto(sidecar.url + "/_sidecar/demo")
+        said: dict[str, str] = await page.evaluate(
+            """async (types) => {
+              const { describe } = await import("./demo.js");
+              return Object.fromEntries(types.map((type) => [type, describe(
+                { type, status: 500, retryAfter: null, message: "the reason" })]));
+            }""",
+            types,
+        )
+    generic = {t: text for t, text in said.items() if text.startswith("Something went wrong")}
+    assert generic == {}
+    assert all("{" not in text for text in said.values())
 
 
 async def test_demo_signs_in_with_a_key_and_reads_well_on_a_phone(

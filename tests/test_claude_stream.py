@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 import sidecar.browser
+from sidecar import sse
 from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
 from tests.support.browser import (
@@ -183,6 +184,19 @@ async def test_get_streams_through_event_source(
     assert fake.state.counters["requests"] == 2  # the reference and the page: no re-run
 
 
+async def test_a_throwing_callback_breaks_neither_the_stream_nor_the_other_callbacks(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    skip_unless_engine("chromium")
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
+        result = await post(
+            "chromium", origin, sidecar.url, "hello [[fake tokens=5 tps=0]]",
+            throwingCallbacks=True,
+        )  # fmt: skip
+    assert kinds(result) == ["open", *["token"] * 5, "done"]
+    assert result["seenByOnEvent"] == kinds(result)  # onEvent saw the tokens onToken threw on
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_errors_carry_type_status_and_retry_after(
     engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
@@ -222,6 +236,24 @@ async def test_abort_cancels_the_generation_at_claude(
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+async def test_abort_while_claude_has_not_answered_yet_cancels_it(
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Stop before the first token: the response is readable at once in every engine (a
+    Firefox `fetch()` waits for body bytes, so the stream opens with a comment), so the
+    module has the stream's id and cancels the generation instead of detaching from it."""
+    skip_unless_engine(engine)
+    prompt = "slow to start [[fake tokens=20 ttft_ms=8000]]"
+    async with page_and_sidecar(sidecar_for, resume=GRACE) as (origin, sidecar):
+        result = await post(engine, origin, sidecar.url, prompt, abortAfterMs=500)
+        # At once, not after the detach grace (10 s): the cancel reached Claude.
+        await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1), 5)
+    assert kinds(result) == ["open", "aborted"]  # the head was read before the abort
+    assert result["streamId"]
+    assert fake.state.counters["streams_completed"] == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_cut_connection_resumes_without_duplicating_text(
     engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
@@ -250,6 +282,37 @@ async def test_watchdog_trips_on_a_stall_and_resumes(
     assert reconnects[0]["reason"] == "idle"
     assert result["state"] == "done"
     assert result["text"] == expected
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_stall_before_the_first_event_resumes_under_custom_cors_lists(
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Lists written for the app's own headers still let the module resume: before the
+    first event the stream id is only in `Sidecar-Stream-Id`, and the resume sends
+    `Last-Event-ID` (the resume protocol's headers are always granted)."""
+    skip_unless_engine(engine)
+    prompt = "resume me early [[fake tokens=12 tps=25 ttft_ms=400]]"
+    async with page_server() as origin:
+        cors = {"allow_origins": [origin], "allow_headers": ["content-type", "x-app-tenant"],
+                "expose_headers": ["x-request-id"]}  # fmt: skip
+        async with sidecar_for({"cors": cors, "resume": GRACE}) as sidecar:
+            expected, _ = await reference(sidecar.url, prompt)
+            # The network goes silent after the response's head and its opening comment
+            # (one chunk), before the first event: the watchdog trips.
+            opening = len(b"%x\r\n%b\r\n" % (len(sse.PING), sse.PING))
+            async with FaultyProxy(sidecar.port, "stall", after_bytes=opening) as proxy:
+                result = await run(
+                    engine, origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                    options={"body": {"prompt": prompt}, "retryBaseMs": 50,
+                             "idleTimeoutMs": 1500, "headers": {"x-app-tenant": "t1"}},
+                )  # fmt: skip
+    assert proxy.faults == 1, result["events"]
+    assert kinds(result)[:2] == ["open", "reconnecting"], result["events"]
+    assert "resumed" in kinds(result)
+    assert result["state"] == "done"
+    assert result["text"] == expected  # every token once
+    assert fake.state.counters["requests"] == 2  # the resume never called Claude again
 
 
 async def test_without_resume_a_cut_reports_the_loss_and_keeps_the_text(

@@ -309,6 +309,20 @@ def test_allow_headers_patterns_match_prefixes_only() -> None:
         CorsConfig(allow_headers=["x bad"])
 
 
+def test_the_resume_protocols_headers_are_granted_whatever_the_lists_say() -> None:
+    """A custom list (the app's own headers) keeps what resume and cancel need."""
+    policy = CorsPolicy(CorsConfig(allow_origins=[ALLOWED], allow_headers=["content-type"],
+                                   expose_headers=["x-request-id", "Sidecar-Resume"]))  # fmt: skip
+    for name in ("Last-Event-ID", "sidecar-resume", "content-type"):
+        assert policy.allows_header(name)
+    assert not policy.allows_header("authorization")
+    exposed = policy.response_headers(ALLOWED)["Access-Control-Expose-Headers"]
+    assert exposed == "x-request-id, Sidecar-Resume, sidecar-stream-id"  # each once
+    granted = policy.preflight(ALLOWED, "POST", "content-type, last-event-id")
+    assert granted.status == 204
+    assert granted.headers["Access-Control-Allow-Headers"] == "content-type, last-event-id"
+
+
 @pytest.mark.parametrize(
     ("origin", "host", "scheme", "refused"),
     [

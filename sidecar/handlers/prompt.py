@@ -51,9 +51,9 @@ _match_delta = deltas.DELTA.match
 _DELTA = b"content_block_delta"
 _TEXT = deltas.TEXT
 _ROLES = {"user", "assistant"}
-_OWN_OUTCOMES = {"idle_timeout", "shutting_down", "client_stalled"}
+OWN_OUTCOMES = {"idle_timeout", "shutting_down", "client_stalled"}
 # The sidecar's own error types, shown as they are (not mapped like Anthropic's).
-_OWN_TYPES = {"stream_lost", "stream_abandoned", "cancelled"}
+OWN_TYPES = {"stream_lost", "stream_abandoned", "cancelled"}
 
 
 class PromptTranslator(Translator):
@@ -144,9 +144,9 @@ class PromptTranslator(Translator):
         return b""
 
     def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
-        if error_type in _OWN_TYPES:
+        if error_type in OWN_TYPES:
             kind = error_type
-        elif outcome in _OWN_OUTCOMES:
+        elif outcome in OWN_OUTCOMES:
             kind = outcome
         else:
             kind = short_error_type(error_type)

@@ -4,6 +4,12 @@
 family of headers the official JS SDK sends from a browser). A preflight that passes is
 answered with exactly the headers it asked for, so patterns never reach a browser, which
 would read `*` as a literal name whenever credentials are allowed.
+
+The resume protocol's own headers are always part of the grant, whatever the lists say:
+`Last-Event-ID` and `Sidecar-Resume` may be sent, `Sidecar-Stream-Id` and `Sidecar-Resume`
+are readable. A browser client cannot resume or cancel a stream without them (before its
+first event, the stream id is only in the header), and they reveal nothing the stream's own
+event ids do not; a custom list written for the app's own headers must not break resume.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ _VARY = "Origin"
 # An HTTP token (RFC 9110 §5.6.2), bounded: only such names are ever quoted in a refusal.
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
+# The resume protocol's headers (see the module docstring): always allowed and exposed.
+PROTOCOL_REQUEST_HEADERS = ("last-event-id", "sidecar-resume")
+PROTOCOL_RESPONSE_HEADERS = ("sidecar-stream-id", "sidecar-resume")
 
 
 def merge_vary(existing: str | None) -> str:
@@ -57,13 +66,17 @@ class CorsPolicy:
         self._credentials = config.allow_credentials
         self._methods = [m.upper() for m in config.allow_methods]
         names = [h.lower() for h in config.allow_headers]
-        self._headers = frozenset(h for h in names if not h.endswith("*"))
+        self._headers = frozenset(
+            [*(h for h in names if not h.endswith("*")), *PROTOCOL_REQUEST_HEADERS]
+        )
         self._header_prefixes = tuple(h[:-1] for h in names if h.endswith("*"))
         self._preflight = {
             "Access-Control-Allow-Methods": ", ".join(self._methods),
             "Access-Control-Max-Age": str(config.max_age_seconds),
         }
-        self._expose = ", ".join(config.expose_headers)
+        listed = {name.lower() for name in config.expose_headers}
+        missing = [name for name in PROTOCOL_RESPONSE_HEADERS if name not in listed]
+        self._expose = ", ".join([*config.expose_headers, *missing])
 
     def allows(self, origin: str) -> bool:
         return self._wildcard or origin in self._origins

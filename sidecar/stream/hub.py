@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
+from sidecar.sse import PING
 from sidecar.stream.adapter import HIGH_WATER, ClientChannel
 from sidecar.stream.store import StreamLog
 
@@ -225,6 +226,12 @@ class Generation:
         """
         if events and data and self.log is not None:
             data = self._kept(data, self.log)
+        elif events and not data:
+            # A translated stream with nothing to show yet (the prompt route's answer to
+            # `message_start`): its head leaves with a comment. Headers alone leave a page's
+            # `fetch()` unresolved in Firefox until Claude's first token or a heartbeat, so
+            # it could not read the stream's id to cancel or resume it meanwhile.
+            data = PING
         lag = False
         for subscriber in list(self.subscribers):
             try:

@@ -53,7 +53,14 @@ const out = document.getElementById("out");
 const result = { events: [], tokenTimes: [] };
 try {
   const { streamClaude } = await import(cfg.module);
-  const stream = streamClaude(cfg.url, cfg.options || {});
+  const options = cfg.options || {};
+  if (cfg.throwingCallbacks) {  // a page whose onToken has a bug; onEvent records
+    result.seenByOnEvent = [];
+    options.onToken = () => { throw new Error("a bug in the page"); };
+    options.onEvent = (e) => result.seenByOnEvent.push(e.type);
+  }
+  const stream = streamClaude(cfg.url, options);
+  if (cfg.abortAfterMs) setTimeout(() => stream.abort(), cfg.abortAfterMs);
   let tokens = 0;
   for await (const e of stream) {
     if (e.type === "error") {
@@ -139,7 +146,8 @@ async def page_server(
 
 
 def run_url(origin: str, config: dict[str, Any]) -> str:
-    """The run page's URL for one scenario (`module`, `url`, `options`, `abortAfter`)."""
+    """The run page's URL for one scenario (`module`, `url`, `options`, `abortAfter` tokens
+    or `abortAfterMs`, `throwingCallbacks`)."""
     return f"{origin}/run#{quote(json.dumps(config))}"
 
 

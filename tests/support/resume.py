@@ -122,9 +122,18 @@ async def sse_request(
     return Reply(status, parsed, payload, parse_events(payload))
 
 
+async def next_event(content: aiohttp.StreamReader) -> bytes:
+    """The next SSE event read from a response body; comments (`: ping`, a stream's opening
+    one included) skipped."""
+    while (block := await content.readuntil(b"\n\n")).startswith(b":"):
+        pass
+    return block
+
+
 class CuttingProxy:
     """A TCP proxy in front of a sidecar; the first `cuts` connections are cut after `after`
-    complete SSE events reached the client (both sides aborted, as a dropped network does)."""
+    complete SSE events reached the client (both sides aborted, as a dropped network does).
+    Comments (`: ping`) are no events: they are passed on, not counted."""
 
     def __init__(self, target_port: int, after: int, cuts: int = 1) -> None:
         self.target_port = target_port
@@ -163,9 +172,10 @@ class CuttingProxy:
                     scan = tail + data
                     start = 0
                     while (at := scan.find(b"\n\n", start)) >= 0:
-                        seen += 1
+                        event = b"data:" in scan[start:at]  # not a comment (`: ping`)
                         start = at + 2
-                        if seen == self.after:
+                        seen += event
+                        if event and seen == self.after:
                             keep = start - len(tail)
                             if data[keep : keep + 2] == b"\r\n":  # the chunk's own end
                                 keep += 2

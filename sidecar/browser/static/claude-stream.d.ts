@@ -65,8 +65,9 @@ export interface StreamOptions {
 
 /**
  * `type` is the server's error type (`rate_limited`, `unauthorized`, `prompt_rejected`,
- * `overloaded`, `timeout`...) or the client's own (`connection_lost`, `connection_error`,
- * `timeout`, `resume_unavailable`, `http_<status>`).
+ * `overloaded`, `idle_timeout`, `stream_lost`, `cancelled`...: the list is in the sidecar's
+ * docs/browser.md) or the client's own (`connection_lost`, `connection_error`, `timeout`,
+ * `resume_unavailable`, `http_<status>`).
  */
 export class ClaudeStreamError extends Error {
   readonly type: string;

@@ -381,15 +381,21 @@ export class ClaudeStream {
   _over() { return this.state === "done" || this.state === "error" || this.state === "aborted"; }
 
   _emit(event, callback, ...args) {
-    try {
-      if (callback) callback(...args);
-      if (this.options.onEvent) this.options.onEvent(event);
-    } catch (error) {
-      setTimeout(() => { throw error; }); // a throwing callback must not break the stream
-    }
+    if (callback) this._call(callback, args);
+    if (this.options.onEvent) this._call(this.options.onEvent, [event]);
     const waiter = this._waiters.shift();
     if (waiter) waiter({ value: event, done: false });
     else this._queue.push(event);
+  }
+
+  /** A callback of the page: one that throws breaks neither the stream nor the others
+   *  (its error is reported, as an uncaught one would be). */
+  _call(callback, args) {
+    try {
+      callback(...args);
+    } catch (error) {
+      setTimeout(() => { throw error; });
+    }
   }
 
   _end() {

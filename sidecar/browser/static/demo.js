@@ -7,21 +7,33 @@ const form = $("form"), prompt = $("prompt"), token = $("token");
 const send = $("send"), stop = $("stop"), status = $("status"), answer = $("answer");
 let current = null;
 
-/** An error as a sentence a person can act on (never raw JSON). */
+/** An error as a sentence a person can act on (never raw JSON): every type the prompt
+ *  route and the module report (docs/browser.md#errors), by what the person can do. */
 export function describe(error) {
   const wait = error.retryAfter != null ? ` — try again in ${Math.ceil(error.retryAfter)} s` : " — try again shortly";
   switch (error.type) {
     case "rate_limited": return "Rate limited" + wait;
-    case "quota_exceeded": return "Your quota is used up" + wait;
     case "prompt_rejected": return "This prompt was refused by policy.";
     case "unauthorized": return "Sign in again (the sidecar did not accept your credentials).";
     case "forbidden": return "You are not allowed to use this.";
+    case "billing_error": return "Claude refused the call for billing reasons — tell whoever runs this service.";
     case "overloaded": return "Claude is busy" + wait;
+    case "unavailable": return "The service is briefly unavailable" + wait;
+    case "upstream_error": return "Claude could not be reached or its answer broke off — try again.";
     case "timeout": return "No answer for a while — try again.";
+    case "idle_timeout": return "Claude stopped sending — try again. The text so far is kept.";
     case "shutting_down": return "The service is restarting — try again in a moment.";
     case "connection_lost": return "The connection was lost. The text so far is kept.";
     case "connection_error": return "Could not reach the sidecar.";
+    case "client_stalled": return "This page stopped reading the answer, so it was cut off — try again.";
+    case "stream_lost":
+    case "resume_unavailable":
+    case "resume_expired": return "The answer was interrupted and cannot be picked up again. The text so far is kept.";
+    case "stream_abandoned": return "The answer was stopped while the connection was away. The text so far is kept.";
+    case "cancelled": return "The answer was stopped (from another tab or window).";
     case "request_too_large": return "The prompt is too long.";
+    case "unsupported_media_type": return "The request was not accepted (it was not sent as JSON).";
+    case "not_found": return "This sidecar has no prompt route at this address.";
     case "invalid_request": return "The request was not accepted: " + error.message;
     default: return error.status ? `Something went wrong (HTTP ${error.status}).` : "Something went wrong.";
   }
