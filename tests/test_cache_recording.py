@@ -252,9 +252,13 @@ async def test_shutdown_ends_a_call_kept_for_its_followers(
                 await eventually(lambda: holds(_following(cache) == 1))
             assert (await _read_deltas(follower, 20)).count(DELTA) >= 20
             rest = asyncio.create_task(follower.read())
-        # Shut down while the call goes on for its follower: it ends, with its stream.
+        # Shut down while the call goes on for its follower: it ends, with its stream,
+        # told why as the call's own client would have been (it may retry elsewhere).
         tail = await rest
-    assert b"event: error" in tail
+    assert tail.endswith(
+        b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
+        b'"message": "the sidecar is shutting down"}}\n\n'
+    )
     assert fake.state.counters["streams_cancelled"] == 1
     assert [outcome for outcome, _ in _ended_with(caplog)] == ["shutting_down"]
 
@@ -284,3 +288,24 @@ async def test_a_cancelled_resumable_stream_goes_on_for_its_followers(
     assert fake.state.counters["requests"] == 1
     assert fake.state.counters["streams_completed"] == 1
     assert _ended_with(caplog) == [("client_cancelled", 40)]
+
+
+async def test_followers_of_a_call_cut_by_the_sidecar_get_its_own_end(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    # Claude goes silent: the idle timeout cuts the call, and each follower's stream
+    # ends with the call's `timeout_error`, not as a stream that merely stopped early.
+    body = asking("[[fake tokens=30 tps=100 fault=stall_midstream after=3]] silent")
+    config = {**cached(), "claude": {"idle_timeout_seconds": 1}}
+    async with sidecar_for(config) as s, aiohttp.ClientSession() as http:
+        cache = s.runtime.cache
+        async with http.post(s.url + "/v1/messages", json=body) as leader:
+            first = await _read_deltas(leader, 3)
+            follower = asyncio.create_task(post(s.url, body))
+            await eventually(lambda: holds(_following(cache) == 1))
+            own = first + await leader.read()
+        status, x_cache, followed = await follower
+    assert (status, x_cache) == (200, "HIT")
+    end = b'event: error\ndata: {"type": "error", "error": {"type": "timeout_error", '
+    assert own.count(end) == followed.count(end) == 1
+    assert followed == own  # byte for byte, its end too
