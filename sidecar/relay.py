@@ -320,9 +320,17 @@ class LiveStream:
             self.generation.send_raw(PING)
 
     def _cut_stalled(self) -> None:
-        """A client took nothing for the stall timeout: its connection is cut, the stream ends."""
-        for subscriber in self._waiting_for:
+        """A client took nothing for the stall timeout: its connection is cut, the stream ends.
+
+        While other callers follow it, it ends for that client only, as when a client
+        leaves (`Generation.let_go`): the relay then sees the cut client's drain fail and
+        resumes Claude for the others.
+        """
+        stalled, self._waiting_for = self._waiting_for, ()
+        for subscriber in stalled:
             subscriber.channel.abort()
+        if self.generation.let_go("client_stalled"):
+            return
         self.stop(
             "client_stalled",
             "client_stalled",

@@ -4,6 +4,7 @@ one (coalescing: one Claude call for all of them)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import aiohttp
@@ -18,6 +19,7 @@ from tests.support.cache import asking, cached, post, post_at_once
 from tests.support.otel import make_otel
 from tests.support.resume import ROUTE
 from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import shrink_send_buffers, slow_client
 from tests.support.waiting import eventually, holds
 
 
@@ -252,9 +254,13 @@ async def test_shutdown_ends_a_call_kept_for_its_followers(
                 await eventually(lambda: holds(_following(cache) == 1))
             assert (await _read_deltas(follower, 20)).count(DELTA) >= 20
             rest = asyncio.create_task(follower.read())
-        # Shut down while the call goes on for its follower: it ends, with its stream.
+        # Shut down while the call goes on for its follower: it ends, with its stream,
+        # told why as the call's own client would have been (it may retry elsewhere).
         tail = await rest
-    assert b"event: error" in tail
+    assert tail.endswith(
+        b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
+        b'"message": "the sidecar is shutting down"}}\n\n'
+    )
     assert fake.state.counters["streams_cancelled"] == 1
     assert [outcome for outcome, _ in _ended_with(caplog)] == ["shutting_down"]
 
@@ -284,3 +290,59 @@ async def test_a_cancelled_resumable_stream_goes_on_for_its_followers(
     assert fake.state.counters["requests"] == 1
     assert fake.state.counters["streams_completed"] == 1
     assert _ended_with(caplog) == [("client_cancelled", 40)]
+
+
+async def test_followers_of_a_call_cut_by_the_sidecar_get_its_own_end(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    # Claude goes silent: the idle timeout cuts the call, and each follower's stream
+    # ends with the call's `timeout_error`, not as a stream that merely stopped early.
+    body = asking("[[fake tokens=30 tps=100 fault=stall_midstream after=3]] silent")
+    config = {**cached(), "claude": {"idle_timeout_seconds": 1}}
+    async with sidecar_for(config) as s, aiohttp.ClientSession() as http:
+        cache = s.runtime.cache
+        async with http.post(s.url + "/v1/messages", json=body) as leader:
+            first = await _read_deltas(leader, 3)
+            follower = asyncio.create_task(post(s.url, body))
+            await eventually(lambda: holds(_following(cache) == 1))
+            own = first + await leader.read()
+        status, x_cache, followed = await follower
+    assert (status, x_cache) == (200, "HIT")
+    end = b'event: error\ndata: {"type": "error", "error": {"type": "timeout_error", '
+    assert own.count(end) == followed.count(end) == 1
+    assert followed == own  # byte for byte, its end too
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+async def test_a_first_caller_that_stops_reading_is_cut_and_the_call_goes_on_for_its_followers(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture, resumable: bool
+) -> None:
+    # Claude is paused for the first caller's full socket; once it has taken nothing for
+    # the stall timeout it loses its stream, as a client that left does: not the others.
+    caplog.set_level(logging.INFO)
+    tokens = 5000  # more than the relay's high-water mark plus tiny socket buffers
+    body = asking(f"[[fake tokens={tokens} tps=0]] flood", max_tokens=tokens + 10)
+    config = {**cached(), "claude": {"client_stall_timeout_seconds": 0.5}}
+    async with sidecar_for(config) as s:
+        cache = s.runtime.cache
+        shrink_send_buffers(s)
+        resume = {"Sidecar-Resume": "on"} if resumable else {}
+        extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in resume.items())
+        _, writer = await slow_client(s.port, json.dumps(body).encode(), extra)  # never reads
+        await eventually(lambda: holds(any(live.paused for live in s.runtime.streams)))
+        follower = asyncio.create_task(post(s.url, body, resume))
+        await eventually(lambda: holds(_following(cache) == 1))
+        status, x_cache, followed = await follower
+        await eventually(lambda: holds(len(_ended_with(caplog)) == 1))
+        writer.close()
+    assert (status, x_cache) == (200, "HIT")
+    assert followed.count(DELTA) == tokens
+    assert followed.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    assert b"event: error" not in followed
+    assert fake.state.counters["streams_completed"] == 1
+    if resumable:  # its client may come back (within the grace): nobody left for good
+        assert _ended_with(caplog) == [("completed", tokens)]
+        return
+    assert _ended_with(caplog) == [("client_stalled", tokens)]
+    (end,) = [r for r in caplog.records if getattr(r, "event", None) == "stream_error"]
+    assert getattr(end, "error_type", None) == "client_stalled"

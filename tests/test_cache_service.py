@@ -4,6 +4,7 @@ failing store is counted `skipped`; closing waits for entries being written."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -32,12 +33,54 @@ async def test_a_completed_recording_is_stored_and_no_longer_in_flight() -> None
     assert cache.inflight == {"k": recording}
     recording.chunk(b"event: message_start\n\n")
     recording.finish(finished("completed"))
-    assert cache.inflight == {}
     await cache.settled()
+    assert cache.inflight == {}
     assert counted == ["stored"]
     stored = await cache.store.get("k")
     assert stored is not None
     assert decode(stored).chunks == [b"event: message_start\n\n"]
+    await cache.close()
+
+
+async def test_a_completed_recording_is_followed_until_the_store_has_it() -> None:
+    # An identical request arriving between the call's end and its entry landing in the
+    # store (a Redis round trip) replays the answer instead of calling Claude again.
+    class Slow(MemoryCacheStore):
+        def __init__(self) -> None:
+            super().__init__(max_entries=10, max_bytes=1 << 20)
+            self.writing = asyncio.Event()
+            self.go_on = asyncio.Event()
+
+        async def put(self, key: str, value: bytes, ttl: float) -> bool:
+            self.writing.set()
+            await self.go_on.wait()
+            return await super().put(key, value, ttl)
+
+    slow = Slow()
+    cache = ResponseCache(slow)
+    recording = cache.record("k", stream=True, ttl=60)
+    recording.chunk(b"event: message_start\n\n")
+    recording.finish(finished("completed"))
+    await slow.writing.wait()
+    assert await slow.get("k") is None
+    assert cache.inflight == {"k": recording}  # what a lookup finds meanwhile
+    assert recording.ended
+    assert recording.completed
+    slow.go_on.set()
+    await cache.settled()
+    assert cache.inflight == {}
+    assert await slow.get("k") is not None
+    await cache.close()
+
+
+async def test_a_newer_call_of_the_same_key_stays_in_flight_after_the_entry_lands() -> None:
+    cache = ResponseCache(store())
+    first = cache.record("k", stream=True, ttl=60)
+    first.chunk(b"a")
+    first.finish(finished("completed"))
+    newer = cache.record("k", stream=True, ttl=60)  # a `no-cache` request refreshing it
+    await cache.settled()
+    assert cache.inflight == {"k": newer}
     await cache.close()
 
 

@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanContext
 from sidecar.handlers.anthropic import Passthrough
 from sidecar.handlers.prompt import PromptTranslator
 from sidecar.record import StreamRecord
-from sidecar.stream.core import StreamCore
+from sidecar.stream.core import StopStream, StreamCore
 from sidecar.stream.tap import TappedCore, make_core
 
 
@@ -39,6 +39,7 @@ class Tap:
         self.chunks: list[bytes] = []
         self.messages: list[bytes] = []
         self.finished: list[StreamRecord] = []
+        self.stops: list[BaseException] = []
         self.spans: list[SpanContext] = []
         self.followers = 0  # nobody follows it: the call is not kept for anyone
         self.on_idle: Callable[[], None] | None = None
@@ -51,6 +52,9 @@ class Tap:
 
     def message(self, body: bytes) -> None:
         self.messages.append(body)
+
+    def stopped(self, end: BaseException) -> None:
+        self.stops.append(end)
 
     def finish(self, record: StreamRecord) -> None:
         self.finished.append(record)
@@ -113,3 +117,25 @@ def test_a_passthrough_core_fed_like_a_translating_one_taps_each_chunk_once() ->
         plain.feed(chunk)
     assert tap.chunks == CHUNKS
     assert counts(tapped.record) == counts(plain.record)
+
+
+def test_a_stream_cut_by_the_sidecar_or_a_lost_connection_tells_the_tap_why() -> None:
+    # Its followers end the same way; its own client leaving or stalling ends it for
+    # that client only, and a complete stream has nothing to tell.
+    told = []
+    ends: list[BaseException | None] = [
+        StopStream("shutting_down", "overloaded_error", "the sidecar is shutting down"),
+        StopStream("idle_timeout", "timeout_error", "no data"),
+        ConnectionResetError("lost"),
+        StopStream("client_cancelled", "cancelled", "the stream was cancelled"),
+        StopStream("client_detached", "stream_abandoned", "no client came back"),
+        StopStream("client_stalled", "client_stalled", "the client accepted no data"),
+        None,
+    ]
+    for end in ends:
+        tap = Tap()
+        core = TappedCore(record(), Passthrough(), tap)
+        core.observe(CHUNKS[0])
+        core.end(end)
+        told.append(tap.stops)
+    assert told == [[ends[0]], [ends[1]], [ends[2]], [], [], [], []]

@@ -26,8 +26,8 @@ class Recording:
     """Chunks so far, their gaps, and whether the answer completed, failed or goes on."""
 
     __slots__ = (
-        "_last", "_on_end", "_waiters", "chunks", "completed", "ended", "entry", "followers",
-        "gaps", "on_idle", "origin", "size", "stream",
+        "_last", "_on_end", "_waiters", "chunks", "completed", "cut", "ended", "entry",
+        "followers", "gaps", "on_idle", "origin", "size", "stream",
     )  # fmt: skip
 
     def __init__(self, stream: bool, on_end: Callable[[Recording], None] | None = None) -> None:
@@ -38,6 +38,9 @@ class Recording:
         self.ended = False
         self.completed = False
         self.entry: Entry | None = None  # set once completed
+        # Why the call's stream was cut before Claude ended it (a stop by the sidecar, the
+        # connection to Claude lost): its followers' streams end the same way.
+        self.cut: BaseException | None = None
         self._last: float | None = None
         self._on_end = on_end
         self._waiters: list[asyncio.Future[None]] = []
@@ -64,6 +67,11 @@ class Recording:
         self.size += len(data)
         if self._waiters:
             wake(self._waiters)
+
+    def stopped(self, end: BaseException) -> None:
+        """The call's stream was cut (`StreamCore.end`'s reason): followers end with it."""
+        if not self.ended:
+            self.cut = end
 
     def message(self, body: bytes) -> None:
         """A whole non-streaming answer."""

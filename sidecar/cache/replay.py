@@ -88,7 +88,9 @@ async def replay_stream(
             await source.wait(sent)
     except EventTooLarge as exc:  # the call followed ended on it too: the same error event
         cut = exc
-    final = core.end(cut)  # a recording that failed ends as Claude's cut stream would
+    # A recording that failed ends as Claude's cut stream would; one the sidecar cut (its
+    # shutdown, an idle timeout, the connection to Claude lost) ends as the call it recorded.
+    final = core.end(cut if cut is not None else source.cut)
     channel.finish(final)  # with the last chunk (and the headers, if nothing went yet)
     await channel.end(stall)
     return response

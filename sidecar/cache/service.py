@@ -38,17 +38,22 @@ class ResponseCache:
         return recording
 
     def _ended(self, key: str, ttl: float, recording: Recording) -> None:
-        if self.inflight.get(key) is recording:
-            del self.inflight[key]
         entry = recording.entry
         if entry is None:
+            self._landed(key, recording)
             self.count("skipped")  # errors, cut-off, cancelled or abandoned: never stored
             return
-        task = asyncio.get_running_loop().create_task(self._put(key, encode(entry), ttl))
+        # Followed until the store has it: a request arriving while it is written replays
+        # this answer (the store would not have it yet), not a Claude call of its own.
+        task = asyncio.get_running_loop().create_task(self._put(key, encode(entry), ttl, recording))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _put(self, key: str, value: bytes, ttl: float) -> None:
+    def _landed(self, key: str, recording: Recording) -> None:
+        if self.inflight.get(key) is recording:  # (a newer call may have taken the key)
+            del self.inflight[key]
+
+    async def _put(self, key: str, value: bytes, ttl: float, recording: Recording) -> None:
         try:
             stored = await self.store.put(key, value, ttl)
         except CacheStoreError as exc:
@@ -56,6 +61,8 @@ class ResponseCache:
             stored = False
         else:
             self.outage.answered()
+        finally:
+            self._landed(key, recording)
         self.count("stored" if stored else "skipped")
 
     async def settled(self) -> None:

@@ -85,6 +85,8 @@ class HeldCall:
             self.tap.finish(record)  # stored when it completed, whoever read it
         if self.left is not None and record.outcome == "completed":
             record.outcome = self.left
+            if self.left == "client_stalled":  # cut by the sidecar: a failure, as when alone
+                record.error_type = "client_stalled"
         if self.admitted:
             runtime.admission.release()
         record.ended = time.perf_counter()

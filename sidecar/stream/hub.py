@@ -386,9 +386,20 @@ class Generation:
         for subscriber in self.subscribers:
             subscriber.ended()
         self.subscribers.clear()
-        self.left = "client_cancelled"
+        if self.left is None:  # (a client cut for stalling was let go first: `let_go`)
+            self.left = "client_cancelled"
         if self._due is None:
             self._due = ("client_cancelled", "stream_abandoned", "the client left the stream")
+        return True
+
+    def let_go(self, outcome: Outcome) -> bool:
+        """The stalled clients were cut: True when followers read the generation, and it goes
+        on for them (a resumable one without those clients, as when they leave; one that is
+        not resumable is carried on once its relay sees its client gone, with `outcome`)."""
+        if self.final or not self._followed():
+            return False
+        if self.log is None:
+            self.left = outcome
         return True
 
     def unfollowed(self) -> None:

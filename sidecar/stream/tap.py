@@ -6,12 +6,16 @@ A subclass rather than a branch in `StreamCore`: streams nobody records pay noth
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from opentelemetry.trace import SpanContext
 
+from sidecar.http_client import ClientError
 from sidecar.record import StreamRecord
-from sidecar.stream.core import StreamCore, Translator
+from sidecar.stream.core import StopStream, StreamCore, Translator
+
+# The caller's own client left or stalled: the call ends for it, not for its followers.
+_ITS_CLIENT: Final = frozenset({"client_cancelled", "client_detached", "client_stalled"})
 
 
 class CallTap(Protocol):
@@ -32,6 +36,10 @@ class CallTap(Protocol):
 
     def message(self, body: bytes) -> None:
         """A complete non-streaming answer."""
+
+    def stopped(self, end: BaseException) -> None:
+        """Why the call's stream ended before Claude ended it, as `StreamCore.end` was told
+        (a stop by the sidecar, the connection to Claude lost); never its own client leaving."""
 
     def finish(self, record: StreamRecord) -> None:
         """The call is over; `record.outcome` says how it ended."""
@@ -54,6 +62,14 @@ class TappedCore(StreamCore):
     def observe(self, chunk: bytes) -> None:
         self.tap.chunk(chunk)
         super().observe(chunk)
+
+    def end(self, end: BaseException | None) -> bytes:
+        if isinstance(end, StopStream):
+            if end.outcome not in _ITS_CLIENT:
+                self.tap.stopped(end)  # followers replaying the call end the way it did
+        elif isinstance(end, ClientError | OSError):
+            self.tap.stopped(end)
+        return super().end(end)
 
 
 def make_core(record: StreamRecord, translator: Translator, tap: CallTap | None) -> StreamCore:
