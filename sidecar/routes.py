@@ -15,6 +15,7 @@ refused (`path_ambiguous`): otherwise `/admin;x/y` or `/ADMIN/y` would be let in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -40,14 +41,43 @@ def _without_parameters(path: str) -> str:
     return "/" + "/".join(names) + trailing
 
 
+# A run of escaped bytes past ASCII: the UTF-8 of a letter a server may fold.
+_ESCAPED_UTF8: Final = re.compile(r"(?:%[89a-f][0-9a-f])+")
+
+
+def _fold_char(char: str) -> str:
+    """One character as a case-insensitive server compares it: its simple upper case, then
+    that one's lower case, so `ı`, `ſ` and the Kelvin sign are `i`, `s` and `k` (as Java's
+    `equalsIgnoreCase` and `Character.toLowerCase` read them), `İ` is `i`, `É` is `é`."""
+    upper = char.upper()
+    lower = (upper if len(upper) == 1 else char).lower()
+    return lower[0]
+
+
+def _decode_folded(run: re.Match[str]) -> str:
+    # A byte that is no UTF-8 stays one character of its own (a lone surrogate), as it is
+    # in a route's prefix read the same way.
+    text = bytes.fromhex(run.group(0).replace("%", "")).decode("utf-8", "surrogateescape")
+    return "".join(_fold_char(char) for char in text)
+
+
+def _folded(path: str) -> str:
+    """`path` with letter case ignored, as a server that decodes it first does: ASCII
+    letters, and the letters past ASCII its escapes spell (`%C3%89` is `É`, read as `é`;
+    `%C4%B1` is `ı`, read as `i`). A canonical path is ASCII: its other bytes are escaped."""
+    if "%" not in path:
+        return path.lower()
+    return _ESCAPED_UTF8.sub(_decode_folded, path.lower())
+
+
 def _without_parameters_folded(path: str) -> str:
-    return _without_parameters(path).lower()
+    return _folded(_without_parameters(path))
 
 
 # The other readings of a path (and of a route's prefix): case folded, parameters
 # dropped, both.
 _READINGS: Final[tuple[Callable[[str], str], ...]] = (
-    str.lower,
+    _folded,
     _without_parameters,
     _without_parameters_folded,
 )

@@ -120,3 +120,49 @@ def test_every_served_path_routes_alike_under_each_reading(
     for read in (_java_reading, _case_reading, lambda p: _java_reading(p).lower()):
         other = routed.resolve(read(resolved.path))
         assert other.route is resolved.route, (raw, read(resolved.path))
+
+
+_LETTERS_PAST_ASCII = {
+    "routes": [
+        {"path": "/admin", "handler": "app"},
+        {"path": "/kiosk", "handler": "app"},
+        {"path": "/caf%C3%A9", "handler": "app"},
+        {"path": "/", "handler": "app", "auth": {"mode": "none"}},
+    ],
+    "app": {"url": "http://127.0.0.1:9"},
+}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/adm%C4%B1n/secret",  # dotless ı: its upper case is I (Java's equalsIgnoreCase)
+        "/adm%c4%b1n",  # the same, escaped in lower case
+        "/ADM%C4%B0N/secret",  # dotted İ: its lower case is i (Character.toLowerCase)
+        "/%E2%84%AAiosk",  # the Kelvin sign: its lower case is k
+        "/kio%C5%BFk;x/y",  # long ſ: its upper case is S; parameters dropped too
+        "/CAF%C3%89/menu",  # É is é's upper case, under a route spelled with é
+        "/caf%c3%89",
+    ],
+)  # fmt: skip
+def test_a_path_whose_letters_past_ascii_fold_into_another_route_is_refused(raw: str) -> None:
+    resolved = RouteTable(loader.validate(_LETTERS_PAST_ASCII, {})).resolve(raw)
+    assert resolved.route is not None, raw
+    assert resolved.route.path == "/", raw
+    assert resolved.refused is not None, raw
+    assert resolved.refused.reason == "path_ambiguous", raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "route"),
+    [
+        ("/caf%C3%A9/menu", "/caf%C3%A9"), ("/caf%c3%a9/MEN%C3%9C", "/caf%C3%A9"),
+        ("/adm%C3%AEn", "/"), ("/%C3%9Fadmin", "/"), ("/admin%FF", "/"), ("/caf%C3", "/"),
+        ("/%E2%84%AB", "/"),
+    ],
+)  # fmt: skip
+def test_letters_past_ascii_that_fold_into_no_other_route_are_served(raw: str, route: str) -> None:
+    resolved = RouteTable(loader.validate(_LETTERS_PAST_ASCII, {})).resolve(raw)
+    assert resolved.refused is None, raw
+    assert resolved.route is not None, raw
+    assert resolved.route.path == route, raw
