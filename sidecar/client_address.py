@@ -25,7 +25,7 @@ def client_ip(peer: str, xff: str | None, trusted: Sequence[Network]) -> str:
         address = _address(hop)
         if address is None:
             return hop  # not an address: never a proxy the sidecar trusts
-        if not any(address in network for network in trusted):
+        if not _member(address, trusted):
             return str(address)
     if not hops:
         return peer
@@ -39,11 +39,20 @@ def is_trusted_proxy(peer: str, trusted: Sequence[Network]) -> bool:
 
 
 def _trusted(address: str, trusted: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
+    ip = _address(address)
+    return ip is not None and _member(ip, trusted)
+
+
+def _member(address: Address, trusted: Sequence[Network]) -> bool:
+    """Whether `address` is in one of `trusted`, in either spelling of an IPv4 address: a
+    network written IPv4-mapped (`::ffff:10.0.0.0/104`, as a dual-stack listener shows its
+    peers) holds `10.0.0.1`, and `10.0.0.0/8` holds the peer `::ffff:10.0.0.1`."""
+    if any(address in network for network in trusted):
+        return True
+    if isinstance(address, ipaddress.IPv4Address):
+        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + address.packed)
+        return any(mapped in network for network in trusted)
+    return False
 
 
 def _address(hop: str) -> Address | None:

@@ -68,3 +68,26 @@ def test_client_ip_reads_each_hop_as_the_address_it_names(xff: str, expected: st
 def test_is_trusted_proxy_matches_the_configured_networks(peer: str, expected: bool) -> None:
     assert is_trusted_proxy(peer, TRUSTED) is expected
     assert is_trusted_proxy(peer, []) is False
+
+
+_MAPPED_TRUSTED: list[Network] = [ipaddress.ip_network("::ffff:10.0.0.0/104")]
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "trusted", "expected"),
+    [
+        # A network written IPv4-mapped (as a dual-stack listener shows its peers) holds the
+        # proxy's hop in either spelling.
+        ("::ffff:10.0.0.1", "198.51.100.1, ::ffff:10.0.0.2", _MAPPED_TRUSTED, "198.51.100.1"),
+        ("::ffff:10.0.0.1", "198.51.100.1, 10.0.0.2", _MAPPED_TRUSTED, "198.51.100.1"),
+        ("10.0.0.1", "198.51.100.1, 10.0.0.2:443", _MAPPED_TRUSTED, "198.51.100.1"),
+        # An IPv4 network holds a peer a dual-stack listener shows IPv4-mapped.
+        ("::ffff:10.0.0.1", "198.51.100.1, ::ffff:10.0.0.2", TRUSTED, "198.51.100.1"),
+        ("::ffff:203.0.113.7", "198.51.100.1", TRUSTED, "::ffff:203.0.113.7"),  # not a proxy
+    ],
+)
+def test_a_trusted_network_holds_both_spellings_of_an_ipv4_address(
+    peer: str, xff: str, trusted: list[Network], expected: str
+) -> None:
+    assert client_ip(peer, xff, trusted) == expected
+    assert is_trusted_proxy(peer, trusted) is (expected != peer)
