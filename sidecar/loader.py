@@ -29,13 +29,16 @@ from sidecar.config import (
 )
 from sidecar.paths import PathRefused, canonical
 
-# `$$`, a reference, or a `${` that starts none (told, never kept as text: a mistyped
-# `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file knows).
+# `$$`, a reference, or a `${` written as one but not one (told, never kept as text: a
+# mistyped `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file
+# knows): a name of sorts (letters, digits, `_`, `-`, spaces) closed by `}`, by a shell
+# operator (`:?`, `:=`, `:+`, `-`, a nested `:-${`) or by the value's end. Any other `${`
+# is text, as it always was (an RE2 deny pattern `\${jndi:`, a template's `${{`).
 # A default follows the same rules as the text around it: `$$` is `$`, no `${` inside.
 _VAR = re.compile(
     r"\$\$"
     r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>(?:[^}$]|\$\$|\$(?!\{))*))?\}"
-    r"|(?P<bad>\$\{)"
+    r"|(?P<bad>\$\{)(?=[\w\s-]*(?:\}|:?[-?=+]|\Z))"
 )
 _NOT_A_REFERENCE = (
     "'${' at character %d starts no ${VAR} or ${VAR:-default} reference "

@@ -161,6 +161,24 @@ def test_a_dollar_brace_that_is_no_reference_is_an_error_never_the_literal_text(
     )
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"\${jndi:",  # RE2: an escaped $ and a literal {
+        r"(?i)\${(jndi|env|lower):",
+        r"\${[^}]*}",
+        r"\${7\*7}",
+        "${{ user_input }}",
+        r"\${jndi:ldap://[^}]+}",
+    ],
+)
+def test_a_dollar_brace_written_as_no_reference_is_text_as_it_always_was(pattern: str) -> None:
+    # Such a `${` cannot be taken for a mistyped secret reference: configs written before
+    # the reference check (a deny pattern for template injection) still load, unchanged.
+    config = loader.validate({"screening": {"deny_patterns": [pattern]}}, {})
+    assert [rule.pattern for rule in config.screening.deny_patterns] == [pattern]
+
+
 def test_a_default_reads_dollars_as_the_text_around_it_does() -> None:
     config = loader.validate(
         {"claude": {"model": "${M:-a$$b$c}", "anthropic_version": "x$y$${z}"}}, {}
