@@ -342,7 +342,11 @@ def check_environment(config: TelemetryConfig) -> None:
         configured_propagator()
         if sdk_disabled():
             return  # nothing else is read
-        traces, _ = signal_export(config, "TRACES"), signal_export(config, "METRICS")
+        traces, metrics = signal_export(config, "TRACES"), signal_export(config, "METRICS")
+        if not (
+            config.prometheus or traces.otlp or metrics.otlp or traces.others or metrics.others
+        ):
+            return  # `run` builds no providers either: nothing else is read
         if traces.otlp is not None or traces.others:
             from sidecar.telemetry.loop_spans import batch_settings
 
