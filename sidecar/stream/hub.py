@@ -180,6 +180,13 @@ class Generation:
     def kept_by(self, keeper: Keeper | None) -> None:
         """Other callers may read the generation through `keeper` (a recording of it)."""
         self.keeper = keeper
+
+    def _left_to_followers(self, due: tuple[Outcome, str, str]) -> None:
+        """Its clients left while followers read it: it stops as `due` says once the last
+        of them leaves (`unfollowed`). The keeper is told whom to tell only now, so a
+        generation nobody left points no callback at itself (no reference cycle)."""
+        self._due = due
+        keeper = self.keeper
         if keeper is not None:
             keeper.on_idle = self.unfollowed
 
@@ -315,6 +322,10 @@ class Generation:
         # of it here breaks the generation <-> producer cycle, so a finished stream's
         # objects are freed as it ends, not by the garbage collector later.
         self.producer = None
+        keeper = self.keeper
+        if keeper is not None:  # (nor of the recording's callback to it, and back)
+            self.keeper = None
+            keeper.on_idle = None
         if self._unattended is not None:
             self._unattended.cancel()
             self._unattended = None
@@ -376,7 +387,7 @@ class Generation:
             self._unattended.cancel()
             self._unattended = None
         self.left = "client_cancelled"
-        self._due = ("client_cancelled", "cancelled", "the stream was cancelled")
+        self._left_to_followers(("client_cancelled", "cancelled", "the stream was cancelled"))
 
     def carry_on(self) -> bool:
         """The client of a stream that is not resumable left: True when followers read it,
@@ -389,7 +400,9 @@ class Generation:
         if self.left is None:  # (a client cut for stalling was let go first: `let_go`)
             self.left = "client_cancelled"
         if self._due is None:
-            self._due = ("client_cancelled", "stream_abandoned", "the client left the stream")
+            self._left_to_followers(
+                ("client_cancelled", "stream_abandoned", "the client left the stream")
+            )
         return True
 
     def let_go(self, outcome: Outcome) -> bool:
@@ -403,11 +416,15 @@ class Generation:
         return True
 
     def unfollowed(self) -> None:
-        """The last follower left: a generation its clients left ends as it was due to."""
+        """The last follower left: a generation its clients left ends as it was due to (one
+        left for the grace still goes on while a client reads it on another replica)."""
         due = self._due
         if due is None or self.producer is None or self.final or self.subscribers:
             return
         self._due = None
+        if due[0] == "client_detached":  # a client may still read it on another replica
+            self._abandon("client_detached")
+            return
         self.producer.stop(*due)
 
     def _abandon(self, outcome: Outcome) -> None:
@@ -416,7 +433,9 @@ class Generation:
             return
         if self._followed():  # other callers read it: stopped when the last leaves
             if self._due is None:
-                self._due = (outcome, "stream_abandoned", "no client came back for the stream")
+                self._left_to_followers(
+                    (outcome, "stream_abandoned", "no client came back for the stream")
+                )
             return
         log = self.log
         if log is not None and log.readers_elsewhere and outcome == "client_detached":
