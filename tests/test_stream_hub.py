@@ -242,6 +242,9 @@ class Stopper:
     def stop(self, outcome: Outcome, error_type: str, message: str) -> None:
         self.stops.append(outcome)
 
+    def final_event(self, outcome: Outcome, error_type: str, message: str) -> bytes:
+        return b'data: {"error":"%s"}\n\n' % error_type.encode()
+
 
 @pytest.mark.parametrize("left", [False, True], ids=["attended", "left_to_followers"])
 def test_a_generation_and_the_recording_following_it_are_freed_as_it_ends(left: bool) -> None:

@@ -41,6 +41,10 @@ class Producer(Protocol):
 
     def stop(self, outcome: Outcome, error_type: str, message: str) -> None: ...
 
+    def final_event(self, outcome: Outcome, error_type: str, message: str) -> bytes:
+        """The final event a `stop` for these reasons sends, made without stopping."""
+        ...
+
 
 FIRST_SEND: Final = 16 * 1024  # at most this much leaves with the headers (never waits to drain)
 _BLANK: Final = b"\n\n"
@@ -372,22 +376,40 @@ class Generation:
         """An explicit cancel (a Stop button): the producer ends at once.
 
         While other callers follow it, it ends for its owner only: the owner's connections
-        are let go (their responses end) and it goes on for the followers, stopped at once
-        when the last of them leaves (never kept for the grace); its call records
-        `client_cancelled` even if it then completes.
+        get the cancel's final event (it ends the log too) and it goes on for the
+        followers, stopped at once when the last of them leaves (never kept for the grace);
+        its call records `client_cancelled` even if it then completes.
         """
         if self.producer is None or self.final:
             return
+        due: tuple[Outcome, str, str] = (
+            "client_cancelled", "cancelled", "the stream was cancelled"
+        )  # fmt: skip
         if not self._followed():
-            self.producer.stop("client_cancelled", "cancelled", "the stream was cancelled")
+            self.producer.stop(*due)
             return
-        for subscriber in list(self.subscribers):
-            self.detach(subscriber)
+        log = self.log
+        if log is None:  # cancelled already: it goes on for its followers only
+            return
+        # Over for its owner as a cancel without followers ends it: its connections get the
+        # same final event, kept as the log's last (a reconnect finds the stream over, here
+        # or on another replica, rather than attaching again); nothing more is kept or sent
+        # to them while the call goes on for the followers.
+        tail = self.producer.final_event(*due)
+        if tail:
+            tail = self._kept(tail, log)
+        self.log = None
+        log.finish()
         if self._unattended is not None:
             self._unattended.cancel()
             self._unattended = None
+        for subscriber in self.subscribers:
+            if tail:
+                subscriber.finish(tail)
+            subscriber.ended()
+        self.subscribers.clear()
         self.left = "client_cancelled"
-        self._left_to_followers(("client_cancelled", "cancelled", "the stream was cancelled"))
+        self._left_to_followers(due)
 
     def carry_on(self) -> bool:
         """The client of a stream that is not resumable left: True when followers read it,
