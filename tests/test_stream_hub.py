@@ -236,14 +236,15 @@ def test_claude_pauses_when_every_reader_lags() -> None:
 class Stopper:
     """A producer double: the stops it was asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, ended: bool = False) -> None:
         self.stops: list[str] = []
+        self.ended = ended  # Claude's body ended: its last events are on their way
 
     def stop(self, outcome: Outcome, error_type: str, message: str) -> None:
         self.stops.append(outcome)
 
-    def final_event(self, outcome: Outcome, error_type: str, message: str) -> bytes:
-        return b'data: {"error":"%s"}\n\n' % error_type.encode()
+    def final_event(self, outcome: Outcome, error_type: str, message: str) -> bytes | None:
+        return None if self.ended else b'data: {"error":"%s"}\n\n' % error_type.encode()
 
 
 @pytest.mark.parametrize("left", [False, True], ids=["attended", "left_to_followers"])
@@ -292,3 +293,43 @@ async def test_a_stream_its_followers_leave_goes_on_while_a_reader_elsewhere_rea
     assert producer.stops == []
     log.readers_elsewhere = 0  # that reader left too: stopped after the grace
     await eventually(lambda: holds(producer.stops == ["client_detached"]))
+
+
+def test_a_cancel_while_others_follow_ends_the_stream_for_its_owner_only() -> None:
+    gen, log = generation()
+    producer = Stopper()
+    gen.producer = producer
+    recording = Recording(stream=True)
+    gen.kept_by(recording)
+    recording.follow()
+    channel = Channel()
+    reader = subscriber(channel)
+    reader._started()
+    gen.attach(reader)
+    gen.publish(b'data: {"token":"a"}\n\n')
+    gen.cancel()
+    # The owner's reader and log end with the cancel's event; the call goes on.
+    assert channel.tail == b'id: S:2\ndata: {"error":"cancelled"}\n\n'
+    assert log.final
+    assert log.last == 2
+    assert not gen.final
+    assert gen.subscribers == []
+    assert producer.stops == []
+    gen.publish(b'data: {"token":"b"}\n\n')  # for the followers only
+    assert log.last == 2
+    recording.unfollow()
+    assert producer.stops == ["client_cancelled"]
+
+
+def test_a_cancel_once_claude_s_body_ended_leaves_the_stream_to_end_as_it_does() -> None:
+    gen, log = generation()
+    gen.producer = Stopper(ended=True)
+    recording = Recording(stream=True)
+    gen.kept_by(recording)
+    recording.follow()
+    reader = subscriber(Channel())
+    gen.attach(reader)
+    gen.cancel()
+    assert not log.final
+    assert gen.log is log
+    assert gen.subscribers == [reader]

@@ -41,8 +41,9 @@ class Producer(Protocol):
 
     def stop(self, outcome: Outcome, error_type: str, message: str) -> None: ...
 
-    def final_event(self, outcome: Outcome, error_type: str, message: str) -> bytes:
-        """The final event a `stop` for these reasons sends, made without stopping."""
+    def final_event(self, outcome: Outcome, error_type: str, message: str) -> bytes | None:
+        """The final event a `stop` for these reasons sends, made without stopping; None
+        when the stream is already ending (a stop would change nothing)."""
         ...
 
 
@@ -396,6 +397,8 @@ class Generation:
         # or on another replica, rather than attaching again); nothing more is kept or sent
         # to them while the call goes on for the followers.
         tail = self.producer.final_event(*due)
+        if tail is None:  # ending already, with its events still to come: as a late cancel
+            return
         if tail:
             tail = self._kept(tail, log)
         self.log = None
