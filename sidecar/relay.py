@@ -295,6 +295,15 @@ class LiveStream:
         """End the stream from outside the relay (shutdown, idle timeout, cancel)."""
         self.on_end(StopStream(outcome, error_type, message))
 
+    def final_event(self, outcome: Outcome, error_type: str, message: str) -> bytes | None:
+        """The final event `stop` would end the clients' stream with, made now without
+        ending it (for a cancel that ends it for its owner only: `Generation.cancel`);
+        None once Claude's body ended (its last events, already numbered, are on their
+        way with the end: a stop changes nothing then)."""
+        if self._ended:
+            return None
+        return self.core.translator.error_event(error_type, message, outcome)
+
     def tick(self, now: float) -> None:
         """The watchdog's look (every `tick_every`): a stalled client, an idle upstream, a
         heartbeat due. (Broken framing needs no look: the parser ends the body at once.)"""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 
 import aiohttp
 import pytest
@@ -290,6 +291,34 @@ async def test_a_cancelled_resumable_stream_goes_on_for_its_followers(
     assert fake.state.counters["requests"] == 1
     assert fake.state.counters["streams_completed"] == 1
     assert _ended_with(caplog) == [("client_cancelled", 40)]
+
+
+async def test_a_stream_its_owner_cancelled_is_over_for_the_owner_while_followers_read_on(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    # The owner's Stop while others follow the call: its stream ends with `cancelled`, as
+    # when nobody follows, and its reconnect (an EventSource does so by itself) finds the
+    # stream over instead of attaching again and reading on.
+    prompt = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D40%20tps%3D40%5D%5D%20stop%20mine"
+    config = {**cached(include_sampled=True), "resume": {"detach_grace_seconds": 30}}
+    async with sidecar_for(config) as s, aiohttp.ClientSession() as http:
+        cache = s.runtime.cache
+        async with http.get(s.url + prompt) as leader:
+            seen = await leader.content.readuntil(b"token")
+            follower = asyncio.create_task(http.get(s.url + prompt))
+            await eventually(lambda: holds(_following(cache) == 1))
+            (stream_id,) = s.runtime.resume.hub.stream_ids()
+            async with http.delete(f"{s.url}{ROUTE}/{stream_id}") as cancelled:
+                assert cancelled.status == 204
+            own = seen + await leader.read()
+        last = own.rstrip().rsplit(b"\n\n", 1)[-1]
+        assert b'"cancelled"' in last, own
+        (last_id,) = re.findall(rb"^id: (\S+)$", last, re.M)
+        async with http.get(s.url + ROUTE, headers={"Last-Event-ID": last_id.decode()}) as again:
+            assert again.status == 204, await again.read()
+        reply = await (await follower).read()
+    assert b'"done":true' in reply.replace(b" ", b"")
+    assert fake.state.counters["streams_completed"] == 1
 
 
 async def test_followers_of_a_call_cut_by_the_sidecar_get_its_own_end(

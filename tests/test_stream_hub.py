@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 from typing import cast
 
 import pytest
 
-from sidecar.record import StreamRecord
+from sidecar.cache.recording import Recording
+from sidecar.record import Outcome, StreamRecord
 from sidecar.stream.adapter import HIGH_WATER, ClientChannel
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
 from sidecar.stream.store import StreamLog
+from tests.support.waiting import eventually, holds
 
 
 def generation() -> tuple[Generation, StreamLog]:
@@ -228,3 +231,105 @@ def test_claude_pauses_when_every_reader_lags() -> None:
     assert not second.aborted
     first.read()
     assert gen.publish(event) is False  # one keeps up again: the stream goes on
+
+
+class Stopper:
+    """A producer double: the stops it was asked for."""
+
+    def __init__(self, ended: bool = False) -> None:
+        self.stops: list[str] = []
+        self.ended = ended  # Claude's body ended: its last events are on their way
+
+    def stop(self, outcome: Outcome, error_type: str, message: str) -> None:
+        self.stops.append(outcome)
+
+    def final_event(self, outcome: Outcome, error_type: str, message: str) -> bytes | None:
+        return None if self.ended else b'data: {"error":"%s"}\n\n' % error_type.encode()
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["attended", "left_to_followers"])
+def test_a_generation_and_the_recording_following_it_are_freed_as_it_ends(left: bool) -> None:
+    """No reference cycle between a generation and the response cache's recording of it
+    (that recording holds the whole answer): both go as the stream ends, not whenever the
+    cycle collector next runs."""
+    gc.collect()
+    gc.disable()
+    try:
+        recording = Recording(stream=True)
+        gen = Generation(StreamRecord(request_id="r", route="/", started=0.0))
+        gen.producer = Stopper()
+        gen.kept_by(recording)
+        recording.follow()
+        if left:  # its client left, the follower reads on
+            assert gen.carry_on()
+        recording.chunk(b"event: ping\n\n")
+        gen.end(b"")
+        recording.unfollow()
+        del gen, recording
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+async def test_a_stream_its_followers_leave_goes_on_while_a_reader_elsewhere_reads_it() -> None:
+    """Its own client gone past the grace while followers read it, then the followers gone:
+    a client reading it from the shared store on another replica still attends it, as
+    when nobody followed it; it is stopped once that reader is gone too."""
+    log = StreamLog("S", "owner", max_bytes=1 << 20)
+    record = StreamRecord(request_id="r", route="/", started=0.0)
+    gen = Generation(record, stream_id="S", owner="owner", log=log, grace=0.05)
+    producer = Stopper()
+    gen.producer = producer
+    recording = Recording(stream=True)
+    gen.kept_by(recording)
+    recording.follow()
+    reader = subscriber(Channel())
+    gen.attach(reader)
+    gen.detach(reader)  # the grace starts
+    await eventually(lambda: holds(gen._unattended is None))  # over, with a follower
+    assert producer.stops == []
+    log.readers_elsewhere = 1
+    recording.unfollow()  # the last follower leaves
+    assert producer.stops == []
+    log.readers_elsewhere = 0  # that reader left too: stopped after the grace
+    await eventually(lambda: holds(producer.stops == ["client_detached"]))
+
+
+def test_a_cancel_while_others_follow_ends_the_stream_for_its_owner_only() -> None:
+    gen, log = generation()
+    producer = Stopper()
+    gen.producer = producer
+    recording = Recording(stream=True)
+    gen.kept_by(recording)
+    recording.follow()
+    channel = Channel()
+    reader = subscriber(channel)
+    reader._started()
+    gen.attach(reader)
+    gen.publish(b'data: {"token":"a"}\n\n')
+    gen.cancel()
+    # The owner's reader and log end with the cancel's event; the call goes on.
+    assert channel.tail == b'id: S:2\ndata: {"error":"cancelled"}\n\n'
+    assert log.final
+    assert log.last == 2
+    assert not gen.final
+    assert gen.subscribers == []
+    assert producer.stops == []
+    gen.publish(b'data: {"token":"b"}\n\n')  # for the followers only
+    assert log.last == 2
+    recording.unfollow()
+    assert producer.stops == ["client_cancelled"]
+
+
+def test_a_cancel_once_claude_s_body_ended_leaves_the_stream_to_end_as_it_does() -> None:
+    gen, log = generation()
+    gen.producer = Stopper(ended=True)
+    recording = Recording(stream=True)
+    gen.kept_by(recording)
+    recording.follow()
+    reader = subscriber(Channel())
+    gen.attach(reader)
+    gen.cancel()
+    assert not log.final
+    assert gen.log is log
+    assert gen.subscribers == [reader]

@@ -47,7 +47,8 @@ class Recording:
         # The span of the Claude call being recorded (None for a stored entry's replay).
         self.origin: SpanContext | None = None
         self.followers = 0  # callers replaying it now (coalesced requests)
-        # Told when the last follower leaves (set by the call's generation).
+        # Told when the last follower leaves (set by the call's generation once its own
+        # clients left it to the followers; cleared when it ends).
         self.on_idle: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ the call tap

@@ -41,6 +41,11 @@ class Producer(Protocol):
 
     def stop(self, outcome: Outcome, error_type: str, message: str) -> None: ...
 
+    def final_event(self, outcome: Outcome, error_type: str, message: str) -> bytes | None:
+        """The final event a `stop` for these reasons sends, made without stopping; None
+        when the stream is already ending (a stop would change nothing)."""
+        ...
+
 
 FIRST_SEND: Final = 16 * 1024  # at most this much leaves with the headers (never waits to drain)
 _BLANK: Final = b"\n\n"
@@ -180,6 +185,13 @@ class Generation:
     def kept_by(self, keeper: Keeper | None) -> None:
         """Other callers may read the generation through `keeper` (a recording of it)."""
         self.keeper = keeper
+
+    def _left_to_followers(self, due: tuple[Outcome, str, str]) -> None:
+        """Its clients left while followers read it: it stops as `due` says once the last
+        of them leaves (`unfollowed`). The keeper is told whom to tell only now, so a
+        generation nobody left points no callback at itself (no reference cycle)."""
+        self._due = due
+        keeper = self.keeper
         if keeper is not None:
             keeper.on_idle = self.unfollowed
 
@@ -315,6 +327,10 @@ class Generation:
         # of it here breaks the generation <-> producer cycle, so a finished stream's
         # objects are freed as it ends, not by the garbage collector later.
         self.producer = None
+        keeper = self.keeper
+        if keeper is not None:  # (nor of the recording's callback to it, and back)
+            self.keeper = None
+            keeper.on_idle = None
         if self._unattended is not None:
             self._unattended.cancel()
             self._unattended = None
@@ -361,22 +377,42 @@ class Generation:
         """An explicit cancel (a Stop button): the producer ends at once.
 
         While other callers follow it, it ends for its owner only: the owner's connections
-        are let go (their responses end) and it goes on for the followers, stopped at once
-        when the last of them leaves (never kept for the grace); its call records
-        `client_cancelled` even if it then completes.
+        get the cancel's final event (it ends the log too) and it goes on for the
+        followers, stopped at once when the last of them leaves (never kept for the grace);
+        its call records `client_cancelled` even if it then completes.
         """
         if self.producer is None or self.final:
             return
+        due: tuple[Outcome, str, str] = (
+            "client_cancelled", "cancelled", "the stream was cancelled"
+        )  # fmt: skip
         if not self._followed():
-            self.producer.stop("client_cancelled", "cancelled", "the stream was cancelled")
+            self.producer.stop(*due)
             return
-        for subscriber in list(self.subscribers):
-            self.detach(subscriber)
+        log = self.log
+        if log is None:  # cancelled already: it goes on for its followers only
+            return
+        # Over for its owner as a cancel without followers ends it: its connections get the
+        # same final event, kept as the log's last (a reconnect finds the stream over, here
+        # or on another replica, rather than attaching again); nothing more is kept or sent
+        # to them while the call goes on for the followers.
+        tail = self.producer.final_event(*due)
+        if tail is None:  # ending already, with its events still to come: as a late cancel
+            return
+        if tail:
+            tail = self._kept(tail, log)
+        self.log = None
+        log.finish()
         if self._unattended is not None:
             self._unattended.cancel()
             self._unattended = None
+        for subscriber in self.subscribers:
+            if tail:
+                subscriber.finish(tail)
+            subscriber.ended()
+        self.subscribers.clear()
         self.left = "client_cancelled"
-        self._due = ("client_cancelled", "cancelled", "the stream was cancelled")
+        self._left_to_followers(due)
 
     def carry_on(self) -> bool:
         """The client of a stream that is not resumable left: True when followers read it,
@@ -389,7 +425,9 @@ class Generation:
         if self.left is None:  # (a client cut for stalling was let go first: `let_go`)
             self.left = "client_cancelled"
         if self._due is None:
-            self._due = ("client_cancelled", "stream_abandoned", "the client left the stream")
+            self._left_to_followers(
+                ("client_cancelled", "stream_abandoned", "the client left the stream")
+            )
         return True
 
     def let_go(self, outcome: Outcome) -> bool:
@@ -403,11 +441,15 @@ class Generation:
         return True
 
     def unfollowed(self) -> None:
-        """The last follower left: a generation its clients left ends as it was due to."""
+        """The last follower left: a generation its clients left ends as it was due to (one
+        left for the grace still goes on while a client reads it on another replica)."""
         due = self._due
         if due is None or self.producer is None or self.final or self.subscribers:
             return
         self._due = None
+        if due[0] == "client_detached":  # a client may still read it on another replica
+            self._abandon("client_detached")
+            return
         self.producer.stop(*due)
 
     def _abandon(self, outcome: Outcome) -> None:
@@ -416,7 +458,9 @@ class Generation:
             return
         if self._followed():  # other callers read it: stopped when the last leaves
             if self._due is None:
-                self._due = (outcome, "stream_abandoned", "no client came back for the stream")
+                self._left_to_followers(
+                    (outcome, "stream_abandoned", "no client came back for the stream")
+                )
             return
         log = self.log
         if log is not None and log.readers_elsewhere and outcome == "client_detached":
