@@ -20,6 +20,7 @@ ERROR_FAULTS: dict[str, tuple[int, str, str]] = {
     "server_error": (500, "api_error", "Internal server error"),
     "bad_request": (400, "invalid_request_error", "Injected bad request"),
     "auth": (401, "authentication_error", "invalid x-api-key"),
+    "timeout": (504, "timeout_error", "Request timed out"),
 }
 STREAM_FAULTS = frozenset(
     {"midstream_error", "stall", "stall_before_start", "stall_midstream", "drop", "slow_headers"}

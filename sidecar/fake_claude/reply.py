@@ -56,6 +56,7 @@ class Reply:
     input_tokens: int
     blocks: list[Block] = field(default_factory=list)
     stop_reason: str = "end_turn"
+    stop_sequence: str | None = None  # the `stop_sequences` entry that ended the reply
 
     @property
     def output_tokens(self) -> int:
@@ -132,15 +133,40 @@ def plan_reply(body: Mapping[str, Any], knobs: Knobs, model: str | None) -> Repl
         reply.blocks.append(Block("thinking", start, thoughts))
     if knobs.content in ("web_search", "web_search_error"):
         reply.blocks.extend(_web_search_blocks(body, prompt, knobs.content == "web_search_error"))
-    reply.blocks.append(
-        Block("text", {"type": "text", "text": ""}, words_for(prompt, knobs.tokens))
-    )
-    if knobs.content == "tool_use":
+    text = Block("text", {"type": "text", "text": ""}, words_for(prompt, knobs.tokens))
+    reply.blocks.append(text)
+    reply.stop_sequence = _cut_at_stop_sequence(text, body.get("stop_sequences"))
+    if reply.stop_sequence is not None:  # generation ends there: no tool call follows
+        reply.stop_reason = "stop_sequence"
+    elif knobs.content == "tool_use":
         reply.blocks.append(_tool_block(body, prompt))
         reply.stop_reason = "tool_use"
     if _cut_to_budget(reply.blocks, int(body["max_tokens"])):
-        reply.stop_reason = "max_tokens"
+        reply.stop_reason, reply.stop_sequence = "max_tokens", None
     return reply
+
+
+def _cut_at_stop_sequence(block: Block, stop_sequences: Any) -> str | None:
+    """Cut the text before the earliest of `stop_sequences` (not sent, as the API leaves it
+    out); return the sequence that matched, or None."""
+    if not isinstance(stop_sequences, list):
+        return None
+    text = "".join(block.pieces)
+    found = [(at, seq) for seq in stop_sequences
+             if isinstance(seq, str) and seq and (at := text.find(seq)) >= 0]  # fmt: skip
+    if not found:
+        return None
+    at, sequence = min(found, key=lambda match: match[0])
+    kept, length = [], 0
+    for piece in block.pieces:
+        if length + len(piece) >= at:
+            if at > length:
+                kept.append(piece[: at - length])
+            break
+        kept.append(piece)
+        length += len(piece)
+    block.pieces[:] = kept
+    return sequence
 
 
 def _tool_block(body: Mapping[str, Any], prompt: str) -> Block:
@@ -217,7 +243,7 @@ def message_json(reply: Reply) -> dict[str, Any]:
         "content": [_final_block(block) for block in reply.blocks],
         "model": reply.model,
         "stop_reason": reply.stop_reason,
-        "stop_sequence": None,
+        "stop_sequence": reply.stop_sequence,
         "usage": _usage(reply, reply.output_tokens),
     }
 
@@ -246,7 +272,7 @@ def encode_events(reply: Reply, *, stamp: bool = False) -> list[Event]:
     start = {
         "type": "message_start",
         "message": {**message_json(reply), "content": [], "stop_reason": None,
-                    "usage": _usage(reply, 1)},
+                    "stop_sequence": None, "usage": _usage(reply, 1)},
     }  # fmt: skip
     events: list[Event] = [("message_start", encode("message_start", start), PLAIN)]
     for index, block in enumerate(reply.blocks):
@@ -259,7 +285,7 @@ def encode_events(reply: Reply, *, stamp: bool = False) -> list[Event]:
         events.append(("content_block_stop", encode("content_block_stop", closing), PLAIN))
     ending = {
         "type": "message_delta",
-        "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+        "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
         "usage": _usage(reply, reply.output_tokens),  # cumulative, input included, as the API's
     }
     events.append(("message_delta", encode("message_delta", ending), PLAIN))

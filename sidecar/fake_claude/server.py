@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -268,8 +270,39 @@ async def handle_not_found(request: web.Request) -> web.Response:
     )
 
 
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+# The API's limits per minute, announced on every Messages API answer (as one tier's are).
+RATE_LIMITS: Final = (
+    ("requests", 4000), ("tokens", 2_400_000),
+    ("input-tokens", 2_000_000), ("output-tokens", 400_000),
+)  # fmt: skip
+
+
+def ratelimit_headers(status: int, retry_after: str | None) -> dict[str, str]:
+    """`anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,
+    reset}` as the API sends them: a 429 has spent the input tokens (the fake's rate-limit
+    message) and resets after its `retry-after`; otherwise one request is spent."""
+    now = time.time()
+    wait = int(retry_after) if retry_after and retry_after.isdigit() else 60
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(now) + wait))
+    headers: dict[str, str] = {}
+    for name, limit in RATE_LIMITS:
+        remaining = limit - 1 if name == "requests" else limit
+        if status == 429 and name in ("tokens", "input-tokens"):
+            remaining = 0
+        prefix = "anthropic-ratelimit-" + name
+        headers |= {f"{prefix}-limit": str(limit), f"{prefix}-remaining": str(remaining),
+                    f"{prefix}-reset": reset}  # fmt: skip
+    return headers
+
+
+async def _add_api_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Once per response, before its headers go: `request-id` on every answer, and on the
+    Messages API's (streams and errors alike; not a refused key) its rate-limit headers."""
     response.headers.setdefault("request-id", new_request_id())
+    if request.path.startswith("/v1/messages") and response.status != 401:
+        response.headers.update(
+            ratelimit_headers(response.status, response.headers.get("retry-after"))
+        )
 
 
 def make_fake_claude_app(settings: FakeSettings | None = None) -> web.Application:
@@ -285,7 +318,7 @@ def make_fake_claude_app(settings: FakeSettings | None = None) -> web.Applicatio
     app.router.add_post("/_fake/reset", handle_reset)
     app.router.add_post("/_fake/release", handle_release)
     app.router.add_route("*", "/{tail:.*}", handle_not_found)
-    app.on_response_prepare.append(_add_request_id)
+    app.on_response_prepare.append(_add_api_headers)
     return app
 
 
