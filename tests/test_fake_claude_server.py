@@ -78,6 +78,8 @@ async def test_the_models_api_has_no_ratelimit_headers(fake: FakeServer, path: s
     ("fault", "status", "error_type", "exception"),
     [("bad_request", 400, "invalid_request_error", anthropic.BadRequestError),
      ("auth", 401, "authentication_error", anthropic.AuthenticationError),
+     ("permission", 403, "permission_error", anthropic.PermissionDeniedError),
+     ("not_found", 404, "not_found_error", anthropic.NotFoundError),
      ("rate_limit", 429, "rate_limit_error", anthropic.RateLimitError),
      ("server_error", 500, "api_error", anthropic.InternalServerError),
      ("timeout", 504, "timeout_error", anthropic.GatewayTimeoutError),
@@ -102,3 +104,5 @@ async def test_each_error_fault_is_the_apis_error_as_the_sdk_raises_it(
     assert error.body["type"] == "error"
     assert error.body["error"]["type"] == error_type
     assert error.body["request_id"] == error.response.headers["request-id"] == error.request_id
+    if fault == "not_found":  # as the API's: the model it does not know
+        assert error.body["error"]["message"] == "model: claude-sonnet-5-5"

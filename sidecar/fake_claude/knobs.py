@@ -20,6 +20,12 @@ ERROR_FAULTS: dict[str, tuple[int, str, str]] = {
     "server_error": (500, "api_error", "Internal server error"),
     "bad_request": (400, "invalid_request_error", "Injected bad request"),
     "auth": (401, "authentication_error", "invalid x-api-key"),
+    "permission": (
+        403,
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+    ),
+    "not_found": (404, "not_found_error", "model: {model}"),  # the API names the model
     "timeout": (504, "timeout_error", "Request timed out"),
 }
 STREAM_FAULTS = frozenset(

@@ -110,6 +110,7 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(knobs.delay_ms / 1000)
     if fault in ERROR_FAULTS:
         status, error_type, message = ERROR_FAULTS[fault]
+        message = message.replace("{model}", str(body["model"]))
         raise ApiError(status, error_type, message, knobs.retry_after)
     if counting:
         return json_response({"input_tokens": estimate_input_tokens(body)})
