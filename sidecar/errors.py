@@ -211,14 +211,13 @@ def reject(
     message: str,
     *,
     headers: Mapping[str, str] | None = None,
-    code: str | None = None,
     status: int | None = None,
     cause: str | None = None,
 ) -> Rejection:
     """The catalogue's `Rejection` for `reason`; KeyError for a reason not in `REASONS`.
 
     `status` is given only for a reason whose status is not fixed (the app's own answer);
-    `code` overrides the entry's short-type code; `cause` is telemetry's (`Rejection`).
+    `cause` is telemetry's (`Rejection`).
     """
     entry = REASONS.get(reason)
     if entry is None:
@@ -228,13 +227,11 @@ def reject(
     if entry.status is not None:
         return Rejection(
             entry.status, entry.error_type, message, reason=reason,
-            code=code or entry.code, headers=headers, cause=cause,
+            code=entry.code, headers=headers, cause=cause,
         )  # fmt: skip
     assert status is not None
     error_type = status_error_type(status, entry.error_type)
-    return Rejection(
-        status, error_type, message, reason=reason, code=code, headers=headers, cause=cause
-    )
+    return Rejection(status, error_type, message, reason=reason, headers=headers, cause=cause)
 
 
 def bad_request(message: str, *, reason: str = "invalid_request") -> Rejection:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sidecar.config import QuotaConfig
 from sidecar.identity import ANONYMOUS, Identity
-from sidecar.quotas.decisions import ratelimit_headers, rejection_of, rfc3339, subject_of
+from sidecar.quotas.decisions import ratelimit_headers, rejection_of, subject_of
 from sidecar.quotas.stores import Decision, Window
 
 JAN_1 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -32,8 +32,12 @@ def test_a_caller_without_the_keyed_name_is_counted_by_address() -> None:
 
 
 def test_reset_times_are_whole_seconds_rounded_up_in_utc() -> None:
-    assert rfc3339(JAN_1) == "2026-01-01T00:00:00Z"
-    assert rfc3339(JAN_1 + 0.001) == "2026-01-01T00:00:01Z"
+    def reset(at: float) -> str:
+        decision = Decision(True, None, 0.0, Window(10, 9, at), None, JAN_1)
+        return ratelimit_headers(decision)["anthropic-ratelimit-requests-reset"]
+
+    assert reset(JAN_1) == "2026-01-01T00:00:00Z"
+    assert reset(JAN_1 + 0.001) == "2026-01-01T00:00:01Z"
 
 
 def test_headers_name_only_the_enabled_limits() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from sidecar import sse
 from sidecar.fake_claude import FakeServer
@@ -253,6 +254,72 @@ async def test_leaving_and_coming_back_within_the_grace_keeps_the_generation(
     assert len(first.events) + len(rest.events) == 31
     assert fake.state.counters["streams_completed"] == 1
     assert stream_ends(caplog) == ["completed"]
+
+
+async def test_events_published_while_a_resume_prepares_its_response_reach_it_once(
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Preparing a resume's response is an await: whatever the producer publishes while it
+    is pending reaches the reader, in order, exactly once (backlog or live, never neither)."""
+    prepare = web.StreamResponse.prepare
+    held: list[int] = []
+
+    async def slow_prepare(self: web.StreamResponse, request: web.BaseRequest) -> Any:
+        if "Last-Event-ID" in request.headers and not held:
+            live = sidecar.runtime.resume.hub.get(stream_id)
+            assert live is not None
+            log_ = live[0].log
+            assert log_ is not None
+            held.append(log_.last)
+            # The producer publishes while this response is being prepared.
+            await eventually(lambda: holds(log_.last >= held[0] + 3))
+        return await prepare(self, request)
+
+    monkeypatch.setattr(web.StreamResponse, "prepare", slow_prepare)
+    async with sidecar_for(resumable()) as sidecar:
+        async with cutting_proxy(sidecar.port, after=2) as proxy:
+            first = await sse_request(proxy.port, target=long_stream(40))
+        stream_id = first.stream_id
+        rest = await sse_request(sidecar.port, headers={"Last-Event-ID": first.last_id})
+    assert len(held) == 1  # the resume's response was held while events came
+    # Every event after the client's last, in order: none lost, none twice.
+    assert [e.id for e in rest.events] == [
+        f"{stream_id}:{n}" for n in range(3, len(rest.events) + 3)
+    ]
+    assert rest.events[-1].data["done"] is True
+
+
+async def test_events_dropped_while_a_resume_prepares_its_response_end_it_without_a_gap(
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's next events leave the bounded log while its resume's response is being
+    prepared: the read ends with no event (never a stream with a gap), and its next resume
+    is told the stream is gone."""
+    prepare = web.StreamResponse.prepare
+    held: list[int] = []
+
+    async def slow_prepare(self: web.StreamResponse, request: web.BaseRequest) -> Any:
+        if "Last-Event-ID" in request.headers and not held:
+            live = sidecar.runtime.resume.hub.get(stream_id)
+            assert live is not None
+            log_ = live[0].log
+            assert log_ is not None
+            held.append(log_.last)
+            # The client's next events leave the buffer meanwhile.
+            await eventually(lambda: holds(log_.base > 3))
+        return await prepare(self, request)
+
+    monkeypatch.setattr(web.StreamResponse, "prepare", slow_prepare)
+    async with sidecar_for(resumable(max_buffer_bytes=2048)) as sidecar:
+        async with cutting_proxy(sidecar.port, after=2) as proxy:
+            first = await sse_request(proxy.port, target=long_stream(200))
+        stream_id = first.stream_id
+        rest = await sse_request(sidecar.port, headers={"Last-Event-ID": first.last_id})
+        again = await sse_request(sidecar.port, headers={"Last-Event-ID": first.last_id})
+    assert len(held) == 1
+    assert rest.status == 200
+    assert rest.events == []
+    assert again.status == 204
 
 
 async def test_a_generation_nobody_comes_back_for_is_cancelled_after_the_grace(

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
 from tests.support.redis_server import RedisServer
@@ -83,6 +84,37 @@ async def test_a_cut_turn_resumes_as_the_whole_message_once(
     assert text_of(resumed) == text_of(whole) != ""
     assert again.status == 204
     assert fake.state.counters["requests"] == 2
+
+
+async def test_parts_published_while_a_chat_resume_prepares_its_response_reach_it_once(
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Preparing the chat resume's response is an await: the parts the turn produces while
+    it is pending reach the resumed message, in order, exactly once."""
+    prepare = web.StreamResponse.prepare
+    held: list[int] = []
+
+    async def slow_prepare(self: web.StreamResponse, request: web.BaseRequest) -> Any:
+        if request.path.endswith("/stream") and not held:
+            (stream_id,) = sidecar.runtime.resume.hub.stream_ids()
+            live = sidecar.runtime.resume.hub.get(stream_id)
+            assert live is not None
+            log_ = live[0].log
+            assert log_ is not None
+            held.append(log_.last)
+            # The turn goes on while this response is being prepared.
+            await eventually(lambda: holds(log_.last >= held[0] + 3))
+        return await prepare(self, request)
+
+    monkeypatch.setattr(web.StreamResponse, "prepare", slow_prepare)
+    async with sidecar_for(resumable()) as sidecar:
+        async with cutting_proxy(sidecar.port, after=4) as proxy:
+            first = await post(proxy.port, "chat-held")
+        resumed = await resume_chat(sidecar.port, "chat-held")
+    assert len(held) == 1
+    ids = [e.id for e in resumed.events if e.id is not None]
+    assert ids == [f"{first.stream_id}:{n}" for n in range(1, len(ids) + 1)]
+    assert kinds(resumed)[-2:] == ["finish", "[DONE]"]
 
 
 async def test_last_event_id_resumes_a_turn_after_its_last_event(

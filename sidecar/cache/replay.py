@@ -39,11 +39,6 @@ def recording_of(entry: Entry) -> Recording:
     return recording
 
 
-def paced_gaps(gaps: list[float]) -> list[float]:
-    """The waits a paced replay makes before each chunk: the recorded gaps, capped."""
-    return [min(max(gap, 0.0), PACE_CAP) for gap in gaps]
-
-
 async def replay_stream(
     ctx: RequestContext,
     source: Recording,

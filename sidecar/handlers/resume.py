@@ -151,9 +151,10 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
     live = runtime.resume.hub.get(stream_id)
     if live is not None and _mine(live, owner, ctx.route.handler) is not None:
         generation, origin = live
-        assert generation.log is not None
+        log_ = generation.log
+        assert log_ is not None
         try:
-            backlog = generation.log.since(after)
+            backlog = log_.since(after)
         except BeyondEnd:
             raise _beyond_end() from None
         if backlog is None:
@@ -163,17 +164,36 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
         if len(generation.subscribers) >= runtime.config.resume.max_subscribers:
             raise _too_many_readers()
         ctx.span.add_link(origin.get_span_context())
-        runtime.telemetry.resumed("resumed", len(backlog))
         channel = await _start(ctx, stream_id)
+        # The backlog is taken (again) only now, after the await that prepared the response,
+        # and the reader attached in the same step: an event published while the response
+        # was prepared is in the backlog, every later one reaches the reader, none twice.
+        backlog = log_.since(after)
+        stall = runtime.config.claude.client_stall_timeout_seconds
+        if backlog is None:
+            # Events the client had not read left the log's bound meanwhile: the read ends
+            # with no final event, as a reader left behind does; its next resume from its
+            # last event finds them gone (204 / 404), never a stream with a gap.
+            runtime.telemetry.resumed("expired")
+            await channel.end(stall)
+            return channel.response
+        runtime.telemetry.resumed("resumed", len(backlog))
         subscriber = Subscriber(channel, b"".join(backlog))
-        generation.attach(subscriber)  # no await since the backlog was taken: no gap
+        # Cancelled for its owner meanwhile (while others follow it: `Generation.cancel`),
+        # its log was let go, ending with the cancel's final event: the backlog is all.
+        attached = generation.log is log_
+        if attached:
+            generation.attach(subscriber)
+        else:
+            subscriber.ended()
         try:
             with contextlib.suppress(ConnectionResetError):
                 subscriber.begin(b"")  # the backlog, with the headers
                 await subscriber.done
         finally:
-            generation.detach(subscriber)
-        await channel.end(runtime.config.claude.client_stall_timeout_seconds)
+            if attached:
+                generation.detach(subscriber)
+        await channel.end(stall)
         return channel.response
     # Someone else's stream live here is looked up in the store as an unknown id is: the
     # same work, so neither the answer nor its timing tells that it exists. The caller's

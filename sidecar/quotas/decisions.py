@@ -53,13 +53,9 @@ def subject_of(policy: QuotaConfig, scope: str, identity: Identity, client_ip: s
     return f"{scope}\x1f{kind}\x1f{value}"
 
 
-def rfc3339(epoch: float) -> str:
-    """Whole seconds, rounded up, in UTC: `2026-01-01T00:00:00Z` (as Anthropic's reset headers)."""
-    return _rfc3339_second(math.ceil(epoch))
-
-
 @functools.lru_cache(maxsize=256)  # resets fall on few distinct seconds: format each once
 def _rfc3339_second(second: int) -> str:
+    """A whole second in UTC: `2026-01-01T00:00:00Z` (as Anthropic's reset headers)."""
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -80,7 +76,7 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
         if window is not None:
             headers[limit] = str(window.limit)
             headers[remaining] = str(window.remaining)
-            headers[reset] = _rfc3339_second(math.ceil(window.reset_at))  # = rfc3339()
+            headers[reset] = _rfc3339_second(math.ceil(window.reset_at))  # rounded up
     return headers
 
 

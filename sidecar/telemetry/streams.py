@@ -109,7 +109,7 @@ class StreamSets:
     outcome and route, and on the conventions (`latest`): `Telemetry` keys them by these.
     """
 
-    __slots__ = ("cost", "input", "metric", "output", "output_unanswered", "streams")
+    __slots__ = ("cost", "input", "metric", "output", "streams")
 
     def __init__(self, record: StreamRecord, is_failed: bool, latest: bool) -> None:
         metric = metric_attributes(record, is_failed)
@@ -123,12 +123,9 @@ class StreamSets:
             base = {key: value for key, value in metric.items() if key != "error.type"}
             self.input = AttributeSet({**base, **_INPUT_MODALITY})
             self.output = AttributeSet({**base, **_OUTPUT_MODALITY})
-            self.output_unanswered = self.input
         else:
             self.input = AttributeSet({**metric, "gen_ai.token.type": "input"})
-            self.output = self.output_unanswered = AttributeSet(
-                {**metric, "gen_ai.token.type": "output"}
-            )
+            self.output = AttributeSet({**metric, "gen_ai.token.type": "output"})
 
 
 def record_metrics(

@@ -78,18 +78,6 @@ class Decision:
     now: float  # epoch seconds (the store's clock)
 
 
-@dataclass(frozen=True, slots=True)
-class BucketState:
-    """A bucket level right now, before or after a take."""
-
-    limit: int
-    period: float
-    level: float
-
-    def window(self, now: float) -> Window:
-        return window_of(self.limit, self.period, self.level, now)
-
-
 def window_of(limit: int, period: float, level: float, now: float) -> Window:
     """The client's view of a bucket of `limit` per `period` seconds at `level` now."""
     refill = (limit - level) * period / limit
