@@ -1,0 +1,213 @@
+"""Every chunk the `ui` route sends, in every kind of turn, read by the AI SDK's own parsing
+(`parseJsonEventStream`, as DefaultChatTransport reads a response) and checked against its
+own schema (`uiMessageChunkSchema`); the stream ends with one `data: [DONE]`, nothing after.
+
+The route sends no `message-metadata` chunks; the schema would check them like the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sidecar.fake_claude import FakeServer
+from tests.support.node import Line, run_script, script_lines, skip_without
+from tests.support.resume import cutting_proxy, sse_request
+from tests.support.sidecars import SidecarFactory
+from tests.support.waiting import eventually, holds
+
+skip_without("ai")
+
+CHAT = "/api/chat"
+TOOL = {"name": "get_weather", "description": "Weather for a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}  # fmt: skip
+SEARCH = {"type": "web_search_20250305", "name": "web_search"}
+CONFIG: dict[str, Any] = {"ui": {"tools": [TOOL, SEARCH]}}
+CACHED: dict[str, Any] = {**CONFIG, "cache": {"enabled": True, "include_sampled": True}}
+SLOW = "[[fake tokens=40 tps=20]] tell me"
+
+
+def user(text: str, id_: str = "u1") -> dict[str, Any]:
+    return {"id": id_, "role": "user", "parts": [{"type": "text", "text": text}]}
+
+
+def body(*messages: dict[str, Any], chat_id: str = "chat-1") -> str:
+    return json.dumps({"id": chat_id, "trigger": "submit-message", "messages": list(messages)})
+
+
+def valid(line: Line, whole: bool = True) -> list[str]:
+    """The chunk types of one finished answer, once every chunk passed the SDK's schema and
+    the stream ended with exactly one `[DONE]`; a `whole` message (not a cursor's tail)
+    also assembled by the SDK without an error."""
+    assert line["status"] == 200, line
+    assert line["rejected"] == [], line["rejected"]
+    if whole:
+        assert line["failure"] is None, line["failure"]
+    raw = line["raw"]
+    assert raw.count("[DONE]") == 1, raw[-3:]
+    assert raw[-1] == "[DONE]", raw[-3:]
+    chunks: list[str] = line["chunks"]
+    assert len(chunks) == len(raw) - 1  # every event but `[DONE]` was a chunk
+    return chunks
+
+
+async def answer(url: str, method: str = "POST", data: str | None = None) -> tuple[Line, Line]:
+    """The opening line (status, headers) and the final line of one request."""
+    args = [url, method] if data is None else [url, method, data]
+    opened, final = await run_script("ui_schema.mjs", *args)
+    return opened, final
+
+
+async def test_text_turn_with_resume_on_and_off(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    for config in (CONFIG, {**CONFIG, "routes": [{"path": CHAT, "handler": "ui",
+                                                  "resume": {"enabled": False}}]}):  # fmt: skip
+        async with sidecar_for(config) as sidecar:
+            opened, final = await answer(sidecar.url + CHAT, data=body(user("hello")))
+        assert opened["protocol"] == "v1"
+        assert valid(final) == ["start", "start-step", "text-start", *["text-delta"] * 12,
+                                "text-end", "finish-step", "finish"]  # fmt: skip
+
+
+async def test_reasoning_turn(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for(CONFIG) as sidecar:
+        _, final = await answer(sidecar.url + CHAT, data=body(user("[[fake content=thinking]]")))
+    chunks = valid(final)
+    assert {"reasoning-start", "reasoning-delta", "reasoning-end"} <= set(chunks)
+    assert chunks[-1] == "finish"
+
+
+async def test_client_tool_call_and_the_turn_with_its_output(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    first = user("weather please [[fake content=tool_use]]")
+    async with sidecar_for(CONFIG) as sidecar:
+        _, call = await answer(sidecar.url + CHAT, data=body(first))
+        chunks = valid(call)
+        assert {"tool-input-start", "tool-input-delta", "tool-input-available"} <= set(chunks)
+        assert chunks[-1] == "finish"
+        (call_id,) = {json.loads(raw)["toolCallId"] for raw in call["raw"][:-1]
+                      if "toolCallId" in json.loads(raw)}  # fmt: skip
+        # The client runs the tool and sends its output back (as `addToolOutput` does).
+        answered = {"id": "a1", "role": "assistant", "parts": [
+            {"type": "step-start"},
+            {"type": "tool-get_weather", "toolCallId": call_id, "state": "output-available",
+             "input": {"city": "Paris"}, "output": {"temperature": 21}}]}  # fmt: skip
+        _, after = await answer(sidecar.url + CHAT, data=body(first, answered))
+    assert "text-delta" in valid(after)
+
+
+async def test_server_tool_that_succeeds_and_one_that_fails(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(CONFIG) as sidecar:
+        _, found = await answer(sidecar.url + CHAT, data=body(user("[[fake content=web_search]]")))
+        _, failed = await answer(
+            sidecar.url + CHAT, data=body(user("[[fake content=web_search_error]]"))
+        )
+    assert "tool-output-available" in valid(found)
+    assert "tool-output-error" in valid(failed)
+
+
+@pytest.mark.parametrize("fault", ["midstream_error", "stall_midstream", "drop"])
+async def test_a_stream_that_breaks_mid_answer(
+    fake: FakeServer, sidecar_for: SidecarFactory, fault: str
+) -> None:
+    config = {**CONFIG, "claude": {"idle_timeout_seconds": 0.3}}
+    async with sidecar_for(config) as sidecar:
+        _, final = await answer(
+            sidecar.url + CHAT, data=body(user(f"[[fake fault={fault} after=3]]"))
+        )
+    chunks = valid(final)
+    assert chunks[-1] == "error"
+    assert chunks.count("text-delta") == 3
+
+
+async def test_an_answer_cut_at_max_tokens(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
+    async with sidecar_for({"ui": {"max_tokens": 4}}) as sidecar:
+        _, final = await answer(sidecar.url + CHAT, data=body(user("[[fake tokens=20]]")))
+    assert valid(final)[-1] == "finish"
+    assert json.loads(final["raw"][-2])["finishReason"] == "length"
+
+
+async def test_claude_refusing_before_the_stream_is_a_json_error_not_a_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(CONFIG) as sidecar:
+        answers = [
+            await answer(sidecar.url + CHAT, data=body(user(f"[[fake fault={fault}]]")))
+            for fault in ("rate_limit", "overloaded")
+        ]
+    for (opened, final), status in zip(answers, (429, 503), strict=True):
+        assert opened["status"] == final["status"] == status
+        assert opened["contentType"].startswith("application/json")
+        assert json.loads(final["body"])["error"]["type"] in {"rate_limited", "overloaded"}
+
+
+async def test_a_turn_stopped_by_delete_mid_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    long = body(user("[[fake tokens=400 tps=40]] go on"))
+    async with sidecar_for({**CONFIG, "resume": {"detach_grace_seconds": 30}}) as sidecar:
+        async with script_lines("ui_schema.mjs", sidecar.url + CHAT, "POST", long) as lines:
+            (opened,) = await lines.until(lambda seen: len(seen) == 1)
+            await eventually(lambda: holds(fake.state.open_streams == 1))
+            async with aiohttp.ClientSession() as http:
+                target = f"{sidecar.url}{CHAT}/{opened['streamId']}"
+                async with http.delete(target) as response:
+                    assert response.status == 204
+            _, final = await lines.rest()
+    assert valid(final)[-1] == "error"
+
+
+async def test_a_dropped_turn_resumed_from_the_chats_stream(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for({**CONFIG, "resume": {"detach_grace_seconds": 10}}) as sidecar:
+        async with cutting_proxy(sidecar.port, after=6) as proxy:
+            data = body(user(SLOW), chat_id="chat-cut").encode()
+            cut = await sse_request(proxy.port, "POST", CHAT, {}, data)
+        assert proxy.cut == 1
+        _, resumed = await answer(f"{sidecar.url}{CHAT}/chat-cut/stream", "GET")
+        # A client of its own resuming by cursor gets the tail, each chunk as valid.
+        async with cutting_proxy(sidecar.port, after=6) as proxy:
+            data = body(user(SLOW), chat_id="chat-tail").encode()
+            tail_cut = await sse_request(proxy.port, "POST", CHAT, {}, data)
+        _, tail = await answer(
+            f"{sidecar.url}{CHAT}/chat-tail/stream?last_event_id={tail_cut.last_id}", "GET"
+        )
+    assert cut.stream_id
+    chunks = valid(resumed)
+    assert chunks[:3] == ["start", "start-step", "text-start"]
+    assert chunks[-1] == "finish"
+    assert valid(tail, whole=False)[-1] == "finish"
+
+
+async def test_a_cached_replay_and_a_coalesced_follower(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    for replay in ("instant", "paced"):
+        config = {**CACHED, "cache": {**CACHED["cache"], "replay": replay}}
+        async with sidecar_for(config) as sidecar:
+            turn = body(user(f"the same question {replay} [[fake tokens=5]]"))
+            _, first = await answer(sidecar.url + CHAT, data=turn)
+            opened, again = await answer(sidecar.url + CHAT, data=turn)
+        assert opened["cache"] == "HIT"
+        assert valid(again) == valid(first)
+    for prompt in (SLOW, "[[fake fault=midstream_error tokens=60 after=30 tps=20]] fail"):
+        async with sidecar_for(CACHED) as sidecar:
+            calls = fake.state.counters["requests"]
+            turn = body(user(prompt))
+            async with script_lines("ui_schema.mjs", sidecar.url + CHAT, "POST", turn) as lead:
+                (led,) = await lead.until(lambda seen: len(seen) == 1)
+                await eventually(lambda: holds(fake.state.open_streams == 1))
+                opened, follower = await answer(sidecar.url + CHAT, data=turn)
+                _, leader = await lead.rest()
+            assert (led["cache"], opened["cache"]) == ("MISS", "HIT")
+            assert fake.state.counters["requests"] == calls + 1
+            assert valid(follower)[-1] == valid(leader)[-1]
+            assert valid(follower)[0] == "start"
