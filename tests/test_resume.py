@@ -20,15 +20,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from sidecar import sse
 from sidecar.fake_claude import FakeServer
+from sidecar.server import SidecarServer
 from sidecar.stream.redis_store import keys, readers_key, redis_client
 from tests.support.redis_server import RedisServer
 from tests.support.resume import (
     ROUTE,
     cutting_proxy,
+    hold_resume_prepare,
     next_event,
     parse_events,
     replica,
@@ -261,21 +262,12 @@ async def test_events_published_while_a_resume_prepares_its_response_reach_it_on
 ) -> None:
     """Preparing a resume's response is an await: whatever the producer publishes while it
     is pending reaches the reader, in order, exactly once (backlog or live, never neither)."""
-    prepare = web.StreamResponse.prepare
-    held: list[int] = []
-
-    async def slow_prepare(self: web.StreamResponse, request: web.BaseRequest) -> Any:
-        if "Last-Event-ID" in request.headers and not held:
-            live = sidecar.runtime.resume.hub.get(stream_id)
-            assert live is not None
-            log_ = live[0].log
-            assert log_ is not None
-            held.append(log_.last)
-            # The producer publishes while this response is being prepared.
-            await eventually(lambda: holds(log_.last >= held[0] + 3))
-        return await prepare(self, request)
-
-    monkeypatch.setattr(web.StreamResponse, "prepare", slow_prepare)
+    # The producer publishes while the resume's response is being prepared.
+    sidecar: SidecarServer  # the one the test starts below, read once a resume is held
+    held = hold_resume_prepare(
+        monkeypatch, lambda: sidecar, lambda request: "Last-Event-ID" in request.headers,
+        lambda log, last: log.last >= last + 3,
+    )  # fmt: skip
     async with sidecar_for(resumable()) as sidecar:
         async with cutting_proxy(sidecar.port, after=2) as proxy:
             first = await sse_request(proxy.port, target=long_stream(40))
@@ -295,25 +287,15 @@ async def test_events_dropped_while_a_resume_prepares_its_response_end_it_withou
     """The client's next events leave the bounded log while its resume's response is being
     prepared: the read ends with no event (never a stream with a gap), and its next resume
     is told the stream is gone."""
-    prepare = web.StreamResponse.prepare
-    held: list[int] = []
-
-    async def slow_prepare(self: web.StreamResponse, request: web.BaseRequest) -> Any:
-        if "Last-Event-ID" in request.headers and not held:
-            live = sidecar.runtime.resume.hub.get(stream_id)
-            assert live is not None
-            log_ = live[0].log
-            assert log_ is not None
-            held.append(log_.last)
-            # The client's next events leave the buffer meanwhile.
-            await eventually(lambda: holds(log_.base > 3))
-        return await prepare(self, request)
-
-    monkeypatch.setattr(web.StreamResponse, "prepare", slow_prepare)
+    # The client's next events leave the buffer while its resume's response is prepared.
+    sidecar: SidecarServer  # the one the test starts below, read once a resume is held
+    held = hold_resume_prepare(
+        monkeypatch, lambda: sidecar, lambda request: "Last-Event-ID" in request.headers,
+        lambda log, _: log.base > 3,
+    )  # fmt: skip
     async with sidecar_for(resumable(max_buffer_bytes=2048)) as sidecar:
         async with cutting_proxy(sidecar.port, after=2) as proxy:
             first = await sse_request(proxy.port, target=long_stream(200))
-        stream_id = first.stream_id
         rest = await sse_request(sidecar.port, headers={"Last-Event-ID": first.last_id})
         again = await sse_request(sidecar.port, headers={"Last-Event-ID": first.last_id})
     assert len(held) == 1

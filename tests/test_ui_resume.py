@@ -20,11 +20,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
+from sidecar.server import SidecarServer
 from tests.support.redis_server import RedisServer
-from tests.support.resume import Reply, cutting_proxy, sse_request, stream_ends
+from tests.support.resume import (
+    Reply,
+    cutting_proxy,
+    hold_resume_prepare,
+    sse_request,
+    stream_ends,
+)
 from tests.support.sidecars import SidecarFactory, sidecar_process
 from tests.support.waiting import eventually, holds
 
@@ -91,22 +97,12 @@ async def test_parts_published_while_a_chat_resume_prepares_its_response_reach_i
 ) -> None:
     """Preparing the chat resume's response is an await: the parts the turn produces while
     it is pending reach the resumed message, in order, exactly once."""
-    prepare = web.StreamResponse.prepare
-    held: list[int] = []
-
-    async def slow_prepare(self: web.StreamResponse, request: web.BaseRequest) -> Any:
-        if request.path.endswith("/stream") and not held:
-            (stream_id,) = sidecar.runtime.resume.hub.stream_ids()
-            live = sidecar.runtime.resume.hub.get(stream_id)
-            assert live is not None
-            log_ = live[0].log
-            assert log_ is not None
-            held.append(log_.last)
-            # The turn goes on while this response is being prepared.
-            await eventually(lambda: holds(log_.last >= held[0] + 3))
-        return await prepare(self, request)
-
-    monkeypatch.setattr(web.StreamResponse, "prepare", slow_prepare)
+    # The turn goes on while the resume's response is being prepared.
+    sidecar: SidecarServer  # the one the test starts below, read once a resume is held
+    held = hold_resume_prepare(
+        monkeypatch, lambda: sidecar, lambda request: request.path.endswith("/stream"),
+        lambda log, last: log.last >= last + 3,
+    )  # fmt: skip
     async with sidecar_for(resumable()) as sidecar:
         async with cutting_proxy(sidecar.port, after=4) as proxy:
             first = await post(proxy.port, "chat-held")

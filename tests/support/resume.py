@@ -6,17 +6,21 @@ import asyncio
 import contextlib
 import json
 import subprocess
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from sidecar.fake_claude import FakeServer
+from sidecar.server import SidecarServer
+from sidecar.stream.store import StreamLog
 from tests.support.redis_server import RedisServer
 from tests.support.sidecars import sidecar_process
+from tests.support.waiting import eventually, holds
 
 ROUTE = "/api/stream-response"
 
@@ -251,3 +255,31 @@ async def replica(
     async with sidecar_process(config, tmp_path, name=name) as running:
         port = int(running.url.rsplit(":", 1)[1])
         yield running.process, port, running.config_path
+
+
+def hold_resume_prepare(
+    monkeypatch: pytest.MonkeyPatch,
+    sidecar: Callable[[], SidecarServer],
+    resuming: Callable[[web.BaseRequest], bool],
+    until: Callable[[StreamLog, int], bool],
+) -> list[int]:
+    """Hold the first response `resuming` picks in its `prepare` (an await of every
+    resume) until `until(log, last)` holds for the one live stream's log, `last` being its
+    last event number when the hold began. The list returned gets that number."""
+    prepare = web.StreamResponse.prepare
+    held: list[int] = []
+
+    async def held_prepare(self: web.StreamResponse, request: web.BaseRequest) -> Any:
+        if resuming(request) and not held:
+            hub = sidecar().runtime.resume.hub
+            (stream_id,) = hub.stream_ids()
+            live = hub.get(stream_id)
+            assert live is not None
+            log = live[0].log
+            assert log is not None
+            held.append(log.last)
+            await eventually(lambda: holds(until(log, held[0])))
+        return await prepare(self, request)
+
+    monkeypatch.setattr(web.StreamResponse, "prepare", held_prepare)
+    return held
