@@ -195,6 +195,12 @@ class Generation:
         if keeper is not None:
             keeper.on_idle = self.unfollowed
 
+    def _attended(self) -> None:
+        """Someone reads it, or it is over: the detach grace's timer, if set, is dropped."""
+        if self._unattended is not None:
+            self._unattended.cancel()
+            self._unattended = None
+
     def _followed(self) -> bool:
         keeper = self.keeper
         return keeper is not None and keeper.followers > 0
@@ -331,9 +337,7 @@ class Generation:
         if keeper is not None:  # (nor of the recording's callback to it, and back)
             self.keeper = None
             keeper.on_idle = None
-        if self._unattended is not None:
-            self._unattended.cancel()
-            self._unattended = None
+        self._attended()
         if self.log is not None:
             self.log.finish()
         for subscriber in self.subscribers:
@@ -354,9 +358,7 @@ class Generation:
         """Add a reader (after its backlog was taken from the log, with no await between)."""
         self.subscribers.append(subscriber)
         self._due = None  # attended again
-        if self._unattended is not None:
-            self._unattended.cancel()
-            self._unattended = None
+        self._attended()
         if self.final:
             subscriber.ended()
 
@@ -403,9 +405,7 @@ class Generation:
             tail = self._kept(tail, log)
         self.log = None
         log.finish()
-        if self._unattended is not None:
-            self._unattended.cancel()
-            self._unattended = None
+        self._attended()
         for subscriber in self.subscribers:
             if tail:
                 subscriber.finish(tail)
