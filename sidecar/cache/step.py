@@ -31,7 +31,6 @@ from sidecar.usage import usage_so_far
 HEADER = "X-Cache"
 HIT_ATTRIBUTE = "sidecar.cache.hit"
 Status = Literal["HIT", "MISS", "BYPASS"]
-_FRESH = frozenset({"no-cache"})
 
 
 @dataclass(slots=True)
@@ -146,15 +145,14 @@ async def lookup(
     if cache is None or not policy.enabled:
         return step
     wanted = directives(ctx.request.headers.get("Cache-Control"))
-    if fresh:
-        wanted |= _FRESH
+    fresh = fresh or "no-cache" in wanted
     if sampled(body) and not policy.include_sampled:
         return _decided(step, "BYPASS", "bypass")
     scope = scope_of(policy.scope, ctx.identity, ctx.client_ip)
     key = cache_key(
         ctx.route.handler, body, attempt.headers, scope, attempt.path, runtime.claude.identity
     )
-    if "no-cache" not in wanted:
+    if not fresh:
         flight = cache.inflight.get(key)
         if flight is None:
             try:
