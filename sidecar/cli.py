@@ -58,18 +58,29 @@ def _emit(text: str, code: int) -> int:
     return code
 
 
+def _refused_environment(exc: ValueError) -> str:
+    """The one line for an `OTEL_*` value the SDK refused."""
+    return f"invalid OpenTelemetry environment: {exc}"
+
+
+def _refused_on_import(exc: ValueError) -> str:
+    """The line for the SDK's refusal while it is imported (it reads the span limits
+    then); any other `ValueError` is no such refusal and is raised again."""
+    if not str(exc).startswith("OTEL_"):
+        raise exc
+    return _refused_environment(exc)
+
+
 def _environment_problem(config: Config) -> str | None:
     """What `run` would refuse of the `OTEL_*` environment, as its one line; None if nothing."""
-    try:
+    try:  # the SDK reads OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT when imported
         from sidecar.telemetry.providers import TelemetryEnvironmentError, check_environment
-    except ValueError as exc:  # the SDK reads OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT when imported
-        if not str(exc).startswith("OTEL_"):
-            raise
-        return f"invalid OpenTelemetry environment: {exc}"
+    except ValueError as exc:
+        return _refused_on_import(exc)
     try:
         check_environment(config.telemetry)
     except TelemetryEnvironmentError as exc:
-        return f"invalid OpenTelemetry environment: {exc}"
+        return _refused_environment(exc)
     return None
 
 
@@ -89,13 +100,11 @@ def _run(path: str | None) -> int:
         for problem in config:
             print(problem, file=sys.stderr)
         return EXIT_BAD_CONFIG
-    try:
+    try:  # the SDK reads OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT when imported
         from sidecar.server import serve
         from sidecar.telemetry import setup_logging
-    except ValueError as exc:  # the SDK reads OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT when imported
-        if not str(exc).startswith("OTEL_"):
-            raise
-        print(f"invalid OpenTelemetry environment: {exc}", file=sys.stderr)
+    except ValueError as exc:
+        print(_refused_on_import(exc), file=sys.stderr)
         return EXIT_BAD_CONFIG
 
     setup_logging(config.telemetry)
