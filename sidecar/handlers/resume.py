@@ -30,7 +30,14 @@ from sidecar.stream.resume import (
     owner_of,
     parse_cursor,
 )
-from sidecar.stream.store import BeyondEnd, FellBehind, StoreError, StreamInfo, StreamLost
+from sidecar.stream.store import (
+    BeyondEnd,
+    FellBehind,
+    StoreError,
+    StreamInfo,
+    StreamLost,
+    framed_for,
+)
 
 __all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
 # The final event of a stream whose producer died: (error type, message) → event bytes.
@@ -126,7 +133,7 @@ def _mine(live: tuple[Generation, Span] | None, owner: str, kind: str) -> Genera
     if live is None or live[0].owner != owner:
         return None
     log_ = live[0].log
-    return live[0] if log_ is not None and log_.kind in ("", kind) else None
+    return live[0] if log_ is not None and framed_for(log_.kind, kind) else None
 
 
 def _beyond_end() -> Rejection:

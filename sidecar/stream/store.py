@@ -64,7 +64,13 @@ class StreamInfo:
 
     def framed_for(self, kind: str) -> bool:
         """Whether a route of `kind` may serve this stream's events (its format)."""
-        return not self.kind or self.kind == kind
+        return framed_for(self.kind, kind)
+
+
+def framed_for(stored: str, kind: str) -> bool:
+    """Whether a route of `kind` may serve events stored in the format of kind `stored`
+    ("" from a replica that kept none: any)."""
+    return not stored or stored == kind
 
 
 class Budget:
