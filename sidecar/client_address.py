@@ -23,14 +23,14 @@ def client_ip(peer: str, xff: str | None, trusted: Sequence[Network]) -> str:
     hops = [hop.strip() for hop in xff.split(",") if hop.strip()]
     for hop in reversed(hops):
         address = _address(hop)
-        if address is None:
-            return hop  # not an address: never a proxy the sidecar trusts
-        if not _member(address, trusted):
-            return str(address)
-    if not hops:
-        return peer
-    first = _address(hops[0])
-    return hops[0] if first is None else str(first)
+        if address is None or not _member(address, trusted):
+            return _spelled(hop, address)  # (not an address: never a trusted proxy)
+    return _spelled(hops[0], _address(hops[0])) if hops else peer
+
+
+def _spelled(hop: str, address: Address | None) -> str:
+    """A hop as the client's address: the one spelling of the address it names, else as written."""
+    return hop if address is None else str(address)
 
 
 def is_trusted_proxy(peer: str, trusted: Sequence[Network]) -> bool:
