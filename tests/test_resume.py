@@ -25,6 +25,7 @@ from sidecar import sse
 from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
 from sidecar.stream.redis_store import keys, readers_key, redis_client
+from tests.support.metrics import counts
 from tests.support.redis_server import RedisServer
 from tests.support.resume import (
     ROUTE,
@@ -1014,7 +1015,64 @@ async def test_a_reader_elsewhere_left_behind_by_the_buffer_is_ended_never_given
         assert b'"error"' not in body  # no final event: the stream was not lost
         last = numbers[-1] if numbers else 0
         again = await sse_request(elsewhere.port, headers={"Last-Event-ID": f"{stream_id}:{last}"})
+        results = await resume_results(elsewhere)
     assert again.status == 204  # the events after it are gone: an EventSource stops
+    assert fake.state.counters["requests"] == 1
+    # The read that fell behind is counted as what it was (its events expired), not as a
+    # resume that reached the stream's end; so is the resume after it.
+    assert results == {"expired": 2}
+
+
+async def resume_results(sidecar: SidecarServer) -> dict[str, float]:
+    """`sidecar.stream.resumes` by `sidecar.resume.result`, as scraped now."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(sidecar.admin_url + "/metrics") as response,
+    ):
+        return counts(await response.text(), "sidecar_stream_resumes", "sidecar_resume_result")
+
+
+async def test_a_live_reader_left_behind_by_the_buffer_is_cut_and_counted_as_expired(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A resume of a stream live here, read slower than the stream is produced while its
+    first client keeps up: once it is further behind than the buffer keeps, the hub cuts it
+    (its next resume finds the events gone). Counted as `expired`, never as `resumed`."""
+    config = {"resume": {"max_buffer_bytes": 8192, "detach_grace_seconds": 10}}
+    # A second before the first token (the resume attaches first), then every token at once:
+    # far more than the reader's socket buffers, the high-water mark and the buffer hold.
+    flood = json.dumps(
+        {"prompt": "[[fake tokens=8000 tps=0 ttft_ms=1000]] flood", "max_tokens": 8000}
+    )
+    async with (
+        sidecar_for(config) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + ROUTE, data=flood, headers={"Content-Type": "application/json"})
+        as stream,
+    ):  # fmt: skip
+        stream_id = stream.headers["Sidecar-Stream-Id"]
+        shrink_send_buffers(sidecar)
+        reader, writer = await small_buffered(sidecar.port)
+        writer.write(
+            f"GET {ROUTE} HTTP/1.1\r\nHost: sidecar\r\nLast-Event-ID: {stream_id}:0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )  # read only once the stream is over
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        whole = await stream.read()  # the first client keeps up
+        assert b'"done"' in whole
+
+        async def counted() -> bool:
+            return bool(await resume_results(sidecar))
+
+        await eventually(counted, timeout=20)
+        results = await resume_results(sidecar)
+        try:
+            received = await asyncio.wait_for(reader.read(), 30)
+        except ConnectionResetError:
+            received = b""
+        writer.close()
+    assert b'"done"' not in received  # cut before the end
+    assert results == {"expired": 1}
     assert fake.state.counters["requests"] == 1
 
 

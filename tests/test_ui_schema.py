@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
+from sidecar.handlers.ui_stream import UNFINISHED_TOOL_INPUT
 from tests.support.node import Line, run_script, script_lines, skip_without
 from tests.support.resume import cutting_proxy, sse_request
 from tests.support.sidecars import SidecarFactory
@@ -113,6 +114,27 @@ async def test_server_tool_that_succeeds_and_one_that_fails(
     assert "tool-output-error" in valid(failed)
 
 
+def closed(line: Line) -> list[dict[str, Any]]:
+    """The chunks of a valid answer once every part it opened was closed before its last
+    chunk (`error` or `finish`), and the SDK's message has no part left streaming."""
+    chunks = [json.loads(data) for data in line["raw"][:-1]]
+    open_parts: set[tuple[str, str]] = set()
+    for chunk in chunks[:-1]:
+        kind = chunk["type"]
+        if kind in ("text-start", "reasoning-start"):
+            open_parts.add((kind.split("-")[0], chunk["id"]))
+        elif kind in ("text-end", "reasoning-end"):
+            open_parts.discard((kind.split("-")[0], chunk["id"]))
+        elif kind == "tool-input-start":
+            open_parts.add(("tool", chunk["toolCallId"]))
+        elif kind in ("tool-input-available", "tool-input-error"):
+            open_parts.discard(("tool", chunk["toolCallId"]))
+    assert open_parts == set(), chunks[-6:]
+    assert chunks[-1]["type"] in ("error", "finish")
+    assert "streaming" not in line["states"], line["states"]
+    return chunks
+
+
 @pytest.mark.parametrize("fault", ["midstream_error", "stall_midstream", "drop"])
 async def test_a_stream_that_breaks_mid_answer(
     fake: FakeServer, sidecar_for: SidecarFactory, fault: str
@@ -125,6 +147,58 @@ async def test_a_stream_that_breaks_mid_answer(
     chunks = valid(final)
     assert chunks[-1] == "error"
     assert chunks.count("text-delta") == 3
+    assert chunks[-2] == "text-end"  # the text part ends before the error
+    closed(final)
+
+
+@pytest.mark.parametrize("fault", ["midstream_error", "stall_midstream", "drop"])
+@pytest.mark.parametrize("content", ["tool_use", "thinking"])
+async def test_a_stream_that_breaks_mid_tool_input_or_reasoning_closes_the_part(
+    fake: FakeServer, sidecar_for: SidecarFactory, fault: str, content: str
+) -> None:
+    """Claude's turn cut while a tool call's input (or a thinking block) is streaming: the
+    part is closed before the `error` (a tool call with `tool-input-error` and the input
+    so far), never left streaming."""
+    config = {**CONFIG, "claude": {"idle_timeout_seconds": 0.3}}
+    # tool_use: 2 text deltas, then the tool input, cut after its first piece; thinking:
+    # the thinking block (5 deltas) comes first, cut after its second delta.
+    knobs = "tokens=2 after=3" if content == "tool_use" else "tokens=10 after=2"
+    prompt = f"[[fake content={content} {knobs} fault={fault}]] Paris"
+    async with sidecar_for(config) as sidecar:
+        _, final = await answer(sidecar.url + CHAT, data=body(user(prompt)))
+    kinds = valid(final)
+    chunks = closed(final)
+    assert kinds[-1] == "error"
+    if content == "tool_use":
+        assert kinds[-4:] == ["tool-input-start", "tool-input-delta", "tool-input-error", "error"]
+        start, delta, error = chunks[-4:-1]
+        assert error == {"type": "tool-input-error", "toolCallId": start["toolCallId"],
+                         "toolName": "get_weather", "input": delta["inputTextDelta"],
+                         "errorText": UNFINISHED_TOOL_INPUT}  # fmt: skip
+        assert final["parts"][-1] == "tool-get_weather"
+        assert final["states"][-1] == "output-error"
+    else:
+        assert kinds[-3:] == ["reasoning-delta", "reasoning-end", "error"]
+        assert "done" in final["states"]
+
+
+async def test_a_turn_cancelled_mid_tool_input_closes_the_tool_part(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A turn the sidecar itself ends (here a `DELETE`; an idle timeout and shutdown end
+    it the same way) while a tool call's input streams: `tool-input-error`, then `error`."""
+    stalled = body(user("[[fake content=tool_use tokens=2 fault=stall_midstream after=3]] x"))
+    async with sidecar_for({**CONFIG, "resume": {"detach_grace_seconds": 30}}) as sidecar:
+        async with script_lines("ui_schema.mjs", sidecar.url + CHAT, "POST", stalled) as lines:
+            (opened,) = await lines.until(lambda seen: len(seen) == 1)
+            await eventually(lambda: holds(fake.state.open_streams == 1))
+            async with aiohttp.ClientSession() as http:
+                target = f"{sidecar.url}{CHAT}/{opened['streamId']}"
+                async with http.delete(target) as response:
+                    assert response.status == 204
+            _, final = await lines.rest()
+    closed(final)
+    assert valid(final)[-2:] == ["tool-input-error", "error"]
 
 
 async def test_an_answer_cut_at_max_tokens(fake: FakeServer, sidecar_for: SidecarFactory) -> None:

@@ -49,7 +49,9 @@ async def replay_stream(
     paced: bool,
 ) -> web.StreamResponse:
     """Send `source` to the client as an SSE stream; returns when it ended or the client left."""
-    response = web.StreamResponse(status=200, headers={**headers, **sse.HEADERS})
+    response = web.StreamResponse(
+        status=200, headers={**headers, **sse.HEADERS, **translator.headers}
+    )
     await response.prepare(ctx.request)
     ctx.response_started = True
     channel = ClientChannel(ctx.request, response)

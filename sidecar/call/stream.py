@@ -116,11 +116,15 @@ def _timings(ctx: RequestContext) -> dict[str, float]:
     }
 
 
-async def _start_response(ctx: RequestContext, headers: dict[str, str]) -> ClientChannel:
+async def _start_response(
+    ctx: RequestContext, headers: dict[str, str], translator: Translator
+) -> ClientChannel:
     """The client's SSE response with `headers` (a dict of the caller's own, completed
-    here); its head leaves with the relay's first bytes. A client that is gone ends the
-    call here, as a head sent now would have."""
+    here with the SSE ones and the translator's format marker); its head leaves with the
+    relay's first bytes. A client that is gone ends the call here, as a head sent now
+    would have."""
     headers.update(sse.HEADERS)
+    headers.update(translator.headers)
     channel = await ClientChannel.open(ctx.request, headers)
     ctx.response_started = True
     return channel
@@ -140,7 +144,7 @@ async def open_relay(
     A coroutine that returns at once: the headers are freed when the response starts,
     and an open stream holds the caller's frame and the relay's, nothing in between.
     """
-    channel = await _start_response(ctx, headers)
+    channel = await _start_response(ctx, headers, translator)
     live = open_stream(upstream, channel, record, translator, tap, **_timings(ctx))
     return live, channel
 
@@ -179,7 +183,7 @@ async def hand_off(
     runtime.streams.add(live)  # shutdown reaches it from now on (`run` keeps it there)
     runtime.lifecycle.enter()  # the runtime stays open while its generation runs
     try:  # the stream's id goes out with a stream only, never with an error
-        channel = await _start_response(ctx, {**headers, HEADER: resumable.stream_id})
+        channel = await _start_response(ctx, {**headers, HEADER: resumable.stream_id}, translator)
     except BaseException:
         upstream.close()
         record.outcome = "client_cancelled"

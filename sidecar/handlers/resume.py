@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Final
 
 from aiohttp import web
 from opentelemetry.trace import Span, SpanContext, TraceFlags
@@ -42,6 +44,7 @@ from sidecar.stream.store import (
 __all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
 # The final event of a stream whose producer died: (error type, message) → event bytes.
 LostEvent = Callable[[str, str], bytes]
+_NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 _CATCH_UP_TRIES = 20
 _CATCH_UP_WAIT = 0.05  # seconds: up to 1 s for a store that lags its producer
 _LIVENESS_POLL = 0.25  # seconds: then, while a producer that may have died looks alive
@@ -140,8 +143,16 @@ def _beyond_end() -> Rejection:
     return reject("resume_malformed", "Last-Event-ID names an event the stream never sent")
 
 
-async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web.StreamResponse:
+async def resume(
+    ctx: RequestContext,
+    cursor: str,
+    lost_event: LostEvent,
+    protocol: Mapping[str, str] = _NO_HEADERS,
+) -> web.StreamResponse:
     """Answer a reconnect: the events after the cursor, then the live tail to the final event.
+
+    `protocol`: the headers naming the stream's format (the `ui` route's marker), sent
+    with the resumed stream only, never with an error or a 204.
 
     A reconnect is a request like any other for the route's `requests_per_minute`: a
     storm of them is turned away (429) as a storm of calls would be.
@@ -171,7 +182,7 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
         if len(generation.subscribers) >= runtime.config.resume.max_subscribers:
             raise _too_many_readers()
         ctx.span.add_link(origin.get_span_context())
-        channel = await _start(ctx, stream_id)
+        channel = await _start(ctx, stream_id, protocol)
         # The backlog is taken (again) only now, after the await that prepared the response,
         # and the reader attached in the same step: an event published while the response
         # was prepared is in the backlog, every later one reaches the reader, none twice.
@@ -184,7 +195,6 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
             runtime.telemetry.resumed("expired")
             await channel.end(stall)
             return channel.response
-        runtime.telemetry.resumed("resumed", len(backlog))
         subscriber = Subscriber(channel, b"".join(backlog))
         # Cancelled for its owner meanwhile (while others follow it: `Generation.cancel`),
         # its log was let go, ending with the cancel's final event: the backlog is all.
@@ -200,17 +210,27 @@ async def resume(ctx: RequestContext, cursor: str, lost_event: LostEvent) -> web
         finally:
             if attached:
                 generation.detach(subscriber)
+            # Counted as it ended: a reader the hub cut for falling behind the log's bound
+            # lost events it had not read (its next resume finds them gone), as an expired
+            # resume does; a store reader that fell behind is counted the same (`_replay`).
+            result = "expired" if subscriber.behind else "resumed"
+            runtime.telemetry.resumed(result, len(backlog))
         await channel.end(stall)
         return channel.response
     # Someone else's stream live here is looked up in the store as an unknown id is: the
     # same work, so neither the answer nor its timing tells that it exists. The caller's
     # own stream from a route of another kind is refused there (its events are in that
     # route's format, not this one's).
-    return await _from_store(ctx, stream_id, after, owner, lost_event)
+    return await _from_store(ctx, stream_id, after, owner, lost_event, protocol)
 
 
 async def _from_store(
-    ctx: RequestContext, stream_id: str, after: int, owner: str, lost_event: LostEvent
+    ctx: RequestContext,
+    stream_id: str,
+    after: int,
+    owner: str,
+    lost_event: LostEvent,
+    protocol: Mapping[str, str],
 ) -> web.StreamResponse:
     runtime = ctx.runtime
     info = await _lookup(ctx, stream_id)
@@ -263,7 +283,7 @@ async def _from_store(
     readers[stream_id] += 1
     keeping = asyncio.create_task(resume_.store.keep(stream_id, reader))
     try:
-        return await _replay(ctx, stream_id, after, start, info, lost_event)
+        return await _replay(ctx, stream_id, after, start, info, lost_event, protocol)
     finally:
         keeping.cancel()
         readers[stream_id] -= 1
@@ -279,6 +299,7 @@ async def _replay(
     start: int,
     info: StreamInfo,
     lost_event: LostEvent,
+    protocol: Mapping[str, str],
 ) -> web.StreamResponse:
     """The events after `after` from the store (read from `start`), then its final event;
     `: ping` when the stream has been quiet for `claude.heartbeat_seconds`, as a live
@@ -291,7 +312,7 @@ async def _replay(
     origin = _span_context(info.origin)
     if origin is not None:
         ctx.span.add_link(origin)
-    channel = await _start(ctx, stream_id)
+    channel = await _start(ctx, stream_id, protocol)
     replayed = 0
     skip = after - start  # events the client has that the store had not when it asked
     result = "resumed"
@@ -339,8 +360,9 @@ async def _replay(
         # This client read slower than the stream was produced, and events it had not
         # read left the buffer (`resume.max_buffer_bytes`): its read ends with no final
         # event, as a live stream's reader left that far behind is cut. Its resume from
-        # its last event finds them gone (204 / 404), never a stream with a gap.
-        pass
+        # its last event finds them gone (204 / 404), never a stream with a gap: counted
+        # as expired, not as a resume that reached the stream's end.
+        result = "expired"
     except StoreError:
         # The store failed, not the stream (it goes on where it is produced, and its events
         # are sent to the store again once it answers): this read ends as a lost connection
@@ -386,9 +408,9 @@ def _span_context(origin: str) -> SpanContext | None:
     return context if context.is_valid else None
 
 
-async def _start(ctx: RequestContext, stream_id: str) -> ClientChannel:
+async def _start(ctx: RequestContext, stream_id: str, protocol: Mapping[str, str]) -> ClientChannel:
     ctx.headers[HEADER] = stream_id
-    response = web.StreamResponse(status=200, headers={**ctx.headers, **sse.HEADERS})
+    response = web.StreamResponse(status=200, headers={**ctx.headers, **sse.HEADERS, **protocol})
     await response.prepare(ctx.request)
     ctx.response_started = True
     return ClientChannel(ctx.request, response)

@@ -1,7 +1,9 @@
 """The `ui` route: the Vercel AI SDK's UI message stream, so `useChat` works unchanged.
 
 `POST <route>` takes `DefaultChatTransport`'s body and answers SSE with the header
-`x-vercel-ai-ui-message-stream: v1` (translation rules in `ui_request` and `ui_stream`).
+`x-vercel-ai-ui-message-stream: v1` (translation rules in `ui_request` and `ui_stream`); the
+marker goes with a UI message stream only (the translator's, a cache replay's, a resumed
+stream's), never with a JSON error or a 204.
 Same steps as the other Claude routes: auth and CORS (pipeline), screening of every text
 the translated request carries, model policy, quotas and admission, telemetry.
 
@@ -69,13 +71,11 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     # `EventSource` reconnects there): the events after it, as on the prompt route.
     cursor = resume.cursor_of(request) if resumable else None
     if cursor is not None:
-        ctx.headers.update(HEADERS)
-        return await resume.resume(ctx, cursor, ui_resume.lost_event)
+        return await resume.resume(ctx, cursor, ui_resume.lost_event, HEADERS)
     chat_id = _resume_target(ctx.route.path, ctx.path)
     if request.method == "GET" and chat_id is not None:
         if not resumable:
             return web.Response(status=204, headers=ctx.headers)
-        ctx.headers.update(HEADERS)  # a resumed stream is the same UI message stream
         return await ui_resume.answer(ctx, chat_id)
     if request.method == "DELETE" and resumable:
         stream_id = _stream_id_in_path(ctx.route.path, ctx.path)
@@ -105,8 +105,6 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
         stream=True,
         input_estimate=estimate_input_tokens(collected.chars, collected.attachment_bytes),
     )
-    # The stream's protocol marker; `ctx.headers` reach the SSE response (and any error).
-    ctx.headers.update(HEADERS)
     # Regenerate asks for another answer than the one the chat has: never the stored one.
     regenerate = parsed.trigger == "regenerate-message"
     cached = await cache_lookup(ctx, body, True, call.attempt, fresh=regenerate)

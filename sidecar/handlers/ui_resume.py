@@ -21,7 +21,7 @@ from aiohttp import web
 from sidecar.call.stream import Resumable
 from sidecar.errors import reject
 from sidecar.handlers import resume
-from sidecar.handlers.ui_stream import DONE, chunk
+from sidecar.handlers.ui_stream import DONE, HEADERS, chunk
 from sidecar.pipeline import RequestContext
 from sidecar.stream.resume import owner_of
 from sidecar.stream.store import StoreError
@@ -78,7 +78,7 @@ async def answer(ctx: RequestContext, chat_id: str) -> web.StreamResponse:
     if not running:  # the message is complete: the client has it (or never will)
         runtime.telemetry.resumed("expired")
         return nothing
-    return await resume.resume(ctx, f"{stream_id}:0", lost_event)
+    return await resume.resume(ctx, f"{stream_id}:0", lost_event, HEADERS)
 
 
 def chat_field(fields: dict[str, Any]) -> str | None:

@@ -9,8 +9,11 @@ parser skips). A turn reads:
     tool-input-available [→ tool-output-available])… → finish-step → finish {finishReason}
     → [DONE]
 
-and a failure after the first byte is `error {errorText}` then `[DONE]`. A resumable
-stream's chunks (`[DONE]` too) each carry `id: <stream id>:<n>`. Part ids are the
+and a failure after the first byte is `error {errorText}` then `[DONE]`. At the end (either
+way), once per stream, every part still open is closed first: `text-end`, `reasoning-end`,
+and for a tool call whose input was still streaming `tool-input-error` with the input so
+far, so the client never keeps a part streaming. A resumable stream's chunks (`[DONE]`
+too) each carry `id: <stream id>:<n>`. Part ids are the
 content block's index (`"0"`, `"1"`…), unique within the message as the SDK requires.
 
 What Claude needs back on the next turn rides on the parts as the AI SDK's Anthropic
@@ -68,6 +71,10 @@ _TEXT: Final = deltas.TEXT
 _TOOL_KINDS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 _MAX_SERVER_CALLS = 1024  # server call ids kept to match their results (bounded memory)
 _START: Final = b'data: {"type":"start"}\n\ndata: {"type":"start-step"}\n\n'
+# A tool call whose input was still streaming when the turn ended (its `tool-input-error`).
+UNFINISHED_TOOL_INPUT: Final = "the turn ended before Claude finished the tool call's input"
+# A tool call being streamed: id, name, server-run, its input so far, its id as JSON.
+_Tool = tuple[str, str, bool, list[str], bytes]
 
 
 def _server_error(output: object) -> dict[str, Any] | None:
@@ -106,13 +113,14 @@ class UiTranslator(Translator):
 
     __slots__ = ("_ended", "_log", "_open", "_server_calls", "_tools")
     passthrough = False
+    headers = HEADERS  # the protocol marker: on the stream's response only
 
     def __init__(self, log: StreamLog | None = None) -> None:
         self._log = log
         self._open: dict[bytes, str] = {}  # index → text | reasoning | tool
         # index → the tool call: id, name, server-run, its input so far, and its id as JSON
         # (encoded once, for every input delta's chunk)
-        self._tools: dict[bytes, tuple[str, str, bool, list[str], bytes]] = {}
+        self._tools: dict[bytes, _Tool] = {}
         # the server tool calls of this stream: their result blocks become their output
         self._server_calls: set[str] = set()
         self._ended = False
@@ -284,11 +292,24 @@ class UiTranslator(Translator):
             available["providerExecuted"] = True
         return chunk(available)
 
+    def _close_open(self) -> bytes:
+        """Close every part still open, in the order they opened: once, at the stream's
+        end (its `finish` or its `error`), so no part is left streaming on the client."""
+        if not self._open:
+            return b""
+        tools = self._tools
+        closing = b"".join(
+            _closed_part(index, kind, tools.get(index)) for index, kind in self._open.items()
+        )
+        self._open.clear()
+        tools.clear()
+        return closing
+
     def _error(self, message: str) -> bytes:
         if self._ended:
             return b""
         self._ended = True
-        return chunk({"type": "error", "errorText": message}) + DONE
+        return self._close_open() + chunk({"type": "error", "errorText": message}) + DONE
 
     def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
         return self._numbered(self._error(message))
@@ -300,18 +321,31 @@ class UiTranslator(Translator):
         if self._ended:
             return b""
         self._ended = True
-        closing = b"".join(
-            chunk({"type": "text-end" if kind == "text" else "reasoning-end", "id": i.decode()})
-            for i, kind in self._open.items()
-            if kind != "tool"
-        )
         reason = finish_reason(record.stop_reason)
         return (
-            closing
+            self._close_open()
             + chunk({"type": "finish-step"})
             + chunk({"type": "finish", "finishReason": reason})
             + DONE
         )
+
+
+def _closed_part(index: bytes, kind: str, tool: _Tool | None) -> bytes:
+    """The chunk that closes a part still open at the stream's end: `text-end`,
+    `reasoning-end`, or for a tool call whose input was still streaming `tool-input-error`
+    with the input so far (the part's state becomes `output-error`, not left streaming)."""
+    if kind == "text":
+        return chunk({"type": "text-end", "id": index.decode()})
+    if kind == "reasoning":
+        return chunk({"type": "reasoning-end", "id": index.decode()})
+    if tool is None:
+        return b""
+    call_id, name, server, pieces, _ = tool
+    error: dict[str, Any] = {"type": "tool-input-error", "toolCallId": call_id, "toolName": name,
+                             "input": "".join(pieces), "errorText": UNFINISHED_TOOL_INPUT}  # fmt: skip
+    if server:
+        error["providerExecuted"] = True
+    return chunk(error)
 
 
 def _mcp_call(content: dict[str, Any]) -> dict[str, Any]:

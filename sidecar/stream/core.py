@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Final
+from collections.abc import Mapping
+from typing import ClassVar, Final
 
 from sidecar.http_client import ClientError
 from sidecar.record import Outcome, StreamRecord
@@ -36,6 +37,9 @@ class Translator:
 
     __slots__ = ()
     passthrough = True
+    # Response headers that name the stream's format (the `ui` route's protocol marker):
+    # sent with a stream of this translator's bytes only, never with an error answer.
+    headers: ClassVar[Mapping[str, str]] = {}
 
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
         return b""

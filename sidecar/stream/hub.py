@@ -58,7 +58,7 @@ class Subscriber:
     after that `send` is the connection's own (one call per event, no indirection).
     """
 
-    __slots__ = ("_done", "_over", "channel", "first", "send")
+    __slots__ = ("_done", "_over", "behind", "channel", "first", "send")
 
     def __init__(
         self, channel: ClientChannel, backlog: bytes = b"", *, started: bool = False
@@ -76,6 +76,9 @@ class Subscriber:
             self.send = self._collect
         self._done: asyncio.Future[None] | None = None  # made for whoever waits (`done`)
         self._over = False
+        # Cut for falling behind the log's bound (what it missed is gone): its read ended
+        # short of the stream's end, as a resume past the buffer is.
+        self.behind = False
 
     @property
     def done(self) -> asyncio.Future[None]:
@@ -293,6 +296,7 @@ class Generation:
                 for s in self.subscribers
                 if s.first is None and not s.channel.closing() and s.channel.buffered() > limit
             ]:
+                subscriber.behind = True
                 subscriber.channel.abort()
                 self.detach(subscriber)
         return False

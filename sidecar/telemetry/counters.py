@@ -62,7 +62,8 @@ class Counters(TelemetryState):
         log_event(reject_log, level, "request_rejected", fields)
 
     def resumed(self, result: str, replayed: int = 0) -> None:
-        """A reconnect was answered (`result`: resumed | expired | forbidden | lost)."""
+        """A reconnect was answered (`result`: resumed | expired | forbidden | lost); a
+        resumed read cut for falling behind the buffer is `expired` (its events are gone)."""
         self.instruments.resumes.add(1, {"sidecar.resume.result": result})
         if replayed:
             self.instruments.resume_events.add(replayed)

@@ -4,7 +4,7 @@
 // raw SSE events (the same parser's events, before any JSON) show where `[DONE]` fell.
 // Usage: node ui_schema.mjs <url> <GET|POST> [JSON body]
 // Prints {opened, status, streamId, cache} once the response's headers are in, then
-// {status, chunks, rejected, raw, text, failure, parts} at its end: `chunks` the types the
+// {status, chunks, rejected, raw, text, failure, parts, states} at its end: `chunks` the types the
 // schema accepted, `rejected` each event it refused ({data, error}), `raw` every event's
 // data as sent, `failure` what the SDK's message assembly threw on the accepted chunks.
 import { parseJsonEventStream, readUIMessageStream, uiMessageChunkSchema } from "ai";
@@ -78,5 +78,7 @@ if (!response.ok || response.body === null || response.status === 204) {
   }
   const failure = reported.length ? reported.join("; ") : null;
   print({ status: response.status, chunks, rejected, raw, text, failure,
-          parts: built ? built.parts.map((p) => p.type) : null });
+          parts: built ? built.parts.map((p) => p.type) : null,
+          // Each part's state as the SDK left it (`streaming` for one never closed).
+          states: built ? built.parts.map((p) => p.state ?? null) : null });
 }
