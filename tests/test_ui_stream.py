@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sidecar import deltas
-from sidecar.handlers.ui_stream import DONE, UiTranslator, finish_reason
+from sidecar.handlers.ui_stream import DONE, UNFINISHED_TOOL_INPUT, UiTranslator, finish_reason
 from sidecar.record import StreamRecord
 from sidecar.sse import event_name
 from sidecar.stream.core import StopStream
@@ -202,6 +202,51 @@ def test_a_stream_ended_by_the_sidecar_is_an_error_chunk() -> None:
 def test_finish_closes_blocks_left_open() -> None:
     got = run([start(0, {"type": "text"}), delta(0, "text_delta", "text", "cut")], "max_tokens")
     assert got[-4:] == [{"type": "text-end", "id": "0"}, *tail("length")]
+
+
+TOOL_CALL = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+SERVER_CALL = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
+
+
+def test_finish_ends_a_tool_call_whose_input_was_still_streaming() -> None:
+    """Every part left open, in the order it opened, the tool calls as `tool-input-error`
+    with their input so far (a server tool's still provider-executed)."""
+    got = run([start(0, {"type": "thinking"}), start(1, TOOL_CALL),
+               delta(1, "input_json_delta", "partial_json", '{"city": "Pa'),
+               start(2, SERVER_CALL), delta(2, "input_json_delta", "partial_json", '{"q'),
+               start(3, {"type": "text"})], "max_tokens")  # fmt: skip
+    assert got[-7:] == [
+        {"type": "reasoning-end", "id": "0"},
+        {"type": "tool-input-error", "toolCallId": "toolu_1", "toolName": "get_weather",
+         "input": '{"city": "Pa', "errorText": UNFINISHED_TOOL_INPUT},
+        {"type": "tool-input-error", "toolCallId": "srvtoolu_1", "toolName": "web_search",
+         "input": '{"q', "errorText": UNFINISHED_TOOL_INPUT, "providerExecuted": True},
+        {"type": "text-end", "id": "3"},
+        *tail("length"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("claude_said_it", [True, False], ids=["error_event", "sidecar_stop"])
+def test_an_error_ends_the_parts_left_open_first(claude_said_it: bool) -> None:
+    translator = UiTranslator()
+    rec = record(None)
+    opened = [start(0, {"type": "text"}), delta(0, "text_delta", "text", "Hi"), stop(0),
+              start(1, TOOL_CALL), delta(1, "input_json_delta", "partial_json", '{"ci')]  # fmt: skip
+    out = b"".join(translator.translate(b, event_name(b), rec) for b in opened)
+    if claude_said_it:
+        error = block("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                            "message": "Overloaded"}})  # fmt: skip
+        out += translator.translate(error, b"error", rec)
+    else:
+        out += translator.error_event("timeout_error", "Overloaded", "idle_timeout")
+    out += translator.finish(rec)  # after the error: nothing more
+    assert chunks(out)[-3:] == [
+        {"type": "tool-input-error", "toolCallId": "toolu_1", "toolName": "get_weather",
+         "input": '{"ci', "errorText": UNFINISHED_TOOL_INPUT},
+        {"type": "error", "errorText": "Overloaded"},
+        "[DONE]",
+    ]  # fmt: skip
+    assert chunks(out).count({"type": "text-end", "id": "0"}) == 1  # closed once, by its stop
 
 
 @pytest.mark.parametrize(
