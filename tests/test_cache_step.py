@@ -23,8 +23,8 @@ from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
 from tests.support.cache import BODY, MODEL, asking, cached, post
 from tests.support.otel import make_otel, sse_data
-from tests.support.redis_server import RedisServer
 from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
+from tests.support.redis_server import RedisServer
 from tests.support.sdk import sdk, user
 from tests.support.sidecars import BASE, SidecarFactory
 from tests.support.waiting import eventually, holds
