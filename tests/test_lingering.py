@@ -9,8 +9,10 @@ import struct
 
 import pytest
 
+from sidecar.handlers.lingering import lingering_count
 from tests.support.apps import running_app, with_app
 from tests.support.sidecars import SidecarFactory
+from tests.support.waiting import eventually, holds
 
 _JUNK = 8 * 1024 * 1024  # still on its way when the sidecar closes
 
@@ -45,18 +47,45 @@ async def test_a_client_that_breaks_off_mid_message_still_reads_the_close_frame(
         running_app() as (url, _),
         sidecar_for(with_app(url, websocket_max_message_bytes=65536)) as sidecar,
     ):
-        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-        key = base64.b64encode(b"0123456789abcdef").decode()
-        writer.write(
-            f"GET /ws HTTP/1.1\r\nHost: sidecar\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 101 ")
+        reader, writer = await _websocket(sidecar.port)
         writer.write(opening + _frame(0x2, b"\0" * _JUNK))
         await writer.drain()
-        first, length = await asyncio.wait_for(reader.readexactly(2), 30)
-        payload = await asyncio.wait_for(reader.readexactly(length & 0x7F), 30)
+        assert await _close_code(reader) == code
         writer.close()
-    assert first == 0x88  # a close frame
-    assert struct.unpack("!H", payload[:2])[0] == code
+
+
+async def test_a_lingering_socket_is_closed_when_the_sidecar_stops(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A client that read the close frame but keeps its side open is not waited on past
+    shutdown: the sidecar's stop ends every linger."""
+    async with running_app() as (url, _):
+        async with sidecar_for(with_app(url, websocket_max_message_bytes=65536)) as sidecar:
+            reader, writer = await _websocket(sidecar.port)
+            writer.write(_frame(0x2, b"y" * 70000))
+            await writer.drain()
+            assert await _close_code(reader) == 1009
+            await eventually(lambda: holds(lingering_count() == 1))
+        assert lingering_count() == 0
+        writer.close()
+
+
+async def _websocket(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw WebSocket to the app route's echo."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: sidecar\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    return reader, writer
+
+
+async def _close_code(reader: asyncio.StreamReader) -> int:
+    """The code of the frame the sidecar sends, which must be a close frame."""
+    first, length = await asyncio.wait_for(reader.readexactly(2), 30)
+    payload = await asyncio.wait_for(reader.readexactly(length & 0x7F), 30)
+    assert first == 0x88
+    return int(struct.unpack("!H", payload[:2])[0])

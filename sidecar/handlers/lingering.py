@@ -72,6 +72,11 @@ class LingeringClientWebSocket(aiohttp.ClientWebSocketResponse):
                 _linger(held, transport)
 
 
+def lingering_count() -> int:
+    """How many closed sockets are still lingering."""
+    return len(_LINGERING)
+
+
 async def stop_lingering() -> None:
     """Close every lingering socket now (the sidecar is stopping)."""
     tasks = list(_LINGERING)
