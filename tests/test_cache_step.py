@@ -474,27 +474,29 @@ async def test_a_charged_hit_spends_what_the_answer_cost_streamed_or_not(
     assert abs((left[1] - left[2]) - cost) <= 1  # the first hit settled to the answer's cost
 
 
-_NOT_CALLED: list[tuple[dict[str, Any], dict[str, Any], dict[str, str], int]] = [
+_NOT_CALLED: list[tuple[dict[str, Any], dict[str, Any], int]] = [
     # a quota exceeded (the second request of a minute), a call larger than a token limit
-    ({"quotas": {"requests_per_minute": 1}}, asking("another question"), {}, 429),
-    ({"quotas": {"tokens_per_minute": 100}}, asking("another", max_tokens=4096), {}, 400),
+    ({"quotas": {"requests_per_minute": 1}}, asking("another question"), 429),
+    ({"quotas": {"tokens_per_minute": 100}}, asking("another", max_tokens=4096), 400),
     # refused before the lookup: no credential, screening, a bad request
     ({"auth": {"mode": "required", "api_keys": [{"name": "k", "sha256": "0" * 64}]}},
-     BODY, {}, 401),
-    ({"screening": {"deny_patterns": ["forbidden"]}}, asking("forbidden"), {}, 400),
-    ({}, {**BODY, "max_tokens": "many"}, {}, 400),
+     BODY, 401),
+    ({"screening": {"deny_patterns": ["forbidden"]}}, asking("forbidden"), 400),
+    ({}, {**BODY, "max_tokens": "many"}, 400),
     # the call made, but no answer of Claude's to relay: the sidecar's own error
-    ({}, asking("[[fake fault=auth]] q"), {}, 502),
+    ({}, asking("[[fake fault=auth]] q"), 502),
+    ({"claude": {"base_url": "http://127.0.0.1:9"}}, BODY, 502),  # Claude unreachable
 ]  # fmt: skip
+_NOT_CALLED_IDS = ["requests_quota", "over_a_token_limit", "no_credential", "screening",
+                   "bad_request", "key_refused_by_claude", "claude_unreachable"]  # fmt: skip
 
 
-@pytest.mark.parametrize(("config", "body", "headers", "status"), _NOT_CALLED)
+@pytest.mark.parametrize(("config", "body", "status"), _NOT_CALLED, ids=_NOT_CALLED_IDS)
 async def test_a_refusal_carries_no_x_cache(
     fake: FakeServer,
     sidecar_for: SidecarFactory,
     config: dict[str, Any],
     body: dict[str, Any],
-    headers: dict[str, str],
     status: int,
 ) -> None:
     """`X-Cache` is the cache's word on an answer: HIT when it gave one, MISS or BYPASS on
@@ -503,7 +505,7 @@ async def test_a_refusal_carries_no_x_cache(
     async with sidecar_for({**cached(), **config}) as s:
         if status == 429:  # the quota's first request is answered, and a miss
             assert (await post(s.url, BODY))[:2] == (200, "MISS")
-        refused = await post(s.url, body, headers)
+        refused = await post(s.url, body)
     assert refused[:2] == (status, None)
 
 
