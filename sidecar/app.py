@@ -26,6 +26,7 @@ from sidecar.config import Config, JWTConfig
 from sidecar.fake_claude import FakeSettings, running_fake_claude
 from sidecar.handlers.anthropic import handle_anthropic
 from sidecar.handlers.app_proxy import handle_app
+from sidecar.handlers.lingering import LingeringClientWebSocket
 from sidecar.handlers.prompt import handle_prompt
 from sidecar.handlers.ui import handle_ui
 from sidecar.http_client import Pool
@@ -80,6 +81,7 @@ def _app_session(config: Config) -> aiohttp.ClientSession | None:
         # Only what the client sent: no `Accept: */*` or `Content-Type:
         # application/octet-stream` the client left out (an app may read their absence).
         skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        ws_response_class=LingeringClientWebSocket,  # an app's WebSocket error close lingers
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -26,6 +27,25 @@ def client_ip(peer: str, xff: str | None, trusted: Sequence[Network]) -> str:
         if address is None or not _member(address, trusted):
             return _spelled(hop, address)  # (not an address: never a trusted proxy)
     return _spelled(hops[0], _address(hops[0])) if hops else peer
+
+
+@functools.lru_cache(maxsize=4096)  # a client makes many calls: its subject is worked out once
+def ip_subject(client_ip: str, ipv6_prefix_length: int) -> str:
+    """The client a per-IP quota counts: an IPv4 address as is; an IPv6 address as its
+    network of `ipv6_prefix_length` bits (`2001:db8:1:2::/64`), since one subscriber is
+    given a whole /64 and may use any address in it; an IPv4-mapped one as its IPv4
+    address. A client IP that names no address is kept as written."""
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return client_ip
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    host_bits = 128 - ipv6_prefix_length
+    network = int(address) >> host_bits << host_bits  # any `%zone` is dropped too
+    return f"{ipaddress.IPv6Address(network)}/{ipv6_prefix_length}"
 
 
 def _spelled(hop: str, address: Address | None) -> str:

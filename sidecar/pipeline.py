@@ -53,6 +53,9 @@ class RequestContext:
     family: Family = "app"
     path: str = "/"  # canonical (`sidecar.paths`): routed by it, forwarded as it
     response_started: bool = False  # after this only the stream itself can carry an error
+    # The cache's MISS or BYPASS (`X-Cache`): sent only on the answer of the Claude call it
+    # let through, never on a refusal made before or instead of that call.
+    cache_status: str | None = None
 
 
 Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from sidecar.handlers.app_websocket import LiveWebSockets
+from sidecar.handlers.lingering import stop_lingering
 
 if TYPE_CHECKING:
     import aiohttp
@@ -262,6 +263,7 @@ class RuntimeHolder:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         for runtime in reversed(self.live):
             await self._close(runtime)
+        await stop_lingering()  # sockets the app route closed on an error, still draining
 
 
 def _each_once(objects: Iterable[T]) -> list[T]:

@@ -129,6 +129,59 @@ async def test_websocket_messages_are_bounded_by_the_configured_size_both_ways(
             assert (await state.ws_closed_by_client.get())[0] == 1009
 
 
+_HUGE = 8 * 1024 * 1024  # far over the bound: most of it is still on its way at the close
+
+
+async def test_a_client_message_far_over_the_bound_gets_a_clean_1009_not_a_reset(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A client sending 8 MB through a 64 KiB bound gets the `1009` close frame: the sidecar
+    keeps reading (and dropping) what is still on its way after the close, so the kernel
+    never answers that data with a reset that would lose the close frame."""
+    async with (
+        running_app() as (url, state),
+        sidecar_for(with_app(url, websocket_max_message_bytes=65536)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sidecar.url + "/ws-record", max_msg_size=0) as ws,
+    ):
+        await ws.send_bytes(b"x" * _HUGE)  # as a client that writes before it reads
+        closed = await ws.receive(timeout=30)
+        assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+        assert (await state.ws_closed_by_client.get())[0] == 1009
+
+
+async def test_an_app_message_far_over_the_bound_gets_a_clean_1009_not_a_reset(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The other way: an app sending 8 MB gets its `1009` close frame too, and the client
+    is told `1009`."""
+    seen: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def huge(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        try:
+            await ws.send_bytes(b"z" * _HUGE)  # as an app that writes before it reads
+            message = await ws.receive()
+        except ConnectionError:
+            await seen.put(None)  # reset: the close frame lost
+        else:
+            await seen.put(message.data if message.type is aiohttp.WSMsgType.CLOSE else None)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/huge", huge)
+    async with (
+        serving(app) as url,
+        sidecar_for(with_app(url, websocket_max_message_bytes=65536)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sidecar.url + "/huge") as ws,
+    ):
+        closed = await ws.receive(timeout=30)
+        assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+        assert await asyncio.wait_for(seen.get(), 30) == 1009
+
+
 def _websocket_outcomes(metrics: str) -> dict[str, float]:
     return counts(metrics, "sidecar_app_websockets", "sidecar_websocket_outcome")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,6 +24,7 @@ from sidecar.server import SidecarServer
 from tests.support.cache import BODY, MODEL, asking, cached, post
 from tests.support.otel import make_otel, sse_data
 from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
+from tests.support.redis_server import RedisServer
 from tests.support.sdk import sdk, user
 from tests.support.sidecars import BASE, SidecarFactory
 from tests.support.waiting import eventually, holds
@@ -470,3 +472,53 @@ async def test_a_charged_hit_spends_what_the_answer_cost_streamed_or_not(
         cost = usage["input_tokens"] + usage["output_tokens"]
     assert cost > 0
     assert abs((left[1] - left[2]) - cost) <= 1  # the first hit settled to the answer's cost
+
+
+_NOT_CALLED: list[tuple[dict[str, Any], dict[str, Any], int]] = [
+    # a quota exceeded (the second request of a minute), a call larger than a token limit
+    ({"quotas": {"requests_per_minute": 1}}, asking("another question"), 429),
+    ({"quotas": {"tokens_per_minute": 100}}, asking("another", max_tokens=4096), 400),
+    # refused before the lookup: no credential, screening, a bad request
+    ({"auth": {"mode": "required", "api_keys": [{"name": "k", "sha256": "0" * 64}]}},
+     BODY, 401),
+    ({"screening": {"deny_patterns": ["forbidden"]}}, asking("forbidden"), 400),
+    ({}, {**BODY, "max_tokens": "many"}, 400),
+    # the call made, but no answer of Claude's to relay: the sidecar's own error
+    ({}, asking("[[fake fault=auth]] q"), 502),
+    ({"claude": {"base_url": "http://127.0.0.1:9"}}, BODY, 502),  # Claude unreachable
+]  # fmt: skip
+_NOT_CALLED_IDS = ["requests_quota", "over_a_token_limit", "no_credential", "screening",
+                   "bad_request", "key_refused_by_claude", "claude_unreachable"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("config", "body", "status"), _NOT_CALLED, ids=_NOT_CALLED_IDS)
+async def test_a_refusal_carries_no_x_cache(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    config: dict[str, Any],
+    body: dict[str, Any],
+    status: int,
+) -> None:
+    """`X-Cache` is the cache's word on an answer: HIT when it gave one, MISS or BYPASS on
+    the answer of the call it let through. A refusal made before or instead of that call
+    (auth, screening, a bad request, a quota, Claude unreachable) carries none."""
+    async with sidecar_for({**cached(), **config}) as s:
+        if status == 429:  # the quota's first request is answered, and a miss
+            assert (await post(s.url, BODY))[:2] == (200, "MISS")
+        refused = await post(s.url, body)
+    assert refused[:2] == (status, None)
+
+
+async def test_a_quota_store_outage_carries_no_x_cache(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """Under `on_store_error: fail_closed` the quota store down refuses the call (503):
+    no Claude call was made, so no `X-Cache: MISS`."""
+    quotas = {"store": "redis", "redis_url": redis_server.url, "requests_per_minute": 100,
+              "redis_timeout_seconds": 0.5, "on_store_error": "fail_closed"}  # fmt: skip
+    async with sidecar_for({**cached(), "quotas": quotas}) as s:
+        assert (await post(s.url, BODY))[:2] == (200, "MISS")
+        await redis_server.kill()
+        refused = await post(s.url, asking("another question"))
+    assert refused[:2] == (503, None)
+    assert fake.state.counters["requests"] == 1

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from sidecar.client_address import client_ip, is_trusted_proxy
+from sidecar.client_address import client_ip, ip_subject, is_trusted_proxy
 from sidecar.config import Network
 
 TRUSTED: list[Network] = [
@@ -91,3 +91,24 @@ def test_a_trusted_network_holds_both_spellings_of_an_ipv4_address(
 ) -> None:
     assert client_ip(peer, xff, trusted) == expected
     assert is_trusted_proxy(peer, trusted) is (expected != peer)
+
+
+@pytest.mark.parametrize(
+    ("address", "length", "expected"),
+    [
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", 64, "2001:db8:1:2::/64"),  # one subscriber's /64: one client
+        ("2001:db8:1:3::1", 64, "2001:db8:1:3::/64"),  # the next /64: another
+        ("2001:db8:1:2ff::1", 56, "2001:db8:1:200::/56"),
+        ("2001:db8::1", 128, "2001:db8::1/128"),
+        ("2001:db8::1", 1, "::/1"),
+        ("fe80::1%eth0", 64, "fe80::/64"),  # the zone is no part of the client
+        ("::ffff:198.51.100.7", 64, "198.51.100.7"),  # IPv4-mapped: the IPv4 client
+        ("198.51.100.7", 64, "198.51.100.7"),  # IPv4: the address
+        ("not-an-ip", 64, "not-an-ip"),  # named no address: as written
+    ],
+)
+def test_a_quota_counts_an_ipv6_client_by_its_network(
+    address: str, length: int, expected: str
+) -> None:
+    assert ip_subject(address, length) == expected

@@ -25,3 +25,18 @@ def test_redis_url_that_redis_cannot_use_is_a_config_error(url: str) -> None:
 def test_redis_urls_redis_accepts_validate(url: str) -> None:
     config = loader.validate({"quotas": {"store": "redis", "redis_url": url}})
     assert config.quotas.redis_url is not None
+
+
+@pytest.mark.parametrize("length", [0, 129, "wide"])
+def test_an_ipv6_prefix_length_outside_1_to_128_is_a_config_error(length: object) -> None:
+    for where in ({"quotas": {"ipv6_prefix_length": length}},
+                  {"routes": [{"path": "/v1/", "handler": "anthropic",
+                               "quotas": {"ipv6_prefix_length": length}}]}):  # fmt: skip
+        problems = problems_of(where)
+        assert len(problems) == 1
+        assert "ipv6_prefix_length" in problems[0]
+
+
+def test_the_ipv6_prefix_length_is_a_64_unless_set() -> None:
+    assert loader.validate({}).quotas.ipv6_prefix_length == 64
+    assert loader.validate({"quotas": {"ipv6_prefix_length": 1}}).quotas.ipv6_prefix_length == 1

@@ -31,6 +31,22 @@ def test_a_caller_without_the_keyed_name_is_counted_by_address() -> None:
     assert subject_of(QuotaConfig(key="user"), "global", ANONYMOUS, "192.0.2.2") != keyed["user"]
 
 
+def test_an_ipv6_caller_is_counted_by_its_network_of_the_configured_length() -> None:
+    """Every key falls back to the address, and there an IPv6 caller is its /64 (or the
+    configured prefix): rotating addresses inside one allocation is one caller."""
+    for key in ("client_ip", "user", "tenant", "api_key"):
+        policy = QuotaConfig(key=key)
+        one = subject_of(policy, "global", ANONYMOUS, "2001:db8:1:2::1")
+        assert one == subject_of(policy, "global", ANONYMOUS, "2001:db8:1:2:ffff::9")
+        assert one != subject_of(policy, "global", ANONYMOUS, "2001:db8:1:3::1")
+    exact = QuotaConfig(key="client_ip", ipv6_prefix_length=128)
+    assert subject_of(exact, "global", ANONYMOUS, "2001:db8:1:2::1") != subject_of(
+        exact, "global", ANONYMOUS, "2001:db8:1:2::2"
+    )
+    mapped = subject_of(QuotaConfig(key="client_ip"), "global", ANONYMOUS, "::ffff:192.0.2.1")
+    assert mapped == subject_of(QuotaConfig(key="client_ip"), "global", ANONYMOUS, "192.0.2.1")
+
+
 def test_reset_times_are_whole_seconds_rounded_up_in_utc() -> None:
     def reset(at: float) -> str:
         decision = Decision(True, None, 0.0, Window(10, 9, at), None, JAN_1)

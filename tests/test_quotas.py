@@ -455,6 +455,42 @@ async def test_a_forwarded_hop_with_a_port_or_another_spelling_is_one_client(
             assert out == [200, 429, 429], hops
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_an_ipv6_client_rotating_addresses_in_its_64_is_one_client(
+    sidecar_for: SidecarFactory, store: str
+) -> None:
+    """A client given a /64 (the usual IPv6 allocation) may send from any address in it:
+    per-IP limits count the /64 (`quotas.ipv6_prefix_length`), on either store; a route
+    counting exact addresses sets 128. IPv4 clients are counted by address."""
+    async with contextlib.AsyncExitStack() as stack:
+        quotas: dict[str, Any] = {"store": store, "key": "client_ip", "requests_per_minute": 2}
+        if store == "redis":
+            quotas["redis_url"] = (await stack.enter_async_context(running_redis())).url
+        exact = {"path": "/exact/", "handler": "anthropic", "quotas": {"ipv6_prefix_length": 128}}
+        data = {"quotas": quotas, "server": {"trusted_proxies": ["127.0.0.0/8"]},
+                "routes": [exact, {"path": "/", "handler": "anthropic"}]}  # fmt: skip
+        sidecar = await stack.enter_async_context(sidecar_for(data))
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+
+        async def statuses(prefix: str, hops: tuple[str, ...]) -> list[int]:
+            out = []
+            for hop in hops:
+                async with http.post(
+                    f"{sidecar.url}{prefix}v1/messages",
+                    json=message(),
+                    headers={"X-Forwarded-For": hop},
+                ) as response:
+                    out.append(response.status)
+            return out
+
+        rotating = ("2001:db8:1:2::1", "2001:db8:1:2:aaaa::2", "2001:db8:1:2:ffff::3")
+        assert await statuses("/", rotating) == [200, 200, 429]
+        assert await statuses("/", ("2001:db8:1:3::1",)) == [200]  # the next /64
+        assert await statuses("/exact/", rotating) == [200, 200, 200]
+        v4 = ("198.51.100.1", "198.51.100.2", "198.51.100.3")
+        assert await statuses("/", v4) == [200, 200, 200]
+
+
 async def test_each_api_key_user_has_its_own_quota(sidecar_for: SidecarFactory) -> None:
     keys = {name: f"key-{name}-0123456789" for name in ("a", "b")}
     auth = {

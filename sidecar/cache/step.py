@@ -4,7 +4,8 @@
 identical request in flight to follow (HIT, coalesced), or a call to Claude (MISS,
 recorded for the cache unless `Cache-Control: no-store`; BYPASS when the request is
 sampled and the route does not cache those, or `no-cache` asked for a fresh answer,
-which then refreshes the entry). A store that fails is skipped (counted), never the
+which then refreshes the entry). `X-Cache` says so on an answer the cache gave (HIT) or
+on the answer of the call it let through (MISS, BYPASS), never on a refusal. A store that fails is skipped (counted), never the
 request. `serve` answers a hit: a request for the quotas, no tokens unless
 `cache.charge_hits`, replayed through the stream core.
 """
@@ -71,7 +72,7 @@ class CacheStep:
         runtime = ctx.runtime
         if not source.chunks or (not source.stream and not source.completed):
             # The call it followed never answered: this request calls Claude itself.
-            ctx.headers[HEADER] = "MISS"
+            ctx.cache_status = "MISS"
             if runtime.cache is not None:
                 runtime.cache.count("miss")
             return None
@@ -188,8 +189,10 @@ async def lookup(
 
 
 def _decided(step: CacheStep, status: Status, result: str | None) -> CacheStep:
+    """A call to Claude: `status` goes on that call's answer only (`call.run`), not on a
+    refusal made before it (quota, resume store) or instead of it (Claude unreachable)."""
     ctx = step.ctx
-    ctx.headers[HEADER] = status
+    ctx.cache_status = status
     ctx.span.set_attribute(HIT_ATTRIBUTE, False)
     if result is not None:
         cache = ctx.runtime.cache

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from sidecar.cache.step import HEADER as CACHE_HEADER
 from sidecar.call.stream import HeldCall, Resumable, carry_on, hand_off, open_relay
 from sidecar.errors import Rejection, reject, short_error_type, simple_error_body
 from sidecar.handlers.request_body import ensure_client_present
@@ -236,11 +237,14 @@ def _answer_headers(ctx: RequestContext, held: HeldCall, upstream: Response) -> 
     assert lease is not None  # admitted
     quota_headers, lease.headers = lease.headers, _HANDED_OVER
     keep_ratelimit = not ctx.route.policy.quotas.enabled
-    return {
+    headers = {
         **ctx.headers,
         **quota_headers,
         **returned_headers(upstream, keep_ratelimit=keep_ratelimit),
     }
+    if ctx.cache_status is not None:  # Claude answered the call the cache let through
+        headers[CACHE_HEADER] = ctx.cache_status
+    return headers
 
 
 async def _relay_error(

@@ -159,6 +159,9 @@ class QuotaConfig(Section):
     redis_timeout_seconds: Seconds = 1.0
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     key: Literal["user", "api_key", "tenant", "client_ip"] = "user"
+    # A client counted by IP: an IPv6 client by its network of this length (a /64 is what
+    # one subscriber is given: rotating addresses inside it is one client); IPv4 as is.
+    ipv6_prefix_length: int = Field(64, ge=1, le=128)
     requests_per_minute: int | None = Field(None, gt=0)
     tokens_per_minute: int | None = Field(None, gt=0)
     tokens_per_day: int | None = Field(None, gt=0)

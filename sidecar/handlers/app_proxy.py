@@ -20,6 +20,7 @@ from sidecar.client_address import is_trusted_proxy
 from sidecar.config import AppConfig
 from sidecar.errors import Rejection, reject
 from sidecar.handlers.app_websocket import relay_websocket
+from sidecar.handlers.lingering import LingeringServerWebSocket
 from sidecar.handlers.request_body import (
     BodyStream,
     body_timeout,
@@ -360,7 +361,7 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         raise reject(
             "app_unreachable", f"the app refused the WebSocket ({type(exc).__name__})"
         ) from None
-    client = web.WebSocketResponse(
+    client = LingeringServerWebSocket(
         protocols=[upstream.protocol] if upstream.protocol else (),
         autoping=True,
         max_msg_size=app.websocket_max_message_bytes,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Final
 
+from sidecar.client_address import ip_subject
 from sidecar.config import QuotaConfig
 from sidecar.errors import Rejection, reject
 from sidecar.identity import Identity
@@ -34,7 +35,8 @@ _KEY_ATTRIBUTE: Final[Mapping[str, str | None]] = MappingProxyType(
 
 
 def subject_of(policy: QuotaConfig, scope: str, identity: Identity, client_ip: str) -> str:
-    """The counter key: route scope + `quotas.key` value, or the client IP when there is none.
+    """The counter key: route scope + `quotas.key` value, or the client IP when there is none
+    (an IPv6 one as its network: `sidecar.client_address.ip_subject`).
 
     A user is counted within its tenant: a user name names one caller only inside its
     tenant (each tenant's users are its own, as for resume and the cache), so `alice` of
@@ -44,8 +46,8 @@ def subject_of(policy: QuotaConfig, scope: str, identity: Identity, client_ip: s
     attribute = _KEY_ATTRIBUTE[policy.key]
     value = getattr(identity, attribute) if attribute is not None else None
     kind = policy.key
-    if not value:
-        kind, value = "client_ip", client_ip
+    if not value:  # an IPv6 client by its network (`quotas.ipv6_prefix_length`)
+        kind, value = "client_ip", ip_subject(client_ip, policy.ipv6_prefix_length)
     elif kind == "user":
         value = f"{value}\x1f{identity.tenant or ''}"
     if kind in ("user", "tenant") and identity.realm is not None:
