@@ -104,9 +104,9 @@ def _linger(held: socket.socket, transport: asyncio.BaseTransport | None) -> Non
     """Read and drop what still arrives on `held`, bounded, then close it."""
     # The write side is shut once aiohttp wrote all it had (the close frame): the peer
     # then reads the close frame and an end, and closes its side, which ends the linger.
-    flushed = isinstance(transport, asyncio.WriteTransport) and not (
-        transport.get_write_buffer_size()
-    )
+    # (uvloop's transports, under `sidecar run`, are no asyncio classes: asked by name.)
+    buffered = getattr(transport, "get_write_buffer_size", None)
+    flushed = buffered is not None and not buffered()
     task = asyncio.get_running_loop().create_task(_drop_until_closed(held, shut=flushed))
     _LINGERING.add(task)
     task.add_done_callback(_LINGERING.discard)
