@@ -491,7 +491,9 @@ async def test_the_sidecars_credential_is_kept_from_the_app_unless_forwarded(
 ) -> None:
     """A Bearer token, an `x-api-key` (any spelling) and the JWT query parameter are the
     sidecar's credential: the app does not get them unless `app.forward_credentials` says
-    so. Another Authorization scheme (the app's own) always reaches it."""
+    so, and then only the one the sidecar checked (an `x-api-key` beside a Bearer, or one
+    spelled with `_`, was never checked). Another Authorization scheme (the app's own)
+    always reaches it."""
     auth = {"mode": "required",
             "api_keys": [{"name": "web", "sha256": API_KEY_SHA256, "user": "web"}],
             "jwt": {"secret": SECRET, "algorithms": ["HS256"], "issuer": ISSUER,
@@ -506,13 +508,17 @@ async def test_the_sidecars_credential_is_kept_from_the_app_unless_forwarded(
                 ("/echo?a=1", {"x-api-key": API_KEY, "X_Api_Key": "copy"}),
                 (f"/echo?access_token={token}&a=1", {}),
                 ("/echo?a=1", {"x-api-key": API_KEY, "Authorization": "Basic YXBwOnB3"}),
+                ("/echo?a=1", {"Authorization": f"Bearer {API_KEY}", "x-api-key": "unchecked"}),
             ):
                 async with http.get(sidecar.url + path, headers=sent) as response:
                     assert response.status == 200
                     answers.append(await response.json())
-    bearer, api_key, query, basic = answers
+    bearer, api_key, query, basic, both = answers
     assert ("authorization" in echoed_headers(bearer)) is forward
     assert ("x-api-key" in echoed_headers(api_key)) is forward
+    assert "x_api_key" not in echoed_headers(api_key)  # never checked: never forwarded
+    assert ("authorization" in echoed_headers(both)) is forward
+    assert "x-api-key" not in echoed_headers(both)
     assert ("access_token" in query["path_qs"]) is forward
     assert query["path_qs"].endswith("a=1")
     assert echoed_headers(basic)["authorization"] == "Basic YXBwOnB3"

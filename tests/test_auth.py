@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import aiohttp
 import anthropic
 import jwt
 import pytest
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar import loader
 from sidecar.config import AuthConfig
@@ -71,7 +72,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def post_prompt(
-    url: str, headers: dict[str, str], body: dict[str, Any] | None = None, query: str = ""
+    url: str, headers: Mapping[str, str], body: dict[str, Any] | None = None, query: str = ""
 ) -> tuple[int, Any, CIMultiDictProxy[str]]:
     async with aiohttp.ClientSession() as http:
         async with http.post(
@@ -86,7 +87,7 @@ async def post_prompt(
 
 _NOW = int(time.time())
 # (id, request headers, expected status, expected short type, expected WWW-Authenticate)
-ATTACKS: list[tuple[str, dict[str, str], int, str, str | None]] = [
+ATTACKS: list[tuple[str, Mapping[str, str], int, str, str | None]] = [
     ("missing", {}, 401, "unauthorized", 'Bearer realm="claude-sidecar"'),
     ("garbled_jwt", bearer("eyJhbGciOi.JIUzI1NiJ9.garbage"), 401, "unauthorized", INVALID),
     ("garbled_opaque", bearer("not a token at all"), 401, "unauthorized", INVALID),
@@ -112,6 +113,12 @@ ATTACKS: list[tuple[str, dict[str, str], int, str, str | None]] = [
     ("revoked_api_key", {"x-api-key": "sk-sidecar-revoked"}, 401, "unauthorized", INVALID),
     ("api_key_as_bearer_revoked", bearer("sk-sidecar-revoked"), 401, "unauthorized", INVALID),
     ("basic_auth", {"Authorization": "Basic YTpi"}, 401, "unauthorized", None),
+    # Two copies of a credential header: auth would check the first, an app may read another.
+    ("two_authorization_lines",
+     CIMultiDict([("Authorization", f"Bearer {mint()}"), ("Authorization", "Bearer forged")]),
+     401, "unauthorized", INVALID),
+    ("two_api_key_lines", CIMultiDict([("x-api-key", API_KEY), ("x-api-key", "sk-forged")]),
+     401, "unauthorized", INVALID),
     ("forbidden_tenant", bearer(mint(org="evil")), 403, "forbidden", None),
 ]  # fmt: skip
 
@@ -125,7 +132,7 @@ async def test_bad_credentials_are_rejected_before_claude(
     fake: FakeServer,
     sidecar_for: SidecarFactory,
     rsa_pem: Path,
-    headers: dict[str, str],
+    headers: Mapping[str, str],
     status: int,
     short_type: str,
     challenge: str | None,
@@ -239,6 +246,21 @@ async def test_query_token_only_for_get(fake: FakeServer, sidecar_for: SidecarFa
     assert status == 401
     assert fake.state.counters["requests"] == 1
     assert token not in json.dumps(fake.state.requests[0].body)  # not a prompt field
+
+
+async def test_a_second_query_token_is_refused(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """`?access_token=<good>&access_token=<forged>`: the sidecar would check the first while
+    an app (`forward_credentials`) or a framework reading the last would get the other."""
+    good = mint()
+    async with sidecar_for(auth_config()) as sidecar, aiohttp.ClientSession() as http:
+        for copies in ([good, "forged.token.x"], [good, good]):
+            query = [("prompt", "hi"), *(("access_token", token) for token in copies)]
+            async with http.get(sidecar.url + PROMPT, params=query) as response:
+                assert response.status == 401
+                assert response.headers["WWW-Authenticate"] == INVALID
+    assert fake.state.counters["requests"] == 0
 
 
 async def test_the_query_parameter_takes_a_jwt_never_an_api_key(

@@ -134,6 +134,22 @@ def test_a_field_the_table_does_not_list_is_read_whole(block_type: str) -> None:
     assert collect_texts({"messages": [{"role": "user", "content": [document]}]}).texts == [DENIED]
 
 
+async def test_a_message_field_beside_role_and_content_is_read_whole(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A message's fields the walker does not know (one added to the API later, or one a
+    model may be shown) are screened like an unknown block's, on both routes."""
+    message = {"role": "user", "content": "hi", "added_later": {"note": [DENIED]}}
+    assert collect_texts({"messages": [message]}).texts == ["hi", "note", DENIED]
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        for path, body in _bodies([{"type": "text", "text": "hi"}], {}).items():
+            body["messages"][0] = message
+            assert await _status(http, sidecar.url + path, body) == (
+                400, f"prompt matches deny rule {RULE}"
+            )  # fmt: skip
+    assert fake.state.counters["requests"] == 0
+
+
 async def _status(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, str]:
     async with http.post(url, json=body) as response:
         raw = await response.read()

@@ -126,6 +126,24 @@ async def test_only_configured_api_paths_are_forwarded(
     assert fake.state.requests[-1]["path"] == "/v1/messages/batches"
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+async def test_a_screened_body_goes_to_claude_as_plain_json(
+    fake: FakeServer, sidecar_for: SidecarFactory, path: str
+) -> None:
+    """The body was read (and screened) as UTF-8 JSON: the client's charset is not passed
+    on, or the same bytes could read as other text to Claude (`+AGk-` is `i` in UTF-7)."""
+    body = b'{"model": "%b", "max_tokens": 8, "messages": [{"role": "user", "content": "+AGk-"}]}'
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        for content_type in ("application/json; charset=utf-7", "Application/JSON;charset=x"):
+            async with http.post(
+                sidecar.url + path,
+                data=body % MODEL.encode(),
+                headers={"Content-Type": content_type},
+            ) as response:
+                assert response.status == 200
+    assert [r["headers"]["content-type"] for r in fake.state.requests] == ["application/json"] * 2
+
+
 # Claude's events as a proxy in between might frame them: `id:` (and a bare `id`) and
 # `retry:` fields of their own, one event that is only an id.
 _FRAMED = (

@@ -304,6 +304,38 @@ def test_normalize_is_opt_in_and_its_limits() -> None:
         raw_rule.screen(["a\u200bb"])
 
 
+def _tags(text: str) -> str:
+    """`text` in Unicode tag characters: invisible, each mirroring one ASCII character."""
+    return "".join(chr(0xE0000 + ord(char)) for char in text)
+
+
+async def test_normalize_reads_a_phrase_hidden_in_tag_characters(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """ "ASCII smuggling": a phrase spelled in tag characters shows as nothing, but a model
+    may read it. Removing them as invisible would drop the phrase unseen: under
+    `normalize` it is matched as the letters they mirror too, in place and on its own."""
+    config = {"screening": {**CONFIG["screening"], "normalize": True}}
+    hidden = ["see " + _tags(SECRET_WORDS), "a" + _tags("launch codes") + "b", _tags("launch")
+              + " " + _tags("codes")]  # fmt: skip
+    async with sidecar_for(config) as sidecar:
+        answers = []
+        for text in hidden:
+            answers.append(await post(sidecar.url, PROMPT, {"prompt": text}))
+            body = anthropic_body([{"role": "user", "content": text}])
+            answers.append(await post(sidecar.url, "/v1/messages", body))
+        # Tags as noise inside the phrase are still removed: "laun<tag>ch codes" is caught.
+        noisy = "laun" + _tags("x") + "ch codes"
+        answers.append(await post(sidecar.url, PROMPT, {"prompt": noisy}))
+        fine = await post(sidecar.url, PROMPT, {"prompt": "flag " + _tags("gb")})
+    assert [status for status, _ in answers] == [400] * len(answers)
+    assert {data["error"]["message"] for _, data in answers} == {
+        'prompt matches deny rule "launch-codes"'
+    }
+    assert fine[0] == 200
+    assert fake.state.counters["requests"] == 1
+
+
 def test_normalize_keeps_the_length_limit_on_the_raw_text() -> None:
     screener = _screener(normalize=True, max_prompt_chars=12)
     screener.screen(["a\u200b" * 6])

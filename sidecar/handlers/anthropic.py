@@ -217,7 +217,7 @@ async def _message_call(
     if config.telemetry.capture_content:
         record.prompt_text = json.dumps(body.get("messages"))[:65536]
     call = ClaudeRequest(
-        attempt=Attempt("POST", path_qs, _claude_headers(ctx)),
+        attempt=Attempt("POST", path_qs, _claude_headers(ctx, json_body=True)),
         body=raw,
         stream=stream,
         input_estimate=estimate_input_tokens(chars, attachments),
@@ -232,10 +232,12 @@ async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse
     if "model" in body:
         check_model(ctx, parse_model(body["model"]))
     _screen(ctx, body)
-    return await _forward(ctx, path_qs, raw)
+    return await _forward(ctx, path_qs, raw, json_body=True)
 
 
-async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web.StreamResponse:
+async def _forward(
+    ctx: RequestContext, path_qs: str, body: bytes | None, *, json_body: bool = False
+) -> web.StreamResponse:
     """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is."""
     request = ctx.request
     if body is None and request.can_read_body:
@@ -246,7 +248,7 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
             policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip
         )
     )
-    headers = _claude_headers(ctx)
+    headers = _claude_headers(ctx, json_body=json_body)
     ctx.runtime.telemetry.inject(ctx.span, headers)
     ensure_client_present(request)
     attempt = Attempt(request.method, path_qs, headers)
@@ -266,5 +268,11 @@ async def _forward(ctx: RequestContext, path_qs: str, body: bytes | None) -> web
     )
 
 
-def _claude_headers(ctx: RequestContext) -> dict[str, str]:
-    return ctx.runtime.claude.request_headers(ctx.request.headers)
+def _claude_headers(ctx: RequestContext, *, json_body: bool = False) -> dict[str, str]:
+    """Claude's headers for this call. A body the sidecar parsed and screened (as UTF-8
+    JSON) goes as plain `application/json`: a client's `charset=utf-7` (or any other
+    parameter) would let Claude read other text from the same bytes than was screened."""
+    headers = ctx.runtime.claude.request_headers(ctx.request.headers)
+    if json_body:
+        headers["content-type"] = "application/json"
+    return headers

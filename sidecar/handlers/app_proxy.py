@@ -33,6 +33,7 @@ from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
 from sidecar.policy.identity_headers import (
     header_credential,
+    keep_read_credential,
     strip_credentials,
     strip_forwarding_claims,
 )
@@ -83,6 +84,8 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     strip_and_set_identity(headers, ctx.identity, app.identity_headers)
     if _withholds_credentials(ctx):
         strip_credentials(headers)
+    elif ctx.route.policy.auth.mode != "none":
+        keep_read_credential(headers)  # forwarded: only what the sidecar checked
     peer = request.remote or ""
     trusted = is_trusted_proxy(peer, ctx.runtime.config.server.trusted_proxies)
     # The app believes its proxy: what a client says about its address or the URL it asked

@@ -14,10 +14,12 @@ from typing import Any, Final
 import aiohttp
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from multidict import MultiMapping
 
 from sidecar.config import AuthConfig, JWTConfig
 from sidecar.errors import Rejection, reject
 from sidecar.identity import ANONYMOUS, Identity, is_name
+from sidecar.policy.identity_headers import ambiguous_credentials
 from sidecar.policy.jwks import JwksCache
 
 _CHALLENGE = 'Bearer realm="claude-sidecar"'
@@ -131,6 +133,8 @@ class Authenticator:
         """The credential sent, and whether it came in the query string (`auth.jwt.
         query_param`, for an `EventSource`): there only a JWT is taken, short-lived by
         nature; a long-lived API key in a URL would end up in histories and logs."""
+        if ambiguous_credentials(headers):
+            raise unauthorized("auth_invalid_key", "more than one credential header")
         authorization = headers.get("Authorization", "")
         parts = authorization.split(None, 1)  # `Bearer` and its token, however spaced
         if len(parts) == 2 and parts[0].lower() == "bearer":
@@ -146,6 +150,12 @@ class Authenticator:
             )
         jwt_config = self.config.jwt
         if method == "GET" and jwt_config is not None and jwt_config.query_param:
+            if (
+                isinstance(query, MultiMapping)
+                and len(query.getall(jwt_config.query_param, ())) > 1
+            ):
+                # As for headers: one copy checked here, another read by the app.
+                raise unauthorized("auth_invalid_token", "more than one token in the query")
             token = query.get(jwt_config.query_param)
             return (token, True) if token else None
         return None

@@ -82,6 +82,8 @@ PLAIN_FIELDS: Final = frozenset(
     }
 )  # fmt: skip
 REQUEST_FIELDS: Final[Mapping[str, Kind]] = {"system": "blocks", "tools": "strings"}
+# A message's own fields; any other a message carries is read as `strings`.
+_MESSAGE_FIELDS: Final = frozenset({"role", "content"})
 
 
 class UnknownBlock(Exception):
@@ -157,6 +159,10 @@ def _messages(
             run = []
             role = message.get("role")
         _blocks(message.get("content"), pending, out, refuse, run)
+        if len(message) > 2:  # a field beside role and content: read before it is understood
+            for name, value in message.items():
+                if name not in _MESSAGE_FIELDS:
+                    pending.append(("strings", value))
     _join(run, out.joined)
 
 

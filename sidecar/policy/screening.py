@@ -26,6 +26,9 @@ _INVISIBLE: Final = re.compile(
     "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+"
 )
+# Tag characters spelling ASCII (U+E0020-U+E007E): invisible, yet a model may read them as
+# the letters they mirror ("ASCII smuggling"). Matched removed and, separately, decoded.
+_TAGS: Final = re.compile("[\U000e0020-\U000e007e]+")
 _WHITESPACE: Final = re.compile(r"\s+")
 _UNUSUAL_SPACING: Final = re.compile(r"\s\s|[^\S ]")  # anything folding would change
 
@@ -43,6 +46,20 @@ def normalize(text: str) -> str:
     whitespace (any Unicode space, tab or line break) folded to one space.
     """
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)))
+
+
+def hidden_texts(text: str) -> list[str]:
+    """What tag characters in `text` spell, for deny rules under `screening.normalize`:
+    the text with them read as ASCII in place, and their letters alone. Empty without any
+    (the common case: one regex search)."""
+    runs = _TAGS.findall(text)
+    if not runs:
+        return []
+    table = _TAG_TABLE
+    return [text.translate(table), " ".join(run.translate(table) for run in runs)]
+
+
+_TAG_TABLE: Final = {code: code - 0xE0000 for code in range(0xE0020, 0xE007F)}
 
 
 class Screener:
@@ -101,6 +118,8 @@ class Screener:
                 normal = normalize(text)
                 if normal != text:
                     self._match(normal)
+                    for hidden in hidden_texts(text):
+                        self._match(normalize(hidden))
 
     def _match(self, text: str) -> None:
         # Bytes, with lone surrogates passed through: JSON may carry them, RE2 wants UTF-8.
@@ -110,4 +129,11 @@ class Screener:
             raise reject("screening_rule", f'prompt matches deny rule "{name}"')
 
 
-__all__ = ["Collected", "Screener", "collect_texts", "may_change_in_normalize", "normalize"]
+__all__ = [
+    "Collected",
+    "Screener",
+    "collect_texts",
+    "hidden_texts",
+    "may_change_in_normalize",
+    "normalize",
+]
