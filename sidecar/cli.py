@@ -13,6 +13,7 @@ import yaml
 
 from sidecar import loader
 from sidecar.config import Config
+from sidecar.config.schema import config_schema
 from sidecar.interpreter import tune_interpreter
 
 EXIT_BAD_CONFIG = 2
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sidecar` console script."""
     args = _parser().parse_args(argv)
     if args.command == "schema":
-        return _emit(json.dumps(Config.model_json_schema(), indent=2) + "\n", 0)
+        return _emit(json.dumps(config_schema(), indent=2) + "\n", 0)
     if args.command == "check":
         return _check(args.config)
     return _run(args.config)

@@ -154,3 +154,24 @@ def _route_fields() -> list[str]:
     route = _section_model(Config.model_fields["routes"].annotation)
     assert route is not None
     return list(route.model_fields)
+
+
+# `section.key` spellings in the docs that are not config keys: the OpenTelemetry
+# attributes `server.address` / `server.port`, and the Helm chart's own values.
+NOT_CONFIG_KEYS = {"server.address", "server.port"}
+
+
+def test_every_key_the_docs_name_exists() -> None:
+    """A key named in prose anywhere (`claude.idle_timeout_seconds`) is a real key."""
+    keys = set(code_keys())
+    for route_key in _route_fields():
+        keys.add(f"routes.{route_key}")
+    sections = "|".join(Config.model_fields)
+    unknown = {}
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        if doc.name in ("BENCHMARKS.md", "kubernetes.md"):  # Helm values there share names
+            continue
+        for key in re.findall(rf"`((?:{sections})\.[a-z_][a-z0-9_.]*)`", doc.read_text()):
+            if key not in keys and key not in NOT_CONFIG_KEYS:
+                unknown[key] = doc.name
+    assert not unknown, unknown

@@ -10,7 +10,7 @@ from typing import get_args
 import pytest
 
 from sidecar import listener
-from sidecar.errors import REASONS, Rejection, reject
+from sidecar.errors import REASONS, Rejection, reject, short_error_type
 from sidecar.quotas.stores.base import LimitedBy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,3 +144,59 @@ def test_a_request_no_route_takes_is_a_catalogue_rejection() -> None:
     """The pipeline's own 404 for an unrouted path is the catalogue's `no_route`."""
     assert "no_route" in _reasons_named_in_code()
     assert (REASONS["no_route"].status, REASONS["no_route"].error_type) == (404, "not_found_error")
+
+
+def _documented_statuses() -> dict[str, int | None]:
+    """Reason → status as docs/security.md's list states it.
+
+    A bullet's heading status (`authentication (401):`) holds for all its reasons;
+    otherwise a `(NNN ...)` after reasons holds for the reasons since the last one,
+    and `(the app's own status)` says the status is passed through.
+    """
+    text = (ROOT / "docs" / "security.md").read_text()
+    section = re.search(r"<!-- rejection-reasons -->(.*)<!-- /rejection-reasons -->", text, re.S)
+    assert section is not None
+    statuses: dict[str, int | None] = {}
+    for bullet in section[1].split("\n- ")[1:]:
+        heading, _, body = bullet.partition(":")
+        shared = re.search(r"\((\d{3})\)", heading)
+        pending: list[str] = []
+        for name, remark in re.findall(r"`([a-z_]+)`|\(([^()]*(?:\([^()]*\)[^()]*)*)\)", body):
+            if name:
+                pending.append(name)
+                continue
+            status = re.match(r"(\d{3})\b", remark) or re.search(r"status (\d{3})", remark)
+            if status is not None or "own status" in remark:
+                for reason in pending:
+                    statuses[reason] = int(status[1]) if status is not None else None
+                pending = []
+        for reason in pending:
+            if shared is not None:
+                statuses[reason] = int(shared[1])
+    return statuses
+
+
+def test_the_security_docs_give_each_reason_its_catalogue_status() -> None:
+    documented = _documented_statuses()
+    assert set(documented) == set(REASONS), sorted(set(REASONS) ^ set(documented))
+    wrong = {
+        reason: (status, REASONS[reason].status)
+        for reason, status in documented.items()
+        if status != REASONS[reason].status
+    }
+    assert not wrong, wrong
+
+
+def test_the_security_docs_error_shapes_table_names_the_prompt_route_types() -> None:
+    """Each row's prompt/app `type` is what the prompt route renders for its Anthropic type."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    start = text.index("| status | Anthropic `type` | prompt/app `type` | when |")
+    rows = text[start : text.index("\n\n", start)].splitlines()[2:]
+    codes = {reason.code for reason in REASONS.values() if reason.code}
+    for row in rows:
+        status, anthropic, short, _ = (cell.strip(" `") for cell in row.strip("|").split("|"))
+        if short in codes:  # a reason's own code (`prompt_rejected`)
+            assert any(r.code == short and r.error_type == anthropic for r in REASONS.values())
+        else:
+            assert short_error_type(anthropic) == short, row
+        assert any(r.status == int(status) and r.error_type == anthropic for r in REASONS.values())

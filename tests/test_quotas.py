@@ -115,6 +115,22 @@ async def test_prompt_route_429_has_its_error_shape_and_ratelimit_headers(
     assert "anthropic-ratelimit-tokens-limit" not in headers  # no token limit configured
 
 
+async def test_a_refusal_names_the_client_ip_an_anonymous_caller_was_counted_by(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """`key: user` without a user counts the client IP: the 429 says so, not "per user"."""
+    async with sidecar_for({"quotas": {"key": "user", "requests_per_minute": 1}}) as sidecar:
+        url = sidecar.url + "/api/stream-response"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json={"prompt": "hello"}) as response:
+                assert response.status == 200
+                await response.read()
+            async with http.post(url, json={"prompt": "hello"}) as response:
+                assert response.status == 429
+                message = (await response.json())["error"]["message"]
+    assert "1 requests per minute per client IP" in message
+
+
 async def test_anthropic_route_answers_rate_limit_error_and_the_sdk_raises_it(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

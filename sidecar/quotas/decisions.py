@@ -82,8 +82,20 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
     return headers
 
 
-def rejection_of(decision: Decision, policy: QuotaConfig, reserve: int) -> Rejection:
-    """The 429 (or 400 for a call larger than a whole token limit) for a refused admission."""
+# How a refusal names whom a limit counts (`quotas.key`, or the client IP it fell back to).
+_COUNTED_AS: Final[Mapping[str, str]] = MappingProxyType(
+    {"user": "user", "api_key": "API key", "tenant": "tenant", "client_ip": "client IP"}
+)
+
+
+def rejection_of(
+    decision: Decision, policy: QuotaConfig, reserve: int, subject: str | None = None
+) -> Rejection:
+    """The 429 (or 400 for a call larger than a whole token limit) for a refused admission.
+
+    The message names what the limit counted: `quotas.key`, or the client IP for a caller
+    without that value (`subject`, as `subject_of` made it, tells which).
+    """
     headers = ratelimit_headers(decision)
     limited_by = decision.limited_by
     if limited_by == "too_large":
@@ -97,7 +109,8 @@ def rejection_of(decision: Decision, policy: QuotaConfig, reserve: int) -> Rejec
     wait = max(decision.retry_after, 0.001)
     headers["retry-after"] = str(math.ceil(wait))
     headers["retry-after-ms"] = str(math.ceil(wait * 1000))
-    per = f"per {policy.key}"
+    kind = subject.split("\x1f", 2)[1] if subject is not None else policy.key
+    per = f"per {_COUNTED_AS[kind]}"
     messages = {
         "requests": f"rate limit of {policy.requests_per_minute} requests per minute {per}",
         "tokens_per_minute": f"token quota of {policy.tokens_per_minute} per minute {per} "

@@ -250,7 +250,7 @@ class QuotaGate:
         if self._degraded:
             self._store_ok()
         if not decision.admitted:
-            raise rejection_of(decision, policy, tokens)
+            raise rejection_of(decision, policy, tokens, subject)
         return decision
 
     async def _store_admit(
