@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from sidecar import deltas, sse
 from sidecar.cache.step import CacheStep
@@ -264,7 +265,10 @@ async def _prompt_call(ctx: RequestContext) -> tuple[ClaudeRequest, StreamRecord
     request = ctx.request
     config = ctx.runtime.config
     if request.method == "GET":
-        fields: dict[str, Any] = dict(request.query)
+        query = request.query
+        fields: dict[str, Any] = dict(query)
+        if len(fields) != len(query):
+            _refuse_repeated(query, ctx)
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
         fields.pop(resume.QUERY, None)  # a resume cursor is not a field either
     elif request.method == "POST":
@@ -297,6 +301,18 @@ def _stream_id_in_path(ctx: RequestContext) -> str | None:
     canonical path the route was matched by (`//route/<id>`, `/route/./<id>` name it too)."""
     rest = ctx.path[len(ctx.route.path) :].strip("/")
     return rest or None
+
+
+def _refuse_repeated(query: MultiMapping[str], ctx: RequestContext) -> None:
+    """A field in the query string twice is a 400, as a key twice in a JSON body is: which
+    copy counts would be a guess. (The credential and the resume cursor are read, and their
+    repeats judged, where they are taken.)"""
+    taken = {_token_param(ctx), resume.QUERY}
+    for name in query:
+        if name not in taken and len(query.getall(name)) > 1:
+            raise bad_request(
+                f"query parameter given more than once: {name[:64]!r}", reason="duplicate_key"
+            )
 
 
 def _token_param(ctx: RequestContext) -> str:
