@@ -101,6 +101,11 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     credential = app_base(app.url)[1]
     if credential is not None:
         headers["Authorization"] = credential
+    # The request's one id, as logged and answered: never the client's other copies, or a
+    # malformed one the sidecar replaced.
+    request_id_header = ctx.runtime.config.server.request_id_header
+    headers.popall(request_id_header, None)
+    headers[request_id_header] = ctx.request_id
     for name in ctx.runtime.telemetry.trace_headers:  # the client's: replaced by this hop's
         headers.popall(name, None)
     carrier: dict[str, str] = {}
