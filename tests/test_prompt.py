@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from sidecar import deltas
 from sidecar.fake_claude import FakeServer
@@ -332,6 +333,34 @@ async def test_an_event_source_reconnect_is_told_to_stop_not_charged_again(
                 assert r.status == 204  # EventSource stops on 204
                 assert r.headers["X-Request-Id"]
     assert fake.state.counters["requests"] == 2  # one per sidecar: no reconnect re-ran it
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["prompt=%FF", "prompt=caf%C3", "prompt=hi&system=%ED%A0%80", "prompt=hi&model=%FF"],
+    ids=["not_utf8", "cut_short", "escaped_surrogate", "in_another_field"],
+)
+async def test_a_query_string_that_is_no_utf8_is_a_400_as_a_body_that_is_no_utf8_is(
+    fake: FakeServer, sidecar_for: SidecarFactory, query: str
+) -> None:
+    """`?prompt=%FF` would reach Claude as U+FFFD, a prompt the client never wrote: refused
+    (and counted) as a JSON body that is not UTF-8 is. UTF-8 escapes are the text they spell."""
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(URL(f"{sidecar.url}{ROUTE}?{query}", encoded=True)) as response:
+            status, error = response.status, (await response.json())["error"]
+        async with http.get(sidecar.url + ROUTE + "?prompt=caf%C3%A9") as response:
+            assert response.status == 200
+            await response.read()
+        async with http.get(sidecar.admin_url + "/metrics") as response:
+            metrics = await response.text()
+    assert status == 400
+    assert error == {"type": "invalid_request",
+                     "message": "the query string is not UTF-8 (its %-escapes spell no UTF-8)"}  # fmt: skip
+    assert counts(metrics, "sidecar_rejections", "sidecar_rejection_reason") == {
+        "invalid_request": 1
+    }
+    assert fake.state.counters["requests"] == 1
+    assert fake.state.requests[0].body["messages"] == [{"role": "user", "content": "café"}]
 
 
 @pytest.mark.parametrize(

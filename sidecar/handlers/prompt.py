@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -265,6 +266,7 @@ async def _prompt_call(ctx: RequestContext) -> tuple[ClaudeRequest, StreamRecord
     request = ctx.request
     config = ctx.runtime.config
     if request.method == "GET":
+        _refuse_non_utf8(request.rel_url.raw_query_string)
         query = request.query
         fields: dict[str, Any] = dict(query)
         if len(fields) != len(query):
@@ -301,6 +303,19 @@ def _stream_id_in_path(ctx: RequestContext) -> str | None:
     canonical path the route was matched by (`//route/<id>`, `/route/./<id>` name it too)."""
     rest = ctx.path[len(ctx.route.path) :].strip("/")
     return rest or None
+
+
+def _refuse_non_utf8(raw_query: str) -> None:
+    """A 400 for a query string whose escapes spell no UTF-8 (`%FF`, an escaped surrogate),
+    as for a JSON body that is not UTF-8: decoded, each bad byte would silently become
+    U+FFFD, a prompt the client never wrote."""
+    if "%" in raw_query:
+        try:
+            unquote_to_bytes(raw_query).decode()
+        except UnicodeDecodeError:
+            raise bad_request(
+                "the query string is not UTF-8 (its %-escapes spell no UTF-8)"
+            ) from None
 
 
 def _refuse_repeated(query: MultiMapping[str], ctx: RequestContext) -> None:
