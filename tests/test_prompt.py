@@ -160,6 +160,10 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"prompt": "x", "messages": [{"role": "tool", "content": "x"}]}, "messages.0"),
     ({"prompt": "x", "messages": [{"role": "user", "content": ""}]}, "messages.0.content"),
     ({"prompt": "x", "temperature": 1}, "unknown fields: temperature"),
+    (
+        {"prompt": "x", **{f"k{i:04}" + "z" * 90: 1 for i in range(2000)}},
+        "unknown fields: 'k0000" + "z" * 59 + "', ",
+    ),
     ([1, 2], "must be a JSON object"),
 ]
 
@@ -174,6 +178,7 @@ async def test_every_bad_body_is_a_clear_400_and_claude_is_not_called(
                 error = (await response.json())["error"]
                 assert error["type"] == "invalid_request"
                 assert reason in error["message"], (body, error)
+                assert len(error["message"]) < 1000  # a client's field names: bounded
                 assert response.headers["X-Request-Id"]
         for raw, reason in ((b"{not json", "not valid JSON"), (b"\xff\xfe", "not UTF-8")):
             headers = {"Content-Type": "application/json"}

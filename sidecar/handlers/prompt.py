@@ -12,7 +12,7 @@ a failure is `{"error": {"type", "message"}}` and the stream closes.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -169,6 +169,16 @@ class PromptTranslator(Translator):
         return b"%b%d\n" % (log.id_prefix, n) + done
 
 
+_NAMED: Final = 5  # unknown fields named in a refusal; the client chose them all
+
+
+def _names(names: list[str]) -> str:
+    """Field names for a message, bounded (the first few, each cut to 64 characters)."""
+    shown = ", ".join(repr(name[:64]) if len(name) > 64 else name for name in names[:_NAMED])
+    more = len(names) - _NAMED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
 def _positive_int(value: object, field: str) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit():  # "²" is a digit to Python
         try:
@@ -197,7 +207,7 @@ def parse_prompt(fields: dict[str, Any], default_model: str, default_max: int) -
     """Validate the prompt route's fields; returns the Anthropic request body (as a dict)."""
     unknown = sorted(set(fields) - _FIELDS)
     if unknown:
-        raise bad_request(f"unknown fields: {', '.join(unknown)}")
+        raise bad_request(f"unknown fields: {_names(unknown)}")
     prompt = fields.get("prompt")
     if not isinstance(prompt, str):
         raise bad_request("prompt is required and must be a string")
