@@ -1,4 +1,5 @@
-"""List-valued request headers read whole: every line of a repeated header, as one value."""
+"""Repeated request fields read one way: a list-valued header's lines as one value, and a
+field that may be given once (a credential, a resume cursor) refused when given twice."""
 
 from __future__ import annotations
 
@@ -18,3 +19,28 @@ def header_value(headers: Mapping[str, str], name: str) -> str | None:
     if not lines:
         return None
     return lines[0] if len(lines) == 1 else ", ".join(lines)
+
+
+class RepeatedField(ValueError):
+    """A field that may be given once came more than once, with different values."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def sole_value(fields: Mapping[str, str], name: str) -> str | None:
+    """A field that may be given once (a header, or a query parameter): its value, None if
+    absent. Given again with another value, it raises `RepeatedField`: which copy counts
+    is then each reader's guess, and the sidecar and the app behind it could act on two
+    different ones (check one credential, pass the other on). A copy repeated as is, is
+    the same value."""
+    if not isinstance(fields, MultiMapping):
+        return fields.get(name)
+    values: list[str] = fields.getall(name, [])
+    if not values:
+        return None
+    first = values[0]
+    if len(values) > 1 and any(value != first for value in values):
+        raise RepeatedField(name)
+    return first

@@ -26,7 +26,7 @@ from sidecar.client_address import client_ip, is_trusted_proxy
 from sidecar.config import Network
 from sidecar.errors import Family, Rejection, reject, render_json, simple_error_body
 from sidecar.handlers.request_body import answer_expectation
-from sidecar.header_lists import header_value
+from sidecar.header_lists import RepeatedField, header_value, sole_value
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.listener import close_after
 from sidecar.routes import Route
@@ -82,8 +82,13 @@ os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def request_id_of(request: web.Request, header: str) -> str:
-    """The client's request id if well-formed, else a new random one."""
-    given = request.headers.get(header)
+    """The client's request id if well-formed (and sent once, or repeated as is), else a
+    new random one. It is the request's one id: in logs, spans, the answer and the app's
+    copy of the request (`sidecar.handlers.app_proxy`)."""
+    try:
+        given = sole_value(request.headers, header)
+    except RepeatedField:
+        given = None
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
     return next(_ids)

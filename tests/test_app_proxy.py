@@ -61,6 +61,35 @@ async def test_headers_forwarded_identity_stripped_hop_by_hop_dropped(
     assert headers["traceparent"].split("-")[2] != "b" * 16  # with the sidecar's span as parent
 
 
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [([("X-Request-Id", "trace-me-1")], True),
+     ([], False),
+     ([("X-Request-Id", "a" * 500)], False),
+     ([("X-Request-Id", "has space")], False),
+     ([("X-Request-Id", "one-1"), ("X-Request-Id", "two-2")], False),
+     ([("X-Request-Id", "same-1"), ("X-Request-Id", "same-1")], True)],
+    ids=["well_formed", "absent", "too_long", "malformed", "two_ids", "same_twice"],
+)  # fmt: skip
+async def test_the_app_gets_the_request_id_the_sidecar_logs_and_answers_and_only_that(
+    sidecar_for: SidecarFactory,
+    app_upstream: tuple[str, AppState],
+    sent: list[tuple[str, str]],
+    kept: bool,
+) -> None:
+    """One request id, computed once: the client's when well-formed and given once, else a
+    new one, and the app's copy of the request carries exactly it (never the client's
+    malformed value or other copies, so the app's logs and the sidecar's agree)."""
+    url, _ = app_upstream
+    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + "/echo", headers=CIMultiDict(sent)) as response:
+            answered = response.headers["X-Request-Id"]
+            seen = (await response.json())["headers"]
+    assert [value for name, value in seen if name.lower() == "x-request-id"] == [answered]
+    assert answered == (sent[0][1] if kept else answered)
+    assert answered.startswith("req_") is not kept
+
+
 async def test_trusted_proxy_forwarded_for_is_appended(
     sidecar_for: SidecarFactory, app_upstream: tuple[str, AppState]
 ) -> None:

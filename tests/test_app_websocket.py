@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -104,6 +105,87 @@ async def test_a_malformed_websocket_handshake_is_the_clients_400_and_never_reac
     assert head.startswith(b"HTTP/1.1 400 "), head
     assert dialled == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+_HANDSHAKE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+async def _exchange(url: str, head: str) -> bytes:
+    """Send one request head over a raw socket; the answer's head and body, as far as sent."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head.encode())
+    await writer.drain()
+    answer = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in answer.split(b"\r\n")
+         if line.lower().startswith(b"content-length:")),
+        0,
+    )  # fmt: skip
+    answer += await reader.readexactly(length)
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_a_websocket_handshake_by_another_method_than_get_is_the_clients_400(
+    sidecar_for: SidecarFactory, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 6455 4.1: the opening handshake is a GET. Another method is refused, not
+    dialled to the app as the GET its route's policy never saw."""
+    dialled: list[str] = []
+
+    async def socket(request: web.Request) -> web.StreamResponse:
+        dialled.append(request.method)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_route("*", "/ws", socket)
+    async with serving(app) as url, sidecar_for({"app": {"url": url}}) as sidecar:
+        answer = await _exchange(
+            sidecar.url,
+            f"{method} /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{_HANDSHAKE}\r\n",
+        )
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sidecar.admin_url + "/metrics") as r:
+                metrics = await r.text()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert json.loads(body)["error"] == {
+        "type": "invalid_request",
+        "message": "a WebSocket handshake must be a GET request",
+    }
+    assert dialled == []
+    rejected = counts(metrics, "sidecar_rejections", "sidecar_rejection_reason")
+    assert rejected.get("websocket_handshake_invalid") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_http_1_0_request_asking_for_a_websocket_is_proxied_as_a_plain_request(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """RFC 9110 7.8: an HTTP/1.0 request's `Upgrade` is ignored (1.0 has no `101`), so it
+    reaches the app as the plain GET it is, never answered `HTTP/1.0 101`."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        seen.append((request.method, request.headers.get("Upgrade")))
+        return web.Response(text="plain")
+
+    app = web.Application()
+    app.router.add_get("/ws", page)
+    async with serving(app) as url, sidecar_for({"app": {"url": url}}) as sidecar:
+        answer = await _exchange(sidecar.url, f"GET /ws HTTP/1.0\r\nHost: x\r\n{_HANDSHAKE}\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 "), head
+    assert body == b"plain"
+    assert seen == [("GET", None)]
 
 
 async def test_websocket_messages_are_bounded_by_the_configured_size_both_ways(

@@ -23,6 +23,7 @@ from sidecar.fake_claude import FakeServer
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.policy import AuthService
 from tests.support.apps import echoed_headers, running_app
+from tests.support.metrics import counts
 from tests.support.policy import (
     API_KEY,
     API_KEY_SHA256,
@@ -248,19 +249,69 @@ async def test_query_token_only_for_get(fake: FakeServer, sidecar_for: SidecarFa
     assert token not in json.dumps(fake.state.requests[0].body)  # not a prompt field
 
 
-async def test_a_second_query_token_is_refused(
-    fake: FakeServer, sidecar_for: SidecarFactory
+def metrics_of(metrics: str, route: str) -> str:
+    """The lines of a scrape for one `http.route` (and the metadata lines)."""
+    label = f'http_route="{route}"'
+    return "\n".join(line for line in metrics.splitlines() if line.startswith("#") or label in line)
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["Authorization", "x-api-key", "access_token"],
+)
+async def test_a_credential_sent_twice_with_different_values_is_refused_on_every_route(
+    fake: FakeServer, sidecar_for: SidecarFactory, field: str
 ) -> None:
-    """`?access_token=<good>&access_token=<forged>`: the sidecar would check the first while
-    an app (`forward_credentials`) or a framework reading the last would get the other."""
-    good = mint()
-    async with sidecar_for(auth_config()) as sidecar, aiohttp.ClientSession() as http:
-        for copies in ([good, "forged.token.x"], [good, good]):
-            query = [("prompt", "hi"), *(("access_token", token) for token in copies)]
-            async with http.get(sidecar.url + PROMPT, params=query) as response:
-                assert response.status == 401
-                assert response.headers["WWW-Authenticate"] == INVALID
-    assert fake.state.counters["requests"] == 0
+    """Which copy of a repeated credential counts is each reader's guess: the sidecar would
+    check one, and an app that gets credentials (`app.forward_credentials`) could read the
+    other. Two different copies are a 401, counted; the same copy twice is one credential."""
+    valid = {"Authorization": f"Bearer {mint()}", "x-api-key": API_KEY, "access_token": mint()}
+    other = {"Authorization": f"Bearer {mint(sub='mallory')}", "x-api-key": "guess",
+             "access_token": mint(sub="mallory")}  # fmt: skip
+    message = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    statuses: dict[str, list[int]] = {"twice": [], "same": []}
+    async with running_app() as (app_url, _):
+        config = auth_config()
+        config["app"] = {"url": app_url, "forward_credentials": True}
+        config["routes"] = [
+            {"path": PROMPT, "handler": "prompt"},
+            {"path": "/v1/", "handler": "anthropic"},
+            {"path": "/", "handler": "app"},
+        ]
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            for case, second in (("twice", other[field]), ("same", valid[field])):
+                pairs = [(field, valid[field]), (field, second)]
+                headers = CIMultiDict(pairs if field != "access_token" else [])
+                query = [("prompt", "hi"), *pairs] if field == "access_token" else []
+                requests: list[tuple[str, str, dict[str, Any]]] = [
+                    ("GET", PROMPT, {"params": query or {"prompt": "hi"}}),
+                    ("GET", "/echo", {"params": query}),
+                ]
+                if field != "access_token":  # a query token is for an EventSource's GET
+                    requests.append(("POST", "/v1/messages", {"json": message}))
+                for method, path, options in requests:
+                    made = http.request(method, sidecar.url + path, headers=headers, **options)
+                    async with made as response:
+                        statuses[case].append(response.status)
+                        if case == "twice":
+                            assert response.status == 401, path
+                            error = (await response.json())["error"]
+                            assert error["type"] in ("unauthorized", "authentication_error")
+                            assert "sent more than once" in error["message"]
+                        else:
+                            await response.read()
+            async with http.get(sidecar.admin_url + "/metrics") as response:
+                metrics = await response.text()
+    assert set(statuses["twice"]) == {401}
+    assert set(statuses["same"]) == {200}
+    refused = {route: counts(metrics_of(metrics, route), "sidecar_rejections",
+                             "sidecar_rejection_reason") for route in (PROMPT, "/v1/", "/")}  # fmt: skip
+    assert [by_reason.get("auth_invalid_key", 0) for by_reason in refused.values()] == [
+        1,
+        0 if field == "access_token" else 1,
+        1,
+    ]
+    assert fake.state.counters["requests"] == len(statuses["same"]) - 1  # not the app's
 
 
 async def test_the_query_parameter_takes_a_jwt_never_an_api_key(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -12,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 from opentelemetry.util.re import parse_env_headers
@@ -19,6 +21,7 @@ from opentelemetry.util.re import parse_env_headers
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry.log_handler import LineHandler
 from sidecar.telemetry.logs import log_event, setup_logging
+from tests.support.apps import serving
 from tests.support.logs import (
     CURRENT,
     FIELD_SETS,
@@ -441,6 +444,39 @@ def test_an_unparsable_otlp_header_is_logged_without_its_value() -> None:
     assert "Header format invalid" in text
     assert "sk-OTLPTOKEN3" not in text
     assert "TOKEN4" not in text
+
+
+async def test_a_websocket_clients_subprotocols_the_app_does_not_pick_are_never_logged(
+    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+) -> None:
+    """aiohttp warns, quoting the client's `Sec-WebSocket-Protocol` list (raw bytes and
+    all), whenever no subprotocol is agreed: normal by the spec, and a client's header in
+    a log line. No line quotes it; the WebSocket opens without a subprotocol."""
+    read = log_output()
+
+    async def socket(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()  # knows no subprotocol
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", socket)
+    async with serving(app) as url, sidecar_for({"app": {"url": url}}) as sidecar:
+        host, port = sidecar.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Protocol: client-secret-proto, \xff\xfe\r\n\r\n"
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-protocol" not in head.lower()
+    text = "\n".join(read())
+    assert "client-secret-proto" not in text
+    assert "Client protocols" not in text
 
 
 def test_a_text_line_stays_one_line_whatever_a_value_holds(

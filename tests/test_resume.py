@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from sidecar import sse
 from sidecar.fake_claude import FakeServer
@@ -128,6 +129,41 @@ async def test_an_empty_cursor_is_none_and_starts_a_stream(
     assert reply.stream_id
     assert reply.events[-1].data.get("done") is True
     assert fake.state.counters["requests"] == 1
+
+
+async def test_a_cursor_sent_twice_with_different_values_is_a_400_and_the_same_twice_is_one(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Which of two different cursors to resume from would be a guess: the header twice,
+    or the query parameter twice, is refused (and counted); a copy repeated as is, is one."""
+    async with sidecar_for(resumable()) as sidecar:
+        done = await sse_request(sidecar.port, target=SLOW)
+        stream_id = done.stream_id
+        one, two = f"{stream_id}:28", f"{stream_id}:29"
+        body = b'{"prompt": "x"}'
+        twice = CIMultiDict([("Last-Event-ID", one), ("Last-Event-ID", two)])
+        refused = [
+            await sse_request(sidecar.port, headers=twice),
+            await sse_request(sidecar.port, "POST", ROUTE, twice, body),
+            await sse_request(
+                sidecar.port, target=f"{ROUTE}?last_event_id={one}&last_event_id={two}"
+            ),
+        ]
+        same = CIMultiDict([("Last-Event-ID", one), ("Last-Event-ID", one)])
+        resumed = await sse_request(sidecar.port, "POST", ROUTE, same, body)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sidecar.admin_url + "/metrics") as response:
+                metrics = await response.text()
+    for reply in refused:
+        assert reply.status == 400
+        error = json.loads(reply.payload)["error"]
+        assert error["type"] == "invalid_request"
+        assert "sent more than once with different values" in error["message"]
+    assert resumed.status == 200
+    assert [e.id for e in resumed.events] == [f"{stream_id}:{n}" for n in (29, 30, 31)]
+    reasons = counts(metrics, "sidecar_rejections", "sidecar_rejection_reason")
+    assert reasons.get("resume_malformed") == len(refused)
+    assert fake.state.counters["requests"] == 1  # no resume called Claude
 
 
 async def test_unknown_expired_foreign_and_finished_streams(

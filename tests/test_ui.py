@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,40 @@ async def test_refused_requests_never_reach_claude(
     assert got == status
     assert message in json.loads(text)["error"]["message"]
     assert fake.state.counters["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    "error_text",
+    ["[" * 4000 + "]" * 4000, '{"":' * 1200 + "1" + "}" * 1200, "[NaN]",
+     '[{"type": "text", "text": "a", "text": "b"}]', '[{"type": "text", "text": "\\ud800"}]'],
+    ids=["deep_list", "deep_object", "nan", "duplicate_key", "lone_surrogate"],
+)  # fmt: skip
+async def test_a_failed_mcp_calls_error_text_that_is_no_strict_json_goes_back_as_text(
+    fake: FakeServer, sidecar_for: SidecarFactory, error_text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`errorText` is read as JSON by the request body's own rules: nesting too deep for
+    Python, `NaN`, a key twice or a lone surrogate is text, never a 500 with a traceback
+    or a value that means something else (or nothing) to Claude."""
+    failed = {
+        "type": "tool-lookup",
+        "toolCallId": "srv_1",
+        "state": "output-error",
+        "providerExecuted": True,
+        "input": {"query": "x"},
+        "errorText": error_text,
+        "callProviderMetadata": {"anthropic": {"type": "mcp_tool_use", "serverName": "d"}},
+    }
+    turn = {"id": "chat-1", "trigger": "submit-message", "messages": [
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "find"}]},
+        {"id": "a1", "role": "assistant", "parts": [failed]},
+        {"id": "u2", "role": "user", "parts": [{"type": "text", "text": "again"}]}]}  # fmt: skip
+    async with sidecar_for(CONFIG) as sidecar:
+        status, _, text = await post(sidecar.url + CHAT, turn)
+    assert status == 200, text
+    assert parse(text)[-1] == "[DONE]"
+    result = fake.state.requests[0].body["messages"][1]["content"][1]
+    assert (result["type"], result["content"]) == ("mcp_tool_result", error_text)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_auth_quotas_and_telemetry_apply(

@@ -12,7 +12,7 @@ import re
 from typing import Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -105,6 +105,11 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     credential = app_base(app.url)[1]
     if credential is not None:
         headers["Authorization"] = credential
+    # The request's one id, as logged and answered: never the client's other copies, or a
+    # malformed one the sidecar replaced.
+    request_id_header = ctx.runtime.config.server.request_id_header
+    headers.popall(request_id_header, None)
+    headers[request_id_header] = ctx.request_id
     for name in ctx.runtime.telemetry.trace_headers:  # the client's: replaced by this hop's
         headers.popall(name, None)
     carrier: dict[str, str] = {}
@@ -151,7 +156,7 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
             policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip, tokens=False
         )
     )
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    if _asks_websocket(request):
         return await _websocket(ctx, session)
     headers = _upstream_headers(ctx)
     app = ctx.runtime.config.app
@@ -316,8 +321,25 @@ def _check_sendable(upstream: aiohttp.ClientResponse) -> None:
         raise reject("app_bad_response", "the app's answer has a control character in its head")
 
 
+def _asks_websocket(request: web.BaseRequest) -> bool:
+    """Whether a request asks for a WebSocket: `Upgrade: websocket` in HTTP/1.1. An
+    HTTP/1.0 request's `Upgrade` is ignored (RFC 9110 7.8: 1.0 has no `101`), so it is
+    proxied as the plain request it is."""
+    return (
+        request.version >= HttpVersion11
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+    )
+
+
 async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web.StreamResponse:
     request = ctx.request
+    if request.method != "GET":
+        # RFC 6455 4.1: the opening handshake is a GET. Any other method would reach the
+        # app as the GET the sidecar dials, not as what its route's policy saw.
+        raise reject(
+            "websocket_handshake_invalid",
+            "a WebSocket handshake must be a GET request",
+        )
     headers = _upstream_headers(ctx)
     for name in list(headers):
         if name.lower() in _WS_HANDSHAKE:

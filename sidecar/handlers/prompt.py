@@ -12,9 +12,11 @@ a failure is `{"error": {"type", "message"}}` and the stream closes.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from sidecar import deltas, sse
 from sidecar.cache.step import CacheStep
@@ -167,6 +169,16 @@ class PromptTranslator(Translator):
         return b"%b%d\n" % (log.id_prefix, n) + done
 
 
+_NAMED: Final = 5  # unknown fields named in a refusal; the client chose them all
+
+
+def _names(names: list[str]) -> str:
+    """Field names for a message, bounded (the first few, each cut to 64 characters)."""
+    shown = ", ".join(repr(name[:64]) if len(name) > 64 else name for name in names[:_NAMED])
+    more = len(names) - _NAMED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
 def _positive_int(value: object, field: str) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit():  # "²" is a digit to Python
         try:
@@ -195,7 +207,7 @@ def parse_prompt(fields: dict[str, Any], default_model: str, default_max: int) -
     """Validate the prompt route's fields; returns the Anthropic request body (as a dict)."""
     unknown = sorted(set(fields) - _FIELDS)
     if unknown:
-        raise bad_request(f"unknown fields: {', '.join(unknown)}")
+        raise bad_request(f"unknown fields: {_names(unknown)}")
     prompt = fields.get("prompt")
     if not isinstance(prompt, str):
         raise bad_request("prompt is required and must be a string")
@@ -264,7 +276,11 @@ async def _prompt_call(ctx: RequestContext) -> tuple[ClaudeRequest, StreamRecord
     request = ctx.request
     config = ctx.runtime.config
     if request.method == "GET":
-        fields: dict[str, Any] = dict(request.query)
+        _refuse_non_utf8(request.rel_url.raw_query_string)
+        query = request.query
+        fields: dict[str, Any] = dict(query)
+        if len(fields) != len(query):
+            _refuse_repeated(query, ctx)
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
         fields.pop(resume.QUERY, None)  # a resume cursor is not a field either
     elif request.method == "POST":
@@ -297,6 +313,31 @@ def _stream_id_in_path(ctx: RequestContext) -> str | None:
     canonical path the route was matched by (`//route/<id>`, `/route/./<id>` name it too)."""
     rest = ctx.path[len(ctx.route.path) :].strip("/")
     return rest or None
+
+
+def _refuse_non_utf8(raw_query: str) -> None:
+    """A 400 for a query string whose escapes spell no UTF-8 (`%FF`, an escaped surrogate),
+    as for a JSON body that is not UTF-8: decoded, each bad byte would silently become
+    U+FFFD, a prompt the client never wrote."""
+    if "%" in raw_query:
+        try:
+            unquote_to_bytes(raw_query).decode()
+        except UnicodeDecodeError:
+            raise bad_request(
+                "the query string is not UTF-8 (its %-escapes spell no UTF-8)"
+            ) from None
+
+
+def _refuse_repeated(query: MultiMapping[str], ctx: RequestContext) -> None:
+    """A field in the query string twice is a 400, as a key twice in a JSON body is: which
+    copy counts would be a guess. (The credential and the resume cursor are read, and their
+    repeats judged, where they are taken.)"""
+    taken = {_token_param(ctx), resume.QUERY}
+    for name in query:
+        if name not in taken and len(query.getall(name)) > 1:
+            raise bad_request(
+                f"query parameter given more than once: {name[:64]!r}", reason="duplicate_key"
+            )
 
 
 def _token_param(ctx: RequestContext) -> str:

@@ -21,6 +21,7 @@ from opentelemetry.trace import Span, SpanContext, TraceFlags
 from sidecar import sse
 from sidecar.call.stream import Resumable
 from sidecar.errors import Rejection, reject
+from sidecar.header_lists import RepeatedField, sole_value
 from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.hub import Generation, Subscriber
@@ -65,12 +66,19 @@ def cursor_of(request: web.Request) -> str | None:
 
     An empty one (blank) is none, as the SSE rules read an empty last event id: a front
     end that always sends the header or `?last_event_id=` starts a stream with it empty.
+    Either given twice with different values is a 400: which copy to resume from would
+    be a guess.
     """
     if request.method not in ("GET", "POST"):
         return None
-    value = request.headers.get("Last-Event-ID", "").strip()
-    if not value and request.method == "GET":
-        value = request.query.get(QUERY, "").strip()
+    try:
+        value = (sole_value(request.headers, "Last-Event-ID") or "").strip()
+        if not value and request.method == "GET":
+            value = (sole_value(request.query, QUERY) or "").strip()
+    except RepeatedField as repeated:
+        raise reject(
+            "resume_malformed", f"{repeated.name} was sent more than once with different values"
+        ) from None
     return value or None
 
 

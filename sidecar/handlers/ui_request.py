@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.config import UiConfig
-from sidecar.errors import bad_request
-from sidecar.handlers.request_body import parse_model
+from sidecar.errors import Rejection, bad_request
+from sidecar.handlers.request_body import parse_json_text, parse_model
 
 TRIGGERS = frozenset({"submit-message", "regenerate-message"})
 _ROLES = frozenset({"system", "user", "assistant"})
@@ -298,15 +298,17 @@ def _server_tool(part: dict[str, Any], kind: str, where: str) -> list[dict[str, 
 
 
 def _error_of(part: dict[str, Any], where: str) -> object:
-    """A failed server call's `errorText`, read as JSON when it is (else the text)."""
+    """A failed server call's `errorText`, read as JSON when it is (else the text): JSON by
+    the request body's rules, so what is not (`NaN`, nesting too deep, a key twice) is the
+    text, never a value no JSON encoder writes back for Claude."""
     text = part.get("errorText")
     if text is None:
         return None
     if not isinstance(text, str):
         raise bad_request(f"{where}.errorText must be a string")
     try:
-        return json.loads(text)
-    except ValueError:
+        return parse_json_text(text)
+    except Rejection:
         return text
 
 

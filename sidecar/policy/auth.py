@@ -14,12 +14,11 @@ from typing import Any, Final
 import aiohttp
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from multidict import MultiMapping
 
 from sidecar.config import AuthConfig, JWTConfig
 from sidecar.errors import Rejection, reject
+from sidecar.header_lists import RepeatedField, sole_value
 from sidecar.identity import ANONYMOUS, Identity, is_name
-from sidecar.policy.identity_headers import ambiguous_credentials
 from sidecar.policy.jwks import JwksCache
 
 _CHALLENGE = 'Bearer realm="claude-sidecar"'
@@ -132,32 +131,36 @@ class Authenticator:
     ) -> tuple[str, bool] | None:
         """The credential sent, and whether it came in the query string (`auth.jwt.
         query_param`, for an `EventSource`): there only a JWT is taken, short-lived by
-        nature; a long-lived API key in a URL would end up in histories and logs."""
-        if ambiguous_credentials(headers):
-            raise unauthorized("auth_invalid_key", "more than one credential header")
-        authorization = headers.get("Authorization", "")
-        parts = authorization.split(None, 1)  # `Bearer` and its token, however spaced
-        if len(parts) == 2 and parts[0].lower() == "bearer":
-            return parts[1].strip(), False
-        api_key = headers.get("x-api-key")
-        if api_key:
-            return api_key.strip(), False
-        if parts:
-            # Sent, but not a credential the sidecar reads (`Basic`, a bare token): never
-            # taken for no credential, which `optional` would let in as anonymous.
+        nature; a long-lived API key in a URL would end up in histories and logs.
+
+        A credential field given twice with different values is refused: the sidecar
+        would check one copy, and an app (`app.forward_credentials`) could read the other.
+        """
+        try:
+            authorization = sole_value(headers, "Authorization") or ""
+            api_key = sole_value(headers, "x-api-key")
+            parts = authorization.split(None, 1)  # `Bearer` and its token, however spaced
+            if len(parts) == 2 and parts[0].lower() == "bearer":
+                return parts[1].strip(), False
+            if api_key:
+                return api_key.strip(), False
+            if parts:
+                # Sent, but not a credential the sidecar reads (`Basic`, a bare token):
+                # never taken for no credential, which `optional` would let in as anonymous.
+                raise unauthorized(
+                    "auth_invalid_key",
+                    "unsupported Authorization: send Bearer <token> or x-api-key",
+                )
+            jwt_config = self.config.jwt
+            if method == "GET" and jwt_config is not None and jwt_config.query_param:
+                token = sole_value(query, jwt_config.query_param)
+                return (token, True) if token else None
+        except RepeatedField as repeated:
             raise unauthorized(
-                "auth_invalid_key", "unsupported Authorization: send Bearer <token> or x-api-key"
-            )
-        jwt_config = self.config.jwt
-        if method == "GET" and jwt_config is not None and jwt_config.query_param:
-            if (
-                isinstance(query, MultiMapping)
-                and len(query.getall(jwt_config.query_param, ())) > 1
-            ):
-                # As for headers: one copy checked here, another read by the app.
-                raise unauthorized("auth_invalid_token", "more than one token in the query")
-            token = query.get(jwt_config.query_param)
-            return (token, True) if token else None
+                "auth_invalid_key",
+                f"{repeated.name} was sent more than once with different values: send one"
+                " credential",
+            ) from None
         return None
 
     def identify(

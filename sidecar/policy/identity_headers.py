@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from multidict import CIMultiDict, MultiMapping
+from multidict import CIMultiDict
 
 from sidecar.config import IdentityHeaders
 from sidecar.identity import Identity
@@ -78,20 +78,6 @@ def header_credential(headers: Mapping[str, str]) -> bool:
     """Whether the request carries a credential the sidecar reads in a header (auth takes
     those before the query parameter): `Authorization: Bearer …` or `x-api-key`."""
     return bool(headers.get("x-api-key")) or _is_bearer(headers.get("Authorization", ""))
-
-
-def ambiguous_credentials(headers: Mapping[str, str]) -> bool:
-    """Whether the request carries more than one `Authorization` or `x-api-key` line.
-
-    Auth reads the first line of a header; an app behind the sidecar (with
-    `app.forward_credentials`) may read another: the last, or all of them joined. Two
-    copies would let a client have one credential verified and another read downstream,
-    so they are refused. (A `_` spelling is never read by auth: `keep_read_credential`
-    keeps it from the app.)
-    """
-    if not isinstance(headers, MultiMapping):
-        return False  # a plain mapping holds one value per name
-    return len(headers.getall("Authorization", ())) > 1 or len(headers.getall(_API_KEY, ())) > 1
 
 
 def keep_read_credential(headers: CIMultiDict[str]) -> None:

@@ -106,6 +106,18 @@ def _hide_header_values(record: logging.LogRecord) -> bool:
     return True
 
 
+# aiohttp's logger that quotes a WebSocket client's `Sec-WebSocket-Protocol` list, raw
+# bytes and all, whenever the app picks none of its subprotocols: as the spec has it, so
+# nothing to warn about, and a client's header in a log line.
+_WEBSOCKET_LOG: Final = "aiohttp.websocket"
+_PROTOCOLS_LINE: Final = "%s: Client protocols %r"
+
+
+def _drop_protocol_mismatch(record: logging.LogRecord) -> bool:
+    """Drop aiohttp's line quoting a client's subprotocols; keep any other."""
+    return not (isinstance(record.msg, str) and record.msg.startswith(_PROTOCOLS_LINE))
+
+
 def setup_logging(config: TelemetryConfig, stream: TextIO | None = None) -> None:
     """Route the root logger to `stream` (default stderr) in the configured format and level."""
     handler = LineHandler(stream or sys.stderr, config.log_flush_seconds)
@@ -127,3 +139,6 @@ def setup_logging(config: TelemetryConfig, stream: TextIO | None = None) -> None
     parser_log = logging.getLogger(_HEADER_PARSER_LOG)
     if _hide_header_values not in parser_log.filters:
         parser_log.addFilter(_hide_header_values)
+    websocket_log = logging.getLogger(_WEBSOCKET_LOG)
+    if _drop_protocol_mismatch not in websocket_log.filters:
+        websocket_log.addFilter(_drop_protocol_mismatch)
