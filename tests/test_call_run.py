@@ -139,7 +139,7 @@ async def test_the_starts_deferred_half_runs_once_per_call_however_it_ends(
     def active() -> float:
         return otel.count("sidecar.streams.active")
 
-    config: dict[str, Any] = {"claude": {"max_retries": 0},
+    config: dict[str, Any] = {"claude": {"max_retries": 0, "api_key": "k"},
               "quotas": {"store": "memory", "requests_per_minute": 100}}  # fmt: skip
     async with serving(app) as url:
         config["claude"]["base_url"] = url

@@ -280,7 +280,7 @@ def test_check_redacts_credentials_in_url_query_strings(tmp_path: Path) -> None:
     config.write_text(
         """
 app: {url: "http://127.0.0.1:3000/?key=SECRET-APP"}
-claude: {base_url: "https://api.example/?key=SECRET-BASE"}
+claude: {base_url: "https://api.example/?key=SECRET-BASE", api_key: "SECRET-KEY"}
 auth: {mode: required, jwt: {jwks_url: "https://idp.example/jwks?token=SECRET-JWKS", algorithms: [RS256]}}
 """
     )

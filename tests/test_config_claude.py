@@ -9,7 +9,15 @@ from sidecar.config import ClaudeConfig
 
 def test_the_builtin_fake_is_the_default_and_a_url_is_the_real_api() -> None:
     assert ClaudeConfig().is_fake
-    assert not ClaudeConfig(base_url="https://api.anthropic.com").is_fake
+    assert not ClaudeConfig(base_url="https://api.anthropic.com", api_key="sk-x").is_fake
+
+
+@pytest.mark.parametrize("key", [None, "", "   "])
+def test_a_real_claude_needs_the_sidecars_key(key: str | None) -> None:
+    """Without it every call would be Claude's 401, a 502 to each client: refused up front."""
+    with pytest.raises(ValueError, match="api_key: needed when base_url is not builtin:fake"):
+        ClaudeConfig(base_url="https://api.anthropic.com", api_key=key)
+    assert ClaudeConfig(api_key=key).is_fake  # the built-in fake needs none
 
 
 @pytest.mark.parametrize("url", ["api.anthropic.com", "ftp://api.anthropic.com", "builtin:real"])

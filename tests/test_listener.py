@@ -274,7 +274,10 @@ async def test_the_bare_handler_runner_builds_traffic_protocols_around_its_hooks
 
 async def test_the_head_deadline_follows_a_reload(tmp_path: Path, fake: FakeServer) -> None:
     path = tmp_path / "sidecar.yaml"
-    data = merge(BASE, {"claude": {"base_url": fake.url}, "server": {"reload_poll_seconds": 0}})
+    data = merge(
+        BASE,
+        {"claude": {"base_url": fake.url, "api_key": "k"}, "server": {"reload_poll_seconds": 0}},
+    )
     path.write_text(yaml.safe_dump(merge(data, {"server": {"header_read_timeout_seconds": 60}})))
     server = SidecarServer(loader.load(path, {}), config_path=path, env={})
     await server.start()

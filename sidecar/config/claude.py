@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from sidecar.config.fields import Seconds, Section, check_http_url, redact_url
 
@@ -65,6 +65,17 @@ class ClaudeConfig(Section):
             raise ValueError(
                 f"must be builtin:fake or an http:// or https:// URL, got {shown!r}"
             ) from None
+
+    @model_validator(mode="after")
+    def _key_for_a_real_claude(self) -> ClaudeConfig:
+        # Without its key every call to a real Claude is a 401 that each client sees as a
+        # 502: caught by `sidecar check`, before the sidecar takes traffic.
+        if not self.is_fake and not (self.api_key and self.api_key.get_secret_value().strip()):
+            raise ValueError(
+                "api_key: needed when base_url is not builtin:fake (the sidecar's own key;"
+                " clients never send it)"
+            )
+        return self
 
     @property
     def is_fake(self) -> bool:

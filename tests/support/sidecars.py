@@ -27,6 +27,7 @@ SidecarFactory = Callable[..., contextlib.AbstractAsyncContextManager[SidecarSer
 BASE: dict[str, Any] = {
     "server": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "shutdown_grace_seconds": 2},
     "telemetry": {"log_format": "json"},
+    "claude": {"api_key": "sk-sidecar-test"},  # needed by a real (test) Claude's URL
 }
 
 
