@@ -6,11 +6,12 @@ SDK's in-memory exporter and reader, under both settings of OTEL_SEMCONV_STABILI
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 import aiohttp
 import pytest
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.telemetry.semconv import DEFAULT, LATEST, gen_ai_names, http_method
 from tests.support.otel import Otel, make_otel
@@ -32,6 +33,11 @@ NEW_METRICS = {
     "gen_ai.client.inference.usage.cache_read.input_tokens",
     "gen_ai.client.inference.usage.cache_write.input_tokens",
 }
+# The HTTP conventions' bucket advice for `http.server.request.duration` (copied from the
+# spec, not from the code under test).
+HTTP_DURATION_BUCKETS = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+]  # fmt: skip
 # Names that do not change between the two versions.
 COMMON_METRICS = {"gen_ai.server.time_to_first_token", "gen_ai.server.time_per_output_token"}
 
@@ -187,3 +193,49 @@ async def test_builtin_fake_has_a_stable_server_address() -> None:
         seen.append((span.attributes["server.address"], span.attributes["server.port"],
                      point.attributes["server.address"], point.attributes["server.port"]))  # fmt: skip
     assert seen == [("builtin-fake", 0, "builtin-fake", 0)] * 2
+
+
+async def test_http_server_duration_follows_the_http_conventions(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Its buckets are the HTTP conventions' advice; a 5xx carries `error.type`, a 4xx none."""
+    otel = make_otel()
+    statuses = await streamed(
+        sidecar_for, otel, "ok [[fake tokens=2]]", "x [[fake fault=server_error]]",
+        "x [[fake fault=bad_request]]",
+    )  # fmt: skip
+    assert statuses == [200, 500, 400]
+    points = otel.points("http.server.request.duration")
+    by_status = {p.attributes["http.response.status_code"]: p for p in points}
+    assert set(by_status) == {200, 500, 400}
+    assert by_status[500].attributes["error.type"] == "500"
+    assert "error.type" not in by_status[400].attributes
+    assert "error.type" not in by_status[200].attributes
+    for point in points:
+        assert list(point.explicit_bounds) == HTTP_DURATION_BUCKETS
+    # The server span agrees: a 5xx is the server's error, a 4xx the client's.
+    server = {span.attributes["http.response.status_code"]: span  # type: ignore[index]
+              for span in otel.spans(SpanKind.SERVER)}  # fmt: skip
+    assert server[500].attributes is not None
+    assert server[500].attributes["error.type"] == "500"
+    assert server[500].status.status_code is StatusCode.ERROR
+    assert server[400].status.status_code is StatusCode.UNSET
+
+
+async def test_spans_and_metrics_name_the_sidecars_scope_and_version(
+    sidecar_for: SidecarFactory,
+) -> None:
+    otel = make_otel()
+    assert await streamed(sidecar_for, otel, "ok [[fake tokens=2]]") == [200]
+    own = version("claude-sidecar")
+    assert own
+    for span in otel.spans():
+        assert span.instrumentation_scope is not None
+        assert (span.instrumentation_scope.name, span.instrumentation_scope.version) == (
+            "claude-sidecar", own,
+        )  # fmt: skip
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    scopes = {(scope.scope.name, scope.scope.version)
+              for resource in data.resource_metrics for scope in resource.scope_metrics}  # fmt: skip
+    assert scopes == {("claude-sidecar", own)}

@@ -106,7 +106,7 @@ class Telemetry(StreamTelemetry, Counters):
     def end_server_span(self, span: Span, status: int) -> None:
         """End a request's span with its status (5xx is an error, 4xx is the client's)."""
         span.set_attribute("http.response.status_code", status)
-        if status >= 500:
+        if status >= 500:  # `server_error_type`, inline (per request)
             span.set_attribute("error.type", str(status))
             span.set_status(Status(StatusCode.ERROR))
         span.end()

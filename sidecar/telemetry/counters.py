@@ -12,7 +12,7 @@ from opentelemetry.trace import Span
 from sidecar.telemetry.bounded import MAX_LOG_PATH, MAX_TEXT
 from sidecar.telemetry.histograms import AttributeSet
 from sidecar.telemetry.logs import log_event
-from sidecar.telemetry.semconv import http_method
+from sidecar.telemetry.semconv import server_duration_attributes
 from sidecar.telemetry.span import SidecarSpan
 from sidecar.telemetry.state import ADMITTED, NOT_ADMITTED, TelemetryState, span_ids
 
@@ -155,11 +155,8 @@ class Counters(TelemetryState):
                 attributes = self._remember(
                     self._durations,
                     key,
-                    AttributeSet(
-                        {"http.request.method": http_method(method), "url.scheme": scheme,
-                         "http.route": route, "http.response.status_code": status}
-                    ),
-                )  # fmt: skip
+                    AttributeSet(server_duration_attributes(method, scheme, route, status)),
+                )
             self.instruments.request_duration.record(duration, attributes)
         if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
             return

@@ -34,6 +34,10 @@ PER_CHUNK_BUCKETS: Final = [
 SERVER_TTFT_BUCKETS: Final = [
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
 ]  # fmt: skip
+# The HTTP conventions' advice for `http.server.request.duration`.
+HTTP_DURATION_BUCKETS: Final = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+]  # fmt: skip
 QUEUE_BUCKETS: Final = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 # Distinct attribute sets per counter before the rest fold into one overflow point
 # (the SDK's own default limit and overflow attribute for synchronous instruments).
@@ -186,5 +190,5 @@ class Instruments:
         self.request_duration = meter.create_histogram(
             "http.server.request.duration", unit="s",
             description="Duration of requests on the traffic listener, by route and status",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            explicit_bucket_boundaries_advisory=HTTP_DURATION_BUCKETS,
         )  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 OPT_IN_ENV: Final = "OTEL_SEMCONV_STABILITY_OPT_IN"
 GEN_AI_LATEST: Final = "gen_ai_latest_experimental"
@@ -60,3 +60,21 @@ def gen_ai_names(env: Mapping[str, str] | None = None) -> GenAiNames:
 def http_method(method: str) -> str:
     """The method as the HTTP conventions record it: a known method, else `_OTHER`."""
     return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def server_error_type(status: int) -> str | None:
+    """`error.type` of a server request by its status: the code for a 5xx, else none (a
+    4xx is the client's error, not the server's)."""
+    return str(status) if status >= 500 else None
+
+
+def server_duration_attributes(method: str, scheme: str, route: str, status: int) -> dict[str, Any]:
+    """The attributes of an `http.server.request.duration` point (all bounded)."""
+    attributes: dict[str, Any] = {
+        "http.request.method": http_method(method), "url.scheme": scheme,
+        "http.route": route, "http.response.status_code": status,
+    }  # fmt: skip
+    error = server_error_type(status)
+    if error is not None:
+        attributes["error.type"] = error
+    return attributes

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from time import time_ns
 from typing import Final
 
@@ -53,6 +54,17 @@ from sidecar.telemetry.sampling import RATIO_MASK, Plan, plan_of
 from sidecar.telemetry.span import UNSTORED, SidecarSpan
 
 SCOPE: Final = "claude-sidecar"
+
+
+def _own_version() -> str:
+    """The sidecar's version, the instrumentation scope's (spans and metrics alike)."""
+    try:
+        return version(SCOPE)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return ""
+
+
+SCOPE_VERSION: Final = _own_version()
 # Trace flags by (sampled | random trace id << 1), built once.
 _FLAGS: Final = tuple(TraceFlags(bits) for bits in range(4))
 _SAMPLED: Final = Decision.RECORD_AND_SAMPLE
@@ -97,9 +109,9 @@ class Spans:
             if limits.max_span_attribute_length is not None
             else (count if count is not None else sys.maxsize)
         )
-        tracer = provider.get_tracer(SCOPE)
+        tracer = provider.get_tracer(SCOPE, SCOPE_VERSION)
         info = tracer.instrumentation_info if isinstance(tracer, SdkTracer) else None
-        self._scope = (info, InstrumentationScope(SCOPE, "", None, None))
+        self._scope = (info, InstrumentationScope(SCOPE, SCOPE_VERSION, None, None))
 
     def start(
         self, name: str, kind: SpanKind, attributes: dict[str, types.AnyValue], context: Context

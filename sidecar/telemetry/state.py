@@ -24,7 +24,7 @@ from sidecar.telemetry.propagation import configured_propagator
 from sidecar.telemetry.providers import Providers, TelemetryEnvironmentError
 from sidecar.telemetry.semconv import DEFAULT, GenAiNames
 from sidecar.telemetry.span import SidecarSpan
-from sidecar.telemetry.spans import Spans
+from sidecar.telemetry.spans import SCOPE, SCOPE_VERSION, Spans
 
 CACHE_LIMIT: Final = 1024  # entries per memo below; cleared when full (keys may come from clients)
 ADMITTED: Final = AttributeSet({"sidecar.queue.admitted": True})
@@ -86,7 +86,7 @@ class TelemetryState:
             Spans(providers.tracer_provider, providers.span_processors) if providers else None
         )
         meter_provider: Any = providers.meter_provider if providers else NoOpMeterProvider()
-        meter = meter_provider.get_meter("claude-sidecar")
+        meter = meter_provider.get_meter(SCOPE, SCOPE_VERSION)
         self.instruments = Instruments(meter, names)
         self.health = Health(meter)
         # Off (no providers): spans do not record and no reader ever collects, so the

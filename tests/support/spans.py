@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, SamplingResult, TraceI
 from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util import types
 
-from sidecar.telemetry.spans import SCOPE, Spans
+from sidecar.telemetry.spans import SCOPE, SCOPE_VERSION, Spans
 
 
 class SeededIds(IdGenerator):
@@ -61,7 +61,7 @@ class SdkSpans(Spans):
 
     def __init__(self, spans: Spans) -> None:
         super().__init__(spans.provider, ())
-        self.tracer = spans.provider.get_tracer(SCOPE)
+        self.tracer = spans.provider.get_tracer(SCOPE, SCOPE_VERSION)
 
     def start(
         self, name: str, kind: SpanKind, attributes: dict[str, types.AnyValue], context: Context
