@@ -1030,13 +1030,7 @@ async def test_a_reader_elsewhere_left_behind_by_the_buffer_is_ended_never_given
         as stream,
     ):  # fmt: skip
         stream_id = stream.headers["Sidecar-Stream-Id"]
-        shrink_send_buffers(elsewhere)
-        reader, writer = await small_buffered(elsewhere.port)
-        writer.write(
-            f"GET {ROUTE} HTTP/1.1\r\nHost: sidecar\r\nLast-Event-ID: {stream_id}:0\r\n"
-            "Connection: close\r\n\r\n".encode()
-        )  # read only once the stream is over
-        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        reader, writer = await unread_resume(elsewhere, stream_id)
         whole = await stream.read()  # the producer's own client keeps up
         assert b'"done"' in whole
         received = await asyncio.wait_for(reader.read(), 30)
@@ -1057,6 +1051,21 @@ async def test_a_reader_elsewhere_left_behind_by_the_buffer_is_ended_never_given
     # The read that fell behind is counted as what it was (its events expired), not as a
     # resume that reached the stream's end; so is the resume after it.
     assert results == {"expired": 2}
+
+
+async def unread_resume(
+    sidecar: SidecarServer, stream_id: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A resume of `stream_id` from its start, over small socket buffers, whose body is read
+    only once the stream is over (its head is read: a 200)."""
+    shrink_send_buffers(sidecar)
+    reader, writer = await small_buffered(sidecar.port)
+    writer.write(
+        f"GET {ROUTE} HTTP/1.1\r\nHost: sidecar\r\nLast-Event-ID: {stream_id}:0\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    return reader, writer
 
 
 async def resume_results(sidecar: SidecarServer) -> dict[str, float]:
@@ -1087,13 +1096,7 @@ async def test_a_live_reader_left_behind_by_the_buffer_is_cut_and_counted_as_exp
         as stream,
     ):  # fmt: skip
         stream_id = stream.headers["Sidecar-Stream-Id"]
-        shrink_send_buffers(sidecar)
-        reader, writer = await small_buffered(sidecar.port)
-        writer.write(
-            f"GET {ROUTE} HTTP/1.1\r\nHost: sidecar\r\nLast-Event-ID: {stream_id}:0\r\n"
-            "Connection: close\r\n\r\n".encode()
-        )  # read only once the stream is over
-        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        reader, writer = await unread_resume(sidecar, stream_id)
         whole = await stream.read()  # the first client keeps up
         assert b'"done"' in whole
 
