@@ -182,14 +182,10 @@ async def test_a_stream_that_breaks_mid_tool_input_or_reasoning_closes_the_part(
         assert "done" in final["states"]
 
 
-async def test_a_turn_cancelled_mid_tool_input_closes_the_tool_part(
-    fake: FakeServer, sidecar_for: SidecarFactory
-) -> None:
-    """A turn the sidecar itself ends (here a `DELETE`; an idle timeout and shutdown end
-    it the same way) while a tool call's input streams: `tool-input-error`, then `error`."""
-    stalled = body(user("[[fake content=tool_use tokens=2 fault=stall_midstream after=3]] x"))
+async def stopped_by_delete(fake: FakeServer, sidecar_for: SidecarFactory, turn: str) -> Line:
+    """What the AI SDK made of `turn` stopped by a `DELETE` of its stream once Claude streams."""
     async with sidecar_for({**CONFIG, "resume": {"detach_grace_seconds": 30}}) as sidecar:
-        async with script_lines("ui_schema.mjs", sidecar.url + CHAT, "POST", stalled) as lines:
+        async with script_lines("ui_schema.mjs", sidecar.url + CHAT, "POST", turn) as lines:
             (opened,) = await lines.until(lambda seen: len(seen) == 1)
             await eventually(lambda: holds(fake.state.open_streams == 1))
             async with aiohttp.ClientSession() as http:
@@ -197,6 +193,16 @@ async def test_a_turn_cancelled_mid_tool_input_closes_the_tool_part(
                 async with http.delete(target) as response:
                     assert response.status == 204
             _, final = await lines.rest()
+    return final
+
+
+async def test_a_turn_cancelled_mid_tool_input_closes_the_tool_part(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A turn the sidecar itself ends (here a `DELETE`; an idle timeout and shutdown end
+    it the same way) while a tool call's input streams: `tool-input-error`, then `error`."""
+    stalled = body(user("[[fake content=tool_use tokens=2 fault=stall_midstream after=3]] x"))
+    final = await stopped_by_delete(fake, sidecar_for, stalled)
     closed(final)
     assert valid(final)[-2:] == ["tool-input-error", "error"]
 
@@ -226,15 +232,7 @@ async def test_a_turn_stopped_by_delete_mid_stream(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     long = body(user("[[fake tokens=400 tps=40]] go on"))
-    async with sidecar_for({**CONFIG, "resume": {"detach_grace_seconds": 30}}) as sidecar:
-        async with script_lines("ui_schema.mjs", sidecar.url + CHAT, "POST", long) as lines:
-            (opened,) = await lines.until(lambda seen: len(seen) == 1)
-            await eventually(lambda: holds(fake.state.open_streams == 1))
-            async with aiohttp.ClientSession() as http:
-                target = f"{sidecar.url}{CHAT}/{opened['streamId']}"
-                async with http.delete(target) as response:
-                    assert response.status == 204
-            _, final = await lines.rest()
+    final = await stopped_by_delete(fake, sidecar_for, long)
     assert valid(final)[-1] == "error"
 
 
