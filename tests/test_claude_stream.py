@@ -33,6 +33,7 @@ from tests.support.browser import (
     Engine,
     FaultyProxy,
     ResumeEmulator,
+    launched_chromium,
     page_server,
     routing_proxy,
     run_url,
@@ -489,7 +490,9 @@ async def test_a_resume_answered_503_is_retried_and_a_gone_stream_ends_it(
         async with running_emulator(gone) as url:
             expired = await run("chromium", origin, sidecar.url, url=url + target,
                                 options=options)  # fmt: skip
-    assert [e["attempt"] for e in retried["events"] if e["type"] == "reconnecting"] == [1, 2]
+    reconnects = [e for e in retried["events"] if e["type"] == "reconnecting"]
+    assert [e["attempt"] for e in reconnects] == [1, 2]
+    assert reconnects[1]["delayMs"] >= 1000  # the 503's Retry-After, not the 50 ms backoff
     assert retried["state"] == "done"
     assert retried["text"] == busy.full_text
     assert len(gone.resumed_from) == 1  # final: no more attempts
@@ -608,3 +611,76 @@ async def test_a_read_on_a_replica_sent_sigterm_resumes_on_another(
     assert kinds(result).count("token") == 120
     assert result["text"] == result["domText"] == expected  # the whole text, no duplicates
     assert fake.state.counters["requests"] == 2  # the reference and the page's stream
+
+
+async def test_going_offline_waits_for_the_network_instead_of_spending_retries(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A phone in a tunnel: the connection goes silent while the browser is offline, and
+    every reconnect would fail at once, spending the retries in a second although the
+    server still holds the stream. The module waits for `online` instead (a
+    `reconnecting` with reason `offline`, no attempt spent), then resumes: the text is
+    whole, once, and Claude was called once."""
+    skip_unless_engine("chromium")
+    prompt = "offline [[fake tokens=20 tps=5]]"
+    async with page_and_sidecar(sidecar_for, resume=GRACE) as (origin, sidecar):
+        expected, resumable = await reference(sidecar.url, prompt)
+        if not resumable:
+            pytest.skip(NOT_RESUMABLE)
+        async with FaultyProxy(sidecar.port, "stall", after_bytes=400) as proxy:
+            url = run_url(origin, {
+                "module": sidecar.url + "/_sidecar/claude-stream.js",
+                "url": f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                "options": {"body": {"prompt": prompt}, "idleTimeoutMs": 1500,
+                            "retryBaseMs": 50, "maxRetries": 2},
+            })  # fmt: skip
+            async with launched_chromium() as browser:
+                context = await browser.new_context()
+                page = await context.new_page()
+                await page.goto(url)
+                # Offline from the response's head on: the open stream still flows (the
+                # emulation stops new requests only) until the proxy stalls it.
+                await page.wait_for_function("window.__events.some(e => e.type === 'open')")
+                await context.set_offline(True)
+                await page.wait_for_function(
+                    "window.__events.some(e => e.type === 'error' || e.type === 'done'"
+                    " || (e.type === 'reconnecting' && e.reason === 'offline'))"
+                )
+                during: list[dict[str, Any]] = await page.evaluate("window.__events")
+                await context.set_offline(False)
+                await page.wait_for_function("window.__result !== undefined")
+                result: dict[str, Any] = await page.evaluate("window.__result")
+    assert proxy.faults == 1
+    assert [e["type"] for e in during if e["type"] in ("error", "done")] == []
+    assert result["state"] == "done"
+    assert result["text"] == result["domText"] == expected  # every token once
+    assert fake.state.counters["requests"] == 2  # the reference and the page: no re-run
+
+
+async def test_abort_before_the_response_head_arrives_cancels_the_generation(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Stop pressed while the response's head is still on the way (a slow network): the
+    module has no stream id yet. Closing the request would only detach the resumable
+    generation, which would run on for the detach grace (10 s here); the module waits for
+    the head and cancels the stream it names."""
+    skip_unless_engine("chromium")
+    prompt = "stopped early [[fake tokens=20 ttft_ms=8000]]"
+    async with page_and_sidecar(sidecar_for, resume=GRACE) as (origin, sidecar):
+        async with FaultyProxy(sidecar.port, "hold") as proxy:
+            url = run_url(origin, {
+                "module": sidecar.url + "/_sidecar/claude-stream.js",
+                "url": f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                "options": {"body": {"prompt": prompt}}, "abortAfterMs": 300,
+            })  # fmt: skip
+            async with launched_chromium() as browser:
+                page = await browser.new_page()
+                await page.goto(url)
+                await eventually(lambda: holds(proxy.faults == 1), 10)  # the head is held
+                await page.wait_for_function("window.__result !== undefined")
+                result: dict[str, Any] = await page.evaluate("window.__result")
+                proxy.release.set()
+                # At once, not after the detach grace: the cancel reached Claude.
+                await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1), 5)
+    assert kinds(result) == ["aborted"]
+    assert fake.state.counters["streams_completed"] == 0

@@ -25,7 +25,8 @@ export type StreamEvent =
   | { type: "thinking"; text: string }
   | { type: "tool_use"; id: string; name: string }
   | { type: "tool_input"; json: string }
-  | { type: "reconnecting"; attempt: number; delayMs: number; reason: "idle" | "network" | "closed" | "refused" | "shutting_down" }
+  /** `delayMs` is null with reason `offline`: the resume waits for the browser's `online` event. */
+  | { type: "reconnecting"; attempt: number; delayMs: number | null; reason: "idle" | "network" | "closed" | "refused" | "shutting_down" | "offline" }
   | { type: "done"; usage: Usage | null; stopReason: string | null }
   | { type: "error"; error: ClaudeStreamError }
   | { type: "aborted" };
