@@ -15,12 +15,13 @@ import shutil
 import signal
 import subprocess
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 import sidecar.browser
 from sidecar import sse
@@ -29,6 +30,7 @@ from sidecar.server import SidecarServer
 from tests.support.browser import (
     ENGINES,
     JS_DIR,
+    NPM_CI,
     RUNNERS,
     Engine,
     FaultyProxy,
@@ -40,6 +42,7 @@ from tests.support.browser import (
     running_emulator,
     skip_unless_engine,
 )
+from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
 from tests.support.redis_server import RedisServer
 from tests.support.resume import replica
 from tests.support.sidecars import SidecarFactory
@@ -684,3 +687,114 @@ async def test_abort_before_the_response_head_arrives_cancels_the_generation(
                 await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1), 5)
     assert kinds(result) == ["aborted"]
     assert fake.state.counters["streams_completed"] == 0
+
+
+async def test_a_get_streams_query_token_also_authorises_its_cancel(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """An `EventSource` carries its JWT in `?access_token=`, which the sidecar takes on a
+    GET only: the DELETE of `abort()` needs it as a header, else it is a 401 and Stop only
+    detaches the generation (it runs on for the detach grace). The module sends the URL's
+    token as `Authorization: Bearer` on the cancel."""
+    skip_unless_engine("chromium")
+    jwt = {"secret": SECRET, "issuer": ISSUER, "audience": AUDIENCE, "query_param": "access_token"}
+    auth = {"mode": "required", "jwt": jwt}
+    prompt = "stop me [[fake tokens=200 tps=10]]"
+    async with page_and_sidecar(sidecar_for, auth=auth, resume=GRACE) as (origin, sidecar):
+        query = urllib.parse.urlencode({"prompt": prompt, "access_token": mint()})
+        result = await run(
+            "chromium", origin, sidecar.url, url=f"{sidecar.url}{PROMPT}?{query}",
+            options={"method": "GET"}, abortAfter=3,
+        )  # fmt: skip
+        # At once, not after the detach grace (10 s): the cancel reached Claude.
+        await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1), 5)
+    assert kinds(result)[-1] == "aborted"
+    assert result["streamId"]
+    assert fake.state.counters["streams_completed"] == 0
+
+
+REACT_UMD = JS_DIR / "node_modules" / "react" / "umd" / "react.production.min.js"
+REACT_DOM_UMD = JS_DIR / "node_modules" / "react-dom" / "umd" / "react-dom.production.min.js"
+HOOK_PAGE = (
+    '<!doctype html><html><head><meta charset="utf-8"><title>hook</title></head><body>'
+    '<div id="root"></div><script src="/react.js"></script><script src="/react-dom.js"></script>'
+    '<script type="module" src="/hook.js"></script></body></html>'
+)
+# A component using the docs' hook with a token that changes (a sign-in, a refresh).
+HOOK_APP = """
+function App() {
+  const [token, setToken] = React.useState("expired");
+  const hook = useClaudeStream(window.__url, { headers: { authorization: "Bearer " + token } });
+  window.__setToken = setToken;
+  window.__token = token;
+  window.__start = hook.start;
+  return null;
+}
+ReactDOM.createRoot(document.getElementById("root")).render(React.createElement(App));
+"""
+
+
+def docs_hook(module: str) -> str:
+    """The `useClaudeStream` hook as docs/browser.md prints it, importing `module`, for a
+    page that loads React's UMD build (no bundler)."""
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "browser.md").read_text()
+    section = docs.split("## React: `useClaudeStream`", 1)[1]
+    code = section.split("```jsx\n", 1)[1].split("```", 1)[0]
+    code = code.replace(
+        'import { useCallback, useEffect, useRef, useState } from "react";',
+        "const { useCallback, useEffect, useRef, useState } = React;",
+    )
+    code = code.replace("https://sidecar.example.com/_sidecar/claude-stream.js", module)
+    assert "const { useCallback" in code, "the docs' hook imports React otherwise"
+    assert module in code, "the docs' hook imports the module from elsewhere"
+    return code.replace("export function", "function")
+
+
+async def test_the_docs_react_hook_uses_the_options_of_the_latest_render(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """`useClaudeStream(url, {headers})` with a token that changes after the first render
+    (a sign-in): `start()` must send the current token, not the first render's."""
+    skip_unless_engine("chromium")
+    if not REACT_UMD.exists():
+        pytest.skip(f"react is not installed ({NPM_CI})")
+    auth = {"mode": "required", "jwt": {"secret": SECRET, "issuer": ISSUER, "audience": AUDIENCE}}
+    hook_js: list[str] = []
+
+    def routes(app: web.Application) -> None:
+        async def hook_page(request: web.Request) -> web.Response:
+            return web.Response(text=HOOK_PAGE, content_type="text/html")
+
+        async def hook(request: web.Request) -> web.Response:
+            return web.Response(text=hook_js[0] + HOOK_APP, content_type="text/javascript")
+
+        def umd(path: Path) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
+            async def serve(request: web.Request) -> web.FileResponse:
+                return web.FileResponse(path)
+
+            return serve
+
+        app.router.add_get("/hook", hook_page)
+        app.router.add_get("/hook.js", hook)
+        app.router.add_get("/react.js", umd(REACT_UMD))
+        app.router.add_get("/react-dom.js", umd(REACT_DOM_UMD))
+
+    async with page_server(routes) as origin:
+        config = {**config_for(origin), "auth": auth}
+        async with sidecar_for(config) as sidecar:
+            hook_js.append(docs_hook(sidecar.url + "/_sidecar/claude-stream.js"))
+            async with launched_chromium() as browser:
+                page = await browser.new_page()
+                await page.add_init_script(f"window.__url = {json.dumps(sidecar.url + PROMPT)};")
+                await page.goto(origin + "/hook")
+                await page.wait_for_function("window.__setToken !== undefined")
+                token = mint()
+                await page.evaluate("(token) => window.__setToken(token)", token)
+                await page.wait_for_function("(token) => window.__token === token", arg=token)
+                outcome: dict[str, Any] = await page.evaluate("""async () => {
+                  const stream = window.__start({ prompt: "hello from react" });
+                  try { return { ok: true, text: (await stream.finished).text }; }
+                  catch (error) { return { ok: false, type: error.type }; }
+                }""")  # fmt: skip
+    assert outcome["ok"], outcome  # not 401 with the first render's "expired" token
+    assert outcome["text"]

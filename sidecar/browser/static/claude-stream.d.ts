@@ -45,6 +45,12 @@ export interface StreamOptions {
    * cannot send headers).
    */
   headers?: Record<string, string>;
+  /**
+   * GET mode: the query parameter carrying the JWT (the sidecar's `auth.jwt.query_param`).
+   * The sidecar takes it on a GET only, so `abort()`'s cancel sends it as
+   * `Authorization: Bearer` unless `headers` has an authorization. Default "access_token".
+   */
+  tokenParam?: string;
   /** fetch credentials; "include" also sets EventSource's withCredentials. Default "same-origin". */
   credentials?: RequestCredentials;
   /** Silence after which the connection counts as lost (0: never). Default 30000. */

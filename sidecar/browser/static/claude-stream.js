@@ -14,7 +14,7 @@
 
 const DEFAULTS = {
   method: "POST", idleTimeoutMs: 30000, maxRetries: 5, retryBaseMs: 500, retryMaxMs: 8000,
-  credentials: "same-origin",
+  credentials: "same-origin", tokenParam: "access_token",
 };
 
 /** An error of the stream: `type` (e.g. rate_limited), HTTP `status`, `retryAfter` seconds. */
@@ -142,10 +142,17 @@ export class ClaudeStream {
   }
 
   /** DELETE <route>/<stream id>, with the same credentials and headers as the stream:
-   *  only the identity that started it may cancel it. */
+   *  only the identity that started it may cancel it. A GET's token in its URL
+   *  (`?access_token=`, `tokenParam`) is taken on a GET only, so the cancel sends it as
+   *  `Authorization: Bearer` unless `headers` has one. */
   _cancel(id) {
-    const init = { method: "DELETE", credentials: this._credentials(),
-                   headers: { ...(this.options.headers || {}) } };
+    const headers = { ...(this.options.headers || {}) };
+    const param = this.options.tokenParam;
+    if (this.options.method === "GET" && param && !Object.keys(headers).some((k) => k.toLowerCase() === "authorization")) {
+      const token = new URL(this.url, globalThis.location ? globalThis.location.href : undefined).searchParams.get(param);
+      if (token) headers.authorization = "Bearer " + token;
+    }
+    const init = { method: "DELETE", credentials: this._credentials(), headers };
     fetch(this._routeUrl() + "/" + encodeURIComponent(id), init).catch(() => {});
   }
 
