@@ -15,12 +15,13 @@ import shutil
 import signal
 import subprocess
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 import sidecar.browser
 from sidecar import sse
@@ -29,16 +30,19 @@ from sidecar.server import SidecarServer
 from tests.support.browser import (
     ENGINES,
     JS_DIR,
+    NPM_CI,
     RUNNERS,
     Engine,
     FaultyProxy,
     ResumeEmulator,
+    launched_chromium,
     page_server,
     routing_proxy,
     run_url,
     running_emulator,
     skip_unless_engine,
 )
+from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
 from tests.support.redis_server import RedisServer
 from tests.support.resume import replica
 from tests.support.sidecars import SidecarFactory
@@ -489,7 +493,9 @@ async def test_a_resume_answered_503_is_retried_and_a_gone_stream_ends_it(
         async with running_emulator(gone) as url:
             expired = await run("chromium", origin, sidecar.url, url=url + target,
                                 options=options)  # fmt: skip
-    assert [e["attempt"] for e in retried["events"] if e["type"] == "reconnecting"] == [1, 2]
+    reconnects = [e for e in retried["events"] if e["type"] == "reconnecting"]
+    assert [e["attempt"] for e in reconnects] == [1, 2]
+    assert reconnects[1]["delayMs"] >= 1000  # the 503's Retry-After, not the 50 ms backoff
     assert retried["state"] == "done"
     assert retried["text"] == busy.full_text
     assert len(gone.resumed_from) == 1  # final: no more attempts
@@ -608,3 +614,187 @@ async def test_a_read_on_a_replica_sent_sigterm_resumes_on_another(
     assert kinds(result).count("token") == 120
     assert result["text"] == result["domText"] == expected  # the whole text, no duplicates
     assert fake.state.counters["requests"] == 2  # the reference and the page's stream
+
+
+async def test_going_offline_waits_for_the_network_instead_of_spending_retries(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A phone in a tunnel: the connection goes silent while the browser is offline, and
+    every reconnect would fail at once, spending the retries in a second although the
+    server still holds the stream. The module waits for `online` instead (a
+    `reconnecting` with reason `offline`, no attempt spent), then resumes: the text is
+    whole, once, and Claude was called once."""
+    skip_unless_engine("chromium")
+    prompt = "offline [[fake tokens=20 tps=5]]"
+    async with page_and_sidecar(sidecar_for, resume=GRACE) as (origin, sidecar):
+        expected, resumable = await reference(sidecar.url, prompt)
+        if not resumable:
+            pytest.skip(NOT_RESUMABLE)
+        async with FaultyProxy(sidecar.port, "stall", after_bytes=400) as proxy:
+            url = run_url(origin, {
+                "module": sidecar.url + "/_sidecar/claude-stream.js",
+                "url": f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                "options": {"body": {"prompt": prompt}, "idleTimeoutMs": 1500,
+                            "retryBaseMs": 50, "maxRetries": 2},
+            })  # fmt: skip
+            async with launched_chromium() as browser:
+                context = await browser.new_context()
+                page = await context.new_page()
+                await page.goto(url)
+                # Offline from the response's head on: the open stream still flows (the
+                # emulation stops new requests only) until the proxy stalls it.
+                await page.wait_for_function("window.__events.some(e => e.type === 'open')")
+                await context.set_offline(True)
+                await page.wait_for_function(
+                    "window.__events.some(e => e.type === 'error' || e.type === 'done'"
+                    " || (e.type === 'reconnecting' && e.reason === 'offline'))"
+                )
+                during: list[dict[str, Any]] = await page.evaluate("window.__events")
+                await context.set_offline(False)
+                await page.wait_for_function("window.__result !== undefined")
+                result: dict[str, Any] = await page.evaluate("window.__result")
+    assert proxy.faults == 1
+    assert [e["type"] for e in during if e["type"] in ("error", "done")] == []
+    assert result["state"] == "done"
+    assert result["text"] == result["domText"] == expected  # every token once
+    assert fake.state.counters["requests"] == 2  # the reference and the page: no re-run
+
+
+async def test_abort_before_the_response_head_arrives_cancels_the_generation(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Stop pressed while the response's head is still on the way (a slow network): the
+    module has no stream id yet. Closing the request would only detach the resumable
+    generation, which would run on for the detach grace (10 s here); the module waits for
+    the head and cancels the stream it names."""
+    skip_unless_engine("chromium")
+    prompt = "stopped early [[fake tokens=20 ttft_ms=8000]]"
+    async with page_and_sidecar(sidecar_for, resume=GRACE) as (origin, sidecar):
+        async with FaultyProxy(sidecar.port, "hold") as proxy:
+            url = run_url(origin, {
+                "module": sidecar.url + "/_sidecar/claude-stream.js",
+                "url": f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                "options": {"body": {"prompt": prompt}}, "abortAfterMs": 300,
+            })  # fmt: skip
+            async with launched_chromium() as browser:
+                page = await browser.new_page()
+                await page.goto(url)
+                await eventually(lambda: holds(proxy.faults == 1), 10)  # the head is held
+                await page.wait_for_function("window.__result !== undefined")
+                result: dict[str, Any] = await page.evaluate("window.__result")
+                proxy.release.set()
+                # At once, not after the detach grace: the cancel reached Claude.
+                await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1), 5)
+    assert kinds(result) == ["aborted"]
+    assert fake.state.counters["streams_completed"] == 0
+
+
+async def test_a_get_streams_query_token_also_authorises_its_cancel(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """An `EventSource` carries its JWT in `?access_token=`, which the sidecar takes on a
+    GET only: the DELETE of `abort()` needs it as a header, else it is a 401 and Stop only
+    detaches the generation (it runs on for the detach grace). The module sends the URL's
+    token as `Authorization: Bearer` on the cancel."""
+    skip_unless_engine("chromium")
+    jwt = {"secret": SECRET, "issuer": ISSUER, "audience": AUDIENCE, "query_param": "access_token"}
+    auth = {"mode": "required", "jwt": jwt}
+    prompt = "stop me [[fake tokens=200 tps=10]]"
+    async with page_and_sidecar(sidecar_for, auth=auth, resume=GRACE) as (origin, sidecar):
+        query = urllib.parse.urlencode({"prompt": prompt, "access_token": mint()})
+        result = await run(
+            "chromium", origin, sidecar.url, url=f"{sidecar.url}{PROMPT}?{query}",
+            options={"method": "GET"}, abortAfter=3,
+        )  # fmt: skip
+        # At once, not after the detach grace (10 s): the cancel reached Claude.
+        await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1), 5)
+    assert kinds(result)[-1] == "aborted"
+    assert result["streamId"]
+    assert fake.state.counters["streams_completed"] == 0
+
+
+REACT_UMD = JS_DIR / "node_modules" / "react" / "umd" / "react.production.min.js"
+REACT_DOM_UMD = JS_DIR / "node_modules" / "react-dom" / "umd" / "react-dom.production.min.js"
+HOOK_PAGE = (
+    '<!doctype html><html><head><meta charset="utf-8"><title>hook</title></head><body>'
+    '<div id="root"></div><script src="/react.js"></script><script src="/react-dom.js"></script>'
+    '<script type="module" src="/hook.js"></script></body></html>'
+)
+# A component using the docs' hook with a token that changes (a sign-in, a refresh).
+HOOK_APP = """
+function App() {
+  const [token, setToken] = React.useState("expired");
+  const hook = useClaudeStream(window.__url, { headers: { authorization: "Bearer " + token } });
+  window.__setToken = setToken;
+  window.__token = token;
+  window.__start = hook.start;
+  return null;
+}
+ReactDOM.createRoot(document.getElementById("root")).render(React.createElement(App));
+"""
+
+
+def docs_hook(module: str) -> str:
+    """The `useClaudeStream` hook as docs/browser.md prints it, importing `module`, for a
+    page that loads React's UMD build (no bundler)."""
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "browser.md").read_text()
+    section = docs.split("## React: `useClaudeStream`", 1)[1]
+    code = section.split("```jsx\n", 1)[1].split("```", 1)[0]
+    code = code.replace(
+        'import { useCallback, useEffect, useRef, useState } from "react";',
+        "const { useCallback, useEffect, useRef, useState } = React;",
+    )
+    code = code.replace("https://sidecar.example.com/_sidecar/claude-stream.js", module)
+    assert "const { useCallback" in code, "the docs' hook imports React otherwise"
+    assert module in code, "the docs' hook imports the module from elsewhere"
+    return code.replace("export function", "function")
+
+
+async def test_the_docs_react_hook_uses_the_options_of_the_latest_render(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """`useClaudeStream(url, {headers})` with a token that changes after the first render
+    (a sign-in): `start()` must send the current token, not the first render's."""
+    skip_unless_engine("chromium")
+    if not REACT_UMD.exists():
+        pytest.skip(f"react is not installed ({NPM_CI})")
+    auth = {"mode": "required", "jwt": {"secret": SECRET, "issuer": ISSUER, "audience": AUDIENCE}}
+    hook_js: list[str] = []
+
+    def routes(app: web.Application) -> None:
+        async def hook_page(request: web.Request) -> web.Response:
+            return web.Response(text=HOOK_PAGE, content_type="text/html")
+
+        async def hook(request: web.Request) -> web.Response:
+            return web.Response(text=hook_js[0] + HOOK_APP, content_type="text/javascript")
+
+        def umd(path: Path) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
+            async def serve(request: web.Request) -> web.FileResponse:
+                return web.FileResponse(path)
+
+            return serve
+
+        app.router.add_get("/hook", hook_page)
+        app.router.add_get("/hook.js", hook)
+        app.router.add_get("/react.js", umd(REACT_UMD))
+        app.router.add_get("/react-dom.js", umd(REACT_DOM_UMD))
+
+    async with page_server(routes) as origin:
+        config = {**config_for(origin), "auth": auth}
+        async with sidecar_for(config) as sidecar:
+            hook_js.append(docs_hook(sidecar.url + "/_sidecar/claude-stream.js"))
+            async with launched_chromium() as browser:
+                page = await browser.new_page()
+                await page.add_init_script(f"window.__url = {json.dumps(sidecar.url + PROMPT)};")
+                await page.goto(origin + "/hook")
+                await page.wait_for_function("window.__setToken !== undefined")
+                token = mint()
+                await page.evaluate("(token) => window.__setToken(token)", token)
+                await page.wait_for_function("(token) => window.__token === token", arg=token)
+                outcome: dict[str, Any] = await page.evaluate("""async () => {
+                  const stream = window.__start({ prompt: "hello from react" });
+                  try { return { ok: true, text: (await stream.finished).text }; }
+                  catch (error) { return { ok: false, type: error.type }; }
+                }""")  # fmt: skip
+    assert outcome["ok"], outcome  # not 401 with the first render's "expired" token
+    assert outcome["text"]

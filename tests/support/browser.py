@@ -51,6 +51,7 @@ RUN_JS = """
 const cfg = JSON.parse(decodeURIComponent(location.hash.slice(1)));
 const out = document.getElementById("out");
 const result = { events: [], tokenTimes: [] };
+window.__events = result.events;  // read live by tests that act mid-stream
 try {
   const { streamClaude } = await import(cfg.module);
   const options = cfg.options || {};
@@ -214,10 +215,15 @@ class FaultyProxy:
 
     `mode="cut"` closes the client connection once `after_bytes` of the stream have passed;
     `mode="stall"` stops forwarding there and holds the connection open (a silent network).
-    Later streams (a resume) pass untouched. `faults` counts the faults applied.
+    `mode="hold"` holds the stream's response head until `release` is set (a slow network
+    between the sidecar and the page), then passes it all. Later streams (a resume, a
+    cancel) pass untouched. `faults` counts the faults applied.
     """
 
-    def __init__(self, target_port: int, mode: Literal["cut", "stall"], after_bytes: int) -> None:
+    def __init__(
+        self, target_port: int, mode: Literal["cut", "stall", "hold"], after_bytes: int = 0
+    ) -> None:
+        self.release = asyncio.Event()
         self.target_port = target_port
         self.mode = mode
         self.after_bytes = after_bytes
@@ -273,6 +279,12 @@ class FaultyProxy:
                     # Headers and some events always pass: a connection closed before any
                     # response would be retried by the browser, which is not a cut stream.
                     self._armed = False
+                    if self.mode == "hold":
+                        self.faults += 1
+                        await self.release.wait()
+                        writer.write(data)
+                        await writer.drain()
+                        continue
                     left = self.after_bytes + data.index(b"\r\n\r\n") + 4
                 if left is not None and len(data) >= left:
                     writer.write(data[:left])
@@ -294,7 +306,7 @@ class ResumeEmulator:
     request with `Last-Event-ID` (header or `?last_event_id=`) resumes after n; an unknown
     (or, with `expired`, any) id is gone: 204 to a GET, a JSON 404 `resume_expired` to a
     POST, as the sidecar answers (`expired_status` forces one of them); the first
-    `failed_resumes` resumes get 503; `DELETE <PATH>/s1` cancels. After `fault_after`
+    `failed_resumes` resumes get 503 with `Retry-After: 1`; `DELETE <PATH>/s1` cancels. After `fault_after`
     events the first connection is cut (`fault="cut"`), goes silent (`"stall"`), ends with
     `shutting_down` without an id (`"shutdown"`: the replica serving it stops, the stream
     goes on elsewhere) or with a numbered `shutting_down` as its final event
@@ -337,7 +349,7 @@ class ResumeEmulator:
     def _cors(self, request: web.Request) -> dict[str, str]:
         return {
             "Access-Control-Allow-Origin": request.headers.get("Origin", "*"),
-            "Access-Control-Expose-Headers": "sidecar-stream-id",
+            "Access-Control-Expose-Headers": "sidecar-stream-id, retry-after",
             "Vary": "Origin",
         }
 
@@ -380,7 +392,8 @@ class ResumeEmulator:
                 return self._gone(request)
             if self.failed_resumes:
                 self.failed_resumes -= 1
-                return web.Response(status=503, headers=self._cors(request))
+                # As the sidecar's resume store answers when it fails.
+                return web.Response(status=503, headers={**self._cors(request), "Retry-After": "1"})
             start = int(number)
         else:
             self.started += 1

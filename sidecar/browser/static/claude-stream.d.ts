@@ -25,7 +25,8 @@ export type StreamEvent =
   | { type: "thinking"; text: string }
   | { type: "tool_use"; id: string; name: string }
   | { type: "tool_input"; json: string }
-  | { type: "reconnecting"; attempt: number; delayMs: number; reason: "idle" | "network" | "closed" | "refused" | "shutting_down" }
+  /** `delayMs` is null with reason `offline`: the resume waits for the browser's `online` event. */
+  | { type: "reconnecting"; attempt: number; delayMs: number | null; reason: "idle" | "network" | "closed" | "refused" | "shutting_down" | "offline" }
   | { type: "done"; usage: Usage | null; stopReason: string | null }
   | { type: "error"; error: ClaudeStreamError }
   | { type: "aborted" };
@@ -44,6 +45,12 @@ export interface StreamOptions {
    * cannot send headers).
    */
   headers?: Record<string, string>;
+  /**
+   * GET mode: the query parameter carrying the JWT (the sidecar's `auth.jwt.query_param`).
+   * The sidecar takes it on a GET only, so `abort()`'s cancel sends it as
+   * `Authorization: Bearer` unless `headers` has an authorization. Default "access_token".
+   */
+  tokenParam?: string;
   /** fetch credentials; "include" also sets EventSource's withCredentials. Default "same-origin". */
   credentials?: RequestCredentials;
   /** Silence after which the connection counts as lost (0: never). Default 30000. */

@@ -14,7 +14,7 @@
 
 const DEFAULTS = {
   method: "POST", idleTimeoutMs: 30000, maxRetries: 5, retryBaseMs: 500, retryMaxMs: 8000,
-  credentials: "same-origin",
+  credentials: "same-origin", tokenParam: "access_token",
 };
 
 /** An error of the stream: `type` (e.g. rate_limited), HTTP `status`, `retryAfter` seconds. */
@@ -116,6 +116,7 @@ export class ClaudeStream {
     this._attempt = 0;
     this._connection = null;
     this._timer = null;
+    this._online = null; // the `online` listener while waiting for the network
     this._settle = null;
     this.finished = new Promise((resolve, reject) => { this._settle = { resolve, reject }; });
     this.finished.catch(() => {}); // errors also arrive as events; no unhandled rejection
@@ -125,17 +126,34 @@ export class ClaudeStream {
   /** Cancel the generation (not just this connection) and end the stream. */
   abort() {
     if (this._over()) return;
-    const id = this.streamId;
-    if (id) {
-      // The same credentials as the stream: only the identity that started it may cancel it.
-      const init = { method: "DELETE", credentials: this._credentials(),
-                     headers: { ...(this.options.headers || {}) } };
-      fetch(this._routeUrl() + "/" + encodeURIComponent(id), init).catch(() => {});
+    const connection = this._connection;
+    if (this.streamId) this._cancel(this.streamId);
+    else if (connection && connection.awaitingHead) {
+      // Stopped before the response's head arrived: closing now would only detach a
+      // resumable generation (it would run on for the detach grace). Let the head come,
+      // cancel the stream it names, then close.
+      connection.onHead = (id) => { if (id) this._cancel(id); connection.close(); };
+      this._connection = null; // not closed by `_close()`
     }
     this._close();
     this.state = "aborted";
     this._emit({ type: "aborted" });
     this._end();
+  }
+
+  /** DELETE <route>/<stream id>, with the same credentials and headers as the stream:
+   *  only the identity that started it may cancel it. A GET's token in its URL
+   *  (`?access_token=`, `tokenParam`) is taken on a GET only, so the cancel sends it as
+   *  `Authorization: Bearer` unless `headers` has one. */
+  _cancel(id) {
+    const headers = { ...(this.options.headers || {}) };
+    const param = this.options.tokenParam;
+    if (this.options.method === "GET" && param && !Object.keys(headers).some((k) => k.toLowerCase() === "authorization")) {
+      const token = new URL(this.url, globalThis.location ? globalThis.location.href : undefined).searchParams.get(param);
+      if (token) headers.authorization = "Bearer " + token;
+    }
+    const init = { method: "DELETE", credentials: this._credentials(), headers };
+    fetch(this._routeUrl() + "/" + encodeURIComponent(id), init).catch(() => {});
   }
 
   [Symbol.asyncIterator]() {
@@ -188,7 +206,9 @@ export class ClaudeStream {
 
   async _openFetch(resuming) {
     const controller = new AbortController();
-    const connection = { close: () => controller.abort() };
+    // `awaitingHead` until the response's head arrives; `onHead` is set by an `abort()`
+    // made meanwhile, and gets the stream id the head names.
+    const connection = { close: () => controller.abort(), awaitingHead: true, onHead: null };
     this._connection = connection;
     const get = this.options.method === "GET";
     let init;
@@ -205,11 +225,14 @@ export class ClaudeStream {
         ...init[1], credentials: this._credentials(), signal: controller.signal, cache: "no-store",
       });
     } catch (error) {
+      connection.awaitingHead = false;
       if (this._connection !== connection) return;
       if (resuming) return this._lost("network");
       // Refused by CORS, unreachable, or offline: nothing was generated, nothing to resume.
       return this._fail(new ClaudeStreamError("connection_error", "the stream could not be opened (refused by CORS, offline or unreachable)"));
     }
+    connection.awaitingHead = false;
+    if (connection.onHead) return connection.onHead(response.ok && response.headers.get("sidecar-stream-id"));
     if (this._connection !== connection) return;
     // The stream is gone (expired, finished, cancelled or unknown here): a GET's answer is
     // 204, a POST's a JSON 404 `resume_expired`. Both are the one documented type.
@@ -221,7 +244,8 @@ export class ClaudeStream {
                                               { status: response.status, requestId }));
     }
     if (resuming && (response.status >= 500 || response.status === 429 || response.status === 408)) {
-      return this._lost("refused"); // a replica restarting or busy: the stream may still be there
+      // A replica restarting or busy: the stream may still be there.
+      return this._lost("refused", retryAfterOf(response.headers));
     }
     if (!response.ok || !response.body) {
       const text = await response.text().catch(() => "");
@@ -283,6 +307,8 @@ export class ClaudeStream {
 
   _close() {
     clearTimeout(this._timer);
+    if (this._online) globalThis.removeEventListener("online", this._online);
+    this._online = null;
     const connection = this._connection;
     this._connection = null;
     if (connection) connection.close();
@@ -300,22 +326,39 @@ export class ClaudeStream {
     return Boolean(this.streamId) && (!this.lastEventId || streamIdOf(this.lastEventId) !== null);
   }
 
-  /** The connection ended before `done`: resume when the stream is resumable, else fail. */
-  _lost(reason) {
+  /** The connection ended before `done`: resume when the stream is resumable, else fail.
+   *  `retryAfter`: the seconds a refused resume's answer asked to wait. */
+  _lost(reason, retryAfter = null) {
     if (this._over()) return;
     this._close();
     if (!this._resumable()) {
       const message = reason === "idle" ? "no data for " + this.options.idleTimeoutMs / 1000 + " s" : "the connection was lost";
       return this._fail(new ClaudeStreamError(reason === "idle" ? "timeout" : "connection_lost", message));
     }
-    if (this._attempt >= this.options.maxRetries) {
-      return this._fail(new ClaudeStreamError("connection_lost", `the connection was lost; ${this._attempt} reconnects failed`));
-    }
     // Cut before the first event: the stream id came with the headers, and event 0 is
     // "nothing yet", so the whole stream can still be read.
     if (!this.lastEventId) this.lastEventId = this.streamId + ":0";
+    // The browser knows it is offline: every reconnect would fail at once and spend the
+    // retries in seconds while the server still holds the stream. Wait for `online`
+    // instead (no attempt spent), then resume; `abort()` still ends it meanwhile. A try
+    // every `retryMaxMs` too, also spending nothing, in case `onLine` is wrong.
+    if (globalThis.navigator && navigator.onLine === false && globalThis.addEventListener) {
+      this.state = "reconnecting";
+      const online = () => { this._close(); this._connect(true); };
+      this._online = online;
+      globalThis.addEventListener("online", online, { once: true });
+      this._timer = setTimeout(online, this.options.retryMaxMs);
+      this._emit({ type: "reconnecting", attempt: this._attempt, delayMs: null, reason: "offline" });
+      return;
+    }
+    if (this._attempt >= this.options.maxRetries) {
+      return this._fail(new ClaudeStreamError("connection_lost", `the connection was lost; ${this._attempt} reconnects failed`));
+    }
     const { retryBaseMs, retryMaxMs } = this.options;
-    const delay = Math.min(retryMaxMs, retryBaseMs * 2 ** this._attempt) * (0.5 + Math.random() / 2);
+    let delay = Math.min(retryMaxMs, retryBaseMs * 2 ** this._attempt) * (0.5 + Math.random() / 2);
+    // Not before the server's `Retry-After` (the sidecar's resume store answers 503 with
+    // one), within the backoff's cap.
+    if (retryAfter !== null) delay = Math.max(delay, Math.min(retryMaxMs, retryAfter * 1000));
     this._attempt += 1;
     this.state = "reconnecting";
     this._emit({ type: "reconnecting", attempt: this._attempt, delayMs: Math.round(delay), reason });

@@ -80,6 +80,8 @@ async function show(stream, started) {
       $("count").textContent = String(tokens);
       const seconds = (now - first) / 1000;
       if (seconds > 0) $("tps").textContent = (tokens / seconds).toFixed(1);
+    } else if (e.type === "reconnecting" && e.reason === "offline") {
+      say("You are offline — the answer continues when the network is back.");
     } else if (e.type === "reconnecting") {
       say(`Connection interrupted — reconnecting (attempt ${e.attempt})…`);
     } else if (e.type === "resumed") {
