@@ -519,6 +519,27 @@ async def test_a_stream_resumed_on_another_replica_holds_one_slot_and_is_charged
     assert fake.state.counters["requests"] == 2
 
 
+async def test_a_stream_nobody_comes_back_for_ends_abandoned_for_every_replica(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Cut on A and never resumed: after the grace A cancels Claude, and a client that
+    comes back later on B gets every event it missed, then `stream_abandoned`."""
+    async with (
+        replica(tmp_path, "a", fake, redis_server, detach_grace_seconds=0.5) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        cutting_proxy(port_a, after=2) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=long_stream(400))
+        await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1))
+        late = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+        whole = await sse_request(port_a, headers={"Last-Event-ID": f"{first.stream_id}:0"})
+    assert late.status == 200
+    assert late.events[0].id == f"{first.stream_id}:3"
+    assert late.events[-1].data["error"]["type"] == "stream_abandoned"
+    assert whole.payload.endswith(late.payload)
+    assert fake.state.counters["requests"] == 1
+
+
 async def test_readers_of_a_stream_produced_elsewhere_are_bounded_here_too(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
