@@ -30,6 +30,7 @@ from tests.support.metrics import counts
 from tests.support.redis_server import RedisServer
 from tests.support.resume import (
     ROUTE,
+    Reply,
     cutting_proxy,
     hold_resume_prepare,
     next_event,
@@ -496,9 +497,9 @@ async def test_a_stream_resumed_on_another_replica_holds_one_slot_and_is_charged
     reserves its input estimate + max_tokens 80, then is charged what it used: 68 here).
     The cut stream still holds its one slot (a new stream is a 429) but its resume on the
     other replica is admitted; once it is over the slot is free and its tokens were taken
-    once: charged twice (136), the next call's reservation would not fit in 200."""
+    once: charged twice (136), the next call's reservation would not fit in the day's 200."""
     quotas = {"store": "redis", "redis_url": redis_server.url, "concurrent_streams": 1,
-              "tokens_per_minute": 200}  # fmt: skip
+              "tokens_per_day": 200}  # fmt: skip
     claude = {"max_tokens": 80}
     async with (
         replica(tmp_path, "a", fake, redis_server, claude, quotas=quotas) as (_, port_a, _),
@@ -508,13 +509,18 @@ async def test_a_stream_resumed_on_another_replica_holds_one_slot_and_is_charged
         first = await sse_request(proxy.port, target=long_stream(60))  # 8 + 60 tokens
         held = await sse_request(port_b, target=long_stream(3))
         rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
-        await eventually(lambda: holds(fake.state.counters["streams_completed"] == 1))
-        after = await sse_request(port_b, target=long_stream(3))
+        replies: list[Reply] = []
+
+        async def admitted() -> bool:  # A settles the call as its stream ends
+            replies.append(await sse_request(port_b, target=long_stream(3)))
+            return replies[-1].status == 200
+
+        await eventually(admitted)  # never, with the slot kept or the tokens taken twice
+        after = replies[-1]
     assert held.status == 429
     assert b"concurrent streams" in held.payload  # the slot, not the tokens
     assert rest.status == 200
     assert rest.events[-1].data.get("done") is True
-    assert after.status == 200  # the slot is free and the tokens were charged once
     assert after.events[-1].data.get("done") is True
     assert fake.state.counters["requests"] == 2
 
@@ -913,10 +919,13 @@ async def test_readers_of_one_stream_are_bounded(
 async def test_a_cancel_on_another_replica_stops_the_producer(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
+    """A `DELETE` on B stops A's call to Claude and A settles it: with one concurrent
+    stream allowed (quotas shared in Redis), a new stream is admitted right after."""
     slow = long_stream(400)
+    quotas = {"store": "redis", "redis_url": redis_server.url, "concurrent_streams": 1}
     async with (
-        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
-        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        replica(tmp_path, "a", fake, redis_server, quotas=quotas) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server, quotas=quotas) as (_, port_b, _),
         aiohttp.ClientSession() as http,
         http.get(f"http://127.0.0.1:{port_a}{slow}") as stream,
     ):
@@ -927,6 +936,11 @@ async def test_a_cancel_on_another_replica_stops_the_producer(
         async with http.delete(f"http://127.0.0.1:{port_b}{ROUTE}/{'D' * 24}") as response:
             assert response.status == 404
         rest = await asyncio.wait_for(stream.read(), 15)
+
+        async def admitted() -> bool:  # A settles the call as its stream ends
+            return (await sse_request(port_b, target=long_stream(3))).status == 200
+
+        await eventually(admitted)  # a slot kept by the cancelled stream: never
     events = [e for e in rest.split(b"\n\n") if e.strip()]
     assert b'"type":"cancelled"' in events[-1]
     assert len(events) < 400  # stopped long before the end
