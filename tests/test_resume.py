@@ -30,6 +30,7 @@ from tests.support.metrics import counts
 from tests.support.redis_server import RedisServer
 from tests.support.resume import (
     ROUTE,
+    Reply,
     cutting_proxy,
     hold_resume_prepare,
     next_event,
@@ -489,6 +490,62 @@ async def test_a_cut_stream_resumes_on_another_replica_sharing_redis(
     assert settled_b == []
 
 
+async def test_a_stream_resumed_on_another_replica_holds_one_slot_and_is_charged_once(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Quotas shared in Redis, one concurrent stream, and tokens for two calls (a call
+    reserves its input estimate + max_tokens 80, then is charged what it used: 68 here).
+    The cut stream still holds its one slot (a new stream is a 429) but its resume on the
+    other replica is admitted; once it is over the slot is free and its tokens were taken
+    once: charged twice (136), the next call's reservation would not fit in the day's 200."""
+    quotas = {"store": "redis", "redis_url": redis_server.url, "concurrent_streams": 1,
+              "tokens_per_day": 200}  # fmt: skip
+    claude = {"max_tokens": 80}
+    async with (
+        replica(tmp_path, "a", fake, redis_server, claude, quotas=quotas) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server, claude, quotas=quotas) as (_, port_b, _),
+        cutting_proxy(port_a, after=3) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=long_stream(60))  # 8 + 60 tokens
+        held = await sse_request(port_b, target=long_stream(3))
+        rest = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+        replies: list[Reply] = []
+
+        async def admitted() -> bool:  # A settles the call as its stream ends
+            replies.append(await sse_request(port_b, target=long_stream(3)))
+            return replies[-1].status == 200
+
+        await eventually(admitted)  # never, with the slot kept or the tokens taken twice
+        after = replies[-1]
+    assert held.status == 429
+    assert b"concurrent streams" in held.payload  # the slot, not the tokens
+    assert rest.status == 200
+    assert rest.events[-1].data.get("done") is True
+    assert after.events[-1].data.get("done") is True
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_a_stream_nobody_comes_back_for_ends_abandoned_for_every_replica(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Cut on A and never resumed: after the grace A cancels Claude, and a client that
+    comes back later on B gets every event it missed, then `stream_abandoned`."""
+    async with (
+        replica(tmp_path, "a", fake, redis_server, detach_grace_seconds=0.5) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        cutting_proxy(port_a, after=2) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=long_stream(400))
+        await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1))
+        late = await sse_request(port_b, headers={"Last-Event-ID": first.last_id})
+        whole = await sse_request(port_a, headers={"Last-Event-ID": f"{first.stream_id}:0"})
+    assert late.status == 200
+    assert late.events[0].id == f"{first.stream_id}:3"
+    assert late.events[-1].data["error"]["type"] == "stream_abandoned"
+    assert whole.payload.endswith(late.payload)
+    assert fake.state.counters["requests"] == 1
+
+
 async def test_readers_of_a_stream_produced_elsewhere_are_bounded_here_too(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -862,10 +919,13 @@ async def test_readers_of_one_stream_are_bounded(
 async def test_a_cancel_on_another_replica_stops_the_producer(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
+    """A `DELETE` on B stops A's call to Claude and A settles it: with one concurrent
+    stream allowed (quotas shared in Redis), a new stream is admitted right after."""
     slow = long_stream(400)
+    quotas = {"store": "redis", "redis_url": redis_server.url, "concurrent_streams": 1}
     async with (
-        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
-        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+        replica(tmp_path, "a", fake, redis_server, quotas=quotas) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server, quotas=quotas) as (_, port_b, _),
         aiohttp.ClientSession() as http,
         http.get(f"http://127.0.0.1:{port_a}{slow}") as stream,
     ):
@@ -876,6 +936,11 @@ async def test_a_cancel_on_another_replica_stops_the_producer(
         async with http.delete(f"http://127.0.0.1:{port_b}{ROUTE}/{'D' * 24}") as response:
             assert response.status == 404
         rest = await asyncio.wait_for(stream.read(), 15)
+
+        async def admitted() -> bool:  # A settles the call as its stream ends
+            return (await sse_request(port_b, target=long_stream(3))).status == 200
+
+        await eventually(admitted)  # a slot kept by the cancelled stream: never
     events = [e for e in rest.split(b"\n\n") if e.strip()]
     assert b'"type":"cancelled"' in events[-1]
     assert len(events) < 400  # stopped long before the end
@@ -1006,6 +1071,34 @@ async def test_redis_failing_mid_stream_never_fails_the_stream(
     events = [e for e in raw.split(b"\n\n") if e.strip()]
     assert b'"done":true' in events[-1]  # served from memory to the end
     assert sum(b'"token"' in e for e in events) == 39  # the rest of the 40, none lost
+
+
+async def test_a_redis_restarted_empty_under_a_live_stream_holds_it_whole_again(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Redis restarts with nothing (no persistence) while replica A produces a stream: A
+    writes every event it keeps to Redis again, so a client resuming on replica B from
+    before the restart gets exactly what A's own client got, not a 204."""
+    async with (
+        replica(tmp_path, "a", fake, redis_server, redis_timeout_seconds=0.3) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server, redis_timeout_seconds=0.3) as (_, port_b, _),
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port_a}{long_stream(160)}") as stream,
+    ):
+        stream_id = stream.headers["Sidecar-Stream-Id"]
+        for _ in range(5):
+            await next_event(stream.content)
+        await redis_server.kill()  # every key is gone
+        await redis_server.start()
+        seen = await stream.read()  # A's own client reads on to the end (~4 s)
+        early = await sse_request(port_b, headers={"Last-Event-ID": f"{stream_id}:2"})
+        whole = await sse_request(port_b, headers={"Last-Event-ID": f"{stream_id}:0"})
+    assert early.status == whole.status == 200
+    assert [e.id for e in whole.events] == [f"{stream_id}:{n}" for n in range(1, 162)]
+    assert whole.events[-1].data.get("done") is True
+    assert whole.payload.endswith(early.payload)
+    assert whole.payload.endswith(seen)  # byte for byte what A's own client got
+    assert fake.state.counters["requests"] == 1
 
 
 async def test_a_reader_elsewhere_left_behind_by_the_buffer_is_ended_never_given_a_gap(

@@ -114,6 +114,38 @@ async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisS
         await store.close()
 
 
+async def test_a_live_stream_redis_lost_is_written_again_whole(redis_server: RedisServer) -> None:
+    """Redis emptied (a restart or a flush) under a live stream: the producer's next
+    liveness refresh finds its key gone and writes every event it keeps again, with the
+    chat naming the stream, ahead of and in order with those written since."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    client = Redis.from_url(redis_server.url)
+    stream_id = "stream-kkkkkkkkkkkkkkkk"
+    try:
+        log = await store.create(stream_id, "o", kind="ui")
+        await store.bind_chat("o", "chat-1", stream_id)
+        fill(log, 3)
+        await settled(store, stream_id, 3)
+        await client.flushall()
+        fill(log, 2, start=4)  # written on top of the emptied Redis
+
+        async def whole() -> bool:
+            info = await store.lookup(stream_id)
+            return info is not None and info.first == 1 and info.last == 5
+
+        await eventually(whole)
+        assert await store.chat_stream("o", "chat-1") == stream_id
+        log.append(event(6))
+        log.finish()
+        log.close()
+        assert await read_all(store, stream_id, 0) == [event(n) for n in range(1, 7)]
+    finally:
+        await client.aclose()
+        await store.close()
+
+
 async def test_a_batch_refused_while_the_log_dropped_its_oldest_resends_what_is_kept(
     redis_server: RedisServer,
 ) -> None:

@@ -23,6 +23,7 @@ import pytest
 
 from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
+from sidecar.stream.redis_store import redis_client
 from tests.support.redis_server import RedisServer
 from tests.support.resume import (
     Reply,
@@ -287,3 +288,35 @@ async def test_a_killed_producer_ends_the_resumed_message_with_an_error_part(
     assert "producer stopped" in resumed.events[-2].data["errorText"]
     assert text_of(resumed).startswith(text_of(first))
     assert again.status == 204  # the lost stream is final now: nothing to resume
+
+
+async def test_a_chat_whose_redis_restarted_empty_resumes_whole_on_another_replica(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Redis restarts with nothing while the producer streams a turn: the producer writes
+    the chat's name and every event it keeps again, so `useChat`'s resume on another
+    replica still gets the whole message, not a 204."""
+    async with (
+        replica(tmp_path, fake, redis_server) as (_, port),
+        sidecar_for(shared(redis_server)) as reader,
+        cutting_proxy(port, after=5) as proxy,
+    ):
+        first = await post(proxy.port, "chat-restart", LONG)
+        await redis_server.kill()  # every key is gone, the chat's name with them
+        await redis_server.start()
+        client = redis_client(redis_server.url, 1.0)
+
+        async def named() -> bool:
+            return bool(await client.keys("sidecar:resume:chat:*"))
+
+        try:
+            await eventually(named)
+        finally:
+            await client.aclose()
+        resumed = await resume_chat(reader.port, "chat-restart")
+    assert resumed.status == 200
+    assert resumed.stream_id == first.stream_id
+    assert kinds(resumed)[:3] == ["start", "start-step", "text-start"]
+    assert kinds(resumed)[-1] == "[DONE]"
+    assert text_of(resumed).startswith(text_of(first))
+    assert fake.state.counters["requests"] == 1

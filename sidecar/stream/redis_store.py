@@ -15,6 +15,8 @@ The producer never waits on Redis per event: `append` queues, and one writer tas
 what queued in pipelined batches every few milliseconds (one round trip per batch). It
 also refreshes the liveness key of every live stream about once a second; a reader on
 another replica that sees no new event and no liveness key knows the producer died.
+A liveness key found missing at a refresh means Redis lost the stream (it restarted
+empty): the producer writes everything it keeps of it again (`_queue_whole`).
 """
 
 from __future__ import annotations
@@ -115,12 +117,14 @@ class _RedisLog(StreamLog):
 
     __slots__ = (
         "_store",
+        "chats",
         "closed",
         "final_queued",
         "origin_sent",
         "queued",
         "queued_from",
         "trimmed",
+        "unsaved",
     )
 
     def __init__(
@@ -142,6 +146,10 @@ class _RedisLog(StreamLog):
         self.trimmed = 0
         self.closed = False
         self.origin_sent = False
+        # The chats naming this stream (`bind_chat`): written again with its events.
+        self.chats: list[str] = []
+        # Redis lost the stream (it restarted empty): everything kept here goes again.
+        self.unsaved = False
 
     def append(self, event: bytes) -> None:
         super().append(event)
@@ -262,8 +270,12 @@ class RedisResumeStore(ResumeStore):
         self._dirty.add(log_)
 
     async def bind_chat(self, owner: str, chat_id: str, stream_id: str) -> None:
+        key = chat_key(owner, chat_id)
+        live = self._live.get(stream_id)
+        if live is not None:  # kept, so a Redis that restarted empty gets it again
+            live.chats.append(key)
         try:
-            await self._redis.set(chat_key(owner, chat_id), stream_id, px=self._ttl_ms)
+            await self._redis.set(key, stream_id, px=self._ttl_ms)
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
 
@@ -321,13 +333,13 @@ class RedisResumeStore(ResumeStore):
             for log_ in dirty:
                 taken.append(
                     (log_, log_.queued, log_.queued_from, log_.final_queued, log_.origin_sent,
-                     log_.trimmed)
+                     log_.trimmed, log_.unsaved)
                 )  # fmt: skip
                 self._queue_log(pipe, log_)
             checked = [log_ for log_ in live if not log_.closed and not log_.final]
             for log_ in checked:
                 _, _, alive, cancel = keys(log_.stream_id)
-                pipe.set(alive, b"1", px=self._alive_ms)
+                pipe.set(alive, b"1", px=self._alive_ms, get=True)  # None: Redis lost it
                 pipe.exists(cancel)
                 await self._count(keys=[readers_key(log_.stream_id)], client=pipe)
             try:
@@ -345,7 +357,13 @@ class RedisResumeStore(ResumeStore):
         # The last 3 replies per checked log are (SET alive, EXISTS cancel, readers).
         start = len(results) - 3 * len(checked)
         for i, log_ in enumerate(checked):
-            _, cancelled, readers = results[start + 3 * i : start + 3 * i + 3]
+            was_alive, cancelled, readers = results[start + 3 * i : start + 3 * i + 3]
+            if was_alive is None:
+                # The liveness key this replica keeps set is gone: Redis restarted empty
+                # (or was flushed). What this replica keeps of the stream goes again with
+                # the next batch, so a resume from before the loss finds its events.
+                log_.unsaved = True
+                self.dirty(log_)
             log_.readers_elsewhere = readers if isinstance(readers, int) else 0
             if cancelled == 1 and log_.on_cancel is not None:
                 log_.on_cancel()
@@ -353,19 +371,22 @@ class RedisResumeStore(ResumeStore):
     def _requeue(self, taken: list[_Taken]) -> None:
         """A batch that did not reach Redis goes out again first, in order (never a gap);
         what the log itself no longer keeps (over max_buffer_bytes) is not kept for it."""
-        for log_, queued, queued_from, final, origin_sent, trimmed in taken:
+        for log_, queued, queued_from, final, origin_sent, trimmed, unsaved in taken:
             gone = min(max(log_.base + 1 - queued_from, 0), len(queued))
             log_.queued = queued[gone:] + log_.queued
             log_.queued_from = queued_from + gone
             log_.final_queued = final or log_.final_queued
             log_.origin_sent = origin_sent
             log_.trimmed = trimmed
+            log_.unsaved = unsaved or log_.unsaved
             if log_.closed:
                 self._live[log_.stream_id] = log_
             self._dirty.add(log_)
 
     def _queue_log(self, pipe: Any, log_: _RedisLog) -> None:
         events, meta, alive, _ = keys(log_.stream_id)
+        if log_.unsaved:
+            self._queue_whole(pipe, log_)
         queued, log_.queued = log_.queued, []
         first, log_.queued_from = log_.queued_from, log_.queued_from + len(queued)
         final, log_.final_queued = log_.final_queued, False
@@ -388,6 +409,35 @@ class RedisResumeStore(ResumeStore):
         if log_.closed:
             pipe.delete(alive)
             self._live.pop(log_.stream_id, None)
+
+    def _queue_whole(self, pipe: Any, log_: _RedisLog) -> None:
+        """Redis lost the stream: every event kept here goes again, ahead of those queued.
+
+        They are written under another key, which then replaces the events' key in one
+        step (`RENAME`): a reader never sees the stream emptied, and events written since
+        Redis came back (newer than those rewritten) are replaced in order, never
+        refused as older than the newest entry. Once per loss, not per event."""
+        log_.unsaved = False
+        events, meta, _, _ = keys(log_.stream_id)
+        if log_.final and not log_.final_queued:
+            pipe.hset(meta, "final", log_.last)
+        else:  # a reader elsewhere that took it for lost while Redis was away was wrong
+            pipe.hdel(meta, "final")
+        sent = log_.queued_from - 1  # events before those queued were sent already
+        kept = list(log_.events)[: max(sent - log_.base, 0)]
+        if kept:
+            healing = events + ":healing"
+            pipe.delete(healing)
+            final = log_.final and not log_.final_queued and sent == log_.last
+            end = len(kept) - 1
+            for i, event in enumerate(kept):
+                fields = {"e": event, "f": b"1"} if final and i == end else {"e": event}
+                pipe.xadd(healing, fields, id=f"0-{log_.base + 1 + i}")
+            pipe.rename(healing, events)
+        log_.trimmed = log_.base
+        log_.origin_sent = False
+        for chat in log_.chats:
+            pipe.set(chat, log_.stream_id, px=self._ttl_ms)
 
     # ------------------------------------------------------------------ reader side
 
@@ -489,7 +539,7 @@ class RedisResumeStore(ResumeStore):
 
 # A batch taken from a log: the log, its events, the first one's number, whether the
 # stream's end was queued, and whether the origin and trimming were sent (for a retry).
-_Taken = tuple[_RedisLog, list[bytes], int, bool, bool, int]
+_Taken = tuple[_RedisLog, list[bytes], int, bool, bool, int, bool]
 
 
 def _refusal(results: list[Any]) -> ResponseError | None:

@@ -240,10 +240,11 @@ async def replica(
     redis: RedisServer,
     claude: dict[str, Any] | None = None,
     cors: dict[str, Any] | None = None,
+    quotas: dict[str, Any] | None = None,
     **resume: Any,
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """A `sidecar run` process using the shared fake Claude and Redis resume store
-    (shutdown grace 1 s): its process, port and config path."""
+    (shutdown grace 1 s): its process, port and config path; `quotas`: its quota policy."""
     config = {
         "server": {"shutdown_grace_seconds": 1},
         "claude": {"base_url": fake.url, "api_key": "sk-sidecar", **(claude or {})},
@@ -252,6 +253,8 @@ async def replica(
     }
     if cors is not None:
         config["cors"] = cors
+    if quotas is not None:
+        config["quotas"] = quotas
     async with sidecar_process(config, tmp_path, name=name) as running:
         port = int(running.url.rsplit(":", 1)[1])
         yield running.process, port, running.config_path
