@@ -258,10 +258,12 @@ class Pipeline:
                         status=204, headers={**ctx.headers, **rejection.headers}
                     )
                 else:
-                    telemetry.rejected(
-                        rejection.reason, route.path, rejection.status, request_id, span
-                    )
                     response = render_rejection(ctx, rejection)
+                    # Counted with the status sent: the prompt and ui routes answer a 529
+                    # (queue full, wait timed out) as 503.
+                    telemetry.rejected(
+                        rejection.reason, route.path, response.status, request_id, span
+                    )
             except Exception:
                 if ctx.response_started:
                     raise

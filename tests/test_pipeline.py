@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import re
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.cache.recording import Recording
 from sidecar.call.run import ClaudeRequest
@@ -192,3 +194,32 @@ async def test_an_upload_a_claude_route_refuses_by_its_length_gets_413_without_1
     assert first.startswith(b"HTTP/1.1 413 "), first
     assert b"Connection: close" in first
     assert b"exceeds 1024 bytes" in body  # in the route's error format
+
+
+async def test_a_rejection_is_counted_with_the_status_its_route_sent(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A full queue is a 529 on Anthropic routes and a 503 on the prompt route; the
+    rejection counter carries the status each client got, not Anthropic's 529 for both."""
+    data = {"claude": {"max_concurrent_streams": 1, "queue": {"max_waiting": 0}}}
+    async with sidecar_for(data) as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url + "/api/stream-response"
+        async with http.get(url, params={"prompt": "[[fake fault=stall]] hold"}) as held:
+            assert held.status == 200
+            async with http.get(url, params={"prompt": "hi"}) as prompt:
+                assert prompt.status == 503
+            hi = [{"role": "user", "content": "hi"}]
+            body = {"model": "claude-sonnet-5-5", "max_tokens": 8, "messages": hi}
+            async with http.post(sidecar.url + "/v1/messages", json=body) as anthropic:
+                assert anthropic.status == 529
+        async with http.get(sidecar.admin_url + "/metrics") as response:
+            scrape = await response.text()
+    statuses = {
+        (sample.labels["http_route"], sample.labels["http_response_status_code"]): sample.value
+        for family in text_string_to_metric_families(scrape)
+        if family.name == "sidecar_rejections"
+        for sample in family.samples
+        if sample.name == "sidecar_rejections_total"
+        and sample.labels["sidecar_rejection_reason"] == "queue_full"
+    }
+    assert statuses == {("/api/stream-response", "503"): 1.0, ("/v1/", "529"): 1.0}
