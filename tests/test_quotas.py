@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 from sidecar.fake_claude import FakeServer
 from sidecar.quotas.stores import Decision, Limits, QuotaStore
 from sidecar.server import SidecarServer
+from tests.support.metrics import counts
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.resume import Reply, cutting_proxy, sse_request
 from tests.support.scripted_claude import Script, claude_config, messages_body, scripted_claude
@@ -696,6 +697,55 @@ async def test_two_sidecar_processes_sharing_redis_enforce_one_combined_limit(
     assert statuses.count(200) + statuses.count(429) == 120
     assert limit <= admitted <= limit + 1 + refill
     assert fake.state.stats()["requests"] == admitted
+
+
+async def test_two_replicas_admit_exactly_the_concurrent_streams_limit_and_count_the_rest(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """20 streams at once, split across two processes, against `concurrent_streams: 5`:
+    slots do not refill with time, so exactly 5 are admitted (one limit, not one per
+    replica), Claude is called 5 times, and each replica counts the refusals it sent."""
+    config = {
+        "claude": {"base_url": fake.url, "api_key": "sk-sidecar", "idle_timeout_seconds": 30},
+        "auth": {"mode": "none"},
+        "telemetry": {"access_log": False},
+        "quotas": {"store": "redis", "redis_url": redis_server.url, "concurrent_streams": 5},
+    }
+    held: list[aiohttp.ClientResponse] = []
+    async with (
+        sidecar_process(config, tmp_path) as first,
+        sidecar_process(config, tmp_path) as second,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+    ):
+        start = asyncio.Event()
+
+        async def client(url: str) -> int:
+            await start.wait()
+            stalled = message("hold [[fake fault=stall]]", stream=True)
+            response = await http.post(url + "/v1/messages", json=stalled)
+            held.append(response)  # an admitted stream stays open, holding its slot
+            return response.status
+
+        urls = (first.url, second.url)
+        tasks = [asyncio.create_task(client(urls[i % 2])) for i in range(20)]
+        start.set()
+        statuses = await asyncio.gather(*tasks)
+        refused = [response for response in held if response.status == 429]
+        bodies = [await response.json() for response in refused]
+        rejections = 0.0
+        for replica in (first, second):
+            async with http.get(replica.admin_url + "/metrics") as response:
+                scrape = await response.text()
+            rejections += counts(scrape, "sidecar_rejections", "sidecar_rejection_reason").get(
+                "quota_concurrency", 0.0
+            )
+        for response in held:
+            response.close()
+    assert (statuses.count(200), statuses.count(429)) == (5, 15)
+    assert fake.state.stats()["requests"] == 5
+    assert {body["error"]["type"] for body in bodies} == {"rate_limit_error"}
+    assert {response.headers["retry-after"] for response in refused} == {"1"}
+    assert rejections == 15
 
 
 async def test_a_live_stream_keeps_its_slot_and_a_killed_replica_loses_it(
