@@ -258,10 +258,11 @@ class Pipeline:
                         status=204, headers={**ctx.headers, **rejection.headers}
                     )
                 else:
-                    telemetry.rejected(
-                        rejection.reason, route.path, rejection.status, request_id, span
-                    )
                     response = render_rejection(ctx, rejection)
+                    # Counted with the status sent (a 529 is a 503 outside the Anthropic family).
+                    telemetry.rejected(
+                        rejection.reason, route.path, response.status, request_id, span
+                    )
             except Exception:
                 if ctx.response_started:
                     raise
