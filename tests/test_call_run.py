@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.call.run import ClaudeRequest
 from sidecar.fake_claude import FakeServer
@@ -61,7 +62,23 @@ async def test_queue_full_and_queue_timeout(sidecar_for: SidecarFactory) -> None
         timed_out = await waiter
         assert timed_out.status == 529
         timed_out.close()
+        async with http.get(sidecar.admin_url + "/metrics") as response:
+            scrape = await response.text()
         holder.close()
+    # Each refusal is counted with the status its client got: the prompt route's 503.
+    counted = {
+        (sample.labels["http_route"], sample.labels["sidecar_rejection_reason"],
+         sample.labels["http_response_status_code"]): sample.value
+        for family in text_string_to_metric_families(scrape)
+        if family.name == "sidecar_rejections"
+        for sample in family.samples
+        if sample.name == "sidecar_rejections_total"
+    }  # fmt: skip
+    assert counted == {
+        ("/v1/", "queue_full", "529"): 1,
+        ("/v1/", "queue_timeout", "529"): 1,
+        ("/api/stream-response", "queue_full", "503"): 1,
+    }
 
 
 @pytest.mark.parametrize(

@@ -322,22 +322,28 @@ def test_other_delta_shapes_are_decoded() -> None:
 async def test_an_event_source_reconnect_is_told_to_stop_not_charged_again(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
+    # The second answer has no content events (no text, thinking or tool use): only its
+    # final event can give the browser an id to reconnect with.
+    prompts = ("hi", "hi [[fake tokens=0]]")
     for resumable in (True, False):
         async with (
             sidecar_for({"resume": {"enabled": resumable}}) as sidecar,
             aiohttp.ClientSession() as http,
         ):
             url = sidecar.url + ROUTE
-            async with http.get(url, params={"prompt": "hi"}) as first:
-                raw = await first.read()
-                assert data_of(raw)[-1]["done"] is True
-            last_id = [line for line in raw.decode().split("\n") if line.startswith("id: ")][-1]
-            # The browser reconnects by itself once the stream closes, with the last id it saw.
-            headers = {"Last-Event-ID": last_id[4:]}
-            async with http.get(url, params={"prompt": "hi"}, headers=headers) as r:
-                assert r.status == 204  # EventSource stops on 204
-                assert r.headers["X-Request-Id"]
-    assert fake.state.counters["requests"] == 2  # one per sidecar: no reconnect re-ran it
+            for prompt in prompts:
+                async with http.get(url, params={"prompt": prompt}) as first:
+                    raw = await first.read()
+                    assert data_of(raw)[-1]["done"] is True
+                ids = [line[4:] for line in raw.decode().split("\n") if line.startswith("id: ")]
+                # The browser reconnects by itself once the stream closes, with the last id
+                # it saw (none: no Last-Event-ID, a new request).
+                headers = {"Last-Event-ID": ids[-1]} if ids else {}
+                async with http.get(url, params={"prompt": prompt}, headers=headers) as r:
+                    assert r.status == 204  # EventSource stops on 204
+                    assert r.headers["X-Request-Id"]
+    # One per prompt per sidecar: no reconnect re-ran it.
+    assert fake.state.counters["requests"] == 2 * len(prompts)
 
 
 @pytest.mark.parametrize(

@@ -1034,9 +1034,10 @@ async def test_a_route_can_turn_resume_off(fake: FakeServer, sidecar_for: Sideca
     config = {"routes": [{"path": ROUTE, "handler": "prompt", "resume": {"enabled": False}}]}
     async with sidecar_for(config) as sidecar:
         reply = await sse_request(sidecar.port, target=SLOW)
-        again = await sse_request(sidecar.port, target=SLOW, headers={"Last-Event-ID": "30"})
+        again = await sse_request(sidecar.port, target=SLOW, headers={"Last-Event-ID": "31"})
     assert "sidecar-stream-id" not in reply.headers
-    assert [e.id for e in reply.events if e.id] == [str(n) for n in range(1, 31)]
+    # 30 tokens and `done`, each numbered.
+    assert [e.id for e in reply.events if e.id] == [str(n) for n in range(1, 32)]
     assert again.status == 204  # a reconnect is told to stop, as before resume existed
     assert fake.state.counters["requests"] == 1
 

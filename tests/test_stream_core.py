@@ -179,7 +179,7 @@ def test_usage_and_timing_are_recorded_as_the_chunks_pass() -> None:
     core.feed(END)
     assert rec.stop_reason == "end_turn"
     assert rec.output_tokens == 3
-    assert core.end(None).startswith(b'data: {"done":true')
+    assert core.end(None).startswith(b'id: 3\ndata: {"done":true')
 
 
 def test_an_outcome_decided_elsewhere_is_kept_and_nothing_more_is_sent() -> None:

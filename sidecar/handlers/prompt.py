@@ -1,7 +1,7 @@
 """The simple streaming endpoint: `POST {"prompt": ...}` or `GET ?prompt=` → SSE tokens.
 
 Event shapes (all on the default `message` event, each with `id: <stream id>:<n>` when
-streams are resumable, else `id: N` on the content events; the translator writes the id
+streams are resumable, else `id: N`; the translator writes the id
 in the same step as the event):
 `{"token": "..."}` per text delta, `{"thinking": "..."}` per thinking delta,
 `{"tool_use": {"id", "name"}}` when a tool call starts and `{"tool_input": "..."}`
@@ -63,7 +63,7 @@ class PromptTranslator(Translator):
 
     A resumable stream's events are numbered from its log (`id: <stream id>:<n>`, the
     final `done` too), written in the same format step as the event; otherwise they are
-    numbered `id: N` here (and `done` has none).
+    numbered `id: N` here (`done` too).
     """
 
     __slots__ = ("_capture", "_log", "_next_id", "_token")
@@ -161,12 +161,9 @@ class PromptTranslator(Translator):
             "cache_creation_input_tokens": record.cache_creation_input_tokens,
             "cache_read_input_tokens": record.cache_read_input_tokens,
         }
-        done = sse.encode({"done": True, "usage": usage, "stop_reason": record.stop_reason})
-        log = self._log
-        if log is None:
-            return done
-        n = log.numbered = log.numbered + 1
-        return b"%b%d\n" % (log.id_prefix, n) + done
+        # Numbered like every event: an answer with no content events (nothing but `done`)
+        # still gives a reconnecting `EventSource` a `Last-Event-ID`, so it is not re-run.
+        return self._event({"done": True, "usage": usage, "stop_reason": record.stop_reason})
 
 
 _NAMED: Final = 5  # unknown fields named in a refusal; the client chose them all
