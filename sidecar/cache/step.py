@@ -5,9 +5,9 @@ identical request in flight to follow (HIT, coalesced), or a call to Claude (MIS
 recorded for the cache unless `Cache-Control: no-store`; BYPASS when the request is
 sampled and the route does not cache those, or `no-cache` asked for a fresh answer,
 which then refreshes the entry). `X-Cache` says so on an answer the cache gave (HIT) or
-on the answer of the call it let through (MISS, BYPASS), never on a refusal. A store that fails is skipped (counted), never the
-request. `serve` answers a hit: a request for the quotas, no tokens unless
-`cache.charge_hits`, replayed through the stream core.
+on the answer of the call it let through (MISS, BYPASS), never on a refusal. A store
+that fails is skipped (counted), never the request. `serve` answers a hit: a request for
+the quotas, no tokens unless `cache.charge_hits`, replayed through the stream core.
 """
 
 from __future__ import annotations
