@@ -1008,3 +1008,45 @@ def test_manifests_validate_on_every_supported_kubernetes(chart: Any, version: s
         for doc in render(chart, values):
             if doc["apiVersion"] != "monitoring.coreos.com/v1":
                 kubernetes_validate.validate(doc, version, strict=True)
+
+
+# --------------------------------------------------------------------------- disruption budget
+
+REDIS_STORES = REDIS_QUOTAS + "resume: {enabled: false}\n"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"podDisruptionBudget": {"enabled": True}},  # minAvailable 1 of the default 1 replica
+        {"replicaCount": 2, "config": REDIS_STORES,
+         "podDisruptionBudget": {"enabled": True, "minAvailable": 2}},
+        {"replicaCount": 2, "config": REDIS_STORES,
+         "podDisruptionBudget": {"enabled": True, "minAvailable": "100%"}},
+        {"replicaCount": 3, "config": REDIS_STORES,
+         "podDisruptionBudget": {"enabled": True, "maxUnavailable": 0}},
+        {"config": REDIS_STORES, "autoscaling": {"enabled": True, "minReplicas": 1},
+         "podDisruptionBudget": {"enabled": True}},
+    ],
+)  # fmt: skip
+def test_a_budget_that_allows_no_eviction_fails_the_render(
+    chart: Any, values: dict[str, Any]
+) -> None:
+    """Such a budget makes every node drain wait forever for this Deployment."""
+    with pytest.raises(helm.HelmRenderError, match=r"podDisruptionBudget.*no pod could be evicted"):
+        chart.render(values, name="shop")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicaCount": 2, "config": REDIS_STORES, "podDisruptionBudget": {"enabled": True}},
+        {"replicaCount": 2, "config": REDIS_STORES,
+         "podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}},
+        {"podDisruptionBudget": {"enabled": True, "maxUnavailable": 1}},
+        {"config": REDIS_STORES, "autoscaling": {"enabled": True},  # minReplicas 2
+         "podDisruptionBudget": {"enabled": True}},
+    ],
+)  # fmt: skip
+def test_a_budget_that_allows_an_eviction_renders(chart: Any, values: dict[str, Any]) -> None:
+    validate_kubernetes(one(render(chart, values), "PodDisruptionBudget"))
