@@ -1050,3 +1050,19 @@ def test_a_budget_that_allows_no_eviction_fails_the_render(
 )  # fmt: skip
 def test_a_budget_that_allows_an_eviction_renders(chart: Any, values: dict[str, Any]) -> None:
     validate_kubernetes(one(render(chart, values), "PodDisruptionBudget"))
+
+
+def test_a_tls_listener_is_reached_over_https(chart: Any) -> None:
+    values = {"config": TLS_CONFIG, **FILE_VOLUMES}
+    # The Service port is named for its protocol (meshes read the name as the protocol).
+    (port,) = one(render(chart, values), "Service")["spec"]["ports"]
+    assert (port["name"], port["targetPort"]) == ("https", "sidecar-http")
+    (plain,) = one(render(chart), "Service")["spec"]["ports"]
+    assert plain["name"] == "http"
+    text = notes(chart, values)
+    assert '"https://127.0.0.1:8080/api/stream-response' in text
+    assert "From inside the cluster: https://shop-claude-sidecar.shop.svc:80" in text
+    assert "http://127.0.0.1:8080" not in text
+    # The admin port has no TLS.
+    assert "curl http://127.0.0.1:9090/readyz" in text
+    assert "From inside the cluster: http://shop-claude-sidecar" in notes(chart)

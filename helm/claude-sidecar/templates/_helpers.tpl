@@ -140,6 +140,12 @@ the cache off (a route cannot turn resume on when the top level turned it off).
 {{- end }}
 {{- end }}
 
+{{/* The traffic port's scheme: server.tls covers it (the admin port stays plain HTTP). */}}
+{{- define "claude-sidecar.scheme" -}}
+{{- $server := (include "claude-sidecar.parsedConfig" . | fromYaml).server | default dict }}
+{{- ternary "https" "http" (hasKey (get $server "tls" | default dict) "cert_file") }}
+{{- end }}
+
 {{- define "claude-sidecar.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
