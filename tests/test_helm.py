@@ -202,9 +202,15 @@ def test_every_gate_on_renders_valid_manifests(chart: Any) -> None:
         validate_kubernetes(doc)
 
 
-def test_deployment_disabled_renders_only_the_configmap(chart: Any) -> None:
+def test_deployment_disabled_renders_only_the_configmap_and_alerts(chart: Any) -> None:
     every_gate = production_values() | {"deployment": {"enabled": False}}
-    assert kinds(render(chart, every_gate)) == ["ConfigMap"]
+    # The alerts select series by job and namespace, not this chart's pods: an injected
+    # sidecar gets them too. Everything else needs the chart's own Deployment.
+    docs = render(chart, every_gate)
+    assert kinds(docs) == ["ConfigMap", "PrometheusRule"]
+    jsonschema.validate(one(docs, "PrometheusRule"), PROMETHEUS_RULE_SCHEMA)
+    assert kinds(render(chart, {"deployment": {"enabled": False}})) == ["ConfigMap"]
+    assert "and PrometheusRule shop-claude-sidecar." in notes(chart, every_gate)
     assert "Injection mode" in notes(chart, {"deployment": {"enabled": False}})
 
 
@@ -922,3 +928,141 @@ def test_resource_attribute_values_reach_the_sdk_intact(
     attributes = OTELResourceDetector().detect().attributes
     for key, expected in odd.items():
         assert attributes[key] == expected
+
+
+# --------------------------------------------------------------------------- config vs. pod env
+
+SERVER = 'server: {listen: "0.0.0.0:8080", admin_listen: "0.0.0.0:9090"}\n'
+EXISTING = {"existingSecret": "shop-keys"}
+
+
+@pytest.mark.parametrize(
+    "claude",
+    [
+        'claude: {base_url: "https://api.anthropic.com"}\n',
+        'claude: {base_url: "https://api.anthropic.com", api_key: ""}\n',
+        'claude: {base_url: "https://api.anthropic.com", api_key: "  "}\n',
+    ],
+)
+def test_a_real_claude_without_its_api_key_fails_the_render(chart: Any, claude: str) -> None:
+    """`sidecar check` refuses it: the pod would only crash-loop on the config error."""
+    with pytest.raises(helm.HelmRenderError, match=r"claude\.api_key.*ANTHROPIC_API_KEY"):
+        chart.render({"config": SERVER + claude, "secrets": EXISTING}, name="shop")
+
+
+@pytest.mark.parametrize(
+    ("config", "values"),
+    [
+        # A name secrets.env does not map: the Secret has it, the container never gets it.
+        ('claude: {base_url: "https://api.anthropic.com", api_key: "${CLAUDE_KEY}"}\n', {}),
+        (REAL_CLAUDE + 'quotas: {store: redis, redis_url: "${QUOTA_REDIS}"}\n', {}),
+        # A builtin:fake config reading a var no env gives.
+        ('auth: {mode: required, jwt: {secret: "${SIGNING_KEY}"}}\n', {}),
+    ],
+)
+def test_a_config_var_the_sidecar_container_lacks_fails_the_render(
+    chart: Any, config: str, values: dict[str, Any]
+) -> None:
+    name = re.findall(r"\$\{([A-Z_]+)\}", config)[-1]
+    with pytest.raises(helm.HelmRenderError, match=re.escape(f"${{{name}}}") + ".*secrets.env"):
+        chart.render({"config": SERVER + config, "secrets": EXISTING} | values, name="shop")
+
+
+def test_config_vars_given_by_env_defaults_or_escapes_render(
+    chart: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = SERVER + (
+        'claude: {base_url: "https://api.anthropic.com", api_key: "${CLAUDE_KEY}"}\n'
+        'auth: {mode: required, jwt: {secret: "${SIGNING_KEY}"}}\n'
+        'screening: {deny_patterns: ["$${jndi:", "${NOT_SET:-x}"]}\n'
+        "# ${ONLY_IN_A_COMMENT}\n"
+    )
+    values = {
+        "config": config,
+        "secrets": {"existingSecret": "shop-keys",
+                    "env": [{"name": "CLAUDE_KEY", "key": "anthropic-api-key"}]},
+        "env": [{"name": "SIGNING_KEY", "valueFrom": {"secretKeyRef": {"name": "jwt",
+                                                                         "key": "k"}}}],
+    }  # fmt: skip
+    docs = render(chart, values)
+    container = sidecar_container(pod_spec(docs))
+    # The config the pod mounts passes `sidecar check` with exactly the env it is given.
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(config_text(docs))
+    for entry in container["env"]:
+        monkeypatch.setenv(entry["name"], entry.get("value", "s" * 32))
+    assert cli.main(["check", "-c", str(path)]) == 0
+
+
+# Every Kubernetes version the chart supports (Chart.yaml kubeVersion >= 1.25; the native
+# sidecar from 1.29) and the newest schemas bundled.
+SUPPORTED = [f"1.{minor}.0" for minor in range(25, 38)]
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_manifests_validate_on_every_supported_kubernetes(chart: Any, version: str) -> None:
+    gates = production_values()
+    if int(version.split(".")[1]) < 29:
+        gates["nativeSidecar"] = False
+    for values in (None, gates):
+        for doc in render(chart, values):
+            if doc["apiVersion"] != "monitoring.coreos.com/v1":
+                kubernetes_validate.validate(doc, version, strict=True)
+
+
+# --------------------------------------------------------------------------- disruption budget
+
+REDIS_STORES = REDIS_QUOTAS + "resume: {enabled: false}\n"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"podDisruptionBudget": {"enabled": True}},  # minAvailable 1 of the default 1 replica
+        {"replicaCount": 2, "config": REDIS_STORES,
+         "podDisruptionBudget": {"enabled": True, "minAvailable": 2}},
+        {"replicaCount": 2, "config": REDIS_STORES,
+         "podDisruptionBudget": {"enabled": True, "minAvailable": "100%"}},
+        {"replicaCount": 3, "config": REDIS_STORES,
+         "podDisruptionBudget": {"enabled": True, "maxUnavailable": 0}},
+        {"config": REDIS_STORES, "autoscaling": {"enabled": True, "minReplicas": 1},
+         "podDisruptionBudget": {"enabled": True}},
+    ],
+)  # fmt: skip
+def test_a_budget_that_allows_no_eviction_fails_the_render(
+    chart: Any, values: dict[str, Any]
+) -> None:
+    """Such a budget makes every node drain wait forever for this Deployment."""
+    with pytest.raises(helm.HelmRenderError, match=r"podDisruptionBudget.*no pod could be evicted"):
+        chart.render(values, name="shop")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicaCount": 2, "config": REDIS_STORES, "podDisruptionBudget": {"enabled": True}},
+        {"replicaCount": 2, "config": REDIS_STORES,
+         "podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}},
+        {"podDisruptionBudget": {"enabled": True, "maxUnavailable": 1}},
+        {"config": REDIS_STORES, "autoscaling": {"enabled": True},  # minReplicas 2
+         "podDisruptionBudget": {"enabled": True}},
+    ],
+)  # fmt: skip
+def test_a_budget_that_allows_an_eviction_renders(chart: Any, values: dict[str, Any]) -> None:
+    validate_kubernetes(one(render(chart, values), "PodDisruptionBudget"))
+
+
+def test_a_tls_listener_is_reached_over_https(chart: Any) -> None:
+    values = {"config": TLS_CONFIG, **FILE_VOLUMES}
+    # The Service port is named for its protocol (meshes read the name as the protocol).
+    (port,) = one(render(chart, values), "Service")["spec"]["ports"]
+    assert (port["name"], port["targetPort"]) == ("https", "sidecar-http")
+    (plain,) = one(render(chart), "Service")["spec"]["ports"]
+    assert plain["name"] == "http"
+    text = notes(chart, values)
+    assert '"https://127.0.0.1:8080/api/stream-response' in text
+    assert "From inside the cluster: https://shop-claude-sidecar.shop.svc:80" in text
+    assert "http://127.0.0.1:8080" not in text
+    # The admin port has no TLS.
+    assert "curl http://127.0.0.1:9090/readyz" in text
+    assert "From inside the cluster: http://shop-claude-sidecar" in notes(chart)

@@ -85,6 +85,32 @@ create, secrets.data must hold every required key.
 {{- end }}
 
 {{/*
+Fail on what `sidecar check` would refuse in the env the pod gets, so the pod does not
+crash-loop on it: real Claude without claude.api_key, and a ${VAR} (no :-default) that no
+env entry of the sidecar container provides (secrets.env maps only the names it lists).
+Read from the parsed config, so a ${VAR} in a YAML comment does not count; $$ is a literal $.
+*/}}
+{{- define "claude-sidecar.checkConfigEnv" -}}
+{{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
+{{- $claude := $config.claude | default dict }}
+{{- $baseUrl := (get $claude "base_url") | default "builtin:fake" }}
+{{- if and (ne $baseUrl "builtin:fake") (not (trim (toString ((get $claude "api_key") | default "")))) }}
+{{- fail (printf "config claude.api_key is needed when claude.base_url is %q (not builtin:fake): write api_key: \"${ANTHROPIC_API_KEY}\" (mapped from the Secret in secrets.env); the sidecar would refuse the config and the pod crash-loop" $baseUrl) }}
+{{- end }}
+{{- $names := dict }}
+{{- range include "claude-sidecar.env" . | fromYamlArray }}
+{{- $_ := set $names (toString .name) true }}
+{{- end }}
+{{- $text := include "claude-sidecar.parsedConfig" . | replace "$$" "" }}
+{{- range regexFindAll "\\$\\{[A-Za-z_][A-Za-z0-9_]*\\}" $text -1 }}
+{{- $name := trimSuffix "}" (trimPrefix "${" .) }}
+{{- if not (hasKey $names $name) }}
+{{- fail (printf "config reads %s, but the sidecar container has no env %s: map it from the Secret in secrets.env ({name: %s, key: ...}), or add it to env" . $name $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Fail when more than one pod would run with a store that lives in each pod's memory:
 quotas would multiply and reconnects or cache hits depend on the pod a request lands on.
 Sections left out take the sidecar's defaults: quotas and resume in memory (resume on),
@@ -112,6 +138,12 @@ the cache off (a route cannot turn resume on when the top level turned it off).
 {{- fail (printf "more than one replica with %s memory: each pod would count and buffer on its own. Set store: redis for each, or replicaCount: 1, or allowMemoryStoresWithReplicas: true" (join ", " $memory)) }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* The traffic port's scheme: server.tls covers it (the admin port stays plain HTTP). */}}
+{{- define "claude-sidecar.scheme" -}}
+{{- $server := (include "claude-sidecar.parsedConfig" . | fromYaml).server | default dict }}
+{{- ternary "https" "http" (hasKey (get $server "tls" | default dict) "cert_file") }}
 {{- end }}
 
 {{- define "claude-sidecar.image" -}}

@@ -107,6 +107,7 @@ httpGet:
 {{- include "claude-sidecar.checkListeners" . }}
 {{- include "claude-sidecar.checkNoSecretsInConfig" . }}
 {{- include "claude-sidecar.checkSecrets" . }}
+{{- include "claude-sidecar.checkConfigEnv" . }}
 {{- include "claude-sidecar.checkKubeVersion" . }}
 {{- include "claude-sidecar.checkFiles" . -}}
 - name: claude-sidecar
