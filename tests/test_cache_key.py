@@ -54,6 +54,18 @@ def test_every_answer_changing_field_changes_the_key(field: str, value: Any) -> 
     assert _key({**BODY, field: value}) != _key(BODY)
 
 
+def test_spellings_of_one_number_and_one_beta_list_are_one_key() -> None:
+    deep: Any = [[{"x": 1.0, "y": [2.5, 3.0]}]]
+    assert _key({**BODY, "temperature": 0.0, "tools": deep}) == _key(
+        {**BODY, "tools": [[{"x": 1, "y": [2.5, 3]}]]}
+    )
+    assert _key({**BODY, "temperature": 0.5}) != _key(BODY)
+    assert _key(BODY, {"anthropic-beta": "a, b"}) == _key(BODY, {"anthropic-beta": "b,a,a"})
+    assert _key(BODY, {"anthropic-beta": "a"}) != _key(BODY, {"anthropic-beta": "a,b"})
+    assert deep == [[{"x": 1.0, "y": [2.5, 3.0]}]]  # the request itself is left as it was
+    assert isinstance(deep[0][0]["x"], float)
+
+
 def test_metadata_does_not_change_the_key() -> None:
     assert _key({**BODY, "metadata": {"user_id": "u-1"}}) == _key(BODY)
 

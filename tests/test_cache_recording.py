@@ -128,6 +128,42 @@ async def test_ten_identical_concurrent_requests_make_one_claude_call(
     assert all([link.context for link in span.links] == [call] for span in followers)
 
 
+_SLOW = "[[fake tokens=30 tps=100]] together"
+_UI_TURN = {"id": "chat-1", "trigger": "submit-message", "messages": [
+    {"id": "u1", "role": "user", "parts": [{"type": "text", "text": _SLOW}]}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", asking(_SLOW, stream=False)),
+        ("/api/stream-response", {"prompt": _SLOW}),
+        ("/api/chat", _UI_TURN),
+    ],
+    ids=["anthropic-message", "prompt", "ui"],
+)
+async def test_every_route_kind_coalesces_ten_identical_requests_into_one_call(
+    fake: FakeServer, sidecar_for: SidecarFactory, path: str, body: dict[str, object]
+) -> None:
+    """Non-streaming answers and the prompt and ui routes' own streams coalesce as the
+    Anthropic stream does: one Claude call, ten identical answers (the data; a resumable
+    first caller's events also carry its stream id)."""
+
+    async def ask(http: aiohttp.ClientSession) -> tuple[int, str | None, list[str]]:
+        async with http.post(s.url + path, json=body) as response:
+            lines = (await response.read()).decode().splitlines()
+            data = [line for line in lines if not line.startswith("id:")]
+            return response.status, response.headers.get("X-Cache"), data
+
+    async with sidecar_for(cached(include_sampled=True)) as s, aiohttp.ClientSession() as http:
+        results = await asyncio.gather(*(ask(http) for _ in range(10)))
+    assert fake.state.counters["requests"] == 1
+    assert sorted((status, str(cache)) for status, cache, _ in results) == [(200, "HIT")] * 9 + [
+        (200, "MISS")
+    ]
+    assert len({tuple(data) for _, _, data in results}) == 1
+
+
 async def test_followers_of_a_call_refused_before_answering_call_claude_themselves(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

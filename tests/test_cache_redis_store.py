@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from sidecar.cache.redis_store import PREFIX, RedisCacheStore
 from sidecar.cache.stores import CacheStoreError
 from sidecar.fake_claude import FakeServer
-from tests.support.cache import BODY, asking, on_redis, post
+from tests.support.cache import BODY, asking, on_redis, post, post_at_once
 from tests.support.otel import make_otel
 from tests.support.redis_server import RedisServer
 from tests.support.sidecars import SidecarFactory
@@ -97,6 +97,26 @@ async def test_redis_down_skips_the_cache_and_claude_answers(
     assert fake.state.counters["requests"] == 4
     skipped = otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"})
     assert skipped >= 3  # two lookups that could not read, one entry that could not be written
+
+
+async def test_identical_requests_coalesce_while_redis_is_down(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """Coalescing needs no store: with Redis down, ten identical concurrent requests still
+    make one Claude call (each lookup counted `skipped`; the answer is not written)."""
+    otel = make_otel()
+    async with sidecar_for(on_redis(redis_server), telemetry=otel.telemetry) as s:
+        await redis_server.kill()
+        results = await post_at_once(s.url, asking("[[fake tokens=30 tps=100]] down"), 10)
+        assert s.runtime.cache is not None
+        await s.runtime.cache.settled()
+    assert fake.state.counters["requests"] == 1
+    assert sorted(str(cache) for _, cache, _ in results) == ["HIT"] * 9 + ["MISS"]
+    assert len({raw for _, _, raw in results}) == 1
+    assert b"event: message_stop" in results[0][2]
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "miss"}) == 0
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"}) >= 1
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "stored"}) == 0
 
 
 async def test_a_stalled_redis_is_a_store_error_within_the_timeout_then_recovers(

@@ -51,6 +51,29 @@ async def test_a_repeated_stream_is_replayed_byte_for_byte_with_one_claude_call(
     assert fake.state.counters["requests"] == 1
 
 
+async def test_spellings_of_one_request_share_its_entry(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Key order, whitespace, `0` / `0.0` / `0e0` (JavaScript and the Python SDK write a
+    zero temperature differently) and `anthropic-beta` spelled in another order are one
+    request to Claude: one call, then hits."""
+    spellings = [
+        (json.dumps(BODY), "b1,b2"),
+        (json.dumps({**BODY, "temperature": 0.0}, indent=2), "b2, b1"),
+        (json.dumps(dict(reversed(BODY.items()))).replace('"temperature": 0', '"temperature": 0e0'),
+         "b1, b2, b1"),
+    ]  # fmt: skip
+    async with sidecar_for(cached()) as s, aiohttp.ClientSession() as http:
+        seen = []
+        for raw, betas in spellings:
+            headers = {"Content-Type": "application/json", "anthropic-beta": betas}
+            async with http.post(s.url + "/v1/messages", data=raw, headers=headers) as response:
+                seen.append((response.status, response.headers.get("X-Cache")))
+                await response.read()
+    assert seen == [(200, "MISS"), (200, "HIT"), (200, "HIT")]
+    assert fake.state.counters["requests"] == 1
+
+
 async def test_the_python_sdk_sees_a_replay_as_the_original_stream(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -10,6 +10,11 @@ select API behaviour. Every other body field — model,
 system, messages, tools, tool_choice, max_tokens, temperature, top_p, top_k,
 stop_sequences, thinking, stream, and fields added to the API later — is part of it.
 The scope part makes entries private to a tenant (default), a user, or shared (global).
+
+Spellings of one request are one key: key order and whitespace (the body is parsed), a
+number written `0`, `0.0` or `0e0` (one number to Claude: the Python SDK sends
+`temperature=0.0` as `0.0`, JavaScript's `JSON.stringify` as `0`), and `anthropic-beta`
+features in any order, spacing or repetition.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from sidecar.header_lists import header_value
 from sidecar.identity import Identity
 
 _IGNORED: Final = frozenset({"metadata"})  # the caller's own tags: never answer-changing
-_HEADERS: Final = ("anthropic-version", "anthropic-beta")
 Scope = Literal["tenant", "user", "global"]
 
 
@@ -59,8 +63,12 @@ def cache_key(
     (`/v1/messages?beta=true` is another request than `/v1/messages`); `upstream` is
     Claude's base URL.
     """
-    request = {name: value for name, value in body.items() if name not in _IGNORED}
-    sent = [header_value(headers, name) or "" for name in _HEADERS]
+    request = _numbers_as_read(
+        {name: value for name, value in body.items() if name not in _IGNORED}
+    )
+    version = (header_value(headers, "anthropic-version") or "").strip()
+    betas = {beta.strip() for beta in (header_value(headers, "anthropic-beta") or "").split(",")}
+    sent = [version, ",".join(sorted(betas - {""}))]
     canonical = json.dumps(
         [kind, scope, upstream, target, sent, request],
         sort_keys=True,
@@ -68,6 +76,27 @@ def cache_key(
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _numbers_as_read(request: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `request` with every whole float as an int (`0.0` → `0`): JSON has one
+    number type, Python's parser two. Iterative: a body may nest as deep as the parser
+    allowed, at a stack depth the request already uses."""
+    root: dict[str, Any] = dict(request)
+    todo: list[tuple[Any, Any]] = [(root, name) for name in root]
+    while todo:
+        container, at = todo.pop()
+        value = container[at]
+        if isinstance(value, float):
+            if value.is_integer():  # False for inf and nan, which the parser refuses anyway
+                container[at] = int(value)
+        elif isinstance(value, dict):
+            container[at] = value = dict(value)
+            todo.extend((value, name) for name in value)
+        elif isinstance(value, list):
+            container[at] = value = list(value)
+            todo.extend((value, index) for index in range(len(value)))
+    return root
 
 
 def sampled(body: Mapping[str, Any]) -> bool:

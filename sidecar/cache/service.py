@@ -31,14 +31,21 @@ class ResponseCache:
         if self._count is not None:
             self._count(result)
 
-    def record(self, key: str, stream: bool, ttl: float) -> Recording:
-        """A recording for a miss on `key`, followed by identical requests until it ends."""
-        recording = Recording(stream, on_end=lambda done: self._ended(key, ttl, done))
+    def record(self, key: str, stream: bool, ttl: float, *, keep: bool = True) -> Recording:
+        """A recording for a miss on `key`, followed by identical requests until it ends.
+
+        `keep=False` (the store failed on its lookup, counted `skipped` there): followed
+        only, never written, so the outage costs no write per request and is counted once.
+        """
+        recording = Recording(stream, on_end=lambda done: self._ended(key, ttl, done, keep))
         self.inflight[key] = recording
         return recording
 
-    def _ended(self, key: str, ttl: float, recording: Recording) -> None:
+    def _ended(self, key: str, ttl: float, recording: Recording, keep: bool) -> None:
         entry = recording.entry
+        if not keep:
+            self._landed(key, recording)
+            return
         if entry is None:
             self._landed(key, recording)
             self.count("skipped")  # errors, cut-off, cancelled or abandoned: never stored

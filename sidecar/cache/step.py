@@ -4,10 +4,11 @@
 identical request in flight to follow (HIT, coalesced), or a call to Claude (MISS,
 recorded for the cache unless `Cache-Control: no-store`; BYPASS when the request is
 sampled and the route does not cache those, or `no-cache` asked for a fresh answer,
-which then refreshes the entry). `X-Cache` says so on an answer the cache gave (HIT) or
-on the answer of the call it let through (MISS, BYPASS), never on a refusal. A store
-that fails is skipped (counted), never the request. `serve` answers a hit: a request for
-the quotas, no tokens unless `cache.charge_hits`, replayed through the stream core.
+which then refreshes the entry). A store that fails is skipped (counted), never the
+request nor coalescing. `X-Cache` says so on an answer the cache gave (HIT) or on the
+answer of the call it let through (MISS, BYPASS), never on a refusal. `serve` answers a
+hit: a request for the quotas, no tokens unless `cache.charge_hits`, replayed through
+the stream core.
 """
 
 from __future__ import annotations
@@ -153,16 +154,21 @@ async def lookup(
     key = cache_key(
         ctx.route.handler, body, attempt.headers, scope, attempt.path, runtime.claude.identity
     )
+    store_up = True  # False once its lookup failed: followed, not written
     if not fresh:
+        result: str | None = "miss"
         flight = cache.inflight.get(key)
         if flight is None:
             try:
                 stored = await cache.store.get(key)
             except CacheStoreError as exc:
+                # Skipped (counted once), never the request; coalescing needs no store:
+                # identical requests still follow this call, whose answer is not written.
                 cache.outage.failed(str(exc), ctx.request_id)
                 cache.count("skipped")
-                return _decided(step, "MISS", None)
-            cache.outage.answered()
+                stored, result, store_up = None, None, False
+            else:
+                cache.outage.answered()
             if stored is not None:
                 try:
                     entry = decode(stored)
@@ -180,11 +186,11 @@ async def lookup(
         if flight is not None and flight.stream == stream:
             step.source = flight
             return step
-        _decided(step, "MISS", "miss")
+        _decided(step, "MISS", result)
     else:
         _decided(step, "BYPASS", "bypass")
     if "no-store" not in wanted:
-        step.tap = cache.record(key, stream, policy.ttl_seconds)
+        step.tap = cache.record(key, stream, policy.ttl_seconds, keep=store_up)
     return step
 
 
