@@ -337,7 +337,10 @@ def validate(data: Any, env: Mapping[str, str] | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(problems + list(_format_errors(exc, data))) from None
+        # A field whose variable is unset was read as "": its type error is that, told already.
+        told = {problem.partition(": ")[0] for problem in problems}
+        found = [p for p in _format_errors(exc, data) if p.partition(": ")[0] not in told]
+        raise ConfigError(problems + found) from None
     if problems:
         raise ConfigError(problems)
     route_policies(config)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sidecar import loader
 from sidecar.config import Config, TelemetryConfig, TLSConfig
+from sidecar.config.server import load_certificate
 from sidecar.readiness import unready_checks
 from sidecar.runtime import RuntimeHolder
 
@@ -68,13 +69,8 @@ def keep_restart_only(running: Config, loaded: Config) -> tuple[Config, list[str
 
 def load_tls(context: ssl.SSLContext, tls: TLSConfig) -> str | None:
     """Load the certificate and key into `context`; why they cannot serve, or None."""
-    if tls.cert_file is None or tls.key_file is None:
-        return None
-    try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        return f"server.tls: cannot load cert_file/key_file: {exc}"
-    return None
+    problem = load_certificate(context, tls)
+    return None if problem is None else f"server.tls: {problem}"
 
 
 def tls_problem(tls: TLSConfig) -> str | None:

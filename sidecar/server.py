@@ -27,6 +27,7 @@ from aiohttp import web
 from sidecar.admin import build_admin_app
 from sidecar.app import build_traffic
 from sidecar.config import Config, redact_url, split_host_port
+from sidecar.config.server import load_certificate
 from sidecar.listener import TrafficRunner, TrafficServerRunner
 from sidecar.pipeline import UNMATCHED
 from sidecar.reload import Reloader
@@ -51,7 +52,9 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert_file, tls.key_file)
+    problem = load_certificate(context, tls)
+    if problem is not None:  # validated at load: only a file changed since can get here
+        raise ssl.SSLError(problem)
     return context
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 
+from tests.support.certs import write_self_signed
 from tests.support.sidecars import ROOT, sidecar_command
 from tests.support.sockets import free_port
 
@@ -306,3 +309,101 @@ def test_config_errors_do_not_echo_url_passwords(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "app.url" in result.stdout
     assert "url-pass-secret" not in result.stdout + result.stderr
+
+
+def _tls_files(tmp_path: Path, case: str) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_self_signed(cert, key)
+    if case == "not PEM":
+        cert.write_text("not a certificate\n")
+    elif case == "key of another certificate":
+        write_self_signed(tmp_path / "other.pem", key)
+    elif case == "key file is the certificate":
+        key = cert
+    elif case == "encrypted key":  # refused, never a passphrase prompt
+        private = serialization.load_pem_private_key(key.read_bytes(), None)
+        key.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"passphrase"),
+            )
+        )
+    return cert, key
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not PEM", "key of another certificate", "key file is the certificate", "encrypted key"],
+)
+def test_tls_files_that_cannot_serve_are_a_config_problem(tmp_path: Path, case: str) -> None:
+    """`check` reports them as `server.tls: ...` and `run` exits 2 with that one line,
+    before binding: the same refusal as any other bad config, not a listener failure."""
+    cert, key = _tls_files(tmp_path, case)
+    port = free_port()
+    path = tmp_path / "tls.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{free_port()}",
+                        "tls": {"cert_file": str(cert), "key_file": str(key)}}}
+        )
+    )  # fmt: skip
+    checked = sidecar_command("check", "-c", str(path))
+    assert checked.returncode == 2
+    assert checked.stdout.startswith("server.tls: cannot load cert_file/key_file:"), checked.stdout
+    ran = sidecar_command("run", "-c", str(path))
+    assert ran.returncode == 2
+    assert ran.stderr.splitlines() == checked.stdout.splitlines()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # nothing was left bound
+
+
+_URL_KEYS = {
+    "app.url": ({"app": {"url": "{}"}}),
+    "claude.base_url": ({"claude": {"base_url": "{}", "api_key": "sk-test"}}),
+    "auth.jwt.jwks_url": ({"auth": {"mode": "required", "jwt": {"jwks_url": "{}"}}}),
+    "telemetry.otlp_endpoint": ({"telemetry": {"otlp_endpoint": "{}"}}),
+}
+
+
+@pytest.mark.parametrize("key", sorted(_URL_KEYS))
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://[::1/x", "http://:80/"]
+)
+def test_a_url_the_proxy_cannot_parse_is_refused_by_check(
+    tmp_path: Path, key: str, url: str
+) -> None:
+    """Accepted, it would start and answer every request on it with a 500 and a traceback."""
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(_URL_KEYS[key]).replace('"{}"', json.dumps(f"{url}")))
+    result = sidecar_command("check", "-c", str(path))
+    assert result.returncode == 2, result.stdout
+    assert result.stdout.startswith(f"{key}: "), result.stdout
+
+
+def test_run_refuses_an_app_url_with_a_port_out_of_range(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
+        'app: {url: "http://127.0.0.1:99999"}\n'
+    )
+    result = sidecar_command("run", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("app.url: "), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unset_variable_is_one_problem_not_also_its_empty_value(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        'telemetry: {log_format: "${SIDECAR_TEST_UNSET}", log_level: LOUD}\n'
+        'server: {shutdown_grace_seconds: "${SIDECAR_TEST_UNSET}"}\n'
+    )
+    result = sidecar_command("check", "-c", str(path))
+    assert result.returncode == 2
+    assert sorted(result.stdout.splitlines()) == [
+        "server.shutdown_grace_seconds: environment variable SIDECAR_TEST_UNSET is not set",
+        "telemetry.log_format: environment variable SIDECAR_TEST_UNSET is not set",
+        "telemetry.log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
+    ]

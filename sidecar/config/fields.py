@@ -10,6 +10,7 @@ import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from yarl import URL
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\s\[\]]*)):(?P<port>\d{1,5})$")
 
@@ -56,8 +57,19 @@ def redact_url(value: str) -> str:
 
 
 def check_http_url(value: str) -> str:
+    """An http(s) URL the HTTP client can use: parsed as it parses it (yarl), with a host
+    and a port in range. A value it would refuse would start, then fail every request."""
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f"must be an http:// or https:// URL, got {redact_url(value)!r}")
+    try:
+        host = URL(value).host
+    except ValueError:
+        host = None
+    if not host:
+        raise ValueError(
+            f"must be an http:// or https:// URL with a host and a port 0-65535, "
+            f"got {redact_url(value)!r}"
+        )
     return value.rstrip("/")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -30,11 +31,31 @@ class TLSConfig(Section):
         for path in (self.cert_file, self.key_file):
             if path is not None and not path.is_file():
                 raise ValueError(f"file not readable: {path}")
+        # Read as the listener will: a file that is there but unreadable, not PEM, or a key
+        # that does not match the certificate is refused here, not when the port is bound.
+        problem = load_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), self)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property
     def enabled(self) -> bool:
         return self.cert_file is not None
+
+
+def _no_passphrase() -> str:
+    return ""  # an encrypted key is refused, never a passphrase prompt on the terminal
+
+
+def load_certificate(context: ssl.SSLContext, tls: TLSConfig) -> str | None:
+    """Load `tls`'s certificate and key into `context`; why they cannot serve, or None."""
+    if tls.cert_file is None or tls.key_file is None:
+        return None
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_passphrase)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot load cert_file/key_file: {exc}"
+    return None
 
 
 class ServerConfig(Section):
