@@ -133,6 +133,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "screening_attachment": _BAD,
     "screening_rule": Reason(400, "invalid_request_error", "prompt_rejected"),
     "screening_unknown_block": _BAD,
+    "screening_remote_content": Reason(400, "invalid_request_error", "prompt_rejected"),
     # request paths and routing
     "path_invalid": _BAD,
     "path_encoded_separator": _BAD,

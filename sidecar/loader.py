@@ -28,6 +28,7 @@ from sidecar.config import (
     redact_url,
 )
 from sidecar.paths import PathRefused, canonical
+from sidecar.policy.claude_schema import collect_texts
 
 # `$$`, a reference, or a `${` written as one but not one (told, never kept as text: a
 # mistyped `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file
@@ -290,6 +291,7 @@ def route_policies(config: Config) -> list[RoutePolicy]:
     problems: list[str] = []
     policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
     problems.extend(_cache_store_problems(config, policies))
+    problems.extend(_ui_tool_problems(config, policies))
     for index, route in enumerate(config.routes):
         if route.resume is not None and route.resume.enabled and not config.resume.enabled:
             # Off at the top level is off everywhere (no store is opened for it): a route
@@ -324,6 +326,20 @@ def _cache_store_problems(config: Config, policies: list[RoutePolicy]) -> list[s
         if policy.cache.enabled and not config.cache.enabled:
             problems.append(f"routes.{index}.cache.enabled: the cache {missing}")
     return problems
+
+
+def _ui_tool_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
+    """`ui.tools` are the operator's, not screened per call: one that makes Claude fetch
+    content (web search or fetch) contradicts a `ui` route that refuses remote content."""
+    remote = collect_texts({"tools": config.ui.tools}).remote if config.ui.tools else None
+    if remote is None:
+        return []
+    return [
+        f"routes.{index}.screening.remote_content: 'refuse' on a ui route, but ui.tools "
+        f"offers {remote}; remove that tool or allow remote content on this route"
+        for index, (route, policy) in enumerate(zip(config.routes, policies, strict=True))
+        if route.handler == "ui" and policy.screening.remote_content == "refuse"
+    ]
 
 
 def validate(data: Any, env: Mapping[str, str] | None = None) -> Config:

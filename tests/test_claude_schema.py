@@ -9,6 +9,7 @@ refused by screening), so a case that screening ignored could not pass.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -248,3 +249,214 @@ def test_any_json_shape_is_walked_without_error(body: dict[str, Any]) -> None:
     except UnknownBlock:
         return
     assert refused.texts == collected.texts  # nothing unknown: both modes read the same
+
+
+# ------------------------------------------------------------------ remote content
+
+URL = "https://example.com/a.png"
+URL_IMAGE = {"type": "image", "source": {"type": "url", "url": URL}}
+URL_SOURCE = "a url source (Claude fetches it)"
+FILE_SOURCE = "a file source (stored with Anthropic)"
+FILE_ID = "a file_id (a file stored with Anthropic)"
+
+
+def remote_blocks() -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(case id, content block, what the refusal names): a reference to content the request
+    does not hold, in every place a block can carry one."""
+    yield "image url", URL_IMAGE, URL_SOURCE
+    yield "document url", {"type": "document", "source": {"type": "url", "url": URL}}, URL_SOURCE
+    file_source = {"type": "file", "file_id": "file_1"}
+    yield "image file", {"type": "image", "source": file_source}, FILE_SOURCE
+    yield "document file", {"type": "document", "source": file_source}, FILE_SOURCE
+    yield "in tool_result", {"type": "tool_result", "tool_use_id": "t",
+                             "content": [{"type": "text", "text": "hi"}, URL_IMAGE]}, URL_SOURCE  # fmt: skip
+    nested = {"type": "tool_result", "tool_use_id": "t",
+              "content": [{"type": "search_result", "title": "t", "source": "s",
+                           "content": [{"type": "text", "text": "x"}]},
+                          {"type": "document", "source": {"type": "content",
+                                                          "content": [URL_IMAGE]}}]}  # fmt: skip
+    yield "in document content source in tool_result", nested, URL_SOURCE
+    yield (
+        "container_upload",
+        {"type": "container_upload", "file_id": "file_1"},
+        ("a container_upload block (a file stored with Anthropic)"),
+    )
+    search = {
+        "type": "web_search_tool_result",
+        "tool_use_id": "s",
+        "content": [
+            {"type": "web_search_result", "title": "t", "url": URL, "encrypted_content": "E"}
+        ],
+    }
+    yield "web_search_result", search, "a web_search_result block (its page text is encrypted)"
+    yield "unknown block with file_id", {"type": "brand_new", "data": {"file_id": "f"}}, FILE_ID
+    yield "unknown field of a known block", {"type": "text", "text": "hi",
+                                             "attached": {"type": "url", "url": URL}}, URL_SOURCE  # fmt: skip
+
+
+def remote_tops() -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(case id, top-level fields, what the refusal names): remote content by request field."""
+    mcp = [{"type": "url", "url": "https://mcp.example.com/sse", "name": "docs"}]
+    yield "mcp_servers", {"mcp_servers": mcp}, "mcp_servers (remote MCP servers)"
+    for kind in ("web_search_20250305", "web_fetch_20250910", "mcp_toolset"):
+        tools = [{"name": "lookup", "input_schema": {"type": "object"}},
+                 {"type": kind, "name": "remote"}]  # fmt: skip
+        yield f"tools {kind}", {"tools": tools}, f"tool type '{kind}' (Claude fetches its content)"
+    yield (
+        "container",
+        {"container": "container_1"},
+        ("a container (its files and skills are stored with Anthropic)"),
+    )
+    yield "system blocks", {"system": [{"type": "text", "text": "s"},
+                                       {"type": "document", "source": {"type": "url", "url": URL}}]}, (
+        URL_SOURCE
+    )  # fmt: skip
+    yield "field added later", {"new_feature": {"files": [{"file_id": "f"}]}}, FILE_ID
+    yield "message field", {"messages": [{"role": "user", "content": "hi",
+                                          "extra": {"file_id": "f"}}]}, FILE_ID  # fmt: skip
+
+
+LOCAL_BLOCKS: list[dict[str, Any]] = [
+    {"type": "text", "text": "see https://example.com/a.png"},
+    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QUJD"}},
+    {"type": "document", "source": {"type": "text", "data": "d"}, "title": URL},
+    {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "c"}]}},
+    {"type": "tool_use", "id": "t", "name": "get", "input": {"file_id": "f", "type": "url", "url": URL}},
+    {"type": "mcp_tool_use", "id": "m", "name": "q", "server_name": "docs", "input": {}},
+    {"type": "mcp_tool_result", "tool_use_id": "m", "content": [{"type": "text", "text": "r"}]},
+    {"type": "web_fetch_tool_result", "tool_use_id": "w", "content": {
+        "type": "web_fetch_result", "url": URL,
+        "content": {"type": "document", "source": {"type": "text", "data": "page"}}}},
+    {"type": "search_result", "title": "t", "source": URL, "content": [{"type": "text", "text": "x"}]},
+]  # fmt: skip
+LOCAL_TOPS: list[dict[str, Any]] = [
+    {"mcp_servers": []},
+    {"container": None},
+    {"tools": [{"name": "web_fetch", "description": "the app's own", "input_schema": {}},
+               {"type": "bash_20250124", "name": "bash"}, {"type": "custom", "name": "c"}]},
+]  # fmt: skip
+
+
+def _in_message(block: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": [block]}]}
+
+
+@pytest.mark.parametrize(("case", "block", "what"), list(remote_blocks()))
+def test_the_walker_notes_a_remote_reference_anywhere(case: str, block: Any, what: str) -> None:
+    assert collect_texts(_in_message(block)).remote == what, case
+    # In a later message, a tool result's content, the assistant's turn: still found.
+    history = {"messages": [{"role": "user", "content": "hi"},
+                            {"role": "assistant", "content": [block]}]}  # fmt: skip
+    assert collect_texts(history).remote == what, case
+
+
+@pytest.mark.parametrize(("case", "top", "what"), list(remote_tops()))
+def test_the_walker_notes_a_remote_request_field(case: str, top: Any, what: str) -> None:
+    assert collect_texts({"messages": [], **top}).remote == what, case
+
+
+@pytest.mark.parametrize("body", [_in_message(block) for block in LOCAL_BLOCKS] + LOCAL_TOPS)
+def test_content_the_request_holds_is_not_remote(body: dict[str, Any]) -> None:
+    """Inline content (MCP and fetch results included), a URL as text, a client tool's input
+    and a client tool named like a server tool refer to nothing beyond the request."""
+    assert collect_texts(body).remote is None
+
+
+def _refusal(what: str) -> str:
+    return f"{what} is not accepted here: Claude would read content the sidecar cannot screen"
+
+
+REFUSE_REMOTE: dict[str, Any] = {"screening": {"remote_content": "refuse"}}
+
+
+async def _answer(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], gzipped: bool = False
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if gzipped:
+        data, headers["Content-Encoding"] = gzip.compress(data), "gzip"
+    async with http.post(url, data=data, headers=headers) as response:
+        raw = await response.read()
+        return response.status, json.loads(raw) if response.content_type.endswith("json") else raw
+
+
+def _remote_requests() -> Iterator[tuple[str, str, dict[str, Any], str]]:
+    """(case id, path, body, what is refused) for every remote case on every route it fits."""
+    for case, block, what in remote_blocks():
+        for path, body in _bodies([block], {}).items():
+            yield f"{path} {case}", path, body, what
+            if path == "/v1/messages":
+                yield f"count_tokens {case}", path + "/count_tokens", body, what
+    for case, top, what in remote_tops():
+        body = _bodies([{"type": "text", "text": "hi"}], {})["/v1/messages"]
+        if "messages" in top:
+            top = {"messages": [*top["messages"], *body["messages"][1:]]}
+        yield f"/v1/messages {case}", "/v1/messages", {**body, **top}, what
+        if "system" in top:  # the prompt route takes system blocks too
+            prompt_body = _bodies([{"type": "text", "text": "hi"}], top)[PROMPT]
+            yield f"{PROMPT} {case}", PROMPT, prompt_body, what
+
+
+async def test_remote_content_is_refused_on_every_claude_route_when_configured(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """With `remote_content: refuse`, every case is a 400 in the route's format, Claude never
+    called; with the default `allow`, the same requests are sent on as before."""
+    requests = list(_remote_requests())
+    wrong: list[str] = []
+    async with sidecar_for(REFUSE_REMOTE) as sidecar, aiohttp.ClientSession() as http:
+        for case, path, body, what in requests:
+            status, data = await _answer(http, sidecar.url + path, body, gzipped="file" in case)
+            expected: dict[str, Any] = {"error": {"message": _refusal(what)}}
+            if path == PROMPT:
+                expected["error"]["type"] = "prompt_rejected"
+            else:
+                expected["error"]["type"] = "invalid_request_error"
+                expected.update(type="error", request_id=data.get("request_id"))
+            if (status, data) != (400, expected):
+                wrong.append(f"{case}: {status} {data!r}")
+    assert wrong == []
+    assert fake.state.counters["requests"] == 0
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        for case, path, body, _ in requests:
+            status, _data = await _answer(http, sidecar.url + path, body)
+            if status != 200:
+                wrong.append(f"allowed {case}: {status}")
+    assert wrong == []
+    assert len(requests) > 30
+
+
+async def test_a_url_file_on_the_ui_route_is_refused_in_its_format(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """useChat's linked file becomes a `url` source: refused as one, in the ui route's JSON."""
+    part = {"type": "file", "mediaType": "image/png", "url": URL}
+    body = {
+        "id": "c",
+        "trigger": "submit-message",
+        "messages": [
+            {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "look"}, part]}
+        ],
+    }
+    async with sidecar_for(REFUSE_REMOTE) as sidecar, aiohttp.ClientSession() as http:
+        refused = await _answer(http, sidecar.url + "/api/chat", body)
+    assert refused == (400, {"error": {"type": "prompt_rejected", "message": _refusal(URL_SOURCE)}})
+    assert fake.state.counters["requests"] == 0
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        assert (await _answer(http, sidecar.url + "/api/chat", body))[0] == 200
+
+
+async def test_a_route_may_refuse_remote_content_alone(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    routes = {"routes": [
+        {"path": "/strict/v1/", "handler": "anthropic", "screening": {"remote_content": "refuse"}},
+        {"path": "/v1/", "handler": "anthropic"}]}  # fmt: skip
+    body = _bodies([URL_IMAGE], {})["/v1/messages"]
+    async with sidecar_for(routes) as sidecar, aiohttp.ClientSession() as http:
+        strict = await _answer(http, sidecar.url + "/strict/v1/messages", body)
+        plain = await _answer(http, sidecar.url + "/v1/messages", body)
+    assert strict[0] == 400
+    assert plain[0] == 200
+    assert fake.state.counters["requests"] == 1

@@ -343,3 +343,19 @@ def test_a_file_with_no_config_is_an_error_not_the_defaults(tmp_path: Path, text
     ]
     path.write_text("{}\n")
     assert loader.load(path, {}).claude.is_fake
+
+
+def test_a_ui_route_refusing_remote_content_cannot_offer_a_fetching_tool() -> None:
+    """`ui.tools` are the operator's and not screened per call: a web fetch tool there with a
+    ui route that refuses remote content would be refused on every turn, so it is a config
+    error, named at the route; other routes and client tools are fine."""
+    fetch = {"type": "web_fetch_20250910", "name": "web_fetch"}
+    routes = [{"path": "/api/chat", "handler": "ui", "screening": {"remote_content": "refuse"}},
+              {"path": "/v1/", "handler": "anthropic", "screening": {"remote_content": "refuse"}},
+              {"path": "/open/chat", "handler": "ui"}]  # fmt: skip
+    (problem,) = problems_of({"ui": {"tools": [fetch]}, "routes": routes})
+    assert problem.startswith("routes.0.screening.remote_content: 'refuse' on a ui route")
+    assert "tool type 'web_fetch_20250910'" in problem
+    client_tool = {"name": "web_fetch", "input_schema": {"type": "object"}}
+    loader.validate({"ui": {"tools": [client_tool]}, "routes": routes}, {})
+    loader.validate({"ui": {"tools": [fetch]}, "routes": routes[1:]}, {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -11,12 +12,15 @@ import anthropic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.trace import SpanKind
 
 from sidecar import loader
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
 from sidecar.policy import Screener, collect_texts
 from sidecar.policy.screening import may_change_in_normalize, normalize
+from tests.support.logs import LogReader, events
+from tests.support.otel import make_otel
 from tests.support.screening import LAUNCH_CODES, MODEL, PROMPT, SECRET_WORDS
 from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
@@ -376,3 +380,54 @@ async def test_the_prompt_continuing_the_last_user_message_is_caught(
     assert status == 400
     assert data["error"]["message"] == 'prompt matches deny rule "launch-codes"'
     assert fake.state.counters["requests"] == 0
+
+
+async def test_refused_remote_content_is_counted_traced_and_logged_bounded(
+    fake: FakeServer, sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+) -> None:
+    """A `remote_content: refuse` refusal is a rejection like a deny rule's: counted under
+    its own reason, on the server span and in the `request_rejected` line. A client-chosen
+    tool type is named cut to 64 characters, and no URL is ever quoted."""
+    read = log_output(log_format="json")
+    otel = make_otel()
+    url = "https://attacker.example/" + "p" * 5000
+    kind = "web_fetch_" + "x" * 5000
+    bodies = [
+        anthropic_body([{"role": "user", "content": [
+            {"type": "document", "source": {"type": "url", "url": url}}]}]),
+        anthropic_body([{"role": "user", "content": "hi"}],
+                       tools=[{"type": kind, "name": "fetch"}]),
+    ]  # fmt: skip
+    config = {"screening": {"remote_content": "refuse"}}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        answers = [await post(sidecar.url, "/v1/messages", body) for body in bodies]
+    assert [status for status, _ in answers] == [400, 400]
+    messages = [data["error"]["message"] for _, data in answers]
+    assert messages[0].startswith("a url source (Claude fetches it) is not accepted here")
+    assert messages[1].startswith(f"tool type {kind[:64]!r} (Claude fetches its content)")
+    assert all(len(message) < 200 for message in messages)
+    assert fake.state.counters["requests"] == 0
+    reason = {"sidecar.rejection.reason": "screening_remote_content"}
+    assert otel.count("sidecar.rejections", **reason) == 2
+    spans = [span.attributes or {} for span in otel.spans(SpanKind.SERVER)]
+    assert [span.get("sidecar.rejection.reason") for span in spans] == [
+        "screening_remote_content"
+    ] * 2
+    logged = read()
+    lines = [entry for entry in events(logged) if entry.get("event") == "request_rejected"]
+    assert [(line["reason"], line["status"]) for line in lines] == [
+        ("screening_remote_content", 400)
+    ] * 2
+    assert "attacker.example" not in logged
+    assert "x" * 65 not in logged
+
+
+def test_remote_content_is_allowed_by_default_and_refused_by_config() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}],
+            "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "m"}]}  # fmt: skip
+    assert _screener().screen_request(body).texts  # read, not refused
+    with pytest.raises(Rejection) as refused:
+        _screener(remote_content="refuse").screen_request(body)
+    assert (refused.value.status, refused.value.reason, refused.value.short_type) == (
+        400, "screening_remote_content", "prompt_rejected"
+    )  # fmt: skip

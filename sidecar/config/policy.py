@@ -141,6 +141,9 @@ class ScreeningConfig(Section):
     normalize: bool = False
     # A content block type screening does not know: screen every string in it, or refuse.
     unknown_blocks: Literal["screen", "refuse"] = "screen"
+    # Content Claude reads that the request does not hold (a url or file source, remote MCP
+    # servers, the web search/fetch tools, a container): let it through unscreened, or refuse.
+    remote_content: Literal["allow", "refuse"] = "allow"
 
     @field_validator("deny_patterns", mode="before")
     @classmethod

@@ -11,6 +11,12 @@ one the table missed, is screened before it is understood); only the fields mark
 fields every block may carry (`COMMON_FIELDS`: its type, ids, cache control) are
 skipped. The tests build one case per field of these tables, so a type added here is
 tested without writing a new case.
+
+Some of what Claude reads is not in the request at all: Claude fetches it itself (a `url`
+source, a remote MCP server, the web search and fetch tools), or it is stored on Anthropic's
+side (a `file` source, a container's files and skills, a web search result's encrypted page
+text). The walker notes the first such reference it meets (`Collected.remote`, a bounded
+description) wherever it sits, so `screening.remote_content: refuse` can refuse the request.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from typing import Any, Final, Literal
 #   source      a document/image source, read by SOURCE_FIELDS
 #   attachment  base64 data: counted as attachment bytes, not screened
 #   opaque      not text a client writes for Claude (a signature, an encrypted blob, an id)
-Kind = Literal["text", "blocks", "strings", "source", "attachment", "opaque"]
+#   unknown     a field or block the tables do not know: read as `strings`, and any object in
+#               it shaped like a remote reference (`file_id`, a `url` source) is noted
+Kind = Literal["text", "blocks", "strings", "source", "attachment", "opaque", "unknown"]
 
 BLOCK_FIELDS: Final[Mapping[str, Mapping[str, Kind]]] = {
     "text": {"text": "text", "citations": "strings"},
@@ -66,6 +74,29 @@ SOURCE_FIELDS: Final[Mapping[str, Mapping[str, Kind]]] = {
     "file": {"file_id": "opaque"},  # its bytes are on Anthropic's side, beyond screening
 }
 
+# Block and source types whose content is not in the request: Claude fetches it or reads it
+# from Anthropic's storage, where screening cannot see it (`screening.remote_content`).
+# `mcp_tool_use` / `mcp_tool_result` and the web fetch results carry their content inline
+# (screened like any text): only a call to a remote server (`mcp_servers`, a tool below)
+# reaches beyond the request.
+REMOTE_BLOCKS: Final[Mapping[str, str]] = {
+    "container_upload": "a container_upload block (a file stored with Anthropic)",
+    "web_search_result": "a web_search_result block (its page text is encrypted)",
+}
+REMOTE_SOURCES: Final[Mapping[str, str]] = {
+    "url": "a url source (Claude fetches it)",
+    "file": "a file source (stored with Anthropic)",
+}
+# Top-level fields that, when set, make Claude read what the request does not hold.
+REMOTE_FIELDS: Final[Mapping[str, str]] = {
+    "mcp_servers": "mcp_servers (remote MCP servers)",
+    "container": "a container (its files and skills are stored with Anthropic)",
+}
+# Server tool types (`tools[].type`, versioned: `web_fetch_20250910`) that bring outside
+# content into the conversation. Client tools (no type, `custom`) answer with a
+# `tool_result` the next request carries, which is screened.
+REMOTE_TOOL_PREFIXES: Final = ("web_search_", "web_fetch_", "mcp_toolset")
+
 # Fields any block or source may carry that hold no text for Claude.
 COMMON_FIELDS: Final = frozenset(
     {"type", "id", "tool_use_id", "cache_control", "is_error", "media_type"}
@@ -103,6 +134,8 @@ class Collected:
     texts: list[str] = field(default_factory=list)
     joined: list[str] = field(default_factory=list)
     attachment_bytes: int = 0
+    # The first reference to content the request does not hold (what it is, bounded), if any.
+    remote: str | None = None
 
     @property
     def chars(self) -> int:
@@ -123,8 +156,11 @@ def collect_texts(body: Mapping[str, Any], unknown: str = "screen") -> Collected
         if name == "messages":
             if isinstance(value, list):
                 _messages(value, pending, out, refuse)
-        elif name not in PLAIN_FIELDS:
-            pending.append((REQUEST_FIELDS.get(name, "strings"), value))
+            continue
+        if out.remote is None:
+            out.remote = _remote_field(name, value)
+        if name not in PLAIN_FIELDS:
+            pending.append((REQUEST_FIELDS.get(name, "unknown"), value))
     while pending:
         kind, value = pending.pop()
         if kind == "text":
@@ -136,6 +172,8 @@ def collect_texts(body: Mapping[str, Any], unknown: str = "screen") -> Collected
             _join(run, out.joined)
         elif kind == "strings":
             _strings(value, out.texts)
+        elif kind == "unknown":
+            _strings(value, out.texts, out)
         elif kind == "source":
             if isinstance(value, dict):
                 _fields(value, SOURCE_FIELDS, pending, out, refuse)
@@ -162,7 +200,7 @@ def _messages(
         if len(message) > 2:  # a field beside role and content: read before it is understood
             for name, value in message.items():
                 if name not in _MESSAGE_FIELDS:
-                    pending.append(("strings", value))
+                    pending.append(("unknown", value))
     _join(run, out.joined)
 
 
@@ -201,32 +239,63 @@ def _fields(
     refuse: bool,
 ) -> None:
     kind = item.get("type")
-    fields = table.get(kind) if isinstance(kind, str) else None
-    if fields is None:
+    if not isinstance(kind, str):
+        kind = None
+    fields = table.get(kind) if kind is not None else None
+    if fields is None or kind is None:
         if refuse:
-            raise UnknownBlock(kind if isinstance(kind, str) else "")
-        _strings(item, out.texts)
+            raise UnknownBlock(kind or "")
+        _strings(item, out.texts, out)
         return
+    if out.remote is None:
+        remote = REMOTE_SOURCES if table is SOURCE_FIELDS else REMOTE_BLOCKS
+        out.remote = remote.get(kind)
     for name, value in item.items():
         how = fields.get(name)
         if how is not None:
             if how != "opaque":
                 pending.append((how, value))
         elif name not in COMMON_FIELDS:
-            pending.append(("strings", value))  # a field the table does not know: read all
+            pending.append(("unknown", value))  # a field the table does not know: read all
 
 
-def _strings(value: Any, texts: list[str]) -> None:
-    """Every string and object key in `value` (any JSON), iteratively."""
+def _remote_field(name: str, value: Any) -> str | None:
+    """What a top-level field makes Claude read from outside the request, if anything."""
+    if name == "tools":
+        for tool in value if isinstance(value, list) else ():
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if isinstance(kind, str) and kind.startswith(REMOTE_TOOL_PREFIXES):
+                return f"tool type {kind[:64]!r} (Claude fetches its content)"
+        return None
+    remote = REMOTE_FIELDS.get(name)
+    # An empty list or a null is the field left unset.
+    return remote if remote is not None and value not in (None, [], {}, "") else None
+
+
+def _strings(value: Any, texts: list[str], unknown: Collected | None = None) -> None:
+    """Every string and object key in `value` (any JSON), iteratively. With `unknown` (a
+    value the tables do not describe), an object shaped like a reference to content stored
+    or fetched elsewhere (a `file_id`, a `url` source) is noted in `unknown.remote`."""
     pending = [value]
     while pending:
         item = pending.pop()
         if isinstance(item, str):
             texts.append(item)
         elif isinstance(item, dict):
+            if unknown is not None and unknown.remote is None:
+                unknown.remote = _remote_shape(item)
             for key, inner in item.items():
                 if isinstance(key, str):
                     texts.append(key)
                 pending.append(inner)
         elif isinstance(item, list):
             pending.extend(item)
+
+
+def _remote_shape(item: dict[Any, Any]) -> str | None:
+    if "file_id" in item:
+        return "a file_id (a file stored with Anthropic)"
+    kind = item.get("type")
+    if kind == "url" and "url" in item:
+        return REMOTE_SOURCES["url"]
+    return None

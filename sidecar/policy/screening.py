@@ -70,6 +70,7 @@ class Screener:
         self.max_attachment_bytes = config.max_attachment_bytes
         self.normalize = config.normalize
         self.unknown_blocks = config.unknown_blocks
+        self.refuse_remote = config.remote_content == "refuse"
         self._names = [rule.name for rule in config.deny_patterns]
         self._set: Any = None
         if config.deny_patterns:
@@ -86,6 +87,12 @@ class Screener:
             raise reject(
                 "screening_unknown_block", f"content type {exc.kind[:64]!r} is not accepted here"
             ) from None
+        if self.refuse_remote and collected.remote is not None:
+            raise reject(
+                "screening_remote_content",
+                f"{collected.remote} is not accepted here: Claude would read content "
+                "the sidecar cannot screen",
+            )
         self.screen(collected.texts, collected.attachment_bytes, collected.joined)
         return collected
 
