@@ -84,6 +84,78 @@ def test_the_path_and_query_claude_is_sent_change_the_key() -> None:
     assert cache_key("anthropic", BODY, {}, "t", "/v1/messages") == plain
 
 
+def test_query_parameters_in_any_order_or_escaping_are_one_target() -> None:
+    """Claude reads a query as its decoded parameters: their order and percent-escapes
+    are spellings. Values, names, a repeated name's order and the path still count."""
+
+    def key(target: str) -> str:
+        return cache_key("anthropic", BODY, {}, "t", target)
+
+    one = key("/v1/messages?beta=true&x=1")
+    assert key("/v1/messages?x=1&beta=true") == one
+    assert key("/v1/messages?%62eta=%74rue&x=1") == one
+    assert key("/v1/messages?x=1&&beta=true") == one
+    assert key("/v1/messages?a+b=1") == key("/v1/messages?a%20b=1")
+    assert key("/v1/messages") == key("/v1/messages?")
+    assert key("/v1/messages?beta") == key("/v1/messages?beta=")
+    different = [
+        "/v1/messages?beta=false&x=1", "/v1/messages?beta=true&x=2", "/v1/messages?beta=true",
+        "/v1/messages?beta=true&y=1", "/v1/messages/count_tokens?beta=true&x=1",
+        "/v1/messages?a%2Bb=1",
+    ]  # fmt: skip
+    assert len({one, *map(key, different), key("/v1/messages?a+b=1")}) == len(different) + 2
+    assert key("/v1/messages?x=1&x=2") != key("/v1/messages?x=2&x=1")
+    # Bytes that are no UTF-8 stay apart: decoding never folds two queries into one.
+    assert key("/v1/messages?q=%FF") != key("/v1/messages?q=%FE")
+
+
+@pytest.mark.parametrize(
+    ("field", "default"),
+    [("stream", False), ("stop_sequences", [])],
+)
+def test_a_field_at_its_fixed_default_is_the_field_left_out(field: str, default: Any) -> None:
+    body = {name: value for name, value in BODY.items() if name != field}
+    assert _key({**body, field: default}) == _key(body)
+
+
+def test_tool_choice_auto_is_the_default_only_with_tools() -> None:
+    tools = {**BODY, "tools": [{"name": "t", "input_schema": {"type": "object"}}]}
+    auto = {"type": "auto"}
+    assert _key({**tools, "tool_choice": auto}) == _key(tools)
+    parallel = {"type": "auto", "disable_parallel_tool_use": False}
+    assert _key({**tools, "tool_choice": parallel}) == _key(tools)
+    serial = {"type": "auto", "disable_parallel_tool_use": True}
+    assert _key({**tools, "tool_choice": serial}) != _key(tools)
+    assert _key({**tools, "tool_choice": {"type": "any"}}) != _key(tools)
+    # Without tools Claude refuses a tool_choice: another request than none.
+    assert _key({**BODY, "tool_choice": auto}) != _key(BODY)
+    assert _key({**BODY, "tools": [], "tool_choice": auto}) != _key({**BODY, "tools": []})
+
+
+def test_defaults_match_as_json_and_model_dependent_ones_are_kept() -> None:
+    """`0` is no `false` to Claude; `temperature`, `top_p`, `top_k` and `thinking` mean
+    what the model makes of them, so a written default still counts."""
+    body = {name: value for name, value in BODY.items() if name != "stream"}
+    assert _key({**body, "stream": 0}) != _key(body)
+    assert _key({**body, "stop_sequences": {}}) != _key(body)
+    without = {name: value for name, value in BODY.items() if name != "temperature"}
+    assert _key({**without, "temperature": 1}) != _key(without)
+    assert _key({**BODY, "thinking": {"type": "disabled"}}) != _key(BODY)
+    assert _key({**BODY, "top_k": 0}) != _key(BODY)
+
+
+def test_spellings_never_merge_tenants() -> None:
+    body = {name: value for name, value in BODY.items() if name != "stream"}
+    spelled = {**body, "stream": False}
+    target = "/v1/messages?b=1&a=2"
+    assert cache_key("anthropic", body, {}, "tenant\0a", target) != cache_key(
+        "anthropic", spelled, {}, "tenant\0b", "/v1/messages?a=2&b=1"
+    )
+    assert cache_key("anthropic", body, {}, "tenant\0a", target) == cache_key(
+        "anthropic", spelled, {}, "tenant\0a", "/v1/messages?a=2&b=1"
+    )
+
+
 def test_the_claude_an_answer_came_from_changes_the_key() -> None:
     """Another base URL (a reload, replicas configured apart sharing one Redis) is another
     Claude: its answers are its own."""

@@ -74,6 +74,29 @@ async def test_spellings_of_one_request_share_its_entry(
     assert fake.state.counters["requests"] == 1
 
 
+async def test_a_default_written_out_and_a_reordered_query_share_the_entry(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """`"stream": false` and no `stream` (both non-streaming), `stop_sequences: []` and
+    none, and query parameters in another order are one request: one call, then hits."""
+    plain = {name: value for name, value in BODY.items() if name != "stream"}
+    spellings = [
+        ("?beta=true&x=1", plain),
+        ("?x=1&beta=true", {**plain, "stream": False}),
+        ("?x=1&%62eta=true", {**plain, "stream": False, "stop_sequences": []}),
+    ]
+    async with sidecar_for(cached()) as s, aiohttp.ClientSession() as http:
+        seen = []
+        for query, body in spellings:
+            async with http.post(s.url + "/v1/messages" + query, json=body) as response:
+                seen.append((response.status, response.headers.get("X-Cache")))
+                await response.read()
+        async with http.post(s.url + "/v1/messages?x=2&beta=true", json=plain) as response:
+            seen.append((response.status, response.headers.get("X-Cache")))
+    assert seen == [(200, "MISS"), (200, "HIT"), (200, "HIT"), (200, "MISS")]
+    assert fake.state.counters["requests"] == 2
+
+
 async def test_the_python_sdk_sees_a_replay_as_the_original_stream(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -13,8 +13,11 @@ The scope part makes entries private to a tenant (default), a user, or shared (g
 
 Spellings of one request are one key: key order and whitespace (the body is parsed), a
 number written `0`, `0.0` or `0e0` (one number to Claude: the Python SDK sends
-`temperature=0.0` as `0.0`, JavaScript's `JSON.stringify` as `0`), and `anthropic-beta`
-features in any order, spacing or repetition.
+`temperature=0.0` as `0.0`, JavaScript's `JSON.stringify` as `0`), `anthropic-beta`
+features in any order, spacing or repetition, query parameters in any order or
+percent-encoding, and a field set to the API's fixed default or left out (`_DEFAULTS`).
+Defaults that depend on the model (`temperature`, `top_p`, `top_k`, `thinking`) are
+kept as written: the same spelling may mean different things to different models.
 """
 
 from __future__ import annotations
@@ -23,11 +26,20 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any, Final, Literal
+from urllib.parse import parse_qsl
 
 from sidecar.header_lists import header_value
 from sidecar.identity import Identity
 
 _IGNORED: Final = frozenset({"metadata"})  # the caller's own tags: never answer-changing
+# Fields whose value here is what the API does when they are left out, for every model:
+# written or not, one request. (`tool_choice` `auto` only counts with tools; without, the
+# API refuses a `tool_choice`, so that request is another one.)
+_DEFAULTS: Final[Mapping[str, tuple[Any, ...]]] = {
+    "stream": (False,),
+    "stop_sequences": ([],),
+    "tool_choice": ({"type": "auto"}, {"type": "auto", "disable_parallel_tool_use": False}),
+}
 Scope = Literal["tenant", "user", "global"]
 
 
@@ -66,16 +78,31 @@ def cache_key(
     request = _numbers_as_read(
         {name: value for name, value in body.items() if name not in _IGNORED}
     )
+    for name, defaults in _DEFAULTS.items():
+        if name in request and (name != "tool_choice" or request.get("tools")):
+            # As JSON: `False == 0` in Python, not to Claude.
+            written = json.dumps(request[name], sort_keys=True)
+            if any(written == json.dumps(default, sort_keys=True) for default in defaults):
+                del request[name]
     version = (header_value(headers, "anthropic-version") or "").strip()
     betas = {beta.strip() for beta in (header_value(headers, "anthropic-beta") or "").split(",")}
     sent = [version, ",".join(sorted(betas - {""}))]
     canonical = json.dumps(
-        [kind, scope, upstream, target, sent, request],
+        [kind, scope, upstream, _target(target), sent, request],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _target(target: str) -> list[Any]:
+    """Path and query as Claude reads them: the parameters decoded (`%74rue` is `true`,
+    `+` a space) and in name order, repeated names keeping theirs. Latin-1 maps each
+    escaped byte to one character, so two different queries never decode alike."""
+    path, _, query = target.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True, encoding="latin-1")
+    return [path, sorted(pairs, key=lambda pair: pair[0])]
 
 
 def _numbers_as_read(request: dict[str, Any]) -> dict[str, Any]:
