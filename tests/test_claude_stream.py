@@ -680,13 +680,50 @@ async def test_abort_before_the_response_head_arrives_cancels_the_generation(
                 page = await browser.new_page()
                 await page.goto(url)
                 await eventually(lambda: holds(proxy.faults == 1), 10)  # the head is held
+                await page.wait_for_function("window.__events.length > 0")
+                stopping: list[dict[str, Any]] = await page.evaluate("window.__events")
+                proxy.release.set()
                 await page.wait_for_function("window.__result !== undefined")
                 result: dict[str, Any] = await page.evaluate("window.__result")
-                proxy.release.set()
                 # At once, not after the detach grace: the cancel reached Claude.
                 await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1), 5)
-    assert kinds(result) == ["aborted"]
+    assert stopping == [{"type": "stopping"}]  # said at once, while the head is awaited
+    assert result["events"] == [{"type": "stopping"}, {"type": "aborted", "cancelled": True}]
+    assert result["state"] == "aborted"
     assert fake.state.counters["streams_completed"] == 0
+
+
+async def test_abort_before_a_head_that_never_comes_gives_up_after_the_stop_timeout(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Stop pressed while the response's head is held, and the head never comes: the
+    module waits for it `stopTimeoutMs` only, then closes the request itself and ends as
+    `aborted` with `cancelled: false` (the server was not told), instead of waiting for
+    ever."""
+    skip_unless_engine("chromium")
+    prompt = "never answered [[fake tokens=20 ttft_ms=8000]]"
+    async with page_and_sidecar(sidecar_for, resume=GRACE) as (origin, sidecar):
+        async with FaultyProxy(sidecar.port, "hold") as proxy:
+            url = run_url(origin, {
+                "module": sidecar.url + "/_sidecar/claude-stream.js",
+                "url": f"http://127.0.0.1:{proxy.port}{PROMPT}",
+                "options": {"body": {"prompt": prompt}, "stopTimeoutMs": 1000},
+                "abortAfterMs": 300,
+            })  # fmt: skip
+            async with launched_chromium() as browser:
+                page = await browser.new_page()
+                await page.goto(url)
+                await eventually(lambda: holds(proxy.faults == 1), 10)  # the head is held
+                await page.wait_for_function("window.__result !== undefined", timeout=10_000)
+                result: dict[str, Any] = await page.evaluate("window.__result")
+                finished: dict[str, Any] = await page.evaluate("window.__finished")
+                await eventually(lambda: holds(proxy.left == 1), 5)  # the request was closed
+                cancelled = fake.state.counters["streams_cancelled"]  # the server was not told
+    assert result["events"] == [{"type": "stopping"}, {"type": "aborted", "cancelled": False}]
+    assert result["state"] == "aborted"
+    assert finished["aborted"] is True
+    assert finished["cancelled"] is False
+    assert cancelled == 0
 
 
 async def test_a_get_streams_query_token_also_authorises_its_cancel(
@@ -798,3 +835,71 @@ async def test_the_docs_react_hook_uses_the_options_of_the_latest_render(
                 }""")  # fmt: skip
     assert outcome["ok"], outcome  # not 401 with the first render's "expired" token
     assert outcome["text"]
+
+
+# A component using the docs' hook, its state kept where the test reads it.
+HOOK_STATE_APP = """
+function App() {
+  const hook = useClaudeStream(window.__url, { stopTimeoutMs: 1000 });
+  window.__hook = { isStreaming: hook.isStreaming, isStopping: hook.isStopping };
+  window.__start = hook.start;
+  window.__stop = hook.stop;
+  return null;
+}
+ReactDOM.createRoot(document.getElementById("root")).render(React.createElement(App));
+"""
+
+
+async def test_the_docs_react_hook_stopped_before_a_head_that_never_comes_is_idle_again(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The hook's `stop()` while the response's head is held for good: `isStopping` at
+    once, then, `stopTimeoutMs` later, neither streaming nor stopping: the page is not
+    left busy for ever."""
+    skip_unless_engine("chromium")
+    if not REACT_UMD.exists():
+        pytest.skip(f"react is not installed ({NPM_CI})")
+    hook_js: list[str] = []
+
+    def routes(app: web.Application) -> None:
+        async def hook_page(request: web.Request) -> web.Response:
+            return web.Response(text=HOOK_PAGE, content_type="text/html")
+
+        async def hook(request: web.Request) -> web.Response:
+            return web.Response(text=hook_js[0] + HOOK_STATE_APP, content_type="text/javascript")
+
+        async def react(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(REACT_UMD)
+
+        async def react_dom(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(REACT_DOM_UMD)
+
+        app.router.add_get("/hook", hook_page)
+        app.router.add_get("/hook.js", hook)
+        app.router.add_get("/react.js", react)
+        app.router.add_get("/react-dom.js", react_dom)
+
+    prompt = "never answered [[fake tokens=20 ttft_ms=8000]]"
+    async with (
+        page_server(routes) as origin,
+        sidecar_for(config_for(origin, resume=GRACE)) as sidecar,
+        FaultyProxy(sidecar.port, "hold") as proxy,
+    ):
+        hook_js.append(docs_hook(sidecar.url + "/_sidecar/claude-stream.js"))
+        async with launched_chromium() as browser:
+            page = await browser.new_page()
+            url = f"http://127.0.0.1:{proxy.port}{PROMPT}"
+            await page.add_init_script(f"window.__url = {json.dumps(url)};")
+            await page.goto(origin + "/hook")
+            await page.wait_for_function("window.__start !== undefined")
+            await page.evaluate("(prompt) => { window.__start({ prompt }); }", prompt)
+            await eventually(lambda: holds(proxy.faults == 1), 10)  # the head is held
+            await page.wait_for_function("window.__hook.isStreaming")
+            await page.evaluate("window.__stop()")
+            await page.wait_for_function("window.__hook.isStopping")
+            stopping: dict[str, bool] = await page.evaluate("window.__hook")
+            await page.wait_for_function("!window.__hook.isStreaming", timeout=10_000)
+            idle: dict[str, bool] = await page.evaluate("window.__hook")
+            await eventually(lambda: holds(proxy.left == 1), 5)  # the request was closed
+    assert stopping == {"isStreaming": True, "isStopping": True}
+    assert idle == {"isStreaming": False, "isStopping": False}

@@ -794,6 +794,57 @@ async def test_the_anthropic_sdk_reads_a_resumable_stream_untouched(
     assert len(text.split()) >= 7
 
 
+async def test_an_anthropic_stream_whose_producer_was_killed_ends_with_anthropics_error_event(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Killed mid-block (SIGKILL: no final event written), the stream read on another
+    replica ends as Anthropic's protocol ends a stream that failed after its first event:
+    one `event: error` with its error JSON, after whole events only (no block to close
+    in this format: the SDK raises on the error), and the official SDK raises it."""
+    import anthropic
+
+    body = json.dumps({
+        "model": "claude-sonnet-5-5", "max_tokens": 64, "stream": True,
+        "messages": [{"role": "user", "content": "[[fake tokens=40 after=3 fault=stall_midstream]] hi"}],
+    }).encode()  # fmt: skip
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (process_a, port_a, _),
+        replica(tmp_path, "b", fake, redis_server) as (_, port_b, _),
+    ):
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"http://127.0.0.1:{port_a}/v1/messages", data=body,
+                headers={"Sidecar-Resume": "on", "Content-Type": "application/json"},
+            ) as response:  # fmt: skip
+                stream_id = response.headers["Sidecar-Stream-Id"]
+                # message_start, content_block_start, ping, 3 deltas: then the stall
+                await eventually(lambda: _at_least(events_stored(redis_server, stream_id), 6))
+                process_a.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(process_a.wait, 10)
+        cursor = {"Last-Event-ID": f"{stream_id}:2"}
+        rest = await sse_request(port_b, "POST", "/v1/messages", cursor, body)
+        client = anthropic.AsyncAnthropic(
+            base_url=f"http://127.0.0.1:{port_b}", api_key="unused", max_retries=0
+        )
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            async with client.messages.stream(
+                model="claude-sonnet-5-5", max_tokens=64,
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"Last-Event-ID": f"{stream_id}:0"},
+            ) as stream:  # fmt: skip
+                await stream.get_final_text()
+        await client.close()
+    blocks = [block for block in rest.payload.split(b"\n\n") if block]
+    assert all(block.startswith(b"id: ") for block in blocks)  # whole events, each numbered
+    names = [block.split(b"\n")[1] for block in blocks]
+    assert names[-1] == b"event: error"
+    assert names.count(b"event: error") == 1
+    error = json.loads(blocks[-1].split(b"\n")[2].removeprefix(b"data: "))
+    assert error["type"] == "error"
+    assert error["error"]["type"] == "stream_lost"
+    assert raised.value.body == error  # the SDK raised Anthropic's error event as sent
+
+
 # ---------------------------------------------------------------------------- store failures
 
 

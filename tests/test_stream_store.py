@@ -137,6 +137,29 @@ async def test_each_stream_is_bounded_and_drops_its_oldest_events(stores: Factor
         ]
 
 
+async def test_kept_gives_the_events_still_kept_up_to_a_number(stores: Factory) -> None:
+    """What a reader ending a stream itself reads once: the kept events up to its last."""
+    size = len(event(1))
+    async with stores(max_buffer_bytes=size * 5) as store:
+        log = await store.create("stream-kkkkkkkkkkkkkkkk", "o")
+        fill(log, 4)
+        await settled(store, "stream-kkkkkkkkkkkkkkkk", 4)
+        assert await store.kept("stream-kkkkkkkkkkkkkkkk", 3) == [event(n) for n in (1, 2, 3)]
+        assert await store.kept("stream-kkkkkkkkkkkkkkkk", 9) == [event(n) for n in range(1, 5)]
+        fill(log, 6, start=5)  # 1..10: only 6..10 fit
+        log.finish()
+        log.close()
+        await settled(store, "stream-kkkkkkkkkkkkkkkk", 10)
+
+        async def oldest() -> bool:
+            return (await store.kept("stream-kkkkkkkkkkkkkkkk", 10))[0] == event(6)
+
+        await eventually(oldest)
+        assert await store.kept("stream-kkkkkkkkkkkkkkkk", 8) == [event(n) for n in (6, 7, 8)]
+        assert await store.kept("stream-kkkkkkkkkkkkkkkk", 5) == []
+        assert await store.kept("never-created-xxxxxxxx", 5) == []
+
+
 async def test_a_reader_left_behind_by_the_buffer_never_skips_events(stores: Factory) -> None:
     """Events a reader had not read yet leave a full buffer: its read ends (`FellBehind`)
     instead of going on past a gap."""

@@ -320,3 +320,25 @@ async def test_a_chat_whose_redis_restarted_empty_resumes_whole_on_another_repli
     assert kinds(resumed)[-1] == "[DONE]"
     assert text_of(resumed).startswith(text_of(first))
     assert fake.state.counters["requests"] == 1
+
+
+async def test_a_stopping_replica_closes_the_open_parts_before_its_shutting_down_part(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """A read of a turn produced on another replica, ended by this replica's shutdown,
+    closes the part the turn has open before its `error` (no id: the client resumes
+    elsewhere, the turn goes on), as any end of a ui stream does."""
+    async with (
+        sidecar_for(shared(redis_server)) as producer,
+        sidecar_for(shared(redis_server)) as reader,
+        cutting_proxy(producer.port, after=5) as proxy,
+    ):
+        stalled = "[[fake tokens=40 tps=20 after=6 fault=stall_midstream]] hold"
+        first = await post(proxy.port, "chat-stopping", stalled)
+        assert reader.runtime.resume.stop_readers() == 0
+        late = await sse_request(reader.port, target=CHAT, headers={"Last-Event-ID": first.last_id})
+    assert late.status == 200
+    assert kinds(late) == ["text-end", "error", "[DONE]"]  # the text part opened before
+    assert late.events[0].data == {"type": "text-end", "id": "0"}
+    assert "shutting down" in late.events[1].data["errorText"]
+    assert all(e.id is None for e in late.events)  # resumed from its last event elsewhere

@@ -7,7 +7,10 @@ The route sends no `message-metadata` chunks; the schema would check them like t
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,9 +18,11 @@ import pytest
 
 from sidecar.fake_claude import FakeServer
 from sidecar.handlers.ui_stream import UNFINISHED_TOOL_INPUT
+from sidecar.stream.redis_store import keys, redis_client
 from tests.support.node import Line, run_script, script_lines, skip_without
+from tests.support.redis_server import RedisServer
 from tests.support.resume import cutting_proxy, sse_request
-from tests.support.sidecars import SidecarFactory
+from tests.support.sidecars import SidecarFactory, SidecarProcess, sidecar_process
 from tests.support.waiting import eventually, holds
 
 skip_without("ai")
@@ -283,3 +288,91 @@ async def test_a_cached_replay_and_a_coalesced_follower(
             assert fake.state.counters["requests"] == calls + 1
             assert valid(follower)[-1] == valid(leader)[-1]
             assert valid(follower)[0] == "start"
+
+
+# Killed mid-part: the thinking block (5 deltas) after its second delta; the text after its
+# third; the tool call's input (after 2 text deltas) after its first piece. Then the
+# events stored: start, start-step, the part's start and its deltas (text-end and
+# tool-input-start before the tool's).
+KILLED_MID_PART = [
+    ("thinking", "tokens=10 after=2", 5, "reasoning-end"),
+    ("text", "tokens=40 after=3", 6, "text-end"),
+    ("tool_use", "tokens=2 after=3", 8, "tool-input-error"),
+]
+
+
+@pytest.mark.parametrize(("content", "knobs", "stored", "closing"), KILLED_MID_PART)
+async def test_a_resume_whose_producer_was_killed_closes_the_parts_it_left_open(
+    fake: FakeServer,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    content: str,
+    knobs: str,
+    stored: int,
+    closing: str,
+) -> None:
+    """The replica producing a turn is killed (SIGKILL: it writes no final event) with a
+    part open; readers on another replica get the events it stored, then the part closed
+    before `error` (as a live turn's end closes it), so the SDK keeps no part streaming:
+    a reader from a cursor after the part's start, and then one from the start, which
+    finds the final event the first stored (the chat's resume then has nothing left)."""
+    config = {
+        **CONFIG,
+        "server": {"shutdown_grace_seconds": 1},
+        "claude": {"base_url": fake.url, "api_key": "sk-sidecar"},
+        "resume": {"store": "redis", "redis_url": redis_server.url, "detach_grace_seconds": 10},
+    }
+    prompt = f"[[fake content={content} {knobs} fault=stall_midstream]] Paris"
+    redis = redis_client(redis_server.url, 2.0)
+    async with (
+        sidecar_process(config, tmp_path, name="producer") as producer,
+        sidecar_process(config, tmp_path, name="reader") as reader,
+    ):
+        turn = asyncio.create_task(
+            sse_request(
+                port_of(producer), "POST", CHAT, {}, body(user(prompt), chat_id="chat-k").encode()
+            )
+        )
+
+        async def streamed() -> str:
+            named = await redis.keys("sidecar:resume:chat:*")
+            value = await redis.get(named[0]) if named else None
+            return value.decode() if isinstance(value, bytes) else ""
+
+        async def stalled() -> bool:  # every event before the stall is in Redis
+            stream_id = await streamed()
+            return bool(stream_id) and int(await redis.xlen(keys(stream_id)[0])) >= stored
+
+        try:
+            await eventually(stalled)
+            stream_id = await streamed()
+        finally:
+            await redis.aclose()
+        producer.process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(producer.process.wait, 10)
+        cut = await turn
+        tail = await sse_request(
+            port_of(reader), target=CHAT, headers={"Last-Event-ID": f"{stream_id}:3"}
+        )
+        _, whole = await answer(f"{reader.url}{CHAT}?last_event_id={stream_id}:0", "GET")
+        again = await sse_request(port_of(reader), target=f"{CHAT}/chat-k/stream")
+    assert cut.stream_id == stream_id
+    assert tail.status == 200
+    tail_kinds = [e.data.get("type", e.data.get("done")) for e in tail.events]
+    assert tail_kinds[-3:] == [closing, "error", "[DONE]"]  # the part opened before the cursor
+    chunks = valid(whole)
+    assert chunks[:2] == ["start", "start-step"]
+    assert chunks[-2:] == [closing, "error"]
+    parts = closed(whole)  # no part left open, none streaming in the SDK's message
+    assert "producer stopped" in parts[-1]["errorText"]
+    if content == "tool_use":
+        start, delta, error = parts[-4:-1]
+        assert error == {"type": "tool-input-error", "toolCallId": start["toolCallId"],
+                         "toolName": "get_weather", "input": delta["inputTextDelta"],
+                         "errorText": UNFINISHED_TOOL_INPUT}  # fmt: skip
+        assert whole["states"][-1] == "output-error"
+    assert again.status == 204  # the lost stream's final event is stored: nothing to resume
+
+
+def port_of(running: SidecarProcess) -> int:
+    return int(running.url.rsplit(":", 1)[1])

@@ -10,7 +10,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sidecar import deltas
-from sidecar.handlers.ui_stream import DONE, UNFINISHED_TOOL_INPUT, UiTranslator, finish_reason
+from sidecar.handlers.ui_stream import (
+    DONE,
+    UNFINISHED_TOOL_INPUT,
+    UiTranslator,
+    chunk,
+    closing_chunks,
+    finish_reason,
+)
 from sidecar.record import StreamRecord
 from sidecar.sse import event_name
 from sidecar.stream.core import StopStream
@@ -437,4 +444,51 @@ def test_a_tool_input_delta_that_is_not_json_is_dropped_as_decoding_drops_it(
         {"type": "tool-input-delta", "toolCallId": "toolu_1", "inputTextDelta": "1}"},
         {"type": "tool-input-available", "toolCallId": "toolu_1", "toolName": "f",
          "input": {"a": 1}},
+    ]  # fmt: skip
+
+
+def _stored(*chunks: dict[str, Any]) -> list[bytes]:
+    """Chunks as a resumable stream keeps them: one numbered event each."""
+    return [b"id: s:%d\n" % n + chunk(c) for n, c in enumerate(chunks, 1)]
+
+
+def test_closing_chunks_close_the_parts_the_stored_chunks_left_open_in_their_order() -> None:
+    events = _stored(
+        {"type": "start"},
+        {"type": "reasoning-start", "id": "0"},
+        {"type": "reasoning-delta", "id": "0", "delta": "hm"},
+        {"type": "reasoning-end", "id": "0"},
+        {"type": "text-start", "id": "1"},
+        {"type": "text-delta", "id": "1", "delta": "Hi"},
+        {"type": "tool-input-start", "toolCallId": "t1", "toolName": "search",
+         "providerExecuted": True},
+        {"type": "tool-input-delta", "toolCallId": "t1", "inputTextDelta": '{"q":'},
+        {"type": "tool-input-delta", "toolCallId": "t1", "inputTextDelta": ' "x'},
+        {"type": "tool-input-start", "toolCallId": "t2", "toolName": "done"},
+        {"type": "tool-input-available", "toolCallId": "t2", "toolName": "done", "input": {}},
+    )  # fmt: skip
+    closing = [json.loads(line[6:]) for line in closing_chunks(events).split(b"\n\n") if line]
+    assert closing == [
+        {"type": "text-end", "id": "1"},
+        {"type": "tool-input-error", "toolCallId": "t1", "toolName": "search",
+         "input": '{"q": "x', "errorText": UNFINISHED_TOOL_INPUT, "providerExecuted": True},
+    ]  # fmt: skip
+    ended = [chunk({"type": "text-end", "id": "1"}),
+             chunk({"type": "tool-input-error", "toolCallId": "t1", "toolName": "search",
+                    "input": "", "errorText": "x"})]  # fmt: skip
+    assert closing_chunks([*events, *ended]) == b""
+
+
+def test_closing_chunks_close_a_part_whose_start_left_the_stores_bound() -> None:
+    """The oldest events go first: a part known only by its deltas is closed too."""
+    deltas_only = _stored(
+        {"type": "text-delta", "id": "0", "delta": "lo"},
+        {"type": "tool-input-delta", "toolCallId": "t9", "inputTextDelta": "{"},
+    )
+    events = [*deltas_only, b": ping\n\n", b"id: s:3\ndata: {x\n\n", b"id: s:4\ndata: [1]\n\n"]
+    closing = [json.loads(line[6:]) for line in closing_chunks(events).split(b"\n\n") if line]
+    assert closing == [
+        {"type": "text-end", "id": "0"},
+        {"type": "tool-input-error", "toolCallId": "t9", "toolName": "", "input": "{",
+         "errorText": UNFINISHED_TOOL_INPUT},
     ]  # fmt: skip

@@ -36,6 +36,7 @@ from sidecar.stream.resume import (
 from sidecar.stream.store import (
     BeyondEnd,
     FellBehind,
+    ResumeStore,
     StoreError,
     StreamInfo,
     StreamLost,
@@ -45,6 +46,9 @@ from sidecar.stream.store import (
 __all__ = ["QUERY", "cancel", "cursor_of", "enabled_on", "prepare", "resume"]
 # The final event of a stream whose producer died: (error type, message) → event bytes.
 LostEvent = Callable[[str, str], bytes]
+# What closes the parts a stream's events (kept, oldest first) left open, in the route's
+# format (the `ui` route's `text-end`…), sent before a final event no producer wrote.
+Closing = Callable[[list[bytes]], bytes]
 _NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 _CATCH_UP_TRIES = 20
 _CATCH_UP_WAIT = 0.05  # seconds: up to 1 s for a store that lags its producer
@@ -156,11 +160,15 @@ async def resume(
     cursor: str,
     lost_event: LostEvent,
     protocol: Mapping[str, str] = _NO_HEADERS,
+    closing: Closing | None = None,
 ) -> web.StreamResponse:
     """Answer a reconnect: the events after the cursor, then the live tail to the final event.
 
     `protocol`: the headers naming the stream's format (the `ui` route's marker), sent
-    with the resumed stream only, never with an error or a 204.
+    with the resumed stream only, never with an error or a 204. `closing`: for a format
+    whose parts must be closed before its end (the `ui` route's), what closes the parts
+    the stream left open, sent first when this reader ends the stream itself (its
+    producer died, or this replica stops), as a live stream closes them at its end.
 
     A reconnect is a request like any other for the route's `requests_per_minute`: a
     storm of them is turned away (429) as a storm of calls would be.
@@ -229,7 +237,7 @@ async def resume(
     # same work, so neither the answer nor its timing tells that it exists. The caller's
     # own stream from a route of another kind is refused there (its events are in that
     # route's format, not this one's).
-    return await _from_store(ctx, stream_id, after, owner, lost_event, protocol)
+    return await _from_store(ctx, stream_id, after, owner, lost_event, protocol, closing)
 
 
 async def _from_store(
@@ -239,6 +247,7 @@ async def _from_store(
     owner: str,
     lost_event: LostEvent,
     protocol: Mapping[str, str],
+    closing: Closing | None,
 ) -> web.StreamResponse:
     runtime = ctx.runtime
     info = await _lookup(ctx, stream_id)
@@ -291,7 +300,7 @@ async def _from_store(
     readers[stream_id] += 1
     keeping = asyncio.create_task(resume_.store.keep(stream_id, reader))
     try:
-        return await _replay(ctx, stream_id, after, start, info, lost_event, protocol)
+        return await _replay(ctx, stream_id, after, start, info, (lost_event, closing), protocol)
     finally:
         keeping.cancel()
         readers[stream_id] -= 1
@@ -306,12 +315,15 @@ async def _replay(
     after: int,
     start: int,
     info: StreamInfo,
-    lost_event: LostEvent,
+    ending: tuple[LostEvent, Closing | None],
     protocol: Mapping[str, str],
 ) -> web.StreamResponse:
     """The events after `after` from the store (read from `start`), then its final event;
     `: ping` when the stream has been quiet for `claude.heartbeat_seconds`, as a live
-    stream has. Shutdown (`Resume.stop_readers`) ends it with a `shutting_down` event."""
+    stream has. Shutdown (`Resume.stop_readers`) ends it with a `shutting_down` event.
+    Either end this reader writes itself (`stream_lost`, `shutting_down`) closes first
+    the parts the stream left open (`ending`'s closing, if the format has parts)."""
+    lost_event, closing = ending
     runtime = ctx.runtime
     store = runtime.resume.store
     heartbeat = runtime.config.claude.heartbeat_seconds
@@ -349,9 +361,11 @@ async def _replay(
                 await _send(channel, b"".join(batch), stall)
     except StreamLost:
         result = "lost"
-        event = lost_event("stream_lost", "the stream's producer stopped; it cannot be resumed")
-        # Kept as the stream's final event, so later reconnects end at once instead of waiting.
         last = after + replayed
+        event = await _closed(store, stream_id, last, closing) + lost_event(
+            "stream_lost", "the stream's producer stopped; it cannot be resumed"
+        )
+        # Kept as the stream's final event, so later reconnects end at once instead of waiting.
         event = b"id: %b:%d\n%b" % (stream_id.encode(), last + 1, event)
         await store.seal(stream_id, last + 1, event)
         with contextlib.suppress(ConnectionResetError):
@@ -382,7 +396,7 @@ async def _replay(
     if stopping:
         # The sidecar is stopping: this reader ends, the stream goes on where it is
         # produced. No id on the event, so the client resumes from its last one elsewhere.
-        event = lost_event(
+        event = await _closed(store, stream_id, after + replayed, closing) + lost_event(
             "shutting_down",
             "the sidecar is shutting down; resume the stream from another replica",
         )
@@ -391,6 +405,18 @@ async def _replay(
     runtime.telemetry.resumed(result, replayed)
     await channel.end(stall)
     return channel.response
+
+
+async def _closed(store: ResumeStore, stream_id: str, last: int, closing: Closing | None) -> bytes:
+    """What closes the parts the stream's events up to `last` left open (one store read,
+    at the read's end); nothing when the format has no parts, or the store fails too
+    (the end still goes out)."""
+    if closing is None:
+        return b""
+    try:
+        return closing(await store.kept(stream_id, last))
+    except StoreError:
+        return b""
 
 
 async def _send(channel: ClientChannel, data: bytes, stall: float) -> None:

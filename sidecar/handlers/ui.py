@@ -35,7 +35,7 @@ from sidecar.errors import reject
 from sidecar.handlers import resume, ui_resume
 from sidecar.handlers.request_body import read_json_object
 from sidecar.handlers.ui_request import parse_ui_request
-from sidecar.handlers.ui_stream import HEADERS, UiTranslator
+from sidecar.handlers.ui_stream import HEADERS, UiTranslator, closing_chunks
 from sidecar.pipeline import RequestContext
 from sidecar.upstream import Attempt
 
@@ -71,7 +71,7 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     # `EventSource` reconnects there): the events after it, as on the prompt route.
     cursor = resume.cursor_of(request) if resumable else None
     if cursor is not None:
-        return await resume.resume(ctx, cursor, ui_resume.lost_event, HEADERS)
+        return await resume.resume(ctx, cursor, ui_resume.lost_event, HEADERS, closing_chunks)
     chat_id = _resume_target(ctx.route.path, ctx.path)
     if request.method == "GET" and chat_id is not None:
         if not resumable:

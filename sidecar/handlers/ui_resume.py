@@ -21,7 +21,7 @@ from aiohttp import web
 from sidecar.call.stream import Resumable
 from sidecar.errors import reject
 from sidecar.handlers import resume
-from sidecar.handlers.ui_stream import DONE, HEADERS, chunk
+from sidecar.handlers.ui_stream import DONE, HEADERS, chunk, closing_chunks
 from sidecar.pipeline import RequestContext
 from sidecar.stream.resume import owner_of
 from sidecar.stream.store import StoreError
@@ -38,7 +38,8 @@ def chat_id_of(value: object) -> str | None:
 
 
 def lost_event(error_type: str, message: str) -> bytes:
-    """A resumed stream whose producer died ends like a failed turn: `error`, then [DONE]."""
+    """A resumed stream whose producer died ends like a failed turn: `error`, then [DONE]
+    (after the chunks closing the parts it left open: `closing_chunks`)."""
     return chunk({"type": "error", "errorText": message}) + DONE
 
 
@@ -78,7 +79,7 @@ async def answer(ctx: RequestContext, chat_id: str) -> web.StreamResponse:
     if not running:  # the message is complete: the client has it (or never will)
         runtime.telemetry.resumed("expired")
         return nothing
-    return await resume.resume(ctx, f"{stream_id}:0", lost_event, HEADERS)
+    return await resume.resume(ctx, f"{stream_id}:0", lost_event, HEADERS, closing_chunks)
 
 
 def chat_field(fields: dict[str, Any]) -> str | None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any, Final
 
 from sidecar import deltas
@@ -346,6 +347,54 @@ def _closed_part(index: bytes, kind: str, tool: _Tool | None) -> bytes:
     if server:
         error["providerExecuted"] = True
     return chunk(error)
+
+
+def closing_chunks(events: Iterable[bytes]) -> bytes:
+    """The chunks that close every part `events` left open: a stream's chunks as sent
+    (kept in the resume store), read when a reader ends it without its producer (which
+    died, or goes on elsewhere while this replica stops), so its client keeps no part
+    streaming, as a live stream's end closes them (`UiTranslator._close_open`). Read once,
+    at that end, never per event.
+
+    A part whose start left the store's bound (its oldest events go first) is known by
+    its deltas: closed too, a tool call with the name it had then unknown (empty)."""
+    opened: dict[str, str] = {}  # part id (a tool call's id) → text | reasoning | tool
+    tools: dict[str, _Tool] = {}
+    for event in events:
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data: {"):
+                continue
+            try:
+                data = json.loads(line[6:])
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                _follow(data, opened, tools)
+    return b"".join(
+        _closed_part(key.encode(), kind, tools.get(key)) for key, kind in opened.items()
+    )
+
+
+def _follow(data: dict[str, Any], opened: dict[str, str], tools: dict[str, _Tool]) -> None:
+    """Update the open parts for one chunk as sent."""
+    kind = data.get("type")
+    if kind in ("text-start", "text-delta", "reasoning-start", "reasoning-delta"):
+        opened.setdefault(str(data.get("id")), str(kind).partition("-")[0])
+    elif kind in ("text-end", "reasoning-end"):
+        opened.pop(str(data.get("id")), None)
+    elif kind in ("tool-input-start", "tool-input-delta"):
+        call_id = str(data.get("toolCallId"))
+        if call_id not in tools:
+            opened[call_id] = "tool"
+            name = str(data.get("toolName", ""))
+            server = data.get("providerExecuted") is True
+            tools[call_id] = (call_id, name, server, [], b"")
+        if kind == "tool-input-delta":
+            tools[call_id][3].append(str(data.get("inputTextDelta", "")))
+    elif kind in ("tool-input-available", "tool-input-error"):
+        call_id = str(data.get("toolCallId"))
+        opened.pop(call_id, None)
+        tools.pop(call_id, None)
 
 
 def _mcp_call(content: dict[str, Any]) -> dict[str, Any]:

@@ -517,6 +517,14 @@ class RedisResumeStore(ResumeStore):
             elif loop.time() - quiet_since > self._block_ms / 1000:
                 raise StreamLost(stream_id)
 
+    async def kept(self, stream_id: str, upto: int) -> list[bytes]:
+        events = keys(stream_id)[0]
+        try:
+            entries: Any = await self._redis.xrange(events, "-", f"0-{upto}")
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
+        return [fields[b"e"] for _, fields in entries]
+
     async def keep(self, stream_id: str, reader: str) -> None:
         """Keep `reader` counted about once a second until cancelled, whatever the reader
         is doing (a slow client can hold its writes for longer than a count lapses)."""

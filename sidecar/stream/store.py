@@ -302,6 +302,15 @@ class ResumeStore:
             except TimeoutError:
                 yield []
 
+    async def kept(self, stream_id: str, upto: int) -> list[bytes]:
+        """The stream's events still kept, oldest first, up to number `upto`: what a reader
+        that sent up to `upto` must know to end its client's stream well (the parts it
+        left open). Read once, at a read's end, never per event."""
+        log = self._logs.get(stream_id)
+        if log is None:
+            return []
+        return list(log.events)[: max(0, upto - log.base)]
+
     async def bind_chat(self, owner: str, chat_id: str, stream_id: str) -> None:
         """Remember `stream_id` as the newest stream of `owner`'s chat, for `ttl` seconds."""
         key = (owner, chat_id)

@@ -81,6 +81,7 @@ try {
   result.domText = out.textContent;
   result.state = stream.state;
   result.streamId = stream.streamId;
+  window.__finished = await stream.finished.catch((e) => ({ rejected: e.type }));
 } catch (error) {
   result.thrown = String(error && error.stack || error);
 }
@@ -217,7 +218,8 @@ class FaultyProxy:
     `mode="stall"` stops forwarding there and holds the connection open (a silent network).
     `mode="hold"` holds the stream's response head until `release` is set (a slow network
     between the sidecar and the page), then passes it all. Later streams (a resume, a
-    cancel) pass untouched. `faults` counts the faults applied.
+    cancel) pass untouched. `faults` counts the faults applied; `left` the connections
+    whose client closed its side (a request it gave up on).
     """
 
     def __init__(
@@ -228,6 +230,7 @@ class FaultyProxy:
         self.mode = mode
         self.after_bytes = after_bytes
         self.faults = 0
+        self.left = 0
         self._armed = True
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
@@ -264,12 +267,12 @@ class FaultyProxy:
             client_w.transport.abort()
             up_w.transport.abort()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
+        self.left += 1  # the client closed (or reset) its side
 
     async def _downward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         left: int | None = None  # body bytes of the armed stream still to pass

@@ -14,9 +14,18 @@ export interface StreamResult {
   stopReason: string | null;
   /** True when `abort()` ended the stream. */
   aborted?: boolean;
+  /**
+   * With `aborted`: true when the server was told to stop the generation (or had started
+   * none); false when the stream was stopped before its response's head arrived and the
+   * server did not answer within `stopTimeoutMs` (a generation it started then runs on
+   * for its detach grace).
+   */
+  cancelled?: boolean | null;
 }
 
-export type StreamState = "connecting" | "streaming" | "reconnecting" | "done" | "error" | "aborted";
+/** `stopping`: `abort()` was called before the response's head arrived; it waits for the
+ *  head (at most `stopTimeoutMs`) to cancel the stream it names, then ends as `aborted`. */
+export type StreamState = "connecting" | "streaming" | "reconnecting" | "stopping" | "done" | "error" | "aborted";
 
 export type StreamEvent =
   | { type: "open"; streamId: string | null; requestId: string | null }
@@ -29,7 +38,10 @@ export type StreamEvent =
   | { type: "reconnecting"; attempt: number; delayMs: number | null; reason: "idle" | "network" | "closed" | "refused" | "shutting_down" | "offline" }
   | { type: "done"; usage: Usage | null; stopReason: string | null }
   | { type: "error"; error: ClaudeStreamError }
-  | { type: "aborted" };
+  /** `abort()` was called before the response's head: `aborted` follows within `stopTimeoutMs`. */
+  | { type: "stopping" }
+  /** `cancelled`: false when the server did not answer within `stopTimeoutMs` (see StreamResult). */
+  | { type: "aborted"; cancelled: boolean };
 
 export interface StreamOptions {
   /**
@@ -55,6 +67,13 @@ export interface StreamOptions {
   credentials?: RequestCredentials;
   /** Silence after which the connection counts as lost (0: never). Default 30000. */
   idleTimeoutMs?: number;
+  /**
+   * `abort()` before the response's head arrived: how long to wait for the head (to cancel
+   * the stream it names) before giving up locally, closing the request and ending as
+   * `aborted` with `cancelled: false`. 0: close at once (a resumable generation is then
+   * only detached). Default 5000.
+   */
+  stopTimeoutMs?: number;
   /** Consecutive reconnects before giving up. Default 5. */
   maxRetries?: number;
   /** Backoff: base * 2^attempt, capped, with jitter. Defaults 500 and 8000. */
@@ -96,9 +115,12 @@ export class ClaudeStream implements AsyncIterable<StreamEvent> {
   readonly usage: Usage | null;
   readonly stopReason: string | null;
   readonly error: ClaudeStreamError | null;
+  /** After `abort()`: whether the server was told to stop (false: it did not answer in time). */
+  readonly cancelled: boolean | null;
   /** Resolves with the result (also after `abort()`), rejects with a `ClaudeStreamError`. */
   readonly finished: Promise<StreamResult>;
-  /** Cancel the generation at the server (not only this connection) and end the stream. */
+  /** Cancel the generation at the server (not only this connection) and end the stream
+   *  (through `stopping` when the response's head has not arrived yet). */
   abort(): void;
   [Symbol.asyncIterator](): AsyncIterator<StreamEvent>;
 }

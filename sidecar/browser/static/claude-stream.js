@@ -10,11 +10,13 @@
 // `<stream id>:<n>`), automatic resume with Last-Event-ID, backoff and a retry limit, also
 // when the replica serving the stream stops (`shutting_down` without an id). Events are
 // applied once by their number, so a resumed stream never repeats text. `abort()` cancels
-// the generation (DELETE <url>/<stream id>); a lost connection does not.
+// the generation (DELETE <url>/<stream id>); a lost connection does not. Stopped before the
+// response's head names the stream, it waits for the head at most `stopTimeoutMs` (5 s),
+// then gives up locally: `aborted` with `cancelled: false`.
 
 const DEFAULTS = {
   method: "POST", idleTimeoutMs: 30000, maxRetries: 5, retryBaseMs: 500, retryMaxMs: 8000,
-  credentials: "same-origin", tokenParam: "access_token",
+  credentials: "same-origin", tokenParam: "access_token", stopTimeoutMs: 5000,
 };
 
 /** An error of the stream: `type` (e.g. rate_limited), HTTP `status`, `retryAfter` seconds. */
@@ -109,7 +111,9 @@ export class ClaudeStream {
     this.usage = null;
     this.stopReason = null;
     this.error = null;
-    this.state = "connecting"; // connecting | streaming | reconnecting | done | error | aborted
+    // connecting | streaming | reconnecting | stopping | done | error | aborted
+    this.state = "connecting";
+    this.cancelled = null; // after `abort()`: whether the server was told to stop (or had nothing to stop)
     this._applied = 0; // highest event number applied (text is never applied twice)
     this._queue = [];
     this._waiters = [];
@@ -125,19 +129,42 @@ export class ClaudeStream {
 
   /** Cancel the generation (not just this connection) and end the stream. */
   abort() {
-    if (this._over()) return;
+    if (this._over() || this.state === "stopping") return;
     const connection = this._connection;
-    if (this.streamId) this._cancel(this.streamId);
-    else if (connection && connection.awaitingHead) {
+    if (!this.streamId && connection && connection.awaitingHead) {
       // Stopped before the response's head arrived: closing now would only detach a
       // resumable generation (it would run on for the detach grace). Let the head come,
-      // cancel the stream it names, then close.
-      connection.onHead = (id) => { if (id) this._cancel(id); connection.close(); };
+      // cancel the stream it names, then close; but never wait for it longer than
+      // `stopTimeoutMs`: a server that does not answer is given up on locally.
       this._connection = null; // not closed by `_close()`
+      this._close();
+      this.state = "stopping";
+      this._emit({ type: "stopping" });
+      const ms = Math.max(0, Number(this.options.stopTimeoutMs) || 0);
+      const giveUp = setTimeout(() => {
+        connection.onHead = null;
+        connection.close();
+        this._stopped(false);
+      }, ms);
+      connection.onHead = (id) => {
+        clearTimeout(giveUp);
+        if (id) this._cancel(id);
+        connection.close();
+        this._stopped(true); // the head came: cancelled, or nothing was started
+      };
+      return;
     }
+    if (this.streamId) this._cancel(this.streamId);
     this._close();
+    this._stopped(true);
+  }
+
+  /** The end of an `abort()`: `cancelled` false when the server never answered in time. */
+  _stopped(cancelled) {
+    if (this._over()) return;
+    this.cancelled = cancelled;
     this.state = "aborted";
-    this._emit({ type: "aborted" });
+    this._emit({ type: "aborted", cancelled });
     this._end();
   }
 
@@ -226,6 +253,7 @@ export class ClaudeStream {
       });
     } catch (error) {
       connection.awaitingHead = false;
+      if (connection.onHead) return connection.onHead(null); // stopping: nothing came
       if (this._connection !== connection) return;
       if (resuming) return this._lost("network");
       // Refused by CORS, unreachable, or offline: nothing was generated, nothing to resume.
@@ -443,7 +471,7 @@ export class ClaudeStream {
 
   _end() {
     clearTimeout(this._timer);
-    if (this.state === "aborted") this._settle.resolve({ text: this.text, thinking: this.thinking, usage: null, stopReason: null, aborted: true });
+    if (this.state === "aborted") this._settle.resolve({ text: this.text, thinking: this.thinking, usage: null, stopReason: null, aborted: true, cancelled: this.cancelled });
     this._ended = true;
     for (const waiter of this._waiters.splice(0)) waiter({ value: undefined, done: true });
   }

@@ -90,6 +90,10 @@ async function show(stream, started) {
       say(`Done (${e.stopReason || "complete"}).`);
     } else if (e.type === "error") {
       say(describe(e.error), true);
+    } else if (e.type === "stopping") {
+      say("Stopping…");
+    } else if (e.type === "aborted" && !e.cancelled) {
+      say("Stopped here. The service did not confirm in time; it stops the answer by itself shortly.");
     } else if (e.type === "aborted") {
       say("Stopped.");
     }
