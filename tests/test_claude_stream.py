@@ -787,23 +787,16 @@ def docs_hook(module: str) -> str:
     return code.replace("export function", "function")
 
 
-async def test_the_docs_react_hook_uses_the_options_of_the_latest_render(
-    fake: FakeServer, sidecar_for: SidecarFactory
-) -> None:
-    """`useClaudeStream(url, {headers})` with a token that changes after the first render
-    (a sign-in): `start()` must send the current token, not the first render's."""
-    skip_unless_engine("chromium")
-    if not REACT_UMD.exists():
-        pytest.skip(f"react is not installed ({NPM_CI})")
-    auth = {"mode": "required", "jwt": {"secret": SECRET, "issuer": ISSUER, "audience": AUDIENCE}}
-    hook_js: list[str] = []
+def hook_routes(hook_js: list[str], app_js: str) -> Callable[[web.Application], None]:
+    """The page server's routes for a component using the docs' hook: the page, the hook
+    (`hook_js[0]`, set once the sidecar's URL is known) followed by `app_js`, and React."""
 
     def routes(app: web.Application) -> None:
         async def hook_page(request: web.Request) -> web.Response:
             return web.Response(text=HOOK_PAGE, content_type="text/html")
 
         async def hook(request: web.Request) -> web.Response:
-            return web.Response(text=hook_js[0] + HOOK_APP, content_type="text/javascript")
+            return web.Response(text=hook_js[0] + app_js, content_type="text/javascript")
 
         def umd(path: Path) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
             async def serve(request: web.Request) -> web.FileResponse:
@@ -815,6 +808,21 @@ async def test_the_docs_react_hook_uses_the_options_of_the_latest_render(
         app.router.add_get("/hook.js", hook)
         app.router.add_get("/react.js", umd(REACT_UMD))
         app.router.add_get("/react-dom.js", umd(REACT_DOM_UMD))
+
+    return routes
+
+
+async def test_the_docs_react_hook_uses_the_options_of_the_latest_render(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """`useClaudeStream(url, {headers})` with a token that changes after the first render
+    (a sign-in): `start()` must send the current token, not the first render's."""
+    skip_unless_engine("chromium")
+    if not REACT_UMD.exists():
+        pytest.skip(f"react is not installed ({NPM_CI})")
+    auth = {"mode": "required", "jwt": {"secret": SECRET, "issuer": ISSUER, "audience": AUDIENCE}}
+    hook_js: list[str] = []
+    routes = hook_routes(hook_js, HOOK_APP)
 
     async with page_server(routes) as origin:
         config = {**config_for(origin), "auth": auth}
@@ -860,24 +868,7 @@ async def test_the_docs_react_hook_stopped_before_a_head_that_never_comes_is_idl
     if not REACT_UMD.exists():
         pytest.skip(f"react is not installed ({NPM_CI})")
     hook_js: list[str] = []
-
-    def routes(app: web.Application) -> None:
-        async def hook_page(request: web.Request) -> web.Response:
-            return web.Response(text=HOOK_PAGE, content_type="text/html")
-
-        async def hook(request: web.Request) -> web.Response:
-            return web.Response(text=hook_js[0] + HOOK_STATE_APP, content_type="text/javascript")
-
-        async def react(request: web.Request) -> web.FileResponse:
-            return web.FileResponse(REACT_UMD)
-
-        async def react_dom(request: web.Request) -> web.FileResponse:
-            return web.FileResponse(REACT_DOM_UMD)
-
-        app.router.add_get("/hook", hook_page)
-        app.router.add_get("/hook.js", hook)
-        app.router.add_get("/react.js", react)
-        app.router.add_get("/react-dom.js", react_dom)
+    routes = hook_routes(hook_js, HOOK_STATE_APP)
 
     prompt = "never answered [[fake tokens=20 ttft_ms=8000]]"
     async with (
