@@ -13,6 +13,7 @@ within the grace plus a few seconds whatever a resource does.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -38,6 +39,8 @@ from sidecar.telemetry.providers import TelemetryEnvironmentError
 log = logging.getLogger("sidecar.server")
 # The exit code of an `OTEL_*` value the SDK refuses: that of a config that is not valid.
 EXIT_BAD_ENVIRONMENT: Final = 2
+# The exit code when a listener cannot bind its address (in use, not permitted, not local).
+EXIT_CANNOT_LISTEN: Final = 3
 _FINAL_EVENT_GRACE = 2.0  # seconds for final events to reach clients after streams are stopped
 # Seconds the listeners and the runtimes' resources (stores flushing the final events,
 # pools, telemetry) get, together, to close after that; past it, what is stuck is left.
@@ -56,6 +59,34 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     if problem is not None:  # validated at load: only a file changed since can get here
         raise ssl.SSLError(problem)
     return context
+
+
+class ListenError(OSError):
+    """A listener could not bind its configured address; `str()` is the one line to print."""
+
+    def __init__(self, address: str, cause: OSError) -> None:
+        super().__init__(cause.errno, _listen_problem(address, cause))
+        self.address = address
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _listen_problem(address: str, cause: OSError) -> str:
+    if cause.errno == errno.EADDRINUSE:
+        return f"address {address} already in use"
+    reason = os.strerror(cause.errno) if cause.errno else str(cause)
+    return f"cannot listen on {address}: {reason.lower()}"
+
+
+async def _bind(site: web.TCPSite, address: str) -> None:
+    """Start `site`; an address it cannot bind is a `ListenError` naming `address`."""
+    try:
+        await site.start()
+    except ListenError:
+        raise
+    except OSError as exc:
+        raise ListenError(address, exc) from exc
 
 
 def _port_of(runner: web.BaseRunner) -> int:
@@ -168,10 +199,10 @@ class SidecarServer:
         host, port = split_host_port(self.config.server.listen)
         self.reloader.tls = _ssl_context(self.config)  # reloads load new certs into it
         site = web.TCPSite(self._traffic, host, port, ssl_context=self.reloader.tls, backlog=1024)
-        await site.start()
+        await _bind(site, self.config.server.listen)
         self._sites.append(site)
         admin_host, admin_port = split_host_port(self.config.server.admin_listen)
-        await web.TCPSite(self._admin, admin_host, admin_port).start()
+        await _bind(web.TCPSite(self._admin, admin_host, admin_port), self.config.server.admin_listen)
         self.port = _port_of(self._traffic)
         self.admin_port = _port_of(self._admin)
         self.reloader.start()
@@ -225,8 +256,11 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     server = SidecarServer(config, config_path=config_path)
     try:
         await server.start()
-    except OSError as exc:
-        log.error("cannot listen: %s", exc)
+    except ListenError as exc:  # one line, no traceback: `address 0.0.0.0:8080 already in use`
+        log.error(str(exc), extra={"address": exc.address})
+        return EXIT_CANNOT_LISTEN
+    except OSError as exc:  # a certificate file changed since the config was checked
+        log.error("cannot start: %s", exc)
         return 1
     except TelemetryEnvironmentError as exc:  # an OTEL_* value the SDK refuses
         log.error("invalid OpenTelemetry environment: %s", exc)

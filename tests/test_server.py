@@ -19,6 +19,7 @@ import yaml
 from multidict import CIMultiDictProxy
 
 from sidecar.fake_claude import FakeServer
+from sidecar.server import EXIT_CANNOT_LISTEN
 from tests.support.certs import write_self_signed
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory, running_sidecar, sidecar_process
@@ -304,13 +305,25 @@ def test_a_port_in_use_exits_with_one_clear_message(tmp_path: Path, taken: str) 
             [sys.executable, "-m", "sidecar", "run", "-c", str(path)],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == EXIT_CANNOT_LISTEN == 3  # distinct from a bad config's 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     line = json.loads(lines[0])
     assert line["level"] == "ERROR"
-    assert line["message"].startswith("cannot listen:")
-    assert str(port) in line["message"]
+    assert line["message"] == f"address 127.0.0.1:{port} already in use"
+    assert line["address"] == f"127.0.0.1:{port}"
+
+
+def test_an_address_that_is_not_local_exits_3_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"  # 192.0.2.1 (TEST-NET-1) is no address of this host
+    path.write_text(yaml.safe_dump({"server": {"listen": "192.0.2.1:0"}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == EXIT_CANNOT_LISTEN
+    (line,) = (json.loads(text) for text in result.stderr.splitlines())
+    assert line["message"] == "cannot listen on 192.0.2.1:0: cannot assign requested address"
 
 
 async def test_every_request_target_is_answered_and_counted_by_the_pipeline() -> None:
