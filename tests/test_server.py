@@ -19,7 +19,7 @@ import yaml
 from multidict import CIMultiDictProxy
 
 from sidecar.fake_claude import FakeServer
-from sidecar.server import EXIT_CANNOT_LISTEN
+from sidecar.server import EXIT_CANNOT_LISTEN, SHUTDOWN_MARGIN
 from tests.support.certs import write_self_signed
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory, running_sidecar, sidecar_process
@@ -165,6 +165,36 @@ async def test_a_call_queued_when_the_grace_ends_is_turned_away_before_claude_is
     assert body["error"]["type"] == "overloaded"
     assert b"shutting down" in rest
     assert fake.state.counters["requests"] == 1
+
+
+async def test_the_whole_exit_is_bounded_by_the_grace_plus_the_margin(tmp_path: Path) -> None:
+    """A collector that accepts and never answers, and an export timeout of a minute: the
+    last span export cannot end, and the thread blocked in it would hold the interpreter's
+    exit. The process is still gone within the grace plus `SHUTDOWN_MARGIN`."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    collector = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = collector.sockets[0].getsockname()[1]
+    data = config(grace=0.5) | {"telemetry": {"otlp_endpoint": f"http://127.0.0.1:{port}"}}
+    env = {"OTEL_BSP_EXPORT_TIMEOUT": "60000", "OTEL_EXPORTER_OTLP_TIMEOUT": "60",
+           "OTEL_BSP_SCHEDULE_DELAY": "60000"}  # fmt: skip
+    try:
+        async with sidecar_process(data, tmp_path, env=env) as running:
+            async with aiohttp.ClientSession() as http:
+                params = {"prompt": "hi"}
+                async with http.get(running.url + "/api/stream-response", params=params) as got:
+                    await got.read()
+            running.process.send_signal(signal.SIGTERM)
+            bound = 0.5 + SHUTDOWN_MARGIN + 2.0  # the slack: interpreter start-up of signals
+            exit_code = await asyncio.to_thread(running.process.wait, bound)
+    finally:
+        collector.close()
+        for writer in held:
+            writer.close()
+    assert exit_code == 0
 
 
 async def test_during_the_grace_a_kept_alive_connection_is_told_to_close(
