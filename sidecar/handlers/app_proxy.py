@@ -236,7 +236,7 @@ async def _relay(
     if upstream.content_length is not None and "Content-Length" in headers:
         response.content_length = upstream.content_length
     await response.prepare(ctx.request)
-    ctx.response_started = True
+    ctx.sent_status = response.status
     transport = ctx.request.transport
     if transport is None:  # the client left as the head went out
         return response
@@ -394,7 +394,7 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
     )
     async with upstream:
         await client.prepare(request)
-        ctx.response_started = True
+        ctx.sent_status = 101  # Switching Protocols
         client_transport = request.transport
         app_transport = websocket_transport(upstream)
         if client_transport is not None and app_transport is not None:  # neither gone yet

@@ -455,7 +455,7 @@ async def _start(ctx: RequestContext, stream_id: str, protocol: Mapping[str, str
     ctx.headers[HEADER] = stream_id
     response = web.StreamResponse(status=200, headers={**ctx.headers, **sse.HEADERS, **protocol})
     await response.prepare(ctx.request)
-    ctx.response_started = True
+    ctx.sent_status = response.status
     return ClientChannel(ctx.request, response)
 
 
