@@ -146,10 +146,12 @@ def _outcome(
     A head that went out is recorded as sent, whatever happened after: a stream the client
     left keeps its 200 (its outcome says how it ended). With nothing sent, a client that
     left is nginx's 499 (Client Closed Request); a handler that failed with its client
-    still there, the 500 aiohttp answers.
+    still there, the 500 aiohttp answers. A WebSocket is never `client_gone`.
     """
     transport = request.transport
     gone = transport is None or transport.is_closing()
+    if sent_status == 101:  # a WebSocket: its handshake was the answer, and
+        return 101, False  # `sidecar.websocket.outcome` says how it ended
     if response is not None:
         # A response the handler prepared ended with its last chunk, unless cut first.
         return response.status, gone and response.prepared and not response._eof_sent
