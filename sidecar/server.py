@@ -229,7 +229,7 @@ class SidecarServer:
     async def shutdown(self, grace: float | None = None) -> None:
         """Drain: not ready, stop accepting, wait for in-flight work, end what is left.
 
-        Returns at most `SHUTDOWN_MARGIN - _LEFTOVER_GRACE` s after the grace (the grace
+        Returns about `SHUTDOWN_MARGIN - _AFTER_CLOSE` s after the grace at most (the grace
         counted from this call, a reload under way waited for within it).
         """
         loop = asyncio.get_running_loop()
