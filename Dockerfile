@@ -58,6 +58,10 @@ USER 10001:10001
 WORKDIR /tmp
 # 8080 traffic, 9090 admin (/healthz /readyz /metrics).
 EXPOSE 8080 9090
+# Docker / Compose health: the sidecar's own liveness endpoint, asked by its own CLI (the
+# image has no curl); Kubernetes ignores this and uses its probes.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["sidecar", "health", "--timeout", "3"]
 # Exec form: the sidecar is PID 1 and receives SIGTERM itself, then drains for
 # server.shutdown_grace_seconds.
 ENTRYPOINT ["sidecar", "run"]

@@ -17,6 +17,7 @@ from sidecar.config.schema import config_schema
 from sidecar.interpreter import tune_interpreter
 
 EXIT_BAD_CONFIG = 2
+EXIT_UNHEALTHY = 1  # `health`: what a container HEALTHCHECK reads as unhealthy (never 2)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-c", "--config", metavar="FILE", help=config_help)
     commands.add_parser("schema", help="print the config's JSON Schema (for editors)")
+    health = commands.add_parser(
+        "health",
+        help="exit 0 if the running sidecar's admin listener answers /healthz (/readyz with "
+        "--ready), else 1: a container HEALTHCHECK without curl",
+    )
+    health.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    health.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="default: 3")
     return parser
 
 
@@ -117,6 +126,20 @@ def _run(path: str | None) -> int:
     return uvloop.run(serve(config, path))
 
 
+def _health(path: str | None, ready: bool, timeout: float) -> int:
+    """Probe the admin listener the config names; one line either way."""
+    from sidecar.probe import admin_url, probe
+
+    config = _load(path)
+    if isinstance(config, list):
+        return _emit("".join(f"unhealthy: {problem}\n" for problem in config), EXIT_UNHEALTHY)
+    url = admin_url(config, "/readyz" if ready else "/healthz")
+    problem = probe(url, timeout)
+    if problem is not None:
+        return _emit(f"unhealthy: {problem}\n", EXIT_UNHEALTHY)
+    return _emit(f"{'ready' if ready else 'healthy'}: {url}\n", 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sidecar` console script."""
     args = _parser().parse_args(argv)
@@ -124,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _emit(json.dumps(config_schema(), indent=2) + "\n", 0)
     if args.command == "check":
         return _check(args.config)
+    if args.command == "health":
+        return _health(args.config, args.ready, args.timeout)
     return _run(args.config)
 
 

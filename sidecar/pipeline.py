@@ -31,6 +31,7 @@ from sidecar.identity import ANONYMOUS, Identity
 from sidecar.listener import close_after
 from sidecar.routes import Route
 from sidecar.runtime import Runtime, RuntimeHolder
+from sidecar.telemetry.semconv import protocol_version
 
 log = logging.getLogger("sidecar.pipeline")
 UNMATCHED = "unmatched"  # the route label of a path no route matches (bounded, unlike the path)
@@ -52,7 +53,9 @@ class RequestContext:
     identity: Identity = ANONYMOUS
     family: Family = "app"
     path: str = "/"  # canonical (`sidecar.paths`): routed by it, forwarded as it
-    response_started: bool = False  # after this only the stream itself can carry an error
+    # The status whose head went out (0: none yet); after it only the stream itself can
+    # carry an error, and telemetry records it whatever happens next.
+    sent_status: int = 0
     # The cache's MISS or BYPASS (`X-Cache`): sent only on the answer of the Claude call it
     # let through, never on a refusal made before or instead of that call.
     cache_status: str | None = None
@@ -134,6 +137,29 @@ async def _answer_expectation(request: web.Request, route: Route | None, limit: 
     await request.writer.drain()
 
 
+def _outcome(
+    request: web.Request, response: web.StreamResponse | None, sent_status: int
+) -> tuple[int, bool]:
+    """The status telemetry records for a request, and whether its client was gone before
+    the answer ended (`sidecar.client_gone`).
+
+    A head that went out is recorded as sent, whatever happened after: a stream the client
+    left keeps its 200 (its outcome says how it ended). With nothing sent, a client that
+    left is nginx's 499 (Client Closed Request); a handler that failed with its client
+    still there, the 500 aiohttp answers. A WebSocket is never `client_gone`.
+    """
+    transport = request.transport
+    gone = transport is None or transport.is_closing()
+    if sent_status == 101:  # a WebSocket: its handshake was the answer, and
+        return 101, False  # `sidecar.websocket.outcome` says how it ended
+    if response is not None:
+        # A response the handler prepared ended with its last chunk, unless cut first.
+        return response.status, gone and response.prepared and not response._eof_sent
+    if sent_status:
+        return sent_status, gone
+    return (499, True) if gone else (500, False)
+
+
 class Pipeline:
     """The aiohttp handler (`handle`) for every path of the traffic listener."""
 
@@ -160,12 +186,13 @@ class Pipeline:
             resolved = runtime.routes.resolve(request.rel_url.raw_path)
             if request.headers.get("Expect"):
                 await _answer_expectation(request, resolved.route, config.server.max_body_bytes)
+            version = protocol_version(request.version)
             if resolved.refused is None and is_browser_path(config, resolved.path):
                 served = serve_browser_file(request, resolved.path, config, runtime.routes, headers)
                 telemetry.access(
                     method=request.method, scheme=request.scheme, route=config.browser.path,
                     path=resolved.path, status=served.status, duration=time.perf_counter() - started,
-                    request_id=request_id, span=None,
+                    request_id=request_id, span=None, version=version,
                 )  # fmt: skip
                 return served
             route = resolved.route
@@ -183,37 +210,44 @@ class Pipeline:
                 # names no route (`unmatched`) and ends with the refusal.
                 span = telemetry.start_server_span(
                     telemetry.extract(request.headers), method=request.method,
-                    route=UNMATCHED, path=resolved.path, scheme=request.scheme,
+                    route=UNMATCHED, path=resolved.path, scheme=request.scheme, version=version,
+                    host=request.headers.get("Host", ""),
+                    user_agent=request.headers.get("User-Agent"),
+                    client_address=client_ip(
+                        request.remote or "", header_value(request.headers, "X-Forwarded-For"),
+                        config.server.trusted_proxies,
+                    ),
                 )  # fmt: skip
                 telemetry.rejected(reason, UNMATCHED, status, request_id, span)
                 telemetry.end_server_span(span, status)
                 telemetry.access(
                     method=request.method, scheme=request.scheme, route=UNMATCHED,
                     path=resolved.path, status=status, duration=time.perf_counter() - started,
-                    request_id=request_id, span=span,
+                    request_id=request_id, span=span, version=version,
                 )  # fmt: skip
                 return web.Response(
                     status=status, body=body, content_type="application/json", headers=headers
                 )
             parent = telemetry.extract(request.headers)
+            address = client_ip(
+                request.remote or "",
+                header_value(request.headers, "X-Forwarded-For"),
+                config.server.trusted_proxies,
+            )
             span = telemetry.start_server_span(
                 parent, method=request.method, route=route.path, path=resolved.path,
-                scheme=request.scheme,
+                scheme=request.scheme, version=version, host=request.headers.get("Host", ""),
+                user_agent=request.headers.get("User-Agent"), client_address=address,
             )  # fmt: skip
             origin = request.headers.get("Origin")
             headers.update(route.cors.response_headers(origin))
-            peer = request.remote or ""
             ctx = RequestContext(
                 request=request,
                 runtime=runtime,
                 route=route,
                 request_id=request_id,
                 started=started,
-                client_ip=client_ip(
-                    peer,
-                    header_value(request.headers, "X-Forwarded-For"),
-                    config.server.trusted_proxies,
-                ),
+                client_ip=address,
                 span=span,
                 headers=headers,
                 family=route.family,
@@ -265,16 +299,13 @@ class Pipeline:
                         rejection.reason, route.path, response.status, request_id, span
                     )
             except Exception:
-                if ctx.response_started:
+                if ctx.sent_status:
                     raise
                 log.exception("unhandled error", extra={"request_id": request_id})
                 response = render_rejection(ctx, reject("internal_error", "internal error"))
             finally:
-                if response is not None:
-                    status = response.status
-                elif request.transport is None or request.transport.is_closing():
-                    status = 499  # the client went away before an answer
-                telemetry.end_server_span(span, status)
+                status, client_gone = _outcome(request, response, ctx.sent_status)
+                telemetry.end_server_span(span, status, client_gone=client_gone)
                 telemetry.access(
                     method=request.method,
                     scheme=request.scheme,
@@ -284,6 +315,8 @@ class Pipeline:
                     duration=time.perf_counter() - started,
                     request_id=request_id,
                     span=span,
+                    version=version,
+                    client_gone=client_gone,
                 )
             return response
         finally:

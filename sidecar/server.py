@@ -5,19 +5,24 @@ accepting (a request on a kept-alive connection is answered with `Connection: cl
 → in-flight requests (on every runtime, including ones a reload replaced)
 get `server.shutdown_grace_seconds` to finish → streams still live get a final
 `shutting_down` error event → connections close → the admin listener closes.
-Every step after the grace is bounded (a close that never returns is left behind, a
-task that ignores cancellation does not keep the process alive), so the process exits
-within the grace plus a few seconds whatever a resource does.
+The whole exit is bounded by the grace plus `SHUTDOWN_MARGIN`: a reload under way is
+waited for within the grace, and every step after it (final events, closing the
+listeners and the runtimes' resources: stores, pools, the last span and metric exports;
+tasks still running) shares the margin; what is stuck past its share is left behind. A
+watchdog armed when the drain begins ends the process at the bound even if something
+no step can cancel (a thread in a blocking export) would hold the interpreter's exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
 import socket
 import ssl
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -38,12 +43,17 @@ from sidecar.telemetry.providers import TelemetryEnvironmentError
 log = logging.getLogger("sidecar.server")
 # The exit code of an `OTEL_*` value the SDK refuses: that of a config that is not valid.
 EXIT_BAD_ENVIRONMENT: Final = 2
-_FINAL_EVENT_GRACE = 2.0  # seconds for final events to reach clients after streams are stopped
-# Seconds the listeners and the runtimes' resources (stores flushing the final events,
-# pools, telemetry) get, together, to close after that; past it, what is stuck is left.
-_CLOSE_GRACE = 10.0
-_RELOAD_STOP_GRACE = 5.0  # seconds a reload under way gets to finish before the drain
-_LEFTOVER_GRACE = 2.0  # seconds tasks still running at exit get once cancelled
+# The exit code when a listener cannot bind its address (in use, not permitted, not local).
+EXIT_CANNOT_LISTEN: Final = 3
+# Seconds past `server.shutdown_grace_seconds` the whole exit may take (the Helm chart's
+# terminationGracePeriodSeconds leaves a second more). Its shares, in order:
+SHUTDOWN_MARGIN: Final = 4.0
+_FINAL_EVENT_GRACE = 1.0  # final events reaching clients after streams are stopped
+# Then the listeners and the runtimes' resources (stores flushing the final events, pools,
+# the last telemetry exports) close together until this long before the bound ...
+_AFTER_CLOSE = 1.0
+_LEFTOVER_GRACE = 0.5  # ... then tasks still running get this long once cancelled.
+_RELOAD_STOP_GRACE = 5.0  # seconds (within the grace) a reload under way gets to finish
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -56,6 +66,34 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     if problem is not None:  # validated at load: only a file changed since can get here
         raise ssl.SSLError(problem)
     return context
+
+
+class ListenError(OSError):
+    """A listener could not bind its configured address; `str()` is the one line to print."""
+
+    def __init__(self, address: str, cause: OSError) -> None:
+        super().__init__(cause.errno, _listen_problem(address, cause))
+        self.address = address
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _listen_problem(address: str, cause: OSError) -> str:
+    if cause.errno == errno.EADDRINUSE:
+        return f"address {address} already in use"
+    reason = os.strerror(cause.errno) if cause.errno else str(cause)
+    return f"cannot listen on {address}: {reason.lower()}"
+
+
+async def _bind(site: web.TCPSite, address: str) -> None:
+    """Start `site`; an address it cannot bind is a `ListenError` naming `address`."""
+    try:
+        await site.start()
+    except ListenError:
+        raise
+    except OSError as exc:
+        raise ListenError(address, exc) from exc
 
 
 def _port_of(runner: web.BaseRunner) -> int:
@@ -168,10 +206,12 @@ class SidecarServer:
         host, port = split_host_port(self.config.server.listen)
         self.reloader.tls = _ssl_context(self.config)  # reloads load new certs into it
         site = web.TCPSite(self._traffic, host, port, ssl_context=self.reloader.tls, backlog=1024)
-        await site.start()
+        await _bind(site, self.config.server.listen)
         self._sites.append(site)
         admin_host, admin_port = split_host_port(self.config.server.admin_listen)
-        await web.TCPSite(self._admin, admin_host, admin_port).start()
+        await _bind(
+            web.TCPSite(self._admin, admin_host, admin_port), self.config.server.admin_listen
+        )
         self.port = _port_of(self._traffic)
         self.admin_port = _port_of(self._admin)
         self.reloader.start()
@@ -180,36 +220,49 @@ class SidecarServer:
         """Reload the config file now (as SIGHUP does); False if the old config kept serving."""
         return await self.reloader.reload("api")
 
+    def shutdown_grace(self, grace: float | None = None) -> float:
+        """The drain's grace: `grace`, else the current config's `shutdown_grace_seconds`."""
+        return (
+            self._runtimes.current.config.server.shutdown_grace_seconds if grace is None else grace
+        )
+
     async def shutdown(self, grace: float | None = None) -> None:
-        """Drain: not ready, stop accepting, wait for in-flight work, end what is left."""
-        if not await finish_within(self.reloader.close(), _RELOAD_STOP_GRACE):
-            log.warning("shutdown: a reload did not finish", extra={"seconds": _RELOAD_STOP_GRACE})
+        """Drain: not ready, stop accepting, wait for in-flight work, end what is left.
+
+        Returns about `SHUTDOWN_MARGIN - _AFTER_CLOSE` s after the grace at most (the grace
+        counted from this call, a reload under way waited for within it).
+        """
+        loop = asyncio.get_running_loop()
+        grace_over = loop.time() + self.shutdown_grace(grace)
+        bound = grace_over + SHUTDOWN_MARGIN
+        reload_wait = min(_RELOAD_STOP_GRACE, max(grace_over - loop.time(), 0.0))
+        if not await finish_within(self.reloader.close(), reload_wait):
+            log.warning("shutdown: a reload did not finish", extra={"seconds": reload_wait})
         runtimes = self._runtimes
         runtimes.draining = True
         for site in self._sites:
             await site.stop()
         self._sites.clear()
-        configured = runtimes.current.config.server.shutdown_grace_seconds
-        wait = configured if grace is None else grace
-        if not await runtimes.wait_idle(wait):
+        if not await runtimes.wait_idle(max(grace_over - loop.time(), 0.0)):
             stopped = runtimes.stop_all_streams()
             log.warning("shutdown grace over", extra={"streams_stopped": stopped})
             await runtimes.wait_idle(_FINAL_EVENT_GRACE)
-        await self._close_listeners()
+        await self._close_listeners(bound - _AFTER_CLOSE)
 
-    async def _close_listeners(self) -> None:
-        """Close both listeners and, with the traffic app, every runtime; bounded.
+    async def _close_listeners(self, deadline: float) -> None:
+        """Close both listeners and, with the traffic app, every runtime, by `deadline`.
 
         aiohttp waits for each open handler at most `shutdown_timeout`, but not for the
         app's cleanup (the runtimes' resources): one close that never returns would keep
-        the process alive after SIGTERM. Both share `_CLOSE_GRACE`; what is stuck past it
-        is cancelled and left behind (the admin listener always gets a second).
+        the process alive after SIGTERM. Both share the time to `deadline` (loop time);
+        what is stuck past it is cancelled and left behind (the admin listener always
+        gets a moment).
         """
-        deadline = asyncio.get_running_loop().time() + _CLOSE_GRACE
+        loop = asyncio.get_running_loop()
         for runner in (self._traffic, self._admin):
-            left = max(deadline - asyncio.get_running_loop().time(), 1.0)
+            left = max(deadline - loop.time(), 0.2)
             if not await finish_within(runner.cleanup(), left):
-                log.warning("shutdown close over", extra={"seconds": _CLOSE_GRACE})
+                log.warning("shutdown close over", extra={"seconds": round(left, 3)})
 
 
 def _client_host(host: str) -> str:
@@ -225,8 +278,11 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     server = SidecarServer(config, config_path=config_path)
     try:
         await server.start()
-    except OSError as exc:
-        log.error("cannot listen: %s", exc)
+    except ListenError as exc:  # one line, no traceback: `address 0.0.0.0:8080 already in use`
+        log.error(str(exc), extra={"address": exc.address})
+        return EXIT_CANNOT_LISTEN
+    except OSError as exc:  # a certificate file changed since the config was checked
+        log.error("cannot start: %s", exc)
         return 1
     except TelemetryEnvironmentError as exc:  # an OTEL_* value the SDK refuses
         log.error("invalid OpenTelemetry environment: %s", exc)
@@ -245,11 +301,26 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reloader.request)
     await stop.wait()
-    grace = server.runtime.config.server.shutdown_grace_seconds
+    grace = server.shutdown_grace()
     log.info("shutting down", extra={"grace_seconds": grace})
-    await server.shutdown()
+    _arm_exit_watchdog(grace + SHUTDOWN_MARGIN)
+    await server.shutdown(grace)
     await _end_leftover_tasks()
     return 0
+
+
+def _arm_exit_watchdog(seconds: float) -> None:
+    """End the process `seconds` from now if it is still running then, whatever holds it
+    (a thread blocked in an export that the interpreter's exit would wait for)."""
+    timer = threading.Timer(seconds, _exit_now)
+    timer.daemon = True  # never the thing that keeps the process alive
+    timer.start()
+
+
+def _exit_now() -> None:
+    log.error("shutdown bound reached: exiting", extra={"seconds_past_grace": SHUTDOWN_MARGIN})
+    logging.shutdown()
+    os._exit(0)
 
 
 async def _end_leftover_tasks() -> None:

@@ -269,3 +269,30 @@ async def test_admin_endpoints_and_draining(
         await shutdown
         with pytest.raises(aiohttp.ClientConnectionError):
             await http.get(sidecar.url + "/echo")
+
+
+async def test_admin_404_and_405_are_json_in_the_error_format_and_counted(
+    sidecar_for: SidecarFactory,
+) -> None:
+    async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.admin_url + "/nowhere") as missing:
+            assert missing.status == 404
+            assert missing.content_type == "application/json"
+            assert (await missing.json())["error"]["type"] == "not_found"
+        async with http.post(sidecar.admin_url + "/readyz") as wrong:
+            assert wrong.status == 405
+            assert wrong.content_type == "application/json"
+            assert wrong.headers["Allow"] == "GET, HEAD"
+            assert await wrong.json() == {
+                "error": {"type": "invalid_request", "message": "use GET, HEAD"}
+            }
+        async with http.head(sidecar.admin_url + "/nowhere") as head_missing:
+            assert head_missing.status == 404
+            assert await head_missing.read() == b""
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with http.head(sidecar.admin_url + path) as head:
+                assert head.status == 200, path
+                assert await head.read() == b""
+        text = await scrape(sidecar)
+    assert re.search(r'sidecar_rejections_total\{[^}]*reason="no_route"[^}]*\} 2', text)
+    assert re.search(r'sidecar_rejections_total\{[^}]*reason="method_not_allowed"[^}]*\} 1', text)

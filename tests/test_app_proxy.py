@@ -553,6 +553,31 @@ async def test_the_sidecars_credential_is_kept_from_the_app_unless_forwarded(
     assert echoed_headers(basic)["authorization"] == "Basic YXBwOnB3"
 
 
+async def test_a_head_reaches_the_app_as_a_head_without_the_query_token(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The sidecar reads the JWT query parameter of a HEAD as of the GET it asks about, so
+    it keeps it from the app the same way; the method reaches the app unchanged."""
+    seen: list[tuple[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path_qs))
+        return web.Response(body=b"x" * 7)
+
+    app = web.Application()
+    app.router.add_route("*", "/seen", record)
+    auth = {"mode": "required", "jwt": {"secret": SECRET, "algorithms": ["HS256"],
+            "issuer": ISSUER, "audience": AUDIENCE, "query_param": "access_token"}}  # fmt: skip
+    async with serving(app) as url, sidecar_for({"app": {"url": url}, "auth": auth}) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            target = sidecar.url + f"/seen?access_token={mint()}&k=1"
+            async with http.head(target) as response:
+                assert response.status == 200
+                assert response.headers["Content-Length"] == "7"
+                assert await response.read() == b""
+    assert seen == [("HEAD", "/seen?k=1")]
+
+
 async def test_a_query_token_the_sidecar_did_not_read_reaches_the_app(
     sidecar_for: SidecarFactory,
 ) -> None:

@@ -23,7 +23,7 @@ from tests.support.apps import AppState, running_app, serving, with_app
 from tests.support.metrics import counts
 from tests.support.sidecars import BASE, SidecarFactory
 from tests.support.sockets import shrink_send_buffers, small_buffered
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, holds
 
 
 async def test_websocket_is_proxied(
@@ -37,6 +37,29 @@ async def test_websocket_is_proxied(
             assert (await ws.receive_str(timeout=5)) == "echo:hi"
             await ws.send_bytes(b"abc")
             assert (await ws.receive_bytes(timeout=5)) == b"cba"
+
+
+async def test_a_websocket_closed_either_way_is_a_101_never_a_client_gone(
+    sidecar_for: SidecarFactory,
+    app_upstream: tuple[str, AppState],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its handshake was the answer: a closed connection after it is how a WebSocket ends
+    (`sidecar.websocket.outcome`), not a client that left before its answer."""
+    caplog.set_level(logging.INFO)
+    url, _ = app_upstream
+    async with sidecar_for(with_app(url)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.ws_connect(sidecar.url + "/ws") as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive_str(timeout=5)) == "echo:hi"
+        await eventually(lambda: holds(_access_lines(caplog) == 1))
+    (line,) = [r.__dict__ for r in caplog.records if getattr(r, "event", None) == "access"]
+    assert line["status"] == 101
+    assert "client_gone" not in line
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(getattr(r, "event", None) == "access" for r in caplog.records)
 
 
 async def test_websocket_close_code_from_the_app_reaches_the_client(

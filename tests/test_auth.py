@@ -235,6 +235,28 @@ async def test_wrong_key_type_for_the_algorithm_is_401_not_500(
     assert fake.state.counters["requests"] == 0
 
 
+async def test_a_head_is_read_as_the_get_it_asks_about(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The query token, the fields and the answer's head of the GET; Claude is not called."""
+    token = mint()
+    async with sidecar_for(auth_config()) as sidecar, aiohttp.ClientSession() as http:
+        url = sidecar.url + PROMPT
+        answers = []
+        for params in (
+            {"prompt": "hi", "access_token": token},
+            {"prompt": "hi"},  # no credential
+            {"access_token": token},  # no prompt
+        ):
+            async with http.head(url, params=params) as response:
+                assert await response.read() == b""
+                answers.append((response.status, response.headers.get("Content-Type")))
+    assert answers[0] == (200, "text/event-stream; charset=utf-8")
+    assert answers[1][0] == 401
+    assert answers[2][0] == 400
+    assert fake.state.counters["requests"] == 0
+
+
 async def test_query_token_only_for_get(fake: FakeServer, sidecar_for: SidecarFactory) -> None:
     token = mint()
     async with sidecar_for(auth_config()) as sidecar, aiohttp.ClientSession() as http:

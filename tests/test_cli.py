@@ -407,3 +407,34 @@ def test_an_unset_variable_is_one_problem_not_also_its_empty_value(tmp_path: Pat
         "telemetry.log_format: environment variable SIDECAR_TEST_UNSET is not set",
         "telemetry.log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
     ]
+
+
+def _health(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "health", "-c", str(path), *args],
+        capture_output=True, text=True, timeout=30, check=False, cwd=ROOT,
+        env={**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"},
+    )  # fmt: skip
+
+
+async def test_health_asks_the_admin_listener_the_config_names(tmp_path: Path) -> None:
+    """The image's HEALTHCHECK: 0 while the sidecar answers (the wildcard address read as
+    loopback, a proxy in the environment not used), 1 with one line when it does not."""
+    from tests.support.sidecars import sidecar_process
+
+    async with sidecar_process({}, tmp_path, name="s") as running:
+        path = tmp_path / "wildcard.yaml"
+        admin_port = running.admin_url.rsplit(":", 1)[1]
+        path.write_text(yaml.safe_dump({"server": {"admin_listen": f"0.0.0.0:{admin_port}"}}))
+        alive = _health(path)
+        ready = _health(path, "--ready")
+    gone = _health(path, "--timeout", "1")
+    assert (alive.returncode, alive.stdout) == (
+        0,
+        f"healthy: http://127.0.0.1:{admin_port}/healthz\n",
+    )
+    assert (ready.returncode, ready.stdout) == (0, f"ready: http://127.0.0.1:{admin_port}/readyz\n")
+    assert gone.returncode == 1
+    assert gone.stdout.startswith(f"unhealthy: http://127.0.0.1:{admin_port}/healthz: ")
+    assert gone.stdout.count("\n") == 1
+    assert gone.stderr == ""

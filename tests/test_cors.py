@@ -363,9 +363,9 @@ async def test_same_origin_behind_a_tls_ending_proxy_uses_its_scheme(
 @pytest.mark.parametrize(
     ("path", "allow"),
     [
-        (PROMPT, "GET, POST, OPTIONS"),
+        (PROMPT, "GET, HEAD, POST, OPTIONS"),
         (PROMPT + "/" + "a" * 24, "DELETE, OPTIONS"),
-        ("/api/chat", "GET, POST, DELETE, OPTIONS"),
+        ("/api/chat", "GET, HEAD, POST, DELETE, OPTIONS"),
         ("/v1/messages", "POST, OPTIONS"),
         ("/v1/messages/count_tokens", "POST, OPTIONS"),
     ],

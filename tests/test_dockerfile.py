@@ -211,3 +211,14 @@ def test_every_copied_path_is_in_the_build_context() -> None:
         "sidecar/__pycache__/x.pyc",
     ):
         assert dockerignored(private, patterns), f"{private} would be sent to the build"
+
+
+def test_healthcheck_is_the_sidecars_own_command_without_curl() -> None:
+    checks = [a for k, a in final_stage() if k == "HEALTHCHECK"]
+    assert len(checks) == 1
+    options, _, command = checks[0].partition("CMD")
+    assert json.loads(command.strip())[:2] == ["sidecar", "health"]  # exec form, its own CLI
+    assert "--interval=" in options
+    every = " ".join(a for _, a in instructions())  # comments dropped
+    assert "curl" not in every
+    assert "wget" not in every

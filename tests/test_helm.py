@@ -427,6 +427,35 @@ def test_termination_grace_follows_the_configs_grace(
     assert pod_spec(render(chart, values))["terminationGracePeriodSeconds"] == expected
 
 
+@pytest.mark.parametrize(
+    ("native", "app_seconds", "expected"),
+    [
+        (True, 20, 20 + 5 + 30 + 5),  # native: the app exits first, then the sidecar drains
+        (True, 0, 5 + 30 + 5),
+        (False, 20, 5 + 30 + 5),  # side by side: the longer of the two
+        (False, 60, 60 + 5),
+    ],
+)
+def test_termination_grace_counts_the_apps_own_shutdown(
+    chart: Any, native: bool, app_seconds: int, expected: int
+) -> None:
+    app = {"image": {"repository": "web", "tag": "1"}, "shutdownSeconds": app_seconds}
+    values = {
+        "nativeSidecar": native,
+        "app": app,
+        "config": "server: {shutdown_grace_seconds: 30}\n",
+    }
+    assert pod_spec(render(chart, values))["terminationGracePeriodSeconds"] == expected
+
+
+def test_an_explicit_grace_must_leave_a_native_sidecar_the_apps_shutdown_too(chart: Any) -> None:
+    app = {"image": {"repository": "web", "tag": "1"}, "shutdownSeconds": 20}
+    values = {"nativeSidecar": True, "app": app, "terminationGracePeriodSeconds": 50,
+              "config": "server: {shutdown_grace_seconds: 30}\n"}  # fmt: skip
+    with pytest.raises(Exception, match="must exceed"):
+        render(chart, values)
+
+
 def test_pod_mode_puts_the_app_behind_the_sidecar(chart: Any) -> None:
     docs = render(chart, production_values())
     spec = pod_spec(docs)

@@ -1294,3 +1294,43 @@ async def test_a_reader_from_the_store_that_stops_reading_is_cut(
         writer.close()
     assert b'"done"' not in received  # cut before the end
     assert fake.state.counters["requests"] == 1  # a resume never calls Claude
+
+
+async def test_a_head_answers_as_the_resuming_get_would_without_events(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    config = {
+        **resumable(),
+        "auth": {"mode": "required", "api_keys": [
+            {"name": "a", "sha256": _sha("key-a"), "user": "alice"},
+            {"name": "b", "sha256": _sha("key-b"), "user": "bob"},
+        ]},
+    }  # fmt: skip
+    alice, bob = {"X-Api-Key": "key-a"}, {"X-Api-Key": "key-b"}
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        done = await sse_request(sidecar.port, target=SLOW, headers=alice)
+        stream_id = done.stream_id
+
+        async def head(cursor: str, who: dict[str, str]) -> aiohttp.ClientResponse:
+            async with http.head(
+                sidecar.url + ROUTE, headers={**who, "Last-Event-ID": cursor}
+            ) as response:
+                assert await response.read() == b""
+                return response
+
+        middle = await head(f"{stream_id}:3", alice)
+        assert middle.status == 200
+        assert middle.headers["Content-Type"] == sse.CONTENT_TYPE
+        assert middle.headers["Sidecar-Stream-Id"] == stream_id
+        assert (await head(done.last_id, alice)).status == 204  # nothing left: stop
+        assert (await head("C" * 24 + ":1", alice)).status == 204  # unknown: stop
+        assert (await head(f"{stream_id}:3", bob)).status == 404  # someone else's
+        assert (await head(f"{stream_id}:99", alice)).status == 400  # never sent
+        async with http.head(
+            sidecar.url + f"{ROUTE}?last_event_id={stream_id}:3", headers=alice
+        ) as by_query:
+            assert by_query.status == 200
+        # The GET still has every event after the cursor: the HEAD read nothing.
+        rest = await sse_request(sidecar.port, headers={**alice, "Last-Event-ID": f"{stream_id}:3"})
+    assert rest.events[0].id == f"{stream_id}:4"
+    assert fake.state.counters["requests"] == 1

@@ -13,7 +13,15 @@ import aiohttp
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sidecar.telemetry.semconv import DEFAULT, LATEST, gen_ai_names, http_method
+from sidecar.telemetry.semconv import (
+    DEFAULT,
+    LATEST,
+    MAX_SERVER_ADDRESS,
+    gen_ai_names,
+    http_method,
+    protocol_version,
+    server_address,
+)
 from tests.support.otel import Otel, make_otel
 from tests.support.sidecars import SidecarFactory, running_sidecar
 from tests.support.waiting import eventually
@@ -239,3 +247,31 @@ async def test_spans_and_metrics_name_the_sidecars_scope_and_version(
     scopes = {(scope.scope.name, scope.scope.version)
               for resource in data.resource_metrics for scope in resource.scope_metrics}  # fmt: skip
     assert scopes == {("claude-sidecar", own)}
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"), [((1, 1), "1.1"), ((1, 0), "1.0"), ((2, 0), "2"), ((3, 0), "3")]
+)
+def test_protocol_version_as_the_conventions_spell_it(
+    version: tuple[int, int], expected: str
+) -> None:
+    assert protocol_version(version) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "scheme", "expected"),
+    [
+        ("front.example", "http", ("front.example", 80)),
+        ("front.example", "https", ("front.example", 443)),
+        ("front.example:8443", "http", ("front.example", 8443)),
+        ("[::1]:9000", "http", ("::1", 9000)),
+        ("[::1]", "https", ("::1", 443)),
+        ("host:99999", "http", ("host", 80)),  # no port: the scheme's
+        ("host:x", "http", ("host", 80)),
+        ("a" * 400 + ":1", "http", ("a" * MAX_SERVER_ADDRESS, 1)),  # bounded: client-chosen
+    ],
+)
+def test_server_address_and_port_from_the_host_header(
+    host: str, scheme: str, expected: tuple[str, int]
+) -> None:
+    assert server_address(host, scheme) == expected

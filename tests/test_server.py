@@ -19,6 +19,7 @@ import yaml
 from multidict import CIMultiDictProxy
 
 from sidecar.fake_claude import FakeServer
+from sidecar.server import EXIT_CANNOT_LISTEN, SHUTDOWN_MARGIN
 from tests.support.certs import write_self_signed
 from tests.support.policy import API_KEY, API_KEY_SHA256
 from tests.support.sidecars import SidecarFactory, running_sidecar, sidecar_process
@@ -166,6 +167,36 @@ async def test_a_call_queued_when_the_grace_ends_is_turned_away_before_claude_is
     assert fake.state.counters["requests"] == 1
 
 
+async def test_the_whole_exit_is_bounded_by_the_grace_plus_the_margin(tmp_path: Path) -> None:
+    """A collector that accepts and never answers, and an export timeout of a minute: the
+    last span export cannot end, and the thread blocked in it would hold the interpreter's
+    exit. The process is still gone within the grace plus `SHUTDOWN_MARGIN`."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    collector = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = collector.sockets[0].getsockname()[1]
+    data = config(grace=0.5) | {"telemetry": {"otlp_endpoint": f"http://127.0.0.1:{port}"}}
+    env = {"OTEL_BSP_EXPORT_TIMEOUT": "60000", "OTEL_EXPORTER_OTLP_TIMEOUT": "60",
+           "OTEL_BSP_SCHEDULE_DELAY": "60000"}  # fmt: skip
+    try:
+        async with sidecar_process(data, tmp_path, env=env) as running:
+            async with aiohttp.ClientSession() as http:
+                params = {"prompt": "hi"}
+                async with http.get(running.url + "/api/stream-response", params=params) as got:
+                    await got.read()
+            running.process.send_signal(signal.SIGTERM)
+            bound = 0.5 + SHUTDOWN_MARGIN + 2.0  # the slack: interpreter start-up of signals
+            exit_code = await asyncio.to_thread(running.process.wait, bound)
+    finally:
+        collector.close()
+        for writer in held:
+            writer.close()
+    assert exit_code == 0
+
+
 async def test_during_the_grace_a_kept_alive_connection_is_told_to_close(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
@@ -304,13 +335,25 @@ def test_a_port_in_use_exits_with_one_clear_message(tmp_path: Path, taken: str) 
             [sys.executable, "-m", "sidecar", "run", "-c", str(path)],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == EXIT_CANNOT_LISTEN == 3  # distinct from a bad config's 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     line = json.loads(lines[0])
     assert line["level"] == "ERROR"
-    assert line["message"].startswith("cannot listen:")
-    assert str(port) in line["message"]
+    assert line["message"] == f"address 127.0.0.1:{port} already in use"
+    assert line["address"] == f"127.0.0.1:{port}"
+
+
+def test_an_address_that_is_not_local_exits_3_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"  # 192.0.2.1 (TEST-NET-1) is no address of this host
+    path.write_text(yaml.safe_dump({"server": {"listen": "192.0.2.1:0"}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == EXIT_CANNOT_LISTEN
+    (line,) = (json.loads(text) for text in result.stderr.splitlines())
+    assert line["message"] == "cannot listen on 192.0.2.1:0: cannot assign requested address"
 
 
 async def test_every_request_target_is_answered_and_counted_by_the_pipeline() -> None:

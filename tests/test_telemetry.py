@@ -590,3 +590,79 @@ async def test_a_resumed_request_links_to_the_stream_it_reads(
     assert contexts[0].trace_id == stream.trace_id
     assert otel.count("sidecar.stream.resumes", **{"sidecar.resume.result": "resumed"}) == 1
     assert otel.count("sidecar.stream.resume.events") == 3  # events 3, 4 and done
+
+
+# ---------------------------------------------------------------------------- HTTP server
+
+
+async def test_the_server_span_and_duration_carry_the_http_conventions_attributes(
+    sidecar_for: SidecarFactory, otel: Otel
+) -> None:
+    """Span: the recommended attributes, the client-chosen ones bounded. Metric: only those
+    the conventions list for `http.server.request.duration` (server.address is opt-in)."""
+    long_agent = "agent/" + "x" * 1000
+    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/api/stream-response?prompt=hi", "/nothing/x"):
+                headers = {"User-Agent": long_agent, "Host": "front.example:8443"}
+                async with http.get(sidecar.url + path, headers=headers) as response:
+                    await response.read()
+        await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 2)
+    for server in otel.spans(SpanKind.SERVER):
+        attributes = server.attributes or {}
+        assert attributes["network.protocol.version"] == "1.1"
+        assert attributes["server.address"] == "front.example"
+        assert attributes["server.port"] == 8443
+        assert attributes["client.address"] == "127.0.0.1"
+        assert attributes["user_agent.original"] == long_agent[:256]
+        assert "sidecar.client_gone" not in attributes
+    for point in otel.points("http.server.request.duration"):
+        assert set(point.attributes) == {
+            "http.request.method", "url.scheme", "http.route", "http.response.status_code",
+            "network.protocol.version",
+        }  # fmt: skip
+        assert point.attributes["network.protocol.version"] == "1.1"
+
+
+async def test_a_client_that_left_is_recorded_as_gone_with_what_it_was_sent_or_499(
+    sidecar_for: SidecarFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Left mid-stream: the 200 its head carried, and `sidecar.client_gone`. Left while
+    queued, before anything was sent: nginx's 499, in the span, the metric and the log."""
+    caplog.set_level(logging.INFO)
+    config = {
+        "resume": {"enabled": False},
+        "claude": {"max_concurrent_streams": 1, "queue": {"max_wait_seconds": 30}},
+    }
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            body = {"prompt": "long answer [[fake tokens=500 tps=50]]"}
+            holding = await http.post(sidecar.url + "/api/stream-response", json=body)
+            assert b"token" in await holding.content.readuntil(b"\n\n")
+            queued = asyncio.create_task(prompt(sidecar.url, "waiting in line"))
+            admission = sidecar.runtime.admission
+            for _ in range(500):  # the admission queue exposes no event to await
+                if admission.waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert admission.waiting == 1
+            queued.cancel()  # the client gives up while queued
+            with contextlib.suppress(asyncio.CancelledError):
+                await queued
+            await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 1)
+            holding.close()  # and the first leaves mid-stream
+            await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 2)
+    left_queued, left_streaming = (s.attributes or {} for s in otel.spans(SpanKind.SERVER))
+    assert left_queued["http.response.status_code"] == 499
+    assert left_queued["sidecar.client_gone"] is True
+    assert left_streaming["http.response.status_code"] == 200
+    assert left_streaming["sidecar.client_gone"] is True
+    statuses = sorted(
+        p.attributes["http.response.status_code"]
+        for p in otel.points("http.server.request.duration")
+    )
+    assert statuses == [200, 499]
+    access = [r for r in caplog.records if getattr(r, "event", None) == "access"]
+    assert sorted((r.__dict__["status"], r.__dict__.get("client_gone", False)) for r in access) == [
+        (200, True), (499, True),
+    ]  # fmt: skip

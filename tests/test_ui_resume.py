@@ -342,3 +342,22 @@ async def test_a_stopping_replica_closes_the_open_parts_before_its_shutting_down
     assert late.events[0].data == {"type": "text-end", "id": "0"}
     assert "shutting down" in late.events[1].data["errorText"]
     assert all(e.id is None for e in late.events)  # resumed from its last event elsewhere
+
+
+async def test_a_head_on_the_chats_stream_url_answers_as_its_get_without_parts(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async with sidecar_for(resumable()) as sidecar, aiohttp.ClientSession() as http:
+        async with cutting_proxy(sidecar.port, after=3) as proxy:
+            cut = await post(proxy.port, "chat-head")
+        answers = []
+        for chat_id in ("chat-head", "chat-nobody"):
+            async with http.head(f"{sidecar.url}{CHAT}/{chat_id}/stream") as response:
+                assert await response.read() == b""
+                answers.append((response.status, response.headers.get("Sidecar-Stream-Id")))
+                if chat_id == "chat-head":
+                    assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
+        resumed = await resume_chat(sidecar.port, "chat-head")
+    assert answers == [(200, cut.stream_id), (204, None)]
+    assert resumed.events[0].id == f"{cut.stream_id}:1"  # the HEAD took nothing
+    assert fake.state.counters["requests"] == 1

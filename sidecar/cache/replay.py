@@ -53,7 +53,7 @@ async def replay_stream(
         status=200, headers={**headers, **sse.HEADERS, **translator.headers}
     )
     await response.prepare(ctx.request)
-    ctx.response_started = True
+    ctx.sent_status = response.status
     channel = ClientChannel(ctx.request, response)
     core = StreamCore(record, translator)
     stall = ctx.runtime.config.claude.client_stall_timeout_seconds

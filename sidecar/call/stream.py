@@ -126,7 +126,7 @@ async def _start_response(
     headers.update(sse.HEADERS)
     headers.update(translator.headers)
     channel = await ClientChannel.open(ctx.request, headers)
-    ctx.response_started = True
+    ctx.sent_status = 200  # the head leaves with the first bytes
     return channel
 
 

@@ -28,6 +28,7 @@ from sidecar.handlers.request_body import (
     malformed_body,
 )
 from sidecar.header_lists import header_value
+from sidecar.methods import reads
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
@@ -136,9 +137,9 @@ def _target(ctx: RequestContext) -> URL:
     if (
         _withholds_credentials(ctx)
         and jwt is not None and jwt.query_param and jwt.query_param in url.query
-        and ctx.request.method == "GET" and not header_credential(ctx.request.headers)
+        and reads(ctx.request.method) and not header_credential(ctx.request.headers)
     ):  # fmt: skip
-        # The token the sidecar checked (only a GET without a header credential is read
+        # The token the sidecar checked (only a GET or HEAD without a header credential is read
         # from the query): kept from the app, as from Claude. Any other is the app's.
         url = url.without_query_params(jwt.query_param)
     query = url.raw_query_string
@@ -235,7 +236,7 @@ async def _relay(
     if upstream.content_length is not None and "Content-Length" in headers:
         response.content_length = upstream.content_length
     await response.prepare(ctx.request)
-    ctx.response_started = True
+    ctx.sent_status = response.status
     transport = ctx.request.transport
     if transport is None:  # the client left as the head went out
         return response
@@ -393,7 +394,7 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
     )
     async with upstream:
         await client.prepare(request)
-        ctx.response_started = True
+        ctx.sent_status = 101  # Switching Protocols
         client_transport = request.transport
         app_transport = websocket_transport(upstream)
         if client_transport is not None and app_transport is not None:  # neither gone yet

@@ -31,7 +31,9 @@ from sidecar.call.run import (
 from sidecar.errors import bad_request, reject, short_error_type
 from sidecar.handlers import resume
 from sidecar.handlers.request_body import parse_model, read_json_object
+from sidecar.methods import reads
 from sidecar.pipeline import RequestContext
+from sidecar.policy.claude_schema import Collected
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import json_object, parse_block
 from sidecar.stream.core import Translator
@@ -239,15 +241,20 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
             return await resume.cancel(ctx, stream_id)
         cursor = resume.cursor_of(request)
         if cursor is not None:
-            if request.method == "GET" and cursor.isascii() and cursor.isdigit():
+            if reads(request.method) and cursor.isascii() and cursor.isdigit():
                 # A plain number is a stream that was not resumable (a cached replay, a
                 # stream the store could not take): its EventSource is told to stop.
                 return web.Response(status=204, headers=ctx.headers)
             return await resume.resume(ctx, cursor, _lost_event)
-    elif request.method == "GET" and request.headers.get("Last-Event-ID", "").strip():
+    elif reads(request.method) and request.headers.get("Last-Event-ID", "").strip():
         # EventSource reconnecting (it does so on its own after every stream ends): streams
         # are not resumable, so say "stop" (204) rather than pay for the prompt again.
         return web.Response(status=204, headers=ctx.headers)
+    if request.method == "HEAD":
+        # What the GET would answer before its first event (its refusals included), without
+        # calling Claude or spending quota: the stream's own headers are made as it starts.
+        await _checked_call(ctx)
+        return web.Response(status=200, headers={**ctx.headers, **sse.HEADERS})
     call, record, cached = await _prompt_call(ctx)
     capture = config.telemetry.capture_content
     if cached.source is not None:  # the route's own events, made from Claude's recorded ones
@@ -264,15 +271,14 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
     return await call_claude(ctx, call, record, translator, plan, cached.tap)
 
 
-async def _prompt_call(ctx: RequestContext) -> tuple[ClaudeRequest, StreamRecord, CacheStep]:
-    """The validated, screened call, its record and the cache's decision.
-
-    A function of its own so the request's fields, the body built from them and the
-    screened texts are freed before the stream starts instead of living as long as it.
-    """
+async def _checked_call(
+    ctx: RequestContext,
+) -> tuple[dict[str, Any], dict[str, Any], Collected]:
+    """The request's fields, the Claude body built from them and what screening read;
+    every refusal of a call's input (method, fields, model, screening) raised here."""
     request = ctx.request
     config = ctx.runtime.config
-    if request.method == "GET":
+    if reads(request.method):
         _refuse_non_utf8(request.rel_url.raw_query_string)
         query = request.query
         fields: dict[str, Any] = dict(query)
@@ -284,11 +290,21 @@ async def _prompt_call(ctx: RequestContext) -> tuple[ClaudeRequest, StreamRecord
         fields = await read_json_object(request, config.server)
     else:
         raise reject(
-            "method_not_allowed", "use GET or POST", headers={"Allow": "GET, POST, OPTIONS"}
+            "method_not_allowed", "use GET or POST", headers={"Allow": "GET, HEAD, POST, OPTIONS"}
         )
     body = parse_prompt(fields, config.claude.model, config.claude.max_tokens)
     check_model(ctx, body["model"])
-    screened = ctx.route.screener.screen_request(body)
+    return body, fields, ctx.route.screener.screen_request(body)
+
+
+async def _prompt_call(ctx: RequestContext) -> tuple[ClaudeRequest, StreamRecord, CacheStep]:
+    """The validated, screened call, its record and the cache's decision.
+
+    A function of its own so the request's fields, the body built from them and the
+    screened texts are freed before the stream starts instead of living as long as it.
+    """
+    config = ctx.runtime.config
+    body, fields, screened = await _checked_call(ctx)
     record = new_record(ctx, body["model"], body["max_tokens"], stream=True)
     if config.telemetry.capture_content:
         record.prompt_text = fields["prompt"]

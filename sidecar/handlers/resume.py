@@ -22,6 +22,7 @@ from sidecar import sse
 from sidecar.call.stream import Resumable
 from sidecar.errors import Rejection, reject
 from sidecar.header_lists import RepeatedField, sole_value
+from sidecar.methods import reads
 from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.hub import Generation, Subscriber
@@ -66,18 +67,18 @@ def enabled_on(ctx: RequestContext, *, default: bool) -> bool:
 
 
 def cursor_of(request: web.Request) -> str | None:
-    """The resume cursor a request carries, if any: only a GET or a POST resumes.
+    """The resume cursor a request carries, if any: only a GET (or HEAD) or a POST resumes.
 
     An empty one (blank) is none, as the SSE rules read an empty last event id: a front
     end that always sends the header or `?last_event_id=` starts a stream with it empty.
     Either given twice with different values is a 400: which copy to resume from would
     be a guess.
     """
-    if request.method not in ("GET", "POST"):
+    if request.method not in ("GET", "HEAD", "POST"):
         return None
     try:
         value = (sole_value(request.headers, "Last-Event-ID") or "").strip()
-        if not value and request.method == "GET":
+        if not value and reads(request.method):
             value = (sole_value(request.query, QUERY) or "").strip()
     except RepeatedField as repeated:
         raise reject(
@@ -113,7 +114,7 @@ def _gone(ctx: RequestContext, result: str) -> web.StreamResponse:
     JSON 404. Someone else's stream is a 404 either way, worded as for an unknown one (an
     `EventSource` stops on a 404 too, and the id stays as unguessable as before)."""
     ctx.runtime.telemetry.resumed(result)
-    if ctx.request.method == "GET" and result != "forbidden":
+    if reads(ctx.request.method) and result != "forbidden":
         return web.Response(status=204, headers=ctx.headers)
     raise reject("resume_expired", "the stream is unknown or has expired")
 
@@ -182,6 +183,8 @@ async def resume(
         )
     )
     owner = owner_of(ctx.identity, ctx.client_ip)
+    if ctx.request.method == "HEAD":
+        return await _head(ctx, stream_id, after, owner, protocol)
     live = runtime.resume.hub.get(stream_id)
     if live is not None and _mine(live, owner, ctx.route.handler) is not None:
         generation, origin = live
@@ -238,6 +241,38 @@ async def resume(
     # own stream from a route of another kind is refused there (its events are in that
     # route's format, not this one's).
     return await _from_store(ctx, stream_id, after, owner, lost_event, protocol, closing)
+
+
+async def _head(
+    ctx: RequestContext, stream_id: str, after: int, owner: str, protocol: Mapping[str, str]
+) -> web.StreamResponse:
+    """What the GET would answer, without its events: 200 with the stream's headers when
+    there are events to resume, else its 204 or error; nothing is read or attached."""
+    live = ctx.runtime.resume.hub.get(stream_id)
+    generation = _mine(live, owner, ctx.route.handler)
+    if generation is not None and generation.log is not None:
+        try:
+            backlog = generation.log.since(after)
+        except BeyondEnd:
+            raise _beyond_end() from None
+        if backlog is None or (generation.final and not backlog):
+            return _gone(ctx, "expired")
+    else:  # as the GET does: the store answers for a stream not live here (or not ours)
+        info = await _lookup(ctx, stream_id)
+        if info is None:
+            return _gone(ctx, "expired")
+        if info.owner != owner:
+            return _gone(ctx, "forbidden")
+        if not info.framed_for(ctx.route.handler):
+            raise _other_route()
+        # As `_from_store` decides once caught up (a HEAD does not wait for a store that
+        # lags its producer: a stream still produced is taken to have the event).
+        if after > info.last and info.final:
+            raise _beyond_end()
+        if min(after, info.last) < info.first - 1 or (info.final and after == info.last):
+            return _gone(ctx, "expired")
+    headers = {**ctx.headers, HEADER: stream_id, **sse.HEADERS, **protocol}
+    return web.Response(status=200, headers=headers)
 
 
 async def _from_store(
@@ -446,7 +481,7 @@ async def _start(ctx: RequestContext, stream_id: str, protocol: Mapping[str, str
     ctx.headers[HEADER] = stream_id
     response = web.StreamResponse(status=200, headers={**ctx.headers, **sse.HEADERS, **protocol})
     await response.prepare(ctx.request)
-    ctx.response_started = True
+    ctx.sent_status = response.status
     return ClientChannel(ctx.request, response)
 
 

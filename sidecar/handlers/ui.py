@@ -36,6 +36,7 @@ from sidecar.handlers import resume, ui_resume
 from sidecar.handlers.request_body import read_json_object
 from sidecar.handlers.ui_request import parse_ui_request
 from sidecar.handlers.ui_stream import HEADERS, UiTranslator, closing_chunks
+from sidecar.methods import reads
 from sidecar.pipeline import RequestContext
 from sidecar.upstream import Attempt
 
@@ -73,7 +74,7 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
     if cursor is not None:
         return await resume.resume(ctx, cursor, ui_resume.lost_event, HEADERS, closing_chunks)
     chat_id = _resume_target(ctx.route.path, ctx.path)
-    if request.method == "GET" and chat_id is not None:
+    if reads(request.method) and chat_id is not None:
         if not resumable:
             return web.Response(status=204, headers=ctx.headers)
         return await ui_resume.answer(ctx, chat_id)
@@ -83,7 +84,7 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
             raise reject("not_found", "no such chat endpoint")
         return await resume.cancel(ctx, stream_id)
     if request.method != "POST":
-        allow = "GET, POST, DELETE, OPTIONS" if resumable else "GET, POST, OPTIONS"
+        allow = "GET, HEAD, POST, DELETE, OPTIONS" if resumable else "GET, HEAD, POST, OPTIONS"
         raise reject(
             "method_not_allowed", "use POST (or GET <route>/<chat id>/stream to resume)",
             headers={"Allow": allow},

@@ -19,6 +19,7 @@ from sidecar.config import AuthConfig, JWTConfig
 from sidecar.errors import Rejection, reject
 from sidecar.header_lists import RepeatedField, sole_value
 from sidecar.identity import ANONYMOUS, Identity, is_name
+from sidecar.methods import reads
 from sidecar.policy.jwks import JwksCache
 
 _CHALLENGE = 'Bearer realm="claude-sidecar"'
@@ -152,7 +153,7 @@ class Authenticator:
                     "unsupported Authorization: send Bearer <token> or x-api-key",
                 )
             jwt_config = self.config.jwt
-            if method == "GET" and jwt_config is not None and jwt_config.query_param:
+            if reads(method) and jwt_config is not None and jwt_config.query_param:
                 token = sole_value(query, jwt_config.query_param)
                 return (token, True) if token else None
         except RepeatedField as repeated:

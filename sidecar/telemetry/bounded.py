@@ -18,6 +18,7 @@ OTHER_ERROR: Final = "_OTHER"  # the OpenTelemetry conventions' fallback for err
 MAX_EXTRA_LABELS: Final = 32  # values beyond the known ones, per kind, for the process
 MAX_TEXT: Final = 128  # characters of a free-text span attribute (ids, reasons)
 MAX_LOG_PATH: Final = 1024  # characters of a request path in a log line
+MAX_USER_AGENT: Final = 256  # characters of `user_agent.original` (a request span's)
 MAX_LIST: Final = 8  # items of a list-valued span attribute (stop sequences)
 _IDENTIFIER: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,47}")
 # Anthropic's error types, plus the sidecar's own (`timeout_error`, relay outcomes).

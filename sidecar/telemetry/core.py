@@ -28,10 +28,10 @@ from opentelemetry.trace import (
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.config import TelemetryConfig
-from sidecar.telemetry.bounded import MAX_TEXT, short_text
+from sidecar.telemetry.bounded import MAX_TEXT, MAX_USER_AGENT, short_text
 from sidecar.telemetry.counters import Counters
 from sidecar.telemetry.providers import build_providers, sdk_disabled
-from sidecar.telemetry.semconv import KNOWN_METHODS, OTHER_METHOD, gen_ai_names
+from sidecar.telemetry.semconv import KNOWN_METHODS, OTHER_METHOD, gen_ai_names, server_address
 from sidecar.telemetry.span import SidecarSpan
 from sidecar.telemetry.state import continued
 from sidecar.telemetry.stream_telemetry import StreamTelemetry
@@ -81,12 +81,25 @@ class Telemetry(StreamTelemetry, Counters):
         return self._propagator.extract(headers)
 
     def start_server_span(
-        self, parent: Context, *, method: str, route: str, path: str, scheme: str
+        self,
+        parent: Context,
+        *,
+        method: str,
+        route: str,
+        path: str,
+        scheme: str,
+        version: str = "",
+        host: str = "",
+        user_agent: str | None = None,
+        client_address: str = "",
     ) -> Span:
         """The SERVER span of one request, a child of the caller's span when there is one.
 
         Named and attributed per the HTTP server conventions; a method outside the known
         set is `_OTHER` (the client's spelling kept in `http.request.method_original`).
+        The recommended ones too, when given: `network.protocol.version` (`version`),
+        `server.address` / `server.port` (the request's `host`), `user_agent.original`
+        (cut to `MAX_USER_AGENT` characters) and `client.address`.
         """
         spans = self.spans
         if spans is None:
@@ -100,12 +113,23 @@ class Telemetry(StreamTelemetry, Counters):
         }  # fmt: skip
         if known != method:
             attributes["http.request.method_original"] = short_text(method)
+        if version:
+            attributes["network.protocol.version"] = version
+        if host:
+            attributes["server.address"], attributes["server.port"] = server_address(host, scheme)
+        if user_agent:
+            attributes["user_agent.original"] = user_agent[:MAX_USER_AGENT]
+        if client_address:
+            attributes["client.address"] = client_address
         name = f"{method if known == method else 'HTTP'} {route}"
         return spans.start(name, SpanKind.SERVER, attributes, parent)
 
-    def end_server_span(self, span: Span, status: int) -> None:
-        """End a request's span with its status (5xx is an error, 4xx is the client's)."""
+    def end_server_span(self, span: Span, status: int, *, client_gone: bool = False) -> None:
+        """End a request's span with its status (5xx is an error, 4xx is the client's);
+        `client_gone`: the connection ended before the answer did (`sidecar.client_gone`)."""
         span.set_attribute("http.response.status_code", status)
+        if client_gone:
+            span.set_attribute("sidecar.client_gone", True)
         if status >= 500:  # `server_error_type`, inline (per request)
             span.set_attribute("error.type", str(status))
             span.set_status(Status(StatusCode.ERROR))

@@ -145,17 +145,23 @@ class Counters(TelemetryState):
         duration: float,
         request_id: str,
         span: Span | None,
+        version: str = "",
+        client_gone: bool = False,
     ) -> None:
-        """The per-request access log line and request duration histogram."""
+        """The per-request access log line and request duration histogram; `version` is
+        `network.protocol.version`, `client_gone` the connection ending before the answer
+        did (a log field only: the metric keeps the conventions' attributes)."""
         if self._on:
-            key = (method, scheme, route, status)
+            key = (method, scheme, route, status, version)
             try:
                 attributes = self._durations[key]
             except KeyError:
                 attributes = self._remember(
                     self._durations,
                     key,
-                    AttributeSet(server_duration_attributes(method, scheme, route, status)),
+                    AttributeSet(
+                        server_duration_attributes(method, scheme, route, status, version)
+                    ),
                 )
             self.instruments.request_duration.record(duration, attributes)
         if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
@@ -168,6 +174,8 @@ class Counters(TelemetryState):
             "event": "access", "method": method, "route": route, "path": path, "status": status,
             "duration_ms": round(duration * 1000, 2), "request_id": request_id,
         }  # fmt: skip
+        if client_gone:
+            fields["client_gone"] = True
         if type(span) is SidecarSpan:  # `span_ids`, inline
             fields["trace_id"], fields["span_id"] = span.ids()
         elif span is not None:

@@ -21,6 +21,11 @@ KNOWN_METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
 )
 OTHER_METHOD: Final = "_OTHER"
+# `network.protocol.version` of the versions aiohttp serves, formatted once; HTTP/2 and
+# later are written as their major version alone, as the conventions spell them.
+_VERSIONS: Final[dict[tuple[int, int], str]] = {(1, 1): "1.1", (1, 0): "1.0", (0, 9): "0.9"}
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+MAX_SERVER_ADDRESS: Final = 255  # characters of a host name (RFC 1035); `Host` is client-chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +67,51 @@ def http_method(method: str) -> str:
     return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
+def protocol_version(version: tuple[int, int]) -> str:
+    """`network.protocol.version` of an HTTP version (`1.1`, `2`): a bounded set, as the
+    request parser takes one digit each."""
+    known = _VERSIONS.get(version)
+    if known is not None:
+        return known
+    major, minor = version
+    return str(major) if major >= 2 and minor == 0 else f"{major}.{minor}"
+
+
+def server_address(host: str, scheme: str) -> tuple[str, int]:
+    """`server.address` and `server.port` of a server span, from the request's `Host`
+    (`name`, `name:port`, `[v6]:port`); the scheme's default port when it names none.
+    The name is cut to `MAX_SERVER_ADDRESS` characters: the client chose it."""
+    name, port = host, ""
+    if host.startswith("["):
+        end = host.find("]")
+        if end > 0:
+            name, port = host[1:end], host[end + 2 :] if host[end + 1 : end + 2] == ":" else ""
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    if len(name) > MAX_SERVER_ADDRESS:
+        name = name[:MAX_SERVER_ADDRESS]
+    if port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535:
+        return name, int(port)
+    return name, _DEFAULT_PORTS.get(scheme, 80)
+
+
 def server_error_type(status: int) -> str | None:
     """`error.type` of a server request by its status: the code for a 5xx, else none (a
     4xx is the client's error, not the server's)."""
     return str(status) if status >= 500 else None
 
 
-def server_duration_attributes(method: str, scheme: str, route: str, status: int) -> dict[str, Any]:
-    """The attributes of an `http.server.request.duration` point (all bounded)."""
+def server_duration_attributes(
+    method: str, scheme: str, route: str, status: int, version: str = ""
+) -> dict[str, Any]:
+    """The attributes of an `http.server.request.duration` point (all bounded): those the
+    HTTP conventions list for it, without the opt-in `server.address` / `server.port`."""
     attributes: dict[str, Any] = {
         "http.request.method": http_method(method), "url.scheme": scheme,
         "http.route": route, "http.response.status_code": status,
     }  # fmt: skip
+    if version:
+        attributes["network.protocol.version"] = version
     error = server_error_type(status)
     if error is not None:
         attributes["error.type"] = error

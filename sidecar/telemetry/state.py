@@ -99,7 +99,7 @@ class TelemetryState:
         self._prices: dict[str, ModelPrice | None] = {}
         self._identities: dict[str, str | None] = {}  # user / tenant -> as logged
         self._stream_sets: dict[tuple[Any, ...], streams.StreamSets] = {}
-        self._durations: dict[tuple[str, str, str, int], AttributeSet] = {}
+        self._durations: dict[tuple[str, str, str, int, str], AttributeSet] = {}
         self._statuses: dict[int, AttributeSet] = {}
         self._rejections: dict[tuple[str, str, int], AttributeSet] = {}
         # Client-chosen values reach metrics and spans only through these (bounded).

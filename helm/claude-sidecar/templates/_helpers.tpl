@@ -180,7 +180,12 @@ with it (ports, shutdown grace). Returns the parsed map as YAML; fails on unpars
 {{- end }}
 {{- end }}
 
-{{/* Seconds Kubernetes waits after SIGTERM: preStop sleep + the sidecar's drain + margin. */}}
+{{/*
+Seconds Kubernetes waits after SIGTERM: preStop sleep + the sidecar's drain + 5 (the sidecar
+exits at most 4 s after its grace). With an app container, its app.shutdownSeconds too: in
+parallel with the sidecar's (the larger of the two), or, for a native sidecar, before it (the
+sidecar is stopped only once the app has exited: the sum).
+*/}}
 {{- define "claude-sidecar.terminationGracePeriodSeconds" -}}
 {{- $server := (include "claude-sidecar.parsedConfig" . | fromYaml).server | default dict }}
 {{- $drain := 30.0 }}
@@ -196,10 +201,18 @@ with it (ports, shutdown grace). Returns the parsed map as YAML; fails on unpars
 {{- $drain = $grace | float64 }}
 {{- end }}
 {{- $needed := addf .Values.preStopSleepSeconds $drain }}
+{{- if .Values.app.image.repository }}
+{{- $app := .Values.app.shutdownSeconds | float64 }}
+{{- if .Values.nativeSidecar }}
+{{- $needed = addf $needed $app }}
+{{- else }}
+{{- $needed = maxf $needed $app }}
+{{- end }}
+{{- end }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
 {{- add (ceil $needed | int) 5 }}
 {{- else if le (float64 .Values.terminationGracePeriodSeconds) $needed }}
-{{- fail (printf "terminationGracePeriodSeconds %v must exceed preStopSleepSeconds + server.shutdown_grace_seconds (%v)" .Values.terminationGracePeriodSeconds $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds %v must exceed preStopSleepSeconds + server.shutdown_grace_seconds (with nativeSidecar, + app.shutdownSeconds) (%v)" .Values.terminationGracePeriodSeconds $needed) }}
 {{- else }}
 {{- .Values.terminationGracePeriodSeconds }}
 {{- end }}
