@@ -278,7 +278,10 @@ class Generation:
         if log is None:  # one reader: the stream is as fast as it is
             return True
         limit = HIGH_WATER + log.max_bytes
-        keeping_up = too_far = False
+        # A recorded generation is read at Claude's pace by the recording its coalesced
+        # callers follow: a reader that always keeps up, so no client paces the others.
+        keeping_up = self.keeper is not None
+        too_far = False
         for subscriber in self.subscribers:  # no allocation: runs per event while one lags
             channel = subscriber.channel
             if channel.closing():
@@ -371,6 +374,11 @@ class Generation:
         if subscriber in self.subscribers:
             self.subscribers.remove(subscriber)
         subscriber.ended()
+        self.unattended()
+
+    def unattended(self) -> None:
+        """Nobody reads it here (its last reader left, or the caller that started it left
+        before it began): it stops now, or after the grace, unless followed."""
         if self.subscribers or self.final:
             return
         if self.log is None or self.grace <= 0:
