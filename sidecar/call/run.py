@@ -26,7 +26,6 @@ from sidecar.call.group import Attached, Group, Replayed, lead
 from sidecar.call.stream import (
     HeldCall,
     Resumable,
-    carry_on,
     hand_off,
     hand_off_recorded,
     open_relay,
@@ -112,11 +111,11 @@ async def call_claude(
 ) -> web.StreamResponse:
     """Admit, call Claude and answer the client; always settles and records the stream.
 
-    `tap` (the response cache's recording) sees Claude's answer and how the call ended.
-    A resumable stream's generation is handed to its own task once Claude answers 200:
-    it outlives this request (a client that leaves may come back), and that task
-    settles and records it. A stream relayed in this request is handed to a task of its
-    own too when its client leaves while other callers follow it (`carry_on`).
+    `tap` (the response cache's recording) sees Claude's answer and how the call ended:
+    a recorded call belongs to the callers coalesced on it and runs in a task of its own
+    from the start, this request one reader of it (`sidecar.call.group`). A resumable
+    stream's generation is handed to its own task once Claude answers 200: it outlives
+    this request (a client that leaves may come back), and that task settles and records it.
     """
     if isinstance(tap, Recording):  # coalesced: the call is its group's, not this request's
         return await lead(
@@ -191,14 +190,7 @@ async def _call(
             live, channel = await open_relay(
                 ctx, upstream, record, translator, _answer_headers(ctx, held, upstream), tap
             )
-            try:
-                await live.run(runtime.streams)
-            except asyncio.CancelledError:
-                if live.carried:  # its client left, others follow it: it goes on for them
-                    handed_off = True
-                    carry_on(held, live, channel.loop)
-                raise
-            held.left = live.generation.left  # (a client gone while Claude was paused)
+            await live.run(runtime.streams)
             await channel.end(runtime.config.claude.client_stall_timeout_seconds)
             return channel.response
         handed_off = True

@@ -5,16 +5,15 @@ it. A resumable one is handed to a task of its own once Claude answered 200, so 
 generation outlives the request (a client that leaves may come back); the request
 reads it as its first subscriber, and the generation's task settles and records it.
 
-Either goes on after its client left while other callers follow the call through the
-response cache (`Generation.keeper`): a resumable generation simply is not stopped, and
-a stream relayed in its request is carried on in a task of its own (`carry_on`). The
-call is settled, at what it used, once it really ended, on the lease of the request
-that made it.
+A call the response cache coalesces belongs to its group (`sidecar.call.group`): its
+stream is read at Claude's pace into its recording, by a generation nobody is written to
+(`recorded_stream`), or by a resumable one its first caller attaches to
+(`hand_off_recorded`). The call is settled, at what it used, once it really ended, on
+the lease of the request that made it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -261,31 +260,6 @@ async def _produce(
         held.left = generation.left
         runtime.resume.hub.remove(generation)
         log.close()
-        try:
-            await held.close()
-        finally:
-            runtime.lifecycle.leave()
-
-
-def carry_on(held: HeldCall, live: LiveStream, loop: asyncio.AbstractEventLoop) -> None:
-    """The client of a stream relayed in its request left while others follow it
-    (`live.carried`): relay the rest in a task of its own, which settles and records the
-    call when it ends. Shutdown reaches it as any live stream (it stays in the registry),
-    and the runtime stays open until it ends."""
-    runtime = held.ctx.runtime
-    runtime.lifecycle.enter()
-    runtime.resume.hub.spawn(_carried(held, live), loop)
-
-
-async def _carried(held: HeldCall, live: LiveStream) -> None:
-    runtime = held.ctx.runtime
-    record = held.record
-    try:
-        await live.carry(runtime.streams)
-    except Exception as exc:  # the relay's own failure: recorded, never re-raised
-        _failed(record, live.generation, exc)
-    finally:
-        held.left = live.generation.left
         try:
             await held.close()
         finally:
