@@ -31,7 +31,6 @@ from collections.abc import Sequence
 
 from sidecar.http_client import Response
 from sidecar.record import Outcome, StreamRecord
-from sidecar.sse import PING
 from sidecar.stream.adapter import HIGH_WATER, ClientChannel, retrieve
 from sidecar.stream.core import StopStream, StreamCore, Translator, ends_complete
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
@@ -300,7 +299,7 @@ class LiveStream:
         quiet = now - max(self._last_progress, self._last_ping)
         if quiet >= self.heartbeat and not self.core.mid_event and not self._paused:
             self._last_ping = now
-            self.generation.send_raw(PING)
+            self.generation.heartbeat()
 
     def _cut_stalled(self) -> None:
         """A client took nothing for the stall timeout: its connection is cut, the stream ends.

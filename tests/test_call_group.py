@@ -17,6 +17,7 @@ import pytest
 from sidecar.cache.service import ResponseCache
 from sidecar.fake_claude import FakeServer
 from sidecar.relay import LiveStream
+from sidecar.sse import PING
 from tests.support.cache import asking, cached
 from tests.support.resume import ROUTE
 from tests.support.sidecars import SidecarFactory
@@ -230,3 +231,22 @@ async def test_a_call_every_caller_left_before_claude_answered_is_cancelled_and_
         _, x_cache, _ = await _ask(s.url, kind, text)
     assert x_cache == "MISS"  # nothing was stored
     assert fake.state.counters["requests"] == 2
+
+
+# --------------------------------------------------------------- heartbeats while quiet
+
+
+@pytest.mark.parametrize("kind", [ANTHROPIC, PROMPT], ids=["anthropic", "prompt"])
+async def test_every_reader_of_a_coalesced_stream_gets_its_heartbeats_while_claude_is_quiet(
+    fake: FakeServer, sidecar_for: SidecarFactory, kind: Kind
+) -> None:
+    text = "[[fake tokens=3 ttft_ms=1500]] thinking"
+    claude = {"heartbeat_seconds": 0.1, "idle_timeout_seconds": 30}
+    config = {**cached(include_sampled=True), "claude": claude, **NOT_RESUMABLE}
+    async with sidecar_for(config) as s:
+        results = await asyncio.gather(*(_ask(s.url, kind, text) for _ in range(2)))
+    assert sorted(str(x_cache) for _, x_cache, _ in results) == ["HIT", "MISS"]
+    for _, _, answer in results:
+        assert b"\n\n" + PING in b"\n\n" + answer  # the comment, not Claude's `event: ping`
+        assert _complete(kind, answer)
+    assert fake.state.counters["requests"] == 1

@@ -210,7 +210,9 @@ def recorded_stream(held: HeldCall, upstream: Response) -> LiveStream:
     tap = held.tap
     assert tap is not None
     record = held.record
-    return _live_stream(held.ctx, upstream, TappedCore(record, RECORDED, tap), Generation(record))
+    generation = Generation(record)
+    generation.kept_by(tap)  # (its heartbeats reach the readers)
+    return _live_stream(held.ctx, upstream, TappedCore(record, RECORDED, tap), generation)
 
 
 def hand_off_recorded(

@@ -38,6 +38,9 @@ class Keeper(Protocol):
     followers: int
     on_idle: Callable[[], None] | None
 
+    def ping(self) -> None:
+        """The generation's heartbeat: its followers' clients get one too."""
+
 
 class Producer(Protocol):
     """What feeds a generation (the live relay); the hub can only stop it."""
@@ -240,6 +243,13 @@ class Generation:
             if subscriber.send(data):
                 lag = True
         return lag and self._held_back()
+
+    def heartbeat(self) -> None:
+        """Claude is quiet: a comment to every subscriber, and to the followers' clients."""
+        self.send_raw(PING)
+        keeper = self.keeper
+        if keeper is not None:
+            keeper.ping()
 
     def begin(self, data: bytes, *, events: bool = False) -> bool:
         """The producer's first bytes (`events`: kept and numbered as `publish` does): each

@@ -28,6 +28,9 @@ class CallTap(Protocol):
     followers: int
     on_idle: Callable[[], None] | None
 
+    def ping(self) -> None:
+        """The call's heartbeat (Claude is quiet): its readers' clients get one."""
+
     def started(self, span: SpanContext) -> None:
         """The Claude call's span: the spans of the requests following it link to it."""
 
