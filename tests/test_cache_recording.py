@@ -100,6 +100,19 @@ async def test_readers_wake_on_each_chunk_and_on_the_end() -> None:
     await asyncio.wait_for(waiting, 5)
 
 
+async def test_readers_wake_on_the_calls_heartbeat_until_it_ended() -> None:
+    recording = Recording(stream=True)
+    waiting = asyncio.ensure_future(recording.wait(0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    recording.ping()  # Claude is quiet: readers send their clients a heartbeat
+    await asyncio.wait_for(waiting, 5)
+    assert (recording.pings, recording.chunks) == (1, [])
+    recording.finish(_record("completed"))
+    recording.ping()
+    assert recording.pings == 1
+
+
 # --------------------------------------------------------------------------- coalescing
 
 

@@ -206,6 +206,8 @@ async def test_followers_of_a_first_caller_gone_before_claude_answered_share_its
         await eventually(lambda: holds(not cache.inflight))
         await cache.settled()
         again = await _ask(s.url, kind, text)
+    # One call, settled and recorded once: its first caller's, which left before it ended.
+    assert _ended_with(caplog) == ["client_cancelled"]
     assert [(status, x_cache) for status, x_cache, _ in results] == [(200, "HIT")] * 2
     assert results[0][2] == results[1][2] == again[2]
     assert all(_complete(kind, answer) for _, _, answer in results)
