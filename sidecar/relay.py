@@ -17,10 +17,10 @@ interval for all of a registry's streams, not one per stream): it sends `: ping`
 comments when the stream is quiet and ends a stalled upstream with an `idle_timeout`
 error event. Shutdown ends live streams the same way.
 
-A stream relayed in its request ends when its client leaves (the request is cancelled),
-unless other callers follow it through the response cache (`Generation.carry_on`, asked
-once, as the client leaves): then it is `carried` and relays on in a task of its own
-(`carry`), for them.
+A stream relayed in its request ends when its client leaves (the request is cancelled).
+A call the response cache coalesces is relayed to nobody: its generation has no
+subscriber and is read at Claude's pace into the recording its callers replay
+(`sidecar.call.group`), so no client ever pauses it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from collections.abc import Sequence
 
 from sidecar.http_client import Response
 from sidecar.record import Outcome, StreamRecord
-from sidecar.sse import PING
 from sidecar.stream.adapter import HIGH_WATER, ClientChannel, retrieve
 from sidecar.stream.core import StopStream, StreamCore, Translator, ends_complete
 from sidecar.stream.hub import FIRST_SEND, Generation, Subscriber
@@ -53,7 +52,7 @@ class LiveStream:
     """One stream in flight: the push-mode producer of a generation, its end and its watchdog."""
 
     __slots__ = (
-        "_begun", "_carried", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
+        "_begun", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
         "_raw_tail", "_seen", "_tail", "_waiting_for", "_wakeup", "core", "generation",
         "heartbeat", "idle_timeout", "record", "stall_timeout", "tick_every", "upstream",
     )  # fmt: skip
@@ -71,7 +70,6 @@ class LiveStream:
         self._loop = upstream.loop
         self._begun = False  # `begin` ran (the client's head went out)
         self._ended = False
-        self._carried = False  # its client left, followers read on: `carry` relays the rest
         self._end: BaseException | None = None  # why the upstream body ended (None: EOF)
         self._wakeup: asyncio.Future[None] | None = None
         self._paused = False
@@ -208,36 +206,13 @@ class LiveStream:
         except asyncio.CancelledError:
             if isinstance(self._end, StopStream):  # ended first (a stalled client is cut)
                 self.generation.end(self.core.end(self._end))
-            elif not self._ended and self.generation.carry_on():
-                self._carried = True  # followers read on: `carry` relays the rest
             else:
                 self.record.outcome = "client_cancelled"
                 self.generation.end(b"")
             raise
         finally:
-            if not self._carried:
-                registry.discard(self)
-                upstream.close()  # releases (and on early exit, drops) the upstream connection
-
-    @property
-    def carried(self) -> bool:
-        """Its client left while others followed it: `carry` must relay the rest."""
-        return self._carried
-
-    async def carry(self, registry: StreamRegistry) -> None:
-        """Relay the rest of a `carried` stream, for its followers, in a task of its own;
-        it stays in the registry `run` put it in (shutdown and the watchdog reach it)."""
-        try:
-            await self._relay()
-            self.generation.end(self._tail + self.core.end(self._end), self._raw_tail)
-        except asyncio.CancelledError:  # the backstop of a shutdown: cut where it is
-            self.generation.end(self.core.end(StopStream(
-                "shutting_down", "overloaded_error", "the sidecar is shutting down"
-            )))  # fmt: skip
-            raise
-        finally:
             registry.discard(self)
-            self.upstream.close()
+            upstream.close()  # releases (and on early exit, drops) the upstream connection
 
     async def _relay(self) -> None:
         """Wait for the end, resuming Claude once a slow client caught up."""
@@ -279,8 +254,6 @@ class LiveStream:
             if error is None:
                 continue
             if not generation.resumable:
-                if generation.carry_on():
-                    continue  # the client is gone, others follow it: it goes on for them
                 raise error  # the client is gone: its stream ends
             generation.detach(subscriber)
         return True
@@ -326,20 +299,14 @@ class LiveStream:
         quiet = now - max(self._last_progress, self._last_ping)
         if quiet >= self.heartbeat and not self.core.mid_event and not self._paused:
             self._last_ping = now
-            self.generation.send_raw(PING)
+            self.generation.heartbeat()
 
     def _cut_stalled(self) -> None:
         """A client took nothing for the stall timeout: its connection is cut, the stream ends.
-
-        While other callers follow it, it ends for that client only, as when a client
-        leaves (`Generation.let_go`): the relay then sees the cut client's drain fail and
-        resumes Claude for the others.
-        """
+        (A coalesced call never pauses for a client: its callers read its recording.)"""
         stalled, self._waiting_for = self._waiting_for, ()
         for subscriber in stalled:
             subscriber.channel.abort()
-        if self.generation.let_go("client_stalled"):
-            return
         self.stop(
             "client_stalled",
             "client_stalled",

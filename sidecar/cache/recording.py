@@ -27,7 +27,7 @@ class Recording:
 
     __slots__ = (
         "_last", "_on_end", "_waiters", "chunks", "completed", "cut", "ended", "entry",
-        "followers", "gaps", "on_idle", "origin", "size", "stream",
+        "followers", "gaps", "on_idle", "origin", "pings", "size", "stream",
     )  # fmt: skip
 
     def __init__(self, stream: bool, on_end: Callable[[Recording], None] | None = None) -> None:
@@ -50,6 +50,9 @@ class Recording:
         # Told when the last follower leaves (set by the call's generation once its own
         # clients left it to the followers; cleared when it ends).
         self.on_idle: Callable[[], None] | None = None
+        # Heartbeats of the call while Claude is quiet: readers following it live send
+        # their client one (`replay_stream`), as the relay does to a live stream's.
+        self.pings = 0
 
     # ------------------------------------------------------------------ the call tap
 
@@ -80,6 +83,12 @@ class Recording:
             self.chunks = [body]
             self.gaps = [0.0]
             self.size = len(body)
+
+    def ping(self) -> None:
+        """The call's heartbeat is due (its watchdog's, only while Claude is quiet)."""
+        if not self.ended:
+            self.pings += 1
+            wake(self._waiters)
 
     def finish(self, record: StreamRecord) -> None:
         """The call ended: only a completed answer without an error event becomes an entry."""
@@ -121,6 +130,6 @@ class Recording:
             self.on_idle()
 
     async def wait(self, seen: int) -> None:
-        """Until there are more than `seen` chunks, or the recording ended."""
-        while len(self.chunks) <= seen and not self.ended:
+        """Until there are more than `seen` chunks, the recording ended, or a heartbeat."""
+        if len(self.chunks) <= seen and not self.ended:
             await park(self._waiters)

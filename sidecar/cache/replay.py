@@ -6,7 +6,8 @@ route its own events, then whatever the core decides at the end (the prompt rout
 `done`, or an error event when the recorded stream had failed). `paced` waits the
 recorded gap before each chunk, capped at `PACE_CAP`, so a front end still renders a
 typewriter; `instant` sends them back to back. A recording still being produced (a
-coalesced caller) is followed as it grows.
+coalesced caller) is followed as it grows, with the call's heartbeats while Claude is
+quiet.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sidecar.cache.entry import Entry
 from sidecar.cache.recording import Recording
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
-from sidecar.sse import EventTooLarge
+from sidecar.sse import PING, EventTooLarge
 from sidecar.stream.adapter import HIGH_WATER, ClientChannel
 from sidecar.stream.core import StreamCore, Translator
 
@@ -58,6 +59,7 @@ async def replay_stream(
     core = StreamCore(record, translator)
     stall = ctx.runtime.config.claude.client_stall_timeout_seconds
     sent = 0
+    pings = source.pings
     first = True
     cut: EventTooLarge | None = None
     try:
@@ -83,6 +85,14 @@ async def replay_stream(
             if source.ended:
                 break
             await source.wait(sent)
+            if source.pings != pings and sent == len(source.chunks):  # quiet: a heartbeat
+                pings = source.pings
+                if not core.mid_event and not channel.closing():
+                    if first:
+                        channel.start(PING)
+                        first = False
+                    else:
+                        channel.write(PING)
     except EventTooLarge as exc:  # the call followed ended on it too: the same error event
         cut = exc
     # A recording that failed ends as Claude's cut stream would; one the sidecar cut (its

@@ -20,8 +20,17 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from sidecar.cache.recording import Recording
 from sidecar.cache.step import HEADER as CACHE_HEADER
-from sidecar.call.stream import HeldCall, Resumable, carry_on, hand_off, open_relay
+from sidecar.call.group import Attached, Group, Replayed, lead
+from sidecar.call.stream import (
+    HeldCall,
+    Resumable,
+    hand_off,
+    hand_off_recorded,
+    open_relay,
+    recorded_stream,
+)
 from sidecar.errors import Rejection, reject, short_error_type, simple_error_body
 from sidecar.handlers.request_body import ensure_client_present
 from sidecar.http_client import Response
@@ -102,12 +111,33 @@ async def call_claude(
 ) -> web.StreamResponse:
     """Admit, call Claude and answer the client; always settles and records the stream.
 
-    `tap` (the response cache's recording) sees Claude's answer and how the call ended.
-    A resumable stream's generation is handed to its own task once Claude answers 200:
-    it outlives this request (a client that leaves may come back), and that task
-    settles and records it. A stream relayed in this request is handed to a task of its
-    own too when its client leaves while other callers follow it (`carry_on`).
+    `tap` (the response cache's recording) sees Claude's answer and how the call ended:
+    a recorded call belongs to the callers coalesced on it and runs in a task of its own
+    from the start, this request one reader of it (`sidecar.call.group`). A resumable
+    stream's generation is handed to its own task once Claude answers 200: it outlives
+    this request (a client that leaves may come back), and that task settles and records it.
     """
+    if isinstance(tap, Recording):  # coalesced: the call is its group's, not this request's
+        return await lead(
+            ctx, tap, record, translator,
+            functools.partial(_call, ctx, call, record, translator, resumable, tap),
+        )  # fmt: skip
+    response = await _call(ctx, call, record, translator, resumable, tap)
+    assert response is not None
+    return response
+
+
+async def _call(
+    ctx: RequestContext,
+    call: ClaudeRequest,
+    record: StreamRecord,
+    translator: Translator,
+    resumable: Resumable | None,
+    tap: CallTap | None,
+    group: Group | None = None,
+) -> web.StreamResponse | None:
+    """`call_claude`'s call; in a coalescing `group`'s task, None once its stream was
+    handed to its first caller (`Group.head`)."""
     runtime = ctx.runtime
     telemetry = runtime.telemetry
     quota_policy = ctx.route.policy.quotas
@@ -131,7 +161,8 @@ async def call_claude(
         record.queue_wait = await runtime.admission.acquire()
         held.admitted = True
         telemetry.admitted(record)
-        ensure_client_present(ctx.request)  # it may have left while queued: pay for nobody
+        if group is None:  # (a group's call is cancelled once its last member left)
+            ensure_client_present(ctx.request)  # it may have left while queued: pay for nobody
         record.upstream_started = time.perf_counter()
         telemetry.inject(held.span, call.attempt.headers)  # `traceparent`: the call's span
         # What only the start needs (the answer's headers, the deferred step) is built in
@@ -145,22 +176,21 @@ async def call_claude(
         # Sent: a stream need not hold its request (the body, the headers) to its end.
         call.attempt, call.body = _SENT, b""
         record.upstream_status = upstream.status
+        if group is not None:
+            group.sent = True
         if upstream.status != 200:
             return await _relay_error(ctx, upstream, record, _answer_headers(ctx, held, upstream))
         if not call.stream:
             return await _relay_message(upstream, record, _answer_headers(ctx, held, upstream), tap)
+        if group is not None:
+            handed_off = resumable is not None  # (its generation's task closes the call)
+            await _share(held, upstream, translator, resumable, group)
+            return None
         if resumable is None:
             live, channel = await open_relay(
                 ctx, upstream, record, translator, _answer_headers(ctx, held, upstream), tap
             )
-            try:
-                await live.run(runtime.streams)
-            except asyncio.CancelledError:
-                if live.carried:  # its client left, others follow it: it goes on for them
-                    handed_off = True
-                    carry_on(held, live, channel.loop)
-                raise
-            held.left = live.generation.left  # (a client gone while Claude was paused)
+            await live.run(runtime.streams)
             await channel.end(runtime.config.claude.client_stall_timeout_seconds)
             return channel.response
         handed_off = True
@@ -195,6 +225,8 @@ async def call_claude(
             record.error_type = record.error_type or type(exc).__name__
         raise
     finally:
+        if group is not None:  # how its first caller left, should the call complete
+            held.left = group.left
         if not handed_off:
             attempt = call.attempt
             held.unanswered = attempt.unanswered  # Claude may bill it (`charged_tokens`)
@@ -205,6 +237,31 @@ async def call_claude(
                 resumable.log.finish()
                 resumable.log.close()
             await held.close()
+
+
+async def _share(
+    held: HeldCall,
+    upstream: Response,
+    translator: Translator,
+    resumable: Resumable | None,
+    group: Group,
+) -> None:
+    """Claude answered a coalesced call's stream: it is read at Claude's pace for the whole
+    group (`sidecar.call.group`), its first caller told how to read it."""
+    ctx = held.ctx
+    headers = _answer_headers(ctx, held, upstream)
+    if resumable is not None:
+        generation = hand_off_recorded(held, upstream, translator, resumable)
+        if group.left is None:
+            group.answered(Attached(generation, headers))
+        else:  # its first caller left before Claude answered: its followers read it
+            generation.left = group.left
+            generation.unattended()
+        return
+    live = group.live = recorded_stream(held, upstream)
+    live.begin()
+    group.answered(Replayed(headers))
+    await live.run(ctx.runtime.streams)
 
 
 def carry_ratelimit(rejection: Rejection, headers: Mapping[str, str]) -> None:

@@ -5,16 +5,15 @@ it. A resumable one is handed to a task of its own once Claude answered 200, so 
 generation outlives the request (a client that leaves may come back); the request
 reads it as its first subscriber, and the generation's task settles and records it.
 
-Either goes on after its client left while other callers follow the call through the
-response cache (`Generation.keeper`): a resumable generation simply is not stopped, and
-a stream relayed in its request is carried on in a task of its own (`carry_on`). The
-call is settled, at what it used, once it really ended, on the lease of the request
-that made it.
+A call the response cache coalesces belongs to its group (`sidecar.call.group`): its
+stream is read at Claude's pace into its recording, by a generation nobody is written to
+(`recorded_stream`), or by a resumable one its first caller attaches to
+(`hand_off_recorded`). The call is settled, at what it used, once it really ended, on
+the lease of the request that made it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from sidecar.stream.core import StreamCore, Translator
 from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import HEADER
 from sidecar.stream.store import StreamLog
-from sidecar.stream.tap import CallTap, make_core
+from sidecar.stream.tap import RECORDED, CallTap, TappedCore, make_core
 from sidecar.usage import usage_so_far
 
 
@@ -116,7 +115,7 @@ def _timings(ctx: RequestContext) -> dict[str, float]:
     }
 
 
-async def _start_response(
+async def start_response(
     ctx: RequestContext, headers: dict[str, str], translator: Translator
 ) -> ClientChannel:
     """The client's SSE response with `headers` (a dict of the caller's own, completed
@@ -144,7 +143,7 @@ async def open_relay(
     A coroutine that returns at once: the headers are freed when the response starts,
     and an open stream holds the caller's frame and the relay's, nothing in between.
     """
-    channel = await _start_response(ctx, headers, translator)
+    channel = await start_response(ctx, headers, translator)
     live = open_stream(upstream, channel, record, translator, tap, **_timings(ctx))
     return live, channel
 
@@ -183,7 +182,7 @@ async def hand_off(
     runtime.streams.add(live)  # shutdown reaches it from now on (`run` keeps it there)
     runtime.lifecycle.enter()  # the runtime stays open while its generation runs
     try:  # the stream's id goes out with a stream only, never with an error
-        channel = await _start_response(ctx, {**headers, HEADER: resumable.stream_id}, translator)
+        channel = await start_response(ctx, {**headers, HEADER: resumable.stream_id}, translator)
     except BaseException:
         upstream.close()
         record.outcome = "client_cancelled"
@@ -204,6 +203,51 @@ async def hand_off(
     return generation, subscriber
 
 
+def recorded_stream(held: HeldCall, upstream: Response) -> LiveStream:
+    """The producer of a coalesced call that is not resumable: Claude's answer read at
+    Claude's pace into the call's recording (its tap), which every caller reads as a
+    replay; no client is written to, so none pauses Claude (`sidecar.call.group`)."""
+    tap = held.tap
+    assert tap is not None
+    record = held.record
+    generation = Generation(record)
+    generation.kept_by(tap)  # (its heartbeats reach the readers)
+    return _live_stream(held.ctx, upstream, TappedCore(record, RECORDED, tap), generation)
+
+
+def hand_off_recorded(
+    held: HeldCall, upstream: Response, translator: Translator, resumable: Resumable
+) -> Generation:
+    """Start a coalesced resumable generation in its own task, with no reader yet: its first
+    caller attaches to it if still there (`sidecar.call.group`), as a resume does; its
+    recording keeps it read at Claude's pace (`Generation._held_back`)."""
+    ctx, record = held.ctx, held.record
+    runtime = ctx.runtime
+    record.stream_id = resumable.stream_id
+    generation = Generation(
+        record,
+        stream_id=resumable.stream_id,
+        owner=resumable.owner,
+        log=resumable.log,
+        grace=resumable.grace,
+    )
+    generation.kept_by(held.tap)
+    live = _live_stream(ctx, upstream, make_core(record, translator, held.tap), generation)
+    resumable.log.on_cancel = generation.cancel
+    context = held.span.get_span_context()
+    if context.is_valid:
+        resumable.log.set_origin(f"{context.trace_id:032x}-{context.span_id:016x}")
+    runtime.resume.hub.add(generation, held.span)
+    runtime.streams.add(live)
+    runtime.lifecycle.enter()
+    try:
+        live.begin()
+    except Exception as exc:  # the relay's own failure: its task ends the stream with it
+        live.on_end(exc)
+    runtime.resume.hub.spawn(_produce(held, live, generation, resumable.log), upstream.loop)
+    return generation
+
+
 async def _produce(
     held: HeldCall, live: LiveStream, generation: Generation, log: StreamLog
 ) -> None:
@@ -218,31 +262,6 @@ async def _produce(
         held.left = generation.left
         runtime.resume.hub.remove(generation)
         log.close()
-        try:
-            await held.close()
-        finally:
-            runtime.lifecycle.leave()
-
-
-def carry_on(held: HeldCall, live: LiveStream, loop: asyncio.AbstractEventLoop) -> None:
-    """The client of a stream relayed in its request left while others follow it
-    (`live.carried`): relay the rest in a task of its own, which settles and records the
-    call when it ends. Shutdown reaches it as any live stream (it stays in the registry),
-    and the runtime stays open until it ends."""
-    runtime = held.ctx.runtime
-    runtime.lifecycle.enter()
-    runtime.resume.hub.spawn(_carried(held, live), loop)
-
-
-async def _carried(held: HeldCall, live: LiveStream) -> None:
-    runtime = held.ctx.runtime
-    record = held.record
-    try:
-        await live.carry(runtime.streams)
-    except Exception as exc:  # the relay's own failure: recorded, never re-raised
-        _failed(record, live.generation, exc)
-    finally:
-        held.left = live.generation.left
         try:
             await held.close()
         finally:

@@ -8,11 +8,14 @@ the stream, or a reconnect. A subscriber leaving does not end the producer; when
 last one leaves a resumable generation, it goes on for the detach grace, then is
 stopped. The producer's end reaches every subscriber as its final event.
 
-Other callers may follow the generation through the response cache's recording of it
-(its `keeper`: coalesced requests). While any do, a generation left by its own clients
-is not stopped (neither at once, nor after the grace, nor by a `DELETE`): it goes on
-for them, and is stopped the way it was due to be once the last of them leaves. This
-is decided when the last client leaves, never per event.
+Other callers may follow a resumable generation through the response cache's recording
+of it (its `keeper`: coalesced requests, `sidecar.call.group`). The recording is read at
+Claude's pace, a reader that always keeps up: Claude never pauses for a slow client of
+such a generation (one left past the log's bound is cut, as any reader left behind).
+While followers read it, a generation left by its own clients is not stopped (neither
+at once, nor after the grace, nor by a `DELETE`): it goes on for them, and is stopped
+the way it was due to be once the last of them leaves. This is decided when the last
+client leaves, never per event.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class Keeper(Protocol):
 
     followers: int
     on_idle: Callable[[], None] | None
+
+    def ping(self) -> None:
+        """The generation's heartbeat: its followers' clients get one too."""
 
 
 class Producer(Protocol):
@@ -238,6 +244,13 @@ class Generation:
                 lag = True
         return lag and self._held_back()
 
+    def heartbeat(self) -> None:
+        """Claude is quiet: a comment to every subscriber, and to the followers' clients."""
+        self.send_raw(PING)
+        keeper = self.keeper
+        if keeper is not None:
+            keeper.ping()
+
     def begin(self, data: bytes, *, events: bool = False) -> bool:
         """The producer's first bytes (`events`: kept and numbered as `publish` does): each
         subscriber's headers leave with them in one send; True when one of them lags.
@@ -278,7 +291,10 @@ class Generation:
         if log is None:  # one reader: the stream is as fast as it is
             return True
         limit = HIGH_WATER + log.max_bytes
-        keeping_up = too_far = False
+        # A recorded generation is read at Claude's pace by the recording its coalesced
+        # callers follow: a reader that always keeps up, so no client paces the others.
+        keeping_up = self.keeper is not None
+        too_far = False
         for subscriber in self.subscribers:  # no allocation: runs per event while one lags
             channel = subscriber.channel
             if channel.closing():
@@ -371,6 +387,11 @@ class Generation:
         if subscriber in self.subscribers:
             self.subscribers.remove(subscriber)
         subscriber.ended()
+        self.unattended()
+
+    def unattended(self) -> None:
+        """Nobody reads it here (its last reader left, or the caller that started it left
+        before it began): it stops now, or after the grace, unless followed."""
         if self.subscribers or self.final:
             return
         if self.log is None or self.grace <= 0:
@@ -417,32 +438,6 @@ class Generation:
         self.subscribers.clear()
         self.left = "client_cancelled"
         self._left_to_followers(due)
-
-    def carry_on(self) -> bool:
-        """The client of a stream that is not resumable left: True when followers read it,
-        and it goes on for them (the client is let go); it stops once the last leaves."""
-        if self.final or not self._followed():
-            return False
-        for subscriber in self.subscribers:
-            subscriber.ended()
-        self.subscribers.clear()
-        if self.left is None:  # (a client cut for stalling was let go first: `let_go`)
-            self.left = "client_cancelled"
-        if self._due is None:
-            self._left_to_followers(
-                ("client_cancelled", "stream_abandoned", "the client left the stream")
-            )
-        return True
-
-    def let_go(self, outcome: Outcome) -> bool:
-        """The stalled clients were cut: True when followers read the generation, and it goes
-        on for them (a resumable one without those clients, as when they leave; one that is
-        not resumable is carried on once its relay sees its client gone, with `outcome`)."""
-        if self.final or not self._followed():
-            return False
-        if self.log is None:
-            self.left = outcome
-        return True
 
     def unfollowed(self) -> None:
         """The last follower left: a generation its clients left ends as it was due to (one

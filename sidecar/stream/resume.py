@@ -97,12 +97,15 @@ class LiveGenerations:
     def get(self, stream_id: str) -> tuple[Generation, Span] | None:
         return self._live.get(stream_id)
 
-    def spawn(self, producer: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
+    def spawn(
+        self, producer: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Task[None]:
         """Run a generation's producer on `loop` (its response's: looking the running loop
         up costs a `getpid()` system call on Python 3.11); kept referenced until it ends."""
         task = loop.create_task(producer)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def close(self, timeout: float = 1.0) -> None:
         """Wait for producers still running (their runtime keeps them; this is the backstop);

@@ -11,7 +11,7 @@ from typing import Final, Protocol
 from opentelemetry.trace import SpanContext
 
 from sidecar.http_client import ClientError
-from sidecar.record import StreamRecord
+from sidecar.record import Outcome, StreamRecord
 from sidecar.stream.core import StopStream, StreamCore, Translator
 
 # The caller's own client left or stalled: the call ends for it, not for its followers.
@@ -27,6 +27,9 @@ class CallTap(Protocol):
 
     followers: int
     on_idle: Callable[[], None] | None
+
+    def ping(self) -> None:
+        """The call's heartbeat (Claude is quiet): its readers' clients get one."""
 
     def started(self, span: SpanContext) -> None:
         """The Claude call's span: the spans of the requests following it link to it."""
@@ -70,6 +73,20 @@ class TappedCore(StreamCore):
         elif isinstance(end, ClientError | OSError):
             self.tap.stopped(end)
         return super().end(end)
+
+
+class Recorded(Translator):
+    """The translator of a call its callers read from the recording, not live (a coalesced
+    call: `sidecar.call.group`): its core only accounts for Claude's events, whose bytes
+    the recording keeps; nobody reads what it would send."""
+
+    __slots__ = ()
+
+    def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
+        return b""
+
+
+RECORDED: Final = Recorded()
 
 
 def make_core(record: StreamRecord, translator: Translator, tap: CallTap | None) -> StreamCore:

@@ -77,14 +77,20 @@ async def small_buffered(port: int) -> tuple[asyncio.StreamReader, asyncio.Strea
 
 
 async def slow_client(
-    port: int, body: bytes, headers: bytes = b""
+    port: int,
+    body: bytes,
+    headers: bytes = b"",
+    *,
+    method: str = "POST",
+    path: str = "/v1/messages",
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """POST `body` to /v1/messages from a client with tiny buffers that reads only when told;
-    `headers`: more header lines, each ending in CRLF."""
+    """POST `body` to /v1/messages (or `method` to `path`) from a client with tiny buffers
+    that reads only when told; `headers`: more header lines, each ending in CRLF."""
     reader, writer = await small_buffered(port)
     writer.write(
-        b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n%b\r\n%b" % (len(body), headers, body)
+        b"%b %b HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n%b\r\n%b"
+        % (method.encode(), path.encode(), len(body), headers, body)
     )
     await writer.drain()
     return reader, writer
@@ -100,3 +106,15 @@ def peer_may_leave(writer: asyncio.StreamWriter) -> Iterator[None]:
     except RuntimeError:
         if not writer.is_closing():
             raise
+
+
+def server_side(server: SidecarServer, client: asyncio.StreamWriter) -> asyncio.Transport:
+    """The sidecar's transport of `client`'s connection (its port as the sidecar sees it)."""
+    port = client.get_extra_info("sockname")[1]
+    traffic = server._traffic.server
+    assert traffic is not None
+    for handler in traffic.connections:
+        transport = handler.transport
+        if transport is not None and transport.get_extra_info("peername")[1] == port:
+            return transport
+    raise LookupError(f"no connection from port {port}")

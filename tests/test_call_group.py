@@ -1,0 +1,254 @@
+"""A coalesced call belongs to its group: read from Claude at Claude's pace into its
+recording, each caller (its first one too) a reader of it, and never stopped by one of
+them leaving while another remains — whenever the first caller leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sidecar.cache.service import ResponseCache
+from sidecar.fake_claude import FakeServer
+from sidecar.relay import LiveStream
+from sidecar.sse import PING
+from tests.support.cache import asking, cached
+from tests.support.resume import ROUTE
+from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import server_side, shrink_send_buffers, slow_client
+from tests.support.waiting import eventually, holds
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A route kind whose identical requests coalesce, asked `text` in its own request."""
+
+    method: str
+    path: str
+    end: bytes  # what a complete answer of this kind ends with (spaces removed)
+    stream: bool = True
+    resume: bool = False  # the Anthropic route's opt-in (`Sidecar-Resume: on`)
+
+    def request(self, text: str, max_tokens: int = 64) -> tuple[str, dict[str, Any] | None]:
+        """The path and JSON body asking `text`."""
+        if self.path == ROUTE:
+            return f"{ROUTE}?prompt={urllib.parse.quote(text)}", None
+        if self.path == "/api/chat":
+            message = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": text}]}
+            return self.path, {"id": "chat-1", "trigger": "submit-message", "messages": [message]}
+        return self.path, asking(text, stream=self.stream, max_tokens=max_tokens)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Sidecar-Resume": "on"} if self.resume else {}
+
+
+ANTHROPIC = Kind("POST", "/v1/messages", b"event:message_stop")
+ANTHROPIC_RESUMABLE = Kind("POST", "/v1/messages", b"event:message_stop", resume=True)
+MESSAGE = Kind("POST", "/v1/messages", b'"stop_reason":"end_turn"', stream=False)
+PROMPT = Kind("GET", ROUTE, b'"done":true')  # resumable unless resume is off
+UI = Kind("POST", "/api/chat", b"data:[DONE]")
+NOT_RESUMABLE: dict[str, Any] = {"resume": {"enabled": False}}
+
+
+async def _ask(
+    url: str, kind: Kind, text: str, max_tokens: int = 64
+) -> tuple[int, str | None, bytes]:
+    """One identical request of `kind`: status, X-Cache and the answer (event ids dropped)."""
+    path, body = kind.request(text, max_tokens)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(kind.method, url + path, json=body, headers=kind.headers) as response,
+    ):
+        raw = await response.read()
+        kept = b"\n".join(line for line in raw.split(b"\n") if not line.startswith(b"id:"))
+        return response.status, response.headers.get("X-Cache"), kept
+
+
+async def _first_caller(
+    port: int, kind: Kind, text: str, max_tokens: int = 64
+) -> asyncio.StreamWriter:
+    """The first caller, on a socket with tiny buffers that it never reads."""
+    path, body = kind.request(text, max_tokens)
+    extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in kind.headers.items())
+    raw = b"" if body is None else json.dumps(body).encode()
+    _, writer = await slow_client(port, raw, extra, method=kind.method, path=path)
+    return writer
+
+
+def _members(cache: ResponseCache | None) -> int:
+    """Callers reading the one call in flight, its first caller included."""
+    assert cache is not None
+    return sum(recording.followers for recording in cache.inflight.values())
+
+
+def _complete(kind: Kind, answer: bytes) -> bool:
+    return kind.end in answer.replace(b" ", b"")
+
+
+def _ended_with(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The outcome of each Claude call the logs ended."""
+    return [
+        str(getattr(r, "outcome", None))
+        for r in caplog.records
+        if getattr(r, "event", None) in ("stream_complete", "stream_error")
+    ]
+
+
+# ----------------------------------------------- 1. the first caller leaves as Claude ends
+
+
+@pytest.mark.parametrize(
+    ("kind", "resume"),
+    [
+        (ANTHROPIC, {}),
+        (ANTHROPIC_RESUMABLE, {}),
+        (PROMPT, NOT_RESUMABLE),
+        (PROMPT, {}),
+        (UI, NOT_RESUMABLE),
+    ],
+    ids=["anthropic", "anthropic-resumable", "prompt", "prompt-resumable", "ui"],
+)
+async def test_an_answer_whose_first_caller_left_as_claude_ended_it_is_stored(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: Kind,
+    resume: dict[str, Any],
+) -> None:
+    text = "[[fake tokens=5 tps=50]] left at the end"
+    async with sidecar_for({**cached(include_sampled=True), **resume}) as s:
+        leader = await _first_caller(s.port, kind, text)
+        await eventually(lambda: holds(len(s.runtime.streams) == 1))
+        gone = server_side(s, leader)
+        body_ended = LiveStream.on_end
+
+        def ended_as_its_client_left(live: LiveStream, error: BaseException | None) -> None:
+            # Claude's body ends in the same turn of the loop as the first caller's
+            # connection is lost, the loss handled first: its request is cancelled before
+            # the stream's task sees the end.
+            if error is None and not gone.is_closing():
+                gone.abort()
+            body_ended(live, error)
+
+        monkeypatch.setattr(LiveStream, "on_end", ended_as_its_client_left)
+        cache = s.runtime.cache
+        assert cache is not None
+        await eventually(lambda: holds(gone.is_closing() and not cache.inflight))
+        await cache.settled()
+        status, x_cache, answer = await _ask(s.url, kind, text)
+        leader.close()
+    assert (status, x_cache) == (200, "HIT")  # stored: Claude had ended it
+    assert _complete(kind, answer)
+    assert fake.state.counters["requests"] == 1
+
+
+# ------------------------------------------------------- 2. a slow first caller paces nobody
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [ANTHROPIC, ANTHROPIC_RESUMABLE, PROMPT, UI],
+    ids=["anthropic", "anthropic-resumable", "prompt", "ui"],
+)
+async def test_a_first_caller_that_reads_nothing_holds_back_neither_claude_nor_its_followers(
+    fake: FakeServer, sidecar_for: SidecarFactory, kind: Kind
+) -> None:
+    tokens = 5000  # more than the relay's high-water mark plus tiny socket buffers
+    text = f"[[fake tokens={tokens} tps=0]] flood"
+    claude = {"client_stall_timeout_seconds": 30, "max_tokens": tokens + 10}
+    config = {**cached(include_sampled=True), "claude": claude}
+    async with sidecar_for(config) as s:
+        cache = s.runtime.cache
+        shrink_send_buffers(s)
+        leader = await _first_caller(s.port, kind, text, max_tokens=tokens + 10)
+        await eventually(lambda: holds(_members(cache) == 1))
+        follower = asyncio.create_task(_ask(s.url, kind, text, tokens + 10))
+        # Claude is read to its end while the first caller has read nothing.
+        await fake.state.wait_for(lambda state: state.counters["streams_completed"] == 1)
+        status, x_cache, followed = await follower
+        leader.close()
+    assert (status, x_cache) == (200, "HIT")
+    assert _complete(kind, followed)
+    assert fake.state.counters["requests"] == 1
+
+
+# ------------------------------------ 3. the first caller leaves before Claude's first byte
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [ANTHROPIC, ANTHROPIC_RESUMABLE, MESSAGE, PROMPT, UI],
+    ids=["anthropic", "anthropic-resumable", "anthropic-message", "prompt", "ui"],
+)
+async def test_followers_of_a_first_caller_gone_before_claude_answered_share_its_call(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture, kind: Kind
+) -> None:
+    caplog.set_level(logging.INFO)
+    # Claude answers after a pause: the first caller leaves while its request is with Claude.
+    text = "[[fake tokens=20 fault=slow_headers delay_ms=1500]] patience"
+    async with sidecar_for(cached(include_sampled=True)) as s:
+        cache = s.runtime.cache
+        assert cache is not None
+        leader = await _first_caller(s.port, kind, text)
+        await fake.state.wait_for(lambda state: state.counters["requests"] == 1)
+        followers = [asyncio.create_task(_ask(s.url, kind, text)) for _ in range(2)]
+        await eventually(lambda: holds(_members(cache) == 3))
+        leader.transport.abort()
+        await eventually(lambda: holds(_members(cache) == 2))
+        results = await asyncio.gather(*followers)
+        await eventually(lambda: holds(not cache.inflight))
+        await cache.settled()
+        again = await _ask(s.url, kind, text)
+    # One call, settled and recorded once: its first caller's, which left before it ended.
+    assert _ended_with(caplog) == ["client_cancelled"]
+    assert [(status, x_cache) for status, x_cache, _ in results] == [(200, "HIT")] * 2
+    assert results[0][2] == results[1][2] == again[2]
+    assert all(_complete(kind, answer) for _, _, answer in results)
+    assert again[1] == "HIT"
+    assert fake.state.counters["requests"] == 1  # one call, shared, and stored
+
+
+@pytest.mark.parametrize(
+    "kind", [ANTHROPIC, MESSAGE, PROMPT], ids=["anthropic", "anthropic-message", "prompt"]
+)
+async def test_a_call_every_caller_left_before_claude_answered_is_cancelled_and_not_stored(
+    fake: FakeServer, sidecar_for: SidecarFactory, kind: Kind
+) -> None:
+    text = "[[fake tokens=20 fault=slow_headers delay_ms=1500]] nobody waits"
+    async with sidecar_for(cached(include_sampled=True)) as s:
+        cache = s.runtime.cache
+        assert cache is not None
+        leader = await _first_caller(s.port, kind, text)
+        await fake.state.wait_for(lambda state: state.counters["requests"] == 1)
+        leader.transport.abort()
+        await eventually(lambda: holds(not cache.inflight))
+        assert len(s.runtime.streams) == 0
+        _, x_cache, _ = await _ask(s.url, kind, text)
+    assert x_cache == "MISS"  # nothing was stored
+    assert fake.state.counters["requests"] == 2
+
+
+# --------------------------------------------------------------- heartbeats while quiet
+
+
+@pytest.mark.parametrize("kind", [ANTHROPIC, PROMPT], ids=["anthropic", "prompt"])
+async def test_every_reader_of_a_coalesced_stream_gets_its_heartbeats_while_claude_is_quiet(
+    fake: FakeServer, sidecar_for: SidecarFactory, kind: Kind
+) -> None:
+    text = "[[fake tokens=3 ttft_ms=1500]] thinking"
+    claude = {"heartbeat_seconds": 0.1, "idle_timeout_seconds": 30}
+    config = {**cached(include_sampled=True), "claude": claude, **NOT_RESUMABLE}
+    async with sidecar_for(config) as s:
+        results = await asyncio.gather(*(_ask(s.url, kind, text) for _ in range(2)))
+    assert sorted(str(x_cache) for _, x_cache, _ in results) == ["HIT", "MISS"]
+    for _, _, answer in results:
+        assert b"\n\n" + PING in b"\n\n" + answer  # the comment, not Claude's `event: ping`
+        assert _complete(kind, answer)
+    assert fake.state.counters["requests"] == 1
