@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from sidecar.policy.jwks import parse_jwks
+from sidecar.policy.jwks import MAX_JWKS_BYTES, parse_jwks
 from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
 from tests.support.sidecars import SidecarFactory
 
@@ -73,6 +73,27 @@ async def test_rotated_key_is_picked_up_on_unknown_kid(
             assert await status_of(sidecar.url, mint(KEY_2, "RS256", kid="k2")) == 200
             assert issuer.fetches == 2
             # The old key is gone from the issuer and, after the refetch, from the sidecar.
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 401
+
+
+async def test_a_key_set_that_arrives_in_pieces_is_read_to_its_end(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A key set larger than one network read (an issuer with many keys, TLS records)."""
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        issuer.in_pieces = True
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=300)) as sidecar:
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 200
+            assert issuer.fetches == 1
+
+
+async def test_a_key_set_over_the_size_limit_is_refused(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    padding = {"kty": "none", "pad": "x" * MAX_JWKS_BYTES}
+    async with running_jwks([public_jwk(KEY_1, "k1"), padding]) as issuer:
+        issuer.in_pieces = True
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=300)) as sidecar:
             assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 401
 
 

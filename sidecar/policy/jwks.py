@@ -91,9 +91,7 @@ class JwksCache:
             try:
                 async with self._session.get(self.url, timeout=_FETCH_TIMEOUT) as response:
                     response.raise_for_status()
-                    raw = await response.content.read(MAX_JWKS_BYTES + 1)
-                if len(raw) > MAX_JWKS_BYTES:
-                    raise ValueError("key set too large")
+                    raw = await _whole_body(response)
                 keys = parse_jwks(json.loads(raw))
             except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
                 log.warning("jwks fetch failed, keeping last keys", extra={"url": self.shown_url,
@@ -124,6 +122,17 @@ class JwksCache:
         if kid is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
         return self._keys.get(kid)
+
+
+async def _whole_body(response: aiohttp.ClientResponse) -> bytes:
+    """The answer to its end, however many pieces it arrives in (one `read(n)` returns
+    only what has arrived so far); ValueError past `MAX_JWKS_BYTES`."""
+    raw = bytearray()
+    async for chunk in response.content.iter_any():
+        raw += chunk
+        if len(raw) > MAX_JWKS_BYTES:
+            raise ValueError("key set too large")
+    return bytes(raw)
 
 
 def parse_jwks(document: Any) -> dict[str | None, SigningKey]:
