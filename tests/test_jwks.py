@@ -97,6 +97,23 @@ async def test_a_key_set_over_the_size_limit_is_refused(
             assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 401
 
 
+async def test_tokens_waiting_on_a_refetch_use_the_keys_it_brought(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """After a rotation, every caller with the new kid gets in, not only the one whose
+    token started the refetch (the others wait for it and must not be turned away by the
+    refetch rate limit)."""
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=0.2)) as sidecar:
+            issuer.keys = [public_jwk(KEY_2, "k2")]
+            await asyncio.sleep(0.25)  # past the start fetch's rate limit: one refetch is due
+            issuer.in_pieces = True  # the refetch takes a moment: the others arrive during it
+            token = mint(KEY_2, "RS256", kid="k2")
+            statuses = await asyncio.gather(*(status_of(sidecar.url, token) for _ in range(8)))
+            assert statuses == [200] * 8
+            assert issuer.fetches == 2
+
+
 async def test_outage_keeps_the_last_good_keys(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

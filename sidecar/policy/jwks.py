@@ -112,9 +112,13 @@ class JwksCache:
             self._on_refresh(result)
 
     async def key_for(self, kid: str | None) -> SigningKey | None:
-        """The key for `kid`; an unknown kid triggers one rate-limited refetch."""
+        """The key for `kid`; an unknown kid triggers one rate-limited refetch.
+
+        Looked up again whether or not this call fetched: a caller that waited for a
+        fetch in flight (another token's, or the schedule's) uses the keys it brought."""
         key = self._lookup(kid)
-        if key is None and await self.refresh():
+        if key is None:
+            await self.refresh()
             key = self._lookup(kid)
         return key
 
