@@ -114,6 +114,30 @@ async def test_tokens_waiting_on_a_refetch_use_the_keys_it_brought(
             assert issuer.fetches == 2
 
 
+async def test_a_slow_issuer_is_fetched_once_however_many_tokens_wait(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Tokens arriving while a refetch is in flight join it: they never queue a fetch each
+    (with an issuer that hangs, that was one fetch timeout per waiting token, in a row)."""
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=0.2)) as sidecar:
+            await asyncio.sleep(0.25)  # past the start fetch's rate limit: one refetch is due
+            issuer.keys = [public_jwk(KEY_2, "k2")]
+            issuer.held = asyncio.Event()
+            seen = issuer.fetches
+            token = mint(KEY_2, "RS256", kid="k2")
+            calls = asyncio.gather(*(status_of(sidecar.url, token) for _ in range(5)))
+
+            async def fetching() -> bool:
+                return issuer.fetches > seen
+
+            await eventually(fetching)
+            await asyncio.sleep(0.3)  # the fetch outlasts the rate limit
+            issuer.held.set()
+            assert await calls == [200] * 5
+            assert issuer.fetches == seen + 1
+
+
 async def test_outage_keeps_the_last_good_keys(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

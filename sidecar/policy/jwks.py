@@ -52,8 +52,8 @@ class JwksCache:
         self._refresh = refresh_seconds
         self._min_refresh = min_refresh_seconds
         self._keys: dict[str | None, SigningKey] = {}
-        self._last_attempt = float("-inf")
-        self._lock = asyncio.Lock()
+        self._last_attempt = float("-inf")  # when the last fetch ended
+        self._fetching: asyncio.Task[bool] | None = None  # the one fetch in flight
         self._task: asyncio.Task[None] | None = None
         self.fetches = 0
 
@@ -66,28 +66,32 @@ class JwksCache:
         self._task = asyncio.create_task(self._scheduled())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._fetching):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _scheduled(self) -> None:
         while True:
             await asyncio.sleep(self._refresh if self.ready else self._min_refresh)
-            try:
-                await self.refresh()
-            except Exception:  # the schedule must outlive any one bad answer
-                log.exception("jwks refresh failed", extra={"url": self.shown_url})
-                self._report("failure")
+            await self.refresh()  # never raises: a failed fetch is logged and reported
 
     async def refresh(self) -> bool:
-        """Fetch the key set now unless fetched within `min_refresh_seconds`; True if fetched."""
-        async with self._lock:
-            now = time.monotonic()
-            if now - self._last_attempt < self._min_refresh:
+        """Fetch the key set now unless a fetch ended within `min_refresh_seconds`; True if
+        fetched. A call while a fetch is in flight waits for that one (single flight): a
+        slow or hanging issuer costs one fetch timeout however many tokens wait, and is
+        never asked twice at once. A caller that gives up (cancelled) leaves it running."""
+        fetching = self._fetching
+        if fetching is None:
+            if time.monotonic() - self._last_attempt < self._min_refresh:
                 return False
-            self._last_attempt = now
-            self.fetches += 1
+            fetching = self._fetching = asyncio.create_task(self._fetch())
+        return await asyncio.shield(fetching)
+
+    async def _fetch(self) -> bool:
+        self.fetches += 1
+        try:
             try:
                 async with self._session.get(self.url, timeout=_FETCH_TIMEOUT) as response:
                     response.raise_for_status()
@@ -98,6 +102,10 @@ class JwksCache:
                             "error": type(exc).__name__})  # fmt: skip
                 self._report("failure")
                 return False
+            except Exception:  # shared by every waiter: none of them may see it raise
+                log.exception("jwks refresh failed", extra={"url": self.shown_url})
+                self._report("failure")
+                return False
             if keys:
                 self._keys = keys
             else:
@@ -106,6 +114,9 @@ class JwksCache:
                 )
             self._report("success" if keys else "failure")
             return True
+        finally:
+            self._last_attempt = time.monotonic()
+            self._fetching = None
 
     def _report(self, result: str) -> None:
         if self._on_refresh is not None:

@@ -112,10 +112,13 @@ class JwksServer:
     down: bool = False
     url: str = ""
     in_pieces: bool = False  # the key set sent in two writes, the second a moment later
+    held: asyncio.Event | None = None  # while set to an Event: answers wait for it
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         """The key set (or 503 while down), counting the fetch."""
         self.fetches += 1
+        if self.held is not None:
+            await self.held.wait()
         if self.down:
             return web.Response(status=503, text="down")
         if not self.in_pieces:
