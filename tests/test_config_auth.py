@@ -26,3 +26,19 @@ auth:
 def test_api_key_hash_must_be_sha256_hex() -> None:
     found = problems_of("auth: {api_keys: [{name: ci, sha256: nothex}]}")
     assert found == ["auth.api_keys.0.sha256: must be the 64-character hex SHA-256 of the key"]
+
+
+def test_jwt_settings_that_would_refuse_every_token_are_config_errors() -> None:
+    secret = "'" + "x" * 40 + "'"
+    found = problems_of("auth: {jwt: {secret: " + secret + ", audience: []}}")
+    assert found == [
+        "auth.jwt.audience: an empty list accepts no token: list the audiences, or unset it"
+    ]
+    found = problems_of("auth: {jwt: {secret: " + secret + ", user_claim: ''}}")
+    assert [p.partition(":")[0] for p in found] == ["auth.jwt.user_claim"]
+    # A route's override is checked as merged.
+    found = problems_of(
+        "auth: {jwt: {secret: " + secret + "}}\n"
+        "routes: [{path: /v1/, handler: anthropic, auth: {jwt: {audience: []}}}]"
+    )
+    assert [p.partition(":")[0] for p in found] == ["routes.0.auth.jwt.audience"]

@@ -55,7 +55,7 @@ class JWTConfig(Section):
     algorithms: list[str] = Field(default_factory=lambda: ["HS256"], min_length=1)
     issuer: str | None = None
     audience: str | list[str] | None = None
-    user_claim: str = "sub"
+    user_claim: str = Field("sub", min_length=1)
     tenant_claim: str | None = None
     query_param: str | None = None
     leeway_seconds: float = Field(30, ge=0, le=300)
@@ -68,6 +68,14 @@ class JWTConfig(Section):
         unknown = [alg for alg in value if alg not in _HS | _ASYMMETRIC]
         if unknown:
             raise ValueError(f"unsupported algorithms {unknown} (alg 'none' is never allowed)")
+        return value
+
+    @field_validator("audience")
+    @classmethod
+    def _some_audience(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            # No token's `aud` can be in an empty list: every token would be refused.
+            raise ValueError("an empty list accepts no token: list the audiences, or unset it")
         return value
 
     @model_validator(mode="after")
