@@ -42,3 +42,13 @@ def test_jwt_settings_that_would_refuse_every_token_are_config_errors() -> None:
         "routes: [{path: /v1/, handler: anthropic, auth: {jwt: {audience: []}}}]"
     )
     assert [p.partition(":")[0] for p in found] == ["routes.0.auth.jwt.audience"]
+
+
+def test_one_key_listed_under_two_names_is_a_config_error() -> None:
+    digest = "ab" * 32
+    found = problems_of(
+        {"auth": {"api_keys": [
+            {"name": "old", "sha256": digest}, {"name": "new", "sha256": digest.upper()},
+        ]}}
+    )  # fmt: skip
+    assert found == ["auth: api_keys 'old' and 'new' have the same sha256: one entry per key"]

@@ -157,4 +157,13 @@ class AuthConfig(Section):
         names = [key.name for key in self.api_keys]
         if len(names) != len(set(names)):
             raise ValueError("api_keys names must be unique")
+        owners: dict[str, str] = {}
+        for key in self.api_keys:
+            other = owners.setdefault(key.sha256, key.name)
+            if other != key.name:
+                # One key, two identities: only one of them is ever used, and removing
+                # the other's entry to revoke the key would leave it working.
+                raise ValueError(
+                    f"api_keys {other!r} and {key.name!r} have the same sha256: one entry per key"
+                )
         return self
