@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sidecar import loader
 from tests.support.config import problems_of
 
 
@@ -52,3 +53,19 @@ def test_one_key_listed_under_two_names_is_a_config_error() -> None:
         ]}}
     )  # fmt: skip
     assert found == ["auth: api_keys 'old' and 'new' have the same sha256: one entry per key"]
+
+
+def test_allowed_tenants_where_nobody_is_identified_is_a_config_error() -> None:
+    message = (
+        "allowed_tenants restricts nothing with mode 'none' (no caller is identified):"
+        " set a mode and credentials, or allowed_tenants: null"
+    )
+    route = {"path": "/v1/", "handler": "anthropic", "auth": {"allowed_tenants": ["acme"]}}
+    assert problems_of({"routes": [route]}) == [f"routes.0.auth: {message}"]
+    keys = {"api_keys": [{"name": "ci", "sha256": "ab" * 32, "tenant": "acme"}]}
+    opened = {"path": "/open", "handler": "prompt", "auth": {"mode": "none"}}
+    found = problems_of({"auth": {**keys, "allowed_tenants": ["acme"]}, "routes": [opened]})
+    assert found == [f"routes.0.auth: {message}"]
+    # Said outright, the route is open; a model list needs no caller.
+    opened["auth"] = {"mode": "none", "allowed_tenants": None, "allowed_models": ["m"]}
+    loader.validate({"auth": {**keys, "allowed_tenants": ["acme"]}, "routes": [opened]}, {})

@@ -154,6 +154,13 @@ class AuthConfig(Section):
     def _has_credentials(self) -> AuthConfig:
         if self.mode != "none" and self.jwt is None and not self.api_keys:
             raise ValueError(f"mode {self.mode!r} needs jwt or api_keys")
+        if self.mode == "none" and self.allowed_tenants is not None:
+            # Nobody is identified, so nobody has a tenant to check: the list would look
+            # like a restriction and let everyone in.
+            raise ValueError(
+                "allowed_tenants restricts nothing with mode 'none' (no caller is identified):"
+                " set a mode and credentials, or allowed_tenants: null"
+            )
         names = [key.name for key in self.api_keys]
         if len(names) != len(set(names)):
             raise ValueError("api_keys names must be unique")
