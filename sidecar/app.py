@@ -32,6 +32,7 @@ from sidecar.handlers.ui import handle_ui
 from sidecar.http_client import Pool
 from sidecar.pipeline import Pipeline
 from sidecar.policy import AuthService
+from sidecar.policy.jwks import JwksCache
 from sidecar.quotas import QuotaGate
 from sidecar.relay import StreamRegistry
 from sidecar.routes import RouteTable
@@ -112,14 +113,42 @@ async def _open_app_session(
     return app_session
 
 
+async def _open_jwks(
+    url: str, jwt: JWTConfig, telemetry: Telemetry, own: contextlib.AsyncExitStack
+) -> JwksCache:
+    session = aiohttp.ClientSession()
+    own.push_async_callback(session.close)
+    cache = JwksCache(
+        url,
+        session,
+        refresh_seconds=jwt.jwks_refresh_seconds,
+        min_refresh_seconds=jwt.jwks_min_refresh_seconds,
+        on_refresh=telemetry.jwks_refresh,
+    )
+    own.push_async_callback(cache.close)  # before the session closes
+    await cache.start()
+    return cache
+
+
 async def _open_auth(
     routes: RouteTable,
     primary: JWTConfig | None,
     telemetry: Telemetry,
+    shared: SharedPool,
     own: contextlib.AsyncExitStack,
 ) -> AuthService:
     policies = [route.policy.auth for route in routes.routes]
-    auth = AuthService(policies, primary=primary, on_jwks_refresh=telemetry.jwks_refresh)
+    # Each JWKS is a resource of its own, kept while its URL and schedule stay: a reload
+    # that changes other auth settings (an API key revoked) keeps its keys and schedule,
+    # and does not depend on the issuer answering at that moment.
+    jwks: dict[str, JwksCache] = {}
+    for policy in policies:
+        jwt = policy.jwt
+        url = jwt.jwks_url if jwt is not None else None
+        if jwt is not None and url is not None and url not in jwks:
+            key = (url, jwt.jwks_refresh_seconds, jwt.jwks_min_refresh_seconds)
+            jwks[url] = await shared.use(own, "jwks", key, partial(_open_jwks, url, jwt, telemetry))
+    auth = AuthService(policies, primary=primary, jwks=jwks, on_jwks_refresh=telemetry.jwks_refresh)
     await auth.start()
     own.push_async_callback(auth.close)
     return auth
@@ -231,7 +260,7 @@ async def _open_runtime(
         stack,
         "auth",
         [config.auth.jwt, *_auth_key(routes)],
-        partial(_open_auth, routes, config.auth.jwt, telemetry),
+        partial(_open_auth, routes, config.auth.jwt, telemetry, shared),
     )
 
     async def open_quotas(own: contextlib.AsyncExitStack) -> QuotaGate:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from aiohttp import HttpVersion10, HttpVersion11, web, web_protocol
@@ -59,6 +59,12 @@ _SERVED: Final = frozenset({HttpVersion10, HttpVersion11})  # HTTP versions of r
 _LINGER_SECONDS: Final = 2.0  # after a 408, a slow head's late bytes are dropped this long
 OnReject = Callable[[str, int], None]
 HeaderTimeout = Callable[[], float]  # read per head: a reload changes it for new heads
+# Headers every listener-level refusal carries (HSTS on a TLS listener), read per refusal.
+RefusalHeaders = Callable[[], Mapping[str, str]]
+
+
+def no_headers() -> Mapping[str, str]:
+    return {}
 
 
 def close_after(request: web.BaseRequest) -> None:
@@ -109,11 +115,13 @@ class TrafficProtocol(web_protocol.RequestHandler):
         *,
         on_reject: OnReject,
         header_timeout: HeaderTimeout,
+        refusal_headers: RefusalHeaders = no_headers,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._on_reject = on_reject
         self._header_timeout = header_timeout
+        self._refusal_headers = refusal_headers
         self._head_timer: asyncio.TimerHandle | None = None
         self._lingering = False
 
@@ -190,9 +198,11 @@ class TrafficProtocol(web_protocol.RequestHandler):
         reason, status = HEADER_TIMEOUT
         self._on_reject(reason, status)
         body = error_body(reason)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self._refusal_headers().items())
         transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
+            b"Content-Length: %d\r\nConnection: close\r\n%b\r\n%b"
+            % (len(body), extra.encode("latin-1"), body)
         )
         # Closing with the client's bytes still arriving would reset the connection, and a
         # reset can destroy the 408 on its way: end our side, drop what comes, close soon.
@@ -226,7 +236,10 @@ class TrafficProtocol(web_protocol.RequestHandler):
         reason, status = classify(exc)
         self._on_reject(reason, status)
         response = web.Response(
-            status=status, body=error_body(reason), content_type="application/json"
+            status=status,
+            body=error_body(reason),
+            content_type="application/json",
+            headers=self._refusal_headers(),
         )
         response.force_close()  # the parser lost the message boundary: the connection is done
         return response
@@ -234,10 +247,19 @@ class TrafficProtocol(web_protocol.RequestHandler):
 
 class _TrafficServer(web.Server):
     def __init__(
-        self, *args: Any, on_reject: OnReject, header_timeout: HeaderTimeout, **kwargs: Any
+        self,
+        *args: Any,
+        on_reject: OnReject,
+        header_timeout: HeaderTimeout,
+        refusal_headers: RefusalHeaders = no_headers,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self._extra: dict[str, Any] = {"on_reject": on_reject, "header_timeout": header_timeout}
+        self._extra: dict[str, Any] = {
+            "on_reject": on_reject,
+            "header_timeout": header_timeout,
+            "refusal_headers": refusal_headers,
+        }
 
     def __call__(self) -> web_protocol.RequestHandler:
         return TrafficProtocol(self, loop=self._loop, **self._extra, **self._kwargs)
@@ -297,6 +319,7 @@ class TrafficServerRunner(web.BaseRunner):
         header_timeout: HeaderTimeout,
         on_startup: Callable[[], Any],
         on_cleanup: Callable[[], Any],
+        refusal_headers: RefusalHeaders = no_headers,
         handler_cancellation: bool = False,
         shutdown_timeout: float = 60.0,
         **kwargs: Any,
@@ -306,6 +329,7 @@ class TrafficServerRunner(web.BaseRunner):
         self._request_factory = request_factory
         self._on_reject = on_reject
         self._header_timeout = header_timeout
+        self._refusal_headers = refusal_headers
         self._on_startup = on_startup
         self._on_cleanup = on_cleanup
         self._handler_cancellation = handler_cancellation
@@ -321,6 +345,7 @@ class TrafficServerRunner(web.BaseRunner):
             handler_cancellation=self._handler_cancellation,
             on_reject=self._on_reject,
             header_timeout=self._header_timeout,
+            refusal_headers=self._refusal_headers,
             **self._kwargs,
         )
 

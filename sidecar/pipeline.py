@@ -108,7 +108,7 @@ def _client_scheme(request: web.Request, trusted: Sequence[Network]) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _hsts(max_age: int) -> str:
+def hsts(max_age: int) -> str:
     """The Strict-Transport-Security value, formatted once per configured max-age."""
     return f"max-age={max_age}; includeSubDomains"
 
@@ -182,7 +182,7 @@ class Pipeline:
             request_id = request_id_of(request, config.server.request_id_header)
             headers = {config.server.request_id_header: request_id}
             if config.server.tls.enabled and config.server.tls.hsts:
-                headers["Strict-Transport-Security"] = _hsts(config.server.tls.hsts_max_age_seconds)
+                headers["Strict-Transport-Security"] = hsts(config.server.tls.hsts_max_age_seconds)
             resolved = runtime.routes.resolve(request.rel_url.raw_path)
             if request.headers.get("Expect"):
                 await _answer_expectation(request, resolved.route, config.server.max_body_bytes)

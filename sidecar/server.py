@@ -34,7 +34,7 @@ from sidecar.app import build_traffic
 from sidecar.config import Config, redact_url, split_host_port
 from sidecar.config.server import load_certificate
 from sidecar.listener import TrafficRunner, TrafficServerRunner
-from sidecar.pipeline import UNMATCHED
+from sidecar.pipeline import UNMATCHED, hsts
 from sidecar.reload import Reloader
 from sidecar.runtime import Runtime, RuntimeHolder, finish_within
 from sidecar.telemetry import Telemetry
@@ -130,6 +130,7 @@ class SidecarServer:
             on_cleanup=traffic.close,
             on_reject=self._rejected,
             header_timeout=self._header_timeout,
+            refusal_headers=self._refusal_headers,
             handler_cancellation=True,
             auto_decompress=False,
             access_log=None,
@@ -150,6 +151,13 @@ class SidecarServer:
     def _rejected(self, reason: str, status: int) -> None:
         """A request the listener refused before routing (parser error, slow head)."""
         self._runtimes.current.telemetry.rejected(reason, UNMATCHED, status, "", warn=True)
+
+    def _refusal_headers(self) -> Mapping[str, str]:
+        """HSTS on the traffic listener's own refusals (431, 400, 408) too, as on every answer."""
+        tls = self._runtimes.current.config.server.tls
+        if self.config.server.tls.enabled and tls.hsts:
+            return {"Strict-Transport-Security": hsts(tls.hsts_max_age_seconds)}
+        return {}
 
     def _header_timeout(self) -> float:
         return self._runtimes.current.config.server.header_read_timeout_seconds

@@ -1,4 +1,4 @@
-"""The policy sections: the quota store's Redis URL is checked at load."""
+"""The policy sections: CORS lists and the quota store's Redis URL are checked at load."""
 
 from __future__ import annotations
 
@@ -40,3 +40,19 @@ def test_an_ipv6_prefix_length_outside_1_to_128_is_a_config_error(length: object
 def test_the_ipv6_prefix_length_is_a_64_unless_set() -> None:
     assert loader.validate({}).quotas.ipv6_prefix_length == 64
     assert loader.validate({"quotas": {"ipv6_prefix_length": 1}}).quotas.ipv6_prefix_length == 1
+
+
+@pytest.mark.parametrize("method", ["*", "PO ST", "GET\r\nX-Evil: 1", ""])
+def test_an_allowed_method_that_is_no_method_name_is_a_config_error(method: str) -> None:
+    found = problems_of({"cors": {"allow_methods": ["GET", method]}})
+    assert found == [f"cors.allow_methods: {method!r} is not a method name: list each method"]
+
+
+def test_expose_headers_take_names_and_a_wildcard_only_without_credentials() -> None:
+    found = problems_of({"cors": {"expose_headers": ["x-ok", "x bad"]}})
+    assert found == ["cors.expose_headers: 'x bad' is not a header name"]
+    found = problems_of({"cors": {"expose_headers": ["*"], "allow_credentials": True}})
+    assert found == [
+        "cors: '*' in expose_headers exposes nothing with allow_credentials: list the names"
+    ]
+    loader.validate({"cors": {"expose_headers": ["*"], "allow_methods": ["GET", "PATCH"]}}, {})

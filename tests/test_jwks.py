@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from sidecar.policy.jwks import parse_jwks
+from sidecar.policy.jwks import MAX_JWKS_BYTES, parse_jwks
 from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
 from tests.support.sidecars import SidecarFactory
 
@@ -74,6 +74,68 @@ async def test_rotated_key_is_picked_up_on_unknown_kid(
             assert issuer.fetches == 2
             # The old key is gone from the issuer and, after the refetch, from the sidecar.
             assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 401
+
+
+async def test_a_key_set_that_arrives_in_pieces_is_read_to_its_end(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A key set larger than one network read (an issuer with many keys, TLS records)."""
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        issuer.in_pieces = True
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=300)) as sidecar:
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 200
+            assert issuer.fetches == 1
+
+
+async def test_a_key_set_over_the_size_limit_is_refused(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    padding = {"kty": "none", "pad": "x" * MAX_JWKS_BYTES}
+    async with running_jwks([public_jwk(KEY_1, "k1"), padding]) as issuer:
+        issuer.in_pieces = True
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=300)) as sidecar:
+            assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 401
+
+
+async def test_tokens_waiting_on_a_refetch_use_the_keys_it_brought(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """After a rotation, every caller with the new kid gets in, not only the one whose
+    token started the refetch (the others wait for it and must not be turned away by the
+    refetch rate limit)."""
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=0.2)) as sidecar:
+            issuer.keys = [public_jwk(KEY_2, "k2")]
+            await asyncio.sleep(0.25)  # past the start fetch's rate limit: one refetch is due
+            issuer.in_pieces = True  # the refetch takes a moment: the others arrive during it
+            token = mint(KEY_2, "RS256", kid="k2")
+            statuses = await asyncio.gather(*(status_of(sidecar.url, token) for _ in range(8)))
+            assert statuses == [200] * 8
+            assert issuer.fetches == 2
+
+
+async def test_a_slow_issuer_is_fetched_once_however_many_tokens_wait(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Tokens arriving while a refetch is in flight join it: they never queue a fetch each
+    (with an issuer that hangs, that was one fetch timeout per waiting token, in a row)."""
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=0.2)) as sidecar:
+            await asyncio.sleep(0.25)  # past the start fetch's rate limit: one refetch is due
+            issuer.keys = [public_jwk(KEY_2, "k2")]
+            issuer.held = asyncio.Event()
+            seen = issuer.fetches
+            token = mint(KEY_2, "RS256", kid="k2")
+            calls = asyncio.gather(*(status_of(sidecar.url, token) for _ in range(5)))
+
+            async def fetching() -> bool:
+                return issuer.fetches > seen
+
+            await eventually(fetching)
+            await asyncio.sleep(0.3)  # the fetch outlasts the rate limit
+            issuer.held.set()
+            assert await calls == [200] * 5
+            assert issuer.fetches == seen + 1
 
 
 async def test_outage_keeps_the_last_good_keys(

@@ -31,6 +31,7 @@ from sidecar.fake_claude import FakeServer
 from sidecar.reload import keep_restart_only
 from sidecar.server import SidecarServer
 from tests.support.certs import write_self_signed
+from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
 from tests.support.sidecars import BASE, sidecar_process
 from tests.support.sockets import free_port
 from tests.support.waiting import eventually, holds
@@ -460,6 +461,40 @@ async def test_a_reload_that_changes_only_a_route_secret_uses_the_new_secret(
         assert await server.reload()
         assert await prompt_status(http, server.url, Authorization=bearer(new)) == 200
         assert await prompt_status(http, server.url, Authorization=bearer(old)) == 401
+
+
+async def test_an_api_key_is_revoked_by_reload_while_the_jwks_issuer_is_down(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    """A reload that changes other auth settings keeps the key set it has: it neither
+    needs the issuer to answer (a revocation must not wait for it) nor refetches."""
+    path = tmp_path / "sidecar.yaml"
+    leaked = {"name": "leaked", "sha256": hashlib.sha256(b"sk-leaked-key").hexdigest()}
+    signing = new_key("RS256")
+    async with running_jwks([public_jwk(signing, "k1")]) as issuer:
+        jwt = {"jwks_url": issuer.url, "algorithms": ["RS256"], "issuer": ISSUER,
+               "audience": AUDIENCE}  # fmt: skip
+        data = config_for(fake, auth={**AUTH["auth"], "jwt": jwt})
+        with_leaked = loader.deep_merge(data, {"auth": {"api_keys": [
+            *data["auth"]["api_keys"], leaked]}})  # fmt: skip
+        token = {"Authorization": f"Bearer {mint(signing, 'RS256', kid='k1')}"}
+        async with file_sidecar(path, with_leaked) as server, aiohttp.ClientSession() as http:
+            assert await prompt_status(http, server.url, **{"x-api-key": "sk-leaked-key"}) == 200
+            issuer.down = True
+            fetched = issuer.fetches
+            write(path, data)
+            assert await server.reload()
+            assert await prompt_status(http, server.url, **{"x-api-key": "sk-leaked-key"}) == 401
+            assert await prompt_status(http, server.url, **token) == 200
+            async with http.get(server.admin_url + "/readyz") as response:
+                assert response.status == 200
+            assert issuer.fetches == fetched
+
+            async def settled() -> bool:
+                return len(server.runtimes.live) == 1
+
+            await eventually(settled)
+            assert server.runtimes.shared.live("jwks") == 1
 
 
 async def test_readiness_names_the_embedded_default_by_its_hash() -> None:

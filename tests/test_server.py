@@ -19,6 +19,7 @@ import yaml
 from multidict import CIMultiDictProxy
 
 from sidecar.fake_claude import FakeServer
+from sidecar.loader import deep_merge as merge
 from sidecar.server import EXIT_CANNOT_LISTEN, SHUTDOWN_MARGIN
 from tests.support.certs import write_self_signed
 from tests.support.policy import API_KEY, API_KEY_SHA256
@@ -258,8 +259,12 @@ def trusting(files: tuple[Path, Path]) -> ssl.SSLContext:
 async def test_https_with_hsts_on_every_response(
     fake: FakeServer, sidecar_for: SidecarFactory, tls_files: tuple[Path, Path]
 ) -> None:
-    seen: dict[str, CIMultiDictProxy[str]] = {}
-    async with sidecar_for(tls_config(tls_files, hsts_max_age_seconds=600)) as sidecar:
+    seen: dict[str, CIMultiDictProxy[str] | dict[str, str]] = {}
+    config = merge(
+        tls_config(tls_files, hsts_max_age_seconds=600),
+        {"server": {"header_read_timeout_seconds": 0.5}},
+    )
+    async with sidecar_for(config) as sidecar:
         assert sidecar.url.startswith("https://")
         connector = aiohttp.TCPConnector(ssl=trusting(tls_files))
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -286,6 +291,21 @@ async def test_https_with_hsts_on_every_response(
             async with http.options(url, headers={**preflight, "Origin": "https://x.test"}) as r:
                 assert r.status == 403
                 seen["refused_preflight"] = r.headers
+            # Refused by the listener before any route: a head too large, a head too slow.
+            async with http.get(url, headers={"X-Big": "x" * 20000}) as response:
+                assert response.status == 431
+                seen["head_too_large"] = response.headers
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", sidecar.port, ssl=trusting(tls_files)
+        )
+        try:
+            head = (await asyncio.wait_for(reader.read(), 10)).partition(b"\r\n\r\n")[0]
+        finally:
+            writer.close()
+        assert head.startswith(b"HTTP/1.1 408 ")
+        seen["header_timeout"] = dict(
+            line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:]
+        )
     for kind, headers in seen.items():
         assert headers.get("Strict-Transport-Security") == "max-age=600; includeSubDomains", kind
     assert fake.state.counters["requests"] == 1

@@ -55,7 +55,7 @@ class JWTConfig(Section):
     algorithms: list[str] = Field(default_factory=lambda: ["HS256"], min_length=1)
     issuer: str | None = None
     audience: str | list[str] | None = None
-    user_claim: str = "sub"
+    user_claim: str = Field("sub", min_length=1)
     tenant_claim: str | None = None
     query_param: str | None = None
     leeway_seconds: float = Field(30, ge=0, le=300)
@@ -68,6 +68,14 @@ class JWTConfig(Section):
         unknown = [alg for alg in value if alg not in _HS | _ASYMMETRIC]
         if unknown:
             raise ValueError(f"unsupported algorithms {unknown} (alg 'none' is never allowed)")
+        return value
+
+    @field_validator("audience")
+    @classmethod
+    def _some_audience(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            # No token's `aud` can be in an empty list: every token would be refused.
+            raise ValueError("an empty list accepts no token: list the audiences, or unset it")
         return value
 
     @model_validator(mode="after")
@@ -146,7 +154,23 @@ class AuthConfig(Section):
     def _has_credentials(self) -> AuthConfig:
         if self.mode != "none" and self.jwt is None and not self.api_keys:
             raise ValueError(f"mode {self.mode!r} needs jwt or api_keys")
+        if self.mode == "none" and self.allowed_tenants is not None:
+            # Nobody is identified, so nobody has a tenant to check: the list would look
+            # like a restriction and let everyone in.
+            raise ValueError(
+                "allowed_tenants restricts nothing with mode 'none' (no caller is identified):"
+                " set a mode and credentials, or allowed_tenants: null"
+            )
         names = [key.name for key in self.api_keys]
         if len(names) != len(set(names)):
             raise ValueError("api_keys names must be unique")
+        owners: dict[str, str] = {}
+        for key in self.api_keys:
+            other = owners.setdefault(key.sha256, key.name)
+            if other != key.name:
+                # One key, two identities: only one of them is ever used, and removing
+                # the other's entry to revoke the key would leave it working.
+                raise ValueError(
+                    f"api_keys {other!r} and {key.name!r} have the same sha256: one entry per key"
+                )
         return self

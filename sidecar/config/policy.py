@@ -45,6 +45,7 @@ def _as_browsers_send(origin: str) -> str:
     return f"{scheme}://{host.removesuffix(default)}"
 
 
+_HTTP_TOKEN = re.compile(r"[!#$%&'+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token, without `*`
 _ORIGIN = re.compile(
     r"https?://(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
 )
@@ -67,6 +68,24 @@ class CorsConfig(Section):
                 raise ValueError(f"{name!r} is not a header name (or a prefix ending in '*')")
         return value
 
+    @field_validator("allow_methods")
+    @classmethod
+    def _method_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _HTTP_TOKEN.fullmatch(name):
+                # A preflight is granted only a method on the list, compared by name: `*`
+                # would be a method no browser asks for, and every preflight would be 403.
+                raise ValueError(f"{name!r} is not a method name: list each method")
+        return value
+
+    @field_validator("expose_headers")
+    @classmethod
+    def _exposed_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name != "*" and not _HTTP_TOKEN.fullmatch(name):
+                raise ValueError(f"{name!r} is not a header name")
+        return value
+
     @field_validator("allow_origins")
     @classmethod
     def _exact_origins(cls, value: list[str]) -> list[str]:
@@ -85,6 +104,11 @@ class CorsConfig(Section):
     def _no_wildcard_with_credentials(self) -> CorsConfig:
         if self.allow_credentials and "*" in self.allow_origins:
             raise ValueError("'*' in allow_origins cannot be combined with allow_credentials")
+        if self.allow_credentials and "*" in self.expose_headers:
+            # With credentials, browsers read `*` as a header named `*`: nothing is exposed.
+            raise ValueError(
+                "'*' in expose_headers exposes nothing with allow_credentials: list the names"
+            )
         return self
 
 

@@ -239,6 +239,7 @@ class AuthService:
         *,
         primary: JWTConfig | None = None,
         session: aiohttp.ClientSession | None = None,
+        jwks: Mapping[str, JwksCache] | None = None,
         on_jwks_refresh: Callable[[str], None] | None = None,
     ) -> None:
         self._policies = list(policies)
@@ -247,7 +248,10 @@ class AuthService:
         self._on_jwks_refresh = on_jwks_refresh
         self._session = session
         self._owns_session = session is None
-        self._jwks: dict[str, JwksCache] = {}
+        # Key sets by URL: those given are started and closed by their owner (shared
+        # across reloads); those made here (for a URL not given) by this service.
+        self._jwks: dict[str, JwksCache] = dict(jwks or {})
+        self._own_jwks: list[JwksCache] = []
         # By id for speed; the policy is kept with it, so a recycled id never matches.
         self._by_id: dict[int, tuple[AuthConfig, Authenticator]] = {}
         self._by_settings: dict[str, Authenticator] = {}
@@ -279,6 +283,7 @@ class AuthService:
                             on_refresh=self._on_jwks_refresh,
                         )
                         self._jwks[policy.jwt.jwks_url] = jwks
+                        self._own_jwks.append(jwks)
                 verifier = JwtVerifier(policy.jwt, jwks)
             realm = policy.jwt.realm() if policy.jwt is not None else None
             found = self._by_settings[key] = Authenticator(
@@ -293,11 +298,11 @@ class AuthService:
         """Build every authenticator and load JWKS (a failed first fetch is not fatal)."""
         for policy in self._policies:
             self._authenticator(policy)
-        for cache in self._jwks.values():
+        for cache in self._own_jwks:
             await cache.start()
 
     async def close(self) -> None:
-        for cache in self._jwks.values():
+        for cache in self._own_jwks:
             await cache.close()
         if self._owns_session and self._session is not None:
             await self._session.close()

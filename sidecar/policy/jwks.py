@@ -52,8 +52,8 @@ class JwksCache:
         self._refresh = refresh_seconds
         self._min_refresh = min_refresh_seconds
         self._keys: dict[str | None, SigningKey] = {}
-        self._last_attempt = float("-inf")
-        self._lock = asyncio.Lock()
+        self._last_attempt = float("-inf")  # when the last fetch ended
+        self._fetching: asyncio.Task[bool] | None = None  # the one fetch in flight
         self._task: asyncio.Task[None] | None = None
         self.fetches = 0
 
@@ -66,38 +66,44 @@ class JwksCache:
         self._task = asyncio.create_task(self._scheduled())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._fetching):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _scheduled(self) -> None:
         while True:
             await asyncio.sleep(self._refresh if self.ready else self._min_refresh)
-            try:
-                await self.refresh()
-            except Exception:  # the schedule must outlive any one bad answer
-                log.exception("jwks refresh failed", extra={"url": self.shown_url})
-                self._report("failure")
+            await self.refresh()  # never raises: a failed fetch is logged and reported
 
     async def refresh(self) -> bool:
-        """Fetch the key set now unless fetched within `min_refresh_seconds`; True if fetched."""
-        async with self._lock:
-            now = time.monotonic()
-            if now - self._last_attempt < self._min_refresh:
+        """Fetch the key set now unless a fetch ended within `min_refresh_seconds`; True if
+        fetched. A call while a fetch is in flight waits for that one (single flight): a
+        slow or hanging issuer costs one fetch timeout however many tokens wait, and is
+        never asked twice at once. A caller that gives up (cancelled) leaves it running."""
+        fetching = self._fetching
+        if fetching is None:
+            if time.monotonic() - self._last_attempt < self._min_refresh:
                 return False
-            self._last_attempt = now
-            self.fetches += 1
+            fetching = self._fetching = asyncio.create_task(self._fetch())
+        return await asyncio.shield(fetching)
+
+    async def _fetch(self) -> bool:
+        self.fetches += 1
+        try:
             try:
                 async with self._session.get(self.url, timeout=_FETCH_TIMEOUT) as response:
                     response.raise_for_status()
-                    raw = await response.content.read(MAX_JWKS_BYTES + 1)
-                if len(raw) > MAX_JWKS_BYTES:
-                    raise ValueError("key set too large")
+                    raw = await _whole_body(response)
                 keys = parse_jwks(json.loads(raw))
             except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
                 log.warning("jwks fetch failed, keeping last keys", extra={"url": self.shown_url,
                             "error": type(exc).__name__})  # fmt: skip
+                self._report("failure")
+                return False
+            except Exception:  # shared by every waiter: none of them may see it raise
+                log.exception("jwks refresh failed", extra={"url": self.shown_url})
                 self._report("failure")
                 return False
             if keys:
@@ -108,15 +114,22 @@ class JwksCache:
                 )
             self._report("success" if keys else "failure")
             return True
+        finally:
+            self._last_attempt = time.monotonic()
+            self._fetching = None
 
     def _report(self, result: str) -> None:
         if self._on_refresh is not None:
             self._on_refresh(result)
 
     async def key_for(self, kid: str | None) -> SigningKey | None:
-        """The key for `kid`; an unknown kid triggers one rate-limited refetch."""
+        """The key for `kid`; an unknown kid triggers one rate-limited refetch.
+
+        Looked up again whether or not this call fetched: a caller that waited for a
+        fetch in flight (another token's, or the schedule's) uses the keys it brought."""
         key = self._lookup(kid)
-        if key is None and await self.refresh():
+        if key is None:
+            await self.refresh()
             key = self._lookup(kid)
         return key
 
@@ -124,6 +137,17 @@ class JwksCache:
         if kid is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
         return self._keys.get(kid)
+
+
+async def _whole_body(response: aiohttp.ClientResponse) -> bytes:
+    """The answer to its end, however many pieces it arrives in (one `read(n)` returns
+    only what has arrived so far); ValueError past `MAX_JWKS_BYTES`."""
+    raw = bytearray()
+    async for chunk in response.content.iter_any():
+        raw += chunk
+        if len(raw) > MAX_JWKS_BYTES:
+            raise ValueError("key set too large")
+    return bytes(raw)
 
 
 def parse_jwks(document: Any) -> dict[str | None, SigningKey]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -110,13 +111,26 @@ class JwksServer:
     fetches: int = 0
     down: bool = False
     url: str = ""
+    in_pieces: bool = False  # the key set sent in two writes, the second a moment later
+    held: asyncio.Event | None = None  # while set to an Event: answers wait for it
 
-    async def serve(self, request: web.Request) -> web.Response:
+    async def serve(self, request: web.Request) -> web.StreamResponse:
         """The key set (or 503 while down), counting the fetch."""
         self.fetches += 1
+        if self.held is not None:
+            await self.held.wait()
         if self.down:
             return web.Response(status=503, text="down")
-        return web.json_response({"keys": self.keys})
+        if not self.in_pieces:
+            return web.json_response({"keys": self.keys})
+        body = json.dumps({"keys": self.keys}).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(body[:64])
+        await asyncio.sleep(0.05)  # the client has read the first piece by now
+        await response.write(body[64:])
+        await response.write_eof()
+        return response
 
 
 @contextlib.asynccontextmanager
