@@ -7,6 +7,7 @@ uv works offline from its cache (warm wherever the suite runs), so this stays bo
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -166,3 +167,68 @@ def test_the_configuration_section_names_every_config_section_and_route_override
         "path",
         "handler",
     }
+
+
+# Modules whose tests live in a file other than their mirror, and why: each stays true (the
+# file exists) or goes when the module gets its own file.
+ELSEWHERE = {
+    "app_state": ("test_app.py", "declarations only: the keys the app is built with"),
+    "config.browser": ("test_browser.py", "the browser section, with the browser files"),
+    "config.routes": ("test_routes.py", "route overrides, with the route table they build"),
+    "http_client.errors": ("test_http_client_response.py", "exception classes only"),
+    "quotas.stores": ("test_stores_base.py", "the store factory, with the stores' contract"),
+    "stream.resume": ("test_resume.py", "the generation hub, end to end with resume"),
+}
+# A file name two modules at the same depth could claim belongs to one of them.
+SHARED = {"test_auth.py": "policy.auth", "test_resume.py": "handlers.resume"}
+
+
+def package_modules() -> dict[str, tuple[str, ...]]:
+    """Every module under sidecar/ by dotted name (no `sidecar.`), with its path parts; a
+    package's `__init__` counts only when it defines something."""
+    modules: dict[str, tuple[str, ...]] = {}
+    for path in sorted((ROOT / "sidecar").rglob("*.py")):
+        parts = path.relative_to(ROOT / "sidecar").with_suffix("").parts
+        if parts[-1] == "__init__":
+            body = ast.parse(path.read_text()).body
+            defines = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+            if len(parts) == 1 or not any(isinstance(node, defines) for node in body):
+                continue
+            parts = parts[:-1]
+        elif parts[-1] == "__main__":
+            continue
+        modules[".".join(parts)] = parts
+    return modules
+
+
+def test_every_module_has_its_mirror_test_file() -> None:
+    """As this README says: `test_<module>.py`, or `test_<package>_<module>.py` where the
+    bare name is taken (by a shallower module of that name, or per `SHARED`)."""
+    modules = package_modules()
+    claims: dict[str, list[str]] = {}
+    for name, parts in modules.items():
+        for i in range(len(parts)):
+            claims.setdefault("test_" + "_".join(parts[i:]) + ".py", []).append(name)
+
+    def owner(file: str) -> str:
+        if file in SHARED:
+            return SHARED[file]
+        depth = min(len(modules[name]) for name in claims[file])
+        shallowest = [name for name in claims[file] if len(modules[name]) == depth]
+        assert len(shallowest) == 1, f"{file} could mirror any of {shallowest}: add it to SHARED"
+        return shallowest[0]
+
+    tests = ROOT / "tests"
+    missing = [
+        name
+        for name, parts in modules.items()
+        if name not in ELSEWHERE
+        and not any(
+            (tests / file).exists() and owner(file) == name
+            for file in ("test_" + "_".join(parts[i:]) + ".py" for i in range(len(parts)))
+        )
+    ]
+    assert missing == [], "modules without tests/test_<module>.py"
+    for name, (file, _why) in ELSEWHERE.items():
+        assert name in modules, f"{name} is gone: drop it from ELSEWHERE"
+        assert (tests / file).exists(), f"{name}'s tests are said to be in {file}"
