@@ -170,13 +170,7 @@ async def test_a_cursor_sent_twice_with_different_values_is_a_400_and_the_same_t
 async def test_unknown_expired_foreign_and_finished_streams(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
-    config = {
-        **resumable(ttl_seconds=4),
-        "auth": {"mode": "required", "api_keys": [
-            {"name": "a", "sha256": _sha("key-a"), "user": "alice"},
-            {"name": "b", "sha256": _sha("key-b"), "user": "bob"},
-        ]},
-    }  # fmt: skip
+    config = _alice_and_bob(ttl_seconds=4)
     alice, bob = {"X-Api-Key": "key-a"}, {"X-Api-Key": "key-b"}
     async with sidecar_for(config) as sidecar:
         done = await sse_request(sidecar.port, target=SLOW, headers=alice)
@@ -412,6 +406,17 @@ def _sha(key: str) -> str:
     import hashlib
 
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _alice_and_bob(**resume: Any) -> dict[str, Any]:
+    """A resumable config whose callers are alice (`X-Api-Key: key-a`) or bob (`key-b`)."""
+    return {
+        **resumable(**resume),
+        "auth": {"mode": "required", "api_keys": [
+            {"name": "a", "sha256": _sha("key-a"), "user": "alice"},
+            {"name": "b", "sha256": _sha("key-b"), "user": "bob"},
+        ]},
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- across replicas
@@ -1299,13 +1304,7 @@ async def test_a_reader_from_the_store_that_stops_reading_is_cut(
 async def test_a_head_answers_as_the_resuming_get_would_without_events(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
-    config = {
-        **resumable(),
-        "auth": {"mode": "required", "api_keys": [
-            {"name": "a", "sha256": _sha("key-a"), "user": "alice"},
-            {"name": "b", "sha256": _sha("key-b"), "user": "bob"},
-        ]},
-    }  # fmt: skip
+    config = _alice_and_bob()
     alice, bob = {"X-Api-Key": "key-a"}, {"X-Api-Key": "key-b"}
     async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
         done = await sse_request(sidecar.port, target=SLOW, headers=alice)

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -16,6 +17,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.fake_claude import FakeServer
+from sidecar.server import SidecarServer
 from tests.support.apps import echoed_headers, running_app
 from tests.support.logs import LogReader, one
 from tests.support.logs import events as events_of
@@ -521,6 +523,18 @@ async def test_an_idle_timeout_does_not_stretch_the_chunk_gaps_over_its_silence(
     assert error["duration_ms"] >= 500
 
 
+async def _queued(sidecar: SidecarServer) -> asyncio.Task[tuple[int, list[dict[str, Any]]]]:
+    """A prompt waiting in the admission queue, its one slot held by another call."""
+    queued = asyncio.create_task(prompt(sidecar.url, "waiting in line"))
+    admission = sidecar.runtime.admission
+    for _ in range(500):  # the admission queue exposes no event to await
+        if admission.waiting:
+            break
+        await asyncio.sleep(0.01)
+    assert admission.waiting == 1
+    return queued
+
+
 async def test_client_leaving_the_queue_is_a_cancelled_stream(
     sidecar_for: SidecarFactory, otel: Otel
 ) -> None:
@@ -531,13 +545,7 @@ async def test_client_leaving_the_queue_is_a_cancelled_stream(
                 sidecar.url + "/api/stream-response", json={"prompt": "[[fake fault=stall]]"}
             )
             assert holding.status == 200
-            queued = asyncio.create_task(prompt(sidecar.url, "waiting in line"))
-            admission = sidecar.runtime.admission
-            for _ in range(500):  # the admission queue exposes no event to await
-                if admission.waiting:
-                    break
-                await asyncio.sleep(0.01)
-            assert admission.waiting == 1
+            queued = await _queued(sidecar)
             queued.cancel()  # the client gives up while queued
             with contextlib.suppress(asyncio.CancelledError):
                 await queued
@@ -639,13 +647,7 @@ async def test_a_client_that_left_is_recorded_as_gone_with_what_it_was_sent_or_4
             body = {"prompt": "long answer [[fake tokens=500 tps=50]]"}
             holding = await http.post(sidecar.url + "/api/stream-response", json=body)
             assert b"token" in await holding.content.readuntil(b"\n\n")
-            queued = asyncio.create_task(prompt(sidecar.url, "waiting in line"))
-            admission = sidecar.runtime.admission
-            for _ in range(500):  # the admission queue exposes no event to await
-                if admission.waiting:
-                    break
-                await asyncio.sleep(0.01)
-            assert admission.waiting == 1
+            queued = await _queued(sidecar)
             queued.cancel()  # the client gives up while queued
             with contextlib.suppress(asyncio.CancelledError):
                 await queued
