@@ -163,30 +163,13 @@ async def hand_off(
     """
     ctx, record = held.ctx, held.record
     runtime = ctx.runtime
-    record.stream_id = resumable.stream_id
-    generation = Generation(
-        record,
-        stream_id=resumable.stream_id,
-        owner=resumable.owner,
-        log=resumable.log,
-        grace=resumable.grace,
-    )
-    generation.kept_by(held.tap)
-    live = _live_stream(ctx, upstream, make_core(record, translator, held.tap), generation)
-    resumable.log.on_cancel = generation.cancel  # a cancel asked on another replica
-    context = held.span.get_span_context()
-    if context.is_valid:  # resumes on any replica link to this stream's span
-        resumable.log.set_origin(f"{context.trace_id:032x}-{context.span_id:016x}")
-    hub = runtime.resume.hub
-    hub.add(generation, held.span)
-    runtime.streams.add(live)  # shutdown reaches it from now on (`run` keeps it there)
-    runtime.lifecycle.enter()  # the runtime stays open while its generation runs
+    generation, live = _generation(held, upstream, translator, resumable)
     try:  # the stream's id goes out with a stream only, never with an error
         channel = await start_response(ctx, {**headers, HEADER: resumable.stream_id}, translator)
     except BaseException:
         upstream.close()
         record.outcome = "client_cancelled"
-        hub.remove(generation)
+        runtime.resume.hub.remove(generation)
         runtime.streams.discard(live)
         runtime.lifecycle.leave()
         resumable.log.finish()  # nothing to resume: the client never got the stream's id
@@ -195,11 +178,7 @@ async def hand_off(
         raise
     subscriber = Subscriber(channel)
     generation.attach(subscriber)
-    try:  # the client's head and Claude's first events leave now, not a task later
-        live.begin()
-    except Exception as exc:  # the relay's own failure: its task ends the stream with it
-        live.on_end(exc)
-    hub.spawn(_produce(held, live, generation, resumable.log), channel.loop)
+    _produce_in_task(held, live, generation, resumable.log, upstream)
     return generation, subscriber
 
 
@@ -221,6 +200,16 @@ def hand_off_recorded(
     """Start a coalesced resumable generation in its own task, with no reader yet: its first
     caller attaches to it if still there (`sidecar.call.group`), as a resume does; its
     recording keeps it read at Claude's pace (`Generation._held_back`)."""
+    generation, live = _generation(held, upstream, translator, resumable)
+    _produce_in_task(held, live, generation, resumable.log, upstream)
+    return generation
+
+
+def _generation(
+    held: HeldCall, upstream: Response, translator: Translator, resumable: Resumable
+) -> tuple[Generation, LiveStream]:
+    """A resumable generation and its relay, known to the hub and to shutdown, its
+    runtime held open until its task ends (`_produce`)."""
     ctx, record = held.ctx, held.record
     runtime = ctx.runtime
     record.stream_id = resumable.stream_id
@@ -233,19 +222,26 @@ def hand_off_recorded(
     )
     generation.kept_by(held.tap)
     live = _live_stream(ctx, upstream, make_core(record, translator, held.tap), generation)
-    resumable.log.on_cancel = generation.cancel
+    resumable.log.on_cancel = generation.cancel  # a cancel asked on another replica
     context = held.span.get_span_context()
-    if context.is_valid:
+    if context.is_valid:  # resumes on any replica link to this stream's span
         resumable.log.set_origin(f"{context.trace_id:032x}-{context.span_id:016x}")
     runtime.resume.hub.add(generation, held.span)
-    runtime.streams.add(live)
-    runtime.lifecycle.enter()
+    runtime.streams.add(live)  # shutdown reaches it from now on (`run` keeps it there)
+    runtime.lifecycle.enter()  # the runtime stays open while its generation runs
+    return generation, live
+
+
+def _produce_in_task(
+    held: HeldCall, live: LiveStream, generation: Generation, log: StreamLog, upstream: Response
+) -> None:
+    """Start the relay here (the client's head and Claude's first events leave now, not a
+    task later), then hand it to the generation's own task."""
     try:
         live.begin()
     except Exception as exc:  # the relay's own failure: its task ends the stream with it
         live.on_end(exc)
-    runtime.resume.hub.spawn(_produce(held, live, generation, resumable.log), upstream.loop)
-    return generation
+    held.ctx.runtime.resume.hub.spawn(_produce(held, live, generation, log), upstream.loop)
 
 
 async def _produce(

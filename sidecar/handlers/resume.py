@@ -129,6 +129,21 @@ async def _lookup(ctx: RequestContext, stream_id: str) -> StreamInfo | None:
         ) from None
 
 
+async def _stored(
+    ctx: RequestContext, stream_id: str, owner: str
+) -> StreamInfo | web.StreamResponse:
+    """The store's record of the caller's stream from a route of this kind, else the answer
+    for an unknown or foreign stream (or the refusal for one of another route's kind)."""
+    info = await _lookup(ctx, stream_id)
+    if info is None:
+        return _gone(ctx, "expired")
+    if info.owner != owner:
+        return _gone(ctx, "forbidden")
+    if not info.framed_for(ctx.route.handler):
+        raise _other_route()
+    return info
+
+
 def _too_many_readers() -> Rejection:
     return reject(
         "resume_subscribers", "too many clients are reading this stream",
@@ -258,13 +273,9 @@ async def _head(
         if backlog is None or (generation.final and not backlog):
             return _gone(ctx, "expired")
     else:  # as the GET does: the store answers for a stream not live here (or not ours)
-        info = await _lookup(ctx, stream_id)
-        if info is None:
-            return _gone(ctx, "expired")
-        if info.owner != owner:
-            return _gone(ctx, "forbidden")
-        if not info.framed_for(ctx.route.handler):
-            raise _other_route()
+        info = await _stored(ctx, stream_id, owner)
+        if not isinstance(info, StreamInfo):
+            return info
         # As `_from_store` decides once caught up (a HEAD does not wait for a store that
         # lags its producer: a stream still produced is taken to have the event).
         if after > info.last and info.final:
@@ -285,13 +296,9 @@ async def _from_store(
     closing: Closing | None,
 ) -> web.StreamResponse:
     runtime = ctx.runtime
-    info = await _lookup(ctx, stream_id)
-    if info is None:
-        return _gone(ctx, "expired")
-    if info.owner != owner:
-        return _gone(ctx, "forbidden")
-    if not info.framed_for(ctx.route.handler):
-        raise _other_route()
+    info = await _stored(ctx, stream_id, owner)
+    if not isinstance(info, StreamInfo):
+        return info
     # Another replica writes its events in batches a few ms apart: a client that got an
     # event from it just now may be ahead of the store for a moment (up to 1 s here). A
     # producer still alive after that may yet have died with the client's events
