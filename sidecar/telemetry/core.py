@@ -107,7 +107,7 @@ class Telemetry(StreamTelemetry, Counters):
         a request no route matched (`NO_ROUTE`) has no `http.route` and a name without one.
         The recommended ones too, when given: `network.protocol.version` (`version`),
         `server.address` / `server.port` (the request's `host`), `user_agent.original`
-        (cut to `MAX_USER_AGENT` characters) and `client.address`.
+        (cut to `MAX_USER_AGENT` characters) and `client.address` (cut to `MAX_TEXT`).
         """
         spans = self.spans
         if spans is None:
@@ -129,6 +129,8 @@ class Telemetry(StreamTelemetry, Counters):
         if user_agent:
             attributes["user_agent.original"] = user_agent[:MAX_USER_AGENT]
         if client_address:
+            if len(client_address) > MAX_TEXT:  # a trusted proxy's non-address hop, as sent
+                client_address = client_address[:MAX_TEXT]
             attributes["client.address"] = client_address
         return spans.start(server_span_name(method, route), SpanKind.SERVER, attributes, parent)
 
