@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import (
     INVALID_SPAN_CONTEXT,
@@ -72,6 +72,19 @@ class Telemetry(StreamTelemetry, Counters):
     def enabled(self) -> bool:
         """False when nothing records (`OTEL_SDK_DISABLED=true`, or no exporter at all)."""
         return self._providers is not None
+
+    def pushed_metrics_interval(self) -> float | None:
+        """Seconds between the metric exports a reader pushes on its own (OTLP, every
+        `OTEL_METRIC_EXPORT_INTERVAL`), the shortest if several; None when metrics are
+        only pulled (a Prometheus scrape collects, and checks readiness, as it comes)."""
+        if self._providers is None:
+            return None
+        intervals = [
+            reader._export_interval_millis / 1000
+            for reader in self._providers.readers
+            if isinstance(reader, PeriodicExportingMetricReader)
+        ]
+        return min(intervals) if intervals else None
 
     # ------------------------------------------------------------------ traces
 

@@ -22,7 +22,7 @@ class Health:
         self.jwks_refreshes = Totals()
         meter.create_observable_gauge(
             "sidecar.ready", [self._observe_ready], unit="1",
-            description="1 when the last readiness check (/readyz or a scrape) passed, else 0",
+            description="1 when the last readiness check (/readyz, a scrape, an OTLP export interval) passed, else 0",
         )  # fmt: skip
         meter.create_observable_gauge(
             "sidecar.config.last_reload_successful", [self._observe_reload], unit="1",
