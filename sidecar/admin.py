@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
 
 from aiohttp import web
 
@@ -13,6 +17,11 @@ from sidecar.errors import Rejection, reject, render_json
 from sidecar.pipeline import UNMATCHED
 from sidecar.readiness import unready_checks
 from sidecar.runtime import RuntimeHolder
+
+log = logging.getLogger("sidecar.admin")
+# How often the readiness task looks again whether metrics are pushed (a reload may turn
+# OTLP export on) while they are not.
+_PULLED_ONLY_RECHECK_SECONDS: Final = 30.0
 
 
 def _json(status: int, body: dict[str, object]) -> web.Response:
@@ -41,6 +50,31 @@ async def failing_checks(holder: RuntimeHolder) -> dict[str, str]:
     checks.update(await unready_checks(runtime))
     runtime.telemetry.readiness(checks)
     return checks
+
+
+async def check_readiness_for_pushed_metrics(holder: RuntimeHolder) -> None:
+    """Keep `sidecar.ready` current where no one asks: metrics pushed over OTLP carry the
+    last check's result, and without a scrape or a `/readyz` probe there would be none
+    (or a stale one). So while a reader pushes, readiness is checked once per export
+    interval; a Prometheus scrape checks it itself."""
+    while True:
+        interval = holder.current.telemetry.pushed_metrics_interval()
+        if interval is None or holder.draining:  # draining: its stores are closing
+            await asyncio.sleep(_PULLED_ONLY_RECHECK_SECONDS)
+            continue
+        try:
+            await failing_checks(holder)
+        except Exception as error:  # a check that broke: the next interval tries again
+            log.warning("readiness check failed", extra={"error": type(error).__name__})
+        await asyncio.sleep(interval)
+
+
+async def _readiness_task(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(check_readiness_for_pushed_metrics(app[RUNTIMES]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -93,4 +127,5 @@ def build_admin_app(runtimes: RuntimeHolder, config: Config) -> web.Application:
     app.router.add_get("/readyz", readyz)
     if config.telemetry.prometheus:
         app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_readiness_task)
     return app

@@ -31,10 +31,10 @@ from sidecar.identity import ANONYMOUS, Identity
 from sidecar.listener import close_after
 from sidecar.routes import Route
 from sidecar.runtime import Runtime, RuntimeHolder
-from sidecar.telemetry.semconv import protocol_version
+from sidecar.telemetry.semconv import NO_ROUTE, protocol_version
 
 log = logging.getLogger("sidecar.pipeline")
-UNMATCHED = "unmatched"  # the route label of a path no route matches (bounded, unlike the path)
+UNMATCHED = NO_ROUTE  # the route label of a path no route matches (bounded, unlike the path)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
@@ -207,7 +207,7 @@ class Pipeline:
                 body = simple_error_body(rejection.short_type, rejection.message)
                 headers["Vary"] = "Origin"
                 # Every request gets a trace, the caller's continued: this one's span
-                # names no route (`unmatched`) and ends with the refusal.
+                # has no `http.route` (its name is the method alone) and ends with the refusal.
                 span = telemetry.start_server_span(
                     telemetry.extract(request.headers), method=request.method,
                     route=UNMATCHED, path=resolved.path, scheme=request.scheme, version=version,

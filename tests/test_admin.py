@@ -13,13 +13,24 @@ import aiohttp
 import prometheus_client
 import pytest
 from aiohttp import web
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    NumberDataPoint,
+    PeriodicExportingMetricReader,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.config import TelemetryConfig
 from sidecar.server import SidecarServer
+from sidecar.telemetry import Telemetry
 from tests.support.apps import running_app, serving
 from tests.support.otel import prompt
 from tests.support.resume import stream_then_resume
 from tests.support.sidecars import SidecarFactory, get_status
+from tests.support.sockets import free_port
+from tests.support.waiting import eventually
 
 DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
 METRIC_NAME = re.compile(r"\b(?:gen_ai|sidecar|http)_[a-z0-9_]+")
@@ -296,3 +307,58 @@ async def test_admin_404_and_405_are_json_in_the_error_format_and_counted(
         text = await scrape(sidecar)
     assert re.search(r'sidecar_rejections_total\{[^}]*reason="no_route"[^}]*\} 2', text)
     assert re.search(r'sidecar_rejections_total\{[^}]*reason="method_not_allowed"[^}]*\} 1', text)
+
+
+class _Pushed(MetricExporter):
+    """A push exporter keeping what it was sent (as OTLP would send it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[MetricsData] = []
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        self.batches.append(metrics_data)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        return None
+
+    def ready_values(self) -> list[Any]:
+        return [
+            point.value
+            for batch in list(self.batches)
+            for resource in batch.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "sidecar.ready"
+            for point in metric.data.data_points
+            if isinstance(point, NumberDataPoint)
+        ]
+
+
+async def test_readiness_is_pushed_without_a_probe_when_metrics_go_over_otlp(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """With metrics pushed (OTLP) and no scrape or `/readyz` probe, `sidecar.ready` still
+    says whether the sidecar is ready: a fail-closed quota store that is down shows as 0."""
+    exporter = _Pushed()
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=50)
+    telemetry = Telemetry.from_config(TelemetryConfig(prometheus=False), metric_reader=reader)
+    assert telemetry.pushed_metrics_interval() == 0.05
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    config = {"quotas": {"store": "redis", "redis_url": down, "on_store_error": "fail_closed",
+                         "requests_per_minute": 10}}  # fmt: skip
+    try:
+        async with sidecar_for(config, telemetry=telemetry):
+
+            async def not_ready_pushed() -> bool:
+                return 0 in exporter.ready_values()
+
+            await eventually(not_ready_pushed)
+    finally:
+        await telemetry.close()

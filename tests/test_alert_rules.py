@@ -24,6 +24,7 @@ from tests.support.waiting import eventually
 
 NAME = re.compile(r"\b(?:gen_ai|sidecar|http)_[a-z0-9_]+")
 LABEL_VALUE = re.compile(r'\b([a-z_]+)="([^"]*)"')
+LE_MATCH = re.compile(r'\ble=~"([^"]*)"')  # a PromQL string: `\\.` is the regex's `\.`
 
 
 def rules() -> list[dict[str, Any]]:
@@ -103,6 +104,9 @@ async def test_rules_use_what_a_running_sidecar_exports(sidecar_for: SidecarFact
         for label, value in LABEL_VALUE.findall(expr):
             if label == "le":  # the bucket the TTFT rule reads must exist as written
                 assert any(s.labels.get("le") == value for s in samples), value
+        for value in LE_MATCH.findall(expr):  # ... or as matched (`10` or `10.0`)
+            bucket = re.compile(value.replace("\\\\", "\\"))
+            assert any(bucket.fullmatch(s.labels.get("le", "")) for s in samples), value
     by_name = {sample.name: sample for sample in samples if not sample.labels.get("result")}
     assert by_name["sidecar_ready"].value == 0  # no JWKS key loaded: not ready
     assert by_name["sidecar_config_last_reload_successful"].value == 1

@@ -924,7 +924,14 @@ def test_prometheus_rule_thresholds_come_from_values(chart: Any, tmp_path: Path)
     rule = one(render(chart, values), "PrometheusRule")
     rules = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
     assert rules["ClaudeSidecarStreamErrorRatioHigh"]["expr"].rstrip().endswith("> 0.02")
-    assert 'le="2.5"' in rules["ClaudeSidecarTimeToFirstTokenSlow"]["expr"]
+    # The bucket in both spellings: `2.5` has one; a whole number has `5` and `5.0`.
+    assert 'le=~"2\\\\.5(\\\\.0)?"' in rules["ClaudeSidecarTimeToFirstTokenSlow"]["expr"]
+    whole = one(render(chart, {"prometheusRule": {"enabled": True,
+                                                  "timeToFirstTokenSeconds": "5.0"}}),
+                "PrometheusRule")  # fmt: skip
+    slow = [r for r in whole["spec"]["groups"][0]["rules"]
+            if r["alert"] == "ClaudeSidecarTimeToFirstTokenSlow"]  # fmt: skip
+    assert 'le=~"5(\\\\.0)?"' in slow[0]["expr"]
     assert "above 2.5s" in rules["ClaudeSidecarTimeToFirstTokenSlow"]["annotations"]["summary"]
     assert "> 5 * sum" in rules["ClaudeSidecarRejectionsSpiking"]["expr"]
     assert rules["ClaudeSidecarClaudeThrottling"]["expr"].rstrip().endswith("> 0.1")

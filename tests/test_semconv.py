@@ -17,10 +17,13 @@ from sidecar.telemetry.semconv import (
     DEFAULT,
     LATEST,
     MAX_SERVER_ADDRESS,
+    NO_ROUTE,
     gen_ai_names,
     http_method,
     protocol_version,
     server_address,
+    server_duration_attributes,
+    server_span_name,
 )
 from tests.support.otel import Otel, make_otel
 from tests.support.sidecars import SidecarFactory, running_sidecar
@@ -180,6 +183,46 @@ async def test_http_server_conventions(
     assert {p.attributes["url.scheme"] for p in durations} == {"http"}
     streams = otel.points("sidecar.streams")
     assert {p.attributes["sidecar.route"] for p in streams} == {"/api/stream-response"}
+
+
+async def test_a_request_no_route_matched_has_no_http_route(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The HTTP conventions' `http.route` is a matched route: a path no route matches gets
+    a span named for its method alone (`HTTP` for an unknown one) and no `http.route` on
+    the span or on its `http.server.request.duration` point."""
+    otel = make_otel()
+    config = {"routes": [{"path": "/api/stream-response", "handler": "prompt"}]}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            for method in ("GET", "PROPFIND"):
+                async with http.request(method, sidecar.url + "/nothing/here") as r:
+                    assert r.status == 404
+
+    async def both_ended() -> bool:
+        return len(otel.spans(SpanKind.SERVER)) == 2
+
+    await eventually(both_ended)
+    spans = {span.name: span.attributes or {} for span in otel.spans(SpanKind.SERVER)}
+    assert set(spans) == {"GET", "HTTP"}
+    for attributes in spans.values():
+        assert "http.route" not in attributes
+        assert attributes["url.path"] == "/nothing/here"
+        assert attributes["sidecar.rejection.reason"] == "no_route"
+    points = otel.points("http.server.request.duration")
+    assert {p.attributes["http.request.method"] for p in points} == {"GET", "_OTHER"}
+    for point in points:
+        assert "http.route" not in point.attributes
+        assert point.attributes["http.response.status_code"] == 404
+
+
+def test_server_span_name_and_duration_attributes_by_route() -> None:
+    assert server_span_name("POST", "/v1/") == "POST /v1/"
+    assert server_span_name("PROPFIND", "/v1/") == "HTTP /v1/"
+    assert server_span_name("GET", NO_ROUTE) == "GET"
+    assert server_span_name("PROPFIND", NO_ROUTE) == "HTTP"
+    assert server_duration_attributes("GET", "http", "/v1/", 200)["http.route"] == "/v1/"
+    assert "http.route" not in server_duration_attributes("GET", "http", NO_ROUTE, 404)
 
 
 async def test_builtin_fake_has_a_stable_server_address() -> None:

@@ -4,6 +4,7 @@ header as the W3C propagator; the server span bounds what the client chose."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from ipaddress import IPv4Network
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -12,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from sidecar.client_address import client_ip
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import Telemetry
 from sidecar.telemetry.bounded import MAX_TEXT
@@ -74,21 +76,27 @@ def test_extract_reads_what_the_propagator_reads(
 
 
 def test_the_server_span_bounds_what_the_client_chose(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`url.path` and an unknown method's own spelling are cut to MAX_TEXT characters:
-    a path or method as long as the request line allows never reaches a span whole."""
+    """`url.path`, an unknown method's own spelling and the client address are cut to
+    MAX_TEXT characters: a path or method as long as the request line allows, or an
+    `X-Forwarded-For` hop as long as a header allows (a non-address hop from a trusted
+    proxy is the client address as written), never reaches a span whole."""
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
     otel = make_otel()
     try:
         path, method = "/public/" + "P" * 6000, "X" * 500
+        forwarded = client_ip(
+            "10.0.0.1", "not-an-address-" + "x" * 6000, [IPv4Network("10.0.0.0/8")]
+        )
         span = otel.telemetry.start_server_span(
             trace.set_span_in_context(trace.INVALID_SPAN), method=method, route="/public",
-            path=path, scheme="http",
+            path=path, scheme="http", client_address=forwarded,
         )  # fmt: skip
         otel.telemetry.end_server_span(span, 200)
         (server,) = otel.spans()
         attributes = server.attributes or {}
         assert attributes["url.path"] == path[:MAX_TEXT]
         assert attributes["http.request.method_original"] == method[:MAX_TEXT]
+        assert attributes["client.address"] == forwarded[:MAX_TEXT]
         assert attributes["http.request.method"] == "_OTHER"
     finally:
         otel.telemetry.shutdown()

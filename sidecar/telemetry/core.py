@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import (
     INVALID_SPAN_CONTEXT,
@@ -31,7 +31,14 @@ from sidecar.config import TelemetryConfig
 from sidecar.telemetry.bounded import MAX_TEXT, MAX_USER_AGENT, short_text
 from sidecar.telemetry.counters import Counters
 from sidecar.telemetry.providers import build_providers, sdk_disabled
-from sidecar.telemetry.semconv import KNOWN_METHODS, OTHER_METHOD, gen_ai_names, server_address
+from sidecar.telemetry.semconv import (
+    KNOWN_METHODS,
+    NO_ROUTE,
+    OTHER_METHOD,
+    gen_ai_names,
+    server_address,
+    server_span_name,
+)
 from sidecar.telemetry.span import SidecarSpan
 from sidecar.telemetry.state import continued
 from sidecar.telemetry.stream_telemetry import StreamTelemetry
@@ -66,6 +73,19 @@ class Telemetry(StreamTelemetry, Counters):
         """False when nothing records (`OTEL_SDK_DISABLED=true`, or no exporter at all)."""
         return self._providers is not None
 
+    def pushed_metrics_interval(self) -> float | None:
+        """Seconds between the metric exports a reader pushes on its own (OTLP, every
+        `OTEL_METRIC_EXPORT_INTERVAL`), the shortest if several; None when metrics are
+        only pulled (a Prometheus scrape collects, and checks readiness, as it comes)."""
+        if self._providers is None:
+            return None
+        intervals = [
+            reader._export_interval_millis / 1000
+            for reader in self._providers.readers
+            if isinstance(reader, PeriodicExportingMetricReader)
+        ]
+        return min(intervals) if intervals else None
+
     # ------------------------------------------------------------------ traces
 
     def extract(self, headers: Mapping[str, str]) -> Context:
@@ -96,10 +116,11 @@ class Telemetry(StreamTelemetry, Counters):
         """The SERVER span of one request, a child of the caller's span when there is one.
 
         Named and attributed per the HTTP server conventions; a method outside the known
-        set is `_OTHER` (the client's spelling kept in `http.request.method_original`).
+        set is `_OTHER` (the client's spelling kept in `http.request.method_original`), and
+        a request no route matched (`NO_ROUTE`) has no `http.route` and a name without one.
         The recommended ones too, when given: `network.protocol.version` (`version`),
         `server.address` / `server.port` (the request's `host`), `user_agent.original`
-        (cut to `MAX_USER_AGENT` characters) and `client.address`.
+        (cut to `MAX_USER_AGENT` characters) and `client.address` (cut to `MAX_TEXT`).
         """
         spans = self.spans
         if spans is None:
@@ -108,9 +129,10 @@ class Telemetry(StreamTelemetry, Counters):
         if len(path) > MAX_TEXT:  # `short_text`, inline: the client chose it, spans bound it
             path = path[:MAX_TEXT]
         attributes: dict[str, Any] = {
-            "http.request.method": known, "http.route": route, "url.path": path,
-            "url.scheme": scheme,
+            "http.request.method": known, "url.path": path, "url.scheme": scheme,
         }  # fmt: skip
+        if route != NO_ROUTE:  # `http.route` names a matched route only
+            attributes["http.route"] = route
         if known != method:
             attributes["http.request.method_original"] = short_text(method)
         if version:
@@ -120,9 +142,10 @@ class Telemetry(StreamTelemetry, Counters):
         if user_agent:
             attributes["user_agent.original"] = user_agent[:MAX_USER_AGENT]
         if client_address:
+            if len(client_address) > MAX_TEXT:  # a trusted proxy's non-address hop, as sent
+                client_address = client_address[:MAX_TEXT]
             attributes["client.address"] = client_address
-        name = f"{method if known == method else 'HTTP'} {route}"
-        return spans.start(name, SpanKind.SERVER, attributes, parent)
+        return spans.start(server_span_name(method, route), SpanKind.SERVER, attributes, parent)
 
     def end_server_span(self, span: Span, status: int, *, client_gone: bool = False) -> None:
         """End a request's span with its status (5xx is an error, 4xx is the client's);

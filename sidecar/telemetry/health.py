@@ -17,15 +17,17 @@ class Health:
     """`sidecar.ready`, `sidecar.config.last_reload_successful`, `sidecar.jwks.refreshes`."""
 
     def __init__(self, meter: Meter) -> None:
+        # The two 0/1 gauges have no unit: a gauge of unit `1` is named `..._ratio` when
+        # pushed over OTLP into Prometheus, and the alerts read `sidecar_ready` either way.
         self._ready: int | None = None  # unknown until the first readiness check
         self._reload_ok = 1  # the config a process starts with loaded fine
         self.jwks_refreshes = Totals()
         meter.create_observable_gauge(
-            "sidecar.ready", [self._observe_ready], unit="1",
-            description="1 when the last readiness check (/readyz or a scrape) passed, else 0",
+            "sidecar.ready", [self._observe_ready],
+            description="1 when the last readiness check (/readyz, a scrape, an OTLP export interval) passed, else 0",
         )  # fmt: skip
         meter.create_observable_gauge(
-            "sidecar.config.last_reload_successful", [self._observe_reload], unit="1",
+            "sidecar.config.last_reload_successful", [self._observe_reload],
             description="0 after a config reload failed (the previous config still serves), else 1",
         )  # fmt: skip
         meter.create_observable_counter(

@@ -26,6 +26,10 @@ OTHER_METHOD: Final = "_OTHER"
 _VERSIONS: Final[dict[tuple[int, int], str]] = {(1, 1): "1.1", (1, 0): "1.0", (0, 9): "0.9"}
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 MAX_SERVER_ADDRESS: Final = 255  # characters of a host name (RFC 1035); `Host` is client-chosen
+# The route label of a request no route matches (bounded, unlike its path). It is the
+# sidecar's own label (logs, `sidecar.rejections`): the HTTP conventions' `http.route` is a
+# matched route, so spans and `http.server.request.duration` leave it out for such requests.
+NO_ROUTE: Final = "unmatched"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,14 @@ def server_address(host: str, scheme: str) -> tuple[str, int]:
     return name, _DEFAULT_PORTS.get(scheme, 80)
 
 
+def server_span_name(method: str, route: str) -> str:
+    """A server span's name as the HTTP conventions give it: `{method} {http.route}`, the
+    method `HTTP` when it is outside the known set (`_OTHER`), and no route part for a
+    request no route matched (`NO_ROUTE`)."""
+    shown = method if method in KNOWN_METHODS else "HTTP"
+    return shown if route == NO_ROUTE else f"{shown} {route}"
+
+
 def server_error_type(status: int) -> str | None:
     """`error.type` of a server request by its status: the code for a 5xx, else none (a
     4xx is the client's error, not the server's)."""
@@ -105,11 +117,14 @@ def server_duration_attributes(
     method: str, scheme: str, route: str, status: int, version: str = ""
 ) -> dict[str, Any]:
     """The attributes of an `http.server.request.duration` point (all bounded): those the
-    HTTP conventions list for it, without the opt-in `server.address` / `server.port`."""
+    HTTP conventions list for it, without the opt-in `server.address` / `server.port`,
+    and without `http.route` when no route matched."""
     attributes: dict[str, Any] = {
         "http.request.method": http_method(method), "url.scheme": scheme,
-        "http.route": route, "http.response.status_code": status,
+        "http.response.status_code": status,
     }  # fmt: skip
+    if route != NO_ROUTE:  # `http.route` only for a matched route
+        attributes["http.route"] = route
     if version:
         attributes["network.protocol.version"] = version
     error = server_error_type(status)
