@@ -34,6 +34,7 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 from aiohttp.streams import EMPTY_PAYLOAD
+from multidict import CIMultiDictProxy
 
 # (reason, status) for what the parser refused: the reason is a metric label, so a closed set.
 HEAD_TOO_LARGE: Final = ("head_too_large", 431)
@@ -42,9 +43,14 @@ BAD_HEADER: Final = ("bad_header", 400)
 BAD_FRAMING: Final = ("bad_body_framing", 400)
 MALFORMED: Final = ("malformed_request", 400)
 HEADER_TIMEOUT: Final = ("header_timeout", 408)
+# RFC 9112 6.1: a transfer coding the server does not understand is a 501.
+UNSUPPORTED_CODING: Final = ("unsupported_transfer_coding", 501)
 PARSER_REASONS: Final = frozenset(
-    r for r, _ in (HEAD_TOO_LARGE, BAD_REQUEST_LINE, BAD_HEADER, BAD_FRAMING, MALFORMED)
-)
+    r
+    for r, _ in (
+        HEAD_TOO_LARGE, BAD_REQUEST_LINE, BAD_HEADER, BAD_FRAMING, MALFORMED, UNSUPPORTED_CODING
+    )
+)  # fmt: skip
 
 _MESSAGES: Final = {
     "head_too_large": "request line or header fields too large",
@@ -53,6 +59,7 @@ _MESSAGES: Final = {
     "bad_body_framing": "malformed body framing (Content-Length / chunked encoding)",
     "malformed_request": "malformed request",
     "header_timeout": "the request head did not arrive in time",
+    "unsupported_transfer_coding": "Transfer-Encoding other than chunked is not supported",
 }
 
 _SERVED: Final = frozenset({HttpVersion10, HttpVersion11})  # HTTP versions of requests served
@@ -76,8 +83,32 @@ def close_after(request: web.BaseRequest) -> None:
     request._cache.pop("keep_alive", None)
 
 
+class UnsupportedTransferCoding(BadHttpMessage):
+    """A request framed as chunked that names another transfer coding as well
+    (`Transfer-Encoding: gzip, chunked`). The parser undoes the chunked framing only and
+    would hand on the body still coded, with nothing left to say so: the app would read
+    compressed bytes as the body itself, and a Claude route would screen what Claude would
+    not read. Refused, as RFC 9112 6.1 says, before any route sees it."""
+
+    def __init__(self) -> None:
+        super().__init__("unsupported transfer coding")
+
+
+def other_codings(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether `Transfer-Encoding` names any coding besides `chunked` (empty list items,
+    which RFC 9110 5.6.1 says to accept, aside)."""
+    return any(
+        name != "chunked"
+        for value in headers.getall("Transfer-Encoding", ())
+        for part in value.split(",")
+        if (name := part.strip().lower())
+    )
+
+
 def classify(exc: BaseException) -> tuple[str, int]:
     """The (reason, status) for a parser error; never looks at the bytes it quotes."""
+    if isinstance(exc, UnsupportedTransferCoding):
+        return UNSUPPORTED_CODING
     if isinstance(exc, LineTooLong):
         return HEAD_TOO_LARGE
     if isinstance(exc, BadStatusLine | InvalidURLError):
@@ -139,24 +170,34 @@ class TrafficProtocol(web_protocol.RequestHandler):
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
-            self._refuse_other_versions(self._request_count - parsed)
+            self._refuse_unserved(self._request_count - parsed)
             self._stop_head_timer()  # a head is complete (or refused)
             self._fail_body_in_flight()
         elif data and self._head_timer is None and self._between_requests():
             self._start_head_timer()  # the first byte of the next head on a kept-alive connection
 
-    def _refuse_other_versions(self, count: int) -> None:
+    def _refuse_unserved(self, count: int) -> None:
         # The parser takes a request line without a version as HTTP/0.9 and any `HTTP/d.d`
         # (`HTTP/2.0` in plain text) as what it says, and aiohttp would answer in that
         # version's name (`HTTP/0.9 200 OK` with a head 0.9 never had). Only 1.0 and 1.1
-        # are served here: the others are refused as a malformed request line.
+        # are served here: the others are refused as a malformed request line. A chunked
+        # body with another transfer coding on it (which the parser leaves in place,
+        # unlabelled) is refused too (`UnsupportedTransferCoding`).
         messages = self._messages
         for index in range(max(0, len(messages) - count), len(messages)):
             message, _ = messages[index]
-            if not isinstance(message, web_protocol._ErrInfo) and message.version not in _SERVED:
+            if isinstance(message, web_protocol._ErrInfo):
+                continue
+            refused: BadHttpMessage | None = None
+            if message.version not in _SERVED:
                 refused = BadStatusLine(error="unsupported HTTP version")
+            elif message.chunked and other_codings(message.headers):
+                refused = UnsupportedTransferCoding()
+            if refused is not None:
                 messages[index] = (
-                    web_protocol._ErrInfo(status=400, exc=refused, message=refused.message),
+                    web_protocol._ErrInfo(
+                        status=classify(refused)[1], exc=refused, message=refused.message
+                    ),
                     EMPTY_PAYLOAD,
                 )
 

@@ -8,6 +8,7 @@ A head that does not arrive in time is a 408 and a closed connection.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import random
@@ -29,6 +30,7 @@ from sidecar.listener import (
     TrafficProtocol,
     TrafficRunner,
     TrafficServerRunner,
+    UnsupportedTransferCoding,
     classify,
     close_after,
 )
@@ -92,6 +94,13 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
      + b"\r\n\r\n", 400, "bad_body_framing"),
     ("length_and_chunked", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_body_framing"),
+    # A coding on top of chunked: the parser would hand the body on still coded, unlabelled.
+    ("coded_and_chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked"
+     b"\r\n\r\n3\r\n" + SECRET.encode()[:3] + b"\r\n0\r\n\r\n", 501,
+     "unsupported_transfer_coding"),
+    ("identity_and_chunked", b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
+     b"Transfer-Encoding: IDENTITY, chunked\r\n\r\n0\r\n\r\n", 501,
+     "unsupported_transfer_coding"),
 ]  # fmt: skip
 
 
@@ -202,6 +211,27 @@ async def test_an_idle_kept_alive_connection_is_not_a_slow_head(
     assert statuses[0] == statuses[1] != b"408"
 
 
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked", "x-gzip , chunked"])
+async def test_a_coded_chunked_body_never_reaches_the_app(
+    coding: str, sidecar_for: SidecarFactory
+) -> None:
+    """The parser undoes only the chunked framing: the app would read gzip bytes as the
+    body itself, labelled as nothing. The request is refused before any route (501)."""
+    body = gzip.compress(b"plain text the app would never see as such")
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: %b\r\n\r\n%x\r\n%b\r\n0\r\n\r\n"
+        % (coding.encode(), len(body), body)
+    )
+    async with running_app() as (app_url, _), sidecar_for({"app": {"url": app_url}}) as sidecar:
+        head, _, answer = (await exchange(sidecar.port, request)).partition(b"\r\n\r\n")
+        counted = await rejections(sidecar)
+    assert head.split(b" ", 2)[1] == b"501", head
+    assert json.loads(answer)["error"]["message"] == (
+        "Transfer-Encoding other than chunked is not supported"
+    )
+    assert counted == {("unsupported_transfer_coding", "501"): 1}
+
+
 def test_classify_is_a_closed_set() -> None:
     from aiohttp import http_exceptions as errors
 
@@ -211,6 +241,7 @@ def test_classify_is_a_closed_set() -> None:
         errors.ContentLengthError("x"), errors.BadHttpMessage("Too many headers received"),
         errors.BadHttpMessage("Invalid character in chunk size:\n b'zz'"),
         errors.BadHttpMessage("anything else " + SECRET), errors.InvalidURLError("x"),
+        UnsupportedTransferCoding(),
     ]  # fmt: skip
     assert {classify(exc)[0] for exc in samples} == PARSER_REASONS
 
