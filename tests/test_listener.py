@@ -12,6 +12,7 @@ import gzip
 import json
 import logging
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from sidecar.loader import deep_merge as merge
 from sidecar.server import SidecarServer
 from tests.support.apps import running_app
 from tests.support.sidecars import BASE, SidecarFactory
+from tests.support.waiting import eventually, holds
 
 SECRET = "tok-SECRET-4f2a9c"
 
@@ -492,3 +494,36 @@ async def test_an_http_1_0_answer_with_a_length_keeps_its_connection_alive(
         finally:
             writer.close()
     assert statuses == [b"400", b"400"]
+
+
+async def test_a_client_that_never_reads_a_whole_answer_is_cut_after_the_stall_timeout(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A non-streaming answer is written by aiohttp after the handler let go of its slot,
+    with no deadline of its own: a client that takes none of it would hold the connection
+    and the answer's bytes for good. Big enough to fill the kernel's buffers, it waits in
+    the process; the stall timeout cuts it."""
+    prompt = "hi [[fake tokens=1500000 tps=0 ttft_ms=0]]"
+    body = json.dumps(
+        {"model": "claude-haiku-5-5", "max_tokens": 1500000,
+         "messages": [{"role": "user", "content": prompt}]}
+    ).encode()  # fmt: skip
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    stall = {"base_url": "builtin:fake", "client_stall_timeout_seconds": 1}
+    async with sidecar_for({"claude": stall}) as sidecar:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", sidecar.port))
+            await asyncio.get_running_loop().sock_sendall(client, request)
+            # Never read: the sidecar lets go of the connection once the stall timeout is over.
+            server = sidecar._traffic.server  # the listener's connections
+            assert server is not None
+            await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
+            await eventually(lambda: holds(not server.connections), timeout=30)
+        finally:
+            client.close()
