@@ -191,6 +191,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "bad_body_framing": _BAD,
     "malformed_request": _BAD,
     "header_timeout": Reason(408, "invalid_request_error"),
+    "unsupported_transfer_coding": Reason(501, "invalid_request_error"),
 }
 
 # The Anthropic error type of a status someone else chose (the app refusing a WebSocket

@@ -34,6 +34,7 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 from aiohttp.streams import EMPTY_PAYLOAD
+from multidict import CIMultiDictProxy
 
 # (reason, status) for what the parser refused: the reason is a metric label, so a closed set.
 HEAD_TOO_LARGE: Final = ("head_too_large", 431)
@@ -42,9 +43,14 @@ BAD_HEADER: Final = ("bad_header", 400)
 BAD_FRAMING: Final = ("bad_body_framing", 400)
 MALFORMED: Final = ("malformed_request", 400)
 HEADER_TIMEOUT: Final = ("header_timeout", 408)
+# RFC 9112 6.1: a transfer coding the server does not understand is a 501.
+UNSUPPORTED_CODING: Final = ("unsupported_transfer_coding", 501)
 PARSER_REASONS: Final = frozenset(
-    r for r, _ in (HEAD_TOO_LARGE, BAD_REQUEST_LINE, BAD_HEADER, BAD_FRAMING, MALFORMED)
-)
+    r
+    for r, _ in (
+        HEAD_TOO_LARGE, BAD_REQUEST_LINE, BAD_HEADER, BAD_FRAMING, MALFORMED, UNSUPPORTED_CODING
+    )
+)  # fmt: skip
 
 _MESSAGES: Final = {
     "head_too_large": "request line or header fields too large",
@@ -53,6 +59,7 @@ _MESSAGES: Final = {
     "bad_body_framing": "malformed body framing (Content-Length / chunked encoding)",
     "malformed_request": "malformed request",
     "header_timeout": "the request head did not arrive in time",
+    "unsupported_transfer_coding": "Transfer-Encoding other than chunked is not supported",
 }
 
 _SERVED: Final = frozenset({HttpVersion10, HttpVersion11})  # HTTP versions of requests served
@@ -61,6 +68,11 @@ OnReject = Callable[[str, int], None]
 HeaderTimeout = Callable[[], float]  # read per head: a reload changes it for new heads
 # Headers every listener-level refusal carries (HSTS on a TLS listener), read per refusal.
 RefusalHeaders = Callable[[], Mapping[str, str]]
+StallTimeout = Callable[[], float]  # read per stall: a reload changes it for the next one
+
+
+def default_stall_timeout() -> float:
+    return 60.0  # `claude.client_stall_timeout_seconds`' default
 
 
 def no_headers() -> Mapping[str, str]:
@@ -76,8 +88,32 @@ def close_after(request: web.BaseRequest) -> None:
     request._cache.pop("keep_alive", None)
 
 
+class UnsupportedTransferCoding(BadHttpMessage):
+    """A request framed as chunked that names another transfer coding as well
+    (`Transfer-Encoding: gzip, chunked`). The parser undoes the chunked framing only and
+    would hand on the body still coded, with nothing left to say so: the app would read
+    compressed bytes as the body itself, and a Claude route would screen what Claude would
+    not read. Refused, as RFC 9112 6.1 says, before any route sees it."""
+
+    def __init__(self) -> None:
+        super().__init__("unsupported transfer coding")
+
+
+def other_codings(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether `Transfer-Encoding` names any coding besides `chunked` (empty list items,
+    which RFC 9110 5.6.1 says to accept, aside)."""
+    return any(
+        name != "chunked"
+        for value in headers.getall("Transfer-Encoding", ())
+        for part in value.split(",")
+        if (name := part.strip().lower())
+    )
+
+
 def classify(exc: BaseException) -> tuple[str, int]:
     """The (reason, status) for a parser error; never looks at the bytes it quotes."""
+    if isinstance(exc, UnsupportedTransferCoding):
+        return UNSUPPORTED_CODING
     if isinstance(exc, LineTooLong):
         return HEAD_TOO_LARGE
     if isinstance(exc, BadStatusLine | InvalidURLError):
@@ -116,14 +152,21 @@ class TrafficProtocol(web_protocol.RequestHandler):
         on_reject: OnReject,
         header_timeout: HeaderTimeout,
         refusal_headers: RefusalHeaders = no_headers,
+        stall_timeout: StallTimeout = default_stall_timeout,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._on_reject = on_reject
         self._header_timeout = header_timeout
         self._refusal_headers = refusal_headers
+        self._stall_timeout = stall_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._lingering = False
+        # A whole answer being written after its handler returned (`finish_response`): a
+        # client that takes none of it for the stall timeout is cut (`_stall_check`).
+        self._finishing = False
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -131,7 +174,39 @@ class TrafficProtocol(web_protocol.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
+        self._stop_stall_watch()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._finishing and self._stall_timer is None:
+            self._watch_stall()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_stall_watch()
+
+    def _watch_stall(self) -> None:
+        transport = self.transport
+        self._stall_size = transport.get_write_buffer_size() if transport is not None else 0
+        self._stall_timer = self._loop.call_later(self._stall_timeout(), self._stall_check)
+
+    def _stop_stall_watch(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stall_check(self) -> None:
+        self._stall_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self.writing_paused:
+            return
+        if transport.get_write_buffer_size() < self._stall_size:
+            self._watch_stall()  # it took some: a slow client, not a stalled one
+            return
+        # Nothing taken for the whole timeout: the answer and the connection are let go
+        # (the write waiting on the client fails, and aiohttp ends the request quietly).
+        transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -139,24 +214,34 @@ class TrafficProtocol(web_protocol.RequestHandler):
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
-            self._refuse_other_versions(self._request_count - parsed)
+            self._refuse_unserved(self._request_count - parsed)
             self._stop_head_timer()  # a head is complete (or refused)
             self._fail_body_in_flight()
         elif data and self._head_timer is None and self._between_requests():
             self._start_head_timer()  # the first byte of the next head on a kept-alive connection
 
-    def _refuse_other_versions(self, count: int) -> None:
+    def _refuse_unserved(self, count: int) -> None:
         # The parser takes a request line without a version as HTTP/0.9 and any `HTTP/d.d`
         # (`HTTP/2.0` in plain text) as what it says, and aiohttp would answer in that
         # version's name (`HTTP/0.9 200 OK` with a head 0.9 never had). Only 1.0 and 1.1
-        # are served here: the others are refused as a malformed request line.
+        # are served here: the others are refused as a malformed request line. A chunked
+        # body with another transfer coding on it (which the parser leaves in place,
+        # unlabelled) is refused too (`UnsupportedTransferCoding`).
         messages = self._messages
         for index in range(max(0, len(messages) - count), len(messages)):
             message, _ = messages[index]
-            if not isinstance(message, web_protocol._ErrInfo) and message.version not in _SERVED:
+            if isinstance(message, web_protocol._ErrInfo):
+                continue
+            refused: BadHttpMessage | None = None
+            if message.version not in _SERVED:
                 refused = BadStatusLine(error="unsupported HTTP version")
+            elif message.chunked and other_codings(message.headers):
+                refused = UnsupportedTransferCoding()
+            if refused is not None:
                 messages[index] = (
-                    web_protocol._ErrInfo(status=400, exc=refused, message=refused.message),
+                    web_protocol._ErrInfo(
+                        status=classify(refused)[1], exc=refused, message=refused.message
+                    ),
                     EMPTY_PAYLOAD,
                 )
 
@@ -218,8 +303,22 @@ class TrafficProtocol(web_protocol.RequestHandler):
         closes (a stream: no length, no chunked framing in 1.0) closes it, whatever
         `Connection: keep-alive` the client asked for. (aiohttp leaves such a response's
         `keep_alive` as asked, after sending no `Connection: keep-alive` for it: the
-        client then waits forever for an end that never comes.)"""
-        finished = await super().finish_response(request, resp, start_time)
+        client then waits forever for an end that never comes.)
+
+        aiohttp writes a whole answer (a non-streaming Claude answer, an error, `/metrics`)
+        here, after the handler returned and let go of its slot, and waits for the client
+        to take it with no deadline: a client that never reads would hold the connection
+        and the answer's bytes for good. One that takes none of it for the stall timeout
+        (`claude.client_stall_timeout_seconds`) is cut; a slow one that keeps taking
+        bytes is not. The watch starts only when the socket's buffer is full."""
+        self._finishing = True
+        if self.writing_paused and self._stall_timer is None:
+            self._watch_stall()  # paused already (by the handler's own writes)
+        try:
+            finished = await super().finish_response(request, resp, start_time)
+        finally:
+            self._finishing = False
+            self._stop_stall_watch()
         if request.version != HttpVersion11 and resp.keep_alive and request.writer.length is None:
             resp.force_close()  # (1.0 has no chunked framing: no length is an open end)
         return finished
@@ -252,6 +351,7 @@ class _TrafficServer(web.Server):
         on_reject: OnReject,
         header_timeout: HeaderTimeout,
         refusal_headers: RefusalHeaders = no_headers,
+        stall_timeout: StallTimeout = default_stall_timeout,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -259,6 +359,7 @@ class _TrafficServer(web.Server):
             "on_reject": on_reject,
             "header_timeout": header_timeout,
             "refusal_headers": refusal_headers,
+            "stall_timeout": stall_timeout,
         }
 
     def __call__(self) -> web_protocol.RequestHandler:
@@ -278,11 +379,13 @@ class TrafficRunner(web.AppRunner):
         *,
         on_reject: OnReject,
         header_timeout: HeaderTimeout,
+        stall_timeout: StallTimeout = default_stall_timeout,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self._on_reject = on_reject
         self._header_timeout = header_timeout
+        self._stall_timeout = stall_timeout
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # starts the app (startup signals, freeze)
@@ -292,6 +395,7 @@ class TrafficRunner(web.AppRunner):
             handler_cancellation=made.handler_cancellation,
             on_reject=self._on_reject,
             header_timeout=self._header_timeout,
+            stall_timeout=self._stall_timeout,
             **made._kwargs,
         )
 
@@ -320,6 +424,7 @@ class TrafficServerRunner(web.BaseRunner):
         on_startup: Callable[[], Any],
         on_cleanup: Callable[[], Any],
         refusal_headers: RefusalHeaders = no_headers,
+        stall_timeout: StallTimeout = default_stall_timeout,
         handler_cancellation: bool = False,
         shutdown_timeout: float = 60.0,
         **kwargs: Any,
@@ -330,6 +435,7 @@ class TrafficServerRunner(web.BaseRunner):
         self._on_reject = on_reject
         self._header_timeout = header_timeout
         self._refusal_headers = refusal_headers
+        self._stall_timeout = stall_timeout
         self._on_startup = on_startup
         self._on_cleanup = on_cleanup
         self._handler_cancellation = handler_cancellation
@@ -346,6 +452,7 @@ class TrafficServerRunner(web.BaseRunner):
             on_reject=self._on_reject,
             header_timeout=self._header_timeout,
             refusal_headers=self._refusal_headers,
+            stall_timeout=self._stall_timeout,
             **self._kwargs,
         )
 

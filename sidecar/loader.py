@@ -6,6 +6,7 @@ Problems are collected as `path.to.field: message` lines and raised together in 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -126,12 +127,19 @@ def parse_yaml(text: str, source: str) -> Any:
 # --------------------------------------------------------------------------- ${VAR}
 
 
-def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: str = "") -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
+def interpolate(
+    data: Any,
+    env: Mapping[str, str],
+    problems: list[str],
+    path: str = "",
+    used: dict[str, str] | None = None,
+) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`.
+    `used` gets each variable whose value was put in, by name."""
     if isinstance(data, dict):
-        return {k: interpolate(v, env, problems, _join(path, k)) for k, v in data.items()}
+        return {k: interpolate(v, env, problems, _join(path, k), used) for k, v in data.items()}
     if isinstance(data, list):
-        return [interpolate(v, env, problems, _join(path, i)) for i, v in enumerate(data)]
+        return [interpolate(v, env, problems, _join(path, i), used) for i, v in enumerate(data)]
     if not isinstance(data, str) or "$" not in data:
         return data
 
@@ -152,9 +160,37 @@ def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: st
                 problems.append(f"{path or '<root>'}: environment variable {name} is not set")
                 return ""
             return default
+        if used is not None:
+            used[name] = value
         return value
 
     return _VAR.sub(substitute, data)
+
+
+# A value from the environment at least this long is never quoted in a problem; shorter
+# ones (`0`, `true`, `info`) are no secret and would mask words of the messages.
+MIN_HIDDEN: Final = 6
+
+
+def hide_environment(problems: list[str], used: Mapping[str, str]) -> list[str]:
+    """`problems` with every value the environment put in the config shown as the
+    reference it came from (`${ANTHROPIC_API_KEY}`). A validator quotes the value it
+    refuses (`must be host:port, got '...'`), and a variable written under the wrong key
+    (an API key as `base_url`, two variables swapped) would print the secret to the
+    terminal, the log of a refused reload and whatever collects them."""
+    hidden = sorted(
+        ((name, value) for name, value in used.items() if len(value) >= MIN_HIDDEN),
+        key=lambda pair: -len(pair[1]),  # the longest first: one value may hold another
+    )
+    if not hidden:
+        return problems
+    shown = []
+    for problem in problems:
+        for name, value in hidden:
+            for spelling in {value, repr(value)[1:-1], json.dumps(value)[1:-1]}:
+                problem = problem.replace(spelling, f"${{{name}}}")
+        shown.append(problem)
+    return shown
 
 
 def _join(path: str, key: object) -> str:
@@ -349,17 +385,21 @@ def validate(data: Any, env: Mapping[str, str] | None = None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(["<root>: the config must be a mapping of sections"])
-    data = interpolate(data, os.environ if env is None else env, problems)
+    used: dict[str, str] = {}
+    data = interpolate(data, os.environ if env is None else env, problems, used=used)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         # A field whose variable is unset was read as "": its type error is that, told already.
         told = {problem.partition(": ")[0] for problem in problems}
         found = [p for p in _format_errors(exc, data) if p.partition(": ")[0] not in told]
-        raise ConfigError(problems + found) from None
+        raise ConfigError(hide_environment(problems + found, used)) from None
     if problems:
         raise ConfigError(problems)
-    route_policies(config)
+    try:
+        route_policies(config)
+    except ConfigError as exc:
+        raise ConfigError(hide_environment(exc.problems, used)) from None
     return config
 
 

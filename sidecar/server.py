@@ -131,6 +131,7 @@ class SidecarServer:
             on_reject=self._rejected,
             header_timeout=self._header_timeout,
             refusal_headers=self._refusal_headers,
+            stall_timeout=self._stall_timeout,
             handler_cancellation=True,
             auto_decompress=False,
             access_log=None,
@@ -141,6 +142,7 @@ class SidecarServer:
             build_admin_app(self._runtimes, config),
             on_reject=self._rejected,
             header_timeout=self._header_timeout,
+            stall_timeout=self._stall_timeout,
             access_log=None,
             shutdown_timeout=1.0,
         )
@@ -161,6 +163,9 @@ class SidecarServer:
 
     def _header_timeout(self) -> float:
         return self._runtimes.current.config.server.header_read_timeout_seconds
+
+    def _stall_timeout(self) -> float:
+        return self._runtimes.current.config.claude.client_stall_timeout_seconds
 
     @property
     def runtime(self) -> Runtime:

@@ -104,6 +104,7 @@ def test_computed_reasons_are_in_the_catalogue() -> None:
         listener.BAD_FRAMING,
         listener.MALFORMED,
         listener.HEADER_TIMEOUT,
+        listener.UNSUPPORTED_CODING,
     )
     assert {reason for reason, _ in parser} >= listener.PARSER_REASONS
     for reason, status in parser:

@@ -8,9 +8,11 @@ A head that does not arrive in time is a 408 and a closed connection.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from sidecar.listener import (
     TrafficProtocol,
     TrafficRunner,
     TrafficServerRunner,
+    UnsupportedTransferCoding,
     classify,
     close_after,
 )
@@ -36,6 +39,7 @@ from sidecar.loader import deep_merge as merge
 from sidecar.server import SidecarServer
 from tests.support.apps import running_app
 from tests.support.sidecars import BASE, SidecarFactory
+from tests.support.waiting import eventually, holds
 
 SECRET = "tok-SECRET-4f2a9c"
 
@@ -92,6 +96,13 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
      + b"\r\n\r\n", 400, "bad_body_framing"),
     ("length_and_chunked", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_body_framing"),
+    # A coding on top of chunked: the parser would hand the body on still coded, unlabelled.
+    ("coded_and_chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked"
+     b"\r\n\r\n3\r\n" + SECRET.encode()[:3] + b"\r\n0\r\n\r\n", 501,
+     "unsupported_transfer_coding"),
+    ("identity_and_chunked", b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
+     b"Transfer-Encoding: IDENTITY, chunked\r\n\r\n0\r\n\r\n", 501,
+     "unsupported_transfer_coding"),
 ]  # fmt: skip
 
 
@@ -202,6 +213,27 @@ async def test_an_idle_kept_alive_connection_is_not_a_slow_head(
     assert statuses[0] == statuses[1] != b"408"
 
 
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked", "x-gzip , chunked"])
+async def test_a_coded_chunked_body_never_reaches_the_app(
+    coding: str, sidecar_for: SidecarFactory
+) -> None:
+    """The parser undoes only the chunked framing: the app would read gzip bytes as the
+    body itself, labelled as nothing. The request is refused before any route (501)."""
+    body = gzip.compress(b"plain text the app would never see as such")
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: %b\r\n\r\n%x\r\n%b\r\n0\r\n\r\n"
+        % (coding.encode(), len(body), body)
+    )
+    async with running_app() as (app_url, _), sidecar_for({"app": {"url": app_url}}) as sidecar:
+        head, _, answer = (await exchange(sidecar.port, request)).partition(b"\r\n\r\n")
+        counted = await rejections(sidecar)
+    assert head.split(b" ", 2)[1] == b"501", head
+    assert json.loads(answer)["error"]["message"] == (
+        "Transfer-Encoding other than chunked is not supported"
+    )
+    assert counted == {("unsupported_transfer_coding", "501"): 1}
+
+
 def test_classify_is_a_closed_set() -> None:
     from aiohttp import http_exceptions as errors
 
@@ -211,6 +243,7 @@ def test_classify_is_a_closed_set() -> None:
         errors.ContentLengthError("x"), errors.BadHttpMessage("Too many headers received"),
         errors.BadHttpMessage("Invalid character in chunk size:\n b'zz'"),
         errors.BadHttpMessage("anything else " + SECRET), errors.InvalidURLError("x"),
+        UnsupportedTransferCoding(),
     ]  # fmt: skip
     assert {classify(exc)[0] for exc in samples} == PARSER_REASONS
 
@@ -461,3 +494,36 @@ async def test_an_http_1_0_answer_with_a_length_keeps_its_connection_alive(
         finally:
             writer.close()
     assert statuses == [b"400", b"400"]
+
+
+async def test_a_client_that_never_reads_a_whole_answer_is_cut_after_the_stall_timeout(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A non-streaming answer is written by aiohttp after the handler let go of its slot,
+    with no deadline of its own: a client that takes none of it would hold the connection
+    and the answer's bytes for good. Big enough to fill the kernel's buffers, it waits in
+    the process; the stall timeout cuts it."""
+    prompt = "hi [[fake tokens=1500000 tps=0 ttft_ms=0]]"
+    body = json.dumps(
+        {"model": "claude-haiku-5-5", "max_tokens": 1500000,
+         "messages": [{"role": "user", "content": prompt}]}
+    ).encode()  # fmt: skip
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    stall = {"base_url": "builtin:fake", "client_stall_timeout_seconds": 1}
+    async with sidecar_for({"claude": stall}) as sidecar:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", sidecar.port))
+            await asyncio.get_running_loop().sock_sendall(client, request)
+            # Never read: the sidecar lets go of the connection once the stall timeout is over.
+            server = sidecar._traffic.server  # the listener's connections
+            assert server is not None
+            await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
+            await eventually(lambda: holds(not server.connections), timeout=30)
+        finally:
+            client.close()

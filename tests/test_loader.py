@@ -3,6 +3,7 @@ with its path, route policies merged from overrides, redaction, the files it ref
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, get_args
 
@@ -359,3 +360,38 @@ def test_a_ui_route_refusing_remote_content_cannot_offer_a_fetching_tool() -> No
     client_tool = {"name": "web_fetch", "input_schema": {"type": "object"}}
     loader.validate({"ui": {"tools": [client_tool]}, "routes": routes}, {})
     loader.validate({"ui": {"tools": [fetch]}, "routes": routes[1:]}, {})
+
+
+# Every key whose validator quotes the value it refuses, with a variable put where it
+# does not belong: an API key as a URL, a header, an address, an origin (a route's too).
+_MISPLACED: list[str] = [
+    'server: {listen: "${SECRET}"}',
+    'server: {admin_listen: "127.0.0.1:${SECRET}"}',
+    'server: {request_id_header: "Bearer ${SECRET}"}',
+    'app: {url: "http://127.0.0.1:3000", identity_headers: {user: "${SECRET}:"}}',
+    'claude: {base_url: "${SECRET}", api_key: "x"}',
+    'app: {url: "${SECRET}"}',
+    'cors: {allow_origins: ["${SECRET}"]}',
+    'routes: [{path: /x, handler: anthropic, cors: {allow_origins: ["https://${SECRET}/"]}}]',
+    'telemetry: {otlp_endpoint: "${SECRET}"}',
+]
+
+
+@pytest.mark.parametrize("text", _MISPLACED)
+@pytest.mark.parametrize(
+    "secret", ["sk-ant-api03-Zq9Vx", 'it\'s a \\secret\\ "key"', "clé-sécrète-ü"]
+)
+def test_a_value_from_the_environment_is_never_quoted_in_a_problem(text: str, secret: str) -> None:
+    found = problems_of(text, {"SECRET": secret})
+    assert found, text
+    assert all("${SECRET}" in problem for problem in found), found
+    for problem in found:
+        for spelling in (secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]):
+            assert spelling not in problem, problem
+
+
+def test_a_short_value_from_the_environment_is_still_quoted() -> None:
+    # `0`, `true`, `info`: no secret, and hiding them would mask words of the messages.
+    assert problems_of('server: {listen: "${LISTEN}"}', {"LISTEN": "80"}) == [
+        "server.listen: must be host:port, got '80'"
+    ]
