@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
+from sidecar.telemetry import semconv
 from sidecar.telemetry.semconv import (
     DEFAULT,
     LATEST,
@@ -318,3 +319,13 @@ def test_server_address_and_port_from_the_host_header(
     host: str, scheme: str, expected: tuple[str, int]
 ) -> None:
     assert server_address(host, scheme) == expected
+
+
+def test_server_addresses_are_remembered_within_a_bound() -> None:
+    """Asked again, the same answer; however many `Host` names clients send, the memory of
+    them stays bounded (each name is the client's choice)."""
+    assert server_address("again.example:81", "http") == ("again.example", 81)
+    assert server_address("again.example:81", "http") == ("again.example", 81)
+    for n in range(3 * semconv._ADDRESSES_LIMIT):
+        assert server_address(f"h{n}.example", "https") == (f"h{n}.example", 443)
+    assert 0 < len(semconv._ADDRESSES) <= semconv._ADDRESSES_LIMIT

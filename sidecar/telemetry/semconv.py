@@ -81,10 +81,27 @@ def protocol_version(version: tuple[int, int]) -> str:
     return str(major) if major >= 2 and minor == 0 else f"{major}.{minor}"
 
 
+# `server_address`'s answers by (`Host`, scheme): a sidecar is asked by the same few names,
+# so most requests are one lookup (bounded: `Host` is the client's choice).
+_ADDRESSES: dict[tuple[str, str], tuple[str, int]] = {}
+_ADDRESSES_LIMIT: Final = 256
+
+
 def server_address(host: str, scheme: str) -> tuple[str, int]:
     """`server.address` and `server.port` of a server span, from the request's `Host`
     (`name`, `name:port`, `[v6]:port`); the scheme's default port when it names none.
     The name is cut to `MAX_SERVER_ADDRESS` characters: the client chose it."""
+    try:
+        return _ADDRESSES[host, scheme]
+    except KeyError:
+        pass
+    if len(_ADDRESSES) >= _ADDRESSES_LIMIT:
+        _ADDRESSES.clear()
+    found = _ADDRESSES[host, scheme] = _parse_host(host, scheme)
+    return found
+
+
+def _parse_host(host: str, scheme: str) -> tuple[str, int]:
     name, port = host, ""
     if host.startswith("["):
         end = host.find("]")
