@@ -50,8 +50,11 @@ async def test_tokens_then_done_with_usage_and_ids(sidecar_for: SidecarFactory) 
     ids = [b.split("\n")[0][4:].rpartition(":") for b in blocks if b.startswith("id: ")]
     assert len({stream_id for stream_id, _, _ in ids}) == 1  # one stream id, unguessable
     assert len(ids[0][0]) >= 22
+    # First, with the head, an id-only block (no event: it has no data) naming event 0, so
+    # an `EventSource` cut before the first token resumes instead of calling Claude again.
+    assert blocks[0] == f"id: {ids[0][0]}:0"
     # One id per token (12 from the fake) and one for `done`: every event can be resumed from.
-    assert [int(n) for _, _, n in ids] == list(range(1, 14))
+    assert [int(n) for _, _, n in ids] == list(range(14))
     events = data_of(raw)
     assert all("token" in e for e in events[:-1])
     assert "".join(e["token"] for e in events[:-1]).strip()

@@ -2,7 +2,8 @@
 
 Event shapes (all on the default `message` event, each with `id: <stream id>:<n>` when
 streams are resumable, else `id: N`; the translator writes the id
-in the same step as the event):
+in the same step as the event; a resumable stream's first client gets `id: <stream id>:0`
+with the head, an id-only block that is no event: `PromptTranslator.opening`):
 `{"token": "..."}` per text delta, `{"thinking": "..."}` per thinking delta,
 `{"tool_use": {"id", "name"}}` when a tool call starts and `{"tool_input": "..."}`
 per partial JSON of its input, then `{"done": true, "usage": {...}, "stop_reason": ...}`;
@@ -80,6 +81,14 @@ class PromptTranslator(Translator):
         # in once per stream, not once per event (`%` in a stream id is kept literal).
         prefix = _PLAIN_PREFIX if log is None else log.id_prefix.replace(b"%", b"%%")
         self._token = prefix + b"%d\n" + _TEMPLATES[deltas.TEXT]
+
+    def opening(self, id_prefix: bytes) -> bytes:
+        """An id-only block, `id: <stream id>:0`: no event (no data, so an `EventSource`
+        fires nothing), but it sets the `EventSource`'s last event id, which it cannot
+        read from the `Sidecar-Stream-Id` header. Cut before the first event, it
+        reconnects with `Last-Event-ID: <stream id>:0`, a resume from event 1, instead of
+        with none, a second call to Claude."""
+        return id_prefix + b"0\n\n"
 
     def _id(self) -> tuple[bytes, int]:
         """The next event's id: (prefix, number)."""
