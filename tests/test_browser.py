@@ -248,7 +248,8 @@ async def test_an_event_source_cut_before_its_first_event_resumes_with_one_claud
     """Cut after the head and before the first token (a long time to first token), the
     browser's own reconnect carries the opening id-only block's `<stream id>:0` as
     `Last-Event-ID`: a resume from event 1, not a second generation."""
-    config = {**config_for(page_port), "resume": {"detach_grace_seconds": 15}}
+    resume = {"detach_grace_seconds": 15, "announce_stream_id": True}
+    config = {**config_for(page_port), "resume": resume}
     prompt = "?prompt=%5B%5Bfake%20tokens%3D12%20ttft_ms%3D1500%5D%5D%20slow%20start"
     # The response's first chunk: the opening id (a 24-character stream id) and a comment.
     # It passes; the connection is cut as the next bytes (the first token's) come, ~1.5 s

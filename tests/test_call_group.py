@@ -271,7 +271,8 @@ async def test_the_first_caller_of_a_coalesced_prompt_stream_gets_its_opening_id
             stream_id = response.headers.get("Sidecar-Stream-Id")
             return response.headers.get("X-Cache"), stream_id, await response.read()
 
-    async with sidecar_for(cached(include_sampled=True)) as s, aiohttp.ClientSession() as http:
+    config = {**cached(include_sampled=True), "resume": {"announce_stream_id": True}}
+    async with sidecar_for(config) as s, aiohttp.ClientSession() as http:
         url = s.url
         results = sorted(await asyncio.gather(ask(http), ask(http)), key=lambda r: str(r[0]))
     (hit, no_id, replayed), (miss, stream_id, first) = results

@@ -96,7 +96,8 @@ async def test_a_stream_cut_before_its_first_event_resumes_from_its_opening_id(
     last event id; its reconnect sends it, and is a resume from event 1, not a second
     call to Claude."""
     slow_start = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D12%20ttft_ms%3D1500%5D%5D%20think"
-    async with sidecar_for(resumable()) as sidecar, cutting_proxy(sidecar.port, after=0) as proxy:
+    announced = resumable(announce_stream_id=True)
+    async with sidecar_for(announced) as sidecar, cutting_proxy(sidecar.port, after=0) as proxy:
         first = await sse_request(proxy.port, target=slow_start)
         assert proxy.cut == 1
         assert first.status == 200
