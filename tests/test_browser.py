@@ -17,6 +17,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 
+from sidecar import sse
 from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
 from tests.support.apps import serving
@@ -25,6 +26,7 @@ from tests.support.browser import (
     ENGINES,
     RUNNERS,
     Engine,
+    FaultyProxy,
     launched_chromium,
     skip_unless_engine,
 )
@@ -181,7 +183,8 @@ async def test_fetch_with_authorization_passes_preflight_and_streams(
     assert result["status"] == 200
     assert result["chunks"] >= 1
     assert result["requestId"]  # exposed to page code by Access-Control-Expose-Headers
-    events = [block for block in result["text"].split("\n\n") if block.strip()]
+    # The events (the opening id-only block `id: <stream id>:0` is none: it has no data).
+    events = [block for block in result["text"].split("\n\n") if "data:" in block]
     assert len(events) == 13
     assert '"done":true' in events[-1].replace(" ", "")
     assert fake.state.counters["requests"] == 1
@@ -237,6 +240,38 @@ async def test_an_event_source_cut_mid_stream_resumes_by_itself_and_shows_the_te
     assert "".join(tokens_in_order(seen)) == whole.text
     assert seen[-1]["data"]["done"] is True
     assert fake.state.counters["requests"] == 2  # the stream once, the comparison once
+
+
+async def test_an_event_source_cut_before_its_first_event_resumes_with_one_claude_call(
+    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser, page_port: int
+) -> None:
+    """Cut after the head and before the first token (a long time to first token), the
+    browser's own reconnect carries the opening id-only block's `<stream id>:0` as
+    `Last-Event-ID`: a resume from event 1, not a second generation."""
+    resume = {"detach_grace_seconds": 15, "announce_stream_id": True}
+    config = {**config_for(page_port), "resume": resume}
+    prompt = "?prompt=%5B%5Bfake%20tokens%3D12%20ttft_ms%3D1500%5D%5D%20slow%20start"
+    # The response's first chunk: the opening id (a 24-character stream id) and a comment.
+    # It passes; the connection is cut as the next bytes (the first token's) come, ~1.5 s
+    # later: the browser has long read the head and the opening.
+    first = b"id: %b:0\n\n%b" % (b"x" * 24, sse.PING)
+    opening = len(b"%x\r\n%b\r\n" % (len(first), first))
+    async with (
+        sidecar_for(config) as sidecar,
+        FaultyProxy(sidecar.port, "cut", after_bytes=opening + 1) as proxy,
+    ):
+        async with opened(browser, f"http://127.0.0.1:{page_port}/") as page:
+            url = f"http://127.0.0.1:{proxy.port}/api/stream-response{prompt}"
+            result = await page.evaluate(RESUMING_EVENT_SOURCE_JS, url)
+    assert proxy.faults == 1  # the first connection was cut before any event...
+    assert result["ok"] is True
+    assert result["errors"] == 1  # ...and the browser came back once, by itself
+    seen = result["seen"]
+    stream_id = seen[0]["id"].rpartition(":")[0]
+    assert [event["id"] for event in seen] == [f"{stream_id}:{n}" for n in range(1, 14)]
+    assert len(tokens_in_order(seen)) == 12  # every token, once
+    assert seen[-1]["data"]["done"] is True
+    assert fake.state.counters["requests"] == 1  # Claude was called (and charged) once
 
 
 # --------------------------------------------------------------------------- the official JS SDK

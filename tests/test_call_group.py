@@ -252,3 +252,35 @@ async def test_every_reader_of_a_coalesced_stream_gets_its_heartbeats_while_clau
         assert b"\n\n" + PING in b"\n\n" + answer  # the comment, not Claude's `event: ping`
         assert _complete(kind, answer)
     assert fake.state.counters["requests"] == 1
+
+
+# ------------------------------------------------- the prompt route's opening id
+
+
+async def test_the_first_caller_of_a_coalesced_prompt_stream_gets_its_opening_id(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The first caller reads the resumable generation as a resume does, but it is the
+    stream's first client: its bytes open, as a new stream's do, with the id-only block
+    `id: <stream id>:0` (an `EventSource` cut before the first token reconnects from it).
+    A follower reads a replay, whose ids are plain numbers: it gets none."""
+    path, _ = PROMPT.request("[[fake tokens=3 ttft_ms=800]] together")
+
+    async def ask(http: aiohttp.ClientSession) -> tuple[str | None, str | None, bytes]:
+        async with http.get(url + path) as response:
+            stream_id = response.headers.get("Sidecar-Stream-Id")
+            return response.headers.get("X-Cache"), stream_id, await response.read()
+
+    config = {**cached(include_sampled=True), "resume": {"announce_stream_id": True}}
+    async with sidecar_for(config) as s, aiohttp.ClientSession() as http:
+        url = s.url
+        results = sorted(await asyncio.gather(ask(http), ask(http)), key=lambda r: str(r[0]))
+    (hit, no_id, replayed), (miss, stream_id, first) = results
+    assert (hit, no_id, miss) == ("HIT", None, "MISS")
+    assert first.startswith(b"id: %b:0\n\n" % str(stream_id).encode())
+    assert first.count(b":0\n\n") == 1  # once, before the events (numbered from 1)
+    # The replay's blocks with an id are all events (no id-only block).
+    assert all(b"\ndata:" in block for block in replayed.split(b"\n\n") if block.startswith(b"id"))
+    assert _complete(PROMPT, first)
+    assert _complete(PROMPT, replayed)
+    assert fake.state.counters["requests"] == 1

@@ -302,9 +302,11 @@ async def test_a_stall_before_the_first_event_resumes_under_custom_cors_lists(
                 "expose_headers": ["x-request-id"]}  # fmt: skip
         async with sidecar_for({"cors": cors, "resume": GRACE}) as sidecar:
             expected, _ = await reference(sidecar.url, prompt)
-            # The network goes silent after the response's head and its opening comment
-            # (one chunk), before the first event: the watchdog trips.
-            opening = len(b"%x\r\n%b\r\n" % (len(sse.PING), sse.PING))
+            # The network goes silent after the response's head and its first chunk (the
+            # opening id `<24-character stream id>:0` and a comment), before the first
+            # event: the watchdog trips.
+            first = b"id: %b:0\n\n%b" % (b"x" * 24, sse.PING)
+            opening = len(b"%x\r\n%b\r\n" % (len(first), first))
             async with FaultyProxy(sidecar.port, "stall", after_bytes=opening) as proxy:
                 result = await run(
                     engine, origin, sidecar.url, url=f"http://127.0.0.1:{proxy.port}{PROMPT}",
@@ -441,12 +443,14 @@ async def test_abort_sends_the_cancel_by_the_resume_protocol(
 
 
 def test_sse_parser_follows_the_rules_at_every_split() -> None:
-    """The module's parser under node: line ends, comments, ids, multi-line data, any split."""
+    """The module's parser under node: line ends, comments, ids (an id-only block too),
+    multi-line data, any split."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is missing: apt-get install nodejs npm")
     module = Path(sidecar.browser.__file__).parent / "static" / "claude-stream.js"
     text = (
+        "id: s1:0\n\n"  # the prompt route's opening id-only block: no message
         ": ping\r\n\r\n"
         'id: s1:1\r\ndata: {"token":"a"}\r\n\r\n'
         "data: line one\ndata: line two\n\n"  # no id: keeps the last one, not its own

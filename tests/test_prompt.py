@@ -444,3 +444,19 @@ def test_a_stream_id_is_written_as_it_is_in_the_token_events_template() -> None:
         b'id: a%db%%:1\ndata: {"token":"hi"}\n\n'
     )
     assert log.numbered == 1
+
+
+async def test_an_announced_stream_opens_with_an_id_only_block(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """`resume.announce_stream_id`: with the head, an id-only block naming event 0 (no
+    event: it has no data), so an `EventSource` cut before the first token resumes instead
+    of calling Claude again; off by default (above: the first id is event 1)."""
+    async with sidecar_for({"resume": {"announce_stream_id": True}}) as sidecar:
+        status, raw = await stream(sidecar.url, {"prompt": "hello there", "max_tokens": 64})
+    assert status == 200
+    blocks = raw.decode().strip().split("\n\n")
+    ids = [b.split("\n")[0][4:].rpartition(":") for b in blocks if b.startswith("id: ")]
+    assert blocks[0] == f"id: {ids[0][0]}:0"
+    assert [int(n) for _, _, n in ids] == list(range(14))
+    assert len(data_of(raw)) == 13  # the block is no event

@@ -38,6 +38,7 @@ from tests.support.resume import (
     replica,
     sse_request,
     stream_ends,
+    without_opening,
 )
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import dechunk, shrink_send_buffers, small_buffered
@@ -75,7 +76,7 @@ async def test_a_cut_stream_resumes_from_its_last_event_byte_for_byte(
         whole = await sse_request(sidecar.port, target=f"{ROUTE}?last_event_id={stream_id}:0")
         uninterrupted = await sse_request(sidecar.port, target=SLOW, headers={})
     joined = first.payload[: first.payload.rfind(b"\n\n") + 2] + rest.payload
-    assert joined == whole.payload
+    assert without_opening(joined) == whole.payload  # (the new stream's opening id aside)
     assert rest.events[0].id == f"{stream_id}:9"
     assert rest.events[-1].data.get("done") is True, rest.events[-1]
     assert first.text + rest.text == uninterrupted.text  # the whole answer, once
@@ -84,6 +85,34 @@ async def test_a_cut_stream_resumes_from_its_last_event_byte_for_byte(
     assert fake.state.counters["requests"] == 2
     await eventually(lambda: holds(len(stream_ends(caplog)) == 2))
     assert stream_ends(caplog) == ["completed", "completed"]  # each settled once
+
+
+async def test_a_stream_cut_before_its_first_event_resumes_from_its_opening_id(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Cut after the head, before the first token (a long time to first token), a client
+    that knows only what the SSE bytes say (an `EventSource`: it cannot read the
+    `Sidecar-Stream-Id` header) holds the opening id-only block's `<stream id>:0` as its
+    last event id; its reconnect sends it, and is a resume from event 1, not a second
+    call to Claude."""
+    slow_start = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D12%20ttft_ms%3D1500%5D%5D%20think"
+    announced = resumable(announce_stream_id=True)
+    async with sidecar_for(announced) as sidecar, cutting_proxy(sidecar.port, after=0) as proxy:
+        first = await sse_request(proxy.port, target=slow_start)
+        assert proxy.cut == 1
+        assert first.status == 200
+        assert first.events == []  # no event reached it: the id-only block is none
+        assert first.last_event_id == f"{first.stream_id}:0"
+        # As an `EventSource` reconnects: with `Last-Event-ID` only if the bytes set one.
+        cursor = {"Last-Event-ID": first.last_event_id} if first.last_event_id else {}
+        rest = await sse_request(sidecar.port, target=slow_start, headers=cursor)
+    assert rest.status == 200
+    assert rest.stream_id == first.stream_id
+    assert [e.id for e in rest.events] == [f"{first.stream_id}:{n}" for n in range(1, 14)]
+    assert rest.last_event_id == rest.events[-1].id  # a resume never sends `:0` again
+    assert rest.events[-1].data.get("done") is True
+    assert len(rest.text.split()) == 12  # every token, once
+    assert fake.state.counters["requests"] == 1  # Claude was called (and charged) once
 
 
 async def test_resume_with_the_header_on_a_post_and_the_query_on_a_get(
@@ -487,8 +516,8 @@ async def test_a_cut_stream_resumes_on_another_replica_sharing_redis(
     assert rest.events[0].id == f"{first.stream_id}:9"
     assert rest.events[-1].data.get("done") is True
     joined = first.payload[: first.payload.rfind(b"\n\n") + 2] + rest.payload
-    # byte for byte, across replicas (the new stream's opening comment aside)
-    assert joined.removeprefix(sse.PING) == whole.payload
+    # byte for byte, across replicas (the new stream's opening id and comment aside)
+    assert without_opening(joined).removeprefix(sse.PING) == whole.payload
     assert len(first.text + rest.text) > 0
     assert fake.state.counters["requests"] == 1  # Claude was called once
     assert len(settled_a) == 1  # settled once, by the producing replica
@@ -968,7 +997,8 @@ async def test_readers_of_one_stream_are_bounded(
                 assert response.status == 204
         one, two = await first, await second
     assert third.status == 429
-    assert one.payload == two.payload  # both readers got every event, the same bytes
+    # Both readers got every event, the same bytes (the first one's opening id aside).
+    assert without_opening(one.payload) == two.payload
     assert one.events[-1].data["error"]["type"] == "cancelled"
 
 

@@ -30,7 +30,7 @@ from tests.support.otel import (
     prompt,
     sse_data,
 )
-from tests.support.resume import stream_then_resume
+from tests.support.resume import next_event, stream_then_resume
 from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
 
@@ -105,7 +105,7 @@ async def test_completed_stream_span_continues_the_caller_trace(
             headers={"traceparent": TRACEPARENT},
         ) as response:  # fmt: skip
             headers_at = time.time_ns()
-            first = await response.content.readuntil(b"\n\n")
+            first = await next_event(response.content)
             first_token_at = time.time_ns()
             events = sse_data(first + await response.read())
     done = events[-1]
@@ -485,7 +485,7 @@ async def test_idle_timeout_and_shutdown_outcomes(sidecar_for: SidecarFactory, o
             assert events[-1]["error"]["type"] == "idle_timeout"
             config_long = {"prompt": "[[fake tokens=500 tps=20]]"}
             live = await http.post(sidecar.url + "/api/stream-response", json=config_long)
-            assert b"token" in await live.content.readuntil(b"\n\n")
+            assert b"token" in await next_event(live.content)
         # Leaving the block shut the sidecar down under the live stream.
         tail = await live.read()
         assert b"stream_lost" in tail  # resumable only in this process: lost with it

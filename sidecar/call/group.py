@@ -149,7 +149,8 @@ async def _attach(
         generation.unattended()
         await channel.end(stall)
         return channel.response
-    subscriber = Subscriber(channel, b"".join(backlog))
+    # Its first reader, as a new stream's: the translator's opening leaves with the head.
+    subscriber = Subscriber(channel, translator.opening(log.id_prefix) + b"".join(backlog))
     generation.attach(subscriber)
     try:
         subscriber.begin(b"")

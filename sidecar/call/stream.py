@@ -176,7 +176,8 @@ async def hand_off(
         resumable.log.close()
         await held.close()
         raise
-    subscriber = Subscriber(channel)
+    # The translator's opening (the prompt route's `id: <stream id>:0`) leaves with the head.
+    subscriber = Subscriber(channel, translator.opening(resumable.log.id_prefix))
     generation.attach(subscriber)
     _produce_in_task(held, live, generation, resumable.log, upstream)
     return generation, subscriber

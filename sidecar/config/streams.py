@@ -23,6 +23,11 @@ class ResumeConfig(Section):
     max_total_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory store, all streams
     max_subscribers: int = Field(4, gt=0)  # clients reading one stream at once
     on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    # Prompt route: open each resumable stream with the id-only block `id: <stream id>:0`
+    # (no event), so a browser `EventSource` cut before its first event resumes instead
+    # of asking again. Off by default: SSE readers that yield a block with no data as an
+    # event (not browsers) would see an empty one.
+    announce_stream_id: bool = False
 
     @field_validator("redis_url")
     @classmethod

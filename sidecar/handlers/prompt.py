@@ -2,7 +2,8 @@
 
 Event shapes (all on the default `message` event, each with `id: <stream id>:<n>` when
 streams are resumable, else `id: N`; the translator writes the id
-in the same step as the event):
+in the same step as the event; a resumable stream's first client gets `id: <stream id>:0`
+with the head, an id-only block that is no event: `PromptTranslator.opening`):
 `{"token": "..."}` per text delta, `{"thinking": "..."}` per thinking delta,
 `{"tool_use": {"id", "name"}}` when a tool call starts and `{"tool_input": "..."}`
 per partial JSON of its input, then `{"done": true, "usage": {...}, "stop_reason": ...}`;
@@ -68,11 +69,15 @@ class PromptTranslator(Translator):
     numbered `id: N` here (`done` too).
     """
 
-    __slots__ = ("_capture", "_log", "_next_id", "_token")
+    __slots__ = ("_announce", "_capture", "_log", "_next_id", "_token")
     passthrough = False
 
-    def __init__(self, *, capture: bool, log: StreamLog | None = None) -> None:
-        """`log`: a resumable stream's log, whose ids the events carry."""
+    def __init__(
+        self, *, capture: bool, log: StreamLog | None = None, announce: bool = False
+    ) -> None:
+        """`log`: a resumable stream's log, whose ids the events carry; `announce`:
+        `resume.announce_stream_id` (see `opening`)."""
+        self._announce = announce
         self._next_id = 0
         self._capture = capture
         self._log = log
@@ -80,6 +85,15 @@ class PromptTranslator(Translator):
         # in once per stream, not once per event (`%` in a stream id is kept literal).
         prefix = _PLAIN_PREFIX if log is None else log.id_prefix.replace(b"%", b"%%")
         self._token = prefix + b"%d\n" + _TEMPLATES[deltas.TEXT]
+
+    def opening(self, id_prefix: bytes) -> bytes:
+        """An id-only block, `id: <stream id>:0`: no event (no data, so an `EventSource`
+        fires nothing), but it sets the `EventSource`'s last event id, which it cannot
+        read from the `Sidecar-Stream-Id` header. Cut before the first event, it
+        reconnects with `Last-Event-ID: <stream id>:0`, a resume from event 1, instead of
+        with none, a second call to Claude. Only with `resume.announce_stream_id`: SSE
+        readers other than browsers may yield a block with no data as an empty event."""
+        return id_prefix + b"0\n\n" if self._announce else b""
 
     def _id(self) -> tuple[bytes, int]:
         """The next event's id: (prefix, number)."""
@@ -267,7 +281,11 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
     except BaseException:
         cached.abandon()
         raise
-    translator = PromptTranslator(capture=capture, log=plan.log if plan is not None else None)
+    translator = PromptTranslator(
+        capture=capture,
+        log=plan.log if plan is not None else None,
+        announce=config.resume.announce_stream_id,
+    )
     return await call_claude(ctx, call, record, translator, plan, cached.tap)
 
 

@@ -44,6 +44,12 @@ class Translator:
     def translate(self, block: bytes, name: bytes, record: StreamRecord) -> bytes:
         return b""
 
+    def opening(self, id_prefix: bytes) -> bytes:
+        """What a resumable stream's first client gets before its first event, with the
+        head (`id_prefix`: its ids' `id: <stream id>:`); no event, and not kept in its
+        log, so a resume never sends it. Nothing for most formats."""
+        return b""
+
     def error_event(self, error_type: str, message: str, outcome: Outcome) -> bytes:
         """The final event for a stream that fails after its first byte."""
         raise NotImplementedError

@@ -51,17 +51,29 @@ class Reply:
         return ids[-1]
 
     @property
+    def last_event_id(self) -> str:
+        """The SSE last event id a browser holds after this reply: the id of the last
+        complete block that had one, an id-only block's too (WHATWG "dispatch the event")."""
+        complete = self.payload[: self.payload.rfind(b"\n\n") + 2]
+        found = ""
+        for line in complete.split(b"\n"):
+            if line.startswith(b"id: "):
+                found = line[4:].decode()
+        return found
+
+    @property
     def text(self) -> str:
         return "".join(str(e.data["token"]) for e in self.events if "token" in e.data)
 
 
 def parse_events(payload: bytes) -> list[Event]:
-    """Complete events only (a cut stream may end mid-event); comments skipped."""
+    """Complete events only (a cut stream may end mid-event); comments skipped, and blocks
+    with no data (the prompt route's opening `id: <stream id>:0`), which are no events."""
     complete = payload[: payload.rfind(b"\n\n") + 2] if b"\n\n" in payload else b""
     events = []
     for block in complete.split(b"\n\n"):
         lines = [line for line in block.split(b"\n") if line and not line.startswith(b":")]
-        if not lines:
+        if not any(line.startswith(b"data") for line in lines):
             continue
         event_id = None
         data: dict[str, Any] = {}
@@ -75,6 +87,15 @@ def parse_events(payload: bytes) -> list[Event]:
                 data = json.loads(value)
         events.append(Event(block + b"\n\n", event_id, data))
     return events
+
+
+def without_opening(payload: bytes) -> bytes:
+    """A prompt stream's bytes without the id-only block its first client gets with the
+    head (`id: <stream id>:0`): a resume, or the store, never sends it."""
+    block, blank, rest = payload.partition(b"\n\n")
+    if blank and block.startswith(b"id: ") and block.endswith(b":0") and b"\n" not in block:
+        return rest
+    return payload
 
 
 def complete_chunks(data: bytes) -> bytes:
@@ -128,16 +149,25 @@ async def sse_request(
 
 async def next_event(content: aiohttp.StreamReader) -> bytes:
     """The next SSE event read from a response body; comments (`: ping`, a stream's opening
-    one included) skipped."""
-    while (block := await content.readuntil(b"\n\n")).startswith(b":"):
+    one included) and blocks with no data (the prompt route's opening id) skipped."""
+    while not is_event(block := await content.readuntil(b"\n\n")):
         pass
     return block
+
+
+def is_event(block: bytes) -> bool:
+    """Whether a block (ending in its blank line) is an event: it has a data line (a
+    comment or an id-only block sets no event off)."""
+    return block.startswith(b"data") or b"\ndata" in block
 
 
 class CuttingProxy:
     """A TCP proxy in front of a sidecar; the first `cuts` connections are cut after `after`
     complete SSE events reached the client (both sides aborted, as a dropped network does).
-    Comments (`: ping`) are no events: they are passed on, not counted."""
+    Comments (`: ping`) and id-only blocks are no events: they are passed on, not counted.
+    `after=0`: the response's first bytes with a whole block (its head and what came with
+    it: a prompt stream's opening) pass, and the connection is cut as the next bytes (the
+    first event's) come, none of them passed: the client has long read the first ones."""
 
     def __init__(self, target_port: int, after: int, cuts: int = 1) -> None:
         self.target_port = target_port
@@ -170,8 +200,20 @@ class CuttingProxy:
         up = asyncio.create_task(pump_up())
         seen = 0
         tail = b""
+        opened = False  # (after=0) the first bytes with a whole block passed
         try:
             while data := await upstream_r.read(65536):
+                if cutting and self.after == 0:
+                    if opened:
+                        self.cut += 1
+                        client_w.transport.abort()
+                        upstream_w.transport.abort()
+                        return
+                    assert b"\ndata:" not in data, "an event came with the first bytes"
+                    opened = b"\n\n" in data
+                    client_w.write(data)
+                    await client_w.drain()
+                    continue
                 if cutting:
                     scan = tail + data
                     start = 0
