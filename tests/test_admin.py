@@ -14,9 +14,6 @@ import prometheus_client
 import pytest
 from aiohttp import web
 from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
     NumberDataPoint,
     PeriodicExportingMetricReader,
 )
@@ -30,6 +27,7 @@ from tests.support.otel import prompt
 from tests.support.resume import stream_then_resume
 from tests.support.sidecars import SidecarFactory, get_status
 from tests.support.sockets import free_port
+from tests.support.twins import KeepingExporter
 from tests.support.waiting import eventually
 
 DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
@@ -309,24 +307,8 @@ async def test_admin_404_and_405_are_json_in_the_error_format_and_counted(
     assert re.search(r'sidecar_rejections_total\{[^}]*reason="method_not_allowed"[^}]*\} 1', text)
 
 
-class _Pushed(MetricExporter):
+class _Pushed(KeepingExporter):
     """A push exporter keeping what it was sent (as OTLP would send it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[MetricsData] = []
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        self.batches.append(metrics_data)
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        return None
 
     def ready_values(self) -> list[Any]:
         return [
