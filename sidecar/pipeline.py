@@ -196,6 +196,11 @@ class Pipeline:
                 )  # fmt: skip
                 return served
             route = resolved.route
+            address = client_ip(
+                request.remote or "",
+                header_value(request.headers, "X-Forwarded-For"),
+                config.server.trusted_proxies,
+            )
             if route is None:
                 refused = resolved.refused
                 rejection = (
@@ -212,11 +217,7 @@ class Pipeline:
                     telemetry.extract(request.headers), method=request.method,
                     route=UNMATCHED, path=resolved.path, scheme=request.scheme, version=version,
                     host=request.headers.get("Host", ""),
-                    user_agent=request.headers.get("User-Agent"),
-                    client_address=client_ip(
-                        request.remote or "", header_value(request.headers, "X-Forwarded-For"),
-                        config.server.trusted_proxies,
-                    ),
+                    user_agent=request.headers.get("User-Agent"), client_address=address,
                 )  # fmt: skip
                 telemetry.rejected(reason, UNMATCHED, status, request_id, span)
                 telemetry.end_server_span(span, status)
@@ -229,11 +230,6 @@ class Pipeline:
                     status=status, body=body, content_type="application/json", headers=headers
                 )
             parent = telemetry.extract(request.headers)
-            address = client_ip(
-                request.remote or "",
-                header_value(request.headers, "X-Forwarded-For"),
-                config.server.trusted_proxies,
-            )
             span = telemetry.start_server_span(
                 parent, method=request.method, route=route.path, path=resolved.path,
                 scheme=request.scheme, version=version, host=request.headers.get("Host", ""),
