@@ -21,8 +21,13 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now (for servers that cannot bind port 0).
+    """A TCP port free on loopback right now (for servers that cannot bind port 0), never one
+    this process handed out before: two picks for one server (its listener and its admin
+    port) are bound later, so a second pick could otherwise repeat the first.
 
     It is taken below the ephemeral range: a port from `bind(0)` is one the kernel may give to
     the next outgoing connection's local end before the server that was told it binds it."""
@@ -30,15 +35,22 @@ def free_port() -> int:
     bottom, top = (10000, low - 1) if low > 12000 else (high + 1, 65535)
     for _ in range(200 if bottom < top else 0):
         port = random.randint(bottom, top)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _HANDED_OUT.add(port)
+        return port
+    while True:  # no room outside the ephemeral range: the kernel's pick
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
             return port
-    with socket.socket() as sock:  # no room outside the ephemeral range: the kernel's pick
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def dechunk(data: bytes) -> bytes:
