@@ -4,8 +4,9 @@ Retries use exponential backoff with full jitter on connect errors and 429/500/
 502/503/529 (or whatever Claude's `x-should-retry` says), honour `retry-after-ms`
 and `retry-after` (seconds or an HTTP-date), and stop at `claude.max_retries`. A
 wait longer than `retry_max_seconds` is not slept through: the client gets the
-error with its `retry-after` and backs off itself. A 401 (the sidecar's own key) and
-statuses the API never sends (1xx, 2xx but 200) become 502 `api_error`.
+error with its `retry-after` and backs off itself. A 401 or 403 (the sidecar's own key
+refused: no client credential ever reaches Claude) and statuses the API never sends
+(1xx, 2xx but 200) become 502 `api_error`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,16 @@ RATELIMIT_PREFIX: Final = "anthropic-ratelimit-"
 MAX_DECODED_ANSWER: Final = 64 * 1024 * 1024
 _URL_CACHE: Final = 256  # joined URLs remembered (paths may carry client query strings)
 _KEY_ERROR_EVERY: Final = 10.0  # seconds between two logs of a refused sidecar key
-_LAST_KEY_ERROR = [-math.inf]
+# When a refusal of the sidecar's key was last logged, by Claude's status (401, 403): a
+# steady stream of one kind never hides the first of the other.
+_LAST_KEY_ERROR: dict[int, float] = {}
+# What Claude says when it refuses the sidecar's key: a 502 for the client (whose own
+# credential never reached Claude), in words of the sidecar's, never Claude's text.
+_KEY_REFUSED: Final = {
+    401: "Claude refused the sidecar's own API credential (claude.api_key)",
+    403: "Claude denied the sidecar's own API credential (claude.api_key) permission for this"
+    " request",
+}
 
 log = logging.getLogger("sidecar.upstream")
 
@@ -201,7 +211,7 @@ class ClaudeClient:
                 attempt.status = status = response.status
                 if self._on_status is not None:
                     self._on_status(status)
-                if status == 401 or status < 200 or 200 < status < 300:
+                if status == 401 or status == 403 or status < 200 or 200 < status < 300:
                     response.close()
                     raise _unusable(status)
                 if stream and status == 200 and _coded(response.content_coding):
@@ -250,23 +260,25 @@ def _should_retry(response: Response) -> bool:
 
 
 def _unusable(status: int) -> Rejection:
-    """An answer no client should see as Claude's: the sidecar's key refused, or a status
-    (1xx, 2xx other than 200) that the Messages API never sends and SDKs cannot read."""
-    if status == 401:
-        # The caller passed the sidecar's own auth; this 401 is about `claude.api_key`.
-        # Relayed as is, SDKs would blame their own credential and never tell an operator.
+    """An answer no client should see as Claude's: the sidecar's key refused (401) or not
+    allowed what was asked (403), or a status (1xx, 2xx other than 200) that the Messages
+    API never sends and SDKs cannot read."""
+    refused = _KEY_REFUSED.get(status)
+    if refused is not None:
+        # The caller passed the sidecar's own auth, and its credential never reaches Claude:
+        # this is about `claude.api_key`. Relayed as is, SDKs would blame their own
+        # credential (AuthenticationError, PermissionDeniedError) and never tell an operator.
         now = time.monotonic()
-        if now - _LAST_KEY_ERROR[0] >= _KEY_ERROR_EVERY:
-            _LAST_KEY_ERROR[0] = now
+        if now - _LAST_KEY_ERROR.get(status, -math.inf) >= _KEY_ERROR_EVERY:
+            _LAST_KEY_ERROR[status] = now
             log.error(
-                "Claude refused the sidecar's API key (claude.api_key): every call fails "
-                "until it is fixed",
-                extra={"event": "claude_api_key_refused"},
-            )
+                "%s (HTTP %d): calls fail until it is fixed",
+                refused, status,
+                extra={"event": "claude_api_key_refused", "upstream_status": status},
+            )  # fmt: skip
         return reject(
             "upstream_credential_refused",
-            "Claude refused the sidecar's own API credential (claude.api_key); "
-            "this is not the caller's credential",
+            f"the sidecar is misconfigured: {refused}; this is not the caller's credential",
             cause=status_error_type(status),  # what Claude answered the sidecar
         )
     return reject("upstream_bad_status", f"Claude answered with an unexpected status ({status})")

@@ -553,6 +553,40 @@ async def test_the_sidecars_credential_is_kept_from_the_app_unless_forwarded(
     assert echoed_headers(basic)["authorization"] == "Basic YXBwOnB3"
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_the_apps_own_refusal_of_a_forwarded_credential_passes_unchanged(
+    sidecar_for: SidecarFactory, status: int
+) -> None:
+    """With `app.forward_credentials`, the app judges the client's own credential: its
+    401 or 403 is about that credential and reaches the client as the app wrote it (only
+    a Claude refusal, about the sidecar's own key, becomes a 502)."""
+    refusal = b'{"detail": "token revoked by the app"}'
+    challenge = 'Bearer realm="app", error="invalid_token"'
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(
+            status=status, body=refusal, content_type="application/json",
+            headers={"WWW-Authenticate": challenge},
+        )  # fmt: skip
+
+    app = web.Application()
+    app.router.add_route("*", "/private", refuse)
+    auth = {"mode": "required", "api_keys": [{"name": "web", "sha256": API_KEY_SHA256}]}
+    async with serving(app) as url:
+        config = {"app": {"url": url, "forward_credentials": True}, "auth": auth}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with http.get(sidecar.url + "/private", headers=headers) as response:
+                assert response.status == status
+                assert response.headers["WWW-Authenticate"] == challenge
+                assert await response.read() == refusal
+            async with http.get(sidecar.admin_url + "/metrics") as scraped:
+                rejected = counts(
+                    await scraped.text(), "sidecar_rejections", "sidecar_rejection_reason"
+                )
+    assert rejected == {}
+
+
 async def test_a_head_reaches_the_app_as_a_head_without_the_query_token(
     sidecar_for: SidecarFactory,
 ) -> None:

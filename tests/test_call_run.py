@@ -90,8 +90,9 @@ async def test_queue_full_and_queue_timeout(sidecar_for: SidecarFactory) -> None
         # An answer no client may see as Claude's (the sidecar's own key refused): 502;
         # `error.type` is what Claude answered the sidecar.
         ({}, "hi [[fake fault=auth]]", 0, 401, "authentication_error"),
+        ({}, "hi [[fake fault=permission]]", 0, 403, "permission_error"),
     ],
-    ids=["unreachable_after_retries", "sidecar_key_refused"],
+    ids=["unreachable_after_retries", "sidecar_key_refused", "sidecar_key_not_permitted"],
 )
 async def test_a_call_that_fails_in_its_send_reports_its_retries_and_claudes_status(
     sidecar_for: SidecarFactory,

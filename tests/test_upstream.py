@@ -11,10 +11,10 @@ import contextlib
 import gzip
 import json
 import logging
-import math
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from typing import Any
@@ -24,6 +24,7 @@ import anthropic
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import upstream
 from sidecar.config import ClaudeConfig
@@ -338,7 +339,7 @@ async def test_a_refused_sidecar_key_is_a_502_naming_the_sidecar_credential(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The refusal is logged at most every 10 s per process: not yet, whatever ran before.
-    monkeypatch.setattr(upstream, "_LAST_KEY_ERROR", [-math.inf])
+    monkeypatch.setattr(upstream, "_LAST_KEY_ERROR", {})
     async with (
         running_fake_claude(FakeSettings(tokens=3, api_key="sk-the-right-one")) as fake,
         running_sidecar({"claude": {"base_url": fake.url, "api_key": "sk-revoked"}}) as sidecar,
@@ -357,6 +358,79 @@ async def test_a_refused_sidecar_key_is_a_502_naming_the_sidecar_credential(
     refused = [r for r in caplog.records if r.name == "sidecar.upstream"]
     assert refused, "a refused sidecar key must be logged"
     assert all("sk-revoked" not in r.getMessage() for r in refused)
+
+
+# What Claude says refusing a key: the client must never read it (it would blame its own).
+CLAUDES_WORDS = {
+    401: ("authentication_error", "invalid x-api-key"),
+    403: (
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+    ),
+}
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_claude_refusing_the_sidecar_key_is_a_misconfigured_gateway_on_every_route(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    """Claude's 401 or 403 is about the sidecar's own `claude.api_key` (a client's
+    credential never reaches Claude): each route answers 502 in its own format, in the
+    sidecar's words, counted as a rejection and logged once at ERROR for the operator."""
+    monkeypatch.setattr(upstream, "_LAST_KEY_ERROR", {})
+    error_type, words = CLAUDES_WORDS[status]
+
+    def refused() -> web.StreamResponse:
+        return web.json_response(
+            {"type": "error", "error": {"type": error_type, "message": words}}, status=status
+        )
+
+    chat = {"id": "c", "trigger": "submit-message", "messages": [
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}  # fmt: skip
+    calls: list[tuple[str, str, Any, str]] = [
+        ("POST", "/v1/messages", messages_body(), "api_error"),
+        ("POST", "/v1/messages", messages_body(stream=False), "api_error"),
+        ("POST", "/v1/messages/count_tokens", messages_body(stream=False), "api_error"),
+        ("GET", "/v1/models", None, "api_error"),
+        ("POST", "/api/stream-response", {"prompt": "hi"}, "upstream_error"),
+        ("POST", "/api/chat", chat, "upstream_error"),
+    ]
+    caplog.set_level(logging.INFO)
+    async with (
+        answering_claude([refused]) as (url, arrivals),
+        running_sidecar(claude_at(url)) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        for method, path, sent, expected in calls:
+            headers = {"x-api-key": "sk-client-credential"}
+            async with http.request(method, sidecar.url + path, json=sent, headers=headers) as r:
+                assert r.status == 502, path
+                answer = await r.json()
+            assert answer["error"]["type"] == expected, path
+            message = answer["error"]["message"]
+            assert "misconfigured" in message, path
+            assert "claude.api_key" in message, path
+            assert words not in message, path
+            assert error_type not in message, path
+        async with http.get(sidecar.admin_url + "/metrics") as scraped:
+            scrape = await scraped.text()
+    rejected = Counter(
+        (sample.labels["sidecar_rejection_reason"], sample.labels["http_response_status_code"])
+        for family in text_string_to_metric_families(scrape)
+        if family.name == "sidecar_rejections"
+        for sample in family.samples
+        if sample.name == "sidecar_rejections_total"
+        for _ in range(int(sample.value))
+    )
+    assert len(arrivals) == len(calls)  # refused at once: no retry spends the key again
+    assert rejected == {("upstream_credential_refused", "502"): len(calls)}
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.name, getattr(r, "event", None), getattr(r, "upstream_status", None))
+            for r in errors] == [("sidecar.upstream", "claude_api_key_refused", status)]  # fmt: skip
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "sk-sidecar" not in logged
+    assert "sk-client-credential" not in logged
+    assert words not in logged
 
 
 # --------------------------------------------------------------------------- a scripted Claude
