@@ -328,6 +328,7 @@ def route_policies(config: Config) -> list[RoutePolicy]:
     policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
     problems.extend(_cache_store_problems(config, policies))
     problems.extend(_ui_tool_problems(config, policies))
+    problems.extend(_jwks_schedule_problems(config, policies))
     for index, route in enumerate(config.routes):
         if route.resume is not None and route.resume.enabled and not config.resume.enabled:
             # Off at the top level is off everywhere (no store is opened for it): a route
@@ -361,6 +362,29 @@ def _cache_store_problems(config: Config, policies: list[RoutePolicy]) -> list[s
     for index, policy in enumerate(policies):
         if policy.cache.enabled and not config.cache.enabled:
             problems.append(f"routes.{index}.cache.enabled: the cache {missing}")
+    return problems
+
+
+def _jwks_schedule_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
+    """Routes naming one `jwks_url` share one key set, fetched on one schedule: another
+    `jwks_refresh_seconds` or `jwks_min_refresh_seconds` on one of them could not hold
+    (one route's would win unseen), so it is refused, naming both routes."""
+    first: dict[str, tuple[int, tuple[float, float]]] = {}
+    problems: list[str] = []
+    for index, policy in enumerate(policies):
+        jwt = policy.auth.jwt
+        if jwt is None or jwt.jwks_url is None:
+            continue
+        schedule = (jwt.jwks_refresh_seconds, jwt.jwks_min_refresh_seconds)
+        seen = first.setdefault(jwt.jwks_url, (index, schedule))
+        if seen[1] != schedule:
+            other = seen[0]
+            problems.append(
+                f"routes.{index}.auth.jwt: its jwks_url is also routes.{other}'s "
+                f"({config.routes[other].path}), with another jwks_refresh_seconds or "
+                "jwks_min_refresh_seconds; one key set is fetched on one schedule: set the "
+                "same on every route that names this URL"
+            )
     return problems
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from sidecar import loader
 from tests.support.config import problems_of
 
@@ -69,3 +73,52 @@ def test_allowed_tenants_where_nobody_is_identified_is_a_config_error() -> None:
     # Said outright, the route is open; a model list needs no caller.
     opened["auth"] = {"mode": "none", "allowed_tenants": None, "allowed_models": ["m"]}
     loader.validate({"auth": {**keys, "allowed_tenants": ["acme"]}, "routes": [opened]}, {})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://idp.example/jwks", "http://10.0.0.7:8080/jwks", "http://localhost.evil.test/jwks",
+     "http://0.0.0.0/jwks", "http://[fe80::1]/jwks"],
+)  # fmt: skip
+def test_a_jwks_url_over_plain_http_is_a_config_error(url: str) -> None:
+    """Key material over plain HTTP lets anyone on the path swap in a key and mint tokens."""
+    found = problems_of({"auth": {"jwt": {"jwks_url": url, "algorithms": ["RS256"]}}})
+    assert len(found) == 1
+    assert found[0].startswith("auth.jwt.jwks_url: must be an https:// URL")
+    # A route's own block is checked the same way.
+    route = {"path": "/v1/", "handler": "anthropic",
+             "auth": {"mode": "required", "jwt": {"jwks_url": url, "algorithms": ["RS256"]}}}  # fmt: skip
+    found = problems_of({"routes": [route]})
+    assert [p.partition(":")[0] for p in found] == ["routes.0.auth.jwt.jwks_url"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://idp.example/jwks", "http://127.0.0.1:8080/jwks", "http://127.9.8.7/jwks",
+     "http://localhost:9000/jwks", "http://LOCALHOST./jwks", "http://[::1]:9000/jwks"],
+)  # fmt: skip
+def test_a_jwks_url_over_https_or_on_a_loopback_host_is_accepted(url: str) -> None:
+    config = loader.validate({"auth": {"jwt": {"jwks_url": url, "algorithms": ["RS256"]}}}, {})
+    assert config.auth.jwt is not None
+    assert config.auth.jwt.jwks_url == url
+
+
+def test_routes_sharing_a_jwks_url_must_share_its_schedule() -> None:
+    """One URL is one key set, fetched on one schedule: a route asking for another one
+    would silently get the first route's, so the config is refused naming both."""
+    jwks = {"jwks_url": "https://idp.example/jwks", "algorithms": ["RS256"]}
+    routes: list[dict[str, Any]] = [
+        {"path": "/v1/", "handler": "anthropic"},
+        {"path": "/api/stream-response", "handler": "prompt",
+         "auth": {"jwt": {"jwks_min_refresh_seconds": 60}}},
+        {"path": "/api/chat", "handler": "ui", "auth": {"jwt": {"jwks_refresh_seconds": 60}}},
+    ]  # fmt: skip
+    found = problems_of({"auth": {"jwt": jwks}, "routes": routes})
+    assert [p.partition(":")[0] for p in found] == ["routes.1.auth.jwt", "routes.2.auth.jwt"]
+    assert "routes.0's (/v1/)" in found[0]
+    # The same schedule everywhere, or another URL, is fine.
+    same = [{**route, "auth": {"jwt": {"jwks_refresh_seconds": 60}}} for route in routes]
+    assert loader.validate({"auth": {"jwt": jwks}, "routes": same}, {}).routes
+    other = {"jwt": {"jwks_url": "https://other.example/jwks", "jwks_refresh_seconds": 60}}
+    apart = [routes[0], {**routes[2], "auth": other}]
+    assert loader.validate({"auth": {"jwt": jwks}, "routes": apart}, {}).routes

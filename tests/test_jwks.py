@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -235,3 +236,43 @@ def test_usable_keys_survive_next_to_broken_ones() -> None:
     keys = parse_jwks({"keys": [{"kty": "RSA", "kid": "bad"}, public_jwk(KEY_1, "good"),
                                 {**public_jwk(KEY_2, "enc"), "use": "enc"}]})  # fmt: skip
     assert list(keys) == ["good"]
+
+
+def no_kid(jwk: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in jwk.items() if name != "kid"}
+
+
+async def test_a_kid_shared_by_two_keys_verifies_no_token_until_the_issuer_fixes_it(
+    fake: FakeServer, sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two keys under one `kid` (or two without one) are ambiguous: no token naming it is
+    verified, whichever key signed it (the last one listed used to win, silently); the other
+    keys still work, a warning says so, and one key per kid again is picked up."""
+    caplog.set_level(logging.WARNING, logger="sidecar.auth.jwks")
+    keys = [public_jwk(KEY_1, "dup"), public_jwk(KEY_2, "dup"), public_jwk(EC_KEY, "ec"),
+            no_kid(public_jwk(KEY_1, "x")), no_kid(public_jwk(KEY_2, "x"))]  # fmt: skip
+    async with running_jwks(keys) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=0.01)) as sidecar:
+            first = await status_of(sidecar.url, mint(KEY_1, "RS256", kid="dup"))
+            last = await status_of(sidecar.url, mint(KEY_2, "RS256", kid="dup"))
+            kidless = await status_of(sidecar.url, mint(KEY_2, "RS256"))
+            other = await status_of(sidecar.url, mint(EC_KEY, "ES256", kid="ec"))
+            assert (first, last, kidless, other) == (401, 401, 401, 200)
+            issuer.keys = [public_jwk(KEY_2, "dup"), public_jwk(EC_KEY, "ec")]
+            fixed = mint(KEY_2, "RS256", kid="dup")
+
+            async def verified() -> bool:  # the unknown kid refetches the corrected set
+                return await status_of(sidecar.url, fixed) == 200
+
+            await eventually(verified)
+    assert fake.state.counters["requests"] == 2
+    warned = [r for r in caplog.records if "sharing a kid" in r.getMessage()]
+    assert warned
+    assert {getattr(r, "ambiguous_keys", None) for r in warned} == {4}
+
+
+def test_a_kid_shared_by_two_keys_is_left_out_of_the_set() -> None:
+    keys = parse_jwks({"keys": [public_jwk(KEY_1, "a"), public_jwk(KEY_2, "a"),
+                                public_jwk(KEY_1, "b"), {**public_jwk(KEY_2, "b"), "use": "enc"},
+                                public_jwk(EC_KEY, "a")]})  # fmt: skip
+    assert list(keys) == ["b"]  # "a" three times; "b" once as a signing key

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from yarl import URL
 
 from sidecar.config.fields import HttpUrl, Seconds, Section
 from sidecar.identity import is_name
@@ -31,6 +33,17 @@ def _key_algorithms(key: object) -> tuple[str, ...]:
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return ("EdDSA",)
     return ()
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` (any case, a trailing dot too) or a loopback address (127.0.0.0/8, ::1)."""
+    name = host.rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_public_key(path: Path, algorithms: list[str], jwks_url: str | None) -> None:
@@ -68,6 +81,20 @@ class JWTConfig(Section):
         unknown = [alg for alg in value if alg not in _HS | _ASYMMETRIC]
         if unknown:
             raise ValueError(f"unsupported algorithms {unknown} (alg 'none' is never allowed)")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_over_tls(cls, value: str | None) -> str | None:
+        # The key set says which tokens are genuine: fetched over plain HTTP, anyone on the
+        # path can swap in a key of their own and mint tokens for any user and tenant.
+        url = URL(value) if value is not None else None  # parses: `HttpUrl` checked it
+        if url is not None and url.scheme != "https" and not is_loopback(url.host or ""):
+            raise ValueError(
+                "must be an https:// URL: a key set fetched over plain HTTP lets anyone on the"
+                " path mint tokens (http:// only for a loopback host: localhost, 127.0.0.0/8,"
+                " ::1)"
+            )
         return value
 
     @field_validator("audience")

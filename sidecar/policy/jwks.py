@@ -52,6 +52,8 @@ class JwksCache:
         self._refresh = refresh_seconds
         self._min_refresh = min_refresh_seconds
         self._keys: dict[str | None, SigningKey] = {}
+        # The key a token without `kid` may use: the set's only usable key, if it has one.
+        self._sole: SigningKey | None = None
         self._last_attempt = float("-inf")  # when the last fetch ended
         self._fetching: asyncio.Task[bool] | None = None  # the one fetch in flight
         self._task: asyncio.Task[None] | None = None
@@ -96,7 +98,7 @@ class JwksCache:
                 async with self._session.get(self.url, timeout=_FETCH_TIMEOUT) as response:
                     response.raise_for_status()
                     raw = await _whole_body(response)
-                keys = parse_jwks(json.loads(raw))
+                keys, usable = read_jwks(json.loads(raw))
             except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
                 log.warning("jwks fetch failed, keeping last keys", extra={"url": self.shown_url,
                             "error": type(exc).__name__})  # fmt: skip
@@ -106,8 +108,14 @@ class JwksCache:
                 log.exception("jwks refresh failed", extra={"url": self.shown_url})
                 self._report("failure")
                 return False
+            if usable > len(keys):
+                log.warning(
+                    "jwks has keys sharing a kid: tokens naming it are refused",
+                    extra={"url": self.shown_url, "ambiguous_keys": usable - len(keys)},
+                )
             if keys:
                 self._keys = keys
+                self._sole = next(iter(keys.values())) if usable == 1 else None
             else:
                 log.warning(
                     "jwks had no usable key, keeping last keys", extra={"url": self.shown_url}
@@ -134,8 +142,8 @@ class JwksCache:
         return key
 
     def _lookup(self, kid: str | None) -> SigningKey | None:
-        if kid is None and len(self._keys) == 1:
-            return next(iter(self._keys.values()))
+        if kid is None and self._sole is not None:
+            return self._sole
         return self._keys.get(kid)
 
 
@@ -151,8 +159,22 @@ async def _whole_body(response: aiohttp.ClientResponse) -> bytes:
 
 
 def parse_jwks(document: Any) -> dict[str | None, SigningKey]:
-    """The signing keys of a JWKS document; entries that are not usable are skipped."""
+    """The signing keys of a JWKS document by `kid`; entries that are not usable are
+    skipped, and a `kid` that more than one usable key shares is left out (`read_jwks`)."""
+    return read_jwks(document)[0]
+
+
+def read_jwks(document: Any) -> tuple[dict[str | None, SigningKey], int]:
+    """`parse_jwks`, and how many usable keys the set holds, those left out included.
+
+    A `kid` that names two keys (or two keys without one) is ambiguous: keeping either
+    would refuse every token signed with the other, whichever came last in the document,
+    and trying each would let a key the issuer meant to replace keep verifying under the
+    name of its successor. So a token naming it is verified against neither (401, as an
+    unknown kid), until the issuer publishes one key per `kid`."""
     keys: dict[str | None, SigningKey] = {}
+    shared: set[str | None] = set()
+    usable = 0
     entries = document.get("keys") if isinstance(document, dict) else None
     for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
@@ -166,5 +188,10 @@ def parse_jwks(document: Any) -> dict[str | None, SigningKey]:
             key = jwt.PyJWK(entry).key
         except (jwt.PyJWTError, ValueError, TypeError, KeyError):
             continue  # an unusable key is skipped, the others still work
+        usable += 1
+        if kid in keys or kid in shared:
+            shared.add(kid)
+            keys.pop(kid, None)
+            continue
         keys[kid] = SigningKey(kid=kid, alg=alg, key=key)
-    return keys
+    return keys, usable
