@@ -395,14 +395,23 @@ async def test_claude_refusing_the_sidecar_key_is_a_misconfigured_gateway_on_eve
         ("POST", "/api/stream-response", {"prompt": "hi"}, "upstream_error"),
         ("POST", "/api/chat", chat, "upstream_error"),
     ]
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def claude(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        seen.append((request.headers.get("x-api-key"), request.headers.get("Authorization")))
+        return refused()
+
+    claude_app = web.Application()
+    claude_app.router.add_route("*", "/{path:.*}", claude)
     caplog.set_level(logging.INFO)
     async with (
-        answering_claude([refused]) as (url, arrivals),
+        serving(claude_app) as url,
         running_sidecar(claude_at(url)) as sidecar,
         aiohttp.ClientSession() as http,
     ):
         for method, path, sent, expected in calls:
-            headers = {"x-api-key": "sk-client-credential"}
+            headers = {"x-api-key": "sk-client-credential", "Authorization": "Bearer client"}
             async with http.request(method, sidecar.url + path, json=sent, headers=headers) as r:
                 assert r.status == 502, path
                 answer = await r.json()
@@ -422,7 +431,8 @@ async def test_claude_refusing_the_sidecar_key_is_a_misconfigured_gateway_on_eve
         if sample.name == "sidecar_rejections_total"
         for _ in range(int(sample.value))
     )
-    assert len(arrivals) == len(calls)  # refused at once: no retry spends the key again
+    # Claude only ever saw the sidecar's key, once per call (a refusal is not retried).
+    assert seen == [("sk-sidecar", None)] * len(calls)
     assert rejected == {("upstream_credential_refused", "502"): len(calls)}
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [(r.name, getattr(r, "event", None), getattr(r, "upstream_status", None))
