@@ -174,6 +174,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "upstream_timeout": Reason(504, "timeout_error"),
     "upstream_lost": _BAD_GATEWAY,
     "upstream_credential_refused": _BAD_GATEWAY,
+    "upstream_permission_denied": _FORBIDDEN,
     "upstream_bad_status": _BAD_GATEWAY,
     "upstream_bad_encoding": _BAD_GATEWAY,
     # the app

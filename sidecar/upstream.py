@@ -4,9 +4,10 @@ Retries use exponential backoff with full jitter on connect errors and 429/500/
 502/503/529 (or whatever Claude's `x-should-retry` says), honour `retry-after-ms`
 and `retry-after` (seconds or an HTTP-date), and stop at `claude.max_retries`. A
 wait longer than `retry_max_seconds` is not slept through: the client gets the
-error with its `retry-after` and backs off itself. A 401 or 403 (the sidecar's own key
-refused: no client credential ever reaches Claude) and statuses the API never sends
-(1xx, 2xx but 200) become 502 `api_error`.
+error with its `retry-after` and backs off itself. A 401 (the sidecar's own key refused:
+no client credential ever reaches Claude) and statuses the API never sends (1xx, 2xx but
+200) become 502 `api_error`; a 403 (the key may not use what the request asked for: a
+model, a beta) stays a 403, in the sidecar's words.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ _KEY_REFUSED: Final = {
     403: "Claude denied the sidecar's own API credential (claude.api_key) permission for this"
     " request",
 }
+# The answer each refusal becomes: a 401 fails every call (the gateway is misconfigured, a
+# 502 SDKs treat as a server fault); a 403 is about what this request asked for (a model
+# or beta the key's organization may not use), so the caller gets a 403 it will not retry.
+_KEY_REFUSAL_ANSWER: Final = {
+    401: ("upstream_credential_refused", "the sidecar is misconfigured: {}; this is not the"
+          " caller's credential"),
+    403: ("upstream_permission_denied", "{}: the model, beta or resource it asks for is not"
+          " enabled for the gateway; this is not the caller's credential"),
+}  # fmt: skip
 
 log = logging.getLogger("sidecar.upstream")
 
@@ -271,14 +281,17 @@ def _unusable(status: int) -> Rejection:
         now = time.monotonic()
         if now - _LAST_KEY_ERROR.get(status, -math.inf) >= _KEY_ERROR_EVERY:
             _LAST_KEY_ERROR[status] = now
-            log.error(
-                "%s (HTTP %d): calls fail until it is fixed",
+            log.log(
+                logging.ERROR if status == 401 else logging.WARNING,
+                "%s (HTTP %d): %s",
                 refused, status,
+                "calls fail until it is fixed" if status == 401 else "such calls are refused",
                 extra={"event": "claude_api_key_refused", "upstream_status": status},
             )  # fmt: skip
+        reason, message = _KEY_REFUSAL_ANSWER[status]
         return reject(
-            "upstream_credential_refused",
-            f"the sidecar is misconfigured: {refused}; this is not the caller's credential",
+            reason,
+            message.format(refused),
             cause=status_error_type(status),  # what Claude answered the sidecar
         )
     return reject("upstream_bad_status", f"Claude answered with an unexpected status ({status})")

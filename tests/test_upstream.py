@@ -375,10 +375,18 @@ async def test_claude_refusing_the_sidecar_key_is_a_misconfigured_gateway_on_eve
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, status: int
 ) -> None:
     """Claude's 401 or 403 is about the sidecar's own `claude.api_key` (a client's
-    credential never reaches Claude): each route answers 502 in its own format, in the
-    sidecar's words, counted as a rejection and logged once at ERROR for the operator."""
+    credential never reaches Claude), answered on each route in its own format and the
+    sidecar's words, counted as a rejection and logged once for the operator: a 401 fails
+    every call (502, a misconfigured gateway, ERROR), a 403 denies what this request asked
+    for (a model, a beta: 403, which SDKs do not retry, WARNING)."""
     monkeypatch.setattr(upstream, "_LAST_KEY_ERROR", {})
     error_type, words = CLAUDES_WORDS[status]
+    answered, reason, said, level = {
+        401: (502, "upstream_credential_refused", "misconfigured", logging.ERROR),
+        403: (403, "upstream_permission_denied", "not enabled for the gateway", logging.WARNING),
+    }[status]
+    short = {401: "upstream_error", 403: "forbidden"}[status]
+    anthropic = {401: "api_error", 403: "permission_error"}[status]
 
     def refused() -> web.StreamResponse:
         return web.json_response(
@@ -388,12 +396,12 @@ async def test_claude_refusing_the_sidecar_key_is_a_misconfigured_gateway_on_eve
     chat = {"id": "c", "trigger": "submit-message", "messages": [
         {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}  # fmt: skip
     calls: list[tuple[str, str, Any, str]] = [
-        ("POST", "/v1/messages", messages_body(), "api_error"),
-        ("POST", "/v1/messages", messages_body(stream=False), "api_error"),
-        ("POST", "/v1/messages/count_tokens", messages_body(stream=False), "api_error"),
-        ("GET", "/v1/models", None, "api_error"),
-        ("POST", "/api/stream-response", {"prompt": "hi"}, "upstream_error"),
-        ("POST", "/api/chat", chat, "upstream_error"),
+        ("POST", "/v1/messages", messages_body(), anthropic),
+        ("POST", "/v1/messages", messages_body(stream=False), anthropic),
+        ("POST", "/v1/messages/count_tokens", messages_body(stream=False), anthropic),
+        ("GET", "/v1/models", None, anthropic),
+        ("POST", "/api/stream-response", {"prompt": "hi"}, short),
+        ("POST", "/api/chat", chat, short),
     ]
     seen: list[tuple[str | None, str | None]] = []
 
@@ -413,11 +421,11 @@ async def test_claude_refusing_the_sidecar_key_is_a_misconfigured_gateway_on_eve
         for method, path, sent, expected in calls:
             headers = {"x-api-key": "sk-client-credential", "Authorization": "Bearer client"}
             async with http.request(method, sidecar.url + path, json=sent, headers=headers) as r:
-                assert r.status == 502, path
+                assert r.status == answered, path
                 answer = await r.json()
             assert answer["error"]["type"] == expected, path
             message = answer["error"]["message"]
-            assert "misconfigured" in message, path
+            assert said in message, path
             assert "claude.api_key" in message, path
             assert words not in message, path
             assert error_type not in message, path
@@ -433,10 +441,10 @@ async def test_claude_refusing_the_sidecar_key_is_a_misconfigured_gateway_on_eve
     )
     # Claude only ever saw the sidecar's key, once per call (a refusal is not retried).
     assert seen == [("sk-sidecar", None)] * len(calls)
-    assert rejected == {("upstream_credential_refused", "502"): len(calls)}
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert [(r.name, getattr(r, "event", None), getattr(r, "upstream_status", None))
-            for r in errors] == [("sidecar.upstream", "claude_api_key_refused", status)]  # fmt: skip
+    assert rejected == {(reason, str(answered)): len(calls)}
+    errors = [r for r in caplog.records if r.name == "sidecar.upstream"]
+    assert [(r.name, r.levelno, getattr(r, "event", None), getattr(r, "upstream_status", None))
+            for r in errors] == [("sidecar.upstream", level, "claude_api_key_refused", status)]  # fmt: skip
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "sk-sidecar" not in logged
     assert "sk-client-credential" not in logged
