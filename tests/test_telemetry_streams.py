@@ -5,6 +5,7 @@ and the time to first token of every stream that got one, however it ended, on e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from opentelemetry.trace import SpanKind
 from sidecar.record import StreamRecord
 from sidecar.server import SidecarServer
 from sidecar.telemetry import streams
+from tests.support.cache import asking, cached, post
 from tests.support.otel import Otel, make_otel
 from tests.support.sdk import user
 from tests.support.sidecars import SidecarFactory
 from tests.support.stream_records import VARIED, finish_all, finished_record
+from tests.support.waiting import eventually, holds
 
 
 def _exported(otel: Otel) -> dict[str, list[tuple[Any, ...]]]:
@@ -285,3 +288,28 @@ async def test_a_stream_that_ended_before_any_token_records_none(
         outcome, points = await _ended(otel)
     assert outcome == expected
     assert points == []
+
+
+async def test_a_coalesced_call_its_first_caller_left_records_its_time_to_first_token_once(
+    sidecar_for: SidecarFactory, otel: Otel
+) -> None:
+    """The call goes on for the request that followed it and ends as its first caller's
+    (`client_cancelled`): one point, the call's; the follower and a later hit from the
+    stored answer call no Claude and record none."""
+    body = asking("[[fake tokens=40 tps=40]] shared")
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as sidecar:
+        cache = sidecar.runtime.cache
+        assert cache is not None
+        async with aiohttp.ClientSession() as http:
+            async with http.post(sidecar.url + "/v1/messages", json=body) as leader:
+                await leader.content.readuntil(b"content_block_delta")
+                follower = asyncio.create_task(post(sidecar.url, body))
+                await eventually(
+                    lambda: holds(sum(r.followers for r in cache.inflight.values()) == 2)
+                )
+        assert (await follower)[:2] == (200, "HIT")
+        outcome, _ = await _ended(otel)
+        await cache.settled()
+        assert (await post(sidecar.url, body))[:2] == (200, "HIT")
+    assert outcome == "client_cancelled"
+    _one_point(otel.points(TTFT), failed=False)
