@@ -152,10 +152,13 @@ STALL = "hello [[fake fault=stall_midstream after=3]]"
 
 @contextlib.asynccontextmanager
 async def _sidecar(
-    sidecar_for: SidecarFactory, route: Route, otel: Otel
+    sidecar_for: SidecarFactory, route: Route, otel: Otel, idle_timeout: bool = False
 ) -> AsyncIterator[SidecarServer]:
-    config = {"claude": {"idle_timeout_seconds": 0.5, "heartbeat_seconds": 0.1},
-              "resume": {"enabled": route.resumable}}  # fmt: skip
+    """A sidecar serving `route` (resumable or not); with `idle_timeout`, a Claude that is
+    silent for 0.5 s ends the stream (else the default timeout, which no test reaches)."""
+    config: dict[str, Any] = {"resume": {"enabled": route.resumable}}
+    if idle_timeout:
+        config["claude"] = {"idle_timeout_seconds": 0.5, "heartbeat_seconds": 0.1}
     async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
         yield sidecar
 
@@ -265,7 +268,10 @@ async def test_a_stream_ended_by_shutdown_after_its_first_token_records_it(
 async def test_a_stream_ended_by_the_idle_timeout_after_its_first_token_records_it(
     sidecar_for: SidecarFactory, otel: Otel, route: Route
 ) -> None:
-    async with _sidecar(sidecar_for, route, otel) as sidecar, aiohttp.ClientSession() as http:
+    async with (
+        _sidecar(sidecar_for, route, otel, idle_timeout=True) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
         async with route.request(http, sidecar.url, STALL) as response:
             assert route.token in await response.read()
         outcome, points = await _ended(otel)
@@ -282,7 +288,10 @@ async def test_a_stream_that_ended_before_any_token_records_none(
     sidecar_for: SidecarFactory, otel: Otel, route: Route, fault: str, expected: str
 ) -> None:
     text = f"hello [[fake fault={fault} after=0]]"
-    async with _sidecar(sidecar_for, route, otel) as sidecar, aiohttp.ClientSession() as http:
+    async with (
+        _sidecar(sidecar_for, route, otel, idle_timeout=True) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
         async with route.request(http, sidecar.url, text) as response:
             assert route.token not in await response.read()
         outcome, points = await _ended(otel)
