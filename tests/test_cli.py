@@ -252,6 +252,7 @@ def test_check_redacts_secrets_at_every_level(tmp_path: Path) -> None:
         "REDIS_PASSWORD": "redis-pass-secret",
         "APP_PASSWORD": "app-pass-secret",
         "OTLP_PASSWORD": "otlp-pass-secret",
+        "USER_HASH_KEY": "pseudonym-key-" + "h" * 30,
     }
     config = tmp_path / "secrets.yaml"
     config.write_text(
@@ -260,7 +261,9 @@ app: {url: "http://user:${APP_PASSWORD}@127.0.0.1:3000"}
 claude: {api_key: "${CLAUDE_KEY}"}
 auth: {mode: required, jwt: {secret: "${TOP_JWT}"}}
 quotas: {store: redis, redis_url: "redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0"}
-telemetry: {otlp_endpoint: "https://otel:${OTLP_PASSWORD}@collector.example:4318"}
+telemetry:
+  otlp_endpoint: "https://otel:${OTLP_PASSWORD}@collector.example:4318"
+  user_hash_key: "${USER_HASH_KEY}"
 routes:
   - {path: /v1/, handler: anthropic, auth: {jwt: {secret: "${ROUTE_JWT}"}}}
   - path: /api
@@ -273,7 +276,9 @@ routes:
     assert result.returncode == 0, result.stdout + result.stderr
     for value in secrets.values():
         assert value not in result.stdout + result.stderr
-    assert result.stdout.count("'***'") == 5  # key, two route secrets, top secret, redis URL
+    # key, two route secrets, top secret, redis URL, pseudonym key
+    assert result.stdout.count("'***'") == 6
+    assert "user_hash_key: '***'" in result.stdout
     assert "http://user:***@127.0.0.1:3000" in result.stdout
 
 
@@ -300,6 +305,15 @@ auth: {mode: required, jwt: {jwks_url: "https://idp.example/jwks?token=SECRET-JW
     assert result.returncode == 2
     assert "telemetry.otlp_endpoint" in result.stdout
     assert "SECRET-" not in result.stdout + result.stderr
+
+
+def test_check_refuses_a_short_user_hash_key_without_printing_it(tmp_path: Path) -> None:
+    config = tmp_path / "short-key.yaml"
+    config.write_text('telemetry: {user_hash_key: "${USER_HASH_KEY}"}\n')
+    result = sidecar_command("check", "-c", str(config), env={"USER_HASH_KEY": "TooShortKey42"})
+    assert result.returncode == 2
+    assert "telemetry.user_hash_key: must be at least 32 bytes" in result.stdout
+    assert "TooShortKey42" not in result.stdout + result.stderr
 
 
 def test_config_errors_do_not_echo_url_passwords(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ user and tenant on spans as configured; and telemetry that fails never breaks a 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from typing import Any
 
@@ -123,6 +124,34 @@ async def test_user_is_hashed_on_spans_by_default(sidecar_for: SidecarFactory) -
     attributes = otel.client_span().attributes or {}
     assert attributes["sidecar.user"] == hashlib.sha256(b"ci-bot").hexdigest()[:16]
     assert attributes["sidecar.tenant"] == hashlib.sha256(b"acme").hexdigest()[:16]
+
+
+async def test_with_a_user_hash_key_spans_and_lines_carry_keyed_pseudonyms(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.stream")
+    secret = "telemetry-pseudonym-key-0123456789abcdef"
+    otel = make_otel(user_hash_key=secret)
+    key = "sk-client-secret"
+    auth = {"mode": "required", "api_keys": [
+        {"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest(), "user": "ci-bot",
+         "tenant": "acme"}]}  # fmt: skip
+    async with sidecar_for({"auth": auth}, telemetry=otel.telemetry) as sidecar:
+        status, _ = await prompt(sidecar.url, "hello", {"x-api-key": key})
+    assert status == 200
+
+    def keyed(value: bytes) -> str:
+        return hmac.new(secret.encode(), value, hashlib.sha256).hexdigest()[:16]
+
+    attributes = otel.client_span().attributes or {}
+    assert attributes["sidecar.user"] == keyed(b"ci-bot")
+    assert attributes["sidecar.tenant"] == keyed(b"acme")
+    assert keyed(b"ci-bot") != hashlib.sha256(b"ci-bot").hexdigest()[:16]
+    lines = [r for r in caplog.records if r.name == "sidecar.stream"]
+    assert [r.getMessage() for r in lines] == ["stream_start", "stream_complete"]
+    pseudonyms = (keyed(b"ci-bot"), keyed(b"acme"))
+    assert [(line.__dict__["user"], line.__dict__["tenant"]) for line in lines] == [pseudonyms] * 2
+    assert secret not in caplog.text
 
 
 @pytest.mark.parametrize("error_type", ["x" * 500, "has spaces", "<script>"])

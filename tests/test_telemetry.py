@@ -256,7 +256,9 @@ async def test_cancelled_stream(sidecar_for: SidecarFactory, otel: Otel) -> None
     assert active.value == 0
     (duration,) = otel.points("gen_ai.client.operation.duration")
     assert "error.type" not in duration.attributes
-    assert otel.points("gen_ai.server.time_to_first_token") == []  # only for completed streams
+    (first_token,) = otel.points("gen_ai.server.time_to_first_token")  # the token it read
+    assert first_token.count == 1
+    assert otel.points("gen_ai.server.time_per_output_token") == []  # completed streams only
 
 
 # ---------------------------------------------------------------------------- upstream error

@@ -4,6 +4,7 @@ or tenant its own pseudonym, each model its own price, and no memo grows past it
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 import pytest
 from opentelemetry import trace
@@ -34,6 +35,26 @@ def test_identity_memo_gives_each_value_its_own_and_stays_bounded(mode: str) -> 
     anonymous = telemetry.log_base(StreamRecord("r", "/", 0.0), trace.INVALID_SPAN)
     assert "user" not in anonymous
     assert "tenant" not in anonymous
+
+
+def test_with_a_user_hash_key_pseudonyms_are_its_hmac_and_the_same_on_every_replica() -> None:
+    key = "shared-by-every-replica-" + "k" * 16
+    replicas = [make_otel(user_hash_key=key).telemetry for _ in range(2)]
+    other_key = make_otel(user_hash_key="another-key-" + "k" * 30).telemetry
+    unkeyed = make_otel().telemetry
+    record = StreamRecord(request_id="r", route="/", started=0.0, user="ann@example.com",
+                          tenant="acme")  # fmt: skip
+
+    def keyed(value: str) -> str:
+        return hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
+
+    first, second = (replica.log_base(record, trace.INVALID_SPAN) for replica in replicas)
+    assert first["user"] == second["user"] == keyed("ann@example.com")
+    assert first["tenant"] == second["tenant"] == keyed("acme")
+    assert other_key.log_base(record, trace.INVALID_SPAN)["user"] != first["user"]
+    # Without a key: the plain SHA-256 a dictionary reverses (as before).
+    plain = unkeyed.log_base(record, trace.INVALID_SPAN)
+    assert plain["user"] == hashlib.sha256(b"ann@example.com").hexdigest()[:16] != first["user"]
 
 
 def test_price_memo_costs_each_model_at_its_own_price_and_stays_bounded() -> None:

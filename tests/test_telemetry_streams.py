@@ -1,17 +1,29 @@
 """A finished stream's shared attribute sets export what sets built per stream do: the same
 metric points, value for value, with one entry per kind of stream; the numbers of its log
-line derived from its record (durations, rate, cost), with no rate where nothing was generated."""
+line derived from its record (durations, rate, cost), with no rate where nothing was generated;
+and the time to first token of every stream that got one, however it ended, on every route."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
+from opentelemetry.trace import SpanKind
 
 from sidecar.record import StreamRecord
+from sidecar.server import SidecarServer
 from sidecar.telemetry import streams
+from tests.support.cache import asking, cached, post
 from tests.support.otel import Otel, make_otel
+from tests.support.sdk import user
+from tests.support.sidecars import SidecarFactory
 from tests.support.stream_records import VARIED, finish_all, finished_record
+from tests.support.waiting import eventually, holds
 
 
 def _exported(otel: Otel) -> dict[str, list[tuple[Any, ...]]]:
@@ -97,3 +109,216 @@ def test_a_call_without_generating_time_has_no_rate_and_no_division_by_zero(
     assert fields["ttft_ms"] == (500.0 if first_token is not None else None)
     assert fields["duration_ms"] == 0.0  # ended as it started
     assert fields["cost_usd"] is None  # no price known
+
+
+# --------------------------------------------------------------------------- time to first token
+
+TTFT = "gen_ai.server.time_to_first_token"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route kind as a client calls it, and what marks a content token in its stream."""
+
+    name: str
+    path: str
+    token: bytes  # in the client's bytes once a content token reached it
+    resumable: bool
+
+    def request(self, http: aiohttp.ClientSession, url: str, text: str) -> Any:
+        headers = {"Sidecar-Resume": "on"} if self.resumable and self.name == "anthropic" else {}
+        if self.name == "anthropic":
+            body: dict[str, Any] = {"model": "claude-sonnet-5-5", "max_tokens": 200,
+                                    "stream": True, "messages": user(text)}  # fmt: skip
+        elif self.name == "prompt":
+            body = {"prompt": text}
+        else:
+            body = {"id": "chat-1", "trigger": "submit-message", "messages": [
+                {"id": "u1", "role": "user", "parts": [{"type": "text", "text": text}]}]}  # fmt: skip
+        return http.post(url + self.path, json=body, headers=headers)
+
+
+ROUTES = [
+    Route("anthropic", "/v1/messages", b"content_block_delta", resumable=False),
+    Route("anthropic", "/v1/messages", b"content_block_delta", resumable=True),
+    Route("prompt", "/api/stream-response", b'"token"', resumable=False),
+    Route("prompt", "/api/stream-response", b'"token"', resumable=True),
+    Route("ui", "/api/chat", b'"text-delta"', resumable=False),
+    Route("ui", "/api/chat", b'"text-delta"', resumable=True),
+]
+ROUTE_IDS = [f"{r.name}-{'resumable' if r.resumable else 'plain'}" for r in ROUTES]
+STALL = "hello [[fake fault=stall_midstream after=3]]"
+
+
+@contextlib.asynccontextmanager
+async def _sidecar(
+    sidecar_for: SidecarFactory, route: Route, otel: Otel, idle_timeout: bool = False
+) -> AsyncIterator[SidecarServer]:
+    """A sidecar serving `route` (resumable or not); with `idle_timeout`, a Claude that is
+    silent for 0.5 s ends the stream (else the default timeout, which no test reaches)."""
+    config: dict[str, Any] = {"resume": {"enabled": route.resumable}}
+    if idle_timeout:
+        config["claude"] = {"idle_timeout_seconds": 0.5, "heartbeat_seconds": 0.1}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        yield sidecar
+
+
+async def _until_token(response: aiohttp.ClientResponse, route: Route) -> None:
+    """Read the stream until its first content token reached the client."""
+    seen = b""
+    async for chunk in response.content.iter_any():
+        seen += chunk
+        if route.token in seen:
+            return
+    raise AssertionError(f"no content token in {seen!r}")
+
+
+async def _ended(otel: Otel) -> tuple[str, list[Any]]:
+    """The call's outcome and its time-to-first-token points, once its CLIENT span ended."""
+    await otel.exporter.wait_for(lambda: bool(otel.spans(SpanKind.CLIENT)))
+    outcome = (otel.client_span().attributes or {})["sidecar.stream.outcome"]
+    return str(outcome), otel.points(TTFT)
+
+
+def _one_point(points: list[Any], failed: bool) -> None:
+    (point,) = points
+    assert point.count == 1
+    assert point.sum > 0
+    assert ("error.type" in point.attributes) is failed
+
+
+@pytest.fixture
+def otel(monkeypatch: pytest.MonkeyPatch) -> Otel:
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    return make_otel()
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
+async def test_a_completed_stream_records_its_time_to_first_token(
+    sidecar_for: SidecarFactory, otel: Otel, route: Route
+) -> None:
+    async with _sidecar(sidecar_for, route, otel) as sidecar, aiohttp.ClientSession() as http:
+        async with route.request(http, sidecar.url, "hello") as response:
+            assert response.status == 200
+            await response.read()
+        outcome, points = await _ended(otel)
+    assert outcome == "completed"
+    _one_point(points, failed=False)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
+async def test_a_stream_claude_broke_after_its_first_token_records_it(
+    sidecar_for: SidecarFactory, otel: Otel, route: Route
+) -> None:
+    text = "hello [[fake fault=midstream_error after=3]]"
+    async with _sidecar(sidecar_for, route, otel) as sidecar, aiohttp.ClientSession() as http:
+        async with route.request(http, sidecar.url, text) as response:
+            assert route.token in await response.read()
+        outcome, points = await _ended(otel)
+    assert outcome == "upstream_error"
+    _one_point(points, failed=True)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
+async def test_a_stream_its_client_left_after_its_first_token_records_it(
+    sidecar_for: SidecarFactory, otel: Otel, route: Route
+) -> None:
+    async with _sidecar(sidecar_for, route, otel) as sidecar, aiohttp.ClientSession() as http:
+        async with route.request(http, sidecar.url, STALL) as response:
+            await _until_token(response, route)
+            response.close()
+        outcome, points = await _ended(otel)
+    # No detach grace in these tests: a resumable stream left alone ends at once too.
+    assert outcome in ("client_cancelled", "client_detached")
+    _one_point(points, failed=False)
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.resumable],
+                         ids=[i for i in ROUTE_IDS if i.endswith("resumable")])  # fmt: skip
+async def test_a_stream_cancelled_after_its_first_token_records_it(
+    sidecar_for: SidecarFactory, otel: Otel, route: Route
+) -> None:
+    async with _sidecar(sidecar_for, route, otel) as sidecar, aiohttp.ClientSession() as http:
+        async with route.request(http, sidecar.url, STALL) as response:
+            await _until_token(response, route)
+            (stream_id,) = sidecar.runtime.resume.hub.stream_ids()
+            async with http.delete(f"{sidecar.url}{route.path}/{stream_id}") as cancelled:
+                assert cancelled.status == 204
+            await response.read()
+        outcome, points = await _ended(otel)
+    assert outcome == "client_cancelled"
+    _one_point(points, failed=False)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
+async def test_a_stream_ended_by_shutdown_after_its_first_token_records_it(
+    sidecar_for: SidecarFactory, otel: Otel, route: Route
+) -> None:
+    async with _sidecar(sidecar_for, route, otel) as sidecar, aiohttp.ClientSession() as http:
+        async with route.request(http, sidecar.url, STALL) as response:
+            await _until_token(response, route)
+            await sidecar.shutdown(grace=0.1)
+            await response.read()
+        outcome, points = await _ended(otel)
+    assert outcome == "shutting_down"
+    _one_point(points, failed=True)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
+async def test_a_stream_ended_by_the_idle_timeout_after_its_first_token_records_it(
+    sidecar_for: SidecarFactory, otel: Otel, route: Route
+) -> None:
+    async with (
+        _sidecar(sidecar_for, route, otel, idle_timeout=True) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        async with route.request(http, sidecar.url, STALL) as response:
+            assert route.token in await response.read()
+        outcome, points = await _ended(otel)
+    assert outcome == "idle_timeout"
+    _one_point(points, failed=True)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [("midstream_error", "upstream_error"), ("stall_midstream", "idle_timeout")],
+)
+async def test_a_stream_that_ended_before_any_token_records_none(
+    sidecar_for: SidecarFactory, otel: Otel, route: Route, fault: str, expected: str
+) -> None:
+    text = f"hello [[fake fault={fault} after=0]]"
+    async with (
+        _sidecar(sidecar_for, route, otel, idle_timeout=True) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        async with route.request(http, sidecar.url, text) as response:
+            assert route.token not in await response.read()
+        outcome, points = await _ended(otel)
+    assert outcome == expected
+    assert points == []
+
+
+async def test_a_coalesced_call_its_first_caller_left_records_its_time_to_first_token_once(
+    sidecar_for: SidecarFactory, otel: Otel
+) -> None:
+    """The call goes on for the request that followed it and ends as its first caller's
+    (`client_cancelled`): one point, the call's; the follower and a later hit from the
+    stored answer call no Claude and record none."""
+    body = asking("[[fake tokens=40 tps=40]] shared")
+    async with sidecar_for(cached(), telemetry=otel.telemetry) as sidecar:
+        cache = sidecar.runtime.cache
+        assert cache is not None
+        async with aiohttp.ClientSession() as http:
+            async with http.post(sidecar.url + "/v1/messages", json=body) as leader:
+                await leader.content.readuntil(b"content_block_delta")
+                follower = asyncio.create_task(post(sidecar.url, body))
+                await eventually(
+                    lambda: holds(sum(r.followers for r in cache.inflight.values()) == 2)
+                )
+        assert (await follower)[:2] == (200, "HIT")
+        outcome, _ = await _ended(otel)
+        await cache.settled()
+        assert (await post(sidecar.url, body))[:2] == (200, "HIT")
+    assert outcome == "client_cancelled"
+    _one_point(otel.points(TTFT), failed=False)

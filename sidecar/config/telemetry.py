@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from sidecar.config.fields import HttpUrl, Section
+
+# `telemetry.user_hash_key`: at least the size of an HMAC-SHA256 key (RFC 2104).
+MIN_HASH_KEY_BYTES: Final = 32
 
 
 class ModelPrice(Section):
@@ -39,6 +42,9 @@ class TelemetryConfig(Section):
     log_flush_seconds: float = Field(0.02, ge=0, le=10)
     capture_content: bool = False
     user_attribute: Literal["none", "hashed", "plain"] = "hashed"
+    # With `hashed`: pseudonyms are an HMAC-SHA256 under this key, which nobody reading
+    # spans or logs can reverse by hashing guessed names (None: a plain SHA-256).
+    user_hash_key: SecretStr | None = None
     resource_attributes: dict[str, str] = Field(default_factory=dict)
     prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
 
@@ -54,3 +60,23 @@ class TelemetryConfig(Section):
                 "send credentials as OTEL_EXPORTER_OTLP_HEADERS"
             )
         return value
+
+    @field_validator("user_hash_key")
+    @classmethod
+    def _key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short key can itself be guessed, and with it every pseudonym reversed.
+        if value is not None and len(value.get_secret_value().encode()) < MIN_HASH_KEY_BYTES:
+            raise ValueError(
+                f"must be at least {MIN_HASH_KEY_BYTES} bytes (the size of an HMAC-SHA256 "
+                "key, RFC 2104); e.g. the output of `openssl rand -hex 32`"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _key_only_for_hashed(self) -> TelemetryConfig:
+        if self.user_hash_key is not None and self.user_attribute != "hashed":
+            raise ValueError(
+                f"user_hash_key is set but user_attribute is {self.user_attribute!r}: "
+                "only `hashed` pseudonyms use it"
+            )
+        return self

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from typing import Any, Final, TypeVar
 
 from opentelemetry.metrics import NoOpMeterProvider
@@ -34,12 +35,16 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-def _hashed(value: str) -> str:
-    """The pseudonym of a user or tenant: the first 16 hex digits of its SHA-256.
+def _hashed(value: str, key: bytes | None = None) -> str:
+    """The pseudonym of a user or tenant: the first 16 hex digits of its HMAC-SHA256 under
+    `key` (`telemetry.user_hash_key`: the same on every replica sharing the key), or of
+    its plain SHA-256 without one.
 
     `Telemetry` keeps each value's pseudonym (bounded): hashed once per distinct value.
     """
-    return hashlib.sha256(value.encode()).hexdigest()[:16]
+    if key is None:
+        return hashlib.sha256(value.encode()).hexdigest()[:16]
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def span_ids(span: Span | None) -> dict[str, str]:
@@ -98,6 +103,8 @@ class TelemetryState:
         self._routes: dict[str, AttributeSet] = {}
         self._prices: dict[str, ModelPrice | None] = {}
         self._identities: dict[str, str | None] = {}  # user / tenant -> as logged
+        secret = config.user_hash_key
+        self._hash_key = secret.get_secret_value().encode() if secret is not None else None
         self._stream_sets: dict[tuple[Any, ...], streams.StreamSets] = {}
         self._durations: dict[tuple[str, str, str, int, str], AttributeSet] = {}
         self._statuses: dict[int, AttributeSet] = {}
@@ -112,7 +119,11 @@ class TelemetryState:
             return self._identities[value]
         except KeyError:
             mode = self.config.user_attribute
-            shown = None if mode == "none" else value if mode == "plain" else _hashed(value)
+            shown = (
+                None if mode == "none"
+                else value if mode == "plain"
+                else _hashed(value, self._hash_key)
+            )  # fmt: skip
             return self._remember(self._identities, value, shown)
 
     @staticmethod

@@ -167,9 +167,13 @@ def record_metrics(
     # relay keeps no per-event timestamps (no per-event work on the hot path).
     if first_token is not None and last is not None and record.output_deltas > 1:
         inst.time_per_output_chunk.record((last - first_token) / (record.output_deltas - 1), metric)
-    if record.outcome != "completed" or first_token is None:
-        return  # the gen_ai.server.* metrics are defined for successful responses
+    if first_token is None:
+        return  # no content token reached the client: no time to first token
+    # Every stream that got its first token, however it ended (a failed one with its
+    # `error.type`): a stream cut later still waited this long for it.
     inst.server_ttft.record(first_token - record.started, metric)
+    if record.outcome != "completed":
+        return  # the time per output token: successful responses only, as the spec asks
     if last is not None and record.output_tokens > 1:
         inst.server_tpot.record((last - first_token) / (record.output_tokens - 1), metric)
 
