@@ -16,8 +16,10 @@ import pytest
 
 from sidecar.cache.service import ResponseCache
 from sidecar.fake_claude import FakeServer
+from sidecar.http_client import Response
 from sidecar.relay import LiveStream
 from sidecar.sse import PING
+from sidecar.upstream import read_answer
 from tests.support.cache import asking, cached
 from tests.support.resume import ROUTE
 from tests.support.sidecars import SidecarFactory
@@ -146,6 +148,42 @@ async def test_an_answer_whose_first_caller_left_as_claude_ended_it_is_stored(
         leader.close()
     assert (status, x_cache) == (200, "HIT")  # stored: Claude had ended it
     assert _complete(kind, answer)
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_a_message_whose_first_caller_left_as_claude_ended_it_is_stored(
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The non-streaming case: Claude's whole answer is read in the same turn of the loop
+    as the first caller's connection is lost, the loss handled first (its request gone
+    from the group before the call takes the answer)."""
+    text = "[[fake tokens=5 ttft_ms=500]] left at the end"
+    lost: list[asyncio.Transport] = []  # the first caller's connection, once found
+    cut: list[bool] = []
+
+    async def read_as_its_client_left(upstream: Response, limit: int | None = None) -> bytes:
+        body = await read_answer(upstream, limit)
+        (gone,) = lost
+        cut.append(not gone.is_closing())
+        gone.abort()
+        # Its request is cancelled and leaves the group first.
+        await eventually(lambda: holds(not _members(cache)))
+        return body
+
+    monkeypatch.setattr("sidecar.call.run.read_answer", read_as_its_client_left)
+    async with sidecar_for(cached(include_sampled=True)) as s:
+        cache = s.runtime.cache
+        assert cache is not None
+        leader = await _first_caller(s.port, MESSAGE, text)
+        await eventually(lambda: holds(_members(cache) == 1))
+        lost.append(server_side(s, leader))
+        await eventually(lambda: holds(not cache.inflight))
+        await cache.settled()
+        status, x_cache, answer = await _ask(s.url, MESSAGE, text)
+        leader.close()
+    assert cut == [True]  # (its connection was open until Claude's answer was in)
+    assert (status, x_cache) == (200, "HIT")  # stored: Claude had ended it
+    assert _complete(MESSAGE, answer)
     assert fake.state.counters["requests"] == 1
 
 
