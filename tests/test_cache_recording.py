@@ -11,11 +11,13 @@ import aiohttp
 import pytest
 from opentelemetry.trace import SpanKind
 
-from sidecar.cache.recording import Recording
+from sidecar.cache.recording import Cursor, Recording
 from sidecar.cache.service import ResponseCache
+from sidecar.cache.stores import MemoryCacheStore
 from sidecar.fake_claude import FakeServer
 from sidecar.record import Outcome, StreamRecord
 from tests.support.cache import asking, cached, post, post_at_once
+from tests.support.clients import release_stalls
 from tests.support.otel import make_otel
 from tests.support.resume import ROUTE, without_opening
 from tests.support.sidecars import SidecarFactory
@@ -111,6 +113,75 @@ async def test_readers_wake_on_the_calls_heartbeat_until_it_ended() -> None:
     recording.finish(_record("completed"))
     recording.ping()
     assert recording.pings == 1
+
+
+# ------------------------------------------------------- bounded by what can be stored
+
+
+def _reader(recording: Recording) -> Cursor:
+    cursor = recording.follow()
+    assert cursor is not None
+    return cursor
+
+
+def test_a_recording_past_what_can_be_stored_keeps_only_what_its_slowest_reader_needs() -> None:
+    spilled: list[Recording] = []
+    recording = Recording(stream=True, limit=10, on_spill=spilled.append)
+    fast, slow = _reader(recording), _reader(recording)
+    recording.chunk(b"12345")
+    recording.chunk(b"67890")  # as large as can be stored: kept whole
+    assert recording.read(fast) == b"12345"
+    assert (recording.spilled, recording.held, spilled) == (False, 10, [])
+    recording.chunk(b"abc")  # past it: never an entry, and what all read is let go
+    assert (recording.spilled, spilled) == (True, [recording])
+    assert recording.held == 13  # the slow reader has read nothing
+    assert recording.read(slow) == b"12345"
+    assert recording.held == 8
+    assert [recording.read(slow), recording.read(slow)] == [b"67890", b"abc"]
+    assert recording.held == 8  # the fast reader, now the slowest, still needs them
+    assert recording.read(fast) == b"67890"
+    assert recording.held == 3
+    assert recording.follow() is None  # its start is gone: nobody joins it now
+    assert recording.followers == 2
+    recording.unfollow(fast)  # leaving lets go of what only it needed
+    assert recording.held == 0
+    recording.chunk(b"de")
+    assert recording.held == 2
+    recording.unfollow(slow)
+    assert recording.held == 0
+    recording.chunk(b"fg")  # nobody reads it: not kept
+    assert recording.held == 0
+    recording.finish(_record("completed"))
+    assert recording.completed
+    assert recording.entry is None
+    assert spilled == [recording]  # told once
+
+
+def test_a_spilled_recording_reads_on_in_order_as_it_lets_its_head_go() -> None:
+    recording = Recording(stream=True, limit=0)
+    ahead, behind = _reader(recording), _reader(recording)
+    got_ahead: list[bytes] = []
+    got_behind: list[bytes] = []
+    for n in range(1000):
+        recording.chunk(b"%d" % n)
+        got_ahead.append(recording.read(ahead))
+        if n % 3 == 0:  # three chunks behind at most, then catches up
+            got_behind.extend(recording.read(behind) for _ in range(behind.at, recording.count))
+        assert recording.held == sum(len(b"%d" % i) for i in range(behind.at, recording.count))
+        assert len(recording.chunks) <= 2 * (recording.count - behind.at) + 2  # compacted
+    assert got_ahead == [b"%d" % n for n in range(1000)]
+    assert got_behind == got_ahead[: len(got_behind)]
+
+
+def test_a_message_larger_than_what_can_be_stored_is_still_read_whole() -> None:
+    recording = Recording(stream=False, limit=4)
+    reader = _reader(recording)
+    recording.message(b"a whole answer")
+    recording.finish(_record("completed"))
+    assert (recording.spilled, recording.completed, recording.chunks) == (
+        False, True, [b"a whole answer"],
+    )  # fmt: skip
+    recording.unfollow(reader)
 
 
 # --------------------------------------------------------------------------- coalescing
@@ -388,3 +459,45 @@ async def test_followers_of_a_call_cut_by_the_sidecar_get_its_own_end(
     end = b'event: error\ndata: {"type": "error", "error": {"type": "timeout_error", '
     assert own.count(end) == followed.count(end) == 1
     assert followed == own  # byte for byte, its end too
+
+
+@pytest.mark.parametrize("resume", ["off", "on"], ids=["replayed", "resumable"])
+async def test_a_coalesced_stream_past_max_bytes_keeps_only_what_its_readers_have_not_read(
+    fake: FakeServer, sidecar_for: SidecarFactory, resume: str
+) -> None:
+    """Past `cache.max_bytes` the answer can never be stored: it leaves the answers in flight
+    and lets go of every chunk all its readers read, while the call goes on for them; a
+    request arriving then makes its own call. (A resumable stream's first caller reads its
+    generation, not the recording: it holds nothing there.)"""
+    # Only the first call stalls (`fail_key`): the late caller's own call does not.
+    knobs = "tokens=200 ttft_ms=1500 fault=stall_midstream after=150 fail_key=long"
+    text = f"[[fake {knobs}]] a long one"
+    body = asking(text, max_tokens=400)
+    async with sidecar_for(cached(max_bytes=4096)) as s:
+        cache = s.runtime.cache
+        assert cache is not None
+        first = asyncio.create_task(post(s.url, body, {"Sidecar-Resume": resume}))
+        await eventually(lambda: holds(_following(cache) == 1))
+        (recording,) = cache.inflight.values()
+        second = asyncio.create_task(post(s.url, body, {"Sidecar-Resume": resume}))
+        await eventually(lambda: holds(recording.followers == 2))
+        # Claude sends 150 deltas, then goes quiet: both callers read them all.
+        await eventually(lambda: holds(recording.spilled and recording.held == 0))
+        assert recording.size > 4096
+        assert not cache.inflight  # no longer an answer to follow
+        assert len(s.runtime.streams) == 1  # the call goes on
+        late = asyncio.create_task(post(s.url, body, {"Sidecar-Resume": resume}))  # joins nothing
+        await fake.state.wait_for(lambda state: state.counters["requests"] == 2)
+        await release_stalls(fake)
+        results = await asyncio.gather(first, second, late)
+        await cache.settled()
+        assert isinstance(cache.store, MemoryCacheStore)
+        assert len(cache.store) == 0  # neither answer was stored
+    assert sorted(str(x_cache) for _, x_cache, _ in results) == ["HIT", "MISS", "MISS"]
+    answers = [re.sub(rb"(?m)^id:.*\n", b"", raw) for _, _, raw in results]
+    assert answers[0] == answers[1]  # one call for the first two
+    for answer in answers:  # whole answers
+        assert answer.count(DELTA) == 200
+        assert b"event: message_stop" in answer
+        assert b"event: error" not in answer
+    assert recording.entry is None

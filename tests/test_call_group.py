@@ -16,9 +16,12 @@ import pytest
 
 from sidecar.cache.service import ResponseCache
 from sidecar.fake_claude import FakeServer
+from sidecar.http_client import Response
 from sidecar.relay import LiveStream
 from sidecar.sse import PING
+from sidecar.upstream import read_answer
 from tests.support.cache import asking, cached
+from tests.support.clients import release_stalls
 from tests.support.resume import ROUTE
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import server_side, shrink_send_buffers, slow_client
@@ -149,6 +152,42 @@ async def test_an_answer_whose_first_caller_left_as_claude_ended_it_is_stored(
     assert fake.state.counters["requests"] == 1
 
 
+async def test_a_message_whose_first_caller_left_as_claude_ended_it_is_stored(
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The non-streaming case: Claude's whole answer is read in the same turn of the loop
+    as the first caller's connection is lost, the loss handled first (its request gone
+    from the group before the call takes the answer)."""
+    text = "[[fake tokens=5 ttft_ms=500]] left at the end"
+    lost: list[asyncio.Transport] = []  # the first caller's connection, once found
+    cut: list[bool] = []
+
+    async def read_as_its_client_left(upstream: Response, limit: int | None = None) -> bytes:
+        body = await read_answer(upstream, limit)
+        (gone,) = lost
+        cut.append(not gone.is_closing())
+        gone.abort()
+        # Its request is cancelled and leaves the group first.
+        await eventually(lambda: holds(not _members(cache)))
+        return body
+
+    monkeypatch.setattr("sidecar.call.run.read_answer", read_as_its_client_left)
+    async with sidecar_for(cached(include_sampled=True)) as s:
+        cache = s.runtime.cache
+        assert cache is not None
+        leader = await _first_caller(s.port, MESSAGE, text)
+        await eventually(lambda: holds(_members(cache) == 1))
+        lost.append(server_side(s, leader))
+        await eventually(lambda: holds(not cache.inflight))
+        await cache.settled()
+        status, x_cache, answer = await _ask(s.url, MESSAGE, text)
+        leader.close()
+    assert cut == [True]  # (its connection was open until Claude's answer was in)
+    assert (status, x_cache) == (200, "HIT")  # stored: Claude had ended it
+    assert _complete(MESSAGE, answer)
+    assert fake.state.counters["requests"] == 1
+
+
 # ------------------------------------------------------- 2. a slow first caller paces nobody
 
 
@@ -176,6 +215,40 @@ async def test_a_first_caller_that_reads_nothing_holds_back_neither_claude_nor_i
         leader.close()
     assert (status, x_cache) == (200, "HIT")
     assert _complete(kind, followed)
+    assert fake.state.counters["requests"] == 1
+
+
+async def test_a_first_caller_that_reads_nothing_holds_a_spilled_recording_until_it_is_cut(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Past `cache.max_bytes` the recording keeps what its slowest reader has not read: a
+    first caller that reads nothing holds it until the stall rule cuts it, then it goes
+    while the call goes on for the follower."""
+    tokens = 5000  # more than the replay's high-water mark plus tiny socket buffers
+    knobs = f"tokens={tokens} ttft_ms=1500 fault=stall_midstream after={tokens - 10}"
+    text = f"[[fake {knobs}]] held"
+    claude = {"client_stall_timeout_seconds": 1, "max_tokens": tokens + 10}
+    config = {**cached(include_sampled=True, max_bytes=4096), "claude": claude}
+    async with sidecar_for(config) as s:
+        cache = s.runtime.cache
+        shrink_send_buffers(s)
+        leader = await _first_caller(s.port, ANTHROPIC, text, max_tokens=tokens + 10)
+        await eventually(lambda: holds(_members(cache) == 1))
+        assert cache is not None
+        (recording,) = cache.inflight.values()
+        follower = asyncio.create_task(_ask(s.url, ANTHROPIC, text, tokens + 10))
+        await eventually(lambda: holds(recording.followers == 2))
+        await eventually(lambda: holds(recording.spilled))
+        # Cut for taking nothing, the first caller lets go of all it held; Claude is quiet.
+        await eventually(lambda: holds(recording.followers == 1 and recording.held == 0))
+        assert recording.size > 256 * 1024
+        assert len(s.runtime.streams) == 1  # the call goes on for the follower
+        await release_stalls(fake)
+        status, x_cache, followed = await follower
+        leader.close()
+    assert (status, x_cache) == (200, "HIT")
+    assert _complete(ANTHROPIC, followed)
+    assert followed.count(b"event: content_block_delta") == tokens
     assert fake.state.counters["requests"] == 1
 
 

@@ -259,12 +259,13 @@ def test_a_generation_and_the_recording_following_it_are_freed_as_it_ends(left: 
         gen = Generation(StreamRecord(request_id="r", route="/", started=0.0))
         gen.producer = Stopper()
         gen.kept_by(recording)
-        recording.follow()
+        cursor = recording.follow()
+        assert cursor is not None
         if left:  # its client left, the follower reads on
             gen.unattended()
         recording.chunk(b"event: ping\n\n")
         gen.end(b"")
-        recording.unfollow()
+        recording.unfollow(cursor)
         del gen, recording
         assert gc.collect() == 0
     finally:
@@ -282,14 +283,15 @@ async def test_a_stream_its_followers_leave_goes_on_while_a_reader_elsewhere_rea
     gen.producer = producer
     recording = Recording(stream=True)
     gen.kept_by(recording)
-    recording.follow()
+    cursor = recording.follow()
+    assert cursor is not None
     reader = subscriber(Channel())
     gen.attach(reader)
     gen.detach(reader)  # the grace starts
     await eventually(lambda: holds(gen._unattended is None))  # over, with a follower
     assert producer.stops == []
     log.readers_elsewhere = 1
-    recording.unfollow()  # the last follower leaves
+    recording.unfollow(cursor)  # the last follower leaves
     assert producer.stops == []
     log.readers_elsewhere = 0  # that reader left too: stopped after the grace
     await eventually(lambda: holds(producer.stops == ["client_detached"]))
@@ -301,7 +303,8 @@ def test_a_cancel_while_others_follow_ends_the_stream_for_its_owner_only() -> No
     gen.producer = producer
     recording = Recording(stream=True)
     gen.kept_by(recording)
-    recording.follow()
+    cursor = recording.follow()
+    assert cursor is not None
     channel = Channel()
     reader = subscriber(channel)
     reader._started()
@@ -317,7 +320,7 @@ def test_a_cancel_while_others_follow_ends_the_stream_for_its_owner_only() -> No
     assert producer.stops == []
     gen.publish(b'data: {"token":"b"}\n\n')  # for the followers only
     assert log.last == 2
-    recording.unfollow()
+    recording.unfollow(cursor)
     assert producer.stops == ["client_cancelled"]
 
 
@@ -326,7 +329,8 @@ def test_a_cancel_once_claude_s_body_ended_leaves_the_stream_to_end_as_it_does()
     gen.producer = Stopper(ended=True)
     recording = Recording(stream=True)
     gen.kept_by(recording)
-    recording.follow()
+    cursor = recording.follow()
+    assert cursor is not None
     reader = subscriber(Channel())
     gen.attach(reader)
     gen.cancel()

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from sidecar import sse
 from sidecar.cache.entry import Entry
-from sidecar.cache.recording import Recording
+from sidecar.cache.recording import Cursor, Recording
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.sse import PING, EventTooLarge
@@ -34,7 +34,8 @@ def recording_of(entry: Entry) -> Recording:
     recording = Recording(entry.stream)
     recording.chunks = entry.chunks
     recording.gaps = entry.gaps
-    recording.size = entry.size
+    recording.count = len(entry.chunks)
+    recording.size = recording.held = entry.size
     recording.completed = recording.ended = True
     recording.entry = entry
     return recording
@@ -43,13 +44,15 @@ def recording_of(entry: Entry) -> Recording:
 async def replay_stream(
     ctx: RequestContext,
     source: Recording,
+    cursor: Cursor,
     record: StreamRecord,
     translator: Translator,
     headers: dict[str, str],
     *,
     paced: bool,
 ) -> web.StreamResponse:
-    """Send `source` to the client as an SSE stream; returns when it ended or the client left."""
+    """Send `source` to the client as an SSE stream, read through `cursor` (from the
+    first chunk); returns when it ended or the client left."""
     response = web.StreamResponse(
         status=200, headers={**headers, **sse.HEADERS, **translator.headers}
     )
@@ -58,17 +61,15 @@ async def replay_stream(
     channel = ClientChannel(ctx.request, response)
     core = StreamCore(record, translator)
     stall = ctx.runtime.config.claude.client_stall_timeout_seconds
-    sent = 0
     pings = source.pings
     first = True
     cut: EventTooLarge | None = None
     try:
         while True:
-            while sent < len(source.chunks):
-                if paced and sent:
-                    await asyncio.sleep(min(max(source.gaps[sent], 0.0), PACE_CAP))
-                out = core.feed(source.chunks[sent])
-                sent += 1
+            while cursor.at < source.count:
+                if paced and cursor.at:
+                    await asyncio.sleep(min(max(source.gap(cursor.at), 0.0), PACE_CAP))
+                out = core.feed(source.read(cursor))
                 if not out:
                     continue
                 if first:
@@ -84,8 +85,8 @@ async def replay_stream(
                         return response
             if source.ended:
                 break
-            await source.wait(sent)
-            if source.pings != pings and sent == len(source.chunks):  # quiet: a heartbeat
+            await source.wait(cursor.at)
+            if source.pings != pings and cursor.at == source.count:  # quiet: a heartbeat
                 pings = source.pings
                 if not core.mid_event and not channel.closing():
                     if first:

@@ -36,8 +36,16 @@ class ResponseCache:
 
         `keep=False` (the store failed on its lookup, counted `skipped` there): followed
         only, never written, so the outage costs no write per request and is counted once.
+        A stream growing past what the store takes (`max_bytes`) stops being in flight
+        then (`Recording.spilled`): it is never stored, and a request arriving after that
+        calls Claude itself (counted `skipped` when it ends, as any answer not stored).
         """
-        recording = Recording(stream, on_end=lambda done: self._ended(key, ttl, done, keep))
+        recording = Recording(
+            stream,
+            on_end=lambda done: self._ended(key, ttl, done, keep),
+            limit=self.store.max_bytes,
+            on_spill=lambda spilled: self._landed(key, spilled),
+        )
         self.inflight[key] = recording
         return recording
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from sidecar.cache.entry import Undecodable, decode
 from sidecar.cache.key import cache_key, directives, sampled, scope_of
-from sidecar.cache.recording import Recording
+from sidecar.cache.recording import Cursor, Recording
 from sidecar.cache.replay import recording_of, replay_stream
 from sidecar.cache.stores import CacheStoreError
 from sidecar.pipeline import RequestContext
@@ -58,24 +58,37 @@ class CacheStep:
         assert source is not None
         # Counted as a reader from here to every way out (an answer, a failure, its client
         # leaving): while any read it, the call goes on when its own client leaves.
-        source.follow()
+        cursor = source.follow()
+        if cursor is None:  # the call grew past what is stored meanwhile: its start is gone
+            self._unanswered()
+            return None
         try:
-            return await self._serve(source, record, translator, input_estimate)
+            return await self._serve(source, cursor, record, translator, input_estimate)
         finally:
-            source.unfollow()
+            source.unfollow(cursor)
+
+    def _unanswered(self) -> None:
+        """The call it followed never answered, or can no longer be joined: this request
+        calls Claude itself (and is not recorded)."""
+        ctx = self.ctx
+        ctx.cache_status = "MISS"
+        if ctx.runtime.cache is not None:
+            ctx.runtime.cache.count("miss")
 
     async def _serve(
-        self, source: Recording, record: StreamRecord, translator: Translator, input_estimate: int
+        self,
+        source: Recording,
+        cursor: Cursor,
+        record: StreamRecord,
+        translator: Translator,
+        input_estimate: int,
     ) -> web.StreamResponse | None:
         ctx = self.ctx
-        while not source.ended and (not source.stream or not source.chunks):
-            await source.wait(len(source.chunks))
+        while not source.ended and (not source.stream or not source.count):
+            await source.wait(source.count)
         runtime = ctx.runtime
-        if not source.chunks or (not source.stream and not source.completed):
-            # The call it followed never answered: this request calls Claude itself.
-            ctx.cache_status = "MISS"
-            if runtime.cache is not None:
-                runtime.cache.count("miss")
+        if not source.count or (not source.stream and not source.completed):
+            self._unanswered()
             return None
         policy = ctx.route.policy
         lease = None
@@ -101,7 +114,7 @@ class CacheStep:
             if source.stream:
                 paced = policy.cache.replay == "paced"
                 response = await replay_stream(
-                    ctx, source, record, translator, dict(ctx.headers), paced=paced
+                    ctx, source, cursor, record, translator, dict(ctx.headers), paced=paced
                 )
             else:
                 entry = source.entry  # set with `completed`, for a follower too

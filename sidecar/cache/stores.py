@@ -23,6 +23,7 @@ class CacheStore(Protocol):
     """What the cache needs of a store."""
 
     name: str
+    max_bytes: int  # a value larger than this is refused (and never recorded past it)
 
     async def start(self) -> None: ...
 

@@ -11,7 +11,9 @@ answer Claude had already ended completes, and is stored.
 
 A stream that is not resumable is read from Claude at Claude's pace into the recording,
 and every member, the first caller too, replays the recording at its own pace (the
-cache's replay): a slow reader holds back nobody. A resumable one is the hub's
+cache's replay): a slow reader holds back nobody. (Once that stream is past what the
+cache stores, the recording keeps only what its slowest reader has yet to read, and no
+new caller joins it: `sidecar.cache.recording`.) A resumable one is the hub's
 generation (`sidecar.stream.hub`): the first caller attaches to it as a resume does,
 and its recording counts as a reader that keeps up, so a slow client never pauses
 Claude for the others.
@@ -101,18 +103,21 @@ async def lead(
     runtime = ctx.runtime
     loop = asyncio.get_running_loop()
     group = Group(loop)
-    recording.follow()
+    cursor = recording.follow()
+    assert cursor is not None  # (nothing recorded yet)
     recording.on_idle = group.idle
     runtime.lifecycle.enter()  # the runtime stays open while the call runs
     group.task = runtime.resume.hub.spawn(_run(ctx, recording, group, call), loop)
     try:
         answer = await asyncio.shield(group.head)
+        if not isinstance(answer, Replayed):  # it reads no recorded chunk: none waits for it
+            recording.done(cursor)
         if isinstance(answer, web.StreamResponse):
             return answer
         if isinstance(answer, Replayed):
             mine = StreamRecord(request_id=record.request_id, route=record.route, started=0.0)
             response = await replay_stream(
-                ctx, recording, mine, translator, answer.headers, paced=False
+                ctx, recording, cursor, mine, translator, answer.headers, paced=False
             )
             if mine.outcome in ("client_cancelled", "client_stalled"):
                 group.left = mine.outcome
@@ -128,7 +133,7 @@ async def lead(
                 answer.generation.unattended()
         raise
     finally:
-        recording.unfollow()
+        recording.unfollow(cursor)
 
 
 async def _attach(
