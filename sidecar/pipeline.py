@@ -114,11 +114,16 @@ def hsts(max_age: int) -> str:
 
 
 def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
-    """A rejection as a JSON response in the route family's format."""
+    """A rejection as a JSON response in the route family's format.
+
+    On an Anthropic route it carries `request-id`, as Claude's own errors do: the SDKs
+    read an error's `request_id` from that header, not from the body."""
     status = rejection.status
-    if status == 529 and ctx.family != "anthropic":
-        status = 503  # 529 is Anthropic's own; plain HTTP clients know 503
     headers = {**ctx.headers, **rejection.headers}
+    if ctx.family == "anthropic":
+        headers["request-id"] = ctx.request_id
+    elif status == 529:
+        status = 503  # 529 is Anthropic's own; plain HTTP clients know 503
     body = render_json(rejection, ctx.family, ctx.request_id)
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 

@@ -20,6 +20,7 @@ At the end, the pipeline's own check of what a client names its request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 
 import aiohttp
@@ -223,3 +224,40 @@ async def test_a_rejection_is_counted_with_the_status_its_route_sent(
         and sample.labels["sidecar_rejection_reason"] == "queue_full"
     }
     assert statuses == {("/api/stream-response", "503"): 1.0, ("/v1/", "529"): 1.0}
+
+
+async def test_every_error_the_sidecar_answers_on_an_anthropic_route_names_its_request_id(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Claude's errors carry `request-id`, where the SDKs read an error's `request_id`: the
+    sidecar's own (a refusal by auth, by the queue) carry it too, the body's id; the
+    prompt route's errors, which no SDK reads, are left as they are."""
+    data = {
+        "auth": {
+            "mode": "required",
+            "api_keys": [{"name": "ci", "sha256": hashlib.sha256(b"secret").hexdigest()}],
+        },
+        "claude": {"max_concurrent_streams": 1, "queue": {"max_waiting": 0}},
+    }
+    hi = [{"role": "user", "content": "hi"}]
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 8, "messages": hi}
+    key = {"x-api-key": "secret"}
+    answers = []
+    async with sidecar_for(data) as sidecar, aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url + "/v1/messages", json=body) as unauthorized:
+            answers.append(
+                (unauthorized.status, unauthorized.headers.copy(), await unauthorized.json())
+            )
+        url = sidecar.url + "/api/stream-response"
+        async with http.get(
+            url, params={"prompt": "[[fake fault=stall]] hold"}, headers=key
+        ) as held:
+            assert held.status == 200
+            async with http.post(sidecar.url + "/v1/messages", json=body, headers=key) as full:
+                answers.append((full.status, full.headers.copy(), await full.json()))
+            async with http.get(url, params={"prompt": "hi"}, headers=key) as prompt:
+                assert prompt.status == 503
+                assert "request-id" not in prompt.headers
+    assert [status for status, _, _ in answers] == [401, 529]
+    for _, headers, error in answers:
+        assert headers["request-id"] == error["request_id"] == headers["x-request-id"]

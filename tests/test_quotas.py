@@ -148,6 +148,12 @@ async def test_anthropic_route_answers_rate_limit_error_and_the_sdk_raises_it(
             with pytest.raises(anthropic.RateLimitError) as caught:
                 await client.messages.create(**message())
     assert caught.value.status_code == 429
+    # As on Claude's own errors, the SDK finds the request id (in the `request-id` header).
+    assert isinstance(caught.value.body, dict)
+    request_id = caught.value.request_id
+    assert request_id is not None
+    assert request_id.startswith("req_")
+    assert request_id == caught.value.body["request_id"]
     assert fake.state.stats()["requests"] == 1  # refusals never reach Claude
 
 

@@ -207,6 +207,22 @@ async def test_auth_quotas_and_telemetry_apply(
     assert 'http_route="/api/chat"' in metrics or 'route="/api/chat"' in metrics
 
 
+async def test_the_token_reservation_counts_the_tool_definitions_the_config_adds(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Claude reads `ui.tools` as input, so a call reserves them too: a long tool
+    description (~2,000 tokens) is in the reservation the headers report, not only the
+    client's words and `max_tokens`."""
+    tool = {**TOOL, "description": "Weather for a city. " * 350}  # 7,000 characters
+    limit = 100_000
+    config = {"ui": {"tools": [tool], "max_tokens": 100}, "quotas": {"tokens_per_minute": limit}}
+    async with sidecar_for(config) as sidecar:
+        status, headers, _ = await post(sidecar.url + CHAT, chat("hi"))
+    assert status == 200
+    reserved = limit - int(headers["anthropic-ratelimit-tokens-remaining"])
+    assert reserved >= 100 + 7000 / 3.5
+
+
 async def test_resume_probe_answers_204_and_other_paths_are_refused(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
