@@ -154,6 +154,8 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"prompt": "x", "max_tokens": 0}, "max_tokens must be a positive integer"),
     ({"prompt": "x", "max_tokens": "many"}, "max_tokens must be a positive integer"),
     ({"prompt": "x", "max_tokens": True}, "max_tokens must be a positive integer"),
+    ({"prompt": "x", "max_tokens": "64"}, "max_tokens must be a positive integer"),
+    ({"prompt": "x", "max_tokens": 64.0}, "max_tokens must be a positive integer"),
     ({"prompt": "x", "model": 3}, "model must be a non-empty string"),
     ({"prompt": "x", "system": 3}, "system must be a string"),
     ({"prompt": "x", "messages": "hi"}, "messages must be a list"),

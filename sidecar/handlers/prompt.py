@@ -192,12 +192,18 @@ def _names(names: list[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
-def _positive_int(value: object, field: str) -> int:
-    if isinstance(value, str) and value.isascii() and value.isdigit():  # "²" is a digit to Python
+def _query_int(value: str, field: str) -> int:
+    """A number field of a query string (all its values are text) as the JSON body's int."""
+    if value.isascii() and value.isdigit():  # "²" is a digit to Python
         try:
-            value = int(value)
+            return int(value)
         except ValueError:  # longer than Python converts
-            raise bad_request(f"{field} must be a positive integer") from None
+            pass
+    raise bad_request(f"{field} must be a positive integer")
+
+
+def _positive_int(value: object, field: str) -> int:
+    # Only an int: a JSON body's "64" is a wrong type, as the Messages API holds it.
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise bad_request(f"{field} must be a positive integer")
     return value
@@ -304,6 +310,8 @@ async def _checked_call(
             _refuse_repeated(query, ctx)
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
         fields.pop(resume.QUERY, None)  # a resume cursor is not a field either
+        if "max_tokens" in fields:
+            fields["max_tokens"] = _query_int(fields["max_tokens"], "max_tokens")
     elif request.method == "POST":
         fields = await read_json_object(request, config.server)
     else:
