@@ -13,6 +13,7 @@ a failure is `{"error": {"type", "message"}}` and the stream closes.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
@@ -69,7 +70,7 @@ class PromptTranslator(Translator):
     numbered `id: N` here (`done` too).
     """
 
-    __slots__ = ("_announce", "_capture", "_log", "_next_id", "_token")
+    __slots__ = ("_announce", "_capture", "_log", "_next_id", "_token", "_tools")
     passthrough = False
 
     def __init__(
@@ -80,6 +81,10 @@ class PromptTranslator(Translator):
         self._announce = announce
         self._next_id = 0
         self._capture = capture
+        # Indices of the blocks announced as `tool_use`: a `tool_input` belongs to one of
+        # them. A server tool Claude runs itself (web search, MCP) is not the page's to run:
+        # its input deltas are not shown, as its start and result are not.
+        self._tools: set[int] = set()
         self._log = log
         # The text delta's whole event but for its number and string: the id's prefix goes
         # in once per stream, not once per event (`%` in a stream id is kept literal).
@@ -112,25 +117,23 @@ class PromptTranslator(Translator):
             # Claude's JSON string is reused as is (no decoding) unless content is captured.
             match = None if self._capture else _match_delta(block)
             if match is not None:
+                text = match[_TEXT]
+                if text is None:
+                    return self._other_delta(match)
                 log = self._log
                 if log is not None:  # numbered from the log, in the same step as the event
                     n = log.numbered = log.numbered + 1
                 else:
                     n = self._next_id = self._next_id + 1
-                text = match[_TEXT]
-                if text is not None:  # the common event: one format, no lookup
-                    return self._token % (n, text)
-                kind = deltas.THINKING
-                value = match[kind]
-                if value is None:
-                    kind = deltas.TOOL_INPUT
-                    value = match[kind]
-                prefix = _PLAIN_PREFIX if log is None else log.id_prefix
-                return _NUMBERED[kind] % (prefix, n, value)
+                return self._token % (n, text)  # the common event: one format, no lookup
             return self._decoded_delta(block, record)
         if name == b"content_block_start":
-            block_data = json_object(parse_block(block)[1]).get("content_block") or {}
+            start = json_object(parse_block(block)[1])
+            block_data = start.get("content_block") or {}
             if block_data.get("type") == "tool_use":
+                index = start.get("index")
+                if isinstance(index, int):
+                    self._tools.add(index)
                 return self._event(
                     {"tool_use": {"id": block_data.get("id"), "name": block_data.get("name")}}
                 )
@@ -147,9 +150,22 @@ class PromptTranslator(Translator):
             )
         return b""
 
+    def _other_delta(self, match: re.Match[bytes]) -> bytes:
+        """A thinking or tool input delta in Claude's usual spelling, its string reused."""
+        kind = deltas.THINKING
+        value = match[kind]
+        if value is None:
+            if int(match[deltas.INDEX]) not in self._tools:
+                return b""  # a server tool's input (see `_tools`)
+            kind = deltas.TOOL_INPUT
+            value = match[kind]
+        prefix, n = self._id()
+        return _NUMBERED[kind] % (prefix, n, value)
+
     def _decoded_delta(self, block: bytes, record: StreamRecord) -> bytes:
         """A content delta in any other spelling (or with content captured): decoded."""
-        delta = json_object(parse_block(block)[1]).get("delta") or {}
+        event = json_object(parse_block(block)[1])
+        delta = event.get("delta") or {}
         kind = delta.get("type")
         if kind == "text_delta":
             if self._capture:
@@ -158,6 +174,8 @@ class PromptTranslator(Translator):
         if kind == "thinking_delta":
             return self._event({"thinking": delta.get("thinking", "")})
         if kind == "input_json_delta":
+            if event.get("index") not in self._tools:
+                return b""  # a server tool's input (see `_tools`)
             return self._event({"tool_input": delta.get("partial_json", "")})
         return b""
 
