@@ -40,6 +40,7 @@ DELTA: Final = re.compile(
     rb'"thinking":(' + LITERAL + rb')|input_json_delta","partial_json":(' + LITERAL + rb"))"
     rb"\}\}\Z"
 )
+INDEX: Final = 1  # the block index's group
 TEXT: Final = 2  # the group of each kind's value
 THINKING: Final = 3
 TOOL_INPUT: Final = 4

@@ -83,6 +83,24 @@ async def test_tool_use_and_thinking_have_their_own_events(sidecar_for: SidecarF
     assert thinking[-1]["done"] is True
 
 
+@pytest.mark.parametrize("capture", [False, True], ids=["reused", "decoded"])
+@pytest.mark.parametrize("content", ["web_search", "web_search_error"])
+async def test_a_server_tools_input_is_not_shown_as_a_tool_call_of_the_page(
+    sidecar_for: SidecarFactory, capture: bool, content: str
+) -> None:
+    # Claude runs a server tool (web search) itself: no `tool_use` announces it, so its
+    # input deltas must not show up as `tool_input` of a call the page never saw start.
+    async with sidecar_for({"telemetry": {"capture_content": capture}}) as sidecar:
+        status, raw = await stream(sidecar.url, {"prompt": f"[[fake content={content}]] news"})
+    assert status == 200
+    events = data_of(raw)
+    assert [e for e in events if "tool_input" in e or "tool_use" in e] == []
+    assert any("token" in e for e in events)
+    assert events[-1]["done"] is True
+    ids = [b.split("\n")[0] for b in raw.decode().strip().split("\n\n") if b.startswith("id: ")]
+    assert [i.rpartition(":")[2] for i in ids] == [str(n) for n in range(1, len(events) + 1)]
+
+
 async def test_multi_turn_history_and_system_reach_claude(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
@@ -154,6 +172,8 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"prompt": "x", "max_tokens": 0}, "max_tokens must be a positive integer"),
     ({"prompt": "x", "max_tokens": "many"}, "max_tokens must be a positive integer"),
     ({"prompt": "x", "max_tokens": True}, "max_tokens must be a positive integer"),
+    ({"prompt": "x", "max_tokens": "64"}, "max_tokens must be a positive integer"),
+    ({"prompt": "x", "max_tokens": 64.0}, "max_tokens must be a positive integer"),
     ({"prompt": "x", "model": 3}, "model must be a non-empty string"),
     ({"prompt": "x", "system": 3}, "system must be a string"),
     ({"prompt": "x", "messages": "hi"}, "messages must be a list"),
@@ -224,6 +244,18 @@ async def test_model_allow_list(fake: FakeServer, sidecar_for: SidecarFactory) -
 TRICKY = ["Hello", 'he said "hi" \\ ', "\u2028 line sep, emoji \U0001f389", "tab\tand\nnewline", ""]
 
 
+def announced(translator: PromptTranslator, kind: str, index: int) -> int:
+    """For a tool input delta, first the `tool_use` start of its block (a tool input is
+    shown only for a call the page saw start); the number of events that took."""
+    if kind != "input_json_delta":
+        return 0
+    start = {"type": "content_block_start", "index": index,
+             "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}}  # fmt: skip
+    block = b"event: content_block_start\ndata: " + json.dumps(start).encode()
+    assert translator.translate(block, b"content_block_start", RECORD)
+    return 1
+
+
 @pytest.mark.parametrize("ensure_ascii", [True, False])
 @pytest.mark.parametrize(
     ("kind", "field", "key"),
@@ -238,9 +270,15 @@ def test_delta_events_reuse_claudes_json_string_and_match_the_decoding_path(
         data = json.dumps(payload, separators=(",", ":"), ensure_ascii=ensure_ascii)
         block = b"event: content_block_delta\ndata: " + data.encode()
         assert deltas.DELTA.match(block) is not None  # the no-decoding path is taken
-        fast = PromptTranslator(capture=False).translate(block, b"content_block_delta", RECORD)
-        slow = PromptTranslator(capture=True).translate(block, b"content_block_delta", RECORD)
-        assert fast.startswith(b"id: 1\ndata: ")
+        fast_translator, slow_translator = (
+            PromptTranslator(capture=False),
+            PromptTranslator(capture=True),
+        )
+        n = announced(fast_translator, kind, 2) + 1
+        announced(slow_translator, kind, 2)
+        fast = fast_translator.translate(block, b"content_block_delta", RECORD)
+        slow = slow_translator.translate(block, b"content_block_delta", RECORD)
+        assert fast.startswith(b"id: %d\ndata: " % n)
         assert fast.endswith(b"\n\n")
         assert data_of(fast) == data_of(slow) == [{key: text}]
 
@@ -267,9 +305,12 @@ def test_a_delta_event_is_the_decoding_paths_event_without_decoding(
     # `numbered`: not resumable (`id: 1`); else a resumable stream's (`id: <stream id>:1`).
     fast = PromptTranslator(capture=False, log=None if numbered else StreamLog("S", "o", 1 << 20))
     slow = PromptTranslator(capture=True, log=None if numbered else StreamLog("S", "o", 1 << 20))
+    n = announced(fast, kind[0], index) + 1
+    announced(slow, kind[0], index)
     once = fast.translate(block, b"content_block_delta", RECORD)
     literal = json.dumps(text, ensure_ascii=ensure_ascii).encode()
-    frame = b'id: 1\ndata: {"%b":%b}\n\n' if numbered else b'id: S:1\ndata: {"%b":%b}\n\n'
+    frame = b'id: %d\ndata: {"%%b":%%b}\n\n' if numbered else b'id: S:%d\ndata: {"%%b":%%b}\n\n'
+    frame %= n
     assert once == frame.replace(b"%b", kind[2].encode(), 1).replace(b"%b", literal)
     decoded = slow.translate(block, b"content_block_delta", RECORD)
     if ensure_ascii:

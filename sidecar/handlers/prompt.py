@@ -13,6 +13,7 @@ a failure is `{"error": {"type", "message"}}` and the stream closes.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
@@ -69,7 +70,7 @@ class PromptTranslator(Translator):
     numbered `id: N` here (`done` too).
     """
 
-    __slots__ = ("_announce", "_capture", "_log", "_next_id", "_token")
+    __slots__ = ("_announce", "_capture", "_log", "_next_id", "_token", "_tools")
     passthrough = False
 
     def __init__(
@@ -80,6 +81,10 @@ class PromptTranslator(Translator):
         self._announce = announce
         self._next_id = 0
         self._capture = capture
+        # Indices of the blocks announced as `tool_use`: a `tool_input` belongs to one of
+        # them. A server tool Claude runs itself (web search, MCP) is not the page's to run:
+        # its input deltas are not shown, as its start and result are not.
+        self._tools: set[int] = set()
         self._log = log
         # The text delta's whole event but for its number and string: the id's prefix goes
         # in once per stream, not once per event (`%` in a stream id is kept literal).
@@ -112,25 +117,23 @@ class PromptTranslator(Translator):
             # Claude's JSON string is reused as is (no decoding) unless content is captured.
             match = None if self._capture else _match_delta(block)
             if match is not None:
+                text = match[_TEXT]
+                if text is None:
+                    return self._other_delta(match)
                 log = self._log
                 if log is not None:  # numbered from the log, in the same step as the event
                     n = log.numbered = log.numbered + 1
                 else:
                     n = self._next_id = self._next_id + 1
-                text = match[_TEXT]
-                if text is not None:  # the common event: one format, no lookup
-                    return self._token % (n, text)
-                kind = deltas.THINKING
-                value = match[kind]
-                if value is None:
-                    kind = deltas.TOOL_INPUT
-                    value = match[kind]
-                prefix = _PLAIN_PREFIX if log is None else log.id_prefix
-                return _NUMBERED[kind] % (prefix, n, value)
+                return self._token % (n, text)  # the common event: one format, no lookup
             return self._decoded_delta(block, record)
         if name == b"content_block_start":
-            block_data = json_object(parse_block(block)[1]).get("content_block") or {}
+            start = json_object(parse_block(block)[1])
+            block_data = start.get("content_block") or {}
             if block_data.get("type") == "tool_use":
+                index = start.get("index")
+                if isinstance(index, int):
+                    self._tools.add(index)
                 return self._event(
                     {"tool_use": {"id": block_data.get("id"), "name": block_data.get("name")}}
                 )
@@ -147,9 +150,22 @@ class PromptTranslator(Translator):
             )
         return b""
 
+    def _other_delta(self, match: re.Match[bytes]) -> bytes:
+        """A thinking or tool input delta in Claude's usual spelling, its string reused."""
+        kind = deltas.THINKING
+        value = match[kind]
+        if value is None:
+            if int(match[deltas.INDEX]) not in self._tools:
+                return b""  # a server tool's input (see `_tools`)
+            kind = deltas.TOOL_INPUT
+            value = match[kind]
+        prefix, n = self._id()
+        return _NUMBERED[kind] % (prefix, n, value)
+
     def _decoded_delta(self, block: bytes, record: StreamRecord) -> bytes:
         """A content delta in any other spelling (or with content captured): decoded."""
-        delta = json_object(parse_block(block)[1]).get("delta") or {}
+        event = json_object(parse_block(block)[1])
+        delta = event.get("delta") or {}
         kind = delta.get("type")
         if kind == "text_delta":
             if self._capture:
@@ -158,6 +174,8 @@ class PromptTranslator(Translator):
         if kind == "thinking_delta":
             return self._event({"thinking": delta.get("thinking", "")})
         if kind == "input_json_delta":
+            if event.get("index") not in self._tools:
+                return b""  # a server tool's input (see `_tools`)
             return self._event({"tool_input": delta.get("partial_json", "")})
         return b""
 
@@ -192,12 +210,18 @@ def _names(names: list[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
-def _positive_int(value: object, field: str) -> int:
-    if isinstance(value, str) and value.isascii() and value.isdigit():  # "²" is a digit to Python
+def _query_int(value: str, field: str) -> int:
+    """A number field of a query string (all its values are text) as the JSON body's int."""
+    if value.isascii() and value.isdigit():  # "²" is a digit to Python
         try:
-            value = int(value)
+            return int(value)
         except ValueError:  # longer than Python converts
-            raise bad_request(f"{field} must be a positive integer") from None
+            pass
+    raise bad_request(f"{field} must be a positive integer")
+
+
+def _positive_int(value: object, field: str) -> int:
+    # Only an int: a JSON body's "64" is a wrong type, as the Messages API holds it.
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise bad_request(f"{field} must be a positive integer")
     return value
@@ -304,6 +328,8 @@ async def _checked_call(
             _refuse_repeated(query, ctx)
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
         fields.pop(resume.QUERY, None)  # a resume cursor is not a field either
+        if "max_tokens" in fields:
+            fields["max_tokens"] = _query_int(fields["max_tokens"], "max_tokens")
     elif request.method == "POST":
         fields = await read_json_object(request, config.server)
     else:
