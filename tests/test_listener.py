@@ -527,3 +527,41 @@ async def test_a_client_that_never_reads_a_whole_answer_is_cut_after_the_stall_t
             await eventually(lambda: holds(not server.connections), timeout=30)
         finally:
             client.close()
+
+
+async def test_a_client_that_never_reads_an_answer_the_kernel_took_whole_is_cut(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """An answer small enough for the kernel's send buffer (Linux grows it to a few MB)
+    leaves the process at once, where no stall watch of the process sees it: a client that
+    never reads would pin those bytes and its connection until the keep-alive timeout (an
+    hour). The kernel resets it once the client has accepted nothing for twice the stall
+    timeout."""
+    if not hasattr(socket, "TCP_USER_TIMEOUT"):
+        pytest.skip("TCP_USER_TIMEOUT is Linux's")
+    prompt = "hi [[fake tokens=20000 tps=0 ttft_ms=0]]"
+    body = json.dumps(
+        {"model": "claude-haiku-5-5", "max_tokens": 20000,
+         "messages": [{"role": "user", "content": prompt}]}
+    ).encode()  # fmt: skip
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    stall = {"base_url": "builtin:fake", "client_stall_timeout_seconds": 1}
+    async with sidecar_for({"claude": stall}) as sidecar:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(client, ("127.0.0.1", sidecar.port))
+            await loop.sock_sendall(client, request)
+            server = sidecar._traffic.server
+            assert server is not None
+            await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
+            # The whole answer is out of the process: the handler is done, the connection idle.
+            await eventually(lambda: holds(not server.connections[0]._request_in_progress))
+            await eventually(lambda: holds(not server.connections), timeout=30)
+        finally:
+            client.close()
