@@ -180,8 +180,11 @@ class TrafficProtocol(web_protocol.RequestHandler):
         refusal_headers: RefusalHeaders = no_headers,
         stall_timeout: StallTimeout = default_stall_timeout,
         unaccepted_timeout: StallTimeout | None = None,
+        idle_timeout: StallTimeout | None = None,
         **kwargs: Any,
     ) -> None:
+        if idle_timeout is not None:  # read per connection: a reload changes it for new ones
+            kwargs["keepalive_timeout"] = idle_timeout()
         super().__init__(manager, **kwargs)
         self._on_reject = on_reject
         self._header_timeout = header_timeout

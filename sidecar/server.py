@@ -133,6 +133,7 @@ class SidecarServer:
             refusal_headers=self._refusal_headers,
             stall_timeout=self._stall_timeout,
             unaccepted_timeout=self._unaccepted_timeout,
+            idle_timeout=self._idle_timeout,
             handler_cancellation=True,
             auto_decompress=False,
             access_log=None,
@@ -145,6 +146,7 @@ class SidecarServer:
             header_timeout=self._header_timeout,
             stall_timeout=self._stall_timeout,
             unaccepted_timeout=self._unaccepted_timeout,
+            idle_timeout=self._idle_timeout,
             access_log=None,
             shutdown_timeout=1.0,
         )
@@ -168,6 +170,9 @@ class SidecarServer:
 
     def _stall_timeout(self) -> float:
         return self._runtimes.current.config.claude.client_stall_timeout_seconds
+
+    def _idle_timeout(self) -> float:
+        return self._runtimes.current.config.server.keepalive_timeout_seconds
 
     def _unaccepted_timeout(self) -> float:
         """How long the kernel keeps bytes a client accepts none of (`listener.

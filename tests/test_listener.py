@@ -213,6 +213,28 @@ async def test_an_idle_kept_alive_connection_is_not_a_slow_head(
     assert statuses[0] == statuses[1] != b"408"
 
 
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """aiohttp keeps an idle connection an hour by default: every client that sent one
+    request could hold a socket that long. `server.keepalive_timeout_seconds` bounds it."""
+    config = {"server": {"keepalive_timeout_seconds": 0.3}}
+    request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with sidecar_for(config) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert b"connection: close" not in head.lower()  # kept alive, then idle
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            # Idle: the sidecar closes its end (end of file, nothing more sent).
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+        finally:
+            writer.close()
+
+
 @pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked", "x-gzip , chunked"])
 async def test_a_coded_chunked_body_never_reaches_the_app(
     coding: str, sidecar_for: SidecarFactory
