@@ -37,6 +37,8 @@ from aiohttp.http_exceptions import (
 from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDictProxy
 
+from sidecar import expectation
+
 # (reason, status) for what the parser refused: the reason is a metric label, so a closed set.
 HEAD_TOO_LARGE: Final = ("head_too_large", 431)
 BAD_REQUEST_LINE: Final = ("bad_request_line", 400)
@@ -346,6 +348,10 @@ class TrafficProtocol(web_protocol.RequestHandler):
         and the answer's bytes for good. One that takes none of it for the stall timeout
         (`claude.client_stall_timeout_seconds`) is cut; a slow one that keeps taking
         bytes is not. The watch starts only when the socket's buffer is full."""
+        if expectation.unanswered(request):
+            # Answered without the body it never invited (`Expect: 100-continue`): the
+            # client may send it or not, so no next request can be told from it.
+            close_after(request)
         self._finishing = True
         if self.writing_paused and self._stall_timer is None:
             self._watch_stall()  # paused already (by the handler's own writes)
