@@ -13,7 +13,8 @@ from typing import Final
 
 from aiohttp import web
 
-_CONTINUED: Final = "sidecar.continued"  # set in the request's own mapping once sent
+# Set in the request's own storage once `100 Continue` is sent.
+_CONTINUED: Final = web.RequestKey("sidecar.continued", bool)
 
 
 def expects_continue(request: web.BaseRequest) -> bool:
