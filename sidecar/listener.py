@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -35,6 +36,8 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDictProxy
+
+from sidecar import expectation
 
 # (reason, status) for what the parser refused: the reason is a metric label, so a closed set.
 HEAD_TOO_LARGE: Final = ("head_too_large", 431)
@@ -73,6 +76,31 @@ StallTimeout = Callable[[], float]  # read per stall: a reload changes it for th
 
 def default_stall_timeout() -> float:
     return 60.0  # `claude.client_stall_timeout_seconds`' default
+
+
+# Linux's bound on how long sent bytes may go unaccepted (unacknowledged, or held back by a
+# receive window the client keeps shut) before the kernel resets the connection.
+_TCP_USER_TIMEOUT: Final[int | None] = getattr(socket, "TCP_USER_TIMEOUT", None)
+
+
+def bound_unaccepted_bytes(transport: asyncio.BaseTransport, seconds: float) -> None:
+    """Have the kernel reset the connection when the client accepts none of the bytes
+    already handed to it for `seconds`.
+
+    The process's own stall watches see only what it still holds: the kernel takes up
+    to a few MB per socket first (Linux autotunes its send buffer to `tcp_wmem`'s
+    maximum), so a whole answer that fits there leaves the process at once, and a client
+    that never reads would pin those bytes, and its connection, for good. A no-op where
+    the option does not exist (not Linux) or the socket is not TCP."""
+    sock = transport.get_extra_info("socket")
+    if _TCP_USER_TIMEOUT is None or sock is None:
+        return
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, max(1, round(seconds * 1000)))
+    except OSError:
+        return  # a socket that refuses it keeps the process's own watches only
 
 
 def no_headers() -> Mapping[str, str]:
@@ -153,13 +181,21 @@ class TrafficProtocol(web_protocol.RequestHandler):
         header_timeout: HeaderTimeout,
         refusal_headers: RefusalHeaders = no_headers,
         stall_timeout: StallTimeout = default_stall_timeout,
+        unaccepted_timeout: StallTimeout | None = None,
+        idle_timeout: StallTimeout | None = None,
         **kwargs: Any,
     ) -> None:
+        if idle_timeout is not None:  # read per connection: a reload changes it for new ones
+            kwargs["keepalive_timeout"] = idle_timeout()
         super().__init__(manager, **kwargs)
         self._on_reject = on_reject
         self._header_timeout = header_timeout
         self._refusal_headers = refusal_headers
         self._stall_timeout = stall_timeout
+        # The kernel's bound on bytes handed to it (`bound_unaccepted_bytes`): by default
+        # twice the stall timeout, so the process's own watches, which start only once the
+        # kernel's buffer is full, decide a stall first wherever they can.
+        self._unaccepted_timeout = unaccepted_timeout or (lambda: 2 * stall_timeout())
         self._head_timer: asyncio.TimerHandle | None = None
         self._lingering = False
         # A whole answer being written after its handler returned (`finish_response`): a
@@ -170,6 +206,7 @@ class TrafficProtocol(web_protocol.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        bound_unaccepted_bytes(transport, self._unaccepted_timeout())
         self._start_head_timer()  # a connection that never sends a head is a slow head too
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -311,6 +348,10 @@ class TrafficProtocol(web_protocol.RequestHandler):
         and the answer's bytes for good. One that takes none of it for the stall timeout
         (`claude.client_stall_timeout_seconds`) is cut; a slow one that keeps taking
         bytes is not. The watch starts only when the socket's buffer is full."""
+        if expectation.unanswered(request):
+            # Answered without the body it never invited (`Expect: 100-continue`): the
+            # client may send it or not, so no next request can be told from it.
+            close_after(request)
         self._finishing = True
         if self.writing_paused and self._stall_timer is None:
             self._watch_stall()  # paused already (by the handler's own writes)

@@ -25,7 +25,6 @@ from sidecar.browser import is_browser_path, serve_browser_file
 from sidecar.client_address import client_ip, is_trusted_proxy
 from sidecar.config import Network
 from sidecar.errors import Family, Rejection, reject, render_json, simple_error_body
-from sidecar.handlers.request_body import answer_expectation
 from sidecar.header_lists import RepeatedField, header_value, sole_value
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.listener import close_after
@@ -128,18 +127,16 @@ def render_rejection(ctx: RequestContext, rejection: Rejection) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
-async def _answer_expectation(request: web.Request, route: Route | None, limit: int) -> None:
-    """`Expect`, answered before the route's work, as aiohttp would: `100 Continue`, unless
-    a Claude route would refuse the body by its length alone (over `max_body_bytes`, which
-    the app route does not apply): then no `100 Continue`, the route answers 413 before
+def _answer_expectation(request: web.Request, route: Route | None, limit: int) -> None:
+    """`Expect`: `100 Continue` is sent when the route first reads the body
+    (`sidecar.expectation`), so a request refused before that (auth, path, CORS, method)
+    gets its final answer instead and uploads nothing. A Claude route refuses a body over
+    `max_body_bytes` (which the app route does not apply) by its length alone: 413 before
     the client uploads it, and, as the client may send the body or not, the connection
     ends with that answer."""
     length = request.content_length
     if length is not None and length > limit and route is not None and route.family != "app":
         close_after(request)
-        return
-    await answer_expectation(request)
-    await request.writer.drain()
 
 
 def _outcome(
@@ -190,7 +187,7 @@ class Pipeline:
                 headers["Strict-Transport-Security"] = hsts(config.server.tls.hsts_max_age_seconds)
             resolved = runtime.routes.resolve(request.rel_url.raw_path)
             if request.headers.get("Expect"):
-                await _answer_expectation(request, resolved.route, config.server.max_body_bytes)
+                _answer_expectation(request, resolved.route, config.server.max_body_bytes)
             version = protocol_version(request.version)
             if resolved.refused is None and is_browser_path(config, resolved.path):
                 served = serve_browser_file(request, resolved.path, config, runtime.routes, headers)

@@ -241,6 +241,24 @@ async def test_trusted_proxy_scheme_and_host_reach_the_app(sidecar_for: SidecarF
         assert seen["x-forwarded-host"].startswith("127.0.0.1:")
 
 
+async def test_an_absolute_form_request_line_names_the_one_host_the_app_gets(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """`GET http://other.example/echo` with `Host: <sidecar>`: the request line's host is
+    the request's (RFC 9112 3.2.2); the app must not get it in `X-Forwarded-Host` and the
+    other one in `Host`."""
+    async with running_app() as (url, _), sidecar_for({"app": {"url": url}}) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(
+            b"GET http://other.example/echo HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Connection: close\r\n\r\n" % sidecar.port
+        )
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    seen = echoed_headers(json.loads(answer.split(b"\r\n\r\n", 1)[1]))
+    assert seen["x-forwarded-host"] == seen["host"] == "other.example"
+
+
 async def test_origin_policy_is_the_sidecars_even_when_the_app_reflects_origins(
     sidecar_for: SidecarFactory,
 ) -> None:

@@ -213,6 +213,28 @@ async def test_an_idle_kept_alive_connection_is_not_a_slow_head(
     assert statuses[0] == statuses[1] != b"408"
 
 
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """aiohttp keeps an idle connection an hour by default: every client that sent one
+    request could hold a socket that long. `server.keepalive_timeout_seconds` bounds it."""
+    config = {"server": {"keepalive_timeout_seconds": 0.3}}
+    request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with sidecar_for(config) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert b"connection: close" not in head.lower()  # kept alive, then idle
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            # Idle: the sidecar closes its end (end of file, nothing more sent).
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+        finally:
+            writer.close()
+
+
 @pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked", "x-gzip , chunked"])
 async def test_a_coded_chunked_body_never_reaches_the_app(
     coding: str, sidecar_for: SidecarFactory
@@ -524,6 +546,44 @@ async def test_a_client_that_never_reads_a_whole_answer_is_cut_after_the_stall_t
             server = sidecar._traffic.server  # the listener's connections
             assert server is not None
             await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
+            await eventually(lambda: holds(not server.connections), timeout=30)
+        finally:
+            client.close()
+
+
+async def test_a_client_that_never_reads_an_answer_the_kernel_took_whole_is_cut(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """An answer small enough for the kernel's send buffer (Linux grows it to a few MB)
+    leaves the process at once, where no stall watch of the process sees it: a client that
+    never reads would pin those bytes and its connection until the keep-alive timeout (an
+    hour). The kernel resets it once the client has accepted nothing for twice the stall
+    timeout."""
+    if not hasattr(socket, "TCP_USER_TIMEOUT"):
+        pytest.skip("TCP_USER_TIMEOUT is Linux's")
+    prompt = "hi [[fake tokens=20000 tps=0 ttft_ms=0]]"
+    body = json.dumps(
+        {"model": "claude-haiku-5-5", "max_tokens": 20000,
+         "messages": [{"role": "user", "content": prompt}]}
+    ).encode()  # fmt: skip
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    stall = {"base_url": "builtin:fake", "client_stall_timeout_seconds": 1}
+    async with sidecar_for({"claude": stall}) as sidecar:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(client, ("127.0.0.1", sidecar.port))
+            await loop.sock_sendall(client, request)
+            server = sidecar._traffic.server
+            assert server is not None
+            await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
+            # The whole answer is out of the process: the handler is done, the connection idle.
+            await eventually(lambda: holds(not server.connections[0]._request_in_progress))
             await eventually(lambda: holds(not server.connections), timeout=30)
         finally:
             client.close()

@@ -73,6 +73,8 @@ class ServerConfig(Section):
     header_read_timeout_seconds: Seconds = 10
     body_read_timeout_seconds: Seconds = 60
     body_idle_timeout_seconds: Seconds = 30
+    # An idle kept-alive connection (between requests) is closed after this long.
+    keepalive_timeout_seconds: Seconds = 75
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:

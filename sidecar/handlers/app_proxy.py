@@ -103,6 +103,12 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     host = header_value(given, "X-Forwarded-Host") if trusted else None
     headers["X-Forwarded-Proto"] = proto or request.scheme
     headers["X-Forwarded-Host"] = host or request.host
+    # An absolute-form request line (`GET http://other.example/x`) names the host, and a
+    # server goes by it, not by `Host` (RFC 9112 3.2.2): the app gets the one host the
+    # sidecar read, in `Host` as in `X-Forwarded-Host`, never a second one to build its
+    # links or cache keys from.
+    if "Host" in headers:
+        headers["Host"] = request.host
     credential = app_base(app.url)[1]
     if credential is not None:
         headers["Authorization"] = credential

@@ -18,6 +18,7 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from sidecar import expectation
 from sidecar.config import ServerConfig
 from sidecar.content_coding import CodingError, coding_names, decode
 from sidecar.errors import Rejection, bad_request, reject
@@ -67,6 +68,7 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit)
+    await expectation.answer(request)  # `Expect: 100-continue`: the body is wanted now
     content = request.content
     try:
         if content.is_eof():
@@ -102,16 +104,6 @@ def decode_body(raw: bytes, encodings: tuple[str, ...] | list[str], limit: int) 
         raise bad_request(str(exc)) from None
 
 
-async def answer_expectation(request: web.Request) -> None:
-    """`Expect: 100-continue` gets its interim `100 Continue` at once (the body is read by
-    the route, or streamed to the app, which never sees the header). Any other expectation
-    is ignored, as RFC 9110 allows, so the request is answered in its route's format."""
-    expect = request.headers.get("Expect", "")
-    if request.version >= (1, 1) and expect.lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the interim answer is not the response's first byte
-
-
 def ensure_client_present(request: web.Request) -> None:
     """Raise (499) if the client has closed or half-closed its connection: whatever is
     called next (Claude, the app) would work for nobody. Check right before calling."""
@@ -140,6 +132,7 @@ class BodyStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive (no decoding, no buffering)."""
+        await expectation.answer(self.request)  # `Expect: 100-continue`: wanted now
         content = self.request.content
         while True:
             try:
