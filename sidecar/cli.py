@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,18 @@ from sidecar.interpreter import tune_interpreter
 
 EXIT_BAD_CONFIG = 2
 EXIT_UNHEALTHY = 1  # `health`: what a container HEALTHCHECK reads as unhealthy (never 2)
+
+
+def _seconds(text: str) -> float:
+    """A timeout flag: a finite number of seconds above 0 (`0`, `-1`, `nan` and `inf` would
+    report a healthy sidecar as unhealthy, or fail in the socket layer)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     health.add_argument("-c", "--config", metavar="FILE", help=config_help)
     health.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
-    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="default: 3")
+    health.add_argument(
+        "--timeout", type=_seconds, default=3.0, metavar="SECONDS", help="default: 3"
+    )
     return parser
 
 

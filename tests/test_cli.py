@@ -452,3 +452,18 @@ async def test_health_asks_the_admin_listener_the_config_names(tmp_path: Path) -
     assert gone.stdout.startswith(f"unhealthy: http://127.0.0.1:{admin_port}/healthz: ")
     assert gone.stdout.count("\n") == 1
     assert gone.stderr == ""
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_health_refuses_a_timeout_that_is_no_wait(tmp_path: Path, timeout: str) -> None:
+    """A usage error (exit 2, one line), not a verdict: such a timeout would call a healthy
+    sidecar unhealthy (`0`, `-1`, `nan`) or end in a traceback (`inf`)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"server": {"admin_listen": f"127.0.0.1:{free_port()}"}}))
+    result = _health(path, "--timeout", timeout)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        "sidecar health: error: argument --timeout: must be a finite number of seconds > 0,"
+        f" got {timeout!r}"
+    )

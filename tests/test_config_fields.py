@@ -3,10 +3,14 @@ URLs redacted of every credential."""
 
 from __future__ import annotations
 
+import math
+
 import aiohttp
 import pytest
+from pydantic import ValidationError
 
 from sidecar.config import redact_url, split_host_port
+from sidecar.config.fields import Section
 from tests.support.apps import echoed_headers, running_app
 from tests.support.config import problems_of
 from tests.support.policy import API_KEY, API_KEY_SHA256
@@ -83,3 +87,47 @@ async def test_a_header_name_that_validates_serves(sidecar_for: SidecarFactory) 
 )
 def test_redact_url_hides_every_credential_a_url_can_carry(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def _sections(base: type[Section]) -> list[type[Section]]:
+    found = []
+    for sub in base.__subclasses__():
+        found += [sub, *_sections(sub)]
+    return found
+
+
+def _number_fields() -> list[tuple[type[Section], str]]:
+    """Every field of every config section whose value may be a float."""
+    return [
+        (section, name)
+        for section in _sections(Section)
+        for name, field in section.model_fields.items()
+        if "float" in str(field.annotation)
+    ]
+
+
+def test_the_config_has_number_fields_to_check() -> None:
+    names = {name for _, name in _number_fields()}
+    assert {"shutdown_grace_seconds", "read_timeout_seconds", "time_to_first_token_ms"} <= names
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize(("section", "name"), _number_fields())
+def test_no_number_field_takes_inf_or_nan(section: type[Section], name: str, value: float) -> None:
+    """YAML's `.inf` and `.nan` are floats: as a duration or rate they would wait forever,
+    pace nothing or fail in the event loop's timers, so every section refuses them."""
+    with pytest.raises(ValidationError) as refused:
+        section.model_validate({name: value})
+    assert {"loc": (name,), "type": "finite_number"} in [
+        {"loc": error["loc"][:1], "type": error["type"]} for error in refused.value.errors()
+    ]
+
+
+def test_a_yaml_inf_is_one_problem_naming_the_field() -> None:
+    config = (
+        "server: {shutdown_grace_seconds: .inf}\nclaude: {fake: {time_to_first_token_ms: .NaN}}\n"
+    )
+    assert sorted(problems_of(config)) == [
+        "claude.fake.time_to_first_token_ms: Input should be a finite number",
+        "server.shutdown_grace_seconds: Input should be a finite number",
+    ]

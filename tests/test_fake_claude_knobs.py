@@ -7,7 +7,9 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from sidecar.fake_claude import FakeServer
 from sidecar.fake_claude.knobs import FAULTS, KNOB_NAMES
 from tests.support.sidecars import running_sidecar
 
@@ -64,3 +66,24 @@ async def test_faults_reach_clients_as_the_docs_say() -> None:
                 else:  # a stream that breaks: 200, then an error event
                     assert response.status == 200, (fault, cell)
                     assert b'"error"' in body.rsplit(b"\n\n", 2)[-2], (fault, body[-200:])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
+@pytest.mark.parametrize("knob", ["ttft_ms", "tps", "delay_ms", "retry_after"])
+async def test_a_number_knob_that_is_not_finite_is_a_400_naming_it(
+    fake: FakeServer, knob: str, value: str
+) -> None:
+    """`nan` and `inf` parse as floats; as a pause or a rate they would reach the event
+    loop's timers (a 500, or a stream that breaks after `message_start`)."""
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 8, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    headers = {f"x-fake-{knob}": value, "x-fake-fault": "slow_headers"}
+    # A bound on the wait, not on the answer: a stream broken by such a pause never ends.
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+        http.post(fake.url + "/v1/messages", json=body, headers=headers) as response,
+    ):
+        answer = await response.json()
+    assert response.status == 400
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert answer["error"]["message"].startswith(f"{knob}: must be a finite number >= 0")

@@ -90,7 +90,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Section(BaseModel):
     """Base of every config model: strict keys, immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # `.inf` and `.nan` are YAML floats: as a duration, rate or limit they would wait forever,
+    # pace nothing or fail in the event loop's timers, so no number field takes them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def fingerprint(self) -> str:
         """What these settings are, secrets included (as SHA-256 hashes), as one string.

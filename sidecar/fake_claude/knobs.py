@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -134,9 +135,18 @@ def _number(raw: Mapping[str, str], name: str, default: N, kind: type[N]) -> N:
     if name not in raw:
         return default
     try:
-        value = kind(raw[name])
+        return check_number(raw[name], kind)
+    except KnobError as exc:
+        raise KnobError(f"{name}: {exc}") from None
+
+
+def check_number(text: str, kind: type[N]) -> N:
+    """A knob's number: finite and >= 0 (`nan` and `inf` parse as floats, and would reach
+    the event loop's timers as a pause or a rate); KnobError says why not."""
+    try:
+        value = kind(text)
     except ValueError:
-        raise KnobError(f"{name}: expected a number, got {raw[name]!r}") from None
-    if value < 0:
-        raise KnobError(f"{name}: must be >= 0")
+        raise KnobError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise KnobError(f"must be a finite number >= 0, got {text!r}")
     return value
