@@ -8,6 +8,7 @@ import pytest
 
 from tests.support.apps import running_app
 from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import expecting_continue
 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/app/upload"], ids=["anthropic", "app"])
@@ -28,13 +29,7 @@ async def test_an_upload_refused_before_its_body_is_read_gets_no_100_continue(
             "routes": routes,
         }  # fmt: skip
         async with sidecar_for(config) as sidecar:
-            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-            writer.write(
-                f"POST {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
-                "Content-Length: 4096\r\nExpect: 100-continue\r\n\r\n".encode()
-            )
-            await writer.drain()
-            first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            first, reader, writer = await expecting_continue(sidecar.port, path)
             # Then the connection ends (once aiohttp's lingering for a body is over).
             rest = await asyncio.wait_for(reader.read(), 30)
             writer.close()

@@ -8,13 +8,15 @@ A head that does not arrive in time is a 408 and a closed connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
 import random
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import pytest
@@ -518,6 +520,34 @@ async def test_an_http_1_0_answer_with_a_length_keeps_its_connection_alive(
     assert statuses == [b"400", b"400"]
 
 
+_STALL: Final = {"base_url": "builtin:fake", "client_stall_timeout_seconds": 1}
+
+
+@contextlib.asynccontextmanager
+async def _never_reading(sidecar: SidecarServer, tokens: int) -> AsyncIterator[None]:
+    """A client with a tiny receive buffer that asks for a whole `tokens`-token answer on
+    /v1/messages and never reads it."""
+    prompt = f"hi [[fake tokens={tokens} tps=0 ttft_ms=0]]"
+    body = json.dumps(
+        {"model": "claude-haiku-5-5", "max_tokens": tokens,
+         "messages": [{"role": "user", "content": prompt}]}
+    ).encode()  # fmt: skip
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    try:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(client, ("127.0.0.1", sidecar.port))
+        await loop.sock_sendall(client, request)
+        yield
+    finally:
+        client.close()
+
+
 async def test_a_client_that_never_reads_a_whole_answer_is_cut_after_the_stall_timeout(
     sidecar_for: SidecarFactory,
 ) -> None:
@@ -525,30 +555,12 @@ async def test_a_client_that_never_reads_a_whole_answer_is_cut_after_the_stall_t
     with no deadline of its own: a client that takes none of it would hold the connection
     and the answer's bytes for good. Big enough to fill the kernel's buffers, it waits in
     the process; the stall timeout cuts it."""
-    prompt = "hi [[fake tokens=1500000 tps=0 ttft_ms=0]]"
-    body = json.dumps(
-        {"model": "claude-haiku-5-5", "max_tokens": 1500000,
-         "messages": [{"role": "user", "content": prompt}]}
-    ).encode()  # fmt: skip
-    request = (
-        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
-    )
-    stall = {"base_url": "builtin:fake", "client_stall_timeout_seconds": 1}
-    async with sidecar_for({"claude": stall}) as sidecar:
-        client = socket.socket()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", sidecar.port))
-            await asyncio.get_running_loop().sock_sendall(client, request)
-            # Never read: the sidecar lets go of the connection once the stall timeout is over.
-            server = sidecar._traffic.server  # the listener's connections
-            assert server is not None
-            await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
-            await eventually(lambda: holds(not server.connections), timeout=30)
-        finally:
-            client.close()
+    async with sidecar_for({"claude": _STALL}) as sidecar, _never_reading(sidecar, 1500000):
+        # Never read: the sidecar lets go of the connection once the stall timeout is over.
+        server = sidecar._traffic.server  # the listener's connections
+        assert server is not None
+        await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
+        await eventually(lambda: holds(not server.connections), timeout=30)
 
 
 async def test_a_client_that_never_reads_an_answer_the_kernel_took_whole_is_cut(
@@ -561,29 +573,10 @@ async def test_a_client_that_never_reads_an_answer_the_kernel_took_whole_is_cut(
     timeout."""
     if not hasattr(socket, "TCP_USER_TIMEOUT"):
         pytest.skip("TCP_USER_TIMEOUT is Linux's")
-    prompt = "hi [[fake tokens=20000 tps=0 ttft_ms=0]]"
-    body = json.dumps(
-        {"model": "claude-haiku-5-5", "max_tokens": 20000,
-         "messages": [{"role": "user", "content": prompt}]}
-    ).encode()  # fmt: skip
-    request = (
-        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
-    )
-    stall = {"base_url": "builtin:fake", "client_stall_timeout_seconds": 1}
-    async with sidecar_for({"claude": stall}) as sidecar:
-        client = socket.socket()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.setblocking(False)
-        try:
-            loop = asyncio.get_running_loop()
-            await loop.sock_connect(client, ("127.0.0.1", sidecar.port))
-            await loop.sock_sendall(client, request)
-            server = sidecar._traffic.server
-            assert server is not None
-            await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
-            # The whole answer is out of the process: the handler is done, the connection idle.
-            await eventually(lambda: holds(not server.connections[0]._request_in_progress))
-            await eventually(lambda: holds(not server.connections), timeout=30)
-        finally:
-            client.close()
+    async with sidecar_for({"claude": _STALL}) as sidecar, _never_reading(sidecar, 20000):
+        server = sidecar._traffic.server
+        assert server is not None
+        await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
+        # The whole answer is out of the process: the handler is done, the connection idle.
+        await eventually(lambda: holds(not server.connections[0]._request_in_progress))
+        await eventually(lambda: holds(not server.connections), timeout=30)

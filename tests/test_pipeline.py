@@ -58,6 +58,7 @@ from tests.support.costs import (
     per_open_stream,
 )
 from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import expecting_continue
 
 CALLS_PER_CALL = 1120  # measured 942-1,035
 CALLS_PER_EVENT = 54  # measured 44-49 (≈ 30 of them the asyncio loop's own per read)
@@ -177,13 +178,7 @@ async def test_an_upload_a_claude_route_refuses_by_its_length_gets_413_without_1
                   {"path": "/v1/", "handler": "anthropic"}, {"path": "/app/", "handler": "app"}]  # fmt: skip
         config = {"server": {"max_body_bytes": 1024}, "app": {"url": app_url}, "routes": routes}
         async with sidecar_for(config) as sidecar:
-            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-            writer.write(
-                f"POST {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
-                "Content-Length: 4096\r\nExpect: 100-continue\r\n\r\n".encode()
-            )
-            await writer.drain()
-            first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            first, reader, writer = await expecting_continue(sidecar.port, path)
             if interim:
                 assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
                 writer.close()

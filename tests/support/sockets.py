@@ -53,6 +53,22 @@ def free_port() -> int:
             return port
 
 
+async def expecting_continue(
+    port: int, path: str, length: int = 4096
+) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """POST to `path` with `Expect: 100-continue` and a `length`-byte body not sent yet:
+    the first head the sidecar answers (`100 Continue` or the final one), and the
+    connection to go on with."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    await writer.drain()
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    return first, reader, writer
+
+
 def dechunk(data: bytes) -> bytes:
     """The payload in the complete chunks of an HTTP/1.1 chunked body read so far (all of it
     once the body has ended)."""
