@@ -329,6 +329,7 @@ def route_policies(config: Config) -> list[RoutePolicy]:
     problems.extend(_cache_store_problems(config, policies))
     problems.extend(_ui_tool_problems(config, policies))
     problems.extend(_jwks_schedule_problems(config, policies))
+    problems.extend(_api_key_problems(config, policies))
     for index, route in enumerate(config.routes):
         if route.resume is not None and route.resume.enabled and not config.resume.enabled:
             # Off at the top level is off everywhere (no store is opened for it): a route
@@ -386,6 +387,34 @@ def _jwks_schedule_problems(config: Config, policies: list[RoutePolicy]) -> list
                 "same on every route that names this URL"
             )
     return problems
+
+
+def _api_key_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
+    """An API key's name is who the caller is, on every route: the cache's scope, a resume
+    owner, a quota subject, the identity headers the app reads. A route's own `api_keys`
+    may list the top level's keys or keys of its own, but a name given to another key (or
+    another user or tenant), or a key under another name, would make two callers one (or
+    one caller two): refused, naming where it was first given."""
+    entries = [("auth.api_keys", key) for key in config.auth.api_keys]
+    for index, policy in enumerate(policies):
+        entries.extend((f"routes.{index}.auth.api_keys", key) for key in policy.auth.api_keys)
+    by_name: dict[str, tuple[str, tuple[str, str | None, str | None]]] = {}
+    by_digest: dict[str, tuple[str, str]] = {}
+    problems: list[str] = []
+    for where, key in entries:
+        seen = by_name.setdefault(key.name, (where, (key.sha256, key.user, key.tenant)))
+        if seen[1] != (key.sha256, key.user, key.tenant):
+            problems.append(
+                f"{where}: {key.name!r} is another key (or user or tenant) than the "
+                f"{key.name!r} of {seen[0]}; one name is one caller everywhere: rename one"
+            )
+        named = by_digest.setdefault(key.sha256, (where, key.name))
+        if named[1] != key.name:
+            problems.append(
+                f"{where}: {key.name!r} has the sha256 of {named[1]!r} in {named[0]}; one key "
+                "is one caller everywhere: use one name"
+            )
+    return sorted(set(problems), key=problems.index)
 
 
 def _ui_tool_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:

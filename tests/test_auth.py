@@ -641,7 +641,9 @@ async def test_routes_that_differ_only_in_a_secret_accept_only_their_own(
         return {"path": path, "handler": "app", "auth": {"mode": "required", **auth}}
 
     def api_key(key: str) -> dict[str, Any]:
-        return {"name": "k", "sha256": hashlib.sha256(key.encode()).hexdigest()}
+        # Two keys are two names: one name is one caller on every route (a config error
+        # otherwise: test_config_auth).
+        return {"name": key, "sha256": hashlib.sha256(key.encode()).hexdigest()}
 
     async with running_app() as (url, _):
         config: dict[str, Any] = {

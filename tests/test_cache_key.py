@@ -55,15 +55,32 @@ def test_every_answer_changing_field_changes_the_key(field: str, value: Any) -> 
 
 
 def test_spellings_of_one_number_and_one_beta_list_are_one_key() -> None:
-    deep: Any = [[{"x": 1.0, "y": [2.5, 3.0]}]]
-    assert _key({**BODY, "temperature": 0.0, "tools": deep}) == _key(
-        {**BODY, "tools": [[{"x": 1, "y": [2.5, 3]}]]}
-    )
+    body = {**BODY, "temperature": 0.0, "top_p": 1.0}
+    assert _key(body) == _key({**BODY, "temperature": 0, "top_p": 1})
     assert _key({**BODY, "temperature": 0.5}) != _key(BODY)
     assert _key(BODY, {"anthropic-beta": "a, b"}) == _key(BODY, {"anthropic-beta": "b,a,a"})
     assert _key(BODY, {"anthropic-beta": "a"}) != _key(BODY, {"anthropic-beta": "a,b"})
-    assert deep == [[{"x": 1.0, "y": [2.5, 3.0]}]]  # the request itself is left as it was
-    assert isinstance(deep[0][0]["x"], float)
+    assert body["temperature"] == 0.0  # the request itself is left as it was
+    assert isinstance(body["temperature"], float)
+
+
+@pytest.mark.parametrize(
+    ("written", "other"),
+    [
+        # Free-form JSON Claude reads as text: a tool's schema, a tool call in the history.
+        ({"tools": [{"name": "t", "input_schema": {"type": "number", "minimum": 0.0}}]},
+         {"tools": [{"name": "t", "input_schema": {"type": "number", "minimum": 0}}]}),
+        ({"messages": [{"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "t", "input": {"n": 2.0}}]}]},
+         {"messages": [{"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "t", "input": {"n": 2}}]}]}),
+        ({"top_k": 5.0}, {"top_k": 5}),  # an integer field: `5.0` the API may refuse
+    ],
+)  # fmt: skip
+def test_numbers_claude_may_read_apart_are_keyed_as_written(
+    written: dict[str, Any], other: dict[str, Any]
+) -> None:
+    assert _key({**BODY, **written}) != _key({**BODY, **other})
 
 
 def test_metadata_does_not_change_the_key() -> None:

@@ -74,6 +74,22 @@ async def test_spellings_of_one_request_share_its_entry(
     assert fake.state.counters["requests"] == 1
 
 
+async def test_numbers_claude_reads_as_text_are_keyed_as_written(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A tool schema's `0.0` is other text to Claude than `0`: two calls, each one's entry
+    answering only its own spelling."""
+
+    def with_minimum(minimum: float) -> dict[str, Any]:
+        schema = {"type": "object", "properties": {"n": {"type": "number", "minimum": minimum}}}
+        return {**BODY, "tools": [{"name": "t", "description": "d", "input_schema": schema}]}
+
+    async with sidecar_for(cached()) as s:
+        statuses = [(await post(s.url, with_minimum(m)))[1] for m in (0.0, 0, 0.0, 0)]
+    assert statuses == ["MISS", "MISS", "HIT", "HIT"]
+    assert fake.state.counters["requests"] == 2
+
+
 async def test_a_default_written_out_and_a_reordered_query_share_the_entry(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
@@ -133,10 +149,13 @@ async def test_a_non_streaming_answer_is_cached_as_its_json(
             raw = await client.messages.with_raw_response.create(
                 model=MODEL, max_tokens=64, messages=user("once"), extra_body={"temperature": 0}
             )
-            answers.append((raw.headers.get("x-cache"), await raw.parse()))
+            answers.append((raw.headers.get("x-cache"), await raw.parse(), raw.request_id))
         await client.close()
-    assert [status for status, _ in answers] == ["MISS", "HIT"]
+    assert [status for status, _, _ in answers] == ["MISS", "HIT"]
     assert answers[0][1] == answers[1][1]
+    # No Claude call, so no Claude request id: never the one of the call that made the entry.
+    assert answers[0][2] is not None
+    assert answers[1][2] is None
     assert answers[1][1].usage.output_tokens == 12
     assert fake.state.counters["requests"] == 1
 

@@ -59,6 +59,25 @@ def test_one_key_listed_under_two_names_is_a_config_error() -> None:
     assert found == ["auth: api_keys 'old' and 'new' have the same sha256: one entry per key"]
 
 
+def test_a_key_name_is_one_caller_on_every_route() -> None:
+    """Two keys under one name on two routes would be one caller to the cache's scope,
+    resume owners, quotas and the app: refused; the top level's own key listed again on a
+    route is fine."""
+    top = {"name": "svc", "sha256": "ab" * 32}
+    again = {"path": "/again/", "handler": "anthropic", "auth": {"api_keys": [top]}}
+    loader.validate({"auth": {"api_keys": [top]}, "routes": [again]}, {})
+    for other, says in [
+        ({"name": "svc", "sha256": "cd" * 32}, "'svc' is another key (or user or tenant)"),
+        ({**top, "tenant": "acme"}, "'svc' is another key (or user or tenant)"),
+        ({"name": "bot", "sha256": "ab" * 32}, "'bot' has the sha256 of 'svc'"),
+    ]:
+        route = {"path": "/p/", "handler": "anthropic", "auth": {"api_keys": [other]}}
+        found = problems_of({"auth": {"api_keys": [top]}, "routes": [again, route]})
+        assert len(found) == 1
+        assert found[0].startswith(f"routes.1.auth.api_keys: {says}")
+        assert "auth.api_keys" in found[0].split(":", 1)[1]
+
+
 def test_allowed_tenants_where_nobody_is_identified_is_a_config_error() -> None:
     message = (
         "allowed_tenants restricts nothing with mode 'none' (no caller is identified):"

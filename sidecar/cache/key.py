@@ -12,12 +12,16 @@ stop_sequences, thinking, stream, and fields added to the API later — is part 
 The scope part makes entries private to a tenant (default), a user, or shared (global).
 
 Spellings of one request are one key: key order and whitespace (the body is parsed), a
-number written `0`, `0.0` or `0e0` (one number to Claude: the Python SDK sends
-`temperature=0.0` as `0.0`, JavaScript's `JSON.stringify` as `0`), `anthropic-beta`
+sampling parameter (`temperature`, `top_p`: one floating-point number to the API) written
+`0`, `0.0` or `0e0` (the Python SDK sends `temperature=0.0` as `0.0`, JavaScript's
+`JSON.stringify` as `0`), `anthropic-beta`
 features in any order, spacing or repetition, query parameters in any order or
 percent-encoding, and a field set to the API's fixed default or left out (`_DEFAULTS`).
 Defaults that depend on the model (`temperature`, `top_p`, `top_k`, `thinking`) are
-kept as written: the same spelling may mean different things to different models.
+kept as written: the same spelling may mean different things to different models. Every
+other number is keyed as written: in free-form JSON Claude reads (a tool's
+`input_schema`, a `tool_use` input in the history) `1.0` and `1` are other text, and an
+integer field written `5.0` (`top_k`) is a request the API may refuse.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ _DEFAULTS: Final[Mapping[str, tuple[Any, ...]]] = {
     "stop_sequences": ([],),
     "tool_choice": ({"type": "auto"}, {"type": "auto", "disable_parallel_tool_use": False}),
 }
+# Parameters the API reads as one floating-point number: `0`, `0.0` and `0e0` are one value.
+_FLOATS: Final = ("temperature", "top_p")
 Scope = Literal["tenant", "user", "global"]
 
 
@@ -75,9 +81,13 @@ def cache_key(
     (`/v1/messages?beta=true` is another request than `/v1/messages`); `upstream` is
     Claude's base URL.
     """
-    request = _numbers_as_read(
-        {name: value for name, value in body.items() if name not in _IGNORED}
-    )
+    request = {name: value for name, value in body.items() if name not in _IGNORED}
+    for name in _FLOATS:
+        value = request.get(name)
+        # A whole float as an int (`0.0` → `0`): JSON has one number type, Python's parser
+        # two. (`is_integer` is False for inf and nan, which the parser refuses anyway.)
+        if isinstance(value, float) and value.is_integer():
+            request[name] = int(value)
     for name, defaults in _DEFAULTS.items():
         if name in request and (name != "tool_choice" or request.get("tools")):
             # As JSON: `False == 0` in Python, not to Claude.
@@ -103,27 +113,6 @@ def _target(target: str) -> list[Any]:
     path, _, query = target.partition("?")
     pairs = parse_qsl(query, keep_blank_values=True, encoding="latin-1")
     return [path, sorted(pairs, key=lambda pair: pair[0])]
-
-
-def _numbers_as_read(request: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `request` with every whole float as an int (`0.0` → `0`): JSON has one
-    number type, Python's parser two. Iterative: a body may nest as deep as the parser
-    allowed, at a stack depth the request already uses."""
-    root: dict[str, Any] = dict(request)
-    todo: list[tuple[Any, Any]] = [(root, name) for name in root]
-    while todo:
-        container, at = todo.pop()
-        value = container[at]
-        if isinstance(value, float):
-            if value.is_integer():  # False for inf and nan, which the parser refuses anyway
-                container[at] = int(value)
-        elif isinstance(value, dict):
-            container[at] = value = dict(value)
-            todo.extend((value, name) for name in value)
-        elif isinstance(value, list):
-            container[at] = value = list(value)
-            todo.extend((value, index) for index in range(len(value)))
-    return root
 
 
 def sampled(body: Mapping[str, Any]) -> bool:
