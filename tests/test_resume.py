@@ -14,6 +14,7 @@ import logging
 import re
 import signal
 import subprocess
+import urllib.parse
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,40 @@ async def test_unknown_expired_foreign_and_finished_streams(
         if line.startswith("sidecar_stream_resumes_total{")
     }
     assert results == {"resumed", "expired", "forbidden"}
+
+
+async def test_a_cursor_spelled_as_no_event_id_ever_is_is_a_400_however_it_is_sent(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Only the exact spelling of a sent event id resumes: a leading zero, an id of another
+    length than a stream id's or Unicode spaces around it name no event ever sent."""
+    async with sidecar_for(resumable()) as sidecar:
+        done = await sse_request(sidecar.port, target=SLOW)
+        stream_id = done.stream_id
+        spellings = (
+            f"{stream_id}:01",
+            f"{stream_id}:00",
+            "A" * 16 + ":1",  # would be an unknown id (204) if it could be one
+            "A" * 25 + ":1",
+            f"{stream_id}:1\u00a0",
+            f"\u3000{stream_id}:1",
+        )
+        answers = []
+        for bad in spellings:
+            quoted = urllib.parse.quote(bad, safe=":")
+            for method, target, headers in (
+                ("GET", f"{ROUTE}?last_event_id={quoted}", {}),
+                ("POST", ROUTE, {"Last-Event-ID": bad}),
+            ):
+                body = b'{"prompt": "x"}' if method == "POST" else b""
+                reply = await sse_request(sidecar.port, method, target, headers, body)
+                answers.append((bad, method, reply.status))
+        # The same cursor, spelled as sent, with the blanks HTTP allows around it, resumes.
+        ok = await sse_request(sidecar.port, headers={"Last-Event-ID": f"{stream_id}:30 \t"})
+    assert [status for _, _, status in answers] == [400] * len(answers), answers
+    assert ok.status == 200
+    assert [e.id for e in ok.events] == [f"{stream_id}:31"]
+    assert fake.state.counters["requests"] == 1
 
 
 async def test_someone_elses_live_stream_costs_what_an_unknown_id_costs(

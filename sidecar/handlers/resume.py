@@ -27,6 +27,7 @@ from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import (
+    BLANK,
     HEADER,
     QUERY,
     STATUS_HEADER,
@@ -77,9 +78,9 @@ def cursor_of(request: web.Request) -> str | None:
     if request.method not in ("GET", "HEAD", "POST"):
         return None
     try:
-        value = (sole_value(request.headers, "Last-Event-ID") or "").strip()
+        value = (sole_value(request.headers, "Last-Event-ID") or "").strip(BLANK)
         if not value and reads(request.method):
-            value = (sole_value(request.query, QUERY) or "").strip()
+            value = (sole_value(request.query, QUERY) or "").strip(BLANK)
     except RepeatedField as repeated:
         raise reject(
             "resume_malformed", f"{repeated.name} was sent more than once with different values"
