@@ -1195,6 +1195,31 @@ async def test_redis_failing_mid_stream_never_fails_the_stream(
     assert sum(b'"token"' in e for e in events) == 39  # the rest of the 40, none lost
 
 
+async def test_a_stream_over_here_is_known_over_before_its_end_reaches_the_store(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """The replica that produced a stream knows it is over as its client does, though its
+    end is not written to Redis yet (batches go a few ms apart; here Redis does not
+    answer at all): a Stop is told nothing is live, a resume from the end is over."""
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "redis_timeout_seconds": 0.3}}  # fmt: skip
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D20%20tps%3D40%5D%5D%20go"
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + slow) as stream:
+            stream_id = stream.headers["Sidecar-Stream-Id"]
+            assert b"token" in await next_event(stream.content)
+            async with redis_server.stalled():
+                raw = await asyncio.wait_for(stream.read(), 20)
+                assert b'"done":true' in raw
+                async with http.delete(f"{sidecar.url}{ROUTE}/{stream_id}") as cancel:
+                    cancelled = cancel.status
+                last = {"Last-Event-ID": f"{stream_id}:21"}  # the `done` event's id
+                async with http.get(sidecar.url + ROUTE, headers=last) as over:
+                    resumed = over.status
+    assert b"id: " + stream_id.encode() + b":21\n" in raw
+    assert (cancelled, resumed) == (404, 204)
+
+
 async def test_a_redis_restarted_empty_under_a_live_stream_holds_it_whole_again(
     fake: FakeServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:

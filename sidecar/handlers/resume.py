@@ -500,8 +500,10 @@ async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
     kind = ctx.route.handler
     generation = _mine(resume_.hub.get(stream_id), owner, kind)
     if generation is not None:
-        generation.cancel()
-        return web.Response(status=204, headers=ctx.headers)
+        if generation.cancel():
+            return web.Response(status=204, headers=ctx.headers)
+        # Over already (its final event sent), or cancelled: nothing live to stop.
+        raise reject("resume_expired", "no live stream with this id")
     # Maybe produced by another replica. Someone else's stream live here is looked up as
     # an unknown id is (the store names its owner): neither answer nor timing tells it exists.
     if resume_.shared:
