@@ -14,6 +14,7 @@ import logging
 import re
 import signal
 import subprocess
+import urllib.parse
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,40 @@ async def test_unknown_expired_foreign_and_finished_streams(
         if line.startswith("sidecar_stream_resumes_total{")
     }
     assert results == {"resumed", "expired", "forbidden"}
+
+
+async def test_a_cursor_spelled_as_no_event_id_ever_is_is_a_400_however_it_is_sent(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Only the exact spelling of a sent event id resumes: a leading zero, an id of another
+    length than a stream id's or Unicode spaces around it name no event ever sent."""
+    async with sidecar_for(resumable()) as sidecar:
+        done = await sse_request(sidecar.port, target=SLOW)
+        stream_id = done.stream_id
+        spellings = (
+            f"{stream_id}:01",
+            f"{stream_id}:00",
+            "A" * 16 + ":1",  # would be an unknown id (204) if it could be one
+            "A" * 25 + ":1",
+            f"{stream_id}:1\u00a0",
+            f"\u3000{stream_id}:1",
+        )
+        answers = []
+        for bad in spellings:
+            quoted = urllib.parse.quote(bad, safe=":")
+            for method, target, headers in (
+                ("GET", f"{ROUTE}?last_event_id={quoted}", {}),
+                ("POST", ROUTE, {"Last-Event-ID": bad}),
+            ):
+                body = b'{"prompt": "x"}' if method == "POST" else b""
+                reply = await sse_request(sidecar.port, method, target, headers, body)
+                answers.append((bad, method, reply.status))
+        # The same cursor, spelled as sent, with the blanks HTTP allows around it, resumes.
+        ok = await sse_request(sidecar.port, headers={"Last-Event-ID": f"{stream_id}:30 \t"})
+    assert [status for _, _, status in answers] == [400] * len(answers), answers
+    assert ok.status == 200
+    assert [e.id for e in ok.events] == [f"{stream_id}:31"]
+    assert fake.state.counters["requests"] == 1
 
 
 async def test_someone_elses_live_stream_costs_what_an_unknown_id_costs(
@@ -1158,6 +1193,31 @@ async def test_redis_failing_mid_stream_never_fails_the_stream(
     events = [e for e in raw.split(b"\n\n") if e.strip()]
     assert b'"done":true' in events[-1]  # served from memory to the end
     assert sum(b'"token"' in e for e in events) == 39  # the rest of the 40, none lost
+
+
+async def test_a_stream_over_here_is_known_over_before_its_end_reaches_the_store(
+    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """The replica that produced a stream knows it is over as its client does, though its
+    end is not written to Redis yet (batches go a few ms apart; here Redis does not
+    answer at all): a Stop is told nothing is live, a resume from the end is over."""
+    config = {"resume": {"store": "redis", "redis_url": redis_server.url,
+                         "redis_timeout_seconds": 0.3}}  # fmt: skip
+    slow = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D20%20tps%3D40%5D%5D%20go"
+    async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + slow) as stream:
+            stream_id = stream.headers["Sidecar-Stream-Id"]
+            assert b"token" in await next_event(stream.content)
+            async with redis_server.stalled():
+                raw = await asyncio.wait_for(stream.read(), 20)
+                assert b'"done":true' in raw
+                async with http.delete(f"{sidecar.url}{ROUTE}/{stream_id}") as cancel:
+                    cancelled = cancel.status
+                last = {"Last-Event-ID": f"{stream_id}:21"}  # the `done` event's id
+                async with http.get(sidecar.url + ROUTE, headers=last) as over:
+                    resumed = over.status
+    assert b"id: " + stream_id.encode() + b":21\n" in raw
+    assert (cancelled, resumed) == (404, 204)
 
 
 async def test_a_redis_restarted_empty_under_a_live_stream_holds_it_whole_again(

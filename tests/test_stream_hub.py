@@ -337,3 +337,22 @@ def test_a_cancel_once_claude_s_body_ended_leaves_the_stream_to_end_as_it_does()
     assert not log.final
     assert gen.log is log
     assert gen.subscribers == [reader]
+
+
+@pytest.mark.parametrize("how", ["over", "ending", "cancelled"])
+def test_a_cancel_tells_whether_it_stopped_anything(how: str) -> None:
+    """A Stop is answered 204 only when it stopped something: not once the stream is over,
+    its end on its way (while others follow it), or it was cancelled already for its
+    owner (then 404, nothing live to stop)."""
+    gen, _ = generation()
+    producer = Stopper(ended=how == "ending")
+    gen.producer = producer
+    recording = Recording(stream=True)
+    gen.kept_by(recording)
+    assert recording.follow() is not None  # it goes on for a follower
+    if how == "over":
+        gen.end(b'data: {"done":true}\n\n')
+    elif how == "cancelled":
+        assert gen.cancel() is True
+    assert gen.cancel() is False
+    assert producer.stops == []

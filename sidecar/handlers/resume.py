@@ -27,6 +27,7 @@ from sidecar.pipeline import RequestContext
 from sidecar.stream.adapter import ClientChannel
 from sidecar.stream.hub import Generation, Subscriber
 from sidecar.stream.resume import (
+    BLANK,
     HEADER,
     QUERY,
     STATUS_HEADER,
@@ -77,9 +78,9 @@ def cursor_of(request: web.Request) -> str | None:
     if request.method not in ("GET", "HEAD", "POST"):
         return None
     try:
-        value = (sole_value(request.headers, "Last-Event-ID") or "").strip()
+        value = (sole_value(request.headers, "Last-Event-ID") or "").strip(BLANK)
         if not value and reads(request.method):
-            value = (sole_value(request.query, QUERY) or "").strip()
+            value = (sole_value(request.query, QUERY) or "").strip(BLANK)
     except RepeatedField as repeated:
         raise reject(
             "resume_malformed", f"{repeated.name} was sent more than once with different values"
@@ -499,8 +500,10 @@ async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
     kind = ctx.route.handler
     generation = _mine(resume_.hub.get(stream_id), owner, kind)
     if generation is not None:
-        generation.cancel()
-        return web.Response(status=204, headers=ctx.headers)
+        if generation.cancel():
+            return web.Response(status=204, headers=ctx.headers)
+        # Over already (its final event sent), or cancelled: nothing live to stop.
+        raise reject("resume_expired", "no live stream with this id")
     # Maybe produced by another replica. Someone else's stream live here is looked up as
     # an unknown id is (the store names its owner): neither answer nor timing tells it exists.
     if resume_.shared:

@@ -400,32 +400,36 @@ class Generation:
             loop = asyncio.get_running_loop()
             self._unattended = loop.call_later(self.grace, self._abandon, "client_detached")
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
         """An explicit cancel (a Stop button): the producer ends at once.
 
         While other callers follow it, it ends for its owner only: the owner's connections
         get the cancel's final event (it ends the log too) and it goes on for the
         followers, stopped at once when the last of them leaves (never kept for the grace);
         its call records `client_cancelled` even if it then completes.
+
+        False when there was nothing left to stop: the stream is over, or was cancelled
+        already for its owner, or (while others follow it) is ending, its last events on
+        their way.
         """
         if self.producer is None or self.final:
-            return
+            return False
         due: tuple[Outcome, str, str] = (
             "client_cancelled", "cancelled", "the stream was cancelled"
         )  # fmt: skip
         if not self._followed():
             self.producer.stop(*due)
-            return
+            return True
         log = self.log
         if log is None:  # cancelled already: it goes on for its followers only
-            return
+            return False
         # Over for its owner as a cancel without followers ends it: its connections get the
         # same final event, kept as the log's last (a reconnect finds the stream over, here
         # or on another replica, rather than attaching again); nothing more is kept or sent
         # to them while the call goes on for the followers.
         tail = self.producer.final_event(*due)
         if tail is None:  # ending already, with its events still to come: as a late cancel
-            return
+            return False
         if tail:
             tail = self._kept(tail, log)
         self.log = None
@@ -438,6 +442,7 @@ class Generation:
         self.subscribers.clear()
         self.left = "client_cancelled"
         self._left_to_followers(due)
+        return True
 
     def unfollowed(self) -> None:
         """The last follower left: a generation its clients left ends as it was due to (one

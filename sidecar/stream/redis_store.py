@@ -354,6 +354,9 @@ class RedisResumeStore(ResumeStore):
             # Events it did take are refused as not above the newest then, and skipped.
             self._requeue(taken)
             raise refused
+        for log_ in dirty:  # written to its end: Redis knows it as this replica does
+            if log_.closed and log_ not in self._dirty:
+                self._live.pop(log_.stream_id, None)
         # The last 3 replies per checked log are (SET alive, EXISTS cancel, readers).
         start = len(results) - 3 * len(checked)
         for i, log_ in enumerate(checked):
@@ -407,8 +410,7 @@ class RedisResumeStore(ResumeStore):
         pipe.pexpire(events, self._ttl_ms)
         pipe.pexpire(meta, self._ttl_ms)
         if log_.closed:
-            pipe.delete(alive)
-            self._live.pop(log_.stream_id, None)
+            pipe.delete(alive)  # let go of here once written (`_flush`), not before
 
     def _queue_whole(self, pipe: Any, log_: _RedisLog) -> None:
         """Redis lost the stream: every event kept here goes again, ahead of those queued.
@@ -442,6 +444,12 @@ class RedisResumeStore(ResumeStore):
     # ------------------------------------------------------------------ reader side
 
     async def lookup(self, stream_id: str) -> StreamInfo | None:
+        # Produced here and over, its end maybe not written yet (batches go a few ms apart,
+        # or Redis is failing): its end is known here exactly, so a cancel is told nothing
+        # is live (404) and a resume from its final event is over (204), even when the
+        # store cannot say. What is left to read is read from the store as ever.
+        kept = self._live.get(stream_id)
+        over_here = kept if kept is not None and kept.final else None
         events, meta, alive, _ = keys(stream_id)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -451,15 +459,19 @@ class RedisResumeStore(ResumeStore):
                 pipe.exists(alive)
                 fields, newest, oldest, producing = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
+            if over_here is not None:
+                return over_here.info()
             raise StoreError(f"redis: {type(exc).__name__}") from exc
         owner = fields.get(b"owner")
         if owner is None:
-            return None
+            return None if over_here is None else over_here.info()
         last = _number(newest[0][0]) if newest else 0
         first = _number(oldest[0][0]) if oldest else last + 1
         final = b"final" in fields and int(fields[b"final"]) <= last
         origin = fields.get(b"origin", b"").decode()
         kind = fields.get(b"kind", b"").decode()  # none from a replica that kept none
+        if over_here is not None:  # its last events are on their way to Redis
+            return StreamInfo(owner.decode(), over_here.last, True, first, origin, False, kind)
         return StreamInfo(owner.decode(), last, final, first, origin, producing == 1, kind)
 
     async def join(self, stream_id: str, reader: str, limit: int) -> bool:

@@ -34,7 +34,13 @@ log = logging.getLogger("sidecar.resume")
 HEADER: Final = "Sidecar-Stream-Id"
 STATUS_HEADER: Final = "Sidecar-Resume"  # `unavailable` when the store failed (fail_open)
 QUERY: Final = "last_event_id"
-_CURSOR: Final = re.compile(r"([A-Za-z0-9_-]{16,64}):([0-9]{1,12})")
+# Exactly the spelling the stream's event ids use: a stream id as `new_stream_id` makes
+# it and the event number in decimal without a sign or leading zeros. Anything else
+# (`:01`, an id of another length) names no event ever sent: malformed, not unknown.
+_CURSOR: Final = re.compile(r"([A-Za-z0-9_-]{24}):(0|[1-9][0-9]{0,11})")
+# Around a cursor, only what HTTP and the SSE rules treat as blank (`str.strip` would
+# also take Unicode spaces off, accepting a cursor never sent).
+BLANK: Final = " \t"
 
 
 def new_stream_id() -> str:
@@ -63,7 +69,7 @@ def owner_of(identity: Identity, client_ip: str) -> str:
 
 def parse_cursor(value: str) -> tuple[str, int]:
     """`<stream id>:<n>` → (stream id, n); a 400 naming the problem otherwise."""
-    match = _CURSOR.fullmatch(value.strip())
+    match = _CURSOR.fullmatch(value.strip(BLANK))
     if match is None:
         raise reject(
             "resume_malformed",

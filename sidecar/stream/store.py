@@ -122,7 +122,7 @@ class StreamLog:
         self.finished_at: float | None = None
         self.origin = ""
         # Called when another replica asks to cancel the stream (shared stores).
-        self.on_cancel: Callable[[], None] | None = None
+        self.on_cancel: Callable[[], object] | None = None
         # Clients reading the stream from the store on other replicas, as the store last
         # said (shared stores, about once a second): while any reads, it is attended.
         self.readers_elsewhere = 0
