@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -66,6 +67,12 @@ _MESSAGES: Final = {
 }
 
 _SERVED: Final = frozenset({HttpVersion10, HttpVersion11})  # HTTP versions of requests served
+# A `Host` value as RFC 9110 7.2 / RFC 3986 3.2.2 write it: `uri-host [":" port]`, where
+# the host is an IP literal in brackets or a reg-name (an IPv4 address is one too), and
+# the value may be empty.
+_HOST: Final = re.compile(
+    r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?"
+)
 _LINGER_SECONDS: Final = 2.0  # after a 408, a slow head's late bytes are dropped this long
 OnReject = Callable[[str, int], None]
 HeaderTimeout = Callable[[], float]  # read per head: a reload changes it for new heads
@@ -136,6 +143,14 @@ def other_codings(headers: CIMultiDictProxy[str]) -> bool:
         for part in value.split(",")
         if (name := part.strip().lower())
     )
+
+
+def bad_host(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether `Host` is there and is no valid host: RFC 9112 3.2 has a server answer 400
+    to that (as to a missing or repeated one, which the parser refuses), and none of it
+    is forwarded as the app's `Host` or `X-Forwarded-Host`."""
+    host = headers.get("Host")
+    return host is not None and _HOST.fullmatch(host) is None
 
 
 def classify(exc: BaseException) -> tuple[str, int]:
@@ -263,7 +278,8 @@ class TrafficProtocol(web_protocol.RequestHandler):
         # version's name (`HTTP/0.9 200 OK` with a head 0.9 never had). Only 1.0 and 1.1
         # are served here: the others are refused as a malformed request line. A chunked
         # body with another transfer coding on it (which the parser leaves in place,
-        # unlabelled) is refused too (`UnsupportedTransferCoding`).
+        # unlabelled) is refused too (`UnsupportedTransferCoding`), and so is a `Host`
+        # that is no host (`bad_host`: a bad header).
         messages = self._messages
         for index in range(max(0, len(messages) - count), len(messages)):
             message, _ = messages[index]
@@ -274,6 +290,8 @@ class TrafficProtocol(web_protocol.RequestHandler):
                 refused = BadStatusLine(error="unsupported HTTP version")
             elif message.chunked and other_codings(message.headers):
                 refused = UnsupportedTransferCoding()
+            elif bad_host(message.headers):
+                refused = InvalidHeader("Host")
             if refused is not None:
                 messages[index] = (
                     web_protocol._ErrInfo(

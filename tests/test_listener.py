@@ -105,7 +105,30 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
     ("identity_and_chunked", b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
      b"Transfer-Encoding: IDENTITY, chunked\r\n\r\n0\r\n\r\n", 501,
      "unsupported_transfer_coding"),
+    # A `Host` that is no host: never the app's `Host` or `X-Forwarded-Host` (RFC 9112 3.2).
+    ("host_with_a_space", b"GET /v1/models HTTP/1.1\r\nHost: a " + SECRET.encode()
+     + b"\r\n\r\n", 400, "bad_header"),
+    ("host_with_a_path", b"GET / HTTP/1.1\r\nHost: a.example/" + SECRET.encode()
+     + b"\r\n\r\n", 400, "bad_header"),
+    ("host_with_userinfo", b"GET / HTTP/1.1\r\nHost: " + SECRET.encode()
+     + b"@a.example\r\n\r\n", 400, "bad_header"),
+    ("host_port_not_a_number", b"GET / HTTP/1.1\r\nHost: a.example:8o\r\n\r\n", 400,
+     "bad_header"),
+    ("host_unclosed_literal", b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400, "bad_header"),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "host", ["", "a.example", "a.example:8080", "127.0.0.1:1", "[::1]:8080", "xn--bcher-kva.ch",
+             "A-B.example.", "a.example:"],
+)  # fmt: skip
+async def test_every_valid_host_spelling_is_served(sidecar_for: SidecarFactory, host: str) -> None:
+    async with sidecar_for() as sidecar:
+        answer = await exchange(
+            sidecar.port,
+            b"GET /v1/models HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n" % host.encode(),
+        )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
 
 
 async def test_parser_errors_are_clean_counted_and_never_logged_raw(
