@@ -92,3 +92,12 @@ def test_only_a_verified_iss_that_is_a_name_reaches_the_app(
     identity = Identity(method="jwt", user="alice", claims={"iss": iss})
     strip_and_set_identity(headers, identity, IdentityHeaders())
     assert headers.get("X-Sidecar-Issuer") == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["X-Original-URL", "X-Rewrite-URL", "X-Original-URI", "X-Envoy-Original-Path"]
+)
+def test_every_header_naming_the_path_asked_for_is_a_forwarding_header(name: str) -> None:
+    """Frameworks and proxies read these as the request's real path: from a client, one
+    would route the app's request elsewhere than the path the sidecar's policy saw."""
+    assert is_forwarding_header(name)

@@ -29,7 +29,7 @@ FORWARDING_HEADERS: Final = frozenset(
         "x-cluster-client-ip", "x-original-forwarded-for", "x-originating-ip", "x-remote-ip",
         "x-remote-addr", "x-proxyuser-ip", "x-envoy-external-address", "x-original-url",
         "x-rewrite-url", "x-original-uri", "x-original-host", "x-host", "x-http-host-override",
-        "x-url-scheme", "front-end-https",
+        "x-url-scheme", "front-end-https", "x-envoy-original-path",
     }
 )  # fmt: skip
 _FORWARDING_PREFIX: Final = "x-forwarded-"  # every X-Forwarded-* of any proxy
