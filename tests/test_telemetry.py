@@ -526,6 +526,21 @@ async def test_an_idle_timeout_does_not_stretch_the_chunk_gaps_over_its_silence(
     assert error["duration_ms"] >= 500
 
 
+async def test_a_200_that_never_reported_usage_records_no_token_usage(
+    sidecar_for: SidecarFactory, otel: Otel
+) -> None:
+    """Claude's 200 whose body went silent before its `message_start` said how many tokens
+    it used: no `gen_ai.client.token.usage` point, as for a call Claude refused (points of
+    the sidecar's own input estimate and 0 output would pass for usage Claude reported)."""
+    config = {"claude": {"idle_timeout_seconds": 0.3, "heartbeat_seconds": 0.1}}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        status, events = await prompt(sidecar.url, "[[fake fault=stall_before_start]]")
+    assert status == 200
+    assert events[-1]["error"]["type"] == "idle_timeout"
+    assert len(otel.points("gen_ai.client.operation.duration")) == 1  # the call was made
+    assert otel.points("gen_ai.client.token.usage") == []
+
+
 async def _queued(sidecar: SidecarServer) -> asyncio.Task[tuple[int, list[dict[str, Any]]]]:
     """A prompt waiting in the admission queue, its one slot held by another call."""
     queued = asyncio.create_task(prompt(sidecar.url, "waiting in line"))

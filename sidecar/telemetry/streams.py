@@ -146,7 +146,9 @@ def record_metrics(
     if sent is None:
         return  # rejected before Claude was called: no GenAI operation happened
     inst.operation_duration.record(ended - sent, metric)
-    answered = record.upstream_status == 200
+    # Claude's Message (`message_start`, or a whole answer) reported the usage: a 200
+    # whose body ended or went silent before it reported none, as an error answer does.
+    answered = record.response_model is not None
     if inst.names.latest:
         # Every call Claude was sent, failed ones too (0 when no usage came back, as the
         # spec asks); output with no answer counts as `unknown` modality.
