@@ -295,6 +295,7 @@ async def test_upstream_error_status(sidecar_for: SidecarFactory, otel: Otel) ->
     assert attributes["http.response.status_code"] == 400
     assert otel.count("sidecar.upstream.responses", **{"http.response.status_code": 400}) == 1
     assert otel.points("gen_ai.client.token.usage") == []  # no usage without an answer
+    assert not [key for key in attributes if key.startswith("gen_ai.usage.")]  # nor on the span
 
 
 async def test_retries_are_counted(sidecar_for: SidecarFactory, otel: Otel) -> None:
@@ -331,6 +332,8 @@ async def test_queue_full_stream_is_rejected(sidecar_for: SidecarFactory, otel: 
     attributes = span.attributes or {}
     assert attributes["error.type"] == "overloaded_error"
     assert "gen_ai.response.id" not in attributes
+    # Claude never saw it: no usage, rather than a usage of 0 tokens.
+    assert not [key for key in attributes if key.startswith("gen_ai.usage.")]
     assert span.status.status_code == StatusCode.ERROR
     assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "rejected"}) == 1
     assert otel.count("sidecar.rejections", **{"sidecar.rejection.reason": "queue_full"}) == 1
@@ -524,6 +527,23 @@ async def test_an_idle_timeout_does_not_stretch_the_chunk_gaps_over_its_silence(
     assert error["outcome"] == "idle_timeout"
     assert error["tokens_per_second"] is None
     assert error["duration_ms"] >= 500
+
+
+async def test_a_200_that_never_reported_usage_records_no_token_usage(
+    sidecar_for: SidecarFactory, otel: Otel
+) -> None:
+    """Claude's 200 whose body went silent before its `message_start` said how many tokens
+    it used: no `gen_ai.client.token.usage` point, as for a call Claude refused (points of
+    the sidecar's own input estimate and 0 output would pass for usage Claude reported)."""
+    config = {"claude": {"idle_timeout_seconds": 0.3, "heartbeat_seconds": 0.1}}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        status, events = await prompt(sidecar.url, "[[fake fault=stall_before_start]]")
+    assert status == 200
+    assert events[-1]["error"]["type"] == "idle_timeout"
+    assert len(otel.points("gen_ai.client.operation.duration")) == 1  # the call was made
+    assert otel.points("gen_ai.client.token.usage") == []
+    attributes = otel.client_span().attributes or {}
+    assert not [key for key in attributes if key.startswith("gen_ai.usage.")]
 
 
 async def _queued(sidecar: SidecarServer) -> asyncio.Task[tuple[int, list[dict[str, Any]]]]:

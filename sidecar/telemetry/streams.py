@@ -53,19 +53,27 @@ def start_attributes(record: StreamRecord) -> dict[str, Any]:
     return attributes
 
 
+def reported_usage(record: StreamRecord) -> bool:
+    """Claude's Message (`message_start`, or a whole answer) said how many tokens the call
+    used. A call Claude refused or never saw, or a 200 whose body ended or went silent
+    before its `message_start`, reported none: its usage is unknown, not 0 tokens."""
+    return record.response_model is not None
+
+
 def end_attributes(
     record: StreamRecord, is_failed: bool | None = None, names: GenAiNames = DEFAULT
 ) -> dict[str, Any]:
     """Attributes known when the stream ends: response, usage, outcome, timings."""
     attributes: dict[str, Any] = {
-        "gen_ai.usage.input_tokens": record.total_input_tokens,
-        "gen_ai.usage.output_tokens": record.output_tokens,
-        names.cache_write_attribute: record.cache_creation_input_tokens,
-        "gen_ai.usage.cache_read.input_tokens": record.cache_read_input_tokens,
         "sidecar.stream.outcome": record.outcome,
         "sidecar.upstream.retries": record.retries,
         "sidecar.queue.wait": record.queue_wait,
     }
+    if reported_usage(record):
+        attributes["gen_ai.usage.input_tokens"] = record.total_input_tokens
+        attributes["gen_ai.usage.output_tokens"] = record.output_tokens
+        attributes[names.cache_write_attribute] = record.cache_creation_input_tokens
+        attributes["gen_ai.usage.cache_read.input_tokens"] = record.cache_read_input_tokens
     if record.response_id is not None:
         attributes["gen_ai.response.id"] = short_text(record.response_id)
     if record.response_model_label is not None:
@@ -146,7 +154,7 @@ def record_metrics(
     if sent is None:
         return  # rejected before Claude was called: no GenAI operation happened
     inst.operation_duration.record(ended - sent, metric)
-    answered = record.upstream_status == 200
+    answered = reported_usage(record)
     if inst.names.latest:
         # Every call Claude was sent, failed ones too (0 when no usage came back, as the
         # spec asks); output with no answer counts as `unknown` modality.
