@@ -96,6 +96,11 @@ export interface StreamOptions {
  * `resume_unavailable`, `http_<status>`).
  */
 export class ClaudeStreamError extends Error {
+  constructor(
+    type: string,
+    message?: string,
+    details?: { status?: number | null; retryAfter?: number | null; requestId?: string | null },
+  );
   readonly type: string;
   readonly status: number | null;
   /** Seconds to wait before trying again, from `retry-after`. */
@@ -104,6 +109,8 @@ export class ClaudeStreamError extends Error {
 }
 
 export class ClaudeStream implements AsyncIterable<StreamEvent> {
+  /** Starts the stream at once, as `streamClaude(url, options)` does. */
+  constructor(url: string, options?: StreamOptions);
   readonly url: string;
   /** The text so far; it stays while the stream reconnects. */
   readonly text: string;
