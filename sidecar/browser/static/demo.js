@@ -39,6 +39,13 @@ export function describe(error) {
   }
 }
 
+/** Tokens per second after `tokens` tokens, the first at `firstMs` and the last at `nowMs`:
+ *  n tokens span n - 1 intervals from the first one (null until there is an interval). */
+export function tokensPerSecond(tokens, firstMs, nowMs) {
+  const seconds = (nowMs - firstMs) / 1000;
+  return tokens > 1 && seconds > 0 ? (tokens - 1) / seconds : null;
+}
+
 function busy(on) {
   send.disabled = on;
   stop.disabled = !on;
@@ -78,8 +85,8 @@ async function show(stream, started) {
       tokens += 1;
       answer.append(e.text);
       $("count").textContent = String(tokens);
-      const seconds = (now - first) / 1000;
-      if (seconds > 0) $("tps").textContent = (tokens / seconds).toFixed(1);
+      const rate = tokensPerSecond(tokens, first, now);
+      if (rate !== null) $("tps").textContent = rate.toFixed(1);
     } else if (e.type === "reconnecting" && e.reason === "offline") {
       say("You are offline — the answer continues when the network is back.");
     } else if (e.type === "reconnecting") {
