@@ -122,7 +122,8 @@ async def test_demo_errors_are_sentences(
 
 # The module's own error types (docs/browser.md#errors), but `http_<status>` (an answer
 # without the sidecar's JSON: its status is all there is to say).
-MODULE_TYPES = {"connection_error", "connection_lost", "timeout", "resume_unavailable"}
+MODULE_TYPES = {"connection_error", "connection_lost", "timeout", "resume_unavailable",
+                "unsupported_stream"}  # fmt: skip
 
 
 def prompt_route_error_types() -> set[str]:

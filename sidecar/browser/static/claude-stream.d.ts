@@ -93,7 +93,7 @@ export interface StreamOptions {
  * `type` is the server's error type (`rate_limited`, `unauthorized`, `prompt_rejected`,
  * `overloaded`, `idle_timeout`, `stream_lost`, `cancelled`...: the list is in the sidecar's
  * docs/browser.md) or the client's own (`connection_lost`, `connection_error`, `timeout`,
- * `resume_unavailable`, `http_<status>`).
+ * `resume_unavailable`, `unsupported_stream`, `http_<status>`).
  */
 export class ClaudeStreamError extends Error {
   constructor(

@@ -25,6 +25,7 @@ export function describe(error) {
     case "shutting_down": return "The service is restarting — try again in a moment.";
     case "connection_lost": return "The connection was lost. The text so far is kept.";
     case "connection_error": return "Could not reach the sidecar.";
+    case "unsupported_stream": return "This address does not stream prompt answers (it is not a prompt route).";
     case "client_stalled": return "This page stopped reading the answer, so it was cut off — try again.";
     case "stream_lost":
     case "resume_unavailable":
