@@ -122,7 +122,8 @@ async def test_demo_errors_are_sentences(
 
 # The module's own error types (docs/browser.md#errors), but `http_<status>` (an answer
 # without the sidecar's JSON: its status is all there is to say).
-MODULE_TYPES = {"connection_error", "connection_lost", "timeout", "resume_unavailable"}
+MODULE_TYPES = {"connection_error", "connection_lost", "timeout", "resume_unavailable",
+                "unsupported_stream"}  # fmt: skip
 
 
 def prompt_route_error_types() -> set[str]:
@@ -155,6 +156,24 @@ async def test_demo_says_every_error_in_its_own_words(
     generic = {t: text for t, text in said.items() if text.startswith("Something went wrong")}
     assert generic == {}
     assert all("{" not in text for text in said.values())
+
+
+async def test_demo_rate_counts_the_intervals_between_tokens(
+    fake: FakeServer, sidecar_for: SidecarFactory, browser: Browser
+) -> None:
+    """Tokens/s is measured from the first token: 51 tokens a second apart from it are
+    50 tokens/s (not 51), and one token alone has no rate yet."""
+    async with sidecar_for(CONFIG) as sidecar:
+        page = await browser.new_page()
+        await page.goto(sidecar.url + "/_sidecar/demo")
+        rates = await page.evaluate(
+            """async () => {
+              const { tokensPerSecond } = await import("./demo.js");
+              return [tokensPerSecond(51, 1000, 2000), tokensPerSecond(2, 0, 20),
+                      tokensPerSecond(1, 0, 0), tokensPerSecond(3, 5, 5)];
+            }"""
+        )
+    assert rates == [50, 50, None, None]
 
 
 async def test_demo_signs_in_with_a_key_and_reads_well_on_a_phone(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import re
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from sidecar import loader
+from sidecar.browser import static_file
 from sidecar.config import BrowserConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.server import SidecarServer
@@ -197,3 +199,21 @@ async def test_the_module_keeps_its_cors_and_cache_headers_on_a_304(
             assert cached.headers["Access-Control-Allow-Origin"] == "*"
             assert cached.headers["Cache-Control"] == "public, max-age=300"
             assert cached.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def _classes(text: str) -> dict[str, str]:
+    """Each `export class` of a module or declaration file, with its body's text."""
+    starts = [(m.group(1), m.end()) for m in re.finditer(r"^export class (\w+)[^{]*\{", text, re.M)]
+    return {name: text[at:].split("\n}", 1)[0] for name, at in starts}
+
+
+def test_the_types_declare_every_exported_class_constructor_that_takes_arguments() -> None:
+    """A class whose constructor takes arguments is declared with them in the `.d.ts`:
+    without, TypeScript reads it as `new X()` and refuses `new ClaudeStreamError(type, …)`."""
+    module = _classes(static_file("claude-stream.js"))
+    types = _classes(static_file("claude-stream.d.ts"))
+    assert set(module) == set(types)
+    for name, body in module.items():
+        takes = re.search(r"^  constructor\((.+)\)", body, re.M)
+        if takes is not None:
+            assert re.search(r"^  constructor\(\s*\w", types[name], re.M), name

@@ -221,6 +221,31 @@ async def test_errors_carry_type_status_and_retry_after(
     assert midstream["text"]  # the partial answer stays
 
 
+async def test_another_routes_stream_is_an_unsupported_stream_at_once(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Pointed at the anthropic or the ui route, the module fails on the first event with
+    `unsupported_stream`: no wait for a `done` that never comes, no resume of a stream
+    that was never cut."""
+    skip_unless_engine("chromium")
+    anthropic = {"model": "claude-sonnet-5-5", "max_tokens": 16, "stream": True,
+                 "messages": [{"role": "user", "content": "hello"}]}  # fmt: skip
+    chat = {
+        "id": "chat-1",
+        "messages": [{"role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+    }
+    async with page_and_sidecar(sidecar_for) as (origin, sidecar):
+        results = [
+            await run(
+                "chromium", origin, sidecar.url, url=sidecar.url + path, options={"body": body}
+            )
+            for path, body in (("/v1/messages", anthropic), ("/api/chat", chat))
+        ]
+    for result in results:
+        assert kinds(result) == ["open", "error"], result
+        assert result["events"][-1]["error"]["type"] == "unsupported_stream"
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_abort_cancels_the_generation_at_claude(
     engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory

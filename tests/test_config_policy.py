@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sidecar import loader
+from sidecar.config import CorsConfig
+from sidecar.fake_claude.server import RATE_LIMITS
+from sidecar.upstream import RATELIMIT_PREFIX, RETURNED_RESPONSE_HEADERS
 from tests.support.config import problems_of
 
 
@@ -56,3 +59,15 @@ def test_expose_headers_take_names_and_a_wildcard_only_without_credentials() -> 
         "cors: '*' in expose_headers exposes nothing with allow_credentials: list the names"
     ]
     loader.validate({"cors": {"expose_headers": ["*"], "allow_methods": ["GET", "PATCH"]}}, {})
+
+
+def test_every_header_passed_back_from_claude_is_exposed_by_default() -> None:
+    """What the sidecar hands on from Claude's answer is there for the official JS SDK in
+    a browser (`x-should-retry` decides its retries) and for page code: readable
+    cross-origin with the default `cors.expose_headers`."""
+    passed_on = set(RETURNED_RESPONSE_HEADERS)
+    for family, _ in RATE_LIMITS:  # every `anthropic-ratelimit-*` family Claude sends
+        passed_on |= {
+            f"{RATELIMIT_PREFIX}{family}-{part}" for part in ("limit", "remaining", "reset")
+        }
+    assert passed_on - set(CorsConfig().expose_headers) == set()

@@ -263,6 +263,24 @@ SDK_HEADERS = (
 )
 
 
+async def test_every_rate_limit_header_an_answer_carries_is_exposed_by_default(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Claude's whole `anthropic-ratelimit-*` family (requests, tokens, input and output
+    tokens), passed on by the sidecar, is readable by the page with the default CORS."""
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        sent = {"Origin": ALLOWED, "x-api-key": API_KEY}
+        async with http.post(sidecar.url + "/v1/messages", json=body, headers=sent) as response:
+            assert response.status == 200
+            headers = response.headers
+    limits = {name.lower() for name in headers if name.lower().startswith("anthropic-ratelimit-")}
+    assert any("output-tokens" in name for name in limits)  # the fake sends every family
+    exposed = {name.strip() for name in headers["Access-Control-Expose-Headers"].split(",")}
+    assert limits - exposed == set()
+
+
 async def test_the_js_sdks_preflight_passes_with_the_default_headers(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -27,11 +27,15 @@ _DEFAULT_ALLOW_HEADERS = [
     "last-event-id", "x-request-id", "traceparent", "tracestate", "sidecar-resume", "user-agent",
 ]  # fmt: skip
 _DEFAULT_EXPOSE_HEADERS = [
-    "x-request-id", "request-id", "retry-after", "retry-after-ms", "sidecar-stream-id",
+    "x-request-id", "request-id", "retry-after", "retry-after-ms", "x-should-retry",
+    "sidecar-stream-id",
     "sidecar-resume", "x-cache", "age",
     "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
     "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
     "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-limit", "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset",
 ]  # fmt: skip
 
 

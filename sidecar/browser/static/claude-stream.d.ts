@@ -93,9 +93,14 @@ export interface StreamOptions {
  * `type` is the server's error type (`rate_limited`, `unauthorized`, `prompt_rejected`,
  * `overloaded`, `idle_timeout`, `stream_lost`, `cancelled`...: the list is in the sidecar's
  * docs/browser.md) or the client's own (`connection_lost`, `connection_error`, `timeout`,
- * `resume_unavailable`, `http_<status>`).
+ * `resume_unavailable`, `unsupported_stream`, `http_<status>`).
  */
 export class ClaudeStreamError extends Error {
+  constructor(
+    type: string,
+    message?: string,
+    details?: { status?: number | null; retryAfter?: number | null; requestId?: string | null },
+  );
   readonly type: string;
   readonly status: number | null;
   /** Seconds to wait before trying again, from `retry-after`. */
@@ -104,6 +109,8 @@ export class ClaudeStreamError extends Error {
 }
 
 export class ClaudeStream implements AsyncIterable<StreamEvent> {
+  /** Starts the stream at once, as `streamClaude(url, options)` does. */
+  constructor(url: string, options?: StreamOptions);
   readonly url: string;
   /** The text so far; it stays while the stream reconnects. */
   readonly text: string;

@@ -402,6 +402,13 @@ export class ClaudeStream {
     if (n !== null && n <= this._applied) return; // already applied before a reconnect
     let value;
     try { value = JSON.parse(data); } catch (_) { return; }
+    // A `type` field is another route's event (Claude's own on the anthropic route, an AI
+    // SDK chunk on the ui route), never the prompt route's: say so rather than wait for a
+    // `done` that never comes and then retry a stream that was never cut.
+    if (value && typeof value.type === "string") {
+      return this._fail(new ClaudeStreamError("unsupported_stream",
+        "this URL does not stream the prompt route's events (the module reads a prompt route)"));
+    }
     if (id) {
       this.lastEventId = id;
       this.streamId = streamIdOf(id) || this.streamId;

@@ -25,6 +25,7 @@ export function describe(error) {
     case "shutting_down": return "The service is restarting — try again in a moment.";
     case "connection_lost": return "The connection was lost. The text so far is kept.";
     case "connection_error": return "Could not reach the sidecar.";
+    case "unsupported_stream": return "This address does not stream prompt answers (it is not a prompt route).";
     case "client_stalled": return "This page stopped reading the answer, so it was cut off — try again.";
     case "stream_lost":
     case "resume_unavailable":
@@ -37,6 +38,13 @@ export function describe(error) {
     case "invalid_request": return "The request was not accepted: " + error.message;
     default: return error.status ? `Something went wrong (HTTP ${error.status}).` : "Something went wrong.";
   }
+}
+
+/** Tokens per second after `tokens` tokens, the first at `firstMs` and the last at `nowMs`:
+ *  n tokens span n - 1 intervals from the first one (null until there is an interval). */
+export function tokensPerSecond(tokens, firstMs, nowMs) {
+  const seconds = (nowMs - firstMs) / 1000;
+  return tokens > 1 && seconds > 0 ? (tokens - 1) / seconds : null;
 }
 
 function busy(on) {
@@ -78,8 +86,8 @@ async function show(stream, started) {
       tokens += 1;
       answer.append(e.text);
       $("count").textContent = String(tokens);
-      const seconds = (now - first) / 1000;
-      if (seconds > 0) $("tps").textContent = (tokens / seconds).toFixed(1);
+      const rate = tokensPerSecond(tokens, first, now);
+      if (rate !== null) $("tps").textContent = rate.toFixed(1);
     } else if (e.type === "reconnecting" && e.reason === "offline") {
       say("You are offline — the answer continues when the network is back.");
     } else if (e.type === "reconnecting") {
