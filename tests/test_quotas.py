@@ -956,7 +956,7 @@ async def test_every_answer_of_a_route_with_quotas_tells_the_requests_and_tokens
                 port, "GET", "/api/stream-response", {"Last-Event-ID": last}
             ),
             "resume 404": await sse_request(
-                port, "POST", "/v1/messages", {"Last-Event-ID": "s" * 32 + ":3"}, body
+                port, "POST", "/v1/messages", {"Last-Event-ID": "s" * 24 + ":3"}, body
             ),
         }
     assert call.status == prompt.status == 200
