@@ -112,14 +112,17 @@ async def test_telemetry_that_fails_is_logged_and_the_span_still_ends(
     otel.telemetry.shutdown()
 
 
+# One caller, user `ci-bot` of tenant `acme`, by its API key.
+CI_BOT_KEY = "sk-client-secret"
+CI_BOT_AUTH = {"mode": "required", "api_keys": [
+    {"name": "ci", "sha256": hashlib.sha256(CI_BOT_KEY.encode()).hexdigest(), "user": "ci-bot",
+     "tenant": "acme"}]}  # fmt: skip
+
+
 async def test_user_is_hashed_on_spans_by_default(sidecar_for: SidecarFactory) -> None:
     otel = make_otel()
-    key = "sk-client-secret"
-    auth = {"mode": "required", "api_keys": [
-        {"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest(), "user": "ci-bot",
-         "tenant": "acme"}]}  # fmt: skip
-    async with sidecar_for({"auth": auth}, telemetry=otel.telemetry) as sidecar:
-        status, _ = await prompt(sidecar.url, "hello", {"x-api-key": key})
+    async with sidecar_for({"auth": CI_BOT_AUTH}, telemetry=otel.telemetry) as sidecar:
+        status, _ = await prompt(sidecar.url, "hello", {"x-api-key": CI_BOT_KEY})
     assert status == 200
     attributes = otel.client_span().attributes or {}
     assert attributes["sidecar.user"] == hashlib.sha256(b"ci-bot").hexdigest()[:16]
@@ -132,12 +135,8 @@ async def test_with_a_user_hash_key_spans_and_lines_carry_keyed_pseudonyms(
     caplog.set_level(logging.INFO, logger="sidecar.stream")
     secret = "telemetry-pseudonym-key-0123456789abcdef"
     otel = make_otel(user_hash_key=secret)
-    key = "sk-client-secret"
-    auth = {"mode": "required", "api_keys": [
-        {"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest(), "user": "ci-bot",
-         "tenant": "acme"}]}  # fmt: skip
-    async with sidecar_for({"auth": auth}, telemetry=otel.telemetry) as sidecar:
-        status, _ = await prompt(sidecar.url, "hello", {"x-api-key": key})
+    async with sidecar_for({"auth": CI_BOT_AUTH}, telemetry=otel.telemetry) as sidecar:
+        status, _ = await prompt(sidecar.url, "hello", {"x-api-key": CI_BOT_KEY})
     assert status == 200
 
     def keyed(value: bytes) -> str:
