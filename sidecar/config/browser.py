@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -40,6 +41,14 @@ class UiConfig(Section):
     max_tokens: int | None = Field(None, gt=0)  # defaults to claude.max_tokens
     thinking_budget_tokens: int | None = Field(None, ge=1024)  # extended thinking when set
     tools: list[dict[str, Any]] = Field(default_factory=list)  # Claude tool definitions
+
+    @cached_property
+    def tools_chars(self) -> int:
+        """The characters of `tools`: Claude reads them as input on every call, so a call's
+        input estimate (its token reservation) counts them; counted once per config."""
+        from sidecar.policy.claude_schema import collect_texts  # (policy imports config)
+
+        return collect_texts({"tools": self.tools}).chars if self.tools else 0
 
     @field_validator("tools")
     @classmethod

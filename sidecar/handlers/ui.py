@@ -38,7 +38,6 @@ from sidecar.handlers.ui_request import parse_ui_request
 from sidecar.handlers.ui_stream import HEADERS, UiTranslator, closing_chunks
 from sidecar.methods import reads
 from sidecar.pipeline import RequestContext
-from sidecar.policy.claude_schema import collect_texts
 from sidecar.upstream import Attempt
 
 
@@ -55,25 +54,6 @@ def _stream_id_in_path(route_path: str, path: str) -> str | None:
     """`<route>/<stream id>`: the path names one stream (to cancel it)."""
     rest = path[len(route_path.rstrip("/")) :].strip("/")
     return rest if rest and "/" not in rest else None
-
-
-# The characters of each config's `ui.tools`, by the list's identity (it lives as long as
-# its config): counted once per config, not per call.
-_TOOLS_CHARS: dict[int, tuple[list[dict[str, Any]], int]] = {}
-_TOOLS_CHARS_MAX = 16  # configs remembered (reloads bring new ones)
-
-
-def tools_chars(tools: list[dict[str, Any]]) -> int:
-    """The characters of the tool definitions the config adds to every call: Claude reads
-    them as input, so the call's input estimate (its token reservation) counts them."""
-    cached = _TOOLS_CHARS.get(id(tools))
-    if cached is not None and cached[0] is tools:
-        return cached[1]
-    if len(_TOOLS_CHARS) >= _TOOLS_CHARS_MAX:
-        _TOOLS_CHARS.clear()
-    chars = collect_texts({"tools": tools}).chars if tools else 0
-    _TOOLS_CHARS[id(tools)] = (tools, chars)
-    return chars
 
 
 def client_part(body: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +107,7 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
         # What the client sent and the tool definitions the config adds (not screened,
         # but read by Claude as input all the same).
         input_estimate=estimate_input_tokens(
-            collected.chars + tools_chars(config.ui.tools), collected.attachment_bytes
+            collected.chars + config.ui.tools_chars, collected.attachment_bytes
         ),
     )
     # Regenerate asks for another answer than the one the chat has: never the stored one.
