@@ -29,7 +29,8 @@ from sidecar.config import (
     redact_url,
 )
 from sidecar.paths import PathRefused, canonical
-from sidecar.policy.claude_schema import collect_texts
+from sidecar.policy.claude_schema import Collected, collect_texts
+from sidecar.quotas.estimate import estimate_input_tokens
 
 # `$$`, a reference, or a `${` written as one but not one (told, never kept as text: a
 # mistyped `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file
@@ -328,6 +329,7 @@ def route_policies(config: Config) -> list[RoutePolicy]:
     policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
     problems.extend(_cache_store_problems(config, policies))
     problems.extend(_ui_tool_problems(config, policies))
+    problems.extend(_default_call_problems(config, policies))
     problems.extend(_jwks_schedule_problems(config, policies))
     problems.extend(_api_key_problems(config, policies))
     for index, route in enumerate(config.routes):
@@ -429,6 +431,52 @@ def _ui_tool_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
         for index, (route, policy) in enumerate(zip(config.routes, policies, strict=True))
         if route.handler == "ui" and policy.screening.remote_content == "refuse"
     ]
+
+
+def _default_call_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
+    """A token limit below what a call left at the default `max_tokens` reserves would
+    refuse every such call (400, `quota_request_too_large`): on a ui route (whose clients
+    cannot choose max_tokens) no call could ever pass. Refused, naming both keys. The
+    anthropic route has no default (each request names its max_tokens)."""
+    problems: list[str] = []
+    for index, (route, policy) in enumerate(zip(config.routes, policies, strict=True)):
+        if route.handler not in ("prompt", "ui"):
+            continue
+        quotas = policy.quotas
+        limits = [
+            (key, limit)
+            for key in ("tokens_per_minute", "tokens_per_day")
+            if (limit := getattr(quotas, key)) is not None
+        ]
+        if not limits:
+            continue
+        if route.handler == "ui" and config.ui.max_tokens is not None:
+            max_tokens_key, max_tokens = "ui.max_tokens", config.ui.max_tokens
+        else:
+            max_tokens_key, max_tokens = "claude.max_tokens", config.claude.max_tokens
+        least = max_tokens + _least_input_estimate(config, route.handler, quotas)
+        overridden = route.quotas.model_fields_set if route.quotas is not None else set()
+        for key, limit in limits:
+            if least <= limit:
+                continue
+            where = f"routes.{index}.quotas" if key in overridden else "quotas"
+            problems.append(
+                f"{where}.{key}: {limit} is less than a call left at the default "
+                f"{max_tokens_key} ({max_tokens}) reserves on routes.{index} ({route.path}): "
+                f"at least {least} tokens (max_tokens + its input estimate); every such "
+                f"call would be refused: lower {max_tokens_key} or raise {where}.{key}"
+            )
+    return problems
+
+
+def _least_input_estimate(config: Config, handler: str, quotas: QuotaConfig) -> int:
+    """The input estimate of the smallest call a route makes: what the sidecar adds itself
+    (the ui route's system prompt and tools) and no client text."""
+    if handler != "ui":
+        return estimate_input_tokens(Collected(), quotas)
+    ui = config.ui
+    system = Collected(texts=[ui.system] if ui.system else [])
+    return estimate_input_tokens(system, quotas, ui.tools_chars, bool(ui.tools))
 
 
 def validate(data: Any, env: Mapping[str, str] | None = None) -> Config:

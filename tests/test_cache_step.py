@@ -429,7 +429,8 @@ async def _statuses_under_a_small_token_quota(
 ) -> list[tuple[int, str | None]]:
     """A miss, then 20 hits, under 100 requests and 200 tokens a minute (one call
     reserves ~80 and spends ~17): uncharged hits never meet the token limit."""
-    quotas = {"quotas": {"requests_per_minute": 100, "tokens_per_minute": 200}}
+    quotas = {"quotas": {"requests_per_minute": 100, "tokens_per_minute": 200},
+              "claude": {"max_tokens": 64}}  # fmt: skip
     async with sidecar_for({**cached(charge_hits=charge_hits), **quotas}) as s:
         return [
             (status, cache) for status, cache, _ in [await post(s.url, BODY) for _ in range(21)]
@@ -542,7 +543,8 @@ async def test_a_charged_hit_spends_what_the_answer_cost_streamed_or_not(
 _NOT_CALLED: list[tuple[dict[str, Any], dict[str, Any], int]] = [
     # a quota exceeded (the second request of a minute), a call larger than a token limit
     ({"quotas": {"requests_per_minute": 1}}, asking("another question"), 429),
-    ({"quotas": {"tokens_per_minute": 100}}, asking("another", max_tokens=4096), 400),
+    ({"quotas": {"tokens_per_minute": 100}, "claude": {"max_tokens": 64}},
+     asking("another", max_tokens=4096), 400),
     # refused before the lookup: no credential, screening, a bad request
     ({"auth": {"mode": "required", "api_keys": [{"name": "k", "sha256": "0" * 64}]}},
      BODY, 401),

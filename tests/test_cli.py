@@ -467,3 +467,13 @@ def test_health_refuses_a_timeout_that_is_no_wait(tmp_path: Path, timeout: str) 
         "sidecar health: error: argument --timeout: must be a finite number of seconds > 0,"
         f" got {timeout!r}"
     )
+
+
+def test_check_refuses_a_token_limit_no_default_call_fits(tmp_path: Path) -> None:
+    path = tmp_path / "limits.yaml"
+    path.write_text("claude: {max_tokens: 4096}\nquotas: {tokens_per_day: 2000}\n")
+    result = sidecar_command("check", "-c", str(path))
+    assert result.returncode == 2
+    first = result.stdout.strip().splitlines()[0]
+    assert first.startswith("quotas.tokens_per_day: 2000 is less than a call left at the ")
+    assert "claude.max_tokens (4096)" in first

@@ -395,3 +395,38 @@ def test_a_short_value_from_the_environment_is_still_quoted() -> None:
     assert problems_of('server: {listen: "${LISTEN}"}', {"LISTEN": "80"}) == [
         "server.listen: must be host:port, got '80'"
     ]
+
+
+def test_a_token_limit_below_a_default_call_is_refused_naming_both_keys() -> None:
+    found = problems_of({"claude": {"max_tokens": 4096}, "quotas": {"tokens_per_minute": 1000}})
+    # The prompt route (routes.0) and the ui route (routes.2) use the default; the
+    # anthropic route (routes.1) has none: each request names its max_tokens.
+    assert [p.split(" reserves on ")[1].split(":")[0] for p in found] == [
+        "routes.0 (/api/stream-response)",
+        "routes.2 (/api/chat)",
+    ]
+    assert found[0].startswith("quotas.tokens_per_minute: 1000 is less than a call left at ")
+    assert "claude.max_tokens (4096)" in found[0]
+    assert "at least 4104 tokens" in found[0]  # max_tokens + the smallest input estimate
+    assert "lower claude.max_tokens or raise quotas.tokens_per_minute" in found[0]
+
+
+def test_the_ui_routes_own_max_tokens_system_and_tools_count_against_a_routes_limit() -> None:
+    tools = [{"name": "lookup", "input_schema": {"type": "object"}}]
+    routes = [{"path": "/api/chat", "handler": "ui", "quotas": {"tokens_per_day": 1000}}]
+    found = problems_of({"ui": {"max_tokens": 500, "tools": tools}, "routes": routes})
+    assert len(found) == 1
+    # 500 + 8 + the tool-use system prompt (530) + the tools' own text
+    assert found[0].startswith("routes.0.quotas.tokens_per_day: 1000 is less than ")
+    assert "ui.max_tokens (500)" in found[0]
+    assert "raise routes.0.quotas.tokens_per_day" in found[0]
+    loader.validate({"ui": {"max_tokens": 500}, "routes": routes})  # 508 fits
+
+
+def test_a_default_call_that_fits_or_a_route_without_a_default_is_not_refused() -> None:
+    loader.validate({"claude": {"max_tokens": 992}, "quotas": {"tokens_per_minute": 1000}})
+    problems_of({"claude": {"max_tokens": 993}, "quotas": {"tokens_per_minute": 1000}})
+    loader.validate(
+        {"claude": {"max_tokens": 4096}, "quotas": {"tokens_per_minute": 1000},
+         "routes": [{"path": "/v1/", "handler": "anthropic"}]}
+    )  # fmt: skip

@@ -186,7 +186,9 @@ async def test_sdk_backs_off_on_retry_after_and_succeeds_after_the_refill(
 async def test_tokens_are_reserved_before_the_call_and_settled_to_usage(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
-    async with sidecar_for({"quotas": {"tokens_per_minute": 1000}}) as sidecar:
+    # (the prompt and ui routes' default max_tokens lowered: 1024 could never fit in 1000)
+    data = {"quotas": {"tokens_per_minute": 1000}, "claude": {"max_tokens": 64}}
+    async with sidecar_for(data) as sidecar:
         spy = spy_on(sidecar)
         async with aiohttp.ClientSession() as http:
             held = await http.post(
@@ -586,6 +588,7 @@ async def test_app_routes_count_requests_per_minute(sidecar_for: SidecarFactory)
         data = {
             "app": {"url": f"http://127.0.0.1:{port}"},
             "quotas": {"requests_per_minute": 2, "tokens_per_minute": 5},
+            "routes": [{"path": "/", "handler": "app"}],  # no call could fit in 5 tokens
         }
         async with sidecar_for(data) as sidecar, aiohttp.ClientSession() as http:
             results = []
@@ -605,7 +608,8 @@ async def test_count_tokens_counts_requests_per_minute_only(
 ) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "four"}]}
     quotas = {"requests_per_minute": 2, "tokens_per_minute": 1000}
-    async with sidecar_for({"quotas": quotas}) as sidecar, aiohttp.ClientSession() as http:
+    data = {"quotas": quotas, "claude": {"max_tokens": 64}}
+    async with sidecar_for(data) as sidecar, aiohttp.ClientSession() as http:
         statuses, remaining = [], []
         for _ in range(3):
             async with http.post(sidecar.url + "/v1/messages/count_tokens", json=body) as r:
@@ -1009,3 +1013,107 @@ async def test_an_answer_cut_after_its_head_carries_the_ratelimit_headers(
     assert status == 502
     assert headers["anthropic-ratelimit-requests-remaining"] == "9"
     assert int(headers["anthropic-ratelimit-tokens-remaining"]) < 100_000
+
+
+# --------------------------------------------------------------------------- input estimate
+
+IMAGE_URL = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+PDF_URL = {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}
+TOOLS = [{"name": "lookup", "description": "d", "input_schema": {"type": "object"}}]
+
+
+async def _reserved_and_used(
+    sidecar: SidecarServer, spy: SettleSpy, path: str, body: dict[str, Any]
+) -> tuple[int, int]:
+    """(tokens reserved, tokens settled) of one call, the answer read to its end."""
+    settled = len(spy.settled)
+    async with aiohttp.ClientSession() as http, http.post(sidecar.url + path, json=body) as answer:
+        assert answer.status == 200, await answer.text()
+        await answer.read()
+    await spy.wait_settled(settled + 1)
+    return spy.settled[-1]
+
+
+async def test_media_claude_fetches_and_the_tool_prompt_are_reserved_on_every_route(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """An image or document by URL has no bytes in the request, and tools bring Claude's
+    tool-use system prompt: each is reserved by its figure (in a message or a tool result,
+    on the anthropic, prompt and ui routes) and the call is still settled to its usage."""
+    media = 1600 + 30000  # quotas.remote_image_tokens + quotas.remote_document_tokens
+    async with sidecar_for(
+        {"ui": {"tools": TOOLS}, "quotas": {"tokens_per_day": 10**7}}
+    ) as sidecar:
+        spy = spy_on(sidecar)
+        plain = {**message(max_tokens=64), "messages": [
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "x"},
+                                         {"type": "text", "text": "hi"}]}]}  # fmt: skip
+        with_media = json.loads(json.dumps(plain))
+        with_media["messages"][1]["content"][0]["content"] = [IMAGE_URL]  # in a tool result
+        with_media["messages"][1]["content"].insert(1, PDF_URL)
+        base = await _reserved_and_used(sidecar, spy, "/v1/messages", plain)
+        fetched = await _reserved_and_used(sidecar, spy, "/v1/messages", with_media)
+        tools = await _reserved_and_used(sidecar, spy, "/v1/messages", {**plain, "tools": TOOLS})
+
+        history = [
+            {"role": "user", "content": [IMAGE_URL, PDF_URL]},
+            {"role": "assistant", "content": "ok"},
+        ]
+        prompt = {"prompt": "hi", "max_tokens": 64}
+        prompt_base = await _reserved_and_used(sidecar, spy, "/api/stream-response", prompt)
+        prompt_fetched = await _reserved_and_used(
+            sidecar, spy, "/api/stream-response", {**prompt, "messages": history}
+        )
+
+        def turn(*parts: dict[str, Any]) -> dict[str, Any]:
+            return {"id": "c1", "messages": [{"id": "u1", "role": "user", "parts": [
+                {"type": "text", "text": "hi"}, *parts]}]}  # fmt: skip
+
+        image_part = {"type": "file", "mediaType": "image/png", "url": "https://example.com/a.png"}
+        pdf_part = {
+            "type": "file",
+            "mediaType": "application/pdf",
+            "url": "https://example.com/a.pdf",
+        }
+        ui_base = await _reserved_and_used(sidecar, spy, "/api/chat", turn())
+        ui_fetched = await _reserved_and_used(sidecar, spy, "/api/chat", turn(image_part, pdf_part))
+    # The URLs' own text is read too: a few tokens more than the figures.
+    assert media <= fetched[0] - base[0] <= media + 20
+    assert 530 < tools[0] - base[0] <= 530 + 20  # the tool-use system prompt and the tools
+    assert media <= prompt_fetched[0] - prompt_base[0] <= media + 20
+    assert media <= ui_fetched[0] - ui_base[0] <= media + 20
+    assert ui_base[0] > 64 + 530  # the ui route's tools bring the tool-use system prompt
+    for reserved, used in (base, tools):
+        assert used < reserved  # settled to Claude's usage, not held at the reservation
+    for reserved, used in (fetched, prompt_fetched, ui_fetched):
+        assert used < reserved - media
+
+
+async def test_a_head_never_calls_claude_nor_spends_quota_on_any_claude_route(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A HEAD of a new prompt is answered from the checks before the quota step (never a
+    429, never a call); the ui and anthropic routes take no HEAD of a call (405)."""
+    limits = {"requests_per_minute": 1, "tokens_per_minute": 2000}
+    async with sidecar_for({"quotas": limits}) as sidecar, aiohttp.ClientSession() as http:
+        prompt = sidecar.url + "/api/stream-response"
+        statuses = []
+        for _ in range(3):
+            async with http.head(prompt, params={"prompt": "hi"}) as head:
+                statuses.append(
+                    (head.status, "anthropic-ratelimit-requests-remaining" in head.headers)
+                )
+        for path in ("/api/chat", "/v1/messages"):
+            async with http.head(sidecar.url + path) as head:
+                statuses.append((head.status, "Allow" in head.headers))
+        assert fake.state.stats()["requests"] == 0
+        async with http.get(prompt, params={"prompt": "hi"}) as answer:  # the one request
+            assert answer.status == 200
+            assert answer.headers["anthropic-ratelimit-requests-remaining"] == "0"
+            await answer.read()
+        async with http.head(prompt, params={"prompt": "hi"}) as head:
+            after = head.status  # not the GET's 429: a HEAD is not admitted
+    assert statuses == [(200, False)] * 3 + [(405, True)] * 2
+    assert after == 200
+    assert fake.state.stats()["requests"] == 1

@@ -545,3 +545,29 @@ async def test_a_config_whose_fail_closed_store_is_unreachable_is_refused(
         ["<readiness>: quota_store: unavailable"],
         ["<readiness>: resume_store: unavailable"],
     ]
+
+
+async def test_a_reload_whose_token_limit_refuses_every_default_call_keeps_the_old_config(
+    fake: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.reload")
+    path = tmp_path / "sidecar.yaml"
+    async with file_sidecar(path, config_for(fake)) as server, aiohttp.ClientSession() as http:
+        running = server.runtime
+        write(
+            path, config_for(fake, claude={"max_tokens": 4096}, quotas={"tokens_per_minute": 1000})
+        )
+
+        async def failed() -> bool:
+            return await reloads(http, server, "failure") == 1
+
+        await eventually(failed)
+        assert server.runtime is running
+        assert await prompt_status(http, server.url) == 200  # not a 400 for every prompt
+    (problems,) = (
+        r.__dict__["problems"] for r in caplog.records if r.getMessage() == "config_reload_failed"
+    )
+    assert any(
+        p.startswith("quotas.tokens_per_minute: 1000") and "claude.max_tokens (4096)" in p
+        for p in problems
+    ), problems

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,12 +61,7 @@ class ClaudeRequest:
     attempt: Attempt
     body: bytes
     stream: bool
-    input_estimate: int  # tokens, for the quota reservation
-
-
-def estimate_input_tokens(chars: int, attachment_bytes: int) -> int:
-    """A cheap upper-leaning estimate: ~4 chars per token, attachments ~1 token / 3 bytes."""
-    return math.ceil(chars / 3.5) + math.ceil(attachment_bytes / 3) + 8
+    input_estimate: int  # tokens, for the quota reservation (`sidecar.quotas.estimate`)
 
 
 def new_record(

@@ -198,6 +198,10 @@ class QuotaConfig(Section):
     tokens_per_day: int | None = Field(None, gt=0)
     concurrent_streams: int | None = Field(None, gt=0)
     lease_seconds: float = Field(60, gt=0)
+    # What a call reserves for an image or a document Claude reads from elsewhere (a `url`
+    # or `file` source: no bytes in the request to estimate from), each; settled to usage.
+    remote_image_tokens: int = Field(1600, ge=0)
+    remote_document_tokens: int = Field(30000, ge=0)
 
     @field_validator("redis_url")
     @classmethod

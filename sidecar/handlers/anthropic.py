@@ -19,7 +19,6 @@ from sidecar.call.run import (
     ClaudeRequest,
     call_claude,
     check_model,
-    estimate_input_tokens,
     new_record,
 )
 from sidecar.errors import anthropic_error_body, bad_request, reject
@@ -31,6 +30,8 @@ from sidecar.handlers.request_body import (
     read_body,
 )
 from sidecar.pipeline import RequestContext
+from sidecar.policy.claude_schema import Collected
+from sidecar.quotas.estimate import estimate_input_tokens
 from sidecar.record import Outcome, StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.resume import is_stream_id
@@ -110,10 +111,9 @@ def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
     return model, max_tokens, stream
 
 
-def _screen(ctx: RequestContext, body: dict[str, Any]) -> tuple[int, int]:
-    """Screen every text Claude would read; returns (chars, attachment bytes) for the estimate."""
-    collected = ctx.route.screener.screen_request(body)
-    return collected.chars, collected.attachment_bytes
+def _screen(ctx: RequestContext, body: dict[str, Any]) -> Collected:
+    """Screen every text Claude would read; what it read is for the input estimate."""
+    return ctx.route.screener.screen_request(body)
 
 
 def _require_post(ctx: RequestContext) -> None:
@@ -204,7 +204,7 @@ async def _message_call(
     body = parse_json_object(raw)
     model, max_tokens, stream = _validated(body)
     check_model(ctx, model)
-    chars, attachments = _screen(ctx, body)
+    collected = _screen(ctx, body)
     record = new_record(ctx, model, max_tokens, stream)
     for name in ("temperature", "top_p"):
         value = body.get(name)
@@ -220,7 +220,7 @@ async def _message_call(
         attempt=Attempt("POST", path_qs, _claude_headers(ctx, json_body=True)),
         body=raw,
         stream=stream,
-        input_estimate=estimate_input_tokens(chars, attachments),
+        input_estimate=estimate_input_tokens(collected, ctx.route.policy.quotas),
     )
     return call, record, await cache_lookup(ctx, body, stream, call.attempt)
 

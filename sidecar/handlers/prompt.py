@@ -27,7 +27,6 @@ from sidecar.call.run import (
     ClaudeRequest,
     call_claude,
     check_model,
-    estimate_input_tokens,
     new_record,
 )
 from sidecar.errors import bad_request, reject, short_error_type
@@ -36,6 +35,7 @@ from sidecar.handlers.request_body import parse_model, read_json_object
 from sidecar.methods import reads
 from sidecar.pipeline import RequestContext
 from sidecar.policy.claude_schema import Collected
+from sidecar.quotas.estimate import estimate_input_tokens
 from sidecar.record import Outcome, StreamRecord
 from sidecar.sse import json_object, parse_block
 from sidecar.stream.core import Translator
@@ -289,8 +289,9 @@ async def handle_prompt(ctx: RequestContext) -> web.StreamResponse:
         # are not resumable, so say "stop" (204) rather than pay for the prompt again.
         return web.Response(status=204, headers=ctx.headers)
     if request.method == "HEAD":
-        # What the GET would answer before its first event (its refusals included), without
-        # calling Claude or spending quota: the stream's own headers are made as it starts.
+        # What the GET would answer before its first event, its refusals up to the quota
+        # step included, without calling Claude: not admitted, so never a 429 and nothing
+        # counted or reserved. The stream's own headers are made as it starts.
         await _checked_call(ctx)
         return web.Response(status=200, headers={**ctx.headers, **sse.HEADERS})
     call, record, cached = await _prompt_call(ctx)
@@ -356,7 +357,7 @@ async def _prompt_call(ctx: RequestContext) -> tuple[ClaudeRequest, StreamRecord
         attempt=Attempt("POST", "/v1/messages", ctx.runtime.claude.request_headers({})),
         body=json.dumps(body).encode(),
         stream=True,
-        input_estimate=estimate_input_tokens(screened.chars, screened.attachment_bytes),
+        input_estimate=estimate_input_tokens(screened, ctx.route.policy.quotas),
     )
     return call, record, await cache_lookup(ctx, body, True, call.attempt)
 

@@ -28,7 +28,6 @@ from sidecar.call.run import (
     ClaudeRequest,
     call_claude,
     check_model,
-    estimate_input_tokens,
     new_record,
 )
 from sidecar.errors import reject
@@ -38,6 +37,7 @@ from sidecar.handlers.ui_request import parse_ui_request
 from sidecar.handlers.ui_stream import HEADERS, UiTranslator, closing_chunks
 from sidecar.methods import reads
 from sidecar.pipeline import RequestContext
+from sidecar.quotas.estimate import estimate_input_tokens
 from sidecar.upstream import Attempt
 
 
@@ -107,7 +107,7 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
         # What the client sent and the tool definitions the config adds (not screened,
         # but read by Claude as input all the same).
         input_estimate=estimate_input_tokens(
-            collected.chars + config.ui.tools_chars, collected.attachment_bytes
+            collected, ctx.route.policy.quotas, config.ui.tools_chars, bool(config.ui.tools)
         ),
     )
     # Regenerate asks for another answer than the one the chat has: never the stored one.

@@ -97,6 +97,12 @@ REMOTE_FIELDS: Final[Mapping[str, str]] = {
 # `tool_result` the next request carries, which is screened.
 REMOTE_TOOL_PREFIXES: Final = ("web_search_", "web_fetch_", "mcp_toolset")
 
+# Block types whose `source` may be media Claude reads from elsewhere (a `url` it fetches, a
+# `file` stored with Anthropic): none of its bytes are in the request, so the input-token
+# estimate counts each one by a fixed figure (`sidecar.quotas.estimate`).
+MEDIA_BLOCKS: Final = frozenset({"image", "document"})
+REMOTE_MEDIA_SOURCES: Final = frozenset({"url", "file"})
+
 # Fields any block or source may carry that hold no text for Claude.
 COMMON_FIELDS: Final = frozenset(
     {"type", "id", "tool_use_id", "cache_control", "is_error", "media_type"}
@@ -136,6 +142,12 @@ class Collected:
     attachment_bytes: int = 0
     # The first reference to content the request does not hold (what it is, bounded), if any.
     remote: str | None = None
+    # Images and documents whose bytes are not in the request (a `url` or `file` source),
+    # wherever they sit (a message, a tool result): for the input-token estimate.
+    remote_images: int = 0
+    remote_documents: int = 0
+    # A non-empty `tools` list: Claude adds its tool-use system prompt to the input.
+    tools: bool = False
 
     @property
     def chars(self) -> int:
@@ -159,6 +171,8 @@ def collect_texts(body: Mapping[str, Any], unknown: str = "screen") -> Collected
             continue
         if out.remote is None:
             out.remote = _remote_field(name, value)
+        if name == "tools" and isinstance(value, list) and value:
+            out.tools = True
         if name not in PLAIN_FIELDS:
             pending.append((REQUEST_FIELDS.get(name, "unknown"), value))
     while pending:
@@ -250,6 +264,13 @@ def _fields(
     if out.remote is None:
         remote = REMOTE_SOURCES if table is SOURCE_FIELDS else REMOTE_BLOCKS
         out.remote = remote.get(kind)
+    if kind in MEDIA_BLOCKS and table is BLOCK_FIELDS:
+        source = item.get("source")
+        if isinstance(source, dict) and source.get("type") in REMOTE_MEDIA_SOURCES:
+            if kind == "image":
+                out.remote_images += 1
+            else:
+                out.remote_documents += 1
     for name, value in item.items():
         how = fields.get(name)
         if how is not None:
