@@ -470,10 +470,10 @@ def _default_call_problems(config: Config, policies: list[RoutePolicy]) -> list[
 
 
 def _least_input_estimate(config: Config, handler: str, quotas: QuotaConfig) -> int:
-    """The input estimate of the smallest call a route makes: what the sidecar adds itself
-    (the ui route's system prompt and tools) and no client text."""
+    """The input estimate of the smallest call a route makes: a one-character prompt on the
+    prompt route; on the ui route what the sidecar adds itself (its system prompt, tools)."""
     if handler != "ui":
-        return estimate_input_tokens(Collected(), quotas)
+        return estimate_input_tokens(Collected(texts=["?"]), quotas)
     ui = config.ui
     system = Collected(texts=[ui.system] if ui.system else [])
     return estimate_input_tokens(system, quotas, ui.tools_chars, bool(ui.tools))

@@ -407,7 +407,7 @@ def test_a_token_limit_below_a_default_call_is_refused_naming_both_keys() -> Non
     ]
     assert found[0].startswith("quotas.tokens_per_minute: 1000 is less than a call left at ")
     assert "claude.max_tokens (4096)" in found[0]
-    assert "at least 4104 tokens" in found[0]  # max_tokens + the smallest input estimate
+    assert "at least 4105 tokens" in found[0]  # max_tokens + a one-character prompt's estimate
     assert "lower claude.max_tokens or raise quotas.tokens_per_minute" in found[0]
 
 
@@ -424,8 +424,8 @@ def test_the_ui_routes_own_max_tokens_system_and_tools_count_against_a_routes_li
 
 
 def test_a_default_call_that_fits_or_a_route_without_a_default_is_not_refused() -> None:
-    loader.validate({"claude": {"max_tokens": 992}, "quotas": {"tokens_per_minute": 1000}})
-    problems_of({"claude": {"max_tokens": 993}, "quotas": {"tokens_per_minute": 1000}})
+    loader.validate({"claude": {"max_tokens": 991}, "quotas": {"tokens_per_minute": 1000}})
+    problems_of({"claude": {"max_tokens": 992}, "quotas": {"tokens_per_minute": 1000}})
     loader.validate(
         {"claude": {"max_tokens": 4096}, "quotas": {"tokens_per_minute": 1000},
          "routes": [{"path": "/v1/", "handler": "anthropic"}]}
