@@ -33,8 +33,18 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=dict)
     # Who vouched for `user` and `tenant` when it is not the top-level `auth.jwt` (a
     # route's JWT block with another issuer, keys or claims): names of two realms are two
-    # callers (resume owners, cache scopes, quota subjects), however they are spelled.
+    # quota subjects, however they are spelled. (Quotas count the top level's names as
+    # they are, across deployments too; what is read back, cache entries and streams, is
+    # keyed by `source`.)
     realm: str | None = None
+    # Who vouches for this caller, as a digest that holds no secret (`sidecar.scope`):
+    # the JWT block's realm (its issuer, key source and claims; the top level's too), an
+    # API key's configured SHA-256, or the auth policy that let an anonymous caller in.
+    # Two deployments naming a caller alike are two callers unless these are equal.
+    source: str | None = None
+    # Who vouches for `tenant`: the JWT block's realm, or the API keys naming this tenant
+    # in the auth policy (so the keys of one tenant share its scope).
+    tenant_source: str | None = None
 
     @property
     def issuer(self) -> str | None:

@@ -30,6 +30,7 @@ from sidecar.identity import ANONYMOUS, Identity
 from sidecar.listener import close_after
 from sidecar.routes import Route
 from sidecar.runtime import Runtime, RuntimeHolder
+from sidecar.scope import CallerScope, scope_of
 from sidecar.telemetry.semconv import NO_ROUTE, protocol_version
 
 log = logging.getLogger("sidecar.pipeline")
@@ -58,6 +59,15 @@ class RequestContext:
     # The cache's MISS or BYPASS (`X-Cache`): sent only on the answer of the Claude call it
     # let through, never on a refusal made before or instead of that call.
     cache_status: str | None = None
+    _scope: CallerScope | None = None
+
+    def scope(self) -> CallerScope:
+        """The caller and its tenant as keys, as their trust source vouches for them
+        (`sidecar.scope`): the cache's scope and a resumable stream's owner. Computed once,
+        when first asked for (after authentication: the identity is final then)."""
+        if self._scope is None:
+            self._scope = scope_of(self.identity, self.client_ip)
+        return self._scope
 
 
 Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]

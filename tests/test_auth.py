@@ -20,7 +20,7 @@ from sidecar import loader
 from sidecar.config import AuthConfig
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
-from sidecar.identity import ANONYMOUS, Identity
+from sidecar.identity import Identity
 from sidecar.policy import AuthService
 from tests.support.apps import echoed_headers, running_app
 from tests.support.metrics import counts
@@ -718,7 +718,9 @@ async def test_identify_decides_at_once_unless_a_token_needs_verifying() -> None
             service.identify(policy, {}, {}, "POST")
         with pytest.raises(Rejection, match="invalid credentials"):
             service.identify(policy, {"x-api-key": "not-a-key"}, {}, "POST")
-        assert service.identify(open_policy, {}, {}, "POST") is ANONYMOUS
+        anonymous = service.identify(open_policy, {}, {}, "POST")
+        assert isinstance(anonymous, Identity)
+        assert (anonymous.method, anonymous.user, anonymous.tenant) == ("anonymous", None, None)
         token = service.identify(
             tenants, {"Authorization": f"Bearer {mint(org='acme')}"}, {}, "POST"
         )
@@ -815,3 +817,87 @@ async def test_a_routes_own_issuer_names_other_callers_than_the_top_levels(
         async with http.post(url + "/partner/v1/messages", json=question, headers=other) as r:
             remaining = int(r.headers["anthropic-ratelimit-requests-remaining"])
         assert remaining == 50 - 3
+
+
+async def _identities(
+    policy: AuthConfig, *headers: Mapping[str, str], primary: bool = True
+) -> list[Identity]:
+    """The identities `policy` gives the callers sending `headers`, in a service whose
+    top-level `auth.jwt` is the policy's own (`primary`) or none."""
+    service = AuthService([policy], primary=policy.jwt if primary else None)
+    await service.start()
+    try:
+        return [await service.authenticate(policy, sent, {}, "POST") for sent in headers]
+    finally:
+        await service.close()
+
+
+def _policy(secret: str = SECRET, **keys: str) -> AuthConfig:
+    """A policy with the test issuer's JWTs under `secret` and API keys `name=key`,
+    each of user `alice`, tenant `acme`."""
+    config = auth_config()["auth"]
+    config["jwt"]["secret"] = secret
+    config["api_keys"] = [
+        {"name": name, "sha256": hashlib.sha256(key.encode()).hexdigest(), "user": "alice",
+         "tenant": "acme"}
+        for name, key in keys.items()
+    ]  # fmt: skip
+    return AuthConfig.model_validate(config)
+
+
+async def test_a_token_caller_carries_its_issuers_realm_the_top_levels_too() -> None:
+    """Tokens of the top-level `auth.jwt` are vouched for by its realm (issuer, key source,
+    claims): another deployment's secret names another `alice` of another `acme`. The realm
+    holds no secret."""
+    other_secret = "o" * 40
+    (ours,) = await _identities(_policy(), bearer(mint()))
+    (theirs,) = await _identities(_policy(other_secret), bearer(mint(key=other_secret)))
+    (again,) = await _identities(_policy(), bearer(mint(sub="bob")))
+    assert ours.source is not None
+    assert theirs.source is not None
+    assert (ours.user, ours.tenant) == (theirs.user, theirs.tenant) == ("alice", "acme")
+    assert ours.source != theirs.source
+    assert ours.tenant_source != theirs.tenant_source
+    assert (again.source, again.tenant_source) == (ours.source, ours.tenant_source)
+    assert ours.realm is None  # quotas still count the top level's names as they are
+    for found in (ours.source, theirs.source):
+        assert SECRET not in found
+        assert other_secret not in found
+
+
+async def test_an_api_key_caller_is_vouched_for_by_its_key_not_its_name() -> None:
+    """Two deployments' keys under one name are two callers (and name two tenants without
+    a top-level issuer); one key is one caller whatever it is called; the keys naming one
+    tenant share it, with the top-level issuer's tokens when there is one."""
+    mine, theirs = "sk-mine-0123456789", "sk-theirs-0123456789"
+    no_jwt = {"mode": "required", "jwt": None}
+    ours = AuthConfig.model_validate({**_policy(ci=mine, ops=API_KEY).model_dump(), **no_jwt})
+    other = AuthConfig.model_validate({**_policy(ci=theirs).model_dump(), **no_jwt})
+    renamed = AuthConfig.model_validate({**_policy(build=mine).model_dump(), **no_jwt})
+    ci, ops = await _identities(ours, {"x-api-key": mine}, {"x-api-key": API_KEY}, primary=False)
+    (foreign,) = await _identities(other, {"x-api-key": theirs}, primary=False)
+    (build,) = await _identities(renamed, {"x-api-key": mine}, primary=False)
+    assert ci.api_key_name == foreign.api_key_name == "ci"
+    assert ci.source != foreign.source
+    assert ci.tenant_source != foreign.tenant_source
+    assert ci.source == build.source
+    assert ci.source != ops.source
+    assert ci.tenant_source == ops.tenant_source is not None
+    for found in (ci.source, ci.tenant_source, foreign.source):
+        assert found is not None
+        assert mine not in found
+        assert theirs not in found
+    key, token = await _identities(_policy(ci=mine), {"x-api-key": mine}, bearer(mint()))
+    assert key.tenant_source == token.tenant_source is not None  # the top level's `acme`
+    assert key.source != token.source
+
+
+async def test_anonymous_callers_are_vouched_for_by_the_policy_that_let_them_in() -> None:
+    open_here = AuthConfig.model_validate({**_policy().model_dump(), "mode": "optional"})
+    open_there = AuthConfig.model_validate({**_policy("o" * 40).model_dump(), "mode": "optional"})
+    (here,) = await _identities(open_here, {})
+    (there,) = await _identities(open_there, {})
+    assert here.method == there.method == "anonymous"
+    assert here.source is not None
+    assert here.source != there.source
+    assert SECRET not in here.source

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.cache.key import cache_key, directives, sampled, scope_of
+from sidecar.cache.key import Scope, cache_key, directives, sampled, scope_key
 from sidecar.identity import Identity
+from sidecar.scope import scope_of
 from sidecar.upstream import request_headers
 
 BODY: dict[str, Any] = {
@@ -18,6 +19,10 @@ BODY: dict[str, Any] = {
     "system": "be brief",
     "messages": [{"role": "user", "content": "hi"}],
 }
+
+
+def _scoped(scope: Scope, identity: Identity, client_ip: str) -> str:
+    return scope_key(scope, scope_of(identity, client_ip))
 
 
 def _key(body: dict[str, Any], headers: dict[str, str] | None = None, scope: str = "t") -> str:
@@ -199,12 +204,12 @@ def test_callers_without_a_tenant_never_share_under_tenant_scope() -> None:
     alice = Identity("api_key", user="alice", tenant=None, api_key_name="a")
     bob = Identity("api_key", user="bob", tenant=None, api_key_name="b")
     nobody = Identity("anonymous")
-    assert scope_of("tenant", alice, "1.1.1.1") != scope_of("tenant", bob, "1.1.1.1")
-    assert scope_of("tenant", alice, "1.1.1.1") == scope_of("user", alice, "1.1.1.1")
-    assert scope_of("tenant", nobody, "1.1.1.1") != scope_of("tenant", nobody, "1.1.1.2")
+    assert _scoped("tenant", alice, "1.1.1.1") != _scoped("tenant", bob, "1.1.1.1")
+    assert _scoped("tenant", alice, "1.1.1.1") == _scoped("user", alice, "1.1.1.1")
+    assert _scoped("tenant", nobody, "1.1.1.1") != _scoped("tenant", nobody, "1.1.1.2")
     acme = Identity("api_key", user="carol", tenant="acme", api_key_name="c")
-    assert scope_of("tenant", acme, "1.1.1.1") not in {
-        scope_of("tenant", who, "1.1.1.1") for who in (alice, bob, nobody)
+    assert _scoped("tenant", acme, "1.1.1.1") not in {
+        _scoped("tenant", who, "1.1.1.1") for who in (alice, bob, nobody)
     }
 
 
@@ -212,16 +217,14 @@ def test_scopes_keep_tenants_and_users_apart() -> None:
     a = Identity("api_key", user="alice", tenant="acme", api_key_name=None)
     b = Identity("api_key", user="bob", tenant="acme", api_key_name=None)
     c = Identity("api_key", user="alice", tenant="other", api_key_name=None)
-    assert scope_of("tenant", a, "1.1.1.1") == scope_of("tenant", b, "2.2.2.2")
-    assert scope_of("tenant", a, "1.1.1.1") != scope_of("tenant", c, "1.1.1.1")
-    assert scope_of("user", a, "1.1.1.1") != scope_of("user", b, "1.1.1.1")
-    assert scope_of("user", a, "1.1.1.1") != scope_of("user", c, "1.1.1.1")
-    assert scope_of("global", a, "1.1.1.1") == scope_of("global", c, "9.9.9.9")
+    assert _scoped("tenant", a, "1.1.1.1") == _scoped("tenant", b, "2.2.2.2")
+    assert _scoped("tenant", a, "1.1.1.1") != _scoped("tenant", c, "1.1.1.1")
+    assert _scoped("user", a, "1.1.1.1") != _scoped("user", b, "1.1.1.1")
+    assert _scoped("user", a, "1.1.1.1") != _scoped("user", c, "1.1.1.1")
+    assert _scoped("global", a, "1.1.1.1") == _scoped("global", c, "9.9.9.9")
     nobody = Identity("api_key", user=None, tenant=None, api_key_name=None)
-    assert scope_of("user", nobody, "1.1.1.1") != scope_of("user", nobody, "2.2.2.2")
-    assert _key(BODY, scope=scope_of("tenant", a, "")) != _key(
-        BODY, scope=scope_of("tenant", c, "")
-    )
+    assert _scoped("user", nobody, "1.1.1.1") != _scoped("user", nobody, "2.2.2.2")
+    assert _key(BODY, scope=_scoped("tenant", a, "")) != _key(BODY, scope=_scoped("tenant", c, ""))
 
 
 @pytest.mark.parametrize(
@@ -242,13 +245,29 @@ def test_cache_control_directives_are_parsed_loosely() -> None:
     assert directives("max-age=0, private, ,") == {"max-age", "private"}
 
 
-def test_a_routes_own_issuer_scopes_its_tenants_and_users_apart() -> None:
-    """A tenant or user named by a route's own JWT issuer (`Identity.realm`) never shares
-    an entry with the same name from the top-level issuer, or from another route's."""
-    top = Identity("jwt", user="alice", tenant="acme")
-    partner = Identity("jwt", user="alice", tenant="acme", realm="partner")
-    third = Identity("jwt", user="alice", tenant="acme", realm="third")
+def test_a_tenant_or_user_is_scoped_with_who_vouches_for_it() -> None:
+    """A tenant or user named alike by another issuer or key source (another route's JWT
+    block, another deployment sharing the store, a reload with other keys:
+    `Identity.source`) never shares an entry; the same source's callers of one tenant do."""
+    top = Identity("jwt", user="alice", tenant="acme", source="jwt:a", tenant_source="jwt:a")
+    other = Identity("jwt", user="alice", tenant="acme", source="jwt:b", tenant_source="jwt:b")
+    third = Identity("jwt", user="alice", tenant="acme", source="jwt:c", tenant_source="jwt:c")
     for scope in ("tenant", "user"):
-        scopes = {scope_of(scope, who, "1.1.1.1") for who in (top, partner, third)}
+        scopes = {_scoped(scope, who, "1.1.1.1") for who in (top, other, third)}
         assert len(scopes) == 3, scope
-    assert scope_of("tenant", top, "1.1.1.1") == "tenant\0acme"  # unchanged at the top level
+    bob = Identity("jwt", user="bob", tenant="acme", source="jwt:a", tenant_source="jwt:a")
+    assert _scoped("tenant", top, "1.1.1.1") == _scoped("tenant", bob, "2.2.2.2")
+
+
+def test_an_api_key_caller_is_its_key_not_its_name() -> None:
+    """Two keys with one display name (two deployments' `ci`) are two callers, and a
+    tenant named by other keys is another tenant; the name itself is not keyed."""
+    ours = Identity("api_key", user="ci", tenant="acme", api_key_name="ci", source="api_key:1",
+                    tenant_source="api_keys:1")  # fmt: skip
+    theirs = Identity("api_key", user="ci", tenant="acme", api_key_name="ci",
+                      source="api_key:2", tenant_source="api_keys:2")  # fmt: skip
+    renamed = Identity("api_key", user="ci", tenant="acme", api_key_name="build",
+                       source="api_key:1", tenant_source="api_keys:1")  # fmt: skip
+    for scope in ("tenant", "user"):
+        assert _scoped(scope, ours, "1.1.1.1") != _scoped(scope, theirs, "1.1.1.1"), scope
+        assert _scoped(scope, ours, "1.1.1.1") == _scoped(scope, renamed, "1.1.1.1"), scope

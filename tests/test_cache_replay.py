@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 
 from sidecar.cache.entry import Entry, decode
-from sidecar.cache.key import cache_key, scope_of
+from sidecar.cache.key import cache_key, scope_key
 from sidecar.cache.replay import PACE_CAP, recording_of
 from sidecar.fake_claude import FakeServer
-from sidecar.identity import ANONYMOUS
+from sidecar.scope import scope_of
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import shrink_send_buffers, slow_client
 from tests.support.waiting import eventually
@@ -48,7 +48,9 @@ async def _timed(url: str) -> tuple[str | None, bytes, float]:
 async def _stored(runtime: Any) -> Entry:
     cache, claude = runtime.cache, runtime.claude
     await cache.settled()
-    scope = scope_of("tenant", ANONYMOUS, "127.0.0.1")
+    route = runtime.routes.match("/v1/messages")
+    caller = await runtime.auth.authenticate(route.policy.auth, {}, {}, "POST")
+    scope = scope_key("tenant", scope_of(caller, "127.0.0.1"))
     sent = claude.request_headers({})
     key = cache_key("anthropic", SLOW, sent, scope, "/v1/messages", claude.identity)
     value = await cache.store.get(key)

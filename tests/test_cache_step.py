@@ -7,6 +7,7 @@ header, what the client receives, and the `sidecar.cache.lookups` counter.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
@@ -589,3 +590,40 @@ async def test_a_quota_store_outage_carries_no_x_cache(
         refused = await post(s.url, asking("another question"))
     assert refused[:2] == (503, None)
     assert fake.state.counters["requests"] == 1
+
+
+async def test_a_reload_to_another_issuer_key_never_answers_the_old_tenant(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    """The same replica, reloaded with another JWT secret, keeps its cache and the calls in
+    flight; its `acme` is another tenant than the one before: an identical request neither
+    follows the old `acme`'s call in flight nor hits its entry. It hits its own."""
+    other = "o" * 40
+    jwt = {"secret": SECRET, "issuer": ISSUER, "audience": AUDIENCE, "tenant_claim": "org"}
+    path = tmp_path / "sidecar.yaml"
+    data = loader.deep_merge(BASE, {"server": {"reload_poll_seconds": 0},
+                             "claude": {"base_url": fake.url, "api_key": "k"},
+                             "auth": {"mode": "required", "jwt": jwt}, **cached()})  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    slow = asking("[[fake tokens=40 tps=20]] our plans")
+    server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+    await server.start()
+    try:
+        cache = server.runtime.cache
+        assert cache is not None
+        first = asyncio.create_task(post(server.url, slow, {"Authorization": f"Bearer {mint()}"}))
+        await eventually(lambda: holds(bool(cache.inflight)))
+        moved = loader.deep_merge(data, {"auth": {"jwt": {"secret": other}}})
+        path.write_text(yaml.safe_dump(moved))
+        assert await server.reload()
+        assert server.runtime.cache is cache  # its entries and calls in flight are kept
+        assert cache.inflight  # the old `acme`'s call is still in flight
+        theirs = {"Authorization": f"Bearer {mint(key=other)}"}
+        during = await post(server.url, slow, theirs)
+        before = await first
+        await cache.settled()
+        after = await post(server.url, slow, theirs)
+    finally:
+        await server.shutdown(grace=1.0)
+    assert (before[1], during[1], after[1]) == ("MISS", "MISS", "HIT")
+    assert fake.state.counters["requests"] == 2

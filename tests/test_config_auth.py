@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from sidecar import loader
+from sidecar.config import JWTConfig
 from tests.support.config import problems_of
+from tests.support.policy import new_key, public_pem
 
 
 def test_auth_required_needs_credentials() -> None:
@@ -141,3 +146,24 @@ def test_routes_sharing_a_jwks_url_must_share_its_schedule() -> None:
     other = {"jwt": {"jwks_url": "https://other.example/jwks", "jwks_refresh_seconds": 60}}
     apart = [routes[0], {**routes[2], "auth": other}]
     assert loader.validate({"auth": {"jwt": jwks}, "routes": apart}, {}).routes
+
+
+def test_a_jwt_realm_names_its_key_source_by_fingerprints_never_the_secret(
+    tmp_path: Path,
+) -> None:
+    """The realm (who vouches for the tokens' names) changes with the secret and with the
+    key a key file holds, not only its path, and holds neither the secret nor its plain
+    SHA-256 (a keyed hash of it)."""
+    secret = "k" * 40
+    path = tmp_path / "issuer.pem"
+    path.write_bytes(public_pem(new_key("RS256")))
+    config = JWTConfig(secret=SecretStr(secret), algorithms=["HS256", "RS256"],
+                       public_key_file=path, issuer="https://issuer.test")  # fmt: skip
+    realm = config.realm()
+    assert realm == config.realm()
+    assert realm != config.model_copy(update={"secret": SecretStr("m" * 40)}).realm()
+    assert realm != config.model_copy(update={"issuer": "https://other.test"}).realm()
+    assert secret not in realm
+    assert hashlib.sha256(secret.encode()).hexdigest()[:16] not in realm
+    path.write_bytes(public_pem(new_key("RS256")))  # another deployment's key at that path
+    assert config.realm() != realm

@@ -33,7 +33,7 @@ from typing import Any, Final, Literal
 from urllib.parse import parse_qsl
 
 from sidecar.header_lists import header_value
-from sidecar.identity import Identity
+from sidecar.scope import CallerScope
 
 _IGNORED: Final = frozenset({"metadata"})  # the caller's own tags: never answer-changing
 # Fields whose value here is what the API does when they are left out, for every model:
@@ -49,22 +49,20 @@ _FLOATS: Final = ("temperature", "top_p")
 Scope = Literal["tenant", "user", "global"]
 
 
-def scope_of(scope: Scope, identity: Identity, client_ip: str) -> str:
-    """Who shares entries: one tenant, one caller (the IP when nobody is verified), or all.
+def scope_key(scope: Scope, caller: CallerScope) -> str:
+    """Who shares entries: one tenant, one caller (the IP when nobody is verified), or all,
+    each as its trust source vouches for it (`sidecar.scope`): a tenant `acme` of another
+    issuer, key source or API keys, of another deployment sharing the store too, is
+    another tenant.
 
     Under `tenant`, a caller with no tenant shares with nobody else: its own entries,
     as under `user` (callers without a tenant are not one tenant).
     """
     if scope == "global":
         return "global"
-    # A route's own issuer names tenants and users of its own: another realm's are others.
-    realm = "" if identity.realm is None else f"\0{identity.realm}"
-    if scope == "tenant" and identity.tenant is not None:
-        return f"tenant\0{identity.tenant}{realm}"
-    if identity.user is None and identity.api_key_name is None:
-        return f"ip\0{client_ip}\0{identity.tenant or ''}"
-    who = f"{identity.user or ''}\0{identity.api_key_name or ''}\0{identity.tenant or ''}"
-    return f"user\0{who}{realm}"
+    if scope == "tenant" and caller.tenant is not None:
+        return f"tenant\0{caller.tenant}"
+    return f"user\0{caller.caller}"
 
 
 def cache_key(

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from sidecar.cache.entry import Undecodable, decode
-from sidecar.cache.key import cache_key, directives, sampled, scope_of
+from sidecar.cache.key import cache_key, directives, sampled, scope_key
 from sidecar.cache.recording import Cursor, Recording
 from sidecar.cache.replay import recording_of, replay_stream
 from sidecar.cache.stores import CacheStoreError
@@ -163,7 +163,7 @@ async def lookup(
     fresh = fresh or "no-cache" in wanted
     if sampled(body) and not policy.include_sampled:
         return _decided(step, "BYPASS", "bypass")
-    scope = scope_of(policy.scope, ctx.identity, ctx.client_ip)
+    scope = scope_key(policy.scope, ctx.scope())
     key = cache_key(
         ctx.route.handler, body, attempt.headers, scope, attempt.path, runtime.claude.identity
     )

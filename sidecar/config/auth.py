@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import json
 import re
@@ -124,19 +125,29 @@ class JWTConfig(Section):
         return self
 
     def realm(self) -> str:
-        """Who vouches for the names this block's tokens carry: the issuer with its keys
-        (secret, key file or JWKS URL) and the claims read as user and tenant. Two blocks
-        with another of these name users and tenants of two namespaces (a digest: the
-        secret never leaves it)."""
+        """Who vouches for the names this block's tokens carry: the issuer with its key
+        source and the claims read as user and tenant. Two blocks with another of these
+        name users and tenants of two namespaces (two routes, two deployments sharing a
+        Redis, a reload). A digest that holds no secret: the secret enters it as a keyed
+        hash (HMAC keyed by the secret), a key file as the SHA-256 of the key it holds (not
+        its path: another deployment's file there is another key), a key set by its URL.
+        """
+        secret = None
+        if self.secret is not None:
+            key = self.secret.get_secret_value().encode()
+            secret = hmac.new(key, b"claude-sidecar jwt realm", hashlib.sha256).hexdigest()
+        key_file = None
+        if self.public_key_file is not None:  # read and checked at load
+            key_file = hashlib.sha256(self.public_key_file.read_bytes()).hexdigest()
         parts = [
             self.issuer,
-            self.secret.get_secret_value() if self.secret is not None else None,
-            str(self.public_key_file) if self.public_key_file is not None else None,
+            secret,
+            key_file,
             str(self.jwks_url) if self.jwks_url is not None else None,
             self.user_claim,
             self.tenant_claim,
         ]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+        return "jwt:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
     @property
     def hs_algorithms(self) -> list[str]:

@@ -93,7 +93,7 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
     runtime = ctx.runtime
     config = runtime.config.resume
     stream_id = new_stream_id()
-    owner = owner_of(ctx.identity, ctx.client_ip)
+    owner = owner_of(ctx.scope())
     try:
         log_ = await runtime.resume.store.create(stream_id, owner, kind=ctx.route.handler)
     except StoreError as exc:
@@ -198,7 +198,7 @@ async def resume(
             policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip
         )
     )
-    owner = owner_of(ctx.identity, ctx.client_ip)
+    owner = owner_of(ctx.scope())
     if ctx.request.method == "HEAD":
         return await _head(ctx, stream_id, after, owner, protocol)
     live = runtime.resume.hub.get(stream_id)
@@ -495,7 +495,7 @@ async def _start(ctx: RequestContext, stream_id: str, protocol: Mapping[str, str
 
 async def cancel(ctx: RequestContext, stream_id: str) -> web.Response:
     """`DELETE <route>/<stream id>`: stop the generation now (a Stop button)."""
-    owner = owner_of(ctx.identity, ctx.client_ip)
+    owner = owner_of(ctx.scope())
     resume_ = ctx.runtime.resume
     kind = ctx.route.handler
     generation = _mine(resume_.hub.get(stream_id), owner, kind)

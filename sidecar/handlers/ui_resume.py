@@ -60,7 +60,7 @@ async def answer(ctx: RequestContext, chat_id: str) -> web.StreamResponse:
         return nothing
     runtime = ctx.runtime
     store = runtime.resume.store
-    owner = owner_of(ctx.identity, ctx.client_ip)
+    owner = owner_of(ctx.scope())
     try:
         stream_id = await store.chat_stream(owner, chat_id)
         if stream_id is None:

@@ -7,6 +7,7 @@ the mode. Messages name the reason class only.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sidecar.config import AuthConfig, JWTConfig
 from sidecar.errors import Rejection, reject
 from sidecar.header_lists import RepeatedField, sole_value
-from sidecar.identity import ANONYMOUS, Identity, is_name
+from sidecar.identity import Identity, is_name
 from sidecar.methods import reads
 from sidecar.policy.jwks import JwksCache
 
@@ -107,11 +108,22 @@ class Authenticator:
     """Authentication for one `auth` policy."""
 
     def __init__(
-        self, config: AuthConfig, jwt_verifier: JwtVerifier | None, realm: str | None = None
+        self,
+        config: AuthConfig,
+        jwt_verifier: JwtVerifier | None,
+        realm: str | None = None,
+        source: str | None = None,
+        tenants: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self._jwt = jwt_verifier
         self._realm = realm  # the tokens' realm (`Identity.realm`): None for the top level's
+        # Who vouches for the tokens' callers (`Identity.source`): their block's realm,
+        # the top level's too (another deployment's tokens name other callers).
+        self._source = source
+        # Who vouches for the keys' tenants: the service's (`tenant_sources`); for a policy
+        # it was not built with, its own keys.
+        tenants = {**tenant_sources([config], None), **(tenants or {})}
         # Lookup by hash: the plaintext key is hashed on arrival and never stored (so the
         # hash is taken per request: remembering it per key would mean keeping the key).
         # By raw digest: a hex string per request would only be compared. Each key's
@@ -123,9 +135,23 @@ class Authenticator:
                 tenant=key.tenant,
                 api_key_name=key.name,
                 claims=_NO_CLAIMS,
+                source=_digest("api_key", key.sha256),
+                tenant_source=tenants.get(key.tenant) if key.tenant else None,
             )
             for key in config.api_keys
         }
+        # Callers nobody verified, as admitted by this policy (`sidecar.scope`): its mode,
+        # the credentials it would have verified (a JWT block by its realm, keys by their
+        # configured hashes: no secret) and its tenant restriction.
+        admitted = [
+            config.mode,
+            config.jwt.realm() if config.jwt is not None else None,
+            sorted(key.sha256 for key in config.api_keys),
+            config.allowed_tenants,
+        ]
+        self._anonymous = Identity(
+            method="anonymous", source=_digest("anonymous", json.dumps(admitted))
+        )
 
     def _credential(
         self, headers: Mapping[str, str], query: Mapping[str, str], method: str
@@ -170,13 +196,13 @@ class Authenticator:
         """The caller's identity, decided here when no I/O is needed (no auth, no
         credential, an API key); for a JWT, an awaitable of it. Raises Rejection 401/403."""
         if self.config.mode == "none":
-            return ANONYMOUS
+            return self._anonymous
         found = self._credential(headers, query, method)
         if found is None:
             # A route limited to some tenants admits nobody without one: `optional` lets
             # anonymous callers in only where no tenant restriction is set.
             if self.config.mode == "optional" and self.config.allowed_tenants is None:
-                return ANONYMOUS
+                return self._anonymous
             raise unauthorized("auth_missing", "credentials required", missing=True)
         credential, in_query = found
         identity = (
@@ -217,9 +243,41 @@ class Authenticator:
             # identity headers.
             raise unauthorized("auth_invalid_token", "invalid token")
         identity = Identity(
-            method="jwt", user=user, tenant=tenant, claims=claims, realm=self._realm
+            method="jwt",
+            user=user,
+            tenant=tenant,
+            claims=claims,
+            realm=self._realm,
+            source=self._source,
+            tenant_source=self._source,
         )
         return self._admitted(identity)
+
+
+def _digest(kind: str, material: str) -> str:
+    """A trust source's name: a digest of what vouches (a key's configured hash, the keys
+    of a tenant, a policy's admission settings), holding no secret."""
+    return f"{kind}:" + hashlib.sha256(f"{kind}\0{material}".encode()).hexdigest()[:32]
+
+
+def tenant_sources(policies: Sequence[AuthConfig], primary: str | None) -> dict[str, str]:
+    """Who vouches for each tenant the API keys of `policies` name (`Identity.tenant_source`).
+
+    A key's tenant is the top-level issuer's tenant of that name (`primary`, its realm):
+    its tokens and the keys naming `acme` are one tenant. Without a top-level `auth.jwt`,
+    the keys naming it vouch for it, by their configured hashes: the keys of one tenant
+    share it on every route, and another deployment's keys naming a tenant alike are
+    another tenant (unless they are the same keys).
+    """
+    hashes: dict[str, set[str]] = {}
+    for policy in policies:
+        for key in policy.api_keys:
+            if key.tenant:
+                hashes.setdefault(key.tenant, set()).add(key.sha256)
+    return {
+        tenant: primary if primary is not None else _digest("api_keys", ",".join(sorted(found)))
+        for tenant, found in hashes.items()
+    }
 
 
 def _claim_name(value: object) -> str | None:
@@ -245,6 +303,7 @@ class AuthService:
         self._policies = list(policies)
         # The top-level `auth.jwt`'s realm: its tokens' names are the unqualified ones.
         self._primary = primary.realm() if primary is not None else None
+        self._tenants = tenant_sources(self._policies, self._primary)
         self._on_jwks_refresh = on_jwks_refresh
         self._session = session
         self._owns_session = session is None
@@ -287,7 +346,7 @@ class AuthService:
                 verifier = JwtVerifier(policy.jwt, jwks)
             realm = policy.jwt.realm() if policy.jwt is not None else None
             found = self._by_settings[key] = Authenticator(
-                policy, verifier, None if realm == self._primary else realm
+                policy, verifier, None if realm == self._primary else realm, realm, self._tenants
             )
         if len(self._by_id) >= 1024:  # each reload that keeps this service brings new objects
             self._by_id.clear()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
     from redis.asyncio import Redis
 
-    from sidecar.identity import Identity
+    from sidecar.scope import CallerScope
     from sidecar.stream.hub import Generation
 
 log = logging.getLogger("sidecar.resume")
@@ -56,15 +56,11 @@ def is_stream_id(value: str) -> bool:
     return _STREAM_ID.fullmatch(value) is not None
 
 
-def owner_of(identity: Identity, client_ip: str) -> str:
-    """Who may read a stream: the verified caller, or the client IP when there is none."""
-    if identity.user is None and identity.api_key_name is None:
-        who = f"ip\0{client_ip}\0{identity.tenant or ''}"
-    else:
-        who = f"id\0{identity.user or ''}\0{identity.api_key_name or ''}\0{identity.tenant or ''}"
-        if identity.realm is not None:  # a route's own issuer: its alice is another caller
-            who += f"\0{identity.realm}"
-    return hashlib.blake2b(who.encode(), digest_size=16).hexdigest()
+def owner_of(scope: CallerScope) -> str:
+    """Who may read a stream: the verified caller as its trust source vouches for it, or
+    the client IP when there is none (`sidecar.scope`): `alice` of another issuer, key or
+    deployment sharing the resume store is another caller."""
+    return hashlib.blake2b(scope.caller.encode(), digest_size=16).hexdigest()
 
 
 def parse_cursor(value: str) -> tuple[str, int]:
