@@ -111,11 +111,12 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
 
 
 def _gone(ctx: RequestContext, result: str) -> web.StreamResponse:
-    """Unknown, expired or nothing left: a GET is told to stop retrying (204), a POST gets a
-    JSON 404. Someone else's stream is a 404 either way, worded as for an unknown one (an
-    `EventSource` stops on a 404 too, and the id stays as unguessable as before)."""
+    """Unknown, expired or nothing left: a GET (or HEAD) is told to stop retrying (204), a
+    POST gets a JSON 404. Someone else's stream gets exactly that answer too (same status,
+    headers and body, no rejection counted), so no answer tells a prober that an id exists;
+    only the operator's `sidecar.stream.resumes` counter tells it apart (`forbidden`)."""
     ctx.runtime.telemetry.resumed(result)
-    if reads(ctx.request.method) and result != "forbidden":
+    if reads(ctx.request.method):
         return web.Response(status=204, headers=ctx.headers)
     raise reject("resume_expired", "the stream is unknown or has expired")
 
