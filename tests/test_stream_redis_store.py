@@ -114,6 +114,30 @@ async def test_a_cancel_asked_on_another_replica_reaches_the_producer_before_its
             await store.close()
 
 
+async def test_a_reader_whose_last_event_the_dead_producer_never_wrote_reads_the_lost_end(
+    redis_server: RedisServer,
+) -> None:
+    """A producer that died served its own client events it never wrote (2 of 5 here);
+    that client's reader sealed the stream with its final event after them (`seal`, as
+    number 6). A reader whose last event is one of the unwritten ones (3) gets that end,
+    not a read that ends with nothing (its client would come back for it for ever)."""
+    producer = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20)
+    reader = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20)
+    for store in (producer, reader):
+        await store.start()
+    try:
+        log = await producer.create("stream-0000000000000003", "o")
+        fill(log, 2)
+        await settled(reader, log.stream_id, 2)
+        lost = b'id: s:006\ndata: {"error":{"type":"stream_lost"}}\n\n'
+        await reader.seal(log.stream_id, 6, lost)
+        assert await read_all(reader, log.stream_id, 3) == [lost]
+        assert await read_all(reader, log.stream_id, 1) == [event(2), lost]
+    finally:
+        for store in (producer, reader):
+            await store.close()
+
+
 async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisServer) -> None:
     store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
                              alive_seconds=0.6)  # fmt: skip

@@ -545,9 +545,13 @@ class RedisResumeStore(ResumeStore):
             honour_cancel()  # a shutdown's stop, if redis-py swallowed it
             entries: list[tuple[bytes, dict[bytes, bytes]]] = list(reply[0][1]) if reply else []
             if entries:
-                if _number(entries[0][0]) != after + 1:
+                if _number(entries[0][0]) != after + 1 and b"l" not in entries[0][1]:
                     # Trimmed (over max_buffer_bytes) before this reader got to them: a
-                    # reader never skips events, its read ends instead.
+                    # reader never skips events, its read ends instead. Not so before a
+                    # dead producer's final event (`seal`, field `l`): the events missing
+                    # before it were never written and never will be, so a reader whose
+                    # last event is among them gets that end, never a read that ends
+                    # with nothing (its client would come back for ever).
                     raise FellBehind(stream_id)
                 quiet_since = None
                 after = _number(entries[-1][0])
@@ -593,11 +597,14 @@ class RedisResumeStore(ResumeStore):
             honour_cancel()  # else a lost cancel would keep the reader counted for ever
 
     async def seal(self, stream_id: str, n: int, event: bytes) -> None:
-        """Append a lost stream's final event (ignored if the producer got further)."""
+        """Append a lost stream's final event (ignored if the producer got further).
+
+        Marked `l` (lost): `n` may be past events the dead producer sent its own client
+        but never wrote, and a reader whose last event is one of those reads this end."""
         events, meta, _, _ = keys(stream_id)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             # XADD refuses an id not above the newest: a producer that got further wins.
-            await self._redis.xadd(events, {"e": event, "f": b"1"}, id=f"0-{n}")
+            await self._redis.xadd(events, {"e": event, "f": b"1", "l": b"1"}, id=f"0-{n}")
             await self._redis.hset(meta, "final", n)
 
 
