@@ -819,10 +819,19 @@ async def test_a_client_ahead_of_a_killed_producers_writes_gets_stream_lost_not_
         )  # what the client saw and the store never got
         rest = await sse_request(port_b, headers={"Last-Event-ID": f"{first.stream_id}:{ahead}"})
         again = await sse_request(port_b, headers={"Last-Event-ID": rest.last_id})
+        # Another client (a second tab) whose last event is one the store never got, or
+        # one past the client that came back first: the same end, never an empty read
+        # (its EventSource would come back for ever) nor a 400.
+        others = [
+            await sse_request(port_b, headers={"Last-Event-ID": f"{first.stream_id}:{n}"})
+            for n in (ahead - 1, ahead + 2)
+        ]
     assert rest.status == 200
     assert [e.id for e in rest.events] == [f"{first.stream_id}:{ahead + 1}"]
     assert rest.events[-1].data["error"]["type"] == "stream_lost"
     assert again.status == 204  # the lost event is the stream's final one now
+    for other in others:
+        assert (other.status, other.payload) == (200, rest.payload)
 
 
 async def test_a_cursor_past_a_live_streams_end_is_refused_on_another_replica_too(

@@ -280,7 +280,7 @@ async def _head(
             return info
         # As `_from_store` decides once caught up (a HEAD does not wait for a store that
         # lags its producer: a stream still produced is taken to have the event).
-        if after > info.last and info.final:
+        if after > info.last and info.final and not info.lost:
             raise _beyond_end()
         if min(after, info.last) < info.first - 1 or (info.final and after == info.last):
             return _gone(ctx, "expired")
@@ -318,9 +318,13 @@ async def _from_store(
     # Still ahead of the store: finished, or still produced, the stream never sent that
     # event. Else its producer died having served its own client events it had not
     # written: the store is read from its end, the events the client has are skipped,
-    # and the stream ends with `stream_lost` after the client's last.
+    # and the stream ends with `stream_lost` after the client's last. A client ahead of
+    # the `stream_lost` another reader kept (its last event was before this client's)
+    # gets that end, as one inside the events never written does (`read`).
     start = after
-    if after > info.last:
+    if after > info.last and info.lost:
+        after = start = info.last - 1
+    elif after > info.last:
         if info.final or info.producing:
             raise _beyond_end()
         start = info.last

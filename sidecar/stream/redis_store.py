@@ -516,7 +516,8 @@ class RedisResumeStore(ResumeStore):
         kind = fields.get(b"kind", b"").decode()  # none from a replica that kept none
         if over_here is not None:  # its last events are on their way to Redis
             return StreamInfo(owner.decode(), over_here.last, True, first, origin, False, kind)
-        return StreamInfo(owner.decode(), last, final, first, origin, producing == 1, kind)
+        lost = final and bool(newest) and b"l" in newest[0][1]  # sealed by a reader (`seal`)
+        return StreamInfo(owner.decode(), last, final, first, origin, producing == 1, kind, lost)
 
     async def join(self, stream_id: str, reader: str, limit: int) -> bool:
         try:
