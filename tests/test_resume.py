@@ -220,8 +220,8 @@ async def test_unknown_expired_foreign_and_finished_streams(
 
         # Resuming from the final event: nothing is left, the EventSource is told to stop.
         assert await get(cursor, alice) == 204
-        # Someone else's stream is a 404 worded exactly as an unknown one (on a GET too).
-        assert await get(f"{stream_id}:3", bob) == 404
+        # Someone else's stream is answered exactly as an unknown one (204 on a GET).
+        assert await get(f"{stream_id}:3", bob) == 204
         assert await post(f"{stream_id}:3", bob) == await post("A" * 24 + ":3", alice)
         status, error = await post(f"{stream_id}:3", bob)
         assert status == 404
@@ -292,6 +292,46 @@ async def test_a_cursor_spelled_as_no_event_id_ever_is_is_a_400_however_it_is_se
     assert ok.status == 200
     assert [e.id for e in ok.events] == [f"{stream_id}:31"]
     assert fake.state.counters["requests"] == 1
+
+
+# Answer headers that differ between any two requests, whatever they ask.
+_PER_REQUEST = frozenset({"date", "x-request-id"})
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_someone_elses_stream_is_answered_exactly_as_an_unknown_id_on_every_method(
+    store: str, fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """A GET, HEAD, POST resume or DELETE of another caller's stream, live or finished, gets
+    the unknown id's answer: same status, headers and body (a GET's 204, not a 404 that
+    would tell a prober the id exists)."""
+    stored = {"store": "redis", "redis_url": redis_server.url} if store == "redis" else {}
+    alice, bob = {"X-Api-Key": "key-a"}, {"X-Api-Key": "key-b"}
+    unknown = "U" * 24
+
+    async def answers(port: int, stream_id: str) -> list[tuple[int, dict[str, str], bytes]]:
+        seen = []
+        for method, target, headers, body in (
+            ("GET", ROUTE, {"Last-Event-ID": f"{stream_id}:1"}, b""),
+            ("GET", f"{ROUTE}?last_event_id={stream_id}:1", {}, b""),
+            ("HEAD", ROUTE, {"Last-Event-ID": f"{stream_id}:1"}, b""),
+            ("POST", ROUTE, {"Last-Event-ID": f"{stream_id}:1"}, b'{"prompt": "x"}'),
+            ("DELETE", f"{ROUTE}/{stream_id}", {}, b""),
+        ):
+            reply = await sse_request(port, method, target, {**bob, **headers}, body)
+            kept = {k: v for k, v in reply.headers.items() if k not in _PER_REQUEST}
+            seen.append((reply.status, kept, reply.payload))
+        return seen
+
+    async with sidecar_for(_alice_and_bob(**stored)) as sidecar, aiohttp.ClientSession() as http:
+        async with http.get(sidecar.url + long_stream(400), headers=alice) as live:
+            stream_id = live.headers["Sidecar-Stream-Id"]
+            await live.content.readuntil(b"\n\n")
+            assert await answers(sidecar.port, stream_id) == await answers(sidecar.port, unknown)
+        done = await sse_request(sidecar.port, target=SLOW, headers=alice)
+        finished = await answers(sidecar.port, done.stream_id)
+        assert finished == await answers(sidecar.port, unknown)
+    assert [status for status, _, _ in finished] == [204, 204, 204, 404, 404]
 
 
 async def test_someone_elses_live_stream_costs_what_an_unknown_id_costs(
@@ -779,10 +819,19 @@ async def test_a_client_ahead_of_a_killed_producers_writes_gets_stream_lost_not_
         )  # what the client saw and the store never got
         rest = await sse_request(port_b, headers={"Last-Event-ID": f"{first.stream_id}:{ahead}"})
         again = await sse_request(port_b, headers={"Last-Event-ID": rest.last_id})
+        # Another client (a second tab) whose last event is one the store never got, or
+        # one past the client that came back first: the same end, never an empty read
+        # (its EventSource would come back for ever) nor a 400.
+        others = [
+            await sse_request(port_b, headers={"Last-Event-ID": f"{first.stream_id}:{n}"})
+            for n in (ahead - 1, ahead + 2)
+        ]
     assert rest.status == 200
     assert [e.id for e in rest.events] == [f"{first.stream_id}:{ahead + 1}"]
     assert rest.events[-1].data["error"]["type"] == "stream_lost"
     assert again.status == 204  # the lost event is the stream's final one now
+    for other in others:
+        assert (other.status, other.payload) == (200, rest.payload)
 
 
 async def test_a_cursor_past_a_live_streams_end_is_refused_on_another_replica_too(
@@ -1413,7 +1462,7 @@ async def test_a_head_answers_as_the_resuming_get_would_without_events(
         assert middle.headers["Sidecar-Stream-Id"] == stream_id
         assert (await head(done.last_id, alice)).status == 204  # nothing left: stop
         assert (await head("C" * 24 + ":1", alice)).status == 204  # unknown: stop
-        assert (await head(f"{stream_id}:3", bob)).status == 404  # someone else's
+        assert (await head(f"{stream_id}:3", bob)).status == 204  # someone else's: unknown
         assert (await head(f"{stream_id}:99", alice)).status == 400  # never sent
         async with http.head(
             sidecar.url + f"{ROUTE}?last_event_id={stream_id}:3", headers=alice

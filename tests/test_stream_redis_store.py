@@ -86,6 +86,58 @@ async def test_readers_are_counted_across_replicas_and_seen_by_the_producer(
             await store.close()
 
 
+async def test_a_cancel_asked_on_another_replica_reaches_the_producer_before_its_refresh(
+    redis_server: RedisServer,
+) -> None:
+    """`request_cancel` is heard by the producing replica at once (pub/sub), not at its
+    next liveness refresh: here refreshes are 100 s apart, so only the message can do it.
+    A stream not produced there, or over, is not cancelled."""
+    kinds = dict(ttl=60, max_buffer_bytes=1 << 20, alive_seconds=300)
+    producer = RedisResumeStore(redis_server.url, **kinds)  # type: ignore[arg-type]
+    other = RedisResumeStore(redis_server.url, **kinds)  # type: ignore[arg-type]
+    for store in (producer, other):
+        await store.start()
+    try:
+        cancelled: list[str] = []
+        live = await producer.create("stream-0000000000000001", "o")
+        over = await producer.create("stream-0000000000000002", "o")
+        live.on_cancel = lambda: cancelled.append(live.stream_id)
+        over.on_cancel = lambda: cancelled.append(over.stream_id)
+        over.append(event(1))
+        over.finish()
+        await settled(producer, over.stream_id, 1)
+        assert await other.request_cancel(over.stream_id)  # still alive in Redis: asked
+        assert await other.request_cancel(live.stream_id)
+        await eventually(lambda: holds(cancelled == [live.stream_id]))
+    finally:
+        for store in (producer, other):
+            await store.close()
+
+
+async def test_a_reader_whose_last_event_the_dead_producer_never_wrote_reads_the_lost_end(
+    redis_server: RedisServer,
+) -> None:
+    """A producer that died served its own client events it never wrote (2 of 5 here);
+    that client's reader sealed the stream with its final event after them (`seal`, as
+    number 6). A reader whose last event is one of the unwritten ones (3) gets that end,
+    not a read that ends with nothing (its client would come back for it for ever)."""
+    producer = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20)
+    reader = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20)
+    for store in (producer, reader):
+        await store.start()
+    try:
+        log = await producer.create("stream-0000000000000003", "o")
+        fill(log, 2)
+        await settled(reader, log.stream_id, 2)
+        lost = b'id: s:006\ndata: {"error":{"type":"stream_lost"}}\n\n'
+        await reader.seal(log.stream_id, 6, lost)
+        assert await read_all(reader, log.stream_id, 3) == [lost]
+        assert await read_all(reader, log.stream_id, 1) == [event(2), lost]
+    finally:
+        for store in (producer, reader):
+            await store.close()
+
+
 async def test_a_batch_redis_refused_is_sent_again_in_order(redis_server: RedisServer) -> None:
     store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
                              alive_seconds=0.6)  # fmt: skip

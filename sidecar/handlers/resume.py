@@ -111,11 +111,12 @@ async def prepare(ctx: RequestContext) -> Resumable | None:
 
 
 def _gone(ctx: RequestContext, result: str) -> web.StreamResponse:
-    """Unknown, expired or nothing left: a GET is told to stop retrying (204), a POST gets a
-    JSON 404. Someone else's stream is a 404 either way, worded as for an unknown one (an
-    `EventSource` stops on a 404 too, and the id stays as unguessable as before)."""
+    """Unknown, expired or nothing left: a GET (or HEAD) is told to stop retrying (204), a
+    POST gets a JSON 404. Someone else's stream gets exactly that answer too (same status,
+    headers and body, no rejection counted), so no answer tells a prober that an id exists;
+    only the operator's `sidecar.stream.resumes` counter tells it apart (`forbidden`)."""
     ctx.runtime.telemetry.resumed(result)
-    if reads(ctx.request.method) and result != "forbidden":
+    if reads(ctx.request.method):
         return web.Response(status=204, headers=ctx.headers)
     raise reject("resume_expired", "the stream is unknown or has expired")
 
@@ -279,7 +280,7 @@ async def _head(
             return info
         # As `_from_store` decides once caught up (a HEAD does not wait for a store that
         # lags its producer: a stream still produced is taken to have the event).
-        if after > info.last and info.final:
+        if after > info.last and info.final and not info.lost:
             raise _beyond_end()
         if min(after, info.last) < info.first - 1 or (info.final and after == info.last):
             return _gone(ctx, "expired")
@@ -317,9 +318,13 @@ async def _from_store(
     # Still ahead of the store: finished, or still produced, the stream never sent that
     # event. Else its producer died having served its own client events it had not
     # written: the store is read from its end, the events the client has are skipped,
-    # and the stream ends with `stream_lost` after the client's last.
+    # and the stream ends with `stream_lost` after the client's last. A client ahead of
+    # the `stream_lost` another reader kept (its last event was before this client's)
+    # gets that end, as one inside the events never written does (`read`).
     start = after
-    if after > info.last:
+    if after > info.last and info.lost:
+        after = start = info.last - 1
+    elif after > info.last:
         if info.final or info.producing:
             raise _beyond_end()
         start = info.last

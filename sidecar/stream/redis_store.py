@@ -3,7 +3,10 @@
 Keys per stream (one hash tag, so a cluster keeps them together):
 `sidecar:resume:{id}` the events, entry id `0-<n>` = event number n (field `e`, and `f`
 on the final one); `...:meta` the owner hash, the route kind and the originating span; `...:alive` a
-short-lived key the producer refreshes; `...:cancel` a cancel asked on another replica;
+short-lived key the producer refreshes; `...:cancel` a cancel asked on another replica
+(also published on the channel `sidecar:resume:cancels`, which every replica listens to
+on one connection, so the producer cancels at once; the key, checked with the liveness
+refresh, is the fallback for a message missed while that connection was down);
 `...:readers` the clients reading the stream from Redis on any replica (a sorted set of
 reader tokens scored by when they lapse, each refreshed by its reader about once a
 second): they bound `resume.max_subscribers` across replicas, and the producer counts
@@ -47,6 +50,7 @@ from sidecar.stream.store import (
 log = logging.getLogger("sidecar.resume")
 PREFIX: Final = "sidecar:resume:"
 FLUSH_EVERY: Final = 0.005  # seconds a batch collects before it is sent
+CANCELS: Final = PREFIX + "cancels"  # pub/sub channel: the ids of streams asked to cancel
 
 
 # KEYS[1] the readers set; ARGV: token, lapse (ms), limit. Drops lapsed readers, then adds
@@ -207,13 +211,16 @@ class RedisResumeStore(ResumeStore):
         self._dirty: set[_RedisLog] = set()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._closing = False
         self._failing = False
         self._join = self._redis.register_script(_JOIN)
         self._count = self._redis.register_script(_COUNT)
 
     async def start(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write_loop())
+        self._listener = loop.create_task(self._listen_for_cancels())
 
     async def close(self) -> None:
         """Send what is still queued (a drain's final events), then disconnect; bounded.
@@ -230,6 +237,9 @@ class RedisResumeStore(ResumeStore):
             self._writer.cancel()
             self._wake.set()
             await asyncio.wait([self._writer], timeout=bound)  # never raises
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.wait([self._listener], timeout=bound)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(bound):
                 await self._flush()
@@ -287,15 +297,49 @@ class RedisResumeStore(ResumeStore):
         return value.decode() if isinstance(value, bytes) else None
 
     async def request_cancel(self, stream_id: str) -> bool:
-        """Ask the replica producing a stream to cancel it; False if no replica produces it."""
+        """Ask the replica producing a stream to cancel it; False if no replica produces it.
+
+        Published on `CANCELS` (the producer hears it at once) and kept as the stream's
+        cancel key (checked with each liveness refresh: a replica whose listening
+        connection was down when it was published still cancels within about a second)."""
         _, _, alive, cancel = keys(stream_id)
         try:
             if not await self._redis.exists(alive):
                 return False
-            await self._redis.set(cancel, b"1", px=self._ttl_ms)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(cancel, b"1", px=self._ttl_ms)
+                pipe.publish(CANCELS, stream_id)
+                await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
         return True
+
+    async def _listen_for_cancels(self) -> None:
+        """Cancel a stream produced here as soon as another replica asks (`request_cancel`).
+
+        One connection per replica, subscribed to `CANCELS`; a message names a stream id
+        and costs a dict lookup (cancels are rare; no work per event). A failed connection
+        is opened again after a refresh period; meanwhile the cancel key covers it."""
+        while not self._closing:
+            pubsub = self._reader.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CANCELS)
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=self._block_ms / 1000)
+                    honour_cancel()  # a close's stop, if redis-py swallowed it
+                    if message is not None and isinstance(message.get("data"), bytes):
+                        self._cancelled(message["data"].decode(errors="replace"))
+            except (RedisError, OSError, TimeoutError):
+                await asyncio.sleep(self._refresh)
+            finally:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _cancelled(self, stream_id: str) -> None:
+        """Another replica asked to cancel `stream_id`: cancel it if it is produced here."""
+        live = self._live.get(stream_id)
+        if live is not None and not live.closed and not live.final and live.on_cancel is not None:
+            live.on_cancel()
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -472,7 +516,8 @@ class RedisResumeStore(ResumeStore):
         kind = fields.get(b"kind", b"").decode()  # none from a replica that kept none
         if over_here is not None:  # its last events are on their way to Redis
             return StreamInfo(owner.decode(), over_here.last, True, first, origin, False, kind)
-        return StreamInfo(owner.decode(), last, final, first, origin, producing == 1, kind)
+        lost = final and bool(newest) and b"l" in newest[0][1]  # sealed by a reader (`seal`)
+        return StreamInfo(owner.decode(), last, final, first, origin, producing == 1, kind, lost)
 
     async def join(self, stream_id: str, reader: str, limit: int) -> bool:
         try:
@@ -501,9 +546,13 @@ class RedisResumeStore(ResumeStore):
             honour_cancel()  # a shutdown's stop, if redis-py swallowed it
             entries: list[tuple[bytes, dict[bytes, bytes]]] = list(reply[0][1]) if reply else []
             if entries:
-                if _number(entries[0][0]) != after + 1:
+                if _number(entries[0][0]) != after + 1 and b"l" not in entries[0][1]:
                     # Trimmed (over max_buffer_bytes) before this reader got to them: a
-                    # reader never skips events, its read ends instead.
+                    # reader never skips events, its read ends instead. Not so before a
+                    # dead producer's final event (`seal`, field `l`): the events missing
+                    # before it were never written and never will be, so a reader whose
+                    # last event is among them gets that end, never a read that ends
+                    # with nothing (its client would come back for ever).
                     raise FellBehind(stream_id)
                 quiet_since = None
                 after = _number(entries[-1][0])
@@ -549,11 +598,14 @@ class RedisResumeStore(ResumeStore):
             honour_cancel()  # else a lost cancel would keep the reader counted for ever
 
     async def seal(self, stream_id: str, n: int, event: bytes) -> None:
-        """Append a lost stream's final event (ignored if the producer got further)."""
+        """Append a lost stream's final event (ignored if the producer got further).
+
+        Marked `l` (lost): `n` may be past events the dead producer sent its own client
+        but never wrote, and a reader whose last event is one of those reads this end."""
         events, meta, _, _ = keys(stream_id)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             # XADD refuses an id not above the newest: a producer that got further wins.
-            await self._redis.xadd(events, {"e": event, "f": b"1"}, id=f"0-{n}")
+            await self._redis.xadd(events, {"e": event, "f": b"1", "l": b"1"}, id=f"0-{n}")
             await self._redis.hset(meta, "final", n)
 
 

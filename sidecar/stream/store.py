@@ -61,6 +61,11 @@ class StreamInfo:
     # The route kind (`prompt`, `ui`, `anthropic`) whose format its events are in: only a
     # route of that kind may read or cancel it. "" from a replica that kept none: any.
     kind: str = ""
+    # Its final event is the `stream_lost` a reader kept after its producer died (shared
+    # stores): events its client got may be missing before it, and a client may hold
+    # events past it. Such a client is given that end too, never told it names an event
+    # the stream never sent.
+    lost: bool = False
 
     def framed_for(self, kind: str) -> bool:
         """Whether a route of `kind` may serve this stream's events (its format)."""
