@@ -146,7 +146,8 @@ async def test_two_deployments_sharing_a_redis_never_answer_each_others_tenant(
 ) -> None:
     """Deployments A (two replicas) and B name a caller `alice` of tenant `acme` alike, with
     another JWT secret, or another API key under the same name: B's identical request is a
-    miss and B's `alice` cannot resume A's stream, while A's second replica hits A's entry
+    miss and B's `alice` cannot resume A's stream (a GET answered 204, as for an unknown
+    id), while A's second replica hits A's entry
     and resumes A's stream. No secret reaches Redis, the logs, the metrics or `check`."""
     ours, theirs = (
         _deployment(variant, 0, fake, redis_server),
@@ -173,7 +174,7 @@ async def test_two_deployments_sharing_a_redis_never_answer_each_others_tenant(
             metrics = await got.text()
         seen = (await _everything(client)).decode(errors="replace")
         logs = a1.logs() + a2.logs() + b.logs()
-    assert (first, other, replica, foreign, own) == ("MISS", "MISS", "HIT", 404, 200)
+    assert (first, other, replica, foreign, own) == ("MISS", "MISS", "HIT", 204, 200)
     checked = sidecar_command("check", "-c", str(a1.config_path))
     shown = checked.stdout + checked.stderr
     for secret in (*SECRETS, *KEYS):
