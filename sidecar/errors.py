@@ -137,6 +137,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     # request paths and routing
     "path_invalid": _BAD,
     "path_encoded_separator": _BAD,
+    "path_not_utf8": _BAD,
     "path_climbs": _BAD,
     "path_ambiguous": _BAD,
     "not_found": Reason(404, "not_found_error"),
