@@ -143,6 +143,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "not_found": Reason(404, "not_found_error"),
     "no_route": Reason(404, "not_found_error"),  # no route matches the path (route `unmatched`)
     "method_not_allowed": Reason(405, "invalid_request_error"),
+    "method_override": _BAD,
     "path_not_forwarded": _FORBIDDEN,
     # request bodies and fields
     "invalid_request": _BAD,
