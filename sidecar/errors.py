@@ -137,11 +137,13 @@ REASONS: Final[Mapping[str, Reason]] = {
     # request paths and routing
     "path_invalid": _BAD,
     "path_encoded_separator": _BAD,
+    "path_not_utf8": _BAD,
     "path_climbs": _BAD,
     "path_ambiguous": _BAD,
     "not_found": Reason(404, "not_found_error"),
     "no_route": Reason(404, "not_found_error"),  # no route matches the path (route `unmatched`)
     "method_not_allowed": Reason(405, "invalid_request_error"),
+    "method_override": _BAD,
     "path_not_forwarded": _FORBIDDEN,
     # request bodies and fields
     "invalid_request": _BAD,

@@ -20,12 +20,20 @@ as the upstream target, which is built from it verbatim (never resolved again):
 Refused outright (400), because servers behind a proxy disagree about them:
 an encoded `/` (`%2F`) or `\\` (`%5C`), a literal `\\`, control characters
 (literal or encoded, NUL included), a malformed `%` escape, and a dot segment
-carrying parameters (`..;x`, which Java servers treat as `..`).
+carrying parameters (`..;x`, which Java servers treat as `..`). So is a segment whose
+bytes past ASCII, escaped or raw, are not well-formed UTF-8 (`path_not_utf8`): an
+overlong form (`%C0%AE` is `.` to a lenient decoder, so `%C0%AE%C0%AE` is `..`), an
+encoded surrogate (`%ED%A0%80`), a code point past U+10FFFF, a stray continuation byte
+or a truncated sequence. Kept escaped, such bytes would reach the app as a path the
+routes never saw. (Raw bytes reach here as the parser decoded them: `surrogateescape`
+characters for bytes that are no UTF-8.) Double encoding is no exception to anything:
+`%25C0%25AE` is the text `%C0%AE`, forwarded as `%25C0%25AE`.
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Final
 
@@ -98,22 +106,42 @@ def _segment(raw: str) -> str:
         return raw
     out: list[str] = []
     i, end = 0, len(raw)
+    past_ascii = False
     while i < end:
         char = raw[i]
         if char == "%":
             digits = raw[i + 1 : i + 3]
             if len(digits) != 2 or not all(d in _HEX for d in digits):
                 raise PathRefused("path_invalid", "the request path has a malformed % escape")
-            _append_byte(out, int(digits, 16))
+            byte = int(digits, 16)
+            past_ascii = past_ascii or byte > 0x7F
+            _append_byte(out, byte)
             i += 3
             continue
         if char in _PCHAR:
             out.append(char)
         else:
-            for byte in char.encode("utf-8", "surrogatepass"):
+            try:  # a byte the parser could not decode is a `surrogateescape` character
+                encoded = char.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # any other lone surrogate is no text at all
+                raise _not_utf8() from None
+            past_ascii = past_ascii or char > "\x7f"
+            for byte in encoded:
                 _append_byte(out, byte)
         i += 1
-    return "".join(out)
+    segment = "".join(out)
+    if past_ascii:
+        try:  # strict: no overlong form, surrogate, stray or missing continuation byte
+            urllib.parse.unquote_to_bytes(segment).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _not_utf8() from None
+    return segment
+
+
+def _not_utf8() -> PathRefused:
+    return PathRefused(
+        "path_not_utf8", "the request path's bytes past ASCII are not well-formed UTF-8"
+    )
 
 
 def _append_byte(out: list[str], byte: int) -> None:

@@ -55,8 +55,8 @@ def _fold_char(char: str) -> str:
 
 
 def _decode_folded(run: re.Match[str]) -> str:
-    # A byte that is no UTF-8 stays one character of its own (a lone surrogate), as it is
-    # in a route's prefix read the same way.
+    # A canonical path's escapes are well-formed UTF-8 (`sidecar.paths` refuses others);
+    # `surrogateescape` only keeps this total.
     text = bytes.fromhex(run.group(0).replace("%", "")).decode("utf-8", "surrogateescape")
     return "".join(_fold_char(char) for char in text)
 

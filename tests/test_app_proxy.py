@@ -571,6 +571,52 @@ async def test_the_sidecars_credential_is_kept_from_the_app_unless_forwarded(
     assert echoed_headers(basic)["authorization"] == "Basic YXBwOnB3"
 
 
+async def test_a_method_override_header_is_refused_before_the_app(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A query-string credential is read on a GET only, CORS grants `allow_methods` only:
+    a GET (or POST) telling the app to act as a DELETE must not reach it. Each override
+    header, in any case and with `_`, is a 400 in the app route's format, counted, and
+    the app never called; without one the same request is served."""
+    auth = {"mode": "required",
+            "jwt": {"secret": SECRET, "algorithms": ["HS256"], "issuer": ISSUER,
+                    "audience": AUDIENCE, "query_param": "access_token"}}  # fmt: skip
+    names = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
+             "x-http-method-override", "X_HTTP_Method_Override", "X_Method-Override"]  # fmt: skip
+    seen: list[str] = []
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        seen.append(request.method)
+        return web.json_response({"method": request.method})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recording)
+    async with serving(app) as url:
+        config = {"app": {"url": url}, "auth": auth, "telemetry": {"prometheus": True}}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            token = mint()
+            target = f"{sidecar.url}/echo?access_token={token}"
+            for name in names:
+                for method in ("GET", "POST"):  # a POST's credential is a header's only
+                    sent = {name: "DELETE"}
+                    if method == "POST":
+                        sent["Authorization"] = f"Bearer {token}"
+                    async with http.request(method, target, headers=sent) as answer:
+                        assert answer.status == 400, (name, method)
+                        body = await answer.json()
+                    assert body["error"]["type"] == "invalid_request"
+                    assert "send the method itself" in body["error"]["message"]
+            async with http.get(target) as answer:
+                assert answer.status == 200
+                assert (await answer.json())["method"] == "GET"
+            async with http.get(sidecar.admin_url + "/metrics") as response:
+                metrics = await response.text()
+    assert counts(metrics, "sidecar_rejections", "sidecar_rejection_reason")[
+        "method_override"
+    ] == 2 * len(names)
+    assert seen == ["GET"]
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_the_apps_own_refusal_of_a_forwarded_credential_passes_unchanged(
     sidecar_for: SidecarFactory, status: int

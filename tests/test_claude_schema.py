@@ -203,6 +203,54 @@ async def test_every_field_is_screened_on_both_routes(
     assert fake.state.counters["requests"] == len(cases)
 
 
+# DENIED and HARMLESS with look-alike letters (Cyrillic, Greek, Armenian, a click letter)
+# and combining marks: as sent, no rule matches either.
+DISGUISED = "the \u01c0\u0430u\u0301n\u0441\u04bb \u0441\u03bf\u0307\u0501\u0435\u0455 are 0000"
+HARMLESS_DISGUISED = "the w\u0435\u0430th\u0435r i\u0307s fin\u0435 t\u043ed\u0430y"
+
+
+async def test_under_normalize_every_field_is_read_through_lookalikes_and_sent_as_is(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Look-alike letters and combining marks are folded for the deny rules in every field
+    screening walks (each block type, system, tools, titles), on both routes; a request
+    the rules let through reaches Claude with its characters as sent."""
+    cases: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+    harmless_blocks = dict(block_cases(HARMLESS_DISGUISED))
+    for case, block in block_cases(DISGUISED):
+        for path, body in _bodies([block], {}).items():
+            cases.append((f"{path} {case}", path, body, _bodies([harmless_blocks[case]], {})[path]))
+    harmless_tops = dict(request_cases(HARMLESS_DISGUISED))
+    for case, top in request_cases(DISGUISED):
+        paths = ["/v1/messages"] if "system" not in top else [PROMPT, "/v1/messages"]
+        for path in paths:
+            body = _bodies([{"type": "text", "text": "hi"}], top)[path]
+            control = _bodies([{"type": "text", "text": "hi"}], harmless_tops[case])[path]
+            cases.append((f"{path} {case}", path, body, control))
+    plain = {"screening": {**CONFIG["screening"], "normalize": False}}
+    normal = {"screening": {**CONFIG["screening"], "normalize": True}}
+    missed: list[str] = []
+    async with sidecar_for(plain) as sidecar, aiohttp.ClientSession() as http:
+        body = _bodies([{"type": "text", "text": DISGUISED}], {})["/v1/messages"]
+        assert (await _status(http, sidecar.url + "/v1/messages", body))[0] == 200
+    async with sidecar_for(normal) as sidecar, aiohttp.ClientSession() as http:
+        for name, path, body, control in cases:
+            status, message = await _status(http, sidecar.url + path, body)
+            if (status, message) != (400, f"prompt matches deny rule {RULE}"):
+                missed.append(f"{name}: {status} {message}")
+            sent = len(fake.state.requests)
+            status, message = await _status(http, sidecar.url + path, control)
+            if "deny rule" in message:  # the fake may refuse a shape it finds incomplete
+                missed.append(f"{name} (harmless control): {status} {message}")
+            received = json.dumps(
+                [r.body for r in list(fake.state.requests)[sent:]], ensure_ascii=False
+            )
+            if HARMLESS_DISGUISED not in received:
+                missed.append(f"{name} (harmless control): not sent as is")
+    assert missed == []
+    assert len(cases) > 60
+
+
 async def test_unknown_block_types_can_be_refused(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -124,7 +124,7 @@ def test_the_catalogue_is_what_the_security_docs_list() -> None:
     text = (ROOT / "docs" / "security.md").read_text()
     section = re.search(r"<!-- rejection-reasons -->(.*)<!-- /rejection-reasons -->", text, re.S)
     assert section is not None
-    listed = set(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", section[1])))
+    listed = set(re.findall(r"`([a-z][a-z0-9_]*)`", re.sub(r"\([^)]*\)", "", section[1])))
     assert listed == set(REASONS)
 
 
@@ -137,7 +137,7 @@ def test_the_catalogue_is_what_the_observability_table_lists() -> None:
     # Each row's reasons, without the remarks in parentheses (which name routes and modes).
     rows = [line.split(" | ", 1)[1] for line in table.splitlines()[2:]]
     reasons = re.sub(r"\([^()]*(\([^()]*\)[^()]*)*\)", "", " ".join(rows))
-    listed = set(re.findall(r"`([a-z_]+)`", reasons))
+    listed = set(re.findall(r"`([a-z][a-z0-9_]*)`", reasons))
     assert listed == set(REASONS), (sorted(set(REASONS) - listed), sorted(listed - set(REASONS)))
 
 
@@ -162,7 +162,9 @@ def _documented_statuses() -> dict[str, int | None]:
         heading, _, body = bullet.partition(":")
         shared = re.search(r"\((\d{3})\)", heading)
         pending: list[str] = []
-        for name, remark in re.findall(r"`([a-z_]+)`|\(([^()]*(?:\([^()]*\)[^()]*)*)\)", body):
+        for name, remark in re.findall(
+            r"`([a-z][a-z0-9_]*)`|\(([^()]*(?:\([^()]*\)[^()]*)*)\)", body
+        ):
             if name:
                 pending.append(name)
                 continue

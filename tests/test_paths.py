@@ -177,7 +177,7 @@ def test_any_input_is_refused_or_comes_out_in_normal_form(tail: str) -> None:
     except PathRefused as refused:
         reason = refused.reason
     if reason is not None:
-        assert reason in ("path_invalid", "path_encoded_separator", "path_climbs")
+        assert reason in ("path_invalid", "path_encoded_separator", "path_climbs", "path_not_utf8")
         return
     assert _NORMAL.fullmatch(path), path  # pchars and upper-case escapes only, no `//`
     assert not _ENCODED_UNRESERVED.search(path)
@@ -469,3 +469,145 @@ async def test_a_path_the_app_may_read_as_a_stricter_route_is_refused_before_the
         if line.startswith("sidecar_rejections_total") and 'reason="path_ambiguous"' in line
     ]  # fmt: skip
     assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 2 * len(ambiguous)
+
+
+# --------------------------------------------------------------------------- bytes past ASCII
+
+# Escapes whose bytes are no well-formed UTF-8, each one a lenient decoder reads as text
+# (`%C0%AE` is `.`, `%C0%AF` is `/`): refused wherever they stand, never forwarded escaped.
+NOT_UTF8 = [
+    "%C0%AE%C0%AE", "%c0%ae", "%C0%AF", "%C1%9C",  # overlong 2-byte forms of `.`, `/`, `\`
+    "%E0%80%AE", "%E0%80%AF", "%F0%80%80%AE", "%F8%80%80%80%AE",  # overlong 3-, 4-, 5-byte
+    "%ED%A0%80", "%ED%BF%BF", "%ED%A0%BD%ED%B8%80",  # encoded surrogates (lone, a pair)
+    "%80", "%BF", "x%80y", "%C3%A9%A9",  # stray continuation bytes
+    "%C3", "%E2%82", "%F0%9F%98", "caf%C3",  # truncated sequences
+    "%FF", "%FE", "%F5%80%80%80", "%F4%90%80%80",  # bytes never in UTF-8, past U+10FFFF
+]  # fmt: skip
+# The same bytes sent raw: what the pure-Python HTTP parser hands on (`surrogateescape`),
+# and a lone surrogate no decoder gives.
+NOT_UTF8_RAW = ["\udcc0\udcae\udcc0\udcae", "\udced\udca0\udc80", "\udc80", "\udcc3", "\ud800"]
+# Well-formed UTF-8, escaped in either case or sent raw: served, escaped in upper case.
+UTF8 = [("%C3%A9", "%C3%A9"), ("%c3%a9", "%C3%A9"), ("é", "%C3%A9"), ("%F0%9F%98%80", "%F0%9F%98%80"),
+        ("\U0001f600", "%F0%9F%98%80"), ("%EF%BF%BD", "%EF%BF%BD"), ("%F4%8F%BF%BF", "%F4%8F%BF%BF"),
+        ("%C3\udca9", "%C3%A9")]  # fmt: skip
+# Double encoding is text: `%25C0%25AE` is the six characters `%C0%AE`, kept as sent.
+DOUBLE = ["%25C0%25AE", "%25c0%25ae%25C0%25AE", "%25ED%25A0%2580", "%25FF"]
+
+
+@pytest.mark.parametrize("bad", NOT_UTF8 + NOT_UTF8_RAW)
+@pytest.mark.parametrize("where", ["/public/{}", "/{}/admin", "/public/{}/../x", "/a{}b/c"])
+def test_bytes_past_ascii_that_are_no_utf8_are_refused_anywhere(bad: str, where: str) -> None:
+    with pytest.raises(PathRefused) as refused:
+        canonical(where.format(bad))
+    assert refused.value.reason == "path_not_utf8"
+    assert "%" not in refused.value.message  # names no bytes
+
+
+@pytest.mark.parametrize(("spelled", "normal"), UTF8)
+def test_well_formed_utf8_is_served_escaped_in_upper_case(spelled: str, normal: str) -> None:
+    assert canonical(f"/public/{spelled}/x").path == f"/public/{normal}/x"
+
+
+@pytest.mark.parametrize("double", DOUBLE)
+def test_double_encoding_stays_as_sent_and_is_never_decoded_twice(double: str) -> None:
+    path = canonical(f"/public/{double}").path
+    assert path == f"/public/{double}"
+    assert canonical(path).path == path  # a fixed point: the second reading changes nothing
+
+
+def _counted(metrics: str, reason: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("sidecar_rejections_total") and f'reason="{reason}"' in line
+    )
+
+
+async def test_no_utf8_in_a_path_is_refused_on_every_route_before_any_upstream() -> None:
+    """App routes, the Anthropic route (forwards, a resume DELETE), the browser files and
+    WebSocket upgrades: 400 in the route's format, counted, the app and Claude never called."""
+    seen: list[str] = []
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        seen.append(request.raw_path)
+        return await _echo(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recording)
+    places = {"/public/{}": "app", "/public/{}{}/admin": "app", "/v1/models/{}": "anthropic",
+              "/v1/{}{}/models": "anthropic", "/v1/messages/AAAAAAAAAAAAAAAAAAAAAA{}": "anthropic",
+              "/_sidecar/{}": "app", "/{}": "app"}  # fmt: skip
+    async with (
+        running_fake_claude(FakeSettings(tokens=3)) as fake,
+        serving(app) as app_url,
+        running_sidecar(_config(fake, app_url)) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        sent = 0
+        for bad in ("%C0%AE", "%ED%A0%80", "%80", "%E2%82", "%F0%80%80%AE"):
+            for place, family in places.items():
+                raw = place.replace("{}", bad)
+                method = "DELETE" if "AAAA" in raw else "GET"
+                async with http.request(method, URL(sidecar.url + raw, encoded=True)) as response:
+                    assert response.status == 400, raw
+                    body = await response.json()
+                sent += 1
+                assert (body.get("type") == "error") == (family == "anthropic"), raw
+                assert body["error"]["type"].startswith("invalid_request"), raw
+            assert (await _websocket_path(sidecar.url, f"/public/{bad}"))[0] == 400
+            sent += 1
+        for double in DOUBLE:  # text, not bytes: served as sent
+            async with http.get(URL(f"{sidecar.url}/public/{double}", encoded=True)) as response:
+                assert (response.status, await response.json()) == (
+                    200, {"raw_path": f"/public/{double}"}
+                )  # fmt: skip
+        async with http.get(sidecar.admin_url + "/metrics") as response:
+            metrics = await response.text()
+        assert not fake.state.requests
+    assert seen == [f"/public/{double}" for double in DOUBLE]
+    assert _counted(metrics, "path_not_utf8") == sent
+
+
+async def test_raw_bytes_in_the_request_line_are_refused_whichever_parser_reads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp's C parser refuses bytes past ASCII in the request line itself; its
+    pure-Python parser (aiohttp without its extension) hands them on as `surrogateescape`
+    characters, which must meet the same rule as their escapes."""
+    from aiohttp import http_parser, web_protocol
+
+    seen: list[str] = []
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        seen.append(request.raw_path)
+        return await _echo(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recording)
+    requests = [b"/public/\xc0\xae\xc0\xae/x", b"/public/\xed\xa0\x80", b"/public/\x80",
+                b"/public/\xc3", b"/v1/models/\xc0\xae"]  # fmt: skip
+    for parser in (http_parser.HttpRequestParser, http_parser.HttpRequestParserPy):
+        monkeypatch.setattr(web_protocol, "HttpRequestParser", parser)  # C unless built without
+        seen.clear()
+        async with (
+            running_fake_claude(FakeSettings(tokens=3)) as fake,
+            serving(app) as app_url,
+            running_sidecar(_config(fake, app_url)) as sidecar,
+        ):
+            answers = []
+            for target in [*requests, b"/public/caf\xc3\xa9"]:
+                reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+                writer.write(b"GET %b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target)
+                await writer.drain()
+                answers.append(await asyncio.wait_for(reader.read(), 10))
+                writer.close()
+            assert not fake.state.requests
+        *refused, utf8 = answers
+        assert all(a.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")) for a in refused)
+        # Well-formed UTF-8 sent raw is the path its escapes spell, or refused whole.
+        if parser is http_parser.HttpRequestParserPy or utf8.startswith(b"HTTP/1.1 200 "):
+            assert b'"/public/caf%C3%A9"' in utf8
+            assert seen == ["/public/caf%C3%A9"]
+        else:
+            assert utf8.startswith(b"HTTP/1.0 400 ")
+            assert seen == []

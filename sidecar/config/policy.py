@@ -165,7 +165,8 @@ class ScreeningConfig(Section):
     # A plain string is a rule named by its index: `["(?i)secret"]` == `[{name: "0", ...}]`.
     deny_patterns: list[Annotated[DenyRule, _OrPlainPattern()]] = Field(default_factory=list)
     # Match deny rules also against the text with invisible characters removed, NFKC
-    # applied and whitespace folded (see docs/security.md for what this does not catch).
+    # applied and whitespace folded, and with combining marks removed and look-alike
+    # letters read as ASCII (see docs/security.md for what this does not catch).
     normalize: bool = False
     # A content block type screening does not know: screen every string in it, or refuse.
     unknown_blocks: Literal["screen", "refuse"] = "screen"

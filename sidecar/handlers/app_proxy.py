@@ -28,7 +28,7 @@ from sidecar.handlers.request_body import (
     malformed_body,
 )
 from sidecar.header_lists import header_value
-from sidecar.methods import reads
+from sidecar.methods import asks_override, reads
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
@@ -157,6 +157,12 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
     session = ctx.runtime.app_session
     assert session is not None
     request = ctx.request
+    if asks_override(request.headers):  # see `sidecar.methods`
+        raise reject(
+            "method_override",
+            "X-HTTP-Method-Override, X-HTTP-Method and X-Method-Override are not accepted: "
+            "send the method itself",
+        )
     policy = ctx.route.policy  # app routes count requests per minute only (no tokens, no slots)
     ctx.headers.update(
         await ctx.runtime.quotas.count_request(

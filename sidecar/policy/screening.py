@@ -16,6 +16,7 @@ import re2
 
 from sidecar.config import ScreeningConfig, re2_options
 from sidecar.errors import reject
+from sidecar.policy import lookalikes
 from sidecar.policy.claude_schema import Collected, UnknownBlock, collect_texts
 
 # Unicode's Default_Ignorable_Code_Point set: zero-width spaces and joiners, bidi and
@@ -48,6 +49,13 @@ def normalize(text: str) -> str:
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)))
 
 
+def fold_lookalikes(text: str) -> str:
+    """The text as deny rules also see it under `screening.normalize`: as `normalize` has
+    it, with combining marks removed and letters drawn like ASCII read as it too
+    (`sidecar.policy.lookalikes`)."""
+    return _WHITESPACE.sub(" ", lookalikes.fold(_INVISIBLE.sub("", text)))
+
+
 def hidden_texts(text: str) -> list[str]:
     """What tag characters in `text` spell, for deny rules under `screening.normalize`:
     the text with them read as ASCII in place, and their letters alone. Empty without any
@@ -69,6 +77,8 @@ class Screener:
         self.max_chars = config.max_prompt_chars
         self.max_attachment_bytes = config.max_attachment_bytes
         self.normalize = config.normalize
+        if self.normalize:
+            lookalikes.table()  # built once per process, at load, not on a request
         self.unknown_blocks = config.unknown_blocks
         self.refuse_remote = config.remote_content == "refuse"
         self._names = [rule.name for rule in config.deny_patterns]
@@ -125,8 +135,20 @@ class Screener:
                 normal = normalize(text)
                 if normal != text:
                     self._match(normal)
-                    for hidden in hidden_texts(text):
-                        self._match(normalize(hidden))
+                self._match_folded(text, normal)
+                for hidden in hidden_texts(text):
+                    normal = normalize(hidden)
+                    self._match(normal)
+                    self._match_folded(hidden, normal)
+
+    def _match_folded(self, text: str, normal: str) -> None:
+        """Match `text` with look-alikes folded too, past ASCII (`normal` is `normalize(text)`,
+        already matched: each reading once)."""
+        if normal.isascii():
+            return  # nothing past ASCII was left to fold
+        folded = fold_lookalikes(text)
+        if folded != normal:
+            self._match(folded)
 
     def _match(self, text: str) -> None:
         # Bytes, with lone surrogates passed through: JSON may carry them, RE2 wants UTF-8.
@@ -140,6 +162,7 @@ __all__ = [
     "Collected",
     "Screener",
     "collect_texts",
+    "fold_lookalikes",
     "hidden_texts",
     "may_change_in_normalize",
     "normalize",
