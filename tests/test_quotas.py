@@ -4,6 +4,7 @@ Redis outages, two sidecar processes sharing one Redis, and the SDK backing off 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -1040,7 +1041,7 @@ async def test_media_claude_fetches_and_the_tool_prompt_are_reserved_on_every_ro
     """An image or document by URL has no bytes in the request, and tools bring Claude's
     tool-use system prompt: each is reserved by its figure (in a message or a tool result,
     on the anthropic, prompt and ui routes) and the call is still settled to its usage."""
-    media = 1600 + 30000  # quotas.remote_image_tokens + quotas.remote_document_tokens
+    media = 4784 + 30000  # quotas.image_tokens + quotas.remote_document_tokens
     async with sidecar_for(
         {"ui": {"tools": TOOLS}, "quotas": {"tokens_per_day": 10**7}}
     ) as sidecar:
@@ -1117,3 +1118,45 @@ async def test_a_head_never_calls_claude_nor_spends_quota_on_any_claude_route(
     assert statuses == [(200, False)] * 3 + [(405, True)] * 2
     assert after == 200
     assert fake.state.stats()["requests"] == 1
+
+
+def _photo_png(width: int = 4000, height: int = 3000, size: int = 1_000_000) -> str:
+    """A 1 MB PNG's base64 data: its header says `width` x `height`."""
+    head = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR"
+    head += width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
+    return base64.b64encode(head + bytes(size - len(head))).decode()
+
+
+async def test_a_1_mb_photo_is_admitted_under_100k_tokens_a_minute_and_settled_to_usage(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """An inline image reserves what Claude charges for its size (read from its header),
+    not its bytes: a 1 MB photo fits a 100k tokens-per-minute limit on the anthropic and
+    ui routes, and each call is settled to the usage Claude reported."""
+    photo = _photo_png()
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": photo}}  # fmt: skip
+    config = {"server": {"max_body_bytes": 4 << 20}, "quotas": {"tokens_per_minute": 100_000}}
+    async with sidecar_for(config) as sidecar:
+        spy = spy_on(sidecar)
+        body = {**message(max_tokens=64), "messages": [
+            {"role": "user", "content": [image, {"type": "text", "text": "hi"}]}]}  # fmt: skip
+        settled = len(spy.settled)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + "/v1/messages", json=body) as answer,
+        ):
+            assert answer.status == 200, await answer.text()
+            usage = (await answer.json())["usage"]
+        await spy.wait_settled(settled + 1)
+        reserved, used = spy.settled[-1]
+        assert 4784 < reserved < 4784 + 64 + 50  # the photo's charge, max_tokens, the text
+        assert used == usage["input_tokens"] + usage["output_tokens"]
+
+        data_url = "data:image/png;base64," + photo
+        turn = {"id": "c1", "messages": [{"id": "u1", "role": "user", "parts": [
+            {"type": "file", "mediaType": "image/png", "url": data_url},
+            {"type": "text", "text": "hi"}]}]}  # fmt: skip
+        reserved, used = await _reserved_and_used(sidecar, spy, "/api/chat", turn)
+    assert 4784 < reserved < 100_000
+    assert used < reserved

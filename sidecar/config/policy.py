@@ -199,9 +199,13 @@ class QuotaConfig(Section):
     tokens_per_day: int | None = Field(None, gt=0)
     concurrent_streams: int | None = Field(None, gt=0)
     lease_seconds: float = Field(60, gt=0)
-    # What a call reserves for an image or a document Claude reads from elsewhere (a `url`
-    # or `file` source: no bytes in the request to estimate from), each; settled to usage.
-    remote_image_tokens: int = Field(1600, ge=0)
+    # The most a call reserves for one image: what Claude charges the largest image (4784,
+    # Claude Opus 4.7's limit), reserved for an image whose size is not in the request (a
+    # `url` or `file` source, a header not read); an inline image whose header gives its
+    # size reserves what Claude charges for that size, up to this. Settled to usage.
+    image_tokens: int = Field(4784, ge=0)
+    # What a call reserves for each document Claude reads from elsewhere (a `url` or `file`
+    # source: no bytes in the request to estimate from); settled to usage.
     remote_document_tokens: int = Field(30000, ge=0)
 
     @field_validator("redis_url")

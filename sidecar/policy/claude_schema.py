@@ -99,7 +99,8 @@ REMOTE_TOOL_PREFIXES: Final = ("web_search_", "web_fetch_", "mcp_toolset")
 
 # Block types whose `source` may be media Claude reads from elsewhere (a `url` it fetches, a
 # `file` stored with Anthropic): none of its bytes are in the request, so the input-token
-# estimate counts each one by a fixed figure (`sidecar.quotas.estimate`).
+# estimate counts each one by a fixed figure (`sidecar.quotas.estimate`). An inline image
+# is noted too: Claude charges it by its size, not its bytes.
 MEDIA_BLOCKS: Final = frozenset({"image", "document"})
 REMOTE_MEDIA_SOURCES: Final = frozenset({"url", "file"})
 
@@ -146,6 +147,10 @@ class Collected:
     # wherever they sit (a message, a tool result): for the input-token estimate.
     remote_images: int = 0
     remote_documents: int = 0
+    # The base64 data of each inline image (`image` block, `base64` source), wherever it
+    # sits: the estimate reads its size from its header. Its bytes are in
+    # `attachment_bytes` too (the screening limit).
+    inline_images: list[str] = field(default_factory=list)
     # A non-empty `tools` list: Claude adds its tool-use system prompt to the input.
     tools: bool = False
 
@@ -271,6 +276,10 @@ def _fields(
                 out.remote_images += 1
             else:
                 out.remote_documents += 1
+        elif kind == "image" and isinstance(source, dict) and source.get("type") == "base64":
+            data = source.get("data")
+            if isinstance(data, str):
+                out.inline_images.append(data)
     for name, value in item.items():
         how = fields.get(name)
         if how is not None:
