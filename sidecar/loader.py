@@ -394,10 +394,14 @@ def _api_key_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
     owner, a quota subject, the identity headers the app reads. A route's own `api_keys`
     may list the top level's keys or keys of its own, but a name given to another key (or
     another user or tenant), or a key under another name, would make two callers one (or
-    one caller two): refused, naming where it was first given."""
-    entries = [("auth.api_keys", key) for key in config.auth.api_keys]
+    one caller two): refused, naming where it was first given. One key under two names in
+    one list is refused here too: only one of them would ever be used, and removing the
+    other's entry to revoke the key would leave it working."""
+    top = config.auth.api_keys
+    entries = [("auth.api_keys", key) for key in top]
     for index, policy in enumerate(policies):
-        entries.extend((f"routes.{index}.auth.api_keys", key) for key in policy.auth.api_keys)
+        if policy.auth.api_keys != top:  # an inherited list is the top level's, checked once
+            entries.extend((f"routes.{index}.auth.api_keys", key) for key in policy.auth.api_keys)
     by_name: dict[str, tuple[str, tuple[str, str | None, str | None]]] = {}
     by_digest: dict[str, tuple[str, str]] = {}
     problems: list[str] = []
