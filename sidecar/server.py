@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from sidecar.admin import build_admin_app
 from sidecar.app import build_traffic
@@ -204,6 +204,11 @@ class SidecarServer:
     def admin_url(self) -> str:
         host, _ = split_host_port(self.config.server.admin_listen)
         return f"http://{_client_host(host)}:{self.admin_port}"
+
+    def connections(self, *, admin: bool = False) -> list[web_protocol.RequestHandler]:
+        """The traffic listener's open connections (the admin listener's with `admin`)."""
+        server = (self._admin if admin else self._traffic).server
+        return list(server.connections) if server is not None else []
 
     def traffic_sockets(self) -> list[socket.socket]:
         """The traffic listener's bound sockets (accepted connections inherit their options)."""
