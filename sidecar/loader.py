@@ -29,7 +29,6 @@ from sidecar.config import (
     redact_url,
 )
 from sidecar.paths import PathRefused, canonical
-from sidecar.policy.claude_schema import collect_texts
 
 # `$$`, a reference, or a `${` written as one but not one (told, never kept as text: a
 # mistyped `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file
@@ -424,7 +423,7 @@ def _api_key_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
 def _ui_tool_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
     """`ui.tools` are the operator's, not screened per call: one that makes Claude fetch
     content (web search or fetch) contradicts a `ui` route that refuses remote content."""
-    remote = collect_texts({"tools": config.ui.tools}).remote if config.ui.tools else None
+    remote = config.ui.tools_texts.remote
     if remote is None:
         return []
     return [
