@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -14,6 +13,7 @@ from sidecar.fake_claude import FakeServer
 from sidecar.policy.jwks import MAX_JWKS_BYTES, read_jwks
 from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
 from tests.support.sidecars import SidecarFactory
+from tests.support.waiting import eventually
 
 PROMPT = "/api/stream-response"
 KEY_1 = new_key("RS256")
@@ -40,14 +40,6 @@ async def status_of(url: str, token: str) -> int:
         ) as response:
             await response.read()
             return response.status
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Await a condition the sidecar reaches on its own schedule (JWKS refreshes)."""
-    async with asyncio.timeout(timeout):
-        # Polling is the only way in: the refresh schedule is internal to the sidecar.
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def test_unknown_kid_refetch_is_rate_limited(
