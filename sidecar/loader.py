@@ -29,6 +29,7 @@ from sidecar.config import (
     redact_url,
 )
 from sidecar.paths import PathRefused, canonical
+from sidecar.quotas.gate import STORE_FIELDS as QUOTA_STORE_FIELDS
 
 # `$$`, a reference, or a `${` written as one but not one (told, never kept as text: a
 # mistyped `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file
@@ -56,7 +57,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
 # The same holds for the cache's store and its size bounds.
 _GLOBAL_ONLY = {
     "cache": ("store", "redis_url", "redis_timeout_seconds", "max_entries", "max_bytes"),
-    "quotas": ("store", "redis_url", "redis_timeout_seconds", "on_store_error"),
+    "quotas": QUOTA_STORE_FIELDS,
 }
 
 
