@@ -281,10 +281,3 @@ def sidecar(stack: contextlib.ExitStack, name: str, upstream: str, otlp: str, mo
         target.headers = {"Sidecar-Resume": "on"}
     args = [PY, "-m", "sidecar", "run", "-c", handle.name]
     return Launch(target, args, f"http://127.0.0.1:{admin}/healthz", env)
-
-
-def sidecar_target(
-    stack: contextlib.ExitStack, name: str, upstream: str, otlp: str, mode: str
-) -> Target:
-    """`sidecar`, started on its own."""
-    return launch(stack, [sidecar(stack, name, upstream, otlp, mode)])[0]

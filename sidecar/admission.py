@@ -22,6 +22,13 @@ from sidecar.errors import Rejection, reject
 class Admission:
     """A counting gate with a FIFO queue of bounded length and bounded wait."""
 
+    @staticmethod
+    def settings_key(config: ClaudeConfig) -> tuple[object, ...]:
+        """The settings an admission gate is built from: a reload keeps it, with its
+        admitted and queued streams, while they are unchanged."""
+        return (config.max_concurrent_streams, config.queue.max_waiting,
+                config.queue.max_wait_seconds)  # fmt: skip
+
     def __init__(self, config: ClaudeConfig) -> None:
         self.limit = config.max_concurrent_streams
         self.max_waiting = config.queue.max_waiting

@@ -168,16 +168,6 @@ def _auth_key(routes: RouteTable) -> list[object]:
     return key
 
 
-def _quota_store_key(config: Config) -> tuple[object, ...]:
-    quotas = config.quotas
-    return (quotas.store, quotas.redis_url, quotas.redis_timeout_seconds, quotas.on_store_error)
-
-
-def _admission_key(config: Config) -> tuple[object, ...]:
-    claude = config.claude
-    return (claude.max_concurrent_streams, claude.queue.max_waiting, claude.queue.max_wait_seconds)
-
-
 async def _shared_redis(
     shared: SharedPool, own: contextlib.AsyncExitStack, url: SecretStr | None, timeout: float
 ) -> Redis | None:
@@ -270,7 +260,7 @@ async def _open_runtime(
         return quotas
 
     # Counters and live leases carry over a reload unless where they are stored changed.
-    quotas = await shared.use(stack, "quotas", _quota_store_key(config), open_quotas)
+    quotas = await shared.use(stack, "quotas", QuotaGate.settings_key(config.quotas), open_quotas)
     return Runtime(
         config=config,
         routes=routes,
@@ -278,7 +268,10 @@ async def _open_runtime(
         auth=auth,
         quotas=quotas,
         admission=await shared.use(
-            stack, "admission", _admission_key(config), partial(_open_admission, config)
+            stack,
+            "admission",
+            Admission.settings_key(config.claude),
+            partial(_open_admission, config),
         ),
         streams=StreamRegistry(),
         # Buffers and live generations carry over a reload unless where they are kept changed.

@@ -196,7 +196,7 @@ class TrafficProtocol(web_protocol.RequestHandler):
         header_timeout: HeaderTimeout,
         refusal_headers: RefusalHeaders = no_headers,
         stall_timeout: StallTimeout = default_stall_timeout,
-        unaccepted_timeout: StallTimeout | None = None,
+        longest_stall: StallTimeout | None = None,
         idle_timeout: StallTimeout | None = None,
         **kwargs: Any,
     ) -> None:
@@ -207,10 +207,11 @@ class TrafficProtocol(web_protocol.RequestHandler):
         self._header_timeout = header_timeout
         self._refusal_headers = refusal_headers
         self._stall_timeout = stall_timeout
-        # The kernel's bound on bytes handed to it (`bound_unaccepted_bytes`): by default
-        # twice the stall timeout, so the process's own watches, which start only once the
-        # kernel's buffer is full, decide a stall first wherever they can.
-        self._unaccepted_timeout = unaccepted_timeout or (lambda: 2 * stall_timeout())
+        # The kernel's bound on bytes handed to it (`bound_unaccepted_bytes`): twice the
+        # longest stall any route allows (`longest_stall`, by default the stall timeout), so
+        # the process's own watches, which start only once the kernel's buffer is full,
+        # decide a stall first wherever they can.
+        self._longest_stall = longest_stall or stall_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._lingering = False
         # A whole answer being written after its handler returned (`finish_response`): a
@@ -221,7 +222,7 @@ class TrafficProtocol(web_protocol.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        bound_unaccepted_bytes(transport, self._unaccepted_timeout())
+        bound_unaccepted_bytes(transport, 2 * self._longest_stall())
         self._start_head_timer()  # a connection that never sends a head is a slow head too
 
     def connection_lost(self, exc: BaseException | None) -> None:

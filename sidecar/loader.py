@@ -29,8 +29,9 @@ from sidecar.config import (
     redact_url,
 )
 from sidecar.paths import PathRefused, canonical
-from sidecar.policy.claude_schema import Collected, collect_texts
+from sidecar.policy.claude_schema import Collected
 from sidecar.quotas.estimate import estimate_input_tokens
+from sidecar.quotas.gate import STORE_FIELDS as QUOTA_STORE_FIELDS
 
 # `$$`, a reference, or a `${` written as one but not one (told, never kept as text: a
 # mistyped `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file
@@ -58,7 +59,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
 # The same holds for the cache's store and its size bounds.
 _GLOBAL_ONLY = {
     "cache": ("store", "redis_url", "redis_timeout_seconds", "max_entries", "max_bytes"),
-    "quotas": ("store", "redis_url", "redis_timeout_seconds", "on_store_error"),
+    "quotas": QUOTA_STORE_FIELDS,
 }
 
 
@@ -396,10 +397,14 @@ def _api_key_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
     owner, a quota subject, the identity headers the app reads. A route's own `api_keys`
     may list the top level's keys or keys of its own, but a name given to another key (or
     another user or tenant), or a key under another name, would make two callers one (or
-    one caller two): refused, naming where it was first given."""
-    entries = [("auth.api_keys", key) for key in config.auth.api_keys]
+    one caller two): refused, naming where it was first given. One key under two names in
+    one list is refused here too: only one of them would ever be used, and removing the
+    other's entry to revoke the key would leave it working."""
+    top = config.auth.api_keys
+    entries = [("auth.api_keys", key) for key in top]
     for index, policy in enumerate(policies):
-        entries.extend((f"routes.{index}.auth.api_keys", key) for key in policy.auth.api_keys)
+        if policy.auth.api_keys != top:  # an inherited list is the top level's, checked once
+            entries.extend((f"routes.{index}.auth.api_keys", key) for key in policy.auth.api_keys)
     by_name: dict[str, tuple[str, tuple[str, str | None, str | None]]] = {}
     by_digest: dict[str, tuple[str, str]] = {}
     problems: list[str] = []
@@ -422,7 +427,7 @@ def _api_key_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
 def _ui_tool_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
     """`ui.tools` are the operator's, not screened per call: one that makes Claude fetch
     content (web search or fetch) contradicts a `ui` route that refuses remote content."""
-    remote = collect_texts({"tools": config.ui.tools}).remote if config.ui.tools else None
+    remote = config.ui.tools_texts.remote
     if remote is None:
         return []
     return [

@@ -26,8 +26,8 @@ from sidecar.loader import RoutePolicy, route_policies
 from sidecar.paths import PathRefused, canonical
 from sidecar.policy import CorsPolicy, Screener
 
-_REMEMBERED: Final = 1024  # raw paths whose routing is remembered (cleared when full)
-_REMEMBERED_LENGTH: Final = 512  # longer paths are routed afresh each time
+REMEMBERED: Final = 1024  # raw paths whose routing is remembered (cleared when full)
+REMEMBERED_LENGTH: Final = 512  # longer paths are routed afresh each time
 
 
 def _without_parameters(path: str) -> str:
@@ -147,6 +147,11 @@ class RouteTable:
             [(read(route.path), route) for route in self.routes] for read in _READINGS
         ]
 
+    @property
+    def remembered(self) -> int:
+        """How many raw paths' routing is remembered (at most `REMEMBERED`)."""
+        return len(self._resolved)
+
     def match(self, path: str) -> Route | None:
         """The route of a canonical path."""
         for route in self.routes:
@@ -165,8 +170,8 @@ class RouteTable:
         resolved = self._resolved.get(raw_path)
         if resolved is None:
             resolved = self._resolve(raw_path)
-            if len(raw_path) <= _REMEMBERED_LENGTH:
-                if len(self._resolved) >= _REMEMBERED:
+            if len(raw_path) <= REMEMBERED_LENGTH:
+                if len(self._resolved) >= REMEMBERED:
                     self._resolved.clear()
                 self._resolved[raw_path] = resolved
         return resolved

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from sidecar.admin import build_admin_app
 from sidecar.app import build_traffic
@@ -132,7 +132,7 @@ class SidecarServer:
             header_timeout=self._header_timeout,
             refusal_headers=self._refusal_headers,
             stall_timeout=self._stall_timeout,
-            unaccepted_timeout=self._unaccepted_timeout,
+            longest_stall=self._longest_stall,
             idle_timeout=self._idle_timeout,
             handler_cancellation=True,
             auto_decompress=False,
@@ -145,7 +145,7 @@ class SidecarServer:
             on_reject=self._rejected,
             header_timeout=self._header_timeout,
             stall_timeout=self._stall_timeout,
-            unaccepted_timeout=self._unaccepted_timeout,
+            longest_stall=self._longest_stall,
             idle_timeout=self._idle_timeout,
             access_log=None,
             shutdown_timeout=1.0,
@@ -174,13 +174,13 @@ class SidecarServer:
     def _idle_timeout(self) -> float:
         return self._runtimes.current.config.server.keepalive_timeout_seconds
 
-    def _unaccepted_timeout(self) -> float:
-        """How long the kernel keeps bytes a client accepts none of (`listener.
-        bound_unaccepted_bytes`): twice the longest stall any route allows (Claude's, the
-        app's `send_timeout_seconds`), so no route's own watch is beaten to it."""
+    def _longest_stall(self) -> float:
+        """The longest stall any route allows (Claude's, the app's `send_timeout_seconds`):
+        the listener has the kernel keep bytes a client accepts none of for twice it, so no
+        route's own watch is beaten to it."""
         config = self._runtimes.current.config
         app = config.app.send_timeout_seconds if config.app is not None else 0.0
-        return 2 * max(config.claude.client_stall_timeout_seconds, app)
+        return max(config.claude.client_stall_timeout_seconds, app)
 
     @property
     def runtime(self) -> Runtime:
@@ -204,6 +204,11 @@ class SidecarServer:
     def admin_url(self) -> str:
         host, _ = split_host_port(self.config.server.admin_listen)
         return f"http://{_client_host(host)}:{self.admin_port}"
+
+    def connections(self, *, admin: bool = False) -> list[web_protocol.RequestHandler]:
+        """The traffic listener's open connections (the admin listener's with `admin`)."""
+        server = (self._admin if admin else self._traffic).server
+        return list(server.connections) if server is not None else []
 
     def traffic_sockets(self) -> list[socket.socket]:
         """The traffic listener's bound sockets (accepted connections inherit their options)."""

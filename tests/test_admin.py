@@ -98,7 +98,7 @@ SCREENING = {
 }
 
 
-def with_app(url: str) -> dict[str, Any]:
+def with_websocket_app(url: str) -> dict[str, Any]:
     """`SCREENING`, and the default routes with `/ws` going to the stock app at `url` (its
     WebSockets): any other path still matches no route."""
     routes = [{"path": "/api/stream-response", "handler": "prompt"},
@@ -109,7 +109,7 @@ def with_app(url: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def scraped(sidecar_for: SidecarFactory) -> dict[str, Any]:
-    async with running_app() as (app_url, _), sidecar_for(with_app(app_url)) as sidecar:
+    async with running_app() as (app_url, _), sidecar_for(with_websocket_app(app_url)) as sidecar:
         text = await busy_scrape(sidecar)
     families = {family.name: family for family in text_string_to_metric_families(text)}
     return {"text": text, "families": families}
@@ -176,7 +176,7 @@ async def scraped_latest(
         auth = {"auth": {"mode": "optional",
                          "jwt": {"jwks_url": jwks + "/jwks", "algorithms": ["RS256"]}}}  # fmt: skip
         async with running_app() as (app_url, _):
-            async with sidecar_for({**with_app(app_url), **auth}) as sidecar:
+            async with sidecar_for({**with_websocket_app(app_url), **auth}) as sidecar:
                 text = await busy_scrape(sidecar)
     families = {family.name: family for family in text_string_to_metric_families(text)}
     return {"text": text, "families": families}

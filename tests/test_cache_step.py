@@ -340,8 +340,10 @@ async def test_an_entry_is_served_only_within_the_ttl_of_the_route_asking(
         await cache.settled()
         store = cache.store
         assert isinstance(store, MemoryCacheStore)
-        [key] = list(store._entries)
-        entry = decode(store._entries[key][0])
+        [key] = store.keys()
+        value = await store.get(key)
+        assert value is not None
+        entry = decode(value)
         entry.created -= 120  # stored two minutes ago
         await store.put(key, encode(entry), 3600)
         assert (await post(s.url, BODY))[1] == "HIT"  # within this route's hour

@@ -61,7 +61,21 @@ def test_one_key_listed_under_two_names_is_a_config_error() -> None:
             {"name": "old", "sha256": digest}, {"name": "new", "sha256": digest.upper()},
         ]}}
     )  # fmt: skip
-    assert found == ["auth: api_keys 'old' and 'new' have the same sha256: one entry per key"]
+    assert found == [
+        "auth.api_keys: 'new' has the sha256 of 'old' in auth.api_keys; one key is one caller "
+        "everywhere: use one name"
+    ]
+    # A route's own list is held to the same rule, once (the routes inheriting the top
+    # level's list are not told again).
+    top = {"name": "svc", "sha256": "cd" * 32}
+    route = {"path": "/p/", "handler": "anthropic", "auth": {"api_keys": [
+        {"name": "old", "sha256": digest}, {"name": "new", "sha256": digest},
+    ]}}  # fmt: skip
+    found = problems_of({"auth": {"api_keys": [top]}, "routes": [route]})
+    assert found == [
+        "routes.0.auth.api_keys: 'new' has the sha256 of 'old' in routes.0.auth.api_keys; "
+        "one key is one caller everywhere: use one name"
+    ]
 
 
 def test_a_key_name_is_one_caller_on_every_route() -> None:

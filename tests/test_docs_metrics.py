@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "observability.md").read_text()
 # Series the exposition has besides the metric tables (described in their preamble).
 NOT_INSTRUMENTS = {"target_info"}
-TYPES = {"counter": "counter", "histogram": "histogram", "gauge": "gauge"}
 
 
 def scrape(monkeypatch: pytest.MonkeyPatch, opt_in: str | None) -> dict[str, str]:

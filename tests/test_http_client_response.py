@@ -368,7 +368,7 @@ async def test_a_settled_answer_lets_go_of_its_parser(end: str) -> None:
         else:
             with pytest.raises(MalformedResponse):
                 await response.read()
-        assert response._parser is None
+        assert not response.parsing
 
 
 async def test_picked_headers_are_what_the_header_map_gives() -> None:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
 from sidecar.fake_claude import FakeServer
-from sidecar.policy.jwks import MAX_JWKS_BYTES, parse_jwks
+from sidecar.policy.jwks import MAX_JWKS_BYTES, read_jwks
 from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
 from tests.support.sidecars import SidecarFactory
+from tests.support.waiting import eventually
 
 PROMPT = "/api/stream-response"
 KEY_1 = new_key("RS256")
@@ -40,14 +40,6 @@ async def status_of(url: str, token: str) -> int:
         ) as response:
             await response.read()
             return response.status
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Await a condition the sidecar reaches on its own schedule (JWKS refreshes)."""
-    async with asyncio.timeout(timeout):
-        # Polling is the only way in: the refresh schedule is internal to the sidecar.
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def test_unknown_kid_refetch_is_rate_limited(
@@ -229,12 +221,12 @@ async def test_key_pinned_algorithm_and_key_type_are_enforced(
      {"keys": [{"kty": "RSA", "kid": 5, "n": "AQAB", "e": "AQAB"}]}],
 )  # fmt: skip
 def test_malformed_key_sets_yield_no_keys(document: Any) -> None:
-    assert parse_jwks(document) == {}
+    assert read_jwks(document)[0] == {}
 
 
 def test_usable_keys_survive_next_to_broken_ones() -> None:
-    keys = parse_jwks({"keys": [{"kty": "RSA", "kid": "bad"}, public_jwk(KEY_1, "good"),
-                                {**public_jwk(KEY_2, "enc"), "use": "enc"}]})  # fmt: skip
+    keys, _ = read_jwks({"keys": [{"kty": "RSA", "kid": "bad"}, public_jwk(KEY_1, "good"),
+                                  {**public_jwk(KEY_2, "enc"), "use": "enc"}]})  # fmt: skip
     assert list(keys) == ["good"]
 
 
@@ -272,7 +264,7 @@ async def test_a_kid_shared_by_two_keys_verifies_no_token_until_the_issuer_fixes
 
 
 def test_a_kid_shared_by_two_keys_is_left_out_of_the_set() -> None:
-    keys = parse_jwks({"keys": [public_jwk(KEY_1, "a"), public_jwk(KEY_2, "a"),
-                                public_jwk(KEY_1, "b"), {**public_jwk(KEY_2, "b"), "use": "enc"},
-                                public_jwk(EC_KEY, "a")]})  # fmt: skip
+    keys, _ = read_jwks({"keys": [public_jwk(KEY_1, "a"), public_jwk(KEY_2, "a"),
+                                  public_jwk(KEY_1, "b"), {**public_jwk(KEY_2, "b"), "use": "enc"},
+                                  public_jwk(EC_KEY, "a")]})  # fmt: skip
     assert list(keys) == ["b"]  # "a" three times; "b" once as a signing key

@@ -580,10 +580,8 @@ async def test_a_client_that_never_reads_a_whole_answer_is_cut_after_the_stall_t
     the process; the stall timeout cuts it."""
     async with sidecar_for({"claude": _STALL}) as sidecar, _never_reading(sidecar, 1500000):
         # Never read: the sidecar lets go of the connection once the stall timeout is over.
-        server = sidecar._traffic.server  # the listener's connections
-        assert server is not None
-        await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
-        await eventually(lambda: holds(not server.connections), timeout=30)
+        await eventually(lambda: holds(len(sidecar.connections()) == 1), timeout=30)
+        await eventually(lambda: holds(not sidecar.connections()), timeout=30)
 
 
 async def test_a_client_that_never_reads_an_answer_the_kernel_took_whole_is_cut(
@@ -597,9 +595,7 @@ async def test_a_client_that_never_reads_an_answer_the_kernel_took_whole_is_cut(
     if not hasattr(socket, "TCP_USER_TIMEOUT"):
         pytest.skip("TCP_USER_TIMEOUT is Linux's")
     async with sidecar_for({"claude": _STALL}) as sidecar, _never_reading(sidecar, 20000):
-        server = sidecar._traffic.server
-        assert server is not None
-        await eventually(lambda: holds(len(server.connections) == 1), timeout=30)
+        await eventually(lambda: holds(len(sidecar.connections()) == 1), timeout=30)
         # The whole answer is out of the process: the handler is done, the connection idle.
-        await eventually(lambda: holds(not server.connections[0]._request_in_progress))
-        await eventually(lambda: holds(not server.connections), timeout=30)
+        await eventually(lambda: holds(not sidecar.connections()[0]._request_in_progress))
+        await eventually(lambda: holds(not sidecar.connections()), timeout=30)

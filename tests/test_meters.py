@@ -243,6 +243,7 @@ def test_the_private_sdk_surface_the_provider_relies_on() -> None:
     )
     assert reader._collect is not None
     assert reader._collect.__name__ == "collect_with_histograms"
+    assert isinstance(provider._sdk_config.exemplar_filter, AlwaysOffExemplarFilter)
     assert histogram_view(reader) == (AggregationTemporality.DELTA, 7, True)
     assert histogram_view(InMemoryMetricReader())[1] == 2000  # the SDK's default limit
     assert ExplicitBucketHistogramAggregation()._boundaries is None

@@ -61,10 +61,6 @@ class Token:
     canonical: str
     spelled: str
 
-    @property
-    def dot(self) -> bool:
-        return self.canonical in (".", "..")
-
 
 _DOT = st.sampled_from([".", "%2e", "%2E"])
 _DOTDOT = st.sampled_from(["..", ".%2e", ".%2E", "%2e.", "%2E.", "%2e%2e", "%2E%2E", "%2e%2E"])

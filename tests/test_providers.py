@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import os
 import signal
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import requests.utils
-from aiohttp import web
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -48,6 +46,7 @@ from sidecar.telemetry.providers import (
 )
 from tests.support.certs import write_self_signed
 from tests.support.otel import make_otel
+from tests.support.otlp import Receiver, receiving
 from tests.support.sidecars import SidecarFactory, sidecar_process
 from tests.support.sockets import free_port
 
@@ -58,12 +57,31 @@ TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
 
 @dataclass
 class Collector:
-    """What a local OTLP/HTTP receiver was sent."""
+    """What a local OTLP/HTTP receiver was sent, decoded with the OTLP protobuf messages."""
 
-    url: str
-    traces: list[ExportTraceServiceRequest] = field(default_factory=list)
-    metrics: list[ExportMetricsServiceRequest] = field(default_factory=list)
-    content_types: set[str] = field(default_factory=set)
+    receiver: Receiver
+
+    @property
+    def url(self) -> str:
+        return self.receiver.base_url
+
+    @property
+    def traces(self) -> list[ExportTraceServiceRequest]:
+        return [ExportTraceServiceRequest.FromString(body) for body in self._bodies("/v1/traces")]
+
+    @property
+    def metrics(self) -> list[ExportMetricsServiceRequest]:
+        return [
+            ExportMetricsServiceRequest.FromString(body) for body in self._bodies("/v1/metrics")
+        ]
+
+    @property
+    def content_types(self) -> set[str]:
+        return {headers["Content-Type"].partition(";")[0] for headers in self.receiver.headers}
+
+    def _bodies(self, path: str) -> list[bytes]:
+        received = zip(self.receiver.paths, self.receiver.bodies, strict=True)
+        return [body for sent_to, body in received if sent_to == path]
 
     def spans(self) -> list[tuple[dict[str, Any], ProtoSpan]]:
         """(resource attributes, span) for every exported span."""
@@ -100,30 +118,8 @@ def attributes(pairs: Any) -> dict[str, Any]:
 async def running_collector(tls: ssl.SSLContext | None = None) -> AsyncIterator[Collector]:
     """POST /v1/traces and /v1/metrics, decoded with the OTLP protobuf messages (over TLS
     with `tls`)."""
-    port = free_port()
-    collector = Collector(f"{'https' if tls else 'http'}://127.0.0.1:{port}")
-
-    async def receive(request: web.Request) -> web.Response:
-        body = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        collector.content_types.add(request.content_type)
-        if request.path == "/v1/traces":
-            collector.traces.append(ExportTraceServiceRequest.FromString(body))
-        else:
-            collector.metrics.append(ExportMetricsServiceRequest.FromString(body))
-        return web.Response(body=b"", content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", receive)
-    app.router.add_post("/v1/metrics", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls).start()
-    try:
-        yield collector
-    finally:
-        await runner.cleanup()
+    async with receiving(tls) as receiver:
+        yield Collector(receiver)
 
 
 async def stream_once(url: str) -> None:

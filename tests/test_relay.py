@@ -381,7 +381,7 @@ def sends_and_scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return start(channel, data)
 
     def ended(channel: ClientChannel) -> None:
-        if not channel._ended:
+        if not channel.ended:
             order.append("end")
         end_now(channel)
 

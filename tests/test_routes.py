@@ -45,12 +45,12 @@ def test_answers_are_remembered_per_raw_path_and_the_memo_is_bounded() -> None:
     refused = routed.resolve("/v1/%2e%2e/%2e%2e/x")
     assert routed.resolve("/v1/%2e%2e/%2e%2e/x") is refused  # a refusal too, the same
     assert refused.refused is not None
-    long = "/v1/" + "a" * routes._REMEMBERED_LENGTH
+    long = "/v1/" + "a" * routes.REMEMBERED_LENGTH
     assert routed.resolve(long) is not routed.resolve(long)  # too long to keep
     assert routed.resolve(long) == routed.resolve(long)  # but routed alike
-    for n in range(routes._REMEMBERED + 10):  # a client inventing paths
+    for n in range(routes.REMEMBERED + 10):  # a client inventing paths
         routed.resolve(f"/v1/{n}")
-    assert len(routed._resolved) <= routes._REMEMBERED
+    assert routed.remembered <= routes.REMEMBERED
 
 
 # Routes whose policies differ: a stricter `/admin` and `/v1` under a credential-free `/`.

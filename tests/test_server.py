@@ -398,3 +398,30 @@ async def test_every_request_target_is_answered_and_counted_by_the_pipeline() ->
     assert json.loads(nowhere[2])["error"]["type"] == "not_found"
     assert 'sidecar_rejection_reason="path_invalid"' in metrics
     assert 'sidecar_rejection_reason="no_route"' in metrics
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux's")
+@pytest.mark.parametrize(("app_send", "bound_ms"), [(None, 14000), (30, 60000)])
+async def test_the_kernel_keeps_unaccepted_bytes_twice_the_longest_stall_any_route_allows(
+    app_send: float | None, bound_ms: int
+) -> None:
+    """Claude's stall timeout, or the app's send timeout where that is longer: on both the
+    traffic and the admin listener's connections."""
+    cfg: dict[str, Any] = {
+        "claude": {"base_url": "builtin:fake", "client_stall_timeout_seconds": 7}
+    }
+    if app_send is not None:
+        cfg["app"] = {"url": "http://127.0.0.1:9", "send_timeout_seconds": app_send}
+    async with running_sidecar(cfg) as sidecar:
+        for admin, port in ((False, sidecar.port), (True, sidecar.admin_port)):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                await eventually(lambda: holds(len(sidecar.connections(admin=admin)) == 1))  # noqa: B023
+                transport = sidecar.connections(admin=admin)[0].transport
+                assert transport is not None
+                sock = transport.get_extra_info("socket")
+                bound = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+            finally:
+                writer.close()
+            assert bound == bound_ms
+            await eventually(lambda: holds(not sidecar.connections(admin=admin)))  # noqa: B023

@@ -14,8 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from sidecar.stream import adapter
+from tests.support.apps import serving
 from tests.support.sockets import dechunk, free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -28,18 +30,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[int]:
+async def serving_get(handler: Handler) -> AsyncIterator[int]:
     """`handler` on `GET /` of a loopback aiohttp server; yields its port."""
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with serving(app) as url:
+        port = URL(url).port
+        assert port is not None
         yield port
-    finally:
-        await runner.cleanup()
 
 
 async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
@@ -65,7 +63,7 @@ async def test_client_channel_frames_chunks_by_hand_and_aiohttp_ends_them(
         await channel.end(60)
         return response
 
-    async with serving(handler) as port:
+    async with serving_get(handler) as port:
         async with http.get(f"http://127.0.0.1:{port}/") as response:
             body = await response.read()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -118,7 +116,7 @@ async def test_the_end_leaves_in_one_send_with_the_last_bytes(
         await channel.end(60)
         return response
 
-    async with serving(handler) as port, http.get(f"http://127.0.0.1:{port}/") as response:
+    async with serving_get(handler) as port, http.get(f"http://127.0.0.1:{port}/") as response:
         body = await response.read()
     assert body == (b"data: 1\n\n" if started else b"") + b"data: last\n\ndata: final\n\n"
     assert sends == [1]  # the last bytes, the last chunk (and the headers): one send
@@ -143,7 +141,7 @@ async def test_an_sse_response_sends_its_head_with_the_first_write(
         await channel.end(60)
         return response
 
-    async with serving(handler) as port, http.get(f"http://127.0.0.1:{port}/") as response:
+    async with serving_get(handler) as port, http.get(f"http://127.0.0.1:{port}/") as response:
         assert response.headers["Transfer-Encoding"] == "chunked"
         body = await response.read()
     assert body == first + b"data: 2\n\n"
@@ -207,7 +205,7 @@ async def test_an_opened_channel_sends_the_head_prepare_would_send(close: bool) 
     connection = b"close" if close else b"keep-alive"
     heads = []
     for handler in (ours, aiohttp_own):
-        async with serving(handler) as port:
+        async with serving_get(handler) as port:
             raw = await _raw_exchange(
                 port,
                 b"GET / HTTP/1.1\r\nHost: x\r\nConnection: %b\r\n\r\n" % connection
@@ -254,7 +252,7 @@ async def test_an_opened_channel_sends_the_head_with_the_first_bytes_then_ends_i
         seen["output"] = request.writer.output_size
         return response
 
-    async with serving(handler) as port:
+    async with serving_get(handler) as port:
         raw = await _raw_exchange(
             port,
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -281,7 +279,7 @@ async def test_a_handler_failing_after_the_first_bytes_is_not_answered_again() -
         channel.start(b"data: 1\n\n")
         raise RuntimeError("the relay failed")
 
-    async with serving(handler) as port:
+    async with serving_get(handler) as port:
         raw = await _raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert raw.count(b"HTTP/1.1") == 1  # the stream, cut: no 500 written after it
     assert b"data: 1" in raw
@@ -305,7 +303,7 @@ async def test_what_aiohttp_answers_differently_goes_through_its_prepare(
         await channel.end(60)
         return channel.response
 
-    async with serving(handler) as port:
+    async with serving_get(handler) as port:
         raw = await _raw_exchange(port, request_line)
     head, _, body = raw.partition(b"\r\n\r\n")
     if b"HTTP/1.0" in request_line:
@@ -354,7 +352,7 @@ async def test_a_client_gone_before_the_head_ends_the_call_at_open() -> None:
             raise
         raise AssertionError("opened for a client that is gone")
 
-    async with serving(handler) as port:
+    async with serving_get(handler) as port:
         await _raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.sleep(0.05)
     assert len(errors) == 1
@@ -373,7 +371,7 @@ async def test_a_client_websockets_transport_is_the_one_its_frames_go_through(
             await ws.send_str(message.data)
         return ws
 
-    async with serving(handler) as port, http.ws_connect(f"http://127.0.0.1:{port}/") as ws:
+    async with serving_get(handler) as port, http.ws_connect(f"http://127.0.0.1:{port}/") as ws:
         transport = adapter.websocket_transport(ws)
         assert transport is not None
         await ws.send_str("hi")

@@ -288,7 +288,7 @@ async def test_a_stream_its_followers_leave_goes_on_while_a_reader_elsewhere_rea
     reader = subscriber(Channel())
     gen.attach(reader)
     gen.detach(reader)  # the grace starts
-    await eventually(lambda: holds(gen._unattended is None))  # over, with a follower
+    await eventually(lambda: holds(not gen.in_grace))  # over, with a follower
     assert producer.stops == []
     log.readers_elsewhere = 1
     recording.unfollow(cursor)  # the last follower leaves

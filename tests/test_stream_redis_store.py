@@ -334,7 +334,7 @@ async def test_a_batch_redis_refuses_at_maxmemory_is_sent_again_without_a_gap(
         await settled(store, "stream-iiiiiiiiiiiiiiii", 3)
         await admin.config_set("maxmemory", "1")  # noeviction: every write is refused
         fill(log, 3, start=4)
-        await eventually(lambda: holds(store._failing))  # the writer's batch was refused
+        await eventually(lambda: holds(store.failing))  # the writer's batch was refused
         await admin.config_set("maxmemory", "0")
         log.append(event(7))
         log.finish()

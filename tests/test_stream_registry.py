@@ -55,7 +55,7 @@ async def test_each_interval_has_one_timer_that_ticks_its_streams_until_none_is_
     seen = len(fast.ticks)
     await asyncio.sleep(0.06)
     assert len(fast.ticks) == seen
-    assert 0.02 not in registry._watched  # an interval left empty stops its timer
+    assert 0.02 not in registry.tick_intervals()  # an interval left empty stops its timer
     assert list(registry) == [live(slow)]
 
 

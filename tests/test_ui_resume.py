@@ -8,13 +8,10 @@ message once, from its `start` to `[DONE]`, with Claude called once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 import signal
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +26,11 @@ from tests.support.resume import (
     Reply,
     cutting_proxy,
     hold_resume_prepare,
+    replica,
     sse_request,
     stream_ends,
 )
-from tests.support.sidecars import SidecarFactory, sidecar_process
+from tests.support.sidecars import SidecarFactory
 from tests.support.waiting import eventually, holds
 
 CHAT = "/api/chat"
@@ -253,25 +251,11 @@ async def test_a_chat_cut_on_one_replica_resumes_on_another(
     assert fake.state.counters["requests"] == 2  # once for the resumed turn, once for `whole`
 
 
-@contextlib.asynccontextmanager
-async def replica(
-    tmp_path: Path, fake: FakeServer, redis: RedisServer
-) -> AsyncIterator[tuple[subprocess.Popen[bytes], int]]:
-    """A `sidecar run` process sharing the fake Claude and the Redis resume store."""
-    config = {
-        "server": {"shutdown_grace_seconds": 1},
-        "claude": {"base_url": fake.url, "api_key": "sk-sidecar"},
-        **shared(redis),
-    }
-    async with sidecar_process(config, tmp_path, name="producer") as running:
-        yield running.process, int(running.url.rsplit(":", 1)[1])
-
-
 async def test_a_killed_producer_ends_the_resumed_message_with_an_error_part(
     fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async with (
-        replica(tmp_path, fake, redis_server) as (producer, port),
+        replica(tmp_path, "producer", fake, redis_server) as (producer, port, _),
         sidecar_for(shared(redis_server)) as reader,
         cutting_proxy(port, after=5) as proxy,
     ):
@@ -297,7 +281,7 @@ async def test_a_chat_whose_redis_restarted_empty_resumes_whole_on_another_repli
     the chat's name and every event it keeps again, so `useChat`'s resume on another
     replica still gets the whole message, not a 204."""
     async with (
-        replica(tmp_path, fake, redis_server) as (_, port),
+        replica(tmp_path, "producer", fake, redis_server) as (_, port, _),
         sidecar_for(shared(redis_server)) as reader,
         cutting_proxy(port, after=5) as proxy,
     ):

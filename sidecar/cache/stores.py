@@ -50,6 +50,10 @@ class MemoryCacheStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def keys(self) -> list[str]:
+        """The keys held, the least recently used first."""
+        return list(self._entries)
+
     @property
     def total_bytes(self) -> int:
         """Bytes held by every entry."""

@@ -202,13 +202,6 @@ class AuthConfig(Section):
         names = [key.name for key in self.api_keys]
         if len(names) != len(set(names)):
             raise ValueError("api_keys names must be unique")
-        owners: dict[str, str] = {}
-        for key in self.api_keys:
-            other = owners.setdefault(key.sha256, key.name)
-            if other != key.name:
-                # One key, two identities: only one of them is ever used, and removing
-                # the other's entry to revoke the key would leave it working.
-                raise ValueError(
-                    f"api_keys {other!r} and {key.name!r} have the same sha256: one entry per key"
-                )
+        # One key under two names, in this list or across routes: the loader's check of
+        # every list at once (`sidecar.loader._api_key_problems`).
         return self

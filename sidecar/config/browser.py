@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
 from sidecar.config.fields import Section
+
+if TYPE_CHECKING:
+    from sidecar.policy.claude_schema import Collected
 
 
 class BrowserConfig(Section):
@@ -43,12 +46,18 @@ class UiConfig(Section):
     tools: list[dict[str, Any]] = Field(default_factory=list)  # Claude tool definitions
 
     @cached_property
+    def tools_texts(self) -> Collected:
+        """What Claude reads of `tools`, walked once per config: the config's check that no
+        route refusing remote content offers a tool that fetches it reads `remote`."""
+        from sidecar.policy.claude_schema import Collected, collect_texts  # (policy imports config)
+
+        return collect_texts({"tools": self.tools}) if self.tools else Collected()
+
+    @cached_property
     def tools_chars(self) -> int:
         """The characters of `tools`: Claude reads them as input on every call, so a call's
         input estimate (its token reservation) counts them; counted once per config."""
-        from sidecar.policy.claude_schema import collect_texts  # (policy imports config)
-
-        return collect_texts({"tools": self.tools}).chars if self.tools else 0
+        return self.tools_texts.chars
 
     @field_validator("tools")
     @classmethod

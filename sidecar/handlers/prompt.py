@@ -210,20 +210,20 @@ def _names(names: list[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
-def _query_int(value: str, field: str) -> int:
-    """A number field of a query string (all its values are text) as the JSON body's int."""
+def _query_max_tokens(value: str) -> int:
+    """`max_tokens` of a query string (all its values are text) as the JSON body's int."""
     if value.isascii() and value.isdigit():  # "²" is a digit to Python
         try:
             return int(value)
         except ValueError:  # longer than Python converts
             pass
-    raise bad_request(f"{field} must be a positive integer")
+    raise bad_request("max_tokens must be a positive integer")
 
 
-def _positive_int(value: object, field: str) -> int:
+def _positive_max_tokens(value: object) -> int:
     # Only an int: a JSON body's "64" is a wrong type, as the Messages API holds it.
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise bad_request(f"{field} must be a positive integer")
+        raise bad_request("max_tokens must be a positive integer")
     return value
 
 
@@ -251,7 +251,7 @@ def parse_prompt(fields: dict[str, Any], default_model: str, default_max: int) -
     if not prompt.strip():
         raise bad_request("prompt must not be empty")
     model = parse_model(fields.get("model", default_model))
-    max_tokens = _positive_int(fields.get("max_tokens", default_max), "max_tokens")
+    max_tokens = _positive_max_tokens(fields.get("max_tokens", default_max))
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True}
     system = fields.get("system")
     if system is not None:
@@ -330,7 +330,7 @@ async def _checked_call(
         fields.pop(_token_param(ctx), None)  # the EventSource credential is not a field
         fields.pop(resume.QUERY, None)  # a resume cursor is not a field either
         if "max_tokens" in fields:
-            fields["max_tokens"] = _query_int(fields["max_tokens"], "max_tokens")
+            fields["max_tokens"] = _query_max_tokens(fields["max_tokens"])
     elif request.method == "POST":
         fields = await read_json_object(request, config.server)
     else:

@@ -217,9 +217,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def parse_json_text(text: str, what: str = "body") -> Any:
+def parse_json_text(text: str) -> Any:
     """Any JSON text a client wrote, by the rules of a request body (`parse_json_object`):
-    a 400 naming `what` for a key twice, `NaN` or `Infinity`, a lone surrogate's escape,
+    a 400 for a key twice, `NaN` or `Infinity`, a lone surrogate's escape,
     nesting too deep for Python, or anything else that is not JSON. JSON inside a client's
     string (a UI tool part's `errorText`) is read by the same rules, never `json.loads`."""
     try:
@@ -229,12 +229,12 @@ def parse_json_text(text: str, what: str = "body") -> Any:
     except _DuplicateKey as exc:
         key = str(exc.args[0])
         raise bad_request(
-            f"{what} has a duplicate key: {key[:64]!r}", reason="duplicate_key"
+            f"body has a duplicate key: {key[:64]!r}", reason="duplicate_key"
         ) from None
     except ValueError as exc:
-        raise bad_request(f"{what} is not valid JSON: {exc}") from None
+        raise bad_request(f"body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise bad_request(f"{what} is nested too deeply") from None
+        raise bad_request("body is nested too deeply") from None
     if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(value):
-        raise bad_request(f"{what} is not valid JSON: a \\u escape names a lone UTF-16 surrogate")
+        raise bad_request("body is not valid JSON: a \\u escape names a lone UTF-16 surrogate")
     return value

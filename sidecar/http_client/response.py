@@ -295,6 +295,12 @@ class Response:
         return self._done and self._error is None
 
     @property
+    def parsing(self) -> bool:
+        """Whether bytes from the connection are still read as this answer (not after its
+        end, an error or `close`)."""
+        return self._parser is not None
+
+    @property
     def pushing(self) -> bool:
         """Whether the body goes to a sink (tests)."""
         return self._sink is not None

@@ -158,14 +158,10 @@ async def _whole_body(response: aiohttp.ClientResponse) -> bytes:
     return bytes(raw)
 
 
-def parse_jwks(document: Any) -> dict[str | None, SigningKey]:
-    """The signing keys of a JWKS document by `kid`; entries that are not usable are
-    skipped, and a `kid` that more than one usable key shares is left out (`read_jwks`)."""
-    return read_jwks(document)[0]
-
-
 def read_jwks(document: Any) -> tuple[dict[str | None, SigningKey], int]:
-    """`parse_jwks`, and how many usable keys the set holds, those left out included.
+    """The signing keys of a JWKS document by `kid`, and how many usable keys the set
+    holds: entries that are not usable are skipped, and a `kid` that more than one usable
+    key shares is left out (counted).
 
     A `kid` that names two keys (or two keys without one) is ambiguous: keeping either
     would refuse every token signed with the other, whichever came last in the document,

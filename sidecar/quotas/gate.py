@@ -165,6 +165,12 @@ NO_LEASE: Final = QuotaLease()
 _Unsettled = tuple[float, str, Limits, str, int, int]
 
 
+# Where counters live and what an outage of it does: process-wide, so a route may change
+# its limits but none of these (`sidecar.loader`), and a reload keeps the gate while they
+# are unchanged (`QuotaGate.settings_key`).
+STORE_FIELDS: Final = ("store", "redis_url", "redis_timeout_seconds", "on_store_error")
+
+
 class QuotaGate:
     """Admission against the configured store, with the `quotas.on_store_error` policy."""
 
@@ -191,6 +197,12 @@ class QuotaGate:
         cls, config: QuotaConfig, on_store_error: StoreErrorHook | None = None
     ) -> QuotaGate:
         return cls(make_store(config), config.on_store_error, on_store_error)
+
+    @staticmethod
+    def settings_key(config: QuotaConfig) -> tuple[object, ...]:
+        """The settings a gate depends on (`STORE_FIELDS`): a reload keeps it, its counters
+        and live leases, while they are unchanged."""
+        return tuple(getattr(config, name) for name in STORE_FIELDS)
 
     async def start(self) -> None:
         await self.store.start()

@@ -309,6 +309,11 @@ class ClientChannel:
         """Bytes that leave with the end: `end` writes them and the last chunk in one send."""
         self._tail += data
 
+    @property
+    def ended(self) -> bool:
+        """The response's end was sent (`end_now`)."""
+        return self._ended
+
     def end_now(self) -> None:
         """The end, now: `finish`'s bytes and the last chunk (and the head, if not sent yet)
         in one send, unless the client is gone (aiohttp then finds the response unended,

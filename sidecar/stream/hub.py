@@ -204,6 +204,11 @@ class Generation:
         if keeper is not None:
             keeper.on_idle = self.unfollowed
 
+    @property
+    def in_grace(self) -> bool:
+        """Nobody reads it and the detach grace's timer runs (it stops when that ends)."""
+        return self._unattended is not None
+
     def _attended(self) -> None:
         """Someone reads it, or it is over: the detach grace's timer, if set, is dropped."""
         if self._unattended is not None:

@@ -217,6 +217,11 @@ class RedisResumeStore(ResumeStore):
         self._join = self._redis.register_script(_JOIN)
         self._count = self._redis.register_script(_COUNT)
 
+    @property
+    def failing(self) -> bool:
+        """The writer's last batch was refused (Redis down or full); it retries."""
+        return self._failing
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write_loop())

@@ -35,6 +35,10 @@ class StreamRegistry:
         """The live streams (a snapshot: streams may end while the caller iterates)."""
         return iter(list(self._streams))
 
+    def tick_intervals(self) -> list[float]:
+        """The tick intervals a timer runs for (one per interval some stream ticks at)."""
+        return list(self._watched)
+
     def add(self, stream: LiveStream) -> None:
         self._streams.add(stream)
         every = stream.tick_every

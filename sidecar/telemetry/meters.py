@@ -21,13 +21,14 @@ their contract. The SDK (1.45) has no public hook for a producer of extra metric
   reader; wrapped once per reader so its `MetricsData` gains the histograms;
 - `MetricReader._instrument_class_temporality`, `_instrument_class_aggregation` and
   `_instrument_class_cardinality_limit`, keyed by the SDK's `_Histogram` class, and an
-  `ExplicitBucketHistogramAggregation`'s `_boundaries` and `_record_min_max`.
+  `ExplicitBucketHistogramAggregation`'s `_boundaries` and `_record_min_max`;
+- `MeterProvider._sdk_config.exemplar_filter`: the exemplar filter the SDK resolved (the
+  one given, or its own reading of `OTEL_METRICS_EXEMPLAR_FILTER`).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -36,7 +37,6 @@ from time import time_ns
 
 from opentelemetry.metrics import Meter as ApiMeter
 from opentelemetry.metrics import NoOpMeter
-from opentelemetry.sdk.environment_variables import OTEL_METRICS_EXEMPLAR_FILTER
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics._internal.instrument import _Histogram
 from opentelemetry.sdk.metrics.export import (
@@ -94,9 +94,9 @@ class SidecarMeterProvider(MeterProvider):
             views=views,
         )  # fmt: skip
         self._resource = resource
-        no_exemplars = isinstance(exemplar_filter, AlwaysOffExemplarFilter) or (
-            exemplar_filter is None and os.environ.get(OTEL_METRICS_EXEMPLAR_FILTER) == "always_off"
-        )
+        # The filter as the SDK resolved it: the one given, else its reading of
+        # `OTEL_METRICS_EXEMPLAR_FILTER`.
+        no_exemplars = isinstance(self._sdk_config.exemplar_filter, AlwaysOffExemplarFilter)
         self.owns_histograms = (
             no_exemplars and not views and all(histogram_view(r)[2] for r in metric_readers)
         )

@@ -32,12 +32,18 @@ from tests.support.sockets import free_port
 
 @dataclass
 class Receiver:
-    """An OTLP/HTTP receiver: the bodies (decompressed) and headers it was sent."""
+    """An OTLP/HTTP receiver: the paths, bodies (decompressed) and headers it was sent."""
 
-    url: str
+    url: str  # its traces URL (`<base>/v1/traces`)
     status: int = 200
+    paths: list[str] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        """The URL an exporter given one endpoint for every signal is given."""
+        return self.url.removesuffix("/v1/traces")
 
 
 @contextlib.asynccontextmanager
@@ -48,6 +54,7 @@ async def receiving(tls: ssl.SSLContext | None = None) -> AsyncIterator[Receiver
     receiver = Receiver(f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1/traces")
 
     async def receive(request: web.Request) -> web.Response:
+        receiver.paths.append(request.path)
         receiver.bodies.append(await request.read())  # aiohttp decompresses it
         receiver.headers.append(dict(request.headers))
         return web.Response(status=receiver.status, content_type="application/x-protobuf")

@@ -139,9 +139,7 @@ def peer_may_leave(writer: asyncio.StreamWriter) -> Iterator[None]:
 def server_side(server: SidecarServer, client: asyncio.StreamWriter) -> asyncio.Transport:
     """The sidecar's transport of `client`'s connection (its port as the sidecar sees it)."""
     port = client.get_extra_info("sockname")[1]
-    traffic = server._traffic.server
-    assert traffic is not None
-    for handler in traffic.connections:
+    for handler in server.connections():
         transport = handler.transport
         if transport is not None and transport.get_extra_info("peername")[1] == port:
             return transport
