@@ -71,7 +71,7 @@ def test_price_memo_costs_each_model_at_its_own_price_and_stays_bounded() -> Non
             response_model=model,
             input_tokens=1_000_000,
             output_tokens=1_000_000,
-        )  # fmt: skip
+        )
         for index, model in enumerate(models)
     ]
     finish_all(otel.telemetry, records)

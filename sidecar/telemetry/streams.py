@@ -223,6 +223,7 @@ def log_fields(
         "queue_wait_ms": round(record.queue_wait * 1000, 2),
         "upstream_status": record.upstream_status,
         "cost_usd": round(cost, 8) if cost is not None and answered else None,
-        "stop_reason": record.stop_reason,
-        "error_type": record.error_type,
+        # Chosen by Claude (or a proxy before it): cut as on the span.
+        "stop_reason": short_text(record.stop_reason) if record.stop_reason else None,
+        "error_type": short_text(record.error_type) if record.error_type else None,
     }  # fmt: skip
