@@ -221,3 +221,23 @@ async def test_an_error_type_claude_chose_is_bounded_on_the_span_and_the_line(
     logged = line.__dict__["error_type"]
     assert isinstance(logged, str)
     assert len(logged) <= 128
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error_type"),
+    [("client_stalled", "client_stalled"), ("shutting_down", "stream_lost")],
+)
+async def test_the_error_types_of_streams_the_sidecar_ends_keep_their_label(
+    outcome: str, error_type: str
+) -> None:
+    """Upstream error types and exception names take the few extra labels first come: the
+    types of the streams the sidecar cuts itself still carry their own name after."""
+    otel = make_otel()
+    for n in range(40):
+        record = call(outcome="upstream_error", error_type=f"OddError{n}")
+        otel.telemetry.finish_stream(record, otel.telemetry.start_stream(record, server_span(otel)))
+    record = call(outcome=outcome, error_type=error_type)
+    otel.telemetry.finish_stream(record, otel.telemetry.start_stream(record, server_span(otel)))
+    assert record.error_label == error_type
+    assert otel.count("sidecar.streams", **{"error.type": error_type}) == 1
+    otel.telemetry.shutdown()
