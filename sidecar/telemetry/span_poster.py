@@ -49,8 +49,8 @@ class _Worker:
         self._calls = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()  # a call is queued before the stop, or refused
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._name = name
+        self._thread: threading.Thread | None = None  # started with the first call
 
     def submit(self, call: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run `call` after those submitted before; raises RuntimeError once shut down."""
@@ -59,6 +59,9 @@ class _Worker:
             if self._closed:
                 raise RuntimeError("cannot schedule new posts after shutdown")
             self._calls.put((future, call))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
         return future
 
     def shutdown(self) -> None:
