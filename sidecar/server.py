@@ -23,6 +23,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -53,6 +54,8 @@ _FINAL_EVENT_GRACE = 1.0  # final events reaching clients after streams are stop
 # the last telemetry exports) close together until this long before the bound ...
 _AFTER_CLOSE = 1.0
 _LEFTOVER_GRACE = 0.5  # ... then tasks still running get this long once cancelled.
+# The last telemetry exports end this long before the closes' share does (`Telemetry.close_by`).
+_EXPORT_SLACK = 0.25
 _RELOAD_STOP_GRACE = 5.0  # seconds (within the grace) a reload under way gets to finish
 
 
@@ -280,7 +283,13 @@ class SidecarServer:
             stopped = runtimes.stop_all_streams()
             log.warning("shutdown grace over", extra={"streams_stopped": stopped})
             await runtimes.wait_idle(_FINAL_EVENT_GRACE)
-        await self._close_listeners(bound - _AFTER_CLOSE)
+        close_by = bound - _AFTER_CLOSE
+        # The last telemetry exports are done or given up a moment before the closes'
+        # share ends (blocking, on a thread: its close then returns in time).
+        exports_by = time.monotonic() + max(close_by - _EXPORT_SLACK - loop.time(), 0.0)
+        for runtime in runtimes.live:
+            runtime.telemetry.close_by(exports_by)
+        await self._close_listeners(close_by)
 
     async def _close_listeners(self, deadline: float) -> None:
         """Close both listeners and, with the traffic app, every runtime, by `deadline`.

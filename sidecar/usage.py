@@ -78,8 +78,12 @@ def observe(record: StreamRecord, block: bytes) -> bytes:
             record.stop_reason = delta["stop_reason"]
         apply_usage(record, payload.get("usage"))
     elif name == b"error":
-        error = json_object(parse_block(block)[1]).get("error")
-        record.error_type = (
-            error.get("type") if isinstance(error, dict) and error.get("type") else "api_error"
-        )
+        record.error_type = error_type_of(json_object(parse_block(block)[1]).get("error"))
     return name
+
+
+def error_type_of(error: Any) -> str:
+    """The type of an Anthropic `error` object: its `type` when that is a non-empty string,
+    else `api_error` (an object, a number, nothing: no type a label or a line can carry)."""
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) and kind else "api_error"

@@ -194,6 +194,34 @@ async def test_telemetry_off_still_logs_usage_and_cost(
     assert otel.exporter.get_finished_spans() == ()  # no provider ever held the exporter
 
 
+UNREPORTED = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
+              "cache_read_input_tokens", "tokens_per_second", "cost_usd")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("directive", "outcome"),
+    [
+        ("fault=bad_request", "upstream_error"),  # refused before any byte
+        ("fault=stall_before_start", "idle_timeout"),  # a 200 silent before `message_start`
+    ],
+)
+async def test_a_call_claude_reported_no_usage_for_logs_its_usage_as_unknown(
+    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader], directive: str, outcome: str
+) -> None:
+    """Usage, rate and cost are `null` on the line of a call Claude never said the usage
+    of, as the metrics leave it out: not 0 tokens, and not free."""
+    read = log_output()
+    otel = make_otel()
+    claude = {"idle_timeout_seconds": 0.3, "max_retries": 0}
+    async with sidecar_for({"claude": claude}, telemetry=otel.telemetry) as sidecar:
+        await prompt(sidecar.url, f"hello [[fake {directive}]]")
+    error = one(events(read()), "stream_error")
+    assert error["outcome"] == outcome
+    assert {name: error[name] for name in UNREPORTED} == dict.fromkeys(UNREPORTED)
+    assert otel.count("gen_ai.client.token.usage") == 0  # the metrics agree
+    assert "gen_ai.usage.input_tokens" not in (otel.client_span().attributes or {})
+
+
 def _clock(now: float) -> Callable[[], float]:
     return lambda: now
 

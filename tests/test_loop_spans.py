@@ -11,6 +11,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 import tracemalloc
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,8 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTPTransport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
 
 from sidecar.config import TelemetryConfig
@@ -612,7 +615,8 @@ def test_shutdown_with_no_loop_running_ends_within_the_export_timeout_too(
         assert len(receiver.bodies) == 1  # back before the first retry
 
         async def aborted() -> None:
-            aborting = "Shutdown in progress, aborting retry."
+            # Posted at shutdown, the post itself had only the time left: no retry fits.
+            aborting = "Failed to export spans batch due to timeout, max retries or shutdown."
             await eventually(lambda: holds(aborting in caplog.messages))
 
         asyncio.run(aborted())
@@ -630,3 +634,77 @@ async def test_shutdown_during_an_export_waits_for_it_and_exports_the_rest() -> 
         receiver.status = 200
         await asyncio.to_thread(batches.shutdown)
         assert received(receiver) == [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+class _Answered(BaseHTTPResult):
+    """A collector's 200, as a transport reports it."""
+
+    def content(self) -> bytes:
+        return b""
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class _TimingTransport(BaseHTTPTransport):
+    """Answers every post 200 at once, keeping the time each was given."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        data: bytes | None = None,
+    ) -> BaseHTTPResult:
+        self.timeouts.append(timeout)
+        return _Answered(status_code=200, reason="OK")
+
+    def is_connection_error(self, exception: Exception | None) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("left", "export_timeout", "post_timeout", "bound"),
+    [
+        (1.0, 60.0, 10.0, 1.0),  # the exit's deadline, sooner than either timeout
+        (100.0, 0.5, 10.0, 0.5),  # OTEL_BSP_EXPORT_TIMEOUT, when sooner
+        (100.0, 60.0, 0.25, 0.25),  # OTEL_EXPORTER_OTLP_TIMEOUT, when sooner
+    ],
+    ids=["deadline", "bsp_export_timeout", "otlp_timeout"],
+)
+def test_shutdown_gives_its_posts_no_more_than_the_sooner_deadline(
+    left: float, export_timeout: float, post_timeout: float, bound: float
+) -> None:
+    """A post at shutdown is given the time left to the exit's deadline, the processor's
+    export timeout or the exporter's own, whichever ends first: a collector that never
+    answers cannot keep it past that (the SDK's client would wait its whole timeout)."""
+    transport = _TimingTransport()
+    exporter = HttpSpanExporter(
+        endpoint="http://127.0.0.1:1/v1/traces", timeout=post_timeout, _transport=transport
+    )
+    batches = LoopSpanProcessor(
+        exporter, schedule_delay_millis=QUIET, export_timeout_millis=export_timeout * 1e3
+    )
+    for n in range(3):
+        batches.on_end(span(n))
+    batches.shutdown(time.monotonic() + left)
+    (timeout,) = transport.timeouts
+    assert timeout is not None
+    assert 0 < timeout <= bound
+
+
+def test_a_post_past_the_deadline_is_not_sent(caplog: pytest.LogCaptureFixture) -> None:
+    transport = _TimingTransport()
+    exporter = HttpSpanExporter(endpoint="http://127.0.0.1:1/v1/traces", _transport=transport)
+    exporter.finish_by(time.monotonic() - 1)
+    assert exporter.export([span(0)]) is SpanExportResult.FAILURE
+    assert transport.timeouts == []
+    assert "Dropping span batch: the export deadline passed" in caplog.messages

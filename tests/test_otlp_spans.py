@@ -22,6 +22,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 import pytest
 from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
+from opentelemetry.exporter.otlp.common import http as sdk_http_client
 from opentelemetry.exporter.otlp.proto.common import _internal as sdk_common
 from opentelemetry.exporter.otlp.proto.common._internal import trace_encoder as sdk_trace_encoder
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -40,7 +41,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import (
     SpanKind,
 )
@@ -82,6 +83,10 @@ def test_the_sidecar_builds_these_exporters(monkeypatch: pytest.MonkeyPatch) -> 
 # mirrored again (the encoder's other tests then say whether the bytes still agree).
 SDK_SOURCES = {
     "http export": (SdkHttpSpanExporter.export, "0968825c"),
+    # `finish_by`: each post's time, retries included, is the client's `_timeout`; and
+    # `closing` shuts the SDK's batch span processor down through its `_batch_processor`.
+    "http client export": (sdk_http_client._OTLPHTTPClient.export, "2641348a"),
+    "batch span processor shutdown": (BatchSpanProcessor.shutdown, "0bef38a6"),
     "grpc _export": (sdk_grpc_exporter.OTLPExporterMixin._export, "22cf97e0"),
     "grpc stub": (sdk_grpc_exporter.OTLPExporterMixin._initialize_channel_and_stub, "98fa9b46"),
     "trace encoder": (sdk_trace_encoder, "286b1140"),
@@ -108,6 +113,7 @@ def test_the_sdk_exporters_have_the_shape_this_relies_on(monkeypatch: pytest.Mon
     exporter = HttpSpanExporter(endpoint="http://127.0.0.1:1/v1/traces")
     for attribute in ("_shutdown", "_metrics", "_max_request_size", "_client", "_encoder"):
         assert hasattr(exporter, attribute), attribute
+    assert isinstance(exporter._client._timeout, float)
     assert vars(sdk_http_module)["encode_spans"] is encode_spans
     assert isinstance(sdk_http_module._logger, logging.Logger)
     assert "request=self._translate_data(data)" in inspect.getsource(

@@ -198,6 +198,48 @@ async def test_the_whole_exit_is_bounded_by_the_grace_plus_the_margin(tmp_path: 
     assert exit_code == 0
 
 
+@pytest.mark.parametrize(
+    "schedule_delay_ms",
+    ["60000", "50"],
+    ids=["posted_at_exit", "post_stuck_since_before"],
+)
+async def test_the_last_exports_end_within_the_margin_against_a_collector_that_never_answers(
+    tmp_path: Path, schedule_delay_ms: str
+) -> None:
+    """The last span and metric exports are given up by the shutdown's deadline, not their
+    own timeouts (5 s for spans, the OTLP exporter's 10 s a post, 30 s for metrics): the
+    process exits on its own within the margin, and the watchdog never has to end it.
+    Spans are posted at exit, or were stuck in a post since before SIGTERM."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    collector = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = collector.sockets[0].getsockname()[1]
+    data = config(grace=0.5) | {"telemetry": {"otlp_endpoint": f"http://127.0.0.1:{port}"}}
+    env = {"OTEL_BSP_SCHEDULE_DELAY": schedule_delay_ms}
+    try:
+        async with sidecar_process(data, tmp_path, env=env) as running:
+            async with aiohttp.ClientSession() as http:
+                params = {"prompt": "hi"}
+                async with http.get(running.url + "/api/stream-response", params=params) as got:
+                    await got.read()
+            if schedule_delay_ms != "60000":
+                await eventually(lambda: holds(len(held) >= 1))  # a post is under way
+            running.process.send_signal(signal.SIGTERM)
+            bound = 0.5 + SHUTDOWN_MARGIN + 2.0  # the slack: interpreter start-up of signals
+            exit_code = await asyncio.to_thread(running.process.wait, bound)
+            logs = running.logs()
+    finally:
+        collector.close()
+        for writer in held:
+            writer.close()
+    assert exit_code == 0
+    assert "shutdown bound reached" not in logs  # the watchdog did not end it
+    assert "shutdown close over" not in logs  # the closes ended within their share
+
+
 async def test_during_the_grace_a_kept_alive_connection_is_told_to_close(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -4,18 +4,29 @@ user and tenant on spans as configured; and telemetry that fails never breaks a 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import json
 import logging
 from typing import Any
 
+import aiohttp
 import pytest
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, StatusCode
 
 from sidecar.record import StreamRecord
 from tests.support.otel import Otel, make_otel, prompt
-from tests.support.sidecars import SidecarFactory
+from tests.support.scripted_claude import (
+    SSE_HEAD,
+    START,
+    chunk,
+    claude_config,
+    messages_body,
+    scripted_claude,
+)
+from tests.support.sidecars import SidecarFactory, running_sidecar
 
 MODEL = "claude-sonnet-5-5"
 
@@ -163,4 +174,70 @@ async def test_a_failure_label_a_call_cannot_choose_is_bounded(error_type: str) 
     otel.telemetry.finish_stream(record, span)
     assert record.error_label == "_OTHER"
     assert (otel.client_span().attributes or {})["error.type"] == "_OTHER"
+    otel.telemetry.shutdown()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [{"kind": ["not", "a", "name"]}, 529, "x" * 5000],
+    ids=["object", "number", "long_string"],
+)
+@pytest.mark.parametrize("status", [200, 529], ids=["midstream", "error_status"])
+async def test_an_error_type_claude_chose_is_bounded_on_the_span_and_the_line(
+    caplog: pytest.LogCaptureFixture, error: Any, status: int
+) -> None:
+    """Claude's (or a proxy's) error type, in a mid-stream `error` event or an error
+    status's body, whatever its JSON type and length: the call still gets its span, with
+    a bounded `error.type`, and its line a short text, never the value itself."""
+    body = json.dumps({"type": "error", "error": {"type": error, "message": "m"}}).encode()
+    if status == 200:
+        answer = SSE_HEAD + chunk(START) + chunk(b"event: error\ndata: " + body + b"\n\n")
+        answer += b"0\r\n\r\n"
+    else:
+        answer = (
+            b"HTTP/1.1 529 Overloaded\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(answer)
+        await writer.drain()
+
+    otel = make_otel()
+    caplog.set_level(logging.INFO)
+    async with (
+        scripted_claude(script) as url,
+        running_sidecar(claude_config(url), telemetry=otel.telemetry) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+    ):
+        await response.read()
+    assert "telemetry failed for a stream" not in caplog.messages
+    span = otel.client_span()
+    assert span.status.status_code is StatusCode.ERROR
+    expected = "_OTHER" if isinstance(error, str) else "api_error"  # no type: Claude's own
+    assert (span.attributes or {})["error.type"] == expected
+    (line,) = [r for r in caplog.records if r.getMessage() == "stream_error"]
+    logged = line.__dict__["error_type"]
+    assert isinstance(logged, str)
+    assert len(logged) <= 128
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error_type"),
+    [("client_stalled", "client_stalled"), ("shutting_down", "stream_lost")],
+)
+async def test_the_error_types_of_streams_the_sidecar_ends_keep_their_label(
+    outcome: str, error_type: str
+) -> None:
+    """Upstream error types and exception names take the few extra labels first come: the
+    types of the streams the sidecar cuts itself still carry their own name after."""
+    otel = make_otel()
+    for n in range(40):
+        record = call(outcome="upstream_error", error_type=f"OddError{n}")
+        otel.telemetry.finish_stream(record, otel.telemetry.start_stream(record, server_span(otel)))
+    record = call(outcome=outcome, error_type=error_type)
+    otel.telemetry.finish_stream(record, otel.telemetry.start_stream(record, server_span(otel)))
+    assert record.error_label == error_type
+    assert otel.count("sidecar.streams", **{"error.type": error_type}) == 1
     otel.telemetry.shutdown()

@@ -65,7 +65,13 @@ def test_price_memo_costs_each_model_at_its_own_price_and_stays_bounded() -> Non
     otel = make_otel(prices=prices)
     models = ["claude-sonnet-5-5", "claude-haiku-5", "claude-sonnet-5-5-20260101", "unpriced"] * 3
     records = [
-        finished_record(index, request_model=model, input_tokens=1_000_000, output_tokens=1_000_000)
+        finished_record(
+            index,
+            request_model=model,
+            response_model=model,
+            input_tokens=1_000_000,
+            output_tokens=1_000_000,
+        )
         for index, model in enumerate(models)
     ]
     finish_all(otel.telemetry, records)

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
 from opentelemetry.trace import SpanKind
 
 from sidecar.record import StreamRecord
@@ -79,7 +80,7 @@ def test_shared_attribute_sets_export_what_sets_built_per_stream_do(
 
 
 def test_a_finished_calls_log_numbers_are_derived_from_its_record() -> None:
-    record = StreamRecord(request_id="r", route="/v1", started=10.0)
+    record = StreamRecord(request_id="r", route="/v1", started=10.0, response_model="m")
     record.first_token_at, record.last_chunk_at = 10.25, 12.25  # 2 s generating
     record.output_tokens, record.input_tokens, record.cache_read_input_tokens = 50, 7, 3
     record.queue_wait, record.retries, record.outcome = 0.0125, 1, "completed"
@@ -89,7 +90,7 @@ def test_a_finished_calls_log_numbers_are_derived_from_its_record() -> None:
     assert fields["input_tokens"] == 10  # uncached + cache reads + cache writes
     assert fields["ttft_ms"] == 250.0
     assert fields["duration_ms"] == 2500.0
-    assert fields["tokens_per_second"] == 25.0
+    assert fields["tokens_per_second"] == 24.5  # the 49 tokens after the first, over 2 s
     assert fields["queue_wait_ms"] == 12.5
     assert fields["cost_usd"] == 0.12345679  # rounded to 8 places
 
@@ -109,6 +110,42 @@ def test_a_call_without_generating_time_has_no_rate_and_no_division_by_zero(
     assert fields["ttft_ms"] == (500.0 if first_token is not None else None)
     assert fields["duration_ms"] == 0.0  # ended as it started
     assert fields["cost_usd"] is None  # no price known
+
+
+def test_the_log_rate_is_the_reciprocal_of_the_time_per_output_token() -> None:
+    """`tokens_per_second` and `gen_ai.server.time_per_output_token` are one definition:
+    (last − first token) / (n − 1) and its reciprocal, not n over the same time."""
+    otel = make_otel()
+    record = finished_record(0, output_tokens=5, response_model="claude-sonnet-5-5")
+    record.first_token_at, record.last_chunk_at = record.started + 0.5, record.started + 1.5
+    record.ended = record.started + 1.5
+    fields = streams.log_fields("stream_complete", {}, record, record.ended, None)
+    finish_all(otel.telemetry, [record])
+    (point,) = otel.metrics()["gen_ai.server.time_per_output_token"].data.data_points
+    assert isinstance(point, HistogramDataPoint)
+    assert point.sum == 0.25  # 1 s over the 4 tokens after the first
+    assert fields["tokens_per_second"] == 4.0 == 1 / point.sum
+
+
+def test_a_single_token_has_no_rate_as_it_has_no_time_per_output_token() -> None:
+    record = StreamRecord(request_id="r", route="/v1", started=10.0, response_model="m")
+    record.first_token_at, record.last_chunk_at, record.output_tokens = 10.5, 11.0, 1
+    assert (
+        streams.log_fields("stream_complete", {}, record, 11.0, None)["tokens_per_second"] is None
+    )
+
+
+def test_a_call_claude_reported_no_usage_for_logs_no_tokens_cost_or_rate() -> None:
+    """No `message_start` (refused, cut or silent before it): usage unknown, not 0 tokens;
+    the content deltas relayed regardless (each at least a token, for the quota) do not
+    make it reported."""
+    record = StreamRecord(request_id="r", route="/v1", started=10.0, output_tokens=4)
+    record.first_token_at, record.last_chunk_at = 10.5, 11.5
+    fields = streams.log_fields("stream_error", {}, record, 11.5, 0.25)
+    unknown = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
+               "cache_read_input_tokens", "tokens_per_second", "cost_usd")  # fmt: skip
+    assert {name: fields[name] for name in unknown} == dict.fromkeys(unknown)
+    assert fields["ttft_ms"] == 500.0  # the times stay: they were measured
 
 
 # --------------------------------------------------------------------------- time to first token

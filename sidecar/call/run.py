@@ -44,7 +44,7 @@ from sidecar.upstream import (
     read_answer,
     returned_headers,
 )
-from sidecar.usage import apply_message
+from sidecar.usage import apply_message, error_type_of
 
 MAX_ERROR_BODY = 64 * 1024
 _HANDED_OVER: Final[Mapping[str, str]] = MappingProxyType({})
@@ -334,7 +334,7 @@ async def _relay_error(
 def _error_of(body: bytes, status: int) -> tuple[str, str]:
     try:
         error = json.loads(body).get("error", {})
-        return str(error.get("type") or "api_error"), str(error.get("message") or "")
+        return error_type_of(error), str(error.get("message") or "")
     except (ValueError, AttributeError):
         return "api_error", f"Claude answered {status}"
 

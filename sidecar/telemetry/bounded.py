@@ -21,13 +21,15 @@ MAX_LOG_PATH: Final = 1024  # characters of a request path in a log line
 MAX_USER_AGENT: Final = 256  # characters of `user_agent.original` (a request span's)
 MAX_LIST: Final = 8  # items of a list-valued span attribute (stop sequences)
 _IDENTIFIER: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,47}")
-# Anthropic's error types, plus the sidecar's own (`timeout_error`, relay outcomes).
+# Anthropic's error types, plus the sidecar's own (`timeout_error`, relay outcomes, the
+# types of the streams it ends itself: a stalled client, a stream lost at shutdown),
+# which always pass, however many extras other values took.
 KNOWN_ERROR_TYPES: Final = frozenset(
     {
         "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
         "request_too_large", "rate_limit_error", "api_error", "overloaded_error",
         "billing_error", "timeout_error", "idle_timeout", "client_cancelled", "shutting_down",
-        "upstream_error", "rejected",
+        "upstream_error", "rejected", "client_stalled", "stream_lost",
     }
 )  # fmt: skip
 

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry.bounded import MAX_TEXT, MAX_USER_AGENT, short_text
+from sidecar.telemetry.closing import shutdown_providers
 from sidecar.telemetry.counters import Counters
 from sidecar.telemetry.providers import build_providers, sdk_disabled
 from sidecar.telemetry.semconv import (
@@ -195,12 +196,18 @@ class Telemetry(StreamTelemetry, Counters):
             return b"", CONTENT_TYPE_LATEST
         return generate_latest(self._providers.registry), CONTENT_TYPE_LATEST
 
-    def shutdown(self) -> None:
-        """Flush and stop exporters (spans in batches, periodic metrics); blocking."""
+    def close_by(self, deadline: float) -> None:
+        """The last exports (`close`) end by `deadline` (`time.monotonic()`): the exit's."""
+        self._close_deadline = deadline
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        """Flush and stop exporters (spans in batches, periodic metrics); blocking.
+
+        Done or given up by `deadline` (`time.monotonic()`), else by the one `close_by`
+        gave, else `closing.DEFAULT_SECONDS` from now (see `closing`)."""
         if self._providers is None:
             return
-        self._providers.tracer_provider.shutdown()
-        self._providers.meter_provider.shutdown()
+        shutdown_providers(self._providers, deadline or self._close_deadline)
 
     async def close(self) -> None:
         """`shutdown` off the event loop: the last export is blocking network I/O."""

@@ -25,8 +25,9 @@ As the SDK's processor: sampled spans only; `OTEL_BSP_SCHEDULE_DELAY`,
 and `OTEL_BSP_EXPORT_TIMEOUT` read by the SDK's own functions; a full queue drops its
 oldest span (said in a warning); one export at a time; `force_flush` and `shutdown`
 export what is queued, spans not encoded yet included, `shutdown` within
-`OTEL_BSP_EXPORT_TIMEOUT` (then it shuts the exporter down, ending the retries of a
-post under way: the SDK's processor waits a fixed 30 s). A span the encoder refuses is
+`OTEL_BSP_EXPORT_TIMEOUT`, or by the exit's deadline when sooner (then it shuts the
+exporter down, ending the retries of a post under way: the SDK's processor waits a fixed
+30 s). A span the encoder refuses is
 logged as the SDK's exporter logs a batch it cannot encode, and dropped: that span
 alone (the SDK's exporter drops the whole batch). A span ended on another thread
 reaches the loop through `call_soon_threadsafe`; with no loop running at all (a
@@ -316,18 +317,26 @@ class LoopSpanProcessor(SpanProcessor):
             else:
                 return True
 
-    def shutdown(self) -> None:
+    def shutdown(self, deadline: float | None = None) -> None:
         """Stop taking spans, export what is queued, and shut the exporter down.
 
-        All within `OTEL_BSP_EXPORT_TIMEOUT`: past it, what is left is given up (said
-        in a log line) and the exporter is shut down, which ends the retries of a post
-        still under way (the SDK's client waits out its backoff for up to its own timeout).
+        All within `OTEL_BSP_EXPORT_TIMEOUT`, and by `deadline` (`time.monotonic()`) when
+        given and sooner: past it, what is left is given up (said in a log line) and the
+        exporter is shut down, which ends the retries of a post still under way (the
+        SDK's client waits out its backoff for up to its own timeout). Every post from
+        here on ends by then too (`HttpSpanExporter.finish_by`), or within its own
+        `OTEL_EXPORTER_OTLP_TIMEOUT` when sooner; one stuck since before is not waited
+        for past it (its thread is a daemon).
         """
         if self._shutdown:
             return
         self._shutdown = True  # spans ended from now on are not taken, as in the SDK
+        now = time.monotonic()
         timeout = self.export_timeout if self.export_timeout > 0 else 30.0
-        deadline = time.monotonic() + timeout
+        if deadline is not None:
+            timeout = min(timeout, max(deadline - now, 0.0))
+        deadline = now + timeout
+        self.exporter.finish_by(deadline)
         self.force_flush(int(timeout * 1e3))
         self._closed = True  # an export task still running posts nothing more
         timer, self._timer = self._timer, None

@@ -13,6 +13,7 @@ they change.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,7 +84,8 @@ class HttpSpanExporter(SdkHttpSpanExporter):
 
     `export` is the SDK's, statement for statement, but for the encoder: same shutdown
     check, exporter metrics, size limit, client call, results and log lines. It posts
-    through the SDK's own transport and client with an `ExportSession`.
+    through the SDK's own transport and client with an `ExportSession`. Once given a
+    deadline (`finish_by`, at exit) each post's time, retries included, is cut to it.
     """
 
     def __init__(self, *args: Any, session: requests.Session | None = None, **kwargs: Any) -> None:
@@ -92,6 +94,17 @@ class HttpSpanExporter(SdkHttpSpanExporter):
         init: Any = super().__init__  # its overloads: one with `_transport`, one without
         init(*args, session=session or export_session(), **kwargs)
         self._encoder = SpanEncoder()
+        # A post's own limit (`OTEL_EXPORTER_OTLP_TIMEOUT`, retries included: the SDK's
+        # client's `_timeout`), and the time (`time.monotonic()`) no post may outlast
+        # once set (`finish_by`: the exit's last exports).
+        self._post_timeout: float = self._client._timeout
+        self._deadline: float | None = None
+
+    def finish_by(self, deadline: float) -> None:
+        """From now on every post (retries included) ends by `deadline` (`time.monotonic()`),
+        or within its own `OTEL_EXPORTER_OTLP_TIMEOUT` when that is sooner; a post past
+        it is not sent."""
+        self._deadline = deadline
 
     @property
     def encoder(self) -> SpanEncoder:
@@ -138,6 +151,13 @@ class HttpSpanExporter(SdkHttpSpanExporter):
                 )
                 return SpanExportResult.FAILURE
 
+            if self._deadline is not None:  # the exit's last exports: within its deadline
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    logger.warning("Dropping span batch: the export deadline passed")
+                    result.error = TimeoutError("export deadline passed")
+                    return SpanExportResult.FAILURE
+                self._client._timeout = min(self._post_timeout, left)
             export_result = self._client.export(serialized_data)
             if not export_result.success:
                 result.error = export_result.error

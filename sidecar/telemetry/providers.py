@@ -49,9 +49,9 @@ from sidecar.telemetry.meters import SidecarMeterProvider
 _SIGNAL_PATHS: Final = {"TRACES": "v1/traces", "METRICS": "v1/metrics"}
 _EXEMPLAR_FILTERS: Final = frozenset({"trace_based", "always_on", "always_off"})
 SPAN_BATCH_SIZE: Final = 128
-# How long a stopping (or reloaded) sidecar gives its last span exports, unless
-# OTEL_BSP_EXPORT_TIMEOUT says: inside the 8 s a runtime has to close, where the SDK's
-# 30 s would outlast it (and a pod's default grace) against a collector that is down.
+# How long a stopping sidecar gives its last span exports, unless OTEL_BSP_EXPORT_TIMEOUT
+# says: the SDK's 30 s would outlast a pod's default grace against a collector that is
+# down. At exit they also end by the shutdown's deadline, when sooner (`closing`).
 SPAN_EXPORT_TIMEOUT_MS: Final = 5000
 log = logging.getLogger("sidecar.telemetry")
 

@@ -72,6 +72,7 @@ class TelemetryState:
         self.config = config
         self.names = names
         self._providers = providers
+        self._close_deadline: float | None = None  # `time.monotonic()`: see `close_by`
         self._propagator = TraceContextTextMapPropagator()
         # OTEL_PROPAGATORS when it asks for more than W3C trace context (None: the above).
         try:

@@ -127,7 +127,12 @@ class StreamTelemetry(TelemetryState):
             price = self._prices[model]
         except KeyError:
             price = self.price(model)
-        cost = cost_usd(price, record) if price is not None else None
+        # Only for usage Claude reported (`streams.reported_usage`): unknown is not free.
+        cost = (
+            cost_usd(price, record)
+            if price is not None and record.response_model is not None
+            else None
+        )
         if self._on:
             inst = self.instruments
             # What `StreamSets` depends on (the conventions are this Telemetry's own).

@@ -190,28 +190,40 @@ def log_fields(
     event: str, base: Mapping[str, Any], record: StreamRecord, ended: float, cost: float | None
 ) -> dict[str, Any]:
     """The fields of a `stream_complete` / `stream_error` line: `event`, the fields both
-    stream lines share (`base`: ids), then the numbers; built as one dict, not merged."""
+    stream lines share (`base`: ids), then the numbers; built as one dict, not merged.
+
+    Usage, cost and rate are `None` for a call whose usage Claude never reported
+    (`reported_usage`): unknown, not 0 tokens, as the metrics leave it out.
+    `tokens_per_second` is the reciprocal of the time per output token
+    (`gen_ai.server.time_per_output_token`): (output tokens − 1) over the time from the
+    first token to the last event, the tokens after the first over the time they took.
+    """
     first_token, last = record.first_token_at, record.last_chunk_at
-    generating = (last - first_token) if first_token is not None and last is not None else 0.0
     started = record.started
+    answered = record.response_model is not None  # `reported_usage`, inline
+    output = record.output_tokens
+    rate = None
+    if answered and output > 1 and first_token is not None and last is not None:
+        generating = last - first_token
+        if generating > 0:
+            rate = round((output - 1) / generating, 2)
     # Milliseconds as `round(seconds * 1000, 2)`, written out (three per line).
     return {
         "event": event,
         **base,
         "outcome": record.outcome,
-        "input_tokens": record.total_input_tokens,
-        "output_tokens": record.output_tokens,
-        "cache_creation_input_tokens": record.cache_creation_input_tokens,
-        "cache_read_input_tokens": record.cache_read_input_tokens,
+        "input_tokens": record.total_input_tokens if answered else None,
+        "output_tokens": output if answered else None,
+        "cache_creation_input_tokens": record.cache_creation_input_tokens if answered else None,
+        "cache_read_input_tokens": record.cache_read_input_tokens if answered else None,
         "ttft_ms": round((first_token - started) * 1000, 2) if first_token is not None else None,
         "duration_ms": round((ended - started) * 1000, 2),
-        "tokens_per_second": round(record.output_tokens / generating, 2)
-        if generating > 0
-        else None,
+        "tokens_per_second": rate,
         "retries": record.retries,
         "queue_wait_ms": round(record.queue_wait * 1000, 2),
         "upstream_status": record.upstream_status,
-        "cost_usd": round(cost, 8) if cost is not None else None,
-        "stop_reason": record.stop_reason,
-        "error_type": record.error_type,
+        "cost_usd": round(cost, 8) if cost is not None and answered else None,
+        # Chosen by Claude (or a proxy before it): cut as on the span.
+        "stop_reason": short_text(record.stop_reason) if record.stop_reason else None,
+        "error_type": short_text(record.error_type) if record.error_type else None,
     }  # fmt: skip
