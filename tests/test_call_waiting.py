@@ -1,0 +1,86 @@
+"""A streaming call that waits for Claude's head (a slow head, retries with backoff) sends
+its client the SSE head and `: ping` every `claude.heartbeat_seconds` from when it has
+waited that long; a later failure is the route's error event in that stream. Measured on
+a raw socket, each read with the time it arrived."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from sidecar.relay import tick_interval
+from tests.support.sdk import user
+from tests.support.sidecars import SidecarFactory
+from tests.support.sockets import dechunk
+from tests.support.timed_reads import gaps, joined, timed_response
+
+MODEL = "claude-sonnet-5-5"
+BEAT = 0.2
+CONFIG: dict[str, Any] = {
+    "claude": {"heartbeat_seconds": BEAT, "idle_timeout_seconds": 30, "max_retries": 1}
+}
+# A ping is due `BEAT` after the last byte, at most one watchdog tick late; the slack is
+# the loop's own scheduling on a busy machine, far under the seconds the faults wait.
+BOUND = BEAT + tick_interval(BEAT, 30, 60) + 0.15
+
+
+def _request(route: str, directive: str) -> tuple[str, dict[str, Any] | None]:
+    if route == "prompt":
+        return "/api/stream-response?prompt=" + quote(directive + " hi"), None
+    body = {"model": MODEL, "max_tokens": 20, "stream": True, "messages": user(directive + " hi")}
+    return "/v1/messages", body
+
+
+@pytest.mark.parametrize("route", ["prompt", "anthropic"])
+async def test_a_slow_head_is_waited_for_with_the_sse_head_and_pings(
+    route: str, sidecar_for: SidecarFactory
+) -> None:
+    path, body = _request(route, "[[fake fault=slow_headers delay_ms=1200]]")
+    async with sidecar_for(CONFIG) as sidecar:
+        reads = await timed_response(sidecar.port, path, body)
+    raw = joined(reads)
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"text/event-stream" in raw.split(b"\r\n\r\n")[0]
+    assert raw.split(b"\r\n\r\n", 1)[1].lstrip(b"0123456789abcdef\r\n").startswith(b": ping\n\n")
+    assert raw.count(b": ping\n\n") >= 4  # every BEAT through the 1.2 s wait
+    assert max(gaps(reads)) <= BOUND, gaps(reads)
+    if route == "prompt":
+        assert b'"done": true' in raw or b'"done":true' in raw
+    else:
+        assert b"event: message_stop" in raw
+
+
+@pytest.mark.parametrize(
+    ("route", "last_event"),
+    [
+        ("prompt", b'data: {"error": {"type": "overloaded"'),
+        ("anthropic", b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"'),
+    ],
+)
+async def test_a_failure_after_the_early_head_is_the_routes_error_event(
+    route: str, last_event: bytes, sidecar_for: SidecarFactory
+) -> None:
+    # Claude answers 529 twice, the retry after `retry_after`: the head went out meanwhile.
+    path, body = _request(route, "[[fake fault=overloaded retry_after=1]]")
+    async with sidecar_for(CONFIG) as sidecar:
+        reads = await timed_response(sidecar.port, path, body)
+    raw = joined(reads)
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert max(gaps(reads)) <= BOUND, gaps(reads)
+    events = [e for e in dechunk(raw.split(b"\r\n\r\n", 1)[1]).split(b"\n\n") if e]
+    last = events[-1].replace(b" ", b"")
+    assert last_event.replace(b" ", b"") in last, events[-1]
+
+
+async def test_an_answer_within_the_heartbeat_keeps_its_own_status(
+    sidecar_for: SidecarFactory,
+) -> None:
+    path, body = _request("anthropic", "[[fake fault=overloaded]]")
+    config = {"claude": {"heartbeat_seconds": 5, "max_retries": 0}}
+    async with sidecar_for(config) as sidecar:
+        reads = await timed_response(sidecar.port, path, body)
+    raw = joined(reads)
+    assert raw.startswith(b"HTTP/1.1 529 ")
+    assert b": ping" not in raw
