@@ -316,8 +316,9 @@ class Pipeline:
                 else:
                     response = render_rejection(ctx, reject("internal_error", "internal error"))
             finally:
-                if ctx.early is not None:
+                if ctx.early is not None:  # (it holds the context: the cycle is broken here)
                     ctx.early.stop()
+                    ctx.early = None
                 status, client_gone = _outcome(request, response, ctx.sent_status)
                 telemetry.end_server_span(span, status, client_gone=client_gone)
                 telemetry.access(
