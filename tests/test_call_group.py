@@ -357,6 +357,20 @@ async def test_every_caller_waiting_for_a_coalesced_calls_head_gets_pings(
         assert _complete(kind, dechunk(raw.split(b"\r\n\r\n", 1)[1]))
 
 
+async def test_a_coalesced_message_waited_for_past_the_heartbeat_is_still_plain_json(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Only a stream starts early: a non-streaming call's callers get its JSON answer."""
+    text = "[[fake fault=slow_headers delay_ms=600]] together"
+    config = {**cached(include_sampled=True), "claude": {"heartbeat_seconds": 0.1}}
+    async with sidecar_for(config) as s:
+        results = await asyncio.gather(*(_ask(s.url, MESSAGE, text) for _ in range(2)))
+    assert fake.state.counters["requests"] == 1
+    for status, _, answer in results:
+        assert status == 200
+        assert json.loads(answer)["stop_reason"] == "end_turn"
+
+
 async def test_a_coalesced_call_that_fails_after_the_heads_went_out_ends_each_stream_with_an_error(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

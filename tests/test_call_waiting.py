@@ -130,3 +130,15 @@ async def test_the_anthropic_sdk_raises_the_error_event_of_a_stream_that_began_w
                 await stream.get_final_message()
     assert proxy.cut == 0
     assert "overloaded_error" in str(raised.value)
+
+
+async def test_a_message_waited_for_past_the_heartbeat_is_still_plain_json(
+    sidecar_for: SidecarFactory,
+) -> None:
+    body = {"model": MODEL, "max_tokens": 20, "messages": user("[[fake fault=slow_headers]] hi")}
+    async with sidecar_for(CONFIG) as sidecar:
+        reads = await timed_response(sidecar.port, "/v1/messages", body)
+    head, _, answer = joined(reads).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"application/json" in head
+    assert b": ping" not in answer

@@ -109,12 +109,14 @@ async def lead(
     recording.on_idle = group.idle
     runtime.lifecycle.enter()  # the runtime stays open while the call runs
     group.task = runtime.resume.hub.spawn(_run(ctx, recording, group, call), loop)
-    early = waiting(ctx, translator)  # (a call that answers in time sends no early head)
+    # A stream's first caller gets its SSE head and pings once its wait is long.
+    early = waiting(ctx, translator) if recording.stream else None
     try:
         try:
             answer = await asyncio.shield(group.head)
         finally:
-            early.settle()
+            if early is not None:
+                early.settle()
         if not isinstance(answer, Replayed):  # it reads no recorded chunk: none waits for it
             recording.done(cursor)
         if isinstance(answer, web.StreamResponse):
