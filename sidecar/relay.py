@@ -12,10 +12,11 @@ The relay task only waits for the end, and for a slow client: past the high-wate
 queued for a client, reading from Claude pauses until it catches up; a client that takes
 nothing for `client_stall_timeout_seconds` loses its stream (`client_stalled`).
 
-A watchdog ticks each stream a few times per heartbeat/idle interval (one timer per
-interval for all of a registry's streams, not one per stream): it sends `: ping`
-comments when the stream is quiet and ends a stalled upstream with an `idle_timeout`
-error event. Shutdown ends live streams the same way.
+A watchdog ticks each stream eight times per heartbeat/idle interval, at most a second
+apart (`tick_interval`; one timer per interval for all of a registry's streams, not one
+per stream): it sends `: ping` comments when the stream is quiet (at most a tick after
+one is due) and ends a stalled upstream with an `idle_timeout` error event. (Before
+Claude's head, a streaming request's own pings are `sidecar.call.waiting`'s.) Shutdown ends live streams the same way.
 
 A stream relayed in its request ends when its client leaves (the request is cancelled).
 A call the response cache coalesces is relayed to nobody: its generation has no
