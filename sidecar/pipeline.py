@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from opentelemetry.trace import Span
@@ -32,6 +33,9 @@ from sidecar.routes import Route
 from sidecar.runtime import Runtime, RuntimeHolder
 from sidecar.scope import CallerScope, scope_of
 from sidecar.telemetry.semconv import NO_ROUTE, protocol_version
+
+if TYPE_CHECKING:
+    from sidecar.call.waiting import EarlyHead
 
 log = logging.getLogger("sidecar.pipeline")
 UNMATCHED = NO_ROUTE  # the route label of a path no route matches (bounded, unlike the path)
@@ -59,6 +63,8 @@ class RequestContext:
     # The cache's MISS or BYPASS (`X-Cache`): sent only on the answer of the Claude call it
     # let through, never on a refusal made before or instead of that call.
     cache_status: str | None = None
+    # A streaming call's head sent while it waited for Claude's (`sidecar.call.waiting`).
+    early: EarlyHead | None = None
     _scope: CallerScope | None = None
 
     def scope(self) -> CallerScope:
@@ -300,18 +306,29 @@ class Pipeline:
                         status=204, headers={**ctx.headers, **rejection.headers}
                     )
                 else:
-                    response = render_rejection(ctx, rejection)
+                    early = ctx.early
+                    if early is not None and early.open:  # the stream started while waiting
+                        response = await early.fail(rejection.error_type, rejection.message)
+                    else:
+                        response = render_rejection(ctx, rejection)
                     # Counted with the status sent: the prompt and ui routes answer a 529
                     # (queue full, wait timed out) as 503.
                     telemetry.rejected(
                         rejection.reason, route.path, response.status, request_id, span
                     )
             except Exception:
-                if ctx.sent_status:
+                early = ctx.early
+                if ctx.sent_status and (early is None or not early.open):
                     raise
                 log.exception("unhandled error", extra={"request_id": request_id})
-                response = render_rejection(ctx, reject("internal_error", "internal error"))
+                if early is not None and early.open:
+                    response = await early.fail("api_error", "internal error")
+                else:
+                    response = render_rejection(ctx, reject("internal_error", "internal error"))
             finally:
+                if ctx.early is not None:  # (it holds the context: the cycle is broken here)
+                    ctx.early.stop()
+                    ctx.early = None
                 status, client_gone = _outcome(request, response, ctx.sent_status)
                 telemetry.end_server_span(span, status, client_gone=client_gone)
                 telemetry.access(

@@ -12,10 +12,11 @@ The relay task only waits for the end, and for a slow client: past the high-wate
 queued for a client, reading from Claude pauses until it catches up; a client that takes
 nothing for `client_stall_timeout_seconds` loses its stream (`client_stalled`).
 
-A watchdog ticks each stream a few times per heartbeat/idle interval (one timer per
-interval for all of a registry's streams, not one per stream): it sends `: ping`
-comments when the stream is quiet and ends a stalled upstream with an `idle_timeout`
-error event. Shutdown ends live streams the same way.
+A watchdog ticks each stream eight times per heartbeat/idle interval, at most a second
+apart (`tick_interval`; one timer per interval for all of a registry's streams, not one
+per stream): it sends `: ping` comments when the stream is quiet (at most a tick after
+one is due) and ends a stalled upstream with an `idle_timeout` error event. (Before
+Claude's head, a streaming request's own pings are `sidecar.call.waiting`'s.) Shutdown ends live streams the same way.
 
 A stream relayed in its request ends when its client leaves (the request is cancelled).
 A call the response cache coalesces is relayed to nobody: its generation has no
@@ -53,7 +54,8 @@ class LiveStream:
 
     __slots__ = (
         "_begun", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
-        "_raw_tail", "_seen", "_tail", "_waiting_for", "_wakeup", "core", "generation",
+        "_quiet_from", "_raw_tail", "_seen", "_tail", "_ticked", "_waiting_for", "_wakeup", "core",
+        "generation",
         "heartbeat", "idle_timeout", "record", "stall_timeout", "tick_every", "upstream",
     )  # fmt: skip
 
@@ -86,11 +88,15 @@ class LiveStream:
         self.heartbeat = heartbeat
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
-        # How often the watchdog looks at this stream (`tick`).
-        self.tick_every = min(max(min(heartbeat, idle_timeout, stall_timeout) / 4, 0.05), 5.0)
-        # The watchdog's first look sees progress (`_seen`) and starts both clocks.
+        # How often the watchdog looks at this stream (`tick`): a heartbeat comes at most
+        # this long after it is due.
+        self.tick_every = tick_interval(heartbeat, idle_timeout, stall_timeout)
+        # The watchdog's first look sees progress (`_seen`) and starts the clocks.
         self._seen = -1
         self._last_progress = self._last_ping = 0.0
+        # The watchdog's last look (none yet: the stream's start), and the earliest time the
+        # client's last bytes can have gone out (the look before the one that saw them).
+        self._ticked = self._quiet_from = self._loop.time()
 
     @property
     def paused(self) -> bool:
@@ -289,6 +295,10 @@ class LiveStream:
             # A paused stream is not idle: its idle time starts again once Claude is resumed.
             self._seen = self.record.chunks
             self._last_progress = now
+            # Sent since the last look, at the earliest right after it: the heartbeat is
+            # due `heartbeat` after that (at most one tick early, never a tick late), with
+            # no clock read per event.
+            self._quiet_from = self._ticked
         elif now - self._last_progress >= self.idle_timeout:
             self.stop(
                 "idle_timeout",
@@ -296,7 +306,8 @@ class LiveStream:
                 f"no data from Claude for {self.idle_timeout:g} s",
             )
             return
-        quiet = now - max(self._last_progress, self._last_ping)
+        self._ticked = now
+        quiet = now - max(self._quiet_from, self._last_ping)
         if quiet >= self.heartbeat and not self.core.mid_event and not self._paused:
             self._last_ping = now
             self.generation.heartbeat()
@@ -312,6 +323,12 @@ class LiveStream:
             "client_stalled",
             f"the client accepted no data for {self.stall_timeout:g} s",
         )
+
+
+def tick_interval(heartbeat: float, idle_timeout: float, stall_timeout: float) -> float:
+    """The watchdog's interval for these timers: an eighth of the shortest, 50 ms to 1 s
+    (a heartbeat is at most that late; one call per stream per tick)."""
+    return min(max(min(heartbeat, idle_timeout, stall_timeout) / 8, 0.05), 1.0)
 
 
 def open_stream(

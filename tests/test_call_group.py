@@ -17,14 +17,15 @@ import pytest
 from sidecar.cache.service import ResponseCache
 from sidecar.fake_claude import FakeServer
 from sidecar.http_client import Response
-from sidecar.relay import LiveStream
+from sidecar.relay import LiveStream, tick_interval
 from sidecar.sse import PING
 from sidecar.upstream import read_answer
 from tests.support.cache import asking, cached
 from tests.support.clients import release_stalls
 from tests.support.resume import ROUTE
 from tests.support.sidecars import SidecarFactory
-from tests.support.sockets import server_side, shrink_send_buffers, slow_client
+from tests.support.sockets import dechunk, server_side, shrink_send_buffers, slow_client
+from tests.support.timed_reads import gaps, joined, timed_response
 from tests.support.waiting import eventually, holds
 
 
@@ -325,6 +326,70 @@ async def test_every_reader_of_a_coalesced_stream_gets_its_heartbeats_while_clau
         assert b"\n\n" + PING in b"\n\n" + answer  # the comment, not Claude's `event: ping`
         assert _complete(kind, answer)
     assert fake.state.counters["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [ANTHROPIC, ANTHROPIC_RESUMABLE, PROMPT, UI],
+    ids=["anthropic", "anthropic-resumable", "prompt", "ui"],
+)
+async def test_every_caller_waiting_for_a_coalesced_calls_head_gets_pings(
+    fake: FakeServer, sidecar_for: SidecarFactory, kind: Kind
+) -> None:
+    """Claude's head comes 1.2 s late: the first caller (waiting for the group's call) and
+    a follower (waiting for its first chunk) each get the SSE head and `: ping` every
+    heartbeat meanwhile, then the whole answer."""
+    beat = 0.2
+    bound = beat + tick_interval(beat, 30, 60) + 0.15  # (the loop's scheduling on a busy box)
+    path, body = kind.request("[[fake fault=slow_headers delay_ms=1200]] together")
+    claude = {"heartbeat_seconds": beat, "idle_timeout_seconds": 30}
+    async with sidecar_for({**cached(include_sampled=True), "claude": claude}) as s:
+        first = asyncio.create_task(timed_response(s.port, path, body, headers=kind.headers))
+        await eventually(lambda: holds(_members(s.runtime.cache) == 1))
+        second = await timed_response(s.port, path, body, headers=kind.headers)
+        answers = [await first, second]
+    assert fake.state.counters["requests"] == 1
+    for reads in answers:
+        raw = joined(reads)
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert raw.count(b"\n\n" + PING) + raw.count(b"\r\n" + PING) >= 3, raw[:400]
+        assert max(gaps(reads)) <= bound, gaps(reads)
+        assert _complete(kind, dechunk(raw.split(b"\r\n\r\n", 1)[1]))
+
+
+async def test_a_coalesced_message_waited_for_past_the_heartbeat_is_still_plain_json(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Only a stream starts early: a non-streaming call's callers get its JSON answer."""
+    text = "[[fake fault=slow_headers delay_ms=600]] together"
+    config = {**cached(include_sampled=True), "claude": {"heartbeat_seconds": 0.1}}
+    async with sidecar_for(config) as s:
+        results = await asyncio.gather(*(_ask(s.url, MESSAGE, text) for _ in range(2)))
+    assert fake.state.counters["requests"] == 1
+    for status, _, answer in results:
+        assert status == 200
+        assert json.loads(answer)["stop_reason"] == "end_turn"
+
+
+async def test_a_coalesced_call_that_fails_after_the_heads_went_out_ends_each_stream_with_an_error(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Claude answers 529 to every try, the retry after a second: both callers' heads and
+    pings went out meanwhile, so each stream ends with Anthropic's `event: error` (the
+    follower, left without an answer, called Claude itself and failed the same way)."""
+    path, body = ANTHROPIC.request("[[fake fault=overloaded retry_after=1]] together")
+    claude = {"heartbeat_seconds": 0.2, "max_retries": 1}
+    async with sidecar_for({**cached(include_sampled=True), "claude": claude}) as s:
+        first = asyncio.create_task(timed_response(s.port, path, body))
+        await eventually(lambda: holds(_members(s.runtime.cache) == 1))
+        second = await timed_response(s.port, path, body)
+        answers = [await first, second]
+    for reads in answers:
+        raw = joined(reads)
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+        last = dechunk(raw.split(b"\r\n\r\n", 1)[1]).rstrip().split(b"\n\n")[-1]
+        assert last.startswith(b"event: error\ndata: "), last
+        assert b'"overloaded_error"' in last
 
 
 # ------------------------------------------------- the prompt route's opening id

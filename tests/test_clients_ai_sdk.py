@@ -32,6 +32,7 @@ from tests.support.clients import (
     WRONG_KEY,
     release_stalls,
 )
+from tests.support.idle_proxy import idle_proxy
 from tests.support.node import Line, run_script, script_lines, skip_without
 from tests.support.resume import stream_ends
 from tests.support.sidecars import SidecarFactory
@@ -309,5 +310,65 @@ async def test_the_ai_sdk_retries_claudes_529_passed_back_by_the_sidecar(
         lines = await ai_sdk(sidecar.url, "stream", prompt=prompt, maxRetries=2)
     assert fake.state.counters["faults_overloaded"] == 2
     assert fake.state.stats()["requests"] == 3  # two 529s passed back, then the SDK's third try
+    assert final(lines)["finishReason"] == "stop"
+    assert "error" not in kinds(lines)
+
+
+async def test_the_ai_sdk_reads_a_stream_whose_head_went_out_with_pings_while_claude_waited(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Claude's head comes after several `claude.heartbeat_seconds`, through a proxy that
+    cuts a connection silent for twice that: the sidecar's head and its `: ping` comments
+    keep it, and the SDK reads the answer as it always does."""
+    config = {"claude": {"heartbeat_seconds": 0.1}}
+    async with sidecar_for(config) as sidecar, idle_proxy(sidecar.port, 0.3) as proxy:
+        lines = await ai_sdk(
+            f"http://127.0.0.1:{proxy.port}",
+            "stream",
+            prompt="[[fake fault=slow_headers delay_ms=900]] " + PLAIN,
+        )
+    assert proxy.cut == 0
+    assert kinds(lines) == ["start", "start-step", "text-start", *["text-delta"] * 12,
+                            "text-end", "finish-step", "finish"]  # fmt: skip
+    assert final(lines)["finishReason"] == "stop"
+
+
+async def test_a_failure_after_the_early_head_is_an_error_part_in_the_ai_sdk(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """Claude answers 529 through the sidecar's retries, which outlast the heartbeat: the
+    stream had begun, so the overload is its `event: error`, an error part in the SDK."""
+    config = {"claude": {"heartbeat_seconds": 0.1, "max_retries": 1}}
+    async with sidecar_for(config) as sidecar, idle_proxy(sidecar.port, 0.3) as proxy:
+        lines = await ai_sdk(
+            f"http://127.0.0.1:{proxy.port}",
+            "stream",
+            prompt="[[fake fault=overloaded retry_after=0.9]] hi",
+        )
+    assert proxy.cut == 0
+    assert fake.state.counters["faults_overloaded"] == 2
+    # The provider reads a stream's `overloaded_error` as Claude's 529, as it does straight
+    # from Claude: an API call error that the stream ends with.
+    assert kinds(lines) == ["start", "error"]
+    raised = error(lines)
+    assert (raised["name"], raised["status"], raised["message"]) == (
+        "AI_APICallError",
+        529,
+        "Overloaded",
+    )
+
+
+async def test_the_ai_sdk_still_retries_an_overload_that_ended_a_stream_before_its_events(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The sidecar's two tries get 529s that outlast the heartbeat, so its stream began and
+    ends with `overloaded_error` before any event: the provider reads that as Claude's
+    retryable 529, and its own retry gets the answer."""
+    prompt = "[[fake fault=overloaded retry_after=0.5 fail_times=2 fail_key=early]] again"
+    config = {"claude": {"heartbeat_seconds": 0.1, "max_retries": 1}}
+    async with sidecar_for(config) as sidecar:
+        lines = await ai_sdk(sidecar.url, "stream", prompt=prompt, maxRetries=2)
+    assert fake.state.counters["faults_overloaded"] == 2
+    assert fake.state.stats()["requests"] == 3  # the sidecar's two tries, then the SDK's
     assert final(lines)["finishReason"] == "stop"
     assert "error" not in kinds(lines)

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import socket
+import urllib.parse
 
 import aiohttp
 import pytest
@@ -38,6 +39,7 @@ from tests.support.sockets import (
     slow_client,
     small_buffered,
 )
+from tests.support.timed_reads import gaps, joined, timed_response
 from tests.support.waiting import eventually, holds
 
 TOKENS = 5000  # ~600 KB of events: more than the relay's high-water mark plus tiny socket buffers
@@ -510,3 +512,37 @@ async def test_a_client_that_stops_reading_the_end_of_a_stream_is_cut_and_its_sl
             received = b""
         writer.close()
     assert b"message_stop" not in received  # it never had the end
+
+
+@pytest.mark.parametrize(
+    ("claude", "path"),
+    [
+        ({}, "/v1/messages"),  # the defaults: a 15 s heartbeat, at most 1 s late
+        ({"heartbeat_seconds": 0.2, "idle_timeout_seconds": 30}, "/v1/messages"),
+        ({"heartbeat_seconds": 0.2, "idle_timeout_seconds": 30}, "/api/stream-response"),
+    ],
+)
+async def test_a_quiet_streams_heartbeat_is_at_most_a_small_tick_late(
+    sidecar_for: SidecarFactory, claude: dict[str, float], path: str
+) -> None:
+    """Claude stalls after three deltas: the client's silences, on a raw socket, last at
+    most the heartbeat plus one watchdog tick (an eighth of the heartbeat, at most 1 s:
+    with the default 15 s that is 1 s, not the quarter-heartbeat ticks of 3.75 s)."""
+    directive = "[[fake fault=stall_midstream after=3]] quiet"
+    body = None
+    if path == "/v1/messages":
+        body = {"model": "claude-sonnet-5-5", "max_tokens": 20, "stream": True,
+                "messages": [{"role": "user", "content": directive}]}  # fmt: skip
+    else:
+        path += "?prompt=" + urllib.parse.quote(directive)
+    async with sidecar_for({"claude": claude}) as sidecar:
+        reading = asyncio.create_task(timed_response(sidecar.port, path, body, only=1.5))
+        await eventually(lambda: holds(len(sidecar.runtime.streams) == 1))
+        (live,) = sidecar.runtime.streams
+        beat = live.heartbeat
+        assert live.tick_every <= min(max(beat / 8, 0.05), 1.0)  # (50 ms at least)
+        reads = await reading
+    if beat < 1:
+        raw = joined(reads)
+        assert raw.count(b": ping\n\n") >= 4
+        assert max(gaps(reads)) <= beat + live.tick_every + 0.15, gaps(reads)

@@ -43,6 +43,7 @@ from tests.support.resume import (
 )
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import dechunk, shrink_send_buffers, small_buffered
+from tests.support.timed_reads import gaps, joined, timed_response
 from tests.support.waiting import eventually, holds
 
 SLOW = "/api/stream-response?prompt=%5B%5Bfake%20tokens%3D30%20tps%3D60%5D%5D%20tell%20me"
@@ -717,6 +718,31 @@ async def test_a_quiet_stream_read_on_another_replica_gets_heartbeats(
     assert rest.status == 200
     assert rest.events[-1].data.get("done") is True
     assert rest.payload.count(b": ping\n\n") >= 2
+
+
+async def test_a_store_readers_heartbeat_comes_a_heartbeat_after_its_last_bytes(
+    fake: FakeServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Tokens 1.4 s apart, read from the store on another replica with a 0.2 s heartbeat:
+    no silence the reader's client sees is much longer than the heartbeat (the store is
+    asked no longer than the heartbeat is due, not its own polling interval)."""
+    quiet = ROUTE + "?prompt=%5B%5Bfake%20tokens%3D3%20tps%3D0.7%5D%5D%20slow"
+    beat = 0.2
+    async with (
+        replica(tmp_path, "a", fake, redis_server) as (_, port_a, _),
+        replica(tmp_path, "b", fake, redis_server, claude={"heartbeat_seconds": beat}) as (
+            _,
+            port_b,
+            _,
+        ),
+        cutting_proxy(port_a, after=1) as proxy,
+    ):
+        first = await sse_request(proxy.port, target=quiet)
+        reads = await timed_response(port_b, quiet, headers={"Last-Event-ID": first.last_id})
+    assert b'"done"' in joined(reads)
+    silences = gaps(reads)[1:]  # (the first: the resume's own answer)
+    assert joined(reads).count(b": ping\n\n") >= 4
+    assert max(silences) <= beat + 0.15, silences
 
 
 async def test_a_stopping_replica_ends_its_store_readers_within_the_grace(

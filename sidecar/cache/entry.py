@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
+CACHE_HEADER: Final = "X-Cache"  # HIT, MISS or BYPASS (`sidecar.cache.step`)
 MAGIC: Final = b"SCC"
 VERSION: Final = 1
 _HEAD: Final = struct.Struct(">3sBI")  # magic, version, length of the JSON header

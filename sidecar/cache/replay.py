@@ -20,6 +20,7 @@ from aiohttp import web
 from sidecar import sse
 from sidecar.cache.entry import Entry
 from sidecar.cache.recording import Cursor, Recording
+from sidecar.call.waiting import taken
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.sse import PING, EventTooLarge
@@ -53,12 +54,16 @@ async def replay_stream(
 ) -> web.StreamResponse:
     """Send `source` to the client as an SSE stream, read through `cursor` (from the
     first chunk); returns when it ended or the client left."""
-    response = web.StreamResponse(
-        status=200, headers={**headers, **sse.HEADERS, **translator.headers}
-    )
-    await response.prepare(ctx.request)
-    ctx.sent_status = response.status
-    channel = ClientChannel(ctx.request, response)
+    early = taken(ctx)  # a head sent while it waited for the call's (`sidecar.call.waiting`)
+    if early is None:
+        response = web.StreamResponse(
+            status=200, headers={**headers, **sse.HEADERS, **translator.headers}
+        )
+        await response.prepare(ctx.request)
+        ctx.sent_status = response.status
+        channel = ClientChannel(ctx.request, response)
+    else:
+        channel = early
     core = StreamCore(record, translator)
     stall = ctx.runtime.config.claude.client_stall_timeout_seconds
     pings = source.pings
@@ -77,12 +82,12 @@ async def replay_stream(
                     first = False
                 elif channel.closing():
                     record.outcome = "client_cancelled"
-                    return response
+                    return channel.response
                 else:
                     channel.write(out)
                     if channel.buffered() > HIGH_WATER and not await channel.drain_within(stall):
                         record.outcome = "client_stalled"
-                        return response
+                        return channel.response
             if source.ended:
                 break
             await source.wait(cursor.at)
@@ -101,4 +106,4 @@ async def replay_stream(
     final = core.end(cut if cut is not None else source.cut)
     channel.finish(final)  # with the last chunk (and the headers, if nothing went yet)
     await channel.end(stall)
-    return response
+    return channel.response

@@ -19,18 +19,19 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from sidecar.cache.entry import Undecodable, decode
+from sidecar.cache.entry import CACHE_HEADER, Undecodable, decode
 from sidecar.cache.key import cache_key, directives, sampled, scope_key
 from sidecar.cache.recording import Cursor, Recording
 from sidecar.cache.replay import recording_of, replay_stream
 from sidecar.cache.stores import CacheStoreError
+from sidecar.call.waiting import waiting
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.upstream import Attempt
 from sidecar.usage import usage_so_far
 
-HEADER = "X-Cache"
+HEADER = CACHE_HEADER
 HIT_ATTRIBUTE = "sidecar.cache.hit"
 Status = Literal["HIT", "MISS", "BYPASS"]
 
@@ -84,7 +85,14 @@ class CacheStep:
         input_estimate: int,
     ) -> web.StreamResponse | None:
         ctx = self.ctx
-        while not source.ended and (not source.stream or not source.count):
+        if not source.ended and source.stream and not source.count:  # a call not answered yet
+            early = waiting(ctx, translator)
+            try:
+                while not source.ended and not source.count:
+                    await source.wait(source.count)
+            finally:
+                early.settle()
+        while not source.ended and not source.stream and not source.count:
             await source.wait(source.count)
         runtime = ctx.runtime
         if not source.count or (not source.stream and not source.completed):

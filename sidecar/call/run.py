@@ -30,6 +30,7 @@ from sidecar.call.stream import (
     open_relay,
     recorded_stream,
 )
+from sidecar.call.waiting import waiting
 from sidecar.errors import Rejection, reject, short_error_type, simple_error_body
 from sidecar.handlers.request_body import ensure_client_present
 from sidecar.http_client import Response
@@ -151,6 +152,10 @@ async def _call(
         held.lease = await runtime.quotas.acquire(
             quota_policy, ctx.route.policy.quota_scope, ctx.identity, ctx.client_ip, reserve
         )
+        early = None
+        if call.stream and group is None:  # (a group's first caller waits in `lead`)
+            stream_id = None if resumable is None else resumable.stream_id
+            early = waiting(ctx, translator, held.lease, stream_id)
         queued_at = time.perf_counter()
         record.queue_wait = await runtime.admission.acquire()
         held.admitted = True
@@ -170,6 +175,8 @@ async def _call(
         # Sent: a stream need not hold its request (the body, the headers) to its end.
         call.attempt, call.body = _SENT, b""
         record.upstream_status = upstream.status
+        if early is not None:
+            early.settle()
         if group is not None:
             group.sent = True
         if upstream.status != 200:
@@ -303,7 +310,7 @@ async def _relay_error(
     upstream: Response,
     record: StreamRecord,
     headers: dict[str, str],
-) -> web.Response:
+) -> web.StreamResponse:
     """Claude answered an error: same status; Anthropic JSON as is, or the prompt shape."""
     try:
         body = await read_answer(upstream, MAX_ERROR_BODY)
@@ -315,6 +322,9 @@ async def _relay_error(
     record.outcome = "upstream_error"
     error_type, message = _error_of(body, upstream.status)
     record.error_type = error_type
+    early = ctx.early
+    if early is not None and early.open:  # the stream started while waiting: its error event
+        return await early.fail(error_type, message)
     if ctx.family == "anthropic":
         return web.Response(
             status=upstream.status,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from opentelemetry.trace import Span
 
 from sidecar import sse
+from sidecar.call.waiting import taken
 from sidecar.http_client import Response
 from sidecar.pipeline import RequestContext
 from sidecar.quotas import QuotaLease
@@ -121,7 +122,11 @@ async def start_response(
     """The client's SSE response with `headers` (a dict of the caller's own, completed
     here with the SSE ones and the translator's format marker); its head leaves with the
     relay's first bytes. A client that is gone ends the call here, as a head sent now
-    would have."""
+    would have. A head already sent while the call waited (`sidecar.call.waiting`) is
+    the response: `headers` are not sent then."""
+    channel = taken(ctx)
+    if channel is not None:
+        return channel
     headers.update(sse.HEADERS)
     headers.update(translator.headers)
     channel = await ClientChannel.open(ctx.request, headers)

@@ -376,7 +376,6 @@ async def _replay(
     store = runtime.resume.store
     heartbeat = runtime.config.claude.heartbeat_seconds
     stall = runtime.config.claude.client_stall_timeout_seconds
-    loop = asyncio.get_running_loop()
     origin = _span_context(info.origin)
     if origin is not None:
         ctx.span.add_link(origin)
@@ -384,7 +383,6 @@ async def _replay(
     replayed = 0
     skip = after - start  # events the client has that the store had not when it asked
     result = "resumed"
-    sent = loop.time()
     # Known to shutdown from here (no wait before the `try`, so its stop lands inside);
     # a shutdown that stopped the readers before this one started stops it at once.
     resume_, task = runtime.resume, asyncio.current_task()
@@ -393,11 +391,10 @@ async def _replay(
     stopping = resume_.readers_stopped
     try:
         if not stopping:
-            async for batch in store.read(stream_id, start):
-                if not batch:  # a quiet round
-                    if loop.time() - sent >= heartbeat:
-                        sent = loop.time()
-                        await _send(channel, sse.PING, stall)
+            # Quiet for `heartbeat` since this reader last sent: an empty batch, a ping.
+            async for batch in store.read(stream_id, start, heartbeat):
+                if not batch:
+                    await _send(channel, sse.PING, stall)
                     continue
                 if skip:
                     if len(batch) <= skip:
@@ -405,7 +402,6 @@ async def _replay(
                         continue
                     batch, skip = batch[skip:], 0
                 replayed += len(batch)
-                sent = loop.time()
                 await _send(channel, b"".join(batch), stall)
     except StreamLost:
         result = "lost"

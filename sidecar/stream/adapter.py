@@ -163,6 +163,19 @@ class ClientChannel:
         Raises `ClientConnectionResetError` when the client is gone already (where aiohttp's
         own head would have failed).
         """
+        channel = cls.opened(request, headers)
+        if channel is not None:
+            return channel
+        response = SSEResponse(status=200, headers=headers)
+        await response.prepare(request)
+        transport = request.transport
+        assert transport is not None  # (`opened` raised otherwise)
+        return cls(request, response, transport=transport)
+
+    @classmethod
+    def opened(cls, request: web.BaseRequest, headers: dict[str, str]) -> ClientChannel | None:
+        """`open`, done now when the head is serialised here; None when aiohttp's
+        `prepare()` must make it (`open` then awaits that)."""
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ClientConnectionResetError("Cannot write to closing transport")
@@ -182,9 +195,7 @@ class ClientChannel:
                 headers["Connection"] = "close"
             head = _serialize_headers(_STATUS_LINE, headers)
             return cls(request, None, head, not message.should_close, transport)
-        response = SSEResponse(status=200, headers=headers)
-        await response.prepare(request)
-        return cls(request, response, transport=transport)
+        return None
 
     def _sent(self, size: int) -> None:
         """The head went out (with `size` bytes in all): aiohttp's response, as a

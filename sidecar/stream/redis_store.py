@@ -38,6 +38,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from sidecar.cancelling import honour_cancel
 from sidecar.stream.store import (
+    POLL_SECONDS,
     Budget,
     FellBehind,
     ResumeStore,
@@ -537,14 +538,19 @@ class RedisResumeStore(ResumeStore):
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await self._redis.zrem(readers_key(stream_id), reader)
 
-    async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
+    async def read(
+        self, stream_id: str, after: int, quiet: float = POLL_SECONDS
+    ) -> AsyncIterator[list[bytes]]:
         events, meta, alive, _ = keys(stream_id)
         quiet_since: float | None = None
         loop = asyncio.get_running_loop()
+        taken = loop.time()  # when the reader last took a batch (its quiet time starts)
         while True:
+            # Blocks no longer than the reader's heartbeat is due (never 0: that is forever).
+            left = int((quiet - (loop.time() - taken)) * 1000)
             try:
                 reply: Any = await self._reader.xread(
-                    {events: f"0-{after}"}, count=512, block=self._block_ms
+                    {events: f"0-{after}"}, count=512, block=max(1, min(self._block_ms, left))
                 )
             except (RedisError, OSError, TimeoutError) as exc:
                 raise StoreError(f"redis: {type(exc).__name__}") from exc
@@ -562,6 +568,7 @@ class RedisResumeStore(ResumeStore):
                 quiet_since = None
                 after = _number(entries[-1][0])
                 yield [fields[b"e"] for _, fields in entries]
+                taken = loop.time()
                 if b"f" in entries[-1][1]:
                     return
                 continue
@@ -575,7 +582,9 @@ class RedisResumeStore(ResumeStore):
                 return
             if producing:
                 quiet_since = None
-                yield []  # a quiet round: the reader may send a heartbeat
+                if loop.time() - taken >= quiet:
+                    yield []  # quiet for `quiet` seconds: the reader's heartbeat is due
+                    taken = loop.time()
                 continue
             # No producer refreshes the key: allow one more read for a batch in flight.
             if quiet_since is None:

@@ -285,10 +285,13 @@ class ResumeStore:
         """Keep `reader` counted while it reads (run as a task, cancelled when it stops);
         nothing to keep in one process."""
 
-    async def read(self, stream_id: str, after: int) -> AsyncIterator[list[bytes]]:
+    async def read(
+        self, stream_id: str, after: int, quiet: float = POLL_SECONDS
+    ) -> AsyncIterator[list[bytes]]:
         """Batches of events after `after` until the final one (`StreamLost` if it never
         comes, `FellBehind` if events the reader had not read were dropped); an empty batch
-        when nothing came for about `POLL_SECONDS` (the reader may send a heartbeat)."""
+        once nothing came for `quiet` seconds since the reader took the last batch (its
+        heartbeat is due)."""
         log = self._logs.get(stream_id)
         if log is None:
             raise StreamLost(stream_id)
@@ -302,7 +305,7 @@ class ResumeStore:
             if log.final and after >= log.last:
                 return
             try:
-                async with asyncio.timeout(POLL_SECONDS):
+                async with asyncio.timeout(quiet):
                     await log.wait(after)
             except TimeoutError:
                 yield []
