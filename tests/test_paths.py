@@ -208,6 +208,18 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     return web.json_response({"raw_path": request.raw_path})
 
 
+def _recording_app(seen: list[str]) -> web.Application:
+    """An app that echoes (as `_echo`) and notes each raw path it was sent in `seen`."""
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        seen.append(request.raw_path)
+        return await _echo(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recording)
+    return app
+
+
 def _config(fake: FakeServer, app_url: str) -> dict[str, Any]:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     return {
@@ -427,13 +439,7 @@ async def test_a_path_the_app_may_read_as_a_stricter_route_is_refused_before_the
     reach the app through the credential-free `/` route: 400, counted, the app never
     called, WebSocket upgrades included."""
     seen: list[str] = []
-
-    async def recording(request: web.Request) -> web.StreamResponse:
-        seen.append(request.raw_path)
-        return await _echo(request)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recording)
+    app = _recording_app(seen)
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     config = {
         "app": {"url": ""},
@@ -523,13 +529,7 @@ async def test_no_utf8_in_a_path_is_refused_on_every_route_before_any_upstream()
     """App routes, the Anthropic route (forwards, a resume DELETE), the browser files and
     WebSocket upgrades: 400 in the route's format, counted, the app and Claude never called."""
     seen: list[str] = []
-
-    async def recording(request: web.Request) -> web.StreamResponse:
-        seen.append(request.raw_path)
-        return await _echo(request)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recording)
+    app = _recording_app(seen)
     places = {"/public/{}": "app", "/public/{}{}/admin": "app", "/v1/models/{}": "anthropic",
               "/v1/{}{}/models": "anthropic", "/v1/messages/AAAAAAAAAAAAAAAAAAAAAA{}": "anthropic",
               "/_sidecar/{}": "app", "/{}": "app"}  # fmt: skip
@@ -573,13 +573,7 @@ async def test_raw_bytes_in_the_request_line_are_refused_whichever_parser_reads_
     from aiohttp import http_parser, web_protocol
 
     seen: list[str] = []
-
-    async def recording(request: web.Request) -> web.StreamResponse:
-        seen.append(request.raw_path)
-        return await _echo(request)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recording)
+    app = _recording_app(seen)
     requests = [b"/public/\xc0\xae\xc0\xae/x", b"/public/\xed\xa0\x80", b"/public/\x80",
                 b"/public/\xc3", b"/v1/models/\xc0\xae"]  # fmt: skip
     for parser in (http_parser.HttpRequestParser, http_parser.HttpRequestParserPy):
