@@ -4,7 +4,6 @@ Redis outages, two sidecar processes sharing one Redis, and the SDK backing off 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -23,6 +22,7 @@ from multidict import CIMultiDict
 from sidecar.fake_claude import FakeServer
 from sidecar.quotas.stores import Decision, Limits, QuotaStore
 from sidecar.server import SidecarServer
+from tests.support.images import png
 from tests.support.metrics import counts
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.resume import Reply, cutting_proxy, sse_request
@@ -1120,20 +1120,13 @@ async def test_a_head_never_calls_claude_nor_spends_quota_on_any_claude_route(
     assert fake.state.stats()["requests"] == 1
 
 
-def _photo_png(width: int = 4000, height: int = 3000, size: int = 1_000_000) -> str:
-    """A 1 MB PNG's base64 data: its header says `width` x `height`."""
-    head = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR"
-    head += width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
-    return base64.b64encode(head + bytes(size - len(head))).decode()
-
-
 async def test_a_1_mb_photo_is_admitted_under_100k_tokens_a_minute_and_settled_to_usage(
     sidecar_for: SidecarFactory,
 ) -> None:
     """An inline image reserves what Claude charges for its size (read from its header),
     not its bytes: a 1 MB photo fits a 100k tokens-per-minute limit on the anthropic and
     ui routes, and each call is settled to the usage Claude reported."""
-    photo = _photo_png()
+    photo = png(4000, 3000, size=1_000_000)
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                          "data": photo}}  # fmt: skip
     config = {"server": {"max_body_bytes": 4 << 20}, "quotas": {"tokens_per_minute": 100_000}}

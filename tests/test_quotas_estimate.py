@@ -3,9 +3,7 @@ additions, and the tool-use system prompt."""
 
 from __future__ import annotations
 
-import base64
 import math
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +15,8 @@ from sidecar.quotas.estimate import (
     TOOL_USE_SYSTEM_PROMPT_TOKENS,
     estimate_input_tokens,
 )
-from sidecar.quotas.image_size import LEGACY_MAX_TOKENS, MAX_PATCHES, image_tokens, tokens_for
+from sidecar.quotas.image_size import tokens_for
+from tests.support.images import MALFORMED, png
 
 QUOTAS = QuotaConfig(image_tokens=1000, remote_document_tokens=20000)
 
@@ -49,110 +48,8 @@ def test_media_claude_reads_from_elsewhere_is_counted_by_its_figure(
     assert estimate_input_tokens(collected, QUOTAS) - text_only == figure
 
 
-def _png(width: int, height: int, size: int = 64) -> str:
-    head = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR"
-    head += width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
-    return base64.b64encode(head + bytes(max(0, size - len(head)))).decode()
-
-
-def _gif(width: int, height: int) -> str:
-    head = b"GIF89a" + width.to_bytes(2, "little") + height.to_bytes(2, "little")
-    return base64.b64encode(head + bytes(40)).decode()
-
-
-def _webp(chunk: bytes, payload: bytes) -> str:
-    return base64.b64encode(b"RIFF\0\0\0\0WEBP" + chunk + b"\0\0\0\0" + payload).decode()
-
-
-def _webp_lossy(width: int, height: int) -> str:
-    frame = b"\0\0\0\x9d\x01\x2a" + width.to_bytes(2, "little") + height.to_bytes(2, "little")
-    return _webp(b"VP8 ", frame)
-
-
-def _webp_lossless(width: int, height: int) -> str:
-    bits = (width - 1) | (height - 1) << 14
-    return _webp(b"VP8L", b"\x2f" + bits.to_bytes(4, "little") + bytes(8))
-
-
-def _webp_extended(width: int, height: int) -> str:
-    size = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
-    return _webp(b"VP8X", bytes(4) + size + bytes(8))
-
-
-def _jpeg(width: int, height: int, sof: int = 0xC0, exif: int = 40_000) -> str:
-    """A JPEG with an APP1 (EXIF-sized) segment, fill bytes and a DQT before its frame."""
-    app1 = b"\xff\xe1" + (exif + 2).to_bytes(2, "big") + bytes(exif)
-    dqt = b"\xff\xff\xff\xdb" + (67).to_bytes(2, "big") + bytes(65)
-    frame = bytes((0xFF, sof)) + (17).to_bytes(2, "big") + b"\x08"
-    frame += height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes(12)
-    return base64.b64encode(b"\xff\xd8" + app1 + dqt + frame + bytes(100)).decode()
-
-
-FORMATS = {
-    "png": _png,
-    "gif": _gif,
-    "webp lossy": _webp_lossy,
-    "webp lossless": _webp_lossless,
-    "webp extended": _webp_extended,
-    "jpeg baseline": _jpeg,
-    "jpeg progressive": lambda w, h: _jpeg(w, h, sof=0xC2),
-}
-
-
-@pytest.mark.parametrize("encode", FORMATS.values(), ids=FORMATS.keys())
-@pytest.mark.parametrize(
-    ("width", "height"), [(200, 100), (1000, 1000), (1092, 1092), (1568, 300), (4000, 3000)]
-)
-def test_an_image_header_gives_claudes_charge_for_its_size(
-    encode: Callable[[int, int], str], width: int, height: int
-) -> None:
-    assert image_tokens(encode(width, height)) == tokens_for(width, height)
-
-
-@pytest.mark.parametrize(
-    ("width", "height", "least"),
-    [
-        # (size, Claude's charge under both published rules: width x height / 750 up to
-        # Opus 4.6, 28 px patches from Opus 4.7, after each one's resize)
-        (200, 100, max(math.ceil(200 * 100 / 750), 8 * 4)),
-        (1000, 1000, max(1334, 36 * 36)),
-        (1092, 1092, max(1590, 39 * 39)),
-        (2576, 1456, 4784),  # Opus 4.7's largest: 92 x 52 patches
-        (8000, 8000, 4761),  # resized to ~1932 px a side: 69 x 69 patches
-        (1, 1, 1),
-    ],
-)
-def test_the_charge_is_never_under_either_published_rule(
-    width: int, height: int, least: int
-) -> None:
-    tokens = tokens_for(width, height)
-    assert least <= tokens <= MAX_PATCHES
-    assert tokens <= max(least, LEGACY_MAX_TOKENS) + 60  # and not far over the larger
-
-
-MALFORMED = {
-    "not base64": "!!!!" * 10,
-    "empty": "",
-    "one char": "i",
-    "text": base64.b64encode(b"hello, this is not an image at all").decode(),
-    "png cut in its header": _png(800, 600)[:12],
-    "png without IHDR": base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(30)).decode(),
-    "png of zero width": _png(0, 600),
-    "gif cut": base64.b64encode(b"GIF89a\x10").decode(),
-    "webp of unknown chunk": _webp(b"ABCD", bytes(20)),
-    "webp lossy without start code": _webp(b"VP8 ", bytes(20)),
-    "jpeg cut before its frame": _jpeg(800, 600)[:5000],
-    "jpeg scan before a frame": base64.b64encode(b"\xff\xd8\xff\xda" + bytes(20)).decode(),
-    "jpeg garbage after soi": base64.b64encode(b"\xff\xd8" + bytes(20)).decode(),
-    "jpeg endless segments": base64.b64encode(
-        b"\xff\xd8" + b"\xff\xe0\x00\x02" * 200 + b"\xff\xc0" + bytes(20)
-    ).decode(),
-}
-
-
 @pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
 def test_a_header_not_read_falls_back_to_the_cap(data: str) -> None:
-    assert image_tokens(data) is None
     body = _with(
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
         "message",
@@ -164,8 +61,8 @@ def test_a_header_not_read_falls_back_to_the_cap(data: str) -> None:
 def test_an_inline_image_reserves_its_charge_not_its_bytes(where: str) -> None:
     """A 1 MB photo reserves what Claude charges for its size, at most the cap; a small
     image its own charge."""
-    photo = _png(4000, 3000, size=1_000_000)
-    small = _png(200, 100, size=1_000_000)
+    photo = png(4000, 3000, size=1_000_000)
+    small = png(200, 100, size=1_000_000)
     for data, expected in ((photo, 1000), (small, tokens_for(200, 100))):
         source = {"type": "base64", "media_type": "image/png", "data": data}
         block = {"type": "image", "source": source}
