@@ -31,12 +31,15 @@ from tests.support.browser import (
     ENGINES,
     JS_DIR,
     NPM_CI,
+    OFFLINE_ENGINES,
     RUNNERS,
     Engine,
     FaultyProxy,
     ResumeEmulator,
+    Step,
     launched_chromium,
     page_server,
+    proxy_controls,
     routing_proxy,
     run_url,
     running_emulator,
@@ -202,16 +205,20 @@ async def test_a_throwing_callback_breaks_neither_the_stream_nor_the_other_callb
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("method", ["POST", "GET"])
 async def test_errors_carry_type_status_and_retry_after(
-    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
+    engine: Engine, method: str, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
+    """In GET mode too: its stream is read by `fetch`, which sees a refusal's status, JSON
+    and `retry-after` (an `EventSource` hides them)."""
     skip_unless_engine(engine)
     prompt = "limited [[fake fault=rate_limit retry_after=20]]"
     async with page_and_sidecar(sidecar_for, claude={"max_retries": 0}) as (origin, sidecar):
-        limited = await post(engine, origin, sidecar.url, prompt)
-        midstream = await post(
-            engine, origin, sidecar.url, "cut [[fake fault=midstream_error after=3]]"
-        )
+        results = []
+        for text in (prompt, "cut [[fake fault=midstream_error after=3]]"):
+            target, options = asking(method, sidecar.url + PROMPT, text)
+            results.append(await run(engine, origin, sidecar.url, url=target, options=options))
+        limited, midstream = results
     assert kinds(limited) == ["error"]
     error = limited["events"][0]["error"]
     assert (error["type"], error["status"], error["retryAfter"]) == ("rate_limited", 429, 20)
@@ -344,6 +351,36 @@ async def test_a_stall_before_the_first_event_resumes_under_custom_cors_lists(
     assert result["state"] == "done"
     assert result["text"] == expected  # every token once
     assert fake.state.counters["requests"] == 2  # the resume never called Claude again
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_a_cut_before_the_first_event_resumes_from_the_heads_stream_id(
+    engine: Engine, method: str, fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The connection drops after the response's head and before the first event (a long
+    time to first token). The stream id is then only in `Sidecar-Stream-Id`: both modes
+    read the head (a GET too: it is read by `fetch`, not by an `EventSource`, which cannot
+    see headers), and resume with the cursor `<stream id>:0`, a read from event 1, instead
+    of failing or asking Claude again."""
+    skip_unless_engine(engine)
+    prompt = "cut early [[fake tokens=12 tps=25 ttft_ms=1500]]"
+    async with page_and_sidecar(sidecar_for, resume=GRACE) as (origin, sidecar):
+        expected, _ = await reference(sidecar.url, prompt)
+        # The head and the opening `: ping` pass; the cut comes with the next byte, the first
+        # token's, ~1.5 s later: the page has long read the head.
+        opening = len(b"%x\r\n%b\r\n" % (len(sse.PING), sse.PING))
+        async with FaultyProxy(sidecar.port, "cut", after_bytes=opening + 1) as proxy:
+            target, options = asking(
+                method, f"http://127.0.0.1:{proxy.port}{PROMPT}", prompt, retryBaseMs=50
+            )
+            result = await run(engine, origin, sidecar.url, url=target, options=options)
+    assert proxy.faults == 1
+    assert kinds(result)[:2] == ["open", "reconnecting"], result["events"]
+    assert "resumed" in kinds(result)
+    assert result["state"] == "done"
+    assert result["text"] == result["domText"] == expected  # every token once
+    assert fake.state.counters["requests"] == 2  # the reference and the page: no re-run
 
 
 async def test_without_resume_a_cut_reports_the_loss_and_keeps_the_text(
@@ -645,80 +682,101 @@ async def test_a_read_on_a_replica_sent_sigterm_resumes_on_another(
     assert fake.state.counters["requests"] == 2  # the reference and the page's stream
 
 
+@contextlib.asynccontextmanager
+async def controlled(
+    sidecar_for: SidecarFactory, mode: Literal["stall", "hold"], after_bytes: int = 0
+) -> AsyncIterator[tuple[str, SidecarServer, FaultyProxy]]:
+    """The run page's origin (its page may act on the proxy, `proxy_controls`), a sidecar
+    with resume (detach grace 10 s) allowing it, and a `FaultyProxy` in front of it."""
+    proxies: list[FaultyProxy] = []
+    async with (
+        page_server(proxy_controls(proxies)) as origin,
+        sidecar_for(config_for(origin, resume=GRACE)) as sidecar,
+        FaultyProxy(sidecar.port, mode, after_bytes=after_bytes) as proxy,
+    ):
+        proxies.append(proxy)
+        yield origin, sidecar, proxy
+
+
+def network(engine: Engine, up: bool) -> Step:
+    """The step taking the page's network down or up: the driver's offline emulation, or
+    (WebKit) the proxy refusing connections and the page reading as offline."""
+    if engine in OFFLINE_ENGINES:
+        return {"offline": not up}
+    return {"run": f"window.__setNetwork({'true' if up else 'false'})"}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_going_offline_waits_for_the_network_instead_of_spending_retries(
-    fake: FakeServer, sidecar_for: SidecarFactory
+    engine: Engine, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     """A phone in a tunnel: the connection goes silent while the browser is offline, and
     every reconnect would fail at once, spending the retries in a second although the
     server still holds the stream. The module waits for `online` instead (a
     `reconnecting` with reason `offline`, no attempt spent), then resumes: the text is
-    whole, once, and Claude was called once."""
-    skip_unless_engine("chromium")
+    whole, once, and Claude was called once. Chromium and Firefox go offline by their
+    drivers; WebKitWebDriver cannot, so there the proxy refuses connections and the page
+    reads as offline (`navigator.onLine`, the `offline` and `online` events)."""
+    skip_unless_engine(engine)
     prompt = "offline [[fake tokens=20 tps=5]]"
-    async with page_and_sidecar(sidecar_for, resume=GRACE) as (origin, sidecar):
+    async with controlled(sidecar_for, "stall", after_bytes=400) as (origin, sidecar, proxy):
         expected, resumable = await reference(sidecar.url, prompt)
         if not resumable:
             pytest.skip(NOT_RESUMABLE)
-        async with FaultyProxy(sidecar.port, "stall", after_bytes=400) as proxy:
-            url = run_url(origin, {
-                "module": sidecar.url + "/_sidecar/claude-stream.js",
-                "url": f"http://127.0.0.1:{proxy.port}{PROMPT}",
-                "options": {"body": {"prompt": prompt}, "idleTimeoutMs": 1500,
-                            "retryBaseMs": 50, "maxRetries": 2},
-            })  # fmt: skip
-            async with launched_chromium() as browser:
-                context = await browser.new_context()
-                page = await context.new_page()
-                await page.goto(url)
-                # Offline from the response's head on: the open stream still flows (the
-                # emulation stops new requests only) until the proxy stalls it.
-                await page.wait_for_function("window.__events.some(e => e.type === 'open')")
-                await context.set_offline(True)
-                await page.wait_for_function(
-                    "window.__events.some(e => e.type === 'error' || e.type === 'done'"
-                    " || (e.type === 'reconnecting' && e.reason === 'offline'))"
-                )
-                during: list[dict[str, Any]] = await page.evaluate("window.__events")
-                await context.set_offline(False)
-                await page.wait_for_function("window.__result !== undefined")
-                result: dict[str, Any] = await page.evaluate("window.__result")
+        url = run_url(origin, {
+            "module": sidecar.url + "/_sidecar/claude-stream.js",
+            "url": f"http://127.0.0.1:{proxy.port}{PROMPT}",
+            "options": {"body": {"prompt": prompt}, "idleTimeoutMs": 1500,
+                        "retryBaseMs": 50, "maxRetries": 2},
+        })  # fmt: skip
+        # Offline from the response's head on: the open stream still flows (the emulation
+        # stops new requests only) until the proxy stalls it.
+        result = await RUNNERS[engine](url, [
+            {"wait": "window.__events.some(e => e.type === 'open')"},
+            network(engine, up=False),
+            {"wait": "window.__events.some(e => e.type === 'error' || e.type === 'done'"
+                     " || (e.type === 'reconnecting' && e.reason === 'offline'))"},
+            {"snapshot": "window.__events"},
+            network(engine, up=True),
+        ])  # fmt: skip
+    (during,) = result["snapshots"]
     assert proxy.faults == 1
     assert [e["type"] for e in during if e["type"] in ("error", "done")] == []
+    assert {"type": "reconnecting", "attempt": 0, "delayMs": None, "reason": "offline"} in during
     assert result["state"] == "done"
     assert result["text"] == result["domText"] == expected  # every token once
     assert fake.state.counters["requests"] == 2  # the reference and the page: no re-run
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("method", ["POST", "GET"])
 async def test_abort_before_the_response_head_arrives_cancels_the_generation(
-    fake: FakeServer, sidecar_for: SidecarFactory
+    engine: Engine, method: str, fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     """Stop pressed while the response's head is still on the way (a slow network): the
     module has no stream id yet. Closing the request would only detach the resumable
     generation, which would run on for the detach grace (10 s here); the module waits for
-    the head and cancels the stream it names."""
-    skip_unless_engine("chromium")
+    the head and cancels the stream it names: nothing further is shown, no resume."""
+    skip_unless_engine(engine)
     prompt = "stopped early [[fake tokens=20 ttft_ms=8000]]"
-    async with page_and_sidecar(sidecar_for, resume=GRACE) as (origin, sidecar):
-        async with FaultyProxy(sidecar.port, "hold") as proxy:
-            url = run_url(origin, {
-                "module": sidecar.url + "/_sidecar/claude-stream.js",
-                "url": f"http://127.0.0.1:{proxy.port}{PROMPT}",
-                "options": {"body": {"prompt": prompt}}, "abortAfterMs": 300,
-            })  # fmt: skip
-            async with launched_chromium() as browser:
-                page = await browser.new_page()
-                await page.goto(url)
-                await eventually(lambda: holds(proxy.faults == 1), 10)  # the head is held
-                await page.wait_for_function("window.__events.length > 0")
-                stopping: list[dict[str, Any]] = await page.evaluate("window.__events")
-                proxy.release.set()
-                await page.wait_for_function("window.__result !== undefined")
-                result: dict[str, Any] = await page.evaluate("window.__result")
-                # At once, not after the detach grace: the cancel reached Claude.
-                await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1), 5)
-    assert stopping == [{"type": "stopping"}]  # said at once, while the head is awaited
+    async with controlled(sidecar_for, "hold") as (origin, sidecar, proxy):
+        target, options = asking(method, f"http://127.0.0.1:{proxy.port}{PROMPT}", prompt)
+        url = run_url(origin, {
+            "module": sidecar.url + "/_sidecar/claude-stream.js", "url": target,
+            "options": options, "abortAfterMs": 300,
+        })  # fmt: skip
+        result = await RUNNERS[engine](url, [
+            {"wait": "window.__events.length > 0"},
+            {"snapshot": "window.__events.slice()"},
+            {"run": "fetch('/control/release')"},  # the held head goes on to the page
+        ])  # fmt: skip
+        # At once, not after the detach grace: the cancel reached Claude.
+        await eventually(lambda: holds(fake.state.counters["streams_cancelled"] == 1), 5)
+    assert proxy.faults == 1  # the head was held
+    assert result["snapshots"] == [[{"type": "stopping"}]]  # said at once
     assert result["events"] == [{"type": "stopping"}, {"type": "aborted", "cancelled": True}]
     assert result["state"] == "aborted"
+    assert result["text"] == result["domText"] == ""
     assert fake.state.counters["streams_completed"] == 0
 
 

@@ -1,7 +1,7 @@
 // The AI SDK's own client side of `useChat` against the sidecar's `ui` route: its transport
 // (DefaultChatTransport + readUIMessageStream), and its chat engine (AbstractChat, which
 // @ai-sdk/react's useChat wraps in React state) with an in-memory state.
-// Usage: node ui_chat.mjs <api url> <scenario>
+// Usage: node ui_chat.mjs <api url> <scenario> [text of the turn: chat-refused]
 // Prints one JSON line per finished turn: {turn, chunks, message, error?}; for `resume` the
 // reconnect's result; for `chat-*` the chat's final {status, error, messages}.
 import {
@@ -38,7 +38,7 @@ function chatLine(chat) {
            messages: chat.messages };
 }
 
-const [api, scenario] = process.argv.slice(2);
+const [api, scenario, text] = process.argv.slice(2);
 const transport = new DefaultChatTransport({ api });
 const chatId = "chat-" + Math.random().toString(16).slice(2);
 
@@ -140,6 +140,12 @@ try {
     });
     await chat.stop();
     await sending;
+    print(chatLine(chat));
+  } else if (scenario === "chat-refused") {
+    // A turn refused before its stream starts (a JSON error with its status): what the
+    // chat's `error` holds, as useChat hands it to the page.
+    const chat = new MemoryChat({ transport });
+    await chat.sendMessage({ text });
     print(chatLine(chat));
   } else if (scenario === "chat-resume") {
     const chat = new MemoryChat({ transport });

@@ -8,6 +8,10 @@ sidecar (another origin), runs one scenario and leaves its result in `window.__r
 - Firefox: `puppeteer-core` under node (`tests/js/firefox_page.mjs`), Debian's `firefox-esr`;
 - WebKit: Selenium's WebKitGTK driver (`WebKitWebDriver`, `MiniBrowser`) under `xvfb-run`
   (`python -m tests.support.webkit`).
+
+A test that acts mid-stream passes `steps`, which the engine's driver runs in order while the
+page streams (`Step`): wait for a condition of the page, take the network offline or back
+(Chromium and Firefox emulate it; WebKitWebDriver cannot), run page code, record a value.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 from urllib.parse import quote
 
 import aiohttp
@@ -45,6 +49,21 @@ RESULT_TIMEOUT = 60.0
 
 Engine = Literal["chromium", "firefox", "webkit"]
 ENGINES: tuple[Engine, ...] = ("chromium", "firefox", "webkit")
+# The engines whose driver takes the page offline (Playwright's `set_offline`, WebDriver
+# BiDi's network emulation through puppeteer-core); WebKitWebDriver has no such command.
+OFFLINE_ENGINES: frozenset[Engine] = frozenset({"chromium", "firefox"})
+
+
+class Step(TypedDict, total=False):
+    """One driver step (exactly one key): `wait` until a page expression is true, set the
+    network `offline` (true/false), `run` a page expression (awaited), `snapshot` a page
+    expression's value into the result's `snapshots`."""
+
+    wait: str
+    offline: bool
+    run: str
+    snapshot: str
+
 
 # The scenario runner, as a module script of the page. Its config comes in the URL fragment.
 RUN_JS = """
@@ -52,6 +71,15 @@ const cfg = JSON.parse(decodeURIComponent(location.hash.slice(1)));
 const out = document.getElementById("out");
 const result = { events: [], tokenTimes: [] };
 window.__events = result.events;  // read live by tests that act mid-stream
+// For an engine whose driver cannot take the page offline (WebKit): the test's proxy
+// refuses new connections (`/control/network?up=0`, a route of the test's page server)
+// and the page reads as offline (`navigator.onLine`, the `offline`/`online` events).
+window.__setNetwork = async (up) => {
+  await fetch("/control/network?up=" + (up ? 1 : 0));
+  if (up) delete navigator.onLine;
+  else Object.defineProperty(navigator, "onLine", { configurable: true, get: () => false });
+  dispatchEvent(new Event(up ? "online" : "offline"));
+};
 try {
   const { streamClaude } = await import(cfg.module);
   const options = cfg.options || {};
@@ -166,12 +194,25 @@ async def launched_chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-async def run_in_chromium(url: str) -> dict[str, Any]:
+async def run_in_chromium(url: str, steps: Sequence[Step] = ()) -> dict[str, Any]:
     async with launched_chromium() as browser:
-        page = await browser.new_page()
+        context = await browser.new_context()
+        page = await context.new_page()
         await page.goto(url)
+        snapshots: list[Any] = []
+        for step in steps:
+            if "wait" in step:
+                await page.wait_for_function(step["wait"], timeout=RESULT_TIMEOUT * 1000)
+            elif "offline" in step:
+                await context.set_offline(step["offline"])
+            elif "run" in step:
+                await page.evaluate(f"async () => {{ await ({step['run']}); }}")
+            else:
+                snapshots.append(await page.evaluate(step["snapshot"]))
         await page.wait_for_function("window.__result !== undefined", timeout=RESULT_TIMEOUT * 1000)
         result: dict[str, Any] = await page.evaluate("window.__result")
+        if steps:
+            result["snapshots"] = snapshots
         return result
 
 
@@ -192,19 +233,29 @@ async def _run_child(args: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
-async def run_in_firefox(url: str) -> dict[str, Any]:
+async def run_in_firefox(url: str, steps: Sequence[Step] = ()) -> dict[str, Any]:
     script = str(JS_DIR / "firefox_page.mjs")
     node = shutil.which("node") or "node"
-    return await _run_child([node, script, url, FIREFOX], RESULT_TIMEOUT + 30)
+    args = [node, script, url, FIREFOX, json.dumps(list(steps))]
+    return await _run_child(args, RESULT_TIMEOUT * (1 + len(steps)) + 30)
 
 
-async def run_in_webkit(url: str) -> dict[str, Any]:
+async def run_in_webkit(url: str, steps: Sequence[Step] = ()) -> dict[str, Any]:
+    if any("offline" in step for step in steps):
+        raise ValueError("WebKitWebDriver cannot take a page offline: use window.__setNetwork")
     browser = webkit_browser() or ""
-    args = ["xvfb-run", "-a", sys.executable, "-m", "tests.support.webkit", url, browser]
-    return await _run_child(args, RESULT_TIMEOUT + 30)
+    args = ["xvfb-run", "-a", sys.executable, "-m", "tests.support.webkit", url, browser,
+            json.dumps(list(steps))]  # fmt: skip
+    return await _run_child(args, RESULT_TIMEOUT * (1 + len(steps)) + 30)
 
 
-RUNNERS: dict[Engine, Callable[[str], Awaitable[dict[str, Any]]]] = {
+class Runner(Protocol):
+    """Opens a run page in one engine, runs `steps`, returns the page's result."""
+
+    def __call__(self, url: str, steps: Sequence[Step] = ()) -> Awaitable[dict[str, Any]]: ...
+
+
+RUNNERS: dict[Engine, Runner] = {
     "chromium": run_in_chromium,
     "firefox": run_in_firefox,
     "webkit": run_in_webkit,
@@ -219,13 +270,15 @@ class FaultyProxy:
     `mode="hold"` holds the stream's response head until `release` is set (a slow network
     between the sidecar and the page), then passes it all. Later streams (a resume, a
     cancel) pass untouched. `faults` counts the faults applied; `left` the connections
-    whose client closed its side (a request it gave up on).
+    whose client closed its side (a request it gave up on). While `refusing` is set, new
+    connections are closed at once (the network is down).
     """
 
     def __init__(
         self, target_port: int, mode: Literal["cut", "stall", "hold"], after_bytes: int = 0
     ) -> None:
         self.release = asyncio.Event()
+        self.refusing = False
         self.target_port = target_port
         self.mode = mode
         self.after_bytes = after_bytes
@@ -253,6 +306,9 @@ class FaultyProxy:
         await self._server.wait_closed()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_w.transport.abort()
+            return
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -300,6 +356,26 @@ class FaultyProxy:
                     left -= len(data)
                 writer.write(data)
                 await writer.drain()
+
+
+def proxy_controls(proxies: list[FaultyProxy]) -> Callable[[web.Application], None]:
+    """Page server routes by which a page acts on the test's proxy (`proxies[0]`, set once
+    the sidecar it fronts is up): `/control/network?up=0|1` refuses new connections or
+    passes them again (`window.__setNetwork`), `/control/release` releases a held head."""
+
+    def routes(app: web.Application) -> None:
+        async def network(request: web.Request) -> web.Response:
+            proxies[0].refusing = request.query.get("up") != "1"
+            return web.Response(status=204)
+
+        async def release(request: web.Request) -> web.Response:
+            proxies[0].release.set()
+            return web.Response(status=204)
+
+        app.router.add_get("/control/network", network)
+        app.router.add_get("/control/release", release)
+
+    return routes
 
 
 class ResumeEmulator:

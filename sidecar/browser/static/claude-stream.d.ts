@@ -45,7 +45,9 @@ export type StreamEvent =
 
 export interface StreamOptions {
   /**
-   * POST (fetch, custom headers) or GET (an EventSource, resumed by a plain fetch GET with
+   * POST (fetch, custom headers) or GET (the request an EventSource sends, no custom
+   * headers and no preflight, read by fetch so that the response's head is seen: its
+   * `Sidecar-Stream-Id`, a refusal's status; resumed by the same GET with
    * `?last_event_id=`; `body` must then be in the URL). Default POST.
    */
   method?: "POST" | "GET";
@@ -53,8 +55,8 @@ export interface StreamOptions {
   body?: Record<string, unknown>;
   /**
    * Extra request headers, e.g. `{ authorization: "Bearer ..." }`: sent with a POST and its
-   * resumes, and with the cancel (`DELETE`) of `abort()` in both modes (EventSource itself
-   * cannot send headers).
+   * resumes, and with the cancel (`DELETE`) of `abort()` in both modes (a GET stream's own
+   * requests send none).
    */
   headers?: Record<string, string>;
   /**
@@ -63,7 +65,8 @@ export interface StreamOptions {
    * `Authorization: Bearer` unless `headers` has an authorization. Default "access_token".
    */
   tokenParam?: string;
-  /** fetch credentials; "include" also sets EventSource's withCredentials. Default "same-origin". */
+  /** fetch credentials (GET mode: "include", else "same-origin", as an EventSource's
+   *  withCredentials). Default "same-origin". */
   credentials?: RequestCredentials;
   /** Silence after which the connection counts as lost (0: never). Default 30000. */
   idleTimeoutMs?: number;

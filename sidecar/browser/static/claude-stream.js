@@ -5,6 +5,11 @@
 //   const stream = streamClaude("/api/stream-response", { body: { prompt: "Hello" } });
 //   for await (const event of stream) if (event.type === "token") output.append(event.text);
 //
+// Both modes read the stream by `fetch`: POST with a JSON body and custom headers; GET
+// (`?prompt=` in the URL) with what an `EventSource` would send (a simple request, no
+// preflight), but seeing the response's head, which an `EventSource` hides: the stream id
+// of `Sidecar-Stream-Id` (a cut before the first event resumes) and a refusal's status.
+//
 // Recovery: a 30 s idle watchdog (any bytes, heartbeats included, count as life) and, when
 // the server makes its streams resumable (it sends `Sidecar-Stream-Id` and ids
 // `<stream id>:<n>`), automatic resume with Last-Event-ID, backoff and a retry limit, also
@@ -202,7 +207,7 @@ export class ClaudeStream {
     return u.href.replace(/\/$/, "");
   }
 
-  /** The credentials mode of every request of this stream: in GET mode the `EventSource`'s
+  /** The credentials mode of every request of this stream: in GET mode an `EventSource`'s
    *  (cookies cross-origin only with "include", same-origin ones always), so a resume or a
    *  cancel goes out as the same identity as the stream it continues. */
   _credentials() {
@@ -224,11 +229,7 @@ export class ClaudeStream {
     if (this._over()) return;
     this.state = resuming ? "reconnecting" : "connecting";
     this._feedDog();
-    // GET: the stream opens as an `EventSource`; its resumes are a plain GET by fetch with
-    // `?last_event_id=` (the same simple request, no preflight), so that a gone stream's
-    // 204 and a busy replica's 5xx can be told apart, which `EventSource` hides.
-    if (this.options.method === "GET" && !resuming) this._openEventSource();
-    else this._openFetch(resuming);
+    this._openFetch(resuming);
   }
 
   async _openFetch(resuming) {
@@ -240,7 +241,10 @@ export class ClaudeStream {
     const get = this.options.method === "GET";
     let init;
     if (get) {
-      init = [this._resumeUrl(), { method: "GET", headers: { accept: "text/event-stream" } }];
+      // What an `EventSource` sends (a simple request: no preflight, no custom header), but
+      // read by `fetch`, which sees the head: the stream id of `Sidecar-Stream-Id` (so a
+      // cut before the first event resumes), and a refusal's status and JSON.
+      init = [resuming ? this._resumeUrl() : this.url, { method: "GET", headers: { accept: "text/event-stream" } }];
     } else {
       const headers = { "content-type": "application/json", accept: "text/event-stream", ...(this.options.headers || {}) };
       if (resuming) headers["last-event-id"] = this.lastEventId;
@@ -300,31 +304,6 @@ export class ClaudeStream {
       if (this._connection !== connection) return;
     }
     this._lost("closed");
-  }
-
-  _openEventSource() {
-    const source = new EventSource(this.url, { withCredentials: this.options.credentials === "include" });
-    const connection = { close: () => source.close() };
-    this._connection = connection;
-    source.onopen = () => { if (this._connection === connection) this._opened(null); };
-    let previousId = "";
-    source.onmessage = (event) => {
-      if (this._connection !== connection) return;
-      this._feedDog();
-      // EventSource keeps the last id for events without one: only a new id is the event's own.
-      const id = event.lastEventId !== previousId ? event.lastEventId : "";
-      previousId = event.lastEventId;
-      this._message(id, event.data);
-      if (this._over()) source.close();
-    };
-    source.onerror = () => {
-      if (this._connection !== connection) return;
-      source.close(); // no blind auto-reconnect: resume is decided here, with backoff
-      if (this.state === "connecting") {
-        return this._fail(new ClaudeStreamError("connection_error", "the stream could not be opened (refused, unauthorized or unreachable)"));
-      }
-      this._lost("network");
-    };
   }
 
   _opened(requestId) {
