@@ -199,7 +199,7 @@ def _decoded_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     from sidecar.quotas import image_size
 
     sizes: list[int] = []
-    real = image_size.b64decode
+    real = base64.b64decode
 
     def counting(chunk: str, validate: bool = False) -> bytes:
         out = real(chunk, validate=validate)
