@@ -468,3 +468,15 @@ async def test_a_stop_with_redis_down_ends_the_listener(redis_server: RedisServe
     await redis_server.kill()
     await store.close()
     assert store.listener.done()
+
+
+async def test_a_stop_with_redis_stalled_ends_the_listener(redis_server: RedisServer) -> None:
+    """Redis stops answering (its connections stay open) when the process stops: the
+    close ends the listener within its bound all the same."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    await _published_cancel_reaches(redis_server.url, store, "stream-8888888888888881")
+    async with redis_server.stalled():
+        await store.close()
+        assert store.listener.done()
