@@ -413,6 +413,29 @@ async def test_a_proxy_that_adds_its_own_forwarded_for_line_is_believed_not_the_
     assert out == [200, 429, 429]  # one client, 203.0.113.9, however its own line varies
 
 
+async def test_a_forwarded_hop_of_bytes_that_are_no_utf8_is_a_client_of_its_own(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A trusted proxy passes on a hop of raw bytes that are no UTF-8: it is one client,
+    counted, and its resumable stream and cached answer are keyed by it (not a 500)."""
+    data = {
+        "quotas": {"key": "client_ip", "requests_per_minute": 2},
+        "server": {"trusted_proxies": ["127.0.0.0/8"]},
+        "cache": {"enabled": True, "scope": "user"},
+    }
+    async with sidecar_for(data) as sidecar:
+        heads = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            writer.write(
+                b"GET /api/stream-response?prompt=hi HTTP/1.1\r\nHost: x\r\n"
+                b"X-Forwarded-For: \xff\xfe\r\nConnection: close\r\n\r\n"
+            )
+            heads.append((await asyncio.wait_for(reader.read(), 10)).split(b"\r\n", 1)[0])
+            writer.close()
+    assert heads == [b"HTTP/1.1 200 OK"] * 2 + [b"HTTP/1.1 429 Too Many Requests"] * 2
+
+
 async def test_a_forwarded_hop_with_a_port_or_another_spelling_is_one_client(
     sidecar_for: SidecarFactory,
 ) -> None:
