@@ -49,8 +49,15 @@ def ip_subject(client_ip: str, ipv6_prefix_length: int) -> str:
 
 
 def _spelled(hop: str, address: Address | None) -> str:
-    """A hop as the client's address: the one spelling of the address it names, else as written."""
-    return hop if address is None else str(address)
+    """A hop as the client's address: the one spelling of the address it names, else as
+    written. Bytes in it that are no UTF-8 (aiohttp hands them on as `surrogateescape`
+    characters) are written `\\xff`: the key, log line and span attribute it becomes are
+    text, and two hops of other bytes stay two clients."""
+    if address is not None:
+        return str(address)
+    if hop.isascii():
+        return hop
+    return hop.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def is_trusted_proxy(peer: str, trusted: Sequence[Network]) -> bool:

@@ -10,15 +10,18 @@ from typing import Any, Final, Literal
 # Controls (C0, DEL, C1) and the Unicode line and paragraph separators: never part of a
 # name. C0 and DEL are not allowed in an HTTP field value (RFC 9110 §5.5), where the
 # verified user, tenant and key name go for the app; C1's NEL and the separators end a
-# line for an app that splits the value as text.
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# line for an app that splits the value as text. Lone surrogates (a JSON `"\ud800"` in a
+# token's claims decodes to one) are no text: no UTF-8 holds them, so a header, a log
+# line, a pseudonym or a scope key could not be written from them.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _MAX_ISSUER: Final = 512  # an issuer is a URL the operator configured, not a document
 
 
 def is_name(value: str) -> bool:
     """Whether `value` may name a user, tenant or API key: no control characters nor line
     separators (CR, LF and NUL in an identity header would split or end it; NEL or
-    U+2028 would split it for an app reading it as text; the rest are invalid there)."""
+    U+2028 would split it for an app reading it as text; the rest are invalid there),
+    nor lone surrogates (no UTF-8 spells them)."""
     return _CONTROL.search(value) is None
 
 

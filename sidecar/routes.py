@@ -112,8 +112,26 @@ class Resolved:
     """Where a request goes: its route (None: no route) and canonical path, or why not."""
 
     route: Route | None
-    path: str  # canonical; the raw path when refused
+    path: str  # canonical; when refused, the raw path as shown (`shown`): ASCII only
     refused: PathRefused | None = None
+
+
+_NOT_SHOWN: Final = re.compile(r"[^\x21-\x7e]")
+
+
+def shown(raw_path: str) -> str:
+    """A refused raw path as logs and spans carry it: every byte that is no visible ASCII
+    (raw bytes past ASCII, which aiohttp's pure-Python parser hands on as `surrogateescape`
+    characters, controls, spaces) as its `%XX` escape, so no line or attribute holds raw
+    bytes or a lone surrogate an exporter cannot encode. A path of visible ASCII (the C
+    parser's, always) is itself."""
+    if _NOT_SHOWN.search(raw_path) is None:
+        return raw_path
+    try:
+        raw = raw_path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte was read as: its own UTF-8 spelling
+        raw = raw_path.encode("utf-8", "surrogatepass")
+    return "".join(f"%{byte:02X}" if not 0x21 <= byte <= 0x7E else chr(byte) for byte in raw)
 
 
 def family_of(handler: Handler) -> Family:
@@ -180,14 +198,14 @@ class RouteTable:
         try:
             found = canonical(raw_path)
         except PathRefused as refused:
-            return Resolved(self.match(raw_path), raw_path, refused)
+            return Resolved(self.match(raw_path), shown(raw_path), refused)
         route = self.match(found.path)
         if found.written != found.path:
             written_route = self.match(found.written)
             if written_route is not route:
                 return Resolved(
                     written_route or route,
-                    raw_path,
+                    shown(raw_path),
                     PathRefused("path_climbs", "the request path climbs out of its route"),
                 )
         if route is not None:
@@ -199,7 +217,7 @@ class RouteTable:
                 if other is not route:
                     return Resolved(
                         route,
-                        raw_path,
+                        shown(raw_path),
                         PathRefused(
                             "path_ambiguous",
                             "the request path names another route when read as some servers "

@@ -126,6 +126,11 @@ class ClaudeClient:
         self._prefix = self._base.raw_path.rstrip("/")
 
     @property
+    def open_connections(self) -> int:
+        """Connections to Claude open now, in use or idle."""
+        return self._pool.open_connections
+
+    @property
     def base_url(self) -> str:
         """Where calls go (for `builtin:fake`, the fake's real address on this start)."""
         return str(self._base)

@@ -508,9 +508,9 @@ async def test_the_app_tells_two_issuers_users_apart_by_the_verified_issuer(
     "claims",
     [{"sub": "alice\r\nX-Sidecar-Tenant: evil"}, {"sub": "a\x00b"}, {"sub": "a\x1bb"},
      {"org": "acme\n"}, {"sub": "alice\x7f"}, {"sub": "alice\x85evil"},
-     {"org": "acme\u2028evil"}],
+     {"org": "acme\u2028evil"}, {"sub": "alice\ud800"}, {"org": "\udfffacme"}],
     ids=["crlf_user", "nul_user", "esc_user", "lf_tenant", "del_user", "nel_user",
-         "line_separator_tenant"],
+         "line_separator_tenant", "lone_surrogate_user", "lone_surrogate_tenant"],
 )  # fmt: skip
 async def test_names_with_control_characters_are_invalid_tokens(
     sidecar_for: SidecarFactory, claims: dict[str, str]

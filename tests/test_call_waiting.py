@@ -5,18 +5,24 @@ a raw socket, each read with the time it arrived."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 from urllib.parse import quote
 
 import anthropic
 import pytest
 
+from sidecar.fake_claude import FakeServer
 from sidecar.relay import tick_interval
 from tests.support.idle_proxy import idle_proxy
+from tests.support.otel import make_otel
+from tests.support.quotas import spy_on
 from tests.support.sdk import sdk, user
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import dechunk
 from tests.support.timed_reads import gaps, joined, timed_response
+from tests.support.waiting import eventually, holds
 
 MODEL = "claude-sonnet-5-5"
 BEAT = 0.2
@@ -142,3 +148,63 @@ async def test_a_message_waited_for_past_the_heartbeat_is_still_plain_json(
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"application/json" in head
     assert b": ping" not in answer
+
+
+@pytest.mark.parametrize("route", ["prompt", "ui", "anthropic"])
+async def test_a_client_that_leaves_during_the_pings_frees_claude_and_its_quota_at_once(
+    route: str, sidecar_for: SidecarFactory, fake: FakeServer
+) -> None:
+    """The client reads the early head and a ping, then leaves while Claude's head is
+    still 60 s away: the call to Claude is dropped and the reservation settled (to the
+    input estimate) as soon as
+    the sidecar sees the connection go (not when Claude would have answered), the slot is
+    free for the next call, and the request is recorded with the 200 its head carried."""
+    otel = make_otel()
+    path, body = _request(route, "[[fake fault=slow_headers delay_ms=60000]]")
+    quotas = {"tokens_per_minute": 100_000, "concurrent_streams": 1}
+    async with sidecar_for({**CONFIG, "quotas": quotas}, telemetry=otel.telemetry) as sidecar:
+        spy = spy_on(sidecar)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        data = json.dumps(body).encode() if body is not None else b""
+        method = "GET" if body is None else "POST"
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        seen = b""
+        async with asyncio.timeout(10):
+            while b": ping" not in seen:
+                seen += await reader.read(65536)
+        assert seen.startswith(b"HTTP/1.1 200 OK\r\n")
+        writer.close()
+        await spy.wait_settled(1)
+        claude = sidecar.runtime.claude
+        await eventually(lambda: holds(claude.open_connections == 0))
+        next_path, next_body = _request(route, "")
+        reads = await timed_response(sidecar.port, next_path, next_body)
+        assert joined(reads).startswith(b"HTTP/1.1 200 OK\r\n")  # the slot came back
+    reserved, used = spy.settled[0]
+    assert used < reserved  # the input estimate (quotas.md), not the output never seen
+    requests = otel.count("http.server.request.duration")
+    assert otel.count("http.server.request.duration", **{"http.response.status_code": 200}) == 2
+    assert requests == 2
+    assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "client_cancelled"}) == 1
+    assert otel.count("sidecar.streams", **{"sidecar.stream.outcome": "completed"}) == 1
+
+
+async def test_a_call_that_fails_after_its_early_head_is_counted_with_the_200_it_sent(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The head went out, then Claude's last 529: the request is recorded with the status
+    its head carried (observability.md), the stream's outcome and error type say it failed."""
+    otel = make_otel()
+    path, body = _request("anthropic", "[[fake fault=overloaded retry_after=1]]")
+    async with sidecar_for(CONFIG, telemetry=otel.telemetry) as sidecar:
+        reads = await timed_response(sidecar.port, path, body)
+    assert joined(reads).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert otel.count("http.server.request.duration", **{"http.response.status_code": 200}) == 1
+    assert otel.count("http.server.request.duration") == 1
+    failed = {"sidecar.stream.outcome": "upstream_error", "error.type": "overloaded_error"}
+    assert otel.count("sidecar.streams", **failed) == 1
+    assert otel.count("sidecar.upstream.responses", **{"http.response.status_code": 529}) == 2

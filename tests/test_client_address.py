@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.client_address import client_ip, ip_subject, is_trusted_proxy
 from sidecar.config import Network
@@ -112,3 +114,21 @@ def test_a_quota_counts_an_ipv6_client_by_its_network(
     address: str, length: int, expected: str
 ) -> None:
     assert ip_subject(address, length) == expected
+
+
+@given(st.binary(min_size=1, max_size=40).filter(lambda raw: b"," not in raw))
+def test_a_hop_of_any_bytes_is_text_any_encoder_takes_and_stays_its_own(raw: bytes) -> None:
+    """aiohttp hands on header bytes that are no UTF-8 as `surrogateescape` characters:
+    a hop naming no address becomes text UTF-8 can write (a scope key, a log line, a span
+    attribute), and two hops of other bytes stay two clients."""
+    hop = "x" + raw.decode("utf-8", "surrogateescape")
+    seen = client_ip("10.0.0.1", hop, TRUSTED)
+    seen.encode()  # no lone surrogate
+    assert client_ip("10.0.0.1", hop + "\udcff", TRUSTED) != client_ip(
+        "10.0.0.1", hop + "\udcfe", TRUSTED
+    )
+
+
+def test_a_hop_of_utf8_text_is_kept_as_written_and_other_bytes_escaped() -> None:
+    assert client_ip("10.0.0.1", "café", TRUSTED) == "café"
+    assert client_ip("10.0.0.1", "caf\udcc3", TRUSTED) == "caf\\xc3"

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,7 @@ from yarl import URL
 from sidecar import loader
 from sidecar.fake_claude import FakeServer, FakeSettings, running_fake_claude
 from sidecar.paths import PathRefused, canonical
+from sidecar.routes import shown
 from sidecar.server import SidecarServer
 from tests.support.apps import serving
 from tests.support.sidecars import SidecarFactory, running_sidecar
@@ -180,6 +182,19 @@ def test_any_input_is_refused_or_comes_out_in_normal_form(tail: str) -> None:
     assert "/./" not in path + "/"
     assert "/../" not in path + "/"
     assert canonical(path).path == path
+
+
+@given(st.text(max_size=60))
+def test_a_refused_path_is_shown_in_visible_ascii_and_spells_its_bytes(raw: str) -> None:
+    """Whatever a parser handed on (surrogate-escaped bytes, controls, any character), the
+    path logs and spans carry is visible ASCII, and a path of visible ASCII is itself."""
+    raw = "/" + raw
+    out = shown(raw)
+    assert out.isascii()
+    assert out.isprintable()
+    assert " " not in out
+    if all(0x21 <= ord(char) <= 0x7E for char in raw):
+        assert out == raw
 
 
 def test_dot_segments_with_parameters_are_refused() -> None:
@@ -565,12 +580,15 @@ async def test_no_utf8_in_a_path_is_refused_on_every_route_before_any_upstream()
 
 
 async def test_raw_bytes_in_the_request_line_are_refused_whichever_parser_reads_them(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """aiohttp's C parser refuses bytes past ASCII in the request line itself; its
     pure-Python parser (aiohttp without its extension) hands them on as `surrogateescape`
-    characters, which must meet the same rule as their escapes."""
+    characters, which must meet the same rule as their escapes, and reach logs and spans
+    only as their escapes (no raw byte, no lone surrogate an exporter cannot encode)."""
     from aiohttp import http_parser, web_protocol
+
+    caplog.set_level(logging.INFO)
 
     seen: list[str] = []
     app = _recording_app(seen)
@@ -582,7 +600,9 @@ async def test_raw_bytes_in_the_request_line_are_refused_whichever_parser_reads_
         async with (
             running_fake_claude(FakeSettings(tokens=3)) as fake,
             serving(app) as app_url,
-            running_sidecar(_config(fake, app_url)) as sidecar,
+            running_sidecar(
+                loader.deep_merge(_config(fake, app_url), {"telemetry": {"access_log": True}})
+            ) as sidecar,
         ):
             answers = []
             for target in [*requests, b"/public/caf\xc3\xa9"]:
@@ -601,3 +621,7 @@ async def test_raw_bytes_in_the_request_line_are_refused_whichever_parser_reads_
         else:
             assert utf8.startswith(b"HTTP/1.0 400 ")
             assert seen == []
+    logged = [str(value) for record in caplog.records for value in record.__dict__.values()]
+    assert all(value.isascii() for value in logged if isinstance(value, str))
+    paths = {r.__dict__["path"] for r in caplog.records if r.getMessage() == "request"}
+    assert {"/public/%C0%AE%C0%AE/x", "/public/%ED%A0%80", "/v1/models/%C0%AE"} <= paths

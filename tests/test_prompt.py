@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -413,6 +414,29 @@ async def test_a_query_string_that_is_no_utf8_is_a_400_as_a_body_that_is_no_utf8
     }
     assert fake.state.counters["requests"] == 1
     assert fake.state.requests[0].body["messages"] == [{"role": "user", "content": "café"}]
+
+
+@pytest.mark.parametrize(
+    "raw", [b"prompt=\xff\xfe", b"prompt=caf\xc3", b"prompt=hi&system=\xed\xa0\x80"]
+)
+async def test_raw_query_bytes_that_are_no_utf8_are_a_400_whichever_parser_reads_them(
+    fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch, raw: bytes
+) -> None:
+    """aiohttp's C parser refuses bytes past ASCII in the request line; its pure-Python
+    parser hands them on as `surrogateescape` characters, which must meet the same rule as
+    their escapes (not reach Claude as a prompt of lone surrogates, nor be a 500)."""
+    from aiohttp import http_parser, web_protocol
+
+    for parser in (http_parser.HttpRequestParser, http_parser.HttpRequestParserPy):
+        monkeypatch.setattr(web_protocol, "HttpRequestParser", parser)
+        async with sidecar_for() as sidecar:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            writer.write(b"GET %b?%b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                         % (ROUTE.encode(), raw))  # fmt: skip
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")), answer[:200]
+    assert fake.state.counters["requests"] == 0
 
 
 @pytest.mark.parametrize(

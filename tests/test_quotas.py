@@ -20,10 +20,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar.fake_claude import FakeServer
-from sidecar.quotas.stores import Decision, Limits, QuotaStore
 from sidecar.server import SidecarServer
 from tests.support.images import png
 from tests.support.metrics import counts
+from tests.support.quotas import SettleSpy, spy_on
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.resume import Reply, cutting_proxy, sse_request
 from tests.support.scripted_claude import Script, claude_config, messages_body, scripted_claude
@@ -42,49 +42,6 @@ def message(text: str = "hi", max_tokens: int = 32, stream: bool = False) -> dic
         "stream": stream,
         "messages": [{"role": "user", "content": text}],
     }
-
-
-class SettleSpy(QuotaStore):
-    """Wraps the sidecar's store and records each settlement (an event, not a sleep)."""
-
-    def __init__(self, inner: QuotaStore) -> None:
-        self.inner = inner
-        self.renews_leases = inner.renews_leases
-        self.settled: list[tuple[int, int]] = []
-        self.changed = asyncio.Event()
-
-    async def admit(self, subject: str, limits: Limits, tokens: int, lease_id: str) -> Decision:
-        return await self.inner.admit(subject, limits, tokens, lease_id)
-
-    async def settle(
-        self,
-        subject: str,
-        limits: Limits,
-        lease_id: str,
-        reserved: int,
-        used: int,
-        *,
-        again: bool = False,
-    ) -> None:
-        await self.inner.settle(subject, limits, lease_id, reserved, used, again=again)
-        self.settled.append((reserved, used))
-        self.changed.set()
-
-    async def renew(self, subject: str, lease_id: str, lease_seconds: float) -> bool:
-        return await self.inner.renew(subject, lease_id, lease_seconds)
-
-    async def wait_settled(self, count: int) -> None:
-        async with asyncio.timeout(10):
-            while len(self.settled) < count:
-                self.changed.clear()
-                await self.changed.wait()
-
-
-def spy_on(sidecar: SidecarServer) -> SettleSpy:
-    gate = sidecar.runtime.quotas
-    spy = SettleSpy(gate.store)
-    gate.store = spy
-    return spy
 
 
 # --------------------------------------------------------------------------- shapes
@@ -454,6 +411,29 @@ async def test_a_proxy_that_adds_its_own_forwarded_for_line_is_believed_not_the_
             ) as response:
                 out.append(response.status)
     assert out == [200, 429, 429]  # one client, 203.0.113.9, however its own line varies
+
+
+async def test_a_forwarded_hop_of_bytes_that_are_no_utf8_is_a_client_of_its_own(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A trusted proxy passes on a hop of raw bytes that are no UTF-8: it is one client,
+    counted, and its resumable stream and cached answer are keyed by it (not a 500)."""
+    data = {
+        "quotas": {"key": "client_ip", "requests_per_minute": 2},
+        "server": {"trusted_proxies": ["127.0.0.0/8"]},
+        "cache": {"enabled": True, "scope": "user"},
+    }
+    async with sidecar_for(data) as sidecar:
+        heads = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            writer.write(
+                b"GET /api/stream-response?prompt=hi HTTP/1.1\r\nHost: x\r\n"
+                b"X-Forwarded-For: \xff\xfe\r\nConnection: close\r\n\r\n"
+            )
+            heads.append((await asyncio.wait_for(reader.read(), 10)).split(b"\r\n", 1)[0])
+            writer.close()
+    assert heads == [b"HTTP/1.1 200 OK"] * 2 + [b"HTTP/1.1 429 Too Many Requests"] * 2
 
 
 async def test_a_forwarded_hop_with_a_port_or_another_spelling_is_one_client(

@@ -32,6 +32,7 @@ from sidecar.reload import keep_restart_only
 from sidecar.server import SidecarServer
 from tests.support.certs import write_self_signed
 from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.sidecars import BASE, sidecar_process
 from tests.support.sockets import free_port
 from tests.support.waiting import eventually, holds
@@ -571,3 +572,48 @@ async def test_a_reload_whose_token_limit_refuses_every_default_call_keeps_the_o
         p.startswith("quotas.tokens_per_minute: 1000") and "claude.max_tokens (4096)" in p
         for p in problems
     ), problems
+
+
+def _cancel_listeners() -> int:
+    """Redis resume stores listening for cancels in this loop (`RedisResumeStore.listener`)."""
+    return sum(
+        1
+        for task in asyncio.all_tasks()
+        if not task.done() and getattr(task.get_coro(), "__name__", "") == "_listen_for_cancels"
+    )
+
+
+async def test_reloads_that_change_the_resume_store_leave_one_cancel_listener(
+    fake: FakeServer, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A store swapped by a reload stops listening with its generation: one listener for
+    the store in use, none for one a reload refused, none after a stop with Redis down."""
+    path = tmp_path / "sidecar.yaml"
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+
+    def resume(url: str, on_error: str = "fail_open") -> dict[str, Any]:
+        return config_for(fake, resume={"store": "redis", "redis_url": url,
+                                        "on_store_error": on_error})  # fmt: skip
+
+    async with running_redis() as other:
+        write(path, resume(redis_server.url))
+        server = SidecarServer(loader.load(path, {}), config_path=path, env={})
+        await server.start()
+        try:
+            assert _cancel_listeners() == 1
+            for config, listening in (
+                (resume(other.url), 1), (resume(redis_server.url), 1), (config_for(fake), 0)
+            ):  # fmt: skip
+                write(path, config)
+                assert await server.reload()
+                await eventually(lambda: holds(_cancel_listeners() == listening))  # noqa: B023
+            write(path, resume(dead, "fail_closed"))
+            assert not await server.reload()
+            assert _cancel_listeners() == 0
+            write(path, resume(redis_server.url))
+            assert await server.reload()
+            assert _cancel_listeners() == 1
+            await redis_server.kill()
+        finally:
+            await server.shutdown(grace=1.0)
+    assert _cancel_listeners() == 0

@@ -38,6 +38,7 @@ from sidecar.fake_claude import FakeServer
 from sidecar.record import StreamRecord
 from sidecar.telemetry import Telemetry
 from sidecar.telemetry.span import SidecarSpan
+from sidecar.telemetry.span_encoder import SpanEncoder
 from sidecar.telemetry.spans import PlainSpan, Spans
 from sidecar.telemetry.state import span_ids
 from tests.support.apps import echoed_headers, running_app
@@ -447,3 +448,25 @@ def test_only_spans_without_events_links_or_limits_end_as_plain_spans() -> None:
         ("limited", ReadableSpan),
     ]  # fmt: skip
     assert [len(span.events) + len(span.links) for span in kept.ended] == [0, 1, 1, 0]
+
+
+def test_a_user_agent_of_bytes_that_are_no_utf8_is_encoded_without_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiohttp hands on a header's bytes that are no UTF-8 as `surrogateescape` characters:
+    on the span each is U+FFFD, so the OTLP encoding logs no error for any client's header
+    (and keeps the attribute); UTF-8 text is kept as sent."""
+    otel = make_otel()
+    sent = ["curl\udcff\udcfe/1", "café/1"]
+    for user_agent in sent:
+        started = otel.telemetry.start_server_span(
+            Context(), method="GET", route="/", path="/", scheme="http", user_agent=user_agent
+        )
+        otel.telemetry.end_server_span(started, 200)
+    ended = otel.spans(SpanKind.SERVER)
+    kept = [(span.attributes or {})["user_agent.original"] for span in ended]
+    assert kept == ["curl\ufffd\ufffd/1", "café/1"]
+    encoder = SpanEncoder()
+    for readable in ended:
+        encoder.entry(readable)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

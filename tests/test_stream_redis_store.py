@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.stream.redis_store import RedisResumeStore
+from sidecar.stream.redis_store import CANCELS, RedisResumeStore
 from sidecar.stream.store import StoreError
 from tests.support.redis_server import RedisServer
 from tests.support.stream_logs import event, fill, read_all, settled
@@ -392,3 +392,91 @@ async def test_a_quiet_stream_is_read_as_quiet_rounds_within_a_short_timeout(
         assert batches == [[event(1)], [], [], []]
     finally:
         await store.close()
+
+
+async def _published_cancel_reaches(url: str, store: RedisResumeStore, stream_id: str) -> None:
+    """A cancel published for `stream_id` (no cancel key: only the listener can hear it)
+    reaches its producer in `store`."""
+    cancelled: list[str] = []
+    log = await store.create(stream_id, "o")
+    log.on_cancel = lambda: cancelled.append(stream_id)
+    publisher = Redis.from_url(url)
+    try:
+
+        async def published() -> bool:
+            await publisher.publish(CANCELS, stream_id.encode())
+            return bool(cancelled)
+
+        await eventually(published)
+    finally:
+        await publisher.aclose()
+        log.close()
+
+
+async def test_the_cancel_listener_listens_again_after_a_redis_restart(
+    redis_server: RedisServer,
+) -> None:
+    """Redis restarts: the listener's connection drops, and it subscribes again once Redis
+    is back, on its own task (never a crash, never a second listener)."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    try:
+        await _published_cancel_reaches(redis_server.url, store, "stream-5555555555555551")
+        listener = store.listener
+        await redis_server.kill()
+        await redis_server.start()
+        await _published_cancel_reaches(redis_server.url, store, "stream-5555555555555552")
+        assert store.listener is listener
+        assert not listener.done()
+    finally:
+        await store.close()
+    assert store.listener.done()
+
+
+async def test_a_producer_whose_cancel_fails_does_not_stop_the_listener(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream's cancel that raises is logged (its class only) and the next cancel is
+    still heard: the listener outlives whatever one message does."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    try:
+        broken = await store.create("stream-6666666666666661", "o")
+
+        def fails() -> None:
+            raise RuntimeError("a producer's own bug \xff")
+
+        broken.on_cancel = fails
+        async with Redis.from_url(redis_server.url) as publisher:
+            await publisher.publish(CANCELS, broken.stream_id.encode())
+        await _published_cancel_reaches(redis_server.url, store, "stream-6666666666666662")
+        assert not store.listener.done()
+    finally:
+        await store.close()
+    assert "a producer's own bug" not in caplog.text
+
+
+async def test_a_stop_with_redis_down_ends_the_listener(redis_server: RedisServer) -> None:
+    """Redis is gone when the process stops: the close still ends the listener (and the
+    writer) instead of leaving them retrying behind a closed store."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    await _published_cancel_reaches(redis_server.url, store, "stream-7777777777777771")
+    await redis_server.kill()
+    await store.close()
+    assert store.listener.done()
+
+
+async def test_a_stop_with_redis_stalled_ends_the_listener(redis_server: RedisServer) -> None:
+    """Redis stops answering (its connections stay open) when the process stops: the
+    close ends the listener within its bound all the same."""
+    store = RedisResumeStore(redis_server.url, ttl=60, max_buffer_bytes=1 << 20, timeout=0.3,
+                             alive_seconds=0.6)  # fmt: skip
+    await store.start()
+    await _published_cancel_reaches(redis_server.url, store, "stream-8888888888888881")
+    async with redis_server.stalled():
+        await store.close()
+        assert store.listener.done()

@@ -17,7 +17,9 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, StatusCode
 
 from sidecar.record import StreamRecord
+from sidecar.telemetry.bounded import MAX_TEXT
 from tests.support.otel import Otel, make_otel, prompt
+from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
 from tests.support.scripted_claude import (
     SSE_HEAD,
     START,
@@ -162,6 +164,34 @@ async def test_with_a_user_hash_key_spans_and_lines_carry_keyed_pseudonyms(
     pseudonyms = (keyed(b"ci-bot"), keyed(b"acme"))
     assert [(line.__dict__["user"], line.__dict__["tenant"]) for line in lines] == [pseudonyms] * 2
     assert secret not in caplog.text
+
+
+async def test_plain_names_a_token_chose_are_cut_on_spans_and_lines(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With `user_attribute: plain`, a token's `sub` and tenant claim of any length reach
+    spans and stream lines as at most `MAX_TEXT` characters, and no metric."""
+    caplog.set_level(logging.INFO, logger="sidecar.stream")
+    otel = make_otel(user_attribute="plain")
+    user, tenant = "u" * 3000 + "-tail", "t" * 2000 + "-tail"
+    jwt_auth = {"mode": "required", "jwt": {
+        "secret": SECRET, "algorithms": ["HS256"], "issuer": ISSUER, "audience": AUDIENCE,
+        "tenant_claim": "org"}}  # fmt: skip
+    token = mint(sub=user, org=tenant)
+    async with sidecar_for({"auth": jwt_auth}, telemetry=otel.telemetry) as sidecar:
+        status, _ = await prompt(sidecar.url, "hello", {"authorization": f"Bearer {token}"})
+    assert status == 200
+    attributes = otel.client_span().attributes or {}
+    assert attributes["sidecar.user"] == user[:MAX_TEXT]
+    assert attributes["sidecar.tenant"] == tenant[:MAX_TEXT]
+    lines = [r for r in caplog.records if r.name == "sidecar.stream"]
+    assert [r.getMessage() for r in lines] == ["stream_start", "stream_complete"]
+    shown = (user[:MAX_TEXT], tenant[:MAX_TEXT])
+    assert [(line.__dict__["user"], line.__dict__["tenant"]) for line in lines] == [shown] * 2
+    assert "-tail" not in caplog.text
+    for name, metric in otel.metrics().items():
+        for point in metric.data.data_points:
+            assert "uuuu" not in str(point.attributes), name
 
 
 @pytest.mark.parametrize("error_type", ["x" * 500, "has spaces", "<script>"])

@@ -376,11 +376,13 @@ def _stream_id_in_path(ctx: RequestContext) -> str | None:
 def _refuse_non_utf8(raw_query: str) -> None:
     """A 400 for a query string whose escapes spell no UTF-8 (`%FF`, an escaped surrogate),
     as for a JSON body that is not UTF-8: decoded, each bad byte would silently become
-    U+FFFD, a prompt the client never wrote."""
-    if "%" in raw_query:
+    U+FFFD, a prompt the client never wrote. Raw bytes past ASCII (aiohttp's pure-Python
+    parser hands them on as `surrogateescape` characters; its C parser refuses them) meet
+    the same rule: one that is no UTF-8 would reach Claude as a lone surrogate."""
+    if "%" in raw_query or not raw_query.isascii():
         try:
-            unquote_to_bytes(raw_query).decode()
-        except UnicodeDecodeError:
+            unquote_to_bytes(raw_query.encode("utf-8", "surrogateescape")).decode()
+        except (UnicodeDecodeError, UnicodeEncodeError):
             raise bad_request(
                 "the query string is not UTF-8 (its %-escapes spell no UTF-8)"
             ) from None

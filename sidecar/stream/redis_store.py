@@ -219,6 +219,12 @@ class RedisResumeStore(ResumeStore):
         self._count = self._redis.register_script(_COUNT)
 
     @property
+    def listener(self) -> asyncio.Task[None]:
+        """The task listening for cancels (`start`)."""
+        assert self._listener is not None, "start() first"
+        return self._listener
+
+    @property
     def failing(self) -> bool:
         """The writer's last batch was refused (Redis down or full); it retries."""
         return self._failing
@@ -337,6 +343,11 @@ class RedisResumeStore(ResumeStore):
                         self._cancelled(message["data"].decode(errors="replace"))
             except (RedisError, OSError, TimeoutError):
                 await asyncio.sleep(self._refresh)
+            except Exception as exc:  # whatever else fails: listen again
+                # redis-py's own state errors after a drop: the listener must outlive them
+                # (the store would cancel only at refreshes), named by class only.
+                log.warning("resume cancel listener failed", extra={"error": _reason(exc)})
+                await asyncio.sleep(self._refresh)
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -344,8 +355,8 @@ class RedisResumeStore(ResumeStore):
     def _cancelled(self, stream_id: str) -> None:
         """Another replica asked to cancel `stream_id`: cancel it if it is produced here."""
         live = self._live.get(stream_id)
-        if live is not None and not live.closed and not live.final and live.on_cancel is not None:
-            live.on_cancel()
+        if live is not None and not live.closed and not live.final:
+            _cancel(live)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -418,8 +429,8 @@ class RedisResumeStore(ResumeStore):
                 log_.unsaved = True
                 self.dirty(log_)
             log_.readers_elsewhere = readers if isinstance(readers, int) else 0
-            if cancelled == 1 and log_.on_cancel is not None:
-                log_.on_cancel()
+            if cancelled == 1:
+                _cancel(log_)
 
     def _requeue(self, taken: list[_Taken]) -> None:
         """A batch that did not reach Redis goes out again first, in order (never a gap);
@@ -635,6 +646,17 @@ def _refusal(results: list[Any]) -> ResponseError | None:
         if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
             return result
     return None
+
+
+def _cancel(log_: _RedisLog) -> None:
+    """Run a log's cancel callback: one that raises is logged by its class and stays this
+    stream's problem, never the listener's or the writer's (every stream's)."""
+    if log_.on_cancel is None:
+        return
+    try:
+        log_.on_cancel()
+    except Exception as exc:  # one stream's failure ends no loop
+        log.warning("resume stream cancel failed", extra={"error": _reason(exc)})
 
 
 def _reason(exc: BaseException) -> str:

@@ -80,6 +80,13 @@ def error_labels() -> BoundedLabels:
     return BoundedLabels(KNOWN_ERROR_TYPES, OTHER_ERROR, lambda v: bool(_IDENTIFIER.fullmatch(v)))
 
 
+def encodable(value: str) -> str:
+    """A header's value as text an exporter can encode: aiohttp hands on bytes past ASCII
+    that are no UTF-8 as `surrogateescape` characters, which protobuf and JSON refuse (an
+    OTLP exporter would log a traceback per span and drop the attribute); each is U+FFFD."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def short_text(value: str) -> str:
     """A free-text attribute value cut to MAX_TEXT characters."""
     return value if len(value) <= MAX_TEXT else value[:MAX_TEXT]

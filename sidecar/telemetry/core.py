@@ -28,7 +28,7 @@ from opentelemetry.trace import (
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.config import TelemetryConfig
-from sidecar.telemetry.bounded import MAX_TEXT, MAX_USER_AGENT, short_text
+from sidecar.telemetry.bounded import MAX_TEXT, MAX_USER_AGENT, encodable, short_text
 from sidecar.telemetry.closing import shutdown_providers
 from sidecar.telemetry.counters import Counters
 from sidecar.telemetry.providers import build_providers, sdk_disabled
@@ -141,7 +141,10 @@ class Telemetry(StreamTelemetry, Counters):
         if host:
             attributes["server.address"], attributes["server.port"] = server_address(host, scheme)
         if user_agent:
-            attributes["user_agent.original"] = user_agent[:MAX_USER_AGENT]
+            user_agent = user_agent[:MAX_USER_AGENT]
+            if not user_agent.isascii():  # bytes past ASCII, as sent: `encodable`
+                user_agent = encodable(user_agent)
+            attributes["user_agent.original"] = user_agent
         if client_address:
             if len(client_address) > MAX_TEXT:  # a trusted proxy's non-address hop, as sent
                 client_address = client_address[:MAX_TEXT]

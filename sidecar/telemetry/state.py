@@ -16,7 +16,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sidecar.config import ModelPrice, TelemetryConfig
 from sidecar.telemetry import streams
-from sidecar.telemetry.bounded import error_labels, model_labels
+from sidecar.telemetry.bounded import error_labels, model_labels, short_text
 from sidecar.telemetry.cost import price_for
 from sidecar.telemetry.health import Health
 from sidecar.telemetry.histograms import AttributeSet
@@ -120,9 +120,12 @@ class TelemetryState:
             return self._identities[value]
         except KeyError:
             mode = self.config.user_attribute
+            # `plain` carries the name as a token's claim spelled it: a span attribute or
+            # log field of at most `MAX_TEXT` characters, as every free text a client
+            # chooses (a pseudonym is of the whole name).
             shown = (
                 None if mode == "none"
-                else value if mode == "plain"
+                else short_text(value) if mode == "plain"
                 else _hashed(value, self._hash_key)
             )  # fmt: skip
             return self._remember(self._identities, value, shown)
