@@ -480,3 +480,40 @@ async def test_a_stop_with_redis_stalled_ends_the_listener(redis_server: RedisSe
     async with redis_server.stalled():
         await store.close()
         assert store.listener.done()
+
+
+async def test_a_redis_user_refused_the_cancel_channel_still_cancels_by_the_key(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis ACL user with no pub/sub channel (Redis 7's default for a new user) still
+    cancels a stream produced elsewhere: the refused publish is a warning, not a failed
+    `DELETE`, and the cancel key reaches the producer at its refresh. Each replica's
+    listener says once that it is refused, not at every retry."""
+    admin = Redis.from_url(redis_server.url)
+    await admin.acl_setuser(
+        "sidecar", enabled=True, passwords=["+pw"], keys=["*"], categories=["+@all"],
+        reset_channels=True,
+    )  # fmt: skip
+    await admin.aclose()
+    url = f"redis://sidecar:pw@127.0.0.1:{redis_server.port}/0"
+    kinds = dict(ttl=60, max_buffer_bytes=1 << 20, alive_seconds=0.6)
+    producer = RedisResumeStore(url, **kinds)  # type: ignore[arg-type]
+    other = RedisResumeStore(url, **kinds)  # type: ignore[arg-type]
+    for store in (producer, other):
+        await store.start()
+
+    def refusals() -> int:
+        return caplog.text.count("resume cancel listener refused")
+
+    try:
+        await eventually(lambda: holds(refusals() == 2))
+        cancelled: list[str] = []
+        live = await producer.create("stream-0000000000000001", "o")
+        live.on_cancel = lambda: cancelled.append(live.stream_id)
+        assert await other.request_cancel(live.stream_id)
+        await eventually(lambda: holds(cancelled == [live.stream_id]))
+        assert "resume cancel not published" in caplog.text
+        assert refusals() == 2
+    finally:
+        for store in (producer, other):
+            await store.close()

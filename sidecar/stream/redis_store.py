@@ -313,7 +313,8 @@ class RedisResumeStore(ResumeStore):
 
         Published on `CANCELS` (the producer hears it at once) and kept as the stream's
         cancel key (checked with each liveness refresh: a replica whose listening
-        connection was down when it was published still cancels within about a second)."""
+        connection was down when it was published still cancels within about a second).
+        A publish Redis refuses (an ACL user without the channel) leaves the key to do it."""
         _, _, alive, cancel = keys(stream_id)
         try:
             if not await self._redis.exists(alive):
@@ -321,9 +322,16 @@ class RedisResumeStore(ResumeStore):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(cancel, b"1", px=self._ttl_ms)
                 pipe.publish(CANCELS, stream_id)
-                await pipe.execute()
+                stored, published = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
+        if isinstance(stored, Exception):
+            raise StoreError(f"redis: {type(stored).__name__}") from stored
+        if isinstance(published, Exception):
+            log.warning(
+                "resume cancel not published: the producer cancels at its next refresh",
+                extra={"error": _reason(published)},
+            )
         return True
 
     async def _listen_for_cancels(self) -> None:
@@ -332,15 +340,25 @@ class RedisResumeStore(ResumeStore):
         One connection per replica, subscribed to `CANCELS`; a message names a stream id
         and costs a dict lookup (cancels are rare; no work per event). A failed connection
         is opened again after a refresh period; meanwhile the cancel key covers it."""
+        refused = False  # said once per run of refusals, not every refresh
         while not self._closing:
             pubsub = self._reader.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CANCELS)
                 while not self._closing:
                     message = await pubsub.get_message(timeout=self._block_ms / 1000)
+                    refused = False  # (a refused subscribe raises here, not above)
                     honour_cancel()  # a close's stop, if redis-py swallowed it
                     if message is not None and isinstance(message.get("data"), bytes):
                         self._cancelled(message["data"].decode(errors="replace"))
+            except ResponseError as exc:  # refused: an ACL user without the channel
+                if not refused:
+                    log.warning(
+                        "resume cancel listener refused: cancels wait for the refresh",
+                        extra={"error": _reason(exc)},
+                    )
+                refused = True
+                await asyncio.sleep(self._refresh)
             except (RedisError, OSError, TimeoutError):
                 await asyncio.sleep(self._refresh)
             except Exception as exc:  # whatever else fails: listen again
