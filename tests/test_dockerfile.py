@@ -8,10 +8,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from packaging.markers import Marker
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from sidecar import loader
 
@@ -222,3 +226,58 @@ def test_healthcheck_is_the_sidecars_own_command_without_curl() -> None:
     every = " ".join(a for _, a in instructions())  # comments dropped
     assert "curl" not in every
     assert "wget" not in every
+
+
+# What the image's `uv sync` installs on: CPython 3.11 on Debian (glibc), either arch.
+IMAGE_MARKERS = {"python_version": "3.11", "python_full_version": "3.11.14",
+                 "sys_platform": "linux", "platform_system": "Linux",
+                 "platform_python_implementation": "CPython",
+                 "implementation_name": "cpython", "os_name": "posix"}  # fmt: skip
+ARCHES = ("x86_64", "aarch64")
+
+
+def _fits(tag: Any, arch: str) -> bool:
+    """A wheel tag the image's interpreter installs (CPython 3.11, manylinux glibc)."""
+    interpreter, abi, platform = tag.interpreter, tag.abi, tag.platform
+    if abi == "abi3":
+        python = interpreter.startswith("cp3") and int(interpreter[3:]) <= 11
+    else:
+        python = interpreter in ("py3", "cp311") and abi in ("none", "cp311")
+    linux = platform.startswith("manylinux") and platform.endswith(arch)
+    return python and (platform == "any" or linux)
+
+
+def test_every_runtime_dependency_installs_from_a_wheel_without_a_compiler() -> None:
+    """The slim image has no compiler: each package its `uv sync --no-dev` installs (the
+    lock's, with their markers read for the image) has a wheel for CPython 3.11 on x86_64
+    and aarch64 Linux in uv.lock, so none is built from its sdist."""
+    exported = subprocess.run(
+        ["uv", "export", "--locked", "--no-dev", "--no-hashes", "--no-emit-project",
+         "--format", "requirements-txt", "--quiet"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    wanted = set()
+    for line in exported.splitlines():
+        if not line or line.startswith(("#", " ")):
+            continue
+        requirement, _, marker = line.partition(" ; ")
+        if marker and not Marker(marker).evaluate(IMAGE_MARKERS):
+            continue
+        wanted.add(canonicalize_name(requirement.split("==")[0]))
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    wheels = {
+        canonicalize_name(package["name"]): [
+            tag
+            for wheel in package.get("wheels", [])
+            for tag in parse_wheel_filename(wheel["url"].rsplit("/", 1)[1])[3]
+        ]
+        for package in lock["package"]
+    }
+    assert {"confusable-homoglyphs", "google-re2"} <= wanted
+    missing = {
+        (name, arch)
+        for name in wanted
+        for arch in ARCHES
+        if not any(_fits(tag, arch) for tag in wheels.get(name, []))
+    }
+    assert not missing, sorted(missing)

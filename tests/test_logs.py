@@ -7,8 +7,10 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -220,6 +222,53 @@ async def test_a_call_claude_reported_no_usage_for_logs_its_usage_as_unknown(
     assert {name: error[name] for name in UNREPORTED} == dict.fromkeys(UNREPORTED)
     assert otel.count("gen_ai.client.token.usage") == 0  # the metrics agree
     assert "gen_ai.usage.input_tokens" not in (otel.client_span().attributes or {})
+
+
+OBSERVABILITY = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+ALWAYS = {"time", "level", "logger", "message"}  # every line's, before the table's fields
+
+
+def documented_fields(event: str) -> set[str]:
+    """The fields docs/observability.md's log table gives a line (`the above +` included)."""
+    fields: set[str] = set()
+    for line in OBSERVABILITY.split("\n## Logs", 1)[1].splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| `") and len(cells) > 3:
+            named = re.findall(r"`([a-z_]+)`", cells[0])
+            outside = re.sub(r"\([^()]*\)", "", cells[3])  # remarks name values, not fields
+            row = set(re.findall(r"`([a-z_]+)`", outside))
+            above = "the above" in cells[3]
+            if event in named:
+                return (fields if above else set()) | row | {"event"}
+            fields = fields | row if above else row
+    raise AssertionError(f"{event} is not in the log table")
+
+
+async def test_the_stream_and_rejection_lines_carry_the_fields_the_docs_list(
+    sidecar_for: SidecarFactory, log_output: Callable[..., LogReader]
+) -> None:
+    """Each line has every field the log table lists for it (`user`/`tenant` when there is
+    one) and no other; the table's example line and its `null` usage list agree."""
+    read = log_output(log_format="json")
+    async with sidecar_for({"auth": AUTH, "claude": {"max_retries": 0}}) as sidecar:
+        for text in ("hi [[fake tokens=3]]", "hi [[fake fault=overloaded]]", ""):
+            await prompt(sidecar.url, text, {"x-api-key": CLIENT_KEY})
+    entries = events(read())
+    for event in ("stream_start", "stream_complete", "stream_error", "request_rejected"):
+        documented = documented_fields(event)
+        lines = [entry for entry in entries if entry["message"] == event]
+        assert lines, event
+        for line in lines:
+            written = set(line) - ALWAYS
+            assert written <= documented, (event, written - documented)
+            assert documented - {"user", "tenant"} <= written, (event, documented - written)
+    example = json.loads(re.findall(r'^(\{"time".*"stream_complete".*\})$', OBSERVABILITY, re.M)[0])
+    assert set(example) - ALWAYS - {"tenant"} == documented_fields("stream_complete") - {"tenant"}
+    nulls = OBSERVABILITY.split("Usage is `null` when", 1)[1].split("are all `null`", 1)[0]
+    nulls = nulls.split("Then", 1)[1]  # (the when names `message_start`)
+    assert set(re.findall(r"`([a-z_]+)`", nulls)) == set(UNREPORTED)
+    error = one(entries, "stream_error")
+    assert {name: error[name] for name in UNREPORTED} == dict.fromkeys(UNREPORTED)
 
 
 def _clock(now: float) -> Callable[[], float]:
