@@ -93,6 +93,30 @@ async def test_a_failure_after_the_early_head_is_the_routes_error_event(
     assert last_event.replace(b" ", b"") in fields.replace(b" ", b""), tail
 
 
+@pytest.mark.parametrize("cache", [False, True])
+async def test_an_early_head_carries_the_quota_headers_and_the_stream_id(
+    cache: bool, sidecar_for: SidecarFactory
+) -> None:
+    # The same head whether the call is the request's own or a coalescing group's (the
+    # cache records it): the client resumes and cancels by the id this head names.
+    path, body = _request("prompt", "[[fake fault=slow_headers delay_ms=1200]]")
+    config: dict[str, Any] = {**CONFIG, "quotas": {"tokens_per_minute": 100000}}
+    if cache:
+        config["cache"] = {"enabled": True, "include_sampled": True}
+    async with sidecar_for(config) as sidecar:
+        reads = await timed_response(sidecar.port, path, body)
+    head, payload = joined(reads).split(b"\r\n\r\n", 1)
+    assert payload.lstrip(b"0123456789abcdef\r\n").startswith(b": ping\n\n")  # early
+    fields = {
+        name.lower(): value
+        for name, value in (line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:])
+    }
+    assert fields.get("x-cache") == ("MISS" if cache else None)
+    assert "anthropic-ratelimit-tokens-remaining" in fields
+    stream_id = fields["sidecar-stream-id"]
+    assert f"id: {stream_id}:".encode() in dechunk(payload)
+
+
 async def test_an_answer_within_the_heartbeat_keeps_its_own_status(
     sidecar_for: SidecarFactory,
 ) -> None:
