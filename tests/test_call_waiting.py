@@ -174,9 +174,10 @@ async def test_a_message_waited_for_past_the_heartbeat_is_still_plain_json(
     assert b": ping" not in answer
 
 
+@pytest.mark.parametrize("cache", [False, True])
 @pytest.mark.parametrize("route", ["prompt", "ui", "anthropic"])
 async def test_a_client_that_leaves_during_the_pings_frees_claude_and_its_quota_at_once(
-    route: str, sidecar_for: SidecarFactory, fake: FakeServer
+    route: str, cache: bool, sidecar_for: SidecarFactory, fake: FakeServer
 ) -> None:
     """The client reads the early head and a ping, then leaves while Claude's head is
     still 60 s away: the call to Claude is dropped and the reservation settled (to the
@@ -186,7 +187,10 @@ async def test_a_client_that_leaves_during_the_pings_frees_claude_and_its_quota_
     otel = make_otel()
     path, body = _request(route, "[[fake fault=slow_headers delay_ms=60000]]")
     quotas = {"tokens_per_minute": 100_000, "concurrent_streams": 1}
-    async with sidecar_for({**CONFIG, "quotas": quotas}, telemetry=otel.telemetry) as sidecar:
+    config: dict[str, Any] = {**CONFIG, "quotas": quotas}
+    if cache:  # the call is then its coalescing group's, this client its only member
+        config["cache"] = {"enabled": True, "include_sampled": True}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
         spy = spy_on(sidecar)
         reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
         data = json.dumps(body).encode() if body is not None else b""
