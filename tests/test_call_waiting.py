@@ -93,6 +93,30 @@ async def test_a_failure_after_the_early_head_is_the_routes_error_event(
     assert last_event.replace(b" ", b"") in fields.replace(b" ", b""), tail
 
 
+@pytest.mark.parametrize("cache", [False, True])
+async def test_an_early_head_carries_the_quota_headers_and_the_stream_id(
+    cache: bool, sidecar_for: SidecarFactory
+) -> None:
+    # The same head whether the call is the request's own or a coalescing group's (the
+    # cache records it): the client resumes and cancels by the id this head names.
+    path, body = _request("prompt", "[[fake fault=slow_headers delay_ms=1200]]")
+    config: dict[str, Any] = {**CONFIG, "quotas": {"tokens_per_minute": 100000}}
+    if cache:
+        config["cache"] = {"enabled": True, "include_sampled": True}
+    async with sidecar_for(config) as sidecar:
+        reads = await timed_response(sidecar.port, path, body)
+    head, payload = joined(reads).split(b"\r\n\r\n", 1)
+    assert payload.lstrip(b"0123456789abcdef\r\n").startswith(b": ping\n\n")  # early
+    fields = {
+        name.lower(): value
+        for name, value in (line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:])
+    }
+    assert fields.get("x-cache") == ("MISS" if cache else None)
+    assert "anthropic-ratelimit-tokens-remaining" in fields
+    stream_id = fields["sidecar-stream-id"]
+    assert f"id: {stream_id}:".encode() in dechunk(payload)
+
+
 async def test_an_answer_within_the_heartbeat_keeps_its_own_status(
     sidecar_for: SidecarFactory,
 ) -> None:
@@ -150,9 +174,10 @@ async def test_a_message_waited_for_past_the_heartbeat_is_still_plain_json(
     assert b": ping" not in answer
 
 
+@pytest.mark.parametrize("cache", [False, True])
 @pytest.mark.parametrize("route", ["prompt", "ui", "anthropic"])
 async def test_a_client_that_leaves_during_the_pings_frees_claude_and_its_quota_at_once(
-    route: str, sidecar_for: SidecarFactory, fake: FakeServer
+    route: str, cache: bool, sidecar_for: SidecarFactory, fake: FakeServer
 ) -> None:
     """The client reads the early head and a ping, then leaves while Claude's head is
     still 60 s away: the call to Claude is dropped and the reservation settled (to the
@@ -162,7 +187,10 @@ async def test_a_client_that_leaves_during_the_pings_frees_claude_and_its_quota_
     otel = make_otel()
     path, body = _request(route, "[[fake fault=slow_headers delay_ms=60000]]")
     quotas = {"tokens_per_minute": 100_000, "concurrent_streams": 1}
-    async with sidecar_for({**CONFIG, "quotas": quotas}, telemetry=otel.telemetry) as sidecar:
+    config: dict[str, Any] = {**CONFIG, "quotas": quotas}
+    if cache:  # the call is then its coalescing group's, this client its only member
+        config["cache"] = {"enabled": True, "include_sampled": True}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
         spy = spy_on(sidecar)
         reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
         data = json.dumps(body).encode() if body is not None else b""

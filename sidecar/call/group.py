@@ -30,7 +30,6 @@ from aiohttp import web
 from sidecar.cache.recording import Recording
 from sidecar.cache.replay import replay_stream
 from sidecar.call.stream import start_response
-from sidecar.call.waiting import waiting
 from sidecar.pipeline import RequestContext
 from sidecar.record import Outcome, StreamRecord
 from sidecar.relay import LiveStream
@@ -109,12 +108,13 @@ async def lead(
     recording.on_idle = group.idle
     runtime.lifecycle.enter()  # the runtime stays open while the call runs
     group.task = runtime.resume.hub.spawn(_run(ctx, recording, group, call), loop)
-    # A stream's first caller gets its SSE head and pings once its wait is long.
-    early = waiting(ctx, translator) if recording.stream else None
     try:
         try:
             answer = await asyncio.shield(group.head)
         finally:
+            # The SSE head and pings its wait got, from the call once it held its quota
+            # lease (`waiting`, with the lease's headers and a resumable stream's id).
+            early = ctx.early
             if early is not None:
                 early.settle()
         if not isinstance(answer, Replayed):  # it reads no recorded chunk: none waits for it

@@ -153,7 +153,10 @@ async def _call(
             quota_policy, ctx.route.policy.quota_scope, ctx.identity, ctx.client_ip, reserve
         )
         early = None
-        if call.stream and group is None:  # (a group's first caller waits in `lead`)
+        # A group's call waits for its first caller as its own would, with the same head
+        # (the quota's headers, the stream id), while that caller is there (`lead` ends
+        # the wait once Claude answered or the caller left).
+        if call.stream and (group is None or group.left is None):
             stream_id = None if resumable is None else resumable.stream_id
             early = waiting(ctx, translator, held.lease, stream_id)
         queued_at = time.perf_counter()
@@ -175,10 +178,10 @@ async def _call(
         # Sent: a stream need not hold its request (the body, the headers) to its end.
         call.attempt, call.body = _SENT, b""
         record.upstream_status = upstream.status
-        if early is not None:
-            early.settle()
         if group is not None:
             group.sent = True
+        elif early is not None:
+            early.settle()
         if upstream.status != 200:
             return await _relay_error(ctx, upstream, record, _answer_headers(ctx, held, upstream))
         if not call.stream:
