@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -58,10 +59,31 @@ async def test_replicas_on_the_built_in_fake_share_entries_and_its_settings_part
     assert third[2] != first[2]
 
 
+async def _damage_as_string(redis: Redis, key: bytes | str) -> None:
+    await redis.set(key, b"SCC\x09 from another version")
+
+
+async def _damage_as_hash(redis: Redis, key: bytes | str) -> None:
+    # A value of another Redis type (another version's layout, another program's key):
+    # Redis refuses the GET with WRONGTYPE; that is the entry not decoding, not an outage.
+    await redis.delete(key)
+    await redis.hset(key, "entry", "from another version")
+
+
+async def _damage_as_list(redis: Redis, key: bytes | str) -> None:
+    await redis.delete(key)
+    await redis.rpush(key, b"from another version")
+
+
+@pytest.mark.parametrize("damage", [_damage_as_string, _damage_as_hash, _damage_as_list])
 async def test_a_damaged_entry_is_a_miss_and_is_replaced(
-    fake: FakeServer, sidecar_for: SidecarFactory, redis_server: RedisServer
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    redis_server: RedisServer,
+    damage: Callable[[Redis, bytes | str], Awaitable[None]],
 ) -> None:
-    async with sidecar_for(on_redis(redis_server)) as s:
+    otel = make_otel()
+    async with sidecar_for(on_redis(redis_server), telemetry=otel.telemetry) as s:
         cache = s.runtime.cache
         assert cache is not None
         first = await post(s.url, BODY)
@@ -69,7 +91,7 @@ async def test_a_damaged_entry_is_a_miss_and_is_replaced(
         redis = Redis.from_url(redis_server.url)
         keys = await redis.keys(PREFIX + "*")
         assert len(keys) == 1
-        await redis.set(keys[0], b"SCC\x09 from another version")
+        await damage(redis, keys[0])
         damaged = await post(s.url, BODY)
         await cache.settled()
         replaced = await post(s.url, BODY)
@@ -77,6 +99,7 @@ async def test_a_damaged_entry_is_a_miss_and_is_replaced(
     assert [first[:2], damaged[:2], replaced[:2]] == [(200, "MISS"), (200, "MISS"), (200, "HIT")]
     assert replaced[2] == damaged[2]  # the answer that replaced it
     assert fake.state.counters["requests"] == 2
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"}) == 0
 
 
 async def test_redis_down_skips_the_cache_and_claude_answers(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from sidecar.cache.stores import CacheStoreError
 from sidecar.stream.redis_store import redis_client
@@ -42,6 +42,13 @@ class RedisCacheStore:
     async def get(self, key: str) -> bytes | None:
         try:
             value = await self._redis.get(PREFIX + key)
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                # A value of another Redis type under the key (another version's layout,
+                # another program's key): an entry that does not decode, so a miss, and
+                # the answer's SET replaces it. Redis answered: no outage.
+                return None
+            raise CacheStoreError(f"redis: {type(exc).__name__}") from exc
         except (RedisError, OSError, TimeoutError) as exc:
             raise CacheStoreError(f"redis: {type(exc).__name__}") from exc
         return value if isinstance(value, bytes) else None
