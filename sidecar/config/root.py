@@ -61,9 +61,6 @@ class Config(Section):
         paths = [route.path for route in self.routes]
         if len(paths) != len(set(paths)):
             raise ValueError("routes: paths must be unique")
-        resume = self.resume
-        if resume.enabled and resume.store == "redis" and self.resume_redis_url is None:
-            raise ValueError("resume: store 'redis' needs resume.redis_url or quotas.redis_url")
         return self
 
     @property
