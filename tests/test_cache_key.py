@@ -245,6 +245,10 @@ def test_cache_control_directives_are_parsed_loosely() -> None:
     assert directives("max-age=0, private, ,") == {"max-age", "private"}
 
 
+def test_a_directive_after_a_long_one_is_still_read() -> None:
+    assert "no-store" in directives(f'x="{"a" * 2000}", no-store')
+
+
 def test_a_tenant_or_user_is_scoped_with_who_vouches_for_it() -> None:
     """A tenant or user named alike by another issuer or key source (another route's JWT
     block, another deployment sharing the store, a reload with other keys:

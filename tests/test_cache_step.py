@@ -297,6 +297,30 @@ async def test_no_store_is_not_stored_and_no_cache_refreshes(
     assert counts == {"hit": 1, "miss": 2, "bypass": 1, "stored": 2}  # no-cache refreshed it
 
 
+async def test_a_directive_on_a_cache_control_line_of_its_own_is_honoured(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    async def sent(lines: list[str]) -> str | None:
+        headers = [("Cache-Control", line) for line in lines]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(s.url + "/v1/messages", json=BODY, headers=headers) as response,
+        ):
+            await response.read()
+            return response.headers.get("X-Cache")
+
+    async with sidecar_for(cached()) as s:
+        cache = s.runtime.cache
+        assert cache is not None
+        statuses = [await sent(["max-age=0", "no-store"])]
+        await cache.settled()
+        statuses.append(await sent([]))  # the first answer was not kept
+        await cache.settled()
+        statuses.append(await sent(["max-age=0", "no-cache"]))
+    assert statuses == ["MISS", "MISS", "BYPASS"]
+    assert fake.state.counters["requests"] == 3
+
+
 async def test_sampled_requests_are_cached_only_when_the_route_says_so(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

@@ -122,9 +122,11 @@ def sampled(body: Mapping[str, Any]) -> bool:
 
 
 def directives(value: str | None) -> frozenset[str]:
-    """The `Cache-Control` request directives; unknown ones are kept and later ignored."""
+    """The `Cache-Control` request directives, from its lines joined as one list
+    (`header_value`), read whole (a line is as long as the HTTP parser allows, no longer);
+    unknown ones are kept and later ignored."""
     if not value:
         return frozenset()
     return frozenset(
-        part.split("=", 1)[0].strip().lower() for part in value[:1024].split(",") if part.strip()
+        part.split("=", 1)[0].strip().lower() for part in value.split(",") if part.strip()
     )

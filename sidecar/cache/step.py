@@ -25,6 +25,7 @@ from sidecar.cache.recording import Cursor, Recording
 from sidecar.cache.replay import recording_of, replay_stream
 from sidecar.cache.stores import CacheStoreError
 from sidecar.call.waiting import waiting
+from sidecar.header_lists import header_value
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
 from sidecar.stream.core import Translator
@@ -167,7 +168,7 @@ async def lookup(
     step = CacheStep(ctx)
     if cache is None or not policy.enabled:
         return step
-    wanted = directives(ctx.request.headers.get("Cache-Control"))
+    wanted = directives(header_value(ctx.request.headers, "Cache-Control"))
     fresh = fresh or "no-cache" in wanted
     if sampled(body) and not policy.include_sampled:
         return _decided(step, "BYPASS", "bypass")
