@@ -14,8 +14,10 @@ nothing for `client_stall_timeout_seconds` loses its stream (`client_stalled`).
 
 A watchdog ticks each stream eight times per heartbeat/idle interval, at most a second
 apart (`tick_interval`; one timer per interval for all of a registry's streams, not one
-per stream): it sends `: ping` comments when the stream is quiet (at most a tick after
-one is due) and ends a stalled upstream with an `idle_timeout` error event. (Before
+per stream): it sends `: ping` comments when the clients got nothing for the heartbeat
+(at most a tick after one is due; what they got, not what Claude sent: a translated
+route sends nothing for Claude's own pings) and ends an upstream that sent nothing for
+the idle timeout with an `idle_timeout` error event. (Before
 Claude's head, a streaming request's own pings are `sidecar.call.waiting`'s.) Shutdown ends live streams the same way.
 
 A stream relayed in its request ends when its client leaves (the request is cancelled).
@@ -54,8 +56,8 @@ class LiveStream:
 
     __slots__ = (
         "_begun", "_end", "_ended", "_last_ping", "_last_progress", "_loop", "_paused", "_paused_at",
-        "_quiet_from", "_raw_tail", "_seen", "_tail", "_ticked", "_waiting_for", "_wakeup", "core",
-        "generation",
+        "_quiet_from", "_raw_tail", "_seen", "_sent", "_tail", "_ticked", "_waiting_for", "_wakeup",
+        "core", "generation",
         "heartbeat", "idle_timeout", "record", "stall_timeout", "tick_every", "upstream",
     )  # fmt: skip
 
@@ -91,8 +93,9 @@ class LiveStream:
         # How often the watchdog looks at this stream (`tick`): a heartbeat comes at most
         # this long after it is due.
         self.tick_every = tick_interval(heartbeat, idle_timeout, stall_timeout)
-        # The watchdog's first look sees progress (`_seen`) and starts the clocks.
-        self._seen = -1
+        # The watchdog's first look sees progress (`_seen`: Claude's chunks; `_sent`: the
+        # generation's sends to its clients) and starts the clocks.
+        self._seen = self._sent = -1
         self._last_progress = self._last_ping = 0.0
         # The watchdog's last look (none yet: the stream's start), and the earliest time the
         # client's last bytes can have gone out (the look before the one that saw them).
@@ -285,9 +288,18 @@ class LiveStream:
 
     def tick(self, now: float) -> None:
         """The watchdog's look (every `tick_every`): a stalled client, an idle upstream, a
-        heartbeat due. (Broken framing needs no look: the parser ends the body at once.)"""
+        heartbeat due. (Broken framing needs no look: the parser ends the body at once.)
+
+        The idle timeout follows Claude's bytes (`record.chunks`); the heartbeat follows
+        what the clients got (`generation.sends`): a translated route sends nothing for
+        some of Claude's events (its `ping`s, while a server tool runs), and its clients
+        must still hear from the stream. Both are counters: no clock read per event."""
         if self._ended:
             return
+        generation = self.generation
+        keeper = generation.keeper
+        if keeper is not None:  # its followers' clients' heartbeats are timed by these looks
+            keeper.tick(now)
         if self._paused and now - self._paused_at >= self.stall_timeout:
             self._cut_stalled()
             return
@@ -295,10 +307,6 @@ class LiveStream:
             # A paused stream is not idle: its idle time starts again once Claude is resumed.
             self._seen = self.record.chunks
             self._last_progress = now
-            # Sent since the last look, at the earliest right after it: the heartbeat is
-            # due `heartbeat` after that (at most one tick early, never a tick late), with
-            # no clock read per event.
-            self._quiet_from = self._ticked
         elif now - self._last_progress >= self.idle_timeout:
             self.stop(
                 "idle_timeout",
@@ -306,11 +314,16 @@ class LiveStream:
                 f"no data from Claude for {self.idle_timeout:g} s",
             )
             return
+        if generation.sends != self._sent or self._paused:
+            # Sent since the last look, at the earliest right after it: the heartbeat is
+            # due `heartbeat` after that (at most one tick early, never a tick late).
+            self._sent = generation.sends
+            self._quiet_from = self._ticked
         self._ticked = now
         quiet = now - max(self._quiet_from, self._last_ping)
         if quiet >= self.heartbeat and not self.core.mid_event and not self._paused:
             self._last_ping = now
-            self.generation.heartbeat()
+            generation.heartbeat()
 
     def _cut_stalled(self) -> None:
         """A client took nothing for the stall timeout: its connection is cut, the stream ends.

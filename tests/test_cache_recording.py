@@ -102,17 +102,21 @@ async def test_readers_wake_on_each_chunk_and_on_the_end() -> None:
     await asyncio.wait_for(waiting, 5)
 
 
-async def test_readers_wake_on_the_calls_heartbeat_until_it_ended() -> None:
+async def test_readers_wake_on_the_calls_watchdog_ticks_until_it_ended() -> None:
+    """Each tick wakes the readers (each times its own client's heartbeat by them), with
+    the loop time of that look and of the one before."""
     recording = Recording(stream=True)
     waiting = asyncio.ensure_future(recording.wait(0))
     await asyncio.sleep(0)
     assert not waiting.done()
-    recording.ping()  # Claude is quiet: readers send their clients a heartbeat
+    recording.tick(10.0)
     await asyncio.wait_for(waiting, 5)
-    assert (recording.pings, recording.chunks) == (1, [])
+    recording.tick(10.5)
+    assert (recording.ticks, recording.ticked_before, recording.ticked) == (2, 10.0, 10.5)
+    assert recording.chunks == []
     recording.finish(_record("completed"))
-    recording.ping()
-    assert recording.pings == 1
+    recording.tick(11.0)
+    assert recording.ticks == 2
 
 
 # ------------------------------------------------------- bounded by what can be stored

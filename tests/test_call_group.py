@@ -422,3 +422,54 @@ async def test_the_first_caller_of_a_coalesced_prompt_stream_gets_its_opening_id
     assert _complete(PROMPT, first)
     assert _complete(PROMPT, replayed)
     assert fake.state.counters["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra"),
+    [(PROMPT, NOT_RESUMABLE), (PROMPT, {}), (UI, NOT_RESUMABLE), (UI, {})],
+    ids=["prompt", "prompt-resumable", "ui", "ui-resumable"],
+)
+async def test_every_reader_of_a_coalesced_translated_stream_gets_heartbeats_while_claude_pings(
+    fake: FakeServer, sidecar_for: SidecarFactory, kind: Kind, extra: dict[str, Any]
+) -> None:
+    """Claude stalls after three deltas, sending only its own `event: ping`s (nothing for a
+    translated route's client): the first caller (a reader of the recording, or of the
+    resumable generation) and a follower each get `: ping` every heartbeat meanwhile."""
+    beat = 0.2
+    bound = beat + tick_interval(beat, 30, 60) + 0.15  # (the loop's scheduling on a busy box)
+    path, body = kind.request("[[fake fault=stall_midstream after=3 ping_ms=50]] searching")
+    claude = {"heartbeat_seconds": beat, "idle_timeout_seconds": 30}
+    async with sidecar_for({**cached(include_sampled=True), "claude": claude, **extra}) as s:
+        first = asyncio.create_task(timed_response(s.port, path, body, only=2.0))
+        await eventually(lambda: holds(len(s.runtime.streams) == 1))
+        second = await timed_response(s.port, path, body, only=1.5)
+        answers = [await first, second]
+    assert fake.state.counters["requests"] == 1
+    for reads in answers:
+        raw = joined(reads)
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert raw.count(b"\r\n" + PING) >= 4, raw
+        assert max(gaps(reads)[1:]) <= bound, gaps(reads)
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra"),
+    [(ANTHROPIC, NOT_RESUMABLE), (PROMPT, NOT_RESUMABLE), (PROMPT, {}), (UI, NOT_RESUMABLE)],
+    ids=["anthropic", "prompt", "prompt-resumable", "ui"],
+)
+async def test_readers_of_a_coalesced_stream_get_no_heartbeat_while_their_client_gets_content(
+    fake: FakeServer, sidecar_for: SidecarFactory, kind: Kind, extra: dict[str, Any]
+) -> None:
+    """Claude streams a delta every 50 ms for 1.5 s, a tenth of the heartbeat: each
+    reader's client hears from the stream all along, so none gets a `: ping`. (The call's
+    own generation sends to nobody when its callers read its recording: its quiet time is
+    not theirs.)"""
+    text = "[[fake tokens=30 tps=20]] steady"
+    claude = {"heartbeat_seconds": 0.5, "idle_timeout_seconds": 30}
+    async with sidecar_for({**cached(include_sampled=True), "claude": claude, **extra}) as s:
+        results = await asyncio.gather(*(_ask(s.url, kind, text) for _ in range(2)))
+    assert sorted(str(x_cache) for _, x_cache, _ in results) == ["HIT", "MISS"]
+    for _, _, answer in results:
+        assert _complete(kind, answer)
+        assert b"\n\n" + PING not in b"\n\n" + answer, answer
+    assert fake.state.counters["requests"] == 1

@@ -94,3 +94,29 @@ async def test_a_client_that_leaves_a_midstream_stall_cancels_the_stream(fake: F
         await fake.state.wait_for(lambda state: state.counters["streams_cancelled"] == 1)
     (record,) = fake.state.streams.values()
     assert (record.outcome, record.events.count("content_block_delta")) == ("cancelled", 1)
+
+
+@pytest.mark.parametrize("fault", ["stall", "stall_midstream"])
+async def test_ping_ms_sends_claudes_pings_during_a_stall_until_a_release(
+    fake: FakeServer, fault: str
+) -> None:
+    """`ping_ms`: a stall sends Claude's own `event: ping` that often (as the API does while
+    a server tool runs), then a release lets the reply go on to its end."""
+    text = f"[[fake fault={fault} after=2 ping_ms=20]] searching"
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 20, "stream": True,
+            "messages": [{"role": "user", "content": text}]}  # fmt: skip
+    ping = b'event: ping\ndata: {"type": "ping"}\n\n'
+    async with aiohttp.ClientSession() as session:
+        async with session.post(fake.url + "/v1/messages", json=body) as response:
+            seen = b""
+            async with asyncio.timeout(10):
+                while seen.count(ping) < 3:
+                    seen += await response.content.readuntil(b"\n\n")
+            (record,) = fake.state.streams.values()
+            assert record.outcome == "open"
+            async with session.post(fake.url + "/_fake/release") as released:
+                assert released.status == 200
+            seen += await asyncio.wait_for(response.content.read(), 10)
+    assert seen.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    assert seen.count(b"event: content_block_delta") == 12  # every delta, once
+    assert record.events.count("ping") >= 3

@@ -546,3 +546,45 @@ async def test_a_quiet_streams_heartbeat_is_at_most_a_small_tick_late(
         raw = joined(reads)
         assert raw.count(b": ping\n\n") >= 4
         assert max(gaps(reads)) <= beat + live.tick_every + 0.15, gaps(reads)
+
+
+@pytest.mark.parametrize("path", ["/api/stream-response", "/api/chat"], ids=["prompt", "ui"])
+async def test_a_translated_streams_client_gets_heartbeats_while_claude_sends_only_pings(
+    sidecar_for: SidecarFactory, path: str
+) -> None:
+    """Claude stalls after three deltas but sends its own `event: ping` every 50 ms (as
+    while a server tool runs): Claude is not idle, yet a translated route sends nothing
+    for those pings, so its client gets the sidecar's `: ping` comments, its silences at
+    most the heartbeat plus a tick."""
+    directive = "[[fake fault=stall_midstream after=3 ping_ms=50]] searching"
+    body = None
+    if path == "/api/chat":
+        body = {"id": "chat-1", "trigger": "submit-message", "messages": [
+            {"id": "u1", "role": "user", "parts": [{"type": "text", "text": directive}]}]}  # fmt: skip
+    else:
+        path += "?prompt=" + urllib.parse.quote(directive)
+    claude = {"heartbeat_seconds": 0.2, "idle_timeout_seconds": 30}
+    async with sidecar_for({"claude": claude}) as sidecar:
+        reading = asyncio.create_task(timed_response(sidecar.port, path, body, only=1.5))
+        await eventually(lambda: holds(len(sidecar.runtime.streams) == 1))
+        (live,) = sidecar.runtime.streams
+        reads = await reading
+    raw = joined(reads)
+    assert b"ping" not in raw.replace(b": ping\n\n", b"")  # none of Claude's own pings
+    assert raw.count(b": ping\n\n") >= 4, raw
+    assert max(gaps(reads)) <= live.heartbeat + live.tick_every + 0.15, gaps(reads)
+
+
+async def test_the_anthropic_route_passes_claudes_pings_on_with_no_heartbeat_of_its_own(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Passthrough: Claude's `event: ping`s are the client's bytes, so its quiet time never
+    reaches the heartbeat (no comment doubles them)."""
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 20, "stream": True, "messages": [
+        {"role": "user", "content": "[[fake fault=stall_midstream after=3 ping_ms=50]] q"}]}  # fmt: skip
+    claude = {"heartbeat_seconds": 0.5, "idle_timeout_seconds": 30}
+    async with sidecar_for({"claude": claude}) as sidecar:
+        reads = await timed_response(sidecar.port, "/v1/messages", body, only=1.5)
+    raw = joined(reads)
+    assert raw.count(b"event: ping\n") >= 5
+    assert b": ping\n\n" not in raw

@@ -44,8 +44,8 @@ class Tap:
         self.followers = 0  # nobody follows it: the call is not kept for anyone
         self.on_idle: Callable[[], None] | None = None
 
-    def ping(self) -> None:
-        """Heartbeats are not recorded."""
+    def tick(self, now: float) -> None:
+        """The watchdog's looks are not recorded."""
 
     def started(self, span: SpanContext) -> None:
         self.spans.append(span)

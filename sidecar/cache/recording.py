@@ -49,8 +49,8 @@ class Recording:
     __slots__ = (
         "_cursors", "_first", "_last", "_limit", "_on_end", "_on_spill", "_readers",
         "_waiters", "base", "chunks", "completed", "count", "cut", "ended", "entry",
-        "followers", "gaps", "held", "on_idle", "origin", "pings", "size",
-        "spilled", "stream",
+        "followers", "gaps", "held", "on_idle", "origin", "size", "spilled", "stream",
+        "ticked", "ticked_before", "ticks",
     )  # fmt: skip
 
     def __init__(
@@ -92,9 +92,11 @@ class Recording:
         # Told when the last follower leaves (set by the call's generation once its own
         # clients left it to the followers; cleared when it ends).
         self.on_idle: Callable[[], None] | None = None
-        # Heartbeats of the call while Claude is quiet: readers following it live send
-        # their client one (`replay_stream`), as the relay does to a live stream's.
-        self.pings = 0
+        # The call's watchdog looks while it streams (`tick`: how many, the loop time of the
+        # last and of the one before): readers following it live time their own client's
+        # heartbeat by them (`replay_stream`), as the relay times a live stream's.
+        self.ticks = 0
+        self.ticked = self.ticked_before = 0.0
 
     # ------------------------------------------------------------------ the call tap
 
@@ -131,11 +133,14 @@ class Recording:
             self.count = 1
             self.size = self.held = len(body)
 
-    def ping(self) -> None:
-        """The call's heartbeat is due (its watchdog's, only while Claude is quiet)."""
+    def tick(self, now: float) -> None:
+        """The call's watchdog looked (`now`, loop time): readers waiting for chunks wake,
+        each to see whether its client's heartbeat is due. Per tick, never per chunk."""
         if not self.ended:
-            self.pings += 1
-            wake(self._waiters)
+            self.ticks += 1
+            self.ticked_before, self.ticked = self.ticked, now
+            if self._waiters:
+                wake(self._waiters)
 
     def finish(self, record: StreamRecord) -> None:
         """The call ended: only a completed answer without an error event becomes an entry."""
@@ -250,6 +255,6 @@ class Recording:
         return self.gaps[at - self.base]
 
     async def wait(self, seen: int) -> None:
-        """Until there are more than `seen` chunks, the recording ended, or a heartbeat."""
+        """Until there are more than `seen` chunks, the recording ended, or a watchdog tick."""
         if self.count <= seen and not self.ended:
             await park(self._waiters)

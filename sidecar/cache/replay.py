@@ -6,8 +6,9 @@ route its own events, then whatever the core decides at the end (the prompt rout
 `done`, or an error event when the recorded stream had failed). `paced` waits the
 recorded gap before each chunk, capped at `PACE_CAP`, so a front end still renders a
 typewriter; `instant` sends them back to back. A recording still being produced (a
-coalesced caller) is followed as it grows, with the call's heartbeats while Claude is
-quiet.
+coalesced caller) is followed as it grows, with a heartbeat when its client got nothing
+for `claude.heartbeat_seconds` (timed by the call's watchdog looks: no clock read per
+chunk), whatever Claude sent meanwhile: its translation may send nothing for a chunk.
 """
 
 from __future__ import annotations
@@ -65,8 +66,14 @@ async def replay_stream(
     else:
         channel = early
     core = StreamCore(record, translator)
-    stall = ctx.runtime.config.claude.client_stall_timeout_seconds
-    pings = source.pings
+    claude = ctx.runtime.config.claude
+    stall = claude.client_stall_timeout_seconds
+    beat = claude.heartbeat_seconds
+    # The client's quiet time, as the relay's watchdog keeps a live stream's: the sends
+    # counted, looked at on each of the call's ticks.
+    ticks = source.ticks
+    sends = seen = 0
+    quiet_from = last_ping = asyncio.get_running_loop().time()
     first = True
     cut: EventTooLarge | None = None
     try:
@@ -77,6 +84,7 @@ async def replay_stream(
                 out = core.feed(source.read(cursor))
                 if not out:
                     continue
+                sends += 1
                 if first:
                     channel.start(out)
                     first = False
@@ -91,14 +99,21 @@ async def replay_stream(
             if source.ended:
                 break
             await source.wait(cursor.at)
-            if source.pings != pings and cursor.at == source.count:  # quiet: a heartbeat
-                pings = source.pings
-                if not core.mid_event and not channel.closing():
-                    if first:
-                        channel.start(PING)
-                        first = False
-                    else:
-                        channel.write(PING)
+            if source.ticks == ticks:
+                continue  # a chunk (or the end), not a look
+            ticks = source.ticks
+            if sends != seen:  # sent since the last look it saw: after the look before this
+                seen = sends
+                quiet_from = source.ticked_before
+            now = source.ticked
+            if now - max(quiet_from, last_ping) < beat or core.mid_event or channel.closing():
+                continue
+            last_ping = now
+            if first:
+                channel.start(PING)
+                first = False
+            else:
+                channel.write(PING)
     except EventTooLarge as exc:  # the call followed ended on it too: the same error event
         cut = exc
     # A recording that failed ends as Claude's cut stream would; one the sidecar cut (its

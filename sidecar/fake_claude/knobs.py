@@ -35,7 +35,7 @@ STREAM_FAULTS = frozenset(
 FAULTS = frozenset(ERROR_FAULTS) | STREAM_FAULTS
 KNOB_NAMES = frozenset({
     "tokens", "tps", "ttft_ms", "content", "fault", "retry_after", "after", "delay_ms",
-    "fail_times", "fail_key", "stamp",
+    "fail_times", "fail_key", "stamp", "ping_ms",
 })  # fmt: skip
 
 # `[[fake k=v k=v]]`; values cannot contain `]` (keeps the scan to one cheap regex).
@@ -75,6 +75,9 @@ class Knobs:
     fail_times: int | None = None
     fail_key: str | None = None
     stamp: bool = False  # text deltas carry their send time (monotonic ns), for benchmarks
+    # A stall (`stall`, `stall_midstream`) sends Claude's `event: ping` this often (0: none),
+    # as the API does while a server tool runs: bytes from Claude, nothing for a client.
+    ping_ms: float = 0.0
 
 
 def parse_directive(text: str) -> dict[str, str]:
@@ -128,6 +131,7 @@ def resolve_knobs(raw: Mapping[str, str], settings: FakeSettings) -> Knobs:
         fail_times=None if fail_times is None else _number(raw, "fail_times", 1, int),
         fail_key=raw.get("fail_key"),
         stamp=raw.get("stamp", "0") in ("1", "true"),
+        ping_ms=_number(raw, "ping_ms", 0.0, float),
     )
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from sidecar.fake_claude.knobs import Knobs
 from sidecar.fake_claude.reply import (
     MIDSTREAM_ERROR,
+    PING,
     PLAIN,
     STAMPED,
     Event,
@@ -83,7 +84,7 @@ async def _play(
     await write(data)
     sent(name)
     if fault == "stall":
-        await until_client_leaves(request, state)
+        await _stall(request, state, response, knobs, record)
     if knobs.ttft_ms:
         await asyncio.sleep(knobs.ttft_ms / 1000)
     fault_at = fault_position(events, knobs.after) if fault in _MIDSTREAM_FAULTS else -1
@@ -98,7 +99,7 @@ async def _play(
         if position == fault_at:
             if fault != "stall_midstream":
                 return await _fault_midstream(request, response, record, fault == "drop")
-            await until_client_leaves(request, state)  # a release: the reply goes on
+            await _stall(request, state, response, knobs, record)  # a release: it goes on
             due = 0.0
         name, data, kind = events[position]
         if kind == STAMPED:
@@ -111,6 +112,30 @@ async def _play(
             due = due + interval if now - due < interval else now + interval
     await response.write_eof()
     return "completed"
+
+
+async def _stall(
+    request: web.Request,
+    state: FakeClaudeState,
+    response: web.StreamResponse,
+    knobs: Knobs,
+    record: StreamRecord,
+) -> None:
+    """`until_client_leaves`, sending Claude's `event: ping` every `ping_ms` meanwhile."""
+    if not knobs.ping_ms:
+        await until_client_leaves(request, state)
+        return
+    held = asyncio.ensure_future(until_client_leaves(request, state))
+    try:
+        while True:
+            done, _ = await asyncio.wait((held,), timeout=knobs.ping_ms / 1000)
+            if done:
+                held.result()  # raises if the client left
+                return
+            await response.write(PING)
+            record.sent("ping")
+    finally:
+        held.cancel()
 
 
 async def _fault_midstream(

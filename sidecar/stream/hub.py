@@ -38,8 +38,10 @@ class Keeper(Protocol):
     followers: int
     on_idle: Callable[[], None] | None
 
-    def ping(self) -> None:
-        """The generation's heartbeat: its followers' clients get one too."""
+    def tick(self, now: float) -> None:
+        """The watchdog's look at the generation (`now`, loop time): its followers, whose
+        clients get what their own translation makes of Claude's bytes, each measure their
+        client's quiet time by these looks and send it a heartbeat when due."""
 
 
 class Producer(Protocol):
@@ -159,6 +161,7 @@ class Generation:
         "owner",
         "producer",
         "record",
+        "sends",
         "stream_id",
         "subscribers",
     )  # fmt: skip
@@ -178,6 +181,11 @@ class Generation:
         self.log = log  # None: not resumable (events are not numbered or kept)
         self.grace = grace
         self.subscribers: list[Subscriber] = []
+        # Sends to the subscribers (their clients' bytes, heartbeats included), counted as
+        # Claude's chunks are (`StreamRecord.chunks`): the watchdog's heartbeat follows what
+        # the clients got, which on a translated route is not every chunk of Claude's (its
+        # own `ping` events, a block's start or stop: nothing for the client).
+        self.sends = 0
         self.final = False
         self._unattended: asyncio.TimerHandle | None = None
         # Set by the relay: the producer, whose `stop` ends it (outcome, error type, message).
@@ -235,6 +243,7 @@ class Generation:
         log = self.log
         if log is not None:
             out = self._kept(out, log)
+        self.sends += 1
         lag = False
         for subscriber in self.subscribers:
             if subscriber.send(out):
@@ -243,6 +252,7 @@ class Generation:
 
     def send_raw(self, data: bytes) -> bool:
         """Bytes that are not events (heartbeats, passthrough chunks): sent, never kept."""
+        self.sends += 1
         lag = False
         for subscriber in self.subscribers:
             if subscriber.send(data):
@@ -250,11 +260,9 @@ class Generation:
         return lag and self._held_back()
 
     def heartbeat(self) -> None:
-        """Claude is quiet: a comment to every subscriber, and to the followers' clients."""
+        """The subscribers got nothing for the heartbeat interval: a comment to each. (The
+        followers' clients get theirs from their own reading: `Keeper.tick`.)"""
         self.send_raw(PING)
-        keeper = self.keeper
-        if keeper is not None:
-            keeper.ping()
 
     def begin(self, data: bytes, *, events: bool = False) -> bool:
         """The producer's first bytes (`events`: kept and numbered as `publish` does): each
@@ -271,6 +279,7 @@ class Generation:
             # `fetch()` unresolved in Firefox until Claude's first token or a heartbeat, so
             # it could not read the stream's id to cancel or resume it meanwhile.
             data = PING
+        self.sends += 1
         lag = False
         for subscriber in list(self.subscribers):
             try:

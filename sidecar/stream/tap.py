@@ -28,8 +28,9 @@ class CallTap(Protocol):
     followers: int
     on_idle: Callable[[], None] | None
 
-    def ping(self) -> None:
-        """The call's heartbeat (Claude is quiet): its readers' clients get one."""
+    def tick(self, now: float) -> None:
+        """The call's watchdog looked (`now`, loop time): its readers measure their own
+        clients' quiet time by these looks (`Keeper.tick`)."""
 
     def started(self, span: SpanContext) -> None:
         """The Claude call's span: the spans of the requests following it link to it."""
