@@ -24,12 +24,16 @@ def reads(method: str) -> bool:
     return method in READS
 
 
-# In the spelling `_` is read as `-` (WSGI and CGI servers map both to one variable).
+# In the spelling `_` and `.` are read as `-` (WSGI and CGI servers map `-` and `_` to one
+# variable; PHP and lighttpd's CGI/FastCGI map `.` there too).
 OVERRIDE_HEADERS: Final = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
 
 
 def asks_override(names: Iterable[str]) -> bool:
-    """Whether any header name, in any case and with `_` for `-`, is a method override."""
-    return any(name.lower().replace("_", "-") in OVERRIDE_HEADERS for name in names)
+    """Whether any header name, in any case and with `_` or `.` for `-`, is a method
+    override."""
+    return any(
+        name.lower().replace("_", "-").replace(".", "-") in OVERRIDE_HEADERS for name in names
+    )

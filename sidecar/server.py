@@ -57,6 +57,8 @@ _LEFTOVER_GRACE = 0.5  # ... then tasks still running get this long once cancell
 # The last telemetry exports end this long before the closes' share does (`Telemetry.close_by`).
 _EXPORT_SLACK = 0.25
 _RELOAD_STOP_GRACE = 5.0  # seconds (within the grace) a reload under way gets to finish
+# The CORS section's `Vary` on refusals made before any route (no CORS header in them).
+_VARY_ORIGIN: Final[Mapping[str, str]] = {"Vary": "Origin"}
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -162,11 +164,12 @@ class SidecarServer:
         self._runtimes.current.telemetry.rejected(reason, UNMATCHED, status, "", warn=True)
 
     def _refusal_headers(self) -> Mapping[str, str]:
-        """HSTS on the traffic listener's own refusals (431, 400, 408) too, as on every answer."""
+        """`Vary: Origin` and HSTS on the traffic listener's own refusals (431, 400, 408,
+        501) too, as on every answer of its routes."""
         tls = self._runtimes.current.config.server.tls
         if self.config.server.tls.enabled and tls.hsts:
-            return {"Strict-Transport-Security": hsts(tls.hsts_max_age_seconds)}
-        return {}
+            return {"Vary": "Origin", "Strict-Transport-Security": hsts(tls.hsts_max_age_seconds)}
+        return _VARY_ORIGIN
 
     def _header_timeout(self) -> float:
         return self._runtimes.current.config.server.header_read_timeout_seconds

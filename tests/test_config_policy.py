@@ -71,3 +71,33 @@ def test_every_header_passed_back_from_claude_is_exposed_by_default() -> None:
             f"{RATELIMIT_PREFIX}{family}-{part}" for part in ("limit", "remaining", "reset")
         }
     assert passed_on - set(CorsConfig().expose_headers) == set()
+
+
+# Fits RE2 alone (`re2.compile` takes it), but its DFA cannot run within RE2's memory budget:
+# screening matches the rules as one RE2 set, by that DFA alone.
+_DFA_TOO_LARGE = r"(?s)\pL{0,300}secret"
+# Each of these fits, as a set of one too; twenty of them together do not.
+_FIT_ALONE = [rf"(?s).{{0,900}}secret{n}" for n in range(20)]
+
+
+@pytest.mark.parametrize("where", ["top", "route"])
+def test_a_deny_rule_too_large_for_an_re2_set_is_a_config_error(where: str) -> None:
+    screening = {"deny_patterns": ["(?i)fine", {"name": "wide", "pattern": _DFA_TOO_LARGE}]}
+    config = (
+        {"screening": screening}
+        if where == "top"
+        else {"routes": [{"path": "/v1/", "handler": "anthropic", "screening": screening}]}
+    )
+    prefix = "screening" if where == "top" else "routes.0.screening"
+    problems = problems_of(config)
+    assert [p.split(":")[0] for p in problems] == [f"{prefix}.deny_patterns.1.pattern"]
+    assert "does not compile in RE2" in problems[0]
+    assert "memory budget" in problems[0]
+
+
+def test_deny_rules_that_fit_alone_but_not_together_are_a_config_error() -> None:
+    problems = problems_of({"screening": {"deny_patterns": _FIT_ALONE}})
+    assert [p.split(":")[0] for p in problems] == ["screening.deny_patterns"]
+    assert "together" in problems[0]
+    assert "fewer or smaller" in problems[0]
+    loader.validate({"screening": {"deny_patterns": _FIT_ALONE[:10]}}, {})  # these fit

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support.config import problems_of
 
 
@@ -10,7 +12,8 @@ def test_listeners_must_differ() -> None:
     assert found == ["server: listen and admin_listen must differ"]
 
 
-def test_identity_header_names_must_differ() -> None:
-    headers = {"user": "X-Who", "tenant": "x_who"}  # one name to a WSGI app
+@pytest.mark.parametrize("other", ["x_who", "X.Who"])  # one name to a WSGI / PHP app
+def test_identity_header_names_must_differ(other: str) -> None:
+    headers = {"user": "X-Who", "tenant": other}
     problems = problems_of({"app": {"url": "http://127.0.0.1:3000", "identity_headers": headers}})
     assert [p.split(":")[0] for p in problems] == ["app.identity_headers"]

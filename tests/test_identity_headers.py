@@ -12,7 +12,9 @@ from sidecar.identity import Identity
 from sidecar.policy.identity_headers import (
     FORWARDING_HEADERS,
     is_forwarding_header,
+    keep_read_credential,
     strip_and_set_identity,
+    strip_credentials,
     strip_forwarding_claims,
 )
 
@@ -21,11 +23,12 @@ NAMES = [*sorted(FORWARDING_HEADERS), "x-forwarded-whatever", "x-forwarded-clien
 
 @st.composite
 def spelling(draw: st.DrawFn, name: str) -> str:
-    """`name` with any case per letter and any `-` written as `_`."""
+    """`name` with any case per letter and any `-` written as `_` or `.` (a CGI/FastCGI
+    variable's name has `_` for either, under PHP and lighttpd)."""
     chars = []
     for char in name:
         if char == "-":
-            chars.append(draw(st.sampled_from("-_")))
+            chars.append(draw(st.sampled_from("-_.")))
         else:
             chars.append(char.upper() if draw(st.booleans()) else char)
     return "".join(chars)
@@ -49,12 +52,13 @@ def test_an_untrusted_peer_loses_every_spelling(names: list[str]) -> None:
 def test_a_trusted_proxy_keeps_dash_spellings_only(names: list[str]) -> None:
     headers = CIMultiDict[str]((name, "203.0.113.66") for name in names)
     strip_forwarding_claims(headers, trusted=True)
-    assert sorted(k for k, _ in headers.items()) == sorted(n for n in names if "_" not in n)
+    dashed = sorted(n for n in names if "_" not in n and "." not in n)
+    assert sorted(k for k, _ in headers.items()) == dashed
 
 
-@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_", min_size=1, max_size=20))
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_.", min_size=1, max_size=20))
 def test_other_headers_are_not_forwarding_headers(name: str) -> None:
-    canonical = name.lower().replace("_", "-")
+    canonical = name.lower().replace("_", "-").replace(".", "-")
     expected = canonical in FORWARDING_HEADERS or canonical.startswith("x-forwarded-")
     assert is_forwarding_header(name) is expected
 
@@ -101,3 +105,24 @@ def test_every_header_naming_the_path_asked_for_is_a_forwarding_header(name: str
     """Frameworks and proxies read these as the request's real path: from a client, one
     would route the app's request elsewhere than the path the sidecar's policy saw."""
     assert is_forwarding_header(name)
+
+
+@pytest.mark.parametrize("name", ["X.Sidecar.User", "x.sidecar-user", "X-Sidecar.User"])
+def test_a_dotted_spelling_of_an_identity_header_is_removed(name: str) -> None:
+    """PHP and lighttpd's CGI/FastCGI name `X.Sidecar.User` `HTTP_X_SIDECAR_USER`: the
+    verified header's own variable, which a client's copy must never fill."""
+    headers = CIMultiDict[str]({name: "root", "X-Other.Header": "kept"})
+    strip_and_set_identity(headers, Identity(method="jwt", user="alice"), IdentityHeaders())
+    assert dict(headers) == {"X-Other.Header": "kept", "X-Sidecar-User": "alice"}
+
+
+def test_a_dotted_or_underscored_api_key_never_reaches_the_app() -> None:
+    """Auth reads `x-api-key` only; a `.` or `_` spelling is never checked, yet a CGI/FastCGI
+    app reads it as `HTTP_X_API_KEY`: it goes, whether credentials are forwarded or not."""
+    sent = {"X.Api.Key": "unchecked", "x_api.key": "unchecked", "x-api-key": "checked"}
+    kept = CIMultiDict[str](sent)
+    keep_read_credential(kept)
+    assert dict(kept) == {"x-api-key": "checked"}
+    withheld = CIMultiDict[str](sent)
+    strip_credentials(withheld)
+    assert dict(withheld) == {}

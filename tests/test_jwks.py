@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from sidecar.fake_claude import FakeServer
-from sidecar.policy.jwks import MAX_JWKS_BYTES, read_jwks
+from sidecar.policy.jwks import MAX_JWKS_BYTES, JwksCache, read_jwks
+from tests.support.apps import serving
 from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
 from tests.support.sidecars import SidecarFactory
 from tests.support.waiting import eventually
@@ -268,3 +273,49 @@ def test_a_kid_shared_by_two_keys_is_left_out_of_the_set() -> None:
                                   public_jwk(KEY_1, "b"), {**public_jwk(KEY_2, "b"), "use": "enc"},
                                   public_jwk(EC_KEY, "a")]})  # fmt: skip
     assert list(keys) == ["b"]  # "a" three times; "b" once as a signing key
+
+
+class _NamesOnLoopback(AbstractResolver):
+    """Every host name resolves to 127.0.0.1: `http://issuer.test` is plain HTTP to a host
+    that is no loopback name, served by a local test server."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host, host="127.0.0.1", port=port, family=socket.AF_INET,
+                proto=0, flags=socket.AI_NUMERICHOST,
+            )
+        ]  # fmt: skip
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_redirect_to_plain_http_off_the_loopback_is_not_followed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`jwks_url` must be https (http only on a loopback host); a redirect must not lead
+    the fetch where the URL could not point: that key set is anyone's on the path."""
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        target = {"location": f"http://issuer.test:{URL(issuer.url).port}/jwks.json"}
+
+        async def redirect(request: web.Request) -> web.StreamResponse:
+            raise web.HTTPFound(target["location"])
+
+        app = web.Application()
+        app.router.add_get("/jwks", redirect)
+        connector = aiohttp.TCPConnector(resolver=_NamesOnLoopback())
+        async with serving(app) as url, aiohttp.ClientSession(connector=connector) as session:
+            cache = JwksCache(url + "/jwks", session, refresh_seconds=300, min_refresh_seconds=0)
+            assert not await cache.refresh()
+            assert not cache.ready
+            assert issuer.fetches == 0  # the plain-HTTP hop was never requested
+            refused = [r for r in caplog.records if r.name == "sidecar.auth.jwks"]
+            assert [getattr(r, "error", None) for r in refused] == ["RedirectRefused"]
+            target["location"] = issuer.url  # a loopback issuer: followed as the URL would be
+            assert await cache.refresh()
+            assert cache.ready
+            assert await cache.key_for("k1") is not None
+            assert issuer.fetches == 1

@@ -21,7 +21,7 @@ def test_other_methods_and_other_spellings_do_not(method: str) -> None:
 @pytest.mark.parametrize(
     "name",
     ["X-HTTP-Method-Override", "x-http-method", "X-Method-Override", "X_HTTP_Method_Override",
-     "x_http-method", "X-METHOD_OVERRIDE"],
+     "x_http-method", "X-METHOD_OVERRIDE", "X.HTTP.Method.Override", "x.http_method"],
 )  # fmt: skip
 def test_every_spelling_of_a_method_override_is_one(name: str) -> None:
     assert asks_override(["Host", name])

@@ -350,7 +350,36 @@ async def test_https_with_hsts_on_every_response(
         )
     for kind, headers in seen.items():
         assert headers.get("Strict-Transport-Security") == "max-age=600; includeSubDomains", kind
+        assert headers.get("Vary") == "Origin", kind
     assert fake.state.counters["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /\x01 HTTP/1.1\r\nHost: a\r\n", b"400"),  # malformed request line
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n", b"400"),  # two hosts
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 20000 + b"\r\n", b"431"),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n", b"501"),
+    ],
+)
+async def test_the_listeners_own_refusals_vary_on_origin_too(
+    sidecar_for: SidecarFactory, request_bytes: bytes, status: bytes
+) -> None:
+    """`Vary: Origin` is on every answer of the traffic listener, those it gives before any
+    route is known included (plain HTTP: no HSTS there)."""
+    async with sidecar_for() as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        try:
+            writer.write(request_bytes + b"Origin: https://app.test\r\n\r\n")
+            head = (await asyncio.wait_for(reader.read(), 10)).partition(b"\r\n\r\n")[0]
+        finally:
+            writer.close()
+    lines = head.split(b"\r\n")
+    assert lines[0].split(b" ")[1] == status
+    headers = dict(line.decode().split(": ", 1) for line in lines[1:])
+    assert headers.get("Vary") == "Origin"
+    assert "Strict-Transport-Security" not in headers
 
 
 async def test_untrusted_clients_fail_the_handshake(

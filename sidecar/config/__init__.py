@@ -29,6 +29,7 @@ from sidecar.config.policy import (
     QuotaConfig,
     ScreeningConfig,
     compile_re2,
+    compile_re2_set,
     re2_options,
 )
 from sidecar.config.root import Config
@@ -70,6 +71,7 @@ __all__ = [
     "TelemetryConfig",
     "UiConfig",
     "compile_re2",
+    "compile_re2_set",
     "override_model",
     "re2_options",
     "redact_url",

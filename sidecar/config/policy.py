@@ -136,8 +136,34 @@ def compile_re2(pattern: str) -> Any:
         raise ValueError(f"does not compile in RE2: {detail}") from None
 
 
+def compile_re2_set(patterns: list[str]) -> Any:
+    """The deny rules as one RE2 set, as screening runs them (one pass per text).
+
+    A set is matched by RE2's DFA alone, within RE2's memory budget, and refuses to compile
+    when that DFA could not run: a pattern that compiles on its own (`compile_re2`) may not
+    (a wide Unicode class repeated, `\\pL{0,300}`), nor may patterns that each fit
+    alone. ValueError then, so `sidecar check` and a reload report it, never a crash at start.
+    """
+    import re2
+
+    rules = re2.Set.SearchSet(re2_options())
+    try:
+        for pattern in patterns:
+            rules.Add(pattern)
+        rules.Compile()
+    except re2.error:
+        raise ValueError(
+            "too large for RE2's memory budget (screening runs every rule in one DFA pass)"
+        ) from None
+    return rules
+
+
 def _check_pattern(pattern: str) -> str:
-    compile_re2(pattern)
+    compile_re2(pattern)  # names what RE2 refuses (a backreference, lookaround)
+    try:
+        compile_re2_set([pattern])
+    except ValueError as exc:
+        raise ValueError(f"does not compile in RE2: {exc}") from None
     return pattern
 
 
@@ -183,6 +209,20 @@ class ScreeningConfig(Section):
             {"name": str(i), "pattern": rule} if isinstance(rule, str) else rule
             for i, rule in enumerate(value)
         ]
+
+    @field_validator("deny_patterns")
+    @classmethod
+    def _rules_compile_together(cls, value: list[DenyRule]) -> list[DenyRule]:
+        # Each rule compiled alone (its own path names it); all of them are one set.
+        if len(value) > 1:
+            try:
+                compile_re2_set([rule.pattern for rule in value])
+            except ValueError as exc:
+                raise ValueError(
+                    f"together the rules do not compile in RE2: {exc}; use fewer or smaller"
+                    " patterns"
+                ) from None
+        return value
 
 
 class QuotaConfig(Section):

@@ -112,9 +112,10 @@ class IdentityHeaders(Section):
 
     @model_validator(mode="after")
     def _distinct(self) -> IdentityHeaders:
-        # `_` and `-` are one to WSGI/CGI apps, and a shared name would carry the wrong value.
+        # `_`, `.` and `-` are one to WSGI/CGI (and PHP) apps: a shared name would carry the
+        # wrong value.
         given = (self.user, self.tenant, self.api_key_name, self.issuer)
-        if len({n.lower().replace("_", "-") for n in given}) != len(given):
+        if len({n.lower().replace("_", "-").replace(".", "-") for n in given}) != len(given):
             raise ValueError("user, tenant, api_key_name and issuer must be different headers")
         return self
 

@@ -4,8 +4,9 @@ Two kinds of header say who a request is from: the sidecar's identity headers
 (the verified user, tenant, API key name) and the forwarding headers proxies use
 for the client's address and the URL it asked for. A client may send either to
 impersonate someone, so both are stripped in every spelling before the app sees
-the request: any case, and `_` for `-` (WSGI/CGI servers map `X_Real_IP` and
-`X-Real-IP` to the same variable, so either would reach the app as the real one).
+the request: any case, and `_` or `.` for `-` (WSGI/CGI servers map `X_Real_IP` and
+`X-Real-IP` to the same variable, PHP and lighttpd `X.Real.IP` too, so any of them would
+reach the app as the real one).
 """
 
 from __future__ import annotations
@@ -35,9 +36,20 @@ FORWARDING_HEADERS: Final = frozenset(
 _FORWARDING_PREFIX: Final = "x-forwarded-"  # every X-Forwarded-* of any proxy
 
 
+# WSGI/CGI servers name a header's variable with `_` for `-` (`HTTP_X_REAL_IP`); PHP and
+# lighttpd's CGI/FastCGI make every other character `_` too, so `X.Real.IP` is that one
+# variable as well. (Other characters that are no letter or digit aiohttp refuses in a name.)
+_SEPARATORS: Final = str.maketrans("_.", "--")
+
+
 def canonical(name: str) -> str:
-    """The spelling a header name is compared in: lower case, `_` read as `-`."""
-    return name.lower().replace("_", "-")
+    """The spelling a header name is compared in: lower case, `_` and `.` read as `-`."""
+    return name.lower().translate(_SEPARATORS)
+
+
+def _folded(name: str) -> bool:
+    """A spelling only servers that fold names read as the header (`_` or `.` for `-`)."""
+    return "_" in name or "." in name
 
 
 def is_forwarding_header(name: str) -> bool:
@@ -48,8 +60,8 @@ def is_forwarding_header(name: str) -> bool:
 
 def strip_forwarding_claims(headers: CIMultiDict[str], *, trusted: bool) -> None:
     """Drop forwarding headers: all of them from an untrusted peer; from a trusted proxy,
-    only `_` spellings (proxies write the `-` ones, nothing legitimate writes the others)."""
-    for name in [n for n in headers if is_forwarding_header(n) and (not trusted or "_" in n)]:
+    only `_` and `.` spellings (proxies write the `-` ones, nothing legitimate the others)."""
+    for name in [n for n in headers if is_forwarding_header(n) and (not trusted or _folded(n))]:
         headers.popall(name, None)
 
 
@@ -84,7 +96,8 @@ def keep_read_credential(headers: CIMultiDict[str]) -> None:
     """Leave the app only the credential auth read, for `app.forward_credentials`.
 
     A Bearer line is read before `x-api-key`, so beside one every `x-api-key` goes (it was
-    never checked); an `x-api-key` spelled with `_` is never read by auth, so it always goes.
+    never checked); an `x-api-key` spelled with `_` or `.` is never read by auth, so it
+    always goes.
     """
     bearer = _is_bearer(headers.get("Authorization", ""))
     for name in [n for n in headers if canonical(n) == _API_KEY]:

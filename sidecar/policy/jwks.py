@@ -16,12 +16,20 @@ from typing import Any
 
 import aiohttp
 import jwt
+from yarl import URL
 
 from sidecar.config import redact_url
+from sidecar.config.auth import is_loopback
 
 log = logging.getLogger("sidecar.auth.jwks")
 MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB; a huge answer is a broken issuer
 _FETCH_TIMEOUT = aiohttp.ClientTimeout(total=10)
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class RedirectRefused(ValueError):
+    """The issuer redirected the key set to plain HTTP off the loopback (or too often)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +103,8 @@ class JwksCache:
         self.fetches += 1
         try:
             try:
-                async with self._session.get(self.url, timeout=_FETCH_TIMEOUT) as response:
-                    response.raise_for_status()
-                    raw = await _whole_body(response)
+                async with asyncio.timeout(_FETCH_TIMEOUT.total):
+                    raw = await self._get()
                 keys, usable = read_jwks(json.loads(raw))
             except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
                 log.warning("jwks fetch failed, keeping last keys", extra={"url": self.shown_url,
@@ -125,6 +132,25 @@ class JwksCache:
         finally:
             self._last_attempt = time.monotonic()
             self._fetching = None
+
+    async def _get(self) -> bytes:
+        """The key set's bytes, redirects followed only where `jwks_url` itself could point:
+        `https://`, or `http://` on a loopback host. A key set (or a redirect) that came
+        over plain HTTP from elsewhere is anyone's on the network path, whatever the URL
+        the config names; such a hop is refused before it is requested."""
+        url = URL(self.url)
+        for _ in range(_MAX_REDIRECTS + 1):
+            async with self._session.get(
+                url, timeout=_FETCH_TIMEOUT, allow_redirects=False
+            ) as response:
+                location = response.headers.get("Location")
+                if response.status not in _REDIRECTS or location is None:
+                    response.raise_for_status()
+                    return await _whole_body(response)
+            url = url.join(URL(location))
+            if url.scheme != "https" and not (url.scheme == "http" and is_loopback(url.host or "")):
+                raise RedirectRefused("redirected off https")
+        raise RedirectRefused("too many redirects")
 
     def _report(self, result: str) -> None:
         if self._on_refresh is not None:

@@ -12,9 +12,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-import re2
-
-from sidecar.config import ScreeningConfig, re2_options
+from sidecar.config import ScreeningConfig, compile_re2_set
 from sidecar.errors import reject
 from sidecar.policy import lookalikes
 from sidecar.policy.claude_schema import Collected, UnknownBlock, collect_texts
@@ -83,11 +81,8 @@ class Screener:
         self.refuse_remote = config.remote_content == "refuse"
         self._names = [rule.name for rule in config.deny_patterns]
         self._set: Any = None
-        if config.deny_patterns:
-            self._set = re2.Set.SearchSet(re2_options())
-            for rule in config.deny_patterns:
-                self._set.Add(rule.pattern)
-            self._set.Compile()
+        if config.deny_patterns:  # validated at load: the set compiles
+            self._set = compile_re2_set([rule.pattern for rule in config.deny_patterns])
 
     def screen_request(self, body: Mapping[str, Any]) -> Collected:
         """Screen every text of a Messages request body; its texts for the token estimate."""
