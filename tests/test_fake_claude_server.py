@@ -9,8 +9,19 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.fake_claude import FakeServer
+from sidecar.fake_claude.knobs import FakeSettings, KnobError, parse_directive, resolve_knobs
+from sidecar.fake_claude.reply import (
+    encode_events,
+    estimate_input_tokens,
+    last_user_text,
+    message_json,
+    plan_reply,
+)
+from sidecar.fake_claude.server import ApiError, _validate
 
 _KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
 
@@ -106,3 +117,64 @@ async def test_each_error_fault_is_the_apis_error_as_the_sdk_raises_it(
     assert error.body["request_id"] == error.response.headers["request-id"] == error.request_id
     if fault == "not_found":  # as the API's: the model it does not know
         assert error.body["error"]["message"] == "model: claude-sonnet-5-5"
+
+
+_JSON_LEAF = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+)
+_JSON = st.recursive(
+    _JSON_LEAF,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+# A content block: the keys the fake reads, each holding any JSON value.
+_BLOCK = st.dictionaries(
+    st.sampled_from(["type", "text", "id", "tool_use_id", "thinking", "signature", "content",
+                     "source", "input", "name"]),
+    _JSON | st.sampled_from(["text", "tool_use", "tool_result", "thinking", "server_tool_use",
+                             "web_search_tool_result", "image", "redacted_thinking"]),
+    max_size=4,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["user", "assistant"])},
+            optional={"content": st.lists(_BLOCK | _JSON, max_size=3) | _JSON},
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.dictionaries(
+        st.sampled_from(["system", "tools", "thinking", "stop_sequences", "tool_choice", "stream"]),
+        _JSON,
+        max_size=3,
+    ),
+    st.booleans(),
+)
+def test_any_json_in_a_request_is_an_answer_or_the_apis_400_never_a_crash(
+    messages: list[dict[str, Any]], extra: dict[str, Any], counting: bool
+) -> None:
+    """Whatever JSON values a request's blocks and fields hold (a list for a block's type,
+    a number for an id), the fake answers it or refuses it with the API's 400: the path a
+    request takes through it raises nothing else (it was a 500 with a traceback)."""
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 16, **extra, "messages": messages}
+    refused: int | None = None
+    try:
+        _validate(body, counting)
+        knobs = resolve_knobs(parse_directive(last_user_text(body)), FakeSettings(tokens=3))
+    except ApiError as error:
+        refused = error.status
+    except KnobError:  # the fake's own directive: a 400 too (`_knobs`)
+        refused = 400
+    if refused is not None:
+        assert refused == 400
+        return
+    estimate_input_tokens(body)
+    reply = plan_reply(body, knobs, None)
+    encode_events(reply)
+    message_json(reply)

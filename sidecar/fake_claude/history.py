@@ -36,28 +36,34 @@ def history_error(body: Mapping[str, Any]) -> str | None:
     if thinking_enabled(body) and last_assistant is not None:
         content = messages[last_assistant]["content"]
         first = content[0] if content and isinstance(content[0], dict) else {}
-        if any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content) and (
-            first.get("type") not in _THINKING
+        first_type = first.get("type")
+        if any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content) and not (
+            isinstance(first_type, str) and first_type in _THINKING
         ):
             return (
                 f"messages.{last_assistant}.content.0.type: Expected `thinking` or "
-                f"`redacted_thinking`, but found `{first.get('type')}`. When `thinking` is "
+                f"`redacted_thinking`, but found `{first_type}`. When `thinking` is "
                 "enabled, a final `assistant` message must start with a thinking block."
             )
     return None
 
 
 def _blocks_error(content: list[Any], i: int) -> str | None:
+    for j, block in enumerate(content):
+        if isinstance(block, dict) and not isinstance(block.get("type", ""), str):
+            # As the API: a block's type names one of its kinds (a list or a number is no
+            # name, and no set or dict key below could hold it).
+            return f"messages.{i}.content.{j}.type: Input should be a valid string"
     answered = {
-        block.get("tool_use_id")
+        str(block.get("tool_use_id"))
         for block in content
-        if isinstance(block, dict) and str(block.get("type", "")).endswith("_tool_result")
+        if isinstance(block, dict) and block.get("type", "").endswith("_tool_result")
     }
     for j, block in enumerate(content):
         if not isinstance(block, dict):
             continue
         kind = block.get("type")
-        if kind in _SERVER_CALLS and block.get("id") not in answered:
+        if kind in _SERVER_CALLS and str(block.get("id")) not in answered:
             return (
                 f"messages.{i}.content.{j}: `{kind}` block with id `{block.get('id')}` "
                 "has no corresponding result block after it"
