@@ -226,7 +226,7 @@ class ClaudeClient:
                 attempt.status = status = response.status
                 if self._on_status is not None:
                     self._on_status(status)
-                if status == 401 or status == 403 or status < 200 or 200 < status < 300:
+                if status == 401 or status == 403 or status < 200 or 200 < status < 400:
                     response.close()
                     raise _unusable(status)
                 if stream and status == 200 and _coded(response.content_coding):
@@ -277,7 +277,8 @@ def _should_retry(response: Response) -> bool:
 def _unusable(status: int) -> Rejection:
     """An answer no client should see as Claude's: the sidecar's key refused (401) or not
     allowed what was asked (403), or a status (1xx, 2xx other than 200) that the Messages
-    API never sends and SDKs cannot read."""
+    API never sends and SDKs cannot read, or a 3xx (the sidecar sends no conditional
+    header and follows no redirect: a gateway's redirect is no answer to pass on)."""
     refused = _KEY_REFUSED.get(status)
     if refused is not None:
         # The caller passed the sidecar's own auth, and its credential never reaches Claude:

@@ -538,6 +538,38 @@ async def test_odd_success_statuses_are_not_relayed(status: int) -> None:
     assert answer["error"]["type"] == "api_error"
 
 
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
+async def test_redirects_and_other_3xx_statuses_are_not_relayed(status: int) -> None:
+    """The sidecar sends Claude no conditional header and follows no redirect: a 3xx (a
+    gateway redirecting, a misconfigured base_url) is no answer for any client. Relayed,
+    a POST got a 304 or a 302 labelled as the client's `invalid_request_error`, and the
+    prompt route answered its own error JSON under a 302 with an empty message."""
+
+    def redirect() -> web.StreamResponse:
+        body = None if status == 304 else b'{"moved": true}'
+        return web.Response(status=status, body=body, headers={"Location": "https://x.example/"})
+
+    async with answering_claude([redirect]) as (url, _), running_sidecar(claude_at(url)) as sidecar:
+        got, answer = await post(sidecar.url, body())
+        streamed, _ = await post(sidecar.url, body(stream=True))
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                sidecar.url + "/v1/messages/count_tokens", json={"model": MODEL, "messages": []}
+            ) as counted:
+                assert counted.status == 502
+                assert "Location" not in counted.headers
+            async with http.get(sidecar.url + "/v1/models") as models:
+                assert models.status == 502
+            async with http.get(
+                sidecar.url + "/api/stream-response", params={"prompt": "hi"}
+            ) as prompted:
+                assert prompted.status == 502
+                assert (await prompted.json())["error"]["type"] == "upstream_error"
+    assert (got, streamed) == (502, 502)
+    assert answer["error"]["type"] == "api_error"
+    assert answer["error"]["message"] == f"Claude answered with an unexpected status ({status})"
+
+
 async def test_an_upstream_101_is_not_relayed() -> None:
     async def switching(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
