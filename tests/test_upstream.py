@@ -704,3 +704,36 @@ async def test_an_error_answer_that_is_no_api_error_reaches_the_client_as_one(
     assert answer["error"]["type"] == caught.value.body["error"]["type"]  # type: ignore[index]
     assert answer["request_id"].startswith("req_")
     assert f"status {status}" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("status", "page", "answered", "short"),
+    [
+        (502, b"<html><body>502 Bad Gateway</body></html>", 502, "upstream_error"),
+        (429, b"Too Many Requests", 429, "rate_limited"),
+        (404, b'{"message": "no such route"}', 404, "not_found"),
+        (400, b'{"type": "error", "error": "a string"}', 400, "invalid_request"),
+        (529, b"", 503, "overloaded"),
+    ],
+)
+async def test_an_error_answer_that_is_no_api_error_is_the_prompt_routes_error_for_its_status(
+    status: int, page: bytes, answered: int, short: str
+) -> None:
+    """As on the Anthropic route: a gateway's page is read as the error its status means,
+    in the route's own shape, with a message saying so (it was `upstream_error` for every
+    status, with an empty message when the page was JSON)."""
+
+    def gateway() -> web.StreamResponse:
+        return web.Response(status=status, body=page, content_type="text/html")
+
+    async with (
+        answering_claude([gateway]) as (url, _),
+        running_sidecar(claude_at(url, max_retries=0)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.get(sidecar.url + "/api/stream-response", params={"prompt": "hi"}) as response,
+    ):
+        assert response.status == answered
+        answer = await response.json()
+    assert answer == {"error": {
+        "type": short, "message": f"Claude answered with status {status} and no API error in its body",
+    }}  # fmt: skip
