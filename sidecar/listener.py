@@ -277,7 +277,10 @@ class TrafficProtocol(web_protocol.RequestHandler):
         # The parser takes a request line without a version as HTTP/0.9 and any `HTTP/d.d`
         # (`HTTP/2.0` in plain text) as what it says, and aiohttp would answer in that
         # version's name (`HTTP/0.9 200 OK` with a head 0.9 never had). Only 1.0 and 1.1
-        # are served here: the others are refused as a malformed request line. A chunked
+        # are served here: the others are refused as a malformed request line. An HTTP/1.0
+        # request with `Transfer-Encoding` has faulty framing (RFC 9112 6.1: HTTP/1.0 has
+        # no transfer codings; the parser would read a chunked body, and a proxy in front
+        # that reads none would take its bytes for the next request), a chunked
         # body with another transfer coding on it (which the parser leaves in place,
         # unlabelled) is refused too (`UnsupportedTransferCoding`), and so is a `Host`
         # that is no host (`bad_host`: a bad header).
@@ -289,6 +292,8 @@ class TrafficProtocol(web_protocol.RequestHandler):
             refused: BadHttpMessage | None = None
             if message.version not in _SERVED:
                 refused = BadStatusLine(error="unsupported HTTP version")
+            elif message.version == HttpVersion10 and "Transfer-Encoding" in message.headers:
+                refused = TransferEncodingError("Transfer-Encoding in HTTP/1.0")
             elif message.chunked and other_codings(message.headers):
                 refused = UnsupportedTransferCoding()
             elif bad_host(message.headers):

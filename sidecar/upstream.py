@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Final
+from typing import Any, Final
 
 from yarl import URL
 
@@ -226,7 +226,7 @@ class ClaudeClient:
                 attempt.status = status = response.status
                 if self._on_status is not None:
                     self._on_status(status)
-                if status == 401 or status == 403 or status < 200 or 200 < status < 300:
+                if status == 401 or status == 403 or status < 200 or 200 < status < 400:
                     response.close()
                     raise _unusable(status)
                 if stream and status == 200 and _coded(response.content_coding):
@@ -277,7 +277,8 @@ def _should_retry(response: Response) -> bool:
 def _unusable(status: int) -> Rejection:
     """An answer no client should see as Claude's: the sidecar's key refused (401) or not
     allowed what was asked (403), or a status (1xx, 2xx other than 200) that the Messages
-    API never sends and SDKs cannot read."""
+    API never sends and SDKs cannot read, or a 3xx (the sidecar sends no conditional
+    header and follows no redirect: a gateway's redirect is no answer to pass on)."""
     refused = _KEY_REFUSED.get(status)
     if refused is not None:
         # The caller passed the sidecar's own auth, and its credential never reaches Claude:
@@ -346,19 +347,35 @@ def api_error_body(body: bytes, status: int, request_id: str) -> bytes:
     """An error answer for an Anthropic client: Claude's own error JSON unchanged, anything
     else (a gateway's HTML page, an empty body) as Anthropic's error JSON for its status,
     so SDKs and `response.json()` read it as they read Claude's."""
+    if _api_error(body) is not None:
+        return body
+    return anthropic_error_body(*api_error_of(body, status), request_id)
+
+
+def api_error_of(body: bytes, status: int) -> tuple[str, str]:
+    """The error type and message of an error answer: Claude's own, or for a body that holds
+    no API error (`api_error_body`), Anthropic's type for its status and a message saying so."""
+    error = _api_error(body)
+    if error is not None:
+        return error["type"], str(error.get("message") or "")
+    return (
+        status_error_type(status),
+        f"Claude answered with status {status} and no API error in its body",
+    )
+
+
+def _api_error(body: bytes) -> dict[str, Any] | None:
+    """The `error` object of Anthropic's error JSON (`{"type": "error", "error": {"type":
+    ...}}`), or None when `body` is no such JSON."""
     try:
         value = json.loads(body)
     except ValueError:
-        value = None
+        return None
     if isinstance(value, dict) and value.get("type") == "error":
         error = value.get("error")
-        if isinstance(error, dict) and isinstance(error.get("type"), str):
-            return body
-    return anthropic_error_body(
-        status_error_type(status),
-        f"Claude answered with status {status} and no API error in its body",
-        request_id,
-    )
+        if isinstance(error, dict) and isinstance(error.get("type"), str) and error["type"]:
+            return error
+    return None
 
 
 def _retry_after_seconds(value: str) -> float | None:

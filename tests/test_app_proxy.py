@@ -259,6 +259,30 @@ async def test_an_absolute_form_request_line_names_the_one_host_the_app_gets(
     assert seen["x-forwarded-host"] == seen["host"] == "other.example"
 
 
+@pytest.mark.parametrize(
+    ("head", "host"),
+    [(b"GET /echo HTTP/1.1\r\nHost: public.example\r\nConnection: close, Host\r\n", "public.example"),
+     (b"GET /echo HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\nConnection: host\r\n",
+      "public.example"),
+     (b"GET /echo HTTP/1.0\r\n", "127.0.0.1")],
+    ids=["named_in_connection", "named_in_a_second_connection", "http10_without_host"],
+)  # fmt: skip
+async def test_the_app_gets_the_requests_host_never_its_own_address(
+    sidecar_for: SidecarFactory, head: bytes, host: str
+) -> None:
+    """A `Host` the client names as a connection option, or none at all (HTTP/1.0), must
+    not leave the app with its own address as `Host` (which an app trusting a local
+    `Host` reads as a request from inside) and another host in `X-Forwarded-Host`: it
+    gets the host the sidecar read (without one, the address the request came in on)."""
+    async with running_app() as (url, _), sidecar_for({"app": {"url": url}}) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(head + b"\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    seen = echoed_headers(json.loads(answer.split(b"\r\n\r\n", 1)[1]))
+    assert seen["x-forwarded-host"] == seen["host"] == host
+
+
 async def test_origin_policy_is_the_sidecars_even_when_the_app_reflects_origins(
     sidecar_for: SidecarFactory,
 ) -> None:

@@ -74,3 +74,38 @@ async def test_max_tokens_reached_before_a_stop_sequence_wins(fake: FakeServer) 
         message = await _reply(http, fake.url, max_tokens=2, stop_sequences=[" " + words[6]])
     assert (message["stop_reason"], message["stop_sequence"]) == ("max_tokens", None)
     assert message["content"][0]["text"] == " ".join(words[:2])
+
+
+async def test_text_nested_deep_in_tool_results_is_read_without_recursion(
+    fake: FakeServer,
+) -> None:
+    """A tool_result's content may hold tool_results to any depth the client chooses: the
+    fake reads the text at the bottom (its directive applies; count_tokens counts it) and
+    answers, instead of failing with a 500 and a logged RecursionError."""
+    content: Any = "pick [[fake tokens=3]]"
+    for _ in range(300):  # far within a JSON decoder's depth; past Python's recursion limit
+        content = [{"type": "tool_result", "tool_use_id": "toolu_1", "content": content}]
+    request = {"model": "claude-sonnet-5-5", "max_tokens": 64,
+               "messages": [{"role": "user", "content": content}]}  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        message = await _reply(http, fake.url, **request)
+        async with http.post(fake.url + "/v1/messages/count_tokens", json=request) as response:
+            assert response.status == 200, await response.text()
+            counted = await response.json()
+    assert message["usage"]["output_tokens"] == 3
+    assert counted == {"input_tokens": message["usage"]["input_tokens"]}
+    assert counted["input_tokens"] == 6  # ceil(len("pick [[fake tokens=3]]") / 4)
+
+
+async def test_a_body_nested_past_the_json_decoders_depth_is_a_400(fake: FakeServer) -> None:
+    body = b'{"model": "claude-sonnet-5-5", "max_tokens": 8, "metadata": ' + b"[" * 100_000
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            fake.url + "/v1/messages", data=body, headers={"content-type": "application/json"}
+        ) as response:
+            assert response.status == 400
+            error = (await response.json())["error"]
+    assert error == {
+        "type": "invalid_request_error",
+        "message": "The request body is not valid JSON.",
+    }

@@ -58,7 +58,7 @@ def test_a_trusted_proxy_keeps_dash_spellings_only(names: list[str]) -> None:
 
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_.", min_size=1, max_size=20))
 def test_other_headers_are_not_forwarding_headers(name: str) -> None:
-    canonical = name.lower().replace("_", "-").replace(".", "-")
+    canonical = name.lower().replace("_", "-").replace(".", "-").removeprefix("http-")
     expected = canonical in FORWARDING_HEADERS or canonical.startswith("x-forwarded-")
     assert is_forwarding_header(name) is expected
 
@@ -126,3 +126,31 @@ def test_a_dotted_or_underscored_api_key_never_reaches_the_app() -> None:
     withheld = CIMultiDict[str](sent)
     strip_credentials(withheld)
     assert dict(withheld) == {}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # What Java's widespread getClientIp helpers read, in their order.
+        "x-forwarded-for", "Proxy-Client-IP", "WL-Proxy-Client-IP", "HTTP_CLIENT_IP",
+        "HTTP_X_FORWARDED_FOR", "X-Real-IP",
+        # Hosting platforms' and CDNs' client address headers.
+        "Fly-Client-IP", "X-Azure-ClientIP", "X-Azure-SocketIP", "X-AppEngine-User-IP",
+        "X-Vercel-Forwarded-For", "X-NF-Client-Connection-IP", "CloudFront-Viewer-Address",
+        # ASP.NET Core's copies of the values its ForwardedHeaders middleware replaced.
+        "X-Original-For", "X-Original-Proto", "X-Original-Prefix", "X-Original-Host",
+        "X-Custom-IP-Authorization",
+    ],
+)  # fmt: skip
+def test_client_address_headers_apps_read_are_forwarding_headers(name: str) -> None:
+    """A header some framework, helper or platform reads as the client's address (or as
+    the scheme, host or prefix it was reached by): from a client it is a forged claim."""
+    assert is_forwarding_header(name)
+    assert is_forwarding_header(name.replace("-", "_"))
+
+
+@pytest.mark.parametrize(
+    "name", ["HTTP-Referer", "HTTP2-Settings", "Http-Version-X", "X-Http-Client"]
+)
+def test_other_http_prefixed_headers_are_kept(name: str) -> None:
+    assert not is_forwarding_header(name)

@@ -98,6 +98,13 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
      + b"\r\n\r\n", 400, "bad_body_framing"),
     ("length_and_chunked", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_body_framing"),
+    # HTTP/1.0 has no transfer codings (RFC 9112 6.1): a proxy in front reading no body
+    # would take the chunks for the next request on a kept-alive connection.
+    ("chunked_in_http_1_0", b"POST / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n3\r\n" + SECRET.encode()[:3]
+     + b"\r\n0\r\n\r\nGET / HTTP/1.0\r\n\r\n", 400, "bad_body_framing"),
+    ("coded_in_http_1_0", b"POST /v1/messages HTTP/1.0\r\nHost: x\r\n"
+     b"Transfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}", 400, "bad_body_framing"),
     # A coding on top of chunked: the parser would hand the body on still coded, unlabelled.
     ("coded_and_chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked"
      b"\r\n\r\n3\r\n" + SECRET.encode()[:3] + b"\r\n0\r\n\r\n", 501,

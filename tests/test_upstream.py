@@ -538,6 +538,38 @@ async def test_odd_success_statuses_are_not_relayed(status: int) -> None:
     assert answer["error"]["type"] == "api_error"
 
 
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
+async def test_redirects_and_other_3xx_statuses_are_not_relayed(status: int) -> None:
+    """The sidecar sends Claude no conditional header and follows no redirect: a 3xx (a
+    gateway redirecting, a misconfigured base_url) is no answer for any client. Relayed,
+    a POST got a 304 or a 302 labelled as the client's `invalid_request_error`, and the
+    prompt route answered its own error JSON under a 302 with an empty message."""
+
+    def redirect() -> web.StreamResponse:
+        body = None if status == 304 else b'{"moved": true}'
+        return web.Response(status=status, body=body, headers={"Location": "https://x.example/"})
+
+    async with answering_claude([redirect]) as (url, _), running_sidecar(claude_at(url)) as sidecar:
+        got, answer = await post(sidecar.url, body())
+        streamed, _ = await post(sidecar.url, body(stream=True))
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                sidecar.url + "/v1/messages/count_tokens", json={"model": MODEL, "messages": []}
+            ) as counted:
+                assert counted.status == 502
+                assert "Location" not in counted.headers
+            async with http.get(sidecar.url + "/v1/models") as models:
+                assert models.status == 502
+            async with http.get(
+                sidecar.url + "/api/stream-response", params={"prompt": "hi"}
+            ) as prompted:
+                assert prompted.status == 502
+                assert (await prompted.json())["error"]["type"] == "upstream_error"
+    assert (got, streamed) == (502, 502)
+    assert answer["error"]["type"] == "api_error"
+    assert answer["error"]["message"] == f"Claude answered with an unexpected status ({status})"
+
+
 async def test_an_upstream_101_is_not_relayed() -> None:
     async def switching(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -672,3 +704,36 @@ async def test_an_error_answer_that_is_no_api_error_reaches_the_client_as_one(
     assert answer["error"]["type"] == caught.value.body["error"]["type"]  # type: ignore[index]
     assert answer["request_id"].startswith("req_")
     assert f"status {status}" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("status", "page", "answered", "short"),
+    [
+        (502, b"<html><body>502 Bad Gateway</body></html>", 502, "upstream_error"),
+        (429, b"Too Many Requests", 429, "rate_limited"),
+        (404, b'{"message": "no such route"}', 404, "not_found"),
+        (400, b'{"type": "error", "error": "a string"}', 400, "invalid_request"),
+        (529, b"", 503, "overloaded"),
+    ],
+)
+async def test_an_error_answer_that_is_no_api_error_is_the_prompt_routes_error_for_its_status(
+    status: int, page: bytes, answered: int, short: str
+) -> None:
+    """As on the Anthropic route: a gateway's page is read as the error its status means,
+    in the route's own shape, with a message saying so (it was `upstream_error` for every
+    status, with an empty message when the page was JSON)."""
+
+    def gateway() -> web.StreamResponse:
+        return web.Response(status=status, body=page, content_type="text/html")
+
+    async with (
+        answering_claude([gateway]) as (url, _),
+        running_sidecar(claude_at(url, max_retries=0)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.get(sidecar.url + "/api/stream-response", params={"prompt": "hi"}) as response,
+    ):
+        assert response.status == answered
+        answer = await response.json()
+    assert answer == {"error": {
+        "type": short, "message": f"Claude answered with status {status} and no API error in its body",
+    }}  # fmt: skip

@@ -42,10 +42,11 @@ from sidecar.upstream import (
     RATELIMIT_PREFIX,
     Attempt,
     api_error_body,
+    api_error_of,
     read_answer,
     returned_headers,
 )
-from sidecar.usage import apply_message, error_type_of
+from sidecar.usage import apply_message
 
 MAX_ERROR_BODY = 64 * 1024
 _HANDED_OVER: Final[Mapping[str, str]] = MappingProxyType({})
@@ -323,7 +324,7 @@ async def _relay_error(
             raise
         body = b""  # unreadable: its status and headers still say what Claude meant
     record.outcome = "upstream_error"
-    error_type, message = _error_of(body, upstream.status)
+    error_type, message = api_error_of(body, upstream.status)
     record.error_type = error_type
     early = ctx.early
     if early is not None and early.open:  # the stream started while waiting: its error event
@@ -342,14 +343,6 @@ async def _relay_error(
         headers=headers,
         content_type="application/json",
     )
-
-
-def _error_of(body: bytes, status: int) -> tuple[str, str]:
-    try:
-        error = json.loads(body).get("error", {})
-        return error_type_of(error), str(error.get("message") or "")
-    except (ValueError, AttributeError):
-        return "api_error", f"Claude answered {status}"
 
 
 async def _relay_message(

@@ -7,9 +7,9 @@ import hashlib
 import json
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sidecar.fake_claude.knobs import Knobs
 
@@ -25,6 +25,7 @@ _VOCABULARY = (
 _TOOL_JSON_PIECE = 8  # characters of tool input per input_json_delta
 
 # Compact like the real API; one reused encoder (json.dumps with options builds one per call).
+_END: Final = object()  # `content_text`: a list walked to its end
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 PLAIN, DELTA, STAMPED = 0, 1, 2  # event kinds: DELTA is one output token; STAMPED is built at send
@@ -64,20 +65,29 @@ class Reply:
 
 
 def content_text(content: Any) -> str:
-    """The text of a message content or system prompt: a string or a list of blocks."""
+    """The text of a message content or system prompt: a string or a list of blocks, a
+    block's own `content` (a tool_result's) read in place, at any depth. Walked with a
+    stack of its own: a client chooses the depth, so no Python recursion limit applies."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        parts = (_block_text(block) for block in content if isinstance(block, dict))
-        return "\n".join(part for part in parts if part)
-    return ""
-
-
-def _block_text(block: Mapping[str, Any]) -> str:
-    for key in ("text", "thinking"):
-        if isinstance(block.get(key), str):
-            return str(block[key])
-    return content_text(block.get("content"))  # tool_result
+    parts: list[str] = []
+    pending: list[Iterator[Any]] = [iter(content)] if isinstance(content, list) else []
+    while pending:
+        block = next(pending[-1], _END)
+        if block is _END:
+            pending.pop()
+        elif isinstance(block, dict):
+            text = next(
+                (block[k] for k in ("text", "thinking") if isinstance(block.get(k), str)), None
+            )
+            inner = block.get("content")  # tool_result
+            if text is not None:
+                parts.append(text)
+            elif isinstance(inner, str):
+                parts.append(inner)
+            elif isinstance(inner, list):
+                pending.append(iter(inner))
+    return "\n".join(part for part in parts if part)
 
 
 def last_user_text(body: Mapping[str, Any]) -> str:

@@ -141,7 +141,7 @@ async def _receive(request: web.Request, state: FakeClaudeState) -> Any:
         raise ApiError(413, "request_too_large", "Request exceeds the maximum size") from None
     try:
         body: Any = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than Python's decoder reads
         body = _NOT_JSON
     state.received(_received(request, None if body is _NOT_JSON else body))
     return body

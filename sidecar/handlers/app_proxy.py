@@ -106,9 +106,10 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     # An absolute-form request line (`GET http://other.example/x`) names the host, and a
     # server goes by it, not by `Host` (RFC 9112 3.2.2): the app gets the one host the
     # sidecar read, in `Host` as in `X-Forwarded-Host`, never a second one to build its
-    # links or cache keys from.
-    if "Host" in headers:
-        headers["Host"] = request.host
+    # links or cache keys from. Always set: a `Host` the client named in `Connection`, or
+    # none (HTTP/1.0), would leave the HTTP client to write the app's own address there,
+    # which apps trusting a local `Host` read as a request from inside.
+    headers["Host"] = request.host
     credential = app_base(app.url)[1]
     if credential is not None:
         headers["Authorization"] = credential

@@ -31,9 +31,21 @@ FORWARDING_HEADERS: Final = frozenset(
         "x-remote-addr", "x-proxyuser-ip", "x-envoy-external-address", "x-original-url",
         "x-rewrite-url", "x-original-uri", "x-original-host", "x-host", "x-http-host-override",
         "x-url-scheme", "front-end-https", "x-envoy-original-path",
+        # Java's getClientIp helpers (WebLogic, Apache's mod_proxy setups) read these first.
+        "proxy-client-ip", "wl-proxy-client-ip",
+        # Set by hosting platforms and CDNs for the app behind them.
+        "fly-client-ip", "x-azure-clientip", "x-azure-socketip", "x-appengine-user-ip",
+        "x-vercel-forwarded-for", "x-nf-client-connection-ip", "cloudfront-viewer-address",
+        # ASP.NET Core's ForwardedHeaders middleware keeps the values it replaced in these.
+        "x-original-for", "x-original-proto", "x-original-prefix",
+        # Read as the client's address by IP allow-lists (a known 403 bypass header).
+        "x-custom-ip-authorization",
     }
 )  # fmt: skip
 _FORWARDING_PREFIX: Final = "x-forwarded-"  # every X-Forwarded-* of any proxy
+# A header sent under its CGI variable's name (`HTTP_CLIENT_IP`, `HTTP_X_FORWARDED_FOR`):
+# the same helpers read those names as headers too.
+_CGI_PREFIX: Final = "http-"
 
 
 # WSGI/CGI servers name a header's variable with `_` for `-` (`HTTP_X_REAL_IP`); PHP and
@@ -55,6 +67,8 @@ def _folded(name: str) -> bool:
 def is_forwarding_header(name: str) -> bool:
     """Whether `name`, in any spelling, is a forwarding / client-address header."""
     key = canonical(name)
+    if key.startswith(_CGI_PREFIX):
+        key = key[len(_CGI_PREFIX) :]
     return key in FORWARDING_HEADERS or key.startswith(_FORWARDING_PREFIX)
 
 
