@@ -30,6 +30,7 @@ from tests.support.otel import (
     prompt,
     sse_data,
 )
+from tests.support.quotas import hold_settlements
 from tests.support.resume import next_event, stream_then_resume
 from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
@@ -692,4 +693,37 @@ async def test_a_client_that_left_is_recorded_as_gone_with_what_it_was_sent_or_4
     access = [r for r in caplog.records if getattr(r, "event", None) == "access"]
     assert sorted((r.__dict__["status"], r.__dict__.get("client_gone", False)) for r in access) == [
         (200, True), (499, True),
+    ]  # fmt: skip
+
+
+async def test_a_client_that_closes_after_the_whole_stream_is_not_gone(
+    sidecar_for: SidecarFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's end went out and the client, having it all, closed while its quota
+    was still settling (a Redis round trip): its answer ended first, so no `client_gone`,
+    on the span or the access line."""
+    caplog.set_level(logging.INFO)
+    config = {"resume": {"enabled": False}, "quotas": {"tokens_per_minute": 100000}}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        held = hold_settlements(sidecar)
+        connector = aiohttp.TCPConnector(force_close=True)  # closes once the answer is read
+        async with aiohttp.ClientSession(connector=connector) as http:
+            body = {"model": MODEL, "max_tokens": 16, "stream": True,
+                    "messages": [{"role": "user", "content": "whole [[fake tokens=3]]"}]}  # fmt: skip
+            async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+                assert b"message_stop" in await response.read()
+            async with http.post(
+                sidecar.url + "/api/stream-response", json={"prompt": "whole [[fake tokens=3]]"}
+            ) as response:
+                assert b"done" in await response.read()
+            await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 2)
+            held.release()
+            await held.wait_settled(2)
+    for server in otel.spans(SpanKind.SERVER):
+        attributes = server.attributes or {}
+        assert attributes["http.response.status_code"] == 200
+        assert "sidecar.client_gone" not in attributes
+    access = [r for r in caplog.records if getattr(r, "event", None) == "access"]
+    assert [(r.__dict__["status"], r.__dict__.get("client_gone", False)) for r in access] == [
+        (200, False), (200, False),
     ]  # fmt: skip
