@@ -237,13 +237,18 @@ async def test_no_metric_carries_ids_users_or_text(sidecar_for: SidecarFactory) 
 # ---------------------------------------------------------------------------- cancelled
 
 
-async def test_cancelled_stream(sidecar_for: SidecarFactory, otel: Otel) -> None:
-    # Not resumable: a client that goes away cancels the stream at once.
+async def test_cancelled_stream(
+    sidecar_for: SidecarFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not resumable: a client that goes away cancels the stream at once. What it was sent
+    is timed as a stream's tokens are: its chunk gaps and its line's generation rate."""
+    caplog.set_level(logging.INFO)
     async with sidecar_for({"resume": {"enabled": False}}, telemetry=otel.telemetry) as sidecar:
         async with aiohttp.ClientSession() as http:
             body = {"prompt": "long answer [[fake tokens=500 tps=50]]"}
             async with http.post(sidecar.url + "/api/stream-response", json=body) as response:
-                assert b"token" in await response.content.readuntil(b"\n\n")
+                for _ in range(3):
+                    assert b"token" in await response.content.readuntil(b"\n\n")
                 response.close()  # the client goes away mid-stream
         await otel.exporter.wait_for(lambda: bool(otel.spans(SpanKind.CLIENT)))
     client = otel.client_span()
@@ -260,6 +265,11 @@ async def test_cancelled_stream(sidecar_for: SidecarFactory, otel: Otel) -> None
     (first_token,) = otel.points("gen_ai.server.time_to_first_token")  # the token it read
     assert first_token.count == 1
     assert otel.points("gen_ai.server.time_per_output_token") == []  # completed streams only
+    (per_chunk,) = otel.points("gen_ai.client.operation.time_per_output_chunk")
+    assert per_chunk.count == 1
+    (line,) = [r for r in caplog.records if getattr(r, "event", None) == "stream_complete"]
+    assert line.__dict__["outcome"] == "client_cancelled"
+    assert line.__dict__["tokens_per_second"] > 0
 
 
 # ---------------------------------------------------------------------------- upstream error
