@@ -35,6 +35,7 @@ from sidecar.quotas.estimate import estimate_input_tokens
 from sidecar.record import Outcome, StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.resume import is_stream_id
+from sidecar.telemetry.bounded import span_float, span_int
 from sidecar.upstream import Attempt, api_error_body, read_answer, returned_headers
 from sidecar.usage import DELTA
 
@@ -206,12 +207,10 @@ async def _message_call(
     check_model(ctx, model)
     collected = _screen(ctx, body)
     record = new_record(ctx, model, max_tokens, stream)
-    for name in ("temperature", "top_p"):
-        value = body.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            setattr(record, name, float(value))
-    if isinstance(body.get("top_k"), int):
-        record.top_k = body["top_k"]
+    # As the span can carry them; Claude judges the request as sent.
+    record.temperature = span_float(body.get("temperature"))
+    record.top_p = span_float(body.get("top_p"))
+    record.top_k = span_int(body.get("top_k"))
     if isinstance(body.get("stop_sequences"), list):
         record.stop_sequences = [str(s) for s in body["stop_sequences"]]
     if config.telemetry.capture_content:
