@@ -28,6 +28,7 @@ from sidecar.handlers.request_body import (
     parse_json_object,
     parse_model,
     read_body,
+    valid_max_tokens,
 )
 from sidecar.pipeline import RequestContext
 from sidecar.policy.claude_schema import Collected
@@ -102,7 +103,7 @@ def _resume_wanted(ctx: RequestContext) -> bool:
 def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
     model = parse_model(body.get("model"))
     max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    if not valid_max_tokens(max_tokens):
         raise bad_request("max_tokens: must be a positive integer")
     if not isinstance(body.get("messages"), list):
         raise bad_request("messages: Field required")
