@@ -174,7 +174,10 @@ def _outcome(
         # A response the handler prepared ended with its last chunk, unless cut first.
         return response.status, gone and response.prepared and not response._eof_sent
     if sent_status:
-        return sent_status, gone
+        # No response came back (the handler was cancelled), but its end may have gone
+        # out first: a client that had it all and closed while the call still settled
+        # its quota (a Redis round trip) left after its answer ended.
+        return sent_status, gone and not request.writer._eof  # type: ignore[attr-defined]
     return (499, True) if gone else (500, False)
 
 

@@ -217,7 +217,8 @@ class LiveStream:
                 self.generation.end(self.core.end(self._end))
             else:
                 self.record.outcome = "client_cancelled"
-                self.generation.end(b"")
+                # Decided: `end` only times what was relayed (its generation rate).
+                self.generation.end(self.core.end(None))
             raise
         finally:
             registry.discard(self)

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
 import aiohttp
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
 from sidecar.telemetry import Telemetry
 from sidecar.telemetry.bounded import (
+    INT64,
     MAX_EXTRA_LABELS,
     OTHER_MODEL,
     error_labels,
     model_labels,
 )
+from sidecar.telemetry.span_encoder import SpanEncoder
+from tests.support.otel import make_otel
 from tests.support.sidecars import SidecarFactory
 
 KNOWN = "claude-sonnet-5-5"
@@ -123,3 +129,34 @@ def test_passing_holds_exactly_the_values_that_pass_as_themselves() -> None:
     assert dated in labels.passing
     tried = [f"{KNOWN}-{i}" for i in range(MAX_EXTRA_LABELS + 5)] + ["unrelated"]
     assert {value for value in tried if labels(value) == value} == labels.passing & set(tried)
+
+
+async def test_numbers_a_client_sends_reach_the_span_only_as_protobuf_holds_them(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sampling parameters are the client's: an int past int64 (or past a double, which
+    `float()` would raise on) is left off the span, never a 500 nor a span the OTLP
+    encoding logs a traceback for; a `top_k` of `true` is no int. In range, kept."""
+    huge = 10**400
+    otel = make_otel()
+    async with sidecar_for(telemetry=otel.telemetry) as sidecar:
+        async with aiohttp.ClientSession() as http:
+            for extra in ({"temperature": huge}, {"top_p": -huge}, {"top_k": INT64},
+                          {"top_k": True},
+                          {"temperature": 1, "top_p": 0.5, "top_k": -INT64}):  # fmt: skip
+                body = {**_body(KNOWN), **extra}
+                async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+                    assert response.status == 200, extra
+    spans = otel.spans(SpanKind.CLIENT)
+    numbers = ("gen_ai.request.temperature", "gen_ai.request.top_p", "gen_ai.request.top_k")
+    kept = [{k: v for k, v in (span.attributes or {}).items() if k in numbers} for span in spans]
+    assert kept == [
+        {}, {}, {}, {},
+        {"gen_ai.request.temperature": 1.0, "gen_ai.request.top_p": 0.5,
+         "gen_ai.request.top_k": -INT64},
+    ]  # fmt: skip
+    caplog.clear()
+    encoder = SpanEncoder()
+    for span in spans:
+        encoder.entry(span)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -38,3 +38,11 @@ def test_forwarded_paths_are_anthropic_api_paths_below_v1(path: str) -> None:
 def test_forwarded_paths_below_v1_are_kept() -> None:
     paths = ["/v1/models", "/v1/files/"]
     assert ClaudeConfig(forward_paths=paths).forward_paths == paths
+
+
+def test_a_default_max_tokens_is_one_a_request_may_send() -> None:
+    """Requests take `max_tokens` up to 2**63 - 1 (an int64): a default beyond it would
+    make every call that leaves it out a 400."""
+    assert ClaudeConfig(max_tokens=2**63 - 1).max_tokens == 2**63 - 1
+    with pytest.raises(ValueError, match="max_tokens"):
+        ClaudeConfig(max_tokens=2**63)

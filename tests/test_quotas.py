@@ -588,7 +588,7 @@ async def test_count_tokens_counts_requests_per_minute_only(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "four"}]}
-    quotas = {"requests_per_minute": 2, "tokens_per_minute": 1000}
+    quotas = {"requests_per_minute": 2, "tokens_per_minute": 5000}
     data = {"quotas": quotas, "claude": {"max_tokens": 64}}
     async with sidecar_for(data) as sidecar, aiohttp.ClientSession() as http:
         statuses, remaining = [], []
@@ -601,6 +601,29 @@ async def test_count_tokens_counts_requests_per_minute_only(
     assert statuses == [200, 200, 429]
     assert remaining[:2] == ["1", "0"]
     assert sum(1 for request in fake.state.requests if "count_tokens" in request["path"]) == 2
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_max_tokens_no_int64_holds_is_a_400_on_every_claude_route(
+    sidecar_for: SidecarFactory, redis_server: RedisServer, store: str
+) -> None:
+    """A `max_tokens` of thousands of digits (more than Python writes as text) is refused as
+    a bad field, not a 500 where the reservation is named or sent to Redis; the largest one
+    taken, 2**63 - 1, is the quota's 400 for a call larger than the limit."""
+    quotas = {"store": store, "redis_url": redis_server.url, "tokens_per_minute": 5000}
+    async with sidecar_for({"quotas": quotas}) as sidecar, aiohttp.ClientSession() as http:
+        for max_tokens, error in ((int("9" * 4300), "positive integer"),
+                                  (2**63, "positive integer"),
+                                  (2**63 - 1, "lower max_tokens")):  # fmt: skip
+            url = sidecar.url + "/v1/messages"
+            async with http.post(url, json=message(max_tokens=max_tokens)) as response:
+                assert response.status == 400
+                body = await response.json()
+                assert error in body["error"]["message"]
+            url = sidecar.url + "/api/stream-response"
+            async with http.post(url, json={"prompt": "x", "max_tokens": max_tokens}) as response:
+                assert response.status == 400
+                assert error in (await response.json())["error"]["message"]
 
 
 # --------------------------------------------------------------------------- redis

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
-from sidecar.handlers.request_body import decode_body, parse_json_object
+from sidecar.handlers.request_body import decode_body, parse_json_object, valid_max_tokens
 from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
@@ -358,3 +358,12 @@ async def test_a_chunked_body_over_the_limit_is_413(
     assert head.startswith(b"HTTP/1.1 413 ")
     assert _error(json.loads(body), path)["message"] == "request body exceeds 65536 bytes"
     assert fake.state.counters["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [(1, True), (2**63 - 1, True), (0, False), (-1, False), (2**63, False), (True, False),
+     (1.0, False), ("1", False), (None, False)],
+)  # fmt: skip
+def test_max_tokens_is_a_positive_int64(value: object, valid: bool) -> None:
+    assert valid_max_tokens(value) is valid

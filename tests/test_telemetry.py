@@ -30,6 +30,7 @@ from tests.support.otel import (
     prompt,
     sse_data,
 )
+from tests.support.quotas import hold_settlements
 from tests.support.resume import next_event, stream_then_resume
 from tests.support.sdk import sdk
 from tests.support.sidecars import SidecarFactory
@@ -236,13 +237,18 @@ async def test_no_metric_carries_ids_users_or_text(sidecar_for: SidecarFactory) 
 # ---------------------------------------------------------------------------- cancelled
 
 
-async def test_cancelled_stream(sidecar_for: SidecarFactory, otel: Otel) -> None:
-    # Not resumable: a client that goes away cancels the stream at once.
+async def test_cancelled_stream(
+    sidecar_for: SidecarFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not resumable: a client that goes away cancels the stream at once. What it was sent
+    is timed as a stream's tokens are: its chunk gaps and its line's generation rate."""
+    caplog.set_level(logging.INFO)
     async with sidecar_for({"resume": {"enabled": False}}, telemetry=otel.telemetry) as sidecar:
         async with aiohttp.ClientSession() as http:
             body = {"prompt": "long answer [[fake tokens=500 tps=50]]"}
             async with http.post(sidecar.url + "/api/stream-response", json=body) as response:
-                assert b"token" in await response.content.readuntil(b"\n\n")
+                for _ in range(3):
+                    assert b"token" in await response.content.readuntil(b"\n\n")
                 response.close()  # the client goes away mid-stream
         await otel.exporter.wait_for(lambda: bool(otel.spans(SpanKind.CLIENT)))
     client = otel.client_span()
@@ -259,6 +265,11 @@ async def test_cancelled_stream(sidecar_for: SidecarFactory, otel: Otel) -> None
     (first_token,) = otel.points("gen_ai.server.time_to_first_token")  # the token it read
     assert first_token.count == 1
     assert otel.points("gen_ai.server.time_per_output_token") == []  # completed streams only
+    (per_chunk,) = otel.points("gen_ai.client.operation.time_per_output_chunk")
+    assert per_chunk.count == 1
+    (line,) = [r for r in caplog.records if getattr(r, "event", None) == "stream_complete"]
+    assert line.__dict__["outcome"] == "client_cancelled"
+    assert line.__dict__["tokens_per_second"] > 0
 
 
 # ---------------------------------------------------------------------------- upstream error
@@ -692,4 +703,37 @@ async def test_a_client_that_left_is_recorded_as_gone_with_what_it_was_sent_or_4
     access = [r for r in caplog.records if getattr(r, "event", None) == "access"]
     assert sorted((r.__dict__["status"], r.__dict__.get("client_gone", False)) for r in access) == [
         (200, True), (499, True),
+    ]  # fmt: skip
+
+
+async def test_a_client_that_closes_after_the_whole_stream_is_not_gone(
+    sidecar_for: SidecarFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's end went out and the client, having it all, closed while its quota
+    was still settling (a Redis round trip): its answer ended first, so no `client_gone`,
+    on the span or the access line."""
+    caplog.set_level(logging.INFO)
+    config = {"resume": {"enabled": False}, "quotas": {"tokens_per_minute": 100000}}
+    async with sidecar_for(config, telemetry=otel.telemetry) as sidecar:
+        held = hold_settlements(sidecar)
+        connector = aiohttp.TCPConnector(force_close=True)  # closes once the answer is read
+        async with aiohttp.ClientSession(connector=connector) as http:
+            body = {"model": MODEL, "max_tokens": 16, "stream": True,
+                    "messages": [{"role": "user", "content": "whole [[fake tokens=3]]"}]}  # fmt: skip
+            async with http.post(sidecar.url + "/v1/messages", json=body) as response:
+                assert b"message_stop" in await response.read()
+            async with http.post(
+                sidecar.url + "/api/stream-response", json={"prompt": "whole [[fake tokens=3]]"}
+            ) as response:
+                assert b"done" in await response.read()
+            await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 2)
+            held.release()
+            await held.wait_settled(2)
+    for server in otel.spans(SpanKind.SERVER):
+        attributes = server.attributes or {}
+        assert attributes["http.response.status_code"] == 200
+        assert "sidecar.client_gone" not in attributes
+    access = [r for r in caplog.records if getattr(r, "event", None) == "access"]
+    assert [(r.__dict__["status"], r.__dict__.get("client_gone", False)) for r in access] == [
+        (200, False), (200, False),
     ]  # fmt: skip

@@ -41,8 +41,9 @@ class UiConfig(Section):
     accept_system: bool = False  # the body's `system` and system-role messages
     accept_model: bool = False  # the body's `model` (still within claude.allowed_models)
     model: str | None = None  # defaults to claude.model
-    max_tokens: int | None = Field(None, gt=0)  # defaults to claude.max_tokens
-    thinking_budget_tokens: int | None = Field(None, ge=1024)  # extended thinking when set
+    max_tokens: int | None = Field(None, gt=0, lt=2**63)  # defaults to claude.max_tokens
+    # Extended thinking when set (its max_tokens, the budget + 1, still an int64).
+    thinking_budget_tokens: int | None = Field(None, ge=1024, lt=2**63 - 1)
     tools: list[dict[str, Any]] = Field(default_factory=list)  # Claude tool definitions
 
     @cached_property

@@ -24,7 +24,7 @@ class ClaudeConfig(Section):
     base_url: str = "builtin:fake"
     api_key: SecretStr | None = None
     model: str = "claude-sonnet-5-5"
-    max_tokens: int = Field(1024, gt=0)
+    max_tokens: int = Field(1024, gt=0, lt=2**63)  # as a request's (int64)
     allowed_models: list[str] | None = None
     # Anthropic API paths besides /v1/messages and /v1/messages/count_tokens that are
     # forwarded (prefixes, whole segments); anything else is a 403. Open batches or files

@@ -28,6 +28,7 @@ from sidecar.handlers.request_body import (
     parse_json_object,
     parse_model,
     read_body,
+    valid_max_tokens,
 )
 from sidecar.pipeline import RequestContext
 from sidecar.policy.claude_schema import Collected
@@ -35,6 +36,7 @@ from sidecar.quotas.estimate import estimate_input_tokens
 from sidecar.record import Outcome, StreamRecord
 from sidecar.stream.core import Translator
 from sidecar.stream.resume import is_stream_id
+from sidecar.telemetry.bounded import span_float, span_int
 from sidecar.upstream import Attempt, api_error_body, read_answer, returned_headers
 from sidecar.usage import DELTA
 
@@ -101,7 +103,7 @@ def _resume_wanted(ctx: RequestContext) -> bool:
 def _validated(body: dict[str, Any]) -> tuple[str, int, bool]:
     model = parse_model(body.get("model"))
     max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    if not valid_max_tokens(max_tokens):
         raise bad_request("max_tokens: must be a positive integer")
     if not isinstance(body.get("messages"), list):
         raise bad_request("messages: Field required")
@@ -206,12 +208,10 @@ async def _message_call(
     check_model(ctx, model)
     collected = _screen(ctx, body)
     record = new_record(ctx, model, max_tokens, stream)
-    for name in ("temperature", "top_p"):
-        value = body.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            setattr(record, name, float(value))
-    if isinstance(body.get("top_k"), int):
-        record.top_k = body["top_k"]
+    # As the span can carry them; Claude judges the request as sent.
+    record.temperature = span_float(body.get("temperature"))
+    record.top_p = span_float(body.get("top_p"))
+    record.top_k = span_int(body.get("top_k"))
     if isinstance(body.get("stop_sequences"), list):
         record.stop_sequences = [str(s) for s in body["stop_sequences"]]
     if config.telemetry.capture_content:

@@ -31,7 +31,7 @@ from sidecar.call.run import (
 )
 from sidecar.errors import bad_request, reject, short_error_type
 from sidecar.handlers import resume
-from sidecar.handlers.request_body import parse_model, read_json_object
+from sidecar.handlers.request_body import parse_model, read_json_object, valid_max_tokens
 from sidecar.methods import reads
 from sidecar.pipeline import RequestContext
 from sidecar.policy.claude_schema import Collected
@@ -222,7 +222,7 @@ def _query_max_tokens(value: str) -> int:
 
 def _positive_max_tokens(value: object) -> int:
     # Only an int: a JSON body's "64" is a wrong type, as the Messages API holds it.
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if not valid_max_tokens(value):
         raise bad_request("max_tokens must be a positive integer")
     return value
 

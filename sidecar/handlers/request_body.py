@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -25,6 +25,19 @@ from sidecar.errors import Rejection, bad_request, reject
 
 MAX_MODEL_CHARS: Final = 128  # Claude's model ids are a few dozen characters
 _MODEL: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_MODEL_CHARS}}}")
+
+
+MAX_TOKENS_BOUND: Final = 2**63  # `max_tokens` below it: a signed 64-bit integer
+
+
+def valid_max_tokens(value: object) -> TypeGuard[int]:
+    """A request's `max_tokens`: an int (not a bool) from 1 to 2**63 - 1.
+
+    Far above any model's limit (Claude refuses such a call), the bound keeps a client's
+    number one that every place it reaches takes: the quota's reservation (sent to Redis,
+    named in a refusal), the span's int attribute. A larger one would raise there.
+    """
+    return type(value) is int and 0 < value < MAX_TOKENS_BOUND
 
 
 def parse_model(value: object) -> str:

@@ -20,6 +20,7 @@ MAX_TEXT: Final = 128  # characters of a free-text span attribute (ids, reasons)
 MAX_LOG_PATH: Final = 1024  # characters of a request path in a log line
 MAX_USER_AGENT: Final = 256  # characters of `user_agent.original` (a request span's)
 MAX_LIST: Final = 8  # items of a list-valued span attribute (stop sequences)
+INT64: Final = 2**63  # an OTLP int attribute is a signed 64-bit integer: [-INT64, INT64)
 _IDENTIFIER: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,47}")
 # Anthropic's error types, plus the sidecar's own (`timeout_error`, relay outcomes, the
 # types of the streams it ends itself: a stalled client, a stream lost at shutdown),
@@ -95,3 +96,19 @@ def short_text(value: str) -> str:
 def short_list(values: list[str]) -> list[str]:
     """A list-valued attribute cut to MAX_LIST items of MAX_TEXT characters each."""
     return [short_text(v) for v in values[:MAX_LIST]]
+
+
+def span_int(value: object) -> int | None:
+    """A number a client chose (`top_k`) as a span's int attribute: None for a bool, for
+    what is no int, and for an int outside int64, which protobuf refuses (an OTLP exporter
+    would log a traceback per span and drop the attribute)."""
+    return value if type(value) is int and -INT64 <= value < INT64 else None
+
+
+def span_float(value: object) -> float | None:
+    """A number a client chose (`temperature`, `top_p`) as a span's double: a float as it
+    is; an int within int64 as a float (one past it is left off as `top_k`'s is: past a
+    double's range, converting it would raise); None for anything else."""
+    if type(value) is float:
+        return value
+    return float(value) if type(value) is int and -INT64 <= value < INT64 else None

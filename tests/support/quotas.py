@@ -49,3 +49,36 @@ def spy_on(sidecar: SidecarServer) -> SettleSpy:
     spy = SettleSpy(gate.store)
     gate.store = spy
     return spy
+
+
+class HeldSettle(SettleSpy):
+    """A store whose settlements wait until `release()`: they suspend, as Redis' do."""
+
+    settles_inline = False
+
+    def __init__(self, inner: QuotaStore) -> None:
+        super().__init__(inner)
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def settle(
+        self,
+        subject: str,
+        limits: Limits,
+        lease_id: str,
+        reserved: int,
+        used: int,
+        *,
+        again: bool = False,
+    ) -> None:
+        await self._released.wait()
+        await super().settle(subject, limits, lease_id, reserved, used, again=again)
+
+
+def hold_settlements(sidecar: SidecarServer) -> HeldSettle:
+    gate = sidecar.runtime.quotas
+    held = HeldSettle(gate.store)
+    gate.store = held
+    return held
