@@ -32,6 +32,7 @@ from sidecar.listener import close_after
 from sidecar.routes import Route
 from sidecar.runtime import Runtime, RuntimeHolder
 from sidecar.scope import CallerScope, scope_of
+from sidecar.stream.adapter import answer_ended
 from sidecar.telemetry.semconv import NO_ROUTE, protocol_version
 
 if TYPE_CHECKING:
@@ -172,12 +173,12 @@ def _outcome(
         return 101, False  # `sidecar.websocket.outcome` says how it ended
     if response is not None:
         # A response the handler prepared ended with its last chunk, unless cut first.
-        return response.status, gone and response.prepared and not response._eof_sent
+        return response.status, gone and response.prepared and not answer_ended(request, response)
     if sent_status:
         # No response came back (the handler was cancelled), but its end may have gone
         # out first: a client that had it all and closed while the call still settled
         # its quota (a Redis round trip) left after its answer ended.
-        return sent_status, gone and not request.writer._eof  # type: ignore[attr-defined]
+        return sent_status, gone and not answer_ended(request, None)
     return (499, True) if gone else (500, False)
 
 

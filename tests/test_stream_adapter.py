@@ -381,3 +381,26 @@ async def test_a_client_websockets_transport_is_the_one_its_frames_go_through(
         closed = await ws.receive(timeout=5)
         assert closed.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE)
         assert adapter.websocket_transport(ws) is None
+
+
+async def test_an_answer_is_ended_once_its_last_chunk_is_written(
+    http: aiohttp.ClientSession,
+) -> None:
+    """`answer_ended` reads aiohttp's own flag: false until the last chunk is written, true
+    after, on the response and (for a handler that returns none) on the request's writer."""
+    seen: list[tuple[bool, bool, bool, bool]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"partial")
+        before = adapter.answer_ended(request, response), adapter.answer_ended(request, None)
+        await response.write_eof()
+        after = adapter.answer_ended(request, response), adapter.answer_ended(request, None)
+        seen.append((*before, *after))
+        return response
+
+    async with serving_get(handler) as port:
+        async with http.get(f"http://127.0.0.1:{port}/") as answer:
+            assert await answer.read() == b"partial"
+    assert seen == [(False, False, True, True)]

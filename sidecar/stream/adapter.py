@@ -24,6 +24,9 @@ is `sidecar.http_client`, which needs none):
 - **the app's answer, as the app typed it**: `ForwardedResponse` takes back the
   `Content-Type: application/octet-stream` aiohttp's `prepare()` adds to a body that
   has none (RFC 9110 asks that of the sender; a proxy passes on what the sender said).
+- **whether an answer ended**: `answer_ended` reads the flag aiohttp sets once a
+  response's last chunk was written (on the response, or on the request's writer when
+  the handler never returned one), for telemetry's `client_gone`.
 - **the app's WebSocket**: `websocket_transport` finds the socket under a client
   WebSocket (aiohttp exposes the server side's as `request.transport`, not this one), so
   the app route's stall watch can see what is queued for the app and cut it.
@@ -360,6 +363,14 @@ def retrieve(task: asyncio.Future[None]) -> None:
     """Done callback that marks a future's exception as seen (it is raised where awaited)."""
     if not task.cancelled():
         task.exception()
+
+
+def answer_ended(request: web.BaseRequest, response: web.StreamResponse | None) -> bool:
+    """Whether the answer's end (its last chunk) was written: `response`'s, or, with no
+    response back from the handler (cancelled after its stream ended), the request's writer's."""
+    if response is not None:
+        return bool(response._eof_sent)
+    return bool(request.writer._eof)  # type: ignore[attr-defined]
 
 
 def websocket_transport(ws: ClientWebSocketResponse) -> asyncio.Transport | None:
