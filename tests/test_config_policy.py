@@ -45,6 +45,23 @@ def test_the_ipv6_prefix_length_is_a_64_unless_set() -> None:
     assert loader.validate({"quotas": {"ipv6_prefix_length": 1}}).quotas.ipv6_prefix_length == 1
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["requests_per_minute", "tokens_per_minute", "tokens_per_day", "concurrent_streams",
+     "image_tokens", "remote_document_tokens"],
+)  # fmt: skip
+def test_a_quota_number_no_store_counts_exactly_is_a_config_error(key: str) -> None:
+    """Redis's quota scripts count in doubles: up to 2**53 exactly; a limit of 10**30 made
+    the token headers vanish and would not be enforced as written."""
+    assert getattr(loader.validate({"quotas": {key: 2**53}}).quotas, key) == 2**53
+    for where in ({"quotas": {key: 2**53 + 1}},
+                  {"routes": [{"path": "/v1/", "handler": "anthropic",
+                               "quotas": {key: 10**30}}]}):  # fmt: skip
+        problems = problems_of(where)
+        assert len(problems) == 1
+        assert key in problems[0]
+
+
 @pytest.mark.parametrize("method", ["*", "PO ST", "GET\r\nX-Evil: 1", ""])
 def test_an_allowed_method_that_is_no_method_name_is_a_config_error(method: str) -> None:
     found = problems_of({"cors": {"allow_methods": ["GET", method]}})

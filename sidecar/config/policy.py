@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -225,6 +225,11 @@ class ScreeningConfig(Section):
         return value
 
 
+# The largest limit a quota store counts exactly: Redis's scripts hold numbers as doubles,
+# exact up to 2**53 (a larger limit would be rounded, and past 2**63 not counted at all).
+MAX_LIMIT: Final = 2**53
+
+
 class QuotaConfig(Section):
     store: Literal["memory", "redis"] = "memory"
     redis_url: SecretStr | None = None
@@ -234,19 +239,19 @@ class QuotaConfig(Section):
     # A client counted by IP: an IPv6 client by its network of this length (a /64 is what
     # one subscriber is given: rotating addresses inside it is one client); IPv4 as is.
     ipv6_prefix_length: int = Field(64, ge=1, le=128)
-    requests_per_minute: int | None = Field(None, gt=0)
-    tokens_per_minute: int | None = Field(None, gt=0)
-    tokens_per_day: int | None = Field(None, gt=0)
-    concurrent_streams: int | None = Field(None, gt=0)
+    requests_per_minute: int | None = Field(None, gt=0, le=MAX_LIMIT)
+    tokens_per_minute: int | None = Field(None, gt=0, le=MAX_LIMIT)
+    tokens_per_day: int | None = Field(None, gt=0, le=MAX_LIMIT)
+    concurrent_streams: int | None = Field(None, gt=0, le=MAX_LIMIT)
     lease_seconds: float = Field(60, gt=0)
     # The most a call reserves for one image: what Claude charges the largest image (4784,
     # Claude Opus 4.7's limit), reserved for an image whose size is not in the request (a
     # `url` or `file` source, a header not read); an inline image whose header gives its
     # size reserves what Claude charges for that size, up to this. Settled to usage.
-    image_tokens: int = Field(4784, ge=0)
+    image_tokens: int = Field(4784, ge=0, le=MAX_LIMIT)
     # What a call reserves for each document Claude reads from elsewhere (a `url` or `file`
     # source: no bytes in the request to estimate from); settled to usage.
-    remote_document_tokens: int = Field(30000, ge=0)
+    remote_document_tokens: int = Field(30000, ge=0, le=MAX_LIMIT)
 
     @field_validator("redis_url")
     @classmethod
