@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
-from sidecar.handlers.request_body import decode_body, parse_json_object
+from sidecar.handlers.request_body import decode_body, parse_json_object, parse_model
 from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
@@ -358,3 +358,15 @@ async def test_a_chunked_body_over_the_limit_is_413(
     assert head.startswith(b"HTTP/1.1 413 ")
     assert _error(json.loads(body), path)["message"] == "request body exceeds 65536 bytes"
     assert fake.state.counters["requests"] == 0
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-5-5 ", "claude sonnet", "claude\tx", "m" * 129])
+def test_a_model_refused_is_told_what_a_model_may_hold(model: str) -> None:
+    """A space is printable ASCII, yet refused: the message says what is taken."""
+    with pytest.raises(Rejection) as refused:
+        parse_model(model)
+    assert refused.value.reason == "model_invalid"
+    assert refused.value.message == (
+        "model: must be at most 128 visible ASCII characters (no spaces or control characters)"
+    )
+    assert parse_model("claude-sonnet-5-5-20260101") == "claude-sonnet-5-5-20260101"
