@@ -114,7 +114,10 @@ def request_id_of(request: web.Request, header: str) -> str:
 
 
 def _client_scheme(request: web.Request, trusted: Sequence[Network]) -> str:
-    """The scheme the client used: a trusted proxy ending TLS says so in X-Forwarded-Proto."""
+    """The scheme the client used: a trusted proxy ending TLS says so in X-Forwarded-Proto.
+
+    It is the request's `url.scheme` (spans, `http.server.request.duration`), which the HTTP
+    conventions define as the original client's when known, and its same-origin check's."""
     forwarded = header_value(request.headers, "X-Forwarded-Proto")
     if forwarded and is_trusted_proxy(request.remote or "", trusted):
         proto = forwarded.split(",")[0].strip().lower()
@@ -209,19 +212,19 @@ class Pipeline:
             if request.headers.get("Expect"):
                 _answer_expectation(request, resolved.route, config.server.max_body_bytes)
             version = protocol_version(request.version)
+            trusted = config.server.trusted_proxies
+            scheme = _client_scheme(request, trusted) if trusted else request.scheme
             if resolved.refused is None and is_browser_path(config, resolved.path):
                 served = serve_browser_file(request, resolved.path, config, runtime.routes, headers)
                 telemetry.access(
-                    method=request.method, scheme=request.scheme, route=config.browser.path,
+                    method=request.method, scheme=scheme, route=config.browser.path,
                     path=resolved.path, status=served.status, duration=time.perf_counter() - started,
                     request_id=request_id, span=None, version=version,
                 )  # fmt: skip
                 return served
             route = resolved.route
             address = client_ip(
-                request.remote or "",
-                header_value(request.headers, "X-Forwarded-For"),
-                config.server.trusted_proxies,
+                request.remote or "", header_value(request.headers, "X-Forwarded-For"), trusted
             )
             if route is None:
                 refused = resolved.refused
@@ -237,14 +240,14 @@ class Pipeline:
                 # has no `http.route` (its name is the method alone) and ends with the refusal.
                 span = telemetry.start_server_span(
                     telemetry.extract(request.headers), method=request.method,
-                    route=UNMATCHED, path=resolved.path, scheme=request.scheme, version=version,
+                    route=UNMATCHED, path=resolved.path, scheme=scheme, version=version,
                     host=request.headers.get("Host", ""),
                     user_agent=request.headers.get("User-Agent"), client_address=address,
                 )  # fmt: skip
                 telemetry.rejected(reason, UNMATCHED, status, request_id, span)
                 telemetry.end_server_span(span, status)
                 telemetry.access(
-                    method=request.method, scheme=request.scheme, route=UNMATCHED,
+                    method=request.method, scheme=scheme, route=UNMATCHED,
                     path=resolved.path, status=status, duration=time.perf_counter() - started,
                     request_id=request_id, span=span, version=version,
                 )  # fmt: skip
@@ -254,7 +257,7 @@ class Pipeline:
             parent = telemetry.extract(request.headers)
             span = telemetry.start_server_span(
                 parent, method=request.method, route=route.path, path=resolved.path,
-                scheme=request.scheme, version=version, host=request.headers.get("Host", ""),
+                scheme=scheme, version=version, host=request.headers.get("Host", ""),
                 user_agent=request.headers.get("User-Agent"), client_address=address,
             )  # fmt: skip
             origin = request.headers.get("Origin")
@@ -287,11 +290,7 @@ class Pipeline:
                         ctx.family != "app"
                         and origin is not None
                         and not cors.allows(origin)  # allowed: no scheme or host to read
-                        and cors.refuses(
-                            origin,
-                            request.host,
-                            _client_scheme(request, config.server.trusted_proxies),
-                        )
+                        and cors.refuses(origin, request.host, scheme)
                     ):
                         # The browser would hide the answer anyway: do not spend Claude or quota on it.
                         # (The app route only sets headers: cross-site form posts such as OAuth
@@ -337,7 +336,7 @@ class Pipeline:
                 telemetry.end_server_span(span, status, client_gone=client_gone)
                 telemetry.access(
                     method=request.method,
-                    scheme=request.scheme,
+                    scheme=scheme,
                     route=route.path,
                     path=resolved.path,
                     status=status,

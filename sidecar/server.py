@@ -87,7 +87,10 @@ class ListenError(OSError):
 def _listen_problem(address: str, cause: OSError) -> str:
     if cause.errno == errno.EADDRINUSE:
         return f"address {address} already in use"
-    reason = os.strerror(cause.errno) if cause.errno else str(cause)
+    if isinstance(cause, socket.gaierror):  # a host name that does not resolve: its errno
+        reason = str(cause.strerror or cause)  # is a resolver code no `os.strerror` knows
+    else:
+        reason = os.strerror(cause.errno) if cause.errno else str(cause)
     return f"cannot listen on {address}: {reason.lower()}"
 
 

@@ -287,8 +287,7 @@ def test_check_redacts_credentials_in_url_query_strings(tmp_path: Path) -> None:
     config = tmp_path / "query.yaml"
     config.write_text(
         """
-app: {url: "http://127.0.0.1:3000/?key=SECRET-APP"}
-claude: {base_url: "https://api.example/?key=SECRET-BASE", api_key: "SECRET-KEY"}
+claude: {base_url: "https://api.example/", api_key: "SECRET-KEY"}
 auth: {mode: required, jwt: {jwks_url: "https://idp.example/jwks?token=SECRET-JWKS", algorithms: [RS256]}}
 """
     )
@@ -296,14 +295,19 @@ auth: {mode: required, jwt: {jwks_url: "https://idp.example/jwks?token=SECRET-JW
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SECRET-" not in result.stdout + result.stderr
     assert "token=***" in result.stdout
-    # An OTLP endpoint takes no query at all (credentials go in OTEL_EXPORTER_OTLP_HEADERS):
-    # refused, and the refusal does not repeat the value either.
+    # An OTLP endpoint, Claude's base URL and the app's take no query at all (credentials
+    # go in OTEL_EXPORTER_OTLP_HEADERS, claude.api_key, the app URL's userinfo): refused,
+    # and the refusal does not repeat the value either.
     config.write_text(
         'telemetry: {otlp_endpoint: "https://otel.example:4318/?api_key=SECRET-OTLP"}\n'
+        'claude: {base_url: "https://api.example/?key=SECRET-BASE", api_key: "SECRET-KEY"}\n'
+        'app: {url: "http://127.0.0.1:3000/?key=SECRET-APP"}\n'
     )
     result = sidecar_command("check", "-c", str(config))
     assert result.returncode == 2
     assert "telemetry.otlp_endpoint" in result.stdout
+    assert "claude.base_url" in result.stdout
+    assert "app.url" in result.stdout
     assert "SECRET-" not in result.stdout + result.stderr
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.config import ClaudeConfig
+from tests.support.config import problems_of
 
 
 def test_the_builtin_fake_is_the_default_and_a_url_is_the_real_api() -> None:
@@ -27,6 +28,23 @@ def test_a_base_url_is_the_fake_or_an_http_url(url: str) -> None:
     # The refusal names both things it would take (a typo of the fake is not "a URL").
     assert "http:// or https:// URL" in str(caught.value)
     assert "builtin:fake" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://gw.example/anthropic?key=abcdef", "https://gw.example/?", "https://gw.example/a#b",
+     "https://user:secret@gw.example", "https://token@gw.example/anthropic"],
+)  # fmt: skip
+def test_a_base_url_has_nothing_that_would_be_accepted_and_never_sent(url: str) -> None:
+    """Only its scheme, host, port and path reach Claude: credentials, a query or a
+    fragment in it would be dropped unseen (a gateway's key among them), so they are
+    refused, with the secret parts hidden from what `check` prints."""
+    (problem,) = problems_of({"claude": {"base_url": url, "api_key": "sk-x"}})
+    assert problem.startswith("claude.base_url: must be a base URL without credentials, ")
+    for secret in ("secret", "abcdef", "token"):
+        assert secret not in problem
+    kept = ClaudeConfig(base_url="https://gw.example:8443/anthropic/", api_key="sk-x")
+    assert kept.base_url == "https://gw.example:8443/anthropic"
 
 
 @pytest.mark.parametrize("path", ["/v1", "/v1/", "/v2/files", "files"])

@@ -25,7 +25,11 @@ def test_host_port(value: str, expected: tuple[str, int]) -> None:
     assert split_host_port(value) == expected
 
 
-@pytest.mark.parametrize("value", ["8080", "host:", "host:99999", "a:b:c", "host:port"])
+@pytest.mark.parametrize(
+    "value",
+    ["8080", "host:", "host:99999", "a:b:c", "host:port",
+     "host:\uff18\uff10", "host:\u0668\u0660", "[::1]:\u0669"],  # digits of other scripts
+)  # fmt: skip
 def test_bad_host_port(value: str) -> None:
     with pytest.raises(ValueError, match=r"host:port|port must be"):
         split_host_port(value)

@@ -12,6 +12,33 @@ def test_app_route_needs_app_section() -> None:
     assert any("needs the app section" in p for p in found)
 
 
+def test_checks_across_sections_are_listed_beside_other_sections_problems() -> None:
+    """`check` lists every problem: one in an unrelated section does not hide the checks
+    across sections, and a section such a check reads that failed on its own is reported
+    once, by itself, not as a second, false problem of the check."""
+    found = problems_of(
+        """
+server: {max_body_bytes: x}
+resume: {store: redis}
+routes: [{path: /a, handler: prompt}, {path: /a, handler: app}]
+"""
+    )
+    assert found == [
+        "server.max_body_bytes: Input should be a valid integer, unable to parse string as an integer",
+        "resume: store 'redis' needs resume.redis_url or quotas.redis_url",
+        "routes: handler 'app' needs the app section (app.url); paths must be unique",
+    ]
+    found = problems_of(
+        """
+app: {url: "ftp://x"}
+quotas: {store: redis, redis_url: 5}
+resume: {store: redis}
+routes: [{path: /a, handler: app}]
+"""
+    )
+    assert [p.partition(": ")[0] for p in found] == ["app.url", "quotas.redis_url"]
+
+
 def test_default_routes_include_the_app_when_configured() -> None:
     config = loader.validate({"app": {"url": "http://127.0.0.1:3000"}}, {})
     assert [(r.path, r.handler) for r in config.routes] == [

@@ -831,6 +831,11 @@ REDIS_QUOTAS = 'quotas: {store: redis, redis_url: "redis://redis:6379/0"}\n'
         ({"replicaCount": 3, "config": REDIS_QUOTAS}, "resume.store"),  # on by default
         ({"replicaCount": 3,
           "config": REDIS_QUOTAS + "cache: {enabled: true, store: memory}\n"}, "cache.store"),
+        # The cache off at the top but on for one route: that route's entries are per pod.
+        ({"replicaCount": 3,
+          "config": REDIS_QUOTAS + "resume: {enabled: false}\nroutes:\n"
+                    "  - {path: /v1/, handler: anthropic, cache: {enabled: true}}\n"},
+         "cache.store"),
     ],
 )  # fmt: skip
 def test_replicas_with_memory_stores_fail_the_render(
@@ -846,6 +851,10 @@ def test_replicas_render_with_shared_stores_or_when_allowed(chart: Any) -> None:
         chart, {"replicaCount": 3, "config": REDIS_QUOTAS + "resume: {enabled: false}\n"}
     )
     assert one(shared, "Deployment")["spec"]["replicas"] == 3
+    routed = (REDIS_QUOTAS + "resume: {enabled: false}\ncache: {store: redis}\nroutes:\n"
+              "  - {path: /v1/, handler: anthropic, cache: {enabled: true}}\n"
+              "  - {path: /, handler: app, cache: null}\n")  # fmt: skip
+    assert one(render(chart, {"replicaCount": 3, "config": routed}), "Deployment")
     allowed = render(chart, {"replicaCount": 2, "allowMemoryStoresWithReplicas": True})
     assert one(allowed, "Deployment")["spec"]["replicas"] == 2
     with pytest.raises(helm.HelmValuesError, match="allowMemoryStoresWithReplicas"):

@@ -26,6 +26,7 @@ import re
 import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.cache.recording import Recording
@@ -57,8 +58,10 @@ from tests.support.costs import (
     per_event,
     per_open_stream,
 )
+from tests.support.otel import make_otel
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import expecting_continue
+from tests.support.waiting import eventually
 
 CALLS_PER_CALL = 1120  # measured 942-1,035
 CALLS_PER_EVENT = 54  # measured 44-49 (≈ 30 of them the asyncio loop's own per read)
@@ -256,3 +259,40 @@ async def test_every_error_the_sidecar_answers_on_an_anthropic_route_names_its_r
     assert [status for status, _, _ in answers] == [401, 529]
     for _, headers, error in answers:
         assert headers["request-id"] == error["request_id"] == headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("trusted", "proto", "scheme"),
+    [(["127.0.0.0/8"], "https", "https"), (["127.0.0.0/8"], "HTTPS, http", "https"),
+     (["127.0.0.0/8"], "ftp", "http"), ([], "https", "http")],
+    ids=["trusted", "trusted-list", "trusted-unknown", "untrusted"],
+)  # fmt: skip
+async def test_url_scheme_is_the_clients_as_a_trusted_proxy_reports_it(
+    sidecar_for: SidecarFactory, trusted: list[str], proto: str, scheme: str
+) -> None:
+    """The HTTP conventions' `url.scheme` is the original client's scheme when known
+    (`X-Forwarded-Proto`): behind a trusted proxy ending TLS, `https` on the SERVER span
+    and on `http.server.request.duration` (and the span's default `server.port` with it),
+    matched route or not; anyone else's claim is not believed, and only `http` / `https`
+    become a label."""
+    otel = make_otel()
+    headers = {"X-Forwarded-Proto": proto, "Host": "api.example"}
+    async with (
+        sidecar_for({"server": {"trusted_proxies": trusted}}, telemetry=otel.telemetry) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        for path in ("/api/stream-response?prompt=hi", "/nowhere"):
+            async with http.get(sidecar.url + path, headers=headers) as response:
+                await response.read()
+
+    async def both_ended() -> bool:
+        return len(otel.spans(SpanKind.SERVER)) == 2
+
+    await eventually(both_ended)
+    port = {"https": 443, "http": 80}[scheme]
+    for span in otel.spans(SpanKind.SERVER):
+        assert span.attributes is not None
+        assert (span.attributes["url.scheme"], span.attributes["server.port"]) == (scheme, port)
+    durations = otel.points("http.server.request.duration")
+    assert {p.attributes["url.scheme"] for p in durations} == {scheme}
+    assert {p.attributes.get("http.route") for p in durations} == {"/api/stream-response", None}

@@ -122,6 +122,22 @@ async def test_multi_turn_history_and_system_reach_claude(
     assert sent["stream"] is True
 
 
+async def test_an_optional_field_given_as_null_is_not_given(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """`null` for `model`, `max_tokens`, `system` or `messages` means its default, for each
+    alike (a client that writes an unset option as `null`), not a 400 that says a field
+    given is missing."""
+    body = {"prompt": "hi", "model": None, "max_tokens": None, "system": None, "messages": None}
+    async with sidecar_for() as sidecar:
+        status, _ = await stream(sidecar.url, body)
+    assert status == 200
+    sent = fake.state.requests[-1]["body"]
+    assert (sent["model"], sent["max_tokens"]) == ("claude-sonnet-5-5", 1024)
+    assert sent["messages"] == [{"role": "user", "content": "hi"}]
+    assert "system" not in sent
+
+
 async def test_get_for_event_source(sidecar_for: SidecarFactory) -> None:
     async with sidecar_for() as sidecar, aiohttp.ClientSession() as http:
         async with http.get(sidecar.url + ROUTE, params={"prompt": "hi", "max_tokens": "5"}) as r:

@@ -21,7 +21,12 @@ from hypothesis import strategies as st
 
 from sidecar.errors import Rejection
 from sidecar.fake_claude import FakeServer
-from sidecar.handlers.request_body import decode_body, parse_json_object, valid_max_tokens
+from sidecar.handlers.request_body import (
+    decode_body,
+    parse_json_object,
+    parse_model,
+    valid_max_tokens,
+)
 from tests.support.sidecars import SidecarFactory
 
 PROMPT = "/api/stream-response"
@@ -367,3 +372,15 @@ async def test_a_chunked_body_over_the_limit_is_413(
 )  # fmt: skip
 def test_max_tokens_is_a_positive_int64(value: object, valid: bool) -> None:
     assert valid_max_tokens(value) is valid
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-5-5 ", "claude sonnet", "claude\tx", "m" * 129])
+def test_a_model_refused_is_told_what_a_model_may_hold(model: str) -> None:
+    """A space is printable ASCII, yet refused: the message says what is taken."""
+    with pytest.raises(Rejection) as refused:
+        parse_model(model)
+    assert refused.value.reason == "model_invalid"
+    assert refused.value.message == (
+        "model: must be at most 128 visible ASCII characters (no spaces or control characters)"
+    )
+    assert parse_model("claude-sonnet-5-5-20260101") == "claude-sonnet-5-5-20260101"

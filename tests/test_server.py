@@ -447,6 +447,25 @@ def test_an_address_that_is_not_local_exits_3_with_one_line(tmp_path: Path) -> N
     assert line["message"] == "cannot listen on 192.0.2.1:0: cannot assign requested address"
 
 
+def test_a_host_name_that_does_not_resolve_exits_3_with_the_resolvers_reason(
+    tmp_path: Path,
+) -> None:
+    host = "no-such-host.invalid"  # RFC 6761: never resolves
+    with pytest.raises(socket.gaierror) as resolving:
+        socket.getaddrinfo(host, 0)
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump({"server": {"listen": f"{host}:0"}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == EXIT_CANNOT_LISTEN
+    (line,) = (json.loads(text) for text in result.stderr.splitlines())
+    # The resolver's own words (`name or service not known`), not `unknown error -2`.
+    reason = str(resolving.value.strerror).lower()
+    assert line["message"] == f"cannot listen on {host}:0: {reason}"
+
+
 async def test_every_request_target_is_answered_and_counted_by_the_pipeline() -> None:
     # No router stands before the pipeline: even a target that is not a path (`OPTIONS *`)
     # gets the pipeline's JSON answer and is counted, never a bare plain-text 404.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from yarl import URL
 
 from sidecar.config.fields import Seconds, Section, check_http_url, redact_url
 
@@ -59,12 +60,21 @@ class ClaudeConfig(Section):
         if value == "builtin:fake":
             return value
         try:
-            return check_http_url(value)
+            url = check_http_url(value)
         except ValueError:  # the one value that is no URL is named too (a typo of it)
             shown = redact_url(value)
             raise ValueError(
                 f"must be builtin:fake or an http:// or https:// URL, got {shown!r}"
             ) from None
+        # Only the scheme, host, port and path of it are used (the call's path is joined
+        # on): credentials, a query or a fragment would be accepted and never sent.
+        if "?" in url or "#" in url or URL(url).raw_user is not None:
+            raise ValueError(
+                "must be a base URL without credentials, a query or a fragment (only its "
+                "scheme, host, port and path are used; the sidecar's key is claude.api_key), "
+                f"got {redact_url(value)!r}"
+            )
+        return url
 
     @model_validator(mode="after")
     def _key_for_a_real_claude(self) -> ClaudeConfig:

@@ -12,7 +12,10 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 from yarl import URL
 
-_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\s\[\]]*)):(?P<port>\d{1,5})$")
+# The port in ASCII digits: `\d` would take any script's (`８０`, `٨٠`), which `int` reads too.
+_HOST_PORT = re.compile(
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\s\[\]]*)):(?P<port>[0-9]{1,5})$"
+)
 
 
 def split_host_port(value: str) -> tuple[str, int]:

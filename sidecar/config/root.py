@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 
 from sidecar.config.auth import AuthConfig
 from sidecar.config.browser import BrowserConfig, UiConfig
@@ -52,16 +52,40 @@ class Config(Section):
             data = {**data, "routes": _default_routes(data.get("app") is not None)}
         return data
 
-    @model_validator(mode="after")
-    def _routes_consistent(self) -> Config:
-        if not self.routes:
-            raise ValueError("routes: at least one route is needed")
-        if self.app is None and any(route.handler == "app" for route in self.routes):
-            raise ValueError("routes: handler 'app' needs the app section (app.url)")
-        paths = [route.path for route in self.routes]
+    # The checks across sections are field validators, not one check after the whole model:
+    # pydantic skips that one when any section fails, and `check` lists every problem. A
+    # section a check reads that failed its own validation is missing from `info.data`,
+    # and that check is skipped (its section's own problem is reported).
+    @field_validator("resume")
+    @classmethod
+    def _resume_store_reachable(cls, resume: ResumeConfig, info: ValidationInfo) -> ResumeConfig:
+        quotas = info.data.get("quotas")
+        if (
+            resume.enabled and resume.store == "redis" and resume.redis_url is None
+            and isinstance(quotas, QuotaConfig) and quotas.redis_url is None
+        ):  # fmt: skip
+            raise ValueError("store 'redis' needs resume.redis_url or quotas.redis_url")
+        return resume
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_consistent(
+        cls, routes: list[RouteConfig], info: ValidationInfo
+    ) -> list[RouteConfig]:
+        if not routes:
+            raise ValueError("at least one route is needed")
+        problems = []
+        if (
+            "app" in info.data and info.data["app"] is None
+            and any(route.handler == "app" for route in routes)
+        ):  # fmt: skip
+            problems.append("handler 'app' needs the app section (app.url)")
+        paths = [route.path for route in routes]
         if len(paths) != len(set(paths)):
-            raise ValueError("routes: paths must be unique")
-        return self
+            problems.append("paths must be unique")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return routes
 
     @property
     def cache_redis_url(self) -> SecretStr | None:

@@ -14,6 +14,7 @@ from sidecar.config.fields import (
     Network,
     Seconds,
     Section,
+    redact_url,
     split_host_port,
 )
 
@@ -135,3 +136,15 @@ class AppConfig(Section):
     # A WebSocket message is relayed whole (frames are joined): the largest one either side
     # may send, so no client can make the sidecar hold an unbounded message.
     websocket_max_message_bytes: int = Field(4194304, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _base_only(cls, value: str) -> str:
+        # Each request's path and query are appended to it: a query in it would become
+        # part of every path, and a fragment would cut off each request's own.
+        if "?" in value or "#" in value:
+            raise ValueError(
+                "must be a base URL without a query or fragment (each request's path and "
+                f"query are appended to it), got {redact_url(value)!r}"
+            )
+        return value

@@ -250,15 +250,19 @@ def parse_prompt(fields: dict[str, Any], default_model: str, default_max: int) -
         raise bad_request("prompt is required and must be a string")
     if not prompt.strip():
         raise bad_request("prompt must not be empty")
-    model = parse_model(fields.get("model", default_model))
-    max_tokens = _positive_max_tokens(fields.get("max_tokens", default_max))
+    # An optional field given as `null` is not given (as `system` always was): its default.
+    model = fields.get("model")
+    model = parse_model(default_model if model is None else model)
+    max_tokens = fields.get("max_tokens")
+    max_tokens = _positive_max_tokens(default_max if max_tokens is None else max_tokens)
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True}
     system = fields.get("system")
     if system is not None:
         if not isinstance(system, str | list):
             raise bad_request("system must be a string or a list of text blocks")
         body["system"] = system
-    history = _validate_messages(fields.get("messages", []))
+    messages = fields.get("messages")
+    history = _validate_messages([] if messages is None else messages)
     body["messages"] = [*history, {"role": "user", "content": prompt}]
     return body
 

@@ -41,7 +41,7 @@ def valid_max_tokens(value: object) -> TypeGuard[int]:
 
 
 def parse_model(value: object) -> str:
-    """A request's `model`: printable ASCII, at most MAX_MODEL_CHARS, else 400.
+    """A request's `model`: visible ASCII (no space), at most MAX_MODEL_CHARS, else 400.
 
     It becomes a log field and (bounded again by telemetry) a metric label: no client
     may send megabytes or control characters through it.
@@ -52,7 +52,8 @@ def parse_model(value: object) -> str:
         raise bad_request("model must be a non-empty string")
     if not _MODEL.fullmatch(value):
         raise bad_request(
-            f"model: must be at most {MAX_MODEL_CHARS} printable ASCII characters",
+            f"model: must be at most {MAX_MODEL_CHARS} visible ASCII characters "
+            "(no spaces or control characters)",
             reason="model_invalid",
         )
     return value

@@ -114,7 +114,8 @@ Read from the parsed config, so a ${VAR} in a YAML comment does not count; $$ is
 Fail when more than one pod would run with a store that lives in each pod's memory:
 quotas would multiply and reconnects or cache hits depend on the pod a request lands on.
 Sections left out take the sidecar's defaults: quotas and resume in memory (resume on),
-the cache off (a route cannot turn resume on when the top level turned it off).
+the cache off. A route may turn the cache on (its store is the top level's), but not
+resume when the top level turned it off.
 */}}
 {{- define "claude-sidecar.checkReplicas" -}}
 {{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
@@ -131,7 +132,14 @@ the cache off (a route cannot turn resume on when the top level turned it off).
 {{- $memory = append $memory "resume.store" }}
 {{- end }}
 {{- $cache := $config.cache | default dict }}
-{{- if and (eq (toString (get $cache "enabled")) "true") (eq ((get $cache "store") | default "memory") "memory") }}
+{{- $cacheOn := eq (toString (get $cache "enabled")) "true" }}
+{{- range ($config.routes | default list) }}
+{{- $routeCache := and (kindIs "map" .) (get . "cache") }}
+{{- if and (kindIs "map" $routeCache) (eq (toString (get $routeCache "enabled")) "true") }}
+{{- $cacheOn = true }}
+{{- end }}
+{{- end }}
+{{- if and $cacheOn (eq ((get $cache "store") | default "memory") "memory") }}
 {{- $memory = append $memory "cache.store" }}
 {{- end }}
 {{- if $memory }}
