@@ -328,7 +328,6 @@ def route_policies(config: Config) -> list[RoutePolicy]:
         return built
     problems: list[str] = []
     policies = [_route_policy(config, i, r, problems) for i, r in enumerate(config.routes)]
-    problems.extend(_resume_store_problems(config))
     problems.extend(_cache_store_problems(config, policies))
     problems.extend(_ui_tool_problems(config, policies))
     problems.extend(_default_call_problems(config, policies))
@@ -356,15 +355,6 @@ def route_policies(config: Config) -> list[RoutePolicy]:
         raise ConfigError(problems)
     config._route_policies = policies
     return policies
-
-
-def _resume_store_problems(config: Config) -> list[str]:
-    """Resume on with the Redis store needs a Redis to reach (routes can only turn off what
-    the top level turned on)."""
-    resume = config.resume
-    if resume.enabled and resume.store == "redis" and config.resume_redis_url is None:
-        return ["resume.store: store 'redis' needs resume.redis_url or quotas.redis_url"]
-    return []
 
 
 def _cache_store_problems(config: Config, policies: list[RoutePolicy]) -> list[str]:
