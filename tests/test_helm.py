@@ -15,15 +15,18 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import helm_python as helm
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import BaseModel, SecretStr
 
 from sidecar import cli, loader
+from sidecar.config import Config
 from tests.support.promtool import RULES, run_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,6 +334,103 @@ def test_secrets_come_from_secret_refs_never_the_configmap(chart: Any) -> None:
     pasted = "claude:\n  api_key: sk-ant-api03-abcdefghijklmnop\n"
     with pytest.raises(helm.HelmRenderError, match="Secret"):
         chart.render({"config": pasted}, name="shop")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # A first line indented more than the next: a block scalar pasted with nindent
+        # took its indentation from it, and the next line broke the manifest.
+        '  # trial config\nserver: {listen: "0.0.0.0:8080", admin_listen: "0.0.0.0:9090"}\n',
+        "\n    # indented after a blank line\nserver: {}\n",
+        "server: {}",  # no final newline
+        "server: {}\n\n\n",  # several
+        "telemetry: {log_format: json}   \n# trailing spaces, a\ttab, \u00fcn\u00efcode\n",
+    ],
+)
+def test_any_config_text_reaches_the_configmap_exactly(chart: Any, config: str) -> None:
+    for values in ({"config": config}, {"config": config, "deployment": {"enabled": False}}):
+        (configmap,) = [d for d in render(chart, values) if d["kind"] == "ConfigMap"]
+        validate_kubernetes(configmap)
+        assert configmap["data"]["sidecar.yaml"] == config
+
+
+def secret_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key the sidecar holds as a secret (`SecretStr`: `***` in `sidecar check`),
+    `routes.` standing for each route."""
+    paths: list[str] = []
+    for name, info in model.model_fields.items():
+        for arg in _leaf_types(info.annotation):
+            if arg is SecretStr:
+                paths.append(prefix + name)
+            elif isinstance(arg, type) and issubclass(arg, BaseModel):
+                paths += secret_paths(arg, f"{prefix}{name}.")
+    return paths
+
+
+def _leaf_types(annotation: Any) -> list[Any]:
+    if get_origin(annotation) in (Union, UnionType, list):
+        return [leaf for arg in get_args(annotation) for leaf in _leaf_types(arg)]
+    return [annotation]
+
+
+def config_with(path: str, value: str) -> str:
+    """A config setting the dotted `path` (`routes.` is the first route) to `value`."""
+    keys = path.split(".")
+    node: dict[str, Any] = {keys[-1]: value}
+    for key in reversed(keys[1:-1]):
+        node = {key: node}
+    if keys[0] == "routes":
+        return yaml.safe_dump({"routes": [{"path": "/", "handler": "prompt", **node}]})
+    return yaml.safe_dump({keys[0]: node})
+
+
+SECRET_PATHS = secret_paths(Config)
+
+
+def test_every_secret_key_of_the_config_is_known() -> None:
+    """Negative control for the walk below: it finds the secrets the docs name."""
+    assert {"claude.api_key", "auth.jwt.secret", "quotas.redis_url", "resume.redis_url",
+            "cache.redis_url", "telemetry.user_hash_key", "routes.auth.jwt.secret"} <= set(
+        SECRET_PATHS
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("path", SECRET_PATHS)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not-a-reference-but-the-secret-itself-0123456789",
+        "redis://:hunter2@redis.shop:6379/0",
+        # The default is the secret, written out in the ConfigMap.
+        "${SECRET_VALUE:-the-secret-itself-0123456789abcdef}",
+        "redis://:${REDIS_PASSWORD}@redis.shop:6379/0",
+    ],
+)
+@pytest.mark.parametrize("deployment", [True, False])
+def test_a_secret_written_into_the_config_fails_the_render(
+    chart: Any, path: str, value: str, deployment: bool
+) -> None:
+    values = {
+        "config": config_with(path, value),
+        "secrets": {"existingSecret": "shop-secrets"},
+        "deployment": {"enabled": deployment},
+    }
+    shown = re.escape(path.replace("routes.", "routes.0."))
+    with pytest.raises(helm.HelmRenderError, match=f"config {shown} is a secret") as refused:
+        chart.render(values, name="shop")
+    assert "hunter2" not in str(refused.value)
+    assert "itself" not in str(refused.value)
+
+
+@pytest.mark.parametrize("path", SECRET_PATHS)
+def test_a_secret_read_from_the_environment_renders(chart: Any, path: str) -> None:
+    values = {
+        "config": config_with(path, "${SECRET_VALUE}"),
+        "secrets": {"existingSecret": "shop-secrets"},
+        "env": [{"name": "SECRET_VALUE", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+    }
+    assert "${SECRET_VALUE}" in config_text(render(chart, values))
 
 
 @pytest.mark.parametrize(
@@ -818,7 +918,7 @@ def test_existing_secret_is_referenced_never_rendered(chart: Any) -> None:
 
 # --------------------------------------------------------------------------- replicas
 
-REDIS_QUOTAS = 'quotas: {store: redis, redis_url: "redis://redis:6379/0"}\n'
+REDIS_QUOTAS = 'quotas: {store: redis, redis_url: "${REDIS_URL}"}\n'
 
 
 @pytest.mark.parametrize(
@@ -843,7 +943,12 @@ def test_replicas_with_memory_stores_fail_the_render(
 def test_replicas_render_with_shared_stores_or_when_allowed(chart: Any) -> None:
     assert one(render(chart), "Deployment")["spec"]["replicas"] == 1
     shared = render(
-        chart, {"replicaCount": 3, "config": REDIS_QUOTAS + "resume: {enabled: false}\n"}
+        chart,
+        {
+            "replicaCount": 3,
+            "config": REDIS_QUOTAS + "resume: {enabled: false}\n",
+            "secrets": {"existingSecret": "shop-secrets"},
+        },
     )
     assert one(shared, "Deployment")["spec"]["replicas"] == 3
     allowed = render(chart, {"replicaCount": 2, "allowMemoryStoresWithReplicas": True})
@@ -1085,6 +1190,7 @@ def test_a_budget_that_allows_no_eviction_fails_the_render(
     ],
 )  # fmt: skip
 def test_a_budget_that_allows_an_eviction_renders(chart: Any, values: dict[str, Any]) -> None:
+    values = {**values, "secrets": {"existingSecret": "shop-secrets"}}  # REDIS_URL
     validate_kubernetes(one(render(chart, values), "PodDisruptionBudget"))
 
 

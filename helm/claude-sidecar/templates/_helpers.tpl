@@ -218,11 +218,46 @@ sidecar is stopped only once the app has exited: the sum).
 {{- end }}
 {{- end }}
 
-{{/* Refuse an Anthropic key pasted into the config: it would land in a ConfigMap. */}}
+{{/*
+Refuse a secret written into the config: it would land in a ConfigMap, which anyone who may
+read the namespace's ConfigMaps reads. An Anthropic key anywhere in the text, and any value
+of a key the sidecar holds as a secret (shown as *** by `sidecar check`: claude.api_key,
+auth.jwt.secret, quotas / resume / cache redis_url, telemetry.user_hash_key, and a route's
+auth.jwt.secret, quotas.redis_url, cache.redis_url) that is not one ${VAR} reference: a
+literal, or a ${VAR:-default} whose default is the secret, would be in the ConfigMap.
+*/}}
 {{- define "claude-sidecar.checkNoSecretsInConfig" -}}
 {{- if regexMatch "sk-ant-[A-Za-z0-9_-]{8,}" .Values.config }}
 {{- fail "config contains an Anthropic API key: put it in a Secret and write ${ANTHROPIC_API_KEY} (secrets.env)" }}
 {{- end }}
+{{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
+{{- $found := list }}
+{{- range $path := list "claude.api_key" "auth.jwt.secret" "quotas.redis_url" "resume.redis_url" "cache.redis_url" "telemetry.user_hash_key" }}
+{{- $found = append $found (list $path (include "claude-sidecar.configValue" (list $config $path))) }}
+{{- end }}
+{{- range $index, $route := $config.routes | default list }}
+{{- range $path := list "auth.jwt.secret" "quotas.redis_url" "cache.redis_url" }}
+{{- $found = append $found (list (printf "routes.%d.%s" $index $path) (include "claude-sidecar.configValue" (list $route $path))) }}
+{{- end }}
+{{- end }}
+{{- range $found }}
+{{- $value := index . 1 }}
+{{- if and $value (not (regexMatch "^\\$\\{[A-Za-z_][A-Za-z0-9_]*\\}$" $value)) }}
+{{- fail (printf "config %s is a secret written into the config, which lands in the ConfigMap: write one ${VAR} reference there (e.g. \"${%s}\") and map VAR from the Secret in secrets.env" (index . 0) (index (dict "claude.api_key" "ANTHROPIC_API_KEY" "auth.jwt.secret" "JWT_SECRET" "telemetry.user_hash_key" "TELEMETRY_USER_HASH_KEY") (regexReplaceAll "^routes\\.[0-9]+\\." (index . 0) "") | default "REDIS_URL")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The text of one key of a parsed config ((list $map "a.b.c")), "" when a section on the way
+is missing or not a map, or the key is unset or null.
+*/}}
+{{- define "claude-sidecar.configValue" -}}
+{{- $node := index . 0 }}
+{{- range $key := splitList "." (index . 1) }}
+{{- $node = ternary (get (kindIs "map" $node | ternary $node dict) $key) nil (kindIs "map" $node) }}
+{{- end }}
+{{- if not (kindIs "invalid" $node) }}{{ toString $node }}{{ end }}
 {{- end }}
 
 {{- define "claude-sidecar.checkKubeVersion" -}}
