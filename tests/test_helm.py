@@ -564,10 +564,37 @@ def test_pod_mode_puts_the_app_behind_the_sidecar(chart: Any) -> None:
     assert app["ports"] == [{"name": "app", "containerPort": 3000, "protocol": "TCP"}]
 
     service = one(docs, "Service", "shop-claude-sidecar")
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["sidecar-http"]
-    sidecar_ports = {p["name"] for p in sidecar_container(spec)["ports"]}
-    assert "sidecar-http" in sidecar_ports
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [8080]
+    sidecar_ports = {p["name"]: p["containerPort"] for p in sidecar_container(spec)["ports"]}
+    assert sidecar_ports["sidecar-http"] == 8080
     assert service["spec"]["selector"].items() <= spec_labels(docs).items()
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("ports", [{"http": 8080, "admin": 9090}, {"http": 8000, "admin": 9100}])
+def test_services_and_network_policy_reach_the_sidecar_by_port_number(
+    chart: Any, native: bool, ports: dict[str, int]
+) -> None:
+    """A native sidecar is an init container: before Kubernetes 1.32 a Service's named
+    targetPort found no port in it (no endpoints, kubernetes#127958), and network plugins
+    that look up named ports among the containers only admit nothing (kubernetes#125285)."""
+    values = production_values()
+    values["nativeSidecar"] = native
+    values["ports"] = ports
+    values["config"] = values["config"].replace(":8080", f":{ports['http']}")
+    values["config"] = values["config"].replace(":9090", f":{ports['admin']}")
+    docs = render(chart, values)
+    spec = pod_spec(docs)
+    assert (sidecar_container(spec) in spec.get("initContainers", [])) is native
+    declared = {p["containerPort"] for p in sidecar_container(spec)["ports"]}
+    targets = [
+        port["targetPort"] for d in docs if d["kind"] == "Service" for port in d["spec"]["ports"]
+    ]
+    assert sorted(targets) == sorted(ports.values())
+    policy = one(docs, "NetworkPolicy")["spec"]
+    allowed = [port["port"] for rule in policy["ingress"] for port in rule["ports"]]
+    assert allowed == [ports["http"], ports["admin"]]
+    assert set(targets) | set(allowed) <= declared
 
 
 def spec_labels(docs: list[Any]) -> dict[str, str]:
@@ -658,7 +685,7 @@ def test_gated_objects_select_the_sidecar_pods(chart: Any) -> None:
     policy = one(docs, "NetworkPolicy")["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     allowed = [port["port"] for rule in policy["ingress"] for port in rule["ports"]]
-    assert allowed == ["sidecar-http", "sidecar-admin"]  # never the app's port
+    assert allowed == [8080, 9090]  # never the app's port
     assert policy["policyTypes"] == ["Ingress", "Egress"]
 
     metrics = one(docs, "Service", "shop-claude-sidecar-metrics")
@@ -675,7 +702,7 @@ def test_gated_objects_select_the_sidecar_pods(chart: Any) -> None:
     endpoint = monitor["spec"]["endpoints"][0]
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] in {p["name"] for p in metrics["spec"]["ports"]}
-    assert metrics["spec"]["ports"][0]["targetPort"] == "sidecar-admin"
+    assert metrics["spec"]["ports"][0]["targetPort"] == 9090
 
 
 def test_pdb_max_unavailable_and_hpa_bounds(chart: Any) -> None:
@@ -715,7 +742,7 @@ def test_injection_shares_one_configmap_and_checksum(inject_chart: Any) -> None:
     expected = hashlib.sha256(configmap["data"]["sidecar.yaml"].encode()).hexdigest()
     assert annotations["checksum/claude-sidecar-config"] == expected
     service = one(docs, "Service")
-    assert service["spec"]["ports"][0]["targetPort"] == "sidecar-http"
+    assert service["spec"]["ports"][0]["targetPort"] == 8000
     # The sidecar's own values (port 8000) reach the injected container, not the chart defaults.
     ports = {p["name"]: p["containerPort"] for p in sidecar_container(spec)["ports"]}
     assert ports == {"sidecar-http": 8000, "sidecar-admin": 9090}
@@ -1198,7 +1225,7 @@ def test_a_tls_listener_is_reached_over_https(chart: Any) -> None:
     values = {"config": TLS_CONFIG, **FILE_VOLUMES}
     # The Service port is named for its protocol (meshes read the name as the protocol).
     (port,) = one(render(chart, values), "Service")["spec"]["ports"]
-    assert (port["name"], port["targetPort"]) == ("https", "sidecar-http")
+    assert (port["name"], port["targetPort"]) == ("https", 8080)
     (plain,) = one(render(chart), "Service")["spec"]["ports"]
     assert plain["name"] == "http"
     text = notes(chart, values)
