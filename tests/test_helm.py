@@ -446,6 +446,16 @@ def test_a_secret_read_from_the_environment_renders(chart: Any, path: str) -> No
             r"server\.shutdown_grace_seconds is \"\$\{GRACE:-120\}\", not a number",
         ),
         ({"app": {"image": {"repository": "web"}}}, "app.image.tag is required"),
+        # The containers of a pod share one network: one of the two could not listen.
+        ({"app": {"image": {"repository": "web", "tag": "1"}, "port": 8080}}, "app.port 8080"),
+        ({"app": {"image": {"repository": "web", "tag": "1"}, "port": 9090}}, "app.port 9090"),
+        (
+            {
+                "app": {"image": {"repository": "web", "tag": "1"}, "port": 9090},
+                "nativeSidecar": True,
+            },
+            "app.port 9090",
+        ),
     ],
 )
 def test_values_that_contradict_the_config_fail_at_render(
