@@ -715,6 +715,33 @@ def test_gated_objects_select_the_sidecar_pods(chart: Any) -> None:
     assert metrics["spec"]["ports"][0]["targetPort"] == 9090
 
 
+@pytest.mark.parametrize(
+    ("interval", "timeout", "renders"),
+    [
+        ("30s", "10s", True),
+        ("1m", "60s", True),
+        ("2m", "90s", True),
+        ("1h", "59m", True),
+        ("0010s", "9s", True),  # leading zeros read as decimal
+        ("5s", "10s", False),  # the interval lowered, the default timeout kept
+        ("1m", "61s", False),
+        ("500ms", "1s", False),
+        ("0010s", "11s", False),
+    ],
+)
+def test_a_scrape_timeout_above_the_interval_fails_the_render(
+    chart: Any, interval: str, timeout: str, renders: bool
+) -> None:
+    """The Prometheus Operator skips such a ServiceMonitor: nothing would be scraped."""
+    values = {"serviceMonitor": {"enabled": True, "interval": interval, "scrapeTimeout": timeout}}
+    if renders:
+        endpoint = one(render(chart, values), "ServiceMonitor")["spec"]["endpoints"][0]
+        assert (endpoint["interval"], endpoint["scrapeTimeout"]) == (interval, timeout)
+    else:
+        with pytest.raises(helm.HelmRenderError, match=r"exceeds serviceMonitor\.interval"):
+            chart.render(values, name="shop")
+
+
 def test_pdb_max_unavailable_and_hpa_bounds(chart: Any) -> None:
     docs = render(chart, {"podDisruptionBudget": {"enabled": True, "maxUnavailable": 1}})
     assert one(docs, "PodDisruptionBudget")["spec"] == {

@@ -146,6 +146,14 @@ the cache off (a route cannot turn resume on when the top level turned it off).
 {{- ternary "https" "http" (hasKey (get $server "tls" | default dict) "cert_file") }}
 {{- end }}
 
+{{/* Milliseconds of a duration as values.schema.json allows it: digits and ms, s, m or h. */}}
+{{- define "claude-sidecar.durationMs" -}}
+{{- $unit := regexReplaceAll "^[0-9]+" (toString .) "" }}
+{{- /* Leading zeros off: int64 would read "010" as octal. */}}
+{{- $count := regexReplaceAll "^0+" (regexReplaceAll "[a-z]+$" (toString .) "") "" | default "0" | int64 }}
+{{- mul $count (get (dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000) $unit) }}
+{{- end }}
+
 {{- define "claude-sidecar.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
