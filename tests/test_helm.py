@@ -248,6 +248,11 @@ def test_schema_validation_is_strict_enough_to_fail(chart: Any) -> None:
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"config": 42}, "/config"),
         ({"probes": {"liveness": {"path": "healthz"}}}, "/probes/liveness/path"),
+        # Names the API server would refuse, after Helm had applied the objects before them.
+        ({"nameOverride": "Claude_Sidecar"}, "/nameOverride"),
+        ({"fullnameOverride": "shop sidecar"}, "/fullnameOverride"),
+        ({"serviceAccount": {"name": "Shop"}}, "/serviceAccount/name"),
+        ({"priorityClassName": "High Priority"}, "/priorityClassName"),
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(
