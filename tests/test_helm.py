@@ -253,6 +253,9 @@ def test_schema_validation_is_strict_enough_to_fail(chart: Any) -> None:
         ({"fullnameOverride": "shop sidecar"}, "/fullnameOverride"),
         ({"serviceAccount": {"name": "Shop"}}, "/serviceAccount/name"),
         ({"priorityClassName": "High Priority"}, "/priorityClassName"),
+        # The SDK splits keys on "," and "=" and does not decode them: the key would be lost.
+        ({"otel": {"resourceAttributes": {"team,region": "eu"}}}, "propertyName 'team,region'"),
+        ({"otel": {"resourceAttributes": {"a=b": "c"}}}, "propertyName 'a=b'"),
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(
