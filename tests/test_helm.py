@@ -762,6 +762,36 @@ def test_pdb_max_unavailable_and_hpa_bounds(chart: Any) -> None:
         )
 
 
+WEB = {"repository": "registry.example.com/shop/web", "tag": "2.4.1"}
+
+
+@pytest.mark.parametrize(
+    ("values", "missing"),
+    [
+        # The app container without requests: the pod's utilization has no denominator.
+        ({"app": {"image": WEB}}, "app.resources.requests has no cpu"),
+        ({"app": {"image": WEB, "resources": {"requests": {"cpu": "1"}}},
+          "autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80}},
+         "app.resources.requests has no memory"),
+        ({"resources": {"requests": None}}, "resources.requests has no cpu"),
+    ],
+)  # fmt: skip
+def test_autoscaling_on_a_resource_a_container_requests_nothing_of_fails_the_render(
+    chart: Any, values: dict[str, Any], missing: str
+) -> None:
+    """The HPA divides usage by the requests of every container of the pod; one missing
+    and it computes nothing (FailedGetResourceMetric), so the Deployment never scales."""
+    values = {"autoscaling": {"enabled": True}, "config": REDIS_STORES,
+              "secrets": {"existingSecret": "shop-secrets"}, **values}  # fmt: skip
+    with pytest.raises(helm.HelmRenderError, match=re.escape(missing)):
+        chart.render(values, name="shop")
+    # A limit alone is the request too; with requests on both containers it renders.
+    fixed = copy.deepcopy(values)
+    fixed["resources"] = {"limits": {"cpu": "1", "memory": "1Gi"}}
+    fixed.setdefault("app", {})["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
+    validate_kubernetes(one(render(chart, fixed), "HorizontalPodAutoscaler"))
+
+
 def test_notes_tell_how_to_reach_it_and_warn_about_memory_quotas(chart: Any) -> None:
     text = notes(chart)
     assert "kubectl -n shop port-forward svc/shop-claude-sidecar 8080:80" in text
