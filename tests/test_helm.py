@@ -806,6 +806,28 @@ def test_notes_tell_how_to_reach_it_and_warn_about_memory_quotas(chart: Any) -> 
 # --------------------------------------------------------------------------- injection
 
 
+@pytest.mark.parametrize(
+    ("sidecar", "grace"),
+    [
+        # Beside the app: the larger of the sidecar's 5 + 20 + 5 and the app's 10 + 5.
+        ({}, 30),
+        ({"app": {"shutdownSeconds": 40}}, 45),
+        # A native sidecar's preStop and drain start once the parent's app has exited.
+        ({"nativeSidecar": True}, 10 + 5 + 20 + 5),
+        ({"nativeSidecar": True, "app": {"shutdownSeconds": 30}}, 30 + 5 + 20 + 5),
+    ],
+)
+def test_injected_grace_counts_the_parents_app(
+    inject_chart: Any, sidecar: dict[str, Any], grace: int
+) -> None:
+    docs = render(inject_chart, {"claude-sidecar": sidecar}, name="web")
+    spec = pod_spec(docs)
+    assert spec["terminationGracePeriodSeconds"] == grace
+    assert (sidecar_container(spec) in spec.get("initContainers", [])) is bool(
+        sidecar.get("nativeSidecar")
+    )
+
+
 def test_injection_shares_one_configmap_and_checksum(inject_chart: Any) -> None:
     docs = render(inject_chart, name="web")
     configmap = one(docs, "ConfigMap")

@@ -190,7 +190,8 @@ with it (ports, shutdown grace). Returns the parsed map as YAML; fails on unpars
 
 {{/*
 Seconds Kubernetes waits after SIGTERM: preStop sleep + the sidecar's drain + 5 (the sidecar
-exits at most 4 s after its grace). With an app container, its app.shutdownSeconds too: in
+exits at most 4 s after its grace). With an app container (always when injected into another
+chart's Deployment), its app.shutdownSeconds too: in
 parallel with the sidecar's (the larger of the two), or, for a native sidecar, before it (the
 sidecar is stopped only once the app has exited: the sum).
 */}}
@@ -209,7 +210,8 @@ sidecar is stopped only once the app has exited: the sum).
 {{- $drain = $grace | float64 }}
 {{- end }}
 {{- $needed := addf .Values.preStopSleepSeconds $drain }}
-{{- if .Values.app.image.repository }}
+{{- /* Injected (deployment.enabled false), the sidecar always has the parent's app beside it. */}}
+{{- if or .Values.app.image.repository (not .Values.deployment.enabled) }}
 {{- $app := .Values.app.shutdownSeconds | float64 }}
 {{- if .Values.nativeSidecar }}
 {{- $needed = addf $needed $app }}
