@@ -976,6 +976,15 @@ def test_secret_create_renders_the_secret_the_pod_reads(chart: Any) -> None:
         validate_kubernetes(doc)
 
 
+def test_secret_keys_that_read_as_other_yaml_types_stay_the_keys_given(chart: Any) -> None:
+    """`yes`, `1e3`, `0x10` unquoted are a bool and numbers to YAML: the Secret got other keys."""
+    data = {"anthropic-api-key": "k", "jwt-secret": "j", "yes": "a", "1e3": "b", "0x10": "c",
+            "null": "d", "007": "e"}  # fmt: skip
+    secret = one(render(chart, {"secrets": {"create": True, "data": data}}), "Secret")
+    validate_kubernetes(secret)
+    assert secret["stringData"] == data
+
+
 @pytest.mark.parametrize("roll_on_config", [True, False])
 def test_a_changed_rendered_secret_rolls_the_pods(chart: Any, roll_on_config: bool) -> None:
     # Env vars are read at start: only a new pod gets a changed key.
