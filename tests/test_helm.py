@@ -205,6 +205,25 @@ def test_every_gate_on_renders_valid_manifests(chart: Any) -> None:
         validate_kubernetes(doc)
 
 
+def test_names_that_read_as_numbers_or_booleans_stay_strings(chart: Any) -> None:
+    """A release `123` (Helm allows it), nameOverride `1` or a service account `true` were
+    written unquoted: labels and names became numbers and the API server refused them."""
+    values = production_values()
+    values.update(nameOverride="1", priorityClassName="100", serviceAccount={"name": "true"})
+    values["prometheusRule"] = {"enabled": True}
+    docs = [d for d in chart.render(values, name="123", namespace="shop").items()]
+    rendered = [doc for path, text in docs if not path.endswith("NOTES.txt")
+                for doc in yaml.safe_load_all(text) if doc]  # fmt: skip
+    for doc in rendered:
+        validate_kubernetes(doc)
+    labels = one(rendered, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert labels == {"app.kubernetes.io/name": "1", "app.kubernetes.io/instance": "123"}
+    spec = pod_spec(rendered)
+    assert (spec["serviceAccountName"], spec["priorityClassName"]) == ("true", "100")
+    names = {d["kind"]: d["metadata"]["name"] for d in render(chart, {"fullnameOverride": "7"})}
+    assert names["Deployment"] == names["ConfigMap"][: -len("-config")] == "7"
+
+
 def test_deployment_disabled_renders_only_the_configmap_and_alerts(chart: Any) -> None:
     every_gate = production_values() | {"deployment": {"enabled": False}}
     # The alerts select series by job and namespace, not this chart's pods: an injected

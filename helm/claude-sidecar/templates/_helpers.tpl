@@ -22,8 +22,8 @@
 {{- end }}
 
 {{- define "claude-sidecar.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "claude-sidecar.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "claude-sidecar.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end }}
 
 {{- define "claude-sidecar.labels" -}}
