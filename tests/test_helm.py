@@ -1287,6 +1287,19 @@ def test_config_vars_given_by_env_defaults_or_escapes_render(
     assert cli.main(["check", "-c", str(path)]) == 0
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        SERVER + '# later: auth: {mode: required, jwt: {secret: "${JWT_SECRET}"}}\n',
+        SERVER + 'screening: {deny_patterns: ["$${JWT_SECRET}"]}\n',  # a literal ${
+    ],
+)
+def test_a_secret_var_only_in_a_comment_or_escaped_needs_no_secret(chart: Any, config: str) -> None:
+    """The Secret check read the raw text; the env check already read the parsed config."""
+    container = sidecar_container(pod_spec(render(chart, {"config": config})))
+    assert not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+
+
 # Every Kubernetes version the chart supports (Chart.yaml kubeVersion >= 1.25; the native
 # sidecar from 1.29) and the newest schemas bundled.
 SUPPORTED = [f"1.{minor}.0" for minor in range(25, 38)]

@@ -69,8 +69,10 @@ create, secrets.data must hold every required key.
 {{- if ne $baseUrl "builtin:fake" }}
 {{- fail (printf "claude.base_url is %q: the sidecar needs its API key from a Secret. Set secrets.existingSecret to a Secret you created (kubectl create secret generic NAME --from-literal=anthropic-api-key=...), or secrets.create=true with secrets.data for a trial" $baseUrl) }}
 {{- end }}
+{{- /* Read from the parsed config, as checkConfigEnv does: a comment or a $${ escape reads nothing. */}}
+{{- $text := include "claude-sidecar.parsedConfig" . | replace "$$" "" }}
 {{- range .Values.secrets.env }}
-{{- if and (not .optional) (contains (printf "${%s}" .name) $.Values.config) }}
+{{- if and (not .optional) (contains (printf "${%s}" .name) $text) }}
 {{- fail (printf "config reads ${%s} (secrets.env key %q) but no Secret is given: set secrets.existingSecret, or secrets.create=true with secrets.data" .name .key) }}
 {{- end }}
 {{- end }}
