@@ -450,6 +450,39 @@ def test_a_secret_written_into_the_config_fails_the_render(
     assert "itself" not in str(refused.value)
 
 
+URL_PATHS = ["app.url", "claude.base_url", "auth.jwt.jwks_url", "telemetry.otlp_endpoint",
+             "routes.auth.jwt.jwks_url"]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", URL_PATHS)
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://admin:hunter2@host.example:8443/x", True),
+        ("https://itsatoken@host.example/x", True),
+        ("https://admin:${URL_PASSWORD}@host.example/x", False),  # from the environment
+        ("https://host.example/a@b", False),  # an @ in the path is no userinfo
+    ],
+)
+def test_a_url_with_written_out_credentials_fails_the_render(
+    chart: Any, path: str, url: str, refused: bool
+) -> None:
+    values = {
+        "config": config_with(path, url),
+        "secrets": {"existingSecret": "shop-secrets"},
+        "env": [{"name": "URL_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+        "deployment": {"enabled": False},  # the ConfigMap alone: the pod's checks aside
+    }
+    if not refused:
+        assert url in config_text(render(chart, values))
+        return
+    shown = re.escape(path.replace("routes.", "routes.0."))
+    with pytest.raises(helm.HelmRenderError, match=f"config {shown} carries credentials") as error:
+        chart.render(values, name="shop")
+    assert "hunter2" not in str(error.value)
+    assert "itsatoken" not in str(error.value)
+
+
 @pytest.mark.parametrize("path", SECRET_PATHS)
 def test_a_secret_read_from_the_environment_renders(chart: Any, path: str) -> None:
     values = {

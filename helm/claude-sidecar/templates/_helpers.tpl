@@ -236,7 +236,9 @@ read the namespace's ConfigMaps reads. An Anthropic key anywhere in the text, an
 of a key the sidecar holds as a secret (shown as *** by `sidecar check`: claude.api_key,
 auth.jwt.secret, quotas / resume / cache redis_url, telemetry.user_hash_key, and a route's
 auth.jwt.secret, quotas.redis_url, cache.redis_url) that is not one ${VAR} reference: a
-literal, or a ${VAR:-default} whose default is the secret, would be in the ConfigMap.
+literal, or a ${VAR:-default} whose default is the secret, would be in the ConfigMap. And a
+URL key (app.url, claude.base_url, auth.jwt.jwks_url, telemetry.otlp_endpoint) whose
+userinfo (user:password@) is written out rather than read from a ${VAR}.
 */}}
 {{- define "claude-sidecar.checkNoSecretsInConfig" -}}
 {{- if regexMatch "sk-ant-[A-Za-z0-9_-]{8,}" .Values.config }}
@@ -256,6 +258,20 @@ literal, or a ${VAR:-default} whose default is the secret, would be in the Confi
 {{- $value := index . 1 }}
 {{- if and $value (not (regexMatch "^\\$\\{[A-Za-z_][A-Za-z0-9_]*\\}$" $value)) }}
 {{- fail (printf "config %s is a secret written into the config, which lands in the ConfigMap: write one ${VAR} reference there (e.g. \"${%s}\") and map VAR from the Secret in secrets.env" (index . 0) (index (dict "claude.api_key" "ANTHROPIC_API_KEY" "auth.jwt.secret" "JWT_SECRET" "telemetry.user_hash_key" "TELEMETRY_USER_HASH_KEY") (regexReplaceAll "^routes\\.[0-9]+\\." (index . 0) "") | default "REDIS_URL")) }}
+{{- end }}
+{{- end }}
+{{- /* A URL key with credentials in its userinfo (https://user:password@host) written out. */}}
+{{- $urls := list }}
+{{- range $path := list "app.url" "claude.base_url" "auth.jwt.jwks_url" "telemetry.otlp_endpoint" }}
+{{- $urls = append $urls (list $path (include "claude-sidecar.configValue" (list $config $path))) }}
+{{- end }}
+{{- range $index, $route := $config.routes | default list }}
+{{- $urls = append $urls (list (printf "routes.%d.auth.jwt.jwks_url" $index) (include "claude-sidecar.configValue" (list $route "auth.jwt.jwks_url"))) }}
+{{- end }}
+{{- range $urls }}
+{{- $userinfo := regexFind "^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@" (index . 1) }}
+{{- if and $userinfo (not (contains "${" $userinfo)) }}
+{{- fail (printf "config %s carries credentials (user:password@) written into the config, which lands in the ConfigMap: put the whole URL in the Secret and write one ${VAR} reference there" (index . 0)) }}
 {{- end }}
 {{- end }}
 {{- end }}
