@@ -272,6 +272,9 @@ def test_schema_validation_is_strict_enough_to_fail(chart: Any) -> None:
         ({"fullnameOverride": "shop sidecar"}, "/fullnameOverride"),
         ({"serviceAccount": {"name": "Shop"}}, "/serviceAccount/name"),
         ({"priorityClassName": "High Priority"}, "/priorityClassName"),
+        # runAsNonRoot (kept from the defaults) with UID 0: the kubelet refuses the container.
+        ({"securityContext": {"runAsUser": 0}}, "/securityContext/runAsUser"),
+        ({"securityContext": {"runAsUser": "10001"}}, "/securityContext/runAsUser"),
         # The SDK splits keys on "," and "=" and does not decode them: the key would be lost.
         ({"otel": {"resourceAttributes": {"team,region": "eu"}}}, "propertyName 'team,region'"),
         ({"otel": {"resourceAttributes": {"a=b": "c"}}}, "propertyName 'a=b'"),
