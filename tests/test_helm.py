@@ -847,6 +847,12 @@ def test_autoscaling_on_a_resource_a_container_requests_nothing_of_fails_the_ren
     validate_kubernetes(one(render(chart, fixed), "HorizontalPodAutoscaler"))
 
 
+def test_injection_notes_name_every_template_to_include(chart: Any) -> None:
+    text = notes(chart, {"deployment": {"enabled": False}})
+    for template in ("container", "volumes", "podAnnotations", "terminationGracePeriodSeconds"):
+        assert f'"claude-sidecar.{template}"' in text
+
+
 def test_notes_tell_how_to_reach_it_and_warn_about_memory_quotas(chart: Any) -> None:
     text = notes(chart)
     assert "kubectl -n shop port-forward svc/shop-claude-sidecar 8080:80" in text
