@@ -453,6 +453,28 @@ def test_a_secret_written_into_the_config_fails_the_render(
     assert "itself" not in str(refused.value)
 
 
+@pytest.mark.parametrize("path", SECRET_PATHS)
+@pytest.mark.parametrize("deployment", [True, False])
+def test_a_secret_var_set_as_a_plain_env_value_fails_the_render(
+    chart: Any, path: str, deployment: bool
+) -> None:
+    """The secret would be written out in the Deployment instead of the ConfigMap."""
+    values = {
+        "config": config_with(path, "${SECRET_VALUE}"),
+        "secrets": {"existingSecret": "shop-secrets"},
+        "env": [{"name": "SECRET_VALUE", "value": "the-secret-itself-0123456789abcdef"}],
+        "deployment": {"enabled": deployment},
+    }
+    shown = re.escape(path.replace("routes.", "routes.0."))
+    with pytest.raises(
+        helm.HelmRenderError, match=f"config {shown} reads " + r"\$\{SECRET_VALUE\}"
+    ):
+        chart.render(values, name="shop")
+    pasted = {"env": [{"name": "CLAUDE", "value": "sk-ant-api03-abcdefghijklmnop"}]}
+    with pytest.raises(helm.HelmRenderError, match="env CLAUDE holds an Anthropic API key"):
+        chart.render(pasted, name="shop")
+
+
 URL_PATHS = ["app.url", "claude.base_url", "auth.jwt.jwks_url", "telemetry.otlp_endpoint",
              "routes.auth.jwt.jwks_url"]  # fmt: skip
 

@@ -260,6 +260,25 @@ userinfo (user:password@) is written out rather than read from a ${VAR}.
 {{- fail (printf "config %s is a secret written into the config, which lands in the ConfigMap: write one ${VAR} reference there (e.g. \"${%s}\") and map VAR from the Secret in secrets.env" (index . 0) (index (dict "claude.api_key" "ANTHROPIC_API_KEY" "auth.jwt.secret" "JWT_SECRET" "telemetry.user_hash_key" "TELEMETRY_USER_HASH_KEY") (regexReplaceAll "^routes\\.[0-9]+\\." (index . 0) "") | default "REDIS_URL")) }}
 {{- end }}
 {{- end }}
+{{- /*
+The ${VAR} a secret key reads must not be a plain `value` of the sidecar's extra env either:
+it would be written out in the Deployment (and Helm's release record) instead of a Secret.
+*/}}
+{{- $plain := dict }}
+{{- range .Values.env }}
+{{- if hasKey . "value" }}
+{{- $_ := set $plain (toString .name) true }}
+{{- if regexMatch "sk-ant-[A-Za-z0-9_-]{8,}" (toString .value) }}
+{{- fail (printf "env %s holds an Anthropic API key as a plain value: put it in a Secret and map it in secrets.env" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $found }}
+{{- $name := regexReplaceAll "^\\$\\{(.*)\\}$" (index . 1) "${1}" }}
+{{- if and (index . 1) (hasKey $plain $name) }}
+{{- fail (printf "config %s reads ${%s}, which env sets as a plain value: the secret would be written out in the Deployment. Map %s from a Secret (secrets.env, or env with valueFrom.secretKeyRef)" (index . 0) $name $name) }}
+{{- end }}
+{{- end }}
 {{- /* A URL key with credentials in its userinfo (https://user:password@host) written out. */}}
 {{- $urls := list }}
 {{- range $path := list "app.url" "claude.base_url" "auth.jwt.jwks_url" "telemetry.otlp_endpoint" }}
