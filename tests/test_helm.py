@@ -15,15 +15,18 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import helm_python as helm
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import BaseModel, SecretStr
 
 from sidecar import cli, loader
+from sidecar.config import Config
 from tests.support.promtool import RULES, run_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,6 +205,25 @@ def test_every_gate_on_renders_valid_manifests(chart: Any) -> None:
         validate_kubernetes(doc)
 
 
+def test_names_that_read_as_numbers_or_booleans_stay_strings(chart: Any) -> None:
+    """A release `123` (Helm allows it), nameOverride `1` or a service account `true` were
+    written unquoted: labels and names became numbers and the API server refused them."""
+    values = production_values()
+    values.update(nameOverride="1", priorityClassName="100", serviceAccount={"name": "true"})
+    values["prometheusRule"] = {"enabled": True}
+    docs = [d for d in chart.render(values, name="123", namespace="shop").items()]
+    rendered = [doc for path, text in docs if not path.endswith("NOTES.txt")
+                for doc in yaml.safe_load_all(text) if doc]  # fmt: skip
+    for doc in rendered:
+        validate_kubernetes(doc)
+    labels = one(rendered, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert labels == {"app.kubernetes.io/name": "1", "app.kubernetes.io/instance": "123"}
+    spec = pod_spec(rendered)
+    assert (spec["serviceAccountName"], spec["priorityClassName"]) == ("true", "100")
+    names = {d["kind"]: d["metadata"]["name"] for d in render(chart, {"fullnameOverride": "7"})}
+    assert names["Deployment"] == names["ConfigMap"][: -len("-config")] == "7"
+
+
 def test_deployment_disabled_renders_only_the_configmap_and_alerts(chart: Any) -> None:
     every_gate = production_values() | {"deployment": {"enabled": False}}
     # The alerts select series by job and namespace, not this chart's pods: an injected
@@ -245,6 +267,17 @@ def test_schema_validation_is_strict_enough_to_fail(chart: Any) -> None:
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"config": 42}, "/config"),
         ({"probes": {"liveness": {"path": "healthz"}}}, "/probes/liveness/path"),
+        # Names the API server would refuse, after Helm had applied the objects before them.
+        ({"nameOverride": "Claude_Sidecar"}, "/nameOverride"),
+        ({"fullnameOverride": "shop sidecar"}, "/fullnameOverride"),
+        ({"serviceAccount": {"name": "Shop"}}, "/serviceAccount/name"),
+        ({"priorityClassName": "High Priority"}, "/priorityClassName"),
+        # runAsNonRoot (kept from the defaults) with UID 0: the kubelet refuses the container.
+        ({"securityContext": {"runAsUser": 0}}, "/securityContext/runAsUser"),
+        ({"securityContext": {"runAsUser": "10001"}}, "/securityContext/runAsUser"),
+        # The SDK splits keys on "," and "=" and does not decode them: the key would be lost.
+        ({"otel": {"resourceAttributes": {"team,region": "eu"}}}, "propertyName 'team,region'"),
+        ({"otel": {"resourceAttributes": {"a=b": "c"}}}, "propertyName 'a=b'"),
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(
@@ -334,6 +367,158 @@ def test_secrets_come_from_secret_refs_never_the_configmap(chart: Any) -> None:
 
 
 @pytest.mark.parametrize(
+    "config",
+    [
+        # A first line indented more than the next: a block scalar pasted with nindent
+        # took its indentation from it, and the next line broke the manifest.
+        '  # trial config\nserver: {listen: "0.0.0.0:8080", admin_listen: "0.0.0.0:9090"}\n',
+        "\n    # indented after a blank line\nserver: {}\n",
+        "server: {}",  # no final newline
+        "server: {}\n\n\n",  # several
+        "telemetry: {log_format: json}   \n# trailing spaces, a\ttab, \u00fcn\u00efcode\n",
+    ],
+)
+def test_any_config_text_reaches_the_configmap_exactly(chart: Any, config: str) -> None:
+    for values in ({"config": config}, {"config": config, "deployment": {"enabled": False}}):
+        (configmap,) = [d for d in render(chart, values) if d["kind"] == "ConfigMap"]
+        validate_kubernetes(configmap)
+        assert configmap["data"]["sidecar.yaml"] == config
+
+
+def secret_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key the sidecar holds as a secret (`SecretStr`: `***` in `sidecar check`),
+    `routes.` standing for each route."""
+    paths: list[str] = []
+    for name, info in model.model_fields.items():
+        for arg in _leaf_types(info.annotation):
+            if arg is SecretStr:
+                paths.append(prefix + name)
+            elif isinstance(arg, type) and issubclass(arg, BaseModel):
+                paths += secret_paths(arg, f"{prefix}{name}.")
+    return paths
+
+
+def _leaf_types(annotation: Any) -> list[Any]:
+    if get_origin(annotation) in (Union, UnionType, list):
+        return [leaf for arg in get_args(annotation) for leaf in _leaf_types(arg)]
+    return [annotation]
+
+
+def config_with(path: str, value: str) -> str:
+    """A config setting the dotted `path` (`routes.` is the first route) to `value`."""
+    keys = path.split(".")
+    node: dict[str, Any] = {keys[-1]: value}
+    for key in reversed(keys[1:-1]):
+        node = {key: node}
+    if keys[0] == "routes":
+        return yaml.safe_dump({"routes": [{"path": "/", "handler": "prompt", **node}]})
+    return yaml.safe_dump({keys[0]: node})
+
+
+SECRET_PATHS = secret_paths(Config)
+
+
+def test_every_secret_key_of_the_config_is_known() -> None:
+    """Negative control for the walk below: it finds the secrets the docs name."""
+    assert {"claude.api_key", "auth.jwt.secret", "quotas.redis_url", "resume.redis_url",
+            "cache.redis_url", "telemetry.user_hash_key", "routes.auth.jwt.secret"} <= set(
+        SECRET_PATHS
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("path", SECRET_PATHS)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not-a-reference-but-the-secret-itself-0123456789",
+        "redis://:hunter2@redis.shop:6379/0",
+        # The default is the secret, written out in the ConfigMap.
+        "${SECRET_VALUE:-the-secret-itself-0123456789abcdef}",
+        "redis://:${REDIS_PASSWORD}@redis.shop:6379/0",
+    ],
+)
+@pytest.mark.parametrize("deployment", [True, False])
+def test_a_secret_written_into_the_config_fails_the_render(
+    chart: Any, path: str, value: str, deployment: bool
+) -> None:
+    values = {
+        "config": config_with(path, value),
+        "secrets": {"existingSecret": "shop-secrets"},
+        "deployment": {"enabled": deployment},
+    }
+    shown = re.escape(path.replace("routes.", "routes.0."))
+    with pytest.raises(helm.HelmRenderError, match=f"config {shown} is a secret") as refused:
+        chart.render(values, name="shop")
+    assert "hunter2" not in str(refused.value)
+    assert "itself" not in str(refused.value)
+
+
+@pytest.mark.parametrize("path", SECRET_PATHS)
+@pytest.mark.parametrize("deployment", [True, False])
+def test_a_secret_var_set_as_a_plain_env_value_fails_the_render(
+    chart: Any, path: str, deployment: bool
+) -> None:
+    """The secret would be written out in the Deployment instead of the ConfigMap."""
+    values = {
+        "config": config_with(path, "${SECRET_VALUE}"),
+        "secrets": {"existingSecret": "shop-secrets"},
+        "env": [{"name": "SECRET_VALUE", "value": "the-secret-itself-0123456789abcdef"}],
+        "deployment": {"enabled": deployment},
+    }
+    shown = re.escape(path.replace("routes.", "routes.0."))
+    with pytest.raises(
+        helm.HelmRenderError, match=f"config {shown} reads " + r"\$\{SECRET_VALUE\}"
+    ):
+        chart.render(values, name="shop")
+    pasted = {"env": [{"name": "CLAUDE", "value": "sk-ant-api03-abcdefghijklmnop"}]}
+    with pytest.raises(helm.HelmRenderError, match="env CLAUDE holds an Anthropic API key"):
+        chart.render(pasted, name="shop")
+
+
+URL_PATHS = ["app.url", "claude.base_url", "auth.jwt.jwks_url", "telemetry.otlp_endpoint",
+             "routes.auth.jwt.jwks_url"]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", URL_PATHS)
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://admin:hunter2@host.example:8443/x", True),
+        ("https://itsatoken@host.example/x", True),
+        ("https://admin:${URL_PASSWORD}@host.example/x", False),  # from the environment
+        ("https://host.example/a@b", False),  # an @ in the path is no userinfo
+    ],
+)
+def test_a_url_with_written_out_credentials_fails_the_render(
+    chart: Any, path: str, url: str, refused: bool
+) -> None:
+    values = {
+        "config": config_with(path, url),
+        "secrets": {"existingSecret": "shop-secrets"},
+        "env": [{"name": "URL_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+        "deployment": {"enabled": False},  # the ConfigMap alone: the pod's checks aside
+    }
+    if not refused:
+        assert url in config_text(render(chart, values))
+        return
+    shown = re.escape(path.replace("routes.", "routes.0."))
+    with pytest.raises(helm.HelmRenderError, match=f"config {shown} carries credentials") as error:
+        chart.render(values, name="shop")
+    assert "hunter2" not in str(error.value)
+    assert "itsatoken" not in str(error.value)
+
+
+@pytest.mark.parametrize("path", SECRET_PATHS)
+def test_a_secret_read_from_the_environment_renders(chart: Any, path: str) -> None:
+    values = {
+        "config": config_with(path, "${SECRET_VALUE}"),
+        "secrets": {"existingSecret": "shop-secrets"},
+        "env": [{"name": "SECRET_VALUE", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+    }
+    assert "${SECRET_VALUE}" in config_text(render(chart, values))
+
+
+@pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"ports": {"http": 8081, "admin": 9090}}, "server.listen"),
@@ -346,6 +531,16 @@ def test_secrets_come_from_secret_refs_never_the_configmap(chart: Any) -> None:
             r"server\.shutdown_grace_seconds is \"\$\{GRACE:-120\}\", not a number",
         ),
         ({"app": {"image": {"repository": "web"}}}, "app.image.tag is required"),
+        # The containers of a pod share one network: one of the two could not listen.
+        ({"app": {"image": {"repository": "web", "tag": "1"}, "port": 8080}}, "app.port 8080"),
+        ({"app": {"image": {"repository": "web", "tag": "1"}, "port": 9090}}, "app.port 9090"),
+        (
+            {
+                "app": {"image": {"repository": "web", "tag": "1"}, "port": 9090},
+                "nativeSidecar": True,
+            },
+            "app.port 9090",
+        ),
     ],
 )
 def test_values_that_contradict_the_config_fail_at_render(
@@ -464,10 +659,37 @@ def test_pod_mode_puts_the_app_behind_the_sidecar(chart: Any) -> None:
     assert app["ports"] == [{"name": "app", "containerPort": 3000, "protocol": "TCP"}]
 
     service = one(docs, "Service", "shop-claude-sidecar")
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["sidecar-http"]
-    sidecar_ports = {p["name"] for p in sidecar_container(spec)["ports"]}
-    assert "sidecar-http" in sidecar_ports
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [8080]
+    sidecar_ports = {p["name"]: p["containerPort"] for p in sidecar_container(spec)["ports"]}
+    assert sidecar_ports["sidecar-http"] == 8080
     assert service["spec"]["selector"].items() <= spec_labels(docs).items()
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("ports", [{"http": 8080, "admin": 9090}, {"http": 8000, "admin": 9100}])
+def test_services_and_network_policy_reach_the_sidecar_by_port_number(
+    chart: Any, native: bool, ports: dict[str, int]
+) -> None:
+    """A native sidecar is an init container: before Kubernetes 1.32 a Service's named
+    targetPort found no port in it (no endpoints, kubernetes#127958), and network plugins
+    that look up named ports among the containers only admit nothing (kubernetes#125285)."""
+    values = production_values()
+    values["nativeSidecar"] = native
+    values["ports"] = ports
+    values["config"] = values["config"].replace(":8080", f":{ports['http']}")
+    values["config"] = values["config"].replace(":9090", f":{ports['admin']}")
+    docs = render(chart, values)
+    spec = pod_spec(docs)
+    assert (sidecar_container(spec) in spec.get("initContainers", [])) is native
+    declared = {p["containerPort"] for p in sidecar_container(spec)["ports"]}
+    targets = [
+        port["targetPort"] for d in docs if d["kind"] == "Service" for port in d["spec"]["ports"]
+    ]
+    assert sorted(targets) == sorted(ports.values())
+    policy = one(docs, "NetworkPolicy")["spec"]
+    allowed = [port["port"] for rule in policy["ingress"] for port in rule["ports"]]
+    assert allowed == [ports["http"], ports["admin"]]
+    assert set(targets) | set(allowed) <= declared
 
 
 def spec_labels(docs: list[Any]) -> dict[str, str]:
@@ -558,7 +780,7 @@ def test_gated_objects_select_the_sidecar_pods(chart: Any) -> None:
     policy = one(docs, "NetworkPolicy")["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     allowed = [port["port"] for rule in policy["ingress"] for port in rule["ports"]]
-    assert allowed == ["sidecar-http", "sidecar-admin"]  # never the app's port
+    assert allowed == [8080, 9090]  # never the app's port
     assert policy["policyTypes"] == ["Ingress", "Egress"]
 
     metrics = one(docs, "Service", "shop-claude-sidecar-metrics")
@@ -575,7 +797,34 @@ def test_gated_objects_select_the_sidecar_pods(chart: Any) -> None:
     endpoint = monitor["spec"]["endpoints"][0]
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] in {p["name"] for p in metrics["spec"]["ports"]}
-    assert metrics["spec"]["ports"][0]["targetPort"] == "sidecar-admin"
+    assert metrics["spec"]["ports"][0]["targetPort"] == 9090
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout", "renders"),
+    [
+        ("30s", "10s", True),
+        ("1m", "60s", True),
+        ("2m", "90s", True),
+        ("1h", "59m", True),
+        ("0010s", "9s", True),  # leading zeros read as decimal
+        ("5s", "10s", False),  # the interval lowered, the default timeout kept
+        ("1m", "61s", False),
+        ("500ms", "1s", False),
+        ("0010s", "11s", False),
+    ],
+)
+def test_a_scrape_timeout_above_the_interval_fails_the_render(
+    chart: Any, interval: str, timeout: str, renders: bool
+) -> None:
+    """The Prometheus Operator skips such a ServiceMonitor: nothing would be scraped."""
+    values = {"serviceMonitor": {"enabled": True, "interval": interval, "scrapeTimeout": timeout}}
+    if renders:
+        endpoint = one(render(chart, values), "ServiceMonitor")["spec"]["endpoints"][0]
+        assert (endpoint["interval"], endpoint["scrapeTimeout"]) == (interval, timeout)
+    else:
+        with pytest.raises(helm.HelmRenderError, match=r"exceeds serviceMonitor\.interval"):
+            chart.render(values, name="shop")
 
 
 def test_pdb_max_unavailable_and_hpa_bounds(chart: Any) -> None:
@@ -588,6 +837,42 @@ def test_pdb_max_unavailable_and_hpa_bounds(chart: Any) -> None:
         chart.render(
             {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, name="x"
         )
+
+
+WEB = {"repository": "registry.example.com/shop/web", "tag": "2.4.1"}
+
+
+@pytest.mark.parametrize(
+    ("values", "missing"),
+    [
+        # The app container without requests: the pod's utilization has no denominator.
+        ({"app": {"image": WEB}}, "app.resources.requests has no cpu"),
+        ({"app": {"image": WEB, "resources": {"requests": {"cpu": "1"}}},
+          "autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80}},
+         "app.resources.requests has no memory"),
+        ({"resources": {"requests": None}}, "resources.requests has no cpu"),
+    ],
+)  # fmt: skip
+def test_autoscaling_on_a_resource_a_container_requests_nothing_of_fails_the_render(
+    chart: Any, values: dict[str, Any], missing: str
+) -> None:
+    """The HPA divides usage by the requests of every container of the pod; one missing
+    and it computes nothing (FailedGetResourceMetric), so the Deployment never scales."""
+    values = {"autoscaling": {"enabled": True}, "config": REDIS_STORES,
+              "secrets": {"existingSecret": "shop-secrets"}, **values}  # fmt: skip
+    with pytest.raises(helm.HelmRenderError, match=re.escape(missing)):
+        chart.render(values, name="shop")
+    # A limit alone is the request too; with requests on both containers it renders.
+    fixed = copy.deepcopy(values)
+    fixed["resources"] = {"limits": {"cpu": "1", "memory": "1Gi"}}
+    fixed.setdefault("app", {})["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
+    validate_kubernetes(one(render(chart, fixed), "HorizontalPodAutoscaler"))
+
+
+def test_injection_notes_name_every_template_to_include(chart: Any) -> None:
+    text = notes(chart, {"deployment": {"enabled": False}})
+    for template in ("container", "volumes", "podAnnotations", "terminationGracePeriodSeconds"):
+        assert f'"claude-sidecar.{template}"' in text
 
 
 def test_notes_tell_how_to_reach_it_and_warn_about_memory_quotas(chart: Any) -> None:
@@ -604,6 +889,28 @@ def test_notes_tell_how_to_reach_it_and_warn_about_memory_quotas(chart: Any) -> 
 # --------------------------------------------------------------------------- injection
 
 
+@pytest.mark.parametrize(
+    ("sidecar", "grace"),
+    [
+        # Beside the app: the larger of the sidecar's 5 + 20 + 5 and the app's 10 + 5.
+        ({}, 30),
+        ({"app": {"shutdownSeconds": 40}}, 45),
+        # A native sidecar's preStop and drain start once the parent's app has exited.
+        ({"nativeSidecar": True}, 10 + 5 + 20 + 5),
+        ({"nativeSidecar": True, "app": {"shutdownSeconds": 30}}, 30 + 5 + 20 + 5),
+    ],
+)
+def test_injected_grace_counts_the_parents_app(
+    inject_chart: Any, sidecar: dict[str, Any], grace: int
+) -> None:
+    docs = render(inject_chart, {"claude-sidecar": sidecar}, name="web")
+    spec = pod_spec(docs)
+    assert spec["terminationGracePeriodSeconds"] == grace
+    assert (sidecar_container(spec) in spec.get("initContainers", [])) is bool(
+        sidecar.get("nativeSidecar")
+    )
+
+
 def test_injection_shares_one_configmap_and_checksum(inject_chart: Any) -> None:
     docs = render(inject_chart, name="web")
     configmap = one(docs, "ConfigMap")
@@ -615,7 +922,7 @@ def test_injection_shares_one_configmap_and_checksum(inject_chart: Any) -> None:
     expected = hashlib.sha256(configmap["data"]["sidecar.yaml"].encode()).hexdigest()
     assert annotations["checksum/claude-sidecar-config"] == expected
     service = one(docs, "Service")
-    assert service["spec"]["ports"][0]["targetPort"] == "sidecar-http"
+    assert service["spec"]["ports"][0]["targetPort"] == 8000
     # The sidecar's own values (port 8000) reach the injected container, not the chart defaults.
     ports = {p["name"]: p["containerPort"] for p in sidecar_container(spec)["ports"]}
     assert ports == {"sidecar-http": 8000, "sidecar-admin": 9090}
@@ -752,6 +1059,15 @@ def test_secret_create_renders_the_secret_the_pod_reads(chart: Any) -> None:
         validate_kubernetes(doc)
 
 
+def test_secret_keys_that_read_as_other_yaml_types_stay_the_keys_given(chart: Any) -> None:
+    """`yes`, `1e3`, `0x10` unquoted are a bool and numbers to YAML: the Secret got other keys."""
+    data = {"anthropic-api-key": "k", "jwt-secret": "j", "yes": "a", "1e3": "b", "0x10": "c",
+            "null": "d", "007": "e"}  # fmt: skip
+    secret = one(render(chart, {"secrets": {"create": True, "data": data}}), "Secret")
+    validate_kubernetes(secret)
+    assert secret["stringData"] == data
+
+
 @pytest.mark.parametrize("roll_on_config", [True, False])
 def test_a_changed_rendered_secret_rolls_the_pods(chart: Any, roll_on_config: bool) -> None:
     # Env vars are read at start: only a new pod gets a changed key.
@@ -818,7 +1134,7 @@ def test_existing_secret_is_referenced_never_rendered(chart: Any) -> None:
 
 # --------------------------------------------------------------------------- replicas
 
-REDIS_QUOTAS = 'quotas: {store: redis, redis_url: "redis://redis:6379/0"}\n'
+REDIS_QUOTAS = 'quotas: {store: redis, redis_url: "${REDIS_URL}"}\n'
 
 
 @pytest.mark.parametrize(
@@ -848,7 +1164,12 @@ def test_replicas_with_memory_stores_fail_the_render(
 def test_replicas_render_with_shared_stores_or_when_allowed(chart: Any) -> None:
     assert one(render(chart), "Deployment")["spec"]["replicas"] == 1
     shared = render(
-        chart, {"replicaCount": 3, "config": REDIS_QUOTAS + "resume: {enabled: false}\n"}
+        chart,
+        {
+            "replicaCount": 3,
+            "config": REDIS_QUOTAS + "resume: {enabled: false}\n",
+            "secrets": {"existingSecret": "shop-secrets"},
+        },
     )
     assert one(shared, "Deployment")["spec"]["replicas"] == 3
     routed = (REDIS_QUOTAS + "resume: {enabled: false}\ncache: {store: redis}\nroutes:\n"
@@ -1039,6 +1360,19 @@ def test_config_vars_given_by_env_defaults_or_escapes_render(
     assert cli.main(["check", "-c", str(path)]) == 0
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        SERVER + '# later: auth: {mode: required, jwt: {secret: "${JWT_SECRET}"}}\n',
+        SERVER + 'screening: {deny_patterns: ["$${JWT_SECRET}"]}\n',  # a literal ${
+    ],
+)
+def test_a_secret_var_only_in_a_comment_or_escaped_needs_no_secret(chart: Any, config: str) -> None:
+    """The Secret check read the raw text; the env check already read the parsed config."""
+    container = sidecar_container(pod_spec(render(chart, {"config": config})))
+    assert not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+
+
 # Every Kubernetes version the chart supports (Chart.yaml kubeVersion >= 1.25; the native
 # sidecar from 1.29) and the newest schemas bundled.
 SUPPORTED = [f"1.{minor}.0" for minor in range(25, 38)]
@@ -1094,6 +1428,7 @@ def test_a_budget_that_allows_no_eviction_fails_the_render(
     ],
 )  # fmt: skip
 def test_a_budget_that_allows_an_eviction_renders(chart: Any, values: dict[str, Any]) -> None:
+    values = {**values, "secrets": {"existingSecret": "shop-secrets"}}  # REDIS_URL
     validate_kubernetes(one(render(chart, values), "PodDisruptionBudget"))
 
 
@@ -1101,7 +1436,7 @@ def test_a_tls_listener_is_reached_over_https(chart: Any) -> None:
     values = {"config": TLS_CONFIG, **FILE_VOLUMES}
     # The Service port is named for its protocol (meshes read the name as the protocol).
     (port,) = one(render(chart, values), "Service")["spec"]["ports"]
-    assert (port["name"], port["targetPort"]) == ("https", "sidecar-http")
+    assert (port["name"], port["targetPort"]) == ("https", 8080)
     (plain,) = one(render(chart), "Service")["spec"]["ports"]
     assert plain["name"] == "http"
     text = notes(chart, values)

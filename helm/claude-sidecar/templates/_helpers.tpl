@@ -22,8 +22,8 @@
 {{- end }}
 
 {{- define "claude-sidecar.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "claude-sidecar.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "claude-sidecar.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end }}
 
 {{- define "claude-sidecar.labels" -}}
@@ -69,8 +69,10 @@ create, secrets.data must hold every required key.
 {{- if ne $baseUrl "builtin:fake" }}
 {{- fail (printf "claude.base_url is %q: the sidecar needs its API key from a Secret. Set secrets.existingSecret to a Secret you created (kubectl create secret generic NAME --from-literal=anthropic-api-key=...), or secrets.create=true with secrets.data for a trial" $baseUrl) }}
 {{- end }}
+{{- /* Read from the parsed config, as checkConfigEnv does: a comment or a $${ escape reads nothing. */}}
+{{- $text := include "claude-sidecar.parsedConfig" . | replace "$$" "" }}
 {{- range .Values.secrets.env }}
-{{- if and (not .optional) (contains (printf "${%s}" .name) $.Values.config) }}
+{{- if and (not .optional) (contains (printf "${%s}" .name) $text) }}
 {{- fail (printf "config reads ${%s} (secrets.env key %q) but no Secret is given: set secrets.existingSecret, or secrets.create=true with secrets.data" .name .key) }}
 {{- end }}
 {{- end }}
@@ -154,6 +156,14 @@ resume when the top level turned it off.
 {{- ternary "https" "http" (hasKey (get $server "tls" | default dict) "cert_file") }}
 {{- end }}
 
+{{/* Milliseconds of a duration as values.schema.json allows it: digits and ms, s, m or h. */}}
+{{- define "claude-sidecar.durationMs" -}}
+{{- $unit := regexReplaceAll "^[0-9]+" (toString .) "" }}
+{{- /* Leading zeros off: int64 would read "010" as octal. */}}
+{{- $count := regexReplaceAll "^0+" (regexReplaceAll "[a-z]+$" (toString .) "") "" | default "0" | int64 }}
+{{- mul $count (get (dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000) $unit) }}
+{{- end }}
+
 {{- define "claude-sidecar.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
@@ -190,7 +200,8 @@ with it (ports, shutdown grace). Returns the parsed map as YAML; fails on unpars
 
 {{/*
 Seconds Kubernetes waits after SIGTERM: preStop sleep + the sidecar's drain + 5 (the sidecar
-exits at most 4 s after its grace). With an app container, its app.shutdownSeconds too: in
+exits at most 4 s after its grace). With an app container (always when injected into another
+chart's Deployment), its app.shutdownSeconds too: in
 parallel with the sidecar's (the larger of the two), or, for a native sidecar, before it (the
 sidecar is stopped only once the app has exited: the sum).
 */}}
@@ -209,7 +220,8 @@ sidecar is stopped only once the app has exited: the sum).
 {{- $drain = $grace | float64 }}
 {{- end }}
 {{- $needed := addf .Values.preStopSleepSeconds $drain }}
-{{- if .Values.app.image.repository }}
+{{- /* Injected (deployment.enabled false), the sidecar always has the parent's app beside it. */}}
+{{- if or .Values.app.image.repository (not .Values.deployment.enabled) }}
 {{- $app := .Values.app.shutdownSeconds | float64 }}
 {{- if .Values.nativeSidecar }}
 {{- $needed = addf $needed $app }}
@@ -226,11 +238,81 @@ sidecar is stopped only once the app has exited: the sum).
 {{- end }}
 {{- end }}
 
-{{/* Refuse an Anthropic key pasted into the config: it would land in a ConfigMap. */}}
+{{/*
+Refuse a secret written into the config: it would land in a ConfigMap, which anyone who may
+read the namespace's ConfigMaps reads. An Anthropic key anywhere in the text, and any value
+of a key the sidecar holds as a secret (shown as *** by `sidecar check`: claude.api_key,
+auth.jwt.secret, quotas / resume / cache redis_url, telemetry.user_hash_key, and a route's
+auth.jwt.secret, quotas.redis_url, cache.redis_url) that is not one ${VAR} reference: a
+literal, or a ${VAR:-default} whose default is the secret, would be in the ConfigMap. And a
+URL key (app.url, claude.base_url, auth.jwt.jwks_url, telemetry.otlp_endpoint) whose
+userinfo (user:password@) is written out rather than read from a ${VAR}.
+*/}}
 {{- define "claude-sidecar.checkNoSecretsInConfig" -}}
 {{- if regexMatch "sk-ant-[A-Za-z0-9_-]{8,}" .Values.config }}
 {{- fail "config contains an Anthropic API key: put it in a Secret and write ${ANTHROPIC_API_KEY} (secrets.env)" }}
 {{- end }}
+{{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
+{{- $found := list }}
+{{- range $path := list "claude.api_key" "auth.jwt.secret" "quotas.redis_url" "resume.redis_url" "cache.redis_url" "telemetry.user_hash_key" }}
+{{- $found = append $found (list $path (include "claude-sidecar.configValue" (list $config $path))) }}
+{{- end }}
+{{- range $index, $route := $config.routes | default list }}
+{{- range $path := list "auth.jwt.secret" "quotas.redis_url" "cache.redis_url" }}
+{{- $found = append $found (list (printf "routes.%d.%s" $index $path) (include "claude-sidecar.configValue" (list $route $path))) }}
+{{- end }}
+{{- end }}
+{{- range $found }}
+{{- $value := index . 1 }}
+{{- if and $value (not (regexMatch "^\\$\\{[A-Za-z_][A-Za-z0-9_]*\\}$" $value)) }}
+{{- fail (printf "config %s is a secret written into the config, which lands in the ConfigMap: write one ${VAR} reference there (e.g. \"${%s}\") and map VAR from the Secret in secrets.env" (index . 0) (index (dict "claude.api_key" "ANTHROPIC_API_KEY" "auth.jwt.secret" "JWT_SECRET" "telemetry.user_hash_key" "TELEMETRY_USER_HASH_KEY") (regexReplaceAll "^routes\\.[0-9]+\\." (index . 0) "") | default "REDIS_URL")) }}
+{{- end }}
+{{- end }}
+{{- /*
+The ${VAR} a secret key reads must not be a plain `value` of the sidecar's extra env either:
+it would be written out in the Deployment (and Helm's release record) instead of a Secret.
+*/}}
+{{- $plain := dict }}
+{{- range .Values.env }}
+{{- if hasKey . "value" }}
+{{- $_ := set $plain (toString .name) true }}
+{{- if regexMatch "sk-ant-[A-Za-z0-9_-]{8,}" (toString .value) }}
+{{- fail (printf "env %s holds an Anthropic API key as a plain value: put it in a Secret and map it in secrets.env" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $found }}
+{{- $name := regexReplaceAll "^\\$\\{(.*)\\}$" (index . 1) "${1}" }}
+{{- if and (index . 1) (hasKey $plain $name) }}
+{{- fail (printf "config %s reads ${%s}, which env sets as a plain value: the secret would be written out in the Deployment. Map %s from a Secret (secrets.env, or env with valueFrom.secretKeyRef)" (index . 0) $name $name) }}
+{{- end }}
+{{- end }}
+{{- /* A URL key with credentials in its userinfo (https://user:password@host) written out. */}}
+{{- $urls := list }}
+{{- range $path := list "app.url" "claude.base_url" "auth.jwt.jwks_url" "telemetry.otlp_endpoint" }}
+{{- $urls = append $urls (list $path (include "claude-sidecar.configValue" (list $config $path))) }}
+{{- end }}
+{{- range $index, $route := $config.routes | default list }}
+{{- $urls = append $urls (list (printf "routes.%d.auth.jwt.jwks_url" $index) (include "claude-sidecar.configValue" (list $route "auth.jwt.jwks_url"))) }}
+{{- end }}
+{{- range $urls }}
+{{- $userinfo := regexFind "^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@" (index . 1) }}
+{{- if and $userinfo (not (contains "${" $userinfo)) }}
+{{- fail (printf "config %s carries credentials (user:password@) written into the config, which lands in the ConfigMap: put the whole URL in the Secret and write one ${VAR} reference there" (index . 0)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The text of one key of a parsed config ((list $map "a.b.c")), "" when a section on the way
+is missing or not a map, or the key is unset or null.
+*/}}
+{{- define "claude-sidecar.configValue" -}}
+{{- $node := index . 0 }}
+{{- range $key := splitList "." (index . 1) }}
+{{- $node = ternary (get (kindIs "map" $node | ternary $node dict) $key) nil (kindIs "map" $node) }}
+{{- end }}
+{{- if not (kindIs "invalid" $node) }}{{ toString $node }}{{ end }}
 {{- end }}
 
 {{- define "claude-sidecar.checkKubeVersion" -}}

@@ -33,7 +33,7 @@ checksum/claude-sidecar-secret: {{ .Values.secrets.data | toJson | sha256sum }}
 # The whole directory (no subPath), so in-place ConfigMap edits reach the file.
 - name: claude-sidecar-config
   configMap:
-    name: {{ include "claude-sidecar.configMapName" . }}
+    name: {{ include "claude-sidecar.configMapName" . | quote }}
     items:
       - {key: sidecar.yaml, path: sidecar.yaml}
 # The only writable path: the root filesystem is read-only.
@@ -57,7 +57,7 @@ checksum/claude-sidecar-secret: {{ .Values.secrets.data | toJson | sha256sum }}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
-      name: {{ include "claude-sidecar.secretName" $ }}
+      name: {{ include "claude-sidecar.secretName" $ | quote }}
       key: {{ .key }}
       {{- if .optional }}
       optional: true
