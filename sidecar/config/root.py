@@ -11,7 +11,7 @@ from sidecar.config.browser import BrowserConfig, UiConfig
 from sidecar.config.claude import ClaudeConfig
 from sidecar.config.fields import Section
 from sidecar.config.policy import CorsConfig, QuotaConfig, ScreeningConfig
-from sidecar.config.routes import RouteConfig
+from sidecar.config.routes import RouteConfig, shortest_path, under_prefix
 from sidecar.config.server import AppConfig, ServerConfig
 from sidecar.config.streams import CacheConfig, ResumeConfig
 from sidecar.config.telemetry import TelemetryConfig
@@ -61,7 +61,27 @@ class Config(Section):
         paths = [route.path for route in self.routes]
         if len(paths) != len(set(paths)):
             raise ValueError("routes: paths must be unique")
+        self._every_route_reached()
         return self
+
+    def _every_route_reached(self) -> None:
+        """A route no request can reach is a config error, not a route that silently never
+        answers: one under `browser.path` (the browser files are served first) or one whose
+        paths an earlier route matches first (the first matching route wins)."""
+        browser = self.browser.path if self.browser.enabled else None
+        for i, route in enumerate(self.routes):
+            first = shortest_path(route.path)
+            if browser is not None and under_prefix(browser, first):
+                raise ValueError(
+                    f"routes.{i} ({route.path}) is never reached: it is under browser.path "
+                    f"({browser}), whose browser files are served first"
+                )
+            for j, earlier in enumerate(self.routes[:i]):
+                if under_prefix(earlier.path, first):
+                    raise ValueError(
+                        f"routes.{i} ({route.path}) is never reached: routes.{j} "
+                        f"({earlier.path}) matches every path under it first"
+                    )
 
     @property
     def cache_redis_url(self) -> SecretStr | None:
