@@ -185,6 +185,26 @@ async def test_a_failed_mcp_calls_error_text_that_is_no_strict_json_goes_back_as
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_a_chat_whose_tool_call_was_never_answered_goes_on(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The page never ran the tool (no output) and the person wrote on: Claude refuses a
+    `tool_use` with no `tool_result` after it, so the call is dropped, not sent (every
+    later turn of the chat would be refused)."""
+    pending = {"type": "tool-get_weather", "toolCallId": "toolu_1", "state": "input-available",
+               "input": {"city": "Paris"}}  # fmt: skip
+    turn = {"id": "chat-1", "trigger": "submit-message", "messages": [
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "weather?"}]},
+        {"id": "a1", "role": "assistant", "parts": [pending]},
+        {"id": "u2", "role": "user", "parts": [{"type": "text", "text": "never mind, hi"}]}]}  # fmt: skip
+    async with sidecar_for(CONFIG) as sidecar:
+        status, _, text = await post(sidecar.url + CHAT, turn)
+    assert status == 200, text
+    assert parse(text)[-1] == "[DONE]"
+    sent = fake.state.requests[0].body["messages"]
+    assert all(block["type"] != "tool_use" for m in sent for block in m["content"])
+
+
 async def test_auth_quotas_and_telemetry_apply(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
