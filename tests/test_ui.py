@@ -250,7 +250,14 @@ async def test_resume_probe_answers_204_and_other_paths_are_refused(
         async with http.get(sidecar.url + CHAT + "/chat-1/stream") as probe:
             assert probe.status == 204  # nothing to resume: useChat({resume: true}) carries on
         async with http.get(sidecar.url + CHAT) as get:
-            assert get.status == 405
+            assert get.status == 405  # its Allow lists what this path takes, never GET
+            assert get.headers["Allow"] == "POST, OPTIONS"
+        for method, path, allow in [("PUT", "/chat-1/stream", "GET, HEAD, OPTIONS"),
+                                    ("GET", "/" + "a" * 24, "DELETE, OPTIONS")]:  # fmt: skip
+            async with http.request(method, sidecar.url + CHAT + path) as wrong:
+                assert (wrong.status, wrong.headers["Allow"]) == (405, allow)
+        async with http.get(sidecar.url + CHAT + "/a/b/c") as unknown:
+            assert unknown.status == 404
         async with http.post(sidecar.url + CHAT + "/chat-1", json=chat("x")) as other:
             assert other.status == 404
     assert fake.state.counters["requests"] == 0
