@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sidecar.config import Config, Handler
+from sidecar.config.routes import under_prefix as _under
 from sidecar.errors import Family
 from sidecar.loader import RoutePolicy, route_policies
 from sidecar.paths import PathRefused, canonical
@@ -81,13 +82,6 @@ _READINGS: Final[tuple[Callable[[str], str], ...]] = (
     _without_parameters,
     _without_parameters_folded,
 )
-
-
-def _under(prefix: str, path: str) -> bool:
-    """Prefix match on whole segments: `/api` matches `/api` and `/api/x`, not `/apix`."""
-    if prefix.endswith("/"):
-        return path.startswith(prefix) or path == prefix[:-1]
-    return path == prefix or path.startswith(prefix + "/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,42 @@ def test_route_paths_are_absolute_and_unique() -> None:
     assert any("paths must be unique" in p for p in found)
 
 
+def test_a_route_no_request_can_reach_is_a_config_error() -> None:
+    # Under browser.path: the browser files are served first (the default routes too).
+    found = problems_of("browser: {path: /api}")
+    (problem,) = found
+    assert problem.startswith(
+        "routes: route 0 (/api/stream-response) is never reached: it is under browser.path "
+        "(/api), whose browser files are served first; route "
+    )
+    found = problems_of('browser: {path: /v1}\nroutes: [{path: "/v1/", handler: anthropic}]')
+    assert any("route 0 (/v1/) is never reached" in p for p in found)
+    # Behind an earlier route that matches every path it would: the first match wins.
+    for first, later in (("/api", "/api/chat"), ("/api/", "/api"), ("/", "/v1/"), ("/v1", "/v1/")):
+        found = problems_of(
+            f'routes: [{{path: "{first}", handler: prompt}}, {{path: "{later}", handler: ui}}]'
+        )
+        assert found == [
+            f"routes: route 1 ({later}) is never reached: route 0 ({first}) matches every "
+            "path under it first"
+        ]
+    # Reachable: a sibling, a longer name, a catch-all last, the browser files turned off.
+    loader.validate(
+        {
+            "app": {"url": "http://127.0.0.1:3000"},
+            "routes": [
+                {"path": "/api/chat", "handler": "ui"},
+                {"path": "/api", "handler": "prompt"},
+                {"path": "/apix", "handler": "prompt"},
+                {"path": "/_sidecarx", "handler": "prompt"},
+                {"path": "/", "handler": "app"},
+            ],
+        },
+        {},
+    )
+    loader.validate({"browser": {"enabled": False, "path": "/api"}}, {})
+
+
 def test_route_overrides_are_typed_and_in_the_schema() -> None:
     schema = Config.model_json_schema()
     defs = schema["$defs"]

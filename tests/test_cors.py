@@ -383,7 +383,9 @@ async def test_same_origin_behind_a_tls_ending_proxy_uses_its_scheme(
     [
         (PROMPT, "GET, HEAD, POST, OPTIONS"),
         (PROMPT + "/" + "a" * 24, "DELETE, OPTIONS"),
-        ("/api/chat", "GET, HEAD, POST, DELETE, OPTIONS"),
+        ("/api/chat", "POST, OPTIONS"),
+        ("/api/chat/chat-1/stream", "GET, HEAD, OPTIONS"),
+        ("/api/chat/" + "a" * 24, "DELETE, OPTIONS"),
         ("/v1/messages", "POST, OPTIONS"),
         ("/v1/messages/count_tokens", "POST, OPTIONS"),
     ],

@@ -74,3 +74,29 @@ async def test_a_web_search_is_claudes_call_and_its_result_block(fake: FakeServe
             stream = await response.text()
     assert '"content_block":{"type":"server_tool_use"' in stream
     assert '"content_block":{"type":"web_search_tool_result"' in stream
+
+
+async def test_a_client_tool_call_must_be_answered_in_the_next_message(fake: FakeServer) -> None:
+    """As the API: a `tool_use` that another message follows needs its `tool_result` there;
+    the last message's calls are the ones being answered next."""
+    use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}
+    asked = {"role": "user", "content": "weather?"}
+    called = {"role": "assistant", "content": [{"type": "text", "text": "let me see"}, use]}
+    for messages, error in [
+        ([asked, called, {"role": "user", "content": [result]}], None),
+        ([asked, called], None),
+        ([asked, called, {"role": "user", "content": "never mind"}], "toolu_1"),
+        ([asked, called, {"role": "user", "content": [{**result, "tool_use_id": "other"}]}],
+         "toolu_1"),
+    ]:  # fmt: skip
+        status, answer = await message(fake, messages=messages)
+        if error is None:
+            assert status == 200, answer
+        else:
+            assert status == 400
+            assert answer["error"]["message"] == (
+                f"messages.1: `tool_use` ids were found without `tool_result` blocks "
+                f"immediately after: {error}. Each `tool_use` block must have a "
+                "corresponding `tool_result` block in the next message."
+            )

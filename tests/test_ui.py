@@ -185,6 +185,26 @@ async def test_a_failed_mcp_calls_error_text_that_is_no_strict_json_goes_back_as
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_a_chat_whose_tool_call_was_never_answered_goes_on(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """The page never ran the tool (no output) and the person wrote on: Claude refuses a
+    `tool_use` with no `tool_result` after it, so the call is dropped, not sent (every
+    later turn of the chat would be refused)."""
+    pending = {"type": "tool-get_weather", "toolCallId": "toolu_1", "state": "input-available",
+               "input": {"city": "Paris"}}  # fmt: skip
+    turn = {"id": "chat-1", "trigger": "submit-message", "messages": [
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "weather?"}]},
+        {"id": "a1", "role": "assistant", "parts": [pending]},
+        {"id": "u2", "role": "user", "parts": [{"type": "text", "text": "never mind, hi"}]}]}  # fmt: skip
+    async with sidecar_for(CONFIG) as sidecar:
+        status, _, text = await post(sidecar.url + CHAT, turn)
+    assert status == 200, text
+    assert parse(text)[-1] == "[DONE]"
+    sent = fake.state.requests[0].body["messages"]
+    assert all(block["type"] != "tool_use" for m in sent for block in m["content"])
+
+
 async def test_auth_quotas_and_telemetry_apply(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
@@ -230,7 +250,14 @@ async def test_resume_probe_answers_204_and_other_paths_are_refused(
         async with http.get(sidecar.url + CHAT + "/chat-1/stream") as probe:
             assert probe.status == 204  # nothing to resume: useChat({resume: true}) carries on
         async with http.get(sidecar.url + CHAT) as get:
-            assert get.status == 405
+            assert get.status == 405  # its Allow lists what this path takes, never GET
+            assert get.headers["Allow"] == "POST, OPTIONS"
+        for method, path, allow in [("PUT", "/chat-1/stream", "GET, HEAD, OPTIONS"),
+                                    ("GET", "/" + "a" * 24, "DELETE, OPTIONS")]:  # fmt: skip
+            async with http.request(method, sidecar.url + CHAT + path) as wrong:
+                assert (wrong.status, wrong.headers["Allow"]) == (405, allow)
+        async with http.get(sidecar.url + CHAT + "/a/b/c") as unknown:
+            assert unknown.status == 404
         async with http.post(sidecar.url + CHAT + "/chat-1", json=chat("x")) as other:
             assert other.status == 404
     assert fake.state.counters["requests"] == 0

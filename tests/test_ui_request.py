@@ -419,6 +419,27 @@ def test_a_failed_mcp_call_goes_back_as_its_error_result(
                       "content": content}  # fmt: skip
 
 
+@pytest.mark.parametrize("state", ["input-available", "approval-requested", "approval-responded"])
+def test_a_client_tool_call_left_unanswered_is_dropped_once_a_turn_follows(state: str) -> None:
+    """Claude refuses a `tool_use` without its `tool_result` in the next message: a call
+    the page never answered (the person wrote on) goes, and the turns around it merge."""
+    got = translate(body(user(text("weather?")), assistant(tool(state)), user(text("no, hi")),
+                         assistant(text("hello"), tool(state, toolCallId="call_2"))))  # fmt: skip
+    assert got["messages"] == [
+        {"role": "user", "content": [text("weather?"), text("no, hi")]},
+        {"role": "assistant", "content": [text("hello"), {**USE, "id": "call_2"}]},
+    ]
+    answered = tool(state, toolCallId="call_2")
+    kept = translate(body(user(text("weather?")), assistant(text("a"), tool(state), answered),
+                          user(text("ok"))))["messages"]  # fmt: skip
+    assert kept[1] == {"role": "assistant", "content": [text("a")]}
+    answered = tool("output-available", output="sunny")
+    kept = translate(body(user(text("weather?")), assistant(tool(state, toolCallId="call_2"),
+                          answered), user(text("ok"))))["messages"]  # fmt: skip
+    assert kept[1] == {"role": "assistant", "content": [USE]}
+    assert kept[2]["content"][0]["tool_use_id"] == "call_1"
+
+
 @pytest.mark.parametrize("state", ["input-streaming", "input-available"])
 def test_a_server_tool_without_its_result_is_dropped_never_a_client_tool_use(state: str) -> None:
     got = translate(body(user(text("find")), assistant(server("web_search", state), text("hm")),

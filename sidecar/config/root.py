@@ -11,7 +11,7 @@ from sidecar.config.browser import BrowserConfig, UiConfig
 from sidecar.config.claude import ClaudeConfig
 from sidecar.config.fields import Section
 from sidecar.config.policy import CorsConfig, QuotaConfig, ScreeningConfig
-from sidecar.config.routes import RouteConfig
+from sidecar.config.routes import RouteConfig, shortest_path, under_prefix
 from sidecar.config.server import AppConfig, ServerConfig
 from sidecar.config.streams import CacheConfig, ResumeConfig
 from sidecar.config.telemetry import TelemetryConfig
@@ -83,6 +83,9 @@ class Config(Section):
         paths = [route.path for route in routes]
         if len(paths) != len(set(paths)):
             problems.append("paths must be unique")
+        browser = info.data.get("browser")
+        if isinstance(browser, BrowserConfig) and not problems:
+            problems += _unreached_routes(routes, browser)
         if problems:
             raise ValueError("; ".join(problems))
         return routes
@@ -106,3 +109,27 @@ class Config(Section):
     def resume_redis_url(self) -> SecretStr | None:
         """Where the Redis resume store lives: its own URL, else the quota store's."""
         return self.resume.redis_url or self.quotas.redis_url
+
+
+def _unreached_routes(routes: list[RouteConfig], browser: BrowserConfig) -> list[str]:
+    """Routes no request can reach, a config error rather than a route that silently never
+    answers: one under `browser.path` (the browser files are served first) or one whose
+    paths an earlier route matches first (the first matching route wins)."""
+    prefix = browser.path if browser.enabled else None
+    problems: list[str] = []
+    for i, route in enumerate(routes):
+        first = shortest_path(route.path)
+        if prefix is not None and under_prefix(prefix, first):
+            problems.append(
+                f"route {i} ({route.path}) is never reached: it is under browser.path "
+                f"({prefix}), whose browser files are served first"
+            )
+            continue
+        for j, earlier in enumerate(routes[:i]):
+            if under_prefix(earlier.path, first):
+                problems.append(
+                    f"route {i} ({route.path}) is never reached: route {j} "
+                    f"({earlier.path}) matches every path under it first"
+                )
+                break
+    return problems

@@ -17,6 +17,20 @@ from sidecar.config.streams import CacheConfig
 Handler = Literal["prompt", "anthropic", "ui", "app"]
 
 
+def under_prefix(prefix: str, path: str) -> bool:
+    """Prefix match on whole segments: `/api` matches `/api` and `/api/x`, not `/apix`;
+    a prefix ending in `/` also matches its path without that slash."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix) or path == prefix[:-1]
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def shortest_path(prefix: str) -> str:
+    """The shortest path a route prefix matches: every path it matches is at or below it,
+    so whatever matches this path first matches all of them first."""
+    return prefix[:-1] if len(prefix) > 1 and prefix.endswith("/") else prefix
+
+
 def _override_type(annotation: Any) -> Any:
     """`annotation` with every section model in it replaced by its override model."""
     if isinstance(annotation, type) and issubclass(annotation, Section):

@@ -2,6 +2,8 @@
 
 - A server tool call (`server_tool_use`, `mcp_tool_use`) must be followed, in the same
   assistant message, by its result block (`*_tool_result` with its `tool_use_id`).
+- A client tool call (`tool_use`) that another message follows must be answered in that
+  next message by a `tool_result` with its `tool_use_id`.
 - With thinking enabled, the last assistant message, when it holds a `tool_use` (a tool
   round trip in progress), must start with its `thinking` or `redacted_thinking` block.
 - A `thinking` block must carry the signature Claude gave it (the fake's `sign`).
@@ -30,7 +32,7 @@ def history_error(body: Mapping[str, Any]) -> str | None:
             continue
         if message.get("role") == "assistant":
             last_assistant = i
-        error = _blocks_error(content, i)
+        error = _blocks_error(content, i) or _unanswered_error(messages, i)
         if error is not None:
             return error
     if thinking_enabled(body) and last_assistant is not None:
@@ -46,6 +48,34 @@ def history_error(body: Mapping[str, Any]) -> str | None:
                 "enabled, a final `assistant` message must start with a thinking block."
             )
     return None
+
+
+def _unanswered_error(messages: list[Any], i: int) -> str | None:
+    """The API's refusal of message `i`'s `tool_use` blocks left without a `tool_result` in
+    the message right after (the last message's calls are the ones being answered next)."""
+    if i + 1 >= len(messages) or messages[i].get("role") != "assistant":
+        return None
+    following = messages[i + 1]
+    after = following.get("content") if isinstance(following, dict) else None
+    answered = {
+        str(block.get("tool_use_id"))
+        for block in (after if isinstance(after, list) else [])
+        if isinstance(block, dict) and block.get("type") == "tool_result"
+    }
+    missing = [
+        str(block.get("id"))
+        for block in messages[i]["content"]
+        if isinstance(block, dict)
+        and block.get("type") == "tool_use"
+        and str(block.get("id")) not in answered
+    ]
+    if not missing:
+        return None
+    return (
+        f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately "
+        f"after: {', '.join(missing)}. Each `tool_use` block must have a corresponding "
+        "`tool_result` block in the next message."
+    )
 
 
 def _blocks_error(content: list[Any], i: int) -> str | None:

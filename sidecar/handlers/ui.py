@@ -83,13 +83,20 @@ async def handle_ui(ctx: RequestContext) -> web.StreamResponse:
         if stream_id is None:
             raise reject("not_found", "no such chat endpoint")
         return await resume.cancel(ctx, stream_id)
+    here = ctx.path.rstrip("/") == ctx.route.path.rstrip("/")
     if request.method != "POST":
-        allow = "GET, HEAD, POST, DELETE, OPTIONS" if resumable else "GET, HEAD, POST, OPTIONS"
-        raise reject(
-            "method_not_allowed", "use POST (or GET <route>/<chat id>/stream to resume)",
-            headers={"Allow": allow},
-        )  # fmt: skip
-    if ctx.path.rstrip("/") != ctx.route.path.rstrip("/"):
+        # What this path takes (RFC 9110: a 405's `Allow` lists the target's methods; a
+        # plain OPTIONS gets the same list as a 204): each endpoint its own.
+        if chat_id is not None:  # the resume read
+            use, allow = "use GET to resume a chat's stream", "GET, HEAD, OPTIONS"
+        elif resumable and _stream_id_in_path(ctx.route.path, ctx.path) is not None:
+            use, allow = "use DELETE to cancel a stream", "DELETE, OPTIONS"
+        elif here:
+            use, allow = "use POST (or GET <route>/<chat id>/stream to resume)", "POST, OPTIONS"
+        else:
+            raise reject("not_found", "no such chat endpoint")
+        raise reject("method_not_allowed", use, headers={"Allow": allow})
+    if not here:
         raise reject("not_found", "no such chat endpoint")
     fields = await read_json_object(request, config.server)
     parsed = parse_ui_request(fields, config.ui, config.claude.model, config.claude.max_tokens)

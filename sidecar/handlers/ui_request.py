@@ -9,7 +9,7 @@ Pure functions, no I/O. The body `DefaultChatTransport` posts is
 | `file` with an `image/*` data or http(s) URL | `image` block (`base64` or `url` source) |
 | `file` with `application/pdf` | `document` block (the file name is not sent) |
 | `file` with a `text/*` data URL | `text` block `<file name>:\n<content>`, screened like any text |
-| `tool-<name>` / `dynamic-tool` with its input | `tool_use` in the assistant turn, and when it has an output or an error, a `tool_result` in the user turn right after it |
+| `tool-<name>` / `dynamic-tool` with its input | `tool_use` in the assistant turn, and when it has an output or an error, a `tool_result` in the user turn right after it; a call left unanswered (no output, error or denial) with a later turn after it is dropped (Claude refuses it) |
 | a tool part with `providerExecuted: true` and its output (a server tool Claude ran) | `server_tool_use` (`mcp_tool_use` when its `callProviderMetadata.anthropic.type` says so, with its `serverName`) and its result block, both in the assistant turn; the result's type is `resultProviderMetadata.anthropic.type` (else `<tool name>_tool_result`), the output its `content` |
 | a provider-executed tool part in state `output-error` (a server tool that failed) | the same call and result block, whose content is the error: `{"type": "<result type>_error", "error_code": …}` from the part's `errorText` (`{"type", "errorCode"}` JSON, as `ui_stream` and the AI SDK's Anthropic provider write it; `unavailable` when it names no code); an MCP call's `mcp_tool_result` with `is_error` and its content |
 | a provider-executed tool part without an output or an error | dropped (Claude refuses a server call with no result; its own text stays) |
@@ -97,6 +97,7 @@ def parse_ui_request(
             continue
         for turn_role, content in _turns(role, parts, i):
             _append(messages, turn_role, content)
+    messages = _answered_calls_only(messages)
     if not messages:
         raise bad_request("messages: no text, file or tool content to send")
     if messages[0]["role"] != "user":
@@ -360,6 +361,24 @@ def _tool(
         return use, {"type": "tool_result", "tool_use_id": call_id,
                      "content": "the user denied this tool call", "is_error": True}  # fmt: skip
     return use, None
+
+
+def _answered_calls_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Claude refuses a `tool_use` whose `tool_result` is not in the next message, so a
+    client tool call the page never answered (no output, error or denial: the person wrote
+    on instead) is dropped when a turn follows it, as the AI SDK's
+    `ignoreIncompleteToolCalls` drops it; otherwise that chat would be refused for good.
+    The last turn's calls stay (their results are what comes next)."""
+    kept: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        content = message["content"]
+        if message["role"] == "assistant" and i + 1 < len(messages):
+            answered = {block["tool_use_id"] for block in messages[i + 1]["content"]
+                        if block["type"] == "tool_result"}  # fmt: skip
+            content = [block for block in content
+                       if block["type"] != "tool_use" or block["id"] in answered]  # fmt: skip
+        _append(kept, message["role"], content)
+    return kept
 
 
 def _append(messages: list[dict[str, Any]], role: str, content: list[dict[str, Any]]) -> None:
