@@ -1175,7 +1175,10 @@ def test_replicas_render_with_shared_stores_or_when_allowed(chart: Any) -> None:
     routed = (REDIS_QUOTAS + "resume: {enabled: false}\ncache: {store: redis}\nroutes:\n"
               "  - {path: /v1/, handler: anthropic, cache: {enabled: true}}\n"
               "  - {path: /, handler: app, cache: null}\n")  # fmt: skip
-    assert one(render(chart, {"replicaCount": 3, "config": routed}), "Deployment")
+    secrets = {"existingSecret": "shop-secrets"}
+    assert one(
+        render(chart, {"replicaCount": 3, "config": routed, "secrets": secrets}), "Deployment"
+    )
     allowed = render(chart, {"replicaCount": 2, "allowMemoryStoresWithReplicas": True})
     assert one(allowed, "Deployment")["spec"]["replicas"] == 2
     with pytest.raises(helm.HelmValuesError, match="allowMemoryStoresWithReplicas"):
