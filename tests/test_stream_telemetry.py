@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import json
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +20,7 @@ from opentelemetry.trace import Span, StatusCode
 
 from sidecar.record import StreamRecord
 from sidecar.telemetry.bounded import MAX_TEXT
+from sidecar.telemetry.streams import NOT_FAILED
 from tests.support.otel import Otel, make_otel, prompt
 from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
 from tests.support.scripted_claude import (
@@ -271,3 +274,12 @@ async def test_the_error_types_of_streams_the_sidecar_ends_keep_their_label(
     assert record.error_label == error_type
     assert otel.count("sidecar.streams", **{"error.type": error_type}) == 1
     otel.telemetry.shutdown()
+
+
+def test_docs_name_the_outcomes_logged_as_stream_complete() -> None:
+    """The log table's `stream_complete` outcomes are those the sidecar writes that line
+    for (every other outcome is a `stream_error`), so a reader filtering on it misses none."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    (row,) = [line for line in doc.splitlines() if line.startswith("| `stream_complete` (")]
+    listed = row.split("(", 1)[1].split(")", 1)[0]
+    assert set(re.findall(r"`([a-z_]+)`", listed)) == NOT_FAILED, listed
