@@ -244,11 +244,17 @@ async def test_an_error_type_claude_chose_is_bounded_on_the_span_and_the_line(
         aiohttp.ClientSession() as http,
         http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
     ):
-        await response.read()
+        answered = await response.read()
     assert "telemetry failed for a stream" not in caplog.messages
     span = otel.client_span()
     assert span.status.status_code is StatusCode.ERROR
-    expected = "_OTHER" if isinstance(error, str) else "api_error"  # no type: Claude's own
+    # No type in a mid-stream error event: `api_error`; an error status whose body holds no
+    # API error is the error its status means, as the client is answered.
+    expected = "api_error" if status == 200 else "overloaded_error"
+    if isinstance(error, str):
+        expected = "_OTHER"
+    elif status != 200:
+        assert json.loads(answered)["error"]["type"] == expected
     assert (span.attributes or {})["error.type"] == expected
     (line,) = [r for r in caplog.records if r.getMessage() == "stream_error"]
     logged = line.__dict__["error_type"]
