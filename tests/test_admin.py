@@ -24,6 +24,7 @@ from sidecar.server import SidecarServer
 from sidecar.telemetry import Telemetry
 from tests.support.apps import running_app, serving
 from tests.support.otel import prompt
+from tests.support.promtool import run_promtool
 from tests.support.resume import stream_then_resume
 from tests.support.sidecars import SidecarFactory, get_status
 from tests.support.sockets import free_port
@@ -229,6 +230,45 @@ def test_dashboard_is_valid_grafana_json_on_real_metric_names(
               "rejection", "cost")  # fmt: skip
     for word in wanted:
         assert any(word in title for title in titles), word
+
+
+def test_dashboard_token_rates_add_up_across_a_fleet_on_both_convention_settings(
+    tmp_path: Path,
+) -> None:
+    """Sidecars on the default names and sidecars on the latest ones (a rollout of
+    OTEL_SEMCONV_STABILITY_OPT_IN, or two deployments) are one fleet: the output token
+    panels show the tokens of both, evaluated by promtool over series of each name set."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = {
+        panel["title"]: panel["targets"][0]["expr"]
+        for panel in dashboard["panels"]
+        if "gen_ai_client_token_usage_sum" in panel["targets"][0]["expr"]
+    }
+    assert len(panels) == 2, panels
+    records = [
+        {"record": f"panel_{index}", "expr": expr.replace("$__rate_interval", "5m").replace("$job", ".*")}
+        for index, expr in enumerate(panels.values())
+    ]  # fmt: skip
+    (tmp_path / "panels.yaml").write_text(json.dumps({"groups": [{"name": "d", "rules": records}]}))
+    model = 'gen_ai_request_model="claude-sonnet-5-5"'
+    series = [  # per minute: 120 output tokens (2/s) on one setting, 60 (1/s) on the other
+        {"series": f'gen_ai_client_token_usage_sum{{job="old",gen_ai_token_type="output",{model}}}',
+         "values": "0+120x20"},
+        {"series": f'gen_ai_client_token_usage_sum{{job="old",gen_ai_token_type="input",{model}}}',
+         "values": "0+600x20"},
+        {"series": f'gen_ai_client_inference_usage_output_tokens_total{{job="new",{model}}}',
+         "values": "0+60x20"},
+    ]  # fmt: skip
+    expected = []
+    for index, record in enumerate(records):
+        labels = model if "by (gen_ai_request_model)" in record["expr"] else ""
+        expected.append({"expr": f"panel_{index}", "eval_time": "10m",
+                         "exp_samples": [{"labels": f"panel_{index}{{{labels}}}", "value": 3}]})  # fmt: skip
+    tests = {"rule_files": ["panels.yaml"], "evaluation_interval": "1m",
+             "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": expected}]}  # fmt: skip
+    (tmp_path / "panels.test.yaml").write_text(json.dumps(tests))
+    tested = run_promtool("test", "rules", "panels.test.yaml", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
 async def test_dashboard_job_choices_include_a_sidecar_that_made_no_claude_call(

@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import json
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +20,7 @@ from opentelemetry.trace import Span, StatusCode
 
 from sidecar.record import StreamRecord
 from sidecar.telemetry.bounded import MAX_TEXT
+from sidecar.telemetry.streams import NOT_FAILED
 from tests.support.otel import Otel, make_otel, prompt
 from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
 from tests.support.scripted_claude import (
@@ -241,16 +244,17 @@ async def test_an_error_type_claude_chose_is_bounded_on_the_span_and_the_line(
         aiohttp.ClientSession() as http,
         http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
     ):
-        await response.read()
+        answered = await response.read()
     assert "telemetry failed for a stream" not in caplog.messages
     span = otel.client_span()
     assert span.status.status_code is StatusCode.ERROR
-    # No type to name: mid-stream Claude's own `api_error`; under an error status, the
-    # type that status means (529: overloaded), as for an answer with no API error at all.
+    # No type in a mid-stream error event: `api_error`; an error status whose body holds no
+    # API error is the error its status means, as the client is answered.
+    expected = "api_error" if status == 200 else "overloaded_error"
     if isinstance(error, str):
         expected = "_OTHER"
-    else:
-        expected = "overloaded_error" if status == 529 else "api_error"
+    elif status != 200:
+        assert json.loads(answered)["error"]["type"] == expected
     assert (span.attributes or {})["error.type"] == expected
     (line,) = [r for r in caplog.records if r.getMessage() == "stream_error"]
     logged = line.__dict__["error_type"]
@@ -276,3 +280,12 @@ async def test_the_error_types_of_streams_the_sidecar_ends_keep_their_label(
     assert record.error_label == error_type
     assert otel.count("sidecar.streams", **{"error.type": error_type}) == 1
     otel.telemetry.shutdown()
+
+
+def test_docs_name_the_outcomes_logged_as_stream_complete() -> None:
+    """The log table's `stream_complete` outcomes are those the sidecar writes that line
+    for (every other outcome is a `stream_error`), so a reader filtering on it misses none."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    (row,) = [line for line in doc.splitlines() if line.startswith("| `stream_complete` (")]
+    listed = row.split("(", 1)[1].split(")", 1)[0]
+    assert set(re.findall(r"`([a-z_]+)`", listed)) == NOT_FAILED, listed
