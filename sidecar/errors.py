@@ -99,11 +99,17 @@ def render_json(rejection: Rejection, family: Family, request_id: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Reason:
-    """One catalogue entry: `status` None when the status is the app's own (then passed in)."""
+    """One catalogue entry: `status` None when the status is the app's own (then passed in).
+
+    `final`: a 5xx no retry can change (the sidecar does not retry it either), answered
+    with `x-should-retry: false`, which the official SDKs obey before the status (without
+    it they retry every 5xx, calling Claude again for an answer known in advance).
+    """
 
     status: int | None
     error_type: str
     code: str | None = None
+    final: bool = False
 
 
 _BAD = Reason(400, "invalid_request_error")
@@ -112,6 +118,8 @@ _FORBIDDEN = Reason(403, "permission_error")
 _QUOTA = Reason(429, "rate_limit_error")
 _OVERLOADED = Reason(529, "overloaded_error")
 _BAD_GATEWAY = Reason(502, "api_error")
+_BROKEN_GATEWAY = Reason(502, "api_error", final=True)  # until an operator fixes it
+_NO_RETRY: Final[Mapping[str, str]] = {"x-should-retry": "false"}
 
 REASONS: Final[Mapping[str, Reason]] = {
     # authentication and authorisation
@@ -175,10 +183,10 @@ REASONS: Final[Mapping[str, Reason]] = {
     "upstream_unreachable": _BAD_GATEWAY,
     "upstream_timeout": Reason(504, "timeout_error"),
     "upstream_lost": _BAD_GATEWAY,
-    "upstream_credential_refused": _BAD_GATEWAY,
+    "upstream_credential_refused": _BROKEN_GATEWAY,
     "upstream_permission_denied": _FORBIDDEN,
-    "upstream_bad_status": _BAD_GATEWAY,
-    "upstream_bad_encoding": _BAD_GATEWAY,
+    "upstream_bad_status": _BROKEN_GATEWAY,
+    "upstream_bad_encoding": _BROKEN_GATEWAY,
     # the app
     "app_timeout": Reason(504, "timeout_error"),
     "app_unreachable": Reason(502, "api_error", "bad_gateway"),
@@ -229,6 +237,8 @@ def reject(
         raise KeyError(f"rejection reason {reason!r} is not in the catalogue")
     if (status is None) == (entry.status is None):
         raise ValueError(f"rejection reason {reason!r}: status is {entry.status or 'passed in'}")
+    if entry.final:
+        headers = {**(headers or {}), **_NO_RETRY}
     if entry.status is not None:
         return Rejection(
             entry.status, entry.error_type, message, reason=reason,

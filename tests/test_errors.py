@@ -72,6 +72,18 @@ def test_reject_builds_the_catalogue_entry() -> None:
     )
 
 
+def test_only_a_final_5xx_tells_clients_not_to_retry() -> None:
+    """A 5xx the sidecar does not retry says so (the SDKs retry every other 5xx); the
+    rest leave retrying to the status and `retry-after`."""
+    final = {name for name, entry in REASONS.items() if entry.final}
+    assert final == {"upstream_credential_refused", "upstream_bad_status", "upstream_bad_encoding"}
+    for name in final:
+        refused = reject(name, "x", headers={"X": "1"})
+        assert refused.status >= 500
+        assert refused.headers == {"X": "1", "x-should-retry": "false"}
+    assert "x-should-retry" not in reject("upstream_lost", "x").headers
+
+
 def test_reject_of_an_unknown_reason_fails() -> None:
     with pytest.raises(KeyError, match="not in the catalogue"):
         reject("no_such_reason", "whatever")

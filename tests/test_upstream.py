@@ -664,6 +664,39 @@ async def test_a_compressed_stream_is_refused_before_its_first_byte() -> None:
     assert "Content-Encoding 'gzip'" in answer["error"]["message"]
 
 
+def redirected() -> web.StreamResponse:
+    return web.Response(status=302, headers={"Location": "https://elsewhere.example/"})
+
+
+@pytest.mark.parametrize(
+    ("answer", "stream"),
+    [
+        (error(401), False),  # Claude refuses the sidecar's own key
+        (redirected, False),  # a gateway's redirect: no answer of the API
+        (compressed(200, b"event: ping\ndata: {}\n\n", "text/event-stream"), True),
+    ],
+    ids=["key_refused", "redirect", "compressed_stream"],
+)
+async def test_a_502_no_retry_can_change_tells_the_sdks_not_to_retry_it(
+    answer: Callable[[], web.StreamResponse], stream: bool
+) -> None:
+    """The SDKs retry every 5xx unless `x-should-retry: false` says otherwise: a 502 the
+    sidecar itself does not retry (its key refused, a status the API never sends, a
+    compressed stream) says so, so an SDK's retries do not call Claude again for it."""
+    async with (
+        answering_claude([answer]) as (url, arrivals),
+        running_sidecar(claude_at(url)) as sidecar,
+        sdk(sidecar.url, max_retries=2) as client,
+    ):
+        with pytest.raises(anthropic.InternalServerError) as raised:
+            await client.messages.create(
+                model=MODEL, max_tokens=8, messages=user("x"), stream=stream
+            )
+    assert raised.value.status_code == 502
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert len(arrivals) == 1  # neither the sidecar nor the SDK called Claude again
+
+
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens", "/v1/models"])
 @pytest.mark.parametrize(
     ("status", "page", "raised"),
