@@ -28,10 +28,10 @@ from sidecar.config import (
     ScreeningConfig,
     redact_url,
 )
+from sidecar.config.routes import TOP_LEVEL_ONLY
 from sidecar.paths import PathRefused, canonical
 from sidecar.policy.claude_schema import Collected
 from sidecar.quotas.estimate import estimate_input_tokens
-from sidecar.quotas.gate import STORE_FIELDS as QUOTA_STORE_FIELDS
 
 # `$$`, a reference, or a `${` written as one but not one (told, never kept as text: a
 # mistyped `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file
@@ -54,12 +54,6 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "screening": ScreeningConfig,
     "quotas": QuotaConfig,
     "cache": CacheConfig,
-}
-# Quota storage is process-wide: a route may change limits, not where they live.
-# The same holds for the cache's store and its size bounds.
-_GLOBAL_ONLY = {
-    "cache": ("store", "redis_url", "redis_timeout_seconds", "max_entries", "max_bytes"),
-    "quotas": QUOTA_STORE_FIELDS,
 }
 
 
@@ -294,7 +288,7 @@ def _route_policy(
             continue
         override: dict[str, Any] = _reveal(given.model_dump(mode="python", exclude_unset=True))
         overridden = overridden or name == "quotas"
-        for key in _GLOBAL_ONLY.get(name, ()):
+        for key in TOP_LEVEL_ONLY.get(name, ()):
             if key in override:
                 problems.append(f"routes.{index}.{name}.{key}: can only be set at the top level")
         merged = deep_merge(_section_data(base), override)

@@ -15,8 +15,8 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-from sidecar import loader
 from sidecar.config import CacheConfig, Config
+from tests.support.config import refused_per_route
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = (ROOT / "docs" / "configuration.md").read_text()
@@ -182,20 +182,6 @@ def test_every_key_the_docs_name_exists() -> None:
     assert not unknown, unknown
 
 
-def _refused_per_route(section: str) -> set[str]:
-    """The keys of `section` a route may not override: each tried alone, at its default."""
-    defaults = getattr(Config(), section).model_dump(mode="json")
-    refused = set()
-    for key in defaults:
-        route = {"path": "/a", "handler": "anthropic", section: {key: defaults[key]}}
-        try:
-            loader.validate({"routes": [route]}, {})
-        except loader.ConfigError as error:
-            if f"routes.0.{section}.{key}: can only be set at the top level" in error.problems:
-                refused.add(key)
-    return refused
-
-
 def test_the_routes_table_names_every_key_a_route_may_not_override() -> None:
     """The route overrides' rows say which keys are top level only: exactly the refused ones."""
     rows = {
@@ -204,8 +190,8 @@ def test_the_routes_table_names_every_key_a_route_may_not_override() -> None:
         if line.startswith("| `")
     }
     quotas = rows["quotas"].split("`quotas.store`", 1)[1].split(" are top-level only", 1)[0]
-    assert {"store", *re.findall(r"`(\w+)`", quotas)} == _refused_per_route("quotas")
+    assert {"store", *re.findall(r"`(\w+)`", quotas)} == refused_per_route("quotas")
     cache = rows["cache"].split("(", 1)[1].split(")", 1)[0]  # the keys a route may set
     assert set(re.findall(r"`(\w+)`", cache)) == set(CacheConfig.model_fields) - (
-        _refused_per_route("cache")
+        refused_per_route("cache")
     )
