@@ -244,6 +244,8 @@ def test_helpers_live_in_tests_support_and_no_test_module_imports_another() -> N
         if not path.name.startswith("test_") and path.name not in ("__init__.py", "conftest.py")
     )
     assert stray == [], "helpers belong in tests/support/"
+    reviews = sorted(path.name for path in tests.glob("test_*_review.py"))
+    assert reviews == [], "fold review tests into the module file they test"
     test_modules = {path.stem for path in tests.glob("test_*.py")}
     imports = []
     for path in sorted(tests.rglob("*.py")):
