@@ -108,16 +108,52 @@ _StrictLoader.add_constructor(
 )
 
 
+# Values YAML aliases (`*name`) may expand a config to. A file without aliases is bounded
+# by its own size (and is never refused here); nested aliases grow exponentially ("billion
+# laughs": nine lines that expand to 10^9 values), which would hang `check` and a running
+# sidecar's reload while it filled the memory.
+MAX_EXPANDED_VALUES: Final = 100_000
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text; syntax errors become ConfigError with line and column."""
+    """Parse YAML text; syntax errors become ConfigError with line and column. Aliases
+    that expand the config past `MAX_EXPANDED_VALUES` values, and nesting deeper than the
+    parser goes, are refused too."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise ConfigError([f"{source}: {where}: {exc.problem or exc}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
+    except RecursionError:  # the parser recurses per level: a few hundred `[` end it
+        raise ConfigError(
+            [f"{source}: lists and mappings nested too deeply (no config nests a hundred levels)"]
+        ) from None
+    written = [0]
+    if _expanded_size(data, {}, written) > max(MAX_EXPANDED_VALUES, written[0]):
+        raise ConfigError(
+            [f"{source}: its aliases (*name) expand it to more than {MAX_EXPANDED_VALUES} "
+             "values; write the repeated parts out, or fewer of them"]
+        )  # fmt: skip
+    return data
+
+
+def _expanded_size(data: Any, sizes: dict[int, int], written: list[int]) -> int:
+    """How many values `data` holds with every alias expanded. `sizes` remembers each list
+    and mapping by identity (an alias is the same object), so the count costs one visit per
+    node as written however large the expansion; `written[0]` counts those visits."""
+    if not isinstance(data, (dict, list)):
+        written[0] += 1
+        return 1
+    known = sizes.get(id(data))
+    if known is None:
+        written[0] += 1
+        children = data.values() if isinstance(data, dict) else data
+        known = 1 + sum(_expanded_size(child, sizes, written) for child in children)
+        sizes[id(data)] = known
+    return known
 
 
 # --------------------------------------------------------------------------- ${VAR}
