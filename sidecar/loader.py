@@ -81,7 +81,19 @@ class RoutePolicy:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
+    """SafeLoader that rejects duplicate keys instead of keeping the last one, and tells a
+    value its tag cannot read (`!!int 0x`, an integer of 5000 digits) by its place."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception:  # the tag's constructor failed: PyYAML lets ValueError etc. out
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"not a value a YAML {kind} can hold", node.start_mark
+            ) from None
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:

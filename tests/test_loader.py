@@ -57,6 +57,21 @@ def test_a_list_or_mapping_as_a_key_is_an_error_with_its_place(text: str) -> Non
     assert "a mapping key must be a plain value" in problem
 
 
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [("!!int 0x", "int"), ("!!int ''", "int"), ("9" * 5000, "int"), ("!!float x", "float"),
+     ("!!bool maybe", "bool"), ("!!timestamp 2001-13-45", "timestamp")],
+)  # fmt: skip
+def test_a_value_its_yaml_type_cannot_hold_is_a_problem_at_its_place(value: str, kind: str) -> None:
+    """PyYAML lets a constructor's ValueError or IndexError out (`!!int 0x`, an integer past
+    Python's 4300 digits): each is told like a syntax error, never a traceback."""
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.parse_yaml(f"server:\n  max_body_bytes: {value}\n", "typed.yaml")
+    assert caught.value.problems == [
+        f"typed.yaml: line 2, column 19: not a value a YAML {kind} can hold"
+    ]
+
+
 def _laughs(levels: int) -> str:
     """Nested aliases, ten of the level below per level: 10**levels values from a few lines."""
     lines = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
