@@ -28,10 +28,10 @@ from sidecar.config import (
     ScreeningConfig,
     redact_url,
 )
+from sidecar.config.routes import TOP_LEVEL_ONLY
 from sidecar.paths import PathRefused, canonical
 from sidecar.policy.claude_schema import Collected
 from sidecar.quotas.estimate import estimate_input_tokens
-from sidecar.quotas.gate import STORE_FIELDS as QUOTA_STORE_FIELDS
 
 # `$$`, a reference, or a `${` written as one but not one (told, never kept as text: a
 # mistyped `${JWT_SECRET:?…}` kept literally would be a secret anyone reading the file
@@ -54,12 +54,6 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "screening": ScreeningConfig,
     "quotas": QuotaConfig,
     "cache": CacheConfig,
-}
-# Quota storage is process-wide: a route may change limits, not where they live.
-# The same holds for the cache's store and its size bounds.
-_GLOBAL_ONLY = {
-    "cache": ("store", "redis_url", "redis_timeout_seconds", "max_entries", "max_bytes"),
-    "quotas": QUOTA_STORE_FIELDS,
 }
 
 
@@ -87,7 +81,19 @@ class RoutePolicy:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
+    """SafeLoader that rejects duplicate keys instead of keeping the last one, and tells a
+    value its tag cannot read (`!!int 0x`, an integer of 5000 digits) by its place."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception:  # the tag's constructor failed: PyYAML lets ValueError etc. out
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"not a value a YAML {kind} can hold", node.start_mark
+            ) from None
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -114,16 +120,52 @@ _StrictLoader.add_constructor(
 )
 
 
+# Values YAML aliases (`*name`) may expand a config to. A file without aliases is bounded
+# by its own size (and is never refused here); nested aliases grow exponentially ("billion
+# laughs": nine lines that expand to 10^9 values), which would hang `check` and a running
+# sidecar's reload while it filled the memory.
+MAX_EXPANDED_VALUES: Final = 100_000
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text; syntax errors become ConfigError with line and column."""
+    """Parse YAML text; syntax errors become ConfigError with line and column. Aliases
+    that expand the config past `MAX_EXPANDED_VALUES` values, and nesting deeper than the
+    parser goes, are refused too."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise ConfigError([f"{source}: {where}: {exc.problem or exc}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
+    except RecursionError:  # the parser recurses per level: a few hundred `[` end it
+        raise ConfigError(
+            [f"{source}: lists and mappings nested too deeply (no config nests a hundred levels)"]
+        ) from None
+    written = [0]
+    if _expanded_size(data, {}, written) > max(MAX_EXPANDED_VALUES, written[0]):
+        raise ConfigError(
+            [f"{source}: its aliases (*name) expand it to more than {MAX_EXPANDED_VALUES} "
+             "values; write the repeated parts out, or fewer of them"]
+        )  # fmt: skip
+    return data
+
+
+def _expanded_size(data: Any, sizes: dict[int, int], written: list[int]) -> int:
+    """How many values `data` holds with every alias expanded. `sizes` remembers each list
+    and mapping by identity (an alias is the same object), so the count costs one visit per
+    node as written however large the expansion; `written[0]` counts those visits."""
+    if not isinstance(data, (dict, list)):
+        written[0] += 1
+        return 1
+    known = sizes.get(id(data))
+    if known is None:
+        written[0] += 1
+        children = data.values() if isinstance(data, dict) else data
+        known = 1 + sum(_expanded_size(child, sizes, written) for child in children)
+        sizes[id(data)] = known
+    return known
 
 
 # --------------------------------------------------------------------------- ${VAR}
@@ -294,7 +336,7 @@ def _route_policy(
             continue
         override: dict[str, Any] = _reveal(given.model_dump(mode="python", exclude_unset=True))
         overridden = overridden or name == "quotas"
-        for key in _GLOBAL_ONLY.get(name, ()):
+        for key in TOP_LEVEL_ONLY.get(name, ()):
             if key in override:
                 problems.append(f"routes.{index}.{name}.{key}: can only be set at the top level")
         merged = deep_merge(_section_data(base), override)

@@ -15,7 +15,8 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-from sidecar.config import Config
+from sidecar.config import CacheConfig, Config
+from tests.support.config import refused_per_route
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = (ROOT / "docs" / "configuration.md").read_text()
@@ -60,6 +61,8 @@ def reference_keys() -> dict[str, str | None]:
             cells = [cell.strip() for cell in line.strip("|").split(" | ")]
             names = re.findall(r"`([^`]+)`", cells[0])
             defaults = [d.strip() for d in cells[1].split(",")] if len(cells) > 2 else []
+            if len(defaults) != len(names) and re.fullmatch(r"`[^`]*`", cells[1]):
+                defaults = [cells[1]] * len(names)  # `null` for both, `[GET, POST]` for one
             for i, name in enumerate(names):
                 default = defaults[i] if len(defaults) == len(names) else None
                 keys[f"{section}.{name.removesuffix('[]')}"] = default
@@ -85,12 +88,14 @@ def test_reference_defaults_are_the_code_defaults() -> None:
     code = code_keys()
     wrong = {}
     for key, written in reference_keys().items():
-        if key not in code or written is None or isinstance(code[key], (BaseModel, list, dict)):
+        if key not in code or written is None or isinstance(code[key], BaseModel):
             continue
         value = code[key]
         quoted = re.match(r"`([^`]*)`", written)  # `false` (`true` in the embedded default)
         text = quoted[1] if quoted else written
-        if value is None:
+        if isinstance(value, (list, dict)):  # written as YAML: `[HS256]`, `{}`
+            same = quoted is None or yaml.safe_load(text) == value  # prose: tested apart
+        elif value is None:
             same = text in ("null", "—")
         elif isinstance(value, bool):
             same = text == str(value).lower()
@@ -175,3 +180,18 @@ def test_every_key_the_docs_name_exists() -> None:
             if key not in keys and key not in NOT_CONFIG_KEYS:
                 unknown[key] = doc.name
     assert not unknown, unknown
+
+
+def test_the_routes_table_names_every_key_a_route_may_not_override() -> None:
+    """The route overrides' rows say which keys are top level only: exactly the refused ones."""
+    rows = {
+        re.findall(r"`(\w+)`", line.split(" | ")[0])[-1]: line
+        for line in REFERENCE.split("## routes", 1)[1].split("\n## ", 1)[0].splitlines()
+        if line.startswith("| `")
+    }
+    quotas = rows["quotas"].split("`quotas.store`", 1)[1].split(" are top-level only", 1)[0]
+    assert {"store", *re.findall(r"`(\w+)`", quotas)} == refused_per_route("quotas")
+    cache = rows["cache"].split("(", 1)[1].split(")", 1)[0]  # the keys a route may set
+    assert set(re.findall(r"`(\w+)`", cache)) == set(CacheConfig.model_fields) - (
+        refused_per_route("cache")
+    )

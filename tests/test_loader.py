@@ -57,6 +57,66 @@ def test_a_list_or_mapping_as_a_key_is_an_error_with_its_place(text: str) -> Non
     assert "a mapping key must be a plain value" in problem
 
 
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [("!!int 0x", "int"), ("!!int ''", "int"), ("9" * 5000, "int"), ("!!float x", "float"),
+     ("!!bool maybe", "bool"), ("!!timestamp 2001-13-45", "timestamp")],
+)  # fmt: skip
+def test_a_value_its_yaml_type_cannot_hold_is_a_problem_at_its_place(value: str, kind: str) -> None:
+    """PyYAML lets a constructor's ValueError or IndexError out (`!!int 0x`, an integer past
+    Python's 4300 digits): each is told like a syntax error, never a traceback."""
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.parse_yaml(f"server:\n  max_body_bytes: {value}\n", "typed.yaml")
+    assert caught.value.problems == [
+        f"typed.yaml: line 2, column 19: not a value a YAML {kind} can hold"
+    ]
+
+
+def _laughs(levels: int) -> str:
+    """Nested aliases, ten of the level below per level: 10**levels values from a few lines."""
+    lines = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, levels)]
+    return "\n".join([*lines, f"screening: {{deny_patterns: *l{levels - 1}}}"]) + "\n"
+
+
+def test_aliases_that_expand_past_the_bound_are_refused_before_anything_walks_them() -> None:
+    """A "billion laughs" file is one problem at once, not a `check` (or a reload) that
+    hangs filling the memory: every later step (interpolation, validation) expands it."""
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.parse_yaml(_laughs(6), "laughs.yaml")  # 10**6 values from 7 lines
+    assert caught.value.problems == [
+        f"laughs.yaml: its aliases (*name) expand it to more than "
+        f"{loader.MAX_EXPANDED_VALUES} values; write the repeated parts out, or fewer of them"
+    ]
+
+
+def test_aliases_a_config_uses_to_repeat_itself_are_read_as_written() -> None:
+    text = """
+cors: {allow_origins: &origins ["https://a.example", "https://b.example"]}
+routes:
+  - {path: /v1/, handler: anthropic, cors: {allow_origins: *origins}}
+"""
+    config = loader.validate(loader.parse_yaml(text, "x"))
+    (route,) = loader.route_policies(config)
+    assert route.cors.allow_origins == config.cors.allow_origins == [
+        "https://a.example", "https://b.example"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("opening", ["[", "{a: ", "- "])
+def test_nesting_deeper_than_the_parser_goes_is_a_problem_not_a_traceback(opening: str) -> None:
+    depth = 2000
+    if opening == "- ":  # block style: one level per line
+        text = "".join(f"{'  ' * level}- \n" for level in range(depth)) + "  " * depth + "x\n"
+    else:
+        text = opening * depth + "x" + ("]" if opening == "[" else "}") * depth + "\n"
+    with pytest.raises(loader.ConfigError) as caught:
+        loader.parse_yaml(text, "deep.yaml")
+    assert caught.value.problems == [
+        "deep.yaml: lists and mappings nested too deeply (no config nests a hundred levels)"
+    ]
+
+
 def test_a_union_field_is_reported_at_its_key_once() -> None:
     """A value no branch of a union takes is one line at the file's own path, naming what
     each branch wanted, never pydantic's branch tags."""

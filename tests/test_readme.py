@@ -232,3 +232,34 @@ def test_every_module_has_its_mirror_test_file() -> None:
     for name, (file, _why) in ELSEWHERE.items():
         assert name in modules, f"{name} is gone: drop it from ELSEWHERE"
         assert (tests / file).exists(), f"{name}'s tests are said to be in {file}"
+
+
+def test_helpers_live_in_tests_support_and_no_test_module_imports_another() -> None:
+    """As this README says: the shared helpers are in `tests/support/`, the test modules
+    import none of each other (nor does a helper import a test module)."""
+    tests = ROOT / "tests"
+    stray = sorted(
+        path.name
+        for path in tests.glob("*.py")
+        if not path.name.startswith("test_") and path.name not in ("__init__.py", "conftest.py")
+    )
+    assert stray == [], "helpers belong in tests/support/"
+    reviews = sorted(path.name for path in tests.glob("test_*_review.py"))
+    assert reviews == [], "fold review tests into the module file they test"
+    test_modules = {path.stem for path in tests.glob("test_*.py")}
+    imports = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                names = [module] + [f"{module}.{alias.name}".lstrip(".") for alias in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                inside = parts[1:] if parts[0] == "tests" else parts
+                if inside and inside[0] in test_modules:
+                    imports.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert imports == [], "move what they share into tests/support/"

@@ -228,6 +228,7 @@ async def test_reloads_reuse_unchanged_resources_and_leak_nothing(tmp_path: Path
         assert runtime is not first
         assert runtime.quotas is first.quotas  # counters and leases carry over
         assert runtime.admission is first.admission  # one process-wide stream limit
+        assert runtime.resume is first.resume  # buffers and live generations carry over
         assert runtime.claude.base_url == first.claude.base_url  # the same fake Claude
 
         write(path, loader.deep_merge(data, {"claude": {"max_concurrent_streams": 9,

@@ -10,7 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar import loader, routes
+from sidecar.config import Config
+from sidecar.config.schema import config_schema
 from sidecar.routes import RouteTable
+from tests.support.config import refused_per_route
 
 CONFIG = {
     "routes": [
@@ -176,3 +179,17 @@ def test_bytes_that_spell_no_letter_are_refused_in_the_route_they_were_written_u
     assert resolved.refused is not None, raw
     assert resolved.refused.reason == "path_not_utf8", raw
     assert resolved.route is not None, raw
+
+
+@pytest.mark.parametrize("section", ["quotas", "cache"])
+def test_the_schema_offers_a_route_exactly_the_keys_it_may_override(section: str) -> None:
+    """A key a route may not set (`quotas.store`, the cache's bounds) is no property of the
+    override in `sidecar schema`, so an editor neither completes nor accepts it, while the
+    loader still names it: `routes.N.quotas.store: can only be set at the top level`."""
+    defs = config_schema()["$defs"]
+    section_keys = set(getattr(Config(), section).model_dump())
+    override = defs[f"{section.removesuffix('s').capitalize()}Override"]
+    refused = refused_per_route(section)
+    assert refused
+    assert set(override["properties"]) == section_keys - refused
+    assert override["additionalProperties"] is False

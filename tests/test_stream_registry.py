@@ -64,16 +64,17 @@ async def test_each_interval_has_one_timer_that_ticks_its_streams_until_none_is_
     [(False, False, "overloaded_error"), (True, True, "overloaded_error"),
      (True, False, "stream_lost")],
 )  # fmt: skip
-def test_shutdown_ends_every_stream_saying_what_a_client_can_still_do(
+async def test_shutdown_ends_every_stream_saying_what_a_client_can_still_do(
     resumable: bool, shared: bool, error_type: str
 ) -> None:
     registry = StreamRegistry()
-    registry._streams.add(live(stream := Stream(1.0, resumable=resumable)))
+    registry.add(live(stream := Stream(1.0, resumable=resumable)))
     assert registry.stop_all(shared_store=shared) == 1
     ((outcome, kind, message),) = stream.stops
     assert outcome == "shutting_down"
     assert kind == error_type
     assert ("another replica" in message) == (resumable and shared)
+    registry.discard(live(stream))
 
 
 async def test_a_stream_that_starts_after_shutdown_stopped_the_others_is_stopped_at_once() -> None:

@@ -8,6 +8,7 @@ from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from pydantic import create_model, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from sidecar.config.auth import AuthConfig
 from sidecar.config.fields import Section
@@ -51,12 +52,22 @@ def _unless_none(func: Callable[..., Any]) -> Callable[..., Any]:
     return validate
 
 
-def override_model(model: type[Section]) -> type[Section]:
+# Keys a route may not override: where quota counters and cache entries are kept, and the
+# cache's bounds, are one per process (the loader refuses them per route, naming the key).
+TOP_LEVEL_ONLY: dict[str, tuple[str, ...]] = {
+    "quotas": ("store", "redis_url", "redis_timeout_seconds", "on_store_error"),
+    "cache": ("store", "redis_url", "redis_timeout_seconds", "max_entries", "max_bytes"),
+}
+
+
+def override_model(model: type[Section], top_level_only: tuple[str, ...] = ()) -> type[Section]:
     """`model` with every field optional and unset by default: a route's partial override.
 
     Field types stay (so secrets stay `SecretStr` and are redacted wherever the config is
     shown), field validators stay (they normalise, e.g. plain deny patterns), and checks
     across fields are left to the merged section, which the loader validates with `model`.
+    The `top_level_only` keys are still read (so the loader can say they are top level
+    only) but left out of the JSON Schema, so an editor neither offers nor accepts them.
     """
     cached = _OVERRIDES.get(model)
     if cached is not None:
@@ -65,6 +76,8 @@ def override_model(model: type[Section]) -> type[Section]:
         name: (_override_type(info.annotation) | None, None)
         for name, info in model.model_fields.items()
     }
+    for name in top_level_only:
+        fields[name] = (SkipJsonSchema[fields[name][0]], None)  # type: ignore[misc]
     validators: dict[str, Any] = {
         f"_{name}": field_validator(*dec.info.fields, mode=dec.info.mode, check_fields=False)(
             classmethod(_unless_none(getattr(dec.func, "__func__", dec.func)))
@@ -94,8 +107,8 @@ else:
     AuthOverride = override_model(AuthConfig)
     CorsOverride = override_model(CorsConfig)
     ScreeningOverride = override_model(ScreeningConfig)
-    QuotaOverride = override_model(QuotaConfig)
-    CacheOverride = override_model(CacheConfig)
+    QuotaOverride = override_model(QuotaConfig, TOP_LEVEL_ONLY["quotas"])
+    CacheOverride = override_model(CacheConfig, TOP_LEVEL_ONLY["cache"])
 
 
 class ResumeOverride(Section):

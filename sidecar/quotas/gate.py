@@ -21,6 +21,7 @@ from typing import Final
 
 from sidecar.cancelling import honour_cancel
 from sidecar.config import QuotaConfig
+from sidecar.config.routes import TOP_LEVEL_ONLY
 from sidecar.errors import reject
 from sidecar.identity import Identity
 from sidecar.quotas.decisions import limits_of, ratelimit_headers, rejection_of, subject_of
@@ -168,7 +169,7 @@ _Unsettled = tuple[float, str, Limits, str, int, int]
 # Where counters live and what an outage of it does: process-wide, so a route may change
 # its limits but none of these (`sidecar.loader`), and a reload keeps the gate while they
 # are unchanged (`QuotaGate.settings_key`).
-STORE_FIELDS: Final = ("store", "redis_url", "redis_timeout_seconds", "on_store_error")
+STORE_FIELDS: Final = TOP_LEVEL_ONLY["quotas"]
 
 
 class QuotaGate:
