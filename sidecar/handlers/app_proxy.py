@@ -111,7 +111,9 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     # which apps trusting a local `Host` read as a request from inside.
     headers["Host"] = request.host
     credential = app_base(app.url)[1]
-    if credential is not None:
+    # Never in a TRACE: its answer echoes the request to the client (RFC 9110 9.3.8: a
+    # client sends no stored credential in one), and this one is the sidecar's.
+    if credential is not None and request.method != "TRACE":
         headers["Authorization"] = credential
     # The request's one id, as logged and answered: never the client's other copies, or a
     # malformed one the sidecar replaced.
@@ -323,12 +325,23 @@ def _check_sendable(upstream: aiohttp.ClientResponse) -> None:
     """Raise a 502 for an answer that cannot be passed on as a valid HTTP response.
 
     Its status must be a final one (200-599: the client's `Upgrade` never reaches the app,
-    so a `101` is unasked for; RFC 9110 15 makes anything outside 100-599 invalid), and its
-    reason phrase and header values must hold no control character.
+    so a `101` is unasked for; RFC 9110 15 makes anything outside 100-599 invalid), its
+    reason phrase and header values must hold no control character, and its
+    `Transfer-Encoding` may name no coding but `chunked`: the client parser undoes only
+    the chunking, so a `gzip` transfer coding would reach the client still compressed with
+    nothing saying so (the request side's 501, RFC 9112 6.1).
     """
     status = upstream.status
     if not 200 <= status <= 599:
         raise reject("app_bad_response", f"the app answered with an invalid status ({status})")
+    if any(
+        coding.strip().lower() not in ("chunked", "")
+        for value in upstream.headers.getall("Transfer-Encoding", ())
+        for coding in value.split(",")
+    ):
+        raise reject(
+            "app_bad_response", "the app's answer has a transfer coding other than chunked"
+        )
     if _UNSENDABLE.search(upstream.reason or "") or any(
         _UNSENDABLE.search(value) for value in upstream.headers.values()
     ):
