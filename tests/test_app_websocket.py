@@ -101,8 +101,14 @@ async def test_websocket_the_app_refuses_keeps_the_apps_status(
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
         "Sec-WebSocket-Key: short\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 7\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13, 8\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
     ],
-    ids=["no_key", "version", "connection", "bad_key"],
+    ids=["no_key", "version", "connection", "bad_key", "draft_8", "draft_7", "two_versions"],
 )
 async def test_a_malformed_websocket_handshake_is_the_clients_400_and_never_reaches_the_app(
     sidecar_for: SidecarFactory, handshake: str, caplog: pytest.LogCaptureFixture
@@ -126,6 +132,8 @@ async def test_a_malformed_websocket_handshake_is_the_clients_400_and_never_reac
         head = await reader.readuntil(b"\r\n\r\n")
         writer.close()
     assert head.startswith(b"HTTP/1.1 400 "), head
+    # RFC 6455 4.4: the refusal names the one version the sidecar speaks (to the app too).
+    assert b"\r\nsec-websocket-version: 13\r\n" in head.lower()
     assert dialled == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

@@ -375,12 +375,17 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     ]
     # The client's own handshake first (key, version, Connection): a bad one is the
-    # client's 400, and the app is never dialled for it.
-    if not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok:
+    # client's 400, and the app is never dialled for it. Version 13 only (RFC 6455): the
+    # server accepts drafts 7 and 8 too, but the app is dialled in 13.
+    if (
+        request.headers.get("Sec-WebSocket-Version") != "13"
+        or not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok
+    ):
         raise reject(
             "websocket_handshake_invalid",
             "not a valid WebSocket handshake (Connection: Upgrade, Sec-WebSocket-Key and"
             " Sec-WebSocket-Version: 13 are needed)",
+            headers={"Sec-WebSocket-Version": "13"},  # RFC 6455 4.4: the version it speaks
         )
     ensure_client_present(request)
     app = ctx.runtime.config.app
