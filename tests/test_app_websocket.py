@@ -91,6 +91,53 @@ async def test_websocket_the_app_refuses_keeps_the_apps_status(
             assert missing.value.status == 404
 
 
+async def test_a_websocket_from_an_origin_the_cors_policy_refuses_never_reaches_the_app(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """No browser hides a WebSocket's messages from the page that opened it, so withholding
+    CORS headers (the app route's answer to other cross-origin requests) protects nothing:
+    a handshake from a refused origin is a 403 `cors_origin_denied` before the app is
+    dialled. Listed origins, same-origin pages and clients sending no `Origin` get through;
+    a plain request from a refused origin still reaches the app."""
+    dialled: list[str | None] = []
+
+    async def socket(request: web.Request) -> web.StreamResponse:
+        dialled.append(request.headers.get("Origin"))
+        if not request.headers.get("Upgrade"):
+            return web.Response(text="plain")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", socket)
+    listed = "https://app.example.com"
+    async with serving(app) as url:
+        config = {"app": {"url": url}, "cors": {"allow_origins": [listed]}}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            statuses = {}
+            for origin in ("https://evil.example", "null", listed, sidecar.url, None):
+                try:
+                    ws = await http.ws_connect(sidecar.url + "/ws", origin=origin)
+                    await ws.close()
+                    statuses[origin] = 101
+                except aiohttp.WSServerHandshakeError as refused:
+                    statuses[origin] = refused.status
+            async with http.get(
+                sidecar.url + "/ws", headers={"Origin": "https://evil.example"}
+            ) as plain:
+                assert await plain.text() == "plain"
+            async with http.get(sidecar.admin_url + "/metrics") as r:
+                metrics = await r.text()
+    assert statuses == {
+        "https://evil.example": 403, "null": 403, listed: 101, sidecar.url: 101, None: 101
+    }  # fmt: skip
+    assert dialled == [listed, sidecar.url, None, "https://evil.example"]
+    rejected = counts(metrics, "sidecar_rejections", "sidecar_rejection_reason")
+    assert rejected.get("cors_origin_denied") == 2
+
+
 @pytest.mark.parametrize(
     "handshake",
     [

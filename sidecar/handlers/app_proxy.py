@@ -12,14 +12,14 @@ import re
 from typing import Final
 
 import aiohttp
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sidecar.client_address import is_trusted_proxy
 from sidecar.config import AppConfig
 from sidecar.errors import Rejection, reject
-from sidecar.handlers.app_websocket import relay_websocket
+from sidecar.handlers.app_websocket import asks_websocket, relay_websocket
 from sidecar.handlers.lingering import LingeringServerWebSocket
 from sidecar.handlers.request_body import (
     BodyStream,
@@ -172,7 +172,7 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
             policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip, tokens=False
         )
     )
-    if _asks_websocket(request):
+    if asks_websocket(request):
         return await _websocket(ctx, session)
     headers = _upstream_headers(ctx)
     app = ctx.runtime.config.app
@@ -346,16 +346,6 @@ def _check_sendable(upstream: aiohttp.ClientResponse) -> None:
         _UNSENDABLE.search(value) for value in upstream.headers.values()
     ):
         raise reject("app_bad_response", "the app's answer has a control character in its head")
-
-
-def _asks_websocket(request: web.BaseRequest) -> bool:
-    """Whether a request asks for a WebSocket: `Upgrade: websocket` in HTTP/1.1. An
-    HTTP/1.0 request's `Upgrade` is ignored (RFC 9110 7.8: 1.0 has no `101`), so it is
-    proxied as the plain request it is."""
-    return (
-        request.version >= HttpVersion11
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-    )
 
 
 async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web.StreamResponse:
