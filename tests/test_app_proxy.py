@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import json
 import logging
+import socket
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -1034,3 +1035,53 @@ async def test_the_client_gets_the_content_type_the_app_sent_and_no_other(
             assert await response.read() == b"hello"
             types = response.headers.getall("Content-Type", [])
     assert types == ([typed.split(b": ")[1].strip().decode()] if typed else [])
+
+
+async def test_an_app_that_stops_reading_the_request_body_is_cut_with_a_504(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """`app.send_timeout_seconds` the other way (nginx's `proxy_send_timeout`): an app that
+    reads a request's head and then none of its body, and never answers, holds neither the
+    upload nor the client for good. The client gets a 504 saying so; the connection is
+    closed (the rest of the body is never read)."""
+    release = asyncio.Event()
+    heads: list[bytes] = []
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await release.wait()  # reads nothing more, answers nothing
+        writer.close()
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(deaf, sock=listener)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    async def upload() -> AsyncIterator[bytes]:
+        for _ in range(1024):  # 64 MiB: more than every buffer on the way holds
+            yield BODY_CHUNK
+            if release.is_set():
+                return
+
+    try:
+        async with (
+            sidecar_for(with_app(url, send_timeout_seconds=0.5)) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+            async with (
+                asyncio.timeout(30),  # a guard: without the cut, this waits for good
+                http.post(sidecar.url + "/upload", data=upload()) as response,
+            ):
+                status, headers = response.status, response.headers
+                error = (await response.json())["error"]
+            async with http.get(sidecar.admin_url + "/metrics") as scrape:
+                rejections = _rejections(await scrape.text())
+    finally:
+        release.set()
+        server.close()
+    assert len(heads) == 1
+    assert status == 504
+    assert headers["Connection"] == "close"
+    assert error == {"type": "timeout", "message": "the app did not take the request body in time"}
+    assert rejections == {"app_timeout": 1}

@@ -184,6 +184,9 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
         async with asyncio.timeout(None) as head:
             if request.body_exists:
                 body.on_end = functools.partial(_await_head, head, app.read_timeout_seconds)
+                # An app that stops reading the body is cut as a client that stops
+                # reading its answer is (nginx's `proxy_send_timeout`).
+                body.sending, body.send_timeout = head, app.send_timeout_seconds
             else:
                 _await_head(head, app.connect_timeout_seconds + app.read_timeout_seconds)
             upstream = await session.request(
@@ -199,7 +202,7 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
     finally:
         # An app may answer before the body ends (and go on reading it): from here on the
         # read timeout bounds the response, and the deadline is gone.
-        body.on_end = None
+        body.on_end = body.sending = None
     async with upstream:
         return await _relay(ctx, upstream, app)
 
@@ -223,6 +226,12 @@ def _upstream_failure(body: BodyStream, exc: BaseException) -> Rejection:
     if body.broken:
         return malformed_body()
     if isinstance(exc, TimeoutError):
+        if body.passing_on:
+            return reject(
+                "app_timeout",
+                "the app did not take the request body in time",
+                headers={"Connection": "close"},  # the rest of the body is not read
+            )
         return reject("app_timeout", "the app did not answer in time")
     if isinstance(exc, aiohttp.ClientResponseError):  # the head did not parse
         return reject("app_bad_response", "the app's answer is not valid HTTP")
