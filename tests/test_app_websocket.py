@@ -138,6 +138,40 @@ async def test_a_websocket_from_an_origin_the_cors_policy_refuses_never_reaches_
     assert rejected.get("cors_origin_denied") == 2
 
 
+async def test_the_apps_handshake_headers_reach_the_client_as_on_any_answer(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The app's `101` headers (a session cookie set on the handshake, its own fields) reach
+    the client, with the sidecar's `X-Request-Id` and `Vary`, without `Access-Control-*`
+    (the sidecar's CORS policy decides) or what the app's `Connection` names."""
+
+    async def socket(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        ws.headers.add("Set-Cookie", "a=1; Path=/")
+        ws.headers.add("Set-Cookie", "b=2; Path=/; HttpOnly")
+        ws.headers["X-App"] = "yes"
+        ws.headers["Access-Control-Allow-Origin"] = "*"
+        ws.headers["Vary"] = "Cookie"
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", socket)
+    async with (
+        serving(app) as url,
+        sidecar_for({"app": {"url": url}}) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sidecar.url + "/ws") as ws,
+    ):
+        answer = ws._response.headers
+        assert answer.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
+        assert answer["X-App"] == "yes"
+        assert answer["X-Request-Id"].startswith("req_")
+        assert answer["Vary"] == "Cookie, Origin"
+        assert "Access-Control-Allow-Origin" not in answer
+
+
 @pytest.mark.parametrize(
     "handshake",
     [

@@ -38,7 +38,11 @@ from sidecar.policy.identity_headers import (
     strip_credentials,
     strip_forwarding_claims,
 )
-from sidecar.stream.adapter import ForwardedResponse, websocket_transport
+from sidecar.stream.adapter import (
+    ForwardedResponse,
+    websocket_handshake_headers,
+    websocket_transport,
+)
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -330,6 +334,28 @@ class _SendWatch:
 _UNSENDABLE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def _pass_on_handshake_headers(
+    ctx: RequestContext, answer: CIMultiDictProxy[str], client: web.WebSocketResponse
+) -> None:
+    """The app's `101` headers (a `Set-Cookie`, its own fields) on the client's `101`, as
+    on any other answer it gives: without hop-by-hop ones, the handshake's own (the
+    sidecar's side of it answers those) and `Access-Control-*`, with the sidecar's
+    (`X-Request-Id`, `Vary`). A head with a control character is the app's 502."""
+    headers = end_to_end(answer)
+    for name in [
+        n for n in headers
+        if n.lower() in _WS_HANDSHAKE or n.lower() == "content-length"
+        or n.lower().startswith("access-control-")
+    ]:  # fmt: skip
+        headers.popall(name, None)
+    if any(_UNSENDABLE.search(value) for value in headers.values()):
+        raise reject("app_bad_response", "the app's answer has a control character in its head")
+    vary = merge_vary(", ".join(headers.getall("Vary", ())))
+    headers.update(ctx.headers)
+    headers["Vary"] = vary
+    client.headers.extend(headers)
+
+
 def _check_sendable(upstream: aiohttp.ClientResponse) -> None:
     """Raise a 502 for an answer that cannot be passed on as a valid HTTP response.
 
@@ -423,6 +449,7 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         max_msg_size=app.websocket_max_message_bytes,
     )
     async with upstream:
+        _pass_on_handshake_headers(ctx, websocket_handshake_headers(upstream), client)
         await client.prepare(request)
         ctx.sent_status = 101  # Switching Protocols
         client_transport = request.transport
