@@ -26,6 +26,7 @@ from sidecar.browser import is_browser_path, serve_browser_file
 from sidecar.client_address import client_ip, is_trusted_proxy
 from sidecar.config import Network
 from sidecar.errors import Family, Rejection, reject, render_json, simple_error_body
+from sidecar.handlers.app_websocket import asks_websocket
 from sidecar.header_lists import RepeatedField, header_value, sole_value
 from sidecar.identity import ANONYMOUS, Identity
 from sidecar.listener import close_after
@@ -287,14 +288,15 @@ class Pipeline:
                 else:
                     cors = route.cors
                     if (
-                        ctx.family != "app"
-                        and origin is not None
+                        origin is not None
+                        and (ctx.family != "app" or asks_websocket(request))
                         and not cors.allows(origin)  # allowed: no scheme or host to read
                         and cors.refuses(origin, request.host, scheme)
                     ):
                         # The browser would hide the answer anyway: do not spend Claude or quota on it.
                         # (The app route only sets headers: cross-site form posts such as OAuth
-                        # `form_post` callbacks must still reach the app.)
+                        # `form_post` callbacks must still reach the app. Not a WebSocket: no
+                        # browser hides its messages from the page that opened it.)
                         raise reject("cors_origin_denied", "origin not allowed")
                     identity = runtime.auth.identify(
                         route.policy.auth, request.headers, request.query, request.method

@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import json
 import logging
+import socket
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -31,6 +32,8 @@ from tests.support.sockets import free_port, shrink_send_buffers, small_buffered
 from tests.support.waiting import eventually
 
 BODY_CHUNK = b"x" * 65536
+GZIPPED = gzip.compress(b"a body in a transfer coding")
+DEFLATED = zlib.compress(b"a body in a transfer coding")
 
 
 async def test_headers_forwarded_identity_stripped_hop_by_hop_dropped(
@@ -556,6 +559,25 @@ async def test_credentials_in_the_app_url_replace_the_clients_authorization(
     assert seen == [expected, expected]
 
 
+async def test_a_trace_carries_no_credential_of_the_sidecars(sidecar_for: SidecarFactory) -> None:
+    """A TRACE's answer echoes the request (RFC 9110 9.3.8): `app.url`'s credential, the
+    sidecar's own, is not in it, so an app that answers TRACE cannot hand it to any client.
+    The client's own headers go as on any other method."""
+    async with running_app() as (url, _):
+        with_credentials = url.replace("://", "://svc:APP%40PASS@", 1)
+        async with (
+            sidecar_for({"app": {"url": with_credentials}}) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+            seen = {}
+            for method in ("TRACE", "GET"):
+                async with http.request(method, sidecar.url + "/echo") as response:
+                    assert response.status == 200
+                    seen[method] = echoed_headers(await response.json())
+    assert "authorization" not in seen["TRACE"]
+    assert seen["GET"]["authorization"] == "Basic " + base64.b64encode(b"svc:APP@PASS").decode()
+
+
 @pytest.mark.parametrize("forward", [False, True])
 async def test_the_sidecars_credential_is_kept_from_the_app_unless_forwarded(
     sidecar_for: SidecarFactory, forward: bool
@@ -810,6 +832,11 @@ def _unchunked(framed: bytes) -> bytes:
         b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: Upgrade\r\n\r\n",
         b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(GZIPPED), GZIPPED),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: GZIP\r\n\r\n" + GZIPPED,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: deflate\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(DEFLATED), DEFLATED),
     ],
     ids=[
         "control_in_value",
@@ -819,6 +846,9 @@ def _unchunked(framed: bytes) -> bytes:
         "status_0",
         "unasked_101",
         "garbage",
+        "transfer_coding_gzip_chunked",
+        "transfer_coding_gzip_to_close",
+        "transfer_coding_deflate_in_two_lines",
     ],
 )
 async def test_an_answer_that_cannot_be_passed_on_is_a_502(
@@ -1005,3 +1035,53 @@ async def test_the_client_gets_the_content_type_the_app_sent_and_no_other(
             assert await response.read() == b"hello"
             types = response.headers.getall("Content-Type", [])
     assert types == ([typed.split(b": ")[1].strip().decode()] if typed else [])
+
+
+async def test_an_app_that_stops_reading_the_request_body_is_cut_with_a_504(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """`app.send_timeout_seconds` the other way (nginx's `proxy_send_timeout`): an app that
+    reads a request's head and then none of its body, and never answers, holds neither the
+    upload nor the client for good. The client gets a 504 saying so; the connection is
+    closed (the rest of the body is never read)."""
+    release = asyncio.Event()
+    heads: list[bytes] = []
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await release.wait()  # reads nothing more, answers nothing
+        writer.close()
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(deaf, sock=listener)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    async def upload() -> AsyncIterator[bytes]:
+        for _ in range(1024):  # 64 MiB: more than every buffer on the way holds
+            yield BODY_CHUNK
+            if release.is_set():
+                return
+
+    try:
+        async with (
+            sidecar_for(with_app(url, send_timeout_seconds=0.5)) as sidecar,
+            aiohttp.ClientSession() as http,
+        ):
+            async with (
+                asyncio.timeout(30),  # a guard: without the cut, this waits for good
+                http.post(sidecar.url + "/upload", data=upload()) as response,
+            ):
+                status, headers = response.status, response.headers
+                error = (await response.json())["error"]
+            async with http.get(sidecar.admin_url + "/metrics") as scrape:
+                rejections = _rejections(await scrape.text())
+    finally:
+        release.set()
+        server.close()
+    assert len(heads) == 1
+    assert status == 504
+    assert headers["Connection"] == "close"
+    assert error == {"type": "timeout", "message": "the app did not take the request body in time"}
+    assert rejections == {"app_timeout": 1}

@@ -91,6 +91,87 @@ async def test_websocket_the_app_refuses_keeps_the_apps_status(
             assert missing.value.status == 404
 
 
+async def test_a_websocket_from_an_origin_the_cors_policy_refuses_never_reaches_the_app(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """No browser hides a WebSocket's messages from the page that opened it, so withholding
+    CORS headers (the app route's answer to other cross-origin requests) protects nothing:
+    a handshake from a refused origin is a 403 `cors_origin_denied` before the app is
+    dialled. Listed origins, same-origin pages and clients sending no `Origin` get through;
+    a plain request from a refused origin still reaches the app."""
+    dialled: list[str | None] = []
+
+    async def socket(request: web.Request) -> web.StreamResponse:
+        dialled.append(request.headers.get("Origin"))
+        if not request.headers.get("Upgrade"):
+            return web.Response(text="plain")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", socket)
+    listed = "https://app.example.com"
+    async with serving(app) as url:
+        config = {"app": {"url": url}, "cors": {"allow_origins": [listed]}}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            statuses = {}
+            for origin in ("https://evil.example", "null", listed, sidecar.url, None):
+                try:
+                    ws = await http.ws_connect(sidecar.url + "/ws", origin=origin)
+                    await ws.close()
+                    statuses[origin] = 101
+                except aiohttp.WSServerHandshakeError as refused:
+                    statuses[origin] = refused.status
+            async with http.get(
+                sidecar.url + "/ws", headers={"Origin": "https://evil.example"}
+            ) as plain:
+                assert await plain.text() == "plain"
+            async with http.get(sidecar.admin_url + "/metrics") as r:
+                metrics = await r.text()
+    assert statuses == {
+        "https://evil.example": 403, "null": 403, listed: 101, sidecar.url: 101, None: 101
+    }  # fmt: skip
+    assert dialled == [listed, sidecar.url, None, "https://evil.example"]
+    rejected = counts(metrics, "sidecar_rejections", "sidecar_rejection_reason")
+    assert rejected.get("cors_origin_denied") == 2
+
+
+async def test_the_apps_handshake_headers_reach_the_client_as_on_any_answer(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The app's `101` headers (a session cookie set on the handshake, its own fields) reach
+    the client, with the sidecar's `X-Request-Id` and `Vary`, without `Access-Control-*`
+    (the sidecar's CORS policy decides) or what the app's `Connection` names."""
+
+    async def socket(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        ws.headers.add("Set-Cookie", "a=1; Path=/")
+        ws.headers.add("Set-Cookie", "b=2; Path=/; HttpOnly")
+        ws.headers["X-App"] = "yes"
+        ws.headers["Access-Control-Allow-Origin"] = "*"
+        ws.headers["Vary"] = "Cookie"
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", socket)
+    async with (
+        serving(app) as url,
+        sidecar_for({"app": {"url": url}}) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sidecar.url + "/ws") as ws,
+    ):
+        answer = ws._response.headers
+        assert answer.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
+        assert answer["X-App"] == "yes"
+        assert answer["X-Request-Id"].startswith("req_")
+        assert answer["Vary"] == "Cookie, Origin"
+        assert "Access-Control-Allow-Origin" not in answer
+
+
 @pytest.mark.parametrize(
     "handshake",
     [
@@ -101,8 +182,14 @@ async def test_websocket_the_app_refuses_keeps_the_apps_status(
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
         "Sec-WebSocket-Key: short\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 7\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13, 8\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
     ],
-    ids=["no_key", "version", "connection", "bad_key"],
+    ids=["no_key", "version", "connection", "bad_key", "draft_8", "draft_7", "two_versions"],
 )
 async def test_a_malformed_websocket_handshake_is_the_clients_400_and_never_reaches_the_app(
     sidecar_for: SidecarFactory, handshake: str, caplog: pytest.LogCaptureFixture
@@ -126,6 +213,8 @@ async def test_a_malformed_websocket_handshake_is_the_clients_400_and_never_reac
         head = await reader.readuntil(b"\r\n\r\n")
         writer.close()
     assert head.startswith(b"HTTP/1.1 400 "), head
+    # RFC 6455 4.4: the refusal names the one version the sidecar speaks (to the app too).
+    assert b"\r\nsec-websocket-version: 13\r\n" in head.lower()
     assert dialled == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

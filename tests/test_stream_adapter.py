@@ -358,6 +358,25 @@ async def test_a_client_gone_before_the_head_ends_the_call_at_open() -> None:
     assert len(errors) == 1
 
 
+async def test_a_client_websockets_handshake_headers_are_its_servers_101s(
+    http: aiohttp.ClientSession,
+) -> None:
+    """`websocket_handshake_headers` reads the `101` a client WebSocket was answered with
+    (the app route passes its fields on to the client)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        ws.headers["Set-Cookie"] = "s=1"
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    async with serving_get(handler) as port, http.ws_connect(f"http://127.0.0.1:{port}/") as ws:
+        headers = adapter.websocket_handshake_headers(ws)
+        assert headers["Set-Cookie"] == "s=1"
+        assert headers["Upgrade"].lower() == "websocket"
+
+
 async def test_a_client_websockets_transport_is_the_one_its_frames_go_through(
     http: aiohttp.ClientSession,
 ) -> None:

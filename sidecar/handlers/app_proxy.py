@@ -12,14 +12,14 @@ import re
 from typing import Final
 
 import aiohttp
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sidecar.client_address import is_trusted_proxy
 from sidecar.config import AppConfig
 from sidecar.errors import Rejection, reject
-from sidecar.handlers.app_websocket import relay_websocket
+from sidecar.handlers.app_websocket import asks_websocket, relay_websocket
 from sidecar.handlers.lingering import LingeringServerWebSocket
 from sidecar.handlers.request_body import (
     BodyStream,
@@ -38,7 +38,11 @@ from sidecar.policy.identity_headers import (
     strip_credentials,
     strip_forwarding_claims,
 )
-from sidecar.stream.adapter import ForwardedResponse, websocket_transport
+from sidecar.stream.adapter import (
+    ForwardedResponse,
+    websocket_handshake_headers,
+    websocket_transport,
+)
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -111,7 +115,9 @@ def _upstream_headers(ctx: RequestContext) -> CIMultiDict[str]:
     # which apps trusting a local `Host` read as a request from inside.
     headers["Host"] = request.host
     credential = app_base(app.url)[1]
-    if credential is not None:
+    # Never in a TRACE: its answer echoes the request to the client (RFC 9110 9.3.8: a
+    # client sends no stored credential in one), and this one is the sidecar's.
+    if credential is not None and request.method != "TRACE":
         headers["Authorization"] = credential
     # The request's one id, as logged and answered: never the client's other copies, or a
     # malformed one the sidecar replaced.
@@ -170,7 +176,7 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
             policy.quotas, policy.quota_scope, ctx.identity, ctx.client_ip, tokens=False
         )
     )
-    if _asks_websocket(request):
+    if asks_websocket(request):
         return await _websocket(ctx, session)
     headers = _upstream_headers(ctx)
     app = ctx.runtime.config.app
@@ -182,6 +188,9 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
         async with asyncio.timeout(None) as head:
             if request.body_exists:
                 body.on_end = functools.partial(_await_head, head, app.read_timeout_seconds)
+                # An app that stops reading the body is cut as a client that stops
+                # reading its answer is (nginx's `proxy_send_timeout`).
+                body.sending, body.send_timeout = head, app.send_timeout_seconds
             else:
                 _await_head(head, app.connect_timeout_seconds + app.read_timeout_seconds)
             upstream = await session.request(
@@ -197,7 +206,7 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
     finally:
         # An app may answer before the body ends (and go on reading it): from here on the
         # read timeout bounds the response, and the deadline is gone.
-        body.on_end = None
+        body.on_end = body.sending = None
     async with upstream:
         return await _relay(ctx, upstream, app)
 
@@ -221,6 +230,12 @@ def _upstream_failure(body: BodyStream, exc: BaseException) -> Rejection:
     if body.broken:
         return malformed_body()
     if isinstance(exc, TimeoutError):
+        if body.passing_on:
+            return reject(
+                "app_timeout",
+                "the app did not take the request body in time",
+                headers={"Connection": "close"},  # the rest of the body is not read
+            )
         return reject("app_timeout", "the app did not answer in time")
     if isinstance(exc, aiohttp.ClientResponseError):  # the head did not parse
         return reject("app_bad_response", "the app's answer is not valid HTTP")
@@ -319,30 +334,53 @@ class _SendWatch:
 _UNSENDABLE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def _pass_on_handshake_headers(
+    ctx: RequestContext, answer: CIMultiDictProxy[str], client: web.WebSocketResponse
+) -> None:
+    """The app's `101` headers (a `Set-Cookie`, its own fields) on the client's `101`, as
+    on any other answer it gives: without hop-by-hop ones, the handshake's own (the
+    sidecar's side of it answers those) and `Access-Control-*`, with the sidecar's
+    (`X-Request-Id`, `Vary`). A head with a control character is the app's 502."""
+    headers = end_to_end(answer)
+    for name in [
+        n for n in headers
+        if n.lower() in _WS_HANDSHAKE or n.lower() == "content-length"
+        or n.lower().startswith("access-control-")
+    ]:  # fmt: skip
+        headers.popall(name, None)
+    if any(_UNSENDABLE.search(value) for value in headers.values()):
+        raise reject("app_bad_response", "the app's answer has a control character in its head")
+    vary = merge_vary(", ".join(headers.getall("Vary", ())))
+    headers.update(ctx.headers)
+    headers["Vary"] = vary
+    client.headers.extend(headers)
+
+
 def _check_sendable(upstream: aiohttp.ClientResponse) -> None:
     """Raise a 502 for an answer that cannot be passed on as a valid HTTP response.
 
     Its status must be a final one (200-599: the client's `Upgrade` never reaches the app,
-    so a `101` is unasked for; RFC 9110 15 makes anything outside 100-599 invalid), and its
-    reason phrase and header values must hold no control character.
+    so a `101` is unasked for; RFC 9110 15 makes anything outside 100-599 invalid), its
+    reason phrase and header values must hold no control character, and its
+    `Transfer-Encoding` may name no coding but `chunked`: the client parser undoes only
+    the chunking, so a `gzip` transfer coding would reach the client still compressed with
+    nothing saying so (the request side's 501, RFC 9112 6.1).
     """
     status = upstream.status
     if not 200 <= status <= 599:
         raise reject("app_bad_response", f"the app answered with an invalid status ({status})")
+    if any(
+        coding.strip().lower() not in ("chunked", "")
+        for value in upstream.headers.getall("Transfer-Encoding", ())
+        for coding in value.split(",")
+    ):
+        raise reject(
+            "app_bad_response", "the app's answer has a transfer coding other than chunked"
+        )
     if _UNSENDABLE.search(upstream.reason or "") or any(
         _UNSENDABLE.search(value) for value in upstream.headers.values()
     ):
         raise reject("app_bad_response", "the app's answer has a control character in its head")
-
-
-def _asks_websocket(request: web.BaseRequest) -> bool:
-    """Whether a request asks for a WebSocket: `Upgrade: websocket` in HTTP/1.1. An
-    HTTP/1.0 request's `Upgrade` is ignored (RFC 9110 7.8: 1.0 has no `101`), so it is
-    proxied as the plain request it is."""
-    return (
-        request.version >= HttpVersion11
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-    )
 
 
 async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web.StreamResponse:
@@ -362,12 +400,17 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     ]
     # The client's own handshake first (key, version, Connection): a bad one is the
-    # client's 400, and the app is never dialled for it.
-    if not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok:
+    # client's 400, and the app is never dialled for it. Version 13 only (RFC 6455): the
+    # server accepts drafts 7 and 8 too, but the app is dialled in 13.
+    if (
+        request.headers.get("Sec-WebSocket-Version") != "13"
+        or not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok
+    ):
         raise reject(
             "websocket_handshake_invalid",
             "not a valid WebSocket handshake (Connection: Upgrade, Sec-WebSocket-Key and"
             " Sec-WebSocket-Version: 13 are needed)",
+            headers={"Sec-WebSocket-Version": "13"},  # RFC 6455 4.4: the version it speaks
         )
     ensure_client_present(request)
     app = ctx.runtime.config.app
@@ -406,6 +449,7 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
         max_msg_size=app.websocket_max_message_bytes,
     )
     async with upstream:
+        _pass_on_handshake_headers(ctx, websocket_handshake_headers(upstream), client)
         await client.prepare(request)
         ctx.sent_status = 101  # Switching Protocols
         client_transport = request.transport

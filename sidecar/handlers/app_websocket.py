@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Final, Literal, cast
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 # How a relayed WebSocket ended: a close frame from either side (`closed`), a side cut for
@@ -25,6 +25,17 @@ Outcome = Literal[
     "closed", "client_stalled", "app_stalled", "client_lost", "app_lost",
     "client_error", "app_error", "shutting_down",
 ]  # fmt: skip
+
+
+def asks_websocket(request: web.BaseRequest) -> bool:
+    """Whether a request asks for a WebSocket: `Upgrade: websocket` in HTTP/1.1. An
+    HTTP/1.0 request's `Upgrade` is ignored (RFC 9110 7.8: 1.0 has no `101`), so it is
+    proxied as the plain request it is."""
+    return (
+        request.version >= HttpVersion11
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+    )
+
 
 _CLOSING: set[asyncio.Task[bool]] = set()  # closes that outlive a cancelled handler
 _SHUTTING_DOWN: Final = b"the sidecar is shutting down"

@@ -136,6 +136,9 @@ class BodyStream:
     """A request body passed on as it arrives, cut when the client goes quiet too long.
 
     `stalled` / `broken` say afterwards whether a failed upload was the client's doing.
+    With `sending` set, each chunk must be taken (written on, the sender's buffer drained)
+    within `send_timeout`, or that deadline cuts the call: `passing_on` then says the
+    upload was waiting on the receiver.
     """
 
     request: web.Request
@@ -143,6 +146,9 @@ class BodyStream:
     stalled: bool = False
     broken: bool = False
     on_end: Callable[[], None] | None = None  # called once the last byte has been passed on
+    sending: asyncio.Timeout | None = None
+    send_timeout: float = 0.0
+    passing_on: bool = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive (no decoding, no buffering)."""
@@ -162,7 +168,18 @@ class BodyStream:
                 if self.on_end is not None:
                     self.on_end()
                 return
+            sending = self.sending
+            if sending is None:
+                yield chunk
+                continue
+            # Resumed once the receiver took it: a receiver that reads nothing holds the
+            # upload (and the client) no longer than `send_timeout`.
+            self.passing_on = True
+            sending.reschedule(asyncio.get_running_loop().time() + self.send_timeout)
             yield chunk
+            self.passing_on = False
+            if self.sending is not None:  # cleared once the answer's head came
+                self.sending.reschedule(None)
 
 
 async def read_json_object(request: web.Request, server: ServerConfig) -> dict[str, Any]:

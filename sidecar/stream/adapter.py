@@ -47,6 +47,7 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from aiohttp.http_writer import _serialize_headers as _aiohttp_serialize
 from aiohttp.streams import StreamReader
+from multidict import CIMultiDictProxy
 
 # aiohttp's head serialiser (C): any mapping's items, control characters refused.
 _serialize_headers: Callable[[str, Mapping[str, str]], bytes] = _aiohttp_serialize  # type: ignore[assignment]
@@ -371,6 +372,11 @@ def answer_ended(request: web.BaseRequest, response: web.StreamResponse | None) 
     if response is not None:
         return bool(response._eof_sent)
     return bool(request.writer._eof)  # type: ignore[attr-defined]
+
+
+def websocket_handshake_headers(ws: ClientWebSocketResponse) -> CIMultiDictProxy[str]:
+    """The headers of the `101` a client WebSocket's server answered its handshake with."""
+    return ws._response.headers
 
 
 def websocket_transport(ws: ClientWebSocketResponse) -> asyncio.Transport | None:
