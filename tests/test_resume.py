@@ -8,7 +8,6 @@ stream read whole, byte for byte, Claude was called once and the tokens charged 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -16,7 +15,7 @@ import re
 import signal
 import subprocess
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -946,55 +945,6 @@ def _docs_example(marker: str) -> str:
     return text[start : text.index("```", start)]
 
 
-@contextlib.asynccontextmanager
-async def cut_after_id_line(target_port: int, event: int) -> AsyncIterator[int]:
-    """A proxy whose first connection passes the response up to the `id:` line of event
-    `event` and no further (the event itself never arrives), then breaks; later ones pass
-    everything. Yields its port."""
-    cut = re.compile(rb"\nid: [^\n]*:%d\n" % event)
-    connections = 0
-
-    async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        cutting = connections == 1
-        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", target_port)
-
-        async def pump_up() -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await client_r.read(65536):
-                    upstream_w.write(data)
-                    await upstream_w.drain()
-
-        up = asyncio.create_task(pump_up())
-        sent = b""
-        try:
-            while data := await upstream_r.read(65536):
-                found = cut.search(sent[-200:] + data) if cutting else None
-                if found is not None:
-                    keep = found.end() - len(sent[-200:])
-                    client_w.write(data[:keep])
-                    await client_w.drain()
-                    client_w.transport.abort()
-                    upstream_w.transport.abort()
-                    return
-                sent += data
-                client_w.write(data)
-                await client_w.drain()
-        except ConnectionError:
-            pass
-        finally:
-            up.cancel()
-            client_w.close()
-            upstream_w.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-
-
 async def test_the_docs_sdk_resume_example_reads_a_stream_cut_inside_an_event_whole(
     fake: FakeServer, sidecar_for: SidecarFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1007,8 +957,10 @@ async def test_the_docs_sdk_resume_example_reads_a_stream_cut_inside_an_event_wh
     example = _docs_example("The SDKs' stream objects do not show event ids")
     async with (
         sidecar_for(resumable()) as sidecar,
-        cut_after_id_line(sidecar.port, event=7) as port,
+        # Cut right after event 7's `id:` line: the event itself never arrives.
+        cutting_proxy(sidecar.port, after=0, at=re.compile(rb"\nid: [^\n]*:7\n")) as proxy,
     ):
+        port = proxy.port
         names: dict[str, Any] = {}
         code = example.replace('"http://sidecar:8080"', f'"http://127.0.0.1:{port}"')
         code = code.replace('"Hello"', '"[[fake tokens=20]] Hello"')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -167,11 +168,16 @@ class CuttingProxy:
     Comments (`: ping`) and id-only blocks are no events: they are passed on, not counted.
     `after=0`: the response's first bytes with a whole block (its head and what came with
     it: a prompt stream's opening) pass, and the connection is cut as the next bytes (the
-    first event's) come, none of them passed: the client has long read the first ones."""
+    first event's) come, none of them passed: the client has long read the first ones.
+    `at`: instead, cut right after the first match of this pattern (e.g. an event's `id:`
+    line, leaving the event itself unsent)."""
 
-    def __init__(self, target_port: int, after: int, cuts: int = 1) -> None:
+    def __init__(
+        self, target_port: int, after: int, cuts: int = 1, at: re.Pattern[bytes] | None = None
+    ) -> None:
         self.target_port = target_port
         self.after = after
+        self.at = at
         self.cuts = cuts
         self.connections = 0
         self.cut = 0
@@ -203,6 +209,19 @@ class CuttingProxy:
         opened = False  # (after=0) the first bytes with a whole block passed
         try:
             while data := await upstream_r.read(65536):
+                if cutting and self.at is not None:
+                    found = self.at.search(tail + data)
+                    if found is not None:
+                        client_w.write(data[: found.end() - len(tail)])
+                        await client_w.drain()
+                        self.cut += 1
+                        client_w.transport.abort()
+                        upstream_w.transport.abort()
+                        return
+                    tail = (tail + data)[-200:]
+                    client_w.write(data)
+                    await client_w.drain()
+                    continue
                 if cutting and self.after == 0:
                     if opened:
                         self.cut += 1
@@ -243,8 +262,10 @@ class CuttingProxy:
 
 
 @contextlib.asynccontextmanager
-async def cutting_proxy(target_port: int, after: int, cuts: int = 1) -> AsyncIterator[CuttingProxy]:
-    proxy = CuttingProxy(target_port, after, cuts)
+async def cutting_proxy(
+    target_port: int, after: int, cuts: int = 1, at: re.Pattern[bytes] | None = None
+) -> AsyncIterator[CuttingProxy]:
+    proxy = CuttingProxy(target_port, after, cuts, at)
     await proxy.start()
     try:
         yield proxy
