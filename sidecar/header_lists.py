@@ -4,6 +4,18 @@ field that may be given once (a credential, a resume cursor) refused when given 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
+
+# WSGI/CGI servers name a header's variable with `_` for `-` (`HTTP_X_REAL_IP`); PHP and
+# lighttpd's CGI/FastCGI make every other character `_` too, so `X.Real.IP` is that one
+# variable as well. (Other characters that are no letter or digit aiohttp refuses in a name.)
+_SEPARATORS: Final = str.maketrans("_.", "--")
+
+
+def folded_name(name: str) -> str:
+    """The one header an app behind WSGI, CGI or FastCGI reads `name` as: lower case, `_`
+    and `.` read as `-`. Names compared for what the app sees are compared in this spelling."""
+    return name.lower().translate(_SEPARATORS)
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str | None:

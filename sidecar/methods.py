@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from sidecar.header_lists import folded_name
+
 READS: Final = frozenset({"GET", "HEAD"})
 
 
@@ -34,6 +36,4 @@ OVERRIDE_HEADERS: Final = frozenset(
 def asks_override(names: Iterable[str]) -> bool:
     """Whether any header name, in any case and with `_` or `.` for `-`, is a method
     override."""
-    return any(
-        name.lower().replace("_", "-").replace(".", "-") in OVERRIDE_HEADERS for name in names
-    )
+    return any(folded_name(name) in OVERRIDE_HEADERS for name in names)

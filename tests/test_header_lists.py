@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
-from sidecar.header_lists import RepeatedField, header_value, sole_value
+from sidecar.header_lists import RepeatedField, folded_name, header_value, sole_value
 
 
 def test_repeated_lines_are_one_comma_list_in_order() -> None:
@@ -41,3 +41,9 @@ def test_a_sole_field_given_twice_differently_is_refused_in_headers_and_queries(
     with pytest.raises(RepeatedField) as in_query:
         sole_value(MultiDict([("access_token", "a"), ("access_token", "b")]), "access_token")
     assert (in_header.value.name, in_query.value.name) == ("Authorization", "access_token")
+
+
+def test_a_folded_name_is_the_one_an_app_behind_cgi_reads() -> None:
+    """WSGI/CGI fold `_` into `-`, PHP and lighttpd `.` too: one spelling for all three."""
+    for name in ("X-Real-IP", "x_real_ip", "X.Real.IP", "x-Real_IP"):
+        assert folded_name(name) == "x-real-ip"

@@ -17,6 +17,7 @@ from sidecar.config.fields import (
     redact_url,
     split_host_port,
 )
+from sidecar.header_lists import folded_name
 
 
 class TLSConfig(Section):
@@ -116,7 +117,7 @@ class IdentityHeaders(Section):
         # `_`, `.` and `-` are one to WSGI/CGI (and PHP) apps: a shared name would carry the
         # wrong value.
         given = (self.user, self.tenant, self.api_key_name, self.issuer)
-        if len({n.lower().replace("_", "-").replace(".", "-") for n in given}) != len(given):
+        if len({folded_name(n) for n in given}) != len(given):
             raise ValueError("user, tenant, api_key_name and issuer must be different headers")
         return self
 

@@ -17,6 +17,7 @@ from typing import Final
 from multidict import CIMultiDict
 
 from sidecar.config import IdentityHeaders
+from sidecar.header_lists import folded_name
 from sidecar.identity import Identity
 
 # The client's address, or the URL it asked for, as proxies, CDNs and frameworks read them.
@@ -47,16 +48,8 @@ _FORWARDING_PREFIX: Final = "x-forwarded-"  # every X-Forwarded-* of any proxy
 # the same helpers read those names as headers too.
 _CGI_PREFIX: Final = "http-"
 
-
-# WSGI/CGI servers name a header's variable with `_` for `-` (`HTTP_X_REAL_IP`); PHP and
-# lighttpd's CGI/FastCGI make every other character `_` too, so `X.Real.IP` is that one
-# variable as well. (Other characters that are no letter or digit aiohttp refuses in a name.)
-_SEPARATORS: Final = str.maketrans("_.", "--")
-
-
-def canonical(name: str) -> str:
-    """The spelling a header name is compared in: lower case, `_` and `.` read as `-`."""
-    return name.lower().translate(_SEPARATORS)
+# The spelling a header name is compared in (`header_lists.folded_name`).
+canonical: Final = folded_name
 
 
 def _folded(name: str) -> bool:
