@@ -625,10 +625,12 @@ def test_termination_grace_follows_the_configs_grace(
 @pytest.mark.parametrize(
     ("native", "app_seconds", "expected"),
     [
-        (True, 20, 20 + 5 + 30 + 5),  # native: the app exits first, then the sidecar drains
-        (True, 0, 5 + 30 + 5),
-        (False, 20, 5 + 30 + 5),  # side by side: the longer of the two
-        (False, 60, 60 + 5),
+        # native: the app's preStop 5 and exit first, then the sidecar's preStop and drain
+        (True, 20, 5 + 20 + 5 + 30 + 5),
+        (True, 0, 5 + 0 + 5 + 30 + 5),
+        # side by side: the app sleeps through the sidecar's preStop and drain, then exits
+        (False, 20, 5 + 30 + 20 + 5),
+        (False, 60, 5 + 30 + 60 + 5),
     ],
 )
 def test_termination_grace_counts_the_apps_own_shutdown(
@@ -641,6 +643,78 @@ def test_termination_grace_counts_the_apps_own_shutdown(
         "config": "server: {shutdown_grace_seconds: 30}\n",
     }
     assert pod_spec(render(chart, values))["terminationGracePeriodSeconds"] == expected
+
+
+@pytest.mark.parametrize(
+    ("native", "grace", "app_sleep"),
+    [(False, "30", 5 + 30), (False, "12.5", 5 + 13), (True, "30", 5)],
+)
+def test_the_app_container_outlives_the_sidecars_drain(
+    chart: Any, inject_chart: Any, native: bool, grace: str, app_sleep: int
+) -> None:
+    """The app got SIGTERM at once while the sidecar (preStop, then drain) still relayed
+    requests to it: they broke when the app exited. Beside a plain sidecar the app's preStop
+    now covers the sidecar's preStop and drain; before a native sidecar (stopped after the
+    app) it covers the time endpoints take to drop the pod. Injected, likewise."""
+    config = f"server: {{shutdown_grace_seconds: {grace}}}\n"
+    app = {"image": {"repository": "web", "tag": "1"}, "shutdownSeconds": 10}
+    values = {"nativeSidecar": native, "app": app, "config": config}
+    spec = pod_spec(render(chart, values))
+    container = next(c for c in spec["containers"] if c["name"] == "app")
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(app_sleep)]
+    assert spec["terminationGracePeriodSeconds"] > app_sleep + 10
+    sidecar = {"nativeSidecar": native, "config": config}
+    injected = pod_spec(render(inject_chart, {"claude-sidecar": sidecar}, name="web"))
+    shop = next(c for c in injected["containers"] if c["name"] == "shop")
+    assert shop["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(app_sleep)]
+    assert injected["terminationGracePeriodSeconds"] > app_sleep + 10
+
+
+def test_an_explicit_grace_must_cover_the_apps_prestop_and_exit(chart: Any) -> None:
+    app = {"image": {"repository": "web", "tag": "1"}, "shutdownSeconds": 20}
+    values = {"app": app, "terminationGracePeriodSeconds": 50,
+              "config": "server: {shutdown_grace_seconds: 30}\n"}  # fmt: skip
+    with pytest.raises(helm.HelmRenderError, match="must exceed the app's preStop sleep"):
+        render(chart, values)
+    values["terminationGracePeriodSeconds"] = 56
+    assert pod_spec(render(chart, values))["terminationGracePeriodSeconds"] == 56
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:3001", "on port 3001 but the app container listens on app.port 3000"),
+        ("http://localhost", "on port 80 but"),
+        ("http://web.shop.svc:3000", "is not the app container beside the sidecar"),
+    ],
+)
+def test_an_app_url_that_misses_the_app_container_fails_the_render(
+    chart: Any, url: str, message: str
+) -> None:
+    """app.port (the container's port) and the config's app.url were stated apart: a
+    mismatch rendered a pod whose sidecar routed nowhere."""
+    values = {"app": {"image": {"repository": "web", "tag": "1"}},
+              "config": f'app: {{url: "{url}"}}\n'}  # fmt: skip
+    with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
+        render(chart, values)
+
+
+@pytest.mark.parametrize(
+    "config", ['app: {url: "http://[::1]:3000"}\n', "claude: {}\n", 'app: {url: "${APP_URL}"}\n']
+)
+def test_an_app_url_on_the_app_port_renders(chart: Any, config: str) -> None:
+    values = {"app": {"image": {"repository": "web", "tag": "1"}}, "config": config,
+              "env": [{"name": "APP_URL", "value": "http://127.0.0.1:3000"}]}  # fmt: skip
+    app = next(c for c in pod_spec(render(chart, values))["containers"] if c["name"] == "app")
+    assert app["ports"][0]["containerPort"] == 3000
+
+
+def test_the_injected_app_port_is_the_config_app_url_port(inject_chart: Any) -> None:
+    config = yaml.safe_load((EXAMPLES / "inject" / "values.yaml").read_text())["claude-sidecar"]
+    moved = config["config"].replace("127.0.0.1:8080", "127.0.0.1:8081")
+    docs = render(inject_chart, {"claude-sidecar": {"config": moved}}, name="web")
+    shop = next(c for c in pod_spec(docs)["containers"] if c["name"] == "shop")
+    assert shop["ports"] == [{"name": "app", "containerPort": 8081}]
 
 
 def test_an_explicit_grace_must_leave_a_native_sidecar_the_apps_shutdown_too(chart: Any) -> None:
@@ -871,7 +945,8 @@ def test_autoscaling_on_a_resource_a_container_requests_nothing_of_fails_the_ren
 
 def test_injection_notes_name_every_template_to_include(chart: Any) -> None:
     text = notes(chart, {"deployment": {"enabled": False}})
-    for template in ("container", "volumes", "podAnnotations", "terminationGracePeriodSeconds"):
+    for template in ("container", "volumes", "podAnnotations", "terminationGracePeriodSeconds",
+                     "appLifecycle", "appPort"):  # fmt: skip
         assert f'"claude-sidecar.{template}"' in text
 
 
@@ -892,12 +967,12 @@ def test_notes_tell_how_to_reach_it_and_warn_about_memory_quotas(chart: Any) -> 
 @pytest.mark.parametrize(
     ("sidecar", "grace"),
     [
-        # Beside the app: the larger of the sidecar's 5 + 20 + 5 and the app's 10 + 5.
-        ({}, 30),
-        ({"app": {"shutdownSeconds": 40}}, 45),
+        # Beside the app: its preStop (the sidecar's 5 + 20) and then its own 10 s exit.
+        ({}, 5 + 20 + 10 + 5),
+        ({"app": {"shutdownSeconds": 40}}, 5 + 20 + 40 + 5),
         # A native sidecar's preStop and drain start once the parent's app has exited.
-        ({"nativeSidecar": True}, 10 + 5 + 20 + 5),
-        ({"nativeSidecar": True, "app": {"shutdownSeconds": 30}}, 30 + 5 + 20 + 5),
+        ({"nativeSidecar": True}, 5 + 10 + 5 + 20 + 5),
+        ({"nativeSidecar": True, "app": {"shutdownSeconds": 30}}, 5 + 30 + 5 + 20 + 5),
     ],
 )
 def test_injected_grace_counts_the_parents_app(

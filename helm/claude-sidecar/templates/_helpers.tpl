@@ -199,13 +199,11 @@ with it (ports, shutdown grace). Returns the parsed map as YAML; fails on unpars
 {{- end }}
 
 {{/*
-Seconds Kubernetes waits after SIGTERM: preStop sleep + the sidecar's drain + 5 (the sidecar
-exits at most 4 s after its grace). With an app container (always when injected into another
-chart's Deployment), its app.shutdownSeconds too: in
-parallel with the sidecar's (the larger of the two), or, for a native sidecar, before it (the
-sidecar is stopped only once the app has exited: the sum).
+The sidecar's drain, server.shutdown_grace_seconds read from the config (default 30), as a
+float; fails when it is not a number and no explicit terminationGracePeriodSeconds is set
+(then it counts as 0: a ${VAR} the chart cannot add up).
 */}}
-{{- define "claude-sidecar.terminationGracePeriodSeconds" -}}
+{{- define "claude-sidecar.drainSeconds" -}}
 {{- $server := (include "claude-sidecar.parsedConfig" . | fromYaml).server | default dict }}
 {{- $drain := 30.0 }}
 {{- if hasKey $server "shutdown_grace_seconds" }}
@@ -219,22 +217,94 @@ sidecar is stopped only once the app has exited: the sum).
 {{- end }}
 {{- $drain = $grace | float64 }}
 {{- end }}
+{{- $drain }}
+{{- end }}
+
+{{/*
+Seconds the app container's preStop sleeps before its SIGTERM. Beside a plain sidecar (both
+get SIGTERM together) the app must outlive the sidecar's preStop and drain, or the requests
+the sidecar is still relaying to it would break: preStopSleepSeconds + ceil(drain). With a
+native sidecar (stopped only once the app has exited) the sidecar relays until the app is
+gone: the app only waits preStopSleepSeconds, while endpoints drop the pod.
+*/}}
+{{- define "claude-sidecar.appPreStopSeconds" -}}
+{{- if .Values.nativeSidecar }}
+{{- .Values.preStopSleepSeconds }}
+{{- else }}
+{{- add .Values.preStopSleepSeconds (include "claude-sidecar.drainSeconds" . | float64 | ceil | int) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The app container's lifecycle (a preStop sleep, claude-sidecar.appPreStopSeconds), for this
+chart's app container and for an injecting chart's own app containers. An exec of `sleep`:
+the image needs a sleep binary (the sleep action needs Kubernetes >= 1.30).
+*/}}
+{{- define "claude-sidecar.appLifecycle" -}}
+preStop:
+  exec:
+    command: ["sleep", "{{ include "claude-sidecar.appPreStopSeconds" . }}"]
+{{- end }}
+
+{{/*
+Seconds Kubernetes waits after SIGTERM. The sidecar alone: preStop sleep + its drain + 5 (the
+sidecar exits at most 4 s after its grace). With an app container (always when injected into
+another chart's Deployment), the app's preStop sleep (claude-sidecar.appPreStopSeconds) plus
+app.shutdownSeconds: beside a plain sidecar that covers the sidecar's drain too; a native
+sidecar's preStop and drain begin only once the app has exited, so they add up.
+*/}}
+{{- define "claude-sidecar.terminationGracePeriodSeconds" -}}
+{{- $drain := include "claude-sidecar.drainSeconds" . | float64 }}
 {{- $needed := addf .Values.preStopSleepSeconds $drain }}
+{{- $rule := "preStopSleepSeconds + server.shutdown_grace_seconds" }}
 {{- /* Injected (deployment.enabled false), the sidecar always has the parent's app beside it. */}}
 {{- if or .Values.app.image.repository (not .Values.deployment.enabled) }}
-{{- $app := .Values.app.shutdownSeconds | float64 }}
+{{- $app := addf (include "claude-sidecar.appPreStopSeconds" . | float64) (.Values.app.shutdownSeconds | float64) }}
 {{- if .Values.nativeSidecar }}
 {{- $needed = addf $needed $app }}
+{{- $rule = "preStopSleepSeconds + app.shutdownSeconds (the app's preStop and exit) + preStopSleepSeconds + server.shutdown_grace_seconds (then the native sidecar's)" }}
 {{- else }}
 {{- $needed = maxf $needed $app }}
+{{- $rule = "the app's preStop sleep (preStopSleepSeconds + ceil(server.shutdown_grace_seconds)) + app.shutdownSeconds" }}
 {{- end }}
 {{- end }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
 {{- add (ceil $needed | int) 5 }}
 {{- else if le (float64 .Values.terminationGracePeriodSeconds) $needed }}
-{{- fail (printf "terminationGracePeriodSeconds %v must exceed preStopSleepSeconds + server.shutdown_grace_seconds (with nativeSidecar, + app.shutdownSeconds) (%v)" .Values.terminationGracePeriodSeconds $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds %v must exceed %s (%v)" .Values.terminationGracePeriodSeconds $rule $needed) }}
 {{- else }}
 {{- .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/*
+The port of the config's app.url (default http://127.0.0.1:3000, the sidecar's), "" when the
+URL reads a ${VAR}: the app container's port and a Service in front derive from it.
+*/}}
+{{- define "claude-sidecar.appPort" -}}
+{{- $url := include "claude-sidecar.configValue" (list (include "claude-sidecar.parsedConfig" . | fromYaml) "app.url") | default "http://127.0.0.1:3000" }}
+{{- if not (contains "$" $url) }}
+{{- $parsed := urlParse $url }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $parsed.host) }}
+{{- $port | default (ternary "443" "80" (eq $parsed.scheme "https")) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fail when the config's app.url does not reach the app container beside the sidecar: a host
+other than loopback, or a port other than app.port, renders fine and routes nowhere.
+*/}}
+{{- define "claude-sidecar.checkAppUrl" -}}
+{{- $url := include "claude-sidecar.configValue" (list (include "claude-sidecar.parsedConfig" . | fromYaml) "app.url") | default "http://127.0.0.1:3000" }}
+{{- if not (contains "$" $url) }}
+{{- $host := (urlParse $url).hostname }}
+{{- if not (has $host (list "127.0.0.1" "localhost" "::1")) }}
+{{- fail (printf "config app.url %q is not the app container beside the sidecar (app.image.repository): write http://127.0.0.1:%v (app.port)" $url .Values.app.port) }}
+{{- end }}
+{{- $port := include "claude-sidecar.appPort" . }}
+{{- if ne $port (toString .Values.app.port) }}
+{{- fail (printf "config app.url %q is on port %s but the app container listens on app.port %v: the sidecar would route nowhere. Make them agree (app.url: http://127.0.0.1:%v)" $url $port .Values.app.port .Values.app.port) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
