@@ -39,6 +39,8 @@ SECRET_ENV = {
     "JWT_SECRET": "x" * 32,
     "REDIS_URL": "redis://redis.example:6379/0",
 }
+# The config section that routes to the app container (app.port's default 3000).
+APP_SECTION = 'app: {url: "http://127.0.0.1:3000"}\n'
 SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -640,7 +642,7 @@ def test_termination_grace_counts_the_apps_own_shutdown(
     values = {
         "nativeSidecar": native,
         "app": app,
-        "config": "server: {shutdown_grace_seconds: 30}\n",
+        "config": "server: {shutdown_grace_seconds: 30}\n" + APP_SECTION,
     }
     assert pod_spec(render(chart, values))["terminationGracePeriodSeconds"] == expected
 
@@ -656,7 +658,7 @@ def test_the_app_container_outlives_the_sidecars_drain(
     requests to it: they broke when the app exited. Beside a plain sidecar the app's preStop
     now covers the sidecar's preStop and drain; before a native sidecar (stopped after the
     app) it covers the time endpoints take to drop the pod. Injected, likewise."""
-    config = f"server: {{shutdown_grace_seconds: {grace}}}\n"
+    config = f"server: {{shutdown_grace_seconds: {grace}}}\n" + APP_SECTION
     app = {"image": {"repository": "web", "tag": "1"}, "shutdownSeconds": 10}
     values = {"nativeSidecar": native, "app": app, "config": config}
     spec = pod_spec(render(chart, values))
@@ -673,7 +675,7 @@ def test_the_app_container_outlives_the_sidecars_drain(
 def test_an_explicit_grace_must_cover_the_apps_prestop_and_exit(chart: Any) -> None:
     app = {"image": {"repository": "web", "tag": "1"}, "shutdownSeconds": 20}
     values = {"app": app, "terminationGracePeriodSeconds": 50,
-              "config": "server: {shutdown_grace_seconds: 30}\n"}  # fmt: skip
+              "config": "server: {shutdown_grace_seconds: 30}\n" + APP_SECTION}  # fmt: skip
     with pytest.raises(helm.HelmRenderError, match="must exceed the app's preStop sleep"):
         render(chart, values)
     values["terminationGracePeriodSeconds"] = 56
@@ -681,26 +683,27 @@ def test_an_explicit_grace_must_cover_the_apps_prestop_and_exit(chart: Any) -> N
 
 
 @pytest.mark.parametrize(
-    ("url", "message"),
+    ("config", "message"),
     [
-        ("http://127.0.0.1:3001", "on port 3001 but the app container listens on app.port 3000"),
-        ("http://localhost", "on port 80 but"),
-        ("http://web.shop.svc:3000", "is not the app container beside the sidecar"),
+        ('app: {url: "http://127.0.0.1:3001"}\n',
+         "on port 3001 but the app container listens on app.port 3000"),
+        ('app: {url: "http://localhost"}\n', "on port 80 but"),
+        ('app: {url: "http://web.shop.svc:3000"}\n', "is not the app container beside the sidecar"),
+        ("claude: {}\n", "has no app section, so the sidecar never routes to it"),
     ],
-)
+)  # fmt: skip
 def test_an_app_url_that_misses_the_app_container_fails_the_render(
-    chart: Any, url: str, message: str
+    chart: Any, config: str, message: str
 ) -> None:
     """app.port (the container's port) and the config's app.url were stated apart: a
-    mismatch rendered a pod whose sidecar routed nowhere."""
-    values = {"app": {"image": {"repository": "web", "tag": "1"}},
-              "config": f'app: {{url: "{url}"}}\n'}  # fmt: skip
+    mismatch, or no app section at all, rendered a pod whose sidecar routed nowhere."""
+    values = {"app": {"image": {"repository": "web", "tag": "1"}}, "config": config}
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
         render(chart, values)
 
 
 @pytest.mark.parametrize(
-    "config", ['app: {url: "http://[::1]:3000"}\n', "claude: {}\n", 'app: {url: "${APP_URL}"}\n']
+    "config", ['app: {url: "http://[::1]:3000"}\n', "app: {}\n", 'app: {url: "${APP_URL}"}\n']
 )
 def test_an_app_url_on_the_app_port_renders(chart: Any, config: str) -> None:
     values = {"app": {"image": {"repository": "web", "tag": "1"}}, "config": config,
@@ -715,12 +718,16 @@ def test_the_injected_app_port_is_the_config_app_url_port(inject_chart: Any) -> 
     docs = render(inject_chart, {"claude-sidecar": {"config": moved}}, name="web")
     shop = next(c for c in pod_spec(docs)["containers"] if c["name"] == "shop")
     assert shop["ports"] == [{"name": "app", "containerPort": 8081}]
+    variable = config["config"].replace('"http://127.0.0.1:8080"', '"${APP_URL}"')
+    sidecar = {"config": variable, "env": [{"name": "APP_URL", "value": "http://127.0.0.1:1"}]}
+    with pytest.raises(helm.HelmRenderError, match="appPort cannot tell the app's port"):
+        render(inject_chart, {"claude-sidecar": sidecar}, name="web")
 
 
 def test_an_explicit_grace_must_leave_a_native_sidecar_the_apps_shutdown_too(chart: Any) -> None:
     app = {"image": {"repository": "web", "tag": "1"}, "shutdownSeconds": 20}
     values = {"nativeSidecar": True, "app": app, "terminationGracePeriodSeconds": 50,
-              "config": "server: {shutdown_grace_seconds: 30}\n"}  # fmt: skip
+              "config": "server: {shutdown_grace_seconds: 30}\n" + APP_SECTION}  # fmt: skip
     with pytest.raises(Exception, match="must exceed"):
         render(chart, values)
 
@@ -772,9 +779,8 @@ def spec_labels(docs: list[Any]) -> dict[str, str]:
 
 
 def test_native_sidecar_is_an_init_container_that_restarts(chart: Any) -> None:
-    spec = pod_spec(
-        render(chart, {"nativeSidecar": True, "app": {"image": {"repository": "web", "tag": "1"}}})
-    )
+    app = {"image": {"repository": "web", "tag": "1"}}
+    spec = pod_spec(render(chart, {"nativeSidecar": True, "config": APP_SECTION, "app": app}))
     assert [c["name"] for c in spec["initContainers"]] == ["claude-sidecar"]
     assert spec["initContainers"][0]["restartPolicy"] == "Always"
     assert [c["name"] for c in spec["containers"]] == ["app"]
@@ -795,6 +801,7 @@ def test_pass_through_values_reach_the_pod(chart: Any) -> None:
             "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
         },
         "extraVolumes": [{"name": "cache", "emptyDir": {}}],
+        "config": APP_SECTION,
     }
     docs = render(chart, values)
     for doc in docs:
@@ -932,7 +939,7 @@ def test_autoscaling_on_a_resource_a_container_requests_nothing_of_fails_the_ren
 ) -> None:
     """The HPA divides usage by the requests of every container of the pod; one missing
     and it computes nothing (FailedGetResourceMetric), so the Deployment never scales."""
-    values = {"autoscaling": {"enabled": True}, "config": REDIS_STORES,
+    values = {"autoscaling": {"enabled": True}, "config": REDIS_STORES + APP_SECTION,
               "secrets": {"existingSecret": "shop-secrets"}, **values}  # fmt: skip
     with pytest.raises(helm.HelmRenderError, match=re.escape(missing)):
         chart.render(values, name="shop")
@@ -1045,6 +1052,7 @@ def test_files_the_config_reads_are_mounted_into_the_sidecar(
         if mode == "native":
             values["nativeSidecar"] = True
             values["app"] = {"image": {"repository": "web", "tag": "1"}}
+            values["config"] = TLS_CONFIG + APP_SECTION
         docs = render(chart, values)
     for doc in docs:
         validate_kubernetes(doc)

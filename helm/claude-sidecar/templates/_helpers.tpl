@@ -278,24 +278,30 @@ sidecar's preStop and drain begin only once the app has exited, so they add up.
 {{- end }}
 
 {{/*
-The port of the config's app.url (default http://127.0.0.1:3000, the sidecar's), "" when the
-URL reads a ${VAR}: the app container's port and a Service in front derive from it.
+The port of the config's app.url (default http://127.0.0.1:3000, the sidecar's): an injecting
+chart's app container port derives from it. Fails when the URL reads a ${VAR}.
 */}}
 {{- define "claude-sidecar.appPort" -}}
 {{- $url := include "claude-sidecar.configValue" (list (include "claude-sidecar.parsedConfig" . | fromYaml) "app.url") | default "http://127.0.0.1:3000" }}
-{{- if not (contains "$" $url) }}
+{{- if contains "$" $url }}
+{{- fail (printf "config app.url %q reads a variable: claude-sidecar.appPort cannot tell the app's port from it. Write the URL out, or state your container's port yourself" $url) }}
+{{- end }}
 {{- $parsed := urlParse $url }}
 {{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $parsed.host) }}
 {{- $port | default (ternary "443" "80" (eq $parsed.scheme "https")) }}
 {{- end }}
-{{- end }}
 
 {{/*
-Fail when the config's app.url does not reach the app container beside the sidecar: a host
-other than loopback, or a port other than app.port, renders fine and routes nowhere.
+Fail when the config does not reach the app container beside the sidecar: no app section (no
+app upstream, no app route), or an app.url on a host other than loopback or a port other
+than app.port, renders fine and routes nowhere.
 */}}
 {{- define "claude-sidecar.checkAppUrl" -}}
-{{- $url := include "claude-sidecar.configValue" (list (include "claude-sidecar.parsedConfig" . | fromYaml) "app.url") | default "http://127.0.0.1:3000" }}
+{{- $config := include "claude-sidecar.parsedConfig" . | fromYaml }}
+{{- if not (hasKey $config "app") }}
+{{- fail (printf "the pod runs an app container (app.image.repository) but the config has no app section, so the sidecar never routes to it: add app: {url: \"http://127.0.0.1:%v\"} (app.port) to the config" .Values.app.port) }}
+{{- end }}
+{{- $url := include "claude-sidecar.configValue" (list $config "app.url") | default "http://127.0.0.1:3000" }}
 {{- if not (contains "$" $url) }}
 {{- $host := (urlParse $url).hostname }}
 {{- if not (has $host (list "127.0.0.1" "localhost" "::1")) }}
