@@ -827,6 +827,7 @@ def _unchunked(framed: bytes) -> bytes:
     [
         b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\nSet-Cookie: a=\x1b[31m\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-Bad: r\xe9sum\xe9\x00\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 200 O\x7fK\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok",
@@ -841,6 +842,7 @@ def _unchunked(framed: bytes) -> bytes:
     ids=[
         "control_in_value",
         "escape_in_cookie",
+        "nul_beside_obs_text",
         "control_in_reason",
         "status_600",
         "status_0",
@@ -1085,3 +1087,32 @@ async def test_an_app_that_stops_reading_the_request_body_is_cut_with_a_504(
     assert headers["Connection"] == "close"
     assert error == {"type": "timeout", "message": "the app did not take the request body in time"}
     assert rejections == {"app_timeout": 1}
+
+
+async def test_header_values_past_ascii_pass_byte_for_byte_both_ways(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A header value's bytes past ASCII (obs-text: UTF-8, or a latin-1 byte that is no
+    UTF-8) reach the app as the client sent them, and the client as the app sent them:
+    aiohttp reads such a byte as an escape its own writer dropped (`rsum.pdf`)."""
+    answer = (
+        b"HTTP/1.1 200 D\xe9j\xe0 vu\r\nX-Name: caf\xc3\xa9\r\n"
+        b'Content-Disposition: attachment; filename="r\xe9sum\xe9.pdf"\r\n'
+        b"Set-Cookie: n=caf\xc3\xa9\xff; Path=/\r\nContent-Length: 2\r\n\r\nok"
+    )
+
+    async def script(exchange: Exchange) -> None:
+        exchange.writer.write(answer)
+
+    request = (
+        b"GET /page HTTP/1.1\r\nHost: sidecar\r\nX-In: caf\xc3\xa9 r\xe9sum\xe9\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    async with raw_server(script) as app, sidecar_for(with_app(app.url)) as sidecar:
+        async with raw_request(sidecar.port, request) as (reader, _writer):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b"\r\nX-In: caf\xc3\xa9 r\xe9sum\xe9\r\n" in app.exchanges[0].head
+    assert head.startswith(b"HTTP/1.1 200 D\xe9j\xe0 vu\r\n")
+    assert b"\r\nX-Name: caf\xc3\xa9\r\n" in head
+    assert b'\r\nContent-Disposition: attachment; filename="r\xe9sum\xe9.pdf"\r\n' in head
+    assert b"\r\nSet-Cookie: n=caf\xc3\xa9\xff; Path=/\r\n" in head

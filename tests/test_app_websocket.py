@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import socket
@@ -24,6 +25,8 @@ from tests.support.metrics import counts
 from tests.support.sidecars import BASE, SidecarFactory
 from tests.support.sockets import shrink_send_buffers, small_buffered
 from tests.support.waiting import eventually, holds
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
 
 
 async def test_websocket_is_proxied(
@@ -170,6 +173,45 @@ async def test_the_apps_handshake_headers_reach_the_client_as_on_any_answer(
         assert answer["X-Request-Id"].startswith("req_")
         assert answer["Vary"] == "Cookie, Origin"
         assert "Access-Control-Allow-Origin" not in answer
+
+
+async def test_the_apps_handshake_header_bytes_past_ascii_reach_the_client_unchanged(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The app's `101` header values pass byte for byte, as on any answer: UTF-8 and a
+    latin-1 byte that is no UTF-8 alike; the client's reach the app so too."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        key = head.split(b"ec-WebSocket-Key: ")[1].split(b"\r\n")[0]
+        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\nX-Name: caf\xc3\xa9\r\n"
+            b"Set-Cookie: n=r\xe9sum\xe9; Path=/\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()  # until the sidecar lets go
+        writer.close()
+
+    seen: list[bytes] = []
+    app = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{app.sockets[0].getsockname()[1]}"
+    async with app, sidecar_for({"app": {"url": url}}) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        key = base64.b64encode(b"0123456789abcdef")
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: sidecar\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
+            b"X-In: r\xe9sum\xe9 caf\xc3\xa9\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"\r\nX-Name: caf\xc3\xa9\r\n" in head
+    assert b"\r\nSet-Cookie: n=r\xe9sum\xe9; Path=/\r\n" in head
+    assert b"\r\nX-In: r\xe9sum\xe9 caf\xc3\xa9\r\n" in seen[0]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ API paths are forwarded."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
@@ -198,3 +199,43 @@ async def test_a_resumable_stream_s_ids_are_its_own_whatever_ids_claude_s_events
     names = ["message_start", "content_block_delta", "content_block_delta", "message_stop"]
     assert first == [(f"{stream_id}:{n}", name) for n, name in enumerate(names, 1)]
     assert rest == first[2:]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+async def test_header_bytes_past_ascii_pass_unchanged_both_ways(stream: bool) -> None:
+    """Claude's header values reach the client byte for byte, a byte that is no UTF-8
+    included (aiohttp's writer dropped those), and the client's `anthropic-beta` reaches
+    Claude so."""
+    seen: list[bytes] = []
+    message = (
+        b'{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],'
+        b'"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}'
+    )
+    extra = b"request-id: req_r\xe9sum\xe9 caf\xc3\xa9\r\n"
+
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        if stream:
+            writer.write(SSE_HEAD[:-2] + extra + b"\r\n" + chunk(START + STOP) + b"0\r\n\r\n")
+        else:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
+                + b"Content-Length: %d\r\n\r\n%b" % (len(message), message)
+            )  # fmt: skip
+
+    body = json.dumps(messages_body(stream)).encode()
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"anthropic-beta: caf\xc3\xa9-r\xe9sum\xe9\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    async with (
+        scripted_claude(answer, seen=seen) as url,
+        running_sidecar(claude_config(url)) as sidecar,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nrequest-id: req_r\xe9sum\xe9 caf\xc3\xa9\r\n" in head
+    assert b"\r\nanthropic-beta: caf\xc3\xa9-r\xe9sum\xe9\r\n" in seen[0]

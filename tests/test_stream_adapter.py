@@ -423,3 +423,53 @@ async def test_an_answer_is_ended_once_its_last_chunk_is_written(
         async with http.get(f"http://127.0.0.1:{port}/") as answer:
             assert await answer.read() == b"partial"
     assert seen == [(False, False, True, True)]
+
+
+async def test_every_head_aiohttp_writes_keeps_header_bytes_as_they_were_read() -> None:
+    """aiohttp reads a header byte that is no UTF-8 as a `surrogateescape` character; every
+    head it writes (through `serialize_head`, set in its writer) has that byte back, as an
+    SSE head opened here does."""
+    value = b'attachment; filename="r\xe9sum\xe9.pdf" caf\xc3\xa9'.decode(
+        "utf-8", "surrogateescape"
+    )
+
+    async def plain(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok", headers={"Content-Disposition": value})
+
+    async def opened(request: web.Request) -> web.StreamResponse:
+        channel = await adapter.ClientChannel.open(request, {"Content-Disposition": value, **SSE})
+        channel.start(b"data: 1\n\n")
+        await channel.end(60)
+        return channel.response
+
+    for handler in (plain, opened):
+        async with serving_get(handler) as port:
+            raw = await _raw_exchange(
+                port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+        head = raw.split(b"\r\n\r\n")[0]
+        assert (
+            b'\r\nContent-Disposition: attachment; filename="r\xe9sum\xe9.pdf" caf\xc3\xa9\r\n'
+            in head
+        )
+
+
+@pytest.mark.parametrize("control", ["\r", "\n", "\0", "\x01", "\x7f"])
+def test_a_control_character_beside_an_escaped_byte_is_still_refused(control: str) -> None:
+    with pytest.raises(ValueError, match="Forbidden control character"):
+        adapter.serialize_head("HTTP/1.1 200 OK", {"X-A": f"r\udce9sum\udce9{control}X-B: 1"})
+    with pytest.raises(ValueError, match="Forbidden control character"):
+        adapter.serialize_head(f"HTTP/1.1 200 \udce9{control}", {"X-A": "1"})
+
+
+def test_an_ascii_head_is_aiohttps_own() -> None:
+    headers = {**HEADERS, **SSE, "X-Tab": "a\tb"}
+    assert (
+        adapter.serialize_head("HTTP/1.1 200 OK", headers)
+        == (
+            "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        ).encode()
+    )
+    assert (
+        adapter.serialize_head("HTTP/1.1 204 No Content", {}) == b"HTTP/1.1 204 No Content\r\n\r\n"
+    )

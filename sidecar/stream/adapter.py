@@ -6,7 +6,7 @@ is `sidecar.http_client`, which needs none):
 
 - **the head**: `ClientChannel.open` serialises an SSE response's status line and headers
   itself, exactly as aiohttp's `prepare()` would (the same header order, `Date`, `Server`,
-  chunked framing, aiohttp's own serialiser and its refusal of control characters), and
+  chunked framing, `serialize_head` below and its refusal of control characters), and
   they leave with the first bytes in one send (`start`), or with the whole body and the
   last chunk (`end_now`). aiohttp's `StreamResponse` would build a header map, run its
   prepare steps and send the head alone: one more send, and most of the Python calls
@@ -21,6 +21,14 @@ is `sidecar.http_client`, which needs none):
   in the writer's `output_size`, which is how aiohttp knows a response went out (it never
   answers a failed handler again after that). The request body's reader (read to its
   end) gets the shared empty queue.
+- **header bytes, as the peer sent them**: aiohttp's parsers read header values (and a
+  reason phrase) as UTF-8 with `surrogateescape`, so a byte that is no UTF-8 (obs-text:
+  a latin-1 `filename="r\xe9sum\xe9.pdf"`) is kept as a lone surrogate; its C serialiser
+  writes each character as UTF-8 and drops those, so the byte vanished on the way out.
+  `serialize_head` replaces it in `aiohttp.http_writer` (every head aiohttp writes: the
+  server's answers, 101s and errors, the app client's requests and handshakes): the
+  same bytes, with the escaped ones written back as they came; control characters are
+  still refused. An all-ASCII head (nearly all) still goes to aiohttp's C serialiser.
 - **the app's answer, as the app typed it**: `ForwardedResponse` takes back the
   `Content-Type: application/octet-stream` aiohttp's `prepare()` adds to a body that
   has none (RFC 9110 asks that of the sender; a proxy passes on what the sender said).
@@ -39,9 +47,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+import aiohttp.http_writer
 from aiohttp import ClientConnectionResetError, ClientWebSocketResponse, web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
@@ -50,7 +60,39 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 
 # aiohttp's head serialiser (C): any mapping's items, control characters refused.
-_serialize_headers: Callable[[str, Mapping[str, str]], bytes] = _aiohttp_serialize  # type: ignore[assignment]
+_aiohttp_head: Callable[[str, Mapping[str, str]], bytes] = _aiohttp_serialize  # type: ignore[assignment]
+# What no head may carry (RFC 9110 5.5, RFC 9112 4), as aiohttp refuses it: a control
+# character but tab. CR and LF are counted apart (the head's own line ends have them).
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def serialize_head(status_line: str, headers: Mapping[str, str]) -> bytes:
+    """A response's (or request's) head as aiohttp writes it, every header value byte for
+    byte as it was read: a byte aiohttp's parser kept as a `surrogateescape` character
+    is written back as that byte (aiohttp's own serialiser drops it). A control
+    character but tab in the line or a value raises `ValueError`, as aiohttp's does.
+
+    Names are tokens (both of aiohttp's parsers refuse any other): ASCII, not looked at.
+    """
+    if status_line.isascii() and "".join(headers.values()).isascii():
+        return _aiohttp_head(status_line, headers)  # nothing to escape: aiohttp's, in C
+    fields = [f"{name}: {value}" for name, value in headers.items()]
+    text = "\r\n".join((status_line, *fields, "\r\n"))
+    breaks = len(fields) + 2
+    if text.count("\n") != breaks or text.count("\r") != breaks or _CONTROL.search(text):
+        raise ValueError(
+            "Forbidden control character detected in headers. Potential header injection attack."
+        )
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte was read as: no text, dropped as aiohttp does
+        return _aiohttp_head(status_line, headers)
+
+
+# Every head aiohttp writes goes through it (its `StreamWriter.write_headers` looks the
+# name up in its module on each call): set once, when the sidecar is imported.
+aiohttp.http_writer._serialize_headers = serialize_head
+_serialize_headers: Callable[[str, Mapping[str, str]], bytes] = serialize_head
 
 HIGH_WATER: Final = 256 * 1024  # bytes queued for a slow client before Claude is paused
 _STATUS_LINE: Final = "HTTP/1.1 200 OK"

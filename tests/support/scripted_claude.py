@@ -37,8 +37,9 @@ def chunk(data: bytes) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def scripted_claude(*scripts: Script) -> AsyncIterator[str]:
-    """A Claude that answers the n-th request (on any connection) with `scripts[n]`."""
+async def scripted_claude(*scripts: Script, seen: list[bytes] | None = None) -> AsyncIterator[str]:
+    """A Claude that answers the n-th request (on any connection) with `scripts[n]`; the
+    heads it read go to `seen` (when given)."""
     queue = list(scripts)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -49,6 +50,8 @@ async def scripted_claude(*scripts: Script) -> AsyncIterator[str]:
         ):
             while queue:
                 head = await reader.readuntil(b"\r\n\r\n")
+                if seen is not None:
+                    seen.append(head)
                 length = 0
                 for line in head.split(b"\r\n"):
                     name, _, value = line.partition(b":")
