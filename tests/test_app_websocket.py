@@ -627,3 +627,81 @@ async def test_a_websocket_client_gone_without_a_close_is_passed_on_as_going_awa
 
         await eventually(counted)
     assert seen == (1001, "")
+
+
+async def test_a_silent_websocket_client_that_answers_no_ping_is_closed_and_the_app_told_1001(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client gone without a FIN or RST (a network cut, a laptop closed) looks like one that
+    is only quiet: nothing is written either way, so without pings both sockets are held for
+    good. It is pinged after `app.websocket_ping_seconds` of silence and, answering nothing,
+    closed; the app gets `1001` with the reason, counted and logged `client_unresponsive`."""
+    caplog.set_level(logging.INFO)
+    async with (
+        running_app() as (url, state),
+        sidecar_for(with_app(url, websocket_ping_seconds=0.2)) as sidecar,
+    ):
+        reader, writer = await _raw_websocket(sidecar.port, "/ws-record")  # never answers
+        seen = await asyncio.wait_for(state.ws_closed_by_client.get(), 10)
+        received = await asyncio.wait_for(reader.read(), 10)  # to the sidecar's close
+        writer.close()
+
+        async def counted() -> bool:
+            return await _outcomes(sidecar) == {"client_unresponsive": 1}
+
+        await eventually(counted)
+    assert seen == (1001, "the client stopped answering pings")
+    assert received.startswith(b"\x89\x00")  # a Ping, then the connection closed
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "websocket_ended"]
+    assert [(r.levelno, getattr(r, "outcome", None)) for r in logged] == [
+        (logging.WARNING, "client_unresponsive")
+    ]
+
+
+async def test_an_app_that_answers_no_ping_is_closed_and_the_client_told_1011(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The other way: an app side that answers no ping (its host gone without a RST) is
+    closed, and the client gets `1011` with the reason instead of an idle socket for good."""
+    app = _WebSocketApp()
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, websocket_ping_seconds=0.2)) as sidecar,
+    ):
+        async with aiohttp.ClientSession() as http, http.ws_connect(sidecar.url + "/deaf") as ws:
+            closed = await ws.receive(timeout=30)  # answering the sidecar's pings meanwhile
+
+        async def counted() -> bool:
+            return await _outcomes(sidecar) == {"app_unresponsive": 1}
+
+        await eventually(counted)
+    assert (closed.type, closed.data, closed.extra) == (
+        aiohttp.WSMsgType.CLOSE, 1011, "the app stopped answering pings"
+    )  # fmt: skip
+
+
+async def test_a_quiet_websocket_client_that_answers_pings_is_kept(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Quiet is not dead: a client that sends no message but answers each ping stays
+    connected through many of them, and its close still reaches the app as its own."""
+    async with (
+        running_app() as (url, state),
+        sidecar_for(with_app(url, websocket_ping_seconds=0.2)) as sidecar,
+    ):
+        reader, writer = await _raw_websocket(sidecar.port, "/ws-record")
+        for _ in range(5):
+            ping = await asyncio.wait_for(reader.readexactly(2), 10)
+            assert ping == b"\x89\x00"
+            writer.write(b"\x8a\x80abcd")  # a masked, empty Pong
+        writer.write(
+            b"\x88\x82abcd" + bytes(a ^ b for a, b in zip(b"\x03\xe8", b"ab", strict=True))
+        )
+        seen = await asyncio.wait_for(state.ws_closed_by_client.get(), 10)
+        writer.close()
+
+        async def counted() -> bool:
+            return await _outcomes(sidecar) == {"closed": 1}
+
+        await eventually(counted)
+    assert seen == (1000, "")

@@ -137,6 +137,10 @@ class AppConfig(Section):
     # A WebSocket message is relayed whole (frames are joined): the largest one either side
     # may send, so no client can make the sidecar hold an unbounded message.
     websocket_max_message_bytes: int = Field(4194304, gt=0)
+    # A WebSocket side silent this long is pinged; one answering nothing within half that
+    # is dead (gone without a FIN or RST) and both sides are closed, so no idle socket
+    # whose peer vanished holds its app connection for good.
+    websocket_ping_seconds: Seconds = 30
 
     @field_validator("url")
     @classmethod

@@ -423,6 +423,7 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
                 headers=headers,
                 protocols=protocols,
                 autoping=True,
+                heartbeat=app.websocket_ping_seconds,
                 max_msg_size=app.websocket_max_message_bytes,
             )
     except TimeoutError:
@@ -446,6 +447,7 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
     client = LingeringServerWebSocket(
         protocols=[upstream.protocol] if upstream.protocol else (),
         autoping=True,
+        heartbeat=app.websocket_ping_seconds,
         max_msg_size=app.websocket_max_message_bytes,
     )
     async with upstream:

@@ -1,4 +1,4 @@
-"""The app route's WebSocket relay: messages both ways, closes passed on, stalls cut.
+"""The app route's WebSocket relay: messages both ways, closes passed on, stalls and dead peers cut.
 
 Each side's messages are relayed whole by one task (a pump). A close from either side is
 passed on with its code and reason. A side that takes none of what is queued for it for
@@ -6,6 +6,14 @@ passed on with its code and reason. A side that takes none of what is queued for
 is cut, and the other side told why (RFC 6455 7.4.1): `1001` (going away) when the client
 stopped reading, `1011` (the server cannot go on) when the app did. Without that, aiohttp's
 `send_*` wait on the stalled socket's drain for good, holding both sockets.
+
+A side that sends nothing for `app.websocket_ping_seconds` is sent a Ping (RFC 6455 5.5.2,
+aiohttp's `heartbeat`, armed on both sockets where they are made); one that answers neither
+with a Pong nor anything else within half that is dead (a peer gone without a FIN or RST: a
+network cut, a laptop closed, a NAT that dropped the flow): its socket is closed, and the
+other side told `1001` / `1011` as for a stall, reason `the client stopped answering pings`
+/ `the app stopped answering pings`. Without that, an idle WebSocket whose peer vanished
+holds both sockets for good, since nothing is ever written to either.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from aiohttp import HttpVersion11, web
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 # How a relayed WebSocket ended: a close frame from either side (`closed`), a side cut for
-# taking nothing (`*_stalled`), gone without a close (`*_lost`), or failing (`*_error`).
+# taking nothing (`*_stalled`) or for answering no ping (`*_unresponsive`), gone without a
+# close (`*_lost`), or failing (`*_error`).
 Outcome = Literal[
-    "closed", "client_stalled", "app_stalled", "client_lost", "app_lost",
-    "client_error", "app_error", "shutting_down",
+    "closed", "client_stalled", "app_stalled", "client_unresponsive", "app_unresponsive",
+    "client_lost", "app_lost", "client_error", "app_error", "shutting_down",
 ]  # fmt: skip
 
 
@@ -245,6 +254,12 @@ def _cut(end: _End) -> tuple[Outcome, int, bytes]:
 
 
 def _lost(end: _End) -> tuple[Outcome, int, bytes]:
+    if isinstance(end.ws.exception(), TimeoutError):  # aiohttp's heartbeat got no pong
+        return (
+            cast(Outcome, f"{end.name}_unresponsive"),
+            end.gone_code,
+            f"the {end.name} stopped answering pings".encode(),
+        )
     return cast(Outcome, f"{end.name}_lost"), end.gone_code, b""
 
 
@@ -265,7 +280,7 @@ def _ending(source: _End, message: aiohttp.WSMessage) -> tuple[Outcome, int, byt
             error.code if too_big else aiohttp.WSCloseCode.INTERNAL_ERROR,
             b"",
         )
-    return _lost(source)  # its connection ended (or failed) without a close frame
+    return _lost(source)  # its connection ended (or failed, or answered no ping) unclosed
 
 
 def _relayable(code: object) -> int:

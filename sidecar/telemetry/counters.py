@@ -70,7 +70,8 @@ class Counters(TelemetryState):
 
     def websocket_ended(self, outcome: str, route: str, request_id: str, span: Span | None) -> None:
         """An app route WebSocket ended (`outcome`: closed, client_stalled, app_stalled,
-        client_lost, app_lost, client_error, app_error, shutting_down): counted and logged."""
+        client_unresponsive, app_unresponsive, client_lost, app_lost, client_error, app_error,
+        shutting_down): counted and logged."""
         self.instruments.websockets.add(
             1, {"sidecar.websocket.outcome": outcome, "http.route": route}
         )
