@@ -16,7 +16,16 @@ from yarl import URL
 from sidecar.fake_claude import FakeServer
 from sidecar.policy.jwks import MAX_JWKS_BYTES, JwksCache, read_jwks
 from tests.support.apps import serving
-from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
+from tests.support.policy import (
+    AUDIENCE,
+    ISSUER,
+    claims_text,
+    mint,
+    new_key,
+    public_jwk,
+    running_jwks,
+    sign_text,
+)
 from tests.support.sidecars import SidecarFactory
 from tests.support.waiting import eventually
 
@@ -216,6 +225,25 @@ async def test_key_pinned_algorithm_and_key_type_are_enforced(
             cross_2 = await status_of(sidecar.url, mint(KEY_1, "RS256", kid="ec"))
             no_kid = await status_of(sidecar.url, mint(KEY_1, "RS256"))  # ambiguous: 2 keys
     assert (good_rs, good_es, cross_1, cross_2, no_kid) == (200, 200, 401, 401, 401)
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_a_token_naming_a_member_twice_is_refused_whatever_key_set_signs_it(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    keys = [public_jwk(KEY_1, "rsa", alg="RS256"), public_jwk(EC_KEY, "ec", alg="ES256")]
+    async with running_jwks(keys) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=3600)) as sidecar:
+            statuses = [
+                await status_of(sidecar.url, sign_text(header, claims, key, alg))
+                for key, alg, kid in ((KEY_1, "RS256", "rsa"), (EC_KEY, "ES256", "ec"))
+                for header, claims in (
+                    (f'{{"alg": "{alg}", "kid": "{kid}"}}', claims_text()),
+                    (f'{{"alg": "{alg}", "kid": "{kid}"}}', claims_text('"sub": "root"')),
+                    (f'{{"alg": "{alg}", "kid": "other", "kid": "{kid}"}}', claims_text()),
+                )
+            ]
+    assert statuses == [200, 401, 401, 200, 401, 401]
     assert fake.state.counters["requests"] == 2
 
 
