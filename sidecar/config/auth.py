@@ -214,3 +214,14 @@ class AuthConfig(Section):
         # One key under two names, in this list or across routes: the loader's check of
         # every list at once (`sidecar.loader._api_key_problems`).
         return self
+
+    @property
+    def jwks_in_use(self) -> str | None:
+        """The `jwt.jwks_url` this policy verifies tokens with, or None: with mode `none`
+        no token is verified, and with no RS*/PS*/ES*/EdDSA algorithm listed every token
+        meets the secret, so a key set named there is never consulted (nor fetched, nor
+        waited for by `/readyz`)."""
+        jwt = self.jwt
+        if self.mode == "none" or jwt is None or not jwt.asymmetric_algorithms:
+            return None
+        return jwt.jwks_url

@@ -342,6 +342,8 @@ class AuthService:
         # Key sets by URL: those given are started and closed by their owner (shared
         # across reloads); those made here (for a URL not given) by this service.
         self._jwks: dict[str, JwksCache] = dict(jwks or {})
+        # The key sets some route verifies tokens with: what readiness waits for.
+        self._jwks_urls = {url for policy in self._policies if (url := policy.jwks_in_use)}
         self._own_jwks: list[JwksCache] = []
         # By id for speed; the policy is kept with it, so a recycled id never matches.
         self._by_id: dict[int, tuple[AuthConfig, Authenticator]] = {}
@@ -363,17 +365,18 @@ class AuthService:
             verifier = None
             if policy.jwt is not None:
                 jwks = None
-                if policy.jwt.jwks_url is not None:
-                    jwks = self._jwks.get(policy.jwt.jwks_url)
+                url = policy.jwks_in_use  # a key set no token meets is neither kept nor awaited
+                if url is not None:
+                    jwks = self._jwks.get(url)
                     if jwks is None:
                         jwks = JwksCache(
-                            policy.jwt.jwks_url,
+                            url,
                             self._session_for_jwks(),
                             refresh_seconds=policy.jwt.jwks_refresh_seconds,
                             min_refresh_seconds=policy.jwt.jwks_min_refresh_seconds,
                             on_refresh=self._on_jwks_refresh,
                         )
-                        self._jwks[policy.jwt.jwks_url] = jwks
+                        self._jwks[url] = jwks
                         self._own_jwks.append(jwks)
                 verifier = JwtVerifier(policy.jwt, jwks)
             realm = policy.jwt.realm() if policy.jwt is not None else None
@@ -399,8 +402,10 @@ class AuthService:
             await self._session.close()
 
     def ready(self) -> bool:
-        """False while some JWKS URL never produced a key."""
-        return all(cache.ready for cache in self._jwks.values())
+        """False while some JWKS URL a route verifies tokens with never produced a key."""
+        return all(
+            (cache := self._jwks.get(url)) is not None and cache.ready for url in self._jwks_urls
+        )
 
     def identify(
         self, policy: AuthConfig, headers: Mapping[str, str], query: Mapping[str, str], method: str
