@@ -143,8 +143,7 @@ async def _open_auth(
     # and does not depend on the issuer answering at that moment.
     jwks: dict[str, JwksCache] = {}
     for policy in policies:
-        jwt = policy.jwt
-        url = jwt.jwks_url if jwt is not None else None
+        jwt, url = policy.jwt, policy.jwks_in_use  # a key set no token meets: not fetched
         if jwt is not None and url is not None and url not in jwks:
             key = (url, jwt.jwks_refresh_seconds, jwt.jwks_min_refresh_seconds)
             jwks[url] = await shared.use(own, "jwks", key, partial(_open_jwks, url, jwt, telemetry))

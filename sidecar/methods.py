@@ -13,8 +13,10 @@ app act on a method the policy never saw: the app proxy refuses it (`method_over
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Final
+from urllib.parse import unquote_plus
 
 from sidecar.header_lists import folded_name
 
@@ -37,3 +39,23 @@ def asks_override(names: Iterable[str]) -> bool:
     """Whether any header name, in any case and with `_` or `.` for `-`, is a method
     override."""
     return any(folded_name(name) in OVERRIDE_HEADERS for name in names)
+
+
+OVERRIDE_PARAM: Final = "_method"
+_FIELDS = re.compile("[&;]")  # PHP and older Rack split on `;` too
+_PHP_NAME = str.maketrans(" .", "__")  # PHP reads ` ` and `.` in a name as `_`
+
+
+def query_asks_override(query: str) -> bool:
+    """Whether a raw query string names a `_method` parameter, as any framework would read
+    the name: percent-decoded (`%5Fmethod`), `+` as a space, leading spaces dropped, ` ` and
+    `.` for `_` (PHP), cut at a NUL, with a bracket suffix (`_method[]`), in any case.
+    No query costs one test; one without `method` or a `%` in it, one scan."""
+    if not query or ("%" not in query and "method" not in query.lower()):
+        return False
+    for field in _FIELDS.split(query):
+        name = unquote_plus(field.partition("=")[0]).lstrip(" ").partition("\0")[0]
+        name = name.translate(_PHP_NAME).lower()
+        if name == OVERRIDE_PARAM or name.startswith(OVERRIDE_PARAM + "["):
+            return True
+    return False

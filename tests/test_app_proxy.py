@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from sidecar.policy.identity_headers import FORWARDING_HEADERS, is_forwarding_header
 from tests.support.apps import AppState, echoed_headers, running_app, serving, with_app
@@ -661,6 +662,43 @@ async def test_a_method_override_header_is_refused_before_the_app(
         "method_override"
     ] == 2 * len(names)
     assert seen == ["GET"]
+
+
+async def test_a_method_query_parameter_is_refused_before_the_app(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Laravel and Symfony (and Express's `method-override` reading the query) take a
+    `_method` query parameter as the method: each spelling is a 400 `method_override` in
+    the app route's format, counted, on any method, and the app never called."""
+    queries = ["_method=DELETE", "%5Fmethod=DELETE", "_METHOD=PUT", "a=1&_method%5B%5D=DELETE",
+               ".method=DELETE"]  # fmt: skip
+    seen: list[str] = []
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        seen.append(request.method)
+        return web.json_response({"method": request.method})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recording)
+    async with serving(app) as url:
+        config = {"app": {"url": url}, "telemetry": {"prometheus": True}}
+        async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
+            for query in queries:
+                for method in ("GET", "POST"):
+                    target = URL(f"{sidecar.url}/echo?{query}", encoded=True)
+                    async with http.request(method, target) as answer:
+                        assert answer.status == 400, (query, method)
+                        body = await answer.json()
+                    assert body["error"]["type"] == "invalid_request"
+                    assert "send the method itself" in body["error"]["message"]
+            async with http.post(f"{sidecar.url}/echo?method=DELETE&x=_method") as answer:
+                assert answer.status == 200
+            async with http.get(sidecar.admin_url + "/metrics") as response:
+                metrics = await response.text()
+    assert counts(metrics, "sidecar_rejections", "sidecar_rejection_reason")[
+        "method_override"
+    ] == 2 * len(queries)
+    assert seen == ["POST"]
 
 
 @pytest.mark.parametrize("status", [401, 403])

@@ -30,10 +30,12 @@ from tests.support.policy import (
     AUDIENCE,
     ISSUER,
     SECRET,
+    claims_text,
     forge,
     mint,
     new_key,
     public_pem,
+    sign_text,
     write_public_key,
 )
 from tests.support.sdk import sdk
@@ -121,6 +123,23 @@ ATTACKS: list[tuple[str, Mapping[str, str], int, str, str | None]] = [
     ("two_api_key_lines", CIMultiDict([("x-api-key", API_KEY), ("x-api-key", "sk-forged")]),
      401, "unauthorized", INVALID),
     ("forbidden_tenant", bearer(mint(org="evil")), 403, "forbidden", None),
+    # A member named twice: verified with the last copy, an app may read the first.
+    ("claim_named_twice", bearer(sign_text('{"alg": "HS256"}', claims_text('"sub": "bob"'))),
+     401, "unauthorized", INVALID),
+    ("exp_named_twice", bearer(sign_text('{"alg": "HS256"}', claims_text(f'"exp": {_NOW + 60}'))),
+     401, "unauthorized", INVALID),
+    ("nested_member_named_twice",
+     bearer(sign_text('{"alg": "HS256"}', claims_text('"ctx": {"role": "a", "role": "b"}'))),
+     401, "unauthorized", INVALID),
+    ("header_alg_named_twice",
+     bearer(sign_text('{"alg": "none", "alg": "HS256"}', claims_text())),
+     401, "unauthorized", INVALID),
+    ("rs_header_member_named_twice",
+     bearer(sign_text('{"alg": "RS256", "typ": "JWT", "typ": "JWT"}', claims_text(), RSA_KEY,
+                      "RS256")), 401, "unauthorized", INVALID),
+    ("rs_claim_named_twice",
+     bearer(sign_text('{"alg": "RS256"}', claims_text('"org": "acme"'), RSA_KEY, "RS256")),
+     401, "unauthorized", INVALID),
 ]  # fmt: skip
 
 
@@ -543,6 +562,10 @@ def test_api_key_names_with_control_characters_are_config_errors(field: str) -> 
 
 
 def test_tokens_from_the_helpers_are_what_they_claim() -> None:
+    # `sign_text` signs the text as written: without a repeated member it is a valid token.
+    plain = sign_text('{"alg": "HS256"}', claims_text())
+    assert jwt.decode(plain, SECRET, ["HS256"], audience=AUDIENCE)["sub"] == "alice"
+    assert json.loads(claims_text('"sub": "bob"'))["sub"] == "bob"
     # Guards the table above: a broken helper would make every attack "pass" for the wrong reason.
     assert jwt.get_unverified_header(forge({"alg": "none"}, None))["alg"] == "none"
     decoded = jwt.decode(mint(), SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)

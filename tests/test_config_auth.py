@@ -33,6 +33,25 @@ auth:
     assert any("need public_key_file or jwks_url" in p for p in found)
 
 
+@pytest.mark.parametrize(
+    ("algorithms", "needed"),
+    [(["HS256"], 32), (["HS384"], 48), (["HS512"], 64), (["HS256", "HS512"], 64),
+     (["HS384", "RS256"], 48)],
+)  # fmt: skip
+def test_a_secret_shorter_than_its_algorithms_hash_is_a_config_error(
+    algorithms: list[str], needed: int
+) -> None:
+    jwt = {"algorithms": algorithms, "jwks_url": "https://issuer.test/jwks.json"}
+    secret = "k" * (needed - 1)
+    found = problems_of({"auth": {"jwt": {**jwt, "secret": secret}}})
+    assert len(found) == 1
+    assert found[0].startswith(f"auth.jwt: secret must be at least {needed} bytes")
+    assert secret not in found[0]
+    route = {"path": "/v1/", "handler": "anthropic", "auth": {"jwt": {**jwt, "secret": secret}}}
+    assert [p.partition(":")[0] for p in problems_of({"routes": [route]})] == ["routes.0.auth.jwt"]
+    loader.validate({"auth": {"jwt": {**jwt, "secret": "k" * needed}}}, {})  # long enough
+
+
 def test_api_key_hash_must_be_sha256_hex() -> None:
     found = problems_of("auth: {api_keys: [{name: ci, sha256: nothex}]}")
     assert found == ["auth.api_keys.0.sha256: must be the 64-character hex SHA-256 of the key"]

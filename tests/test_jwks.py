@@ -16,7 +16,16 @@ from yarl import URL
 from sidecar.fake_claude import FakeServer
 from sidecar.policy.jwks import MAX_JWKS_BYTES, JwksCache, read_jwks
 from tests.support.apps import serving
-from tests.support.policy import AUDIENCE, ISSUER, mint, new_key, public_jwk, running_jwks
+from tests.support.policy import (
+    AUDIENCE,
+    ISSUER,
+    claims_text,
+    mint,
+    new_key,
+    public_jwk,
+    running_jwks,
+    sign_text,
+)
 from tests.support.sidecars import SidecarFactory
 from tests.support.waiting import eventually
 
@@ -202,6 +211,47 @@ async def test_readyz_waits_for_the_first_keys(sidecar_for: SidecarFactory) -> N
             assert await status_of(sidecar.url, mint(KEY_1, "RS256", kid="k1")) == 200
 
 
+SECRET_ONLY = {"secret": "k" * 32, "algorithms": ["HS256"]}
+
+
+@pytest.mark.parametrize(
+    ("config", "used"),
+    [
+        ({}, True),
+        ({"mode": "none"}, False),  # no token is verified
+        (SECRET_ONLY, False),  # every token meets the secret
+        ({"secret": "k" * 32, "algorithms": ["HS256", "RS256"]}, True),  # RS256 tokens meet it
+        ({"routes": [{"path": "/", "handler": "anthropic", "auth": {"mode": "none"}}]}, False),
+        ({"routes": [{"path": "/api/", "handler": "prompt"},
+                     {"path": "/", "handler": "anthropic", "auth": {"mode": "none"}}]}, True),
+    ],
+    ids=["rs", "mode_none", "secret_only", "secret_and_rs", "route_without_auth",
+         "one_route_with_auth"],
+)  # fmt: skip
+async def test_readyz_waits_only_for_a_key_set_some_route_verifies_tokens_with(
+    sidecar_for: SidecarFactory, config: dict[str, Any], used: bool
+) -> None:
+    async with running_jwks([public_jwk(KEY_1, "k1")]) as issuer:
+        issuer.down = True
+        routes = config.pop("routes", None)
+        settings = jwks_config(issuer.url, min_refresh=3600)
+        if "mode" in config:
+            settings["auth"]["mode"] = config.pop("mode")
+        settings["auth"]["jwt"].update(config)
+        if routes is not None:
+            settings["routes"] = routes
+        async with (
+            sidecar_for(settings) as sidecar,
+            aiohttp.ClientSession() as http,
+            http.get(sidecar.admin_url + "/readyz") as response,
+        ):
+            status, body = response.status, await response.json()
+    assert (status, body.get("checks")) == (
+        (503, {"jwks": "no keys loaded"}) if used else (200, None)
+    )
+    assert issuer.fetches == (1 if used else 0)  # a key set no token meets is not fetched
+
+
 async def test_key_pinned_algorithm_and_key_type_are_enforced(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:
@@ -216,6 +266,25 @@ async def test_key_pinned_algorithm_and_key_type_are_enforced(
             cross_2 = await status_of(sidecar.url, mint(KEY_1, "RS256", kid="ec"))
             no_kid = await status_of(sidecar.url, mint(KEY_1, "RS256"))  # ambiguous: 2 keys
     assert (good_rs, good_es, cross_1, cross_2, no_kid) == (200, 200, 401, 401, 401)
+    assert fake.state.counters["requests"] == 2
+
+
+async def test_a_token_naming_a_member_twice_is_refused_whatever_key_set_signs_it(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    keys = [public_jwk(KEY_1, "rsa", alg="RS256"), public_jwk(EC_KEY, "ec", alg="ES256")]
+    async with running_jwks(keys) as issuer:
+        async with sidecar_for(jwks_config(issuer.url, min_refresh=3600)) as sidecar:
+            statuses = [
+                await status_of(sidecar.url, sign_text(header, claims, key, alg))
+                for key, alg, kid in ((KEY_1, "RS256", "rsa"), (EC_KEY, "ES256", "ec"))
+                for header, claims in (
+                    (f'{{"alg": "{alg}", "kid": "{kid}"}}', claims_text()),
+                    (f'{{"alg": "{alg}", "kid": "{kid}"}}', claims_text('"sub": "root"')),
+                    (f'{{"alg": "{alg}", "kid": "other", "kid": "{kid}"}}', claims_text()),
+                )
+            ]
+    assert statuses == [200, 401, 401, 200, 401, 401]
     assert fake.state.counters["requests"] == 2
 
 

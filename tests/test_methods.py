@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.methods import asks_override, reads
+from sidecar.methods import asks_override, query_asks_override, reads
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
@@ -29,3 +29,25 @@ def test_every_spelling_of_a_method_override_is_one(name: str) -> None:
 
 def test_other_headers_are_no_override() -> None:
     assert not asks_override(["Host", "X-HTTP-Host-Override", "X-Method", "Method", "X-Override"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["_method=DELETE", "%5Fmethod=PUT", "%5fmethod=PUT", "_METHOD=x", "_Method", "_method",
+     "_method[]=DELETE", "_method%5B%5D=DELETE", "_method[0]=x", "a=1&_method=DELETE",
+     "a=1;_method=DELETE", "_%6Dethod=x", ".method=x", "%2Emethod=x", "+_method=x",
+     "%20_method=x", "_method%00junk=x", "a=%26&_method=x"],
+)  # fmt: skip
+def test_every_spelling_of_a_method_query_parameter_is_an_override(query: str) -> None:
+    # Percent-decoded as every framework does; PHP (Laravel, Symfony) also reads ` ` and `.`
+    # as `_`, drops leading spaces and stops at a NUL; `_method[]` is the array form.
+    assert query_asks_override(query)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "a=1", "method=DELETE", "x_method=1", "_methods=1", "_method_x=1", "q=_method",
+     "q=%5Fmethod", "a%ZZ=1", "%=1", "&&;;"],
+)  # fmt: skip
+def test_other_query_strings_are_no_override(query: str) -> None:
+    assert not query_asks_override(query)

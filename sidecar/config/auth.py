@@ -16,7 +16,9 @@ from yarl import URL
 from sidecar.config.fields import HttpUrl, Seconds, Section
 from sidecar.identity import is_name
 
-_HS = {"HS256", "HS384", "HS512"}
+# The shortest secret each HS algorithm takes: its hash's output size (RFC 7518 3.2).
+_HS_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+_HS = set(_HS_MIN_SECRET_BYTES)
 _ASYMMETRIC = {
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
     "ES256", "ES384", "ES512", "ES256K", "EdDSA",
@@ -118,8 +120,15 @@ class JWTConfig(Section):
             raise ValueError("RS*/PS*/ES*/EdDSA algorithms need public_key_file or jwks_url")
         if self.secret is not None and not wants_hs:
             raise ValueError("secret is set but no HS* algorithm is listed")
-        if self.secret is not None and len(self.secret.get_secret_value().encode()) < 32:
-            raise ValueError("secret must be at least 32 bytes (RFC 7518 3.2)")
+        if self.secret is not None:
+            # The secret verifies every listed HS algorithm: long enough for the longest.
+            alg = max(self.hs_algorithms, key=_HS_MIN_SECRET_BYTES.__getitem__)
+            needed = _HS_MIN_SECRET_BYTES[alg]
+            if len(self.secret.get_secret_value().encode()) < needed:
+                raise ValueError(
+                    f"secret must be at least {needed} bytes with {alg} listed (RFC 7518 3.2:"
+                    " no shorter than the hash; HS256 32, HS384 48, HS512 64)"
+                )
         if self.public_key_file is not None:
             _check_public_key(self.public_key_file, self.asymmetric_algorithms, self.jwks_url)
         return self
@@ -205,3 +214,14 @@ class AuthConfig(Section):
         # One key under two names, in this list or across routes: the loader's check of
         # every list at once (`sidecar.loader._api_key_problems`).
         return self
+
+    @property
+    def jwks_in_use(self) -> str | None:
+        """The `jwt.jwks_url` this policy verifies tokens with, or None: with mode `none`
+        no token is verified, and with no RS*/PS*/ES*/EdDSA algorithm listed every token
+        meets the secret, so a key set named there is never consulted (nor fetched, nor
+        waited for by `/readyz`)."""
+        jwt = self.jwt
+        if self.mode == "none" or jwt is None or not jwt.asymmetric_algorithms:
+            return None
+        return jwt.jwks_url

@@ -28,7 +28,7 @@ from sidecar.handlers.request_body import (
     malformed_body,
 )
 from sidecar.header_lists import header_value
-from sidecar.methods import asks_override, reads
+from sidecar.methods import asks_override, query_asks_override, reads
 from sidecar.pipeline import RequestContext
 from sidecar.policy import strip_and_set_identity
 from sidecar.policy.cors import merge_vary
@@ -169,6 +169,10 @@ async def handle_app(ctx: RequestContext) -> web.StreamResponse:
             "method_override",
             "X-HTTP-Method-Override, X-HTTP-Method and X-Method-Override are not accepted: "
             "send the method itself",
+        )
+    if query_asks_override(request.rel_url.raw_query_string):
+        raise reject(
+            "method_override", "a _method query parameter is not accepted: send the method itself"
         )
     policy = ctx.route.policy  # app routes count requests per minute only (no tokens, no slots)
     ctx.headers.update(

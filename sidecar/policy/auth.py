@@ -15,6 +15,7 @@ from typing import Any, Final
 import aiohttp
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.utils import base64url_decode
 
 from sidecar.config import AuthConfig, JWTConfig
 from sidecar.errors import Rejection, reject
@@ -32,6 +33,35 @@ _JWT_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
     (jwt.InvalidIssuerError, "auth_wrong_issuer", "token issuer not accepted"),
     (jwt.InvalidAudienceError, "auth_wrong_audience", "token audience not accepted"),
 )
+
+
+class _RepeatedMember(ValueError):
+    """A JSON object of the token names one member twice."""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _RepeatedMember
+    return found
+
+
+def has_repeated_members(token: str) -> bool:
+    """Whether the token's JOSE header or claims set (or any object nested in them) names a
+    member twice; a segment that does not decode is left to PyJWT to refuse.
+
+    RFC 7515 §5.2 and RFC 7519 §4 let a parser take the last copy, as PyJWT's does; a
+    parser that takes the first (the app's, reading a forwarded token) would see another
+    `sub`, `exp` or `alg` than the one verified. So such a token is refused outright.
+    """
+    for segment in token.split(".", 2)[:2]:
+        try:
+            json.loads(base64url_decode(segment), object_pairs_hook=_unique_members)
+        except _RepeatedMember:
+            return True
+        except (ValueError, TypeError, RecursionError):
+            return False  # not JSON: PyJWT refuses it as it refuses any garbled token
+    return False
 
 
 def unauthorized(reason: str, message: str, *, missing: bool = False) -> Rejection:
@@ -73,6 +103,8 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims; raises Rejection(401) for anything wrong with it."""
+        if has_repeated_members(token):
+            raise unauthorized("auth_invalid_token", "invalid token")
         try:
             header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, ValueError, TypeError):
@@ -310,6 +342,8 @@ class AuthService:
         # Key sets by URL: those given are started and closed by their owner (shared
         # across reloads); those made here (for a URL not given) by this service.
         self._jwks: dict[str, JwksCache] = dict(jwks or {})
+        # The key sets some route verifies tokens with: what readiness waits for.
+        self._jwks_urls = {url for policy in self._policies if (url := policy.jwks_in_use)}
         self._own_jwks: list[JwksCache] = []
         # By id for speed; the policy is kept with it, so a recycled id never matches.
         self._by_id: dict[int, tuple[AuthConfig, Authenticator]] = {}
@@ -331,17 +365,18 @@ class AuthService:
             verifier = None
             if policy.jwt is not None:
                 jwks = None
-                if policy.jwt.jwks_url is not None:
-                    jwks = self._jwks.get(policy.jwt.jwks_url)
+                url = policy.jwks_in_use  # a key set no token meets is neither kept nor awaited
+                if url is not None:
+                    jwks = self._jwks.get(url)
                     if jwks is None:
                         jwks = JwksCache(
-                            policy.jwt.jwks_url,
+                            url,
                             self._session_for_jwks(),
                             refresh_seconds=policy.jwt.jwks_refresh_seconds,
                             min_refresh_seconds=policy.jwt.jwks_min_refresh_seconds,
                             on_refresh=self._on_jwks_refresh,
                         )
-                        self._jwks[policy.jwt.jwks_url] = jwks
+                        self._jwks[url] = jwks
                         self._own_jwks.append(jwks)
                 verifier = JwtVerifier(policy.jwt, jwks)
             realm = policy.jwt.realm() if policy.jwt is not None else None
@@ -367,8 +402,10 @@ class AuthService:
             await self._session.close()
 
     def ready(self) -> bool:
-        """False while some JWKS URL never produced a key."""
-        return all(cache.ready for cache in self._jwks.values())
+        """False while some JWKS URL a route verifies tokens with never produced a key."""
+        return all(
+            (cache := self._jwks.get(url)) is not None and cache.ready for url in self._jwks_urls
+        )
 
     def identify(
         self, policy: AuthConfig, headers: Mapping[str, str], query: Mapping[str, str], method: str

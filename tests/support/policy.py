@@ -103,6 +103,22 @@ def forge(header: dict[str, Any], secret: bytes | None, **overrides: Any) -> str
     return signing_input + "." + _b64(signature)
 
 
+def sign_text(header: str, claims_text: str, key: Any = SECRET, alg: str = "HS256") -> str:
+    """A token whose header and claims are `header` and `claims_text` as written (so a
+    member may be named twice), signed with `key` under `alg`."""
+    algorithm = jwt.PyJWS().get_algorithm_by_name(alg)
+    signing_input = _b64(header.encode()) + "." + _b64(claims_text.encode())
+    signature = algorithm.sign(signing_input.encode(), algorithm.prepare_key(key))
+    return signing_input + "." + _b64(signature)
+
+
+def claims_text(extra: str = "", **overrides: Any) -> str:
+    """`claims(**overrides)` as JSON text, with the members `extra` (JSON text) appended:
+    a member named twice stays twice."""
+    text = json.dumps(claims(**overrides))
+    return f"{text[:-1]}, {extra}}}" if extra else text
+
+
 @dataclass
 class JwksServer:
     """A local issuer whose key set can be rotated, taken down, and counts its fetches."""
