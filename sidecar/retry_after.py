@@ -58,3 +58,14 @@ def retry_wait(retry_after: str | None, retry_after_ms: str | None) -> float | N
     official SDKs read them); None when neither holds a valid value."""
     wait = retry_after_ms_seconds(retry_after_ms)
     return wait if wait is not None else retry_after_seconds(retry_after)
+
+
+def keep_valid_waits(headers: dict[str, str]) -> None:
+    """Drop `retry-after` / `retry-after-ms` values that are no valid wait from an answer
+    of the sidecar's own shape (the prompt and `ui` routes' error JSON) that relays
+    Claude's: its client is told no wait rather than `-5` or `1e9`. (The Anthropic route
+    passes Claude's answer on as sent.) A valid value is passed on as Claude wrote it."""
+    if "retry-after" in headers and retry_after_seconds(headers["retry-after"]) is None:
+        del headers["retry-after"]
+    if "retry-after-ms" in headers and retry_after_ms_seconds(headers["retry-after-ms"]) is None:
+        del headers["retry-after-ms"]
