@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from opentelemetry.trace import Span
@@ -127,6 +127,45 @@ def _client_scheme(request: web.Request, trusted: Sequence[Network]) -> str:
     return request.scheme
 
 
+# A host a proxy forwards (`Forwarded: host=`, `X-Forwarded-Host`): a name of RFC 3986's
+# unreserved characters (and `%` escapes) or a bracketed IPv6 address, an optional port,
+# at most 261 characters; anything else is not believed.
+_FORWARDED_HOST: Final = re.compile(
+    r"(?:[A-Za-z0-9._~%-]{1,255}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
+
+
+def _client_host(request: web.Request, trusted: Sequence[Network]) -> str:
+    """The host the client addressed: a trusted proxy says so in `Forwarded: host=` (its
+    first element: the proxy nearest the client) or else `X-Forwarded-Host` (its first
+    entry), else the request's `Host`. It is the span's `server.address` / `server.port`,
+    which the HTTP conventions take from those headers behind a proxy. A forwarded value
+    that is no host (see `_FORWARDED_HOST`), or anyone else's, is not believed."""
+    host = request.headers.get("Host", "")
+    headers = request.headers
+    if ("Forwarded" not in headers and "X-Forwarded-Host" not in headers) or not (
+        is_trusted_proxy(request.remote or "", trusted)
+    ):
+        return host
+    forwarded = header_value(headers, "Forwarded")
+    if forwarded:
+        for pair in forwarded.split(",", 1)[0].split(";"):
+            name, _, value = pair.partition("=")
+            if name.strip().lower() == "host":
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                if _FORWARDED_HOST.fullmatch(value):
+                    return value
+                break
+    given = header_value(headers, "X-Forwarded-Host")
+    if given:
+        value = given.split(",", 1)[0].strip()
+        if _FORWARDED_HOST.fullmatch(value):
+            return value
+    return host
+
+
 @functools.lru_cache(maxsize=16)
 def hsts(max_age: int) -> str:
     """The Strict-Transport-Security value, formatted once per configured max-age."""
@@ -215,6 +254,7 @@ class Pipeline:
             version = protocol_version(request.version)
             trusted = config.server.trusted_proxies
             scheme = _client_scheme(request, trusted) if trusted else request.scheme
+            host = _client_host(request, trusted) if trusted else request.headers.get("Host", "")
             if resolved.refused is None and is_browser_path(config, resolved.path):
                 served = serve_browser_file(request, resolved.path, config, runtime.routes, headers)
                 telemetry.access(
@@ -242,7 +282,7 @@ class Pipeline:
                 span = telemetry.start_server_span(
                     telemetry.extract(request.headers), method=request.method,
                     route=UNMATCHED, path=resolved.path, scheme=scheme, version=version,
-                    host=request.headers.get("Host", ""),
+                    host=host,
                     user_agent=request.headers.get("User-Agent"), client_address=address,
                 )  # fmt: skip
                 telemetry.rejected(reason, UNMATCHED, status, request_id, span)
@@ -258,7 +298,7 @@ class Pipeline:
             parent = telemetry.extract(request.headers)
             span = telemetry.start_server_span(
                 parent, method=request.method, route=route.path, path=resolved.path,
-                scheme=scheme, version=version, host=request.headers.get("Host", ""),
+                scheme=scheme, version=version, host=host,
                 user_agent=request.headers.get("User-Agent"), client_address=address,
             )  # fmt: skip
             origin = request.headers.get("Origin")

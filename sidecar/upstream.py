@@ -21,8 +21,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 from yarl import URL
@@ -33,6 +31,7 @@ from sidecar.deadlines import Deadlines
 from sidecar.errors import Rejection, anthropic_error_body, reject, status_error_type
 from sidecar.header_lists import header_value
 from sidecar.http_client import ClientError, ConnectError, Pool, Response
+from sidecar.retry_after import retry_wait
 
 RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 529})
 # Request headers a client may send that Claude should see; credentials never pass.
@@ -153,19 +152,12 @@ class ClaudeClient:
         """Seconds to wait before retry number `attempt` (0-based).
 
         Claude's `retry-after-ms` (milliseconds, as the official SDKs read it) wins over
-        `retry-after`; without either, exponential backoff with full jitter.
+        `retry-after`; without a valid one of either (`sidecar.retry_after`: a negative,
+        fractional or garbage value is none), exponential backoff with full jitter.
         """
-        if retry_after_ms is not None:
-            try:
-                wait_ms = float(retry_after_ms)
-            except ValueError:
-                wait_ms = math.nan
-            if wait_ms >= 0:  # False for NaN: unreadable values fall through
-                return wait_ms / 1000
-        if retry_after is not None:
-            wait = _retry_after_seconds(retry_after)
-            if wait is not None:
-                return wait
+        wait = retry_wait(retry_after, retry_after_ms)
+        if wait is not None:
+            return wait
         cap = min(self._config.retry_max_seconds, self._config.retry_base_seconds * 2**attempt)
         return random.uniform(0, cap)
 
@@ -376,21 +368,6 @@ def _api_error(body: bytes) -> dict[str, Any] | None:
         if isinstance(error, dict) and isinstance(error.get("type"), str) and error["type"]:
             return error
     return None
-
-
-def _retry_after_seconds(value: str) -> float | None:
-    """`retry-after` as seconds from now: delay-seconds or an HTTP-date; None when unreadable."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # RFC 9110: HTTP-dates are GMT
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return None if math.isnan(seconds) else max(0.0, seconds)
 
 
 def returned_headers(upstream: Response, *, keep_ratelimit: bool) -> dict[str, str]:

@@ -14,9 +14,9 @@ from opentelemetry.trace import SpanKind
 
 from sidecar.config import TelemetryConfig
 from sidecar.fake_claude import FakeServer
+from sidecar.int64 import INT64
 from sidecar.telemetry import Telemetry
 from sidecar.telemetry.bounded import (
-    INT64,
     MAX_EXTRA_LABELS,
     OTHER_MODEL,
     error_labels,

@@ -22,6 +22,7 @@ from sidecar.telemetry.span import SidecarSpan
 from tests.support.apps import serving
 from tests.support.logs import LogReader, events, one
 from tests.support.otel import make_otel, prompt
+from tests.support.scripted_claude import claude_config, messages_body, scripted_claude
 from tests.support.sdk import STALLED, sdk, user
 from tests.support.sidecars import SidecarFactory, running_sidecar
 from tests.support.sockets import free_port
@@ -223,3 +224,53 @@ async def test_an_open_stream_holds_neither_its_request_nor_set_aside_attributes
         spans = [o for o in gc.get_objects() if type(o) is SidecarSpan and o.is_recording()]
         assert len(spans) == 2  # the request's and the Claude call's
         assert not any(span.pending for span in spans)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "retry_after_ms", "relayed"),
+    [("-5", "1e9", {}), ("nan", "-1", {}), ("7", "-1", {"retry-after": "7"}),
+     ("1e9", "1500", {"retry-after-ms": "1500"}),
+     ("Wed, 21 Oct 2015 07:28:00 GMT", "2.5",
+      {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT", "retry-after-ms": "2.5"})],
+    ids=["both-garbage", "nan", "seconds", "ms", "date"],
+)  # fmt: skip
+async def test_claudes_error_on_the_prompt_and_ui_routes_keeps_only_valid_waits(
+    retry_after: str, retry_after_ms: str, relayed: dict[str, str]
+) -> None:
+    """The prompt and `ui` routes answer Claude's error in their own JSON: its
+    `retry-after` / `retry-after-ms` go on only when they are waits (RFC 9110), never a
+    `-5` or `1e9` for the client to read as "now" or "never". The Anthropic route passes
+    Claude's answer on as sent."""
+    body = b'{"type":"error","error":{"type":"rate_limit_error","message":"later"}}'
+
+    async def limited(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            b"retry-after: %b\r\nretry-after-ms: %b\r\nContent-Length: %d\r\n\r\n%b"
+            % (retry_after.encode(), retry_after_ms.encode(), len(body), body)
+        )
+        await writer.drain()
+
+    ui = {
+        "id": "c1",
+        "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+    }
+    config = claude_config("")
+    config["routes"] = [{"path": "/api/stream-response", "handler": "prompt"},
+                        {"path": "/v1/", "handler": "anthropic"},
+                        {"path": "/api/chat", "handler": "ui"}]  # fmt: skip
+    async with scripted_claude(limited, limited, limited) as url:
+        config["claude"]["base_url"] = url
+        async with running_sidecar(config) as sidecar, aiohttp.ClientSession() as http:
+            answers = []
+            for path, sent in (("/api/stream-response", {"prompt": "hi"}), ("/api/chat", ui),
+                               ("/v1/messages", messages_body())):  # fmt: skip
+                async with http.post(sidecar.url + path, json=sent) as response:
+                    assert response.status == 429
+                    await response.read()
+                    answers.append(response.headers)
+    *own, anthropic = answers
+    for headers in own:
+        waits = {n: headers[n] for n in ("retry-after", "retry-after-ms") if n in headers}
+        assert waits == relayed
+    assert (anthropic["retry-after"], anthropic["retry-after-ms"]) == (retry_after, retry_after_ms)

@@ -981,3 +981,22 @@ async def test_the_docs_react_hook_stopped_before_a_head_that_never_comes_is_idl
             await eventually(lambda: holds(proxy.left == 1), 5)  # the request was closed
     assert stopping == {"isStreaming": True, "isStopping": True}
     assert idle == {"isStreaming": False, "isStopping": False}
+
+
+def test_retry_after_is_read_only_when_valid_and_bounded() -> None:
+    """An error's `retryAfter` under node: whole seconds or an HTTP-date (RFC 9110), at
+    most a day; a negative, fractional, exponent or other garbage value is null."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is missing: apt-get install nodejs npm")
+    module = Path(sidecar.browser.__file__).parent / "static" / "claude-stream.js"
+    values = ["20", "0", " 7 ", "99999999999", "-5", "1e9", "1.5", "0x10", "Infinity", "nan",
+              "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT"]  # fmt: skip
+    run = subprocess.run(
+        [node, str(JS_DIR / "retry_after.mjs"), str(module), json.dumps(values)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [
+        20, 0, 7, 86400, None, None, None, None, None, None, None, 0, 86400,
+    ]  # fmt: skip

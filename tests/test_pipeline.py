@@ -296,3 +296,56 @@ async def test_url_scheme_is_the_clients_as_a_trusted_proxy_reports_it(
     durations = otel.points("http.server.request.duration")
     assert {p.attributes["url.scheme"] for p in durations} == {scheme}
     assert {p.attributes.get("http.route") for p in durations} == {"/api/stream-response", None}
+
+
+@pytest.mark.parametrize(
+    ("trusted", "forwarded", "address", "port"),
+    [(["127.0.0.0/8"], {"X-Forwarded-Host": "app.example:8443, inner:1"}, "app.example", 8443),
+     (["127.0.0.0/8"], {"Forwarded": 'for=1.2.3.4;host="fw.example";proto=https, host=x'},
+      "fw.example", 80),
+     (["127.0.0.0/8"], {"Forwarded": "host=[2001:db8::1]:81", "X-Forwarded-Host": "x.example"},
+      "2001:db8::1", 81),
+     (["127.0.0.0/8"], {"Forwarded": "for=1.2.3.4", "X-Forwarded-Host": "x.example"},
+      "x.example", 80),
+     (["127.0.0.0/8"], {"X-Forwarded-Host": "bad host<script>"}, "api.example", 80),
+     (["127.0.0.0/8"], {"X-Forwarded-Host": "a" * 300}, "api.example", 80),
+     (["127.0.0.0/8"], {"Forwarded": "host=\"a b\"", "X-Forwarded-Host": "x.example"},
+      "x.example", 80),
+     (["10.0.0.0/8"], {"X-Forwarded-Host": "app.example", "Forwarded": "host=fw.example"},
+      "api.example", 80),
+     ([], {"X-Forwarded-Host": "app.example", "Forwarded": "host=fw.example"},
+      "api.example", 80)],
+    ids=["x-forwarded-host", "forwarded", "forwarded-first", "forwarded-no-host", "charset",
+         "length", "forwarded-invalid", "untrusted-peer", "no-trusted-proxies"],
+)  # fmt: skip
+async def test_server_address_is_the_host_the_client_addressed_as_a_trusted_proxy_reports_it(
+    sidecar_for: SidecarFactory,
+    trusted: list[str],
+    forwarded: dict[str, str],
+    address: str,
+    port: int,
+) -> None:
+    """The HTTP conventions' `server.address` / `server.port` of a SERVER span behind a
+    proxy: `Forwarded: host=` (its first element), else `X-Forwarded-Host` (its first
+    entry), from a peer in `server.trusted_proxies` only; a value that is no host (a
+    space, markup, past 261 characters) or anyone else's is not believed: the `Host`."""
+    otel = make_otel()
+    headers = {"Host": "api.example", **forwarded}
+    async with (
+        sidecar_for({"server": {"trusted_proxies": trusted}}, telemetry=otel.telemetry) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        for path in ("/api/stream-response?prompt=hi", "/nowhere"):
+            async with http.get(sidecar.url + path, headers=headers) as response:
+                await response.read()
+
+    async def both_ended() -> bool:
+        return len(otel.spans(SpanKind.SERVER)) == 2
+
+    await eventually(both_ended)
+    for span in otel.spans(SpanKind.SERVER):
+        assert span.attributes is not None
+        assert (span.attributes["server.address"], span.attributes["server.port"]) == (
+            address,
+            port,
+        )

@@ -920,6 +920,49 @@ async def test_the_anthropic_route_stays_byte_faithful_unless_resume_is_asked_fo
     assert fake.state.counters["requests"] == 2  # the resume did not call Claude
 
 
+async def test_a_resumed_read_carries_the_request_id_as_any_answer_does(
+    fake: FakeServer, sidecar_for: SidecarFactory
+) -> None:
+    """A resume is a request of its own: its answers carry its `X-Request-Id` (the
+    client's, when well-formed), and on the Anthropic route its refusals that id in
+    `request-id` as well, as every refusal there does. Its 200 made no Claude call, so it
+    carries none of Claude's headers (no `request-id`), as a cache hit does."""
+    body = json.dumps({
+        "model": "claude-sonnet-5-5", "max_tokens": 64, "stream": True,
+        "messages": [{"role": "user", "content": "[[fake tokens=6 tps=0]] hi"}],
+    }).encode()  # fmt: skip
+    own = {"X-Request-Id": "req_mine"}
+    async with sidecar_for(resumable()) as sidecar:
+        first = await sse_request(
+            sidecar.port, "POST", "/v1/messages", {"Sidecar-Resume": "on"}, body
+        )
+        cursor = first.headers["sidecar-stream-id"] + ":2"
+        resumed = await sse_request(
+            sidecar.port, "POST", "/v1/messages", {"Last-Event-ID": cursor, **own}, body
+        )
+        prompt = await sse_request(sidecar.port, "GET", ROUTE + "?prompt=hi")
+        again = prompt.headers["sidecar-stream-id"] + ":1"
+        replies = [
+            await sse_request(sidecar.port, method, ROUTE, {"Last-Event-ID": again, **own})
+            for method in ("GET", "HEAD", "POST")
+        ]
+        async with aiohttp.ClientSession() as http:
+            for cursor_ in ("A" * 24 + ":1", "x:1"):
+                async with http.post(
+                    sidecar.url + "/v1/messages", data=body, headers={"Last-Event-ID": cursor_}
+                ) as refused:
+                    error = await refused.json()
+                    assert refused.status in (400, 404)
+                    assert refused.headers["request-id"] == refused.headers["X-Request-Id"]
+                    assert refused.headers["request-id"] == error["request_id"]
+    assert first.headers["request-id"]  # Claude's, on the call that made the stream
+    assert resumed.status == 200
+    assert resumed.headers["x-request-id"] == "req_mine"
+    assert "request-id" not in resumed.headers
+    assert [reply.status for reply in replies] == [200, 200, 200]
+    assert [reply.headers["x-request-id"] for reply in replies] == ["req_mine"] * 3
+
+
 async def test_the_anthropic_sdk_reads_a_resumable_stream_untouched(
     fake: FakeServer, sidecar_for: SidecarFactory
 ) -> None:

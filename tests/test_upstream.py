@@ -149,6 +149,58 @@ async def test_retry_after_that_is_negative_or_garbage_never_waits_wrongly(value
     assert 0 <= client.backoff(0, value) <= 2
 
 
+@pytest.mark.parametrize("value", ["-5", "-0.5", "1e9", "inf", "nan", "1_0", "\u0663", ".5"])
+async def test_retry_after_that_is_no_delay_seconds_falls_back_to_backoff(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 9110: delay-seconds is a non-negative integer; anything else is no value, so
+    the sidecar backs off itself (here: the jitter's top), never "retry now" (`-5`) nor
+    a wait it would read as far too long to retry (`1e9`)."""
+    monkeypatch.setattr("sidecar.upstream.random.uniform", lambda low, high: high)
+    config = ClaudeConfig(retry_base_seconds=0.5, retry_max_seconds=2)
+    client = ClaudeClient(config, "http://x", Pool("http://x", limit=1, connect_timeout=1))
+    assert client.backoff(1, value) == 1.0
+    assert client.backoff(1, None, value) == 1.0
+    assert client.backoff(1, "3", value) == 3.0  # an invalid retry-after-ms: retry-after's
+    assert client.backoff(1, "1.5") == 1.0  # a fraction is no delay-seconds (it is ms's)
+
+
+async def test_a_huge_retry_after_is_clamped() -> None:
+    client = ClaudeClient(ClaudeConfig(), "http://x", Pool("http://x", limit=1, connect_timeout=1))
+    assert client.backoff(0, "9" * 400) == 86_400
+    assert client.backoff(0, None, "9" * 400) == 86_400
+
+
+async def test_a_garbage_retry_after_ms_does_not_hand_a_retryable_error_to_the_client() -> None:
+    """`retry-after-ms: 1e9` is no wait (milliseconds are digits): the sidecar retries by
+    `retry-after: 0` instead of reading a wait of 11 days and giving up; the client gets
+    the retried call's answer."""
+    seen = 0
+    body = b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'
+
+    async def overloaded(writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        seen += 1
+        writer.write(
+            b"HTTP/1.1 529 Overloaded\r\nContent-Type: application/json\r\nretry-after: 0\r\n"
+            b"retry-after-ms: 1e9\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        await writer.drain()
+
+    config = claude_config("", max_retries=1, retry_base_seconds=0.01, retry_max_seconds=5)
+    async with scripted_claude(overloaded, overloaded) as url:
+        config["claude"]["base_url"] = url
+        async with (
+            running_sidecar(config) as sidecar,
+            aiohttp.ClientSession() as http,
+            http.post(sidecar.url + "/v1/messages", json=messages_body()) as response,
+        ):
+            assert response.status == 529
+            assert response.headers["retry-after-ms"] == "1e9"  # relayed as Claude sent it
+            assert await response.read() == body
+    assert seen == 2
+
+
 async def test_retry_after_in_the_past_is_no_wait() -> None:
     pool = Pool("http://x", limit=1, connect_timeout=1)
     client = ClaudeClient(ClaudeConfig(), "http://x", pool)

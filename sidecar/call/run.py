@@ -36,6 +36,7 @@ from sidecar.handlers.request_body import ensure_client_present
 from sidecar.http_client import Response
 from sidecar.pipeline import RequestContext
 from sidecar.record import StreamRecord
+from sidecar.retry_after import keep_valid_waits
 from sidecar.stream.core import Translator
 from sidecar.stream.tap import CallTap
 from sidecar.upstream import (
@@ -337,6 +338,7 @@ async def _relay_error(
             content_type="application/json",
         )
     status = 503 if upstream.status == 529 else upstream.status
+    keep_valid_waits(headers)
     return web.Response(
         status=status,
         body=simple_error_body(short_error_type(error_type), message),

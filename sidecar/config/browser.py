@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 
 from sidecar.config.fields import Section
+from sidecar.int64 import INT64
 
 if TYPE_CHECKING:
     from sidecar.policy.claude_schema import Collected
@@ -41,9 +42,9 @@ class UiConfig(Section):
     accept_system: bool = False  # the body's `system` and system-role messages
     accept_model: bool = False  # the body's `model` (still within claude.allowed_models)
     model: str | None = None  # defaults to claude.model
-    max_tokens: int | None = Field(None, gt=0, lt=2**63)  # defaults to claude.max_tokens
+    max_tokens: int | None = Field(None, gt=0, lt=INT64)  # defaults to claude.max_tokens
     # Extended thinking when set (its max_tokens, the budget + 1, still an int64).
-    thinking_budget_tokens: int | None = Field(None, ge=1024, lt=2**63 - 1)
+    thinking_budget_tokens: int | None = Field(None, ge=1024, lt=INT64 - 1)
     tools: list[dict[str, Any]] = Field(default_factory=list)  # Claude tool definitions
 
     @cached_property

@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
 from sidecar.config.fields import Seconds, Section, check_http_url, redact_url
+from sidecar.int64 import INT64
 
 
 class QueueConfig(Section):
@@ -25,7 +26,7 @@ class ClaudeConfig(Section):
     base_url: str = "builtin:fake"
     api_key: SecretStr | None = None
     model: str = "claude-sonnet-5-5"
-    max_tokens: int = Field(1024, gt=0, lt=2**63)  # as a request's (int64)
+    max_tokens: int = Field(1024, gt=0, lt=INT64)  # as a request's
     allowed_models: list[str] | None = None
     # Anthropic API paths besides /v1/messages and /v1/messages/count_tokens that are
     # forwarded (prefixes, whole segments); anything else is a 403. Open batches or files

@@ -22,22 +22,20 @@ from sidecar import expectation
 from sidecar.config import ServerConfig
 from sidecar.content_coding import CodingError, coding_names, decode
 from sidecar.errors import Rejection, bad_request, reject
+from sidecar.int64 import INT64
 
 MAX_MODEL_CHARS: Final = 128  # Claude's model ids are a few dozen characters
 _MODEL: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_MODEL_CHARS}}}")
 
 
-MAX_TOKENS_BOUND: Final = 2**63  # `max_tokens` below it: a signed 64-bit integer
-
-
 def valid_max_tokens(value: object) -> TypeGuard[int]:
-    """A request's `max_tokens`: an int (not a bool) from 1 to 2**63 - 1.
+    """A request's `max_tokens`: an int (not a bool) from 1 to INT64 - 1.
 
     Far above any model's limit (Claude refuses such a call), the bound keeps a client's
     number one that every place it reaches takes: the quota's reservation (sent to Redis,
     named in a refusal), the span's int attribute. A larger one would raise there.
     """
-    return type(value) is int and 0 < value < MAX_TOKENS_BOUND
+    return type(value) is int and 0 < value < INT64
 
 
 def parse_model(value: object) -> str:

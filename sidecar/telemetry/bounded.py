@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from sidecar.int64 import INT64  # an OTLP int attribute is a signed 64-bit integer
+
 OTHER_MODEL: Final = "other"
 OTHER_ERROR: Final = "_OTHER"  # the OpenTelemetry conventions' fallback for error.type
 MAX_EXTRA_LABELS: Final = 32  # values beyond the known ones, per kind, for the process
@@ -20,7 +22,6 @@ MAX_TEXT: Final = 128  # characters of a free-text span attribute (ids, reasons)
 MAX_LOG_PATH: Final = 1024  # characters of a request path in a log line
 MAX_USER_AGENT: Final = 256  # characters of `user_agent.original` (a request span's)
 MAX_LIST: Final = 8  # items of a list-valued span attribute (stop sequences)
-INT64: Final = 2**63  # an OTLP int attribute is a signed 64-bit integer: [-INT64, INT64)
 _IDENTIFIER: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,47}")
 # Anthropic's error types, plus the sidecar's own (`timeout_error`, relay outcomes, the
 # types of the streams it ends itself: a stalled client, a stream lost at shutdown),

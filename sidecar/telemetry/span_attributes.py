@@ -23,6 +23,8 @@ from opentelemetry.exporter.otlp.proto.common._internal import _encode_attribute
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from sidecar.int64 import INT64
+
 # Encoded (key, value) pairs kept (~100-200 KiB when full): far more than the sidecar's
 # labels; a full cache is emptied and refills with what recurs (float values, timings,
 # are never kept).
@@ -46,8 +48,7 @@ _SMALL_INTS: Final[list[bytes]] = [
     KeyValue(value=AnyValue(int_value=n)).SerializeToString() for n in range(0x80)
 ]
 _DOUBLE_FIELD: Final[bytes] = KeyValue(value=AnyValue(double_value=1.0)).SerializeToString()[:3]
-_INT64: Final = 2**63
-_UINT64: Final = 2**64
+_UINT64: Final = 2 * INT64  # an int64 below 0 is encoded as this plus it
 _STR: Final = frozenset({str})
 
 
@@ -169,7 +170,7 @@ class AttributeEncoder:
         elif kind is int:
             if 0 <= value < 0x80:
                 pair = _pair(keyed, _SMALL_INTS[value])
-            elif -_INT64 <= value < _INT64:
+            elif -INT64 <= value < INT64:
                 number = varint(value if value >= 0 else value + _UINT64)
                 pair = _pair(keyed, _INT_FIELD % (ONE_BYTE[len(number) + 1], number))
             else:  # out of int64: the SDK logs it and drops it

@@ -84,13 +84,17 @@ export class SSEParser {
   }
 }
 
-function retryAfterOf(headers) {
-  const value = headers && headers.get("retry-after");
-  if (!value) return null;
-  const seconds = Number(value);
-  if (Number.isFinite(seconds)) return Math.max(0, seconds);
+const MAX_RETRY_AFTER = 86400; // seconds: a longer wait is read as a day
+
+/** `retry-after` in seconds (0 to a day), or null when it holds no valid value (RFC 9110:
+ *  whole seconds in ASCII digits, or an HTTP-date; never `-5`, `1e9`, `0x10`, `Infinity`). */
+export function retryAfterOf(headers) {
+  const value = ((headers && headers.get("retry-after")) || "").trim();
+  if (/^[0-9]+$/.test(value)) return Math.min(MAX_RETRY_AFTER, Number(value));
+  if (!/^[A-Za-z]{3},? /.test(value)) return null;
   const date = Date.parse(value);
-  return Number.isNaN(date) ? null : Math.max(0, Math.round((date - Date.now()) / 1000));
+  if (Number.isNaN(date)) return null;
+  return Math.min(MAX_RETRY_AFTER, Math.max(0, Math.round((date - Date.now()) / 1000)));
 }
 
 function errorFromBody(status, text, headers) {
