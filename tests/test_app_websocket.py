@@ -428,8 +428,8 @@ async def _outcomes(sidecar: Any) -> dict[str, float]:
 
 
 class _WebSocketApp:
-    """An app whose WebSockets flood the client (`/flood`), or never read (`/deaf`); the close
-    each saw. Its sockets take 4 KiB at a time."""
+    """An app whose WebSockets flood the client (`/flood`), read slowly (`/slow`) or never
+    (`/deaf`); the close each saw. Its sockets take 4 KiB at a time."""
 
     def __init__(self) -> None:
         self.closes: asyncio.Queue[tuple[int | None, str]] = asyncio.Queue()
@@ -457,6 +457,20 @@ class _WebSocketApp:
             await sending
         return ws
 
+    async def slow_reader(self, request: web.Request) -> web.WebSocketResponse:
+        """Reads nothing for a while, then everything up to a `done`; closes with how many
+        bytes it got (as the close reason)."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await asyncio.sleep(1.5)
+        received = 0
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                break
+            received += len(message.data)
+        await ws.close(message=str(received).encode())
+        return ws
+
     async def deaf_socket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -468,6 +482,7 @@ class _WebSocketApp:
         app = web.Application()
         app.router.add_get("/flood", self.flood)
         app.router.add_get("/deaf", self.deaf_socket)
+        app.router.add_get("/slow", self.slow_reader)
         runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await runner.setup()
         listener = socket.socket()
@@ -705,3 +720,80 @@ async def test_a_quiet_websocket_client_that_answers_pings_is_kept(
 
         await eventually(counted)
     assert seen == (1000, "")
+
+
+async def test_a_slow_websocket_client_behind_a_backlog_is_not_taken_for_a_dead_one(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A client that reads slowly is alive: the sidecar's Ping waits behind the MBs queued
+    toward it, so its Pong comes late. While bytes are still queued toward it the Ping is
+    not counted as missed: it gets every byte and its own close, outcome `closed`."""
+    app = _WebSocketApp()
+    count = 256  # 16 KiB each: 4 MiB, more than the client's and the sidecar's buffers
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, websocket_ping_seconds=0.2)) as sidecar,
+    ):
+        reader, writer = await _raw_websocket(sidecar.port, f"/flood?count={count}")
+        await asyncio.sleep(1.5)  # several pings' worth of not reading
+        received, pings, last = 0, 0, b""
+        while last != b"done":
+            opcode, last = await asyncio.wait_for(_read_frame(reader), 10)
+            assert opcode in (0x1, 0x2, 0x9), (opcode, last)  # no close: the sidecar kept it
+            if opcode == 0x9:
+                pings += 1
+                writer.write(b"\x8a\x80abcd")  # a masked, empty Pong
+            elif opcode == 0x2:
+                received += len(last)
+        writer.write(
+            b"\x88\x82abcd" + bytes(a ^ b for a, b in zip(b"\x03\xe8", b"ab", strict=True))
+        )
+        seen = await asyncio.wait_for(app.closes.get(), 10)
+        writer.close()
+
+        async def counted() -> bool:
+            return await _outcomes(sidecar) == {"closed": 1}
+
+        await eventually(counted)
+    assert received == count * 16384
+    assert pings >= 1
+    assert seen == (1000, "")
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked, unfragmented frame from the sidecar: its opcode and payload."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2))
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(length)
+
+
+async def test_a_slow_app_behind_a_backlog_is_not_taken_for_a_dead_one(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """The other way: an app that reads slowly while the client sends MBs gets the sidecar's
+    Ping behind them; it is not cut, gets every byte, and its close reaches the client."""
+    app = _WebSocketApp()
+    count = 256  # 16 KiB each: 4 MiB
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, websocket_ping_seconds=0.2)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sidecar.url + "/slow") as ws,
+    ):
+        closing = asyncio.create_task(ws.receive(timeout=30))  # answering pings meanwhile
+        for _ in range(count):
+            await ws.send_bytes(b"x" * 16384)
+        await ws.send_str("done")
+        closed = await closing
+
+        async def counted() -> bool:
+            return await _outcomes(sidecar) == {"closed": 1}
+
+        await eventually(counted)
+    assert (closed.type, closed.data, closed.extra) == (
+        aiohttp.WSMsgType.CLOSE, 1000, str(count * 16384)
+    )  # fmt: skip

@@ -14,6 +14,12 @@ network cut, a laptop closed, a NAT that dropped the flow): its socket is closed
 other side told `1001` / `1011` as for a stall, reason `the client stopped answering pings`
 / `the app stopped answering pings`. Without that, an idle WebSocket whose peer vanished
 holds both sockets for good, since nothing is ever written to either.
+
+A Pong late behind a backlog is not missed: while bytes are still queued toward a side (in
+the process or the kernel) or its messages wait unread here, its heartbeat is re-armed
+instead (`sidecar.stream.websocket_heartbeat`), so a slow reader is not taken for a dead
+one; a backlog that never drains is the stall watch's, and the kernel's `TCP_USER_TIMEOUT`
+(set on both sockets, twice the send timeout), to cut.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from typing import Final, Literal, cast
 
 import aiohttp
 from aiohttp import HttpVersion11, web
+
+from sidecar.listener import bound_unaccepted_bytes
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 # How a relayed WebSocket ended: a close frame from either side (`closed`), a side cut for
@@ -154,6 +162,9 @@ async def relay_websocket(
     """Relay messages both ways until either side closes, goes or stalls, or shutdown
     closes both (`live`); `ended` is told how it ended (also when the handler is cancelled:
     the client's connection went)."""
+    # The app's socket is bounded by the kernel as the client's is (the listener sets the
+    # client's): bytes the app accepts none of are cut even once they left the process.
+    bound_unaccepted_bytes(app_transport, 2 * send_timeout)
     relay = _Relay(_End("client", client, client_transport), _End("app", app, app_transport))
     _StallWatch((relay.client, relay.app), send_timeout)  # its timer keeps it while needed
     to_app = asyncio.create_task(relay.pump(relay.client, relay.app))

@@ -24,7 +24,8 @@ import socket
 from typing import Final
 
 import aiohttp
-from aiohttp import web
+
+from sidecar.stream.websocket_heartbeat import PatientClientWebSocket, PatientServerWebSocket
 
 LINGER_SECONDS: Final = 30.0  # nginx's `lingering_time`
 LINGER_IDLE_SECONDS: Final = 5.0  # nginx's `lingering_timeout`
@@ -40,8 +41,9 @@ _PEER_MAY_BE_SENDING: Final = frozenset(
 _LINGERING: set[asyncio.Task[None]] = set()  # they outlive their handler
 
 
-class LingeringServerWebSocket(web.WebSocketResponse):
-    """The client's side of the relay: an error close lingers (see the module)."""
+class LingeringServerWebSocket(PatientServerWebSocket):
+    """The client's side of the relay: an error close lingers (see the module), and a Pong
+    late behind a backlog is not missed (`PatientServerWebSocket`)."""
 
     async def close(
         self, *, code: int = aiohttp.WSCloseCode.OK, message: bytes = b"", drain: bool = True
@@ -56,8 +58,9 @@ class LingeringServerWebSocket(web.WebSocketResponse):
                 _linger(held, transport)
 
 
-class LingeringClientWebSocket(aiohttp.ClientWebSocketResponse):
-    """The app's side of the relay: an error close lingers (see the module)."""
+class LingeringClientWebSocket(PatientClientWebSocket):
+    """The app's side of the relay: an error close lingers (see the module), and a Pong
+    late behind a backlog is not missed (`PatientClientWebSocket`)."""
 
     async def close(self, *, code: int = aiohttp.WSCloseCode.OK, message: bytes = b"") -> bool:
         held = transport = None

@@ -39,6 +39,9 @@ is `sidecar.http_client`, which needs none):
   WebSocket (aiohttp exposes the server side's as `request.transport`, not this one), so
   the app route's stall watch can see what is queued for the app and cut it.
 
+(Its WebSocket heartbeat, made patient with slow peers, is borrowed next door, in
+`sidecar.stream.websocket_heartbeat`.)
+
 `tests/test_stream_adapter.py` checks each of these against the installed aiohttp, and
 pyproject pins aiohttp to the minor versions that test passed on.
 """
