@@ -797,3 +797,28 @@ async def test_a_slow_app_behind_a_backlog_is_not_taken_for_a_dead_one(
     assert (closed.type, closed.data, closed.extra) == (
         aiohttp.WSMsgType.CLOSE, 1000, str(count * 16384)
     )  # fmt: skip
+
+
+async def test_an_app_that_takes_none_of_a_backlog_held_by_the_kernel_is_cut(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """Bytes toward the app that left the process for the kernel's send queue are out of the
+    stall watch's sight, and keep the app's late Pongs from counting as missed: the kernel's
+    `TCP_USER_TIMEOUT` on the app's connection (twice `app.send_timeout_seconds`, as on the
+    client's) cuts an app that takes none of them, and the client gets `1011`."""
+    app = _WebSocketApp()
+    async with (
+        app.running() as url,
+        sidecar_for(with_app(url, websocket_ping_seconds=0.2, send_timeout_seconds=0.5)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(sidecar.url + "/deaf") as ws,
+    ):
+        for _ in range(16):  # past what the app takes in, within the kernel's send queue
+            await ws.send_bytes(b"x" * 65536)
+        closed = await ws.receive(timeout=10)  # answering the sidecar's pings meanwhile
+
+        async def counted() -> bool:
+            return await _outcomes(sidecar) == {"app_lost": 1}
+
+        await eventually(counted)
+    assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1011)
