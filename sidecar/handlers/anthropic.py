@@ -239,7 +239,8 @@ async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse
 async def _forward(
     ctx: RequestContext, path_qs: str, body: bytes | None, *, json_body: bool = False
 ) -> web.StreamResponse:
-    """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is."""
+    """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is
+    but for a batch's `results_url`, which must lead back here (`batch_links`)."""
     request = ctx.request
     if body is None and request.can_read_body:
         body = await read_body(request, ctx.runtime.config.server)
