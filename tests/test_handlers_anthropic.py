@@ -123,8 +123,50 @@ async def test_only_configured_api_paths_are_forwarded(
     opened = {"claude": {"forward_paths": ["/v1/models", "/v1/messages/batches"]}}
     async with sidecar_for(opened) as sidecar, aiohttp.ClientSession() as http:
         async with http.post(sidecar.url + "/v1/messages/batches", json={"requests": []}) as r:
-            assert r.status == 404  # forwarded now
+            assert r.status == 400  # forwarded now: Claude refuses an empty batch
     assert fake.state.requests[-1]["path"] == "/v1/messages/batches"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "proxy_headers", "origin"),
+    [("", {}, None),
+     ("/claude", {}, None),
+     ("", {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example"}, "https://api.example")],
+)  # fmt: skip
+async def test_a_batch_s_results_url_leads_back_through_the_sidecar(
+    fake: FakeServer,
+    sidecar_for: SidecarFactory,
+    prefix: str,
+    proxy_headers: dict[str, str],
+    origin: str | None,
+) -> None:
+    """Claude names a batch's results by an absolute URL on its own host, which the SDKs
+    fetch as given: unchanged, `batches.results()` would go to Claude past the sidecar,
+    with the client's sidecar credential. Every answer naming it names the sidecar."""
+    opened: dict[str, Any] = {
+        "claude": {"forward_paths": ["/v1/messages/batches"]},
+        "server": {"trusted_proxies": ["127.0.0.1/32"]},
+        "routes": [{"path": prefix + "/v1/", "handler": "anthropic"}],
+    }
+    requests: Any = [
+        {"custom_id": "a", "params": {"model": MODEL, "max_tokens": 8, "messages": user("x")}}
+    ]
+    async with sidecar_for(opened) as sidecar:
+        base = sidecar.url + prefix
+        async with sdk(base, default_headers=proxy_headers) as client:
+            batch = await client.messages.batches.create(requests=requests)
+            expected = f"{origin or base}/v1/messages/batches/{batch.id}/results"
+            assert batch.results_url == expected
+            listed = [b async for b in client.messages.batches.list()]
+            assert [b.results_url for b in listed] == [expected]
+            assert (await client.beta.messages.batches.retrieve(batch.id)).results_url == expected
+            if origin is None:  # the SDK fetches the URL: through the sidecar, with its key
+                results = [r async for r in await client.messages.batches.results(batch.id)]
+                assert [(r.custom_id, r.result.type) for r in results] == [("a", "succeeded")]
+                fetched = fake.state.requests[-1]
+                assert fetched["path"] == f"/v1/messages/batches/{batch.id}/results"
+                assert fetched["headers"]["x-api-key"] == "sk-sidecar"
+    assert all(r["headers"].get("x-api-key") == "sk-sidecar" for r in fake.state.requests)
 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from sidecar.fake_claude.batches import BatchError, BatchStore
 from sidecar.fake_claude.history import history_error
 from sidecar.fake_claude.knobs import (
     ERROR_FAULTS,
@@ -37,6 +38,7 @@ from sidecar.fake_claude.state import FAKE_STATE, FakeClaudeState, ReceivedReque
 from sidecar.fake_claude.stream import abort_connection, stream_reply, until_client_leaves
 
 FAKE_SETTINGS = web.AppKey("fake_claude_settings", FakeSettings)
+FAKE_BATCHES = web.AppKey("fake_claude_batches", BatchStore)
 MAX_BODY_BYTES = 32 * 1024 * 1024  # the real API's request size limit
 _NOT_JSON = object()
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -245,6 +247,47 @@ async def handle_models(request: web.Request) -> web.Response:
         return error_response(error)
 
 
+# --------------------------------------------------------------------------- /v1/messages/batches
+
+
+def _messages_params(params: Mapping[str, Any]) -> None:
+    """A batch request's params, checked as `POST /v1/messages` checks its body."""
+    try:
+        _validate(params, counting=False)
+    except ApiError as error:
+        raise ValueError(error.message) from None
+
+
+async def handle_batches(request: web.Request) -> web.Response:
+    """The Message Batches API: create, list, retrieve, results, cancel, delete."""
+    state, settings = request.app[FAKE_STATE], request.app[FAKE_SETTINGS]
+    store = request.app[FAKE_BATCHES]
+    try:
+        body = await _receive(request, state)  # recorded; a GET's empty body is not JSON
+        _authenticate(request, settings)
+        batch_id, action = request.match_info.get("batch_id"), request.match_info.get("action")
+        if batch_id is None:
+            if request.method == "GET":
+                return json_response(store.page())
+            origin = f"{request.scheme}://{request.host}"
+            return json_response(
+                store.create(_json_object(body), origin, settings, _messages_params)
+            )
+        batch = store.get(batch_id)
+        if batch is None:
+            raise ApiError(404, "not_found_error", f"batch: {batch_id}")
+        if action == "results":
+            return web.Response(body=batch.results, content_type="application/binary")
+        if request.method == "DELETE":
+            store.delete(batch_id)
+            return json_response({"id": batch_id, "type": "message_batch_deleted"})
+        return json_response(batch.info)  # retrieve; cancel (an ended batch stays ended)
+    except BatchError as error:
+        return error_response(invalid(str(error)))
+    except ApiError as error:
+        return error_response(error)
+
+
 # --------------------------------------------------------------------------- /_fake, 404, app
 
 
@@ -311,8 +354,15 @@ def make_fake_claude_app(settings: FakeSettings | None = None) -> web.Applicatio
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[FAKE_STATE] = FakeClaudeState()
     app[FAKE_SETTINGS] = settings or FakeSettings()
+    app[FAKE_BATCHES] = BatchStore()
     app.router.add_post("/v1/messages", handle_messages)
     app.router.add_post("/v1/messages/count_tokens", handle_messages)
+    app.router.add_post("/v1/messages/batches", handle_batches)
+    app.router.add_get("/v1/messages/batches", handle_batches)
+    app.router.add_get("/v1/messages/batches/{batch_id}", handle_batches)
+    app.router.add_delete("/v1/messages/batches/{batch_id}", handle_batches)
+    app.router.add_get("/v1/messages/batches/{batch_id}/{action:results}", handle_batches)
+    app.router.add_post("/v1/messages/batches/{batch_id}/{action:cancel}", handle_batches)
     app.router.add_get("/v1/models", handle_models)
     app.router.add_get("/v1/models/{model_id}", handle_models)
     app.router.add_get("/_fake/stats", handle_stats)

@@ -23,6 +23,7 @@ from sidecar.call.run import (
 )
 from sidecar.errors import anthropic_error_body, bad_request, reject
 from sidecar.handlers import resume
+from sidecar.handlers.batch_links import is_batch_answer, with_local_results
 from sidecar.handlers.request_body import (
     ensure_client_present,
     parse_json_object,
@@ -30,7 +31,7 @@ from sidecar.handlers.request_body import (
     read_body,
     valid_max_tokens,
 )
-from sidecar.pipeline import RequestContext
+from sidecar.pipeline import RequestContext, client_origin
 from sidecar.policy.claude_schema import Collected
 from sidecar.quotas.estimate import estimate_input_tokens
 from sidecar.record import Outcome, StreamRecord
@@ -238,7 +239,8 @@ async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse
 async def _forward(
     ctx: RequestContext, path_qs: str, body: bytes | None, *, json_body: bool = False
 ) -> web.StreamResponse:
-    """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is."""
+    """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is
+    but for a batch's `results_url`, which must lead back here (`batch_links`)."""
     request = ctx.request
     if body is None and request.can_read_body:
         body = await read_body(request, ctx.runtime.config.server)
@@ -256,6 +258,8 @@ async def _forward(
     payload = await read_answer(upstream)
     if upstream.status >= 400:  # as every error of this route: Anthropic's error JSON
         payload = api_error_body(payload, upstream.status, ctx.request_id)
+    elif is_batch_answer(path_qs.partition("?")[0]):
+        payload = with_local_results(payload, _sidecar_base(ctx))
     response_headers = {
         **ctx.headers,
         **returned_headers(upstream, keep_ratelimit=not policy.quotas.enabled),
@@ -266,6 +270,13 @@ async def _forward(
         headers=response_headers,
         content_type="application/json" if upstream.status >= 400 else upstream.content_type,
     )
+
+
+def _sidecar_base(ctx: RequestContext) -> str:
+    """The sidecar's address as the client reached it, with the route's prefix (a route
+    mounted at `/claude/` serves the API from `/claude/v1/`)."""
+    origin = client_origin(ctx.request, ctx.runtime.config.server.trusted_proxies)
+    return origin + ctx.path[: ctx.path.find("/v1/")]
 
 
 def _claude_headers(ctx: RequestContext, *, json_body: bool = False) -> dict[str, str]:
