@@ -14,6 +14,7 @@ import yaml
 
 from sidecar import loader
 from sidecar.config import Config
+from sidecar.config.fields import MAX_SECONDS
 from sidecar.config.schema import config_schema
 from sidecar.interpreter import tune_interpreter
 
@@ -22,14 +23,17 @@ EXIT_UNHEALTHY = 1  # `health`: what a container HEALTHCHECK reads as unhealthy 
 
 
 def _seconds(text: str) -> float:
-    """A timeout flag: a finite number of seconds above 0 (`0`, `-1`, `nan` and `inf` would
-    report a healthy sidecar as unhealthy, or fail in the socket layer)."""
+    """A timeout flag: a finite number of seconds above 0 and at most `MAX_SECONDS` (`0`,
+    `-1`, `nan`, `inf` and `1e300` would report a healthy sidecar as unhealthy, or fail in
+    the socket layer)."""
     try:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds > 0 and <= {MAX_SECONDS}, got {text!r}"
+        )
     return seconds
 
 

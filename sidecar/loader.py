@@ -538,9 +538,11 @@ def validate(data: Any, env: Mapping[str, str] | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        # A field whose variable is unset was read as "": its type error is that, told already.
+        # A field whose variable is unset was read as "": its type error is that, told already,
+        # and so is a section's check that read it (`auth.jwt: secret must be at least 32
+        # bytes`): the section's checks wait for the variable, as for a field's own problem.
         told = {problem.partition(": ")[0] for problem in problems}
-        found = [p for p in _format_errors(exc, data) if p.partition(": ")[0] not in told]
+        found = [p for p in _format_errors(exc, data) if not _reads(p.partition(": ")[0], told)]
         raise ConfigError(hide_environment(problems + found, used)) from None
     if problems:
         raise ConfigError(problems)
@@ -549,6 +551,11 @@ def validate(data: Any, env: Mapping[str, str] | None = None) -> Config:
     except ConfigError as exc:
         raise ConfigError(hide_environment(exc.problems, used)) from None
     return config
+
+
+def _reads(where: str, told: set[str]) -> bool:
+    """Whether a problem at `where` is at, or is a check of a section holding, a `told` field."""
+    return any(path == where or path.startswith(f"{where}.") for path in told)
 
 
 def default_config_text() -> str:

@@ -458,18 +458,19 @@ async def test_health_asks_the_admin_listener_the_config_names(tmp_path: Path) -
     assert gone.stderr == ""
 
 
-@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "1e10", "1e300"])
 def test_health_refuses_a_timeout_that_is_no_wait(tmp_path: Path, timeout: str) -> None:
     """A usage error (exit 2, one line), not a verdict: such a timeout would call a healthy
-    sidecar unhealthy (`0`, `-1`, `nan`) or end in a traceback (`inf`)."""
+    sidecar unhealthy (`0`, `-1`, `nan`) or end in a traceback (`inf`, and a finite one
+    past what a socket timeout holds)."""
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"server": {"admin_listen": f"127.0.0.1:{free_port()}"}}))
     result = _health(path, "--timeout", timeout)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines()[-1] == (
-        "sidecar health: error: argument --timeout: must be a finite number of seconds > 0,"
-        f" got {timeout!r}"
+        "sidecar health: error: argument --timeout: must be a finite number of seconds > 0"
+        f" and <= 1000000000, got {timeout!r}"
     )
 
 

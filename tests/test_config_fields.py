@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
+from sidecar import loader
 from sidecar.config import redact_url, split_host_port
 from sidecar.config.fields import Section
 from tests.support.apps import echoed_headers, running_app
@@ -125,6 +126,50 @@ def test_no_number_field_takes_inf_or_nan(section: type[Section], name: str, val
     assert {"loc": (name,), "type": "finite_number"} in [
         {"loc": error["loc"][:1], "type": error["type"]} for error in refused.value.errors()
     ]
+
+
+def _duration_fields() -> list[tuple[type[Section], str]]:
+    """Every duration field of every section (a route's overrides are validated merged into
+    their section, below)."""
+    return [
+        (section, name)
+        for section, name in _number_fields()
+        if name.endswith(("_seconds", "_ms")) and not section.__name__.endswith("Override")
+    ]
+
+
+def test_the_config_has_duration_fields_to_check() -> None:
+    names = {name for _, name in _duration_fields()}
+    assert {"shutdown_grace_seconds", "lease_seconds", "time_to_first_token_ms"} <= names
+
+
+@pytest.mark.parametrize(("section", "name"), _duration_fields())
+def test_no_duration_field_takes_more_than_the_platform_timers_hold(
+    section: type[Section], name: str
+) -> None:
+    """A finite duration too long for a `threading.Timer`, a socket timeout (a C `time_t`)
+    or a Redis expiry (int64 milliseconds) would be accepted, then fail at shutdown (the exit
+    watchdog's traceback) or on every call: each is refused when loaded."""
+    with pytest.raises(ValidationError) as refused:
+        section.model_validate({name: 1e300})
+    assert {"loc": (name,), "type": "less_than_equal"} in [
+        {"loc": error["loc"][:1], "type": error["type"]} for error in refused.value.errors()
+    ]
+
+
+def test_a_duration_past_the_bound_is_one_problem_naming_the_field() -> None:
+    config = "server: {shutdown_grace_seconds: 1e10}\nclaude: {retry_max_seconds: 1e300}\n"
+    assert sorted(problems_of(config)) == [
+        "claude.retry_max_seconds: Input should be less than or equal to 1000000000",
+        "server.shutdown_grace_seconds: Input should be less than or equal to 1000000000",
+    ]
+    # A route's override, validated merged into its section.
+    config = "routes: [{path: /x, handler: prompt, quotas: {lease_seconds: 1e300}}]\n"
+    assert problems_of(config) == [
+        "routes.0.quotas.lease_seconds: Input should be less than or equal to 1000000000"
+    ]
+    taken = loader.validate({"server": {"shutdown_grace_seconds": 1_000_000_000}}, {})
+    assert taken.server.shutdown_grace_seconds == 1_000_000_000
 
 
 def test_a_yaml_inf_is_one_problem_naming_the_field() -> None:

@@ -193,6 +193,22 @@ def test_unset_variable_names_the_field() -> None:
     assert found == ["claude.api_key: environment variable ANTHROPIC_API_KEY is not set"]
 
 
+def test_an_unset_variable_is_not_also_told_as_the_section_checks_that_read_it() -> None:
+    """The field was read as "": the key "needed" and the secret "too short" are that one
+    problem again, which the operator would chase instead of the variable. Other sections'
+    problems are still all told at once."""
+    found = problems_of(
+        'claude: {base_url: "https://api.anthropic.com", api_key: "${ANTHROPIC_API_KEY}"}\n'
+        'auth: {mode: required, jwt: {secret: "${JWT_SECRET}", algorithms: [HS256]}}\n'
+        "server: {listen: 8080}\n"
+    )
+    assert found == [
+        "claude.api_key: environment variable ANTHROPIC_API_KEY is not set",
+        "auth.jwt.secret: environment variable JWT_SECRET is not set",
+        "server.listen: Input should be a valid string",
+    ]
+
+
 @pytest.mark.parametrize(
     ("written", "at"),
     [

@@ -7,7 +7,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 from yarl import URL
@@ -86,7 +86,12 @@ def _check_header_name(value: str) -> str:
 HostPort = Annotated[str, AfterValidator(_check_host_port)]
 HeaderName = Annotated[str, AfterValidator(_check_header_name)]
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
-Seconds = Annotated[float, Field(gt=0)]
+# The longest duration the config takes (about 31 years). A float holds far more, but the
+# platform's timers do not (a `threading.Timer` and a socket timeout take a C `time_t`,
+# Redis an expiry in int64 milliseconds): a longer one would be accepted, then fail at
+# shutdown or on every call.
+MAX_SECONDS: Final = 1_000_000_000
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
