@@ -57,6 +57,13 @@ def test_api_key_hash_must_be_sha256_hex() -> None:
     assert found == ["auth.api_keys.0.sha256: must be the 64-character hex SHA-256 of the key"]
 
 
+def test_api_key_names_given_twice_are_named() -> None:
+    keys = [{"name": name, "sha256": digit * 64} for name, digit in (("ci", "a"), ("ci", "b"))]
+    assert problems_of({"auth": {"api_keys": keys}}) == [
+        "auth: api_keys names must be unique: 'ci' given more than once"
+    ]
+
+
 def test_jwt_settings_that_would_refuse_every_token_are_config_errors() -> None:
     secret = "'" + "x" * 40 + "'"
     found = problems_of("auth: {jwt: {secret: " + secret + ", audience: []}}")

@@ -26,7 +26,8 @@ routes: [{path: /a, handler: prompt}, {path: /a, handler: app}]
     assert found == [
         "server.max_body_bytes: Input should be a valid integer, unable to parse string as an integer",
         "resume: store 'redis' needs resume.redis_url or quotas.redis_url",
-        "routes: handler 'app' needs the app section (app.url); paths must be unique",
+        "routes: handler 'app' needs the app section (app.url); paths must be unique: '/a' given"
+        " more than once",
     ]
     found = problems_of(
         """
@@ -52,8 +53,11 @@ def test_default_routes_include_the_app_when_configured() -> None:
 def test_route_paths_are_absolute_and_unique() -> None:
     found = problems_of('routes: [{path: "api", handler: prompt}]')
     assert found == ["routes.0.path: must start with '/'"]
-    found = problems_of('routes: [{path: "/a", handler: prompt}, {path: "/a", handler: prompt}]')
-    assert any("paths must be unique" in p for p in found)
+    found = problems_of(
+        'routes: [{path: "/a", handler: prompt}, {path: "/b", handler: ui},'
+        ' {path: "/b", handler: prompt}, {path: "/a", handler: anthropic}]'
+    )
+    assert found == ["routes: paths must be unique: '/a', '/b' given more than once"]
 
 
 def test_a_route_no_request_can_reach_is_a_config_error() -> None:

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
-from sidecar.config.fields import HttpUrl, Seconds, Section
+from sidecar.config.fields import HttpUrl, Seconds, Section, repeated_values
 from sidecar.identity import is_name
 
 # The shortest secret each HS algorithm takes: its hash's output size (RFC 7518 3.2).
@@ -208,9 +208,9 @@ class AuthConfig(Section):
                 "allowed_tenants restricts nothing with mode 'none' (no caller is identified):"
                 " set a mode and credentials, or allowed_tenants: null"
             )
-        names = [key.name for key in self.api_keys]
-        if len(names) != len(set(names)):
-            raise ValueError("api_keys names must be unique")
+        repeated = repeated_values(key.name for key in self.api_keys)
+        if repeated:
+            raise ValueError(f"api_keys names must be unique: {repeated} given more than once")
         # One key under two names, in this list or across routes: the loader's check of
         # every list at once (`sidecar.loader._api_key_problems`).
         return self

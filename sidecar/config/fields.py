@@ -7,6 +7,8 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections import Counter
+from collections.abc import Iterable
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
@@ -119,3 +121,10 @@ def _hashed_secrets(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [_hashed_secrets(value) for value in data]
     return data
+
+
+def repeated_values(values: Iterable[str]) -> str:
+    """The values given more than once, quoted, in the order they first appear ("" if
+    none): a uniqueness problem names what to fix."""
+    counts = Counter(values)  # insertion-ordered: by first appearance
+    return ", ".join(repr(value) for value, count in counts.items() if count > 1)

@@ -9,7 +9,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_valida
 from sidecar.config.auth import AuthConfig
 from sidecar.config.browser import BrowserConfig, UiConfig
 from sidecar.config.claude import ClaudeConfig
-from sidecar.config.fields import Section
+from sidecar.config.fields import Section, repeated_values
 from sidecar.config.policy import CorsConfig, QuotaConfig, ScreeningConfig
 from sidecar.config.routes import RouteConfig, shortest_path, under_prefix
 from sidecar.config.server import AppConfig, ServerConfig
@@ -80,9 +80,9 @@ class Config(Section):
             and any(route.handler == "app" for route in routes)
         ):  # fmt: skip
             problems.append("handler 'app' needs the app section (app.url)")
-        paths = [route.path for route in routes]
-        if len(paths) != len(set(paths)):
-            problems.append("paths must be unique")
+        repeated = repeated_values(route.path for route in routes)
+        if repeated:
+            problems.append(f"paths must be unique: {repeated} given more than once")
         browser = info.data.get("browser")
         if isinstance(browser, BrowserConfig) and not problems:
             problems += _unreached_routes(routes, browser)
