@@ -11,6 +11,7 @@ listeners and the runtimes' resources: stores, pools, the last span and metric e
 tasks still running) shares the margin; what is stuck past its share is left behind. A
 watchdog armed when the drain begins ends the process at the bound even if something
 no step can cancel (a thread in a blocking export) would hold the interpreter's exit.
+A second SIGTERM/SIGINT during the drain ends the grace there (`shutdown hurried`).
 """
 
 from __future__ import annotations
@@ -268,11 +269,15 @@ class SidecarServer:
             self._runtimes.current.config.server.shutdown_grace_seconds if grace is None else grace
         )
 
-    async def shutdown(self, grace: float | None = None) -> None:
+    async def shutdown(
+        self, grace: float | None = None, hurry: asyncio.Event | None = None
+    ) -> None:
         """Drain: not ready, stop accepting, wait for in-flight work, end what is left.
 
         Returns about `SHUTDOWN_MARGIN - _AFTER_CLOSE` s after the grace at most (the grace
-        counted from this call, a reload under way waited for within it).
+        counted from this call, a reload under way waited for within it). `hurry` set
+        (a second SIGTERM/SIGINT) ends the grace there: what is still in flight gets its
+        final event at once, and the rest of the exit has `SHUTDOWN_MARGIN` from then.
         """
         loop = asyncio.get_running_loop()
         grace_over = loop.time() + self.shutdown_grace(grace)
@@ -285,9 +290,14 @@ class SidecarServer:
         for site in self._sites:
             await site.stop()
         self._sites.clear()
-        if not await runtimes.wait_idle(max(grace_over - loop.time(), 0.0)):
+        idle = await _idle_unless_hurried(runtimes, max(grace_over - loop.time(), 0.0), hurry)
+        if not idle:
             stopped = runtimes.stop_all_streams()
-            log.warning("shutdown grace over", extra={"streams_stopped": stopped})
+            if hurry is not None and hurry.is_set():
+                bound = min(bound, loop.time() + SHUTDOWN_MARGIN)
+                log.warning("shutdown hurried", extra={"streams_stopped": stopped})
+            else:
+                log.warning("shutdown grace over", extra={"streams_stopped": stopped})
             await runtimes.wait_idle(_FINAL_EVENT_GRACE)
         close_by = bound - _AFTER_CLOSE
         # The last telemetry exports are done or given up a moment before the closes'
@@ -311,6 +321,26 @@ class SidecarServer:
             left = max(deadline - loop.time(), 0.2)
             if not await finish_within(runner.cleanup(), left):
                 log.warning("shutdown close over", extra={"seconds": round(left, 3)})
+
+
+async def _idle_unless_hurried(
+    runtimes: RuntimeHolder, timeout: float, hurry: asyncio.Event | None
+) -> bool:
+    """Wait until no request is in flight: True; False when `timeout` passes or `hurry` is
+    set first."""
+    if hurry is None:
+        return await runtimes.wait_idle(timeout)
+    if hurry.is_set():
+        return False
+    idle = asyncio.ensure_future(runtimes.wait_idle(timeout))
+    hurried = asyncio.ensure_future(hurry.wait())
+    try:
+        done, _ = await asyncio.wait((idle, hurried), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hurried.cancel()
+        if not idle.done():
+            idle.cancel()  # it ends at its next turn; nothing waits for it
+    return idle in done and idle.result()
 
 
 def _client_host(host: str) -> str:
@@ -352,7 +382,10 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     grace = server.shutdown_grace()
     log.info("shutting down", extra={"grace_seconds": grace})
     _arm_exit_watchdog(grace + SHUTDOWN_MARGIN)
-    await server.shutdown(grace)
+    hurry = asyncio.Event()  # a second SIGTERM/SIGINT: the grace ends now
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, hurry.set)
+    await server.shutdown(grace, hurry)
     await _end_leftover_tasks()
     return 0
 

@@ -95,6 +95,38 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(tmp_path: Path) -
     assert "shutdown grace over" not in logs
 
 
+async def test_a_second_sigterm_ends_the_grace_with_final_events_and_exit_0(
+    tmp_path: Path,
+) -> None:
+    """A second SIGTERM (or Ctrl-C twice) ends a drain whose grace would run for minutes:
+    the stream still live gets its final `shutting_down` event at once, the process exits
+    0, and the log says why."""
+    async with sidecar_process(config(grace=600), tmp_path) as running:
+        async with aiohttp.ClientSession() as http:
+            params = {"prompt": "[[fake tokens=100000 tps=20]] far too long"}
+            async with http.get(running.url + "/api/stream-response", params=params) as stream:
+                head = await first_event(stream)
+                running.process.send_signal(signal.SIGTERM)
+
+                async def draining() -> bool:
+                    status, _ = await readyz_status(http, running.admin_url)
+                    return status == 503
+
+                await eventually(draining)
+                running.process.send_signal(signal.SIGINT)
+                rest = await stream.read()
+            # Within the test's timeout (60 s), far inside the 600 s grace.
+            exit_code = await asyncio.to_thread(running.process.wait, 30)
+    logs = running.logs()
+    events = (head + rest).decode().strip().split("\n\n")
+    final = json.loads(events[-1].split("data: ", 1)[1])
+    assert "shutting down" in final["error"]["message"]
+    assert exit_code == 0
+    assert "shutdown hurried" in logs
+    assert "shutdown grace over" not in logs
+    assert "Traceback" not in logs
+
+
 async def test_a_running_sidecar_writes_a_calls_lines_within_the_flush_delay(
     tmp_path: Path,
 ) -> None:
