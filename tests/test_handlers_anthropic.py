@@ -462,3 +462,24 @@ async def test_a_forwarded_json_answer_past_its_bound_is_a_502_not_a_cut(
         assert r.status == 502
         assert r.headers["x-should-retry"] == "false"
     assert "larger than 1024 bytes" in error["error"]["message"]
+
+
+async def test_a_download_claude_falls_silent_on_is_cut_after_the_idle_timeout() -> None:
+    """A forwarded body has the idle timeout between Claude's bytes (not the whole-call
+    deadline): Claude silent past it, the client's body ends short and Claude's
+    connection is closed."""
+
+    async def fall_silent(download: Download) -> None:
+        await download.closed.wait()  # after the first piece: nothing more until hung up on
+
+    download = Download(file_bytes(1024 * 1024), fall_silent)
+    async with (
+        serving(download) as url,
+        running_sidecar(claude_config(url, **_FILES, idle_timeout_seconds=0.2)) as sidecar,
+        aiohttp.ClientSession() as http,
+        http.get(sidecar.url + FILE_PATH) as response,
+    ):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(response.read(), _GUARD)
+        await asyncio.wait_for(download.closed.wait(), _GUARD)
+    assert not download.finished.is_set()
