@@ -187,6 +187,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "upstream_permission_denied": _FORBIDDEN,
     "upstream_bad_status": _BROKEN_GATEWAY,
     "upstream_bad_encoding": _BROKEN_GATEWAY,
+    "upstream_too_large": _BROKEN_GATEWAY,  # a whole answer the sidecar reads, past its bound
     # the app
     "app_timeout": Reason(504, "timeout_error"),
     "app_unreachable": Reason(502, "api_error", "bad_gateway"),

@@ -295,9 +295,11 @@ def _unusable(status: int) -> Rejection:
     return reject("upstream_bad_status", f"Claude answered with an unexpected status ({status})")
 
 
-async def read_answer(response: Response, limit: int | None = None) -> bytes:
+async def read_answer(response: Response, limit: int | None = None, *, cut: bool = True) -> bytes:
     """Claude's whole answer (at most `limit` bytes, decoded) by the response's deadline,
     then its connection is let go; 504 if late, 502 if cut or if it cannot be decoded.
+    An answer longer than `limit` is cut there (`cut`: an error's text) or refused, a 502
+    `upstream_too_large` (not `cut`: JSON the sidecar reads, which a cut would break).
 
     The sidecar asks for `identity`; an answer compressed all the same (a gateway in front
     of Claude) is decoded here, so clients, usage accounting and the cache all read JSON.
@@ -305,7 +307,7 @@ async def read_answer(response: Response, limit: int | None = None) -> bytes:
     coding = response.content_coding
     try:
         async with asyncio.timeout_at(response.deadline):
-            body = await response.read(limit)
+            body = await response.read(limit if cut or limit is None else limit + 1)
     except TimeoutError:
         raise reject("upstream_timeout", "Claude did not answer in time") from None
     except ClientError as exc:
@@ -314,6 +316,8 @@ async def read_answer(response: Response, limit: int | None = None) -> bytes:
         ) from None
     finally:
         response.close()  # a body not read to its end closes the connection (never pooled)
+    if limit is not None and len(body) > limit:
+        raise reject("upstream_too_large", f"Claude's answer is larger than {limit} bytes")
     names = coding_names((coding,)) if coding is not None else None
     if not names:
         return body

@@ -76,7 +76,12 @@ def test_only_a_final_5xx_tells_clients_not_to_retry() -> None:
     """A 5xx the sidecar does not retry says so (the SDKs retry every other 5xx); the
     rest leave retrying to the status and `retry-after`."""
     final = {name for name, entry in REASONS.items() if entry.final}
-    assert final == {"upstream_credential_refused", "upstream_bad_status", "upstream_bad_encoding"}
+    assert final == {
+        "upstream_credential_refused",
+        "upstream_bad_status",
+        "upstream_bad_encoding",
+        "upstream_too_large",
+    }
     for name in final:
         refused = reject(name, "x", headers={"X": "1"})
         assert refused.status >= 500

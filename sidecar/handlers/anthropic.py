@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
 from sidecar.cache.step import CacheStep
 from sidecar.cache.step import lookup as cache_lookup
 from sidecar.call.run import (
+    MAX_ERROR_BODY,
     ClaudeRequest,
     call_claude,
     check_model,
@@ -24,6 +25,7 @@ from sidecar.call.run import (
 from sidecar.errors import anthropic_error_body, bad_request, reject
 from sidecar.handlers import resume
 from sidecar.handlers.batch_links import is_batch_answer, with_local_results
+from sidecar.handlers.forward_body import relay_body
 from sidecar.handlers.request_body import (
     ensure_client_present,
     parse_json_object,
@@ -84,6 +86,9 @@ def _without_ids(block: bytes) -> bytes:
 
 
 NUMBERED = NumberedPassthrough()
+# The longest forwarded JSON answer read whole (count_tokens, a batch or a page of them:
+# ~1 KB each, 1000 at most): past it, a 502 rather than a cut that would break its JSON.
+MAX_JSON_ANSWER: Final = 8 * 1024 * 1024
 RESUME_HEADER = "Sidecar-Resume"  # `on`: this stream is resumable (opt-in on this route)
 
 
@@ -233,14 +238,22 @@ async def _count_tokens(ctx: RequestContext, path_qs: str) -> web.StreamResponse
     if "model" in body:
         check_model(ctx, parse_model(body["model"]))
     _screen(ctx, body)
-    return await _forward(ctx, path_qs, raw, json_body=True)
+    return await _forward(ctx, path_qs, raw, json_body=True, whole=True)
 
 
 async def _forward(
-    ctx: RequestContext, path_qs: str, body: bytes | None, *, json_body: bool = False
+    ctx: RequestContext,
+    path_qs: str,
+    body: bytes | None,
+    *,
+    json_body: bool = False,
+    whole: bool = False,
 ) -> web.StreamResponse:
-    """Any other Anthropic call (count_tokens, models, ...): forwarded as is, answered as is
-    but for a batch's `results_url`, which must lead back here (`batch_links`)."""
+    """Any other Anthropic call (count_tokens, models, files, ...): forwarded as is, its
+    answer relayed as it arrives (`forward_body`: a file's content is never held whole).
+    Read whole instead (bounded): an error, made Anthropic's error JSON; a batch's
+    answer, whose `results_url` must lead back here (`batch_links`); and a `whole` one
+    (count_tokens: a few bytes of JSON, a 502 rather than a short body if cut)."""
     request = ctx.request
     if body is None and request.can_read_body:
         body = await read_body(request, ctx.runtime.config.server)
@@ -255,15 +268,21 @@ async def _forward(
     ensure_client_present(request)
     attempt = Attempt(request.method, path_qs, headers)
     upstream, _ = await ctx.runtime.claude.send(attempt, body, stream=False)
-    payload = await read_answer(upstream)
-    if upstream.status >= 400:  # as every error of this route: Anthropic's error JSON
-        payload = api_error_body(payload, upstream.status, ctx.request_id)
-    elif is_batch_answer(path_qs.partition("?")[0]):
-        payload = with_local_results(payload, _sidecar_base(ctx))
     response_headers = {
         **ctx.headers,
         **returned_headers(upstream, keep_ratelimit=not policy.quotas.enabled),
     }
+    batch = is_batch_answer(path_qs.partition("?")[0])
+    if upstream.status < 400 and not (batch or whole):
+        return await relay_body(ctx, upstream, response_headers)
+    if upstream.status >= 400:  # as every error of this route: Anthropic's error JSON
+        payload = api_error_body(
+            await read_answer(upstream, MAX_ERROR_BODY), upstream.status, ctx.request_id
+        )
+    else:
+        payload = await read_answer(upstream, MAX_JSON_ANSWER, cut=False)
+        if batch:
+            payload = with_local_results(payload, _sidecar_base(ctx))
     return web.Response(
         status=upstream.status,
         body=payload,

@@ -27,6 +27,7 @@ from sidecar.handlers.request_body import (
     ensure_client_present,
     malformed_body,
 )
+from sidecar.handlers.send_watch import SendWatch
 from sidecar.header_lists import header_value
 from sidecar.methods import asks_override, query_asks_override, reads
 from sidecar.pipeline import RequestContext
@@ -272,7 +273,7 @@ async def _relay(
     transport = ctx.request.transport
     if transport is None:  # the client left as the head went out
         return response
-    watch = _SendWatch(transport, app.send_timeout_seconds)
+    watch = SendWatch(transport, app.send_timeout_seconds)
     try:
         async for chunk in upstream.content.iter_any():
             watch.arm()
@@ -289,48 +290,6 @@ async def _relay(
     finally:
         watch.disarm()
     return response
-
-
-class _SendWatch:
-    """Cuts a client that takes none of the app's answer for `app.send_timeout_seconds`
-    while a write waits on it (nginx's `send_timeout`), so a socket that never reads holds
-    no handler or app connection. A slow client is not cut while its queue shrinks: each
-    check that finds it took something gives it another period."""
-
-    __slots__ = ("_loop", "_queued", "_timeout", "_timer", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
-        # No isinstance check: uvloop's transports (`sidecar run`) are no asyncio classes.
-        self._transport = transport
-        self._timeout = timeout
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._queued = 0
-
-    def arm(self) -> None:
-        """Before a write: its bytes are queued (synchronously) before it first waits, so
-        what is queued is taken as they leave the write, on the next loop turn."""
-        self._queued = -1
-        self._timer = self._loop.call_later(self._timeout, self._check)
-        self._loop.call_soon(self._baseline)
-
-    def _baseline(self) -> None:
-        if self._queued < 0:
-            self._queued = self._transport.get_write_buffer_size()
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _check(self) -> None:
-        queued = self._transport.get_write_buffer_size()
-        if queued and self._queued >= 0 and queued >= self._queued:
-            self._timer = None
-            self._transport.abort()  # the waiting write fails: the handler ends
-            return
-        self._queued = queued
-        self._timer = self._loop.call_later(self._timeout, self._check)
 
 
 # What a response head may not carry on to a client, though aiohttp's client parser lets
