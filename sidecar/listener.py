@@ -35,7 +35,7 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     TransferEncodingError,
 )
-from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 
 from sidecar import expectation
@@ -213,6 +213,9 @@ class TrafficProtocol(web_protocol.RequestHandler):
         # decide a stall first wherever they can.
         self._longest_stall = longest_stall or stall_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        # The body of the last request parsed: bytes that arrive while it is still open are
+        # that body's (aiohttp reads and drops a body its handler left), not a new head.
+        self._body: StreamReader | None = None
         self._lingering = False
         # A whole answer being written after its handler returned (`finish_response`): a
         # client that takes none of it for the stall timeout is cut (`_stall_check`).
@@ -265,12 +268,14 @@ class TrafficProtocol(web_protocol.RequestHandler):
         if self._lingering:
             return  # the 408 is out: late bytes of the refused head are read and dropped
         parsed = self._request_count
+        in_body = self._body is not None and not self._body.is_eof()
         super().data_received(data)
         if self._request_count != parsed:
             self._refuse_unserved(self._request_count - parsed)
             self._stop_head_timer()  # a head is complete (or refused)
+            self._body = self._messages[-1][1] if self._messages else None
             self._fail_body_in_flight()
-        elif data and self._head_timer is None and self._between_requests():
+        elif data and not in_body and self._head_timer is None and self._between_requests():
             self._start_head_timer()  # the first byte of the next head on a kept-alive connection
 
     def _refuse_unserved(self, count: int) -> None:

@@ -230,8 +230,23 @@ async def test_the_apps_handshake_header_bytes_past_ascii_reach_the_client_uncha
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13, 8\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        # bytes past ASCII: aiohttp's own check raises ValueError on them, not its 400
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=\u00e9\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: \u00e9\r\n",
     ],
-    ids=["no_key", "version", "connection", "bad_key", "draft_8", "draft_7", "two_versions"],
+    ids=[
+        "no_key",
+        "version",
+        "connection",
+        "bad_key",
+        "draft_8",
+        "draft_7",
+        "two_versions",
+        "key_past_ascii",
+        "key_only_past_ascii",
+    ],
 )
 async def test_a_malformed_websocket_handshake_is_the_clients_400_and_never_reaches_the_app(
     sidecar_for: SidecarFactory, handshake: str, caplog: pytest.LogCaptureFixture

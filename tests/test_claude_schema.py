@@ -9,6 +9,7 @@ refused by screening), so a case that screening ignored could not pass.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 from collections.abc import Iterator
@@ -297,6 +298,57 @@ def test_any_json_shape_is_walked_without_error(body: dict[str, Any]) -> None:
     except UnknownBlock:
         return
     assert refused.texts == collected.texts  # nothing unknown: both modes read the same
+
+
+# Every JSON shape but the one a field should hold: a list or an object where a string
+# belongs is unhashable, so it must never meet a set or a dict lookup unguarded.
+_WRONG_SHAPES: list[Any] = [[], ["url"], {}, {"type": "url"}, 1, 1.5, True, None]
+
+
+def _misshapen_blocks() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each block type with each of its fields (its `type` and `source` too) holding each
+    wrong shape, and each source type with each of its fields wrong inside a block."""
+    for kind, fields in BLOCK_FIELDS.items():
+        for name in ["type", "source", *fields]:
+            for i, wrong in enumerate(_WRONG_SHAPES):
+                yield f"{kind}.{name}.{i}", {"type": kind, name: wrong}
+        for source_kind, source_fields in SOURCE_FIELDS.items():
+            for name in ["type", *source_fields]:
+                for i, wrong in enumerate(_WRONG_SHAPES):
+                    source = {"type": source_kind, name: wrong}
+                    yield (
+                        f"{kind}.source.{source_kind}.{name}.{i}",
+                        {"type": kind, "source": source},
+                    )
+
+
+def test_every_field_of_every_block_in_a_wrong_shape_is_walked_without_error() -> None:
+    cases = list(_misshapen_blocks())
+    for case, block in cases:
+        body = {"messages": [{"role": "user", "content": [block]}]}
+        collected = collect_texts(body)
+        assert all(isinstance(text, str) for text in collected.texts), case
+        with contextlib.suppress(UnknownBlock):
+            collect_texts(body, "refuse")
+    assert len(cases) > 500
+
+
+@pytest.mark.parametrize("kind", ["image", "document"])
+@pytest.mark.parametrize("source_type", [["url"], {"type": "url"}])
+async def test_a_media_source_whose_type_is_no_string_is_the_clients_400_never_a_500(
+    fake: FakeServer, sidecar_for: SidecarFactory, kind: str, source_type: Any
+) -> None:
+    block = {"type": kind, "source": {"type": source_type, "url": "https://example.com/a"}}
+    async with sidecar_for(CONFIG) as sidecar, aiohttp.ClientSession() as http:
+        results = {
+            path: await _status(http, sidecar.url + path, body)
+            for path, body in _bodies([block], {}).items()
+        }
+    # Screened like any block, then Claude's to judge: never the sidecar's own 500.
+    assert {path: status for path, (status, _) in results.items()} == {
+        PROMPT: 200,
+        "/v1/messages": 200,
+    }
 
 
 # ------------------------------------------------------------------ remote content

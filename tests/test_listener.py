@@ -245,6 +245,37 @@ async def test_an_idle_kept_alive_connection_is_not_a_slow_head(
     assert statuses[0] == statuses[1] != b"408"
 
 
+async def test_a_refused_bodys_late_bytes_are_not_taken_for_a_slow_next_head(
+    sidecar_for: SidecarFactory,
+) -> None:
+    """A body its route refused before reading (413 by its Content-Length) still arrives
+    after the answer; aiohttp reads and drops it. Those bytes are no head: the connection
+    then idles as any kept-alive one, with no unasked-for 408 on it."""
+    config = {"server": {"header_read_timeout_seconds": 0.3, "max_body_bytes": 16}}
+    body = b'{"prompt": "' + b"x" * 64 + b'"}'
+    head = (
+        b"POST /api/stream-response HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with sidecar_for(config) as sidecar:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        statuses = []
+        for data, late in [(head, body), (request, b"")]:
+            writer.write(data)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            statuses.append(answer.split(b" ", 2)[1])
+            length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(late)  # the refused body, after its answer
+            await writer.drain()
+            await asyncio.sleep(0.8)  # idle well past the head timeout, between requests
+        writer.close()
+    # The next request was answered on the same connection, after idling: no 408 came first.
+    assert statuses == [b"413", b"200"]
+
+
 async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(
     sidecar_for: SidecarFactory,
 ) -> None:

@@ -364,9 +364,11 @@ async def _websocket(ctx: RequestContext, session: aiohttp.ClientSession) -> web
     ]
     # The client's own handshake first (key, version, Connection): a bad one is the
     # client's 400, and the app is never dialled for it. Version 13 only (RFC 6455): the
-    # server accepts drafts 7 and 8 too, but the app is dialled in 13.
+    # server accepts drafts 7 and 8 too, but the app is dialled in 13. A key past ASCII
+    # is refused first: aiohttp's check raises ValueError on it instead of its 400.
     if (
         request.headers.get("Sec-WebSocket-Version") != "13"
+        or not request.headers.get("Sec-WebSocket-Key", "").isascii()
         or not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok
     ):
         raise reject(

@@ -271,7 +271,8 @@ def _fields(
         out.remote = remote.get(kind)
     if kind in MEDIA_BLOCKS and table is BLOCK_FIELDS:
         source = item.get("source")
-        if isinstance(source, dict) and source.get("type") in REMOTE_MEDIA_SOURCES:
+        source_kind = source.get("type") if isinstance(source, dict) else None
+        if isinstance(source_kind, str) and source_kind in REMOTE_MEDIA_SOURCES:
             if kind == "image":
                 out.remote_images += 1
             else:
