@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -280,6 +282,28 @@ async def test_an_answer_without_headers() -> None:
     async with answer_to(script) as (_, response):
         assert len(response.headers) == 0
         assert await response.read() == b"body until close"
+
+
+async def test_a_body_until_close_that_ends_in_a_reset_is_cut_not_whole() -> None:
+    """A body framed by the connection's close ends with an orderly close (FIN) only: a
+    reset after some of it is a failure, pulled or pushed, never the body's clean end."""
+
+    async def reset_after_some(exchange: Exchange) -> None:
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\n\r\nsome of the body")
+        await exchange.writer.drain()
+        sock = exchange.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        exchange.writer.transport.abort()  # with a zero linger: an RST, not a FIN
+
+    async with answer_to(reset_after_some) as (_, response):
+        with pytest.raises(Disconnected):
+            await response.read()
+    async with answer_to(reset_after_some) as (_, response):
+        sink = Collect()
+        response.start_push(sink)
+        await sink.ended.wait()
+    (end,) = sink.ends
+    assert isinstance(end, Disconnected)
 
 
 async def test_chunks_that_arrive_together_are_pushed_together(gate: asyncio.Event) -> None:

@@ -165,11 +165,15 @@ class Response:
             self._fail(exc)
 
     def lost(self, exc: BaseException | None) -> None:
-        """The connection closed: the end of a body sent until close, else a failure."""
+        """The connection closed: the end of a body sent until close, else a failure.
+
+        Only an orderly close (`exc` None: the server's FIN) ends such a body; a reset
+        (`ConnectionResetError`) or any other socket error mid-body is a cut, never a
+        clean end."""
         self._conn = None
         if self._done:
             return
-        if self._head.done() and self._framed_by_close() and self._error is None:
+        if exc is None and self._head.done() and self._framed_by_close() and self._error is None:
             self._complete(keep_alive=False)
         else:
             self._fail(Disconnected("the connection closed before the answer was complete"))
