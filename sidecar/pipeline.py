@@ -62,6 +62,11 @@ class RequestContext:
     # The status whose head went out (0: none yet); after it only the stream itself can
     # carry an error, and telemetry records it whatever happens next.
     sent_status: int = 0
+    # Why the sidecar cut an answer whose head had gone out, the upstream's fault (Claude or
+    # the app broke off or fell silent mid-body: `upstream_lost`, `upstream_timeout`,
+    # `app_bad_response`, `app_timeout`); "" otherwise. Recorded as that error, not as a
+    # client that left.
+    cut: str = ""
     # The cache's MISS or BYPASS (`X-Cache`): sent only on the answer of the Claude call it
     # let through, never on a refusal made before or instead of that call.
     cache_status: str | None = None
@@ -383,7 +388,10 @@ class Pipeline:
                     ctx.early.stop()
                     ctx.early = None
                 status, client_gone = _outcome(request, response, ctx.sent_status)
-                telemetry.end_server_span(span, status, client_gone=client_gone)
+                cut = ctx.cut
+                if cut:  # the sidecar ended the connection, for the upstream's fault
+                    client_gone = False
+                telemetry.end_server_span(span, status, client_gone=client_gone, cut=cut)
                 telemetry.access(
                     method=request.method,
                     scheme=scheme,
@@ -395,6 +403,7 @@ class Pipeline:
                     span=span,
                     version=version,
                     client_gone=client_gone,
+                    cut=cut,
                 )
             return response
         finally:

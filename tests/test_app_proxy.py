@@ -1154,3 +1154,32 @@ async def test_header_values_past_ascii_pass_byte_for_byte_both_ways(
     assert b"\r\nX-Name: caf\xc3\xa9\r\n" in head
     assert b'\r\nContent-Disposition: attachment; filename="r\xe9sum\xe9.pdf"\r\n' in head
     assert b"\r\nSet-Cookie: n=caf\xc3\xa9\xff; Path=/\r\n" in head
+
+
+async def test_an_answer_the_app_breaks_off_is_recorded_as_its_cut_not_a_client_gone(
+    sidecar_for: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app hangs up with its length unmet: the client sees a short body, and the
+    access line names the app's fault (`cut`), not a client that left."""
+    caplog.set_level(logging.INFO)
+
+    async def break_off(exchange: Exchange) -> None:
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await exchange.writer.drain()
+        exchange.writer.close()
+
+    async with raw_server(break_off) as app, sidecar_for(with_app(app.url)) as sidecar:
+        async with aiohttp.ClientSession() as http, http.get(sidecar.url + "/page") as reply:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await reply.read()
+
+        def accessed() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if getattr(r, "event", None) == "access"]
+
+        async def logged() -> bool:
+            return len(accessed()) == 1
+
+        await eventually(logged, timeout=10)
+    (access,) = accessed()
+    assert getattr(access, "cut", None) == "app_bad_response"
+    assert not hasattr(access, "client_gone")

@@ -8,12 +8,15 @@ import asyncio
 import contextlib
 import gzip
 import json
+import logging
 
 import aiohttp
 import pytest
+from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.http_client import Response
 from tests.support.downloads import FILE_PATH, PIECE, Download, file_bytes, serving
+from tests.support.otel import make_otel
 from tests.support.scripted_claude import claude_config, messages_body, scripted_claude
 from tests.support.sidecars import running_sidecar
 
@@ -211,3 +214,44 @@ async def test_a_download_claude_falls_silent_on_is_cut_after_the_idle_timeout()
             await asyncio.wait_for(response.read(), _GUARD)
         await asyncio.wait_for(download.closed.wait(), _GUARD)
     assert not download.finished.is_set()
+
+
+@pytest.mark.parametrize(
+    ("end", "reason"),
+    [("breaks_off", "upstream_lost"), ("falls_silent", "upstream_timeout")],
+)
+async def test_a_download_claude_cut_is_recorded_as_claude_s_error_not_a_client_gone(
+    end: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A download cut for Claude's fault (it broke off, or fell silent past the idle
+    timeout) is no success and no client that left: the span is an error whose
+    `error.type` names the cut, and the access line says `cut`, not `client_gone`."""
+    caplog.set_level(logging.INFO)
+    otel = make_otel()
+
+    async def cut(download: Download) -> None:
+        if end == "breaks_off":
+            download.closed.set()  # Claude stops sending and hangs up, its length unmet
+        else:
+            await download.closed.wait()
+
+    download = Download(file_bytes(1024 * 1024), cut)
+    async with serving(download) as url:
+        config = claude_config(url, **_FILES, idle_timeout_seconds=0.2)
+        async with (
+            running_sidecar(config, telemetry=otel.telemetry) as sidecar,
+            aiohttp.ClientSession() as http,
+            http.get(sidecar.url + FILE_PATH) as response,
+        ):
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(response.read(), _GUARD)
+            await otel.exporter.wait_for(lambda: len(otel.spans(SpanKind.SERVER)) == 1)
+    (span,) = otel.spans(SpanKind.SERVER)
+    attributes = span.attributes or {}
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["error.type"] == reason
+    assert span.status.status_code == StatusCode.ERROR
+    assert "sidecar.client_gone" not in attributes
+    (access,) = [r for r in caplog.records if getattr(r, "event", None) == "access"]
+    assert getattr(access, "cut", None) == reason
+    assert not hasattr(access, "client_gone")

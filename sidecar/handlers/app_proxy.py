@@ -282,9 +282,11 @@ async def _relay(
         watch.arm()
         await response.write_eof()  # waits, as a write does, for the client to take it
         watch.disarm()
-    except (aiohttp.ClientPayloadError, TimeoutError, aiohttp.ClientConnectionError):
+    except (aiohttp.ClientPayloadError, TimeoutError, aiohttp.ClientConnectionError) as exc:
         # The app broke off mid-body: end the client's connection too, so it sees a short body.
         transport.close()
+        if not isinstance(exc, ConnectionResetError):  # aiohttp's, writing to a client that left
+            ctx.cut = "app_timeout" if isinstance(exc, TimeoutError) else "app_bad_response"
     except ConnectionResetError:
         pass  # the client left, or was cut as stalled: nothing more to send
     finally:

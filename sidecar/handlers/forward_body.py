@@ -123,7 +123,7 @@ async def relay_body(
         if transport is None:  # the client left as the head went out
             return response
         config = ctx.runtime.config.claude
-        await _relay(
+        ctx.cut = await _relay(
             response,
             transport,
             upstream,
@@ -141,7 +141,8 @@ async def _relay(
     upstream: Response,
     idle_timeout: float,
     stall_timeout: float,
-) -> None:
+) -> str:
+    """Relay the body; "" unless Claude's fault cut it (`RequestContext.cut`)."""
     pipe = _Pipe(upstream)
     watch = SendWatch(transport, stall_timeout)
     upstream.start_push(pipe)
@@ -156,13 +157,14 @@ async def _relay(
                 break
             elif not await pipe.arrival(idle_timeout):
                 transport.close()  # Claude fell silent: the client sees a short body
-                return
+                return "upstream_timeout"
         if pipe.error is not None:
             transport.close()  # Claude broke off mid-body: so does the client's answer
-            return
+            return "upstream_lost"
         watch.arm()
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client left, or was cut as stalled: nothing more to send
     finally:
         watch.disarm()
+    return ""

@@ -151,13 +151,20 @@ class Telemetry(StreamTelemetry, Counters):
             attributes["client.address"] = client_address
         return spans.start(server_span_name(method, route), SpanKind.SERVER, attributes, parent)
 
-    def end_server_span(self, span: Span, status: int, *, client_gone: bool = False) -> None:
+    def end_server_span(
+        self, span: Span, status: int, *, client_gone: bool = False, cut: str = ""
+    ) -> None:
         """End a request's span with its status (5xx is an error, 4xx is the client's);
-        `client_gone`: the connection ended before the answer did (`sidecar.client_gone`)."""
+        `client_gone`: the connection ended before the answer did (`sidecar.client_gone`);
+        `cut`: the sidecar cut the answer mid-body for the upstream's fault (its reason is
+        the span's `error.type`, the span an error, whatever status the head carried)."""
         span.set_attribute("http.response.status_code", status)
         if client_gone:
             span.set_attribute("sidecar.client_gone", True)
-        if status >= 500:  # `server_error_type`, inline (per request)
+        if cut:
+            span.set_attribute("error.type", cut)
+            span.set_status(Status(StatusCode.ERROR))
+        elif status >= 500:  # `server_error_type`, inline (per request)
             span.set_attribute("error.type", str(status))
             span.set_status(Status(StatusCode.ERROR))
         span.end()

@@ -148,10 +148,12 @@ class Counters(TelemetryState):
         span: Span | None,
         version: str = "",
         client_gone: bool = False,
+        cut: str = "",
     ) -> None:
         """The per-request access log line and request duration histogram; `version` is
         `network.protocol.version`, `client_gone` the connection ending before the answer
-        did (a log field only: the metric keeps the conventions' attributes)."""
+        did, `cut` why the sidecar cut an answer mid-body for the upstream's fault (log
+        fields only: the metric keeps the conventions' attributes)."""
         if self._on:
             key = (method, scheme, route, status, version)
             try:
@@ -177,6 +179,8 @@ class Counters(TelemetryState):
         }  # fmt: skip
         if client_gone:
             fields["client_gone"] = True
+        if cut:
+            fields["cut"] = cut
         if type(span) is SidecarSpan:  # `span_ids`, inline
             fields["trace_id"], fields["span_id"] = span.ids()
         elif span is not None:
