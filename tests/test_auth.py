@@ -888,6 +888,16 @@ async def test_a_token_caller_carries_its_issuers_realm_the_top_levels_too() -> 
         assert other_secret not in found
 
 
+async def test_a_tenant_claim_names_a_tenant_as_a_string_or_an_integer_only() -> None:
+    """An integer claim is its digits (`"org": 1` is the tenant `"1"`, as the docs say);
+    a float, boolean, array, object or null names no tenant. (`sub` must be a string.)"""
+    tenants = (1, "1", 1.0, True, ["1"], {"id": "1"}, None)
+    found = await _identities(_policy(), *(bearer(mint(org=org)) for org in tenants))
+    assert [identity.tenant for identity in found] == ["1", "1", None, None, None, None, None]
+    with pytest.raises(Rejection, match="invalid token"):
+        await _identities(_policy(), bearer(mint(sub=7)))
+
+
 async def test_an_api_key_caller_is_vouched_for_by_its_key_not_its_name() -> None:
     """Two deployments' keys under one name are two callers (and name two tenants without
     a top-level issuer); one key is one caller whatever it is called; the keys naming one

@@ -26,8 +26,9 @@ from tests.support.cache import BODY, MODEL, asking, cached, post
 from tests.support.otel import make_otel, sse_data
 from tests.support.policy import AUDIENCE, ISSUER, SECRET, mint
 from tests.support.redis_server import RedisServer
+from tests.support.scripted_claude import claude_config, scripted_claude
 from tests.support.sdk import sdk, user
-from tests.support.sidecars import BASE, SidecarFactory
+from tests.support.sidecars import BASE, SidecarFactory, running_sidecar
 from tests.support.waiting import eventually, holds
 
 
@@ -252,6 +253,46 @@ async def test_failed_answers_are_never_stored(
     assert fake.state.counters["requests"] == 2
     assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"}) == 2
     assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "stored"}) == 0
+
+
+_NOT_A_MESSAGE = [
+    b'{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"te',  # cut off
+    b"<html><body>upstream gateway page</body></html>",  # no JSON
+    b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}',  # an error
+    b'["message"]',  # JSON, but no message
+]
+
+
+@pytest.mark.parametrize("answer", _NOT_A_MESSAGE)
+async def test_a_non_streaming_200_that_is_no_whole_message_is_never_stored(
+    answer: bytes,
+) -> None:
+    # A 200 whose body ends with its connection (no length, not chunked) reads as whole
+    # however much of it came; nor is every 200 a message (a gateway's page, an error).
+    async def answering(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+            + answer
+        )
+        await writer.drain()
+        writer.close()
+
+    seen: list[bytes] = []
+    otel = make_otel()
+    async with (
+        scripted_claude(answering, answering, seen=seen) as url,
+        running_sidecar(
+            loader.deep_merge(claude_config(url), cached()), telemetry=otel.telemetry
+        ) as s,
+    ):
+        first = await post(s.url, asking("once", stream=False))
+        await s.runtime.cache.settled()  # type: ignore[union-attr]
+        second = await post(s.url, asking("once", stream=False))
+    assert [first[1], second[1]] == ["MISS", "MISS"]
+    assert second[2] == first[2] == answer  # relayed as Claude sent it, never from the cache
+    assert len(seen) == 2
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "stored"}) == 0
+    assert otel.count("sidecar.cache.lookups", **{"sidecar.cache.result": "skipped"}) == 2
 
 
 async def test_a_stream_the_client_cancelled_is_not_stored(

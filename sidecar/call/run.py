@@ -359,8 +359,6 @@ async def _relay_message(
     except Rejection as rejection:  # late, cut or undecodable: the limits' state still goes
         carry_ratelimit(rejection, headers)
         raise
-    if tap is not None:
-        tap.message(body)
     record.first_chunk_at = record.last_chunk_at = time.perf_counter()
     record.outcome = "completed"
     message: Any
@@ -368,5 +366,10 @@ async def _relay_message(
         message = json.loads(body)
     except ValueError:
         message = None
+    # Only a whole message is an answer to share and store: a body that ended with its
+    # connection (no length, not chunked) reads as whole however much of it came, and a
+    # gateway's page or error may come as a 200. (Relayed as it came, to this caller only.)
+    if tap is not None and isinstance(message, dict) and message.get("type") == "message":
+        tap.message(body)
     apply_message(record, message)
     return web.Response(status=200, body=body, headers=headers, content_type="application/json")
