@@ -55,6 +55,9 @@ _WS_HANDSHAKE: Final = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
      "sec-websocket-protocol", "sec-websocket-accept"}
 )  # fmt: skip
+# The app's `101` headers the client's `101` does not carry: the sidecar's side of the
+# handshake answers those, and a `101` has no body.
+_NOT_ON_A_101: Final = _WS_HANDSHAKE | {"content-length"}
 
 
 @functools.lru_cache(maxsize=8)
@@ -253,14 +256,7 @@ async def _relay(
     ctx: RequestContext, upstream: aiohttp.ClientResponse, app: AppConfig
 ) -> web.StreamResponse:
     _check_sendable(upstream)
-    headers = end_to_end(upstream.headers)
-    # Which origins may read answers is the sidecar's `cors` policy, not the app's: an app
-    # reflecting any Origin (with credentials) must not reopen what the policy refused.
-    for name in [n for n in headers if n.lower().startswith("access-control-")]:
-        headers.popall(name, None)
-    vary = merge_vary(", ".join(headers.getall("Vary", ())))
-    headers.update(ctx.headers)
-    headers["Vary"] = vary
+    headers = _client_headers(ctx, upstream.headers)
     if upstream.content_type == "text/event-stream" and "X-Accel-Buffering" not in headers:
         # An event stream is relayed per chunk here; a buffering proxy in front (nginx's
         # ingress) must not gather it either, unless the app said otherwise.
@@ -306,19 +302,29 @@ def _pass_on_handshake_headers(
     on any other answer it gives: without hop-by-hop ones, the handshake's own (the
     sidecar's side of it answers those) and `Access-Control-*`, with the sidecar's
     (`X-Request-Id`, `Vary`). A head with a control character is the app's 502."""
-    headers = end_to_end(answer)
-    for name in [
-        n for n in headers
-        if n.lower() in _WS_HANDSHAKE or n.lower() == "content-length"
-        or n.lower().startswith("access-control-")
-    ]:  # fmt: skip
-        headers.popall(name, None)
+    headers = _client_headers(ctx, answer, _NOT_ON_A_101)
     if any(_UNSENDABLE.search(value) for value in headers.values()):
         raise reject("app_bad_response", "the app's answer has a control character in its head")
+    client.headers.extend(headers)
+
+
+def _client_headers(
+    ctx: RequestContext, answer: CIMultiDictProxy[str], drop: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """The app's answer headers as the client gets them: end to end only, none named in
+    `drop` (lower case), no `Access-Control-*` (which origins may read answers is the
+    sidecar's `cors` policy, not the app's: an app reflecting any Origin, with
+    credentials, must not reopen what the policy refused), and the sidecar's own
+    (`ctx.headers`) over them, `Vary` merged."""
+    headers = end_to_end(answer)
+    for name in [
+        n for n in headers if n.lower() in drop or n.lower().startswith("access-control-")
+    ]:
+        headers.popall(name, None)
     vary = merge_vary(", ".join(headers.getall("Vary", ())))
     headers.update(ctx.headers)
     headers["Vary"] = vary
-    client.headers.extend(headers)
+    return headers
 
 
 def _check_sendable(upstream: aiohttp.ClientResponse) -> None:
