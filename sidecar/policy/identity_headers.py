@@ -48,9 +48,6 @@ _FORWARDING_PREFIX: Final = "x-forwarded-"  # every X-Forwarded-* of any proxy
 # the same helpers read those names as headers too.
 _CGI_PREFIX: Final = "http-"
 
-# The spelling a header name is compared in (`header_lists.folded_name`).
-canonical: Final = folded_name
-
 
 def _folded(name: str) -> bool:
     """A spelling only servers that fold names read as the header (`_` or `.` for `-`)."""
@@ -59,7 +56,7 @@ def _folded(name: str) -> bool:
 
 def is_forwarding_header(name: str) -> bool:
     """Whether `name`, in any spelling, is a forwarding / client-address header."""
-    key = canonical(name)
+    key = folded_name(name)
     if key.startswith(_CGI_PREFIX):
         key = key[len(_CGI_PREFIX) :]
     return key in FORWARDING_HEADERS or key.startswith(_FORWARDING_PREFIX)
@@ -82,8 +79,8 @@ def strip_and_set_identity(
         names.api_key_name: identity.api_key_name,
         names.issuer: identity.issuer,
     }
-    reserved = {canonical(name) for name in values}
-    for sent in {k for k in headers if canonical(k) in reserved}:
+    reserved = {folded_name(name) for name in values}
+    for sent in {k for k in headers if folded_name(k) in reserved}:
         headers.popall(sent, None)
     for name, value in values.items():
         if value is not None:
@@ -107,7 +104,7 @@ def keep_read_credential(headers: CIMultiDict[str]) -> None:
     always goes.
     """
     bearer = _is_bearer(headers.get("Authorization", ""))
-    for name in [n for n in headers if canonical(n) == _API_KEY]:
+    for name in [n for n in headers if folded_name(n) == _API_KEY]:
         if bearer or name.lower() != _API_KEY:
             headers.popall(name, None)
 
@@ -115,7 +112,7 @@ def keep_read_credential(headers: CIMultiDict[str]) -> None:
 def strip_credentials(headers: CIMultiDict[str]) -> None:
     """Drop the credentials the sidecar reads: every `Authorization: Bearer …` line and
     `x-api-key` in any spelling. Another `Authorization` (the app's own `Basic`) stays."""
-    for name in [n for n in headers if canonical(n) == _API_KEY]:
+    for name in [n for n in headers if folded_name(n) == _API_KEY]:
         headers.popall(name, None)
     kept = [value for value in headers.getall("Authorization", ()) if not _is_bearer(value)]
     headers.popall("Authorization", None)
