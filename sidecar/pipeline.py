@@ -174,9 +174,8 @@ def _client_host(request: web.Request, trusted: Sequence[Network]) -> str:
 def client_origin(request: web.Request, trusted: Sequence[Network]) -> str:
     """`scheme://host` as the client addressed the sidecar (a trusted proxy's forwarded
     scheme and host believed, as for the span): where a URL given back to it must point."""
-    scheme = _client_scheme(request, trusted) if trusted else request.scheme
-    host = _client_host(request, trusted) if trusted else request.headers.get("Host", "")
-    return f"{scheme}://{host or request.host}"
+    host = _client_host(request, trusted)
+    return f"{_client_scheme(request, trusted)}://{host or request.host}"
 
 
 @functools.lru_cache(maxsize=16)
