@@ -5,13 +5,20 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
-from sidecar.config.fields import MAX_SECONDS, Seconds, Section, check_http_url, redact_url
+from sidecar.config.fields import (
+    MAX_SECONDS,
+    Seconds,
+    SecondsOrZero,
+    Section,
+    check_http_url,
+    redact_url,
+)
 from sidecar.int64 import INT64
 
 
 class QueueConfig(Section):
     max_waiting: int = Field(512, ge=0)
-    max_wait_seconds: float = Field(10, ge=0, le=MAX_SECONDS)
+    max_wait_seconds: SecondsOrZero = 10
 
 
 class FakeClaudeConfig(Section):
@@ -34,8 +41,8 @@ class ClaudeConfig(Section):
     forward_paths: list[str] = Field(default_factory=lambda: ["/v1/models"])
     anthropic_version: str = "2023-06-01"
     max_retries: int = Field(3, ge=0, le=10)
-    retry_base_seconds: float = Field(0.5, gt=0, le=MAX_SECONDS)
-    retry_max_seconds: float = Field(8, gt=0, le=MAX_SECONDS)
+    retry_base_seconds: Seconds = 0.5
+    retry_max_seconds: Seconds = 8
     connect_timeout_seconds: Seconds = 10
     idle_timeout_seconds: Seconds = 30  # streaming: longest silence between events
     request_timeout_seconds: Seconds = 600  # non-streaming: the whole call (Claude answers at once)

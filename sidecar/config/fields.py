@@ -94,6 +94,7 @@ HttpUrl = Annotated[str, AfterValidator(check_http_url)]
 # shutdown or on every call.
 MAX_SECONDS: Final = 1_000_000_000
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+SecondsOrZero = Annotated[float, Field(ge=0, le=MAX_SECONDS)]  # 0: none, or off
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

@@ -17,7 +17,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from sidecar.config.fields import MAX_SECONDS, Seconds, Section
+from sidecar.config.fields import Seconds, Section
 
 # What browsers send to Claude routes, the official JS SDK with `dangerouslyAllowBrowser`
 # included (`x-stainless-*` is a prefix: the SDK adds new names of that family over time).
@@ -243,7 +243,7 @@ class QuotaConfig(Section):
     tokens_per_minute: int | None = Field(None, gt=0, le=MAX_LIMIT)
     tokens_per_day: int | None = Field(None, gt=0, le=MAX_LIMIT)
     concurrent_streams: int | None = Field(None, gt=0, le=MAX_LIMIT)
-    lease_seconds: float = Field(60, gt=0, le=MAX_SECONDS)
+    lease_seconds: Seconds = 60
     # The most a call reserves for one image: what Claude charges the largest image (4784,
     # Claude Opus 4.7's limit), reserved for an image whose size is not in the request (a
     # `url` or `file` source, a header not read); an inline image whose header gives its

@@ -8,12 +8,12 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from sidecar.config.fields import (
-    MAX_SECONDS,
     HeaderName,
     HostPort,
     HttpUrl,
     Network,
     Seconds,
+    SecondsOrZero,
     Section,
     redact_url,
     split_host_port,
@@ -65,13 +65,11 @@ class ServerConfig(Section):
     listen: HostPort = "0.0.0.0:8080"
     admin_listen: HostPort = "0.0.0.0:9090"
     max_body_bytes: int = Field(1048576, gt=0)
-    shutdown_grace_seconds: float = Field(30, ge=0, le=MAX_SECONDS)
+    shutdown_grace_seconds: SecondsOrZero = 30
     trusted_proxies: list[Network] = Field(default_factory=list)
     tls: TLSConfig = TLSConfig()
     request_id_header: HeaderName = "X-Request-Id"
-    reload_poll_seconds: float = Field(
-        2, ge=0, le=MAX_SECONDS
-    )  # watch the config file; 0 = SIGHUP only
+    reload_poll_seconds: SecondsOrZero = 2  # watch the config file; 0 = SIGHUP only
     # Slow clients: a request head must arrive within this long of its first byte (of the
     # connection, for the first request); a body the sidecar reads whole (Claude routes)
     # within body_read; a body streamed to the app may pause at most body_idle between bytes.

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from sidecar.config.fields import MAX_SECONDS, Seconds, Section
+from sidecar.config.fields import Seconds, SecondsOrZero, Section
 from sidecar.config.policy import QuotaConfig
 
 
@@ -18,7 +18,7 @@ class ResumeConfig(Section):
     redis_url: SecretStr | None = None  # None: quotas.redis_url
     redis_timeout_seconds: Seconds = 1.0
     ttl_seconds: Seconds = 300
-    detach_grace_seconds: float = Field(15, ge=0, le=MAX_SECONDS)
+    detach_grace_seconds: SecondsOrZero = 15
     max_buffer_bytes: int = Field(1024 * 1024, gt=0)  # per stream
     max_total_bytes: int = Field(256 * 1024 * 1024, gt=0)  # memory store, all streams
     max_subscribers: int = Field(4, gt=0)  # clients reading one stream at once
