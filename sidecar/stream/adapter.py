@@ -95,7 +95,6 @@ def serialize_head(status_line: str, headers: Mapping[str, str]) -> bytes:
 # Every head aiohttp writes goes through it (its `StreamWriter.write_headers` looks the
 # name up in its module on each call): set once, when the sidecar is imported.
 aiohttp.http_writer._serialize_headers = serialize_head
-_serialize_headers: Callable[[str, Mapping[str, str]], bytes] = serialize_head
 
 HIGH_WATER: Final = 256 * 1024  # bytes queued for a slow client before Claude is paused
 _STATUS_LINE: Final = "HTTP/1.1 200 OK"
@@ -242,7 +241,7 @@ class ClientChannel:
             headers["Server"] = SERVER_SOFTWARE
             if message.should_close:
                 headers["Connection"] = "close"
-            head = _serialize_headers(_STATUS_LINE, headers)
+            head = serialize_head(_STATUS_LINE, headers)
             return cls(request, None, head, not message.should_close, transport)
         return None
 
