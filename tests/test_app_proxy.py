@@ -618,6 +618,21 @@ async def test_the_sidecars_credential_is_kept_from_the_app_unless_forwarded(
     assert echoed_headers(basic)["authorization"] == "Basic YXBwOnB3"
 
 
+@contextlib.asynccontextmanager
+async def method_recording_app() -> AsyncIterator[tuple[str, list[str]]]:
+    """An app that records each request's method (what it would act on) and answers it."""
+    seen: list[str] = []
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        seen.append(request.method)
+        return web.json_response({"method": request.method})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recording)
+    async with serving(app) as url:
+        yield url, seen
+
+
 async def test_a_method_override_header_is_refused_before_the_app(
     sidecar_for: SidecarFactory,
 ) -> None:
@@ -630,15 +645,7 @@ async def test_a_method_override_header_is_refused_before_the_app(
                     "audience": AUDIENCE, "query_param": "access_token"}}  # fmt: skip
     names = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
              "x-http-method-override", "X_HTTP_Method_Override", "X_Method-Override"]  # fmt: skip
-    seen: list[str] = []
-
-    async def recording(request: web.Request) -> web.StreamResponse:
-        seen.append(request.method)
-        return web.json_response({"method": request.method})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recording)
-    async with serving(app) as url:
+    async with method_recording_app() as (url, seen):
         config = {"app": {"url": url}, "auth": auth, "telemetry": {"prometheus": True}}
         async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
             token = mint()
@@ -672,15 +679,7 @@ async def test_a_method_query_parameter_is_refused_before_the_app(
     the app route's format, counted, on any method, and the app never called."""
     queries = ["_method=DELETE", "%5Fmethod=DELETE", "_METHOD=PUT", "a=1&_method%5B%5D=DELETE",
                ".method=DELETE"]  # fmt: skip
-    seen: list[str] = []
-
-    async def recording(request: web.Request) -> web.StreamResponse:
-        seen.append(request.method)
-        return web.json_response({"method": request.method})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recording)
-    async with serving(app) as url:
+    async with method_recording_app() as (url, seen):
         config = {"app": {"url": url}, "telemetry": {"prometheus": True}}
         async with sidecar_for(config) as sidecar, aiohttp.ClientSession() as http:
             for query in queries:
