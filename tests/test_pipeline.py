@@ -58,7 +58,7 @@ from tests.support.costs import (
     per_event,
     per_open_stream,
 )
-from tests.support.otel import make_otel
+from tests.support.otel import Otel, make_otel
 from tests.support.sidecars import SidecarFactory
 from tests.support.sockets import expecting_continue
 from tests.support.waiting import eventually
@@ -261,6 +261,27 @@ async def test_every_error_the_sidecar_answers_on_an_anthropic_route_names_its_r
         assert headers["request-id"] == error["request_id"] == headers["x-request-id"]
 
 
+async def _served_behind(
+    sidecar_for: SidecarFactory, trusted: list[str], headers: dict[str, str]
+) -> Otel:
+    """A routed and an unrouted request with `headers`, from a peer (127.0.0.1) that is a
+    trusted proxy if `trusted` holds it; returns once both SERVER spans ended."""
+    otel = make_otel()
+    async with (
+        sidecar_for({"server": {"trusted_proxies": trusted}}, telemetry=otel.telemetry) as sidecar,
+        aiohttp.ClientSession() as http,
+    ):
+        for path in ("/api/stream-response?prompt=hi", "/nowhere"):
+            async with http.get(sidecar.url + path, headers=headers) as response:
+                await response.read()
+
+    async def both_ended() -> bool:
+        return len(otel.spans(SpanKind.SERVER)) == 2
+
+    await eventually(both_ended)
+    return otel
+
+
 @pytest.mark.parametrize(
     ("trusted", "proto", "scheme"),
     [(["127.0.0.0/8"], "https", "https"), (["127.0.0.0/8"], "HTTPS, http", "https"),
@@ -275,20 +296,8 @@ async def test_url_scheme_is_the_clients_as_a_trusted_proxy_reports_it(
     and on `http.server.request.duration` (and the span's default `server.port` with it),
     matched route or not; anyone else's claim is not believed, and only `http` / `https`
     become a label."""
-    otel = make_otel()
     headers = {"X-Forwarded-Proto": proto, "Host": "api.example"}
-    async with (
-        sidecar_for({"server": {"trusted_proxies": trusted}}, telemetry=otel.telemetry) as sidecar,
-        aiohttp.ClientSession() as http,
-    ):
-        for path in ("/api/stream-response?prompt=hi", "/nowhere"):
-            async with http.get(sidecar.url + path, headers=headers) as response:
-                await response.read()
-
-    async def both_ended() -> bool:
-        return len(otel.spans(SpanKind.SERVER)) == 2
-
-    await eventually(both_ended)
+    otel = await _served_behind(sidecar_for, trusted, headers)
     port = {"https": 443, "http": 80}[scheme]
     for span in otel.spans(SpanKind.SERVER):
         assert span.attributes is not None
@@ -329,20 +338,7 @@ async def test_server_address_is_the_host_the_client_addressed_as_a_trusted_prox
     proxy: `Forwarded: host=` (its first element), else `X-Forwarded-Host` (its first
     entry), from a peer in `server.trusted_proxies` only; a value that is no host (a
     space, markup, past 261 characters) or anyone else's is not believed: the `Host`."""
-    otel = make_otel()
-    headers = {"Host": "api.example", **forwarded}
-    async with (
-        sidecar_for({"server": {"trusted_proxies": trusted}}, telemetry=otel.telemetry) as sidecar,
-        aiohttp.ClientSession() as http,
-    ):
-        for path in ("/api/stream-response?prompt=hi", "/nowhere"):
-            async with http.get(sidecar.url + path, headers=headers) as response:
-                await response.read()
-
-    async def both_ended() -> bool:
-        return len(otel.spans(SpanKind.SERVER)) == 2
-
-    await eventually(both_ended)
+    otel = await _served_behind(sidecar_for, trusted, {"Host": "api.example", **forwarded})
     for span in otel.spans(SpanKind.SERVER):
         assert span.attributes is not None
         assert (span.attributes["server.address"], span.attributes["server.port"]) == (
